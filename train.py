@@ -1,0 +1,17 @@
+"""Train a two-tower retriever: `python train.py encoder=gru negatives=in_batch` (see README)."""
+
+import hydra
+from omegaconf import DictConfig
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    from two_tower.train import train
+
+    metrics = train(cfg)
+    # Returned so Hydra sweepers (e.g. Optuna) can optimise it.
+    return metrics.get(cfg.optimized_metric)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,121 @@
+"""Batch plans and the datasets that turn them into padded tensors.
+
+A sampler yields one numpy "plan" per batch; the DataLoader (``batch_size=None``) hands it to the
+dataset, which cuts token ids out of the ragged arrays and pads them to the batch's longest sequence.
+Training plans are length-bucketed so padding stays small; evaluation plans are sorted by length.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from two_tower.data.prepared import PreparedSplit, Ragged
+from two_tower.data.tokenizer import pad_batch
+from two_tower.negatives.base import NegativeSampler, sample_from
+
+
+class TripletBatchSampler(Sampler):
+    """Each epoch: shuffle rows, draw each row's positive and negatives, bucket by length, batch.
+
+    A plan is an int64 array [B, 2 + per_query]: (row, positive passage, negative passages...).
+    Deterministic in (seed, epoch), so a resumed run sees the same batches. With several processes,
+    each takes every ``world_size``-th batch (the same number of batches on every rank).
+    """
+
+    def __init__(
+        self,
+        split: PreparedSplit,
+        negatives: NegativeSampler,
+        batch_size: int,
+        seed: int = 0,
+        bucket_batches: int = 50,
+        shuffle: bool = True,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
+        self.split, self.negatives, self.batch_size = split, negatives, batch_size
+        self.seed, self.bucket_batches, self.shuffle = seed, bucket_batches, shuffle
+        self.rank, self.world_size = rank, world_size
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return (self.split.num_queries + self.batch_size - 1) // self.batch_size // self.world_size
+
+    def plans(self) -> list[np.ndarray]:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        n = self.split.num_queries
+        rows = rng.permutation(n) if self.shuffle else np.arange(n)
+        positives = sample_from(self.split.positives, rows, rng, 1)
+        negatives = self.negatives.sample(self.split, rows, rng)
+        plan = np.concatenate([rows[:, None], positives, negatives], axis=1)
+        if self.bucket_batches:
+            lengths = self.split.passage_tokens.lengths[plan[:, 1:]].max(axis=1)
+            chunk = self.bucket_batches * self.batch_size
+            for start in range(0, n, chunk):
+                part = plan[start : start + chunk]
+                plan[start : start + chunk] = part[np.argsort(lengths[start : start + chunk], kind="stable")]
+        batches = [plan[i : i + self.batch_size] for i in range(0, n, self.batch_size)]
+        if self.shuffle:
+            batches = [batches[i] for i in rng.permutation(len(batches))]
+        usable = len(batches) // self.world_size * self.world_size
+        return batches[self.rank : usable : self.world_size]
+
+    def __iter__(self):
+        return iter(self.plans())
+
+
+class TripletBatches(Dataset):
+    """Plan -> tensors. Passages are encoded once per batch even if several rows share them."""
+
+    def __init__(self, split: PreparedSplit):
+        self.split = split
+
+    def __getitem__(self, plan: np.ndarray) -> dict[str, torch.Tensor]:
+        rows, passages = plan[:, 0], plan[:, 1:]
+        unique, inverse = np.unique(passages, return_inverse=True)
+        inverse = inverse.reshape(passages.shape)
+        query_ids, query_lengths = pad_batch(self.split.query_tokens.gather(rows))
+        passage_ids, passage_lengths = pad_batch(self.split.passage_tokens.gather(unique))
+        positive_pids = self.split.positives.padded(rows, fill=-1)
+        return {
+            "query_ids": torch.from_numpy(query_ids),
+            "query_lengths": torch.from_numpy(query_lengths),
+            "passage_ids": torch.from_numpy(passage_ids),
+            "passage_lengths": torch.from_numpy(passage_lengths),
+            "passage_pids": torch.from_numpy(unique.astype(np.int64)),
+            "positive_column": torch.from_numpy(inverse[:, 0].astype(np.int64)),
+            "negative_columns": torch.from_numpy(inverse[:, 1:].astype(np.int64)),
+            "positive_pids": torch.from_numpy(positive_pids),
+        }
+
+
+class LengthSortedBatches(Sampler):
+    """Batches of item indices, longest first, so each batch pads little. Sharded by rank."""
+
+    def __init__(self, lengths: np.ndarray, batch_size: int, rank: int = 0, world_size: int = 1, items: np.ndarray | None = None):
+        items = np.arange(len(lengths)) if items is None else items
+        order = items[np.argsort(-lengths[items], kind="stable")]
+        batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+        self.batches = batches[rank::world_size]
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self):
+        return iter(self.batches)
+
+
+class TokenBatches(Dataset):
+    """Plan (item indices) -> {"index", "ids", "lengths"} for encoding queries or passages."""
+
+    def __init__(self, tokens: Ragged):
+        self.tokens = tokens
+
+    def __getitem__(self, items: np.ndarray) -> dict[str, torch.Tensor]:
+        ids, lengths = pad_batch(self.tokens.gather(items))
+        return {"index": torch.from_numpy(items.astype(np.int64)), "ids": torch.from_numpy(ids), "lengths": torch.from_numpy(lengths)}

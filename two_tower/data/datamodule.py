@@ -1,0 +1,233 @@
+"""LightningDataModule: rows -> validated -> tokenized once (cached) -> bucketed triplet batches.
+
+The cache folder holds everything derived from the raw rows for one (data, tokenizer, embeddings)
+setting: the vocabulary, the embedding matrix aligned to it, both prepared splits and the row reports.
+It is written to a temporary folder and renamed into place, so a killed run never leaves half a cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from two_tower.data import msmarco, synthetic
+from two_tower.data.batches import LengthSortedBatches, TokenBatches, TripletBatches, TripletBatchSampler
+from two_tower.data.prepared import PreparedSplit
+from two_tower.data.tokenizer import Tokenizer, oov_rate
+from two_tower.embeddings import EmbeddingSource
+from two_tower.negatives.base import NegativeSampler
+
+log = logging.getLogger(__name__)
+
+CACHE_FORMAT = 1  # bump when the prepared format or validation rules change
+
+
+class TwoTowerDataModule(L.LightningDataModule):
+    def __init__(
+        self,
+        embeddings: EmbeddingSource,
+        negatives: NegativeSampler,
+        path: str | None = None,
+        hub_name: str = msmarco.HUB_DATASET,
+        hub_config: str = msmarco.HUB_CONFIG,
+        synthetic_rows: dict | None = None,
+        train_split: str = "train",
+        val_split: str = "validation",
+        max_train_rows: int | None = None,
+        max_val_rows: int | None = None,
+        tokenizer: dict | None = None,
+        batch_size: int = 128,
+        eval_batch_size: int = 512,
+        bucket_batches: int = 50,
+        num_workers: int = 0,
+        cache_dir: str = ".cache",
+        seed: int = 0,
+    ):
+        super().__init__()
+        self.embeddings, self.negatives = embeddings, negatives
+        self.path, self.hub_name, self.hub_config = path, hub_name, hub_config
+        self.synthetic_rows = dict(synthetic_rows) if synthetic_rows else None
+        self.splits = {"train": train_split, "validation": val_split}
+        self.max_rows = {"train": max_train_rows, "validation": max_val_rows}
+        self.tokenizer_settings = dict(tokenizer or {})
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
+        self.bucket_batches, self.num_workers = bucket_batches, num_workers
+        self.cache_dir, self.seed = Path(cache_dir).expanduser(), seed
+        self.tokenizer: Tokenizer | None = None
+        self.embedding_matrix: np.ndarray | None = None
+        self.train: PreparedSplit | None = None
+        self.val: PreparedSplit | None = None
+        self.meta: dict = {}
+        self.cache_hit: bool | None = None
+
+    # ------------------------------------------------------------------ raw rows and the cache key
+    def _raw_rows(self) -> dict[str, tuple[object, str]]:
+        """{role: (rows, fingerprint)}; rows is a datasets.Dataset or a list of dicts."""
+        if self.synthetic_rows is not None:
+            spec = dict(self.synthetic_rows)
+            n_train, n_val = spec.pop("train_rows"), spec.pop("val_rows")
+            rows = synthetic.make_rows(n_train + n_val, **spec)
+            digest = hashlib.sha1(json.dumps([n_train, n_val, sorted(spec.items())]).encode()).hexdigest()
+            return {"train": (rows[:n_train], f"synthetic-{digest}-train"), "validation": (rows[n_train:], f"synthetic-{digest}-val")}
+        out = {}
+        for role, split in self.splits.items():
+            ds = msmarco.load_split(split, self.path, self.hub_name, self.hub_config)
+            out[role] = (ds, ds._fingerprint)
+        return out
+
+    def cache_key(self, fingerprints: dict[str, str]) -> str:
+        spec = {
+            "format": CACHE_FORMAT,
+            "data": fingerprints,
+            "max_rows": self.max_rows,
+            "tokenizer": sorted(self.tokenizer_settings.items()),
+            "embeddings": self.embeddings.identity(),
+        }
+        return hashlib.sha1(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+    # ------------------------------------------------------------------ Lightning hooks
+    def prepare_data(self) -> None:
+        """Build the cache if it is missing (runs once, on the main process)."""
+        if self.cache_hit is not None:  # already prepared by this process
+            return
+        raw = self._raw_rows()
+        self._cache_path = self.cache_dir / "prepared" / self.cache_key({r: fp for r, (_, fp) in raw.items()})
+        if (self._cache_path / "meta.json").exists():
+            self.cache_hit = True
+            log.info("Tokenization cache hit: %s (no re-tokenizing)", self._cache_path)
+            return
+        self.cache_hit = False
+        log.info("Tokenization cache miss: preparing %s", self._cache_path)
+        self._build_cache(raw, self._cache_path)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train is not None:
+            return
+        if not hasattr(self, "_cache_path"):
+            self.prepare_data()
+        path = self._cache_path
+        self.meta = json.loads((path / "meta.json").read_text())
+        self.tokenizer = Tokenizer.from_state_dict(json.loads((path / "tokenizer.json").read_text()))
+        self.embedding_matrix = np.load(path / "embeddings.npy")
+        self.train = PreparedSplit.load(path / "train")
+        self.val = PreparedSplit.load(path / "validation")
+        for role in ("train", "validation"):
+            log.info("[%s] rows: %s", role, self.meta["reports"][role])
+        log.info(
+            "Vocabulary %d words; embeddings=%s: %.1f%% of vocabulary and %.1f%% of training tokens have no pre-trained vector",
+            len(self.tokenizer), self.meta["embeddings"], 100 * self.meta["oov_vocab"], 100 * self.meta["oov_tokens"],
+        )
+        log.info(
+            "train: %d queries, %d passages; validation: %d queries (%d evaluated), %d passages",
+            self.train.num_queries, self.train.num_passages, self.val.num_queries, len(self.val.evaluated_queries()), self.val.num_passages,
+        )
+        self.negatives.prepare(self.train)
+
+    # ------------------------------------------------------------------ building the cache
+    def _build_cache(self, raw, path: Path) -> None:
+        start = time.perf_counter()
+        clean, reports = {}, {}
+        for role, (rows, _) in raw.items():
+            limit = self.max_rows[role]
+            if limit is not None:
+                rows = rows.select(range(min(limit, len(rows)))) if hasattr(rows, "select") else rows[:limit]
+            clean[role], report = msmarco.validate_rows(_iter_rows(rows), role, for_training=role == "train")
+            reports[role] = {"total": report.total, "kept": report.kept, "skipped": dict(report.skipped)}
+
+        train_texts = [r.query for r in clean["train"]] + list({p: None for r in clean["train"] for p in r.passages})
+        other_texts = [r.query for r in clean["validation"]] + [p for r in clean["validation"] for p in r.passages]
+        settings = {k: v for k, v in self.tokenizer_settings.items() if k != "min_freq"}
+        vectors = self.embeddings.load(train_texts, settings.get("keep_punctuation", False))
+        tokenizer = Tokenizer.build(
+            train_texts,
+            min_freq=self.tokenizer_settings.get("min_freq", 2),
+            pretrained_words=set(vectors.words) if vectors else None,
+            other_texts=other_texts,
+            **settings,
+        )
+        if vectors is not None:
+            matrix, oov_vocab = vectors.align(tokenizer.words, seed=self.seed)
+            oov_tokens = oov_rate(train_texts, vectors.index, tokenizer.keep_punctuation)
+        else:
+            rng = np.random.default_rng(self.seed)
+            matrix = rng.normal(0.0, 0.3, size=(len(tokenizer), self.embeddings.dim)).astype(np.float32)
+            matrix[0] = 0.0
+            oov_vocab = oov_tokens = 1.0
+        prepared = {role: PreparedSplit.from_rows(rows, tokenizer) for role, rows in clean.items()}
+
+        tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        (tmp / "tokenizer.json").write_text(json.dumps(tokenizer.state_dict()))
+        np.save(tmp / "embeddings.npy", matrix)
+        for role, split in prepared.items():
+            split.save(tmp / role)
+        meta = {
+            "reports": reports,
+            "embeddings": self.embeddings.identity(),
+            "oov_vocab": float(oov_vocab),
+            "oov_tokens": float(oov_tokens),
+            "seconds": round(time.perf_counter() - start, 2),
+        }
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+        try:
+            os.replace(tmp, path)
+        except OSError:  # another process finished the same cache first
+            shutil.rmtree(tmp, ignore_errors=True)
+        log.info("Prepared data in %.1fs -> %s", meta["seconds"], path)
+
+    # ------------------------------------------------------------------ loaders
+    def _rank_world(self) -> tuple[int, int]:
+        trainer = self.trainer
+        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+
+    def _loader(self, dataset, sampler) -> DataLoader:
+        return DataLoader(
+            dataset,
+            sampler=sampler,
+            batch_size=None,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+        )
+
+    def train_sampler(self) -> TripletBatchSampler:
+        rank, world = self._rank_world()
+        return TripletBatchSampler(
+            self.train, self.negatives, self.batch_size, seed=self.seed, bucket_batches=self.bucket_batches, rank=rank, world_size=world
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(TripletBatches(self.train), self.train_sampler())
+
+    def val_dataloader(self) -> list[DataLoader]:
+        """[passages of the validation split, its evaluated queries]; the module ranks after both."""
+        return self.encode_loaders(self.val)
+
+    def encode_loaders(self, split: PreparedSplit) -> list[DataLoader]:
+        rank, world = self._rank_world()
+        passages = LengthSortedBatches(split.passage_tokens.lengths, self.eval_batch_size, rank, world)
+        queries = LengthSortedBatches(split.query_tokens.lengths, self.eval_batch_size, rank, world, items=split.evaluated_queries())
+        return [self._loader(TokenBatches(split.passage_tokens), passages), self._loader(TokenBatches(split.query_tokens), queries)]
+
+
+def _iter_rows(rows):
+    """Rows as dicts; a datasets.Dataset is read in Arrow batches (much faster than row by row)."""
+    if isinstance(rows, list):
+        yield from rows
+        return
+    for batch in rows.iter(batch_size=1024):
+        columns = list(batch)
+        for values in zip(*(batch[c] for c in columns)):
+            yield dict(zip(columns, values))
+

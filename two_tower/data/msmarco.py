@@ -1,0 +1,192 @@
+"""Load MS MARCO v1.1 rows (Hugging Face Hub or a local folder of parquet shards) and validate them.
+
+A v1.1 row has a ``query`` string and ``passages`` = {``passage_text``: [...], ``is_selected``: [...]}.
+``validate_rows`` keeps the rows a two-tower model can learn from and counts the others by reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlparse
+
+import datasets
+
+log = logging.getLogger(__name__)
+
+HUB_DATASET = "microsoft/ms_marco"
+HUB_CONFIG = "v1.1"
+LOCAL_EXTENSIONS = {".parquet": "parquet", ".jsonl": "json", ".json": "json"}
+
+
+class DataSourceError(RuntimeError):
+    """The data could not be loaded; the message says why and what to do instead."""
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    host = urlparse(endpoint).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _set_hub_offline() -> None:
+    import huggingface_hub.constants
+
+    datasets.config.HF_HUB_OFFLINE = True
+    huggingface_hub.constants.HF_HUB_OFFLINE = True
+
+
+def load_hub_split(split: str, name: str = HUB_DATASET, config: str = HUB_CONFIG) -> datasets.Dataset:
+    """Load one split from the Hub, or from the local HF cache when the Hub cannot be reached.
+
+    Never hangs on a machine with no network: the Hub is probed with a short timeout first.
+    """
+    if not datasets.config.HF_HUB_OFFLINE and not _hub_reachable():
+        log.warning("The Hugging Face Hub is unreachable; trying the local datasets cache")
+        _set_hub_offline()
+    try:
+        return datasets.load_dataset(name, config, split=split)
+    except Exception as err:  # datasets raises several types for "not cached, no network"
+        raise DataSourceError(
+            f"Could not load {name} ({config}) split '{split}' from the Hugging Face Hub or its local "
+            f"cache: {type(err).__name__}: {err}.\nAlternatives: point at a local folder of the same "
+            "parquet shards with `data.path=DIR` (e.g. data.path=../shared/data/marco7k), or run "
+            "offline with `data=synthetic`."
+        ) from err
+
+
+def load_local_split(path: str | os.PathLike, split: str) -> datasets.Dataset:
+    """Load ``split`` from a folder of hub-style shards (``{split}-*.parquet`` or ``.jsonl``) or one file."""
+    root = Path(path).expanduser()
+    if not root.exists():
+        raise DataSourceError(f"data.path={root} does not exist")
+    if root.is_file():
+        files = [root]
+    else:
+        files = sorted(
+            f for f in root.rglob(f"{split}*") if f.is_file() and f.suffix in LOCAL_EXTENSIONS
+        )
+        if not files:
+            found = sorted(p.name for p in root.iterdir())[:10]
+            raise DataSourceError(
+                f"No '{split}-*.parquet' (or .jsonl) shards in {root}; it holds {found}. "
+                "Expected hub-style shards such as train-00000-of-00001.parquet."
+            )
+    kinds = {LOCAL_EXTENSIONS.get(f.suffix) for f in files}
+    if None in kinds or len(kinds) != 1:
+        raise DataSourceError(
+            f"{[str(f) for f in files]}: expected parquet or jsonl files of one kind, got suffixes "
+            f"{sorted({f.suffix for f in files})}"
+        )
+    try:
+        ds = datasets.load_dataset(kinds.pop(), data_files=[str(f) for f in files], split="train")
+    except Exception as err:
+        raise DataSourceError(f"Could not read {[str(f) for f in files]}: {type(err).__name__}: {err}") from err
+    missing = {"query", "passages"} - set(ds.column_names)
+    if missing:
+        raise DataSourceError(
+            f"{files[0]}: missing required column(s) {sorted(missing)}; MS MARCO v1.1 rows need "
+            f"'query' and 'passages' (with passage_text and is_selected), found {ds.column_names}"
+        )
+    return ds
+
+
+def load_split(split: str, path: str | None = None, hub_name: str = HUB_DATASET, hub_config: str = HUB_CONFIG):
+    if path:
+        return load_local_split(path, split)
+    return load_hub_split(split, hub_name, hub_config)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Row validation
+
+
+@dataclass
+class CleanRow:
+    query: str
+    passages: list[str]
+    selected: list[bool]
+
+
+@dataclass
+class ValidationReport:
+    split: str
+    total: int = 0
+    kept: int = 0
+    skipped: Counter = field(default_factory=Counter)
+
+    def summary(self) -> str:
+        reasons = ", ".join(f"{reason}: {n}" for reason, n in sorted(self.skipped.items())) or "none"
+        return f"[{self.split}] kept {self.kept}/{self.total} rows; skipped by reason: {reasons}"
+
+
+def check_row(row: dict) -> tuple[CleanRow | None, str | None]:
+    """Return (clean row, reason). Never raises on malformed input.
+
+    ``reason`` is None for a row fit for training. A malformed row gives (None, reason); a well-formed
+    row whose passages are all selected or all unselected gives (row, reason) (see CORPUS_ONLY_REASONS).
+    """
+    if not isinstance(row, dict):
+        return None, "row_not_a_mapping"
+    query = row.get("query")
+    if not isinstance(query, str):
+        return None, "query_not_a_string"
+    if not query.strip():
+        return None, "empty_query"
+    passages = row.get("passages")
+    if not isinstance(passages, dict):
+        return None, "passages_missing"
+    texts, flags = passages.get("passage_text"), passages.get("is_selected")
+    if not isinstance(texts, (list, tuple)) or not isinstance(flags, (list, tuple)):
+        return None, "passages_missing"
+    if len(texts) != len(flags):
+        return None, "length_mismatch"
+    if not all(isinstance(t, str) for t in texts):
+        return None, "passage_not_a_string"
+    if not all(t.strip() for t in texts):
+        return None, "empty_passage"
+    if not all(isinstance(f, (bool, int)) and f in (0, 1) for f in flags):
+        return None, "bad_is_selected"
+    clean = CleanRow(query.strip(), [t.strip() for t in texts], [bool(f) for f in flags])
+    if not any(clean.selected):
+        return clean, "no_selected_passage"
+    if all(clean.selected):
+        return clean, "no_unselected_passage"
+    return clean, None
+
+
+# An evaluation split keeps these rows' passages in its corpus; its metrics skip queries with no positive.
+CORPUS_ONLY_REASONS = {"no_selected_passage", "no_unselected_passage"}
+
+
+def validate_rows(rows, split: str, for_training: bool = True) -> tuple[list[CleanRow], ValidationReport]:
+    """Keep the usable rows of an iterable of v1.1 rows; count the others by reason.
+
+    A training row needs a selected and an unselected passage. An evaluation split also keeps rows
+    with no selected (or no unselected) passage, since their passages belong to the ranked corpus;
+    they are still counted under their reason.
+    """
+    report = ValidationReport(split)
+    kept: list[CleanRow] = []
+    for row in rows:
+        report.total += 1
+        clean, reason = check_row(row)
+        if reason is not None:
+            report.skipped[reason] += 1
+        if clean is not None and (reason is None or (not for_training and reason in CORPUS_ONLY_REASONS)):
+            kept.append(clean)
+    report.kept = len(kept)
+    if not kept or not any(any(r.selected) for r in kept):
+        raise DataSourceError(
+            f"No usable rows in the '{split}' split ({report.total} read; skipped: {dict(report.skipped)}). "
+            "Each row needs a query and passages with at least one selected and one unselected passage."
+        )
+    return kept, report

@@ -1,0 +1,148 @@
+"""A split after validation and tokenization: unique passages, queries, and which passages each query has.
+
+Token ids and passage lists are ragged arrays (values + offsets, i.e. Arrow list arrays), so batches are
+cut with numpy, never with per-row Python objects. ``save``/``load`` keep a split as a ``datasets``
+folder (memory-mapped Arrow) inside the tokenization cache.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import datasets
+import numpy as np
+import pyarrow as pa
+from datasets.table import InMemoryTable
+
+from two_tower.data.msmarco import CleanRow
+from two_tower.data.tokenizer import Tokenizer
+
+
+@dataclass
+class Ragged:
+    """Rows of varying length: row i is ``values[offsets[i]:offsets[i + 1]]``."""
+
+    values: np.ndarray
+    offsets: np.ndarray
+
+    @classmethod
+    def from_lists(cls, rows) -> "Ragged":
+        lengths = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
+        offsets = np.zeros(len(rows) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        values = np.fromiter((v for r in rows for v in r), dtype=np.int32, count=int(offsets[-1]))
+        return cls(values, offsets)
+
+    @classmethod
+    def from_arrow(cls, column: pa.ChunkedArray | pa.Array) -> "Ragged":
+        array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+        offsets = np.asarray(array.offsets, dtype=np.int64)
+        values = np.asarray(array.values, dtype=np.int32)
+        return cls(values[offsets[0] : offsets[-1]], offsets - offsets[0])
+
+    def to_arrow(self) -> pa.Array:
+        return pa.ListArray.from_arrays(pa.array(self.offsets.astype(np.int32)), pa.array(self.values))
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return self.values[self.offsets[i] : self.offsets[i + 1]]
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    def row_ids(self) -> np.ndarray:
+        """For each value, the row it belongs to."""
+        return np.repeat(np.arange(len(self)), self.lengths)
+
+    def padded(self, rows: np.ndarray, fill: int) -> np.ndarray:
+        """The given rows as a dense int64 array, right-padded with ``fill`` (at least one column)."""
+        lengths = self.lengths[rows]
+        out = np.full((len(rows), max(int(lengths.max(initial=0)), 1)), fill, dtype=np.int64)
+        for i, r in enumerate(rows):
+            out[i, : lengths[i]] = self[r]
+        return out
+
+    def gather(self, rows: np.ndarray) -> list[np.ndarray]:
+        return [self.values[self.offsets[r] : self.offsets[r + 1]] for r in rows]
+
+
+@dataclass
+class PreparedSplit:
+    """Queries and the split's unique passages, tokenized; positives/candidates index into passages."""
+
+    query_texts: list[str]
+    query_tokens: Ragged
+    passage_texts: list[str]
+    passage_tokens: Ragged
+    positives: Ragged  # selected passages of each query
+    candidates: Ragged  # all passages listed with each query (selected or not)
+
+    @classmethod
+    def from_rows(cls, rows: list[CleanRow], tokenizer: Tokenizer) -> "PreparedSplit":
+        passage_index: dict[str, int] = {}
+        positives, candidates = [], []
+        for row in rows:
+            ids = [passage_index.setdefault(text, len(passage_index)) for text in row.passages]
+            # A passage listed twice for one query counts once, selected if either copy is.
+            candidates.append(list(dict.fromkeys(ids)))
+            positives.append(list(dict.fromkeys(i for i, s in zip(ids, row.selected) if s)))
+        passage_texts = list(passage_index)
+        query_texts = [row.query for row in rows]
+        return cls(
+            query_texts=query_texts,
+            query_tokens=Ragged.from_lists(tokenizer.encode_queries(query_texts)),
+            passage_texts=passage_texts,
+            passage_tokens=Ragged.from_lists(tokenizer.encode_passages(passage_texts)),
+            positives=Ragged.from_lists(positives),
+            candidates=Ragged.from_lists(candidates),
+        )
+
+    @property
+    def num_queries(self) -> int:
+        return len(self.query_texts)
+
+    @property
+    def num_passages(self) -> int:
+        return len(self.passage_texts)
+
+    def negatives(self) -> Ragged:
+        """Each query's unselected candidates."""
+        rows = []
+        for q in range(self.num_queries):
+            pos = set(self.positives[q].tolist())
+            rows.append([p for p in self.candidates[q].tolist() if p not in pos])
+        return Ragged.from_lists(rows)
+
+    def evaluated_queries(self) -> np.ndarray:
+        """Queries with at least one selected passage (the ones metrics are computed over)."""
+        return np.flatnonzero(self.positives.lengths > 0)
+
+    def save(self, path: Path) -> None:
+        queries = pa.table(
+            {
+                "text": pa.array(self.query_texts, pa.string()),
+                "input_ids": self.query_tokens.to_arrow(),
+                "positives": self.positives.to_arrow(),
+                "candidates": self.candidates.to_arrow(),
+            }
+        )
+        passages = pa.table({"text": pa.array(self.passage_texts, pa.string()), "input_ids": self.passage_tokens.to_arrow()})
+        datasets.Dataset(InMemoryTable(queries)).save_to_disk(str(path / "queries"))
+        datasets.Dataset(InMemoryTable(passages)).save_to_disk(str(path / "passages"))
+
+    @classmethod
+    def load(cls, path: Path) -> "PreparedSplit":
+        queries = datasets.load_from_disk(str(path / "queries")).data
+        passages = datasets.load_from_disk(str(path / "passages")).data
+        return cls(
+            query_texts=queries.column("text").to_pylist(),
+            query_tokens=Ragged.from_arrow(queries.column("input_ids")),
+            passage_texts=passages.column("text").to_pylist(),
+            passage_tokens=Ragged.from_arrow(passages.column("input_ids")),
+            positives=Ragged.from_arrow(queries.column("positives")),
+            candidates=Ragged.from_arrow(queries.column("candidates")),
+        )

@@ -1,0 +1,92 @@
+"""Synthetic rows in the MS MARCO v1.1 schema with a learnable query/passage signal.
+
+Each query is about one topic: it uses a few of the topic's keywords. Its selected passage uses other
+keywords of the same topic among filler words; its unselected passages come from other topics, some of
+them sharing a keyword with the query (hard negatives), so lexical overlap alone is not enough.
+Keywords are real English words first, then made-up syllable words once those run out.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+# Plain words every GloVe vocabulary has; topics draw their keywords from them.
+WORDS = (
+    "apple river mountain engine doctor music planet garden winter ocean bridge castle forest "
+    "island market school church train coffee bread cheese butter salt sugar horse tiger eagle "
+    "shark whale snake spider flower tree grass stone metal gold silver copper iron glass paper "
+    "cotton wool silk leather rubber plastic wood cloud storm rain snow wind thunder desert valley "
+    "lake canyon volcano glacier beach harbor airport station hospital library museum theater stadium "
+    "kitchen bedroom garage window door roof floor wall chair table lamp clock mirror camera phone "
+    "computer printer keyboard screen battery cable rocket satellite telescope microscope magnet "
+    "crystal diamond ruby pearl coral shell feather wing tail claw tooth bone skin blood heart brain "
+    "lung liver kidney muscle nerve vitamin protein fiber mineral acid salt oxygen carbon nitrogen "
+    "violin piano guitar drum trumpet flute poem novel story chapter letter verb noun grammar "
+    "soccer tennis golf hockey boxing cycling swimming skiing chess poker tax loan bank stock bond "
+    "salary budget invoice tariff lawyer judge court prison police army navy soldier king queen "
+    "prince farmer baker tailor pilot sailor nurse teacher student author painter singer dancer"
+).split()
+WORDS = list(dict.fromkeys(WORDS))  # unique, in order
+FILLER = "the a of and to in is for on with as by at from that this it are was be or an".split()
+
+
+SYLLABLES = "ba ko mi ra tu le no si pa vo de gu ri ha ze fo ly ne ka du".split()
+
+
+def vocabulary(size: int) -> np.ndarray:
+    made_up = (a + b + c for a in SYLLABLES for b in SYLLABLES for c in SYLLABLES)
+    words = list(WORDS)
+    while len(words) < size:
+        words.append(next(made_up))
+    return np.array(words[:size])
+
+
+def make_rows(
+    num_rows: int,
+    num_topics: int = 200,
+    keywords_per_topic: int = 5,
+    passages_per_row: int = 8,
+    query_words: int = 3,
+    passage_words: tuple[int, int] = (12, 40),
+    seed: int = 0,
+) -> list[dict]:
+    """Rows with the v1.1 fields; one selected passage a row."""
+    rng = np.random.default_rng(seed)
+    vocab = vocabulary(num_topics * keywords_per_topic)
+    topics = rng.permutation(len(vocab))[: num_topics * keywords_per_topic].reshape(num_topics, keywords_per_topic)
+
+    def passage(topic: int, extra_keyword: str | None = None) -> str:
+        n = int(rng.integers(*passage_words))
+        keywords = list(vocab[rng.choice(topics[topic], size=3, replace=False)])
+        if extra_keyword is not None:
+            keywords.append(extra_keyword)
+        words = list(rng.choice(FILLER, size=n)) + keywords
+        rng.shuffle(words)
+        return " ".join(words).capitalize() + "."
+
+    rows = []
+    for i in range(num_rows):
+        topic = int(rng.integers(num_topics))
+        qwords = list(vocab[rng.choice(topics[topic], size=query_words, replace=False)])
+        texts = [passage(topic)]
+        for _ in range(passages_per_row - 1):
+            other = int((topic + rng.integers(1, num_topics)) % num_topics)
+            shared = qwords[0] if rng.random() < 0.5 else None  # lexical distractor
+            texts.append(passage(other, shared))
+        order = rng.permutation(passages_per_row)
+        selected = [int(j == 0) for j in order]
+        rows.append(
+            {
+                "answers": [],
+                "passages": {
+                    "is_selected": selected,
+                    "passage_text": [texts[j] for j in order],
+                    "url": ["" for _ in order],
+                },
+                "query": " ".join(qwords) + "?",
+                "query_id": i,
+                "query_type": "",
+                "wellFormedAnswers": [],
+            }
+        )
+    return rows

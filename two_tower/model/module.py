@@ -1,0 +1,152 @@
+"""LightningModule: trains the towers on triplet batches and validates by ranking the whole split corpus."""
+
+from __future__ import annotations
+
+import hydra
+import lightning as L
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from two_tower.data.tokenizer import Tokenizer
+from two_tower.model.encoders import TwoTower
+from two_tower.retrieval.metrics import dense_split_metrics
+
+
+def _as_config(value) -> DictConfig | None:
+    if value is None or isinstance(value, DictConfig):
+        return value
+    return OmegaConf.create(value)
+
+
+class TwoTowerModule(L.LightningModule):
+    """Hyper-parameters are the Hydra configs of the parts, so a checkpoint rebuilds its own model.
+
+    The tokenizer travels inside the checkpoint (``checkpoint["tokenizer"]``), so search and serving
+    need nothing but the ``.ckpt`` file.
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        embedding_dim: int,
+        encoder: DictConfig | dict,
+        loss: DictConfig | dict,
+        optimizer: DictConfig | dict,
+        scheduler: DictConfig | dict | None = None,
+        shared_towers: bool = True,
+        freeze_embeddings: bool = False,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        encoder_factory = hydra.utils.instantiate(_as_config(encoder), _partial_=True)
+        self.towers = TwoTower(vocab_size, embedding_dim, encoder_factory, shared_towers, freeze_embeddings)
+        self.loss_fn = hydra.utils.instantiate(_as_config(loss))
+        self.tokenizer: Tokenizer | None = None
+        self._val_outputs: dict[int, list] = {0: [], 1: []}
+
+    # ---------------------------------------------------------------- encoding
+    def encode_queries(self, ids, lengths):
+        return self.towers.encode_queries(ids, lengths)
+
+    def encode_passages(self, ids, lengths):
+        return self.towers.encode_passages(ids, lengths)
+
+    # ---------------------------------------------------------------- training
+    def batch_loss(self, batch: dict) -> dict:
+        queries = self.encode_queries(batch["query_ids"], batch["query_lengths"])
+        passages = self.encode_passages(batch["passage_ids"], batch["passage_lengths"])
+        # A passage may be a negative for a row unless it is one of that row's selected passages.
+        selected = (batch["positive_pids"].unsqueeze(-1) == batch["passage_pids"].view(1, 1, -1)).any(1)
+        return self.loss_fn(queries, passages, batch["positive_column"], ~selected, batch["negative_columns"])
+
+    def training_step(self, batch, batch_idx):
+        out = self.batch_loss(batch)
+        batch_size = batch["query_ids"].shape[0]
+        self.log("train/loss", out["loss"], prog_bar=True, on_step=True, on_epoch=True, batch_size=batch_size)
+        for name, value in out.items():
+            if name != "loss":
+                self.log(f"train/{name}", value, on_step=False, on_epoch=True, batch_size=batch_size)
+        return out["loss"]
+
+    # ---------------------------------------------------------------- validation
+    def on_validation_epoch_start(self):
+        self._val_outputs = {0: [], 1: []}
+
+    def validation_step(self, batch, batch_idx, dataloader_idx=0):
+        encode = self.encode_passages if dataloader_idx == 0 else self.encode_queries
+        self._val_outputs[dataloader_idx].append((batch["index"], encode(batch["ids"], batch["lengths"]).float()))
+
+    def on_validation_epoch_end(self):
+        passages = self._gather(0)
+        queries = self._gather(1)
+        self._val_outputs = {0: [], 1: []}
+        if self.trainer.sanity_checking:
+            return
+        split = self.trainer.datamodule.val
+        if passages[0].numel() != split.num_passages:  # fast_dev_run / limit_val_batches: a partial corpus
+            return
+        rows = queries[0].cpu().numpy()
+        metrics = dense_split_metrics(queries[1].cpu(), self._ordered(passages, split.num_passages).cpu(), split, rows)
+        for name, value in metrics.items():
+            self.log(f"val/{name}", value, prog_bar=name == "mrr@10")
+
+    def _gather(self, idx: int) -> tuple[torch.Tensor, torch.Tensor]:
+        outs = self._val_outputs[idx]
+        if not outs:
+            return torch.empty(0, dtype=torch.long), torch.empty(0, self.towers.query_encoder.output_dim)
+        index = torch.cat([i for i, _ in outs])
+        emb = torch.cat([e for _, e in outs])
+        if self.trainer.world_size > 1:
+            index, emb = _all_gather_ragged(self, index, emb)
+        # Rows encoded on several ranks (or twice) are identical: keep the first of each.
+        keep = _first_occurrence(index)
+        return index[keep], emb[keep]
+
+    @staticmethod
+    def _ordered(gathered, n: int) -> torch.Tensor:
+        index, emb = gathered
+        out = torch.empty(n, emb.shape[1], dtype=emb.dtype, device=emb.device)
+        out[index] = emb
+        return out
+
+    # ---------------------------------------------------------------- optimisation
+    def configure_optimizers(self):
+        params = [p for p in self.parameters() if p.requires_grad]
+        optimizer = hydra.utils.instantiate(_as_config(self.hparams.optimizer))(params)
+        scheduler_cfg = _as_config(self.hparams.scheduler)
+        if not scheduler_cfg:
+            return optimizer
+        total = int(self.trainer.estimated_stepping_batches)
+        scheduler = hydra.utils.instantiate(scheduler_cfg)(optimizer, total_steps=total)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ---------------------------------------------------------------- checkpoints carry the tokenizer
+    def on_save_checkpoint(self, checkpoint):
+        if self.tokenizer is not None:
+            checkpoint["tokenizer"] = self.tokenizer.state_dict()
+
+    def on_load_checkpoint(self, checkpoint):
+        if "tokenizer" in checkpoint:
+            self.tokenizer = Tokenizer.from_state_dict(checkpoint["tokenizer"])
+
+
+def _first_occurrence(index: torch.Tensor) -> torch.Tensor:
+    order = torch.argsort(index, stable=True)
+    sorted_index = index[order]
+    first = torch.ones_like(sorted_index, dtype=torch.bool)
+    first[1:] = sorted_index[1:] != sorted_index[:-1]
+    return order[first]
+
+
+def _all_gather_ragged(module: L.LightningModule, index: torch.Tensor, emb: torch.Tensor):
+    """all_gather for per-rank tensors of different lengths: pad to the longest, gather, trim."""
+    n = torch.tensor([len(index)], device=module.device)
+    sizes = module.all_gather(n).view(-1)
+    longest = int(sizes.max())
+    pad = longest - len(index)
+    index = torch.cat([index, index.new_full((pad,), -1)])
+    emb = torch.cat([emb, emb.new_zeros(pad, emb.shape[1])])
+    all_index = module.all_gather(index).view(-1)
+    all_emb = module.all_gather(emb).reshape(-1, emb.shape[1])
+    keep = all_index >= 0
+    return all_index[keep], all_emb[keep]

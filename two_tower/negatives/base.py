@@ -1,0 +1,63 @@
+"""Random and in-batch negatives; hard-negative miners subclass ``NegativeSampler``."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from two_tower.data.prepared import PreparedSplit, Ragged
+
+
+def sample_from(pool: Ragged, rows: np.ndarray, rng: np.random.Generator, k: int) -> np.ndarray:
+    """``k`` values drawn uniformly (with replacement) from each row's pool: [len(rows), k] int64."""
+    lengths = pool.lengths[rows]
+    if k and (lengths == 0).any():
+        empty = rows[lengths == 0][:5].tolist()
+        raise ValueError(f"rows {empty} have nothing to sample from")
+    picks = (rng.random((len(rows), k)) * lengths[:, None]).astype(np.int64)
+    return pool.values[pool.offsets[rows][:, None] + picks].astype(np.int64)
+
+
+class NegativeSampler:
+    """Gives each training row ``per_query`` explicit negatives per epoch.
+
+    Whatever the sampler, the loss may also use the other rows' passages in the batch (in-batch
+    negatives); duplicates and any passage selected for the query are masked out there.
+    """
+
+    per_query: int = 0
+
+    def prepare(self, split: PreparedSplit) -> None:
+        """Called once with the training split before the first epoch."""
+
+    def sample(self, split: PreparedSplit, rows: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        raise NotImplementedError
+
+
+class InBatchNegatives(NegativeSampler):
+    """No explicit negatives: the other rows' positives in the batch are the negatives."""
+
+    def __init__(self, per_query: int = 0):
+        if per_query:
+            raise ValueError("negatives=in_batch takes no explicit negatives (negatives.per_query must be 0)")
+        self.per_query = 0
+
+    def sample(self, split, rows, rng):
+        return np.zeros((len(rows), 0), dtype=np.int64)
+
+
+class RandomNegatives(NegativeSampler):
+    """``per_query`` unselected passages of the row's own query, drawn afresh every epoch."""
+
+    def __init__(self, per_query: int = 1):
+        if per_query < 1:
+            raise ValueError(f"negatives=random needs negatives.per_query >= 1, got {per_query}")
+        self.per_query = per_query
+        self._pool: Ragged | None = None
+
+    def prepare(self, split):
+        self._pool = split.negatives()
+
+    def sample(self, split, rows, rng):
+        if self._pool is None:
+            self.prepare(split)
+        return sample_from(self._pool, rows, rng, self.per_query)

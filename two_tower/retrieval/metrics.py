@@ -1,0 +1,83 @@
+"""Exact ranking metrics, shared by validation, evaluate.py and every baseline.
+
+Any retriever hands in, per query, its ranked passage ids (best first, ``-1`` for padding) and the
+relevant ids. Metrics are computed from the rank of each relevant passage, so queries with several
+positives and positives ranked past k are exact. Dense scores are ranked with a stable sort, so ties
+go to the lower passage index, the same order a brute-force ``sorted(key=(-score, index))`` gives.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from two_tower.data.prepared import Ragged
+
+DEFAULT_KS = (1, 10, 100)
+
+
+def rank_by_scores(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Top-``k`` columns of each row of ``scores`` [Q, P], best first, ties by lower index."""
+    return torch.sort(scores, dim=1, descending=True, stable=True).indices[:, : min(k, scores.shape[1])]
+
+
+def rank_dense(queries: torch.Tensor, passages: torch.Tensor, k: int, chunk: int = 1024) -> torch.Tensor:
+    """Exact top-``k`` passages by inner product for every query, in query chunks to bound memory."""
+    out = [rank_by_scores(queries[i : i + chunk] @ passages.T, k) for i in range(0, len(queries), chunk)]
+    return torch.cat(out) if out else torch.empty(0, k, dtype=torch.long)
+
+
+def rank_dense_within(queries: torch.Tensor, passages: torch.Tensor, candidates: Ragged, query_rows: np.ndarray) -> torch.Tensor:
+    """Rank each query's own candidate passages (rerank setting); -1 pads short lists."""
+    cand = candidates.padded(query_rows, fill=-1)
+    cand_t = torch.from_numpy(cand)
+    safe = cand_t.clamp(min=0)
+    scores = (queries.unsqueeze(1) * passages[safe]).sum(-1)
+    scores = scores.masked_fill(cand_t < 0, float("-inf"))
+    order = torch.sort(scores, dim=1, descending=True, stable=True).indices
+    return cand_t.gather(1, order)
+
+
+def ranking_metrics(ranked: torch.Tensor | np.ndarray, relevant: list, ks=DEFAULT_KS, prefix: str = "") -> dict[str, float]:
+    """MRR@10, Recall@k, nDCG@10 (binary gains) over queries with at least one relevant passage.
+
+    ``ranked`` [Q, K]: passage ids best first (-1 = nothing). ``relevant``: Q collections of ids.
+    Recall@k for k > K counts only what is in the list, so pass K >= max(ks).
+    """
+    ranked = np.asarray(ranked)
+    mrr = ndcg = 0.0
+    recalls = dict.fromkeys(ks, 0.0)
+    evaluated = 0
+    for row, rel in zip(ranked, relevant):
+        rel = set(int(r) for r in rel)
+        if not rel:
+            continue
+        evaluated += 1
+        hits = [rank for rank, pid in enumerate(row.tolist(), start=1) if pid in rel]
+        if hits and hits[0] <= 10:
+            mrr += 1.0 / hits[0]
+        for k in ks:
+            recalls[k] += sum(1 for h in hits if h <= k) / len(rel)
+        dcg = sum(1.0 / math.log2(h + 1) for h in hits if h <= 10)
+        ideal = sum(1.0 / math.log2(i + 1) for i in range(1, min(len(rel), 10) + 1))
+        ndcg += dcg / ideal
+    if not evaluated:
+        raise ValueError("no query has a relevant passage; nothing to evaluate")
+    out = {f"{prefix}mrr@10": mrr / evaluated, f"{prefix}ndcg@10": ndcg / evaluated}
+    out.update({f"{prefix}recall@{k}": recalls[k] / evaluated for k in ks})
+    return out
+
+
+def dense_split_metrics(queries: torch.Tensor, passages: torch.Tensor, split, query_rows: np.ndarray, ks=DEFAULT_KS) -> dict[str, float]:
+    """Full-corpus metrics plus ``rerank_mrr@10`` within each query's own candidates.
+
+    ``queries`` [len(query_rows), d] are the embeddings of ``split``'s queries ``query_rows``;
+    ``passages`` [split.num_passages, d] every passage of the split.
+    """
+    relevant = [split.positives[r] for r in query_rows]
+    metrics = ranking_metrics(rank_dense(queries, passages, max(ks)), relevant, ks)
+    rerank = ranking_metrics(rank_dense_within(queries, passages, split.candidates, query_rows), relevant, ks=(1,))
+    metrics["rerank_mrr@10"] = rerank["mrr@10"]
+    return metrics

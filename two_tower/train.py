@@ -1,0 +1,68 @@
+"""The training recipe: data -> model -> Trainer.fit, returning the metrics the sweeper optimises."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import hydra
+import lightning as L
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from two_tower.data.datamodule import TwoTowerDataModule
+from two_tower.model.module import TwoTowerModule
+from two_tower.utils import instantiate_group, task_wrapper
+
+log = logging.getLogger(__name__)
+
+
+def build_datamodule(cfg: DictConfig) -> TwoTowerDataModule:
+    embeddings = hydra.utils.instantiate(cfg.embeddings)
+    negatives = hydra.utils.instantiate(cfg.negatives)
+    return hydra.utils.instantiate(cfg.data, embeddings=embeddings, negatives=negatives, seed=cfg.seed, _recursive_=False)
+
+
+def build_module(cfg: DictConfig, datamodule: TwoTowerDataModule) -> TwoTowerModule:
+    module = TwoTowerModule(
+        vocab_size=len(datamodule.tokenizer),
+        embedding_dim=datamodule.embedding_matrix.shape[1],
+        encoder=cfg.encoder,
+        loss=cfg.loss,
+        optimizer=cfg.optimizer,
+        scheduler=cfg.get("scheduler") or None,
+        shared_towers=cfg.model.shared_towers,
+        freeze_embeddings=cfg.embeddings.freeze,
+    )
+    module.towers.load_embeddings(datamodule.embedding_matrix)
+    module.tokenizer = datamodule.tokenizer
+    return module
+
+
+@task_wrapper
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Train (or resume with ``ckpt_path``) and return the final logged metrics."""
+    if cfg.get("threads"):
+        torch.set_num_threads(cfg.threads)
+    L.seed_everything(cfg.seed, workers=True)
+    start = time.perf_counter()
+
+    datamodule = build_datamodule(cfg)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    module = build_module(cfg, datamodule)
+    log.info("Model: %d trainable / %d parameters", sum(p.numel() for p in module.parameters() if p.requires_grad), sum(p.numel() for p in module.parameters()))
+
+    loggers = instantiate_group(cfg.get("logger"))
+    for logger in loggers:
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=instantiate_group(cfg.get("callbacks")), logger=loggers or False)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    metrics["time/train_seconds"] = time.perf_counter() - start
+    checkpoint = trainer.checkpoint_callback
+    if checkpoint is not None and checkpoint.best_model_path:
+        log.info("Best checkpoint: %s (%s=%.4f)", checkpoint.best_model_path, checkpoint.monitor, float(checkpoint.best_model_score or 0))
+    log.info("Final metrics: %s", {k: round(v, 4) for k, v in sorted(metrics.items())})
+    return metrics
