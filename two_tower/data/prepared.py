@@ -131,8 +131,14 @@ class PreparedSplit:
             }
         )
         passages = pa.table({"text": pa.array(self.passage_texts, pa.string()), "input_ids": self.passage_tokens.to_arrow()})
-        datasets.Dataset(InMemoryTable(queries)).save_to_disk(str(path / "queries"))
-        datasets.Dataset(InMemoryTable(passages)).save_to_disk(str(path / "passages"))
+        was_enabled = datasets.is_progress_bar_enabled()
+        datasets.disable_progress_bars()
+        try:
+            datasets.Dataset(InMemoryTable(queries)).save_to_disk(str(path / "queries"))
+            datasets.Dataset(InMemoryTable(passages)).save_to_disk(str(path / "passages"))
+        finally:
+            if was_enabled:
+                datasets.enable_progress_bars()
 
     @classmethod
     def load(cls, path: Path) -> "PreparedSplit":

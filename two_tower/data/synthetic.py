@@ -1,8 +1,9 @@
 """Synthetic rows in the MS MARCO v1.1 schema with a learnable query/passage signal.
 
-Each query is about one topic: it uses a few of the topic's keywords. Its selected passage uses other
-keywords of the same topic among filler words; its unselected passages come from other topics, some of
-them sharing a keyword with the query (hard negatives), so lexical overlap alone is not enough.
+Each query is about one topic: it uses a few of the topic's keywords. Its selected passage uses three
+keywords of the same topic among filler words; its unselected passages mix keywords of unrelated topics,
+half of them with one of the query's words (lexical distractors), so overlap alone is not enough:
+the model has to learn which words belong together.
 Keywords are real English words first, then made-up syllable words once those run out.
 """
 
@@ -55,24 +56,27 @@ def make_rows(
     vocab = vocabulary(num_topics * keywords_per_topic)
     topics = rng.permutation(len(vocab))[: num_topics * keywords_per_topic].reshape(num_topics, keywords_per_topic)
 
-    def passage(topic: int, extra_keyword: str | None = None) -> str:
+    def passage(keywords: list[str]) -> str:
         n = int(rng.integers(*passage_words))
-        keywords = list(vocab[rng.choice(topics[topic], size=3, replace=False)])
-        if extra_keyword is not None:
-            keywords.append(extra_keyword)
         words = list(rng.choice(FILLER, size=n)) + keywords
         rng.shuffle(words)
         return " ".join(words).capitalize() + "."
 
+    def topic_keywords(topic: int, k: int) -> list[str]:
+        return list(vocab[rng.choice(topics[topic], size=k, replace=False)])
+
     rows = []
     for i in range(num_rows):
         topic = int(rng.integers(num_topics))
-        qwords = list(vocab[rng.choice(topics[topic], size=query_words, replace=False)])
-        texts = [passage(topic)]
+        qwords = topic_keywords(topic, query_words)
+        texts = [passage(topic_keywords(topic, 3))]  # coherent: three keywords of the query's topic
         for _ in range(passages_per_row - 1):
-            other = int((topic + rng.integers(1, num_topics)) % num_topics)
-            shared = qwords[0] if rng.random() < 0.5 else None  # lexical distractor
-            texts.append(passage(other, shared))
+            # incoherent: one keyword from each of three other topics, sometimes a query word too
+            others = (topic + rng.choice(np.arange(1, num_topics), size=3, replace=False)) % num_topics
+            keywords = [topic_keywords(int(t), 1)[0] for t in others]
+            if rng.random() < 0.5:
+                keywords[0] = qwords[0]  # lexical distractor
+            texts.append(passage(keywords))
         order = rng.permutation(passages_per_row)
         selected = [int(j == 0) for j in order]
         rows.append(

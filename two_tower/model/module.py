@@ -12,6 +12,11 @@ from two_tower.model.encoders import TwoTower
 from two_tower.retrieval.metrics import dense_split_metrics
 
 
+def _plain(value):
+    """Plain dicts in the checkpoint, so it loads with torch.load(weights_only=True)."""
+    return OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig) else value
+
+
 def _as_config(value) -> DictConfig | None:
     if value is None or isinstance(value, DictConfig):
         return value
@@ -37,6 +42,7 @@ class TwoTowerModule(L.LightningModule):
         freeze_embeddings: bool = False,
     ):
         super().__init__()
+        encoder, loss, optimizer, scheduler = _plain(encoder), _plain(loss), _plain(optimizer), _plain(scheduler)
         self.save_hyperparameters()
         encoder_factory = hydra.utils.instantiate(_as_config(encoder), _partial_=True)
         self.towers = TwoTower(vocab_size, embedding_dim, encoder_factory, shared_towers, freeze_embeddings)

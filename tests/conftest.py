@@ -1,0 +1,52 @@
+"""Shared fixtures: Hydra configs composed like the CLI does, on small synthetic data in a temp dir."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+
+TINY = [
+    "data=synthetic",
+    "embeddings=random",
+    "logger=none",
+    "data.synthetic_rows.train_rows=300",
+    "data.synthetic_rows.val_rows=60",
+    "data.batch_size=32",
+    "trainer.max_epochs=1",
+    "+trainer.enable_progress_bar=false",
+    "~callbacks.progress_bar",
+    "+trainer.enable_model_summary=false",
+    "encoder.hidden_size=32",
+    "encoder.dim=32",
+    "embeddings.dim=16",
+]
+
+
+def compose_train(tmp_path: Path, overrides: list[str] = ()) -> DictConfig:
+    """The train config for ``overrides`` on tiny synthetic data, writing under ``tmp_path``."""
+    tiny = TINY
+    if any(o.startswith("data=") for o in overrides):  # another data source: no synthetic sizes
+        tiny = [o for o in TINY if not o.startswith(("data=", "data.synthetic_rows"))]
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
+        cfg = compose("train", overrides=[*tiny, *overrides], return_hydra_config=True)
+    HydraConfig().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]  # a real run's cfg has no hydra node; HydraConfig still answers ${hydra:...}
+        cfg.paths.output_dir = str(tmp_path / "run")
+        cfg.paths.cache_dir = str(tmp_path / "cache")
+    GlobalHydra.instance().clear()
+    return cfg
+
+
+@pytest.fixture
+def tiny_cfg(tmp_path):
+    return lambda *overrides: compose_train(tmp_path, list(overrides))

@@ -1,0 +1,201 @@
+"""Loading, row validation, tokenization cache and batching, on synthetic rows written as v1.1 shards."""
+
+import copy
+import logging
+
+import datasets
+import numpy as np
+import pytest
+
+from two_tower.data import msmarco
+from two_tower.data.batches import TripletBatches, TripletBatchSampler
+from two_tower.data.datamodule import TwoTowerDataModule
+from two_tower.data.prepared import PreparedSplit
+from two_tower.data.synthetic import make_rows
+from two_tower.data.tokenizer import PAD_ID, UNK_ID, Tokenizer, split_words
+from two_tower.embeddings import RandomEmbeddings
+from two_tower.negatives import InBatchNegatives, RandomNegatives
+
+
+def bad_rows(good: dict) -> dict[str, list]:
+    """One malformed variant of a good row per reason the validator counts."""
+
+    def edit(fn):
+        row = copy.deepcopy(good)
+        fn(row)
+        return row
+
+    return {
+        "empty_query": [edit(lambda r: r.update(query="   "))],
+        "query_not_a_string": [edit(lambda r: r.update(query=None)), edit(lambda r: r.update(query=7))],
+        "passages_missing": [edit(lambda r: r.pop("passages")), edit(lambda r: r["passages"].pop("is_selected"))],
+        "length_mismatch": [edit(lambda r: r["passages"]["is_selected"].append(0))],
+        "passage_not_a_string": [edit(lambda r: r["passages"]["passage_text"].__setitem__(0, None))],
+        "empty_passage": [edit(lambda r: r["passages"]["passage_text"].__setitem__(1, ""))],
+        "bad_is_selected": [edit(lambda r: r["passages"]["is_selected"].__setitem__(0, 3))],
+        "no_selected_passage": [edit(lambda r: r["passages"].update(is_selected=[0] * len(r["passages"]["is_selected"])))],
+        "no_unselected_passage": [edit(lambda r: r["passages"].update(is_selected=[1] * len(r["passages"]["is_selected"])))],
+    }
+
+
+def test_validation_skips_and_counts_each_reason():
+    good = make_rows(5, seed=1)
+    bad = bad_rows(good[0])
+    rows = good + [r for rs in bad.values() for r in rs]
+    kept, report = msmarco.validate_rows(rows, "train")
+    assert [r.query for r in kept] == [g["query"] for g in good]
+    assert dict(report.skipped) == {reason: len(rs) for reason, rs in bad.items()}
+    assert report.total == len(rows) and report.kept == 5
+
+
+def test_evaluation_split_keeps_corpus_only_rows():
+    good = make_rows(3, seed=2)
+    bad = bad_rows(good[0])
+    rows = good + bad["no_selected_passage"] + bad["empty_query"]
+    kept, report = msmarco.validate_rows(rows, "validation", for_training=False)
+    assert len(kept) == 4  # the row with no selected passage still adds its passages to the corpus
+    assert report.skipped == {"no_selected_passage": 1, "empty_query": 1}
+
+
+def test_split_with_nothing_usable_fails_clearly():
+    bad = bad_rows(make_rows(1)[0])
+    with pytest.raises(msmarco.DataSourceError, match="No usable rows in the 'train' split"):
+        msmarco.validate_rows(bad["empty_passage"] + bad["no_selected_passage"], "train")
+
+
+def write_shards(folder, rows_by_split):
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, rows in rows_by_split.items():
+        datasets.Dataset.from_list(rows).to_parquet(str(folder / f"{split}-00000-of-00001.parquet"))
+    return folder
+
+
+def test_local_folder_of_parquet_shards_loads(tmp_path):
+    folder = write_shards(tmp_path / "marco", {"train": make_rows(20), "validation": make_rows(5, seed=3)})
+    ds = msmarco.load_split("validation", str(folder))
+    assert len(ds) == 5 and set(ds.column_names) >= {"query", "passages"}
+    assert ds[0]["passages"]["passage_text"]
+
+
+def test_local_errors_name_the_problem(tmp_path):
+    with pytest.raises(msmarco.DataSourceError, match="does not exist"):
+        msmarco.load_split("train", str(tmp_path / "missing"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(msmarco.DataSourceError, match="No 'train-\\*.parquet'"):
+        msmarco.load_split("train", str(tmp_path / "empty"))
+    folder = tmp_path / "wrong"
+    folder.mkdir()
+    datasets.Dataset.from_list([{"question": "x"}]).to_parquet(str(folder / "train-0.parquet"))
+    with pytest.raises(msmarco.DataSourceError, match="missing required column"):
+        msmarco.load_split("train", str(folder))
+
+
+def test_unreachable_hub_fails_at_once_naming_alternatives(monkeypatch):
+    import time
+
+    monkeypatch.setattr(msmarco, "_hub_reachable", lambda timeout=3.0: False)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
+    start = time.perf_counter()
+    with pytest.raises(msmarco.DataSourceError) as err:
+        msmarco.load_split("validation", None, hub_name="two-tower-tests/not-a-dataset")
+    assert time.perf_counter() - start < 30
+    assert "data.path=DIR" in str(err.value) and "data=synthetic" in str(err.value)
+
+
+def test_tokenizer_words_punctuation_and_vocabulary():
+    assert split_words("Don't STOP: e-mail 3.5 U.S.") == ["don't", "stop", "e-mail", "3", "5", "u", "s"]
+    assert split_words("a, b!", keep_punctuation=True) == ["a", ",", "b", "!"]
+    tok = Tokenizer.build(["cat cat dog", "cat fish"], min_freq=2, pretrained_words={"fish", "bird"}, other_texts=["bird zebra"], max_query_len=2)
+    assert tok.words[:2] == ["<pad>", "<unk>"]
+    assert set(tok.words[2:]) == {"cat", "fish", "bird"}  # dog: rare and no vector; zebra: no vector
+    assert tok.encode("cat zebra dog", tok.max_query_len) == [tok.index["cat"], UNK_ID]
+    assert tok.encode("", 5) == [UNK_ID]
+    assert Tokenizer.from_state_dict(tok.state_dict()).words == tok.words
+    assert PAD_ID == 0
+
+
+def datamodule(tmp_path, negatives=None, **kw):
+    return TwoTowerDataModule(
+        embeddings=RandomEmbeddings(dim=8),
+        negatives=negatives or InBatchNegatives(),
+        synthetic_rows={"train_rows": 200, "val_rows": 40, "seed": 0},
+        cache_dir=str(tmp_path / "cache"),
+        batch_size=16,
+        **kw,
+    )
+
+
+def test_tokenization_is_cached(tmp_path, caplog, monkeypatch):
+    first = datamodule(tmp_path)
+    first.setup("fit")
+    assert first.cache_hit is False
+    # A second run must not tokenize again: make tokenizing impossible and check it still loads.
+    monkeypatch.setattr(PreparedSplit, "from_rows", classmethod(lambda *a, **k: pytest.fail("re-tokenized")))
+    monkeypatch.setattr(Tokenizer, "build", classmethod(lambda *a, **k: pytest.fail("rebuilt vocabulary")))
+    with caplog.at_level(logging.INFO):
+        second = datamodule(tmp_path)
+        second.setup("fit")
+    assert second.cache_hit is True
+    assert "cache hit" in caplog.text
+    np.testing.assert_array_equal(second.train.query_tokens.values, first.train.query_tokens.values)
+    assert second.tokenizer.words == first.tokenizer.words
+    # Different tokenizer settings are a different cache entry.
+    monkeypatch.undo()
+    third = datamodule(tmp_path, tokenizer={"max_passage_len": 7})
+    third.setup("fit")
+    assert third.cache_hit is False and third.train.passage_tokens.lengths.max() <= 7
+
+
+def test_bad_rows_are_counted_in_the_prepared_data(tmp_path):
+    good = make_rows(50, seed=4)
+    bad = bad_rows(good[0])
+    folder = write_shards(tmp_path / "marco", {"train": good + bad["length_mismatch"] + bad["empty_query"], "validation": make_rows(10, seed=5)})
+    dm = TwoTowerDataModule(RandomEmbeddings(dim=8), InBatchNegatives(), path=str(folder), cache_dir=str(tmp_path / "cache"))
+    dm.setup("fit")
+    assert dm.meta["reports"]["train"] == {"total": 52, "kept": 50, "skipped": {"length_mismatch": 1, "empty_query": 1}}
+    assert dm.train.num_queries == 50
+
+
+def test_sampler_is_deterministic_covers_every_row_and_buckets(tmp_path):
+    dm = datamodule(tmp_path, negatives=RandomNegatives(per_query=2))
+    dm.setup("fit")
+    sampler = TripletBatchSampler(dm.train, dm.negatives, batch_size=16, seed=3, bucket_batches=4)
+    epoch0 = sampler.plans()
+    assert [p.tolist() for p in epoch0] == [p.tolist() for p in sampler.plans()]
+    sampler.set_epoch(1)
+    assert [p.tolist() for p in epoch0] != [p.tolist() for p in sampler.plans()]
+    rows = np.concatenate([p[:, 0] for p in epoch0])
+    assert sorted(rows.tolist()) == list(range(dm.train.num_queries))
+    negatives = dm.train.negatives()
+    for plan in epoch0:
+        for row, pos, *negs in plan.tolist():
+            assert pos in dm.train.positives[row]
+            assert all(n in negatives[row] for n in negs)
+    # Bucketing: padded tokens are a smaller share than with random batches.
+    def padding_share(plans):
+        lengths = dm.train.passage_tokens.lengths
+        real = sum(lengths[p[:, 1]].sum() for p in plans)
+        padded = sum(lengths[p[:, 1]].max() * len(p) for p in plans)
+        return 1 - real / padded
+
+    unbucketed = TripletBatchSampler(dm.train, dm.negatives, batch_size=16, seed=3, bucket_batches=0).plans()
+    assert padding_share(epoch0) < padding_share(unbucketed)
+    # Two ranks split the batches between them.
+    shards = [TripletBatchSampler(dm.train, dm.negatives, 16, seed=3, rank=r, world_size=2).plans() for r in (0, 1)]
+    assert len(shards[0]) == len(shards[1]) == len(epoch0) // 2
+
+
+def test_batch_deduplicates_passages_and_marks_selected(tmp_path):
+    dm = datamodule(tmp_path)
+    dm.setup("fit")
+    split = dm.train
+    pos0 = int(split.positives[0][0])
+    # Rows 0 and 1 both bring passage pos0 (row 1 as its explicit negative): it is encoded once.
+    neg0, pos1 = int(split.negatives()[0][0]), int(split.positives[1][0])
+    plan = np.array([[0, pos0, neg0], [1, pos1, pos0]])
+    batch = TripletBatches(split)[plan]
+    pids = batch["passage_pids"].tolist()
+    assert sorted(pids) == sorted({pos0, neg0, pos1})
+    assert pids[batch["positive_column"][0]] == pos0
+    assert pids[batch["negative_columns"][1, 0]] == pos0
+    assert batch["query_ids"].shape[0] == 2 and (batch["passage_lengths"] > 0).all()

@@ -1,0 +1,107 @@
+"""Ranking metrics against a brute-force computation, including several positives, ties and misses."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torchmetrics.retrieval as tmr
+
+from two_tower.data.prepared import Ragged
+from two_tower.retrieval.metrics import dense_split_metrics, rank_dense, ranking_metrics
+
+
+def brute_force(scores: np.ndarray, relevant: list[set[int]], allowed: list[list[int]] | None = None):
+    """Sort every passage by (-score, index) in plain Python and read the metrics off the list."""
+    mrr = ndcg = 0.0
+    recall = {1: 0.0, 10: 0.0, 100: 0.0}
+    n = 0
+    for q, rel in enumerate(relevant):
+        if not rel:
+            continue
+        n += 1
+        pool = allowed[q] if allowed else range(scores.shape[1])
+        ranking = sorted(pool, key=lambda p: (-scores[q, p], p))
+        ranks = [i + 1 for i, p in enumerate(ranking) if p in rel]
+        first = min(ranks)
+        mrr += 1 / first if first <= 10 else 0
+        for k in recall:
+            recall[k] += sum(r <= k for r in ranks) / len(rel)
+        dcg = sum(1 / math.log2(r + 1) for r in ranks if r <= 10)
+        ndcg += dcg / sum(1 / math.log2(i + 1) for i in range(1, min(len(rel), 10) + 1))
+    return {"mrr@10": mrr / n, "ndcg@10": ndcg / n, **{f"recall@{k}": v / n for k, v in recall.items()}}
+
+
+def random_case(seed: int, num_queries=40, num_passages=300, ties=False):
+    rng = np.random.default_rng(seed)
+    scores = rng.normal(size=(num_queries, num_passages)).astype(np.float32)
+    if ties:  # coarse scores: many exact ties
+        scores = np.round(scores * 2) / 2
+    relevant = []
+    for q in range(num_queries):
+        k = int(rng.integers(0, 4))  # 0 positives (skipped), 1, or several
+        relevant.append(set(rng.choice(num_passages, size=k, replace=False).tolist()))
+    return scores, relevant
+
+
+@pytest.mark.parametrize("ties", [False, True])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_full_corpus_metrics_match_brute_force(seed, ties):
+    scores, relevant = random_case(seed, ties=ties)
+    ranked = rank_dense(torch.eye(scores.shape[0]), torch.from_numpy(scores).T, k=100)
+    got = ranking_metrics(ranked, relevant)
+    want = brute_force(scores, relevant)
+    assert got == pytest.approx(want, abs=1e-12)
+    # The random case must exercise positives ranked past 10 and past 100.
+    assert want["recall@100"] < 1.0 and want["recall@10"] < want["recall@100"]
+
+
+def test_dense_split_metrics_match_brute_force_with_rerank():
+    rng = np.random.default_rng(7)
+    q, p, d = 30, 120, 8
+    queries = torch.nn.functional.normalize(torch.randn(q, d, generator=torch.Generator().manual_seed(0)), dim=-1)
+    passages = torch.nn.functional.normalize(torch.randn(p, d, generator=torch.Generator().manual_seed(1)), dim=-1)
+    candidates = [rng.choice(p, size=10, replace=False).tolist() for _ in range(q)]
+    positives = [c[: int(rng.integers(1, 3))] for c in candidates]
+
+    class Split:
+        pass
+
+    split = Split()
+    split.positives, split.candidates = Ragged.from_lists(positives), Ragged.from_lists(candidates)
+    rows = np.arange(q)
+    got = dense_split_metrics(queries, passages, split, rows)
+    scores = (queries @ passages.T).numpy()
+    want = brute_force(scores, [set(x) for x in positives])
+    want_rerank = brute_force(scores, [set(x) for x in positives], allowed=candidates)
+    assert {k: got[k] for k in want} == pytest.approx(want, abs=1e-12)
+    assert got["rerank_mrr@10"] == pytest.approx(want_rerank["mrr@10"], abs=1e-12)
+    assert got["rerank_mrr@10"] > got["mrr@10"]
+
+
+def test_agrees_with_torchmetrics_without_ties():
+    scores, relevant = random_case(3, num_queries=25, num_passages=150)
+    keep = [q for q, r in enumerate(relevant) if r]
+    ranked = rank_dense(torch.eye(scores.shape[0]), torch.from_numpy(scores).T, k=150)
+    ours = ranking_metrics(ranked, relevant)
+    preds = torch.from_numpy(scores[keep]).flatten()
+    target = torch.tensor([[p in relevant[q] for p in range(150)] for q in keep]).flatten()
+    indexes = torch.arange(len(keep)).repeat_interleave(150)
+    assert ours["mrr@10"] == pytest.approx(tmr.RetrievalMRR(top_k=10)(preds, target, indexes).item(), abs=1e-6)
+    assert ours["recall@10"] == pytest.approx(tmr.RetrievalRecall(top_k=10)(preds, target, indexes).item(), abs=1e-6)
+    assert ours["ndcg@10"] == pytest.approx(tmr.RetrievalNormalizedDCG(top_k=10)(preds, target, indexes).item(), abs=1e-6)
+
+
+def test_hand_checked_example():
+    # Query 0: positives at ranks 2 and 5. Query 1: positive at rank 12 (past 10). Query 2: none.
+    ranked = np.array([list(range(20)), list(range(20)), list(range(20))])
+    relevant = [{1, 4}, {11}, set()]
+    m = ranking_metrics(ranked, relevant, ks=(1, 10))
+    assert m["mrr@10"] == pytest.approx((1 / 2 + 0) / 2)
+    assert m["recall@1"] == 0
+    assert m["recall@10"] == pytest.approx((2 / 2 + 0) / 2)
+
+
+def test_no_relevant_passage_anywhere_is_an_error():
+    with pytest.raises(ValueError, match="no query"):
+        ranking_metrics(np.zeros((2, 3), dtype=int), [set(), set()])

@@ -1,0 +1,96 @@
+"""End to end on synthetic data: every part trains, the model learns, runs resume and reproduce."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import ROOT, TINY, compose_train
+from two_tower.train import train
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["encoder=rnn", "negatives=random", "loss=triplet"],
+        ["encoder=gru", "negatives=in_batch", "loss=infonce"],
+        ["encoder=lstm", "negatives=in_batch", "loss=triplet", "loss.in_batch=all"],
+        ["encoder=bigru", "negatives=random", "loss=infonce", "model.shared_towers=false", "encoder.pooling=last"],
+        ["encoder=bilstm", "negatives=random", "negatives.per_query=2", "encoder.pooling=max", "embeddings.freeze=true"],
+        ["optimizer=sgd", "scheduler=cosine"],
+        ["optimizer=adamw", "scheduler=warmup_linear"],
+    ],
+    ids=lambda o: " ".join(o),
+)
+def test_fast_dev_run(overrides, tiny_cfg):
+    metrics = train(tiny_cfg("debug=fast_dev_run", *overrides))
+    assert torch.isfinite(torch.tensor(metrics["train/loss"]))
+
+
+def test_model_learns_far_above_random(tmp_path):
+    cfg = compose_train(
+        tmp_path,
+        ["data.synthetic_rows.train_rows=2000", "data.synthetic_rows.val_rows=300", "data.batch_size=64", "trainer.max_epochs=6", "encoder.hidden_size=64", "encoder.dim=64", "embeddings.dim=32"],
+    )
+    metrics = train(cfg)
+    corpus = 300 * 8
+    random_mrr = sum(1 / r for r in range(1, 11)) / corpus  # expected MRR@10 of a random ranking, one positive
+    assert random_mrr < 0.002
+    assert metrics["val/mrr@10"] > 0.3, metrics
+    assert metrics["val/recall@100"] > 0.8, metrics
+
+
+def test_resume_continues_step_and_epoch(tmp_path):
+    first = compose_train(tmp_path, ["trainer.max_epochs=2"])
+    train(first)
+    last = Path(first.paths.output_dir) / "checkpoints" / "last.ckpt"
+    state = torch.load(last, weights_only=False)
+    steps_per_epoch = state["global_step"] // 2
+    assert state["epoch"] == 1 and steps_per_epoch > 0
+    assert "tokenizer" in state and state["tokenizer"]["words"][:2] == ["<pad>", "<unk>"]
+
+    resumed = compose_train(tmp_path, ["trainer.max_epochs=3", f"ckpt_path={last}"])
+    train(resumed)
+    state = torch.load(last, weights_only=False)
+    assert state["epoch"] == 2
+    assert state["global_step"] == 3 * steps_per_epoch
+
+
+def test_same_seed_same_metrics(tmp_path):
+    runs = [train(compose_train(tmp_path / str(i), ["trainer.max_epochs=2", "seed=7"])) for i in range(2)]
+    keys = [k for k in runs[0] if k.startswith(("val/", "train/"))]
+    assert keys and all(runs[0][k] == runs[1][k] for k in keys)
+    other = train(compose_train(tmp_path / "other", ["trainer.max_epochs=2", "seed=8"]))
+    assert other["train/loss"] != runs[0]["train/loss"]
+
+
+def test_wandb_offline_logs_and_closes(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    import wandb
+
+    metrics = train(compose_train(tmp_path, ["logger=wandb"]))
+    assert "val/mrr@10" in metrics
+    assert wandb.run is None  # task_wrapper finished it
+    runs = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and any(runs[0].glob("*.wandb"))
+
+
+@pytest.mark.slow
+def test_multirun_sweeps_each_job_into_its_own_dir(tmp_path):
+    overrides = [o for o in TINY if not o.startswith("logger")] + [
+        "logger=csv",
+        f"paths.cache_dir={tmp_path / 'cache'}",
+        f"hydra.sweep.dir={tmp_path / 'multirun'}",
+    ]
+    cmd = [sys.executable, "train.py", "-m", "encoder=rnn,gru", "negatives=random,in_batch", *overrides]
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env={**os.environ, "HYDRA_FULL_ERROR": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    jobs = sorted(p for p in (tmp_path / "multirun").iterdir() if p.is_dir() and p.name.isdigit())
+    assert [j.name for j in jobs] == ["0", "1", "2", "3"]
+    for job in jobs:
+        assert (job / "checkpoints" / "last.ckpt").exists()
+        assert (job / "csv" / "metrics.csv").read_text().count("val/mrr@10") == 1
