@@ -9,7 +9,7 @@ from torch import nn
 
 from tests.conftest import CONF
 
-GROUPS = ["data", "embeddings", "encoder", "negatives", "loss", "optimizer", "scheduler", "logger", "trainer", "callbacks", "debug"]
+GROUPS = ["data", "embeddings", "encoder", "negatives", "loss", "optimizer", "scheduler", "logger", "trainer", "callbacks", "debug", "experiment"]
 
 
 def options(group):
@@ -44,6 +44,8 @@ def test_group_option_composes_and_instantiates(group, option, tiny_cfg, tmp_pat
         assert cfg.trainer._target_ == "lightning.pytorch.Trainer"
     elif group == "debug":
         assert cfg.trainer.get("fast_dev_run") or cfg.trainer.get("overfit_batches")
+    elif group == "experiment":
+        assert cfg.trainer.max_epochs >= 1 and cfg.encoder.cell in ("rnn", "gru", "lstm")
     elif group == "embeddings" and option == "file":
         assert cfg.embeddings.path.endswith("v.txt")
     else:
