@@ -53,10 +53,15 @@ def test_resume_continues_step_and_epoch(tmp_path):
     assert "tokenizer" in state and state["tokenizer"]["words"][:2] == ["<pad>", "<unk>"]
 
     resumed = compose_train(tmp_path, ["trainer.max_epochs=3", f"ckpt_path={last}"])
-    train(resumed)
+    resumed_metrics = train(resumed)
     state = torch.load(last, weights_only=False)
     assert state["epoch"] == 2
     assert state["global_step"] == 3 * steps_per_epoch
+
+    # Stopping after epoch 2 and resuming ends exactly where an uninterrupted run does.
+    straight = train(compose_train(tmp_path / "straight", ["trainer.max_epochs=3"]))
+    for key in ("val/mrr@10", "val/recall@10", "train/loss_epoch"):
+        assert resumed_metrics[key] == straight[key], key
 
 
 def test_same_seed_same_metrics(tmp_path):

@@ -66,7 +66,9 @@ class TripletBatchSampler(Sampler):
         return batches[self.rank : usable : self.world_size]
 
     def __iter__(self):
-        return iter(self.plans())
+        # A generator: the plans are drawn at the first batch, after Lightning's set_epoch, which on
+        # resume comes after the DataLoader iterator is created.
+        yield from self.plans()
 
 
 class TripletBatches(Dataset):
