@@ -18,7 +18,12 @@ def options(group):
 
 @pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)])
 def test_group_option_composes_and_instantiates(group, option, tiny_cfg, tmp_path):
-    extra = {("data", "local"): ["data.path=/somewhere"], ("embeddings", "file"): [f"embeddings.path={tmp_path}/v.txt"]}
+    (tmp_path / "model.ckpt").write_bytes(b"")
+    extra = {
+        ("data", "local"): ["data.path=/somewhere"],
+        ("embeddings", "file"): [f"embeddings.path={tmp_path}/v.txt"],
+        ("negatives", "ann"): [f"negatives.checkpoint={tmp_path}/model.ckpt"],
+    }
     cfg = tiny_cfg(f"{group}={option}", *extra.get((group, option), []))
     part = cfg.get(group)
     if group == "encoder":
@@ -61,3 +66,16 @@ def test_defaults_are_documented_combination(tiny_cfg):
 def test_bidirectional_options():
     assert {"bigru", "bilstm"} <= set(options("encoder"))
     assert (CONF / "encoder" / "bigru.yaml").read_text().count("bidirectional: true") == 1
+
+
+def test_slurm_launcher_config_composes():
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
+        cfg = compose("train", overrides=["hydra/launcher=slurm", "trainer=ddp", "trainer.devices=4", "trainer.num_nodes=2"], return_hydra_config=True)
+    GlobalHydra.instance().clear()
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher")
+    assert (launcher.nodes, launcher.tasks_per_node, launcher.gpus_per_node) == (2, 4, 4)

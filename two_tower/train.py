@@ -12,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from two_tower.data.datamodule import TwoTowerDataModule
 from two_tower.model.module import TwoTowerModule
+from two_tower.negatives.refresh import NegativeRefresh
 from two_tower.utils import instantiate_group, task_wrapper
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,7 @@ def build_module(cfg: DictConfig, datamodule: TwoTowerDataModule) -> TwoTowerMod
         scheduler=cfg.get("scheduler") or None,
         shared_towers=cfg.model.shared_towers,
         freeze_embeddings=cfg.embeddings.freeze,
+        gather_across_devices=cfg.model.gather_across_devices,
     )
     module.towers.load_embeddings(datamodule.embedding_matrix)
     module.tokenizer = datamodule.tokenizer
@@ -56,7 +58,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
     loggers = instantiate_group(cfg.get("logger"))
     for logger in loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
-    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=instantiate_group(cfg.get("callbacks")), logger=loggers or False)
+    callbacks = instantiate_group(cfg.get("callbacks"))
+    refresh = getattr(datamodule.negatives, "refresh_every_n_epochs", 0)
+    if refresh:
+        callbacks.append(NegativeRefresh(refresh))
+    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
 
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}

@@ -26,6 +26,10 @@ def _as_config(value) -> DictConfig | None:
 class TwoTowerModule(L.LightningModule):
     """Hyper-parameters are the Hydra configs of the parts, so a checkpoint rebuilds its own model.
 
+    ``gather_across_devices``: with several processes (DDP), every process's batch passages serve as
+    in-batch negatives for every query, with gradients flowing back to the process that encoded them
+    (like sentence-transformers' ``gather_across_devices``).
+
     The tokenizer travels inside the checkpoint (``checkpoint["tokenizer"]``), so search and serving
     need nothing but the ``.ckpt`` file.
     """
@@ -40,6 +44,7 @@ class TwoTowerModule(L.LightningModule):
         scheduler: DictConfig | dict | None = None,
         shared_towers: bool = True,
         freeze_embeddings: bool = False,
+        gather_across_devices: bool = False,
     ):
         super().__init__()
         encoder, loss, optimizer, scheduler = _plain(encoder), _plain(loss), _plain(optimizer), _plain(scheduler)
@@ -49,6 +54,8 @@ class TwoTowerModule(L.LightningModule):
         self.loss_fn = hydra.utils.instantiate(_as_config(loss))
         self.tokenizer: Tokenizer | None = None
         self._val_outputs: dict[int, list] = {0: [], 1: []}
+        self._train_epoch_sums: dict[str, torch.Tensor] = {}
+        self._train_epoch_rows = 0
 
     # ---------------------------------------------------------------- encoding
     def encode_queries(self, ids, lengths):
@@ -61,18 +68,44 @@ class TwoTowerModule(L.LightningModule):
     def batch_loss(self, batch: dict) -> dict:
         queries = self.encode_queries(batch["query_ids"], batch["query_lengths"])
         passages = self.encode_passages(batch["passage_ids"], batch["passage_lengths"])
-        # A passage may be a negative for a row unless it is one of that row's selected passages.
-        selected = (batch["positive_pids"].unsqueeze(-1) == batch["passage_pids"].view(1, 1, -1)).any(1)
-        return self.loss_fn(queries, passages, batch["positive_column"], ~selected, batch["negative_columns"])
+        pids, positive_column, negative_columns = batch["passage_pids"], batch["positive_column"], batch["negative_columns"]
+        if self.hparams.gather_across_devices and _world_size() > 1:
+            passages, pids, offset = gather_passages(passages, pids)
+            positive_column, negative_columns = positive_column + offset, negative_columns + offset
+        # A passage may be a negative for a row unless it is one of that row's selected passages,
+        # padding (pid -1), or a copy of a passage met earlier in the (gathered) batch; a row's own
+        # negatives point at that first copy.
+        first = _first_columns(pids)
+        negative_columns = first[negative_columns]
+        selected = (batch["positive_pids"].unsqueeze(-1) == pids.view(1, 1, -1)).any(1)
+        negative_mask = ~selected & (first == torch.arange(len(pids), device=pids.device)).unsqueeze(0) & (pids >= 0).unsqueeze(0)
+        return self.loss_fn(queries, passages, positive_column, negative_mask, negative_columns)
 
     def training_step(self, batch, batch_idx):
         out = self.batch_loss(batch)
         batch_size = batch["query_ids"].shape[0]
         self.log("train/loss", out["loss"], prog_bar=True, on_step=True, on_epoch=True, batch_size=batch_size)
+        # The other statistics are only logged per epoch. Every self.log call costs a few hundred
+        # microseconds of Python in Lightning, so they are summed here (as Lightning would: float32
+        # value * batch size, divided by the rows seen) and logged once in on_train_epoch_end.
+        sums = self._train_epoch_sums
         for name, value in out.items():
             if name != "loss":
-                self.log(f"train/{name}", value, on_step=False, on_epoch=True, batch_size=batch_size)
+                total = sums.get(name, torch.zeros((), dtype=torch.get_default_dtype(), device=value.device))
+                sums[name] = total + value.detach().to(total.dtype) * batch_size
+        self._train_epoch_rows += batch_size
         return out["loss"]
+
+    def on_train_epoch_start(self):
+        self._train_epoch_sums: dict[str, torch.Tensor] = {}
+        self._train_epoch_rows = 0
+
+    def on_train_epoch_end(self):
+        if self._train_epoch_rows:
+            for name, total in self._train_epoch_sums.items():
+                # batch_size=1: Lightning stores value * 1 and divides by 1, so the logged value is exact.
+                self.log(f"train/{name}", total / self._train_epoch_rows, on_step=False, on_epoch=True, batch_size=1)
+        self._train_epoch_sums, self._train_epoch_rows = {}, 0
 
     # ---------------------------------------------------------------- validation
     def on_validation_epoch_start(self):
@@ -136,12 +169,49 @@ class TwoTowerModule(L.LightningModule):
             self.tokenizer = Tokenizer.from_state_dict(checkpoint["tokenizer"])
 
 
+def _world_size() -> int:
+    import torch.distributed as dist
+
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def gather_passages(passages: torch.Tensor, pids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """All processes' passage vectors (differentiable) and ids, padded to the longest with pid -1.
+
+    Returns (passages [world * longest, d], pids, offset of this process's first column).
+    """
+    import torch.distributed as dist
+    import torch.distributed.nn.functional as dist_fn
+
+    size = torch.tensor([len(pids)], device=pids.device)
+    sizes = [torch.zeros_like(size) for _ in range(dist.get_world_size())]
+    dist.all_gather(sizes, size)
+    longest = int(max(s.item() for s in sizes))
+    pad = longest - len(pids)
+    passages = torch.cat([passages, passages.new_zeros(pad, passages.shape[1])])
+    pids = torch.cat([pids, pids.new_full((pad,), -1)])
+    all_passages = torch.cat(dist_fn.all_gather(passages))
+    all_pids = [torch.empty_like(pids) for _ in range(dist.get_world_size())]
+    dist.all_gather(all_pids, pids)
+    return all_passages, torch.cat(all_pids), dist.get_rank() * longest
+
+
+def _first_columns(ids: torch.Tensor) -> torch.Tensor:
+    """For each position i, the first position j <= i with ids[j] == ids[i]."""
+    order = torch.argsort(ids, stable=True)
+    sorted_ids = ids[order]
+    starts = torch.ones_like(sorted_ids, dtype=torch.bool)
+    starts[1:] = sorted_ids[1:] != sorted_ids[:-1]
+    group = torch.cumsum(starts.long(), 0) - 1
+    out = torch.empty_like(order)
+    out[order] = order[starts][group]
+    return out
+
+
 def _first_occurrence(index: torch.Tensor) -> torch.Tensor:
-    order = torch.argsort(index, stable=True)
-    sorted_index = index[order]
-    first = torch.ones_like(sorted_index, dtype=torch.bool)
-    first[1:] = sorted_index[1:] != sorted_index[:-1]
-    return order[first]
+    """Positions of the first occurrence of each distinct value."""
+    first = _first_columns(index)
+    return torch.nonzero(first == torch.arange(len(index), device=index.device)).flatten()
 
 
 def _all_gather_ragged(module: L.LightningModule, index: torch.Tensor, emb: torch.Tensor):

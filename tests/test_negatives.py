@@ -1,0 +1,169 @@
+"""Hard-negative mining (BM25, ANN, refresh) and in-batch negatives gathered across processes."""
+
+import logging
+import os
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from tests.conftest import compose_train
+from two_tower.data.batches import TripletBatches
+from two_tower.data.datamodule import TwoTowerDataModule
+from two_tower.embeddings import RandomEmbeddings
+from two_tower.model.module import TwoTowerModule
+from two_tower.negatives import ANNNegatives, BM25Negatives, InBatchNegatives, RandomNegatives
+from two_tower.negatives.ann import model_scorer
+from two_tower.negatives.mining import MinedNegatives, jaccard
+from two_tower.data.tokenizer import split_words
+from two_tower.train import train
+
+
+def prepared(tmp_path, negatives=None, rows=200):
+    dm = TwoTowerDataModule(
+        RandomEmbeddings(dim=8),
+        negatives or InBatchNegatives(),
+        synthetic_rows={"train_rows": rows, "val_rows": 40, "seed": 0},
+        cache_dir=str(tmp_path / "cache"),
+        batch_size=16,
+    )
+    dm.setup("fit")
+    return dm
+
+
+def test_bm25_negatives_exclude_selected_and_near_duplicates(tmp_path):
+    dm = prepared(tmp_path)
+    split = dm.train
+    # Make passage 1 a near duplicate of query 0's positive: same words but one.
+    pos = int(split.positives[0][0])
+    words = split.passage_texts[pos].split()
+    near = " ".join(words[:-1] + ["zebra"])
+    split.passage_texts[1] = near
+    miner = BM25Negatives(per_query=2, range_min=0, range_max=10, near_duplicate_jaccard=0.8, cache_dir=str(tmp_path / "cache"))
+    miner.prepare(split)
+    assert len(miner.pool) == split.num_queries
+    for row in range(split.num_queries):
+        pool = miner.pool[row].tolist()
+        selected = set(split.positives[row].tolist())
+        assert pool and not selected & set(pool)
+        assert len(pool) <= 10
+        for pid in pool:
+            for s in selected:
+                assert jaccard(set(split_words(split.passage_texts[pid])), set(split_words(split.passage_texts[s]))) < 0.8
+    rng = np.random.default_rng(0)
+    drawn = miner.sample(split, np.arange(split.num_queries), rng)
+    assert drawn.shape == (split.num_queries, 2)
+    assert all(d in miner.pool[r] for r, row in enumerate(drawn) for d in row)
+
+
+def test_bm25_window_is_the_top_of_the_ranking(tmp_path):
+    dm = prepared(tmp_path)
+    split = dm.train
+    miner = BM25Negatives(per_query=1, range_min=2, range_max=5, near_duplicate_jaccard=1.01, cache_dir=str(tmp_path / "c"))
+    scores = miner.scorer(split)(np.arange(3))
+    miner.prepare(split)
+    for row in range(3):
+        order = [p for p in torch.sort(scores[row], descending=True, stable=True).indices.tolist() if p not in set(split.positives[row].tolist())]
+        assert miner.pool[row].tolist() == order[2:5]
+
+
+def test_mining_is_cached(tmp_path, monkeypatch, caplog):
+    dm = prepared(tmp_path)
+    BM25Negatives(per_query=1, cache_dir=str(tmp_path / "cache")).prepare(dm.train)
+    monkeypatch.setattr(MinedNegatives, "mine", lambda *a, **k: pytest.fail("mined again"))
+    with caplog.at_level(logging.INFO):
+        again = BM25Negatives(per_query=1, cache_dir=str(tmp_path / "cache"))
+        again.prepare(dm.train)
+    assert "cache hit" in caplog.text and len(again.pool) == dm.train.num_queries
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("ckpt")
+    cfg = compose_train(tmp, ["trainer.max_epochs=1", "data.synthetic_rows.train_rows=200", "data.synthetic_rows.val_rows=40", "data.batch_size=16", "embeddings.dim=8"])
+    train(cfg)
+    return tmp / "run" / "checkpoints" / "last.ckpt"
+
+
+def test_ann_negatives_and_refresh_changes_them(tmp_path, tiny_checkpoint):
+    dm = prepared(tmp_path)
+    miner = ANNNegatives(per_query=1, range_max=10, checkpoint=str(tiny_checkpoint), margin=0.0, cache_dir=str(tmp_path / "cache"))
+    miner.prepare(dm.train)
+    for row in range(dm.train.num_queries):
+        assert not set(dm.train.positives[row].tolist()) & set(miner.pool[row].tolist())
+    before = [miner.pool[r].tolist() for r in range(dm.train.num_queries)]
+    other = TwoTowerModule(len(dm.tokenizer), 8, {"_target_": "two_tower.model.encoders.RNNEncoder", "cell": "gru", "hidden_size": 16, "dim": 16}, {"_target_": "two_tower.model.losses.InfoNCELoss"}, {"_target_": "torch.optim.Adam", "_partial_": True})
+    miner.refresh(model_scorer(other, dm.train), dm.train)
+    after = [miner.pool[r].tolist() for r in range(dm.train.num_queries)]
+    assert after != before
+    assert all(not set(dm.train.positives[r].tolist()) & set(after[r]) for r in range(len(after)))
+
+
+def test_ann_requires_a_checkpoint():
+    with pytest.raises(ValueError, match="negatives.checkpoint"):
+        ANNNegatives(per_query=1, checkpoint=None)
+
+
+def test_training_with_bm25_and_refreshed_ann(tmp_path, tiny_checkpoint):
+    metrics = train(compose_train(tmp_path / "bm25", ["negatives=bm25", "trainer.max_epochs=1"]))
+    assert np.isfinite(metrics["val/mrr@10"])
+    metrics = train(compose_train(tmp_path / "ann", ["negatives=ann", f"negatives.checkpoint={tiny_checkpoint}", "negatives.refresh_every_n_epochs=1", "trainer.max_epochs=2", "loss=triplet"]))
+    assert metrics["negatives/refresh_seconds"] > 0
+
+
+# ---------------------------------------------------------------------------------- across devices
+def _ddp_worker(rank, world, init_file, cache_dir, state, plans, loss_name, out_file):
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        dm = _split_for_ddp(cache_dir)
+        module = _module_for_ddp(dm, loss_name, gather=True)
+        module.load_state_dict(state)
+        out = module.batch_loss(TripletBatches(dm.train)[plans[rank]])
+        out["loss"].backward()
+        loss = out["loss"].detach().clone()
+        dist.all_reduce(loss)
+        grads = torch.cat([p.grad.flatten() for p in module.parameters() if p.grad is not None])
+        dist.all_reduce(grads)  # what DDP does, before dividing by the world size
+        if rank == 0:
+            torch.save({"loss": loss / world, "grads": grads / world}, out_file)
+    finally:
+        dist.destroy_process_group()
+
+
+def _split_for_ddp(cache_dir):
+    dm = TwoTowerDataModule(RandomEmbeddings(dim=8), RandomNegatives(per_query=1), synthetic_rows={"train_rows": 60, "val_rows": 10, "seed": 0}, cache_dir=cache_dir)
+    dm.setup("fit")
+    return dm
+
+
+def _module_for_ddp(dm, loss_name, gather):
+    torch.manual_seed(0)
+    loss = {"infonce": {"_target_": "two_tower.model.losses.InfoNCELoss", "temperature": 0.1}, "triplet": {"_target_": "two_tower.model.losses.TripletLoss", "margin": 0.5}}[loss_name]
+    module = TwoTowerModule(len(dm.tokenizer), 8, {"_target_": "two_tower.model.encoders.RNNEncoder", "cell": "gru", "hidden_size": 8, "dim": 8}, loss, {"_target_": "torch.optim.Adam", "_partial_": True}, gather_across_devices=gather)
+    module.towers.load_embeddings(dm.embedding_matrix)
+    return module
+
+
+@pytest.mark.parametrize("loss_name", ["infonce", "triplet"])
+def test_gathered_in_batch_negatives_equal_one_process_on_the_whole_batch(tmp_path, loss_name):
+    cache_dir = str(tmp_path / "cache")
+    dm = _split_for_ddp(cache_dir)
+    module = _module_for_ddp(dm, loss_name, gather=False)
+    state = module.state_dict()
+    split = dm.train
+    rows = np.arange(8)
+    positives = np.array([split.positives[r][0] for r in rows])
+    negatives = np.array([split.negatives()[r][0] for r in rows])
+    negatives[6] = positives[1]  # a passage on both processes: must count once, and never for row 1
+    plan = np.stack([rows, positives, negatives], axis=1)
+    out = module.batch_loss(TripletBatches(split)[plan])
+    out["loss"].backward()
+    want_grads = torch.cat([p.grad.flatten() for p in module.parameters() if p.grad is not None])
+
+    out_file = tmp_path / "ddp.pt"
+    mp.spawn(_ddp_worker, args=(2, str(tmp_path / "init"), cache_dir, state, [plan[:4], plan[4:]], loss_name, str(out_file)), nprocs=2, join=True)
+    got = torch.load(out_file)
+    torch.testing.assert_close(got["loss"], out["loss"].detach(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got["grads"], want_grads, rtol=1e-4, atol=1e-6)
