@@ -40,6 +40,14 @@ def rank_dense_within(queries: torch.Tensor, passages: torch.Tensor, candidates:
     return cand_t.gather(1, order)
 
 
+def rank_within_scores(scores: torch.Tensor, candidates: np.ndarray) -> torch.Tensor:
+    """Rank each query's candidates ([Q, C] passage ids, -1 = padding) by its row of ``scores`` [Q, P],
+    best first, ties by position in the candidate list (as ``rank_dense_within``); -1 pads."""
+    cand = torch.from_numpy(candidates)
+    picked = scores.gather(1, cand.clamp(min=0)).masked_fill(cand < 0, float("-inf"))
+    return cand.gather(1, torch.sort(picked, dim=1, descending=True, stable=True).indices)
+
+
 def ranking_metrics(ranked: torch.Tensor | np.ndarray, relevant: list, ks=DEFAULT_KS, prefix: str = "") -> dict[str, float]:
     """MRR@10, Recall@k, nDCG@10 (binary gains) over queries with at least one relevant passage.
 
@@ -70,6 +78,14 @@ def ranking_metrics(ranked: torch.Tensor | np.ndarray, relevant: list, ks=DEFAUL
     return out
 
 
+def split_metrics(ranked, reranked, relevant: list, ks=DEFAULT_KS) -> dict[str, float]:
+    """The validation protocol for any retriever: ``ranking_metrics`` of its full-corpus ranking
+    ``ranked`` [Q, K >= max(ks)], plus ``rerank_mrr@10`` of ``reranked`` (each query's own candidates)."""
+    metrics = ranking_metrics(ranked, relevant, ks)
+    metrics["rerank_mrr@10"] = ranking_metrics(reranked, relevant, ks=(1,))["mrr@10"]
+    return metrics
+
+
 def dense_split_metrics(queries: torch.Tensor, passages: torch.Tensor, split, query_rows: np.ndarray, ks=DEFAULT_KS) -> dict[str, float]:
     """Full-corpus metrics plus ``rerank_mrr@10`` within each query's own candidates.
 
@@ -77,7 +93,6 @@ def dense_split_metrics(queries: torch.Tensor, passages: torch.Tensor, split, qu
     ``passages`` [split.num_passages, d] every passage of the split.
     """
     relevant = [split.positives[r] for r in query_rows]
-    metrics = ranking_metrics(rank_dense(queries, passages, max(ks)), relevant, ks)
-    rerank = ranking_metrics(rank_dense_within(queries, passages, split.candidates, query_rows), relevant, ks=(1,))
-    metrics["rerank_mrr@10"] = rerank["mrr@10"]
-    return metrics
+    ranked = rank_dense(queries, passages, max(ks))
+    reranked = rank_dense_within(queries, passages, split.candidates, query_rows)
+    return split_metrics(ranked, reranked, relevant, ks)

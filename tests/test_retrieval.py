@@ -1,0 +1,350 @@
+"""Index, search and evaluate on synthetic data: one tiny checkpoint (trained once) serves every test."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import open_dict
+
+from tests.conftest import CONF, compose_train
+from two_tower.data import msmarco, synthetic
+from two_tower.data.prepared import PreparedSplit
+from two_tower.data.tokenizer import PAD, UNK, Tokenizer
+from two_tower.retrieval import index as index_module
+from two_tower.retrieval.bm25 import BM25Retriever
+from two_tower.retrieval.corpus import read_corpus_file
+from two_tower.retrieval.dense import DenseRetriever
+from two_tower.retrieval.errors import CorpusError, EmptyQueryError, IndexFolderError
+from two_tower.retrieval.evaluate import evaluate, evaluate_split
+from two_tower.retrieval.hybrid import ReciprocalRankFusion, WeightedScoreFusion
+from two_tower.retrieval.index import PassageIndex, build_faiss
+from two_tower.retrieval.indexer import build_index
+from two_tower.retrieval.retriever import SplitRetriever
+from two_tower.retrieval.search import Searcher
+from two_tower.retrieval.search import main as search_main
+from two_tower.train import train
+
+
+def compose_retrieval(config_name: str, overrides: list[str]):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
+        cfg = compose(config_name, overrides=overrides)
+    GlobalHydra.instance().clear()
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny checkpoint, its logged validation metrics, and its validation split as a jsonl shard folder."""
+    root = tmp_path_factory.mktemp("retrieval")
+    cfg = compose_train(root, [])
+    metrics = train(cfg)
+    spec = dict(cfg.data.synthetic_rows)
+    n_train, n_val = spec.pop("train_rows"), spec.pop("val_rows")
+    data = root / "data"
+    data.mkdir()
+    with open(data / "validation-00000-of-00001.jsonl", "w") as f:
+        for row in synthetic.make_rows(n_train + n_val, **spec)[n_train:]:
+            f.write(json.dumps(row) + "\n")
+    ckpt = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    index = root / "index"
+    build_index(compose_retrieval("index", [f"ckpt={ckpt}", f"data.path={data}", f"out={index}"]))
+    return {"root": root, "ckpt": ckpt, "metrics": metrics, "data": data, "index": index}
+
+
+def validation_split(data: Path) -> PreparedSplit:
+    rows, _ = msmarco.validate_rows(msmarco.load_split("validation", str(data)), "validation", for_training=False)
+    return PreparedSplit.from_rows(rows, Tokenizer([PAD, UNK]))
+
+
+# ----------------------------------------------------------------------------------------- index + search
+
+
+def test_round_trip_finds_each_passage_by_its_own_text(trained):
+    searcher = Searcher.load(trained["index"])
+    split = validation_split(trained["data"])
+    assert len(searcher.index) == split.num_passages
+    # Shared towers: a passage that fits in max_query_len, searched as a query, is its own nearest vector.
+    limit = searcher.encoder.tokenizer.max_query_len
+    short = [i for i, t in enumerate(split.passage_texts) if len(searcher.encoder.tokenizer.encode(t, 1000)) <= limit][:20]
+    assert len(short) >= 5
+    results = searcher.search([split.passage_texts[i] for i in short], k=3)
+    for i, hits in zip(short, results):
+        assert len(hits) == 3
+        assert hits[0].id == str(i) and hits[0].text == split.passage_texts[i]
+        assert hits[0].score == pytest.approx(1.0, abs=1e-5)
+        assert hits[0].score >= hits[1].score >= hits[2].score
+
+
+def test_search_matches_brute_force_over_the_checkpoint_vectors(trained):
+    searcher = Searcher.load(trained["index"])
+    dense = DenseRetriever(str(trained["ckpt"]))
+    split = validation_split(trained["data"])
+    dense.prepare(split)
+    rows = split.evaluated_queries()[:25]
+    results = searcher.search([split.query_texts[r] for r in rows], k=10)
+    brute = dense.rankings(rows, 10)
+    for hits, ids, scores in zip(results, brute.ranked.tolist(), brute.scores.tolist()):
+        assert [h.id for h in hits] == [str(i) for i in ids]
+        assert [h.score for h in hits] == pytest.approx(scores, abs=1e-5)
+
+
+def test_flat_search_is_exact_including_tie_order():
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(500, 16)).astype(np.float32)
+    vectors[300] = vectors[100]  # an exact tie: the lower row must come first
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    queries = rng.normal(size=(30, 16)).astype(np.float32)
+    queries[0] = vectors[100] * 3
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    index = PassageIndex(Path("."), build_faiss(vectors, "Flat"), None, {})
+    hits = index.search(queries, k=20)
+    scores = queries @ vectors.T
+    for q in range(len(queries)):
+        want = sorted(range(len(vectors)), key=lambda p: (-scores[q, p], p))[:20]
+        assert hits.rows[q].tolist() == want
+        assert hits.scores[q] == pytest.approx(scores[q, want], abs=1e-5)
+    assert hits.rows[0, :2].tolist() == [100, 300]
+
+
+@pytest.mark.parametrize("factory, params", [("HNSW32", "efSearch=64"), ("IVF4,Flat", "nprobe=4")])
+def test_approximate_factories_build_and_find_the_nearest(factory, params):
+    rng = np.random.default_rng(1)
+    vectors = rng.normal(size=(400, 16)).astype(np.float32)
+    index = build_faiss(vectors, factory, train_size=200, search_params=params)
+    scores, rows = index.search(vectors[:10] / np.linalg.norm(vectors[:10], axis=1, keepdims=True), 1)
+    assert rows[:, 0].tolist() == list(range(10))  # each vector's nearest is itself
+    with pytest.raises(ValueError, match="lists but only"):
+        build_faiss(vectors[:3], "IVF4,Flat")
+
+
+def test_interrupted_write_leaves_no_index_folder(trained, tmp_path, monkeypatch):
+    out = tmp_path / "indexes" / "broken"
+
+    def fail(*args, **kwargs):
+        raise KeyboardInterrupt("killed mid-write")
+
+    monkeypatch.setattr(index_module.QueryEncoder, "save", fail)  # fails after faiss.index and passages.parquet
+    cfg = compose_retrieval("index", [f"ckpt={trained['ckpt']}", f"data.path={trained['data']}", f"out={out}"])
+    with pytest.raises(KeyboardInterrupt):
+        build_index(cfg)
+    assert not out.exists()
+    assert list(out.parent.iterdir()) == []  # nor its temporary folder
+
+
+def test_existing_index_is_kept_unless_overwrite(trained, tmp_path):
+    out = tmp_path / "index"
+    shutil.copytree(trained["index"], out)
+    before = (out / "manifest.json").read_text()
+    cfg = compose_retrieval("index", [f"ckpt={trained['ckpt']}", f"data.path={trained['data']}", f"out={out}"])
+    with pytest.raises(IndexFolderError, match="already exists"):
+        build_index(cfg)
+    assert (out / "manifest.json").read_text() == before
+    with open_dict(cfg):
+        cfg.overwrite, cfg.index.factory = True, "HNSW32"
+    build_index(cfg)
+    assert json.loads((out / "manifest.json").read_text())["faiss"]["type"] == "IndexHNSWFlat"
+    assert [p.name for p in tmp_path.iterdir()] == ["index"]
+
+
+def test_index_refuses_a_checkpoint_of_another_model(trained, tmp_path):
+    state = torch.load(trained["ckpt"], weights_only=False)
+    Searcher.load(trained["index"], checkpoint=trained["ckpt"])  # the model that built it: accepted
+
+    retokenized = {**state, "tokenizer": {**state["tokenizer"], "words": [*state["tokenizer"]["words"], "zzz"]}}
+    torch.save(retokenized, tmp_path / "tokenizer.ckpt")
+    with pytest.raises(IndexFolderError, match="tokenizer"):
+        Searcher.load(trained["index"], checkpoint=tmp_path / "tokenizer.ckpt")
+
+    retrained = {**state, "state_dict": {k: v + 0.01 if "projection.bias" in k else v for k, v in state["state_dict"].items()}}
+    torch.save(retrained, tmp_path / "retrained.ckpt")
+    with pytest.raises(IndexFolderError, match="passage_tower") as err:
+        Searcher.load(trained["index"], checkpoint=tmp_path / "retrained.ckpt")
+    assert "tokenizer" not in str(err.value)
+
+    manifest = json.loads((trained["index"] / "manifest.json").read_text())
+    other = {**manifest["model"], "dim": 64}
+    with pytest.raises(IndexFolderError, match="dim: 32 vs 64"):
+        PassageIndex.load(trained["index"], expect_model=other)
+
+
+def test_a_modified_index_folder_is_refused(trained, tmp_path):
+    broken = tmp_path / "index"
+    shutil.copytree(trained["index"], broken)
+    (broken / "faiss.index").unlink()
+    with pytest.raises(IndexFolderError, match="missing"):
+        Searcher.load(broken)
+    with pytest.raises(IndexFolderError, match="not an index folder"):
+        Searcher.load(tmp_path)
+
+
+def test_empty_query_is_a_clear_error(trained, capsys):
+    searcher = Searcher.load(trained["index"])
+    with pytest.raises(EmptyQueryError, match="query 2 of 2 is empty"):
+        searcher.search(["apple river", "   "], k=3)
+    assert search_main([f"index={trained['index']}", "   "]) == 2
+    err = capsys.readouterr().err
+    assert err.strip().count("\n") == 0 and "empty" in err and "Traceback" not in err
+
+
+def test_search_command_prints_ranked_hits(trained, capsys):
+    assert search_main([f"index={trained['index']}", "apple", "river", "k=2", "max_chars=0"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "query: apple river" and len(lines) == 3
+    assert lines[1].split()[0] == "1" and lines[2].split()[0] == "2"
+
+
+# ----------------------------------------------------------------------------------------- corpus files
+
+
+def test_corpus_files_parquet_jsonl_tsv(tmp_path):
+    import pandas as pd
+
+    frame = pd.DataFrame({"pid": [7, 8, 9], "body": ["first passage", "", "third passage"]})
+    frame.to_parquet(tmp_path / "c.parquet")
+    frame.to_json(tmp_path / "c.jsonl", orient="records", lines=True)
+    (tmp_path / "c.tsv").write_text("7\tfirst passage\n8\t\n9\tthird passage\n")
+    for name in ("c.parquet", "c.jsonl", "c.tsv"):
+        passages = read_corpus_file(tmp_path / name, id_column="pid", text_column="body")
+        assert passages.ids == ["7", "9"] and passages.texts == ["first passage", "third passage"], name
+    with pytest.raises(CorpusError, match=r"c\.parquet: missing column\(s\) \['id', 'text'\]"):
+        read_corpus_file(tmp_path / "c.parquet")
+    (tmp_path / "dup.tsv").write_text("1\ta\n1\tb\n")
+    with pytest.raises(CorpusError, match="dup.tsv: 1 id"):
+        read_corpus_file(tmp_path / "dup.tsv")
+
+
+# ----------------------------------------------------------------------------------------- evaluation
+
+
+def test_evaluate_dense_reproduces_validation_and_writes_reports(trained, tmp_path):
+    out = tmp_path / "eval"
+    cfg = compose_retrieval("evaluate", [f"ckpt={trained['ckpt']}", f"data.path={trained['data']}", f"out={out}", "retriever=[dense,bm25]", "save_runs=true"])
+    metrics = evaluate(cfg)
+    logged = {k.removeprefix("val/"): v for k, v in trained["metrics"].items() if k.startswith("val/")}
+    assert {k: metrics["dense"][k] for k in logged} == pytest.approx(logged, abs=1e-6)
+    report = json.loads((out / "metrics.json").read_text())
+    assert list(report["metrics"]) == ["dense", "bm25"]
+    table = (out / "metrics.md").read_text()
+    assert "| dense |" in table and "| bm25 |" in table
+    # The TREC run ranks what the metrics scored: MRR@10 read back from the files agrees.
+    qrels = {}
+    for line in (out / "qrels.txt").read_text().splitlines():
+        qid, _, docid, _ = line.split()
+        qrels.setdefault(qid, set()).add(docid)
+    first_hit = {}
+    for line in (out / "runs" / "dense.trec").read_text().splitlines():
+        qid, q0, docid, rank, score, tag = line.split()
+        assert q0 == "Q0" and tag == "dense"
+        if docid in qrels[qid] and qid not in first_hit:
+            first_hit[qid] = int(rank)
+    mrr = sum(1 / r for r in first_hit.values() if r <= 10) / len(qrels)
+    assert mrr == pytest.approx(metrics["dense"]["mrr@10"], abs=1e-9)
+
+
+def test_hybrid_weights_reduce_to_their_parts(trained):
+    split = validation_split(trained["data"])
+    dense, bm25 = DenseRetriever(str(trained["ckpt"])), BM25Retriever()
+    retrievers = {
+        "dense": dense,
+        "bm25": bm25,
+        "rrf_dense_only": ReciprocalRankFusion([dense, bm25], [1.0, 0.0], depth=split.num_passages),
+        "weighted_bm25_only": WeightedScoreFusion([dense, bm25], [0.0, 1.0]),
+        "hybrid": WeightedScoreFusion([dense, bm25], [0.5, 0.5]),
+    }
+    metrics, rankings = evaluate_split(split, retrievers)
+    assert torch.equal(rankings["rrf_dense_only"].ranked, rankings["dense"].ranked)
+    assert torch.equal(rankings["weighted_bm25_only"].ranked, rankings["bm25"].ranked)
+    assert metrics["bm25"]["mrr@10"] > 0.3  # the synthetic queries share keywords with their passages
+
+
+# Three queries over five passages, with BM25 ranks worked out by hand (see test docstring).
+HAND_ROWS = [
+    {"query": "banana", "passages": {"passage_text": ["apple banana", "cherry grape"], "is_selected": [1, 0]}},
+    {"query": "grape smoothie", "passages": {"passage_text": ["peach plum", "cherry grape", "lemon melon"], "is_selected": [1, 0, 0]}},
+    {"query": "apple", "passages": {"passage_text": ["apple cherry", "apple banana"], "is_selected": [1, 0]}},
+]
+
+
+def hand_split() -> PreparedSplit:
+    rows, _ = msmarco.validate_rows(HAND_ROWS, "validation", for_training=False)
+    split = PreparedSplit.from_rows(rows, Tokenizer([PAD, UNK]))
+    assert split.passage_texts == ["apple banana", "cherry grape", "peach plum", "lemon melon", "apple cherry"]
+    return split
+
+
+def test_bm25_metrics_by_hand():
+    """Passages 0 'apple banana', 1 'cherry grape', 2 'peach plum', 3 'lemon melon', 4 'apple cherry'.
+
+    q0 'banana' -> only p0 matches: positive p0 at rank 1.
+    q1 'grape smoothie' -> only p1 matches ('smoothie' is unknown); the rest score 0 and keep index
+       order 0, 2, ...: positive p2 at rank 3. Within its candidates [2, 1, 3]: p1, then p2 (tie with p3,
+       earlier in the list): rank 2.
+    q2 'apple' -> p0 and p4 tie exactly (same length, one 'apple' each); p0 is first: positive p4 at
+       rank 2. Within its candidates [4, 0] the tie goes to the earlier candidate, p4: rank 1.
+    """
+    metrics, rankings = evaluate_split(hand_split(), {"bm25": BM25Retriever()})
+    assert rankings["bm25"].ranked[:, :3].tolist() == [[0, 1, 2], [1, 0, 2], [0, 4, 1]]
+    want = {
+        "mrr@10": (1 + 1 / 3 + 1 / 2) / 3,
+        "recall@1": 1 / 3,
+        "recall@10": 1.0,
+        "recall@100": 1.0,
+        "ndcg@10": (1 + 1 / math.log2(4) + 1 / math.log2(3)) / 3,
+        "rerank_mrr@10": (1 + 1 / 2 + 1) / 3,
+    }
+    assert {k: metrics["bm25"][k] for k in want} == pytest.approx(want, abs=1e-12)
+
+
+class FixedScores(SplitRetriever):
+    def __init__(self, scores):
+        super().__init__()
+        self.table = torch.tensor(scores, dtype=torch.float32)
+
+    def scores(self, query_rows):
+        return self.table[query_rows]
+
+
+def test_fusion_metrics_by_hand():
+    """Two made-up parts over the same five passages.
+
+    A (dense-like): q0 [.9 .1 .2 .3 .8]  q1 [.1 .2 .9 .3 .4]  q2 [.5 .1 .1 .1 .6]
+    B (bm25-like):  q0 [ 0 10  0  0  8]  q1 [ 0  4  2  0  0]  q2 [ 6  0  0  0  0]
+    Positives (hand_split): q0 p0, q1 p2, q2 p4.
+    RRF, k=1, depth=2: a part's best passage gets 1/2, its second 1/3, unless it scores the part's minimum.
+      q0: p0 1/2 (A1); p4 1/3 (A2) + 1/3 (B2) = 2/3; p1 1/2 (B1) -> p4, then p0 and p1 tie at 1/2 -> p0.
+          Positive p0 at rank 2.
+      q1: p2 1/2 (A1) + 1/3 (B2) = 5/6; p1 1/2 (B1); p4 1/3 (A2) -> p2 first. Positive p2: rank 1.
+      q2: p4 1/2 (A1); p0 1/3 (A2) + 1/2 (B1) = 5/6; B's second (p1) scores B's minimum 0: no share.
+          -> p0, p4, then p1 (0, lowest index). Positive p4: rank 2.
+    Weighted 0.5/0.5 on min-max scores:
+      q0: A -> p0 1, p4 .875, p1 0;  B -> p1 1, p4 .8.  p4 .8375 > p1 .5 = p0 .5 -> positive p0 rank 2
+          (tie with p1, lower index first).
+      q1: A -> p2 1, p4 .375, p1 .125;  B -> p1 1, p2 .5 -> p2 .75, p1 .5625, p4 .1875: rank 1.
+      q2: A -> p4 1, p0 .8;  B -> p0 1 -> p0 .9, p4 .5: positive p4 at rank 2.
+    """
+    split = hand_split()
+    a = FixedScores([[0.9, 0.1, 0.2, 0.3, 0.8], [0.1, 0.2, 0.9, 0.3, 0.4], [0.5, 0.1, 0.1, 0.1, 0.6]])
+    b = FixedScores([[0, 10, 0, 0, 8], [0, 4, 2, 0, 0], [6, 0, 0, 0, 0]])
+    retrievers = {
+        "rrf": ReciprocalRankFusion([a, b], [1.0, 1.0], k=1, depth=2),
+        "weighted": WeightedScoreFusion([a, b], [0.5, 0.5]),
+    }
+    metrics, rankings = evaluate_split(split, retrievers)
+    assert rankings["rrf"].ranked[:, :3].tolist() == [[4, 0, 1], [2, 1, 4], [0, 4, 1]]
+    assert rankings["rrf"].scores[0, :3].tolist() == pytest.approx([2 / 3, 1 / 2, 1 / 2])
+    assert rankings["rrf"].scores[2, :3].tolist() == pytest.approx([5 / 6, 1 / 2, 0])
+    assert rankings["weighted"].ranked[:, :3].tolist() == [[4, 0, 1], [2, 1, 4], [0, 4, 1]]
+    assert rankings["weighted"].scores[0, :3].tolist() == pytest.approx([0.8375, 0.5, 0.5])
+    assert rankings["weighted"].scores[1, :3].tolist() == pytest.approx([0.75, 0.5625, 0.1875])
+    for name in retrievers:
+        assert metrics[name]["mrr@10"] == pytest.approx((1 / 2 + 1 + 1 / 2) / 3), name
+        assert metrics[name]["recall@1"] == pytest.approx(1 / 3), name

@@ -1,0 +1,75 @@
+"""A trained checkpoint as an encoder: load it for inference, say what it is, encode token rows in batches.
+
+``model_identity`` is what an index records about the model that built it, and what a checkpoint must
+match to be used with that index: the tokenizer (vocabulary and settings), the vector size, the
+encoder settings and a hash of each tower's weights (two epochs of one run differ only there).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from two_tower.data.batches import LengthSortedBatches, TokenBatches
+from two_tower.data.prepared import Ragged
+from two_tower.retrieval.errors import CheckpointError
+from two_tower.retrieval.query_encoder import weights_hash
+
+
+def load_checkpoint(path: str | Path):
+    """The ``TwoTowerModule`` of a ``.ckpt`` on CPU in eval mode, with its tokenizer restored."""
+    from two_tower.model.module import TwoTowerModule  # imports Lightning: only when a checkpoint is needed
+
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise CheckpointError(f"ckpt={path}: no such checkpoint file")
+    try:
+        module = TwoTowerModule.load_from_checkpoint(path, map_location="cpu")
+    except Exception as err:
+        raise CheckpointError(f"ckpt={path}: not a two-tower checkpoint ({type(err).__name__}: {err})") from err
+    if module.tokenizer is None:
+        raise CheckpointError(f"ckpt={path}: has no tokenizer (saved by an older version?); retrain or re-save it")
+    module.eval()
+    return module
+
+
+def model_identity(module, checkpoint: str | Path) -> dict:
+    """What an index built with ``module`` must agree with; ``checkpoint`` is recorded, not compared."""
+    towers = module.towers
+    return {
+        "checkpoint": str(Path(checkpoint).expanduser().resolve()),
+        "tokenizer": module.tokenizer.fingerprint(),
+        "dim": int(towers.passage_encoder.output_dim),
+        "vocab_size": int(module.hparams.vocab_size),
+        "embedding_dim": int(module.hparams.embedding_dim),
+        "encoder": dict(module.hparams.encoder),
+        "shared_towers": bool(module.hparams.shared_towers),
+        "query_tower": weights_hash(towers.query_encoder),
+        "passage_tower": weights_hash(towers.passage_encoder),
+    }
+
+
+def encode_tokens(encode, tokens: Ragged, dim: int, batch_size: int = 512, items: np.ndarray | None = None, progress: tqdm | None = None) -> torch.Tensor:
+    """Encode rows of ``tokens`` with ``encode(ids, lengths)`` in length-sorted batches (as validation does).
+
+    Returns [len(tokens), dim] float32; rows not in ``items`` (default: all) stay zero. ``progress``
+    (a tqdm bar) is advanced by the rows encoded.
+    """
+    items = np.arange(len(tokens)) if items is None else items
+    batches = LengthSortedBatches(tokens.lengths, batch_size, items=items)
+    dataset = TokenBatches(tokens)
+    out = torch.zeros(len(tokens), dim)
+    with torch.inference_mode():
+        for plan in batches:
+            batch = dataset[plan]
+            out[batch["index"]] = encode(batch["ids"], batch["lengths"]).float()
+            if progress is not None:
+                progress.update(len(plan))
+    return out
+
+
+def progress_bar(total: int, desc: str) -> tqdm:
+    return tqdm(total=total, desc=desc, unit=" rows", smoothing=0.1)

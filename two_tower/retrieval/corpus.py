@@ -1,0 +1,102 @@
+"""The passages to index: the unique passages of a data split, or a passage file (parquet, jsonl, tsv).
+
+Ids are strings. A split's passages are numbered in first-appearance order (the split's passage index,
+the same numbering evaluation and TREC run files use). A file brings its own ids, which must be unique;
+rows with a missing or empty text are skipped and counted.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from two_tower.data import msmarco
+from two_tower.data.prepared import PreparedSplit
+from two_tower.data.tokenizer import PAD, UNK, Tokenizer
+from two_tower.retrieval.errors import CorpusError
+
+log = logging.getLogger(__name__)
+
+READERS = {
+    ".parquet": lambda p: pd.read_parquet(p),
+    ".jsonl": lambda p: pd.read_json(p, lines=True, dtype=False),
+    ".tsv": lambda p: pd.read_csv(p, sep="\t", header=None, dtype=str, quoting=csv.QUOTE_NONE, keep_default_na=False),
+}
+
+
+@dataclass
+class Passages:
+    ids: list[str]
+    texts: list[str]
+    source: dict = field(default_factory=dict)  # where they came from, recorded in the index manifest
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def texts_hash(self) -> str:
+        digest = hashlib.sha1()
+        for i, t in zip(self.ids, self.texts):
+            digest.update(f"{i}\t{t}\n".encode())
+        return digest.hexdigest()[:16]
+
+
+def load_split_rows(split: str, path: str | None, hub_name: str, hub_config: str):
+    """Validated rows of an evaluation split (rows without a selected passage still bring their passages)."""
+    rows, report = msmarco.validate_rows(msmarco.load_split(split, path, hub_name, hub_config), split, for_training=False)
+    log.info(report.summary())
+    return rows
+
+
+def split_passages(split: str, path: str | None, hub_name: str, hub_config: str) -> Passages:
+    rows = load_split_rows(split, path, hub_name, hub_config)
+    texts = PreparedSplit.from_rows(rows, Tokenizer([PAD, UNK])).passage_texts
+    source = {"kind": "split", "split": split, "path": str(Path(path).resolve()) if path else f"hub:{hub_name}/{hub_config}"}
+    return Passages([str(i) for i in range(len(texts))], texts, source)
+
+
+def read_corpus_file(path: str | Path, id_column: str = "id", text_column: str = "text") -> Passages:
+    """Passages from a parquet or jsonl file with ``id_column`` and ``text_column``, or a tsv of
+    ``id<TAB>text`` lines (MS MARCO's collection.tsv layout; a header line naming the columns is skipped)."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise CorpusError(f"corpus={path}: no such file")
+    reader = READERS.get(path.suffix.lower())
+    if reader is None:
+        raise CorpusError(f"corpus={path}: unsupported file type {path.suffix!r}; use one of {sorted(READERS)}")
+    try:
+        frame = reader(path)
+    except Exception as err:
+        raise CorpusError(f"corpus={path}: could not read it ({type(err).__name__}: {err})") from err
+    if path.suffix.lower() == ".tsv":
+        if frame.shape[1] != 2:
+            raise CorpusError(f"corpus={path}: expected 2 tab-separated columns (id, text), found {frame.shape[1]}")
+        frame.columns = [id_column, text_column]
+        if len(frame) and list(frame.iloc[0]) == [id_column, text_column]:
+            frame = frame.iloc[1:]
+    missing = [c for c in (id_column, text_column) if c not in frame.columns]
+    if missing:
+        raise CorpusError(
+            f"corpus={path}: missing column(s) {missing}; found {list(frame.columns)}. "
+            "Name the columns with corpus_columns.id=... corpus_columns.text=..."
+        )
+    ids = ["" if v is None or (isinstance(v, float) and v != v) else str(v).strip() for v in frame[id_column].tolist()]
+    if "" in ids:
+        raise CorpusError(f"corpus={path}: {ids.count('')} row(s) have no {id_column!r}; every passage needs an id")
+    texts = [t.strip() if isinstance(t, str) else "" for t in frame[text_column].tolist()]
+    keep = [i for i, t in enumerate(texts) if t]
+    if len(keep) < len(texts):
+        log.warning("corpus=%s: skipped %d of %d rows with a missing or empty text", path, len(texts) - len(keep), len(texts))
+    ids, texts = [ids[i] for i in keep], [texts[i] for i in keep]
+    if not ids:
+        raise CorpusError(f"corpus={path}: no passage with a non-empty text")
+    duplicated = pd.Series(ids).value_counts()
+    duplicated = duplicated[duplicated > 1]
+    if len(duplicated):
+        examples = ", ".join(f"{i!r} x{n}" for i, n in duplicated.head(3).items())
+        raise CorpusError(f"corpus={path}: {len(duplicated)} id(s) appear more than once ({examples}); ids must be unique")
+    return Passages(ids, texts, {"kind": "file", "path": str(path.resolve())})

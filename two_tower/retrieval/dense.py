@@ -1,0 +1,45 @@
+"""The trained model as a retriever: exact inner product over the split's encoded passages.
+
+Encodes like validation (same tokenizer, length-sorted batches, ``rank_dense_within`` for the rerank
+setting), so a checkpoint evaluated here scores what it logged as ``val/*`` at that epoch.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from two_tower.data.prepared import PreparedSplit, Ragged
+from two_tower.retrieval.checkpoint import encode_tokens, load_checkpoint, progress_bar
+from two_tower.retrieval.errors import ConfigError
+from two_tower.retrieval.metrics import rank_dense_within
+from two_tower.retrieval.retriever import SplitRetriever
+
+
+class DenseRetriever(SplitRetriever):
+    def __init__(self, checkpoint: str, batch_size: int = 512):
+        super().__init__()
+        if not checkpoint:
+            raise ConfigError("the dense retriever needs a checkpoint: pass ckpt=PATH")
+        self.module = load_checkpoint(checkpoint)
+        self.batch_size = batch_size
+        self.queries = self.passages = None
+
+    def prepare(self, split: PreparedSplit) -> None:
+        if split is self.split:
+            return
+        super().prepare(split)
+        tokenizer, towers = self.module.tokenizer, self.module.towers
+        passage_tokens = Ragged.from_lists(tokenizer.encode_passages(split.passage_texts))
+        query_tokens = Ragged.from_lists(tokenizer.encode_queries(split.query_texts))
+        evaluated = split.evaluated_queries()
+        with progress_bar(split.num_passages, "Encoding passages") as bar:
+            self.passages = encode_tokens(self.module.encode_passages, passage_tokens, towers.passage_encoder.output_dim, self.batch_size, progress=bar)
+        with progress_bar(len(evaluated), "Encoding queries") as bar:
+            self.queries = encode_tokens(self.module.encode_queries, query_tokens, towers.query_encoder.output_dim, self.batch_size, items=evaluated, progress=bar)
+
+    def scores(self, query_rows: np.ndarray) -> torch.Tensor:
+        return self.queries[query_rows] @ self.passages.T
+
+    def rank_candidates(self, query_rows: np.ndarray, scores: torch.Tensor) -> torch.Tensor:
+        return rank_dense_within(self.queries[query_rows], self.passages, self.split.candidates, query_rows)

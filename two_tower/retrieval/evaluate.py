@@ -1,0 +1,121 @@
+"""The ``evaluate.py`` recipe: one split, several retrievers, one protocol, one comparison table.
+
+Every retriever ranks the split's whole corpus for each query with a selected passage and its own
+candidates; ``metrics.split_metrics`` (what validation uses) turns the rankings into MRR@10,
+Recall@1/10/100, nDCG@10 and rerank MRR@10. Writes ``metrics.json`` and ``metrics.md`` to ``cfg.out``
+and, with ``save_runs``, TREC run files (``qid Q0 docid rank score tag``; qid = the query's row in the
+validated split, docid = the passage's number in first-appearance order, as ``index.py`` numbers a
+split) plus ``qrels.txt``, so two systems can be compared query by query (e.g. with trec_eval).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import hydra
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from two_tower.data.prepared import PreparedSplit
+from two_tower.data.tokenizer import PAD, UNK, Tokenizer
+from two_tower.retrieval.corpus import load_split_rows
+from two_tower.retrieval.errors import ConfigError
+from two_tower.retrieval.metrics import DEFAULT_KS, split_metrics
+from two_tower.retrieval.retriever import Rankings, SplitRetriever
+
+log = logging.getLogger(__name__)
+
+COLUMNS = {"mrr@10": "MRR@10", "recall@1": "R@1", "recall@10": "R@10", "recall@100": "R@100", "ndcg@10": "nDCG@10", "rerank_mrr@10": "rerank MRR@10"}
+
+
+def build_retrievers(cfg: DictConfig) -> dict[str, SplitRetriever]:
+    """Instantiate ``cfg.retriever`` in order; a fusion's ``parts`` name retrievers built before it."""
+    built: dict[str, SplitRetriever] = {}
+    for name, spec in cfg.retriever.items():
+        if "parts" in spec:
+            missing = [p for p in spec.parts if p not in built]
+            if missing:
+                raise ConfigError(f"retriever {name} fuses {missing}, which are not selected before it; add them to retriever=[...]")
+            built[name] = hydra.utils.instantiate(spec, parts=[built[p] for p in spec.parts])
+        else:
+            built[name] = hydra.utils.instantiate(spec)
+    return built
+
+
+def load_split(cfg: DictConfig) -> PreparedSplit:
+    """The split's queries, unique passages, positives and candidates (retrievers tokenize for themselves)."""
+    rows = load_split_rows(cfg.split, cfg.data.path, cfg.data.hub_name, cfg.data.hub_config)
+    return PreparedSplit.from_rows(rows, Tokenizer([PAD, UNK]))
+
+
+def evaluate_split(split: PreparedSplit, retrievers: dict[str, SplitRetriever]) -> tuple[dict[str, dict], dict[str, Rankings]]:
+    """Metrics and rankings of every retriever on ``split`` (queries with a selected passage)."""
+    query_rows = split.evaluated_queries()
+    relevant = [split.positives[r] for r in query_rows]
+    metrics, rankings = {}, {}
+    for name, retriever in retrievers.items():
+        start = time.perf_counter()
+        retriever.prepare(split)
+        rankings[name] = retriever.rankings(query_rows, max(DEFAULT_KS))
+        metrics[name] = {**split_metrics(rankings[name].ranked, rankings[name].reranked, relevant), "seconds": round(time.perf_counter() - start, 2)}
+        log.info("%s: %s", name, {k: round(v, 4) for k, v in metrics[name].items()})
+    return metrics, rankings
+
+
+def markdown_table(metrics: dict[str, dict]) -> str:
+    lines = ["| retriever | " + " | ".join(COLUMNS.values()) + " | seconds |", "|---" * (len(COLUMNS) + 2) + "|"]
+    for name, m in metrics.items():
+        lines.append(f"| {name} | " + " | ".join(f"{m[k]:.4f}" for k in COLUMNS) + f" | {m['seconds']:.1f} |")
+    return "\n".join(lines)
+
+
+def write_trec_run(path: Path, split: PreparedSplit, query_rows: np.ndarray, rankings: Rankings, tag: str) -> None:
+    with open(path, "w") as f:
+        for qid, ids, scores in zip(query_rows.tolist(), rankings.ranked.tolist(), rankings.scores.tolist()):
+            for rank, (docid, score) in enumerate(zip(ids, scores), start=1):
+                f.write(f"{qid} Q0 {docid} {rank} {score:.6f} {tag}\n")
+
+
+def write_qrels(path: Path, split: PreparedSplit, query_rows: np.ndarray) -> None:
+    with open(path, "w") as f:
+        for qid in query_rows.tolist():
+            for docid in split.positives[qid].tolist():
+                f.write(f"{qid} 0 {docid} 1\n")
+
+
+def evaluate(cfg: DictConfig) -> dict[str, dict]:
+    """Run every selected retriever on the split; returns {retriever: metrics}."""
+    if cfg.get("threads"):
+        torch.set_num_threads(cfg.threads)
+    if not cfg.retriever:
+        raise ConfigError("no retriever selected; e.g. retriever=[dense,bm25,hybrid]")
+    retrievers = build_retrievers(cfg)
+    split = load_split(cfg)
+    query_rows = split.evaluated_queries()
+    log.info("%s: %d queries evaluated (%d in the split), %d passages", cfg.split, len(query_rows), split.num_queries, split.num_passages)
+    metrics, rankings = evaluate_split(split, retrievers)
+
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    table = markdown_table(metrics)
+    report = {
+        "split": cfg.split,
+        "data": OmegaConf.to_container(cfg.data, resolve=True),
+        "queries": len(query_rows),
+        "passages": split.num_passages,
+        "metrics": metrics,
+        "retrievers": OmegaConf.to_container(cfg.retriever, resolve=True),
+    }
+    (out / "metrics.json").write_text(json.dumps(report, indent=2))
+    (out / "metrics.md").write_text(f"{cfg.split}: {len(query_rows)} queries, {split.num_passages} passages\n\n{table}\n")
+    if cfg.save_runs:
+        (out / "runs").mkdir(exist_ok=True)
+        write_qrels(out / "qrels.txt", split, query_rows)
+        for name, ranking in rankings.items():
+            write_trec_run(out / "runs" / f"{name}.trec", split, query_rows, ranking, name)
+    log.info("%s: %d queries, %d passages\n%s\nWrote %s", cfg.split, len(query_rows), split.num_passages, table, out / "metrics.md")
+    return metrics

@@ -1,0 +1,223 @@
+"""An index folder: a FAISS index over passage vectors, the passages it holds, the query tower, a manifest.
+
+```
+INDEX/
+  faiss.index         inner product over L2-normalised vectors (cosine); row i is passage i
+  passages.parquet    id, text of every row, in index order
+  query_encoder.pt    query tower + tokenizer of the model that encoded the passages
+  manifest.json       format, the config that built it, the source, the model identity, file hashes
+```
+
+The folder answers queries on its own (the query tower is copied in), and records which model made it
+(``checkpoint.model_identity``), so a checkpoint that does not match is refused. It is written to a
+hidden temporary folder beside the target and renamed into place: an interrupted build leaves no index.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import faiss
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from two_tower.retrieval.errors import ConfigError, IndexFolderError
+from two_tower.retrieval.query_encoder import QueryEncoder
+
+log = logging.getLogger(__name__)
+
+FORMAT = 1
+MANIFEST, FAISS_FILE, PASSAGES_FILE, QUERY_ENCODER_FILE = "manifest.json", "faiss.index", "passages.parquet", "query_encoder.pt"
+
+
+def build_faiss(vectors: np.ndarray, factory: str = "Flat", train_size: int = 100_000, search_params: str | None = None, seed: int = 0) -> faiss.Index:
+    """A FAISS index from ``faiss.index_factory`` (e.g. ``Flat``, ``HNSW32``, ``IVF1024,Flat``) with
+    inner-product metric, holding ``vectors`` in row order (L2-normalised here, in place when they are
+    already a contiguous float32 array, to save a copy).
+
+    Indexes that need training (IVF, PQ) are trained on a random sample of ``train_size`` vectors.
+    ``search_params`` (e.g. ``efSearch=64``, ``nprobe=16``) are set on the index and saved with it.
+    """
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    faiss.normalize_L2(vectors)
+    try:
+        index = faiss.index_factory(vectors.shape[1], factory, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as err:
+        raise ConfigError(f"index.factory={factory!r} is not a FAISS index factory string (e.g. Flat, HNSW32, IVF1024,Flat): {err}") from err
+    if not index.is_trained:
+        sample = vectors
+        if len(vectors) > train_size:
+            sample = vectors[np.sort(np.random.default_rng(seed).choice(len(vectors), train_size, replace=False))]
+        nlist = getattr(faiss.try_extract_index_ivf(index), "nlist", 0)
+        if len(sample) < nlist:
+            raise ConfigError(f"index.factory={factory!r} has {nlist} lists but only {len(sample)} vectors to train on; use fewer lists or Flat")
+        log.info("Training %s on %d vectors", factory, len(sample))
+        index.train(sample)
+    index.add(vectors)
+    if search_params:
+        try:
+            faiss.ParameterSpace().set_index_parameters(index, search_params)
+        except RuntimeError as err:
+            raise ConfigError(f"index.search_params={search_params!r} do not apply to a {factory} index: {err}") from err
+    return index
+
+
+def file_hash(path: Path) -> str:
+    digest = hashlib.sha1()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def write_index_folder(path: str | Path, index: faiss.Index, ids: list[str], texts: list[str], query_encoder: QueryEncoder, manifest: dict, overwrite: bool = False) -> Path:
+    """Write the folder atomically: everything goes to ``.NAME.tmp-PID`` first, then one rename.
+
+    ``manifest`` (config, source, model identity) is completed with the format, sizes and file hashes.
+    An existing folder is replaced only with ``overwrite``.
+    """
+    path = Path(path).expanduser().resolve()
+    if not len(ids) == len(texts) == index.ntotal:
+        raise ValueError(f"{len(ids)} ids, {len(texts)} texts and {index.ntotal} vectors: they must match row for row")
+    if path.exists() and not overwrite:
+        raise IndexFolderError(f"{path} already exists; pass overwrite=true or choose another out=")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        faiss.write_index(index, str(tmp / FAISS_FILE))
+        pq.write_table(pa.table({"id": pa.array(ids, pa.string()), "text": pa.array(texts, pa.string())}), tmp / PASSAGES_FILE)
+        query_encoder.save(tmp / QUERY_ENCODER_FILE)
+        manifest = {
+            "format": FORMAT,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            **manifest,
+            "passages": len(ids),
+            "faiss": {"type": type(faiss.downcast_index(index)).__name__, "metric": "inner_product", "ntotal": int(index.ntotal), "dim": int(index.d)},
+            "files": {name: file_hash(tmp / name) for name in (FAISS_FILE, PASSAGES_FILE, QUERY_ENCODER_FILE)},
+        }
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        if path.exists():  # overwrite: move the old folder aside, rename the new one in, then delete the old
+            old = path.with_name(f".{path.name}.old-{os.getpid()}")
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+@dataclass
+class SearchHits:
+    """Top-k of a batch of queries: rows into the index, best first; -1 / -inf where fewer than k."""
+
+    rows: np.ndarray  # [Q, k] int64
+    scores: np.ndarray  # [Q, k] float32
+
+
+class PassageIndex:
+    """A loaded index folder: search vectors, look passages up by row."""
+
+    def __init__(self, path: Path, index: faiss.Index, passages: pa.Table, manifest: dict):
+        self.path, self.index, self.passages, self.manifest = path, index, passages, manifest
+
+    def __len__(self) -> int:
+        return int(self.index.ntotal)
+
+    @property
+    def model(self) -> dict:
+        return self.manifest["model"]
+
+    @classmethod
+    def load(cls, path: str | Path, expect_model: dict | None = None, verify_files: bool = False) -> "PassageIndex":
+        """Open an index folder. ``expect_model`` (a ``model_identity``) must match the one that built it;
+        ``verify_files`` re-hashes every file against the manifest."""
+        path = Path(path).expanduser()
+        manifest = read_manifest(path)
+        if expect_model is not None:
+            check_model(path, manifest["model"], expect_model, expect_model.get("checkpoint", "the checkpoint"))
+        if verify_files:
+            for name, digest in manifest["files"].items():
+                if file_hash(path / name) != digest:
+                    raise IndexFolderError(f"{path / name} does not match the hash in {path / MANIFEST}; the folder was modified, rebuild it")
+        index = faiss.read_index(str(path / FAISS_FILE))
+        passages = pq.read_table(path / PASSAGES_FILE)
+        if index.ntotal != len(passages) or index.ntotal != manifest["passages"] or index.d != manifest["model"]["dim"]:
+            raise IndexFolderError(
+                f"{path}: inconsistent folder: faiss.index holds {index.ntotal} vectors of dim {index.d}, passages.parquet "
+                f"{len(passages)} rows, manifest {manifest['passages']} passages of dim {manifest['model']['dim']}; rebuild it"
+            )
+        return cls(path, index, passages, manifest)
+
+    def load_query_encoder(self) -> QueryEncoder:
+        encoder = QueryEncoder.load(self.path / QUERY_ENCODER_FILE)
+        actual = {"tokenizer": encoder.tokenizer.fingerprint(), "dim": encoder.dim, "query_tower": encoder.weights_hash()}
+        check_model(self.path, {k: self.model[k] for k in actual}, actual, self.path / QUERY_ENCODER_FILE)
+        return encoder
+
+    def set_search_params(self, params: str) -> None:
+        """Override the saved search-time parameters, e.g. ``efSearch=128`` or ``nprobe=32``."""
+        try:
+            faiss.ParameterSpace().set_index_parameters(self.index, params)
+        except RuntimeError as err:
+            raise ConfigError(f"search_params={params!r} do not apply to a {self.manifest['faiss']['type']} index: {err}") from err
+
+    def search(self, vectors: np.ndarray, k: int) -> SearchHits:
+        """Top-``k`` rows by inner product; among equal scores the lower row comes first."""
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        faiss.normalize_L2(vectors)
+        k = max(1, min(k, len(self)))
+        scores, rows = self.index.search(vectors, k)
+        # FAISS orders exact ties arbitrarily; put them in row order like metrics.rank_by_scores does.
+        # (Which of several tied passages makes it into the top k at the cut-off is still FAISS's choice.)
+        order = np.lexsort((np.where(rows < 0, np.iinfo(np.int64).max, rows), -scores), axis=-1)
+        return SearchHits(np.take_along_axis(rows, order, 1), np.take_along_axis(scores, order, 1))
+
+    def lookup(self, rows: np.ndarray) -> tuple[list[str], list[str]]:
+        """(ids, texts) of the given rows."""
+        taken = self.passages.take(pa.array(np.asarray(rows, dtype=np.int64)))
+        return taken.column("id").to_pylist(), taken.column("text").to_pylist()
+
+
+def read_manifest(path: Path) -> dict:
+    if not path.is_dir():
+        raise IndexFolderError(f"index={path}: no such folder")
+    if not (path / MANIFEST).is_file():
+        raise IndexFolderError(f"index={path}: not an index folder (no {MANIFEST}); build one with index.py")
+    manifest = json.loads((path / MANIFEST).read_text())
+    if manifest.get("format") != FORMAT:
+        raise IndexFolderError(f"index={path}: format {manifest.get('format')}, this code reads format {FORMAT}; rebuild it")
+    missing = [name for name in manifest["files"] if not (path / name).is_file()]
+    if missing:
+        raise IndexFolderError(f"index={path}: missing {missing}; rebuild it")
+    return manifest
+
+
+# Recorded for information only: the same model may be loaded from a moved or copied file.
+NOT_COMPARED = {"checkpoint"}
+
+
+def identity_differences(recorded: dict, actual: dict) -> list[str]:
+    """Human-readable differences between two ``model_identity`` dicts (empty = same model)."""
+    keys = sorted((recorded.keys() | actual.keys()) - NOT_COMPARED)
+    return [f"{k}: {recorded.get(k)!r} vs {actual.get(k)!r}" for k in keys if recorded.get(k) != actual.get(k)]
+
+
+def check_model(path: Path, recorded: dict, actual: dict, actual_name) -> None:
+    differences = identity_differences(recorded, actual)
+    if differences:
+        raise IndexFolderError(
+            f"index={path} was built by a different model than {actual_name} (index vs given): " + "; ".join(differences)
+        )
