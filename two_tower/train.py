@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 
 import hydra
 import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from two_tower.config import validate_train_config
 from two_tower.data.datamodule import TwoTowerDataModule
 from two_tower.model.module import TwoTowerModule
 from two_tower.negatives.refresh import NegativeRefresh
@@ -41,13 +43,30 @@ def build_module(cfg: DictConfig, datamodule: TwoTowerDataModule) -> TwoTowerMod
     return module
 
 
+def resolve_ckpt_path(cfg: DictConfig) -> str | None:
+    """``ckpt_path=last`` means this run dir's own ``checkpoints/last.ckpt`` (resume a preempted run by
+    running the same command with ``hydra.run.dir`` set to its dir)."""
+    path = cfg.get("ckpt_path")
+    if path != "last":
+        return path
+    last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    if not last.is_file():
+        raise FileNotFoundError(
+            f"ckpt_path=last: no {last}. Point hydra.run.dir (or hydra.sweep.dir for a multirun) at the run to "
+            "resume, or give ckpt_path=PATH/TO/last.ckpt"
+        )
+    return str(last)
+
+
 @task_wrapper
 def train(cfg: DictConfig) -> dict[str, float]:
     """Train (or resume with ``ckpt_path``) and return the final logged metrics."""
+    validate_train_config(cfg)
     if cfg.get("threads"):
         torch.set_num_threads(cfg.threads)
     L.seed_everything(cfg.seed, workers=True)
     start = time.perf_counter()
+    ckpt_path = resolve_ckpt_path(cfg)
 
     datamodule = build_datamodule(cfg)
     datamodule.prepare_data()
@@ -63,10 +82,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if refresh:
         callbacks.append(NegativeRefresh(refresh))
     trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
 
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     metrics["time/train_seconds"] = time.perf_counter() - start
+    for logger in loggers:
+        logger.log_metrics({"time/train_seconds": metrics["time/train_seconds"]}, step=trainer.global_step)
+        logger.save()
     checkpoint = trainer.checkpoint_callback
     if checkpoint is not None and checkpoint.best_model_path:
         log.info("Best checkpoint: %s (%s=%.4f)", checkpoint.best_model_path, checkpoint.monitor, float(checkpoint.best_model_score or 0))

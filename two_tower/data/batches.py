@@ -7,6 +7,8 @@ Training plans are length-bucketed so padding stays small; evaluation plans are 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
@@ -34,8 +36,10 @@ class TripletBatchSampler(Sampler):
         shuffle: bool = True,
         rank: int = 0,
         world_size: int = 1,
+        batches_done: Callable[[], int] | None = None,
     ):
         self.split, self.negatives, self.batch_size = split, negatives, batch_size
+        self.batches_done = batches_done
         self.seed, self.bucket_batches, self.shuffle = seed, bucket_batches, shuffle
         self.rank, self.world_size = rank, world_size
         self.epoch = 0
@@ -67,8 +71,10 @@ class TripletBatchSampler(Sampler):
 
     def __iter__(self):
         # A generator: the plans are drawn at the first batch, after Lightning's set_epoch, which on
-        # resume comes after the DataLoader iterator is created.
-        yield from self.plans()
+        # resume comes after the DataLoader iterator is created. A run resumed mid-epoch skips the
+        # batches it had already trained on (``batches_done``).
+        plans = self.plans()
+        yield from plans[self.batches_done() if self.batches_done else 0 :]
 
 
 class TripletBatches(Dataset):

@@ -199,12 +199,27 @@ class TwoTowerDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
+            # Its own generator: creating an iterator then does not draw from the global torch RNG,
+            # so dropout sees the same random numbers in a resumed run as in an uninterrupted one.
+            generator=torch.Generator().manual_seed(self.seed),
         )
+
+    def _batches_done_this_epoch(self) -> int:
+        """Batches of the current epoch already trained on, when resuming from a mid-epoch checkpoint."""
+        loop = self.trainer.fit_loop if self.trainer is not None else None
+        return loop.epoch_loop.batch_progress.current.completed if loop is not None and loop.restarted_mid_epoch else 0
 
     def train_sampler(self) -> TripletBatchSampler:
         rank, world = self._rank_world()
         return TripletBatchSampler(
-            self.train, self.negatives, self.batch_size, seed=self.seed, bucket_batches=self.bucket_batches, rank=rank, world_size=world
+            self.train,
+            self.negatives,
+            self.batch_size,
+            seed=self.seed,
+            bucket_batches=self.bucket_batches,
+            rank=rank,
+            world_size=world,
+            batches_done=self._batches_done_this_epoch,
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -1,0 +1,97 @@
+"""Collect runs into one table and plots, without W&B.
+
+    python experiments/summarize.py outputs/multirun/2026-11-29_12-00-00 [more run or multirun dirs] --out DIR
+
+A run dir is one with ``.hydra/`` and ``csv/metrics.csv`` (the default CSV logger); a multirun dir holds
+numbered job dirs. Writes DIR/summary.md, DIR/summary.csv, DIR/val_mrr.png (val/mrr@10 per epoch per
+run) and DIR/train_loss.png (training loss per step per run).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+import yaml  # noqa: E402
+
+HIDDEN = ("data.path", "hydra.", "paths.", "ckpt_path", "negatives.checkpoint")
+VAL = ["val/mrr@10", "val/recall@1", "val/recall@10", "val/recall@100", "val/ndcg@10", "val/rerank_mrr@10"]
+
+
+def find_runs(paths: list[Path]) -> list[Path]:
+    runs = []
+    for path in paths:
+        if (path / ".hydra").is_dir():
+            runs.append(path)
+        else:
+            runs.extend(sorted((p for p in path.iterdir() if (p / ".hydra").is_dir()), key=lambda p: (len(p.name), p.name)))
+    if not runs:
+        raise SystemExit(f"no run dirs (with .hydra/) under {[str(p) for p in paths]}")
+    return runs
+
+
+def label(run: Path) -> str:
+    overrides = yaml.safe_load((run / ".hydra" / "overrides.yaml").read_text()) or []
+    shown = [o for o in overrides if not o.lstrip("+~").startswith(HIDDEN)]
+    return " ".join(shown) or run.name
+
+
+def summarize(run: Path) -> tuple[dict, pd.DataFrame]:
+    metrics = pd.read_csv(run / "csv" / "metrics.csv")
+    val = metrics[metrics["val/mrr@10"].notna()]
+    row = {"run": label(run), "dir": str(run), "epochs": len(val)}
+    if len(val):
+        best = val.loc[val["val/mrr@10"].idxmax()]
+        last = val.iloc[-1]
+        row.update({k: round(float(last[k]), 4) for k in VAL if k in last})
+        row["best val/mrr@10"] = round(float(best["val/mrr@10"]), 4)
+        row["best epoch"] = int(best["epoch"])
+    if "time/train_seconds" in metrics:
+        seconds = metrics["time/train_seconds"].dropna()
+        row["train seconds"] = round(float(seconds.iloc[-1]), 1) if len(seconds) else None
+    return row, metrics
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("paths", nargs="+", type=Path)
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    rows, curves = [], {}
+    for run in find_runs(args.paths):
+        row, metrics = summarize(run)
+        rows.append(row)
+        curves[row["run"]] = metrics
+    table = pd.DataFrame(rows)
+    table.to_csv(args.out / "summary.csv", index=False)
+    (args.out / "summary.md").write_text(table.drop(columns=["dir"]).to_markdown(index=False) + "\n")
+    print(table.drop(columns=["dir"]).to_markdown(index=False))
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, m in curves.items():
+        val = m[m["val/mrr@10"].notna()]
+        ax.plot(val["epoch"], val["val/mrr@10"], marker="o", label=name)
+    ax.set(xlabel="epoch", ylabel="val/mrr@10 (full corpus)", title="Validation MRR@10")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(args.out / "val_mrr.png", dpi=120)
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, m in curves.items():
+        if "train/loss_step" in m:
+            steps = m[m["train/loss_step"].notna()]
+            ax.plot(steps["step"], steps["train/loss_step"], lw=1, label=name)
+    ax.set(xlabel="step", ylabel="training loss", title="Training loss")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(args.out / "train_loss.png", dpi=120)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,135 @@
+"""A stopped or killed run resumes and ends with the same metrics as one that was never interrupted."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+
+import two_tower.train as train_module
+from two_tower import utils
+
+from tests.conftest import ROOT, TINY, compose_train
+from two_tower.train import train
+
+FINAL = ("val/mrr@10", "val/recall@10", "train/loss_epoch")
+
+
+class SigtermAtStep(L.Callback):
+    def __init__(self, step):
+        self.step = step
+
+    def on_train_batch_end(self, trainer, *args):
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_sigterm_mid_epoch_then_resume_matches_uninterrupted(tmp_path, monkeypatch):
+    common = ["trainer.max_epochs=3", "encoder.dropout=0.2"]  # dropout: RNG state must be restored too
+    straight = train(compose_train(tmp_path / "straight", common))
+
+    stopped = compose_train(tmp_path / "stopped", common)
+    original = utils.instantiate_group
+    monkeypatch.setattr(train_module, "instantiate_group", lambda c: original(c) + ([SigtermAtStep(13)] if c is stopped.get("callbacks") else []))
+    with pytest.raises(SystemExit):  # Lightning's SIGTERMException: the process would exit here
+        train(stopped)
+    monkeypatch.undo()
+    last = Path(stopped.paths.output_dir) / "checkpoints" / "last.ckpt"
+    state = torch.load(last, weights_only=False)
+    assert state["global_step"] == 13 and state["epoch"] == 1
+
+    resumed = compose_train(tmp_path / "stopped", [*common, "ckpt_path=last"])
+    metrics = train(resumed)
+    for key in FINAL:
+        assert metrics[key] == straight[key], key
+
+
+def test_ckpt_path_last_without_a_checkpoint_says_what_to_do(tmp_path):
+    with pytest.raises(FileNotFoundError, match="hydra.run.dir"):
+        train(compose_train(tmp_path, ["ckpt_path=last"]))
+
+
+def _train_cmd(run_dir: Path, cache: Path, *extra: str) -> list[str]:
+    overrides = [o for o in TINY if not o.startswith(("data.synthetic_rows.train_rows", "trainer.max_epochs"))]
+    return [
+        sys.executable, "train.py", *overrides,
+        "data.synthetic_rows.train_rows=3000", "trainer.max_epochs=4", "logger=csv",
+        f"paths.cache_dir={cache}", f"hydra.run.dir={run_dir}", *extra,
+    ]
+
+
+def _final_metrics(run_dir: Path) -> dict:
+    import pandas as pd
+
+    m = pd.read_csv(run_dir / "csv" / "metrics.csv")
+    val = m[m["val/mrr@10"].notna()].drop_duplicates("epoch", keep="last").sort_values("epoch")
+    return {"epochs": val["epoch"].tolist(), "val/mrr@10": val["val/mrr@10"].iloc[-1], "val/recall@10": val["val/recall@10"].iloc[-1]}
+
+
+def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 300) -> None:
+    start = time.time()
+    while not path.exists():
+        assert proc.poll() is None, proc.stderr.read()[-3000:]
+        assert time.time() - start < timeout
+        time.sleep(0.05)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_killed_run_resumes_to_the_same_result(tmp_path, sig):
+    cache = tmp_path / "cache"
+    reference = tmp_path / "reference"
+    subprocess.run(_train_cmd(reference, cache), cwd=ROOT, check=True, capture_output=True, timeout=600)
+    want = _final_metrics(reference)
+
+    run = tmp_path / "run"
+    proc = subprocess.Popen(_train_cmd(run, cache), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    _wait_for(run / "checkpoints" / "last.ckpt", proc)  # the end of epoch 0
+    time.sleep(0.7)  # now mid-epoch 1 (or mid-validation, or mid-write)
+    proc.send_signal(sig)
+    proc.wait(timeout=120)
+    # Whatever the kill interrupted, last.ckpt is a whole checkpoint.
+    state = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+    assert state["global_step"] > 0
+    if sig == signal.SIGTERM:  # SIGTERM saves where it stopped, mid-epoch
+        assert state["global_step"] % 47 != 0 or state["epoch"] >= 1
+
+    resumed = subprocess.run(_train_cmd(run, cache, "ckpt_path=last"), cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    got = _final_metrics(run)
+    assert got == want
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["trainer.max_epochs=abc"], "trainer.max_epochs='abc': must be an integer"),
+        (["data.batch_size=0"], "data.batch_size=0: must be a positive integer"),
+        (["encoder.dropout=1.5"], "encoder.dropout=1.5"),
+        (["optimizer.lr=-1"], "optimizer.lr=-1"),
+        (["negatives=ann"], "negatives.checkpoint must be set"),
+        (["negatives=ann", "negatives.checkpoint=/nope.ckpt"], "negatives.checkpoint=/nope.ckpt: no such checkpoint"),
+        (["negatives=bm25", "negatives.range_min=40"], "negatives.range_min=40 must be below"),
+        (["negatives=in_batch", "negatives.per_query=2"], "negatives.per_query must be 0"),
+        (["ckpt_path=/nope/last.ckpt"], "ckpt_path=/nope/last.ckpt"),
+        (["embeddings.freeze=maybe"], "embeddings.freeze='maybe': must be true or false"),
+    ],
+)
+def test_bad_config_fails_before_loading_data(overrides, message, tiny_cfg, monkeypatch):
+    from two_tower.retrieval.errors import ConfigError
+
+    monkeypatch.setattr(train_module, "build_datamodule", lambda cfg: pytest.fail("loaded data"))
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(".", r"\.")):
+        train(tiny_cfg(*overrides))
+
+
+def test_unknown_group_option_names_the_choices(tiny_cfg):
+    from hydra.errors import MissingConfigException
+
+    with pytest.raises(MissingConfigException, match="encoder"):
+        tiny_cfg("encoder=transformer")

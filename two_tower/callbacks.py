@@ -1,0 +1,59 @@
+"""Callbacks that make a run survive preemption: a checkpoint on SIGTERM or max_time, RNG state in it."""
+
+from __future__ import annotations
+
+import logging
+import random
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Timer
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+log = logging.getLogger(__name__)
+
+
+class CheckpointOnStop(L.Callback):
+    """Write ``last.ckpt`` mid-epoch when training is stopped: SIGTERM (what schedulers send before
+    killing a job), Ctrl-C, or ``trainer.max_time``. Resuming from it continues with the next batch.
+
+    Lightning stops on SIGTERM after the current batch, at a point where a checkpoint resumes exactly.
+    Its own ``max_time`` handling instead ends the epoch early and marks it done, which would skip the
+    rest of that epoch on resume; so when the time is up this callback stops the run the SIGTERM way.
+    """
+
+    def __init__(self, dirpath: str, filename: str = "last.ckpt"):
+        self.path = Path(dirpath) / filename
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
+        if timer is not None and timer.time_remaining("train") is not None and timer.time_remaining("train") <= 0:
+            log.info("trainer.max_time reached: stopping after this batch")
+            trainer._signal_connector.received_sigterm = True  # Lightning raises SIGTERMException next
+
+    def on_exception(self, trainer, pl_module, exception):
+        if isinstance(exception, (SIGTERMException, KeyboardInterrupt)) and trainer.global_step > 0:
+            trainer.save_checkpoint(self.path)
+            log.info("%s: saved %s at epoch %d, step %d", type(exception).__name__, self.path, trainer.current_epoch, trainer.global_step)
+
+
+class RNGState(L.Callback):
+    """Save Python, NumPy and torch RNG states in checkpoints and restore them on resume, so dropout and
+    anything else random continue exactly as in an uninterrupted run."""
+
+    def state_dict(self) -> dict:
+        kind, keys, pos, has_gauss, gauss = np.random.get_state()
+        # Plain types and tensors only, so the checkpoint loads with torch.load(weights_only=True).
+        return {
+            "python": random.getstate(),
+            "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
+            "torch": torch.get_rng_state(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        random.setstate(state["python"])
+        kind, keys, pos, has_gauss, gauss = state["numpy"]
+        np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+        torch.set_rng_state(state["torch"])
