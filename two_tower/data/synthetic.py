@@ -50,8 +50,14 @@ def make_rows(
     query_words: int = 3,
     passage_words: tuple[int, int] = (12, 40),
     seed: int = 0,
+    query_filler: tuple[int, int] | None = None,
 ) -> list[dict]:
-    """Rows with the v1.1 fields; one selected passage a row."""
+    """Rows with the v1.1 fields; one selected passage a row.
+
+    ``passage_words``: filler words per passage, drawn uniformly from [low, high). ``query_filler``:
+    if set, each query also gets [low, high) filler words (for length-realistic benchmarks; left
+    unset, the random stream and so the rows are exactly as before).
+    """
     rng = np.random.default_rng(seed)
     vocab = vocabulary(num_topics * keywords_per_topic)
     topics = rng.permutation(len(vocab))[: num_topics * keywords_per_topic].reshape(num_topics, keywords_per_topic)
@@ -69,6 +75,9 @@ def make_rows(
     for i in range(num_rows):
         topic = int(rng.integers(num_topics))
         qwords = topic_keywords(topic, query_words)
+        query = qwords
+        if query_filler is not None:
+            query = list(rng.choice(FILLER, size=int(rng.integers(*query_filler)))) + qwords
         texts = [passage(topic_keywords(topic, 3))]  # coherent: three keywords of the query's topic
         for _ in range(passages_per_row - 1):
             # incoherent: one keyword from each of three other topics, sometimes a query word too
@@ -87,7 +96,7 @@ def make_rows(
                     "passage_text": [texts[j] for j in order],
                     "url": ["" for _ in order],
                 },
-                "query": " ".join(qwords) + "?",
+                "query": " ".join(query) + "?",
                 "query_id": i,
                 "query_type": "",
                 "wellFormedAnswers": [],

@@ -1,4 +1,13 @@
-"""Towers: word embeddings -> RNN/GRU/LSTM over packed sequences -> pooling -> projection -> L2 norm."""
+"""Towers: word embeddings -> RNN/GRU/LSTM -> pooling -> projection -> L2 norm.
+
+Padding never reaches the result. A unidirectional RNN runs over the whole padded batch and the
+pooling masks the padded steps out (its output at step t depends only on steps <= t, so the padding
+after a sequence cannot change it). A bidirectional RNN's backward pass would start in the padding,
+so it runs over packed sequences. On CPU the padded run is the faster one in training: PyTorch
+computes the input projections of all steps in one matrix product for a padded batch, but step by
+step for a packed one (experiments/benchmark/README.md has the numbers). ``packing="packed"`` forces
+packed sequences for every direction; the two give the same vectors up to float rounding.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +18,12 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 CELLS = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}
 POOLINGS = ("last", "mean", "max")
+PACKINGS = ("auto", "packed", "masks")
 
 
 class RNNEncoder(nn.Module):
-    """Encodes padded id batches; padding never reaches the result (packed sequences + masked pooling)."""
+    """Encodes padded id batches; padding never reaches the result (masked pooling, or packed sequences
+    when bidirectional or ``packing="packed"``)."""
 
     def __init__(
         self,
@@ -24,12 +35,19 @@ class RNNEncoder(nn.Module):
         dropout: float = 0.0,
         pooling: str = "mean",
         dim: int | None = 128,
+        packing: str = "auto",
     ):
         super().__init__()
         if cell not in CELLS:
             raise ValueError(f"encoder.cell must be one of {sorted(CELLS)}, got {cell!r}")
         if pooling not in POOLINGS:
             raise ValueError(f"encoder.pooling must be one of {POOLINGS}, got {pooling!r}")
+        if packing not in PACKINGS:
+            raise ValueError(f"encoder.packing must be one of {PACKINGS}, got {packing!r}")
+        if packing == "masks" and bidirectional:
+            raise ValueError("encoder.packing=masks needs a unidirectional RNN (a backward pass would start in the padding)")
+        # auto: masks where they give the same result (unidirectional), packed sequences otherwise.
+        self.packed = packing == "packed" or bidirectional
         self.embedding = embedding
         self.cell, self.pooling = cell, pooling
         self.rnn = CELLS[cell](
@@ -47,6 +65,8 @@ class RNNEncoder(nn.Module):
 
     def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         x = self.dropout(self.embedding(ids))
+        if not self.packed:
+            return self._forward_masked(ids, lengths, x)
         packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
         output, hidden = self.rnn(packed)
         if self.pooling == "last":
@@ -60,6 +80,20 @@ class RNNEncoder(nn.Module):
                 pooled = (padded * mask).sum(1) / lengths.to(padded.device).clamp(min=1).unsqueeze(-1).to(padded.dtype)
             else:
                 pooled = padded.masked_fill(~mask, float("-inf")).max(1).values
+        return F.normalize(self.projection(self.dropout(pooled)), dim=-1)
+
+    def _forward_masked(self, ids: torch.Tensor, lengths: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Unidirectional RNN over the padded batch; only steps < length are pooled."""
+        output, _ = self.rnn(x)  # [B, T, H]
+        lengths = lengths.to(output.device)
+        if self.pooling == "last":  # the last real step's output is the packed run's final hidden state
+            pooled = output[torch.arange(len(ids), device=output.device), (lengths - 1).clamp(min=0)]
+        else:
+            mask = (torch.arange(ids.shape[1], device=output.device)[None, :] < lengths[:, None]).unsqueeze(-1)
+            if self.pooling == "mean":
+                pooled = (output * mask).sum(1) / lengths.clamp(min=1).unsqueeze(-1).to(output.dtype)
+            else:
+                pooled = output.masked_fill(~mask, float("-inf")).max(1).values
         return F.normalize(self.projection(self.dropout(pooled)), dim=-1)
 
 
