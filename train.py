@@ -6,9 +6,11 @@ from omegaconf import DictConfig
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
+    from two_tower.errors import exit_on_error
     from two_tower.train import train
 
-    metrics = train(cfg)
+    with exit_on_error():
+        metrics = train(cfg)
     # Returned so Hydra sweepers (e.g. Optuna) can optimise it.
     return metrics.get(cfg.optimized_metric)
 

@@ -50,7 +50,9 @@ def test_sigterm_mid_epoch_then_resume_matches_uninterrupted(tmp_path, monkeypat
 
 
 def test_ckpt_path_last_without_a_checkpoint_says_what_to_do(tmp_path):
-    with pytest.raises(FileNotFoundError, match="hydra.run.dir"):
+    from two_tower.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="hydra.run.dir"):
         train(compose_train(tmp_path, ["ckpt_path=last"]))
 
 
@@ -121,7 +123,7 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, sig):
     ],
 )
 def test_bad_config_fails_before_loading_data(overrides, message, tiny_cfg, monkeypatch):
-    from two_tower.retrieval.errors import ConfigError
+    from two_tower.errors import ConfigError
 
     monkeypatch.setattr(train_module, "build_datamodule", lambda cfg: pytest.fail("loaded data"))
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(".", r"\.")):
@@ -133,3 +135,14 @@ def test_unknown_group_option_names_the_choices(tiny_cfg):
 
     with pytest.raises(MissingConfigException, match="encoder"):
         tiny_cfg("encoder=transformer")
+
+
+def test_cli_reports_bad_input_in_one_line(tmp_path):
+    cmd = [sys.executable, "train.py", *TINY, f"paths.cache_dir={tmp_path}", f"hydra.run.dir={tmp_path / 'run'}"]
+    local = [o for o in cmd if not o.startswith(("data=", "data.synthetic_rows"))]
+    result = subprocess.run([*local, "data=local", f"data.path={tmp_path / 'nowhere'}"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == f"error: data.path={tmp_path / 'nowhere'}: no such file or folder"
+    assert "Traceback" not in result.stderr
+    debug = subprocess.run([*cmd, "trainer.max_epochs=abc"], cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, "TWO_TOWER_DEBUG": "1", "HYDRA_FULL_ERROR": "1"})
+    assert debug.returncode != 0 and "Traceback" in debug.stderr and "trainer.max_epochs='abc'" in debug.stderr

@@ -15,11 +15,12 @@ from pathlib import Path
 import numpy as np
 
 from two_tower.data.tokenizer import PAD_ID, split_words
+from two_tower.errors import TwoTowerError
 
 log = logging.getLogger(__name__)
 
 
-class EmbeddingsError(RuntimeError):
+class EmbeddingsError(TwoTowerError):
     """A vectors file is missing or malformed; the message names the file."""
 
 

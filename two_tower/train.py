@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from two_tower.config import validate_train_config
 from two_tower.data.datamodule import TwoTowerDataModule
+from two_tower.errors import ConfigError
 from two_tower.model.module import TwoTowerModule
 from two_tower.negatives.refresh import NegativeRefresh
 from two_tower.utils import instantiate_group, task_wrapper
@@ -51,7 +52,7 @@ def resolve_ckpt_path(cfg: DictConfig) -> str | None:
         return path
     last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
     if not last.is_file():
-        raise FileNotFoundError(
+        raise ConfigError(
             f"ckpt_path=last: no {last}. Point hydra.run.dir (or hydra.sweep.dir for a multirun) at the run to "
             "resume, or give ckpt_path=PATH/TO/last.ckpt"
         )

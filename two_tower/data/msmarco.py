@@ -16,6 +16,8 @@ from urllib.parse import urlparse
 
 import datasets
 
+from two_tower.errors import TwoTowerError
+
 log = logging.getLogger(__name__)
 
 HUB_DATASET = "microsoft/ms_marco"
@@ -23,7 +25,7 @@ HUB_CONFIG = "v1.1"
 LOCAL_EXTENSIONS = {".parquet": "parquet", ".jsonl": "json", ".json": "json"}
 
 
-class DataSourceError(RuntimeError):
+class DataSourceError(TwoTowerError):
     """The data could not be loaded; the message says why and what to do instead."""
 
 

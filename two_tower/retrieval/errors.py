@@ -1,7 +1,12 @@
 """Errors the retrieval entry points report as one line (no traceback): bad input, named with its file."""
 
 
-class RetrievalError(Exception):
+from two_tower.errors import ConfigError, TwoTowerError
+
+__all__ = ["CheckpointError", "ConfigError", "CorpusError", "EmptyQueryError", "IndexFolderError", "RetrievalError"]
+
+
+class RetrievalError(TwoTowerError):
     """Base class: the message says what is wrong and where."""
 
 
@@ -20,6 +25,3 @@ class IndexFolderError(RetrievalError):
 class EmptyQueryError(RetrievalError, ValueError):
     """A query that is empty or only white space."""
 
-
-class ConfigError(RetrievalError, ValueError):
-    """A config value that cannot work (e.g. an unknown FAISS factory string)."""
