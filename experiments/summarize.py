@@ -35,16 +35,20 @@ def find_runs(paths: list[Path]) -> list[Path]:
     return runs
 
 
-def label(run: Path) -> str:
-    overrides = yaml.safe_load((run / ".hydra" / "overrides.yaml").read_text()) or []
-    shown = [o for o in overrides if not o.lstrip("+~").startswith(HIDDEN)]
-    return " ".join(shown) or run.name
+def overrides(run: Path) -> list[str]:
+    found = yaml.safe_load((run / ".hydra" / "overrides.yaml").read_text()) or []
+    return [o for o in found if not o.lstrip("+~").startswith(HIDDEN)]
 
 
-def summarize(run: Path) -> tuple[dict, pd.DataFrame]:
+def label(run: Path, common: set[str]) -> str:
+    """The run's own overrides, without those every run shares (listed once in the table's caption)."""
+    return " ".join(o for o in overrides(run) if o not in common) or "(defaults)"
+
+
+def summarize(run: Path, common: set[str]) -> tuple[dict, pd.DataFrame]:
     metrics = pd.read_csv(run / "csv" / "metrics.csv")
-    val = metrics[metrics["val/mrr@10"].notna()]
-    row = {"run": label(run), "dir": str(run), "epochs": len(val)}
+    val = metrics[metrics["val/mrr@10"].notna()].drop_duplicates("epoch", keep="last")  # a resumed run may repeat rows
+    row = {"run": label(run, common), "dir": str(run), "epochs": len(val)}
     if len(val):
         best = val.loc[val["val/mrr@10"].idxmax()]
         last = val.iloc[-1]
@@ -64,14 +68,18 @@ def main() -> None:
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     rows, curves = [], {}
-    for run in find_runs(args.paths):
-        row, metrics = summarize(run)
+    runs = find_runs(args.paths)
+    common = set.intersection(*(set(overrides(r)) for r in runs)) if len(runs) > 1 else set()
+    for run in runs:
+        row, metrics = summarize(run, common)
         rows.append(row)
         curves[row["run"]] = metrics
     table = pd.DataFrame(rows)
     table.to_csv(args.out / "summary.csv", index=False)
-    (args.out / "summary.md").write_text(table.drop(columns=["dir"]).to_markdown(index=False) + "\n")
-    print(table.drop(columns=["dir"]).to_markdown(index=False))
+    caption = f"All runs: {' '.join(sorted(common))}\n\n" if common else ""
+    markdown = caption + table.drop(columns=["dir"]).to_markdown(index=False) + "\n"
+    (args.out / "summary.md").write_text(markdown)
+    print(markdown)
 
     fig, ax = plt.subplots(figsize=(7, 4))
     for name, m in curves.items():
