@@ -1,21 +1,16 @@
 """Score checkpoints and baselines on one split: `python evaluate.py ckpt=PATH data.path=DIR` (see README)."""
 
-import sys
-
 import hydra
 from omegaconf import DictConfig
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
 def main(cfg: DictConfig) -> None:
-    from two_tower.data.msmarco import DataSourceError
-    from two_tower.retrieval.errors import RetrievalError
+    from two_tower.errors import exit_on_error
     from two_tower.retrieval.evaluate import evaluate
 
-    try:
+    with exit_on_error():
         evaluate(cfg)
-    except (RetrievalError, DataSourceError) as err:
-        sys.exit(f"error: {err}")
 
 
 if __name__ == "__main__":

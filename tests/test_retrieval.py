@@ -22,7 +22,7 @@ from two_tower.retrieval import index as index_module
 from two_tower.retrieval.bm25 import BM25Retriever
 from two_tower.retrieval.corpus import read_corpus_file
 from two_tower.retrieval.dense import DenseRetriever
-from two_tower.retrieval.errors import CorpusError, EmptyQueryError, IndexFolderError
+from two_tower.retrieval.errors import ConfigError, CorpusError, EmptyQueryError, IndexFolderError
 from two_tower.retrieval.evaluate import evaluate, evaluate_split
 from two_tower.retrieval.hybrid import ReciprocalRankFusion, WeightedScoreFusion
 from two_tower.retrieval.index import PassageIndex, build_faiss
@@ -72,6 +72,7 @@ def test_round_trip_finds_each_passage_by_its_own_text(trained):
     searcher = Searcher.load(trained["index"])
     split = validation_split(trained["data"])
     assert len(searcher.index) == split.num_passages
+    assert searcher.index.passages.column("text").num_chunks == 1  # lookups cost O(k), not O(corpus)
     # Shared towers: a passage that fits in max_query_len, searched as a query, is its own nearest vector.
     limit = searcher.encoder.tokenizer.max_query_len
     short = [i for i, t in enumerate(split.passage_texts) if len(searcher.encoder.tokenizer.encode(t, 1000)) <= limit][:20]
@@ -132,7 +133,7 @@ def test_interrupted_write_leaves_no_index_folder(trained, tmp_path, monkeypatch
     def fail(*args, **kwargs):
         raise KeyboardInterrupt("killed mid-write")
 
-    monkeypatch.setattr(index_module.QueryEncoder, "save", fail)  # fails after faiss.index and passages.parquet
+    monkeypatch.setattr(index_module.QueryEncoder, "save", fail)  # fails after faiss.index and passages.arrow
     cfg = compose_retrieval("index", [f"ckpt={trained['ckpt']}", f"data.path={trained['data']}", f"out={out}"])
     with pytest.raises(KeyboardInterrupt):
         build_index(cfg)
@@ -171,8 +172,8 @@ def test_index_refuses_a_checkpoint_of_another_model(trained, tmp_path):
     assert "tokenizer" not in str(err.value)
 
     manifest = json.loads((trained["index"] / "manifest.json").read_text())
-    other = {**manifest["model"], "dim": 64}
-    with pytest.raises(IndexFolderError, match="dim: 32 vs 64"):
+    other = {**manifest["model"], "dim": 64, "encoder": {**manifest["model"]["encoder"], "cell": "lstm"}}
+    with pytest.raises(IndexFolderError, match="dim: 32 vs 64; encoder.cell: 'gru' vs 'lstm'$"):
         PassageIndex.load(trained["index"], expect_model=other)
 
 
@@ -248,6 +249,15 @@ def test_evaluate_dense_reproduces_validation_and_writes_reports(trained, tmp_pa
             first_hit[qid] = int(rank)
     mrr = sum(1 / r for r in first_hit.values() if r <= 10) / len(qrels)
     assert mrr == pytest.approx(metrics["dense"]["mrr@10"], abs=1e-9)
+
+
+def test_evaluate_names_what_is_missing(trained, tmp_path):
+    cfg = compose_retrieval("evaluate", [f"data.path={trained['data']}", f"out={tmp_path}"])  # dense, no ckpt
+    with pytest.raises(ConfigError, match="needs a checkpoint: pass ckpt=PATH"):
+        evaluate(cfg)
+    cfg = compose_retrieval("evaluate", [f"data.path={trained['data']}", f"out={tmp_path}", "retriever=bm25", "+retriever.rrf={_target_:two_tower.retrieval.hybrid.ReciprocalRankFusion,parts:[dense,bm25],weights:[1,1]}"])
+    with pytest.raises(ConfigError, match=r"rrf fuses \['dense'\]"):
+        evaluate(cfg)
 
 
 def test_hybrid_weights_reduce_to_their_parts(trained):

@@ -4,19 +4,25 @@
 
 1. Generates max(sizes) synthetic passages (words of the checkpoint's vocabulary, Zipf-distributed,
    30-90 words) and 1,000 queries (3-8 words), and encodes the passages with the checkpoint exactly as
-   index.py does (tokenize + encode in 100k chunks). Vectors and texts are cached in --work.
+   index.py does (tokenize + encode in 100k chunks). Texts, vectors and each chunk's encoding time are
+   kept in --work, so an interrupted run resumes at the next chunk.
 2. For every size and factory, in a fresh process: build the FAISS index on the first N vectors and
-   write the index folder (index.py's own functions); peak RSS of that process.
+   write the index folder (index.py's own functions). (Its peak RSS, in results.json, includes the
+   whole 1M-text table; for the memory of a build, run index.py under /usr/bin/time -v as the
+   README shows.)
 3. In another fresh process: load the folder (RSS added by faiss.index alone = index memory), then
    time single queries (tokenize + encode + search + passage lookup, k=10) and batches of 256, and the
    recall@10 of the index against exact search.
 Prints a Markdown table and writes all figures to --work/results.json.
+4. By hand, after a run: ``--stage ef-sweep --size 1000000 --factory HNSW32 --ckpt CKPT --threads 1``
+   prints single-query latency and recall@10 for efSearch 16 to 256.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import resource
 import subprocess
@@ -58,7 +64,11 @@ def synthetic_texts(words: list[str], n: int, low: int, high: int, seed: int) ->
 # ----------------------------------------------------------------------------------------- stage 1: encode
 
 
+CHUNK = 100_000  # index.py's encoding chunk; also the unit of resumption here (smaller if the sizes need it)
+
+
 def prepare(args) -> dict:
+    """Texts, queries and passage vectors in --work; resumable chunk by chunk (each chunk's time is kept)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
     import torch
@@ -69,29 +79,28 @@ def prepare(args) -> dict:
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     n = max(args.sizes)
-    meta_path = work / f"encoded-{n}.json"
-    if meta_path.exists():
-        return json.loads(meta_path.read_text())
     torch.set_num_threads(args.threads)
     module = load_checkpoint(args.ckpt)
-    words = [w for w in module.tokenizer.words[2:] if w.isalpha()]
-    start = time.perf_counter()
-    texts = synthetic_texts(words, n, 30, 90, seed=0)
-    queries = synthetic_texts(words[:20000], args.queries, 3, 8, seed=1)
-    generated = time.perf_counter()
-    timings = {}
-    vectors = np.empty((n, module.towers.passage_encoder.output_dim), dtype=np.float32)
-    for size in sorted(args.sizes):  # encode in order; the time to reach each size is what index.py would take
-        done = len(timings) and max(s for s in timings)
+    if not (work / "passages.parquet").exists():
+        words = [w for w in module.tokenizer.words[2:] if w.isalpha()]
+        texts = synthetic_texts(words, n, 30, 90, seed=0)
+        (work / "queries.json").write_text(json.dumps(synthetic_texts(words[:20000], args.queries, 3, 8, seed=1)))
+        pq.write_table(pa.table({"id": [str(i) for i in range(n)], "text": texts}), work / "passages.parquet")
+    texts = pq.read_table(work / "passages.parquet").column("text").to_pylist()
+    chunk = math.gcd(CHUNK, *args.sizes)
+    progress_path = work / "encoded.json"
+    progress = json.loads(progress_path.read_text()) if progress_path.exists() else {"chunk_seconds": [], "threads": args.threads}
+    dim = module.towers.passage_encoder.output_dim
+    mode = "r+" if (work / "vectors.npy").exists() else "w+"
+    vectors = np.lib.format.open_memmap(work / "vectors.npy", mode=mode, dtype=np.float32, shape=(n, dim))
+    for i in range(len(progress["chunk_seconds"]), n // chunk):
         t0 = time.perf_counter()
-        vectors[done:size] = encode_passages(module, texts[done:size])
-        timings[size] = time.perf_counter() - t0 + (timings[done] if done else 0.0)
-    np.save(work / "vectors.npy", vectors)
-    pq.write_table(pa.table({"id": [str(i) for i in range(n)], "text": texts}), work / "passages.parquet")
-    (work / "queries.json").write_text(json.dumps(queries))
-    meta = {"generate_s": generated - start, "encode_s": {str(k): v for k, v in timings.items()}, "torch_threads": args.threads}
-    meta_path.write_text(json.dumps(meta))
-    return meta
+        vectors[i * chunk : (i + 1) * chunk] = encode_passages(module, texts[i * chunk : (i + 1) * chunk])
+        vectors.flush()
+        progress["chunk_seconds"].append(time.perf_counter() - t0)
+        progress_path.write_text(json.dumps(progress))
+    seconds = progress["chunk_seconds"]
+    return {"encode_s": {str(s): sum(seconds[: s // chunk]) for s in args.sizes}, "encode_threads": progress["threads"]}
 
 
 # ----------------------------------------------------------------------------------------- stage 2: build
@@ -178,6 +187,37 @@ def search(args) -> dict:
     }
 
 
+def ef_sweep(args) -> dict:
+    """HNSW only: single-query p50/p99 and recall@10 for several efSearch values (run by hand after the main run)."""
+    import faiss
+    import torch
+
+    torch.set_num_threads(args.threads)
+    faiss.omp_set_num_threads(args.threads)
+    from two_tower.retrieval.search import Searcher
+
+    work, n = Path(args.work), args.size
+    searcher = Searcher.load(work / f"index-{n}-{args.factory}")
+    queries = json.loads((work / "queries.json").read_text())
+    vectors = np.asarray(np.load(work / "vectors.npy", mmap_mode="r")[:n])
+    qv = searcher.encoder.encode(queries)
+    exact = np.concatenate([np.argpartition(-(qv[i : i + 100] @ vectors.T), 10, axis=1)[:, :10] for i in range(0, len(qv), 100)])
+    out = {}
+    for ef in (16, 32, 64, 128, 256):
+        searcher.index.set_search_params(f"efSearch={ef}")
+        for q in queries[:20]:
+            searcher.search([q], 10)
+        times = []
+        for q in queries:
+            t = time.perf_counter()
+            searcher.search([q], 10)
+            times.append(time.perf_counter() - t)
+        found = searcher.index.search(qv, 10).rows
+        recall = float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found.tolist(), exact.tolist())]))
+        out[ef] = {"single_p50_ms": float(np.percentile(times, 50) * 1000), "single_p99_ms": float(np.percentile(times, 99) * 1000), "recall@10_vs_exact": recall}
+    return out
+
+
 # ----------------------------------------------------------------------------------------- driver
 
 
@@ -200,38 +240,46 @@ def main() -> None:
     parser.add_argument("--hnsw-params", default="efSearch=64", help="search-time parameters saved with HNSW indexes")
     parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
-    parser.add_argument("--stage", choices=["build", "search"], help=argparse.SUPPRESS)
-    parser.add_argument("--size", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--factory", help=argparse.SUPPRESS)
+    parser.add_argument("--reuse-indexes", action="store_true", help="keep the index folders and build figures of the last run; re-measure search only")
+    parser.add_argument("--stage", choices=["build", "search", "ef-sweep"], help="run one stage in this process (ef-sweep: by hand, after a run)")
+    parser.add_argument("--size", type=int, help="with --stage: the index size")
+    parser.add_argument("--factory", help="with --stage: the index factory")
     parser.add_argument("--search-params", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.stage:
-        print(json.dumps((build if args.stage == "build" else search)(args)))
+        print(json.dumps({"build": build, "search": search, "ef-sweep": ef_sweep}[args.stage](args)))
         return
 
     meta = prepare(args)
-    print(f"generated {max(args.sizes)} passages in {meta['generate_s']:.0f}s; encode seconds by size: {meta['encode_s']}", flush=True)
+    print(f"encode seconds by size (tokenize + encode): {meta['encode_s']}", flush=True)
+    results = Path(args.work) / "results.json"
+    built = {}
+    if args.reuse_indexes and results.exists():
+        built = {(r["passages"], r["factory"]): r for r in json.loads(results.read_text())["rows"]}
     rows = []
     for size in args.sizes:
         for factory in args.factories:
             row = {"passages": size, "factory": factory, "encode_s": meta["encode_s"][str(size)]}
-            row.update(child("build", args, size, factory))
+            if (size, factory) in built:  # the index folder and its build figures from the last run
+                row.update({k: built[size, factory][k] for k in ("faiss_build_s", "write_s", "rss_before_build_mb", "peak_rss_mb", "folder")})
+            else:
+                row.update(child("build", args, size, factory))
             row.update(child("search", args, size, factory))
             rows.append(row)
             print(json.dumps(row), flush=True)
-    (Path(args.work) / "results.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    results.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     print(table(rows))
 
 
 def table(rows: list[dict]) -> str:
     head = (
-        "| passages | index | encode s | FAISS build s | write s | build peak RSS MB | index RAM MB (x raw) | "
+        "| passages | index | encode s | FAISS build s | write s | index RAM MB (x raw) | "
         "single p50 / p99 ms | batch-256 p50 / p99 ms | recall@10 vs exact |"
     )
-    lines = [head, "|---" * 10 + "|"]
+    lines = [head, "|---" * 9 + "|"]
     for r in rows:
         lines.append(
-            f"| {r['passages']:,} | {r['factory']} | {r['encode_s']:.0f} | {r['faiss_build_s']:.1f} | {r['write_s']:.1f} | {r['peak_rss_mb']:.0f} | "
+            f"| {r['passages']:,} | {r['factory']} | {r['encode_s']:.0f} | {r['faiss_build_s']:.1f} | {r['write_s']:.1f} | "
             f"{r['index_rss_mb']:.0f} ({r['index_rss_mb'] / r['raw_vectors_mb']:.2f}x) | {r['single_p50_ms']:.2f} / {r['single_p99_ms']:.2f} | "
             f"{r['batch256_p50_ms']:.0f} / {r['batch256_p99_ms']:.0f} | {r['recall@10_vs_exact']:.3f} |"
         )

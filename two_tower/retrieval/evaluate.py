@@ -17,13 +17,14 @@ from pathlib import Path
 
 import hydra
 import numpy as np
+from hydra.errors import InstantiationException
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from two_tower.data.prepared import PreparedSplit
 from two_tower.data.tokenizer import PAD, UNK, Tokenizer
 from two_tower.retrieval.corpus import load_split_rows
-from two_tower.retrieval.errors import ConfigError
+from two_tower.errors import ConfigError, TwoTowerError
 from two_tower.retrieval.metrics import DEFAULT_KS, split_metrics
 from two_tower.retrieval.retriever import Rankings, SplitRetriever
 
@@ -40,10 +41,20 @@ def build_retrievers(cfg: DictConfig) -> dict[str, SplitRetriever]:
             missing = [p for p in spec.parts if p not in built]
             if missing:
                 raise ConfigError(f"retriever {name} fuses {missing}, which are not selected before it; add them to retriever=[...]")
-            built[name] = hydra.utils.instantiate(spec, parts=[built[p] for p in spec.parts])
+            built[name] = _instantiate(spec, parts=[built[p] for p in spec.parts])
         else:
-            built[name] = hydra.utils.instantiate(spec)
+            built[name] = _instantiate(spec)
     return built
+
+
+def _instantiate(spec: DictConfig, **kwargs):
+    """hydra.utils.instantiate, re-raising our own errors (e.g. a missing checkpoint) unwrapped."""
+    try:
+        return hydra.utils.instantiate(spec, **kwargs)
+    except InstantiationException as err:
+        if isinstance(err.__cause__, TwoTowerError):
+            raise err.__cause__ from None
+        raise
 
 
 def load_split(cfg: DictConfig) -> PreparedSplit:

@@ -3,7 +3,7 @@
 ```
 INDEX/
   faiss.index         inner product over L2-normalised vectors (cosine); row i is passage i
-  passages.parquet    id, text of every row, in index order
+  passages.arrow      id, text of every row, in index order (Arrow IPC, memory-mapped when loaded)
   query_encoder.pt    query tower + tokenizer of the model that encoded the passages
   manifest.json       format, the config that built it, the source, the model identity, file hashes
 ```
@@ -27,15 +27,14 @@ from pathlib import Path
 import faiss
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from two_tower.retrieval.errors import ConfigError, IndexFolderError
 from two_tower.retrieval.query_encoder import QueryEncoder
 
 log = logging.getLogger(__name__)
 
-FORMAT = 1
-MANIFEST, FAISS_FILE, PASSAGES_FILE, QUERY_ENCODER_FILE = "manifest.json", "faiss.index", "passages.parquet", "query_encoder.pt"
+FORMAT = 2  # 2: passages in Arrow IPC (1 had parquet)
+MANIFEST, FAISS_FILE, PASSAGES_FILE, QUERY_ENCODER_FILE = "manifest.json", "faiss.index", "passages.arrow", "query_encoder.pt"
 
 
 def build_faiss(vectors: np.ndarray, factory: str = "Flat", train_size: int = 100_000, search_params: str | None = None, seed: int = 0) -> faiss.Index:
@@ -70,6 +69,19 @@ def build_faiss(vectors: np.ndarray, factory: str = "Flat", train_size: int = 10
     return index
 
 
+def write_passages(path: Path, ids: list[str], texts: list[str]) -> None:
+    """One Arrow record batch with 64-bit offsets (corpora over 2 GB of text fit), uncompressed, so
+    loading is a memory map (no decoding: a 1M-passage index opens in well under a second) and
+    ``take`` of k rows costs O(k) (on a chunked table it costs O(corpus): 40 ms a query at 1M)."""
+    table = pa.table({"id": pa.array(ids, pa.large_string()), "text": pa.array(texts, pa.large_string())})
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table, max_chunksize=max(len(ids), 1))
+
+
+def read_passages(path: Path) -> pa.Table:
+    return pa.ipc.open_file(pa.memory_map(str(path))).read_all()
+
+
 def file_hash(path: Path) -> str:
     digest = hashlib.sha1()
     with open(path, "rb") as f:
@@ -95,7 +107,7 @@ def write_index_folder(path: str | Path, index: faiss.Index, ids: list[str], tex
     tmp.mkdir()
     try:
         faiss.write_index(index, str(tmp / FAISS_FILE))
-        pq.write_table(pa.table({"id": pa.array(ids, pa.string()), "text": pa.array(texts, pa.string())}), tmp / PASSAGES_FILE)
+        write_passages(tmp / PASSAGES_FILE, ids, texts)
         query_encoder.save(tmp / QUERY_ENCODER_FILE)
         manifest = {
             "format": FORMAT,
@@ -153,10 +165,10 @@ class PassageIndex:
                 if file_hash(path / name) != digest:
                     raise IndexFolderError(f"{path / name} does not match the hash in {path / MANIFEST}; the folder was modified, rebuild it")
         index = faiss.read_index(str(path / FAISS_FILE))
-        passages = pq.read_table(path / PASSAGES_FILE)
+        passages = read_passages(path / PASSAGES_FILE)
         if index.ntotal != len(passages) or index.ntotal != manifest["passages"] or index.d != manifest["model"]["dim"]:
             raise IndexFolderError(
-                f"{path}: inconsistent folder: faiss.index holds {index.ntotal} vectors of dim {index.d}, passages.parquet "
+                f"{path}: inconsistent folder: faiss.index holds {index.ntotal} vectors of dim {index.d}, {PASSAGES_FILE} "
                 f"{len(passages)} rows, manifest {manifest['passages']} passages of dim {manifest['model']['dim']}; rebuild it"
             )
         return cls(path, index, passages, manifest)
@@ -209,10 +221,17 @@ def read_manifest(path: Path) -> dict:
 NOT_COMPARED = {"checkpoint"}
 
 
-def identity_differences(recorded: dict, actual: dict) -> list[str]:
-    """Human-readable differences between two ``model_identity`` dicts (empty = same model)."""
-    keys = sorted((recorded.keys() | actual.keys()) - NOT_COMPARED)
-    return [f"{k}: {recorded.get(k)!r} vs {actual.get(k)!r}" for k in keys if recorded.get(k) != actual.get(k)]
+def identity_differences(recorded: dict, actual: dict, prefix: str = "") -> list[str]:
+    """Human-readable differences between two ``model_identity`` dicts (empty = same model);
+    nested settings are compared key by key (``encoder.cell: 'gru' vs 'rnn'``)."""
+    out = []
+    for key in sorted((recorded.keys() | actual.keys()) - NOT_COMPARED):
+        a, b = recorded.get(key), actual.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += identity_differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}: {a!r} vs {b!r}")
+    return out
 
 
 def check_model(path: Path, recorded: dict, actual: dict, actual_name) -> None:

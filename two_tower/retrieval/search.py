@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from two_tower.retrieval.errors import RetrievalError
+from two_tower.errors import TwoTowerError
 from two_tower.retrieval.index import PassageIndex
 from two_tower.retrieval.query_encoder import QueryEncoder
 
@@ -72,7 +72,7 @@ USAGE = """usage: python search.py index=DIR "your question" [k=10] [key=value .
        python search.py index=DIR query="your question"
        python search.py index=DIR --interactive          (type queries; empty line or Ctrl-D to quit)
        python search.py index=DIR < queries.txt          (one query a line, searched in batches)
-Settings (conf/search.yaml): k, search_params (e.g. efSearch=128), ckpt (check the index against a
+Settings (conf/search.yaml): k, search_params (e.g. "search_params='efSearch=256'"), ckpt (check the index against a
 checkpoint and encode queries with it), batch_size, max_chars."""
 
 
@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         if query is not None:
             print(format_results(query, searcher.search([query], cfg.k)[0], cfg.max_chars))
             return 0
-    except RetrievalError as err:
+    except TwoTowerError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if interactive:
