@@ -8,7 +8,8 @@ training (one epoch of the training split, same batches, same initial weights, s
   bare        plain Python loop over pre-collated tensors: the towers' forward + loss + backward +
               gradient clipping (trainer.gradient_clip_val) + optimizer step. The limit.
   framework   Trainer.fit through the datamodule (sampler -> collate -> Lightning loop, logging as the
-              module does it, the project's progress bar), no validation, logger=False, no checkpoints.
+              module does it, the project's callbacks but its ModelCheckpoints: the progress bar...),
+              no validation, logger=False, no checkpoints.
               Timed from on_train_epoch_start to on_train_end; the whole fit() call is reported too.
   packed      bare loop, towers forced to pack_padded_sequence (the original encoder)
   masks       bare loop, towers forced to run the RNN over the padded batch + masked pooling
@@ -359,7 +360,7 @@ def framework_encode(cfg, dm, module, progress_bar) -> dict:
     }
 
 
-def prep_once(cfg, cache_dir: Path) -> float:
+def prep_once(cfg, cache_dir: Path) -> tuple[np.ndarray, object]:
     with open_dict(cfg):
         cfg.data.cache_dir = str(cache_dir)
     dm = datamodule_for(cfg)
