@@ -146,3 +146,44 @@ def test_cli_reports_bad_input_in_one_line(tmp_path):
     assert "Traceback" not in result.stderr
     debug = subprocess.run([*cmd, "trainer.max_epochs=abc"], cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, "TWO_TOWER_DEBUG": "1", "HYDRA_FULL_ERROR": "1"})
     assert debug.returncode != 0 and "Traceback" in debug.stderr and "trainer.max_epochs='abc'" in debug.stderr
+
+
+def test_truncated_foreign_or_mismatched_checkpoint_is_refused_in_one_line(tmp_path):
+    from two_tower.retrieval.errors import CheckpointError
+
+    cfg = compose_train(tmp_path / "a", [])
+    train(cfg)
+    last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    truncated = tmp_path / "truncated.ckpt"
+    truncated.write_bytes(last.read_bytes()[: last.stat().st_size // 2])
+    foreign = tmp_path / "foreign.ckpt"
+    torch.save({"weights": torch.zeros(3)}, foreign)
+    for path, message in [(truncated, "not a readable checkpoint"), (foreign, "not a two-tower training checkpoint")]:
+        with pytest.raises(CheckpointError, match=message):
+            train(compose_train(tmp_path / "b", [f"ckpt_path={path}", "trainer.max_epochs=2"]))
+    other_data = ["data.synthetic_rows.seed=5", "data.synthetic_rows.num_topics=50", f"ckpt_path={last}", "trainer.max_epochs=2"]
+    with pytest.raises(CheckpointError, match="another vocabulary"):
+        train(compose_train(tmp_path / "c", other_data))
+
+
+def test_embeddings_file_with_inconsistent_dimensions_names_the_line(tmp_path):
+    from two_tower.embeddings import EmbeddingsError, FileEmbeddings
+
+    vectors = tmp_path / "vectors.txt"
+    vectors.write_text("the 0.1 0.2 0.3 0.4\ncat 0.1 0.2 0.3 0.4\ndog 0.1 0.2 0.3\n")
+    with pytest.raises(EmbeddingsError, match="vectors.txt: .*line 3 has 3 values, expected 4"):
+        FileEmbeddings(str(vectors)).load([])
+
+
+def test_max_time_saves_mid_epoch_and_resume_matches(tmp_path):
+    common = ["data.synthetic_rows.train_rows=3000", "trainer.max_epochs=5"]  # about 2.5 s of training
+    straight = train(compose_train(tmp_path / "straight", common))
+    stopped = compose_train(tmp_path / "stopped", [*common, "+trainer.max_time=00:00:00:01"])
+    with pytest.raises(SystemExit):
+        train(stopped)
+    state = torch.load(Path(stopped.paths.output_dir) / "checkpoints" / "last.ckpt", weights_only=True)
+    progress = state["loops"]["fit_loop"]["epoch_loop.batch_progress"]
+    assert 0 < progress["total"]["completed"] < 5 * 94  # stopped early (94 batches an epoch), at a batch boundary
+    resumed = train(compose_train(tmp_path / "stopped", [*common, "ckpt_path=last"]))
+    for key in FINAL:
+        assert resumed[key] == straight[key], key

@@ -169,11 +169,28 @@ class FileEmbeddings(EmbeddingSource):
         try:
             kv = KeyedVectors.load_word2vec_format(str(self.path), binary=self.binary, no_header=self._no_header())
         except Exception as err:
-            raise EmbeddingsError(f"{self.path}: not a readable word2vec {'binary' if self.binary else 'text'} file ({type(err).__name__}: {err})") from err
+            where = "" if self.binary else self._first_inconsistent_line()
+            raise EmbeddingsError(f"{self.path}: not a readable word2vec {'binary' if self.binary else 'text'} file{where} ({type(err).__name__}: {err})") from err
         if self.dim is not None and kv.vector_size != self.dim:
             raise EmbeddingsError(f"{self.path}: vectors have {kv.vector_size} dims, config says dim={self.dim}")
         self.dim = kv.vector_size
         return WordVectors(list(kv.index_to_key), np.asarray(kv.vectors, dtype=np.float32))
+
+    def _first_inconsistent_line(self) -> str:
+        """', line N has K values, expected D' for the first vector line of another dimension, if any."""
+        with open(self.path, encoding="utf-8", errors="replace") as f:
+            expected = None
+            for number, line in enumerate(f, start=1):
+                fields = line.rstrip("\n").split(" ")
+                if number == 1 and not self._no_header():
+                    expected = int(fields[1])
+                    continue
+                values = len(fields) - 1
+                if expected is None:
+                    expected = values
+                elif values != expected:
+                    return f": line {number} has {values} values, expected {expected}"
+        return ""
 
     def _no_header(self) -> bool:
         """A text file whose first line is not 'COUNT DIM' has no header (GloVe's own format)."""

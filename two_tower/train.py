@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from two_tower.config import validate_train_config
 from two_tower.data.datamodule import TwoTowerDataModule
 from two_tower.errors import ConfigError
+from two_tower.retrieval.errors import CheckpointError
 from two_tower.model.module import TwoTowerModule
 from two_tower.negatives.refresh import NegativeRefresh
 from two_tower.utils import instantiate_group, task_wrapper
@@ -59,6 +60,22 @@ def resolve_ckpt_path(cfg: DictConfig) -> str | None:
     return str(last)
 
 
+def check_resume_checkpoint(path: str, tokenizer) -> None:
+    """Refuse, in one line, a checkpoint that is truncated, foreign, or made with another vocabulary."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:
+        raise CheckpointError(f"ckpt_path={path}: not a readable checkpoint (truncated, or not a torch file): {type(err).__name__}: {err}") from err
+    if not isinstance(state, dict) or "state_dict" not in state or "tokenizer" not in state:
+        raise CheckpointError(f"ckpt_path={path}: not a two-tower training checkpoint (no state_dict or tokenizer in it)")
+    words = state["tokenizer"].get("words", [])
+    if words != tokenizer.words:
+        raise CheckpointError(
+            f"ckpt_path={path}: trained with another vocabulary ({len(words)} words; this data and tokenizer give "
+            f"{len(tokenizer.words)}): resume with the data and tokenizer settings it was trained with"
+        )
+
+
 @task_wrapper
 def train(cfg: DictConfig) -> dict[str, float]:
     """Train (or resume with ``ckpt_path``) and return the final logged metrics."""
@@ -72,6 +89,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     datamodule = build_datamodule(cfg)
     datamodule.prepare_data()
     datamodule.setup("fit")
+    if ckpt_path:
+        check_resume_checkpoint(ckpt_path, datamodule.tokenizer)
     module = build_module(cfg, datamodule)
     log.info("Model: %d trainable / %d parameters", sum(p.numel() for p in module.parameters() if p.requires_grad), sum(p.numel() for p in module.parameters()))
 
@@ -82,7 +101,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     refresh = getattr(datamodule.negatives, "refresh_every_n_epochs", 0)
     if refresh:
         callbacks.append(NegativeRefresh(refresh))
-    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, _convert_="all")
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
 
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
