@@ -358,3 +358,21 @@ def test_fusion_metrics_by_hand():
     for name in retrievers:
         assert metrics[name]["mrr@10"] == pytest.approx((1 / 2 + 1 + 1 / 2) / 3), name
         assert metrics[name]["recall@1"] == pytest.approx(1 / 3), name
+
+
+def test_corrupted_index_part_and_truncated_checkpoint_are_refused(trained, tmp_path):
+    from two_tower.retrieval.checkpoint import load_checkpoint
+    from two_tower.retrieval.errors import CheckpointError
+
+    broken = tmp_path / "index"
+    shutil.copytree(trained["index"], broken)
+    faiss_file = broken / "faiss.index"
+    data = bytearray(faiss_file.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one flipped byte inside the vectors
+    faiss_file.write_bytes(bytes(data))
+    with pytest.raises(IndexFolderError, match="faiss.index"):
+        Searcher.load(broken)
+    truncated = tmp_path / "truncated.ckpt"
+    truncated.write_bytes(trained["ckpt"].read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match="not a two-tower checkpoint"):
+        load_checkpoint(truncated)
