@@ -20,16 +20,9 @@ from two_tower.negatives.base import NegativeSampler, sample_from
 
 def pad_rows(ragged: Ragged, rows: np.ndarray, fill: int = PAD_ID) -> tuple[np.ndarray, np.ndarray]:
     """Rows ``rows`` of ``ragged`` right-padded with ``fill`` to the longest (at least one column):
-    (ids [B, T] int64, lengths [B] int64). Vectorised: the same result as padding row by row
-    (``tokenizer.pad_batch``), without a Python loop over the batch."""
+    (ids [B, T] int64, lengths [B] int64), the same as padding row by row (``tokenizer.pad_batch``)."""
     rows = np.asarray(rows, dtype=np.int64)
-    starts = ragged.offsets[rows]
-    lengths = ragged.offsets[rows + 1] - starts
-    columns = np.arange(max(int(lengths.max(initial=0)), 1))
-    real = columns[None, :] < lengths[:, None]
-    out = np.full(real.shape, fill, dtype=np.int64)
-    out[real] = ragged.values[(starts[:, None] + columns[None, :])[real]]
-    return out, lengths
+    return ragged.padded(rows, fill), ragged.lengths[rows]
 
 
 class TripletBatchSampler(Sampler):

@@ -59,11 +59,15 @@ class Ragged:
         return np.repeat(np.arange(len(self)), self.lengths)
 
     def padded(self, rows: np.ndarray, fill: int) -> np.ndarray:
-        """The given rows as a dense int64 array, right-padded with ``fill`` (at least one column)."""
-        lengths = self.lengths[rows]
-        out = np.full((len(rows), max(int(lengths.max(initial=0)), 1)), fill, dtype=np.int64)
-        for i, r in enumerate(rows):
-            out[i, : lengths[i]] = self[r]
+        """The given rows as a dense int64 array, right-padded with ``fill`` (at least one column).
+        Vectorised: no Python loop over the rows."""
+        rows = np.asarray(rows, dtype=np.int64)
+        starts = self.offsets[rows]
+        lengths = self.offsets[rows + 1] - starts
+        columns = np.arange(max(int(lengths.max(initial=0)), 1))
+        real = columns[None, :] < lengths[:, None]
+        out = np.full(real.shape, fill, dtype=np.int64)
+        out[real] = self.values[(starts[:, None] + columns[None, :])[real]]
         return out
 
     def gather(self, rows: np.ndarray) -> list[np.ndarray]:
