@@ -7,12 +7,14 @@ It is written to a temporary folder and renamed into place, so a killed run neve
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
 import os
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import lightning as L
@@ -29,7 +31,7 @@ from two_tower.negatives.base import NegativeSampler
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT = 1  # bump when the prepared format or validation rules change
+CACHE_FORMAT = 2  # bump when the prepared format, validation rules or synthetic generator change
 
 
 class TwoTowerDataModule(L.LightningDataModule):
@@ -71,18 +73,22 @@ class TwoTowerDataModule(L.LightningDataModule):
         self.cache_hit: bool | None = None
 
     # ------------------------------------------------------------------ raw rows and the cache key
-    def _raw_rows(self) -> dict[str, tuple[object, str]]:
-        """{role: (rows, fingerprint)}; rows is a datasets.Dataset or a list of dicts."""
+    def _raw_rows(self) -> dict[str, tuple[Callable[[], object], str]]:
+        """{role: (rows(), fingerprint)}; rows() gives a datasets.Dataset or a list of dicts. Synthetic
+        rows are only generated on a cache miss (their fingerprint is their settings)."""
         if self.synthetic_rows is not None:
             spec = dict(self.synthetic_rows)
             n_train, n_val = spec.pop("train_rows"), spec.pop("val_rows")
-            rows = synthetic.make_rows(n_train + n_val, **spec)
+            generate = functools.cache(lambda: synthetic.make_rows(n_train + n_val, **spec))
             digest = hashlib.sha1(json.dumps([n_train, n_val, sorted(spec.items())]).encode()).hexdigest()
-            return {"train": (rows[:n_train], f"synthetic-{digest}-train"), "validation": (rows[n_train:], f"synthetic-{digest}-val")}
+            return {
+                "train": (lambda: generate()[:n_train], f"synthetic-{digest}-train"),
+                "validation": (lambda: generate()[n_train:], f"synthetic-{digest}-val"),
+            }
         out = {}
         for role, split in self.splits.items():
             ds = msmarco.load_split(split, self.path, self.hub_name, self.hub_config)
-            out[role] = (ds, ds._fingerprint)
+            out[role] = (lambda ds=ds: ds, ds._fingerprint)
         return out
 
     def cache_key(self, fingerprints: dict[str, str]) -> str:
@@ -137,7 +143,8 @@ class TwoTowerDataModule(L.LightningDataModule):
     def _build_cache(self, raw, path: Path) -> None:
         start = time.perf_counter()
         clean, reports = {}, {}
-        for role, (rows, _) in raw.items():
+        for role, (load_rows, _) in raw.items():
+            rows = load_rows()
             limit = self.max_rows[role]
             if limit is not None:
                 rows = rows.select(range(min(limit, len(rows)))) if hasattr(rows, "select") else rows[:limit]
