@@ -1,0 +1,379 @@
+"""The search service on a real uvicorn server on 127.0.0.1 (random free port), over an index built from
+a tiny synthetic checkpoint: search answers, every 4xx case, concurrency, the serve.py command, a
+schemathesis run against the OpenAPI schema, and the page in headless Chromium (skipped without it)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+
+from tests.conftest import CONF, ROOT, compose_train
+from two_tower.data import synthetic
+from two_tower.retrieval.indexer import build_index
+from two_tower.retrieval.search import Searcher
+from two_tower.serve.app import Limits, create_app
+from two_tower.serve.cli import main as serve_main
+
+LIMITS = Limits(k=5, k_max=20, max_query_chars=200, max_batch=4)
+# Passages a page must show as text, never as markup.
+XSS = '<img src=x onerror="window.__xss=1"> <script>window.__xss=2</script> garden & castle <b>bold</b>'
+
+
+@pytest.fixture(scope="module")
+def index_dir(tmp_path_factory) -> Path:
+    """An index folder built by index.py's code from a tiny trained checkpoint and a jsonl corpus:
+    the synthetic validation passages plus a passage full of HTML."""
+    root = tmp_path_factory.mktemp("serve")
+    cfg = compose_train(root, [])
+    from two_tower.train import train
+
+    train(cfg)
+    spec = dict(cfg.data.synthetic_rows)
+    n_train, n_val = spec.pop("train_rows"), spec.pop("val_rows")
+    texts = list(dict.fromkeys(t for row in synthetic.make_rows(n_train + n_val, **spec)[n_train:] for t in row["passages"]["passage_text"]))
+    corpus = root / "corpus.jsonl"
+    with open(corpus, "w") as f:
+        for i, text in enumerate([XSS, *texts]):
+            f.write(json.dumps({"id": f"p{i}", "text": text}) + "\n")
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
+        index_cfg = compose("index", overrides=[f"ckpt={Path(cfg.paths.output_dir) / 'checkpoints' / 'last.ckpt'}", f"corpus={corpus}", f"out={root / 'index'}"])
+    GlobalHydra.instance().clear()
+    return build_index(index_cfg)
+
+
+class ServerThread:
+    """uvicorn serving ``app`` on a socket bound to 127.0.0.1:0 (a free port), in a thread."""
+
+    def __init__(self, app):
+        self.socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.socket.bind(("127.0.0.1", 0))
+        self.url = "http://127.0.0.1:%d" % self.socket.getsockname()[1]
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.socket]}, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc):
+        self.server.should_exit = True
+        self.thread.join(timeout=15)
+        self.socket.close()
+
+
+@pytest.fixture(scope="module")
+def searcher(index_dir) -> Searcher:
+    return Searcher.load(index_dir)
+
+
+@pytest.fixture(scope="module")
+def server(searcher):
+    with ServerThread(create_app(searcher, LIMITS)) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    with httpx.Client(base_url=server.url, timeout=30) as c:
+        yield c
+
+
+def passage_texts(searcher, n: int) -> list[str]:
+    """Passages short enough to be found as queries (shared towers: a passage is its own nearest vector)."""
+    tokenizer = searcher.encoder.tokenizer
+    texts = searcher.index.passages.column("text").to_pylist()
+    return [t for t in texts[1:] if len(tokenizer.encode(t, 1000)) <= tokenizer.max_query_len][:n]
+
+
+# ------------------------------------------------------------------------------------------- answers
+
+
+def test_get_search_finds_a_passage_by_its_own_text(client, searcher):
+    text = passage_texts(searcher, 1)[0]
+    response = client.get("/search", params={"q": text})
+    assert response.status_code == 200
+    answer = response.json()
+    assert answer["query"] == text and answer["k"] == LIMITS.k and answer["took_ms"] > 0
+    assert len(answer["hits"]) == LIMITS.k
+    best = answer["hits"][0]
+    assert best["text"] == text and best["score"] == pytest.approx(1.0, abs=1e-5)
+    assert [h["score"] for h in answer["hits"]] == sorted((h["score"] for h in answer["hits"]), reverse=True)
+    expected = searcher.search([text], LIMITS.k)[0]
+    assert [h["id"] for h in answer["hits"]] == [h.id for h in expected]
+
+
+def test_post_batch_answers_each_query_like_get(client, searcher):
+    queries = passage_texts(searcher, 3)
+    response = client.post("/search", json={"queries": queries, "k": 7})
+    assert response.status_code == 200
+    answer = response.json()
+    assert answer["k"] == 7 and answer["took_ms"] > 0 and [r["query"] for r in answer["results"]] == queries
+    for query, result in zip(queries, answer["results"]):
+        single = client.get("/search", params={"q": query, "k": 7}).json()
+        assert [h["id"] for h in result["hits"]] == [h["id"] for h in single["hits"]]
+        assert [h["score"] for h in result["hits"]] == pytest.approx([h["score"] for h in single["hits"]], abs=1e-5)
+    assert client.post("/search", json={"queries": queries[:1]}).json()["k"] == LIMITS.k  # default k
+
+
+def test_k_larger_than_the_corpus_returns_the_whole_corpus(searcher):
+    k = len(searcher.index) + 10
+    with ServerThread(create_app(searcher, Limits(k_max=k))) as other, httpx.Client(base_url=other.url) as c:
+        answer = c.get("/search", params={"q": "garden castle", "k": k}).json()
+    assert answer["k"] == k and len(answer["hits"]) == len(searcher.index)
+
+
+def test_health_reports_model_index_and_corpus(client, searcher, index_dir):
+    health = client.get("/health").json()
+    manifest = json.loads((index_dir / "manifest.json").read_text())
+    assert health["status"] == "ok"
+    assert health["passages"] == len(searcher.index) == manifest["passages"]
+    assert health["model"] == manifest["model"]
+    assert health["index"]["path"] == str(index_dir) and health["index"]["files"] == manifest["files"]
+    assert health["index"]["faiss"]["type"] == "IndexFlat"
+    assert health["limits"] == {"k_default": 5, "k_max": 20, "max_query_chars": 200, "max_batch": 4}
+
+
+# -------------------------------------------------------------------------------------------- errors
+
+TOO_BIG = LIMITS.max_body_bytes + 1
+BAD_REQUESTS = [
+    # (id, method, url, request kwargs, status, words the error must contain)
+    ("empty q", "GET", "/search", {"params": {"q": ""}}, 422, "q: String should have at least 1 character"),
+    ("blank q", "GET", "/search", {"params": {"q": " \t\n "}}, 422, "q: is empty or only white space"),
+    ("no q", "GET", "/search", {"params": {"k": 3}}, 422, "q: Field required"),
+    ("long q", "GET", "/search", {"params": {"q": "a" * 201}}, 422, "q: String should have at most 200 characters"),
+    ("k 0", "GET", "/search", {"params": {"q": "garden", "k": 0}}, 422, "k: Input should be greater than or equal to 1"),
+    ("k over max", "GET", "/search", {"params": {"q": "garden", "k": 21}}, 422, "k: Input should be less than or equal to 20"),
+    ("k not a number", "GET", "/search", {"params": {"q": "garden", "k": "ten"}}, 422, "k: Input should be a valid integer"),
+    ("python space", "GET", "/search", {"params": {"q": "\x1c\x1d"}}, 422, "the query is empty"),
+    ("no queries", "POST", "/search", {"json": {"queries": []}}, 422, "queries: List should have at least 1 item"),
+    ("blank in batch", "POST", "/search", {"json": {"queries": ["garden", "  "]}}, 422, "queries[1]: is empty or only white space"),
+    ("long in batch", "POST", "/search", {"json": {"queries": ["b" * 201]}}, 422, "queries[0]: String should have at most 200 characters"),
+    ("batch too big", "POST", "/search", {"json": {"queries": ["garden"] * 5}}, 422, "queries: List should have at most 4 items"),
+    ("batch k over max", "POST", "/search", {"json": {"queries": ["garden"], "k": 21}}, 422, "k: Input should be less than or equal to 20"),
+    ("batch k string", "POST", "/search", {"json": {"queries": ["garden"], "k": "5"}}, 422, "k: Input should be a valid integer"),
+    ("queries a string", "POST", "/search", {"json": {"queries": "garden"}}, 422, "queries: Input should be a valid list"),
+    ("query a number", "POST", "/search", {"json": {"queries": [5]}}, 422, "queries[0]: Input should be a valid string"),
+    ("body a list", "POST", "/search", {"json": ["garden"]}, 422, 'body: Input should be a valid dictionary'),
+    ("unknown field", "POST", "/search", {"json": {"query": "garden"}}, 422, "query: unknown field"),
+    ("no body", "POST", "/search", {}, 422, "body: a JSON body is required"),
+    ("broken JSON", "POST", "/search", {"content": b'{"queries": ["gar', "headers": {"content-type": "application/json"}}, 422, "body: not valid JSON"),
+    ("not UTF-8", "POST", "/search", {"content": b'{"queries": ["\xff\xfe"]}', "headers": {"content-type": "application/json"}}, 400, "must be UTF-8 encoded JSON"),
+    ("lone surrogate", "POST", "/search", {"content": b'{"queries": ["a\\ud800"]}', "headers": {"content-type": "application/json"}}, 422, "queries[0]: Input should be a valid string"),
+    ("surrogate key", "POST", "/search", {"content": b'{"queries": ["a"], "\\udfff": 1}', "headers": {"content-type": "application/json"}}, 422, "body: "),
+    ("body too big", "POST", "/search", {"content": b"x" * TOO_BIG, "headers": {"content-type": "application/json"}}, 413, "request body over"),
+    ("chunked too big", "POST", "/search", {"content": iter([b"x" * 65536] * (TOO_BIG // 65536 + 1)), "headers": {"content-type": "application/json"}}, 413, "request body over"),
+    ("unknown path", "GET", "/nowhere", {}, 404, "Not Found"),
+    ("wrong method", "DELETE", "/search", {}, 405, "Method Not Allowed"),
+]
+
+
+@pytest.mark.parametrize("method, url, kwargs, status, words", [b[1:] for b in BAD_REQUESTS], ids=[b[0] for b in BAD_REQUESTS])
+def test_bad_requests_get_a_4xx_json_error_saying_what_is_wrong(client, method, url, kwargs, status, words):
+    response = client.request(method, url, **kwargs)
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/json"
+    body = response.json()
+    assert words in body["error"], body
+    assert all({"loc", "msg", "type"} <= set(item) for item in body["detail"])
+    assert client.get("/search", params={"q": "garden"}).status_code == 200  # the server is still fine
+
+
+# --------------------------------------------------------------------------------------- concurrency
+
+
+def test_concurrent_requests_get_the_answers_of_sequential_ones(client, server, searcher):
+    queries = passage_texts(searcher, 12) + ["garden castle", "river engine doctor", "music planet"]
+    expected = {q: client.get("/search", params={"q": q, "k": 10}).json()["hits"] for q in queries}
+
+    def ask(i: int):
+        with httpx.Client(base_url=server.url, timeout=60) as c:
+            q = queries[i % len(queries)]
+            if i % 3 == 0:  # a batch, mixed in
+                return [(r["query"], r["hits"]) for r in c.post("/search", json={"queries": [q, queries[0]], "k": 10}).json()["results"]]
+            return [(q, c.get("/search", params={"q": q, "k": 10}).json()["hits"])]
+
+    with ThreadPoolExecutor(16) as pool:
+        answers = [pair for pairs in pool.map(ask, range(96)) for pair in pairs]
+    assert len(answers) == 96 + 32
+    for q, hits in answers:
+        assert [h["id"] for h in hits] == [h["id"] for h in expected[q]]
+        assert [h["score"] for h in hits] == pytest.approx([h["score"] for h in expected[q]], abs=1e-5)
+
+
+# -------------------------------------------------------------------------------------- page, docs
+
+
+def test_page_docs_and_schema_are_served_locally(client):
+    page = client.get("/")
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    assert "default-src 'self'" in page.headers["content-security-policy"]
+    assert "http://" not in page.text and "https://" not in page.text  # no CDN
+    for asset in ("/static/app.js", "/static/style.css"):
+        assert asset in page.text and client.get(asset).status_code == 200
+    docs = client.get("/docs").text
+    assert "cdn" not in docs.lower()
+    for asset in ("/docs-assets/swagger-ui-bundle.js", "/docs-assets/swagger-ui.css"):
+        assert asset in docs and client.get(asset).status_code == 200
+    schema = client.get("/openapi.json").json()
+    assert {"/search", "/health"} <= set(schema["paths"])
+    assert set(schema["paths"]["/search"]) == {"get", "post"}
+
+
+# ---------------------------------------------------------------------------------------- command
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_serve_command_serves_with_its_settings(index_dir):
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "serve.py", f"index={index_dir}", f"port={port}", "threads=1", "k=7", "max_batch=3"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                health = httpx.get(f"http://127.0.0.1:{port}/health", timeout=5).json()
+                break
+            except httpx.TransportError:
+                assert process.poll() is None, process.stdout.read()
+                assert time.monotonic() < deadline, "serve.py did not start"
+                time.sleep(0.3)
+        assert health["threads"] == {"torch": 1, "faiss": 1}
+        assert health["limits"]["k_default"] == 7 and health["limits"]["max_batch"] == 3
+        answer = httpx.get(f"http://127.0.0.1:{port}/search", params={"q": "garden castle"}).json()
+        assert len(answer["hits"]) == 7
+    finally:
+        process.terminate()
+        output = process.communicate(timeout=30)[0]
+    assert f"serving http://127.0.0.1:{port}/" in output
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["index=/no/such/index"], "error: index=/no/such/index: no such folder"),
+        ([], "error: which index? pass index=DIR"),
+        (["index=X", "colour=red"], "error: unknown setting(s) colour; the settings are index, host"),
+        (["index=X", "port=http"], "error: port='http': must be a whole number 1..65535"),
+        (["index=X", "threads=0"], "error: threads=0: must be a whole number >= 1"),
+        (["index=X", "k=50", "k_max=20"], "error: k=50: the default k must be a whole number in 1..k_max (20)"),
+        (["index=X", "max_batch=0"], "error: max_batch=0: must be a whole number >= 1"),
+        (["index", "X"], "error: not a key=value setting: index X"),
+    ],
+)
+def test_serve_command_errors_are_one_line(args, message, capsys):
+    assert serve_main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(message), err
+    assert "Traceback" not in err
+
+
+# ------------------------------------------------------------------------------------- schemathesis
+
+
+def test_openapi_schema_fuzz_finds_no_server_error(server):
+    """Schemathesis generates valid and invalid requests from /openapi.json: no 500, and every answer
+    matches the schema (status codes, content types, bodies), invalid requests are rejected."""
+    schemathesis = pytest.importorskip("schemathesis")
+    from hypothesis import HealthCheck, given, settings
+    from schemathesis import GenerationMode
+
+    schema = schemathesis.openapi.from_url(f"{server.url}/openapi.json")
+    for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+
+        @given(case=schema.as_strategy(generation_mode=mode))
+        @settings(max_examples=150, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck))
+        def run(case):
+            case.call_and_validate(base_url=server.url, timeout=30)
+
+        run()
+
+
+# ------------------------------------------------------------------------------------------ browser
+
+
+def chromium_paths() -> tuple[str, str]:
+    browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    driver = shutil.which("chromedriver")
+    if not browser or not driver:
+        pytest.skip("headless Chromium not installed (Debian: apt-get install chromium chromium-driver; .ci/run does)")
+    return browser, driver
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    browser_path, driver_path = chromium_paths()
+    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium not installed (pip install -e '.[dev]')")
+    options = webdriver.ChromeOptions()
+    options.binary_location = browser_path
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run", "--window-size=1200,900"):
+        options.add_argument(flag)
+    options.add_argument(f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}")
+    driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=driver_path))
+    yield driver
+    driver.quit()
+
+
+def test_page_searches_and_shows_highlighted_results(browser, server, searcher):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    wait = WebDriverWait(browser, 30)
+    browser.get(server.url + "/")
+    wait.until(lambda d: "passages" in d.find_element(By.ID, "about").text)  # /health shown
+    query = passage_texts(searcher, 1)[0]  # found first, with its words highlighted
+    box = browser.find_element(By.ID, "q")
+    box.send_keys(query, Keys.ENTER)
+    hits = wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#results li.hit"))
+    assert len(hits) == LIMITS.k  # the server's default k
+    assert hits[0].find_element(By.CLASS_NAME, "text").text == query
+    assert hits[0].find_element(By.CLASS_NAME, "score").text == "score 1.0000"
+    marked = [m.text.lower() for m in hits[0].find_elements(By.TAG_NAME, "mark")]
+    keywords = [w.lower().strip(".") for w in query.split() if w.lower().strip(".") not in synthetic.FILLER]
+    assert marked == keywords  # every keyword, no filler word (the page skips stop words)
+    status = browser.find_element(By.ID, "status").text
+    assert "search" in status and "ms" in status and "round trip" in status
+    assert "q=" in browser.current_url  # the search can be linked to
+
+    # A passage full of markup is shown as text: nothing runs, no element is created from it.
+    box.clear()
+    box.send_keys(XSS, Keys.ENTER)
+    wait.until(lambda d: any("<script>" in e.text for e in d.find_elements(By.CSS_SELECTOR, "#results .text")))
+    assert browser.find_elements(By.CSS_SELECTOR, "#results .text")[0].text == XSS
+    assert browser.execute_script("return window.__xss === undefined")
+    assert not browser.find_elements(By.CSS_SELECTOR, "#results img, #results script, #results b")
+
+    # A server error is shown, not swallowed.
+    box.clear()
+    box.send_keys("   ", Keys.ENTER)
+    wait.until(lambda d: "white space" in d.find_element(By.ID, "status").text)
+    assert "error" in browser.find_element(By.ID, "status").get_attribute("class")
+    assert not browser.find_elements(By.CSS_SELECTOR, "#results li")

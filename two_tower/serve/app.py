@@ -1,0 +1,357 @@
+"""The search service: ``create_app(searcher, limits)`` builds a FastAPI app over one loaded ``Searcher``.
+
+| endpoint | what |
+|---|---|
+| ``GET /search?q=...&k=10`` | one query: ``{query, k, took_ms, hits: [{id, score, text}]}`` |
+| ``POST /search`` ``{"queries": [...], "k": 10}`` | a batch, searched with one ``Searcher.search`` call: ``{k, took_ms, results: [{query, hits}]}`` |
+| ``GET /health`` | model identity and index identity (from the manifest), corpus size, limits, threads |
+| ``GET /`` | the search page (``static/``: no CDN); ``/docs`` (Swagger UI, served locally), ``/openapi.json`` |
+
+Bad input never reaches the searcher and never gets a 500: the request models carry the limits as
+constraints (query 1..``max_query_chars`` characters with a non-space one, ``k`` in 1..``k_max``, 1..``max_batch``
+queries, no unknown fields), and every 4xx answer has one JSON shape,
+``{"error": "<what is wrong, in one line>", "detail": [{"loc", "msg", "type"}]}``: 422 for a request that
+fails validation (including a query the tokenizer finds empty: ``EmptyQueryError``), 413 for a body larger
+than a full batch of the longest queries can be, 404/405 for unknown paths and methods.
+
+Concurrency: the search endpoints are plain ``def`` functions, so Starlette runs each in its worker
+thread pool and the event loop stays free to accept and validate other requests. There is no lock,
+because nothing a search touches is written after loading: the tokenizer (dict look-ups), the query
+tower (eval mode, no buffers updated, run under ``torch.inference_mode``, which is thread-local), the
+FAISS index (search on a const index is thread-safe for Flat, HNSW and IVF; search parameters are set
+once, at load) and the passages (``pyarrow.Table.take`` on an immutable table). torch and FAISS release
+the GIL while they compute, so concurrent searches use the cores. Each search uses ``threads`` CPU
+threads: OpenMP thread counts belong to the calling thread, so ``torch.set_num_threads`` and
+``faiss.omp_set_num_threads`` are applied in every worker thread (once per thread), not only at start-up.
+"""
+
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+import faiss
+import torch
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from two_tower.errors import ConfigError
+from two_tower.retrieval.errors import EmptyQueryError
+from two_tower.retrieval.search import Searcher
+
+STATIC = Path(__file__).parent / "static"
+NOT_BLANK = r"\S"  # a query needs at least one non-space character
+# The page and its assets come only from this server; no inline script, so injected markup cannot run.
+PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+}
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What a request may ask for (``conf/serve.yaml``)."""
+
+    k: int = 10  # passages per query when the request gives no k
+    k_max: int = 100
+    max_query_chars: int = 512
+    max_batch: int = 64
+
+    def __post_init__(self):
+        for name in ("k_max", "max_query_chars", "max_batch"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"{name}={value!r}: must be a whole number >= 1")
+        if not isinstance(self.k, int) or isinstance(self.k, bool) or not 1 <= self.k <= self.k_max:
+            raise ConfigError(f"k={self.k!r}: the default k must be a whole number in 1..k_max ({self.k_max})")
+
+    @property
+    def max_body_bytes(self) -> int:
+        """A full batch of the longest queries, every character \\u-escaped (12 bytes for a surrogate pair), plus 64 KiB."""
+        return 64 * 1024 + self.max_batch * self.max_query_chars * 12
+
+
+# ------------------------------------------------------------------------------------------ responses
+
+
+class HitOut(BaseModel):
+    id: str = Field(description="the passage id (as in the corpus the index was built from)")
+    score: float = Field(description="cosine similarity of query and passage vectors")
+    text: str
+
+
+class SearchResponse(BaseModel):
+    query: str
+    k: int
+    took_ms: float = Field(description="time spent searching: tokenize + encode + FAISS + passage look-up, in ms")
+    hits: list[HitOut] = Field(description="best first; fewer than k only if the index holds fewer passages")
+
+
+class QueryHits(BaseModel):
+    query: str
+    hits: list[HitOut]
+
+
+class BatchResponse(BaseModel):
+    k: int
+    took_ms: float = Field(description="time spent searching the whole batch (one encoder pass, one FAISS call), in ms")
+    results: list[QueryHits] = Field(description="one entry per query, in request order")
+
+
+class ErrorItem(BaseModel):
+    loc: list[str | int] = Field(description='where: e.g. ["query", "k"] or ["body", "queries", 2]')
+    msg: str
+    type: str
+
+
+class ErrorResponse(BaseModel):
+    error: str = Field(description="what is wrong, in one line")
+    detail: list[ErrorItem] = []
+
+
+class HealthResponse(BaseModel):
+    status: str
+    passages: int = Field(description="corpus size: passages in the index")
+    model: dict[str, Any] = Field(description="the model identity recorded in the index manifest (tokenizer, encoder settings, weight hashes)")
+    index: dict[str, Any] = Field(description="the index folder: path, creation time, FAISS type, search parameters, source")
+    limits: dict[str, int]
+    threads: dict[str, int] = Field(description="CPU threads one search uses (torch, FAISS), as seen from a worker thread")
+
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorResponse, "description": "Body that cannot be decoded (not UTF-8 JSON text)"},
+    413: {"model": ErrorResponse, "description": "Request body larger than a full batch can be"},
+    422: {"model": ErrorResponse, "description": "Invalid request: the error says what is wrong"},
+}
+
+
+# ------------------------------------------------------------------------------------------- errors
+
+
+def _clean(value: str, limit: int = 200) -> str:
+    """Safe to put in a JSON answer: lone surrogates escaped (they cannot be encoded as UTF-8), long text cut."""
+    value = value.encode("utf-8", "backslashreplace").decode("utf-8")
+    return value if len(value) <= limit else value[: limit - 3] + "..."
+
+
+def _where(item: ErrorItem) -> str:
+    """``["query", "k"]`` -> ``k``; ``["body", "queries", 2]`` -> ``queries[2]``; ``["body"]`` -> ``body``."""
+    loc = item.loc
+    if item.type == "json_invalid":  # its loc ends in a character offset
+        return "body"
+    parts = list(loc[1:]) if len(loc) > 1 and loc[0] in ("query", "body") else list(loc)
+    out = ""
+    for part in parts:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "request"
+
+
+def _message(error: dict, limits: Limits) -> str:
+    kind, loc = error["type"], error.get("loc", ())
+    if kind == "string_pattern_mismatch":
+        return "is empty or only white space; give some words to search for"
+    if kind == "json_invalid":
+        return f"not valid JSON ({error.get('ctx', {}).get('error', 'decode error')})"
+    if kind == "missing" and tuple(loc) == ("body",):
+        return f'a JSON body is required: {{"queries": ["..."], "k": {limits.k}}}'
+    if kind == "extra_forbidden":
+        return "unknown field (a batch has only queries and k)"
+    if tuple(loc) == ("body",):
+        return f'{error["msg"]}; expected a JSON object {{"queries": ["..."], "k": {limits.k}}}'
+    return error["msg"]
+
+
+def _integral_float_to_int(value):
+    """JSON Schema counts 5.0 as an integer: accept it as 5 (the strict model still refuses "5" and true)."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def _error_response(status: int, error: str, detail: list[ErrorItem] = ()) -> JSONResponse:
+    return JSONResponse(ErrorResponse(error=_clean(error, 2000), detail=list(detail)).model_dump(), status_code=status)
+
+
+# ---------------------------------------------------------------------------------------------- app
+
+
+def create_app(searcher: Searcher, limits: Limits = Limits(), threads: int | None = None, search_params: str | None = None) -> FastAPI:
+    """The service over a loaded searcher; each search uses ``threads`` CPU threads (None: the libraries'
+    defaults). ``search_params`` is only reported (``Searcher.load`` applied it)."""
+    index = searcher.index
+    use_threads = ThreadSetting(threads)
+    app = FastAPIOffline(
+        title="two-tower search",
+        version="1",
+        description=(
+            f"Dense retrieval over {len(index):,} passages with a two-tower RNN query encoder and FAISS. "
+            "Every 4xx answer is `{\"error\": ..., \"detail\": [...]}`."
+        ),
+        static_url="/docs-assets",
+    )
+    app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
+
+    # --- errors: one JSON shape, saying what is wrong -------------------------------------------------
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        items = [
+            ErrorItem(loc=[_clean(p, 100) if isinstance(p, str) else p for p in e.get("loc", ())], msg=_clean(_message(e, limits)), type=e["type"])
+            for e in exc.errors()
+        ]
+        return _error_response(422, "; ".join(f"{_where(i)}: {i.msg}" for i in items) or "invalid request", items)
+
+    @app.exception_handler(EmptyQueryError)
+    async def empty_query(request: Request, exc: EmptyQueryError) -> JSONResponse:
+        # Queries of only characters Python counts as space (e.g. "\x1c") pass the pattern but not the tokenizer.
+        return _error_response(422, str(exc), [ErrorItem(loc=["query"], msg=_clean(str(exc)), type="empty_query")])
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        error = str(exc.detail)
+        if exc.status_code == 400 and error == "There was an error parsing the body":  # FastAPI's words for undecodable bytes
+            error = "the body could not be read as JSON text: it must be UTF-8 encoded JSON"
+        response = _error_response(exc.status_code, error)
+        response.headers.update(exc.headers or {})
+        return response
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:  # a bug; Starlette re-raises it for the server log
+        return _error_response(500, f"internal error ({type(exc).__name__}); see the server log")
+
+    # --- search ------------------------------------------------------------------------------------
+
+    QueryText = Annotated[str, StringConstraints(min_length=1, max_length=limits.max_query_chars, pattern=NOT_BLANK)]
+
+    class SearchBatch(BaseModel):
+        """A batch of queries, searched together."""
+
+        model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={"examples": [{"queries": ["how long is a marathon", "what is a tariff"], "k": limits.k}]})
+        queries: list[QueryText] = Field(min_length=1, max_length=limits.max_batch, description=f"1 to {limits.max_batch} queries, each 1 to {limits.max_query_chars} characters")
+        k: Annotated[int, BeforeValidator(_integral_float_to_int)] = Field(limits.k, ge=1, le=limits.k_max, description=f"passages per query, 1 to {limits.k_max}")
+
+    @app.get("/search", response_model=SearchResponse, responses=ERRORS, summary="Search one query")
+    def search_one(
+        q: Annotated[str, Query(min_length=1, max_length=limits.max_query_chars, pattern=NOT_BLANK, description="the query text")],
+        k: Annotated[int, Query(ge=1, le=limits.k_max, description=f"passages to return, 1 to {limits.k_max}")] = limits.k,
+    ):
+        use_threads()
+        start = time.perf_counter()
+        hits = searcher.search([q], k)[0]
+        took = (time.perf_counter() - start) * 1000
+        return {"query": q, "k": k, "took_ms": round(took, 3), "hits": [vars(h) for h in hits]}
+
+    @app.post("/search", response_model=BatchResponse, responses=ERRORS, summary="Search a batch of queries")
+    def search_batch(batch: SearchBatch):
+        use_threads()
+        start = time.perf_counter()
+        results = searcher.search(batch.queries, batch.k)
+        took = (time.perf_counter() - start) * 1000
+        return {
+            "k": batch.k,
+            "took_ms": round(took, 3),
+            "results": [{"query": q, "hits": [vars(h) for h in hits]} for q, hits in zip(batch.queries, results)],
+        }
+
+    # --- health ------------------------------------------------------------------------------------
+
+    manifest = index.manifest
+    built_params = (manifest.get("config") or {}).get("index", {}).get("search_params")
+    index_info = {
+        "path": str(Path(index.path).resolve()),
+        "created": manifest.get("created"),
+        "faiss": manifest.get("faiss"),
+        "search_params": search_params or built_params,
+        "source": manifest.get("source"),
+        "files": manifest.get("files"),
+    }
+
+    @app.get("/health", response_model=HealthResponse, summary="Model and index identity, corpus size")
+    def health():  # a plain def: it runs on a worker thread, so the thread counts are the ones a search sees
+        use_threads()
+        return {
+            "status": "ok",
+            "passages": len(index),
+            "model": manifest["model"],
+            "index": index_info,
+            "limits": {"k_default": limits.k, "k_max": limits.k_max, "max_query_chars": limits.max_query_chars, "max_batch": limits.max_batch},
+            "threads": {"torch": torch.get_num_threads(), "faiss": faiss.omp_get_max_threads()},
+        }
+
+    # --- the page ----------------------------------------------------------------------------------
+
+    @app.get("/", include_in_schema=False)
+    def page():
+        return FileResponse(STATIC / "index.html", headers=PAGE_HEADERS)
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    return app
+
+
+# ------------------------------------------------------------------------------------------- threads
+
+
+class ThreadSetting:
+    """Applies a CPU thread count to torch and FAISS in the calling thread, once per thread.
+
+    OpenMP (which both use on CPU) keeps the thread count per calling thread: set in the main thread,
+    it does not reach the server's worker threads, which would each use one thread per core."""
+
+    def __init__(self, threads: int | None):
+        self.threads, self.local = threads, threading.local()
+
+    def __call__(self) -> None:
+        if self.threads is not None and not getattr(self.local, "applied", False):
+            torch.set_num_threads(self.threads)
+            faiss.omp_set_num_threads(self.threads)
+            self.local.applied = True
+
+
+# ------------------------------------------------------------------------------------ body size limit
+
+
+class BodyLimit:
+    """ASGI middleware: a request body over ``max_bytes`` gets 413 before the app reads it.
+
+    Checks ``Content-Length`` and also counts a chunked body as it arrives; the body is read here (it is
+    at most ``max_bytes``) and handed to the app unchanged.
+    """
+
+    def __init__(self, app, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope["headers"]).get(b"content-length", b"")
+        if length.isdigit() and int(length) > self.max_bytes:
+            return await self._too_large(scope, receive, send)
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away
+                return await self.app(scope, _replay([message], receive), send)
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.max_bytes:
+                return await self._too_large(scope, receive, send)
+            if not message.get("more_body", False):
+                break
+        body = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+        return await self.app(scope, _replay([body], receive), send)
+
+    async def _too_large(self, scope, receive, send):
+        response = _error_response(413, f"request body over {self.max_bytes:,} bytes (the largest a full batch can need)")
+        response.headers["Connection"] = "close"
+        await response(scope, receive, send)
+
+
+def _replay(messages: list[dict], receive):
+    async def replay():
+        return messages.pop(0) if messages else await receive()
+
+    return replay

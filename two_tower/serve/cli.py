@@ -1,0 +1,97 @@
+"""The ``serve.py`` command: load an index folder once and serve it with uvicorn.
+
+Like ``search.py`` it is not a ``@hydra.main`` script (a server writes no run folder); its settings are
+Hydra overrides of ``conf/serve.yaml``, composed with Hydra's compose API.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import time
+from pathlib import Path
+
+USAGE = """usage: python serve.py index=DIR [host=127.0.0.1] [port=8000] [threads=1] [key=value ...]
+Settings (conf/serve.yaml): index, host, port, threads (per search, torch and FAISS), search_params,
+k (default passages per query), k_max, max_query_chars, max_batch.
+Then open http://HOST:PORT/ (search page), /docs (API), /health."""
+
+OVERRIDE = re.compile(r"^[A-Za-z_]\w*=")
+
+
+def compose_config(overrides: list[str]):
+    from hydra import compose, initialize_config_dir
+
+    conf = Path(__file__).resolve().parents[2] / "conf"
+    with initialize_config_dir(version_base="1.3", config_dir=str(conf)):
+        return compose("serve", overrides=overrides)
+
+
+def _whole(name: str, value, low: int, high: int | None = None):
+    from two_tower.errors import ConfigError
+
+    if not isinstance(value, int) or isinstance(value, bool) or value < low or (high is not None and value > high):
+        span = f"{low}..{high}" if high is not None else f">= {low}"
+        raise ConfigError(f"{name}={value!r}: must be a whole number {span}")
+    return value
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The serve.py command; returns the exit status (2 = unusable settings or index)."""
+    argv = sys.argv[1:] if argv is None else argv
+    if any(a in ("-h", "--help") for a in argv):
+        print(USAGE)
+        return 0
+    stray = [a for a in argv if not OVERRIDE.match(a)]
+    if stray:
+        print(f"error: not a key=value setting: {' '.join(stray)}\n{USAGE}", file=sys.stderr)
+        return 2
+    try:
+        known = list(compose_config([]))
+        unknown = [a.split("=", 1)[0] for a in argv if a.split("=", 1)[0] not in known]
+        if unknown:
+            print(f"error: unknown setting(s) {', '.join(unknown)}; the settings are {', '.join(known)}", file=sys.stderr)
+            return 2
+        cfg = compose_config(argv)
+    except Exception as err:  # Hydra's own errors, e.g. a value it cannot parse
+        print(f"error: {' '.join(str(err).split())}\n{USAGE}", file=sys.stderr)
+        return 2
+
+    from two_tower.errors import ConfigError, TwoTowerError
+    from two_tower.retrieval.search import Searcher
+    from two_tower.serve.app import Limits, create_app
+
+    if cfg.index is None:
+        print(f"error: which index? pass index=DIR (a folder written by index.py)\n{USAGE}", file=sys.stderr)
+        return 2
+    try:
+        for name in ("index", "host", "search_params"):  # Hydra reads index=2024 as a number: a name all the same
+            if cfg[name] is None and name == "search_params":
+                continue
+            if not isinstance(cfg[name], (str, int, float)) or isinstance(cfg[name], bool):
+                raise ConfigError(f"{name}={cfg[name]!r}: must be a single path or name")
+            cfg[name] = str(cfg[name])
+        _whole("port", cfg.port, 1, 65535)
+        if cfg.threads is not None:
+            _whole("threads", cfg.threads, 1)
+        limits = Limits(k=cfg.k, k_max=cfg.k_max, max_query_chars=cfg.max_query_chars, max_batch=cfg.max_batch)
+        start = time.perf_counter()
+        searcher = Searcher.load(cfg.index, search_params=cfg.search_params)
+        app = create_app(searcher, limits, threads=cfg.threads, search_params=cfg.search_params)
+    except TwoTowerError as err:  # bad settings, a missing or unusable index folder
+        if os.environ.get("TWO_TOWER_DEBUG", "") not in ("", "0"):
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+    import uvicorn
+
+    print(
+        f"Loaded {searcher.index.path} ({len(searcher.index):,} passages) in {time.perf_counter() - start:.1f}s; "
+        f"serving http://{cfg.host}:{cfg.port}/ (API docs at /docs)",
+        file=sys.stderr,
+        flush=True,
+    )
+    uvicorn.run(app, host=cfg.host, port=cfg.port)
+    return 0

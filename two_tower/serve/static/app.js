@@ -1,0 +1,124 @@
+// The search page: asks GET /search and shows the hits. Passage and query text only ever enter the page
+// as text nodes (textContent / append(string)), never as HTML, so a passage containing markup shows
+// that markup as text and cannot run script.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const form = $("search-form"), queryBox = $("q"), kBox = $("k"), statusLine = $("status"), results = $("results");
+
+// Words as the model's tokenizer splits them: letters/digits, with inner ' or - ("don't", "e-mail").
+const WORD = /[\p{L}\p{N}]+(?:['\-][\p{L}\p{N}]+)*/gu;
+// Not highlighted: they match nearly every passage and hide the words that matter.
+const STOPWORDS = new Set(("a an and are as at be by do does for from how in is it of on or that the this to was what " +
+  "when where which who why with").split(" "));
+
+function queryTerms(query) {
+  const terms = new Set();
+  for (const m of query.toLowerCase().matchAll(WORD)) if (!STOPWORDS.has(m[0])) terms.add(m[0]);
+  return terms;
+}
+
+// The passage as text nodes, with the query's words wrapped in <mark>.
+function highlighted(text, terms) {
+  const out = document.createDocumentFragment();
+  let at = 0;
+  for (const m of text.matchAll(WORD)) {
+    if (!terms.has(m[0].toLowerCase())) continue;
+    if (m.index > at) out.append(text.slice(at, m.index));
+    const mark = document.createElement("mark");
+    mark.textContent = m[0];
+    out.append(mark);
+    at = m.index + m[0].length;
+  }
+  if (at < text.length) out.append(text.slice(at));
+  return out;
+}
+
+function span(className, text) {
+  const el = document.createElement("span");
+  el.className = className;
+  el.textContent = text;
+  return el;
+}
+
+function showStatus(text, isError = false) {
+  statusLine.textContent = text;
+  statusLine.classList.toggle("error", isError);
+}
+
+function render(answer, roundTripMs) {
+  const terms = queryTerms(answer.query);
+  results.replaceChildren();
+  answer.hits.forEach((hit, i) => {
+    const item = document.createElement("li");
+    item.className = "hit";
+    const meta = document.createElement("div");
+    meta.className = "meta";
+    meta.append(span("rank", `#${i + 1}`), span("score", `score ${hit.score.toFixed(4)}`), span("pid", `id ${hit.id}`));
+    const text = document.createElement("p");
+    text.className = "text";
+    text.append(highlighted(hit.text, terms));
+    item.append(meta, text);
+    results.append(item);
+  });
+  const n = answer.hits.length;
+  showStatus(`${n} passage${n === 1 ? "" : "s"} · search ${answer.took_ms.toFixed(1)} ms · round trip ${roundTripMs.toFixed(1)} ms`);
+}
+
+let latest = 0; // only the newest request's answer is shown
+
+async function search(query, k) {
+  const mine = ++latest;
+  showStatus("Searching…");
+  const started = performance.now();
+  let response;
+  try {
+    const params = new URLSearchParams({ q: query });
+    if (k) params.set("k", k); // else the server's default
+    response = await fetch(`/search?${params}`, { headers: { Accept: "application/json" } });
+  } catch (err) {
+    if (mine === latest) showStatus(`Could not reach the server: ${err.message}`, true);
+    return;
+  }
+  const answer = await response.json().catch(() => null);
+  if (mine !== latest) return;
+  if (!response.ok) {
+    results.replaceChildren();
+    showStatus(answer && answer.error ? answer.error : `HTTP ${response.status}`, true);
+    return;
+  }
+  render(answer, performance.now() - started);
+}
+
+form.addEventListener("submit", (event) => {
+  event.preventDefault();
+  const query = queryBox.value, k = kBox.value;
+  const params = new URLSearchParams({ q: query });
+  if (k) params.set("k", k);
+  history.replaceState(null, "", `/?${params}`);
+  search(query, k);
+});
+
+async function describeService() {
+  try {
+    const health = await (await fetch("/health")).json();
+    const model = health.model || {}, encoder = model.encoder || {};
+    const faiss = (health.index && health.index.faiss) || {};
+    $("about").textContent = `${health.passages.toLocaleString("en")} passages · ${encoder.cell || "rnn"} query encoder ` +
+      `(dim ${model.dim}) · FAISS ${faiss.type || "?"}`;
+    queryBox.maxLength = health.limits.max_query_chars;
+    kBox.max = health.limits.k_max;
+    kBox.placeholder = health.limits.k_default;
+  } catch (err) {
+    $("about").textContent = "Service details unavailable.";
+  }
+}
+
+// /?q=...&k=... searches on load, so a search can be linked to (and the form works without script).
+const params = new URLSearchParams(location.search);
+if (params.has("k")) kBox.value = params.get("k");
+describeService();
+if (params.get("q")) {
+  queryBox.value = params.get("q");
+  search(queryBox.value, kBox.value);
+}
