@@ -9,7 +9,7 @@ from torch import nn
 
 from tests.conftest import CONF
 
-GROUPS = ["data", "embeddings", "encoder", "negatives", "loss", "optimizer", "scheduler", "logger", "trainer", "callbacks", "debug", "experiment"]
+GROUPS = ["data", "embeddings", "encoder", "negatives", "loss", "optimizer", "scheduler", "logger", "trainer", "callbacks", "debug", "experiment", "hparams_search"]
 
 
 def options(group):
@@ -51,6 +51,8 @@ def test_group_option_composes_and_instantiates(group, option, tiny_cfg, tmp_pat
         assert cfg.trainer.get("fast_dev_run") or cfg.trainer.get("overfit_batches")
     elif group == "experiment":
         assert cfg.trainer.max_epochs >= 1 and cfg.encoder.cell in ("rnn", "gru", "lstm")
+    elif group == "hparams_search":
+        assert cfg.optimized_metric == "val/mrr@10"
     elif group == "embeddings" and option == "file":
         assert cfg.embeddings.path.endswith("v.txt")
     else:

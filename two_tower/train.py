@@ -17,6 +17,7 @@ from two_tower.errors import ConfigError
 from two_tower.retrieval.errors import CheckpointError
 from two_tower.model.module import TwoTowerModule
 from two_tower.negatives.refresh import NegativeRefresh
+from two_tower.tracking import fill_wandb_group_and_tags, tracking_callbacks
 from two_tower.utils import instantiate_group, task_wrapper
 
 log = logging.getLogger(__name__)
@@ -94,10 +95,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
     module = build_module(cfg, datamodule)
     log.info("Model: %d trainable / %d parameters", sum(p.numel() for p in module.parameters() if p.requires_grad), sum(p.numel() for p in module.parameters()))
 
+    fill_wandb_group_and_tags(cfg)  # logger.wandb.group/tags: null = the sweep and the chosen options
     loggers = instantiate_group(cfg.get("logger"))
     for logger in loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
-    callbacks = instantiate_group(cfg.get("callbacks"))
+    callbacks = instantiate_group(cfg.get("callbacks")) + tracking_callbacks(loggers)
     refresh = getattr(datamodule.negatives, "refresh_every_n_epochs", 0)
     if refresh:
         callbacks.append(NegativeRefresh(refresh))

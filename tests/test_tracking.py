@@ -1,0 +1,107 @@
+"""Optuna sweeps (hparams_search=optuna) and W&B tracking (group, tags, model artifact, examples table)."""
+
+import os
+import re
+import subprocess
+import sys
+
+import yaml
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+
+from tests.conftest import CONF, ROOT, TINY, compose_train
+from two_tower.tracking import ValidationExamples
+
+
+def test_optuna_search_config():
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
+        cfg = compose("train", overrides=["hparams_search=optuna"], return_hydra_config=True)
+    GlobalHydra.instance().clear()
+    sweeper = cfg.hydra.sweeper
+    assert sweeper._target_.endswith("OptunaSweeper") and sweeper.direction == "maximize"
+    assert cfg.optimized_metric == "val/mrr@10" and sweeper.storage is None
+    assert sweeper.sampler._target_ == "optuna.samplers.TPESampler" and sweeper.sampler.seed is not None
+    assert set(sweeper.params) == {"optimizer.lr", "encoder.hidden_size", "encoder.dropout", "loss.temperature", "embeddings.freeze"}
+    assert sweeper.params["optimizer.lr"].startswith("tag(log, interval(")
+
+
+def test_optuna_sweep_runs_two_trials(tmp_path):
+    """A real 2-trial sweep (in-memory storage) on tiny synthetic data, logged to W&B offline: ~15 s unloaded."""
+    overrides = [o for o in TINY if not o.startswith("logger")] + [
+        "logger=wandb",
+        f"paths.cache_dir={tmp_path / 'cache'}",
+        f"hydra.sweep.dir={tmp_path / 'multirun'}",
+    ]
+    cmd = [sys.executable, "train.py", "-m", "hparams_search=optuna", "hydra.sweeper.n_trials=2", *overrides]
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env={**os.environ, "HYDRA_FULL_ERROR": "1", "WANDB_MODE": "offline", "WANDB_SILENT": "true"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    # One offline W&B run per trial, both in the sweep's group (<job name>-<sweep dir name>).
+    runs = sorted((tmp_path / "multirun").glob("*/wandb/offline-run-*/*.wandb"))
+    assert len(runs) == 2 and all(b"train-multirun" in r.read_bytes() for r in runs)
+    jobs = sorted(p.name for p in (tmp_path / "multirun").iterdir() if p.is_dir() and p.name.isdigit())
+    assert jobs == ["0", "1"]
+    results = yaml.safe_load((tmp_path / "multirun" / "optimization_results.yaml").read_text())
+    assert 0 <= results["best_value"] <= 1
+    # encoder.hidden_size is fixed by TINY's override (the sweeper does not search a key set on the command line).
+    assert set(results["best_params"]) == {"optimizer.lr", "encoder.dropout", "loss.temperature", "embeddings.freeze"}
+
+
+def test_wandb_group_tags_examples_table_and_model_artifact(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    import wandb
+
+    import two_tower.train as train_module
+
+    seen = {"tables": []}
+
+    class Spy(ValidationExamples):
+        def on_validation_epoch_end(self, trainer, pl_module):
+            self.last_table = None
+            super().on_validation_epoch_end(trainer, pl_module)
+            if self.last_table is not None:
+                seen["tables"].append(self.last_table)
+                experiment = trainer.logger.experiment
+                seen["tags"], seen["group"], seen["id"] = list(experiment.tags), experiment.group, experiment.id
+
+    real = train_module.tracking_callbacks
+    monkeypatch.setattr(train_module, "tracking_callbacks", lambda loggers: [Spy() if isinstance(c, ValidationExamples) else c for c in real(loggers)])
+    cfg = compose_train(tmp_path, ["logger=wandb", "logger.wandb.log_model=true", "trainer.max_epochs=2", "encoder=lstm"])
+    metrics = train_module.train(cfg)
+    assert "val/mrr@10" in metrics and wandb.run is None
+
+    # Tags: the chosen options; group: the run (a multirun's jobs share the sweep dir's name).
+    assert {"encoder:lstm", "negatives:in_batch", "loss:infonce", "embeddings:random", "data:synthetic"} <= set(seen["tags"])
+    assert re.fullmatch(r"\w+-\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d", seen["group"])  # <job name>-<run dir name>
+    assert cfg.logger.wandb.group == seen["group"]  # also in the logged config
+
+    # One table per validation epoch: 5 queries x (query + 3 hits x (passage, score, selected)).
+    assert len(seen["tables"]) == 2
+    table = seen["tables"][-1]
+    assert table.columns == ["query"] + [f"{c}_{k}" for k in (1, 2, 3) for c in ("passage", "score", "selected")]
+    assert len(table.data) == 5
+    for row in table.data:
+        assert isinstance(row[0], str) and row[0]
+        scores = row[2::3]
+        assert scores == sorted(scores, reverse=True) and all(isinstance(s, bool) for s in row[3::3])
+
+    runs = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    assert len(list((runs[0] / "files" / "media" / "table" / "val").glob("examples_*.table.json"))) == 2
+    record = next(runs[0].glob("*.wandb")).read_bytes()
+    # The checkpoints were logged as the model artifact (WandbLogger's log_model), the best one aliased "best".
+    best = next((tmp_path / "run" / "checkpoints").glob("epoch*.ckpt")).name
+    assert f"model-{seen['id']}".encode() in record and best.encode() in record and b"best" in record
+    assert b"encoder:lstm" in record
+
+
+def test_no_tracking_without_wandb_or_hydra(tiny_cfg):
+    from two_tower.tracking import fill_wandb_group_and_tags, tracking_callbacks
+
+    cfg = tiny_cfg()  # logger=none
+    fill_wandb_group_and_tags(cfg)
+    assert tracking_callbacks([]) == []
+    cfg = tiny_cfg("logger=wandb", "logger.wandb.group=mine", "logger.wandb.tags=[a]")
+    fill_wandb_group_and_tags(cfg)  # explicit values win
+    assert cfg.logger.wandb.group == "mine" and list(cfg.logger.wandb.tags) == ["a"]
