@@ -199,3 +199,17 @@ def test_batch_deduplicates_passages_and_marks_selected(tmp_path):
     assert pids[batch["positive_column"][0]] == pos0
     assert pids[batch["negative_columns"][1, 0]] == pos0
     assert batch["query_ids"].shape[0] == 2 and (batch["passage_lengths"] > 0).all()
+
+
+def test_word2vec_is_trained_once_cached_and_centered(tmp_path, caplog):
+    from two_tower.embeddings import Word2VecEmbeddings
+
+    texts = [" ".join(r["passages"]["passage_text"]) for r in make_rows(100, seed=1)]
+    w2v = Word2VecEmbeddings(dim=8, epochs=1, workers=1, cache_dir=str(tmp_path))
+    vectors = w2v.load(texts)
+    assert vectors.dim == 8 and len(vectors.words) > 50
+    np.testing.assert_allclose(vectors.vectors.mean(axis=0), 0, atol=1e-5)
+    with caplog.at_level(logging.INFO):
+        again = w2v.load(texts)
+    assert "cache hit" in caplog.text
+    np.testing.assert_array_equal(again.vectors, vectors.vectors)

@@ -113,14 +113,15 @@ class Word2VecEmbeddings(EmbeddingSource):
 
     name = "word2vec"
 
-    def __init__(self, freeze=False, dim=50, window=5, min_count=2, epochs=5, sg=1, seed=0, workers=2, cache_dir=".cache"):
+    def __init__(self, freeze=False, dim=50, window=5, min_count=2, epochs=5, sg=1, seed=0, workers=2, center=True, cache_dir=".cache"):
         super().__init__(freeze, dim)
+        self.center = center
         self.params = dict(vector_size=dim, window=window, min_count=min_count, epochs=epochs, sg=sg, seed=seed)
         self.workers = workers
         self.cache_dir = Path(cache_dir)
 
     def identity(self) -> str:
-        return f"{self.name}:{sorted(self.params.items())}"
+        return f"{self.name}:{sorted(self.params.items())}:center={self.center}"
 
     def load(self, train_texts, keep_punctuation=False):
         from gensim.models import KeyedVectors, Word2Vec
@@ -144,7 +145,13 @@ class Word2VecEmbeddings(EmbeddingSource):
             kv.save(str(tmp))
             os.replace(tmp, path)
             log.info("word2vec: saved %s", path)
-        return WordVectors(list(kv.index_to_key), np.asarray(kv.vectors, dtype=np.float32))
+        vectors = np.asarray(kv.vectors, dtype=np.float32)
+        if self.center:
+            # Skip-gram on a small corpus puts every vector near one common direction (mean pairwise
+            # cosine 0.85 on marco7k's training text, against 0.03 for GloVe), which hides which word
+            # is which; removing the mean vector restores it (experiments/embeddings).
+            vectors = vectors - vectors.mean(axis=0, keepdims=True)
+        return WordVectors(list(kv.index_to_key), vectors)
 
 
 class FileEmbeddings(EmbeddingSource):
