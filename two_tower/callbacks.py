@@ -26,10 +26,15 @@ class CheckpointOnStop(L.Callback):
 
     def __init__(self, dirpath: str, filename: str = "last.ckpt"):
         self.path = Path(dirpath) / filename
+        self.timer: Timer | None = None
+
+    def on_train_start(self, trainer, pl_module):
+        # Lightning adds a Timer callback when trainer.max_time is set; look it up once, not every batch.
+        self.timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
-        if timer is not None and timer.time_remaining("train") is not None and timer.time_remaining("train") <= 0:
+        remaining = self.timer.time_remaining("train") if self.timer is not None else None
+        if remaining is not None and remaining <= 0:
             log.info("trainer.max_time reached: stopping after this batch")
             trainer._signal_connector.received_sigterm = True  # Lightning raises SIGTERMException next
 

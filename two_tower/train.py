@@ -100,9 +100,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     for logger in loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     callbacks = instantiate_group(cfg.get("callbacks")) + tracking_callbacks(loggers)
-    refresh = getattr(datamodule.negatives, "refresh_every_n_epochs", 0)
-    if refresh:
-        callbacks.append(NegativeRefresh(refresh))
+    if datamodule.negatives.refresh_every_n_epochs:
+        callbacks.append(NegativeRefresh(datamodule.negatives.refresh_every_n_epochs))
     trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, _convert_="all")
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
 

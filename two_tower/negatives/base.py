@@ -25,6 +25,8 @@ class NegativeSampler:
     """
 
     per_query: int = 0
+    # > 0: mine again every N epochs with the model being trained (see negatives/refresh.py)
+    refresh_every_n_epochs: int = 0
 
     def prepare(self, split: PreparedSplit) -> None:
         """Called once with the training split before the first epoch."""

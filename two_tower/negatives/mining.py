@@ -124,8 +124,9 @@ class MinedNegatives(NegativeSampler):
                 scores = scorer(rows)
                 top = rank_by_scores(scores, depth)
                 top_scores = scores.gather(1, top).numpy()
-                pos = split.positives.padded(rows, fill=-1)
-                pos_scores = torch.where(torch.from_numpy(pos) >= 0, scores.gather(1, torch.from_numpy(pos).clamp(min=0)), torch.tensor(float("-inf"))).max(1).values.numpy()
+                if self.margin is not None:  # each row's best positive score, for the margin filter
+                    positives = torch.from_numpy(split.positives.padded(rows, fill=-1))
+                    pos_scores = scores.gather(1, positives.clamp(min=0)).masked_fill(positives < 0, float("-inf")).max(1).values.numpy()
                 for i, row in enumerate(rows):
                     selected = set(split.positives[row].tolist())
                     kept = []
