@@ -1,28 +1,29 @@
 """Towers ignore padding; losses mask duplicates and selected passages; values match hand computations."""
 
 import itertools
+import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from two_tower.model.encoders import RNNEncoder, TwoTower
+from two_tower.model.encoders import BagOfWords, RNNEncoder, TwoTower
 from two_tower.model.losses import InfoNCELoss, TripletLoss
 
 
-def make_encoder(cell, pooling, bidirectional, num_layers=1):
+def make_encoder(cell, pooling, bidirectional, num_layers=1, bag_dim=0):
     torch.manual_seed(0)
     emb = nn.Embedding(50, 8, padding_idx=0)
-    return RNNEncoder(emb, cell=cell, hidden_size=16, num_layers=num_layers, bidirectional=bidirectional, pooling=pooling, dim=12).eval()
+    return RNNEncoder(emb, cell=cell, hidden_size=16, num_layers=num_layers, bidirectional=bidirectional, pooling=pooling, dim=12, bag_dim=bag_dim).eval()
 
 
 @pytest.mark.parametrize(
     "cell,pooling,bidirectional", list(itertools.product(["rnn", "gru", "lstm"], ["last", "mean", "max"], [False, True]))
 )
 def test_padding_does_not_change_vectors(cell, pooling, bidirectional):
-    enc = make_encoder(cell, pooling, bidirectional, num_layers=2)
-    seqs = [[5, 6, 7], [8, 9, 10, 11, 12, 13, 14], [3]]
+    enc = make_encoder(cell, pooling, bidirectional, num_layers=2, bag_dim=10 if pooling == "mean" else 0)
+    seqs = [[5, 6, 7], [8, 9, 10, 11, 12, 13, 14], [3], [4, 4, 9, 4]]
     with torch.no_grad():
         alone = torch.cat([enc(torch.tensor([s]), torch.tensor([len(s)])) for s in seqs])
         for extra in (0, 5):  # pad to the longest, and to the longest + 5
@@ -44,6 +45,55 @@ def test_shared_and_separate_towers():
     assert separate.query_encoder.embedding is separate.passage_encoder.embedding
     frozen = TwoTower(20, 6, factory, freeze_embeddings=True)
     assert not frozen.embedding.weight.requires_grad
+
+
+def test_bag_of_words_matches_its_formula():
+    bag = BagOfWords(vocab_size=30, dim=6)
+    weights = torch.rand(30)
+    bag.load_term_weights(weights)
+    texts = [[3, 7, 3, 3, 9], [5], [7, 7]]
+    ids = torch.tensor([t + [0] * (5 - len(t)) for t in texts])
+    with torch.no_grad():
+        out = bag(ids, torch.tensor([len(t) for t in texts]))
+        for row, text in zip(out, texts):
+            want = sum((1 + math.log(text.count(w))) * weights[w] * bag.vectors.weight[w] for w in set(text))
+            torch.testing.assert_close(row, want / want.norm(), atol=1e-6, rtol=1e-5)
+        assert bag.weights.weight[0].item() == 0.0 and not bag.vectors.weight.requires_grad
+
+
+def test_bag_towers_share_signatures_and_split_the_score():
+    def factory(**kw):
+        return RNNEncoder(cell="gru", hidden_size=8, dim=4, bag_dim=12, bag_mix=0.3, **kw)
+
+    separate = TwoTower(40, 6, factory, shared_towers=False)
+    q, p = separate.query_encoder, separate.passage_encoder
+    assert q.output_dim == 16
+    # Separate towers draw the same random signatures, so their bags are comparable.
+    torch.testing.assert_close(q.bag.vectors.weight, p.bag.vectors.weight)
+    separate.load_term_weights(torch.arange(40, dtype=torch.float32))
+    assert p.bag.weights.weight[5].item() == 5.0 and q.bag.weights.weight[0].item() == 0.0
+    ids, lengths = torch.tensor([[4, 5, 6]]), torch.tensor([3])
+    with torch.no_grad():
+        qv, pv = q(ids, lengths), p(ids, lengths)
+        score = (qv * pv).sum()
+        rnn_cos = (qv[0, :4] * pv[0, :4]).sum() / 0.7
+        bag_cos = (qv[0, 4:] * pv[0, 4:]).sum() / 0.3
+    assert qv.norm().item() == pytest.approx(1.0, abs=1e-6)
+    assert bag_cos.item() == pytest.approx(1.0, abs=1e-5)  # same text, same weights: identical bags
+    assert score.item() == pytest.approx((0.7 * rnn_cos + 0.3 * bag_cos).item(), abs=1e-5)
+
+
+def test_idf_matches_a_count_over_passages():
+    from two_tower.data.prepared import PreparedSplit, Ragged
+
+    passages = [[2, 3, 3], [3, 4], [5]]
+    split = PreparedSplit(query_texts=["q"], query_tokens=Ragged.from_lists([[2]]), passage_texts=["a", "b", "c"],
+                          passage_tokens=Ragged.from_lists(passages), positives=Ragged.from_lists([[0]]), candidates=Ragged.from_lists([[0, 1, 2]]))
+    idf = split.idf(vocab_size=7)
+    for word in range(1, 7):
+        df = sum(word in p for p in passages)
+        assert idf[word] == pytest.approx(math.log(4 / (df + 0.5)), rel=1e-6)
+    assert idf[0] == 0.0
 
 
 def unit(x):

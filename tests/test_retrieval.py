@@ -45,7 +45,8 @@ def compose_retrieval(config_name: str, overrides: list[str]):
 def trained(tmp_path_factory):
     """A tiny checkpoint, its logged validation metrics, and its validation split as a jsonl shard folder."""
     root = tmp_path_factory.mktemp("retrieval")
-    cfg = compose_train(root, [])
+    # With the bag-of-words path, so index, search and evaluate rebuild a tower that has one.
+    cfg = compose_train(root, ["encoder.bag_dim=16"])
     metrics = train(cfg)
     spec = dict(cfg.data.synthetic_rows)
     n_train, n_val = spec.pop("train_rows"), spec.pop("val_rows")
@@ -173,7 +174,7 @@ def test_index_refuses_a_checkpoint_of_another_model(trained, tmp_path):
 
     manifest = json.loads((trained["index"] / "manifest.json").read_text())
     other = {**manifest["model"], "dim": 64, "encoder": {**manifest["model"]["encoder"], "cell": "lstm"}}
-    with pytest.raises(IndexFolderError, match="dim: 32 vs 64; encoder.cell: 'gru' vs 'lstm'$"):
+    with pytest.raises(IndexFolderError, match="dim: 48 vs 64; encoder.cell: 'gru' vs 'lstm'$"):
         PassageIndex.load(trained["index"], expect_model=other)
 
 

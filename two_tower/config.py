@@ -42,6 +42,9 @@ RULES = {
     "encoder.dropout": (NUM, lambda v: 0 <= v < 1, "a number in [0, 1)"),
     "encoder.pooling": ((str,), lambda v: v in ("last", "mean", "max"), "one of last, mean, max"),
     "encoder.dim": (INT, lambda v: v > 0, "a positive integer or null"),
+    "encoder.bag_dim": (INT, lambda v: v >= 0, "an integer >= 0"),
+    "encoder.bag_train_vectors": (BOOL, lambda v: True, "true or false"),
+    "encoder.bag_mix": (NUM, lambda v: 0 < v < 1, "a number in (0, 1)"),
     "negatives.per_query": (INT, lambda v: v >= 0, "an integer >= 0"),
     "negatives.range_min": (INT, lambda v: v >= 0, "an integer >= 0"),
     "negatives.range_max": (INT, lambda v: v > 0, "a positive integer"),
@@ -49,6 +52,11 @@ RULES = {
     "loss.margin": (NUM, lambda v: v >= 0, "a number >= 0"),
     "loss.temperature": (NUM, lambda v: v > 0, "a number > 0"),
     "loss.in_batch": ((str,), lambda v: v in ("hardest", "all"), "hardest or all"),
+    "loss.teacher_temperature": (NUM, lambda v: v > 0, "a number > 0"),
+    "loss.label_weight": (NUM, lambda v: 0 <= v <= 1, "a number in [0, 1]"),
+    "teacher.batch_size": (INT, lambda v: v > 0, "a positive integer"),
+    "teacher.max_seq_length": (INT, lambda v: v > 0, "a positive integer or null"),
+    "teacher.threads": (INT, lambda v: v > 0, "a positive integer or null"),
     "optimizer.lr": (NUM, lambda v: v > 0, "a number > 0"),
     "optimizer.weight_decay": (NUM, lambda v: v >= 0, "a number >= 0"),
     "model.shared_towers": (BOOL, lambda v: True, "true or false"),
@@ -77,6 +85,11 @@ def validate_train_config(cfg: DictConfig) -> None:
         raise ConfigError("negatives=in_batch takes no explicit negatives: negatives.per_query must be 0")
     if str(negatives.get("_target_", "")).endswith(("RandomNegatives", "BM25Negatives", "ANNNegatives")) and negatives.get("per_query", 1) < 1:
         raise ConfigError(f"negatives.per_query={negatives.per_query}: this negatives option needs at least 1")
+    distill = str((cfg.get("loss") or {}).get("_target_", "")).endswith("DistillLoss")
+    if distill and not cfg.get("teacher"):
+        raise ConfigError("loss=distill needs a teacher: +teacher=minilm (teacher.model=PATH for another model)")
+    if cfg.get("teacher") and not distill:
+        raise ConfigError(f"teacher is set but the loss ({cfg.loss._target_}) does not use it: use loss=distill, or drop the teacher")
     data = cfg.data
     if data.get("path") and not Path(data.path).expanduser().exists():
         raise ConfigError(f"data.path={data.path}: no such file or folder")

@@ -26,7 +26,8 @@ log = logging.getLogger(__name__)
 def build_datamodule(cfg: DictConfig) -> TwoTowerDataModule:
     embeddings = hydra.utils.instantiate(cfg.embeddings)
     negatives = hydra.utils.instantiate(cfg.negatives)
-    return hydra.utils.instantiate(cfg.data, embeddings=embeddings, negatives=negatives, seed=cfg.seed, _recursive_=False)
+    teacher = hydra.utils.instantiate(cfg.teacher) if cfg.get("teacher") else None
+    return hydra.utils.instantiate(cfg.data, embeddings=embeddings, negatives=negatives, teacher=teacher, seed=cfg.seed, _recursive_=False)
 
 
 def build_module(cfg: DictConfig, datamodule: TwoTowerDataModule) -> TwoTowerModule:
@@ -42,6 +43,8 @@ def build_module(cfg: DictConfig, datamodule: TwoTowerDataModule) -> TwoTowerMod
         gather_across_devices=cfg.model.gather_across_devices,
     )
     module.towers.load_embeddings(datamodule.embedding_matrix)
+    if cfg.encoder.get("bag_dim"):
+        module.towers.load_term_weights(datamodule.train.idf(len(datamodule.tokenizer)))
     module.tokenizer = datamodule.tokenizer
     return module
 

@@ -16,6 +16,7 @@ from torch.utils.data import Dataset, Sampler
 from two_tower.data.prepared import PreparedSplit, Ragged
 from two_tower.data.tokenizer import PAD_ID
 from two_tower.negatives.base import NegativeSampler, sample_from
+from two_tower.teacher import TeacherVectors
 
 
 def pad_rows(ragged: Ragged, rows: np.ndarray, fill: int = PAD_ID) -> tuple[np.ndarray, np.ndarray]:
@@ -85,10 +86,12 @@ class TripletBatchSampler(Sampler):
 
 
 class TripletBatches(Dataset):
-    """Plan -> tensors. Passages are encoded once per batch even if several rows share them."""
+    """Plan -> tensors. Passages are encoded once per batch even if several rows share them.
+    With ``teacher`` vectors (loss=distill), each batch also carries the teacher's vectors of its
+    queries and of its unique passages."""
 
-    def __init__(self, split: PreparedSplit):
-        self.split = split
+    def __init__(self, split: PreparedSplit, teacher: TeacherVectors | None = None):
+        self.split, self.teacher = split, teacher
 
     def __getitem__(self, plan: np.ndarray) -> dict[str, torch.Tensor]:
         rows, passages = plan[:, 0], plan[:, 1:]
@@ -97,7 +100,7 @@ class TripletBatches(Dataset):
         query_ids, query_lengths = pad_rows(self.split.query_tokens, rows)
         passage_ids, passage_lengths = pad_rows(self.split.passage_tokens, unique)
         positive_pids, _ = pad_rows(self.split.positives, rows, fill=-1)
-        return {
+        batch = {
             "query_ids": torch.from_numpy(query_ids),
             "query_lengths": torch.from_numpy(query_lengths),
             "passage_ids": torch.from_numpy(passage_ids),
@@ -107,6 +110,10 @@ class TripletBatches(Dataset):
             "negative_columns": torch.from_numpy(inverse[:, 1:].astype(np.int64)),
             "positive_pids": torch.from_numpy(positive_pids),
         }
+        if self.teacher is not None:
+            batch["teacher_queries"] = torch.from_numpy(self.teacher.queries[rows])
+            batch["teacher_passages"] = torch.from_numpy(self.teacher.passages[unique])
+        return batch
 
 
 class LengthSortedBatches(Sampler):

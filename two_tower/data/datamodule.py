@@ -28,6 +28,7 @@ from two_tower.data.prepared import PreparedSplit
 from two_tower.data.tokenizer import Tokenizer, oov_rate
 from two_tower.embeddings import EmbeddingSource
 from two_tower.negatives.base import NegativeSampler
+from two_tower.teacher import SentenceTransformerTeacher, TeacherVectors
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,7 @@ class TwoTowerDataModule(L.LightningDataModule):
         self,
         embeddings: EmbeddingSource,
         negatives: NegativeSampler,
+        teacher: SentenceTransformerTeacher | None = None,
         path: str | None = None,
         hub_name: str = msmarco.HUB_DATASET,
         hub_config: str = msmarco.HUB_CONFIG,
@@ -56,7 +58,8 @@ class TwoTowerDataModule(L.LightningDataModule):
         seed: int = 0,
     ):
         super().__init__()
-        self.embeddings, self.negatives = embeddings, negatives
+        self.embeddings, self.negatives, self.teacher = embeddings, negatives, teacher
+        self.teacher_vectors: TeacherVectors | None = None
         self.path, self.hub_name, self.hub_config = path, hub_name, hub_config
         self.synthetic_rows = dict(synthetic_rows) if synthetic_rows else None
         self.splits = {"train": train_split, "validation": val_split}
@@ -111,10 +114,13 @@ class TwoTowerDataModule(L.LightningDataModule):
         if (self._cache_path / "meta.json").exists():
             self.cache_hit = True
             log.info("Tokenization cache hit: %s (no re-tokenizing)", self._cache_path)
-            return
-        self.cache_hit = False
-        log.info("Tokenization cache miss: preparing %s", self._cache_path)
-        self._build_cache(raw, self._cache_path)
+        else:
+            self.cache_hit = False
+            log.info("Tokenization cache miss: preparing %s", self._cache_path)
+            self._build_cache(raw, self._cache_path)
+        if self.teacher is not None:  # encode the training split with the teacher once, here on the main process
+            train = PreparedSplit.load(self._cache_path / "train")
+            self.teacher.vectors(train.query_texts, train.passage_texts)
 
     def setup(self, stage: str | None = None) -> None:
         if self.train is not None:
@@ -137,6 +143,8 @@ class TwoTowerDataModule(L.LightningDataModule):
             "train: %d queries, %d passages; validation: %d queries (%d evaluated), %d passages",
             self.train.num_queries, self.train.num_passages, self.val.num_queries, len(self.val.evaluated_queries()), self.val.num_passages,
         )
+        if self.teacher is not None:
+            self.teacher_vectors = self.teacher.vectors(self.train.query_texts, self.train.passage_texts)
         self.negatives.prepare(self.train)
 
     # ------------------------------------------------------------------ building the cache
@@ -230,7 +238,7 @@ class TwoTowerDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(TripletBatches(self.train), self.train_sampler())
+        return self._loader(TripletBatches(self.train, self.teacher_vectors), self.train_sampler())
 
     def val_dataloader(self) -> list[DataLoader]:
         """[passages of the validation split, its evaluated queries]; the module ranks after both."""

@@ -121,6 +121,16 @@ class PreparedSplit:
             rows.append([p for p in self.candidates[q].tolist() if p not in pos])
         return Ragged.from_lists(rows)
 
+    def idf(self, vocab_size: int) -> np.ndarray:
+        """Inverse document frequency of every word id over the split's passages, log((N + 1) / (df + 0.5));
+        a word in no passage gets the highest value, PAD (id 0) gets 0."""
+        tokens = self.passage_tokens
+        pairs = np.unique(tokens.row_ids().astype(np.int64) * vocab_size + tokens.values.astype(np.int64))
+        df = np.bincount(pairs % vocab_size, minlength=vocab_size)
+        idf = np.log((self.num_passages + 1) / (df + 0.5)).astype(np.float32)
+        idf[0] = 0.0
+        return idf
+
     def evaluated_queries(self) -> np.ndarray:
         """Queries with at least one selected passage (the ones metrics are computed over)."""
         return np.flatnonzero(self.positives.lengths > 0)

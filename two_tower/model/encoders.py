@@ -36,6 +36,9 @@ class RNNEncoder(nn.Module):
         pooling: str = "mean",
         dim: int | None = 128,
         packing: str = "auto",
+        bag_dim: int = 0,
+        bag_train_vectors: bool = False,
+        bag_mix: float = 0.5,
     ):
         super().__init__()
         if cell not in CELLS:
@@ -62,6 +65,14 @@ class RNNEncoder(nn.Module):
         rnn_out = hidden_size * (2 if bidirectional else 1)
         self.projection = nn.Linear(rnn_out, dim) if dim else nn.Identity()
         self.output_dim = dim or rnn_out
+        self.bag: BagOfWords | None = None
+        if bag_dim:
+            if not 0 < bag_mix < 1:
+                raise ValueError(f"encoder.bag_mix must be in (0, 1), got {bag_mix}")
+            self.bag = BagOfWords(embedding.num_embeddings, bag_dim, train_vectors=bag_train_vectors)
+            # Share of the bag in the score: score = (1 - mix) * cos(RNN parts) + mix * cos(bag parts); learned.
+            self.bag_mix_logit = nn.Parameter(torch.logit(torch.tensor(float(bag_mix))))
+            self.output_dim += bag_dim
 
     def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         x = self.dropout(self.embedding(ids))
@@ -80,7 +91,7 @@ class RNNEncoder(nn.Module):
                 pooled = (padded * mask).sum(1) / lengths.to(padded.device).clamp(min=1).unsqueeze(-1).to(padded.dtype)
             else:
                 pooled = padded.masked_fill(~mask, float("-inf")).max(1).values
-        return F.normalize(self.projection(self.dropout(pooled)), dim=-1)
+        return self._output(pooled, ids, lengths)
 
     def _forward_masked(self, ids: torch.Tensor, lengths: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Unidirectional RNN over the padded batch; only steps < length are pooled."""
@@ -94,7 +105,57 @@ class RNNEncoder(nn.Module):
                 pooled = (output * mask).sum(1) / lengths.clamp(min=1).unsqueeze(-1).to(output.dtype)
             else:
                 pooled = output.masked_fill(~mask, float("-inf")).max(1).values
-        return F.normalize(self.projection(self.dropout(pooled)), dim=-1)
+        return self._output(pooled, ids, lengths)
+
+    def _output(self, pooled: torch.Tensor, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        out = F.normalize(self.projection(self.dropout(pooled)), dim=-1)
+        if self.bag is None:
+            return out
+        mix = torch.sigmoid(self.bag_mix_logit)
+        return torch.cat([(1 - mix).sqrt() * out, mix.sqrt() * self.bag(ids, lengths)], dim=-1)  # unit length
+
+
+class BagOfWords(nn.Module):
+    """A lexical path beside the RNN: the weighted sum of each word's signature, L2-normalised; a word
+    met c times in a text counts 1 + log(c) times.
+
+    Signatures start as random Gaussian vectors (the same in every tower: a fixed seed), so different
+    words are nearly orthogonal and the cosine of two bags approximates the cosine of their weighted
+    word counts, a random projection of TF-IDF. A word never seen in training keeps its signature, so
+    exact matches of rare words (names, numbers) count, which the pre-trained 50d vectors blur. Word
+    weights start at the training passages' IDF (``load_term_weights``) and are learned; signatures are
+    learned only with ``train_vectors``.
+    """
+
+    SEED = 20261129
+
+    def __init__(self, vocab_size: int, dim: int, train_vectors: bool = False):
+        super().__init__()
+        generator = torch.Generator().manual_seed(self.SEED)
+        self.vectors = nn.Embedding(vocab_size, dim, padding_idx=0)
+        self.weights = nn.Embedding(vocab_size, 1, padding_idx=0)
+        with torch.no_grad():
+            self.vectors.weight.copy_(torch.randn(vocab_size, dim, generator=generator) / dim**0.5)
+            self.vectors.weight[0] = 0.0
+            self.weights.weight.fill_(1.0)
+            self.weights.weight[0] = 0.0
+        self.vectors.weight.requires_grad_(train_vectors)
+
+    def load_term_weights(self, weights) -> None:
+        weights = torch.as_tensor(weights, dtype=self.weights.weight.dtype).view(-1, 1)
+        if weights.shape != self.weights.weight.shape:
+            raise ValueError(f"term weights {tuple(weights.shape)} do not match the vocabulary {tuple(self.weights.weight.shape)}")
+        with torch.no_grad():
+            self.weights.weight.copy_(weights)
+            self.weights.weight[0] = 0.0
+
+    def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        mask = torch.arange(ids.shape[1], device=ids.device)[None, :] < lengths.to(ids.device)[:, None]
+        # A word met c times counts 1 + log(c) times, not c (term frequency saturates, as in BM25): each
+        # of its c tokens carries (1 + log c) / c.
+        counts = ((ids.unsqueeze(2) == ids.unsqueeze(1)) & mask.unsqueeze(1)).sum(2).clamp(min=1).to(self.weights.weight.dtype)
+        weights = self.weights(ids).squeeze(-1) * (1 + counts.log()) / counts * mask
+        return F.normalize(torch.einsum("bt,btd->bd", weights, self.vectors(ids)), dim=-1)
 
 
 class TwoTower(nn.Module):
@@ -113,6 +174,12 @@ class TwoTower(nn.Module):
             raise ValueError(f"embedding matrix {tuple(weight.shape)} does not match the model's {tuple(self.embedding.weight.shape)}")
         with torch.no_grad():
             self.embedding.weight.copy_(weight)
+
+    def load_term_weights(self, weights) -> None:
+        """Start every bag-of-words path's word weights at ``weights`` (the IDF of each vocabulary word)."""
+        for encoder in {id(e): e for e in (self.query_encoder, self.passage_encoder)}.values():
+            if getattr(encoder, "bag", None) is not None:
+                encoder.bag.load_term_weights(weights)
 
     def encode_queries(self, ids, lengths):
         return self.query_encoder(ids, lengths)

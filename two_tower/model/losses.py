@@ -73,3 +73,47 @@ class InfoNCELoss(nn.Module):
         loss = F.cross_entropy(logits, positive_column)
         accuracy = (logits.argmax(1) == positive_column).float().mean()
         return {"loss": loss, "in_batch_accuracy": accuracy.detach(), "negatives_per_query": negative_mask.sum(1).float().mean()}
+
+
+class DistillLoss(nn.Module):
+    """Match a teacher's scores over the batch, plus (``label_weight``) InfoNCE on the labels.
+
+    For each query, the teacher's cosine scores over the same passages the student ranks (its positive
+    and every valid in-batch or explicit negative) become a softmax at ``teacher_temperature``; the
+    student's scores at ``temperature`` are pulled towards it with KL(teacher || student), as in
+    RocketQA / tevatron listwise distillation. ``label_weight`` mixes in the plain InfoNCE loss:
+    loss = label_weight * InfoNCE + (1 - label_weight) * KL. The teacher's scores come with the batch
+    (``teacher_scores`` [B, C], precomputed by ``two_tower.teacher``); the loss never runs the teacher.
+    """
+
+    def __init__(self, temperature: float = 0.05, teacher_temperature: float = 0.05, label_weight: float = 0.5):
+        super().__init__()
+        if temperature <= 0 or teacher_temperature <= 0:
+            raise ValueError(f"loss.temperature and loss.teacher_temperature must be > 0, got {temperature}, {teacher_temperature}")
+        if not 0 <= label_weight <= 1:
+            raise ValueError(f"loss.label_weight must be in [0, 1], got {label_weight}")
+        self.temperature, self.teacher_temperature, self.label_weight = temperature, teacher_temperature, label_weight
+
+    def forward(self, queries, passages, positive_column, negative_mask, negative_columns, teacher_scores=None):
+        if teacher_scores is None:
+            raise ValueError("loss=distill needs the teacher's scores with each batch (the teacher config group)")
+        sim = queries @ passages.T
+        rows = torch.arange(len(queries), device=sim.device)
+        keep = negative_mask.clone()
+        keep[rows, positive_column] = True
+        student_log_probs = F.log_softmax((sim / self.temperature).masked_fill(~keep, float("-inf")), dim=1)
+        teacher_logits = (teacher_scores.to(sim.dtype) / self.teacher_temperature).masked_fill(~keep, float("-inf"))
+        teacher_log_probs = F.log_softmax(teacher_logits, dim=1)
+        kl_terms = teacher_log_probs.exp() * (teacher_log_probs - student_log_probs)
+        kl = torch.where(keep, kl_terms, torch.zeros_like(kl_terms)).sum(1).mean()
+        cross_entropy = -student_log_probs[rows, positive_column].mean()
+        loss = self.label_weight * cross_entropy + (1 - self.label_weight) * kl
+        return {
+            "loss": loss,
+            "kl": kl.detach(),
+            "cross_entropy": cross_entropy.detach(),
+            "in_batch_accuracy": (student_log_probs.argmax(1) == positive_column).float().mean().detach(),
+            # How often the student's top passage is the teacher's: agreement beyond the labels.
+            "teacher_agreement": (student_log_probs.argmax(1) == teacher_logits.argmax(1)).float().mean().detach(),
+            "teacher_accuracy": (teacher_logits.argmax(1) == positive_column).float().mean().detach(),
+        }

