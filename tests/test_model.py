@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from two_tower.data.tokenizer import PAD, UNK, stem_groups
 from two_tower.model.encoders import BagOfWords, RNNEncoder, TwoTower
 from two_tower.model.losses import InfoNCELoss, TripletLoss
 
@@ -56,9 +57,9 @@ def test_bag_of_words_matches_its_formula():
     with torch.no_grad():
         out = bag(ids, torch.tensor([len(t) for t in texts]))
         for row, text in zip(out, texts):
-            want = sum((1 + math.log(text.count(w))) * weights[w] * bag.vectors.weight[w] for w in set(text))
+            want = sum((1 + math.log(text.count(w))) * weights[w] * bag.signatures[w] for w in set(text))
             torch.testing.assert_close(row, want / want.norm(), atol=1e-6, rtol=1e-5)
-        assert bag.weights.weight[0].item() == 0.0 and not bag.vectors.weight.requires_grad
+        assert bag.weights.weight[0].item() == 0.0 and not bag.signatures.requires_grad
 
 
 def test_bag_towers_share_signatures_and_split_the_score():
@@ -69,8 +70,8 @@ def test_bag_towers_share_signatures_and_split_the_score():
     q, p = separate.query_encoder, separate.passage_encoder
     assert q.output_dim == 16
     # Separate towers draw the same random signatures, so their bags are comparable.
-    torch.testing.assert_close(q.bag.vectors.weight, p.bag.vectors.weight)
-    separate.load_term_weights(torch.arange(40, dtype=torch.float32))
+    torch.testing.assert_close(q.bag.signatures, p.bag.signatures)
+    separate.load_bag(torch.arange(40, dtype=torch.float32))
     assert p.bag.weights.weight[5].item() == 5.0 and q.bag.weights.weight[0].item() == 0.0
     ids, lengths = torch.tensor([[4, 5, 6]]), torch.tensor([3])
     with torch.no_grad():
@@ -81,6 +82,39 @@ def test_bag_towers_share_signatures_and_split_the_score():
     assert qv.norm().item() == pytest.approx(1.0, abs=1e-6)
     assert bag_cos.item() == pytest.approx(1.0, abs=1e-5)  # same text, same weights: identical bags
     assert score.item() == pytest.approx((0.7 * rnn_cos + 0.3 * bag_cos).item(), abs=1e-5)
+
+
+def test_stem_groups_share_signatures_and_document_frequency():
+    from two_tower.data.prepared import PreparedSplit, Ragged
+
+    words = [PAD, UNK, "run", "runs", "running", "cat", "cats", "dog"]
+    groups = stem_groups(words, "english")
+    assert groups[0] == 0 and groups[1] == 1
+    assert groups[2] == groups[3] == groups[4] and groups[5] == groups[6] != groups[7] != groups[2]
+    towers = TwoTower(len(words), 4, lambda **kw: RNNEncoder(cell="gru", hidden_size=4, dim=4, bag_dim=8, **kw))
+    split = PreparedSplit(query_texts=["q"], query_tokens=Ragged.from_lists([[2]]), passage_texts=["a", "b", "c"],
+                          passage_tokens=Ragged.from_lists([[2, 5], [3, 7], [6]]), positives=Ragged.from_lists([[0]]), candidates=Ragged.from_lists([[0, 1, 2]]))
+    idf = split.idf(len(words), groups)
+    assert idf[2] == idf[4] == pytest.approx(math.log(4 / 2.5))  # "run" and "runs" are in two passages
+    assert idf[5] == pytest.approx(math.log(4 / 2.5)) and idf[7] == pytest.approx(math.log(4 / 1.5))
+    towers.load_bag(idf, groups)
+    signatures = towers.query_encoder.bag.signatures
+    torch.testing.assert_close(signatures[2], signatures[4])
+    assert not torch.allclose(signatures[2], signatures[5])
+    with torch.no_grad():
+        a = towers.query_encoder.bag(torch.tensor([[2]]), torch.tensor([1]))
+        b = towers.query_encoder.bag(torch.tensor([[4]]), torch.tensor([1]))
+    torch.testing.assert_close(a, b)  # "run" matches "running" exactly in the bag
+
+    # Frozen signatures are not saved; a fresh model loading the state draws the same ones from the groups.
+    state = towers.state_dict()
+    assert not any(k.endswith("signatures") for k in state) and any(k.endswith("bag.groups") for k in state)
+    fresh = TwoTower(len(words), 4, lambda **kw: RNNEncoder(cell="gru", hidden_size=4, dim=4, bag_dim=8, **kw))
+    fresh.load_state_dict(state)
+    torch.testing.assert_close(fresh.query_encoder.bag.signatures, signatures)
+    state["query_encoder.bag.checksum"] = state["query_encoder.bag.checksum"] + 1.0  # as if torch drew other numbers
+    with pytest.raises(RuntimeError, match="torch version"):
+        fresh.load_state_dict(state)
 
 
 def test_idf_matches_a_count_over_passages():

@@ -45,6 +45,7 @@ RULES = {
     "encoder.bag_dim": (INT, lambda v: v >= 0, "an integer >= 0"),
     "encoder.bag_train_vectors": (BOOL, lambda v: True, "true or false"),
     "encoder.bag_mix": (NUM, lambda v: 0 < v < 1, "a number in (0, 1)"),
+    "encoder.bag_stemmer": ((str,), lambda v: v in _stemmer_languages(), "a PyStemmer language (e.g. english) or null"),
     "negatives.per_query": (INT, lambda v: v >= 0, "an integer >= 0"),
     "negatives.range_min": (INT, lambda v: v >= 0, "an integer >= 0"),
     "negatives.range_max": (INT, lambda v: v > 0, "a positive integer"),
@@ -62,6 +63,12 @@ RULES = {
     "model.shared_towers": (BOOL, lambda v: True, "true or false"),
     "model.gather_across_devices": (BOOL, lambda v: True, "true or false"),
 }
+
+
+def _stemmer_languages() -> set[str]:
+    import Stemmer
+
+    return set(Stemmer.algorithms())
 
 
 def validate_train_config(cfg: DictConfig) -> None:

@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from two_tower.config import validate_train_config
 from two_tower.data.datamodule import TwoTowerDataModule
+from two_tower.data.tokenizer import stem_groups
 from two_tower.errors import ConfigError
 from two_tower.retrieval.errors import CheckpointError
 from two_tower.model.module import TwoTowerModule
@@ -44,7 +45,9 @@ def build_module(cfg: DictConfig, datamodule: TwoTowerDataModule) -> TwoTowerMod
     )
     module.towers.load_embeddings(datamodule.embedding_matrix)
     if cfg.encoder.get("bag_dim"):
-        module.towers.load_term_weights(datamodule.train.idf(len(datamodule.tokenizer)))
+        stemmer = cfg.encoder.get("bag_stemmer")
+        groups = stem_groups(datamodule.tokenizer.words, stemmer) if stemmer else None
+        module.towers.load_bag(datamodule.train.idf(len(datamodule.tokenizer), groups), groups)
     module.tokenizer = datamodule.tokenizer
     return module
 

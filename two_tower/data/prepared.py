@@ -121,12 +121,15 @@ class PreparedSplit:
             rows.append([p for p in self.candidates[q].tolist() if p not in pos])
         return Ragged.from_lists(rows)
 
-    def idf(self, vocab_size: int) -> np.ndarray:
+    def idf(self, vocab_size: int, groups: np.ndarray | None = None) -> np.ndarray:
         """Inverse document frequency of every word id over the split's passages, log((N + 1) / (df + 0.5));
-        a word in no passage gets the highest value, PAD (id 0) gets 0."""
+        a word in no passage gets the highest value, PAD (id 0) gets 0. With ``groups`` (word id ->
+        group id, e.g. its stem), a passage counts for a word if it holds any word of the word's group."""
+        groups = np.arange(vocab_size) if groups is None else np.asarray(groups, dtype=np.int64)
+        num_groups = int(groups.max()) + 1
         tokens = self.passage_tokens
-        pairs = np.unique(tokens.row_ids().astype(np.int64) * vocab_size + tokens.values.astype(np.int64))
-        df = np.bincount(pairs % vocab_size, minlength=vocab_size)
+        pairs = np.unique(tokens.row_ids().astype(np.int64) * num_groups + groups[tokens.values])
+        df = np.bincount(pairs % num_groups, minlength=num_groups)[groups]
         idf = np.log((self.num_passages + 1) / (df + 0.5)).astype(np.float32)
         idf[0] = 0.0
         return idf

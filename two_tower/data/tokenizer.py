@@ -111,3 +111,13 @@ def pad_batch(sequences: list[np.ndarray] | list[list[int]]) -> tuple[np.ndarray
     for row, seq in enumerate(sequences):
         out[row, : len(seq)] = seq
     return out, lengths
+
+
+def stem_groups(words: list[str], stemmer: str) -> np.ndarray:
+    """Word id -> group id, one group per stem (PyStemmer's ``stemmer``, e.g. "english"); PAD and UNK
+    keep groups of their own (0 and 1)."""
+    import Stemmer
+
+    stems = Stemmer.Stemmer(stemmer).stemWords(words[2:])
+    index: dict[str, int] = {}
+    return np.array([0, 1, *(2 + index.setdefault(stem, len(index)) for stem in stems)], dtype=np.int64)

@@ -11,6 +11,8 @@ packed sequences for every direction; the two give the same vectors up to float 
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -39,6 +41,7 @@ class RNNEncoder(nn.Module):
         bag_dim: int = 0,
         bag_train_vectors: bool = False,
         bag_mix: float = 0.5,
+        bag_stemmer: str | None = None,
     ):
         super().__init__()
         if cell not in CELLS:
@@ -69,6 +72,8 @@ class RNNEncoder(nn.Module):
         if bag_dim:
             if not 0 < bag_mix < 1:
                 raise ValueError(f"encoder.bag_mix must be in (0, 1), got {bag_mix}")
+            # bag_stemmer is applied by the training recipe, which knows the vocabulary (TwoTower.load_bag);
+            # the signatures it shapes are saved with the weights.
             self.bag = BagOfWords(embedding.num_embeddings, bag_dim, train_vectors=bag_train_vectors)
             # Share of the bag in the score: score = (1 - mix) * cos(RNN parts) + mix * cos(bag parts); learned.
             self.bag_mix_logit = nn.Parameter(torch.logit(torch.tensor(float(bag_mix))))
@@ -119,27 +124,69 @@ class BagOfWords(nn.Module):
     """A lexical path beside the RNN: the weighted sum of each word's signature, L2-normalised; a word
     met c times in a text counts 1 + log(c) times.
 
-    Signatures start as random Gaussian vectors (the same in every tower: a fixed seed), so different
-    words are nearly orthogonal and the cosine of two bags approximates the cosine of their weighted
-    word counts, a random projection of TF-IDF. A word never seen in training keeps its signature, so
-    exact matches of rare words (names, numbers) count, which the pre-trained 50d vectors blur. Word
-    weights start at the training passages' IDF (``load_term_weights``) and are learned; signatures are
-    learned only with ``train_vectors``.
+    Signatures are random Gaussian vectors (the same in every tower: a fixed seed), so different words
+    are nearly orthogonal and the cosine of two bags approximates the cosine of their weighted word
+    counts, a random projection of TF-IDF. A word never seen in training keeps its signature, so exact
+    matches of rare words (names, numbers) count, which the pre-trained 50d vectors blur. Words of one
+    group (``share_signatures``, e.g. one stem) share a signature. Word weights start at the training
+    passages' IDF (``load_term_weights``) and are learned.
+
+    Frozen signatures are not saved: they are drawn again from the seed and the saved ``groups`` when a
+    checkpoint loads (a 2048-d table would be 277 MB for a 34k-word vocabulary), and a saved checksum
+    refuses a torch whose generator would draw different ones. With ``train_vectors`` they are learned
+    and saved like any weight.
     """
 
     SEED = 20261129
 
     def __init__(self, vocab_size: int, dim: int, train_vectors: bool = False):
         super().__init__()
-        generator = torch.Generator().manual_seed(self.SEED)
-        self.vectors = nn.Embedding(vocab_size, dim, padding_idx=0)
+        self.dim, self.train_vectors = dim, train_vectors
         self.weights = nn.Embedding(vocab_size, 1, padding_idx=0)
         with torch.no_grad():
-            self.vectors.weight.copy_(torch.randn(vocab_size, dim, generator=generator) / dim**0.5)
-            self.vectors.weight[0] = 0.0
             self.weights.weight.fill_(1.0)
             self.weights.weight[0] = 0.0
-        self.vectors.weight.requires_grad_(train_vectors)
+        self.register_buffer("groups", torch.arange(vocab_size))
+        self.register_buffer("checksum", torch.zeros((), dtype=torch.float64))
+        signatures = self._draw()
+        if train_vectors:
+            self.signatures = nn.Parameter(signatures)
+        else:
+            self.register_buffer("signatures", signatures, persistent=False)
+        self.checksum.fill_(self._checksum(signatures))
+
+    def _draw(self) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(self.SEED)
+        table = torch.randn(int(self.groups.max()) + 1, self.dim, generator=generator) / self.dim**0.5
+        signatures = table[self.groups.cpu()].to(self.groups.device)
+        signatures[0] = 0.0  # PAD
+        return signatures
+
+    @staticmethod
+    def _checksum(signatures: torch.Tensor) -> float:
+        return float(signatures.detach().double().abs().sum())
+
+    def share_signatures(self, groups) -> None:
+        """Words of one group (e.g. one stem: "run", "runs", "running") get one signature, so they match."""
+        groups = torch.as_tensor(groups, dtype=torch.long)
+        if groups.shape != self.groups.shape:
+            raise ValueError(f"signature groups {tuple(groups.shape)} do not match the vocabulary {tuple(self.groups.shape)}")
+        with torch.no_grad():
+            self.groups.copy_(groups)
+            self.signatures.copy_(self._draw())
+            self.checksum.fill_(self._checksum(self.signatures))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        if self.train_vectors or prefix + "groups" not in state_dict:
+            return
+        with torch.no_grad():
+            self.signatures.copy_(self._draw())
+        if not math.isclose(self._checksum(self.signatures), float(self.checksum), rel_tol=1e-9):
+            raise RuntimeError(
+                "the bag-of-words signatures drawn by this torch differ from the ones the model was trained with "
+                "(its random generator changed): use the torch version that trained it"
+            )
 
     def load_term_weights(self, weights) -> None:
         weights = torch.as_tensor(weights, dtype=self.weights.weight.dtype).view(-1, 1)
@@ -155,7 +202,9 @@ class BagOfWords(nn.Module):
         # of its c tokens carries (1 + log c) / c.
         counts = ((ids.unsqueeze(2) == ids.unsqueeze(1)) & mask.unsqueeze(1)).sum(2).clamp(min=1).to(self.weights.weight.dtype)
         weights = self.weights(ids).squeeze(-1) * (1 + counts.log()) / counts * mask
-        return F.normalize(torch.einsum("bt,btd->bd", weights, self.vectors(ids)), dim=-1)
+        # embedding_bag sums weighted rows without building the [batch, length, dim] tensor.
+        bags = F.embedding_bag(ids, self.signatures, per_sample_weights=weights, mode="sum")
+        return F.normalize(bags, dim=-1)
 
 
 class TwoTower(nn.Module):
@@ -175,11 +224,14 @@ class TwoTower(nn.Module):
         with torch.no_grad():
             self.embedding.weight.copy_(weight)
 
-    def load_term_weights(self, weights) -> None:
-        """Start every bag-of-words path's word weights at ``weights`` (the IDF of each vocabulary word)."""
+    def load_bag(self, term_weights, groups=None) -> None:
+        """Start every bag-of-words path's word weights at ``term_weights`` (the IDF of each vocabulary
+        word), with one signature per group of words if ``groups`` (word id -> group id) is given."""
         for encoder in {id(e): e for e in (self.query_encoder, self.passage_encoder)}.values():
             if getattr(encoder, "bag", None) is not None:
-                encoder.bag.load_term_weights(weights)
+                if groups is not None:
+                    encoder.bag.share_signatures(groups)
+                encoder.bag.load_term_weights(term_weights)
 
     def encode_queries(self, ids, lengths):
         return self.query_encoder(ids, lengths)
