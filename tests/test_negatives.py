@@ -18,6 +18,7 @@ from two_tower.negatives import ANNNegatives, BM25Negatives, InBatchNegatives, R
 from two_tower.negatives.ann import model_scorer
 from two_tower.negatives.mining import MinedNegatives, jaccard
 from two_tower.data.tokenizer import split_words
+from two_tower.teacher import TeacherVectors
 from two_tower.train import train
 
 
@@ -120,7 +121,7 @@ def _ddp_worker(rank, world, init_file, cache_dir, state, plans, loss_name, out_
         dm = _split_for_ddp(cache_dir)
         module = _module_for_ddp(dm, loss_name, gather=True)
         module.load_state_dict(state)
-        out = module.batch_loss(TripletBatches(dm.train)[plans[rank]])
+        out = module.batch_loss(TripletBatches(dm.train, _teacher_for_ddp(dm, loss_name))[plans[rank]])
         out["loss"].backward()
         loss = out["loss"].detach().clone()
         dist.all_reduce(loss)
@@ -138,15 +139,28 @@ def _split_for_ddp(cache_dir):
     return dm
 
 
+def _teacher_for_ddp(dm, loss_name):
+    """loss=distill: made-up teacher vectors (the same in every process)."""
+    if loss_name != "distill":
+        return None
+    rng = np.random.default_rng(0)
+    unit = lambda n: (lambda x: x / np.linalg.norm(x, axis=1, keepdims=True))(rng.normal(size=(n, 6)).astype(np.float32))
+    return TeacherVectors(unit(dm.train.num_queries), unit(dm.train.num_passages))
+
+
 def _module_for_ddp(dm, loss_name, gather):
     torch.manual_seed(0)
-    loss = {"infonce": {"_target_": "two_tower.model.losses.InfoNCELoss", "temperature": 0.1}, "triplet": {"_target_": "two_tower.model.losses.TripletLoss", "margin": 0.5}}[loss_name]
+    loss = {
+        "infonce": {"_target_": "two_tower.model.losses.InfoNCELoss", "temperature": 0.1},
+        "triplet": {"_target_": "two_tower.model.losses.TripletLoss", "margin": 0.5},
+        "distill": {"_target_": "two_tower.model.losses.DistillLoss", "temperature": 0.1, "teacher_temperature": 0.1, "label_weight": 0.3},
+    }[loss_name]
     module = TwoTowerModule(len(dm.tokenizer), 8, {"_target_": "two_tower.model.encoders.RNNEncoder", "cell": "gru", "hidden_size": 8, "dim": 8}, loss, {"_target_": "torch.optim.Adam", "_partial_": True}, gather_across_devices=gather)
     module.towers.load_embeddings(dm.embedding_matrix)
     return module
 
 
-@pytest.mark.parametrize("loss_name", ["infonce", "triplet"])
+@pytest.mark.parametrize("loss_name", ["infonce", "triplet", "distill"])
 def test_gathered_in_batch_negatives_equal_one_process_on_the_whole_batch(tmp_path, loss_name):
     cache_dir = str(tmp_path / "cache")
     dm = _split_for_ddp(cache_dir)
@@ -158,7 +172,7 @@ def test_gathered_in_batch_negatives_equal_one_process_on_the_whole_batch(tmp_pa
     negatives = np.array([split.negatives()[r][0] for r in rows])
     negatives[6] = positives[1]  # a passage on both processes: must count once, and never for row 1
     plan = np.stack([rows, positives, negatives], axis=1)
-    out = module.batch_loss(TripletBatches(split)[plan])
+    out = module.batch_loss(TripletBatches(split, _teacher_for_ddp(dm, loss_name))[plan])
     out["loss"].backward()
     want_grads = torch.cat([p.grad.flatten() for p in module.parameters() if p.grad is not None])
 
