@@ -120,6 +120,10 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, sig):
         (["negatives=in_batch", "negatives.per_query=2"], "negatives.per_query must be 0"),
         (["ckpt_path=/nope/last.ckpt"], "ckpt_path=/nope/last.ckpt"),
         (["embeddings.freeze=maybe"], "embeddings.freeze='maybe': must be true or false"),
+        (["encoder.bag_dim=64", "encoder.bag_stemmer=klingon"], "encoder.bag_stemmer='klingon': must be a PyStemmer language"),
+        (["encoder.bag_dim=64", "encoder.bag_mix=1.0"], "encoder.bag_mix=1.0: must be a number in"),
+        (["loss=distill", "loss.label_weight=2"], "loss.label_weight=2: must be a number in"),
+        (["loss=distill", "~teacher"], "loss=distill needs a teacher"),
     ],
 )
 def test_bad_config_fails_before_loading_data(overrides, message, tiny_cfg, monkeypatch):

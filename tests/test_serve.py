@@ -346,7 +346,10 @@ def test_page_searches_and_shows_highlighted_results(browser, server, searcher):
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import WebDriverWait
 
-    wait = WebDriverWait(browser, 30)
+    from selenium.common.exceptions import StaleElementReferenceException
+
+    # The page replaces the result list when an answer arrives: an element read while it does so is stale.
+    wait = WebDriverWait(browser, 30, ignored_exceptions=(StaleElementReferenceException,))
     browser.get(server.url + "/")
     wait.until(lambda d: "passages" in d.find_element(By.ID, "about").text)  # /health shown
     query = passage_texts(searcher, 1)[0]  # found first, with its words highlighted

