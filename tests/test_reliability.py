@@ -124,6 +124,7 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, sig):
         (["encoder.bag_dim=64", "encoder.bag_mix=1.0"], "encoder.bag_mix=1.0: must be a number in"),
         (["loss=distill", "loss.label_weight=2"], "loss.label_weight=2: must be a number in"),
         (["loss=distill", "~teacher"], "loss=distill needs a teacher"),
+        (["encoder.bag_stemmer=english"], "encoder.bag_stemmer=english does nothing without the bag-of-words path"),
     ],
 )
 def test_bad_config_fails_before_loading_data(overrides, message, tiny_cfg, monkeypatch):

@@ -45,8 +45,8 @@ def compose_retrieval(config_name: str, overrides: list[str]):
 def trained(tmp_path_factory):
     """A tiny checkpoint, its logged validation metrics, and its validation split as a jsonl shard folder."""
     root = tmp_path_factory.mktemp("retrieval")
-    # With the bag-of-words path, so index, search and evaluate rebuild a tower that has one.
-    cfg = compose_train(root, ["encoder.bag_dim=16"])
+    # With the stemmed bag-of-words path, so index, search and evaluate redraw its signatures on load.
+    cfg = compose_train(root, ["encoder.bag_dim=16", "encoder.bag_stemmer=english"])
     metrics = train(cfg)
     spec = dict(cfg.data.synthetic_rows)
     n_train, n_val = spec.pop("train_rows"), spec.pop("val_rows")

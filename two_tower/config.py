@@ -94,9 +94,14 @@ def validate_train_config(cfg: DictConfig) -> None:
         raise ConfigError(f"negatives.per_query={negatives.per_query}: this negatives option needs at least 1")
     distill = str((cfg.get("loss") or {}).get("_target_", "")).endswith("DistillLoss")
     if distill and not cfg.get("teacher"):
-        raise ConfigError("loss=distill needs a teacher: +teacher=minilm (teacher.model=PATH for another model)")
+        raise ConfigError("loss=distill needs a teacher: teacher=minilm (teacher.model=PATH for another model)")
     if cfg.get("teacher") and not distill:
         raise ConfigError(f"teacher is set but the loss ({cfg.loss._target_}) does not use it: use loss=distill, or drop the teacher")
+    encoder = cfg.get("encoder") or {}
+    if not encoder.get("bag_dim"):
+        for key in ("bag_stemmer", "bag_train_vectors"):
+            if encoder.get(key):
+                raise ConfigError(f"encoder.{key}={encoder[key]} does nothing without the bag-of-words path: set encoder.bag_dim too")
     data = cfg.data
     if data.get("path") and not Path(data.path).expanduser().exists():
         raise ConfigError(f"data.path={data.path}: no such file or folder")

@@ -66,7 +66,9 @@ class SentenceTransformerTeacher:
             raise TeacherError('loss=distill needs sentence-transformers: pip install -e ".[distill]"') from err
         path = resolve_model(self.model)
         try:
-            model = SentenceTransformer(path, device="cuda" if torch.cuda.is_available() else "cpu")
+            # Under DDP every process that misses the cache encodes on its own GPU (LOCAL_RANK), not all on cuda:0.
+            device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if torch.cuda.is_available() else "cpu"
+            model = SentenceTransformer(path, device=device)
         except Exception as err:
             raise TeacherError(f"teacher.model={self.model}: cannot load a sentence-transformers model from {path}: {type(err).__name__}: {err}") from err
         if self.max_seq_length:

@@ -118,7 +118,7 @@ class TwoTowerDataModule(L.LightningDataModule):
             self.cache_hit = False
             log.info("Tokenization cache miss: preparing %s", self._cache_path)
             self._build_cache(raw, self._cache_path)
-        if self.teacher is not None:  # encode the training split with the teacher once, here on the main process
+        if self.teacher is not None:  # encode the training split with the teacher once (cached by content)
             train = PreparedSplit.load(self._cache_path / "train")
             self.teacher.vectors(train.query_texts, train.passage_texts)
 

@@ -11,8 +11,9 @@ packed sequences for every direction; the two give the same vectors up to float 
 
 from __future__ import annotations
 
-import math
+import zlib
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -72,8 +73,8 @@ class RNNEncoder(nn.Module):
         if bag_dim:
             if not 0 < bag_mix < 1:
                 raise ValueError(f"encoder.bag_mix must be in (0, 1), got {bag_mix}")
-            # bag_stemmer is applied by the training recipe, which knows the vocabulary (TwoTower.load_bag);
-            # the signatures it shapes are saved with the weights.
+            # bag_stemmer is applied by the training recipe, which knows the vocabulary (TwoTower.load_bag):
+            # it decides which words share a signature; those word groups are saved with the weights.
             self.bag = BagOfWords(embedding.num_embeddings, bag_dim, train_vectors=bag_train_vectors)
             # Share of the bag in the score: score = (1 - mix) * cos(RNN parts) + mix * cos(bag parts); learned.
             self.bag_mix_logit = nn.Parameter(torch.logit(torch.tensor(float(bag_mix))))
@@ -120,21 +121,31 @@ class RNNEncoder(nn.Module):
         return torch.cat([(1 - mix).sqrt() * out, mix.sqrt() * self.bag(ids, lengths)], dim=-1)  # unit length
 
 
+def _splitmix64(x: np.ndarray) -> np.ndarray:
+    """SplitMix64 finaliser on uint64 arrays: integer arithmetic only, so every CPU gives the same bits."""
+    with np.errstate(over="ignore"):
+        x = (x + np.uint64(0x9E3779B97F4A7C15)) & np.uint64(0xFFFFFFFFFFFFFFFF)
+        x = ((x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)) & np.uint64(0xFFFFFFFFFFFFFFFF)
+        x = ((x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)) & np.uint64(0xFFFFFFFFFFFFFFFF)
+        return x ^ (x >> np.uint64(31))
+
+
 class BagOfWords(nn.Module):
     """A lexical path beside the RNN: the weighted sum of each word's signature, L2-normalised; a word
-    met c times in a text counts 1 + log(c) times.
+    (or, with groups, a stem) met c times in a text counts 1 + log(c) times.
 
-    Signatures are random Gaussian vectors (the same in every tower: a fixed seed), so different words
-    are nearly orthogonal and the cosine of two bags approximates the cosine of their weighted word
-    counts, a random projection of TF-IDF. A word never seen in training keeps its signature, so exact
-    matches of rare words (names, numbers) count, which the pre-trained 50d vectors blur. Words of one
-    group (``share_signatures``, e.g. one stem) share a signature. Word weights start at the training
-    passages' IDF (``load_term_weights``) and are learned.
+    Signatures are random +-1/sqrt(dim) vectors, the same in every tower, so different words are nearly
+    orthogonal and the cosine of two bags approximates the cosine of their weighted word counts: a
+    random projection of log-TF-IDF. A word of the vocabulary that training never saw keeps its
+    signature, so exact matches of rarer words (names, places) count, which the RNN over 50-d GloVe
+    vectors blurs. Unknown words (UNK) and padding are left out. Words of one group
+    (``share_signatures``, e.g. one stem) share a signature and count as one word. Word weights start at
+    the training passages' IDF (``load_term_weights``) and are learned.
 
-    Frozen signatures are not saved: they are drawn again from the seed and the saved ``groups`` when a
-    checkpoint loads (a 2048-d table would be 277 MB for a 34k-word vocabulary), and a saved checksum
-    refuses a torch whose generator would draw different ones. With ``train_vectors`` they are learned
-    and saved like any weight.
+    Frozen signatures are not saved (2048 x 34k words would be 277 MB): they are a pure function of the
+    saved word ``groups`` (bits of a SplitMix64 hash, the same on every CPU), drawn again when a
+    checkpoint loads and checked against a saved CRC. With ``train_vectors`` they are learned and saved
+    like any weight.
     """
 
     SEED = 20261129
@@ -145,26 +156,30 @@ class BagOfWords(nn.Module):
         self.weights = nn.Embedding(vocab_size, 1, padding_idx=0)
         with torch.no_grad():
             self.weights.weight.fill_(1.0)
-            self.weights.weight[0] = 0.0
+            self.weights.weight[:2] = 0.0  # PAD, UNK
         self.register_buffer("groups", torch.arange(vocab_size))
-        self.register_buffer("checksum", torch.zeros((), dtype=torch.float64))
-        signatures = self._draw()
+        self.register_buffer("checksum", torch.zeros((), dtype=torch.int64))  # an integer: .to(dtype) leaves it alone
+        signatures, checksum = self._draw()
         if train_vectors:
             self.signatures = nn.Parameter(signatures)
         else:
             self.register_buffer("signatures", signatures, persistent=False)
-        self.checksum.fill_(self._checksum(signatures))
+        self.checksum.fill_(checksum)
 
-    def _draw(self) -> torch.Tensor:
-        generator = torch.Generator().manual_seed(self.SEED)
-        table = torch.randn(int(self.groups.max()) + 1, self.dim, generator=generator) / self.dim**0.5
-        signatures = table[self.groups.cpu()].to(self.groups.device)
-        signatures[0] = 0.0  # PAD
-        return signatures
-
-    @staticmethod
-    def _checksum(signatures: torch.Tensor) -> float:
-        return float(signatures.detach().double().abs().sum())
+    def _draw(self) -> tuple[torch.Tensor, int]:
+        """(signatures [vocab, dim], CRC-32 of their sign bits) from ``groups``: bit j of a group's hash
+        stream gives the sign of dimension j."""
+        groups = self.groups.cpu().numpy().astype(np.uint64)
+        words = (self.dim + 63) // 64  # 64-bit hashes per signature
+        keys = groups[:, None] * np.uint64(words) + np.arange(words, dtype=np.uint64)[None, :]
+        hashes = _splitmix64(keys ^ np.uint64(self.SEED)).astype("<u8")  # little-endian on every CPU
+        bits = hashes.view(np.uint8).reshape(len(groups), -1)
+        checksum = zlib.crc32(bits.tobytes())
+        signs = np.unpackbits(bits, axis=1, bitorder="little")[:, : self.dim]
+        scale = self.dim**-0.5
+        signatures = torch.from_numpy(np.ascontiguousarray(signs)).float().mul_(2 * scale).sub_(scale)  # {0,1} -> -+scale
+        signatures[:2] = 0.0  # PAD, UNK
+        return signatures.to(self.groups.device), checksum
 
     def share_signatures(self, groups) -> None:
         """Words of one group (e.g. one stem: "run", "runs", "running") get one signature, so they match."""
@@ -173,19 +188,22 @@ class BagOfWords(nn.Module):
             raise ValueError(f"signature groups {tuple(groups.shape)} do not match the vocabulary {tuple(self.groups.shape)}")
         with torch.no_grad():
             self.groups.copy_(groups)
-            self.signatures.copy_(self._draw())
-            self.checksum.fill_(self._checksum(self.signatures))
+            signatures, checksum = self._draw()
+            self.signatures.copy_(signatures)
+            self.checksum.fill_(checksum)
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-        if self.train_vectors or prefix + "groups" not in state_dict:
-            return
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+        errors_before = len(error_msgs)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+        if self.train_vectors or prefix + "groups" not in state_dict or len(error_msgs) > errors_before:
+            return  # trained signatures load as weights; a size mismatch is reported by torch as it is
         with torch.no_grad():
-            self.signatures.copy_(self._draw())
-        if not math.isclose(self._checksum(self.signatures), float(self.checksum), rel_tol=1e-9):
-            raise RuntimeError(
-                "the bag-of-words signatures drawn by this torch differ from the ones the model was trained with "
-                "(its random generator changed): use the torch version that trained it"
+            signatures, checksum = self._draw()
+            self.signatures.copy_(signatures)
+        if checksum != int(self.checksum):  # the groups and the hash give other signatures than at training
+            error_msgs.append(
+                f"{prefix}signatures: the bag-of-words signatures drawn from the saved word groups do not match the "
+                f"saved checksum ({checksum} vs {int(self.checksum)}): made by another version of BagOfWords"
             )
 
     def load_term_weights(self, weights) -> None:
@@ -194,14 +212,16 @@ class BagOfWords(nn.Module):
             raise ValueError(f"term weights {tuple(weights.shape)} do not match the vocabulary {tuple(self.weights.weight.shape)}")
         with torch.no_grad():
             self.weights.weight.copy_(weights)
-            self.weights.weight[0] = 0.0
+            self.weights.weight[:2] = 0.0  # PAD, UNK
 
     def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        mask = torch.arange(ids.shape[1], device=ids.device)[None, :] < lengths.to(ids.device)[:, None]
-        # A word met c times counts 1 + log(c) times, not c (term frequency saturates, as in BM25): each
-        # of its c tokens carries (1 + log c) / c.
-        counts = ((ids.unsqueeze(2) == ids.unsqueeze(1)) & mask.unsqueeze(1)).sum(2).clamp(min=1).to(self.weights.weight.dtype)
-        weights = self.weights(ids).squeeze(-1) * (1 + counts.log()) / counts * mask
+        real = torch.arange(ids.shape[1], device=ids.device)[None, :] < lengths.to(ids.device)[:, None]
+        real &= ids > 1  # neither PAD nor UNK: any two unknown words would otherwise "match"
+        # A word (group) met c times counts 1 + log(c) times, not c (term frequency saturates, as in
+        # BM25): each of its c tokens carries (1 + log c) / c.
+        groups = self.groups[ids]
+        counts = ((groups.unsqueeze(2) == groups.unsqueeze(1)) & real.unsqueeze(1)).sum(2).clamp(min=1).to(self.weights.weight.dtype)
+        weights = self.weights(ids).squeeze(-1) * (1 + counts.log()) / counts * real
         # embedding_bag sums weighted rows without building the [batch, length, dim] tensor.
         bags = F.embedding_bag(ids, self.signatures, per_sample_weights=weights, mode="sum")
         return F.normalize(bags, dim=-1)

@@ -86,7 +86,7 @@ class DistillLoss(nn.Module):
     (``teacher_scores`` [B, C], precomputed by ``two_tower.teacher``); the loss never runs the teacher.
     """
 
-    def __init__(self, temperature: float = 0.05, teacher_temperature: float = 0.05, label_weight: float = 0.5):
+    def __init__(self, temperature: float = 0.1, teacher_temperature: float = 0.05, label_weight: float = 0.5):
         super().__init__()
         if temperature <= 0 or teacher_temperature <= 0:
             raise ValueError(f"loss.temperature and loss.teacher_temperature must be > 0, got {temperature}, {teacher_temperature}")
@@ -97,15 +97,16 @@ class DistillLoss(nn.Module):
     def forward(self, queries, passages, positive_column, negative_mask, negative_columns, teacher_scores=None):
         if teacher_scores is None:
             raise ValueError("loss=distill needs the teacher's scores with each batch (the teacher config group)")
-        sim = queries @ passages.T
+        sim = (queries @ passages.T).float()  # softmaxes in float32, also under mixed precision
         rows = torch.arange(len(queries), device=sim.device)
         keep = negative_mask.clone()
         keep[rows, positive_column] = True
         student_log_probs = F.log_softmax((sim / self.temperature).masked_fill(~keep, float("-inf")), dim=1)
-        teacher_logits = (teacher_scores.to(sim.dtype) / self.teacher_temperature).masked_fill(~keep, float("-inf"))
+        teacher_logits = (teacher_scores.float() / self.teacher_temperature).masked_fill(~keep, float("-inf"))
         teacher_log_probs = F.log_softmax(teacher_logits, dim=1)
-        kl_terms = teacher_log_probs.exp() * (teacher_log_probs - student_log_probs)
-        kl = torch.where(keep, kl_terms, torch.zeros_like(kl_terms)).sum(1).mean()
+        # Masked columns are -inf in both: zero them before subtracting, so no NaN reaches any gradient.
+        log_ratio = (teacher_log_probs - student_log_probs.masked_fill(~keep, 0.0)).masked_fill(~keep, 0.0)
+        kl = (teacher_log_probs.exp() * log_ratio).sum(1).mean()
         cross_entropy = -student_log_probs[rows, positive_column].mean()
         loss = self.label_weight * cross_entropy + (1 - self.label_weight) * kl
         return {
