@@ -41,8 +41,9 @@ def encode_bag(bag: BagOfWords, tokens, items) -> torch.Tensor:
 def sparse_log_tfidf(tokens, items, weights, groups) -> sp.csr_matrix:
     rows, cols, vals = [], [], []
     for i, item in enumerate(items):
-        g, counts = np.unique(groups[tokens[item]], return_counts=True)
-        first = {v: w for v, w in zip(groups[tokens[item]], weights[tokens[item]])}
+        words = tokens[item][tokens[item] > 1]  # neither PAD nor UNK, as in the bag
+        g, counts = np.unique(groups[words], return_counts=True)
+        first = {v: w for v, w in zip(groups[words], weights[words])}
         rows += [i] * len(g)
         cols += list(g)
         vals += [first[v] * (1 + np.log(c)) for v, c in zip(g, counts)]
