@@ -21,8 +21,7 @@ TINY = [
     "data.synthetic_rows.val_rows=60",
     "data.batch_size=32",
     "trainer.max_epochs=1",
-    "+trainer.enable_progress_bar=false",
-    "~callbacks.progress_bar",
+    "+trainer.enable_progress_bar=false",  # also drops the progress bar callback (train.py)
     "+trainer.enable_model_summary=false",
     "encoder.hidden_size=32",
     "encoder.dim=32",

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import hydra
 import lightning as L
+from lightning.pytorch.callbacks import ProgressBar
 import torch
 from omegaconf import DictConfig, OmegaConf
 
@@ -106,6 +107,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     for logger in loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     callbacks = instantiate_group(cfg.get("callbacks")) + tracking_callbacks(loggers)
+    if cfg.trainer.get("enable_progress_bar") is False:  # Lightning refuses a progress bar callback then
+        callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     if datamodule.negatives.refresh_every_n_epochs:
         callbacks.append(NegativeRefresh(datamodule.negatives.refresh_every_n_epochs))
     trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, _convert_="all")
