@@ -114,13 +114,10 @@ class TwoTowerDataModule(L.LightningDataModule):
         if (self._cache_path / "meta.json").exists():
             self.cache_hit = True
             log.info("Tokenization cache hit: %s (no re-tokenizing)", self._cache_path)
-        else:
-            self.cache_hit = False
-            log.info("Tokenization cache miss: preparing %s", self._cache_path)
-            self._build_cache(raw, self._cache_path)
-        if self.teacher is not None:  # encode the training split with the teacher once (cached by content)
-            train = PreparedSplit.load(self._cache_path / "train")
-            self.teacher.vectors(train.query_texts, train.passage_texts)
+            return
+        self.cache_hit = False
+        log.info("Tokenization cache miss: preparing %s", self._cache_path)
+        self._build_cache(raw, self._cache_path)
 
     def setup(self, stage: str | None = None) -> None:
         if self.train is not None:
@@ -143,7 +140,7 @@ class TwoTowerDataModule(L.LightningDataModule):
             "train: %d queries, %d passages; validation: %d queries (%d evaluated), %d passages",
             self.train.num_queries, self.train.num_passages, self.val.num_queries, len(self.val.evaluated_queries()), self.val.num_passages,
         )
-        if self.teacher is not None:
+        if self.teacher is not None:  # encoded once, then read from its cache (keyed by the texts)
             self.teacher_vectors = self.teacher.vectors(self.train.query_texts, self.train.passage_texts)
         self.negatives.prepare(self.train)
 

@@ -13,6 +13,13 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def softmax_columns(negative_mask: torch.Tensor, positive_column: torch.Tensor) -> torch.Tensor:
+    """[B, C] bool: the passages each query's softmax ranks, its positive and its valid negatives."""
+    keep = negative_mask.clone()
+    keep[torch.arange(len(keep), device=keep.device), positive_column] = True
+    return keep
+
+
 class TripletLoss(nn.Module):
     """max(0, d(q, p) - d(q, n) + margin) with cosine distance d = 1 - cos.
 
@@ -66,9 +73,7 @@ class InfoNCELoss(nn.Module):
 
     def forward(self, queries, passages, positive_column, negative_mask, negative_columns):
         sim = queries @ passages.T
-        rows = torch.arange(len(queries), device=sim.device)
-        keep = negative_mask.clone()
-        keep[rows, positive_column] = True
+        keep = softmax_columns(negative_mask, positive_column)
         logits = (sim / self.temperature).masked_fill(~keep, float("-inf"))
         loss = F.cross_entropy(logits, positive_column)
         accuracy = (logits.argmax(1) == positive_column).float().mean()
@@ -99,8 +104,7 @@ class DistillLoss(nn.Module):
             raise ValueError("loss=distill needs the teacher's scores with each batch (the teacher config group)")
         sim = (queries @ passages.T).float()  # softmaxes in float32, also under mixed precision
         rows = torch.arange(len(queries), device=sim.device)
-        keep = negative_mask.clone()
-        keep[rows, positive_column] = True
+        keep = softmax_columns(negative_mask, positive_column)
         student_log_probs = F.log_softmax((sim / self.temperature).masked_fill(~keep, float("-inf")), dim=1)
         teacher_logits = (teacher_scores.float() / self.teacher_temperature).masked_fill(~keep, float("-inf"))
         teacher_log_probs = F.log_softmax(teacher_logits, dim=1)
