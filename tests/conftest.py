@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -44,6 +47,20 @@ def compose_train(tmp_path: Path, overrides: list[str] = ()) -> DictConfig:
         cfg.paths.cache_dir = str(tmp_path / "cache")
     GlobalHydra.instance().clear()
     return cfg
+
+
+def run_tiny_multirun(tmp_path: Path, logger: str, args: list[str], env: dict | None = None) -> subprocess.CompletedProcess:
+    """``python train.py -m ARGS`` on the tiny synthetic settings with ``logger``, its cache and sweep dir
+    (``multirun/``) under ``tmp_path``; asserts it exits 0."""
+    overrides = [o for o in TINY if not o.startswith("logger")] + [
+        f"logger={logger}",
+        f"paths.cache_dir={tmp_path / 'cache'}",
+        f"hydra.sweep.dir={tmp_path / 'multirun'}",
+    ]
+    cmd = [sys.executable, "train.py", "-m", *args, *overrides]
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env={**os.environ, "HYDRA_FULL_ERROR": "1", **(env or {})})
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
 
 
 @pytest.fixture

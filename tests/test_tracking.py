@@ -1,15 +1,12 @@
 """Optuna sweeps (hparams_search=optuna) and W&B tracking (group, tags, model artifact, examples table)."""
 
-import os
 import re
-import subprocess
-import sys
 
 import yaml
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
-from tests.conftest import CONF, ROOT, TINY, compose_train
+from tests.conftest import CONF, compose_train, run_tiny_multirun
 from two_tower.tracking import ValidationExamples
 
 
@@ -28,14 +25,7 @@ def test_optuna_search_config():
 
 def test_optuna_sweep_runs_two_trials(tmp_path):
     """A real 2-trial sweep (in-memory storage) on tiny synthetic data, logged to W&B offline: ~15 s unloaded."""
-    overrides = [o for o in TINY if not o.startswith("logger")] + [
-        "logger=wandb",
-        f"paths.cache_dir={tmp_path / 'cache'}",
-        f"hydra.sweep.dir={tmp_path / 'multirun'}",
-    ]
-    cmd = [sys.executable, "train.py", "-m", "hparams_search=optuna", "hydra.sweeper.n_trials=2", *overrides]
-    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env={**os.environ, "HYDRA_FULL_ERROR": "1", "WANDB_MODE": "offline", "WANDB_SILENT": "true"})
-    assert result.returncode == 0, result.stderr[-3000:]
+    run_tiny_multirun(tmp_path, "wandb", ["hparams_search=optuna", "hydra.sweeper.n_trials=2"], env={"WANDB_MODE": "offline", "WANDB_SILENT": "true"})
     # One offline W&B run per trial, both in the sweep's group (<job name>-<sweep dir name>).
     runs = sorted((tmp_path / "multirun").glob("*/wandb/offline-run-*/*.wandb"))
     assert len(runs) == 2 and all(b"train-multirun" in r.read_bytes() for r in runs)

@@ -1,14 +1,11 @@
 """End to end on synthetic data: every part trains, the model learns, runs resume and reproduce."""
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.conftest import ROOT, TINY, compose_train
+from tests.conftest import compose_train, run_tiny_multirun
 from two_tower.train import train
 
 
@@ -87,14 +84,7 @@ def test_wandb_offline_logs_and_closes(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_multirun_sweeps_each_job_into_its_own_dir(tmp_path):
-    overrides = [o for o in TINY if not o.startswith("logger")] + [
-        "logger=csv",
-        f"paths.cache_dir={tmp_path / 'cache'}",
-        f"hydra.sweep.dir={tmp_path / 'multirun'}",
-    ]
-    cmd = [sys.executable, "train.py", "-m", "encoder=rnn,gru", "negatives=random,in_batch", *overrides]
-    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env={**os.environ, "HYDRA_FULL_ERROR": "1"})
-    assert result.returncode == 0, result.stderr[-3000:]
+    run_tiny_multirun(tmp_path, "csv", ["encoder=rnn,gru", "negatives=random,in_batch"])
     jobs = sorted(p for p in (tmp_path / "multirun").iterdir() if p.is_dir() and p.name.isdigit())
     assert [j.name for j in jobs] == ["0", "1", "2", "3"]
     for job in jobs:
