@@ -17,7 +17,7 @@ from two_tower.train import train
         ["encoder=lstm", "negatives=in_batch", "loss=triplet", "loss.in_batch=all"],
         ["encoder=bigru", "negatives=random", "loss=infonce", "model.shared_towers=false", "encoder.pooling=last"],
         ["encoder=bilstm", "negatives=random", "negatives.per_query=2", "encoder.pooling=max", "embeddings.freeze=true"],
-        ["encoder=lstm", "encoder.bag_dim=8", "encoder.bag_train_vectors=true", "model.shared_towers=false"],
+        ["encoder=lstm", "encoder.bag_dim=8", "encoder.bag_stemmer=english", "model.shared_towers=false"],
         ["optimizer=sgd", "scheduler=cosine"],
         ["optimizer=adamw", "scheduler=warmup_linear"],
     ],

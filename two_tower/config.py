@@ -43,7 +43,6 @@ RULES = {
     "encoder.pooling": ((str,), lambda v: v in ("last", "mean", "max"), "one of last, mean, max"),
     "encoder.dim": (INT, lambda v: v > 0, "a positive integer or null"),
     "encoder.bag_dim": (INT, lambda v: v >= 0, "an integer >= 0"),
-    "encoder.bag_train_vectors": (BOOL, lambda v: True, "true or false"),
     "encoder.bag_mix": (NUM, lambda v: 0 < v < 1, "a number in (0, 1)"),
     "encoder.bag_stemmer": ((str,), lambda v: v in _stemmer_languages(), "a PyStemmer language (e.g. english) or null"),
     "negatives.per_query": (INT, lambda v: v >= 0, "an integer >= 0"),
@@ -99,7 +98,7 @@ def validate_train_config(cfg: DictConfig) -> None:
         raise ConfigError(f"teacher is set but the loss ({cfg.loss._target_}) does not use it: use loss=distill, or drop the teacher")
     encoder = cfg.get("encoder") or {}
     if not encoder.get("bag_dim"):
-        for key in ("bag_stemmer", "bag_train_vectors"):
+        for key in ("bag_stemmer",):
             if encoder.get(key):
                 raise ConfigError(f"encoder.{key}={encoder[key]} does nothing without the bag-of-words path: set encoder.bag_dim too")
     data = cfg.data

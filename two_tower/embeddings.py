@@ -6,7 +6,9 @@ Each source is chosen by the ``embeddings`` config group and instantiated with H
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import json
 import logging
 import os
 from dataclasses import dataclass
@@ -14,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from two_tower.data.tokenizer import PAD_ID, split_words
+from two_tower.data.tokenizer import PAD_ID, Tokenizer, split_words
 from two_tower.errors import TwoTowerError
 
 log = logging.getLogger(__name__)
@@ -67,6 +69,11 @@ class EmbeddingSource:
         """What the cache key needs to know about the source (not ``freeze``: it does not change the data)."""
         return f"{self.name}:{self.dim}"
 
+    def extension_config(self) -> dict | None:
+        """How to load these vectors again anywhere (a Hydra config), if their words beyond the training
+        vocabulary should extend it (``two_tower.data.tokenizer``); None: no extension."""
+        return None
+
 
 class RandomEmbeddings(EmbeddingSource):
     name = "random"
@@ -91,6 +98,9 @@ class GloveEmbeddings(EmbeddingSource):
         if vectors.shape[1] != self.dim:
             raise EmbeddingsError(f"{data_dir}: GloVe vectors have {vectors.shape[1]} dims, config says dim={self.dim}")
         return WordVectors([str(w) for w in words], vectors)
+
+    def extension_config(self) -> dict:
+        return {"_target_": f"{type(self).__module__}.{type(self).__qualname__}", "dim": self.dim}
 
 
 def _glove_data_dir() -> Path:
@@ -183,6 +193,9 @@ class FileEmbeddings(EmbeddingSource):
         self.dim = kv.vector_size
         return WordVectors(list(kv.index_to_key), np.asarray(kv.vectors, dtype=np.float32))
 
+    def extension_config(self) -> dict:
+        return {"_target_": f"{type(self).__module__}.{type(self).__qualname__}", "path": str(self.path.resolve()), "binary": self.binary}
+
     def _first_inconsistent_line(self) -> str:
         """', line N has K values, expected D' for the first vector line of another dimension, if any."""
         with open(self.path, encoding="utf-8", errors="replace") as f:
@@ -206,3 +219,49 @@ class FileEmbeddings(EmbeddingSource):
         with open(self.path, encoding="utf-8", errors="replace") as f:
             first = f.readline().split()
         return not (len(first) == 2 and all(x.isdigit() for x in first))
+
+
+# ------------------------------------------------------------------------ the vocabulary's extension
+
+
+@functools.lru_cache(maxsize=2)
+def _load_extension_source(config_json: str) -> WordVectors:
+    import hydra
+    from omegaconf import OmegaConf
+
+    try:
+        source = hydra.utils.instantiate(OmegaConf.create(json.loads(config_json)))
+        vectors = source.load([])
+    except EmbeddingsError:
+        raise
+    except Exception as err:
+        raise EmbeddingsError(f"could not load the vectors that extend the vocabulary ({config_json}): {type(err).__name__}: {err}") from err
+    if vectors is None:
+        raise EmbeddingsError(f"the vectors source {config_json} gives no vectors to extend the vocabulary with")
+    return vectors
+
+
+def extension_source_vectors(config: dict) -> WordVectors:
+    """The vectors named by an ``extension_config`` (loaded once per process)."""
+    return _load_extension_source(json.dumps(config, sort_keys=True))
+
+
+def restore_tokenizer(state: dict) -> Tokenizer:
+    """A saved tokenizer, its extension's words read again from their source. One-line errors."""
+    from two_tower.errors import TwoTowerError
+
+    extension = state.get("extension")
+    try:
+        words = extension_source_vectors(extension["source"]).words if extension else None
+        return Tokenizer.from_state_dict(state, extension_words=words)
+    except TwoTowerError:
+        raise
+    except (ValueError, KeyError, TypeError) as err:
+        raise EmbeddingsError(f"cannot restore the tokenizer: {err}") from err
+
+
+def extension_matrix(tokenizer: Tokenizer) -> np.ndarray:
+    """[len(tokenizer.extension_words), dim] vectors of the extension's words, from their source."""
+    vectors = extension_source_vectors(tokenizer.extension_source)
+    rows = np.fromiter((vectors.index[w] for w in tokenizer.extension_words), dtype=np.int64, count=len(tokenizer.extension_words))
+    return np.asarray(vectors.vectors[rows], dtype=np.float32)

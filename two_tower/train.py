@@ -14,7 +14,6 @@ from omegaconf import DictConfig, OmegaConf
 
 from two_tower.config import validate_train_config
 from two_tower.data.datamodule import TwoTowerDataModule
-from two_tower.data.tokenizer import stem_groups
 from two_tower.errors import ConfigError
 from two_tower.retrieval.errors import CheckpointError
 from two_tower.model.module import TwoTowerModule
@@ -43,13 +42,11 @@ def build_module(cfg: DictConfig, datamodule: TwoTowerDataModule) -> TwoTowerMod
         shared_towers=cfg.model.shared_towers,
         freeze_embeddings=cfg.embeddings.freeze,
         gather_across_devices=cfg.model.gather_across_devices,
+        extension_size=len(datamodule.tokenizer.extension_words),
+        hash_buckets=cfg.model.hash_buckets,
     )
     module.towers.load_embeddings(datamodule.embedding_matrix)
-    if cfg.encoder.get("bag_dim"):
-        stemmer = cfg.encoder.get("bag_stemmer")
-        groups = stem_groups(datamodule.tokenizer.words, stemmer) if stemmer else None
-        module.towers.load_bag(datamodule.train.idf(len(datamodule.tokenizer), groups), groups)
-    module.tokenizer = datamodule.tokenizer
+    module.attach_tokenizer(datamodule.tokenizer)
     return module
 
 
@@ -77,6 +74,8 @@ def check_resume_checkpoint(path: str, tokenizer) -> None:
     if not isinstance(state, dict) or "state_dict" not in state or "tokenizer" not in state:
         raise CheckpointError(f"ckpt_path={path}: not a two-tower training checkpoint (no state_dict or tokenizer in it)")
     words = state["tokenizer"].get("words", [])
+    if state["tokenizer"].get("format", 1) != 2:
+        raise CheckpointError(f"ckpt_path={path}: made before open vocabularies (tokenizer format 1); start a new run")
     if words != tokenizer.words:
         raise CheckpointError(
             f"ckpt_path={path}: trained with another vocabulary ({len(words)} words; this data and tokenizer give "

@@ -26,13 +26,13 @@ from two_tower.data import msmarco, synthetic
 from two_tower.data.batches import LengthSortedBatches, TokenBatches, TripletBatches, TripletBatchSampler
 from two_tower.data.prepared import PreparedSplit
 from two_tower.data.tokenizer import Tokenizer, oov_rate
-from two_tower.embeddings import EmbeddingSource
+from two_tower.embeddings import EmbeddingSource, restore_tokenizer
 from two_tower.negatives.base import NegativeSampler
 from two_tower.teacher import SentenceTransformerTeacher, TeacherVectors
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT = 2  # bump when the prepared format, validation rules or synthetic generator change
+CACHE_FORMAT = 3  # bump when the prepared format, validation rules or synthetic generator change
 
 
 class TwoTowerDataModule(L.LightningDataModule):
@@ -126,7 +126,7 @@ class TwoTowerDataModule(L.LightningDataModule):
             self.prepare_data()
         path = self._cache_path
         self.meta = json.loads((path / "meta.json").read_text())
-        self.tokenizer = Tokenizer.from_state_dict(json.loads((path / "tokenizer.json").read_text()))
+        self.tokenizer = restore_tokenizer(json.loads((path / "tokenizer.json").read_text()))
         self.embedding_matrix = np.load(path / "embeddings.npy")
         self.train = PreparedSplit.load(path / "train")
         self.val = PreparedSplit.load(path / "validation")
@@ -136,6 +136,8 @@ class TwoTowerDataModule(L.LightningDataModule):
             "Vocabulary %d words; embeddings=%s: %.1f%% of vocabulary and %.1f%% of training tokens have no pre-trained vector",
             len(self.tokenizer), self.meta["embeddings"], 100 * self.meta["oov_vocab"], 100 * self.meta["oov_tokens"],
         )
+        for role, ranges in self.meta.get("token_ranges", {}).items():
+            log.info("[%s] tokens: %s", role, ", ".join(f"{100 * share:.1f}% {name}" for name, share in ranges.items()))
         log.info(
             "train: %d queries, %d passages; validation: %d queries (%d evaluated), %d passages",
             self.train.num_queries, self.train.num_passages, self.val.num_queries, len(self.val.evaluated_queries()), self.val.num_passages,
@@ -157,14 +159,17 @@ class TwoTowerDataModule(L.LightningDataModule):
             reports[role] = {"total": report.total, "kept": report.kept, "skipped": dict(report.skipped)}
 
         train_texts = [r.query for r in clean["train"]] + list({p: None for r in clean["train"] for p in r.passages})
-        other_texts = [r.query for r in clean["validation"]] + [p for r in clean["validation"] for p in r.passages]
         settings = {k: v for k, v in self.tokenizer_settings.items() if k != "min_freq"}
         vectors = self.embeddings.load(train_texts, settings.get("keep_punctuation", False))
+        # The vocabulary comes from training text only; the vectors' other words extend it (and any other
+        # word gets a hashed id), so validation words are represented exactly as unseen test words are.
+        extension = self.embeddings.extension_config() if vectors is not None else None
         tokenizer = Tokenizer.build(
             train_texts,
             min_freq=self.tokenizer_settings.get("min_freq", 2),
             pretrained_words=set(vectors.words) if vectors else None,
-            other_texts=other_texts,
+            extension_words=vectors.words if extension else None,
+            extension_source=extension,
             **settings,
         )
         if vectors is not None:
@@ -189,6 +194,7 @@ class TwoTowerDataModule(L.LightningDataModule):
             "embeddings": self.embeddings.identity(),
             "oov_vocab": float(oov_vocab),
             "oov_tokens": float(oov_tokens),
+            "token_ranges": {role: token_ranges(split, tokenizer) for role, split in prepared.items()},
             "seconds": round(time.perf_counter() - start, 2),
         }
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
@@ -246,6 +252,17 @@ class TwoTowerDataModule(L.LightningDataModule):
         passages = LengthSortedBatches(split.passage_tokens.lengths, self.eval_batch_size, rank, world)
         queries = LengthSortedBatches(split.query_tokens.lengths, self.eval_batch_size, rank, world, items=split.evaluated_queries())
         return [self._loader(TokenBatches(split.passage_tokens), passages), self._loader(TokenBatches(split.query_tokens), queries)]
+
+
+def token_ranges(split: PreparedSplit, tokenizer: Tokenizer) -> dict[str, float]:
+    """Shares of a split's query and passage tokens in the training vocabulary, in the extension (a
+    pre-trained vector, no training occurrence) and hashed (neither)."""
+    values = np.concatenate([split.query_tokens.values, split.passage_tokens.values]).astype(np.int64)
+    values = values[values > 1]
+    total = max(len(values), 1)
+    in_words = int((values < len(tokenizer.words)).sum())
+    hashed = int((values >= tokenizer.vocab_size).sum())
+    return {"training vocabulary": in_words / total, "extension": (len(values) - in_words - hashed) / total, "hashed": hashed / total}
 
 
 def _iter_rows(rows):

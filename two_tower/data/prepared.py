@@ -84,6 +84,9 @@ class PreparedSplit:
     passage_tokens: Ragged
     positives: Ragged  # selected passages of each query
     candidates: Ragged  # all passages listed with each query (selected or not)
+    gains: Ragged | None = None  # graded relevance of each positive (BEIR qrels); None = all 1
+    query_ids: list[str] | None = None  # the collection's own ids (BEIR); None = row numbers
+    passage_ids: list[str] | None = None
 
     @classmethod
     def from_rows(cls, rows: list[CleanRow], tokenizer: Tokenizer) -> "PreparedSplit":
@@ -121,18 +124,12 @@ class PreparedSplit:
             rows.append([p for p in self.candidates[q].tolist() if p not in pos])
         return Ragged.from_lists(rows)
 
-    def idf(self, vocab_size: int, groups: np.ndarray | None = None) -> np.ndarray:
-        """Inverse document frequency of every word id over the split's passages, log((N + 1) / (df + 0.5));
-        a word in no passage gets the highest value, PAD (id 0) gets 0. With ``groups`` (word id ->
-        group id, e.g. its stem), a passage counts for a word if it holds any word of the word's group."""
-        groups = np.arange(vocab_size) if groups is None else np.asarray(groups, dtype=np.int64)
-        num_groups = int(groups.max()) + 1
-        tokens = self.passage_tokens
-        pairs = np.unique(tokens.row_ids().astype(np.int64) * num_groups + groups[tokens.values])
-        df = np.bincount(pairs % num_groups, minlength=num_groups)[groups]
-        idf = np.log((self.num_passages + 1) / (df + 0.5)).astype(np.float32)
-        idf[0] = 0.0
-        return idf
+    def relevance(self, rows) -> list:
+        """What the metrics read for these query rows: each row's relevant passage ids, or {id: gain}
+        where the relevance is graded."""
+        if self.gains is None:
+            return [self.positives[r] for r in rows]
+        return [dict(zip(self.positives[r].tolist(), self.gains[r].tolist())) for r in rows]
 
     def evaluated_queries(self) -> np.ndarray:
         """Queries with at least one selected passage (the ones metrics are computed over)."""

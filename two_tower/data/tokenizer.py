@@ -1,10 +1,25 @@
-"""Word-level tokenizer: lower-cased, punctuation split off (or dropped), a vocabulary with PAD and UNK."""
+"""Word-level tokenizer with an open vocabulary: no word is ever unknown.
+
+Ids, in three ranges:
+
+- ``[0, len(words))``: PAD, UNK and the training vocabulary (saved with the tokenizer);
+- ``[len(words), vocab_size)``: the *extension*, every word of the pre-trained vectors that the training
+  vocabulary lacks (e.g. the rest of GloVe's 400k words). Not saved: the list is derived from the vectors
+  source again when a tokenizer loads (``two_tower.embeddings.restore_tokenizer``), checked by a CRC;
+- ``[vocab_size, 2**31)``: any other word, at a position given by a stable 64-bit hash of its string
+  (BLAKE2b, the same in every process and on every machine; never Python's ``hash()``), so two
+  occurrences of ``xj-17b`` in a query and a passage get the same id. Two different unknown words share
+  an id with probability about 1 / (2**31 - vocab_size) per pair.
+
+UNK (id 1) only stands for an empty text now.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import re
+import zlib
 from collections import Counter
 from collections.abc import Iterable
 
@@ -12,6 +27,16 @@ import numpy as np
 
 PAD, UNK = "<pad>", "<unk>"
 PAD_ID, UNK_ID = 0, 1
+ID_LIMIT = 2**31 - 1  # ids are int32 in the prepared splits
+
+
+def stable_hash(text: str) -> int:
+    """A 63-bit hash of ``text`` that is the same in every process, Python version and machine."""
+    return int.from_bytes(hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little") >> 1
+
+
+def words_checksum(words: list[str]) -> int:
+    return zlib.crc32("\n".join(words).encode("utf-8", "surrogatepass"))
 
 # A word is a run of letters/digits, optionally with inner apostrophes or hyphens ("don't", "e-mail");
 # anything else that is not white space is a punctuation token of its own.
@@ -26,7 +51,8 @@ def split_words(text: str, keep_punctuation: bool = False) -> list[str]:
 
 
 class Tokenizer:
-    """Maps text to word ids. Built once from training text; saved inside checkpoints and indexes."""
+    """Maps text to word ids (see the module docstring for the three id ranges). Built once from training
+    text; saved inside checkpoints and index folders (the extension is named there, not listed)."""
 
     def __init__(
         self,
@@ -34,11 +60,21 @@ class Tokenizer:
         max_query_len: int = 32,
         max_passage_len: int = 128,
         keep_punctuation: bool = False,
+        extension_words: list[str] | None = None,
+        extension_source: dict | None = None,
     ):
         if words[:2] != [PAD, UNK]:
             raise ValueError(f"vocabulary must start with {PAD!r}, {UNK!r}; got {words[:2]}")
         self.words = list(words)
         self.index = {w: i for i, w in enumerate(self.words)}
+        self.extension_words = [w for w in (extension_words or ()) if w not in self.index]
+        self.extension_source = extension_source
+        for offset, w in enumerate(self.extension_words, start=len(self.words)):
+            self.index.setdefault(w, offset)
+        self.vocab_size = len(self.words) + len(self.extension_words)
+        if self.vocab_size >= ID_LIMIT // 2:
+            raise ValueError(f"vocabulary of {self.vocab_size} words leaves too little room for hashed ids")
+        self._hashed: dict[str, int] = {}
         self.max_query_len = max_query_len
         self.max_passage_len = max_passage_len
         self.keep_punctuation = keep_punctuation
@@ -49,28 +85,46 @@ class Tokenizer:
         train_texts: Iterable[str],
         min_freq: int = 2,
         pretrained_words: set[str] | None = None,
-        other_texts: Iterable[str] = (),
         **settings,
     ) -> "Tokenizer":
-        """Vocabulary: training words seen at least ``min_freq`` times, plus every word of the training
-        or ``other_texts`` (e.g. an evaluation corpus) that has a pre-trained vector."""
+        """Vocabulary: training words seen at least ``min_freq`` times, plus every training word that has a
+        pre-trained vector. Nothing of validation or evaluation text: what the model can represent at
+        test time never depends on having seen the test text (the extension and hashed ids cover it)."""
         keep_punctuation = settings.get("keep_punctuation", False)
         counts = Counter(w for t in train_texts for w in split_words(t, keep_punctuation))
         vocab = {w for w, n in counts.items() if n >= min_freq}
         if pretrained_words:
             vocab |= {w for w in counts if w in pretrained_words}
-            vocab |= {w for t in other_texts for w in split_words(t, keep_punctuation) if w in pretrained_words}
         # Most frequent first (ties alphabetical) so ids are stable and reproducible.
         ordered = sorted(vocab, key=lambda w: (-counts.get(w, 0), w))
         return cls([PAD, UNK, *ordered], **settings)
 
+    def hashed_id(self, word: str) -> int:
+        """The id of a word outside the vocabulary: ``vocab_size`` + its stable hash modulo the room left."""
+        found = self._hashed.get(word)
+        if found is None:
+            found = self.vocab_size + stable_hash(word) % (ID_LIMIT - self.vocab_size)
+            if len(self._hashed) < 1_000_000:
+                self._hashed[word] = found
+        return found
+
     def __len__(self) -> int:
+        """The saved vocabulary (PAD, UNK, training words): the rows a checkpoint stores."""
         return len(self.words)
 
     def encode(self, text: str, max_len: int) -> list[int]:
-        """Word ids of ``text``, truncated to ``max_len``; an all-unknown or empty text gives [UNK]."""
-        ids = [self.index.get(w, UNK_ID) for w in split_words(text, self.keep_punctuation)[:max_len]]
+        """Word ids of ``text``, truncated to ``max_len``; an empty text (no word) gives [UNK]."""
+        index, hashed = self.index, self.hashed_id
+        ids = [index.get(w) or hashed(w) for w in split_words(text, self.keep_punctuation)[:max_len]]
         return ids or [UNK_ID]
+
+    def word_of(self, token_id: int) -> str | None:
+        """The word of a vocabulary or extension id (None for a hashed id)."""
+        if token_id < len(self.words):
+            return self.words[token_id]
+        if token_id < self.vocab_size:
+            return self.extension_words[token_id - len(self.words)]
+        return None
 
     def encode_queries(self, texts: Iterable[str]) -> list[list[int]]:
         return [self.encode(t, self.max_query_len) for t in texts]
@@ -79,16 +133,39 @@ class Tokenizer:
         return [self.encode(t, self.max_passage_len) for t in texts]
 
     def state_dict(self) -> dict:
+        """Everything but the extension's words, which are named by their source, count and CRC."""
+        extension = None
+        if self.extension_source is not None:
+            extension = {"source": self.extension_source, "count": len(self.extension_words), "crc": words_checksum(self.extension_words)}
         return {
+            "format": 2,
             "words": self.words,
             "max_query_len": self.max_query_len,
             "max_passage_len": self.max_passage_len,
             "keep_punctuation": self.keep_punctuation,
+            "extension": extension,
         }
 
     @classmethod
-    def from_state_dict(cls, state: dict) -> "Tokenizer":
-        return cls(**state)
+    def from_state_dict(cls, state: dict, extension_words: list[str] | None = None) -> "Tokenizer":
+        """A saved tokenizer; ``extension_words`` (the source's words) are needed when it has an extension
+        (``two_tower.embeddings.restore_tokenizer`` finds them)."""
+        state = dict(state)
+        if state.pop("format", 1) != 2:
+            raise ValueError("a closed-vocabulary tokenizer (saved before open vocabularies, format 1); retrain the model")
+        extension = state.pop("extension", None)
+        if extension is None:
+            return cls(**state)
+        if extension_words is None:
+            raise ValueError(f"the tokenizer extends its vocabulary with {extension['source']}, whose words were not given")
+        tokenizer = cls(**state, extension_words=extension_words, extension_source=extension["source"])
+        if len(tokenizer.extension_words) != extension["count"] or words_checksum(tokenizer.extension_words) != extension["crc"]:
+            raise ValueError(
+                f"the vocabulary extension from {extension['source']} has {len(tokenizer.extension_words)} words "
+                f"(CRC {words_checksum(tokenizer.extension_words)}), the saved tokenizer expects {extension['count']} (CRC {extension['crc']}): "
+                "the vectors source changed since training"
+            )
+        return tokenizer
 
     def fingerprint(self) -> str:
         return hashlib.sha1(json.dumps(self.state_dict()).encode()).hexdigest()[:16]
@@ -111,13 +188,3 @@ def pad_batch(sequences: list[np.ndarray] | list[list[int]]) -> tuple[np.ndarray
     for row, seq in enumerate(sequences):
         out[row, : len(seq)] = seq
     return out, lengths
-
-
-def stem_groups(words: list[str], stemmer: str) -> np.ndarray:
-    """Word id -> group id, one group per stem (PyStemmer's ``stemmer``, e.g. "english"); PAD and UNK
-    keep groups of their own (0 and 1)."""
-    import Stemmer
-
-    stems = Stemmer.Stemmer(stemmer).stemWords(words[2:])
-    index: dict[str, int] = {}
-    return np.array([0, 1, *(2 + index.setdefault(stem, len(index)) for stem in stems)], dtype=np.int64)

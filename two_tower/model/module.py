@@ -8,7 +8,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from two_tower.data.tokenizer import Tokenizer
+from two_tower.embeddings import restore_tokenizer
 from two_tower.model.encoders import TwoTower
+from two_tower.model.vocabulary import attach_vocabulary
 from two_tower.retrieval.metrics import dense_split_metrics
 
 
@@ -45,15 +47,41 @@ class TwoTowerModule(L.LightningModule):
         shared_towers: bool = True,
         freeze_embeddings: bool = False,
         gather_across_devices: bool = False,
+        extension_size: int = 0,
+        hash_buckets: int = 0,
     ):
         super().__init__()
         encoder, loss, optimizer, scheduler = _plain(encoder), _plain(loss), _plain(optimizer), _plain(scheduler)
         self.save_hyperparameters()
         encoder_factory = hydra.utils.instantiate(_as_config(encoder), _partial_=True)
-        self.towers = TwoTower(vocab_size, embedding_dim, encoder_factory, shared_towers, freeze_embeddings)
+        self.towers = TwoTower(vocab_size, embedding_dim, encoder_factory, shared_towers, freeze_embeddings, extension_size, hash_buckets)
         self.loss_fn = hydra.utils.instantiate(_as_config(loss))
         self.tokenizer: Tokenizer | None = None
+        self._statistics: dict[int, object] = {}  # id(split) -> its passages' term statistics
         self._val_outputs: dict[int, list] = {0: [], 1: []}
+        self._train_epoch_sums: dict[str, torch.Tensor] = {}
+        self._train_epoch_rows = 0
+
+    # ---------------------------------------------------------------- vocabulary and corpus
+    def attach_tokenizer(self, tokenizer: Tokenizer) -> None:
+        """The tokenizer and its open vocabulary (extension vectors, bag keys): call before encoding."""
+        self.tokenizer = tokenizer
+        attach_vocabulary([self.towers.query_encoder, self.towers.passage_encoder], tokenizer)
+
+    def use_corpus(self, split) -> None:
+        """Weigh bag-of-words terms by their IDF over ``split``'s passages (the corpus being ranked)."""
+        if not self.towers.bags():
+            return
+        key = id(split)
+        if key not in self._statistics:
+            self._statistics[key] = self.towers.corpus_statistics(split.passage_tokens)
+        self.towers.set_statistics(self._statistics[key])
+
+    def on_fit_start(self):
+        self.use_corpus(self.trainer.datamodule.train)
+
+    def on_train_epoch_start(self):
+        self.use_corpus(self.trainer.datamodule.train)
         self._train_epoch_sums: dict[str, torch.Tensor] = {}
         self._train_epoch_rows = 0
 
@@ -100,10 +128,6 @@ class TwoTowerModule(L.LightningModule):
         self._train_epoch_rows += batch_size
         return out["loss"]
 
-    def on_train_epoch_start(self):
-        self._train_epoch_sums: dict[str, torch.Tensor] = {}
-        self._train_epoch_rows = 0
-
     def on_train_epoch_end(self):
         if self._train_epoch_rows:
             for name, total in self._train_epoch_sums.items():
@@ -114,6 +138,7 @@ class TwoTowerModule(L.LightningModule):
     # ---------------------------------------------------------------- validation
     def on_validation_epoch_start(self):
         self._val_outputs = {0: [], 1: []}
+        self.use_corpus(self.trainer.datamodule.val)
 
     def validation_step(self, batch, batch_idx, dataloader_idx=0):
         encode = self.encode_passages if dataloader_idx == 0 else self.encode_queries
@@ -123,6 +148,8 @@ class TwoTowerModule(L.LightningModule):
         passages = self._gather(0)
         queries = self._gather(1)
         self._val_outputs = {0: [], 1: []}
+        if getattr(self.trainer.datamodule, "train", None) is not None:
+            self.use_corpus(self.trainer.datamodule.train)  # training goes on with its own corpus
         if self.trainer.sanity_checking:
             return
         split = self.trainer.datamodule.val
@@ -170,7 +197,7 @@ class TwoTowerModule(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint):
         if "tokenizer" in checkpoint:
-            self.tokenizer = Tokenizer.from_state_dict(checkpoint["tokenizer"])
+            self.attach_tokenizer(restore_tokenizer(checkpoint["tokenizer"]))
 
 
 def _world_size() -> int:

@@ -45,6 +45,7 @@ def model_scorer(module, split: PreparedSplit, batch_size: int = 512):
 
     was_training = module.training
     module.eval()
+    module.use_corpus(split)
     try:
         dim = module.towers.passage_encoder.output_dim
         passages = encode_tokens(module.encode_passages, split.passage_tokens, dim, batch_size)

@@ -33,6 +33,9 @@ class DenseRetriever(SplitRetriever):
         passage_tokens = Ragged.from_lists(tokenizer.encode_passages(split.passage_texts))
         query_tokens = Ragged.from_lists(tokenizer.encode_queries(split.query_texts))
         evaluated = split.evaluated_queries()
+        # The bag-of-words path weighs terms by their IDF over this split's passages, as validation does.
+        if towers.bags():
+            towers.set_statistics(towers.corpus_statistics(passage_tokens))
         with progress_bar(split.num_passages, "Encoding passages") as bar:
             self.passages = encode_tokens(self.module.encode_passages, passage_tokens, towers.passage_encoder.output_dim, self.batch_size, progress=bar)
         with progress_bar(len(evaluated), "Encoding queries") as bar:

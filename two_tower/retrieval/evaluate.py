@@ -21,6 +21,8 @@ from hydra.errors import InstantiationException
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from two_tower.data import beir
+from two_tower.data.beir import is_beir_folder
 from two_tower.data.prepared import PreparedSplit
 from two_tower.data.tokenizer import PAD, UNK, Tokenizer
 from two_tower.retrieval.corpus import load_split_rows
@@ -58,7 +60,10 @@ def _instantiate(spec: DictConfig, **kwargs):
 
 
 def load_split(cfg: DictConfig) -> PreparedSplit:
-    """The split's queries, unique passages, positives and candidates (retrievers tokenize for themselves)."""
+    """The split's queries, unique passages, positives and candidates (retrievers tokenize for themselves):
+    MS MARCO v1.1 rows, or a BEIR folder (``corpus.jsonl``, ``queries.jsonl``, ``qrels/<split>.tsv``)."""
+    if is_beir_folder(cfg.data.path):
+        return beir.prepared_split(beir.load_beir(cfg.data.path, cfg.split))
     rows = load_split_rows(cfg.split, cfg.data.path, cfg.data.hub_name, cfg.data.hub_config)
     return PreparedSplit.from_rows(rows, Tokenizer([PAD, UNK]))
 
@@ -66,7 +71,7 @@ def load_split(cfg: DictConfig) -> PreparedSplit:
 def evaluate_split(split: PreparedSplit, retrievers: dict[str, SplitRetriever]) -> tuple[dict[str, dict], dict[str, Rankings]]:
     """Metrics and rankings of every retriever on ``split`` (queries with a selected passage)."""
     query_rows = split.evaluated_queries()
-    relevant = [split.positives[r] for r in query_rows]
+    relevant = split.relevance(query_rows)
     metrics, rankings = {}, {}
     for name, retriever in retrievers.items():
         start = time.perf_counter()
@@ -78,24 +83,34 @@ def evaluate_split(split: PreparedSplit, retrievers: dict[str, SplitRetriever]) 
 
 
 def markdown_table(metrics: dict[str, dict]) -> str:
-    lines = ["| retriever | " + " | ".join(COLUMNS.values()) + " | seconds |", "|---" * (len(COLUMNS) + 2) + "|"]
+    columns = {k: v for k, v in COLUMNS.items() if all(k in m for m in metrics.values())}
+    lines = ["| retriever | " + " | ".join(columns.values()) + " | seconds |", "|---" * (len(columns) + 2) + "|"]
     for name, m in metrics.items():
-        lines.append(f"| {name} | " + " | ".join(f"{m[k]:.4f}" for k in COLUMNS) + f" | {m['seconds']:.1f} |")
+        lines.append(f"| {name} | " + " | ".join(f"{m[k]:.4f}" for k in columns) + f" | {m['seconds']:.1f} |")
     return "\n".join(lines)
+
+
+def _qid(split: PreparedSplit, row: int) -> str:
+    return split.query_ids[row] if split.query_ids is not None else str(row)
+
+
+def _docid(split: PreparedSplit, pid: int) -> str:
+    return split.passage_ids[pid] if split.passage_ids is not None else str(pid)
 
 
 def write_trec_run(path: Path, split: PreparedSplit, query_rows: np.ndarray, rankings: Rankings, tag: str) -> None:
     with open(path, "w") as f:
-        for qid, ids, scores in zip(query_rows.tolist(), rankings.ranked.tolist(), rankings.scores.tolist()):
-            for rank, (docid, score) in enumerate(zip(ids, scores), start=1):
-                f.write(f"{qid} Q0 {docid} {rank} {score:.6f} {tag}\n")
+        for row, ids, scores in zip(query_rows.tolist(), rankings.ranked.tolist(), rankings.scores.tolist()):
+            for rank, (pid, score) in enumerate(((p, s) for p, s in zip(ids, scores) if p >= 0), start=1):
+                f.write(f"{_qid(split, row)} Q0 {_docid(split, pid)} {rank} {score:.6f} {tag}\n")
 
 
 def write_qrels(path: Path, split: PreparedSplit, query_rows: np.ndarray) -> None:
     with open(path, "w") as f:
-        for qid in query_rows.tolist():
-            for docid in split.positives[qid].tolist():
-                f.write(f"{qid} 0 {docid} 1\n")
+        for row, relevance in zip(query_rows.tolist(), split.relevance(query_rows)):
+            gains = relevance if isinstance(relevance, dict) else dict.fromkeys(relevance.tolist(), 1)
+            for pid, gain in gains.items():
+                f.write(f"{_qid(split, row)} 0 {_docid(split, pid)} {int(gain)}\n")
 
 
 def evaluate(cfg: DictConfig) -> dict[str, dict]:

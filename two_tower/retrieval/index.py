@@ -5,6 +5,8 @@ INDEX/
   faiss.index         inner product over L2-normalised vectors (cosine); row i is passage i
   passages.arrow      id, text of every row, in index order (Arrow IPC, memory-mapped when loaded)
   query_encoder.pt    query tower + tokenizer of the model that encoded the passages
+  term_statistics.npz document frequencies of the passages' terms (only for a model with a bag-of-words
+                      path): the IDF the passages were encoded with and the queries are encoded with
   manifest.json       format, the config that built it, the source, the model identity, file hashes
 ```
 
@@ -28,13 +30,15 @@ import faiss
 import numpy as np
 import pyarrow as pa
 
+from two_tower.model.bag import TermStatistics
 from two_tower.retrieval.errors import ConfigError, IndexFolderError
 from two_tower.retrieval.query_encoder import QueryEncoder
 
 log = logging.getLogger(__name__)
 
-FORMAT = 2  # 2: passages in Arrow IPC (1 had parquet)
+FORMAT = 3  # 3: open vocabulary + term_statistics.npz; 2: passages in Arrow IPC (1 had parquet)
 MANIFEST, FAISS_FILE, PASSAGES_FILE, QUERY_ENCODER_FILE = "manifest.json", "faiss.index", "passages.arrow", "query_encoder.pt"
+STATISTICS_FILE = TermStatistics.FILE
 
 
 def build_faiss(vectors: np.ndarray, factory: str = "Flat", train_size: int = 100_000, search_params: str | None = None, seed: int = 0) -> faiss.Index:
@@ -90,7 +94,7 @@ def file_hash(path: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def write_index_folder(path: str | Path, index: faiss.Index, ids: list[str], texts: list[str], query_encoder: QueryEncoder, manifest: dict, overwrite: bool = False) -> Path:
+def write_index_folder(path: str | Path, index: faiss.Index, ids: list[str], texts: list[str], query_encoder: QueryEncoder, manifest: dict, overwrite: bool = False, statistics: TermStatistics | None = None) -> Path:
     """Write the folder atomically: everything goes to ``.NAME.tmp-PID`` first, then one rename.
 
     ``manifest`` (config, source, model identity) is completed with the format, sizes and file hashes.
@@ -109,13 +113,17 @@ def write_index_folder(path: str | Path, index: faiss.Index, ids: list[str], tex
         faiss.write_index(index, str(tmp / FAISS_FILE))
         write_passages(tmp / PASSAGES_FILE, ids, texts)
         query_encoder.save(tmp / QUERY_ENCODER_FILE)
+        files = [FAISS_FILE, PASSAGES_FILE, QUERY_ENCODER_FILE]
+        if statistics is not None:
+            statistics.save(tmp / STATISTICS_FILE)
+            files.append(STATISTICS_FILE)
         manifest = {
             "format": FORMAT,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
             **manifest,
             "passages": len(ids),
             "faiss": {"type": type(faiss.downcast_index(index)).__name__, "metric": "inner_product", "ntotal": int(index.ntotal), "dim": int(index.d)},
-            "files": {name: file_hash(tmp / name) for name in (FAISS_FILE, PASSAGES_FILE, QUERY_ENCODER_FILE)},
+            "files": {name: file_hash(tmp / name) for name in files},
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
         if path.exists():  # overwrite: move the old folder aside, rename the new one in, then delete the old
@@ -181,7 +189,13 @@ class PassageIndex:
         encoder = QueryEncoder.load(self.path / QUERY_ENCODER_FILE)
         actual = {"tokenizer": encoder.tokenizer.fingerprint(), "dim": encoder.dim, "query_tower": encoder.weights_hash()}
         check_model(self.path, {k: self.model[k] for k in actual}, actual, self.path / QUERY_ENCODER_FILE)
+        encoder.set_statistics(self.statistics())
         return encoder
+
+    def statistics(self) -> TermStatistics | None:
+        """The term statistics the passages were encoded with (None: the model has no bag-of-words path)."""
+        path = self.path / STATISTICS_FILE
+        return TermStatistics.load(path) if STATISTICS_FILE in self.manifest["files"] else None
 
     def set_search_params(self, params: str) -> None:
         """Override the saved search-time parameters, e.g. ``efSearch=128`` or ``nprobe=32``."""

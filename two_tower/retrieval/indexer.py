@@ -11,6 +11,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from two_tower.data.prepared import Ragged
+from two_tower.model.bag import TermStatistics
 from two_tower.retrieval.checkpoint import encode_tokens, load_checkpoint, model_identity, progress_bar
 from two_tower.retrieval.corpus import Passages, read_corpus_file, split_passages
 from two_tower.retrieval.errors import IndexFolderError
@@ -20,11 +21,28 @@ from two_tower.retrieval.query_encoder import QueryEncoder
 log = logging.getLogger(__name__)
 
 
-def encode_passages(module, texts: list[str], batch_size: int = 512, chunk: int = 100_000) -> np.ndarray:
-    """[len(texts), dim] float32 passage vectors, with the checkpoint's tokenizer and passage tower.
+def corpus_statistics(module, texts: list[str], chunk: int = 100_000) -> TermStatistics | None:
+    """Term statistics of the corpus for the bag-of-words path (None without one), ``chunk`` passages at
+    a time; the passages are tokenized again when encoded, so memory stays bounded."""
+    if not module.towers.bags():
+        return None
+    parts = []
+    with progress_bar(len(texts), "Counting terms") as bar:
+        for start in range(0, len(texts), chunk):
+            tokens = Ragged.from_lists(module.tokenizer.encode_passages(texts[start : start + chunk]))
+            parts.append(module.towers.corpus_statistics(tokens))
+            bar.update(len(tokens))
+    return TermStatistics.merge(parts)
+
+
+def encode_passages(module, texts: list[str], batch_size: int = 512, chunk: int = 100_000, statistics: TermStatistics | None = None) -> np.ndarray:
+    """[len(texts), dim] float32 passage vectors, with the checkpoint's tokenizer and passage tower, its
+    bag-of-words path (if any) weighing terms by ``statistics`` (default: those of ``texts``).
 
     Tokenized and encoded ``chunk`` passages at a time, so memory beyond the vectors stays bounded.
     """
+    if module.towers.bags():
+        module.towers.set_statistics(statistics or corpus_statistics(module, texts, chunk))
     dim = module.towers.passage_encoder.output_dim
     out = np.empty((len(texts), dim), dtype=np.float32)
     with progress_bar(len(texts), "Encoding passages") as bar:
@@ -51,7 +69,8 @@ def build_index(cfg: DictConfig) -> Path:
     passages = load_passages(cfg)
     log.info("Indexing %d passages from %s with %s", len(passages), passages.source, cfg.ckpt)
     loaded = time.perf_counter()
-    vectors = encode_passages(module, passages.texts, cfg.batch_size)
+    statistics = corpus_statistics(module, passages.texts)
+    vectors = encode_passages(module, passages.texts, cfg.batch_size, statistics=statistics)
     encoded = time.perf_counter()
     index = build_faiss(vectors, cfg.index.factory, cfg.index.train_size, cfg.index.search_params, cfg.seed)
     manifest = {
@@ -60,7 +79,7 @@ def build_index(cfg: DictConfig) -> Path:
         "model": model_identity(module, cfg.ckpt),
         "seconds": {"load": round(loaded - start, 2), "encode": round(encoded - loaded, 2), "faiss": round(time.perf_counter() - encoded, 2)},
     }
-    path = write_index_folder(cfg.out, index, passages.ids, passages.texts, QueryEncoder.from_module(module), manifest, overwrite=cfg.overwrite)
+    path = write_index_folder(cfg.out, index, passages.ids, passages.texts, QueryEncoder.from_module(module), manifest, overwrite=cfg.overwrite, statistics=statistics)
     log.info("Wrote %s (%d passages, %s) in %.1fs", path, len(passages), cfg.index.factory, time.perf_counter() - start)
     log.info('Search it: python search.py index=%s "how long is a marathon"', path)
     return path

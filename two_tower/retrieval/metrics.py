@@ -49,27 +49,29 @@ def rank_within_scores(scores: torch.Tensor, candidates: np.ndarray) -> torch.Te
 
 
 def ranking_metrics(ranked: torch.Tensor | np.ndarray, relevant: list, ks=DEFAULT_KS, prefix: str = "") -> dict[str, float]:
-    """MRR@10, Recall@k, nDCG@10 (binary gains) over queries with at least one relevant passage.
+    """MRR@10, Recall@k, nDCG@10 over queries with at least one relevant passage.
 
-    ``ranked`` [Q, K]: passage ids best first (-1 = nothing). ``relevant``: Q collections of ids.
-    Recall@k for k > K counts only what is in the list, so pass K >= max(ks).
+    ``ranked`` [Q, K]: passage ids best first (-1 = nothing). ``relevant``: Q collections of ids (binary
+    gains), or Q dicts {id: gain > 0} (graded gains in nDCG, linear as in trec_eval's ndcg_cut; MRR and
+    recall count any positive gain as relevant). Recall@k for k > K counts only what is in the list, so
+    pass K >= max(ks).
     """
     ranked = np.asarray(ranked)
     mrr = ndcg = 0.0
     recalls = dict.fromkeys(ks, 0.0)
     evaluated = 0
     for row, rel in zip(ranked, relevant):
-        rel = set(int(r) for r in rel)
-        if not rel:
+        gain = {int(r): float(g) for r, g in rel.items() if g > 0} if isinstance(rel, dict) else dict.fromkeys((int(r) for r in rel), 1.0)
+        if not gain:
             continue
         evaluated += 1
-        hits = [rank for rank, pid in enumerate(row.tolist(), start=1) if pid in rel]
-        if hits and hits[0] <= 10:
-            mrr += 1.0 / hits[0]
+        hits = [(rank, gain[pid]) for rank, pid in enumerate(row.tolist(), start=1) if pid in gain]
+        if hits and hits[0][0] <= 10:
+            mrr += 1.0 / hits[0][0]
         for k in ks:
-            recalls[k] += sum(1 for h in hits if h <= k) / len(rel)
-        dcg = sum(1.0 / math.log2(h + 1) for h in hits if h <= 10)
-        ideal = sum(1.0 / math.log2(i + 1) for i in range(1, min(len(rel), 10) + 1))
+            recalls[k] += sum(1 for h, _ in hits if h <= k) / len(gain)
+        dcg = sum(g / math.log2(h + 1) for h, g in hits if h <= 10)
+        ideal = sum(g / math.log2(i + 1) for i, g in enumerate(sorted(gain.values(), reverse=True)[:10], start=1))
         ndcg += dcg / ideal
     if not evaluated:
         raise ValueError("no query has a relevant passage; nothing to evaluate")
@@ -82,7 +84,8 @@ def split_metrics(ranked, reranked, relevant: list, ks=DEFAULT_KS) -> dict[str, 
     """The validation protocol for any retriever: ``ranking_metrics`` of its full-corpus ranking
     ``ranked`` [Q, K >= max(ks)], plus ``rerank_mrr@10`` of ``reranked`` (each query's own candidates)."""
     metrics = ranking_metrics(ranked, relevant, ks)
-    metrics["rerank_mrr@10"] = ranking_metrics(reranked, relevant, ks=(1,))["mrr@10"]
+    if reranked is not None and (np.asarray(reranked) >= 0).any():  # rows without candidate lists (BEIR): no rerank setting
+        metrics["rerank_mrr@10"] = ranking_metrics(reranked, relevant, ks=(1,))["mrr@10"]
     return metrics
 
 
@@ -92,7 +95,7 @@ def dense_split_metrics(queries: torch.Tensor, passages: torch.Tensor, split, qu
     ``queries`` [len(query_rows), d] are the embeddings of ``split``'s queries ``query_rows``;
     ``passages`` [split.num_passages, d] every passage of the split.
     """
-    relevant = [split.positives[r] for r in query_rows]
+    relevant = split.relevance(query_rows)
     ranked = rank_dense(queries, passages, max(ks))
     reranked = rank_dense_within(queries, passages, split.candidates, query_rows)
     return split_metrics(ranked, reranked, relevant, ks)

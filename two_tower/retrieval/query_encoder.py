@@ -16,6 +16,10 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from two_tower.data.tokenizer import Tokenizer, pad_batch
+from two_tower.embeddings import restore_tokenizer
+from two_tower.model.bag import TermStatistics
+from two_tower.model.embedding import OpenEmbedding
+from two_tower.model.vocabulary import attach_vocabulary
 from two_tower.retrieval.errors import EmptyQueryError
 
 
@@ -45,8 +49,15 @@ class QueryEncoder:
             "encoder": dict(module.hparams.encoder),
             "vocab_size": int(module.hparams.vocab_size),
             "embedding_dim": int(module.hparams.embedding_dim),
+            "extension_size": int(module.hparams.get("extension_size", 0)),
+            "hash_buckets": int(module.hparams.get("hash_buckets", 0)),
         }
         return cls(module.towers.query_encoder, module.tokenizer, config)
+
+    def set_statistics(self, stats: TermStatistics | None) -> None:
+        """IDF of the corpus the queries search (an index folder's ``term_statistics.npz``)."""
+        if getattr(self.encoder, "bag", None) is not None:
+            self.encoder.bag.set_statistics(stats)
 
     def weights_hash(self) -> str:
         return weights_hash(self.encoder)
@@ -58,11 +69,13 @@ class QueryEncoder:
     @classmethod
     def load(cls, path: Path) -> "QueryEncoder":
         saved = torch.load(path, map_location="cpu", weights_only=True)
-        embedding = nn.Embedding(saved["vocab_size"], saved["embedding_dim"], padding_idx=0)
-        encoder = hydra.utils.instantiate(OmegaConf.create(saved["encoder"]), embedding=embedding)
+        config = {k: saved[k] for k in ("encoder", "vocab_size", "embedding_dim", "extension_size", "hash_buckets")}
+        embedding = OpenEmbedding(config["vocab_size"], config["embedding_dim"], config["extension_size"], config["hash_buckets"], freeze=True)
+        encoder = hydra.utils.instantiate(OmegaConf.create(config["encoder"]), embedding=embedding)
+        tokenizer = restore_tokenizer(saved["tokenizer"])
+        attach_vocabulary([encoder], tokenizer)
         encoder.load_state_dict(saved["state_dict"])
-        config = {k: saved[k] for k in ("encoder", "vocab_size", "embedding_dim")}
-        return cls(encoder, Tokenizer.from_state_dict(saved["tokenizer"]), config)
+        return cls(encoder, tokenizer, config)
 
     def encode(self, queries: list[str]) -> np.ndarray:
         """[len(queries), dim] float32, L2-normalised. Raises EmptyQueryError naming the empty query."""

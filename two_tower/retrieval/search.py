@@ -42,6 +42,7 @@ class Searcher:
             module = load_checkpoint(checkpoint)
             index = PassageIndex.load(path, expect_model=model_identity(module, checkpoint))
             encoder = QueryEncoder.from_module(module)
+            encoder.set_statistics(index.statistics())
         if search_params:
             index.set_search_params(search_params)
         return cls(index, encoder)

@@ -1,0 +1,163 @@
+"""BEIR-format collections: the format IR people exchange test collections in.
+
+```
+DIR/corpus.jsonl        {"_id": ..., "title": ..., "text": ...} a line
+DIR/queries.jsonl       {"_id": ..., "text": ...} a line
+DIR/qrels/<split>.tsv   query-id <TAB> corpus-id <TAB> score, after a header line
+```
+
+A document is ``title + " " + text`` (stripped), as BEIR's own evaluation joins them. A judgement with
+score > 0 is relevant, with the score as its gain in nDCG (graded, as trec_eval computes it); score 0
+is judged not relevant. Queries without a relevant document in the split are not evaluated. Bad lines
+(not JSON, no ``_id``, no text, non-integer score, unknown ids) are skipped and counted per reason; a
+missing file is one clear error.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from two_tower.errors import TwoTowerError
+
+log = logging.getLogger(__name__)
+
+CORPUS, QUERIES, QRELS = "corpus.jsonl", "queries.jsonl", "qrels"
+
+
+class BeirError(TwoTowerError):
+    """A BEIR folder that cannot be read; the message names the file."""
+
+
+def is_beir_folder(path) -> bool:
+    return path is not None and (Path(path).expanduser() / CORPUS).is_file()
+
+
+@dataclass
+class BeirCollection:
+    corpus_ids: list[str]
+    corpus_texts: list[str]
+    query_ids: list[str]
+    query_texts: list[str]
+    qrels: dict[str, dict[str, int]]  # query id -> {corpus id: score}
+    skipped: dict[str, Counter] = field(default_factory=dict)  # file -> reason -> count
+
+
+def _jsonl(path: Path, skipped: Counter):
+    if not path.is_file():
+        raise BeirError(f"{path}: no such file (a BEIR folder has {CORPUS}, {QUERIES} and {QRELS}/<split>.tsv)")
+    with open(path, "rb") as f:
+        for raw in f:
+            if not raw.strip():
+                continue
+            try:
+                row = json.loads(raw.decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError):
+                skipped["not_json_utf8"] += 1
+                continue
+            if not isinstance(row, dict) or not isinstance(row.get("_id"), (str, int)) or str(row["_id"]).strip() == "":
+                skipped["no_id"] += 1
+                continue
+            yield row
+
+
+def _text(row: dict, title: bool) -> str:
+    parts = [row.get("title") if title else None, row.get("text")]
+    return " ".join(p.strip() for p in parts if isinstance(p, str) and p.strip())
+
+
+def load_beir(path, split: str = "test") -> BeirCollection:
+    root = Path(path).expanduser()
+    if not root.is_dir():
+        raise BeirError(f"data.path={root}: no such folder")
+    skipped = {CORPUS: Counter(), QUERIES: Counter(), f"{QRELS}/{split}.tsv": Counter()}
+    corpus: dict[str, str] = {}
+    for row in _jsonl(root / CORPUS, skipped[CORPUS]):
+        text = _text(row, title=True)
+        if not text:
+            skipped[CORPUS]["empty_text"] += 1
+        elif str(row["_id"]) in corpus:
+            skipped[CORPUS]["duplicate_id"] += 1
+        else:
+            corpus[str(row["_id"])] = text
+    queries: dict[str, str] = {}
+    for row in _jsonl(root / QUERIES, skipped[QUERIES]):
+        text = _text(row, title=False)
+        if not text:
+            skipped[QUERIES]["empty_text"] += 1
+        elif str(row["_id"]) in queries:
+            skipped[QUERIES]["duplicate_id"] += 1
+        else:
+            queries[str(row["_id"])] = text
+    qrels = _read_qrels(root / QRELS / f"{split}.tsv", corpus, queries, skipped[f"{QRELS}/{split}.tsv"])
+    if not corpus:
+        raise BeirError(f"{root / CORPUS}: no usable document")
+    if not qrels:
+        raise BeirError(f"{root / QRELS / f'{split}.tsv'}: no query with a relevant document in the corpus")
+    for name, counts in skipped.items():
+        if counts:
+            log.warning("%s: skipped %s", root / name, dict(counts))
+    query_ids = [q for q in queries if q in qrels]
+    return BeirCollection(list(corpus), list(corpus.values()), query_ids, [queries[q] for q in query_ids], qrels, skipped)
+
+
+def _read_qrels(path: Path, corpus: dict, queries: dict, skipped: Counter) -> dict[str, dict[str, int]]:
+    if not path.is_file():
+        available = sorted(p.stem for p in path.parent.glob("*.tsv")) if path.parent.is_dir() else []
+        raise BeirError(f"{path}: no such qrels file (split={path.stem}; this folder has {available or 'none'})")
+    qrels: dict[str, dict[str, int]] = {}
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, start=1):
+            try:
+                fields = raw.decode("utf-8").rstrip("\r\n").split("\t")
+            except UnicodeDecodeError:
+                skipped["not_utf8"] += 1
+                continue
+            if number == 1 and fields[:2] == ["query-id", "corpus-id"]:
+                continue
+            if fields == [""]:
+                continue
+            if len(fields) != 3:
+                skipped["not_3_columns"] += 1
+                continue
+            qid, cid, score = fields
+            try:
+                score = int(score)
+            except ValueError:
+                skipped["score_not_integer"] += 1
+                continue
+            if qid not in queries:
+                skipped["unknown_query"] += 1
+            elif cid not in corpus:
+                skipped["unknown_document"] += 1
+            elif score > 0:
+                qrels.setdefault(qid, {})[cid] = score
+    return qrels
+
+
+def prepared_split(collection: BeirCollection):
+    """The collection as a ``PreparedSplit`` (untokenized) with graded gains and no candidate lists."""
+    from two_tower.data.prepared import PreparedSplit, Ragged
+
+    position = {cid: i for i, cid in enumerate(collection.corpus_ids)}
+    positives, gains = [], []
+    for qid in collection.query_ids:
+        judged = collection.qrels[qid]
+        positives.append([position[c] for c in judged])
+        gains.append([float(s) for s in judged.values()])
+    return PreparedSplit(
+        query_texts=collection.query_texts,
+        query_tokens=Ragged.from_lists([[1]] * len(collection.query_texts)),
+        passage_texts=collection.corpus_texts,
+        passage_tokens=Ragged.from_lists([[1]] * len(collection.corpus_texts)),
+        positives=Ragged.from_lists(positives),
+        candidates=Ragged.from_lists([[] for _ in positives]),
+        gains=Ragged(np.array([g for row in gains for g in row], dtype=np.float32), Ragged.from_lists(positives).offsets),
+        query_ids=collection.query_ids,
+        passage_ids=collection.corpus_ids,
+    )

@@ -1,0 +1,87 @@
+"""The word-vector table of an open vocabulary (see ``two_tower.data.tokenizer`` for the id ranges).
+
+- training vocabulary rows (``words``): pre-trained vectors where they exist, trained or frozen with
+  ``embeddings.freeze``; saved in checkpoints;
+- extension rows: the pre-trained vectors of every other word of the source (GloVe: ~366k more words).
+  Always frozen and never saved (80 MB for GloVe 6B 50d): they are read from the source again when a
+  model loads (``two_tower.model.vocabulary.attach``) and checked against a saved CRC;
+- hashed buckets: any other word's id, modulo ``buckets``, picks one of ``buckets`` random rows (trained
+  like the vocabulary rows), so identical unknown strings give identical RNN inputs
+  (the fastText hashing trick, on whole words).
+"""
+
+from __future__ import annotations
+
+import zlib
+
+import numpy as np
+import torch
+from torch import nn
+
+
+class OpenEmbedding(nn.Module):
+    def __init__(self, num_words: int, dim: int, extension_size: int = 0, buckets: int = 0, freeze: bool = False):
+        super().__init__()
+        self.num_words, self.extension_size, self.num_buckets = num_words, extension_size, buckets
+        self.vocab_size = num_words + extension_size
+        self.embedding_dim = dim
+        self.words = nn.Embedding(num_words, dim, padding_idx=0)
+        self.register_buffer("extension", torch.zeros(extension_size, dim), persistent=False)
+        self.register_buffer("extension_crc", torch.zeros((), dtype=torch.int64))
+        self.buckets = nn.Embedding(buckets, dim) if buckets else None
+        if self.buckets is not None:
+            nn.init.normal_(self.buckets.weight, std=0.3)
+        self.freeze(freeze)
+
+    def freeze(self, frozen: bool) -> None:
+        self.words.weight.requires_grad_(not frozen)
+        if self.buckets is not None:
+            self.buckets.weight.requires_grad_(not frozen)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The training vocabulary rows (what ``nn.Embedding.weight`` was before the vocabulary opened)."""
+        return self.words.weight
+
+    @staticmethod
+    def crc(matrix: np.ndarray) -> int:
+        return zlib.crc32(np.ascontiguousarray(matrix, dtype=np.float32).tobytes())
+
+    def load_words(self, matrix) -> None:
+        weight = torch.as_tensor(np.asarray(matrix), dtype=self.words.weight.dtype)
+        if weight.shape != self.words.weight.shape:
+            raise ValueError(f"embedding matrix {tuple(weight.shape)} does not match the model's {tuple(self.words.weight.shape)}")
+        with torch.no_grad():
+            self.words.weight.copy_(weight)
+
+    def load_extension(self, matrix: np.ndarray) -> None:
+        """The extension's rows, from the vectors source; must be the rows the model was trained with."""
+        matrix = np.ascontiguousarray(matrix, dtype=np.float32)
+        if matrix.shape != (self.extension_size, self.embedding_dim):
+            raise ValueError(f"extension rows {matrix.shape} do not match the model's ({self.extension_size}, {self.embedding_dim})")
+        crc = self.crc(matrix)
+        if int(self.extension_crc) not in (0, crc):
+            raise ValueError(f"the extension vectors (CRC {crc}) are not the ones the model was trained with (CRC {int(self.extension_crc)}): the vectors source changed")
+        self.extension = torch.from_numpy(matrix).to(self.words.weight.device)
+        self.extension_crc.fill_(crc)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+        attached = self.extension_size > 0 and int(self.extension_crc) != 0
+        expected = int(self.extension_crc)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+        if attached and int(self.extension_crc) != expected:
+            error_msgs.append(f"{prefix}extension: the extension vectors (CRC {expected}) are not the ones the model was trained with (CRC {int(self.extension_crc)})")
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        in_words = ids < self.num_words
+        out = self.words(torch.where(in_words, ids, 0))
+        if self.extension_size:
+            if int(self.extension_crc) == 0:
+                raise RuntimeError("the vocabulary extension's vectors were not loaded (two_tower.model.vocabulary.attach)")
+            extended = ~in_words & (ids < self.vocab_size)
+            rows = self.extension[(ids - self.num_words).clamp(0, self.extension_size - 1)]
+            out = torch.where(extended.unsqueeze(-1), rows.to(out.dtype), out)
+        if self.buckets is not None:
+            hashed = ids >= self.vocab_size
+            out = torch.where(hashed.unsqueeze(-1), self.buckets((ids - self.vocab_size).clamp(min=0) % self.num_buckets), out)
+        return out
