@@ -105,11 +105,12 @@ def test_unreachable_hub_fails_at_once_naming_alternatives(monkeypatch):
 def test_tokenizer_words_punctuation_and_vocabulary():
     assert split_words("Don't STOP: e-mail 3.5 U.S.") == ["don't", "stop", "e-mail", "3", "5", "u", "s"]
     assert split_words("a, b!", keep_punctuation=True) == ["a", ",", "b", "!"]
-    tok = Tokenizer.build(["cat cat dog", "cat fish"], min_freq=2, pretrained_words={"fish", "bird"}, other_texts=["bird zebra"], max_query_len=2)
+    tok = Tokenizer.build(["cat cat dog", "cat fish"], min_freq=2, pretrained_words={"fish", "bird"}, max_query_len=2)
     assert tok.words[:2] == ["<pad>", "<unk>"]
-    assert set(tok.words[2:]) == {"cat", "fish", "bird"}  # dog: rare and no vector; zebra: no vector
-    assert tok.encode("cat zebra dog", tok.max_query_len) == [tok.index["cat"], UNK_ID]
-    assert tok.encode("", 5) == [UNK_ID]
+    assert set(tok.words[2:]) == {"cat", "fish"}  # dog: rare and no vector; bird: not in the training text
+    assert tok.encode("cat zebra dog", tok.max_query_len) == [tok.index["cat"], tok.hashed_id("zebra")]
+    assert tok.hashed_id("zebra") >= tok.vocab_size
+    assert tok.encode("", 5) == [UNK_ID] and tok.encode("?!", 5) == [UNK_ID]
     assert Tokenizer.from_state_dict(tok.state_dict()).words == tok.words
     assert PAD_ID == 0
 

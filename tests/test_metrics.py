@@ -8,6 +8,7 @@ import torch
 import torchmetrics.retrieval as tmr
 
 from two_tower.data.prepared import Ragged
+from two_tower.data.prepared import PreparedSplit
 from two_tower.retrieval.metrics import dense_split_metrics, rank_dense, ranking_metrics
 
 
@@ -64,11 +65,10 @@ def test_dense_split_metrics_match_brute_force_with_rerank():
     candidates = [rng.choice(p, size=10, replace=False).tolist() for _ in range(q)]
     positives = [c[: int(rng.integers(1, 3))] for c in candidates]
 
-    class Split:
-        pass
-
-    split = Split()
-    split.positives, split.candidates = Ragged.from_lists(positives), Ragged.from_lists(candidates)
+    split = PreparedSplit(
+        query_texts=["q"] * q, query_tokens=Ragged.from_lists([[2]] * q), passage_texts=["p"] * p, passage_tokens=Ragged.from_lists([[2]] * p),
+        positives=Ragged.from_lists(positives), candidates=Ragged.from_lists(candidates),
+    )
     rows = np.arange(q)
     got = dense_split_metrics(queries, passages, split, rows)
     scores = (queries @ passages.T).numpy()

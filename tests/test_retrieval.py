@@ -161,7 +161,8 @@ def test_index_refuses_a_checkpoint_of_another_model(trained, tmp_path):
     state = torch.load(trained["ckpt"], weights_only=False)
     Searcher.load(trained["index"], checkpoint=trained["ckpt"])  # the model that built it: accepted
 
-    retokenized = {**state, "tokenizer": {**state["tokenizer"], "words": [*state["tokenizer"]["words"], "zzz"]}}
+    # Another tokenizer setting (another vocabulary is refused earlier: its bag keys do not match the CRC).
+    retokenized = {**state, "tokenizer": {**state["tokenizer"], "max_query_len": state["tokenizer"]["max_query_len"] + 1}}
     torch.save(retokenized, tmp_path / "tokenizer.ckpt")
     with pytest.raises(IndexFolderError, match="tokenizer"):
         Searcher.load(trained["index"], checkpoint=tmp_path / "tokenizer.ckpt")
