@@ -28,6 +28,7 @@ class OpenEmbedding(nn.Module):
         self.words = nn.Embedding(num_words, dim, padding_idx=0)
         self.register_buffer("extension", torch.zeros(extension_size, dim), persistent=False)
         self.register_buffer("extension_crc", torch.zeros((), dtype=torch.int64))
+        self.extension_loaded = extension_size == 0
         self.buckets = nn.Embedding(buckets, dim) if buckets else None
         if self.buckets is not None:
             nn.init.normal_(self.buckets.weight, std=0.3)
@@ -64,6 +65,7 @@ class OpenEmbedding(nn.Module):
             raise ValueError(f"the extension vectors (CRC {crc}) are not the ones the model was trained with (CRC {int(self.extension_crc)}): the vectors source changed")
         self.extension = torch.from_numpy(matrix).to(self.words.weight.device)
         self.extension_crc.fill_(crc)
+        self.extension_loaded = True
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
         attached = self.extension_size > 0 and int(self.extension_crc) != 0
@@ -76,7 +78,7 @@ class OpenEmbedding(nn.Module):
         in_words = ids < self.num_words
         out = self.words(torch.where(in_words, ids, 0))
         if self.extension_size:
-            if int(self.extension_crc) == 0:
+            if not self.extension_loaded:
                 raise RuntimeError("the vocabulary extension's vectors were not loaded (two_tower.model.vocabulary.attach)")
             extended = ~in_words & (ids < self.vocab_size)
             rows = self.extension[(ids - self.num_words).clamp(0, self.extension_size - 1)]

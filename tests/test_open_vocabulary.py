@@ -1,0 +1,209 @@
+"""Open vocabulary: no word is unknown (extension rows, hashed ids), stable hashes, corpus IDF, BEIR data."""
+
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from two_tower.data import beir
+from two_tower.data.tokenizer import PAD, UNK, UNK_ID, Tokenizer, stable_hash
+from two_tower.embeddings import EmbeddingsError, FileEmbeddings, extension_matrix, restore_tokenizer
+from two_tower.model.bag import BagOfWords, TermStatistics, vocabulary_keys
+from two_tower.model.embedding import OpenEmbedding
+from two_tower.model.encoders import RNNEncoder, TwoTower
+from two_tower.model.vocabulary import attach_vocabulary
+from two_tower.retrieval.metrics import ranking_metrics
+
+
+@pytest.fixture
+def vectors_file(tmp_path):
+    """A small word2vec text file standing in for GloVe: the words the training text never has extend it."""
+    words = ["cat", "dog", "fish", "bird", "zebra", "aircraft", "wing"]
+    rng = np.random.default_rng(0)
+    path = tmp_path / "vectors.txt"
+    path.write_text(f"{len(words)} 4\n" + "".join(f"{w} " + " ".join(f"{v:.4f}" for v in rng.normal(size=4)) + "\n" for w in words))
+    return path
+
+
+def open_tokenizer(vectors_file, train=("cat cat dog", "cat fish")):
+    source = FileEmbeddings(str(vectors_file))
+    vectors = source.load([])
+    tok = Tokenizer.build(list(train), min_freq=2, pretrained_words=set(vectors.words), extension_words=vectors.words, extension_source=source.extension_config())
+    return tok, vectors
+
+
+def test_words_with_a_vector_are_never_unknown_and_others_hash(vectors_file):
+    tok, vectors = open_tokenizer(vectors_file)
+    assert tok.words == [PAD, UNK, "cat", "dog", "fish"]  # training words only: nothing from other text
+    assert tok.extension_words == ["bird", "zebra", "aircraft", "wing"]  # the vectors' other words, in their order
+    ids = tok.encode("zebra xj-17b cat xj-17b", 10)
+    assert ids[0] == tok.index["zebra"] == 6 and tok.word_of(ids[0]) == "zebra"
+    assert ids[1] == ids[3] == tok.hashed_id("xj-17b") >= tok.vocab_size  # identical strings meet
+    assert tok.word_of(ids[1]) is None and UNK_ID not in ids
+    assert tok.hashed_id("xj-17c") != tok.hashed_id("xj-17b")
+
+    # Saved without the extension's words; restored from the vectors source, checked by its CRC.
+    state = json.loads(json.dumps(tok.state_dict()))
+    assert "bird" not in json.dumps(state)
+    again = restore_tokenizer(state)
+    assert again.encode("zebra xj-17b cat", 10) == ids[:3] and again.fingerprint() == tok.fingerprint()
+    matrix = extension_matrix(again)
+    np.testing.assert_array_equal(matrix[1], vectors.vectors[vectors.index["zebra"]])
+
+    # The source changed since training: refused in one line.
+    vectors_file.write_text(vectors_file.read_text().replace("wing ", "tail "))
+    from two_tower.embeddings import _load_extension_source
+
+    _load_extension_source.cache_clear()
+    with pytest.raises(EmbeddingsError, match="the vectors source changed"):
+        restore_tokenizer(state)
+    # A closed-vocabulary tokenizer from before this change: refused in one line.
+    with pytest.raises(EmbeddingsError, match="closed-vocabulary"):
+        restore_tokenizer({"words": [PAD, UNK, "cat"], "max_query_len": 4, "max_passage_len": 8, "keep_punctuation": False})
+
+
+def test_hash_is_stable_across_processes_and_hash_seeds():
+    words = ["xj-17b", "naïve", "東京", "a"]
+    script = f"from two_tower.data.tokenizer import stable_hash; print([stable_hash(w) for w in {words!r}])"
+    runs = {
+        subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, env={"PYTHONHASHSEED": seed, "PATH": ""}).stdout
+        for seed in ("1", "2")
+    }
+    assert runs == {f"{[stable_hash(w) for w in words]}\n"}
+    # A fixed value, so another Python or machine gives the same ids (BLAKE2b of the UTF-8 bytes).
+    assert stable_hash("xj-17b") == int.from_bytes(__import__("hashlib").blake2b(b"xj-17b", digest_size=8).digest(), "little") >> 1
+
+
+def test_open_embedding_rows_and_what_is_saved():
+    emb = OpenEmbedding(num_words=5, dim=3, extension_size=2, buckets=4)
+    emb.load_words(torch.arange(15, dtype=torch.float32).view(5, 3))
+    extension = np.array([[100, 101, 102], [200, 201, 202]], dtype=np.float32)
+    emb.load_extension(extension)
+    ids = torch.tensor([[2, 5, 6, 7 + 9]])
+    out = emb(ids)[0]
+    torch.testing.assert_close(out[0], torch.tensor([6.0, 7.0, 8.0]))
+    torch.testing.assert_close(out[1], torch.from_numpy(extension[0]))
+    torch.testing.assert_close(out[2], torch.from_numpy(extension[1]))
+    torch.testing.assert_close(out[3], emb.buckets.weight[9 % 4])
+    state = emb.state_dict()
+    assert "extension" not in state and "extension_crc" in state  # 80 MB of GloVe rows stay out of checkpoints
+    fresh = OpenEmbedding(num_words=5, dim=3, extension_size=2, buckets=4)
+    fresh.load_state_dict(state)
+    with pytest.raises(RuntimeError, match="not loaded"):
+        fresh(ids)
+    with pytest.raises(ValueError, match="not the ones the model was trained with"):
+        fresh.load_extension(extension + 1)
+    fresh.load_extension(extension)
+    torch.testing.assert_close(fresh(ids), emb(ids))
+
+
+def brute_force_bag(texts, keys_of, idf_of, signature_of):
+    """sum over distinct keys of (1 + log count) * idf * signature, normalised."""
+    out = []
+    for text in texts:
+        keys = [keys_of(t) for t in text if t > 1]
+        want = sum((1 + math.log(keys.count(k))) * idf_of(k) * signature_of(k) for k in set(keys))
+        out.append(want / want.norm())
+    return torch.stack(out)
+
+
+def test_bag_weighs_words_by_corpus_idf_and_matches_unseen_words():
+    words = [PAD, UNK, "run", "runs", "cat", "dog"]
+    bag = BagOfWords(num_words=len(words), dim=64, stemmer="english")
+    bag.set_vocabulary(words)
+    keys = vocabulary_keys(words, "english")
+    assert keys[2] == keys[3] != keys[4]  # "run" and "runs" share a stem, so a key
+    hashed = 1000  # a hashed id: a word outside the vocabulary
+    corpus = [[2, 4, 4], [3, hashed], [5], [5, 4]]
+    values = np.array([t for p in corpus for t in p])
+    offsets = np.cumsum([0] + [len(p) for p in corpus])
+    stats = bag.corpus_statistics(values, offsets)
+    key_of = lambda t: int(bag.token_keys(torch.tensor([t]))[0])  # noqa: E731
+    df = {}
+    for passage in corpus:
+        for k in {key_of(t) for t in passage}:
+            df[k] = df.get(k, 0) + 1
+    assert dict(zip(stats.keys.tolist(), stats.df.tolist())) == df and stats.num_passages == 4
+    bag.set_statistics(stats)
+    idf_of = lambda k: math.log(5 / (df[k] + 0.5)) if k in df else math.log(5 / 0.5)  # noqa: E731
+    sig_cache = {}
+
+    def signature_of(k):
+        if k not in sig_cache:
+            sig_cache[k] = bag.signatures(torch.tensor([k]))[0]
+        return sig_cache[k]
+
+    texts = [[2, 3, 4, 0], [hashed, 5, 1, 0], [2000, 2000, 4, 4]]  # 1 = UNK and 0 = PAD are left out
+    ids = torch.tensor(texts)
+    lengths = torch.tensor([3, 3, 4])
+    with torch.no_grad():
+        got = bag(ids, lengths)
+    want = brute_force_bag([t[:n] for t, n in zip(texts, lengths.tolist())], key_of, idf_of, signature_of)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    # The unseen word (hashed id) in a query meets itself in a passage: their bags agree on it.
+    with torch.no_grad():
+        query, passage = bag(torch.tensor([[hashed]]), torch.tensor([1])), bag(torch.tensor([[hashed, 5]]), torch.tensor([2]))
+    assert (query * passage).sum().item() > 0.5
+    signs = signature_of(key_of(4)) * 64**0.5
+    assert set(signs.round().tolist()) == {-1.0, 1.0}
+
+
+def test_bag_keys_are_checked_when_a_model_loads(vectors_file):
+    tok, _ = open_tokenizer(vectors_file)
+
+    def towers():
+        return TwoTower(len(tok.words), 4, lambda **kw: RNNEncoder(cell="gru", hidden_size=4, dim=4, bag_dim=16, bag_stemmer="english", **kw), extension_size=len(tok.extension_words), hash_buckets=8)
+
+    model = towers()
+    attach_vocabulary([model.query_encoder], tok)
+    state = model.state_dict()
+    assert not any("signatures" in k for k in state)
+    fresh = towers()
+    attach_vocabulary([fresh.query_encoder], tok)
+    fresh.load_state_dict(state)
+    state["query_encoder.bag.keys_crc"] = state["query_encoder.bag.keys_crc"] + 1  # as if the stemmer had changed
+    with pytest.raises(RuntimeError, match="keys"):
+        fresh.load_state_dict(state)
+    assert fresh.to(torch.bfloat16).query_encoder.bag.keys_crc.dtype == torch.int64  # casting the model leaves it exact
+
+
+def write_beir(root, corpus_lines, queries_lines, qrels_lines, split="test"):
+    (root / "qrels").mkdir(parents=True)
+    (root / "corpus.jsonl").write_bytes(b"\n".join(corpus_lines) + b"\n")
+    (root / "queries.jsonl").write_bytes(b"\n".join(queries_lines) + b"\n")
+    (root / "qrels" / f"{split}.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join(f"{line}\n" for line in qrels_lines))
+
+
+def test_beir_reader_skips_and_counts_bad_lines(tmp_path):
+    write_beir(
+        tmp_path,
+        [b'{"_id": "d1", "title": "Wing", "text": "lift of a wing"}', b'{"_id": "d2", "text": "drag"}', b"not json", b'{"title": "no id"}',
+         b'{"_id": "d3", "text": "caf\xe9"}', b'{"_id": "d4", "title": "", "text": ""}'],
+        [b'{"_id": "q1", "text": "wing lift"}', b'{"_id": "q2", "text": "drag"}', b'{"_id": "q3", "text": "no judgement"}'],
+        ["q1\td1\t2", "q1\td2\t0", "q2\td2\t1", "q2\td9\t1", "q9\td1\t1", "q2\td1\tx", "bad line"],
+    )
+    collection = beir.load_beir(tmp_path, "test")
+    assert collection.corpus_ids == ["d1", "d2"] and collection.corpus_texts[0] == "Wing lift of a wing"  # title + " " + text
+    assert collection.query_ids == ["q1", "q2"]  # q3 has no relevant document: not evaluated
+    assert collection.qrels == {"q1": {"d1": 2}, "q2": {"d2": 1}}  # score 0: judged, not relevant
+    assert dict(collection.skipped["corpus.jsonl"]) == {"not_json_utf8": 2, "no_id": 1, "empty_text": 1}
+    assert dict(collection.skipped["qrels/test.tsv"]) == {"unknown_document": 1, "unknown_query": 1, "score_not_integer": 1, "not_3_columns": 1}
+    split = beir.prepared_split(collection)
+    assert split.relevance([0, 1]) == [{0: 2.0}, {1: 1.0}]
+    with pytest.raises(beir.BeirError, match=r"qrels/dev.tsv: no such qrels file .*\['test'\]"):
+        beir.load_beir(tmp_path, "dev")
+
+
+def test_graded_ndcg_matches_a_hand_computation():
+    ranked = np.array([[5, 3, 9, 1]])
+    got = ranking_metrics(ranked, [{3: 2.0, 1: 1.0, 7: 3.0}], ks=(1, 10))
+    dcg = 2 / math.log2(3) + 1 / math.log2(5)
+    ideal = 3 / math.log2(2) + 2 / math.log2(3) + 1 / math.log2(4)
+    assert got["ndcg@10"] == pytest.approx(dcg / ideal)
+    assert got["mrr@10"] == pytest.approx(1 / 2) and got["recall@10"] == pytest.approx(2 / 3)
+    # All gains 1 is the binary case.
+    assert ranking_metrics(ranked, [{3: 1.0, 1: 1.0}])["ndcg@10"] == pytest.approx(ranking_metrics(ranked, [[3, 1]])["ndcg@10"])
