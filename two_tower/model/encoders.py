@@ -1,4 +1,5 @@
-"""Towers: word embeddings -> RNN/GRU/LSTM -> pooling -> projection -> L2 norm.
+"""Towers: word embeddings -> RNN/GRU/LSTM -> pooling -> projection (+ the mean input vector, with
+``skip``) -> L2 norm; optionally a bag-of-words path beside.
 
 Padding never reaches the result. A unidirectional RNN runs over the whole padded batch and the
 pooling masks the padded steps out (its output at step t depends only on steps <= t, so the padding
@@ -42,6 +43,7 @@ class RNNEncoder(nn.Module):
         bag_dim: int = 0,
         bag_mix: float = 0.5,
         bag_stemmer: str | None = None,
+        skip: bool = False,
     ):
         super().__init__()
         if cell not in CELLS:
@@ -66,7 +68,18 @@ class RNNEncoder(nn.Module):
         )
         self.dropout = nn.Dropout(dropout)
         rnn_out = hidden_size * (2 if bidirectional else 1)
+        self.skip: nn.Linear | None = None
+        if skip:
+            # Skip path: the mean of the input word vectors (the static model a distilled table comes
+            # from), through a linear map that starts as the identity, plus the RNN's projection, which
+            # starts at zero. An untrained tower scores exactly like the static model; training adds.
+            dim = embedding.embedding_dim
+            self.skip = nn.Linear(dim, dim, bias=False)
+            nn.init.eye_(self.skip.weight)
         self.projection = nn.Linear(rnn_out, dim) if dim else nn.Identity()
+        if skip:
+            nn.init.zeros_(self.projection.weight)
+            nn.init.zeros_(self.projection.bias)
         self.output_dim = dim or rnn_out
         self.bag: BagOfWords | None = None
         if bag_dim:
@@ -95,7 +108,7 @@ class RNNEncoder(nn.Module):
                 pooled = (padded * mask).sum(1) / lengths.to(padded.device).clamp(min=1).unsqueeze(-1).to(padded.dtype)
             else:
                 pooled = padded.masked_fill(~mask, float("-inf")).max(1).values
-        return self._output(pooled, ids, lengths)
+        return self._output(pooled, ids, lengths, x)
 
     def _forward_masked(self, ids: torch.Tensor, lengths: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Unidirectional RNN over the padded batch; only steps < length are pooled."""
@@ -109,10 +122,15 @@ class RNNEncoder(nn.Module):
                 pooled = (output * mask).sum(1) / lengths.clamp(min=1).unsqueeze(-1).to(output.dtype)
             else:
                 pooled = output.masked_fill(~mask, float("-inf")).max(1).values
-        return self._output(pooled, ids, lengths)
+        return self._output(pooled, ids, lengths, x)
 
-    def _output(self, pooled: torch.Tensor, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        out = F.normalize(self.projection(self.dropout(pooled)), dim=-1)
+    def _output(self, pooled: torch.Tensor, ids: torch.Tensor, lengths: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
+        out = self.projection(self.dropout(pooled))
+        if self.skip is not None:
+            mask = (torch.arange(ids.shape[1], device=x.device)[None, :] < lengths.to(x.device)[:, None]).unsqueeze(-1)
+            static = (x * mask).sum(1) / lengths.to(x.device).clamp(min=1).unsqueeze(-1).to(x.dtype)
+            out = out + self.skip(static)
+        out = F.normalize(out, dim=-1)
         if self.bag is None:
             return out
         mix = torch.sigmoid(self.bag_mix_logit)

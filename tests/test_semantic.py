@@ -1,0 +1,83 @@
+"""Semantic towers: word vectors distilled with model2vec, and the skip path that starts from them."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from two_tower.data.tokenizer import PAD, UNK, Tokenizer
+from two_tower.embeddings import DistilledEmbeddings, DistilledWordVectors, EmbeddingsError
+from two_tower.model.embedding import OpenEmbedding
+from two_tower.model.encoders import RNNEncoder
+
+
+@pytest.mark.parametrize("cell,bidirectional", [("lstm", False), ("gru", True), ("rnn", False)])
+def test_untrained_skip_tower_is_the_static_mean_of_its_inputs(cell, bidirectional):
+    torch.manual_seed(0)
+    emb = OpenEmbedding(30, 6)
+    encoder = RNNEncoder(emb, cell=cell, hidden_size=9, bidirectional=bidirectional, dim=4, skip=True).eval()
+    assert encoder.output_dim == 6  # the word vectors' dimension, whatever encoder.dim says
+    seqs = [[5, 6, 7], [8, 9, 10, 11, 12], [3]]
+    width = max(map(len, seqs)) + 2
+    ids = torch.tensor([s + [0] * (width - len(s)) for s in seqs])
+    with torch.no_grad():
+        out = encoder(ids, torch.tensor([len(s) for s in seqs]))
+        expected = F.normalize(torch.stack([emb(torch.tensor(s)).mean(0) for s in seqs]), dim=-1)
+    torch.testing.assert_close(out, expected)
+    # Training can only add: the RNN's projection gets a gradient from the first step.
+    encoder.train()
+    loss = -(encoder(ids, torch.tensor([len(s) for s in seqs])) * torch.randn(3, 6)).sum()
+    loss.backward()
+    assert encoder.projection.weight.grad.abs().sum() > 0 and encoder.skip.weight.grad.abs().sum() > 0
+
+
+def tiny_static_model(folder):
+    """A model2vec StaticModel over a tiny word-level vocabulary with known vectors (no teacher, no network)."""
+    from model2vec import StaticModel
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers.models import WordLevel
+    from tokenizers.normalizers import Lowercase
+    from tokenizers.pre_tokenizers import Whitespace
+
+    vocab = {"[UNK]": 0, "the": 1, "cat": 2, "sat": 3, "jet": 4, "wing": 5, "xj": 6}
+    tok = HFTokenizer(WordLevel(vocab, unk_token="[UNK]"))
+    tok.normalizer = Lowercase()
+    tok.pre_tokenizer = Whitespace()
+    vectors = np.random.default_rng(0).normal(size=(len(vocab), 4)).astype(np.float32)
+    StaticModel(vectors, tok, normalize=False).save_pretrained(str(folder))
+    return vocab, vectors
+
+
+def test_distilled_source_gives_every_word_the_static_models_vector(tmp_path, monkeypatch):
+    source = DistilledEmbeddings(teacher="tiny", dim=4, cache_dir=str(tmp_path))
+    vocab, table = tiny_static_model(source._folder() / "model")  # a cache hit: nothing is distilled
+    glove = ["the", "cat", "sat", "jet", "zebra"]
+    monkeypatch.setattr("two_tower.embeddings._glove_words", lambda: list(glove))
+    vectors = source.load(["the cat sat on the wing"])
+    assert isinstance(vectors, DistilledWordVectors) and vectors.words == glove and vectors.dim == 4
+    # Each listed word's vector is the static model's own (float16 in the cache), an unknown subword is dropped.
+    np.testing.assert_allclose(vectors.vectors[1], table[vocab["cat"]], atol=2e-3)
+    np.testing.assert_array_equal(vectors.vectors[4], 0.0)  # "zebra": no subword the model knows
+    assert (source._folder() / "glove_words.npy").is_file()
+    # A training word outside the list ("wing", "xj-wing") still gets the model's vector when aligned.
+    matrix, oov = vectors.align([PAD, UNK, "cat", "wing", "xj-wing"])
+    np.testing.assert_array_equal(matrix[:2], 0.0)
+    np.testing.assert_allclose(matrix[3], table[vocab["wing"]], atol=1e-6)
+    np.testing.assert_allclose(matrix[4], table[[vocab["xj"], vocab["wing"]]].mean(0), atol=1e-6)  # "xj", "-", "wing": "-" unknown
+    assert oov == pytest.approx(2 / 5)
+    # The same word list loads again for the vocabulary's extension: the extension is fixed.
+    again = DistilledEmbeddings(**{k: v for k, v in source.extension_config().items() if k != "_target_"}, cache_dir=str(tmp_path)).load([])
+    assert again.words == vectors.words
+    np.testing.assert_array_equal(again.vectors, vectors.vectors)
+    tok = Tokenizer.build(["the cat sat", "the cat"], min_freq=1, pretrained_words=set(again.words), extension_words=again.words, extension_source=source.extension_config())
+    assert tok.extension_words == ["jet", "zebra"]
+
+
+def test_distilled_source_errors_are_one_line(tmp_path, monkeypatch):
+    source = DistilledEmbeddings(teacher="tiny", dim=8, cache_dir=str(tmp_path))
+    tiny_static_model(source._folder() / "model")
+    monkeypatch.setattr("two_tower.embeddings._glove_words", lambda: ["the"])
+    with pytest.raises(EmbeddingsError, match="has 4 dims, config says dim=8"):
+        source.load([])
+    with pytest.raises(EmbeddingsError, match="only 'glove'"):
+        DistilledEmbeddings(teacher="tiny", dim=4, words="mine", cache_dir=str(tmp_path)).load([])
