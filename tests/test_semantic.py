@@ -55,7 +55,7 @@ def test_distilled_source_gives_every_word_the_static_models_vector(tmp_path, mo
     monkeypatch.setattr("two_tower.embeddings._glove_words", lambda: list(glove))
     vectors = source.load(["the cat sat on the wing"])
     assert isinstance(vectors, DistilledWordVectors) and vectors.words == glove and vectors.dim == 4
-    # Each listed word's vector is the static model's own (float16 in the cache), an unknown subword is dropped.
+    # Each listed word's vector is the sum of its subword vectors (float16 in the cache); unknown pieces are dropped.
     np.testing.assert_allclose(vectors.vectors[1], table[vocab["cat"]], atol=2e-3)
     np.testing.assert_array_equal(vectors.vectors[4], 0.0)  # "zebra": no subword the model knows
     assert (source._folder() / "glove_words.npy").is_file()
@@ -63,7 +63,7 @@ def test_distilled_source_gives_every_word_the_static_models_vector(tmp_path, mo
     matrix, oov = vectors.align([PAD, UNK, "cat", "wing", "xj-wing"])
     np.testing.assert_array_equal(matrix[:2], 0.0)
     np.testing.assert_allclose(matrix[3], table[vocab["wing"]], atol=1e-6)
-    np.testing.assert_allclose(matrix[4], table[[vocab["xj"], vocab["wing"]]].mean(0), atol=1e-6)  # "xj", "-", "wing": "-" unknown
+    np.testing.assert_allclose(matrix[4], table[[vocab["xj"], vocab["wing"]]].sum(0), atol=1e-6)  # "xj", "-", "wing": "-" unknown
     assert oov == pytest.approx(2 / 5)
     # The same word list loads again for the vocabulary's extension: the extension is fixed.
     again = DistilledEmbeddings(**{k: v for k, v in source.extension_config().items() if k != "_target_"}, cache_dir=str(tmp_path)).load([])

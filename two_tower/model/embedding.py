@@ -5,8 +5,8 @@
 - extension rows: the pre-trained vectors of every other word of the source (GloVe: ~366k more words).
   Always frozen and never saved (80 MB for GloVe 6B 50d): they are read from the source again when a
   model loads (``two_tower.model.vocabulary.attach``) and checked against a saved CRC;
-- hashed buckets: any other word's id, modulo ``buckets``, picks one of ``buckets`` random rows (trained
-  like the vocabulary rows), so identical unknown strings give identical RNN inputs
+- hashed buckets: any other word's id, modulo ``buckets``, picks one of ``buckets`` random rows (at the
+  word vectors' scale, trained like the vocabulary rows), so identical unknown strings give identical RNN inputs
   (the fastText hashing trick, on whole words).
 """
 
@@ -54,6 +54,10 @@ class OpenEmbedding(nn.Module):
             raise ValueError(f"embedding matrix {tuple(weight.shape)} does not match the model's {tuple(self.words.weight.shape)}")
         with torch.no_grad():
             self.words.weight.copy_(weight)
+            if self.buckets is not None and len(weight) > 2:
+                # Hashed words start at the scale of the word vectors (drawn at std 0.3 before), so an
+                # unknown word is not louder than a known one in a mean of word vectors.
+                self.buckets.weight.mul_(float(weight[2:].std()) / 0.3)
 
     def load_extension(self, matrix: np.ndarray) -> None:
         """The extension's rows, from the vectors source; must be the rows the model was trained with."""
