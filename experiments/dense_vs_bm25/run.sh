@@ -22,7 +22,6 @@ run bag_temperature encoder.bag_dim=2048 encoder.bag_mix=0.8 encoder.bag_stemmer
 # 4. With the bag: separate towers, distillation, trainable signatures.
 run bag_towers encoder.bag_dim=2048 encoder.bag_mix=0.8 encoder.bag_stemmer=english loss.temperature=0.05 model.shared_towers=false
 run bag_distill encoder.bag_dim=2048 encoder.bag_mix=0.8 encoder.bag_stemmer=english loss=distill loss.temperature=0.05 loss.label_weight=0.2,0.5
-run bag_train_vectors encoder.bag_dim=1024 encoder.bag_mix=0.8 encoder.bag_stemmer=english encoder.bag_train_vectors=true
 # 5. The final recipe (experiment=best) over three seeds.
 python train.py -m experiment=best seed=1,2,42 data.path="$DATA" hydra.sweep.dir="$OUT/best_seeds"
 # ... and with separate towers (one run of section 4 put them ahead), over the same seeds.

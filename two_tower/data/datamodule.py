@@ -255,14 +255,8 @@ class TwoTowerDataModule(L.LightningDataModule):
 
 
 def token_ranges(split: PreparedSplit, tokenizer: Tokenizer) -> dict[str, float]:
-    """Shares of a split's query and passage tokens in the training vocabulary, in the extension (a
-    pre-trained vector, no training occurrence) and hashed (neither)."""
-    values = np.concatenate([split.query_tokens.values, split.passage_tokens.values]).astype(np.int64)
-    values = values[values > 1]
-    total = max(len(values), 1)
-    in_words = int((values < len(tokenizer.words)).sum())
-    hashed = int((values >= tokenizer.vocab_size).sum())
-    return {"training vocabulary": in_words / total, "extension": (len(values) - in_words - hashed) / total, "hashed": hashed / total}
+    """``Tokenizer.id_ranges`` over a split's query and passage tokens."""
+    return tokenizer.id_ranges(np.concatenate([split.query_tokens.values, split.passage_tokens.values]))
 
 
 def _iter_rows(rows):

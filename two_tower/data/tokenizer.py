@@ -132,6 +132,16 @@ class Tokenizer:
     def encode_passages(self, texts: Iterable[str]) -> list[list[int]]:
         return [self.encode(t, self.max_passage_len) for t in texts]
 
+    def id_ranges(self, ids: np.ndarray) -> dict[str, float]:
+        """Shares of real tokens (not PAD/UNK) in the training vocabulary, in the extension (a pre-trained
+        vector, no training occurrence) and hashed (neither): how open the vocabulary had to be."""
+        ids = np.asarray(ids, dtype=np.int64)
+        ids = ids[ids > 1]
+        total = max(len(ids), 1)
+        in_words = int((ids < len(self.words)).sum())
+        hashed = int((ids >= self.vocab_size).sum())
+        return {"training vocabulary": in_words / total, "extension": (len(ids) - in_words - hashed) / total, "hashed": hashed / total}
+
     def state_dict(self) -> dict:
         """Everything but the extension's words, which are named by their source, count and CRC."""
         extension = None

@@ -6,6 +6,8 @@ setting), so a checkpoint evaluated here scores what it logged as ``val/*`` at t
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import torch
 
@@ -14,6 +16,8 @@ from two_tower.retrieval.checkpoint import encode_tokens, load_checkpoint, progr
 from two_tower.retrieval.errors import ConfigError
 from two_tower.retrieval.metrics import rank_dense_within
 from two_tower.retrieval.retriever import SplitRetriever
+
+log = logging.getLogger(__name__)
 
 
 class DenseRetriever(SplitRetriever):
@@ -24,6 +28,7 @@ class DenseRetriever(SplitRetriever):
         self.module = load_checkpoint(checkpoint)
         self.batch_size = batch_size
         self.queries = self.passages = None
+        self.token_ranges: dict[str, dict[str, float]] | None = None
 
     def prepare(self, split: PreparedSplit) -> None:
         if split is self.split:
@@ -33,6 +38,11 @@ class DenseRetriever(SplitRetriever):
         passage_tokens = Ragged.from_lists(tokenizer.encode_passages(split.passage_texts))
         query_tokens = Ragged.from_lists(tokenizer.encode_queries(split.query_texts))
         evaluated = split.evaluated_queries()
+        self.token_ranges = {
+            "queries": tokenizer.id_ranges(np.concatenate([query_tokens.values[query_tokens.offsets[r] : query_tokens.offsets[r + 1]] for r in evaluated] or [[]])),
+            "passages": tokenizer.id_ranges(passage_tokens.values),
+        }
+        log.info("Token ranges (share of tokens in the training vocabulary / extension / hashed): %s", {k: {r: round(v, 4) for r, v in d.items()} for k, d in self.token_ranges.items()})
         # The bag-of-words path weighs terms by their IDF over this split's passages, as validation does.
         if towers.bags():
             towers.set_statistics(towers.corpus_statistics(passage_tokens))

@@ -135,6 +135,8 @@ def evaluate(cfg: DictConfig) -> dict[str, dict]:
         "passages": split.num_passages,
         "metrics": metrics,
         "retrievers": OmegaConf.to_container(cfg.retriever, resolve=True),
+        # How open the vocabulary had to be for this split (dense retrievers): shares of tokens.
+        "token_ranges": {name: r.token_ranges for name, r in retrievers.items() if getattr(r, "token_ranges", None) is not None},
     }
     (out / "metrics.json").write_text(json.dumps(report, indent=2))
     (out / "metrics.md").write_text(f"{cfg.split}: {len(query_rows)} queries, {split.num_passages} passages\n\n{table}\n")
