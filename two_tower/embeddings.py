@@ -259,7 +259,7 @@ class DistilledEmbeddings(EmbeddingSource):
         self.cache_dir = Path(cache_dir or os.environ.get("TWO_TOWER_CACHE") or Path.home() / ".cache" / "two_tower").expanduser()
 
     def identity(self) -> str:
-        return f"{self.name}:{self.teacher}:{self.dim}:{self.words}:{self._model2vec_version()}"
+        return f"{self.name}:{self.teacher}:{self.dim}:{self.words}:{self._model2vec_version()}:{self.TABLE_FORMAT}"
 
     def extension_config(self) -> dict:
         return {"_target_": f"{type(self).__module__}.{type(self).__qualname__}", "teacher": self.teacher, "dim": self.dim, "words": self.words}
