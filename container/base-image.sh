@@ -41,7 +41,7 @@ ROOTFS=$(mktemp -d /tmp/bookworm-rootfs.XXXXXX)
 trap 'rm -rf "$ROOTFS"' EXIT
 echo "debootstrap bookworm from $MIRROR ..."
 debootstrap --variant=minbase bookworm "$ROOTFS" "$MIRROR" >/dev/null
-# Like the official slim image: no apt lists, docs or man pages.
-rm -rf "$ROOTFS"/var/lib/apt/lists/* "$ROOTFS"/var/cache/apt/*.bin "$ROOTFS"/usr/share/doc/* "$ROOTFS"/usr/share/man/*
+# Like the official slim image: no downloaded packages, apt lists, docs or man pages.
+rm -rf "$ROOTFS"/var/cache/apt/archives/*.deb "$ROOTFS"/var/lib/apt/lists/* "$ROOTFS"/var/cache/apt/*.bin "$ROOTFS"/usr/share/doc/* "$ROOTFS"/usr/share/man/*
 tar -C "$ROOTFS" -c . | "$ENGINE" import --change 'CMD ["bash"]' - "$TAG" >/dev/null
 echo "$TAG: made with debootstrap"
