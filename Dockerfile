@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1
 # The two-tower search service (default command) and the train/index/evaluate/search scripts, CPU only.
 #   docker build -t two-tower .                     # torch from PyTorch's CPU wheel index (default)
 #   docker run -p 8000:8000 -v $PWD/indexes/marco7k:/index:ro two-tower
