@@ -4,6 +4,7 @@ query's values are kept beside the aggregates (per_query/*.parquet)."""
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -14,8 +15,6 @@ from two_tower.train import train
 
 
 def _metrics_csv(cfg) -> pd.DataFrame:
-    from pathlib import Path
-
     return pd.read_csv(Path(cfg.paths.output_dir) / "csv" / "metrics.csv")
 
 
@@ -33,6 +32,8 @@ def test_test_split_logged_once_with_the_best_checkpoint(tiny_cfg):
     test = per_query.read(out + "/test.parquet", "mrr@10")
     assert len(test) == 80  # every synthetic row has a selected passage
     assert test["mrr@10"].mean() == pytest.approx(metrics["test/mrr@10"], abs=1e-6)
+    best_ckpt = next((Path(cfg.paths.output_dir) / "checkpoints").glob("epoch*.ckpt")).name
+    assert set(test["checkpoint"]) == {best_ckpt}  # scored with the best-on-validation checkpoint
     # Validation per query: the best epoch (by val/mrr@10) and the last, each the mean logged that epoch.
     val = csv[csv["val/mrr@10"].notna()].drop_duplicates("epoch", keep="last")
     best, last = per_query.read(out + "/val_best.parquet", "mrr@10"), per_query.read(out + "/val_last.parquet", "mrr@10")
@@ -40,6 +41,7 @@ def test_test_split_logged_once_with_the_best_checkpoint(tiny_cfg):
     best_row = val.loc[val["val/mrr@10"].idxmax()]
     assert int(best["epoch"].iloc[0]) == int(best_row["epoch"])
     assert best["mrr@10"].mean() == pytest.approx(float(best_row["val/mrr@10"]), abs=1e-6)
+    assert test["checkpoint"].iloc[0].startswith(f"epoch{int(best_row['epoch']):02d}-")
     # Every metric is kept per query, with the query id and text (compare checks paired runs scored the same queries).
     assert set(test.columns) >= {"qid", "query", "mrr@10", "recall@10", "ndcg@10", "rerank_mrr@10"}
 

@@ -83,6 +83,8 @@ class PerQueryWriter(L.Callback):
         if found is None or split is None or not trainer.is_global_zero:
             return None
         epoch, rows, values = found
+        if stage == "test":  # the checkpoint scored (its epoch is in its name), not the trainer's epoch counter
+            return per_query.split_frame(split, rows, values, checkpoint=Path(trainer.ckpt_path or "").name)
         return per_query.split_frame(split, rows, values, epoch=epoch)
 
     def on_validation_end(self, trainer, pl_module):
