@@ -233,11 +233,11 @@ def plot(summary: pd.DataFrame, metric: str, path: Path) -> None:
     tmp.replace(path)
 
 
-def log_wandb(summary: pd.DataFrame, tests: pd.DataFrame, metric: str, project: str) -> None:
-    """Log both tables as W&B tables in a ``compare`` job of ``project``."""
+def log_wandb(summary: pd.DataFrame, tests: pd.DataFrame, metric: str, project: str, directory: Path | None = None) -> None:
+    """Log both tables as W&B tables in a ``compare`` job of ``project`` (its files under ``directory``)."""
     import wandb
 
-    run = wandb.init(project=project, job_type="compare", config={"metric": metric})
+    run = wandb.init(project=project, job_type="compare", config={"metric": metric}, dir=str(directory) if directory else None)
     try:
         run.log({"compare/configurations": wandb.Table(dataframe=summary), "compare/tests": wandb.Table(dataframe=tests.astype({c: str for c in tests.columns if tests[c].dtype == bool}))})
     finally:
@@ -273,7 +273,7 @@ def main(argv: list[str] | None = None) -> None:
             plot(summary, args.metric, args.out / "comparison.png")
             print(f"Wrote {args.out}/comparison.md, configurations.csv, tests.csv, comparison.png")
         if args.wandb_project:
-            log_wandb(summary, tests, args.metric, args.wandb_project)
+            log_wandb(summary, tests, args.metric, args.wandb_project, args.out)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ import yaml
 
 # Overrides that name where or how a run is done, not what is trained (data.path as in
 # hydra.job.config.override_dirname; the comparison checks that paired runs scored the same queries).
-IGNORED = ("seed", "threads", "ckpt_path", "data.path", "paths.", "hydra.", "logger", "callbacks", "trainer.enable_progress_bar", "data.cache_dir", "data.num_workers")
+IGNORED = ("seed", "threads", "ckpt_path", "data.path", "paths.", "hydra.", "logger", "callbacks", "trainer.enable_progress_bar", "trainer.enable_model_summary", "data.cache_dir", "data.num_workers")
 
 
 def config_key(overrides: list[str]) -> str:
