@@ -107,4 +107,18 @@ def test_runs_on_different_queries_are_refused_in_one_line(tmp_path, capsys):
     assert len(err) == 1 and err[0].startswith("error: ") and "q0" in err[0] and "another query" in err[0]
     with pytest.raises(SystemExit):
         main([str(tmp_path / "a"), "--metric", "val/mrr@10"])  # no per_query/val_best.parquet in the run
-    assert "no per_query/val_best.parquet" in capsys.readouterr().err
+    assert "no run has per_query/val_best.parquet" in capsys.readouterr().err.splitlines()[-1]
+
+
+def test_an_unfinished_run_is_left_out_and_said(tmp_path, caplog):
+    base = difficulty()
+    for seed in (1, 2):
+        write_run(tmp_path / str(seed), ["encoder=gru", f"seed={seed}"], seed_table(base, 0.0, seed))
+    (tmp_path / "3" / ".hydra").mkdir(parents=True)
+    (tmp_path / "3" / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(["encoder=gru", "seed=3"]))  # still training
+    from two_tower.compare import find_runs, load_configurations
+
+    with caplog.at_level("WARNING"):
+        systems = load_configurations(find_runs([tmp_path]), "test/mrr@10")
+    assert len(systems["encoder=gru"].tables) == 2
+    assert any("skipped" in r.getMessage() and str(tmp_path / "3") in r.getMessage() for r in caplog.records)

@@ -121,14 +121,19 @@ def split_metric(metric: str) -> tuple[str, str]:
 def load_configurations(runs: list[Path], metric: str) -> dict[str, System]:
     filename, name = split_metric(metric)
     systems: dict[str, System] = {}
+    skipped = []
     for run in runs:
         path = run / "per_query" / filename
-        if not path.is_file():
-            raise CompareError(f"{run}: no per_query/{filename} (no {metric.split('/')[0]} split scored in this run?)")
+        if not path.is_file():  # unfinished or failed, or no such split: said, and left out (see the runs column)
+            skipped.append(run)
+            log.warning("skipped %s: no per_query/%s (unfinished, or no %s split scored)", run, filename, metric.split("/")[0])
+            continue
         key = config_key(run_overrides(run))
         system = systems.setdefault(key, System(key))
         system.runs.append(str(run))
         system.tables.append(per_query.read(path, name))
+    if not systems:
+        raise CompareError(f"no run has per_query/{filename} ({len(skipped)} run dir(s) found, e.g. {skipped[0]}): no {metric.split('/')[0]} split scored?")
     return systems
 
 
@@ -254,6 +259,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--resamples", type=int, default=10_000, help="randomization test resamples")
     parser.add_argument("--wandb-project", default=None, help="also log the tables to W&B in this project")
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     with exit_on_error():
         systems = load_configurations(find_runs(args.dirs), args.metric)
         systems.update(load_baselines(args.baseline, args.metric))
