@@ -9,7 +9,7 @@ import torchmetrics.retrieval as tmr
 
 from two_tower.data.prepared import Ragged
 from two_tower.data.prepared import PreparedSplit
-from two_tower.retrieval.metrics import dense_split_metrics, rank_dense, ranking_metrics
+from two_tower.retrieval.metrics import dense_split_metrics, mean_metrics, per_query_metrics, rank_dense, ranking_metrics
 
 
 def brute_force(scores: np.ndarray, relevant: list[set[int]], allowed: list[list[int]] | None = None):
@@ -55,6 +55,21 @@ def test_full_corpus_metrics_match_brute_force(seed, ties):
     assert got == pytest.approx(want, abs=1e-12)
     # The random case must exercise positives ranked past 10 and past 100.
     assert want["recall@100"] < 1.0 and want["recall@10"] < want["recall@100"]
+
+
+@pytest.mark.parametrize("ties", [False, True])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_per_query_metrics_match_brute_force_query_by_query(seed, ties):
+    scores, relevant = random_case(seed, ties=ties)
+    ranked = rank_dense(torch.eye(scores.shape[0]), torch.from_numpy(scores).T, k=100)
+    positions, values = per_query_metrics(ranked, relevant)
+    assert positions.tolist() == [q for q, rel in enumerate(relevant) if rel]  # queries without positives skipped
+    for i, q in enumerate(positions.tolist()):
+        want = brute_force(scores[q : q + 1], [relevant[q]])
+        assert {name: v[i] for name, v in values.items()} == pytest.approx(want, abs=1e-12)
+    # The aggregate is exactly the mean of the per-query values.
+    assert mean_metrics(values) == ranking_metrics(ranked, relevant)
+    assert len(set(values["recall@100"])) > 2  # queries differ: the test compares real per-query values
 
 
 def test_dense_split_metrics_match_brute_force_with_rerank():

@@ -23,6 +23,7 @@ from two_tower.retrieval.bm25 import BM25Retriever
 from two_tower.retrieval.corpus import read_corpus_file
 from two_tower.retrieval.dense import DenseRetriever
 from two_tower.retrieval.errors import ConfigError, CorpusError, EmptyQueryError, IndexFolderError
+from two_tower import per_query
 from two_tower.retrieval.evaluate import evaluate, evaluate_split
 from two_tower.retrieval.hybrid import ReciprocalRankFusion, WeightedScoreFusion
 from two_tower.retrieval.index import PassageIndex, build_faiss
@@ -255,6 +256,15 @@ def test_evaluate_dense_reproduces_validation_and_writes_reports(trained, tmp_pa
             first_hit[qid] = int(rank)
     mrr = sum(1 / r for r in first_hit.values() if r <= 10) / len(qrels)
     assert mrr == pytest.approx(metrics["dense"]["mrr@10"], abs=1e-9)
+    # Each query's values beside the aggregate, with the same query ids as the TREC files; the dense
+    # retriever's agree query by query with what training kept for its last validation epoch.
+    dense = per_query.read(out / "per_query" / "dense.parquet", "mrr@10")
+    assert set(dense["qid"]) == set(qrels) and dense["mrr@10"].mean() == pytest.approx(metrics["dense"]["mrr@10"], abs=1e-12)
+    assert per_query.read(out / "per_query" / "bm25.parquet", "ndcg@10")["ndcg@10"].mean() == pytest.approx(metrics["bm25"]["ndcg@10"], abs=1e-12)
+    val_last = per_query.read(Path(trained["ckpt"]).parents[1] / "per_query" / "val_last.parquet", "mrr@10")
+    joined = dense.merge(val_last, on="qid", suffixes=("", "_val"))
+    assert len(joined) == len(dense) and (joined["query"] == joined["query_val"]).all()
+    assert joined["mrr@10"].to_numpy() == pytest.approx(joined["mrr@10_val"].to_numpy(), abs=1e-6)
 
 
 def test_evaluate_names_what_is_missing(trained, tmp_path):

@@ -65,6 +65,10 @@ def test_wandb_group_tags_examples_table_and_model_artifact(tmp_path, monkeypatc
     assert {"encoder:lstm", "negatives:in_batch", "loss:infonce", "embeddings:random", "data:synthetic"} <= set(seen["tags"])
     assert re.fullmatch(r"\w+-\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d", seen["group"])  # <job name>-<run dir name>
     assert cfg.logger.wandb.group == seen["group"]  # also in the logged config
+    # The configuration key (all overrides but the seed) as a tag, to group one configuration's seeds.
+    config_tags = [t for t in seen["tags"] if t.startswith("config:")]
+    assert len(config_tags) == 1 and len(config_tags[0]) <= 64 and "seed=" not in config_tags[0]
+    assert config_tags[0].startswith("config:data.batch_size=32 ")  # sorted overrides; a long key ends in a hash
 
     # One table per validation epoch: 5 queries x (query + 3 hits x (passage, score, selected)).
     assert len(seen["tables"]) == 2
@@ -84,6 +88,7 @@ def test_wandb_group_tags_examples_table_and_model_artifact(tmp_path, monkeypatc
     best = next((tmp_path / "run" / "checkpoints").glob("epoch*.ckpt")).name
     assert f"model-{seen['id']}".encode() in record and best.encode() in record and b"best" in record
     assert b"encoder:lstm" in record
+    assert b"config_key" in record  # and as a config value
 
 
 def test_no_tracking_without_wandb_or_hydra(tiny_cfg):
@@ -95,3 +100,23 @@ def test_no_tracking_without_wandb_or_hydra(tiny_cfg):
     cfg = tiny_cfg("logger=wandb", "logger.wandb.group=mine", "logger.wandb.tags=[a]")
     fill_wandb_group_and_tags(cfg)  # explicit values win
     assert cfg.logger.wandb.group == "mine" and list(cfg.logger.wandb.tags) == ["a"]
+
+
+def test_compare_tables_logged_to_wandb(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    import pandas as pd
+    import wandb
+
+    from two_tower.compare import log_wandb
+
+    summary = pd.DataFrame({"system": ["encoder=gru", "bm25"], "test/mrr@10": [0.86, 0.85]})
+    tests = pd.DataFrame({"A": ["encoder=gru"], "B": ["bm25"], "p (randomization)": [0.7], "significant (Holm, alpha=0.05)": [False]})
+    log_wandb(summary, tests, "test/mrr@10", "two-tower-test", tmp_path)
+    assert wandb.run is None  # finished
+    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    tables = sorted(p.name.split("_")[0] for p in (runs[0] / "files" / "media" / "table" / "compare").glob("*.table.json"))
+    assert tables == ["configurations", "tests"]
+    logged = (runs[0] / "files" / "media" / "table" / "compare")
+    assert "encoder=gru" in next(logged.glob("configurations_*.table.json")).read_text()

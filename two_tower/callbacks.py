@@ -62,3 +62,58 @@ class RNGState(L.Callback):
         kind, keys, pos, has_gauss, gauss = state["numpy"]
         np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
         torch.set_rng_state(state["torch"])
+
+
+class PerQueryWriter(L.Callback):
+    """Each query's metrics, beside the run's aggregate: ``val_best.parquet`` (the validation epoch with
+    the best ``monitor`` mean so far, as the checkpoint callback picks it), ``val_last.parquet`` (the
+    latest validation) and ``test.parquet`` (the test split, scored once). Read by ``two_tower.compare``."""
+
+    def __init__(self, dirpath: str, monitor: str = "val/mrr@10", mode: str = "max"):
+        self.dirpath = Path(dirpath)
+        self.stage, self.metric = monitor.split("/", 1)
+        self.sign = 1.0 if mode == "max" else -1.0
+        self.best: float | None = None
+
+    def _table(self, trainer, pl_module, stage: str):
+        from two_tower import per_query
+
+        found = getattr(pl_module, "per_query", {}).get(stage)
+        split = getattr(trainer.datamodule, {"val": "val", "test": "test"}[stage], None)
+        if found is None or split is None or not trainer.is_global_zero:
+            return None
+        epoch, rows, values = found
+        if stage == "test":  # the checkpoint scored (its epoch is in its name), not the trainer's epoch counter
+            return per_query.split_frame(split, rows, values, checkpoint=Path(trainer.ckpt_path or "").name)
+        return per_query.split_frame(split, rows, values, epoch=epoch)
+
+    def on_validation_end(self, trainer, pl_module):
+        # After the module's on_validation_epoch_end (callbacks' epoch-end hooks run before the module's).
+        if trainer.sanity_checking:
+            return
+        table = self._table(trainer, pl_module, "val")
+        pl_module.per_query.pop("val", None)
+        if table is None:
+            return
+        from two_tower import per_query
+
+        per_query.write(table, self.dirpath / "val_last.parquet")
+        if self.stage == "val" and self.metric in table:
+            score = self.sign * float(table[self.metric].mean())
+            if self.best is None or score > self.best:  # strictly better, as ModelCheckpoint
+                self.best = score
+                per_query.write(table, self.dirpath / "val_best.parquet")
+
+    def on_test_end(self, trainer, pl_module):
+        table = self._table(trainer, pl_module, "test")
+        pl_module.per_query.pop("test", None)
+        if table is not None:
+            from two_tower import per_query
+
+            per_query.write(table, self.dirpath / "test.parquet")
+
+    def state_dict(self) -> dict:
+        return {"best": self.best}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best = state.get("best")

@@ -3,7 +3,8 @@
 - ``fill_wandb_group_and_tags(cfg)``: when ``logger.wandb.group`` / ``tags`` are null, sets the group to
   the sweep (``<job name>-<sweep dir name>`` for a multirun, so every job of one ``-m`` run shares it;
   ``<job name>-<run dir name>`` for a single run) and the tags to the chosen config group options
-  (``encoder:gru``, ``loss:infonce``, ...), from Hydra's ``hydra.runtime.choices``.
+  (``encoder:gru``, ``loss:infonce``, ...), from Hydra's ``hydra.runtime.choices``, plus
+  ``config:<key>`` (all overrides but the seed; ``two_tower.config_key``) to group one configuration's seeds.
 - ``ValidationExamples``: a callback logging a ``wandb.Table`` of a few validation queries with their
   top-k retrieved passages (text, score, selected or not) every validation epoch.
 """
@@ -49,6 +50,23 @@ def run_tags() -> list[str]:
     return [f"{g}:{choices[g]}"[:64] for g in TAG_GROUPS if choices.get(g) not in (None, "null")]
 
 
+def config_tags() -> list[str]:
+    """``config:<key>``: the run's configuration key (all overrides but the seed, ``two_tower.config_key``),
+    so the dashboard can group one configuration's seeds (W&B tags are <= 64 chars: longer keys are
+    shortened with a hash; the full key is the ``config_key`` config value)."""
+    from two_tower.config_key import current_config_key
+
+    key = current_config_key()
+    if key is None:
+        return []
+    tag = f"config:{key}"
+    if len(tag) > 64:
+        import hashlib
+
+        tag = f"{tag[:55]}~{hashlib.sha1(key.encode()).hexdigest()[:8]}"
+    return [tag]
+
+
 def fill_wandb_group_and_tags(cfg: DictConfig) -> None:
     """Fill ``logger.wandb.group`` and ``logger.wandb.tags`` when they are null (explicit values win)."""
     wandb_cfg = (cfg.get("logger") or {}).get("wandb")
@@ -58,7 +76,7 @@ def fill_wandb_group_and_tags(cfg: DictConfig) -> None:
         if wandb_cfg.get("group") is None:
             wandb_cfg.group = run_group()
         if wandb_cfg.get("tags") is None:
-            wandb_cfg.tags = run_tags()
+            wandb_cfg.tags = run_tags() + config_tags()
 
 
 def tracking_callbacks(loggers: list) -> list[L.Callback]:

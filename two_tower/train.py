@@ -13,6 +13,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from two_tower.config import validate_train_config
+from two_tower.config_key import current_config_key
 from two_tower.data.datamodule import TwoTowerDataModule
 from two_tower.errors import ConfigError
 from two_tower.retrieval.errors import CheckpointError
@@ -83,6 +84,27 @@ def check_resume_checkpoint(path: str, tokenizer) -> None:
         )
 
 
+def test_best_checkpoint(trainer: L.Trainer, module: TwoTowerModule, datamodule: TwoTowerDataModule, loggers: list) -> dict[str, float]:
+    """Score the best-on-validation checkpoint on the labelled test split, once: ``test/*`` in every
+    logger (and the W&B run summary). Nothing without a test split or a best checkpoint."""
+    if datamodule.test is None:
+        return {}
+    checkpoint = trainer.checkpoint_callback
+    if checkpoint is None or not checkpoint.best_model_path or trainer.interrupted:
+        log.info("Test split not scored: no best-on-validation checkpoint (validation did not run on the full corpus, or training stopped)")
+        return {}
+    results = trainer.test(module, datamodule=datamodule, ckpt_path=checkpoint.best_model_path, verbose=False)
+    metrics = {k: float(v) for k, v in (results[0] if results else {}).items() if k.startswith("test/")}
+    from lightning.pytorch.loggers import WandbLogger
+
+    for logger in loggers:
+        if isinstance(logger, WandbLogger):
+            logger.experiment.summary.update(metrics)
+        logger.save()
+    log.info("Test (best-on-validation checkpoint %s, the number to report): %s", Path(checkpoint.best_model_path).name, {k: round(v, 4) for k, v in sorted(metrics.items())})
+    return metrics
+
+
 @task_wrapper
 def train(cfg: DictConfig) -> dict[str, float]:
     """Train (or resume with ``ckpt_path``) and return the final logged metrics."""
@@ -103,8 +125,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     fill_wandb_group_and_tags(cfg)  # logger.wandb.group/tags: null = the sweep and the chosen options
     loggers = instantiate_group(cfg.get("logger"))
+    key = current_config_key()  # all overrides but the seed: seeds of one configuration share it
     for logger in loggers:
-        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+        logger.log_hyperparams({**OmegaConf.to_container(cfg, resolve=True), **({"config_key": key} if key else {})})
     callbacks = instantiate_group(cfg.get("callbacks")) + tracking_callbacks(loggers)
     if cfg.trainer.get("enable_progress_bar") is False:  # Lightning refuses a progress bar callback then
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
@@ -121,5 +144,6 @@ def train(cfg: DictConfig) -> dict[str, float]:
     checkpoint = trainer.checkpoint_callback
     if checkpoint is not None and checkpoint.best_model_path:
         log.info("Best checkpoint: %s (%s=%.4f)", checkpoint.best_model_path, checkpoint.monitor, float(checkpoint.best_model_score or 0))
+    metrics.update(test_best_checkpoint(trainer, module, datamodule, loggers))
     log.info("Final metrics: %s", {k: round(v, 4) for k, v in sorted(metrics.items())})
     return metrics

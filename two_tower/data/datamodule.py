@@ -47,6 +47,7 @@ class TwoTowerDataModule(L.LightningDataModule):
         synthetic_rows: dict | None = None,
         train_split: str = "train",
         val_split: str = "validation",
+        test_split: str | None = "test",
         max_train_rows: int | None = None,
         max_val_rows: int | None = None,
         tokenizer: dict | None = None,
@@ -63,7 +64,8 @@ class TwoTowerDataModule(L.LightningDataModule):
         self.path, self.hub_name, self.hub_config = path, hub_name, hub_config
         self.synthetic_rows = dict(synthetic_rows) if synthetic_rows else None
         self.splits = {"train": train_split, "validation": val_split}
-        self.max_rows = {"train": max_train_rows, "validation": max_val_rows}
+        self.test_split = test_split
+        self.max_rows = {"train": max_train_rows, "validation": max_val_rows, "test": None}
         self.tokenizer_settings = dict(tokenizer or {})
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.bucket_batches, self.num_workers = bucket_batches, num_workers
@@ -72,6 +74,7 @@ class TwoTowerDataModule(L.LightningDataModule):
         self.embedding_matrix: np.ndarray | None = None
         self.train: PreparedSplit | None = None
         self.val: PreparedSplit | None = None
+        self.test: PreparedSplit | None = None  # a labelled test split, scored once after training
         self.meta: dict = {}
         self.cache_hit: bool | None = None
 
@@ -82,16 +85,23 @@ class TwoTowerDataModule(L.LightningDataModule):
         if self.synthetic_rows is not None:
             spec = dict(self.synthetic_rows)
             n_train, n_val = spec.pop("train_rows"), spec.pop("val_rows")
-            generate = functools.cache(lambda: synthetic.make_rows(n_train + n_val, **spec))
-            digest = hashlib.sha1(json.dumps([n_train, n_val, sorted(spec.items())]).encode()).hexdigest()
-            return {
+            n_test = spec.pop("test_rows", 0) or 0
+            generate = functools.cache(lambda: synthetic.make_rows(n_train + n_val + n_test, **spec))
+            digest = hashlib.sha1(json.dumps([n_train, n_val, sorted(spec.items())] + ([n_test] if n_test else [])).encode()).hexdigest()
+            out = {
                 "train": (lambda: generate()[:n_train], f"synthetic-{digest}-train"),
-                "validation": (lambda: generate()[n_train:], f"synthetic-{digest}-val"),
+                "validation": (lambda: generate()[n_train : n_train + n_val], f"synthetic-{digest}-val"),
             }
+            if n_test:
+                out["test"] = (lambda: generate()[n_train + n_val :], f"synthetic-{digest}-test")
+            return out
         out = {}
         for role, split in self.splits.items():
             ds = msmarco.load_split(split, self.path, self.hub_name, self.hub_config)
             out[role] = (lambda ds=ds: ds, ds._fingerprint)
+        if self.test_split and self.path and msmarco.has_local_split(self.path, self.test_split):
+            ds = msmarco.load_split(self.test_split, self.path)
+            out["test"] = (lambda ds=ds: ds, ds._fingerprint)
         return out
 
     def cache_key(self, fingerprints: dict[str, str]) -> str:
@@ -130,7 +140,8 @@ class TwoTowerDataModule(L.LightningDataModule):
         self.embedding_matrix = np.load(path / "embeddings.npy")
         self.train = PreparedSplit.load(path / "train")
         self.val = PreparedSplit.load(path / "validation")
-        for role in ("train", "validation"):
+        self.test = PreparedSplit.load(path / "test") if (path / "test").is_dir() else None
+        for role in self.meta["reports"]:
             log.info("[%s] rows: %s", role, self.meta["reports"][role])
         log.info(
             "Vocabulary %d words; embeddings=%s: %.1f%% of vocabulary and %.1f%% of training tokens have no pre-trained vector",
@@ -142,6 +153,9 @@ class TwoTowerDataModule(L.LightningDataModule):
             "train: %d queries, %d passages; validation: %d queries (%d evaluated), %d passages",
             self.train.num_queries, self.train.num_passages, self.val.num_queries, len(self.val.evaluated_queries()), self.val.num_passages,
         )
+        if self.test is not None:
+            log.info("test: %d queries (%d evaluated), %d passages; scored once, after training, with the best-on-validation checkpoint",
+                     self.test.num_queries, len(self.test.evaluated_queries()), self.test.num_passages)
         if self.teacher is not None:  # encoded once, then read from its cache (keyed by the texts)
             self.teacher_vectors = self.teacher.vectors(self.train.query_texts, self.train.passage_texts)
         self.negatives.prepare(self.train)
@@ -155,7 +169,13 @@ class TwoTowerDataModule(L.LightningDataModule):
             limit = self.max_rows[role]
             if limit is not None:
                 rows = rows.select(range(min(limit, len(rows)))) if hasattr(rows, "select") else rows[:limit]
-            clean[role], report = msmarco.validate_rows(_iter_rows(rows), role, for_training=role == "train")
+            try:
+                clean[role], report = msmarco.validate_rows(_iter_rows(rows), role, for_training=role == "train")
+            except msmarco.DataSourceError as err:
+                if role != "test":
+                    raise
+                log.info("test split skipped (no labelled query to score): %s", err)  # e.g. the Hub's unlabelled test
+                continue
             reports[role] = {"total": report.total, "kept": report.kept, "skipped": dict(report.skipped)}
 
         train_texts = [r.query for r in clean["train"]] + list({p: None for r in clean["train"] for p in r.passages})
@@ -246,6 +266,12 @@ class TwoTowerDataModule(L.LightningDataModule):
     def val_dataloader(self) -> list[DataLoader]:
         """[passages of the validation split, its evaluated queries]; the module ranks after both."""
         return self.encode_loaders(self.val)
+
+    def test_dataloader(self) -> list[DataLoader]:
+        """[passages of the test split, its evaluated queries], as ``val_dataloader``."""
+        if self.test is None:
+            raise RuntimeError("this data has no labelled test split")
+        return self.encode_loaders(self.test)
 
     def encode_loaders(self, split: PreparedSplit) -> list[DataLoader]:
         rank, world = self._rank_world()

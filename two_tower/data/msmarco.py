@@ -65,6 +65,12 @@ def load_hub_split(split: str, name: str = HUB_DATASET, config: str = HUB_CONFIG
         ) from err
 
 
+def has_local_split(path: str | os.PathLike, split: str) -> bool:
+    """Whether the local folder ``path`` holds shards of ``split`` (e.g. ``test-*.parquet``)."""
+    root = Path(path).expanduser()
+    return root.is_dir() and any(f.is_file() and f.suffix in LOCAL_EXTENSIONS for f in root.rglob(f"{split}-*"))
+
+
 def load_local_split(path: str | os.PathLike, split: str) -> datasets.Dataset:
     """Load ``split`` from a folder of hub-style shards (``{split}-*.parquet`` or ``.jsonl``) or one file."""
     root = Path(path).expanduser()

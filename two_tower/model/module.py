@@ -11,7 +11,7 @@ from two_tower.data.tokenizer import Tokenizer
 from two_tower.embeddings import restore_tokenizer
 from two_tower.model.encoders import TwoTower
 from two_tower.model.vocabulary import attach_vocabulary
-from two_tower.retrieval.metrics import dense_split_metrics
+from two_tower.retrieval.metrics import dense_split_per_query, mean_metrics
 
 
 def _plain(value):
@@ -59,6 +59,9 @@ class TwoTowerModule(L.LightningModule):
         self.tokenizer: Tokenizer | None = None
         self._statistics: dict[int, object] = {}  # id(split) -> its passages' term statistics
         self._val_outputs: dict[int, list] = {0: [], 1: []}
+        # The last full evaluation per stage ("val", "test"): (epoch, query rows, {metric: per-query values}),
+        # read by the per-query writer callback.
+        self.per_query: dict[str, tuple[int, object, dict]] = {}
         self._train_epoch_sums: dict[str, torch.Tensor] = {}
         self._train_epoch_rows = 0
 
@@ -152,13 +155,30 @@ class TwoTowerModule(L.LightningModule):
             self.use_corpus(self.trainer.datamodule.train)  # training goes on with its own corpus
         if self.trainer.sanity_checking:
             return
-        split = self.trainer.datamodule.val
+        self._score(self.trainer.datamodule.val, passages, queries, "val")
+
+    def _score(self, split, passages, queries, stage: str) -> None:
+        """Log ``{stage}/*`` (the means) and keep each query's values in ``self.per_query[stage]``."""
         if passages[0].numel() != split.num_passages:  # fast_dev_run / limit_val_batches: a partial corpus
             return
         rows = queries[0].cpu().numpy()
-        metrics = dense_split_metrics(queries[1].cpu(), self._ordered(passages, split.num_passages).cpu(), split, rows)
-        for name, value in metrics.items():
-            self.log(f"val/{name}", value, prog_bar=name == "mrr@10")
+        rows, values = dense_split_per_query(queries[1].cpu(), self._ordered(passages, split.num_passages).cpu(), split, rows)
+        self.per_query[stage] = (self.current_epoch, rows, values)
+        for name, value in mean_metrics(values).items():
+            self.log(f"{stage}/{name}", value, prog_bar=name == "mrr@10")
+
+    # ---------------------------------------------------------------- test: the best checkpoint, once
+    def on_test_epoch_start(self):
+        self._val_outputs = {0: [], 1: []}
+        self.use_corpus(self.trainer.datamodule.test)
+
+    def test_step(self, batch, batch_idx, dataloader_idx=0):
+        self.validation_step(batch, batch_idx, dataloader_idx)
+
+    def on_test_epoch_end(self):
+        passages, queries = self._gather(0), self._gather(1)
+        self._val_outputs = {0: [], 1: []}
+        self._score(self.trainer.datamodule.test, passages, queries, "test")
 
     def _gather(self, idx: int) -> tuple[torch.Tensor, torch.Tensor]:
         outs = self._val_outputs[idx]

@@ -2,8 +2,9 @@
 
 Every retriever ranks the split's whole corpus for each query with a selected passage and its own
 candidates; ``metrics.split_metrics`` (what validation uses) turns the rankings into MRR@10,
-Recall@1/10/100, nDCG@10 and rerank MRR@10. Writes ``metrics.json`` and ``metrics.md`` to ``cfg.out``
-and, with ``save_runs``, TREC run files (``qid Q0 docid rank score tag``; qid = the query's row in the
+Recall@1/10/100, nDCG@10 and rerank MRR@10. Writes ``metrics.json`` and ``metrics.md`` to ``cfg.out``,
+each query's values per retriever in ``per_query/<retriever>.parquet`` (``python -m two_tower.compare``
+pairs them with training runs' ``per_query/test.parquet``) and, with ``save_runs``, TREC run files (``qid Q0 docid rank score tag``; qid = the query's row in the
 validated split, docid = the passage's number in first-appearance order, as ``index.py`` numbers a
 split) plus ``qrels.txt``, so two systems can be compared query by query (e.g. with trec_eval).
 """
@@ -27,7 +28,8 @@ from two_tower.data.prepared import PreparedSplit
 from two_tower.data.tokenizer import PAD, UNK, Tokenizer
 from two_tower.retrieval.corpus import load_split_rows
 from two_tower.errors import ConfigError, TwoTowerError
-from two_tower.retrieval.metrics import DEFAULT_KS, split_metrics
+from two_tower import per_query
+from two_tower.retrieval.metrics import DEFAULT_KS, mean_metrics, split_per_query
 from two_tower.retrieval.retriever import Rankings, SplitRetriever
 
 log = logging.getLogger(__name__)
@@ -68,8 +70,9 @@ def load_split(cfg: DictConfig) -> PreparedSplit:
     return PreparedSplit.from_rows(rows, Tokenizer([PAD, UNK]))
 
 
-def evaluate_split(split: PreparedSplit, retrievers: dict[str, SplitRetriever]) -> tuple[dict[str, dict], dict[str, Rankings]]:
-    """Metrics and rankings of every retriever on ``split`` (queries with a selected passage)."""
+def evaluate_split(split: PreparedSplit, retrievers: dict[str, SplitRetriever], per_query_out: dict | None = None) -> tuple[dict[str, dict], dict[str, Rankings]]:
+    """Metrics and rankings of every retriever on ``split`` (queries with a selected passage); with
+    ``per_query_out``, also each retriever's per-query table (``two_tower.per_query``) in it."""
     query_rows = split.evaluated_queries()
     relevant = split.relevance(query_rows)
     metrics, rankings = {}, {}
@@ -77,7 +80,10 @@ def evaluate_split(split: PreparedSplit, retrievers: dict[str, SplitRetriever]) 
         start = time.perf_counter()
         retriever.prepare(split)
         rankings[name] = retriever.rankings(query_rows, max(DEFAULT_KS))
-        metrics[name] = {**split_metrics(rankings[name].ranked, rankings[name].reranked, relevant), "seconds": round(time.perf_counter() - start, 2)}
+        positions, values = split_per_query(rankings[name].ranked, rankings[name].reranked, relevant)
+        metrics[name] = {**mean_metrics(values), "seconds": round(time.perf_counter() - start, 2)}
+        if per_query_out is not None:
+            per_query_out[name] = per_query.split_frame(split, query_rows[positions], values)
         log.info("%s: %s", name, {k: round(v, 4) for k, v in metrics[name].items()})
     return metrics, rankings
 
@@ -123,10 +129,13 @@ def evaluate(cfg: DictConfig) -> dict[str, dict]:
     split = load_split(cfg)
     query_rows = split.evaluated_queries()
     log.info("%s: %d queries evaluated (%d in the split), %d passages", cfg.split, len(query_rows), split.num_queries, split.num_passages)
-    metrics, rankings = evaluate_split(split, retrievers)
+    tables: dict = {}
+    metrics, rankings = evaluate_split(split, retrievers, tables)
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
+    for name, table in tables.items():  # each query's metrics, for paired comparisons (python -m two_tower.compare)
+        per_query.write(table, out / "per_query" / f"{name}.parquet")
     table = markdown_table(metrics)
     report = {
         "split": cfg.split,

@@ -1,0 +1,124 @@
+"""The comparison command on synthetic per-query results: it flags a clearly better configuration, does
+not flag an A/A comparison, groups seeds by configuration key, and refuses unpaired runs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from two_tower import per_query
+from two_tower.compare import System, compare, holm, main, mean_ci
+from two_tower.config_key import config_key
+
+QUERIES = 300
+
+
+def difficulty(seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).uniform(0.2, 0.9, QUERIES)
+
+
+def seed_table(base: np.ndarray, shift: float, seed: int) -> pd.DataFrame:
+    """One run: each query's value = its difficulty + the configuration's shift + seed noise, in [0, 1]."""
+    rng = np.random.default_rng(1000 + seed)
+    values = np.clip(base + shift + rng.normal(0, 0.15, QUERIES), 0, 1)
+    return per_query.frame([f"q{i}" for i in range(QUERIES)], [f"query {i}" for i in range(QUERIES)], {"mrr@10": values})
+
+
+def write_run(run, overrides: list[str], table: pd.DataFrame) -> None:
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    per_query.write(table, run / "per_query" / "test.parquet")
+
+
+def test_config_key_drops_the_seed_and_run_settings():
+    assert config_key(["encoder=gru", "seed=3", "data.path=/x", "threads=1", "hydra.run.dir=y", "loss.temperature=0.05"]) == "encoder=gru loss.temperature=0.05"
+    assert config_key(["seed=1"]) == config_key(["seed=2"]) == "(defaults)"
+    assert config_key(["seed_words=3"]) == "seed_words=3"  # only the seed key itself
+
+
+def test_holm_and_interval_match_worked_examples():
+    # Holm: sorted 0.005*4=0.02, 0.01*3=0.03, 0.03*2=0.06, 0.04*1=0.04 -> monotone 0.06.
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])  # 0.5*2 = 1.0 caps, and the larger p may not be smaller
+    mean, low, high = mean_ci(np.array([0.85, 0.86, 0.87]))
+    half = 4.302653 * 0.01 / np.sqrt(3)  # t(0.975, 2) * sd / sqrt(n)
+    assert (mean, low, high) == pytest.approx((0.86, 0.86 - half, 0.86 + half), abs=1e-6)
+
+
+def test_flags_a_clearly_better_configuration_against_a_baseline(tmp_path, capsys):
+    base = difficulty()
+    sweep = tmp_path / "sweep"
+    for i, seed in enumerate((1, 2, 3)):
+        write_run(sweep / str(i), ["encoder=lstm", f"seed={seed}"], seed_table(base, 0.10, seed))
+        write_run(sweep / str(3 + i), ["encoder=gru", f"seed={seed}"], seed_table(base, 0.0, seed))
+    baseline = tmp_path / "eval"
+    per_query.write(seed_table(base, -0.10, 99), baseline / "per_query" / "bm25.parquet")  # clearly worse
+    out = tmp_path / "cmp"
+    main([str(sweep), "--metric", "test/mrr@10", "--baseline", str(baseline), "--out", str(out), "--resamples", "2000"])
+    printed = capsys.readouterr().out
+    summary, tests = pd.read_csv(out / "configurations.csv"), pd.read_csv(out / "tests.csv")
+    assert summary.set_index("system")["runs"].to_dict() == {"encoder=lstm": 3, "encoder=gru": 3, "bm25": 1}
+    lstm = summary.set_index("system").loc["encoder=lstm"]
+    assert lstm["ci_low"] < lstm["test/mrr@10"] < lstm["ci_high"]
+    flag = [c for c in tests.columns if c.startswith("significant")][0]
+    result = {(r["A"], r["B"]): r for r in tests.to_dict("records")}
+    assert len(result) == 3  # lstm-gru, lstm-bm25, gru-bm25 (no baseline-baseline pair)
+    assert result[("encoder=lstm", "encoder=gru")][flag] and result[("encoder=lstm", "bm25")][flag]
+    assert result[("encoder=lstm", "encoder=gru")]["A - B"] == pytest.approx(0.1, abs=0.02)
+    assert result[("encoder=gru", "bm25")][flag] and result[("encoder=gru", "bm25")]["A - B"] > 0
+    assert "| encoder=lstm | 3 |" in printed and "| bm25 (baseline) | 1 |" in printed
+    assert (out / "comparison.png").stat().st_size > 1000 and (out / "comparison.md").read_text() == printed.split("Wrote")[0].rstrip("\n") + "\n"
+
+
+def halves(base: np.ndarray, first_seed: int) -> dict[str, System]:
+    tables = [seed_table(base, 0.0, seed) for seed in range(first_seed, first_seed + 6)]
+    return {"half A": System("half A", ["a"] * 3, tables[:3]), "half B": System("half B", ["b"] * 3, tables[3:])}
+
+
+def test_does_not_flag_an_a_over_a_comparison():
+    """One configuration's 6 seeds split into two halves, each averaged over its 3 seeds first."""
+    base = difficulty()
+    systems = halves(base, 0)
+    _, tests = compare(systems, "test/mrr@10", resamples=2000)
+    row = tests.iloc[0]
+    assert not row["significant (Holm, alpha=0.05)"]
+    assert row["p (randomization)"] > 0.05 and row["p (t-test)"] > 0.05
+    assert abs(row["A - B"]) < 0.02
+    # Over 20 independent A/A comparisons the test flags about alpha of them (P(>= 4 of 20) = 1.6% at 5%).
+    flagged = [compare(halves(difficulty(r), 100 * r), "test/mrr@10", resamples=1000)[1].iloc[0]["significant (Holm, alpha=0.05)"] for r in range(1, 21)]
+    assert sum(flagged) <= 3
+    # The same halves with a real difference are flagged: the A/A result is not for lack of power.
+    shifted = {"half A": systems["half A"], "half B": System("half B", ["b"] * 3, [seed_table(base, 0.05, s) for s in range(3, 6)])}
+    assert compare(shifted, "test/mrr@10", resamples=2000)[1].iloc[0]["significant (Holm, alpha=0.05)"]
+
+
+def test_runs_on_different_queries_are_refused_in_one_line(tmp_path, capsys):
+    base = difficulty()
+    write_run(tmp_path / "a", ["encoder=gru", "seed=1"], seed_table(base, 0.0, 1))
+    other = seed_table(base, 0.0, 2)
+    other.loc[0, "query"] = "another query"
+    write_run(tmp_path / "b", ["encoder=lstm", "seed=1"], other)
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(tmp_path / "a"), str(tmp_path / "b")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "q0" in err[0] and "another query" in err[0]
+    with pytest.raises(SystemExit):
+        main([str(tmp_path / "a"), "--metric", "val/mrr@10"])  # no per_query/val_best.parquet in the run
+    assert "no run has per_query/val_best.parquet" in capsys.readouterr().err.splitlines()[-1]
+
+
+def test_an_unfinished_run_is_left_out_and_said(tmp_path, caplog):
+    base = difficulty()
+    for seed in (1, 2):
+        write_run(tmp_path / str(seed), ["encoder=gru", f"seed={seed}"], seed_table(base, 0.0, seed))
+    (tmp_path / "3" / ".hydra").mkdir(parents=True)
+    (tmp_path / "3" / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(["encoder=gru", "seed=3"]))  # still training
+    from two_tower.compare import find_runs, load_configurations
+
+    with caplog.at_level("WARNING"):
+        systems = load_configurations(find_runs([tmp_path]), "test/mrr@10")
+    assert len(systems["encoder=gru"].tables) == 2
+    assert any("skipped" in r.getMessage() and str(tmp_path / "3") in r.getMessage() for r in caplog.records)

@@ -1,0 +1,68 @@
+"""A labelled test split is scored once, after training, with the best-on-validation checkpoint; each
+query's values are kept beside the aggregates (per_query/*.parquet)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from two_tower import per_query
+from two_tower.data.synthetic import make_rows
+from two_tower.train import train
+
+
+def _metrics_csv(cfg) -> pd.DataFrame:
+    return pd.read_csv(Path(cfg.paths.output_dir) / "csv" / "metrics.csv")
+
+
+def test_test_split_logged_once_with_the_best_checkpoint(tiny_cfg):
+    cfg = tiny_cfg("logger=csv", "trainer.max_epochs=2", "+data.synthetic_rows.test_rows=80")
+    metrics = train(cfg)
+    csv = _metrics_csv(cfg)
+    assert "test/mrr@10" in csv.columns
+    rows = csv[csv["test/mrr@10"].notna()]
+    assert len(rows) == 1  # once
+    assert metrics["test/mrr@10"] == pytest.approx(float(rows["test/mrr@10"].iloc[0]), abs=1e-6)
+    assert 0.0 < metrics["test/mrr@10"] <= 1.0
+
+    out = cfg.paths.output_dir + "/per_query"
+    test = per_query.read(out + "/test.parquet", "mrr@10")
+    assert len(test) == 80  # every synthetic row has a selected passage
+    assert test["mrr@10"].mean() == pytest.approx(metrics["test/mrr@10"], abs=1e-6)
+    best_ckpt = next((Path(cfg.paths.output_dir) / "checkpoints").glob("epoch*.ckpt")).name
+    assert set(test["checkpoint"]) == {best_ckpt}  # scored with the best-on-validation checkpoint
+    # Validation per query: the best epoch (by val/mrr@10) and the last, each the mean logged that epoch.
+    val = csv[csv["val/mrr@10"].notna()].drop_duplicates("epoch", keep="last")
+    best, last = per_query.read(out + "/val_best.parquet", "mrr@10"), per_query.read(out + "/val_last.parquet", "mrr@10")
+    assert int(last["epoch"].iloc[0]) == int(val["epoch"].iloc[-1])
+    best_row = val.loc[val["val/mrr@10"].idxmax()]
+    assert int(best["epoch"].iloc[0]) == int(best_row["epoch"])
+    assert best["mrr@10"].mean() == pytest.approx(float(best_row["val/mrr@10"]), abs=1e-6)
+    assert test["checkpoint"].iloc[0].startswith(f"epoch{int(best_row['epoch']):02d}-")
+    # Every metric is kept per query, with the query id and text (compare checks paired runs scored the same queries).
+    assert set(test.columns) >= {"qid", "query", "mrr@10", "recall@10", "ndcg@10", "rerank_mrr@10"}
+
+
+def _write_local(folder, name, rows):
+    folder.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows).to_parquet(folder / f"{name}-00000-of-00001.parquet", index=False)
+
+
+def test_unlabelled_test_split_is_skipped_with_one_line(tmp_path, tiny_cfg, caplog):
+    rows = make_rows(420, seed=3)
+    data = tmp_path / "data"
+    _write_local(data, "train", rows[:300])
+    _write_local(data, "validation", rows[300:360])
+    unlabelled = [{**r, "passages": {**r["passages"], "is_selected": [0] * len(r["passages"]["is_selected"])}} for r in rows[360:]]
+    _write_local(data, "test", unlabelled)
+    cfg = tiny_cfg("data=local", f"data.path={data}", "logger=csv", "data.batch_size=32", "data.tokenizer.min_freq=1")
+    with caplog.at_level(logging.INFO):
+        metrics = train(cfg)
+    assert not any(k.startswith("test/") for k in metrics)
+    assert "test/mrr@10" not in _metrics_csv(cfg).columns
+    assert "val/mrr@10" in metrics
+    skipped = [r for r in caplog.records if "test split skipped" in r.getMessage()]
+    assert len(skipped) == 1
