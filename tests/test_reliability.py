@@ -192,3 +192,155 @@ def test_max_time_saves_mid_epoch_and_resume_matches(tmp_path):
     resumed = train(compose_train(tmp_path / "stopped", [*common, "ckpt_path=last"]))
     for key in FINAL:
         assert resumed[key] == straight[key], key
+
+
+# ------------------------------------------------------------------------------------------------------
+# Round two (issue 16): atomic writes everywhere, no silent wrong results, one-line errors.
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_stale_temps_are_swept_only_when_their_writer_is_gone(tmp_path):
+    from two_tower import atomic
+
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        host = atomic._HOST
+        dead_file = tmp_path / f".last.ckpt.tmp-{host}-{_dead_pid()}-0123abcd"
+        dead_folder = tmp_path / f".abc.tmp-{host}-{_dead_pid()}-0123abcd"
+        live_file = tmp_path / f".last.ckpt.tmp-{host}-{live.pid}-0123abcd"
+        other_host = tmp_path / f".last.ckpt.tmp-ffffffff-{_dead_pid()}-0123abcd"
+        keep = tmp_path / "last.ckpt"
+        for p in (dead_file, live_file, other_host, keep):
+            p.write_bytes(b"x")
+        dead_folder.mkdir()
+        (dead_folder / "part").write_bytes(b"x")
+        removed = atomic.sweep_stale_temps(tmp_path)
+        assert sorted(removed) == sorted([dead_file, dead_folder])
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in (live_file, other_host, keep))
+    finally:
+        live.kill()
+        live.wait()
+
+
+def test_atomic_write_keeps_the_old_file_whole_when_the_write_fails(tmp_path):
+    from two_tower.atomic import atomic_write
+
+    target = tmp_path / "last.ckpt"
+    target.write_bytes(b"old" * 1000)
+    with pytest.raises(OSError, match="No space"):
+        with atomic_write(target) as f:
+            f.write(b"new" * 100)
+            raise OSError(28, "No space left on device")
+    assert target.read_bytes() == b"old" * 1000
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
+
+
+def test_checkpoints_are_written_beside_their_target_whatever_tmpdir_is(tmp_path, monkeypatch):
+    """Lightning's writer builds the file in $TMPDIR and moves it (a copy over last.ckpt across filesystems)."""
+    import shutil
+    import tempfile
+
+    elsewhere = tmp_path / "tmpdir"
+    elsewhere.mkdir()
+    monkeypatch.setenv("TMPDIR", str(elsewhere))
+    monkeypatch.setattr(tempfile, "tempdir", str(elsewhere))
+    moves = []
+    for module, name in [(os, "rename"), (os, "replace"), (shutil, "move")]:
+        real = getattr(module, name)
+
+        def record(src, dst, *args, _real=real, **kwargs):
+            moves.append((Path(src), Path(dst)))
+            return _real(src, dst, *args, **kwargs)
+
+        monkeypatch.setattr(module, name, record)
+    cfg = compose_train(tmp_path, ["trainer.max_epochs=2"])
+    train(cfg)
+    ckpts = [(src, dst) for src, dst in moves if dst.suffix == ".ckpt"]
+    assert ckpts, "no checkpoint was moved into place"
+    assert all(src.parent == dst.parent for src, dst in ckpts), ckpts
+    assert not [p for p in elsewhere.rglob("*") if p.is_file()]  # (wandb leaves empty folders there on import)
+    folder = Path(cfg.paths.output_dir) / "checkpoints"
+    assert not [p for p in folder.iterdir() if ".tmp-" in p.name]
+    assert torch.load(folder / "last.ckpt", weights_only=False)["epoch"] == 1
+
+
+def test_a_failed_cache_write_leaves_nothing_behind(tmp_path, monkeypatch):
+    import numpy as np
+
+    cfg = compose_train(tmp_path, [])
+    real_save = np.save
+
+    def full_disk(path, *args, **kwargs):
+        real_save(path, *args, **kwargs)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(np, "save", full_disk)
+    with pytest.raises(OSError, match="No space"):
+        train(cfg)
+    prepared = Path(cfg.paths.cache_dir) / "prepared"
+    assert list(prepared.iterdir()) == []
+    monkeypatch.setattr(np, "save", real_save)
+    train(cfg)  # a later run builds the cache and uses it
+    assert len([p for p in prepared.iterdir()]) == 1
+
+
+def test_content_cache_keeps_the_first_of_two_concurrent_writers(tmp_path):
+    from two_tower.cache import ContentCache
+
+    cache = ContentCache(tmp_path, "kind")
+    key = cache.key({"a": 1})
+    with cache.put(key) as first:
+        (first / "value").write_text("first")
+        with cache.put(key) as second:
+            (second / "value").write_text("second")
+    assert (cache.get(key) / "value").read_text() == "second"  # the one that finished first
+    assert [p.name for p in cache.folder.iterdir()] == [key]
+
+
+class _StubEncoder:
+    def save(self, path):
+        Path(path).write_bytes(b"encoder")
+
+
+def test_two_index_writers_to_one_out_cannot_both_succeed(tmp_path, monkeypatch):
+    import threading
+
+    import numpy as np
+
+    from two_tower.retrieval import index as index_module
+    from two_tower.retrieval.errors import IndexFolderError
+
+    vectors = np.random.default_rng(0).normal(size=(5, 4)).astype(np.float32)
+    out = tmp_path / "index"
+    started, release = threading.Event(), threading.Event()
+    real_write = index_module.write_passages
+    errors = []
+
+    def slow_write(path, ids, texts):
+        real_write(path, ids, texts)
+        if texts[0] == "slow":
+            started.set()
+            release.wait(30)
+
+    monkeypatch.setattr(index_module, "write_passages", slow_write)
+
+    def writer(texts):
+        try:
+            index_module.write_index_folder(out, index_module.build_faiss(vectors.copy()), [str(i) for i in range(5)], texts, _StubEncoder(), {"model": {"dim": 4}})
+        except IndexFolderError as err:
+            errors.append(err)
+
+    slow = threading.Thread(target=writer, args=(["slow"] * 5,))
+    slow.start()
+    assert started.wait(30)
+    writer(["fast"] * 5)  # starts after the slow one's existence check, finishes first
+    release.set()
+    slow.join(30)
+    assert len(errors) == 1 and "overwrite=true" in str(errors[0])
+    assert index_module.read_passages(out / "passages.arrow").column("text").to_pylist() == ["fast"] * 5
+    assert [p.name for p in tmp_path.iterdir()] == ["index"]

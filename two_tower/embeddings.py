@@ -10,12 +10,12 @@ import functools
 import hashlib
 import json
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from two_tower.cache import ContentCache
 from two_tower.data.tokenizer import PAD_ID, Tokenizer, split_words
 from two_tower.errors import TwoTowerError
 
@@ -140,20 +140,21 @@ class Word2VecEmbeddings(EmbeddingSource):
         for text in train_texts:
             digest.update(text.encode())
             digest.update(b"\0")
-        path = self.cache_dir / "word2vec" / f"{digest.hexdigest()[:16]}.kv"
-        if path.exists():
+        cache = ContentCache(self.cache_dir, "word2vec")
+        key = digest.hexdigest()[:16]
+        path = cache.path(key)
+        if cache.get(key) is not None:
             log.info("word2vec: cache hit %s", path)
-            kv = KeyedVectors.load(str(path))
+            kv = KeyedVectors.load(str(path / "vectors.kv"))
         else:
+            cache.check_writable()
             sentences = [split_words(t, keep_punctuation) for t in train_texts]
             log.info("word2vec: training skip-gram on %d sentences (%s)", len(sentences), self.params)
             # workers=1 keeps training bit-for-bit reproducible for a given seed.
             model = Word2Vec(sentences=sentences, workers=self.workers, **self.params)
             kv = model.wv
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".tmp{os.getpid()}")
-            kv.save(str(tmp))
-            os.replace(tmp, path)
+            with cache.put(key) as tmp:
+                kv.save(str(tmp / "vectors.kv"))  # gensim may write companion .npy files: all in the entry
             log.info("word2vec: saved %s", path)
         vectors = np.asarray(kv.vectors, dtype=np.float32)
         if self.center:
