@@ -1,6 +1,7 @@
 """A stopped or killed run resumes and ends with the same metrics as one that was never interrupted."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -344,3 +345,186 @@ def test_two_index_writers_to_one_out_cannot_both_succeed(tmp_path, monkeypatch)
     assert len(errors) == 1 and "overwrite=true" in str(errors[0])
     assert index_module.read_passages(out / "passages.arrow").column("text").to_pylist() == ["fast"] * 5
     assert [p.name for p in tmp_path.iterdir()] == ["index"]
+
+
+def _row(query: str, flags=(1, 0)) -> dict:
+    return {"query": query, "passages": {"passage_text": [f"{query} answer", f"{query} other"], "is_selected": list(flags)}}
+
+
+def _write_bad_shards(folder: Path) -> None:
+    import json
+
+    folder.mkdir(parents=True, exist_ok=True)
+    good = [json.dumps(_row(f"question number {i}")).encode() for i in range(40)]
+    not_utf8 = json.dumps(_row("cafe query")).encode().replace(b"cafe", b"caf\xe9")  # Latin-1 byte: not UTF-8
+    string_flag = json.dumps(_row("string flag", ["1", 0])).encode()
+    all_strings = json.dumps(_row("all strings", ["1", "0"])).encode()
+    (folder / "train-00000-of-00001.jsonl").write_bytes(b"\n".join([*good[:20], not_utf8, string_flag, b"{not json", all_strings, *good[20:]]) + b"\n")
+    (folder / "validation-00000-of-00001.jsonl").write_bytes(b"\n".join(good[:10]) + b"\n")
+
+
+def test_bad_jsonl_rows_are_skipped_and_counted_and_is_selected_has_one_rule(tmp_path):
+    import pandas as pd
+
+    from two_tower.data import msmarco
+
+    _write_bad_shards(tmp_path / "jsonl")
+    rows = msmarco.load_local_split(tmp_path / "jsonl", "train")
+    kept, report = msmarco.validate_rows(rows, "train")
+    assert report.total == 44 and report.kept == 40
+    assert dict(report.skipped) == {"not_utf8": 1, "not_json": 1, "bad_is_selected": 2}
+    # The same rows in parquet: the same verdict on is_selected (a string "1" is never read as 1).
+    parquet = tmp_path / "parquet"
+    parquet.mkdir()
+    pd.DataFrame([_row("string flag", ["1", "0"]), _row("all strings", ["0", "1"])]).to_parquet(parquet / "train-0.parquet")
+    with pytest.raises(msmarco.DataSourceError, match="skipped: {'bad_is_selected': 2}"):
+        msmarco.validate_rows(msmarco.load_local_split(parquet, "train"), "train")
+    for value, verdict in [(True, True), (0, False), (1, True), ("1", None), (1.0, None), (2, None), (None, None)]:
+        assert msmarco.is_selected_flag(value) is verdict, value
+
+
+def test_training_on_a_shard_with_a_non_utf8_byte_skips_the_row(tmp_path):
+    _write_bad_shards(tmp_path / "data")
+    tiny = [o for o in TINY if not o.startswith(("data=", "data.synthetic_rows"))]
+    cmd = [sys.executable, "train.py", *tiny, "data=local", f"data.path={tmp_path / 'data'}", "data.batch_size=8",
+           "data.tokenizer.min_freq=1", f"paths.cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'run'}"]
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "'not_utf8': 1" in result.stdout + result.stderr
+    assert "UnicodeDecodeError" not in result.stdout + result.stderr
+
+
+def test_a_query_with_no_searchable_word_is_an_empty_query_error():
+    from two_tower.data.tokenizer import PAD, UNK, Tokenizer
+    from two_tower.retrieval.errors import EmptyQueryError
+    from two_tower.retrieval.query_encoder import QueryEncoder
+
+    encoder = QueryEncoder(torch.nn.Identity(), Tokenizer([PAD, UNK, "garden"]), {})
+    for query in ["?!", "\U0001f600", "\x00", "\u200b", " \u200b ", "..."]:
+        with pytest.raises(EmptyQueryError, match="no searchable word|is empty"):
+            encoder.encode([query])
+    encoder.check_query("garden?")  # a word: searchable
+
+
+def _tiny_index(tmp_path: Path) -> Path:
+    import numpy as np
+
+    from two_tower.retrieval import index as index_module
+
+    vectors = np.random.default_rng(0).normal(size=(5, 4)).astype(np.float32)
+    out = tmp_path / "index"
+    index_module.write_index_folder(out, index_module.build_faiss(vectors), [str(i) for i in range(5)], ["t"] * 5, _StubEncoder(), {"model": {"dim": 4}})
+    return out
+
+
+def test_the_manifest_must_name_every_file_and_be_valid(tmp_path, capsys):
+    import json
+
+    from two_tower.retrieval.errors import IndexFolderError
+    from two_tower.retrieval.index import PassageIndex
+    from two_tower.retrieval.search import main as search_main
+
+    folder = _tiny_index(tmp_path)
+    PassageIndex.load(folder)  # as written: accepted
+    manifest_path = folder / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    (folder / "passages.arrow").write_bytes(b"tampered")
+    del manifest["files"]["passages.arrow"]  # would switch its hash check off
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(IndexFolderError, match=r"does not name \['passages.arrow'\]"):
+        PassageIndex.load(folder)
+    for text, words in [("{not json", "not valid JSON"), (json.dumps({k: v for k, v in manifest.items() if k != "files"}), "lacks ['files']")]:
+        manifest_path.write_text(text)
+        with pytest.raises(IndexFolderError, match=re.escape(words)):
+            PassageIndex.load(folder)
+        assert search_main([f"index={folder}", "garden"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and words in err and err.strip().count("\n") == 0
+
+
+def test_search_k_must_be_a_whole_number_of_at_least_one(tmp_path, capsys):
+    from two_tower.retrieval.errors import ConfigError
+    from two_tower.retrieval.index import PassageIndex
+    from two_tower.retrieval.search import main as search_main
+
+    for k in ("0", "-3", "abc"):
+        assert search_main(["index=/no/such/index", f"k={k}", "garden"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: k=") and k in err and err.strip().count("\n") == 0
+    index = PassageIndex.load(_tiny_index(tmp_path))
+    with pytest.raises(ConfigError, match="k=0"):
+        index.search(torch.zeros(1, 4).numpy(), 0)
+
+
+def test_index_command_without_ckpt_is_one_line(tmp_path):
+    result = subprocess.run([sys.executable, "index.py", f"hydra.run.dir={tmp_path}"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("error: ckpt is not set")
+    assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_train_error_line_comes_without_run_failed_or_traceback(tmp_path):
+    """Also: batch_size=1 with in-batch negatives (0 negatives, loss 0.0) is refused."""
+    cmd = [sys.executable, "train.py", *TINY, "negatives=in_batch", "data.batch_size=1", f"paths.cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'run'}"]
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("error: data.batch_size=1 with negatives=in_batch leaves every query without a negative")
+    assert "Run failed" not in result.stdout + result.stderr and "Traceback" not in result.stdout + result.stderr
+
+
+def test_resuming_with_another_encoder_is_one_line(tmp_path):
+    from two_tower.retrieval.errors import CheckpointError
+
+    cfg = compose_train(tmp_path / "a", [])
+    train(cfg)
+    last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    with pytest.raises(CheckpointError, match=r"trained with another model than this config \(towers.query_encoder.rnn.weight_ih_l0: \(96, 16\) in the checkpoint vs \(192, 16\) here"):
+        train(compose_train(tmp_path / "b", [f"ckpt_path={last}", "trainer.max_epochs=2", "encoder.hidden_size=64"]))
+
+
+def test_validation_queries_seen_in_training_are_counted_and_warned(tmp_path, caplog):
+    import json
+
+    from two_tower.train import build_datamodule
+
+    data = tmp_path / "data"
+    data.mkdir()
+    train_rows = [_row(f"question number {i}") for i in range(30)]
+    val_rows = [_row(f"Question  number {i}") for i in range(3)] + [_row(f"held out {i}") for i in range(7)]
+    (data / "train-0.jsonl").write_text("".join(json.dumps(r) + "\n" for r in train_rows))
+    (data / "validation-0.jsonl").write_text("".join(json.dumps(r) + "\n" for r in val_rows))
+    cfg = compose_train(tmp_path, ["data=local", f"data.path={data}", "data.tokenizer.min_freq=1"])
+    datamodule = build_datamodule(cfg)
+    with caplog.at_level("WARNING"):
+        datamodule.prepare_data()
+        datamodule.setup("fit")
+    assert datamodule.val_train_overlap == 3
+    assert "3 of 10 validation queries also appear in the training split" in caplog.text
+
+
+def test_unwritable_outputs_are_refused_before_the_expensive_work(tmp_path, monkeypatch):
+    from two_tower.atomic import NotWritableError
+    from two_tower.data.prepared import PreparedSplit
+    from two_tower.retrieval import indexer
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+
+    def expensive(*args, **kwargs):
+        raise AssertionError("reached the expensive work")
+
+    monkeypatch.setattr(PreparedSplit, "from_rows", expensive)
+    monkeypatch.setattr(indexer, "load_checkpoint", expensive)
+    cfg = compose_train(tmp_path, [])
+    cfg.paths.cache_dir = str(blocker / "cache")
+    with pytest.raises(NotWritableError, match="paths.cache_dir=.*a-file/cache"):
+        train(cfg)
+    cfg = compose_train(tmp_path, [])
+    cfg.paths.output_dir = str(blocker / "run")
+    with pytest.raises(NotWritableError, match="paths.output_dir="):
+        train(cfg)
+    from tests.test_retrieval import compose_retrieval
+
+    index_cfg = compose_retrieval("index", [f"ckpt={tmp_path / 'model.ckpt'}", f"out={blocker / 'index'}"])
+    with pytest.raises(NotWritableError, match="out=.*a-file/index"):
+        indexer.build_index(index_cfg)

@@ -144,9 +144,22 @@ class TwoTowerDataModule(L.LightningDataModule):
             "train: %d queries, %d passages; validation: %d queries (%d evaluated), %d passages",
             self.train.num_queries, self.train.num_passages, self.val.num_queries, len(self.val.evaluated_queries()), self.val.num_passages,
         )
+        self.check_overlap()
         if self.teacher is not None:  # encoded once, then read from its cache (keyed by the texts)
             self.teacher_vectors = self.teacher.vectors(self.train.query_texts, self.train.passage_texts)
         self.negatives.prepare(self.train)
+
+    def check_overlap(self) -> int:
+        """Count (and warn about) validation queries that are also training queries: their metrics measure
+        memorisation, not retrieval (leakage). Compared after lower-casing and joining white space."""
+        train = {" ".join(q.lower().split()) for q in self.train.query_texts}
+        self.val_train_overlap = sum(" ".join(q.lower().split()) in train for q in self.val.query_texts)
+        if self.val_train_overlap:
+            log.warning(
+                "%d of %d validation queries also appear in the training split (leakage: their metrics measure "
+                "memorisation); remove them from one of the splits", self.val_train_overlap, self.val.num_queries,
+            )
+        return self.val_train_overlap
 
     # ------------------------------------------------------------------ building the cache
     def _build_cache(self, raw, key: str) -> None:

@@ -202,7 +202,9 @@ class PassageIndex:
         """Top-``k`` rows by inner product; among equal scores the lower row comes first."""
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         faiss.normalize_L2(vectors)
-        k = max(1, min(k, len(self)))
+        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+            raise ConfigError(f"k={k!r}: must be a whole number >= 1")
+        k = min(k, len(self))
         scores, rows = self.index.search(vectors, k)
         # FAISS orders exact ties arbitrarily; put them in row order like metrics.rank_by_scores does.
         # (Which of several tied passages makes it into the top k at the cut-off is still FAISS's choice.)
@@ -220,9 +222,23 @@ def read_manifest(path: Path) -> dict:
         raise IndexFolderError(f"index={path}: no such folder")
     if not (path / MANIFEST).is_file():
         raise IndexFolderError(f"index={path}: not an index folder (no {MANIFEST}); build one with index.py")
-    manifest = json.loads((path / MANIFEST).read_text())
+    try:
+        manifest = json.loads((path / MANIFEST).read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as err:
+        raise IndexFolderError(f"index={path}: {MANIFEST} is not valid JSON ({err}); rebuild the folder with index.py") from err
+    if not isinstance(manifest, dict):
+        raise IndexFolderError(f"index={path}: {MANIFEST} is not a JSON object; rebuild the folder with index.py")
     if manifest.get("format") != FORMAT:
         raise IndexFolderError(f"index={path}: format {manifest.get('format')}, this code reads format {FORMAT}; rebuild it")
+    absent = [key for key in ("files", "model", "passages") if key not in manifest]
+    if absent or not isinstance(manifest["files"], dict) or not isinstance(manifest["model"], dict):
+        raise IndexFolderError(f"index={path}: {MANIFEST} lacks {absent or 'a valid files/model entry'}; rebuild the folder with index.py")
+    # Every file of the folder must be named (with its hash) in the manifest: an entry removed from
+    # `files` would otherwise switch that file's check off (or, for the term statistics, the file itself).
+    unnamed = sorted({FAISS_FILE, PASSAGES_FILE, QUERY_ENCODER_FILE} - set(manifest["files"]))
+    unnamed += sorted(p.name for p in path.iterdir() if p.is_file() and p.name != MANIFEST and p.name not in manifest["files"] and p.name not in unnamed)
+    if unnamed:
+        raise IndexFolderError(f"index={path}: {MANIFEST} does not name {unnamed} in its files (with their hashes); the folder was modified, rebuild it")
     missing = [name for name in manifest["files"] if not (path / name).is_file()]
     if missing:
         raise IndexFolderError(f"index={path}: missing {missing}; rebuild it")
