@@ -12,7 +12,7 @@ from lightning.pytorch.callbacks import ProgressBar
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from two_tower.atomic import check_writable
+from two_tower.atomic import check_writable, sweep_stale_temps
 from two_tower.config import validate_train_config
 from two_tower.data.datamodule import TwoTowerDataModule
 from two_tower.errors import ConfigError
@@ -109,6 +109,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     check_writable(cfg.paths.output_dir, f"paths.output_dir={cfg.paths.output_dir}", min_free_bytes=16 << 20)
     if cfg.paths.get("cache_dir"):
         check_writable(cfg.paths.cache_dir, f"paths.cache_dir={cfg.paths.cache_dir}", min_free_bytes=16 << 20)
+    sweep_stale_temps(Path(cfg.paths.output_dir) / "checkpoints")  # partial checkpoints of a killed run
     if cfg.get("threads"):
         torch.set_num_threads(cfg.threads)
     L.seed_everything(cfg.seed, workers=True)
