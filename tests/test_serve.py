@@ -164,7 +164,7 @@ BAD_REQUESTS = [
     ("k 0", "GET", "/search", {"params": {"q": "garden", "k": 0}}, 422, "k: Input should be greater than or equal to 1"),
     ("k over max", "GET", "/search", {"params": {"q": "garden", "k": 21}}, 422, "k: Input should be less than or equal to 20"),
     ("k not a number", "GET", "/search", {"params": {"q": "garden", "k": "ten"}}, 422, "k: Input should be a valid integer"),
-    ("python space", "GET", "/search", {"params": {"q": "\x1c\x1d"}}, 422, "the query is empty"),
+    ("python space", "GET", "/search", {"params": {"q": "\x1c\x1d"}}, 422, "q: is empty or only white space, punctuation or symbols: no searchable word"),
     ("no queries", "POST", "/search", {"json": {"queries": []}}, 422, "queries: List should have at least 1 item"),
     ("blank in batch", "POST", "/search", {"json": {"queries": ["garden", "  "]}}, 422, "queries[1]: is empty or only white space"),
     ("long in batch", "POST", "/search", {"json": {"queries": ["b" * 201]}}, 422, "queries[0]: String should have at most 200 characters"),
