@@ -191,7 +191,7 @@ def test_beir_reader_skips_and_counts_bad_lines(tmp_path):
     assert collection.corpus_ids == ["d1", "d2"] and collection.corpus_texts[0] == "Wing lift of a wing"  # title + " " + text
     assert collection.query_ids == ["q1", "q2"]  # q3 has no relevant document: not evaluated
     assert collection.qrels == {"q1": {"d1": 2}, "q2": {"d2": 1}}  # score 0: judged, not relevant
-    assert dict(collection.skipped["corpus.jsonl"]) == {"not_json_utf8": 2, "no_id": 1, "empty_text": 1}
+    assert dict(collection.skipped["corpus.jsonl"]) == {"not_json": 1, "not_utf8": 1, "no_id": 1, "empty_text": 1}
     assert dict(collection.skipped["qrels/test.tsv"]) == {"unknown_document": 1, "unknown_query": 1, "score_not_integer": 1, "not_3_columns": 1}
     split = beir.prepared_split(collection)
     assert split.relevance([0, 1]) == [{0: 2.0}, {1: 1.0}]

@@ -1,6 +1,7 @@
 """A stopped or killed run resumes and ends with the same metrics as one that was never interrupted."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -192,3 +193,338 @@ def test_max_time_saves_mid_epoch_and_resume_matches(tmp_path):
     resumed = train(compose_train(tmp_path / "stopped", [*common, "ckpt_path=last"]))
     for key in FINAL:
         assert resumed[key] == straight[key], key
+
+
+# ------------------------------------------------------------------------------------------------------
+# Round two (issue 16): atomic writes everywhere, no silent wrong results, one-line errors.
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_stale_temps_are_swept_only_when_their_writer_is_gone(tmp_path):
+    from two_tower import atomic
+
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        host = atomic._HOST
+        dead_file = tmp_path / f".last.ckpt.tmp-{host}-{_dead_pid()}-0123abcd"
+        dead_folder = tmp_path / f".abc.tmp-{host}-{_dead_pid()}-0123abcd"
+        live_file = tmp_path / f".last.ckpt.tmp-{host}-{live.pid}-0123abcd"
+        other_host = tmp_path / f".last.ckpt.tmp-ffffffff-{_dead_pid()}-0123abcd"
+        keep = tmp_path / "last.ckpt"
+        for p in (dead_file, live_file, other_host, keep):
+            p.write_bytes(b"x")
+        dead_folder.mkdir()
+        (dead_folder / "part").write_bytes(b"x")
+        removed = atomic.sweep_stale_temps(tmp_path)
+        assert sorted(removed) == sorted([dead_file, dead_folder])
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in (live_file, other_host, keep))
+    finally:
+        live.kill()
+        live.wait()
+
+
+def test_atomic_write_keeps_the_old_file_whole_when_the_write_fails(tmp_path):
+    from two_tower.atomic import atomic_write
+
+    target = tmp_path / "last.ckpt"
+    target.write_bytes(b"old" * 1000)
+    with pytest.raises(OSError, match="No space"):
+        with atomic_write(target) as f:
+            f.write(b"new" * 100)
+            raise OSError(28, "No space left on device")
+    assert target.read_bytes() == b"old" * 1000
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
+
+
+def test_checkpoints_are_written_beside_their_target_whatever_tmpdir_is(tmp_path, monkeypatch):
+    """Lightning's writer builds the file in $TMPDIR and moves it (a copy over last.ckpt across filesystems)."""
+    import shutil
+    import tempfile
+
+    elsewhere = tmp_path / "tmpdir"
+    elsewhere.mkdir()
+    monkeypatch.setenv("TMPDIR", str(elsewhere))
+    monkeypatch.setattr(tempfile, "tempdir", str(elsewhere))
+    moves = []
+    for module, name in [(os, "rename"), (os, "replace"), (shutil, "move")]:
+        real = getattr(module, name)
+
+        def record(src, dst, *args, _real=real, **kwargs):
+            moves.append((Path(src), Path(dst)))
+            return _real(src, dst, *args, **kwargs)
+
+        monkeypatch.setattr(module, name, record)
+    cfg = compose_train(tmp_path, ["trainer.max_epochs=2"])
+    train(cfg)
+    ckpts = [(src, dst) for src, dst in moves if dst.suffix == ".ckpt"]
+    assert ckpts, "no checkpoint was moved into place"
+    assert all(src.parent == dst.parent for src, dst in ckpts), ckpts
+    assert not [p for p in elsewhere.rglob("*") if p.is_file()]  # (wandb leaves empty folders there on import)
+    folder = Path(cfg.paths.output_dir) / "checkpoints"
+    assert not [p for p in folder.iterdir() if ".tmp-" in p.name]
+    assert torch.load(folder / "last.ckpt", weights_only=False)["epoch"] == 1
+
+
+def test_a_failed_cache_write_leaves_nothing_behind(tmp_path, monkeypatch):
+    import numpy as np
+
+    cfg = compose_train(tmp_path, [])
+    real_save = np.save
+
+    def full_disk(path, *args, **kwargs):
+        real_save(path, *args, **kwargs)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(np, "save", full_disk)
+    with pytest.raises(OSError, match="No space"):
+        train(cfg)
+    prepared = Path(cfg.paths.cache_dir) / "prepared"
+    assert list(prepared.iterdir()) == []
+    monkeypatch.setattr(np, "save", real_save)
+    train(cfg)  # a later run builds the cache and uses it
+    assert len([p for p in prepared.iterdir()]) == 1
+
+
+def test_content_cache_keeps_the_first_of_two_concurrent_writers(tmp_path):
+    from two_tower.cache import ContentCache
+
+    cache = ContentCache(tmp_path, "kind")
+    key = cache.key({"a": 1})
+    with cache.put(key) as first:
+        (first / "value").write_text("first")
+        with cache.put(key) as second:
+            (second / "value").write_text("second")
+    assert (cache.get(key) / "value").read_text() == "second"  # the one that finished first
+    assert [p.name for p in cache.folder.iterdir()] == [key]
+
+
+class _StubEncoder:
+    def save(self, path):
+        Path(path).write_bytes(b"encoder")
+
+
+def test_two_index_writers_to_one_out_cannot_both_succeed(tmp_path, monkeypatch):
+    import threading
+
+    import numpy as np
+
+    from two_tower.retrieval import index as index_module
+    from two_tower.retrieval.errors import IndexFolderError
+
+    vectors = np.random.default_rng(0).normal(size=(5, 4)).astype(np.float32)
+    out = tmp_path / "index"
+    started, release = threading.Event(), threading.Event()
+    real_write = index_module.write_passages
+    errors = []
+
+    def slow_write(path, ids, texts):
+        real_write(path, ids, texts)
+        if texts[0] == "slow":
+            started.set()
+            release.wait(30)
+
+    monkeypatch.setattr(index_module, "write_passages", slow_write)
+
+    def writer(texts):
+        try:
+            index_module.write_index_folder(out, index_module.build_faiss(vectors.copy()), [str(i) for i in range(5)], texts, _StubEncoder(), {"model": {"dim": 4}})
+        except IndexFolderError as err:
+            errors.append(err)
+
+    slow = threading.Thread(target=writer, args=(["slow"] * 5,))
+    slow.start()
+    assert started.wait(30)
+    writer(["fast"] * 5)  # starts after the slow one's existence check, finishes first
+    release.set()
+    slow.join(30)
+    assert len(errors) == 1 and "overwrite=true" in str(errors[0])
+    assert index_module.read_passages(out / "passages.arrow").column("text").to_pylist() == ["fast"] * 5
+    assert [p.name for p in tmp_path.iterdir()] == ["index"]
+
+
+def _row(query: str, flags=(1, 0)) -> dict:
+    return {"query": query, "passages": {"passage_text": [f"{query} answer", f"{query} other"], "is_selected": list(flags)}}
+
+
+def _write_bad_shards(folder: Path) -> None:
+    import json
+
+    folder.mkdir(parents=True, exist_ok=True)
+    good = [json.dumps(_row(f"question number {i}")).encode() for i in range(40)]
+    not_utf8 = json.dumps(_row("cafe query")).encode().replace(b"cafe", b"caf\xe9")  # Latin-1 byte: not UTF-8
+    string_flag = json.dumps(_row("string flag", ["1", 0])).encode()
+    all_strings = json.dumps(_row("all strings", ["1", "0"])).encode()
+    (folder / "train-00000-of-00001.jsonl").write_bytes(b"\n".join([*good[:20], not_utf8, string_flag, b"{not json", all_strings, *good[20:]]) + b"\n")
+    (folder / "validation-00000-of-00001.jsonl").write_bytes(b"\n".join(good[:10]) + b"\n")
+
+
+def test_bad_jsonl_rows_are_skipped_and_counted_and_is_selected_has_one_rule(tmp_path):
+    import pandas as pd
+
+    from two_tower.data import msmarco
+
+    _write_bad_shards(tmp_path / "jsonl")
+    rows = msmarco.load_local_split(tmp_path / "jsonl", "train")
+    kept, report = msmarco.validate_rows(rows, "train")
+    assert report.total == 44 and report.kept == 40
+    assert dict(report.skipped) == {"not_utf8": 1, "not_json": 1, "bad_is_selected": 2}
+    # The same rows in parquet: the same verdict on is_selected (a string "1" is never read as 1).
+    parquet = tmp_path / "parquet"
+    parquet.mkdir()
+    pd.DataFrame([_row("string flag", ["1", "0"]), _row("all strings", ["0", "1"])]).to_parquet(parquet / "train-0.parquet")
+    with pytest.raises(msmarco.DataSourceError, match="skipped: {'bad_is_selected': 2}"):
+        msmarco.validate_rows(msmarco.load_local_split(parquet, "train"), "train")
+    for value, verdict in [(True, True), (0, False), (1, True), ("1", None), (1.0, None), (2, None), (None, None)]:
+        assert msmarco.is_selected_flag(value) is verdict, value
+
+
+def test_training_on_a_shard_with_a_non_utf8_byte_skips_the_row(tmp_path):
+    _write_bad_shards(tmp_path / "data")
+    tiny = [o for o in TINY if not o.startswith(("data=", "data.synthetic_rows"))]
+    cmd = [sys.executable, "train.py", *tiny, "data=local", f"data.path={tmp_path / 'data'}", "data.batch_size=8",
+           "data.tokenizer.min_freq=1", f"paths.cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'run'}"]
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "'not_utf8': 1" in result.stdout + result.stderr
+    assert "UnicodeDecodeError" not in result.stdout + result.stderr
+
+
+def test_a_query_with_no_searchable_word_is_an_empty_query_error():
+    from two_tower.data.tokenizer import PAD, UNK, Tokenizer
+    from two_tower.retrieval.errors import EmptyQueryError
+    from two_tower.retrieval.query_encoder import QueryEncoder
+
+    encoder = QueryEncoder(torch.nn.Identity(), Tokenizer([PAD, UNK, "garden"]), {})
+    for query in ["?!", "\U0001f600", "\x00", "\u200b", " \u200b ", "..."]:
+        with pytest.raises(EmptyQueryError, match="no searchable word|is empty"):
+            encoder.encode([query])
+    encoder.check_query("garden?")  # a word: searchable
+
+
+def _tiny_index(tmp_path: Path) -> Path:
+    import numpy as np
+
+    from two_tower.retrieval import index as index_module
+
+    vectors = np.random.default_rng(0).normal(size=(5, 4)).astype(np.float32)
+    out = tmp_path / "index"
+    index_module.write_index_folder(out, index_module.build_faiss(vectors), [str(i) for i in range(5)], ["t"] * 5, _StubEncoder(), {"model": {"dim": 4}})
+    return out
+
+
+def test_the_manifest_must_name_every_file_and_be_valid(tmp_path, capsys):
+    import json
+
+    from two_tower.retrieval.errors import IndexFolderError
+    from two_tower.retrieval.index import PassageIndex
+    from two_tower.retrieval.search import main as search_main
+
+    folder = _tiny_index(tmp_path)
+    PassageIndex.load(folder)  # as written: accepted
+    manifest_path = folder / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    (folder / "passages.arrow").write_bytes(b"tampered")
+    del manifest["files"]["passages.arrow"]  # would switch its hash check off
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(IndexFolderError, match=r"does not name \['passages.arrow'\]"):
+        PassageIndex.load(folder)
+    for text, words in [("{not json", "not valid JSON"), (json.dumps({k: v for k, v in manifest.items() if k != "files"}), "lacks ['files']")]:
+        manifest_path.write_text(text)
+        with pytest.raises(IndexFolderError, match=re.escape(words)):
+            PassageIndex.load(folder)
+        assert search_main([f"index={folder}", "garden"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and words in err and err.strip().count("\n") == 0
+
+
+def test_search_k_must_be_a_whole_number_of_at_least_one(tmp_path, capsys):
+    from two_tower.retrieval.errors import ConfigError
+    from two_tower.retrieval.index import PassageIndex
+    from two_tower.retrieval.search import main as search_main
+
+    for k in ("0", "-3", "abc"):
+        assert search_main(["index=/no/such/index", f"k={k}", "garden"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: k=") and k in err and err.strip().count("\n") == 0
+    index = PassageIndex.load(_tiny_index(tmp_path))
+    with pytest.raises(ConfigError, match="k=0"):
+        index.search(torch.zeros(1, 4).numpy(), 0)
+
+
+def test_index_command_without_ckpt_is_one_line(tmp_path):
+    result = subprocess.run([sys.executable, "index.py", f"hydra.run.dir={tmp_path}"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("error: ckpt is not set")
+    assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_train_error_line_comes_without_run_failed_or_traceback(tmp_path):
+    """Also: batch_size=1 with in-batch negatives (0 negatives, loss 0.0) is refused."""
+    cmd = [sys.executable, "train.py", *TINY, "negatives=in_batch", "data.batch_size=1", f"paths.cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'run'}"]
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("error: data.batch_size=1 with negatives=in_batch leaves every query without a negative")
+    assert "Run failed" not in result.stdout + result.stderr and "Traceback" not in result.stdout + result.stderr
+
+
+def test_resuming_with_another_encoder_is_one_line(tmp_path):
+    from two_tower.retrieval.errors import CheckpointError
+
+    cfg = compose_train(tmp_path / "a", [])
+    train(cfg)
+    last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    with pytest.raises(CheckpointError, match=r"trained with another model than this config \(towers.query_encoder.rnn.weight_ih_l0: \(96, 16\) in the checkpoint vs \(192, 16\) here"):
+        train(compose_train(tmp_path / "b", [f"ckpt_path={last}", "trainer.max_epochs=2", "encoder.hidden_size=64"]))
+
+
+def test_validation_queries_seen_in_training_are_counted_and_warned(tmp_path, caplog):
+    import json
+
+    from two_tower.train import build_datamodule
+
+    data = tmp_path / "data"
+    data.mkdir()
+    train_rows = [_row(f"question number {i}") for i in range(30)]
+    val_rows = [_row(f"Question  number {i}") for i in range(3)] + [_row(f"held out {i}") for i in range(7)]
+    (data / "train-0.jsonl").write_text("".join(json.dumps(r) + "\n" for r in train_rows))
+    (data / "validation-0.jsonl").write_text("".join(json.dumps(r) + "\n" for r in val_rows))
+    cfg = compose_train(tmp_path, ["data=local", f"data.path={data}", "data.tokenizer.min_freq=1"])
+    datamodule = build_datamodule(cfg)
+    with caplog.at_level("WARNING"):
+        datamodule.prepare_data()
+        datamodule.setup("fit")
+    assert datamodule.val_train_overlap == 3
+    assert "3 of 10 validation queries also appear in the training split" in caplog.text
+
+
+def test_unwritable_outputs_are_refused_before_the_expensive_work(tmp_path, monkeypatch):
+    from two_tower.atomic import NotWritableError
+    from two_tower.data.prepared import PreparedSplit
+    from two_tower.retrieval import indexer
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+
+    def expensive(*args, **kwargs):
+        raise AssertionError("reached the expensive work")
+
+    monkeypatch.setattr(PreparedSplit, "from_rows", expensive)
+    monkeypatch.setattr(indexer, "load_checkpoint", expensive)
+    cfg = compose_train(tmp_path, [])
+    cfg.paths.cache_dir = str(blocker / "cache")
+    with pytest.raises(NotWritableError, match="paths.cache_dir=.*a-file/cache"):
+        train(cfg)
+    cfg = compose_train(tmp_path, [])
+    cfg.paths.output_dir = str(blocker / "run")
+    with pytest.raises(NotWritableError, match="paths.output_dir="):
+        train(cfg)
+    from tests.test_retrieval import compose_retrieval
+
+    index_cfg = compose_retrieval("index", [f"ckpt={tmp_path / 'model.ckpt'}", f"out={blocker / 'index'}"])
+    with pytest.raises(NotWritableError, match="out=.*a-file/index"):
+        indexer.build_index(index_cfg)

@@ -164,7 +164,7 @@ BAD_REQUESTS = [
     ("k 0", "GET", "/search", {"params": {"q": "garden", "k": 0}}, 422, "k: Input should be greater than or equal to 1"),
     ("k over max", "GET", "/search", {"params": {"q": "garden", "k": 21}}, 422, "k: Input should be less than or equal to 20"),
     ("k not a number", "GET", "/search", {"params": {"q": "garden", "k": "ten"}}, 422, "k: Input should be a valid integer"),
-    ("python space", "GET", "/search", {"params": {"q": "\x1c\x1d"}}, 422, "the query is empty"),
+    ("python space", "GET", "/search", {"params": {"q": "\x1c\x1d"}}, 422, "q: is empty or only white space, punctuation or symbols: no searchable word"),
     ("no queries", "POST", "/search", {"json": {"queries": []}}, 422, "queries: List should have at least 1 item"),
     ("blank in batch", "POST", "/search", {"json": {"queries": ["garden", "  "]}}, 422, "queries[1]: is empty or only white space"),
     ("long in batch", "POST", "/search", {"json": {"queries": ["b" * 201]}}, 422, "queries[0]: String should have at most 200 characters"),
@@ -380,3 +380,60 @@ def test_page_searches_and_shows_highlighted_results(browser, server, searcher):
     wait.until(lambda d: "white space" in d.find_element(By.ID, "status").text)
     assert "error" in browser.find_element(By.ID, "status").get_attribute("class")
     assert not browser.find_elements(By.CSS_SELECTOR, "#results li")
+
+
+# ------------------------------------------------------------------------------------- issue 16
+
+
+@pytest.mark.parametrize("query", ["?!", "\U0001f600", "\x00", "\u200b", "... --"])
+def test_a_query_with_no_searchable_word_is_422_not_arbitrary_hits(client, query):
+    for response in (client.get("/search", params={"q": query}), client.post("/search", json={"queries": ["garden", query]})):
+        assert response.status_code == 422, response.text
+        assert "no searchable word" in response.json()["error"]
+
+
+def _half_open(port: int) -> socket.socket:
+    s = socket.create_connection(("127.0.0.1", port), timeout=60)
+    s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")  # and never the blank line that ends the headers
+    return s
+
+
+def _closed_without_answer(s: socket.socket) -> bool:
+    try:
+        return s.recv(1024) == b""
+    except ConnectionResetError:
+        return True
+
+
+def test_server_closes_half_open_connections_and_refuses_beyond_its_cap_at_accept(index_dir):
+    """Timing limits belong to experiments/reliability/half_open.py; here only who closes what."""
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "serve.py", f"index={index_dir}", f"port={port}", "threads=1", "max_connections=4", "header_timeout=3"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    held = []
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                httpx.get(f"http://127.0.0.1:{port}/health", timeout=5)
+                break
+            except httpx.TransportError:
+                assert process.poll() is None, process.stdout.read()
+                assert time.monotonic() < deadline, "serve.py did not start"
+                time.sleep(0.3)
+        held = [_half_open(port) for _ in range(4)]
+        extra = socket.create_connection(("127.0.0.1", port), timeout=60)
+        extra.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")  # a whole request
+        assert _closed_without_answer(extra)  # over the cap: closed at accept, not answered 5xx
+        extra.close()
+        for s in held:  # the server closes the half-open ones itself
+            assert _closed_without_answer(s)
+        answer = httpx.get(f"http://127.0.0.1:{port}/search", params={"q": "garden castle"}, timeout=30)
+        assert answer.status_code == 200 and answer.json()["hits"]
+    finally:
+        for s in held:
+            s.close()
+        process.terminate()
+        process.communicate(timeout=30)

@@ -90,6 +90,12 @@ def validate_train_config(cfg: DictConfig) -> None:
         raise ConfigError(f"negatives.checkpoint={negatives.checkpoint}: no such checkpoint file")
     if str(negatives.get("_target_", "")).endswith("InBatchNegatives") and negatives.get("per_query"):
         raise ConfigError("negatives=in_batch takes no explicit negatives: negatives.per_query must be 0")
+    batch_size = (cfg.get("data") or {}).get("batch_size")
+    if str(negatives.get("_target_", "")).endswith("InBatchNegatives") and batch_size == 1:
+        raise ConfigError(
+            "data.batch_size=1 with negatives=in_batch leaves every query without a negative (the other queries' passages "
+            "are its only negatives): use data.batch_size >= 2, or explicit negatives (negatives=random, bm25 or ann)"
+        )
     if str(negatives.get("_target_", "")).endswith(("RandomNegatives", "BM25Negatives", "ANNNegatives")) and negatives.get("per_query", 1) < 1:
         raise ConfigError(f"negatives.per_query={negatives.per_query}: this negatives option needs at least 1")
     distill = str((cfg.get("loss") or {}).get("_target_", "")).endswith("DistillLoss")

@@ -10,12 +10,12 @@ import functools
 import hashlib
 import json
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from two_tower.cache import ContentCache
 from two_tower.data.tokenizer import PAD_ID, Tokenizer, split_words
 from two_tower.errors import TwoTowerError
 
@@ -138,20 +138,21 @@ class Word2VecEmbeddings(EmbeddingSource):
         for text in train_texts:
             digest.update(text.encode())
             digest.update(b"\0")
-        path = self.cache_dir / "word2vec" / f"{digest.hexdigest()[:16]}.kv"
-        if path.exists():
+        cache = ContentCache(self.cache_dir, "word2vec")
+        key = digest.hexdigest()[:16]
+        path = cache.path(key)
+        if cache.get(key) is not None:
             log.info("word2vec: cache hit %s", path)
-            kv = KeyedVectors.load(str(path))
+            kv = KeyedVectors.load(str(path / "vectors.kv"))
         else:
+            cache.check_writable()
             sentences = [split_words(t, keep_punctuation) for t in train_texts]
             log.info("word2vec: training skip-gram on %d sentences (%s)", len(sentences), self.params)
             # workers=1 keeps training bit-for-bit reproducible for a given seed.
             model = Word2Vec(sentences=sentences, workers=self.workers, **self.params)
             kv = model.wv
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".tmp{os.getpid()}")
-            kv.save(str(tmp))
-            os.replace(tmp, path)
+            with cache.put(key) as tmp:
+                kv.save(str(tmp / "vectors.kv"))  # gensim may write companion .npy files: all in the entry
             log.info("word2vec: saved %s", path)
         vectors = np.asarray(kv.vectors, dtype=np.float32)
         if self.center:
@@ -272,36 +273,34 @@ class DistilledEmbeddings(EmbeddingSource):
             raise EmbeddingsError('embeddings=distilled needs model2vec: pip install "model2vec[distill]"') from err
         return model2vec.__version__
 
+    def _key(self) -> str:
+        return ContentCache.key([self.teacher, self.dim, self._model2vec_version(), self.TABLE_FORMAT], 16)
+
     def _folder(self) -> Path:
-        key = hashlib.sha1(f"{self.teacher}\0{self.dim}\0{self._model2vec_version()}\0{self.TABLE_FORMAT}".encode()).hexdigest()[:16]
-        return self.cache_dir / "distilled" / key
+        """The cache entry of the distilled model (a model2vec folder)."""
+        return ContentCache(self.cache_dir, "distilled").path(self._key())
 
     def static_model(self):
         """The distilled model2vec model, from the cache or distilled now (and cached)."""
         from model2vec import StaticModel
 
-        folder = self._folder() / "model"
-        if not (folder / "config.json").is_file():
+        cache = ContentCache(self.cache_dir, "distilled")
+        if cache.get(self._key()) is None:
             from two_tower.teacher import resolve_model
 
             try:
                 from model2vec.distill import distill
             except ImportError as err:
                 raise EmbeddingsError('embeddings=distilled needs model2vec with its distill extra: pip install "model2vec[distill]"') from err
-            log.info("Distilling static word vectors from %s with model2vec (pca_dims=%d); cached in %s", self.teacher, self.dim, folder)
+            cache.check_writable()
+            log.info("Distilling static word vectors from %s with model2vec (pca_dims=%d); cached in %s", self.teacher, self.dim, cache.path(self._key()))
             try:
                 model = distill(model_name=resolve_model(self.teacher), pca_dims=self.dim, device="cpu")
             except Exception as err:
                 raise EmbeddingsError(f"embeddings.teacher={self.teacher}: model2vec could not distil it: {type(err).__name__}: {err}") from err
-            tmp = folder.with_name(f"model.tmp-{os.getpid()}")
-            model.save_pretrained(str(tmp))
-            try:
-                os.replace(tmp, folder)
-            except OSError:  # another process cached it first
-                import shutil
-
-                shutil.rmtree(tmp, ignore_errors=True)
-        return StaticModel.from_pretrained(str(folder), normalize=False, force_download=False)
+            with cache.put(self._key()) as tmp:
+                model.save_pretrained(str(tmp))
+        return StaticModel.from_pretrained(str(cache.path(self._key())), normalize=False, force_download=False)
 
     def load(self, train_texts, keep_punctuation=False):
         if self.words != "glove":
@@ -309,7 +308,6 @@ class DistilledEmbeddings(EmbeddingSource):
         model = self.static_model()
         if model.dim != self.dim:
             raise EmbeddingsError(f"{self._folder()}: the distilled model has {model.dim} dims, config says dim={self.dim}")
-
         table_rows = np.asarray(model.embedding, dtype=np.float32)
         if model.weights is not None:
             table_rows = table_rows * np.asarray(model.weights, dtype=np.float32)[:, None]
@@ -325,17 +323,16 @@ class DistilledEmbeddings(EmbeddingSource):
                     out[row] = table_rows[ids].sum(0)
             return out
 
-        table = self._folder() / "glove_words.npy"
         words = _glove_words()
-        if table.is_file():
-            vectors = np.load(table).astype(np.float32)
-        else:
-            log.info("Distilled vectors for GloVe's %d words (cached in %s)", len(words), table)
+        tables = ContentCache(self.cache_dir, "distilled-words")
+        if tables.get(self._key()) is None:
+            tables.check_writable()
+            log.info("Distilled vectors for GloVe's %d words (cached in %s)", len(words), tables.path(self._key()))
             vectors = np.concatenate([word_vector(words[i : i + 50_000]) for i in range(0, len(words), 50_000)])
-            tmp = table.with_name(f"glove_words.tmp-{os.getpid()}.npy")
-            np.save(tmp, vectors.astype(np.float16))
-            os.replace(tmp, table)
-            vectors = vectors.astype(np.float16).astype(np.float32)  # the same values a cache hit gives
+            with tables.put(self._key()) as tmp:
+                np.save(tmp / "glove_words.npy", vectors.astype(np.float16))
+        table = tables.path(self._key()) / "glove_words.npy"
+        vectors = np.load(table).astype(np.float32)  # float16 on disk: a cache hit and a miss give the same values
         if len(vectors) != len(words):
             raise EmbeddingsError(f"{table}: {len(vectors)} vectors for {len(words)} words; delete it to rebuild")
         return DistilledWordVectors(words, vectors, word_vector)

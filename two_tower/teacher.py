@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from two_tower.cache import ContentCache
 from two_tower.errors import TwoTowerError
 
 log = logging.getLogger(__name__)
@@ -75,23 +76,26 @@ class SentenceTransformerTeacher:
             model.max_seq_length = self.max_seq_length
         return model
 
-    def cache_path(self, query_texts: list[str], passage_texts: list[str]) -> Path:
+    def cache_key(self, query_texts: list[str], passage_texts: list[str]) -> str:
         digest = hashlib.sha1(f"{self.model}\0{self.max_seq_length}".encode())
         for texts in (query_texts, passage_texts):
             digest.update(str(len(texts)).encode())
             for text in texts:
                 digest.update(text.encode())
                 digest.update(b"\0")
-        return self.cache_dir / "teacher" / f"{digest.hexdigest()[:20]}.npz"
+        return digest.hexdigest()[:20]
 
     def vectors(self, query_texts: list[str], passage_texts: list[str]) -> TeacherVectors:
         """The split's teacher vectors, from the cache or encoded now (with a progress bar) and cached."""
-        path = self.cache_path(query_texts, passage_texts)
-        if path.is_file():
-            with np.load(path) as cached:
+        cache = ContentCache(self.cache_dir, "teacher")
+        key = self.cache_key(query_texts, passage_texts)
+        path = cache.path(key)
+        if cache.get(key) is not None:
+            with np.load(path / "vectors.npz") as cached:
                 log.info("Teacher vectors cache hit: %s", path)
                 return TeacherVectors(cached["queries"], cached["passages"])
         log.info("Teacher %s: encoding %d queries and %d passages (cached afterwards in %s)", self.model, len(query_texts), len(passage_texts), path)
+        cache.check_writable()
         start, threads = time.perf_counter(), torch.get_num_threads()
         if self.threads is not None or threads < (os.cpu_count() or 1):
             torch.set_num_threads(self.threads or os.cpu_count() or 1)
@@ -101,9 +105,7 @@ class SentenceTransformerTeacher:
             out = TeacherVectors(encode(query_texts), encode(passage_texts))
         finally:
             torch.set_num_threads(threads)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.stem}.tmp-{os.getpid()}.npz")
-        np.savez(tmp, queries=out.queries, passages=out.passages)
-        os.replace(tmp, path)
+        with cache.put(key) as tmp:
+            np.savez(tmp / "vectors.npz", queries=out.queries, passages=out.passages)
         log.info("Teacher vectors in %.0fs -> %s", time.perf_counter() - start, path)
         return out

@@ -12,6 +12,7 @@ from lightning.pytorch.callbacks import ProgressBar
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from two_tower.atomic import check_writable, sweep_stale_temps
 from two_tower.config import validate_train_config
 from two_tower.config_key import current_config_key
 from two_tower.data.datamodule import TwoTowerDataModule
@@ -66,6 +67,23 @@ def resolve_ckpt_path(cfg: DictConfig) -> str | None:
     return str(last)
 
 
+def check_resume_shapes(path: str, module: TwoTowerModule) -> None:
+    """Refuse, in one line, a checkpoint of another model shape (encoder, dims, bag path) than this config's."""
+    saved = torch.load(path, map_location="cpu", weights_only=True, mmap=True)["state_dict"]
+    own = module.state_dict()
+    problems = [f"{k}: {tuple(saved[k].shape)} in the checkpoint vs {tuple(own[k].shape)} here" for k in own if k in saved and tuple(saved[k].shape) != tuple(own[k].shape)]
+    missing, unexpected = sorted(own.keys() - saved.keys()), sorted(saved.keys() - own.keys())
+    if missing:
+        problems.append(f"not in the checkpoint: {missing[:3]}{' ...' if len(missing) > 3 else ''}")
+    if unexpected:
+        problems.append(f"only in the checkpoint: {unexpected[:3]}{' ...' if len(unexpected) > 3 else ''}")
+    if problems:
+        raise CheckpointError(
+            f"ckpt_path={path}: trained with another model than this config ({'; '.join(problems[:3])}): resume with the "
+            "encoder and model settings it was trained with (its run folder's .hydra/config.yaml)"
+        )
+
+
 def check_resume_checkpoint(path: str, tokenizer) -> None:
     """Refuse, in one line, a checkpoint that is truncated, foreign, or made with another vocabulary."""
     try:
@@ -109,6 +127,11 @@ def test_best_checkpoint(trainer: L.Trainer, module: TwoTowerModule, datamodule:
 def train(cfg: DictConfig) -> dict[str, float]:
     """Train (or resume with ``ckpt_path``) and return the final logged metrics."""
     validate_train_config(cfg)
+    # Before any loading, tokenizing or training: the run folder and the cache folder must take files.
+    check_writable(cfg.paths.output_dir, f"paths.output_dir={cfg.paths.output_dir}", min_free_bytes=16 << 20)
+    if cfg.paths.get("cache_dir"):
+        check_writable(cfg.paths.cache_dir, f"paths.cache_dir={cfg.paths.cache_dir}", min_free_bytes=16 << 20)
+    sweep_stale_temps(Path(cfg.paths.output_dir) / "checkpoints")  # partial checkpoints of a killed run
     if cfg.get("threads"):
         torch.set_num_threads(cfg.threads)
     L.seed_everything(cfg.seed, workers=True)
@@ -121,6 +144,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if ckpt_path:
         check_resume_checkpoint(ckpt_path, datamodule.tokenizer)
     module = build_module(cfg, datamodule)
+    if ckpt_path:
+        check_resume_shapes(ckpt_path, module)
     log.info("Model: %d trainable / %d parameters", sum(p.numel() for p in module.parameters() if p.requires_grad), sum(p.numel() for p in module.parameters()))
 
     fill_wandb_group_and_tags(cfg)  # logger.wandb.group/tags: null = the sweep and the chosen options

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 
 import hydra
 from omegaconf import DictConfig
+
+from two_tower.errors import TwoTowerError
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +28,10 @@ def task_wrapper(task):
     def wrapped(cfg: DictConfig):
         try:
             return task(cfg)
+        except TwoTowerError:  # bad input: the entry point prints it as one `error:` line, no traceback
+            if os.environ.get("TWO_TOWER_DEBUG", "") not in ("", "0"):
+                log.exception("Run failed")
+            raise
         except Exception:
             log.exception("Run failed")
             raise

@@ -15,7 +15,6 @@ missing file is one clear error.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from two_tower.data.jsonl import UnreadableRow, read_jsonl
 from two_tower.errors import TwoTowerError
 
 log = logging.getLogger(__name__)
@@ -51,19 +51,14 @@ class BeirCollection:
 def _jsonl(path: Path, skipped: Counter):
     if not path.is_file():
         raise BeirError(f"{path}: no such file (a BEIR folder has {CORPUS}, {QUERIES} and {QRELS}/<split>.tsv)")
-    with open(path, "rb") as f:
-        for raw in f:
-            if not raw.strip():
-                continue
-            try:
-                row = json.loads(raw.decode("utf-8"))
-            except (UnicodeDecodeError, json.JSONDecodeError):
-                skipped["not_json_utf8"] += 1
-                continue
-            if not isinstance(row, dict) or not isinstance(row.get("_id"), (str, int)) or str(row["_id"]).strip() == "":
-                skipped["no_id"] += 1
-                continue
-            yield row
+    for row in read_jsonl(path):
+        if isinstance(row, UnreadableRow):  # not UTF-8 or not JSON: the same reasons as every jsonl reader
+            skipped[row.reason] += 1
+            continue
+        if not isinstance(row, dict) or not isinstance(row.get("_id"), (str, int)) or str(row["_id"]).strip() == "":
+            skipped["no_id"] += 1
+            continue
+        yield row
 
 
 def _text(row: dict, title: bool) -> str:

@@ -2,7 +2,7 @@
 
 The cache folder holds everything derived from the raw rows for one (data, tokenizer, embeddings)
 setting: the vocabulary, the embedding matrix aligned to it, both prepared splits and the row reports.
-It is written to a temporary folder and renamed into place, so a killed run never leaves half a cache.
+It is a ``two_tower.cache`` entry (built beside, renamed into place), so a killed run never leaves half a cache.
 """
 
 from __future__ import annotations
@@ -11,8 +11,6 @@ import functools
 import hashlib
 import json
 import logging
-import os
-import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,6 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from two_tower.cache import ContentCache
 from two_tower.data import msmarco, synthetic
 from two_tower.data.batches import LengthSortedBatches, TokenBatches, TripletBatches, TripletBatchSampler
 from two_tower.data.prepared import PreparedSplit
@@ -120,14 +119,17 @@ class TwoTowerDataModule(L.LightningDataModule):
         if self.cache_hit is not None:  # already prepared by this process
             return
         raw = self._raw_rows()
-        self._cache_path = self.cache_dir / "prepared" / self.cache_key({r: fp for r, (_, fp) in raw.items()})
-        if (self._cache_path / "meta.json").exists():
+        self._cache = ContentCache(self.cache_dir, "prepared")
+        key = self.cache_key({r: fp for r, (_, fp) in raw.items()})
+        self._cache_path = self._cache.path(key)
+        if self._cache.get(key) is not None:
             self.cache_hit = True
             log.info("Tokenization cache hit: %s (no re-tokenizing)", self._cache_path)
             return
         self.cache_hit = False
         log.info("Tokenization cache miss: preparing %s", self._cache_path)
-        self._build_cache(raw, self._cache_path)
+        self._cache.check_writable()
+        self._build_cache(raw, key)
 
     def setup(self, stage: str | None = None) -> None:
         if self.train is not None:
@@ -156,12 +158,25 @@ class TwoTowerDataModule(L.LightningDataModule):
         if self.test is not None:
             log.info("test: %d queries (%d evaluated), %d passages; scored once, after training, with the best-on-validation checkpoint",
                      self.test.num_queries, len(self.test.evaluated_queries()), self.test.num_passages)
+        self.check_overlap()
         if self.teacher is not None:  # encoded once, then read from its cache (keyed by the texts)
             self.teacher_vectors = self.teacher.vectors(self.train.query_texts, self.train.passage_texts)
         self.negatives.prepare(self.train)
 
+    def check_overlap(self) -> int:
+        """Count (and warn about) validation queries that are also training queries: their metrics measure
+        memorisation, not retrieval (leakage). Compared after lower-casing and joining white space."""
+        train = {" ".join(q.lower().split()) for q in self.train.query_texts}
+        self.val_train_overlap = sum(" ".join(q.lower().split()) in train for q in self.val.query_texts)
+        if self.val_train_overlap:
+            log.warning(
+                "%d of %d validation queries also appear in the training split (leakage: their metrics measure "
+                "memorisation); remove them from one of the splits", self.val_train_overlap, self.val.num_queries,
+            )
+        return self.val_train_overlap
+
     # ------------------------------------------------------------------ building the cache
-    def _build_cache(self, raw, path: Path) -> None:
+    def _build_cache(self, raw, key: str) -> None:
         start = time.perf_counter()
         clean, reports = {}, {}
         for role, (load_rows, _) in raw.items():
@@ -202,9 +217,11 @@ class TwoTowerDataModule(L.LightningDataModule):
             oov_vocab = oov_tokens = 1.0
         prepared = {role: PreparedSplit.from_rows(rows, tokenizer) for role, rows in clean.items()}
 
-        tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
+        with self._cache.put(key) as tmp:
+            self._write_cache(tmp, tokenizer, matrix, prepared, reports, oov_vocab, oov_tokens, start)
+        log.info("Prepared data in %.1fs -> %s", time.perf_counter() - start, self._cache.path(key))
+
+    def _write_cache(self, tmp: Path, tokenizer, matrix, prepared, reports, oov_vocab, oov_tokens, start) -> None:
         (tmp / "tokenizer.json").write_text(json.dumps(tokenizer.state_dict()))
         np.save(tmp / "embeddings.npy", matrix)
         for role, split in prepared.items():
@@ -218,11 +235,6 @@ class TwoTowerDataModule(L.LightningDataModule):
             "seconds": round(time.perf_counter() - start, 2),
         }
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
-        try:
-            os.replace(tmp, path)
-        except OSError:  # another process finished the same cache first
-            shutil.rmtree(tmp, ignore_errors=True)
-        log.info("Prepared data in %.1fs -> %s", meta["seconds"], path)
 
     # ------------------------------------------------------------------ loaders
     def _rank_world(self) -> tuple[int, int]:

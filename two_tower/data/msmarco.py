@@ -16,6 +16,7 @@ from urllib.parse import urlparse
 
 import datasets
 
+from two_tower.data.jsonl import JsonlRows, UnreadableRow
 from two_tower.errors import TwoTowerError
 
 log = logging.getLogger(__name__)
@@ -94,15 +95,21 @@ def load_local_split(path: str | os.PathLike, split: str) -> datasets.Dataset:
             f"{[str(f) for f in files]}: expected parquet or jsonl files of one kind, got suffixes "
             f"{sorted({f.suffix for f in files})}"
         )
+    kind = kinds.pop()
     try:
-        ds = datasets.load_dataset(kinds.pop(), data_files=[str(f) for f in files], split="train")
+        if kind == "json":  # read line by line: a bad line (not UTF-8, not JSON) is a skipped row, not a crash
+            ds = JsonlRows.read(files)
+            columns = ds.columns()
+        else:
+            ds = datasets.load_dataset(kind, data_files=[str(f) for f in files], split="train")
+            columns = ds.column_names
     except Exception as err:
         raise DataSourceError(f"Could not read {[str(f) for f in files]}: {type(err).__name__}: {err}") from err
-    missing = {"query", "passages"} - set(ds.column_names)
+    missing = {"query", "passages"} - set(columns)
     if missing:
         raise DataSourceError(
             f"{files[0]}: missing required column(s) {sorted(missing)}; MS MARCO v1.1 rows need "
-            f"'query' and 'passages' (with passage_text and is_selected), found {ds.column_names}"
+            f"'query' and 'passages' (with passage_text and is_selected), found {columns}"
         )
     return ds
 
@@ -136,12 +143,25 @@ class ValidationReport:
         return f"[{self.split}] kept {self.kept}/{self.total} rows; skipped by reason: {reasons}"
 
 
+def is_selected_flag(value) -> bool | None:
+    """The one type rule for ``is_selected``, whatever the file format: a bool, or the integer 0 or 1.
+    Anything else (``"1"``, ``1.0``, ``2``, None) is None: the row is skipped as ``bad_is_selected``,
+    never guessed (a JSON reader may turn ``"1"`` into 1, a parquet column keeps it a string)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    return None
+
+
 def check_row(row: dict) -> tuple[CleanRow | None, str | None]:
     """Return (clean row, reason). Never raises on malformed input.
 
     ``reason`` is None for a row fit for training. A malformed row gives (None, reason); a well-formed
     row whose passages are all selected or all unselected gives (row, reason) (see CORPUS_ONLY_REASONS).
     """
+    if isinstance(row, UnreadableRow):
+        return None, row.reason
     if not isinstance(row, dict):
         return None, "row_not_a_mapping"
     query = row.get("query")
@@ -161,9 +181,10 @@ def check_row(row: dict) -> tuple[CleanRow | None, str | None]:
         return None, "passage_not_a_string"
     if not all(t.strip() for t in texts):
         return None, "empty_passage"
-    if not all(isinstance(f, (bool, int)) and f in (0, 1) for f in flags):
+    selected = [is_selected_flag(f) for f in flags]
+    if None in selected:
         return None, "bad_is_selected"
-    clean = CleanRow(query.strip(), [t.strip() for t in texts], [bool(f) for f in flags])
+    clean = CleanRow(query.strip(), [t.strip() for t in texts], selected)
     if not any(clean.selected):
         return clean, "no_selected_passage"
     if all(clean.selected):

@@ -10,9 +10,7 @@ settings; queries whose pool comes out empty fall back to their own unselected c
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
-import os
 import time
 from pathlib import Path
 
@@ -20,6 +18,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from two_tower.cache import ContentCache
 from two_tower.data.prepared import PreparedSplit, Ragged
 from two_tower.data.tokenizer import split_words
 from two_tower.negatives.base import NegativeSampler, sample_from
@@ -80,19 +79,19 @@ class MinedNegatives(NegativeSampler):
 
     # ------------------------------------------------------------------ NegativeSampler
     def prepare(self, split: PreparedSplit) -> None:
-        key = hashlib.sha1(json.dumps([split_fingerprint(split), self.identity()], sort_keys=True, default=str).encode()).hexdigest()[:20]
-        path = self.cache_dir / "negatives" / f"{self.name}-{key}.npz"
-        if path.exists():
-            with np.load(path) as saved:
+        cache = ContentCache(self.cache_dir, "negatives")
+        key = f"{self.name}-{cache.key([split_fingerprint(split), self.identity()])}"
+        entry = cache.get(key)
+        if entry is not None:
+            with np.load(entry / "pool.npz") as saved:
                 self.pool = Ragged(saved["values"], saved["offsets"])
-            log.info("Hard negatives (%s): cache hit %s", self.name, path)
+            log.info("Hard negatives (%s): cache hit %s", self.name, entry)
             return
+        cache.check_writable()
         self.pool = self.mine(split, self.scorer(split))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        with open(tmp, "wb") as f:
-            np.savez(f, values=self.pool.values, offsets=self.pool.offsets)
-        os.replace(tmp, path)
+        with cache.put(key) as tmp:
+            np.savez(tmp / "pool.npz", values=self.pool.values, offsets=self.pool.offsets)
+        path = cache.path(key)
         log.info("Hard negatives (%s): cached %s", self.name, path)
 
     def sample(self, split, rows, rng):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import logging
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import pandas as pd
 
 from two_tower.data import msmarco
 from two_tower.data.beir import is_beir_folder, load_beir
+from two_tower.data.jsonl import UnreadableRow, read_jsonl
 from two_tower.data.prepared import PreparedSplit
 from two_tower.data.tokenizer import PAD, UNK, Tokenizer
 from two_tower.retrieval.errors import CorpusError
@@ -25,9 +27,25 @@ log = logging.getLogger(__name__)
 
 READERS = {
     ".parquet": lambda p: pd.read_parquet(p),
-    ".jsonl": lambda p: pd.read_json(p, lines=True, dtype=False),
+    ".jsonl": lambda p: _jsonl_frame(p),
     ".tsv": lambda p: pd.read_csv(p, sep="\t", header=None, dtype=str, quoting=csv.QUOTE_NONE, keep_default_na=False),
 }
+
+
+def _jsonl_frame(path: Path) -> pd.DataFrame:
+    """A jsonl passage file read line by line: lines that are not UTF-8, not JSON or not an object are
+    skipped and counted by reason (as in every other jsonl reader), not a failure of the whole file."""
+    rows, skipped = [], Counter()
+    for row in read_jsonl(path):
+        if isinstance(row, UnreadableRow):
+            skipped[row.reason] += 1
+        elif not isinstance(row, dict):
+            skipped["row_not_a_mapping"] += 1
+        else:
+            rows.append(row)
+    if skipped:
+        log.warning("corpus=%s: skipped %s", path, dict(skipped))
+    return pd.DataFrame(rows, dtype=object)
 
 
 @dataclass

@@ -22,6 +22,7 @@ from hydra.errors import InstantiationException
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from two_tower.atomic import atomic_write
 from two_tower.data import beir
 from two_tower.data.beir import is_beir_folder
 from two_tower.data.prepared import PreparedSplit
@@ -105,14 +106,14 @@ def _docid(split: PreparedSplit, pid: int) -> str:
 
 
 def write_trec_run(path: Path, split: PreparedSplit, query_rows: np.ndarray, rankings: Rankings, tag: str) -> None:
-    with open(path, "w") as f:
+    with atomic_write(path, "w") as f:
         for row, ids, scores in zip(query_rows.tolist(), rankings.ranked.tolist(), rankings.scores.tolist()):
             for rank, (pid, score) in enumerate(((p, s) for p, s in zip(ids, scores) if p >= 0), start=1):
                 f.write(f"{_qid(split, row)} Q0 {_docid(split, pid)} {rank} {score:.6f} {tag}\n")
 
 
 def write_qrels(path: Path, split: PreparedSplit, query_rows: np.ndarray) -> None:
-    with open(path, "w") as f:
+    with atomic_write(path, "w") as f:
         for row, relevance in zip(query_rows.tolist(), split.relevance(query_rows)):
             gains = relevance if isinstance(relevance, dict) else dict.fromkeys(relevance.tolist(), 1)
             for pid, gain in gains.items():
@@ -147,8 +148,10 @@ def evaluate(cfg: DictConfig) -> dict[str, dict]:
         # How open the vocabulary had to be for this split (dense retrievers): shares of tokens.
         "token_ranges": {name: r.token_ranges for name, r in retrievers.items() if getattr(r, "token_ranges", None) is not None},
     }
-    (out / "metrics.json").write_text(json.dumps(report, indent=2))
-    (out / "metrics.md").write_text(f"{cfg.split}: {len(query_rows)} queries, {split.num_passages} passages\n\n{table}\n")
+    with atomic_write(out / "metrics.json", "w") as f:
+        f.write(json.dumps(report, indent=2))
+    with atomic_write(out / "metrics.md", "w") as f:
+        f.write(f"{cfg.split}: {len(query_rows)} queries, {split.num_passages} passages\n\n{table}\n")
     if cfg.save_runs:
         (out / "runs").mkdir(exist_ok=True)
         write_qrels(out / "qrels.txt", split, query_rows)

@@ -20,8 +20,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +28,7 @@ import faiss
 import numpy as np
 import pyarrow as pa
 
+from two_tower.atomic import atomic_folder, sweep_stale_temps
 from two_tower.model.bag import TermStatistics
 from two_tower.retrieval.errors import ConfigError, IndexFolderError
 from two_tower.retrieval.query_encoder import QueryEncoder
@@ -95,7 +94,9 @@ def file_hash(path: Path) -> str:
 
 
 def write_index_folder(path: str | Path, index: faiss.Index, ids: list[str], texts: list[str], query_encoder: QueryEncoder, manifest: dict, overwrite: bool = False, statistics: TermStatistics | None = None) -> Path:
-    """Write the folder atomically: everything goes to ``.NAME.tmp-PID`` first, then one rename.
+    """Write the folder atomically (``two_tower.atomic.atomic_folder``): everything goes to a temporary
+    folder beside it first, then one rename under a lock on the parent folder, so two writers of the same
+    ``path`` cannot both succeed without ``overwrite``.
 
     ``manifest`` (config, source, model identity) is completed with the format, sizes and file hashes.
     An existing folder is replaced only with ``overwrite``.
@@ -106,36 +107,29 @@ def write_index_folder(path: str | Path, index: faiss.Index, ids: list[str], tex
     if path.exists() and not overwrite:
         raise IndexFolderError(f"{path} already exists; pass overwrite=true or choose another out=")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    sweep_stale_temps(path.parent)
     try:
-        faiss.write_index(index, str(tmp / FAISS_FILE))
-        write_passages(tmp / PASSAGES_FILE, ids, texts)
-        query_encoder.save(tmp / QUERY_ENCODER_FILE)
-        files = [FAISS_FILE, PASSAGES_FILE, QUERY_ENCODER_FILE]
-        if statistics is not None:
-            statistics.save(tmp / STATISTICS_FILE)
-            files.append(STATISTICS_FILE)
-        manifest = {
-            "format": FORMAT,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            **manifest,
-            "passages": len(ids),
-            "faiss": {"type": type(faiss.downcast_index(index)).__name__, "metric": "inner_product", "ntotal": int(index.ntotal), "dim": int(index.d)},
-            "files": {name: file_hash(tmp / name) for name in files},
-        }
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
-        if path.exists():  # overwrite: move the old folder aside, rename the new one in, then delete the old
-            old = path.with_name(f".{path.name}.old-{os.getpid()}")
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        with atomic_folder(path, replace=overwrite) as tmp:
+            faiss.write_index(index, str(tmp / FAISS_FILE))
+            write_passages(tmp / PASSAGES_FILE, ids, texts)
+            query_encoder.save(tmp / QUERY_ENCODER_FILE)
+            files = [FAISS_FILE, PASSAGES_FILE, QUERY_ENCODER_FILE]
+            if statistics is not None:
+                statistics.save(tmp / STATISTICS_FILE)
+                files.append(STATISTICS_FILE)
+            manifest = {
+                "format": FORMAT,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                **manifest,
+                "passages": len(ids),
+                "faiss": {"type": type(faiss.downcast_index(index)).__name__, "metric": "inner_product", "ntotal": int(index.ntotal), "dim": int(index.d)},
+                "files": {name: file_hash(tmp / name) for name in files},
+            }
+            (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    except FileExistsError as err:  # another writer finished the same out= first (the commit is locked)
+        if err.filename != str(path):
+            raise
+        raise IndexFolderError(f"{path} was written by another process meanwhile; pass overwrite=true or choose another out=") from err
     return path
 
 
@@ -208,7 +202,9 @@ class PassageIndex:
         """Top-``k`` rows by inner product; among equal scores the lower row comes first."""
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         faiss.normalize_L2(vectors)
-        k = max(1, min(k, len(self)))
+        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+            raise ConfigError(f"k={k!r}: must be a whole number >= 1")
+        k = min(k, len(self))
         scores, rows = self.index.search(vectors, k)
         # FAISS orders exact ties arbitrarily; put them in row order like metrics.rank_by_scores does.
         # (Which of several tied passages makes it into the top k at the cut-off is still FAISS's choice.)
@@ -226,9 +222,23 @@ def read_manifest(path: Path) -> dict:
         raise IndexFolderError(f"index={path}: no such folder")
     if not (path / MANIFEST).is_file():
         raise IndexFolderError(f"index={path}: not an index folder (no {MANIFEST}); build one with index.py")
-    manifest = json.loads((path / MANIFEST).read_text())
+    try:
+        manifest = json.loads((path / MANIFEST).read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as err:
+        raise IndexFolderError(f"index={path}: {MANIFEST} is not valid JSON ({err}); rebuild the folder with index.py") from err
+    if not isinstance(manifest, dict):
+        raise IndexFolderError(f"index={path}: {MANIFEST} is not a JSON object; rebuild the folder with index.py")
     if manifest.get("format") != FORMAT:
         raise IndexFolderError(f"index={path}: format {manifest.get('format')}, this code reads format {FORMAT}; rebuild it")
+    absent = [key for key in ("files", "model", "passages") if key not in manifest]
+    if absent or not isinstance(manifest["files"], dict) or not isinstance(manifest["model"], dict):
+        raise IndexFolderError(f"index={path}: {MANIFEST} lacks {absent or 'a valid files/model entry'}; rebuild the folder with index.py")
+    # Every file of the folder must be named (with its hash) in the manifest: an entry removed from
+    # `files` would otherwise switch that file's check off (or, for the term statistics, the file itself).
+    unnamed = sorted({FAISS_FILE, PASSAGES_FILE, QUERY_ENCODER_FILE} - set(manifest["files"]))
+    unnamed += sorted(p.name for p in path.iterdir() if p.is_file() and p.name != MANIFEST and p.name not in manifest["files"] and p.name not in unnamed)
+    if unnamed:
+        raise IndexFolderError(f"index={path}: {MANIFEST} does not name {unnamed} in its files (with their hashes); the folder was modified, rebuild it")
     missing = [name for name in manifest["files"] if not (path / name).is_file()]
     if missing:
         raise IndexFolderError(f"index={path}: missing {missing}; rebuild it")

@@ -14,7 +14,8 @@ from two_tower.data.prepared import Ragged
 from two_tower.model.bag import TermStatistics
 from two_tower.retrieval.checkpoint import encode_tokens, load_checkpoint, model_identity, progress_bar
 from two_tower.retrieval.corpus import Passages, read_corpus_file, split_passages
-from two_tower.retrieval.errors import IndexFolderError
+from two_tower.atomic import check_writable
+from two_tower.retrieval.errors import ConfigError, IndexFolderError
 from two_tower.retrieval.index import build_faiss, write_index_folder
 from two_tower.retrieval.query_encoder import QueryEncoder
 
@@ -60,13 +61,20 @@ def load_passages(cfg: DictConfig) -> Passages:
 
 def build_index(cfg: DictConfig) -> Path:
     """Build and write the index folder ``cfg.out``; returns its path."""
+    if OmegaConf.is_missing(cfg, "ckpt") or not cfg.ckpt:
+        raise ConfigError("ckpt is not set: which trained checkpoint encodes the passages? index.py ckpt=PATH/TO/last.ckpt")
     if cfg.get("threads"):
         torch.set_num_threads(cfg.threads)
     if Path(cfg.out).exists() and not cfg.overwrite:
         raise IndexFolderError(f"out={cfg.out} already exists; pass overwrite=true or choose another out=")
+    # Before any loading or encoding: the folder the index goes to must take files.
+    check_writable(Path(cfg.out).expanduser().resolve().parent, f"out={cfg.out}", min_free_bytes=1 << 20)
     start = time.perf_counter()
     module = load_checkpoint(cfg.ckpt)
     passages = load_passages(cfg)
+    # Vectors (float32) and texts dominate the folder's size; refuse now rather than after encoding.
+    need = len(passages) * module.towers.passage_encoder.output_dim * 4 + sum(len(t) for t in passages.texts) * 2
+    check_writable(Path(cfg.out).expanduser().resolve().parent, f"out={cfg.out}", min_free_bytes=need)
     log.info("Indexing %d passages from %s with %s", len(passages), passages.source, cfg.ckpt)
     loaded = time.perf_counter()
     statistics = corpus_statistics(module, passages.texts)

@@ -15,7 +15,7 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from two_tower.data.tokenizer import Tokenizer, pad_batch
+from two_tower.data.tokenizer import Tokenizer, pad_batch, split_words
 from two_tower.embeddings import restore_tokenizer
 from two_tower.model.bag import TermStatistics
 from two_tower.model.embedding import OpenEmbedding
@@ -77,12 +77,19 @@ class QueryEncoder:
         encoder.load_state_dict(saved["state_dict"])
         return cls(encoder, tokenizer, config)
 
+    def check_query(self, query, where: str = "the query") -> None:
+        """Raise EmptyQueryError unless ``query`` has a word the tokenizer reads."""
+        if not isinstance(query, str) or not query.strip():
+            raise EmptyQueryError(f"{where} is empty ({query!r}); give some words to search for")
+        if not split_words(query, self.tokenizer.keep_punctuation):
+            # Punctuation, emoji, control or zero-width characters only: the tokenizer finds no word, and
+            # encoding nothing would answer every such query with the same arbitrary passages.
+            raise EmptyQueryError(f"{where} has no searchable word ({query[:40]!r}); give some words to search for")
+
     def encode(self, queries: list[str]) -> np.ndarray:
         """[len(queries), dim] float32, L2-normalised. Raises EmptyQueryError naming the empty query."""
         for i, query in enumerate(queries):
-            if not isinstance(query, str) or not query.strip():
-                where = "the query" if len(queries) == 1 else f"query {i + 1} of {len(queries)}"
-                raise EmptyQueryError(f"{where} is empty ({query!r}); give some words to search for")
+            self.check_query(query, "the query" if len(queries) == 1 else f"query {i + 1} of {len(queries)}")
         ids, lengths = pad_batch(self.tokenizer.encode_queries(queries))
         with torch.inference_mode():
             vectors = self.encoder(torch.from_numpy(ids), torch.from_numpy(lengths))

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from two_tower.errors import TwoTowerError
+from two_tower.retrieval.errors import EmptyQueryError
 from two_tower.retrieval.index import PassageIndex
 from two_tower.retrieval.query_encoder import QueryEncoder
 
@@ -129,6 +130,9 @@ def main(argv: list[str] | None = None) -> int:
     if query is None and not interactive and sys.stdin.isatty():
         print(f"error: no query given\n{USAGE}", file=sys.stderr)
         return 2
+    if not isinstance(cfg.k, int) or isinstance(cfg.k, bool) or cfg.k < 1:
+        print(f"error: k={cfg.k!r}: must be a whole number >= 1", file=sys.stderr)
+        return 2
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     try:
@@ -153,6 +157,11 @@ def _interactive(searcher: Searcher, cfg) -> int:
             return 0
         if not query.strip():
             return 0
+        try:
+            searcher.encoder.check_query(query)
+        except EmptyQueryError as err:
+            print(f"error: {err}", file=sys.stderr)
+            continue
         print(format_results(query, searcher.search([query], cfg.k)[0], cfg.max_chars), flush=True)
 
 
@@ -169,8 +178,10 @@ def _batches(searcher: Searcher, cfg, lines) -> int:
 
     for number, line in enumerate(lines, start=1):
         query = line.rstrip("\n")
-        if not query.strip():
-            print(f"error: line {number} is an empty query; skipped", file=sys.stderr)
+        try:
+            searcher.encoder.check_query(query, f"line {number}")
+        except EmptyQueryError as err:
+            print(f"error: {err}; skipped", file=sys.stderr)
             status = 1
             continue
         batch.append((number, query))

@@ -8,7 +8,7 @@
 | ``GET /`` | the search page (``static/``: no CDN); ``/docs`` (Swagger UI, served locally), ``/openapi.json`` |
 
 Bad input never reaches the searcher and never gets a 500: the request models carry the limits as
-constraints (query 1..``max_query_chars`` characters with a non-space one, ``k`` in 1..``k_max``, 1..``max_batch``
+constraints (query 1..``max_query_chars`` characters with a letter or digit, ``k`` in 1..``k_max``, 1..``max_batch``
 queries, no unknown fields), and every 4xx answer has one JSON shape,
 ``{"error": "<what is wrong, in one line>", "detail": [{"loc", "msg", "type"}]}``: 422 for a request that
 fails validation (including a query the tokenizer finds empty: ``EmptyQueryError``), 413 for a body larger
@@ -46,7 +46,9 @@ from two_tower.retrieval.errors import EmptyQueryError
 from two_tower.retrieval.search import Searcher
 
 STATIC = Path(__file__).parent / "static"
-NOT_BLANK = r"\S"  # a query needs at least one non-space character
+# A query needs a letter or digit (what the tokenizer reads as a word): so the schema says which queries
+# are searchable, and "?!", an emoji or a zero-width space are refused before any search.
+NOT_BLANK = r"[^\W_]"
 # The page and its assets come only from this server; no inline script, so injected markup cannot run.
 PAGE_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'; frame-ancestors 'none'",
@@ -155,7 +157,7 @@ def _where(item: ErrorItem) -> str:
 def _message(error: dict, limits: Limits) -> str:
     kind, loc = error["type"], error.get("loc", ())
     if kind == "string_pattern_mismatch":
-        return "is empty or only white space; give some words to search for"
+        return "is empty or only white space, punctuation or symbols: no searchable word; give some words to search for"
     if kind == "json_invalid":
         return f"not valid JSON ({error.get('ctx', {}).get('error', 'decode error')})"
     if kind == "missing" and tuple(loc) == ("body",):
@@ -207,7 +209,7 @@ def create_app(searcher: Searcher, limits: Limits = Limits(), threads: int | Non
 
     @app.exception_handler(EmptyQueryError)
     async def empty_query(request: Request, exc: EmptyQueryError) -> JSONResponse:
-        # Queries of only characters Python counts as space (e.g. "\x1c") pass the pattern but not the tokenizer.
+        # The pattern and the tokenizer agree on words up to regex dialects (e.g. a lone combining mark): the rest lands here.
         return _error_response(422, str(exc), [ErrorItem(loc=["query"], msg=_clean(str(exc)), type="empty_query")])
 
     @app.exception_handler(StarletteHTTPException)

@@ -14,7 +14,8 @@ from pathlib import Path
 
 USAGE = """usage: python serve.py index=DIR [host=127.0.0.1] [port=8000] [threads=1] [key=value ...]
 Settings (conf/serve.yaml): index, host, port, threads (per search, torch and FAISS), search_params,
-k (default passages per query), k_max, max_query_chars, max_batch.
+k (default passages per query), k_max, max_query_chars, max_batch, header_timeout, keep_alive_timeout,
+max_connections.
 Then open http://HOST:PORT/ (search page), /docs (API), /health."""
 
 OVERRIDE = re.compile(r"^[A-Za-z_]\w*=")
@@ -73,6 +74,10 @@ def main(argv: list[str] | None = None) -> int:
                 raise ConfigError(f"{name}={cfg[name]!r}: must be a single path or name")
             cfg[name] = str(cfg[name])
         _whole("port", cfg.port, 1, 65535)
+        _whole("max_connections", cfg.max_connections, 1)
+        for name in ("header_timeout", "keep_alive_timeout"):
+            if not isinstance(cfg[name], (int, float)) or isinstance(cfg[name], bool) or not 0 < cfg[name] <= 3600:
+                raise ConfigError(f"{name}={cfg[name]!r}: must be a number of seconds in (0, 3600]")
         if cfg.threads is not None:
             _whole("threads", cfg.threads, 1)
         limits = Limits(k=cfg.k, k_max=cfg.k_max, max_query_chars=cfg.max_query_chars, max_batch=cfg.max_batch)
@@ -87,11 +92,17 @@ def main(argv: list[str] | None = None) -> int:
 
     import uvicorn
 
+    from two_tower.serve.protocol import connection_cap, guarded_protocol
+
+    protocol = guarded_protocol(cfg.header_timeout, connection_cap(cfg.max_connections))
+
     print(
         f"Loaded {searcher.index.path} ({len(searcher.index):,} passages) in {time.perf_counter() - start:.1f}s; "
         f"serving http://{cfg.host}:{cfg.port}/ (API docs at /docs)",
         file=sys.stderr,
         flush=True,
     )
-    uvicorn.run(app, host=cfg.host, port=cfg.port)
+    # h11 with a header read timeout and an accept-time connection cap (two_tower/serve/protocol.py);
+    # backlog: connections waiting to be accepted beyond those, kept by the kernel.
+    uvicorn.run(app, host=cfg.host, port=cfg.port, http=protocol, timeout_keep_alive=cfg.keep_alive_timeout, backlog=2048)
     return 0

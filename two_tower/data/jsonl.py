@@ -1,0 +1,61 @@
+"""JSON-lines files read line by line: a line that is not UTF-8 or not JSON is one bad row, counted and
+skipped like any other bad row, never an exception that ends the run (one stray byte in a shard of a
+million rows must not cost the other rows)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class UnreadableRow:
+    """A line that could not be read as a JSON value; ``reason`` is ``not_utf8`` or ``not_json``."""
+
+    reason: str
+    path: str
+    line: int
+
+
+def read_jsonl(path: str | Path, digest=None):
+    """Yield each non-blank line of ``path`` as its JSON value, or an ``UnreadableRow``; ``digest`` (a
+    hashlib object) is updated with the raw bytes."""
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, start=1):
+            if digest is not None:
+                digest.update(raw)
+            if not raw.strip():
+                continue
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                yield UnreadableRow("not_utf8", str(path), number)
+                continue
+            try:
+                yield json.loads(text)
+            except ValueError:
+                yield UnreadableRow("not_json", str(path), number)
+
+
+class JsonlRows(list):
+    """The rows of some jsonl files, in order, with ``_fingerprint`` (a hash of their bytes, the cache key
+    part that a ``datasets.Dataset`` would give)."""
+
+    @classmethod
+    def read(cls, files: list[Path]) -> "JsonlRows":
+        digest = hashlib.sha1()
+        rows = cls()
+        for path in files:
+            digest.update(str(path.name).encode() + b"\0")
+            rows.extend(read_jsonl(path, digest))
+        rows._fingerprint = f"jsonl-{digest.hexdigest()[:20]}"
+        return rows
+
+    def columns(self) -> list[str]:
+        seen: dict[str, None] = {}
+        for row in self:
+            if isinstance(row, dict):
+                seen.update(dict.fromkeys(row))
+        return list(seen)

@@ -1,0 +1,91 @@
+"""Bounds on what a client can hold open: uvicorn's HTTP/1.1 protocol (h11) with a header read timeout
+and a cap on open connections.
+
+uvicorn bounds idle keep-alive connections (``timeout_keep_alive``) but has no limit on the time a
+client may take to send a request's headers, so connections that send ``GET / HTTP/1.1\\r\\nHost: x\\r\\n``
+and stop stay open until the process runs out of file descriptors, and then every real request fails.
+Its ``limit_concurrency`` answers 503 to real requests once reached. ``GuardedH11Protocol`` instead:
+
+- closes a connection whose request headers are not complete ``header_timeout`` seconds after its
+  first byte (or after it was accepted, or after its previous response), whether it sent nothing, half a
+  request line, or all but the blank line;
+- closes a newly accepted connection at once, before reading it, when ``max_connections`` are open
+  (refused at accept time: a client sees the connection closed, never a 5xx answer).
+
+``guarded_protocol(header_timeout, max_connections)`` returns the class to pass as ``uvicorn.run(http=...)``.
+"""
+
+from __future__ import annotations
+
+import logging
+import resource
+
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+log = logging.getLogger(__name__)
+
+# File descriptors kept free for everything that is not a client connection (index files, logs, threads).
+FD_RESERVE = 256
+
+
+class GuardedH11Protocol(H11Protocol):
+    header_timeout: float = 5.0
+    max_connections: int = 4096
+
+    def connection_made(self, transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._header_timer = None
+        self._armed_cycle = None
+        if len(self.connections) > self.max_connections:
+            self.server_state.refused = getattr(self.server_state, "refused", 0) + 1
+            transport.abort()  # refused at accept time; nothing was read, nothing is answered
+            return
+        self._arm()
+
+    def _arm(self) -> None:
+        self._armed_cycle = self.cycle
+        self._header_timer = self.loop.call_later(self.header_timeout, self._header_timeout)
+
+    def _awaiting_headers(self) -> bool:
+        return self.cycle is None or self.cycle.response_complete
+
+    def data_received(self, data: bytes) -> None:
+        if self._header_timer is None and self._awaiting_headers():
+            self._arm()
+        super().data_received(data)
+
+    def _header_timeout(self) -> None:
+        self._header_timer = None
+        if self.transport.is_closing():
+            return
+        if self.cycle is self._armed_cycle:  # no complete request headers since the timer was armed
+            self.server_state.header_timeouts = getattr(self.server_state, "header_timeouts", 0) + 1
+            self.transport.close()
+        elif self._awaiting_headers():  # served a request meanwhile and now waits for the next one's headers
+            self._arm()
+
+    def connection_lost(self, exc) -> None:
+        if getattr(self, "_header_timer", None) is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+        super().connection_lost(exc)
+
+
+def connection_cap(requested: int) -> int:
+    """``requested``, lowered to what the process's file-descriptor limit allows (the soft limit is raised
+    to the hard one first)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    allowed = max(soft - FD_RESERVE, 16) if soft != resource.RLIM_INFINITY else requested
+    if requested > allowed:
+        log.warning("max_connections=%d lowered to %d (file descriptor limit %d)", requested, allowed, soft)
+    return min(requested, allowed)
+
+
+def guarded_protocol(header_timeout: float, max_connections: int) -> type[GuardedH11Protocol]:
+    return type("GuardedH11Protocol", (GuardedH11Protocol,), {"header_timeout": float(header_timeout), "max_connections": int(max_connections)})
