@@ -1,7 +1,6 @@
 """Towers ignore padding; losses mask duplicates and selected passages; values match hand computations."""
 
 import itertools
-import math
 
 import numpy as np
 import pytest

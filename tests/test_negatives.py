@@ -1,7 +1,6 @@
 """Hard-negative mining (BM25, ANN, refresh) and in-batch negatives gathered across processes."""
 
 import logging
-import os
 
 import numpy as np
 import pytest

@@ -12,7 +12,7 @@ import torch
 from two_tower.data import beir
 from two_tower.data.tokenizer import PAD, UNK, UNK_ID, Tokenizer, stable_hash
 from two_tower.embeddings import EmbeddingsError, FileEmbeddings, extension_matrix, restore_tokenizer
-from two_tower.model.bag import BagOfWords, TermStatistics, vocabulary_keys
+from two_tower.model.bag import BagOfWords, vocabulary_keys
 from two_tower.model.embedding import OpenEmbedding
 from two_tower.model.encoders import RNNEncoder, TwoTower
 from two_tower.model.vocabulary import attach_vocabulary

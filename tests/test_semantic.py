@@ -81,3 +81,16 @@ def test_distilled_source_errors_are_one_line(tmp_path, monkeypatch):
         source.load([])
     with pytest.raises(EmbeddingsError, match="only 'glove'"):
         DistilledEmbeddings(teacher="tiny", dim=4, words="mine", cache_dir=str(tmp_path)).load([])
+
+
+def test_distilled_source_reloads_from_its_extension_config_in_the_default_cache(tmp_path, monkeypatch):
+    """A model's extension names no folder: it is found again in TWO_TOWER_CACHE, as conf/paths says."""
+    monkeypatch.setenv("TWO_TOWER_CACHE", str(tmp_path))
+    monkeypatch.setattr("two_tower.embeddings._glove_words", lambda: ["the", "cat"])
+    source = DistilledEmbeddings(teacher="tiny", dim=4, cache_dir=str(tmp_path))
+    tiny_static_model(source._folder())
+    config = source.extension_config()
+    assert "cache_dir" not in config
+    from two_tower.embeddings import extension_source_vectors
+
+    assert extension_source_vectors(config).words == ["the", "cat"]

@@ -10,6 +10,7 @@ import functools
 import hashlib
 import json
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 

