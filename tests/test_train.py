@@ -41,6 +41,21 @@ def test_model_learns_far_above_random(tmp_path):
     assert metrics["val/recall@100"] > 0.8, metrics
 
 
+def test_every_epoch_logs_where_its_time_went(tiny_cfg):
+    import pandas as pd
+
+    cfg = tiny_cfg("logger=csv", "trainer.max_epochs=3")
+    metrics = train(cfg)
+    logged = pd.read_csv(Path(cfg.paths.output_dir) / "csv" / "metrics.csv")
+    for key in ("time/epoch_train_seconds", "time/validation_seconds"):
+        per_epoch = logged.dropna(subset=[key])
+        assert sorted(per_epoch["epoch"]) == [0, 1, 2], key  # once per epoch, sanity check not counted
+        assert (per_epoch[key] > 0).all() and key in metrics
+    # Training and validation are split, not double counted: together they fit in the run's own clock.
+    total = logged["time/epoch_train_seconds"].sum() + logged["time/validation_seconds"].sum()
+    assert total <= metrics["time/train_seconds"]
+
+
 def test_resume_continues_step_and_epoch(tmp_path):
     first = compose_train(tmp_path, ["trainer.max_epochs=2"])
     train(first)

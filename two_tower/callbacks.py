@@ -1,9 +1,11 @@
-"""Callbacks that make a run survive preemption: a checkpoint on SIGTERM or max_time, RNG state in it."""
+"""Callbacks: a checkpoint on SIGTERM or max_time and RNG state in it (a run survives preemption), the
+per-query writer, and where each epoch's time goes."""
 
 from __future__ import annotations
 
 import logging
 import random
+import time
 from pathlib import Path
 
 import lightning as L
@@ -42,6 +44,33 @@ class CheckpointOnStop(L.Callback):
         if isinstance(exception, (SIGTERMException, KeyboardInterrupt)) and trainer.global_step > 0:
             trainer.save_checkpoint(self.path)
             log.info("%s: saved %s at epoch %d, step %d", type(exception).__name__, self.path, trainer.current_epoch, trainer.global_step)
+
+
+class EpochTimings(L.Callback):
+    """Log ``time/epoch_train_seconds`` (the epoch's training steps, validation excluded) and
+    ``time/validation_seconds`` every epoch, through every logger (CSV, W&B), so any run shows where its
+    time goes. The sanity-check validation is not counted."""
+
+    def __init__(self):
+        self._train_start = self._val_start = None
+        self._val_seconds = 0.0
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        self._train_start, self._val_seconds = time.perf_counter(), 0.0
+
+    def on_validation_epoch_start(self, trainer, pl_module):
+        self._val_start = time.perf_counter()
+
+    def on_validation_epoch_end(self, trainer, pl_module):
+        if trainer.sanity_checking or self._val_start is None:
+            return
+        self._val_seconds += time.perf_counter() - self._val_start
+        pl_module.log("time/validation_seconds", self._val_seconds, on_epoch=True, sync_dist=False)
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        if self._train_start is not None:
+            seconds = time.perf_counter() - self._train_start - self._val_seconds
+            pl_module.log("time/epoch_train_seconds", seconds, on_epoch=True, sync_dist=False)
 
 
 class RNGState(L.Callback):
