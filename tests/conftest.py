@@ -49,6 +49,31 @@ def compose_train(tmp_path: Path, overrides: list[str] = ()) -> DictConfig:
     return cfg
 
 
+def build_tiny_index(root: Path, extra_texts: list[str] = ()) -> tuple[Path, list[str]]:
+    """An index folder built by index.py's code from a tiny trained checkpoint over a jsonl corpus of
+    ``extra_texts`` plus the synthetic validation passages; and those passages."""
+    import json
+
+    from two_tower.data import synthetic
+    from two_tower.retrieval.indexer import build_index
+    from two_tower.train import train
+
+    cfg = compose_train(root, [])
+    train(cfg)
+    spec = dict(cfg.data.synthetic_rows)
+    n_train, n_val = spec.pop("train_rows"), spec.pop("val_rows")
+    texts = list(dict.fromkeys(t for row in synthetic.make_rows(n_train + n_val, **spec)[n_train:] for t in row["passages"]["passage_text"]))
+    corpus = root / "corpus.jsonl"
+    with open(corpus, "w") as f:
+        for i, text in enumerate([*extra_texts, *texts]):
+            f.write(json.dumps({"id": f"p{i}", "text": text}) + "\n")
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
+        index_cfg = compose("index", overrides=[f"ckpt={Path(cfg.paths.output_dir) / 'checkpoints' / 'last.ckpt'}", f"corpus={corpus}", f"out={root / 'index'}"])
+    GlobalHydra.instance().clear()
+    return Path(build_index(index_cfg)), texts
+
+
 def run_tiny_multirun(tmp_path: Path, logger: str, args: list[str], env: dict | None = None) -> subprocess.CompletedProcess:
     """``python train.py -m ARGS`` on the tiny synthetic settings with ``logger``, its cache and sweep dir
     (``multirun/``) under ``tmp_path``; asserts it exits 0."""

@@ -23,12 +23,8 @@ if os.environ.get("TWO_TOWER_CONTAINER_TEST") != "1":
     pytest.skip("container image test: builds an image (minutes); run with TWO_TOWER_CONTAINER_TEST=1 (.ci/run does)", allow_module_level=True)
 
 import httpx
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 
-from tests.conftest import CONF, ROOT, compose_train
-from two_tower.data import synthetic
-from two_tower.retrieval.indexer import build_index
+from tests.conftest import ROOT, build_tiny_index
 
 TAG = "two-tower:test"
 
@@ -80,23 +76,7 @@ def image() -> str:
 @pytest.fixture(scope="module")
 def index_dir(tmp_path_factory) -> tuple[Path, list[str]]:
     """An index folder built from a tiny trained checkpoint over the synthetic validation passages; and the passages."""
-    root = tmp_path_factory.mktemp("container")
-    cfg = compose_train(root, [])
-    from two_tower.train import train
-
-    train(cfg)
-    spec = dict(cfg.data.synthetic_rows)
-    n_train, n_val = spec.pop("train_rows"), spec.pop("val_rows")
-    texts = list(dict.fromkeys(t for row in synthetic.make_rows(n_train + n_val, **spec)[n_train:] for t in row["passages"]["passage_text"]))
-    corpus = root / "corpus.jsonl"
-    with open(corpus, "w") as f:
-        for i, text in enumerate(texts):
-            f.write(json.dumps({"id": f"p{i}", "text": text}) + "\n")
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
-        index_cfg = compose("index", overrides=[f"ckpt={Path(cfg.paths.output_dir) / 'checkpoints' / 'last.ckpt'}", f"corpus={corpus}", f"out={root / 'index'}"])
-    GlobalHydra.instance().clear()
-    index = Path(build_index(index_cfg))
+    index, texts = build_tiny_index(tmp_path_factory.mktemp("container"))
     for path in [index, *index.rglob("*")]:  # the container's user (uid 10001) reads it
         path.chmod(0o755 if path.is_dir() else 0o644)
     return index, texts

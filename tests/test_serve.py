@@ -17,12 +17,9 @@ from pathlib import Path
 import httpx
 import pytest
 import uvicorn
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 
-from tests.conftest import CONF, ROOT, compose_train
+from tests.conftest import ROOT, build_tiny_index
 from two_tower.data import synthetic
-from two_tower.retrieval.indexer import build_index
 from two_tower.retrieval.search import Searcher
 from two_tower.serve.app import Limits, create_app
 from two_tower.serve.cli import main as serve_main
@@ -36,23 +33,7 @@ XSS = '<img src=x onerror="window.__xss=1"> <script>window.__xss=2</script> gard
 def index_dir(tmp_path_factory) -> Path:
     """An index folder built by index.py's code from a tiny trained checkpoint and a jsonl corpus:
     the synthetic validation passages plus a passage full of HTML."""
-    root = tmp_path_factory.mktemp("serve")
-    cfg = compose_train(root, [])
-    from two_tower.train import train
-
-    train(cfg)
-    spec = dict(cfg.data.synthetic_rows)
-    n_train, n_val = spec.pop("train_rows"), spec.pop("val_rows")
-    texts = list(dict.fromkeys(t for row in synthetic.make_rows(n_train + n_val, **spec)[n_train:] for t in row["passages"]["passage_text"]))
-    corpus = root / "corpus.jsonl"
-    with open(corpus, "w") as f:
-        for i, text in enumerate([XSS, *texts]):
-            f.write(json.dumps({"id": f"p{i}", "text": text}) + "\n")
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
-        index_cfg = compose("index", overrides=[f"ckpt={Path(cfg.paths.output_dir) / 'checkpoints' / 'last.ckpt'}", f"corpus={corpus}", f"out={root / 'index'}"])
-    GlobalHydra.instance().clear()
-    return build_index(index_cfg)
+    return build_tiny_index(tmp_path_factory.mktemp("serve"), [XSS])[0]
 
 
 class ServerThread:
