@@ -55,6 +55,9 @@ RULES = {
     "loss.in_batch": ((str,), lambda v: v in ("hardest", "all"), "hardest or all"),
     "loss.teacher_temperature": (NUM, lambda v: v > 0, "a number > 0"),
     "loss.label_weight": (NUM, lambda v: 0 <= v <= 1, "a number in [0, 1]"),
+    "data.pseudo_queries.count": (INT, lambda v: v >= 0, "an integer >= 0"),
+    "data.pseudo_queries.min_words": (INT, lambda v: v >= 1, "an integer >= 1"),
+    "data.pseudo_queries.max_words": (INT, lambda v: v >= 1, "an integer >= 1"),
     "teacher.batch_size": (INT, lambda v: v > 0, "a positive integer"),
     "teacher.max_seq_length": (INT, lambda v: v > 0, "a positive integer or null"),
     "teacher.threads": (INT, lambda v: v > 0, "a positive integer or null"),
@@ -103,6 +106,11 @@ def validate_train_config(cfg: DictConfig) -> None:
         raise ConfigError("loss=distill needs a teacher: teacher=minilm (teacher.model=PATH for another model)")
     if cfg.get("teacher") and not distill:
         raise ConfigError(f"teacher is set but the loss ({cfg.loss._target_}) does not use it: use loss=distill, or drop the teacher")
+    pseudo = (cfg.get("data") or {}).get("pseudo_queries") or {}
+    if pseudo.get("count") and not distill:
+        raise ConfigError(f"data.pseudo_queries.count={pseudo.count}: pseudo-queries are labelled by the teacher only, so they need loss=distill")
+    if pseudo.get("count") and pseudo.min_words > pseudo.max_words:
+        raise ConfigError(f"data.pseudo_queries.min_words={pseudo.min_words} must be at most data.pseudo_queries.max_words={pseudo.max_words}")
     encoder = cfg.get("encoder") or {}
     if not encoder.get("bag_dim"):
         for key in ("bag_stemmer",):

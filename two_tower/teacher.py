@@ -101,7 +101,11 @@ class SentenceTransformerTeacher:
             torch.set_num_threads(self.threads or os.cpu_count() or 1)
         try:
             model = self._load()
-            encode = lambda texts: model.encode(texts, batch_size=self.batch_size, normalize_embeddings=True, show_progress_bar=True, convert_to_numpy=True).astype(np.float32)
+            def encode(texts: list[str]) -> np.ndarray:
+                if not texts:
+                    return np.zeros((0, model.get_sentence_embedding_dimension()), dtype=np.float32)
+                return model.encode(texts, batch_size=self.batch_size, normalize_embeddings=True, show_progress_bar=True, convert_to_numpy=True).astype(np.float32)
+
             out = TeacherVectors(encode(query_texts), encode(passage_texts))
         finally:
             torch.set_num_threads(threads)

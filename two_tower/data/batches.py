@@ -88,10 +88,11 @@ class TripletBatchSampler(Sampler):
 class TripletBatches(Dataset):
     """Plan -> tensors. Passages are encoded once per batch even if several rows share them.
     With ``teacher`` vectors (loss=distill), each batch also carries the teacher's vectors of its
-    queries and of its unique passages."""
+    queries and of its unique passages. With ``labelled_rows`` (rows from it on are pseudo-queries,
+    ``two_tower.data.pseudo_queries``), each batch says which of its rows are labelled."""
 
-    def __init__(self, split: PreparedSplit, teacher: TeacherVectors | None = None):
-        self.split, self.teacher = split, teacher
+    def __init__(self, split: PreparedSplit, teacher: TeacherVectors | None = None, labelled_rows: int | None = None):
+        self.split, self.teacher, self.labelled_rows = split, teacher, labelled_rows
 
     def __getitem__(self, plan: np.ndarray) -> dict[str, torch.Tensor]:
         rows, passages = plan[:, 0], plan[:, 1:]
@@ -113,6 +114,8 @@ class TripletBatches(Dataset):
         if self.teacher is not None:
             batch["teacher_queries"] = torch.from_numpy(self.teacher.queries[rows])
             batch["teacher_passages"] = torch.from_numpy(self.teacher.passages[unique])
+        if self.labelled_rows is not None:
+            batch["labelled"] = torch.from_numpy(rows < self.labelled_rows)
         return batch
 
 

@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader
 from two_tower.cache import ContentCache
 from two_tower.data import msmarco, synthetic
 from two_tower.data.batches import LengthSortedBatches, TokenBatches, TripletBatches, TripletBatchSampler
+from two_tower.data.pseudo_queries import with_pseudo_queries
 from two_tower.data.prepared import PreparedSplit
 from two_tower.data.tokenizer import Tokenizer, oov_rate
 from two_tower.embeddings import EmbeddingSource, restore_tokenizer
@@ -56,6 +57,7 @@ class TwoTowerDataModule(L.LightningDataModule):
         num_workers: int = 0,
         cache_dir: str = ".cache",
         seed: int = 0,
+        pseudo_queries: dict | None = None,
     ):
         super().__init__()
         self.embeddings, self.negatives, self.teacher = embeddings, negatives, teacher
@@ -76,6 +78,8 @@ class TwoTowerDataModule(L.LightningDataModule):
         self.test: PreparedSplit | None = None  # a labelled test split, scored once after training
         self.meta: dict = {}
         self.cache_hit: bool | None = None
+        self.pseudo_queries = dict(pseudo_queries or {})
+        self.num_labelled: int | None = None  # training rows before the pseudo-queries (None: none added)
 
     # ------------------------------------------------------------------ raw rows and the cache key
     def _raw_rows(self) -> dict[str, tuple[Callable[[], object], str]]:
@@ -159,8 +163,16 @@ class TwoTowerDataModule(L.LightningDataModule):
             log.info("test: %d queries (%d evaluated), %d passages; scored once, after training, with the best-on-validation checkpoint",
                      self.test.num_queries, len(self.test.evaluated_queries()), self.test.num_passages)
         self.check_overlap()
+        if self.pseudo_queries.get("count"):
+            self.num_labelled = self.train.num_queries
+            self.train = with_pseudo_queries(self.train, self.tokenizer, **self.pseudo_queries, seed=self.seed)
+            log.info("train: %d pseudo-queries cropped from the training passages (labelled by the teacher only)", self.train.num_queries - self.num_labelled)
         if self.teacher is not None:  # encoded once, then read from its cache (keyed by the texts)
-            self.teacher_vectors = self.teacher.vectors(self.train.query_texts, self.train.passage_texts)
+            labelled = self.num_labelled or self.train.num_queries
+            self.teacher_vectors = self.teacher.vectors(self.train.query_texts[:labelled], self.train.passage_texts)
+            if labelled < self.train.num_queries:  # pseudo-queries: a cache entry of their own
+                pseudo = self.teacher.vectors(self.train.query_texts[labelled:], [])
+                self.teacher_vectors = TeacherVectors(np.concatenate([self.teacher_vectors.queries, pseudo.queries]), self.teacher_vectors.passages)
         self.negatives.prepare(self.train)
 
     def check_overlap(self) -> int:
@@ -273,7 +285,7 @@ class TwoTowerDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(TripletBatches(self.train, self.teacher_vectors), self.train_sampler())
+        return self._loader(TripletBatches(self.train, self.teacher_vectors, self.num_labelled), self.train_sampler())
 
     def val_dataloader(self) -> list[DataLoader]:
         """[passages of the validation split, its evaluated queries]; the module ranks after both."""

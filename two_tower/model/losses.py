@@ -89,6 +89,8 @@ class DistillLoss(nn.Module):
     RocketQA / tevatron listwise distillation. ``label_weight`` mixes in the plain InfoNCE loss:
     loss = label_weight * InfoNCE + (1 - label_weight) * KL. The teacher's scores come with the batch
     (``teacher_scores`` [B, C], precomputed by ``two_tower.teacher``); the loss never runs the teacher.
+    ``labelled`` [B] bool (optional): rows without a label (pseudo-queries) add only their KL term; the
+    InfoNCE term averages over the labelled rows.
     """
 
     def __init__(self, temperature: float = 0.1, teacher_temperature: float = 0.05, label_weight: float = 0.5):
@@ -99,7 +101,7 @@ class DistillLoss(nn.Module):
             raise ValueError(f"loss.label_weight must be in [0, 1], got {label_weight}")
         self.temperature, self.teacher_temperature, self.label_weight = temperature, teacher_temperature, label_weight
 
-    def forward(self, queries, passages, positive_column, negative_mask, negative_columns, teacher_scores=None):
+    def forward(self, queries, passages, positive_column, negative_mask, negative_columns, teacher_scores=None, labelled=None):
         if teacher_scores is None:
             raise ValueError("loss=distill needs the teacher's scores with each batch (the teacher config group)")
         sim = (queries @ passages.T).float()  # softmaxes in float32, also under mixed precision
@@ -111,7 +113,11 @@ class DistillLoss(nn.Module):
         # Masked columns are -inf in both: zero them before subtracting, so no NaN reaches any gradient.
         log_ratio = (teacher_log_probs - student_log_probs.masked_fill(~keep, 0.0)).masked_fill(~keep, 0.0)
         kl = (teacher_log_probs.exp() * log_ratio).sum(1).mean()
-        cross_entropy = -student_log_probs[rows, positive_column].mean()
+        if labelled is None:
+            cross_entropy = -student_log_probs[rows, positive_column].mean()
+        else:
+            weights = labelled.to(sim.dtype)
+            cross_entropy = -(student_log_probs[rows, positive_column] * weights).sum() / weights.sum().clamp(min=1)
         loss = self.label_weight * cross_entropy + (1 - self.label_weight) * kl
         return {
             "loss": loss,

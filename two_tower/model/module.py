@@ -114,7 +114,8 @@ class TwoTowerModule(L.LightningModule):
         if teacher_passages is None:
             return self.loss_fn(queries, passages, positive_column, negative_mask, negative_columns)
         teacher_scores = batch["teacher_queries"] @ teacher_passages.T
-        return self.loss_fn(queries, passages, positive_column, negative_mask, negative_columns, teacher_scores=teacher_scores)
+        labelled = {"labelled": batch["labelled"]} if "labelled" in batch else {}  # pseudo-queries: teacher only
+        return self.loss_fn(queries, passages, positive_column, negative_mask, negative_columns, teacher_scores=teacher_scores, **labelled)
 
     def training_step(self, batch, batch_idx):
         out = self.batch_loss(batch)
