@@ -85,12 +85,16 @@ def run(train_rows: int, work: Path, extra: list[str]) -> dict:
     start = time.perf_counter()
     with open(out / "stdout.log", "w") as log:
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-        peak, peak_processes = 0, 0
-        while proc.poll() is None:
-            rss, n = tree_rss(proc.pid)
-            if rss > peak:
-                peak, peak_processes = rss, n
-            time.sleep(0.2)
+        peak, peak_processes, peak_at = 0, 0, 0.0
+        with open(out / "rss.csv", "w") as timeline:  # the memory curve: seconds since start, GB, processes
+            timeline.write("seconds,rss_gb,processes\n")
+            while proc.poll() is None:
+                rss, n = tree_rss(proc.pid)
+                elapsed = time.perf_counter() - start
+                timeline.write(f"{elapsed:.1f},{rss / 1e9:.3f},{n}\n")
+                if rss > peak:
+                    peak, peak_processes, peak_at = rss, n, elapsed
+                time.sleep(0.2)
     if proc.returncode != 0:
         raise SystemExit(f"error: train.py exited {proc.returncode}; see {out / 'stdout.log'}")
     metrics: dict[str, float] = {}
@@ -108,6 +112,7 @@ def run(train_rows: int, work: Path, extra: list[str]) -> dict:
         "wall_seconds": round(time.perf_counter() - start, 1),
         "peak_rss_gb": round(peak / 1e9, 3),
         "processes_at_peak": peak_processes,
+        "peak_at_seconds": round(peak_at, 1),
         "val_mrr@10": metrics.get("val/mrr@10"),
     }
 
