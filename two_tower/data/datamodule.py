@@ -316,7 +316,7 @@ def release_freed_memory() -> None:
 
 def token_ranges(split: PreparedSplit, tokenizer: Tokenizer) -> dict[str, float]:
     """``Tokenizer.id_ranges`` over a split's query and passage tokens."""
-    return tokenizer.id_ranges(np.concatenate([split.query_tokens.values, split.passage_tokens.values]))
+    return tokenizer.id_ranges(split.query_tokens.values, split.passage_tokens.values)
 
 
 class _RowStream:

@@ -172,15 +172,21 @@ class Tokenizer:
     def encode_passages(self, texts: Iterable[str]) -> list[list[int]]:
         return [self.encode(t, self.max_passage_len) for t in texts]
 
-    def id_ranges(self, ids: np.ndarray) -> dict[str, float]:
+    def id_ranges(self, *arrays: np.ndarray) -> dict[str, float]:
         """Shares of real tokens (not PAD/UNK) in the training vocabulary, in the extension (a pre-trained
-        vector, no training occurrence) and hashed (neither): how open the vocabulary had to be."""
-        ids = np.asarray(ids, dtype=np.int64)
-        ids = ids[ids > 1]
-        total = max(len(ids), 1)
-        in_words = int((ids < len(self.words)).sum())
-        hashed = int((ids >= self.vocab_size).sum())
-        return {"training vocabulary": in_words / total, "extension": (len(ids) - in_words - hashed) / total, "hashed": hashed / total}
+        vector, no training occurrence) and hashed (neither): how open the vocabulary had to be. Over all
+        the given id arrays, counted in blocks (no int64 copy of a corpus' tokens)."""
+        real = in_words = hashed = 0
+        for ids in arrays:
+            ids = np.asarray(ids)
+            for begin in range(0, len(ids), 1 << 22):
+                block = ids[begin : begin + (1 << 22)]
+                is_real = block > 1
+                real += int(np.count_nonzero(is_real))
+                in_words += int(np.count_nonzero(is_real & (block < len(self.words))))
+                hashed += int(np.count_nonzero(block >= self.vocab_size))
+        total = max(real, 1)
+        return {"training vocabulary": in_words / total, "extension": (real - in_words - hashed) / total, "hashed": hashed / total}
 
     def state_dict(self) -> dict:
         """Everything but the extension's words, which are named by their source, count and CRC."""
