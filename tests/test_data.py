@@ -214,3 +214,61 @@ def test_word2vec_is_trained_once_cached_and_centered(tmp_path, caplog):
         again = w2v.load(texts)
     assert "cache hit" in caplog.text
     np.testing.assert_array_equal(again.vectors, vectors.vectors)
+
+
+# ---------------------------------------------------------------------------------- preparation at size
+def test_encode_ragged_equals_per_text_encoding_in_one_or_two_processes(monkeypatch):
+    import two_tower.data.tokenizer as tokenizer_module
+
+    rows = make_rows(30, seed=6, passage_words=(40, 80))
+    texts = [p for r in rows for p in r["passages"]["passage_text"]] + ["", "xj-17b unseen words"]
+    tok = Tokenizer.build(texts[:100], min_freq=2, max_passage_len=50)
+    want = tok.encode_passages(texts)
+    monkeypatch.setattr(tokenizer_module, "_ENCODE_CHUNK", 37)  # several chunks, so several worker tasks
+    for workers in (1, 2):
+        values, offsets = tok.encode_ragged(texts, tok.max_passage_len, workers=workers)
+        assert values.dtype == np.int32 and offsets.dtype == np.int64
+        assert [values[offsets[i] : offsets[i + 1]].tolist() for i in range(len(texts))] == want
+    assert any(len(w) == 50 for w in want) and want[-2] == [UNK_ID]  # truncation and an empty text were exercised
+
+
+def test_synthetic_rows_stream_in_ranges_as_the_list_slices():
+    from two_tower.data.datamodule import _RowStream
+    from two_tower.data.synthetic import iter_rows
+
+    rows = make_rows(50, seed=2)
+    stream = _RowStream(lambda: iter_rows(50, seed=2))
+    assert list(stream.rows(0, 30)) == rows[:30]
+    assert list(stream.rows(30, 40)) == rows[30:40]
+    first = iter(stream.rows(40, 50))
+    assert next(first) == rows[40]  # a range left unfinished (a row limit) ...
+    assert list(stream.rows(45, 50)) == rows[45:]  # ... and the next one starts where it should
+    assert list(stream.rows(5, 8)) == rows[5:8]  # going back restarts the stream
+
+
+def test_passage_words_setting_makes_longer_passages(tmp_path):
+    lengths = {}
+    for words in ((12, 40), (40, 80)):
+        dm = TwoTowerDataModule(
+            RandomEmbeddings(dim=8), InBatchNegatives(), synthetic_rows={"train_rows": 40, "val_rows": 10, "seed": 0, "passage_words": list(words)},
+            cache_dir=str(tmp_path), tokenizer={"min_freq": 1, "max_passage_len": 200},
+        )
+        dm.setup("fit")
+        lengths[words] = dm.train.passage_tokens.lengths
+    # filler words in [low, high) plus 3 keywords; the text ends in a full stop (not a token)
+    assert lengths[(12, 40)].min() >= 15 and lengths[(12, 40)].max() <= 42
+    assert lengths[(40, 80)].min() >= 43 and lengths[(40, 80)].max() <= 82
+
+
+def test_too_many_synthetic_topics_is_one_error_line(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT, TINY
+
+    cmd = [sys.executable, "train.py", *TINY, "data.synthetic_rows.num_topics=40000", f"paths.cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'run'}"]
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: the synthetic vocabulary has 168181 words, fewer than the 200000 asked for") and "num_topics" in last
+    assert "Traceback" not in result.stdout + result.stderr

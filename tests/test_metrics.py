@@ -9,7 +9,7 @@ import torchmetrics.retrieval as tmr
 
 from two_tower.data.prepared import Ragged
 from two_tower.data.prepared import PreparedSplit
-from two_tower.retrieval.metrics import dense_split_metrics, mean_metrics, per_query_metrics, rank_dense, ranking_metrics
+from two_tower.retrieval.metrics import dense_split_metrics, mean_metrics, per_query_metrics, rank_by_scores, rank_dense, rank_dense_within, ranking_metrics, top_k
 
 
 def brute_force(scores: np.ndarray, relevant: list[set[int]], allowed: list[list[int]] | None = None):
@@ -120,3 +120,73 @@ def test_hand_checked_example():
 def test_no_relevant_passage_anywhere_is_an_error():
     with pytest.raises(ValueError, match="no query"):
         ranking_metrics(np.zeros((2, 3), dtype=int), [set(), set()])
+
+
+# ---------------------------------------------------------------------------------- top-k selection
+def brute_force_top(scores: np.ndarray, k: int) -> list[list[int]]:
+    """Each row's first k columns of ``sorted(key=(-score, index))``, in plain Python."""
+    return [sorted(range(scores.shape[1]), key=lambda p: (-float(row[p]), p))[:k] for row in scores]
+
+
+def straddling_ties(seed: int, num_queries=12, num_passages=200) -> np.ndarray:
+    """Scores where many columns share each row's k-th value for k around 10: a block of equal scores
+    straddles rank k (some tied columns belong in the top k, others not), scattered over the row."""
+    rng = np.random.default_rng(seed)
+    scores = rng.normal(size=(num_queries, num_passages)).astype(np.float32)
+    for q in range(num_queries):
+        order = np.argsort(-scores[q], kind="stable")
+        tied = order[int(rng.integers(0, 5)) : int(rng.integers(15, 60))]  # ranks 0-4 to 15-59 become equal
+        scores[q, tied] = scores[q, tied[0]]
+    scores[0, :] = 0.0  # a whole row tied
+    scores[1, 100:] = 0.0  # ties below a distinct top
+    scores[2, ::2] = float("-inf")  # -inf ties straddling k when k > 100
+    return scores
+
+
+@pytest.mark.parametrize("k", [1, 5, 10, 20, 100, 199, 200, 250])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_top_k_matches_brute_force_with_ties_at_rank_k(seed, k):
+    scores = straddling_ties(seed)
+    values, columns = top_k(torch.from_numpy(scores), k)
+    want = brute_force_top(scores, k)
+    assert columns.tolist() == want
+    assert values.tolist() == [[float(scores[q, p]) for p in row] for q, row in enumerate(want)]
+    assert rank_by_scores(torch.from_numpy(scores), k).tolist() == want
+    # The case really has ties straddling rank k (the k-th score also outside the top k), which topk
+    # alone may break the wrong way: in the whole-row tie at least, and in all other rows for k of 5-10.
+    if k < scores.shape[1]:
+        straddling = sum(scores[q, want[q][-1]] in np.delete(scores[q], want[q]) for q in range(len(scores)))
+        assert straddling >= (len(scores) - 3 if 5 <= k <= 10 else 1)
+
+
+@pytest.mark.parametrize("coarse", [False, True])
+@pytest.mark.parametrize("chunks", [(1024, 32768), (5, 7), (3, 64), (1, 1)])
+def test_rank_dense_in_query_and_passage_chunks_matches_brute_force(chunks, coarse):
+    """Merging each passage block's top k is exact, with ties across block boundaries."""
+    gen = torch.Generator().manual_seed(4)
+    queries, passages = torch.randn(23, 4, generator=gen), torch.randn(150, 4, generator=gen)
+    if coarse:  # few distinct scores: ties everywhere, across blocks
+        queries, passages = queries.round(), passages.round()
+        passages[40:90] = passages[3]  # 50 identical passages: equal scores straddling every k below
+    scores = (queries @ passages.T).numpy()
+    for k in (1, 10, 60, 150):
+        got = rank_dense(queries, passages, k, chunk=chunks[0], passage_chunk=chunks[1])
+        assert got.tolist() == brute_force_top(scores, k)
+
+
+def test_rank_dense_within_chunks_match_one_block(monkeypatch):
+    import two_tower.retrieval.metrics as metrics
+
+    gen = torch.Generator().manual_seed(5)
+    queries, passages = torch.randn(9, 4, generator=gen).round(), torch.randn(30, 4, generator=gen).round()
+    rng = np.random.default_rng(0)
+    candidates = Ragged.from_lists([rng.choice(30, size=int(rng.integers(1, 8)), replace=False).tolist() for _ in range(9)])
+    rows = np.arange(9)
+    whole = rank_dense_within(queries, passages, candidates, rows)
+    monkeypatch.setattr(metrics, "QUERY_CHUNK", 2)
+    assert rank_dense_within(queries, passages, candidates, rows).tolist() == whole.tolist()
+    scores = (queries @ passages.T).numpy()
+    for q in rows:  # ties by position in the candidate list; -1 pads
+        cand = candidates[q].tolist()
+        want = [cand[i] for i in sorted(range(len(cand)), key=lambda i: (-float(scores[q, cand[i]]), i))]
+        assert whole[q].tolist() == want + [-1] * (whole.shape[1] - len(want))

@@ -7,8 +7,8 @@ It is a ``two_tower.cache`` entry (built beside, renamed into place), so a kille
 
 from __future__ import annotations
 
-import functools
 import hashlib
+import itertools
 import json
 import logging
 import time
@@ -18,7 +18,9 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
+from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
 
 from two_tower.cache import ContentCache
 from two_tower.data import msmarco, synthetic
@@ -55,6 +57,7 @@ class TwoTowerDataModule(L.LightningDataModule):
         eval_batch_size: int = 512,
         bucket_batches: int = 50,
         num_workers: int = 0,
+        tokenize_workers: int = 1,
         cache_dir: str = ".cache",
         seed: int = 0,
         pseudo_queries: dict | None = None,
@@ -63,6 +66,8 @@ class TwoTowerDataModule(L.LightningDataModule):
         self.embeddings, self.negatives, self.teacher = embeddings, negatives, teacher
         self.teacher_vectors: TeacherVectors | None = None
         self.path, self.hub_name, self.hub_config = path, hub_name, hub_config
+        if isinstance(synthetic_rows, DictConfig):
+            synthetic_rows = OmegaConf.to_container(synthetic_rows, resolve=True)
         self.synthetic_rows = dict(synthetic_rows) if synthetic_rows else None
         self.splits = {"train": train_split, "validation": val_split}
         self.test_split = test_split
@@ -70,6 +75,7 @@ class TwoTowerDataModule(L.LightningDataModule):
         self.tokenizer_settings = dict(tokenizer or {})
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.bucket_batches, self.num_workers = bucket_batches, num_workers
+        self.tokenize_workers = tokenize_workers
         self.cache_dir, self.seed = Path(cache_dir).expanduser(), seed
         self.tokenizer: Tokenizer | None = None
         self.embedding_matrix: np.ndarray | None = None
@@ -89,14 +95,14 @@ class TwoTowerDataModule(L.LightningDataModule):
             spec = dict(self.synthetic_rows)
             n_train, n_val = spec.pop("train_rows"), spec.pop("val_rows")
             n_test = spec.pop("test_rows", 0) or 0
-            generate = functools.cache(lambda: synthetic.make_rows(n_train + n_val + n_test, **spec))
+            stream = _RowStream(lambda: synthetic.iter_rows(n_train + n_val + n_test, **spec))
             digest = hashlib.sha1(json.dumps([n_train, n_val, sorted(spec.items())] + ([n_test] if n_test else [])).encode()).hexdigest()
             out = {
-                "train": (lambda: generate()[:n_train], f"synthetic-{digest}-train"),
-                "validation": (lambda: generate()[n_train : n_train + n_val], f"synthetic-{digest}-val"),
+                "train": (lambda: stream.rows(0, n_train), f"synthetic-{digest}-train"),
+                "validation": (lambda: stream.rows(n_train, n_train + n_val), f"synthetic-{digest}-val"),
             }
             if n_test:
-                out["test"] = (lambda: generate()[n_train + n_val :], f"synthetic-{digest}-test")
+                out["test"] = (lambda: stream.rows(n_train + n_val, n_train + n_val + n_test), f"synthetic-{digest}-test")
             return out
         out = {}
         for role, split in self.splits.items():
@@ -134,6 +140,7 @@ class TwoTowerDataModule(L.LightningDataModule):
         log.info("Tokenization cache miss: preparing %s", self._cache_path)
         self._cache.check_writable()
         self._build_cache(raw, key)
+        release_freed_memory()  # the rows and token lists of the build are garbage now: give them back
 
     def setup(self, stage: str | None = None) -> None:
         if self.train is not None:
@@ -195,9 +202,11 @@ class TwoTowerDataModule(L.LightningDataModule):
             rows = load_rows()
             limit = self.max_rows[role]
             if limit is not None:
-                rows = rows.select(range(min(limit, len(rows)))) if hasattr(rows, "select") else rows[:limit]
+                rows = rows.select(range(min(limit, len(rows)))) if hasattr(rows, "select") else itertools.islice(rows, limit)
             try:
-                clean[role], report = msmarco.validate_rows(_iter_rows(rows), role, for_training=role == "train")
+                total = min(len(rows), limit if limit is not None else len(rows)) if hasattr(rows, "__len__") else getattr(rows, "total", None)
+                progress = tqdm(_iter_rows(rows), total=total, desc=f"Reading {role} rows", unit="row", mininterval=2.0)
+                clean[role], report = msmarco.validate_rows(progress, role, for_training=role == "train")
             except msmarco.DataSourceError as err:
                 if role != "test":
                     raise
@@ -227,26 +236,26 @@ class TwoTowerDataModule(L.LightningDataModule):
             matrix = rng.normal(0.0, 0.3, size=(len(tokenizer), self.embeddings.dim)).astype(np.float32)
             matrix[0] = 0.0
             oov_vocab = oov_tokens = 1.0
-        prepared = {role: PreparedSplit.from_rows(rows, tokenizer) for role, rows in clean.items()}
-
+        del train_texts, vectors
         with self._cache.put(key) as tmp:
-            self._write_cache(tmp, tokenizer, matrix, prepared, reports, oov_vocab, oov_tokens, start)
+            (tmp / "tokenizer.json").write_text(json.dumps(tokenizer.state_dict()))
+            np.save(tmp / "embeddings.npy", matrix)
+            ranges = {}
+            for role in list(clean):  # one split at a time: its rows go once it is tokenized, it goes once saved
+                split = PreparedSplit.from_rows(clean.pop(role), tokenizer, self.tokenize_workers, role)
+                split.save(tmp / role)
+                ranges[role] = token_ranges(split, tokenizer)
+                del split
+            meta = {
+                "reports": reports,
+                "embeddings": self.embeddings.identity(),
+                "oov_vocab": float(oov_vocab),
+                "oov_tokens": float(oov_tokens),
+                "token_ranges": ranges,
+                "seconds": round(time.perf_counter() - start, 2),
+            }
+            (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
         log.info("Prepared data in %.1fs -> %s", time.perf_counter() - start, self._cache.path(key))
-
-    def _write_cache(self, tmp: Path, tokenizer, matrix, prepared, reports, oov_vocab, oov_tokens, start) -> None:
-        (tmp / "tokenizer.json").write_text(json.dumps(tokenizer.state_dict()))
-        np.save(tmp / "embeddings.npy", matrix)
-        for role, split in prepared.items():
-            split.save(tmp / role)
-        meta = {
-            "reports": reports,
-            "embeddings": self.embeddings.identity(),
-            "oov_vocab": float(oov_vocab),
-            "oov_tokens": float(oov_tokens),
-            "token_ranges": {role: token_ranges(split, tokenizer) for role, split in prepared.items()},
-            "seconds": round(time.perf_counter() - start, 2),
-        }
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
 
     # ------------------------------------------------------------------ loaders
     def _rank_world(self) -> tuple[int, int]:
@@ -304,14 +313,59 @@ class TwoTowerDataModule(L.LightningDataModule):
         return [self._loader(TokenBatches(split.passage_tokens), passages), self._loader(TokenBatches(split.query_tokens), queries)]
 
 
+def release_freed_memory() -> None:
+    """Collect garbage and hand freed heap memory back to the operating system (glibc's malloc_trim;
+    elsewhere nothing more than gc), so the build's peak does not stay in the process's RSS."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def token_ranges(split: PreparedSplit, tokenizer: Tokenizer) -> dict[str, float]:
     """``Tokenizer.id_ranges`` over a split's query and passage tokens."""
-    return tokenizer.id_ranges(np.concatenate([split.query_tokens.values, split.passage_tokens.values]))
+    return tokenizer.id_ranges(split.query_tokens.values, split.passage_tokens.values)
+
+
+class _RowStream:
+    """Consecutive ranges of one generated row stream (synthetic train, validation, test rows), read in
+    that order without holding the rows: each range continues the stream (a range before the current
+    position restarts it)."""
+
+    def __init__(self, make):
+        self.make, self.iterator, self.position = make, None, 0
+
+    def rows(self, start: int, stop: int):
+        if self.iterator is None or start < self.position:
+            self.iterator, self.position = self.make(), 0
+        return _Counted(self._take(start, stop), stop - start)
+
+    def _take(self, start: int, stop: int):
+        for _ in itertools.islice(self.iterator, start - self.position):
+            pass
+        self.position = start
+        for row in itertools.islice(self.iterator, stop - start):
+            self.position += 1
+            yield row
+
+
+class _Counted:
+    """An iterator that knows how many items it holds (for the progress bar)."""
+
+    def __init__(self, iterator, total: int):
+        self.iterator, self.total = iterator, total
+
+    def __iter__(self):
+        return self.iterator
 
 
 def _iter_rows(rows):
     """Rows as dicts; a datasets.Dataset is read in Arrow batches (much faster than row by row)."""
-    if isinstance(rows, list):
+    if not hasattr(rows, "iter"):  # a list or a stream of dicts
         yield from rows
         return
     for batch in rows.iter(batch_size=1024):

@@ -89,7 +89,9 @@ class PreparedSplit:
     passage_ids: list[str] | None = None
 
     @classmethod
-    def from_rows(cls, rows: list[CleanRow], tokenizer: Tokenizer) -> "PreparedSplit":
+    def from_rows(cls, rows: list[CleanRow], tokenizer: Tokenizer, workers: int = 1, name: str | None = None) -> "PreparedSplit":
+        """``workers``: processes tokenizing (``Tokenizer.encode_ragged``); ``name``: show progress bars
+        labelled with it."""
         passage_index: dict[str, int] = {}
         positives, candidates = [], []
         for row in rows:
@@ -101,9 +103,9 @@ class PreparedSplit:
         query_texts = [row.query for row in rows]
         return cls(
             query_texts=query_texts,
-            query_tokens=Ragged.from_lists(tokenizer.encode_queries(query_texts)),
+            query_tokens=Ragged(*tokenizer.encode_ragged(query_texts, tokenizer.max_query_len, workers, name and f"Tokenizing {name} queries")),
             passage_texts=passage_texts,
-            passage_tokens=Ragged.from_lists(tokenizer.encode_passages(passage_texts)),
+            passage_tokens=Ragged(*tokenizer.encode_ragged(passage_texts, tokenizer.max_passage_len, workers, name and f"Tokenizing {name} passages")),
             positives=Ragged.from_lists(positives),
             candidates=Ragged.from_lists(candidates),
         )

@@ -9,7 +9,12 @@ Keywords are real English words first, then made-up syllable words once those ru
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterator
+
 import numpy as np
+
+from two_tower.errors import ConfigError
 
 # Plain words every GloVe vocabulary has; topics draw their keywords from them.
 WORDS = (
@@ -34,15 +39,28 @@ FILLER = "the a of and to in is for on with as by at from that this it are was b
 SYLLABLES = "ba ko mi ra tu le no si pa vo de gu ri ha ze fo ly ne ka du".split()
 
 
+def _made_up():
+    """Made-up words: every three-syllable word, then every four-syllable one (168,000 in all)."""
+    for n in (3, 4):
+        yield from ("".join(parts) for parts in itertools.product(SYLLABLES, repeat=n))
+
+
+MAX_WORDS = len(WORDS) + len(SYLLABLES) ** 3 + len(SYLLABLES) ** 4
+
+
 def vocabulary(size: int) -> np.ndarray:
-    made_up = (a + b + c for a in SYLLABLES for b in SYLLABLES for c in SYLLABLES)
-    words = list(WORDS)
-    while len(words) < size:
-        words.append(next(made_up))
-    return np.array(words[:size])
+    if size > MAX_WORDS:
+        raise ConfigError(f"the synthetic vocabulary has {MAX_WORDS} words, fewer than the {size} asked for (data.synthetic_rows.num_topics x keywords_per_topic): ask for fewer topics")
+    words = list(itertools.islice(itertools.chain(WORDS, _made_up()), size))
+    return np.array(words)
 
 
-def make_rows(
+def make_rows(*args, **kwargs) -> list[dict]:
+    """``iter_rows`` as a list."""
+    return list(iter_rows(*args, **kwargs))
+
+
+def iter_rows(
     num_rows: int,
     num_topics: int = 200,
     keywords_per_topic: int = 5,
@@ -51,8 +69,9 @@ def make_rows(
     passage_words: tuple[int, int] = (12, 40),
     seed: int = 0,
     query_filler: tuple[int, int] | None = None,
-) -> list[dict]:
-    """Rows with the v1.1 fields; one selected passage a row.
+) -> Iterator[dict]:
+    """Rows with the v1.1 fields; one selected passage a row, generated one at a time (nothing holds
+    them all).
 
     ``passage_words``: filler words per passage, drawn uniformly from [low, high). ``query_filler``:
     if set, each query also gets [low, high) filler words (for length-realistic benchmarks; left
@@ -71,7 +90,7 @@ def make_rows(
     def topic_keywords(topic: int, k: int) -> list[str]:
         return list(vocab[rng.choice(topics[topic], size=k, replace=False)])
 
-    rows = []
+    other_topics = np.arange(1, num_topics)
     for i in range(num_rows):
         topic = int(rng.integers(num_topics))
         qwords = topic_keywords(topic, query_words)
@@ -81,14 +100,14 @@ def make_rows(
         texts = [passage(topic_keywords(topic, 3))]  # coherent: three keywords of the query's topic
         for _ in range(passages_per_row - 1):
             # incoherent: one keyword from each of three other topics, sometimes a query word too
-            others = (topic + rng.choice(np.arange(1, num_topics), size=3, replace=False)) % num_topics
+            others = (topic + rng.choice(other_topics, size=3, replace=False)) % num_topics
             keywords = [topic_keywords(int(t), 1)[0] for t in others]
             if rng.random() < 0.5:
                 keywords[0] = qwords[0]  # lexical distractor
             texts.append(passage(keywords))
         order = rng.permutation(passages_per_row)
         selected = [int(j == 0) for j in order]
-        rows.append(
+        yield (
             {
                 "answers": [],
                 "passages": {
@@ -102,4 +121,3 @@ def make_rows(
                 "wellFormedAnswers": [],
             }
         )
-    return rows

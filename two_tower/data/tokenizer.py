@@ -23,6 +23,8 @@ import zlib
 from collections import Counter
 from collections.abc import Iterable
 
+from array import array
+
 import numpy as np
 
 PAD, UNK = "<pad>", "<unk>"
@@ -126,21 +128,65 @@ class Tokenizer:
             return self.extension_words[token_id - len(self.words)]
         return None
 
+    def encode_ragged(self, texts: list[str], max_len: int, workers: int = 1, desc: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Every text's ids as one ragged array: (int32 values, int64 offsets); text i is
+        ``values[offsets[i]:offsets[i + 1]]``. No Python list per text survives a chunk.
+
+        ``workers`` > 1: chunks are encoded in that many worker processes (spawned: each holds a copy
+        of the tokenizer, never of the caller's memory). ``desc``: a progress bar with that label.
+        """
+        from tqdm.auto import tqdm
+
+        chunks = [texts[i : i + _ENCODE_CHUNK] for i in range(0, len(texts), _ENCODE_CHUNK)]
+        parts: list[tuple[np.ndarray, np.ndarray]] = []
+        with tqdm(total=len(texts), desc=desc, unit="text", disable=desc is None, mininterval=2.0) as bar:
+            if workers > 1 and len(chunks) > 1:
+                import multiprocessing
+                from concurrent.futures import ProcessPoolExecutor
+
+                with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_set_worker_tokenizer, initargs=(self,)) as pool:
+                    for chunk, part in zip(chunks, pool.map(_encode_in_worker, chunks, [max_len] * len(chunks))):
+                        parts.append(part)
+                        bar.update(len(chunk))
+            else:
+                for chunk in chunks:
+                    parts.append(self._encode_chunk(chunk, max_len))
+                    bar.update(len(chunk))
+        lengths = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, dtype=np.int64)
+        offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        values = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, dtype=np.int32)
+        return values, offsets
+
+    def _encode_chunk(self, texts: list[str], max_len: int) -> tuple[np.ndarray, np.ndarray]:
+        values, lengths = array("i"), array("q")
+        for text in texts:
+            ids = self.encode(text, max_len)
+            values.extend(ids)
+            lengths.append(len(ids))
+        return np.frombuffer(values, dtype=np.int32).copy(), np.frombuffer(lengths, dtype=np.int64).copy()
+
     def encode_queries(self, texts: Iterable[str]) -> list[list[int]]:
         return [self.encode(t, self.max_query_len) for t in texts]
 
     def encode_passages(self, texts: Iterable[str]) -> list[list[int]]:
         return [self.encode(t, self.max_passage_len) for t in texts]
 
-    def id_ranges(self, ids: np.ndarray) -> dict[str, float]:
+    def id_ranges(self, *arrays: np.ndarray) -> dict[str, float]:
         """Shares of real tokens (not PAD/UNK) in the training vocabulary, in the extension (a pre-trained
-        vector, no training occurrence) and hashed (neither): how open the vocabulary had to be."""
-        ids = np.asarray(ids, dtype=np.int64)
-        ids = ids[ids > 1]
-        total = max(len(ids), 1)
-        in_words = int((ids < len(self.words)).sum())
-        hashed = int((ids >= self.vocab_size).sum())
-        return {"training vocabulary": in_words / total, "extension": (len(ids) - in_words - hashed) / total, "hashed": hashed / total}
+        vector, no training occurrence) and hashed (neither): how open the vocabulary had to be. Over all
+        the given id arrays, counted in blocks (no int64 copy of a corpus' tokens)."""
+        real = in_words = hashed = 0
+        for ids in arrays:
+            ids = np.asarray(ids)
+            for begin in range(0, len(ids), 1 << 22):
+                block = ids[begin : begin + (1 << 22)]
+                is_real = block > 1
+                real += int(np.count_nonzero(is_real))
+                in_words += int(np.count_nonzero(is_real & (block < len(self.words))))
+                hashed += int(np.count_nonzero(block >= self.vocab_size))
+        total = max(real, 1)
+        return {"training vocabulary": in_words / total, "extension": (real - in_words - hashed) / total, "hashed": hashed / total}
 
     def state_dict(self) -> dict:
         """Everything but the extension's words, which are named by their source, count and CRC."""
@@ -179,6 +225,19 @@ class Tokenizer:
 
     def fingerprint(self) -> str:
         return hashlib.sha1(json.dumps(self.state_dict()).encode()).hexdigest()[:16]
+
+
+_ENCODE_CHUNK = 20_000  # texts encoded at a time (one task of a worker process)
+_worker_tokenizer: Tokenizer | None = None
+
+
+def _set_worker_tokenizer(tokenizer: Tokenizer) -> None:
+    global _worker_tokenizer
+    _worker_tokenizer = tokenizer
+
+
+def _encode_in_worker(texts: list[str], max_len: int) -> tuple[np.ndarray, np.ndarray]:
+    return _worker_tokenizer._encode_chunk(texts, max_len)
 
 
 def oov_rate(texts: Iterable[str], known, keep_punctuation: bool = False) -> float:

@@ -4,19 +4,47 @@ from __future__ import annotations
 
 import hydra
 import lightning as L
+import numpy as np
 import torch
+import torchmetrics
 from omegaconf import DictConfig, OmegaConf
 
 from two_tower.data.tokenizer import Tokenizer
 from two_tower.embeddings import restore_tokenizer
 from two_tower.model.encoders import TwoTower
 from two_tower.model.vocabulary import attach_vocabulary
-from two_tower.retrieval.metrics import dense_split_per_query, mean_metrics
+from two_tower.retrieval.metrics import DEFAULT_KS, dense_split_per_query
 
 
 def _plain(value):
     """Plain dicts in the checkpoint, so it loads with torch.load(weights_only=True)."""
     return OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig) else value
+
+
+RANKING_METRICS = ("mrr@10", "ndcg@10", *(f"recall@{k}" for k in DEFAULT_KS), "rerank_mrr@10")
+
+
+class QueryMean(torchmetrics.Metric):
+    """The mean of one per-query metric over every process's queries: a sum and a count, summed across
+    processes (``dist_reduce_fx="sum"``) when Lightning computes it at the end of the epoch.
+
+    With one process the value is exactly ``metrics.mean_metrics``'s: one Python left-to-right sum in
+    float64, divided by the count, rounded to float32 as ``self.log`` stores a float.
+    """
+
+    full_state_update = False
+
+    def __init__(self):
+        super().__init__()
+        self.add_state("total", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("count", default=torch.tensor(0, dtype=torch.int64), dist_reduce_fx="sum")
+
+    def update(self, values) -> None:
+        self.total += sum(values)
+        self.count += len(values)
+
+    def compute(self) -> torch.Tensor:
+        return (self.total / self.count).float()
 
 
 def _as_config(value) -> DictConfig | None:
@@ -64,6 +92,10 @@ class TwoTowerModule(L.LightningModule):
         self.per_query: dict[str, tuple[int, object, dict]] = {}
         self._train_epoch_sums: dict[str, torch.Tensor] = {}
         self._train_epoch_rows = 0
+        # val/* and test/* ranking metrics, summed over processes (states only: nothing in checkpoints).
+        self.ranking_means = torch.nn.ModuleDict(
+            {stage: torch.nn.ModuleDict({name.replace("@", "_at_"): QueryMean() for name in RANKING_METRICS}) for stage in ("val", "test")}
+        )
 
     # ---------------------------------------------------------------- vocabulary and corpus
     def attach_tokenizer(self, tokenizer: Tokenizer) -> None:
@@ -150,7 +182,7 @@ class TwoTowerModule(L.LightningModule):
 
     def on_validation_epoch_end(self):
         passages = self._gather(0)
-        queries = self._gather(1)
+        queries = self._local_queries()
         self._val_outputs = {0: [], 1: []}
         if getattr(self.trainer.datamodule, "train", None) is not None:
             self.use_corpus(self.trainer.datamodule.train)  # training goes on with its own corpus
@@ -159,14 +191,31 @@ class TwoTowerModule(L.LightningModule):
         self._score(self.trainer.datamodule.val, passages, queries, "val")
 
     def _score(self, split, passages, queries, stage: str) -> None:
-        """Log ``{stage}/*`` (the means) and keep each query's values in ``self.per_query[stage]``."""
+        """Rank this process's share of the queries against every passage (gathered from all processes),
+        log ``{stage}/*`` (means over all processes' queries, through ``QueryMean``) and keep each query's
+        values in ``self.per_query[stage]`` (every process's, in every process)."""
         if passages[0].numel() != split.num_passages:  # fast_dev_run / limit_val_batches: a partial corpus
             return
         rows = queries[0].cpu().numpy()
         rows, values = dense_split_per_query(queries[1].cpu(), self._ordered(passages, split.num_passages).cpu(), split, rows)
+        if "rerank_mrr@10" not in values and bool((split.candidates.lengths[split.evaluated_queries()] > 0).any()):
+            values["rerank_mrr@10"] = [0.0] * len(rows)  # this share's queries have no candidates (others' do)
+        for name in RANKING_METRICS:
+            if name in values:
+                mean = self.ranking_means[stage][name.replace("@", "_at_")]
+                mean.update(values[name])
+                self.log(f"{stage}/{name}", mean, on_step=False, on_epoch=True, prog_bar=name == "mrr@10")
+        if self.trainer.world_size > 1:
+            rows, values = self._gather_per_query(rows, values)
         self.per_query[stage] = (self.current_epoch, rows, values)
-        for name, value in mean_metrics(values).items():
-            self.log(f"{stage}/{name}", value, prog_bar=name == "mrr@10")
+
+    def _gather_per_query(self, rows: np.ndarray, values: dict[str, list[float]]):
+        """Every process's (query rows, {metric: values}), concatenated in rank order."""
+        names = list(values)
+        table = torch.tensor([values[n] for n in names], dtype=torch.float64).T.reshape(len(rows), len(names))
+        index, table = _all_gather_ragged(self, torch.from_numpy(np.asarray(rows, dtype=np.int64)).to(self.device), table.to(self.device))
+        table = table.cpu()
+        return index.cpu().numpy(), {n: table[:, i].tolist() for i, n in enumerate(names)}
 
     # ---------------------------------------------------------------- test: the best checkpoint, once
     def on_test_epoch_start(self):
@@ -177,21 +226,39 @@ class TwoTowerModule(L.LightningModule):
         self.validation_step(batch, batch_idx, dataloader_idx)
 
     def on_test_epoch_end(self):
-        passages, queries = self._gather(0), self._gather(1)
+        passages, queries = self._gather(0), self._local_queries()
         self._val_outputs = {0: [], 1: []}
         self._score(self.trainer.datamodule.test, passages, queries, "test")
 
     def _gather(self, idx: int) -> tuple[torch.Tensor, torch.Tensor]:
-        outs = self._val_outputs[idx]
-        if not outs:
-            return torch.empty(0, dtype=torch.long), torch.empty(0, self.towers.query_encoder.output_dim)
-        index = torch.cat([i for i, _ in outs])
-        emb = torch.cat([e for _, e in outs])
+        index, emb = self._local(idx)
         if self.trainer.world_size > 1:
             index, emb = _all_gather_ragged(self, index, emb)
         # Rows encoded on several ranks (or twice) are identical: keep the first of each.
         keep = _first_occurrence(index)
         return index[keep], emb[keep]
+
+    def _local(self, idx: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """What this process encoded (possibly nothing: it still takes part in the gathers)."""
+        outs = self._val_outputs[idx]
+        if not outs:
+            return torch.empty(0, dtype=torch.long, device=self.device), torch.empty(0, self.towers.query_encoder.output_dim, device=self.device)
+        return torch.cat([i for i, _ in outs]), torch.cat([e for _, e in outs])
+
+    def _local_queries(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """This process's encoded queries (its share; the ranking is split by query), each query once
+        over all processes: one encoded by a lower rank too is left to that rank. Only indices travel."""
+        index, emb = self._local(1)
+        keep = _first_occurrence(index)
+        index, emb = index[keep], emb[keep]
+        if self.trainer.world_size > 1:
+            n = torch.tensor([len(index)], device=self.device)
+            longest = max(int(self.all_gather(n).max()), 1)
+            padded = torch.cat([index, index.new_full((longest - len(index),), -1)])
+            earlier = self.all_gather(padded).view(-1, longest)[: self.global_rank].flatten().cpu()
+            mine = ~torch.from_numpy(np.isin(index.cpu().numpy(), earlier.numpy()))
+            index, emb = index[mine.to(index.device)], emb[mine.to(emb.device)]
+        return index, emb
 
     @staticmethod
     def _ordered(gathered, n: int) -> torch.Tensor:

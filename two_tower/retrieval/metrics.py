@@ -2,8 +2,9 @@
 
 Any retriever hands in, per query, its ranked passage ids (best first, ``-1`` for padding) and the
 relevant ids. Metrics are computed from the rank of each relevant passage, so queries with several
-positives and positives ranked past k are exact. Dense scores are ranked with a stable sort, so ties
-go to the lower passage index, the same order a brute-force ``sorted(key=(-score, index))`` gives.
+positives and positives ranked past k are exact. Dense scores are ranked by top-k selection (``top_k``,
+never a full sort of a score row) with ties to the lower passage index: the same order a brute-force
+``sorted(key=(-score, index))`` gives, including ties that straddle rank k.
 """
 
 from __future__ import annotations
@@ -18,26 +19,96 @@ from two_tower.data.prepared import Ragged
 DEFAULT_KS = (1, 10, 100)
 
 
+# Queries and passages scored at a time by ``rank_dense``: at most QUERY_CHUNK x PASSAGE_CHUNK float32
+# scores (128 MB) in memory, whatever the corpus size.
+QUERY_CHUNK = 1024
+PASSAGE_CHUNK = 32768
+# Rows whose k-th score is tied past rank k are resolved this many at a time ([rows, P] int64 counts).
+_TIED_ROWS = 64
+
+
+def _order(values: torch.Tensor, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's (values, indices) ordered by (-value, index): indices ascending first, then a stable
+    sort by value, so equal values keep the lower index first."""
+    by_index = torch.sort(indices, dim=1, stable=True)
+    values = values.gather(1, by_index.indices)
+    by_value = torch.sort(values, dim=1, descending=True, stable=True)
+    return by_value.values, by_index.values.gather(1, by_value.indices)
+
+
+def top_k(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(values, columns) of the top-``k`` columns of each row of ``scores`` [Q, P], best first, ties by
+    lower column: exactly the first ``k`` of ``sorted(range(P), key=lambda p: (-score[p], p))``.
+
+    Selection, not a full sort: ``torch.topk`` of k + 1 values. Where the k-th and (k+1)-th are
+    different, the k selected columns are the row's top k whatever order topk broke ties in, and only
+    they are sorted. Where they are equal (a tie straddles rank k; topk's choice among the tied columns
+    is arbitrary), the row takes every column above the k-th value and the lowest-numbered columns
+    equal to it.
+    """
+    n, p = scores.shape
+    k = min(k, p)
+    if k == 0 or n == 0:
+        return scores.new_empty(n, k), torch.empty(n, k, dtype=torch.long)
+    values, indices = torch.topk(scores, min(k + 1, p), dim=1, largest=True, sorted=True)
+    if k < p:
+        tied = torch.nonzero(values[:, k - 1] == values[:, k]).flatten()
+        values, indices = values[:, :k].clone(), indices[:, :k].clone()
+        for start in range(0, len(tied), _TIED_ROWS):
+            rows = tied[start : start + _TIED_ROWS]
+            block = scores[rows]
+            kth = values[rows, k - 1 : k]
+            above = block > kth
+            equal = block == kth
+            # The first (k - #above) equal columns of each row: a running count of equal columns.
+            keep = above | (equal & (torch.cumsum(equal, dim=1, dtype=torch.int32) <= k - above.sum(1, keepdim=True, dtype=torch.int32)))
+            columns = torch.nonzero(keep)[:, 1].view(len(rows), k)  # row-major: ascending within each row
+            indices[rows] = columns
+            values[rows] = block.gather(1, columns)
+    return _order(values, indices)
+
+
 def rank_by_scores(scores: torch.Tensor, k: int) -> torch.Tensor:
-    """Top-``k`` columns of each row of ``scores`` [Q, P], best first, ties by lower index."""
-    return torch.sort(scores, dim=1, descending=True, stable=True).indices[:, : min(k, scores.shape[1])]
+    """Top-``k`` columns of each row of ``scores`` [Q, P], best first, ties by lower index (``top_k``)."""
+    return top_k(scores, k)[1]
 
 
-def rank_dense(queries: torch.Tensor, passages: torch.Tensor, k: int, chunk: int = 1024) -> torch.Tensor:
-    """Exact top-``k`` passages by inner product for every query, in query chunks to bound memory."""
-    out = [rank_by_scores(queries[i : i + chunk] @ passages.T, k) for i in range(0, len(queries), chunk)]
+def rank_dense(queries: torch.Tensor, passages: torch.Tensor, k: int, chunk: int = QUERY_CHUNK, passage_chunk: int = PASSAGE_CHUNK) -> torch.Tensor:
+    """Exact top-``k`` passages by inner product for every query (ties by lower passage index).
+
+    Streamed: ``chunk`` queries against ``passage_chunk`` passages at a time; each block's exact top k
+    (``top_k``) is merged with the running top k of the earlier blocks by the same (-score, index) rule,
+    so memory is bounded by one block whatever the corpus size.
+    """
+    k = min(k, len(passages))
+    out = []
+    for i in range(0, len(queries), chunk):
+        q = queries[i : i + chunk]
+        best_values = best_indices = None
+        for j in range(0, len(passages), passage_chunk):
+            values, indices = top_k(q @ passages[j : j + passage_chunk].T, k)
+            indices = indices + j
+            if best_values is not None:
+                # Earlier blocks hold lower passage indices: concatenated in block order, a stable sort by
+                # value keeps ties in index order.
+                values, indices = torch.cat([best_values, values], 1), torch.cat([best_indices, indices], 1)
+                order = torch.sort(values, dim=1, descending=True, stable=True).indices[:, :k]
+                values, indices = values.gather(1, order), indices.gather(1, order)
+            best_values, best_indices = values, indices
+        out.append(best_indices if best_indices is not None else torch.empty(len(q), 0, dtype=torch.long))
     return torch.cat(out) if out else torch.empty(0, k, dtype=torch.long)
 
 
 def rank_dense_within(queries: torch.Tensor, passages: torch.Tensor, candidates: Ragged, query_rows: np.ndarray) -> torch.Tensor:
     """Rank each query's own candidate passages (rerank setting); -1 pads short lists."""
-    cand = candidates.padded(query_rows, fill=-1)
-    cand_t = torch.from_numpy(cand)
-    safe = cand_t.clamp(min=0)
-    scores = (queries.unsqueeze(1) * passages[safe]).sum(-1)
-    scores = scores.masked_fill(cand_t < 0, float("-inf"))
-    order = torch.sort(scores, dim=1, descending=True, stable=True).indices
-    return cand_t.gather(1, order)
+    cand_t = torch.from_numpy(candidates.padded(query_rows, fill=-1))
+    out = []
+    for i in range(0, len(cand_t), QUERY_CHUNK):  # [chunk, C, d] gathered passage vectors at a time
+        cand = cand_t[i : i + QUERY_CHUNK]
+        scores = (queries[i : i + QUERY_CHUNK].unsqueeze(1) * passages[cand.clamp(min=0)]).sum(-1)
+        scores = scores.masked_fill(cand < 0, float("-inf"))
+        out.append(cand.gather(1, torch.sort(scores, dim=1, descending=True, stable=True).indices))
+    return torch.cat(out) if out else cand_t
 
 
 def rank_within_scores(scores: torch.Tensor, candidates: np.ndarray) -> torch.Tensor:
