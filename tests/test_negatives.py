@@ -123,6 +123,9 @@ def test_mined_pools_equal_the_reference_mining(tmp_path, margin):
     scorer = miner.scorer(split)
     pool = miner.mine(split, scorer)
     assert [pool[r].tolist() for r in range(split.num_queries)] == reference_pools(split, scorer, 1, 12, 0.8, margin)
+    miner.max_score_mb = 0  # one query a step: the same pools
+    one_by_one = miner.mine(split, scorer)
+    assert np.array_equal(one_by_one.values, pool.values) and np.array_equal(one_by_one.offsets, pool.offsets)
 
 
 def test_mining_is_cached(tmp_path, monkeypatch, caplog):

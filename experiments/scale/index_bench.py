@@ -226,9 +226,46 @@ def search(args) -> None:
         )
 
 
+def parts(args) -> None:
+    """How compressible each part of the vector is, on a sample: the RNN part (first --dense-dim floats)
+    and the bag (the rest). PCA: share of the variance in the top 1/8 and 1/4 of the components.
+    PQ with 8-float sub-vectors and 256 centroids each (1 byte per 8 floats, the PQ272x8 rate): the
+    relative squared error of the reconstruction, and of the query-passage inner products, per part."""
+    import faiss
+
+    faiss.omp_set_num_threads(args.threads)
+    work = Path(args.work)
+    path = work / "vectors.npy"
+    n = np.load(path, mmap_mode="r").shape[0]
+    rows = np.sort(np.random.default_rng(1).choice(n, args.train_size, replace=False))
+    sample = read_sample(path, rows)
+    faiss.normalize_L2(sample)
+    queries = np.load(work / "queries.npy")
+    faiss.normalize_L2(queries)
+    train, test = sample[: len(sample) // 2], sample[len(sample) // 2 :]
+    for name, cols in (("rnn", slice(0, args.dense_dim)), ("bag", slice(args.dense_dim, None)), ("whole", slice(None))):
+        x_train, x_test, q = np.ascontiguousarray(train[:, cols]), np.ascontiguousarray(test[:, cols]), np.ascontiguousarray(queries[:, cols])
+        d = x_train.shape[1]
+        centred = x_train - x_train.mean(0)
+        eig = np.sort(np.linalg.eigvalsh(centred.T @ centred / len(centred)))[::-1]
+        pq = faiss.ProductQuantizer(d, d // 8, 8)
+        t = time.perf_counter()
+        pq.train(x_train)
+        train_s = time.perf_counter() - t
+        rec = pq.decode(pq.compute_codes(x_test))
+        ip, ip_hat = q @ x_test.T, q @ rec.T
+        record(work, {
+            "stage": "parts", "part": name, "dim": d, "sample": len(x_test), "share_of_score": float(np.mean(np.sum(x_test**2, 1))),
+            "pca_variance_top_1/8": float(eig[: d // 8].sum() / eig.sum()), "pca_variance_top_1/4": float(eig[: d // 4].sum() / eig.sum()),
+            "pq_relative_sq_error": float(np.sum((x_test - rec) ** 2) / np.sum(x_test**2)),
+            "pq_inner_product_rel_error": float(np.sqrt(np.mean((ip - ip_hat) ** 2)) / np.std(ip)), "pq_train_s": train_s,
+        })
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("stage", choices=["encode", "exact", "build", "search"])
+    parser.add_argument("stage", choices=["encode", "exact", "build", "search", "parts"])
+    parser.add_argument("--dense-dim", type=int, default=128, help="parts: floats of the RNN part (the rest is the bag)")
     parser.add_argument("--ckpt")
     parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "marco7k"))
     parser.add_argument("--work", required=True)
@@ -240,7 +277,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=512)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
-    {"encode": encode, "exact": exact, "build": build, "search": search}[args.stage](args)
+    {"encode": encode, "exact": exact, "build": build, "search": search, "parts": parts}[args.stage](args)
 
 
 if __name__ == "__main__":

@@ -96,6 +96,7 @@ class MinedNegatives(NegativeSampler):
         refresh_every_n_epochs: int = 0,
         chunk: int = 512,
         cache_dir: str = ".cache",
+        max_score_mb: int = 256,
     ):
         if per_query < 1:
             raise ValueError(f"negatives.per_query must be >= 1, got {per_query}")
@@ -104,6 +105,9 @@ class MinedNegatives(NegativeSampler):
         self.per_query, self.range_min, self.range_max = per_query, range_min, range_max
         self.near_duplicate_jaccard, self.margin = near_duplicate_jaccard, margin
         self.refresh_every_n_epochs, self.chunk = refresh_every_n_epochs, chunk
+        # Queries scored at once: at most `chunk`, and fewer when their score rows (4 bytes a passage)
+        # would pass max_score_mb (512 rows x 660k passages = 1.35 GB). The pools do not depend on it.
+        self.max_score_mb = max_score_mb
         self.cache_dir = Path(cache_dir).expanduser()
         self.pool: Ragged | None = None
         self.last_mining_seconds = 0.0
@@ -156,8 +160,9 @@ class MinedNegatives(NegativeSampler):
         pools, dropped, fell_back = [], {"selected": 0, "near_duplicate": 0, "margin": 0}, 0
         rows_all = np.arange(split.num_queries)
         with tqdm(total=len(rows_all), desc=f"Mining {self.name} negatives", unit="query") as bar:
-            for begin in range(0, len(rows_all), self.chunk):
-                rows = rows_all[begin : begin + self.chunk]
+            step = max(1, min(self.chunk, (self.max_score_mb << 20) // (4 * max(split.num_passages, 1))))
+            for begin in range(0, len(rows_all), step):
+                rows = rows_all[begin : begin + step]
                 scores = scorer(rows)
                 top = top_k_by_scores(scores, depth)
                 top_scores = scores.gather(1, top).numpy()
