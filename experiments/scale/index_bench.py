@@ -118,17 +118,31 @@ def encode(args) -> None:
     record(work, {"stage": "encode", "n": args.n, "encode_s": sum(seconds), "passages_per_s": args.n / sum(seconds), "peak_rss_mb": peak_rss_mb()})
 
 
+def npy_layout(path: Path) -> tuple[int, int, int]:
+    """(rows, dim, offset of the data) of a float32 .npy file."""
+    with open(path, "rb") as f:
+        version = np.lib.format.read_magic(f)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, _ = read_header(f)
+        return shape[0], shape[1], f.tell()
+
+
 def read_rows(path: Path, start: int, stop: int) -> np.ndarray:
-    """Rows start..stop of a .npy file read into a fresh array (not a memory map: its pages would count as RSS)."""
-    mm = np.load(path, mmap_mode="r")
-    return np.array(mm[start:stop])
+    """Rows start..stop of a float32 .npy file read with plain file reads: a memory map would count its
+    pages (and the kernel's fault-around neighbours) in this process's RSS and spoil the peak."""
+    _, dim, offset = npy_layout(path)
+    with open(path, "rb") as f:
+        f.seek(offset + start * dim * 4)
+        return np.fromfile(f, dtype=np.float32, count=(stop - start) * dim).reshape(-1, dim)
 
 
 def read_sample(path: Path, rows: np.ndarray) -> np.ndarray:
-    mm = np.load(path, mmap_mode="r")
-    out = np.empty((len(rows), mm.shape[1]), dtype=np.float32)
-    for i in range(0, len(rows), 10_000):
-        out[i : i + 10_000] = mm[rows[i : i + 10_000]]
+    _, dim, offset = npy_layout(path)
+    out = np.empty((len(rows), dim), dtype=np.float32)
+    with open(path, "rb") as f:
+        for i, row in enumerate(rows.tolist()):
+            f.seek(offset + row * dim * 4)
+            out[i] = np.fromfile(f, dtype=np.float32, count=dim)
     return out
 
 
@@ -169,7 +183,7 @@ def build(args) -> None:
     faiss.omp_set_num_threads(args.threads)
     work = Path(args.work)
     path = work / "vectors.npy"
-    n, dim = np.load(path, mmap_mode="r").shape
+    n, dim, _ = npy_layout(path)
     n = min(n, args.limit or n)
     before = rss_mb()
     seconds: dict = {}
@@ -197,9 +211,9 @@ def search(args) -> None:
 
     faiss.omp_set_num_threads(args.threads)
     work = Path(args.work)
-    queries = np.load(work / "queries.npy")
+    queries = np.load(work / "queries.npy")[: args.queries or None]
     faiss.normalize_L2(queries)
-    exact10 = np.load(work / "exact_top100.npy")[:, :10]
+    exact10 = np.load(work / "exact_top100.npy")[: len(queries), :10]
     n = args.limit or np.load(work / "vectors.npy", mmap_mode="r").shape[0]
     path = work / f"{slug(args.factory)}-{n}.faiss"
     before = rss_mb()
@@ -220,7 +234,7 @@ def search(args) -> None:
         record(
             work,
             {
-                "stage": "search", "factory": args.factory, "n": n, "params": params, "threads": args.threads, "index_rss_mb": index_rss, "load_s": load_s,
+                "stage": "search", "factory": args.factory, "n": n, "params": params, "queries": len(queries), "threads": args.threads, "index_rss_mb": index_rss, "load_s": load_s,
                 "p50_ms": 1000 * float(np.percentile(times, 50)), "p99_ms": 1000 * float(np.percentile(times, 99)), "recall@10": float(np.mean(found)),
             },
         )
@@ -274,6 +288,7 @@ def main() -> None:
     parser.add_argument("--factory", default="Flat")
     parser.add_argument("--train-size", type=int, default=100_000)
     parser.add_argument("--params", nargs="*", default=[""])
+    parser.add_argument("--queries", type=int, default=0, help="search: the first N queries only (0 = all 1,000)")
     parser.add_argument("--batch-size", type=int, default=512)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()

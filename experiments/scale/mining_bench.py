@@ -38,6 +38,7 @@ def main() -> None:
     parser.add_argument("--code", default=str(Path(__file__).resolve().parents[2]))
     parser.add_argument("--out", required=True)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--mine-queries", type=int, default=0, help="mine only the first N queries (over all passages); 0 = all")
     args = parser.parse_args()
     sys.path.insert(0, args.code)
     import numpy as np
@@ -68,9 +69,20 @@ def main() -> None:
     t1 = time.perf_counter()
     scorer = miner.scorer(split)
     figures.update(scorer_s=time.perf_counter() - t1, scorer_peak_rss_mb=peak_rss_mb())
+    mined = split
+    if args.mine_queries:
+        import dataclasses
+
+        from two_tower.data.prepared import Ragged
+
+        n = args.mine_queries
+        head = lambda r: Ragged.from_lists([r[i].tolist() for i in range(n)])  # noqa: E731
+        mined = dataclasses.replace(split, query_texts=split.query_texts[:n], query_tokens=head(split.query_tokens), positives=head(split.positives), candidates=head(split.candidates))
+    figures["mined_queries"] = mined.num_queries
     t2 = time.perf_counter()
-    pool = miner.mine(split, scorer)
+    pool = miner.mine(mined, scorer)
     figures.update(mine_s=time.perf_counter() - t2, mine_peak_rss_mb=peak_rss_mb())
+    figures["mine_ms_per_query"] = 1000 * figures["mine_s"] / mined.num_queries
     digest = hashlib.sha1(np.ascontiguousarray(pool.values, dtype=np.int64).tobytes() + np.ascontiguousarray(pool.offsets, dtype=np.int64).tobytes())
     figures.update(pool_sha1=digest.hexdigest()[:16], load_avg_1m=os.getloadavg()[0], time=time.strftime("%Y-%m-%dT%H:%M:%S"))
     print(json.dumps(figures), flush=True)
