@@ -15,7 +15,8 @@ from two_tower.embeddings import RandomEmbeddings
 from two_tower.model.module import TwoTowerModule
 from two_tower.negatives import ANNNegatives, BM25Negatives, InBatchNegatives, RandomNegatives
 from two_tower.negatives.ann import model_scorer
-from two_tower.negatives.mining import MinedNegatives, jaccard
+from two_tower.negatives.mining import MinedNegatives, WordSets, jaccard, top_k_by_scores
+from two_tower.retrieval.metrics import rank_by_scores
 from two_tower.data.tokenizer import split_words
 from two_tower.teacher import TeacherVectors
 from two_tower.train import train
@@ -67,6 +68,64 @@ def test_bm25_window_is_the_top_of_the_ranking(tmp_path):
     for row in range(3):
         order = [p for p in torch.sort(scores[row], descending=True, stable=True).indices.tolist() if p not in set(split.positives[row].tolist())]
         assert miner.pool[row].tolist() == order[2:5]
+
+
+def test_top_k_by_scores_is_the_stable_sort_including_ties():
+    """Few distinct values (ties everywhere, also across rank k), -inf, -0.0 and 0.0: the order of a
+    stable descending sort, cut at k."""
+    rng = np.random.default_rng(0)
+    scores = torch.from_numpy(rng.integers(-3, 4, size=(37, 300)).astype(np.float32) / 2)
+    scores[0, :50] = float("-inf")
+    scores[1, ::3] = -0.0
+    scores[2] = 0.0  # one big tie
+    scores[3, 5] = float("inf")
+    for k in (1, 7, 64, 300, 400):
+        for block in (1, 5, 64):
+            assert torch.equal(top_k_by_scores(scores, k, block), rank_by_scores(scores, k))
+    assert top_k_by_scores(scores[:0], 5).shape == (0, 5)
+
+
+def test_word_sets_give_the_jaccard_of_python_sets():
+    texts = ["The cat sat on the mat.", "the mat, the cat; sat ON", "a dog", "", "Cat cat CAT dog"]
+    words = WordSets(texts)
+    for a in range(len(texts)):
+        for b in range(len(texts)):
+            assert words.jaccard(a, b) == jaccard(set(split_words(texts[a])), set(split_words(texts[b])))
+
+
+def reference_pools(split, scores_of, range_min, range_max, threshold, margin=None):
+    """Mining as it was written first: full stable sort of every score row, Python sets of words."""
+    depth = min(range_max + int(split.positives.lengths.max()) + 10, split.num_passages)
+    fallback, pools = split.negatives(), []
+    scores = scores_of(np.arange(split.num_queries))
+    for row in range(split.num_queries):
+        top = torch.sort(scores[row], descending=True, stable=True).indices[:depth].tolist()
+        selected = set(split.positives[row].tolist())
+        best = max(float(scores[row, s]) for s in selected)
+        kept = [
+            p for p in top
+            if p not in selected
+            and not any(jaccard(set(split_words(split.passage_texts[p])), set(split_words(split.passage_texts[s]))) >= threshold for s in selected)
+            and not (margin is not None and float(scores[row, p]) > best - margin)
+        ]
+        pools.append(kept[range_min:range_max] or fallback[row].tolist())
+    return pools
+
+
+@pytest.mark.parametrize("margin", [None, 0.5])
+def test_mined_pools_equal_the_reference_mining(tmp_path, margin):
+    """The bounded-memory mining (top-k keys, word-id sets, chunks) keeps exactly the pools of the
+    straightforward version, on BM25 scores (many exact ties) with a near-duplicate planted."""
+    split = prepared(tmp_path).train
+    pos = int(split.positives[0][0])
+    split.passage_texts[1] = " ".join(split.passage_texts[pos].split()[:-1] + ["zebra"])
+    miner = BM25Negatives(per_query=1, range_min=1, range_max=12, near_duplicate_jaccard=0.8, margin=margin, chunk=7, cache_dir=str(tmp_path / "c"))
+    scorer = miner.scorer(split)
+    pool = miner.mine(split, scorer)
+    assert [pool[r].tolist() for r in range(split.num_queries)] == reference_pools(split, scorer, 1, 12, 0.8, margin)
+    miner.max_score_mb = 0  # one query a step: the same pools
+    one_by_one = miner.mine(split, scorer)
+    assert np.array_equal(one_by_one.values, pool.values) and np.array_equal(one_by_one.offsets, pool.offsets)
 
 
 def test_mining_is_cached(tmp_path, monkeypatch, caplog):

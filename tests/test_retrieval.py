@@ -7,6 +7,7 @@ import math
 import shutil
 from pathlib import Path
 
+import faiss
 import numpy as np
 import pytest
 import torch
@@ -127,6 +128,82 @@ def test_approximate_factories_build_and_find_the_nearest(factory, params):
     assert rows[:, 0].tolist() == list(range(10))  # each vector's nearest is itself
     with pytest.raises(ValueError, match="lists but only"):
         build_faiss(vectors[:3], "IVF4,Flat")
+
+
+def clustered(n: int, dim: int, clusters: int, seed: int) -> np.ndarray:
+    """Unit vectors around ``clusters`` random centres (the structure IVF and PQ are meant for)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(clusters, dim))
+    vectors = (centres[rng.integers(clusters, size=n)] + 0.4 * rng.normal(size=(n, dim))).astype(np.float32)
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize("factory", ["Flat", "IVF8,Flat", "IVF8,PQ4x4", "OPQ4,IVF8,PQ4x4,Refine(SQfp16)"])
+def test_streamed_build_is_the_in_memory_build(factory):
+    """Trained on the vectors of the sampled rows only, then added in uneven chunks: the same index, byte
+    for byte. (Not HNSW: its graph depends on the order of insertion batches and threads.)"""
+    vectors = clustered(700, 16, 12, seed=2)
+    asked = []
+
+    def vectors_of(rows):
+        asked.append(rows.copy())
+        return vectors[rows].copy()
+
+    streamed = index_module.build_faiss_streamed(
+        len(vectors), 16, vectors_of, (vectors[i : i + 97].copy() for i in range(0, len(vectors), 97)), factory, train_size=300, seed=5
+    )
+    in_memory = build_faiss(vectors.copy(), factory, train_size=300, seed=5)
+    assert np.array_equal(faiss.serialize_index(streamed), faiss.serialize_index(in_memory))
+    if factory == "Flat":  # needs no training: no sample is encoded
+        assert asked == []
+    else:
+        assert len(asked) == 1 and asked[0].tolist() == index_module.training_rows(700, 300, 5).tolist()
+    with pytest.raises(ValueError, match="expected 700"):
+        index_module.build_faiss_streamed(700, 16, vectors_of, [vectors[:100]], factory, train_size=300)
+
+
+def test_compressed_index_recall_against_exact_search():
+    """IVF + PQ + re-ranking on a clustered set: recall@10 of the exact top 10 (brute force) by nprobe;
+    with every list probed and enough candidates re-ranked on full vectors the top 10 is the exact one."""
+    vectors = clustered(3000, 32, 30, seed=3)
+    queries = clustered(60, 32, 30, seed=4)
+    exact = np.argsort(-(queries @ vectors.T), axis=1, kind="stable")[:, :10]
+    index = PassageIndex(Path("."), build_faiss(vectors.copy(), "IVF16,PQ8x4,Refine(Flat)", train_size=2000), None, {"faiss": {"type": "IndexRefineFlat"}})
+
+    def recall(params: str) -> float:
+        index.set_search_params(params)
+        rows = index.search(queries, 10).rows
+        return np.mean([len(set(r) & set(e)) / 10 for r, e in zip(rows.tolist(), exact.tolist())])
+
+    assert faiss.extract_index_ivf(index.index).nprobe == 1
+    low, high = recall("nprobe=1,k_factor_rf=1"), recall("nprobe=16,k_factor_rf=300")
+    assert faiss.extract_index_ivf(index.index).nprobe == 16
+    assert high == 1.0
+    assert low < recall("nprobe=4,k_factor_rf=8") <= high  # more lists and re-ranking: more of the exact top 10
+    with pytest.raises(ConfigError, match="efSearch"):
+        index.set_search_params("efSearch=64")
+
+
+def test_compressed_index_folder_round_trips(trained, tmp_path):
+    """A folder of an IVF-PQ index (streamed build) loads, and with every list probed and all candidates
+    re-ranked answers exactly as the Flat folder of the same passages."""
+    out = tmp_path / "ivfpq"
+    cfg = compose_retrieval(
+        "index",
+        [f"ckpt={trained['ckpt']}", f"data.path={trained['data']}", f"out={out}", "index.factory='IVF4,PQ8x4,Refine(Flat)'", "index.add_chunk=50"],
+    )
+    build_index(cfg)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["config"]["index"]["factory"] == "IVF4,PQ8x4,Refine(Flat)"
+    assert set(manifest["seconds"]) == {"load", "encode", "faiss_train", "faiss_add"}
+    flat = Searcher.load(trained["index"])
+    approximate = Searcher.load(out, search_params=f"nprobe=4,k_factor_rf={len(flat.index)}")
+    assert len(approximate.index) == len(flat.index)
+    queries = validation_split(trained["data"]).query_texts[:20]
+    for want, got in zip(flat.search(queries, 5), approximate.search(queries, 5)):
+        assert [h.id for h in got] == [h.id for h in want]
+        assert [h.score for h in got] == pytest.approx([h.score for h in want], abs=1e-5)
+    assert Searcher.load(out).index.index.ntotal == len(flat.index)  # and with its saved defaults
 
 
 def test_interrupted_write_leaves_no_index_folder(trained, tmp_path, monkeypatch):

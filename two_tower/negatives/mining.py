@@ -22,7 +22,6 @@ from two_tower.cache import ContentCache
 from two_tower.data.prepared import PreparedSplit, Ragged
 from two_tower.data.tokenizer import split_words
 from two_tower.negatives.base import NegativeSampler, sample_from
-from two_tower.retrieval.metrics import rank_by_scores
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +35,50 @@ def split_fingerprint(split: PreparedSplit) -> str:
 
 def jaccard(a: set, b: set) -> float:
     return len(a & b) / max(len(a | b), 1)
+
+
+def top_k_by_scores(scores: torch.Tensor, k: int, block: int = 64) -> torch.Tensor:
+    """Top-``k`` columns of each row of ``scores`` [Q, P] (float32), best first, ties by lower index: the
+    order of a stable descending sort (``metrics.rank_by_scores``) without sorting whole rows.
+
+    Each score and its column are packed into one int64 key (the float's order-preserving bits above,
+    the complemented column below), all distinct, so ``torch.topk`` on the keys has no ties to break.
+    Rows are done ``block`` at a time: the extra memory is block x P x 8 bytes, not Q x P x 16 (a sort's
+    values and indices).
+    """
+    k = min(k, scores.shape[1])
+    columns = 0xFFFFFFFF - torch.arange(scores.shape[1], dtype=torch.int64)
+    out = []
+    for start in range(0, len(scores), block):
+        rows = scores[start : start + block].to(torch.float32) + 0.0  # -0.0 -> +0.0: they tie in a sort
+        bits = rows.view(torch.int32)
+        bits = torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits).to(torch.int64)  # same order as the floats
+        keys = (bits << 32) | columns
+        out.append(torch.topk(keys, k, dim=1, sorted=True).indices)
+    return torch.cat(out) if out else torch.empty(0, k, dtype=torch.int64)
+
+
+class WordSets:
+    """Each passage's set of words (for the near-duplicate filter), computed on first use and kept as a
+    sorted int32 array of word ids (~4 bytes a word, not a Python set of strings: ~4.5 KB a passage,
+    3 GB over 660k passages). ``jaccard`` gives exactly ``jaccard(set(a), set(b))`` of the word strings."""
+
+    def __init__(self, texts: list[str]):
+        self.texts = texts
+        self.ids: dict[str, int] = {}
+        self.sets: dict[int, np.ndarray] = {}
+
+    def __getitem__(self, pid: int) -> np.ndarray:
+        got = self.sets.get(pid)
+        if got is None:
+            ids = self.ids
+            got = self.sets[pid] = np.unique(np.array([ids.setdefault(w, len(ids)) for w in split_words(self.texts[pid])], dtype=np.int32))
+        return got
+
+    def jaccard(self, a: int, b: int) -> float:
+        x, y = self[a], self[b]
+        common = len(np.intersect1d(x, y, assume_unique=True))
+        return common / max(len(x) + len(y) - common, 1)
 
 
 class MinedNegatives(NegativeSampler):
@@ -53,6 +96,7 @@ class MinedNegatives(NegativeSampler):
         refresh_every_n_epochs: int = 0,
         chunk: int = 512,
         cache_dir: str = ".cache",
+        max_score_mb: int = 256,
     ):
         if per_query < 1:
             raise ValueError(f"negatives.per_query must be >= 1, got {per_query}")
@@ -61,6 +105,9 @@ class MinedNegatives(NegativeSampler):
         self.per_query, self.range_min, self.range_max = per_query, range_min, range_max
         self.near_duplicate_jaccard, self.margin = near_duplicate_jaccard, margin
         self.refresh_every_n_epochs, self.chunk = refresh_every_n_epochs, chunk
+        # Queries scored at once: at most `chunk`, and fewer when their score rows (4 bytes a passage)
+        # would pass max_score_mb (512 rows x 660k passages = 1.35 GB). The pools do not depend on it.
+        self.max_score_mb = max_score_mb
         self.cache_dir = Path(cache_dir).expanduser()
         self.pool: Ragged | None = None
         self.last_mining_seconds = 0.0
@@ -107,21 +154,17 @@ class MinedNegatives(NegativeSampler):
     def mine(self, split: PreparedSplit, scorer) -> Ragged:
         start = time.perf_counter()
         depth = min(self.range_max + int(split.positives.lengths.max()) + 10, split.num_passages)
-        words: dict[int, set] = {}
-
-        def word_set(pid: int) -> set:
-            if pid not in words:
-                words[pid] = set(split_words(split.passage_texts[pid]))
-            return words[pid]
+        words = WordSets(split.passage_texts)
 
         fallback = split.negatives()
         pools, dropped, fell_back = [], {"selected": 0, "near_duplicate": 0, "margin": 0}, 0
         rows_all = np.arange(split.num_queries)
         with tqdm(total=len(rows_all), desc=f"Mining {self.name} negatives", unit="query") as bar:
-            for begin in range(0, len(rows_all), self.chunk):
-                rows = rows_all[begin : begin + self.chunk]
+            step = max(1, min(self.chunk, (self.max_score_mb << 20) // (4 * max(split.num_passages, 1))))
+            for begin in range(0, len(rows_all), step):
+                rows = rows_all[begin : begin + step]
                 scores = scorer(rows)
-                top = rank_by_scores(scores, depth)
+                top = top_k_by_scores(scores, depth)
                 top_scores = scores.gather(1, top).numpy()
                 if self.margin is not None:  # each row's best positive score, for the margin filter
                     positives = torch.from_numpy(split.positives.padded(rows, fill=-1))
@@ -132,7 +175,7 @@ class MinedNegatives(NegativeSampler):
                     for pid, score in zip(top[i].tolist(), top_scores[i].tolist()):
                         if pid in selected:
                             dropped["selected"] += 1
-                        elif any(jaccard(word_set(pid), word_set(s)) >= self.near_duplicate_jaccard for s in selected):
+                        elif any(words.jaccard(pid, s) >= self.near_duplicate_jaccard for s in selected):
                             dropped["near_duplicate"] += 1
                         elif self.margin is not None and score > pos_scores[i] - self.margin:
                             dropped["margin"] += 1

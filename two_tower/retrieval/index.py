@@ -40,6 +40,83 @@ MANIFEST, FAISS_FILE, PASSAGES_FILE, QUERY_ENCODER_FILE = "manifest.json", "fais
 STATISTICS_FILE = TermStatistics.FILE
 
 
+def new_faiss(dim: int, factory: str) -> faiss.Index:
+    """An empty ``faiss.index_factory`` index with the inner-product metric (ConfigError for a bad string)."""
+    try:
+        return faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as err:
+        raise ConfigError(f"index.factory={factory!r} is not a FAISS index factory string (e.g. Flat, HNSW32, IVF1024,Flat, OPQ64,IVF1024,PQ64): {err}") from err
+
+
+def bytes_per_vector(dim: int, factory: str) -> int:
+    """What one vector costs in the written index (codes; graph links and list ids not counted): 4*dim for
+    Flat and HNSW, less for compressed codes (PQ, SQ). For the disk-space check before encoding."""
+    try:
+        return int(new_faiss(dim, factory).sa_code_size())
+    except RuntimeError:  # HNSW and a few others do not say: they store the float vectors
+        return 4 * dim
+
+
+def training_rows(num_vectors: int, train_size: int, seed: int = 0) -> np.ndarray:
+    """The rows (sorted) an index that needs training is trained on: all of them, or ``train_size`` drawn at random."""
+    if num_vectors <= train_size:
+        return np.arange(num_vectors)
+    return np.sort(np.random.default_rng(seed).choice(num_vectors, train_size, replace=False))
+
+
+def build_faiss_streamed(
+    num_vectors: int,
+    dim: int,
+    vectors_of,
+    chunks,
+    factory: str = "Flat",
+    train_size: int = 100_000,
+    search_params: str | None = None,
+    seed: int = 0,
+    seconds: dict | None = None,
+) -> faiss.Index:
+    """A FAISS index built without holding all float vectors: ``vectors_of(rows)`` gives the vectors of
+    the (sorted) ``training_rows`` (called only when the index needs training, e.g. IVF, PQ, OPQ), then
+    ``chunks`` (an iterable of [n, dim] arrays, in row order, ``num_vectors`` rows in all) is added one
+    chunk at a time. Vectors are L2-normalised here (in place when already contiguous float32).
+
+    Memory: the index itself (codes) + one chunk + the training sample. For ``Flat`` and ``HNSW`` the
+    index is the float vectors, so streaming saves only the copy. ``seconds`` (a dict), if given, gets
+    the time spent producing vectors (``vectors``: encoding, for the indexer), training and adding.
+    """
+    seconds = {} if seconds is None else seconds
+    seconds.update(vectors=0.0, train=0.0, add=0.0)
+    index = new_faiss(dim, factory)
+    if not index.is_trained:
+        rows = training_rows(num_vectors, train_size, seed)
+        nlist = getattr(faiss.try_extract_index_ivf(index), "nlist", 0)
+        if len(rows) < nlist:
+            raise ConfigError(f"index.factory={factory!r} has {nlist} lists but only {len(rows)} vectors to train on; use fewer lists or Flat")
+        clock = time.perf_counter()
+        sample = np.ascontiguousarray(vectors_of(rows), dtype=np.float32)
+        seconds["vectors"] += time.perf_counter() - clock
+        faiss.normalize_L2(sample)
+        log.info("Training %s on %d vectors", factory, len(sample))
+        clock = time.perf_counter()
+        index.train(sample)
+        seconds["train"] += time.perf_counter() - clock
+        del sample
+    chunks, clock = iter(chunks), time.perf_counter()
+    for chunk in chunks:
+        seconds["vectors"] += time.perf_counter() - clock
+        clock = time.perf_counter()
+        chunk = np.ascontiguousarray(chunk, dtype=np.float32)
+        faiss.normalize_L2(chunk)
+        index.add(chunk)
+        seconds["add"] += time.perf_counter() - clock
+        clock = time.perf_counter()
+    if index.ntotal != num_vectors:
+        raise ValueError(f"the chunks held {index.ntotal} vectors, expected {num_vectors}")
+    if search_params:
+        set_search_params(index, search_params, f"index.search_params={search_params!r} do not apply to a {factory} index")
+    return index
+
+
 def build_faiss(vectors: np.ndarray, factory: str = "Flat", train_size: int = 100_000, search_params: str | None = None, seed: int = 0) -> faiss.Index:
     """A FAISS index from ``faiss.index_factory`` (e.g. ``Flat``, ``HNSW32``, ``IVF1024,Flat``) with
     inner-product metric, holding ``vectors`` in row order (L2-normalised here, in place when they are
@@ -47,29 +124,19 @@ def build_faiss(vectors: np.ndarray, factory: str = "Flat", train_size: int = 10
 
     Indexes that need training (IVF, PQ) are trained on a random sample of ``train_size`` vectors.
     ``search_params`` (e.g. ``efSearch=64``, ``nprobe=16``) are set on the index and saved with it.
+    (``build_faiss_streamed`` with the vectors in memory: the same index.)
     """
-    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-    faiss.normalize_L2(vectors)
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)  # normalised in place as the one chunk
+    return build_faiss_streamed(len(vectors), vectors.shape[1], lambda rows: vectors[rows], [vectors], factory, train_size, search_params, seed)
+
+
+def set_search_params(index: faiss.Index, params: str, message: str) -> None:
+    """Search-time parameters by FAISS's ``ParameterSpace`` names, comma-separated: ``nprobe=32`` (IVF),
+    ``efSearch=256`` (HNSW), ``k_factor_rf=4`` (a ``Refine(...)`` index re-ranks k*4 candidates on its finer codes)."""
     try:
-        index = faiss.index_factory(vectors.shape[1], factory, faiss.METRIC_INNER_PRODUCT)
+        faiss.ParameterSpace().set_index_parameters(index, params)
     except RuntimeError as err:
-        raise ConfigError(f"index.factory={factory!r} is not a FAISS index factory string (e.g. Flat, HNSW32, IVF1024,Flat): {err}") from err
-    if not index.is_trained:
-        sample = vectors
-        if len(vectors) > train_size:
-            sample = vectors[np.sort(np.random.default_rng(seed).choice(len(vectors), train_size, replace=False))]
-        nlist = getattr(faiss.try_extract_index_ivf(index), "nlist", 0)
-        if len(sample) < nlist:
-            raise ConfigError(f"index.factory={factory!r} has {nlist} lists but only {len(sample)} vectors to train on; use fewer lists or Flat")
-        log.info("Training %s on %d vectors", factory, len(sample))
-        index.train(sample)
-    index.add(vectors)
-    if search_params:
-        try:
-            faiss.ParameterSpace().set_index_parameters(index, search_params)
-        except RuntimeError as err:
-            raise ConfigError(f"index.search_params={search_params!r} do not apply to a {factory} index: {err}") from err
-    return index
+        raise ConfigError(f"{message}: {err}") from err
 
 
 def write_passages(path: Path, ids: list[str], texts: list[str]) -> None:
@@ -193,10 +260,7 @@ class PassageIndex:
 
     def set_search_params(self, params: str) -> None:
         """Override the saved search-time parameters, e.g. ``efSearch=128`` or ``nprobe=32``."""
-        try:
-            faiss.ParameterSpace().set_index_parameters(self.index, params)
-        except RuntimeError as err:
-            raise ConfigError(f"search_params={params!r} do not apply to a {self.manifest['faiss']['type']} index: {err}") from err
+        set_search_params(self.index, params, f"search_params={params!r} do not apply to a {self.manifest['faiss']['type']} index")
 
     def search(self, vectors: np.ndarray, k: int) -> SearchHits:
         """Top-``k`` rows by inner product; among equal scores the lower row comes first."""

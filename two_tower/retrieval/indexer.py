@@ -16,7 +16,7 @@ from two_tower.retrieval.checkpoint import encode_tokens, load_checkpoint, model
 from two_tower.retrieval.corpus import Passages, read_corpus_file, split_passages
 from two_tower.atomic import check_writable
 from two_tower.retrieval.errors import ConfigError, IndexFolderError
-from two_tower.retrieval.index import build_faiss, write_index_folder
+from two_tower.retrieval.index import build_faiss_streamed, bytes_per_vector, write_index_folder
 from two_tower.retrieval.query_encoder import QueryEncoder
 
 log = logging.getLogger(__name__)
@@ -36,20 +36,26 @@ def corpus_statistics(module, texts: list[str], chunk: int = 100_000) -> TermSta
     return TermStatistics.merge(parts)
 
 
-def encode_passages(module, texts: list[str], batch_size: int = 512, chunk: int = 100_000, statistics: TermStatistics | None = None) -> np.ndarray:
-    """[len(texts), dim] float32 passage vectors, with the checkpoint's tokenizer and passage tower, its
-    bag-of-words path (if any) weighing terms by ``statistics`` (default: those of ``texts``).
-
-    Tokenized and encoded ``chunk`` passages at a time, so memory beyond the vectors stays bounded.
-    """
+def encoded_chunks(module, texts: list[str], batch_size: int = 512, chunk: int = 100_000, statistics: TermStatistics | None = None, desc: str = "Encoding passages"):
+    """[n, dim] float32 passage vectors of ``texts``, ``chunk`` passages at a time (a generator), with the
+    checkpoint's tokenizer and passage tower, its bag-of-words path (if any) weighing terms by
+    ``statistics`` (default: those of ``texts``). Only one chunk's tokens and vectors are alive at once."""
     if module.towers.bags():
         module.towers.set_statistics(statistics or corpus_statistics(module, texts, chunk))
     dim = module.towers.passage_encoder.output_dim
-    out = np.empty((len(texts), dim), dtype=np.float32)
-    with progress_bar(len(texts), "Encoding passages") as bar:
+    with progress_bar(len(texts), desc) as bar:
         for start in range(0, len(texts), chunk):
             tokens = Ragged.from_lists(module.tokenizer.encode_passages(texts[start : start + chunk]))
-            out[start : start + len(tokens)] = encode_tokens(module.encode_passages, tokens, dim, batch_size, progress=bar).numpy()
+            yield encode_tokens(module.encode_passages, tokens, dim, batch_size, progress=bar).numpy()
+
+
+def encode_passages(module, texts: list[str], batch_size: int = 512, chunk: int = 100_000, statistics: TermStatistics | None = None) -> np.ndarray:
+    """[len(texts), dim] float32 passage vectors (``encoded_chunks`` gathered in one array)."""
+    out = np.empty((len(texts), module.towers.passage_encoder.output_dim), dtype=np.float32)
+    start = 0
+    for vectors in encoded_chunks(module, texts, batch_size, chunk, statistics):
+        out[start : start + len(vectors)] = vectors
+        start += len(vectors)
     return out
 
 
@@ -73,19 +79,31 @@ def build_index(cfg: DictConfig) -> Path:
     module = load_checkpoint(cfg.ckpt)
     passages = load_passages(cfg)
     # Vectors (float32) and texts dominate the folder's size; refuse now rather than after encoding.
-    need = len(passages) * module.towers.passage_encoder.output_dim * 4 + sum(len(t) for t in passages.texts) * 2
+    dim = module.towers.passage_encoder.output_dim
+    need = len(passages) * bytes_per_vector(dim, cfg.index.factory) + sum(len(t) for t in passages.texts) * 2
     check_writable(Path(cfg.out).expanduser().resolve().parent, f"out={cfg.out}", min_free_bytes=need)
     log.info("Indexing %d passages from %s with %s", len(passages), passages.source, cfg.ckpt)
     loaded = time.perf_counter()
     statistics = corpus_statistics(module, passages.texts)
-    vectors = encode_passages(module, passages.texts, cfg.batch_size, statistics=statistics)
-    encoded = time.perf_counter()
-    index = build_faiss(vectors, cfg.index.factory, cfg.index.train_size, cfg.index.search_params, cfg.seed)
+    texts, chunk = passages.texts, cfg.index.add_chunk
+    # Streamed: the index trains on the vectors of a sample (if it needs training), then each chunk of
+    # passages is encoded and added; the float vectors of the whole corpus never exist at once.
+    index = build_faiss_streamed(
+        len(texts),
+        dim,
+        lambda rows: encode_passages(module, [texts[r] for r in rows], cfg.batch_size, chunk, statistics),
+        encoded_chunks(module, texts, cfg.batch_size, chunk, statistics),
+        cfg.index.factory,
+        cfg.index.train_size,
+        cfg.index.search_params,
+        cfg.seed,
+        seconds := {},
+    )
     manifest = {
         "config": OmegaConf.to_container(cfg, resolve=True),
         "source": {**passages.source, "texts": passages.texts_hash()},
         "model": model_identity(module, cfg.ckpt),
-        "seconds": {"load": round(loaded - start, 2), "encode": round(encoded - loaded, 2), "faiss": round(time.perf_counter() - encoded, 2)},
+        "seconds": {"load": round(loaded - start, 2), "encode": round(seconds["vectors"], 2), "faiss_train": round(seconds["train"], 2), "faiss_add": round(seconds["add"], 2)},
     }
     path = write_index_folder(cfg.out, index, passages.ids, passages.texts, QueryEncoder.from_module(module), manifest, overwrite=cfg.overwrite, statistics=statistics)
     log.info("Wrote %s (%d passages, %s) in %.1fs", path, len(passages), cfg.index.factory, time.perf_counter() - start)
