@@ -143,6 +143,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     datamodule.setup("fit")
     if ckpt_path:
         check_resume_checkpoint(ckpt_path, datamodule.tokenizer)
+    # Seeded again: preparing data on a cache miss (distilling word vectors, mining, ...) may draw from the
+    # global generators and a cache hit does not, so without this a run on a cold cache started from
+    # other weights (and ended at other figures) than the same run on a warm one.
+    L.seed_everything(cfg.seed, workers=True)
     module = build_module(cfg, datamodule)
     if ckpt_path:
         check_resume_shapes(ckpt_path, module)
