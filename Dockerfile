@@ -38,7 +38,6 @@ RUN --mount=type=secret,id=cacert \
     set -e; mkdir -p /app/two_tower; touch /app/README.md /app/two_tower/__init__.py; \
     pip install --index-url "$PIP_INDEX_URL" -e "/app[serve]"
 COPY two_tower /app/two_tower
-COPY conf /app/conf
 COPY train.py index.py evaluate.py search.py serve.py /app/
 COPY container/entrypoint.sh /app/container/entrypoint.sh
 RUN python -m compileall -q /app/two_tower /app/*.py

@@ -4,9 +4,9 @@ import hydra
 from omegaconf import DictConfig
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
+@hydra.main(version_base="1.3", config_path="two_tower/conf", config_name="evaluate")
 def main(cfg: DictConfig) -> None:
-    from two_tower.errors import exit_on_error
+    from two_tower.core.errors import exit_on_error
     from two_tower.retrieval.evaluate import evaluate
 
     with exit_on_error():

@@ -6,7 +6,7 @@ conf/serve.yaml, composed with Hydra's compose API.
 
 import sys
 
-from two_tower.serve.cli import main
+from two_tower.cli.serve import main
 
 if __name__ == "__main__":
     sys.exit(main())

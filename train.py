@@ -4,10 +4,10 @@ import hydra
 from omegaconf import DictConfig
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+@hydra.main(version_base="1.3", config_path="two_tower/conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    from two_tower.errors import exit_on_error
-    from two_tower.train import train
+    from two_tower.core.errors import exit_on_error
+    from two_tower.training.train import train
 
     with exit_on_error():
         metrics = train(cfg)

@@ -14,7 +14,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
 ROOT = Path(__file__).resolve().parents[1]
-CONF = ROOT / "conf"
+CONF = ROOT / "two_tower" / "conf"
 
 TINY = [
     "data=synthetic",
@@ -56,7 +56,7 @@ def build_tiny_index(root: Path, extra_texts: list[str] = ()) -> tuple[Path, lis
 
     from two_tower.data import synthetic
     from two_tower.retrieval.indexer import build_index
-    from two_tower.train import train
+    from two_tower.training.train import train
 
     cfg = compose_train(root, [])
     train(cfg)

@@ -9,7 +9,7 @@ import torchmetrics.retrieval as tmr
 
 from two_tower.data.prepared import Ragged
 from two_tower.data.prepared import PreparedSplit
-from two_tower.retrieval.metrics import dense_split_metrics, mean_metrics, per_query_metrics, rank_dense, ranking_metrics
+from two_tower.core.metrics import dense_split_metrics, mean_metrics, per_query_metrics, rank_dense, ranking_metrics
 
 
 def brute_force(scores: np.ndarray, relevant: list[set[int]], allowed: list[list[int]] | None = None):

@@ -11,14 +11,14 @@ import torch.multiprocessing as mp
 from tests.conftest import compose_train
 from two_tower.data.batches import TripletBatches
 from two_tower.data.datamodule import TwoTowerDataModule
-from two_tower.embeddings import RandomEmbeddings
+from two_tower.data.embeddings import RandomEmbeddings
 from two_tower.model.module import TwoTowerModule
 from two_tower.negatives import ANNNegatives, BM25Negatives, InBatchNegatives, RandomNegatives
 from two_tower.negatives.ann import model_scorer
 from two_tower.negatives.mining import MinedNegatives, jaccard
 from two_tower.data.tokenizer import split_words
-from two_tower.teacher import TeacherVectors
-from two_tower.train import train
+from two_tower.data.teacher import TeacherVectors
+from two_tower.training.train import train
 
 
 def prepared(tmp_path, negatives=None, rows=200):

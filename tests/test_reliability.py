@@ -12,11 +12,11 @@ import lightning as L
 import pytest
 import torch
 
-import two_tower.train as train_module
-from two_tower import utils
+import two_tower.training.train as train_module
+from two_tower.training import utils
 
 from tests.conftest import ROOT, TINY, compose_train
-from two_tower.train import train
+from two_tower.training.train import train
 
 FINAL = ("val/mrr@10", "val/recall@10", "train/loss_epoch")
 
@@ -51,7 +51,7 @@ def test_sigterm_mid_epoch_then_resume_matches_uninterrupted(tmp_path, monkeypat
 
 
 def test_ckpt_path_last_without_a_checkpoint_says_what_to_do(tmp_path):
-    from two_tower.errors import ConfigError
+    from two_tower.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="hydra.run.dir"):
         train(compose_train(tmp_path, ["ckpt_path=last"]))
@@ -129,7 +129,7 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, sig):
     ],
 )
 def test_bad_config_fails_before_loading_data(overrides, message, tiny_cfg, monkeypatch):
-    from two_tower.errors import ConfigError
+    from two_tower.core.errors import ConfigError
 
     monkeypatch.setattr(train_module, "build_datamodule", lambda cfg: pytest.fail("loaded data"))
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(".", r"\.")):
@@ -173,7 +173,7 @@ def test_truncated_foreign_or_mismatched_checkpoint_is_refused_in_one_line(tmp_p
 
 
 def test_embeddings_file_with_inconsistent_dimensions_names_the_line(tmp_path):
-    from two_tower.embeddings import EmbeddingsError, FileEmbeddings
+    from two_tower.data.embeddings import EmbeddingsError, FileEmbeddings
 
     vectors = tmp_path / "vectors.txt"
     vectors.write_text("the 0.1 0.2 0.3 0.4\ncat 0.1 0.2 0.3 0.4\ndog 0.1 0.2 0.3\n")
@@ -206,7 +206,7 @@ def _dead_pid() -> int:
 
 
 def test_stale_temps_are_swept_only_when_their_writer_is_gone(tmp_path):
-    from two_tower import atomic
+    from two_tower.core import atomic
 
     live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
@@ -229,7 +229,7 @@ def test_stale_temps_are_swept_only_when_their_writer_is_gone(tmp_path):
 
 
 def test_atomic_write_keeps_the_old_file_whole_when_the_write_fails(tmp_path):
-    from two_tower.atomic import atomic_write
+    from two_tower.core.atomic import atomic_write
 
     target = tmp_path / "last.ckpt"
     target.write_bytes(b"old" * 1000)
@@ -291,7 +291,7 @@ def test_a_failed_cache_write_leaves_nothing_behind(tmp_path, monkeypatch):
 
 
 def test_content_cache_keeps_the_first_of_two_concurrent_writers(tmp_path):
-    from two_tower.cache import ContentCache
+    from two_tower.core.cache import ContentCache
 
     cache = ContentCache(tmp_path, "kind")
     key = cache.key({"a": 1})
@@ -485,7 +485,7 @@ def test_resuming_with_another_encoder_is_one_line(tmp_path):
 def test_validation_queries_seen_in_training_are_counted_and_warned(tmp_path, caplog):
     import json
 
-    from two_tower.train import build_datamodule
+    from two_tower.training.train import build_datamodule
 
     data = tmp_path / "data"
     data.mkdir()
@@ -503,7 +503,7 @@ def test_validation_queries_seen_in_training_are_counted_and_warned(tmp_path, ca
 
 
 def test_unwritable_outputs_are_refused_before_the_expensive_work(tmp_path, monkeypatch):
-    from two_tower.atomic import NotWritableError
+    from two_tower.core.atomic import NotWritableError
     from two_tower.data.prepared import PreparedSplit
     from two_tower.retrieval import indexer
 

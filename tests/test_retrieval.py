@@ -23,7 +23,7 @@ from two_tower.retrieval.bm25 import BM25Retriever
 from two_tower.retrieval.corpus import read_corpus_file
 from two_tower.retrieval.dense import DenseRetriever
 from two_tower.retrieval.errors import ConfigError, CorpusError, EmptyQueryError, IndexFolderError
-from two_tower import per_query
+from two_tower.core import per_query
 from two_tower.retrieval.evaluate import evaluate, evaluate_split
 from two_tower.retrieval.hybrid import ReciprocalRankFusion, WeightedScoreFusion
 from two_tower.retrieval.index import PassageIndex, build_faiss
@@ -31,7 +31,7 @@ from two_tower.retrieval.indexer import build_index
 from two_tower.retrieval.retriever import SplitRetriever
 from two_tower.retrieval.search import Searcher
 from two_tower.retrieval.search import main as search_main
-from two_tower.train import train
+from two_tower.training.train import train
 
 
 def compose_retrieval(config_name: str, overrides: list[str]):

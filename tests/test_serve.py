@@ -22,7 +22,7 @@ from tests.conftest import ROOT, build_tiny_index
 from two_tower.data import synthetic
 from two_tower.retrieval.search import Searcher
 from two_tower.serve.app import Limits, create_app
-from two_tower.serve.cli import main as serve_main
+from two_tower.cli.serve import main as serve_main
 
 LIMITS = Limits(k=5, k_max=20, max_query_chars=200, max_batch=4)
 # Passages a page must show as text, never as markup.

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from two_tower.data.jsonl import UnreadableRow, read_jsonl
-from two_tower.errors import TwoTowerError
+from two_tower.core.errors import TwoTowerError
 
 log = logging.getLogger(__name__)
 

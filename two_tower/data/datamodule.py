@@ -20,14 +20,14 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from two_tower.cache import ContentCache
+from two_tower.core.cache import ContentCache
 from two_tower.data import msmarco, synthetic
 from two_tower.data.batches import LengthSortedBatches, TokenBatches, TripletBatches, TripletBatchSampler
 from two_tower.data.prepared import PreparedSplit
 from two_tower.data.tokenizer import Tokenizer, oov_rate
-from two_tower.embeddings import EmbeddingSource, restore_tokenizer
-from two_tower.negatives.base import NegativeSampler
-from two_tower.teacher import SentenceTransformerTeacher, TeacherVectors
+from two_tower.data.embeddings import EmbeddingSource, restore_tokenizer
+from two_tower.data.sampling import NegativeSampler
+from two_tower.data.teacher import SentenceTransformerTeacher, TeacherVectors
 
 log = logging.getLogger(__name__)
 

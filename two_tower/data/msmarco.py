@@ -17,7 +17,7 @@ from urllib.parse import urlparse
 import datasets
 
 from two_tower.data.jsonl import JsonlRows, UnreadableRow
-from two_tower.errors import TwoTowerError
+from two_tower.core.errors import TwoTowerError
 
 log = logging.getLogger(__name__)
 

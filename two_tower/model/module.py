@@ -8,10 +8,10 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from two_tower.data.tokenizer import Tokenizer
-from two_tower.embeddings import restore_tokenizer
+from two_tower.data.embeddings import restore_tokenizer
 from two_tower.model.encoders import TwoTower
 from two_tower.model.vocabulary import attach_vocabulary
-from two_tower.retrieval.metrics import dense_split_per_query, mean_metrics
+from two_tower.core.metrics import dense_split_per_query, mean_metrics
 
 
 def _plain(value):

@@ -18,11 +18,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from two_tower.cache import ContentCache
+from two_tower.core.cache import ContentCache
 from two_tower.data.prepared import PreparedSplit, Ragged
 from two_tower.data.tokenizer import split_words
-from two_tower.negatives.base import NegativeSampler, sample_from
-from two_tower.retrieval.metrics import rank_by_scores
+from two_tower.data.sampling import NegativeSampler, sample_from
+from two_tower.core.metrics import rank_by_scores
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Errors the retrieval entry points report as one line (no traceback): bad input, named with its file."""
 
 
-from two_tower.errors import ConfigError, TwoTowerError
+from two_tower.core.errors import ConfigError, TwoTowerError
 
 __all__ = ["CheckpointError", "ConfigError", "CorpusError", "EmptyQueryError", "IndexFolderError", "RetrievalError"]
 

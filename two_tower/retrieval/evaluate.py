@@ -22,15 +22,15 @@ from hydra.errors import InstantiationException
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from two_tower.atomic import atomic_write
+from two_tower.core.atomic import atomic_write
 from two_tower.data import beir
 from two_tower.data.beir import is_beir_folder
 from two_tower.data.prepared import PreparedSplit
 from two_tower.data.tokenizer import PAD, UNK, Tokenizer
 from two_tower.retrieval.corpus import load_split_rows
-from two_tower.errors import ConfigError, TwoTowerError
-from two_tower import per_query
-from two_tower.retrieval.metrics import DEFAULT_KS, mean_metrics, split_per_query
+from two_tower.core.errors import ConfigError, TwoTowerError
+from two_tower.core import per_query
+from two_tower.core.metrics import DEFAULT_KS, mean_metrics, split_per_query
 from two_tower.retrieval.retriever import Rankings, SplitRetriever
 
 log = logging.getLogger(__name__)

@@ -28,7 +28,7 @@ import faiss
 import numpy as np
 import pyarrow as pa
 
-from two_tower.atomic import atomic_folder, sweep_stale_temps
+from two_tower.core.atomic import atomic_folder, sweep_stale_temps
 from two_tower.model.bag import TermStatistics
 from two_tower.retrieval.errors import ConfigError, IndexFolderError
 from two_tower.retrieval.query_encoder import QueryEncoder

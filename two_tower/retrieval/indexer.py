@@ -14,7 +14,7 @@ from two_tower.data.prepared import Ragged
 from two_tower.model.bag import TermStatistics
 from two_tower.retrieval.checkpoint import encode_tokens, load_checkpoint, model_identity, progress_bar
 from two_tower.retrieval.corpus import Passages, read_corpus_file, split_passages
-from two_tower.atomic import check_writable
+from two_tower.core.atomic import check_writable
 from two_tower.retrieval.errors import ConfigError, IndexFolderError
 from two_tower.retrieval.index import build_faiss, write_index_folder
 from two_tower.retrieval.query_encoder import QueryEncoder

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from two_tower.errors import TwoTowerError
+from two_tower.core.errors import TwoTowerError
 from two_tower.retrieval.errors import EmptyQueryError
 from two_tower.retrieval.index import PassageIndex
 from two_tower.retrieval.query_encoder import QueryEncoder
@@ -99,7 +99,7 @@ def split_arguments(argv: list[str]) -> tuple[list[str], list[str], bool]:
 def compose_config(overrides: list[str]):
     from hydra import compose, initialize_config_dir
 
-    conf = Path(__file__).resolve().parents[2] / "conf"
+    conf = Path(__file__).resolve().parents[1] / "conf"
     with initialize_config_dir(version_base="1.3", config_dir=str(conf)):
         return compose("search", overrides=overrides)
 

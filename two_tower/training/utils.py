@@ -9,7 +9,7 @@ import os
 import hydra
 from omegaconf import DictConfig
 
-from two_tower.errors import TwoTowerError
+from two_tower.core.errors import TwoTowerError
 
 log = logging.getLogger(__name__)
 

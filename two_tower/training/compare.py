@@ -33,9 +33,9 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from two_tower import per_query
-from two_tower.config_key import config_key, run_overrides
-from two_tower.errors import TwoTowerError, exit_on_error
+from two_tower.core import per_query
+from two_tower.core.config_key import config_key, run_overrides
+from two_tower.core.errors import TwoTowerError, exit_on_error
 
 log = logging.getLogger(__name__)
 

@@ -12,16 +12,16 @@ from lightning.pytorch.callbacks import ProgressBar
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from two_tower.atomic import check_writable, sweep_stale_temps
-from two_tower.config import validate_train_config
-from two_tower.config_key import current_config_key
+from two_tower.core.atomic import check_writable, sweep_stale_temps
+from two_tower.training.config import validate_train_config
+from two_tower.core.config_key import current_config_key
 from two_tower.data.datamodule import TwoTowerDataModule
-from two_tower.errors import ConfigError
+from two_tower.core.errors import ConfigError
 from two_tower.retrieval.errors import CheckpointError
 from two_tower.model.module import TwoTowerModule
 from two_tower.negatives.refresh import NegativeRefresh
-from two_tower.tracking import fill_wandb_group_and_tags, tracking_callbacks
-from two_tower.utils import instantiate_group, task_wrapper
+from two_tower.training.tracking import fill_wandb_group_and_tags, tracking_callbacks
+from two_tower.training.utils import instantiate_group, task_wrapper
 
 log = logging.getLogger(__name__)
 

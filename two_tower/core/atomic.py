@@ -23,7 +23,7 @@ import shutil
 import socket
 from pathlib import Path
 
-from two_tower.errors import TwoTowerError
+from two_tower.core.errors import TwoTowerError
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from two_tower.errors import ConfigError
+from two_tower.core.errors import ConfigError
 
 # key -> (type, check, what the check means); a key missing from the config is not checked.
 INT, NUM, BOOL = (int,), (Real,), (bool,)

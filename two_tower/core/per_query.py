@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from two_tower.errors import TwoTowerError
+from two_tower.core.errors import TwoTowerError
 
 QUERY_COLUMNS = ("qid", "query")
 

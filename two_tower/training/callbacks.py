@@ -105,7 +105,7 @@ class PerQueryWriter(L.Callback):
         self.best: float | None = None
 
     def _table(self, trainer, pl_module, stage: str):
-        from two_tower import per_query
+        from two_tower.core import per_query
 
         found = getattr(pl_module, "per_query", {}).get(stage)
         split = getattr(trainer.datamodule, {"val": "val", "test": "test"}[stage], None)
@@ -124,7 +124,7 @@ class PerQueryWriter(L.Callback):
         pl_module.per_query.pop("val", None)
         if table is None:
             return
-        from two_tower import per_query
+        from two_tower.core import per_query
 
         per_query.write(table, self.dirpath / "val_last.parquet")
         if self.stage == "val" and self.metric in table:
@@ -137,7 +137,7 @@ class PerQueryWriter(L.Callback):
         table = self._table(trainer, pl_module, "test")
         pl_module.per_query.pop("test", None)
         if table is not None:
-            from two_tower import per_query
+            from two_tower.core import per_query
 
             per_query.write(table, self.dirpath / "test.parquet")
 

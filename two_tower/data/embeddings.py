@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from two_tower.cache import ContentCache
+from two_tower.core.cache import ContentCache
 from two_tower.data.tokenizer import PAD_ID, Tokenizer, split_words
-from two_tower.errors import TwoTowerError
+from two_tower.core.errors import TwoTowerError
 
 log = logging.getLogger(__name__)
 
@@ -287,7 +287,7 @@ class DistilledEmbeddings(EmbeddingSource):
 
         cache = ContentCache(self.cache_dir, "distilled")
         if cache.get(self._key()) is None:
-            from two_tower.teacher import resolve_model
+            from two_tower.data.teacher import resolve_model
 
             try:
                 from model2vec.distill import distill
@@ -372,7 +372,7 @@ def extension_source_vectors(config: dict) -> WordVectors:
 
 def restore_tokenizer(state: dict) -> Tokenizer:
     """A saved tokenizer, its extension's words read again from their source. One-line errors."""
-    from two_tower.errors import TwoTowerError
+    from two_tower.core.errors import TwoTowerError
 
     extension = state.get("extension")
     try:

@@ -24,13 +24,13 @@ OVERRIDE = re.compile(r"^[A-Za-z_]\w*=")
 def compose_config(overrides: list[str]):
     from hydra import compose, initialize_config_dir
 
-    conf = Path(__file__).resolve().parents[2] / "conf"
+    conf = Path(__file__).resolve().parents[1] / "conf"
     with initialize_config_dir(version_base="1.3", config_dir=str(conf)):
         return compose("serve", overrides=overrides)
 
 
 def _whole(name: str, value, low: int, high: int | None = None):
-    from two_tower.errors import ConfigError
+    from two_tower.core.errors import ConfigError
 
     if not isinstance(value, int) or isinstance(value, bool) or value < low or (high is not None and value > high):
         span = f"{low}..{high}" if high is not None else f">= {low}"
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {' '.join(str(err).split())}\n{USAGE}", file=sys.stderr)
         return 2
 
-    from two_tower.errors import ConfigError, TwoTowerError
+    from two_tower.core.errors import ConfigError, TwoTowerError
     from two_tower.retrieval.search import Searcher
     from two_tower.serve.app import Limits, create_app
 

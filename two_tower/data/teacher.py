@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from two_tower.cache import ContentCache
-from two_tower.errors import TwoTowerError
+from two_tower.core.cache import ContentCache
+from two_tower.core.errors import TwoTowerError
 
 log = logging.getLogger(__name__)
 

@@ -54,7 +54,7 @@ def config_tags() -> list[str]:
     """``config:<key>``: the run's configuration key (all overrides but the seed, ``two_tower.config_key``),
     so the dashboard can group one configuration's seeds (W&B tags are <= 64 chars: longer keys are
     shortened with a hash; the full key is the ``config_key`` config value)."""
-    from two_tower.config_key import current_config_key
+    from two_tower.core.config_key import current_config_key
 
     key = current_config_key()
     if key is None:

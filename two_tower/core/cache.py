@@ -25,7 +25,7 @@ import json
 import os
 from pathlib import Path
 
-from two_tower.atomic import atomic_folder, check_writable, sweep_stale_temps
+from two_tower.core.atomic import atomic_folder, check_writable, sweep_stale_temps
 
 
 class ContentCache:

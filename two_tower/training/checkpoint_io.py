@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
-from two_tower.atomic import atomic_write, sweep_stale_temps
+from two_tower.core.atomic import atomic_write, sweep_stale_temps
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
