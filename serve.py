@@ -1,8 +1,4 @@
-"""Serve an index folder over HTTP: `python serve.py index=DIR [host=127.0.0.1 port=8000]` (see README).
-
-Not a @hydra.main script (a server writes no run folder); settings are Hydra overrides of
-conf/serve.yaml, composed with Hydra's compose API.
-"""
+"""Serve an index folder over HTTP: `python serve.py index=DIR [host=127.0.0.1 port=8000]` (two_tower/cli/serve.py)."""
 
 import sys
 

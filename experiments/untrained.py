@@ -35,8 +35,8 @@ def main() -> None:
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict
 
-    from two_tower.config import validate_train_config
-    from two_tower.train import build_datamodule, build_module
+    from two_tower.training.config import validate_train_config
+    from two_tower.training.train import build_datamodule, build_module
 
     with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
         cfg = compose("train", overrides=args.overrides, return_hydra_config=True)

@@ -9,7 +9,8 @@ import pytest
 import yaml
 
 from two_tower.core import per_query
-from two_tower.training.compare import System, compare, holm, main, mean_ci
+from two_tower.cli.compare import main
+from two_tower.training.compare import System, compare, holm, mean_ci
 from two_tower.core.config_key import config_key
 
 QUERIES = 300

@@ -155,7 +155,7 @@ def test_cli_reports_bad_input_in_one_line(tmp_path):
 
 
 def test_truncated_foreign_or_mismatched_checkpoint_is_refused_in_one_line(tmp_path):
-    from two_tower.retrieval.errors import CheckpointError
+    from two_tower.core.errors import CheckpointError
 
     cfg = compose_train(tmp_path / "a", [])
     train(cfg)
@@ -314,7 +314,7 @@ def test_two_index_writers_to_one_out_cannot_both_succeed(tmp_path, monkeypatch)
     import numpy as np
 
     from two_tower.retrieval import index as index_module
-    from two_tower.retrieval.errors import IndexFolderError
+    from two_tower.core.errors import IndexFolderError
 
     vectors = np.random.default_rng(0).normal(size=(5, 4)).astype(np.float32)
     out = tmp_path / "index"
@@ -396,7 +396,7 @@ def test_training_on_a_shard_with_a_non_utf8_byte_skips_the_row(tmp_path):
 
 def test_a_query_with_no_searchable_word_is_an_empty_query_error():
     from two_tower.data.tokenizer import PAD, UNK, Tokenizer
-    from two_tower.retrieval.errors import EmptyQueryError
+    from two_tower.core.errors import EmptyQueryError
     from two_tower.retrieval.query_encoder import QueryEncoder
 
     encoder = QueryEncoder(torch.nn.Identity(), Tokenizer([PAD, UNK, "garden"]), {})
@@ -420,9 +420,9 @@ def _tiny_index(tmp_path: Path) -> Path:
 def test_the_manifest_must_name_every_file_and_be_valid(tmp_path, capsys):
     import json
 
-    from two_tower.retrieval.errors import IndexFolderError
+    from two_tower.core.errors import IndexFolderError
     from two_tower.retrieval.index import PassageIndex
-    from two_tower.retrieval.search import main as search_main
+    from two_tower.cli.search import main as search_main
 
     folder = _tiny_index(tmp_path)
     PassageIndex.load(folder)  # as written: accepted
@@ -443,9 +443,9 @@ def test_the_manifest_must_name_every_file_and_be_valid(tmp_path, capsys):
 
 
 def test_search_k_must_be_a_whole_number_of_at_least_one(tmp_path, capsys):
-    from two_tower.retrieval.errors import ConfigError
+    from two_tower.core.errors import ConfigError
     from two_tower.retrieval.index import PassageIndex
-    from two_tower.retrieval.search import main as search_main
+    from two_tower.cli.search import main as search_main
 
     for k in ("0", "-3", "abc"):
         assert search_main(["index=/no/such/index", f"k={k}", "garden"]) == 2
@@ -473,7 +473,7 @@ def test_train_error_line_comes_without_run_failed_or_traceback(tmp_path):
 
 
 def test_resuming_with_another_encoder_is_one_line(tmp_path):
-    from two_tower.retrieval.errors import CheckpointError
+    from two_tower.core.errors import CheckpointError
 
     cfg = compose_train(tmp_path / "a", [])
     train(cfg)

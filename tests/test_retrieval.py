@@ -22,7 +22,7 @@ from two_tower.retrieval import index as index_module
 from two_tower.retrieval.bm25 import BM25Retriever
 from two_tower.retrieval.corpus import read_corpus_file
 from two_tower.retrieval.dense import DenseRetriever
-from two_tower.retrieval.errors import ConfigError, CorpusError, EmptyQueryError, IndexFolderError
+from two_tower.core.errors import ConfigError, CorpusError, EmptyQueryError, IndexFolderError
 from two_tower.core import per_query
 from two_tower.retrieval.evaluate import evaluate, evaluate_split
 from two_tower.retrieval.hybrid import ReciprocalRankFusion, WeightedScoreFusion
@@ -30,7 +30,7 @@ from two_tower.retrieval.index import PassageIndex, build_faiss
 from two_tower.retrieval.indexer import build_index
 from two_tower.retrieval.retriever import SplitRetriever
 from two_tower.retrieval.search import Searcher
-from two_tower.retrieval.search import main as search_main
+from two_tower.cli.search import main as search_main
 from two_tower.training.train import train
 
 
@@ -378,7 +378,7 @@ def test_fusion_metrics_by_hand():
 
 def test_corrupted_index_part_and_truncated_checkpoint_are_refused(trained, tmp_path):
     from two_tower.retrieval.checkpoint import load_checkpoint
-    from two_tower.retrieval.errors import CheckpointError
+    from two_tower.core.errors import CheckpointError
 
     broken = tmp_path / "index"
     shutil.copytree(trained["index"], broken)

@@ -29,7 +29,7 @@ from omegaconf import DictConfig  # noqa: E402
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 from two_tower.model.encoders import RNNEncoder  # noqa: E402
-from two_tower.train import build_datamodule, build_module  # noqa: E402
+from two_tower.training.train import build_datamodule, build_module  # noqa: E402
 
 HERE = Path(__file__).parent
 

@@ -16,8 +16,8 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from two_tower.retrieval.metrics import dense_split_metrics
-from two_tower.train import build_datamodule
+from two_tower.core.metrics import dense_split_metrics
+from two_tower.training.train import build_datamodule
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -6,11 +6,12 @@ Hydra overrides of ``conf/serve.yaml``, composed with Hydra's compose API.
 
 from __future__ import annotations
 
-import os
 import re
 import sys
 import time
-from pathlib import Path
+
+from two_tower.cli.common import compose, report
+from two_tower.core.errors import ConfigError, TwoTowerError
 
 USAGE = """usage: python serve.py index=DIR [host=127.0.0.1] [port=8000] [threads=1] [key=value ...]
 Settings (conf/serve.yaml): index, host, port, threads (per search, torch and FAISS), search_params,
@@ -21,17 +22,7 @@ Then open http://HOST:PORT/ (search page), /docs (API), /health."""
 OVERRIDE = re.compile(r"^[A-Za-z_]\w*=")
 
 
-def compose_config(overrides: list[str]):
-    from hydra import compose, initialize_config_dir
-
-    conf = Path(__file__).resolve().parents[1] / "conf"
-    with initialize_config_dir(version_base="1.3", config_dir=str(conf)):
-        return compose("serve", overrides=overrides)
-
-
 def _whole(name: str, value, low: int, high: int | None = None):
-    from two_tower.core.errors import ConfigError
-
     if not isinstance(value, int) or isinstance(value, bool) or value < low or (high is not None and value > high):
         span = f"{low}..{high}" if high is not None else f">= {low}"
         raise ConfigError(f"{name}={value!r}: must be a whole number {span}")
@@ -49,17 +40,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: not a key=value setting: {' '.join(stray)}\n{USAGE}", file=sys.stderr)
         return 2
     try:
-        known = list(compose_config([]))
+        known = list(compose("serve", []))
         unknown = [a.split("=", 1)[0] for a in argv if a.split("=", 1)[0] not in known]
         if unknown:
             print(f"error: unknown setting(s) {', '.join(unknown)}; the settings are {', '.join(known)}", file=sys.stderr)
             return 2
-        cfg = compose_config(argv)
+        cfg = compose("serve", argv)
     except Exception as err:  # Hydra's own errors, e.g. a value it cannot parse
         print(f"error: {' '.join(str(err).split())}\n{USAGE}", file=sys.stderr)
         return 2
 
-    from two_tower.core.errors import ConfigError, TwoTowerError
     from two_tower.retrieval.search import Searcher
     from two_tower.serve.app import Limits, create_app
 
@@ -85,10 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         searcher = Searcher.load(cfg.index, search_params=cfg.search_params)
         app = create_app(searcher, limits, threads=cfg.threads, search_params=cfg.search_params)
     except TwoTowerError as err:  # bad settings, a missing or unusable index folder
-        if os.environ.get("TWO_TOWER_DEBUG", "") not in ("", "0"):
-            raise
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return report(err)
 
     import uvicorn
 

@@ -23,16 +23,12 @@ import shutil
 import socket
 from pathlib import Path
 
-from two_tower.core.errors import TwoTowerError
+from two_tower.core.errors import NotWritableError
 
 log = logging.getLogger(__name__)
 
 _HOST = hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]
 _TEMP = re.compile(r"^\..+\.tmp-(?P<host>[0-9a-f]{8})-(?P<pid>\d+)-[0-9a-f]{8}$")
-
-
-class NotWritableError(TwoTowerError):
-    """An output location that cannot be written (read-only, not a folder, or too little free space)."""
 
 
 def temp_path(path: str | os.PathLike) -> Path:

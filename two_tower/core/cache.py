@@ -2,7 +2,7 @@
 vectors, word2vec vectors.
 
 An entry is a folder ``ROOT/KIND/KEY`` where ``KEY`` is a hash of everything the content depends on.
-It is built in a temporary folder beside it and renamed into place (``two_tower.atomic``), so an entry
+It is built in a temporary folder beside it and renamed into place (``two_tower.core.atomic``), so an entry
 is whole or absent after a kill at any instant; a concurrent job that built the same entry first wins
 and ours is discarded. Temporary folders of killed writers are swept when a cache is opened.
 

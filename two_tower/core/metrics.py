@@ -13,7 +13,7 @@ import math
 import numpy as np
 import torch
 
-from two_tower.data.prepared import Ragged
+from two_tower.core.ragged import Ragged
 
 DEFAULT_KS = (1, 10, 100)
 

@@ -1,5 +1,5 @@
 """Per-query results: one row per evaluated query (its id, its text, each metric), so any two runs on
-the same split can be compared query by query (``python -m two_tower.compare``).
+the same split can be compared query by query (``python -m two_tower.cli.compare``).
 
 Written as parquet beside the run's aggregate metrics, atomically (a file beside the target, then
 ``os.replace``): a killed run never leaves half a file.
@@ -13,13 +13,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from two_tower.core.errors import TwoTowerError
+from two_tower.core.errors import PerQueryError
 
 QUERY_COLUMNS = ("qid", "query")
-
-
-class PerQueryError(TwoTowerError):
-    """A per-query file is missing, unreadable or does not have the expected columns."""
 
 
 def frame(qids: list[str], queries: list[str], values: dict[str, list[float]], **constants) -> pd.DataFrame:

@@ -2,7 +2,7 @@
 
 The cache folder holds everything derived from the raw rows for one (data, tokenizer, embeddings)
 setting: the vocabulary, the embedding matrix aligned to it, both prepared splits and the row reports.
-It is a ``two_tower.cache`` entry (built beside, renamed into place), so a killed run never leaves half a cache.
+It is a ``two_tower.core.cache`` entry (built beside, renamed into place), so a killed run never leaves half a cache.
 """
 
 from __future__ import annotations

@@ -18,13 +18,9 @@ import numpy as np
 
 from two_tower.core.cache import ContentCache
 from two_tower.data.tokenizer import PAD_ID, Tokenizer, split_words
-from two_tower.core.errors import TwoTowerError
+from two_tower.core.errors import EmbeddingsError, TwoTowerError
 
 log = logging.getLogger(__name__)
-
-
-class EmbeddingsError(TwoTowerError):
-    """A vectors file is missing or malformed; the message names the file."""
 
 
 @dataclass
@@ -348,13 +344,20 @@ def _glove_words() -> list[str]:
 # ------------------------------------------------------------------------ the vocabulary's extension
 
 
+# Checkpoints and index folders written before this module moved into two_tower.data name it so.
+LEGACY_MODULE = "two_tower.embeddings."
+
+
 @functools.lru_cache(maxsize=2)
 def _load_extension_source(config_json: str) -> WordVectors:
     import hydra
     from omegaconf import OmegaConf
 
     try:
-        source = hydra.utils.instantiate(OmegaConf.create(json.loads(config_json)))
+        config = json.loads(config_json)
+        if str(config.get("_target_", "")).startswith(LEGACY_MODULE):  # saved before the package was layered
+            config["_target_"] = __name__ + config["_target_"][len(LEGACY_MODULE) - 1 :]
+        source = hydra.utils.instantiate(OmegaConf.create(config))
         vectors = source.load([])
     except EmbeddingsError:
         raise

@@ -20,13 +20,9 @@ import numpy as np
 import torch
 
 from two_tower.core.cache import ContentCache
-from two_tower.core.errors import TwoTowerError
+from two_tower.core.errors import TeacherError
 
 log = logging.getLogger(__name__)
-
-
-class TeacherError(TwoTowerError):
-    """The teacher model cannot be found or loaded; the message names it."""
 
 
 @dataclass

@@ -30,7 +30,7 @@ import pyarrow as pa
 
 from two_tower.core.atomic import atomic_folder, sweep_stale_temps
 from two_tower.model.bag import TermStatistics
-from two_tower.retrieval.errors import ConfigError, IndexFolderError
+from two_tower.core.errors import ConfigError, IndexFolderError
 from two_tower.retrieval.query_encoder import QueryEncoder
 
 log = logging.getLogger(__name__)
@@ -94,7 +94,7 @@ def file_hash(path: Path) -> str:
 
 
 def write_index_folder(path: str | Path, index: faiss.Index, ids: list[str], texts: list[str], query_encoder: QueryEncoder, manifest: dict, overwrite: bool = False, statistics: TermStatistics | None = None) -> Path:
-    """Write the folder atomically (``two_tower.atomic.atomic_folder``): everything goes to a temporary
+    """Write the folder atomically (``two_tower.core.atomic.atomic_folder``): everything goes to a temporary
     folder beside it first, then one rename under a lock on the parent folder, so two writers of the same
     ``path`` cannot both succeed without ``overwrite``.
 

@@ -20,7 +20,7 @@ from two_tower.data.embeddings import restore_tokenizer
 from two_tower.model.bag import TermStatistics
 from two_tower.model.embedding import OpenEmbedding
 from two_tower.model.vocabulary import attach_vocabulary
-from two_tower.retrieval.errors import EmptyQueryError
+from two_tower.core.errors import EmptyQueryError
 
 
 def weights_hash(tower: nn.Module) -> str:

@@ -96,7 +96,7 @@ class RNGState(L.Callback):
 class PerQueryWriter(L.Callback):
     """Each query's metrics, beside the run's aggregate: ``val_best.parquet`` (the validation epoch with
     the best ``monitor`` mean so far, as the checkpoint callback picks it), ``val_last.parquet`` (the
-    latest validation) and ``test.parquet`` (the test split, scored once). Read by ``two_tower.compare``."""
+    latest validation) and ``test.parquet`` (the test split, scored once). Read by ``two_tower.training.compare``."""
 
     def __init__(self, dirpath: str, monitor: str = "val/mrr@10", mode: str = "max"):
         self.dirpath = Path(dirpath)

@@ -4,7 +4,7 @@ Lightning's ``TorchCheckpointIO`` writes through an fsspec transaction whose tem
 ``$TMPDIR``; when that is another filesystem (node-local /tmp, a tmpfs) the final move is a copy over
 the existing ``last.ckpt`` (EXDEV), so a kill or a full disk during that copy leaves it truncated.
 ``AtomicCheckpointIO`` writes a temporary file in the checkpoint's own folder, fsyncs it and
-``os.replace``s it (``two_tower.atomic``); temporary files of killed runs are swept on the next save.
+``os.replace``s it (``two_tower.core.atomic``); temporary files of killed runs are swept on the next save.
 Remote paths (``s3://`` and the like) keep Lightning's own writer.
 """
 

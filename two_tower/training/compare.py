@@ -1,10 +1,10 @@
 """Compare configurations honestly: seeds grouped, intervals over seeds, paired tests over queries.
 
-    python -m two_tower.compare RUN_OR_SWEEP_DIRS... [--metric test/mrr@10] [--baseline EVALUATE_OUT_DIR ...]
+    python -m two_tower.cli.compare RUN_OR_SWEEP_DIRS... [--metric test/mrr@10] [--baseline EVALUATE_OUT_DIR ...]
                                 [--out DIR] [--alpha 0.05] [--wandb-project PROJECT]
 
 - Runs are the dirs holding ``.hydra/overrides.yaml`` under the given dirs (a run dir or a sweep dir);
-  they are grouped by configuration key (all overrides but the seed, ``two_tower.config_key``).
+  they are grouped by configuration key (all overrides but the seed, ``two_tower.core.config_key``).
 - Per configuration: the metric of each run (its per-query mean, = the logged value), their mean and a
   95% Student-t confidence interval over seeds.
 - Paired tests, one per pair of systems (configurations and baselines): the unit is the query. Each
@@ -23,7 +23,6 @@ and 95% CI per configuration, baselines as points) to ``--out`` and prints the m
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import logging
 from dataclasses import dataclass, field
@@ -35,15 +34,11 @@ from scipy import stats
 
 from two_tower.core import per_query
 from two_tower.core.config_key import config_key, run_overrides
-from two_tower.core.errors import TwoTowerError, exit_on_error
+from two_tower.core.errors import CompareError
 
 log = logging.getLogger(__name__)
 
 STAGE_FILES = {"test": "test.parquet", "val": "val_best.parquet", "val_last": "val_last.parquet"}
-
-
-class CompareError(TwoTowerError):
-    """The runs cannot be compared as asked (no runs, no per-query file, different queries...)."""
 
 
 @dataclass
@@ -247,40 +242,3 @@ def log_wandb(summary: pd.DataFrame, tests: pd.DataFrame, metric: str, project: 
         run.log({"compare/configurations": wandb.Table(dataframe=summary), "compare/tests": wandb.Table(dataframe=tests.astype({c: str for c in tests.columns if tests[c].dtype == bool}))})
     finally:
         run.finish()
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m two_tower.compare", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("dirs", nargs="+", type=Path, help="run dirs or sweep dirs of train.py")
-    parser.add_argument("--metric", default="test/mrr@10")
-    parser.add_argument("--baseline", type=Path, action="append", default=[], help="an evaluate.py output dir (per_query/<retriever>.parquet)")
-    parser.add_argument("--out", type=Path, default=None, help="where to write comparison.md/.png and the CSVs")
-    parser.add_argument("--alpha", type=float, default=0.05)
-    parser.add_argument("--resamples", type=int, default=10_000, help="randomization test resamples")
-    parser.add_argument("--wandb-project", default=None, help="also log the tables to W&B in this project")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
-    with exit_on_error():
-        systems = load_configurations(find_runs(args.dirs), args.metric)
-        systems.update(load_baselines(args.baseline, args.metric))
-        summary, tests = compare(systems, args.metric, args.alpha, args.resamples)
-        text = markdown(summary, tests, args.metric)
-        print(text)
-        if args.out:
-            args.out.mkdir(parents=True, exist_ok=True)
-            for name, content in (("comparison.md", text),):
-                tmp = args.out / f".{name}.tmp"
-                tmp.write_text(content)
-                tmp.replace(args.out / name)
-            for name, table in (("configurations.csv", summary), ("tests.csv", tests)):
-                tmp = args.out / f".{name}.tmp"
-                table.to_csv(tmp, index=False)
-                tmp.replace(args.out / name)
-            plot(summary, args.metric, args.out / "comparison.png")
-            print(f"Wrote {args.out}/comparison.md, configurations.csv, tests.csv, comparison.png")
-        if args.wandb_project:
-            log_wandb(summary, tests, args.metric, args.wandb_project, args.out)
-
-
-if __name__ == "__main__":
-    main()

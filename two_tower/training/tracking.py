@@ -4,7 +4,7 @@
   the sweep (``<job name>-<sweep dir name>`` for a multirun, so every job of one ``-m`` run shares it;
   ``<job name>-<run dir name>`` for a single run) and the tags to the chosen config group options
   (``encoder:gru``, ``loss:infonce``, ...), from Hydra's ``hydra.runtime.choices``, plus
-  ``config:<key>`` (all overrides but the seed; ``two_tower.config_key``) to group one configuration's seeds.
+  ``config:<key>`` (all overrides but the seed; ``two_tower.core.config_key``) to group one configuration's seeds.
 - ``ValidationExamples``: a callback logging a ``wandb.Table`` of a few validation queries with their
   top-k retrieved passages (text, score, selected or not) every validation epoch.
 """
@@ -51,7 +51,7 @@ def run_tags() -> list[str]:
 
 
 def config_tags() -> list[str]:
-    """``config:<key>``: the run's configuration key (all overrides but the seed, ``two_tower.config_key``),
+    """``config:<key>``: the run's configuration key (all overrides but the seed, ``two_tower.core.config_key``),
     so the dashboard can group one configuration's seeds (W&B tags are <= 64 chars: longer keys are
     shortened with a hash; the full key is the ``config_key`` config value)."""
     from two_tower.core.config_key import current_config_key

@@ -13,11 +13,11 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from two_tower.core.atomic import check_writable, sweep_stale_temps
+from two_tower.core.threads import set_threads
 from two_tower.training.config import validate_train_config
 from two_tower.core.config_key import current_config_key
 from two_tower.data.datamodule import TwoTowerDataModule
-from two_tower.core.errors import ConfigError
-from two_tower.retrieval.errors import CheckpointError
+from two_tower.core.errors import CheckpointError, ConfigError
 from two_tower.model.module import TwoTowerModule
 from two_tower.negatives.refresh import NegativeRefresh
 from two_tower.training.tracking import fill_wandb_group_and_tags, tracking_callbacks
@@ -132,8 +132,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if cfg.paths.get("cache_dir"):
         check_writable(cfg.paths.cache_dir, f"paths.cache_dir={cfg.paths.cache_dir}", min_free_bytes=16 << 20)
     sweep_stale_temps(Path(cfg.paths.output_dir) / "checkpoints")  # partial checkpoints of a killed run
-    if cfg.get("threads"):
-        torch.set_num_threads(cfg.threads)
+    set_threads(cfg.get("threads"))
     L.seed_everything(cfg.seed, workers=True)
     start = time.perf_counter()
     ckpt_path = resolve_ckpt_path(cfg)
