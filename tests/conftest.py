@@ -13,6 +13,8 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
+import two_tower.core.cache  # noqa: F401  (registers ${two_tower_cache:}, as the commands do)
+
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "two_tower" / "conf"
 

@@ -15,6 +15,7 @@ import os
 import sys
 from pathlib import Path
 
+import two_tower.core.cache  # noqa: F401  (registers ${two_tower_cache:}, the default cache folder of conf/paths)
 from two_tower.core.errors import TwoTowerError
 
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")

