@@ -243,7 +243,7 @@ class DistilledEmbeddings(EmbeddingSource):
     a static model whose vector for a text is the mean of its subword vectors. Each word's vector is the
     sum of its subword vectors, so the mean over a text's words starts the towers where the static model
     is. Both the distilled model and the word table are cached by content (teacher,
-    dimension, model2vec version); the first run distils (about 85 s for MiniLM on 2 cores)."""
+    dimension, model2vec version); the first run distils (its cost: experiments/semantic/README.md)."""
 
     name = "distilled"
     TABLE_FORMAT = 2  # word vector = sum of its subword vectors
@@ -311,8 +311,7 @@ class DistilledEmbeddings(EmbeddingSource):
         def word_vector(words: list[str]) -> np.ndarray:
             # The SUM of the word's subword vectors: the static model's text vector is the mean over
             # subword tokens, so a word split in k pieces weighs k. Averaging the pieces instead
-            # shrinks rare words (their pieces point apart): 0.639 against 0.769 val MRR@10 on marco7k
-            # (experiments/semantic/README.md).
+            # shrinks rare words (their pieces point apart) and scores lower (experiments/semantic/README.md).
             out = np.zeros((len(words), model.dim), dtype=np.float32)
             for row, ids in enumerate(model.tokenize(words)):
                 if ids:
