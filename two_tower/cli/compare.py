@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 
 from two_tower.cli.common import exit_on_error
+from two_tower.core.atomic import atomic_write
 from two_tower.training import compare as compare_module
 from two_tower.training.compare import compare, find_runs, load_baselines, load_configurations, log_wandb, markdown, plot
 
@@ -30,14 +31,11 @@ def main(argv: list[str] | None = None) -> None:
         print(text)
         if args.out:
             args.out.mkdir(parents=True, exist_ok=True)
-            for name, content in (("comparison.md", text),):
-                tmp = args.out / f".{name}.tmp"
-                tmp.write_text(content)
-                tmp.replace(args.out / name)
+            with atomic_write(args.out / "comparison.md", "w") as f:
+                f.write(text)
             for name, table in (("configurations.csv", summary), ("tests.csv", tests)):
-                tmp = args.out / f".{name}.tmp"
-                table.to_csv(tmp, index=False)
-                tmp.replace(args.out / name)
+                with atomic_write(args.out / name, "w") as f:
+                    table.to_csv(f, index=False)
             plot(summary, args.metric, args.out / "comparison.png")
             print(f"Wrote {args.out}/comparison.md, configurations.csv, tests.csv, comparison.png")
         if args.wandb_project:

@@ -1,18 +1,18 @@
 """Per-query results: one row per evaluated query (its id, its text, each metric), so any two runs on
 the same split can be compared query by query (``python -m two_tower.cli.compare``).
 
-Written as parquet beside the run's aggregate metrics, atomically (a file beside the target, then
-``os.replace``): a killed run never leaves half a file.
+Written as parquet beside the run's aggregate metrics, atomically (``two_tower.core.atomic``): a killed
+run never leaves half a file.
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from two_tower.core.atomic import atomic_write
 from two_tower.core.errors import PerQueryError
 
 QUERY_COLUMNS = ("qid", "query")
@@ -38,16 +38,17 @@ def write(table: pd.DataFrame, path: str | Path) -> Path:
     """Write ``table`` to ``path`` (.parquet, .jsonl or .tsv), atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     if path.suffix == ".parquet":
-        table.to_parquet(tmp, index=False)
+        with atomic_write(path, "wb") as f:
+            table.to_parquet(f, index=False)
     elif path.suffix == ".jsonl":
-        table.to_json(tmp, orient="records", lines=True)
+        with atomic_write(path, "w") as f:
+            table.to_json(f, orient="records", lines=True)
     elif path.suffix == ".tsv":
-        table.to_csv(tmp, sep="\t", index=False)
+        with atomic_write(path, "w") as f:
+            table.to_csv(f, sep="\t", index=False)
     else:
         raise PerQueryError(f"{path}: per-query files are .parquet, .jsonl or .tsv")
-    os.replace(tmp, path)
     return path
 
 

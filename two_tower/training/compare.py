@@ -33,6 +33,7 @@ import pandas as pd
 from scipy import stats
 
 from two_tower.core import per_query
+from two_tower.core.atomic import atomic_write
 from two_tower.core.config_key import config_key, run_overrides
 from two_tower.core.errors import CompareError
 
@@ -227,10 +228,9 @@ def plot(summary: pd.DataFrame, metric: str, path: Path) -> None:
     ax.set_xlabel(f"{metric} (mean over seeds, 95% t CI; gray: baseline)")
     ax.invert_yaxis()
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
+    with atomic_write(path) as f:
+        fig.savefig(f, dpi=120, format="png")
     plt.close(fig)
-    tmp.replace(path)
 
 
 def log_wandb(summary: pd.DataFrame, tests: pd.DataFrame, metric: str, project: str, directory: Path | None = None) -> None:
