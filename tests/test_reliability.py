@@ -82,13 +82,19 @@ def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 300) -> None:
         time.sleep(0.05)
 
 
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> tuple[Path, dict]:
+    """The run the killed runs must end like (trained once for both signals), and its tokenization cache."""
+    root = tmp_path_factory.mktemp("uninterrupted")
+    cache, reference = root / "cache", root / "reference"
+    subprocess.run(_train_cmd(reference, cache), cwd=ROOT, check=True, capture_output=True, timeout=600)
+    return cache, _final_metrics(reference)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
-def test_killed_run_resumes_to_the_same_result(tmp_path, sig):
-    cache = tmp_path / "cache"
-    reference = tmp_path / "reference"
-    subprocess.run(_train_cmd(reference, cache), cwd=ROOT, check=True, capture_output=True, timeout=600)
-    want = _final_metrics(reference)
+def test_killed_run_resumes_to_the_same_result(tmp_path, sig, uninterrupted):
+    cache, want = uninterrupted
 
     run = tmp_path / "run"
     proc = subprocess.Popen(_train_cmd(run, cache), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -154,12 +160,10 @@ def test_cli_reports_bad_input_in_one_line(tmp_path):
     assert debug.returncode != 0 and "Traceback" in debug.stderr and "trainer.max_epochs='abc'" in debug.stderr
 
 
-def test_truncated_foreign_or_mismatched_checkpoint_is_refused_in_one_line(tmp_path):
+def test_truncated_foreign_or_mismatched_checkpoint_is_refused_in_one_line(tmp_path, tiny_run):
     from two_tower.core.errors import CheckpointError
 
-    cfg = compose_train(tmp_path / "a", [])
-    train(cfg)
-    last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    last = tiny_run["ckpt"]
     truncated = tmp_path / "truncated.ckpt"
     truncated.write_bytes(last.read_bytes()[: last.stat().st_size // 2])
     foreign = tmp_path / "foreign.ckpt"
@@ -472,12 +476,10 @@ def test_train_error_line_comes_without_run_failed_or_traceback(tmp_path):
     assert "Run failed" not in result.stdout + result.stderr and "Traceback" not in result.stdout + result.stderr
 
 
-def test_resuming_with_another_encoder_is_one_line(tmp_path):
+def test_resuming_with_another_encoder_is_one_line(tmp_path, tiny_run):
     from two_tower.core.errors import CheckpointError
 
-    cfg = compose_train(tmp_path / "a", [])
-    train(cfg)
-    last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    last = tiny_run["ckpt"]
     with pytest.raises(CheckpointError, match=r"trained with another model than this config \(towers.query_encoder.rnn.weight_ih_l0: \(96, 16\) in the checkpoint vs \(192, 16\) here"):
         train(compose_train(tmp_path / "b", [f"ckpt_path={last}", "trainer.max_epochs=2", "encoder.hidden_size=64"]))
 
