@@ -113,6 +113,7 @@ def test_training_with_bm25_and_refreshed_ann(tmp_path, tiny_checkpoint):
 # ---------------------------------------------------------------------------------- across devices
 def _ddp_worker(rank, world, init_file, cache_dir, states, plans, out_file):
     """Each loss in turn, in one process group (``states``: loss name -> the weights to start from)."""
+    torch.set_num_threads(1)  # a forked process must not reuse the parent's OpenMP pool (as DataLoader workers do)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
         dm = _split_for_ddp(cache_dir)
@@ -179,7 +180,8 @@ def ddp_batch(tmp_path_factory):
     plan = np.stack([rows, positives, negatives], axis=1)
     states = {name: _module_for_ddp(dm, name, gather=False).state_dict() for name in DDP_LOSSES}
     out_file = tmp / "ddp.pt"
-    mp.spawn(_ddp_worker, args=(2, str(tmp / "init"), cache_dir, states, [plan[:4], plan[4:]], str(out_file)), nprocs=2, join=True)
+    # Forked, not spawned: the workers start with this process's imports instead of importing them again.
+    mp.start_processes(_ddp_worker, args=(2, str(tmp / "init"), cache_dir, states, [plan[:4], plan[4:]], str(out_file)), nprocs=2, join=True, start_method="fork")
     return dm, plan, states, torch.load(out_file)
 
 
