@@ -128,3 +128,7 @@ def _batches(searcher: Searcher, cfg, lines) -> int:
         print(f"error: no query on stdin\n{USAGE}", file=sys.stderr)
         return 2
     return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -93,3 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     # backlog: connections waiting to be accepted beyond those, kept by the kernel.
     uvicorn.run(app, host=cfg.host, port=cfg.port, http=protocol, timeout_keep_alive=cfg.keep_alive_timeout, backlog=2048)
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
