@@ -31,14 +31,13 @@ RUN --mount=type=secret,id=cacert --mount=type=bind,source=container/wheels,targ
       echo "torch from $TORCH_INDEX_URL"; pip install --index-url "$TORCH_INDEX_URL" --extra-index-url "$PIP_INDEX_URL" "torch==${TORCH_VERSION}"; \
     fi
 # The project's dependencies (with the [serve] extra) in their own layer: code changes do not reinstall them.
-# An editable install: the package stays in /app next to conf/ and the scripts, where they look for each other.
+# An editable install: the package (with its configs, two_tower/conf/) stays in /app next to the scripts.
 COPY pyproject.toml /app/
 RUN --mount=type=secret,id=cacert \
     if [ -s /run/secrets/cacert ]; then export PIP_CERT=/run/secrets/cacert; fi; \
     set -e; mkdir -p /app/two_tower; touch /app/README.md /app/two_tower/__init__.py; \
     pip install --index-url "$PIP_INDEX_URL" -e "/app[serve]"
 COPY two_tower /app/two_tower
-COPY conf /app/conf
 COPY train.py index.py evaluate.py search.py serve.py /app/
 COPY container/entrypoint.sh /app/container/entrypoint.sh
 RUN python -m compileall -q /app/two_tower /app/*.py

@@ -1,17 +1,6 @@
-"""Score checkpoints and baselines on one split: `python evaluate.py ckpt=PATH data.path=DIR` (see README)."""
+"""Score checkpoints and baselines on one split: `python evaluate.py ckpt=PATH data.path=DIR`."""
 
-import hydra
-from omegaconf import DictConfig
-
-
-@hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
-def main(cfg: DictConfig) -> None:
-    from two_tower.errors import exit_on_error
-    from two_tower.retrieval.evaluate import evaluate
-
-    with exit_on_error():
-        evaluate(cfg)
-
+from two_tower.cli.evaluate import main
 
 if __name__ == "__main__":
     main()

@@ -1,17 +1,6 @@
-"""Index a corpus with a trained checkpoint: `python index.py ckpt=PATH data.path=DIR` (see README)."""
+"""Index a corpus with a trained checkpoint: `python index.py ckpt=PATH data.path=DIR`."""
 
-import hydra
-from omegaconf import DictConfig
-
-
-@hydra.main(version_base="1.3", config_path="conf", config_name="index")
-def main(cfg: DictConfig) -> None:
-    from two_tower.errors import exit_on_error
-    from two_tower.retrieval.indexer import build_index
-
-    with exit_on_error():
-        build_index(cfg)
-
+from two_tower.cli.index import main
 
 if __name__ == "__main__":
     main()

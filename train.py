@@ -1,19 +1,6 @@
-"""Train a two-tower retriever: `python train.py encoder=gru negatives=in_batch` (see README)."""
+"""Train a two-tower retriever: `python train.py encoder=gru negatives=in_batch`."""
 
-import hydra
-from omegaconf import DictConfig
-
-
-@hydra.main(version_base="1.3", config_path="conf", config_name="train")
-def main(cfg: DictConfig) -> float | None:
-    from two_tower.errors import exit_on_error
-    from two_tower.train import train
-
-    with exit_on_error():
-        metrics = train(cfg)
-    # Returned so Hydra sweepers (e.g. Optuna) can optimise it.
-    return metrics.get(cfg.optimized_metric)
-
+from two_tower.cli.train import main
 
 if __name__ == "__main__":
     main()

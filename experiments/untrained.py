@@ -35,10 +35,10 @@ def main() -> None:
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict
 
-    from two_tower.config import validate_train_config
-    from two_tower.train import build_datamodule, build_module
+    from two_tower.training.config import validate_train_config
+    from two_tower.training.train import build_datamodule, build_module
 
-    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
+    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "two_tower" / "conf")):
         cfg = compose("train", overrides=args.overrides, return_hydra_config=True)
     HydraConfig().set_config(cfg)
     out = Path(os.environ.get("TMPDIR", "/tmp")) / f"untrained-{os.getpid()}"

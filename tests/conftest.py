@@ -13,8 +13,10 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
+import two_tower.core.cache  # noqa: F401  (registers ${two_tower_cache:}, as the commands do)
+
 ROOT = Path(__file__).resolve().parents[1]
-CONF = ROOT / "conf"
+CONF = ROOT / "two_tower" / "conf"
 
 TINY = [
     "data=synthetic",
@@ -49,18 +51,45 @@ def compose_train(tmp_path: Path, overrides: list[str] = ()) -> DictConfig:
     return cfg
 
 
-def build_tiny_index(root: Path, extra_texts: list[str] = ()) -> tuple[Path, list[str]]:
-    """An index folder built by index.py's code from a tiny trained checkpoint over a jsonl corpus of
-    ``extra_texts`` plus the synthetic validation passages; and those passages."""
+# The shared model: TINY plus a stemmed bag-of-words path, so index, search and evaluate redraw its
+# signatures on load.
+TINY_RUN = ["encoder.bag_dim=16", "encoder.bag_stemmer=english"]
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> dict:
+    """One tiny model trained once for the whole session, for every test that only reads a trained
+    checkpoint (retrieval, serve, container, negatives, reliability): its config, logged metrics,
+    ``last.ckpt``, and its synthetic validation split as a jsonl shard folder (``data``). Read-only:
+    copy a file before changing it."""
+    import json
+
+    from two_tower.data import synthetic
+    from two_tower.training.train import train
+
+    root = tmp_path_factory.mktemp("tiny_run")
+    cfg = compose_train(root, TINY_RUN)
+    metrics = train(cfg)
+    spec = dict(cfg.data.synthetic_rows)
+    n_train, n_val = spec.pop("train_rows"), spec.pop("val_rows")
+    data = root / "data"
+    data.mkdir()
+    with open(data / "validation-00000-of-00001.jsonl", "w") as f:
+        for row in synthetic.make_rows(n_train + n_val, **spec)[n_train:]:
+            f.write(json.dumps(row) + "\n")
+    return {"cfg": cfg, "metrics": metrics, "ckpt": Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt", "data": data}
+
+
+def build_tiny_index(root: Path, run: dict, extra_texts: list[str] = ()) -> tuple[Path, list[str]]:
+    """An index folder built by index.py's code from the shared tiny checkpoint (``run``: the
+    ``tiny_run`` fixture) over a jsonl corpus of ``extra_texts`` plus the synthetic validation
+    passages; and those passages."""
     import json
 
     from two_tower.data import synthetic
     from two_tower.retrieval.indexer import build_index
-    from two_tower.train import train
 
-    cfg = compose_train(root, [])
-    train(cfg)
-    spec = dict(cfg.data.synthetic_rows)
+    spec = dict(run["cfg"].data.synthetic_rows)
     n_train, n_val = spec.pop("train_rows"), spec.pop("val_rows")
     texts = list(dict.fromkeys(t for row in synthetic.make_rows(n_train + n_val, **spec)[n_train:] for t in row["passages"]["passage_text"]))
     corpus = root / "corpus.jsonl"
@@ -69,7 +98,7 @@ def build_tiny_index(root: Path, extra_texts: list[str] = ()) -> tuple[Path, lis
             f.write(json.dumps({"id": f"p{i}", "text": text}) + "\n")
     GlobalHydra.instance().clear()
     with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
-        index_cfg = compose("index", overrides=[f"ckpt={Path(cfg.paths.output_dir) / 'checkpoints' / 'last.ckpt'}", f"corpus={corpus}", f"out={root / 'index'}"])
+        index_cfg = compose("index", overrides=[f"ckpt={run['ckpt']}", f"corpus={corpus}", f"out={root / 'index'}"])
     GlobalHydra.instance().clear()
     return Path(build_index(index_cfg)), texts
 

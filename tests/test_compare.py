@@ -8,9 +8,10 @@ import pandas as pd
 import pytest
 import yaml
 
-from two_tower import per_query
-from two_tower.compare import System, compare, holm, main, mean_ci
-from two_tower.config_key import config_key
+from two_tower.core import per_query
+from two_tower.cli.compare import main
+from two_tower.training.compare import System, compare, holm, mean_ci
+from two_tower.core.config_key import config_key
 
 QUERIES = 300
 
@@ -116,7 +117,7 @@ def test_an_unfinished_run_is_left_out_and_said(tmp_path, caplog):
         write_run(tmp_path / str(seed), ["encoder=gru", f"seed={seed}"], seed_table(base, 0.0, seed))
     (tmp_path / "3" / ".hydra").mkdir(parents=True)
     (tmp_path / "3" / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(["encoder=gru", "seed=3"]))  # still training
-    from two_tower.compare import find_runs, load_configurations
+    from two_tower.training.compare import find_runs, load_configurations
 
     with caplog.at_level("WARNING"):
         systems = load_configurations(find_runs([tmp_path]), "test/mrr@10")

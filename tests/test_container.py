@@ -74,9 +74,9 @@ def image() -> str:
 
 
 @pytest.fixture(scope="module")
-def index_dir(tmp_path_factory) -> tuple[Path, list[str]]:
-    """An index folder built from a tiny trained checkpoint over the synthetic validation passages; and the passages."""
-    index, texts = build_tiny_index(tmp_path_factory.mktemp("container"))
+def index_dir(tmp_path_factory, tiny_run) -> tuple[Path, list[str]]:
+    """An index folder built from the shared tiny checkpoint over the synthetic validation passages; and the passages."""
+    index, texts = build_tiny_index(tmp_path_factory.mktemp("container"), tiny_run)
     for path in [index, *index.rglob("*")]:  # the container's user (uid 10001) reads it
         path.chmod(0o755 if path.is_dir() else 0o644)
     return index, texts

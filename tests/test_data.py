@@ -13,7 +13,7 @@ from two_tower.data.datamodule import TwoTowerDataModule
 from two_tower.data.prepared import PreparedSplit
 from two_tower.data.synthetic import make_rows
 from two_tower.data.tokenizer import PAD_ID, UNK_ID, Tokenizer, split_words
-from two_tower.embeddings import RandomEmbeddings
+from two_tower.data.embeddings import RandomEmbeddings
 from two_tower.negatives import InBatchNegatives, RandomNegatives
 
 
@@ -203,7 +203,7 @@ def test_batch_deduplicates_passages_and_marks_selected(tmp_path):
 
 
 def test_word2vec_is_trained_once_cached_and_centered(tmp_path, caplog):
-    from two_tower.embeddings import Word2VecEmbeddings
+    from two_tower.data.embeddings import Word2VecEmbeddings
 
     texts = [" ".join(r["passages"]["passage_text"]) for r in make_rows(100, seed=1)]
     w2v = Word2VecEmbeddings(dim=8, epochs=1, workers=1, cache_dir=str(tmp_path))

@@ -10,10 +10,10 @@ import torch
 import torch.nn.functional as F
 
 from two_tower.data import synthetic
-from two_tower.errors import ConfigError
+from two_tower.core.errors import ConfigError
 from two_tower.model.losses import DistillLoss, InfoNCELoss
-from two_tower.teacher import SentenceTransformerTeacher, resolve_model
-from two_tower.train import train
+from two_tower.data.teacher import SentenceTransformerTeacher, resolve_model
+from two_tower.training.train import train
 
 
 def unit(x):

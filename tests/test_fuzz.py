@@ -8,7 +8,7 @@ from two_tower.data.batches import TripletBatches
 from two_tower.data.msmarco import DataSourceError, validate_rows
 from two_tower.data.prepared import PreparedSplit
 from two_tower.data.tokenizer import Tokenizer
-from two_tower.negatives.base import RandomNegatives
+from two_tower.data.sampling import RandomNegatives
 
 EXAMPLES = 300
 

@@ -9,7 +9,7 @@ import torchmetrics.retrieval as tmr
 
 from two_tower.data.prepared import Ragged
 from two_tower.data.prepared import PreparedSplit
-from two_tower.retrieval.metrics import dense_split_metrics, mean_metrics, per_query_metrics, rank_by_scores, rank_dense, rank_dense_within, ranking_metrics, top_k
+from two_tower.core.metrics import dense_split_metrics, mean_metrics, per_query_metrics, rank_by_scores, rank_dense, rank_dense_within, ranking_metrics, top_k
 
 
 def brute_force(scores: np.ndarray, relevant: list[set[int]], allowed: list[list[int]] | None = None):
@@ -175,7 +175,7 @@ def test_rank_dense_in_query_and_passage_chunks_matches_brute_force(chunks, coar
 
 
 def test_rank_dense_within_chunks_match_one_block(monkeypatch):
-    import two_tower.retrieval.metrics as metrics
+    import two_tower.core.metrics as metrics
 
     gen = torch.Generator().manual_seed(5)
     queries, passages = torch.randn(9, 4, generator=gen).round(), torch.randn(30, 4, generator=gen).round()

@@ -11,15 +11,15 @@ import torch.multiprocessing as mp
 from tests.conftest import compose_train
 from two_tower.data.batches import TripletBatches
 from two_tower.data.datamodule import TwoTowerDataModule
-from two_tower.embeddings import RandomEmbeddings
+from two_tower.data.embeddings import RandomEmbeddings
 from two_tower.model.module import TwoTowerModule
 from two_tower.negatives import ANNNegatives, BM25Negatives, InBatchNegatives, RandomNegatives
 from two_tower.negatives.ann import model_scorer
 from two_tower.negatives.mining import MinedNegatives, WordSets, jaccard, top_k_by_scores
-from two_tower.retrieval.metrics import rank_by_scores
+from two_tower.core.metrics import rank_by_scores
 from two_tower.data.tokenizer import split_words
-from two_tower.teacher import TeacherVectors
-from two_tower.train import train
+from two_tower.data.teacher import TeacherVectors
+from two_tower.training.train import train
 
 
 def prepared(tmp_path, negatives=None, rows=200):
@@ -139,11 +139,8 @@ def test_mining_is_cached(tmp_path, monkeypatch, caplog):
 
 
 @pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("ckpt")
-    cfg = compose_train(tmp, ["trainer.max_epochs=1", "data.synthetic_rows.train_rows=200", "data.synthetic_rows.val_rows=40", "data.batch_size=16", "embeddings.dim=8"])
-    train(cfg)
-    return tmp / "run" / "checkpoints" / "last.ckpt"
+def tiny_checkpoint(tiny_run):
+    return tiny_run["ckpt"]
 
 
 def test_ann_negatives_and_refresh_changes_them(tmp_path, tiny_checkpoint):
@@ -173,20 +170,25 @@ def test_training_with_bm25_and_refreshed_ann(tmp_path, tiny_checkpoint):
 
 
 # ---------------------------------------------------------------------------------- across devices
-def _ddp_worker(rank, world, init_file, cache_dir, state, plans, loss_name, out_file):
+def _ddp_worker(rank, world, init_file, cache_dir, states, plans, out_file):
+    """Each loss in turn, in one process group (``states``: loss name -> the weights to start from)."""
+    torch.set_num_threads(1)  # a forked process must not reuse the parent's OpenMP pool (as DataLoader workers do)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
         dm = _split_for_ddp(cache_dir)
-        module = _module_for_ddp(dm, loss_name, gather=True)
-        module.load_state_dict(state)
-        out = module.batch_loss(TripletBatches(dm.train, _teacher_for_ddp(dm, loss_name))[plans[rank]])
-        out["loss"].backward()
-        loss = out["loss"].detach().clone()
-        dist.all_reduce(loss)
-        grads = torch.cat([p.grad.flatten() for p in module.parameters() if p.grad is not None])
-        dist.all_reduce(grads)  # what DDP does, before dividing by the world size
+        results = {}
+        for loss_name, state in states.items():
+            module = _module_for_ddp(dm, loss_name, gather=True)
+            module.load_state_dict(state)
+            out = module.batch_loss(TripletBatches(dm.train, _teacher_for_ddp(dm, loss_name))[plans[rank]])
+            out["loss"].backward()
+            loss = out["loss"].detach().clone()
+            dist.all_reduce(loss)
+            grads = torch.cat([p.grad.flatten() for p in module.parameters() if p.grad is not None])
+            dist.all_reduce(grads)  # what DDP does, before dividing by the world size
+            results[loss_name] = {"loss": loss / world, "grads": grads / world}
         if rank == 0:
-            torch.save({"loss": loss / world, "grads": grads / world}, out_file)
+            torch.save(results, out_file)
     finally:
         dist.destroy_process_group()
 
@@ -218,24 +220,39 @@ def _module_for_ddp(dm, loss_name, gather):
     return module
 
 
-@pytest.mark.parametrize("loss_name", ["infonce", "triplet", "distill"])
-def test_gathered_in_batch_negatives_equal_one_process_on_the_whole_batch(tmp_path, loss_name):
-    cache_dir = str(tmp_path / "cache")
+DDP_LOSSES = ["infonce", "triplet", "distill"]
+
+
+@pytest.fixture(scope="module")
+def ddp_batch(tmp_path_factory):
+    """One batch split over 2 gloo processes, every loss's gathered loss and gradients (one spawn for all
+    the losses: starting the processes is most of the cost), and what each loss needs to redo it in one
+    process."""
+    tmp = tmp_path_factory.mktemp("ddp")
+    cache_dir = str(tmp / "cache")
     dm = _split_for_ddp(cache_dir)
-    module = _module_for_ddp(dm, loss_name, gather=False)
-    state = module.state_dict()
     split = dm.train
     rows = np.arange(8)
     positives = np.array([split.positives[r][0] for r in rows])
     negatives = np.array([split.negatives()[r][0] for r in rows])
     negatives[6] = positives[1]  # a passage on both processes: must count once, and never for row 1
     plan = np.stack([rows, positives, negatives], axis=1)
-    out = module.batch_loss(TripletBatches(split, _teacher_for_ddp(dm, loss_name))[plan])
+    states = {name: _module_for_ddp(dm, name, gather=False).state_dict() for name in DDP_LOSSES}
+    out_file = tmp / "ddp.pt"
+    # Forked, not spawned: the workers start with this process's imports instead of importing them again.
+    mp.start_processes(_ddp_worker, args=(2, str(tmp / "init"), cache_dir, states, [plan[:4], plan[4:]], str(out_file)), nprocs=2, join=True, start_method="fork")
+    return dm, plan, states, torch.load(out_file)
+
+
+@pytest.mark.parametrize("loss_name", DDP_LOSSES)
+def test_gathered_in_batch_negatives_equal_one_process_on_the_whole_batch(ddp_batch, loss_name):
+    dm, plan, states, gathered = ddp_batch
+    module = _module_for_ddp(dm, loss_name, gather=False)
+    module.load_state_dict(states[loss_name])
+    out = module.batch_loss(TripletBatches(dm.train, _teacher_for_ddp(dm, loss_name))[plan])
     out["loss"].backward()
     want_grads = torch.cat([p.grad.flatten() for p in module.parameters() if p.grad is not None])
 
-    out_file = tmp_path / "ddp.pt"
-    mp.spawn(_ddp_worker, args=(2, str(tmp_path / "init"), cache_dir, state, [plan[:4], plan[4:]], loss_name, str(out_file)), nprocs=2, join=True)
-    got = torch.load(out_file)
+    got = gathered[loss_name]
     torch.testing.assert_close(got["loss"], out["loss"].detach(), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(got["grads"], want_grads, rtol=1e-4, atol=1e-6)

@@ -11,12 +11,12 @@ import torch
 
 from two_tower.data import beir
 from two_tower.data.tokenizer import PAD, UNK, UNK_ID, Tokenizer, stable_hash
-from two_tower.embeddings import EmbeddingsError, FileEmbeddings, extension_matrix, restore_tokenizer
+from two_tower.data.embeddings import EmbeddingsError, FileEmbeddings, extension_matrix, restore_tokenizer
 from two_tower.model.bag import BagOfWords, vocabulary_keys
 from two_tower.model.embedding import OpenEmbedding
 from two_tower.model.encoders import RNNEncoder, TwoTower
 from two_tower.model.vocabulary import attach_vocabulary
-from two_tower.retrieval.metrics import ranking_metrics
+from two_tower.core.metrics import ranking_metrics
 
 
 @pytest.fixture
@@ -57,7 +57,7 @@ def test_words_with_a_vector_are_never_unknown_and_others_hash(vectors_file):
 
     # The source changed since training: refused in one line.
     vectors_file.write_text(vectors_file.read_text().replace("wing ", "tail "))
-    from two_tower.embeddings import _load_extension_source
+    from two_tower.data.embeddings import _load_extension_source
 
     _load_extension_source.cache_clear()
     with pytest.raises(EmbeddingsError, match="the vectors source changed"):

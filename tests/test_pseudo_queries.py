@@ -10,10 +10,10 @@ from two_tower.data.batches import TripletBatches
 from two_tower.data.prepared import PreparedSplit, Ragged
 from two_tower.data.pseudo_queries import crop_queries, with_pseudo_queries
 from two_tower.data.tokenizer import Tokenizer
-from two_tower.errors import ConfigError
+from two_tower.core.errors import ConfigError
 from two_tower.model.losses import DistillLoss
-from two_tower.teacher import SentenceTransformerTeacher
-from two_tower.train import build_datamodule, train
+from two_tower.data.teacher import SentenceTransformerTeacher
+from two_tower.training.train import build_datamodule, train
 
 PASSAGES = ["the quick brown fox jumps over the lazy dog near the river bank", "a b", "", "one two three four five six seven eight"]
 

@@ -7,8 +7,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from two_tower.callbacks import PerQueryWriter
-from two_tower.train import build_datamodule, build_module
+from two_tower.training.callbacks import PerQueryWriter
+from two_tower.training.train import build_datamodule, build_module
 
 
 def _validate(cfg, devices: int, out_dir):

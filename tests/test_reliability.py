@@ -12,11 +12,11 @@ import lightning as L
 import pytest
 import torch
 
-import two_tower.train as train_module
-from two_tower import utils
+import two_tower.training.train as train_module
+from two_tower.training import utils
 
 from tests.conftest import ROOT, TINY, compose_train
-from two_tower.train import train
+from two_tower.training.train import train
 
 FINAL = ("val/mrr@10", "val/recall@10", "train/loss_epoch")
 
@@ -51,7 +51,7 @@ def test_sigterm_mid_epoch_then_resume_matches_uninterrupted(tmp_path, monkeypat
 
 
 def test_ckpt_path_last_without_a_checkpoint_says_what_to_do(tmp_path):
-    from two_tower.errors import ConfigError
+    from two_tower.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="hydra.run.dir"):
         train(compose_train(tmp_path, ["ckpt_path=last"]))
@@ -82,13 +82,19 @@ def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 300) -> None:
         time.sleep(0.05)
 
 
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> tuple[Path, dict]:
+    """The run the killed runs must end like (trained once for both signals), and its tokenization cache."""
+    root = tmp_path_factory.mktemp("uninterrupted")
+    cache, reference = root / "cache", root / "reference"
+    subprocess.run(_train_cmd(reference, cache), cwd=ROOT, check=True, capture_output=True, timeout=600)
+    return cache, _final_metrics(reference)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
-def test_killed_run_resumes_to_the_same_result(tmp_path, sig):
-    cache = tmp_path / "cache"
-    reference = tmp_path / "reference"
-    subprocess.run(_train_cmd(reference, cache), cwd=ROOT, check=True, capture_output=True, timeout=600)
-    want = _final_metrics(reference)
+def test_killed_run_resumes_to_the_same_result(tmp_path, sig, uninterrupted):
+    cache, want = uninterrupted
 
     run = tmp_path / "run"
     proc = subprocess.Popen(_train_cmd(run, cache), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -129,7 +135,7 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, sig):
     ],
 )
 def test_bad_config_fails_before_loading_data(overrides, message, tiny_cfg, monkeypatch):
-    from two_tower.errors import ConfigError
+    from two_tower.core.errors import ConfigError
 
     monkeypatch.setattr(train_module, "build_datamodule", lambda cfg: pytest.fail("loaded data"))
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(".", r"\.")):
@@ -154,12 +160,10 @@ def test_cli_reports_bad_input_in_one_line(tmp_path):
     assert debug.returncode != 0 and "Traceback" in debug.stderr and "trainer.max_epochs='abc'" in debug.stderr
 
 
-def test_truncated_foreign_or_mismatched_checkpoint_is_refused_in_one_line(tmp_path):
-    from two_tower.retrieval.errors import CheckpointError
+def test_truncated_foreign_or_mismatched_checkpoint_is_refused_in_one_line(tmp_path, tiny_run):
+    from two_tower.core.errors import CheckpointError
 
-    cfg = compose_train(tmp_path / "a", [])
-    train(cfg)
-    last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    last = tiny_run["ckpt"]
     truncated = tmp_path / "truncated.ckpt"
     truncated.write_bytes(last.read_bytes()[: last.stat().st_size // 2])
     foreign = tmp_path / "foreign.ckpt"
@@ -173,7 +177,7 @@ def test_truncated_foreign_or_mismatched_checkpoint_is_refused_in_one_line(tmp_p
 
 
 def test_embeddings_file_with_inconsistent_dimensions_names_the_line(tmp_path):
-    from two_tower.embeddings import EmbeddingsError, FileEmbeddings
+    from two_tower.data.embeddings import EmbeddingsError, FileEmbeddings
 
     vectors = tmp_path / "vectors.txt"
     vectors.write_text("the 0.1 0.2 0.3 0.4\ncat 0.1 0.2 0.3 0.4\ndog 0.1 0.2 0.3\n")
@@ -206,7 +210,7 @@ def _dead_pid() -> int:
 
 
 def test_stale_temps_are_swept_only_when_their_writer_is_gone(tmp_path):
-    from two_tower import atomic
+    from two_tower.core import atomic
 
     live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
@@ -229,7 +233,7 @@ def test_stale_temps_are_swept_only_when_their_writer_is_gone(tmp_path):
 
 
 def test_atomic_write_keeps_the_old_file_whole_when_the_write_fails(tmp_path):
-    from two_tower.atomic import atomic_write
+    from two_tower.core.atomic import atomic_write
 
     target = tmp_path / "last.ckpt"
     target.write_bytes(b"old" * 1000)
@@ -291,7 +295,7 @@ def test_a_failed_cache_write_leaves_nothing_behind(tmp_path, monkeypatch):
 
 
 def test_content_cache_keeps_the_first_of_two_concurrent_writers(tmp_path):
-    from two_tower.cache import ContentCache
+    from two_tower.core.cache import ContentCache
 
     cache = ContentCache(tmp_path, "kind")
     key = cache.key({"a": 1})
@@ -314,7 +318,7 @@ def test_two_index_writers_to_one_out_cannot_both_succeed(tmp_path, monkeypatch)
     import numpy as np
 
     from two_tower.retrieval import index as index_module
-    from two_tower.retrieval.errors import IndexFolderError
+    from two_tower.core.errors import IndexFolderError
 
     vectors = np.random.default_rng(0).normal(size=(5, 4)).astype(np.float32)
     out = tmp_path / "index"
@@ -396,7 +400,7 @@ def test_training_on_a_shard_with_a_non_utf8_byte_skips_the_row(tmp_path):
 
 def test_a_query_with_no_searchable_word_is_an_empty_query_error():
     from two_tower.data.tokenizer import PAD, UNK, Tokenizer
-    from two_tower.retrieval.errors import EmptyQueryError
+    from two_tower.core.errors import EmptyQueryError
     from two_tower.retrieval.query_encoder import QueryEncoder
 
     encoder = QueryEncoder(torch.nn.Identity(), Tokenizer([PAD, UNK, "garden"]), {})
@@ -420,9 +424,9 @@ def _tiny_index(tmp_path: Path) -> Path:
 def test_the_manifest_must_name_every_file_and_be_valid(tmp_path, capsys):
     import json
 
-    from two_tower.retrieval.errors import IndexFolderError
+    from two_tower.core.errors import IndexFolderError
     from two_tower.retrieval.index import PassageIndex
-    from two_tower.retrieval.search import main as search_main
+    from two_tower.cli.search import main as search_main
 
     folder = _tiny_index(tmp_path)
     PassageIndex.load(folder)  # as written: accepted
@@ -443,9 +447,9 @@ def test_the_manifest_must_name_every_file_and_be_valid(tmp_path, capsys):
 
 
 def test_search_k_must_be_a_whole_number_of_at_least_one(tmp_path, capsys):
-    from two_tower.retrieval.errors import ConfigError
+    from two_tower.core.errors import ConfigError
     from two_tower.retrieval.index import PassageIndex
-    from two_tower.retrieval.search import main as search_main
+    from two_tower.cli.search import main as search_main
 
     for k in ("0", "-3", "abc"):
         assert search_main(["index=/no/such/index", f"k={k}", "garden"]) == 2
@@ -472,12 +476,10 @@ def test_train_error_line_comes_without_run_failed_or_traceback(tmp_path):
     assert "Run failed" not in result.stdout + result.stderr and "Traceback" not in result.stdout + result.stderr
 
 
-def test_resuming_with_another_encoder_is_one_line(tmp_path):
-    from two_tower.retrieval.errors import CheckpointError
+def test_resuming_with_another_encoder_is_one_line(tmp_path, tiny_run):
+    from two_tower.core.errors import CheckpointError
 
-    cfg = compose_train(tmp_path / "a", [])
-    train(cfg)
-    last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    last = tiny_run["ckpt"]
     with pytest.raises(CheckpointError, match=r"trained with another model than this config \(towers.query_encoder.rnn.weight_ih_l0: \(96, 16\) in the checkpoint vs \(192, 16\) here"):
         train(compose_train(tmp_path / "b", [f"ckpt_path={last}", "trainer.max_epochs=2", "encoder.hidden_size=64"]))
 
@@ -485,7 +487,7 @@ def test_resuming_with_another_encoder_is_one_line(tmp_path):
 def test_validation_queries_seen_in_training_are_counted_and_warned(tmp_path, caplog):
     import json
 
-    from two_tower.train import build_datamodule
+    from two_tower.training.train import build_datamodule
 
     data = tmp_path / "data"
     data.mkdir()
@@ -503,7 +505,7 @@ def test_validation_queries_seen_in_training_are_counted_and_warned(tmp_path, ca
 
 
 def test_unwritable_outputs_are_refused_before_the_expensive_work(tmp_path, monkeypatch):
-    from two_tower.atomic import NotWritableError
+    from two_tower.core.atomic import NotWritableError
     from two_tower.data.prepared import PreparedSplit
     from two_tower.retrieval import indexer
 

@@ -1,4 +1,4 @@
-"""Index, search and evaluate on synthetic data: one tiny checkpoint (trained once) serves every test."""
+"""Index, search and evaluate on synthetic data: the shared tiny checkpoint (conftest tiny_run) serves every test."""
 
 from __future__ import annotations
 
@@ -15,24 +15,23 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import open_dict
 
-from tests.conftest import CONF, compose_train
-from two_tower.data import msmarco, synthetic
+from tests.conftest import CONF, TINY_RUN
+from two_tower.data import msmarco
 from two_tower.data.prepared import PreparedSplit
 from two_tower.data.tokenizer import PAD, UNK, Tokenizer
 from two_tower.retrieval import index as index_module
 from two_tower.retrieval.bm25 import BM25Retriever
 from two_tower.retrieval.corpus import read_corpus_file
 from two_tower.retrieval.dense import DenseRetriever
-from two_tower.retrieval.errors import ConfigError, CorpusError, EmptyQueryError, IndexFolderError
-from two_tower import per_query
+from two_tower.core.errors import ConfigError, CorpusError, EmptyQueryError, IndexFolderError
+from two_tower.core import per_query
 from two_tower.retrieval.evaluate import evaluate, evaluate_split
 from two_tower.retrieval.hybrid import ReciprocalRankFusion, WeightedScoreFusion
 from two_tower.retrieval.index import PassageIndex, build_faiss
 from two_tower.retrieval.indexer import build_index
 from two_tower.retrieval.retriever import SplitRetriever
 from two_tower.retrieval.search import Searcher
-from two_tower.retrieval.search import main as search_main
-from two_tower.train import train
+from two_tower.cli.search import main as search_main
 
 
 def compose_retrieval(config_name: str, overrides: list[str]):
@@ -44,23 +43,15 @@ def compose_retrieval(config_name: str, overrides: list[str]):
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """A tiny checkpoint, its logged validation metrics, and its validation split as a jsonl shard folder."""
+def trained(tmp_path_factory, tiny_run):
+    """The shared tiny checkpoint (with the stemmed bag-of-words path, so index, search and evaluate redraw
+    its signatures on load), its logged validation metrics, its validation split as a jsonl shard folder,
+    and an index of that split."""
     root = tmp_path_factory.mktemp("retrieval")
-    # With the stemmed bag-of-words path, so index, search and evaluate redraw its signatures on load.
-    cfg = compose_train(root, ["encoder.bag_dim=16", "encoder.bag_stemmer=english"])
-    metrics = train(cfg)
-    spec = dict(cfg.data.synthetic_rows)
-    n_train, n_val = spec.pop("train_rows"), spec.pop("val_rows")
-    data = root / "data"
-    data.mkdir()
-    with open(data / "validation-00000-of-00001.jsonl", "w") as f:
-        for row in synthetic.make_rows(n_train + n_val, **spec)[n_train:]:
-            f.write(json.dumps(row) + "\n")
-    ckpt = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
-    index = root / "index"
+    assert "encoder.bag_dim=16" in TINY_RUN and "encoder.bag_stemmer=english" in TINY_RUN
+    ckpt, data, index = tiny_run["ckpt"], tiny_run["data"], root / "index"
     build_index(compose_retrieval("index", [f"ckpt={ckpt}", f"data.path={data}", f"out={index}"]))
-    return {"root": root, "ckpt": ckpt, "metrics": metrics, "data": data, "index": index}
+    return {"root": root, "ckpt": ckpt, "metrics": tiny_run["metrics"], "data": data, "index": index}
 
 
 def validation_split(data: Path) -> PreparedSplit:
@@ -455,7 +446,7 @@ def test_fusion_metrics_by_hand():
 
 def test_corrupted_index_part_and_truncated_checkpoint_are_refused(trained, tmp_path):
     from two_tower.retrieval.checkpoint import load_checkpoint
-    from two_tower.retrieval.errors import CheckpointError
+    from two_tower.core.errors import CheckpointError
 
     broken = tmp_path / "index"
     shutil.copytree(trained["index"], broken)

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from two_tower.data.tokenizer import PAD, UNK, Tokenizer
-from two_tower.embeddings import DistilledEmbeddings, DistilledWordVectors, EmbeddingsError
+from two_tower.data.embeddings import DistilledEmbeddings, DistilledWordVectors, EmbeddingsError
 from two_tower.model.embedding import OpenEmbedding
 from two_tower.model.encoders import RNNEncoder
 
@@ -52,7 +52,7 @@ def test_distilled_source_gives_every_word_the_static_models_vector(tmp_path, mo
     source = DistilledEmbeddings(teacher="tiny", dim=4, cache_dir=str(tmp_path))
     vocab, table = tiny_static_model(source._folder())  # a cache hit: nothing is distilled
     glove = ["the", "cat", "sat", "jet", "zebra"]
-    monkeypatch.setattr("two_tower.embeddings._glove_words", lambda: list(glove))
+    monkeypatch.setattr("two_tower.data.embeddings._glove_words", lambda: list(glove))
     vectors = source.load(["the cat sat on the wing"])
     assert isinstance(vectors, DistilledWordVectors) and vectors.words == glove and vectors.dim == 4
     # Each listed word's vector is the sum of its subword vectors (float16 in the cache); unknown pieces are dropped.
@@ -76,7 +76,7 @@ def test_distilled_source_gives_every_word_the_static_models_vector(tmp_path, mo
 def test_distilled_source_errors_are_one_line(tmp_path, monkeypatch):
     source = DistilledEmbeddings(teacher="tiny", dim=8, cache_dir=str(tmp_path))
     tiny_static_model(source._folder())
-    monkeypatch.setattr("two_tower.embeddings._glove_words", lambda: ["the"])
+    monkeypatch.setattr("two_tower.data.embeddings._glove_words", lambda: ["the"])
     with pytest.raises(EmbeddingsError, match="has 4 dims, config says dim=8"):
         source.load([])
     with pytest.raises(EmbeddingsError, match="only 'glove'"):
@@ -86,11 +86,11 @@ def test_distilled_source_errors_are_one_line(tmp_path, monkeypatch):
 def test_distilled_source_reloads_from_its_extension_config_in_the_default_cache(tmp_path, monkeypatch):
     """A model's extension names no folder: it is found again in TWO_TOWER_CACHE, as conf/paths says."""
     monkeypatch.setenv("TWO_TOWER_CACHE", str(tmp_path))
-    monkeypatch.setattr("two_tower.embeddings._glove_words", lambda: ["the", "cat"])
+    monkeypatch.setattr("two_tower.data.embeddings._glove_words", lambda: ["the", "cat"])
     source = DistilledEmbeddings(teacher="tiny", dim=4, cache_dir=str(tmp_path))
     tiny_static_model(source._folder())
     config = source.extension_config()
     assert "cache_dir" not in config
-    from two_tower.embeddings import extension_source_vectors
+    from two_tower.data.embeddings import extension_source_vectors
 
     assert extension_source_vectors(config).words == ["the", "cat"]

@@ -22,7 +22,7 @@ from tests.conftest import ROOT, build_tiny_index
 from two_tower.data import synthetic
 from two_tower.retrieval.search import Searcher
 from two_tower.serve.app import Limits, create_app
-from two_tower.serve.cli import main as serve_main
+from two_tower.cli.serve import main as serve_main
 
 LIMITS = Limits(k=5, k_max=20, max_query_chars=200, max_batch=4)
 # Passages a page must show as text, never as markup.
@@ -30,10 +30,10 @@ XSS = '<img src=x onerror="window.__xss=1"> <script>window.__xss=2</script> gard
 
 
 @pytest.fixture(scope="module")
-def index_dir(tmp_path_factory) -> Path:
-    """An index folder built by index.py's code from a tiny trained checkpoint and a jsonl corpus:
+def index_dir(tmp_path_factory, tiny_run) -> Path:
+    """An index folder built by index.py's code from the shared tiny checkpoint and a jsonl corpus:
     the synthetic validation passages plus a passage full of HTML."""
-    return build_tiny_index(tmp_path_factory.mktemp("serve"), [XSS])[0]
+    return build_tiny_index(tmp_path_factory.mktemp("serve"), tiny_run, [XSS])[0]
 
 
 class ServerThread:

@@ -8,12 +8,12 @@ import pytest
 import torch
 from torch import nn
 
-import two_tower.train as train_mod
+import two_tower.training.train as train_mod
 from two_tower.data.batches import TripletBatches, TripletBatchSampler, pad_rows
 from two_tower.data.datamodule import TwoTowerDataModule
 from two_tower.data.prepared import Ragged
 from two_tower.data.tokenizer import pad_batch
-from two_tower.embeddings import RandomEmbeddings
+from two_tower.data.embeddings import RandomEmbeddings
 from two_tower.model.encoders import RNNEncoder
 from two_tower.model.module import TwoTowerModule
 from two_tower.negatives import InBatchNegatives

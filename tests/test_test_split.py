@@ -9,9 +9,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from two_tower import per_query
+from two_tower.core import per_query
 from two_tower.data.synthetic import make_rows
-from two_tower.train import train
+from two_tower.training.train import train
 
 
 def _metrics_csv(cfg) -> pd.DataFrame:

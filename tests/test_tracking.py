@@ -7,7 +7,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
 from tests.conftest import CONF, compose_train, run_tiny_multirun
-from two_tower.tracking import ValidationExamples
+from two_tower.training.tracking import ValidationExamples
 
 
 def test_optuna_search_config():
@@ -42,7 +42,7 @@ def test_wandb_group_tags_examples_table_and_model_artifact(tmp_path, monkeypatc
     monkeypatch.setenv("WANDB_SILENT", "true")
     import wandb
 
-    import two_tower.train as train_module
+    import two_tower.training.train as train_module
 
     seen = {"tables": []}
 
@@ -92,7 +92,7 @@ def test_wandb_group_tags_examples_table_and_model_artifact(tmp_path, monkeypatc
 
 
 def test_no_tracking_without_wandb_or_hydra(tiny_cfg):
-    from two_tower.tracking import fill_wandb_group_and_tags, tracking_callbacks
+    from two_tower.training.tracking import fill_wandb_group_and_tags, tracking_callbacks
 
     cfg = tiny_cfg()  # logger=none
     fill_wandb_group_and_tags(cfg)
@@ -108,7 +108,7 @@ def test_compare_tables_logged_to_wandb(tmp_path, monkeypatch):
     import pandas as pd
     import wandb
 
-    from two_tower.compare import log_wandb
+    from two_tower.training.compare import log_wandb
 
     summary = pd.DataFrame({"system": ["encoder=gru", "bm25"], "test/mrr@10": [0.86, 0.85]})
     tests = pd.DataFrame({"A": ["encoder=gru"], "B": ["bm25"], "p (randomization)": [0.7], "significant (Holm, alpha=0.05)": [False]})

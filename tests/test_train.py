@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tests.conftest import compose_train, run_tiny_multirun
-from two_tower.train import train
+from two_tower.training.train import train
 
 
 @pytest.mark.parametrize(

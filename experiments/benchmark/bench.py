@@ -64,7 +64,7 @@ from omegaconf import OmegaConf, open_dict  # noqa: E402
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence  # noqa: E402
 
 from two_tower.data.batches import LengthSortedBatches, TokenBatches, TripletBatches, TripletBatchSampler  # noqa: E402
-from two_tower.train import build_datamodule, build_module  # noqa: E402
+from two_tower.training.train import build_datamodule, build_module  # noqa: E402
 
 MARCO = ROOT.parent / "shared" / "data" / "marco7k"
 # Synthetic stand-in for marco7k's shape: 4,980 / 1,000 rows of 10 passages; marco7k has queries of
@@ -101,7 +101,7 @@ def compose_cfg(encoder: str, batch_size: int, data: list[str], cache_dir: Path,
         *extra,
     ]
     GlobalHydra.instance().clear()
-    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
+    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "two_tower" / "conf")):
         cfg = compose("train", overrides=overrides)
     GlobalHydra.instance().clear()
     return cfg
@@ -286,7 +286,7 @@ def quiet():
 
 
 def make_trainer(cfg, timer: Timer, extra: dict, progress_bar: bool):
-    from two_tower.utils import instantiate_group
+    from two_tower.training.utils import instantiate_group
     import hydra
 
     callbacks = instantiate_group(cfg.get("callbacks")) if progress_bar else []

@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 from two_tower.data.batches import LengthSortedBatches, TokenBatches  # noqa: E402
 from two_tower.data.datamodule import TwoTowerDataModule  # noqa: E402
-from two_tower.embeddings import RandomEmbeddings  # noqa: E402
+from two_tower.data.embeddings import RandomEmbeddings  # noqa: E402
 from two_tower.model.module import TwoTowerModule  # noqa: E402
 from two_tower.negatives import InBatchNegatives  # noqa: E402
 from two_tower.retrieval.checkpoint import encode_tokens  # noqa: E402

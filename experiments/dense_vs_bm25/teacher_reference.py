@@ -16,8 +16,8 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from two_tower.retrieval.metrics import dense_split_metrics
-from two_tower.train import build_datamodule
+from two_tower.core.metrics import dense_split_metrics
+from two_tower.training.train import build_datamodule
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -26,7 +26,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("data", help="folder of MS MARCO v1.1 parquet shards")
     args = parser.parse_args()
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(ROOT / "two_tower" / "conf"), version_base="1.3"):
         cfg = compose("train", overrides=[f"data.path={os.path.abspath(args.data)}", "loss=distill"])
     datamodule = build_datamodule(cfg)
     datamodule.teacher = None  # only the validation split is scored here

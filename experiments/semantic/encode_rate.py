@@ -29,7 +29,7 @@ def main() -> None:
     from two_tower.data.prepared import Ragged
     from two_tower.retrieval.checkpoint import encode_tokens, load_checkpoint
     from two_tower.retrieval.corpus import split_passages
-    from two_tower.teacher import resolve_model
+    from two_tower.data.teacher import resolve_model
 
     torch.set_num_threads(args.threads)
     texts = split_passages("validation", args.data, "microsoft/ms_marco", "v1.1").texts[: args.passages]

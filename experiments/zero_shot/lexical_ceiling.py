@@ -28,10 +28,10 @@ def main(marco: str, cranfield: str) -> None:
 
     from two_tower.data.beir import load_beir, prepared_split
     from two_tower.data.prepared import Ragged
-    from two_tower.retrieval.metrics import ranking_metrics
-    from two_tower.train import build_datamodule, build_module
+    from two_tower.core.metrics import ranking_metrics
+    from two_tower.training.train import build_datamodule, build_module
 
-    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
+    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "two_tower" / "conf")):
         cfg = compose("train", overrides=["experiment=best_glove", f"data.path={Path(marco).resolve()}", "threads=1"])
     torch.set_num_threads(1)
     dm = build_datamodule(cfg)

@@ -38,7 +38,7 @@ def main() -> None:
 
     from two_tower.data.beir import load_beir
     from two_tower.data.tokenizer import Tokenizer
-    from two_tower.embeddings import GloveEmbeddings
+    from two_tower.data.embeddings import GloveEmbeddings
     from two_tower.retrieval.corpus import load_split_rows
 
     train = load_split_rows("train", args.marco, "microsoft/ms_marco", "v1.1")

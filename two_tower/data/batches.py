@@ -15,8 +15,8 @@ from torch.utils.data import Dataset, Sampler
 
 from two_tower.data.prepared import PreparedSplit, Ragged
 from two_tower.data.tokenizer import PAD_ID
-from two_tower.negatives.base import NegativeSampler, sample_from
-from two_tower.teacher import TeacherVectors
+from two_tower.data.sampling import NegativeSampler, sample_from
+from two_tower.data.teacher import TeacherVectors
 
 
 def pad_rows(ragged: Ragged, rows: np.ndarray, fill: int = PAD_ID) -> tuple[np.ndarray, np.ndarray]:

@@ -23,15 +23,11 @@ from pathlib import Path
 import numpy as np
 
 from two_tower.data.jsonl import UnreadableRow, read_jsonl
-from two_tower.errors import TwoTowerError
+from two_tower.core.errors import BeirError
 
 log = logging.getLogger(__name__)
 
 CORPUS, QUERIES, QRELS = "corpus.jsonl", "queries.jsonl", "qrels"
-
-
-class BeirError(TwoTowerError):
-    """A BEIR folder that cannot be read; the message names the file."""
 
 
 def is_beir_folder(path) -> bool:

@@ -2,7 +2,7 @@
 
 The cache folder holds everything derived from the raw rows for one (data, tokenizer, embeddings)
 setting: the vocabulary, the embedding matrix aligned to it, both prepared splits and the row reports.
-It is a ``two_tower.cache`` entry (built beside, renamed into place), so a killed run never leaves half a cache.
+It is a ``two_tower.core.cache`` entry (built beside, renamed into place), so a killed run never leaves half a cache.
 """
 
 from __future__ import annotations
@@ -22,15 +22,15 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from two_tower.cache import ContentCache
+from two_tower.core.cache import ContentCache
 from two_tower.data import msmarco, synthetic
 from two_tower.data.batches import LengthSortedBatches, TokenBatches, TripletBatches, TripletBatchSampler
 from two_tower.data.pseudo_queries import with_pseudo_queries
 from two_tower.data.prepared import PreparedSplit
 from two_tower.data.tokenizer import Tokenizer, oov_rate
-from two_tower.embeddings import EmbeddingSource, restore_tokenizer
-from two_tower.negatives.base import NegativeSampler
-from two_tower.teacher import SentenceTransformerTeacher, TeacherVectors
+from two_tower.data.embeddings import EmbeddingSource, restore_tokenizer
+from two_tower.data.sampling import NegativeSampler
+from two_tower.data.teacher import SentenceTransformerTeacher, TeacherVectors
 
 log = logging.getLogger(__name__)
 

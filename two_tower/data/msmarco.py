@@ -17,17 +17,13 @@ from urllib.parse import urlparse
 import datasets
 
 from two_tower.data.jsonl import JsonlRows, UnreadableRow
-from two_tower.errors import TwoTowerError
+from two_tower.core.errors import DataSourceError
 
 log = logging.getLogger(__name__)
 
 HUB_DATASET = "microsoft/ms_marco"
 HUB_CONFIG = "v1.1"
 LOCAL_EXTENSIONS = {".parquet": "parquet", ".jsonl": "json", ".json": "json"}
-
-
-class DataSourceError(TwoTowerError):
-    """The data could not be loaded; the message says why and what to do instead."""
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from two_tower.errors import ConfigError
+from two_tower.core.errors import ConfigError
 
 # Plain words every GloVe vocabulary has; topics draw their keywords from them.
 WORDS = (

@@ -5,7 +5,7 @@ Ids, in three ranges:
 - ``[0, len(words))``: PAD, UNK and the training vocabulary (saved with the tokenizer);
 - ``[len(words), vocab_size)``: the *extension*, every word of the pre-trained vectors that the training
   vocabulary lacks (e.g. the rest of GloVe's 400k words). Not saved: the list is derived from the vectors
-  source again when a tokenizer loads (``two_tower.embeddings.restore_tokenizer``), checked by a CRC;
+  source again when a tokenizer loads (``two_tower.data.embeddings.restore_tokenizer``), checked by a CRC;
 - ``[vocab_size, 2**31)``: any other word, at a position given by a stable 64-bit hash of its string
   (BLAKE2b, the same in every process and on every machine; never Python's ``hash()``), so two
   occurrences of ``xj-17b`` in a query and a passage get the same id. Two different unknown words share
@@ -205,7 +205,7 @@ class Tokenizer:
     @classmethod
     def from_state_dict(cls, state: dict, extension_words: list[str] | None = None) -> "Tokenizer":
         """A saved tokenizer; ``extension_words`` (the source's words) are needed when it has an extension
-        (``two_tower.embeddings.restore_tokenizer`` finds them)."""
+        (``two_tower.data.embeddings.restore_tokenizer`` finds them)."""
         state = dict(state)
         if state.pop("format", 1) != 2:
             raise ValueError("a closed-vocabulary tokenizer (saved before open vocabularies, format 1); retrain the model")

@@ -88,7 +88,7 @@ class DistillLoss(nn.Module):
     student's scores at ``temperature`` are pulled towards it with KL(teacher || student), as in
     RocketQA / tevatron listwise distillation. ``label_weight`` mixes in the plain InfoNCE loss:
     loss = label_weight * InfoNCE + (1 - label_weight) * KL. The teacher's scores come with the batch
-    (``teacher_scores`` [B, C], precomputed by ``two_tower.teacher``); the loss never runs the teacher.
+    (``teacher_scores`` [B, C], precomputed by ``two_tower.data.teacher``); the loss never runs the teacher.
     ``labelled`` [B] bool (optional): rows without a label (pseudo-queries) add only their KL term; the
     InfoNCE term averages over the labelled rows.
     """

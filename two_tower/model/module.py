@@ -10,10 +10,10 @@ import torchmetrics
 from omegaconf import DictConfig, OmegaConf
 
 from two_tower.data.tokenizer import Tokenizer
-from two_tower.embeddings import restore_tokenizer
+from two_tower.data.embeddings import restore_tokenizer
 from two_tower.model.encoders import TwoTower
 from two_tower.model.vocabulary import attach_vocabulary
-from two_tower.retrieval.metrics import DEFAULT_KS, dense_split_per_query
+from two_tower.core.metrics import DEFAULT_KS, dense_split_per_query
 
 
 def _plain(value):

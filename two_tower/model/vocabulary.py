@@ -7,7 +7,7 @@ strings); both are checked against CRCs saved with the weights, so a changed sou
 from __future__ import annotations
 
 from two_tower.data.tokenizer import Tokenizer
-from two_tower.embeddings import extension_matrix
+from two_tower.data.embeddings import extension_matrix
 
 
 def attach_vocabulary(encoders, tokenizer: Tokenizer) -> None:

@@ -18,10 +18,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from two_tower.cache import ContentCache
+from two_tower.core.cache import ContentCache
 from two_tower.data.prepared import PreparedSplit, Ragged
 from two_tower.data.tokenizer import split_words
-from two_tower.negatives.base import NegativeSampler, sample_from
+from two_tower.data.sampling import NegativeSampler, sample_from
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 
 from two_tower.data.batches import LengthSortedBatches, TokenBatches
 from two_tower.data.prepared import Ragged
-from two_tower.retrieval.errors import CheckpointError
+from two_tower.core.errors import CheckpointError
 from two_tower.retrieval.query_encoder import weights_hash
 
 

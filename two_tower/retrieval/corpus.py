@@ -21,7 +21,7 @@ from two_tower.data.beir import is_beir_folder, load_beir
 from two_tower.data.jsonl import UnreadableRow, read_jsonl
 from two_tower.data.prepared import PreparedSplit
 from two_tower.data.tokenizer import PAD, UNK, Tokenizer
-from two_tower.retrieval.errors import CorpusError
+from two_tower.core.errors import CorpusError
 
 log = logging.getLogger(__name__)
 

@@ -13,8 +13,8 @@ import torch
 
 from two_tower.data.prepared import PreparedSplit, Ragged
 from two_tower.retrieval.checkpoint import encode_tokens, load_checkpoint, progress_bar
-from two_tower.retrieval.errors import ConfigError
-from two_tower.retrieval.metrics import rank_dense_within
+from two_tower.core.errors import ConfigError
+from two_tower.core.metrics import rank_dense_within
 from two_tower.retrieval.retriever import SplitRetriever
 
 log = logging.getLogger(__name__)

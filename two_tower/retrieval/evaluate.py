@@ -3,7 +3,7 @@
 Every retriever ranks the split's whole corpus for each query with a selected passage and its own
 candidates; ``metrics.split_metrics`` (what validation uses) turns the rankings into MRR@10,
 Recall@1/10/100, nDCG@10 and rerank MRR@10. Writes ``metrics.json`` and ``metrics.md`` to ``cfg.out``,
-each query's values per retriever in ``per_query/<retriever>.parquet`` (``python -m two_tower.compare``
+each query's values per retriever in ``per_query/<retriever>.parquet`` (``python -m two_tower.cli.compare``
 pairs them with training runs' ``per_query/test.parquet``) and, with ``save_runs``, TREC run files (``qid Q0 docid rank score tag``; qid = the query's row in the
 validated split, docid = the passage's number in first-appearance order, as ``index.py`` numbers a
 split) plus ``qrels.txt``, so two systems can be compared query by query (e.g. with trec_eval).
@@ -19,18 +19,18 @@ from pathlib import Path
 import hydra
 import numpy as np
 from hydra.errors import InstantiationException
-import torch
 from omegaconf import DictConfig, OmegaConf
 
-from two_tower.atomic import atomic_write
+from two_tower.core.atomic import atomic_write
+from two_tower.core.threads import set_threads
 from two_tower.data import beir
 from two_tower.data.beir import is_beir_folder
 from two_tower.data.prepared import PreparedSplit
 from two_tower.data.tokenizer import PAD, UNK, Tokenizer
 from two_tower.retrieval.corpus import load_split_rows
-from two_tower.errors import ConfigError, TwoTowerError
-from two_tower import per_query
-from two_tower.retrieval.metrics import DEFAULT_KS, mean_metrics, split_per_query
+from two_tower.core.errors import ConfigError, TwoTowerError
+from two_tower.core import per_query
+from two_tower.core.metrics import DEFAULT_KS, mean_metrics, split_per_query
 from two_tower.retrieval.retriever import Rankings, SplitRetriever
 
 log = logging.getLogger(__name__)
@@ -73,7 +73,7 @@ def load_split(cfg: DictConfig) -> PreparedSplit:
 
 def evaluate_split(split: PreparedSplit, retrievers: dict[str, SplitRetriever], per_query_out: dict | None = None) -> tuple[dict[str, dict], dict[str, Rankings]]:
     """Metrics and rankings of every retriever on ``split`` (queries with a selected passage); with
-    ``per_query_out``, also each retriever's per-query table (``two_tower.per_query``) in it."""
+    ``per_query_out``, also each retriever's per-query table (``two_tower.core.per_query``) in it."""
     query_rows = split.evaluated_queries()
     relevant = split.relevance(query_rows)
     metrics, rankings = {}, {}
@@ -122,8 +122,7 @@ def write_qrels(path: Path, split: PreparedSplit, query_rows: np.ndarray) -> Non
 
 def evaluate(cfg: DictConfig) -> dict[str, dict]:
     """Run every selected retriever on the split; returns {retriever: metrics}."""
-    if cfg.get("threads"):
-        torch.set_num_threads(cfg.threads)
+    set_threads(cfg.get("threads"))
     if not cfg.retriever:
         raise ConfigError("no retriever selected; e.g. retriever=[dense,bm25,hybrid]")
     retrievers = build_retrievers(cfg)
@@ -135,7 +134,7 @@ def evaluate(cfg: DictConfig) -> dict[str, dict]:
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    for name, table in tables.items():  # each query's metrics, for paired comparisons (python -m two_tower.compare)
+    for name, table in tables.items():  # each query's metrics, for paired comparisons (python -m two_tower.cli.compare)
         per_query.write(table, out / "per_query" / f"{name}.parquet")
     table = markdown_table(metrics)
     report = {

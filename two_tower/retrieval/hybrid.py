@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from two_tower.data.prepared import PreparedSplit
-from two_tower.retrieval.errors import ConfigError
+from two_tower.core.errors import ConfigError
 from two_tower.retrieval.retriever import SplitRetriever
 
 

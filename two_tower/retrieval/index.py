@@ -28,9 +28,9 @@ import faiss
 import numpy as np
 import pyarrow as pa
 
-from two_tower.atomic import atomic_folder, sweep_stale_temps
+from two_tower.core.atomic import atomic_folder, sweep_stale_temps
 from two_tower.model.bag import TermStatistics
-from two_tower.retrieval.errors import ConfigError, IndexFolderError
+from two_tower.core.errors import ConfigError, IndexFolderError
 from two_tower.retrieval.query_encoder import QueryEncoder
 
 log = logging.getLogger(__name__)
@@ -142,7 +142,7 @@ def set_search_params(index: faiss.Index, params: str, message: str) -> None:
 def write_passages(path: Path, ids: list[str], texts: list[str]) -> None:
     """One Arrow record batch with 64-bit offsets (corpora over 2 GB of text fit), uncompressed, so
     loading is a memory map (no decoding: a 1M-passage index opens in well under a second) and
-    ``take`` of k rows costs O(k) (on a chunked table it costs O(corpus): 40 ms a query at 1M)."""
+    ``take`` of k rows costs O(k) (on a chunked table it costs O(corpus))."""
     table = pa.table({"id": pa.array(ids, pa.large_string()), "text": pa.array(texts, pa.large_string())})
     with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
         writer.write_table(table, max_chunksize=max(len(ids), 1))
@@ -161,7 +161,7 @@ def file_hash(path: Path) -> str:
 
 
 def write_index_folder(path: str | Path, index: faiss.Index, ids: list[str], texts: list[str], query_encoder: QueryEncoder, manifest: dict, overwrite: bool = False, statistics: TermStatistics | None = None) -> Path:
-    """Write the folder atomically (``two_tower.atomic.atomic_folder``): everything goes to a temporary
+    """Write the folder atomically (``two_tower.core.atomic.atomic_folder``): everything goes to a temporary
     folder beside it first, then one rename under a lock on the parent folder, so two writers of the same
     ``path`` cannot both succeed without ``overwrite``.
 

@@ -7,15 +7,15 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 from two_tower.data.prepared import Ragged
 from two_tower.model.bag import TermStatistics
 from two_tower.retrieval.checkpoint import encode_tokens, load_checkpoint, model_identity, progress_bar
 from two_tower.retrieval.corpus import Passages, read_corpus_file, split_passages
-from two_tower.atomic import check_writable
-from two_tower.retrieval.errors import ConfigError, IndexFolderError
+from two_tower.core.atomic import check_writable
+from two_tower.core.threads import set_threads
+from two_tower.core.errors import ConfigError, IndexFolderError
 from two_tower.retrieval.index import build_faiss_streamed, bytes_per_vector, write_index_folder
 from two_tower.retrieval.query_encoder import QueryEncoder
 
@@ -69,8 +69,7 @@ def build_index(cfg: DictConfig) -> Path:
     """Build and write the index folder ``cfg.out``; returns its path."""
     if OmegaConf.is_missing(cfg, "ckpt") or not cfg.ckpt:
         raise ConfigError("ckpt is not set: which trained checkpoint encodes the passages? index.py ckpt=PATH/TO/last.ckpt")
-    if cfg.get("threads"):
-        torch.set_num_threads(cfg.threads)
+    set_threads(cfg.get("threads"))
     if Path(cfg.out).exists() and not cfg.overwrite:
         raise IndexFolderError(f"out={cfg.out} already exists; pass overwrite=true or choose another out=")
     # Before any loading or encoding: the folder the index goes to must take files.

@@ -16,11 +16,11 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from two_tower.data.tokenizer import Tokenizer, pad_batch, split_words
-from two_tower.embeddings import restore_tokenizer
+from two_tower.data.embeddings import restore_tokenizer
 from two_tower.model.bag import TermStatistics
 from two_tower.model.embedding import OpenEmbedding
 from two_tower.model.vocabulary import attach_vocabulary
-from two_tower.retrieval.errors import EmptyQueryError
+from two_tower.core.errors import EmptyQueryError
 
 
 def weights_hash(tower: nn.Module) -> str:

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from two_tower.data.prepared import PreparedSplit
-from two_tower.retrieval.metrics import rank_by_scores, rank_within_scores
+from two_tower.core.metrics import rank_by_scores, rank_within_scores
 
 
 @dataclass

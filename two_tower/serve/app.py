@@ -41,8 +41,7 @@ from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from two_tower.errors import ConfigError
-from two_tower.retrieval.errors import EmptyQueryError
+from two_tower.core.errors import ConfigError, EmptyQueryError
 from two_tower.retrieval.search import Searcher
 
 STATIC = Path(__file__).parent / "static"

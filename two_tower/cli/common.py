@@ -1,0 +1,53 @@
+"""What every command shares: where the configs are, composing one, reporting bad input.
+
+- ``CONF_DIR``: the Hydra configs ship inside the package (``two_tower/conf``), so every command finds
+  them the same way whether the package is installed with ``-e`` or not; ``@hydra.main`` commands pass it
+  as ``config_path`` and the compose-API commands (search, serve) to ``compose``.
+- Bad input (any ``TwoTowerError``) is one ``error: ...`` line on stderr and exit status 2;
+  ``TWO_TOWER_DEBUG=1`` re-raises it with the traceback instead.
+- Threads: ``threads=`` of every config goes through ``two_tower.core.threads.set_threads``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from pathlib import Path
+
+import two_tower.core.cache  # noqa: F401  (registers ${two_tower_cache:}, the default cache folder of conf/paths)
+from two_tower.core.errors import TwoTowerError
+
+CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+
+
+def debugging() -> bool:
+    """Whether ``TWO_TOWER_DEBUG`` asks for tracebacks instead of one-line errors."""
+    return os.environ.get("TWO_TOWER_DEBUG", "") not in ("", "0")
+
+
+def compose(config_name: str, overrides: list[str]):
+    """The packaged config ``config_name`` with Hydra ``overrides`` (no run folder is written)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(version_base="1.3", config_dir=CONF_DIR):
+        return hydra_compose(config_name, overrides=overrides)
+
+
+def report(err: TwoTowerError) -> int:
+    """Print ``err`` as one ``error:`` line (or re-raise it under TWO_TOWER_DEBUG); returns exit status 2."""
+    if debugging():
+        raise err
+    print(f"error: {err}", file=sys.stderr)
+    return 2
+
+
+@contextlib.contextmanager
+def exit_on_error():
+    """Bad input inside the block ends the process with one ``error:`` line and exit status 2."""
+    try:
+        yield
+    except TwoTowerError as err:
+        sys.exit(report(err))
+

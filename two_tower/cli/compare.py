@@ -1,0 +1,46 @@
+"""``python -m two_tower.cli.compare RUN_OR_SWEEP_DIRS...``: compare configurations (two_tower/training/compare.py)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from two_tower.cli.common import exit_on_error
+from two_tower.core.atomic import atomic_write
+from two_tower.training import compare as compare_module
+from two_tower.training.compare import compare, find_runs, load_baselines, load_configurations, log_wandb, markdown, plot
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m two_tower.cli.compare", description=compare_module.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("dirs", nargs="+", type=Path, help="run dirs or sweep dirs of train.py")
+    parser.add_argument("--metric", default="test/mrr@10")
+    parser.add_argument("--baseline", type=Path, action="append", default=[], help="an evaluate.py output dir (per_query/<retriever>.parquet)")
+    parser.add_argument("--out", type=Path, default=None, help="where to write comparison.md/.png and the CSVs")
+    parser.add_argument("--alpha", type=float, default=0.05)
+    parser.add_argument("--resamples", type=int, default=10_000, help="randomization test resamples")
+    parser.add_argument("--wandb-project", default=None, help="also log the tables to W&B in this project")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    with exit_on_error():
+        systems = load_configurations(find_runs(args.dirs), args.metric)
+        systems.update(load_baselines(args.baseline, args.metric))
+        summary, tests = compare(systems, args.metric, args.alpha, args.resamples)
+        text = markdown(summary, tests, args.metric)
+        print(text)
+        if args.out:
+            args.out.mkdir(parents=True, exist_ok=True)
+            with atomic_write(args.out / "comparison.md", "w") as f:
+                f.write(text)
+            for name, table in (("configurations.csv", summary), ("tests.csv", tests)):
+                with atomic_write(args.out / name, "w") as f:
+                    table.to_csv(f, index=False)
+            plot(summary, args.metric, args.out / "comparison.png")
+            print(f"Wrote {args.out}/comparison.md, configurations.csv, tests.csv, comparison.png")
+        if args.wandb_project:
+            log_wandb(summary, tests, args.metric, args.wandb_project, args.out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,134 @@
+"""``python search.py index=DIR "your question"``: search an index folder from the command line.
+
+Not a ``@hydra.main`` command, because the query is free text; settings are still Hydra overrides of
+conf/search.yaml (composed with Hydra's compose API, no run folder is written).
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+
+from two_tower.cli.common import compose, report
+from two_tower.core.errors import EmptyQueryError, TwoTowerError
+from two_tower.core.threads import set_threads
+from two_tower.retrieval.search import Hit, Searcher
+
+USAGE = """usage: python search.py index=DIR "your question" [k=10] [key=value ...]
+       python search.py index=DIR query="your question"
+       python search.py index=DIR --interactive          (type queries; empty line or Ctrl-D to quit)
+       python search.py index=DIR < queries.txt          (one query a line, searched in batches)
+Settings (conf/search.yaml): k, search_params (e.g. "search_params='efSearch=256'"), ckpt (check the index against a
+checkpoint and encode queries with it), batch_size, max_chars."""
+
+
+def split_arguments(argv: list[str]) -> tuple[list[str], list[str], bool]:
+    """(Hydra overrides, free query words, interactive). An argument is an override if it starts
+    with ``key=`` (or ``+key=`` / ``~key``) for a key made of letters, digits, ``_`` and ``.``."""
+    override = re.compile(r"^(\+?[A-Za-z_][\w.]*=|~[A-Za-z_][\w.]*$)")
+    overrides, words, interactive = [], [], False
+    for arg in argv:
+        if arg in ("--interactive", "-i"):
+            interactive = True
+        elif arg in ("--help", "-h"):
+            print(USAGE)
+            sys.exit(0)
+        elif override.match(arg):
+            overrides.append(arg)
+        else:
+            words.append(arg)
+    return overrides, words, interactive
+
+
+def format_results(query: str, hits: list[Hit], max_chars: int) -> str:
+    lines = [f"query: {query}"]
+    for rank, hit in enumerate(hits, start=1):
+        text = hit.text if not max_chars or len(hit.text) <= max_chars else hit.text[: max_chars - 3] + "..."
+        lines.append(f"{rank:3d}  {hit.score:.4f}  [{hit.id}]  {text}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The search.py command; returns the exit status (0 ok, 1 some queries failed, 2 unusable input)."""
+    overrides, words, interactive = split_arguments(sys.argv[1:] if argv is None else argv)
+    try:
+        cfg = compose("search", overrides)
+    except Exception as err:  # Hydra's own errors: unknown key, bad value
+        print(f"error: {err}\n{USAGE}", file=sys.stderr)
+        return 2
+    if cfg.query is not None and words:
+        print("error: give the query either as text or as query=..., not both", file=sys.stderr)
+        return 2
+    query = cfg.query if cfg.query is not None else (" ".join(words) if words else None)
+    if cfg.index is None:
+        print(f"error: which index? pass index=DIR (a folder written by index.py)\n{USAGE}", file=sys.stderr)
+        return 2
+    if query is None and not interactive and sys.stdin.isatty():
+        print(f"error: no query given\n{USAGE}", file=sys.stderr)
+        return 2
+    if not isinstance(cfg.k, int) or isinstance(cfg.k, bool) or cfg.k < 1:
+        print(f"error: k={cfg.k!r}: must be a whole number >= 1", file=sys.stderr)
+        return 2
+    set_threads(cfg.threads)
+    try:
+        searcher = Searcher.load(cfg.index, checkpoint=cfg.ckpt, search_params=cfg.search_params)
+        if query is not None:
+            print(format_results(query, searcher.search([query], cfg.k)[0], cfg.max_chars))
+            return 0
+    except TwoTowerError as err:
+        return report(err)
+    if interactive:
+        return _interactive(searcher, cfg)
+    return _batches(searcher, cfg, sys.stdin)
+
+
+def _interactive(searcher: Searcher, cfg) -> int:
+    while True:
+        try:
+            query = input("query> ")
+        except (EOFError, KeyboardInterrupt):
+            print()
+            return 0
+        if not query.strip():
+            return 0
+        try:
+            searcher.encoder.check_query(query)
+        except EmptyQueryError as err:
+            print(f"error: {err}", file=sys.stderr)
+            continue
+        print(format_results(query, searcher.search([query], cfg.k)[0], cfg.max_chars), flush=True)
+
+
+def _batches(searcher: Searcher, cfg, lines) -> int:
+    """One query a line; empty lines are reported on stderr and skipped."""
+    status, searched = 0, 0
+    batch: list[tuple[int, str]] = []
+
+    def flush():
+        results = searcher.search([q for _, q in batch], cfg.k)
+        for (_, query), hits in zip(batch, results):
+            print(format_results(query, hits, cfg.max_chars) + "\n", flush=True)
+        batch.clear()
+
+    for number, line in enumerate(lines, start=1):
+        query = line.rstrip("\n")
+        try:
+            searcher.encoder.check_query(query, f"line {number}")
+        except EmptyQueryError as err:
+            print(f"error: {err}; skipped", file=sys.stderr)
+            status = 1
+            continue
+        batch.append((number, query))
+        searched += 1
+        if len(batch) == cfg.batch_size:
+            flush()
+    if batch:
+        flush()
+    if not searched:
+        print(f"error: no query on stdin\n{USAGE}", file=sys.stderr)
+        return 2
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,99 @@
+"""The ``serve.py`` command: load an index folder once and serve it with uvicorn.
+
+Like ``search.py`` it is not a ``@hydra.main`` script (a server writes no run folder); its settings are
+Hydra overrides of ``conf/serve.yaml``, composed with Hydra's compose API.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import time
+
+from two_tower.cli.common import compose, report
+from two_tower.core.errors import ConfigError, TwoTowerError
+
+USAGE = """usage: python serve.py index=DIR [host=127.0.0.1] [port=8000] [threads=1] [key=value ...]
+Settings (conf/serve.yaml): index, host, port, threads (per search, torch and FAISS), search_params,
+k (default passages per query), k_max, max_query_chars, max_batch, header_timeout, keep_alive_timeout,
+max_connections.
+Then open http://HOST:PORT/ (search page), /docs (API), /health."""
+
+OVERRIDE = re.compile(r"^[A-Za-z_]\w*=")
+
+
+def _whole(name: str, value, low: int, high: int | None = None):
+    if not isinstance(value, int) or isinstance(value, bool) or value < low or (high is not None and value > high):
+        span = f"{low}..{high}" if high is not None else f">= {low}"
+        raise ConfigError(f"{name}={value!r}: must be a whole number {span}")
+    return value
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The serve.py command; returns the exit status (2 = unusable settings or index)."""
+    argv = sys.argv[1:] if argv is None else argv
+    if any(a in ("-h", "--help") for a in argv):
+        print(USAGE)
+        return 0
+    stray = [a for a in argv if not OVERRIDE.match(a)]
+    if stray:
+        print(f"error: not a key=value setting: {' '.join(stray)}\n{USAGE}", file=sys.stderr)
+        return 2
+    try:
+        known = list(compose("serve", []))
+        unknown = [a.split("=", 1)[0] for a in argv if a.split("=", 1)[0] not in known]
+        if unknown:
+            print(f"error: unknown setting(s) {', '.join(unknown)}; the settings are {', '.join(known)}", file=sys.stderr)
+            return 2
+        cfg = compose("serve", argv)
+    except Exception as err:  # Hydra's own errors, e.g. a value it cannot parse
+        print(f"error: {' '.join(str(err).split())}\n{USAGE}", file=sys.stderr)
+        return 2
+
+    from two_tower.retrieval.search import Searcher
+    from two_tower.serve.app import Limits, create_app
+
+    if cfg.index is None:
+        print(f"error: which index? pass index=DIR (a folder written by index.py)\n{USAGE}", file=sys.stderr)
+        return 2
+    try:
+        for name in ("index", "host", "search_params"):  # Hydra reads index=2024 as a number: a name all the same
+            if cfg[name] is None and name == "search_params":
+                continue
+            if not isinstance(cfg[name], (str, int, float)) or isinstance(cfg[name], bool):
+                raise ConfigError(f"{name}={cfg[name]!r}: must be a single path or name")
+            cfg[name] = str(cfg[name])
+        _whole("port", cfg.port, 1, 65535)
+        _whole("max_connections", cfg.max_connections, 1)
+        for name in ("header_timeout", "keep_alive_timeout"):
+            if not isinstance(cfg[name], (int, float)) or isinstance(cfg[name], bool) or not 0 < cfg[name] <= 3600:
+                raise ConfigError(f"{name}={cfg[name]!r}: must be a number of seconds in (0, 3600]")
+        if cfg.threads is not None:
+            _whole("threads", cfg.threads, 1)
+        limits = Limits(k=cfg.k, k_max=cfg.k_max, max_query_chars=cfg.max_query_chars, max_batch=cfg.max_batch)
+        start = time.perf_counter()
+        searcher = Searcher.load(cfg.index, search_params=cfg.search_params)
+        app = create_app(searcher, limits, threads=cfg.threads, search_params=cfg.search_params)
+    except TwoTowerError as err:  # bad settings, a missing or unusable index folder
+        return report(err)
+
+    import uvicorn
+
+    from two_tower.serve.protocol import connection_cap, guarded_protocol
+
+    protocol = guarded_protocol(cfg.header_timeout, connection_cap(cfg.max_connections))
+
+    print(
+        f"Loaded {searcher.index.path} ({len(searcher.index):,} passages) in {time.perf_counter() - start:.1f}s; "
+        f"serving http://{cfg.host}:{cfg.port}/ (API docs at /docs)",
+        file=sys.stderr,
+        flush=True,
+    )
+    # h11 with a header read timeout and an accept-time connection cap (two_tower/serve/protocol.py);
+    # backlog: connections waiting to be accepted beyond those, kept by the kernel.
+    uvicorn.run(app, host=cfg.host, port=cfg.port, http=protocol, timeout_keep_alive=cfg.keep_alive_timeout, backlog=2048)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,25 @@
+"""``python train.py [group=option ...] [key=value ...]``: train a two-tower retriever (conf/train.yaml)."""
+
+import hydra
+from omegaconf import DictConfig
+
+from two_tower.cli.common import CONF_DIR, exit_on_error
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    from two_tower.training.config import validate_train_config
+
+    with exit_on_error():
+        # train() checks it too; here it runs before Lightning is imported, so bad settings fail at once.
+        validate_train_config(cfg)
+    from two_tower.training.train import train
+
+    with exit_on_error():
+        metrics = train(cfg)
+    # Returned so Hydra sweepers (e.g. Optuna) can optimise it.
+    return metrics.get(cfg.optimized_metric)
+
+
+if __name__ == "__main__":
+    main()

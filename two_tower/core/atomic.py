@@ -1,0 +1,185 @@
+"""Files and folders that are whole or absent after a kill at any instant, on any filesystem layout.
+
+Everything is written to a temporary name **in the destination folder** (so the final ``os.replace`` is
+a rename on one filesystem, never a copy), flushed to disk, then renamed into place. A temporary name is
+``.<name>.tmp-<host>-<pid>-<random>``: on failure it is removed at once; after a kill it is removed by
+``sweep_stale_temps`` on a later start, but only when its writer is gone (same host, pid no longer
+running), so jobs of a multirun sharing a folder never delete each other's work in progress.
+
+Imports nothing of the project's but its error base class (bottom layer).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import hashlib
+import logging
+import os
+import re
+import secrets
+import shutil
+import socket
+from pathlib import Path
+
+from two_tower.core.errors import NotWritableError
+
+log = logging.getLogger(__name__)
+
+_HOST = hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]
+_TEMP = re.compile(r"^\..+\.tmp-(?P<host>[0-9a-f]{8})-(?P<pid>\d+)-[0-9a-f]{8}$")
+
+
+def temp_path(path: str | os.PathLike) -> Path:
+    """A fresh temporary name beside ``path`` (same folder, hence same filesystem)."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.tmp-{_HOST}-{os.getpid()}-{secrets.token_hex(4)}")
+
+
+def is_temp_name(name: str) -> bool:
+    return _TEMP.match(name) is not None
+
+
+def _pid_running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+def sweep_stale_temps(folder: str | os.PathLike) -> list[Path]:
+    """Remove the temporary files and folders in ``folder`` whose writer (same host) no longer runs;
+    returns what was removed. Temps of running processes and of other hosts are left alone."""
+    folder, removed = Path(folder), []
+    try:
+        entries = list(folder.iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        found = _TEMP.match(entry.name)
+        if found is None or found["host"] != _HOST:
+            continue
+        pid = int(found["pid"])
+        if pid == os.getpid() or _pid_running(pid):
+            continue
+        _remove(entry)
+        removed.append(entry)
+    if removed:
+        log.info("Removed %d temporary file(s) left by killed runs in %s", len(removed), folder)
+    return removed
+
+
+def fsync_folder(folder: str | os.PathLike) -> None:
+    """Make a rename inside ``folder`` durable (best effort: some filesystems refuse a folder fsync)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(root: Path) -> None:
+    for dirpath, _, files in os.walk(root):
+        for name in files:
+            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        fsync_folder(dirpath)
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "wb"):
+    """``with atomic_write(p) as f: f.write(...)``: ``p`` holds the old content or the whole new one,
+    never a part. The temp file is beside ``p``; it is removed if the block raises."""
+    path = Path(path)
+    tmp = temp_path(path)
+    try:
+        with open(tmp, mode) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+    fsync_folder(path.parent)
+
+
+@contextlib.contextmanager
+def atomic_folder(path: str | os.PathLike, replace: bool = False):
+    """``with atomic_folder(dest) as tmp: write files into tmp``; on success ``tmp`` becomes ``dest``.
+
+    ``replace=False``: if ``dest`` appears meanwhile (another process wrote the same thing), ours is
+    discarded and ``FileExistsError`` is raised; the caller decides whether that is fine. The commit
+    (existence check + rename) holds an exclusive lock on the parent folder, so two writers of the same
+    ``dest`` cannot both succeed. ``replace=True`` swaps the old folder out and the new one in.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_path(path)
+    tmp.mkdir()
+    try:
+        yield tmp
+        _fsync_tree(tmp)
+        with folder_lock(path.parent):
+            if path.exists():
+                if not replace:
+                    raise FileExistsError(errno.EEXIST, "already exists", str(path))
+                old = temp_path(path)
+                os.replace(path, old)
+                os.replace(tmp, path)
+                _remove(old)
+            else:
+                os.replace(tmp, path)
+        fsync_folder(path.parent)
+    except BaseException:
+        _remove(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str | os.PathLike):
+    """An exclusive ``flock`` on a folder itself (no lock file to leave behind; released if the holder dies)."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def check_writable(folder: str | os.PathLike, what: str, min_free_bytes: int = 0) -> Path:
+    """Create ``folder`` if needed and check that a file can be written in it and that it has
+    ``min_free_bytes`` free; raises NotWritableError naming ``what`` (e.g. ``paths.output_dir=...``)."""
+    folder = Path(folder).expanduser()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = temp_path(folder / "write-check")
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise NotWritableError(f"{what}: cannot write in {folder} ({err.strerror or err})") from err
+    free = shutil.disk_usage(folder).free
+    if free < min_free_bytes:
+        raise NotWritableError(f"{what}: only {free / 2**20:.0f} MB free in {folder}, need at least {min_free_bytes / 2**20:.0f} MB")
+    return folder

@@ -1,0 +1,86 @@
+"""One content-keyed cache for everything derived from inputs: tokenized splits, mined negatives, teacher
+vectors, word2vec vectors.
+
+An entry is a folder ``ROOT/KIND/KEY`` where ``KEY`` is a hash of everything the content depends on.
+It is built in a temporary folder beside it and renamed into place (``two_tower.core.atomic``), so an entry
+is whole or absent after a kill at any instant; a concurrent job that built the same entry first wins
+and ours is discarded. Temporary folders of killed writers are swept when a cache is opened.
+
+```python
+cache = ContentCache(cache_dir, "negatives")
+key = cache.key(["bm25", fingerprint, settings])
+entry = cache.get(key)                  # the folder, or None
+if entry is None:
+    with cache.put(key) as tmp:         # write files into tmp
+        np.savez(tmp / "pool.npz", ...)
+    entry = cache.path(key)
+```
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from two_tower.core.atomic import atomic_folder, check_writable, sweep_stale_temps
+
+
+def default_root() -> str:
+    """Where caches go when no folder is given: ``$TWO_TOWER_CACHE``, else ``~/.cache/two_tower``.
+
+    The one statement of that default: conf/paths/default.yaml reads it as ``${two_tower_cache:}``, and
+    code that must find a cache without a config (a vocabulary's extension loaded again at search time)
+    calls it."""
+    return os.environ.get("TWO_TOWER_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "two_tower")
+
+
+def _register_resolver() -> None:
+    from omegaconf import OmegaConf
+
+    if not OmegaConf.has_resolver("two_tower_cache"):
+        OmegaConf.register_new_resolver("two_tower_cache", default_root)
+
+
+_register_resolver()
+
+
+class ContentCache:
+    def __init__(self, root: str | os.PathLike, kind: str):
+        self.folder = Path(root).expanduser() / kind
+        self.kind = kind
+        self._swept = False
+
+    @staticmethod
+    def key(spec, length: int = 20) -> str:
+        """A stable hash of a JSON-able description of the inputs (``default=str`` for anything else)."""
+        return hashlib.sha1(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:length]
+
+    def path(self, key: str) -> Path:
+        return self.folder / key
+
+    def get(self, key: str) -> Path | None:
+        """The entry's folder if it exists (it is then whole: entries appear by one rename)."""
+        path = self.path(key)
+        return path if path.is_dir() else None
+
+    def check_writable(self, min_free_bytes: int = 0) -> None:
+        """Fail now, naming the cache folder, if an entry could not be written in it."""
+        check_writable(self.folder, f"cache folder ({self.kind})", min_free_bytes)
+
+    @contextlib.contextmanager
+    def put(self, key: str):
+        """Yield a temporary folder to fill; on success it becomes the entry. If another process put the
+        same entry meanwhile, that one is kept (same inputs, same content) and ours is dropped."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        if not self._swept:
+            sweep_stale_temps(self.folder)
+            self._swept = True
+        try:
+            with atomic_folder(self.path(key), replace=False) as tmp:
+                yield tmp
+        except FileExistsError as err:
+            if err.filename != str(self.path(key)):
+                raise

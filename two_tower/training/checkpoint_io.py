@@ -1,0 +1,47 @@
+"""Checkpoints that are whole or absent after a kill at any instant, whatever ``$TMPDIR`` is.
+
+Lightning's ``TorchCheckpointIO`` writes through an fsspec transaction whose temporary file lives in
+``$TMPDIR``; when that is another filesystem (node-local /tmp, a tmpfs) the final move is a copy over
+the existing ``last.ckpt`` (EXDEV), so a kill or a full disk during that copy leaves it truncated.
+``AtomicCheckpointIO`` writes a temporary file in the checkpoint's own folder, fsyncs it and
+``os.replace``s it (``two_tower.core.atomic``); temporary files of killed runs are swept on the next save.
+Remote paths (``s3://`` and the like) keep Lightning's own writer.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+
+from two_tower.core.atomic import atomic_write, sweep_stale_temps
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    def __init__(self):
+        super().__init__()
+        self._swept: set[Path] = set()
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
+        if "://" in str(path) and not str(path).startswith("file://"):
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__}.save_checkpoint takes no storage_options")
+        path = Path(str(path).removeprefix("file://"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.parent not in self._swept:
+            sweep_stale_temps(path.parent)
+            self._swept.add(path.parent)
+        with atomic_write(path) as f:
+            torch.save(checkpoint, f)
+
+    def remove_checkpoint(self, path) -> None:
+        if "://" in str(path):
+            return super().remove_checkpoint(path)
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass

@@ -1,0 +1,244 @@
+"""Compare configurations honestly: seeds grouped, intervals over seeds, paired tests over queries.
+
+    python -m two_tower.cli.compare RUN_OR_SWEEP_DIRS... [--metric test/mrr@10] [--baseline EVALUATE_OUT_DIR ...]
+                                [--out DIR] [--alpha 0.05] [--wandb-project PROJECT]
+
+- Runs are the dirs holding ``.hydra/overrides.yaml`` under the given dirs (a run dir or a sweep dir);
+  they are grouped by configuration key (all overrides but the seed, ``two_tower.core.config_key``).
+- Per configuration: the metric of each run (its per-query mean, = the logged value), their mean and a
+  95% Student-t confidence interval over seeds.
+- Paired tests, one per pair of systems (configurations and baselines): the unit is the query. Each
+  configuration's per-query metric is first averaged over its seeds; the two systems' per-query values
+  are then compared with a paired t-test (``scipy.stats.ttest_rel``) and a paired randomization test
+  (Fisher's: random sign flips of the per-query differences, ``scipy.stats.permutation_test``). The
+  p-values are Holm-corrected over all the pairs of the table; a pair is flagged when the corrected
+  randomization p-value is below ``--alpha``.
+- Baselines: ``evaluate.py`` output dirs (``per_query/<retriever>.parquet``), e.g. BM25 on the same split.
+- ``--metric stage/name``: ``test/*`` reads ``per_query/test.parquet``; ``val/*`` the best validation
+  epoch (``per_query/val_best.parquet``); ``val_last/*`` the last.
+
+Writes ``comparison.md`` (both tables), ``configurations.csv``, ``tests.csv`` and ``comparison.png`` (mean
+and 95% CI per configuration, baselines as points) to ``--out`` and prints the markdown.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from two_tower.core import per_query
+from two_tower.core.atomic import atomic_write
+from two_tower.core.config_key import config_key, run_overrides
+from two_tower.core.errors import CompareError
+
+log = logging.getLogger(__name__)
+
+STAGE_FILES = {"test": "test.parquet", "val": "val_best.parquet", "val_last": "val_last.parquet"}
+
+
+@dataclass
+class System:
+    """A configuration (several seeds) or a baseline (one ranking): each run's per-query values."""
+
+    name: str
+    runs: list[str] = field(default_factory=list)
+    tables: list[pd.DataFrame] = field(default_factory=list)
+    baseline: bool = False
+
+    def run_means(self, metric: str) -> np.ndarray:
+        return np.array([t[metric].mean() for t in self.tables])
+
+    def per_query(self, metric: str) -> pd.Series:
+        """Each query's metric averaged over the runs (seeds), indexed by qid."""
+        return pd.concat([t.set_index("qid")[metric] for t in self.tables], axis=1).mean(axis=1)
+
+
+# ------------------------------------------------------------------------------------------ statistics
+def mean_ci(values: np.ndarray, confidence: float = 0.95) -> tuple[float, float, float]:
+    """Mean and Student-t confidence interval over seeds; (mean, nan, nan) for a single value."""
+    mean = float(np.mean(values))
+    if len(values) < 2:
+        return mean, float("nan"), float("nan")
+    low, high = stats.t.interval(confidence, len(values) - 1, loc=mean, scale=stats.sem(values))
+    return mean, float(low), float(high)
+
+
+def holm(p_values: list[float]) -> list[float]:
+    """Holm-Bonferroni adjusted p-values (step-down; statsmodels' ``multipletests(method="holm")``,
+    written here because statsmodels is not a dependency): sort ascending, multiply the i-th smallest by
+    (m - i), make them non-decreasing, cap at 1."""
+    p = np.asarray(p_values, dtype=float)
+    order = np.argsort(p, kind="stable")
+    adjusted = np.maximum.accumulate((len(p) - np.arange(len(p))) * p[order])
+    out = np.empty_like(p)
+    out[order] = np.minimum(adjusted, 1.0)
+    return out.tolist()
+
+
+def paired_tests(a: np.ndarray, b: np.ndarray, resamples: int = 10_000, seed: int = 0) -> tuple[float, float]:
+    """Two-sided p-values of a paired t-test and of Fisher's paired randomization test on a - b."""
+    if np.allclose(a, b):
+        return 1.0, 1.0
+    t_p = float(stats.ttest_rel(a, b).pvalue)
+    rand = stats.permutation_test(
+        (a, b), lambda x, y, axis: np.mean(x - y, axis=axis), permutation_type="samples", vectorized=True,
+        n_resamples=resamples, alternative="two-sided", random_state=seed,
+    )
+    return t_p, float(rand.pvalue)
+
+
+# ------------------------------------------------------------------------------------------ loading
+def find_runs(paths: list[Path]) -> list[Path]:
+    """Run dirs (with ``.hydra/overrides.yaml``) at or under ``paths``."""
+    runs = []
+    for path in paths:
+        if not path.exists():
+            raise CompareError(f"{path} does not exist")
+        found = [path] if (path / ".hydra" / "overrides.yaml").is_file() else sorted(p.parents[1] for p in path.rglob(".hydra/overrides.yaml"))
+        if not found:
+            raise CompareError(f"{path}: no run dir (with .hydra/overrides.yaml) in it")
+        runs.extend(found)
+    return list(dict.fromkeys(runs))
+
+
+def split_metric(metric: str) -> tuple[str, str]:
+    stage, _, name = metric.partition("/")
+    if stage not in STAGE_FILES or not name:
+        raise CompareError(f"--metric {metric}: expected {'|'.join(STAGE_FILES)}/<metric>, e.g. test/mrr@10")
+    return STAGE_FILES[stage], name
+
+
+def load_configurations(runs: list[Path], metric: str) -> dict[str, System]:
+    filename, name = split_metric(metric)
+    systems: dict[str, System] = {}
+    skipped = []
+    for run in runs:
+        path = run / "per_query" / filename
+        if not path.is_file():  # unfinished or failed, or no such split: said, and left out (see the runs column)
+            skipped.append(run)
+            log.warning("skipped %s: no per_query/%s (unfinished, or no %s split scored)", run, filename, metric.split("/")[0])
+            continue
+        key = config_key(run_overrides(run))
+        system = systems.setdefault(key, System(key))
+        system.runs.append(str(run))
+        system.tables.append(per_query.read(path, name))
+    if not systems:
+        raise CompareError(f"no run has per_query/{filename} ({len(skipped)} run dir(s) found, e.g. {skipped[0]}): no {metric.split('/')[0]} split scored?")
+    return systems
+
+
+def load_baselines(dirs: list[Path], metric: str) -> dict[str, System]:
+    _, name = split_metric(metric)
+    systems = {}
+    for folder in dirs:
+        files = sorted((folder / "per_query").glob("*.parquet"))
+        if not files:
+            raise CompareError(f"--baseline {folder}: no per_query/*.parquet (an evaluate.py output dir is expected)")
+        for path in files:
+            label = f"{path.stem} ({folder.name})" if len(dirs) > 1 else path.stem
+            systems[label] = System(label, [str(path)], [per_query.read(path, name)], baseline=True)
+    return systems
+
+
+def check_same_queries(systems: dict[str, System]) -> None:
+    """Every run scored the same queries (same ids and texts): otherwise no pairing is possible."""
+    reference, where = None, None
+    for system in systems.values():
+        for run, table in zip(system.runs, system.tables):
+            if table["qid"].duplicated().any():
+                raise CompareError(f"{run}: query id {table['qid'][table['qid'].duplicated()].iloc[0]} appears twice")
+            queries = dict(zip(table["qid"], table["query"]))
+            if reference is None:
+                reference, where = queries, run
+                continue
+            if queries.keys() != reference.keys():
+                raise CompareError(f"{run} and {where} scored different queries ({len(queries)} vs {len(reference)}; "
+                                   f"{len(queries.keys() ^ reference.keys())} ids differ): compare runs on the same split")
+            differs = next((q for q in queries if queries[q] != reference[q]), None)
+            if differs is not None:
+                raise CompareError(f"{run} and {where}: query {differs} is {queries[differs]!r} in one and {reference[differs]!r} in the other")
+
+
+# ------------------------------------------------------------------------------------------ tables
+def compare(systems: dict[str, System], metric: str, alpha: float = 0.05, resamples: int = 10_000) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(one row per system: runs, mean, 95% CI; one row per pair: means, difference, p-values, Holm)."""
+    _, name = split_metric(metric)
+    check_same_queries(systems)
+    rows = []
+    for system in systems.values():
+        values = system.run_means(name)
+        mean, low, high = mean_ci(values)
+        rows.append({"system": system.name, "kind": "baseline" if system.baseline else "configuration", "runs": len(values),
+                     metric: mean, "ci_low": low, "ci_high": high, "per_run": " ".join(f"{v:.4f}" for v in values)})
+    summary = pd.DataFrame(rows)
+    per_query_means = {s.name: s.per_query(name) for s in systems.values()}
+    pairs = []
+    for a, b in itertools.combinations(systems, 2):
+        if systems[a].baseline and systems[b].baseline:
+            continue
+        x, y = per_query_means[a], per_query_means[b].reindex(per_query_means[a].index)
+        t_p, rand_p = paired_tests(x.to_numpy(), y.to_numpy(), resamples)
+        pairs.append({"A": a, "B": b, "mean A": float(x.mean()), "mean B": float(y.mean()), "A - B": float(x.mean() - y.mean()),
+                      "queries": len(x), "p (t-test)": t_p, "p (randomization)": rand_p})
+    tests = pd.DataFrame(pairs, columns=["A", "B", "mean A", "mean B", "A - B", "queries", "p (t-test)", "p (randomization)"])
+    if len(tests):
+        tests["Holm p (t-test)"] = holm(tests["p (t-test)"].tolist())
+        tests["Holm p (randomization)"] = holm(tests["p (randomization)"].tolist())
+        tests[f"significant (Holm, alpha={alpha})"] = tests["Holm p (randomization)"] < alpha
+    return summary, tests
+
+
+def markdown(summary: pd.DataFrame, tests: pd.DataFrame, metric: str) -> str:
+    lines = [f"## {metric}: mean and 95% t confidence interval over seeds", "",
+             f"| system | runs | {metric} | 95% CI | per run |", "|---|---|---|---|---|"]
+    for r in summary.to_dict("records"):
+        ci = "" if np.isnan(r["ci_low"]) else f"[{r['ci_low']:.4f}, {r['ci_high']:.4f}]"
+        lines.append(f"| {r['system']}{' (baseline)' if r['kind'] == 'baseline' else ''} | {r['runs']} | {r[metric]:.4f} | {ci} | {r['per_run']} |")
+    if len(tests):
+        flag = [c for c in tests.columns if c.startswith("significant")][0]
+        lines += ["", f"## Paired tests over {int(tests['queries'].iloc[0])} queries (each configuration's per-query {metric} averaged over its seeds first; Holm over {len(tests)} pair(s))", "",
+                  "| A | B | A - B | p t-test | p randomization | Holm p t-test | Holm p randomization | " + flag + " |", "|---|---|---|---|---|---|---|---|"]
+        for r in tests.to_dict("records"):
+            lines.append(f"| {r['A']} | {r['B']} | {r['A - B']:+.4f} | {r['p (t-test)']:.4g} | {r['p (randomization)']:.4g} | "
+                         f"{r['Holm p (t-test)']:.4g} | {r['Holm p (randomization)']:.4g} | {'yes' if r[flag] else 'no'} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(summary: pd.DataFrame, metric: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 0.6 * len(summary) + 1.5))
+    y = np.arange(len(summary))
+    means = summary[metric].to_numpy()
+    err = np.vstack([means - summary["ci_low"].to_numpy(), summary["ci_high"].to_numpy() - means])
+    err = np.nan_to_num(err)
+    colors = ["tab:gray" if k == "baseline" else "tab:blue" for k in summary["kind"]]
+    ax.errorbar(means, y, xerr=err, fmt="none", ecolor="black", capsize=4)
+    ax.scatter(means, y, c=colors, zorder=3)
+    ax.set_yticks(y, [s[:60] for s in summary["system"]])
+    ax.set_xlabel(f"{metric} (mean over seeds, 95% t CI; gray: baseline)")
+    ax.invert_yaxis()
+    fig.tight_layout()
+    with atomic_write(path) as f:
+        fig.savefig(f, dpi=120, format="png")
+    plt.close(fig)
+
+
+def log_wandb(summary: pd.DataFrame, tests: pd.DataFrame, metric: str, project: str, directory: Path | None = None) -> None:
+    """Log both tables as W&B tables in a ``compare`` job of ``project`` (its files under ``directory``)."""
+    import wandb
+
+    run = wandb.init(project=project, job_type="compare", config={"metric": metric}, dir=str(directory) if directory else None)
+    try:
+        run.log({"compare/configurations": wandb.Table(dataframe=summary), "compare/tests": wandb.Table(dataframe=tests.astype({c: str for c in tests.columns if tests[c].dtype == bool}))})
+    finally:
+        run.finish()

@@ -1,0 +1,124 @@
+"""Check a composed train config before any data is loaded, naming the key that is wrong.
+
+Hydra already refuses unknown group options (``encoder=foo``) with the list of valid ones. What it
+cannot see is a value of the wrong type (``trainer.max_epochs=abc``), a value out of range, a
+required value left unset (``???``), or options that do not go together.
+"""
+
+from __future__ import annotations
+
+from numbers import Real
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from two_tower.core.errors import ConfigError
+
+# key -> (type, check, what the check means); a key missing from the config is not checked.
+INT, NUM, BOOL = (int,), (Real,), (bool,)
+RULES = {
+    "seed": (INT, lambda v: True, "an integer"),
+    "threads": (INT, lambda v: v > 0, "a positive integer or null"),
+    "trainer.max_epochs": (INT, lambda v: v >= -1, "an integer >= -1"),
+    "trainer.check_val_every_n_epoch": (INT, lambda v: v > 0, "a positive integer"),
+    "trainer.log_every_n_steps": (INT, lambda v: v > 0, "a positive integer"),
+    "trainer.gradient_clip_val": (NUM, lambda v: v >= 0, "a number >= 0 or null"),
+    "data.batch_size": (INT, lambda v: v > 0, "a positive integer"),
+    "data.eval_batch_size": (INT, lambda v: v > 0, "a positive integer"),
+    "data.num_workers": (INT, lambda v: v >= 0, "an integer >= 0"),
+    "data.bucket_batches": (INT, lambda v: v >= 0, "an integer >= 0"),
+    "data.max_train_rows": (INT, lambda v: v > 0, "a positive integer or null"),
+    "data.max_val_rows": (INT, lambda v: v > 0, "a positive integer or null"),
+    "data.tokenizer.min_freq": (INT, lambda v: v >= 1, "an integer >= 1"),
+    "data.tokenizer.max_query_len": (INT, lambda v: v >= 1, "an integer >= 1"),
+    "data.tokenizer.max_passage_len": (INT, lambda v: v >= 1, "an integer >= 1"),
+    "data.tokenizer.keep_punctuation": (BOOL, lambda v: True, "true or false"),
+    "embeddings.dim": (INT, lambda v: v > 0, "a positive integer"),
+    "embeddings.freeze": (BOOL, lambda v: True, "true or false"),
+    "encoder.cell": ((str,), lambda v: v in ("rnn", "gru", "lstm"), "one of rnn, gru, lstm"),
+    "encoder.hidden_size": (INT, lambda v: v > 0, "a positive integer"),
+    "encoder.num_layers": (INT, lambda v: v > 0, "a positive integer"),
+    "encoder.bidirectional": (BOOL, lambda v: True, "true or false"),
+    "encoder.dropout": (NUM, lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    "encoder.pooling": ((str,), lambda v: v in ("last", "mean", "max"), "one of last, mean, max"),
+    "encoder.dim": (INT, lambda v: v > 0, "a positive integer or null"),
+    "encoder.skip": (BOOL, lambda v: True, "true or false"),
+    "encoder.bag_dim": (INT, lambda v: v >= 0, "an integer >= 0"),
+    "encoder.bag_mix": (NUM, lambda v: 0 < v < 1, "a number in (0, 1)"),
+    "encoder.bag_stemmer": ((str,), lambda v: v in _stemmer_languages(), "a PyStemmer language (e.g. english) or null"),
+    "negatives.per_query": (INT, lambda v: v >= 0, "an integer >= 0"),
+    "negatives.range_min": (INT, lambda v: v >= 0, "an integer >= 0"),
+    "negatives.range_max": (INT, lambda v: v > 0, "a positive integer"),
+    "negatives.refresh_every_n_epochs": (INT, lambda v: v >= 0, "an integer >= 0"),
+    "loss.margin": (NUM, lambda v: v >= 0, "a number >= 0"),
+    "loss.temperature": (NUM, lambda v: v > 0, "a number > 0"),
+    "loss.in_batch": ((str,), lambda v: v in ("hardest", "all"), "hardest or all"),
+    "loss.teacher_temperature": (NUM, lambda v: v > 0, "a number > 0"),
+    "loss.label_weight": (NUM, lambda v: 0 <= v <= 1, "a number in [0, 1]"),
+    "data.pseudo_queries.count": (INT, lambda v: v >= 0, "an integer >= 0"),
+    "data.pseudo_queries.min_words": (INT, lambda v: v >= 1, "an integer >= 1"),
+    "data.pseudo_queries.max_words": (INT, lambda v: v >= 1, "an integer >= 1"),
+    "teacher.batch_size": (INT, lambda v: v > 0, "a positive integer"),
+    "teacher.max_seq_length": (INT, lambda v: v > 0, "a positive integer or null"),
+    "teacher.threads": (INT, lambda v: v > 0, "a positive integer or null"),
+    "optimizer.lr": (NUM, lambda v: v > 0, "a number > 0"),
+    "optimizer.weight_decay": (NUM, lambda v: v >= 0, "a number >= 0"),
+    "model.shared_towers": (BOOL, lambda v: True, "true or false"),
+    "model.gather_across_devices": (BOOL, lambda v: True, "true or false"),
+}
+
+
+def _stemmer_languages() -> set[str]:
+    import Stemmer
+
+    return set(Stemmer.algorithms())
+
+
+def validate_train_config(cfg: DictConfig) -> None:
+    """Raise ConfigError naming the first key that is unset, of the wrong type, or out of range."""
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        hint = " (negatives=ann mines with a trained model: negatives.checkpoint=PATH)" if "negatives.checkpoint" in missing else ""
+        raise ConfigError(f"{', '.join(missing)} must be set{hint}")
+    for key, (types, check, meaning) in RULES.items():
+        value = OmegaConf.select(cfg, key, default=None, throw_on_missing=False)
+        if value is None:
+            continue
+        if isinstance(value, bool) and types != BOOL or not isinstance(value, types) or not check(value):
+            raise ConfigError(f"{key}={value!r}: must be {meaning}")
+    negatives = cfg.get("negatives") or {}
+    if "range_min" in negatives and negatives.range_min >= negatives.range_max:
+        raise ConfigError(f"negatives.range_min={negatives.range_min} must be below negatives.range_max={negatives.range_max}")
+    if negatives.get("checkpoint") and not Path(negatives.checkpoint).expanduser().is_file():
+        raise ConfigError(f"negatives.checkpoint={negatives.checkpoint}: no such checkpoint file")
+    if str(negatives.get("_target_", "")).endswith("InBatchNegatives") and negatives.get("per_query"):
+        raise ConfigError("negatives=in_batch takes no explicit negatives: negatives.per_query must be 0")
+    batch_size = (cfg.get("data") or {}).get("batch_size")
+    if str(negatives.get("_target_", "")).endswith("InBatchNegatives") and batch_size == 1:
+        raise ConfigError(
+            "data.batch_size=1 with negatives=in_batch leaves every query without a negative (the other queries' passages "
+            "are its only negatives): use data.batch_size >= 2, or explicit negatives (negatives=random, bm25 or ann)"
+        )
+    if str(negatives.get("_target_", "")).endswith(("RandomNegatives", "BM25Negatives", "ANNNegatives")) and negatives.get("per_query", 1) < 1:
+        raise ConfigError(f"negatives.per_query={negatives.per_query}: this negatives option needs at least 1")
+    distill = str((cfg.get("loss") or {}).get("_target_", "")).endswith("DistillLoss")
+    if distill and not cfg.get("teacher"):
+        raise ConfigError("loss=distill needs a teacher: teacher=minilm (teacher.model=PATH for another model)")
+    if cfg.get("teacher") and not distill:
+        raise ConfigError(f"teacher is set but the loss ({cfg.loss._target_}) does not use it: use loss=distill, or drop the teacher")
+    pseudo = (cfg.get("data") or {}).get("pseudo_queries") or {}
+    if pseudo.get("count") and not distill:
+        raise ConfigError(f"data.pseudo_queries.count={pseudo.count}: pseudo-queries are labelled by the teacher only, so they need loss=distill")
+    if pseudo.get("count") and pseudo.min_words > pseudo.max_words:
+        raise ConfigError(f"data.pseudo_queries.min_words={pseudo.min_words} must be at most data.pseudo_queries.max_words={pseudo.max_words}")
+    encoder = cfg.get("encoder") or {}
+    if not encoder.get("bag_dim"):
+        for key in ("bag_stemmer",):
+            if encoder.get(key):
+                raise ConfigError(f"encoder.{key}={encoder[key]} does nothing without the bag-of-words path: set encoder.bag_dim too")
+    data = cfg.data
+    if data.get("path") and not Path(data.path).expanduser().exists():
+        raise ConfigError(f"data.path={data.path}: no such file or folder")
+    ckpt = cfg.get("ckpt_path")
+    if ckpt and ckpt != "last" and not Path(ckpt).expanduser().is_file():
+        raise ConfigError(f"ckpt_path={ckpt}: no such checkpoint file")

@@ -1,0 +1,177 @@
+"""The training recipe: data -> model -> Trainer.fit, returning the metrics the sweeper optimises."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import hydra
+import lightning as L
+from lightning.pytorch.callbacks import ProgressBar
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from two_tower.core.atomic import check_writable, sweep_stale_temps
+from two_tower.core.threads import set_threads
+from two_tower.training.config import validate_train_config
+from two_tower.core.config_key import current_config_key
+from two_tower.data.datamodule import TwoTowerDataModule
+from two_tower.core.errors import CheckpointError, ConfigError
+from two_tower.model.module import TwoTowerModule
+from two_tower.negatives.refresh import NegativeRefresh
+from two_tower.training.tracking import fill_wandb_group_and_tags, tracking_callbacks
+from two_tower.training.utils import instantiate_group, task_wrapper
+
+log = logging.getLogger(__name__)
+
+
+def build_datamodule(cfg: DictConfig) -> TwoTowerDataModule:
+    embeddings = hydra.utils.instantiate(cfg.embeddings)
+    negatives = hydra.utils.instantiate(cfg.negatives)
+    teacher = hydra.utils.instantiate(cfg.teacher) if cfg.get("teacher") else None
+    return hydra.utils.instantiate(cfg.data, embeddings=embeddings, negatives=negatives, teacher=teacher, seed=cfg.seed, _recursive_=False)
+
+
+def build_module(cfg: DictConfig, datamodule: TwoTowerDataModule) -> TwoTowerModule:
+    module = TwoTowerModule(
+        vocab_size=len(datamodule.tokenizer),
+        embedding_dim=datamodule.embedding_matrix.shape[1],
+        encoder=cfg.encoder,
+        loss=cfg.loss,
+        optimizer=cfg.optimizer,
+        scheduler=cfg.get("scheduler") or None,
+        shared_towers=cfg.model.shared_towers,
+        freeze_embeddings=cfg.embeddings.freeze,
+        gather_across_devices=cfg.model.gather_across_devices,
+        extension_size=len(datamodule.tokenizer.extension_words),
+        hash_buckets=cfg.model.hash_buckets,
+    )
+    module.towers.load_embeddings(datamodule.embedding_matrix)
+    module.attach_tokenizer(datamodule.tokenizer)
+    return module
+
+
+def resolve_ckpt_path(cfg: DictConfig) -> str | None:
+    """``ckpt_path=last`` means this run dir's own ``checkpoints/last.ckpt`` (resume a preempted run by
+    running the same command with ``hydra.run.dir`` set to its dir)."""
+    path = cfg.get("ckpt_path")
+    if path != "last":
+        return path
+    last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    if not last.is_file():
+        raise ConfigError(
+            f"ckpt_path=last: no {last}. Point hydra.run.dir (or hydra.sweep.dir for a multirun) at the run to "
+            "resume, or give ckpt_path=PATH/TO/last.ckpt"
+        )
+    return str(last)
+
+
+def check_resume_shapes(path: str, module: TwoTowerModule) -> None:
+    """Refuse, in one line, a checkpoint of another model shape (encoder, dims, bag path) than this config's."""
+    saved = torch.load(path, map_location="cpu", weights_only=True, mmap=True)["state_dict"]
+    own = module.state_dict()
+    problems = [f"{k}: {tuple(saved[k].shape)} in the checkpoint vs {tuple(own[k].shape)} here" for k in own if k in saved and tuple(saved[k].shape) != tuple(own[k].shape)]
+    missing, unexpected = sorted(own.keys() - saved.keys()), sorted(saved.keys() - own.keys())
+    if missing:
+        problems.append(f"not in the checkpoint: {missing[:3]}{' ...' if len(missing) > 3 else ''}")
+    if unexpected:
+        problems.append(f"only in the checkpoint: {unexpected[:3]}{' ...' if len(unexpected) > 3 else ''}")
+    if problems:
+        raise CheckpointError(
+            f"ckpt_path={path}: trained with another model than this config ({'; '.join(problems[:3])}): resume with the "
+            "encoder and model settings it was trained with (its run folder's .hydra/config.yaml)"
+        )
+
+
+def check_resume_checkpoint(path: str, tokenizer) -> None:
+    """Refuse, in one line, a checkpoint that is truncated, foreign, or made with another vocabulary."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:
+        raise CheckpointError(f"ckpt_path={path}: not a readable checkpoint (truncated, or not a torch file): {type(err).__name__}: {err}") from err
+    if not isinstance(state, dict) or "state_dict" not in state or "tokenizer" not in state:
+        raise CheckpointError(f"ckpt_path={path}: not a two-tower training checkpoint (no state_dict or tokenizer in it)")
+    words = state["tokenizer"].get("words", [])
+    if state["tokenizer"].get("format", 1) != 2:
+        raise CheckpointError(f"ckpt_path={path}: made before open vocabularies (tokenizer format 1); start a new run")
+    if words != tokenizer.words:
+        raise CheckpointError(
+            f"ckpt_path={path}: trained with another vocabulary ({len(words)} words; this data and tokenizer give "
+            f"{len(tokenizer.words)}): resume with the data and tokenizer settings it was trained with"
+        )
+
+
+def test_best_checkpoint(trainer: L.Trainer, module: TwoTowerModule, datamodule: TwoTowerDataModule, loggers: list) -> dict[str, float]:
+    """Score the best-on-validation checkpoint on the labelled test split, once: ``test/*`` in every
+    logger (and the W&B run summary). Nothing without a test split or a best checkpoint."""
+    if datamodule.test is None:
+        return {}
+    checkpoint = trainer.checkpoint_callback
+    if checkpoint is None or not checkpoint.best_model_path or trainer.interrupted:
+        log.info("Test split not scored: no best-on-validation checkpoint (validation did not run on the full corpus, or training stopped)")
+        return {}
+    results = trainer.test(module, datamodule=datamodule, ckpt_path=checkpoint.best_model_path, verbose=False)
+    metrics = {k: float(v) for k, v in (results[0] if results else {}).items() if k.startswith("test/")}
+    from lightning.pytorch.loggers import WandbLogger
+
+    for logger in loggers:
+        if isinstance(logger, WandbLogger):
+            logger.experiment.summary.update(metrics)
+        logger.save()
+    log.info("Test (best-on-validation checkpoint %s, the number to report): %s", Path(checkpoint.best_model_path).name, {k: round(v, 4) for k, v in sorted(metrics.items())})
+    return metrics
+
+
+@task_wrapper
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Train (or resume with ``ckpt_path``) and return the final logged metrics."""
+    validate_train_config(cfg)
+    # Before any loading, tokenizing or training: the run folder and the cache folder must take files.
+    check_writable(cfg.paths.output_dir, f"paths.output_dir={cfg.paths.output_dir}", min_free_bytes=16 << 20)
+    if cfg.paths.get("cache_dir"):
+        check_writable(cfg.paths.cache_dir, f"paths.cache_dir={cfg.paths.cache_dir}", min_free_bytes=16 << 20)
+    sweep_stale_temps(Path(cfg.paths.output_dir) / "checkpoints")  # partial checkpoints of a killed run
+    set_threads(cfg.get("threads"))
+    L.seed_everything(cfg.seed, workers=True)
+    start = time.perf_counter()
+    ckpt_path = resolve_ckpt_path(cfg)
+
+    datamodule = build_datamodule(cfg)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    if ckpt_path:
+        check_resume_checkpoint(ckpt_path, datamodule.tokenizer)
+    # Seeded again: preparing data on a cache miss (distilling word vectors, mining, ...) may draw from the
+    # global generators and a cache hit does not, so without this a run on a cold cache started from
+    # other weights (and ended at other figures) than the same run on a warm one.
+    L.seed_everything(cfg.seed, workers=True)
+    module = build_module(cfg, datamodule)
+    if ckpt_path:
+        check_resume_shapes(ckpt_path, module)
+    log.info("Model: %d trainable / %d parameters", sum(p.numel() for p in module.parameters() if p.requires_grad), sum(p.numel() for p in module.parameters()))
+
+    fill_wandb_group_and_tags(cfg)  # logger.wandb.group/tags: null = the sweep and the chosen options
+    loggers = instantiate_group(cfg.get("logger"))
+    key = current_config_key()  # all overrides but the seed: seeds of one configuration share it
+    for logger in loggers:
+        logger.log_hyperparams({**OmegaConf.to_container(cfg, resolve=True), **({"config_key": key} if key else {})})
+    callbacks = instantiate_group(cfg.get("callbacks")) + tracking_callbacks(loggers)
+    if cfg.trainer.get("enable_progress_bar") is False:  # Lightning refuses a progress bar callback then
+        callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
+    if datamodule.negatives.refresh_every_n_epochs:
+        callbacks.append(NegativeRefresh(datamodule.negatives.refresh_every_n_epochs))
+    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, _convert_="all")
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    metrics["time/train_seconds"] = time.perf_counter() - start
+    for logger in loggers:
+        logger.log_metrics({"time/train_seconds": metrics["time/train_seconds"]}, step=trainer.global_step)
+        logger.save()
+    checkpoint = trainer.checkpoint_callback
+    if checkpoint is not None and checkpoint.best_model_path:
+        log.info("Best checkpoint: %s (%s=%.4f)", checkpoint.best_model_path, checkpoint.monitor, float(checkpoint.best_model_score or 0))
+    metrics.update(test_best_checkpoint(trainer, module, datamodule, loggers))
+    log.info("Final metrics: %s", {k: round(v, 4) for k, v in sorted(metrics.items())})
+    return metrics
