@@ -40,8 +40,9 @@ class DenseRetriever(SplitRetriever):
         """The split's passages and queries in the checkpoint's tokens, and the queries to encode (logs
         the token ranges; sets the bag-of-words statistics of this split's passages)."""
         tokenizer, towers = self.module.tokenizer, self.module.towers
-        passage_tokens = Ragged.from_lists(tokenizer.encode_passages(split.passage_texts))
-        query_tokens = Ragged.from_lists(tokenizer.encode_queries(split.query_texts))
+        # Straight into int32 arrays (no Python list of ids per text: ~3 GB at 658k passages).
+        passage_tokens = Ragged(*tokenizer.encode_ragged(split.passage_texts, tokenizer.max_passage_len))
+        query_tokens = Ragged(*tokenizer.encode_ragged(split.query_texts, tokenizer.max_query_len))
         evaluated = split.evaluated_queries()
         self.token_ranges = {
             "queries": tokenizer.id_ranges(np.concatenate([query_tokens.values[query_tokens.offsets[r] : query_tokens.offsets[r + 1]] for r in evaluated] or [[]])),
