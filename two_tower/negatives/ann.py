@@ -35,6 +35,7 @@ class VectorFile:
     def __init__(self, path: Path, rows: int, dim: int):
         self.path, self.rows, self.dim, self.row_bytes = Path(path), rows, dim, 4 * dim
         self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        self._close = weakref.finalize(self, os.close, self.fd)  # also if never closed explicitly
         os.ftruncate(self.fd, rows * self.row_bytes)
 
     def __len__(self) -> int:
@@ -66,9 +67,8 @@ class VectorFile:
         return out
 
     def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+        self._close()
+        self.fd = -1
 
 
 def passage_blocks(num_passages: int, block_rows: int) -> list[tuple[int, int]]:
