@@ -40,7 +40,7 @@ class DenseRetriever(SplitRetriever):
         """The split's passages and queries in the checkpoint's tokens, and the queries to encode (logs
         the token ranges; sets the bag-of-words statistics of this split's passages)."""
         tokenizer, towers = self.module.tokenizer, self.module.towers
-        # Straight into int32 arrays (no Python list of ids per text: ~3 GB at 658k passages).
+        # Straight into int32 arrays (the same ids; no Python list of ids per text).
         passage_tokens = Ragged(*tokenizer.encode_ragged(split.passage_texts, tokenizer.max_passage_len))
         query_tokens = Ragged(*tokenizer.encode_ragged(split.query_texts, tokenizer.max_query_len))
         evaluated = split.evaluated_queries()
