@@ -14,7 +14,7 @@ from two_tower.data.datamodule import TwoTowerDataModule
 from two_tower.data.embeddings import RandomEmbeddings
 from two_tower.model.module import TwoTowerModule
 from two_tower.negatives import ANNNegatives, BM25Negatives, InBatchNegatives, RandomNegatives
-from two_tower.negatives.ann import model_scorer
+from two_tower.negatives.ann import FileScorer, model_scorer, passage_blocks
 from two_tower.negatives.mining import MinedNegatives, WordSets, jaccard, top_k_by_scores
 from two_tower.core.metrics import rank_by_scores
 from two_tower.data.tokenizer import split_words
@@ -151,10 +151,80 @@ def test_ann_negatives_and_refresh_changes_them(tmp_path, tiny_checkpoint):
         assert not set(dm.train.positives[row].tolist()) & set(miner.pool[row].tolist())
     before = [miner.pool[r].tolist() for r in range(dm.train.num_queries)]
     other = TwoTowerModule(len(dm.tokenizer), 8, {"_target_": "two_tower.model.encoders.RNNEncoder", "cell": "gru", "hidden_size": 16, "dim": 16}, {"_target_": "two_tower.model.losses.InfoNCELoss"}, {"_target_": "torch.optim.Adam", "_partial_": True})
-    miner.refresh(model_scorer(other, dm.train), dm.train)
+    miner.refresh(model_scorer(other, dm.train, folder=tmp_path / "vectors"), dm.train)
     after = [miner.pool[r].tolist() for r in range(dm.train.num_queries)]
     assert after != before
     assert all(not set(dm.train.positives[r].tolist()) & set(after[r]) for r in range(len(after)))
+    assert list((tmp_path / "vectors").iterdir()) == []  # the vectors' files are gone
+    assert not list((tmp_path / "cache").glob("ann-vectors-*"))
+
+
+def test_passage_blocks_cover_the_passages_without_a_short_tail():
+    for n in (1, 63, 64, 65, 127, 128, 1000, 4097):
+        for rows in (0, 1, 64, 100, 256, 5000):
+            blocks = passage_blocks(n, rows)
+            assert blocks[0][0] == 0 and blocks[-1][1] == n
+            assert all(a[1] == b[0] for a, b in zip(blocks, blocks[1:]))
+            size = max(64, rows // 64 * 64)
+            assert all(stop - start == size for start, stop in blocks[:-1])
+            assert len(blocks) == 1 or size <= blocks[-1][1] - blocks[-1][0] < 2 * size
+
+
+@pytest.mark.parametrize("passages,dim", [(1000, 8), (777, 300), (4097, 40), (65, 16)])
+def test_file_scorer_is_bit_for_bit_the_single_product(tmp_path, passages, dim):
+    """Vectors written in shuffled batches to files and multiplied a passage block at a time: exactly
+    ``queries[rows] @ passages.T`` of the matrices in memory, for single rows and odd steps, and with
+    tied passages (repeated vectors) and zero rows (never written)."""
+    gen = torch.Generator().manual_seed(passages)
+    P, Q = torch.randn(passages, dim, generator=gen), torch.randn(50, dim, generator=gen)
+    P[1::7] = P[0]  # ties
+    Q[3] = 0.0
+    for block_mb in (1e-9, 64 * 4 * dim / 2**20 * 3.5, 1000):
+        folder = tmp_path / f"v{block_mb}"
+        folder.mkdir()
+        scorer = FileScorer(folder, passages, dim, len(Q), dim, block_mb)
+        order = torch.randperm(passages, generator=gen)
+        for start in range(0, passages, 37):
+            index = order[start : start + 37]
+            scorer.passages[index] = P[index]
+        written = [r for r in range(len(Q)) if r != 3]
+        scorer.queries[np.array(written)] = Q[written]
+        assert (len(scorer.blocks) > 1) == (block_mb < 1 and passages > 127)
+        for rows in (np.arange(50), np.array([3]), np.array([5]), np.arange(7, 30), np.array([49, 0, 12])):
+            assert torch.equal(scorer(rows), Q[rows] @ P.T)
+        scorer.close()
+        assert not folder.exists()
+
+
+def in_memory_ann_scorer(checkpoint, split):
+    """ANN scores as they were first computed: every vector in memory, one product a step."""
+    from two_tower.retrieval.dense import DenseRetriever
+
+    retriever = DenseRetriever(str(checkpoint))
+    retriever.prepare(split)
+    return retriever.scores
+
+
+@pytest.mark.parametrize("chunk", [7, 512])
+def test_ann_pools_equal_the_in_memory_mining(tmp_path, tiny_checkpoint, chunk):
+    """Vectors in files, passages a block at a time: the same pools as with the whole matrices in memory,
+    with tied scores planted (repeated passages) and a near duplicate of a positive."""
+    split = prepared(tmp_path).train
+    for dup in range(10, 60, 5):
+        split.passage_texts[dup + 1] = split.passage_texts[dup]
+    pos = int(split.positives[0][0])
+    split.passage_texts[1] = " ".join(split.passage_texts[pos].split()[:-1] + ["zebra"])
+    miner = ANNNegatives(per_query=1, range_min=1, range_max=12, near_duplicate_jaccard=0.8, chunk=chunk, checkpoint=str(tiny_checkpoint), passage_block_mb=1e-9, cache_dir=str(tmp_path / "c"))
+    expected = miner.mine(split, in_memory_ann_scorer(tiny_checkpoint, split))
+    scorer = miner.scorer(split)
+    assert len(scorer.blocks) > 1 and list((tmp_path / "c").glob("ann-vectors-*"))
+    scores = scorer(np.arange(split.num_queries))
+    assert torch.equal(scores, in_memory_ann_scorer(tiny_checkpoint, split)(np.arange(split.num_queries)))
+    assert (scores[:, 11:60:5] == scores[:, 10:60:5]).all()  # the planted ties
+    scorer.close()
+    miner.prepare(split)
+    assert np.array_equal(miner.pool.values, expected.values) and np.array_equal(miner.pool.offsets, expected.offsets)
+    assert not list((tmp_path / "c").glob("ann-vectors-*"))
 
 
 def test_ann_requires_a_checkpoint():

@@ -1,7 +1,7 @@
 """Hard-negative mining at v1.1 size: time and peak memory (issue #14 item 4; a benchmark, not a test).
 
     python experiments/scale/mining_bench.py --rows 82326 --miner bm25 --out results.jsonl [--code DIR]
-    python experiments/scale/mining_bench.py --rows 82326 --miner ann --ckpt CKPT ...
+    python experiments/scale/mining_bench.py --rows 82326 --passage-words 40 80 --miner ann --ckpt CKPT --mine-queries 1024 ...
 
 Training rows from ``synthetic.make_rows`` (8 passages a row, ``--passage-words`` filler words a passage,
 default 40-72: mean 56, v1.1's average; 1,500 topics), prepared with a bare tokenizer (mining needs only
@@ -9,6 +9,8 @@ texts, positives and candidates), then ``miner.scorer(split)`` (BM25 index / den
 ``miner.mine(split, scorer)`` (every query ranked over every training passage). ``--code DIR`` imports
 ``two_tower`` from another checkout (e.g. main before the change) to compare time, memory and the pools
 (their SHA-1 is printed). Peak RSS is this process's high-water mark after each step (no worker processes).
+ANN mining writes its vector files to a temporary folder under ``--work-dir`` (code with bounded ANN
+mining; removed by ``scorer.close()`` after mining).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ def main() -> None:
     parser.add_argument("--code", default=str(Path(__file__).resolve().parents[2]))
     parser.add_argument("--out", required=True)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--work-dir", default="/tmp/mining_bench", help="the miner's cache_dir (ANN's temporary vector files go there)")
     parser.add_argument("--mine-queries", type=int, default=0, help="mine only the first N queries (over all passages); 0 = all")
     args = parser.parse_args()
     sys.path.insert(0, args.code)
@@ -61,11 +64,11 @@ def main() -> None:
     if args.miner == "bm25":
         from two_tower.negatives import BM25Negatives
 
-        miner = BM25Negatives(per_query=1, chunk=args.chunk, cache_dir="/tmp/unused")
+        miner = BM25Negatives(per_query=1, chunk=args.chunk, cache_dir=args.work_dir)
     else:
         from two_tower.negatives import ANNNegatives
 
-        miner = ANNNegatives(per_query=1, chunk=args.chunk, checkpoint=args.ckpt, cache_dir="/tmp/unused")
+        miner = ANNNegatives(per_query=1, chunk=args.chunk, checkpoint=args.ckpt, cache_dir=args.work_dir)
     t1 = time.perf_counter()
     scorer = miner.scorer(split)
     figures.update(scorer_s=time.perf_counter() - t1, scorer_peak_rss_mb=peak_rss_mb())
@@ -82,6 +85,10 @@ def main() -> None:
     t2 = time.perf_counter()
     pool = miner.mine(mined, scorer)
     figures.update(mine_s=time.perf_counter() - t2, mine_peak_rss_mb=peak_rss_mb())
+    if hasattr(scorer, "passages") and hasattr(scorer.passages, "row_bytes"):  # bounded ANN mining's files
+        figures["vector_files_mb"] = (scorer.passages.rows * scorer.passages.row_bytes + scorer.queries.rows * scorer.queries.row_bytes) / 2**20
+    if hasattr(scorer, "close"):  # bounded ANN mining: remove its vector files
+        scorer.close()
     figures["mine_ms_per_query"] = 1000 * figures["mine_s"] / mined.num_queries
     digest = hashlib.sha1(np.ascontiguousarray(pool.values, dtype=np.int64).tobytes() + np.ascontiguousarray(pool.offsets, dtype=np.int64).tobytes())
     figures.update(pool_sha1=digest.hexdigest()[:16], load_avg_1m=os.getloadavg()[0], time=time.strftime("%Y-%m-%dT%H:%M:%S"))

@@ -135,7 +135,7 @@ class MinedNegatives(NegativeSampler):
             log.info("Hard negatives (%s): cache hit %s", self.name, entry)
             return
         cache.check_writable()
-        self.pool = self.mine(split, self.scorer(split))
+        self.pool = self.mine_and_close(split, self.scorer(split))
         with cache.put(key) as tmp:
             np.savez(tmp / "pool.npz", values=self.pool.values, offsets=self.pool.offsets)
         path = cache.path(key)
@@ -148,7 +148,16 @@ class MinedNegatives(NegativeSampler):
 
     def refresh(self, scorer, split: PreparedSplit) -> None:
         """Re-mine with another scorer (e.g. the model being trained); not cached."""
-        self.pool = self.mine(split, scorer)
+        self.pool = self.mine_and_close(split, scorer)
+
+    def mine_and_close(self, split: PreparedSplit, scorer) -> Ragged:
+        """``mine``, then ``scorer.close()`` if it has one (e.g. to remove its files of vectors)."""
+        try:
+            return self.mine(split, scorer)
+        finally:
+            close = getattr(scorer, "close", None)
+            if close is not None:
+                close()
 
     # ------------------------------------------------------------------ mining
     def mine(self, split: PreparedSplit, scorer) -> Ragged:

@@ -24,7 +24,8 @@ class NegativeRefresh(L.Callback):
             return
         negatives, split = trainer.datamodule.negatives, trainer.datamodule.train
         start = time.perf_counter()
-        negatives.refresh(model_scorer(pl_module, split), split)
+        scorer = model_scorer(pl_module, split, folder=negatives.cache_dir, **({"passage_block_mb": negatives.passage_block_mb} if hasattr(negatives, "passage_block_mb") else {}))
+        negatives.refresh(scorer, split)
         seconds = time.perf_counter() - start
         log.info("Epoch %d: refreshed hard negatives with the current model in %.1fs", epoch, seconds)
         pl_module.log("negatives/refresh_seconds", seconds, on_step=False, on_epoch=True, batch_size=1)

@@ -52,16 +52,17 @@ def model_identity(module, checkpoint: str | Path) -> dict:
     }
 
 
-def encode_tokens(encode, tokens: Ragged, dim: int, batch_size: int = 512, items: np.ndarray | None = None, progress: tqdm | None = None) -> torch.Tensor:
+def encode_tokens(encode, tokens: Ragged, dim: int, batch_size: int = 512, items: np.ndarray | None = None, progress: tqdm | None = None, out=None):
     """Encode rows of ``tokens`` with ``encode(ids, lengths)`` in length-sorted batches (as validation does).
 
     Returns [len(tokens), dim] float32; rows not in ``items`` (default: all) stay zero. ``progress``
-    (a tqdm bar) is advanced by the rows encoded.
+    (a tqdm bar) is advanced by the rows encoded. ``out``: where the rows go instead of a new tensor
+    (anything taking ``out[index] = vectors``, e.g. ``negatives.ann.VectorFile``); it is returned.
     """
     items = np.arange(len(tokens)) if items is None else items
     batches = LengthSortedBatches(tokens.lengths, batch_size, items=items)
     dataset = TokenBatches(tokens)
-    out = torch.zeros(len(tokens), dim)
+    out = torch.zeros(len(tokens), dim) if out is None else out
     with torch.inference_mode():
         for plan in batches:
             batch = dataset[plan]

@@ -34,9 +34,15 @@ class DenseRetriever(SplitRetriever):
         if split is self.split:
             return
         super().prepare(split)
+        self.passages, self.queries = self.encode(*self.tokenize(split))
+
+    def tokenize(self, split: PreparedSplit) -> tuple[Ragged, Ragged, np.ndarray]:
+        """The split's passages and queries in the checkpoint's tokens, and the queries to encode (logs
+        the token ranges; sets the bag-of-words statistics of this split's passages)."""
         tokenizer, towers = self.module.tokenizer, self.module.towers
-        passage_tokens = Ragged.from_lists(tokenizer.encode_passages(split.passage_texts))
-        query_tokens = Ragged.from_lists(tokenizer.encode_queries(split.query_texts))
+        # Straight into int32 arrays (the same ids; no Python list of ids per text).
+        passage_tokens = Ragged(*tokenizer.encode_ragged(split.passage_texts, tokenizer.max_passage_len))
+        query_tokens = Ragged(*tokenizer.encode_ragged(split.query_texts, tokenizer.max_query_len))
         evaluated = split.evaluated_queries()
         self.token_ranges = {
             "queries": tokenizer.id_ranges(np.concatenate([query_tokens.values[query_tokens.offsets[r] : query_tokens.offsets[r + 1]] for r in evaluated] or [[]])),
@@ -46,10 +52,17 @@ class DenseRetriever(SplitRetriever):
         # The bag-of-words path weighs terms by their IDF over this split's passages, as validation does.
         if towers.bags():
             towers.set_statistics(towers.corpus_statistics(passage_tokens))
-        with progress_bar(split.num_passages, "Encoding passages") as bar:
-            self.passages = encode_tokens(self.module.encode_passages, passage_tokens, towers.passage_encoder.output_dim, self.batch_size, progress=bar)
+        return passage_tokens, query_tokens, evaluated
+
+    def encode(self, passage_tokens: Ragged, query_tokens: Ragged, evaluated: np.ndarray, passages_out=None, queries_out=None):
+        """Passage and query vectors ([rows, dim] float32; queries not in ``evaluated`` stay zero), into
+        ``passages_out`` / ``queries_out`` if given (see ``encode_tokens``)."""
+        towers = self.module.towers
+        with progress_bar(len(passage_tokens), "Encoding passages") as bar:
+            passages = encode_tokens(self.module.encode_passages, passage_tokens, towers.passage_encoder.output_dim, self.batch_size, progress=bar, out=passages_out)
         with progress_bar(len(evaluated), "Encoding queries") as bar:
-            self.queries = encode_tokens(self.module.encode_queries, query_tokens, towers.query_encoder.output_dim, self.batch_size, items=evaluated, progress=bar)
+            queries = encode_tokens(self.module.encode_queries, query_tokens, towers.query_encoder.output_dim, self.batch_size, items=evaluated, progress=bar, out=queries_out)
+        return passages, queries
 
     def scores(self, query_rows: np.ndarray) -> torch.Tensor:
         return self.queries[query_rows] @ self.passages.T
