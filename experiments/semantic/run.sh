@@ -19,6 +19,8 @@ python train.py -m experiment=best_infonce seed=1,2,42 data.path="$DATA" hydra.s
 python train.py experiment=best_infonce loss=distill loss.temperature=0.05 seed=42 data.path="$DATA" hydra.run.dir="$OUT/distill"
 python train.py -m experiment=best seed=1,2,42 data.path="$DATA" hydra.sweep.dir="$OUT/best"
 python train.py experiment=best data.pseudo_queries.count=10000 trainer.max_epochs=4 seed=42 data.path="$DATA" hydra.run.dir="$OUT/pseudo10k"
+python train.py experiment=best loss.label_weight=0.3 seed=42 data.path="$DATA" hydra.run.dir="$OUT/label_weight_0.3"
+python train.py experiment=best data.pseudo_queries.min_words=3 data.pseudo_queries.max_words=8 seed=42 data.path="$DATA" hydra.run.dir="$OUT/short_crops"
 python train.py -m experiment=best_rnn loss=distill trainer.max_epochs=5 seed=42 data.path="$DATA" hydra.sweep.dir="$OUT/rnn_distill"
 python train.py -m experiment=best_rnn loss=distill data.pseudo_queries.count=5000 trainer.max_epochs=5 seed=42 data.path="$DATA" hydra.sweep.dir="$OUT/rnn_pseudo"
 # Passages per second against the teacher (same passages, same thread, one process).
