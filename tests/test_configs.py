@@ -80,3 +80,30 @@ def test_slurm_launcher_config_composes():
     launcher = cfg.hydra.launcher
     assert launcher._target_.endswith("SlurmLauncher")
     assert (launcher.nodes, launcher.tasks_per_node, launcher.gpus_per_node) == (2, 4, 4)
+
+
+def test_a_range_is_stated_once_for_configs_and_constructors(tiny_cfg):
+    """The config check and the constructors refuse an out-of-range value with the same rule and words
+    (two_tower/core/checks.py), and the encoder's cell names are the rule's."""
+    from two_tower.core.checks import CELLS
+    from two_tower.core.errors import ConfigError
+    from two_tower.model.encoders import CELLS as CELL_MODULES
+    from two_tower.model.encoders import RNNEncoder
+    from two_tower.model.embedding import OpenEmbedding
+    from two_tower.model.losses import DistillLoss, InfoNCELoss, TripletLoss
+    from two_tower.training.config import validate_train_config
+
+    assert set(CELL_MODULES) == set(CELLS)
+    cases = [
+        ("encoder.bag_mix", 1.5, [], lambda: RNNEncoder(OpenEmbedding(10, 4), bag_dim=8, bag_mix=1.5)),
+        ("encoder.pooling", "sum", [], lambda: RNNEncoder(OpenEmbedding(10, 4), pooling="sum")),
+        ("loss.temperature", -0.1, [], lambda: InfoNCELoss(temperature=-0.1)),
+        ("loss.label_weight", 2.0, ["loss=distill"], lambda: DistillLoss(label_weight=2.0)),
+        ("loss.margin", -1.0, ["loss=triplet"], lambda: TripletLoss(margin=-1.0)),
+    ]
+    for key, value, group, build in cases:
+        with pytest.raises(ConfigError) as from_python:
+            build()
+        with pytest.raises(ConfigError) as from_config:
+            validate_train_config(tiny_cfg(*group, f"{key}={value}"))
+        assert str(from_python.value) == str(from_config.value) and str(from_python.value).startswith(f"{key}={value!r}: must be")

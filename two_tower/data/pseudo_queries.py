@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from two_tower.core.checks import check
+from two_tower.core.errors import ConfigError
 from two_tower.data.prepared import PreparedSplit, Ragged
 from two_tower.data.tokenizer import Tokenizer
 
@@ -19,8 +21,10 @@ from two_tower.data.tokenizer import Tokenizer
 def crop_queries(passage_texts: list[str], count: int, min_words: int, max_words: int, seed: int) -> tuple[list[str], np.ndarray]:
     """``count`` spans of ``min_words``..``max_words`` words (fewer if the passage is shorter), each from a
     passage drawn uniformly (a passage may give several); returns (texts, source passage ids)."""
-    if count < 0 or not 1 <= min_words <= max_words:
-        raise ValueError(f"pseudo_queries: need count >= 0 and 1 <= min_words <= max_words, got {count}, {min_words}, {max_words}")
+    for key, value in (("count", count), ("min_words", min_words), ("max_words", max_words)):
+        check(f"data.pseudo_queries.{key}", value)
+    if min_words > max_words:
+        raise ConfigError(f"data.pseudo_queries.min_words={min_words} must be at most data.pseudo_queries.max_words={max_words}")
     rng = np.random.default_rng(seed)
     sources = rng.integers(0, len(passage_texts), size=count) if passage_texts else np.zeros(0, np.int64)
     texts = []

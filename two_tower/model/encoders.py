@@ -17,12 +17,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from two_tower.core.checks import check
 from two_tower.model.bag import BagOfWords, TermStatistics
 from two_tower.model.embedding import OpenEmbedding
 
-CELLS = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}
-POOLINGS = ("last", "mean", "max")
-PACKINGS = ("auto", "packed", "masks")
+CELLS = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}  # the names: two_tower/core/checks.py CELLS
 
 
 class RNNEncoder(nn.Module):
@@ -46,12 +45,8 @@ class RNNEncoder(nn.Module):
         skip: bool = False,
     ):
         super().__init__()
-        if cell not in CELLS:
-            raise ValueError(f"encoder.cell must be one of {sorted(CELLS)}, got {cell!r}")
-        if pooling not in POOLINGS:
-            raise ValueError(f"encoder.pooling must be one of {POOLINGS}, got {pooling!r}")
-        if packing not in PACKINGS:
-            raise ValueError(f"encoder.packing must be one of {PACKINGS}, got {packing!r}")
+        for key, value in (("cell", cell), ("pooling", pooling), ("packing", packing)):
+            check(f"encoder.{key}", value)
         if packing == "masks" and bidirectional:
             raise ValueError("encoder.packing=masks needs a unidirectional RNN (a backward pass would start in the padding)")
         # auto: masks where they give the same result (unidirectional), packed sequences otherwise.
@@ -83,8 +78,7 @@ class RNNEncoder(nn.Module):
         self.output_dim = dim or rnn_out
         self.bag: BagOfWords | None = None
         if bag_dim:
-            if not 0 < bag_mix < 1:
-                raise ValueError(f"encoder.bag_mix must be in (0, 1), got {bag_mix}")
+            check("encoder.bag_mix", bag_mix)
             # Words of one stem (bag_stemmer) share a key, so "runs" matches "running".
             self.bag = BagOfWords(embedding.num_words, bag_dim, stemmer=bag_stemmer)
             # Share of the bag in the score: score = (1 - mix) * cos(RNN parts) + mix * cos(bag parts); learned.

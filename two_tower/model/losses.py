@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from two_tower.core.checks import check
+
 
 def softmax_columns(negative_mask: torch.Tensor, positive_column: torch.Tensor) -> torch.Tensor:
     """[B, C] bool: the passages each query's softmax ranks, its positive and its valid negatives."""
@@ -30,8 +32,8 @@ class TripletLoss(nn.Module):
 
     def __init__(self, margin: float = 0.2, in_batch: str = "hardest"):
         super().__init__()
-        if in_batch not in ("hardest", "all"):
-            raise ValueError(f"loss.in_batch must be 'hardest' or 'all', got {in_batch!r}")
+        check("loss.margin", margin)
+        check("loss.in_batch", in_batch)
         self.margin, self.in_batch = margin, in_batch
 
     def forward(self, queries, passages, positive_column, negative_mask, negative_columns):
@@ -67,8 +69,7 @@ class InfoNCELoss(nn.Module):
 
     def __init__(self, temperature: float = 0.05):
         super().__init__()
-        if temperature <= 0:
-            raise ValueError(f"loss.temperature must be > 0, got {temperature}")
+        check("loss.temperature", temperature)
         self.temperature = temperature
 
     def forward(self, queries, passages, positive_column, negative_mask, negative_columns):
@@ -95,10 +96,9 @@ class DistillLoss(nn.Module):
 
     def __init__(self, temperature: float = 0.1, teacher_temperature: float = 0.05, label_weight: float = 0.5):
         super().__init__()
-        if temperature <= 0 or teacher_temperature <= 0:
-            raise ValueError(f"loss.temperature and loss.teacher_temperature must be > 0, got {temperature}, {teacher_temperature}")
-        if not 0 <= label_weight <= 1:
-            raise ValueError(f"loss.label_weight must be in [0, 1], got {label_weight}")
+        check("loss.temperature", temperature)
+        check("loss.teacher_temperature", teacher_temperature)
+        check("loss.label_weight", label_weight)
         self.temperature, self.teacher_temperature, self.label_weight = temperature, teacher_temperature, label_weight
 
     def forward(self, queries, passages, positive_column, negative_mask, negative_columns, teacher_scores=None, labelled=None):

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from two_tower.core.checks import check
 from two_tower.data.prepared import PreparedSplit
 from two_tower.negatives.mining import MinedNegatives
 
@@ -126,8 +127,7 @@ class ANNNegatives(MinedNegatives):
         self.checkpoint = Path(checkpoint).expanduser()
         if not self.checkpoint.is_file():
             raise FileNotFoundError(f"negatives.checkpoint={self.checkpoint}: no such checkpoint file")
-        if passage_block_mb <= 0:
-            raise ValueError(f"negatives.passage_block_mb must be > 0, got {passage_block_mb}")
+        check("negatives.passage_block_mb", passage_block_mb)
         self.batch_size = batch_size
         # Memory for the passage vectors multiplied at once (the rest wait in a file); pools do not depend on it.
         self.passage_block_mb = passage_block_mb

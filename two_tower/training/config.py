@@ -7,71 +7,12 @@ required value left unset (``???``), or options that do not go together.
 
 from __future__ import annotations
 
-from numbers import Real
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from two_tower.core.checks import RULES, check
 from two_tower.core.errors import ConfigError
-
-# key -> (type, check, what the check means); a key missing from the config is not checked.
-INT, NUM, BOOL = (int,), (Real,), (bool,)
-RULES = {
-    "seed": (INT, lambda v: True, "an integer"),
-    "threads": (INT, lambda v: v > 0, "a positive integer or null"),
-    "trainer.max_epochs": (INT, lambda v: v >= -1, "an integer >= -1"),
-    "trainer.check_val_every_n_epoch": (INT, lambda v: v > 0, "a positive integer"),
-    "trainer.log_every_n_steps": (INT, lambda v: v > 0, "a positive integer"),
-    "trainer.gradient_clip_val": (NUM, lambda v: v >= 0, "a number >= 0 or null"),
-    "data.batch_size": (INT, lambda v: v > 0, "a positive integer"),
-    "data.eval_batch_size": (INT, lambda v: v > 0, "a positive integer"),
-    "data.num_workers": (INT, lambda v: v >= 0, "an integer >= 0"),
-    "data.bucket_batches": (INT, lambda v: v >= 0, "an integer >= 0"),
-    "data.max_train_rows": (INT, lambda v: v > 0, "a positive integer or null"),
-    "data.max_val_rows": (INT, lambda v: v > 0, "a positive integer or null"),
-    "data.tokenizer.min_freq": (INT, lambda v: v >= 1, "an integer >= 1"),
-    "data.tokenizer.max_query_len": (INT, lambda v: v >= 1, "an integer >= 1"),
-    "data.tokenizer.max_passage_len": (INT, lambda v: v >= 1, "an integer >= 1"),
-    "data.tokenizer.keep_punctuation": (BOOL, lambda v: True, "true or false"),
-    "embeddings.dim": (INT, lambda v: v > 0, "a positive integer"),
-    "embeddings.freeze": (BOOL, lambda v: True, "true or false"),
-    "encoder.cell": ((str,), lambda v: v in ("rnn", "gru", "lstm"), "one of rnn, gru, lstm"),
-    "encoder.hidden_size": (INT, lambda v: v > 0, "a positive integer"),
-    "encoder.num_layers": (INT, lambda v: v > 0, "a positive integer"),
-    "encoder.bidirectional": (BOOL, lambda v: True, "true or false"),
-    "encoder.dropout": (NUM, lambda v: 0 <= v < 1, "a number in [0, 1)"),
-    "encoder.pooling": ((str,), lambda v: v in ("last", "mean", "max"), "one of last, mean, max"),
-    "encoder.dim": (INT, lambda v: v > 0, "a positive integer or null"),
-    "encoder.skip": (BOOL, lambda v: True, "true or false"),
-    "encoder.bag_dim": (INT, lambda v: v >= 0, "an integer >= 0"),
-    "encoder.bag_mix": (NUM, lambda v: 0 < v < 1, "a number in (0, 1)"),
-    "encoder.bag_stemmer": ((str,), lambda v: v in _stemmer_languages(), "a PyStemmer language (e.g. english) or null"),
-    "negatives.per_query": (INT, lambda v: v >= 0, "an integer >= 0"),
-    "negatives.range_min": (INT, lambda v: v >= 0, "an integer >= 0"),
-    "negatives.range_max": (INT, lambda v: v > 0, "a positive integer"),
-    "negatives.refresh_every_n_epochs": (INT, lambda v: v >= 0, "an integer >= 0"),
-    "loss.margin": (NUM, lambda v: v >= 0, "a number >= 0"),
-    "loss.temperature": (NUM, lambda v: v > 0, "a number > 0"),
-    "loss.in_batch": ((str,), lambda v: v in ("hardest", "all"), "hardest or all"),
-    "loss.teacher_temperature": (NUM, lambda v: v > 0, "a number > 0"),
-    "loss.label_weight": (NUM, lambda v: 0 <= v <= 1, "a number in [0, 1]"),
-    "data.pseudo_queries.count": (INT, lambda v: v >= 0, "an integer >= 0"),
-    "data.pseudo_queries.min_words": (INT, lambda v: v >= 1, "an integer >= 1"),
-    "data.pseudo_queries.max_words": (INT, lambda v: v >= 1, "an integer >= 1"),
-    "teacher.batch_size": (INT, lambda v: v > 0, "a positive integer"),
-    "teacher.max_seq_length": (INT, lambda v: v > 0, "a positive integer or null"),
-    "teacher.threads": (INT, lambda v: v > 0, "a positive integer or null"),
-    "optimizer.lr": (NUM, lambda v: v > 0, "a number > 0"),
-    "optimizer.weight_decay": (NUM, lambda v: v >= 0, "a number >= 0"),
-    "model.shared_towers": (BOOL, lambda v: True, "true or false"),
-    "model.gather_across_devices": (BOOL, lambda v: True, "true or false"),
-}
-
-
-def _stemmer_languages() -> set[str]:
-    import Stemmer
-
-    return set(Stemmer.algorithms())
 
 
 def validate_train_config(cfg: DictConfig) -> None:
@@ -80,12 +21,8 @@ def validate_train_config(cfg: DictConfig) -> None:
     if missing:
         hint = " (negatives=ann mines with a trained model: negatives.checkpoint=PATH)" if "negatives.checkpoint" in missing else ""
         raise ConfigError(f"{', '.join(missing)} must be set{hint}")
-    for key, (types, check, meaning) in RULES.items():
-        value = OmegaConf.select(cfg, key, default=None, throw_on_missing=False)
-        if value is None:
-            continue
-        if isinstance(value, bool) and types != BOOL or not isinstance(value, types) or not check(value):
-            raise ConfigError(f"{key}={value!r}: must be {meaning}")
+    for key in RULES:  # the ranges (two_tower/core/checks.py), the same rules the constructors apply
+        check(key, OmegaConf.select(cfg, key, default=None, throw_on_missing=False))
     negatives = cfg.get("negatives") or {}
     if "range_min" in negatives and negatives.range_min >= negatives.range_max:
         raise ConfigError(f"negatives.range_min={negatives.range_min} must be below negatives.range_max={negatives.range_max}")

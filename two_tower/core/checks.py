@@ -1,0 +1,96 @@
+"""The range of every config value, stated once.
+
+``training/config.py`` checks a composed config against ``RULES`` before any data is loaded, naming the
+key; the constructors that take these values (encoders, losses, negatives, pseudo-queries) call
+``check`` with the same rule, so a value is refused the same way from a config or from Python.
+Relations between values (``range_min < range_max``, options that do not go together) stay with the
+code that needs them.
+"""
+
+from __future__ import annotations
+
+from numbers import Real
+
+from two_tower.core.errors import ConfigError
+
+# The choices of the encoder options (two_tower/model/encoders.py maps them to modules).
+CELLS = ("rnn", "gru", "lstm")
+POOLINGS = ("last", "mean", "max")
+PACKINGS = ("auto", "packed", "masks")
+
+
+def _stemmer_languages() -> set[str]:
+    import Stemmer
+
+    return set(Stemmer.algorithms())
+
+
+# key -> (type, check, what the check means); a key missing from the config is not checked.
+INT, NUM, BOOL = (int,), (Real,), (bool,)
+RULES = {
+    "seed": (INT, lambda v: True, "an integer"),
+    "threads": (INT, lambda v: v > 0, "a positive integer or null"),
+    "trainer.max_epochs": (INT, lambda v: v >= -1, "an integer >= -1"),
+    "trainer.check_val_every_n_epoch": (INT, lambda v: v > 0, "a positive integer"),
+    "trainer.log_every_n_steps": (INT, lambda v: v > 0, "a positive integer"),
+    "trainer.gradient_clip_val": (NUM, lambda v: v >= 0, "a number >= 0 or null"),
+    "data.batch_size": (INT, lambda v: v > 0, "a positive integer"),
+    "data.eval_batch_size": (INT, lambda v: v > 0, "a positive integer"),
+    "data.num_workers": (INT, lambda v: v >= 0, "an integer >= 0"),
+    "data.bucket_batches": (INT, lambda v: v >= 0, "an integer >= 0"),
+    "data.max_train_rows": (INT, lambda v: v > 0, "a positive integer or null"),
+    "data.max_val_rows": (INT, lambda v: v > 0, "a positive integer or null"),
+    "data.tokenizer.min_freq": (INT, lambda v: v >= 1, "an integer >= 1"),
+    "data.tokenizer.max_query_len": (INT, lambda v: v >= 1, "an integer >= 1"),
+    "data.tokenizer.max_passage_len": (INT, lambda v: v >= 1, "an integer >= 1"),
+    "data.tokenizer.keep_punctuation": (BOOL, lambda v: True, "true or false"),
+    "embeddings.dim": (INT, lambda v: v > 0, "a positive integer"),
+    "embeddings.freeze": (BOOL, lambda v: True, "true or false"),
+    "encoder.cell": ((str,), lambda v: v in CELLS, "one of " + ", ".join(CELLS)),
+    "encoder.hidden_size": (INT, lambda v: v > 0, "a positive integer"),
+    "encoder.num_layers": (INT, lambda v: v > 0, "a positive integer"),
+    "encoder.bidirectional": (BOOL, lambda v: True, "true or false"),
+    "encoder.dropout": (NUM, lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    "encoder.pooling": ((str,), lambda v: v in POOLINGS, "one of " + ", ".join(POOLINGS)),
+    "encoder.packing": ((str,), lambda v: v in PACKINGS, "one of " + ", ".join(PACKINGS)),
+    "encoder.dim": (INT, lambda v: v > 0, "a positive integer or null"),
+    "encoder.skip": (BOOL, lambda v: True, "true or false"),
+    "encoder.bag_dim": (INT, lambda v: v >= 0, "an integer >= 0"),
+    "encoder.bag_mix": (NUM, lambda v: 0 < v < 1, "a number in (0, 1)"),
+    "encoder.bag_stemmer": ((str,), lambda v: v in _stemmer_languages(), "a PyStemmer language (e.g. english) or null"),
+    "negatives.per_query": (INT, lambda v: v >= 0, "an integer >= 0"),
+    "negatives.range_min": (INT, lambda v: v >= 0, "an integer >= 0"),
+    "negatives.range_max": (INT, lambda v: v > 0, "a positive integer"),
+    "negatives.refresh_every_n_epochs": (INT, lambda v: v >= 0, "an integer >= 0"),
+    "negatives.passage_block_mb": (NUM, lambda v: v > 0, "a number > 0"),
+    "loss.margin": (NUM, lambda v: v >= 0, "a number >= 0"),
+    "loss.temperature": (NUM, lambda v: v > 0, "a number > 0"),
+    "loss.in_batch": ((str,), lambda v: v in ("hardest", "all"), "hardest or all"),
+    "loss.teacher_temperature": (NUM, lambda v: v > 0, "a number > 0"),
+    "loss.label_weight": (NUM, lambda v: 0 <= v <= 1, "a number in [0, 1]"),
+    "data.pseudo_queries.count": (INT, lambda v: v >= 0, "an integer >= 0"),
+    "data.pseudo_queries.min_words": (INT, lambda v: v >= 1, "an integer >= 1"),
+    "data.pseudo_queries.max_words": (INT, lambda v: v >= 1, "an integer >= 1"),
+    "teacher.batch_size": (INT, lambda v: v > 0, "a positive integer"),
+    "teacher.max_seq_length": (INT, lambda v: v > 0, "a positive integer or null"),
+    "teacher.threads": (INT, lambda v: v > 0, "a positive integer or null"),
+    "optimizer.lr": (NUM, lambda v: v > 0, "a number > 0"),
+    "optimizer.weight_decay": (NUM, lambda v: v >= 0, "a number >= 0"),
+    "model.shared_towers": (BOOL, lambda v: True, "true or false"),
+    "model.gather_across_devices": (BOOL, lambda v: True, "true or false"),
+}
+
+
+def _stemmer_languages() -> set[str]:
+    import Stemmer
+
+    return set(Stemmer.algorithms())
+
+
+def check(key: str, value) -> None:
+    """Raise ConfigError (a ValueError) naming ``key`` if ``value`` breaks its rule; None passes."""
+    types, ok, meaning = RULES[key]
+    if value is None:
+        return
+    if isinstance(value, bool) and types != BOOL or not isinstance(value, types) or not ok(value):
+        raise ConfigError(f"{key}={value!r}: must be {meaning}")
