@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import sys
 import time
 from pathlib import Path
@@ -32,19 +31,10 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+
+# The retrieval study's synthetic passages and memory readings, shared (experiments/retrieval/bench_scale.py).
+from experiments.retrieval.bench_scale import peak_rss_mb, rss_mb, synthetic_texts  # noqa: E402
 CHUNK = 50_000
-
-
-def rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def record(work: Path, entry: dict) -> None:
@@ -52,19 +42,6 @@ def record(work: Path, entry: dict) -> None:
     print(json.dumps(entry), flush=True)
     with open(work / "results.jsonl", "a") as f:
         f.write(json.dumps(entry) + "\n")
-
-
-def synthetic_texts(words: list[str], n: int, low: int, high: int, seed: int) -> list[str]:
-    """n texts of low..high words drawn from ``words`` with Zipf(1.1) ranks (the vocabulary is frequency-ordered)."""
-    rng = np.random.default_rng(seed)
-    lengths = rng.integers(low, high + 1, size=n)
-    ranks = (rng.zipf(1.1, size=int(lengths.sum())) - 1) % len(words)
-    vocab = np.array(words, dtype=object)
-    out, at = [], 0
-    for length in lengths:
-        out.append(" ".join(vocab[ranks[at : at + length]]))
-        at += length
-    return out
 
 
 def corpus(module, data: str, n: int) -> tuple[list[str], list[str]]:
