@@ -34,6 +34,21 @@ TINY = [
 ]
 
 
+def pytest_collection_modifyitems(config, items):
+    """Slow tests first: run by several pytest-xdist workers (the default, ``-n auto``), the long
+    end-to-end runs then start at once and the short tests fill in around them, so the workers finish
+    together instead of one running a long test alone at the end."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # One intra-op thread a worker: the workers already use the cores, and oversubscribed OpenMP pools
+    # slow every worker down (training runs set threads=1 themselves through the config).
+    import torch
+
+    torch.set_num_threads(1)
+
+
 def compose_train(tmp_path: Path, overrides: list[str] = ()) -> DictConfig:
     """The train config for ``overrides`` on tiny synthetic data, writing under ``tmp_path``."""
     tiny = TINY
@@ -56,28 +71,50 @@ def compose_train(tmp_path: Path, overrides: list[str] = ()) -> DictConfig:
 TINY_RUN = ["encoder.bag_dim=16", "encoder.bag_stemmer=english"]
 
 
+def built_once(tmp_path_factory, name: str, build) -> Path:
+    """The folder ``name`` that ``build(folder)`` fills once per test session. Under pytest-xdist all
+    workers share it: the first to take its lock builds it, the others wait for it and read it."""
+    from filelock import FileLock
+
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # the session's folder, shared by its workers
+        root = tmp_path_factory.getbasetemp().parent / name
+    else:
+        root = tmp_path_factory.mktemp(name)
+    with FileLock(f"{root}.lock"):
+        if not (root / ".built").exists():
+            root.mkdir(exist_ok=True)
+            build(root)
+            (root / ".built").touch()
+    return root
+
+
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory) -> dict:
     """One tiny model trained once for the whole session, for every test that only reads a trained
     checkpoint (retrieval, serve, container, negatives, reliability): its config, logged metrics,
     ``last.ckpt``, and its synthetic validation split as a jsonl shard folder (``data``). Read-only:
-    copy a file before changing it."""
+    copy a file before changing it. Under pytest-xdist the workers share it (``built_once``); the
+    config is composed again by each, the same for all."""
     import json
 
     from two_tower.data import synthetic
     from two_tower.training.train import train
 
-    root = tmp_path_factory.mktemp("tiny_run")
+    def build(root: Path) -> None:
+        cfg = compose_train(root, TINY_RUN)
+        metrics = train(cfg)
+        spec = dict(cfg.data.synthetic_rows)
+        n_train, n_val = spec.pop("train_rows"), spec.pop("val_rows")
+        (root / "data").mkdir()
+        with open(root / "data" / "validation-00000-of-00001.jsonl", "w") as f:
+            for row in synthetic.make_rows(n_train + n_val, **spec)[n_train:]:
+                f.write(json.dumps(row) + "\n")
+        (root / "metrics.json").write_text(json.dumps(metrics))
+
+    root = built_once(tmp_path_factory, "tiny_run", build)
     cfg = compose_train(root, TINY_RUN)
-    metrics = train(cfg)
-    spec = dict(cfg.data.synthetic_rows)
-    n_train, n_val = spec.pop("train_rows"), spec.pop("val_rows")
-    data = root / "data"
-    data.mkdir()
-    with open(data / "validation-00000-of-00001.jsonl", "w") as f:
-        for row in synthetic.make_rows(n_train + n_val, **spec)[n_train:]:
-            f.write(json.dumps(row) + "\n")
-    return {"cfg": cfg, "metrics": metrics, "ckpt": Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt", "data": data}
+    metrics = json.loads((root / "metrics.json").read_text())
+    return {"cfg": cfg, "metrics": metrics, "ckpt": Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt", "data": root / "data"}
 
 
 def build_tiny_index(root: Path, run: dict, extra_texts: list[str] = ()) -> tuple[Path, list[str]]:

@@ -5,6 +5,7 @@ query's values) are those of one process."""
 import lightning as L
 import numpy as np
 import pandas as pd
+import pytest
 import torch
 
 from two_tower.training.callbacks import PerQueryWriter
@@ -26,6 +27,7 @@ def _validate(cfg, devices: int, out_dir):
     return {k: float(v) for k, v in results[0].items()}, pd.read_parquet(out_dir / "val_last.parquet"), dm
 
 
+@pytest.mark.slow
 def test_two_processes_give_the_numbers_of_one(tiny_cfg, tmp_path):
     # 60 queries in 4 batches, 2 per process; 480 passages in 30 batches.
     cfg = tiny_cfg("data.synthetic_rows.val_rows=60", "data.eval_batch_size=16", "threads=1")

@@ -15,7 +15,7 @@ import torch
 import two_tower.training.train as train_module
 from two_tower.training import utils
 
-from tests.conftest import ROOT, TINY, compose_train
+from tests.conftest import ROOT, TINY, built_once, compose_train
 from two_tower.training.train import train
 
 FINAL = ("val/mrr@10", "val/recall@10", "train/loss_epoch")
@@ -82,13 +82,16 @@ def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 300) -> None:
         time.sleep(0.05)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def uninterrupted(tmp_path_factory) -> tuple[Path, dict]:
-    """The run the killed runs must end like (trained once for both signals), and its tokenization cache."""
-    root = tmp_path_factory.mktemp("uninterrupted")
-    cache, reference = root / "cache", root / "reference"
-    subprocess.run(_train_cmd(reference, cache), cwd=ROOT, check=True, capture_output=True, timeout=600)
-    return cache, _final_metrics(reference)
+    """The run the killed runs must end like (trained once for both signals, also when pytest-xdist
+    workers run them side by side), and its tokenization cache."""
+
+    def build(root: Path) -> None:
+        subprocess.run(_train_cmd(root / "reference", root / "cache"), cwd=ROOT, check=True, capture_output=True, timeout=600)
+
+    root = built_once(tmp_path_factory, "uninterrupted", build)
+    return root / "cache", _final_metrics(root / "reference")
 
 
 @pytest.mark.slow
@@ -185,6 +188,7 @@ def test_embeddings_file_with_inconsistent_dimensions_names_the_line(tmp_path):
         FileEmbeddings(str(vectors)).load([])
 
 
+@pytest.mark.slow
 def test_max_time_saves_mid_epoch_and_resume_matches(tmp_path):
     common = ["data.synthetic_rows.train_rows=3000", "trainer.max_epochs=5"]  # about 2.5 s of training
     straight = train(compose_train(tmp_path / "straight", common))
@@ -387,6 +391,7 @@ def test_bad_jsonl_rows_are_skipped_and_counted_and_is_selected_has_one_rule(tmp
         assert msmarco.is_selected_flag(value) is verdict, value
 
 
+@pytest.mark.slow
 def test_training_on_a_shard_with_a_non_utf8_byte_skips_the_row(tmp_path):
     _write_bad_shards(tmp_path / "data")
     tiny = [o for o in TINY if not o.startswith(("data=", "data.synthetic_rows"))]

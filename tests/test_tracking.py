@@ -3,6 +3,7 @@
 import re
 import time
 
+import pytest
 import yaml
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
@@ -24,6 +25,7 @@ def test_optuna_search_config():
     assert sweeper.params["optimizer.lr"].startswith("tag(log, interval(")
 
 
+@pytest.mark.slow
 def test_optuna_sweep_runs_two_trials(tmp_path):
     """A real 2-trial sweep (in-memory storage) on tiny synthetic data, logged to W&B offline: ~15 s unloaded."""
     run_tiny_multirun(tmp_path, "wandb", ["hparams_search=optuna", "hydra.sweeper.n_trials=2"], env={"WANDB_MODE": "offline", "WANDB_SILENT": "true"})

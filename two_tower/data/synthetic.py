@@ -9,8 +9,9 @@ Keywords are real English words first, then made-up syllable words once those ru
 
 from __future__ import annotations
 
+import inspect
 import itertools
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 import numpy as np
 
@@ -48,9 +49,22 @@ def _made_up():
 MAX_WORDS = len(WORDS) + len(SYLLABLES) ** 3 + len(SYLLABLES) ** 4
 
 
-def vocabulary(size: int) -> np.ndarray:
+def check_vocabulary_size(size: int) -> None:
+    """ConfigError if the made-up vocabulary cannot give ``size`` distinct keywords."""
     if size > MAX_WORDS:
         raise ConfigError(f"the synthetic vocabulary has {MAX_WORDS} words, fewer than the {size} asked for (data.synthetic_rows.num_topics x keywords_per_topic): ask for fewer topics")
+
+
+def check_synthetic_rows(spec: Mapping) -> None:
+    """The checks ``iter_rows(**spec)`` would make before its first row, for a config check that runs
+    before anything is imported or generated."""
+    defaults = inspect.signature(iter_rows).parameters
+    num_topics, keywords = (spec.get(key, defaults[key].default) for key in ("num_topics", "keywords_per_topic"))
+    check_vocabulary_size(num_topics * keywords)
+
+
+def vocabulary(size: int) -> np.ndarray:
+    check_vocabulary_size(size)
     words = list(itertools.islice(itertools.chain(WORDS, _made_up()), size))
     return np.array(words)
 

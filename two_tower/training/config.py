@@ -54,6 +54,10 @@ def validate_train_config(cfg: DictConfig) -> None:
             if encoder.get(key):
                 raise ConfigError(f"encoder.{key}={encoder[key]} does nothing without the bag-of-words path: set encoder.bag_dim too")
     data = cfg.data
+    if data.get("synthetic_rows"):
+        from two_tower.data.synthetic import check_synthetic_rows
+
+        check_synthetic_rows(data.synthetic_rows)
     if data.get("path") and not Path(data.path).expanduser().exists():
         raise ConfigError(f"data.path={data.path}: no such file or folder")
     ckpt = cfg.get("ckpt_path")
