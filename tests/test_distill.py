@@ -65,6 +65,50 @@ def test_distill_with_label_weight_one_is_infonce_and_needs_scores():
     assert torch.isfinite(q.grad).all() and torch.isfinite(scores.grad).all()
 
 
+def test_margin_mse_matches_brute_force():
+    """MarginMSE against a loop over (row, column) pairs: margins to the positive for labelled rows, to the
+    teacher's top kept column for unlabelled rows, in logit units; mixed with the KL by margin_weight."""
+    q = unit([[1.0, 0.2], [0.1, 1.0], [0.6, 0.5], [0.3, -0.4]])
+    p = unit([[1.0, 0.0], [0.0, 1.0], [0.7, 0.7], [0.2, 0.9], [-0.5, 0.4]])
+    positive_column = torch.tensor([0, 1, 2, 3])
+    negative_mask = torch.tensor(
+        [[False, True, True, False, True], [True, False, True, True, True], [True, False, False, True, False], [True, True, False, False, True]]
+    )
+    # Row 3 is unlabelled; its teacher's top column overall is 2, which it may not rank: its pivot is column 4.
+    teacher = torch.tensor([[0.9, 0.1, 0.5, 0.8, 0.0], [0.2, 0.7, 0.6, 0.3, 0.4], [0.4, 0.9, 0.8, 0.1, 0.2], [0.1, 0.3, 0.95, 0.2, 0.6]])
+    labelled = torch.tensor([True, True, True, False])
+    args = (q, p, positive_column, negative_mask, torch.zeros(4, 0, dtype=torch.long))
+    sim = (q @ p.T).tolist()
+    squares = []
+    for i in range(4):
+        cols = [c for c in range(5) if negative_mask[i, c] or c == positive_column[i]]
+        pivot = int(positive_column[i]) if labelled[i] else max(cols, key=lambda c: teacher[i, c].item())
+        for c in cols:
+            if c != pivot:
+                student = (sim[i][pivot] - sim[i][c]) / 0.1
+                target = (teacher[i, pivot].item() - teacher[i, c].item()) / 0.05
+                squares.append((student - target) ** 2)
+    mse = sum(squares) / len(squares)
+    only = DistillLoss(temperature=0.1, teacher_temperature=0.05, label_weight=0.3, margin_weight=1.0)(*args, teacher_scores=teacher, labelled=labelled)
+    assert only["margin_mse"].item() == pytest.approx(mse, rel=1e-5)
+    assert only["loss"].item() == pytest.approx(0.3 * only["cross_entropy"].item() + 0.7 * mse, rel=1e-5)
+    mixed = DistillLoss(temperature=0.1, teacher_temperature=0.05, label_weight=0.3, margin_weight=0.25)(*args, teacher_scores=teacher, labelled=labelled)
+    expected = 0.3 * mixed["cross_entropy"].item() + 0.7 * (0.75 * mixed["kl"].item() + 0.25 * mse)
+    assert mixed["loss"].item() == pytest.approx(expected, rel=1e-5)
+    assert mixed["margin_mse"].item() == pytest.approx(mse, rel=1e-5)
+    # Without labelled, every row pivots on its positive (row 3's pairs change).
+    all_labelled = DistillLoss(temperature=0.1, teacher_temperature=0.05, margin_weight=1.0)(*args, teacher_scores=teacher)
+    assert all_labelled["margin_mse"].item() != pytest.approx(mse, rel=1e-3)
+    # A teacher whose margins are the student's (at the same temperature) adds no MarginMSE.
+    same = DistillLoss(temperature=0.1, teacher_temperature=0.1, margin_weight=1.0)(*args, teacher_scores=q @ p.T, labelled=labelled)
+    assert same["margin_mse"].item() == pytest.approx(0.0, abs=1e-10)
+    # Gradients are finite through every column, masked or not.
+    q.requires_grad_(True)
+    scores = teacher.clone().requires_grad_(True)
+    DistillLoss(margin_weight=0.5)(q, *args[1:], teacher_scores=scores, labelled=labelled)["loss"].backward()
+    assert torch.isfinite(q.grad).all() and q.grad.abs().sum() > 0 and torch.isfinite(scores.grad).all()
+
+
 class TopicTeacherModel:
     """Stands in for a sentence-transformers model on the synthetic data (conf/data/synthetic.yaml: 200
     topics of 5 keywords, seed 0): a text's vector counts its keywords per topic, L2-normalised. It knows

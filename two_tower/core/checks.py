@@ -68,6 +68,7 @@ RULES = {
     "loss.in_batch": ((str,), lambda v: v in ("hardest", "all"), "hardest or all"),
     "loss.teacher_temperature": (NUM, lambda v: v > 0, "a number > 0"),
     "loss.label_weight": (NUM, lambda v: 0 <= v <= 1, "a number in [0, 1]"),
+    "loss.margin_weight": (NUM, lambda v: 0 <= v <= 1, "a number in [0, 1]"),
     "data.pseudo_queries.count": (INT, lambda v: v >= 0, "an integer >= 0"),
     "data.pseudo_queries.min_words": (INT, lambda v: v >= 1, "an integer >= 1"),
     "data.pseudo_queries.max_words": (INT, lambda v: v >= 1, "an integer >= 1"),
