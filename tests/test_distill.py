@@ -102,6 +102,20 @@ def test_margin_mse_matches_brute_force():
     # A teacher whose margins are the student's (at the same temperature) adds no MarginMSE.
     same = DistillLoss(temperature=0.1, teacher_temperature=0.1, margin_weight=1.0)(*args, teacher_scores=q @ p.T, labelled=labelled)
     assert same["margin_mse"].item() == pytest.approx(0.0, abs=1e-10)
+    # A learned scale multiplies the teacher's margins; it trains with the loss, and exists only when learned.
+    learned = DistillLoss(temperature=0.1, teacher_temperature=0.05, margin_weight=1.0, learn_margin_scale=True)
+    assert "log_margin_scale" not in DistillLoss(margin_weight=1.0).state_dict() and "log_margin_scale" in learned.state_dict()
+    with torch.no_grad():
+        learned.log_margin_scale.fill_(float(np.log(2.0)))
+    doubled = []
+    for i in range(4):
+        cols = [c for c in range(5) if negative_mask[i, c] or c == positive_column[i]]
+        pivot = int(positive_column[i]) if labelled[i] else max(cols, key=lambda c: teacher[i, c].item())
+        doubled += [((sim[i][pivot] - sim[i][c]) / 0.1 - 2 * (teacher[i, pivot].item() - teacher[i, c].item()) / 0.05) ** 2 for c in cols if c != pivot]
+    out = learned(*args, teacher_scores=teacher, labelled=labelled)
+    assert out["margin_mse"].item() == pytest.approx(sum(doubled) / len(doubled), rel=1e-5) and out["margin_scale"].item() == pytest.approx(2.0)
+    out["loss"].backward()
+    assert learned.log_margin_scale.grad is not None and learned.log_margin_scale.grad.item() != 0
     # Gradients are finite through every column, masked or not.
     q.requires_grad_(True)
     scores = teacher.clone().requires_grad_(True)
@@ -149,6 +163,22 @@ def test_training_with_a_teacher_caches_its_vectors_and_learns_from_it(tiny_cfg,
     assert len(cached) == 1 and (cached[0] / "vectors.npz").is_file()  # one cache entry (a folder), no temporary file left behind
     train(cfg)  # the second run reads the cache: the teacher model is not loaded again
     assert TopicTeacherModel.calls == 2
+
+
+def test_training_with_margin_mse_and_a_learned_scale(tiny_cfg, monkeypatch):
+    """loss=distill_margin trains: MarginMSE falls, the learned scale moves and is saved, the checkpoint reloads."""
+    from two_tower.retrieval.checkpoint import load_checkpoint
+
+    monkeypatch.setattr(SentenceTransformerTeacher, "_load", lambda self: TopicTeacherModel())
+    cfg = tiny_cfg("loss=distill_margin", "loss.learn_margin_scale=true", "negatives=random", "trainer.max_epochs=3", "logger=csv")
+    metrics = train(cfg)
+    rows = list(csv.DictReader(open(next(Path(cfg.paths.output_dir).rglob("metrics.csv")))))
+    per_epoch = [float(r["train/margin_mse"]) for r in rows if r.get("train/margin_mse")]
+    assert len(per_epoch) == 3 and per_epoch[-1] < per_epoch[0], per_epoch
+    assert metrics["train/margin_scale"] != pytest.approx(1.0, abs=1e-4)
+    module = load_checkpoint(next(Path(cfg.paths.output_dir).rglob("last.ckpt")))
+    saved = torch.load(next(Path(cfg.paths.output_dir).rglob("last.ckpt")), map_location="cpu", weights_only=False)["state_dict"]
+    assert module.loss_fn.log_margin_scale.item() == saved["loss_fn.log_margin_scale"].item() != 0.0  # trained, restored
 
 
 def test_teacher_and_loss_must_go_together(tiny_cfg):

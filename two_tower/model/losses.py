@@ -102,17 +102,30 @@ class DistillLoss(nn.Module):
     pivot matches every pairwise margin, so the pivot only weighs the pairs. Scale: each side's margins
     are in its own softmax's logit units (divided by ``temperature`` and ``teacher_temperature``), the
     units whose differences the KL matches, so both terms agree on what a perfect student is; the MSE
-    averages over the (row, column) pairs.
+    averages over the (row, column) pairs. ``learn_margin_scale`` multiplies the teacher's margins by a
+    learned positive factor (exp of a parameter starting at 0, trained with the towers), so the student
+    matches the teacher's margins up to one scale.
     """
 
-    def __init__(self, temperature: float = 0.1, teacher_temperature: float = 0.05, label_weight: float = 0.5, margin_weight: float = 0.0):
+    def __init__(
+        self,
+        temperature: float = 0.1,
+        teacher_temperature: float = 0.05,
+        label_weight: float = 0.5,
+        margin_weight: float = 0.0,
+        learn_margin_scale: bool = False,
+    ):
         super().__init__()
         check("loss.temperature", temperature)
         check("loss.teacher_temperature", teacher_temperature)
         check("loss.label_weight", label_weight)
         check("loss.margin_weight", margin_weight)
         self.temperature, self.teacher_temperature, self.label_weight = temperature, teacher_temperature, label_weight
+        check("loss.learn_margin_scale", learn_margin_scale)
         self.margin_weight = margin_weight
+        # log of the factor on the teacher's margins (a parameter only when learned: checkpoints of the
+        # other recipes keep their state dicts)
+        self.log_margin_scale = nn.Parameter(torch.zeros(())) if learn_margin_scale else None
 
     def forward(self, queries, passages, positive_column, negative_mask, negative_columns, teacher_scores=None, labelled=None):
         if teacher_scores is None:
@@ -131,13 +144,17 @@ class DistillLoss(nn.Module):
         else:
             weights = labelled.to(sim.dtype)
             cross_entropy = -(student_log_probs[rows, positive_column] * weights).sum() / weights.sum().clamp(min=1)
-        margin_mse = self._margin_mse(sim / self.temperature, teacher_scores.float() / self.teacher_temperature, keep, positive_column, labelled)
+        teacher_margin_logits = teacher_scores.float() / self.teacher_temperature
+        if self.log_margin_scale is not None:
+            teacher_margin_logits = teacher_margin_logits * self.log_margin_scale.exp()
+        margin_mse = self._margin_mse(sim / self.temperature, teacher_margin_logits, keep, positive_column, labelled)
         teacher_term = kl if self.margin_weight == 0 else (1 - self.margin_weight) * kl + self.margin_weight * margin_mse
         loss = self.label_weight * cross_entropy + (1 - self.label_weight) * teacher_term
         return {
             "loss": loss,
             "kl": kl.detach(),
             "margin_mse": margin_mse.detach(),
+            **({"margin_scale": self.log_margin_scale.exp().detach()} if self.log_margin_scale is not None else {}),
             "cross_entropy": cross_entropy.detach(),
             "in_batch_accuracy": (student_log_probs.argmax(1) == positive_column).float().mean().detach(),
             # How often the student's top passage is the teacher's: agreement beyond the labels.
