@@ -23,5 +23,14 @@ python train.py experiment=best loss.label_weight=0.3 seed=42 data.path="$DATA" 
 python train.py experiment=best data.pseudo_queries.min_words=3 data.pseudo_queries.max_words=8 seed=42 data.path="$DATA" hydra.run.dir="$OUT/short_crops"
 python train.py -m experiment=best_rnn loss=distill trainer.max_epochs=5 seed=42 data.path="$DATA" hydra.sweep.dir="$OUT/rnn_distill"
 python train.py -m experiment=best_rnn loss=distill data.pseudo_queries.count=5000 trainer.max_epochs=5 seed=42 data.path="$DATA" hydra.sweep.dir="$OUT/rnn_pseudo"
+# MarginMSE beside the KL, teacher temperature and a wider bag (seed 42, 5 epochs each).
+python train.py experiment=best loss=distill_margin seed=42 data.path="$DATA" hydra.run.dir="$OUT/margin_mse"
+python train.py experiment=best loss.margin_weight=0.5 seed=42 data.path="$DATA" hydra.run.dir="$OUT/margin_weight_0.5"
+python train.py experiment=best loss.margin_weight=0.025 seed=42 data.path="$DATA" hydra.run.dir="$OUT/margin_weight_0.025"
+python train.py experiment=best loss=distill_margin loss.learn_margin_scale=true seed=42 data.path="$DATA" hydra.run.dir="$OUT/margin_mse_learned_scale"
+python train.py experiment=best loss.teacher_temperature=0.02 seed=42 data.path="$DATA" hydra.run.dir="$OUT/teacher_temperature_0.02"
+python train.py experiment=best loss.teacher_temperature=0.1 seed=42 data.path="$DATA" hydra.run.dir="$OUT/teacher_temperature_0.1"
+python train.py experiment=best encoder.bag_dim=4096 seed=42 data.path="$DATA" hydra.run.dir="$OUT/bag_dim_4096"
+python train.py experiment=best encoder.bag_dim=8192 seed=42 data.path="$DATA" hydra.run.dir="$OUT/bag_dim_8192"
 # Passages per second against the teacher (same passages, same thread, one process).
 python experiments/semantic/encode_rate.py "$OUT/best_infonce/2/checkpoints/last.ckpt" "$DATA" --passages 1000 --threads 1
