@@ -32,6 +32,7 @@ python train.py experiment=best_bag2048 loss.teacher_temperature=0.02 seed=42 da
 python train.py experiment=best_bag2048 loss.teacher_temperature=0.1 seed=42 data.path="$DATA" hydra.run.dir="$OUT/teacher_temperature_0.1"
 python train.py experiment=best_bag2048 encoder.bag_dim=4096 seed=42 data.path="$DATA" hydra.run.dir="$OUT/bag_dim_4096"
 python train.py -m experiment=best seed=1,2,42 data.path="$DATA" hydra.sweep.dir="$OUT/best"   # the 8192-d bag: the new recipe
+python train.py experiment=best encoder.bag_dim=16384 seed=42 data.path="$DATA" hydra.run.dir="$OUT/bag_dim_16384"
 # Training time per epoch, the two recipes one right after the other (2 epochs each).
 python train.py experiment=best_bag2048 trainer.max_epochs=2 seed=42 data.path="$DATA" hydra.run.dir="$OUT/time_bag2048"
 python train.py experiment=best trainer.max_epochs=2 seed=42 data.path="$DATA" hydra.run.dir="$OUT/time_best"
