@@ -102,6 +102,7 @@ def test_a_range_is_stated_once_for_configs_and_constructors(tiny_cfg):
         ("loss.margin_weight", 1.5, ["loss=distill_margin"], lambda: DistillLoss(margin_weight=1.5)),
         ("loss.margin_weight", -0.1, ["loss=distill"], lambda: DistillLoss(margin_weight=-0.1)),
         ("loss.learn_margin_scale", "yes", ["loss=distill_margin"], lambda: DistillLoss(learn_margin_scale="yes")),
+        ("loss.margin_pairs", "hard", ["loss=distill_margin"], lambda: DistillLoss(margin_pairs="hard")),
         ("loss.margin", -1.0, ["loss=triplet"], lambda: TripletLoss(margin=-1.0)),
     ]
     for key, value, group, build in cases:

@@ -165,6 +165,31 @@ def test_training_with_a_teacher_caches_its_vectors_and_learns_from_it(tiny_cfg,
     assert TopicTeacherModel.calls == 2
 
 
+def test_margin_mse_on_mined_negatives_matches_brute_force():
+    """margin_pairs=mined: only each row's own explicit negatives that it may rank (a loop over them)."""
+    q = unit([[1.0, 0.2], [0.1, 1.0], [0.6, 0.5]])
+    p = unit([[1.0, 0.0], [0.0, 1.0], [0.7, 0.7], [0.2, 0.9], [-0.5, 0.4]])
+    positive_column = torch.tensor([0, 1, 2])
+    negative_mask = torch.tensor([[False, True, True, False, True], [True, False, True, True, True], [True, True, False, True, False]])
+    # Row 0's second negative (3) is masked for it; row 2 lists column 3 twice; row 1 is unlabelled.
+    negative_columns = torch.tensor([[4, 3], [3, 4], [3, 3]])
+    teacher = torch.tensor([[0.9, 0.1, 0.5, 0.8, 0.0], [0.2, 0.3, 0.6, 0.7, 0.4], [0.4, 0.9, 0.8, 0.1, 0.2]])
+    labelled = torch.tensor([True, False, True])
+    out = DistillLoss(temperature=0.1, teacher_temperature=0.05, margin_weight=1.0, margin_pairs="mined")(
+        q, p, positive_column, negative_mask, negative_columns, teacher_scores=teacher, labelled=labelled
+    )
+    sim = (q @ p.T).tolist()
+    squares = []
+    for i in range(3):
+        ranked = [c for c in range(5) if negative_mask[i, c] or c == positive_column[i]]
+        pivot = int(positive_column[i]) if labelled[i] else max(ranked, key=lambda c: teacher[i, c].item())
+        for c in sorted(set(negative_columns[i].tolist())):
+            if negative_mask[i, c] and c != pivot:
+                squares.append(((sim[i][pivot] - sim[i][c]) / 0.1 - (teacher[i, pivot].item() - teacher[i, c].item()) / 0.05) ** 2)
+    assert len(squares) == 3  # row 0: column 4; row 1: pivot 3 (the teacher's top), so column 4; row 2: column 3
+    assert out["margin_mse"].item() == pytest.approx(sum(squares) / len(squares), rel=1e-5)
+
+
 def test_training_with_margin_mse_and_a_learned_scale(tiny_cfg, monkeypatch):
     """loss=distill_margin trains: MarginMSE falls, the learned scale moves and is saved, the checkpoint reloads."""
     from two_tower.retrieval.checkpoint import load_checkpoint

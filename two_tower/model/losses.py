@@ -104,7 +104,9 @@ class DistillLoss(nn.Module):
     units whose differences the KL matches, so both terms agree on what a perfect student is; the MSE
     averages over the (row, column) pairs. ``learn_margin_scale`` multiplies the teacher's margins by a
     learned positive factor (exp of a parameter starting at 0, trained with the towers), so the student
-    matches the teacher's margins up to one scale.
+    matches the teacher's margins up to one scale. ``margin_pairs="mined"`` keeps only the pairs of each
+    row's own explicit (mined) negatives, as Hofstaetter et al. train on (query, positive, BM25 negative)
+    triples; ``"all"`` takes every column the softmax ranks.
     """
 
     def __init__(
@@ -114,6 +116,7 @@ class DistillLoss(nn.Module):
         label_weight: float = 0.5,
         margin_weight: float = 0.0,
         learn_margin_scale: bool = False,
+        margin_pairs: str = "all",
     ):
         super().__init__()
         check("loss.temperature", temperature)
@@ -122,7 +125,8 @@ class DistillLoss(nn.Module):
         check("loss.margin_weight", margin_weight)
         self.temperature, self.teacher_temperature, self.label_weight = temperature, teacher_temperature, label_weight
         check("loss.learn_margin_scale", learn_margin_scale)
-        self.margin_weight = margin_weight
+        check("loss.margin_pairs", margin_pairs)
+        self.margin_weight, self.margin_pairs = margin_weight, margin_pairs
         # log of the factor on the teacher's margins (a parameter only when learned: checkpoints of the
         # other recipes keep their state dicts)
         self.log_margin_scale = nn.Parameter(torch.zeros(())) if learn_margin_scale else None
@@ -147,7 +151,10 @@ class DistillLoss(nn.Module):
         teacher_margin_logits = teacher_scores.float() / self.teacher_temperature
         if self.log_margin_scale is not None:
             teacher_margin_logits = teacher_margin_logits * self.log_margin_scale.exp()
-        margin_mse = self._margin_mse(sim / self.temperature, teacher_margin_logits, keep, positive_column, labelled)
+        columns = keep
+        if self.margin_pairs == "mined":  # each row's own negatives only (none: the row adds no pair)
+            columns = torch.zeros_like(keep).scatter_(1, negative_columns, True) & keep
+        margin_mse = self._margin_mse(sim / self.temperature, teacher_margin_logits, keep, columns, positive_column, labelled)
         teacher_term = kl if self.margin_weight == 0 else (1 - self.margin_weight) * kl + self.margin_weight * margin_mse
         loss = self.label_weight * cross_entropy + (1 - self.label_weight) * teacher_term
         return {
@@ -163,13 +170,13 @@ class DistillLoss(nn.Module):
         }
 
     @staticmethod
-    def _margin_mse(student_logits, teacher_logits, keep, positive_column, labelled):
-        """Mean over (row, column != pivot, column kept) of ((s_pivot - s_c) - (t_pivot - t_c))^2."""
+    def _margin_mse(student_logits, teacher_logits, keep, columns, positive_column, labelled):
+        """Mean over (row, column in ``columns`` other than the pivot) of ((s_pivot - s_c) - (t_pivot - t_c))^2."""
         rows = torch.arange(len(keep), device=keep.device)
         pivot = positive_column
         if labelled is not None:  # unlabelled rows: the teacher's top column among those the softmax ranks
             pivot = torch.where(labelled, positive_column, teacher_logits.masked_fill(~keep, float("-inf")).argmax(1))
-        pairs = keep.clone()
+        pairs = columns.clone()
         pairs[rows, pivot] = False
         student_margin = student_logits[rows, pivot].unsqueeze(1) - student_logits
         teacher_margin = teacher_logits[rows, pivot].unsqueeze(1) - teacher_logits
