@@ -28,6 +28,7 @@ python train.py experiment=best_bag2048 loss=distill_margin seed=42 data.path="$
 python train.py experiment=best_bag2048 loss.margin_weight=0.5 seed=42 data.path="$DATA" hydra.run.dir="$OUT/margin_weight_0.5"
 python train.py experiment=best_bag2048 loss.margin_weight=0.025 seed=42 data.path="$DATA" hydra.run.dir="$OUT/margin_weight_0.025"
 python train.py experiment=best_bag2048 loss=distill_margin loss.learn_margin_scale=true seed=42 data.path="$DATA" hydra.run.dir="$OUT/margin_mse_learned_scale"
+python train.py experiment=best_bag2048 loss=distill_margin loss.margin_pairs=mined seed=42 data.path="$DATA" hydra.run.dir="$OUT/margin_mse_mined"
 python train.py experiment=best_bag2048 loss.teacher_temperature=0.02 seed=42 data.path="$DATA" hydra.run.dir="$OUT/teacher_temperature_0.02"
 python train.py experiment=best_bag2048 loss.teacher_temperature=0.1 seed=42 data.path="$DATA" hydra.run.dir="$OUT/teacher_temperature_0.1"
 python train.py experiment=best_bag2048 encoder.bag_dim=4096 seed=42 data.path="$DATA" hydra.run.dir="$OUT/bag_dim_4096"
