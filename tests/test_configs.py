@@ -99,6 +99,10 @@ def test_a_range_is_stated_once_for_configs_and_constructors(tiny_cfg):
         ("encoder.pooling", "sum", [], lambda: RNNEncoder(OpenEmbedding(10, 4), pooling="sum")),
         ("loss.temperature", -0.1, [], lambda: InfoNCELoss(temperature=-0.1)),
         ("loss.label_weight", 2.0, ["loss=distill"], lambda: DistillLoss(label_weight=2.0)),
+        ("loss.margin_weight", 1.5, ["loss=distill_margin"], lambda: DistillLoss(margin_weight=1.5)),
+        ("loss.margin_weight", -0.1, ["loss=distill"], lambda: DistillLoss(margin_weight=-0.1)),
+        ("loss.learn_margin_scale", "yes", ["loss=distill_margin"], lambda: DistillLoss(learn_margin_scale="yes")),
+        ("loss.margin_pairs", "hard", ["loss=distill_margin"], lambda: DistillLoss(margin_pairs="hard")),
         ("loss.margin", -1.0, ["loss=triplet"], lambda: TripletLoss(margin=-1.0)),
     ]
     for key, value, group, build in cases:
@@ -107,3 +111,19 @@ def test_a_range_is_stated_once_for_configs_and_constructors(tiny_cfg):
         with pytest.raises(ConfigError) as from_config:
             validate_train_config(tiny_cfg(*group, f"{key}={value}"))
         assert str(from_python.value) == str(from_config.value) and str(from_python.value).startswith(f"{key}={value!r}: must be")
+
+
+def test_distill_margin_config_is_distill_with_margin_mse(tiny_cfg):
+    """loss=distill_margin is loss=distill with the MarginMSE teacher term, and is accepted by the config check
+    (alone and over an experiment that overrides the loss); loss=distill stays KL only."""
+    from two_tower.model.losses import DistillLoss
+    from two_tower.training.config import validate_train_config
+
+    assert tiny_cfg("loss=distill").loss.margin_weight == 0.0
+    cfg = tiny_cfg("loss=distill_margin")
+    loss = hydra.utils.instantiate(cfg.loss)
+    assert isinstance(loss, DistillLoss) and loss.margin_weight == 1.0 and cfg.teacher
+    validate_train_config(cfg)
+    best = tiny_cfg("experiment=best", "loss=distill_margin")
+    assert best.loss.margin_weight == 1.0 and best.loss.temperature == 0.05 and best.data.pseudo_queries.count > 0
+    validate_train_config(best)

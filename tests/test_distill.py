@@ -65,6 +65,64 @@ def test_distill_with_label_weight_one_is_infonce_and_needs_scores():
     assert torch.isfinite(q.grad).all() and torch.isfinite(scores.grad).all()
 
 
+def test_margin_mse_matches_brute_force():
+    """MarginMSE against a loop over (row, column) pairs: margins to the positive for labelled rows, to the
+    teacher's top kept column for unlabelled rows, in logit units; mixed with the KL by margin_weight."""
+    q = unit([[1.0, 0.2], [0.1, 1.0], [0.6, 0.5], [0.3, -0.4]])
+    p = unit([[1.0, 0.0], [0.0, 1.0], [0.7, 0.7], [0.2, 0.9], [-0.5, 0.4]])
+    positive_column = torch.tensor([0, 1, 2, 3])
+    negative_mask = torch.tensor(
+        [[False, True, True, False, True], [True, False, True, True, True], [True, False, False, True, False], [True, True, False, False, True]]
+    )
+    # Row 3 is unlabelled; its teacher's top column overall is 2, which it may not rank: its pivot is column 4.
+    teacher = torch.tensor([[0.9, 0.1, 0.5, 0.8, 0.0], [0.2, 0.7, 0.6, 0.3, 0.4], [0.4, 0.9, 0.8, 0.1, 0.2], [0.1, 0.3, 0.95, 0.2, 0.6]])
+    labelled = torch.tensor([True, True, True, False])
+    args = (q, p, positive_column, negative_mask, torch.zeros(4, 0, dtype=torch.long))
+    sim = (q @ p.T).tolist()
+    squares = []
+    for i in range(4):
+        cols = [c for c in range(5) if negative_mask[i, c] or c == positive_column[i]]
+        pivot = int(positive_column[i]) if labelled[i] else max(cols, key=lambda c: teacher[i, c].item())
+        for c in cols:
+            if c != pivot:
+                student = (sim[i][pivot] - sim[i][c]) / 0.1
+                target = (teacher[i, pivot].item() - teacher[i, c].item()) / 0.05
+                squares.append((student - target) ** 2)
+    mse = sum(squares) / len(squares)
+    only = DistillLoss(temperature=0.1, teacher_temperature=0.05, label_weight=0.3, margin_weight=1.0)(*args, teacher_scores=teacher, labelled=labelled)
+    assert only["margin_mse"].item() == pytest.approx(mse, rel=1e-5)
+    assert only["loss"].item() == pytest.approx(0.3 * only["cross_entropy"].item() + 0.7 * mse, rel=1e-5)
+    mixed = DistillLoss(temperature=0.1, teacher_temperature=0.05, label_weight=0.3, margin_weight=0.25)(*args, teacher_scores=teacher, labelled=labelled)
+    expected = 0.3 * mixed["cross_entropy"].item() + 0.7 * (0.75 * mixed["kl"].item() + 0.25 * mse)
+    assert mixed["loss"].item() == pytest.approx(expected, rel=1e-5)
+    assert mixed["margin_mse"].item() == pytest.approx(mse, rel=1e-5)
+    # Without labelled, every row pivots on its positive (row 3's pairs change).
+    all_labelled = DistillLoss(temperature=0.1, teacher_temperature=0.05, margin_weight=1.0)(*args, teacher_scores=teacher)
+    assert all_labelled["margin_mse"].item() != pytest.approx(mse, rel=1e-3)
+    # A teacher whose margins are the student's (at the same temperature) adds no MarginMSE.
+    same = DistillLoss(temperature=0.1, teacher_temperature=0.1, margin_weight=1.0)(*args, teacher_scores=q @ p.T, labelled=labelled)
+    assert same["margin_mse"].item() == pytest.approx(0.0, abs=1e-10)
+    # A learned scale multiplies the teacher's margins; it trains with the loss, and exists only when learned.
+    learned = DistillLoss(temperature=0.1, teacher_temperature=0.05, margin_weight=1.0, learn_margin_scale=True)
+    assert "log_margin_scale" not in DistillLoss(margin_weight=1.0).state_dict() and "log_margin_scale" in learned.state_dict()
+    with torch.no_grad():
+        learned.log_margin_scale.fill_(float(np.log(2.0)))
+    doubled = []
+    for i in range(4):
+        cols = [c for c in range(5) if negative_mask[i, c] or c == positive_column[i]]
+        pivot = int(positive_column[i]) if labelled[i] else max(cols, key=lambda c: teacher[i, c].item())
+        doubled += [((sim[i][pivot] - sim[i][c]) / 0.1 - 2 * (teacher[i, pivot].item() - teacher[i, c].item()) / 0.05) ** 2 for c in cols if c != pivot]
+    out = learned(*args, teacher_scores=teacher, labelled=labelled)
+    assert out["margin_mse"].item() == pytest.approx(sum(doubled) / len(doubled), rel=1e-5) and out["margin_scale"].item() == pytest.approx(2.0)
+    out["loss"].backward()
+    assert learned.log_margin_scale.grad is not None and learned.log_margin_scale.grad.item() != 0
+    # Gradients are finite through every column, masked or not.
+    q.requires_grad_(True)
+    scores = teacher.clone().requires_grad_(True)
+    DistillLoss(margin_weight=0.5)(q, *args[1:], teacher_scores=scores, labelled=labelled)["loss"].backward()
+    assert torch.isfinite(q.grad).all() and q.grad.abs().sum() > 0 and torch.isfinite(scores.grad).all()
+
+
 class TopicTeacherModel:
     """Stands in for a sentence-transformers model on the synthetic data (conf/data/synthetic.yaml: 200
     topics of 5 keywords, seed 0): a text's vector counts its keywords per topic, L2-normalised. It knows
@@ -105,6 +163,47 @@ def test_training_with_a_teacher_caches_its_vectors_and_learns_from_it(tiny_cfg,
     assert len(cached) == 1 and (cached[0] / "vectors.npz").is_file()  # one cache entry (a folder), no temporary file left behind
     train(cfg)  # the second run reads the cache: the teacher model is not loaded again
     assert TopicTeacherModel.calls == 2
+
+
+def test_margin_mse_on_mined_negatives_matches_brute_force():
+    """margin_pairs=mined: only each row's own explicit negatives that it may rank (a loop over them)."""
+    q = unit([[1.0, 0.2], [0.1, 1.0], [0.6, 0.5]])
+    p = unit([[1.0, 0.0], [0.0, 1.0], [0.7, 0.7], [0.2, 0.9], [-0.5, 0.4]])
+    positive_column = torch.tensor([0, 1, 2])
+    negative_mask = torch.tensor([[False, True, True, False, True], [True, False, True, True, True], [True, True, False, True, False]])
+    # Row 0's second negative (3) is masked for it; row 2 lists column 3 twice; row 1 is unlabelled.
+    negative_columns = torch.tensor([[4, 3], [3, 4], [3, 3]])
+    teacher = torch.tensor([[0.9, 0.1, 0.5, 0.8, 0.0], [0.2, 0.3, 0.6, 0.7, 0.4], [0.4, 0.9, 0.8, 0.1, 0.2]])
+    labelled = torch.tensor([True, False, True])
+    out = DistillLoss(temperature=0.1, teacher_temperature=0.05, margin_weight=1.0, margin_pairs="mined")(
+        q, p, positive_column, negative_mask, negative_columns, teacher_scores=teacher, labelled=labelled
+    )
+    sim = (q @ p.T).tolist()
+    squares = []
+    for i in range(3):
+        ranked = [c for c in range(5) if negative_mask[i, c] or c == positive_column[i]]
+        pivot = int(positive_column[i]) if labelled[i] else max(ranked, key=lambda c: teacher[i, c].item())
+        for c in sorted(set(negative_columns[i].tolist())):
+            if negative_mask[i, c] and c != pivot:
+                squares.append(((sim[i][pivot] - sim[i][c]) / 0.1 - (teacher[i, pivot].item() - teacher[i, c].item()) / 0.05) ** 2)
+    assert len(squares) == 3  # row 0: column 4; row 1: pivot 3 (the teacher's top), so column 4; row 2: column 3
+    assert out["margin_mse"].item() == pytest.approx(sum(squares) / len(squares), rel=1e-5)
+
+
+def test_training_with_margin_mse_and_a_learned_scale(tiny_cfg, monkeypatch):
+    """loss=distill_margin trains: MarginMSE falls, the learned scale moves and is saved, the checkpoint reloads."""
+    from two_tower.retrieval.checkpoint import load_checkpoint
+
+    monkeypatch.setattr(SentenceTransformerTeacher, "_load", lambda self: TopicTeacherModel())
+    cfg = tiny_cfg("loss=distill_margin", "loss.learn_margin_scale=true", "negatives=random", "trainer.max_epochs=3", "logger=csv")
+    metrics = train(cfg)
+    rows = list(csv.DictReader(open(next(Path(cfg.paths.output_dir).rglob("metrics.csv")))))
+    per_epoch = [float(r["train/margin_mse"]) for r in rows if r.get("train/margin_mse")]
+    assert len(per_epoch) == 3 and per_epoch[-1] < per_epoch[0], per_epoch
+    assert metrics["train/margin_scale"] != pytest.approx(1.0, abs=1e-4)
+    module = load_checkpoint(next(Path(cfg.paths.output_dir).rglob("last.ckpt")))
+    saved = torch.load(next(Path(cfg.paths.output_dir).rglob("last.ckpt")), map_location="cpu", weights_only=False)["state_dict"]
+    assert module.loss_fn.log_margin_scale.item() == saved["loss_fn.log_margin_scale"].item() != 0.0  # trained, restored
 
 
 def test_teacher_and_loss_must_go_together(tiny_cfg):

