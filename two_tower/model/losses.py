@@ -123,9 +123,9 @@ class DistillLoss(nn.Module):
         check("loss.teacher_temperature", teacher_temperature)
         check("loss.label_weight", label_weight)
         check("loss.margin_weight", margin_weight)
-        self.temperature, self.teacher_temperature, self.label_weight = temperature, teacher_temperature, label_weight
         check("loss.learn_margin_scale", learn_margin_scale)
         check("loss.margin_pairs", margin_pairs)
+        self.temperature, self.teacher_temperature, self.label_weight = temperature, teacher_temperature, label_weight
         self.margin_weight, self.margin_pairs = margin_weight, margin_pairs
         # log of the factor on the teacher's margins (a parameter only when learned: checkpoints of the
         # other recipes keep their state dicts)
@@ -137,8 +137,9 @@ class DistillLoss(nn.Module):
         sim = (queries @ passages.T).float()  # softmaxes in float32, also under mixed precision
         rows = torch.arange(len(queries), device=sim.device)
         keep = softmax_columns(negative_mask, positive_column)
-        student_log_probs = F.log_softmax((sim / self.temperature).masked_fill(~keep, float("-inf")), dim=1)
-        teacher_logits = (teacher_scores.float() / self.teacher_temperature).masked_fill(~keep, float("-inf"))
+        student_scaled, teacher_scaled = sim / self.temperature, teacher_scores.float() / self.teacher_temperature
+        student_log_probs = F.log_softmax(student_scaled.masked_fill(~keep, float("-inf")), dim=1)
+        teacher_logits = teacher_scaled.masked_fill(~keep, float("-inf"))
         teacher_log_probs = F.log_softmax(teacher_logits, dim=1)
         # Masked columns are -inf in both: zero them before subtracting, so no NaN reaches any gradient.
         log_ratio = (teacher_log_probs - student_log_probs.masked_fill(~keep, 0.0)).masked_fill(~keep, 0.0)
@@ -148,20 +149,22 @@ class DistillLoss(nn.Module):
         else:
             weights = labelled.to(sim.dtype)
             cross_entropy = -(student_log_probs[rows, positive_column] * weights).sum() / weights.sum().clamp(min=1)
-        teacher_margin_logits = teacher_scores.float() / self.teacher_temperature
-        if self.log_margin_scale is not None:
-            teacher_margin_logits = teacher_margin_logits * self.log_margin_scale.exp()
-        columns = keep
-        if self.margin_pairs == "mined":  # each row's own negatives only (none: the row adds no pair)
-            columns = torch.zeros_like(keep).scatter_(1, negative_columns, True) & keep
-        margin_mse = self._margin_mse(sim / self.temperature, teacher_margin_logits, keep, columns, positive_column, labelled)
-        teacher_term = kl if self.margin_weight == 0 else (1 - self.margin_weight) * kl + self.margin_weight * margin_mse
+        teacher_term, margin_stats = kl, {}
+        if self.margin_weight > 0:  # MarginMSE only where it is part of the loss (KL-only runs skip it)
+            if self.log_margin_scale is not None:
+                teacher_scaled = teacher_scaled * self.log_margin_scale.exp()
+                margin_stats["margin_scale"] = self.log_margin_scale.exp().detach()
+            columns = keep
+            if self.margin_pairs == "mined":  # each row's own negatives only (none: the row adds no pair)
+                columns = torch.zeros_like(keep).scatter_(1, negative_columns, True) & keep
+            margin_mse = self._margin_mse(student_scaled, teacher_scaled, keep, columns, positive_column, labelled)
+            teacher_term = (1 - self.margin_weight) * kl + self.margin_weight * margin_mse
+            margin_stats["margin_mse"] = margin_mse.detach()
         loss = self.label_weight * cross_entropy + (1 - self.label_weight) * teacher_term
         return {
             "loss": loss,
             "kl": kl.detach(),
-            "margin_mse": margin_mse.detach(),
-            **({"margin_scale": self.log_margin_scale.exp().detach()} if self.log_margin_scale is not None else {}),
+            **margin_stats,
             "cross_entropy": cross_entropy.detach(),
             "in_batch_accuracy": (student_log_probs.argmax(1) == positive_column).float().mean().detach(),
             # How often the student's top passage is the teacher's: agreement beyond the labels.
