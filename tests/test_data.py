@@ -115,6 +115,22 @@ def test_tokenizer_words_punctuation_and_vocabulary():
     assert PAD_ID == 0
 
 
+def test_tokenizer_split_hyphens_is_saved_and_older_tokenizers_keep_hyphens():
+    text = "X-ray's well-known e-mail, don't"
+    assert split_words(text, split_hyphens=True) == ["x", "ray's", "well", "known", "e", "mail", "don't"]
+    assert split_words(text, keep_punctuation=True, split_hyphens=True) == ["x", "-", "ray's", "well", "-", "known", "e", "-", "mail", ",", "don't"]
+    tok = Tokenizer.build(["x-ray x-ray scan"], min_freq=1, split_hyphens=True)
+    assert set(tok.words[2:]) == {"x", "ray", "scan"}
+    assert tok.encode("x-ray", 8) == [tok.index["x"], tok.index["ray"]]  # the same ids as "x ray": they match
+    loaded = Tokenizer.from_state_dict(tok.state_dict())
+    assert loaded.split_hyphens and loaded.encode("x-ray", 8) == tok.encode("x-ray", 8)
+    # A tokenizer saved without the key (before the setting existed) keeps hyphenated words whole, and
+    # its fingerprint (cache keys, checkpoints) is unchanged.
+    old = Tokenizer.build(["x-ray x-ray scan"], min_freq=1)
+    assert "split_hyphens" not in old.state_dict() and not Tokenizer.from_state_dict(old.state_dict()).split_hyphens
+    assert old.encode("x-ray", 8) == [old.index["x-ray"]]
+
+
 def datamodule(tmp_path, negatives=None, **kw):
     return TwoTowerDataModule(
         embeddings=RandomEmbeddings(dim=8),

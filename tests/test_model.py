@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from two_tower.data.tokenizer import PAD, UNK
-from two_tower.model.bag import TermStatistics
+from two_tower.model.bag import TermStatistics, vocabulary_keys
 from two_tower.model.embedding import OpenEmbedding
 from two_tower.model.encoders import RNNEncoder, TwoTower
 from two_tower.model.losses import InfoNCELoss, TripletLoss
@@ -79,6 +79,24 @@ def test_bag_towers_share_signatures_and_split_the_score():
     # Separate towers draw the same signatures from the same keys, so their bags are comparable.
     assert bag_cos.item() == pytest.approx(1.0, abs=1e-5)  # same text, same weights: identical bags
     assert score.item() == pytest.approx((0.7 * rnn_cos + 0.3 * bag_cos).item(), abs=1e-5)
+
+
+def test_passage_tower_weighs_bag_words_by_the_passage_idf_power():
+    words = [PAD, UNK] + [f"w{i}" for i in range(38)]
+    ids, lengths = torch.tensor([[4, 5, 6, 6]]), torch.tensor([4])
+    for power in (1.0, 0.5):
+        torch.manual_seed(0)
+        towers = TwoTower(40, 6, lambda **kw: RNNEncoder(cell="gru", hidden_size=8, dim=4, bag_dim=32, bag_passage_idf_power=power, **kw))
+        keys = np.sort(vocabulary_keys(words)[[4, 5, 6]])
+        attach_bags(towers, words, TermStatistics(keys, np.array([1, 3, 9]), 10))  # three different IDFs
+        with torch.no_grad():
+            q, p = towers.encode_queries(ids, lengths), towers.encode_passages(ids, lengths)
+        torch.testing.assert_close(q[:, :4], p[:, :4])  # the RNN part does not depend on the role
+        bag = towers.bags()[0]
+        with torch.no_grad():
+            torch.testing.assert_close(p[:, 4:] / p[:, 4:].norm(), bag(ids, lengths, passages=True))
+            torch.testing.assert_close(q[:, 4:] / q[:, 4:].norm(), bag(ids, lengths))
+        assert torch.allclose(q, p) == (power == 1.0)
 
 
 def unit(x):

@@ -145,6 +145,15 @@ def test_bag_weighs_words_by_corpus_idf_and_matches_unseen_words():
         got = bag(ids, lengths)
     want = brute_force_bag([t[:n] for t, n in zip(texts, lengths.tolist())], key_of, idf_of, signature_of)
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    # Passages may weigh words by IDF ** p (encoder.bag_passage_idf_power); queries keep IDF.
+    bag.passage_idf_power = 0.25
+    with torch.no_grad():
+        as_passages, as_queries = bag(ids, lengths, passages=True), bag(ids, lengths)
+    texts_cut = [t[:n] for t, n in zip(texts, lengths.tolist())]
+    torch.testing.assert_close(as_passages, brute_force_bag(texts_cut, key_of, lambda k: idf_of(k) ** 0.25, signature_of), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(as_queries, want, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(as_passages, want, atol=1e-3)
+    bag.passage_idf_power = 1.0
     # The unseen word (hashed id) in a query meets itself in a passage: their bags agree on it.
     with torch.no_grad():
         query, passage = bag(torch.tensor([[hashed]]), torch.tensor([1])), bag(torch.tensor([[hashed, 5]]), torch.tensor([2]))

@@ -135,6 +135,9 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, sig, uninterrupted):
         (["loss=distill", "loss.label_weight=2"], "loss.label_weight=2: must be a number in"),
         (["loss=distill", "~teacher"], "loss=distill needs a teacher"),
         (["encoder.bag_stemmer=english"], "encoder.bag_stemmer=english does nothing without the bag-of-words path"),
+        (["encoder.bag_passage_idf_power=0.5"], "encoder.bag_passage_idf_power=0.5 does nothing without the bag-of-words path"),
+        (["encoder.bag_dim=64", "encoder.bag_passage_idf_power=-1"], "encoder.bag_passage_idf_power=-1: must be a number in"),
+        (["data.tokenizer.split_hyphens=maybe"], "data.tokenizer.split_hyphens='maybe': must be true or false"),
     ],
 )
 def test_bad_config_fails_before_loading_data(overrides, message, tiny_cfg, monkeypatch):

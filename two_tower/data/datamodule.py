@@ -216,7 +216,7 @@ class TwoTowerDataModule(L.LightningDataModule):
 
         train_texts = [r.query for r in clean["train"]] + list({p: None for r in clean["train"] for p in r.passages})
         settings = {k: v for k, v in self.tokenizer_settings.items() if k != "min_freq"}
-        vectors = self.embeddings.load(train_texts, settings.get("keep_punctuation", False))
+        vectors = self.embeddings.load(train_texts, settings.get("keep_punctuation", False), settings.get("split_hyphens", False))
         # The vocabulary comes from training text only; the vectors' other words extend it (and any other
         # word gets a hashed id), so validation words are represented exactly as unseen test words are.
         extension = self.embeddings.extension_config() if vectors is not None else None
@@ -230,7 +230,7 @@ class TwoTowerDataModule(L.LightningDataModule):
         )
         if vectors is not None:
             matrix, oov_vocab = vectors.align(tokenizer.words, seed=self.seed)
-            oov_tokens = oov_rate(train_texts, vectors.index, tokenizer.keep_punctuation)
+            oov_tokens = oov_rate(train_texts, vectors.index, tokenizer.keep_punctuation, tokenizer.split_hyphens)
         else:
             rng = np.random.default_rng(self.seed)
             matrix = rng.normal(0.0, 0.3, size=(len(tokenizer), self.embeddings.dim)).astype(np.float32)

@@ -58,7 +58,7 @@ class EmbeddingSource:
         self.freeze = freeze
         self.dim = dim
 
-    def load(self, train_texts: list[str], keep_punctuation: bool = False) -> WordVectors | None:
+    def load(self, train_texts: list[str], keep_punctuation: bool = False, split_hyphens: bool = False) -> WordVectors | None:
         raise NotImplementedError
 
     def identity(self) -> str:
@@ -74,7 +74,7 @@ class EmbeddingSource:
 class RandomEmbeddings(EmbeddingSource):
     name = "random"
 
-    def load(self, train_texts, keep_punctuation=False):
+    def load(self, train_texts, keep_punctuation=False, split_hyphens=False):
         return None
 
 
@@ -83,7 +83,7 @@ class GloveEmbeddings(EmbeddingSource):
 
     name = "glove"
 
-    def load(self, train_texts, keep_punctuation=False):
+    def load(self, train_texts, keep_punctuation=False, split_hyphens=False):
         data_dir = _glove_data_dir()
         vectors = np.load(data_dir / "glove_6B_50d_emb.npy", mmap_mode="r")
         words = _glove_words()
@@ -127,10 +127,10 @@ class Word2VecEmbeddings(EmbeddingSource):
     def identity(self) -> str:
         return f"{self.name}:{sorted(self.params.items())}:center={self.center}"
 
-    def load(self, train_texts, keep_punctuation=False):
+    def load(self, train_texts, keep_punctuation=False, split_hyphens=False):
         from gensim.models import KeyedVectors, Word2Vec
 
-        digest = hashlib.sha1(repr((sorted(self.params.items()), keep_punctuation)).encode())
+        digest = hashlib.sha1(repr((sorted(self.params.items()), keep_punctuation, *((True,) if split_hyphens else ()))).encode())
         for text in train_texts:
             digest.update(text.encode())
             digest.update(b"\0")
@@ -142,7 +142,7 @@ class Word2VecEmbeddings(EmbeddingSource):
             kv = KeyedVectors.load(str(path / "vectors.kv"))
         else:
             cache.check_writable()
-            sentences = [split_words(t, keep_punctuation) for t in train_texts]
+            sentences = [split_words(t, keep_punctuation, split_hyphens) for t in train_texts]
             log.info("word2vec: training skip-gram on %d sentences (%s)", len(sentences), self.params)
             # workers=1 keeps training bit-for-bit reproducible for a given seed.
             model = Word2Vec(sentences=sentences, workers=self.workers, **self.params)
@@ -173,7 +173,7 @@ class FileEmbeddings(EmbeddingSource):
         stat = self.path.stat() if self.path.exists() else None
         return f"{self.name}:{self.path.resolve()}:{stat and (stat.st_size, stat.st_mtime_ns)}"
 
-    def load(self, train_texts, keep_punctuation=False):
+    def load(self, train_texts, keep_punctuation=False, split_hyphens=False):
         from gensim.models import KeyedVectors
 
         if not self.path.exists():
@@ -298,7 +298,7 @@ class DistilledEmbeddings(EmbeddingSource):
                 model.save_pretrained(str(tmp))
         return StaticModel.from_pretrained(str(cache.path(self._key())), normalize=False, force_download=False)
 
-    def load(self, train_texts, keep_punctuation=False):
+    def load(self, train_texts, keep_punctuation=False, split_hyphens=False):
         if self.words != "glove":
             raise EmbeddingsError(f"embeddings.words={self.words!r}: only 'glove' (GloVe 6B's 400k words) is supported")
         model = self.static_model()

@@ -113,9 +113,9 @@ class BagOfWords(nn.Module):
 
     SEED = 20261129
 
-    def __init__(self, num_words: int, dim: int, stemmer: str | None = None):
+    def __init__(self, num_words: int, dim: int, stemmer: str | None = None, passage_idf_power: float = 1.0):
         super().__init__()
-        self.dim, self.stemmer = dim, stemmer
+        self.dim, self.stemmer, self.passage_idf_power = dim, stemmer, float(passage_idf_power)
         # exp(correction) multiplies the corpus IDF of each training-vocabulary word; other words: 1.
         self.corrections = nn.Embedding(num_words, 1, padding_idx=0)
         nn.init.zeros_(self.corrections.weight)
@@ -192,7 +192,8 @@ class BagOfWords(nn.Module):
         at = torch.searchsorted(self.stat_keys, keys).clamp(max=len(self.stat_keys) - 1)
         return torch.where(self.stat_keys[at] == keys, self.stat_idf[at], torch.tensor(self.unseen_idf, device=keys.device))
 
-    def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    def forward(self, ids: torch.Tensor, lengths: torch.Tensor, passages: bool = False) -> torch.Tensor:
+        """[B, dim] unit bags; ``passages``: a passage's words weigh IDF ** ``passage_idf_power`` (a query's: IDF)."""
         real = torch.arange(ids.shape[1], device=ids.device)[None, :] < lengths.to(ids.device)[:, None]
         real &= ids > 1  # neither PAD nor UNK
         keys = self.token_keys(ids)
@@ -201,7 +202,10 @@ class BagOfWords(nn.Module):
         counts = ((keys.unsqueeze(2) == keys.unsqueeze(1)) & real.unsqueeze(1)).sum(2).clamp(min=1).to(self.corrections.weight.dtype)
         num_words = self.corrections.num_embeddings
         corrections = self.corrections(ids.clamp(max=num_words - 1)).squeeze(-1) * (ids < num_words)
-        weights = self.idf(keys).to(counts.dtype) * corrections.exp() * (1 + counts.log()) / counts * real
+        idf = self.idf(keys).to(counts.dtype)
+        if passages and self.passage_idf_power != 1.0:
+            idf = idf.pow(self.passage_idf_power)
+        weights = idf * corrections.exp() * (1 + counts.log()) / counts * real
         unique, inverse = torch.unique(keys, return_inverse=True)
         # embedding_bag sums weighted rows without building the [batch, length, dim] tensor.
         bags = F.embedding_bag(inverse, self.signatures(unique).to(weights.dtype), per_sample_weights=weights, mode="sum")

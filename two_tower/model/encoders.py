@@ -42,6 +42,7 @@ class RNNEncoder(nn.Module):
         bag_dim: int = 0,
         bag_mix: float = 0.5,
         bag_stemmer: str | None = None,
+        bag_passage_idf_power: float = 1.0,
         skip: bool = False,
     ):
         super().__init__()
@@ -80,15 +81,18 @@ class RNNEncoder(nn.Module):
         if bag_dim:
             check("encoder.bag_mix", bag_mix)
             # Words of one stem (bag_stemmer) share a key, so "runs" matches "running".
-            self.bag = BagOfWords(embedding.num_words, bag_dim, stemmer=bag_stemmer)
+            check("encoder.bag_passage_idf_power", bag_passage_idf_power)
+            self.bag = BagOfWords(embedding.num_words, bag_dim, stemmer=bag_stemmer, passage_idf_power=bag_passage_idf_power)
             # Share of the bag in the score: score = (1 - mix) * cos(RNN parts) + mix * cos(bag parts); learned.
             self.bag_mix_logit = nn.Parameter(torch.logit(torch.tensor(float(bag_mix))))
             self.output_dim += bag_dim
 
-    def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    def forward(self, ids: torch.Tensor, lengths: torch.Tensor, passages: bool = False) -> torch.Tensor:
+        """Unit vectors of a batch of texts; ``passages``: they are passages (the bag weighs their words
+        by IDF ** ``bag_passage_idf_power``, a query's by IDF)."""
         x = self.dropout(self.embedding(ids))
         if not self.packed:
-            return self._forward_masked(ids, lengths, x)
+            return self._forward_masked(ids, lengths, x, passages)
         packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
         output, hidden = self.rnn(packed)
         if self.pooling == "last":
@@ -102,9 +106,9 @@ class RNNEncoder(nn.Module):
                 pooled = (padded * mask).sum(1) / lengths.to(padded.device).clamp(min=1).unsqueeze(-1).to(padded.dtype)
             else:
                 pooled = padded.masked_fill(~mask, float("-inf")).max(1).values
-        return self._output(pooled, ids, lengths, x)
+        return self._output(pooled, ids, lengths, x, passages)
 
-    def _forward_masked(self, ids: torch.Tensor, lengths: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    def _forward_masked(self, ids: torch.Tensor, lengths: torch.Tensor, x: torch.Tensor, passages: bool = False) -> torch.Tensor:
         """Unidirectional RNN over the padded batch; only steps < length are pooled."""
         output, _ = self.rnn(x)  # [B, T, H]
         lengths = lengths.to(output.device)
@@ -116,9 +120,9 @@ class RNNEncoder(nn.Module):
                 pooled = (output * mask).sum(1) / lengths.clamp(min=1).unsqueeze(-1).to(output.dtype)
             else:
                 pooled = output.masked_fill(~mask, float("-inf")).max(1).values
-        return self._output(pooled, ids, lengths, x)
+        return self._output(pooled, ids, lengths, x, passages)
 
-    def _output(self, pooled: torch.Tensor, ids: torch.Tensor, lengths: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
+    def _output(self, pooled: torch.Tensor, ids: torch.Tensor, lengths: torch.Tensor, x: torch.Tensor | None = None, passages: bool = False) -> torch.Tensor:
         out = self.projection(self.dropout(pooled))
         if self.skip is not None:
             mask = (torch.arange(ids.shape[1], device=x.device)[None, :] < lengths.to(x.device)[:, None]).unsqueeze(-1)
@@ -128,7 +132,7 @@ class RNNEncoder(nn.Module):
         if self.bag is None:
             return out
         mix = torch.sigmoid(self.bag_mix_logit)
-        return torch.cat([(1 - mix).sqrt() * out, mix.sqrt() * self.bag(ids, lengths)], dim=-1)  # unit length
+        return torch.cat([(1 - mix).sqrt() * out, mix.sqrt() * self.bag(ids, lengths, passages)], dim=-1)  # unit length
 
 
 class TwoTower(nn.Module):
@@ -170,4 +174,4 @@ class TwoTower(nn.Module):
         return self.query_encoder(ids, lengths)
 
     def encode_passages(self, ids, lengths):
-        return self.passage_encoder(ids, lengths)
+        return self.passage_encoder(ids, lengths, passages=True)

@@ -50,8 +50,8 @@ def validate_train_config(cfg: DictConfig) -> None:
         raise ConfigError(f"data.pseudo_queries.min_words={pseudo.min_words} must be at most data.pseudo_queries.max_words={pseudo.max_words}")
     encoder = cfg.get("encoder") or {}
     if not encoder.get("bag_dim"):
-        for key in ("bag_stemmer",):
-            if encoder.get(key):
+        for key, default in (("bag_stemmer", None), ("bag_passage_idf_power", 1.0)):  # settings of the bag path
+            if encoder.get(key, default) != default:
                 raise ConfigError(f"encoder.{key}={encoder[key]} does nothing without the bag-of-words path: set encoder.bag_dim too")
     data = cfg.data
     if data.get("synthetic_rows"):
