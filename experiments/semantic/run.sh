@@ -32,11 +32,26 @@ python train.py experiment=best_bag2048 loss=distill_margin loss.margin_pairs=mi
 python train.py experiment=best_bag2048 loss.teacher_temperature=0.02 seed=42 data.path="$DATA" hydra.run.dir="$OUT/teacher_temperature_0.02"
 python train.py experiment=best_bag2048 loss.teacher_temperature=0.1 seed=42 data.path="$DATA" hydra.run.dir="$OUT/teacher_temperature_0.1"
 python train.py experiment=best_bag2048 encoder.bag_dim=4096 seed=42 data.path="$DATA" hydra.run.dir="$OUT/bag_dim_4096"
-python train.py -m experiment=best seed=1,2,42 data.path="$DATA" hydra.sweep.dir="$OUT/best"   # the 8192-d bag: the new recipe
-python train.py experiment=best encoder.bag_dim=16384 seed=42 data.path="$DATA" hydra.run.dir="$OUT/bag_dim_16384"
+python train.py -m experiment=best_bag8192 seed=1,2,42 data.path="$DATA" hydra.sweep.dir="$OUT/best_bag8192"   # the 8192-d bag (then experiment=best)
+python train.py experiment=best_bag8192 encoder.bag_dim=16384 seed=42 data.path="$DATA" hydra.run.dir="$OUT/bag_dim_16384"
 # Training time per epoch, the two recipes one right after the other (2 epochs each).
 python train.py experiment=best_bag2048 trainer.max_epochs=2 seed=42 data.path="$DATA" hydra.run.dir="$OUT/time_bag2048"
-python train.py experiment=best trainer.max_epochs=2 seed=42 data.path="$DATA" hydra.run.dir="$OUT/time_best"
-python experiments/semantic/encode_rate.py "$OUT/best_bag2048/2/checkpoints/last.ckpt" "$DATA" --passages 1000 --threads 1 --also "$OUT/best/2/checkpoints/last.ckpt"
+python train.py experiment=best_bag8192 trainer.max_epochs=2 seed=42 data.path="$DATA" hydra.run.dir="$OUT/time_bag8192"
+python experiments/semantic/encode_rate.py "$OUT/best_bag2048/2/checkpoints/last.ckpt" "$DATA" --passages 1000 --threads 1 --also "$OUT/best_bag8192/2/checkpoints/last.ckpt"
 # Passages per second against the teacher (same passages, same thread, one process).
 python experiments/semantic/encode_rate.py "$OUT/best_infonce/2/checkpoints/last.ckpt" "$DATA" --passages 1000 --threads 1
+# Hyphens split words and passages weigh IDF ** p (2026-12-05): the exact scan, then trained (5 epochs to see
+# every epoch), the recipe as composed (experiment=best: p = 0.25, one epoch), one-epoch variants, cost.
+python experiments/semantic/lexical_scan.py "$DATA" "${CRANFIELD:-../shared/data/cranfield}"
+python train.py -m experiment=best_bag8192 data.tokenizer.split_hyphens=true seed=1,2,42 data.path="$DATA" hydra.sweep.dir="$OUT/split_hyphens"
+python train.py -m experiment=best_bag8192 data.tokenizer.split_hyphens=true encoder.bag_passage_idf_power=0.25,0.5 seed=1,2,42 data.path="$DATA" hydra.sweep.dir="$OUT/passage_idf_power"
+python train.py -m experiment=best seed=1,2,42 data.path="$DATA" hydra.sweep.dir="$OUT/best"
+python train.py -m experiment=best encoder.bag_dim=2048,4096 seed=42 data.path="$DATA" hydra.sweep.dir="$OUT/best_narrower_bag"
+python train.py experiment=best data.pseudo_queries.count=2500 seed=42 data.path="$DATA" hydra.run.dir="$OUT/best_pseudo2500"
+python train.py experiment=best_infonce data.tokenizer.split_hyphens=true encoder.bag_passage_idf_power=0.25 seed=42 data.path="$DATA" hydra.run.dir="$OUT/infonce_lexical"
+python train.py -m experiment=best_rnn data.tokenizer.split_hyphens=true seed=1,2,42 data.path="$DATA" hydra.sweep.dir="$OUT/rnn_split_hyphens"
+python train.py -m experiment=best_infonce,best trainer.max_epochs=2 seed=42 data.path="$DATA" hydra.sweep.dir="$OUT/time_best"
+python experiments/semantic/encode_rate.py "$OUT/best/2/checkpoints/last.ckpt" "$DATA" --passages 1000 --threads 1 --also "$OUT/best_bag8192/2/checkpoints/last.ckpt"
+python experiments/semantic/carve_test_split.py "$DATA" "$OUT/marco7k_heldout" --rows 1000 --seed 0
+python train.py experiment=best seed=42 data.path="$OUT/marco7k_heldout" hydra.run.dir="$OUT/heldout"
+python evaluate.py ckpt="$OUT/heldout/checkpoints/last.ckpt" data.path="$OUT/marco7k_heldout" split=test "retriever=[dense,bm25,hybrid]" out="$OUT/heldout/test"

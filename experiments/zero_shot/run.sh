@@ -22,3 +22,10 @@ with open(f"{sys.argv[1]}/corpus.jsonl") as f, open(sys.argv[2], "w") as out:
 PY
 python index.py ckpt="$OUT/best/2/checkpoints/last.ckpt" corpus="$OUT/cranfield.tsv" out="$OUT/cranfield_index"
 python experiments/zero_shot/searcher_ndcg.py "$OUT/cranfield_index" "$CRAN"
+# experiment=best as of 2026-12-05 (split hyphens, passage IDF ** 0.25, one epoch), seeds 1, 2, 42.
+python train.py -m experiment=best seed=1,2,42 data.path="$MARCO" hydra.sweep.dir="$OUT/best_2026_12_05"
+for run in "$OUT"/best_2026_12_05/*/; do
+  python evaluate.py ckpt="$run/checkpoints/last.ckpt" data.path="$CRAN" split=test "retriever=[dense,bm25,hybrid]" out="$run/cranfield"
+done
+python index.py ckpt="$OUT/best_2026_12_05/2/checkpoints/last.ckpt" corpus="$OUT/cranfield.tsv" out="$OUT/cranfield_index_best"
+python experiments/zero_shot/searcher_ndcg.py "$OUT/cranfield_index_best" "$CRAN"
