@@ -130,6 +130,7 @@ class Word2VecEmbeddings(EmbeddingSource):
     def load(self, train_texts, keep_punctuation=False, split_hyphens=False):
         from gensim.models import KeyedVectors, Word2Vec
 
+        # split_hyphens enters the key only when set, so caches made before the setting existed stay valid.
         digest = hashlib.sha1(repr((sorted(self.params.items()), keep_punctuation, *((True,) if split_hyphens else ()))).encode())
         for text in train_texts:
             digest.update(text.encode())
