@@ -45,13 +45,19 @@ python experiments/semantic/encode_rate.py "$OUT/best_infonce/2/checkpoints/last
 python experiments/semantic/lexical_scan.py "$DATA" "${CRANFIELD:-../shared/data/cranfield}"
 python train.py -m experiment=best_bag8192 data.tokenizer.split_hyphens=true seed=1,2,42 data.path="$DATA" hydra.sweep.dir="$OUT/split_hyphens"
 python train.py -m experiment=best_bag8192 data.tokenizer.split_hyphens=true encoder.bag_passage_idf_power=0.25,0.5 seed=1,2,42 data.path="$DATA" hydra.sweep.dir="$OUT/passage_idf_power"
-python train.py -m experiment=best seed=1,2,42 data.path="$DATA" hydra.sweep.dir="$OUT/best"
-python train.py -m experiment=best encoder.bag_dim=2048,4096 seed=42 data.path="$DATA" hydra.sweep.dir="$OUT/best_narrower_bag"
-python train.py experiment=best data.pseudo_queries.count=2500 seed=42 data.path="$DATA" hydra.run.dir="$OUT/best_pseudo2500"
+python train.py -m experiment=best encoder.hidden_size=128 seed=1,2,42 data.path="$DATA" hydra.sweep.dir="$OUT/best_hidden128"
+python train.py -m experiment=best encoder.hidden_size=128 encoder.bag_dim=2048,4096 seed=42 data.path="$DATA" hydra.sweep.dir="$OUT/best_narrower_bag"
+python train.py experiment=best encoder.hidden_size=128 data.pseudo_queries.count=2500 seed=42 data.path="$DATA" hydra.run.dir="$OUT/best_pseudo2500"
+python train.py -m experiment=best encoder.hidden_size=32 seed=42 data.path="$DATA" hydra.sweep.dir="$OUT/best_hidden32"
+python train.py -m experiment=best encoder.cell=gru encoder.hidden_size=128,64 seed=42 data.path="$DATA" hydra.sweep.dir="$OUT/best_gru"
+python train.py -m experiment=best seed=1,2,42 data.path="$DATA" hydra.sweep.dir="$OUT/best"   # the recipe (64-unit LSTM)
 python train.py experiment=best_infonce data.tokenizer.split_hyphens=true encoder.bag_passage_idf_power=0.25 seed=42 data.path="$DATA" hydra.run.dir="$OUT/infonce_lexical"
 python train.py -m experiment=best_rnn data.tokenizer.split_hyphens=true seed=1,2,42 data.path="$DATA" hydra.sweep.dir="$OUT/rnn_split_hyphens"
-python train.py -m experiment=best_infonce,best trainer.max_epochs=2 seed=42 data.path="$DATA" hydra.sweep.dir="$OUT/time_best"
-python experiments/semantic/encode_rate.py "$OUT/best/2/checkpoints/last.ckpt" "$DATA" --passages 1000 --threads 1 --also "$OUT/best_bag8192/2/checkpoints/last.ckpt"
+for round in 1 2; do  # time per epoch, alternating
+  python train.py experiment=best_infonce trainer.max_epochs=2 seed=42 data.path="$DATA" hydra.run.dir="$OUT/time_infonce_$round"
+  python train.py experiment=best trainer.max_epochs=2 seed=42 data.path="$DATA" hydra.run.dir="$OUT/time_best_$round"
+done
+python experiments/semantic/encode_rate.py "$OUT/best/2/checkpoints/last.ckpt" "$DATA" --passages 1000 --threads 1 --also "$OUT/best_hidden128/2/checkpoints/last.ckpt"
 python experiments/semantic/carve_test_split.py "$DATA" "$OUT/marco7k_heldout" --rows 1000 --seed 0
 python train.py experiment=best seed=42 data.path="$OUT/marco7k_heldout" hydra.run.dir="$OUT/heldout"
 python evaluate.py ckpt="$OUT/heldout/checkpoints/last.ckpt" data.path="$OUT/marco7k_heldout" split=test "retriever=[dense,bm25,hybrid]" out="$OUT/heldout/test"
