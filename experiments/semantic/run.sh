@@ -58,6 +58,6 @@ for round in 1 2; do  # time per epoch, alternating
   python train.py experiment=best trainer.max_epochs=2 seed=42 data.path="$DATA" hydra.run.dir="$OUT/time_best_$round"
 done
 python experiments/semantic/encode_rate.py "$OUT/best/2/checkpoints/last.ckpt" "$DATA" --passages 1000 --threads 1 --also "$OUT/best_hidden128/2/checkpoints/last.ckpt"
-python experiments/semantic/carve_test_split.py "$DATA" "$OUT/marco7k_heldout" --rows 1000 --seed 0
+python experiments/comparisons/carve_test_split.py "$DATA" "$OUT/marco7k_heldout" --rows 1000 --seed 0
 python train.py experiment=best seed=42 data.path="$OUT/marco7k_heldout" hydra.run.dir="$OUT/heldout"
 python evaluate.py ckpt="$OUT/heldout/checkpoints/last.ckpt" data.path="$OUT/marco7k_heldout" split=test "retriever=[dense,bm25,hybrid]" out="$OUT/heldout/test"
