@@ -217,3 +217,29 @@ def test_graded_ndcg_matches_a_hand_computation():
     assert got["mrr@10"] == pytest.approx(1 / 2) and got["recall@10"] == pytest.approx(2 / 3)
     # All gains 1 is the binary case.
     assert ranking_metrics(ranked, [{3: 1.0, 1: 1.0}])["ndcg@10"] == pytest.approx(ranking_metrics(ranked, [[3, 1]])["ndcg@10"])
+
+
+def test_index_folder_query_encoder_keeps_split_hyphens_and_the_bag_settings(tmp_path):
+    """What an index folder saves for its query tower (QueryEncoder.save / load) keeps the tokenizer's
+    split_hyphens and the bag's passage IDF power, so search splits "x-ray" as training did."""
+    from two_tower.model.bag import TermStatistics
+    from two_tower.retrieval.query_encoder import QueryEncoder
+
+    tokenizer = Tokenizer.build(["x-ray scan of the chest", "x-ray"], min_freq=1, split_hyphens=True)
+    settings = {"cell": "gru", "hidden_size": 4, "dim": 4, "bag_dim": 16, "bag_passage_idf_power": 0.25}
+    config = {
+        "encoder": {"_target_": "two_tower.model.encoders.RNNEncoder", **settings},
+        "vocab_size": len(tokenizer),
+        "embedding_dim": 6,
+        "extension_size": 0,
+        "hash_buckets": 0,
+    }
+    torch.manual_seed(0)
+    encoder = RNNEncoder(OpenEmbedding(len(tokenizer), 6), **settings)
+    attach_vocabulary([encoder], tokenizer)
+    QueryEncoder(encoder, tokenizer, config).save(tmp_path / "query_encoder.pt")
+    loaded = QueryEncoder.load(tmp_path / "query_encoder.pt")
+    loaded.set_statistics(TermStatistics(np.zeros(0, np.int64), np.zeros(0, np.int64), 10))
+    assert loaded.tokenizer.split_hyphens and loaded.encoder.bag.passage_idf_power == 0.25
+    assert loaded.tokenizer.encode("x-ray", 8) == [tokenizer.index["x"], tokenizer.index["ray"]]
+    np.testing.assert_allclose(loaded.encode(["x-ray"]), loaded.encode(["x ray"]))
