@@ -61,3 +61,7 @@ python experiments/semantic/encode_rate.py "$OUT/best/2/checkpoints/last.ckpt" "
 python experiments/comparisons/carve_test_split.py "$DATA" "$OUT/marco7k_heldout" --rows 1000 --seed 0
 python train.py experiment=best seed=42 data.path="$OUT/marco7k_heldout" hydra.run.dir="$OUT/heldout"
 python evaluate.py ckpt="$OUT/heldout/checkpoints/last.ckpt" data.path="$OUT/marco7k_heldout" split=test "retriever=[dense,bm25,hybrid]" out="$OUT/heldout/test"
+# Training time of the ladder's recipes, one after the other (2 epochs each).
+for e in best_rnn_glove best_rnn best_glove best_infonce best_bag2048 best_bag8192 best; do
+  python train.py experiment=$e trainer.max_epochs=2 seed=42 data.path="$DATA" hydra.run.dir="$OUT/ladder_time_$e"
+done
