@@ -230,7 +230,7 @@ class TwoTowerDataModule(L.LightningDataModule):
         )
         if vectors is not None:
             matrix, oov_vocab = vectors.align(tokenizer.words, seed=self.seed)
-            oov_tokens = oov_rate(train_texts, vectors.index, tokenizer.keep_punctuation, tokenizer.split_hyphens)
+            oov_tokens = oov_rate(train_texts, vectors.index, tokenizer.split)
         else:
             rng = np.random.default_rng(self.seed)
             matrix = rng.normal(0.0, 0.3, size=(len(tokenizer), self.embeddings.dim)).astype(np.float32)

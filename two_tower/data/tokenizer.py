@@ -21,7 +21,7 @@ import json
 import re
 import zlib
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from array import array
 
@@ -121,10 +121,14 @@ class Tokenizer:
         """The saved vocabulary (PAD, UNK, training words): the rows a checkpoint stores."""
         return len(self.words)
 
+    def split(self, text: str) -> list[str]:
+        """The words of ``text`` under this tokenizer's rule (punctuation, hyphens), untruncated."""
+        return split_words(text, self.keep_punctuation, self.split_hyphens)
+
     def encode(self, text: str, max_len: int) -> list[int]:
         """Word ids of ``text``, truncated to ``max_len``; an empty text (no word) gives [UNK]."""
         index, hashed = self.index, self.hashed_id
-        ids = [index.get(w) or hashed(w) for w in split_words(text, self.keep_punctuation, self.split_hyphens)[:max_len]]
+        ids = [index.get(w) or hashed(w) for w in self.split(text)[:max_len]]
         return ids or [UNK_ID]
 
     def word_of(self, token_id: int) -> str | None:
@@ -248,11 +252,12 @@ def _encode_in_worker(texts: list[str], max_len: int) -> tuple[np.ndarray, np.nd
     return _worker_tokenizer._encode_chunk(texts, max_len)
 
 
-def oov_rate(texts: Iterable[str], known, keep_punctuation: bool = False, split_hyphens: bool = False) -> float:
-    """Share of word occurrences in ``texts`` that are not in ``known`` (a set or dict of words)."""
+def oov_rate(texts: Iterable[str], known, split: Callable[[str], list[str]] = split_words) -> float:
+    """Share of word occurrences in ``texts`` that are not in ``known`` (a set or dict of words); ``split``:
+    a text's words (e.g. ``Tokenizer.split``)."""
     total = missing = 0
     for text in texts:
-        for w in split_words(text, keep_punctuation, split_hyphens):
+        for w in split(text):
             total += 1
             missing += w not in known
     return missing / max(total, 1)

@@ -15,7 +15,7 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from two_tower.data.tokenizer import Tokenizer, pad_batch, split_words
+from two_tower.data.tokenizer import Tokenizer, pad_batch
 from two_tower.data.embeddings import restore_tokenizer
 from two_tower.model.bag import TermStatistics
 from two_tower.model.embedding import OpenEmbedding
@@ -81,7 +81,7 @@ class QueryEncoder:
         """Raise EmptyQueryError unless ``query`` has a word the tokenizer reads."""
         if not isinstance(query, str) or not query.strip():
             raise EmptyQueryError(f"{where} is empty ({query!r}); give some words to search for")
-        if not split_words(query, self.tokenizer.keep_punctuation):
+        if not self.tokenizer.split(query):
             # Punctuation, emoji, control or zero-width characters only: the tokenizer finds no word, and
             # encoding nothing would answer every such query with the same arbitrary passages.
             raise EmptyQueryError(f"{where} has no searchable word ({query[:40]!r}); give some words to search for")
