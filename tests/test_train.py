@@ -79,6 +79,42 @@ def test_resume_continues_step_and_epoch(tmp_path):
         assert resumed_metrics[key] == straight[key], key
 
 
+def test_frozen_vectors_stay_out_of_checkpoints_and_load_exactly(tmp_path):
+    """Frozen word vectors from a file and frozen hashed buckets are derived again on load, not saved
+    (two_tower.model.frozen_rows): the checkpoint is a fraction of the size, evaluate reproduces the
+    logged validation figures from it, and a run resumes from it."""
+    import json
+
+    from tests.test_retrieval import compose_retrieval
+    from two_tower.data import synthetic
+    from two_tower.retrieval.evaluate import evaluate
+
+    rng = np.random.default_rng(0)
+    words = [*synthetic.vocabulary(200 * 5), *synthetic.FILLER]  # every word of the synthetic rows (200 topics of 5)
+    vectors = tmp_path / "vectors.txt"
+    vectors.write_text(f"{len(words)} 16\n" + "".join(f"{w} " + " ".join(f"{v:.4f}" for v in rng.normal(size=16)) + "\n" for w in words))
+    overrides = ["embeddings=file", f"embeddings.path={vectors}", "embeddings.freeze=true", "model.hash_buckets=512"]
+    cfg = compose_train(tmp_path, overrides)
+    metrics = train(cfg)
+    last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    state = torch.load(last, weights_only=True)
+    tables = [k for k in state["derived_rows"] if k.endswith(("words.weight", "buckets.weight"))]
+    assert tables and not set(tables) & set(state["state_dict"])
+    assert any(k.endswith("buckets.weight") for k in tables) and any(k.endswith("words.weight") for k in tables)
+
+    spec = dict(cfg.data.synthetic_rows)
+    n_train, n_val = spec.pop("train_rows"), spec.pop("val_rows")
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "validation-00000-of-00001.jsonl").write_text("".join(json.dumps(r) + "\n" for r in synthetic.make_rows(n_train + n_val, **spec)[n_train:]))
+    scored = evaluate(compose_retrieval("evaluate", [f"ckpt={last}", f"data.path={data}", f"out={tmp_path / 'eval'}"]))["dense"]
+    logged = {k.removeprefix("val/"): v for k, v in metrics.items() if k.startswith("val/")}
+    assert {k: scored[k] for k in logged} == pytest.approx(logged, abs=1e-6)
+
+    resumed = train(compose_train(tmp_path, [*overrides, "trainer.max_epochs=2", f"ckpt_path={last}"]))
+    assert torch.load(last, weights_only=True)["epoch"] == 1 and np.isfinite(resumed["val/mrr@10"])
+
+
 def test_same_seed_same_metrics(tmp_path):
     runs = [train(compose_train(tmp_path / str(i), ["trainer.max_epochs=2", "seed=7"])) for i in range(2)]
     keys = [k for k in runs[0] if k.startswith(("val/", "train/"))]

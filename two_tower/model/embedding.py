@@ -1,13 +1,14 @@
 """The word-vector table of an open vocabulary (see ``two_tower.data.tokenizer`` for the id ranges).
 
 - training vocabulary rows (``words``): pre-trained vectors where they exist, trained or frozen with
-  ``embeddings.freeze``; saved in checkpoints;
+  ``embeddings.freeze``; saved in checkpoints when trained, derived again from the source when frozen
+  (``two_tower.model.frozen_rows``);
 - extension rows: the pre-trained vectors of every other word of the source (GloVe: ~366k more words).
   Always frozen and never saved (80 MB for GloVe 6B 50d): they are read from the source again when a
   model loads (``two_tower.model.vocabulary.attach``) and checked against a saved CRC;
 - hashed buckets: any other word's id, modulo ``buckets``, picks one of ``buckets`` random rows (at the
   word vectors' scale, trained like the vocabulary rows), so identical unknown strings give identical RNN inputs
-  (the fastText hashing trick, on whole words).
+  (the fastText hashing trick, on whole words); frozen, they are drawn again on load from a saved RNG state.
 """
 
 from __future__ import annotations
@@ -30,7 +31,11 @@ class OpenEmbedding(nn.Module):
         self.register_buffer("extension_crc", torch.zeros((), dtype=torch.int64))
         self.extension_loaded = extension_size == 0
         self.buckets = nn.Embedding(buckets, dim) if buckets else None
+        # The RNG state the buckets are drawn from: a checkpoint of a frozen table saves it instead of the
+        # rows (two_tower.model.frozen_rows).
+        self.bucket_rng_state: torch.Tensor | None = None
         if self.buckets is not None:
+            self.bucket_rng_state = torch.get_rng_state()
             nn.init.normal_(self.buckets.weight, std=0.3)
         self.freeze(freeze)
 

@@ -11,6 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from two_tower.data.tokenizer import Tokenizer
 from two_tower.data.embeddings import restore_tokenizer
+from two_tower.model import frozen_rows
 from two_tower.model.encoders import TwoTower
 from two_tower.model.vocabulary import attach_vocabulary
 from two_tower.core.metrics import DEFAULT_KS, dense_split_per_query
@@ -282,10 +283,16 @@ class TwoTowerModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint):
         if self.tokenizer is not None:
             checkpoint["tokenizer"] = self.tokenizer.state_dict()
+            # Frozen rows the vectors source gives again are not saved (two_tower.model.frozen_rows).
+            derived = frozen_rows.strip(checkpoint["state_dict"], self, self.tokenizer)
+            if derived:
+                checkpoint[frozen_rows.KEY] = derived
 
     def on_load_checkpoint(self, checkpoint):
         if "tokenizer" in checkpoint:
             self.attach_tokenizer(restore_tokenizer(checkpoint["tokenizer"]))
+            if frozen_rows.KEY in checkpoint:  # before Lightning loads checkpoint["state_dict"]
+                frozen_rows.restore(checkpoint["state_dict"], checkpoint[frozen_rows.KEY], self, self.tokenizer, "the checkpoint")
 
 
 def _world_size() -> int:

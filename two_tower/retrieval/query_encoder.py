@@ -17,6 +17,7 @@ from torch import nn
 
 from two_tower.data.tokenizer import Tokenizer, pad_batch
 from two_tower.data.embeddings import restore_tokenizer
+from two_tower.model import frozen_rows
 from two_tower.model.bag import TermStatistics
 from two_tower.model.embedding import OpenEmbedding
 from two_tower.model.vocabulary import attach_vocabulary
@@ -64,7 +65,8 @@ class QueryEncoder:
 
     def save(self, path: Path) -> None:
         state = {k: v.detach().cpu() for k, v in self.encoder.state_dict().items()}
-        torch.save({**self.config, "state_dict": state, "tokenizer": self.tokenizer.state_dict()}, path)
+        derived = frozen_rows.strip(state, self.encoder, self.tokenizer)  # frozen rows the source gives again
+        torch.save({**self.config, "state_dict": state, "tokenizer": self.tokenizer.state_dict(), frozen_rows.KEY: derived}, path)
 
     @classmethod
     def load(cls, path: Path) -> "QueryEncoder":
@@ -74,6 +76,7 @@ class QueryEncoder:
         encoder = hydra.utils.instantiate(OmegaConf.create(config["encoder"]), embedding=embedding)
         tokenizer = restore_tokenizer(saved["tokenizer"])
         attach_vocabulary([encoder], tokenizer)
+        frozen_rows.restore(saved["state_dict"], saved.get(frozen_rows.KEY, {}), encoder, tokenizer, str(path))
         encoder.load_state_dict(saved["state_dict"])
         return cls(encoder, tokenizer, config)
 

@@ -18,6 +18,7 @@ from two_tower.training.config import validate_train_config
 from two_tower.core.config_key import current_config_key
 from two_tower.data.datamodule import TwoTowerDataModule
 from two_tower.core.errors import CheckpointError, ConfigError
+from two_tower.model import frozen_rows
 from two_tower.model.module import TwoTowerModule
 from two_tower.negatives.refresh import NegativeRefresh
 from two_tower.training.tracking import fill_wandb_group_and_tags, tracking_callbacks
@@ -69,9 +70,11 @@ def resolve_ckpt_path(cfg: DictConfig) -> str | None:
 
 def check_resume_shapes(path: str, module: TwoTowerModule) -> None:
     """Refuse, in one line, a checkpoint of another model shape (encoder, dims, bag path) than this config's."""
-    saved = torch.load(path, map_location="cpu", weights_only=True, mmap=True)["state_dict"]
-    own = module.state_dict()
-    problems = [f"{k}: {tuple(saved[k].shape)} in the checkpoint vs {tuple(own[k].shape)} here" for k in own if k in saved and tuple(saved[k].shape) != tuple(own[k].shape)]
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    saved = {k: tuple(v.shape) for k, v in checkpoint["state_dict"].items()}
+    saved.update({k: tuple(entry["shape"]) for k, entry in checkpoint.get(frozen_rows.KEY, {}).items()})  # derived on load
+    own = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+    problems = [f"{k}: {saved[k]} in the checkpoint vs {own[k]} here" for k in own if k in saved and saved[k] != own[k]]
     missing, unexpected = sorted(own.keys() - saved.keys()), sorted(saved.keys() - own.keys())
     if missing:
         problems.append(f"not in the checkpoint: {missing[:3]}{' ...' if len(missing) > 3 else ''}")
