@@ -127,3 +127,16 @@ def test_distill_margin_config_is_distill_with_margin_mse(tiny_cfg):
     best = tiny_cfg("experiment=best", "loss=distill_margin")
     assert best.loss.margin_weight == 1.0 and best.loss.temperature == 0.05 and best.data.pseudo_queries.count > 0
     validate_train_config(best)
+
+
+def test_hybrid_fuses_dense_with_stemmed_bm25_and_keeps_the_plain_baseline():
+    """retriever=[dense,bm25,hybrid]: plain bm25 stays the BEIR baseline (no stemmer); the hybrids fuse
+    the dense model with bm25_stemmed, which is bm25 plus the English stemmer and nothing else."""
+    from tests.test_retrieval import compose_retrieval
+
+    retriever = compose_retrieval("evaluate", ["ckpt=x.ckpt", "data.path=d", "retriever=[dense,bm25,hybrid]"]).retriever
+    assert list(retriever) == ["dense", "bm25", "bm25_stemmed", "hybrid_rrf", "hybrid_weighted"]
+    assert retriever.bm25.stemmer is None and retriever.bm25_stemmed.stemmer == "english"
+    assert {k: v for k, v in retriever.bm25_stemmed.items() if k != "stemmer"} == {k: v for k, v in retriever.bm25.items() if k != "stemmer"}
+    assert list(retriever.hybrid_rrf.parts) == list(retriever.hybrid_weighted.parts) == ["dense", "bm25_stemmed"]
+    assert list(retriever.hybrid_weighted.weights) == [0.7, 0.3]
