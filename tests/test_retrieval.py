@@ -460,3 +460,33 @@ def test_corrupted_index_part_and_truncated_checkpoint_are_refused(trained, tmp_
     truncated.write_bytes(trained["ckpt"].read_bytes()[:1000])
     with pytest.raises(CheckpointError, match="not a two-tower checkpoint"):
         load_checkpoint(truncated)
+
+
+def test_teacher_retriever_ranks_by_the_teachers_cosine_and_caches(trained, tmp_path, monkeypatch):
+    """retriever=teacher: the distillation teacher's cosine over the split, scored by the shared metric
+    code (MRR@10 equals a brute-force ranking of its vectors), its vectors cached for the next run."""
+    from tests.test_distill import TopicTeacherModel
+    from two_tower.data.teacher import SentenceTransformerTeacher
+
+    monkeypatch.setattr(SentenceTransformerTeacher, "_load", lambda self: TopicTeacherModel())
+    TopicTeacherModel.calls = 0
+    overrides = [f"data.path={trained['data']}", f"out={tmp_path / 'eval'}", "retriever=[teacher]", f"retriever.teacher.cache_dir={tmp_path / 'cache'}"]
+    metrics = evaluate(compose_retrieval("evaluate", overrides))["teacher"]
+    assert TopicTeacherModel.calls == 2  # the split's queries and passages, once each
+
+    split = validation_split(trained["data"])
+    model = TopicTeacherModel()
+    queries = model.encode(split.query_texts, 64, True, False, True)
+    passages = model.encode(split.passage_texts, 64, True, False, True)
+    reciprocal = []
+    for row in split.evaluated_queries():
+        scores = passages @ queries[row]
+        order = np.lexsort((np.arange(len(scores)), -scores))[:10]  # best first, ties to the lower passage
+        hits = [rank for rank, pid in enumerate(order, 1) if pid in set(split.positives[row].tolist())]
+        reciprocal.append(1 / hits[0] if hits else 0.0)
+    assert metrics["mrr@10"] == pytest.approx(np.mean(reciprocal), abs=1e-9) and metrics["mrr@10"] > 0.5
+
+    calls = TopicTeacherModel.calls
+    again = evaluate(compose_retrieval("evaluate", [*overrides[:1], f"out={tmp_path / 'again'}", *overrides[2:]]))["teacher"]
+    assert TopicTeacherModel.calls == calls  # read from the cache: the model is not used again
+    assert {k: v for k, v in again.items() if k != "seconds"} == {k: v for k, v in metrics.items() if k != "seconds"}
