@@ -245,10 +245,12 @@ def test_index_folder_query_encoder_keeps_split_hyphens_and_the_bag_settings(tmp
     np.testing.assert_allclose(loaded.encode(["x-ray"]), loaded.encode(["x ray"]))
 
 
-def test_frozen_rows_are_derived_again_instead_of_saved(vectors_file, tmp_path):
-    """A frozen table's word rows come again from the vectors source and its hashed buckets from the RNG
-    state they were drawn from: neither is in a checkpoint or an index folder's query tower, the model
-    loads exactly, and rows that come out different (a changed source) are refused in one line."""
+@pytest.mark.parametrize("shared", [True, False], ids=["shared towers", "separate towers"])
+def test_frozen_word_rows_are_derived_again_instead_of_saved(vectors_file, tmp_path, shared):
+    """A frozen table's word rows come again from the vectors source: they are in neither a checkpoint
+    nor an index folder's query tower, the model loads exactly, and rows that come out different (a
+    changed source) are refused in one line. The hashed buckets are saved (torch draws them differently
+    on other CPU kernels)."""
     from two_tower.data.embeddings import _load_extension_source
     from two_tower.model import frozen_rows
     from two_tower.retrieval.query_encoder import QueryEncoder
@@ -257,49 +259,53 @@ def test_frozen_rows_are_derived_again_instead_of_saved(vectors_file, tmp_path):
     assert "emu" in tok.words and "emu" not in vectors.index  # a training word without a vector: a random row
 
     def towers(frozen=True):
-        return TwoTower(len(tok.words), 4, lambda **kw: RNNEncoder(cell="gru", hidden_size=4, dim=4, **kw), freeze_embeddings=frozen,
-                        extension_size=len(tok.extension_words), hash_buckets=8)
+        return TwoTower(len(tok.words), 4, lambda **kw: RNNEncoder(cell="gru", hidden_size=4, dim=4, **kw), shared_towers=shared,
+                        freeze_embeddings=frozen, extension_size=len(tok.extension_words), hash_buckets=8)
 
     torch.manual_seed(0)
     model = towers()
     model.load_embeddings(vectors.align(tok.words, seed=5)[0])  # seed 5: "emu" gets a row the source's seed-0 alignment does not give
-    attach_vocabulary([model.query_encoder], tok)
+    attach_vocabulary([model.query_encoder, model.passage_encoder], tok)
     ids = torch.tensor([tok.encode("cat emu xj-17b zebra", 8)])  # a training word, one without a vector, a hashed word, an extension word
     assert ids.max() >= tok.vocab_size
     lengths = torch.tensor([ids.shape[1]])
-    want = model.encode_queries(ids, lengths)
+    want = model.encode_queries(ids, lengths).detach(), model.encode_passages(ids, lengths).detach()
 
     state = model.state_dict()
     derived = frozen_rows.strip(state, model, tok)
-    tables = [f"{prefix}embedding.{rows}" for prefix in ("", "query_encoder.", "passage_encoder.") for rows in ("words.weight", "buckets.weight")]
-    assert sorted(derived) == sorted(tables) and not set(tables) & set(state)
+    words = [f"{prefix}embedding.words.weight" for prefix in ("", "query_encoder.", "passage_encoder.")]
+    assert sorted(derived) == sorted(words) and not set(words) & set(state)
+    assert {"embedding.buckets.weight", "query_encoder.embedding.buckets.weight"} <= set(state)  # saved
     # Only the rows the source does not give again are saved: UNK's and the vector-less word's, drawn at random.
     assert derived["embedding.words.weight"]["rows"].tolist() == [UNK_ID, tok.index["emu"]]
-    torch.manual_seed(1)  # another RNG state at construction: the buckets must come from the saved one
+    torch.manual_seed(1)
     fresh = towers()
-    attach_vocabulary([fresh.query_encoder], tok)
-    frozen_rows.restore(state, derived, fresh, tok, "model.ckpt")
+    attach_vocabulary([fresh.query_encoder, fresh.passage_encoder], tok)
+    frozen_rows.restore(state, derived, tok, "model.ckpt")
     fresh.load_state_dict(state)
-    torch.testing.assert_close(fresh.encode_queries(ids, lengths), want, rtol=0, atol=0)
+    got = fresh.encode_queries(ids, lengths).detach(), fresh.encode_passages(ids, lengths).detach()
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert frozen_rows.strip(fresh.state_dict(), fresh, tok).keys() == derived.keys()  # loaded, it saves small again
 
     # An index folder's query tower: saved without the rows, loaded exactly.
     config = {"encoder": {"_target_": "two_tower.model.encoders.RNNEncoder", "cell": "gru", "hidden_size": 4, "dim": 4},
               "vocab_size": len(tok.words), "embedding_dim": 4, "extension_size": len(tok.extension_words), "hash_buckets": 8}
     QueryEncoder(model.query_encoder, tok, config).save(tmp_path / "query_encoder.pt")
-    assert not any(k.endswith(("words.weight", "buckets.weight")) for k in torch.load(tmp_path / "query_encoder.pt", weights_only=True)["state_dict"])
-    loaded = QueryEncoder.load(tmp_path / "query_encoder.pt")
-    np.testing.assert_array_equal(loaded.encode(["cat emu xj-17b zebra"]), want.detach().numpy())
+    assert "embedding.words.weight" not in torch.load(tmp_path / "query_encoder.pt", weights_only=True)["state_dict"]
+    np.testing.assert_array_equal(QueryEncoder.load(tmp_path / "query_encoder.pt").encode(["cat emu xj-17b zebra"]), want[0].numpy())
 
     # A trained table is saved whole, as before.
     trained = towers(frozen=False)
     trained_state = trained.state_dict()
-    assert frozen_rows.strip(trained_state, trained, tok) == {} and set(tables) <= set(trained_state)
+    assert frozen_rows.strip(trained_state, trained, tok) == {} and set(words) <= set(trained_state)
 
     # The source changed since training: the rows derived again are refused.
     text = vectors_file.read_text().splitlines()
     text[1] = text[1].split()[0] + " " + " ".join(["0.5"] * 4)  # "cat", a training word: the extension is unchanged
     vectors_file.write_text("\n".join(text) + "\n")
     _load_extension_source.cache_clear()
-    with pytest.raises(EmbeddingsError, match=r"model.ckpt: embedding.words.weight: .* not the ones the model was trained with"):
-        frozen_rows.restore(dict(state), derived, fresh, tok, "model.ckpt")
+    with pytest.raises(EmbeddingsError, match=r"^model.ckpt: embedding.words.weight: .* not the ones the model was trained with"):
+        frozen_rows.restore(dict(state), derived, tok, "model.ckpt")
+    with pytest.raises(EmbeddingsError, match=r"query_encoder.pt: embedding.words.weight: .* not the ones the model was trained with"):
+        QueryEncoder.load(tmp_path / "query_encoder.pt")

@@ -4,9 +4,10 @@ grouped by how many of the query's words its selected passage contains.
     python evaluate.py ckpt=BEST.ckpt data.path=../shared/data/marco7k split=validation "retriever=[dense,teacher]" out=EVAL
     python experiments/semantic/gap.py EVAL ../shared/data/marco7k [--split validation] [--student dense --teacher teacher]
 
-Overlap: the share of the query's words (bm25s' English stopwords left out, Snowball-stemmed, as
-`bm25_stemmed` matches them) found in its selected passage (the best of its selected passages if
-several). Every figure is a mean over the split's evaluated queries (those with a selected passage).
+Overlap: the share of the query's words found in its selected passage (the best of its selected
+passages if several). Words are split as the project's tokenizer splits them with hyphens splitting,
+bm25s' English stopwords are left out and the rest Snowball-stemmed (close to `bm25_stemmed`, which also
+drops one-letter tokens). Every figure is a mean over the split's evaluated queries (those with a selected passage).
 """
 
 from __future__ import annotations
@@ -60,6 +61,8 @@ def main() -> None:
     if table["overlap"].isna().any():
         raise SystemExit(f"error: {args.eval_dir}: its query ids are not the rows of {args.data} {args.split}")
     gap_total = (table[args.teacher] - table[args.student]).sum()
+    if gap_total == 0:
+        raise SystemExit(f"{args.student} and {args.teacher} score every query alike: no gap to split")
     print(f"{len(table)} queries; {args.student} MRR@10 {table[args.student].mean():.4f}, {args.teacher} {table[args.teacher].mean():.4f}\n")
     print(f"| query words in the selected passage | queries | {args.student} | {args.teacher} | gap | share of the whole gap |")
     print("|---|---|---|---|---|---|")

@@ -8,7 +8,7 @@
   model loads (``two_tower.model.vocabulary.attach``) and checked against a saved CRC;
 - hashed buckets: any other word's id, modulo ``buckets``, picks one of ``buckets`` random rows (at the
   word vectors' scale, trained like the vocabulary rows), so identical unknown strings give identical RNN inputs
-  (the fastText hashing trick, on whole words); frozen, they are drawn again on load from a saved RNG state.
+  (the fastText hashing trick, on whole words); saved in checkpoints, frozen or not.
 """
 
 from __future__ import annotations
@@ -31,11 +31,7 @@ class OpenEmbedding(nn.Module):
         self.register_buffer("extension_crc", torch.zeros((), dtype=torch.int64))
         self.extension_loaded = extension_size == 0
         self.buckets = nn.Embedding(buckets, dim) if buckets else None
-        # The RNG state the buckets are drawn from: a checkpoint of a frozen table saves it instead of the
-        # rows (two_tower.model.frozen_rows).
-        self.bucket_rng_state: torch.Tensor | None = None
         if self.buckets is not None:
-            self.bucket_rng_state = torch.get_rng_state()
             nn.init.normal_(self.buckets.weight, std=0.3)
         self.freeze(freeze)
 

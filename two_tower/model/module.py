@@ -292,7 +292,7 @@ class TwoTowerModule(L.LightningModule):
         if "tokenizer" in checkpoint:
             self.attach_tokenizer(restore_tokenizer(checkpoint["tokenizer"]))
             if frozen_rows.KEY in checkpoint:  # before Lightning loads checkpoint["state_dict"]
-                frozen_rows.restore(checkpoint["state_dict"], checkpoint[frozen_rows.KEY], self, self.tokenizer, "the checkpoint")
+                frozen_rows.restore(checkpoint["state_dict"], checkpoint[frozen_rows.KEY], self.tokenizer)
 
 
 def _world_size() -> int:

@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 
 from two_tower.data.batches import LengthSortedBatches, TokenBatches
 from two_tower.data.prepared import Ragged
-from two_tower.core.errors import CheckpointError
+from two_tower.core.errors import CheckpointError, TwoTowerError
 from two_tower.retrieval.query_encoder import weights_hash
 
 
@@ -28,6 +28,8 @@ def load_checkpoint(path: str | Path):
         raise CheckpointError(f"ckpt={path}: no such checkpoint file")
     try:
         module = TwoTowerModule.load_from_checkpoint(path, map_location="cpu")
+    except TwoTowerError as err:  # e.g. its vectors source changed since training: say so, not "not a checkpoint"
+        raise CheckpointError(f"ckpt={path}: {err}") from err
     except Exception as err:
         raise CheckpointError(f"ckpt={path}: not a two-tower checkpoint ({type(err).__name__}: {err})") from err
     if module.tokenizer is None:

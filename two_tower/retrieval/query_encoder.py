@@ -76,7 +76,7 @@ class QueryEncoder:
         encoder = hydra.utils.instantiate(OmegaConf.create(config["encoder"]), embedding=embedding)
         tokenizer = restore_tokenizer(saved["tokenizer"])
         attach_vocabulary([encoder], tokenizer)
-        frozen_rows.restore(saved["state_dict"], saved.get(frozen_rows.KEY, {}), encoder, tokenizer, str(path))
+        frozen_rows.restore(saved["state_dict"], saved.get(frozen_rows.KEY, {}), tokenizer, str(path))
         encoder.load_state_dict(saved["state_dict"])
         return cls(encoder, tokenizer, config)
 
