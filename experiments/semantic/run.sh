@@ -65,3 +65,11 @@ python evaluate.py ckpt="$OUT/heldout/checkpoints/last.ckpt" data.path="$OUT/mar
 for e in best_rnn_glove best_rnn best_glove best_infonce best_bag2048 best_bag8192 best; do
   python train.py experiment=$e trainer.max_epochs=2 seed=42 data.path="$DATA" hydra.run.dir="$OUT/ladder_time_$e"
 done
+
+# Where the gap to the teacher is (2026-12-05): the teacher as a retriever, the gap by word overlap,
+# and the inverse-cloze pseudo-queries tried (a patch, not on main).
+python train.py experiment=best seed=42 threads=1 data.path="$DATA" hydra.run.dir="$OUT/gap_best42"
+python evaluate.py ckpt="$OUT/gap_best42/checkpoints/last.ckpt" data.path="$DATA" split=validation "retriever=[dense,teacher]" out="$OUT/gap_val"
+python experiments/semantic/gap.py "$OUT/gap_val" "$DATA"
+# git apply experiments/semantic/inverse_cloze.patch, then:
+# python train.py experiment=best seed=42 data.pseudo_queries.kind=ict trainer.max_epochs=3 threads=1 data.path="$DATA"
