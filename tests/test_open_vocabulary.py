@@ -294,6 +294,15 @@ def test_frozen_word_rows_are_derived_again_instead_of_saved(vectors_file, tmp_p
     QueryEncoder(model.query_encoder, tok, config).save(tmp_path / "query_encoder.pt")
     assert "embedding.words.weight" not in torch.load(tmp_path / "query_encoder.pt", weights_only=True)["state_dict"]
     np.testing.assert_array_equal(QueryEncoder.load(tmp_path / "query_encoder.pt").encode(["cat emu xj-17b zebra"]), want[0].numpy())
+    # The same rows in a process whose torch uses its default CPU kernels (as on ARM), where torch's random
+    # draws differ: nothing loaded may depend on them (the buckets are saved, the word rows come from numpy).
+    script = (
+        "import sys; from two_tower.retrieval.query_encoder import QueryEncoder; from two_tower.model.frozen_rows import crc; "
+        "e = QueryEncoder.load(sys.argv[1]).encoder.embedding; print(crc(e.words.weight), crc(e.buckets.weight))"
+    )
+    env = {**__import__("os").environ, "ATEN_CPU_CAPABILITY": "default"}
+    out = subprocess.run([sys.executable, "-c", script, str(tmp_path / "query_encoder.pt")], capture_output=True, text=True, env=env, check=True).stdout.split()
+    assert out == [str(frozen_rows.crc(model.embedding.words.weight)), str(frozen_rows.crc(model.embedding.buckets.weight))]
 
     # A trained table is saved whole, as before.
     trained = towers(frozen=False)
