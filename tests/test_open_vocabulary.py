@@ -318,3 +318,6 @@ def test_frozen_word_rows_are_derived_again_instead_of_saved(vectors_file, tmp_p
         frozen_rows.restore(dict(state), derived, tok, "model.ckpt")
     with pytest.raises(EmbeddingsError, match=r"query_encoder.pt: embedding.words.weight: .* not the ones the model was trained with"):
         QueryEncoder.load(tmp_path / "query_encoder.pt")
+    # Only word rows are ever derived: anything else in the entry is refused, not guessed at.
+    with pytest.raises(EmbeddingsError, match="^model.ckpt: embedding.buckets.weight: saved by a development version"):
+        frozen_rows.restore({}, {"embedding.buckets.weight": {"crc": 1, "shape": [8, 4]}}, tok, "model.ckpt")

@@ -460,6 +460,14 @@ def test_corrupted_index_part_and_truncated_checkpoint_are_refused(trained, tmp_
     truncated.write_bytes(trained["ckpt"].read_bytes()[:1000])
     with pytest.raises(CheckpointError, match="not a two-tower checkpoint"):
         load_checkpoint(truncated)
+    # A checkpoint missing weights: one line, however many keys load_state_dict lists.
+    state = torch.load(trained["ckpt"], weights_only=False)
+    for key in [k for k in state["state_dict"] if k.startswith("towers.query_encoder.rnn.")]:
+        del state["state_dict"][key]
+    torch.save(state, tmp_path / "missing.ckpt")
+    with pytest.raises(CheckpointError, match="not a two-tower checkpoint .*Missing key") as raised:
+        load_checkpoint(tmp_path / "missing.ckpt")
+    assert "\n" not in str(raised.value) and "\t" not in str(raised.value)
 
 
 def test_teacher_retriever_ranks_by_the_teachers_cosine_and_caches(trained, tmp_path, monkeypatch):

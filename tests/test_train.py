@@ -125,6 +125,11 @@ def test_frozen_vectors_stay_out_of_checkpoints_and_load_exactly(tmp_path):
     _load_extension_source.cache_clear()
     with pytest.raises(CheckpointError, match=rf"^ckpt={last}: towers\.\S*words\.weight: the word rows derived again .* not the ones the model was trained with"):
         load_checkpoint(last)
+    # Resuming says so too, naming the checkpoint, before the trainer starts.
+    from two_tower.core.errors import EmbeddingsError
+
+    with pytest.raises(EmbeddingsError, match=rf"^ckpt_path={last}: towers\.\S*words\.weight: the word rows derived again"):
+        train(compose_train(tmp_path, [*overrides, "trainer.max_epochs=3", f"ckpt_path={last}"]))
 
 
 def test_same_seed_same_metrics(tmp_path):

@@ -60,6 +60,8 @@ def restore(state_dict: dict, derived: dict, tokenizer: Tokenizer, where: str = 
     prefix = f"{where}: " if where else ""
     rows_of: dict[int, torch.Tensor] = {}  # one derivation per crc: a shared table appears under several keys
     for key, entry in derived.items():
+        if not key.endswith(WORDS):
+            raise EmbeddingsError(f"{prefix}{key}: saved by a development version that derived these rows too; train it again")
         if entry["crc"] not in rows_of:
             rows = _aligned_rows(tokenizer)
             if rows is None or rows.shape != tuple(entry["shape"]):

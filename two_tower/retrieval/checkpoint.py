@@ -30,8 +30,8 @@ def load_checkpoint(path: str | Path):
         module = TwoTowerModule.load_from_checkpoint(path, map_location="cpu")
     except TwoTowerError as err:  # e.g. its vectors source changed since training: say so, not "not a checkpoint"
         raise CheckpointError(f"ckpt={path}: {err}") from err
-    except Exception as err:
-        raise CheckpointError(f"ckpt={path}: not a two-tower checkpoint ({type(err).__name__}: {err})") from err
+    except Exception as err:  # one line: load_state_dict lists missing keys over several
+        raise CheckpointError(f"ckpt={path}: not a two-tower checkpoint ({type(err).__name__}: {' '.join(str(err).split())})") from err
     if module.tokenizer is None:
         raise CheckpointError(f"ckpt={path}: has no tokenizer (saved by an older version?); retrain or re-save it")
     module.eval()

@@ -21,7 +21,7 @@ from two_tower.model import frozen_rows
 from two_tower.model.bag import TermStatistics
 from two_tower.model.embedding import OpenEmbedding
 from two_tower.model.vocabulary import attach_vocabulary
-from two_tower.core.errors import EmptyQueryError
+from two_tower.core.errors import EmptyQueryError, IndexFolderError
 
 
 def weights_hash(tower: nn.Module) -> str:
@@ -77,7 +77,10 @@ class QueryEncoder:
         tokenizer = restore_tokenizer(saved["tokenizer"])
         attach_vocabulary([encoder], tokenizer)
         frozen_rows.restore(saved["state_dict"], saved.get(frozen_rows.KEY, {}), tokenizer, str(path))
-        encoder.load_state_dict(saved["state_dict"])
+        try:
+            encoder.load_state_dict(saved["state_dict"])
+        except RuntimeError as err:  # e.g. the bag's vocabulary keys differ (another stemmer version): one line
+            raise IndexFolderError(f"{path}: its query tower does not load: {' '.join(str(err).split())}") from err
         return cls(encoder, tokenizer, config)
 
     def check_query(self, query, where: str = "the query") -> None:

@@ -71,6 +71,8 @@ def resolve_ckpt_path(cfg: DictConfig) -> str | None:
 def check_resume_shapes(path: str, module: TwoTowerModule) -> None:
     """Refuse, in one line, a checkpoint of another model shape (encoder, dims, bag path) than this config's."""
     checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    # Frozen word rows derived now, before loggers and the trainer start: a changed vectors source is refused here.
+    frozen_rows.restore(dict(checkpoint["state_dict"]), checkpoint.get(frozen_rows.KEY, {}), module.tokenizer, f"ckpt_path={path}")
     saved = {k: tuple(v.shape) for k, v in checkpoint["state_dict"].items()}
     saved.update({k: tuple(entry["shape"]) for k, entry in checkpoint.get(frozen_rows.KEY, {}).items()})  # derived on load
     own = {k: tuple(v.shape) for k, v in module.state_dict().items()}
