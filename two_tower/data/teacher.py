@@ -1,8 +1,9 @@
 """A pre-trained sentence encoder whose query-passage scores the towers learn to match (``loss=distill``).
 
-The teacher encodes the training split once; its L2-normalised vectors are cached (keyed by the model
-and the exact texts, written to a temporary file and renamed) and handed to each batch, so a training
-step costs one small matrix product more, not a transformer forward pass. The teacher only touches the
+The teacher encodes the training split once; its L2-normalised vectors are cached (keyed by the model,
+its files' names, sizes and times, and the exact texts; written to a temporary file and renamed) and
+handed to each batch, so a training step costs one small matrix product more, not a transformer
+forward pass. The teacher only touches the
 training split: validation queries and passages are never seen by it.
 """
 
@@ -49,6 +50,20 @@ def resolve_model(name: str) -> str:
     return name
 
 
+def model_fingerprint(name: str) -> str:
+    """What the vectors cache knows of a teacher model: for a folder (or a package's bundled one), the
+    names, sizes and modification times of its files, so a model retrained or replaced in place is
+    encoded again instead of its old vectors being reused; for a Hub id, the id."""
+    path = Path(resolve_model(name))
+    if not path.is_dir():
+        return name
+    digest = hashlib.sha1()
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        stat = file.stat()
+        digest.update(f"{file.relative_to(path)}\0{stat.st_size}\0{stat.st_mtime_ns}\0".encode())
+    return digest.hexdigest()[:16]
+
+
 class SentenceTransformerTeacher:
     """A sentence-transformers model as teacher. ``threads``: torch threads while encoding (null = all cores)."""
 
@@ -73,7 +88,7 @@ class SentenceTransformerTeacher:
         return model
 
     def cache_key(self, query_texts: list[str], passage_texts: list[str]) -> str:
-        digest = hashlib.sha1(f"{self.model}\0{self.max_seq_length}".encode())
+        digest = hashlib.sha1(f"{self.model}\0{self.max_seq_length}\0{model_fingerprint(self.model)}".encode())
         for texts in (query_texts, passage_texts):
             digest.update(str(len(texts)).encode())
             for text in texts:
