@@ -43,6 +43,7 @@ def main() -> None:
     import Stemmer
     from bm25s.stopwords import STOPWORDS_EN
 
+    from two_tower.core import per_query
     from two_tower.data.prepared import PreparedSplit
     from two_tower.data.tokenizer import PAD, UNK, Tokenizer
     from two_tower.retrieval.corpus import load_split_rows
@@ -55,7 +56,7 @@ def main() -> None:
         query = stems(split.query_texts[row], stemmer, stopwords)
         passages = [stems(split.passage_texts[p], stemmer, stopwords) for p in split.positives[row].tolist()]
         overlap[str(row)] = max(len(query & p) for p in passages) / max(len(query), 1)
-    runs = {name: pd.read_parquet(args.eval_dir / "per_query" / f"{name}.parquet").set_index("qid")["mrr@10"] for name in (args.student, args.teacher)}
+    runs = {name: per_query.read(args.eval_dir / "per_query" / f"{name}.parquet", "mrr@10").set_index("qid")["mrr@10"] for name in (args.student, args.teacher)}
     table = pd.DataFrame(runs)
     table["overlap"] = pd.Series(overlap)
     if table["overlap"].isna().any():

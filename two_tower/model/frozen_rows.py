@@ -19,8 +19,6 @@ another kind of CPU. The word rows come from numpy and the source's own numbers,
 
 from __future__ import annotations
 
-import zlib
-
 import torch
 from torch import nn
 
@@ -35,7 +33,8 @@ WORDS = "words.weight"
 
 
 def crc(rows: torch.Tensor) -> int:
-    return zlib.crc32(rows.detach().cpu().contiguous().float().numpy().tobytes())
+    """The CRC the extension rows are checked with (``OpenEmbedding.crc``), of a table's rows."""
+    return OpenEmbedding.crc(rows.detach().cpu().float().numpy())
 
 
 def strip(state_dict: dict, root: nn.Module, tokenizer: Tokenizer | None) -> dict:

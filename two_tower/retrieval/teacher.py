@@ -28,8 +28,8 @@ class TeacherRetriever(SplitRetriever):
         if split is self.split:
             return
         super().prepare(split)
-        vectors = self.teacher.vectors(list(split.query_texts), list(split.passage_texts))
-        self.queries, self.passages = torch.from_numpy(np.asarray(vectors.queries)), torch.from_numpy(np.asarray(vectors.passages))
+        vectors = self.teacher.vectors(split.query_texts, split.passage_texts)
+        self.queries, self.passages = torch.from_numpy(vectors.queries), torch.from_numpy(vectors.passages)
 
     def scores(self, query_rows: np.ndarray) -> torch.Tensor:
         return self.queries[query_rows] @ self.passages.T

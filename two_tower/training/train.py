@@ -71,10 +71,8 @@ def resolve_ckpt_path(cfg: DictConfig) -> str | None:
 def check_resume_shapes(path: str, module: TwoTowerModule) -> None:
     """Refuse, in one line, a checkpoint of another model shape (encoder, dims, bag path) than this config's."""
     checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    # Frozen word rows derived now, before loggers and the trainer start: a changed vectors source is refused here.
-    frozen_rows.restore(dict(checkpoint["state_dict"]), checkpoint.get(frozen_rows.KEY, {}), module.tokenizer, f"ckpt_path={path}")
-    saved = {k: tuple(v.shape) for k, v in checkpoint["state_dict"].items()}
-    saved.update({k: tuple(entry["shape"]) for k, entry in checkpoint.get(frozen_rows.KEY, {}).items()})  # derived on load
+    derived = checkpoint.get(frozen_rows.KEY, {})  # frozen word rows the checkpoint does not carry
+    saved = {k: tuple(v.shape) for k, v in checkpoint["state_dict"].items()} | {k: tuple(entry["shape"]) for k, entry in derived.items()}
     own = {k: tuple(v.shape) for k, v in module.state_dict().items()}
     problems = [f"{k}: {saved[k]} in the checkpoint vs {own[k]} here" for k in own if k in saved and saved[k] != own[k]]
     missing, unexpected = sorted(own.keys() - saved.keys()), sorted(saved.keys() - own.keys())
@@ -87,6 +85,8 @@ def check_resume_shapes(path: str, module: TwoTowerModule) -> None:
             f"ckpt_path={path}: trained with another model than this config ({'; '.join(problems[:3])}): resume with the "
             "encoder and model settings it was trained with (its run folder's .hydra/config.yaml)"
         )
+    # Derived now, before loggers and the trainer start, once the shapes agree: a changed vectors source is refused here.
+    frozen_rows.restore(dict(checkpoint["state_dict"]), derived, module.tokenizer, f"ckpt_path={path}")
 
 
 def check_resume_checkpoint(path: str, tokenizer) -> None:
