@@ -498,3 +498,89 @@ def test_teacher_retriever_ranks_by_the_teachers_cosine_and_caches(trained, tmp_
     again = evaluate(compose_retrieval("evaluate", [*overrides[:1], f"out={tmp_path / 'again'}", *overrides[2:]]))["teacher"]
     assert TopicTeacherModel.calls == calls  # read from the cache: the model is not used again
     assert {k: v for k, v in again.items() if k != "seconds"} == {k: v for k, v in metrics.items() if k != "seconds"}
+
+
+# ----------------------------------------------------------------------------------------- pseudo-relevance feedback
+
+
+def brute_force_rocchio(queries: np.ndarray, passages: np.ndarray, depth: int, alpha: float, beta: float) -> np.ndarray:
+    """Rankings [Q, P] after Rocchio feedback, written out with numpy loops (ties to the lower passage)."""
+    ranked = []
+    for q in queries:
+        first = np.lexsort((np.arange(len(passages)), -(passages @ q)))
+        moved = alpha * q + beta * np.mean([passages[p] for p in first[:depth]], axis=0)
+        ranked.append(np.lexsort((np.arange(len(passages)), -(passages @ moved))))
+    return np.array(ranked)
+
+
+def test_dense_prf_is_rocchio_over_the_checkpoint_vectors(trained, tmp_path):
+    """retriever=dense_prf: the metrics of a brute-force Rocchio ranking (depth 5, 0.4 / 0.6, the config's
+    values) over the dense retriever's own vectors; depth 0 gives back the dense ranking."""
+    from two_tower.retrieval.prf import PRFRetriever, RocchioPRF
+
+    cfg = compose_retrieval("evaluate", [f"ckpt={trained['ckpt']}", f"data.path={trained['data']}", f"out={tmp_path}", "retriever=[dense_prf]"])
+    assert {k: cfg.retriever.dense_prf[k] for k in ("depth", "alpha", "beta")} == {"depth": 5, "alpha": 0.4, "beta": 0.6}
+    assert RocchioPRF(**{k: cfg.retriever.dense_prf[k] for k in ("depth", "alpha", "beta")}) == RocchioPRF()  # one setting in code and config
+    metrics = evaluate(cfg)
+    assert list(metrics) == ["dense", "dense_prf"]
+
+    split = validation_split(trained["data"])
+    dense = DenseRetriever(str(trained["ckpt"]))
+    dense.prepare(split)
+    rows = split.evaluated_queries()
+    ranked = brute_force_rocchio(dense.queries[rows].numpy(), dense.passages.numpy(), 5, 0.4, 0.6)
+    reciprocal = []
+    for row, order in zip(rows, ranked):
+        hits = [rank for rank, pid in enumerate(order[:10], 1) if pid in set(split.positives[row].tolist())]
+        reciprocal.append(1 / hits[0] if hits else 0.0)
+    assert metrics["dense_prf"]["mrr@10"] == pytest.approx(np.mean(reciprocal), abs=1e-9)
+    assert metrics["dense_prf"]["mrr@10"] != metrics["dense"]["mrr@10"]  # the feedback changed something
+
+    retrievers = {"dense": dense, "off": PRFRetriever([dense], depth=0), "on": PRFRetriever([dense], depth=5)}
+    _, rankings = evaluate_split(split, retrievers)
+    assert torch.equal(rankings["off"].ranked, rankings["dense"].ranked)
+    assert rankings["on"].ranked[:, :10].tolist() == ranked[:, :10].tolist()
+
+
+def test_searcher_prf_ranks_as_evaluate_does(trained, capsys):
+    """The index folder's Searcher with RocchioPRF returns the passages evaluate's dense_prf ranks, and
+    search.py takes it as prf=rocchio; a bad setting is one error line."""
+    from two_tower.retrieval.prf import PRFRetriever, RocchioPRF
+
+    split = validation_split(trained["data"])
+    dense = DenseRetriever(str(trained["ckpt"]))
+    prf = PRFRetriever([dense], depth=3, alpha=0.5, beta=0.5)
+    prf.prepare(split)
+    rows = split.evaluated_queries()[:25]
+    brute = prf.rankings(rows, 10)
+    searcher = Searcher.load(trained["index"], prf=RocchioPRF(depth=3, alpha=0.5, beta=0.5))
+    results = searcher.search([split.query_texts[r] for r in rows], k=10)
+    assert [[h.id for h in hits] for hits in results] == [[str(i) for i in ids] for ids in brute.ranked.tolist()]
+    plain = Searcher.load(trained["index"]).search([split.query_texts[r] for r in rows], k=10)
+    assert [[h.id for h in hits] for hits in plain] != [[h.id for h in hits] for hits in results]
+
+    assert search_main([f"index={trained['index']}", "apple", "river", "k=2", "prf=rocchio", "prf.depth=2"]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == "query: apple river"
+    assert search_main([f"index={trained['index']}", "apple", "prf=rocchio", "prf.depth=-1"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "prf.depth=-1" in err
+
+
+def test_stored_vectors_come_back_from_flat_and_ivf_indexes():
+    from two_tower.retrieval.prf import RocchioPRF
+
+    vectors = clustered(400, 16, 4, seed=3)
+    for factory in ("Flat", "IVF4,Flat", "HNSW32"):
+        index = PassageIndex(Path("."), build_faiss(vectors, factory, train_size=200), None, {})
+        rows = np.array([[3, 7], [399, 0]])
+        assert index.vectors(rows) == pytest.approx(vectors[rows], abs=1e-6)
+        with pytest.raises(ConfigError, match="outside"):
+            index.vectors(np.array([400]))
+    # Feedback rows an approximate index did not return (-1) are left out of the mean; none at all keeps the query.
+    prf = RocchioPRF(depth=2, alpha=0.4, beta=0.6)
+    queries, feedback = np.ones((2, 3)), np.stack([np.eye(3)[:2], np.eye(3)[:2]])
+    moved = prf.expand(queries, feedback, np.array([[True, False], [False, False]]))
+    assert moved.tolist() == [[1.0, 0.4, 0.4], [0.4, 0.4, 0.4]]
+    for bad in ({"depth": -1}, {"alpha": float("nan")}, {"depth": 2, "alpha": 0, "beta": 0}, {"beta": True}):
+        with pytest.raises(ConfigError, match="prf"):
+            RocchioPRF(**bad)

@@ -264,8 +264,7 @@ class PassageIndex:
 
     def search(self, vectors: np.ndarray, k: int) -> SearchHits:
         """Top-``k`` rows by inner product; among equal scores the lower row comes first."""
-        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-        faiss.normalize_L2(vectors)
+        vectors = normalised(vectors)
         if not isinstance(k, int) or isinstance(k, bool) or k < 1:
             raise ConfigError(f"k={k!r}: must be a whole number >= 1")
         k = min(k, len(self))
@@ -275,10 +274,32 @@ class PassageIndex:
         order = np.lexsort((np.where(rows < 0, np.iinfo(np.int64).max, rows), -scores), axis=-1)
         return SearchHits(np.take_along_axis(rows, order, 1), np.take_along_axis(scores, order, 1))
 
+    def vectors(self, rows: np.ndarray) -> np.ndarray:
+        """The stored (L2-normalised) vectors of ``rows`` [...] as float32 [..., dim]; exact for Flat and
+        HNSW, the decoded approximation for compressed codes (SQ, PQ). IVF indexes get FAISS's direct map
+        (one int64 per passage) the first time."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if rows.size and (rows.min() < 0 or rows.max() >= len(self)):
+            raise ConfigError(f"rows outside the index's 0..{len(self) - 1}")
+        flat = np.ascontiguousarray(rows.ravel())
+        try:
+            found = self.index.reconstruct_batch(flat)
+        except RuntimeError:
+            faiss.extract_index_ivf(self.index).make_direct_map()
+            found = self.index.reconstruct_batch(flat)
+        return found.reshape(*rows.shape, self.index.d)
+
     def lookup(self, rows: np.ndarray) -> tuple[list[str], list[str]]:
         """(ids, texts) of the given rows."""
         taken = self.passages.take(pa.array(np.asarray(rows, dtype=np.int64)))
         return taken.column("id").to_pylist(), taken.column("text").to_pylist()
+
+
+def normalised(vectors: np.ndarray) -> np.ndarray:
+    """An L2-normalised float32 copy of ``vectors`` [n, d], as the index stores passages (zero rows stay zero)."""
+    vectors = np.array(vectors, dtype=np.float32, order="C")
+    faiss.normalize_L2(vectors)
+    return vectors
 
 
 def read_manifest(path: Path) -> dict:

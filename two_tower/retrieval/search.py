@@ -2,6 +2,8 @@
 
 The searcher encodes queries with the index's own copy of the query tower (or, given a checkpoint, with
 that checkpoint's, after checking it is the model that built the index) and asks FAISS for the top k.
+With ``prf=RocchioPRF(depth=5)`` it first asks for the top ``depth``, moves each query towards their stored
+vectors (``two_tower.retrieval.prf``) and asks again: for collections with many relevant passages a query.
 """
 
 from __future__ import annotations
@@ -9,7 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from two_tower.retrieval.index import PassageIndex
+import numpy as np
+
+from two_tower.retrieval.index import PassageIndex, normalised
+from two_tower.retrieval.prf import RocchioPRF
 from two_tower.retrieval.query_encoder import QueryEncoder
 
 
@@ -21,13 +26,14 @@ class Hit:
 
 
 class Searcher:
-    def __init__(self, index: PassageIndex, encoder: QueryEncoder):
-        self.index, self.encoder = index, encoder
+    def __init__(self, index: PassageIndex, encoder: QueryEncoder, prf: RocchioPRF | None = None):
+        self.index, self.encoder, self.prf = index, encoder, prf
 
     @classmethod
-    def load(cls, path: str | Path, checkpoint: str | Path | None = None, search_params: str | None = None) -> "Searcher":
+    def load(cls, path: str | Path, checkpoint: str | Path | None = None, search_params: str | None = None, prf: RocchioPRF | None = None) -> "Searcher":
         """Open an index folder. With ``checkpoint``, the index must have been built by that model
-        (otherwise IndexFolderError says what differs) and its query tower is used."""
+        (otherwise IndexFolderError says what differs) and its query tower is used. With ``prf`` (depth > 0),
+        every search is two FAISS calls with Rocchio feedback between them."""
         if checkpoint is None:
             index = PassageIndex.load(path)
             encoder = index.load_query_encoder()
@@ -40,7 +46,7 @@ class Searcher:
             encoder.set_statistics(index.statistics())
         if search_params:
             index.set_search_params(search_params)
-        return cls(index, encoder)
+        return cls(index, encoder, prf)
 
     def search(self, queries: list[str], k: int = 10) -> list[list[Hit]]:
         """The top ``k`` passages of each query, best first (one encoder pass and one FAISS call for all).
@@ -51,7 +57,12 @@ class Searcher:
             raise TypeError("search() takes a list of queries; wrap a single query in a list")
         if not queries:
             return []
-        hits = self.index.search(self.encoder.encode(queries), k)
+        vectors = self.encoder.encode(queries)
+        if self.prf is not None and self.prf.enabled:
+            first = self.index.search(vectors, self.prf.depth)
+            found = first.rows >= 0
+            vectors = self.prf.expand(normalised(vectors), self.index.vectors(np.where(found, first.rows, 0)), found)
+        hits = self.index.search(vectors, k)
         found = hits.rows >= 0
         ids, texts = self.index.lookup(hits.rows[found])
         results, at = [], 0
