@@ -29,3 +29,11 @@ for run in "$OUT"/best_2026_12_05/*/; do
 done
 python index.py ckpt="$OUT/best_2026_12_05/2/checkpoints/last.ckpt" corpus="$OUT/cranfield.tsv" out="$OUT/cranfield_index_best"
 python experiments/zero_shot/searcher_ndcg.py "$OUT/cranfield_index_best" "$CRAN"
+# Pseudo-relevance feedback (pyserini's Rocchio setting, conf/prf/rocchio.yaml) on the same checkpoints,
+# and its in-domain cost; the teacher with the same feedback for a like-for-like row.
+for run in "$OUT"/best_2026_12_05/*/; do
+  python evaluate.py ckpt="$run/checkpoints/last.ckpt" data.path="$CRAN" split=test "retriever=[dense_prf]" out="$run/cranfield_prf"
+done
+python evaluate.py ckpt="$OUT/best_2026_12_05/2/checkpoints/last.ckpt" data.path="$CRAN" split=test "retriever=[teacher_prf]" out="$OUT/teacher_prf_cranfield"
+python evaluate.py ckpt="$OUT/best_2026_12_05/2/checkpoints/last.ckpt" data.path="$MARCO" split=validation "retriever=[dense_prf,teacher_prf]" out="$OUT/prf_marco7k"
+python experiments/zero_shot/searcher_ndcg.py "$OUT/cranfield_index_best" "$CRAN" --prf

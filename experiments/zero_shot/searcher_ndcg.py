@@ -2,7 +2,9 @@
 (``Searcher.load(DIR).search(queries, k=100)``) against a BEIR folder's test qrels, scored by ranx
 (an independent implementation of the metrics evaluate.py computes).
 
-    python experiments/zero_shot/searcher_ndcg.py INDEX_DIR ../shared/data/cranfield [--split test]
+    python experiments/zero_shot/searcher_ndcg.py INDEX_DIR ../shared/data/cranfield [--split test] [--prf]
+
+``--prf``: the searcher with Rocchio pseudo-relevance feedback (``RocchioPRF()``: conf/prf/rocchio.yaml's setting).
 """
 
 from __future__ import annotations
@@ -19,17 +21,19 @@ def main() -> None:
     parser.add_argument("index")
     parser.add_argument("beir")
     parser.add_argument("--split", default="test")
+    parser.add_argument("--prf", action="store_true", help="Rocchio pseudo-relevance feedback (depth 5, alpha 0.4, beta 0.6)")
     args = parser.parse_args()
     from ranx import Qrels, Run, evaluate
 
     from two_tower.data.beir import load_beir
+    from two_tower.retrieval.prf import RocchioPRF
     from two_tower.retrieval.search import Searcher
 
     collection = load_beir(args.beir, args.split)
     qrels = {qid: {doc: int(gain) for doc, gain in docs.items() if gain > 0} for qid, docs in collection.qrels.items()}
     text = dict(zip(collection.query_ids, collection.query_texts))
     queries = [q for q in collection.query_ids if qrels.get(q)]
-    hits = Searcher.load(args.index).search([text[q] for q in queries], k=100)
+    hits = Searcher.load(args.index, prf=RocchioPRF() if args.prf else None).search([text[q] for q in queries], k=100)
     run = {q: {h.id: float(h.score) for h in hs} for q, hs in zip(queries, hits)}
     scores = evaluate(Qrels(qrels), Run(run), ["ndcg@10", "mrr@10", "recall@100"])
     print(f"{len(queries)} queries: " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
