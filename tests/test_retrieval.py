@@ -561,9 +561,10 @@ def test_searcher_prf_ranks_as_evaluate_does(trained, capsys):
 
     assert search_main([f"index={trained['index']}", "apple", "river", "k=2", "prf=rocchio", "prf.depth=2"]) == 0
     assert capsys.readouterr().out.splitlines()[0] == "query: apple river"
-    assert search_main([f"index={trained['index']}", "apple", "prf=rocchio", "prf.depth=-1"]) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "prf.depth=-1" in err
+    for bad, named in (("prf.depth=-1", "prf.depth=-1"), ("+prf.foo=1", "prf.foo")):
+        assert search_main([f"index={trained['index']}", "apple", "prf=rocchio", bad]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and named in err and "Traceback" not in err
 
 
 def test_stored_vectors_come_back_from_flat_and_ivf_indexes():
@@ -576,11 +577,21 @@ def test_stored_vectors_come_back_from_flat_and_ivf_indexes():
         assert index.vectors(rows) == pytest.approx(vectors[rows], abs=1e-6)
         with pytest.raises(ConfigError, match="outside"):
             index.vectors(np.array([400]))
+    # Built under a lock: threads reading a fresh IVF index's vectors at once all get them.
+    from concurrent.futures import ThreadPoolExecutor
+
+    index = PassageIndex(Path("."), build_faiss(vectors, "IVF4,Flat", train_size=200), None, {})
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda r: index.vectors(np.array([r])), range(32)))
+    assert np.concatenate(results) == pytest.approx(vectors[:32], abs=1e-6)
     # Feedback rows an approximate index did not return (-1) are left out of the mean; none at all keeps the query.
-    prf = RocchioPRF(depth=2, alpha=0.4, beta=0.6)
-    queries, feedback = np.ones((2, 3)), np.stack([np.eye(3)[:2], np.eye(3)[:2]])
-    moved = prf.expand(queries, feedback, np.array([[True, False], [False, False]]))
-    assert moved.tolist() == [[1.0, 0.4, 0.4], [0.4, 0.4, 0.4]]
-    for bad in ({"depth": -1}, {"alpha": float("nan")}, {"depth": 2, "alpha": 0, "beta": 0}, {"beta": True}):
+    for alpha in (0.4, 0.0):
+        prf = RocchioPRF(depth=2, alpha=alpha, beta=0.6)
+        queries, feedback = np.ones((2, 3)), np.stack([np.eye(3)[:2], np.eye(3)[:2]])
+        moved = prf.expand(queries, feedback, np.array([[True, False], [False, False]]))
+        assert moved.tolist() == [[alpha + 0.6, alpha, alpha], [1.0, 1.0, 1.0]]
+    for bad in ({"depth": -1}, {"depth": 100_000}, {"alpha": float("nan")}, {"depth": 2, "alpha": 0, "beta": 0}, {"beta": True}):
         with pytest.raises(ConfigError, match="prf"):
             RocchioPRF(**bad)
+    with pytest.raises(ConfigError, match="prf.foo: unknown setting"):
+        RocchioPRF.from_config({"depth": 3, "foo": 1})

@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     set_threads(cfg.threads)
     try:
-        prf = RocchioPRF(**cfg.prf) if cfg.get("prf") is not None else None
+        prf = RocchioPRF.from_config(cfg.prf) if cfg.get("prf") is not None else None
         searcher = Searcher.load(cfg.index, checkpoint=cfg.ckpt, search_params=cfg.search_params, prf=prf)
         if query is not None:
             print(format_results(query, searcher.search([query], cfg.k)[0], cfg.max_chars))

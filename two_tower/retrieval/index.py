@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -213,6 +214,7 @@ class PassageIndex:
 
     def __init__(self, path: Path, index: faiss.Index, passages: pa.Table, manifest: dict):
         self.path, self.index, self.passages, self.manifest = path, index, passages, manifest
+        self._vectors_lock, self._vectors_ready = threading.Lock(), False
 
     def __len__(self) -> int:
         return int(self.index.ntotal)
@@ -274,20 +276,31 @@ class PassageIndex:
         order = np.lexsort((np.where(rows < 0, np.iinfo(np.int64).max, rows), -scores), axis=-1)
         return SearchHits(np.take_along_axis(rows, order, 1), np.take_along_axis(scores, order, 1))
 
+    def prepare_vectors(self) -> None:
+        """Make ``vectors`` usable: IVF indexes get FAISS's direct map (one int64 per passage), once, under
+        a lock (building it while another thread reads it fails). IndexFolderError if this index type
+        cannot give its vectors back."""
+        with self._vectors_lock:
+            if self._vectors_ready:
+                return
+            ivf = faiss.try_extract_index_ivf(self.index)
+            if ivf is not None and ivf.direct_map.type == faiss.DirectMap.NoMap:
+                ivf.make_direct_map()
+            try:
+                self.index.reconstruct_batch(np.zeros(min(1, len(self)), dtype=np.int64))
+            except RuntimeError as err:
+                kind = self.manifest.get("faiss", {}).get("type", type(faiss.downcast_index(self.index)).__name__)
+                raise IndexFolderError(f"{self.path}: a {kind} index cannot give its stored vectors back ({' '.join(str(err).split())[:200]}); pseudo-relevance feedback needs Flat, HNSW, IVF, SQ or PQ") from err
+            self._vectors_ready = True
+
     def vectors(self, rows: np.ndarray) -> np.ndarray:
-        """The stored (L2-normalised) vectors of ``rows`` [...] as float32 [..., dim]; exact for Flat and
-        HNSW, the decoded approximation for compressed codes (SQ, PQ). IVF indexes get FAISS's direct map
-        (one int64 per passage) the first time."""
+        """The stored vectors of ``rows`` [...] as float32 [..., dim]: exact (L2-normalised) for Flat, HNSW
+        and IVF-Flat, the decoded approximation for compressed codes (SQ, PQ: norms near 1)."""
+        self.prepare_vectors()
         rows = np.asarray(rows, dtype=np.int64)
         if rows.size and (rows.min() < 0 or rows.max() >= len(self)):
             raise ConfigError(f"rows outside the index's 0..{len(self) - 1}")
-        flat = np.ascontiguousarray(rows.ravel())
-        try:
-            found = self.index.reconstruct_batch(flat)
-        except RuntimeError:
-            faiss.extract_index_ivf(self.index).make_direct_map()
-            found = self.index.reconstruct_batch(flat)
-        return found.reshape(*rows.shape, self.index.d)
+        return self.index.reconstruct_batch(np.ascontiguousarray(rows.ravel())).reshape(*rows.shape, self.index.d)
 
     def lookup(self, rows: np.ndarray) -> tuple[list[str], list[str]]:
         """(ids, texts) of the given rows."""

@@ -10,12 +10,12 @@ When it helps (experiments/zero_shot/README.md): collections with several releva
 the top passages are mostly on topic (Cranfield: +0.02 nDCG@10). When it hurts: one relevant passage a
 query among near-duplicates on the same topic (marco7k: -0.06 MRR@10), where the feedback pulls the query
 towards the wrong neighbours. So it is off unless asked for: ``retriever=dense_prf`` in ``evaluate.py``,
-``prf.depth=5`` in ``search.py`` / ``Searcher.load(..., prf=RocchioPRF(depth=5))``.
+``prf=rocchio`` (and e.g. ``prf.depth=3``) in ``search.py``, ``Searcher.load(..., prf=RocchioPRF())``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
@@ -26,6 +26,10 @@ from two_tower.data.prepared import PreparedSplit
 from two_tower.retrieval.retriever import SplitRetriever
 
 
+# Feedback vectors are held as [queries, depth, dim]; a deeper feedback is a mistake, not a setting.
+MAX_DEPTH = 1000
+
+
 @dataclass(frozen=True)
 class RocchioPRF:
     """How many top passages feed back (0 = off) and the weights of the query and of their mean."""
@@ -34,9 +38,18 @@ class RocchioPRF:
     alpha: float = 0.4
     beta: float = 0.6
 
+    @classmethod
+    def from_config(cls, settings) -> "RocchioPRF":
+        """From a config mapping (``cfg.prf``); an unknown key is a ConfigError naming it."""
+        known = [f.name for f in fields(cls)]
+        unknown = [k for k in settings if k not in known]
+        if unknown:
+            raise ConfigError(f"prf.{unknown[0]}: unknown setting; prf has {', '.join(known)}")
+        return cls(**settings)
+
     def __post_init__(self):
-        if not isinstance(self.depth, int) or isinstance(self.depth, bool) or self.depth < 0:
-            raise ConfigError(f"prf.depth={self.depth!r}: must be a whole number >= 0 (0 = no feedback)")
+        if not isinstance(self.depth, int) or isinstance(self.depth, bool) or not 0 <= self.depth <= MAX_DEPTH:
+            raise ConfigError(f"prf.depth={self.depth!r}: must be a whole number from 0 (no feedback) to {MAX_DEPTH}")
         for name in ("alpha", "beta"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value) or value < 0:
@@ -52,11 +65,12 @@ class RocchioPRF:
         """New query vectors from ``queries`` [Q, d] and ``feedback`` [Q, depth, d] (each query's top
         passages' vectors; numpy or torch, returned in the same kind). ``found`` [Q, depth] (bool) marks the
         feedback rows that exist (an approximate index may return fewer than ``depth``); the mean is over
-        those, and a query with none keeps its own direction."""
+        those, and a query with none is returned unchanged."""
         if found is None:
             return self.alpha * queries + self.beta * feedback.mean(1)
-        weights = found / np.maximum(found.sum(1, keepdims=True), 1)
-        return self.alpha * queries + self.beta * (feedback * weights[..., None]).sum(1)
+        count = found.sum(1, keepdims=True)
+        moved = self.alpha * queries + self.beta * (feedback * (found / np.maximum(count, 1))[..., None]).sum(1)
+        return np.where(count > 0, moved, queries)
 
 
 class PRFRetriever(SplitRetriever):
@@ -67,13 +81,13 @@ class PRFRetriever(SplitRetriever):
         super().__init__()
         if len(parts) != 1:
             raise ConfigError(f"a PRF retriever reads one vector retriever's vectors; parts has {len(parts)}")
+        if not all(hasattr(parts[0], name) for name in ("queries", "passages")):
+            raise ConfigError(f"PRF needs a retriever with query and passage vectors (dense, teacher), not {type(parts[0]).__name__}")
         self.part, self.prf = parts[0], RocchioPRF(depth, alpha, beta)
 
     def prepare(self, split: PreparedSplit) -> None:
         super().prepare(split)
         self.part.prepare(split)
-        if not all(isinstance(getattr(self.part, name, None), torch.Tensor) for name in ("queries", "passages")):
-            raise ConfigError(f"PRF needs a retriever with query and passage vectors (dense, teacher), not {type(self.part).__name__}")
 
     def scores(self, query_rows: np.ndarray) -> torch.Tensor:
         first = self.part.scores(query_rows)

@@ -28,6 +28,8 @@ class Hit:
 class Searcher:
     def __init__(self, index: PassageIndex, encoder: QueryEncoder, prf: RocchioPRF | None = None):
         self.index, self.encoder, self.prf = index, encoder, prf
+        if prf is not None and prf.enabled:
+            index.prepare_vectors()  # now, not inside the first (maybe concurrent) searches
 
     @classmethod
     def load(cls, path: str | Path, checkpoint: str | Path | None = None, search_params: str | None = None, prf: RocchioPRF | None = None) -> "Searcher":
