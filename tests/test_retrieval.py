@@ -80,7 +80,7 @@ def test_round_trip_finds_each_passage_by_its_own_text(trained):
 
 
 def test_search_matches_brute_force_over_the_checkpoint_vectors(trained):
-    searcher = Searcher.load(trained["index"])
+    searcher = Searcher.load(trained["index"], hybrid=False)
     dense = DenseRetriever(str(trained["ckpt"]))
     split = validation_split(trained["data"])
     dense.prepare(split)
@@ -186,7 +186,7 @@ def test_compressed_index_folder_round_trips(trained, tmp_path):
     build_index(cfg)
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["config"]["index"]["factory"] == "IVF4,PQ8x4,Refine(Flat)"
-    assert set(manifest["seconds"]) == {"load", "encode", "faiss_train", "faiss_add"}
+    assert set(manifest["seconds"]) == {"load", "encode", "faiss_train", "faiss_add", "bm25"}
     flat = Searcher.load(trained["index"])
     approximate = Searcher.load(out, search_params=f"nprobe=4,k_factor_rf={len(flat.index)}")
     assert len(approximate.index) == len(flat.index)
@@ -553,16 +553,18 @@ def test_searcher_prf_ranks_as_evaluate_does(trained, capsys):
     prf.prepare(split)
     rows = split.evaluated_queries()[:25]
     brute = prf.rankings(rows, 10)
-    searcher = Searcher.load(trained["index"], prf=RocchioPRF(depth=3, alpha=0.5, beta=0.5))
+    searcher = Searcher.load(trained["index"], prf=RocchioPRF(depth=3, alpha=0.5, beta=0.5), hybrid=False)
     results = searcher.search([split.query_texts[r] for r in rows], k=10)
     assert [[h.id for h in hits] for hits in results] == [[str(i) for i in ids] for ids in brute.ranked.tolist()]
-    plain = Searcher.load(trained["index"]).search([split.query_texts[r] for r in rows], k=10)
+    plain = Searcher.load(trained["index"], hybrid=False).search([split.query_texts[r] for r in rows], k=10)
     assert [[h.id for h in hits] for hits in plain] != [[h.id for h in hits] for hits in results]
 
     assert search_main([f"index={trained['index']}", "apple", "river", "k=2", "prf=rocchio", "prf.depth=2"]) == 0
     assert capsys.readouterr().out.splitlines()[0] == "query: apple river"
-    for bad, named in (("prf.depth=-1", "prf.depth=-1"), ("+prf.foo=1", "prf.foo")):
-        assert search_main([f"index={trained['index']}", "apple", "prf=rocchio", bad]) == 2
+    assert search_main([f"index={trained['index']}", "apple", "river", "k=2", "hybrid=false"]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == "query: apple river"
+    for bad, named in (("prf.depth=-1", "prf.depth=-1"), ("+prf.foo=1", "prf.foo"), ("hybrid=maybe", "hybrid='maybe'")):
+        assert search_main([f"index={trained['index']}", "apple", "prf=rocchio", bad]) == 2, bad
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and named in err and "Traceback" not in err
 
@@ -595,3 +597,116 @@ def test_stored_vectors_come_back_from_flat_and_ivf_indexes():
             RocchioPRF(**bad)
     with pytest.raises(ConfigError, match="prf.foo: unknown setting"):
         RocchioPRF.from_config({"depth": 3, "foo": 1})
+
+
+# ----------------------------------------------------------------------------------------- hybrid search in index folders
+
+
+def test_searcher_hybrid_ranks_as_evaluate_hybrid_weighted(trained, tmp_path):
+    """A folder built with hybrid.enabled (the default) ranks by dense + stemmed BM25 fused exactly as
+    evaluate.py's hybrid_weighted: the same passages and fused scores; a dense-only folder searches as
+    before; hybrid=True on it, or a changed BM25 file, is one clear refusal."""
+    split = validation_split(trained["data"])
+    cfg = compose_retrieval("evaluate", [f"ckpt={trained['ckpt']}", f"data.path={trained['data']}", f"out={tmp_path / 'eval'}", "retriever=[hybrid]"])
+    index_cfg = compose_retrieval("index", ["ckpt=x"])
+    assert list(index_cfg.hybrid.weights) == list(cfg.retriever.hybrid_weighted.weights)  # one setting, two configs
+    assert {k: v for k, v in index_cfg.hybrid.bm25.items()} == {k: v for k, v in cfg.retriever.bm25_stemmed.items()}
+    from two_tower.retrieval.evaluate import build_retrievers
+
+    retrievers = build_retrievers(cfg)
+    rows = split.evaluated_queries()[:30]
+    _, rankings = evaluate_split(split, {"hybrid_weighted": retrievers["hybrid_weighted"]})
+    searcher = Searcher.load(trained["index"])
+    assert searcher.lexical is not None and searcher.index.hybrid_weights == [0.7, 0.3]
+    results = searcher.search([split.query_texts[r] for r in rows], k=10)
+    position = {r: i for i, r in enumerate(split.evaluated_queries().tolist())}
+    for row, hits in zip(rows.tolist(), results):
+        want = rankings["hybrid_weighted"]
+        assert [h.id for h in hits] == [str(p) for p in want.ranked[position[row], :10].tolist()]
+        assert [h.score for h in hits] == pytest.approx(want.scores[position[row], :10].tolist(), abs=1e-5)
+    # A query of stopwords only: BM25 scores nothing, the dense part ranks alone.
+    assert [h.id for h in searcher.search(["the of and"], k=5)[0]] == [h.id for h in Searcher.load(trained["index"], hybrid=False).search(["the of and"], k=5)[0]]
+
+    dense_only = tmp_path / "dense_only"
+    build_index(compose_retrieval("index", [f"ckpt={trained['ckpt']}", f"data.path={trained['data']}", f"out={dense_only}", "hybrid.enabled=false"]))
+    assert not (dense_only / "bm25").exists() and "hybrid" not in json.loads((dense_only / "manifest.json").read_text())
+    plain = Searcher.load(dense_only)
+    assert plain.lexical is None
+    queries = [split.query_texts[r] for r in rows[:5]]
+    assert [[h.id for h in q] for q in plain.search(queries, 5)] == [[h.id for h in q] for q in Searcher.load(trained["index"], hybrid=False).search(queries, 5)]
+    with pytest.raises(IndexFolderError, match="without a BM25 index"):
+        Searcher.load(dense_only, hybrid=True)
+    with pytest.raises(ConfigError, match="hybrid.weights"):
+        build_index(compose_retrieval("index", [f"ckpt={trained['ckpt']}", f"data.path={trained['data']}", f"out={tmp_path / 'bad'}", "hybrid.weights=[0,0]"]))
+
+    changed = tmp_path / "changed"
+    shutil.copytree(trained["index"], changed)
+    with open(changed / "bm25" / "vocab.index.json", "a") as f:
+        f.write(" ")
+    with pytest.raises(IndexFolderError, match="vocab.index.json does not match"):
+        Searcher.load(changed)
+
+
+def test_weighted_top_k_is_the_brute_force_fusion_even_past_the_first_candidates():
+    """weighted_top_k against the fusion of every passage's scores, where the top k lies beyond both parts'
+    first candidates (so the candidate lists must grow), with ties, and for k above the corpus."""
+    from two_tower.retrieval.hybrid import min_max, weighted_top_k
+
+    rng = np.random.default_rng(5)
+    for trial in range(20):
+        passages = int(rng.integers(50, 900))
+        dense = rng.normal(size=passages).astype(np.float32)
+        lexical = np.where(rng.random(passages) < 0.7, 0.0, rng.gamma(2.0, 2.0, size=passages)).astype(np.float32)
+        if trial % 2:  # passages good on both parts but first in neither: the top k comes from far down both lists
+            middle = rng.choice(passages, size=min(40, passages // 3), replace=False)
+            dense[middle], lexical[middle] = np.quantile(dense, 0.85), np.quantile(lexical, 0.95) + 1
+            dense[:5] = dense[5:10] = dense.max()  # ties
+        weights = (float(rng.uniform(0.1, 1)), float(rng.uniform(0.1, 1)))
+        fused = weights[0] * min_max(dense, dense.min(), dense.max()) + weights[1] * min_max(lexical, lexical.min(), lexical.max())
+        order = np.lexsort((np.arange(passages), -dense))
+        for k in (1, 10, 150, passages + 5):
+            rows, scores = weighted_top_k(k, weights, lexical, (dense.min(), dense.max()), lambda n: (order[:n], dense[order[:n]]), lambda r: dense[r])
+            want = np.lexsort((np.arange(passages), -fused))[:k]
+            assert rows.tolist() == want.tolist()
+            assert scores == pytest.approx(fused[want], abs=1e-6)
+    # Built so: 200 passages best on dense only, 200 best on BM25 only, and the 10 best fused rank 201-210 on both.
+    dense, lexical = np.full(1000, -1.0, dtype=np.float32), np.zeros(1000, dtype=np.float32)
+    dense[:200], lexical[200:400] = 1.0, 10.0
+    dense[400:410], lexical[400:410] = 0.8, 8.0
+    asked = []
+    order = np.lexsort((np.arange(1000), -dense))
+    rows, scores = weighted_top_k(10, (0.5, 0.5), lexical, (-1.0, 1.0), lambda n: (asked.append(n), (order[:n], dense[order[:n]]))[1], lambda r: dense[r])
+    assert rows.tolist() == list(range(400, 410)) and scores == pytest.approx([0.85] * 10)
+    assert asked == [100, 400]  # the first 100 candidates of each part could not prove the top 10
+
+
+def test_searcher_hybrid_searches_deeper_for_the_queries_that_need_it():
+    """Searcher.hybrid_search over a Flat index where the first candidates (both parts' top 200) cannot
+    prove one query's top 10: that query is searched again deeper, the other is not; both equal the
+    brute-force fusion of every passage's scores."""
+    from types import SimpleNamespace
+
+    from two_tower.retrieval.hybrid import min_max
+
+    e = np.eye(8, dtype=np.float32)
+    vectors = np.empty((1000, 8), dtype=np.float32)
+    vectors[:200], vectors[200:400], vectors[400:410] = e[0], -e[0], 0.8 * e[0] + 0.6 * e[1]
+    vectors[410:] = -0.5 * e[0] + np.sqrt(0.75) * e[2]
+    lexical = np.zeros((2, 1000), dtype=np.float32)
+    lexical[0, 200:400], lexical[0, 400:410] = 10.0, 8.0  # query 0: the best fused rank 201-210 on both parts
+    lexical[1, 410:420] = 3.0
+    index = PassageIndex(Path("."), build_faiss(vectors, "Flat"), None, {"hybrid": {"weights": [0.5, 0.5]}})
+    searcher = Searcher(index, encoder=None, hybrid=False)
+    searcher.lexical = SimpleNamespace(query_tokens=lambda queries: list(range(len(queries))), scores=lambda token_lists: lexical[token_lists])
+    calls = []
+    search = index.search
+    index.search = lambda v, n: (calls.append((len(v), n)), search(v, n))[1]
+    queries = np.stack([e[0], e[2]])
+    hits = searcher.hybrid_search(["q0", "q1"], queries, k=10)
+    assert calls == [(2, 1), (2, 200), (1, 800)]  # the lowest scores, both queries at 200, then query 0 alone
+    for q in range(2):
+        dense = vectors @ queries[q]
+        fused = 0.5 * min_max(dense, dense.min(), dense.max()) + 0.5 * min_max(lexical[q], lexical[q].min(), lexical[q].max())
+        want = np.lexsort((np.arange(1000), -fused))[:10]
+        assert hits.rows[q].tolist() == want.tolist() and hits.scores[q] == pytest.approx(fused[want], abs=1e-6)
+    assert hits.rows[0].tolist() == list(range(400, 410))

@@ -130,6 +130,7 @@ def test_health_reports_model_index_and_corpus(client, searcher, index_dir):
     assert health["model"] == manifest["model"]
     assert health["index"]["path"] == str(index_dir) and health["index"]["files"] == manifest["files"]
     assert health["index"]["faiss"]["type"] == "IndexFlat"
+    assert health["index"]["ranking"] == {"hybrid_weights": manifest["hybrid"]["weights"]} == {"hybrid_weights": [0.7, 0.3]}
     assert health["limits"] == {"k_default": 5, "k_max": 20, "max_query_chars": 200, "max_batch": 4}
 
 
@@ -265,6 +266,7 @@ def test_serve_command_serves_with_its_settings(index_dir):
         (["index=X", "threads=0"], "error: threads=0: must be a whole number >= 1"),
         (["index=X", "k=50", "k_max=20"], "error: k=50: the default k must be a whole number in 1..k_max (20)"),
         (["index=X", "max_batch=0"], "error: max_batch=0: must be a whole number >= 1"),
+        (["index=X", "hybrid=maybe"], "error: hybrid='maybe': must be true, false or null"),
         (["index", "X"], "error: not a key=value setting: index X"),
     ],
 )

@@ -5,6 +5,7 @@
     python experiments/zero_shot/searcher_ndcg.py INDEX_DIR ../shared/data/cranfield [--split test] [--prf]
 
 ``--prf``: the searcher with Rocchio pseudo-relevance feedback (``RocchioPRF()``: conf/prf/rocchio.yaml's setting).
+``--dense-only``: dense alone in a folder built with a BM25 index (``Searcher.load(..., hybrid=False)``).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ def main() -> None:
     parser.add_argument("beir")
     parser.add_argument("--split", default="test")
     parser.add_argument("--prf", action="store_true", help="Rocchio pseudo-relevance feedback (depth 5, alpha 0.4, beta 0.6)")
+    parser.add_argument("--dense-only", action="store_true", help="dense alone, also where the folder has a BM25 index")
     args = parser.parse_args()
     from ranx import Qrels, Run, evaluate
 
@@ -33,10 +35,12 @@ def main() -> None:
     qrels = {qid: {doc: int(gain) for doc, gain in docs.items() if gain > 0} for qid, docs in collection.qrels.items()}
     text = dict(zip(collection.query_ids, collection.query_texts))
     queries = [q for q in collection.query_ids if qrels.get(q)]
-    hits = Searcher.load(args.index, prf=RocchioPRF() if args.prf else None).search([text[q] for q in queries], k=100)
+    searcher = Searcher.load(args.index, prf=RocchioPRF() if args.prf else None, hybrid=False if args.dense_only else None)
+    hits = searcher.search([text[q] for q in queries], k=100)
     run = {q: {h.id: float(h.score) for h in hs} for q, hs in zip(queries, hits)}
     scores = evaluate(Qrels(qrels), Run(run), ["ndcg@10", "mrr@10", "recall@100"])
-    print(f"{len(queries)} queries: " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
+    ranking = "dense" if searcher.lexical is None else f"dense + BM25 {searcher.index.hybrid_weights}"
+    print(f"{len(queries)} queries, {ranking}{', PRF' if args.prf else ''}: " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
 
 
 if __name__ == "__main__":

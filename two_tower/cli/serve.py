@@ -15,7 +15,7 @@ from two_tower.core.errors import ConfigError, TwoTowerError
 
 USAGE = """usage: python serve.py index=DIR [host=127.0.0.1] [port=8000] [threads=1] [key=value ...]
 Settings (conf/serve.yaml): index, host, port, threads (per search, torch and FAISS), search_params,
-k (default passages per query), k_max, max_query_chars, max_batch, header_timeout, keep_alive_timeout,
+hybrid (false = dense alone in a folder with a BM25 index), k (default passages per query), k_max, max_query_chars, max_batch, header_timeout, keep_alive_timeout,
 max_connections.
 Then open http://HOST:PORT/ (search page), /docs (API), /health."""
 
@@ -72,7 +72,9 @@ def main(argv: list[str] | None = None) -> int:
             _whole("threads", cfg.threads, 1)
         limits = Limits(k=cfg.k, k_max=cfg.k_max, max_query_chars=cfg.max_query_chars, max_batch=cfg.max_batch)
         start = time.perf_counter()
-        searcher = Searcher.load(cfg.index, search_params=cfg.search_params)
+        if cfg.hybrid not in (None, True, False):
+            raise ConfigError(f"hybrid={cfg.hybrid!r}: must be true, false or null (where the folder has a BM25 index)")
+        searcher = Searcher.load(cfg.index, search_params=cfg.search_params, hybrid=cfg.hybrid)
         app = create_app(searcher, limits, threads=cfg.threads, search_params=cfg.search_params)
     except TwoTowerError as err:  # bad settings, a missing or unusable index folder
         return report(err)

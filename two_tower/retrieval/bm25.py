@@ -1,12 +1,18 @@
-"""BM25 (bm25s) over a split's passages: the lexical baseline, on the same protocol as the models.
+"""BM25 (bm25s) over a corpus: the lexical baseline on the same protocol as the models, and the lexical
+part of an index folder's hybrid search.
 
 bm25s' own tokenizer (lower-cased words of 2+ letters/digits, English stopwords removed, optionally
 stemmed with PyStemmer). Defaults are bm25s' (Lucene variant, k1=1.5, b=0.75, no stemming).
+``BM25Scorer`` holds one corpus's index and scores query texts over all of it; ``BM25Retriever`` is
+``evaluate.py``'s retriever around one; index folders save one (``save`` / ``load``) so ``Searcher`` scores
+queries exactly as ``evaluate.py``'s ``bm25_stemmed`` does.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+from pathlib import Path
 
 import bm25s
 import numpy as np
@@ -17,35 +23,69 @@ from two_tower.retrieval.retriever import SplitRetriever
 
 logging.getLogger("bm25s").setLevel(logging.WARNING)  # it logs every index build at DEBUG
 
+SETTINGS_FILE = "settings.json"
 
-class BM25Retriever(SplitRetriever):
+
+class BM25Scorer:
     def __init__(self, method: str = "lucene", k1: float = 1.5, b: float = 0.75, stopwords: str | None = "english", stemmer: str | None = None):
-        super().__init__()
-        self.method, self.k1, self.b, self.stopwords = method, k1, b, stopwords
+        self.method, self.k1, self.b, self.stopwords, self.stemmer = method, k1, b, stopwords, stemmer
         if stemmer:
             import Stemmer
 
             self.stem = Stemmer.Stemmer(stemmer).stemWords
         else:
             self.stem = None
-        self.bm25 = None
-        self.query_tokens: list[list[str]] = []
+        self.bm25: bm25s.BM25 | None = None
+
+    @property
+    def settings(self) -> dict:
+        return {"method": self.method, "k1": self.k1, "b": self.b, "stopwords": self.stopwords, "stemmer": self.stemmer}
 
     def tokenize(self, texts: list[str], **kwargs):
         return bm25s.tokenize(texts, stopwords=self.stopwords, stemmer=self.stem, show_progress=False, **kwargs)
+
+    def index(self, texts: list[str]) -> "BM25Scorer":
+        self.bm25 = bm25s.BM25(method=self.method, k1=self.k1, b=self.b)
+        self.bm25.index(self.tokenize(texts), show_progress=False)
+        return self
+
+    def query_tokens(self, texts: list[str]) -> list[list[str]]:
+        return self.tokenize(texts, return_ids=False)
+
+    def scores(self, token_lists: list[list[str]]) -> np.ndarray:
+        """[len(token_lists), num_passages] float32 BM25 scores; a query of stopwords only scores nothing."""
+        out = np.zeros((len(token_lists), self.bm25.scores["num_docs"]), dtype=np.float32)
+        for i, tokens in enumerate(token_lists):
+            if tokens:
+                out[i] = self.bm25.get_scores(tokens)
+        return out
+
+    def save(self, folder: Path) -> list[str]:
+        """Write the index and its settings into ``folder``; returns the file names written."""
+        folder.mkdir(parents=True, exist_ok=True)
+        self.bm25.save(str(folder), show_progress=False)
+        (folder / SETTINGS_FILE).write_text(json.dumps(self.settings))
+        return sorted(p.name for p in folder.iterdir())
+
+    @classmethod
+    def load(cls, folder: Path) -> "BM25Scorer":
+        scorer = cls(**json.loads((folder / SETTINGS_FILE).read_text()))
+        scorer.bm25 = bm25s.BM25.load(str(folder), show_progress=False)
+        return scorer
+
+
+class BM25Retriever(SplitRetriever):
+    def __init__(self, method: str = "lucene", k1: float = 1.5, b: float = 0.75, stopwords: str | None = "english", stemmer: str | None = None):
+        super().__init__()
+        self.scorer = BM25Scorer(method, k1, b, stopwords, stemmer)
+        self.query_tokens: list[list[str]] = []
 
     def prepare(self, split: PreparedSplit) -> None:
         if split is self.split:
             return
         super().prepare(split)
-        self.bm25 = bm25s.BM25(method=self.method, k1=self.k1, b=self.b)
-        self.bm25.index(self.tokenize(split.passage_texts), show_progress=False)
-        self.query_tokens = self.tokenize(split.query_texts, return_ids=False)
+        self.scorer.index(split.passage_texts)
+        self.query_tokens = self.scorer.query_tokens(split.query_texts)
 
     def scores(self, query_rows: np.ndarray) -> torch.Tensor:
-        out = np.zeros((len(query_rows), self.split.num_passages), dtype=np.float32)
-        for i, row in enumerate(query_rows):
-            tokens = self.query_tokens[row]
-            if tokens:  # a query of stopwords only scores nothing
-                out[i] = self.bm25.get_scores(tokens)
-        return torch.from_numpy(out)
+        return torch.from_numpy(self.scorer.scores([self.query_tokens[row] for row in query_rows]))

@@ -6,7 +6,8 @@
   unmatched passages are not ranked by their index.
 - ``WeightedScoreFusion``: sum over parts of ``weight * normalised score``, each part's scores
   min-max normalised per query over the whole corpus (best passage 1, worst 0), so a cosine in
-  [-1, 1] and an unbounded BM25 score are on one scale.
+  [-1, 1] and an unbounded BM25 score are on one scale. ``weighted_top_k`` gives the same top k of one
+  query from an index folder (``Searcher``) without scoring every passage densely.
 """
 
 from __future__ import annotations
@@ -53,6 +54,52 @@ class ReciprocalRankFusion(FusionRetriever):
 
 class WeightedScoreFusion(FusionRetriever):
     def transform(self, scores: torch.Tensor) -> torch.Tensor:
-        low = scores.min(dim=1, keepdim=True).values
-        high = scores.max(dim=1, keepdim=True).values
-        return (scores - low) / (high - low).clamp(min=1e-12)
+        return min_max(scores, scores.min(dim=1, keepdim=True).values, scores.max(dim=1, keepdim=True).values)
+
+
+def min_max(scores, low, high):
+    """``(scores - low) / (high - low)``, the range floored at 1e-12 (a part that scores every passage
+    alike gives 0): the weighted fusion's normalisation, for torch tensors and numpy arrays alike."""
+    span = high - low
+    span = span.clamp(min=1e-12) if isinstance(span, torch.Tensor) else np.maximum(span, 1e-12)
+    return (scores - low) / span
+
+
+def weighted_top_k(k: int, weights: tuple[float, float], lexical: np.ndarray, dense_range: tuple[float, float], dense_top, dense_scores) -> tuple[np.ndarray, np.ndarray]:
+    """One query's top ``k`` passages by ``WeightedScoreFusion`` of a dense and a lexical part, without the
+    dense scores of the whole corpus: (rows, fused scores), best first, ties to the lower row.
+
+    ``lexical`` [P] is every passage's lexical score; ``dense_range`` the (lowest, highest) dense score over
+    the corpus; ``dense_top(n)`` the dense top ``n`` as (rows, scores), best first (-1 rows where fewer);
+    ``dense_scores(rows)`` the dense scores of given rows. Tries ``proven_top_k`` with the top 100 (or k)
+    of each part, then four times as many, until proven (at worst the whole corpus).
+    """
+    n = min(max(k, 100), len(lexical))
+    while True:
+        found = proven_top_k(k, weights, lexical, dense_range, *dense_top(n), dense_scores)
+        if found is not None:
+            return found
+        n = min(4 * n, len(lexical))
+
+
+def proven_top_k(k: int, weights: tuple[float, float], lexical: np.ndarray, dense_range: tuple[float, float], dense_rows: np.ndarray, dense_top_scores: np.ndarray, dense_scores) -> tuple[np.ndarray, np.ndarray] | None:
+    """The fused top ``k`` among the union of the dense top n (``dense_rows``, ``dense_top_scores``: best
+    first, -1 rows where fewer) and the lexical top n, if it is provably the top k of the whole corpus,
+    else None. A passage in neither list scores at most the fusion of the two n-th scores, so the
+    candidates' k-th must be above that bound (exact when the dense top n is exact); n >= the corpus is
+    always proven. The same normalisation as ``WeightedScoreFusion`` (``min_max``)."""
+    (w_dense, w_lexical), passages, n = weights, len(lexical), len(dense_rows)
+    low_l, high_l = lexical.min(), lexical.max()
+    low_d, high_d = dense_range
+    found = dense_rows >= 0
+    l_rows = np.argpartition(-lexical, n - 1)[:n] if n < passages else np.arange(passages)
+    candidates = np.union1d(dense_rows[found], l_rows)
+    fused = w_dense * min_max(dense_scores(candidates), low_d, high_d) + w_lexical * min_max(lexical[candidates], low_l, high_l)
+    order = np.lexsort((candidates, -fused))[:k]
+    if n < passages:
+        nth_dense = dense_top_scores[found][-1] if found.any() else low_d
+        nth_lexical = -np.partition(-lexical, n - 1)[n - 1]
+        bound = w_dense * min_max(nth_dense, low_d, high_d) + w_lexical * min_max(nth_lexical, low_l, high_l)
+        if len(order) < k or fused[order[-1]] <= bound:
+            return None
+    return candidates[order], fused[order]

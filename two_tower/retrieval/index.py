@@ -32,6 +32,7 @@ import pyarrow as pa
 from two_tower.core.atomic import atomic_folder, sweep_stale_temps
 from two_tower.model.bag import TermStatistics
 from two_tower.core.errors import ConfigError, IndexFolderError
+from two_tower.retrieval.bm25 import BM25Scorer
 from two_tower.retrieval.query_encoder import QueryEncoder
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,7 @@ log = logging.getLogger(__name__)
 FORMAT = 3  # 3: open vocabulary + term_statistics.npz; 2: passages in Arrow IPC (1 had parquet)
 MANIFEST, FAISS_FILE, PASSAGES_FILE, QUERY_ENCODER_FILE = "manifest.json", "faiss.index", "passages.arrow", "query_encoder.pt"
 STATISTICS_FILE = TermStatistics.FILE
+BM25_FOLDER = "bm25"  # hybrid search's lexical part (bm25s files), when the folder was built with one
 
 
 def new_faiss(dim: int, factory: str) -> faiss.Index:
@@ -161,13 +163,25 @@ def file_hash(path: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def write_index_folder(path: str | Path, index: faiss.Index, ids: list[str], texts: list[str], query_encoder: QueryEncoder, manifest: dict, overwrite: bool = False, statistics: TermStatistics | None = None) -> Path:
+def write_index_folder(
+    path: str | Path,
+    index: faiss.Index,
+    ids: list[str],
+    texts: list[str],
+    query_encoder: QueryEncoder,
+    manifest: dict,
+    overwrite: bool = False,
+    statistics: TermStatistics | None = None,
+    lexical: BM25Scorer | None = None,
+    hybrid_weights: list[float] | None = None,
+) -> Path:
     """Write the folder atomically (``two_tower.core.atomic.atomic_folder``): everything goes to a temporary
     folder beside it first, then one rename under a lock on the parent folder, so two writers of the same
     ``path`` cannot both succeed without ``overwrite``.
 
     ``manifest`` (config, source, model identity) is completed with the format, sizes and file hashes.
-    An existing folder is replaced only with ``overwrite``.
+    An existing folder is replaced only with ``overwrite``. With ``lexical`` (a BM25 index of ``texts``)
+    and ``hybrid_weights`` (dense, bm25), ``Searcher`` ranks by their weighted fusion.
     """
     path = Path(path).expanduser().resolve()
     if not len(ids) == len(texts) == index.ntotal:
@@ -185,6 +199,9 @@ def write_index_folder(path: str | Path, index: faiss.Index, ids: list[str], tex
             if statistics is not None:
                 statistics.save(tmp / STATISTICS_FILE)
                 files.append(STATISTICS_FILE)
+            if lexical is not None:
+                files += [f"{BM25_FOLDER}/{name}" for name in lexical.save(tmp / BM25_FOLDER)]
+                manifest = {**manifest, "hybrid": {"weights": [float(w) for w in hybrid_weights], "bm25": lexical.settings}}
             manifest = {
                 "format": FORMAT,
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
@@ -254,6 +271,17 @@ class PassageIndex:
         check_model(self.path, {k: self.model[k] for k in actual}, actual, self.path / QUERY_ENCODER_FILE)
         encoder.set_statistics(self.statistics())
         return encoder
+
+    @property
+    def hybrid_weights(self) -> list[float] | None:
+        """(dense, bm25) weights of the folder's hybrid search; None: a dense-only folder."""
+        return (self.manifest.get("hybrid") or {}).get("weights")
+
+    def lexical(self) -> BM25Scorer:
+        """The folder's BM25 index (folders built with ``hybrid.enabled``)."""
+        if self.hybrid_weights is None:
+            raise IndexFolderError(f"{self.path} was built without a BM25 index (dense only); rebuild it with index.py hybrid.enabled=true")
+        return BM25Scorer.load(self.path / BM25_FOLDER)
 
     def statistics(self) -> TermStatistics | None:
         """The term statistics the passages were encoded with (None: the model has no bag-of-words path)."""

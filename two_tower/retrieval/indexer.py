@@ -11,6 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from two_tower.data.prepared import Ragged
 from two_tower.model.bag import TermStatistics
+from two_tower.retrieval.bm25 import BM25Scorer
 from two_tower.retrieval.checkpoint import encode_tokens, load_checkpoint, model_identity, progress_bar
 from two_tower.retrieval.corpus import Passages, read_corpus_file, split_passages
 from two_tower.core.atomic import check_writable
@@ -65,6 +66,22 @@ def load_passages(cfg: DictConfig) -> Passages:
     return split_passages(cfg.split, cfg.data.path, cfg.data.hub_name, cfg.data.hub_config)
 
 
+def lexical_index(cfg: DictConfig, texts: list[str], seconds: dict) -> tuple[BM25Scorer | None, list[float] | None]:
+    """The BM25 index and fusion weights of hybrid search (``cfg.hybrid``), or (None, None) for a dense-only folder."""
+    hybrid = cfg.get("hybrid")
+    if hybrid is None or not hybrid.enabled:
+        return None, None
+    weights = list(hybrid.weights)
+    if len(weights) != 2 or any(isinstance(w, bool) or not isinstance(w, (int, float)) or w < 0 for w in weights) or sum(weights) <= 0:
+        raise ConfigError(f"hybrid.weights={weights!r}: must be two numbers >= 0 (dense, bm25), not both 0")
+    start = time.perf_counter()
+    settings = {k: v for k, v in hybrid.bm25.items() if k != "_target_"}
+    log.info("Indexing %d passages for BM25 (hybrid search)", len(texts))
+    lexical = BM25Scorer(**settings).index(texts)
+    seconds["bm25"] = round(time.perf_counter() - start, 2)
+    return lexical, weights
+
+
 def build_index(cfg: DictConfig) -> Path:
     """Build and write the index folder ``cfg.out``; returns its path."""
     if OmegaConf.is_missing(cfg, "ckpt") or not cfg.ckpt:
@@ -83,6 +100,7 @@ def build_index(cfg: DictConfig) -> Path:
     check_writable(Path(cfg.out).expanduser().resolve().parent, f"out={cfg.out}", min_free_bytes=need)
     log.info("Indexing %d passages from %s with %s", len(passages), passages.source, cfg.ckpt)
     loaded = time.perf_counter()
+    lexical, weights = lexical_index(cfg, passages.texts, bm25_seconds := {})
     statistics = corpus_statistics(module, passages.texts)
     texts, chunk = passages.texts, cfg.index.add_chunk
     # Streamed: the index trains on the vectors of a sample (if it needs training), then each chunk of
@@ -102,9 +120,9 @@ def build_index(cfg: DictConfig) -> Path:
         "config": OmegaConf.to_container(cfg, resolve=True),
         "source": {**passages.source, "texts": passages.texts_hash()},
         "model": model_identity(module, cfg.ckpt),
-        "seconds": {"load": round(loaded - start, 2), "encode": round(seconds["vectors"], 2), "faiss_train": round(seconds["train"], 2), "faiss_add": round(seconds["add"], 2)},
+        "seconds": {"load": round(loaded - start, 2), "encode": round(seconds["vectors"], 2), "faiss_train": round(seconds["train"], 2), "faiss_add": round(seconds["add"], 2), **bm25_seconds},
     }
-    path = write_index_folder(cfg.out, index, passages.ids, passages.texts, QueryEncoder.from_module(module), manifest, overwrite=cfg.overwrite, statistics=statistics)
+    path = write_index_folder(cfg.out, index, passages.ids, passages.texts, QueryEncoder.from_module(module), manifest, overwrite=cfg.overwrite, statistics=statistics, lexical=lexical, hybrid_weights=weights)
     log.info("Wrote %s (%d passages, %s) in %.1fs", path, len(passages), cfg.index.factory, time.perf_counter() - start)
     log.info('Search it: python search.py index=%s "how long is a marathon"', path)
     return path

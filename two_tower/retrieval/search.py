@@ -4,6 +4,8 @@ The searcher encodes queries with the index's own copy of the query tower (or, g
 that checkpoint's, after checking it is the model that built the index) and asks FAISS for the top k.
 With ``prf=RocchioPRF(depth=5)`` it first asks for the top ``depth``, moves each query towards their stored
 vectors (``two_tower.retrieval.prf``) and asks again: for collections with many relevant passages a query.
+A folder built with a BM25 index (``index.py``'s default ``hybrid.enabled=true``) is searched by dense + BM25
+fused as ``evaluate.py``'s ``hybrid_weighted`` (``hybrid_search``); ``hybrid=False`` searches dense alone.
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from two_tower.retrieval.index import PassageIndex, normalised
+from two_tower.core.errors import ConfigError
+from two_tower.retrieval.hybrid import proven_top_k
+from two_tower.retrieval.index import PassageIndex, SearchHits, normalised
 from two_tower.retrieval.prf import RocchioPRF
 from two_tower.retrieval.query_encoder import QueryEncoder
 
@@ -26,16 +30,21 @@ class Hit:
 
 
 class Searcher:
-    def __init__(self, index: PassageIndex, encoder: QueryEncoder, prf: RocchioPRF | None = None):
+    def __init__(self, index: PassageIndex, encoder: QueryEncoder, prf: RocchioPRF | None = None, hybrid: bool | None = None):
         self.index, self.encoder, self.prf = index, encoder, prf
-        if prf is not None and prf.enabled:
+        if hybrid and index.hybrid_weights is None:
+            index.lexical()  # raises: the folder has no BM25 index
+        self.lexical = index.lexical() if hybrid is not False and index.hybrid_weights is not None else None
+        if (prf is not None and prf.enabled) or self.lexical is not None:
             index.prepare_vectors()  # now, not inside the first (maybe concurrent) searches
 
     @classmethod
-    def load(cls, path: str | Path, checkpoint: str | Path | None = None, search_params: str | None = None, prf: RocchioPRF | None = None) -> "Searcher":
+    def load(cls, path: str | Path, checkpoint: str | Path | None = None, search_params: str | None = None, prf: RocchioPRF | None = None, hybrid: bool | None = None) -> "Searcher":
         """Open an index folder. With ``checkpoint``, the index must have been built by that model
         (otherwise IndexFolderError says what differs) and its query tower is used. With ``prf`` (depth > 0),
-        every search is two FAISS calls with Rocchio feedback between them."""
+        every search is two FAISS calls with Rocchio feedback between them. ``hybrid``: None (default) ranks
+        by dense + BM25 where the folder has a BM25 index, dense alone where not; False always dense alone;
+        True requires the BM25 index."""
         if checkpoint is None:
             index = PassageIndex.load(path)
             encoder = index.load_query_encoder()
@@ -48,7 +57,7 @@ class Searcher:
             encoder.set_statistics(index.statistics())
         if search_params:
             index.set_search_params(search_params)
-        return cls(index, encoder, prf)
+        return cls(index, encoder, prf, hybrid)
 
     def search(self, queries: list[str], k: int = 10) -> list[list[Hit]]:
         """The top ``k`` passages of each query, best first (one encoder pass and one FAISS call for all).
@@ -59,12 +68,12 @@ class Searcher:
             raise TypeError("search() takes a list of queries; wrap a single query in a list")
         if not queries:
             return []
-        vectors = self.encoder.encode(queries)
+        vectors = normalised(self.encoder.encode(queries))
         if self.prf is not None and self.prf.enabled:
             first = self.index.search(vectors, self.prf.depth)
             found = first.rows >= 0
-            vectors = self.prf.expand(normalised(vectors), self.index.vectors(np.where(found, first.rows, 0)), found)
-        hits = self.index.search(vectors, k)
+            vectors = normalised(self.prf.expand(vectors, self.index.vectors(np.where(found, first.rows, 0)), found))
+        hits = self.index.search(vectors, k) if self.lexical is None else self.hybrid_search(queries, vectors, k)
         found = hits.rows >= 0
         ids, texts = self.index.lookup(hits.rows[found])
         results, at = [], 0
@@ -73,3 +82,41 @@ class Searcher:
             results.append([Hit(i, float(s), t) for i, s, t in zip(ids[at : at + n], hits.scores[q, :n], texts[at : at + n])])
             at += n
         return results
+
+    def hybrid_search(self, queries: list[str], vectors: np.ndarray, k: int) -> SearchHits:
+        """Dense + BM25, fused as ``evaluate.py``'s ``hybrid_weighted``: each part min-max normalised over
+        the whole corpus (the dense lowest score from a search for -q). Candidates are both parts' top n,
+        n = 4k (at least 200); a query whose top k they do not prove (``hybrid.proven_top_k``) is searched
+        again with 4n, in one FAISS call for all such queries, until proven."""
+        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+            raise ConfigError(f"k={k!r}: must be a whole number >= 1")
+        total = len(self.index)
+        k = min(k, total)
+        lowest = -self.index.search(-vectors, 1).scores[:, 0]
+        tokens = self.lexical.query_tokens(queries)
+        rows, scores = np.full((len(queries), k), -1, dtype=np.int64), np.full((len(queries), k), -np.inf, dtype=np.float32)
+        weights = tuple(self.index.hybrid_weights)
+        pending, n, highest = np.arange(len(queries)), min(max(4 * k, 200), total), None
+        while len(pending):
+            top = self.index.search(vectors[pending], n)
+            if highest is None:
+                highest = top.scores[:, 0]
+            unproven = []
+            for i, q in enumerate(pending.tolist()):
+                known = dict(zip(top.rows[i].tolist(), top.scores[i].tolist()))
+
+                def dense_scores(found: np.ndarray, known=known, vector=vectors[q]) -> np.ndarray:
+                    out = np.array([known.get(r, np.nan) for r in found.tolist()], dtype=np.float32)
+                    missing = np.isnan(out)
+                    if missing.any():
+                        out[missing] = self.index.vectors(found[missing]) @ vector
+                    return out
+
+                lexical = self.lexical.scores([tokens[q]])[0]
+                result = proven_top_k(k, weights, lexical, (lowest[q], highest[q]), top.rows[i], top.scores[i], dense_scores)
+                if result is None:
+                    unproven.append(q)
+                else:
+                    rows[q, : len(result[0])], scores[q, : len(result[0])] = result
+            pending, n = np.array(unproven, dtype=np.int64), min(4 * n, total)
+        return SearchHits(rows, scores)

@@ -120,7 +120,7 @@ class HealthResponse(BaseModel):
     status: str
     passages: int = Field(description="corpus size: passages in the index")
     model: dict[str, Any] = Field(description="the model identity recorded in the index manifest (tokenizer, encoder settings, weight hashes)")
-    index: dict[str, Any] = Field(description="the index folder: path, creation time, FAISS type, search parameters, source")
+    index: dict[str, Any] = Field(description="the index folder: path, creation time, FAISS type, search parameters, source, ranking (dense, or dense + BM25 with its weights)")
     limits: dict[str, int]
     threads: dict[str, int] = Field(description="CPU threads one search uses (torch, FAISS), as seen from a worker thread")
 
@@ -269,6 +269,8 @@ def create_app(searcher: Searcher, limits: Limits = Limits(), threads: int | Non
         "search_params": search_params or built_params,
         "source": manifest.get("source"),
         "files": manifest.get("files"),
+        # how hits are ranked: dense alone, or dense + BM25 fused with these weights (Searcher.hybrid_search)
+        "ranking": {"hybrid_weights": index.hybrid_weights} if searcher.lexical is not None else {"dense": True},
     }
 
     @app.get("/health", response_model=HealthResponse, summary="Model and index identity, corpus size")
