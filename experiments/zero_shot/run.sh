@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Zero-shot: checkpoints trained on marco7k only, scored on Cranfield (BEIR format, test qrels) and
 # marco7k validation, against BM25 and the hybrids; both calls the issue names (evaluate.py, and
-# index.py + Searcher) give the same dense figure.
+# index.py + Searcher) give the same dense figure (--dense-only) and the same hybrid figure.
 set -euo pipefail
 MARCO=${1:-../shared/data/marco7k}; CRAN=${2:-../shared/data/cranfield}; OUT=${3:-outputs/zero_shot}
 export HF_HUB_OFFLINE=1
@@ -21,14 +21,15 @@ with open(f"{sys.argv[1]}/corpus.jsonl") as f, open(sys.argv[2], "w") as out:
         out.write(f"{d['_id']}\t" + " ".join((d.get("title", "") + " " + d["text"]).split()) + "\n")
 PY
 python index.py ckpt="$OUT/best/2/checkpoints/last.ckpt" corpus="$OUT/cranfield.tsv" out="$OUT/cranfield_index"
-python experiments/zero_shot/searcher_ndcg.py "$OUT/cranfield_index" "$CRAN"
+python experiments/zero_shot/searcher_ndcg.py "$OUT/cranfield_index" "$CRAN" --dense-only
 # experiment=best as of 2026-12-05 (split hyphens, passage IDF ** 0.25, one epoch), seeds 1, 2, 42.
 python train.py -m experiment=best seed=1,2,42 data.path="$MARCO" hydra.sweep.dir="$OUT/best_2026_12_05"
 for run in "$OUT"/best_2026_12_05/*/; do
   python evaluate.py ckpt="$run/checkpoints/last.ckpt" data.path="$CRAN" split=test "retriever=[dense,bm25,hybrid]" out="$run/cranfield"
 done
 python index.py ckpt="$OUT/best_2026_12_05/2/checkpoints/last.ckpt" corpus="$OUT/cranfield.tsv" out="$OUT/cranfield_index_best"
-python experiments/zero_shot/searcher_ndcg.py "$OUT/cranfield_index_best" "$CRAN"
+python experiments/zero_shot/searcher_ndcg.py "$OUT/cranfield_index_best" "$CRAN" --dense-only
+python experiments/zero_shot/searcher_ndcg.py "$OUT/cranfield_index_best" "$CRAN"   # hybrid: index folders' default since 2026-12-05
 # Pseudo-relevance feedback (pyserini's Rocchio setting, conf/prf/rocchio.yaml) on the same checkpoints,
 # and its in-domain cost; the teacher with the same feedback for a like-for-like row.
 for run in "$OUT"/best_2026_12_05/*/; do
@@ -36,4 +37,4 @@ for run in "$OUT"/best_2026_12_05/*/; do
 done
 python evaluate.py ckpt="$OUT/best_2026_12_05/2/checkpoints/last.ckpt" data.path="$CRAN" split=test "retriever=[teacher_prf]" out="$OUT/teacher_prf_cranfield"
 python evaluate.py ckpt="$OUT/best_2026_12_05/2/checkpoints/last.ckpt" data.path="$MARCO" split=validation "retriever=[dense_prf,teacher_prf]" out="$OUT/prf_marco7k"
-python experiments/zero_shot/searcher_ndcg.py "$OUT/cranfield_index_best" "$CRAN" --prf
+python experiments/zero_shot/searcher_ndcg.py "$OUT/cranfield_index_best" "$CRAN" --prf --dense-only
