@@ -130,7 +130,7 @@ def test_health_reports_model_index_and_corpus(client, searcher, index_dir):
     assert health["model"] == manifest["model"]
     assert health["index"]["path"] == str(index_dir) and health["index"]["files"] == manifest["files"]
     assert health["index"]["faiss"]["type"] == "IndexFlat"
-    assert health["index"]["ranking"] == {"hybrid_weights": manifest["hybrid"]["weights"]} == {"hybrid_weights": [0.7, 0.3]}
+    assert health["index"]["ranking"] == {"hybrid_weights": manifest["hybrid"]["weights"], "prf": None} == {"hybrid_weights": [0.7, 0.3], "prf": None}
     assert health["limits"] == {"k_default": 5, "k_max": 20, "max_query_chars": 200, "max_batch": 4}
 
 
@@ -233,7 +233,7 @@ def free_port() -> int:
 def test_serve_command_serves_with_its_settings(index_dir):
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "serve.py", f"index={index_dir}", f"port={port}", "threads=1", "k=7", "max_batch=3"],
+        [sys.executable, "serve.py", f"index={index_dir}", f"port={port}", "threads=1", "k=7", "max_batch=3", "prf=rocchio", "prf.depth=3"],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     try:
@@ -248,8 +248,12 @@ def test_serve_command_serves_with_its_settings(index_dir):
                 time.sleep(0.3)
         assert health["threads"] == {"torch": 1, "faiss": 1}
         assert health["limits"]["k_default"] == 7 and health["limits"]["max_batch"] == 3
+        assert health["index"]["ranking"] == {"hybrid_weights": [0.7, 0.3], "prf": {"depth": 3, "alpha": 0.4, "beta": 0.6}}
         answer = httpx.get(f"http://127.0.0.1:{port}/search", params={"q": "garden castle"}).json()
-        assert len(answer["hits"]) == 7
+        from two_tower.retrieval.prf import RocchioPRF
+
+        want = Searcher.load(index_dir, prf=RocchioPRF(depth=3)).search(["garden castle"], k=7)[0]
+        assert [h["id"] for h in answer["hits"]] == [h.id for h in want]
     finally:
         process.terminate()
         output = process.communicate(timeout=30)[0]
@@ -267,6 +271,9 @@ def test_serve_command_serves_with_its_settings(index_dir):
         (["index=X", "k=50", "k_max=20"], "error: k=50: the default k must be a whole number in 1..k_max (20)"),
         (["index=X", "max_batch=0"], "error: max_batch=0: must be a whole number >= 1"),
         (["index=X", "hybrid=maybe"], "error: hybrid='maybe': must be true, false or null"),
+        (["index=X", "prf=rocchio", "prf.depth=-1"], "error: prf.depth=-1: must be a whole number from 0"),
+        (["index=X", "prf.depth=3"], "error: "),
+        (["index=X", "port.x=3"], "error: unknown setting(s) port.x"),
         (["index", "X"], "error: not a key=value setting: index X"),
     ],
 )

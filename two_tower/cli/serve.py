@@ -15,11 +15,13 @@ from two_tower.core.errors import ConfigError, TwoTowerError
 
 USAGE = """usage: python serve.py index=DIR [host=127.0.0.1] [port=8000] [threads=1] [key=value ...]
 Settings (conf/serve.yaml): index, host, port, threads (per search, torch and FAISS), search_params,
-hybrid (false = dense alone in a folder with a BM25 index), k (default passages per query), k_max, max_query_chars, max_batch, header_timeout, keep_alive_timeout,
+hybrid (false = dense alone in a folder with a BM25 index), prf=rocchio (pseudo-relevance feedback;
+prf.depth=N), k (default passages per query), k_max, max_query_chars, max_batch, header_timeout, keep_alive_timeout,
 max_connections.
 Then open http://HOST:PORT/ (search page), /docs (API), /health."""
 
-OVERRIDE = re.compile(r"^[A-Za-z_]\w*=")
+OVERRIDE = re.compile(r"^[A-Za-z_]\w*(\.\w+)?=")
+GROUPS = ("prf",)  # config groups: prf=rocchio, then prf.depth=3
 
 
 def _whole(name: str, value, low: int, high: int | None = None):
@@ -40,8 +42,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: not a key=value setting: {' '.join(stray)}\n{USAGE}", file=sys.stderr)
         return 2
     try:
-        known = list(compose("serve", []))
-        unknown = [a.split("=", 1)[0] for a in argv if a.split("=", 1)[0] not in known]
+        known = [*compose("serve", []), *GROUPS]
+        keys = [a.split("=", 1)[0] for a in argv]
+        # a setting, a config group (prf=rocchio), or a key inside a group (prf.depth=3)
+        unknown = [k for k in keys if k.split(".")[0] not in known or ("." in k and k.split(".")[0] not in GROUPS)]
         if unknown:
             print(f"error: unknown setting(s) {', '.join(unknown)}; the settings are {', '.join(known)}", file=sys.stderr)
             return 2
@@ -50,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {' '.join(str(err).split())}\n{USAGE}", file=sys.stderr)
         return 2
 
+    from two_tower.retrieval.prf import RocchioPRF
     from two_tower.retrieval.search import Searcher
     from two_tower.serve.app import Limits, create_app
 
@@ -74,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
         start = time.perf_counter()
         if cfg.hybrid not in (None, True, False):
             raise ConfigError(f"hybrid={cfg.hybrid!r}: must be true, false or null (where the folder has a BM25 index)")
-        searcher = Searcher.load(cfg.index, search_params=cfg.search_params, hybrid=cfg.hybrid)
+        prf = RocchioPRF.from_config(cfg.prf) if cfg.get("prf") is not None else None
+        searcher = Searcher.load(cfg.index, search_params=cfg.search_params, hybrid=cfg.hybrid, prf=prf)
         app = create_app(searcher, limits, threads=cfg.threads, search_params=cfg.search_params)
     except TwoTowerError as err:  # bad settings, a missing or unusable index folder
         return report(err)

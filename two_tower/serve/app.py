@@ -27,7 +27,7 @@ threads: OpenMP thread counts belong to the calling thread, so ``torch.set_num_t
 
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -120,7 +120,7 @@ class HealthResponse(BaseModel):
     status: str
     passages: int = Field(description="corpus size: passages in the index")
     model: dict[str, Any] = Field(description="the model identity recorded in the index manifest (tokenizer, encoder settings, weight hashes)")
-    index: dict[str, Any] = Field(description="the index folder: path, creation time, FAISS type, search parameters, source, ranking (dense, or dense + BM25 with its weights)")
+    index: dict[str, Any] = Field(description="the index folder: path, creation time, FAISS type, search parameters, source, ranking (dense, or dense + BM25 with its weights; pseudo-relevance feedback)")
     limits: dict[str, int]
     threads: dict[str, int] = Field(description="CPU threads one search uses (torch, FAISS), as seen from a worker thread")
 
@@ -270,7 +270,10 @@ def create_app(searcher: Searcher, limits: Limits = Limits(), threads: int | Non
         "source": manifest.get("source"),
         "files": manifest.get("files"),
         # how hits are ranked: dense alone, or dense + BM25 fused with these weights (Searcher.hybrid_search)
-        "ranking": {"hybrid_weights": index.hybrid_weights} if searcher.lexical is not None else {"dense": True},
+        "ranking": {
+            **({"hybrid_weights": index.hybrid_weights} if searcher.lexical is not None else {"dense": True}),
+            "prf": asdict(searcher.prf) if searcher.prf is not None and searcher.prf.enabled else None,
+        },
     }
 
     @app.get("/health", response_model=HealthResponse, summary="Model and index identity, corpus size")
