@@ -645,6 +645,24 @@ def test_searcher_hybrid_ranks_as_evaluate_hybrid_weighted(trained, tmp_path):
         f.write(" ")
     with pytest.raises(IndexFolderError, match="vocab.index.json does not match"):
         Searcher.load(changed)
+    # The manifest must name every file under bm25/ too, and its weights must make sense.
+    for edit, message in (
+        (lambda m, folder: m["files"].pop("bm25/vocab.index.json"), r"does not name \['bm25/vocab.index.json'\]"),
+        (lambda m, folder: (folder / "bm25" / "extra.bin").write_bytes(b"x"), r"does not name \['bm25/extra.bin'\]"),
+        (lambda m, folder: m["hybrid"].update(weights=[0.1, -1]), r"hybrid.weights=\[0.1, -1\]"),
+    ):
+        folder = tmp_path / f"edited{len(list(tmp_path.iterdir()))}"
+        shutil.copytree(trained["index"], folder)
+        manifest = json.loads((folder / "manifest.json").read_text())
+        edit(manifest, folder)
+        (folder / "manifest.json").write_text(json.dumps(manifest))
+        with pytest.raises(IndexFolderError, match=message):
+            Searcher.load(folder)
+    for bad, message in (("hybrid.bm25.method=foo", "hybrid.bm25: Invalid"), ("+hybrid.bm25.foo=1", "hybrid.bm25.foo: unknown"), ("hybrid.enabled=maybe", "hybrid.enabled='maybe'")):
+        with pytest.raises(ConfigError, match=message):
+            build_index(compose_retrieval("index", [f"ckpt={trained['ckpt']}", f"data.path={trained['data']}", f"out={tmp_path / 'bad'}", bad]))
+    with pytest.raises(ConfigError, match="hybrid='false'"):
+        Searcher.load(trained["index"], hybrid="false")
 
 
 def test_weighted_top_k_is_the_brute_force_fusion_even_past_the_first_candidates():
@@ -710,3 +728,30 @@ def test_searcher_hybrid_searches_deeper_for_the_queries_that_need_it():
         want = np.lexsort((np.arange(1000), -fused))[:10]
         assert hits.rows[q].tolist() == want.tolist() and hits.scores[q] == pytest.approx(fused[want], abs=1e-6)
     assert hits.rows[0].tolist() == list(range(400, 410))
+
+
+def test_duplicate_passages_score_alike_in_hybrid_search():
+    """Two copies of a passage at the dense candidates' cut (one inside, one found by BM25 only) get the
+    same fused score and come lower row first: every candidate's dense score is computed the same way,
+    not FAISS's batched (BLAS) score for some and a dot product for others."""
+    from types import SimpleNamespace
+
+    rng = np.random.default_rng(11)
+    failures = 0
+    for trial in range(10):
+        vectors = rng.normal(size=(1000, 128)).astype(np.float32)
+        query = rng.normal(size=128).astype(np.float32)
+        vectors, query = vectors / np.linalg.norm(vectors, axis=1, keepdims=True), query / np.linalg.norm(query)
+        cut = vectors[np.argsort(-(vectors @ query))[198]]  # with its copies: dense ranks 199-201 of 200 candidates
+        vectors = np.concatenate([vectors, cut[None], cut[None]])
+        lexical = np.zeros(1002, dtype=np.float32)
+        lexical[[1000, 1001]] = 5.0
+        index = PassageIndex(Path("."), build_faiss(vectors, "Flat"), None, {"hybrid": {"weights": [0.5, 0.5]}})
+        searcher = Searcher(index, encoder=None, hybrid=False)
+        searcher.lexical = SimpleNamespace(query_tokens=lambda texts: [0] * len(texts), scores=lambda token_lists: lexical[None].repeat(len(token_lists), 0))
+        hits = searcher.hybrid_search(["q"] * 24, np.repeat(query[None], 24, 0), k=10)  # 24 queries: FAISS uses BLAS
+        for q in range(24):
+            at = hits.rows[q].tolist()
+            first, second = at.index(1000), at.index(1001)
+            failures += not (second == first + 1 and hits.scores[q, first] == hits.scores[q, second])
+    assert failures == 0

@@ -18,6 +18,7 @@ import bm25s
 import numpy as np
 import torch
 
+from two_tower.core.errors import ConfigError
 from two_tower.data.prepared import PreparedSplit
 from two_tower.retrieval.retriever import SplitRetriever
 
@@ -36,6 +37,25 @@ class BM25Scorer:
         else:
             self.stem = None
         self.bm25: bm25s.BM25 | None = None
+
+    @classmethod
+    def from_config(cls, settings: dict, name: str) -> "BM25Scorer":
+        """From a config mapping, every mistake a ConfigError naming ``name.key`` (checked by building an
+        empty bm25s index with the settings)."""
+        known = ("method", "k1", "b", "stopwords", "stemmer")
+        unknown = [k for k in settings if k not in known]
+        if unknown:
+            raise ConfigError(f"{name}.{unknown[0]}: unknown setting; {name} has {', '.join(known)}")
+        for key in ("k1", "b"):
+            value = settings.get(key, 1.0)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+                raise ConfigError(f"{name}.{key}={value!r}: must be a number >= 0")
+        try:
+            scorer = cls(**settings)
+            scorer.index(["a check of the settings", "another passage"])
+        except (ValueError, TypeError, KeyError) as err:
+            raise ConfigError(f"{name}: {' '.join(str(err).split())} (settings {settings})") from err
+        return scorer
 
     @property
     def settings(self) -> dict:

@@ -82,12 +82,18 @@ def weighted_top_k(k: int, weights: tuple[float, float], lexical: np.ndarray, de
         n = min(4 * n, len(lexical))
 
 
+# How far above the bound the k-th fused score must be (fused scores lie in [0, sum of the weights];
+# float32 rounding of a dense score is about 1e-7 of it).
+MARGIN = 1e-5
+
+
 def proven_top_k(k: int, weights: tuple[float, float], lexical: np.ndarray, dense_range: tuple[float, float], dense_rows: np.ndarray, dense_top_scores: np.ndarray, dense_scores) -> tuple[np.ndarray, np.ndarray] | None:
     """The fused top ``k`` among the union of the dense top n (``dense_rows``, ``dense_top_scores``: best
     first, -1 rows where fewer) and the lexical top n, if it is provably the top k of the whole corpus,
     else None. A passage in neither list scores at most the fusion of the two n-th scores, so the
-    candidates' k-th must be above that bound (exact when the dense top n is exact); n >= the corpus is
-    always proven. The same normalisation as ``WeightedScoreFusion`` (``min_max``)."""
+    candidates' k-th must be above that bound by ``MARGIN`` (the n-th dense score comes from the search,
+    the candidates' from ``dense_scores``: the two may round differently); exact when the dense top n is
+    exact; n >= the corpus is always proven. The same normalisation as ``WeightedScoreFusion`` (``min_max``)."""
     (w_dense, w_lexical), passages, n = weights, len(lexical), len(dense_rows)
     low_l, high_l = lexical.min(), lexical.max()
     low_d, high_d = dense_range
@@ -100,6 +106,6 @@ def proven_top_k(k: int, weights: tuple[float, float], lexical: np.ndarray, dens
         nth_dense = dense_top_scores[found][-1] if found.any() else low_d
         nth_lexical = -np.partition(-lexical, n - 1)[n - 1]
         bound = w_dense * min_max(nth_dense, low_d, high_d) + w_lexical * min_max(nth_lexical, low_l, high_l)
-        if len(order) < k or fused[order[-1]] <= bound:
+        if len(order) < k or fused[order[-1]] <= bound + MARGIN:
             return None
     return candidates[order], fused[order]

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import threading
 import time
 from dataclasses import dataclass
@@ -32,7 +33,7 @@ import pyarrow as pa
 from two_tower.core.atomic import atomic_folder, sweep_stale_temps
 from two_tower.model.bag import TermStatistics
 from two_tower.core.errors import ConfigError, IndexFolderError
-from two_tower.retrieval.bm25 import BM25Scorer
+from two_tower.retrieval.bm25 import SETTINGS_FILE, BM25Scorer
 from two_tower.retrieval.query_encoder import QueryEncoder
 
 log = logging.getLogger(__name__)
@@ -361,13 +362,20 @@ def read_manifest(path: Path) -> dict:
         raise IndexFolderError(f"index={path}: {MANIFEST} lacks {absent or 'a valid files/model entry'}; rebuild the folder with index.py")
     # Every file of the folder must be named (with its hash) in the manifest: an entry removed from
     # `files` would otherwise switch that file's check off (or, for the term statistics, the file itself).
-    unnamed = sorted({FAISS_FILE, PASSAGES_FILE, QUERY_ENCODER_FILE} - set(manifest["files"]))
-    unnamed += sorted(p.name for p in path.iterdir() if p.is_file() and p.name != MANIFEST and p.name not in manifest["files"] and p.name not in unnamed)
+    required = {FAISS_FILE, PASSAGES_FILE, QUERY_ENCODER_FILE} | ({f"{BM25_FOLDER}/{SETTINGS_FILE}"} if "hybrid" in manifest else set())
+    unnamed = sorted(required - set(manifest["files"]))
+    present = (p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file())
+    unnamed += sorted(name for name in present if name != MANIFEST and name not in manifest["files"] and name not in unnamed)
     if unnamed:
         raise IndexFolderError(f"index={path}: {MANIFEST} does not name {unnamed} in its files (with their hashes); the folder was modified, rebuild it")
     missing = [name for name in manifest["files"] if not (path / name).is_file()]
     if missing:
         raise IndexFolderError(f"index={path}: missing {missing}; rebuild it")
+    if "hybrid" in manifest:
+        weights = (manifest["hybrid"] or {}).get("weights") if isinstance(manifest["hybrid"], dict) else None
+        valid = isinstance(weights, list) and len(weights) == 2 and all(isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w) and w >= 0 for w in weights) and sum(weights) > 0
+        if not valid:
+            raise IndexFolderError(f"index={path}: {MANIFEST}: hybrid.weights={weights!r}: must be two numbers >= 0, not both 0; rebuild the folder")
     return manifest
 
 

@@ -69,15 +69,19 @@ def load_passages(cfg: DictConfig) -> Passages:
 def lexical_index(cfg: DictConfig, texts: list[str], seconds: dict) -> tuple[BM25Scorer | None, list[float] | None]:
     """The BM25 index and fusion weights of hybrid search (``cfg.hybrid``), or (None, None) for a dense-only folder."""
     hybrid = cfg.get("hybrid")
-    if hybrid is None or not hybrid.enabled:
+    if hybrid is None:
         return None, None
-    weights = list(hybrid.weights)
-    if len(weights) != 2 or any(isinstance(w, bool) or not isinstance(w, (int, float)) or w < 0 for w in weights) or sum(weights) <= 0:
+    if not isinstance(hybrid.enabled, bool):
+        raise ConfigError(f"hybrid.enabled={hybrid.enabled!r}: must be true or false")
+    if not hybrid.enabled:
+        return None, None
+    weights = list(hybrid.weights) if OmegaConf.is_list(hybrid.weights) else hybrid.weights
+    if not isinstance(weights, list) or len(weights) != 2 or any(isinstance(w, bool) or not isinstance(w, (int, float)) or not w >= 0 for w in weights) or sum(weights) <= 0:
         raise ConfigError(f"hybrid.weights={weights!r}: must be two numbers >= 0 (dense, bm25), not both 0")
     start = time.perf_counter()
-    settings = {k: v for k, v in hybrid.bm25.items() if k != "_target_"}
+    lexical = BM25Scorer.from_config({k: v for k, v in hybrid.bm25.items() if k != "_target_"}, "hybrid.bm25")
     log.info("Indexing %d passages for BM25 (hybrid search)", len(texts))
-    lexical = BM25Scorer(**settings).index(texts)
+    lexical.index(texts)
     seconds["bm25"] = round(time.perf_counter() - start, 2)
     return lexical, weights
 

@@ -31,6 +31,8 @@ class Hit:
 
 class Searcher:
     def __init__(self, index: PassageIndex, encoder: QueryEncoder, prf: RocchioPRF | None = None, hybrid: bool | None = None):
+        if hybrid not in (None, True, False):
+            raise ConfigError(f"hybrid={hybrid!r}: must be True, False or None (where the folder has a BM25 index)")
         self.index, self.encoder, self.prf = index, encoder, prf
         if hybrid and index.hybrid_weights is None:
             index.lexical()  # raises: the folder has no BM25 index
@@ -87,7 +89,8 @@ class Searcher:
         """Dense + BM25, fused as ``evaluate.py``'s ``hybrid_weighted``: each part min-max normalised over
         the whole corpus (the dense lowest score from a search for -q). Candidates are both parts' top n,
         n = 4k (at least 200); a query whose top k they do not prove (``hybrid.proven_top_k``) is searched
-        again with 4n, in one FAISS call for all such queries, until proven."""
+        again with 4n, in one FAISS call for all such queries, until proven. Every candidate's dense score
+        is its stored vector's inner product with the query."""
         if not isinstance(k, int) or isinstance(k, bool) or k < 1:
             raise ConfigError(f"k={k!r}: must be a whole number >= 1")
         total = len(self.index)
@@ -103,14 +106,11 @@ class Searcher:
                 highest = top.scores[:, 0]
             unproven = []
             for i, q in enumerate(pending.tolist()):
-                known = dict(zip(top.rows[i].tolist(), top.scores[i].tolist()))
 
-                def dense_scores(found: np.ndarray, known=known, vector=vectors[q]) -> np.ndarray:
-                    out = np.array([known.get(r, np.nan) for r in found.tolist()], dtype=np.float32)
-                    missing = np.isnan(out)
-                    if missing.any():
-                        out[missing] = self.index.vectors(found[missing]) @ vector
-                    return out
+                def dense_scores(found: np.ndarray, vector=vectors[q]) -> np.ndarray:
+                    # every candidate scored the same way (not FAISS's score for some), so equal vectors
+                    # (duplicate passages) get equal scores and keep the lower-row-first order
+                    return self.index.vectors(found) @ vector
 
                 lexical = self.lexical.scores([tokens[q]])[0]
                 result = proven_top_k(k, weights, lexical, (lowest[q], highest[q]), top.rows[i], top.scores[i], dense_scores)
