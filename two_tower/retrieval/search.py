@@ -109,8 +109,12 @@ class Searcher:
 
                 def dense_scores(found: np.ndarray, vector=vectors[q]) -> np.ndarray:
                     # every candidate scored the same way (not FAISS's score for some), so equal vectors
-                    # (duplicate passages) get equal scores and keep the lower-row-first order
-                    return self.index.vectors(found) @ vector
+                    # (duplicate passages) get equal scores and keep the lower-row-first order; read back
+                    # 4,096 vectors at a time, so a deep search (ties at the cut) stays within memory
+                    out = np.empty(len(found), dtype=np.float32)
+                    for start in range(0, len(found), 4096):
+                        out[start : start + 4096] = self.index.vectors(found[start : start + 4096]) @ vector
+                    return out
 
                 lexical = self.lexical.scores([tokens[q]])[0]
                 result = proven_top_k(k, weights, lexical, (lowest[q], highest[q]), top.rows[i], top.scores[i], dense_scores)
