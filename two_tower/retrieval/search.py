@@ -62,7 +62,8 @@ class Searcher:
         return cls(index, encoder, prf, hybrid)
 
     def search(self, queries: list[str], k: int = 10) -> list[list[Hit]]:
-        """The top ``k`` passages of each query, best first (one encoder pass and one FAISS call for all).
+        """The top ``k`` passages of each query, best first (one encoder pass for all; one FAISS call for all
+        in a dense folder, see ``hybrid_search`` for a hybrid one).
 
         Raises EmptyQueryError if a query is empty or white space.
         """
