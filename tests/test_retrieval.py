@@ -195,6 +195,9 @@ def test_compressed_index_folder_round_trips(trained, tmp_path):
         assert [h.id for h in got] == [h.id for h in want]
         assert [h.score for h in got] == pytest.approx([h.score for h in want], abs=1e-5)
     assert Searcher.load(out).index.index.ntotal == len(flat.index)  # and with its saved defaults
+    assert approximate.index.flat_vectors() is None  # so its hybrid search went through candidates
+    with pytest.raises(ConfigError, match="needs a Flat index"):
+        approximate.hybrid_search(queries[:1], np.ones((1, approximate.index.index.d), dtype=np.float32), 5, exhaustive=True)
 
 
 def test_interrupted_write_leaves_no_index_folder(trained, tmp_path, monkeypatch):
@@ -624,6 +627,14 @@ def test_searcher_hybrid_ranks_as_evaluate_hybrid_weighted(trained, tmp_path):
         want = rankings["hybrid_weighted"]
         assert [h.id for h in hits] == [str(p) for p in want.ranked[position[row], :10].tolist()]
         assert [h.score for h in hits] == pytest.approx(want.scores[position[row], :10].tolist(), abs=1e-5)
+    # A Flat folder is scored whole (as evaluate does); the candidate path other index types take agrees.
+    from two_tower.retrieval.index import normalised
+
+    texts = [split.query_texts[r] for r in rows]
+    vectors = normalised(searcher.encoder.encode(texts))
+    assert searcher.index.flat_vectors() == pytest.approx(searcher.index.vectors(np.arange(len(searcher.index))))
+    whole, candidates = searcher.hybrid_search(texts, vectors, 10, exhaustive=True), searcher.hybrid_search(texts, vectors, 10, exhaustive=False)
+    assert whole.rows.tolist() == candidates.rows.tolist() and whole.scores == pytest.approx(candidates.scores, abs=1e-5)
     # A query of stopwords only: BM25 scores nothing, the dense part ranks alone.
     assert [h.id for h in searcher.search(["the of and"], k=5)[0]] == [h.id for h in Searcher.load(trained["index"], hybrid=False).search(["the of and"], k=5)[0]]
 
@@ -720,7 +731,7 @@ def test_searcher_hybrid_searches_deeper_for_the_queries_that_need_it():
     search = index.search
     index.search = lambda v, n: (calls.append((len(v), n)), search(v, n))[1]
     queries = np.stack([e[0], e[2]])
-    hits = searcher.hybrid_search(["q0", "q1"], queries, k=10)
+    hits = searcher.hybrid_search(["q0", "q1"], queries, k=10, exhaustive=False)
     assert calls == [(2, 1), (2, 200), (1, 800)]  # the lowest scores, both queries at 200, then query 0 alone
     for q in range(2):
         dense = vectors @ queries[q]
@@ -749,7 +760,7 @@ def test_duplicate_passages_score_alike_in_hybrid_search():
         index = PassageIndex(Path("."), build_faiss(vectors, "Flat"), None, {"hybrid": {"weights": [0.5, 0.5]}})
         searcher = Searcher(index, encoder=None, hybrid=False)
         searcher.lexical = SimpleNamespace(query_tokens=lambda texts: [0] * len(texts), scores=lambda token_lists: lexical[None].repeat(len(token_lists), 0))
-        hits = searcher.hybrid_search(["q"] * 24, np.repeat(query[None], 24, 0), k=10)  # 24 queries: FAISS uses BLAS
+        hits = searcher.hybrid_search(["q"] * 24, np.repeat(query[None], 24, 0), k=10, exhaustive=False)  # 24 queries: FAISS uses BLAS
         for q in range(24):
             at = hits.rows[q].tolist()
             first, second = at.index(1000), at.index(1001)

@@ -54,7 +54,12 @@ class ReciprocalRankFusion(FusionRetriever):
 
 class WeightedScoreFusion(FusionRetriever):
     def transform(self, scores: torch.Tensor) -> torch.Tensor:
-        return min_max(scores, scores.min(dim=1, keepdim=True).values, scores.max(dim=1, keepdim=True).values)
+        return min_max_rows(scores)
+
+
+def min_max_rows(scores: torch.Tensor) -> torch.Tensor:
+    """Each row of [queries, passages] scores min-max normalised over the row (the whole corpus)."""
+    return min_max(scores, scores.min(dim=1, keepdim=True).values, scores.max(dim=1, keepdim=True).values)
 
 
 def min_max(scores, low, high):

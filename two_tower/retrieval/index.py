@@ -305,6 +305,14 @@ class PassageIndex:
         order = np.lexsort((np.where(rows < 0, np.iinfo(np.int64).max, rows), -scores), axis=-1)
         return SearchHits(np.take_along_axis(rows, order, 1), np.take_along_axis(scores, order, 1))
 
+    def flat_vectors(self) -> np.ndarray | None:
+        """A view (no copy; never write to it) of a ``Flat`` index's stored vectors [passages, dim]; None for
+        other index types. Valid while this PassageIndex lives (nothing is added to a loaded index)."""
+        flat = faiss.downcast_index(self.index)
+        if not isinstance(flat, faiss.IndexFlat) or flat.metric_type != faiss.METRIC_INNER_PRODUCT or len(self) == 0:
+            return None
+        return faiss.rev_swig_ptr(flat.get_xb(), len(self) * self.index.d).reshape(len(self), self.index.d)
+
     def prepare_vectors(self) -> None:
         """Make ``vectors`` usable: IVF indexes get FAISS's direct map (one int64 per passage), once, under
         a lock (building it while another thread reads it fails). IndexFolderError if this index type

@@ -14,9 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from two_tower.core.errors import ConfigError
-from two_tower.retrieval.hybrid import proven_top_k
+from two_tower.core.metrics import rank_by_scores
+from two_tower.retrieval.hybrid import min_max_rows, proven_top_k
 from two_tower.retrieval.index import PassageIndex, SearchHits, normalised
 from two_tower.retrieval.prf import RocchioPRF
 from two_tower.retrieval.query_encoder import QueryEncoder
@@ -86,16 +88,23 @@ class Searcher:
             at += n
         return results
 
-    def hybrid_search(self, queries: list[str], vectors: np.ndarray, k: int) -> SearchHits:
+    def hybrid_search(self, queries: list[str], vectors: np.ndarray, k: int, exhaustive: bool | None = None) -> SearchHits:
         """Dense + BM25, fused as ``evaluate.py``'s ``hybrid_weighted``: each part min-max normalised over
-        the whole corpus (the dense lowest score from a search for -q). Candidates are both parts' top n,
-        n = 4k (at least 200); a query whose top k they do not prove (``hybrid.proven_top_k``) is searched
-        again with 4n, in one FAISS call for all such queries, until proven. Every candidate's dense score
-        is its stored vector's inner product with the query."""
+        the whole corpus. A ``Flat`` index (``exhaustive`` None or True) is scored whole, as evaluate does
+        (``fused_exhaustive``); other index types (or ``exhaustive=False``) through candidates: the dense
+        lowest score from a search for -q, both parts' top n, n = 4k (at least 200); a query whose top k
+        they do not prove (``hybrid.proven_top_k``) is searched again with 4n, in one FAISS call for all
+        such queries, until proven. Every candidate's dense score is its stored vector's inner product
+        with the query."""
         if not isinstance(k, int) or isinstance(k, bool) or k < 1:
             raise ConfigError(f"k={k!r}: must be a whole number >= 1")
         total = len(self.index)
         k = min(k, total)
+        stored = self.index.flat_vectors() if exhaustive is not False else None
+        if exhaustive and stored is None:
+            raise ConfigError("exhaustive hybrid search needs a Flat index")
+        if stored is not None:
+            return self.fused_exhaustive(queries, vectors, k, stored)
         lowest = -self.index.search(-vectors, 1).scores[:, 0]
         tokens = self.lexical.query_tokens(queries)
         rows, scores = np.full((len(queries), k), -1, dtype=np.int64), np.full((len(queries), k), -np.inf, dtype=np.float32)
@@ -125,3 +134,21 @@ class Searcher:
                     rows[q, : len(result[0])], scores[q, : len(result[0])] = result
             pending, n = np.array(unproven, dtype=np.int64), min(4 * n, total)
         return SearchHits(rows, scores)
+
+    def fused_exhaustive(self, queries: list[str], vectors: np.ndarray, k: int, stored: np.ndarray) -> SearchHits:
+        """Every passage scored by both parts, fused by ``WeightedScoreFusion``'s rule (``min_max_rows``) and ranked by
+        ``metrics.rank_by_scores`` (ties to the lower row): evaluate.py's computation, over the folder's
+        stored vectors, a few queries at a time (about 128 MB of scores)."""
+        weights = self.index.hybrid_weights
+        tokens = self.lexical.query_tokens(queries)
+        passages = torch.from_numpy(stored)
+        chunk = max(1, (1 << 25) // len(stored))
+        rows, scores = [], []
+        for start in range(0, len(queries), chunk):
+            dense = torch.from_numpy(np.ascontiguousarray(vectors[start : start + chunk])) @ passages.T
+            lexical = torch.from_numpy(self.lexical.scores(tokens[start : start + chunk]))
+            fused = weights[0] * min_max_rows(dense) + weights[1] * min_max_rows(lexical)
+            top = rank_by_scores(fused, k)
+            rows.append(top.numpy().astype(np.int64))
+            scores.append(fused.gather(1, top).numpy())
+        return SearchHits(np.concatenate(rows), np.concatenate(scores))
