@@ -196,6 +196,20 @@ def test_compressed_index_folder_round_trips(trained, tmp_path):
         assert [h.score for h in got] == pytest.approx([h.score for h in want], abs=1e-5)
     assert Searcher.load(out).index.index.ntotal == len(flat.index)  # and with its saved defaults
     assert approximate.index.flat_vectors() is None  # so its hybrid search went through candidates
+    # Only plain Flat storage is read as a matrix; the view is read-only and keeps the FAISS index alive.
+    import gc
+
+    vectors = clustered(300, 16, 4, seed=7)
+    for factory in ("FlatIPPanorama4", "IDMap,Flat", "HNSW32"):
+        try:
+            other = build_faiss(vectors, factory)
+        except Exception:  # a FAISS without this index type
+            continue
+        assert PassageIndex(Path("."), other, None, {}).flat_vectors() is None, factory
+    view = PassageIndex(Path("."), build_faiss(vectors, "Flat"), None, {}).flat_vectors()
+    gc.collect()
+    _ = [np.full(300 * 16, 7.0, dtype=np.float32) for _ in range(20)]  # would reuse freed memory
+    assert view == pytest.approx(vectors, abs=1e-6) and not view.flags.writeable
     with pytest.raises(ConfigError, match="needs a Flat index"):
         approximate.hybrid_search(queries[:1], np.ones((1, approximate.index.index.d), dtype=np.float32), 5, exhaustive=True)
 
@@ -635,6 +649,7 @@ def test_searcher_hybrid_ranks_as_evaluate_hybrid_weighted(trained, tmp_path):
     assert searcher.index.flat_vectors() == pytest.approx(searcher.index.vectors(np.arange(len(searcher.index))))
     whole, candidates = searcher.hybrid_search(texts, vectors, 10, exhaustive=True), searcher.hybrid_search(texts, vectors, 10, exhaustive=False)
     assert whole.rows.tolist() == candidates.rows.tolist() and whole.scores == pytest.approx(candidates.scores, abs=1e-5)
+    assert searcher.hybrid_search(texts, vectors.astype(np.float64), 10).rows.tolist() == whole.rows.tolist()
     # A query of stopwords only: BM25 scores nothing, the dense part ranks alone.
     assert [h.id for h in searcher.search(["the of and"], k=5)[0]] == [h.id for h in Searcher.load(trained["index"], hybrid=False).search(["the of and"], k=5)[0]]
 

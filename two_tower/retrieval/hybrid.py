@@ -57,9 +57,13 @@ class WeightedScoreFusion(FusionRetriever):
         return min_max_rows(scores)
 
 
-def min_max_rows(scores: torch.Tensor) -> torch.Tensor:
-    """Each row of [queries, passages] scores min-max normalised over the row (the whole corpus)."""
-    return min_max(scores, scores.min(dim=1, keepdim=True).values, scores.max(dim=1, keepdim=True).values)
+def min_max_rows(scores: torch.Tensor, in_place: bool = False) -> torch.Tensor:
+    """Each row of [queries, passages] scores min-max normalised over the row (the whole corpus); with
+    ``in_place`` into ``scores`` itself (the same arithmetic as ``min_max``, no temporary of its size)."""
+    low, high = scores.min(dim=1, keepdim=True).values, scores.max(dim=1, keepdim=True).values
+    if not in_place:
+        return min_max(scores, low, high)
+    return scores.sub_(low).div_((high - low).clamp(min=1e-12))
 
 
 def min_max(scores, low, high):

@@ -219,6 +219,14 @@ def write_index_folder(
     return path
 
 
+class _Owned:
+    """An array's memory with the object that owns it: ``np.asarray(_Owned(view, owner))`` keeps ``owner``
+    alive as long as the array (a bare ``faiss.rev_swig_ptr`` view does not)."""
+
+    def __init__(self, array: np.ndarray, owner):
+        self.__array_interface__, self.owner = array.__array_interface__, owner
+
+
 @dataclass
 class SearchHits:
     """Top-k of a batch of queries: rows into the index, best first; -1 / -inf where fewer than k."""
@@ -306,12 +314,16 @@ class PassageIndex:
         return SearchHits(np.take_along_axis(rows, order, 1), np.take_along_axis(scores, order, 1))
 
     def flat_vectors(self) -> np.ndarray | None:
-        """A view (no copy; never write to it) of a ``Flat`` index's stored vectors [passages, dim]; None for
-        other index types. Valid while this PassageIndex lives (nothing is added to a loaded index)."""
+        """A read-only view (no copy) of a plain ``Flat`` inner-product index's stored vectors [passages, dim],
+        which keeps the FAISS index alive; None for other index types (subclasses such as Panorama store
+        their vectors in another layout)."""
         flat = faiss.downcast_index(self.index)
-        if not isinstance(flat, faiss.IndexFlat) or flat.metric_type != faiss.METRIC_INNER_PRODUCT or len(self) == 0:
+        if type(flat) not in (faiss.IndexFlat, faiss.IndexFlatIP) or flat.metric_type != faiss.METRIC_INNER_PRODUCT or len(self) == 0:
             return None
-        return faiss.rev_swig_ptr(flat.get_xb(), len(self) * self.index.d).reshape(len(self), self.index.d)
+        raw = faiss.rev_swig_ptr(flat.get_xb(), len(self) * self.index.d).reshape(len(self), self.index.d)
+        view = np.asarray(_Owned(raw, self.index))
+        view.flags.writeable = False
+        return view
 
     def prepare_vectors(self) -> None:
         """Make ``vectors`` usable: IVF indexes get FAISS's direct map (one int64 per passage), once, under

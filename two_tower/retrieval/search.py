@@ -10,6 +10,7 @@ fused as ``evaluate.py``'s ``hybrid_weighted`` (``hybrid_search``); ``hybrid=Fal
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +30,11 @@ class Hit:
     id: str
     score: float
     text: str
+
+
+# Above this many passages a Flat folder's hybrid search goes through candidates: scoring it whole would
+# read its whole matrix once per (2**25 / passages) queries.
+EXHAUSTIVE_MAX_PASSAGES = 200_000
 
 
 class Searcher:
@@ -100,9 +106,12 @@ class Searcher:
             raise ConfigError(f"k={k!r}: must be a whole number >= 1")
         total = len(self.index)
         k = min(k, total)
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         stored = self.index.flat_vectors() if exhaustive is not False else None
         if exhaustive and stored is None:
             raise ConfigError("exhaustive hybrid search needs a Flat index")
+        if exhaustive is None and stored is not None and len(stored) > EXHAUSTIVE_MAX_PASSAGES:
+            stored = None  # a large corpus: its matrix would be read once per few queries; candidates instead
         if stored is not None:
             return self.fused_exhaustive(queries, vectors, k, stored)
         lowest = -self.index.search(-vectors, 1).scores[:, 0]
@@ -138,16 +147,20 @@ class Searcher:
     def fused_exhaustive(self, queries: list[str], vectors: np.ndarray, k: int, stored: np.ndarray) -> SearchHits:
         """Every passage scored by both parts, fused by ``WeightedScoreFusion``'s rule (``min_max_rows``) and ranked by
         ``metrics.rank_by_scores`` (ties to the lower row): evaluate.py's computation, over the folder's
-        stored vectors, a few queries at a time (about 128 MB of scores)."""
+        stored vectors, a chunk of queries at a time: two [chunk, passages] float32 score matrices of
+        about 128 MB each (fused in place) at most."""
         weights = self.index.hybrid_weights
         tokens = self.lexical.query_tokens(queries)
-        passages = torch.from_numpy(stored)
+        with warnings.catch_warnings():  # torch warns that the array is read-only; nothing here writes to it
+            warnings.simplefilter("ignore", UserWarning)
+            passages = torch.from_numpy(stored)
         chunk = max(1, (1 << 25) // len(stored))
         rows, scores = [], []
         for start in range(0, len(queries), chunk):
-            dense = torch.from_numpy(np.ascontiguousarray(vectors[start : start + chunk])) @ passages.T
-            lexical = torch.from_numpy(self.lexical.scores(tokens[start : start + chunk]))
-            fused = weights[0] * min_max_rows(dense) + weights[1] * min_max_rows(lexical)
+            fused = min_max_rows(torch.from_numpy(vectors[start : start + chunk]) @ passages.T, in_place=True).mul_(weights[0])
+            lexical = min_max_rows(torch.from_numpy(self.lexical.scores(tokens[start : start + chunk])), in_place=True)
+            fused.add_(lexical.mul_(weights[1]))
+            del lexical
             top = rank_by_scores(fused, k)
             rows.append(top.numpy().astype(np.int64))
             scores.append(fused.gather(1, top).numpy())
