@@ -108,6 +108,12 @@ def test_flat_search_is_exact_including_tie_order():
         assert hits.rows[q].tolist() == want
         assert hits.scores[q] == pytest.approx(scores[q, want], abs=1e-5)
     assert hits.rows[0, :2].tolist() == [100, 300]
+    # A tie exactly at the cut-off: of two equal passages competing for the last place, the lower row.
+    cut = np.argsort(-scores[1])[9]  # query 1's 10th passage
+    vectors[450] = vectors[cut]
+    index = PassageIndex(Path("."), build_faiss(vectors, "Flat"), None, {})
+    top = index.search(queries[1:2], k=10).rows[0].tolist()
+    assert top[-1] == min(cut, 450) and max(cut, 450) not in top
 
 
 @pytest.mark.parametrize("factory, params", [("HNSW32", "efSearch=64"), ("IVF4,Flat", "nprobe=4")])

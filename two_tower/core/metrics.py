@@ -80,8 +80,13 @@ def rank_dense(queries: torch.Tensor, passages: torch.Tensor, k: int, chunk: int
     (``top_k``) is merged with the running top k of the earlier blocks by the same (-score, index) rule,
     so memory is bounded by one block whatever the corpus size.
     """
+    return rank_dense_scored(queries, passages, k, chunk, passage_chunk)[0]
+
+
+def rank_dense_scored(queries: torch.Tensor, passages: torch.Tensor, k: int, chunk: int = QUERY_CHUNK, passage_chunk: int = PASSAGE_CHUNK) -> tuple[torch.Tensor, torch.Tensor]:
+    """``rank_dense``'s top-``k`` passages and their inner products: ([Q, k] indices, [Q, k] scores)."""
     k = min(k, len(passages))
-    out = []
+    out, scores = [], []
     for i in range(0, len(queries), chunk):
         q = queries[i : i + chunk]
         best_values = best_indices = None
@@ -96,7 +101,10 @@ def rank_dense(queries: torch.Tensor, passages: torch.Tensor, k: int, chunk: int
                 values, indices = values.gather(1, order), indices.gather(1, order)
             best_values, best_indices = values, indices
         out.append(best_indices if best_indices is not None else torch.empty(len(q), 0, dtype=torch.long))
-    return torch.cat(out) if out else torch.empty(0, k, dtype=torch.long)
+        scores.append(best_values if best_values is not None else torch.empty(len(q), 0, dtype=queries.dtype))
+    if not out:
+        return torch.empty(0, k, dtype=torch.long), torch.empty(0, k, dtype=queries.dtype)
+    return torch.cat(out), torch.cat(scores)
 
 
 def rank_dense_within(queries: torch.Tensor, passages: torch.Tensor, candidates: Ragged, query_rows: np.ndarray) -> torch.Tensor:
