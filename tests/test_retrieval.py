@@ -108,6 +108,22 @@ def test_flat_search_is_exact_including_tie_order():
         assert hits.rows[q].tolist() == want
         assert hits.scores[q] == pytest.approx(scores[q, want], abs=1e-5)
     assert hits.rows[0, :2].tolist() == [100, 300]
+    # Non-finite vectors are refused, not ranked (a NaN passage would come first for every query).
+    broken = vectors.copy()
+    broken[7] = np.nan
+    with pytest.raises(IndexFolderError, match="passage 7: its vector is not finite"):
+        build_faiss(broken, "Flat")
+    with pytest.raises(ConfigError, match="query 2 of 2: its vector is not finite"):
+        index.search(np.stack([queries[0], broken[7]]), k=3)
+    # Concurrent searches leave the process's warning filters alone (catch_warnings is not thread-safe).
+    from concurrent.futures import ThreadPoolExecutor
+    import warnings
+
+    filters = list(warnings.filters)
+    fresh = PassageIndex(Path("."), build_faiss(vectors, "Flat"), None, {})
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda q: fresh.search(queries[q % 30 : q % 30 + 1], k=5), range(200)))
+    assert warnings.filters == filters
     # A tie exactly at the cut-off: of two equal passages competing for the last place, the lower row.
     cut = np.argsort(-scores[1])[9]  # query 1's 10th passage
     vectors[450] = vectors[cut]

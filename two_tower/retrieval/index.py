@@ -113,6 +113,9 @@ def build_faiss_streamed(
         seconds["vectors"] += time.perf_counter() - clock
         clock = time.perf_counter()
         chunk = np.ascontiguousarray(chunk, dtype=np.float32)
+        if not np.isfinite(chunk).all():
+            bad = int(np.flatnonzero(~np.isfinite(chunk).all(1))[0]) + index.ntotal
+            raise IndexFolderError(f"passage {bad}: its vector is not finite (NaN or inf): the model's output is broken; nothing was written")
         faiss.normalize_L2(chunk)
         index.add(chunk)
         seconds["add"] += time.perf_counter() - clock
@@ -243,7 +246,7 @@ class PassageIndex:
 
     def __init__(self, path: Path, index: faiss.Index, passages: pa.Table, manifest: dict):
         self.path, self.index, self.passages, self.manifest = path, index, passages, manifest
-        self._vectors_lock, self._vectors_ready = threading.Lock(), False
+        self._vectors_lock, self._vectors_ready, self._flat = threading.Lock(), False, None
 
     def __len__(self) -> int:
         return int(self.index.ntotal)
@@ -309,16 +312,16 @@ class PassageIndex:
         vectors = normalised(vectors)
         if not isinstance(k, int) or isinstance(k, bool) or k < 1:
             raise ConfigError(f"k={k!r}: must be a whole number >= 1")
+        if not np.isfinite(vectors).all():
+            raise ConfigError(f"query {int(np.flatnonzero(~np.isfinite(vectors).all(1))[0]) + 1} of {len(vectors)}: its vector is not finite (NaN or inf): the query tower's output is broken")
         k = min(k, len(self))
-        stored = self.flat_vectors()
+        stored = self.flat_tensor()
         if stored is not None:
             # A plain Flat index is ranked by metrics.rank_dense, the exact ranker validation uses (torch
             # matrix products in passage blocks; ties to the lower row, also at the cut-off): 0.12-0.25x
             # FAISS's flat search time for batches of 256 queries, 0.44-1.36x for one query (slower only
             # for narrow vectors), at 5k-1M passages (experiments/retrieval/flat_search_bench.py).
-            with warnings.catch_warnings():  # torch warns that the view is read-only; nothing writes to it
-                warnings.simplefilter("ignore", UserWarning)
-                rows, scores = rank_dense_scored(torch.from_numpy(vectors), torch.from_numpy(stored), k)
+            rows, scores = rank_dense_scored(torch.from_numpy(vectors), stored, k)
             return SearchHits(rows.numpy().astype(np.int64), scores.numpy())
         scores, rows = self.index.search(vectors, k)
         # FAISS orders exact ties arbitrarily; put them in row order like metrics.rank_by_scores does.
@@ -337,6 +340,18 @@ class PassageIndex:
         view = np.asarray(_Owned(raw, self.index))
         view.flags.writeable = False
         return view
+
+    def flat_tensor(self) -> torch.Tensor | None:
+        """``flat_vectors`` as a torch tensor (no copy), made once (under the lock: ``warnings.catch_warnings``
+        is not thread-safe, so it is entered once, not in every search); None for other index types."""
+        if self._flat is None:
+            with self._vectors_lock:
+                if self._flat is None:
+                    view = self.flat_vectors()
+                    with warnings.catch_warnings():  # torch warns that the view is read-only; nothing writes to it
+                        warnings.simplefilter("ignore", UserWarning)
+                        self._flat = (torch.from_numpy(view),) if view is not None else (None,)
+        return self._flat[0]
 
     def prepare_vectors(self) -> None:
         """Make ``vectors`` usable: IVF indexes get FAISS's direct map (one int64 per passage), once, under

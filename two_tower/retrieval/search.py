@@ -10,7 +10,6 @@ fused as ``evaluate.py``'s ``hybrid_weighted`` (``hybrid_search``); ``hybrid=Fal
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -107,7 +106,7 @@ class Searcher:
         total = len(self.index)
         k = min(k, total)
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-        stored = self.index.flat_vectors() if exhaustive is not False else None
+        stored = self.index.flat_tensor() if exhaustive is not False else None
         if exhaustive and stored is None:
             raise ConfigError("exhaustive hybrid search needs a Flat index")
         if exhaustive is None and stored is not None and len(stored) > EXHAUSTIVE_MAX_PASSAGES:
@@ -144,17 +143,14 @@ class Searcher:
             pending, n = np.array(unproven, dtype=np.int64), min(4 * n, total)
         return SearchHits(rows, scores)
 
-    def fused_exhaustive(self, queries: list[str], vectors: np.ndarray, k: int, stored: np.ndarray) -> SearchHits:
+    def fused_exhaustive(self, queries: list[str], vectors: np.ndarray, k: int, passages: torch.Tensor) -> SearchHits:
         """Every passage scored by both parts, fused by ``WeightedScoreFusion``'s rule (``min_max_rows``) and ranked by
         ``metrics.rank_by_scores`` (ties to the lower row): evaluate.py's computation, over the folder's
         stored vectors, a chunk of queries at a time: two [chunk, passages] float32 score matrices of
         about 128 MB each (fused in place) at most."""
         weights = self.index.hybrid_weights
         tokens = self.lexical.query_tokens(queries)
-        with warnings.catch_warnings():  # torch warns that the array is read-only; nothing here writes to it
-            warnings.simplefilter("ignore", UserWarning)
-            passages = torch.from_numpy(stored)
-        chunk = max(1, (1 << 25) // len(stored))
+        chunk = max(1, (1 << 25) // len(passages))
         rows, scores = [], []
         for start in range(0, len(queries), chunk):
             fused = min_max_rows(torch.from_numpy(vectors[start : start + chunk]) @ passages.T, in_place=True).mul_(weights[0])
