@@ -10,7 +10,7 @@ import re
 import sys
 
 from two_tower.cli.common import compose, report
-from two_tower.core.errors import ConfigError, EmptyQueryError, TwoTowerError
+from two_tower.core.errors import EmptyQueryError, TwoTowerError
 from two_tower.core.threads import set_threads
 from two_tower.retrieval.prf import RocchioPRF
 from two_tower.retrieval.search import Hit, Searcher
@@ -73,9 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     set_threads(cfg.threads)
     try:
-        prf = RocchioPRF.from_config(cfg.prf) if cfg.get("prf") is not None else None
-        if cfg.hybrid not in (None, True, False):
-            raise ConfigError(f"hybrid={cfg.hybrid!r}: must be true, false or null (where the folder has a BM25 index)")
+        prf = RocchioPRF.from_config(cfg.get("prf"))
         searcher = Searcher.load(cfg.index, checkpoint=cfg.ckpt, search_params=cfg.search_params, prf=prf, hybrid=cfg.hybrid)
         if query is not None:
             print(format_results(query, searcher.search([query], cfg.k)[0], cfg.max_chars))

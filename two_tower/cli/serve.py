@@ -77,9 +77,7 @@ def main(argv: list[str] | None = None) -> int:
             _whole("threads", cfg.threads, 1)
         limits = Limits(k=cfg.k, k_max=cfg.k_max, max_query_chars=cfg.max_query_chars, max_batch=cfg.max_batch)
         start = time.perf_counter()
-        if cfg.hybrid not in (None, True, False):
-            raise ConfigError(f"hybrid={cfg.hybrid!r}: must be true, false or null (where the folder has a BM25 index)")
-        prf = RocchioPRF.from_config(cfg.prf) if cfg.get("prf") is not None else None
+        prf = RocchioPRF.from_config(cfg.get("prf"))
         searcher = Searcher.load(cfg.index, search_params=cfg.search_params, hybrid=cfg.hybrid, prf=prf)
         app = create_app(searcher, limits, threads=cfg.threads, search_params=cfg.search_params)
     except TwoTowerError as err:  # bad settings, a missing or unusable index folder

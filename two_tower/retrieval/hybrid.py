@@ -6,8 +6,8 @@
   unmatched passages are not ranked by their index.
 - ``WeightedScoreFusion``: sum over parts of ``weight * normalised score``, each part's scores
   min-max normalised per query over the whole corpus (best passage 1, worst 0), so a cosine in
-  [-1, 1] and an unbounded BM25 score are on one scale. ``weighted_top_k`` gives the same top k of one
-  query from an index folder (``Searcher``) without scoring every passage densely.
+  [-1, 1] and an unbounded BM25 score are on one scale. ``proven_top_k`` gives the same top k of one
+  query from candidates (``Searcher`` on indexes other than Flat) without scoring every passage densely.
 """
 
 from __future__ import annotations
@@ -72,23 +72,6 @@ def min_max(scores, low, high):
     span = high - low
     span = span.clamp(min=1e-12) if isinstance(span, torch.Tensor) else np.maximum(span, 1e-12)
     return (scores - low) / span
-
-
-def weighted_top_k(k: int, weights: tuple[float, float], lexical: np.ndarray, dense_range: tuple[float, float], dense_top, dense_scores) -> tuple[np.ndarray, np.ndarray]:
-    """One query's top ``k`` passages by ``WeightedScoreFusion`` of a dense and a lexical part, without the
-    dense scores of the whole corpus: (rows, fused scores), best first, ties to the lower row.
-
-    ``lexical`` [P] is every passage's lexical score; ``dense_range`` the (lowest, highest) dense score over
-    the corpus; ``dense_top(n)`` the dense top ``n`` as (rows, scores), best first (-1 rows where fewer);
-    ``dense_scores(rows)`` the dense scores of given rows. Tries ``proven_top_k`` with the top 100 (or k)
-    of each part, then four times as many, until proven (at worst the whole corpus).
-    """
-    n = min(max(k, 100), len(lexical))
-    while True:
-        found = proven_top_k(k, weights, lexical, dense_range, *dense_top(n), dense_scores)
-        if found is not None:
-            return found
-        n = min(4 * n, len(lexical))
 
 
 # How far above the bound the k-th fused score must be (fused scores lie in [0, sum of the weights];

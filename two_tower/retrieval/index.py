@@ -357,6 +357,8 @@ class PassageIndex:
         """Make ``vectors`` usable: IVF indexes get FAISS's direct map (one int64 per passage), once, under
         a lock (building it while another thread reads it fails). IndexFolderError if this index type
         cannot give its vectors back."""
+        if self._vectors_ready:  # the common case, on every vectors() call: no lock
+            return
         with self._vectors_lock:
             if self._vectors_ready:
                 return
@@ -421,10 +423,14 @@ def read_manifest(path: Path) -> dict:
         raise IndexFolderError(f"index={path}: missing {missing}; rebuild it")
     if "hybrid" in manifest:
         weights = (manifest["hybrid"] or {}).get("weights") if isinstance(manifest["hybrid"], dict) else None
-        valid = isinstance(weights, list) and len(weights) == 2 and all(isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w) and w >= 0 for w in weights) and sum(weights) > 0
-        if not valid:
-            raise IndexFolderError(f"index={path}: {MANIFEST}: hybrid.weights={weights!r}: must be two numbers >= 0, not both 0; rebuild the folder")
+        if not valid_hybrid_weights(weights):
+            raise IndexFolderError(f"index={path}: {MANIFEST}: hybrid.weights={weights!r}: must be two finite numbers >= 0, not both 0; rebuild the folder")
     return manifest
+
+
+def valid_hybrid_weights(weights) -> bool:
+    """(dense, bm25) fusion weights: two finite numbers >= 0, not both 0 (index.py's hybrid.weights, a manifest's)."""
+    return isinstance(weights, list) and len(weights) == 2 and all(isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w) and w >= 0 for w in weights) and sum(weights) > 0
 
 
 # Recorded for information only: the same model may be loaded from a moved or copied file.

@@ -17,7 +17,7 @@ from two_tower.retrieval.corpus import Passages, read_corpus_file, split_passage
 from two_tower.core.atomic import check_writable
 from two_tower.core.threads import set_threads
 from two_tower.core.errors import ConfigError, IndexFolderError
-from two_tower.retrieval.index import build_faiss_streamed, bytes_per_vector, write_index_folder
+from two_tower.retrieval.index import build_faiss_streamed, bytes_per_vector, valid_hybrid_weights, write_index_folder
 from two_tower.retrieval.query_encoder import QueryEncoder
 
 log = logging.getLogger(__name__)
@@ -76,8 +76,8 @@ def lexical_index(cfg: DictConfig, texts: list[str], seconds: dict) -> tuple[BM2
     if not hybrid.enabled:
         return None, None
     weights = list(hybrid.weights) if OmegaConf.is_list(hybrid.weights) else hybrid.weights
-    if not isinstance(weights, list) or len(weights) != 2 or any(isinstance(w, bool) or not isinstance(w, (int, float)) or not w >= 0 for w in weights) or sum(weights) <= 0:
-        raise ConfigError(f"hybrid.weights={weights!r}: must be two numbers >= 0 (dense, bm25), not both 0")
+    if not valid_hybrid_weights(weights):
+        raise ConfigError(f"hybrid.weights={weights!r}: must be two finite numbers >= 0 (dense, bm25), not both 0")
     start = time.perf_counter()
     lexical = BM25Scorer.from_config({k: v for k, v in hybrid.bm25.items() if k != "_target_"}, "hybrid.bm25")
     log.info("Indexing %d passages for BM25 (hybrid search)", len(texts))

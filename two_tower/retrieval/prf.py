@@ -39,8 +39,11 @@ class RocchioPRF:
     beta: float = 0.6
 
     @classmethod
-    def from_config(cls, settings) -> "RocchioPRF":
-        """From a config mapping (``cfg.prf``); an unknown key is a ConfigError naming it."""
+    def from_config(cls, settings) -> "RocchioPRF | None":
+        """From a config mapping (``cfg.prf``; None, no feedback, gives None); an unknown key is a
+        ConfigError naming it."""
+        if settings is None:
+            return None
         known = [f.name for f in fields(cls)]
         unknown = [k for k in settings if k not in known]
         if unknown:

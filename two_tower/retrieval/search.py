@@ -36,14 +36,18 @@ class Hit:
 EXHAUSTIVE_MAX_PASSAGES = 200_000
 
 
+def check_hybrid(hybrid) -> None:
+    """The ``hybrid`` setting of ``Searcher`` / search.py / serve.py: True, False or None."""
+    if hybrid not in (None, True, False):
+        raise ConfigError(f"hybrid={hybrid!r}: must be true, false or null (None in Python: where the folder has a BM25 index)")
+
+
 class Searcher:
     def __init__(self, index: PassageIndex, encoder: QueryEncoder, prf: RocchioPRF | None = None, hybrid: bool | None = None):
-        if hybrid not in (None, True, False):
-            raise ConfigError(f"hybrid={hybrid!r}: must be True, False or None (where the folder has a BM25 index)")
+        check_hybrid(hybrid)
         self.index, self.encoder, self.prf = index, encoder, prf
-        if hybrid and index.hybrid_weights is None:
-            index.lexical()  # raises: the folder has no BM25 index
-        self.lexical = index.lexical() if hybrid is not False and index.hybrid_weights is not None else None
+        # hybrid=True on a dense-only folder: index.lexical() says it has no BM25 index
+        self.lexical = index.lexical() if hybrid or (hybrid is None and index.hybrid_weights is not None) else None
         if (prf is not None and prf.enabled) or self.lexical is not None:
             index.prepare_vectors()  # now, not inside the first (maybe concurrent) searches
 
@@ -54,6 +58,7 @@ class Searcher:
         every search is two FAISS calls with Rocchio feedback between them. ``hybrid``: None (default) ranks
         by dense + BM25 where the folder has a BM25 index, dense alone where not; False always dense alone;
         True requires the BM25 index."""
+        check_hybrid(hybrid)  # before the folder is read: a bad setting is named first
         if checkpoint is None:
             index = PassageIndex.load(path)
             encoder = index.load_query_encoder()
