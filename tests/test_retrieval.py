@@ -713,6 +713,41 @@ def test_searcher_hybrid_ranks_as_evaluate_hybrid_weighted(trained, tmp_path):
         Searcher.load(trained["index"], hybrid="false")
 
 
+def test_searcher_hybrid_weights_given_at_load_replace_the_folders(trained, tmp_path):
+    """hybrid=(dense, bm25) fuses with those weights instead of the folder's, exactly as evaluate.py's
+    hybrid_weighted with the same weights (so a collection's own judgements can choose them, no re-indexing);
+    (1, 0) ranks as dense alone; bad weights, or weights for a folder without BM25, are one clear refusal."""
+    split = validation_split(trained["data"])
+    from two_tower.retrieval.evaluate import build_retrievers
+
+    cfg = compose_retrieval("evaluate", [f"ckpt={trained['ckpt']}", f"data.path={trained['data']}", f"out={tmp_path / 'eval'}", "retriever=[hybrid]", "retriever.hybrid_weighted.weights=[0.3,0.9]"])
+    _, rankings = evaluate_split(split, {"w": build_retrievers(cfg)["hybrid_weighted"]})
+    rows = split.evaluated_queries()[:30]
+    position = {r: i for i, r in enumerate(split.evaluated_queries().tolist())}
+    texts = [split.query_texts[r] for r in rows]
+    searcher = Searcher.load(trained["index"], hybrid=[0.3, 0.9])
+    assert searcher.weights == (0.3, 0.9) and Searcher.load(trained["index"]).weights == (0.7, 0.3)
+    for row, hits in zip(rows.tolist(), searcher.search(texts, k=10)):
+        assert [h.id for h in hits] == [str(p) for p in rankings["w"].ranked[position[row], :10].tolist()]
+        assert [h.score for h in hits] == pytest.approx(rankings["w"].scores[position[row], :10].tolist(), abs=1e-5)
+    # the candidate path (HNSW, IVF, compressed folders) uses the given weights too
+    from two_tower.retrieval.index import normalised
+
+    vectors = normalised(searcher.encoder.encode(texts))
+    whole, candidates = searcher.hybrid_search(texts, vectors, 10, exhaustive=True), searcher.hybrid_search(texts, vectors, 10, exhaustive=False)
+    assert whole.rows.tolist() == candidates.rows.tolist() and whole.scores == pytest.approx(candidates.scores, abs=1e-5)
+    dense_only = [[h.id for h in q] for q in Searcher.load(trained["index"], hybrid=False).search(texts, 10)]
+    assert [[h.id for h in q] for q in Searcher.load(trained["index"], hybrid=(1, 0)).search(texts, 10)] == dense_only
+    for bad in ([0, 0], [1, -1], [1], [1, 2, 3], [float("nan"), 1], ["a", 1], [True, 1]):
+        with pytest.raises(ConfigError, match=r"\[dense weight, bm25 weight\]"):
+            Searcher.load(trained["index"], hybrid=bad)
+    folder = tmp_path / "dense_only"
+    build_index(compose_retrieval("index", [f"ckpt={trained['ckpt']}", f"data.path={trained['data']}", f"out={folder}", "hybrid.enabled=false"]))
+    with pytest.raises(IndexFolderError, match="without a BM25 index"):
+        Searcher.load(folder, hybrid=[0.5, 0.5])
+    # search.py takes them as a Hydra list
+    assert search_main([f"index={trained['index']}", "hybrid=[0.3,0.9]", "k=3", texts[0]]) == 0
+
 def weighted_top_k(k, weights, lexical, dense_range, dense_top, dense_scores):
     """One query through ``proven_top_k`` as ``Searcher.hybrid_search`` takes it: candidates of n per part
     (here from 100, or k), four times as many until proven."""
@@ -775,6 +810,7 @@ def test_searcher_hybrid_searches_deeper_for_the_queries_that_need_it():
     index = PassageIndex(Path("."), build_faiss(vectors, "Flat"), None, {"hybrid": {"weights": [0.5, 0.5]}})
     searcher = Searcher(index, encoder=None, hybrid=False)
     searcher.lexical = SimpleNamespace(query_tokens=lambda queries: list(range(len(queries))), scores=lambda token_lists: lexical[token_lists])
+    searcher.weights = (0.5, 0.5)
     calls = []
     search = index.search
     index.search = lambda v, n: (calls.append((len(v), n)), search(v, n))[1]
@@ -808,6 +844,7 @@ def test_duplicate_passages_score_alike_in_hybrid_search():
         index = PassageIndex(Path("."), build_faiss(vectors, "Flat"), None, {"hybrid": {"weights": [0.5, 0.5]}})
         searcher = Searcher(index, encoder=None, hybrid=False)
         searcher.lexical = SimpleNamespace(query_tokens=lambda texts: [0] * len(texts), scores=lambda token_lists: lexical[None].repeat(len(token_lists), 0))
+        searcher.weights = tuple(index.hybrid_weights)
         hits = searcher.hybrid_search(["q"] * 24, np.repeat(query[None], 24, 0), k=10, exhaustive=False)  # 24 queries: FAISS uses BLAS
         for q in range(24):
             at = hits.rows[q].tolist()

@@ -233,7 +233,7 @@ def free_port() -> int:
 def test_serve_command_serves_with_its_settings(index_dir):
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "serve.py", f"index={index_dir}", f"port={port}", "threads=1", "k=7", "max_batch=3", "prf=rocchio", "prf.depth=3"],
+        [sys.executable, "serve.py", f"index={index_dir}", f"port={port}", "threads=1", "k=7", "max_batch=3", "prf=rocchio", "prf.depth=3", "hybrid=[0.4,0.6]"],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     try:
@@ -248,11 +248,11 @@ def test_serve_command_serves_with_its_settings(index_dir):
                 time.sleep(0.3)
         assert health["threads"] == {"torch": 1, "faiss": 1}
         assert health["limits"]["k_default"] == 7 and health["limits"]["max_batch"] == 3
-        assert health["index"]["ranking"] == {"hybrid_weights": [0.7, 0.3], "prf": {"depth": 3, "alpha": 0.4, "beta": 0.6}}
+        assert health["index"]["ranking"] == {"hybrid_weights": [0.4, 0.6], "prf": {"depth": 3, "alpha": 0.4, "beta": 0.6}}
         answer = httpx.get(f"http://127.0.0.1:{port}/search", params={"q": "garden castle"}).json()
         from two_tower.retrieval.prf import RocchioPRF
 
-        want = Searcher.load(index_dir, prf=RocchioPRF(depth=3)).search(["garden castle"], k=7)[0]
+        want = Searcher.load(index_dir, prf=RocchioPRF(depth=3), hybrid=[0.4, 0.6]).search(["garden castle"], k=7)[0]
         assert [h["id"] for h in answer["hits"]] == [h.id for h in want]
     finally:
         process.terminate()
@@ -270,7 +270,8 @@ def test_serve_command_serves_with_its_settings(index_dir):
         (["index=X", "threads=0"], "error: threads=0: must be a whole number >= 1"),
         (["index=X", "k=50", "k_max=20"], "error: k=50: the default k must be a whole number in 1..k_max (20)"),
         (["index=X", "max_batch=0"], "error: max_batch=0: must be a whole number >= 1"),
-        (["index=X", "hybrid=maybe"], "error: hybrid='maybe': must be true, false or null"),
+        (["index=X", "hybrid=maybe"], "error: hybrid='maybe': must be true, false, null"),
+        (["index=X", "hybrid=[1,-1]"], "error: hybrid=[1, -1]: must be true, false, null"),
         (["index=X", "prf=rocchio", "prf.depth=-1"], "error: prf.depth=-1: must be a whole number from 0"),
         (["index=X", "prf.depth=3"], "error: "),
         (["index=X", "port.x=3"], "error: unknown setting(s) port.x"),

@@ -5,7 +5,8 @@
     python experiments/zero_shot/searcher_ndcg.py INDEX_DIR ../shared/data/cranfield [--split test] [--prf]
 
 ``--prf``: the searcher with Rocchio pseudo-relevance feedback (``RocchioPRF()``: conf/prf/rocchio.yaml's setting).
-``--dense-only``: dense alone in a folder built with a BM25 index (``Searcher.load(..., hybrid=False)``).
+``--dense-only``: dense alone in a folder built with a BM25 index (``Searcher.load(..., hybrid=False)``);
+``--weights 0.5 0.5``: fused with these (dense, BM25) weights instead of the folder's.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ def main() -> None:
     parser.add_argument("--split", default="test")
     parser.add_argument("--prf", action="store_true", help="Rocchio pseudo-relevance feedback (depth 5, alpha 0.4, beta 0.6)")
     parser.add_argument("--dense-only", action="store_true", help="dense alone, also where the folder has a BM25 index")
+    parser.add_argument("--weights", type=float, nargs=2, metavar=("DENSE", "BM25"), help="fuse with these weights instead of the folder's")
     args = parser.parse_args()
     from ranx import Qrels, Run, evaluate
 
@@ -35,11 +37,11 @@ def main() -> None:
     qrels = {qid: {doc: int(gain) for doc, gain in docs.items() if gain > 0} for qid, docs in collection.qrels.items()}
     text = dict(zip(collection.query_ids, collection.query_texts))
     queries = [q for q in collection.query_ids if qrels.get(q)]
-    searcher = Searcher.load(args.index, prf=RocchioPRF() if args.prf else None, hybrid=False if args.dense_only else None)
+    searcher = Searcher.load(args.index, prf=RocchioPRF() if args.prf else None, hybrid=False if args.dense_only else args.weights)
     hits = searcher.search([text[q] for q in queries], k=100)
     run = {q: {h.id: float(h.score) for h in hs} for q, hs in zip(queries, hits)}
     scores = evaluate(Qrels(qrels), Run(run), ["ndcg@10", "mrr@10", "recall@100"])
-    ranking = "dense" if searcher.lexical is None else f"dense + BM25 {searcher.index.hybrid_weights}"
+    ranking = "dense" if searcher.lexical is None else f"dense + BM25 {list(searcher.weights)}"
     print(f"{len(queries)} queries, {ranking}{', PRF' if args.prf else ''}: " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
 
 

@@ -5,11 +5,13 @@ that checkpoint's, after checking it is the model that built the index) and asks
 With ``prf=RocchioPRF(depth=5)`` it first asks for the top ``depth``, moves each query towards their stored
 vectors (``two_tower.retrieval.prf``) and asks again: for collections with many relevant passages a query.
 A folder built with a BM25 index (``index.py``'s default ``hybrid.enabled=true``) is searched by dense + BM25
-fused as ``evaluate.py``'s ``hybrid_weighted`` (``hybrid_search``); ``hybrid=False`` searches dense alone.
+fused as ``evaluate.py``'s ``hybrid_weighted`` (``hybrid_search``) with the weights saved in the folder, or
+with ``hybrid=(dense, bm25)`` weights given at load; ``hybrid=False`` searches dense alone.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +21,7 @@ import torch
 from two_tower.core.errors import ConfigError
 from two_tower.core.metrics import rank_by_scores
 from two_tower.retrieval.hybrid import min_max_rows, proven_top_k
-from two_tower.retrieval.index import PassageIndex, SearchHits, normalised
+from two_tower.retrieval.index import PassageIndex, SearchHits, normalised, valid_hybrid_weights
 from two_tower.retrieval.prf import RocchioPRF
 from two_tower.retrieval.query_encoder import QueryEncoder
 
@@ -36,28 +38,40 @@ class Hit:
 EXHAUSTIVE_MAX_PASSAGES = 200_000
 
 
-def check_hybrid(hybrid) -> None:
-    """The ``hybrid`` setting of ``Searcher`` / search.py / serve.py: True, False or None."""
-    if hybrid not in (None, True, False):
-        raise ConfigError(f"hybrid={hybrid!r}: must be true, false or null (None in Python: where the folder has a BM25 index)")
+def check_hybrid(hybrid) -> bool | tuple[float, float] | None:
+    """The ``hybrid`` setting of ``Searcher`` / search.py / serve.py, checked: None (fuse where the folder has a
+    BM25 index, with its weights), True (require it), False (dense alone), or two (dense, bm25) weights that
+    replace the folder's (e.g. more BM25 weight for a collection where BM25 is strong); returned as a tuple."""
+    if isinstance(hybrid, Sequence) and not isinstance(hybrid, str):
+        weights = list(hybrid)
+        if valid_hybrid_weights(weights):
+            return (float(weights[0]), float(weights[1]))
+    elif hybrid in (None, True, False):
+        return hybrid
+    raise ConfigError(
+        f"hybrid={hybrid!r}: must be true, false, null (None in Python: where the folder has a BM25 index) or "
+        "[dense weight, bm25 weight] (two finite numbers >= 0, not both 0)"
+    )
 
 
 class Searcher:
-    def __init__(self, index: PassageIndex, encoder: QueryEncoder, prf: RocchioPRF | None = None, hybrid: bool | None = None):
-        check_hybrid(hybrid)
+    def __init__(self, index: PassageIndex, encoder: QueryEncoder, prf: RocchioPRF | None = None, hybrid: bool | tuple[float, float] | None = None):
+        hybrid = check_hybrid(hybrid)
         self.index, self.encoder, self.prf = index, encoder, prf
-        # hybrid=True on a dense-only folder: index.lexical() says it has no BM25 index
+        # hybrid=True (or weights) on a dense-only folder: index.lexical() says it has no BM25 index
         self.lexical = index.lexical() if hybrid or (hybrid is None and index.hybrid_weights is not None) else None
+        # (dense, bm25) weights of the fusion: given ones, else the folder's; None: dense alone
+        self.weights = None if self.lexical is None else hybrid if isinstance(hybrid, tuple) else tuple(index.hybrid_weights)
         if (prf is not None and prf.enabled) or self.lexical is not None:
             index.prepare_vectors()  # now, not inside the first (maybe concurrent) searches
 
     @classmethod
-    def load(cls, path: str | Path, checkpoint: str | Path | None = None, search_params: str | None = None, prf: RocchioPRF | None = None, hybrid: bool | None = None) -> "Searcher":
+    def load(cls, path: str | Path, checkpoint: str | Path | None = None, search_params: str | None = None, prf: RocchioPRF | None = None, hybrid: bool | tuple[float, float] | None = None) -> "Searcher":
         """Open an index folder. With ``checkpoint``, the index must have been built by that model
         (otherwise IndexFolderError says what differs) and its query tower is used. With ``prf`` (depth > 0),
         every search is two FAISS calls with Rocchio feedback between them. ``hybrid``: None (default) ranks
         by dense + BM25 where the folder has a BM25 index, dense alone where not; False always dense alone;
-        True requires the BM25 index."""
+        True requires the BM25 index; (dense, bm25) weights require it and fuse with them instead of the folder's."""
         check_hybrid(hybrid)  # before the folder is read: a bad setting is named first
         if checkpoint is None:
             index = PassageIndex.load(path)
@@ -121,7 +135,7 @@ class Searcher:
         lowest = -self.index.search(-vectors, 1).scores[:, 0]
         tokens = self.lexical.query_tokens(queries)
         rows, scores = np.full((len(queries), k), -1, dtype=np.int64), np.full((len(queries), k), -np.inf, dtype=np.float32)
-        weights = tuple(self.index.hybrid_weights)
+        weights, lexical_scores = self.weights, {}
         pending, n, highest = np.arange(len(queries)), min(max(4 * k, 200), total), None
         while len(pending):
             top = self.index.search(vectors[pending], n)
@@ -139,8 +153,9 @@ class Searcher:
                         out[start : start + 4096] = self.index.vectors(found[start : start + 4096]) @ vector
                     return out
 
-                lexical = self.lexical.scores([tokens[q]])[0]
-                result = proven_top_k(k, weights, lexical, (lowest[q], highest[q]), top.rows[i], top.scores[i], dense_scores)
+                if q not in lexical_scores:  # once per query, however many rounds it needs
+                    lexical_scores[q] = self.lexical.scores([tokens[q]])[0]
+                result = proven_top_k(k, weights, lexical_scores[q], (lowest[q], highest[q]), top.rows[i], top.scores[i], dense_scores)
                 if result is None:
                     unproven.append(q)
                 else:
@@ -153,7 +168,7 @@ class Searcher:
         ``metrics.rank_by_scores`` (ties to the lower row): evaluate.py's computation, over the folder's
         stored vectors, a chunk of queries at a time: two [chunk, passages] float32 score matrices of
         about 128 MB each (fused in place) at most."""
-        weights = self.index.hybrid_weights
+        weights = self.weights
         tokens = self.lexical.query_tokens(queries)
         chunk = max(1, (1 << 25) // len(passages))
         rows, scores = [], []

@@ -271,7 +271,7 @@ def create_app(searcher: Searcher, limits: Limits = Limits(), threads: int | Non
         "files": manifest.get("files"),
         # how hits are ranked: dense alone, or dense + BM25 fused with these weights (Searcher.hybrid_search)
         "ranking": {
-            **({"hybrid_weights": index.hybrid_weights} if searcher.lexical is not None else {"dense": True}),
+            **({"hybrid_weights": list(searcher.weights)} if searcher.weights is not None else {"dense": True}),
             "prf": asdict(searcher.prf) if searcher.prf is not None and searcher.prf.enabled else None,
         },
     }
