@@ -103,6 +103,7 @@ def test_a_range_is_stated_once_for_configs_and_constructors(tiny_cfg):
         ("loss.margin_weight", -0.1, ["loss=distill"], lambda: DistillLoss(margin_weight=-0.1)),
         ("loss.learn_margin_scale", "yes", ["loss=distill_margin"], lambda: DistillLoss(learn_margin_scale="yes")),
         ("loss.margin_pairs", "hard", ["loss=distill_margin"], lambda: DistillLoss(margin_pairs="hard")),
+        ("loss.query_relation_weight", -0.5, ["loss=distill"], lambda: DistillLoss(query_relation_weight=-0.5)),
         ("loss.margin", -1.0, ["loss=triplet"], lambda: TripletLoss(margin=-1.0)),
     ]
     for key, value, group, build in cases:
@@ -126,6 +127,7 @@ def test_distill_margin_config_is_distill_with_margin_mse(tiny_cfg):
     validate_train_config(cfg)
     best = tiny_cfg("experiment=best", "loss=distill_margin")
     assert best.loss.margin_weight == 1.0 and best.loss.temperature == 0.05 and best.data.pseudo_queries.count > 0
+    assert best.loss.query_relation_weight == 1.0 and tiny_cfg("experiment=best_without_query_relations").loss.query_relation_weight == 0.0
     validate_train_config(best)
 
 

@@ -65,6 +65,43 @@ def test_distill_with_label_weight_one_is_infonce_and_needs_scores():
     assert torch.isfinite(q.grad).all() and torch.isfinite(scores.grad).all()
 
 
+def test_query_relations_match_brute_force():
+    """loss.query_relation_weight: KL between the teacher's and the student's softmaxes over each query's
+    similarities to the batch's *other* queries, added with its weight; zero for a student whose query
+    similarities are the teacher's; the other terms unchanged; it needs the teacher's query-query scores."""
+    torch.manual_seed(3)
+    q, p = F.normalize(torch.randn(5, 8), dim=-1), F.normalize(torch.randn(7, 8), dim=-1)
+    args = (q, p, torch.tensor([0, 1, 2, 3, 4]), torch.rand(5, 7) > 0.3, torch.zeros(5, 0, dtype=torch.long))
+    teacher_scores, teacher_queries = torch.rand(5, 7), F.normalize(torch.randn(5, 6), dim=-1)
+    teacher_query_scores = teacher_queries @ teacher_queries.T
+    base = DistillLoss(temperature=0.1, teacher_temperature=0.05)(*args, teacher_scores=teacher_scores)
+    out = DistillLoss(temperature=0.1, teacher_temperature=0.05, query_relation_weight=0.7)(*args, teacher_scores=teacher_scores, teacher_query_scores=teacher_query_scores)
+    student = (q @ q.T).tolist()
+    rows = []
+    for i in range(5):
+        others = [j for j in range(5) if j != i]
+        log_s = torch.log_softmax(torch.tensor([student[i][j] / 0.1 for j in others]), 0)
+        log_t = torch.log_softmax(torch.tensor([teacher_query_scores[i, j].item() / 0.05 for j in others]), 0)
+        rows.append(float((log_t.exp() * (log_t - log_s)).sum()))
+    relation = sum(rows) / 5
+    assert out["query_relation_kl"].item() == pytest.approx(relation, rel=1e-5)
+    assert out["loss"].item() == pytest.approx(base["loss"].item() + 0.7 * relation, rel=1e-5)
+    assert out["kl"].item() == pytest.approx(base["kl"].item()) and "query_relation_kl" not in base
+    q.requires_grad_(True)
+    DistillLoss(query_relation_weight=1.0)(q, *args[1:], teacher_scores=teacher_scores, teacher_query_scores=teacher_query_scores)["loss"].backward()
+    assert torch.isfinite(q.grad).all() and q.grad.abs().sum() > 0
+    # a student whose query similarities are the teacher's (same temperature) adds nothing; one query: nothing to relate
+    same = DistillLoss(temperature=0.1, teacher_temperature=0.1, query_relation_weight=1.0)(*args, teacher_scores=teacher_scores, teacher_query_scores=q.detach() @ q.detach().T)
+    assert same["query_relation_kl"].item() == pytest.approx(0.0, abs=1e-6)
+    single = DistillLoss(query_relation_weight=1.0)(q[:1], p, torch.tensor([0]), torch.ones(1, 7, dtype=torch.bool), torch.zeros(1, 0, dtype=torch.long), teacher_scores=teacher_scores[:1], teacher_query_scores=torch.ones(1, 1))
+    assert single["query_relation_kl"].item() == 0.0 and torch.isfinite(single["loss"])
+    with pytest.raises(ValueError, match="query-query"):
+        DistillLoss(query_relation_weight=1.0)(*args, teacher_scores=teacher_scores)
+    for bad in (-1.0, float("nan"), float("inf"), True):
+        with pytest.raises(ConfigError, match="loss.query_relation_weight"):
+            DistillLoss(query_relation_weight=bad)
+
+
 def test_margin_mse_matches_brute_force():
     """MarginMSE against a loop over (row, column) pairs: margins to the positive for labelled rows, to the
     teacher's top kept column for unlabelled rows, in logit units; mixed with the KL by margin_weight."""
@@ -204,6 +241,22 @@ def test_training_with_margin_mse_and_a_learned_scale(tiny_cfg, monkeypatch):
     module = load_checkpoint(next(Path(cfg.paths.output_dir).rglob("last.ckpt")))
     saved = torch.load(next(Path(cfg.paths.output_dir).rglob("last.ckpt")), map_location="cpu", weights_only=False)["state_dict"]
     assert module.loss_fn.log_margin_scale.item() == saved["loss_fn.log_margin_scale"].item() != 0.0  # trained, restored
+
+
+def test_training_with_query_relations(tiny_cfg, monkeypatch):
+    """loss.query_relation_weight trains end to end and pulls the query tower towards the teacher's query
+    similarities: with weight 5 the logged relational KL ends below a run where the term barely counts."""
+    monkeypatch.setattr(SentenceTransformerTeacher, "_load", lambda self: TopicTeacherModel())
+    final = {}
+    for weight in (1e-6, 5.0):
+        cfg = tiny_cfg("loss=distill", f"loss.query_relation_weight={weight}", "negatives=random", "trainer.max_epochs=3", "logger=csv")
+        cfg.paths.output_dir += f"_{weight}"  # a run folder each (the teacher cache is shared)
+        train(cfg)
+        rows = list(csv.DictReader(open(next(Path(cfg.paths.output_dir).rglob("metrics.csv")))))
+        per_epoch = [float(r["train/query_relation_kl"]) for r in rows if r.get("train/query_relation_kl")]
+        assert len(per_epoch) == 3, per_epoch
+        final[weight] = per_epoch[-1]
+    assert final[5.0] < 0.9 * final[1e-6], final
 
 
 def test_teacher_and_loss_must_go_together(tiny_cfg):

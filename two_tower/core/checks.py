@@ -73,6 +73,7 @@ RULES = {
     "loss.margin_weight": (NUM, lambda v: 0 <= v <= 1, "a number in [0, 1]"),
     "loss.learn_margin_scale": (BOOL, lambda v: True, "true or false"),
     "loss.margin_pairs": ((str,), lambda v: v in ("all", "mined"), "all or mined"),
+    "loss.query_relation_weight": (NUM, lambda v: v >= 0 and v < float("inf"), "a finite number >= 0"),
     "data.pseudo_queries.count": (INT, lambda v: v >= 0, "an integer >= 0"),
     "data.pseudo_queries.min_words": (INT, lambda v: v >= 1, "an integer >= 1"),
     "data.pseudo_queries.max_words": (INT, lambda v: v >= 1, "an integer >= 1"),

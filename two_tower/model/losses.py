@@ -107,6 +107,12 @@ class DistillLoss(nn.Module):
     matches the teacher's margins up to one scale. ``margin_pairs="mined"`` keeps only the pairs of each
     row's own explicit (mined) negatives, as Hofstaetter et al. train on (query, positive, BM25 negative)
     triples; ``"all"`` takes every column the softmax ranks.
+
+    ``query_relation_weight`` adds a relational term (Park et al. 2019's relational knowledge distillation,
+    listwise): each query's softmax over the *other queries* of the batch (student cosines at ``temperature``)
+    is pulled towards the teacher's (``teacher_query_scores`` [B, B], at ``teacher_temperature``) with the same
+    KL; loss += query_relation_weight * that KL. It teaches the query tower which queries the teacher finds
+    alike (pseudo-queries included), not only how each ranks its passages.
     """
 
     def __init__(
@@ -117,6 +123,7 @@ class DistillLoss(nn.Module):
         margin_weight: float = 0.0,
         learn_margin_scale: bool = False,
         margin_pairs: str = "all",
+        query_relation_weight: float = 0.0,
     ):
         super().__init__()
         check("loss.temperature", temperature)
@@ -125,15 +132,19 @@ class DistillLoss(nn.Module):
         check("loss.margin_weight", margin_weight)
         check("loss.learn_margin_scale", learn_margin_scale)
         check("loss.margin_pairs", margin_pairs)
+        check("loss.query_relation_weight", query_relation_weight)
+        self.query_relation_weight = float(query_relation_weight)
         self.temperature, self.teacher_temperature, self.label_weight = temperature, teacher_temperature, label_weight
         self.margin_weight, self.margin_pairs = margin_weight, margin_pairs
         # log of the factor on the teacher's margins (a parameter only when learned: checkpoints of the
         # other recipes keep their state dicts)
         self.log_margin_scale = nn.Parameter(torch.zeros(())) if learn_margin_scale else None
 
-    def forward(self, queries, passages, positive_column, negative_mask, negative_columns, teacher_scores=None, labelled=None):
+    def forward(self, queries, passages, positive_column, negative_mask, negative_columns, teacher_scores=None, labelled=None, teacher_query_scores=None):
         if teacher_scores is None:
             raise ValueError("loss=distill needs the teacher's scores with each batch (the teacher config group)")
+        if self.query_relation_weight > 0 and teacher_query_scores is None:
+            raise ValueError("loss.query_relation_weight > 0 needs the teacher's query-query scores with each batch")
         sim = (queries @ passages.T).float()  # softmaxes in float32, also under mixed precision
         rows = torch.arange(len(queries), device=sim.device)
         keep = softmax_columns(negative_mask, positive_column)
@@ -161,6 +172,10 @@ class DistillLoss(nn.Module):
             teacher_term = (1 - self.margin_weight) * kl + self.margin_weight * margin_mse
             margin_stats["margin_mse"] = margin_mse.detach()
         loss = self.label_weight * cross_entropy + (1 - self.label_weight) * teacher_term
+        if self.query_relation_weight > 0:
+            relation = self._query_relations(queries, teacher_query_scores)
+            loss = loss + self.query_relation_weight * relation
+            margin_stats["query_relation_kl"] = relation.detach()
         return {
             "loss": loss,
             "kl": kl.detach(),
@@ -171,6 +186,18 @@ class DistillLoss(nn.Module):
             "teacher_agreement": (student_log_probs.argmax(1) == teacher_logits.argmax(1)).float().mean().detach(),
             "teacher_accuracy": (teacher_logits.argmax(1) == positive_column).float().mean().detach(),
         }
+
+    def _query_relations(self, queries, teacher_query_scores):
+        """Mean over rows of KL(teacher || student) between softmaxes over the batch's other queries."""
+        n = len(queries)
+        if n < 2:
+            return queries.new_zeros((), dtype=torch.float32)
+        itself = torch.eye(n, dtype=torch.bool, device=queries.device)
+        student = F.log_softmax(((queries @ queries.T).float() / self.temperature).masked_fill(itself, float("-inf")), dim=1)
+        teacher = F.log_softmax((teacher_query_scores.float() / self.teacher_temperature).masked_fill(itself, float("-inf")), dim=1)
+        # the diagonal is -inf in both: zeroed before subtracting, so no NaN reaches any gradient
+        log_ratio = (teacher - student.masked_fill(itself, 0.0)).masked_fill(itself, 0.0)
+        return (teacher.exp() * log_ratio).sum(1).mean()
 
     @staticmethod
     def _margin_mse(student_logits, teacher_logits, keep, columns, positive_column, labelled):

@@ -147,8 +147,10 @@ class TwoTowerModule(L.LightningModule):
         if teacher_passages is None:
             return self.loss_fn(queries, passages, positive_column, negative_mask, negative_columns)
         teacher_scores = batch["teacher_queries"] @ teacher_passages.T
-        labelled = {"labelled": batch["labelled"]} if "labelled" in batch else {}  # pseudo-queries: teacher only
-        return self.loss_fn(queries, passages, positive_column, negative_mask, negative_columns, teacher_scores=teacher_scores, **labelled)
+        extra = {"labelled": batch["labelled"]} if "labelled" in batch else {}  # pseudo-queries: teacher only
+        if getattr(self.loss_fn, "query_relation_weight", 0) > 0:  # this process's queries (not gathered)
+            extra["teacher_query_scores"] = batch["teacher_queries"] @ batch["teacher_queries"].T
+        return self.loss_fn(queries, passages, positive_column, negative_mask, negative_columns, teacher_scores=teacher_scores, **extra)
 
     def training_step(self, batch, batch_idx):
         out = self.batch_loss(batch)
