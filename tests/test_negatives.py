@@ -271,7 +271,7 @@ def _split_for_ddp(cache_dir):
 
 def _teacher_for_ddp(dm, loss_name):
     """loss=distill: made-up teacher vectors (the same in every process)."""
-    if loss_name != "distill":
+    if not loss_name.startswith("distill"):
         return None
     rng = np.random.default_rng(0)
     unit = lambda n: (lambda x: x / np.linalg.norm(x, axis=1, keepdims=True))(rng.normal(size=(n, 6)).astype(np.float32))
@@ -284,13 +284,15 @@ def _module_for_ddp(dm, loss_name, gather):
         "infonce": {"_target_": "two_tower.model.losses.InfoNCELoss", "temperature": 0.1},
         "triplet": {"_target_": "two_tower.model.losses.TripletLoss", "margin": 0.5},
         "distill": {"_target_": "two_tower.model.losses.DistillLoss", "temperature": 0.1, "teacher_temperature": 0.1, "label_weight": 0.3},
+        # + each query against every process's other queries (loss.query_relation_weight)
+        "distill_relations": {"_target_": "two_tower.model.losses.DistillLoss", "temperature": 0.1, "teacher_temperature": 0.1, "label_weight": 0.3, "query_relation_weight": 1.0},
     }[loss_name]
     module = TwoTowerModule(len(dm.tokenizer), 8, {"_target_": "two_tower.model.encoders.RNNEncoder", "cell": "gru", "hidden_size": 8, "dim": 8}, loss, {"_target_": "torch.optim.Adam", "_partial_": True}, gather_across_devices=gather)
     module.towers.load_embeddings(dm.embedding_matrix)
     return module
 
 
-DDP_LOSSES = ["infonce", "triplet", "distill"]
+DDP_LOSSES = ["infonce", "triplet", "distill", "distill_relations"]
 
 
 @pytest.fixture(scope="module")

@@ -738,7 +738,9 @@ def test_searcher_hybrid_weights_given_at_load_replace_the_folders(trained, tmp_
     assert whole.rows.tolist() == candidates.rows.tolist() and whole.scores == pytest.approx(candidates.scores, abs=1e-5)
     dense_only = [[h.id for h in q] for q in Searcher.load(trained["index"], hybrid=False).search(texts, 10)]
     assert [[h.id for h in q] for q in Searcher.load(trained["index"], hybrid=(1, 0)).search(texts, 10)] == dense_only
-    for bad in ([0, 0], [1, -1], [1], [1, 2, 3], [float("nan"), 1], ["a", 1], [True, 1]):
+    assert Searcher.load(trained["index"], hybrid=np.array([0.3, 0.9])).weights == (0.3, 0.9)  # numpy values too
+    assert Searcher.load(trained["index"], hybrid=[np.float32(0.5), np.int64(1)]).weights == (0.5, 1.0)
+    for bad in ([0, 0], [1, -1], [1], [1, 2, 3], [float("nan"), 1], ["a", 1], [True, 1], 1, b"ab", np.array([0, 0])):
         with pytest.raises(ConfigError, match=r"\[dense weight, bm25 weight\]"):
             Searcher.load(trained["index"], hybrid=bad)
     folder = tmp_path / "dense_only"
@@ -809,7 +811,8 @@ def test_searcher_hybrid_searches_deeper_for_the_queries_that_need_it():
     lexical[1, 410:420] = 3.0
     index = PassageIndex(Path("."), build_faiss(vectors, "Flat"), None, {"hybrid": {"weights": [0.5, 0.5]}})
     searcher = Searcher(index, encoder=None, hybrid=False)
-    searcher.lexical = SimpleNamespace(query_tokens=lambda queries: list(range(len(queries))), scores=lambda token_lists: lexical[token_lists])
+    scored = []  # the queries BM25 scored, in order
+    searcher.lexical = SimpleNamespace(query_tokens=lambda queries: list(range(len(queries))), scores=lambda token_lists: (scored.extend(token_lists), lexical[token_lists])[1])
     searcher.weights = (0.5, 0.5)
     calls = []
     search = index.search
@@ -817,6 +820,7 @@ def test_searcher_hybrid_searches_deeper_for_the_queries_that_need_it():
     queries = np.stack([e[0], e[2]])
     hits = searcher.hybrid_search(["q0", "q1"], queries, k=10, exhaustive=False)
     assert calls == [(2, 1), (2, 200), (1, 800)]  # the lowest scores, both queries at 200, then query 0 alone
+    assert scored == [0, 1]  # BM25 once a query, however many rounds it needs
     for q in range(2):
         dense = vectors @ queries[q]
         fused = 0.5 * min_max(dense, dense.min(), dense.max()) + 0.5 * min_max(lexical[q], lexical[q].min(), lexical[q].max())

@@ -140,7 +140,7 @@ class DistillLoss(nn.Module):
         # other recipes keep their state dicts)
         self.log_margin_scale = nn.Parameter(torch.zeros(())) if learn_margin_scale else None
 
-    def forward(self, queries, passages, positive_column, negative_mask, negative_columns, teacher_scores=None, labelled=None, teacher_query_scores=None):
+    def forward(self, queries, passages, positive_column, negative_mask, negative_columns, teacher_scores=None, labelled=None, teacher_query_scores=None, relation_queries=None):
         if teacher_scores is None:
             raise ValueError("loss=distill needs the teacher's scores with each batch (the teacher config group)")
         if self.query_relation_weight > 0 and teacher_query_scores is None:
@@ -173,7 +173,7 @@ class DistillLoss(nn.Module):
             margin_stats["margin_mse"] = margin_mse.detach()
         loss = self.label_weight * cross_entropy + (1 - self.label_weight) * teacher_term
         if self.query_relation_weight > 0:
-            relation = self._query_relations(queries, teacher_query_scores)
+            relation = self._query_relations(queries, teacher_query_scores, *(relation_queries or ()))
             loss = loss + self.query_relation_weight * relation
             margin_stats["query_relation_kl"] = relation.detach()
         return {
@@ -187,17 +187,24 @@ class DistillLoss(nn.Module):
             "teacher_accuracy": (teacher_logits.argmax(1) == positive_column).float().mean().detach(),
         }
 
-    def _query_relations(self, queries, teacher_query_scores):
-        """Mean over rows of KL(teacher || student) between softmaxes over the batch's other queries."""
-        n = len(queries)
-        if n < 2:
+    def _query_relations(self, queries, teacher_query_scores, others=None, offset=0, valid=None):
+        """Mean over rows of KL(teacher || student) between softmaxes over the *other* queries: ``others`` (every
+        process's queries when training gathers them; ``queries`` by default), row i being column ``offset + i``,
+        ``valid`` marking real columns (not padding); ``teacher_query_scores`` [B, len(others)]."""
+        others = queries if others is None else others
+        rows = torch.arange(len(queries), device=queries.device)
+        excluded = torch.zeros(len(queries), len(others), dtype=torch.bool, device=queries.device)
+        excluded[rows, offset + rows] = True
+        if valid is not None:
+            excluded |= ~valid.unsqueeze(0)
+        ranked = ~excluded.all(1)  # a row with no other query has nothing to relate
+        if not ranked.any():
             return queries.new_zeros((), dtype=torch.float32)
-        itself = torch.eye(n, dtype=torch.bool, device=queries.device)
-        student = F.log_softmax(((queries @ queries.T).float() / self.temperature).masked_fill(itself, float("-inf")), dim=1)
-        teacher = F.log_softmax((teacher_query_scores.float() / self.teacher_temperature).masked_fill(itself, float("-inf")), dim=1)
-        # the diagonal is -inf in both: zeroed before subtracting, so no NaN reaches any gradient
-        log_ratio = (teacher - student.masked_fill(itself, 0.0)).masked_fill(itself, 0.0)
-        return (teacher.exp() * log_ratio).sum(1).mean()
+        student = F.log_softmax(((queries @ others.T).float() / self.temperature).masked_fill(excluded, float("-inf")), dim=1)
+        teacher = F.log_softmax((teacher_query_scores.float() / self.teacher_temperature).masked_fill(excluded, float("-inf")), dim=1)
+        # excluded columns are -inf in both: zeroed before subtracting, so no NaN reaches any gradient
+        log_ratio = (teacher - student.masked_fill(excluded, 0.0)).masked_fill(excluded, 0.0)
+        return (teacher.exp().masked_fill(excluded, 0.0) * log_ratio).sum(1)[ranked].mean()
 
     @staticmethod
     def _margin_mse(student_logits, teacher_logits, keep, columns, positive_column, labelled):

@@ -148,8 +148,13 @@ class TwoTowerModule(L.LightningModule):
             return self.loss_fn(queries, passages, positive_column, negative_mask, negative_columns)
         teacher_scores = batch["teacher_queries"] @ teacher_passages.T
         extra = {"labelled": batch["labelled"]} if "labelled" in batch else {}  # pseudo-queries: teacher only
-        if getattr(self.loss_fn, "query_relation_weight", 0) > 0:  # this process's queries (not gathered)
-            extra["teacher_query_scores"] = batch["teacher_queries"] @ batch["teacher_queries"].T
+        if getattr(self.loss_fn, "query_relation_weight", 0) > 0:
+            # each query against the batch's other queries: every process's when gathering, as for passages
+            others, teacher_others, offset, valid = queries, batch["teacher_queries"], 0, None
+            if self.hparams.gather_across_devices and _world_size() > 1:
+                others, teacher_others, offset, valid = gather_queries(queries, batch["teacher_queries"])
+            extra["teacher_query_scores"] = batch["teacher_queries"] @ teacher_others.T
+            extra["relation_queries"] = (others, offset, valid)
         return self.loss_fn(queries, passages, positive_column, negative_mask, negative_columns, teacher_scores=teacher_scores, **extra)
 
     def training_step(self, batch, batch_idx):
@@ -329,6 +334,26 @@ def gather_passages(passages: torch.Tensor, pids: torch.Tensor, teacher_passages
         dist.all_gather(all_teacher, teacher_passages)
         all_teacher = torch.cat(all_teacher)
     return all_passages, torch.cat(all_pids), dist.get_rank() * longest, all_teacher
+
+
+def gather_queries(queries: torch.Tensor, teacher_queries: torch.Tensor):
+    """All processes' query vectors (differentiable) and the teacher's vectors of the same queries, padded to
+    the longest batch. Returns (queries [world * longest, d], teacher queries, offset of this process's first
+    row, [world * longest] bool: a real query, not padding)."""
+    import torch.distributed as dist
+    import torch.distributed.nn.functional as dist_fn
+
+    size = torch.tensor([len(queries)], device=queries.device)
+    sizes = [torch.zeros_like(size) for _ in range(dist.get_world_size())]
+    dist.all_gather(sizes, size)
+    longest = int(max(s.item() for s in sizes))
+    pad = longest - len(queries)
+    all_queries = torch.cat(dist_fn.all_gather(torch.cat([queries, queries.new_zeros(pad, queries.shape[1])])))
+    teacher_queries = torch.cat([teacher_queries, teacher_queries.new_zeros(pad, teacher_queries.shape[1])])
+    all_teacher = [torch.empty_like(teacher_queries) for _ in range(dist.get_world_size())]
+    dist.all_gather(all_teacher, teacher_queries)
+    valid = torch.cat([torch.arange(longest, device=queries.device) < s.item() for s in sizes])
+    return all_queries, torch.cat(all_teacher), dist.get_rank() * longest, valid
 
 
 def _first_columns(ids: torch.Tensor) -> torch.Tensor:

@@ -21,6 +21,7 @@ import hashlib
 import json
 import logging
 import math
+import numbers
 import threading
 import time
 import warnings
@@ -430,7 +431,7 @@ def read_manifest(path: Path) -> dict:
 
 def valid_hybrid_weights(weights) -> bool:
     """(dense, bm25) fusion weights: two finite numbers >= 0, not both 0 (index.py's hybrid.weights, a manifest's)."""
-    return isinstance(weights, list) and len(weights) == 2 and all(isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w) and w >= 0 for w in weights) and sum(weights) > 0
+    return isinstance(weights, list) and len(weights) == 2 and all(isinstance(w, numbers.Real) and not isinstance(w, (bool, np.bool_)) and math.isfinite(w) and w >= 0 for w in weights) and sum(weights) > 0
 
 
 # Recorded for information only: the same model may be loaded from a moved or copied file.

@@ -42,11 +42,13 @@ def check_hybrid(hybrid) -> bool | tuple[float, float] | None:
     """The ``hybrid`` setting of ``Searcher`` / search.py / serve.py, checked: None (fuse where the folder has a
     BM25 index, with its weights), True (require it), False (dense alone), or two (dense, bm25) weights that
     replace the folder's (e.g. more BM25 weight for a collection where BM25 is strong); returned as a tuple."""
-    if isinstance(hybrid, Sequence) and not isinstance(hybrid, str):
+    if isinstance(hybrid, np.ndarray):
+        hybrid = hybrid.tolist()
+    if isinstance(hybrid, Sequence) and not isinstance(hybrid, (str, bytes)):
         weights = list(hybrid)
         if valid_hybrid_weights(weights):
             return (float(weights[0]), float(weights[1]))
-    elif hybrid in (None, True, False):
+    elif hybrid is None or isinstance(hybrid, bool):
         return hybrid
     raise ConfigError(
         f"hybrid={hybrid!r}: must be true, false, null (None in Python: where the folder has a BM25 index) or "
@@ -160,6 +162,7 @@ class Searcher:
                     unproven.append(q)
                 else:
                     rows[q, : len(result[0])], scores[q, : len(result[0])] = result
+                    del lexical_scores[q]  # a row of the corpus's size: kept only while its query is unproven
             pending, n = np.array(unproven, dtype=np.int64), min(4 * n, total)
         return SearchHits(rows, scores)
 
