@@ -308,52 +308,47 @@ def _world_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
+def gather_rows(rows: torch.Tensor, *fixed: torch.Tensor):
+    """Every process's ``rows`` (differentiable) and, row for row, its ``fixed`` tensors (not differentiable),
+    each process's part padded to the longest with zeros. Returns (rows [world * longest, ...], the fixed
+    tensors gathered, offset of this process's first row, [world * longest] bool: a real row, not padding)."""
+    import torch.distributed as dist
+    import torch.distributed.nn.functional as dist_fn
+
+    size = torch.tensor([len(rows)], device=rows.device)
+    sizes = [torch.zeros_like(size) for _ in range(dist.get_world_size())]
+    dist.all_gather(sizes, size)
+    longest = int(max(s.item() for s in sizes))
+
+    def padded(x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([x, x.new_zeros(longest - len(x), *x.shape[1:])])
+
+    all_rows = torch.cat(dist_fn.all_gather(padded(rows)))
+    gathered = []
+    for x in fixed:
+        parts = [torch.empty_like(padded(x)) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, padded(x))
+        gathered.append(torch.cat(parts))
+    valid = torch.cat([torch.arange(longest, device=rows.device) < s.item() for s in sizes])
+    return all_rows, gathered, dist.get_rank() * longest, valid
+
+
 def gather_passages(passages: torch.Tensor, pids: torch.Tensor, teacher_passages: torch.Tensor | None = None):
     """All processes' passage vectors (differentiable) and ids, padded to the longest with pid -1, and
     the teacher's vectors of the same passages if given (not differentiable).
 
     Returns (passages [world * longest, d], pids, offset of this process's first column, teacher passages or None).
     """
-    import torch.distributed as dist
-    import torch.distributed.nn.functional as dist_fn
-
-    size = torch.tensor([len(pids)], device=pids.device)
-    sizes = [torch.zeros_like(size) for _ in range(dist.get_world_size())]
-    dist.all_gather(sizes, size)
-    longest = int(max(s.item() for s in sizes))
-    pad = longest - len(pids)
-    passages = torch.cat([passages, passages.new_zeros(pad, passages.shape[1])])
-    pids = torch.cat([pids, pids.new_full((pad,), -1)])
-    all_passages = torch.cat(dist_fn.all_gather(passages))
-    all_pids = [torch.empty_like(pids) for _ in range(dist.get_world_size())]
-    dist.all_gather(all_pids, pids)
-    all_teacher = None
-    if teacher_passages is not None:
-        teacher_passages = torch.cat([teacher_passages, teacher_passages.new_zeros(pad, teacher_passages.shape[1])])
-        all_teacher = [torch.empty_like(teacher_passages) for _ in range(dist.get_world_size())]
-        dist.all_gather(all_teacher, teacher_passages)
-        all_teacher = torch.cat(all_teacher)
-    return all_passages, torch.cat(all_pids), dist.get_rank() * longest, all_teacher
+    all_passages, gathered, offset, valid = gather_rows(passages, pids, *([teacher_passages] if teacher_passages is not None else []))
+    all_pids = torch.where(valid, gathered[0], -1)
+    return all_passages, all_pids, offset, gathered[1] if teacher_passages is not None else None
 
 
 def gather_queries(queries: torch.Tensor, teacher_queries: torch.Tensor):
     """All processes' query vectors (differentiable) and the teacher's vectors of the same queries, padded to
-    the longest batch. Returns (queries [world * longest, d], teacher queries, offset of this process's first
-    row, [world * longest] bool: a real query, not padding)."""
-    import torch.distributed as dist
-    import torch.distributed.nn.functional as dist_fn
-
-    size = torch.tensor([len(queries)], device=queries.device)
-    sizes = [torch.zeros_like(size) for _ in range(dist.get_world_size())]
-    dist.all_gather(sizes, size)
-    longest = int(max(s.item() for s in sizes))
-    pad = longest - len(queries)
-    all_queries = torch.cat(dist_fn.all_gather(torch.cat([queries, queries.new_zeros(pad, queries.shape[1])])))
-    teacher_queries = torch.cat([teacher_queries, teacher_queries.new_zeros(pad, teacher_queries.shape[1])])
-    all_teacher = [torch.empty_like(teacher_queries) for _ in range(dist.get_world_size())]
-    dist.all_gather(all_teacher, teacher_queries)
-    valid = torch.cat([torch.arange(longest, device=queries.device) < s.item() for s in sizes])
-    return all_queries, torch.cat(all_teacher), dist.get_rank() * longest, valid
+    the longest batch. Returns (queries, teacher queries, offset of this process's first row, real-row mask)."""
+    all_queries, (all_teacher,), offset, valid = gather_rows(queries, teacher_queries)
+    return all_queries, all_teacher, offset, valid
 
 
 def _first_columns(ids: torch.Tensor) -> torch.Tensor:
