@@ -41,35 +41,58 @@ python experiments/semantic/encode_rate.py "$OUT/best_bag2048/2/checkpoints/last
 # Passages per second against the teacher (same passages, same thread, one process).
 python experiments/semantic/encode_rate.py "$OUT/best_infonce/2/checkpoints/last.ckpt" "$DATA" --passages 1000 --threads 1
 # Hyphens split words and passages weigh IDF ** p (2026-12-05): the exact scan, then trained (5 epochs to see
-# every epoch), the recipe as composed (experiment=best: p = 0.25, one epoch), one-epoch variants, cost.
+# every epoch), the recipe as composed (then experiment=best, now best_without_query_relations: p = 0.25, one
+# epoch), one-epoch variants, cost.
 python experiments/semantic/lexical_scan.py "$DATA" "${CRANFIELD:-../shared/data/cranfield}"
 python train.py -m experiment=best_bag8192 data.tokenizer.split_hyphens=true seed=1,2,42 data.path="$DATA" hydra.sweep.dir="$OUT/split_hyphens"
 python train.py -m experiment=best_bag8192 data.tokenizer.split_hyphens=true encoder.bag_passage_idf_power=0.25,0.5 seed=1,2,42 data.path="$DATA" hydra.sweep.dir="$OUT/passage_idf_power"
-python train.py -m experiment=best encoder.hidden_size=128 seed=1,2,42 data.path="$DATA" hydra.sweep.dir="$OUT/best_hidden128"
-python train.py -m experiment=best encoder.hidden_size=128 encoder.bag_dim=2048,4096 seed=42 data.path="$DATA" hydra.sweep.dir="$OUT/best_narrower_bag"
-python train.py experiment=best encoder.hidden_size=128 data.pseudo_queries.count=2500 seed=42 data.path="$DATA" hydra.run.dir="$OUT/best_pseudo2500"
-python train.py -m experiment=best encoder.hidden_size=32 seed=42 data.path="$DATA" hydra.sweep.dir="$OUT/best_hidden32"
-python train.py -m experiment=best encoder.cell=gru encoder.hidden_size=128,64 seed=42 data.path="$DATA" hydra.sweep.dir="$OUT/best_gru"
-python train.py -m experiment=best seed=1,2,42 data.path="$DATA" hydra.sweep.dir="$OUT/best"   # the recipe (64-unit LSTM)
+python train.py -m experiment=best_without_query_relations encoder.hidden_size=128 seed=1,2,42 data.path="$DATA" hydra.sweep.dir="$OUT/best_hidden128"
+python train.py -m experiment=best_without_query_relations encoder.hidden_size=128 encoder.bag_dim=2048,4096 seed=42 data.path="$DATA" hydra.sweep.dir="$OUT/best_narrower_bag"
+python train.py experiment=best_without_query_relations encoder.hidden_size=128 data.pseudo_queries.count=2500 seed=42 data.path="$DATA" hydra.run.dir="$OUT/best_pseudo2500"
+python train.py -m experiment=best_without_query_relations encoder.hidden_size=32 seed=42 data.path="$DATA" hydra.sweep.dir="$OUT/best_hidden32"
+python train.py -m experiment=best_without_query_relations encoder.cell=gru encoder.hidden_size=128,64 seed=42 data.path="$DATA" hydra.sweep.dir="$OUT/best_gru"
+python train.py -m experiment=best_without_query_relations seed=1,2,42 data.path="$DATA" hydra.sweep.dir="$OUT/best"   # the recipe (64-unit LSTM)
 python train.py experiment=best_infonce data.tokenizer.split_hyphens=true encoder.bag_passage_idf_power=0.25 seed=42 data.path="$DATA" hydra.run.dir="$OUT/infonce_lexical"
 python train.py -m experiment=best_rnn data.tokenizer.split_hyphens=true seed=1,2,42 data.path="$DATA" hydra.sweep.dir="$OUT/rnn_split_hyphens"
 for round in 1 2; do  # time per epoch, alternating
   python train.py experiment=best_infonce trainer.max_epochs=2 seed=42 data.path="$DATA" hydra.run.dir="$OUT/time_infonce_$round"
-  python train.py experiment=best trainer.max_epochs=2 seed=42 data.path="$DATA" hydra.run.dir="$OUT/time_best_$round"
+  python train.py experiment=best_without_query_relations trainer.max_epochs=2 seed=42 data.path="$DATA" hydra.run.dir="$OUT/time_best_$round"
 done
 python experiments/semantic/encode_rate.py "$OUT/best/2/checkpoints/last.ckpt" "$DATA" --passages 1000 --threads 1 --also "$OUT/best_hidden128/2/checkpoints/last.ckpt"
 python experiments/comparisons/carve_test_split.py "$DATA" "$OUT/marco7k_heldout" --rows 1000 --seed 0
-python train.py experiment=best seed=42 data.path="$OUT/marco7k_heldout" hydra.run.dir="$OUT/heldout"
+python train.py experiment=best_without_query_relations seed=42 data.path="$OUT/marco7k_heldout" hydra.run.dir="$OUT/heldout"
 python evaluate.py ckpt="$OUT/heldout/checkpoints/last.ckpt" data.path="$OUT/marco7k_heldout" split=test "retriever=[dense,bm25,hybrid]" out="$OUT/heldout/test"
 # Training time of the ladder's recipes, one after the other (2 epochs each).
-for e in best_rnn_glove best_rnn best_glove best_infonce best_bag2048 best_bag8192 best; do
+for e in best_rnn_glove best_rnn best_glove best_infonce best_bag2048 best_bag8192 best_without_query_relations; do
   python train.py experiment=$e trainer.max_epochs=2 seed=42 data.path="$DATA" hydra.run.dir="$OUT/ladder_time_$e"
 done
 
 # Where the gap to the teacher is (2026-12-05): the teacher as a retriever, the gap by word overlap,
 # and the inverse-cloze pseudo-queries tried (a patch, not on main).
-python train.py experiment=best seed=42 threads=1 data.path="$DATA" hydra.run.dir="$OUT/gap_best42"
+python train.py experiment=best_without_query_relations seed=42 threads=1 data.path="$DATA" hydra.run.dir="$OUT/gap_best42"
 python evaluate.py ckpt="$OUT/gap_best42/checkpoints/last.ckpt" data.path="$DATA" split=validation "retriever=[dense,teacher]" out="$OUT/gap_val"
 python experiments/semantic/gap.py "$OUT/gap_val" "$DATA"
 # git apply experiments/semantic/inverse_cloze.patch, then:
-# python train.py experiment=best seed=42 data.pseudo_queries.kind=ict trainer.max_epochs=3 threads=1 data.path="$DATA"
+# python train.py experiment=best_without_query_relations seed=42 data.pseudo_queries.kind=ict trainer.max_epochs=3 threads=1 data.path="$DATA"
+
+# Three more levers and the hybrid's ceiling (2026-12-05, third session; run on the recipe now called
+# best_without_query_relations): the row's own candidates as negatives, the RNN path alone fused with BM25.
+python train.py -m experiment=best_without_query_relations negatives=random negatives.per_query=2,4 seed=42 data.path="$DATA" hydra.sweep.dir="$OUT/candidate_negatives"
+W=""; for w in 3 4 5 6 7; do W="$W +retriever.w$w={_target_:two_tower.retrieval.hybrid.WeightedScoreFusion,parts:[dense,bm25_stemmed],weights:[0.$w,$((10 - w))e-1]}"; done
+python evaluate.py ckpt="$OUT/rnn_split_hyphens/2/checkpoints/last.ckpt" data.path="$DATA" split=validation "retriever=[dense,bm25_stemmed]" $W out="$OUT/rnn_hybrid_ceiling"
+# git apply experiments/semantic/bag_term_weights.patch, then +encoder.bag_term_weights=word|context (TW_SIDE=queries|passages)
+
+# Relational distillation of the query tower (2026-12-05, third session): the new experiment=best, its weight,
+# epochs, held-out queries, Cranfield, cost; the levers that did not pay are in the README (patches/scratch).
+python train.py -m experiment=best seed=1,2,42 data.path="$DATA" hydra.sweep.dir="$OUT/best_relations"
+python train.py -m experiment=best_without_query_relations loss.query_relation_weight=0.5,2 seed=42 data.path="$DATA" hydra.sweep.dir="$OUT/relation_weight"
+python train.py experiment=best trainer.max_epochs=3 seed=42 data.path="$DATA" hydra.run.dir="$OUT/best_relations_3ep"
+python train.py experiment=best seed=42 data.path="$OUT/marco7k_heldout" hydra.run.dir="$OUT/heldout_relations"
+python evaluate.py ckpt="$OUT/heldout_relations/checkpoints/last.ckpt" data.path="$OUT/marco7k_heldout" split=test "retriever=[dense,bm25,hybrid]" out="$OUT/heldout_relations/test"
+for job in 0 1 2; do  # the sweep's jobs 0 / 1 / 2 are seeds 1 / 2 / 42
+  python evaluate.py ckpt="$OUT/best_relations/$job/checkpoints/last.ckpt" data.path="${CRANFIELD:-../shared/data/cranfield}" split=test "retriever=[hybrid,dense_prf]" out="$OUT/cranfield_relations_$job"
+done
+for round in 1 2; do  # time per epoch, alternating
+  python train.py experiment=best_without_query_relations seed=42 data.path="$DATA" hydra.run.dir="$OUT/time_before_$round"
+  python train.py experiment=best seed=42 data.path="$DATA" hydra.run.dir="$OUT/time_relations_$round"
+done
