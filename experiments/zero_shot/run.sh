@@ -22,8 +22,9 @@ with open(f"{sys.argv[1]}/corpus.jsonl") as f, open(sys.argv[2], "w") as out:
 PY
 python index.py ckpt="$OUT/best/2/checkpoints/last.ckpt" corpus="$OUT/cranfield.tsv" out="$OUT/cranfield_index"
 python experiments/zero_shot/searcher_ndcg.py "$OUT/cranfield_index" "$CRAN" --dense-only
-# experiment=best as of 2026-12-05 (split hyphens, passage IDF ** 0.25, one epoch), seeds 1, 2, 42.
-python train.py -m experiment=best seed=1,2,42 data.path="$MARCO" hydra.sweep.dir="$OUT/best_2026_12_05"
+# experiment=best as of 2026-12-05 (split hyphens, passage IDF ** 0.25, one epoch; now
+# best_without_query_relations), seeds 1, 2, 42.
+python train.py -m experiment=best_without_query_relations seed=1,2,42 data.path="$MARCO" hydra.sweep.dir="$OUT/best_2026_12_05"
 for run in "$OUT"/best_2026_12_05/*/; do
   python evaluate.py ckpt="$run/checkpoints/last.ckpt" data.path="$CRAN" split=test "retriever=[dense,bm25,hybrid]" out="$run/cranfield"
 done
@@ -38,3 +39,14 @@ done
 python evaluate.py ckpt="$OUT/best_2026_12_05/2/checkpoints/last.ckpt" data.path="$CRAN" split=test "retriever=[teacher_prf]" out="$OUT/teacher_prf_cranfield"
 python evaluate.py ckpt="$OUT/best_2026_12_05/2/checkpoints/last.ckpt" data.path="$MARCO" split=validation "retriever=[dense_prf,teacher_prf]" out="$OUT/prf_marco7k"
 python experiments/zero_shot/searcher_ndcg.py "$OUT/cranfield_index_best" "$CRAN" --prf --dense-only
+# Today's experiment=best (relational distillation of the query tower), seeds 1, 2, 42: Cranfield with the
+# hybrid and the feedback, its in-domain figure with feedback, and the index folder path.
+python train.py -m experiment=best seed=1,2,42 data.path="$MARCO" hydra.sweep.dir="$OUT/best_relations"
+for run in "$OUT"/best_relations/*/; do
+  python evaluate.py ckpt="$run/checkpoints/last.ckpt" data.path="$CRAN" split=test "retriever=[hybrid,dense_prf]" out="$run/cranfield"
+done
+python evaluate.py ckpt="$OUT/best_relations/2/checkpoints/last.ckpt" data.path="$MARCO" split=validation "retriever=[dense_prf]" out="$OUT/relations_prf_marco7k"
+python index.py ckpt="$OUT/best_relations/2/checkpoints/last.ckpt" corpus="$OUT/cranfield.tsv" out="$OUT/cranfield_index_relations"
+for flags in "" "--dense-only" "--prf --dense-only" "--prf" "--weights 0.5 0.5"; do
+  python experiments/zero_shot/searcher_ndcg.py "$OUT/cranfield_index_relations" "$CRAN" $flags
+done
