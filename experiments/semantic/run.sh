@@ -96,3 +96,9 @@ for round in 1 2; do  # time per epoch, alternating
   python train.py experiment=best_without_query_relations seed=42 data.path="$DATA" hydra.run.dir="$OUT/time_before_$round"
   python train.py experiment=best seed=42 data.path="$DATA" hydra.run.dir="$OUT/time_relations_$round"
 done
+# The ladder with 3 seeds a step (the rows that had seed 42 only).
+python train.py -m experiment=best_rnn_glove seed=1,2,42 data.path="$DATA" hydra.sweep.dir="$OUT/ladder_rnn_glove"
+python train.py -m experiment=best_rnn loss=distill trainer.max_epochs=5 seed=1,2,42 data.path="$DATA" hydra.sweep.dir="$OUT/ladder_rnn_distill"
+python train.py -m experiment=best_rnn loss=distill data.pseudo_queries.count=5000 trainer.max_epochs=5 seed=1,2,42 data.path="$DATA" hydra.sweep.dir="$OUT/ladder_rnn_pseudo"
+python train.py -m experiment=best_glove seed=1,2,42 data.path="$DATA" hydra.sweep.dir="$OUT/ladder_glove"
+python train.py -m experiment=best_infonce loss=distill loss.temperature=0.05 seed=1,2,42 data.path="$DATA" hydra.sweep.dir="$OUT/ladder_infonce_distill"
