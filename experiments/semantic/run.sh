@@ -102,3 +102,18 @@ python train.py -m experiment=best_rnn loss=distill trainer.max_epochs=5 seed=1,
 python train.py -m experiment=best_rnn loss=distill data.pseudo_queries.count=5000 trainer.max_epochs=5 seed=1,2,42 data.path="$DATA" hydra.sweep.dir="$OUT/ladder_rnn_pseudo"
 python train.py -m experiment=best_glove seed=1,2,42 data.path="$DATA" hydra.sweep.dir="$OUT/ladder_glove"
 python train.py -m experiment=best_infonce loss=distill loss.temperature=0.05 seed=1,2,42 data.path="$DATA" hydra.sweep.dir="$OUT/ladder_infonce_distill"
+# The ladder as a plot (ladder.png): each step at its recipe's epoch (no learning-rate schedule, so epoch 2 of
+# a 5-epoch run is the 2-epoch recipe).
+python experiments/semantic/ladder.py \
+  --step "RNN path: GloVe 6B 50d (best_rnn_glove)" 5 "$OUT"/ladder_rnn_glove/*/ \
+  --step "RNN path: distilled vectors + skip (best_rnn)" 2 "$OUT"/best_rnn_5ep/*/ \
+  --step "RNN path: + labelled distillation" 2 "$OUT"/ladder_rnn_distill/*/ \
+  --step "RNN path: + 5,000 pseudo-queries" 2 "$OUT"/ladder_rnn_pseudo/*/ \
+  --step "bag: GloVe RNN + 2048-d bag (best_glove)" 5 "$OUT"/ladder_glove/*/ \
+  --step "bag: distilled + skip + bag (best_infonce)" 3 "$OUT"/best_infonce/*/ \
+  --step "bag: + labelled distillation" 3 "$OUT"/ladder_infonce_distill/*/ \
+  --step "bag: + 5,000 pseudo-queries (best_bag2048)" 5 "$OUT"/best_bag2048/*/ \
+  --step "bag: 8192-d bag (best_bag8192)" 5 "$OUT"/best_bag8192/*/ \
+  --step "bag: split hyphens, passage IDF^0.25, 64-unit LSTM" 1 "$OUT"/best/*/ \
+  --step "bag: + query relations (experiment=best)" 1 "$OUT"/best_relations/*/ \
+  --out experiments/semantic/ladder.png
