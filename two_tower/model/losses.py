@@ -22,6 +22,13 @@ def softmax_columns(negative_mask: torch.Tensor, positive_column: torch.Tensor) 
     return keep
 
 
+def masked_kl(teacher_log_probs: torch.Tensor, student_log_probs: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """[B] KL(teacher || student) of each row's two softmaxes over its ``keep`` columns (the others are -inf in
+    both: zeroed before subtracting, so no NaN reaches any gradient)."""
+    log_ratio = (teacher_log_probs - student_log_probs.masked_fill(~keep, 0.0)).masked_fill(~keep, 0.0)
+    return (teacher_log_probs.exp() * log_ratio).sum(1)
+
+
 class TripletLoss(nn.Module):
     """max(0, d(q, p) - d(q, n) + margin) with cosine distance d = 1 - cos.
 
@@ -152,9 +159,7 @@ class DistillLoss(nn.Module):
         student_log_probs = F.log_softmax(student_scaled.masked_fill(~keep, float("-inf")), dim=1)
         teacher_logits = teacher_scaled.masked_fill(~keep, float("-inf"))
         teacher_log_probs = F.log_softmax(teacher_logits, dim=1)
-        # Masked columns are -inf in both: zero them before subtracting, so no NaN reaches any gradient.
-        log_ratio = (teacher_log_probs - student_log_probs.masked_fill(~keep, 0.0)).masked_fill(~keep, 0.0)
-        kl = (teacher_log_probs.exp() * log_ratio).sum(1).mean()
+        kl = masked_kl(teacher_log_probs, student_log_probs, keep).mean()
         if labelled is None:
             cross_entropy = -student_log_probs[rows, positive_column].mean()
         else:
@@ -192,19 +197,16 @@ class DistillLoss(nn.Module):
         process's queries when training gathers them; ``queries`` by default), row i being column ``offset + i``,
         ``valid`` marking real columns (not padding); ``teacher_query_scores`` [B, len(others)]."""
         others = queries if others is None else others
-        rows = torch.arange(len(queries), device=queries.device)
-        excluded = torch.zeros(len(queries), len(others), dtype=torch.bool, device=queries.device)
-        excluded[rows, offset + rows] = True
-        if valid is not None:
-            excluded |= ~valid.unsqueeze(0)
-        ranked = ~excluded.all(1)  # a row with no other query has nothing to relate
-        if not ranked.any():
+        if (len(others) if valid is None else int(valid.sum())) < 2:  # one query: nothing to relate it to
             return queries.new_zeros((), dtype=torch.float32)
-        student = F.log_softmax(((queries @ others.T).float() / self.temperature).masked_fill(excluded, float("-inf")), dim=1)
-        teacher = F.log_softmax((teacher_query_scores.float() / self.teacher_temperature).masked_fill(excluded, float("-inf")), dim=1)
-        # excluded columns are -inf in both: zeroed before subtracting, so no NaN reaches any gradient
-        log_ratio = (teacher - student.masked_fill(excluded, 0.0)).masked_fill(excluded, 0.0)
-        return (teacher.exp().masked_fill(excluded, 0.0) * log_ratio).sum(1)[ranked].mean()
+        rows = torch.arange(len(queries), device=queries.device)
+        keep = torch.ones(len(queries), len(others), dtype=torch.bool, device=queries.device)
+        keep[rows, offset + rows] = False
+        if valid is not None:
+            keep &= valid.unsqueeze(0)
+        student = F.log_softmax(((queries @ others.T).float() / self.temperature).masked_fill(~keep, float("-inf")), dim=1)
+        teacher = F.log_softmax((teacher_query_scores.float() / self.teacher_temperature).masked_fill(~keep, float("-inf")), dim=1)
+        return masked_kl(teacher, student, keep).mean()
 
     @staticmethod
     def _margin_mse(student_logits, teacher_logits, keep, columns, positive_column, labelled):

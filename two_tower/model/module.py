@@ -152,7 +152,7 @@ class TwoTowerModule(L.LightningModule):
             # each query against the batch's other queries: every process's when gathering, as for passages
             others, teacher_others, offset, valid = queries, batch["teacher_queries"], 0, None
             if self.hparams.gather_across_devices and _world_size() > 1:
-                others, teacher_others, offset, valid = gather_queries(queries, batch["teacher_queries"])
+                others, (teacher_others,), offset, valid = gather_rows(queries, batch["teacher_queries"])
             extra["teacher_query_scores"] = batch["teacher_queries"] @ teacher_others.T
             extra["relation_queries"] = (others, offset, valid)
         return self.loss_fn(queries, passages, positive_column, negative_mask, negative_columns, teacher_scores=teacher_scores, **extra)
@@ -342,13 +342,6 @@ def gather_passages(passages: torch.Tensor, pids: torch.Tensor, teacher_passages
     all_passages, gathered, offset, valid = gather_rows(passages, pids, *([teacher_passages] if teacher_passages is not None else []))
     all_pids = torch.where(valid, gathered[0], -1)
     return all_passages, all_pids, offset, gathered[1] if teacher_passages is not None else None
-
-
-def gather_queries(queries: torch.Tensor, teacher_queries: torch.Tensor):
-    """All processes' query vectors (differentiable) and the teacher's vectors of the same queries, padded to
-    the longest batch. Returns (queries, teacher queries, offset of this process's first row, real-row mask)."""
-    all_queries, (all_teacher,), offset, valid = gather_rows(queries, teacher_queries)
-    return all_queries, all_teacher, offset, valid
 
 
 def _first_columns(ids: torch.Tensor) -> torch.Tensor:
