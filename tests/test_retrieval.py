@@ -855,3 +855,47 @@ def test_duplicate_passages_score_alike_in_hybrid_search():
             first, second = at.index(1000), at.index(1001)
             failures += not (second == first + 1 and hits.scores[q, first] == hits.scores[q, second])
     assert failures == 0
+
+
+# ----------------------------------------------------------------------------------------- MaxSim rerank in index folders
+
+
+def test_searcher_maxsim_rerank_ranks_as_evaluate(trained, tmp_path, monkeypatch, capsys):
+    """Searcher.load(..., rerank=MaxSimRerank()) ranks and scores each query's top passages as evaluate.py's
+    dense_maxsim / hybrid_maxsim (same first stage, same idf over the same corpus); search.py takes rerank=maxsim."""
+    from tests.test_maxsim import static_model_over
+    from two_tower.retrieval.maxsim import MaxSimRerank, MaxSimRetriever, static_tokens
+
+    monkeypatch.setenv("TWO_TOWER_CACHE", str(tmp_path))
+    split = validation_split(trained["data"])
+    static_model_over(sorted({w for t in split.passage_texts + split.query_texts for w in t.lower().split()}))
+    try:
+        settings = MaxSimRerank(depth=8, weight=0.5, teacher="tiny", dim=8)
+        rows = split.evaluated_queries()[:25]
+        queries = [split.query_texts[r] for r in rows]
+        cfg = compose_retrieval("evaluate", [f"ckpt={trained['ckpt']}", f"data.path={trained['data']}", f"out={tmp_path / 'eval'}", "retriever=[hybrid]"])
+        from two_tower.retrieval.evaluate import build_retrievers
+
+        built = build_retrievers(cfg)
+        for first, hybrid in (("dense", False), ("hybrid_weighted", None)):
+            retriever = MaxSimRetriever([built[first]], depth=8, weight=0.5, teacher="tiny", dim=8)
+            retriever.prepare(split)
+            want = retriever.rankings(rows, 8)
+            results = Searcher.load(trained["index"], hybrid=hybrid, rerank=settings).search(queries, k=8)
+            assert [[h.id for h in hits] for hits in results] == [[str(i) for i in ids] for ids in want.ranked.tolist()], first
+            assert [[h.score for h in hits] for hits in results] == [pytest.approx(s, abs=1e-5) for s in want.scores.tolist()]
+            plain = Searcher.load(trained["index"], hybrid=hybrid).search(queries, k=8)
+            assert [[h.id for h in hits] for hits in plain] != [[h.id for h in hits] for hits in results]  # it reranks
+            # k below the depth: the top k of the same reranking
+            assert [[h.id for h in hits] for hits in Searcher.load(trained["index"], hybrid=hybrid, rerank=settings).search(queries, k=3)] == [
+                [h.id for h in hits[:3]] for hits in results
+            ]
+        with pytest.raises(ConfigError, match="k="):
+            Searcher.load(trained["index"], rerank=settings).search(queries, k=0)
+        assert search_main([f"index={trained['index']}", "apple", "river", "k=2", "rerank=maxsim", "rerank.teacher=tiny", "rerank.dim=8"]) == 0
+        assert capsys.readouterr().out.splitlines()[0] == "query: apple river"
+        assert search_main([f"index={trained['index']}", "apple", "rerank=maxsim", "rerank.weight=2"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "rerank.weight=2" in err
+    finally:
+        static_tokens.cache_clear()

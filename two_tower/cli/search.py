@@ -12,6 +12,7 @@ import sys
 from two_tower.cli.common import compose, report
 from two_tower.core.errors import EmptyQueryError, TwoTowerError
 from two_tower.core.threads import set_threads
+from two_tower.retrieval.maxsim import MaxSimRerank
 from two_tower.retrieval.prf import RocchioPRF
 from two_tower.retrieval.search import Hit, Searcher
 
@@ -20,7 +21,7 @@ USAGE = """usage: python search.py index=DIR "your question" [k=10] [key=value .
        python search.py index=DIR --interactive          (type queries; empty line or Ctrl-D to quit)
        python search.py index=DIR < queries.txt          (one query a line, searched in batches)
 Settings (conf/search.yaml): k, search_params (e.g. "search_params='efSearch=256'"), ckpt (check the index against a
-checkpoint and encode queries with it), batch_size, max_chars, prf=rocchio (pseudo-relevance feedback; prf.depth=N),
+checkpoint and encode queries with it), batch_size, max_chars, prf=rocchio (pseudo-relevance feedback; prf.depth=N), rerank=maxsim (MaxSim rerank of the top 100; rerank.weight=W),
 hybrid (false = dense alone in a folder with a BM25 index; "hybrid=[0.5,0.5]" = fuse with these dense, BM25 weights)."""
 
 
@@ -74,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     set_threads(cfg.threads)
     try:
         prf = RocchioPRF.from_config(cfg.get("prf"))
-        searcher = Searcher.load(cfg.index, checkpoint=cfg.ckpt, search_params=cfg.search_params, prf=prf, hybrid=cfg.hybrid)
+        rerank = MaxSimRerank.from_config(cfg.get("rerank"))
+        searcher = Searcher.load(cfg.index, checkpoint=cfg.ckpt, search_params=cfg.search_params, prf=prf, hybrid=cfg.hybrid, rerank=rerank)
         if query is not None:
             print(format_results(query, searcher.search([query], cfg.k)[0], cfg.max_chars))
             return 0

