@@ -63,17 +63,28 @@ def brute_maxsim(table: dict, passages: list[str], query: str, passage: str) -> 
 def test_maxsim_is_the_idf_weighted_best_match_of_every_query_token(cache):
     passages = ["the jet wing", "a cat sat on the mat", "wing of a jet jet", "", "the the the"]
     table = static_model_over("the jet wing a cat sat on mat of".split())
-    corpus = ms.CorpusMaxSim(ms.MaxSimRerank(teacher="tiny", dim=8), passages)
+    def texts_of(rows):
+        return [passages[r] for r in rows.tolist()]
+
+    corpus = ms.CorpusMaxSim(ms.MaxSimRerank(teacher="tiny", dim=8), texts_of, len(passages))
     assert corpus.idf[corpus.tokens.model.tokenize(["jet"])[0][0]].item() == pytest.approx(math.log((5 - 2 + 0.5) / 2.5 + 1), rel=1e-6)
+    # read in chunks, the same idf
+    np.testing.assert_array_equal(ms.corpus_idf(corpus.tokens, texts_of, len(passages), 256, chunk=2).numpy(), corpus.idf.numpy())
+    ids = corpus.tokens.ids(passages, 256)
     for query in ("jet wing", "the cat", "mat on a wing", "cat cat"):
-        got = ms.maxsim(corpus.tokens, corpus.idf, corpus.tokens.ids([query], 256)[0], corpus.passages)
+        got = ms.maxsim(corpus.tokens, corpus.idf, corpus.tokens.ids([query], 256)[0], ids)
         want = [brute_maxsim(table, passages, query, p) for p in passages]
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+        # rerank: the same scores, fused with the first stage's, best first
+        rows, fused = corpus.rerank(query, np.arange(5), np.linspace(1, 0, 5))
+        want_fused = ms.fuse(np.linspace(1, 0, 5), np.array(want), 0.5)
+        assert rows.tolist() == np.argsort(-want_fused, kind="stable").tolist()
+        np.testing.assert_allclose(fused, np.sort(want_fused)[::-1], rtol=1e-5, atol=1e-6)
     # A query with no token the model knows scores every passage 0 (the first stage then ranks alone).
-    assert ms.maxsim(corpus.tokens, corpus.idf, corpus.tokens.ids(["zebra"], 256)[0], corpus.passages).tolist() == [0.0] * 5
+    assert ms.maxsim(corpus.tokens, corpus.idf, corpus.tokens.ids(["zebra"], 256)[0], ids).tolist() == [0.0] * 5
+    assert corpus.rerank("zebra", np.arange(5), np.linspace(1, 0, 5))[0].tolist() == [0, 1, 2, 3, 4]
     # max_tokens reads a passage's first tokens only.
-    short = ms.CorpusMaxSim(ms.MaxSimRerank(teacher="tiny", dim=8, max_tokens=2), passages)
-    assert [len(p) for p in short.passages] == [2, 2, 2, 0, 2]
+    assert [len(p) for p in corpus.tokens.ids(passages, 2)] == [2, 2, 2, 0, 2]
 
 
 def test_a_passage_that_says_it_in_other_words_is_lifted(cache):
@@ -81,11 +92,12 @@ def test_a_passage_that_says_it_in_other_words_is_lifted(cache):
     rng = np.random.default_rng(1)
     car = rng.normal(size=8).astype(np.float32)
     static_model_over(["car", "automobile", "price", "cost", "banana", "tree"], vectors={"car": car, "automobile": car + 0.05 * rng.normal(size=8)})
-    corpus = ms.CorpusMaxSim(ms.MaxSimRerank(teacher="tiny", dim=8, weight=1.0), ["banana tree", "automobile cost"])
+    texts = ["banana tree", "automobile cost"]
+    corpus = ms.CorpusMaxSim(ms.MaxSimRerank(teacher="tiny", dim=8, weight=1.0), lambda rows: [texts[r] for r in rows], 2)
     rows, _ = corpus.rerank("car", np.array([0, 1]), np.array([1.0, 0.0]))
     assert rows.tolist() == [1, 0]
     # weight 0: the first stage's order; weight 1: MaxSim's
-    first = ms.CorpusMaxSim(ms.MaxSimRerank(teacher="tiny", dim=8, weight=0.0), ["banana tree", "automobile cost"])
+    first = ms.CorpusMaxSim(ms.MaxSimRerank(teacher="tiny", dim=8, weight=0.0), lambda rows: [texts[r] for r in rows], 2)
     assert first.rerank("car", np.array([0, 1]), np.array([1.0, 0.0]))[0].tolist() == [0, 1]
 
 

@@ -4,6 +4,7 @@ schemathesis run against the OpenAPI schema, and the page in headless Chromium (
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import socket
@@ -15,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 import uvicorn
 
@@ -130,7 +132,7 @@ def test_health_reports_model_index_and_corpus(client, searcher, index_dir):
     assert health["model"] == manifest["model"]
     assert health["index"]["path"] == str(index_dir) and health["index"]["files"] == manifest["files"]
     assert health["index"]["faiss"]["type"] == "IndexFlat"
-    assert health["index"]["ranking"] == {"hybrid_weights": manifest["hybrid"]["weights"], "prf": None} == {"hybrid_weights": [0.7, 0.3], "prf": None}
+    assert health["index"]["ranking"] == {"hybrid_weights": manifest["hybrid"]["weights"], "prf": None, "rerank": None} == {"hybrid_weights": [0.7, 0.3], "prf": None, "rerank": None}
     assert health["limits"] == {"k_default": 5, "k_max": 20, "max_query_chars": 200, "max_batch": 4}
 
 
@@ -230,10 +232,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_serve_command_serves_with_its_settings(index_dir):
+def test_serve_command_serves_with_its_settings(index_dir, tmp_path, monkeypatch):
+    from tests.test_maxsim import static_model_over
+    from two_tower.retrieval.index import PassageIndex
+    from two_tower.retrieval.maxsim import MaxSimRerank, static_tokens
+
+    # a tiny static model over the folder's words, where the server's rerank=maxsim finds it
+    monkeypatch.setenv("TWO_TOWER_CACHE", str(tmp_path))
+    folder = PassageIndex.load(index_dir)
+    static_model_over(sorted({w for t in folder.lookup(np.arange(len(folder)))[1] for w in t.lower().split()}))
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "serve.py", f"index={index_dir}", f"port={port}", "threads=1", "k=7", "max_batch=3", "prf=rocchio", "prf.depth=3", "hybrid=[0.4,0.6]"],
+        [sys.executable, "serve.py", f"index={index_dir}", f"port={port}", "threads=1", "k=7", "max_batch=3", "prf=rocchio", "prf.depth=3", "hybrid=[0.4,0.6]"]
+        + ["rerank=maxsim", "rerank.teacher=tiny", "rerank.dim=8", "rerank.depth=20"],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     try:
@@ -248,13 +259,16 @@ def test_serve_command_serves_with_its_settings(index_dir):
                 time.sleep(0.3)
         assert health["threads"] == {"torch": 1, "faiss": 1}
         assert health["limits"]["k_default"] == 7 and health["limits"]["max_batch"] == 3
-        assert health["index"]["ranking"] == {"hybrid_weights": [0.4, 0.6], "prf": {"depth": 3, "alpha": 0.4, "beta": 0.6}}
+        rerank = MaxSimRerank(depth=20, teacher="tiny", dim=8)
+        assert health["index"]["ranking"] == {"hybrid_weights": [0.4, 0.6], "prf": {"depth": 3, "alpha": 0.4, "beta": 0.6}, "rerank": dataclasses.asdict(rerank)}
         answer = httpx.get(f"http://127.0.0.1:{port}/search", params={"q": "garden castle"}).json()
         from two_tower.retrieval.prf import RocchioPRF
 
-        want = Searcher.load(index_dir, prf=RocchioPRF(depth=3), hybrid=[0.4, 0.6]).search(["garden castle"], k=7)[0]
+        want = Searcher.load(index_dir, prf=RocchioPRF(depth=3), hybrid=[0.4, 0.6], rerank=rerank).search(["garden castle"], k=7)[0]
         assert [h["id"] for h in answer["hits"]] == [h.id for h in want]
+        assert [h["score"] for h in answer["hits"]] == pytest.approx([h.score for h in want], abs=1e-5)
     finally:
+        static_tokens.cache_clear()
         process.terminate()
         output = process.communicate(timeout=30)[0]
     assert f"serving http://127.0.0.1:{port}/" in output

@@ -94,13 +94,14 @@ def static_tokens(teacher: str, dim: int) -> StaticTokens:
     return StaticTokens(DistilledEmbeddings(teacher=teacher, dim=dim).static_model())
 
 
-def corpus_idf(passage_ids: list[np.ndarray], vocab_size: int) -> torch.Tensor:
-    """BM25's idf of every token over the passages: log((N - df + 0.5) / (df + 0.5) + 1)."""
-    df = np.zeros(vocab_size, dtype=np.float64)
-    for ids in passage_ids:
-        df[np.unique(ids)] += 1
-    n = len(passage_ids)
-    return torch.from_numpy(np.log((n - df + 0.5) / (df + 0.5) + 1.0).astype(np.float32))
+def corpus_idf(tokens: StaticTokens, texts_of, size: int, max_tokens: int, chunk: int = 50_000) -> torch.Tensor:
+    """BM25's idf of every token over the corpus's ``size`` passages (``texts_of(rows)`` gives their texts),
+    read ``chunk`` passages at a time: log((N - df + 0.5) / (df + 0.5) + 1)."""
+    df = np.zeros(len(tokens.weights), dtype=np.float64)
+    for start in range(0, size, chunk):
+        for ids in tokens.ids(texts_of(np.arange(start, min(start + chunk, size))), max_tokens):
+            df[np.unique(ids)] += 1
+    return torch.from_numpy(np.log((size - df + 0.5) / (df + 0.5) + 1.0).astype(np.float32))
 
 
 def maxsim(tokens: StaticTokens, idf: torch.Tensor, query: np.ndarray, passages: list[np.ndarray]) -> np.ndarray:
@@ -134,12 +135,13 @@ def fuse(first: np.ndarray, second: np.ndarray, weight: float) -> np.ndarray:
 
 
 class CorpusMaxSim:
-    """MaxSim against one corpus: its passages' token ids and idf, computed once."""
+    """MaxSim against one corpus: the idf, computed once in a pass over its passages; candidates' token ids
+    are read when a query asks (nothing of the corpus's size is held but the idf, one float a token)."""
 
-    def __init__(self, settings: MaxSimRerank, passage_texts: list[str]):
-        self.settings, self.tokens = settings, settings.tokens()
-        self.passages = self.tokens.ids(passage_texts, settings.max_tokens)
-        self.idf = corpus_idf(self.passages, len(self.tokens.weights))
+    def __init__(self, settings: MaxSimRerank, texts_of, size: int):
+        """``texts_of(rows)``: the texts of those passage rows; ``size``: how many passages."""
+        self.settings, self.tokens, self.texts_of = settings, settings.tokens(), texts_of
+        self.idf = corpus_idf(self.tokens, texts_of, size, settings.max_tokens)
 
     def rerank(self, query: str, rows: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The candidates ``rows`` (first-stage order, with its ``scores``) ranked by the fused score, best
@@ -147,7 +149,8 @@ class CorpusMaxSim:
         if len(rows) == 0:
             return rows, scores
         query_ids = self.tokens.ids([query], self.settings.max_tokens)[0]
-        fused = fuse(scores, maxsim(self.tokens, self.idf, query_ids, [self.passages[r] for r in rows]), self.settings.weight)
+        passages = self.tokens.ids(self.texts_of(np.asarray(rows)), self.settings.max_tokens)
+        fused = fuse(scores, maxsim(self.tokens, self.idf, query_ids, passages), self.settings.weight)
         order = np.argsort(-fused, kind="stable")
         return np.asarray(rows)[order], fused[order]
 
@@ -166,7 +169,7 @@ class MaxSimRetriever(SplitRetriever):
     def prepare(self, split: PreparedSplit) -> None:
         super().prepare(split)
         self.part.prepare(split)
-        self.corpus = CorpusMaxSim(self.settings, split.passage_texts)
+        self.corpus = CorpusMaxSim(self.settings, lambda rows: [split.passage_texts[r] for r in rows.tolist()], len(split.passage_texts))
 
     def scores(self, query_rows: np.ndarray) -> torch.Tensor:
         first = self.part.scores(query_rows).float()

@@ -65,8 +65,8 @@ class Searcher:
     ):
         hybrid = check_hybrid(hybrid)
         self.index, self.encoder, self.prf, self.rerank = index, encoder, prf, rerank
-        # MaxSim's token ids and idf over the folder's passages: read once, at load (a pass over its texts)
-        self.maxsim = None if rerank is None else CorpusMaxSim(rerank, index.lookup(np.arange(len(index)))[1])
+        # MaxSim's idf over the folder's passages: one pass over its texts, at load
+        self.maxsim = None if rerank is None else CorpusMaxSim(rerank, lambda rows: index.lookup(rows)[1], len(index))
         # hybrid=True (or weights) on a dense-only folder: index.lexical() says it has no BM25 index
         self.lexical = index.lexical() if hybrid or (hybrid is None and index.hybrid_weights is not None) else None
         # (dense, bm25) weights of the fusion: given ones, else the folder's; None: dense alone

@@ -83,7 +83,7 @@ class Limits:
 
 class HitOut(BaseModel):
     id: str = Field(description="the passage id (as in the corpus the index was built from)")
-    score: float = Field(description="a dense folder: cosine similarity of query and passage vectors; a hybrid folder: the fused score (0 to the sum of the weights; /health's index.ranking)")
+    score: float = Field(description="a dense folder: cosine similarity of query and passage vectors; a hybrid folder: the fused score (0 to the sum of the weights; /health's index.ranking); with rerank=maxsim: the reranked score (0 to 1)")
     text: str
 
 
