@@ -117,3 +117,19 @@ python experiments/semantic/ladder.py \
   --step "bag: split hyphens, passage IDF^0.25, 64-unit LSTM" 1 "$OUT"/best/*/ \
   --step "bag: + query relations (experiment=best)" 1 "$OUT"/best_relations/*/ \
   --out experiments/semantic/ladder.png
+
+# MaxSim rerank over static subword vectors (2026-12-05, fourth session): validation (3 seeds), held-out queries,
+# Cranfield; the weight, depth and token-weight choices were made with the same rerank on validation only.
+for job in 0 1 2; do  # seeds 1 / 2 / 42
+  python evaluate.py ckpt="$OUT/best_relations/$job/checkpoints/last.ckpt" data.path="$DATA" split=validation "retriever=[dense,maxsim]" out="$OUT/maxsim_val_$job"
+  python evaluate.py ckpt="$OUT/best_relations/$job/checkpoints/last.ckpt" data.path="${CRANFIELD:-../shared/data/cranfield}" split=test "retriever=[dense,maxsim]" out="$OUT/maxsim_cranfield_$job"
+done
+python evaluate.py ckpt="$OUT/heldout_relations/checkpoints/last.ckpt" data.path="$OUT/marco7k_heldout" split=test "retriever=[dense,bm25,hybrid,maxsim]" out="$OUT/heldout_relations/test_maxsim"
+for w in 0.3 0.4 0.6; do
+  python evaluate.py ckpt="$OUT/best_relations/2/checkpoints/last.ckpt" data.path="$DATA" split=validation "retriever=[dense,maxsim]" retriever.dense_maxsim.weight=$w retriever.hybrid_maxsim.weight=$w out="$OUT/maxsim_val_weight_$w"
+done
+# Static vectors fitted to the teacher with tokenlearn (pip install tokenlearn): the static model's own figure.
+python experiments/semantic/tokenlearn_vectors.py "$DATA" "$OUT/tokenlearn_all"
+python experiments/semantic/tokenlearn_vectors.py "$DATA" "$OUT/tokenlearn_heldout_passages" --exclude-validation-passages
+# ... and the towers over them: copy a fitted folder over $TWO_TOWER_CACHE/distilled/<key> in a scratch cache,
+# then experiment=best / experiment=best_rnn seed=42 (README, "MaxSim rerank ...").

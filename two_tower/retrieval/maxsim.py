@@ -97,8 +97,10 @@ def static_tokens(teacher: str, dim: int) -> StaticTokens:
 def corpus_idf(tokens: StaticTokens, texts_of, size: int, max_tokens: int, chunk: int = 50_000) -> torch.Tensor:
     """BM25's idf of every token over the corpus's ``size`` passages (``texts_of(rows)`` gives their texts),
     read ``chunk`` passages at a time: log((N - df + 0.5) / (df + 0.5) + 1)."""
+    from tqdm.auto import tqdm
+
     df = np.zeros(len(tokens.weights), dtype=np.float64)
-    for start in range(0, size, chunk):
+    for start in tqdm(range(0, size, chunk), desc="MaxSim idf", unit="chunk", disable=size <= chunk):
         for ids in tokens.ids(texts_of(np.arange(start, min(start + chunk, size))), max_tokens):
             df[np.unique(ids)] += 1
     return torch.from_numpy(np.log((size - df + 0.5) / (df + 0.5) + 1.0).astype(np.float32))

@@ -65,14 +65,14 @@ class Searcher:
     ):
         hybrid = check_hybrid(hybrid)
         self.index, self.encoder, self.prf, self.rerank = index, encoder, prf, rerank
-        # MaxSim's idf over the folder's passages: one pass over its texts, at load
-        self.maxsim = None if rerank is None else CorpusMaxSim(rerank, lambda rows: index.lookup(rows)[1], len(index))
         # hybrid=True (or weights) on a dense-only folder: index.lexical() says it has no BM25 index
         self.lexical = index.lexical() if hybrid or (hybrid is None and index.hybrid_weights is not None) else None
         # (dense, bm25) weights of the fusion: given ones, else the folder's; None: dense alone
         self.weights = None if self.lexical is None else hybrid if isinstance(hybrid, tuple) else tuple(index.hybrid_weights)
         if (prf is not None and prf.enabled) or self.lexical is not None:
             index.prepare_vectors()  # now, not inside the first (maybe concurrent) searches
+        # MaxSim's idf over the folder's passages: one pass over its texts, at load (after the settings above are found usable)
+        self.maxsim = None if rerank is None else CorpusMaxSim(rerank, lambda rows: index.lookup(rows)[1], len(index))
 
     @classmethod
     def load(
@@ -123,7 +123,7 @@ class Searcher:
         if self.maxsim is not None and (not isinstance(k, int) or isinstance(k, bool) or k < 1):
             raise ConfigError(f"k={k!r}: must be a whole number >= 1")
         depth = k if self.maxsim is None else max(k, self.rerank.depth)
-        hits = self.index.search(vectors, depth) if self.lexical is None else self.hybrid_search(queries, vectors, min(depth, len(self.index)))
+        hits = self.index.search(vectors, depth) if self.lexical is None else self.hybrid_search(queries, vectors, depth)
         if self.maxsim is not None:
             hits = self.reranked(queries, hits, k)
         found = hits.rows >= 0
