@@ -144,7 +144,7 @@ def test_settings_are_checked_in_one_line():
     assert ms.MaxSimRerank.from_config({"depth": 50, "weight": 0.3}) == ms.MaxSimRerank(depth=50, weight=0.3)
     with pytest.raises(ConfigError, match="rerank.foo: unknown setting"):
         ms.MaxSimRerank.from_config({"foo": 1})
-    for bad, name in (({"depth": 0}, "depth"), ({"depth": 2.5}, "depth"), ({"weight": 1.5}, "weight"), ({"weight": True}, "weight"), ({"max_tokens": -1}, "max_tokens")):
+    for bad, name in (({"depth": 0}, "depth"), ({"depth": 1001}, "depth"), ({"depth": 2.5}, "depth"), ({"weight": 1.5}, "weight"), ({"weight": True}, "weight"), ({"max_tokens": -1}, "max_tokens")):
         with pytest.raises(ConfigError, match=f"rerank.{name}="):
             ms.MaxSimRerank(**bad)
 

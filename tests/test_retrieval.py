@@ -890,8 +890,31 @@ def test_searcher_maxsim_rerank_ranks_as_evaluate(trained, tmp_path, monkeypatch
             assert [[h.id for h in hits] for hits in Searcher.load(trained["index"], hybrid=hybrid, rerank=settings).search(queries, k=3)] == [
                 [h.id for h in hits[:3]] for hits in results
             ]
+        # k above the depth: the top depth reranked, the rest below in the first stage's order (scores too);
+        # weight 1 and a query no static token reads: every fused score ties, and ties go to the lower row
+        shallow = MaxSimRerank(depth=3, weight=1.0, teacher="tiny", dim=8)
+        for first, hybrid in (("dense", False), ("hybrid_weighted", None)):
+            retriever = MaxSimRetriever([built[first]], depth=3, weight=1.0, teacher="tiny", dim=8)
+            retriever.prepare(split)
+            want = retriever.rankings(rows, 8)
+            results = Searcher.load(trained["index"], hybrid=hybrid, rerank=shallow).search(queries, k=8)
+            assert [[h.id for h in hits] for hits in results] == [[str(i) for i in ids] for ids in want.ranked.tolist()], first
+            assert [[h.score for h in hits] for hits in results] == [pytest.approx(s, abs=1e-5) for s in want.scores.tolist()]
+            first_stage = Searcher.load(trained["index"], hybrid=hybrid).search(queries, k=8)
+            assert [[h.id for h in hits[3:]] for hits in results] == [[h.id for h in hits[3:]] for hits in first_stage]
+            unread = Searcher.load(trained["index"], hybrid=hybrid, rerank=shallow).search(["qqqq"], k=8)[0]
+            plain_unread = [h.id for h in Searcher.load(trained["index"], hybrid=hybrid).search(["qqqq"], k=8)[0]]
+            assert [h.score for h in unread[:3]] == [0.0, 0.0, 0.0]
+            assert [h.id for h in unread[:3]] == sorted(plain_unread[:3], key=int) and [h.id for h in unread[3:]] == plain_unread[3:]
+        # the folder's idf is cached by its passages file: a second load reads it
+        entries = list((tmp_path / "maxsim-idf").glob("*/idf.npy"))
+        assert len(entries) == 1
+        again = Searcher.load(trained["index"], rerank=settings)
+        np.testing.assert_array_equal(again.maxsim.idf.numpy(), np.load(entries[0]))
         with pytest.raises(ConfigError, match="k="):
             Searcher.load(trained["index"], rerank=settings).search(queries, k=0)
+        with pytest.raises(ConfigError, match=r"rerank.teacher=/no/such/model \(rerank.dim=8\): no static model"):
+            Searcher.load(trained["index"], rerank=MaxSimRerank(teacher="/no/such/model", dim=8))
         assert search_main([f"index={trained['index']}", "apple", "river", "k=2", "rerank=maxsim", "rerank.teacher=tiny", "rerank.dim=8"]) == 0
         assert capsys.readouterr().out.splitlines()[0] == "query: apple river"
         assert search_main([f"index={trained['index']}", "apple", "rerank=maxsim", "rerank.weight=2"]) == 2

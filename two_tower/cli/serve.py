@@ -16,7 +16,7 @@ from two_tower.core.errors import ConfigError, TwoTowerError
 USAGE = """usage: python serve.py index=DIR [host=127.0.0.1] [port=8000] [threads=1] [key=value ...]
 Settings (conf/serve.yaml): index, host, port, threads (per search, torch and FAISS), search_params,
 hybrid (false = dense alone in a folder with a BM25 index; "hybrid=[0.5,0.5]" = fuse with these dense, BM25 weights), prf=rocchio (pseudo-relevance feedback;
-prf.depth=N), rerank=maxsim (MaxSim rerank of the top 100; rerank.weight=W), k (default passages per query), k_max, max_query_chars, max_batch, header_timeout, keep_alive_timeout,
+prf.depth=N), rerank=maxsim (MaxSim rerank of the top rerank.depth=100; rerank.weight=W), k (default passages per query), k_max, max_query_chars, max_batch, header_timeout, keep_alive_timeout,
 max_connections.
 Then open http://HOST:PORT/ (search page), /docs (API), /health."""
 

@@ -14,7 +14,9 @@ split's passages, ``Searcher`` over the folder's). The first stage's top ``depth
 
     (1 - weight) * minmax(first stage's scores) + weight * minmax(maxsim)
 
-each min-max over those ``depth`` passages; passages below them keep the first stage's order, after them.
+each min-max over those ``depth`` passages, ties to the lower row; passages below them keep the first stage's
+order, after them. The idf of an index folder's passages is cached by the hash of its passages file, so a
+large folder pays its pass over the texts once.
 
 Chosen on marco7k validation with ``experiment=best`` (``experiments/semantic/README.md``, "MaxSim rerank"):
 dense then MaxSim at weight 0.5 ranks best there. Out of domain it can cost a little (Cranfield), so it is off
@@ -25,16 +27,27 @@ unless asked for: ``retriever=maxsim`` in ``evaluate.py``, ``rerank=maxsim`` in 
 from __future__ import annotations
 
 import functools
+import logging
 from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
 
-from two_tower.core.errors import ConfigError
+from two_tower.core.cache import ContentCache, default_root
+from two_tower.core.errors import ConfigError, TwoTowerError
 from two_tower.core.metrics import rank_by_scores
 from two_tower.data.embeddings import DistilledEmbeddings
 from two_tower.data.prepared import PreparedSplit
 from two_tower.retrieval.retriever import SplitRetriever
+
+
+log = logging.getLogger(__name__)
+
+# The idf cache entry's layout (maxsim-idf/<key>/idf.npy, float32 a token of the static model's vocabulary).
+IDF_FORMAT = 1
+
+# Candidates scored a query are held as [query tokens, depth, max_tokens] cosines; a deeper rerank is a mistake.
+MAX_DEPTH = 1000
 
 
 @dataclass(frozen=True)
@@ -65,6 +78,8 @@ class MaxSimRerank:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"rerank.{name}={value!r}: must be a whole number >= 1")
+        if self.depth > MAX_DEPTH:
+            raise ConfigError(f"rerank.depth={self.depth}: at most {MAX_DEPTH} passages a query are scored again")
         if isinstance(self.weight, bool) or not isinstance(self.weight, (int, float)) or not 0 <= self.weight <= 1:
             raise ConfigError(f"rerank.weight={self.weight!r}: must be a number from 0 (first stage alone) to 1 (MaxSim alone)")
 
@@ -90,8 +105,17 @@ class StaticTokens:
 
 @functools.lru_cache(maxsize=2)
 def static_tokens(teacher: str, dim: int) -> StaticTokens:
-    """The static model ``embeddings=distilled`` uses for this teacher and dimension (distilled once, cached)."""
-    return StaticTokens(DistilledEmbeddings(teacher=teacher, dim=dim).static_model())
+    """The static model ``embeddings=distilled`` uses for this teacher and dimension (distilled once, cached);
+    a teacher that cannot be found or distilled, or a damaged cache entry, is one ConfigError line."""
+    source = DistilledEmbeddings(teacher=teacher, dim=dim)
+    try:
+        model = source.static_model()
+    except Exception as err:  # model2vec / huggingface errors span lines; name the setting instead
+        message = " ".join(str(err).split())
+        raise ConfigError(f"rerank.teacher={teacher} (rerank.dim={dim}): no static model to rerank with ({type(err).__name__}: {message[:300]})") from err
+    if model.dim != dim:
+        raise ConfigError(f"rerank.dim={dim}: the static model in {source._folder()} has {model.dim} dims")
+    return StaticTokens(model)
 
 
 def corpus_idf(tokens: StaticTokens, texts_of, size: int, max_tokens: int, chunk: int = 50_000) -> torch.Tensor:
@@ -121,9 +145,11 @@ def maxsim(tokens: StaticTokens, idf: torch.Tensor, query: np.ndarray, passages:
     for row, ids in enumerate(passages):
         padded[row, : len(ids)] = torch.from_numpy(ids)
         real[row, : len(ids)] = True
-    sims = torch.einsum("td,pld->ptl", tokens.unit[q], tokens.unit[padded])  # [passages, query tokens, passage tokens]
-    best = sims.masked_fill(~real[:, None, :], -1.0).amax(2)  # an empty passage matches nothing: -1
-    return ((best * weights).sum(1) / total).numpy()
+    # each query token's cosine with every vocabulary token, then read at the passages' tokens:
+    # [query tokens, passages, passage tokens] without a [passages, passage tokens, dim] copy
+    sims = (tokens.unit[q] @ tokens.unit.T)[:, padded]
+    best = sims.masked_fill(~real[None], -1.0).amax(2)  # an empty passage matches nothing: -1
+    return ((weights[:, None] * best).sum(0) / total).numpy()
 
 
 def fuse(first: np.ndarray, second: np.ndarray, weight: float) -> np.ndarray:
@@ -140,21 +166,38 @@ class CorpusMaxSim:
     """MaxSim against one corpus: the idf, computed once in a pass over its passages; candidates' token ids
     are read when a query asks (nothing of the corpus's size is held but the idf, one float a token)."""
 
-    def __init__(self, settings: MaxSimRerank, texts_of, size: int):
-        """``texts_of(rows)``: the texts of those passage rows; ``size``: how many passages."""
+    def __init__(self, settings: MaxSimRerank, texts_of, size: int, corpus_key: str | None = None):
+        """``texts_of(rows)``: the texts of those passage rows; ``size``: how many passages. With ``corpus_key``
+        (what identifies the passages, e.g. an index folder's hash of its passages file) the idf is kept in
+        the cache (``TWO_TOWER_CACHE``/maxsim-idf), so a large folder pays its pass once, not at every start."""
         self.settings, self.tokens, self.texts_of = settings, settings.tokens(), texts_of
+        if corpus_key is None:
+            self.idf = corpus_idf(self.tokens, texts_of, size, settings.max_tokens)
+            return
+        cache = ContentCache(default_root(), "maxsim-idf")
+        key = ContentCache.key([corpus_key, size, settings.teacher, settings.dim, settings.max_tokens, DistilledEmbeddings._model2vec_version(), IDF_FORMAT])
+        if cache.get(key) is not None:
+            self.idf = torch.from_numpy(np.load(cache.path(key) / "idf.npy"))
+            return
         self.idf = corpus_idf(self.tokens, texts_of, size, settings.max_tokens)
+        try:
+            cache.check_writable()
+            with cache.put(key) as tmp:
+                np.save(tmp / "idf.npy", self.idf.numpy())
+        except TwoTowerError as err:  # an unwritable cache costs the pass next time, nothing else
+            log.warning("MaxSim idf not cached: %s", err)
 
     def rerank(self, query: str, rows: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The candidates ``rows`` (first-stage order, with its ``scores``) ranked by the fused score, best
-        first (ties keep the first stage's order); returns (rows, fused scores)."""
+        """The candidates ``rows`` (with the first stage's ``scores``) ranked by the fused score, best first,
+        ties to the lower row (as ``evaluate.py`` ranks); returns (rows, fused scores)."""
         if len(rows) == 0:
             return rows, scores
         query_ids = self.tokens.ids([query], self.settings.max_tokens)[0]
         passages = self.tokens.ids(self.texts_of(np.asarray(rows)), self.settings.max_tokens)
         fused = fuse(scores, maxsim(self.tokens, self.idf, query_ids, passages), self.settings.weight)
-        order = np.argsort(-fused, kind="stable")
-        return np.asarray(rows)[order], fused[order]
+        rows = np.asarray(rows)
+        order = np.lexsort((rows, -fused))
+        return rows[order], fused[order]
 
 
 class MaxSimRetriever(SplitRetriever):
@@ -177,8 +220,7 @@ class MaxSimRetriever(SplitRetriever):
         first = self.part.scores(query_rows).float()
         top = rank_by_scores(first, min(self.settings.depth, first.shape[1]))
         # below every reranked passage (fused scores lie in [0, 1]), in the first stage's order
-        low, high = first.min(1, keepdim=True).values, first.max(1, keepdim=True).values
-        out = (first - high) / (high - low).clamp(min=1e-12) - 1.5
+        out = first - first.max(1, keepdim=True).values - 1.0
         for i, row in enumerate(query_rows.tolist()):
             candidates = top[i].numpy()
             rows, fused = self.corpus.rerank(self.split.query_texts[row], candidates, first[i, candidates].numpy())

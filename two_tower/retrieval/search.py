@@ -23,7 +23,7 @@ import torch
 from two_tower.core.errors import ConfigError
 from two_tower.core.metrics import rank_by_scores
 from two_tower.retrieval.hybrid import min_max_rows, proven_top_k
-from two_tower.retrieval.index import PassageIndex, SearchHits, normalised, valid_hybrid_weights
+from two_tower.retrieval.index import PASSAGES_FILE, PassageIndex, SearchHits, normalised, valid_hybrid_weights
 from two_tower.retrieval.maxsim import CorpusMaxSim, MaxSimRerank
 from two_tower.retrieval.prf import RocchioPRF
 from two_tower.retrieval.query_encoder import QueryEncoder
@@ -71,8 +71,12 @@ class Searcher:
         self.weights = None if self.lexical is None else hybrid if isinstance(hybrid, tuple) else tuple(index.hybrid_weights)
         if (prf is not None and prf.enabled) or self.lexical is not None:
             index.prepare_vectors()  # now, not inside the first (maybe concurrent) searches
-        # MaxSim's idf over the folder's passages: one pass over its texts, at load (after the settings above are found usable)
-        self.maxsim = None if rerank is None else CorpusMaxSim(rerank, lambda rows: index.lookup(rows)[1], len(index))
+        # MaxSim's idf over the folder's passages: one pass over its texts at the first load (after the settings
+        # above are found usable), then from the cache, keyed by the hash of the folder's passages file
+        self.maxsim = None
+        if rerank is not None:
+            passages_hash = index.manifest["files"].get(PASSAGES_FILE)
+            self.maxsim = CorpusMaxSim(rerank, lambda rows: index.lookup(rows)[1], len(index), corpus_key=passages_hash)
 
     @classmethod
     def load(
@@ -136,12 +140,18 @@ class Searcher:
         return results
 
     def reranked(self, queries: list[str], hits: SearchHits, k: int) -> SearchHits:
-        """Each query's hits ranked again by the MaxSim rerank (its top ``k`` of them)."""
+        """Each query's top ``rerank.depth`` hits ranked again by the MaxSim rerank (fused scores, 0 to 1);
+        hits below them (k > depth) follow in the first stage's order, scored below 0 (first score minus the
+        top first score, minus 1: ``MaxSimRetriever``'s rule); the top ``k`` of that."""
+        depth = self.rerank.depth
         rows, scores = np.full((len(queries), k), -1, dtype=np.int64), np.full((len(queries), k), -np.inf, dtype=np.float32)
         for q, query in enumerate(queries):
             found = hits.rows[q] >= 0
-            ranked, fused = self.maxsim.rerank(query, hits.rows[q][found], hits.scores[q][found])
-            rows[q, : min(k, len(ranked))], scores[q, : min(k, len(ranked))] = ranked[:k], fused[:k]
+            first_rows, first_scores = hits.rows[q][found], hits.scores[q][found]
+            ranked, fused = self.maxsim.rerank(query, first_rows[:depth], first_scores[:depth])
+            below = first_scores[depth:] - (first_scores[0] if len(first_scores) else 0.0) - 1.0
+            ranked, fused = np.concatenate([ranked, first_rows[depth:]])[:k], np.concatenate([fused, below.astype(np.float32)])[:k]
+            rows[q, : len(ranked)], scores[q, : len(ranked)] = ranked, fused
         return SearchHits(rows, scores)
 
     def hybrid_search(self, queries: list[str], vectors: np.ndarray, k: int, exhaustive: bool | None = None) -> SearchHits:
