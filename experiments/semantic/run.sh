@@ -124,7 +124,10 @@ for job in 0 1 2; do  # seeds 1 / 2 / 42
   python evaluate.py ckpt="$OUT/best_relations/$job/checkpoints/last.ckpt" data.path="$DATA" split=validation "retriever=[dense,maxsim]" out="$OUT/maxsim_val_$job"
   python evaluate.py ckpt="$OUT/best_relations/$job/checkpoints/last.ckpt" data.path="${CRANFIELD:-../shared/data/cranfield}" split=test "retriever=[dense,maxsim]" out="$OUT/maxsim_cranfield_$job"
 done
-python evaluate.py ckpt="$OUT/heldout_relations/checkpoints/last.ckpt" data.path="$OUT/marco7k_heldout" split=test "retriever=[dense,bm25,hybrid,maxsim]" out="$OUT/heldout_relations/test_maxsim"
+python train.py -m experiment=best seed=1,2 data.path="$OUT/marco7k_heldout" hydra.sweep.dir="$OUT/heldout_seeds"   # with seed 42 above: 3 seeds
+for run in "$OUT/heldout_relations" "$OUT"/heldout_seeds/0 "$OUT"/heldout_seeds/1; do
+  python evaluate.py ckpt="$run/checkpoints/last.ckpt" data.path="$OUT/marco7k_heldout" split=test "retriever=[dense,bm25,hybrid,maxsim]" out="$run/test_maxsim"
+done
 for w in 0.2 0.3 0.4 0.6 0.7; do
   python evaluate.py ckpt="$OUT/best_relations/2/checkpoints/last.ckpt" data.path="$DATA" split=validation "retriever=[dense,maxsim]" retriever.dense_maxsim.weight=$w retriever.hybrid_maxsim.weight=$w out="$OUT/maxsim_val_weight_$w"
 done
