@@ -38,6 +38,7 @@ from two_tower.core.errors import ConfigError, TwoTowerError
 from two_tower.core.metrics import rank_by_scores
 from two_tower.data.embeddings import DistilledEmbeddings
 from two_tower.data.prepared import PreparedSplit
+from two_tower.retrieval.hybrid import min_max
 from two_tower.retrieval.retriever import SplitRetriever
 
 
@@ -153,11 +154,12 @@ def maxsim(tokens: StaticTokens, idf: torch.Tensor, query: np.ndarray, passages:
 
 
 def fuse(first: np.ndarray, second: np.ndarray, weight: float) -> np.ndarray:
-    """(1 - weight) * minmax(first) + weight * minmax(second), each over the given candidates."""
+    """(1 - weight) * minmax(first) + weight * minmax(second), each over the given candidates (``hybrid.min_max``,
+    the weighted fusion's normalisation, in float64)."""
 
     def minmax(x):
         x = np.asarray(x, dtype=np.float64)
-        return (x - x.min()) / max(x.max() - x.min(), 1e-12)
+        return min_max(x, x.min(), x.max())
 
     return ((1 - weight) * minmax(first) + weight * minmax(second)).astype(np.float32)
 
