@@ -131,6 +131,8 @@ done
 for w in 0.2 0.3 0.4 0.6 0.7; do
   python evaluate.py ckpt="$OUT/best_relations/2/checkpoints/last.ckpt" data.path="$DATA" split=validation "retriever=[dense,maxsim]" retriever.dense_maxsim.weight=$w retriever.hybrid_maxsim.weight=$w out="$OUT/maxsim_val_weight_$w"
 done
+python train.py experiment=best_rnn seed=42 data.path="$DATA" hydra.run.dir="$OUT/best_rnn_42"
+python evaluate.py ckpt="$OUT/best_rnn_42/checkpoints/last.ckpt" data.path="$DATA" split=validation "retriever=[dense,maxsim]" out="$OUT/maxsim_rnn"
 # Static vectors fitted to the teacher with tokenlearn (pip install tokenlearn): the static model's own figure.
 python experiments/semantic/tokenlearn_vectors.py "$DATA" "$OUT/tokenlearn_all"
 python experiments/semantic/tokenlearn_vectors.py "$DATA" "$OUT/tokenlearn_heldout_passages" --exclude-validation-passages
