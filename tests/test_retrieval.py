@@ -606,6 +606,14 @@ def test_searcher_prf_ranks_as_evaluate_does(trained, capsys):
         assert search_main([f"index={trained['index']}", "apple", "prf=rocchio", bad]) == 2, bad
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and named in err and "Traceback" not in err
+    # a group's setting without the group, or a key the group lacks: one line that says which (not Hydra's "+" hint)
+    for args, message in (
+        (["rerank.depth=5"], "error: rerank.depth: a setting of the rerank group, which is off; select it first, e.g. rerank=maxsim rerank.depth=5"),
+        (["prf=rocchio", "prf.foo=1"], "error: prf.foo: unknown setting; prf has depth, alpha, beta"),
+        (["rerank=maxsim", "rerank.foo=1"], "error: rerank.foo: unknown setting; rerank has depth, weight, teacher, dim, max_tokens"),
+    ):
+        assert search_main([f"index={trained['index']}", "apple", *args]) == 2, args
+        assert capsys.readouterr().err == message + "\n"
 
 
 def test_stored_vectors_come_back_from_flat_and_ivf_indexes():

@@ -51,3 +51,31 @@ def exit_on_error():
     except TwoTowerError as err:
         sys.exit(report(err))
 
+
+def group_override_error(overrides: list[str], groups: dict[str, list[str]]) -> str | None:
+    """One line for a setting inside a config group (``prf.depth=3``, ``rerank.weight=0.3``) that Hydra would
+    refuse with a hint that leads elsewhere: the group is not selected (``rerank=maxsim`` missing), or the key is
+    not one of the group's settings (``groups``: group -> its settings). None when every such setting is fine."""
+    selected = {o.lstrip("+").split("=", 1)[0] for o in overrides if "=" in o}
+    for override in overrides:
+        name = override.lstrip("+").split("=", 1)[0]
+        group, _, key = name.partition(".")
+        if group not in groups or not key:
+            continue
+        if group not in selected:
+            options = sorted(p.stem for p in (Path(CONF_DIR) / group).glob("*.yaml"))
+            return f"{name}: a setting of the {group} group, which is off; select it first, e.g. {group}={options[0] if options else '...'} {override.lstrip('+')}"
+        if key.split(".")[0] not in groups[group]:
+            return f"{name}: unknown setting; {group} has {', '.join(groups[group])}"
+    return None
+
+
+def search_group_settings() -> dict[str, list[str]]:
+    """The settings of search.py's and serve.py's config groups (prf=rocchio, rerank=maxsim)."""
+    from dataclasses import fields
+
+    from two_tower.retrieval.maxsim import MaxSimRerank
+    from two_tower.retrieval.prf import RocchioPRF
+
+    return {"prf": [f.name for f in fields(RocchioPRF)], "rerank": [f.name for f in fields(MaxSimRerank)]}
+

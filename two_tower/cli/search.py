@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 import sys
 
-from two_tower.cli.common import compose, report
+from two_tower.cli.common import compose, group_override_error, report, search_group_settings
 from two_tower.core.errors import EmptyQueryError, TwoTowerError
 from two_tower.core.threads import set_threads
 from two_tower.retrieval.maxsim import MaxSimRerank
@@ -54,6 +54,10 @@ def format_results(query: str, hits: list[Hit], max_chars: int) -> str:
 def main(argv: list[str] | None = None) -> int:
     """The search.py command; returns the exit status (0 ok, 1 some queries failed, 2 unusable input)."""
     overrides, words, interactive = split_arguments(sys.argv[1:] if argv is None else argv)
+    message = group_override_error(overrides, search_group_settings())
+    if message:
+        print(f"error: {message}", file=sys.stderr)
+        return 2
     try:
         cfg = compose("search", overrides)
     except Exception as err:  # Hydra's own errors: unknown key, bad value

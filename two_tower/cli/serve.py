@@ -10,7 +10,7 @@ import re
 import sys
 import time
 
-from two_tower.cli.common import compose, report
+from two_tower.cli.common import compose, group_override_error, report, search_group_settings
 from two_tower.core.errors import ConfigError, TwoTowerError
 
 USAGE = """usage: python serve.py index=DIR [host=127.0.0.1] [port=8000] [threads=1] [key=value ...]
@@ -40,6 +40,10 @@ def main(argv: list[str] | None = None) -> int:
     stray = [a for a in argv if not OVERRIDE.match(a)]
     if stray:
         print(f"error: not a key=value setting: {' '.join(stray)}\n{USAGE}", file=sys.stderr)
+        return 2
+    message = group_override_error(argv, search_group_settings())
+    if message:
+        print(f"error: {message}", file=sys.stderr)
         return 2
     try:
         known = [*compose("serve", []), *GROUPS]
