@@ -100,3 +100,17 @@ def check(key: str, value) -> None:
         return
     if isinstance(value, bool) and types != BOOL or not isinstance(value, types) or not ok(value):
         raise ConfigError(f"{key}={value!r}: must be {meaning}")
+
+
+def group_settings(cls, settings, group: str):
+    """A config group's mapping (``cfg.prf``, ``cfg.rerank``) as its settings dataclass ``cls`` (None gives
+    None); a key ``cls`` has no field for is a ConfigError naming it and the group's settings."""
+    from dataclasses import fields
+
+    if settings is None:
+        return None
+    known = [f.name for f in fields(cls)]
+    unknown = [k for k in settings if k not in known]
+    if unknown:
+        raise ConfigError(f"{group}.{unknown[0]}: unknown setting; {group} has {', '.join(known)}")
+    return cls(**settings)

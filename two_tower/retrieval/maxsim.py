@@ -28,12 +28,13 @@ from __future__ import annotations
 
 import functools
 import logging
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from two_tower.core.cache import ContentCache, default_root
+from two_tower.core.checks import group_settings
 from two_tower.core.errors import ConfigError, TwoTowerError
 from two_tower.core.metrics import rank_by_scores
 from two_tower.data.embeddings import DistilledEmbeddings
@@ -66,13 +67,7 @@ class MaxSimRerank:
     @classmethod
     def from_config(cls, settings) -> "MaxSimRerank | None":
         """From a config mapping (``cfg.rerank``; None gives None); an unknown key is a ConfigError naming it."""
-        if settings is None:
-            return None
-        known = [f.name for f in fields(cls)]
-        unknown = [k for k in settings if k not in known]
-        if unknown:
-            raise ConfigError(f"rerank.{unknown[0]}: unknown setting; rerank has {', '.join(known)}")
-        return cls(**settings)
+        return group_settings(cls, settings, "rerank")
 
     def __post_init__(self):
         for name in ("depth", "dim", "max_tokens"):

@@ -15,11 +15,12 @@ towards the wrong neighbours. So it is off unless asked for: ``retriever=dense_p
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from two_tower.core.checks import group_settings
 from two_tower.core.errors import ConfigError
 from two_tower.core.metrics import rank_by_scores
 from two_tower.data.prepared import PreparedSplit
@@ -42,13 +43,7 @@ class RocchioPRF:
     def from_config(cls, settings) -> "RocchioPRF | None":
         """From a config mapping (``cfg.prf``; None, no feedback, gives None); an unknown key is a
         ConfigError naming it."""
-        if settings is None:
-            return None
-        known = [f.name for f in fields(cls)]
-        unknown = [k for k in settings if k not in known]
-        if unknown:
-            raise ConfigError(f"prf.{unknown[0]}: unknown setting; prf has {', '.join(known)}")
-        return cls(**settings)
+        return group_settings(cls, settings, "prf")
 
     def __post_init__(self):
         if not isinstance(self.depth, int) or isinstance(self.depth, bool) or not 0 <= self.depth <= MAX_DEPTH:
