@@ -159,6 +159,12 @@ def fuse(first: np.ndarray, second: np.ndarray, weight: float) -> np.ndarray:
     return ((1 - weight) * minmax(first) + weight * minmax(second)).astype(np.float32)
 
 
+def below_reranked(first, top_first):
+    """Scores of first-stage passages below the reranked ones: ``first - top_first - 1``, below every fused
+    score (0 to 1) and in the first stage's order (``top_first``: the query's best first-stage score)."""
+    return first - top_first - 1.0
+
+
 class CorpusMaxSim:
     """MaxSim against one corpus: the idf, computed once in a pass over its passages; candidates' token ids
     are read when a query asks (nothing of the corpus's size is held but the idf, one float a token)."""
@@ -216,8 +222,7 @@ class MaxSimRetriever(SplitRetriever):
     def scores(self, query_rows: np.ndarray) -> torch.Tensor:
         first = self.part.scores(query_rows).float()
         top = rank_by_scores(first, min(self.settings.depth, first.shape[1]))
-        # below every reranked passage (fused scores lie in [0, 1]), in the first stage's order
-        out = first - first.max(1, keepdim=True).values - 1.0
+        out = below_reranked(first, first.max(1, keepdim=True).values)
         for i, row in enumerate(query_rows.tolist()):
             candidates = top[i].numpy()
             rows, fused = self.corpus.rerank(self.split.query_texts[row], candidates, first[i, candidates].numpy())

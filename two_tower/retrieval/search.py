@@ -23,8 +23,8 @@ import torch
 from two_tower.core.errors import ConfigError
 from two_tower.core.metrics import rank_by_scores
 from two_tower.retrieval.hybrid import min_max_rows, proven_top_k
-from two_tower.retrieval.index import PASSAGES_FILE, PassageIndex, SearchHits, normalised, valid_hybrid_weights
-from two_tower.retrieval.maxsim import CorpusMaxSim, MaxSimRerank
+from two_tower.retrieval.index import PASSAGES_FILE, PassageIndex, SearchHits, check_k, normalised, valid_hybrid_weights
+from two_tower.retrieval.maxsim import CorpusMaxSim, MaxSimRerank, below_reranked
 from two_tower.retrieval.prf import RocchioPRF
 from two_tower.retrieval.query_encoder import QueryEncoder
 
@@ -124,8 +124,7 @@ class Searcher:
             first = self.index.search(vectors, self.prf.depth)
             found = first.rows >= 0
             vectors = normalised(self.prf.expand(vectors, self.index.vectors(np.where(found, first.rows, 0)), found))
-        if self.maxsim is not None and (not isinstance(k, int) or isinstance(k, bool) or k < 1):
-            raise ConfigError(f"k={k!r}: must be a whole number >= 1")
+        check_k(k)  # before max(k, depth) below
         depth = k if self.maxsim is None else max(k, self.rerank.depth)
         hits = self.index.search(vectors, depth) if self.lexical is None else self.hybrid_search(queries, vectors, depth)
         if self.maxsim is not None:
@@ -149,7 +148,7 @@ class Searcher:
             found = hits.rows[q] >= 0
             first_rows, first_scores = hits.rows[q][found], hits.scores[q][found]
             ranked, fused = self.maxsim.rerank(query, first_rows[:depth], first_scores[:depth])
-            below = first_scores[depth:] - (first_scores[0] if len(first_scores) else 0.0) - 1.0
+            below = below_reranked(first_scores[depth:], first_scores[0] if len(first_scores) else 0.0)
             ranked, fused = np.concatenate([ranked, first_rows[depth:]])[:k], np.concatenate([fused, below.astype(np.float32)])[:k]
             rows[q, : len(ranked)], scores[q, : len(ranked)] = ranked, fused
         return SearchHits(rows, scores)
@@ -162,8 +161,7 @@ class Searcher:
         they do not prove (``hybrid.proven_top_k``) is searched again with 4n, in one FAISS call for all
         such queries, until proven. Every candidate's dense score is its stored vector's inner product
         with the query."""
-        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
-            raise ConfigError(f"k={k!r}: must be a whole number >= 1")
+        check_k(k)
         total = len(self.index)
         k = min(k, total)
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
