@@ -885,13 +885,19 @@ def test_searcher_maxsim_rerank_ranks_as_evaluate(trained, tmp_path, monkeypatch
         from two_tower.retrieval.evaluate import build_retrievers
 
         built = build_retrievers(cfg)
-        for first, hybrid in (("dense", False), ("hybrid_weighted", None)):
-            retriever = MaxSimRetriever([built[first]], depth=8, weight=0.5, teacher="tiny", dim=8)
+
+        def searched_as_evaluated(first: str, hybrid, rerank: MaxSimRerank) -> list:
+            """Searcher's top 8 with ``rerank``, checked (ids and scores) against evaluate's MaxSimRetriever."""
+            retriever = MaxSimRetriever([built[first]], depth=rerank.depth, weight=rerank.weight, teacher="tiny", dim=8)
             retriever.prepare(split)
             want = retriever.rankings(rows, 8)
-            results = Searcher.load(trained["index"], hybrid=hybrid, rerank=settings).search(queries, k=8)
+            results = Searcher.load(trained["index"], hybrid=hybrid, rerank=rerank).search(queries, k=8)
             assert [[h.id for h in hits] for hits in results] == [[str(i) for i in ids] for ids in want.ranked.tolist()], first
             assert [[h.score for h in hits] for hits in results] == [pytest.approx(s, abs=1e-5) for s in want.scores.tolist()]
+            return results
+
+        for first, hybrid in (("dense", False), ("hybrid_weighted", None)):
+            results = searched_as_evaluated(first, hybrid, settings)
             plain = Searcher.load(trained["index"], hybrid=hybrid).search(queries, k=8)
             assert [[h.id for h in hits] for hits in plain] != [[h.id for h in hits] for hits in results]  # it reranks
             # k below the depth: the top k of the same reranking
@@ -902,12 +908,7 @@ def test_searcher_maxsim_rerank_ranks_as_evaluate(trained, tmp_path, monkeypatch
         # weight 1 and a query no static token reads: every fused score ties, and ties go to the lower row
         shallow = MaxSimRerank(depth=3, weight=1.0, teacher="tiny", dim=8)
         for first, hybrid in (("dense", False), ("hybrid_weighted", None)):
-            retriever = MaxSimRetriever([built[first]], depth=3, weight=1.0, teacher="tiny", dim=8)
-            retriever.prepare(split)
-            want = retriever.rankings(rows, 8)
-            results = Searcher.load(trained["index"], hybrid=hybrid, rerank=shallow).search(queries, k=8)
-            assert [[h.id for h in hits] for hits in results] == [[str(i) for i in ids] for ids in want.ranked.tolist()], first
-            assert [[h.score for h in hits] for hits in results] == [pytest.approx(s, abs=1e-5) for s in want.scores.tolist()]
+            results = searched_as_evaluated(first, hybrid, shallow)
             first_stage = Searcher.load(trained["index"], hybrid=hybrid).search(queries, k=8)
             assert [[h.id for h in hits[3:]] for hits in results] == [[h.id for h in hits[3:]] for hits in first_stage]
             unread = Searcher.load(trained["index"], hybrid=hybrid, rerank=shallow).search(["qqqq"], k=8)[0]
