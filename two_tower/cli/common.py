@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import two_tower.core.cache  # noqa: F401  (registers ${two_tower_cache:}, the default cache folder of conf/paths)
+from two_tower.core.checks import unknown_setting
 from two_tower.core.errors import TwoTowerError
 
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
@@ -66,7 +67,7 @@ def group_override_error(overrides: list[str], groups: dict[str, list[str]]) -> 
             options = sorted(p.stem for p in (Path(CONF_DIR) / group).glob("*.yaml"))
             return f"{name}: a setting of the {group} group, which is off; select it first, e.g. {group}={options[0] if options else '...'} {override.lstrip('+')}"
         if key.split(".")[0] not in groups[group]:
-            return f"{name}: unknown setting; {group} has {', '.join(groups[group])}"
+            return unknown_setting(group, key, groups[group])
     return None
 
 

@@ -102,6 +102,11 @@ def check(key: str, value) -> None:
         raise ConfigError(f"{key}={value!r}: must be {meaning}")
 
 
+def unknown_setting(group: str, key: str, known: list[str]) -> str:
+    """The one line for a key a config group does not have."""
+    return f"{group}.{key}: unknown setting; {group} has {', '.join(known)}"
+
+
 def group_settings(cls, settings, group: str):
     """A config group's mapping (``cfg.prf``, ``cfg.rerank``) as its settings dataclass ``cls`` (None gives
     None); a key ``cls`` has no field for is a ConfigError naming it and the group's settings."""
@@ -112,5 +117,5 @@ def group_settings(cls, settings, group: str):
     known = [f.name for f in fields(cls)]
     unknown = [k for k in settings if k not in known]
     if unknown:
-        raise ConfigError(f"{group}.{unknown[0]}: unknown setting; {group} has {', '.join(known)}")
+        raise ConfigError(unknown_setting(group, unknown[0], known))
     return cls(**settings)
