@@ -163,3 +163,19 @@ def test_evaluate_config_selects_dense_and_hybrid_reranks():
     settings = {k: v for k, v in retriever.dense_maxsim.items() if k not in ("_target_", "parts")}
     # one setting, two configs: evaluate's rerank is search's (and serve's)
     assert ms.MaxSimRerank(**settings) == ms.MaxSimRerank.from_config(search.rerank) == ms.MaxSimRerank()
+
+
+def test_evaluate_reranks_share_one_idf_pass_over_the_split(cache, monkeypatch):
+    static_model_over("the jet wing a cat sat of on mat".split())
+    passes = []
+    real = ms.corpus_idf
+    monkeypatch.setattr(ms, "corpus_idf", lambda *a, **k: passes.append(1) or real(*a, **k))
+    first = [[0.9, 0.8, 0.7, 0.6, 0.5], [0.1, 0.5, 0.2, 0.4, 0.3]]
+    dense, hybrid = (ms.MaxSimRetriever([FixedScores(first)], depth=3, teacher="tiny", dim=8) for _ in range(2))
+    dense.prepare(TinySplit())
+    hybrid.prepare(TinySplit())
+    assert len(passes) == 1
+    torch.testing.assert_close(dense.corpus.idf, hybrid.corpus.idf)
+    fresh = ms.CorpusMaxSim(dense.settings, lambda rows: [TinySplit.passage_texts[r] for r in rows.tolist()], len(TinySplit.passage_texts))
+    torch.testing.assert_close(hybrid.corpus.idf, fresh.idf)
+    assert ms.texts_key(["ab", "c"]) != ms.texts_key(["a", "bc"]) and ms.texts_key(["x"]) == ms.texts_key(["x"])

@@ -87,12 +87,6 @@ RULES = {
 }
 
 
-def _stemmer_languages() -> set[str]:
-    import Stemmer
-
-    return set(Stemmer.algorithms())
-
-
 def check(key: str, value) -> None:
     """Raise ConfigError (a ValueError) naming ``key`` if ``value`` breaks its rule; None passes."""
     types, ok, meaning = RULES[key]

@@ -15,8 +15,9 @@ split's passages, ``Searcher`` over the folder's). The first stage's top ``depth
     (1 - weight) * minmax(first stage's scores) + weight * minmax(maxsim)
 
 each min-max over those ``depth`` passages, ties to the lower row; passages below them keep the first stage's
-order, after them. The idf of an index folder's passages is cached by the hash of its passages file, so a
-large folder pays its pass over the texts once.
+order, after them. The idf is cached by what identifies the passages (an index folder's hash of its passages
+file; in ``evaluate.py`` a digest of the split's passage texts), so a large corpus pays its pass over the texts
+once, and ``dense_maxsim`` and ``hybrid_maxsim`` share it.
 
 Chosen on marco7k validation with ``experiment=best`` (``experiments/semantic/README.md``, "MaxSim rerank"):
 dense then MaxSim at weight 0.5 ranks best there. Out of domain it can cost a little (Cranfield), so it is off
@@ -27,6 +28,7 @@ unless asked for: ``retriever=maxsim`` in ``evaluate.py``, ``rerank=maxsim`` in 
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 from dataclasses import dataclass
 
@@ -159,6 +161,15 @@ def fuse(first: np.ndarray, second: np.ndarray, weight: float) -> np.ndarray:
     return ((1 - weight) * minmax(first) + weight * minmax(second)).astype(np.float32)
 
 
+def texts_key(texts) -> str:
+    """A digest of a corpus's passage texts, in order (what ``CorpusMaxSim``'s idf cache entry is kept under)."""
+    digest = hashlib.blake2b(digest_size=16)
+    for text in texts:
+        digest.update(text.encode("utf-8", "surrogatepass"))
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
 def below_reranked(first, top_first):
     """Scores of first-stage passages below the reranked ones: ``first - top_first - 1``, below every fused
     score (0 to 1) and in the first stage's order (``top_first``: the query's best first-stage score)."""
@@ -217,7 +228,10 @@ class MaxSimRetriever(SplitRetriever):
     def prepare(self, split: PreparedSplit) -> None:
         super().prepare(split)
         self.part.prepare(split)
-        self.corpus = CorpusMaxSim(self.settings, lambda rows: [split.passage_texts[r] for r in rows.tolist()], len(split.passage_texts))
+        # keyed by the passages' content, so dense_maxsim and hybrid_maxsim (and the next evaluate run) share one idf pass
+        self.corpus = CorpusMaxSim(
+            self.settings, lambda rows: [split.passage_texts[r] for r in rows.tolist()], len(split.passage_texts), corpus_key=texts_key(split.passage_texts)
+        )
 
     def scores(self, query_rows: np.ndarray) -> torch.Tensor:
         first = self.part.scores(query_rows).float()
