@@ -2,11 +2,13 @@
 
 import copy
 import logging
+import re
 
 import datasets
 import numpy as np
 import pytest
 
+from two_tower.core.errors import ConfigError
 from two_tower.data import msmarco
 from two_tower.data.batches import TripletBatches, TripletBatchSampler
 from two_tower.data.datamodule import TwoTowerDataModule
@@ -288,3 +290,22 @@ def test_too_many_synthetic_topics_is_one_error_line(tmp_path):
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error: the synthetic vocabulary has 168181 words, fewer than the 200000 asked for") and "num_topics" in last
     assert "Traceback" not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ({"num_topics": 0}, "data.synthetic_rows.num_topics=0: must be a whole number >= 4"),
+        ({"keywords_per_topic": 2}, "data.synthetic_rows.keywords_per_topic=2: must be a whole number >= 3"),
+        ({"query_words": 6}, "data.synthetic_rows.query_words=6: at most keywords_per_topic (5)"),
+        ({"passage_words": [5, 2]}, "data.synthetic_rows.passage_words=[5, 2]: must be [low, high) word counts"),
+        ({"query_filler": [3]}, "data.synthetic_rows.query_filler=[3]: must be [low, high) word counts"),
+    ],
+)
+def test_synthetic_row_settings_are_checked_before_generating(spec, message):
+    from two_tower.data.synthetic import check_synthetic_rows, make_rows
+
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        check_synthetic_rows(spec)
+    check_synthetic_rows({"num_topics": 4, "keywords_per_topic": 3, "query_words": 3, "passage_words": [0, 1], "query_filler": [2, 3]})
+    assert len(make_rows(5, num_topics=4, keywords_per_topic=3, query_words=3, passage_words=(0, 1), query_filler=(2, 3))) == 5

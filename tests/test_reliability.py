@@ -484,6 +484,22 @@ def test_train_error_line_comes_without_run_failed_or_traceback(tmp_path):
     assert "Run failed" not in result.stdout + result.stderr and "Traceback" not in result.stdout + result.stderr
 
 
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("+encoder.bogus=1", "a setting no part of the model takes: RNNEncoder.__init__() got an unexpected keyword argument 'bogus'"),
+        ("+trainer.max_epoch=1", "trainer: TypeError: Trainer.__init__() got an unexpected keyword argument 'max_epoch'"),
+        ("+trainer.max_time=abc", "trainer: MisconfigurationException: `Timer(duration='abc')` is not a valid duration"),
+    ],
+)
+def test_settings_only_the_model_or_trainer_reads_are_config_errors(tmp_path, override, message):
+    """They once ended in Hydra's instantiation traceback (exit 1); now one ConfigError line (exit 2)."""
+    from two_tower.core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        train(compose_train(tmp_path / "run", [override]))
+
+
 def test_resuming_with_another_encoder_is_one_line(tmp_path, tiny_run):
     from two_tower.core.errors import CheckpointError
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import re
 from pathlib import Path
 
 import faiss
@@ -265,6 +266,78 @@ def test_existing_index_is_kept_unless_overwrite(trained, tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["index"]
 
 
+def test_overwrite_replaces_index_folders_only(trained, tmp_path):
+    """overwrite=true replaces an index folder; a plain file, a folder without a manifest, or a folder holding
+    the corpus being indexed is refused in one line and left as it was."""
+    corpus = tmp_path / "mine" / "corpus.tsv"
+    corpus.parent.mkdir()
+    corpus.write_text("1\tapple river\n2\tbanana hill\n")
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "notes.txt").write_text("keep me")
+    plain = tmp_path / "plain.tsv"
+    plain.write_text("keep me too")
+    for out, words in ((notes, "not an index folder"), (plain, "not an index folder"), (corpus.parent, "not an index folder")):
+        cfg = compose_retrieval("index", [f"ckpt={trained['ckpt']}", f"corpus={corpus}", f"out={out}", "overwrite=true"])
+        with pytest.raises(IndexFolderError, match=words):
+            build_index(cfg)
+    assert (notes / "notes.txt").read_text() == "keep me" and plain.read_text() == "keep me too" and corpus.exists()
+    # an index folder that holds the corpus: replacing it would delete the corpus
+    inside = tmp_path / "index"
+    shutil.copytree(trained["index"], inside)
+    shutil.copy(corpus, inside / "corpus.tsv")
+    cfg = compose_retrieval("index", [f"ckpt={trained['ckpt']}", f"corpus={inside / 'corpus.tsv'}", f"out={inside}", "overwrite=true"])
+    with pytest.raises(IndexFolderError, match="which replacing it would delete"):
+        build_index(cfg)
+    assert (inside / "corpus.tsv").exists()
+
+
+@pytest.mark.parametrize(
+    "setting, message",
+    [
+        ("batch_size=-1", "batch_size=-1: must be a positive integer"),
+        ("batch_size=0", "batch_size=0: must be a positive integer"),
+        ("index.add_chunk=0", "index.add_chunk=0: must be a positive integer"),
+        ("index.train_size=-5", "index.train_size=-5: must be a positive integer"),
+        ("threads=abc", "threads='abc': must be a positive integer or null"),
+        ("threads=-1", "threads=-1: must be a positive integer or null"),
+    ],
+)
+def test_index_settings_are_checked_before_encoding(trained, tmp_path, setting, message):
+    """A batch size below 1 once wrote a folder of zero vectors (exit 0); other values gave tracebacks."""
+    cfg = compose_retrieval("index", [f"ckpt={trained['ckpt']}", f"data.path={trained['data']}", f"out={tmp_path / 'index'}", setting])
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        build_index(cfg)
+    assert not (tmp_path / "index").exists()
+
+
+def test_a_factory_that_cannot_train_on_the_corpus_is_one_error(trained, tmp_path):
+    corpus = tmp_path / "small.tsv"
+    corpus.write_text("1\tapple river\n2\tbanana hill\n3\tcherry lake\n")
+    cfg = compose_retrieval("index", [f"ckpt={trained['ckpt']}", f"corpus={corpus}", f"out={tmp_path / 'index'}", "index.factory=PQ4"])
+    with pytest.raises(ConfigError, match=r"index.factory='PQ4' cannot be trained on 3 vectors: Number of training points \(3\)"):
+        build_index(cfg)
+    assert not (tmp_path / "index").exists()
+
+
+def test_index_of_stopwords_only_is_one_error(trained, tmp_path):
+    corpus = tmp_path / "stop.tsv"
+    corpus.write_text("1\tthe\n2\tan a\n")
+    cfg = compose_retrieval("index", [f"ckpt={trained['ckpt']}", f"corpus={corpus}", f"out={tmp_path / 'index'}"])
+    with pytest.raises(CorpusError, match="none of the 2 passages has a word it indexes"):
+        build_index(cfg)
+    assert not (tmp_path / "index").exists()
+
+
+def test_evaluate_checks_retriever_settings_in_one_line(trained, tmp_path):
+    from two_tower.retrieval.evaluate import build_retrievers
+
+    for setting, message in (("retriever.dense.batch_size=-1", "retriever.dense.batch_size=-1: must be a positive integer"), ("retriever.bm25.stemmer=klingon", "retriever.bm25: ")):
+        cfg = compose_retrieval("evaluate", [f"ckpt={trained['ckpt']}", f"data.path={trained['data']}", f"out={tmp_path / 'eval'}", "retriever=[dense,bm25]", setting])
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            build_retrievers(cfg)
+
+
 def test_index_refuses_a_checkpoint_of_another_model(trained, tmp_path):
     state = torch.load(trained["ckpt"], weights_only=False)
     Searcher.load(trained["index"], checkpoint=trained["ckpt"])  # the model that built it: accepted
@@ -304,6 +377,24 @@ def test_empty_query_is_a_clear_error(trained, capsys):
     assert search_main([f"index={trained['index']}", "   "]) == 2
     err = capsys.readouterr().err
     assert err.strip().count("\n") == 0 and "empty" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["bogus=1"], "error: bogus: unknown setting; the settings are index"),
+        (["+bogus=1"], "error: bogus: unknown setting"),  # Hydra would add it and the command ignore it
+        (["~k"], "error: ~k: settings cannot be removed"),
+        (["k.x=1"], "error: k.x: unknown setting"),
+        (["batch_size=0"], "error: batch_size=0: must be a positive integer"),
+        (["max_chars=abc"], "error: max_chars='abc': must be an integer >= 0"),
+        (["threads=abc"], "error: threads='abc': must be a positive integer or null"),
+    ],
+)
+def test_search_command_settings_errors_are_one_line(trained, capsys, args, message):
+    assert search_main([f"index={trained['index']}", "apple", *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(message) and err.count("\n") == 1, err
 
 
 def test_search_command_prints_ranked_hits(trained, capsys):

@@ -232,6 +232,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def test_serve_command_busy_port_or_unknown_host_is_one_line(index_dir, capsys):
+    """uvicorn would log its own lines and exit 3; the command binds first and says which setting."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert serve_main([f"index={index_dir}", "host=127.0.0.1", f"port={port}"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: host=127.0.0.1 port={port}: cannot listen there (") and err.count("\n") == 1, err
+    assert serve_main([f"index={index_dir}", "host=no-such-host.invalid", f"port={port}"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: host=no-such-host.invalid: no such address") and err.count("\n") == 1, err
+
+
 def test_serve_command_serves_with_its_settings(index_dir, tmp_path, monkeypatch):
     from tests.test_maxsim import static_model_over
     from two_tower.retrieval.index import PassageIndex
@@ -279,7 +293,7 @@ def test_serve_command_serves_with_its_settings(index_dir, tmp_path, monkeypatch
     [
         (["index=/no/such/index"], "error: index=/no/such/index: no such folder"),
         ([], "error: which index? pass index=DIR"),
-        (["index=X", "colour=red"], "error: unknown setting(s) colour; the settings are index, host"),
+        (["index=X", "colour=red"], "error: colour: unknown setting; the settings are index, host"),
         (["index=X", "port=http"], "error: port='http': must be a whole number 1..65535"),
         (["index=X", "threads=0"], "error: threads=0: must be a whole number >= 1"),
         (["index=X", "k=50", "k_max=20"], "error: k=50: the default k must be a whole number in 1..k_max (20)"),
@@ -289,7 +303,7 @@ def test_serve_command_serves_with_its_settings(index_dir, tmp_path, monkeypatch
         (["index=X", "prf=rocchio", "prf.depth=-1"], "error: prf.depth=-1: must be a whole number from 0"),
         (["index=X", "prf.depth=3"], "error: prf.depth: a setting of the prf group, which is off; select it first, e.g. prf=rocchio prf.depth=3"),
         (["index=X", "rerank=maxsim", "rerank.foo=1"], "error: rerank.foo: unknown setting; rerank has depth, weight, teacher, dim, max_tokens"),
-        (["index=X", "port.x=3"], "error: unknown setting(s) port.x"),
+        (["index=X", "port.x=3"], "error: port.x: unknown setting"),
         (["index", "X"], "error: not a key=value setting: index X"),
     ],
 )

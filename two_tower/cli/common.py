@@ -71,6 +71,22 @@ def group_override_error(overrides: list[str], groups: dict[str, list[str]]) -> 
     return None
 
 
+def unknown_settings_error(config_name: str, overrides: list[str], groups=("prf", "rerank")) -> str | None:
+    """One line for overrides of ``config_name`` (search, serve) that name no setting: a key the config does
+    not have (``bogus=1``, ``+bogus=1``, which Hydra would add and the command ignore), a key inside a plain
+    setting (``k.x=1``), or a removal (``~k``). ``groups``: config groups, whose inner keys
+    ``group_override_error`` checks. None when every override names a setting."""
+    known = [*compose(config_name, []), *groups]
+    for override in overrides:
+        name = override.split("=", 1)[0]
+        if name.startswith("~"):
+            return f"{name}: settings cannot be removed; set {name[1:]}= to another value"
+        top = name.lstrip("+").split(".")[0]
+        if top not in known or ("." in name and top not in groups):
+            return f"{name.lstrip('+')}: unknown setting; the settings are {', '.join(known)}"
+    return None
+
+
 def search_group_settings() -> dict[str, list[str]]:
     """The settings of search.py's and serve.py's config groups (prf=rocchio, rerank=maxsim)."""
     from dataclasses import fields

@@ -9,7 +9,8 @@ from __future__ import annotations
 import re
 import sys
 
-from two_tower.cli.common import compose, group_override_error, report, search_group_settings
+from two_tower.cli.common import compose, group_override_error, report, search_group_settings, unknown_settings_error
+from two_tower.core.checks import check_config
 from two_tower.core.errors import EmptyQueryError, TwoTowerError
 from two_tower.core.threads import set_threads
 from two_tower.retrieval.maxsim import MaxSimRerank
@@ -54,7 +55,7 @@ def format_results(query: str, hits: list[Hit], max_chars: int) -> str:
 def main(argv: list[str] | None = None) -> int:
     """The search.py command; returns the exit status (0 ok, 1 some queries failed, 2 unusable input)."""
     overrides, words, interactive = split_arguments(sys.argv[1:] if argv is None else argv)
-    message = group_override_error(overrides, search_group_settings())
+    message = group_override_error(overrides, search_group_settings()) or unknown_settings_error("search", overrides)
     if message:
         print(f"error: {message}", file=sys.stderr)
         return 2
@@ -76,8 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     if not isinstance(cfg.k, int) or isinstance(cfg.k, bool) or cfg.k < 1:
         print(f"error: k={cfg.k!r}: must be a whole number >= 1", file=sys.stderr)
         return 2
-    set_threads(cfg.threads)
     try:
+        set_threads(cfg.threads)
+        check_config(cfg, ["batch_size", "max_chars"])
         prf = RocchioPRF.from_config(cfg.get("prf"))
         rerank = MaxSimRerank.from_config(cfg.get("rerank"))
         searcher = Searcher.load(cfg.index, checkpoint=cfg.ckpt, search_params=cfg.search_params, prf=prf, hybrid=cfg.hybrid, rerank=rerank)

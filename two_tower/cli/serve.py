@@ -7,10 +7,11 @@ Hydra overrides of ``conf/serve.yaml``, composed with Hydra's compose API.
 from __future__ import annotations
 
 import re
+import socket
 import sys
 import time
 
-from two_tower.cli.common import compose, group_override_error, report, search_group_settings
+from two_tower.cli.common import compose, group_override_error, report, search_group_settings, unknown_settings_error
 from two_tower.core.errors import ConfigError, TwoTowerError
 
 USAGE = """usage: python serve.py index=DIR [host=127.0.0.1] [port=8000] [threads=1] [key=value ...]
@@ -31,6 +32,25 @@ def _whole(name: str, value, low: int, high: int | None = None):
     return value
 
 
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to ``host``:``port`` (as uvicorn binds: the first address ``getaddrinfo`` gives,
+    SO_REUSEADDR), so a busy port or an unknown host is one ConfigError line (exit 2) rather than uvicorn's log
+    lines and exit 3. uvicorn listens on it."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except (socket.gaierror, UnicodeError) as err:
+        raise ConfigError(f"host={host}: no such address ({err})") from err
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+    except OSError as err:
+        sock.close()
+        raise ConfigError(f"host={host} port={port}: cannot listen there ({err.strerror or err})") from err
+    sock.set_inheritable(True)
+    return sock
+
+
 def main(argv: list[str] | None = None) -> int:
     """The serve.py command; returns the exit status (2 = unusable settings or index)."""
     argv = sys.argv[1:] if argv is None else argv
@@ -46,12 +66,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {message}", file=sys.stderr)
         return 2
     try:
-        known = [*compose("serve", []), *GROUPS]
-        keys = [a.split("=", 1)[0] for a in argv]
         # a setting, a config group (prf=rocchio), or a key inside a group (prf.depth=3)
-        unknown = [k for k in keys if k.split(".")[0] not in known or ("." in k and k.split(".")[0] not in GROUPS)]
-        if unknown:
-            print(f"error: unknown setting(s) {', '.join(unknown)}; the settings are {', '.join(known)}", file=sys.stderr)
+        message = unknown_settings_error("serve", argv, GROUPS)
+        if message:
+            print(f"error: {message}", file=sys.stderr)
             return 2
         cfg = compose("serve", argv)
     except Exception as err:  # Hydra's own errors, e.g. a value it cannot parse
@@ -86,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         rerank = MaxSimRerank.from_config(cfg.get("rerank"))
         searcher = Searcher.load(cfg.index, search_params=cfg.search_params, hybrid=cfg.hybrid, prf=prf, rerank=rerank)
         app = create_app(searcher, limits, threads=cfg.threads, search_params=cfg.search_params)
+        sock = listening_socket(cfg.host, cfg.port)
     except TwoTowerError as err:  # bad settings, a missing or unusable index folder
         return report(err)
 
@@ -103,8 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     # h11 with a header read timeout and an accept-time connection cap (two_tower/serve/protocol.py);
     # backlog: connections waiting to be accepted beyond those, kept by the kernel.
-    uvicorn.run(app, host=cfg.host, port=cfg.port, http=protocol, timeout_keep_alive=cfg.keep_alive_timeout, backlog=2048)
-    return 0
+    server = uvicorn.Server(uvicorn.Config(app, host=cfg.host, port=cfg.port, http=protocol, timeout_keep_alive=cfg.keep_alive_timeout, backlog=2048))
+    server.run(sockets=[sock])
+    return 0 if server.started else 3  # uvicorn.run's status for a server that could not start
 
 
 if __name__ == "__main__":

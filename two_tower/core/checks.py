@@ -84,16 +84,30 @@ RULES = {
     "optimizer.weight_decay": (NUM, lambda v: v >= 0, "a number >= 0"),
     "model.shared_towers": (BOOL, lambda v: True, "true or false"),
     "model.gather_across_devices": (BOOL, lambda v: True, "true or false"),
+    # index.py, search.py, evaluate.py (a retriever's batch_size is checked as retriever.<name>.batch_size)
+    "batch_size": (INT, lambda v: v > 0, "a positive integer"),
+    "max_chars": (INT, lambda v: v >= 0, "an integer >= 0 (0 shows whole passages)"),
+    "index.add_chunk": (INT, lambda v: v > 0, "a positive integer"),
+    "index.train_size": (INT, lambda v: v > 0, "a positive integer"),
 }
 
 
-def check(key: str, value) -> None:
-    """Raise ConfigError (a ValueError) naming ``key`` if ``value`` breaks its rule; None passes."""
-    types, ok, meaning = RULES[key]
+def check(key: str, value, rule: str | None = None) -> None:
+    """Raise ConfigError (a ValueError) naming ``key`` if ``value`` breaks its rule (``RULES[rule or key]``);
+    None passes."""
+    types, ok, meaning = RULES[rule or key]
     if value is None:
         return
     if isinstance(value, bool) and types != BOOL or not isinstance(value, types) or not ok(value):
         raise ConfigError(f"{key}={value!r}: must be {meaning}")
+
+
+def check_config(cfg, keys: list[str]) -> None:
+    """``check`` every key of ``keys`` that ``cfg`` (a DictConfig) has."""
+    from omegaconf import OmegaConf
+
+    for key in keys:
+        check(key, OmegaConf.select(cfg, key, default=None))
 
 
 def unknown_setting(group: str, key: str, known: list[str]) -> str:

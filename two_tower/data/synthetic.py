@@ -59,8 +59,24 @@ def check_synthetic_rows(spec: Mapping) -> None:
     """The checks ``iter_rows(**spec)`` would make before its first row, for a config check that runs
     before anything is imported or generated."""
     defaults = inspect.signature(iter_rows).parameters
-    num_topics, keywords = (spec.get(key, defaults[key].default) for key in ("num_topics", "keywords_per_topic"))
-    check_vocabulary_size(num_topics * keywords)
+    value = {key: spec.get(key, defaults[key].default) for key in ("num_topics", "keywords_per_topic", "passages_per_row", "query_words", "passage_words", "query_filler")}
+
+    def whole(x) -> bool:
+        return isinstance(x, int) and not isinstance(x, bool)
+
+    # a row's passages other than the selected one draw from three other topics; the coherent one, 3 keywords
+    for key, low in (("num_topics", 4), ("keywords_per_topic", 3), ("passages_per_row", 1), ("query_words", 1)):
+        if not whole(value[key]) or value[key] < low:
+            raise ConfigError(f"data.synthetic_rows.{key}={value[key]!r}: must be a whole number >= {low}")
+    if value["query_words"] > value["keywords_per_topic"]:
+        raise ConfigError(f"data.synthetic_rows.query_words={value['query_words']}: at most keywords_per_topic ({value['keywords_per_topic']})")
+    for key in ("passage_words", "query_filler"):
+        span = value[key]
+        if span is None and key == "query_filler":
+            continue
+        if not (len(span) == 2 and all(whole(x) for x in span) and 0 <= span[0] < span[1]):
+            raise ConfigError(f"data.synthetic_rows.{key}={list(span) if span is not None else span!r}: must be [low, high) word counts, 0 <= low < high")
+    check_vocabulary_size(value["num_topics"] * value["keywords_per_topic"])
 
 
 def vocabulary(size: int) -> np.ndarray:

@@ -18,7 +18,7 @@ import bm25s
 import numpy as np
 import torch
 
-from two_tower.core.errors import ConfigError
+from two_tower.core.errors import ConfigError, CorpusError
 from two_tower.data.prepared import PreparedSplit
 from two_tower.retrieval.retriever import SplitRetriever
 
@@ -65,8 +65,11 @@ class BM25Scorer:
         return bm25s.tokenize(texts, stopwords=self.stopwords, stemmer=self.stem, show_progress=False, **kwargs)
 
     def index(self, texts: list[str]) -> "BM25Scorer":
+        tokens = self.tokenize(texts)
+        if not tokens.vocab:  # bm25s fails on an empty vocabulary with a bare max() error
+            raise CorpusError(f"BM25: none of the {len(texts)} passages has a word it indexes (stopwords={self.stopwords}); every word is a stopword or punctuation")
         self.bm25 = bm25s.BM25(method=self.method, k1=self.k1, b=self.b)
-        self.bm25.index(self.tokenize(texts), show_progress=False)
+        self.bm25.index(tokens, show_progress=False)
         return self
 
     def query_tokens(self, texts: list[str]) -> list[list[str]]:

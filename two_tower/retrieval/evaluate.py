@@ -22,6 +22,7 @@ from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 
 from two_tower.core.atomic import atomic_write
+from two_tower.core.checks import check
 from two_tower.core.threads import set_threads
 from two_tower.data import beir
 from two_tower.data.beir import is_beir_folder
@@ -31,6 +32,7 @@ from two_tower.retrieval.corpus import load_split_rows
 from two_tower.core.errors import ConfigError, TwoTowerError
 from two_tower.core import per_query
 from two_tower.core.metrics import DEFAULT_KS, mean_metrics, split_per_query
+from two_tower.retrieval.bm25 import BM25Scorer
 from two_tower.retrieval.retriever import Rankings, SplitRetriever
 
 log = logging.getLogger(__name__)
@@ -42,6 +44,7 @@ def build_retrievers(cfg: DictConfig) -> dict[str, SplitRetriever]:
     """Instantiate ``cfg.retriever`` in order; a fusion's ``parts`` name retrievers built before it."""
     built: dict[str, SplitRetriever] = {}
     for name, spec in cfg.retriever.items():
+        check_retriever_settings(name, spec)
         if "parts" in spec:
             missing = [p for p in spec.parts if p not in built]
             if missing:
@@ -50,6 +53,15 @@ def build_retrievers(cfg: DictConfig) -> dict[str, SplitRetriever]:
         else:
             built[name] = _instantiate(spec)
     return built
+
+
+def check_retriever_settings(name: str, spec: DictConfig) -> None:
+    """Settings a retriever's constructor would take without complaint and then misuse (a batch size below 1
+    encodes nothing; an unknown stemmer fails deep in PyStemmer): one ConfigError naming retriever.<name>.<key>."""
+    if "batch_size" in spec:
+        check(f"retriever.{name}.batch_size", spec.batch_size, rule="batch_size")
+    if str(spec.get("_target_", "")).endswith(".BM25Retriever"):
+        BM25Scorer.from_config({k: v for k, v in spec.items() if k != "_target_"}, f"retriever.{name}")
 
 
 def _instantiate(spec: DictConfig, **kwargs):

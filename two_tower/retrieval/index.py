@@ -106,7 +106,11 @@ def build_faiss_streamed(
         faiss.normalize_L2(sample)
         log.info("Training %s on %d vectors", factory, len(sample))
         clock = time.perf_counter()
-        index.train(sample)
+        try:
+            index.train(sample)
+        except RuntimeError as err:  # e.g. PQ's 2^nbits centroids need at least as many training vectors
+            message = " ".join(str(err).rsplit("Error: ", 1)[-1].rsplit("failed: ", 1)[-1].split())  # FAISS's reason, without its C++ location
+            raise ConfigError(f"index.factory={factory!r} cannot be trained on {len(rows)} vectors: {message[:300]}; use a smaller factory or Flat") from err
         seconds["train"] += time.perf_counter() - clock
         del sample
     chunks, clock = iter(chunks), time.perf_counter()
@@ -171,6 +175,22 @@ def file_hash(path: Path) -> str:
     return digest.hexdigest()[:16]
 
 
+def check_replaceable(path: str | Path, overwrite: bool, keep: list[str | Path] = ()) -> None:
+    """Whether an index folder may be written at ``path``: nothing there, or (with ``overwrite``) an index
+    folder (one with a manifest), never another file or folder; and nothing of ``keep`` (e.g. the corpus
+    being indexed) lies inside what would be replaced. An IndexFolderError line otherwise."""
+    path = Path(path).expanduser().resolve()
+    if not path.exists():
+        return
+    if not overwrite:
+        raise IndexFolderError(f"out={path} already exists; pass overwrite=true or choose another out=")
+    if not (path.is_dir() and (path / MANIFEST).is_file()):
+        raise IndexFolderError(f"out={path} is not an index folder (no {MANIFEST}); overwrite=true replaces index folders only, choose another out=")
+    for kept in keep:
+        if path in Path(kept).expanduser().resolve().parents:
+            raise IndexFolderError(f"out={path} holds {kept}, which replacing it would delete; choose another out=")
+
+
 def write_index_folder(
     path: str | Path,
     index: faiss.Index,
@@ -194,8 +214,7 @@ def write_index_folder(
     path = Path(path).expanduser().resolve()
     if not len(ids) == len(texts) == index.ntotal:
         raise ValueError(f"{len(ids)} ids, {len(texts)} texts and {index.ntotal} vectors: they must match row for row")
-    if path.exists() and not overwrite:
-        raise IndexFolderError(f"{path} already exists; pass overwrite=true or choose another out=")
+    check_replaceable(path, overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
     sweep_stale_temps(path.parent)
     try:

@@ -15,9 +15,10 @@ from two_tower.retrieval.bm25 import BM25Scorer
 from two_tower.retrieval.checkpoint import encode_tokens, load_checkpoint, model_identity, progress_bar
 from two_tower.retrieval.corpus import Passages, read_corpus_file, split_passages
 from two_tower.core.atomic import check_writable
+from two_tower.core.checks import check_config
 from two_tower.core.threads import set_threads
-from two_tower.core.errors import ConfigError, IndexFolderError
-from two_tower.retrieval.index import build_faiss_streamed, bytes_per_vector, valid_hybrid_weights, write_index_folder
+from two_tower.core.errors import ConfigError
+from two_tower.retrieval.index import build_faiss_streamed, bytes_per_vector, check_replaceable, valid_hybrid_weights, write_index_folder
 from two_tower.retrieval.query_encoder import QueryEncoder
 
 log = logging.getLogger(__name__)
@@ -91,8 +92,8 @@ def build_index(cfg: DictConfig) -> Path:
     if OmegaConf.is_missing(cfg, "ckpt") or not cfg.ckpt:
         raise ConfigError("ckpt is not set: which trained checkpoint encodes the passages? index.py ckpt=PATH/TO/last.ckpt")
     set_threads(cfg.get("threads"))
-    if Path(cfg.out).exists() and not cfg.overwrite:
-        raise IndexFolderError(f"out={cfg.out} already exists; pass overwrite=true or choose another out=")
+    check_config(cfg, ["batch_size", "index.add_chunk", "index.train_size", "seed"])
+    check_replaceable(cfg.out, cfg.overwrite, keep=[p for p in (cfg.corpus, cfg.ckpt, cfg.get("data", {}).get("path")) if p])
     # Before any loading or encoding: the folder the index goes to must take files.
     check_writable(Path(cfg.out).expanduser().resolve().parent, f"out={cfg.out}", min_free_bytes=1 << 20)
     start = time.perf_counter()

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import hydra
 import lightning as L
+from hydra.errors import InstantiationException
 from lightning.pytorch.callbacks import ProgressBar
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -35,7 +36,19 @@ def build_datamodule(cfg: DictConfig) -> TwoTowerDataModule:
 
 
 def build_module(cfg: DictConfig, datamodule: TwoTowerDataModule) -> TwoTowerModule:
-    module = TwoTowerModule(
+    try:
+        module = _build_module(cfg, datamodule)
+    except TypeError as err:  # +encoder.bogus=1 and the like reach a constructor as an unknown keyword
+        if "unexpected keyword argument" not in str(err):
+            raise
+        raise ConfigError(f"a setting no part of the model takes: {err} (check the encoder., loss., optimizer., scheduler. overrides)") from err
+    module.towers.load_embeddings(datamodule.embedding_matrix)
+    module.attach_tokenizer(datamodule.tokenizer)
+    return module
+
+
+def _build_module(cfg: DictConfig, datamodule: TwoTowerDataModule) -> TwoTowerModule:
+    return TwoTowerModule(
         vocab_size=len(datamodule.tokenizer),
         embedding_dim=datamodule.embedding_matrix.shape[1],
         encoder=cfg.encoder,
@@ -48,9 +61,6 @@ def build_module(cfg: DictConfig, datamodule: TwoTowerDataModule) -> TwoTowerMod
         extension_size=len(datamodule.tokenizer.extension_words),
         hash_buckets=cfg.model.hash_buckets,
     )
-    module.towers.load_embeddings(datamodule.embedding_matrix)
-    module.attach_tokenizer(datamodule.tokenizer)
-    return module
 
 
 def resolve_ckpt_path(cfg: DictConfig) -> str | None:
@@ -166,7 +176,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     if datamodule.negatives.refresh_every_n_epochs:
         callbacks.append(NegativeRefresh(datamodule.negatives.refresh_every_n_epochs))
-    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, _convert_="all")
+    try:
+        trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, _convert_="all")
+    except InstantiationException as err:  # trainer.devices=abc, +trainer.max_epoch=1 (a typo), ...
+        cause = err.__cause__ or err
+        raise ConfigError(f"trainer: {type(cause).__name__}: {' '.join(str(cause).split())[:400]}") from err
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
 
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
