@@ -27,16 +27,27 @@ def seed_table(base: np.ndarray, shift: float, seed: int) -> pd.DataFrame:
     return per_query.frame([f"q{i}" for i in range(QUERIES)], [f"query {i}" for i in range(QUERIES)], {"mrr@10": values})
 
 
-def write_run(run, overrides: list[str], table: pd.DataFrame) -> None:
+def write_run(run, overrides: list[str], table: pd.DataFrame, cwd: str | None = None) -> None:
     (run / ".hydra").mkdir(parents=True)
     (run / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    if cwd is not None:  # as Hydra's hydra.yaml records it
+        (run / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump({"hydra": {"runtime": {"cwd": cwd}}}))
     per_query.write(table, run / "per_query" / "test.parquet")
 
 
 def test_config_key_drops_the_seed_and_run_settings():
-    assert config_key(["encoder=gru", "seed=3", "data.path=/x", "threads=1", "hydra.run.dir=y", "loss.temperature=0.05"]) == "encoder=gru loss.temperature=0.05"
+    assert config_key(["encoder=gru", "seed=3", "paths.cache_dir=/c", "threads=1", "hydra.run.dir=y", "loss.temperature=0.05"]) == "encoder=gru loss.temperature=0.05"
     assert config_key(["seed=1"]) == config_key(["seed=2"]) == "(defaults)"
     assert config_key(["seed_words=3"]) == "seed_words=3"  # only the seed key itself
+
+
+def test_config_key_keeps_the_data_trained_on():
+    """data.path changes what is learnt: kept, and absolute, so one folder named from two places is one key."""
+    assert config_key(["encoder=gru", "data.path=/data/carved"]) == "data.path=/data/carved encoder=gru"
+    assert config_key(["data.path=/data/carved"]) != config_key(["data.path=/data/full"]) != config_key([])
+    from_repo = config_key(["data.path=../shared/marco7k", "seed=1"], cwd="/work/main")
+    from_elsewhere = config_key(["data.path=/work/shared/marco7k/", "seed=2"], cwd="/tmp")
+    assert from_repo == from_elsewhere == "data.path=/work/shared/marco7k"
 
 
 def test_holm_and_interval_match_worked_examples():
@@ -123,3 +134,40 @@ def test_an_unfinished_run_is_left_out_and_said(tmp_path, caplog):
         systems = load_configurations(find_runs([tmp_path]), "test/mrr@10")
     assert len(systems["encoder=gru"].tables) == 2
     assert any("skipped" in r.getMessage() and str(tmp_path / "3") in r.getMessage() for r in caplog.records)
+
+
+def test_runs_on_other_data_are_other_configurations(tmp_path, capsys):
+    """The probe's case: one seed trained on a carved train split and on the full one, scored on the same
+    validation queries, is two configurations of one run each (no interval), not one of two seeds."""
+    base = difficulty()
+    write_run(tmp_path / "t1", ["data.path=carved", "data.max_train_rows=500", "seed=42"], seed_table(base, 0.0, 1), cwd="/w")
+    write_run(tmp_path / "t2", ["data.path=/w/full", "data.max_train_rows=500", "seed=42"], seed_table(base, 0.0, 2), cwd="/w")
+    write_run(tmp_path / "t3", ["data.path=../w/full", "data.max_train_rows=500", "seed=43"], seed_table(base, 0.0, 3), cwd="/x")
+    out = tmp_path / "cmp"
+    main([str(tmp_path / d) for d in ("t1", "t2", "t3")] + ["--metric", "test/mrr@10", "--out", str(out), "--resamples", "200"])
+    summary = pd.read_csv(out / "configurations.csv").set_index("system")
+    assert summary["runs"].to_dict() == {"data.max_train_rows=500 data.path=/w/carved": 1, "data.max_train_rows=500 data.path=/w/full": 2}
+    assert np.isnan(summary.loc["data.max_train_rows=500 data.path=/w/carved", "ci_low"])
+    assert "| data.max_train_rows=500 data.path=/w/carved | 1 |" in capsys.readouterr().out
+
+
+def test_one_seed_of_one_configuration_twice_is_refused_in_one_line(tmp_path, capsys):
+    base = difficulty()
+    write_run(tmp_path / "a", ["encoder=gru", "seed=7"], seed_table(base, 0.0, 1))
+    write_run(tmp_path / "b", ["encoder=gru", "seed=8"], seed_table(base, 0.0, 2))
+    write_run(tmp_path / "c", ["seed=7", "encoder=gru"], seed_table(base, 0.0, 3))  # a copy, or the same command again
+    write_run(tmp_path / "d", ["encoder=lstm", "seed=7"], seed_table(base, 0.0, 4))  # another configuration: fine
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(tmp_path), "--resamples", "200"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ")
+    assert str(tmp_path / "a") in err[0] and str(tmp_path / "c") in err[0] and "seed=7" in err[0]
+    # The seed of a run without a seed= override is its config's (train.yaml's default, 42).
+    for name in ("e", "f"):
+        write_run(tmp_path / "defaults" / name, [], seed_table(base, 0.0, 5))
+        (tmp_path / "defaults" / name / ".hydra" / "config.yaml").write_text(yaml.safe_dump({"seed": 42}))
+    with pytest.raises(SystemExit):
+        main([str(tmp_path / "defaults")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "seed=42" in err[0] and str(tmp_path / "defaults" / "f") in err[0]

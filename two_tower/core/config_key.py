@@ -1,27 +1,42 @@
 """A run's configuration key: its Hydra overrides except the seed (and settings that do not change the
-result, such as paths, threads or loggers), sorted. Seeds of one configuration share the key, so the
-comparison command and W&B can group them.
+result, such as output and cache paths, threads or loggers), sorted. Seeds of one configuration share the
+key, so the comparison command and W&B can group them.
+
+``data.path`` stays in the key: it names the data trained on, so runs on two data folders are two
+configurations even when they are scored on the same validation queries. It is written as an absolute
+path (resolved against the run's working directory, without reading the disk), so one folder named
+relatively from two places is one configuration.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import yaml
 
-# Overrides that name where or how a run is done, not what is trained (data.path as in
-# hydra.job.config.override_dirname; the comparison checks that paired runs scored the same queries).
-IGNORED = ("seed", "threads", "ckpt_path", "data.path", "paths.", "hydra.", "logger", "callbacks", "trainer.enable_progress_bar", "trainer.enable_model_summary", "data.cache_dir", "data.num_workers")
+# Overrides that name where or how a run is done, not what is trained.
+IGNORED = ("seed", "threads", "ckpt_path", "paths.", "hydra.", "logger", "callbacks", "trainer.enable_progress_bar", "trainer.enable_model_summary", "data.cache_dir", "data.num_workers")
+# Overrides naming a file or folder whose contents the run learns from: made absolute against the run's cwd.
+DATA_PATHS = ("data.path",)
 
 
-def config_key(overrides: list[str]) -> str:
-    """``"a=1 b=2"`` from Hydra override strings, without the seed and the IGNORED keys; "(defaults)" if none is left."""
+def _absolute(override: str, cwd: str | None) -> str:
+    name, sep, value = override.partition("=")
+    if not sep or cwd is None or value in ("", "null") or value.startswith("${"):
+        return override
+    return f"{name}={os.path.normpath(os.path.join(cwd, os.path.expanduser(value)))}"
+
+
+def config_key(overrides: list[str], cwd: str | None = None) -> str:
+    """``"a=1 b=2"`` from Hydra override strings, without the seed and the IGNORED keys, ``data.path``
+    made absolute against ``cwd`` (the run's working directory) when given; "(defaults)" if none is left."""
     kept = []
     for override in overrides:
         name = override.lstrip("+~").split("=", 1)[0]
         if any(name.startswith(i) if i.endswith(".") else name == i or name.startswith(i + ".") for i in IGNORED):
             continue
-        kept.append(override)
+        kept.append(_absolute(override, cwd) if name in DATA_PATHS else override)
     return " ".join(sorted(kept)) or "(defaults)"
 
 
@@ -31,10 +46,25 @@ def run_overrides(run_dir: str | Path) -> list[str]:
     return list(yaml.safe_load(path.read_text()) or []) if path.is_file() else []
 
 
+def run_cwd(run_dir: str | Path) -> str | None:
+    """The working directory the run was started from (``hydra.runtime.cwd`` in ``.hydra/hydra.yaml``), or None."""
+    path = Path(run_dir) / ".hydra" / "hydra.yaml"
+    if not path.is_file():
+        return None
+    runtime = ((yaml.safe_load(path.read_text()) or {}).get("hydra") or {}).get("runtime") or {}
+    return runtime.get("cwd")
+
+
+def run_config_key(run_dir: str | Path) -> str:
+    """The configuration key of a finished or running train.py run folder."""
+    return config_key(run_overrides(run_dir), run_cwd(run_dir))
+
+
 def current_config_key() -> str | None:
     """The key of the running Hydra job (None outside Hydra)."""
     from hydra.core.hydra_config import HydraConfig
 
     if not HydraConfig.initialized():
         return None
-    return config_key(list(HydraConfig.get().overrides.task))
+    hydra_cfg = HydraConfig.get()
+    return config_key(list(hydra_cfg.overrides.task), hydra_cfg.runtime.get("cwd"))

@@ -4,7 +4,9 @@
                                 [--out DIR] [--alpha 0.05] [--wandb-project PROJECT]
 
 - Runs are the dirs holding ``.hydra/overrides.yaml`` under the given dirs (a run dir or a sweep dir);
-  they are grouped by configuration key (all overrides but the seed, ``two_tower.core.config_key``).
+  they are grouped by configuration key (all overrides but the seed, ``two_tower.core.config_key``;
+  runs on another ``data.path`` are another configuration). Two runs of one configuration with the same
+  seed are refused in one line naming both folders: one training would count as two seeds.
 - Per configuration: the metric of each run (its per-query mean, = the logged value), their mean and a
   95% Student-t confidence interval over seeds.
 - Paired tests, one per pair of systems (configurations and baselines): the unit is the query. Each
@@ -30,11 +32,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import yaml
 from scipy import stats
 
 from two_tower.core import per_query
 from two_tower.core.atomic import atomic_write
-from two_tower.core.config_key import config_key, run_overrides
+from two_tower.core.config_key import run_config_key, run_overrides
 from two_tower.core.errors import CompareError
 
 log = logging.getLogger(__name__)
@@ -114,9 +117,20 @@ def split_metric(metric: str) -> tuple[str, str]:
     return STAGE_FILES[stage], name
 
 
+def run_seed(run: Path):
+    """The run's seed: its ``seed=`` override, else the ``seed`` of its ``.hydra/config.yaml``; None if neither says."""
+    for override in run_overrides(run):
+        name, _, value = override.lstrip("+").partition("=")
+        if name == "seed":
+            return yaml.safe_load(value)
+    config = run / ".hydra" / "config.yaml"
+    return (yaml.safe_load(config.read_text()) or {}).get("seed") if config.is_file() else None
+
+
 def load_configurations(runs: list[Path], metric: str) -> dict[str, System]:
     filename, name = split_metric(metric)
     systems: dict[str, System] = {}
+    seeds: dict[tuple[str, object], Path] = {}  # (configuration key, seed) -> the run counted for it
     skipped = []
     for run in runs:
         path = run / "per_query" / filename
@@ -124,7 +138,13 @@ def load_configurations(runs: list[Path], metric: str) -> dict[str, System]:
             skipped.append(run)
             log.warning("skipped %s: no per_query/%s (unfinished, or no %s split scored)", run, filename, metric.split("/")[0])
             continue
-        key = config_key(run_overrides(run))
+        key = run_config_key(run)
+        seed = run_seed(run)
+        if seed is not None:
+            if (key, seed) in seeds:
+                raise CompareError(f"{seeds[key, seed]} and {run}: both seed={seed} of one configuration ({key}); "
+                                   "one training would count as two seeds: leave one of them out")
+            seeds[key, seed] = run
         system = systems.setdefault(key, System(key))
         system.runs.append(str(run))
         system.tables.append(per_query.read(path, name))
