@@ -166,6 +166,33 @@ def test_cli_reports_bad_input_in_one_line(tmp_path):
     assert debug.returncode != 0 and "Traceback" in debug.stderr and "trainer.max_epochs='abc'" in debug.stderr
 
 
+def test_a_refused_resume_leaves_the_run_record_as_it_was(tmp_path):
+    """Hydra writes .hydra/ before train.py refuses a resume; the refused command must not leave the run
+    recorded as what it asked for (the comparison reads the record), and an accepted resume does update it."""
+    import yaml
+
+    run = tmp_path / "run"
+    cmd = [sys.executable, "train.py", *TINY, f"paths.cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={run}"]
+    assert subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600).returncode == 0
+    record = {p.name: p.read_bytes() for p in (run / ".hydra").iterdir()}
+    assert set(record) == {"config.yaml", "hydra.yaml", "overrides.yaml"}
+
+    refused = subprocess.run([*cmd, "encoder=lstm", "ckpt_path=last"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert refused.returncode == 2, refused.stderr[-3000:]
+    errors = [line for line in refused.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "trained with another model" in errors[0]
+    assert {p.name: p.read_bytes() for p in (run / ".hydra").iterdir()} == record
+
+    bad_value = subprocess.run([*cmd, "encoder.dropout=1.5", "ckpt_path=last"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert bad_value.returncode == 2 and "encoder.dropout=1.5" in bad_value.stderr  # refused by the CLI's first check
+    assert {p.name: p.read_bytes() for p in (run / ".hydra").iterdir()} == record
+
+    resumed = subprocess.run([*cmd, "trainer.max_epochs=2", "ckpt_path=last"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    overrides = yaml.safe_load((run / ".hydra" / "overrides.yaml").read_text())
+    assert "trainer.max_epochs=2" in overrides and "ckpt_path=last" in overrides
+
+
 def test_truncated_foreign_or_mismatched_checkpoint_is_refused_in_one_line(tmp_path, tiny_run):
     from two_tower.core.errors import CheckpointError
 

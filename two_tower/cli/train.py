@@ -8,9 +8,10 @@ from two_tower.cli.common import CONF_DIR, exit_on_error
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
 def main(cfg: DictConfig) -> float | None:
+    from two_tower.training import run_record
     from two_tower.training.config import validate_train_config
 
-    with exit_on_error():
+    with exit_on_error(), run_record.kept_if_refused():
         # train() checks it too; here it runs before Lightning is imported, so bad settings fail at once.
         validate_train_config(cfg)
     from two_tower.training.train import train

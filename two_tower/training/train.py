@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from two_tower.core.atomic import check_writable, sweep_stale_temps
 from two_tower.core.threads import set_threads
+from two_tower.training import run_record
 from two_tower.training.config import validate_train_config
 from two_tower.core.config_key import current_config_key
 from two_tower.data.datamodule import TwoTowerDataModule
@@ -141,29 +142,30 @@ def test_best_checkpoint(trainer: L.Trainer, module: TwoTowerModule, datamodule:
 @task_wrapper
 def train(cfg: DictConfig) -> dict[str, float]:
     """Train (or resume with ``ckpt_path``) and return the final logged metrics."""
-    validate_train_config(cfg)
-    # Before any loading, tokenizing or training: the run folder and the cache folder must take files.
-    check_writable(cfg.paths.output_dir, f"paths.output_dir={cfg.paths.output_dir}", min_free_bytes=16 << 20)
-    if cfg.paths.get("cache_dir"):
-        check_writable(cfg.paths.cache_dir, f"paths.cache_dir={cfg.paths.cache_dir}", min_free_bytes=16 << 20)
-    sweep_stale_temps(Path(cfg.paths.output_dir) / "checkpoints")  # partial checkpoints of a killed run
-    set_threads(cfg.get("threads"))
-    L.seed_everything(cfg.seed, workers=True)
-    start = time.perf_counter()
-    ckpt_path = resolve_ckpt_path(cfg)
+    with run_record.kept_if_refused():  # refused before training: the run folder's .hydra record is put back
+        validate_train_config(cfg)
+        # Before any loading, tokenizing or training: the run folder and the cache folder must take files.
+        check_writable(cfg.paths.output_dir, f"paths.output_dir={cfg.paths.output_dir}", min_free_bytes=16 << 20)
+        if cfg.paths.get("cache_dir"):
+            check_writable(cfg.paths.cache_dir, f"paths.cache_dir={cfg.paths.cache_dir}", min_free_bytes=16 << 20)
+        sweep_stale_temps(Path(cfg.paths.output_dir) / "checkpoints")  # partial checkpoints of a killed run
+        set_threads(cfg.get("threads"))
+        L.seed_everything(cfg.seed, workers=True)
+        start = time.perf_counter()
+        ckpt_path = resolve_ckpt_path(cfg)
 
-    datamodule = build_datamodule(cfg)
-    datamodule.prepare_data()
-    datamodule.setup("fit")
-    if ckpt_path:
-        check_resume_checkpoint(ckpt_path, datamodule.tokenizer)
-    # Seeded again: preparing data on a cache miss (distilling word vectors, mining, ...) may draw from the
-    # global generators and a cache hit does not, so without this a run on a cold cache started from
-    # other weights (and ended at other figures) than the same run on a warm one.
-    L.seed_everything(cfg.seed, workers=True)
-    module = build_module(cfg, datamodule)
-    if ckpt_path:
-        check_resume_shapes(ckpt_path, module)
+        datamodule = build_datamodule(cfg)
+        datamodule.prepare_data()
+        datamodule.setup("fit")
+        if ckpt_path:
+            check_resume_checkpoint(ckpt_path, datamodule.tokenizer)
+        # Seeded again: preparing data on a cache miss (distilling word vectors, mining, ...) may draw from the
+        # global generators and a cache hit does not, so without this a run on a cold cache started from
+        # other weights (and ended at other figures) than the same run on a warm one.
+        L.seed_everything(cfg.seed, workers=True)
+        module = build_module(cfg, datamodule)
+        if ckpt_path:
+            check_resume_shapes(ckpt_path, module)
     log.info("Model: %d trainable / %d parameters", sum(p.numel() for p in module.parameters() if p.requires_grad), sum(p.numel() for p in module.parameters()))
 
     fill_wandb_group_and_tags(cfg)  # logger.wandb.group/tags: null = the sweep and the chosen options
