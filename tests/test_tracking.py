@@ -25,6 +25,47 @@ def test_optuna_search_config():
     assert sweeper.params["optimizer.lr"].startswith("tag(log, interval(")
 
 
+def test_optuna_space_naming_a_setting_the_loss_lacks_is_refused(tmp_path):
+    """loss=triplet has no loss.temperature, which the search space tunes: one line before any trial
+    (Hydra would fail the first trial with "Could not override"), not a sweep of nothing."""
+    import subprocess
+    import sys
+
+    from omegaconf import open_dict
+
+    from tests.conftest import ROOT
+    from two_tower.core.errors import ConfigError
+    from two_tower.training.config import check_sweep_space
+
+    def composed(*overrides):
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
+            cfg = compose("train", overrides=["hparams_search=optuna", *overrides], return_hydra_config=True)
+        GlobalHydra.instance().clear()
+        return cfg
+
+    check_sweep_space(composed())  # infonce has loss.temperature
+    triplet = composed("loss=triplet")
+    with pytest.raises(ConfigError, match=r"names loss\.temperature, a setting loss=triplet does not have \(loss has margin, in_batch\)"):
+        check_sweep_space(triplet)
+    with open_dict(triplet):
+        del triplet.hydra.sweeper.params["loss.temperature"]
+        triplet.hydra.sweeper.params["loss.margin"] = "interval(0.05, 0.5)"
+        triplet.hydra.sweeper.params["encoder"] = "choice(gru, lstm)"  # a group option, not a setting
+    check_sweep_space(triplet)
+
+    sweep = tmp_path / "multirun"
+    cmd = [sys.executable, "train.py", "-m", "hparams_search=optuna", "loss=triplet", *TINY_SWEEP, f"hydra.sweep.dir={sweep}"]
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: hydra.sweeper.params: the search space names loss.temperature")
+    assert "Could not override" not in result.stderr + result.stdout and not sweep.exists()
+
+
+TINY_SWEEP = ["data=synthetic", "embeddings=random", "logger=none", "trainer.max_epochs=1", "hydra.sweeper.n_trials=1"]
+
+
 @pytest.mark.slow
 def test_optuna_sweep_runs_two_trials(tmp_path):
     """A real 2-trial sweep (in-memory storage) on tiny synthetic data, logged to W&B offline: ~15 s unloaded."""

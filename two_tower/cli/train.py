@@ -1,9 +1,21 @@
 """``python train.py [group=option ...] [key=value ...]``: train a two-tower retriever (conf/train.yaml)."""
 
 import hydra
+from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from two_tower.cli.common import CONF_DIR, exit_on_error
+
+
+class CheckSweepSpace(Callback):
+    """At the start of a multirun (``-m``): a search space naming a setting the config lacks is one
+    ``error:`` line and exit 2, before any trial (hydra.callbacks in conf/train.yaml)."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        from two_tower.training.config import check_sweep_space
+
+        with exit_on_error():
+            check_sweep_space(config)
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")

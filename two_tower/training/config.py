@@ -63,3 +63,32 @@ def validate_train_config(cfg: DictConfig) -> None:
     ckpt = cfg.get("ckpt_path")
     if ckpt and ckpt != "last" and not Path(ckpt).expanduser().is_file():
         raise ConfigError(f"ckpt_path={ckpt}: no such checkpoint file")
+
+
+def check_sweep_space(cfg: DictConfig) -> None:
+    """Raise ConfigError if the sweeper's search space (``hydra.sweeper.params``, e.g. hparams_search=optuna)
+    names a setting this config does not have, such as ``loss.temperature`` with ``loss=triplet``: Hydra
+    would stop at the first trial with "Could not override". ``cfg`` is the composed config with its
+    ``hydra`` node (as a Hydra callback sees it at the start of a multirun)."""
+    params = OmegaConf.select(cfg, "hydra.sweeper.params", default=None, throw_on_missing=False)
+    if not params:
+        return
+    choices = OmegaConf.select(cfg, "hydra.runtime.choices", default=None, throw_on_missing=False) or {}
+    for key in params:
+        key = str(key)
+        if key.startswith(("+", "~", "hydra.")) or key in choices:  # additions, deletions, group options
+            continue
+        if OmegaConf.select(cfg, key, default=_ABSENT, throw_on_missing=False) is not _ABSENT:
+            continue
+        group = key.rpartition(".")[0]
+        node = OmegaConf.select(cfg, group, default=None, throw_on_missing=False) if group else None
+        has = f" ({group} has {', '.join(k for k in node if not str(k).startswith('_'))})" if isinstance(node, DictConfig) else ""
+        option = f"{group}={choices[group]}" if group in choices else "this config"
+        rest = " ".join(f"'{k}={v}'" for k, v in params.items() if k != key)
+        raise ConfigError(
+            f"hydra.sweeper.params: the search space names {key}, a setting {option} does not have{has}: set "
+            f"hydra.sweeper.params=null and give the space as sweep arguments, e.g. {rest} '{group or key}.<setting>=interval(LOW, HIGH)'"
+        )
+
+
+_ABSENT = object()
