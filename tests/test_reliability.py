@@ -166,6 +166,25 @@ def test_cli_reports_bad_input_in_one_line(tmp_path):
     assert debug.returncode != 0 and "Traceback" in debug.stderr and "trainer.max_epochs='abc'" in debug.stderr
 
 
+def test_overrides_hydra_cannot_compose_are_one_line():
+    from two_tower.cli.common import composition_error
+
+    assert composition_error("train", ["bogus=1"]).startswith("bogus: no such setting in train.yaml")
+    assert composition_error("train", ["loss.margin=0.3"]).startswith("loss.margin: no such setting in train.yaml with the options chosen")
+    assert composition_error("evaluate", ["retriever=bogus"]).startswith("In 'evaluate': Could not find 'retriever/bogus' Available options in 'retriever': bm25")
+    assert "Config search path" not in composition_error("evaluate", ["retriever=bogus"])
+    assert "--multirun" in composition_error("train", ["seed=1,2"])
+    assert composition_error("train", ["loss=triplet", "loss.margin=0.3", "hydra.run.dir=/x"]) is None
+    assert composition_error("train", ["-m", "seed=1,2"]) is None  # sweeps: Hydra's own report
+
+
+@pytest.mark.parametrize("command, override, words", [("train.py", "bogus=1", "error: bogus: no such setting"), ("index.py", "encoder=x", "error: encoder: no such setting in index.yaml"), ("evaluate.py", "retriever=bogus", "Available options in 'retriever'")])
+def test_hydra_commands_report_bad_overrides_in_one_line(tmp_path, command, override, words):
+    result = subprocess.run([sys.executable, command, override, f"hydra.run.dir={tmp_path}"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and result.stderr.startswith("error: ") and words in result.stderr, result.stderr
+    assert not (tmp_path / ".hydra").exists()
+
+
 def test_a_refused_resume_leaves_the_run_record_as_it_was(tmp_path):
     """Hydra writes .hydra/ before train.py refuses a resume; the refused command must not leave the run
     recorded as what it asked for (the comparison reads the record), and an accepted resume does update it."""

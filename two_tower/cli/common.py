@@ -53,6 +53,49 @@ def exit_on_error():
         sys.exit(report(err))
 
 
+def composition_error(config_name: str, argv: list[str]) -> str | None:
+    """The one line for command-line overrides Hydra cannot compose into ``config_name`` (an unknown key, an
+    unknown option of a group, a sweep without --multirun), or None. Commands with Hydra flags (``-m``,
+    ``--cfg``, ...) are left to Hydra, whose report spans lines."""
+    import re
+
+    if any(arg.startswith("-") for arg in argv):
+        return None
+    try:
+        compose(config_name, argv)
+    except Exception as err:  # Hydra's composition errors
+        message = " ".join(str(err).split())
+        unknown = re.match(r"Could not override '([^']+)'", message)
+        if unknown:
+            key = unknown.group(1)
+            return f"{key}: no such setting in {config_name}.yaml with the options chosen (a new key is added with +{key}=...)"
+        return message.split(" Config search path:")[0]
+    return None
+
+
+def hydra_command(config_name: str):
+    """``@hydra.main`` over the packaged ``config_name``, and before it runs ``composition_error``'s check:
+    bad overrides are one ``error:`` line and exit status 2, not Hydra's multi-line report and exit 1."""
+    import functools
+
+    import hydra
+
+    def wrap(task):
+        hydra_main = hydra.main(version_base="1.3", config_path=CONF_DIR, config_name=config_name)(task)
+
+        @functools.wraps(task)
+        def main(*args):
+            if not args and not debugging():  # the command line (a passed cfg goes straight to the task)
+                message = composition_error(config_name, sys.argv[1:])
+                if message:
+                    sys.exit(report(TwoTowerError(message)))
+            return hydra_main(*args)
+
+        return main
+
+    return wrap
+
+
 def group_override_error(overrides: list[str], groups: dict[str, list[str]]) -> str | None:
     """One line for a setting inside a config group (``prf.depth=3``, ``rerank.weight=0.3``) that Hydra would
     refuse with a hint that leads elsewhere: the group is not selected (``rerank=maxsim`` missing), or the key is

@@ -1,12 +1,11 @@
 """``python evaluate.py ckpt=PATH data.path=DIR``: score checkpoints and baselines on one split (conf/evaluate.yaml)."""
 
-import hydra
 from omegaconf import DictConfig
 
-from two_tower.cli.common import CONF_DIR, exit_on_error
+from two_tower.cli.common import exit_on_error, hydra_command
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="evaluate")
+@hydra_command("evaluate")
 def main(cfg: DictConfig) -> None:
     from two_tower.retrieval.evaluate import evaluate
 

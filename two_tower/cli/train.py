@@ -1,10 +1,9 @@
 """``python train.py [group=option ...] [key=value ...]``: train a two-tower retriever (conf/train.yaml)."""
 
-import hydra
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from two_tower.cli.common import CONF_DIR, exit_on_error
+from two_tower.cli.common import exit_on_error, hydra_command
 
 
 class CheckSweepSpace(Callback):
@@ -18,7 +17,7 @@ class CheckSweepSpace(Callback):
             check_sweep_space(config)
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
+@hydra_command("train")
 def main(cfg: DictConfig) -> float | None:
     from two_tower.training import run_record
     from two_tower.training.config import validate_train_config
