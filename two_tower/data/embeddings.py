@@ -297,7 +297,14 @@ class DistilledEmbeddings(EmbeddingSource):
                 raise EmbeddingsError(f"embeddings.teacher={self.teacher}: model2vec could not distil it: {type(err).__name__}: {err}") from err
             with cache.put(self._key()) as tmp:
                 model.save_pretrained(str(tmp))
-        return StaticModel.from_pretrained(str(cache.path(self._key())), normalize=False, force_download=False)
+        # Raw vectors (normalize=False): model2vec warns at every load that this differs from the saved config.
+        quiet = logging.getLogger(StaticModel.__module__)
+        level = quiet.level
+        quiet.setLevel(logging.ERROR)
+        try:
+            return StaticModel.from_pretrained(str(cache.path(self._key())), normalize=False, force_download=False)
+        finally:
+            quiet.setLevel(level)
 
     def load(self, train_texts, keep_punctuation=False, split_hyphens=False):
         if self.words != "glove":
