@@ -8,6 +8,7 @@ import dataclasses
 import json
 import shutil
 import socket
+import re
 import subprocess
 import sys
 import threading
@@ -246,6 +247,30 @@ def test_serve_command_busy_port_or_unknown_host_is_one_line(index_dir, capsys):
     assert err.startswith("error: host=no-such-host.invalid: no such address") and err.count("\n") == 1, err
 
 
+def test_serve_command_on_port_0_names_the_port_it_got(index_dir):
+    process = subprocess.Popen([sys.executable, "serve.py", f"index={index_dir}", "port=0", "threads=1"], cwd=ROOT, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    try:
+        for line in process.stderr:  # the start-up line comes before uvicorn's own
+            match = re.search(r"serving http://127\.0\.0\.1:(\d+)/", line)
+            if match:
+                break
+        else:
+            raise AssertionError("no start-up line")
+        port = int(match.group(1))
+        assert port > 0
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                assert httpx.get(f"http://127.0.0.1:{port}/health", timeout=5).status_code == 200
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline and process.poll() is None
+                time.sleep(0.2)
+    finally:
+        process.terminate()
+        process.communicate(timeout=30)
+
+
 def test_serve_command_serves_with_its_settings(index_dir, tmp_path, monkeypatch):
     from tests.test_maxsim import static_model_over
     from two_tower.retrieval.index import PassageIndex
@@ -294,7 +319,7 @@ def test_serve_command_serves_with_its_settings(index_dir, tmp_path, monkeypatch
         (["index=/no/such/index"], "error: index=/no/such/index: no such folder"),
         ([], "error: which index? pass index=DIR"),
         (["index=X", "colour=red"], "error: colour: unknown setting; the settings are index, host"),
-        (["index=X", "port=http"], "error: port='http': must be a whole number 1..65535"),
+        (["index=X", "port=http"], "error: port='http': must be a whole number 0..65535"),
         (["index=X", "threads=0"], "error: threads=0: must be a whole number >= 1"),
         (["index=X", "k=50", "k_max=20"], "error: k=50: the default k must be a whole number in 1..k_max (20)"),
         (["index=X", "max_batch=0"], "error: max_batch=0: must be a whole number >= 1"),

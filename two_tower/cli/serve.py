@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
             if not isinstance(cfg[name], (str, int, float)) or isinstance(cfg[name], bool):
                 raise ConfigError(f"{name}={cfg[name]!r}: must be a single path or name")
             cfg[name] = str(cfg[name])
-        _whole("port", cfg.port, 1, 65535)
+        _whole("port", cfg.port, 0, 65535)  # 0: a free port the system picks (the start-up line names it)
         _whole("max_connections", cfg.max_connections, 1)
         for name in ("header_timeout", "keep_alive_timeout"):
             if not isinstance(cfg[name], (int, float)) or isinstance(cfg[name], bool) or not 0 < cfg[name] <= 3600:
@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print(
         f"Loaded {searcher.index.path} ({len(searcher.index):,} passages) in {time.perf_counter() - start:.1f}s; "
-        f"serving http://{cfg.host}:{cfg.port}/ (API docs at /docs)",
+        f"serving http://{cfg.host}:{sock.getsockname()[1]}/ (API docs at /docs)",
         file=sys.stderr,
         flush=True,
     )
