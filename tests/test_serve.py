@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import shutil
 import socket
-import re
 import subprocess
 import sys
 import threading
