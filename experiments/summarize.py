@@ -66,6 +66,9 @@ def main() -> None:
     parser.add_argument("paths", nargs="+", type=Path)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
+    missing = [str(p) for p in args.paths if not p.exists()]
+    if missing:
+        parser.error(f"no such run folder: {', '.join(missing)}")
     args.out.mkdir(parents=True, exist_ok=True)
     rows, curves = [], {}
     runs = find_runs(args.paths)

@@ -31,8 +31,13 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     source, out = Path(args.source), Path(args.out)
+    shards = sorted(source.glob("train-*.parquet"))
+    if not shards:
+        parser.error(f"{source}: no train-*.parquet shard (a folder in MS MARCO v1.1 layout)")
+    train = pq.read_table(shards[0])
+    if not 0 < args.rows < train.num_rows:
+        parser.error(f"--rows {args.rows}: must be 1 to {train.num_rows - 1} (the train split has {train.num_rows} rows)")
     out.mkdir(parents=True, exist_ok=True)
-    train = pq.read_table(next(iter(sorted(source.glob("train-*.parquet")))))
     rng = np.random.default_rng(args.seed)
     test_rows = np.sort(rng.choice(train.num_rows, size=args.rows, replace=False))
     keep = np.setdiff1d(np.arange(train.num_rows), test_rows)
