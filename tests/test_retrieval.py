@@ -24,7 +24,7 @@ from two_tower.retrieval import index as index_module
 from two_tower.retrieval.bm25 import BM25Retriever
 from two_tower.retrieval.corpus import read_corpus_file
 from two_tower.retrieval.dense import DenseRetriever
-from two_tower.core.errors import ConfigError, CorpusError, EmptyQueryError, IndexFolderError
+from two_tower.core.errors import CheckpointError, ConfigError, CorpusError, EmptyQueryError, IndexFolderError
 from two_tower.core import per_query
 from two_tower.retrieval.evaluate import evaluate, evaluate_split
 from two_tower.retrieval.hybrid import ReciprocalRankFusion, WeightedScoreFusion
@@ -422,6 +422,29 @@ def test_corpus_files_parquet_jsonl_tsv(tmp_path):
     (tmp_path / "dup.tsv").write_text("1\ta\n1\tb\n")
     with pytest.raises(CorpusError, match="dup.tsv: 1 id"):
         read_corpus_file(tmp_path / "dup.tsv")
+    # a bad line is named, in one line
+    (tmp_path / "three.tsv").write_text("1\ta\tx\n2\tb\n")
+    with pytest.raises(CorpusError, match=r"three.tsv: expected 2 tab-separated columns \(id, text\), found 3; line 1 has another count$"):
+        read_corpus_file(tmp_path / "three.tsv")
+    (tmp_path / "later.tsv").write_text("1\ta\n2\tb\tx\n")
+    with pytest.raises(CorpusError, match=r"later.tsv: could not read it \(ParserError: .*line 2, saw 3\)$"):
+        read_corpus_file(tmp_path / "later.tsv")
+    (tmp_path / "latin.tsv").write_bytes(b"1\ta\n2\tp\xffear\n")
+    with pytest.raises(CorpusError, match=r"latin.tsv: line 2 is not UTF-8 text \(invalid start byte\)$"):
+        read_corpus_file(tmp_path / "latin.tsv")
+
+
+def test_a_checkpoint_folder_is_named_as_a_folder(trained, tmp_path):
+    from two_tower.retrieval.checkpoint import load_checkpoint
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    shutil.copy(trained["ckpt"], run / "checkpoints" / "last.ckpt")
+    with pytest.raises(CheckpointError, match=re.escape(f"ckpt={run}: a folder; pass a checkpoint file, e.g. ckpt={run / 'checkpoints' / 'last.ckpt'}")):
+        load_checkpoint(run)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match=r"a folder; pass a checkpoint file \(a run's checkpoints/\*.ckpt\)"):
+        load_checkpoint(tmp_path / "empty")
 
 
 # ----------------------------------------------------------------------------------------- evaluation

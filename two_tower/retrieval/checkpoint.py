@@ -24,6 +24,9 @@ def load_checkpoint(path: str | Path):
     from two_tower.model.module import TwoTowerModule  # imports Lightning: only when a checkpoint is needed
 
     path = Path(path).expanduser()
+    if path.is_dir():
+        last = next((p for p in (path / "checkpoints" / "last.ckpt", path / "last.ckpt") if p.is_file()), None)
+        raise CheckpointError(f"ckpt={path}: a folder; pass a checkpoint file" + (f", e.g. ckpt={last}" if last else " (a run's checkpoints/*.ckpt)"))
     if not path.is_file():
         raise CheckpointError(f"ckpt={path}: no such checkpoint file")
     try:

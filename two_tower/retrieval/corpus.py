@@ -83,6 +83,20 @@ def split_passages(split: str, path: str | None, hub_name: str, hub_config: str)
     return Passages([str(i) for i in range(len(texts))], texts, source)
 
 
+def first_bad_line(path: Path, what: str) -> str:
+    """``line N <what>``: the first line of a tsv that is not UTF-8 or not two tab-separated fields (read
+    again, line by line, only when reading the whole file failed)."""
+    with open(path, "rb") as lines:
+        for number, line in enumerate(lines, start=1):
+            try:
+                text = line.decode("utf-8")
+            except UnicodeDecodeError:
+                return f"line {number} {what}"
+            if text.rstrip("\r\n").count("\t") != 1:
+                return f"line {number} {what}"
+    return f"a line {what}"
+
+
 def read_corpus_file(path: str | Path, id_column: str = "id", text_column: str = "text") -> Passages:
     """Passages from a parquet or jsonl file with ``id_column`` and ``text_column``, or a tsv of
     ``id<TAB>text`` lines (MS MARCO's collection.tsv layout; a header line naming the columns is skipped)."""
@@ -94,11 +108,13 @@ def read_corpus_file(path: str | Path, id_column: str = "id", text_column: str =
         raise CorpusError(f"corpus={path}: unsupported file type {path.suffix!r}; use one of {sorted(READERS)}")
     try:
         frame = reader(path)
+    except UnicodeDecodeError as err:
+        raise CorpusError(f"corpus={path}: {first_bad_line(path, 'is not UTF-8 text')} ({err.reason})") from err
     except Exception as err:
-        raise CorpusError(f"corpus={path}: could not read it ({type(err).__name__}: {err})") from err
+        raise CorpusError(f"corpus={path}: could not read it ({type(err).__name__}: {' '.join(str(err).split())})") from err
     if path.suffix.lower() == ".tsv":
         if frame.shape[1] != 2:
-            raise CorpusError(f"corpus={path}: expected 2 tab-separated columns (id, text), found {frame.shape[1]}")
+            raise CorpusError(f"corpus={path}: expected 2 tab-separated columns (id, text), found {frame.shape[1]}; {first_bad_line(path, 'has another count')}")
         frame.columns = [id_column, text_column]
         if len(frame) and list(frame.iloc[0]) == [id_column, text_column]:
             frame = frame.iloc[1:]
