@@ -167,6 +167,9 @@ BAD_REQUESTS = [
     ("surrogate key", "POST", "/search", {"content": b'{"queries": ["a"], "\\udfff": 1}', "headers": {"content-type": "application/json"}}, 422, "body: "),
     ("body too big", "POST", "/search", {"content": b"x" * TOO_BIG, "headers": {"content-type": "application/json"}}, 413, "request body over"),
     ("chunked too big", "POST", "/search", {"content": iter([b"x" * 65536] * (TOO_BIG // 65536 + 1)), "headers": {"content-type": "application/json"}}, 413, "request body over"),
+    ("q twice", "GET", "/search?q=garden&q=castle", {}, 422, "query.q: given 2 times; give it once"),
+    ("unknown parameter", "GET", "/search?q=garden&kk=3", {}, 422, "query.kk: not a parameter here (takes q, k)"),
+    ("k in the URL of a POST", "POST", "/search?k=1", {"json": {"queries": ["garden"]}}, 422, "query.k: not a parameter here (send settings in the JSON body)"),
     ("unknown path", "GET", "/nowhere", {}, 404, "Not Found"),
     ("wrong method", "DELETE", "/search", {}, 405, "Method Not Allowed"),
 ]

@@ -33,7 +33,7 @@ from typing import Annotated, Any
 
 import faiss
 import torch
-from fastapi import FastAPI, Query, Request
+from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
@@ -177,6 +177,24 @@ def _error_response(status: int, error: str, detail: list[ErrorItem] = ()) -> JS
     return JSONResponse(ErrorResponse(error=_clean(error, 2000), detail=list(detail)).model_dump(), status_code=status)
 
 
+def query_parameters(*allowed: str):
+    """A dependency refusing URL parameters other than ``allowed`` and any given twice (``?q=a&q=b`` would
+    otherwise search ``b`` alone; ``POST /search?k=1`` would ignore the ``k``): a 422 naming them."""
+
+    def check(request: Request) -> None:
+        names = [name for name, _ in request.query_params.multi_items()]
+        unknown = sorted({n for n in names if n not in allowed})
+        repeated = sorted({n for n in names if n in allowed and names.count(n) > 1})
+        problems = [
+            *(f"query.{n}: not a parameter here ({'takes ' + ', '.join(allowed) if allowed else 'send settings in the JSON body'})" for n in unknown),
+            *(f"query.{n}: given {names.count(n)} times; give it once" for n in repeated),
+        ]
+        if problems:
+            raise StarletteHTTPException(422, "; ".join(problems))
+
+    return Depends(check)
+
+
 # ---------------------------------------------------------------------------------------------- app
 
 
@@ -235,7 +253,7 @@ def create_app(searcher: Searcher, limits: Limits = Limits(), threads: int | Non
         queries: list[QueryText] = Field(min_length=1, max_length=limits.max_batch, description=f"1 to {limits.max_batch} queries, each 1 to {limits.max_query_chars} characters")
         k: Annotated[int, BeforeValidator(_integral_float_to_int)] = Field(limits.k, ge=1, le=limits.k_max, description=f"passages per query, 1 to {limits.k_max}")
 
-    @app.get("/search", response_model=SearchResponse, responses=ERRORS, summary="Search one query")
+    @app.get("/search", response_model=SearchResponse, responses=ERRORS, summary="Search one query", dependencies=[query_parameters("q", "k")])
     def search_one(
         q: Annotated[str, Query(min_length=1, max_length=limits.max_query_chars, pattern=NOT_BLANK, description="the query text")],
         k: Annotated[int, Query(ge=1, le=limits.k_max, description=f"passages to return, 1 to {limits.k_max}")] = limits.k,
@@ -246,7 +264,7 @@ def create_app(searcher: Searcher, limits: Limits = Limits(), threads: int | Non
         took = (time.perf_counter() - start) * 1000
         return {"query": q, "k": k, "took_ms": round(took, 3), "hits": [vars(h) for h in hits]}
 
-    @app.post("/search", response_model=BatchResponse, responses=ERRORS, summary="Search a batch of queries")
+    @app.post("/search", response_model=BatchResponse, responses=ERRORS, summary="Search a batch of queries", dependencies=[query_parameters()])
     def search_batch(batch: SearchBatch):
         use_threads()
         start = time.perf_counter()
