@@ -320,6 +320,14 @@ def test_a_factory_that_cannot_train_on_the_corpus_is_one_error(trained, tmp_pat
     assert not (tmp_path / "index").exists()
 
 
+def test_index_takes_passages_one_way(trained, tmp_path):
+    corpus = tmp_path / "c.tsv"
+    corpus.write_text("1\tapple river\n")
+    cfg = compose_retrieval("index", [f"ckpt={trained['ckpt']}", f"corpus={corpus}", f"data.path={trained['data']}", f"out={tmp_path / 'index'}"])
+    with pytest.raises(ConfigError, match="give the passages one way"):
+        build_index(cfg)
+
+
 def test_index_of_stopwords_only_is_one_error(trained, tmp_path):
     corpus = tmp_path / "stop.tsv"
     corpus.write_text("1\tthe\n2\tan a\n")

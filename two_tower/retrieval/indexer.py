@@ -62,6 +62,8 @@ def encode_passages(module, texts: list[str], batch_size: int = 512, chunk: int 
 
 
 def load_passages(cfg: DictConfig) -> Passages:
+    if cfg.corpus and cfg.data.path:
+        raise ConfigError(f"corpus={cfg.corpus} and data.path={cfg.data.path}: give the passages one way, a file (corpus=) or a split's folder (data.path=)")
     if cfg.corpus:
         return read_corpus_file(cfg.corpus, cfg.corpus_columns.id, cfg.corpus_columns.text)
     return split_passages(cfg.split, cfg.data.path, cfg.data.hub_name, cfg.data.hub_config)
