@@ -176,6 +176,7 @@ def test_overrides_hydra_cannot_compose_are_one_line():
     assert "--multirun" in composition_error("train", ["seed=1,2"])
     assert composition_error("train", ["loss=triplet", "loss.margin=0.3", "hydra.run.dir=/x"]) is None
     assert composition_error("train", ["-m", "seed=1,2"]) is None  # sweeps: Hydra's own report
+    assert composition_error("train", ["hydra.mode=MULTIRUN", "seed=1,2"]) is None  # a sweep without -m
 
 
 @pytest.mark.parametrize("command, override, words", [("train.py", "bogus=1", "error: bogus: no such setting"), ("index.py", "encoder=x", "error: encoder: no such setting in index.yaml"), ("evaluate.py", "retriever=bogus", "Available options in 'retriever'")])

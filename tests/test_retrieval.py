@@ -437,9 +437,12 @@ def test_corpus_files_parquet_jsonl_tsv(tmp_path):
     (tmp_path / "later.tsv").write_text("1\ta\n2\tb\tx\n")
     with pytest.raises(CorpusError, match=r"later.tsv: could not read it \(ParserError: .*line 2, saw 3\)$"):
         read_corpus_file(tmp_path / "later.tsv")
-    (tmp_path / "latin.tsv").write_bytes(b"1\ta\n2\tp\xffear\n")
-    with pytest.raises(CorpusError, match=r"latin.tsv: line 2 is not UTF-8 text \(invalid start byte\)$"):
+    (tmp_path / "latin.tsv").write_bytes(b"1\ta\n\n2\tp\xffear\n")  # a blank line (skipped) before it
+    with pytest.raises(CorpusError, match=r"latin.tsv: line 3 is not UTF-8 text \(invalid start byte\)$"):
         read_corpus_file(tmp_path / "latin.tsv")
+    (tmp_path / "blank.tsv").write_text("\n1\ta\tx\n2\tb\n")
+    with pytest.raises(CorpusError, match=r"blank.tsv: .*found 3; line 2 has another count$"):
+        read_corpus_file(tmp_path / "blank.tsv")
 
 
 def test_a_checkpoint_folder_is_named_as_a_folder(trained, tmp_path):

@@ -8,6 +8,7 @@ import dataclasses
 import json
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -250,8 +251,12 @@ def test_serve_command_busy_port_or_unknown_host_is_one_line(index_dir, capsys):
     assert err.startswith("error: host=no-such-host.invalid: no such address") and err.count("\n") == 1, err
 
 
-def test_serve_command_on_port_0_names_the_port_it_got(index_dir):
-    process = subprocess.Popen([sys.executable, "serve.py", f"index={index_dir}", "port=0", "threads=1"], cwd=ROOT, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+def test_serve_command_on_port_0_names_the_port_it_got_and_ctrl_c_stops_it_cleanly(index_dir):
+    # SIGINT as a terminal delivers it (a test runner's child may inherit it ignored)
+    process = subprocess.Popen(
+        [sys.executable, "serve.py", f"index={index_dir}", "port=0", "threads=1"], cwd=ROOT, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     try:
         for line in process.stderr:  # the start-up line comes before uvicorn's own
             match = re.search(r"serving http://127\.0\.0\.1:(\d+)/", line)
@@ -269,9 +274,13 @@ def test_serve_command_on_port_0_names_the_port_it_got(index_dir):
             except httpx.TransportError:
                 assert time.monotonic() < deadline and process.poll() is None
                 time.sleep(0.2)
+        process.send_signal(signal.SIGINT)
+        rest = process.communicate(timeout=30)[1]
+        assert process.returncode == 0 and "Traceback" not in rest, rest
     finally:
-        process.terminate()
-        process.communicate(timeout=30)
+        if process.poll() is None:
+            process.terminate()
+            process.communicate(timeout=30)
 
 
 def test_serve_command_serves_with_its_settings(index_dir, tmp_path, monkeypatch):

@@ -56,10 +56,10 @@ def exit_on_error():
 def composition_error(config_name: str, argv: list[str]) -> str | None:
     """The one line for command-line overrides Hydra cannot compose into ``config_name`` (an unknown key, an
     unknown option of a group, a sweep without --multirun), or None. Commands with Hydra flags (``-m``,
-    ``--cfg``, ...) are left to Hydra, whose report spans lines."""
+    ``--cfg``, ...) or ``hydra.mode=`` are left to Hydra, whose report spans lines."""
     import re
 
-    if any(arg.startswith("-") for arg in argv):
+    if any(arg.startswith("-") or arg.lstrip("+").startswith("hydra.mode=") for arg in argv):  # -m, or hydra.mode=MULTIRUN
         return None
     try:
         compose(config_name, argv)

@@ -33,14 +33,18 @@ def _whole(name: str, value, low: int, high: int | None = None):
 
 
 def listening_socket(host: str, port: int) -> socket.socket:
-    """A TCP socket bound to ``host``:``port`` (as uvicorn binds: the first address ``getaddrinfo`` gives,
-    SO_REUSEADDR), so a busy port or an unknown host is one ConfigError line (exit 2) rather than uvicorn's log
-    lines and exit 3. uvicorn listens on it."""
+    """The socket uvicorn listens on, bound here to the first address ``getaddrinfo`` gives for ``host``
+    (SO_REUSEADDR), so a busy port or an unknown host is one ConfigError line (exit 2) rather than uvicorn's
+    log lines and exit 3. A name with several addresses (``localhost``: 127.0.0.1 and ::1) is served on the
+    first only; give the address itself to choose."""
     try:
         family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
     except (socket.gaierror, UnicodeError) as err:
         raise ConfigError(f"host={host}: no such address ({err})") from err
-    sock = socket.socket(family, kind, proto)
+    try:
+        sock = socket.socket(family, kind, proto)
+    except OSError as err:  # e.g. an IPv6 address on a machine without IPv6
+        raise ConfigError(f"host={host}: cannot open a socket for it ({err.strerror or err})") from err
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind(address)
@@ -116,14 +120,17 @@ def main(argv: list[str] | None = None) -> int:
 
     print(
         f"Loaded {searcher.index.path} ({len(searcher.index):,} passages) in {time.perf_counter() - start:.1f}s; "
-        f"serving http://{cfg.host}:{sock.getsockname()[1]}/ (API docs at /docs)",
+        f"serving http://{f'[{cfg.host}]' if ':' in cfg.host else cfg.host}:{sock.getsockname()[1]}/ (API docs at /docs)",
         file=sys.stderr,
         flush=True,
     )
     # h11 with a header read timeout and an accept-time connection cap (two_tower/serve/protocol.py);
     # backlog: connections waiting to be accepted beyond those, kept by the kernel.
     server = uvicorn.Server(uvicorn.Config(app, host=cfg.host, port=cfg.port, http=protocol, timeout_keep_alive=cfg.keep_alive_timeout, backlog=2048))
-    server.run(sockets=[sock])
+    try:
+        server.run(sockets=[sock])
+    except KeyboardInterrupt:  # Ctrl-C after a graceful shutdown: uvicorn re-raises it (uvicorn.run swallows it too)
+        pass
     return 0 if server.started else 3  # uvicorn.run's status for a server that could not start
 
 

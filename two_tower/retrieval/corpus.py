@@ -83,18 +83,28 @@ def split_passages(split: str, path: str | None, hub_name: str, hub_config: str)
     return Passages([str(i) for i in range(len(texts))], texts, source)
 
 
-def first_bad_line(path: Path, what: str) -> str:
-    """``line N <what>``: the first line of a tsv that is not UTF-8 or not two tab-separated fields (read
-    again, line by line, only when reading the whole file failed)."""
+def first_bad_line(path: Path, what: str, bad) -> str:
+    """``line N <what>``: the first line of a tsv for which ``bad(raw bytes without the line end)`` holds
+    (read again, line by line, only when reading the whole file failed); blank lines are skipped, as pandas
+    skips them."""
     with open(path, "rb") as lines:
         for number, line in enumerate(lines, start=1):
-            try:
-                text = line.decode("utf-8")
-            except UnicodeDecodeError:
-                return f"line {number} {what}"
-            if text.rstrip("\r\n").count("\t") != 1:
+            line = line.rstrip(b"\r\n")
+            if line.strip() and bad(line):
                 return f"line {number} {what}"
     return f"a line {what}"
+
+
+def not_two_fields(line: bytes) -> bool:
+    return line.count(b"\t") != 1
+
+
+def not_utf8(line: bytes) -> bool:
+    try:
+        line.decode("utf-8")
+    except UnicodeDecodeError:
+        return True
+    return False
 
 
 def read_corpus_file(path: str | Path, id_column: str = "id", text_column: str = "text") -> Passages:
@@ -109,12 +119,12 @@ def read_corpus_file(path: str | Path, id_column: str = "id", text_column: str =
     try:
         frame = reader(path)
     except UnicodeDecodeError as err:
-        raise CorpusError(f"corpus={path}: {first_bad_line(path, 'is not UTF-8 text')} ({err.reason})") from err
+        raise CorpusError(f"corpus={path}: {first_bad_line(path, 'is not UTF-8 text', not_utf8)} ({err.reason})") from err
     except Exception as err:
         raise CorpusError(f"corpus={path}: could not read it ({type(err).__name__}: {' '.join(str(err).split())})") from err
     if path.suffix.lower() == ".tsv":
         if frame.shape[1] != 2:
-            raise CorpusError(f"corpus={path}: expected 2 tab-separated columns (id, text), found {frame.shape[1]}; {first_bad_line(path, 'has another count')}")
+            raise CorpusError(f"corpus={path}: expected 2 tab-separated columns (id, text), found {frame.shape[1]}; {first_bad_line(path, 'has another count', not_two_fields)}")
         frame.columns = [id_column, text_column]
         if len(frame) and list(frame.iloc[0]) == [id_column, text_column]:
             frame = frame.iloc[1:]

@@ -34,6 +34,14 @@ def _read_record(folder: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(folder.glob("*.yaml")) if p.is_file()}
 
 
+def _hydra_config_set(config: DictConfig) -> None:
+    """Make ``${hydra:...}`` in ``hydra.run.dir`` / ``hydra.sweep.dir`` resolvable before Hydra's own job start
+    sets it (the same ``set_config`` Hydra's ``run_job`` makes first)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    HydraConfig.instance().set_config(config)
+
+
 class KeepRunRecord(Callback):
     """Reads the records Hydra is about to overwrite; hands them to the job's process at its start."""
 
@@ -41,6 +49,7 @@ class KeepRunRecord(Callback):
         self.previous: dict[str, dict[str, bytes]] = {}
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        _hydra_config_set(config)
         subdir = config.hydra.output_subdir
         if subdir is not None:
             folder = Path(os.path.abspath(str(config.hydra.run.dir))) / str(subdir)
@@ -48,6 +57,7 @@ class KeepRunRecord(Callback):
                 self.previous[str(folder)] = _read_record(folder)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        _hydra_config_set(config)
         subdir = config.hydra.output_subdir
         sweep = Path(os.path.abspath(str(config.hydra.sweep.dir)))
         if subdir is not None and sweep.is_dir():
