@@ -461,6 +461,26 @@ def test_a_checkpoint_folder_is_named_as_a_folder(trained, tmp_path):
 # ----------------------------------------------------------------------------------------- evaluation
 
 
+def test_evaluate_replaces_an_earlier_evaluation_in_out_and_checks_out_first(trained, tmp_path, monkeypatch):
+    """A second evaluation into the same out= leaves none of the first's files (compare would read its
+    per_query tables); an unwritable out= fails before any work."""
+    from two_tower.core.errors import NotWritableError
+    from two_tower.retrieval import evaluate as evaluate_module
+
+    out = tmp_path / "eval"
+    evaluate(compose_retrieval("evaluate", [f"ckpt={trained['ckpt']}", f"data.path={trained['data']}", f"out={out}", "retriever=[dense,bm25]", "save_runs=true"]))
+    assert sorted(p.name for p in (out / "runs").iterdir()) == ["bm25.trec", "dense.trec"]
+    (out / "notes.txt").write_text("mine")  # not an output: kept
+    evaluate(compose_retrieval("evaluate", [f"ckpt={trained['ckpt']}", f"data.path={trained['data']}", f"out={out}", "retriever=[bm25_stemmed]"]))
+    assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "metrics.md", "notes.txt", "per_query"]
+    assert [p.name for p in (out / "per_query").iterdir()] == ["bm25_stemmed.parquet"]
+    assert list(json.loads((out / "metrics.json").read_text())["metrics"]) == ["bm25_stemmed"]
+    (tmp_path / "file").write_text("")
+    monkeypatch.setattr(evaluate_module, "build_retrievers", lambda cfg: pytest.fail("worked before checking out="))
+    with pytest.raises(NotWritableError, match="out="):
+        evaluate(compose_retrieval("evaluate", [f"ckpt={trained['ckpt']}", f"data.path={trained['data']}", f"out={tmp_path / 'file' / 'eval'}", "retriever=[bm25]"]))
+
+
 def test_evaluate_dense_reproduces_validation_and_writes_reports(trained, tmp_path):
     out = tmp_path / "eval"
     cfg = compose_retrieval("evaluate", [f"ckpt={trained['ckpt']}", f"data.path={trained['data']}", f"out={out}", "retriever=[dense,bm25]", "save_runs=true"])

@@ -20,12 +20,18 @@ if entry is None:
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
+import logging
 import os
+import shutil
 from pathlib import Path
 
-from two_tower.core.atomic import atomic_folder, check_writable, sweep_stale_temps
+from two_tower.core.atomic import atomic_folder, check_writable, sweep_stale_temps, temp_path
+from two_tower.core.errors import NotWritableError
+
+log = logging.getLogger(__name__)
 
 
 def default_root() -> str:
@@ -47,6 +53,35 @@ def _register_resolver() -> None:
 _register_resolver()
 
 
+# Beside an entry's files: {relative path: size in bytes} of every file it was written with.
+FILES = ".files.json"
+
+
+def record_files(folder: Path) -> None:
+    """Write ``folder``'s ``FILES`` list (called on the finished temporary folder, before its rename)."""
+    sizes = {str(p.relative_to(folder)): p.stat().st_size for p in sorted(folder.rglob("*")) if p.is_file() and p.name != FILES}
+    (folder / FILES).write_text(json.dumps(sizes, sort_keys=True))
+
+
+def entry_damage(folder: Path) -> str | None:
+    """What is wrong with an entry whose files no longer match its ``FILES`` list, or None (also for entries
+    written before the list existed, which are trusted as before)."""
+    listing = folder / FILES
+    if not listing.is_file():
+        return None
+    try:
+        sizes = json.loads(listing.read_text())
+    except (OSError, ValueError) as err:
+        return f"{FILES} unreadable: {type(err).__name__}"
+    for name, size in sizes.items():
+        file = folder / name
+        if not file.is_file():
+            return f"{name} is missing"
+        if file.stat().st_size != size:
+            return f"{name} has {file.stat().st_size} bytes, written with {size}"
+    return None
+
+
 class ContentCache:
     def __init__(self, root: str | os.PathLike, kind: str):
         self.folder = Path(root).expanduser() / kind
@@ -62,9 +97,23 @@ class ContentCache:
         return self.folder / key
 
     def get(self, key: str) -> Path | None:
-        """The entry's folder if it exists (it is then whole: entries appear by one rename)."""
+        """The entry's folder if it exists and is whole: entries appear by one rename, and every file the
+        entry was written with is still there at its size (its ``FILES`` list). A damaged entry (a file
+        deleted or truncated since) is set aside, logged, and reported absent, so the caller builds it again."""
         path = self.path(key)
-        return path if path.is_dir() else None
+        if not path.is_dir():
+            return None
+        damage = entry_damage(path)
+        if damage is None:
+            return path
+        log.warning("cache entry %s is damaged (%s): building it again", path, damage)
+        aside = temp_path(path)
+        try:
+            os.replace(path, aside)  # one rename: a concurrent reader sees the entry or nothing
+        except OSError:  # another process set it aside first
+            return None
+        shutil.rmtree(aside, ignore_errors=True)
+        return None
 
     def check_writable(self, min_free_bytes: int = 0) -> None:
         """Fail now, naming the cache folder, if an entry could not be written in it."""
@@ -81,6 +130,11 @@ class ContentCache:
         try:
             with atomic_folder(self.path(key), replace=False) as tmp:
                 yield tmp
+                record_files(tmp)
         except FileExistsError as err:
             if err.filename != str(self.path(key)):
                 raise
+        except OSError as err:
+            if err.errno != errno.ENOSPC:
+                raise
+            raise NotWritableError(f"cache folder ({self.kind}) {self.folder}: no space left on the device while writing an entry; free some, or set TWO_TOWER_CACHE / paths.cache_dir to another disk") from err

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
 import time
 from pathlib import Path
 
@@ -21,7 +23,7 @@ import numpy as np
 from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 
-from two_tower.core.atomic import atomic_write
+from two_tower.core.atomic import atomic_write, check_writable, fsync_folder, sweep_stale_temps, temp_path
 from two_tower.core.checks import check
 from two_tower.core.threads import set_threads
 from two_tower.data import beir
@@ -137,6 +139,8 @@ def evaluate(cfg: DictConfig) -> dict[str, dict]:
     set_threads(cfg.get("threads"))
     if not cfg.retriever:
         raise ConfigError("no retriever selected; e.g. retriever=[dense,bm25,hybrid]")
+    out = Path(cfg.out)
+    check_writable(out, f"out={cfg.out}", min_free_bytes=1 << 20)  # before any work, not after it
     retrievers = build_retrievers(cfg)
     split = load_split(cfg)
     query_rows = split.evaluated_queries()
@@ -144,8 +148,43 @@ def evaluate(cfg: DictConfig) -> dict[str, dict]:
     tables: dict = {}
     metrics, rankings = evaluate_split(split, retrievers, tables)
 
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    # Everything goes to a folder beside the outputs first, then replaces the previous evaluation's outputs in
+    # ``out`` (replace_outputs): no file of an earlier evaluation is left among these, and metrics.json comes last.
+    for folder in (out, out / "runs", out / "per_query"):
+        sweep_stale_temps(folder)  # temporary files of a killed evaluation
+    staged = temp_path(out / "evaluation")
+    staged.mkdir()
+    try:
+        write_outputs(cfg, staged, split, query_rows, metrics, rankings, tables, retrievers)
+        replace_outputs(staged, out)
+    finally:
+        shutil.rmtree(staged, ignore_errors=True)
+    log.info("%s: %d queries, %d passages\n%s\nWrote %s", cfg.split, len(query_rows), split.num_passages, markdown_table(metrics), out / "metrics.md")
+    return metrics
+
+
+# What one evaluation writes in ``out``; metrics.json last, so its presence means the rest is there.
+OUTPUTS = ("per_query", "runs", "qrels.txt", "metrics.md", "metrics.json")
+
+
+def replace_outputs(staged: Path, out: Path) -> None:
+    """Move ``staged``'s outputs into ``out``, after setting aside every output of an earlier evaluation
+    (metrics.json first): a kill in between leaves no metrics.json rather than a mix of two evaluations."""
+    for name in ("metrics.json", *OUTPUTS[:-1]):
+        if (out / name).exists():
+            aside = temp_path(out / name)
+            os.replace(out / name, aside)
+            if aside.is_dir():
+                shutil.rmtree(aside)
+            else:
+                aside.unlink()
+    for name in OUTPUTS:
+        if (staged / name).exists():
+            os.replace(staged / name, out / name)
+    fsync_folder(out)
+
+
+def write_outputs(cfg: DictConfig, out: Path, split, query_rows, metrics, rankings, tables, retrievers) -> None:
     for name, table in tables.items():  # each query's metrics, for paired comparisons (python -m two_tower.cli.compare)
         per_query.write(table, out / "per_query" / f"{name}.parquet")
     table = markdown_table(metrics)
@@ -168,5 +207,3 @@ def evaluate(cfg: DictConfig) -> dict[str, dict]:
         write_qrels(out / "qrels.txt", split, query_rows)
         for name, ranking in rankings.items():
             write_trec_run(out / "runs" / f"{name}.trec", split, query_rows, ranking, name)
-    log.info("%s: %d queries, %d passages\n%s\nWrote %s", cfg.split, len(query_rows), split.num_passages, table, out / "metrics.md")
-    return metrics
