@@ -208,6 +208,18 @@ def test_beir_reader_skips_and_counts_bad_lines(tmp_path):
         beir.load_beir(tmp_path, "dev")
 
 
+def test_a_byte_order_mark_opening_each_beir_file_costs_nothing(tmp_path):
+    bom = b"\xef\xbb\xbf"
+    plain, marked = tmp_path / "plain", tmp_path / "bom"
+    for root in (plain, marked):
+        write_beir(root, [b'{"_id": "d1", "text": "lift of a wing"}', b'{"_id": "d2", "text": "drag"}'], [b'{"_id": "q1", "text": "wing lift"}'], ["q1\td1\t1"])
+    for name in ("corpus.jsonl", "queries.jsonl", "qrels/test.tsv"):
+        (marked / name).write_bytes(bom + (marked / name).read_bytes())
+    a, b = beir.load_beir(plain, "test"), beir.load_beir(marked, "test")
+    assert (b.corpus_ids, b.query_ids, b.qrels) == (a.corpus_ids, a.query_ids, a.qrels) == (["d1", "d2"], ["q1"], {"q1": {"d1": 1}})
+    assert not any(b.skipped.values())
+
+
 def test_graded_ndcg_matches_a_hand_computation():
     ranked = np.array([[5, 3, 9, 1]])
     got = ranking_metrics(ranked, [{3: 2.0, 1: 1.0, 7: 3.0}], ks=(1, 10))

@@ -105,7 +105,7 @@ def _read_qrels(path: Path, corpus: dict, queries: dict, skipped: Counter) -> di
     with open(path, "rb") as f:
         for number, raw in enumerate(f, start=1):
             try:
-                fields = raw.decode("utf-8").rstrip("\r\n").split("\t")
+                fields = raw.decode("utf-8-sig" if number == 1 else "utf-8").rstrip("\r\n").split("\t")  # a BOM may open it
             except UnicodeDecodeError:
                 skipped["not_utf8"] += 1
                 continue

@@ -29,7 +29,7 @@ def read_jsonl(path: str | Path, digest=None):
             if not raw.strip():
                 continue
             try:
-                text = raw.decode("utf-8")
+                text = raw.decode("utf-8-sig" if number == 1 else "utf-8")  # a byte-order mark may open the file
             except UnicodeDecodeError:
                 yield UnreadableRow("not_utf8", str(path), number)
                 continue
