@@ -22,12 +22,16 @@ from two_tower.negatives import InBatchNegatives, RandomNegatives
 def bad_rows(good: dict) -> dict[str, list]:
     """One malformed variant of a good row per reason the validator counts."""
 
+    ids = iter(range(10_000, 20_000))
+
     def edit(fn):
         row = copy.deepcopy(good)
+        row["query_id"] = next(ids)  # another query, malformed
         fn(row)
         return row
 
     return {
+        "duplicate_query_id": [copy.deepcopy(good)],  # the same query again: the first row of a query_id is kept
         "empty_query": [edit(lambda r: r.update(query="   "))],
         "query_not_a_string": [edit(lambda r: r.update(query=None)), edit(lambda r: r.update(query=7))],
         "passages_missing": [edit(lambda r: r.pop("passages")), edit(lambda r: r["passages"].pop("is_selected"))],

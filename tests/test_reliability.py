@@ -339,7 +339,9 @@ def test_a_failed_cache_write_leaves_nothing_behind(tmp_path, monkeypatch):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(np, "save", full_disk)
-    with pytest.raises(OSError, match="No space"):
+    from two_tower.core.errors import NotWritableError
+
+    with pytest.raises(NotWritableError, match=r"cache folder \(prepared\) .*: no space left on the device"):  # one error line
         train(cfg)
     prepared = Path(cfg.paths.cache_dir) / "prepared"
     assert list(prepared.iterdir()) == []

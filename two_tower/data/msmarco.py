@@ -201,8 +201,16 @@ def validate_rows(rows, split: str, for_training: bool = True) -> tuple[list[Cle
     """
     report = ValidationReport(split)
     kept: list[CleanRow] = []
+    seen: set = set()
     for row in rows:
         report.total += 1
+        # A query_id seen before in the split is the same query again (it would count twice in every metric).
+        query_id = row.get("query_id") if isinstance(row, dict) else None
+        if isinstance(query_id, (int, str)) and not isinstance(query_id, bool):
+            if query_id in seen:
+                report.skipped["duplicate_query_id"] += 1
+                continue
+            seen.add(query_id)
         clean, reason = check_row(row)
         if reason is not None:
             report.skipped[reason] += 1
