@@ -1,6 +1,7 @@
 """Hard-negative mining (BM25, ANN, refresh) and in-batch negatives gathered across processes."""
 
 import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -237,6 +238,27 @@ def test_training_with_bm25_and_refreshed_ann(tmp_path, tiny_checkpoint):
     assert np.isfinite(metrics["val/mrr@10"])
     metrics = train(compose_train(tmp_path / "ann", ["negatives=ann", f"negatives.checkpoint={tiny_checkpoint}", "negatives.refresh_every_n_epochs=1", "trainer.max_epochs=2", "loss=triplet"]))
     assert metrics["negatives/refresh_seconds"] > 0
+
+
+def test_a_refreshed_pool_is_in_the_checkpoint_and_restored_on_resume(tmp_path):
+    """A mid-epoch resume must draw from the pool its epoch started with (mining again would use mid-epoch
+    weights): NegativeRefresh keeps the refreshed pool as its checkpoint state and puts it back at train start."""
+    from types import SimpleNamespace
+
+    from two_tower.negatives.refresh import NegativeRefresh
+
+    cfg = compose_train(tmp_path, ["negatives=bm25", "negatives.refresh_every_n_epochs=1", "trainer.max_epochs=2"])
+    train(cfg)
+    state = torch.load(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt", weights_only=True)["callbacks"]
+    saved = next(v for k, v in state.items() if k.startswith("NegativeRefresh"))
+    assert saved["values"].dtype == torch.int32 and len(saved["offsets"]) > 1
+    callback = NegativeRefresh(every_n_epochs=1)
+    callback.load_state_dict(saved)
+    trainer = SimpleNamespace(datamodule=SimpleNamespace(negatives=SimpleNamespace(pool=None)))
+    callback.on_train_start(trainer, None)
+    pool = trainer.datamodule.negatives.pool
+    assert np.array_equal(pool.values, saved["values"].numpy()) and np.array_equal(pool.offsets, saved["offsets"].numpy())
+    assert NegativeRefresh(every_n_epochs=1).state_dict() == {}  # before any refresh: nothing to keep
 
 
 # ---------------------------------------------------------------------------------- across devices
