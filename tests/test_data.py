@@ -313,3 +313,17 @@ def test_synthetic_row_settings_are_checked_before_generating(spec, message):
         check_synthetic_rows(spec)
     check_synthetic_rows({"num_topics": 4, "keywords_per_topic": 3, "query_words": 3, "passage_words": [0, 1], "query_filler": [2, 3]})
     assert len(make_rows(5, num_topics=4, keywords_per_topic=3, query_words=3, passage_words=(0, 1), query_filler=(2, 3))) == 5
+
+
+def test_eval_batches_give_every_process_a_batch_and_cover_each_item_once():
+    """300 validation queries in one 512-row batch left the second of 2 processes with an empty loader
+    (Lightning stops the run); batches shrink until every rank has one."""
+    from two_tower.data.batches import LengthSortedBatches
+
+    lengths = np.random.default_rng(0).integers(1, 30, size=300)
+    for world in (1, 2, 3):
+        ranks = [LengthSortedBatches(lengths, 512, rank, world) for rank in range(world)]
+        assert all(len(r) >= 1 for r in ranks)
+        seen = np.concatenate([b for r in ranks for b in r])
+        assert sorted(seen.tolist()) == list(range(300))
+    assert [len(b) for b in LengthSortedBatches(lengths, 128, 0, 1)] == [128, 128, 44]  # one process: as before

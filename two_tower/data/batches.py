@@ -125,6 +125,9 @@ class LengthSortedBatches(Sampler):
     def __init__(self, lengths: np.ndarray, batch_size: int, rank: int = 0, world_size: int = 1, items: np.ndarray | None = None):
         items = np.arange(len(lengths)) if items is None else items
         order = items[np.argsort(-lengths[items], kind="stable")]
+        # Smaller batches when there are fewer than processes, so every rank has one (Lightning refuses a rank
+        # with an empty loader: 300 validation queries in one 512-row batch over 2 processes).
+        batch_size = max(1, min(batch_size, -(-len(order) // world_size)))
         batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
         self.batches = batches[rank::world_size]
 
