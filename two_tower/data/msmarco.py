@@ -92,6 +92,8 @@ def load_local_split(path: str | os.PathLike, split: str) -> datasets.Dataset:
             f"{sorted({f.suffix for f in files})}"
         )
     kind = kinds.pop()
+    if kind == "parquet":
+        check_same_schema(files)
     try:
         if kind == "json":  # read line by line: a bad line (not UTF-8, not JSON) is a skipped row, not a crash
             ds = JsonlRows.read(files)
@@ -190,6 +192,25 @@ def check_row(row: dict) -> tuple[CleanRow | None, str | None]:
 
 # An evaluation split keeps these rows' passages in its corpus; its metrics skip queries with no positive.
 CORPUS_ONLY_REASONS = {"no_selected_passage", "no_unselected_passage"}
+
+
+def check_same_schema(files: list[Path]) -> None:
+    """Parquet shards of one split must share one schema: ``datasets`` casts every shard to the first one's,
+    so a shard with ``is_selected`` as strings would be cast to numbers or fail whole, by file order."""
+    import pyarrow.parquet as pq
+
+    try:
+        first = pq.read_schema(files[0])
+        for other in files[1:]:
+            schema = pq.read_schema(other)
+            if not schema.equals(first):
+                theirs, ours = dict(zip(first.names, first.types)), dict(zip(schema.names, schema.types))
+                field = next((n for n in sorted(set(theirs) | set(ours)) if theirs.get(n) != ours.get(n)), "?")
+                raise DataSourceError(f"{other}: its schema differs from {files[0]}'s (field {field}: {ours.get(field)} vs {theirs.get(field)}); shards of a split must share one")
+    except DataSourceError:
+        raise
+    except Exception as err:  # not parquet at all: the reader below says so
+        log.debug("schema check skipped: %s", err)
 
 
 def validate_rows(rows, split: str, for_training: bool = True) -> tuple[list[CleanRow], ValidationReport]:
