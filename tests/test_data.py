@@ -96,6 +96,24 @@ def test_local_errors_name_the_problem(tmp_path):
         msmarco.load_split("train", str(folder))
 
 
+def test_a_shard_replaced_by_another_with_the_same_mtime_is_read_again(tmp_path):
+    """datasets keys its cache by path and mtime (cp -p, rsync -t keep it): the old rows came back, and the
+    tokenized-data cache, keyed by that fingerprint, with them. Row counts and sizes now tell them apart."""
+    import os
+
+    folder = tmp_path / "marco"
+    folder.mkdir()
+    shard = folder / "train-00000-of-00001.parquet"
+    datasets.Dataset.from_list(make_rows(10, seed=1)).to_parquet(str(shard))
+    stamp = shard.stat().st_mtime_ns
+    first = msmarco.load_split("train", str(folder))
+    datasets.Dataset.from_list(make_rows(6, seed=2)).to_parquet(str(shard))
+    os.utime(shard, ns=(stamp, stamp))
+    second = msmarco.load_split("train", str(folder))
+    assert (len(first), len(second)) == (10, 6) and second[0]["query"] == make_rows(6, seed=2)[0]["query"]
+    assert second._fingerprint != first._fingerprint
+
+
 def test_parquet_shards_of_one_split_must_share_a_schema(tmp_path):
     """datasets casts every shard to the first one's schema: is_selected as strings ("0"/"1") in one shard
     was read as numbers after an int shard (a guess the rules forbid) and refused whole before it."""

@@ -6,6 +6,8 @@ A v1.1 row has a ``query`` string and ``passages`` = {``passage_text``: [...], `
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import socket
@@ -15,6 +17,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import datasets
+import pyarrow.parquet as pq
 
 from two_tower.data.jsonl import JsonlRows, UnreadableRow
 from two_tower.core.errors import DataSourceError
@@ -100,6 +103,13 @@ def load_local_split(path: str | os.PathLike, split: str) -> datasets.Dataset:
             columns = ds.columns()
         else:
             ds = datasets.load_dataset(kind, data_files=[str(f) for f in files], split="train")
+            expected = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+            if ds.num_rows != expected:  # datasets keys its cache by path and mtime: another file with the same ones
+                log.warning("The datasets cache held %d rows for %s, the files hold %d: reading them again", ds.num_rows, root, expected)
+                ds = datasets.load_dataset(kind, data_files=[str(f) for f in files], split="train", download_mode="force_redownload", verification_mode="no_checks")
+            # What identifies the data in this project's caches: datasets' fingerprint (paths, mtimes) and the sizes.
+            sizes = [(f.name, f.stat().st_size) for f in files]
+            ds._fingerprint = hashlib.sha1(json.dumps([ds._fingerprint, sizes]).encode()).hexdigest()[:16]
             columns = ds.column_names
     except Exception as err:
         raise DataSourceError(f"Could not read {[str(f) for f in files]}: {type(err).__name__}: {err}") from err
@@ -197,8 +207,6 @@ CORPUS_ONLY_REASONS = {"no_selected_passage", "no_unselected_passage"}
 def check_same_schema(files: list[Path]) -> None:
     """Parquet shards of one split must share one schema: ``datasets`` casts every shard to the first one's,
     so a shard with ``is_selected`` as strings would be cast to numbers or fail whole, by file order."""
-    import pyarrow.parquet as pq
-
     try:
         first = pq.read_schema(files[0])
         for other in files[1:]:
