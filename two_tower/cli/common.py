@@ -114,7 +114,7 @@ def group_override_error(overrides: list[str], groups: dict[str, list[str]]) -> 
     return None
 
 
-def unknown_settings_error(config_name: str, overrides: list[str], groups=("prf", "rerank")) -> str | None:
+def unknown_settings_error(config_name: str, overrides: list[str], groups) -> str | None:
     """One line for overrides of ``config_name`` (search, serve) that name no setting: a key the config does
     not have (``bogus=1``, ``+bogus=1``, which Hydra would add and the command ignore), a key inside a plain
     setting (``k.x=1``), or a removal (``~k``). ``groups``: config groups, whose inner keys
@@ -128,6 +128,14 @@ def unknown_settings_error(config_name: str, overrides: list[str], groups=("prf"
         if top not in known or ("." in name and top not in groups):
             return f"{name.lstrip('+')}: unknown setting; the settings are {', '.join(known)}"
     return None
+
+
+def search_override_error(config_name: str, overrides: list[str]) -> str | None:
+    """search.py's and serve.py's check of their overrides before composing: the one line for a setting of
+    an unselected group or unknown to it (``group_override_error``), or for a setting the config does not
+    have (``unknown_settings_error``); None when every override names a setting."""
+    groups = search_group_settings()
+    return group_override_error(overrides, groups) or unknown_settings_error(config_name, overrides, tuple(groups))
 
 
 def search_group_settings() -> dict[str, list[str]]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 import sys
 
-from two_tower.cli.common import compose, group_override_error, report, search_group_settings, unknown_settings_error
+from two_tower.cli.common import compose, report, search_override_error
 from two_tower.core.checks import check_config
 from two_tower.core.errors import EmptyQueryError, TwoTowerError
 from two_tower.core.threads import set_threads
@@ -55,7 +55,7 @@ def format_results(query: str, hits: list[Hit], max_chars: int) -> str:
 def main(argv: list[str] | None = None) -> int:
     """The search.py command; returns the exit status (0 ok, 1 some queries failed, 2 unusable input)."""
     overrides, words, interactive = split_arguments(sys.argv[1:] if argv is None else argv)
-    message = group_override_error(overrides, search_group_settings()) or unknown_settings_error("search", overrides)
+    message = search_override_error("search", overrides)
     if message:
         print(f"error: {message}", file=sys.stderr)
         return 2

@@ -11,7 +11,7 @@ import socket
 import sys
 import time
 
-from two_tower.cli.common import compose, group_override_error, report, search_group_settings, unknown_settings_error
+from two_tower.cli.common import compose, report, search_override_error
 from two_tower.core.errors import ConfigError, TwoTowerError
 
 USAGE = """usage: python serve.py index=DIR [host=127.0.0.1] [port=8000] [threads=1] [key=value ...]
@@ -22,7 +22,6 @@ max_connections.
 Then open http://HOST:PORT/ (search page), /docs (API), /health."""
 
 OVERRIDE = re.compile(r"^[A-Za-z_]\w*(\.\w+)?=")
-GROUPS = ("prf", "rerank")  # config groups: prf=rocchio, then prf.depth=3; rerank=maxsim
 
 
 def _whole(name: str, value, low: int, high: int | None = None):
@@ -65,16 +64,12 @@ def main(argv: list[str] | None = None) -> int:
     if stray:
         print(f"error: not a key=value setting: {' '.join(stray)}\n{USAGE}", file=sys.stderr)
         return 2
-    message = group_override_error(argv, search_group_settings())
+    # a setting, a config group (prf=rocchio), or a key inside a group (prf.depth=3)
+    message = search_override_error("serve", argv)
     if message:
         print(f"error: {message}", file=sys.stderr)
         return 2
     try:
-        # a setting, a config group (prf=rocchio), or a key inside a group (prf.depth=3)
-        message = unknown_settings_error("serve", argv, GROUPS)
-        if message:
-            print(f"error: {message}", file=sys.stderr)
-            return 2
         cfg = compose("serve", argv)
     except Exception as err:  # Hydra's own errors, e.g. a value it cannot parse
         print(f"error: {' '.join(str(err).split())}\n{USAGE}", file=sys.stderr)
