@@ -59,6 +59,20 @@ def _remove(path: Path) -> None:
             path.unlink()
 
 
+def discard(path: str | os.PathLike) -> bool:
+    """Remove a file or folder in one step as others see it: one rename to a temporary name beside it (a reader
+    finds it whole or gone; a kill leaves a temp that ``sweep_stale_temps`` removes), then the deletion.
+    False if it was already gone."""
+    path = Path(path)
+    aside = temp_path(path)
+    try:
+        os.replace(path, aside)
+    except FileNotFoundError:
+        return False
+    _remove(aside)
+    return True
+
+
 def sweep_stale_temps(folder: str | os.PathLike) -> list[Path]:
     """Remove the temporary files and folders in ``folder`` whose writer (same host) no longer runs;
     returns what was removed. Temps of running processes and of other hosts are left alone."""

@@ -25,10 +25,9 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 from pathlib import Path
 
-from two_tower.core.atomic import atomic_folder, check_writable, sweep_stale_temps, temp_path
+from two_tower.core.atomic import atomic_folder, check_writable, discard, sweep_stale_temps
 from two_tower.core.errors import NotWritableError
 
 log = logging.getLogger(__name__)
@@ -107,12 +106,8 @@ class ContentCache:
         if damage is None:
             return path
         log.warning("cache entry %s is damaged (%s): building it again", path, damage)
-        aside = temp_path(path)
-        try:
-            os.replace(path, aside)  # one rename: a concurrent reader sees the entry or nothing
-        except OSError:  # another process set it aside first
-            return None
-        shutil.rmtree(aside, ignore_errors=True)
+        with contextlib.suppress(OSError):  # another process may have set it aside first
+            discard(path)
         return None
 
     def check_writable(self, min_free_bytes: int = 0) -> None:

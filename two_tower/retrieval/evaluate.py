@@ -23,7 +23,7 @@ import numpy as np
 from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 
-from two_tower.core.atomic import atomic_write, check_writable, fsync_folder, sweep_stale_temps, temp_path
+from two_tower.core.atomic import atomic_write, check_writable, discard, fsync_folder, sweep_stale_temps, temp_path
 from two_tower.core.checks import check
 from two_tower.core.threads import set_threads
 from two_tower.data import beir
@@ -171,13 +171,7 @@ def replace_outputs(staged: Path, out: Path) -> None:
     """Move ``staged``'s outputs into ``out``, after setting aside every output of an earlier evaluation
     (metrics.json first): a kill in between leaves no metrics.json rather than a mix of two evaluations."""
     for name in ("metrics.json", *OUTPUTS[:-1]):
-        if (out / name).exists():
-            aside = temp_path(out / name)
-            os.replace(out / name, aside)
-            if aside.is_dir():
-                shutil.rmtree(aside)
-            else:
-                aside.unlink()
+        discard(out / name)
     for name in OUTPUTS:
         if (staged / name).exists():
             os.replace(staged / name, out / name)
