@@ -11,7 +11,6 @@ def set_threads(threads: int | None) -> None:
     from two_tower.core.checks import check
 
     check("threads", threads)
-    if threads:
-        import torch
+    import torch
 
-        torch.set_num_threads(threads)
+    torch.set_num_threads(threads)
