@@ -47,7 +47,7 @@ def label(run: Path, common: set[str]) -> str:
 
 def summarize(run: Path, common: set[str]) -> tuple[dict, pd.DataFrame]:
     metrics = pd.read_csv(run / "csv" / "metrics.csv")
-    val = metrics[metrics["val/mrr@10"].notna()].drop_duplicates("epoch", keep="last")  # a resumed run may repeat rows
+    val = metrics[metrics["val/mrr@10"].notna()].drop_duplicates("epoch", keep="last")  # resumed runs logged by older versions repeat rows
     row = {"run": label(run, common), "dir": str(run), "epochs": len(val)}
     if len(val):
         best = val.loc[val["val/mrr@10"].idxmax()]

@@ -30,19 +30,22 @@ class SigtermAtStep(L.Callback):
             os.kill(os.getpid(), signal.SIGTERM)
 
 
-def test_sigterm_mid_epoch_then_resume_matches_uninterrupted(tmp_path, monkeypatch):
+# Ten steps an epoch: stopped in the middle epoch, and in the last one (whose train/loss_epoch is the
+# final metric: the resumed run must average the whole epoch, the steps before the stop included).
+@pytest.mark.parametrize("step,epoch", [(13, 1), (25, 2)])
+def test_sigterm_mid_epoch_then_resume_matches_uninterrupted(tmp_path, monkeypatch, step, epoch):
     common = ["trainer.max_epochs=3", "encoder.dropout=0.2"]  # dropout: RNG state must be restored too
     straight = train(compose_train(tmp_path / "straight", common))
 
     stopped = compose_train(tmp_path / "stopped", common)
     original = utils.instantiate_group
-    monkeypatch.setattr(train_module, "instantiate_group", lambda c: original(c) + ([SigtermAtStep(13)] if c is stopped.get("callbacks") else []))
+    monkeypatch.setattr(train_module, "instantiate_group", lambda c: original(c) + ([SigtermAtStep(step)] if c is stopped.get("callbacks") else []))
     with pytest.raises(SystemExit):  # Lightning's SIGTERMException: the process would exit here
         train(stopped)
     monkeypatch.undo()
     last = Path(stopped.paths.output_dir) / "checkpoints" / "last.ckpt"
     state = torch.load(last, weights_only=False)
-    assert state["global_step"] == 13 and state["epoch"] == 1
+    assert state["global_step"] == step and state["epoch"] == epoch
 
     resumed = compose_train(tmp_path / "stopped", [*common, "ckpt_path=last"])
     metrics = train(resumed)
@@ -70,7 +73,10 @@ def _final_metrics(run_dir: Path) -> dict:
     import pandas as pd
 
     m = pd.read_csv(run_dir / "csv" / "metrics.csv")
-    val = m[m["val/mrr@10"].notna()].drop_duplicates("epoch", keep="last").sort_values("epoch")
+    # A resumed run logs again what was logged after its checkpoint: those rows are removed, none twice.
+    assert not m.loc[m["train/loss_step"].notna(), "step"].duplicated().any()
+    val = m[m["val/mrr@10"].notna()].sort_values("epoch")
+    assert not val["epoch"].duplicated().any()
     return {"epochs": val["epoch"].tolist(), "val/mrr@10": val["val/mrr@10"].iloc[-1], "val/recall@10": val["val/recall@10"].iloc[-1]}
 
 

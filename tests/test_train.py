@@ -27,7 +27,7 @@ from two_tower.training.train import train
 )
 def test_fast_dev_run(overrides, tiny_cfg):
     metrics = train(tiny_cfg("debug=fast_dev_run", *overrides))
-    assert torch.isfinite(torch.tensor(metrics["train/loss"]))
+    assert torch.isfinite(torch.tensor(metrics["train/loss_epoch"]))
 
 
 def test_model_learns_far_above_random(tmp_path):
@@ -137,7 +137,7 @@ def test_same_seed_same_metrics(tmp_path):
     keys = [k for k in runs[0] if k.startswith(("val/", "train/"))]
     assert keys and all(runs[0][k] == runs[1][k] for k in keys)
     other = train(compose_train(tmp_path / "other", ["trainer.max_epochs=2", "seed=8"]))
-    assert other["train/loss"] != runs[0]["train/loss"]
+    assert other["train/loss_epoch"] != runs[0]["train/loss_epoch"]
 
 
 def test_wandb_offline_logs_and_closes(tmp_path, monkeypatch):

@@ -22,6 +22,8 @@ def _plain(value):
     return OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig) else value
 
 
+# The checkpoint entry holding the training epoch's running sums (train/loss_epoch and the other statistics).
+EPOCH_SUMS_KEY = "train_epoch_sums"
 RANKING_METRICS = ("mrr@10", "ndcg@10", *(f"recall@{k}" for k in DEFAULT_KS), "rerank_mrr@10")
 
 
@@ -116,10 +118,9 @@ class TwoTowerModule(L.LightningModule):
     def on_fit_start(self):
         self.use_corpus(self.trainer.datamodule.train)
 
-    def on_train_epoch_start(self):
+    def on_train_epoch_start(self):  # not called when a resumed run goes on with the checkpoint's epoch
         self.use_corpus(self.trainer.datamodule.train)
-        self._train_epoch_sums: dict[str, torch.Tensor] = {}
-        self._train_epoch_rows = 0
+        self._train_epoch_sums, self._train_epoch_rows = {}, 0
 
     # ---------------------------------------------------------------- encoding
     def encode_queries(self, ids, lengths):
@@ -160,15 +161,15 @@ class TwoTowerModule(L.LightningModule):
     def training_step(self, batch, batch_idx):
         out = self.batch_loss(batch)
         batch_size = batch["query_ids"].shape[0]
-        self.log("train/loss", out["loss"], prog_bar=True, on_step=True, on_epoch=True, batch_size=batch_size)
-        # The other statistics are only logged per epoch. Every self.log call costs a few hundred
-        # microseconds of Python in Lightning, so they are summed here (as Lightning would: float32
-        # value * batch size, divided by the rows seen) and logged once in on_train_epoch_end.
+        self.log("train/loss_step", out["loss"], prog_bar=True, on_step=True, on_epoch=False, batch_size=batch_size)
+        # Epoch means (train/loss_epoch and the other statistics) are summed here, as Lightning would (float32
+        # value * batch size, divided by the rows seen), and logged once in on_train_epoch_end: every self.log
+        # call costs a few hundred microseconds of Python, and these sums go into checkpoints, so a run resumed
+        # mid-epoch logs the whole epoch's mean (Lightning's own epoch accumulation is not saved).
         sums = self._train_epoch_sums
         for name, value in out.items():
-            if name != "loss":
-                total = sums.get(name, torch.zeros((), dtype=torch.get_default_dtype(), device=value.device))
-                sums[name] = total + value.detach().to(total.dtype) * batch_size
+            total = sums.get(name, torch.zeros((), dtype=torch.get_default_dtype(), device=value.device))
+            sums[name] = total + value.detach().to(total.dtype) * batch_size
         self._train_epoch_rows += batch_size
         return out["loss"]
 
@@ -176,7 +177,8 @@ class TwoTowerModule(L.LightningModule):
         if self._train_epoch_rows:
             for name, total in self._train_epoch_sums.items():
                 # batch_size=1: Lightning stores value * 1 and divides by 1, so the logged value is exact.
-                self.log(f"train/{name}", total / self._train_epoch_rows, on_step=False, on_epoch=True, batch_size=1)
+                key = "train/loss_epoch" if name == "loss" else f"train/{name}"
+                self.log(key, total / self._train_epoch_rows, on_step=False, on_epoch=True, batch_size=1)
         self._train_epoch_sums, self._train_epoch_rows = {}, 0
 
     # ---------------------------------------------------------------- validation
@@ -288,6 +290,9 @@ class TwoTowerModule(L.LightningModule):
 
     # ---------------------------------------------------------------- checkpoints carry the tokenizer
     def on_save_checkpoint(self, checkpoint):
+        if self._train_epoch_rows:  # saved mid-epoch (at an epoch's end the sums are logged and emptied)
+            sums = {name: total.detach().cpu() for name, total in self._train_epoch_sums.items()}
+            checkpoint[EPOCH_SUMS_KEY] = {"rows": self._train_epoch_rows, "sums": sums}
         if self.tokenizer is not None:
             checkpoint["tokenizer"] = self.tokenizer.state_dict()
             # Frozen rows the vectors source gives again are not saved (two_tower.model.frozen_rows).
@@ -296,6 +301,10 @@ class TwoTowerModule(L.LightningModule):
                 checkpoint[frozen_rows.KEY] = derived
 
     def on_load_checkpoint(self, checkpoint):
+        if EPOCH_SUMS_KEY in checkpoint:  # a run resumed mid-epoch goes on summing that epoch
+            saved = checkpoint[EPOCH_SUMS_KEY]
+            self._train_epoch_sums = {name: total.to(self.device) for name, total in saved["sums"].items()}
+            self._train_epoch_rows = saved["rows"]
         if "tokenizer" in checkpoint:
             self.attach_tokenizer(restore_tokenizer(checkpoint["tokenizer"]))
             if frozen_rows.KEY in checkpoint:  # before Lightning loads checkpoint["state_dict"]

@@ -8,11 +8,15 @@ from pathlib import Path
 
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.logger import rank_zero_experiment
+from lightning.pytorch.utilities import rank_zero_only
+
+from two_tower.core.atomic import atomic_write
 
 
 class ResumableCSVLogger(CSVLogger):
     """Lightning's CSVLogger, except that a resumed run in the same dir appends to ``metrics.csv``
-    instead of deleting the rows logged before the interruption."""
+    instead of deleting the rows logged before the interruption (and, through ``drop_rows_from``, without
+    the rows logged after the checkpoint it resumes from, which it logs again)."""
 
     @property
     @rank_zero_experiment
@@ -29,3 +33,23 @@ class ResumableCSVLogger(CSVLogger):
             with open(path, newline="") as f:
                 experiment.metrics_keys = next(csv.reader(f))
         return experiment
+
+    @rank_zero_only
+    def drop_rows_from(self, step: int) -> int:
+        """Remove the rows of ``metrics.csv`` logged at logger step ``step`` or later: a run resumed from a
+        checkpoint taken at that step logs them again (a killed run had logged beyond its last checkpoint).
+        Returns how many rows were removed; the file is replaced whole."""
+        self.experiment  # noqa: B018 (puts an earlier metrics.csv back)
+        path = Path(self.log_dir) / "metrics.csv"
+        if not path.is_file():
+            return 0
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            rows, fields = list(reader), reader.fieldnames
+        kept = [row for row in rows if not row.get("step") or int(float(row["step"])) < step]
+        if len(kept) < len(rows):
+            with atomic_write(path, "w") as f:
+                writer = csv.DictWriter(f, fieldnames=fields)
+                writer.writeheader()
+                writer.writerows(kept)
+        return len(rows) - len(kept)

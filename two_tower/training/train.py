@@ -17,6 +17,7 @@ from two_tower.core.atomic import check_writable, sweep_stale_temps
 from two_tower.core.threads import set_threads
 from two_tower.training import run_record
 from two_tower.training.config import validate_train_config
+from two_tower.training.loggers import ResumableCSVLogger
 from two_tower.core.config_key import current_config_key
 from two_tower.data.datamodule import TwoTowerDataModule
 from two_tower.core.errors import CheckpointError, ConfigError
@@ -118,6 +119,19 @@ def check_resume_checkpoint(path: str, tokenizer) -> None:
         )
 
 
+def drop_rows_logged_after(path: str, loggers: list) -> None:
+    """A run resumed from ``path`` logs again what the interrupted run logged after that checkpoint (a killed
+    run's last checkpoint may be an epoch old): remove those rows from the CSV log, so no step or epoch is in
+    it twice."""
+    state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    step = state.get("loops", {}).get("fit_loop", {}).get("epoch_loop.state_dict", {}).get("_batches_that_stepped")
+    if step is None:
+        return
+    for logger in loggers:
+        if isinstance(logger, ResumableCSVLogger) and (dropped := logger.drop_rows_from(step)):
+            log.info("%s: removed %d rows logged after the checkpoint (step %d); the resumed run logs them again", logger.log_dir, dropped, step)
+
+
 def test_best_checkpoint(trainer: L.Trainer, module: TwoTowerModule, datamodule: TwoTowerDataModule, loggers: list) -> dict[str, float]:
     """Score the best-on-validation checkpoint on the labelled test split, once: ``test/*`` in every
     logger (and the W&B run summary). Nothing without a test split or a best checkpoint."""
@@ -173,6 +187,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     key = current_config_key()  # all overrides but the seed: seeds of one configuration share it
     for logger in loggers:
         logger.log_hyperparams({**OmegaConf.to_container(cfg, resolve=True), **({"config_key": key} if key else {})})
+    if ckpt_path:
+        drop_rows_logged_after(ckpt_path, loggers)
     callbacks = instantiate_group(cfg.get("callbacks")) + tracking_callbacks(loggers)
     if cfg.trainer.get("enable_progress_bar") is False:  # Lightning refuses a progress bar callback then
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
