@@ -2,6 +2,8 @@
 
 import os
 import re
+import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -609,3 +611,39 @@ def test_unwritable_outputs_are_refused_before_the_expensive_work(tmp_path, monk
     index_cfg = compose_retrieval("index", [f"ckpt={tmp_path / 'model.ckpt'}", f"out={blocker / 'index'}"])
     with pytest.raises(NotWritableError, match="out=.*a-file/index"):
         indexer.build_index(index_cfg)
+
+
+def _read_only_mount_works(folder: Path) -> bool:
+    probe = subprocess.run(["unshare", "-m", "sh", "-c", f"mount --bind -o ro {folder} {folder} && ! touch {folder}/x"], capture_output=True)
+    return probe.returncode == 0
+
+
+def test_a_read_only_cache_is_read_and_a_missing_entry_is_one_error(tmp_path):
+    """A shared cache mounted read-only (a team's, or a container's volume): training reads its entries; an
+    entry it lacks is one line naming the cache folder, before any tokenizing."""
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    if shutil.which("unshare") is None or not _read_only_mount_works(cache):
+        pytest.skip("needs unshare -m and bind mounts (a read-only folder root can not write to)")
+    cmd = [sys.executable, "train.py", *TINY, f"paths.cache_dir={cache}"]
+    first = subprocess.run([*cmd, f"hydra.run.dir={tmp_path / 'warm'}"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr[-2000:]
+    before = sorted(str(p.relative_to(cache)) for p in cache.rglob("*"))
+
+    def read_only(*extra: str) -> subprocess.CompletedProcess:
+        inner = " ".join(shlex.quote(a) for a in [*cmd, *extra])
+        return subprocess.run(["unshare", "-m", "sh", "-c", f"mount --bind -o ro {cache} {cache} && exec {inner}"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+    hit = read_only(f"hydra.run.dir={tmp_path / 'hit'}")
+    assert hit.returncode == 0, hit.stderr[-2000:]
+    assert "reading its entries only" in hit.stderr + hit.stdout
+    assert _logged_val_mrr(tmp_path / "hit") == _logged_val_mrr(tmp_path / "warm")
+    miss = read_only(f"hydra.run.dir={tmp_path / 'miss'}", "data.synthetic_rows.train_rows=200")
+    assert miss.returncode == 2
+    assert miss.stderr.strip().splitlines()[-1].startswith(f"error: cache folder (prepared): cannot write in {cache / 'prepared'}")
+    assert sorted(str(p.relative_to(cache)) for p in cache.rglob("*")) == before
+
+
+def _logged_val_mrr(run_dir: Path) -> str:
+    line = next(l for l in (run_dir / "train.log").read_text().splitlines() if "Final metrics" in l)
+    return re.search(r"'val/mrr@10': ([0-9.]+)", line).group(1)

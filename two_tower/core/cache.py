@@ -52,6 +52,20 @@ def _register_resolver() -> None:
 _register_resolver()
 
 
+def check_cache_root(root: str | os.PathLike, what: str, min_free_bytes: int = 0) -> None:
+    """Before any work: the cache folder must take new entries (NotWritableError naming ``what`` if not),
+    unless it exists and refuses writes, e.g. a shared cache mounted read-only: then its entries are read
+    (a warning says so) and the first one missing is one error naming its folder, since every cache checks
+    before it builds."""
+    root = Path(root).expanduser()
+    try:
+        check_writable(root, what, min_free_bytes)
+    except NotWritableError as err:
+        if not root.is_dir() or not os.access(root, os.R_OK | os.X_OK):
+            raise
+        log.warning("%s: reading its entries only (an entry it lacks cannot be built)", err)
+
+
 # Beside an entry's files: {relative path: size in bytes} of every file it was written with.
 FILES = ".files.json"
 

@@ -14,6 +14,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from two_tower.core.atomic import check_writable, sweep_stale_temps
+from two_tower.core.cache import check_cache_root
 from two_tower.core.threads import set_threads
 from two_tower.training import run_record
 from two_tower.training.config import validate_train_config
@@ -158,10 +159,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
     """Train (or resume with ``ckpt_path``) and return the final logged metrics."""
     with run_record.kept_if_refused():  # refused before training: the run folder's .hydra record is put back
         validate_train_config(cfg)
-        # Before any loading, tokenizing or training: the run folder and the cache folder must take files.
+        # Before any loading, tokenizing or training: the run folder must take files, and so must the cache
+        # folder unless it is a read-only one whose entries are read.
         check_writable(cfg.paths.output_dir, f"paths.output_dir={cfg.paths.output_dir}", min_free_bytes=16 << 20)
         if cfg.paths.get("cache_dir"):
-            check_writable(cfg.paths.cache_dir, f"paths.cache_dir={cfg.paths.cache_dir}", min_free_bytes=16 << 20)
+            check_cache_root(cfg.paths.cache_dir, f"paths.cache_dir={cfg.paths.cache_dir}", min_free_bytes=16 << 20)
         sweep_stale_temps(Path(cfg.paths.output_dir) / "checkpoints")  # partial checkpoints of a killed run
         set_threads(cfg.get("threads"))
         L.seed_everything(cfg.seed, workers=True)
