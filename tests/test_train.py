@@ -1,13 +1,16 @@
 """End to end on synthetic data: every part trains, the model learns, runs resume and reproduce."""
 
 import random
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from tests.conftest import compose_train, run_tiny_multirun
+from tests.conftest import ROOT, TINY, compose_train, run_tiny_multirun
 from two_tower.training.train import train
 
 
@@ -178,3 +181,18 @@ def test_data_preparation_drawing_random_numbers_does_not_change_the_run(tiny_cf
     monkeypatch.setattr(TwoTowerDataModule, "setup", setup_drawing)
     second = train(cfg)
     assert second["val/mrr@10"] == first["val/mrr@10"] and second["train/loss_epoch"] == first["train/loss_epoch"]
+
+
+@pytest.mark.slow
+def test_ddp_on_two_cpu_processes_trains_and_reports_once(tmp_path):
+    """trainer=ddp with two CPU processes (Lightning starts the second by running train.py again): the run
+    ends, each process had validation batches, and the data summary and final metrics are logged once."""
+    run = tmp_path / "run"
+    cmd = [sys.executable, "train.py", *TINY, "trainer=ddp", "trainer.devices=2", "trainer.accelerator=cpu",
+           f"paths.cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={run}"]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    output = done.stdout + done.stderr
+    assert output.count("Final metrics") == 1 and output.count("[train] rows:") == 1
+    assert re.search(r"'val/mrr@10': 0\.\d+", output)
+    assert list((run / "checkpoints").glob("epoch*.ckpt"))

@@ -120,6 +120,16 @@ def check_resume_checkpoint(path: str, tokenizer) -> None:
         )
 
 
+def quiet_other_ranks() -> None:
+    """In the other processes of a multi-process run (DDP launches this script again per device, or a
+    scheduler runs one per task), only warnings and errors of this package are logged: rank 0 reports
+    the data, the model and the final metrics once, not once per process."""
+    from lightning.pytorch.utilities import rank_zero_only
+
+    if getattr(rank_zero_only, "rank", 0) != 0:
+        logging.getLogger("two_tower").setLevel(logging.WARNING)
+
+
 def drop_rows_logged_after(path: str, loggers: list) -> None:
     """A run resumed from ``path`` logs again what the interrupted run logged after that checkpoint (a killed
     run's last checkpoint may be an epoch old): remove those rows from the CSV log, so no step or epoch is in
@@ -157,6 +167,7 @@ def test_best_checkpoint(trainer: L.Trainer, module: TwoTowerModule, datamodule:
 @task_wrapper
 def train(cfg: DictConfig) -> dict[str, float]:
     """Train (or resume with ``ckpt_path``) and return the final logged metrics."""
+    quiet_other_ranks()
     with run_record.kept_if_refused():  # refused before training: the run folder's .hydra record is put back
         validate_train_config(cfg)
         # Before any loading, tokenizing or training: the run folder must take files, and so must the cache
