@@ -45,6 +45,19 @@ def test_optuna_space_naming_a_setting_the_loss_lacks_is_refused(tmp_path):
         return cfg
 
     check_sweep_space(composed())  # infonce has loss.temperature
+    # Options of a group the sweep chooses among: every combination is composed and checked.
+    swept = composed()
+    with open_dict(swept):
+        swept.hydra.overrides.task = ["loss=infonce,triplet", "encoder=gru,lstm", "optimizer.lr=0.1,0.2", "seed=3"]
+    seen = []
+
+    def compose_trial(overrides):
+        seen.append(overrides)
+        return composed(*overrides)
+
+    with pytest.raises(ConfigError, match=r"names loss\.temperature, a setting loss=triplet does not have"):
+        check_sweep_space(swept, compose=compose_trial)
+    assert seen[:2] == [["seed=3", "loss=infonce", "encoder=gru"], ["seed=3", "loss=infonce", "encoder=lstm"]]
     triplet = composed("loss=triplet")
     with pytest.raises(ConfigError, match=r"names loss\.temperature, a setting loss=triplet does not have \(loss has margin, in_batch\)"):
         check_sweep_space(triplet)
@@ -61,6 +74,14 @@ def test_optuna_space_naming_a_setting_the_loss_lacks_is_refused(tmp_path):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: hydra.sweeper.params: the search space names loss.temperature")
     assert "Could not override" not in result.stderr + result.stdout and not sweep.exists()
+
+    # The sweep chooses the loss (a sweep argument): each option the trials can take is checked, not the first.
+    cmd = [sys.executable, "train.py", "-m", "hparams_search=optuna", "loss=infonce,triplet", *TINY_SWEEP, f"hydra.sweep.dir={sweep}"]
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "names loss.temperature, a setting loss=triplet does not have" in lines[0], result.stderr[-2000:]
+    assert not sweep.exists()
 
 
 TINY_SWEEP = ["data=synthetic", "embeddings=random", "logger=none", "trainer.max_epochs=1", "hydra.sweeper.n_trials=1"]

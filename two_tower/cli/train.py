@@ -11,10 +11,13 @@ class CheckSweepSpace(Callback):
     ``error:`` line and exit 2, before any trial (hydra.callbacks in conf/train.yaml)."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        from hydra.core.global_hydra import GlobalHydra
+
         from two_tower.training.config import check_sweep_space
 
+        loader = GlobalHydra.instance().config_loader()
         with exit_on_error():
-            check_sweep_space(config)
+            check_sweep_space(config, compose=lambda overrides: loader.load_sweep_config(config, overrides))
 
 
 @hydra_command("train")

@@ -7,6 +7,8 @@ required value left unset (``???``), or options that do not go together.
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Callable
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -65,17 +67,48 @@ def validate_train_config(cfg: DictConfig) -> None:
         raise ConfigError(f"ckpt_path={ckpt}: no such checkpoint file")
 
 
-def check_sweep_space(cfg: DictConfig) -> None:
+def check_sweep_space(cfg: DictConfig, compose: Callable[[list[str]], DictConfig] | None = None) -> None:
     """Raise ConfigError if the sweeper's search space (``hydra.sweeper.params``, e.g. hparams_search=optuna)
     names a setting this config does not have, such as ``loss.temperature`` with ``loss=triplet``: Hydra
     would stop at the first trial with "Could not override". ``cfg`` is the composed config with its
-    ``hydra`` node (as a Hydra callback sees it at the start of a multirun)."""
+    ``hydra`` node (as a Hydra callback sees it at the start of a multirun). When the sweep also chooses
+    among a group's options (``loss=infonce,triplet`` as a sweep argument, or ``loss: choice(...)`` in the
+    space), every combination of them is checked: ``compose(task overrides)`` gives the config of one."""
     params = OmegaConf.select(cfg, "hydra.sweeper.params", default=None, throw_on_missing=False)
     if not params:
         return
+    settings = {str(k): v for k, v in params.items()}
+    combinations = swept_group_overrides(cfg, settings) if compose is not None else []
+    for config in [compose(overrides) for overrides in combinations] or [cfg]:
+        _check_space(config, settings)
+
+
+def swept_group_overrides(cfg: DictConfig, settings: dict, limit: int = 64) -> list[list[str]]:
+    """The task overrides of each combination of the group options the sweep chooses among (at most
+    ``limit``), with the other swept values left out (they do not change which settings exist); [] when the
+    sweep chooses no group option."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    choices = OmegaConf.select(cfg, "hydra.runtime.choices", default=None, throw_on_missing=False) or {}
+    task = [str(o) for o in OmegaConf.select(cfg, "hydra.overrides.task", default=None, throw_on_missing=False) or []]
+    parsed = OverridesParser.create().parse_overrides([*task, *(f"{k}={v}" for k, v in settings.items())])
+    fixed, swept = [], {}
+    for override, text in zip(parsed, [*task, *([None] * len(settings))]):
+        if override.is_sweep_override():
+            if override.key_or_group in choices and override.is_choice_sweep():
+                swept[override.key_or_group] = list(override.sweep_string_iterator())
+        elif text is not None:
+            fixed.append(text)
+    if not swept:
+        return []
+    groups = [g for g in swept]
+    fixed = [o for o in fixed if o.split("=", 1)[0].lstrip("+~") not in groups]
+    return [[*fixed, *(f"{g}={o}" for g, o in zip(groups, combo))] for combo in itertools.islice(itertools.product(*swept.values()), limit)]
+
+
+def _check_space(cfg: DictConfig, params: dict) -> None:
     choices = OmegaConf.select(cfg, "hydra.runtime.choices", default=None, throw_on_missing=False) or {}
     for key in params:
-        key = str(key)
         if key.startswith(("+", "~", "hydra.")) or key in choices:  # additions, deletions, group options
             continue
         if OmegaConf.select(cfg, key, default=_ABSENT, throw_on_missing=False) is not _ABSENT:
