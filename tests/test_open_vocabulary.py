@@ -192,15 +192,16 @@ def test_beir_reader_skips_and_counts_bad_lines(tmp_path):
     write_beir(
         tmp_path,
         [b'{"_id": "d1", "title": "Wing", "text": "lift of a wing"}', b'{"_id": "d2", "text": "drag"}', b"not json", b'{"title": "no id"}',
-         b'{"_id": "d3", "text": "caf\xe9"}', b'{"_id": "d4", "title": "", "text": ""}'],
-        [b'{"_id": "q1", "text": "wing lift"}', b'{"_id": "q2", "text": "drag"}', b'{"_id": "q3", "text": "no judgement"}'],
+         b'{"_id": "d3", "text": "caf\xe9"}', b'{"_id": "d4", "title": "", "text": ""}', b'{"_id": "d5", "text": 5}', b'{"_id": "d6", "text": ["a"]}'],
+        [b'{"_id": "q1", "text": "wing lift"}', b'{"_id": "q2", "text": "drag"}', b'{"_id": "q3", "text": "no judgement"}', b'{"_id": "q4", "text": 7}'],
         ["q1\td1\t2", "q1\td2\t0", "q2\td2\t1", "q2\td9\t1", "q9\td1\t1", "q2\td1\tx", "bad line"],
     )
     collection = beir.load_beir(tmp_path, "test")
     assert collection.corpus_ids == ["d1", "d2"] and collection.corpus_texts[0] == "Wing lift of a wing"  # title + " " + text
     assert collection.query_ids == ["q1", "q2"]  # q3 has no relevant document: not evaluated
     assert collection.qrels == {"q1": {"d1": 2}, "q2": {"d2": 1}}  # score 0: judged, not relevant
-    assert dict(collection.skipped["corpus.jsonl"]) == {"not_json": 1, "not_utf8": 1, "no_id": 1, "empty_text": 1}
+    assert dict(collection.skipped["corpus.jsonl"]) == {"not_json": 1, "not_utf8": 1, "no_id": 1, "empty_text": 1, "text_not_a_string": 2}
+    assert dict(collection.skipped["queries.jsonl"]) == {"text_not_a_string": 1}
     assert dict(collection.skipped["qrels/test.tsv"]) == {"unknown_document": 1, "unknown_query": 1, "score_not_integer": 1, "not_3_columns": 1}
     split = beir.prepared_split(collection)
     assert split.relevance([0, 1]) == [{0: 2.0}, {1: 1.0}]

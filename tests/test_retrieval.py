@@ -415,7 +415,7 @@ def test_search_command_prints_ranked_hits(trained, capsys):
 # ----------------------------------------------------------------------------------------- corpus files
 
 
-def test_corpus_files_parquet_jsonl_tsv(tmp_path):
+def test_corpus_files_parquet_jsonl_tsv(tmp_path, caplog):
     import pandas as pd
 
     frame = pd.DataFrame({"pid": [7, 8, 9], "body": ["first passage", "", "third passage"]})
@@ -425,6 +425,11 @@ def test_corpus_files_parquet_jsonl_tsv(tmp_path):
     for name in ("c.parquet", "c.jsonl", "c.tsv"):
         passages = read_corpus_file(tmp_path / name, id_column="pid", text_column="body")
         assert passages.ids == ["7", "9"] and passages.texts == ["first passage", "third passage"], name
+    # jsonl: a number or a list where the text should be is skipped, and counted apart from empty texts
+    (tmp_path / "typed.jsonl").write_text('{"id": 1, "text": "a passage"}\n{"id": 2, "text": 5}\n{"id": 3, "text": ["a"]}\n{"id": 4, "text": ""}\n')
+    with caplog.at_level("WARNING"):
+        assert read_corpus_file(tmp_path / "typed.jsonl").ids == ["1"]
+    assert "skipped 3 of 4 rows with a missing or empty text (2 of them not a string)" in caplog.text
     with pytest.raises(CorpusError, match=r"c\.parquet: missing column\(s\) \['id', 'text'\]"):
         read_corpus_file(tmp_path / "c.parquet")
     (tmp_path / "dup.tsv").write_text("1\ta\n1\tb\n")

@@ -62,6 +62,11 @@ def _text(row: dict, title: bool) -> str:
     return " ".join(p.strip() for p in parts if isinstance(p, str) and p.strip())
 
 
+def _strings(row: dict, title: bool) -> bool:
+    """Whether the row's text (and title) are strings or absent: a number or a list is not read as a text."""
+    return all(row.get(k) is None or isinstance(row[k], str) for k in (("title", "text") if title else ("text",)))
+
+
 def load_beir(path, split: str = "test") -> BeirCollection:
     root = Path(path).expanduser()
     if not root.is_dir():
@@ -70,7 +75,9 @@ def load_beir(path, split: str = "test") -> BeirCollection:
     corpus: dict[str, str] = {}
     for row in _jsonl(root / CORPUS, skipped[CORPUS]):
         text = _text(row, title=True)
-        if not text:
+        if not _strings(row, title=True):
+            skipped[CORPUS]["text_not_a_string"] += 1
+        elif not text:
             skipped[CORPUS]["empty_text"] += 1
         elif str(row["_id"]) in corpus:
             skipped[CORPUS]["duplicate_id"] += 1
@@ -79,7 +86,9 @@ def load_beir(path, split: str = "test") -> BeirCollection:
     queries: dict[str, str] = {}
     for row in _jsonl(root / QUERIES, skipped[QUERIES]):
         text = _text(row, title=False)
-        if not text:
+        if not _strings(row, title=False):
+            skipped[QUERIES]["text_not_a_string"] += 1
+        elif not text:
             skipped[QUERIES]["empty_text"] += 1
         elif str(row["_id"]) in queries:
             skipped[QUERIES]["duplicate_id"] += 1

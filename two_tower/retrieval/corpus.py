@@ -137,10 +137,14 @@ def read_corpus_file(path: str | Path, id_column: str = "id", text_column: str =
     ids = ["" if v is None or (isinstance(v, float) and v != v) else str(v).strip() for v in frame[id_column].tolist()]
     if "" in ids:
         raise CorpusError(f"corpus={path}: {ids.count('')} row(s) have no {id_column!r}; every passage needs an id")
-    texts = [t.strip() if isinstance(t, str) else "" for t in frame[text_column].tolist()]
+    raw = frame[text_column].tolist()
+    texts = [t.strip() if isinstance(t, str) else "" for t in raw]
     keep = [i for i, t in enumerate(texts) if t]
     if len(keep) < len(texts):
-        log.warning("corpus=%s: skipped %d of %d rows with a missing or empty text", path, len(texts) - len(keep), len(texts))
+        # A number or a list where the text should be (jsonl) is not read as a text; counted apart.
+        other = sum(1 for t in raw if not isinstance(t, str) and t is not None and not (isinstance(t, float) and t != t))
+        detail = f" ({other} of them not a string)" if other else ""
+        log.warning("corpus=%s: skipped %d of %d rows with a missing or empty text%s", path, len(texts) - len(keep), len(texts), detail)
     ids, texts = [ids[i] for i in keep], [texts[i] for i in keep]
     if not ids:
         raise CorpusError(f"corpus={path}: no passage with a non-empty text")
