@@ -209,6 +209,26 @@ def test_beir_reader_skips_and_counts_bad_lines(tmp_path):
         beir.load_beir(tmp_path, "dev")
 
 
+def test_evaluate_names_a_missing_split_file_before_loading_the_checkpoint(tmp_path, monkeypatch):
+    from tests.test_retrieval import compose_retrieval
+    from two_tower.core.errors import DataSourceError
+    from two_tower.retrieval import evaluate
+
+    write_beir(tmp_path / "beir", [b'{"_id": "d1", "text": "lift"}'], [b'{"_id": "q1", "text": "lift"}'], ["q1\td1\t1"])
+    (tmp_path / "marco").mkdir()
+    (tmp_path / "marco" / "train-00000-of-00001.parquet").write_bytes(b"")
+
+    def load_checkpoint(cfg):
+        raise AssertionError("the checkpoint was loaded first")
+
+    monkeypatch.setattr(evaluate, "build_retrievers", load_checkpoint)
+    common = [f"ckpt={tmp_path / 'model.ckpt'}", f"out={tmp_path / 'out'}"]
+    with pytest.raises(beir.BeirError, match=r"qrels/dev.tsv: no such qrels file"):
+        evaluate.evaluate(compose_retrieval("evaluate", [*common, f"data.path={tmp_path / 'beir'}", "split=dev"]))
+    with pytest.raises(DataSourceError, match=r"No 'validation-\*.parquet' \(or .jsonl\) shards in"):
+        evaluate.evaluate(compose_retrieval("evaluate", [*common, f"data.path={tmp_path / 'marco'}", "split=validation"]))
+
+
 def test_a_byte_order_mark_opening_each_beir_file_costs_nothing(tmp_path):
     bom = b"\xef\xbb\xbf"
     plain, marked = tmp_path / "plain", tmp_path / "bom"

@@ -46,7 +46,7 @@ class BeirCollection:
 
 def _jsonl(path: Path, skipped: Counter):
     if not path.is_file():
-        raise BeirError(f"{path}: no such file (a BEIR folder has {CORPUS}, {QUERIES} and {QRELS}/<split>.tsv)")
+        raise BeirError(_no_file(path))
     for row in read_jsonl(path):
         if isinstance(row, UnreadableRow):  # not UTF-8 or not JSON: the same reasons as every jsonl reader
             skipped[row.reason] += 1
@@ -106,10 +106,30 @@ def load_beir(path, split: str = "test") -> BeirCollection:
     return BeirCollection(list(corpus), list(corpus.values()), query_ids, [queries[q] for q in query_ids], qrels, skipped)
 
 
+def check_files(path, split: str) -> None:
+    """Before any work on it: the folder's corpus, queries and ``split``'s qrels exist (BeirError naming the
+    first that does not)."""
+    root = Path(path).expanduser()
+    for file in (root / CORPUS, root / QUERIES):
+        if not file.is_file():
+            raise BeirError(_no_file(file))
+    qrels = root / QRELS / f"{split}.tsv"
+    if not qrels.is_file():
+        raise BeirError(_no_qrels(qrels))
+
+
+def _no_file(path: Path) -> str:
+    return f"{path}: no such file (a BEIR folder has {CORPUS}, {QUERIES} and {QRELS}/<split>.tsv)"
+
+
+def _no_qrels(path: Path) -> str:
+    available = sorted(p.stem for p in path.parent.glob("*.tsv")) if path.parent.is_dir() else []
+    return f"{path}: no such qrels file (split={path.stem}; this folder has {available or 'none'})"
+
+
 def _read_qrels(path: Path, corpus: dict, queries: dict, skipped: Counter) -> dict[str, dict[str, int]]:
     if not path.is_file():
-        available = sorted(p.stem for p in path.parent.glob("*.tsv")) if path.parent.is_dir() else []
-        raise BeirError(f"{path}: no such qrels file (split={path.stem}; this folder has {available or 'none'})")
+        raise BeirError(_no_qrels(path))
     qrels: dict[str, dict[str, int]] = {}
     with open(path, "rb") as f:
         for number, raw in enumerate(f, start=1):

@@ -71,8 +71,9 @@ def has_local_split(path: str | os.PathLike, split: str) -> bool:
     return root.is_dir() and any(f.is_file() and f.suffix in LOCAL_EXTENSIONS for f in root.rglob(f"{split}-*"))
 
 
-def load_local_split(path: str | os.PathLike, split: str) -> datasets.Dataset:
-    """Load ``split`` from a folder of hub-style shards (``{split}-*.parquet`` or ``.jsonl``) or one file."""
+def local_split_files(path: str | os.PathLike, split: str) -> list[Path]:
+    """The files of ``split`` in a folder of hub-style shards (``{split}-*.parquet`` or ``.jsonl``), or the
+    one file ``path``; DataSourceError naming what the folder holds when there are none."""
     root = Path(path).expanduser()
     if not root.exists():
         raise DataSourceError(f"data.path={root} does not exist")
@@ -88,6 +89,12 @@ def load_local_split(path: str | os.PathLike, split: str) -> datasets.Dataset:
                 f"No '{split}-*.parquet' (or .jsonl) shards in {root}; it holds {found}. "
                 "Expected hub-style shards such as train-00000-of-00001.parquet."
             )
+    return files
+
+
+def load_local_split(path: str | os.PathLike, split: str) -> datasets.Dataset:
+    """Load ``split`` from a folder of hub-style shards (``{split}-*.parquet`` or ``.jsonl``) or one file."""
+    files = local_split_files(path, split)
     kinds = {LOCAL_EXTENSIONS.get(f.suffix) for f in files}
     if None in kinds or len(kinds) != 1:
         raise DataSourceError(
@@ -105,7 +112,7 @@ def load_local_split(path: str | os.PathLike, split: str) -> datasets.Dataset:
             ds = datasets.load_dataset(kind, data_files=[str(f) for f in files], split="train")
             expected = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
             if ds.num_rows != expected:  # datasets keys its cache by path and mtime: another file with the same ones
-                log.warning("The datasets cache held %d rows for %s, the files hold %d: reading them again", ds.num_rows, root, expected)
+                log.warning("The datasets cache held %d rows for %s, the files hold %d: reading them again", ds.num_rows, Path(path).expanduser(), expected)
                 ds = datasets.load_dataset(kind, data_files=[str(f) for f in files], split="train", download_mode="force_redownload", verification_mode="no_checks")
             # What identifies the data in this project's caches: datasets' fingerprint (paths, mtimes) and the sizes.
             sizes = [(f.name, f.stat().st_size) for f in files]

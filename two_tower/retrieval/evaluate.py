@@ -28,6 +28,7 @@ from two_tower.core.checks import check
 from two_tower.core.threads import set_threads
 from two_tower.data import beir
 from two_tower.data.beir import is_beir_folder
+from two_tower.data.msmarco import local_split_files
 from two_tower.data.prepared import PreparedSplit
 from two_tower.data.tokenizer import PAD, UNK, Tokenizer
 from two_tower.retrieval.corpus import load_split_rows
@@ -83,6 +84,15 @@ def load_split(cfg: DictConfig) -> PreparedSplit:
         return beir.prepared_split(beir.load_beir(cfg.data.path, cfg.split))
     rows = load_split_rows(cfg.split, cfg.data.path, cfg.data.hub_name, cfg.data.hub_config)
     return PreparedSplit.from_rows(rows, Tokenizer([PAD, UNK]))
+
+
+def check_split_files(cfg: DictConfig) -> None:
+    """A local split's files exist (a BEIR folder's corpus, queries and qrels; MS MARCO shards): one error
+    naming what is missing, before any checkpoint or index is loaded."""
+    if is_beir_folder(cfg.data.path):
+        beir.check_files(cfg.data.path, cfg.split)
+    elif cfg.data.path:
+        local_split_files(cfg.data.path, cfg.split)
 
 
 def evaluate_split(split: PreparedSplit, retrievers: dict[str, SplitRetriever], per_query_out: dict | None = None) -> tuple[dict[str, dict], dict[str, Rankings]]:
@@ -141,6 +151,7 @@ def evaluate(cfg: DictConfig) -> dict[str, dict]:
         raise ConfigError("no retriever selected; e.g. retriever=[dense,bm25,hybrid]")
     out = Path(cfg.out)
     check_writable(out, f"out={cfg.out}", min_free_bytes=1 << 20)  # before any work, not after it
+    check_split_files(cfg)  # and the split's files, before the checkpoint loads
     retrievers = build_retrievers(cfg)
     split = load_split(cfg)
     query_rows = split.evaluated_queries()
