@@ -127,6 +127,7 @@ class HealthResponse(BaseModel):
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorResponse, "description": "Body that cannot be decoded (not UTF-8 JSON text)"},
+    415: {"model": ErrorResponse, "description": "Body sent with a Content-Type other than JSON (curl -d without -H 'Content-Type: application/json')"},
     413: {"model": ErrorResponse, "description": "Request body larger than a full batch can be"},
     422: {"model": ErrorResponse, "description": "Invalid request: the error says what is wrong"},
 }
@@ -218,6 +219,11 @@ def create_app(searcher: Searcher, limits: Limits = Limits(), threads: int | Non
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        sent = request.headers.get("content-type", "")
+        if sent and "json" not in sent.lower() and any(tuple(e.get("loc", ())) == ("body",) for e in exc.errors()):
+            # FastAPI reads a body as JSON only when it says so (curl -d sends a form type): say that, not "not a dictionary".
+            error = f"body: sent as {_clean(sent, 100)}; send the JSON object with Content-Type: application/json"
+            return _error_response(415, error, [ErrorItem(loc=["body"], msg=error, type="content_type")])
         items = [
             ErrorItem(loc=[_clean(p, 100) if isinstance(p, str) else p for p in e.get("loc", ())], msg=_clean(_message(e, limits)), type=e["type"])
             for e in exc.errors()
