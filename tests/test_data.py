@@ -218,6 +218,23 @@ def test_bad_rows_are_counted_in_the_prepared_data(tmp_path):
     assert dm.train.num_queries == 50
 
 
+def test_validation_queries_repeating_training_queries_are_a_warning_except_synthetic(tmp_path, caplog):
+    train = make_rows(30, seed=4)
+    val = make_rows(10, seed=5)
+    val[0]["query"], val[1]["query"] = train[3]["query"].upper(), "  " + train[7]["query"]  # case and spaces ignored
+    folder = write_shards(tmp_path / "marco", {"train": train, "validation": val})
+    dm = TwoTowerDataModule(RandomEmbeddings(dim=8), InBatchNegatives(), path=str(folder), cache_dir=str(tmp_path / "cache"))
+    with caplog.at_level("INFO"):
+        dm.setup("fit")
+    assert dm.val_train_overlap == 2
+    assert [r.levelname for r in caplog.records if "also appear in the training split" in r.message] == ["WARNING"]
+    caplog.clear()
+    synthetic = TwoTowerDataModule(RandomEmbeddings(dim=8), InBatchNegatives(), synthetic_rows={"train_rows": 2000, "val_rows": 300, "num_topics": 200, "seed": 0}, cache_dir=str(tmp_path / "cache"))
+    with caplog.at_level("INFO"):  # data=synthetic's sizes
+        synthetic.setup("fit")
+    assert synthetic.val_train_overlap > 0 and not [r for r in caplog.records if r.levelname == "WARNING"]
+
+
 def test_sampler_is_deterministic_covers_every_row_and_buckets(tmp_path):
     dm = datamodule(tmp_path, negatives=RandomNegatives(per_query=2))
     dm.setup("fit")
