@@ -353,6 +353,28 @@ def test_serve_command_errors_are_one_line(args, message, capsys):
     assert "Traceback" not in err
 
 
+def test_a_host_name_is_bound_as_uvicorn_binds_it_ipv4_unless_it_has_a_colon(monkeypatch):
+    """Where getaddrinfo gives ::1 first for localhost (macOS, some Linux), uvicorn still serves 127.0.0.1;
+    so does serve.py, which binds the socket itself."""
+    import socket as socket_module
+
+    from two_tower.cli.serve import listening_socket
+
+    real = socket_module.getaddrinfo
+
+    def ipv6_first(host, port, family=0, type=0, *args):
+        if host == "localhost" and family == socket_module.AF_UNSPEC:
+            return real("::1", port, socket_module.AF_INET6, type) + real("127.0.0.1", port, socket_module.AF_INET, type)
+        return real("127.0.0.1" if host == "localhost" else host, port, family, type, *args)
+
+    monkeypatch.setattr(socket_module, "getaddrinfo", ipv6_first)
+    sock = listening_socket("localhost", 0)
+    try:
+        assert sock.family == socket_module.AF_INET and sock.getsockname()[0] == "127.0.0.1"
+    finally:
+        sock.close()
+
+
 # ------------------------------------------------------------------------------------- schemathesis
 
 

@@ -32,14 +32,18 @@ def _whole(name: str, value, low: int, high: int | None = None):
 
 
 def listening_socket(host: str, port: int) -> socket.socket:
-    """The socket uvicorn listens on, bound here to the first address ``getaddrinfo`` gives for ``host``
-    (SO_REUSEADDR), so a busy port or an unknown host is one ConfigError line (exit 2) rather than uvicorn's
-    log lines and exit 3. A name with several addresses (``localhost``: 127.0.0.1 and ::1) is served on the
-    first only; give the address itself to choose."""
-    try:
-        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
-    except (socket.gaierror, UnicodeError) as err:
-        raise ConfigError(f"host={host}: no such address ({err})") from err
+    """The socket uvicorn listens on, bound here (SO_REUSEADDR) so a busy port or an unknown host is one
+    ConfigError line (exit 2) rather than uvicorn's log lines and exit 3. As uvicorn binds it: an IPv6 socket
+    for a host with a colon, else IPv4 (``localhost`` is 127.0.0.1, wherever ::1 comes first); a name with
+    IPv6 addresses only gets the first of them."""
+    families = [socket.AF_INET6] if ":" in host else [socket.AF_INET, socket.AF_UNSPEC]
+    for wanted in families:
+        try:
+            family, kind, proto, _, address = socket.getaddrinfo(host, port, family=wanted, type=socket.SOCK_STREAM)[0]
+            break
+        except (socket.gaierror, UnicodeError) as err:
+            if wanted == families[-1]:
+                raise ConfigError(f"host={host}: no such address ({err})") from err
     try:
         sock = socket.socket(family, kind, proto)
     except OSError as err:  # e.g. an IPv6 address on a machine without IPv6
