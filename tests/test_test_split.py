@@ -66,3 +66,18 @@ def test_unlabelled_test_split_is_skipped_with_one_line(tmp_path, tiny_cfg, capl
     assert "val/mrr@10" in metrics
     skipped = [r for r in caplog.records if "test split skipped" in r.getMessage()]
     assert len(skipped) == 1
+
+
+def test_val_best_is_the_epoch_the_checkpoint_keeps_whatever_the_optimized_metric(tiny_cfg):
+    """optimized_metric chooses the checkpoint (what sweeps maximise and test scores) and val_best.parquet:
+    one epoch, the first with the best logged value, and fit_ended.json says training ended."""
+    cfg = tiny_cfg("logger=csv", "trainer.max_epochs=4", "optimized_metric=val/recall@100", "+data.synthetic_rows.test_rows=40")
+    train(cfg)
+    out = Path(cfg.paths.output_dir)
+    val = _metrics_csv(cfg).dropna(subset=["val/recall@100"]).drop_duplicates("epoch", keep="last")
+    first_best = int(val.loc[val["val/recall@100"].idxmax(), "epoch"])  # idxmax: the first of ties
+    best = per_query.read(out / "per_query" / "val_best.parquet", "recall@100")
+    assert int(best["epoch"].iloc[0]) == first_best
+    assert next((out / "checkpoints").glob("epoch*.ckpt")).name.startswith(f"epoch{first_best:02d}-")
+    assert per_query.read(out / "per_query" / "test.parquet", "mrr@10")["checkpoint"].iloc[0].startswith(f"epoch{first_best:02d}-")
+    assert (out / "per_query" / per_query.FIT_ENDED).is_file()

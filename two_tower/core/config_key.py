@@ -15,8 +15,12 @@ from pathlib import Path
 
 import yaml
 
+from two_tower.core.errors import ConfigError
+
 # Overrides that name where or how a run is done, not what is trained.
 IGNORED = ("seed", "threads", "ckpt_path", "paths.", "hydra.", "logger", "callbacks", "trainer.enable_progress_bar", "trainer.enable_model_summary", "data.cache_dir", "data.num_workers")
+# ...except the callbacks that choose which epoch is reported (the checkpoint test scores, val_best).
+KEPT = ("callbacks.model_checkpoint", "callbacks.per_query")
 # Overrides naming a file or folder whose contents the run learns from: made absolute against the run's cwd.
 DATA_PATHS = ("data.path",)
 
@@ -34,16 +38,27 @@ def config_key(overrides: list[str], cwd: str | None = None) -> str:
     kept = []
     for override in overrides:
         name = override.lstrip("+~").split("=", 1)[0]
-        if any(name.startswith(i) if i.endswith(".") else name == i or name.startswith(i + ".") for i in IGNORED):
+        kept_callback = any(name == k or name.startswith(k + ".") for k in KEPT)
+        if not kept_callback and any(name.startswith(i) if i.endswith(".") else name == i or name.startswith(i + ".") for i in IGNORED):
             continue
         kept.append(_absolute(override, cwd) if name in DATA_PATHS else override)
     return " ".join(sorted(kept)) or "(defaults)"
 
 
+def _read_yaml(path: Path):
+    try:
+        return yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: not readable YAML ({' '.join(str(err).split())[:300]})") from err
+
+
 def run_overrides(run_dir: str | Path) -> list[str]:
     """The overrides Hydra saved in ``run_dir/.hydra/overrides.yaml`` ([] if there are none)."""
     path = Path(run_dir) / ".hydra" / "overrides.yaml"
-    return list(yaml.safe_load(path.read_text()) or []) if path.is_file() else []
+    overrides = _read_yaml(path) if path.is_file() else None
+    if overrides is not None and not isinstance(overrides, list):
+        raise ConfigError(f"{path}: not a list of overrides")
+    return [str(o) for o in overrides or []]
 
 
 def run_cwd(run_dir: str | Path) -> str | None:
@@ -51,7 +66,8 @@ def run_cwd(run_dir: str | Path) -> str | None:
     path = Path(run_dir) / ".hydra" / "hydra.yaml"
     if not path.is_file():
         return None
-    runtime = ((yaml.safe_load(path.read_text()) or {}).get("hydra") or {}).get("runtime") or {}
+    record = _read_yaml(path)
+    runtime = ((record if isinstance(record, dict) else {}).get("hydra") or {}).get("runtime") or {}
     return runtime.get("cwd")
 
 

@@ -16,6 +16,11 @@ from two_tower.core.atomic import atomic_write
 from two_tower.core.errors import PerQueryError
 
 QUERY_COLUMNS = ("qid", "query")
+# Written beside a run's tables when training ended (not killed, not still running): validation tables
+# exist after the first epoch, so only this tells a finished run's from an interrupted one's.
+FIT_ENDED = "fit_ended.json"
+# Columns that describe the row, not a metric of it (constants such as the epoch or the checkpoint scored).
+NOT_METRICS = (*QUERY_COLUMNS, "epoch", "checkpoint")
 
 
 def frame(qids: list[str], queries: list[str], values: dict[str, list[float]], **constants) -> pd.DataFrame:
@@ -71,5 +76,8 @@ def read(path: str | Path, metric: str | None = None) -> pd.DataFrame:
     missing = [c for c in (*QUERY_COLUMNS, *([metric] if metric else [])) if c not in table.columns]
     if missing:
         raise PerQueryError(f"{path}: no column {missing} (has {list(table.columns)})")
+    if metric and (metric in NOT_METRICS or not pd.api.types.is_numeric_dtype(table[metric])):
+        metrics = [c for c in table.columns if c not in NOT_METRICS and pd.api.types.is_numeric_dtype(table[c])]
+        raise PerQueryError(f"{path}: {metric} is not a metric column; the metrics are {metrics}")
     table["qid"] = table["qid"].astype(str)
     return table

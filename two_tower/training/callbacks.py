@@ -3,6 +3,7 @@ per-query writer, and where each epoch's time goes."""
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import time
@@ -127,11 +128,23 @@ class PerQueryWriter(L.Callback):
         from two_tower.core import per_query
 
         per_query.write(table, self.dirpath / "val_last.parquet")
-        if self.stage == "val" and self.metric in table:
-            score = self.sign * float(table[self.metric].mean())
-            if self.best is None or score > self.best:  # strictly better, as ModelCheckpoint
+        logged = trainer.callback_metrics.get(f"{self.stage}/{self.metric}")
+        if self.stage == "val" and logged is not None:
+            # The logged (float32) value, compared as ModelCheckpoint compares it: strictly better, so on a tie
+            # both keep the earlier epoch (the table's float64 mean could order a tie the other way).
+            score = self.sign * float(logged)
+            if self.best is None or score > self.best:
                 self.best = score
                 per_query.write(table, self.dirpath / "val_best.parquet")
+
+    def on_fit_end(self, trainer, pl_module):
+        if trainer.is_global_zero:  # training ended (max_epochs, early stopping): the validation tables are final
+            from two_tower.core import per_query
+            from two_tower.core.atomic import atomic_write
+
+            self.dirpath.mkdir(parents=True, exist_ok=True)
+            with atomic_write(self.dirpath / per_query.FIT_ENDED, "w") as f:
+                f.write(json.dumps({"epoch": trainer.current_epoch, "global_step": trainer.global_step}))
 
     def on_test_end(self, trainer, pl_module):
         table = self._table(trainer, pl_module, "test")

@@ -9,12 +9,14 @@
   seed are refused in one line naming both folders: one training would count as two seeds.
 - Per configuration: the metric of each run (its per-query mean, = the logged value), their mean and a
   95% Student-t confidence interval over seeds.
-- Paired tests, one per pair of systems (configurations and baselines): the unit is the query. Each
+- Tests, one per pair of systems (configurations and baselines), on two axes. Over queries: each
   configuration's per-query metric is first averaged over its seeds; the two systems' per-query values
-  are then compared with a paired t-test (``scipy.stats.ttest_rel``) and a paired randomization test
-  (Fisher's: random sign flips of the per-query differences, ``scipy.stats.permutation_test``). The
-  p-values are Holm-corrected over all the pairs of the table; a pair is flagged when the corrected
-  randomization p-value is below ``--alpha``.
+  are compared with a paired t-test (``scipy.stats.ttest_rel``) and a paired randomization test (Fisher's:
+  random sign flips of the per-query differences, ``scipy.stats.permutation_test``). Over seeds: the runs'
+  means, by Welch's t-test (against a baseline, one ranking, a one-sample t-test); not testable with one
+  run. The p-values are Holm-corrected over all the pairs of the table; a pair is flagged when both the
+  corrected randomization p-value and the corrected seed p-value are below ``--alpha`` (an
+  intersection-union test: the difference holds for other queries and for other seeds).
 - Baselines: ``evaluate.py`` output dirs (``per_query/<retriever>.parquet``), e.g. BM25 on the same split.
 - ``--metric stage/name``: ``test/*`` reads ``per_query/test.parquet``; ``val/*`` the best validation
   epoch (``per_query/val_best.parquet``); ``val_last/*`` the last.
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -92,8 +95,29 @@ def paired_tests(a: np.ndarray, b: np.ndarray, resamples: int = 10_000, seed: in
     rand = stats.permutation_test(
         (a, b), lambda x, y, axis: np.mean(x - y, axis=axis), permutation_type="samples", vectorized=True,
         n_resamples=resamples, alternative="two-sided", random_state=seed,
+        batch=max(1, 4_000_000 // max(1, len(a))),  # resamples per step: memory stays ~100 MB whatever the query count
     )
     return t_p, float(rand.pvalue)
+
+
+def seed_test(a: np.ndarray, b: np.ndarray, a_fixed: bool = False, b_fixed: bool = False) -> float:
+    """Two-sided p-value that two systems' run means (one per seed) differ by more than the seed moves them:
+    Welch's t-test; against a baseline (``*_fixed``: one ranking, no seed) a one-sample t-test of the other's
+    runs. NaN when a configuration has one run: its seed-to-seed spread is unknown."""
+    if a_fixed and b_fixed:
+        return float("nan")
+    if a_fixed or b_fixed:
+        runs, value = (b, a[0]) if a_fixed else (a, b[0])
+        if len(runs) < 2:
+            return float("nan")
+        if np.ptp(runs) == 0:  # no spread at all: the runs are the baseline's value or they are not
+            return 1.0 if runs[0] == value else 0.0
+        return float(stats.ttest_1samp(runs, value).pvalue)
+    if len(a) < 2 or len(b) < 2:
+        return float("nan")
+    if np.ptp(a) == 0 and np.ptp(b) == 0:
+        return 1.0 if a[0] == b[0] else 0.0
+    return float(stats.ttest_ind(a, b, equal_var=False).pvalue)
 
 
 # ------------------------------------------------------------------------------------------ loading
@@ -107,7 +131,7 @@ def find_runs(paths: list[Path]) -> list[Path]:
         if not found:
             raise CompareError(f"{path}: no run dir (with .hydra/overrides.yaml) in it")
         runs.extend(found)
-    return list(dict.fromkeys(runs))
+    return list({run.resolve(): run for run in reversed(runs)}.values())[::-1]  # one run named twice (../, a link) is one run
 
 
 def split_metric(metric: str) -> tuple[str, str]:
@@ -117,14 +141,21 @@ def split_metric(metric: str) -> tuple[str, str]:
     return STAGE_FILES[stage], name
 
 
-def run_seed(run: Path):
-    """The run's seed: its ``seed=`` override, else the ``seed`` of its ``.hydra/config.yaml``; None if neither says."""
+def run_seed(run: Path) -> str | None:
+    """The run's seed (as text): its ``seed=`` override, else the ``seed`` of its ``.hydra/config.yaml``; None
+    if neither says."""
     for override in run_overrides(run):
         name, _, value = override.lstrip("+").partition("=")
         if name == "seed":
-            return yaml.safe_load(value)
+            return value.strip()
     config = run / ".hydra" / "config.yaml"
-    return (yaml.safe_load(config.read_text()) or {}).get("seed") if config.is_file() else None
+    if not config.is_file():
+        return None
+    try:
+        seed = (yaml.safe_load(config.read_text()) or {}).get("seed")
+    except yaml.YAMLError as err:
+        raise CompareError(f"{config}: not readable YAML ({' '.join(str(err).split())})") from err
+    return None if seed is None else str(seed)
 
 
 def load_configurations(runs: list[Path], metric: str) -> dict[str, System]:
@@ -137,6 +168,11 @@ def load_configurations(runs: list[Path], metric: str) -> dict[str, System]:
         if not path.is_file():  # unfinished or failed, or no such split: said, and left out (see the runs column)
             skipped.append(run)
             log.warning("skipped %s: no per_query/%s (unfinished, or no %s split scored)", run, filename, metric.split("/")[0])
+            continue
+        if filename != STAGE_FILES["test"] and not (run / "per_query" / per_query.FIT_ENDED).is_file():
+            # validation tables are written every epoch: a killed or running run has them too
+            skipped.append(run)
+            log.warning("skipped %s: training did not end (no per_query/%s: killed, still running, or made before that record)", run, per_query.FIT_ENDED)
             continue
         key = run_config_key(run)
         seed = run_seed(run)
@@ -156,14 +192,28 @@ def load_configurations(runs: list[Path], metric: str) -> dict[str, System]:
 def load_baselines(dirs: list[Path], metric: str) -> dict[str, System]:
     _, name = split_metric(metric)
     systems = {}
+    dirs = list({folder.resolve(): folder for folder in reversed(dirs)}.values())[::-1]  # one folder named twice is one
     for folder in dirs:
         files = sorted((folder / "per_query").glob("*.parquet"))
         if not files:
             raise CompareError(f"--baseline {folder}: no per_query/*.parquet (an evaluate.py output dir is expected)")
         for path in files:
             label = f"{path.stem} ({folder.name})" if len(dirs) > 1 else path.stem
+            if label in systems:  # two folders of one name: the whole path tells them apart
+                label = f"{path.stem} ({folder})"
             systems[label] = System(label, [str(path)], [per_query.read(path, name)], baseline=True)
     return systems
+
+
+def check_values(systems: dict[str, System], name: str) -> None:
+    """Every query has a value: a NaN would drop out of one run's mean and make the randomization test
+    count no resample as extreme (p at its floor, identical systems flagged)."""
+    for system in systems.values():
+        for run, table in zip(system.runs, system.tables):
+            missing = table[name].isna()
+            if missing.any():
+                raise CompareError(f"{run}: {int(missing.sum())} of {len(table)} queries have no {name} value (NaN, e.g. query "
+                                   f"{table['qid'][missing].iloc[0]}): a comparison needs every query's value")
 
 
 def check_same_queries(systems: dict[str, System]) -> None:
@@ -189,7 +239,12 @@ def check_same_queries(systems: dict[str, System]) -> None:
 def compare(systems: dict[str, System], metric: str, alpha: float = 0.05, resamples: int = 10_000) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(one row per system: runs, mean, 95% CI; one row per pair: means, difference, p-values, Holm)."""
     _, name = split_metric(metric)
+    if not 0 < alpha < 1:
+        raise CompareError(f"--alpha {alpha}: must be between 0 and 1")
+    if resamples < 1:
+        raise CompareError(f"--resamples {resamples}: must be at least 1")
     check_same_queries(systems)
+    check_values(systems, name)
     rows = []
     for system in systems.values():
         values = system.run_means(name)
@@ -204,13 +259,21 @@ def compare(systems: dict[str, System], metric: str, alpha: float = 0.05, resamp
             continue
         x, y = per_query_means[a], per_query_means[b].reindex(per_query_means[a].index)
         t_p, rand_p = paired_tests(x.to_numpy(), y.to_numpy(), resamples)
+        seed_p = seed_test(systems[a].run_means(name), systems[b].run_means(name), systems[a].baseline, systems[b].baseline)
         pairs.append({"A": a, "B": b, "mean A": float(x.mean()), "mean B": float(y.mean()), "A - B": float(x.mean() - y.mean()),
-                      "queries": len(x), "p (t-test)": t_p, "p (randomization)": rand_p})
-    tests = pd.DataFrame(pairs, columns=["A", "B", "mean A", "mean B", "A - B", "queries", "p (t-test)", "p (randomization)"])
+                      "queries": len(x), "p (t-test)": t_p, "p (randomization)": rand_p, "p (seeds)": seed_p})
+    tests = pd.DataFrame(pairs, columns=["A", "B", "mean A", "mean B", "A - B", "queries", "p (t-test)", "p (randomization)", "p (seeds)"])
     if len(tests):
         tests["Holm p (t-test)"] = holm(tests["p (t-test)"].tolist())
         tests["Holm p (randomization)"] = holm(tests["p (randomization)"].tolist())
-        tests[f"significant (Holm, alpha={alpha})"] = tests["Holm p (randomization)"] < alpha
+        seeds = tests["p (seeds)"].to_numpy()
+        tests["Holm p (seeds)"] = np.where(np.isnan(seeds), np.nan, holm(np.nan_to_num(seeds, nan=1.0).tolist()))
+        tests[f"significant (Holm, alpha={alpha})"] = (tests["Holm p (randomization)"] < alpha) & (tests["Holm p (seeds)"] < alpha)
+        floor = 2 / (resamples + 1)  # the smallest two-sided randomization p-value
+        if floor >= alpha / len(tests):
+            log.warning("with %d pairs no randomization p-value can pass Holm's first threshold (alpha/%d = %.2g; the smallest p "
+                        "with %d resamples is %.2g): pass --resamples %d or more", len(tests), len(tests), alpha / len(tests),
+                        resamples, floor, int(np.ceil(20 * len(tests) / alpha)))
     return summary, tests
 
 
@@ -222,11 +285,15 @@ def markdown(summary: pd.DataFrame, tests: pd.DataFrame, metric: str) -> str:
         lines.append(f"| {r['system']}{' (baseline)' if r['kind'] == 'baseline' else ''} | {r['runs']} | {r[metric]:.4f} | {ci} | {r['per_run']} |")
     if len(tests):
         flag = [c for c in tests.columns if c.startswith("significant")][0]
-        lines += ["", f"## Paired tests over {int(tests['queries'].iloc[0])} queries (each configuration's per-query {metric} averaged over its seeds first; Holm over {len(tests)} pair(s))", "",
-                  "| A | B | A - B | p t-test | p randomization | Holm p t-test | Holm p randomization | " + flag + " |", "|---|---|---|---|---|---|---|---|"]
+        lines += ["", f"## Tests over {int(tests['queries'].iloc[0])} queries (each configuration's per-query {metric} averaged over its seeds first) "
+                  f"and over seeds (the runs' means); Holm over {len(tests)} pair(s); flagged when both hold", "",
+                  "| A | B | A - B | p t-test | p randomization | p seeds | Holm p t-test | Holm p randomization | Holm p seeds | " + flag + " |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
         for r in tests.to_dict("records"):
-            lines.append(f"| {r['A']} | {r['B']} | {r['A - B']:+.4f} | {r['p (t-test)']:.4g} | {r['p (randomization)']:.4g} | "
-                         f"{r['Holm p (t-test)']:.4g} | {r['Holm p (randomization)']:.4g} | {'yes' if r[flag] else 'no'} |")
+            seeds = "n/a (1 run)" if np.isnan(r["p (seeds)"]) else f"{r['p (seeds)']:.4g}"
+            holm_seeds = "n/a" if np.isnan(r["Holm p (seeds)"]) else f"{r['Holm p (seeds)']:.4g}"
+            lines.append(f"| {r['A']} | {r['B']} | {r['A - B']:+.4f} | {r['p (t-test)']:.4g} | {r['p (randomization)']:.4g} | {seeds} | "
+                         f"{r['Holm p (t-test)']:.4g} | {r['Holm p (randomization)']:.4g} | {holm_seeds} | {'yes' if r[flag] else 'no'} |")
     return "\n".join(lines) + "\n"
 
 
@@ -244,8 +311,10 @@ def plot(summary: pd.DataFrame, metric: str, path: Path) -> None:
     colors = ["tab:gray" if k == "baseline" else "tab:blue" for k in summary["kind"]]
     ax.errorbar(means, y, xerr=err, fmt="none", ecolor="black", capsize=4)
     ax.scatter(means, y, c=colors, zorder=3)
-    ax.set_yticks(y, [s[:60] for s in summary["system"]])
-    ax.set_xlabel(f"{metric} (mean over seeds, 95% t CI; gray: baseline)")
+    labels = ["\n".join(textwrap.wrap(s, 50)) for s in summary["system"]]  # whole: configurations may differ at the end
+    fig.set_size_inches(7, 0.35 * sum(label.count("\n") + 1 for label in labels) + 0.4 * len(labels) + 1.5)
+    ax.set_yticks(y, labels, fontsize=8)
+    ax.set_xlabel(f"{metric}\n(mean over seeds, 95% t CI; gray: baseline)")
     ax.invert_yaxis()
     fig.tight_layout()
     with atomic_write(path) as f:

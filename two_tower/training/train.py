@@ -160,7 +160,8 @@ def test_best_checkpoint(trainer: L.Trainer, module: TwoTowerModule, datamodule:
         if isinstance(logger, WandbLogger):
             logger.experiment.summary.update(metrics)
         logger.save()
-    log.info("Test (best-on-validation checkpoint %s, the number to report): %s", Path(checkpoint.best_model_path).name, {k: round(v, 4) for k, v in sorted(metrics.items())})
+    which = f"best-on-{checkpoint.monitor} checkpoint" if checkpoint.monitor else "last checkpoint (no checkpoint callback monitors validation)"
+    log.info("Test (%s %s, the number to report): %s", which, Path(checkpoint.best_model_path).name, {k: round(v, 4) for k, v in sorted(metrics.items())})
     return metrics
 
 
