@@ -238,10 +238,13 @@ def test_a_nan_value_is_refused_in_one_line(tmp_path, capsys):
         (["--metric", "test/qid"], "qid is not a metric column; the metrics are ['mrr@10']"),
         (["--alpha", "1.5"], "--alpha 1.5: must be between 0 and 1"),
         (["--resamples", "0"], "--resamples 0: must be at least 1"),
+        (["--out", "{a_file}"], "--out {a_file}: cannot write in {a_file}"),
     ],
 )
 def test_bad_arguments_are_one_line(tmp_path, capsys, args, message):
     write_run(tmp_path / "a", ["encoder=gru", "seed=1"], seed_table(difficulty(), 0.0, 1))
+    (tmp_path / "a-file").write_text("")
+    args, message = [a.format(a_file=tmp_path / "a-file") for a in args], message.format(a_file=tmp_path / "a-file")
     with pytest.raises(SystemExit) as exit_info:
         main([str(tmp_path / "a"), *args])
     err = capsys.readouterr().err.strip().splitlines()

@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 
 from two_tower.cli.common import exit_on_error
-from two_tower.core.atomic import atomic_write
+from two_tower.core.atomic import atomic_write, check_writable
 from two_tower.training import compare as compare_module
 from two_tower.training.compare import compare, find_runs, load_baselines, load_configurations, log_wandb, markdown, plot
 
@@ -24,13 +24,14 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     with exit_on_error():
+        if args.out:  # before the work: an existing file there, or a folder that takes no files, is one line
+            check_writable(args.out, f"--out {args.out}")
         systems = load_configurations(find_runs(args.dirs), args.metric)
         systems.update(load_baselines(args.baseline, args.metric))
         summary, tests = compare(systems, args.metric, args.alpha, args.resamples)
         text = markdown(summary, tests, args.metric)
         print(text)
         if args.out:
-            args.out.mkdir(parents=True, exist_ok=True)
             with atomic_write(args.out / "comparison.md", "w") as f:
                 f.write(text)
             for name, table in (("configurations.csv", summary), ("tests.csv", tests)):
