@@ -311,6 +311,18 @@ def test_index_settings_are_checked_before_encoding(trained, tmp_path, setting, 
     assert not (tmp_path / "index").exists()
 
 
+@pytest.mark.parametrize("factory, words", [("IDMap,Flat", "IndexIDMap holds ids of its own"), ("IVF4,PQ16x4fs", "IndexIVFPQFastScan (fast-scan codes) cannot give its vectors back")])
+def test_index_types_a_folder_cannot_use_are_refused_before_encoding(trained, tmp_path, monkeypatch, factory, words):
+    """IDMap failed with a traceback after encoding; fast-scan codes were written, then crashed search.py (SIGSEGV)."""
+    from two_tower.retrieval import indexer
+
+    monkeypatch.setattr(indexer, "build_faiss_streamed", lambda *a, **k: (_ for _ in ()).throw(AssertionError("encoded first")))
+    cfg = compose_retrieval("index", [f"ckpt={trained['ckpt']}", f"data.path={trained['data']}", f"out={tmp_path / 'index'}", f"index.factory='{factory}'"])
+    with pytest.raises(ConfigError, match=re.escape(f"index.factory='{factory}': {words}")):
+        build_index(cfg)
+    assert not (tmp_path / "index").exists()
+
+
 def test_a_factory_that_cannot_train_on_the_corpus_is_one_error(trained, tmp_path):
     corpus = tmp_path / "small.tsv"
     corpus.write_text("1\tapple river\n2\tbanana hill\n3\tcherry lake\n")

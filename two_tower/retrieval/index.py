@@ -48,12 +48,30 @@ STATISTICS_FILE = TermStatistics.FILE
 BM25_FOLDER = "bm25"  # hybrid search's lexical part (bm25s files), when the folder was built with one
 
 
+def unusable_kind(index: faiss.Index) -> str | None:
+    """Why an index folder cannot use this FAISS index type, or None. IDMap: the folder numbers its passages
+    itself (FAISS refuses ``add`` on it). Fast-scan codes (``...x4fs``): FAISS cannot give their vectors back
+    once the index is written and read again (``reconstruct`` crashes the process), and hybrid search and
+    feedback read them."""
+    kind = type(faiss.downcast_index(index)).__name__
+    if kind.startswith("IndexIDMap"):
+        return f"{kind} holds ids of its own; a folder numbers its passages itself: leave IDMap out"
+    if "FastScan" in kind:
+        return f"{kind} (fast-scan codes) cannot give its vectors back after it is written and read (FAISS crashes), which hybrid search and feedback need: use PQ without 'fs'"
+    return None
+
+
 def new_faiss(dim: int, factory: str) -> faiss.Index:
-    """An empty ``faiss.index_factory`` index with the inner-product metric (ConfigError for a bad string)."""
+    """An empty ``faiss.index_factory`` index with the inner-product metric (ConfigError for a bad string or
+    an index type a folder cannot use)."""
     try:
-        return faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+        index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
     except RuntimeError as err:
         raise ConfigError(f"index.factory={factory!r} is not a FAISS index factory string (e.g. Flat, HNSW32, IVF1024,Flat, OPQ64,IVF1024,PQ64): {err}") from err
+    problem = unusable_kind(index)
+    if problem:
+        raise ConfigError(f"index.factory={factory!r}: {problem}")
+    return index
 
 
 def bytes_per_vector(dim: int, factory: str) -> int:
@@ -381,6 +399,9 @@ class PassageIndex:
         with self._vectors_lock:
             if self._vectors_ready:
                 return
+            problem = unusable_kind(self.index)  # a folder written before index.py refused these
+            if problem:
+                raise IndexFolderError(f"{self.path}: {problem}")
             ivf = faiss.try_extract_index_ivf(self.index)
             if ivf is not None and ivf.direct_map.type == faiss.DirectMap.NoMap:
                 ivf.make_direct_map()
