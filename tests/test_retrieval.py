@@ -1027,6 +1027,39 @@ def test_duplicate_passages_score_alike_in_hybrid_search():
     assert failures == 0
 
 
+def test_hybrid_scores_stay_in_range_on_approximate_indexes():
+    """HNSW and IVF find the dense extremes approximately: a probe saw fused scores of 2,002,716 on a
+    one-passage HNSW folder (a rounding difference divided by the range's 1e-12 floor) and up to 1.71 on
+    IVF with nprobe 1. The range now takes in the candidates' own scores: every score in [0, sum of the
+    weights]; and copies of a passage score alike, lower row first, as on Flat."""
+    from types import SimpleNamespace
+
+    def searcher_over(vectors, factory, params, lexical):
+        index = PassageIndex(Path("."), build_faiss(vectors, factory, train_size=len(vectors), search_params=params), None, {"hybrid": {"weights": [0.7, 0.3]}})
+        searcher = Searcher(index, encoder=None, hybrid=False)
+        searcher.lexical = SimpleNamespace(query_tokens=lambda texts: list(range(len(texts))), scores=lambda token_lists: lexical[token_lists])
+        searcher.weights = (0.7, 0.3)
+        return searcher
+
+    one = clustered(1, 16, 1, seed=3)
+    hits = searcher_over(one, "HNSW32", None, np.zeros((1, 1), dtype=np.float32)).hybrid_search(["q"], one, k=1, exhaustive=False)
+    assert hits.scores.tolist() == [[0.0]]  # as the Flat path: a part that scores every passage alike gives 0
+
+    vectors = clustered(2000, 16, 40, seed=4)
+    queries = clustered(60, 16, 40, seed=5)
+    lexical = np.where(np.random.default_rng(6).random((60, 2000)) < 0.9, 0, 3).astype(np.float32)
+    for factory, params in (("IVF40,Flat", "nprobe=1"), ("HNSW8", "efSearch=16")):
+        hits = searcher_over(vectors, factory, params, lexical).hybrid_search(["q"] * 60, queries, k=50, exhaustive=False)
+        found = hits.scores[hits.rows >= 0]
+        assert found.min() >= 0 and found.max() <= 1 + 1e-6, (factory, found.min(), found.max())
+
+    copies = np.concatenate([vectors[:300], vectors[:300], vectors[:300]])  # passage i at rows i, i+300, i+600
+    hits = searcher_over(copies, "HNSW32", "efSearch=256", np.zeros((60, 900), dtype=np.float32)).hybrid_search(["q"] * 60, queries, k=9, exhaustive=False)
+    for rows, scores in zip(hits.rows.tolist(), hits.scores.tolist()):
+        for i in range(0, 9, 3):
+            assert rows[i + 1] == rows[i] + 300 and rows[i + 2] == rows[i] + 600 and scores[i] == scores[i + 1] == scores[i + 2]
+
+
 # ----------------------------------------------------------------------------------------- MaxSim rerank in index folders
 
 

@@ -88,11 +88,14 @@ def proven_top_k(k: int, weights: tuple[float, float], lexical: np.ndarray, dens
     exact; n >= the corpus is always proven. The same normalisation as ``WeightedScoreFusion`` (``min_max``)."""
     (w_dense, w_lexical), passages, n = weights, len(lexical), len(dense_rows)
     low_l, high_l = lexical.min(), lexical.max()
-    low_d, high_d = dense_range
     found = dense_rows >= 0
     l_rows = np.argpartition(-lexical, n - 1)[:n] if n < passages else np.arange(passages)
     candidates = np.union1d(dense_rows[found], l_rows)
-    fused = w_dense * min_max(dense_scores(candidates), low_d, high_d) + w_lexical * min_max(lexical[candidates], low_l, high_l)
+    dense = dense_scores(candidates)
+    # An approximate index (HNSW, IVF) may miss the corpus's true extremes: the range takes in every
+    # candidate's score too, so fused scores stay within [0, sum of the weights].
+    low_d, high_d = min(dense_range[0], dense.min()), max(dense_range[1], dense.max())
+    fused = w_dense * min_max(dense, low_d, high_d) + w_lexical * min_max(lexical[candidates], low_l, high_l)
     order = np.lexsort((candidates, -fused))[:k]
     if n < passages:
         nth_dense = dense_top_scores[found][-1] if found.any() else low_d

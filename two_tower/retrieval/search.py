@@ -172,30 +172,34 @@ class Searcher:
             stored = None  # a large corpus: its matrix would be read once per few queries; candidates instead
         if stored is not None:
             return self.fused_exhaustive(queries, vectors, k, stored)
-        lowest = -self.index.search(-vectors, 1).scores[:, 0]
+        farthest = self.index.search(-vectors, 1)
         tokens = self.lexical.query_tokens(queries)
         rows, scores = np.full((len(queries), k), -1, dtype=np.int64), np.full((len(queries), k), -np.inf, dtype=np.float32)
-        weights, lexical_scores = self.weights, {}
-        pending, n, highest = np.arange(len(queries)), min(max(4 * k, 200), total), None
+        weights, lexical_scores, dense_ranges = self.weights, {}, {}
+        pending, n, nearest = np.arange(len(queries)), min(max(4 * k, 200), total), None
         while len(pending):
             top = self.index.search(vectors[pending], n)
-            if highest is None:
-                highest = top.scores[:, 0]
+            if nearest is None:
+                nearest = top
             unproven = []
             for i, q in enumerate(pending.tolist()):
 
-                def dense_scores(found: np.ndarray, vector=vectors[q]) -> np.ndarray:
+                def dense_scores(found: np.ndarray, vector=vectors[q].astype(np.float64)) -> np.ndarray:
                     # every candidate scored the same way (not FAISS's score for some), so equal vectors
-                    # (duplicate passages) get equal scores and keep the lower-row-first order; read back
-                    # 4,096 vectors at a time, so a deep search (ties at the cut) stays within memory
+                    # (duplicate passages) get equal scores and keep the lower-row-first order: summed in
+                    # float64 (a float32 product's rounding can depend on the row's place in the block), read
+                    # back 4,096 vectors at a time, so a deep search (ties at the cut) stays within memory
                     out = np.empty(len(found), dtype=np.float32)
                     for start in range(0, len(found), 4096):
-                        out[start : start + 4096] = self.index.vectors(found[start : start + 4096]) @ vector
+                        out[start : start + 4096] = self.index.vectors(found[start : start + 4096]).astype(np.float64) @ vector
                     return out
 
                 if q not in lexical_scores:  # once per query, however many rounds it needs
                     lexical_scores[q] = self.lexical.scores([tokens[q]])[0]
-                result = proven_top_k(k, weights, lexical_scores[q], (lowest[q], highest[q]), top.rows[i], top.scores[i], dense_scores)
+                    # the dense extremes FAISS found, scored as the candidates are (its own scores may round otherwise)
+                    ends = np.array([farthest.rows[q, 0], nearest.rows[q, 0]])
+                    dense_ranges[q] = tuple(dense_scores(ends)) if (ends >= 0).all() else (-farthest.scores[q, 0], nearest.scores[q, 0])
+                result = proven_top_k(k, weights, lexical_scores[q], dense_ranges[q], top.rows[i], top.scores[i], dense_scores)
                 if result is None:
                     unproven.append(q)
                 else:
