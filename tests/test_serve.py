@@ -486,6 +486,36 @@ def _closed_without_answer(s: socket.socket) -> bool:
         return True
 
 
+def test_a_body_that_does_not_arrive_gets_408_and_the_connection_closes(searcher):
+    """Headers, then part of the body (or a byte now and then): answered 408 once body_timeout has passed
+    since the headers, and closed, so such clients cannot hold connections (a probe held 25 of them for as
+    long as it liked, and every /health failed behind a cap of 20)."""
+    with ServerThread(create_app(searcher, Limits(k=5, k_max=20, max_query_chars=200, max_batch=4, body_timeout=1))) as running:
+        port = int(running.url.rsplit(":", 1)[1])
+        stalled = socket.create_connection(("127.0.0.1", port), timeout=30)
+        trickle = socket.create_connection(("127.0.0.1", port), timeout=30)
+        head = b"POST /search HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 200\r\n\r\n"
+        stalled.sendall(head + b'{"queries": [')
+        trickle.sendall(head)
+        for byte in b'{"queries": ["garden"':  # one byte every 0.2 s: each arrives, the whole never does
+            try:
+                trickle.sendall(bytes([byte]))
+            except OSError:
+                break
+            time.sleep(0.2)
+        for s in (stalled, trickle):
+            answer = b""
+            while chunk := s.recv(4096):
+                answer += chunk
+            assert answer.startswith(b"HTTP/1.1 408") and b"request body not complete within 1 s" in answer, answer[:300]
+            s.close()
+        assert httpx.get(f"{running.url}/search", params={"q": "garden"}, timeout=30).status_code == 200
+    from two_tower.core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"body_timeout=0: must be a number of seconds"):
+        Limits(body_timeout=0)
+
+
 def test_server_closes_half_open_connections_and_refuses_beyond_its_cap_at_accept(index_dir):
     """Timing limits belong to experiments/reliability/half_open.py; here only who closes what."""
     port = free_port()

@@ -17,7 +17,7 @@ from two_tower.core.errors import ConfigError, TwoTowerError
 USAGE = """usage: python serve.py index=DIR [host=127.0.0.1] [port=8000] [threads=1] [key=value ...]
 Settings (conf/serve.yaml): index, host, port, threads (per search, torch and FAISS), search_params,
 hybrid (false = dense alone in a folder with a BM25 index; "hybrid=[0.5,0.5]" = fuse with these dense, BM25 weights), prf=rocchio (pseudo-relevance feedback;
-prf.depth=N), rerank=maxsim (MaxSim rerank of the top rerank.depth=100; rerank.weight=W), k (default passages per query), k_max, max_query_chars, max_batch, header_timeout, keep_alive_timeout,
+prf.depth=N), rerank=maxsim (MaxSim rerank of the top rerank.depth=100; rerank.weight=W), k (default passages per query), k_max, max_query_chars, max_batch, header_timeout, body_timeout, keep_alive_timeout,
 max_connections.
 Then open http://HOST:PORT/ (search page), /docs (API), /health."""
 
@@ -96,12 +96,12 @@ def main(argv: list[str] | None = None) -> int:
             cfg[name] = str(cfg[name])
         _whole("port", cfg.port, 0, 65535)  # 0: a free port the system picks (the start-up line names it)
         _whole("max_connections", cfg.max_connections, 1)
-        for name in ("header_timeout", "keep_alive_timeout"):
+        for name in ("header_timeout", "keep_alive_timeout", "body_timeout"):
             if not isinstance(cfg[name], (int, float)) or isinstance(cfg[name], bool) or not 0 < cfg[name] <= 3600:
                 raise ConfigError(f"{name}={cfg[name]!r}: must be a number of seconds in (0, 3600]")
         if cfg.threads is not None:
             _whole("threads", cfg.threads, 1)
-        limits = Limits(k=cfg.k, k_max=cfg.k_max, max_query_chars=cfg.max_query_chars, max_batch=cfg.max_batch)
+        limits = Limits(k=cfg.k, k_max=cfg.k_max, max_query_chars=cfg.max_query_chars, max_batch=cfg.max_batch, body_timeout=cfg.body_timeout)
         start = time.perf_counter()
         prf = RocchioPRF.from_config(cfg.get("prf"))
         rerank = MaxSimRerank.from_config(cfg.get("rerank"))

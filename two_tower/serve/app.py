@@ -25,6 +25,7 @@ threads: OpenMP thread counts belong to the calling thread, so ``torch.set_num_t
 ``faiss.omp_set_num_threads`` are applied in every worker thread (once per thread), not only at start-up.
 """
 
+import asyncio
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -63,12 +64,15 @@ class Limits:
     k_max: int = 100
     max_query_chars: int = 512
     max_batch: int = 64
+    body_timeout: float = 10.0  # seconds from a request's headers to the end of its body
 
     def __post_init__(self):
         for name in ("k_max", "max_query_chars", "max_batch"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"{name}={value!r}: must be a whole number >= 1")
+        if not isinstance(self.body_timeout, (int, float)) or isinstance(self.body_timeout, bool) or not 0 < self.body_timeout <= 3600:
+            raise ConfigError(f"body_timeout={self.body_timeout!r}: must be a number of seconds in (0, 3600]")
         if not isinstance(self.k, int) or isinstance(self.k, bool) or not 1 <= self.k <= self.k_max:
             raise ConfigError(f"k={self.k!r}: the default k must be a whole number in 1..k_max ({self.k_max})")
 
@@ -213,7 +217,7 @@ def create_app(searcher: Searcher, limits: Limits = Limits(), threads: int | Non
         ),
         static_url="/docs-assets",
     )
-    app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
+    app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes, timeout=limits.body_timeout)
 
     # --- errors: one JSON shape, saying what is wrong -------------------------------------------------
 
@@ -346,14 +350,17 @@ class ThreadSetting:
 
 
 class BodyLimit:
-    """ASGI middleware: a request body over ``max_bytes`` gets 413 before the app reads it.
+    """ASGI middleware: a request body over ``max_bytes`` gets 413 before the app reads it, and one not
+    complete ``timeout`` seconds after its headers gets 408 (the connection is closed): a client that
+    sends headers and then part of a body, or a byte a second, would otherwise hold its connection (and,
+    a few thousand of them, the server) as long as it likes.
 
     Checks ``Content-Length`` and also counts a chunked body as it arrives; the body is read here (it is
     at most ``max_bytes``) and handed to the app unchanged.
     """
 
-    def __init__(self, app, max_bytes: int):
-        self.app, self.max_bytes = app, max_bytes
+    def __init__(self, app, max_bytes: int, timeout: float = 10.0):
+        self.app, self.max_bytes, self.timeout = app, max_bytes, timeout
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -362,8 +369,14 @@ class BodyLimit:
         if length.isdigit() and int(length) > self.max_bytes:
             return await self._too_large(scope, receive, send)
         chunks, size = [], 0
+        deadline = asyncio.get_running_loop().time() + self.timeout
         while True:
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(receive(), max(0.0, deadline - asyncio.get_running_loop().time()))
+            except asyncio.TimeoutError:
+                response = _error_response(408, f"request body not complete within {self.timeout:g} s of its headers")
+                response.headers["Connection"] = "close"
+                return await response(scope, receive, send)
             if message["type"] != "http.request":  # the client went away
                 return await self.app(scope, _replay([message], receive), send)
             chunks.append(message.get("body", b""))
