@@ -43,11 +43,11 @@ def index_dir(tmp_path_factory, tiny_run) -> Path:
 class ServerThread:
     """uvicorn serving ``app`` on a socket bound to 127.0.0.1:0 (a free port), in a thread."""
 
-    def __init__(self, app):
+    def __init__(self, app, **config):
         self.socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.socket.bind(("127.0.0.1", 0))
         self.url = "http://127.0.0.1:%d" % self.socket.getsockname()[1]
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", **config))
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.socket]}, daemon=True)
 
     def __enter__(self):
@@ -514,6 +514,36 @@ def test_a_body_that_does_not_arrive_gets_408_and_the_connection_closes(searcher
 
     with pytest.raises(ConfigError, match=r"body_timeout=0: must be a number of seconds"):
         Limits(body_timeout=0)
+
+
+def test_a_client_that_does_not_read_its_answer_is_cut_off(searcher):
+    """A big batch asked for and never read: uvicorn kept the unread answer (~20 MB a connection in a
+    probe) as long as the client stayed. With send_timeout, the connection is aborted and the answer freed."""
+    from two_tower.serve.protocol import guarded_protocol
+
+    app = create_app(searcher, Limits(k=5, k_max=1000, max_query_chars=200, max_batch=64))
+    with ServerThread(app, http=guarded_protocol(5, 100, send_timeout=1)) as running:
+        port = int(running.url.rsplit(":", 1)[1])
+        client = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connecting: a small window
+        client.settimeout(60)
+        client.connect(("127.0.0.1", port))
+        body = json.dumps({"queries": [f"garden castle {i}" for i in range(64)], "k": 1000}).encode()
+        client.sendall(b"POST /search HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+        deadline = time.monotonic() + 60
+        while not getattr(running.server.server_state, "send_timeouts", 0):
+            assert time.monotonic() < deadline, "the unread answer was never dropped"
+            time.sleep(0.1)
+        received = b""
+        try:
+            while chunk := client.recv(65536):
+                received += chunk
+        except ConnectionResetError:
+            pass
+        client.close()
+        length = int(re.search(rb"content-length: (\d+)", received, re.I).group(1))
+        assert len(received.split(b"\r\n\r\n", 1)[1]) < length  # cut off, not delivered whole
+        assert httpx.get(f"{running.url}/search", params={"q": "garden"}, timeout=30).status_code == 200
 
 
 def test_server_closes_half_open_connections_and_refuses_beyond_its_cap_at_accept(index_dir):

@@ -17,7 +17,7 @@ from two_tower.core.errors import ConfigError, TwoTowerError
 USAGE = """usage: python serve.py index=DIR [host=127.0.0.1] [port=8000] [threads=1] [key=value ...]
 Settings (conf/serve.yaml): index, host, port, threads (per search, torch and FAISS), search_params,
 hybrid (false = dense alone in a folder with a BM25 index; "hybrid=[0.5,0.5]" = fuse with these dense, BM25 weights), prf=rocchio (pseudo-relevance feedback;
-prf.depth=N), rerank=maxsim (MaxSim rerank of the top rerank.depth=100; rerank.weight=W), k (default passages per query), k_max, max_query_chars, max_batch, header_timeout, body_timeout, keep_alive_timeout,
+prf.depth=N), rerank=maxsim (MaxSim rerank of the top rerank.depth=100; rerank.weight=W), k (default passages per query), k_max, max_query_chars, max_batch, header_timeout, body_timeout, send_timeout, keep_alive_timeout,
 max_connections.
 Then open http://HOST:PORT/ (search page), /docs (API), /health."""
 
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
             cfg[name] = str(cfg[name])
         _whole("port", cfg.port, 0, 65535)  # 0: a free port the system picks (the start-up line names it)
         _whole("max_connections", cfg.max_connections, 1)
-        for name in ("header_timeout", "keep_alive_timeout", "body_timeout"):
+        for name in ("header_timeout", "keep_alive_timeout", "body_timeout", "send_timeout"):
             if not isinstance(cfg[name], (int, float)) or isinstance(cfg[name], bool) or not 0 < cfg[name] <= 3600:
                 raise ConfigError(f"{name}={cfg[name]!r}: must be a number of seconds in (0, 3600]")
         if cfg.threads is not None:
@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from two_tower.serve.protocol import connection_cap, guarded_protocol
 
-    protocol = guarded_protocol(cfg.header_timeout, connection_cap(cfg.max_connections))
+    protocol = guarded_protocol(cfg.header_timeout, connection_cap(cfg.max_connections), cfg.send_timeout)
 
     print(
         f"Loaded {searcher.index.path} ({len(searcher.index):,} passages) in {time.perf_counter() - start:.1f}s; "
