@@ -876,6 +876,14 @@ def test_searcher_hybrid_ranks_as_evaluate_hybrid_weighted(trained, tmp_path):
         (folder / "manifest.json").write_text(json.dumps(manifest))
         with pytest.raises(IndexFolderError, match=message):
             Searcher.load(folder)
+    # Files a load never reads (a desktop's .DS_Store, an NFS .nfs* file, an index folder built inside this
+    # one) leave it loadable: only its own files and bm25/'s must be named.
+    visited = tmp_path / "visited"
+    shutil.copytree(trained["index"], visited)
+    (visited / ".DS_Store").write_bytes(b"x")
+    (visited / "bm25" / ".nfs000123").write_bytes(b"x")
+    shutil.copytree(trained["index"], visited / "nested")
+    assert [[h.id for h in q] for q in Searcher.load(visited).search(queries, 5)] == [[h.id for h in q] for q in Searcher.load(trained["index"]).search(queries, 5)]
     for bad, message in (("hybrid.bm25.method=foo", "hybrid.bm25: Invalid"), ("+hybrid.bm25.foo=1", "hybrid.bm25.foo: unknown"), ("hybrid.enabled=maybe", "hybrid.enabled='maybe'")):
         with pytest.raises(ConfigError, match=message):
             build_index(compose_retrieval("index", [f"ckpt={trained['ckpt']}", f"data.path={trained['data']}", f"out={tmp_path / 'bad'}", bad]))

@@ -460,7 +460,10 @@ def read_manifest(path: Path) -> dict:
     # `files` would otherwise switch that file's check off (or, for the term statistics, the file itself).
     required = {FAISS_FILE, PASSAGES_FILE, QUERY_ENCODER_FILE} | ({f"{BM25_FOLDER}/{SETTINGS_FILE}"} if "hybrid" in manifest else set())
     unnamed = sorted(required - set(manifest["files"]))
-    present = (p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file())
+    # The files a load could read (the folder's own and its BM25 folder's); others (.DS_Store, an NFS
+    # .nfs* file, a folder somebody put inside) are not read and do not make the folder unloadable.
+    readable = [p for p in (*path.iterdir(), *(path / BM25_FOLDER).rglob("*")) if p.is_file() and not p.name.startswith(".")]
+    present = (p.relative_to(path).as_posix() for p in readable)
     unnamed += sorted(name for name in present if name != MANIFEST and name not in manifest["files"] and name not in unnamed)
     if unnamed:
         raise IndexFolderError(f"index={path}: {MANIFEST} does not name {unnamed} in its files (with their hashes); the folder was modified, rebuild it")
