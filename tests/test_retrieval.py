@@ -757,6 +757,7 @@ def test_searcher_prf_ranks_as_evaluate_does(trained, capsys):
     searcher = Searcher.load(trained["index"], prf=RocchioPRF(depth=3, alpha=0.5, beta=0.5), hybrid=False)
     results = searcher.search([split.query_texts[r] for r in rows], k=10)
     assert [[h.id for h in hits] for hits in results] == [[str(i) for i in ids] for ids in brute.ranked.tolist()]
+    assert np.array([[h.score for h in hits] for hits in results]) == pytest.approx(brute.scores.numpy(), abs=1e-5)  # the same numbers too
     plain = Searcher.load(trained["index"], hybrid=False).search([split.query_texts[r] for r in rows], k=10)
     assert [[h.id for h in hits] for hits in plain] != [[h.id for h in hits] for hits in results]
 

@@ -92,5 +92,7 @@ class PRFRetriever(SplitRetriever):
         if not self.prf.enabled:
             return first
         top = rank_by_scores(first, min(self.prf.depth, first.shape[1]))
-        queries = self.prf.expand(self.part.queries[query_rows], self.part.passages[top])
+        # unit length, as the index folder's Searcher makes the moved query: the same ranking, and the same
+        # scores (cosines) in its TREC runs as a folder gives
+        queries = torch.nn.functional.normalize(self.prf.expand(self.part.queries[query_rows], self.part.passages[top]), dim=-1)
         return queries @ self.part.passages.T
