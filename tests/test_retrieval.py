@@ -424,6 +424,25 @@ def test_search_command_prints_ranked_hits(trained, capsys):
     assert lines[1].split()[0] == "1" and lines[2].split()[0] == "2"
 
 
+def test_search_command_reads_free_text_queries_as_queries(trained, capsys, monkeypatch):
+    """query=... is taken as typed (Hydra's lexer refused an apostrophe, a comma made it a sweep); an
+    argument with white space whose key is not a setting is a query ("E=mc2 apple"), a setting's value may
+    hold white space ("hybrid=[0.5, 0.5]"), a typo without white space is still an error; a query or stdin
+    line that is not UTF-8 is an error, not a search for its replacement characters."""
+    import io
+
+    index = f"index={trained['index']}"
+    for args, query in ((["query=what's the apple, river"], "what's the apple, river"), (["E=mc2 apple"], "E=mc2 apple"), (["hybrid=[0.5, 0.5]", "apple"], "apple")):
+        assert search_main([index, *args, "k=1"]) == 0, args
+        assert capsys.readouterr().out.splitlines()[0] == f"query: {query}"
+    assert search_main([index, "kk=3", "apple"]) == 2 and "kk: unknown setting" in capsys.readouterr().err
+    assert search_main([index, "\udce9t\udce9"]) == 2 and capsys.readouterr().err == "error: the query is not UTF-8 text\n"
+    monkeypatch.setattr("sys.stdin", io.StringIO("apple river\n\udce9t\udce9 river\n"))
+    assert search_main([index, "k=1"]) == 1
+    captured = capsys.readouterr()
+    assert captured.out.startswith("query: apple river") and captured.err == "error: line 2 is not UTF-8 text; skipped\n"
+
+
 # ----------------------------------------------------------------------------------------- corpus files
 
 

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import re
 import sys
+from pathlib import Path
 
-from two_tower.cli.common import compose, report, search_override_error
+from two_tower.cli.common import CONF_DIR, compose, report, search_override_error
 from two_tower.core.checks import check_config
 from two_tower.core.errors import EmptyQueryError, TwoTowerError
 from two_tower.core.threads import set_threads
@@ -26,22 +27,45 @@ checkpoint and encode queries with it), batch_size, max_chars, prf=rocchio (pseu
 hybrid (false = dense alone in a folder with a BM25 index; "hybrid=[0.5,0.5]" = fuse with these dense, BM25 weights)."""
 
 
-def split_arguments(argv: list[str]) -> tuple[list[str], list[str], bool]:
-    """(Hydra overrides, free query words, interactive). An argument is an override if it starts
-    with ``key=`` (or ``+key=`` / ``~key``) for a key made of letters, digits, ``_`` and ``.``."""
+def settings() -> set[str]:
+    """The top-level settings and groups of conf/search.yaml (an argument naming one is a setting)."""
+    from omegaconf import OmegaConf
+
+    raw = OmegaConf.load(Path(CONF_DIR) / "search.yaml")
+    groups = {next(iter(entry)) for entry in raw.get("defaults", []) if not isinstance(entry, str)}
+    return {str(k) for k in raw if k != "defaults"} | groups | {"hydra"}
+
+
+def split_arguments(argv: list[str]) -> tuple[list[str], list[str], bool, str | None]:
+    """(Hydra overrides, free query words, interactive, the ``query=`` text). An argument is an override if
+    it starts with ``key=`` (or ``+key=`` / ``~key``) for a key made of letters, digits, ``_`` and ``.``,
+    unless its key is not a setting and it holds white space (``"E=mc2 boundary"`` is a query). The text of
+    ``query=...`` is taken as it is, not parsed by Hydra (quotes, commas and brackets are words)."""
     override = re.compile(r"^(\+?[A-Za-z_][\w.]*=|~[A-Za-z_][\w.]*$)")
-    overrides, words, interactive = [], [], False
+    known = settings()
+    overrides, words, interactive, query = [], [], False, None
     for arg in argv:
         if arg in ("--interactive", "-i"):
             interactive = True
         elif arg in ("--help", "-h"):
             print(USAGE)
             sys.exit(0)
-        elif override.match(arg):
+        elif arg.lstrip("+").startswith("query="):
+            query = arg.lstrip("+").partition("=")[2]
+        elif override.match(arg) and (re.split(r"[.=]", arg.lstrip("+~"), 1)[0] in known or not re.search(r"\s", arg)):
             overrides.append(arg)
         else:
             words.append(arg)
-    return overrides, words, interactive
+    return overrides, words, interactive, query
+
+
+def not_utf8(text: str) -> bool:
+    """Text read from bytes that are not UTF-8 (Python keeps them as lone surrogates in argv and stdin)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def format_results(query: str, hits: list[Hit], max_chars: int) -> str:
@@ -54,7 +78,7 @@ def format_results(query: str, hits: list[Hit], max_chars: int) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """The search.py command; returns the exit status (0 ok, 1 some queries failed, 2 unusable input)."""
-    overrides, words, interactive = split_arguments(sys.argv[1:] if argv is None else argv)
+    overrides, words, interactive, raw_query = split_arguments(sys.argv[1:] if argv is None else argv)
     message = search_override_error("search", overrides)
     if message:
         print(f"error: {message}", file=sys.stderr)
@@ -64,10 +88,13 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as err:  # Hydra's own errors: unknown key, bad value
         print(f"error: {err}\n{USAGE}", file=sys.stderr)
         return 2
-    if cfg.query is not None and words:
+    if raw_query is not None and words:
         print("error: give the query either as text or as query=..., not both", file=sys.stderr)
         return 2
-    query = cfg.query if cfg.query is not None else (" ".join(words) if words else None)
+    query = raw_query if raw_query is not None else (" ".join(words) if words else None)
+    if query is not None and not_utf8(query):
+        print("error: the query is not UTF-8 text", file=sys.stderr)
+        return 2
     if cfg.index is None:
         print(f"error: which index? pass index=DIR (a folder written by index.py)\n{USAGE}", file=sys.stderr)
         return 2
@@ -123,6 +150,10 @@ def _batches(searcher: Searcher, cfg, lines) -> int:
 
     for number, line in enumerate(lines, start=1):
         query = line.rstrip("\n")
+        if not_utf8(query):
+            print(f"error: line {number} is not UTF-8 text; skipped", file=sys.stderr)
+            status = 1
+            continue
         try:
             searcher.encoder.check_query(query, f"line {number}")
         except EmptyQueryError as err:
