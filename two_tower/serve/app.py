@@ -87,7 +87,7 @@ class Limits:
 
 class HitOut(BaseModel):
     id: str = Field(description="the passage id (as in the corpus the index was built from)")
-    score: float = Field(description="a dense folder: cosine similarity of query and passage vectors; a hybrid folder: the fused score (0 to the sum of the weights; /health's index.ranking); with rerank=maxsim: the reranked score (0 to 1)")
+    score: float = Field(description="a dense folder: cosine similarity of query and passage vectors; a hybrid folder: the fused score (0 to the sum of the weights; /health's index.ranking); with rerank=maxsim: the reranked score (0 to 1 for the top rerank.depth, below 0 for hits after them)")
     text: str
 
 
@@ -95,7 +95,7 @@ class SearchResponse(BaseModel):
     query: str
     k: int
     took_ms: float = Field(description="time spent searching: tokenize + encode + FAISS + passage look-up, in ms")
-    hits: list[HitOut] = Field(description="best first; fewer than k only if the index holds fewer passages")
+    hits: list[HitOut] = Field(description="best first; fewer than k if the index holds fewer passages, or if an approximate index (IVF with a small nprobe, HNSW with a small efSearch) finds fewer")
 
 
 class QueryHits(BaseModel):
@@ -224,9 +224,10 @@ def create_app(searcher: Searcher, limits: Limits = Limits(), threads: int | Non
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
         sent = request.headers.get("content-type", "")
-        if sent and "json" not in sent.lower() and any(tuple(e.get("loc", ())) == ("body",) for e in exc.errors()):
+        if "json" not in sent.lower() and any(tuple(e.get("loc", ())) == ("body",) and e["type"] != "missing" for e in exc.errors()):
             # FastAPI reads a body as JSON only when it says so (curl -d sends a form type): say that, not "not a dictionary".
-            error = f"body: sent as {_clean(sent, 100)}; send the JSON object with Content-Type: application/json"
+            how = f"sent as {_clean(sent, 100)}" if sent else "sent without a Content-Type"
+            error = f"body: {how}; send the JSON object with Content-Type: application/json"
             return _error_response(415, error, [ErrorItem(loc=["body"], msg=error, type="content_type")])
         items = [
             ErrorItem(loc=[_clean(p, 100) if isinstance(p, str) else p for p in e.get("loc", ())], msg=_clean(_message(e, limits)), type=e["type"])
