@@ -244,7 +244,7 @@ def create_app(searcher: Searcher, limits: Limits = Limits(), threads: int | Non
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         error = str(exc.detail)
         if exc.status_code == 400 and error == "There was an error parsing the body":  # FastAPI's words for undecodable bytes
-            error = "the body could not be read as JSON text: it must be UTF-8 encoded JSON"
+            error = "the body could not be read as JSON text: not UTF-8, or nested too deeply"
         response = _error_response(exc.status_code, error)
         response.headers.update(exc.headers or {})
         return response
