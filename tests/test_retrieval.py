@@ -394,6 +394,11 @@ def test_empty_query_is_a_clear_error(trained, capsys):
     searcher = Searcher.load(trained["index"])
     with pytest.raises(EmptyQueryError, match="query 2 of 2 is empty"):
         searcher.search(["apple river", "   "], k=3)
+    with pytest.raises(EmptyQueryError, match=r"query 1 of 2 is not text \(bytes: b'apple'\); give a string"):
+        searcher.search([b"apple", "river"], k=3)
+    # numpy's whole numbers are whole numbers; any iterable of queries is a list of them
+    as_list = [[h.id for h in q] for q in searcher.search(["apple river", "banana"], k=3)]
+    assert [[h.id for h in q] for q in searcher.search((q for q in ["apple river", "banana"]), k=np.int64(3))] == as_list
     assert search_main([f"index={trained['index']}", "   "]) == 2
     err = capsys.readouterr().err
     assert err.strip().count("\n") == 0 and "empty" in err and "Traceback" not in err

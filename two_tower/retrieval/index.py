@@ -348,7 +348,7 @@ class PassageIndex:
     def search(self, vectors: np.ndarray, k: int) -> SearchHits:
         """Top-``k`` rows by inner product; among equal scores the lower row comes first."""
         vectors = normalised(vectors)
-        check_k(k)
+        k = check_k(k)
         if not np.isfinite(vectors).all():
             raise ConfigError(f"query {int(np.flatnonzero(~np.isfinite(vectors).all(1))[0]) + 1} of {len(vectors)}: its vector is not finite (NaN or inf): the query tower's output is broken")
         k = min(k, len(self))
@@ -427,10 +427,12 @@ class PassageIndex:
         return taken.column("id").to_pylist(), taken.column("text").to_pylist()
 
 
-def check_k(k) -> None:
-    """How many passages a search returns: a whole number >= 1, or one ConfigError line."""
-    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+def check_k(k) -> int:
+    """How many passages a search returns: a whole number >= 1 (numpy's too), returned as an int, or one
+    ConfigError line."""
+    if not isinstance(k, numbers.Integral) or isinstance(k, (bool, np.bool_)) or k < 1:
         raise ConfigError(f"k={k!r}: must be a whole number >= 1")
+    return int(k)
 
 
 def normalised(vectors: np.ndarray) -> np.ndarray:

@@ -85,7 +85,9 @@ class QueryEncoder:
 
     def check_query(self, query, where: str = "the query") -> None:
         """Raise EmptyQueryError unless ``query`` has a word the tokenizer reads."""
-        if not isinstance(query, str) or not query.strip():
+        if not isinstance(query, str):
+            raise EmptyQueryError(f"{where} is not text ({type(query).__name__}: {query!r:.60}); give a string")
+        if not query.strip():
             raise EmptyQueryError(f"{where} is empty ({query!r}); give some words to search for")
         if not self.tokenizer.split(query):
             # Punctuation, emoji, control or zero-width characters only: the tokenizer finds no word, and

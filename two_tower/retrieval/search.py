@@ -117,6 +117,7 @@ class Searcher:
         """
         if isinstance(queries, str):
             raise TypeError("search() takes a list of queries; wrap a single query in a list")
+        queries = list(queries)  # any iterable (a generator, a tuple, a pandas Series)
         if not queries:
             return []
         vectors = normalised(self.encoder.encode(queries))
@@ -124,7 +125,7 @@ class Searcher:
             first = self.index.search(vectors, self.prf.depth)
             found = first.rows >= 0
             vectors = normalised(self.prf.expand(vectors, self.index.vectors(np.where(found, first.rows, 0)), found))
-        check_k(k)  # before max(k, depth) below
+        k = check_k(k)  # before max(k, depth) below
         depth = k if self.maxsim is None else max(k, self.rerank.depth)
         hits = self.index.search(vectors, depth) if self.lexical is None else self.hybrid_search(queries, vectors, depth)
         if self.maxsim is not None:
@@ -161,7 +162,7 @@ class Searcher:
         they do not prove (``hybrid.proven_top_k``) is searched again with 4n, in one FAISS call for all
         such queries, until proven. Every candidate's dense score is its stored vector's inner product
         with the query."""
-        check_k(k)
+        k = check_k(k)
         total = len(self.index)
         k = min(k, total)
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
