@@ -394,6 +394,8 @@ def test_empty_query_is_a_clear_error(trained, capsys):
     searcher = Searcher.load(trained["index"])
     with pytest.raises(EmptyQueryError, match="query 2 of 2 is empty"):
         searcher.search(["apple river", "   "], k=3)
+    with pytest.raises(IndexFolderError, match=r"faiss.index: a file; give the index folder \(the one holding manifest.json\)"):
+        Searcher.load(trained["index"] / "faiss.index")
     with pytest.raises(EmptyQueryError, match=r"query 1 of 2 is not text \(bytes: b'apple'\); give a string"):
         searcher.search([b"apple", "river"], k=3)
     # numpy's whole numbers are whole numbers; any iterable of queries is a list of them

@@ -443,6 +443,8 @@ def normalised(vectors: np.ndarray) -> np.ndarray:
 
 
 def read_manifest(path: Path) -> dict:
+    if path.is_file():
+        raise IndexFolderError(f"index={path}: a file; give the index folder (the one holding {MANIFEST})")
     if not path.is_dir():
         raise IndexFolderError(f"index={path}: no such folder")
     if not (path / MANIFEST).is_file():
