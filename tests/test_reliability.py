@@ -647,3 +647,28 @@ def test_a_read_only_cache_is_read_and_a_missing_entry_is_one_error(tmp_path):
 def _logged_val_mrr(run_dir: Path) -> str:
     line = next(l for l in (run_dir / "train.log").read_text().splitlines() if "Final metrics" in l)
     return re.search(r"'val/mrr@10': ([0-9.]+)", line).group(1)
+
+
+def test_a_resumed_csv_log_drops_only_the_rows_logged_again(tmp_path):
+    """The rows of the interrupted run from the resumed run's first logged step on are dropped (it logs
+    them again); rows before it stay, also a validation row at the step a validation-end checkpoint was
+    saved at (its step counter is counted up only when restored: the review found such a row dropped)."""
+    import pandas as pd
+
+    from two_tower.training.loggers import ResumableCSVLogger
+
+    first = ResumableCSVLogger(str(tmp_path), name="csv", version="")
+    for step in range(26):
+        first.log_metrics({"train/loss_step": float(step)}, step=step)
+        if step == 19:
+            first.log_metrics({"val/mrr@10": 0.5, "epoch": 1}, step=19)
+    first.save()
+    resumed = ResumableCSVLogger(str(tmp_path), name="csv", version="")
+    resumed.resume()
+    resumed.log_metrics({"train/loss_step": 100.0}, step=20)
+    resumed.log_metrics({"train/loss_step": 101.0}, step=21)
+    resumed.save()
+    m = pd.read_csv(tmp_path / "csv" / "metrics.csv")
+    steps = m.loc[m["train/loss_step"].notna(), "step"].tolist()
+    assert steps == list(range(22)) and m.loc[m["step"] == 21, "train/loss_step"].tolist() == [101.0]
+    assert m.loc[m["val/mrr@10"].notna(), "step"].tolist() == [19]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import logging
 import warnings
 from pathlib import Path
 
@@ -12,11 +13,13 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from two_tower.core.atomic import atomic_write
 
+log = logging.getLogger(__name__)
+
 
 class ResumableCSVLogger(CSVLogger):
     """Lightning's CSVLogger, except that a resumed run in the same dir appends to ``metrics.csv``
-    instead of deleting the rows logged before the interruption (and, through ``drop_rows_from``, without
-    the rows logged after the checkpoint it resumes from, which it logs again)."""
+    instead of deleting the rows logged before the interruption (and, after ``resume()``, without the rows
+    the interrupted run logged from the resumed run's first step on, which it logs again)."""
 
     @property
     @rank_zero_experiment
@@ -33,6 +36,21 @@ class ResumableCSVLogger(CSVLogger):
             with open(path, newline="") as f:
                 experiment.metrics_keys = next(csv.reader(f))
         return experiment
+
+    def resume(self) -> None:
+        """This run resumes an interrupted one in the same folder: its first logged row tells from which
+        step on the interrupted run's rows are logged again, and those are dropped then (a checkpoint's own
+        step counter does not say: one saved at validation end is counted up only when restored)."""
+        self._drop_at_first_row = True
+
+    @rank_zero_only
+    def log_metrics(self, metrics, step=None):
+        if getattr(self, "_drop_at_first_row", False) and step is not None:
+            self._drop_at_first_row = False
+            dropped = self.drop_rows_from(step)
+            if dropped:
+                log.info("%s: removed %d rows the interrupted run logged from step %d on; this run logs them again", self.log_dir, dropped, step)
+        return super().log_metrics(metrics, step)
 
     @rank_zero_only
     def drop_rows_from(self, step: int) -> int:

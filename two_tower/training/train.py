@@ -130,19 +130,6 @@ def quiet_other_ranks() -> None:
         logging.getLogger("two_tower").setLevel(logging.WARNING)
 
 
-def drop_rows_logged_after(path: str, loggers: list) -> None:
-    """A run resumed from ``path`` logs again what the interrupted run logged after that checkpoint (a killed
-    run's last checkpoint may be an epoch old): remove those rows from the CSV log, so no step or epoch is in
-    it twice."""
-    state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    step = state.get("loops", {}).get("fit_loop", {}).get("epoch_loop.state_dict", {}).get("_batches_that_stepped")
-    if step is None:
-        return
-    for logger in loggers:
-        if isinstance(logger, ResumableCSVLogger) and (dropped := logger.drop_rows_from(step)):
-            log.info("%s: removed %d rows logged after the checkpoint (step %d); the resumed run logs them again", logger.log_dir, dropped, step)
-
-
 def test_best_checkpoint(trainer: L.Trainer, module: TwoTowerModule, datamodule: TwoTowerDataModule, loggers: list) -> dict[str, float]:
     """Score the best-on-validation checkpoint on the labelled test split, once: ``test/*`` in every
     logger (and the W&B run summary). Nothing without a test split or a best checkpoint."""
@@ -202,7 +189,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     for logger in loggers:
         logger.log_hyperparams({**OmegaConf.to_container(cfg, resolve=True), **({"config_key": key} if key else {})})
     if ckpt_path:
-        drop_rows_logged_after(ckpt_path, loggers)
+        for logger in loggers:
+            if isinstance(logger, ResumableCSVLogger):
+                logger.resume()
     callbacks = instantiate_group(cfg.get("callbacks")) + tracking_callbacks(loggers)
     if cfg.trainer.get("enable_progress_bar") is False:  # Lightning refuses a progress bar callback then
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
