@@ -644,6 +644,20 @@ def test_a_read_only_cache_is_read_and_a_missing_entry_is_one_error(tmp_path):
     assert sorted(str(p.relative_to(cache)) for p in cache.rglob("*")) == before
 
 
+def test_a_cache_on_a_full_disk_is_refused_not_read(tmp_path, monkeypatch):
+    """Read-only mode is for folders that refuse writes; one on a disk with under 16 MB free is refused
+    up front as before (the first version warned and went on to build entries there)."""
+    import collections
+
+    from two_tower.core.atomic import NotWritableError
+    from two_tower.core.cache import check_cache_root
+
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(1 << 30, (1 << 30) - (1 << 20), 1 << 20))
+    with pytest.raises(NotWritableError, match="only 1 MB free"):
+        check_cache_root(tmp_path, f"paths.cache_dir={tmp_path}", min_free_bytes=16 << 20)
+
+
 def _logged_val_mrr(run_dir: Path) -> str:
     line = next(l for l in (run_dir / "train.log").read_text().splitlines() if "Final metrics" in l)
     return re.search(r"'val/mrr@10': ([0-9.]+)", line).group(1)

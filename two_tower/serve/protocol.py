@@ -11,9 +11,10 @@ Its ``limit_concurrency`` answers 503 to real requests once reached. ``GuardedH1
   request line, or all but the blank line;
 - closes a newly accepted connection at once, before reading it, when ``max_connections`` are open
   (refused at accept time: a client sees the connection closed, never a 5xx answer);
-- aborts a connection whose client has not read its answer for ``send_timeout`` seconds (the transport
-  held the unread answer above its high-water mark that long): clients that ask for large batches and
-  never read held ~20 MB each, for as long as they stayed connected.
+- aborts a connection whose client has read nothing of its answer for ``send_timeout`` seconds (checked
+  while the transport holds more than its high-water mark of it; a client that reads slowly but reads
+  is not cut): clients that ask for large batches and never read held ~20 MB each, for as long as they
+  stayed connected.
 
 ``guarded_protocol(header_timeout, max_connections, send_timeout)`` returns the class to pass as
 ``uvicorn.run(http=...)``.
@@ -21,8 +22,11 @@ Its ``limit_concurrency`` answers 503 to real requests once reached. ``GuardedH1
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import resource
+import struct
+import termios
 
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
@@ -73,7 +77,23 @@ class GuardedH11Protocol(H11Protocol):
     def pause_writing(self) -> None:  # the unread answer is above the transport's high-water mark
         super().pause_writing()
         if self._write_timer is None:
-            self._write_timer = self.loop.call_later(self.send_timeout, self._send_timeout)
+            self._arm_write_timer()
+
+    def _unsent(self) -> int:
+        """Bytes of the answer the client has not taken: the transport's buffer plus, where the system says
+        (Linux: TIOCOUTQ), the socket's send queue, which drains first as the client reads."""
+        unsent = self.transport.get_write_buffer_size()
+        sock = self.transport.get_extra_info("socket")
+        if sock is not None and hasattr(termios, "TIOCOUTQ"):
+            try:
+                unsent += struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0"))[0]
+            except OSError:
+                pass
+        return unsent
+
+    def _arm_write_timer(self) -> None:
+        self._unread = self._unsent()
+        self._write_timer = self.loop.call_later(self.send_timeout, self._send_timeout)
 
     def resume_writing(self) -> None:  # the client read it down below the low-water mark
         super().resume_writing()
@@ -83,6 +103,9 @@ class GuardedH11Protocol(H11Protocol):
 
     def _send_timeout(self) -> None:
         self._write_timer = None
+        if self._unsent() < self._unread:  # read some since: a slow client, not a stalled one
+            self._arm_write_timer()
+            return
         self.server_state.send_timeouts = getattr(self.server_state, "send_timeouts", 0) + 1
         self.transport.abort()  # drops the unread answer (close() would keep it until sent)
 
