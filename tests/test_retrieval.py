@@ -444,7 +444,8 @@ def test_search_command_reads_free_text_queries_as_queries(trained, capsys, monk
         assert capsys.readouterr().out.splitlines()[0] == f"query: {query}"
     assert search_main([index, "kk=3", "apple"]) == 2 and "kk: unknown setting" in capsys.readouterr().err
     assert search_main([index, "\udce9t\udce9"]) == 2 and capsys.readouterr().err == "error: the query is not UTF-8 text\n"
-    monkeypatch.setattr("sys.stdin", io.StringIO("apple river\n\udce9t\udce9 river\n"))
+    # bytes under a strict locale (a text stdin would raise UnicodeDecodeError on the second line)
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"apple river\n\xe9t\xe9 river\n"), encoding="utf-8", errors="strict"))
     assert search_main([index, "k=1"]) == 1
     captured = capsys.readouterr()
     assert captured.out.startswith("query: apple river") and captured.err == "error: line 2 is not UTF-8 text; skipped\n"

@@ -117,7 +117,9 @@ def main(argv: list[str] | None = None) -> int:
         return report(err)
     if interactive:
         return _interactive(searcher, cfg)
-    return _batches(searcher, cfg, sys.stdin)
+    # bytes, decoded line by line: a line that is not UTF-8 is one error line whatever the locale (a strict
+    # locale's text stdin raised UnicodeDecodeError, losing the lines read with it)
+    return _batches(searcher, cfg, getattr(sys.stdin, "buffer", sys.stdin))
 
 
 def _interactive(searcher: Searcher, cfg) -> int:
@@ -149,7 +151,12 @@ def _batches(searcher: Searcher, cfg, lines) -> int:
         batch.clear()
 
     for number, line in enumerate(lines, start=1):
-        query = line.rstrip("\n")
+        if isinstance(line, bytes):
+            try:
+                line = line.decode("utf-8-sig" if number == 1 else "utf-8")
+            except UnicodeDecodeError:
+                line = "\udcff"  # reported below
+        query = line.rstrip("\r\n")
         if not_utf8(query):
             print(f"error: line {number} is not UTF-8 text; skipped", file=sys.stderr)
             status = 1
