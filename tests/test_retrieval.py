@@ -311,7 +311,12 @@ def test_index_settings_are_checked_before_encoding(trained, tmp_path, setting, 
     assert not (tmp_path / "index").exists()
 
 
-@pytest.mark.parametrize("factory, words", [("IDMap,Flat", "IndexIDMap holds ids of its own"), ("IVF4,PQ16x4fs", "IndexIVFPQFastScan (fast-scan codes) cannot give its vectors back")])
+@pytest.mark.parametrize("factory, words", [
+    ("IDMap,Flat", "IndexIDMap holds ids of its own"),
+    ("PCA16,IDMap,Flat", "IndexIDMap holds ids of its own"),  # wrapped: the review's finding
+    ("IVF4,PQ16x4fs", "IndexIVFPQFastScan (fast-scan codes) cannot give its vectors back"),
+    ("OPQ8,IVF4,PQ8x4fs", "IndexIVFPQFastScan (fast-scan codes) cannot give its vectors back"),
+])
 def test_index_types_a_folder_cannot_use_are_refused_before_encoding(trained, tmp_path, monkeypatch, factory, words):
     """IDMap failed with a traceback after encoding; fast-scan codes were written, then crashed search.py (SIGSEGV)."""
     from two_tower.retrieval import indexer

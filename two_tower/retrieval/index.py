@@ -53,11 +53,19 @@ def unusable_kind(index: faiss.Index) -> str | None:
     itself (FAISS refuses ``add`` on it). Fast-scan codes (``...x4fs``): FAISS cannot give their vectors back
     once the index is written and read again (``reconstruct`` crashes the process), and hybrid search and
     feedback read them."""
-    kind = type(faiss.downcast_index(index)).__name__
-    if kind.startswith("IndexIDMap"):
-        return f"{kind} holds ids of its own; a folder numbers its passages itself: leave IDMap out"
-    if "FastScan" in kind:
-        return f"{kind} (fast-scan codes) cannot give its vectors back after it is written and read (FAISS crashes), which hybrid search and feedback need: use PQ without 'fs'"
+    def parts(node, attrs):  # the index and those it wraps (OPQ/PCA pre-transforms, IDMap, Refine)
+        node = faiss.downcast_index(node)
+        yield node
+        for attr in attrs:
+            if hasattr(node, attr):
+                yield from parts(getattr(node, attr), attrs)
+
+    for node in parts(index, ("index", "base_index", "refine_index")):
+        if type(node).__name__.startswith("IndexIDMap"):
+            return f"{type(node).__name__} holds ids of its own; a folder numbers its passages itself: leave IDMap out"
+    for node in parts(index, ("index", "refine_index")):  # where reconstruct reads the vectors from
+        if "FastScan" in type(node).__name__:
+            return f"{type(node).__name__} (fast-scan codes) cannot give its vectors back after it is written and read (FAISS crashes), which hybrid search and feedback need: use PQ without 'fs'"
     return None
 
 
