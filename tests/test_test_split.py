@@ -81,3 +81,16 @@ def test_val_best_is_the_epoch_the_checkpoint_keeps_whatever_the_optimized_metri
     assert next((out / "checkpoints").glob("epoch*.ckpt")).name.startswith(f"epoch{first_best:02d}-")
     assert per_query.read(out / "per_query" / "test.parquet", "mrr@10")["checkpoint"].iloc[0].startswith(f"epoch{first_best:02d}-")
     assert (out / "per_query" / per_query.FIT_ENDED).is_file()
+
+
+def test_a_resumed_run_is_unfinished_until_it_ends_again(tmp_path):
+    from types import SimpleNamespace
+
+    from two_tower.training.callbacks import PerQueryWriter
+
+    writer = PerQueryWriter(str(tmp_path))
+    (tmp_path / per_query.FIT_ENDED).write_text("{}")  # it had ended; now resumed to train on
+    writer.on_fit_start(SimpleNamespace(is_global_zero=True), None)
+    assert not (tmp_path / per_query.FIT_ENDED).exists()
+    writer.on_fit_end(SimpleNamespace(is_global_zero=True, current_epoch=3, global_step=30), None)
+    assert (tmp_path / per_query.FIT_ENDED).is_file()

@@ -137,6 +137,12 @@ class PerQueryWriter(L.Callback):
                 self.best = score
                 per_query.write(table, self.dirpath / "val_best.parquet")
 
+    def on_fit_start(self, trainer, pl_module):
+        if trainer.is_global_zero:  # a finished run resumed to train on is unfinished again until it ends
+            from two_tower.core import per_query
+
+            (self.dirpath / per_query.FIT_ENDED).unlink(missing_ok=True)
+
     def on_fit_end(self, trainer, pl_module):
         if trainer.is_global_zero:  # training ended (max_epochs, early stopping): the validation tables are final
             from two_tower.core import per_query

@@ -158,21 +158,29 @@ def run_seed(run: Path) -> str | None:
     return None if seed is None else str(seed)
 
 
+def training_ended(run: Path) -> bool:
+    """Whether the run's training ended: its ``fit_ended.json``, or for runs made before that record, a test
+    table (the test split is scored after training)."""
+    return (run / "per_query" / per_query.FIT_ENDED).is_file() or (run / "per_query" / STAGE_FILES["test"]).is_file()
+
+
 def load_configurations(runs: list[Path], metric: str) -> dict[str, System]:
     filename, name = split_metric(metric)
     systems: dict[str, System] = {}
     seeds: dict[tuple[str, object], Path] = {}  # (configuration key, seed) -> the run counted for it
-    skipped = []
+    skipped, reasons = [], []
     for run in runs:
         path = run / "per_query" / filename
         if not path.is_file():  # unfinished or failed, or no such split: said, and left out (see the runs column)
             skipped.append(run)
-            log.warning("skipped %s: no per_query/%s (unfinished, or no %s split scored)", run, filename, metric.split("/")[0])
+            reasons.append(f"no per_query/{filename} (unfinished, or no {metric.split('/')[0]} split scored)")
+            log.warning("skipped %s: %s", run, reasons[-1])
             continue
-        if filename != STAGE_FILES["test"] and not (run / "per_query" / per_query.FIT_ENDED).is_file():
+        if filename != STAGE_FILES["test"] and not training_ended(run):
             # validation tables are written every epoch: a killed or running run has them too
             skipped.append(run)
-            log.warning("skipped %s: training did not end (no per_query/%s: killed, still running, or made before that record)", run, per_query.FIT_ENDED)
+            reasons.append(f"training did not end (no per_query/{per_query.FIT_ENDED}: killed, still running, or made before that record without a test split)")
+            log.warning("skipped %s: %s", run, reasons[-1])
             continue
         key = run_config_key(run)
         seed = run_seed(run)
@@ -185,7 +193,7 @@ def load_configurations(runs: list[Path], metric: str) -> dict[str, System]:
         system.runs.append(str(run))
         system.tables.append(per_query.read(path, name))
     if not systems:
-        raise CompareError(f"no run has per_query/{filename} ({len(skipped)} run dir(s) found, e.g. {skipped[0]}): no {metric.split('/')[0]} split scored?")
+        raise CompareError(f"no run to compare on {metric}: {len(skipped)} run dir(s) found, all skipped, e.g. {skipped[0]}: {reasons[0]}")
     return systems
 
 
