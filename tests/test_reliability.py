@@ -133,6 +133,7 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, sig, uninterrupted):
         (["encoder.dropout=1.5"], "encoder.dropout=1.5"),
         (["optimizer.lr=-1"], "optimizer.lr=-1"),
         (["negatives=ann"], "negatives.checkpoint must be set"),
+        (["optimized_metric=val/mrr@100"], "optimized_metric='val/mrr@100': must be one of val/mrr@10, val/ndcg@10"),
         (["negatives=ann", "negatives.checkpoint=/nope.ckpt"], "negatives.checkpoint=/nope.ckpt: no such checkpoint"),
         (["negatives=bm25", "negatives.range_min=40"], "negatives.range_min=40 must be below"),
         (["negatives=in_batch", "negatives.per_query=2"], "negatives.per_query must be 0"),

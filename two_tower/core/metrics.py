@@ -17,6 +17,8 @@ import torch
 from two_tower.core.ragged import Ragged
 
 DEFAULT_KS = (1, 10, 100)
+# What validation and test log per query and on average (val/*, test/*): all higher-is-better.
+RANKING_METRICS = ("mrr@10", "ndcg@10", *(f"recall@{k}" for k in DEFAULT_KS), "rerank_mrr@10")
 
 
 # Queries and passages scored at a time by ``rank_dense``: at most QUERY_CHUNK x PASSAGE_CHUNK float32

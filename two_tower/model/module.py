@@ -14,7 +14,7 @@ from two_tower.data.embeddings import restore_tokenizer
 from two_tower.model import frozen_rows
 from two_tower.model.encoders import TwoTower
 from two_tower.model.vocabulary import attach_vocabulary
-from two_tower.core.metrics import DEFAULT_KS, dense_split_per_query
+from two_tower.core.metrics import RANKING_METRICS, dense_split_per_query
 
 
 def _plain(value):
@@ -24,7 +24,6 @@ def _plain(value):
 
 # The checkpoint entry holding the training epoch's running sums (train/loss_epoch and the other statistics).
 EPOCH_SUMS_KEY = "train_epoch_sums"
-RANKING_METRICS = ("mrr@10", "ndcg@10", *(f"recall@{k}" for k in DEFAULT_KS), "rerank_mrr@10")
 
 
 class QueryMean(torchmetrics.Metric):

@@ -16,7 +16,8 @@
   means, by Welch's t-test (against a baseline, one ranking, a one-sample t-test); not testable with one
   run. The p-values are Holm-corrected over all the pairs of the table; a pair is flagged when both the
   corrected randomization p-value and the corrected seed p-value are below ``--alpha`` (an
-  intersection-union test: the difference holds for other queries and for other seeds).
+  intersection-union test: the difference holds for other queries and for other seeds; at most alpha a
+  pair, at most 2 x alpha over the table).
 - Baselines: ``evaluate.py`` output dirs (``per_query/<retriever>.parquet``), e.g. BM25 on the same split.
 - ``--metric stage/name``: ``test/*`` reads ``per_query/test.parquet``; ``val/*`` the best validation
   epoch (``per_query/val_best.parquet``); ``val_last/*`` the last.

@@ -14,6 +14,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from two_tower.core.checks import RULES, check
+from two_tower.core.metrics import RANKING_METRICS
 from two_tower.core.errors import ConfigError
 
 
@@ -25,6 +26,10 @@ def validate_train_config(cfg: DictConfig) -> None:
         raise ConfigError(f"{', '.join(missing)} must be set{hint}")
     for key in RULES:  # the ranges (two_tower/core/checks.py), the same rules the constructors apply
         check(key, OmegaConf.select(cfg, key, default=None, throw_on_missing=False))
+    metric = cfg.get("optimized_metric")
+    if metric is not None and metric not in [f"val/{m}" for m in RANKING_METRICS]:
+        # it chooses the checkpoint (mode max) and what sweeps maximise: a typo failed after the first validation
+        raise ConfigError(f"optimized_metric={metric!r}: must be one of {', '.join(f'val/{m}' for m in RANKING_METRICS)}")
     negatives = cfg.get("negatives") or {}
     if "range_min" in negatives and negatives.range_min >= negatives.range_max:
         raise ConfigError(f"negatives.range_min={negatives.range_min} must be below negatives.range_max={negatives.range_max}")
