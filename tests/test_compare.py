@@ -267,6 +267,9 @@ def test_a_list_seed_one_run_named_twice_and_two_baselines_of_one_name(tmp_path,
     from two_tower.training.compare import find_runs, load_baselines
 
     assert find_runs([tmp_path / "runs" / "a", tmp_path / "runs" / ".." / "runs" / "a"]) == [tmp_path / "runs" / "a"]
+    write_run(tmp_path / "runs" / "b", ["encoder=lstm", "seed=1"], seed_table(base, 0.0, 1))
+    a, b = tmp_path / "runs" / "a", tmp_path / "runs" / "b"
+    assert find_runs([a, b, a]) == [a, b]  # where first named: the order decides which system is A
     baselines = load_baselines([tmp_path / "x" / "bm25_test", tmp_path / "y" / "bm25_test"], "test/mrr@10")
     assert len(baselines) == 2 and len({s.run_means("mrr@10")[0] for s in baselines.values()}) == 2
     main([str(tmp_path / "runs"), "--resamples", "100"])  # seed=[1,2] is a seed (as text), not a crash
@@ -304,4 +307,4 @@ def test_many_pairs_with_few_resamples_are_said(caplog):
 def test_config_key_keeps_the_callbacks_that_choose_the_reported_epoch():
     assert config_key(["~callbacks.model_checkpoint", "seed=4"]) == "~callbacks.model_checkpoint"
     assert config_key(["callbacks.model_checkpoint.monitor=val/recall@100"]) != config_key([])
-    assert config_key(["callbacks.progress_bar.refresh_rate=1"]) == "(defaults)"
+    assert config_key(["callbacks.progress_bar.refresh_rate=1", "callbacks.model_checkpoint.dirpath=/x"]) == "(defaults)"

@@ -164,6 +164,7 @@ BAD_REQUESTS = [
     ("no body", "POST", "/search", {}, 422, "body: a JSON body is required"),
     ("JSON sent as a form", "POST", "/search", {"content": b'{"queries": ["garden"]}', "headers": {"content-type": "application/x-www-form-urlencoded"}}, 415, "sent as application/x-www-form-urlencoded; send the JSON object with Content-Type: application/json"),
     ("JSON sent as text", "POST", "/search", {"content": b'{"queries": ["garden"]}', "headers": {"content-type": "text/plain"}}, 415, "sent as text/plain"),
+    ("JSON sent as text/json", "POST", "/search", {"content": b'{"queries": ["garden"]}', "headers": {"content-type": "text/json"}}, 415, "sent as text/json"),
     ("JSON sent with no type", "POST", "/search", {"content": b'{"queries": ["garden"]}'}, 415, "sent without a Content-Type; send the JSON object"),
     ("broken JSON", "POST", "/search", {"content": b'{"queries": ["gar', "headers": {"content-type": "application/json"}}, 422, "body: not valid JSON"),
     ("not UTF-8", "POST", "/search", {"content": b'{"queries": ["\xff\xfe"]}', "headers": {"content-type": "application/json"}}, 400, "could not be read as JSON text: not UTF-8, or nested too deeply"),

@@ -19,8 +19,10 @@ from two_tower.core.errors import ConfigError
 
 # Overrides that name where or how a run is done, not what is trained.
 IGNORED = ("seed", "threads", "ckpt_path", "paths.", "hydra.", "logger", "callbacks", "trainer.enable_progress_bar", "trainer.enable_model_summary", "data.cache_dir", "data.num_workers")
-# ...except the callbacks that choose which epoch is reported (the checkpoint test scores, val_best).
-KEPT = ("callbacks.model_checkpoint", "callbacks.per_query")
+# ...except the callbacks' settings that choose which epoch is reported (the checkpoint test scores,
+# val_best), and removing the checkpoint callback (test then scores the last epoch).
+KEPT = ("callbacks.model_checkpoint.monitor", "callbacks.model_checkpoint.mode", "callbacks.per_query.monitor", "callbacks.per_query.mode")
+REMOVALS_KEPT = ("~callbacks.model_checkpoint", "~callbacks.per_query")
 # Overrides naming a file or folder whose contents the run learns from: made absolute against the run's cwd.
 DATA_PATHS = ("data.path",)
 
@@ -38,7 +40,7 @@ def config_key(overrides: list[str], cwd: str | None = None) -> str:
     kept = []
     for override in overrides:
         name = override.lstrip("+~").split("=", 1)[0]
-        kept_callback = any(name == k or name.startswith(k + ".") for k in KEPT)
+        kept_callback = name in KEPT or override.split("=", 1)[0] in REMOVALS_KEPT
         if not kept_callback and any(name.startswith(i) if i.endswith(".") else name == i or name.startswith(i + ".") for i in IGNORED):
             continue
         kept.append(_absolute(override, cwd) if name in DATA_PATHS else override)

@@ -224,7 +224,9 @@ def create_app(searcher: Searcher, limits: Limits = Limits(), threads: int | Non
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
         sent = request.headers.get("content-type", "")
-        if "json" not in sent.lower() and any(tuple(e.get("loc", ())) == ("body",) and e["type"] != "missing" for e in exc.errors()):
+        mime = sent.split(";", 1)[0].strip().lower()
+        read_as_json = mime == "application/json" or (mime.startswith("application/") and mime.endswith("+json"))  # FastAPI's rule
+        if not read_as_json and any(tuple(e.get("loc", ())) == ("body",) and e["type"] != "missing" for e in exc.errors()):
             # FastAPI reads a body as JSON only when it says so (curl -d sends a form type): say that, not "not a dictionary".
             how = f"sent as {_clean(sent, 100)}" if sent else "sent without a Content-Type"
             error = f"body: {how}; send the JSON object with Content-Type: application/json"

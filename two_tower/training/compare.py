@@ -132,7 +132,10 @@ def find_runs(paths: list[Path]) -> list[Path]:
         if not found:
             raise CompareError(f"{path}: no run dir (with .hydra/overrides.yaml) in it")
         runs.extend(found)
-    return list({run.resolve(): run for run in reversed(runs)}.values())[::-1]  # one run named twice (../, a link) is one run
+    first = {}
+    for run in runs:  # one run named twice (../, a link) is one run, where it was first named
+        first.setdefault(run.resolve(), run)
+    return list(first.values())
 
 
 def split_metric(metric: str) -> tuple[str, str]:
@@ -201,7 +204,10 @@ def load_configurations(runs: list[Path], metric: str) -> dict[str, System]:
 def load_baselines(dirs: list[Path], metric: str) -> dict[str, System]:
     _, name = split_metric(metric)
     systems = {}
-    dirs = list({folder.resolve(): folder for folder in reversed(dirs)}.values())[::-1]  # one folder named twice is one
+    first = {}
+    for folder in dirs:  # one folder named twice is one, where it was first named
+        first.setdefault(folder.resolve(), folder)
+    dirs = list(first.values())
     for folder in dirs:
         files = sorted((folder / "per_query").glob("*.parquet"))
         if not files:

@@ -8,6 +8,7 @@ required value left unset (``???``), or options that do not go together.
 from __future__ import annotations
 
 import itertools
+import logging
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,6 +16,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from two_tower.core.checks import RULES, check
 from two_tower.core.metrics import RANKING_METRICS
+
+log = logging.getLogger(__name__)
 from two_tower.core.errors import ConfigError
 
 
@@ -108,7 +111,10 @@ def swept_group_overrides(cfg: DictConfig, settings: dict, limit: int = 64) -> l
         return []
     groups = [g for g in swept]
     fixed = [o for o in fixed if o.split("=", 1)[0].lstrip("+~") not in groups]
-    return [[*fixed, *(f"{g}={o}" for g, o in zip(groups, combo))] for combo in itertools.islice(itertools.product(*swept.values()), limit)]
+    combinations = list(itertools.product(*swept.values()))
+    if len(combinations) > limit:
+        log.warning("hydra.sweeper.params: %d combinations of %s; the search space is checked against the first %d", len(combinations), ", ".join(groups), limit)
+    return [[*fixed, *(f"{g}={o}" for g, o in zip(groups, combo))] for combo in combinations[:limit]]
 
 
 def _check_space(cfg: DictConfig, params: dict) -> None:
