@@ -59,7 +59,7 @@ def split_arguments(argv: list[str]) -> tuple[list[str], list[str], bool, str | 
     return overrides, words, interactive, query
 
 
-def not_utf8(text: str) -> bool:
+def undecodable(text: str) -> bool:
     """Text read from bytes that are not UTF-8 (Python keeps them as lone surrogates in argv and stdin)."""
     try:
         text.encode("utf-8")
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         print("error: give the query either as text or as query=..., not both", file=sys.stderr)
         return 2
     query = raw_query if raw_query is not None else (" ".join(words) if words else None)
-    if query is not None and not_utf8(query):
+    if query is not None and undecodable(query):
         print("error: the query is not UTF-8 text", file=sys.stderr)
         return 2
     if cfg.index is None:
@@ -157,7 +157,7 @@ def _batches(searcher: Searcher, cfg, lines) -> int:
             except UnicodeDecodeError:
                 line = "\udcff"  # reported below
         query = line.rstrip("\r\n")
-        if not_utf8(query):
+        if undecodable(query):
             print(f"error: line {number} is not UTF-8 text; skipped", file=sys.stderr)
             status = 1
             continue
