@@ -266,7 +266,7 @@ def test_existing_index_is_kept_unless_overwrite(trained, tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["index"]
 
 
-def test_overwrite_replaces_index_folders_only(trained, tmp_path):
+def test_overwrite_replaces_index_folders_only(trained, tmp_path, monkeypatch):
     """overwrite=true replaces an index folder; a plain file, a folder without a manifest, or a folder holding
     the corpus being indexed is refused in one line and left as it was."""
     corpus = tmp_path / "mine" / "corpus.tsv"
@@ -290,6 +290,16 @@ def test_overwrite_replaces_index_folders_only(trained, tmp_path):
     with pytest.raises(IndexFolderError, match="which replacing it would delete"):
         build_index(cfg)
     assert (inside / "corpus.tsv").exists()
+    # nor this run's own Hydra folder (hydra.run.dir inside out=: its log went with the old index)
+    from two_tower.retrieval import indexer
+
+    run = inside / "run"
+    run.mkdir()
+    monkeypatch.setattr(indexer, "run_folder", lambda: str(run))
+    cfg = compose_retrieval("index", [f"ckpt={trained['ckpt']}", f"corpus={corpus}", f"out={inside}", "overwrite=true"])
+    with pytest.raises(IndexFolderError, match=f"holds {run}, which replacing it would delete"):
+        build_index(cfg)
+    assert run.is_dir()
 
 
 @pytest.mark.parametrize(

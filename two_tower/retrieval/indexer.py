@@ -89,13 +89,23 @@ def lexical_index(cfg: DictConfig, texts: list[str], seconds: dict) -> tuple[BM2
     return lexical, weights
 
 
+def run_folder() -> str | None:
+    """This index.py run's Hydra folder (its log, its config record), None outside a Hydra run: replacing
+    an index folder must not delete it."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return None
+    return OmegaConf.select(HydraConfig.get(), "runtime.output_dir", default=None, throw_on_missing=False)  # unset under the compose API
+
+
 def build_index(cfg: DictConfig) -> Path:
     """Build and write the index folder ``cfg.out``; returns its path."""
     if OmegaConf.is_missing(cfg, "ckpt") or not cfg.ckpt:
         raise ConfigError("ckpt is not set: which trained checkpoint encodes the passages? index.py ckpt=PATH/TO/last.ckpt")
     set_threads(cfg.get("threads"))
     check_config(cfg, ["batch_size", "index.add_chunk", "index.train_size", "seed"])
-    check_replaceable(cfg.out, cfg.overwrite, keep=[p for p in (cfg.corpus, cfg.ckpt, cfg.get("data", {}).get("path")) if p])
+    check_replaceable(cfg.out, cfg.overwrite, keep=[p for p in (cfg.corpus, cfg.ckpt, cfg.get("data", {}).get("path"), run_folder()) if p])
     # Before any loading or encoding: the folder the index goes to must take files.
     check_writable(Path(cfg.out).expanduser().resolve().parent, f"out={cfg.out}", min_free_bytes=1 << 20)
     start = time.perf_counter()
