@@ -27,7 +27,7 @@ import logging
 import os
 from pathlib import Path
 
-from two_tower.core.atomic import atomic_folder, check_writable, discard, sweep_stale_temps, temp_path
+from two_tower.core.atomic import atomic_folder, check_writable, discard, sweep_stale_temps
 from two_tower.core.errors import NotWritableError
 
 log = logging.getLogger(__name__)
@@ -58,22 +58,13 @@ def check_cache_root(root: str | os.PathLike, what: str, min_free_bytes: int = 0
     (a warning says so) and the first one missing is one error naming its folder, since every cache checks
     before it builds."""
     root = Path(root).expanduser()
-    if root.is_dir() and os.access(root, os.R_OK | os.X_OK) and (refusal := _refuses_writes(root)):
-        log.warning("%s: cannot write in %s (%s): reading its entries only (an entry it lacks cannot be built)", what, root, refusal)
-        return
-    check_writable(root, what, min_free_bytes)  # a full disk, a file in the path: refused, not read-only
-
-
-def _refuses_writes(folder: Path) -> str | None:
-    """Why ``folder`` takes no new file (read-only file system, no permission), or None when it takes one
-    (or fails for another reason, such as a full disk, which check_writable reports)."""
-    probe = temp_path(folder / "write-check")
     try:
-        probe.write_bytes(b"")
-    except OSError as err:
-        return err.strerror or str(err) if err.errno in (errno.EROFS, errno.EACCES, errno.EPERM) else None
-    probe.unlink()
-    return None
+        check_writable(root, what, min_free_bytes)
+    except NotWritableError as err:
+        refused = isinstance(err.__cause__, OSError) and err.__cause__.errno in (errno.EROFS, errno.EACCES, errno.EPERM)
+        if not (refused and root.is_dir() and os.access(root, os.R_OK | os.X_OK)):
+            raise  # a full disk, a file in the path: refused, not read-only
+        log.warning("%s: reading its entries only (an entry it lacks cannot be built)", err)
 
 
 # Beside an entry's files: {relative path: size in bytes} of every file it was written with.
