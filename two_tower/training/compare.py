@@ -132,9 +132,14 @@ def find_runs(paths: list[Path]) -> list[Path]:
         if not found:
             raise CompareError(f"{path}: no run dir (with .hydra/overrides.yaml) in it")
         runs.extend(found)
+    return distinct(runs)
+
+
+def distinct(paths: list[Path]) -> list[Path]:
+    """``paths`` without repeats: one file or folder named twice (``../``, a link) is one, where first named."""
     first = {}
-    for run in runs:  # one run named twice (../, a link) is one run, where it was first named
-        first.setdefault(run.resolve(), run)
+    for path in paths:
+        first.setdefault(path.resolve(), path)
     return list(first.values())
 
 
@@ -204,10 +209,7 @@ def load_configurations(runs: list[Path], metric: str) -> dict[str, System]:
 def load_baselines(dirs: list[Path], metric: str) -> dict[str, System]:
     _, name = split_metric(metric)
     systems = {}
-    first = {}
-    for folder in dirs:  # one folder named twice is one, where it was first named
-        first.setdefault(folder.resolve(), folder)
-    dirs = list(first.values())
+    dirs = distinct(dirs)
     for folder in dirs:
         files = sorted((folder / "per_query").glob("*.parquet"))
         if not files:
