@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     from two_tower.retrieval.maxsim import MaxSimRerank
     from two_tower.retrieval.prf import RocchioPRF
     from two_tower.retrieval.search import Searcher
-    from two_tower.serve.app import Limits, create_app
+    from two_tower.serve.app import Limits, check_seconds, create_app
 
     if cfg.index is None:
         print(f"error: which index? pass index=DIR (a folder written by index.py)\n{USAGE}", file=sys.stderr)
@@ -97,8 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         _whole("port", cfg.port, 0, 65535)  # 0: a free port the system picks (the start-up line names it)
         _whole("max_connections", cfg.max_connections, 1)
         for name in ("header_timeout", "keep_alive_timeout", "body_timeout", "send_timeout"):
-            if not isinstance(cfg[name], (int, float)) or isinstance(cfg[name], bool) or not 0 < cfg[name] <= 3600:
-                raise ConfigError(f"{name}={cfg[name]!r}: must be a number of seconds in (0, 3600]")
+            check_seconds(name, cfg[name])
         if cfg.threads is not None:
             _whole("threads", cfg.threads, 1)
         limits = Limits(k=cfg.k, k_max=cfg.k_max, max_query_chars=cfg.max_query_chars, max_batch=cfg.max_batch, body_timeout=cfg.body_timeout)

@@ -56,6 +56,12 @@ PAGE_HEADERS = {
 }
 
 
+def check_seconds(name: str, value) -> None:
+    """A serving timeout: a number of seconds in (0, 3600], or one ConfigError line naming ``name``."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value <= 3600:
+        raise ConfigError(f"{name}={value!r}: must be a number of seconds in (0, 3600]")
+
+
 @dataclass(frozen=True)
 class Limits:
     """What a request may ask for (``conf/serve.yaml``)."""
@@ -71,8 +77,7 @@ class Limits:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"{name}={value!r}: must be a whole number >= 1")
-        if not isinstance(self.body_timeout, (int, float)) or isinstance(self.body_timeout, bool) or not 0 < self.body_timeout <= 3600:
-            raise ConfigError(f"body_timeout={self.body_timeout!r}: must be a number of seconds in (0, 3600]")
+        check_seconds("body_timeout", self.body_timeout)
         if not isinstance(self.k, int) or isinstance(self.k, bool) or not 1 <= self.k <= self.k_max:
             raise ConfigError(f"k={self.k!r}: the default k must be a whole number in 1..k_max ({self.k_max})")
 
