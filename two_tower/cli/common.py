@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import sys
 from pathlib import Path
@@ -119,7 +120,7 @@ def unknown_settings_error(config_name: str, overrides: list[str], groups) -> st
     not have (``bogus=1``, ``+bogus=1``, which Hydra would add and the command ignore), a key inside a plain
     setting (``k.x=1``), or a removal (``~k``). ``groups``: config groups, whose inner keys
     ``group_override_error`` checks. None when every override names a setting."""
-    known = [*compose(config_name, []), *groups]
+    known = command_settings(config_name)
     for override in overrides:
         name = override.split("=", 1)[0]
         if name.startswith("~"):
@@ -128,6 +129,13 @@ def unknown_settings_error(config_name: str, overrides: list[str], groups) -> st
         if top not in known or ("." in name and top not in groups):
             return f"{name.lstrip('+')}: unknown setting; the settings are {', '.join(known)}"
     return None
+
+
+@functools.lru_cache(maxsize=None)
+def command_settings(config_name: str) -> tuple[str, ...]:
+    """The settings search.py's or serve.py's config (``config_name``) has, then its config groups (prf,
+    rerank): what an override may name. Composed once a process (the packaged config does not change)."""
+    return (*compose(config_name, []), *search_group_settings())
 
 
 def search_override_error(config_name: str, overrides: list[str]) -> str | None:

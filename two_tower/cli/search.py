@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import re
 import sys
-from pathlib import Path
 
-from two_tower.cli.common import CONF_DIR, compose, report, search_override_error
+from two_tower.cli.common import command_settings, compose, report, search_override_error
 from two_tower.core.checks import check_config
 from two_tower.core.errors import EmptyQueryError, TwoTowerError
 from two_tower.core.threads import set_threads
@@ -27,22 +26,13 @@ checkpoint and encode queries with it), batch_size, max_chars, prf=rocchio (pseu
 hybrid (false = dense alone in a folder with a BM25 index; "hybrid=[0.5,0.5]" = fuse with these dense, BM25 weights)."""
 
 
-def settings() -> set[str]:
-    """The top-level settings and groups of conf/search.yaml (an argument naming one is a setting)."""
-    from omegaconf import OmegaConf
-
-    raw = OmegaConf.load(Path(CONF_DIR) / "search.yaml")
-    groups = {next(iter(entry)) for entry in raw.get("defaults", []) if not isinstance(entry, str)}
-    return {str(k) for k in raw if k != "defaults"} | groups | {"hydra"}
-
-
 def split_arguments(argv: list[str]) -> tuple[list[str], list[str], bool, str | None]:
     """(Hydra overrides, free query words, interactive, the ``query=`` text). An argument is an override if
     it starts with ``key=`` (or ``+key=`` / ``~key``) for a key made of letters, digits, ``_`` and ``.``,
     unless its key is not a setting and it holds white space (``"E=mc2 boundary"`` is a query). The text of
     ``query=...`` is taken as it is, not parsed by Hydra (quotes, commas and brackets are words)."""
     override = re.compile(r"^(\+?[A-Za-z_][\w.]*=|~[A-Za-z_][\w.]*$)")
-    known = settings()
+    known = {*command_settings("search"), "hydra"}  # an argument naming one of these is a setting
     overrides, words, interactive, query = [], [], False, None
     for arg in argv:
         if arg in ("--interactive", "-i"):
@@ -155,9 +145,9 @@ def _batches(searcher: Searcher, cfg, lines) -> int:
             try:
                 line = line.decode("utf-8-sig" if number == 1 else "utf-8")
             except UnicodeDecodeError:
-                line = "\udcff"  # reported below
-        query = line.rstrip("\r\n")
-        if undecodable(query):
+                line = None
+        query = line.rstrip("\r\n") if line is not None else None
+        if query is None or undecodable(query):  # bytes that are not UTF-8 (or, from a text stdin, their surrogates)
             print(f"error: line {number} is not UTF-8 text; skipped", file=sys.stderr)
             status = 1
             continue
