@@ -14,6 +14,7 @@ from two_tower.core.checks import check_config
 from two_tower.core.errors import EmptyQueryError, TwoTowerError
 from two_tower.core.threads import set_threads
 from two_tower.retrieval.maxsim import MaxSimRerank
+from two_tower.retrieval.corpus import not_utf8
 from two_tower.retrieval.prf import RocchioPRF
 from two_tower.retrieval.search import Hit, Searcher
 
@@ -49,15 +50,6 @@ def split_arguments(argv: list[str]) -> tuple[list[str], list[str], bool, str | 
     return overrides, words, interactive, query
 
 
-def undecodable(text: str) -> bool:
-    """Text read from bytes that are not UTF-8 (Python keeps them as lone surrogates in argv and stdin)."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return True
-    return False
-
-
 def format_results(query: str, hits: list[Hit], max_chars: int) -> str:
     lines = [f"query: {query}"]
     for rank, hit in enumerate(hits, start=1):
@@ -82,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         print("error: give the query either as text or as query=..., not both", file=sys.stderr)
         return 2
     query = raw_query if raw_query is not None else (" ".join(words) if words else None)
-    if query is not None and undecodable(query):
+    if query is not None and not_utf8(query):
         print("error: the query is not UTF-8 text", file=sys.stderr)
         return 2
     if cfg.index is None:
@@ -147,7 +139,7 @@ def _batches(searcher: Searcher, cfg, lines) -> int:
             except UnicodeDecodeError:
                 line = None
         query = line.rstrip("\r\n") if line is not None else None
-        if query is None or undecodable(query):  # bytes that are not UTF-8 (or, from a text stdin, their surrogates)
+        if query is None or not_utf8(query):  # bytes that are not UTF-8 (or, from a text stdin, their surrogates)
             print(f"error: line {number} is not UTF-8 text; skipped", file=sys.stderr)
             status = 1
             continue

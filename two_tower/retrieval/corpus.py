@@ -99,10 +99,12 @@ def not_two_fields(line: bytes) -> bool:
     return line.count(b"\t") != 1
 
 
-def not_utf8(line: bytes) -> bool:
+def not_utf8(value: bytes | str) -> bool:
+    """Bytes that are not UTF-8, or text read from such bytes (Python keeps them as lone surrogates in argv
+    and a text stdin)."""
     try:
-        line.decode("utf-8")
-    except UnicodeDecodeError:
+        value.decode("utf-8") if isinstance(value, bytes) else value.encode("utf-8")
+    except UnicodeError:
         return True
     return False
 
