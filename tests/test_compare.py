@@ -308,3 +308,50 @@ def test_config_key_keeps_the_callbacks_that_choose_the_reported_epoch():
     assert config_key(["~callbacks.model_checkpoint", "seed=4"]) == "~callbacks.model_checkpoint"
     assert config_key(["callbacks.model_checkpoint.monitor=val/recall@100"]) != config_key([])
     assert config_key(["callbacks.progress_bar.refresh_rate=1", "callbacks.model_checkpoint.dirpath=/x"]) == "(defaults)"
+
+
+# ------------------------------------------------------------------------------------------ composed configurations
+def write_composed(run, overrides: list[str], config: dict, table: pd.DataFrame) -> None:
+    write_run(run, overrides, table)
+    (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
+
+
+def composed(seed: int, temperature: float = 0.05, output_dir: str = "/out") -> dict:
+    """A composed config as Hydra saves it: interpolations unresolved, run paths and the seed in it."""
+    return {"seed": seed, "threads": 1, "loss": {"name": "infonce", "temperature": temperature},
+            "data": {"path": None, "pseudo_queries": {"seed": "${seed}"}}, "paths": {"output_dir": output_dir},
+            "callbacks": {"model_checkpoint": {"monitor": "val/mrr@10", "dirpath": "${paths.output_dir}/checkpoints"}}}
+
+
+def test_overrides_that_compose_alike_are_one_configuration(tmp_path, capsys):
+    """`loss=infonce` (the default) and no override train alike: one configuration of two seeds, labelled by
+    the shorter overrides; `loss.temperature=0.1` is another; a seed of the first twice is still refused."""
+    base = difficulty()
+    write_composed(tmp_path / "a", ["loss=infonce", "seed=1"], composed(1, output_dir="/a"), seed_table(base, 0.0, 1))
+    write_composed(tmp_path / "b", ["seed=2", "threads=2"], composed(2, output_dir="/b"), seed_table(base, 0.0, 2))
+    write_composed(tmp_path / "c", ["loss.temperature=0.1", "seed=1"], composed(1, 0.1), seed_table(base, 0.0, 3))
+    out = tmp_path / "cmp"
+    main([str(tmp_path / d) for d in "abc"] + ["--metric", "test/mrr@10", "--out", str(out), "--resamples", "200"])
+    summary = pd.read_csv(out / "configurations.csv").set_index("system")
+    assert summary["runs"].to_dict() == {"(defaults)": 2, "loss.temperature=0.1": 1}
+    capsys.readouterr()
+    write_composed(tmp_path / "d", ["+loss.name=infonce", "seed=2"], composed(2), seed_table(base, 0.0, 4))
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(tmp_path / d) for d in "abcd"] + ["--resamples", "200"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(tmp_path / "b") in err[0] and str(tmp_path / "d") in err[0] and "seed=2" in err[0]
+
+
+def test_the_same_overrides_composed_differently_are_two_configurations_and_said(tmp_path, caplog):
+    """Runs of `encoder=gru` made when a default differed (other code) are not pooled: two configurations,
+    told apart by the first setting in which they differ, and a warning says so."""
+    from two_tower.training.compare import find_runs, load_configurations
+
+    base = difficulty()
+    for seed, temperature in ((1, 0.05), (2, 0.05), (3, 0.1)):
+        write_composed(tmp_path / str(seed), ["encoder=gru", f"seed={seed}"], composed(seed, temperature), seed_table(base, 0.0, seed))
+    with caplog.at_level("WARNING"):
+        systems = load_configurations(find_runs([tmp_path]), "test/mrr@10")
+    assert {name: len(s.runs) for name, s in systems.items()} == {"encoder=gru [loss.temperature=0.05]": 2, "encoder=gru [loss.temperature=0.1]": 1}
+    assert any("differ in their composed configuration" in r.getMessage() and "encoder=gru" in r.getMessage() for r in caplog.records)

@@ -2,6 +2,10 @@
 result, such as output and cache paths, threads or loggers), sorted. Seeds of one configuration share the
 key, so the comparison command and W&B can group them.
 
+The comparison command groups by the run's *composed* configuration (``.hydra/config.yaml``, less the same
+settings: ``composed_key``), so ``loss=infonce`` (the default) and no override, or ``+x=1`` and ``x=1``,
+are one configuration; the override key is its label.
+
 ``data.path`` stays in the key: it names the data trained on, so runs on two data folders are two
 configurations even when they are scored on the same validation queries. It is written as an absolute
 path (resolved against the run's working directory, without reading the disk), so one folder named
@@ -10,6 +14,7 @@ relatively from two places is one configuration.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -34,17 +39,47 @@ def _absolute(override: str, cwd: str | None) -> str:
     return f"{name}={os.path.normpath(os.path.join(cwd, os.path.expanduser(value)))}"
 
 
+def ignored(name: str) -> bool:
+    """Whether a setting (dotted name) is left out of the key: IGNORED, unless KEPT."""
+    return name not in KEPT and any(name.startswith(i) if i.endswith(".") else name == i or name.startswith(i + ".") for i in IGNORED)
+
+
 def config_key(overrides: list[str], cwd: str | None = None) -> str:
     """``"a=1 b=2"`` from Hydra override strings, without the seed and the IGNORED keys, ``data.path``
     made absolute against ``cwd`` (the run's working directory) when given; "(defaults)" if none is left."""
     kept = []
     for override in overrides:
         name = override.lstrip("+~").split("=", 1)[0]
-        kept_callback = name in KEPT or override.split("=", 1)[0] in REMOVALS_KEPT
-        if not kept_callback and any(name.startswith(i) if i.endswith(".") else name == i or name.startswith(i + ".") for i in IGNORED):
+        if override.split("=", 1)[0] not in REMOVALS_KEPT and ignored(name):
             continue
         kept.append(_absolute(override, cwd) if name in DATA_PATHS else override)
     return " ".join(sorted(kept)) or "(defaults)"
+
+
+def flatten(config, prefix: str = "") -> dict:
+    """``{"a.b": 1, ...}`` from nested mappings (an empty mapping is a value of its own)."""
+    if not isinstance(config, dict) or (prefix and not config):
+        return {prefix: config}
+    flat = {}
+    for name, value in config.items():
+        flat.update(flatten(value, f"{prefix}.{name}" if prefix else str(name)))
+    return flat
+
+
+def composed_settings(config: dict, cwd: str | None = None) -> dict:
+    """A composed run configuration (``.hydra/config.yaml``: interpolations unresolved, so ``${seed}`` is the
+    same text in every seed) as dotted settings, without the IGNORED ones, ``data.path`` made absolute."""
+    settings = {name: value for name, value in flatten(config).items() if not ignored(name)}
+    for name in DATA_PATHS:
+        if isinstance(settings.get(name), str):
+            settings[name] = _absolute(f"{name}={settings[name]}", cwd).partition("=")[2]
+    return settings
+
+
+def composed_key(settings: dict) -> str:
+    """``composed_settings`` as one canonical text: equal for runs that train and report alike, whatever
+    overrides named them."""
+    return json.dumps(settings, sort_keys=True, default=str)
 
 
 def _read_yaml(path: Path):
@@ -61,6 +96,17 @@ def run_overrides(run_dir: str | Path) -> list[str]:
     if overrides is not None and not isinstance(overrides, list):
         raise ConfigError(f"{path}: not a list of overrides")
     return [str(o) for o in overrides or []]
+
+
+def run_config(run_dir: str | Path) -> dict | None:
+    """The composed configuration Hydra saved in ``run_dir/.hydra/config.yaml``, or None without one."""
+    path = Path(run_dir) / ".hydra" / "config.yaml"
+    if not path.is_file():
+        return None
+    config = _read_yaml(path)
+    if not isinstance(config, dict):
+        raise ConfigError(f"{path}: not a mapping of settings")
+    return config
 
 
 def run_cwd(run_dir: str | Path) -> str | None:

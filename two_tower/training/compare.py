@@ -4,8 +4,9 @@
                                 [--out DIR] [--alpha 0.05] [--wandb-project PROJECT]
 
 - Runs are the dirs holding ``.hydra/overrides.yaml`` under the given dirs (a run dir or a sweep dir);
-  they are grouped by configuration key (all overrides but the seed, ``two_tower.core.config_key``;
-  runs on another ``data.path`` are another configuration). Two runs of one configuration with the same
+  they are grouped by configuration: the composed ``.hydra/config.yaml`` less the seed and the settings that
+  do not change what is trained or reported (``two_tower.core.config_key``; runs on another ``data.path``
+  are another configuration), labelled by their overrides. Two runs of one configuration with the same
   seed are refused in one line naming both folders: one training would count as two seeds.
 - Per configuration: the metric of each run (its per-query mean, = the logged value), their mean and a
   95% Student-t confidence interval over seeds.
@@ -36,12 +37,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import yaml
 from scipy import stats
 
 from two_tower.core import per_query
 from two_tower.core.atomic import atomic_write
-from two_tower.core.config_key import run_config_key, run_overrides
+from two_tower.core.config_key import composed_key, composed_settings, config_key, run_config, run_cwd, run_overrides
 from two_tower.core.errors import CompareError
 
 log = logging.getLogger(__name__)
@@ -157,14 +157,45 @@ def run_seed(run: Path) -> str | None:
         name, _, value = override.lstrip("+").partition("=")
         if name == "seed":
             return value.strip()
-    config = run / ".hydra" / "config.yaml"
-    if not config.is_file():
-        return None
-    try:
-        seed = (yaml.safe_load(config.read_text()) or {}).get("seed")
-    except yaml.YAMLError as err:
-        raise CompareError(f"{config}: not readable YAML ({' '.join(str(err).split())})") from err
+    seed = (run_config(run) or {}).get("seed")
     return None if seed is None else str(seed)
+
+
+def configuration(run: Path) -> tuple[str, str, dict | None]:
+    """What groups a run with its other seeds, its label (the override key), and its composed settings (None
+    for a run folder without ``.hydra/config.yaml``, which is then grouped by its overrides alone)."""
+    cwd = run_cwd(run)
+    label = config_key(run_overrides(run), cwd)
+    config = run_config(run)
+    if config is None:
+        return f"overrides: {label}", label, None
+    settings = composed_settings(config, cwd)
+    return composed_key(settings), label, settings
+
+
+def label_configurations(groups: dict[str, list], settings: dict[str, dict | None]) -> dict[str, str]:
+    """A label a configuration: the shortest override key of its runs (``(defaults)`` before ``loss=infonce``
+    when both composed alike). Two configurations whose overrides read alike (run by other code, whose
+    defaults differ) are told apart by a setting in which they differ, and said."""
+    labels = {group: min(keys, key=lambda k: (len(k), k)) for group, keys in groups.items()}
+    by_label: dict[str, list[str]] = {}
+    for group, label in labels.items():
+        by_label.setdefault(label, []).append(group)
+    for label, clashing in by_label.items():
+        if len(clashing) < 2:
+            continue
+        for group in clashing:
+            mine = settings[group]
+            if mine is None:
+                labels[group] = f"{label} [no .hydra/config.yaml]"
+                continue
+            others = [settings[g] for g in clashing if g != group and settings[g] is not None]
+            differing = sorted({n for other in others for n in set(mine) | set(other) if mine.get(n, "<unset>") != other.get(n, "<unset>")})
+            labels[group] = f"{label} [{differing[0]}={mine.get(differing[0], '<unset>')}]" if differing else label
+        log.warning("runs with the overrides %r differ in their composed configuration (.hydra/config.yaml; made by "
+                    "other code, or other defaults): compared as %d configurations: %s", label, len(clashing),
+                    "; ".join(labels[g] for g in clashing))
+    return labels
 
 
 def training_ended(run: Path) -> bool:
@@ -175,8 +206,10 @@ def training_ended(run: Path) -> bool:
 
 def load_configurations(runs: list[Path], metric: str) -> dict[str, System]:
     filename, name = split_metric(metric)
-    systems: dict[str, System] = {}
-    seeds: dict[tuple[str, object], Path] = {}  # (configuration key, seed) -> the run counted for it
+    groups: dict[str, System] = {}  # configuration -> its runs
+    labels: dict[str, list[str]] = {}  # configuration -> its runs' override keys
+    composed: dict[str, dict | None] = {}
+    seeds: dict[tuple[str, object], Path] = {}  # (configuration, seed) -> the run counted for it
     skipped, reasons = [], []
     for run in runs:
         path = run / "per_query" / filename
@@ -191,16 +224,20 @@ def load_configurations(runs: list[Path], metric: str) -> dict[str, System]:
             reasons.append(f"training did not end (no per_query/{per_query.FIT_ENDED}: killed, still running, or made before that record without a test split)")
             log.warning("skipped %s: %s", run, reasons[-1])
             continue
-        key = run_config_key(run)
+        group, label, settings = configuration(run)
         seed = run_seed(run)
         if seed is not None:
-            if (key, seed) in seeds:
-                raise CompareError(f"{seeds[key, seed]} and {run}: both seed={seed} of one configuration ({key}); "
+            if (group, seed) in seeds:
+                raise CompareError(f"{seeds[group, seed]} and {run}: both seed={seed} of one configuration ({label}); "
                                    "one training would count as two seeds: leave one of them out")
-            seeds[key, seed] = run
-        system = systems.setdefault(key, System(key))
+            seeds[group, seed] = run
+        system = groups.setdefault(group, System(label))
         system.runs.append(str(run))
         system.tables.append(per_query.read(path, name))
+        labels.setdefault(group, []).append(label)
+        composed[group] = settings
+    names = label_configurations(labels, composed)
+    systems = {names[group]: System(names[group], system.runs, system.tables) for group, system in groups.items()}
     if not systems:
         raise CompareError(f"no run to compare on {metric}: {len(skipped)} run dir(s) found, all skipped, e.g. {skipped[0]}: {reasons[0]}")
     return systems
