@@ -405,6 +405,43 @@ def test_a_modified_index_folder_is_refused(trained, tmp_path):
         Searcher.load(tmp_path)
 
 
+@pytest.mark.parametrize("name", ["passages.arrow", "query_encoder.pt", "term_statistics.npz", "bm25/params.index.json"])
+def test_a_damaged_file_with_a_matching_manifest_is_one_line(trained, tmp_path, capsys, name):
+    """A file damaged and its hash rewritten with it (the hash cannot tell): one IndexFolderError line naming
+    the file, from Searcher.load and from search.py, not an Arrow/torch/json traceback."""
+    import json
+
+    from two_tower.retrieval.index import file_hash
+
+    broken = tmp_path / "index"
+    shutil.copytree(trained["index"], broken)
+    if not (broken / name).is_file():
+        pytest.skip(f"{name} is not in this folder")
+    data = (broken / name).read_bytes()
+    (broken / name).write_bytes(data[: len(data) // 2])
+    manifest = json.loads((broken / "manifest.json").read_text())
+    manifest["files"][name] = file_hash(broken / name)
+    (broken / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(IndexFolderError, match=f"index={re.escape(str(broken))}: cannot read {re.escape(str(broken / name.split('/')[0]))}"):
+        Searcher.load(broken).search(["apple river"], k=3)
+    assert search_main([f"index={broken}", "apple river"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: index=") and err.count("\n") == 1 and "rebuild the folder" in err
+
+
+def test_an_index_folder_this_user_cannot_read_is_one_line(trained, monkeypatch):
+    """Files of another user (mode 600; the container runs as uid 10001): one line naming the file (a
+    PermissionError is simulated: the tests may run as root, whom modes do not stop)."""
+    from two_tower.retrieval import index as index_module
+
+    def denied(path):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(index_module, "file_hash", denied)
+    with pytest.raises(IndexFolderError, match=r"index=.*: cannot read .*faiss.index \(permission denied\): the folder and its files must be readable by this user \(uid"):
+        Searcher.load(trained["index"])
+
+
 def test_empty_query_is_a_clear_error(trained, capsys):
     searcher = Searcher.load(trained["index"])
     with pytest.raises(EmptyQueryError, match="query 2 of 2 is empty"):

@@ -17,11 +17,15 @@ hidden temporary folder beside the target and renamed into place: an interrupted
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
+import pickle
+import zipfile
 import math
 import numbers
+import os
 import threading
 import time
 import warnings
@@ -189,6 +193,28 @@ def write_passages(path: Path, ids: list[str], texts: list[str]) -> None:
         writer.write_table(table, max_chunksize=max(len(ids), 1))
 
 
+# What reading a folder's file raises when the file cannot be opened (permissions, an I/O error) or is
+# damaged in a way its hash cannot tell (the manifest rewritten with it): Arrow, torch.load's zip reader, pickle.
+UNREADABLE = (OSError, pa.ArrowException, RuntimeError, ValueError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile)
+
+
+@contextlib.contextmanager
+def reading(folder: Path, what: str | Path | None = None):
+    """Errors reading an index folder's files inside the block are one IndexFolderError line naming the file
+    (``what``, else the error's own file name): an unreadable folder (e.g. files of another user, mode 600,
+    in a container that runs as uid 10001) or a damaged file is refused, not a traceback."""
+    try:
+        yield
+    except IndexFolderError:
+        raise
+    except UNREADABLE as err:
+        name = what or getattr(err, "filename", None) or folder
+        if isinstance(err, PermissionError):
+            raise IndexFolderError(f"index={folder}: cannot read {name} (permission denied): the folder and its files must be readable by this user (uid {os.getuid() if hasattr(os, 'getuid') else '?'})") from err
+        detail = err.strerror if isinstance(err, OSError) and err.strerror else " ".join(str(err).split())[:200]
+        raise IndexFolderError(f"index={folder}: cannot read {name} ({type(err).__name__}: {detail}); rebuild the folder with index.py") from err
+
+
 def read_passages(path: Path) -> pa.Table:
     return pa.ipc.open_file(pa.memory_map(str(path))).read_all()
 
@@ -307,18 +333,22 @@ class PassageIndex:
         ``verify_files`` re-hashes every file against the manifest (about 0.5 s per GB), so a corrupted
         part is refused instead of giving wrong answers or a crash deep inside FAISS."""
         path = Path(path).expanduser()
-        manifest = read_manifest(path)
+        with reading(path):
+            manifest = read_manifest(path)
         if expect_model is not None:
             check_model(path, manifest["model"], expect_model, expect_model.get("checkpoint", "the checkpoint"))
         if verify_files:
             for name, digest in manifest["files"].items():
-                if file_hash(path / name) != digest:
+                with reading(path, path / name):
+                    actual = file_hash(path / name)
+                if actual != digest:
                     raise IndexFolderError(f"{path / name} does not match the hash in {path / MANIFEST}; the folder was modified, rebuild it")
         try:
             index = faiss.read_index(str(path / FAISS_FILE))
         except RuntimeError as err:
             raise IndexFolderError(f"{path / FAISS_FILE}: not a readable FAISS index ({err}); rebuild the folder") from err
-        passages = read_passages(path / PASSAGES_FILE)
+        with reading(path, path / PASSAGES_FILE):
+            passages = read_passages(path / PASSAGES_FILE)
         if index.ntotal != len(passages) or index.ntotal != manifest["passages"] or index.d != manifest["model"]["dim"]:
             raise IndexFolderError(
                 f"{path}: inconsistent folder: faiss.index holds {index.ntotal} vectors of dim {index.d}, {PASSAGES_FILE} "
@@ -327,7 +357,8 @@ class PassageIndex:
         return cls(path, index, passages, manifest)
 
     def load_query_encoder(self) -> QueryEncoder:
-        encoder = QueryEncoder.load(self.path / QUERY_ENCODER_FILE)
+        with reading(self.path, self.path / QUERY_ENCODER_FILE):
+            encoder = QueryEncoder.load(self.path / QUERY_ENCODER_FILE)
         actual = {"tokenizer": encoder.tokenizer.fingerprint(), "dim": encoder.dim, "query_tower": encoder.weights_hash()}
         check_model(self.path, {k: self.model[k] for k in actual}, actual, self.path / QUERY_ENCODER_FILE)
         encoder.set_statistics(self.statistics())
@@ -342,12 +373,16 @@ class PassageIndex:
         """The folder's BM25 index (folders built with ``hybrid.enabled``)."""
         if self.hybrid_weights is None:
             raise IndexFolderError(f"{self.path} was built without a BM25 index (dense only); rebuild it with index.py hybrid.enabled=true")
-        return BM25Scorer.load(self.path / BM25_FOLDER)
+        with reading(self.path, self.path / BM25_FOLDER):
+            return BM25Scorer.load(self.path / BM25_FOLDER)
 
     def statistics(self) -> TermStatistics | None:
         """The term statistics the passages were encoded with (None: the model has no bag-of-words path)."""
         path = self.path / STATISTICS_FILE
-        return TermStatistics.load(path) if STATISTICS_FILE in self.manifest["files"] else None
+        if STATISTICS_FILE not in self.manifest["files"]:
+            return None
+        with reading(self.path, path):
+            return TermStatistics.load(path)
 
     def set_search_params(self, params: str) -> None:
         """Override the saved search-time parameters, e.g. ``efSearch=128`` or ``nprobe=32``."""
