@@ -383,3 +383,32 @@ def test_eval_batches_give_every_process_a_batch_and_cover_each_item_once():
         seen = np.concatenate([b for r in ranks for b in r])
         assert sorted(seen.tolist()) == list(range(300))
     assert [len(b) for b in LengthSortedBatches(lengths, 128, 0, 1)] == [128, 128, 44]  # one process: as before
+
+
+@pytest.mark.parametrize("source", ["random", "file"])
+def test_a_seed_draws_the_same_rows_whichever_seed_built_the_cache(tmp_path, source):
+    """The tokenization cache is shared by every seed: it holds no seeded numbers. Seed 2 on a cache that
+    seed 1 built starts from the matrix seed 2 gets on an empty cache (it got seed 1's rows before), and
+    words with a pre-trained vector keep it under every seed."""
+    from two_tower.data.embeddings import FileEmbeddings
+
+    vectors = tmp_path / "vectors.txt"
+    words = ["the", "of", "and", "was", "that", "floor"]  # words of the synthetic rows; the others are drawn
+    vectors.write_text("".join(f"{w} " + " ".join(str((i * 7 + j) % 5 / 10) for j in range(8)) + "\n" for i, w in enumerate(words)))
+
+    def matrix(cache: str, seed: int):
+        embeddings = RandomEmbeddings(dim=8) if source == "random" else FileEmbeddings(str(vectors), dim=8)
+        dm = TwoTowerDataModule(embeddings=embeddings, negatives=InBatchNegatives(), synthetic_rows={"train_rows": 200, "val_rows": 40, "seed": 0},
+                                cache_dir=str(tmp_path / cache), batch_size=16, seed=seed)
+        dm.setup("fit")
+        return dm.embedding_matrix, dm.tokenizer
+
+    first, _ = matrix("shared", 1)
+    warm, tokenizer = matrix("shared", 2)  # a cache hit: built by seed 1
+    cold, _ = matrix("fresh", 2)
+    np.testing.assert_array_equal(warm, cold)
+    assert not np.array_equal(first, warm)
+    assert np.all(first[0] == 0) and np.all(warm[0] == 0)  # PAD
+    if source == "file":
+        known = [tokenizer.index[w] for w in words if w in tokenizer.index]
+        assert known and np.array_equal(first[known], warm[known])

@@ -28,13 +28,13 @@ from two_tower.data.batches import LengthSortedBatches, TokenBatches, TripletBat
 from two_tower.data.pseudo_queries import with_pseudo_queries
 from two_tower.data.prepared import PreparedSplit
 from two_tower.data.tokenizer import Tokenizer, oov_rate
-from two_tower.data.embeddings import EmbeddingSource, restore_tokenizer
+from two_tower.data.embeddings import AlignedRows, EmbeddingSource, restore_tokenizer
 from two_tower.data.sampling import NegativeSampler
 from two_tower.data.teacher import SentenceTransformerTeacher, TeacherVectors
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT = 4  # bump when the prepared format, validation rules or synthetic generator change
+CACHE_FORMAT = 5  # bump when the prepared format, validation rules or synthetic generator change
 
 
 class TwoTowerDataModule(L.LightningDataModule):
@@ -150,7 +150,8 @@ class TwoTowerDataModule(L.LightningDataModule):
         path = self._cache_path
         self.meta = json.loads((path / "meta.json").read_text())
         self.tokenizer = restore_tokenizer(json.loads((path / "tokenizer.json").read_text()))
-        self.embedding_matrix = np.load(path / "embeddings.npy")
+        rows = AlignedRows(np.load(path / "embeddings.npy"), np.load(path / "drawn_rows.npy"), self.meta["drawn_scale"], self.meta["oov_vocab"])
+        self.embedding_matrix = rows.draw(self.seed)
         self.train = PreparedSplit.load(path / "train")
         self.val = PreparedSplit.load(path / "validation")
         self.test = PreparedSplit.load(path / "test") if (path / "test").is_dir() else None
@@ -232,17 +233,20 @@ class TwoTowerDataModule(L.LightningDataModule):
             **settings,
         )
         if vectors is not None:
-            matrix, oov_vocab = vectors.align(tokenizer.words, seed=self.seed)
+            rows = vectors.aligned(tokenizer.words)
             oov_tokens = oov_rate(train_texts, vectors.index, tokenizer.split)
-        else:
-            rng = np.random.default_rng(self.seed)
-            matrix = rng.normal(0.0, 0.3, size=(len(tokenizer), self.embeddings.dim)).astype(np.float32)
-            matrix[0] = 0.0
-            oov_vocab = oov_tokens = 1.0
+        else:  # every row but PAD drawn with the run's seed
+            drawn = np.ones(len(tokenizer), dtype=bool)
+            drawn[0] = False
+            rows = AlignedRows(np.zeros((len(tokenizer), self.embeddings.dim), dtype=np.float32), drawn, 0.3, 1.0)
+            oov_tokens = 1.0
+        oov_vocab = rows.oov
         del train_texts, vectors
         with self._cache.put(key) as tmp:
             (tmp / "tokenizer.json").write_text(json.dumps(tokenizer.state_dict()))
-            np.save(tmp / "embeddings.npy", matrix)
+            # no seeded numbers in the cache (every seed shares it): the rows to draw and their scale instead
+            np.save(tmp / "embeddings.npy", rows.matrix)
+            np.save(tmp / "drawn_rows.npy", rows.drawn)
             ranges = {}
             for role in list(clean):  # one split at a time: its rows go once it is tokenized, it goes once saved
                 split = PreparedSplit.from_rows(clean.pop(role), tokenizer, self.tokenize_workers, role)
@@ -252,6 +256,7 @@ class TwoTowerDataModule(L.LightningDataModule):
             meta = {
                 "reports": reports,
                 "embeddings": self.embeddings.identity(),
+                "drawn_scale": rows.scale,
                 "oov_vocab": float(oov_vocab),
                 "oov_tokens": float(oov_tokens),
                 "token_ranges": ranges,

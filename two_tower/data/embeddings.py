@@ -37,16 +37,44 @@ class WordVectors:
     def align(self, vocab: list[str], seed: int = 0) -> tuple[np.ndarray, float]:
         """Matrix for ``vocab`` (PAD row zero; words without a vector drawn at the vectors' scale) and the
         share of vocabulary words without a pre-trained vector."""
-        rng = np.random.default_rng(seed)
+        fixed = self.aligned(vocab)
+        return fixed.draw(seed), fixed.oov
+
+    def aligned(self, vocab: list[str]) -> "AlignedRows":
+        """``align``'s matrix before its random rows are drawn (what does not depend on the seed)."""
         rows = np.array([self.index.get(w, -1) for w in vocab])
         found = rows >= 0
         scale = float(self.vectors[rows[found]].std()) if found.any() else 0.1
-        matrix = rng.normal(0.0, scale, size=(len(vocab), self.dim)).astype(np.float32)
+        matrix = np.zeros((len(vocab), self.dim), dtype=np.float32)
         matrix[found] = self.vectors[rows[found]]
-        matrix[PAD_ID] = 0.0
+        drawn = ~found
+        drawn[PAD_ID] = False
         found[PAD_ID] = True  # PAD and UNK are not words; do not count them as out of vocabulary
         found[1] = True
-        return matrix, 1.0 - found.mean()
+        return AlignedRows(matrix, drawn, scale, 1.0 - found.mean())
+
+
+@dataclass
+class AlignedRows:
+    """A vocabulary's embedding rows: the pre-trained vectors (``matrix``, zero in the rows ``drawn``), the rows
+    drawn at random with the run's seed at ``scale``, and the share of words without a vector. Kept apart so
+    the tokenization cache, shared by every seed, holds no seeded numbers: each seed draws its own rows, the
+    same whether the cache was cold or built by another seed."""
+
+    matrix: np.ndarray  # [vocab, dim] float32
+    drawn: np.ndarray  # [vocab] bool
+    scale: float
+    oov: float
+
+    def draw(self, seed: int) -> np.ndarray:
+        """The matrix with its ``drawn`` rows from N(0, scale) under ``seed`` (numpy's generator: the same on
+        every machine)."""
+        if not self.drawn.any():
+            return self.matrix
+        noise = np.random.default_rng(seed).normal(0.0, self.scale, size=self.matrix.shape).astype(np.float32)
+        matrix = self.matrix.copy()
+        matrix[self.drawn] = noise[self.drawn]
+        return matrix
 
 
 class EmbeddingSource:
@@ -226,7 +254,8 @@ class DistilledWordVectors(WordVectors):
         super().__init__(words, vectors)
         self.word_vector = word_vector  # list[str] -> [n, dim] float32
 
-    def align(self, vocab: list[str], seed: int = 0) -> tuple[np.ndarray, float]:
+    def aligned(self, vocab: list[str]) -> AlignedRows:
+        """Every word has a vector (the model's own for a word outside the list): nothing is drawn."""
         matrix = np.zeros((len(vocab), self.dim), dtype=np.float32)
         rows = np.array([self.index.get(w, -1) for w in vocab])
         found = rows >= 0
@@ -236,7 +265,7 @@ class DistilledWordVectors(WordVectors):
             matrix[missing] = self.word_vector([vocab[i] for i in missing])
         known = found.copy()
         known[:2] = True
-        return matrix, 1.0 - known.mean()
+        return AlignedRows(matrix, np.zeros(len(vocab), dtype=bool), 0.0, 1.0 - known.mean())
 
 
 class DistilledEmbeddings(EmbeddingSource):
