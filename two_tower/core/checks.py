@@ -28,9 +28,10 @@ def _stemmer_languages() -> set[str]:
 # key -> (type, check, what the check means); a key missing from the config is not checked.
 INT, NUM, BOOL = (int,), (Real,), (bool,)
 RULES = {
-    "seed": (INT, lambda v: True, "an integer"),
+    "seed": (INT, lambda v: 0 <= v < 2**32, "an integer in [0, 2**32)"),
     "threads": (INT, lambda v: v > 0, "a positive integer or null"),
-    "trainer.max_epochs": (INT, lambda v: v >= -1, "an integer >= -1"),
+    "trainer.max_epochs": (INT, lambda v: v >= 1 or v == -1, "a positive integer, or -1 (no limit: set trainer.max_steps)"),
+    "trainer.accumulate_grad_batches": (INT, lambda v: v > 0, "a positive integer"),
     "trainer.check_val_every_n_epoch": (INT, lambda v: v > 0, "a positive integer"),
     "trainer.log_every_n_steps": (INT, lambda v: v > 0, "a positive integer"),
     "trainer.gradient_clip_val": (NUM, lambda v: v >= 0, "a number >= 0 or null"),
@@ -82,6 +83,14 @@ RULES = {
     "teacher.threads": (INT, lambda v: v > 0, "a positive integer or null"),
     "optimizer.lr": (NUM, lambda v: v > 0, "a number > 0"),
     "optimizer.weight_decay": (NUM, lambda v: v >= 0, "a number >= 0"),
+    "optimizer.momentum": (NUM, lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    "scheduler.min_lr_ratio": (NUM, lambda v: 0 <= v <= 1, "a number in [0, 1]"),
+    "scheduler.warmup_ratio": (NUM, lambda v: 0 <= v <= 1, "a number in [0, 1] (the share of the steps that warm up)"),
+    "model.hash_buckets": (INT, lambda v: v >= 0, "an integer >= 0"),
+    "embeddings.window": (INT, lambda v: v > 0, "a positive integer"),
+    "embeddings.min_count": (INT, lambda v: v > 0, "a positive integer"),
+    "embeddings.epochs": (INT, lambda v: v > 0, "a positive integer"),
+    "embeddings.path": ((str,), lambda v: v.strip() != "", "a word2vec file's path"),
     "model.shared_towers": (BOOL, lambda v: True, "true or false"),
     "model.gather_across_devices": (BOOL, lambda v: True, "true or false"),
     # index.py, search.py, evaluate.py (a retriever's batch_size is checked as retriever.<name>.batch_size)

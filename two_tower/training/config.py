@@ -58,9 +58,24 @@ def validate_train_config(cfg: DictConfig) -> None:
         raise ConfigError(f"data.pseudo_queries.count={pseudo.count}: pseudo-queries are labelled by the teacher only, so they need loss=distill")
     if pseudo.get("count") and pseudo.min_words > pseudo.max_words:
         raise ConfigError(f"data.pseudo_queries.min_words={pseudo.min_words} must be at most data.pseudo_queries.max_words={pseudo.max_words}")
+    loss = cfg.get("loss") or {}
+    margin_weight = loss.get("margin_weight", 0)
+    if distill and margin_weight and loss.get("margin_pairs") == "mined" and not negatives.get("per_query"):
+        # MarginMSE over mined pairs needs mined passages; in-batch negatives give none, so the term would be 0
+        raise ConfigError(f"loss.margin_pairs=mined with negatives={_option(negatives)}: no mined negatives, so MarginMSE "
+                          "(loss.margin_weight) would add nothing; use loss.margin_pairs=all, or negatives=random, bm25 or ann")
+    if loss.get("learn_margin_scale") and not margin_weight:
+        raise ConfigError("loss.learn_margin_scale=true does nothing with loss.margin_weight=0 (no MarginMSE term to scale): "
+                          "set loss.margin_weight > 0 (loss=distill_margin), or drop it")
     encoder = cfg.get("encoder") or {}
     if not encoder.get("bag_dim"):
-        for key, default in (("bag_stemmer", None), ("bag_passage_idf_power", 1.0)):  # settings of the bag path
+        import inspect
+
+        from two_tower.model.encoders import RNNEncoder
+
+        defaults = inspect.signature(RNNEncoder).parameters
+        for key in ("bag_stemmer", "bag_passage_idf_power", "bag_mix"):  # settings of the bag path, at their defaults?
+            default = defaults[key].default
             if encoder.get(key, default) != default:
                 raise ConfigError(f"encoder.{key}={encoder[key]} does nothing without the bag-of-words path: set encoder.bag_dim too")
     data = cfg.data
@@ -73,6 +88,12 @@ def validate_train_config(cfg: DictConfig) -> None:
     ckpt = cfg.get("ckpt_path")
     if ckpt and ckpt != "last" and not Path(ckpt).expanduser().is_file():
         raise ConfigError(f"ckpt_path={ckpt}: no such checkpoint file")
+
+
+def _option(group) -> str:
+    """A group's option as a user names it (``negatives=in_batch``), from its ``_target_``."""
+    target = str(group.get("_target_", "")).rsplit(".", 1)[-1]
+    return {"InBatchNegatives": "in_batch", "RandomNegatives": "random", "BM25Negatives": "bm25", "ANNNegatives": "ann"}.get(target, target)
 
 
 def check_sweep_space(cfg: DictConfig, compose: Callable[[list[str]], DictConfig] | None = None) -> None:
