@@ -94,3 +94,45 @@ def test_distilled_source_reloads_from_its_extension_config_in_the_default_cache
     from two_tower.data.embeddings import extension_source_vectors
 
     assert extension_source_vectors(config).words == ["the", "cat"]
+
+
+def test_an_index_folder_carries_its_distilled_model_and_searches_on_a_machine_without_it(tmp_path, monkeypatch):
+    """embeddings=distilled: the folder holds the distilled model its query tower's vocabulary extension comes
+    from (static_model/), so a fresh machine (empty cache, no teacher to distil) searches it with the same
+    vectors, instead of distilling for minutes (or failing where model2vec's distill extra is absent)."""
+    from omegaconf import open_dict
+
+    from tests.conftest import compose_train
+    from tests.test_retrieval import compose_retrieval
+    from two_tower.data import embeddings as emb
+    from two_tower.retrieval.indexer import build_index
+    from two_tower.retrieval.search import Searcher
+    from two_tower.training.train import train
+
+    built = tmp_path / "cache"
+    monkeypatch.setenv("TWO_TOWER_CACHE", str(built))
+    monkeypatch.setattr(emb, "_PROVIDED", {})
+    vocab, _ = tiny_static_model(DistilledEmbeddings(teacher="tiny", dim=4, cache_dir=str(built))._folder())
+    monkeypatch.setattr(emb, "_glove_words", lambda: ["the", "cat", "jet", "zebra"])
+    emb._load_extension_source.cache_clear()
+    cfg = compose_train(tmp_path, ["embeddings=distilled", "embeddings.teacher=tiny", "embeddings.dim=4", "encoder.skip=true"])
+    with open_dict(cfg):
+        cfg.paths.cache_dir = str(built)
+    train(cfg)
+    folder = tmp_path / "index"
+    corpus = tmp_path / "corpus.tsv"
+    corpus.write_text("1\tthe cat sat on the jet wing\n2\ta zebra crossing\n3\tthe jet wing xj\n")
+    build_index(compose_retrieval("index", [f"ckpt={tmp_path / 'run' / 'checkpoints' / 'last.ckpt'}", f"corpus={corpus}", f"out={folder}"]))
+    assert sorted(p.name for p in (folder / "static_model").iterdir()) == sorted(p.name for p in DistilledEmbeddings(teacher="tiny", dim=4, cache_dir=str(built))._folder().iterdir())
+    expected = [[(h.id, round(h.score, 6)) for h in hits] for hits in Searcher.load(folder).search(["jet wing", "zebra"], k=3)]
+
+    # Another machine: an empty cache and no way to distil "tiny".
+    fresh = tmp_path / "fresh"
+    monkeypatch.setenv("TWO_TOWER_CACHE", str(fresh))
+    monkeypatch.setattr(emb, "_PROVIDED", {})
+    emb._load_extension_source.cache_clear()
+    monkeypatch.setattr(emb.DistilledEmbeddings, "_distil_if_missing", lambda self, cache: pytest.fail("distilled again"))
+    got = [[(h.id, round(h.score, 6)) for h in hits] for hits in Searcher.load(folder).search(["jet wing", "zebra"], k=3)]
+    assert got == expected
+    assert not (fresh / "distilled").exists()
+    emb._load_extension_source.cache_clear()

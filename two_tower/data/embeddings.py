@@ -17,7 +17,7 @@ import numpy as np
 
 from two_tower.core.cache import ContentCache, default_root
 from two_tower.data.tokenizer import PAD_ID, Tokenizer, split_words
-from two_tower.core.errors import EmbeddingsError, TwoTowerError
+from two_tower.core.errors import EmbeddingsError, NotWritableError, TwoTowerError
 
 log = logging.getLogger(__name__)
 
@@ -306,11 +306,30 @@ class DistilledEmbeddings(EmbeddingSource):
         """The cache entry of the distilled model (a model2vec folder)."""
         return ContentCache(self.cache_dir, "distilled").path(self._key())
 
+    def model_folder(self) -> Path:
+        """The folder of the distilled model2vec model: the cache entry, else the copy an index folder brought
+        (``provide_static_model``), else distilled now (and cached)."""
+        cache = ContentCache(self.cache_dir, "distilled")
+        if cache.get(self._key()) is None and (self.teacher, self.dim) in _PROVIDED:
+            return _PROVIDED[self.teacher, self.dim]
+        self._distil_if_missing(cache)
+        return cache.path(self._key())
+
     def static_model(self):
-        """The distilled model2vec model, from the cache or distilled now (and cached)."""
+        """The distilled model2vec model (``model_folder``)."""
         from model2vec import StaticModel
 
-        cache = ContentCache(self.cache_dir, "distilled")
+        folder = self.model_folder()
+        # Raw vectors (normalize=False): model2vec warns at every load that this differs from the saved config.
+        quiet = logging.getLogger(StaticModel.__module__)
+        level = quiet.level
+        quiet.setLevel(logging.ERROR)
+        try:
+            return StaticModel.from_pretrained(str(folder), normalize=False, force_download=False)
+        finally:
+            quiet.setLevel(level)
+
+    def _distil_if_missing(self, cache: ContentCache) -> None:
         if cache.get(self._key()) is None:
             from two_tower.data.teacher import resolve_model
 
@@ -326,14 +345,6 @@ class DistilledEmbeddings(EmbeddingSource):
                 raise EmbeddingsError(f"embeddings.teacher={self.teacher}: model2vec could not distil it: {type(err).__name__}: {err}") from err
             with cache.put(self._key()) as tmp:
                 model.save_pretrained(str(tmp))
-        # Raw vectors (normalize=False): model2vec warns at every load that this differs from the saved config.
-        quiet = logging.getLogger(StaticModel.__module__)
-        level = quiet.level
-        quiet.setLevel(logging.ERROR)
-        try:
-            return StaticModel.from_pretrained(str(cache.path(self._key())), normalize=False, force_download=False)
-        finally:
-            quiet.setLevel(level)
 
     def load(self, train_texts, keep_punctuation=False, split_hyphens=False):
         if self.words != "glove":
@@ -358,16 +369,35 @@ class DistilledEmbeddings(EmbeddingSource):
         words = _glove_words()
         tables = ContentCache(self.cache_dir, "distilled-words")
         if tables.get(self._key()) is None:
-            tables.check_writable()
-            log.info("Distilled vectors for GloVe's %d words (cached in %s)", len(words), tables.path(self._key()))
-            vectors = np.concatenate([word_vector(words[i : i + 50_000]) for i in range(0, len(words), 50_000)])
+            try:
+                tables.check_writable()
+            except NotWritableError as err:  # e.g. a read-only cache in a container: this process computes it
+                writable = False
+                log.warning("%s; the distilled vectors of GloVe's %d words are computed for this process only", err, len(words))
+            else:
+                writable = True
+                log.info("Distilled vectors for GloVe's %d words (cached in %s)", len(words), tables.path(self._key()))
+            vectors = np.concatenate([word_vector(words[i : i + 50_000]) for i in range(0, len(words), 50_000)]).astype(np.float16)
+            if not writable:
+                return DistilledWordVectors(words, vectors.astype(np.float32), word_vector)
             with tables.put(self._key()) as tmp:
-                np.save(tmp / "glove_words.npy", vectors.astype(np.float16))
+                np.save(tmp / "glove_words.npy", vectors)
         table = tables.path(self._key()) / "glove_words.npy"
         vectors = np.load(table).astype(np.float32)  # float16 on disk: a cache hit and a miss give the same values
         if len(vectors) != len(words):
             raise EmbeddingsError(f"{table}: {len(vectors)} vectors for {len(words)} words; delete it to rebuild")
         return DistilledWordVectors(words, vectors, word_vector)
+
+
+# Distilled models that index folders carry, (teacher, dim) -> folder: read where the cache has no such model,
+# instead of distilling (which needs the teacher and model2vec's distill extra, and minutes).
+_PROVIDED: dict[tuple[str, int], Path] = {}
+
+
+def provide_static_model(teacher: str, dim: int, folder: Path) -> None:
+    """Make ``folder`` (a saved model2vec model, e.g. an index folder's copy) the distilled model of ``teacher``
+    at ``dim`` dimensions wherever the cache has none, for this process."""
+    _PROVIDED[teacher, int(dim)] = Path(folder)
 
 
 def _glove_words() -> list[str]:

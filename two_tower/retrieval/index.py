@@ -21,14 +21,15 @@ import contextlib
 import hashlib
 import json
 import logging
-import pickle
-import zipfile
 import math
 import numbers
 import os
+import pickle
+import shutil
 import threading
 import time
 import warnings
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +39,7 @@ import pyarrow as pa
 import torch
 
 from two_tower.core.atomic import atomic_folder, sweep_stale_temps
+from two_tower.data.embeddings import provide_static_model
 from two_tower.model.bag import TermStatistics
 from two_tower.core.errors import ConfigError, IndexFolderError
 from two_tower.core.metrics import rank_dense_scored
@@ -50,6 +52,10 @@ FORMAT = 3  # 3: open vocabulary + term_statistics.npz; 2: passages in Arrow IPC
 MANIFEST, FAISS_FILE, PASSAGES_FILE, QUERY_ENCODER_FILE = "manifest.json", "faiss.index", "passages.arrow", "query_encoder.pt"
 STATISTICS_FILE = TermStatistics.FILE
 BM25_FOLDER = "bm25"  # hybrid search's lexical part (bm25s files), when the folder was built with one
+# The distilled static model (a model2vec folder) the query tower's vocabulary extension is derived from, when
+# the model uses embeddings=distilled: the folder answers queries without the teacher, model2vec's distill
+# extra or a cache, with the very vectors it was built with.
+STATIC_MODEL_FOLDER = "static_model"
 
 
 def unusable_kind(index: faiss.Index) -> str | None:
@@ -254,6 +260,7 @@ def write_index_folder(
     statistics: TermStatistics | None = None,
     lexical: BM25Scorer | None = None,
     hybrid_weights: list[float] | None = None,
+    static_model: dict | None = None,
 ) -> Path:
     """Write the folder atomically (``two_tower.core.atomic.atomic_folder``): everything goes to a temporary
     folder beside it first, then one rename under a lock on the parent folder, so two writers of the same
@@ -261,7 +268,9 @@ def write_index_folder(
 
     ``manifest`` (config, source, model identity) is completed with the format, sizes and file hashes.
     An existing folder is replaced only with ``overwrite``. With ``lexical`` (a BM25 index of ``texts``)
-    and ``hybrid_weights`` (dense, bm25), ``Searcher`` ranks by their weighted fusion.
+    and ``hybrid_weights`` (dense, bm25), ``Searcher`` ranks by their weighted fusion. ``static_model``
+    (``{"teacher", "dim", "folder"}``): the distilled model the query tower's vocabulary extension comes from,
+    copied into the folder (``STATIC_MODEL_FOLDER``).
     """
     path = Path(path).expanduser().resolve()
     if not len(ids) == len(texts) == index.ntotal:
@@ -278,6 +287,13 @@ def write_index_folder(
             if statistics is not None:
                 statistics.save(tmp / STATISTICS_FILE)
                 files.append(STATISTICS_FILE)
+            if static_model is not None:
+                (tmp / STATIC_MODEL_FOLDER).mkdir()
+                for source in sorted(Path(static_model["folder"]).iterdir()):
+                    if source.is_file() and not source.name.startswith("."):
+                        shutil.copyfile(source, tmp / STATIC_MODEL_FOLDER / source.name)
+                        files.append(f"{STATIC_MODEL_FOLDER}/{source.name}")
+                manifest = {**manifest, "static_model": {"teacher": static_model["teacher"], "dim": int(static_model["dim"])}}
             if lexical is not None:
                 files += [f"{BM25_FOLDER}/{name}" for name in lexical.save(tmp / BM25_FOLDER)]
                 manifest = {**manifest, "hybrid": {"weights": [float(w) for w in hybrid_weights], "bm25": lexical.settings}}
@@ -357,6 +373,9 @@ class PassageIndex:
         return cls(path, index, passages, manifest)
 
     def load_query_encoder(self) -> QueryEncoder:
+        static = self.manifest.get("static_model")
+        if static:  # the vocabulary's extension is derived from the folder's own copy of the distilled model
+            provide_static_model(static["teacher"], static["dim"], self.path / STATIC_MODEL_FOLDER)
         with reading(self.path, self.path / QUERY_ENCODER_FILE):
             encoder = QueryEncoder.load(self.path / QUERY_ENCODER_FILE)
         actual = {"tokenizer": encoder.tokenizer.fingerprint(), "dim": encoder.dim, "query_tower": encoder.weights_hash()}
@@ -509,7 +528,7 @@ def read_manifest(path: Path) -> dict:
     unnamed = sorted(required - set(manifest["files"]))
     # The files a load could read (the folder's own and its BM25 folder's); others (.DS_Store, an NFS
     # .nfs* file, a folder somebody put inside) are not read and do not make the folder unloadable.
-    readable = [p for p in (*path.iterdir(), *(path / BM25_FOLDER).rglob("*")) if p.is_file() and not p.name.startswith(".")]
+    readable = [p for p in (*path.iterdir(), *(path / BM25_FOLDER).rglob("*"), *(path / STATIC_MODEL_FOLDER).rglob("*")) if p.is_file() and not p.name.startswith(".")]
     present = (p.relative_to(path).as_posix() for p in readable)
     unnamed += sorted(name for name in present if name != MANIFEST and name not in manifest["files"] and name not in unnamed)
     if unnamed:

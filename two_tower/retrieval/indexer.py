@@ -99,6 +99,18 @@ def run_folder() -> str | None:
     return OmegaConf.select(HydraConfig.get(), "runtime.output_dir", default=None, throw_on_missing=False)  # unset under the compose API
 
 
+def static_model_of(encoder: QueryEncoder) -> dict | None:
+    """The distilled model the query tower's vocabulary extension is derived from (``embeddings=distilled``),
+    which the index folder carries; None for other word vectors (GloVe ships in a package)."""
+    from two_tower.data.embeddings import DistilledEmbeddings
+
+    source = encoder.tokenizer.extension_source
+    if not source or not str(source.get("_target_", "")).endswith(DistilledEmbeddings.__name__):
+        return None
+    embeddings = DistilledEmbeddings(teacher=source["teacher"], dim=source["dim"])
+    return {"teacher": embeddings.teacher, "dim": embeddings.dim, "folder": embeddings.model_folder()}
+
+
 def build_index(cfg: DictConfig) -> Path:
     """Build and write the index folder ``cfg.out``; returns its path."""
     if OmegaConf.is_missing(cfg, "ckpt") or not cfg.ckpt:
@@ -139,7 +151,9 @@ def build_index(cfg: DictConfig) -> Path:
         "model": model_identity(module, cfg.ckpt),
         "seconds": {"load": round(loaded - start, 2), "encode": round(seconds["vectors"], 2), "faiss_train": round(seconds["train"], 2), "faiss_add": round(seconds["add"], 2), **bm25_seconds},
     }
-    path = write_index_folder(cfg.out, index, passages.ids, passages.texts, QueryEncoder.from_module(module), manifest, overwrite=cfg.overwrite, statistics=statistics, lexical=lexical, hybrid_weights=weights)
+    encoder = QueryEncoder.from_module(module)
+    path = write_index_folder(cfg.out, index, passages.ids, passages.texts, encoder, manifest, overwrite=cfg.overwrite, statistics=statistics,
+                              lexical=lexical, hybrid_weights=weights, static_model=static_model_of(encoder))
     log.info("Wrote %s (%d passages, %s) in %.1fs", path, len(passages), cfg.index.factory, time.perf_counter() - start)
     log.info('Search it: python search.py index=%s "how long is a marathon"', path)
     return path
