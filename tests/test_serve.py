@@ -127,6 +127,9 @@ def test_k_larger_than_the_corpus_returns_the_whole_corpus(searcher):
 
 
 def test_health_reports_model_index_and_corpus(client, searcher, index_dir):
+    for path in ("/health", "/"):  # HEAD too, as load balancers and uptime monitors ask (405 before)
+        head = client.head(path)
+        assert head.status_code == 200 and head.content == b"", path
     health = client.get("/health").json()
     manifest = json.loads((index_dir / "manifest.json").read_text())
     assert health["status"] == "ok"
@@ -285,6 +288,44 @@ def test_serve_command_on_port_0_names_the_port_it_got_and_ctrl_c_stops_it_clean
     finally:
         if process.poll() is None:
             process.terminate()
+            process.communicate(timeout=30)
+
+
+def test_sigterm_with_a_stuck_request_stops_after_shutdown_timeout(index_dir):
+    """A client that sent part of a body and stops: on SIGTERM the server gives open connections
+    shutdown_timeout seconds, then closes them and exits 0; before, it waited for that client (up to
+    body_timeout, here 300 s), past a container engine's 10 s grace period into SIGKILL."""
+    process = subprocess.Popen(
+        [sys.executable, "serve.py", f"index={index_dir}", "port=0", "threads=1", "body_timeout=300", "shutdown_timeout=1"],
+        cwd=ROOT, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+    )
+    try:
+        for line in process.stderr:
+            match = re.search(r"serving http://127\.0\.0\.1:(\d+)/", line)
+            if match:
+                break
+        else:
+            raise AssertionError("no start-up line")
+        port = int(match.group(1))
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                assert httpx.get(f"http://127.0.0.1:{port}/health", timeout=5).status_code == 200
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline and process.poll() is None
+                time.sleep(0.2)
+        stuck = socket.create_connection(("127.0.0.1", port), timeout=30)
+        stuck.sendall(b"POST /search HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"qu")
+        time.sleep(0.5)
+        process.send_signal(signal.SIGTERM)
+        rest = process.communicate(timeout=120)[1]  # a hang guard far below body_timeout, not a speed check
+        # uvicorn raises the signal again once it has shut down (-15; as a container's PID 1 under tini: 143 -> 0)
+        assert process.returncode in (0, -signal.SIGTERM) and "Traceback" not in rest and "Application shutdown complete" in rest, rest
+        stuck.close()
+    finally:
+        if process.poll() is None:
+            process.kill()
             process.communicate(timeout=30)
 
 

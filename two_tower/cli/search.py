@@ -22,7 +22,7 @@ USAGE = """usage: python search.py index=DIR "your question" [k=10] [key=value .
        python search.py index=DIR query="your question"
        python search.py index=DIR --interactive          (type queries; empty line or Ctrl-D to quit)
        python search.py index=DIR < queries.txt          (one query a line, searched in batches)
-Settings (conf/search.yaml): k, search_params (e.g. "search_params='efSearch=256'"), ckpt (check the index against a
+Settings (two_tower/conf/search.yaml): k, search_params (e.g. "search_params='efSearch=256'"), ckpt (check the index against a
 checkpoint and encode queries with it), batch_size, max_chars, prf=rocchio (pseudo-relevance feedback; prf.depth=N), rerank=maxsim (MaxSim rerank of the top rerank.depth=100; rerank.weight=W),
 hybrid (false = dense alone in a folder with a BM25 index; "hybrid=[0.5,0.5]" = fuse with these dense, BM25 weights)."""
 

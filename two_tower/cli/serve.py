@@ -15,9 +15,9 @@ from two_tower.cli.common import compose, report, search_override_error
 from two_tower.core.errors import ConfigError, TwoTowerError
 
 USAGE = """usage: python serve.py index=DIR [host=127.0.0.1] [port=8000] [threads=1] [key=value ...]
-Settings (conf/serve.yaml): index, host, port, threads (per search, torch and FAISS), search_params,
+Settings (two_tower/conf/serve.yaml): index, host, port, threads (per search, torch and FAISS), search_params,
 hybrid (false = dense alone in a folder with a BM25 index; "hybrid=[0.5,0.5]" = fuse with these dense, BM25 weights), prf=rocchio (pseudo-relevance feedback;
-prf.depth=N), rerank=maxsim (MaxSim rerank of the top rerank.depth=100; rerank.weight=W), k (default passages per query), k_max, max_query_chars, max_batch, header_timeout, body_timeout, send_timeout, keep_alive_timeout,
+prf.depth=N), rerank=maxsim (MaxSim rerank of the top rerank.depth=100; rerank.weight=W), k (default passages per query), k_max, max_query_chars, max_batch, header_timeout, body_timeout, send_timeout, keep_alive_timeout, shutdown_timeout,
 max_connections.
 Then open http://HOST:PORT/ (search page), /docs (API), /health."""
 
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
             cfg[name] = str(cfg[name])
         _whole("port", cfg.port, 0, 65535)  # 0: a free port the system picks (the start-up line names it)
         _whole("max_connections", cfg.max_connections, 1)
-        for name in ("header_timeout", "keep_alive_timeout", "body_timeout", "send_timeout"):
+        for name in ("header_timeout", "keep_alive_timeout", "body_timeout", "send_timeout", "shutdown_timeout"):
             check_seconds(name, cfg[name])
         if cfg.threads is not None:
             _whole("threads", cfg.threads, 1)
@@ -124,7 +124,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     # h11 with a header read timeout and an accept-time connection cap (two_tower/serve/protocol.py);
     # backlog: connections waiting to be accepted beyond those, kept by the kernel.
-    server = uvicorn.Server(uvicorn.Config(app, host=cfg.host, port=cfg.port, http=protocol, timeout_keep_alive=cfg.keep_alive_timeout, backlog=2048))
+    # timeout_graceful_shutdown: on SIGTERM, requests in flight get shutdown_timeout seconds, then the rest are
+    # cancelled, so a stuck client cannot hold a stop past a container engine's grace period (10 s) into SIGKILL.
+    server = uvicorn.Server(uvicorn.Config(app, host=cfg.host, port=cfg.port, http=protocol, timeout_keep_alive=cfg.keep_alive_timeout,
+                                          timeout_graceful_shutdown=cfg.shutdown_timeout, backlog=2048))
     try:
         server.run(sockets=[sock])
     except KeyboardInterrupt:  # Ctrl-C after a graceful shutdown: uvicorn re-raises it (uvicorn.run swallows it too)

@@ -313,7 +313,8 @@ def create_app(searcher: Searcher, limits: Limits = Limits(), threads: int | Non
         },
     }
 
-    @app.get("/health", response_model=HealthResponse, summary="Model and index identity, corpus size")
+    # HEAD too: load balancers and uptime monitors ask with it (405 before)
+    @app.api_route("/health", methods=["GET", "HEAD"], response_model=HealthResponse, summary="Model and index identity, corpus size")
     def health():  # a plain def: it runs on a worker thread, so the thread counts are the ones a search sees
         use_threads()
         return {
@@ -327,7 +328,7 @@ def create_app(searcher: Searcher, limits: Limits = Limits(), threads: int | Non
 
     # --- the page ----------------------------------------------------------------------------------
 
-    @app.get("/", include_in_schema=False)
+    @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
     def page():
         return FileResponse(STATIC / "index.html", headers=PAGE_HEADERS)
 
