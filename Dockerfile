@@ -39,13 +39,18 @@ RUN --mount=type=secret,id=cacert \
     pip install --index-url "$PIP_INDEX_URL" -e "/app[serve]"
 COPY two_tower /app/two_tower
 COPY train.py index.py evaluate.py search.py serve.py /app/
-COPY container/entrypoint.sh /app/container/entrypoint.sh
-RUN python -m compileall -q /app/two_tower /app/*.py
+COPY container/entrypoint.sh container/healthcheck.py /app/container/
+# Third-party test suites and C++ headers are never run or compiled here (~0.2 GB).
+RUN find /opt/venv/lib -depth -type d -name tests -path "*/site-packages/*" -exec rm -rf {} + \
+ && rm -rf /opt/venv/lib/python3*/site-packages/torch/include \
+ && python -m compileall -q /app/two_tower /app/*.py
 
 # ------------------------------------------------------------------------------------------------ final
 FROM ${BASE}
+# tini: PID 1 passes SIGTERM on to the command (a Python PID 1 ignored it until its handler was installed, so a
+# stop during start-up fell through to SIGKILL) and reaps zombies.
 RUN apt-get update \
- && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends python3 \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends python3 tini \
  && apt-get clean && rm -rf /var/lib/apt/lists/* \
  && useradd --uid 10001 --user-group --home-dir /work --create-home --shell /usr/sbin/nologin app \
  && mkdir /index
@@ -62,8 +67,9 @@ USER 10001:10001
 WORKDIR /work
 EXPOSE 8000
 HEALTHCHECK --interval=30s --timeout=5s --start-period=120s --retries=3 \
-  CMD python -c "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/health' % os.environ.get('TWO_TOWER_PORT', '8000'), timeout=4)" || exit 1
+  CMD ["python", "/app/container/healthcheck.py"]
 # No arguments or key=value settings: serve $TWO_TOWER_INDEX on 0.0.0.0:$TWO_TOWER_PORT.
 # train.py / index.py / evaluate.py / search.py / serve.py ARGS: that script; anything else runs as given.
-ENTRYPOINT ["/app/container/entrypoint.sh"]
+# tini -e 143: a command ended by the SIGTERM of a stop exits 0, a stop being no failure.
+ENTRYPOINT ["/usr/bin/tini", "-e", "143", "--", "/app/container/entrypoint.sh"]
 CMD []

@@ -3,11 +3,19 @@
 #   (nothing) or key=value ...   serve $TWO_TOWER_INDEX on 0.0.0.0:$TWO_TOWER_PORT; the settings are serve.py's
 #   serve.py key=value ...       the same
 #   train.py|index.py|evaluate.py|search.py ARGS   that script (from /app; the working directory stays /work)
+#   -... (e.g. --help, --cfg job)  serve.py's flags
 #   anything else                run as given (e.g. bash, python -c ...)
-# exec: the process gets SIGTERM from `docker stop` directly.
+# exec: the process gets SIGTERM from `docker stop` directly (through tini, the image's PID 1).
 set -e
+# Python, torch and Hydra need a writable temporary folder: a read-only root file system without one is one line.
+tmp=${TMPDIR:-/tmp}
+if ! { [ -d "$tmp" ] && [ -w "$tmp" ]; }; then
+  echo "error: $tmp is not writable: with a read-only root file system give it a tmpfs (docker run --read-only --tmpfs /tmp ...)" >&2
+  exit 2
+fi
 case "${1:-}" in
   serve.py) shift ;;
+  -*) ;;
   train.py|index.py|evaluate.py|search.py)
     script=$1
     shift

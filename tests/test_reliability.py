@@ -701,3 +701,23 @@ def test_a_resumed_csv_log_drops_only_the_rows_logged_again(tmp_path):
     steps = m.loc[m["train/loss_step"].notna(), "step"].tolist()
     assert steps == list(range(22)) and m.loc[m["step"] == 21, "train/loss_step"].tolist() == [101.0]
     assert m.loc[m["val/mrr@10"].notna(), "step"].tolist() == [19]
+
+
+def test_a_run_folder_that_cannot_be_made_is_one_line_before_hydra(tmp_path, monkeypatch):
+    """Hydra made outputs/ under an unwritable working directory (a container's /work owned by root) with a
+    traceback (exit 1); the command line is now checked first: one line naming the folder."""
+    import os
+
+    from two_tower.cli.common import composition_error
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    message = composition_error("train", [f"hydra.run.dir={blocker}/run"])
+    assert message == f"hydra.run.dir={blocker}/run: {blocker} is a file, not a folder; run from a folder you can write, or set hydra.run.dir=..."
+    assert composition_error("train", [f"hydra.run.dir={tmp_path}/run"]) is None
+    # another user's folder (simulated: the tests may run as root, whom modes do not stop)
+    monkeypatch.setattr(os, "access", lambda path, mode: str(path) != str(tmp_path))
+    message = composition_error("index", [f"hydra.run.dir={tmp_path}/x/y"])
+    assert message.startswith(f"hydra.run.dir={tmp_path}/x/y: {tmp_path} is not writable by this user (uid ")
+    monkeypatch.chdir(tmp_path)  # the default run folder, outputs/... under the working directory
+    assert composition_error("evaluate", []).startswith("hydra.run.dir=outputs/")

@@ -28,13 +28,13 @@ def debugging() -> bool:
     return os.environ.get("TWO_TOWER_DEBUG", "") not in ("", "0")
 
 
-def compose(config_name: str, overrides: list[str]):
+def compose(config_name: str, overrides: list[str], return_hydra_config: bool = False):
     """The packaged config ``config_name`` with Hydra ``overrides`` (no run folder is written)."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
     with initialize_config_dir(version_base="1.3", config_dir=CONF_DIR):
-        return hydra_compose(config_name, overrides=overrides)
+        return hydra_compose(config_name, overrides=overrides, return_hydra_config=return_hydra_config)
 
 
 def report(err: TwoTowerError) -> int:
@@ -63,7 +63,7 @@ def composition_error(config_name: str, argv: list[str]) -> str | None:
     if any(arg.startswith("-") or arg.lstrip("+").startswith("hydra.mode=") for arg in argv):  # -m, or hydra.mode=MULTIRUN
         return None
     try:
-        compose(config_name, argv)
+        cfg = compose(config_name, argv, return_hydra_config=True)
     except Exception as err:  # Hydra's composition errors
         message = " ".join(str(err).split())
         unknown = re.match(r"Could not override '([^']+)'", message)
@@ -71,7 +71,28 @@ def composition_error(config_name: str, argv: list[str]) -> str | None:
             key = unknown.group(1)
             return f"{key}: no such setting in {config_name}.yaml with the options chosen (a new key is added with +{key}=...)"
         return message.split(" Config search path:")[0]
-    return None
+    return run_dir_error(cfg)
+
+
+def run_dir_error(cfg) -> str | None:
+    """The one line for a run folder (``hydra.run.dir``) this user cannot create, e.g. ``outputs/`` under a
+    working directory owned by another user (a container's /work mounted from the host as root): Hydra
+    would fail creating it with a traceback. None when it can be created (or is not known)."""
+    from omegaconf import OmegaConf
+
+    try:
+        run_dir = OmegaConf.select(cfg, "hydra.run.dir", throw_on_missing=False)
+    except Exception:  # an interpolation only Hydra's run resolves: left to Hydra
+        return None
+    if not run_dir:
+        return None
+    folder = Path(str(run_dir)).expanduser().absolute()
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
+    if existing is None or (existing.is_dir() and os.access(existing, os.W_OK | os.X_OK)):
+        return None
+    uid = os.getuid() if hasattr(os, "getuid") else "?"
+    what = "a file, not a folder" if not existing.is_dir() else f"not writable by this user (uid {uid})"
+    return f"hydra.run.dir={run_dir}: {existing} is {what}; run from a folder you can write, or set hydra.run.dir=..."
 
 
 def hydra_command(config_name: str):
