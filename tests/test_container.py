@@ -146,3 +146,27 @@ def test_container_serves_the_index_and_stops_cleanly_on_sigterm(image, index_di
         print(f"\ncontainer: cold start to first /search answer {cold_start:.1f}s; SIGTERM to exit 0 in {stopped:.1f}s")
     finally:
         subprocess.run(engine("rm", "-f", name), capture_output=True, timeout=120)
+
+
+def test_a_stop_during_start_up_ends_the_container_with_status_0(image, index_dir):
+    """SIGTERM a second after start, before uvicorn has its handler: tini passes it on and the container ends
+    (status 0). A Python PID 1 ignored it, so `docker stop` waited its 10 s and sent SIGKILL (137)."""
+    index, _ = index_dir
+    port, name = free_port(), f"two-tower-test-{uuid.uuid4().hex[:8]}"
+    subprocess.run(engine("run", "-d", "--name", name, *run_flags(port), "-v", f"{index}:/index:ro", image), check=True, capture_output=True, text=True, timeout=300)
+    try:
+        time.sleep(1)
+        subprocess.run(engine("kill", "--signal", "TERM", name), check=True, capture_output=True, timeout=60)
+        waited = subprocess.run(engine("wait", name), capture_output=True, text=True, timeout=120)  # a hang guard: it was ignored for good
+        assert waited.stdout.strip() == "0", waited
+    finally:
+        subprocess.run(engine("rm", "-f", name), capture_output=True, timeout=120)
+
+
+def test_a_read_only_root_without_a_writable_tmp_is_one_line(image, index_dir):
+    index, _ = index_dir
+    no_tmpfs = ["--read-only", "--read-only-tmpfs=false"] if ENGINE == "podman" else ["--read-only"]
+    result = subprocess.run(engine("run", "--rm", *run_flags(free_port()), *no_tmpfs, "-v", f"{index}:/index:ro", image), capture_output=True, text=True, timeout=300)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.returncode == 2 and errors == ["error: /tmp is not writable: with a read-only root file system give it a tmpfs (docker run --read-only --tmpfs /tmp ...)"], result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
