@@ -41,6 +41,8 @@ def bad_rows(good: dict) -> dict[str, list]:
         "bad_is_selected": [edit(lambda r: r["passages"]["is_selected"].__setitem__(0, 3))],
         "no_selected_passage": [edit(lambda r: r["passages"].update(is_selected=[0] * len(r["passages"]["is_selected"])))],
         "no_unselected_passage": [edit(lambda r: r["passages"].update(is_selected=[1] * len(r["passages"]["is_selected"])))],
+        # its unselected passages say what its selected one says (a probe: negatives=random then crashed)
+        "unselected_same_as_selected": [edit(lambda r: r["passages"].update(passage_text=[" same text", "same text "], is_selected=[1, 0]))],
     }
 
 

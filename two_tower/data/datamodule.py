@@ -34,7 +34,7 @@ from two_tower.data.teacher import SentenceTransformerTeacher, TeacherVectors
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT = 5  # bump when the prepared format, validation rules or synthetic generator change
+CACHE_FORMAT = 6  # bump when the prepared format, validation rules or synthetic generator change
 
 
 class TwoTowerDataModule(L.LightningDataModule):

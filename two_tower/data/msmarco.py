@@ -204,11 +204,15 @@ def check_row(row: dict) -> tuple[CleanRow | None, str | None]:
         return clean, "no_selected_passage"
     if all(clean.selected):
         return clean, "no_unselected_passage"
+    chosen = {t for t, s in zip(clean.passages, clean.selected) if s}
+    if all(t in chosen for t, s in zip(clean.passages, clean.selected) if not s):
+        # every unselected passage is a selected one's text: one passage, so nothing to contrast it with
+        return clean, "unselected_same_as_selected"
     return clean, None
 
 
 # An evaluation split keeps these rows' passages in its corpus; its metrics skip queries with no positive.
-CORPUS_ONLY_REASONS = {"no_selected_passage", "no_unselected_passage"}
+CORPUS_ONLY_REASONS = {"no_selected_passage", "no_unselected_passage", "unselected_same_as_selected"}
 
 
 def check_same_schema(files: list[Path]) -> None:
