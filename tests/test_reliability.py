@@ -161,6 +161,9 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, sig, uninterrupted):
         (["encoder.bag_mix=0.9"], "encoder.bag_mix=0.9 does nothing without the bag-of-words path"),
         (["loss=distill_margin", "loss.margin_pairs=mined", "negatives=in_batch"], "loss.margin_pairs=mined with negatives=in_batch: no mined negatives"),
         (["loss=distill", "loss.learn_margin_scale=true"], "loss.learn_margin_scale=true does nothing with loss.margin_weight=0"),
+        (["+trainer.limit_val_batches=1"], "trainer.limit_val_batches=1: validation ranks the whole corpus"),
+        (["+trainer.limit_val_batches=0.5"], "trainer.limit_val_batches=0.5: validation ranks the whole corpus"),
+        (["+trainer.overfit_batches=4"], "trainer.overfit_batches=4: the training batches are built by this project's sampler"),
     ],
 )
 def test_bad_config_fails_before_loading_data(overrides, message, tiny_cfg, monkeypatch):

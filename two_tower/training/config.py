@@ -78,6 +78,15 @@ def validate_train_config(cfg: DictConfig) -> None:
             default = defaults[key].default
             if encoder.get(key, default) != default:
                 raise ConfigError(f"encoder.{key}={encoder[key]} does nothing without the bag-of-words path: set encoder.bag_dim too")
+    trainer = cfg.get("trainer") or {}
+    limit = trainer.get("limit_val_batches")
+    if limit is not None and not (limit == 0 or (isinstance(limit, float) and limit == 1.0)):
+        # validation ranks the whole corpus; a part of it gives no metric, and the checkpoint monitor failed after training
+        raise ConfigError(f"trainer.limit_val_batches={limit}: validation ranks the whole corpus, so it cannot be cut to some batches; "
+                          "validate on fewer queries with data.max_val_rows=N, or not at all with trainer.limit_val_batches=0")
+    if trainer.get("overfit_batches"):
+        raise ConfigError(f"trainer.overfit_batches={trainer.overfit_batches}: the training batches are built by this project's sampler, "
+                          "which Lightning cannot replace; use debug=overfit (a few training rows, many epochs)")
     data = cfg.data
     if data.get("synthetic_rows"):
         from two_tower.data.synthetic import check_synthetic_rows
