@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from tests.conftest import CONF
+from two_tower.training.config import validate_train_config
 
 GROUPS = ["data", "embeddings", "encoder", "negatives", "loss", "optimizer", "scheduler", "logger", "trainer", "callbacks", "debug", "experiment", "hparams_search"]
 
@@ -47,7 +48,8 @@ def test_group_option_composes_and_instantiates(group, option, tiny_cfg, tmp_pat
     elif group == "trainer":
         assert cfg.trainer._target_ == "lightning.pytorch.Trainer"
     elif group == "debug":
-        assert cfg.trainer.get("fast_dev_run") or cfg.trainer.get("overfit_batches")
+        assert cfg.trainer.get("fast_dev_run") or cfg.data.max_train_rows == 128  # overfit: a few rows (Lightning's overfit_batches is refused)
+        validate_train_config(cfg)
     elif group == "experiment":
         assert cfg.trainer.max_epochs >= 1 and cfg.encoder.cell in ("rnn", "gru", "lstm")
     elif group == "hparams_search":

@@ -78,7 +78,16 @@ def validate_train_config(cfg: DictConfig) -> None:
             default = defaults[key].default
             if encoder.get(key, default) != default:
                 raise ConfigError(f"encoder.{key}={encoder[key]} does nothing without the bag-of-words path: set encoder.bag_dim too")
+    unknown = unknown_target_setting(OmegaConf.to_container(cfg, resolve=False))
+    if unknown:
+        raise ConfigError(unknown)
     trainer = cfg.get("trainer") or {}
+    if trainer.get("accelerator") in ("gpu", "cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError(f"trainer.accelerator={trainer.accelerator}: no CUDA GPU on this machine (torch {torch.__version__}); "
+                              "drop trainer=gpu, or install a CUDA build of torch")
     limit = trainer.get("limit_val_batches")
     if limit is not None and not (limit == 0 or (isinstance(limit, float) and limit == 1.0)):
         # validation ranks the whole corpus; a part of it gives no metric, and the checkpoint monitor failed after training
@@ -97,6 +106,51 @@ def validate_train_config(cfg: DictConfig) -> None:
     ckpt = cfg.get("ckpt_path")
     if ckpt and ckpt != "last" and not Path(ckpt).expanduser().is_file():
         raise ConfigError(f"ckpt_path={ckpt}: no such checkpoint file")
+
+
+# Hydra's own keys in an instantiated node.
+INSTANTIATE_KEYS = {"_target_", "_partial_", "_recursive_", "_convert_", "_args_"}
+
+
+def unknown_target_setting(node, path: str = "") -> str | None:
+    """The one line for a setting that the class or function a node instantiates (its ``_target_``) does not
+    take, e.g. ``+loss.bogus=1`` or ``+trainer.max_epoch=1``: caught here, before any data is loaded, instead
+    of Hydra's instantiation traceback (or an optimizer's TypeError inside fit) later. Targets that take
+    ``**kwargs``, or that cannot be found (Hydra reports those), are not checked. None when all are taken."""
+    import inspect
+
+    from hydra.utils import get_object
+
+    if isinstance(node, list):
+        for i, item in enumerate(node):
+            found = unknown_target_setting(item, f"{path}[{i}]")
+            if found:
+                return found
+        return None
+    if not isinstance(node, dict):
+        return None
+    target = node.get("_target_")
+    if isinstance(target, str):
+        try:
+            parameters = inspect.signature(get_object(target)).parameters.values()
+        except Exception:  # not importable here, or no signature: left to Hydra
+            parameters = None
+        if parameters is not None and not any(p.kind is p.VAR_KEYWORD for p in parameters):
+            taken = [p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+            extra = [k for k in node if k not in INSTANTIATE_KEYS and k not in taken]
+            if extra:
+                import difflib
+
+                name = f"{path}.{extra[0]}" if path else extra[0]
+                taken = [t for t in taken if t != "self"]
+                close = difflib.get_close_matches(str(extra[0]), taken, n=3)
+                hint = f" (did you mean {' or '.join(close)}?)" if close else f"; it takes {', '.join(taken[:12])}{', ...' if len(taken) > 12 else ''}"
+                return f"{name}: {target.rsplit('.', 1)[-1]} takes no such setting{hint}"
+    for key, value in node.items():
+        found = unknown_target_setting(value, f"{path}.{key}" if path else str(key))
+        if found:
+            return found
+    return None
 
 
 def _option(group) -> str:
