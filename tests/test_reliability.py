@@ -42,8 +42,9 @@ def test_sigterm_mid_epoch_then_resume_matches_uninterrupted(tmp_path, monkeypat
     stopped = compose_train(tmp_path / "stopped", common)
     original = utils.instantiate_group
     monkeypatch.setattr(train_module, "instantiate_group", lambda c: original(c) + ([SigtermAtStep(step)] if c is stopped.get("callbacks") else []))
-    with pytest.raises(SystemExit):  # Lightning's SIGTERMException: the process would exit here
+    with pytest.raises(SystemExit) as stop:  # Lightning's SIGTERMException: the process exits here
         train(stopped)
+    assert stop.value.code == 143  # not 0 (Lightning's): a preempted run must not look finished to `train.py && index.py`
     monkeypatch.undo()
     last = Path(stopped.paths.output_dir) / "checkpoints" / "last.ckpt"
     state = torch.load(last, weights_only=False)
@@ -113,6 +114,10 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, sig, uninterrupted):
     time.sleep(0.7)  # now mid-epoch 1 (or mid-validation, or mid-write)
     proc.send_signal(sig)
     proc.wait(timeout=120)
+    if sig == signal.SIGTERM:  # a status that says it stopped (Lightning's was 0), and how to go on
+        log_text = (run / "train.log").read_text()
+        assert proc.returncode == 143, proc.stderr.read()[-3000:]
+        assert "Stopped by SIGTERM before training ended" in log_text and f"ckpt_path=last hydra.run.dir={run}" in log_text, log_text[-3000:]
     # Whatever the kill interrupted, last.ckpt is a whole checkpoint.
     state = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
     assert state["global_step"] > 0
@@ -277,8 +282,9 @@ def test_max_time_saves_mid_epoch_and_resume_matches(tmp_path):
     common = ["data.synthetic_rows.train_rows=3000", "trainer.max_epochs=5"]  # about 2.5 s of training
     straight = train(compose_train(tmp_path / "straight", common))
     stopped = compose_train(tmp_path / "stopped", [*common, "+trainer.max_time=00:00:00:01"])
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as stop:
         train(stopped)
+    assert stop.value.code == 0  # the time budget asked for, not a failure
     state = torch.load(Path(stopped.paths.output_dir) / "checkpoints" / "last.ckpt", weights_only=True)
     progress = state["loops"]["fit_loop"]["epoch_loop.batch_progress"]
     assert 0 < progress["total"]["completed"] < 5 * 94  # stopped early (94 batches an epoch), at a batch boundary

@@ -30,6 +30,7 @@ class CheckpointOnStop(L.Callback):
     def __init__(self, dirpath: str, filename: str = "last.ckpt"):
         self.path = Path(dirpath) / filename
         self.timer: Timer | None = None
+        self.reason: str | None = None  # why training stopped early: "SIGTERM", "trainer.max_time", "Ctrl-C"
 
     def on_train_start(self, trainer, pl_module):
         # Lightning adds a Timer callback when trainer.max_time is set; look it up once, not every batch.
@@ -39,12 +40,19 @@ class CheckpointOnStop(L.Callback):
         remaining = self.timer.time_remaining("train") if self.timer is not None else None
         if remaining is not None and remaining <= 0:
             log.info("trainer.max_time reached: stopping after this batch")
+            self.reason = "trainer.max_time"
             trainer._signal_connector.received_sigterm = True  # Lightning raises SIGTERMException next
 
     def on_exception(self, trainer, pl_module, exception):
-        if isinstance(exception, (SIGTERMException, KeyboardInterrupt)) and trainer.global_step > 0:
+        if not isinstance(exception, (SIGTERMException, KeyboardInterrupt)):
+            return
+        self.reason = self.reason or ("Ctrl-C" if isinstance(exception, KeyboardInterrupt) else "SIGTERM")
+        if trainer.global_step > 0:
             trainer.save_checkpoint(self.path)
-            log.info("%s: saved %s at epoch %d, step %d", type(exception).__name__, self.path, trainer.current_epoch, trainer.global_step)
+            log.warning("Stopped by %s before training ended: saved %s at epoch %d, step %d. Resume with the same command plus "
+                        "ckpt_path=last hydra.run.dir=%s", self.reason, self.path, trainer.current_epoch, trainer.global_step, self.path.parent.parent)
+        else:
+            log.warning("Stopped by %s before the first training step: nothing to save", self.reason)
 
 
 class EpochTimings(L.Callback):

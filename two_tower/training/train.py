@@ -10,6 +10,7 @@ import hydra
 import lightning as L
 from hydra.errors import InstantiationException
 from lightning.pytorch.callbacks import ProgressBar
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 import torch
 from omegaconf import DictConfig, OmegaConf
 
@@ -17,6 +18,7 @@ from two_tower.core.atomic import check_writable, sweep_stale_temps
 from two_tower.core.cache import check_cache_root
 from two_tower.core.threads import set_threads
 from two_tower.training import run_record
+from two_tower.training.callbacks import CheckpointOnStop
 from two_tower.training.config import validate_train_config
 from two_tower.training.loggers import ResumableCSVLogger
 from two_tower.core.config_key import current_config_key
@@ -202,7 +204,15 @@ def train(cfg: DictConfig) -> dict[str, float]:
     except InstantiationException as err:  # trainer.devices=abc, +trainer.max_epoch=1 (a typo), ...
         cause = err.__cause__ or err
         raise ConfigError(f"trainer: {type(cause).__name__}: {' '.join(str(cause).split())[:400]}") from err
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    except SIGTERMException:
+        # Lightning's SIGTERMException is a SystemExit of status 0: a preempted run looked like a finished one
+        # to a scheduler or to `train.py && index.py`. A stop by SIGTERM exits 143 (as a shell reports a
+        # process ended by it); reaching trainer.max_time is the budget asked for, so 0. The callback said
+        # what was saved and how to resume.
+        stopper = next((c for c in trainer.callbacks if isinstance(c, CheckpointOnStop)), None)
+        raise SystemExit(0 if stopper is not None and stopper.reason == "trainer.max_time" else 143) from None
 
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     metrics["time/train_seconds"] = time.perf_counter() - start
