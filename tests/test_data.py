@@ -414,3 +414,22 @@ def test_a_seed_draws_the_same_rows_whichever_seed_built_the_cache(tmp_path, sou
     if source == "file":
         known = [tokenizer.index[w] for w in words if w in tokenizer.index]
         assert known and np.array_equal(first[known], warm[known])
+
+
+def test_a_file_of_another_width_is_refused_also_on_a_cache_hit(tmp_path):
+    """embeddings=file embeddings.dim=8 on 4-d vectors: refused on a fresh cache, and also after a run of the
+    same file without dim built the cache (that entry was served before, the setting silently ignored)."""
+    from two_tower.data.embeddings import EmbeddingsError, FileEmbeddings
+
+    vectors = tmp_path / "v.txt"
+    vectors.write_text("".join(f"{w} 0.1 0.2 0.3 0.4\n" for w in ["the", "of", "and", "was"]))
+
+    def setup(dim):
+        dm = TwoTowerDataModule(embeddings=FileEmbeddings(str(vectors), dim=dim), negatives=InBatchNegatives(),
+                                synthetic_rows={"train_rows": 200, "val_rows": 40, "seed": 0}, cache_dir=str(tmp_path / "cache"), batch_size=16)
+        dm.setup("fit")
+        return dm
+
+    assert setup(None).embedding_matrix.shape[1] == 4
+    with pytest.raises(EmbeddingsError, match="vectors have 4 dims, config says dim=8"):
+        setup(8)

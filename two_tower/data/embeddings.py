@@ -200,7 +200,9 @@ class FileEmbeddings(EmbeddingSource):
 
     def identity(self) -> str:
         stat = self.path.stat() if self.path.exists() else None
-        return f"{self.name}:{self.path.resolve()}:{stat and (stat.st_size, stat.st_mtime_ns)}"
+        # dim too: the file's width is checked against it when the vectors are read (a cache miss), so a run
+        # asking for another dim must not be served the cache entry of a run that asked for none
+        return f"{self.name}:{self.path.resolve()}:{stat and (stat.st_size, stat.st_mtime_ns)}:{self.dim}"
 
     def load(self, train_texts, keep_punctuation=False, split_hyphens=False):
         from gensim.models import KeyedVectors

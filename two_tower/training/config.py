@@ -101,6 +101,8 @@ def validate_train_config(cfg: DictConfig) -> None:
         from two_tower.data.synthetic import check_synthetic_rows
 
         check_synthetic_rows(data.synthetic_rows)
+    if not data.get("path") and not data.get("synthetic_rows") and _choice("data") == "local":
+        raise ConfigError("data=local needs data.path=DIR (a folder of train-*/validation-* shards); without it the Hub would be used")
     if data.get("path") and not Path(data.path).expanduser().exists():
         raise ConfigError(f"data.path={data.path}: no such file or folder")
     ckpt = cfg.get("ckpt_path")
@@ -151,6 +153,15 @@ def unknown_target_setting(node, path: str = "") -> str | None:
         if found:
             return found
     return None
+
+
+def _choice(group: str) -> str | None:
+    """The option chosen for a config group in the running Hydra job (None outside one)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return None
+    return HydraConfig.get().runtime.choices.get(group)
 
 
 def _option(group) -> str:
