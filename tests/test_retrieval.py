@@ -737,6 +737,10 @@ def test_corrupted_index_part_and_truncated_checkpoint_are_refused(trained, tmp_
     truncated.write_bytes(trained["ckpt"].read_bytes()[:1000])
     with pytest.raises(CheckpointError, match="not a two-tower checkpoint"):
         load_checkpoint(truncated)
+    # Not a torch file at all: said so, without torch's advice to load it with weights_only=False
+    (tmp_path / "passages.tsv").write_text("1\ta passage\n")
+    with pytest.raises(CheckpointError, match=r"passages.tsv: not a two-tower checkpoint \(not a file written by torch.save: a checkpoint is a zip archive\)$"):
+        load_checkpoint(tmp_path / "passages.tsv")
     # A checkpoint missing weights: one line, however many keys load_state_dict lists.
     state = torch.load(trained["ckpt"], weights_only=False)
     for key in [k for k in state["state_dict"] if k.startswith("towers.query_encoder.rnn.")]:

@@ -34,7 +34,7 @@ def load_checkpoint(path: str | Path):
     except TwoTowerError as err:  # e.g. its vectors source changed since training: say so, not "not a checkpoint"
         raise CheckpointError(f"ckpt={path}: {err}") from err
     except Exception as err:  # one line: load_state_dict lists missing keys over several
-        raise CheckpointError(f"ckpt={path}: not a two-tower checkpoint ({type(err).__name__}: {' '.join(str(err).split())})") from err
+        raise CheckpointError(f"ckpt={path}: not a two-tower checkpoint ({load_problem(path, err)})") from err
     if module.tokenizer is None:
         raise CheckpointError(f"ckpt={path}: has no tokenizer (saved by an older version?); retrain or re-save it")
     module.eval()
@@ -79,3 +79,19 @@ def encode_tokens(encode, tokens: Ragged, dim: int, batch_size: int = 512, items
 
 def progress_bar(total: int, desc: str) -> tqdm:
     return tqdm(total=total, desc=desc, unit=" rows", smoothing=0.1)
+
+
+def load_problem(path: str | Path, err: Exception) -> str:
+    """Why ``torch.load`` failed, in a few words: a file that is not a torch file at all is said so (torch's own
+    message for it advises ``weights_only=False``, which would unpickle an untrusted file, or cites
+    ``torch.save`` internals); otherwise the error's first sentence."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError:
+        head = b""
+    if head and not head.startswith((b"PK\x03\x04", b"\x80")):  # torch.save's zip archive; a legacy pickle
+        return "not a file written by torch.save: a checkpoint is a zip archive"
+    first = " ".join(str(err).split())
+    first = first.split(". ")[0][:200]
+    return f"{type(err).__name__}: {first}"

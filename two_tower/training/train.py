@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from two_tower.core.atomic import check_writable, sweep_stale_temps
 from two_tower.core.cache import check_cache_root
 from two_tower.core.threads import set_threads
+from two_tower.retrieval.checkpoint import load_problem
 from two_tower.training import run_record
 from two_tower.training.callbacks import CheckpointOnStop
 from two_tower.training.config import validate_train_config
@@ -109,7 +110,7 @@ def check_resume_checkpoint(path: str, tokenizer) -> None:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as err:
-        raise CheckpointError(f"ckpt_path={path}: not a readable checkpoint (truncated, or not a torch file): {type(err).__name__}: {err}") from err
+        raise CheckpointError(f"ckpt_path={path}: not a readable checkpoint (truncated, or not a torch file): {load_problem(path, err)}") from err
     if not isinstance(state, dict) or "state_dict" not in state or "tokenizer" not in state:
         raise CheckpointError(f"ckpt_path={path}: not a two-tower training checkpoint (no state_dict or tokenizer in it)")
     words = state["tokenizer"].get("words", [])
