@@ -501,6 +501,11 @@ def test_search_command_reads_free_text_queries_as_queries(trained, capsys, monk
     assert search_main([index, "k=1"]) == 1
     captured = capsys.readouterr()
     assert captured.out.startswith("query: apple river") and captured.err == "error: line 2 is not UTF-8 text; skipped\n"
+    # blank lines in a queries file are passed over, not errors (status 0)
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"apple river\n\n  \nbanana\n\n"), encoding="utf-8"))
+    assert search_main([index, "k=1"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == "" and [l for l in captured.out.splitlines() if l.startswith("query:")] == ["query: apple river", "query: banana"]
 
 
 # ----------------------------------------------------------------------------------------- corpus files

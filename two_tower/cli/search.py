@@ -122,7 +122,8 @@ def _interactive(searcher: Searcher, cfg) -> int:
 
 
 def _batches(searcher: Searcher, cfg, lines) -> int:
-    """One query a line; empty lines are reported on stderr and skipped."""
+    """One query a line. Blank lines are passed over (a queries file may end in, or hold, one); a line that
+    is not UTF-8 or has no searchable word is reported on stderr and skipped, and the status is then 1."""
     status, searched = 0, 0
     batch: list[tuple[int, str]] = []
 
@@ -139,6 +140,8 @@ def _batches(searcher: Searcher, cfg, lines) -> int:
             except UnicodeDecodeError:
                 line = None
         query = line.rstrip("\r\n") if line is not None else None
+        if query is not None and not query.strip():
+            continue
         if query is None or not_utf8(query):  # bytes that are not UTF-8 (or, from a text stdin, their surrogates)
             print(f"error: line {number} is not UTF-8 text; skipped", file=sys.stderr)
             status = 1
