@@ -468,6 +468,7 @@ def test_empty_query_is_a_clear_error(trained, capsys):
         (["batch_size=0"], "error: batch_size=0: must be a positive integer"),
         (["max_chars=abc"], "error: max_chars='abc': must be an integer >= 0"),
         (["threads=abc"], "error: threads='abc': must be a positive integer or null"),
+        (["prf=bogus"], "error: In 'search': Could not find 'prf/bogus' Available options in 'prf': rocchio"),  # was Hydra's report over 8 lines
     ],
 )
 def test_search_command_settings_errors_are_one_line(trained, capsys, args, message):

@@ -388,13 +388,14 @@ def test_serve_command_serves_with_its_settings(index_dir, tmp_path, monkeypatch
         (["index=X", "rerank=maxsim", "rerank.foo=1"], "error: rerank.foo: unknown setting; rerank has depth, weight, teacher, dim, max_tokens"),
         (["index=X", "port.x=3"], "error: port.x: unknown setting"),
         (["index", "X"], "error: not a key=value setting: index X"),
+        (["index=X", "prf=bogus"], "error: In 'serve': Could not find 'prf/bogus' Available options in 'prf': rocchio"),
     ],
 )
 def test_serve_command_errors_are_one_line(args, message, capsys):
     assert serve_main(args) == 2
     err = capsys.readouterr().err
     assert err.startswith(message), err
-    assert "Traceback" not in err
+    assert "Traceback" not in err and "Config search path" not in err
 
 
 def test_a_host_name_is_bound_as_uvicorn_binds_it_ipv4_unless_it_has_a_colon(monkeypatch):

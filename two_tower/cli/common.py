@@ -58,20 +58,26 @@ def composition_error(config_name: str, argv: list[str]) -> str | None:
     """The one line for command-line overrides Hydra cannot compose into ``config_name`` (an unknown key, an
     unknown option of a group, a sweep without --multirun), or None. Commands with Hydra flags (``-m``,
     ``--cfg``, ...) or ``hydra.mode=`` are left to Hydra, whose report spans lines."""
-    import re
-
     if any(arg.startswith("-") or arg.lstrip("+").startswith("hydra.mode=") for arg in argv):  # -m, or hydra.mode=MULTIRUN
         return None
     try:
         cfg = compose(config_name, argv, return_hydra_config=True)
     except Exception as err:  # Hydra's composition errors
-        message = " ".join(str(err).split())
-        unknown = re.match(r"Could not override '([^']+)'", message)
-        if unknown:
-            key = unknown.group(1)
-            return f"{key}: no such setting in {config_name}.yaml with the options chosen (a new key is added with +{key}=...)"
-        return message.split(" Config search path:")[0]
+        return hydra_error_line(config_name, err)
     return run_dir_error(cfg)
+
+
+def hydra_error_line(config_name: str, err: Exception) -> str:
+    """One line for an error Hydra raised composing ``config_name``: its report spans lines and ends with the
+    config search path (a group option that does not exist lists the available ones over several lines)."""
+    import re
+
+    message = " ".join(str(err).split())
+    unknown = re.match(r"Could not override '([^']+)'", message)
+    if unknown:
+        key = unknown.group(1)
+        return f"{key}: no such setting in {config_name}.yaml with the options chosen (a new key is added with +{key}=...)"
+    return message.split(" Config search path:")[0]
 
 
 def run_dir_error(cfg) -> str | None:

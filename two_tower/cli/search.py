@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 import sys
 
-from two_tower.cli.common import command_settings, compose, report, search_override_error
+from two_tower.cli.common import command_settings, compose, hydra_error_line, report, search_override_error
 from two_tower.core.checks import check_config
 from two_tower.core.errors import EmptyQueryError, TwoTowerError
 from two_tower.core.threads import set_threads
@@ -67,8 +67,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         cfg = compose("search", overrides)
-    except Exception as err:  # Hydra's own errors: unknown key, bad value
-        print(f"error: {err}\n{USAGE}", file=sys.stderr)
+    except Exception as err:  # Hydra's own errors: unknown key, bad value, a group option that does not exist
+        print(f"error: {hydra_error_line('search', err)}", file=sys.stderr)
         return 2
     if raw_query is not None and words:
         print("error: give the query either as text or as query=..., not both", file=sys.stderr)

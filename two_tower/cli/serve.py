@@ -11,7 +11,7 @@ import socket
 import sys
 import time
 
-from two_tower.cli.common import compose, report, search_override_error
+from two_tower.cli.common import compose, hydra_error_line, report, search_override_error
 from two_tower.core.errors import ConfigError, TwoTowerError
 
 USAGE = """usage: python serve.py index=DIR [host=127.0.0.1] [port=8000] [threads=1] [key=value ...]
@@ -75,8 +75,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         cfg = compose("serve", argv)
-    except Exception as err:  # Hydra's own errors, e.g. a value it cannot parse
-        print(f"error: {' '.join(str(err).split())}\n{USAGE}", file=sys.stderr)
+    except Exception as err:  # Hydra's own errors, e.g. a value it cannot parse, a group option that does not exist
+        print(f"error: {hydra_error_line('serve', err)}", file=sys.stderr)
         return 2
 
     from two_tower.retrieval.maxsim import MaxSimRerank
