@@ -469,6 +469,7 @@ def test_empty_query_is_a_clear_error(trained, capsys):
         (["max_chars=abc"], "error: max_chars='abc': must be an integer >= 0"),
         (["threads=abc"], "error: threads='abc': must be a positive integer or null"),
         (["prf=bogus"], "error: In 'search': Could not find 'prf/bogus' Available options in 'prf': rocchio"),  # was Hydra's report over 8 lines
+        (["search_params='efSearch=64'"], "error: search_params='efSearch=64' does not apply to this IndexFlat index (it has no parameter efSearch;"),  # was FAISS's C++ source line
     ],
 )
 def test_search_command_settings_errors_are_one_line(trained, capsys, args, message):

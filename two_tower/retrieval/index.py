@@ -164,7 +164,7 @@ def build_faiss_streamed(
     if index.ntotal != num_vectors:
         raise ValueError(f"the chunks held {index.ntotal} vectors, expected {num_vectors}")
     if search_params:
-        set_search_params(index, search_params, f"index.search_params={search_params!r} do not apply to a {factory} index")
+        set_search_params(index, search_params, f"index.search_params={search_params!r} does not apply to this {factory} index")
     return index
 
 
@@ -187,7 +187,12 @@ def set_search_params(index: faiss.Index, params: str, message: str) -> None:
     try:
         faiss.ParameterSpace().set_index_parameters(index, params)
     except RuntimeError as err:
-        raise ConfigError(f"{message}: {err}") from err
+        # FAISS's text names its C++ source line; what the user needs is the parameter it could not set
+        import re
+
+        found = re.search(r"could not set parameter (\S+)", str(err))
+        detail = f"it has no parameter {found.group(1)}" if found else " ".join(str(err).split())[-200:]
+        raise ConfigError(f"{message} ({detail}; HNSW takes efSearch, IVF nprobe, Refine k_factor_rf)") from err
 
 
 def write_passages(path: Path, ids: list[str], texts: list[str]) -> None:
@@ -405,7 +410,7 @@ class PassageIndex:
 
     def set_search_params(self, params: str) -> None:
         """Override the saved search-time parameters, e.g. ``efSearch=128`` or ``nprobe=32``."""
-        set_search_params(self.index, params, f"search_params={params!r} do not apply to a {self.manifest['faiss']['type']} index")
+        set_search_params(self.index, params, f"search_params={params!r} does not apply to this {self.manifest['faiss']['type']} index")
 
     def search(self, vectors: np.ndarray, k: int) -> SearchHits:
         """Top-``k`` rows by inner product; among equal scores the lower row comes first."""
