@@ -62,7 +62,8 @@ def test_evaluation_split_keeps_corpus_only_rows():
     rows = good + bad["no_selected_passage"] + bad["empty_query"]
     kept, report = msmarco.validate_rows(rows, "validation", for_training=False)
     assert len(kept) == 4  # the row with no selected passage still adds its passages to the corpus
-    assert report.skipped == {"no_selected_passage": 1, "empty_query": 1}
+    assert report.skipped == {"empty_query": 1} and report.corpus_only == {"no_selected_passage": 1}
+    assert report.kept + sum(report.skipped.values()) == report.total  # a kept row is not also counted as skipped
 
 
 def test_split_with_nothing_usable_fails_clearly():

@@ -152,10 +152,14 @@ class ValidationReport:
     total: int = 0
     kept: int = 0
     skipped: Counter = field(default_factory=Counter)
+    # rows an evaluation split keeps for their passages only (no query to score), by reason; part of kept
+    corpus_only: Counter = field(default_factory=Counter)
 
     def summary(self) -> str:
         reasons = ", ".join(f"{reason}: {n}" for reason, n in sorted(self.skipped.items())) or "none"
-        return f"[{self.split}] kept {self.kept}/{self.total} rows; skipped by reason: {reasons}"
+        corpus = ", ".join(f"{reason}: {n}" for reason, n in sorted(self.corpus_only.items()))
+        return f"[{self.split}] kept {self.kept}/{self.total} rows; skipped by reason: {reasons}" + (
+            f"; of those kept, passages only (not scored): {corpus}" if corpus else "")
 
 
 def is_selected_flag(value) -> bool | None:
@@ -252,9 +256,10 @@ def validate_rows(rows, split: str, for_training: bool = True) -> tuple[list[Cle
                 continue
             seen.add(query_id)
         clean, reason = check_row(row)
+        keep = clean is not None and (reason is None or (not for_training and reason in CORPUS_ONLY_REASONS))
         if reason is not None:
-            report.skipped[reason] += 1
-        if clean is not None and (reason is None or (not for_training and reason in CORPUS_ONLY_REASONS)):
+            (report.corpus_only if keep else report.skipped)[reason] += 1
+        if keep:
             kept.append(clean)
     report.kept = len(kept)
     if not kept or not any(any(r.selected) for r in kept):
