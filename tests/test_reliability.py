@@ -739,3 +739,26 @@ def test_a_run_folder_that_cannot_be_made_is_one_line_before_hydra(tmp_path, mon
     assert message.startswith(f"hydra.run.dir={tmp_path}/x/y: {tmp_path} is not writable by this user (uid ")
     monkeypatch.chdir(tmp_path)  # the default run folder, outputs/... under the working directory
     assert composition_error("evaluate", []).startswith("hydra.run.dir=outputs/")
+
+
+def test_training_data_with_nothing_to_learn_from_is_one_line(tmp_path):
+    """One usable training row with in-batch negatives trained at loss 0.0 and exited 0; a validation corpus
+    of one passage reported val/mrr@10 1.0 (a probe's cases): refused before training, one line each."""
+    import json
+
+    from two_tower.core.errors import DataSourceError
+
+    def folder(name, train_rows, val_rows):
+        data = tmp_path / name
+        data.mkdir()
+        (data / "train-0.jsonl").write_text("".join(json.dumps(r) + "\n" for r in train_rows))
+        (data / "validation-0.jsonl").write_text("".join(json.dumps(r) + "\n" for r in val_rows))
+        return data
+
+    one = folder("one", [_row("the only question")], [_row(f"held out {i}") for i in range(5)])
+    with pytest.raises(DataSourceError, match="the training split has 1 usable row: in-batch negatives need at least 2"):
+        train(compose_train(tmp_path / "a", ["data=local", f"data.path={one}", "data.tokenizer.min_freq=1"]))
+    same = {"query": "q", "passages": {"passage_text": ["one text", "two text"], "is_selected": [1, 0]}}
+    single = folder("single", [_row(f"question {i}") for i in range(10)], [dict(same, query=f"q{i}", passages={"passage_text": ["one text"] * 2, "is_selected": [1, 0]}) for i in range(3)])
+    with pytest.raises(DataSourceError, match="the validation split has 1 distinct passage"):
+        train(compose_train(tmp_path / "b", ["data=local", f"data.path={single}", "data.tokenizer.min_freq=1"]))

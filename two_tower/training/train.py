@@ -24,7 +24,7 @@ from two_tower.training.config import validate_train_config
 from two_tower.training.loggers import ResumableCSVLogger
 from two_tower.core.config_key import current_config_key
 from two_tower.data.datamodule import TwoTowerDataModule
-from two_tower.core.errors import CheckpointError, ConfigError
+from two_tower.core.errors import CheckpointError, ConfigError, DataSourceError
 from two_tower.model import frozen_rows
 from two_tower.model.module import TwoTowerModule
 from two_tower.negatives.refresh import NegativeRefresh
@@ -105,6 +105,20 @@ def check_resume_shapes(path: str, module: TwoTowerModule) -> None:
     frozen_rows.restore(dict(checkpoint["state_dict"]), derived, module.tokenizer, f"ckpt_path={path}")
 
 
+def check_training_rows(datamodule: TwoTowerDataModule) -> None:
+    """Refuse, in one line, training data that leaves nothing to learn from: one usable row with in-batch
+    negatives (its batch has no other passage: loss 0.0, a run that 'succeeds' at nothing), or a corpus of
+    one passage (every query ranks it first: val/mrr@10 1.0)."""
+    rows = datamodule.train.num_queries
+    if rows < 2 and not datamodule.negatives.per_query:
+        raise DataSourceError(f"the training split has {rows} usable row: in-batch negatives need at least 2 (the other rows' "
+                              "passages are a row's negatives); add rows, or use negatives=random, bm25 or ann")
+    if datamodule.train.num_passages < 2:
+        raise DataSourceError(f"the training split has {datamodule.train.num_passages} distinct passage: nothing to rank a passage against")
+    if datamodule.val.num_passages < 2:
+        raise DataSourceError(f"the validation split has {datamodule.val.num_passages} distinct passage: every query would rank it first (val/mrr@10 1.0, meaningless)")
+
+
 def check_resume_checkpoint(path: str, tokenizer) -> None:
     """Refuse, in one line, a checkpoint that is truncated, foreign, or made with another vocabulary."""
     try:
@@ -175,6 +189,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         datamodule = build_datamodule(cfg)
         datamodule.prepare_data()
         datamodule.setup("fit")
+        check_training_rows(datamodule)
         if ckpt_path:
             check_resume_checkpoint(ckpt_path, datamodule.tokenizer)
         # Seeded again: preparing data on a cache miss (distilling word vectors, mining, ...) may draw from the
