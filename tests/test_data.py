@@ -434,3 +434,18 @@ def test_a_file_of_another_width_is_refused_also_on_a_cache_hit(tmp_path):
     assert setup(None).embedding_matrix.shape[1] == 4
     with pytest.raises(EmbeddingsError, match="vectors have 4 dims, config says dim=8"):
         setup(8)
+
+
+def test_a_damaged_parquet_shard_and_a_missing_validation_split_are_one_line_each(tmp_path, capsys):
+    """A truncated parquet shard: one line naming the file (datasets logged it twice at ERROR before our
+    line); a folder with a train split only: the line says so (it cited train-00000-of-00001.parquet as the
+    expected name, which is what the folder held)."""
+    folder = write_shards(tmp_path / "marco", {"train": make_rows(20), "validation": make_rows(5, seed=3)})
+    shard = folder / "validation-00000-of-00001.parquet"
+    shard.write_bytes(shard.read_bytes()[:200])
+    with pytest.raises(msmarco.DataSourceError, match=r"validation-00000-of-00001.parquet: not a readable parquet file \(ArrowInvalid"):
+        msmarco.load_split("validation", str(folder))
+    assert "Failed to read schema" not in capsys.readouterr().err
+    shard.unlink()
+    with pytest.raises(msmarco.DataSourceError, match="it has a train split but no validation split"):
+        msmarco.load_split("validation", str(folder))

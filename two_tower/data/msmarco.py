@@ -59,7 +59,7 @@ def load_hub_split(split: str, name: str = HUB_DATASET, config: str = HUB_CONFIG
     except Exception as err:  # datasets raises several types for "not cached, no network"
         raise DataSourceError(
             f"Could not load {name} ({config}) split '{split}' from the Hugging Face Hub or its local "
-            f"cache: {type(err).__name__}: {err}.\nAlternatives: point at a local folder of the same "
+            f"cache: {type(err).__name__}: {' '.join(str(err).split())}. Alternatives: point at a local folder of the same "
             "parquet shards with `data.path=DIR` (e.g. data.path=../shared/data/marco7k), or run "
             "offline with `data=synthetic`."
         ) from err
@@ -85,10 +85,10 @@ def local_split_files(path: str | os.PathLike, split: str) -> list[Path]:
         )
         if not files:
             found = sorted(p.name for p in root.iterdir())[:10]
-            raise DataSourceError(
-                f"No '{split}-*.parquet' (or .jsonl) shards in {root}; it holds {found}. "
-                "Expected hub-style shards such as train-00000-of-00001.parquet."
-            )
+            hint = (f"it has a train split but no {split} split: add {split}-*.parquet shards, or name another split of it "
+                    f"(data.val_split=NAME)" if split != "train" and has_local_split(root, "train")
+                    else f"expected hub-style shards such as {split}-00000-of-00001.parquet")
+            raise DataSourceError(f"No '{split}-*.parquet' (or .jsonl) shards in {root}; it holds {found}: {hint}")
     return files
 
 
@@ -222,10 +222,16 @@ CORPUS_ONLY_REASONS = {"no_selected_passage", "no_unselected_passage", "unselect
 def check_same_schema(files: list[Path]) -> None:
     """Parquet shards of one split must share one schema: ``datasets`` casts every shard to the first one's,
     so a shard with ``is_selected`` as strings would be cast to numbers or fail whole, by file order."""
+    def read_schema(path: Path):
+        try:
+            return pq.read_schema(path)
+        except Exception as err:  # said here, in one line: datasets would log it twice at ERROR before failing
+            raise DataSourceError(f"{path}: not a readable parquet file ({type(err).__name__}: {' '.join(str(err).split())[:200]})") from err
+
     try:
-        first = pq.read_schema(files[0])
+        first = read_schema(files[0])
         for other in files[1:]:
-            schema = pq.read_schema(other)
+            schema = read_schema(other)
             if not schema.equals(first):
                 theirs, ours = dict(zip(first.names, first.types)), dict(zip(schema.names, schema.types))
                 field = next((n for n in sorted(set(theirs) | set(ours)) if theirs.get(n) != ours.get(n)), "?")
