@@ -97,24 +97,34 @@ def tiny_run(tmp_path_factory) -> dict:
     config is composed again by each, the same for all."""
     import json
 
-    from two_tower.data import synthetic
     from two_tower.training.train import train
 
     def build(root: Path) -> None:
         cfg = compose_train(root, TINY_RUN)
         metrics = train(cfg)
-        spec = dict(cfg.data.synthetic_rows)
-        n_train, n_val = spec.pop("train_rows"), spec.pop("val_rows")
-        (root / "data").mkdir()
-        with open(root / "data" / "validation-00000-of-00001.jsonl", "w") as f:
-            for row in synthetic.make_rows(n_train + n_val, **spec)[n_train:]:
-                f.write(json.dumps(row) + "\n")
+        write_validation_shard(cfg, root / "data")
         (root / "metrics.json").write_text(json.dumps(metrics))
 
     root = built_once(tmp_path_factory, "tiny_run", build)
     cfg = compose_train(root, TINY_RUN)
     metrics = json.loads((root / "metrics.json").read_text())
     return {"cfg": cfg, "metrics": metrics, "ckpt": Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt", "data": root / "data"}
+
+
+def write_validation_shard(cfg: DictConfig, folder: Path) -> Path:
+    """The synthetic validation split a ``data=synthetic`` train config (``cfg``) validated on, as a jsonl
+    shard folder ``evaluate.py data.path=`` reads (the same rows, so evaluate scores what training logged)."""
+    import json
+
+    from two_tower.data import synthetic
+
+    spec = dict(cfg.data.synthetic_rows)
+    n_train, n_val = spec.pop("train_rows"), spec.pop("val_rows")
+    folder.mkdir(parents=True)
+    with open(folder / "validation-00000-of-00001.jsonl", "w") as f:
+        for row in synthetic.make_rows(n_train + n_val, **spec)[n_train:]:
+            f.write(json.dumps(row) + "\n")
+    return folder
 
 
 def build_tiny_index(root: Path, run: dict, extra_texts: list[str] = ()) -> tuple[Path, list[str]]:

@@ -1228,21 +1228,13 @@ def test_searcher_maxsim_rerank_ranks_as_evaluate(trained, tmp_path, monkeypatch
 def test_validation_under_mixed_precision_is_what_evaluate_prints(tmp_path):
     """trainer.precision=bf16-mixed trains under autocast; validation still encodes in float32, as evaluate.py
     does, so the logged figure (and the checkpoint it chooses) is evaluate's (it was not: 0.2278 against 0.2296)."""
-    import json as json_module
-
-    from tests.conftest import TINY_RUN, compose_train
-    from two_tower.data import synthetic
+    from tests.conftest import TINY_RUN, compose_train, write_validation_shard
     from two_tower.training.train import train
 
     cfg = compose_train(tmp_path, [*TINY_RUN, "trainer.precision=bf16-mixed"])
     metrics = train(cfg)
-    spec = dict(cfg.data.synthetic_rows)
-    n_train, n_val = spec.pop("train_rows"), spec.pop("val_rows")
-    (tmp_path / "data").mkdir()
-    with open(tmp_path / "data" / "validation-00000-of-00001.jsonl", "w") as f:
-        for row in synthetic.make_rows(n_train + n_val, **spec)[n_train:]:
-            f.write(json_module.dumps(row) + "\n")
+    data = write_validation_shard(cfg, tmp_path / "data")
     ckpt = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
-    printed = evaluate(compose_retrieval("evaluate", [f"ckpt={ckpt}", f"data.path={tmp_path / 'data'}", f"out={tmp_path / 'eval'}", "retriever=[dense]"]))
+    printed = evaluate(compose_retrieval("evaluate", [f"ckpt={ckpt}", f"data.path={data}", f"out={tmp_path / 'eval'}", "retriever=[dense]"]))
     assert printed["dense"]["mrr@10"] == pytest.approx(metrics["val/mrr@10"], abs=1e-6)
     assert printed["dense"]["recall@100"] == pytest.approx(metrics["val/recall@100"], abs=1e-6)

@@ -259,6 +259,26 @@ def test_serve_command_busy_port_or_unknown_host_is_one_line(index_dir, capsys):
     assert err.startswith("error: host=no-such-host.invalid: no such address") and err.count("\n") == 1, err
 
 
+def wait_until_serving(process: subprocess.Popen) -> int:
+    """The port a ``serve.py port=0`` process names in its start-up line, once /health answers there."""
+    for line in process.stderr:  # the start-up line comes before uvicorn's own
+        match = re.search(r"serving http://127\.0\.0\.1:(\d+)/", line)
+        if match:
+            break
+    else:
+        raise AssertionError("no start-up line")
+    port = int(match.group(1))
+    assert port > 0
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            assert httpx.get(f"http://127.0.0.1:{port}/health", timeout=5).status_code == 200
+            return port
+        except httpx.TransportError:
+            assert time.monotonic() < deadline and process.poll() is None
+            time.sleep(0.2)
+
+
 def test_serve_command_on_port_0_names_the_port_it_got_and_ctrl_c_stops_it_cleanly(index_dir):
     # SIGINT as a terminal delivers it (a test runner's child may inherit it ignored)
     process = subprocess.Popen(
@@ -266,22 +286,7 @@ def test_serve_command_on_port_0_names_the_port_it_got_and_ctrl_c_stops_it_clean
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
-        for line in process.stderr:  # the start-up line comes before uvicorn's own
-            match = re.search(r"serving http://127\.0\.0\.1:(\d+)/", line)
-            if match:
-                break
-        else:
-            raise AssertionError("no start-up line")
-        port = int(match.group(1))
-        assert port > 0
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                assert httpx.get(f"http://127.0.0.1:{port}/health", timeout=5).status_code == 200
-                break
-            except httpx.TransportError:
-                assert time.monotonic() < deadline and process.poll() is None
-                time.sleep(0.2)
+        port = wait_until_serving(process)
         process.send_signal(signal.SIGINT)
         rest = process.communicate(timeout=30)[1]
         assert process.returncode == 0 and "Traceback" not in rest, rest
@@ -300,21 +305,7 @@ def test_sigterm_with_a_stuck_request_stops_after_shutdown_timeout(index_dir):
         cwd=ROOT, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
     )
     try:
-        for line in process.stderr:
-            match = re.search(r"serving http://127\.0\.0\.1:(\d+)/", line)
-            if match:
-                break
-        else:
-            raise AssertionError("no start-up line")
-        port = int(match.group(1))
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                assert httpx.get(f"http://127.0.0.1:{port}/health", timeout=5).status_code == 200
-                break
-            except httpx.TransportError:
-                assert time.monotonic() < deadline and process.poll() is None
-                time.sleep(0.2)
+        port = wait_until_serving(process)
         stuck = socket.create_connection(("127.0.0.1", port), timeout=30)
         stuck.sendall(b"POST /search HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"qu")
         time.sleep(0.5)
