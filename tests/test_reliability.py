@@ -762,3 +762,12 @@ def test_training_data_with_nothing_to_learn_from_is_one_line(tmp_path):
     single = folder("single", [_row(f"question {i}") for i in range(10)], [dict(same, query=f"q{i}", passages={"passage_text": ["one text"] * 2, "is_selected": [1, 0]}) for i in range(3)])
     with pytest.raises(DataSourceError, match="the validation split has 1 distinct passage"):
         train(compose_train(tmp_path / "b", ["data=local", f"data.path={single}", "data.tokenizer.min_freq=1"]))
+
+
+def test_a_run_that_ends_before_any_validation_says_so(tmp_path, caplog):
+    """+trainer.max_steps=2 with max_epochs=-1 stops inside the first epoch: no val/* (the sweep objective is
+    None); said in a warning rather than only by a missing number."""
+    with caplog.at_level("WARNING"):
+        metrics = train(compose_train(tmp_path, ["trainer.max_epochs=-1", "+trainer.max_steps=2"]))
+    assert "val/mrr@10" not in metrics
+    assert "Training ended before any validation (step 2): no val/mrr@10" in caplog.text

@@ -239,5 +239,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if checkpoint is not None and checkpoint.best_model_path:
         log.info("Best checkpoint: %s (%s=%.4f)", checkpoint.best_model_path, checkpoint.monitor, float(checkpoint.best_model_score or 0))
     metrics.update(test_best_checkpoint(trainer, module, datamodule, loggers))
+    if cfg.optimized_metric not in metrics and cfg.trainer.get("limit_val_batches") != 0:
+        # e.g. trainer.max_steps reached inside the first epoch: nothing was validated, nothing chosen
+        log.warning("Training ended before any validation (step %d): no %s to report, optimise or choose a checkpoint by; "
+                    "let it run to an epoch's end (trainer.max_steps, trainer.max_epochs)", trainer.global_step, cfg.optimized_metric)
     log.info("Final metrics: %s", {k: round(v, 4) for k, v in sorted(metrics.items())})
     return metrics
