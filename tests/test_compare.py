@@ -355,3 +355,23 @@ def test_the_same_overrides_composed_differently_are_two_configurations_and_said
         systems = load_configurations(find_runs([tmp_path]), "test/mrr@10")
     assert {name: len(s.runs) for name, s in systems.items()} == {"encoder=gru [loss.temperature=0.05]": 2, "encoder=gru [loss.temperature=0.1]": 1}
     assert any("differ in their composed configuration" in r.getMessage() and "encoder=gru" in r.getMessage() for r in caplog.records)
+
+
+def test_three_configurations_under_one_override_text_all_stay(tmp_path, caplog):
+    """A review's case: runs of experiment=best made by three versions of the code (hidden size 64 with and
+    without one setting, and 128); labelling each by the first differing setting named two of them alike and
+    one was dropped with its runs. Each keeps its own label and its runs."""
+    from two_tower.training.compare import find_runs, load_configurations
+
+    base = difficulty()
+    recipes = {"a": (64, 1.0), "b": (64, 0.0), "c": (128, 0.0)}
+    for name, (hidden, relation) in recipes.items():
+        for seed in (1, 2):
+            config = {**composed(seed), "encoder": {"hidden_size": hidden}, "loss": {"name": "infonce", "temperature": 0.05, "query_relation_weight": relation}}
+            write_composed(tmp_path / f"{name}{seed}", ["experiment=best", f"seed={seed}"], config, seed_table(base, 0.0, seed))
+    with caplog.at_level("WARNING"):
+        systems = load_configurations(find_runs([tmp_path]), "test/mrr@10")
+    assert sorted(len(s.runs) for s in systems.values()) == [2, 2, 2]
+    assert set(systems) == {"experiment=best [encoder.hidden_size=64, loss.query_relation_weight=1.0]",
+                            "experiment=best [encoder.hidden_size=64, loss.query_relation_weight=0.0]",
+                            "experiment=best [encoder.hidden_size=128, loss.query_relation_weight=0.0]"}

@@ -771,3 +771,35 @@ def test_a_run_that_ends_before_any_validation_says_so(tmp_path, caplog):
         metrics = train(compose_train(tmp_path, ["trainer.max_epochs=-1", "+trainer.max_steps=2"]))
     assert "val/mrr@10" not in metrics
     assert "Training ended before any validation (step 2): no val/mrr@10" in caplog.text
+
+
+def test_trainer_gpu_is_refused_only_without_any_gpu_lightning_can_use(tiny_cfg, monkeypatch):
+    """trainer=gpu without CUDA is one line before the data; Lightning maps gpu to an Apple GPU too, so
+    there it is accepted (a review: the first check asked for CUDA only)."""
+    import torch
+
+    from two_tower.core.errors import ConfigError
+    from two_tower.training.config import validate_train_config
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match="trainer.accelerator=gpu: no GPU on this machine"):
+        validate_train_config(tiny_cfg("trainer=gpu"))
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    validate_train_config(tiny_cfg("trainer=gpu"))
+
+
+def test_a_sweep_resumed_with_ckpt_path_last_starts_the_jobs_it_had_not_reached(tmp_path, caplog):
+    """A sweep stopped part-way and run again with ckpt_path=last: a job with no checkpoint yet starts from the
+    beginning (it stopped the sweep with 'no last.ckpt' before: a review); a single run still refuses."""
+    cfg = compose_train(tmp_path, ["ckpt_path=last", "hydra.mode=MULTIRUN"])
+    with caplog.at_level("WARNING"):
+        metrics = train(cfg)
+    assert "val/mrr@10" in metrics and "this job of the sweep starts from the beginning" in caplog.text
+    # and a stopped job of a sweep says to resume the sweep (its own folder would resume that job alone)
+    from two_tower.training.callbacks import resume_settings
+
+    compose_train(tmp_path, ["hydra.mode=MULTIRUN", f"hydra.sweep.dir={tmp_path / 'sweep'}"])
+    assert resume_settings(tmp_path / "sweep" / "0") == f"ckpt_path=last hydra.sweep.dir={tmp_path / 'sweep'} (with -m)"
+    compose_train(tmp_path, [])
+    assert resume_settings(tmp_path / "run") == f"ckpt_path=last hydra.run.dir={tmp_path / 'run'}"

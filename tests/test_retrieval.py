@@ -418,7 +418,8 @@ def test_a_damaged_file_with_a_matching_manifest_is_one_line(trained, tmp_path, 
     if not (broken / name).is_file():
         pytest.skip(f"{name} is not in this folder")
     data = (broken / name).read_bytes()
-    (broken / name).write_bytes(data[: len(data) // 2])
+    # half the file; a .pt file overwritten with other bytes (torch's error then advised weights_only=False)
+    (broken / name).write_bytes(b"garbage, not a torch file" if name.endswith(".pt") else data[: len(data) // 2])
     manifest = json.loads((broken / "manifest.json").read_text())
     manifest["files"][name] = file_hash(broken / name)
     (broken / "manifest.json").write_text(json.dumps(manifest))
@@ -427,6 +428,7 @@ def test_a_damaged_file_with_a_matching_manifest_is_one_line(trained, tmp_path, 
     assert search_main([f"index={broken}", "apple river"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: index=") and err.count("\n") == 1 and "rebuild the folder" in err
+    assert "weights_only" not in err  # torch's advice to unpickle a foreign file is not passed on
 
 
 def test_an_index_folder_this_user_cannot_read_is_one_line(trained, monkeypatch):
@@ -540,9 +542,12 @@ def test_corpus_files_parquet_jsonl_tsv(tmp_path, caplog):
         passages = read_corpus_file(tmp_path / "bad.tsv")
     assert passages.ids == ["2", "5"] and passages.texts == ["b", "c"]
     assert "skipped {'not_two_fields': 2, 'not_utf8': 1} (first at line 2 (not_two_fields), 6 (not_utf8))" in caplog.text
-    (tmp_path / "none.tsv").write_text("a,b\nc,d\n")  # a csv named .tsv: nothing read, one line
-    with pytest.raises(CorpusError, match=r"none.tsv: no passage with a non-empty text$"):
+    (tmp_path / "none.tsv").write_text("a,b\nc,d\n")  # a csv named .tsv: nothing read, one line saying why
+    with pytest.raises(CorpusError, match=r"none.tsv: no line read: every line was skipped \{'not_two_fields': 2\} \(first at line 1 \(not_two_fields\)\); a line is id<TAB>text$"):
         read_corpus_file(tmp_path / "none.tsv")
+    # old Mac line ends (\r alone), as pandas read them
+    (tmp_path / "cr.tsv").write_bytes(b"1\thello world\r2\tfoo bar\r3\tqux\r")
+    assert read_corpus_file(tmp_path / "cr.tsv").ids == ["1", "2", "3"]
 
 
 def test_a_checkpoint_folder_is_named_as_a_folder(trained, tmp_path):

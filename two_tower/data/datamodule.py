@@ -217,8 +217,8 @@ class TwoTowerDataModule(L.LightningDataModule):
                 log.info("test split skipped (no labelled query to score): %s", err)  # e.g. the Hub's unlabelled test
                 continue
             reports[role] = {"total": report.total, "kept": report.kept, "skipped": dict(report.skipped)}
-            if report.corpus_only:  # kept for their passages, not scored: kept + skipped = total
-                reports[role]["passages_only"] = dict(report.corpus_only)
+            if report.corpus_only:  # kept (in the ranked corpus) although not training rows: kept + skipped = total
+                reports[role]["kept_not_training_rows"] = dict(report.corpus_only)
 
         train_texts = [r.query for r in clean["train"]] + list({p: None for r in clean["train"] for p in r.passages})
         settings = {k: v for k, v in self.tokenizer_settings.items() if k != "min_freq"}

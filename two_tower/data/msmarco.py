@@ -152,14 +152,15 @@ class ValidationReport:
     total: int = 0
     kept: int = 0
     skipped: Counter = field(default_factory=Counter)
-    # rows an evaluation split keeps for their passages only (no query to score), by reason; part of kept
+    # rows an evaluation split keeps for the ranked corpus although they fail a training check, by reason (part
+    # of kept); those with no selected passage are not scored, the others are
     corpus_only: Counter = field(default_factory=Counter)
 
     def summary(self) -> str:
         reasons = ", ".join(f"{reason}: {n}" for reason, n in sorted(self.skipped.items())) or "none"
         corpus = ", ".join(f"{reason}: {n}" for reason, n in sorted(self.corpus_only.items()))
         return f"[{self.split}] kept {self.kept}/{self.total} rows; skipped by reason: {reasons}" + (
-            f"; of those kept, passages only (not scored): {corpus}" if corpus else "")
+            f"; kept although not training rows: {corpus} (no_selected_passage ones are not scored)" if corpus else "")
 
 
 def is_selected_flag(value) -> bool | None:

@@ -34,16 +34,17 @@ READERS = {
 def _tsv_frame(path: Path) -> pd.DataFrame:
     """A tsv passage file read line by line (as the BEIR qrels and every jsonl reader read theirs): lines that
     are not UTF-8 or not two tab-separated fields are skipped and counted by reason, the first of each named;
-    blank lines are passed over; a BOM may open the file."""
+    blank lines are passed over; a BOM may open the file; lines may end in \\n, \\r\\n or \\r (as pandas read them)."""
     ids, texts, skipped, first = [], [], Counter(), {}
-    with open(path, "rb") as lines:
-        for number, raw in enumerate(lines, start=1):
-            raw = raw.rstrip(b"\r\n")
-            if not raw.strip():
+    # surrogateescape: bytes that are not UTF-8 come through as lone surrogates, so one such line is skipped
+    with open(path, encoding="utf-8", errors="surrogateescape", newline=None) as lines:
+        for number, line in enumerate(lines, start=1):
+            line = line.rstrip("\n")
+            if number == 1:
+                line = line.removeprefix("\ufeff")
+            if not line.strip():
                 continue
-            try:
-                line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
-            except UnicodeDecodeError:
+            if not_utf8(line):
                 reason = "not_utf8"
             else:
                 fields = line.split("\t")
@@ -54,9 +55,11 @@ def _tsv_frame(path: Path) -> pd.DataFrame:
                 reason = "not_two_fields"
             skipped[reason] += 1
             first.setdefault(reason, number)
+    where = ", ".join(f"{first[r]} ({r})" for r in skipped)
+    if skipped and not ids:
+        raise CorpusError(f"corpus={path}: no line read: every line was skipped {dict(skipped)} (first at line {where}); a line is id<TAB>text")
     if skipped:
-        log.warning("corpus=%s: skipped %s (first at line %s): a line is id<TAB>text", path, dict(skipped),
-                    ", ".join(f"{first[r]} ({r})" for r in skipped))
+        log.warning("corpus=%s: skipped %s (first at line %s): a line is id<TAB>text", path, dict(skipped), where)
     return pd.DataFrame({0: ids, 1: texts}, dtype=object)
 
 
@@ -132,6 +135,8 @@ def read_corpus_file(path: str | Path, id_column: str = "id", text_column: str =
         raise CorpusError(f"corpus={path}: unsupported file type {path.suffix!r}; use one of {sorted(READERS)}")
     try:
         frame = reader(path)
+    except CorpusError:
+        raise
     except Exception as err:
         raise CorpusError(f"corpus={path}: could not read it ({type(err).__name__}: {' '.join(str(err).split())})") from err
     if path.suffix.lower() == ".tsv":

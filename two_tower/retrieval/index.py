@@ -222,8 +222,14 @@ def reading(folder: Path, what: str | Path | None = None):
         name = what or getattr(err, "filename", None) or folder
         if isinstance(err, PermissionError):
             raise IndexFolderError(f"index={folder}: cannot read {name} (permission denied): the folder and its files must be readable by this user (uid {os.getuid() if hasattr(os, 'getuid') else '?'})") from err
-        detail = err.strerror if isinstance(err, OSError) and err.strerror else " ".join(str(err).split())[:200]
-        raise IndexFolderError(f"index={folder}: cannot read {name} ({type(err).__name__}: {detail}); rebuild the folder with index.py") from err
+        if str(name).endswith(".pt"):  # torch.load's own text advises weights_only=False for a foreign file
+            from two_tower.retrieval.checkpoint import load_problem
+
+            detail = load_problem(name, err)
+        else:
+            text = err.strerror if isinstance(err, OSError) and err.strerror else " ".join(str(err).split())[:200]
+            detail = f"{type(err).__name__}: {text}"
+        raise IndexFolderError(f"index={folder}: cannot read {name} ({detail}); rebuild the folder with index.py") from err
 
 
 def read_passages(path: Path) -> pa.Table:

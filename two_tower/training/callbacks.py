@@ -49,8 +49,8 @@ class CheckpointOnStop(L.Callback):
         self.reason = self.reason or ("Ctrl-C" if isinstance(exception, KeyboardInterrupt) else "SIGTERM")
         if trainer.global_step > 0:
             trainer.save_checkpoint(self.path)
-            log.warning("Stopped by %s before training ended: saved %s at epoch %d, step %d. Resume with the same command plus "
-                        "ckpt_path=last hydra.run.dir=%s", self.reason, self.path, trainer.current_epoch, trainer.global_step, self.path.parent.parent)
+            log.warning("Stopped by %s before training ended: saved %s at epoch %d, step %d. Resume with the same command plus %s",
+                        self.reason, self.path, trainer.current_epoch, trainer.global_step, resume_settings(self.path.parent.parent))
         else:
             log.warning("Stopped by %s before the first training step: nothing to save", self.reason)
 
@@ -173,3 +173,14 @@ class PerQueryWriter(L.Callback):
 
     def load_state_dict(self, state: dict) -> None:
         self.best = state.get("best")
+
+
+def resume_settings(run_dir: Path) -> str:
+    """What to add to the command that made ``run_dir`` to resume it: its own folder for a single run; for a job
+    of a sweep, the sweep's folder with -m (jobs the sweep had not reached then start from the beginning)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        return f"ckpt_path=last hydra.sweep.dir={HydraConfig.get().sweep.dir} (with -m)"
+    return f"ckpt_path=last hydra.run.dir={run_dir}"

@@ -175,8 +175,9 @@ def configuration(run: Path) -> tuple[str, str, dict | None]:
 
 def label_configurations(groups: dict[str, list], settings: dict[str, dict | None]) -> dict[str, str]:
     """A label a configuration: the shortest override key of its runs (``(defaults)`` before ``loss=infonce``
-    when both composed alike). Two configurations whose overrides read alike (run by other code, whose
-    defaults differ) are told apart by a setting in which they differ, and said."""
+    when both composed alike). Configurations whose overrides read alike (run by other code, whose defaults
+    differ) are told apart by the fewest settings in which they differ (every configuration keeps its own
+    label: none is dropped), and said."""
     labels = {group: min(keys, key=lambda k: (len(k), k)) for group, keys in groups.items()}
     by_label: dict[str, list[str]] = {}
     for group, label in labels.items():
@@ -184,17 +185,32 @@ def label_configurations(groups: dict[str, list], settings: dict[str, dict | Non
     for label, clashing in by_label.items():
         if len(clashing) < 2:
             continue
-        for group in clashing:
-            mine = settings[group]
-            if mine is None:
+        known = {g: settings[g] for g in clashing if settings[g] is not None}
+        names = sorted({n for a in known.values() for b in known.values() for n in set(a) | set(b) if a.get(n, "<unset>") != b.get(n, "<unset>")})
+        shown: list[str] = []
+        def distinct(keys: list[str]) -> int:
+            return len({tuple(str(known[g].get(k, "<unset>")) for k in keys) for g in known})
+
+        for name in names:  # add a differing setting while it tells more configurations apart
+            if distinct(shown + [name]) > distinct(shown):
+                shown.append(name)
+            if distinct(shown) == len(known):
+                break
+        for number, group in enumerate(clashing, start=1):
+            if group not in known:
                 labels[group] = f"{label} [no .hydra/config.yaml]"
-                continue
-            others = [settings[g] for g in clashing if g != group and settings[g] is not None]
-            differing = sorted({n for other in others for n in set(mine) | set(other) if mine.get(n, "<unset>") != other.get(n, "<unset>")})
-            labels[group] = f"{label} [{differing[0]}={mine.get(differing[0], '<unset>')}]" if differing else label
+            else:
+                values = ", ".join(f"{k}={known[group].get(k, '<unset>')}" for k in shown)
+                labels[group] = f"{label} [{values}]" if shown else f"{label} [#{number}]"
         log.warning("runs with the overrides %r differ in their composed configuration (.hydra/config.yaml; made by "
                     "other code, or other defaults): compared as %d configurations: %s", label, len(clashing),
                     "; ".join(labels[g] for g in clashing))
+    if len(set(labels.values())) != len(labels):  # never two configurations under one name (one would be dropped)
+        seen: dict[str, int] = {}
+        for group in labels:
+            seen[labels[group]] = seen.get(labels[group], 0) + 1
+            if seen[labels[group]] > 1:
+                labels[group] = f"{labels[group]} #{seen[labels[group]]}"
     return labels
 
 

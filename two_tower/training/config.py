@@ -85,14 +85,15 @@ def validate_train_config(cfg: DictConfig) -> None:
     if trainer.get("accelerator") in ("gpu", "cuda"):
         import torch
 
-        if not torch.cuda.is_available():
-            raise ConfigError(f"trainer.accelerator={trainer.accelerator}: no CUDA GPU on this machine (torch {torch.__version__}); "
-                              "drop trainer=gpu, or install a CUDA build of torch")
+        mps = trainer.accelerator == "gpu" and torch.backends.mps.is_available()  # Lightning maps gpu to an Apple GPU too
+        if not torch.cuda.is_available() and not mps:
+            raise ConfigError(f"trainer.accelerator={trainer.accelerator}: no GPU on this machine for torch {torch.__version__} "
+                              "(no CUDA, no Apple MPS); drop trainer=gpu, or install a CUDA build of torch")
     limit = trainer.get("limit_val_batches")
     if limit is not None and not (limit == 0 or (isinstance(limit, float) and limit == 1.0)):
         # validation ranks the whole corpus; a part of it gives no metric, and the checkpoint monitor failed after training
         raise ConfigError(f"trainer.limit_val_batches={limit}: validation ranks the whole corpus, so it cannot be cut to some batches; "
-                          "validate on fewer queries with data.max_val_rows=N, or not at all with trainer.limit_val_batches=0")
+                          "validate on fewer queries with data.max_val_rows=N, or not at all with +trainer.limit_val_batches=0")
     if trainer.get("overfit_batches"):
         raise ConfigError(f"trainer.overfit_batches={trainer.overfit_batches}: the training batches are built by this project's sampler, "
                           "which Lightning cannot replace; use debug=overfit (a few training rows, many epochs)")

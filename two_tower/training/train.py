@@ -69,6 +69,13 @@ def _build_module(cfg: DictConfig, datamodule: TwoTowerDataModule) -> TwoTowerMo
     )
 
 
+def _multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
 def resolve_ckpt_path(cfg: DictConfig) -> str | None:
     """``ckpt_path=last`` means this run dir's own ``checkpoints/last.ckpt`` (resume a preempted run by
     running the same command with ``hydra.run.dir`` set to its dir)."""
@@ -76,6 +83,10 @@ def resolve_ckpt_path(cfg: DictConfig) -> str | None:
     if path != "last":
         return path
     last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    if not last.is_file() and _multirun():
+        # a sweep stopped part-way: the jobs it had not reached have no checkpoint and start from the beginning
+        log.warning("ckpt_path=last: no %s: this job of the sweep starts from the beginning", last)
+        return None
     if not last.is_file():
         raise ConfigError(
             f"ckpt_path=last: no {last}. Point hydra.run.dir (or hydra.sweep.dir for a multirun) at the run to "
