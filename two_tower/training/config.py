@@ -104,6 +104,10 @@ def validate_train_config(cfg: DictConfig) -> None:
         check_synthetic_rows(data.synthetic_rows)
     if not data.get("path") and not data.get("synthetic_rows") and _choice("data") == "local":
         raise ConfigError("data=local needs data.path=DIR (a folder of train-*/validation-* shards); without it the Hub would be used")
+    if data.get("path") and Path(data.path).expanduser().is_file() and data.get("train_split") != data.get("val_split"):
+        # one file serves every split name, so validation would score the training rows themselves
+        raise ConfigError(f"data.path={data.path}: a file, which would be the training and the validation split alike; "
+                          "give a folder of train-* and validation-* shards")
     if data.get("path") and not Path(data.path).expanduser().exists():
         raise ConfigError(f"data.path={data.path}: no such file or folder")
     ckpt = cfg.get("ckpt_path")
