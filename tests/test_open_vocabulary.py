@@ -354,3 +354,16 @@ def test_frozen_word_rows_are_derived_again_instead_of_saved(vectors_file, tmp_p
     # Only word rows are ever derived: anything else in the entry is refused, not guessed at.
     with pytest.raises(EmbeddingsError, match="^model.ckpt: embedding.buckets.weight: saved by a development version"):
         frozen_rows.restore({}, {"embedding.buckets.weight": {"crc": 1, "shape": [8, 4]}}, tok, "model.ckpt")
+
+
+def test_beir_repeated_judgements_take_the_last_line_and_unreadable_qrels_say_why(tmp_path):
+    """A pair judged twice: the last line wins, as BEIR's loader reads it (a later 0 was ignored, a later
+    grade kept: two rules), counted; a qrels file none of whose lines is read says why (the counts were
+    logged only after the error)."""
+    write_beir(tmp_path / "a", [b'{"_id": "d1", "text": "lift"}', b'{"_id": "d4", "text": "drag"}'], [b'{"_id": "q1", "text": "lift"}'],
+               ["q1\td1\t1", "q1\td1\t3", "q1\td4\t2", "q1\td4\t0"])
+    collection = beir.load_beir(tmp_path / "a", "test")
+    assert collection.qrels == {"q1": {"d1": 3}} and collection.skipped["qrels/test.tsv"]["repeated_judgement"] == 2
+    write_beir(tmp_path / "b", [b'{"_id": "d1", "text": "lift"}'], [b'{"_id": "q1", "text": "lift"}'], ["q1 0 d1 1", "q1 0 d1 1"])  # TREC's 4 columns
+    with pytest.raises(beir.BeirError, match=r"no query with a relevant document in the corpus \(lines skipped: \{'not_3_columns': 2\}; a line is query-id<TAB>corpus-id<TAB>score\)"):
+        beir.load_beir(tmp_path / "b", "test")

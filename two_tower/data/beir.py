@@ -98,7 +98,9 @@ def load_beir(path, split: str = "test") -> BeirCollection:
     if not corpus:
         raise BeirError(f"{root / CORPUS}: no usable document")
     if not qrels:
-        raise BeirError(f"{root / QRELS / f'{split}.tsv'}: no query with a relevant document in the corpus")
+        lines = dict(skipped[f"{QRELS}/{split}.tsv"])
+        raise BeirError(f"{root / QRELS / f'{split}.tsv'}: no query with a relevant document in the corpus"
+                        + (f" (lines skipped: {lines}; a line is query-id<TAB>corpus-id<TAB>score)" if lines else ""))
     for name, counts in skipped.items():
         if counts:
             log.warning("%s: skipped %s", root / name, dict(counts))
@@ -131,6 +133,7 @@ def _read_qrels(path: Path, corpus: dict, queries: dict, skipped: Counter) -> di
     if not path.is_file():
         raise BeirError(_no_qrels(path))
     qrels: dict[str, dict[str, int]] = {}
+    unjudged: set[tuple[str, str]] = set()  # pairs judged 0 (not relevant) so far
     with open(path, "rb") as f:
         for number, raw in enumerate(f, start=1):
             try:
@@ -155,9 +158,17 @@ def _read_qrels(path: Path, corpus: dict, queries: dict, skipped: Counter) -> di
                 skipped["unknown_query"] += 1
             elif cid not in corpus:
                 skipped["unknown_document"] += 1
-            elif score > 0:
-                qrels.setdefault(qid, {})[cid] = score
-    return qrels
+            else:
+                judged = qrels.setdefault(qid, {})
+                if cid in judged or (qid, cid) in unjudged:  # the same pair again: the last line wins, as BEIR's loader reads it
+                    skipped["repeated_judgement"] += 1
+                if score > 0:
+                    judged[cid] = score
+                    unjudged.discard((qid, cid))
+                else:
+                    judged.pop(cid, None)
+                    unjudged.add((qid, cid))
+    return {qid: judged for qid, judged in qrels.items() if judged}
 
 
 def prepared_split(collection: BeirCollection):
