@@ -375,3 +375,21 @@ def test_three_configurations_under_one_override_text_all_stay(tmp_path, caplog)
     assert set(systems) == {"experiment=best [encoder.hidden_size=64, loss.query_relation_weight=1.0]",
                             "experiment=best [encoder.hidden_size=64, loss.query_relation_weight=0.0]",
                             "experiment=best [encoder.hidden_size=128, loss.query_relation_weight=0.0]"}
+
+
+def test_callbacks_that_change_training_keep_configurations_apart_and_links_are_followed(tmp_path):
+    """Early stopping (or which epochs a checkpoint keeps) changes what is trained or reported: not pooled
+    with the plain runs (all callbacks were left out of the key: a probe). A run folder reached through a
+    link inside a folder given is found (rglob did not follow links: its runs were left out without a word)."""
+    from two_tower.training.compare import find_runs, load_configurations
+
+    base = difficulty()
+    for seed in (1, 2):
+        write_composed(tmp_path / "runs" / f"plain{seed}", [f"seed={seed}"], composed(seed), seed_table(base, 0.0, seed))
+    stopping = {**composed(3), "callbacks": {**composed(3)["callbacks"], "early_stopping": {"_target_": "lightning.pytorch.callbacks.EarlyStopping", "monitor": "val/mrr@10", "patience": 0}}}
+    write_composed(tmp_path / "runs" / "stopped3", ["seed=3", "+callbacks.early_stopping.patience=0"], stopping, seed_table(base, 0.0, 3))
+    quiet = {**composed(4), "callbacks": {**composed(4)["callbacks"], "progress_bar": {"refresh_rate": 1}}}
+    write_composed(tmp_path / "elsewhere" / "quiet4", ["seed=4", "callbacks.progress_bar.refresh_rate=1"], quiet, seed_table(base, 0.0, 4))
+    (tmp_path / "runs" / "linked").symlink_to(tmp_path / "elsewhere" / "quiet4")
+    systems = load_configurations(find_runs([tmp_path / "runs"]), "test/mrr@10")
+    assert {name: len(s.runs) for name, s in systems.items()} == {"(defaults)": 3, "+callbacks.early_stopping.patience=0": 1}

@@ -23,11 +23,11 @@ import yaml
 from two_tower.core.errors import ConfigError
 
 # Overrides that name where or how a run is done, not what is trained.
-IGNORED = ("seed", "threads", "ckpt_path", "paths.", "hydra.", "logger", "callbacks", "trainer.enable_progress_bar", "trainer.enable_model_summary", "data.cache_dir", "data.num_workers")
-# ...except the callbacks' settings that choose which epoch is reported (the checkpoint test scores,
-# val_best), and removing the checkpoint callback (test then scores the last epoch).
-KEPT = ("callbacks.model_checkpoint.monitor", "callbacks.model_checkpoint.mode", "callbacks.per_query.monitor", "callbacks.per_query.mode")
-REMOVALS_KEPT = ("~callbacks.model_checkpoint", "~callbacks.per_query")
+IGNORED = ("seed", "threads", "ckpt_path", "paths.", "hydra.", "logger", "trainer.enable_progress_bar", "trainer.enable_model_summary", "data.cache_dir", "data.num_workers")
+# Callbacks are kept (early stopping, which epoch the checkpoint keeps, ... change what is trained or reported)
+# except those that only show, time or save for resuming, and the fields that only name where files go.
+HARMLESS_CALLBACKS = ("progress_bar", "rich_progress_bar", "model_summary", "rich_model_summary", "epoch_timings", "rng_state", "checkpoint_on_stop", "last_checkpoint", "learning_rate_monitor")
+HARMLESS_CALLBACK_FIELDS = ("dirpath", "filename", "auto_insert_metric_name", "enable_version_counter", "verbose", "refresh_rate")
 # Overrides naming a file or folder whose contents the run learns from: made absolute against the run's cwd.
 DATA_PATHS = ("data.path",)
 
@@ -40,8 +40,11 @@ def _absolute(override: str, cwd: str | None) -> str:
 
 
 def ignored(name: str) -> bool:
-    """Whether a setting (dotted name) is left out of the key: IGNORED, unless KEPT."""
-    return name not in KEPT and any(name.startswith(i) if i.endswith(".") else name == i or name.startswith(i + ".") for i in IGNORED)
+    """Whether a setting (dotted name) is left out of the key: IGNORED, a harmless callback or callback field."""
+    parts = name.split(".")
+    if parts[0] == "callbacks" and len(parts) > 1:
+        return parts[1] in HARMLESS_CALLBACKS or parts[-1] in HARMLESS_CALLBACK_FIELDS
+    return any(name.startswith(i) if i.endswith(".") else name == i or name.startswith(i + ".") for i in IGNORED)
 
 
 def config_key(overrides: list[str], cwd: str | None = None) -> str:
@@ -50,7 +53,7 @@ def config_key(overrides: list[str], cwd: str | None = None) -> str:
     kept = []
     for override in overrides:
         name = override.lstrip("+~").split("=", 1)[0]
-        if override.split("=", 1)[0] not in REMOVALS_KEPT and ignored(name):
+        if ignored(name):
             continue
         kept.append(_absolute(override, cwd) if name in DATA_PATHS else override)
     return " ".join(sorted(kept)) or "(defaults)"

@@ -128,11 +128,30 @@ def find_runs(paths: list[Path]) -> list[Path]:
     for path in paths:
         if not path.exists():
             raise CompareError(f"{path} does not exist")
-        found = [path] if (path / ".hydra" / "overrides.yaml").is_file() else sorted(p.parents[1] for p in path.rglob(".hydra/overrides.yaml"))
+        found = [path] if (path / ".hydra" / "overrides.yaml").is_file() else run_folders_under(path)
         if not found:
             raise CompareError(f"{path}: no run dir (with .hydra/overrides.yaml) in it")
         runs.extend(found)
     return distinct(runs)
+
+
+def run_folders_under(path: Path) -> list[Path]:
+    """The run folders (holding ``.hydra/overrides.yaml``) at any depth under ``path``, through links to
+    folders too (``Path.rglob`` does not follow them, so linked runs were left out without a word); a link
+    back to a folder already walked is not walked again."""
+    import os
+
+    found, seen = [], set()
+    for root, dirs, _ in os.walk(path, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        if os.path.isfile(os.path.join(root, ".hydra", "overrides.yaml")):
+            found.append(Path(root))
+        dirs[:] = [d for d in dirs if d != ".hydra"]
+    return sorted(found)
 
 
 def distinct(paths: list[Path]) -> list[Path]:
