@@ -545,6 +545,19 @@ def test_corpus_files_parquet_jsonl_tsv(tmp_path, caplog):
     (tmp_path / "none.tsv").write_text("a,b\nc,d\n")  # a csv named .tsv: nothing read, one line saying why
     with pytest.raises(CorpusError, match=r"none.tsv: no line read: every line was skipped \{'not_two_fields': 2\} \(first at line 1 \(not_two_fields\)\); a line is id<TAB>text$"):
         read_corpus_file(tmp_path / "none.tsv")
+    # a compressed file named .tsv / .jsonl (a probe indexed 5 garbage "passages" of a gzip with exit 0), a jsonl
+    # of no readable line (it said "missing column(s)"), a file most of whose lines are unreadable: one line each
+    import gzip
+
+    (tmp_path / "packed.tsv").write_bytes(gzip.compress(b"1\ta passage\n" * 100))
+    with pytest.raises(CorpusError, match=r"packed.tsv: a gzip file, not plain tsv text; decompress it first$"):
+        read_corpus_file(tmp_path / "packed.tsv")
+    (tmp_path / "bad.jsonl").write_text('not json\n[1, 2]\n')
+    with pytest.raises(CorpusError, match=r"bad.jsonl: no line read: every line was skipped \{'not_json': 1, 'row_not_a_mapping': 1\} \(first at line 1 \(not_json\), 2 \(row_not_a_mapping\)\)"):
+        read_corpus_file(tmp_path / "bad.jsonl")
+    (tmp_path / "mostly.tsv").write_text("1\tone\n" + "no tab here\n" * 3)
+    with pytest.raises(CorpusError, match=r"mostly.tsv: only 1 of 4 lines read"):
+        read_corpus_file(tmp_path / "mostly.tsv")
     # old Mac line ends (\r alone), as pandas read them
     (tmp_path / "cr.tsv").write_bytes(b"1\thello world\r2\tfoo bar\r3\tqux\r")
     assert read_corpus_file(tmp_path / "cr.tsv").ids == ["1", "2", "3"]

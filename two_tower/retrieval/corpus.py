@@ -31,6 +31,10 @@ READERS = {
 }
 
 
+# The first bytes of compressed files, which a text reader would read as a few lines of garbage.
+COMPRESSED = {b"\x1f\x8b": "gzip", b"BZh": "bzip2", b"\xfd7zXZ": "xz", b"PK\x03\x04": "zip", b"\x28\xb5\x2f\xfd": "zstd"}
+
+
 def _tsv_frame(path: Path) -> pd.DataFrame:
     """A tsv passage file read line by line (as the BEIR qrels and every jsonl reader read theirs): lines that
     are not UTF-8 or not two tab-separated fields are skipped and counted by reason, the first of each named;
@@ -55,28 +59,42 @@ def _tsv_frame(path: Path) -> pd.DataFrame:
                 reason = "not_two_fields"
             skipped[reason] += 1
             first.setdefault(reason, number)
-    where = ", ".join(f"{first[r]} ({r})" for r in skipped)
-    if skipped and not ids:
-        raise CorpusError(f"corpus={path}: no line read: every line was skipped {dict(skipped)} (first at line {where}); a line is id<TAB>text")
-    if skipped:
-        log.warning("corpus=%s: skipped %s (first at line %s): a line is id<TAB>text", path, dict(skipped), where)
+    check_skipped(path, skipped, first, len(ids), "a line is id<TAB>text")
     return pd.DataFrame({0: ids, 1: texts}, dtype=object)
 
 
 def _jsonl_frame(path: Path) -> pd.DataFrame:
     """A jsonl passage file read line by line: lines that are not UTF-8, not JSON or not an object are
-    skipped and counted by reason (as in every other jsonl reader), not a failure of the whole file."""
-    rows, skipped = [], Counter()
-    for row in read_jsonl(path):
+    skipped and counted by reason (as in every other jsonl reader), the first of each named, not a failure of
+    the whole file; a file of which no line is read (or most are not) is one error saying so."""
+    rows, skipped, first = [], Counter(), {}
+    for number, row in enumerate(read_jsonl(path), start=1):
         if isinstance(row, UnreadableRow):
-            skipped[row.reason] += 1
+            reason, number = row.reason, row.line
         elif not isinstance(row, dict):
-            skipped["row_not_a_mapping"] += 1
+            reason = "row_not_a_mapping"
         else:
             rows.append(row)
-    if skipped:
-        log.warning("corpus=%s: skipped %s", path, dict(skipped))
+            continue
+        skipped[reason] += 1
+        first.setdefault(reason, number)
+    check_skipped(path, skipped, first, len(rows), "a line is one JSON object")
     return pd.DataFrame(rows, dtype=object)
+
+
+def check_skipped(path: Path, skipped: Counter, first: dict, read: int, what: str) -> None:
+    """Say the lines a corpus reader skipped (the first of each reason named); refuse the file when no line,
+    or fewer than half of them, could be read: it is not such a file (another format, compressed, ...), and an
+    index of its few readable lines would be garbage."""
+    if not skipped:
+        return
+    where = ", ".join(f"{first[r]} ({r})" for r in skipped)
+    total = read + sum(skipped.values())
+    if read == 0:
+        raise CorpusError(f"corpus={path}: no line read: every line was skipped {dict(skipped)} (first at line {where}); {what}")
+    if read < total / 2:
+        raise CorpusError(f"corpus={path}: only {read} of {total} lines read, the others skipped {dict(skipped)} (first at line {where}); {what}")
+    log.warning("corpus=%s: skipped %s (first at line %s): %s", path, dict(skipped), where, what)
 
 
 @dataclass
@@ -133,6 +151,11 @@ def read_corpus_file(path: str | Path, id_column: str = "id", text_column: str =
     reader = READERS.get(path.suffix.lower())
     if reader is None:
         raise CorpusError(f"corpus={path}: unsupported file type {path.suffix!r}; use one of {sorted(READERS)}")
+    with open(path, "rb") as f:
+        head = f.read(6)
+    packed = next((name for magic, name in COMPRESSED.items() if head.startswith(magic)), None)
+    if packed and path.suffix.lower() != ".parquet":
+        raise CorpusError(f"corpus={path}: a {packed} file, not plain {path.suffix[1:]} text; decompress it first")
     try:
         frame = reader(path)
     except CorpusError:
