@@ -393,3 +393,15 @@ def test_callbacks_that_change_training_keep_configurations_apart_and_links_are_
     (tmp_path / "runs" / "linked").symlink_to(tmp_path / "elsewhere" / "quiet4")
     systems = load_configurations(find_runs([tmp_path / "runs"]), "test/mrr@10")
     assert {name: len(s.runs) for name, s in systems.items()} == {"(defaults)": 3, "+callbacks.early_stopping.patience=0": 1}
+
+
+def test_a_run_without_its_composed_config_is_told_apart_from_one_with_it(tmp_path):
+    """Same overrides, one run folder without .hydra/config.yaml: two configurations, the one with a config
+    keeps the plain label (it read "[#1]")."""
+    from two_tower.training.compare import find_runs, load_configurations
+
+    base = difficulty()
+    write_composed(tmp_path / "with", ["encoder=gru", "seed=1"], composed(1), seed_table(base, 0.0, 1))
+    write_run(tmp_path / "without", ["encoder=gru", "seed=2"], seed_table(base, 0.0, 2))
+    systems = load_configurations(find_runs([tmp_path]), "test/mrr@10")
+    assert {name: len(s.runs) for name, s in systems.items()} == {"encoder=gru": 1, "encoder=gru [no .hydra/config.yaml]": 1}

@@ -215,14 +215,14 @@ def label_configurations(groups: dict[str, list], settings: dict[str, dict | Non
                 shown.append(name)
             if distinct(shown) == len(known):
                 break
-        for number, group in enumerate(clashing, start=1):
+        for group in clashing:
             if group not in known:
                 labels[group] = f"{label} [no .hydra/config.yaml]"
             else:
                 values = ", ".join(f"{k}={known[group].get(k, '<unset>')}" for k in shown)
-                labels[group] = f"{label} [{values}]" if shown else f"{label} [#{number}]"
-        log.warning("runs with the overrides %r differ in their composed configuration (.hydra/config.yaml; made by "
-                    "other code, or other defaults): compared as %d configurations: %s", label, len(clashing),
+                labels[group] = f"{label} [{values}]" if shown else label  # the one with a config.yaml keeps the plain label
+        log.warning("runs with the overrides %r differ in their composed configuration (.hydra/config.yaml, which some may "
+                    "lack; made by other code, or other defaults): compared as %d configurations: %s", label, len(clashing),
                     "; ".join(labels[g] for g in clashing))
     if len(set(labels.values())) != len(labels):  # never two configurations under one name (one would be dropped)
         seen: dict[str, int] = {}
