@@ -227,6 +227,7 @@ def test_evaluate_names_a_missing_split_file_before_loading_the_checkpoint(tmp_p
         evaluate.evaluate(compose_retrieval("evaluate", [*common, f"data.path={tmp_path / 'beir'}", "split=dev"]))
     with pytest.raises(DataSourceError, match=r"No 'validation-\*.parquet' \(or .jsonl\) shards in"):
         evaluate.evaluate(compose_retrieval("evaluate", [*common, f"data.path={tmp_path / 'marco'}", "split=validation"]))
+    assert not (tmp_path / "out").exists()  # a failed evaluation leaves no empty out= folder (it did)
 
 
 def test_a_byte_order_mark_opening_each_beir_file_costs_nothing(tmp_path):

@@ -150,7 +150,17 @@ def evaluate(cfg: DictConfig) -> dict[str, dict]:
     if not cfg.retriever:
         raise ConfigError("no retriever selected; e.g. retriever=[dense,bm25,hybrid]")
     out = Path(cfg.out)
-    check_writable(out, f"out={cfg.out}", min_free_bytes=1 << 20)  # before any work, not after it
+    created = not out.exists()
+    check_writable(out, f"out={cfg.out}", min_free_bytes=1 << 20)  # before any work, not after it (it makes the folder)
+    try:
+        return _evaluate(cfg, out)
+    except BaseException:
+        if created and out.is_dir() and not any(out.iterdir()):  # a failed evaluation leaves no empty out= folder
+            out.rmdir()
+        raise
+
+
+def _evaluate(cfg: DictConfig, out: Path) -> dict[str, dict]:
     check_split_files(cfg)  # and the split's files, before the checkpoint loads
     retrievers = build_retrievers(cfg)
     split = load_split(cfg)
