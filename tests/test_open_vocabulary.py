@@ -200,11 +200,13 @@ def test_beir_reader_skips_and_counts_bad_lines(tmp_path):
     assert collection.corpus_ids == ["d1", "d2"] and collection.corpus_texts[0] == "Wing lift of a wing"  # title + " " + text
     assert collection.query_ids == ["q1", "q2"]  # q3 has no relevant document: not evaluated
     assert collection.qrels == {"q1": {"d1": 2}, "q2": {"d2": 1}}  # score 0: judged, not relevant
+    assert collection.unlisted == {"q2": {"d9": 1}}  # relevant but not in the corpus: counted, never retrieved (BEIR's rule)
     assert dict(collection.skipped["corpus.jsonl"]) == {"not_json": 1, "not_utf8": 1, "no_id": 1, "empty_text": 1, "text_not_a_string": 2}
     assert dict(collection.skipped["queries.jsonl"]) == {"text_not_a_string": 1}
-    assert dict(collection.skipped["qrels/test.tsv"]) == {"unknown_document": 1, "unknown_query": 1, "score_not_integer": 1, "not_3_columns": 1}
+    assert dict(collection.skipped["qrels/test.tsv"]) == {"unknown_query": 1, "score_not_integer": 1, "not_3_columns": 1}
     split = beir.prepared_split(collection)
-    assert split.relevance([0, 1]) == [{0: 2.0}, {1: 1.0}]
+    assert split.relevance([0, 1]) == [{0: 2.0}, {1: 1.0, 2: 1.0}]  # d9: a row past the corpus's end
+    assert split.num_passages == 2 and split.passage_ids[2] == "d9"
     with pytest.raises(beir.BeirError, match=r"qrels/dev.tsv: no such qrels file .*\['test'\]"):
         beir.load_beir(tmp_path, "dev")
 
@@ -368,3 +370,31 @@ def test_beir_repeated_judgements_take_the_last_line_and_unreadable_qrels_say_wh
     write_beir(tmp_path / "b", [b'{"_id": "d1", "text": "lift"}'], [b'{"_id": "q1", "text": "lift"}'], ["q1 0 d1 1", "q1 0 d1 1"])  # TREC's 4 columns
     with pytest.raises(beir.BeirError, match=r"no query with a relevant document in the corpus \(lines skipped: \{'not_3_columns': 2\}; a line is query-id<TAB>corpus-id<TAB>score\)"):
         beir.load_beir(tmp_path / "b", "test")
+
+
+def test_a_relevant_document_missing_from_the_corpus_counts_as_bm25_and_beir_count_it(tmp_path):
+    """A query judged only on a document the corpus lacks scores 0 (it was left out: MRR 1.0 where BEIR and
+    pytrec_eval give 0.667), and a missing relevant document lowers nDCG and recall; qrels.txt keeps it.
+    Checked against ranx, which scores the qrels as given."""
+    from ranx import Qrels, Run, evaluate as ranx_evaluate
+
+    from tests.test_retrieval import compose_retrieval
+    from two_tower.retrieval import evaluate
+
+    write_beir(tmp_path / "beir",
+               [b'{"_id": "d1", "text": "wing lift"}', b'{"_id": "d2", "text": "engine drag"}', b'{"_id": "d3", "text": "tail fin"}'],
+               [b'{"_id": "q1", "text": "wing lift"}', b'{"_id": "q2", "text": "engine drag"}', b'{"_id": "q3", "text": "rotor blade"}'],
+               ["q1\td1\t1", "q1\tdX\t1", "q2\td2\t2", "q3\tdY\t1"])
+    out = tmp_path / "out"
+    metrics = evaluate.evaluate(compose_retrieval("evaluate", [f"data.path={tmp_path / 'beir'}", "split=test", f"out={out}", "retriever=[bm25]", "save_runs=true"]))["bm25"]
+    qrels = {"q1": {"d1": 1, "dX": 1}, "q2": {"d2": 2}, "q3": {"dY": 1}}
+    run = {}
+    for line in (out / "runs" / "bm25.trec").read_text().splitlines():
+        qid, _, doc, _, score, _ = line.split()
+        run.setdefault(qid, {})[doc] = float(score)
+    for q in qrels:
+        run.setdefault(q, {})
+    expected = ranx_evaluate(Qrels(qrels), Run(run), ["mrr@10", "ndcg@10", "recall@100"], make_comparable=True)
+    assert metrics["mrr@10"] == pytest.approx(expected["mrr@10"]) == pytest.approx(2 / 3)
+    assert metrics["ndcg@10"] == pytest.approx(expected["ndcg@10"]) and metrics["recall@100"] == pytest.approx(expected["recall@100"])
+    assert "q1 0 dX 1" in (out / "qrels.txt").read_text().splitlines() and "q3 0 dY 1" in (out / "qrels.txt").read_text().splitlines()

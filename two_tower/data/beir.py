@@ -42,6 +42,10 @@ class BeirCollection:
     query_texts: list[str]
     qrels: dict[str, dict[str, int]]  # query id -> {corpus id: score}
     skipped: dict[str, Counter] = field(default_factory=dict)  # file -> reason -> count
+    # query id -> {document id: score} for relevant documents that are not in the corpus (or have no usable
+    # text): never retrieved, but counted as BEIR / pytrec_eval count them (in nDCG's ideal ranking and
+    # recall's denominator), so a query judged only on such documents scores 0 instead of being left out
+    unlisted: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
 def _jsonl(path: Path, skipped: Counter):
@@ -97,15 +101,22 @@ def load_beir(path, split: str = "test") -> BeirCollection:
     qrels = _read_qrels(root / QRELS / f"{split}.tsv", corpus, queries, skipped[f"{QRELS}/{split}.tsv"])
     if not corpus:
         raise BeirError(f"{root / CORPUS}: no usable document")
-    if not qrels:
+    unlisted = {q: {c: g for c, g in judged.items() if c not in corpus} for q, judged in qrels.items()}
+    unlisted = {q: docs for q, docs in unlisted.items() if docs}
+    qrels = {q: {c: g for c, g in judged.items() if c in corpus} for q, judged in qrels.items()}
+    if not any(qrels.values()):
         lines = dict(skipped[f"{QRELS}/{split}.tsv"])
         raise BeirError(f"{root / QRELS / f'{split}.tsv'}: no query with a relevant document in the corpus"
                         + (f" (lines skipped: {lines}; a line is query-id<TAB>corpus-id<TAB>score)" if lines else ""))
     for name, counts in skipped.items():
         if counts:
             log.warning("%s: skipped %s", root / name, dict(counts))
-    query_ids = [q for q in queries if q in qrels]
-    return BeirCollection(list(corpus), list(corpus.values()), query_ids, [queries[q] for q in query_ids], qrels, skipped)
+    if unlisted:
+        log.warning("%s: %d relevance judgements name documents not in the corpus (or without a usable text): counted as "
+                    "relevant and never retrieved, as BEIR scores them", root / QRELS / f"{split}.tsv", sum(map(len, unlisted.values())))
+    query_ids = [q for q in queries if qrels.get(q) or unlisted.get(q)]
+    qrels = {q: qrels.get(q, {}) for q in query_ids}
+    return BeirCollection(list(corpus), list(corpus.values()), query_ids, [queries[q] for q in query_ids], qrels, skipped, unlisted)
 
 
 def check_files(path, split: str) -> None:
@@ -156,9 +167,7 @@ def _read_qrels(path: Path, corpus: dict, queries: dict, skipped: Counter) -> di
                 continue
             if qid not in queries:
                 skipped["unknown_query"] += 1
-            elif cid not in corpus:
-                skipped["unknown_document"] += 1
-            else:
+            else:  # a document absent from the corpus is still judged: a relevant one is a miss for every system
                 judged = qrels.setdefault(qid, {})
                 if cid in judged or (qid, cid) in unjudged:  # the same pair again: the last line wins, as BEIR's loader reads it
                     skipped["repeated_judgement"] += 1
@@ -176,9 +185,12 @@ def prepared_split(collection: BeirCollection):
     from two_tower.data.prepared import PreparedSplit, Ragged
 
     position = {cid: i for i, cid in enumerate(collection.corpus_ids)}
+    # relevant documents absent from the corpus get rows past its end: no ranking holds them, the metrics count them
+    absent = list(dict.fromkeys(c for q in collection.query_ids for c in collection.unlisted.get(q, {})))
+    position.update({cid: len(collection.corpus_ids) + i for i, cid in enumerate(absent)})
     positives, gains = [], []
     for qid in collection.query_ids:
-        judged = collection.qrels[qid]
+        judged = {**collection.qrels[qid], **collection.unlisted.get(qid, {})}
         positives.append([position[c] for c in judged])
         gains.append([float(s) for s in judged.values()])
     return PreparedSplit(
@@ -190,5 +202,5 @@ def prepared_split(collection: BeirCollection):
         candidates=Ragged.from_lists([[] for _ in positives]),
         gains=Ragged(np.array([g for row in gains for g in row], dtype=np.float32), Ragged.from_lists(positives).offsets),
         query_ids=collection.query_ids,
-        passage_ids=collection.corpus_ids,
+        passage_ids=collection.corpus_ids + absent,  # the absent ones name qrels.txt's lines only
     )
