@@ -558,6 +558,9 @@ def test_corpus_files_parquet_jsonl_tsv(tmp_path, caplog):
     (tmp_path / "mostly.tsv").write_text("1\tone\n" + "no tab here\n" * 3)
     with pytest.raises(CorpusError, match=r"mostly.tsv: only 1 of 4 lines read"):
         read_corpus_file(tmp_path / "mostly.tsv")
+    # a header line in another case is a header too
+    (tmp_path / "header.tsv").write_text("ID\tText\n1\tone\n")
+    assert read_corpus_file(tmp_path / "header.tsv").ids == ["1"]
     # old Mac line ends (\r alone), as pandas read them
     (tmp_path / "cr.tsv").write_bytes(b"1\thello world\r2\tfoo bar\r3\tqux\r")
     assert read_corpus_file(tmp_path / "cr.tsv").ids == ["1", "2", "3"]

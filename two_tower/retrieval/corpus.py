@@ -164,7 +164,7 @@ def read_corpus_file(path: str | Path, id_column: str = "id", text_column: str =
         raise CorpusError(f"corpus={path}: could not read it ({type(err).__name__}: {' '.join(str(err).split())})") from err
     if path.suffix.lower() == ".tsv":
         frame.columns = [id_column, text_column]
-        if len(frame) and list(frame.iloc[0]) == [id_column, text_column]:
+        if len(frame) and [str(v).strip().lower() for v in frame.iloc[0]] == [id_column.lower(), text_column.lower()]:  # a header, any case
             frame = frame.iloc[1:]
     missing = [c for c in (id_column, text_column) if c not in frame.columns]
     if missing:
