@@ -131,7 +131,7 @@ def test_an_index_folder_carries_its_distilled_model_and_searches_on_a_machine_w
     monkeypatch.setenv("TWO_TOWER_CACHE", str(fresh))
     monkeypatch.setattr(emb, "_PROVIDED", {})
     emb._load_extension_source.cache_clear()
-    monkeypatch.setattr(emb.DistilledEmbeddings, "_distil_if_missing", lambda self, cache: pytest.fail("distilled again"))
+    monkeypatch.setattr(emb.DistilledEmbeddings, "_distil", lambda self, cache: pytest.fail("distilled again"))
     got = [[(h.id, round(h.score, 6)) for h in hits] for hits in Searcher.load(folder).search(["jet wing", "zebra"], k=3)]
     assert got == expected
     assert not (fresh / "distilled").exists()

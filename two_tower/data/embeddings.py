@@ -312,9 +312,10 @@ class DistilledEmbeddings(EmbeddingSource):
         """The folder of the distilled model2vec model: the cache entry, else the copy an index folder brought
         (``provide_static_model``), else distilled now (and cached)."""
         cache = ContentCache(self.cache_dir, "distilled")
-        if cache.get(self._key()) is None and (self.teacher, self.dim) in _PROVIDED:
-            return _PROVIDED[self.teacher, self.dim]
-        self._distil_if_missing(cache)
+        if cache.get(self._key()) is None:
+            if (self.teacher, self.dim) in _PROVIDED:
+                return _PROVIDED[self.teacher, self.dim]
+            self._distil(cache)
         return cache.path(self._key())
 
     def static_model(self):
@@ -331,22 +332,22 @@ class DistilledEmbeddings(EmbeddingSource):
         finally:
             quiet.setLevel(level)
 
-    def _distil_if_missing(self, cache: ContentCache) -> None:
-        if cache.get(self._key()) is None:
-            from two_tower.data.teacher import resolve_model
+    def _distil(self, cache: ContentCache) -> None:
+        """Distil the teacher into the cache entry (minutes; needs the teacher and model2vec's distill extra)."""
+        from two_tower.data.teacher import resolve_model
 
-            try:
-                from model2vec.distill import distill
-            except ImportError as err:
-                raise EmbeddingsError('embeddings=distilled needs model2vec with its distill extra: pip install "model2vec[distill]"') from err
-            cache.check_writable()
-            log.info("Distilling static word vectors from %s with model2vec (pca_dims=%d); cached in %s", self.teacher, self.dim, cache.path(self._key()))
-            try:
-                model = distill(model_name=resolve_model(self.teacher), pca_dims=self.dim, device="cpu")
-            except Exception as err:
-                raise EmbeddingsError(f"embeddings.teacher={self.teacher}: model2vec could not distil it: {type(err).__name__}: {err}") from err
-            with cache.put(self._key()) as tmp:
-                model.save_pretrained(str(tmp))
+        try:
+            from model2vec.distill import distill
+        except ImportError as err:
+            raise EmbeddingsError('embeddings=distilled needs model2vec with its distill extra: pip install "model2vec[distill]"') from err
+        cache.check_writable()
+        log.info("Distilling static word vectors from %s with model2vec (pca_dims=%d); cached in %s", self.teacher, self.dim, cache.path(self._key()))
+        try:
+            model = distill(model_name=resolve_model(self.teacher), pca_dims=self.dim, device="cpu")
+        except Exception as err:
+            raise EmbeddingsError(f"embeddings.teacher={self.teacher}: model2vec could not distil it: {type(err).__name__}: {err}") from err
+        with cache.put(self._key()) as tmp:
+            model.save_pretrained(str(tmp))
 
     def load(self, train_texts, keep_punctuation=False, split_hyphens=False):
         if self.words != "glove":

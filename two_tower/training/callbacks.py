@@ -179,8 +179,9 @@ def resume_settings(run_dir: Path) -> str:
     """What to add to the command that made ``run_dir`` to resume it: its own folder for a single run; for a job
     of a sweep, the sweep's folder with -m (jobs the sweep had not reached then start from the beginning)."""
     from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
 
-    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+    from two_tower.training.utils import in_sweep
+
+    if in_sweep():
         return f"ckpt_path=last hydra.sweep.dir={HydraConfig.get().sweep.dir} (with -m)"
     return f"ckpt_path=last hydra.run.dir={run_dir}"

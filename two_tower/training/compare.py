@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -139,8 +140,6 @@ def run_folders_under(path: Path) -> list[Path]:
     """The run folders (holding ``.hydra/overrides.yaml``) at any depth under ``path``, through links to
     folders too (``Path.rglob`` does not follow them, so linked runs were left out without a word); a link
     back to a folder already walked is not walked again."""
-    import os
-
     found, seen = [], set()
     for root, dirs, _ in os.walk(path, followlinks=True):
         real = os.path.realpath(root)
@@ -206,14 +205,14 @@ def label_configurations(groups: dict[str, list], settings: dict[str, dict | Non
             continue
         known = {g: settings[g] for g in clashing if settings[g] is not None}
         names = sorted({n for a in known.values() for b in known.values() for n in set(a) | set(b) if a.get(n, "<unset>") != b.get(n, "<unset>")})
-        shown: list[str] = []
-        def distinct(keys: list[str]) -> int:
+        def told_apart(keys: list[str]) -> int:  # how many configurations these settings' values tell apart
             return len({tuple(str(known[g].get(k, "<unset>")) for k in keys) for g in known})
 
+        shown: list[str] = []
         for name in names:  # add a differing setting while it tells more configurations apart
-            if distinct(shown + [name]) > distinct(shown):
+            if told_apart(shown + [name]) > told_apart(shown):
                 shown.append(name)
-            if distinct(shown) == len(known):
+            if told_apart(shown) == len(known):
                 break
         for group in clashing:
             if group not in known:
@@ -272,7 +271,9 @@ def load_configurations(runs: list[Path], metric: str) -> dict[str, System]:
         labels.setdefault(group, []).append(label)
         composed[group] = settings
     names = label_configurations(labels, composed)
-    systems = {names[group]: System(names[group], system.runs, system.tables) for group, system in groups.items()}
+    for group, system in groups.items():
+        system.name = names[group]
+    systems = {system.name: system for system in groups.values()}
     if not systems:
         raise CompareError(f"no run to compare on {metric}: {len(skipped)} run dir(s) found, all skipped, e.g. {skipped[0]}: {reasons[0]}")
     return systems

@@ -15,10 +15,10 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from two_tower.core.checks import RULES, check
+from two_tower.core.errors import ConfigError
 from two_tower.core.metrics import RANKING_METRICS
 
 log = logging.getLogger(__name__)
-from two_tower.core.errors import ConfigError
 
 
 def validate_train_config(cfg: DictConfig) -> None:
@@ -62,7 +62,8 @@ def validate_train_config(cfg: DictConfig) -> None:
     margin_weight = loss.get("margin_weight", 0)
     if distill and margin_weight and loss.get("margin_pairs") == "mined" and not negatives.get("per_query"):
         # MarginMSE over mined pairs needs mined passages; in-batch negatives give none, so the term would be 0
-        raise ConfigError(f"loss.margin_pairs=mined with negatives={_option(negatives)}: no mined negatives, so MarginMSE "
+        option = _choice("negatives") or str(negatives.get("_target_", "")).rsplit(".", 1)[-1]
+        raise ConfigError(f"loss.margin_pairs=mined with negatives={option}: no mined negatives, so MarginMSE "
                           "(loss.margin_weight) would add nothing; use loss.margin_pairs=all, or negatives=random, bm25 or ann")
     if loss.get("learn_margin_scale") and not margin_weight:
         raise ConfigError("loss.learn_margin_scale=true does nothing with loss.margin_weight=0 (no MarginMSE term to scale): "
@@ -167,12 +168,6 @@ def _choice(group: str) -> str | None:
     if not HydraConfig.initialized():
         return None
     return HydraConfig.get().runtime.choices.get(group)
-
-
-def _option(group) -> str:
-    """A group's option as a user names it (``negatives=in_batch``), from its ``_target_``."""
-    target = str(group.get("_target_", "")).rsplit(".", 1)[-1]
-    return {"InBatchNegatives": "in_batch", "RandomNegatives": "random", "BM25Negatives": "bm25", "ANNNegatives": "ann"}.get(target, target)
 
 
 def check_sweep_space(cfg: DictConfig, compose: Callable[[list[str]], DictConfig] | None = None) -> None:

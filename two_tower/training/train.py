@@ -29,7 +29,7 @@ from two_tower.model import frozen_rows
 from two_tower.model.module import TwoTowerModule
 from two_tower.negatives.refresh import NegativeRefresh
 from two_tower.training.tracking import fill_wandb_group_and_tags, tracking_callbacks
-from two_tower.training.utils import instantiate_group, task_wrapper
+from two_tower.training.utils import in_sweep, instantiate_group, task_wrapper
 
 log = logging.getLogger(__name__)
 
@@ -69,13 +69,6 @@ def _build_module(cfg: DictConfig, datamodule: TwoTowerDataModule) -> TwoTowerMo
     )
 
 
-def _multirun() -> bool:
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
-
-
 def resolve_ckpt_path(cfg: DictConfig) -> str | None:
     """``ckpt_path=last`` means this run dir's own ``checkpoints/last.ckpt`` (resume a preempted run by
     running the same command with ``hydra.run.dir`` set to its dir)."""
@@ -83,7 +76,7 @@ def resolve_ckpt_path(cfg: DictConfig) -> str | None:
     if path != "last":
         return path
     last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
-    if not last.is_file() and _multirun():
+    if not last.is_file() and in_sweep():
         # a sweep stopped part-way: the jobs it had not reached have no checkpoint and start from the beginning
         log.warning("ckpt_path=last: no %s: this job of the sweep starts from the beginning", last)
         return None

@@ -14,6 +14,14 @@ from two_tower.core.errors import TwoTowerError
 log = logging.getLogger(__name__)
 
 
+def in_sweep() -> bool:
+    """Whether this process runs a job of a Hydra multirun (``-m``), not a single run."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
 def instantiate_group(cfg: DictConfig | None) -> list:
     """Instantiate every entry with a ``_target_`` in a group such as ``callbacks`` or ``logger``."""
     if not cfg:
