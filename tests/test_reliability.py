@@ -227,6 +227,29 @@ def test_hydra_commands_report_bad_overrides_in_one_line(tmp_path, command, over
     assert not (tmp_path / ".hydra").exists()
 
 
+@pytest.mark.parametrize("command, refused, words", [
+    ("train.py", ["data=synthetic", "embeddings=random", "optimizer.lr=-1"], "optimizer.lr=-1"),
+    ("train.py", ["data=local", "data.path=/nonexistent/marco"], "/nonexistent/marco"),
+    ("index.py", ["ckpt=/nonexistent.ckpt", "corpus=x.tsv"], "no such checkpoint"),
+    ("evaluate.py", ["ckpt=/nonexistent.ckpt", "data.path=/nonexistent"], "/nonexistent"),
+])
+def test_a_refused_command_leaves_no_run_folder_and_keeps_one_that_existed(tmp_path, command, refused, words):
+    """Hydra makes the run folder (its .hydra record and log) before the command runs: a refused command used to
+    leave one for nothing at every call, which compare then reported as an unfinished run."""
+    run = tmp_path / "outputs" / "runs" / "new"
+    result = subprocess.run([sys.executable, command, *refused, f"hydra.run.dir={run}"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and result.stderr.startswith("error: ") and words in result.stderr, result.stderr[-2000:]
+    assert not (tmp_path / "outputs").exists(), sorted(str(p) for p in tmp_path.rglob("*"))
+
+    kept = tmp_path / "kept"  # a folder that existed (with a file of its own) stays, with its own record
+    (kept / ".hydra").mkdir(parents=True)
+    (kept / ".hydra" / "overrides.yaml").write_text("- seed=7\n")
+    (kept / "notes.txt").write_text("mine")
+    result = subprocess.run([sys.executable, command, *refused, f"hydra.run.dir={kept}"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert (kept / "notes.txt").read_text() == "mine" and (kept / ".hydra" / "overrides.yaml").read_text() == "- seed=7\n"
+
+
 def test_a_refused_resume_leaves_the_run_record_as_it_was(tmp_path):
     """Hydra writes .hydra/ before train.py refuses a resume; the refused command must not leave the run
     recorded as what it asked for (the comparison reads the record), and an accepted resume does update it."""

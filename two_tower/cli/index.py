@@ -3,13 +3,14 @@
 from omegaconf import DictConfig
 
 from two_tower.cli.common import exit_on_error, hydra_command
+from two_tower.core import run_record
 
 
 @hydra_command("index")
 def main(cfg: DictConfig) -> None:
     from two_tower.retrieval.indexer import build_index
 
-    with exit_on_error():
+    with exit_on_error(), run_record.kept_if_refused():
         build_index(cfg)
 
 

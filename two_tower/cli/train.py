@@ -22,7 +22,7 @@ class CheckSweepSpace(Callback):
 
 @hydra_command("train")
 def main(cfg: DictConfig) -> float | None:
-    from two_tower.training import run_record
+    from two_tower.core import run_record
     from two_tower.training.config import validate_train_config
 
     with exit_on_error(), run_record.kept_if_refused():

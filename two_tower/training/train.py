@@ -18,7 +18,7 @@ from two_tower.core.atomic import check_writable, sweep_stale_temps
 from two_tower.core.cache import check_cache_root
 from two_tower.core.threads import set_threads
 from two_tower.retrieval.checkpoint import load_problem
-from two_tower.training import run_record
+from two_tower.core import run_record
 from two_tower.training.callbacks import CheckpointOnStop
 from two_tower.training.config import validate_train_config
 from two_tower.training.loggers import ResumableCSVLogger
