@@ -179,3 +179,42 @@ def test_evaluate_reranks_share_one_idf_pass_over_the_split(cache, monkeypatch):
     fresh = ms.CorpusMaxSim(dense.settings, lambda rows: [TinySplit.passage_texts[r] for r in rows.tolist()], len(TinySplit.passage_texts))
     torch.testing.assert_close(hybrid.corpus.idf, fresh.idf)
     assert ms.texts_key(["ab", "c"]) != ms.texts_key(["a", "bc"]) and ms.texts_key(["x"]) == ms.texts_key(["x"])
+
+
+def test_candidates_token_ids_are_read_from_the_cache_not_tokenized_at_every_query(cache, monkeypatch):
+    """The idf pass keeps every passage's token ids (memory-mapped from the cache entry); a rerank reads its
+    candidates' ids there, the same ids tokenizing their texts gives, and never asks for the texts again."""
+    static_model_over("the jet wing a cat sat on mat of".split())
+    passages = ["the jet wing", "a cat sat on the mat", "", "wing of a jet jet " * 40, "the the the"]
+    asked = []
+
+    def texts_of(rows):
+        asked.append(rows.tolist())
+        return [passages[r] for r in rows.tolist()]
+
+    settings = ms.MaxSimRerank(teacher="tiny", dim=8, max_tokens=50)
+    corpus = ms.CorpusMaxSim(settings, texts_of, len(passages), corpus_key="k1")
+    assert isinstance(corpus.passage_ids.ids, np.memmap) and corpus.passage_ids.ids.dtype == np.uint16
+    want = corpus.tokens.ids(passages, 50)
+    for rows in ([0, 1, 2, 3, 4], [3, 0], [2]):
+        got = corpus.passage_ids(np.array(rows))
+        assert [g.tolist() for g in got] == [want[r].tolist() for r in rows] and all(g.dtype == np.int64 for g in got)
+    asked.clear()
+    rows, fused = corpus.rerank("jet wing", np.arange(5), np.linspace(1, 0, 5))
+    assert asked == []  # no text read at query time
+    memory = ms.CorpusMaxSim(settings, texts_of, len(passages))  # no corpus key: computed, held in memory
+    assert [p.tolist() for p in memory.passage_ids(np.arange(5))] == [w.tolist() for w in want]
+    np.testing.assert_array_equal(memory.rerank("jet wing", np.arange(5), np.linspace(1, 0, 5))[1], fused)
+    # a second start reads the entry: no pass over the texts
+    asked.clear()
+    again = ms.CorpusMaxSim(settings, texts_of, len(passages), corpus_key="k1")
+    assert asked == [] and [p.tolist() for p in again.passage_ids(np.arange(5))] == [w.tolist() for w in want]
+    # ids of a vocabulary over 65,536 tokens take 4 bytes
+    assert ms.ids_dtype(1 << 16) == np.uint16 and ms.ids_dtype((1 << 16) + 1) == np.uint32
+
+
+def test_stored_ids_that_disagree_with_their_offsets_are_one_error(tmp_path):
+    np.save(tmp_path / ms.PassageIds.OFFSETS, np.array([0, 2, 5]))
+    np.array([1, 2, 3], dtype=np.uint16).tofile(tmp_path / ms.PassageIds.IDS)
+    with pytest.raises(ms.TwoTowerError, match="3 token ids where its offsets say 5"):
+        ms.PassageIds(tmp_path, 100)
