@@ -168,7 +168,10 @@ def forced(module, variant: str | None):
     fn = VARIANTS[variant]
     encoders = {module.towers.query_encoder, module.towers.passage_encoder}
     for enc in encoders:
-        enc.forward = (lambda e: lambda ids, lengths: fn(e, ids, lengths))(enc)
+        if getattr(enc, "bag", None) is not None or getattr(enc, "skip", None) is not None:
+            raise SystemExit(f"the {variant} variant times the RNN path alone; this encoder has a bag or skip path")
+        # the towers call passage_encoder(ids, lengths, passages=True); the RNN path alone does not use it
+        enc.forward = (lambda e: lambda ids, lengths, passages=False: fn(e, ids, lengths))(enc)
     try:
         yield
     finally:

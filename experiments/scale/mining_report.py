@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 
@@ -39,4 +38,8 @@ def main(path: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else str(Path(__file__).with_name("mining_scale.jsonl")))
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("jsonl", nargs="?", default=str(Path(__file__).with_name("mining_scale.jsonl")), help="mining_bench.py's JSON lines")
+    main(ap.parse_args().jsonl)

@@ -99,4 +99,10 @@ def main(marco: str, cranfield: str) -> None:
 
 
 if __name__ == "__main__":
-    main(*(sys.argv[1:3] if len(sys.argv) > 2 else ("../shared/data/marco7k", "../shared/data/cranfield")))
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("marco", nargs="?", default="../shared/data/marco7k", help="a marco7k-shaped folder (its validation split)")
+    ap.add_argument("cranfield", nargs="?", default="../shared/data/cranfield", help="a BEIR folder (its test qrels)")
+    args = ap.parse_args()
+    main(args.marco, args.cranfield)
