@@ -4,6 +4,7 @@ schemathesis run against the OpenAPI schema, and the page in headless Chromium (
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import json
 import re
@@ -170,8 +171,10 @@ BAD_REQUESTS = [
     ("JSON sent as text/json", "POST", "/search", {"content": b'{"queries": ["garden"]}', "headers": {"content-type": "text/json"}}, 415, "sent as text/json"),
     ("JSON sent with no type", "POST", "/search", {"content": b'{"queries": ["garden"]}'}, 415, "sent without a Content-Type; send the JSON object"),
     ("broken JSON", "POST", "/search", {"content": b'{"queries": ["gar', "headers": {"content-type": "application/json"}}, 422, "body: not valid JSON"),
-    ("not UTF-8", "POST", "/search", {"content": b'{"queries": ["\xff\xfe"]}', "headers": {"content-type": "application/json"}}, 400, "could not be read as JSON text: not UTF-8, or nested too deeply"),
-    ("nested too deeply", "POST", "/search", {"content": b'{"queries": ' + b"[" * 60_000, "headers": {"content-type": "application/json"}}, 400, "not UTF-8, or nested too deeply"),
+    ("not UTF-8", "POST", "/search", {"content": b'{"queries": ["\xff\xfe"]}', "headers": {"content-type": "application/json"}}, 400, "body: not UTF-8 text (byte 14)"),
+    ("UTF-16", "POST", "/search", {"content": '{"queries": ["heat"]}'.encode("utf-16"), "headers": {"content-type": "application/json"}}, 400, "body: not UTF-8 text (byte 0)"),
+    ("a number of 5,000 digits", "POST", "/search", {"content": b'{"queries": ["heat"], "k": ' + b"9" * 5000 + b"}", "headers": {"content-type": "application/json"}}, 400, "or a number of over 4,300 digits"),
+    ("nested too deeply", "POST", "/search", {"content": b'{"queries": ' + b"[" * 60_000, "headers": {"content-type": "application/json"}}, 400, "nested too deeply, or a number"),
     ("lone surrogate", "POST", "/search", {"content": b'{"queries": ["a\\ud800"]}', "headers": {"content-type": "application/json"}}, 422, "queries[0]: Input should be a valid string"),
     ("surrogate key", "POST", "/search", {"content": b'{"queries": ["a"], "\\udfff": 1}', "headers": {"content-type": "application/json"}}, 422, "body: "),
     ("body too big", "POST", "/search", {"content": b"x" * TOO_BIG, "headers": {"content-type": "application/json"}}, 413, "request body over"),
@@ -331,7 +334,7 @@ def test_serve_command_serves_with_its_settings(index_dir, tmp_path, monkeypatch
     static_model_over(sorted({w for t in folder.lookup(np.arange(len(folder)))[1] for w in t.lower().split()}))
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "serve.py", f"index={index_dir}", f"port={port}", "threads=1", "k=7", "max_batch=3", "prf=rocchio", "prf.depth=3", "hybrid=[0.4,0.6]"]
+        [sys.executable, "serve.py", f"index={index_dir}", f"port={port}", "threads=1", "concurrency=3", "k=7", "max_batch=3", "prf=rocchio", "prf.depth=3", "hybrid=[0.4,0.6]"]
         + ["rerank=maxsim", "rerank.teacher=tiny", "rerank.dim=8", "rerank.depth=20"],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
@@ -345,7 +348,7 @@ def test_serve_command_serves_with_its_settings(index_dir, tmp_path, monkeypatch
                 assert process.poll() is None, process.stdout.read()
                 assert time.monotonic() < deadline, "serve.py did not start"
                 time.sleep(0.3)
-        assert health["threads"] == {"torch": 1, "faiss": 1}
+        assert health["threads"] == {"torch": 1, "faiss": 1} and health["concurrency"] == 3
         assert health["limits"]["k_default"] == 7 and health["limits"]["max_batch"] == 3
         rerank = MaxSimRerank(depth=20, teacher="tiny", dim=8)
         assert health["index"]["ranking"] == {"hybrid_weights": [0.4, 0.6], "prf": {"depth": 3, "alpha": 0.4, "beta": 0.6}, "rerank": dataclasses.asdict(rerank)}
@@ -628,3 +631,79 @@ def test_server_closes_half_open_connections_and_refuses_beyond_its_cap_at_accep
             s.close()
         process.terminate()
         process.communicate(timeout=30)
+
+
+class HeldSearcher:
+    """The real searcher, whose searches wait until ``release`` is set; counts how many run at once."""
+
+    def __init__(self, searcher: Searcher):
+        self.inner, self.release, self.lock = searcher, threading.Event(), threading.Lock()
+        self.running = self.most = self.started = 0
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def search(self, queries, k):
+        with self.lock:
+            self.running += 1
+            self.started += 1
+            self.most = max(self.most, self.running)
+        try:
+            assert self.release.wait(120), "never released"
+            return self.inner.search(queries, k)
+        finally:
+            with self.lock:
+                self.running -= 1
+
+
+def test_health_and_the_page_answer_while_every_search_slot_is_taken(searcher):
+    """Searches run at most `concurrency` at once on their own limiter; the rest wait without a thread. Before,
+    every route shared Starlette's 40 worker threads: 40 slow searches left /health (a container's health
+    check, 4 s) waiting behind them."""
+    held = HeldSearcher(searcher)
+    with ServerThread(create_app(held, LIMITS, concurrency=2)) as running:
+        pool = concurrent.futures.ThreadPoolExecutor(48)
+        try:
+            answers = [pool.submit(httpx.get, f"{running.url}/search", params={"q": "garden castle", "k": 3}, timeout=120) for _ in range(45)]
+            deadline = time.monotonic() + 60
+            while held.started < 2:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            for path in ("/health", "/", "/openapi.json"):
+                assert httpx.get(running.url + path, timeout=20).status_code == 200, path
+            assert httpx.get(f"{running.url}/search", params={"q": "garden", "k": 0}, timeout=20).status_code == 422  # refused at once too
+            assert httpx.get(f"{running.url}/health", timeout=20).json()["concurrency"] == 2
+            held.release.set()
+            results = [a.result() for a in answers]
+        finally:
+            held.release.set()
+            pool.shutdown()
+    assert all(r.status_code == 200 for r in results) and held.most == 2 and held.started == 45
+    assert len({tuple(h["id"] for h in r.json()["hits"]) for r in results}) == 1
+
+
+def test_a_request_unanswered_when_a_stopping_server_gives_up_gets_a_json_503(searcher):
+    """SIGTERM, then shutdown_timeout: uvicorn cancels what is still running, and answered it with a plain-text 500
+    (and a traceback in the log). A search already running finishes on its thread first; its answer is not sent."""
+    held = HeldSearcher(searcher)
+    running = ServerThread(create_app(held, LIMITS, concurrency=1), timeout_graceful_shutdown=1)
+    running.__enter__()
+    pool = concurrent.futures.ThreadPoolExecutor(4)
+    try:
+        answers = [pool.submit(httpx.get, f"{running.url}/search", params={"q": "garden castle"}, timeout=120) for _ in range(3)]
+        deadline = time.monotonic() + 60
+        while held.started < 1:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        time.sleep(0.5)  # the other two are waiting for the one slot
+        running.server.should_exit = True
+        time.sleep(2)  # past the graceful timeout: uvicorn cancels the three
+        held.release.set()
+        results = [a.result() for a in answers]
+    finally:
+        held.release.set()
+        pool.shutdown()
+        running.__exit__()
+    assert sorted(r.status_code for r in results) == [503, 503, 503]
+    assert all(r.headers["content-type"] == "application/json" and "the server stopped before this request was answered" in r.json()["error"] for r in results)
+    assert held.started == 1

@@ -14,8 +14,12 @@ queries, no unknown fields), and every 4xx answer has one JSON shape,
 fails validation (including a query the tokenizer finds empty: ``EmptyQueryError``), 413 for a body larger
 than a full batch of the longest queries can be, 404/405 for unknown paths and methods.
 
-Concurrency: the search endpoints are plain ``def`` functions, so Starlette runs each in its worker
-thread pool and the event loop stays free to accept and validate other requests. There is no lock,
+Concurrency: a search runs on a worker thread, at most ``concurrency`` at once (their own limiter; default:
+the CPU cores this process may use); the others wait for a turn on the event loop, which stays free: it
+accepts, validates and refuses requests, and answers ``/health`` and the page, which touch no worker thread,
+however many searches are queued (before, every endpoint, dependency and response check shared Starlette's
+pool of 40 threads, so under a flood of batches ``/health`` waited 18-43 s behind them and a container's
+health check failed). A search's answer is also encoded to JSON on its worker thread. There is no lock,
 because nothing a search touches is written after loading: the tokenizer (dict look-ups), the query
 tower (eval mode, no buffers updated, run under ``torch.inference_mode``, which is thread-local), the
 FAISS index (search on a const index is thread-safe for Flat, HNSW and IVF; search parameters are set
@@ -26,6 +30,7 @@ threads: OpenMP thread counts belong to the calling thread, so ``torch.set_num_t
 """
 
 import asyncio
+import os
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -132,10 +137,12 @@ class HealthResponse(BaseModel):
     index: dict[str, Any] = Field(description="the index folder: path, creation time, FAISS type, search parameters, source, ranking (dense, or dense + BM25 with its weights; pseudo-relevance feedback)")
     limits: dict[str, int]
     threads: dict[str, int] = Field(description="CPU threads one search uses (torch, FAISS), as seen from a worker thread")
+    concurrency: int = Field(description="searches run at once; more wait their turn")
 
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorResponse, "description": "Body that cannot be decoded (not UTF-8 JSON text)"},
+    503: {"model": ErrorResponse, "description": "The server stopped (SIGTERM, then shutdown_timeout) before this request was answered"},
     415: {"model": ErrorResponse, "description": "Body sent with a Content-Type other than JSON (curl -d without -H 'Content-Type: application/json')"},
     413: {"model": ErrorResponse, "description": "Request body larger than a full batch can be"},
     422: {"model": ErrorResponse, "description": "Invalid request: the error says what is wrong"},
@@ -191,7 +198,7 @@ def query_parameters(*allowed: str):
     """A dependency refusing URL parameters other than ``allowed`` and any given twice (``?q=a&q=b`` would
     otherwise search ``b`` alone; ``POST /search?k=1`` would ignore the ``k``): a 422 naming them."""
 
-    def check(request: Request) -> None:
+    async def check(request: Request) -> None:  # async: no worker thread for a look at the URL
         names = [name for name, _ in request.query_params.multi_items()]
         unknown = sorted({n for n in names if n not in allowed})
         repeated = sorted({n for n in names if n in allowed and names.count(n) > 1})
@@ -208,11 +215,13 @@ def query_parameters(*allowed: str):
 # ---------------------------------------------------------------------------------------------- app
 
 
-def create_app(searcher: Searcher, limits: Limits = Limits(), threads: int | None = None, search_params: str | None = None) -> FastAPI:
+def create_app(searcher: Searcher, limits: Limits = Limits(), threads: int | None = None, search_params: str | None = None, concurrency: int | None = None) -> FastAPI:
     """The service over a loaded searcher; each search uses ``threads`` CPU threads (None: the libraries'
-    defaults). ``search_params`` is only reported (``Searcher.load`` applied it)."""
+    defaults), at most ``concurrency`` searches at once (None: the CPU cores this process may use).
+    ``search_params`` is only reported (``Searcher.load`` applied it)."""
     index = searcher.index
     use_threads = ThreadSetting(threads)
+    searches = SearchSlots(concurrency)
     app = FastAPIOffline(
         title="two-tower search",
         version="1",
@@ -223,6 +232,7 @@ def create_app(searcher: Searcher, limits: Limits = Limits(), threads: int | Non
         static_url="/docs-assets",
     )
     app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes, timeout=limits.body_timeout)
+    app.add_middleware(StoppedInFlight)
 
     # --- errors: one JSON shape, saying what is wrong -------------------------------------------------
 
@@ -251,7 +261,7 @@ def create_app(searcher: Searcher, limits: Limits = Limits(), threads: int | Non
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         error = str(exc.detail)
         if exc.status_code == 400 and error == "There was an error parsing the body":  # FastAPI's words for undecodable bytes
-            error = "the body could not be read as JSON text: not UTF-8, or nested too deeply"
+            error = "the body could not be read as JSON text: nested too deeply, or a number of over 4,300 digits"
         response = _error_response(exc.status_code, error)
         response.headers.update(exc.headers or {})
         return response
@@ -272,27 +282,33 @@ def create_app(searcher: Searcher, limits: Limits = Limits(), threads: int | Non
         k: Annotated[int, BeforeValidator(_integral_float_to_int)] = Field(limits.k, ge=1, le=limits.k_max, description=f"passages per query, 1 to {limits.k_max}")
 
     @app.get("/search", response_model=SearchResponse, responses=ERRORS, summary="Search one query", dependencies=[query_parameters("q", "k")])
-    def search_one(
+    async def search_one(
         q: Annotated[str, Query(min_length=1, max_length=limits.max_query_chars, pattern=NOT_BLANK, description="the query text")],
         k: Annotated[int, Query(ge=1, le=limits.k_max, description=f"passages to return, 1 to {limits.k_max}")] = limits.k,
     ):
-        use_threads()
-        start = time.perf_counter()
-        hits = searcher.search([q], k)[0]
-        took = (time.perf_counter() - start) * 1000
-        return {"query": q, "k": k, "took_ms": round(took, 3), "hits": [vars(h) for h in hits]}
+        def run() -> JSONResponse:
+            use_threads()
+            start = time.perf_counter()
+            hits = searcher.search([q], k)[0]
+            took = (time.perf_counter() - start) * 1000
+            return JSONResponse({"query": q, "k": k, "took_ms": round(took, 3), "hits": [vars(h) for h in hits]})
+
+        return await searches.run(run)
 
     @app.post("/search", response_model=BatchResponse, responses=ERRORS, summary="Search a batch of queries", dependencies=[query_parameters()])
-    def search_batch(batch: SearchBatch):
-        use_threads()
-        start = time.perf_counter()
-        results = searcher.search(batch.queries, batch.k)
-        took = (time.perf_counter() - start) * 1000
-        return {
-            "k": batch.k,
-            "took_ms": round(took, 3),
-            "results": [{"query": q, "hits": [vars(h) for h in hits]} for q, hits in zip(batch.queries, results)],
-        }
+    async def search_batch(batch: SearchBatch):
+        def run() -> JSONResponse:
+            use_threads()
+            start = time.perf_counter()
+            results = searcher.search(batch.queries, batch.k)
+            took = (time.perf_counter() - start) * 1000
+            return JSONResponse({
+                "k": batch.k,
+                "took_ms": round(took, 3),
+                "results": [{"query": q, "hits": [vars(h) for h in hits]} for q, hits in zip(batch.queries, results)],
+            })
+
+        return await searches.run(run)
 
     # --- health ------------------------------------------------------------------------------------
 
@@ -313,23 +329,28 @@ def create_app(searcher: Searcher, limits: Limits = Limits(), threads: int | Non
         },
     }
 
-    # HEAD too: load balancers and uptime monitors ask with it (405 before)
-    @app.api_route("/health", methods=["GET", "HEAD"], response_model=HealthResponse, summary="Model and index identity, corpus size")
-    def health():  # a plain def: it runs on a worker thread, so the thread counts are the ones a search sees
-        use_threads()
-        return {
-            "status": "ok",
-            "passages": len(index),
-            "model": manifest["model"],
-            "index": index_info,
-            "limits": {"k_default": limits.k, "k_max": limits.k_max, "max_query_chars": limits.max_query_chars, "max_batch": limits.max_batch},
-            "threads": {"torch": torch.get_num_threads(), "faiss": faiss.omp_get_max_threads()},
-        }
+    status = {
+        "status": "ok",
+        "passages": len(index),
+        "model": manifest["model"],
+        "index": index_info,
+        "limits": {"k_default": limits.k, "k_max": limits.k_max, "max_query_chars": limits.max_query_chars, "max_batch": limits.max_batch},
+        "threads": worker_thread_counts(use_threads),
+        "concurrency": searches.size,
+    }
+
+    # async and computed at start: it answers at once however many searches are queued
+    @app.get("/health", response_model=HealthResponse, summary="Model and index identity, corpus size")
+    async def health():
+        return status
+
+    # HEAD too: load balancers and uptime monitors ask with it (405 before); one operation in the schema
+    app.head("/health", include_in_schema=False)(health)
 
     # --- the page ----------------------------------------------------------------------------------
 
     @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
-    def page():
+    async def page():
         return FileResponse(STATIC / "index.html", headers=PAGE_HEADERS)
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
@@ -353,6 +374,79 @@ class ThreadSetting:
             torch.set_num_threads(self.threads)
             faiss.omp_set_num_threads(self.threads)
             self.local.applied = True
+
+
+def worker_thread_counts(use_threads: ThreadSetting) -> dict[str, int]:
+    """The CPU threads torch and FAISS use in a worker thread once ``use_threads`` applied its setting there
+    (OpenMP counts are per thread: the main thread's say nothing of a worker's)."""
+    seen: dict[str, int] = {}
+
+    def look() -> None:
+        use_threads()
+        seen.update(torch=torch.get_num_threads(), faiss=faiss.omp_get_max_threads())
+
+    worker = threading.Thread(target=look)
+    worker.start()
+    worker.join()
+    return seen
+
+
+def cpu_count() -> int:
+    """The CPU cores this process may run on (its affinity: a container's cpuset), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+class SearchSlots:
+    """At most ``size`` searches run at once, each on a worker thread (their own limiter, not Starlette's
+    shared pool); the others wait for a slot on the event loop, holding no thread."""
+
+    def __init__(self, size: int | None):
+        if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 1):
+            raise ConfigError(f"concurrency={size!r}: must be a whole number >= 1, or null (the CPU cores: {cpu_count()})")
+        self.size = size or cpu_count()
+        self._limiter = None
+
+    async def run(self, fn):
+        import anyio
+
+        if self._limiter is None:  # made inside the server's event loop
+            self._limiter = anyio.CapacityLimiter(self.size)
+        return await anyio.to_thread.run_sync(fn, limiter=self._limiter)
+
+
+# ------------------------------------------------------------------------------- stopped in flight
+
+
+class StoppedInFlight:
+    """ASGI middleware: a request still unanswered when a stopping server gives up on it (SIGTERM, then
+    ``shutdown_timeout``: uvicorn cancels it) gets a 503 in the one JSON error shape, not uvicorn's
+    plain-text 500 and a traceback in the log. A search already running is left to finish on its thread
+    first (a thread cannot be stopped), and its answer is not sent."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = False
+
+        async def tracked(message):
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked)
+        except asyncio.CancelledError:
+            if started:
+                raise
+            response = _error_response(503, "the server stopped before this request was answered; send it again")
+            response.headers["Connection"] = "close"
+            await response(scope, receive, send)
 
 
 # ------------------------------------------------------------------------------------ body size limit
@@ -394,8 +488,13 @@ class BodyLimit:
                 return await self._too_large(scope, receive, send)
             if not message.get("more_body", False):
                 break
-        body = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
-        return await self.app(scope, _replay([body], receive), send)
+        body = b"".join(chunks)
+        try:  # json.loads would read UTF-16 and UTF-32 too; the API takes UTF-8 JSON text (RFC 8259)
+            body.decode("utf-8")
+        except UnicodeDecodeError as err:
+            response = _error_response(400, f"body: not UTF-8 text (byte {err.start}); send the JSON object encoded as UTF-8")
+            return await response(scope, receive, send)
+        return await self.app(scope, _replay([{"type": "http.request", "body": body, "more_body": False}], receive), send)
 
     async def _too_large(self, scope, receive, send):
         response = _error_response(413, f"request body over {self.max_bytes:,} bytes (the largest a full batch can need)")
