@@ -1,9 +1,11 @@
 """End to end on synthetic data: every part trains, the model learns, runs resume and reproduce."""
 
+import os
 import random
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -181,6 +183,40 @@ def test_data_preparation_drawing_random_numbers_does_not_change_the_run(tiny_cf
     monkeypatch.setattr(TwoTowerDataModule, "setup", setup_drawing)
     second = train(cfg)
     assert second["val/mrr@10"] == first["val/mrr@10"] and second["train/loss_epoch"] == first["train/loss_epoch"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("target", ["launcher", "other rank"])
+def test_ddp_stops_on_sigterm_in_every_process_at_the_same_step(tmp_path, target):
+    """Lightning's SIGTERM handler ran a broadcast inside the signal handler, interleaved with the collective the
+    process was in: a SIGTERM to another rank alone hung the run every time (to the launcher: 1 in 4), until
+    SIGKILL. Now every process stops after the same batch: exit 143, one resume hint, a whole checkpoint."""
+    import signal as signals
+
+    run = tmp_path / "run"
+    settings = [t for t in TINY if not t.startswith("trainer.max_epochs")]
+    cmd = [sys.executable, "train.py", *settings, "trainer.max_epochs=40", "trainer=ddp", "trainer.devices=2", "trainer.accelerator=cpu",
+           f"paths.cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={run}"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not (run / "checkpoints" / "last.ckpt").exists():  # the end of epoch 0: training is under way
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()[-3000:] if proc.poll() is not None else "no checkpoint"
+            time.sleep(0.2)
+        time.sleep(1.0)
+        children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+        assert len(children) == 1, children
+        os.kill(proc.pid if target == "launcher" else int(children[0]), signals.SIGTERM)
+        output, _ = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signals.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 143, output[-3000:]
+    assert output.count("Stopped by SIGTERM before training ended") == 1, output[-3000:]
+    state = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+    assert 0 < state["global_step"] and state["epoch"] < 39
+    assert subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True).returncode == 1  # no process left
 
 
 @pytest.mark.slow

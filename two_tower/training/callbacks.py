@@ -25,33 +25,80 @@ class CheckpointOnStop(L.Callback):
     Lightning stops on SIGTERM after the current batch, at a point where a checkpoint resumes exactly.
     Its own ``max_time`` handling instead ends the epoch early and marks it done, which would skip the
     rest of that epoch on resume; so when the time is up this callback stops the run the SIGTERM way.
+
+    With several processes (DDP) every process must stop at the same step, or one waits forever in a
+    collective the others never reach. Lightning's SIGTERM handler runs a broadcast inside the signal
+    handler, which interleaves with whatever collective the process was in (a helper's probe: 1 of 4
+    SIGTERMs to the launcher, and every SIGTERM to another rank alone, hung the run until SIGKILL). So here
+    the handler only notes the signal; at the end of each training batch the processes agree (one
+    all-reduce of [SIGTERM seen, time up]) and all stop after the same batch.
     """
 
     def __init__(self, dirpath: str, filename: str = "last.ckpt"):
         self.path = Path(dirpath) / filename
         self.timer: Timer | None = None
         self.reason: str | None = None  # why training stopped early: "SIGTERM", "trainer.max_time", "Ctrl-C"
+        self.sigterm_seen = False  # by this process's handler, not yet agreed on (several processes)
+
+    def on_sanity_check_start(self, trainer, pl_module):  # Lightning's handlers are in place from here
+        if trainer.world_size > 1:
+            self._defer_sigterm(trainer)
 
     def on_train_start(self, trainer, pl_module):
         # Lightning adds a Timer callback when trainer.max_time is set; look it up once, not every batch.
         self.timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
+        if trainer.world_size > 1:
+            self._defer_sigterm(trainer)  # again where no sanity check ran (done once: Lightning's is gone then)
+
+    def _defer_sigterm(self, trainer) -> None:
+        """Put a handler that only notes the signal (and forwards it from the launcher to the other
+        processes, as Lightning's does) in place of Lightning's in its composed SIGTERM handler."""
+        import signal
+        import threading
+
+        from lightning.pytorch.trainer.connectors.signal_connector import _HandlersCompose, _SignalConnector
+
+        if threading.current_thread() is not threading.main_thread():
+            return
+        composed = signal.getsignal(signal.SIGTERM)
+        if not isinstance(composed, _HandlersCompose):
+            return
+        connector = trainer._signal_connector
+
+        def note(signum, frame):
+            log.info("Received SIGTERM (rank %d): every process stops after the same training batch", trainer.global_rank)
+            if not self.sigterm_seen and not connector.received_sigterm and trainer.strategy.launcher is not None:
+                trainer.strategy.launcher.kill(signum)
+            self.sigterm_seen = True
+
+        composed.signal_handlers = [note if getattr(h, "__func__", None) is _SignalConnector._sigterm_notifier_fn else h for h in composed.signal_handlers]
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         remaining = self.timer.time_remaining("train") if self.timer is not None else None
-        if remaining is not None and remaining <= 0:
+        stop = [self.sigterm_seen, remaining is not None and remaining <= 0]
+        if trainer.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+            agreed = torch.tensor([float(x) for x in stop], device=trainer.strategy.root_device)
+            torch.distributed.all_reduce(agreed, op=torch.distributed.ReduceOp.MAX)
+            stop = [bool(x) for x in agreed.tolist()]
+        if stop[0]:
+            self.reason = self.reason or "SIGTERM"
+            trainer._signal_connector.received_sigterm = True  # Lightning raises SIGTERMException next, in every process
+        elif stop[1]:
             log.info("trainer.max_time reached: stopping after this batch")
             self.reason = "trainer.max_time"
-            trainer._signal_connector.received_sigterm = True  # Lightning raises SIGTERMException next
+            trainer._signal_connector.received_sigterm = True
 
     def on_exception(self, trainer, pl_module, exception):
         if not isinstance(exception, (SIGTERMException, KeyboardInterrupt)):
             return
         self.reason = self.reason or ("Ctrl-C" if isinstance(exception, KeyboardInterrupt) else "SIGTERM")
         if trainer.global_step > 0:
-            trainer.save_checkpoint(self.path)
+            trainer.save_checkpoint(self.path)  # every process: a collective under DDP, written by rank 0
+            if not trainer.is_global_zero:
+                return
             log.warning("Stopped by %s before training ended: saved %s at epoch %d, step %d. Resume with the same command plus %s",
                         self.reason, self.path, trainer.current_epoch, trainer.global_step, resume_settings(self.path.parent.parent))
-        else:
+        elif trainer.is_global_zero:
             log.warning("Stopped by %s before the first training step: nothing to save", self.reason)
 
 
