@@ -56,6 +56,28 @@ def test_sigterm_mid_epoch_then_resume_matches_uninterrupted(tmp_path, monkeypat
         assert metrics[key] == straight[key], key
 
 
+def test_a_mid_epoch_checkpoint_of_another_number_of_processes_is_refused(tmp_path, monkeypatch):
+    """Each process skips the batches it trained in the interrupted epoch, counted per process: resumed on another
+    number of processes the count means other batches (a helper's probe: 2 processes stopped at step 31, resumed
+    on one, trained ~31 batches of the epoch twice, silently)."""
+    from two_tower.core.errors import CheckpointError
+    from two_tower.model.module import EPOCH_SUMS_KEY
+
+    stopped = compose_train(tmp_path / "stopped", ["trainer.max_epochs=2"])
+    original = utils.instantiate_group
+    monkeypatch.setattr(train_module, "instantiate_group", lambda c: original(c) + ([SigtermAtStep(4)] if c is stopped.get("callbacks") else []))
+    with pytest.raises(SystemExit):
+        train(stopped)
+    monkeypatch.undo()
+    last = Path(stopped.paths.output_dir) / "checkpoints" / "last.ckpt"
+    state = torch.load(last, weights_only=False)
+    assert state[EPOCH_SUMS_KEY]["processes"] == 1
+    state[EPOCH_SUMS_KEY]["processes"] = 2  # as a 2-process run writes it
+    torch.save(state, last)
+    with pytest.raises(CheckpointError, match=r"saved mid-epoch by a run of 2 process\(es\), and this run has 1: .*trainer.devices"):
+        train(compose_train(tmp_path / "stopped", ["trainer.max_epochs=2", "ckpt_path=last"]))
+
+
 def test_ckpt_path_last_without_a_checkpoint_says_what_to_do(tmp_path):
     from two_tower.core.errors import ConfigError
 
