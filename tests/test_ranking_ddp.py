@@ -44,3 +44,23 @@ def test_two_processes_give_the_numbers_of_one(tiny_cfg, tmp_path):
     assert 0 < one["val/recall@100"] < 1 and one_table["rerank_mrr@10"].nunique() > 2
     # One process: the logged mean is the float32 of the per-query values' Python sum / count.
     assert np.float32(sum(one_table["ndcg@10"].tolist()) / len(one_table)) == np.float32(one["val/ndcg@10"])
+
+
+def test_training_batches_over_processes_zero_each_is_refused_and_a_remainder_is_said(tiny_cfg, caplog):
+    """Every process trains the same number of batches: batches beyond a multiple of the processes are left out
+    (said, once), and data that leaves a process none is one line (it trained nothing and exited 0)."""
+    import logging
+    from types import SimpleNamespace
+
+    from two_tower.core.errors import ConfigError
+
+    dm = build_datamodule(tiny_cfg("data.synthetic_rows.train_rows=60", "data.batch_size=25"))
+    dm.prepare_data()
+    dm.setup("fit")
+    dm.trainer = SimpleNamespace(global_rank=0, world_size=2, fit_loop=None)
+    with caplog.at_level(logging.INFO, logger="two_tower"):
+        sampler = dm.train_sampler()
+    assert len(sampler) == 1 and "1 of the 3 training batches an epoch are left out: each of the 2 processes trains 1" in caplog.text
+    dm.trainer = SimpleNamespace(global_rank=0, world_size=4, fit_loop=None)
+    with pytest.raises(ConfigError, match=r"data.batch_size=25: the training split's 60 rows make 3 batch\(es\), fewer than the 4 processes"):
+        dm.train_sampler()

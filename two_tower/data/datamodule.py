@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from two_tower.core.cache import ContentCache
+from two_tower.core.errors import ConfigError
 from two_tower.data import msmarco, synthetic
 from two_tower.data.batches import LengthSortedBatches, TokenBatches, TripletBatches, TripletBatchSampler
 from two_tower.data.pseudo_queries import with_pseudo_queries
@@ -292,6 +293,16 @@ class TwoTowerDataModule(L.LightningDataModule):
 
     def train_sampler(self) -> TripletBatchSampler:
         rank, world = self._rank_world()
+        if world > 1:  # every process trains the same number of batches (DDP's collectives need it)
+            batches = -(-self.train.num_queries // self.batch_size)
+            if batches < world:
+                raise ConfigError(
+                    f"data.batch_size={self.batch_size}: the training split's {self.train.num_queries} rows make {batches} batch(es), fewer than "
+                    f"the {world} processes, so no process would train; lower data.batch_size, or run fewer processes (trainer.devices)"
+                )
+            if batches % world and rank == 0:
+                log.info("%d of the %d training batches an epoch are left out: each of the %d processes trains %d (the batches are "
+                         "shuffled every epoch, so which are left out changes)", batches % world, batches, world, batches // world)
         return TripletBatchSampler(
             self.train,
             self.negatives,
