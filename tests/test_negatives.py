@@ -272,7 +272,7 @@ def _ddp_worker(rank, world, init_file, cache_dir, states, plans, out_file):
         for loss_name, state in states.items():
             module = _module_for_ddp(dm, loss_name, gather=True)
             module.load_state_dict(state)
-            out = module.batch_loss(TripletBatches(dm.train, _teacher_for_ddp(dm, loss_name))[plans[rank]])
+            out = module.batch_loss(TripletBatches(dm.train, _teacher_for_ddp(dm, loss_name), _labelled_rows(loss_name))[plans[rank]])
             out["loss"].backward()
             loss = out["loss"].detach().clone()
             dist.all_reduce(loss)
@@ -300,6 +300,12 @@ def _teacher_for_ddp(dm, loss_name):
     return TeacherVectors(unit(dm.train.num_queries), unit(dm.train.num_passages))
 
 
+def _labelled_rows(loss_name):
+    """distill_pseudo: rows from 5 on are pseudo-queries, so the first process's half of the batch has 4 labelled
+    rows and the second's 1 (the labelled cross-entropy must average over the 5, not over each process's)."""
+    return 5 if loss_name == "distill_pseudo" else None
+
+
 def _module_for_ddp(dm, loss_name, gather):
     torch.manual_seed(0)
     loss = {
@@ -308,13 +314,14 @@ def _module_for_ddp(dm, loss_name, gather):
         "distill": {"_target_": "two_tower.model.losses.DistillLoss", "temperature": 0.1, "teacher_temperature": 0.1, "label_weight": 0.3},
         # + each query against every process's other queries (loss.query_relation_weight)
         "distill_relations": {"_target_": "two_tower.model.losses.DistillLoss", "temperature": 0.1, "teacher_temperature": 0.1, "label_weight": 0.3, "query_relation_weight": 1.0},
+        "distill_pseudo": {"_target_": "two_tower.model.losses.DistillLoss", "temperature": 0.1, "teacher_temperature": 0.1, "label_weight": 0.5},
     }[loss_name]
     module = TwoTowerModule(len(dm.tokenizer), 8, {"_target_": "two_tower.model.encoders.RNNEncoder", "cell": "gru", "hidden_size": 8, "dim": 8}, loss, {"_target_": "torch.optim.Adam", "_partial_": True}, gather_across_devices=gather)
     module.towers.load_embeddings(dm.embedding_matrix)
     return module
 
 
-DDP_LOSSES = ["infonce", "triplet", "distill", "distill_relations"]
+DDP_LOSSES = ["infonce", "triplet", "distill", "distill_relations", "distill_pseudo"]
 
 
 @pytest.fixture(scope="module")
@@ -343,7 +350,7 @@ def test_gathered_in_batch_negatives_equal_one_process_on_the_whole_batch(ddp_ba
     dm, plan, states, gathered = ddp_batch
     module = _module_for_ddp(dm, loss_name, gather=False)
     module.load_state_dict(states[loss_name])
-    out = module.batch_loss(TripletBatches(dm.train, _teacher_for_ddp(dm, loss_name))[plan])
+    out = module.batch_loss(TripletBatches(dm.train, _teacher_for_ddp(dm, loss_name), _labelled_rows(loss_name))[plan])
     out["loss"].backward()
     want_grads = torch.cat([p.grad.flatten() for p in module.parameters() if p.grad is not None])
 

@@ -147,7 +147,7 @@ class DistillLoss(nn.Module):
         # other recipes keep their state dicts)
         self.log_margin_scale = nn.Parameter(torch.zeros(())) if learn_margin_scale else None
 
-    def forward(self, queries, passages, positive_column, negative_mask, negative_columns, teacher_scores=None, labelled=None, teacher_query_scores=None, relation_queries=None):
+    def forward(self, queries, passages, positive_column, negative_mask, negative_columns, teacher_scores=None, labelled=None, teacher_query_scores=None, relation_queries=None, labelled_count=None):
         if teacher_scores is None:
             raise ValueError("loss=distill needs the teacher's scores with each batch (the teacher config group)")
         if self.query_relation_weight > 0 and teacher_query_scores is None:
@@ -164,7 +164,9 @@ class DistillLoss(nn.Module):
             cross_entropy = -student_log_probs[rows, positive_column].mean()
         else:
             weights = labelled.to(sim.dtype)
-            cross_entropy = -(student_log_probs[rows, positive_column] * weights).sum() / weights.sum().clamp(min=1)
+            # labelled_count: the processes' mean count of labelled rows when training gathers across them (module.batch_loss)
+            count = weights.sum().clamp(min=1) if labelled_count is None else labelled_count.clamp(min=1e-12)
+            cross_entropy = -(student_log_probs[rows, positive_column] * weights).sum() / count
         teacher_term, margin_stats = kl, {}
         if self.margin_weight > 0:  # MarginMSE only where it is part of the loss (KL-only runs skip it)
             if self.log_margin_scale is not None:

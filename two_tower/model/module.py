@@ -149,6 +149,15 @@ class TwoTowerModule(L.LightningModule):
             return self.loss_fn(queries, passages, positive_column, negative_mask, negative_columns)
         teacher_scores = batch["teacher_queries"] @ teacher_passages.T
         extra = {"labelled": batch["labelled"]} if "labelled" in batch else {}  # pseudo-queries: teacher only
+        if extra and self.hparams.gather_across_devices and _world_size() > 1:
+            # The labelled rows' cross-entropy is a mean over the whole global batch's labelled rows: each process
+            # divides its sum by the processes' mean count, so DDP's mean of the processes' gradients is the one-
+            # process gradient (a per-process mean weighed a process's few labelled rows like another's many).
+            import torch.distributed as dist
+
+            count = batch["labelled"].sum().to(torch.float32)
+            dist.all_reduce(count)
+            extra["labelled_count"] = count / _world_size()
         if getattr(self.loss_fn, "query_relation_weight", 0) > 0:
             # each query against the batch's other queries: every process's when gathering, as for passages
             others, teacher_others, offset, valid = queries, batch["teacher_queries"], 0, None
