@@ -468,6 +468,9 @@ class BodyLimit:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        problem = _query_string_problem(scope.get("query_string", b""))
+        if problem:  # Starlette would decode it with replacement characters and search for them
+            return await _error_response(400, problem)(scope, receive, send)
         length = dict(scope["headers"]).get(b"content-length", b"")
         if length.isdigit() and int(length) > self.max_bytes:
             return await self._too_large(scope, receive, send)
@@ -500,6 +503,22 @@ class BodyLimit:
         response = _error_response(413, f"request body over {self.max_bytes:,} bytes (the largest a full batch can need)")
         response.headers["Connection"] = "close"
         await response(scope, receive, send)
+
+
+def _query_string_problem(raw: bytes) -> str | None:
+    """What is wrong with a URL's query string that does not percent-decode to UTF-8 text (``?q=caf%E9``, Latin-1),
+    or None."""
+    from urllib.parse import unquote_to_bytes
+
+    for part in raw.split(b"&"):
+        name, _, value = part.partition(b"=")
+        for piece in (name, value):
+            try:
+                unquote_to_bytes(piece.replace(b"+", b" ")).decode("utf-8")
+            except UnicodeDecodeError as err:
+                what = _clean(unquote_to_bytes(name).decode("utf-8", "replace"), 40)
+                return f"query.{what}: not UTF-8 text after percent-decoding (byte {err.start}); encode the URL's text as UTF-8"
+    return None
 
 
 def _replay(messages: list[dict], receive):
