@@ -14,7 +14,6 @@ from two_tower.data.embeddings import restore_tokenizer
 from two_tower.model import frozen_rows
 from two_tower.model.encoders import TwoTower
 from two_tower.model.vocabulary import attach_vocabulary
-from two_tower.core.errors import CheckpointError
 from two_tower.core.metrics import RANKING_METRICS, dense_split_per_query
 
 
@@ -306,6 +305,7 @@ class TwoTowerModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint):
         if self._train_epoch_rows:  # saved mid-epoch (at an epoch's end the sums are logged and emptied)
             sums = {name: total.detach().cpu() for name, total in self._train_epoch_sums.items()}
+            # "processes": resuming mid-epoch needs as many (train.check_resume_checkpoint)
             checkpoint[EPOCH_SUMS_KEY] = {"rows": self._train_epoch_rows, "sums": sums, "processes": _world_size()}
         if self.tokenizer is not None:
             checkpoint["tokenizer"] = self.tokenizer.state_dict()
@@ -317,16 +317,6 @@ class TwoTowerModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint):
         if EPOCH_SUMS_KEY in checkpoint:  # a run resumed mid-epoch goes on summing that epoch
             saved = checkpoint[EPOCH_SUMS_KEY]
-            # Each process skips the batches it trained in this epoch, counted per process: with another number
-            # of processes the count means other batches (some trained twice, some never), silently.
-            processes = saved.get("processes")  # absent in checkpoints written before it was recorded
-            if processes is not None and processes != _world_size():
-                where = f"ckpt_path={self.trainer.ckpt_path}" if self._trainer is not None else "the checkpoint"
-                raise CheckpointError(
-                    f"{where}: saved mid-epoch by a run of {processes} process(es), and this run has {_world_size()}: the batches "
-                    f"left in its epoch are counted per process, so resume with the same trainer.devices x trainer.num_nodes ({processes}), "
-                    "or from an epoch's checkpoint (checkpoints/epochNN-*.ckpt)"
-                )
             self._train_epoch_sums = {name: total.to(self.device) for name, total in saved["sums"].items()}
             self._train_epoch_rows = saved["rows"]
         if "tokenizer" in checkpoint:

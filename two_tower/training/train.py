@@ -26,7 +26,7 @@ from two_tower.core.config_key import current_config_key
 from two_tower.data.datamodule import TwoTowerDataModule
 from two_tower.core.errors import CheckpointError, ConfigError, DataSourceError
 from two_tower.model import frozen_rows
-from two_tower.model.module import TwoTowerModule
+from two_tower.model.module import EPOCH_SUMS_KEY, TwoTowerModule
 from two_tower.negatives.refresh import NegativeRefresh
 from two_tower.training.tracking import fill_wandb_group_and_tags, tracking_callbacks
 from two_tower.training.utils import in_sweep, instantiate_group, task_wrapper
@@ -123,8 +123,32 @@ def check_training_rows(datamodule: TwoTowerDataModule) -> None:
         raise DataSourceError(f"the validation split has {datamodule.val.num_passages} distinct passage: every query would rank it first (val/mrr@10 1.0, meaningless)")
 
 
-def check_resume_checkpoint(path: str, tokenizer) -> None:
-    """Refuse, in one line, a checkpoint that is truncated, foreign, or made with another vocabulary."""
+def planned_processes(trainer_cfg) -> int | None:
+    """How many training processes ``trainer.devices`` x ``trainer.num_nodes`` start, as Lightning counts them
+    (``auto`` / -1: every GPU, else one process); None when the setting does not say."""
+    devices, accelerator = trainer_cfg.get("devices", "auto"), str(trainer_cfg.get("accelerator", "auto"))
+    if isinstance(devices, str) and devices.strip().lstrip("-").isdigit():
+        devices = int(devices)
+    if devices in ("auto", -1):
+        if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()):
+            devices = torch.cuda.device_count()
+        elif devices == "auto":  # CPU, MPS: one process
+            devices = 1
+        else:
+            return None
+    elif isinstance(devices, (list, tuple)) or OmegaConf.is_list(devices):
+        devices = len(devices)
+    elif isinstance(devices, str) and "," in devices:
+        devices = len([d for d in devices.split(",") if d.strip()])
+    nodes = trainer_cfg.get("num_nodes", 1)
+    if not isinstance(devices, int) or isinstance(devices, bool) or devices < 1 or not isinstance(nodes, int) or nodes < 1:
+        return None
+    return devices * nodes
+
+
+def check_resume_checkpoint(path: str, tokenizer, processes: int | None = None) -> None:
+    """Refuse, in one line, a checkpoint that is truncated, foreign, made with another vocabulary, or saved
+    mid-epoch by another number of processes than ``processes`` (None: not known before Lightning starts)."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as err:
@@ -138,6 +162,15 @@ def check_resume_checkpoint(path: str, tokenizer) -> None:
         raise CheckpointError(
             f"ckpt_path={path}: trained with another vocabulary ({len(words)} words; this data and tokenizer give "
             f"{len(tokenizer.words)}): resume with the data and tokenizer settings it was trained with"
+        )
+    # Each process skips the batches it trained in the interrupted epoch, counted per process: resumed on
+    # another number of processes the count means other batches (some trained twice, some never), silently.
+    saved = (state.get(EPOCH_SUMS_KEY) or {}).get("processes")  # absent: an epoch's end, or written before it was recorded
+    if saved is not None and processes is not None and saved != processes:
+        raise CheckpointError(
+            f"ckpt_path={path}: saved mid-epoch by a run of {saved} process(es), and this run would have {processes}: the batches left "
+            f"in its epoch are counted per process, so resume with trainer.devices x trainer.num_nodes = {saved}, or from an "
+            "epoch's checkpoint (checkpoints/epochNN-*.ckpt)"
         )
 
 
@@ -195,7 +228,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         datamodule.setup("fit")
         check_training_rows(datamodule)
         if ckpt_path:
-            check_resume_checkpoint(ckpt_path, datamodule.tokenizer)
+            check_resume_checkpoint(ckpt_path, datamodule.tokenizer, planned_processes(cfg.trainer))
         # Seeded again: preparing data on a cache miss (distilling word vectors, mining, ...) may draw from the
         # global generators and a cache hit does not, so without this a run on a cold cache started from
         # other weights (and ended at other figures) than the same run on a warm one.
