@@ -202,9 +202,9 @@ def test_candidates_token_ids_are_read_from_the_cache_not_tokenized_at_every_que
     asked.clear()
     rows, fused = corpus.rerank("jet wing", np.arange(5), np.linspace(1, 0, 5))
     assert asked == []  # no text read at query time
-    memory = ms.CorpusMaxSim(settings, texts_of, len(passages))  # no corpus key: computed, held in memory
-    assert [p.tolist() for p in memory.passage_ids(np.arange(5))] == [w.tolist() for w in want]
-    np.testing.assert_array_equal(memory.rerank("jet wing", np.arange(5), np.linspace(1, 0, 5))[1], fused)
+    no_entry = ms.CorpusMaxSim(settings, texts_of, len(passages))  # no corpus key: the idf alone, texts tokenized per query
+    assert [p.tolist() for p in no_entry.passage_ids(np.arange(5))] == [w.tolist() for w in want]
+    np.testing.assert_array_equal(no_entry.rerank("jet wing", np.arange(5), np.linspace(1, 0, 5))[1], fused)
     # a second start reads the entry: no pass over the texts
     asked.clear()
     again = ms.CorpusMaxSim(settings, texts_of, len(passages), corpus_key="k1")
@@ -218,3 +218,27 @@ def test_stored_ids_that_disagree_with_their_offsets_are_one_error(tmp_path):
     np.array([1, 2, 3], dtype=np.uint16).tofile(tmp_path / ms.PassageIds.IDS)
     with pytest.raises(ms.TwoTowerError, match="3 token ids where its offsets say 5"):
         ms.PassageIds(tmp_path, 100)
+
+
+def test_a_cache_that_cannot_take_the_entry_costs_the_stored_ids_only(cache, monkeypatch, caplog):
+    """A full (or read-only) cache: the idf alone is computed and held, candidates are tokenized at every query
+    (no corpus-sized copy of the ids in memory or in /tmp), with a warning; the rankings are the same."""
+    import errno
+
+    static_model_over("the jet wing a cat sat on mat of".split())
+    passages = ["the jet wing", "a cat sat on the mat", "wing of a jet jet"]
+    texts_of = lambda rows: [passages[r] for r in np.asarray(rows).tolist()]
+    settings = ms.MaxSimRerank(teacher="tiny", dim=8)
+    want = ms.CorpusMaxSim(settings, texts_of, 3, corpus_key="stored").rerank("jet", np.arange(3), np.zeros(3))
+    real = ms.corpus_idf
+
+    def disk_full(*args, ids_to=None, **kwargs):
+        if ids_to is not None:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ms, "corpus_idf", disk_full)
+    full = ms.CorpusMaxSim(settings, texts_of, 3, corpus_key="full")
+    assert "not cached" in caplog.text and not isinstance(full.passage_ids, ms.PassageIds)
+    got = full.rerank("jet", np.arange(3), np.zeros(3))
+    assert got[0].tolist() == want[0].tolist() and np.allclose(got[1], want[1])

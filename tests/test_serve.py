@@ -173,6 +173,7 @@ BAD_REQUESTS = [
     ("broken JSON", "POST", "/search", {"content": b'{"queries": ["gar', "headers": {"content-type": "application/json"}}, 422, "body: not valid JSON"),
     ("not UTF-8", "POST", "/search", {"content": b'{"queries": ["\xff\xfe"]}', "headers": {"content-type": "application/json"}}, 400, "body: not UTF-8 text (byte 14)"),
     ("URL not UTF-8", "GET", "/search?q=caf%E9&k=3", {}, 400, "query.q: not UTF-8 text after percent-decoding (byte 3)"),
+    ("binary, not sent as JSON", "POST", "/search", {"content": b"\xff\xfe\x00", "headers": {"content-type": "application/octet-stream"}}, 415, "send the JSON object with Content-Type: application/json"),
     ("UTF-16", "POST", "/search", {"content": '{"queries": ["heat"]}'.encode("utf-16"), "headers": {"content-type": "application/json"}}, 400, "body: not UTF-8 text (byte 0)"),
     ("a number of 5,000 digits", "POST", "/search", {"content": b'{"queries": ["heat"], "k": ' + b"9" * 5000 + b"}", "headers": {"content-type": "application/json"}}, 400, "or a number of over 4,300 digits"),
     ("nested too deeply", "POST", "/search", {"content": b'{"queries": ' + b"[" * 60_000, "headers": {"content-type": "application/json"}}, 400, "nested too deeply, or a number"),

@@ -34,7 +34,6 @@ import contextlib
 import functools
 import hashlib
 import logging
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -222,37 +221,37 @@ def below_reranked(first, top_first):
 
 class CorpusMaxSim:
     """MaxSim against one corpus: the idf and every passage's token ids, computed once in a pass over its
-    passages (with a ``corpus_key``, kept in the cache and memory-mapped from it: what is held in memory is
-    the idf, one float a token, and 8 bytes a passage)."""
+    passages and kept in the cache entry of ``corpus_key`` (the ids memory-mapped from it: what is held in
+    memory is the idf, one float a token, and 8 bytes a passage). Where no entry can be kept (no key, a
+    read-only or full cache), only the idf is computed and held, and a query tokenizes its candidates' texts."""
 
     def __init__(self, settings: MaxSimRerank, texts_of, size: int, corpus_key: str | None = None):
         """``texts_of(rows)``: the texts of those passage rows; ``size``: how many passages. With ``corpus_key``
         (what identifies the passages, e.g. an index folder's hash of its passages file) the idf and the
         token ids are kept in the cache (``TWO_TOWER_CACHE``/maxsim-idf), so a large folder pays its pass
-        once, not at every start; without one they are computed and held in memory."""
-        self.settings, self.tokens = settings, settings.tokens()
+        once, not at every start."""
+        self.settings, self.tokens, self.texts_of = settings, settings.tokens(), texts_of
         if corpus_key is None:
-            self._in_memory(texts_of, size)
+            self._idf_only(size)
             return
         cache = ContentCache(default_root(), "maxsim-idf")
         key = ContentCache.key([corpus_key, size, settings.teacher, settings.dim, settings.max_tokens, DistilledEmbeddings._model2vec_version(), IDF_FORMAT])
         if cache.get(key) is None:
             try:
                 cache.check_writable()
-            except TwoTowerError as err:  # an unwritable cache costs the pass next time, nothing else
-                log.warning("MaxSim idf not cached: %s", err)
-                self._in_memory(texts_of, size)
+                with cache.put(key) as tmp:
+                    np.save(tmp / "idf.npy", corpus_idf(self.tokens, texts_of, size, settings.max_tokens, ids_to=tmp).numpy())
+            except (TwoTowerError, OSError) as err:  # unwritable or full: the pass is paid again next start, nothing else
+                log.warning("MaxSim idf and token ids not cached (%s): candidates are tokenized at every query", err)
+                self._idf_only(size)
                 return
-            with cache.put(key) as tmp:
-                np.save(tmp / "idf.npy", corpus_idf(self.tokens, texts_of, size, settings.max_tokens, ids_to=tmp).numpy())
         entry = cache.path(key)
         self.idf = torch.from_numpy(np.load(entry / "idf.npy"))
         self.passage_ids = PassageIds(entry, len(self.tokens.weights))
 
-    def _in_memory(self, texts_of, size: int) -> None:
-        with tempfile.TemporaryDirectory(prefix="maxsim-") as tmp:
-            self.idf = corpus_idf(self.tokens, texts_of, size, self.settings.max_tokens, ids_to=Path(tmp))
-            self.passage_ids = PassageIds(Path(tmp), len(self.tokens.weights), in_memory=True)
+    def _idf_only(self, size: int) -> None:
+        self.idf = corpus_idf(self.tokens, self.texts_of, size, self.settings.max_tokens)
+        self.passage_ids = lambda rows: self.tokens.ids(self.texts_of(np.asarray(rows)), self.settings.max_tokens)
 
     def rerank(self, query: str, rows: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The candidates ``rows`` (with the first stage's ``scores``) ranked by the fused score, best first,

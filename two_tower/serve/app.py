@@ -239,9 +239,7 @@ def create_app(searcher: Searcher, limits: Limits = Limits(), threads: int | Non
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
         sent = request.headers.get("content-type", "")
-        mime = sent.split(";", 1)[0].strip().lower()
-        read_as_json = mime == "application/json" or (mime.startswith("application/") and mime.endswith("+json"))  # FastAPI's rule
-        if not read_as_json and any(tuple(e.get("loc", ())) == ("body",) and e["type"] != "missing" for e in exc.errors()):
+        if not _json_content(request.scope) and any(tuple(e.get("loc", ())) == ("body",) and e["type"] != "missing" for e in exc.errors()):
             # FastAPI reads a body as JSON only when it says so (curl -d sends a form type): say that, not "not a dictionary".
             how = f"sent as {_clean(sent, 100)}" if sent else "sent without a Content-Type"
             error = f"body: {how}; send the JSON object with Content-Type: application/json"
@@ -492,17 +490,24 @@ class BodyLimit:
             if not message.get("more_body", False):
                 break
         body = b"".join(chunks)
-        try:  # json.loads would read UTF-16 and UTF-32 too; the API takes UTF-8 JSON text (RFC 8259)
-            body.decode("utf-8")
-        except UnicodeDecodeError as err:
-            response = _error_response(400, f"body: not UTF-8 text (byte {err.start}); send the JSON object encoded as UTF-8")
-            return await response(scope, receive, send)
+        if _json_content(scope):  # what FastAPI reads as JSON: json.loads would take UTF-16 and UTF-32 too; the API takes UTF-8 (RFC 8259)
+            try:
+                body.decode("utf-8")
+            except UnicodeDecodeError as err:
+                response = _error_response(400, f"body: not UTF-8 text (byte {err.start}); send the JSON object encoded as UTF-8")
+                return await response(scope, receive, send)
         return await self.app(scope, _replay([{"type": "http.request", "body": body, "more_body": False}], receive), send)
 
     async def _too_large(self, scope, receive, send):
         response = _error_response(413, f"request body over {self.max_bytes:,} bytes (the largest a full batch can need)")
         response.headers["Connection"] = "close"
         await response(scope, receive, send)
+
+
+def _json_content(scope) -> bool:
+    """Whether the request's body is one FastAPI reads as JSON (its rule: application/json or application/...+json)."""
+    mime = dict(scope["headers"]).get(b"content-type", b"").split(b";", 1)[0].strip().lower()
+    return mime == b"application/json" or (mime.startswith(b"application/") and mime.endswith(b"+json"))
 
 
 def _query_string_problem(raw: bytes) -> str | None:
