@@ -12,7 +12,8 @@ has it), notes before Hydra writes anything whether the run folder exists and re
 in it (or in every job folder of the sweep folder). When the command fails before it works
 (``kept_if_refused``: a refused resume, a bad setting, a missing file), a folder that existed gets its record
 back as it was; a folder this command made is removed, with the empty parents it made, if it holds nothing
-but the record and the log (bad input, a ``TwoTowerError``, only: after a crash the log is kept to read).
+but the record and the log, the command was refused (bad input, a ``TwoTowerError``: after a crash the log is
+kept to read) and its work had not begun (``work_started``: after it, the log records what ran).
 Once the work starts, the new record stands: the folder's checkpoints or outputs are then this command's.
 Sweeps' job folders are left as they are.
 """
@@ -37,6 +38,15 @@ log = logging.getLogger(__name__)
 _PREVIOUS: dict[str, dict[str, bytes]] = {}
 # Run folder (absolute) this command's Hydra run makes -> the outermost folder it makes with it.
 _NEW: dict[str, str] = {}
+# Set by work_started(): from then on a refusal keeps the run folder and its log (what ran, for how long).
+_WORK_STARTED = False
+
+
+def work_started() -> None:
+    """The command's checks are done and its work (tokenizing, encoding, ranking) begins: a later refusal keeps
+    the run folder and its log, which record what ran."""
+    global _WORK_STARTED
+    _WORK_STARTED = True
 
 
 def _read_record(folder: Path) -> dict[str, bytes]:
@@ -59,6 +69,8 @@ class KeepRunRecord(Callback):
         self.new: dict[str, str] = {}
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        global _WORK_STARTED
+        _WORK_STARTED = False  # a new command in this process (tests run several)
         _hydra_config_set(config)
         run_dir = Path(os.path.abspath(str(config.hydra.run.dir)))
         if not run_dir.exists():
@@ -120,7 +132,7 @@ def discard_new() -> Path | None:
     (``.hydra/*.yaml``) and the job's log (``*.log``), then the empty folders made with it; returns the
     folder removed, or None (a folder that existed, or one the command wrote anything else into, stays)."""
     job = _job_folder()
-    if job is None or str(job[0]) not in _NEW:
+    if job is None or str(job[0]) not in _NEW or _WORK_STARTED:
         return None
     folder, subdir = job
     outermost = Path(_NEW[str(folder)])

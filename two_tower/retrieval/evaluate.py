@@ -23,6 +23,7 @@ import numpy as np
 from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 
+from two_tower.core import run_record
 from two_tower.core.atomic import atomic_write, check_writable, discard, fsync_folder, sweep_stale_temps, temp_path
 from two_tower.core.checks import check
 from two_tower.core.threads import set_threads
@@ -167,6 +168,7 @@ def _evaluate(cfg: DictConfig, out: Path) -> dict[str, dict]:
     query_rows = split.evaluated_queries()
     log.info("%s: %d queries evaluated (%d in the split), %d passages", cfg.split, len(query_rows), split.num_queries, split.num_passages)
     tables: dict = {}
+    run_record.work_started()  # a refusal from here on keeps the run folder's log of what ran
     metrics, rankings = evaluate_split(split, retrievers, tables)
 
     # Everything goes to a folder beside the outputs first, then replaces the previous evaluation's outputs in

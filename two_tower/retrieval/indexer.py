@@ -14,6 +14,7 @@ from two_tower.model.bag import TermStatistics
 from two_tower.retrieval.bm25 import BM25Scorer
 from two_tower.retrieval.checkpoint import encode_tokens, load_checkpoint, model_identity, progress_bar
 from two_tower.retrieval.corpus import Passages, read_corpus_file, split_passages
+from two_tower.core import run_record
 from two_tower.core.atomic import check_writable
 from two_tower.core.checks import check_config
 from two_tower.core.threads import set_threads
@@ -128,6 +129,7 @@ def build_index(cfg: DictConfig) -> Path:
     need = len(passages) * bytes_per_vector(dim, cfg.index.factory) + sum(len(t) for t in passages.texts) * 2
     check_writable(Path(cfg.out).expanduser().resolve().parent, f"out={cfg.out}", min_free_bytes=need)
     log.info("Indexing %d passages from %s with %s", len(passages), passages.source, cfg.ckpt)
+    run_record.work_started()  # a refusal from here on keeps the run folder's log of what ran
     loaded = time.perf_counter()
     lexical, weights = lexical_index(cfg, passages.texts, bm25_seconds := {})
     statistics = corpus_statistics(module, passages.texts)

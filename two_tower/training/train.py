@@ -224,6 +224,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         ckpt_path = resolve_ckpt_path(cfg)
 
         datamodule = build_datamodule(cfg)
+        run_record.work_started()  # tokenizing, distilling, mining: a refusal from here on keeps the run folder's log
         datamodule.prepare_data()
         datamodule.setup("fit")
         check_training_rows(datamodule)
