@@ -26,7 +26,7 @@ import uvicorn
 from tests.conftest import ROOT, build_tiny_index
 from two_tower.data import synthetic
 from two_tower.retrieval.search import Searcher
-from two_tower.serve.app import Limits, create_app
+from two_tower.serve.app import HitOut, Limits, SearchResponse, create_app
 from two_tower.cli.serve import main as serve_main
 
 LIMITS = Limits(k=5, k_max=20, max_query_chars=200, max_batch=4)
@@ -100,6 +100,8 @@ def test_get_search_finds_a_passage_by_its_own_text(client, searcher):
     answer = response.json()
     assert answer["query"] == text and answer["k"] == LIMITS.k and answer["took_ms"] > 0
     assert len(answer["hits"]) == LIMITS.k
+    # the answer is encoded on the search's thread, past FastAPI's response model: exactly its fields
+    assert set(answer) == set(SearchResponse.model_fields) and all(set(h) == set(HitOut.model_fields) for h in answer["hits"])
     best = answer["hits"][0]
     assert best["text"] == text and best["score"] == pytest.approx(1.0, abs=1e-5)
     assert [h["score"] for h in answer["hits"]] == sorted((h["score"] for h in answer["hits"]), reverse=True)

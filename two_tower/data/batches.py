@@ -55,8 +55,13 @@ class TripletBatchSampler(Sampler):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    @staticmethod
+    def batches_in(num_queries: int, batch_size: int) -> int:
+        """Batches an epoch of ``num_queries`` rows makes, over every process."""
+        return -(-num_queries // batch_size)
+
     def __len__(self) -> int:
-        return (self.split.num_queries + self.batch_size - 1) // self.batch_size // self.world_size
+        return self.batches_in(self.split.num_queries, self.batch_size) // self.world_size
 
     def plans(self) -> list[np.ndarray]:
         rng = np.random.default_rng([self.seed, self.epoch])

@@ -294,7 +294,7 @@ class TwoTowerDataModule(L.LightningDataModule):
     def train_sampler(self) -> TripletBatchSampler:
         rank, world = self._rank_world()
         if world > 1:  # every process trains the same number of batches (DDP's collectives need it)
-            batches = -(-self.train.num_queries // self.batch_size)
+            batches = TripletBatchSampler.batches_in(self.train.num_queries, self.batch_size)
             if batches < world:
                 raise ConfigError(
                     f"data.batch_size={self.batch_size}: the training split's {self.train.num_queries} rows make {batches} batch(es), fewer than "

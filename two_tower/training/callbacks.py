@@ -44,6 +44,10 @@ class CheckpointOnStop(L.Callback):
         if trainer.world_size > 1:
             self._defer_sigterm(trainer)
 
+    def on_test_start(self, trainer, pl_module):  # the test pass after training registers Lightning's again
+        if trainer.world_size > 1:
+            self._defer_sigterm(trainer)  # noted only: the short pass finishes, and the run ends
+
     def on_train_start(self, trainer, pl_module):
         # Lightning adds a Timer callback when trainer.max_time is set; look it up once, not every batch.
         self.timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
@@ -84,7 +88,8 @@ class CheckpointOnStop(L.Callback):
             self.reason = self.reason or "SIGTERM"
             trainer._signal_connector.received_sigterm = True  # Lightning raises SIGTERMException next, in every process
         elif stop[1]:
-            log.info("trainer.max_time reached: stopping after this batch")
+            if trainer.is_global_zero:
+                log.info("trainer.max_time reached: stopping after this batch")
             self.reason = "trainer.max_time"
             trainer._signal_connector.received_sigterm = True
 
