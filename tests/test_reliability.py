@@ -56,6 +56,49 @@ def test_sigterm_mid_epoch_then_resume_matches_uninterrupted(tmp_path, monkeypat
         assert metrics[key] == straight[key], key
 
 
+class SigtermInValidation(L.Callback):
+    """SIGTERM at the first validation batch of ``epoch`` (or, ``last_batch``, after that epoch's last training
+    batch, just before its validation); records the epochs whose validation ended."""
+
+    def __init__(self, epoch, last_batch=False):
+        self.epoch, self.last_batch, self.validated = epoch, last_batch, []
+
+    def on_validation_batch_end(self, trainer, *args):
+        if not self.last_batch and not trainer.sanity_checking and trainer.current_epoch == self.epoch and args[-2] == 0:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    def on_train_batch_end(self, trainer, *args):
+        if self.last_batch and trainer.current_epoch == self.epoch and trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    def on_validation_end(self, trainer, *args):
+        if not trainer.sanity_checking:
+            self.validated.append(trainer.current_epoch)
+
+
+@pytest.mark.parametrize("last_batch", [False, True], ids=["in validation", "in the epoch's last batch"])
+def test_sigterm_during_validation_lets_it_end_so_the_resumed_run_misses_no_epoch(tmp_path, monkeypatch, last_batch):
+    """Lightning stopped in the middle of the validation and saved a checkpoint saying the epoch's last batch was
+    done: the resumed run skipped that validation, so the epoch was never validated nor its checkpoint kept
+    (seen as a flaky failure of the kill-and-resume test, whose SIGTERM sometimes fell in validation)."""
+    common = ["trainer.max_epochs=3"]
+    straight = train(compose_train(tmp_path / "straight", common))
+    stopped = compose_train(tmp_path / "stopped", common)
+    killer = SigtermInValidation(epoch=1, last_batch=last_batch)
+    original = utils.instantiate_group
+    monkeypatch.setattr(train_module, "instantiate_group", lambda c: original(c) + ([killer] if c is stopped.get("callbacks") else []))
+    with pytest.raises(SystemExit) as stop:
+        train(stopped)
+    assert stop.value.code == 143 and killer.validated == [0, 1]  # epoch 1's validation ended before the stop
+    recorder = SigtermInValidation(epoch=-1)
+    resumed = compose_train(tmp_path / "stopped", [*common, "ckpt_path=last"])
+    monkeypatch.setattr(train_module, "instantiate_group", lambda c: original(c) + ([recorder] if c is resumed.get("callbacks") else []))
+    metrics = train(resumed)
+    assert recorder.validated == [2]
+    for key in FINAL:
+        assert metrics[key] == straight[key], key
+
+
 def test_a_mid_epoch_checkpoint_of_another_number_of_processes_is_refused(tmp_path, monkeypatch):
     """Each process skips the batches it trained in the interrupted epoch, counted per process: resumed on another
     number of processes the count means other batches (a helper's probe: 2 processes stopped at step 31, resumed

@@ -54,8 +54,9 @@ class ResumableCSVLogger(CSVLogger):
 
     @rank_zero_only
     def drop_rows_from(self, step: int) -> int:
-        """Remove the rows of ``metrics.csv`` logged at logger step ``step`` or later: a run resumed from a
-        checkpoint taken at that step logs them again (a killed run had logged beyond its last checkpoint).
+        """Remove the rows of ``metrics.csv`` logged at logger step ``step`` or later, but a validation at ``step``
+        itself: a run resumed from a checkpoint taken at that step logs them again (a killed run had logged
+        beyond its last checkpoint).
         Returns how many rows were removed; the file is replaced whole."""
         self.experiment  # noqa: B018 (puts an earlier metrics.csv back)
         path = Path(self.log_dir) / "metrics.csv"
@@ -64,7 +65,12 @@ class ResumableCSVLogger(CSVLogger):
         with open(path, newline="") as f:
             reader = csv.DictReader(f)
             rows, fields = list(reader), reader.fieldnames
-        kept = [row for row in rows if not row.get("step") or int(float(row["step"])) < step]
+        # A validation at the resumed step itself stays: a run stops after a batch's validation, never in it, and
+        # resumes past it (Lightning does not validate that step again), so that row would be lost, not doubled.
+        def validated_at_step(row):
+            return int(float(row["step"])) == step and any(v not in ("", None) for k, v in row.items() if k and k.startswith("val/"))
+
+        kept = [row for row in rows if not row.get("step") or int(float(row["step"])) < step or validated_at_step(row)]
         if len(kept) < len(rows):
             with atomic_write(path, "w") as f:
                 writer = csv.DictWriter(f, fieldnames=fields)
