@@ -54,23 +54,27 @@ class CheckpointOnStop(L.Callback):
         if trainer.world_size > 1:
             self._defer_sigterm(trainer)  # again where no sanity check ran (done once: Lightning's is gone then)
 
-    # One process: a SIGTERM during validation is noted and acted on when the validation ends. Lightning stopped
-    # in the middle of it and saved a checkpoint that says the epoch's last batch was done, so the resumed run
-    # skipped that validation: the epoch was never validated nor its best checkpoint kept (a test that killed a
-    # run at a random instant missed epoch 1's figures about 1 time in 3 when the signal fell in validation).
+    # A stop asked for during a validation, or in the batch before it (a SIGTERM, trainer.max_time), takes effect
+    # when the validation ends. Lightning stopped in the middle of it and saved a checkpoint that says the epoch's
+    # last batch was done, so the resumed run skipped that validation: the epoch was never validated nor its best
+    # checkpoint kept (a test that killed a run at a random instant missed epoch 1's figures 1 time in 3). One
+    # process notes a SIGTERM during it (several processes do so all along and agree at the next batch end).
     def on_validation_start(self, trainer, pl_module):
         if trainer.world_size == 1:
             self._lightning_handlers = self._defer_sigterm(trainer)
-            if trainer._signal_connector.received_sigterm:  # came in the epoch's last batch: the validation runs first
-                trainer._signal_connector.received_sigterm, self.sigterm_seen = False, True
+        connector = trainer._signal_connector
+        if connector.received_sigterm:  # seen (or, several processes, agreed) in the batch before: validate first
+            connector.received_sigterm, self._stop_after_validation = False, True
 
     def on_validation_end(self, trainer, pl_module):
         if trainer.world_size == 1 and getattr(self, "_lightning_handlers", None) is not None:
             composed, handlers = self._lightning_handlers
             composed.signal_handlers, self._lightning_handlers = handlers, None
-            if self.sigterm_seen:  # Lightning stops after this validation, as after a batch
-                self.sigterm_seen = False
-                trainer._signal_connector.received_sigterm = True
+            if self.sigterm_seen:
+                self.sigterm_seen, self._stop_after_validation = False, True
+        if getattr(self, "_stop_after_validation", False):  # Lightning stops after this validation, as after a batch
+            self._stop_after_validation = False
+            trainer._signal_connector.received_sigterm = True
 
     def _defer_sigterm(self, trainer):
         """Put a handler that only notes the signal (and forwards it from the launcher to the other
