@@ -372,19 +372,26 @@ def test_embeddings_file_with_inconsistent_dimensions_names_the_line(tmp_path):
 
 
 @pytest.mark.slow
-def test_max_time_saves_mid_epoch_and_resume_matches(tmp_path):
+def test_max_time_saves_mid_epoch_and_resume_matches(tmp_path, monkeypatch):
     common = ["data.synthetic_rows.train_rows=3000", "trainer.max_epochs=5"]  # about 2.5 s of training
     straight = train(compose_train(tmp_path / "straight", common))
     stopped = compose_train(tmp_path / "stopped", [*common, "+trainer.max_time=00:00:00:01"])
+    before, after = SigtermInValidation(epoch=-1), SigtermInValidation(epoch=-1)  # they record validations only
+    original = utils.instantiate_group
+    monkeypatch.setattr(train_module, "instantiate_group", lambda c: original(c) + ([before] if c is stopped.get("callbacks") else []))
     with pytest.raises(SystemExit) as stop:
         train(stopped)
     assert stop.value.code == 0  # the time budget asked for, not a failure
     state = torch.load(Path(stopped.paths.output_dir) / "checkpoints" / "last.ckpt", weights_only=True)
     progress = state["loops"]["fit_loop"]["epoch_loop.batch_progress"]
     assert 0 < progress["total"]["completed"] < 5 * 94  # stopped early (94 batches an epoch), at a batch boundary
-    resumed = train(compose_train(tmp_path / "stopped", [*common, "ckpt_path=last"]))
+    resumed_cfg = compose_train(tmp_path / "stopped", [*common, "ckpt_path=last"])
+    monkeypatch.setattr(train_module, "instantiate_group", lambda c: original(c) + ([after] if c is resumed_cfg.get("callbacks") else []))
+    resumed = train(resumed_cfg)
     for key in FINAL:
         assert resumed[key] == straight[key], key
+    # Lightning's Timer asks for a validation when the time is up mid-epoch: it is cut, each epoch validated once
+    assert sorted(before.validated + after.validated) == [0, 1, 2, 3, 4]
 
 
 # ------------------------------------------------------------------------------------------------------

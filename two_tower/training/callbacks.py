@@ -63,7 +63,10 @@ class CheckpointOnStop(L.Callback):
         if trainer.world_size == 1:
             self._lightning_handlers = self._defer_sigterm(trainer)
         connector = trainer._signal_connector
-        if connector.received_sigterm:  # seen (or, several processes, agreed) in the batch before: validate first
+        # seen (or, several processes, agreed) in the epoch's last batch: its validation runs first. Not for the
+        # validation Lightning's Timer asks for when trainer.max_time is up mid-epoch: that one is cut, as before
+        # (the resumed run validates at the epoch's end; run to its end here, it logged that epoch twice).
+        if connector.received_sigterm and trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
             connector.received_sigterm, self._stop_after_validation = False, True
 
     def on_validation_end(self, trainer, pl_module):
