@@ -106,9 +106,9 @@ def test_a_mid_epoch_checkpoint_of_another_number_of_processes_is_refused(tmp_pa
     from two_tower.core.errors import CheckpointError
     from two_tower.model.module import EPOCH_SUMS_KEY
 
-    stopped = compose_train(tmp_path / "stopped", ["trainer.max_epochs=2"])
+    stopped = compose_train(tmp_path / "stopped", ["trainer.max_epochs=3"])
     original = utils.instantiate_group
-    monkeypatch.setattr(train_module, "instantiate_group", lambda c: original(c) + ([SigtermAtStep(4)] if c is stopped.get("callbacks") else []))
+    monkeypatch.setattr(train_module, "instantiate_group", lambda c: original(c) + ([SigtermAtStep(24)] if c is stopped.get("callbacks") else []))
     with pytest.raises(SystemExit):
         train(stopped)
     monkeypatch.undo()
@@ -118,7 +118,11 @@ def test_a_mid_epoch_checkpoint_of_another_number_of_processes_is_refused(tmp_pa
     state[EPOCH_SUMS_KEY]["processes"] = 2  # as a 2-process run writes it
     torch.save(state, last)
     with pytest.raises(CheckpointError, match=r"saved mid-epoch by a run of 2 process\(es\), and this run would have 1: .*trainer.devices"):
-        train(compose_train(tmp_path / "stopped", ["trainer.max_epochs=2", "ckpt_path=last"]))
+        train(compose_train(tmp_path / "stopped", ["trainer.max_epochs=3", "ckpt_path=last"]))
+    state[EPOCH_SUMS_KEY]["processes"] = 1
+    torch.save(state, last)  # saved in epoch 2 (0-based): resumed with max_epochs=1 Lightning raised a traceback
+    with pytest.raises(CheckpointError, match=r"saved at epoch 2, past trainer.max_epochs=1"):
+        train(compose_train(tmp_path / "stopped", ["trainer.max_epochs=1", "ckpt_path=last"]))
     # Loading it to index, search or evaluate is no resume: one process reads it as any other.
     from two_tower.retrieval.checkpoint import load_checkpoint
 

@@ -146,9 +146,10 @@ def planned_processes(trainer_cfg) -> int | None:
     return devices * nodes
 
 
-def check_resume_checkpoint(path: str, tokenizer, processes: int | None = None) -> None:
-    """Refuse, in one line, a checkpoint that is truncated, foreign, made with another vocabulary, or saved
-    mid-epoch by another number of processes than ``processes`` (None: not known before Lightning starts)."""
+def check_resume_checkpoint(path: str, tokenizer, processes: int | None = None, max_epochs: int | None = None) -> None:
+    """Refuse, in one line, a checkpoint that is truncated, foreign, made with another vocabulary, saved
+    mid-epoch by another number of processes than ``processes`` (None: not known before Lightning starts), or
+    past ``max_epochs`` (Lightning's traceback)."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as err:
@@ -163,6 +164,9 @@ def check_resume_checkpoint(path: str, tokenizer, processes: int | None = None) 
             f"ckpt_path={path}: trained with another vocabulary ({len(words)} words; this data and tokenizer give "
             f"{len(tokenizer.words)}): resume with the data and tokenizer settings it was trained with"
         )
+    epoch = state.get("epoch")
+    if isinstance(epoch, int) and max_epochs not in (None, -1) and epoch > max_epochs:
+        raise CheckpointError(f"ckpt_path={path}: saved at epoch {epoch}, past trainer.max_epochs={max_epochs}: set trainer.max_epochs above {epoch} to train on")
     # Each process skips the batches it trained in the interrupted epoch, counted per process: resumed on
     # another number of processes the count means other batches (some trained twice, some never), silently.
     saved = (state.get(EPOCH_SUMS_KEY) or {}).get("processes")  # absent: an epoch's end, or written before it was recorded
@@ -229,7 +233,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         datamodule.setup("fit")
         check_training_rows(datamodule)
         if ckpt_path:
-            check_resume_checkpoint(ckpt_path, datamodule.tokenizer, planned_processes(cfg.trainer))
+            check_resume_checkpoint(ckpt_path, datamodule.tokenizer, planned_processes(cfg.trainer), cfg.trainer.get("max_epochs"))
         # Seeded again: preparing data on a cache miss (distilling word vectors, mining, ...) may draw from the
         # global generators and a cache hit does not, so without this a run on a cold cache started from
         # other weights (and ended at other figures) than the same run on a warm one.
