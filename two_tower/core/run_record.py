@@ -80,7 +80,7 @@ class KeepRunRecord(Callback):
             self.new[str(run_dir)] = str(outermost)
         subdir = config.hydra.output_subdir
         if subdir is not None:
-            folder = Path(os.path.abspath(str(config.hydra.run.dir))) / str(subdir)
+            folder = run_dir / str(subdir)
             if folder.is_dir():
                 self.previous[str(folder)] = _read_record(folder)
 

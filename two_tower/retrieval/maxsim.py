@@ -157,10 +157,10 @@ class PassageIds:
 
     IDS, OFFSETS = "passage_ids.bin", "passage_offsets.npy"
 
-    def __init__(self, folder: Path, vocabulary_size: int, in_memory: bool = False):
+    def __init__(self, folder: Path, vocabulary_size: int):
         self.offsets = np.load(folder / self.OFFSETS)
         dtype, path = ids_dtype(vocabulary_size), folder / self.IDS
-        if in_memory or self.offsets[-1] == 0:  # np.memmap refuses an empty file
+        if self.offsets[-1] == 0:  # np.memmap refuses an empty file
             self.ids = np.fromfile(path, dtype=dtype)
         else:
             self.ids = np.memmap(path, dtype=dtype, mode="r")

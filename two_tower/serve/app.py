@@ -270,6 +270,17 @@ def create_app(searcher: Searcher, limits: Limits = Limits(), threads: int | Non
 
     # --- search ------------------------------------------------------------------------------------
 
+    async def searched(queries: list[str], k: int, answer) -> JSONResponse:
+        """``answer(results, took_ms)``'s JSON for these queries, searched (and encoded) on a worker thread in turn."""
+
+        def run() -> JSONResponse:
+            use_threads()
+            start = time.perf_counter()
+            results = searcher.search(queries, k)
+            return JSONResponse(answer(results, round((time.perf_counter() - start) * 1000, 3)))
+
+        return await searches.run(run)
+
     QueryText = Annotated[str, StringConstraints(min_length=1, max_length=limits.max_query_chars, pattern=NOT_BLANK)]
 
     class SearchBatch(BaseModel):
@@ -284,29 +295,15 @@ def create_app(searcher: Searcher, limits: Limits = Limits(), threads: int | Non
         q: Annotated[str, Query(min_length=1, max_length=limits.max_query_chars, pattern=NOT_BLANK, description="the query text")],
         k: Annotated[int, Query(ge=1, le=limits.k_max, description=f"passages to return, 1 to {limits.k_max}")] = limits.k,
     ):
-        def run() -> JSONResponse:
-            use_threads()
-            start = time.perf_counter()
-            hits = searcher.search([q], k)[0]
-            took = (time.perf_counter() - start) * 1000
-            return JSONResponse({"query": q, "k": k, "took_ms": round(took, 3), "hits": [vars(h) for h in hits]})
-
-        return await searches.run(run)
+        return await searched([q], k, lambda results, took: {"query": q, "k": k, "took_ms": took, "hits": [vars(h) for h in results[0]]})
 
     @app.post("/search", response_model=BatchResponse, responses=ERRORS, summary="Search a batch of queries", dependencies=[query_parameters()])
     async def search_batch(batch: SearchBatch):
-        def run() -> JSONResponse:
-            use_threads()
-            start = time.perf_counter()
-            results = searcher.search(batch.queries, batch.k)
-            took = (time.perf_counter() - start) * 1000
-            return JSONResponse({
-                "k": batch.k,
-                "took_ms": round(took, 3),
-                "results": [{"query": q, "hits": [vars(h) for h in hits]} for q, hits in zip(batch.queries, results)],
-            })
-
-        return await searches.run(run)
+        return await searched(batch.queries, batch.k, lambda results, took: {
+            "k": batch.k,
+            "took_ms": took,
+            "results": [{"query": q, "hits": [vars(h) for h in hits]} for q, hits in zip(batch.queries, results)],
+        })
 
     # --- health ------------------------------------------------------------------------------------
 

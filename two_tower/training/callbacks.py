@@ -39,6 +39,8 @@ class CheckpointOnStop(L.Callback):
         self.timer: Timer | None = None
         self.reason: str | None = None  # why training stopped early: "SIGTERM", "trainer.max_time", "Ctrl-C"
         self.sigterm_seen = False  # by this process's handler, not yet agreed on (several processes)
+        self._stop_after_validation = False  # a stop asked for before the running validation: taken at its end
+        self._lightning_handlers = None  # one process, during a validation: (Lightning's composed handler, its handlers)
 
     def on_sanity_check_start(self, trainer, pl_module):  # Lightning's handlers are in place from here
         if trainer.world_size > 1:
@@ -70,12 +72,12 @@ class CheckpointOnStop(L.Callback):
             connector.received_sigterm, self._stop_after_validation = False, True
 
     def on_validation_end(self, trainer, pl_module):
-        if trainer.world_size == 1 and getattr(self, "_lightning_handlers", None) is not None:
+        if trainer.world_size == 1 and self._lightning_handlers is not None:
             composed, handlers = self._lightning_handlers
             composed.signal_handlers, self._lightning_handlers = handlers, None
             if self.sigterm_seen:
                 self.sigterm_seen, self._stop_after_validation = False, True
-        if getattr(self, "_stop_after_validation", False):  # Lightning stops after this validation, as after a batch
+        if self._stop_after_validation:  # Lightning stops after this validation, as after a batch
             self._stop_after_validation = False
             trainer._signal_connector.received_sigterm = True
 
