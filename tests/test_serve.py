@@ -184,6 +184,8 @@ BAD_REQUESTS = [
     ("body too big", "POST", "/search", {"content": b"x" * TOO_BIG, "headers": {"content-type": "application/json"}}, 413, "request body over"),
     ("chunked too big", "POST", "/search", {"content": iter([b"x" * 65536] * (TOO_BIG // 65536 + 1)), "headers": {"content-type": "application/json"}}, 413, "request body over"),
     ("q twice", "GET", "/search?q=garden&q=castle", {}, 422, "query.q: given 2 times; give it once"),
+    ("JSON key twice", "POST", "/search", {"content": b'{"queries": ["garden"], "k": 1, "k": 20}', "headers": {"content-type": "application/json"}}, 422, "body.k: given 2 times; give it once"),
+    ("JSON key three times", "POST", "/search", {"content": b'{"queries": ["a"], "queries": ["b"], "queries": ["garden"]}', "headers": {"content-type": "application/json"}}, 422, "body.queries: given 3 times"),
     ("unknown parameter", "GET", "/search?q=garden&kk=3", {}, 422, "query.kk: not a parameter here (takes q, k)"),
     ("k in the URL of a POST", "POST", "/search?k=1", {"json": {"queries": ["garden"]}}, 422, "query.k: not a parameter here (send settings in the JSON body)"),
     ("unknown path", "GET", "/nowhere", {}, 404, "Not Found"),

@@ -30,6 +30,7 @@ threads: OpenMP thread counts belong to the calling thread, so ``torch.set_num_t
 """
 
 import asyncio
+import json
 import os
 import threading
 import time
@@ -489,10 +490,14 @@ class BodyLimit:
         body = b"".join(chunks)
         if _json_content(scope):  # what FastAPI reads as JSON: json.loads would take UTF-16 and UTF-32 too; the API takes UTF-8 (RFC 8259)
             try:
-                body.decode("utf-8")
+                text = body.decode("utf-8")
             except UnicodeDecodeError as err:
                 response = _error_response(400, f"body: not UTF-8 text (byte {err.start}); send the JSON object encoded as UTF-8")
                 return await response(scope, receive, send)
+            repeated = _repeated_keys(text)
+            if repeated:  # json.loads keeps the last value: {"k": 1, "k": 100} would answer 100 hits, silently
+                problems = "; ".join(f"body.{_clean(key, 40)}: given {n} times; give it once" for key, n in repeated.items())
+                return await _error_response(422, problems)(scope, receive, send)
         return await self.app(scope, _replay([{"type": "http.request", "body": body, "more_body": False}], receive), send)
 
     async def _too_large(self, scope, receive, send):
@@ -505,6 +510,25 @@ def _json_content(scope) -> bool:
     """Whether the request's body is one FastAPI reads as JSON (its rule: application/json or application/...+json)."""
     mime = dict(scope["headers"]).get(b"content-type", b"").split(b";", 1)[0].strip().lower()
     return mime == b"application/json" or (mime.startswith(b"application/") and mime.endswith(b"+json"))
+
+
+def _repeated_keys(text: str) -> dict[str, int]:
+    """The keys a JSON body's objects give more than once, with how many times (``{}`` when none, or when the text
+    is not JSON at all: FastAPI's own reading then says what is wrong)."""
+    repeated: dict[str, int] = {}
+
+    def pairs(items):
+        seen: dict[str, int] = {}
+        for key, _ in items:
+            seen[key] = seen.get(key, 0) + 1
+        repeated.update({key: n for key, n in seen.items() if n > 1})
+        return None  # the values are not needed
+
+    try:
+        json.loads(text, object_pairs_hook=pairs)
+    except (ValueError, RecursionError):
+        return {}
+    return repeated
 
 
 def _query_string_problem(raw: bytes) -> str | None:
