@@ -688,6 +688,38 @@ def test_health_and_the_page_answer_while_every_search_slot_is_taken(searcher):
     assert len({tuple(h["id"] for h in r.json()["hits"]) for r in results}) == 1
 
 
+def test_searches_beyond_max_waiting_get_a_503_with_retry_after_at_once(searcher):
+    """One slot, two may wait: of six searches, one runs, two wait and three are refused at once (before, every
+    search waited, however many); the waiting ones are answered once the slot frees, and a later search is served."""
+    held = HeldSearcher(searcher)
+    with ServerThread(create_app(held, LIMITS, concurrency=1, max_waiting=2)) as running:
+        pool = concurrent.futures.ThreadPoolExecutor(8)
+        try:
+            search = lambda: httpx.get(f"{running.url}/search", params={"q": "garden castle", "k": 3}, timeout=120)  # noqa: E731
+            first = pool.submit(search)
+            deadline = time.monotonic() + 60
+            while held.started < 1:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            waiting = [pool.submit(search) for _ in range(2)]
+            time.sleep(1.0)  # both are waiting for the slot
+            refused = [search() for _ in range(3)]  # answered while the slot is still held
+            batch = httpx.post(f"{running.url}/search", json={"queries": ["garden"]}, timeout=20)
+            health = httpx.get(f"{running.url}/health", timeout=20).json()
+            held.release.set()
+            served = [first.result()] + [w.result() for w in waiting]
+            after = search()
+        finally:
+            held.release.set()
+            pool.shutdown()
+    for r in refused + [batch]:
+        assert r.status_code == 503 and r.headers["retry-after"] == "1", r.text
+        assert r.json()["error"] == "busy: 1 searches running and 2 waiting (max_waiting); retry in a moment"
+    assert [r.status_code for r in served + [after]] == [200] * 4
+    assert held.started == 4 and held.most == 1
+    assert health["concurrency"] == 1 and health["max_waiting"] == 2
+
+
 def test_a_request_unanswered_when_a_stopping_server_gives_up_gets_a_json_503(searcher):
     """SIGTERM, then shutdown_timeout: uvicorn cancels what is still running, and answered it with a plain-text 500
     (and a traceback in the log). A search already running finishes on its thread first; its answer is not sent."""

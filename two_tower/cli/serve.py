@@ -17,7 +17,7 @@ from two_tower.core.errors import ConfigError, TwoTowerError
 USAGE = """usage: python serve.py index=DIR [host=127.0.0.1] [port=8000] [threads=1] [key=value ...]
 Settings (two_tower/conf/serve.yaml): index, host, port, threads (per search, torch and FAISS), search_params,
 hybrid (false = dense alone in a folder with a BM25 index; "hybrid=[0.5,0.5]" = fuse with these dense, BM25 weights), prf=rocchio (pseudo-relevance feedback;
-prf.depth=N), rerank=maxsim (MaxSim rerank of the top rerank.depth=100; rerank.weight=W), concurrency (searches at once), k (default passages per query), k_max, max_query_chars, max_batch, header_timeout, body_timeout, send_timeout, keep_alive_timeout, shutdown_timeout,
+prf.depth=N), rerank=maxsim (MaxSim rerank of the top rerank.depth=100; rerank.weight=W), concurrency (searches at once), max_waiting (searches waiting for a turn; beyond: 503), k (default passages per query), k_max, max_query_chars, max_batch, header_timeout, body_timeout, send_timeout, keep_alive_timeout, shutdown_timeout,
 max_connections.
 Then open http://HOST:PORT/ (search page), /docs (API), /health."""
 
@@ -98,15 +98,15 @@ def main(argv: list[str] | None = None) -> int:
         _whole("max_connections", cfg.max_connections, 1)
         for name in ("header_timeout", "keep_alive_timeout", "body_timeout", "send_timeout", "shutdown_timeout"):
             check_seconds(name, cfg[name])
-        for name in ("threads", "concurrency"):
+        for name, least in (("threads", 1), ("concurrency", 1), ("max_waiting", 0)):
             if cfg[name] is not None:
-                _whole(name, cfg[name], 1)
+                _whole(name, cfg[name], least)
         limits = Limits(k=cfg.k, k_max=cfg.k_max, max_query_chars=cfg.max_query_chars, max_batch=cfg.max_batch, body_timeout=cfg.body_timeout)
         start = time.perf_counter()
         prf = RocchioPRF.from_config(cfg.get("prf"))
         rerank = MaxSimRerank.from_config(cfg.get("rerank"))
         searcher = Searcher.load(cfg.index, search_params=cfg.search_params, hybrid=cfg.hybrid, prf=prf, rerank=rerank)
-        app = create_app(searcher, limits, threads=cfg.threads, search_params=cfg.search_params, concurrency=cfg.concurrency)
+        app = create_app(searcher, limits, threads=cfg.threads, search_params=cfg.search_params, concurrency=cfg.concurrency, max_waiting=cfg.max_waiting)
         sock = listening_socket(cfg.host, cfg.port)
     except TwoTowerError as err:  # bad settings, a missing or unusable index folder
         return report(err)

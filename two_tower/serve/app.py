@@ -139,11 +139,12 @@ class HealthResponse(BaseModel):
     limits: dict[str, int]
     threads: dict[str, int] = Field(description="CPU threads one search uses (torch, FAISS), as seen from a worker thread")
     concurrency: int = Field(description="searches run at once; more wait their turn")
+    max_waiting: int | None = Field(description="searches that may wait for a turn; beyond them a 503 (null: no limit)")
 
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorResponse, "description": "Body that cannot be decoded (not UTF-8 JSON text)"},
-    503: {"model": ErrorResponse, "description": "The server stopped (SIGTERM, then shutdown_timeout) before this request was answered"},
+    503: {"model": ErrorResponse, "description": "Busy (every search slot taken and max_waiting searches waiting: retry after Retry-After seconds), or the server stopped (SIGTERM, then shutdown_timeout) before this request was answered"},
     415: {"model": ErrorResponse, "description": "Body sent with a Content-Type other than JSON (curl -d without -H 'Content-Type: application/json')"},
     413: {"model": ErrorResponse, "description": "Request body larger than a full batch can be"},
     422: {"model": ErrorResponse, "description": "Invalid request: the error says what is wrong"},
@@ -216,13 +217,16 @@ def query_parameters(*allowed: str):
 # ---------------------------------------------------------------------------------------------- app
 
 
-def create_app(searcher: Searcher, limits: Limits = Limits(), threads: int | None = None, search_params: str | None = None, concurrency: int | None = None) -> FastAPI:
+def create_app(
+    searcher: Searcher, limits: Limits = Limits(), threads: int | None = None, search_params: str | None = None, concurrency: int | None = None, max_waiting: int | None = None
+) -> FastAPI:
     """The service over a loaded searcher; each search uses ``threads`` CPU threads (None: the libraries'
-    defaults), at most ``concurrency`` searches at once (None: the CPU cores this process may use).
+    defaults), at most ``concurrency`` searches at once (None: the CPU cores this process may use), with at most
+    ``max_waiting`` more waiting for a turn (None: no limit; beyond it a 503 with Retry-After).
     ``search_params`` is only reported (``Searcher.load`` applied it)."""
     index = searcher.index
     use_threads = ThreadSetting(threads)
-    searches = SearchSlots(concurrency)
+    searches = SearchSlots(concurrency, max_waiting)
     app = FastAPIOffline(
         title="two-tower search",
         version="1",
@@ -255,6 +259,12 @@ def create_app(searcher: Searcher, limits: Limits = Limits(), threads: int | Non
     async def empty_query(request: Request, exc: EmptyQueryError) -> JSONResponse:
         # The pattern and the tokenizer agree on words up to regex dialects (e.g. a lone combining mark): the rest lands here.
         return _error_response(422, str(exc), [ErrorItem(loc=["query"], msg=_clean(str(exc)), type="empty_query")])
+
+    @app.exception_handler(Busy)
+    async def busy(request: Request, exc: Busy) -> JSONResponse:
+        response = _error_response(503, str(exc))
+        response.headers["Retry-After"] = "1"
+        return response
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -333,6 +343,7 @@ def create_app(searcher: Searcher, limits: Limits = Limits(), threads: int | Non
         "limits": {"k_default": limits.k, "k_max": limits.k_max, "max_query_chars": limits.max_query_chars, "max_batch": limits.max_batch},
         "threads": worker_thread_counts(use_threads),
         "concurrency": searches.size,
+        "max_waiting": searches.max_waiting,
     }
 
     # async and computed at start: it answers at once however many searches are queued
@@ -397,12 +408,17 @@ def cpu_count() -> int:
 
 class SearchSlots:
     """At most ``size`` searches run at once, each on a worker thread (their own limiter, not Starlette's
-    shared pool); the others wait for a slot on the event loop, holding no thread."""
+    shared pool); the others wait for a slot on the event loop, holding no thread, at most ``max_waiting`` of
+    them: a search beyond those is answered 503 with ``Retry-After`` at once (``Busy``), so an overloaded server
+    sheds load instead of making every answer later."""
 
-    def __init__(self, size: int | None):
+    def __init__(self, size: int | None, max_waiting: int | None = None):
         if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 1):
             raise ConfigError(f"concurrency={size!r}: must be a whole number >= 1, or null (the CPU cores: {cpu_count()})")
+        if max_waiting is not None and (not isinstance(max_waiting, int) or isinstance(max_waiting, bool) or max_waiting < 0):
+            raise ConfigError(f"max_waiting={max_waiting!r}: must be a whole number >= 0, or null (no limit)")
         self.size = size or cpu_count()
+        self.max_waiting = max_waiting
         self._limiter = None
 
     async def run(self, fn):
@@ -410,7 +426,15 @@ class SearchSlots:
 
         if self._limiter is None:  # made inside the server's event loop
             self._limiter = anyio.CapacityLimiter(self.size)
+        if self.max_waiting is not None and self._limiter.available_tokens == 0:
+            waiting = self._limiter.statistics().tasks_waiting
+            if waiting >= self.max_waiting:
+                raise Busy(f"busy: {self.size} searches running and {waiting} waiting (max_waiting); retry in a moment")
         return await anyio.to_thread.run_sync(fn, limiter=self._limiter)
+
+
+class Busy(Exception):
+    """Every search slot is taken and ``max_waiting`` searches already wait: a 503 with Retry-After."""
 
 
 # ------------------------------------------------------------------------------- stopped in flight
