@@ -104,8 +104,6 @@ def run_dir_error(cfg) -> str | None:
 def hydra_command(config_name: str):
     """``@hydra.main`` over the packaged ``config_name``, and before it runs ``composition_error``'s check:
     bad overrides are one ``error:`` line and exit status 2, not Hydra's multi-line report and exit 1."""
-    import functools
-
     import hydra
 
     def wrap(task):

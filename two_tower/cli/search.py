@@ -15,6 +15,7 @@ from two_tower.core.errors import EmptyQueryError, TwoTowerError
 from two_tower.core.threads import set_threads
 from two_tower.retrieval.maxsim import MaxSimRerank
 from two_tower.retrieval.corpus import not_utf8
+from two_tower.retrieval.index import check_k
 from two_tower.retrieval.prf import RocchioPRF
 from two_tower.retrieval.search import Hit, Searcher
 
@@ -83,10 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     if query is None and not interactive and sys.stdin.isatty():
         print(f"error: no query given\n{USAGE}", file=sys.stderr)
         return 2
-    if not isinstance(cfg.k, int) or isinstance(cfg.k, bool) or cfg.k < 1:
-        print(f"error: k={cfg.k!r}: must be a whole number >= 1", file=sys.stderr)
-        return 2
     try:
+        check_k(cfg.k)
         set_threads(cfg.threads)
         check_config(cfg, ["batch_size", "max_chars"])
         prf = RocchioPRF.from_config(cfg.get("prf"))

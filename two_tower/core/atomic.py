@@ -37,10 +37,6 @@ def temp_path(path: str | os.PathLike) -> Path:
     return path.with_name(f".{path.name}.tmp-{_HOST}-{os.getpid()}-{secrets.token_hex(4)}")
 
 
-def is_temp_name(name: str) -> bool:
-    return _TEMP.match(name) is not None
-
-
 def _pid_running(pid: int) -> bool:
     try:
         os.kill(pid, 0)

@@ -122,11 +122,6 @@ def run_cwd(run_dir: str | Path) -> str | None:
     return runtime.get("cwd")
 
 
-def run_config_key(run_dir: str | Path) -> str:
-    """The configuration key of a finished or running train.py run folder."""
-    return config_key(run_overrides(run_dir), run_cwd(run_dir))
-
-
 def current_config_key() -> str | None:
     """The key of the running Hydra job (None outside Hydra)."""
     from hydra.core.hydra_config import HydraConfig

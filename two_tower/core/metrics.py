@@ -184,12 +184,6 @@ def split_per_query(ranked, reranked, relevant: list, ks=DEFAULT_KS) -> tuple[np
     return positions, values
 
 
-def split_metrics(ranked, reranked, relevant: list, ks=DEFAULT_KS) -> dict[str, float]:
-    """The validation protocol for any retriever: ``ranking_metrics`` of its full-corpus ranking
-    ``ranked`` [Q, K >= max(ks)], plus ``rerank_mrr@10`` of ``reranked`` (each query's own candidates)."""
-    return mean_metrics(split_per_query(ranked, reranked, relevant, ks)[1])
-
-
 def dense_split_per_query(queries: torch.Tensor, passages: torch.Tensor, split, query_rows: np.ndarray, ks=DEFAULT_KS) -> tuple[np.ndarray, dict[str, list[float]]]:
     """(the evaluated rows among ``query_rows``, {metric: each one's value}) of the dense ranking; see
     ``dense_split_metrics``."""

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 
 def set_threads(threads: int | None) -> None:
-    """``torch.set_num_threads(threads)``; None or 0 keeps torch's default (one per core); anything else but a
-    positive whole number is a ConfigError naming ``threads``."""
-    if threads is None or threads == 0 and type(threads) is int:
+    """``torch.set_num_threads(threads)``; None keeps torch's default (one per core); anything else but a
+    positive whole number is a ConfigError naming ``threads`` (the rule ``check("threads", ...)`` of every command)."""
+    if threads is None:
         return
     from two_tower.core.checks import check
 

@@ -22,8 +22,8 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from two_tower.core.cache import ContentCache
-from two_tower.core.errors import ConfigError
+from two_tower.core.cache import ContentCache, default_root
+from two_tower.core.errors import ConfigError, DataSourceError
 from two_tower.data import msmarco, synthetic
 from two_tower.data.batches import LengthSortedBatches, TokenBatches, TripletBatches, TripletBatchSampler
 from two_tower.data.pseudo_queries import with_pseudo_queries
@@ -59,7 +59,7 @@ class TwoTowerDataModule(L.LightningDataModule):
         bucket_batches: int = 50,
         num_workers: int = 0,
         tokenize_workers: int = 1,
-        cache_dir: str = ".cache",
+        cache_dir: str | None = None,
         seed: int = 0,
         pseudo_queries: dict | None = None,
     ):
@@ -77,7 +77,7 @@ class TwoTowerDataModule(L.LightningDataModule):
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.bucket_batches, self.num_workers = bucket_batches, num_workers
         self.tokenize_workers = tokenize_workers
-        self.cache_dir, self.seed = Path(cache_dir).expanduser(), seed
+        self.cache_dir, self.seed = Path(cache_dir or default_root()).expanduser(), seed
         self.tokenizer: Tokenizer | None = None
         self.embedding_matrix: np.ndarray | None = None
         self.train: PreparedSplit | None = None
@@ -212,7 +212,7 @@ class TwoTowerDataModule(L.LightningDataModule):
                 total = min(len(rows), limit if limit is not None else len(rows)) if hasattr(rows, "__len__") else getattr(rows, "total", None)
                 progress = tqdm(_iter_rows(rows), total=total, desc=f"Reading {role} rows", unit="row", mininterval=2.0)
                 clean[role], report = msmarco.validate_rows(progress, role, for_training=role == "train")
-            except msmarco.DataSourceError as err:
+            except DataSourceError as err:
                 if role != "test":
                     raise
                 log.info("test split skipped (no labelled query to score): %s", err)  # e.g. the Hub's unlabelled test

@@ -145,12 +145,12 @@ class Word2VecEmbeddings(EmbeddingSource):
 
     name = "word2vec"
 
-    def __init__(self, freeze=False, dim=50, window=5, min_count=2, epochs=5, sg=1, seed=0, workers=2, center=True, cache_dir=".cache"):
+    def __init__(self, freeze=False, dim=50, window=5, min_count=2, epochs=5, sg=1, seed=0, workers=1, center=True, cache_dir=None):
         super().__init__(freeze, dim)
         self.center = center
         self.params = dict(vector_size=dim, window=window, min_count=min_count, epochs=epochs, sg=sg, seed=seed)
         self.workers = workers
-        self.cache_dir = Path(cache_dir)
+        self.cache_dir = Path(cache_dir or default_root()).expanduser()
 
     def identity(self) -> str:
         return f"{self.name}:{sorted(self.params.items())}:center={self.center}"
@@ -443,8 +443,6 @@ def extension_source_vectors(config: dict) -> WordVectors:
 
 def restore_tokenizer(state: dict) -> Tokenizer:
     """A saved tokenizer, its extension's words read again from their source. One-line errors."""
-    from two_tower.core.errors import TwoTowerError
-
     extension = state.get("extension")
     try:
         words = extension_source_vectors(extension["source"]).words if extension else None

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from two_tower.core.cache import ContentCache
+from two_tower.core.cache import ContentCache, default_root
 from two_tower.core.errors import TeacherError
 
 log = logging.getLogger(__name__)
@@ -67,9 +67,9 @@ def model_fingerprint(name: str) -> str:
 class SentenceTransformerTeacher:
     """A sentence-transformers model as teacher. ``threads``: torch threads while encoding (null = all cores)."""
 
-    def __init__(self, model: str, batch_size: int = 64, max_seq_length: int | None = 256, threads: int | None = None, cache_dir: str = ".cache"):
+    def __init__(self, model: str, batch_size: int = 64, max_seq_length: int | None = 256, threads: int | None = None, cache_dir: str | None = None):
         self.model, self.batch_size, self.max_seq_length = model, batch_size, max_seq_length
-        self.threads, self.cache_dir = threads, Path(cache_dir).expanduser()
+        self.threads, self.cache_dir = threads, Path(cache_dir or default_root()).expanduser()
 
     def _load(self):
         try:

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from two_tower.core.cache import ContentCache
+from two_tower.core.cache import ContentCache, default_root
 from two_tower.data.prepared import PreparedSplit, Ragged
 from two_tower.data.tokenizer import split_words
 from two_tower.data.sampling import NegativeSampler, sample_from
@@ -95,7 +95,7 @@ class MinedNegatives(NegativeSampler):
         margin: float | None = None,
         refresh_every_n_epochs: int = 0,
         chunk: int = 512,
-        cache_dir: str = ".cache",
+        cache_dir: str | None = None,
         max_score_mb: int = 256,
     ):
         if per_query < 1:
@@ -108,7 +108,7 @@ class MinedNegatives(NegativeSampler):
         # Queries scored at once: at most `chunk`, and fewer when their score rows (4 bytes a passage)
         # would pass max_score_mb (512 rows x 660k passages = 1.35 GB). The pools do not depend on it.
         self.max_score_mb = max_score_mb
-        self.cache_dir = Path(cache_dir).expanduser()
+        self.cache_dir = Path(cache_dir or default_root()).expanduser()
         self.pool: Ragged | None = None
         self.last_mining_seconds = 0.0
 

@@ -18,6 +18,7 @@ import bm25s
 import numpy as np
 import torch
 
+from two_tower.core.checks import unknown_setting
 from two_tower.core.errors import ConfigError, CorpusError
 from two_tower.data.prepared import PreparedSplit
 from two_tower.retrieval.retriever import SplitRetriever
@@ -45,7 +46,7 @@ class BM25Scorer:
         known = ("method", "k1", "b", "stopwords", "stemmer")
         unknown = [k for k in settings if k not in known]
         if unknown:
-            raise ConfigError(f"{name}.{unknown[0]}: unknown setting; {name} has {', '.join(known)}")
+            raise ConfigError(unknown_setting(name, unknown[0], list(known)))
         for key in ("k1", "b"):
             value = settings.get(key, 1.0)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:

@@ -1,7 +1,7 @@
 """The ``evaluate.py`` recipe: one split, several retrievers, one protocol, one comparison table.
 
 Every retriever ranks the split's whole corpus for each query with a selected passage and its own
-candidates; ``metrics.split_metrics`` (what validation uses) turns the rankings into MRR@10,
+candidates; ``metrics.split_per_query`` (what validation uses, through ``dense_split_per_query``) turns the rankings into MRR@10,
 Recall@1/10/100, nDCG@10 and rerank MRR@10. Writes ``metrics.json`` and ``metrics.md`` to ``cfg.out``,
 each query's values per retriever in ``per_query/<retriever>.parquet`` (``python -m two_tower.cli.compare``
 pairs them with training runs' ``per_query/test.parquet``) and, with ``save_runs``, TREC run files (``qid Q0 docid rank score tag``; qid = the query's row in the

@@ -132,8 +132,8 @@ def build_index(cfg: DictConfig) -> Path:
     run_record.work_started()  # a refusal from here on keeps the run folder's log of what ran
     loaded = time.perf_counter()
     lexical, weights = lexical_index(cfg, passages.texts, bm25_seconds := {})
-    statistics = corpus_statistics(module, passages.texts)
     texts, chunk = passages.texts, cfg.index.add_chunk
+    statistics = corpus_statistics(module, texts, chunk)
     # Streamed: the index trains on the vectors of a sample (if it needs training), then each chunk of
     # passages is encoded and added; the float vectors of the whole corpus never exist at once.
     index = build_faiss_streamed(

@@ -1,7 +1,7 @@
 """What evaluation asks of a retriever: score a split's whole corpus for its queries.
 
 A retriever is prepared on a ``PreparedSplit`` (index its passages), then ``scores(query_rows)`` gives
-[len(query_rows), num_passages]. ``rankings`` turns scores into what ``metrics.split_metrics`` reads:
+[len(query_rows), num_passages]. ``rankings`` turns scores into what ``metrics.split_per_query`` reads:
 the top-k passages of the whole corpus and each query's own candidates, both ranked with a stable
 sort (ties go to the lower passage index / earlier candidate), as validation ranks dense scores.
 """

