@@ -118,11 +118,9 @@ def write_validation_shard(cfg: DictConfig, folder: Path) -> Path:
 
     from two_tower.data import synthetic
 
-    spec = dict(cfg.data.synthetic_rows)
-    n_train, n_val = spec.pop("train_rows"), spec.pop("val_rows")
     folder.mkdir(parents=True)
     with open(folder / "validation-00000-of-00001.jsonl", "w") as f:
-        for row in synthetic.make_rows(n_train + n_val, **spec)[n_train:]:
+        for row in synthetic.split_of(cfg.data.synthetic_rows, "validation"):
             f.write(json.dumps(row) + "\n")
     return folder
 
@@ -136,9 +134,7 @@ def build_tiny_index(root: Path, run: dict, extra_texts: list[str] = ()) -> tupl
     from two_tower.data import synthetic
     from two_tower.retrieval.indexer import build_index
 
-    spec = dict(run["cfg"].data.synthetic_rows)
-    n_train, n_val = spec.pop("train_rows"), spec.pop("val_rows")
-    texts = list(dict.fromkeys(t for row in synthetic.make_rows(n_train + n_val, **spec)[n_train:] for t in row["passages"]["passage_text"]))
+    texts = list(dict.fromkeys(t for row in synthetic.split_of(run["cfg"].data.synthetic_rows, "validation") for t in row["passages"]["passage_text"]))
     corpus = root / "corpus.jsonl"
     with open(corpus, "w") as f:
         for i, text in enumerate([*extra_texts, *texts]):

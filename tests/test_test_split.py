@@ -19,7 +19,7 @@ def _metrics_csv(cfg) -> pd.DataFrame:
 
 
 def test_test_split_logged_once_with_the_best_checkpoint(tiny_cfg):
-    cfg = tiny_cfg("logger=csv", "trainer.max_epochs=2", "+data.synthetic_rows.test_rows=80")
+    cfg = tiny_cfg("logger=csv", "trainer.max_epochs=2", "data.synthetic_rows.test_rows=80")
     metrics = train(cfg)
     csv = _metrics_csv(cfg)
     assert "test/mrr@10" in csv.columns
@@ -71,7 +71,7 @@ def test_unlabelled_test_split_is_skipped_with_one_line(tmp_path, tiny_cfg, capl
 def test_val_best_is_the_epoch_the_checkpoint_keeps_whatever_the_optimized_metric(tiny_cfg):
     """optimized_metric chooses the checkpoint (what sweeps maximise and test scores) and val_best.parquet:
     one epoch, the first with the best logged value, and fit_ended.json says training ended."""
-    cfg = tiny_cfg("logger=csv", "trainer.max_epochs=4", "optimized_metric=val/recall@100", "+data.synthetic_rows.test_rows=40")
+    cfg = tiny_cfg("logger=csv", "trainer.max_epochs=4", "optimized_metric=val/recall@100", "data.synthetic_rows.test_rows=40")
     train(cfg)
     out = Path(cfg.paths.output_dir)
     val = _metrics_csv(cfg).dropna(subset=["val/recall@100"]).drop_duplicates("epoch", keep="last")

@@ -106,11 +106,9 @@ def test_frozen_vectors_stay_out_of_checkpoints_and_load_exactly(tmp_path):
     tables = [k for k in state["derived_rows"] if k.endswith("words.weight")]
     assert tables and not set(tables) & set(state["state_dict"])
 
-    spec = dict(cfg.data.synthetic_rows)
-    n_train, n_val = spec.pop("train_rows"), spec.pop("val_rows")
     data = tmp_path / "data"
     data.mkdir()
-    (data / "validation-00000-of-00001.jsonl").write_text("".join(json.dumps(r) + "\n" for r in synthetic.make_rows(n_train + n_val, **spec)[n_train:]))
+    (data / "validation-00000-of-00001.jsonl").write_text("".join(json.dumps(r) + "\n" for r in synthetic.split_of(cfg.data.synthetic_rows, "validation")))
     scored = evaluate(compose_retrieval("evaluate", [f"ckpt={last}", f"data.path={data}", f"out={tmp_path / 'eval'}"]))["dense"]
     logged = {k.removeprefix("val/"): v for k, v in metrics.items() if k.startswith("val/")}
     assert {k: scored[k] for k in logged} == pytest.approx(logged, abs=1e-6)

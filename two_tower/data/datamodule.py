@@ -93,9 +93,8 @@ class TwoTowerDataModule(L.LightningDataModule):
         """{role: (rows(), fingerprint)}; rows() gives a datasets.Dataset or a list of dicts. Synthetic
         rows are only generated on a cache miss (their fingerprint is their settings)."""
         if self.synthetic_rows is not None:
-            spec = dict(self.synthetic_rows)
-            n_train, n_val = spec.pop("train_rows"), spec.pop("val_rows")
-            n_test = spec.pop("test_rows", 0) or 0
+            counts, spec = synthetic.split_rows(self.synthetic_rows)
+            n_train, n_val, n_test = counts["train"], counts["validation"], counts["test"]
             stream = _RowStream(lambda: synthetic.iter_rows(n_train + n_val + n_test, **spec))
             digest = hashlib.sha1(json.dumps([n_train, n_val, sorted(spec.items())] + ([n_test] if n_test else [])).encode()).hexdigest()
             out = {

@@ -85,6 +85,21 @@ def vocabulary(size: int) -> np.ndarray:
     return np.array(words)
 
 
+def split_rows(spec: Mapping) -> tuple[dict[str, int], dict]:
+    """A ``data.synthetic_rows`` mapping as ({"train": n, "validation": n, "test": n}, the settings of
+    ``iter_rows``): the splits are consecutive slices of one stream of rows, in that order."""
+    settings = dict(spec)
+    counts = {"train": settings.pop("train_rows"), "validation": settings.pop("val_rows"), "test": settings.pop("test_rows", 0) or 0}
+    return counts, settings
+
+
+def split_of(spec: Mapping, split: str) -> list[dict]:
+    """The rows of one split (``train``, ``validation``, ``test``) of a ``data.synthetic_rows`` mapping."""
+    counts, settings = split_rows(spec)
+    start = sum(counts[name] for name in list(counts)[: list(counts).index(split)])
+    return make_rows(start + counts[split], **settings)[start:]
+
+
 def make_rows(*args, **kwargs) -> list[dict]:
     """``iter_rows`` as a list."""
     return list(iter_rows(*args, **kwargs))
