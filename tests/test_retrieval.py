@@ -311,6 +311,8 @@ def test_overwrite_replaces_index_folders_only(trained, tmp_path, monkeypatch):
         ("index.train_size=-5", "index.train_size=-5: must be a positive integer"),
         ("threads=abc", "threads='abc': must be a positive integer or null"),
         ("threads=-1", "threads=-1: must be a positive integer or null"),
+        ("threads=0", "threads=0: must be a positive integer or null"),  # was taken as torch's default here, refused by train and serve
+        ("overwrite=no", "overwrite='no': must be true or false"),  # a string, truthy: an existing folder was replaced
     ],
 )
 def test_index_settings_are_checked_before_encoding(trained, tmp_path, setting, message):
@@ -371,6 +373,16 @@ def test_evaluate_checks_retriever_settings_in_one_line(trained, tmp_path):
         cfg = compose_retrieval("evaluate", [f"ckpt={trained['ckpt']}", f"data.path={trained['data']}", f"out={tmp_path / 'eval'}", "retriever=[dense,bm25]", setting])
         with pytest.raises(ConfigError, match=re.escape(message)):
             build_retrievers(cfg)
+
+
+def test_evaluate_refuses_a_save_runs_that_is_not_a_boolean(trained, tmp_path):
+    """save_runs=no is the string 'no', truthy: the runs were written anyway."""
+    from two_tower.retrieval.evaluate import evaluate
+
+    cfg = compose_retrieval("evaluate", [f"data.path={trained['data']}", f"out={tmp_path / 'eval'}", "retriever=[bm25]", "save_runs=no"])
+    with pytest.raises(ConfigError, match=re.escape("save_runs='no': must be true or false")):
+        evaluate(cfg)
+    assert not (tmp_path / "eval").exists()
 
 
 def test_index_refuses_a_checkpoint_of_another_model(trained, tmp_path):

@@ -98,6 +98,8 @@ RULES = {
     "max_chars": (INT, lambda v: v >= 0, "an integer >= 0 (0 shows whole passages)"),
     "index.add_chunk": (INT, lambda v: v > 0, "a positive integer"),
     "index.train_size": (INT, lambda v: v > 0, "a positive integer"),
+    "overwrite": (BOOL, lambda v: True, "true or false"),
+    "save_runs": (BOOL, lambda v: True, "true or false"),
 }
 
 

@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from two_tower.core import run_record
 from two_tower.core.atomic import atomic_write, check_writable, discard, fsync_folder, sweep_stale_temps, temp_path
-from two_tower.core.checks import check
+from two_tower.core.checks import check, check_config
 from two_tower.core.threads import set_threads
 from two_tower.data import beir
 from two_tower.data.beir import is_beir_folder
@@ -148,6 +148,7 @@ def write_qrels(path: Path, split: PreparedSplit, query_rows: np.ndarray) -> Non
 def evaluate(cfg: DictConfig) -> dict[str, dict]:
     """Run every selected retriever on the split; returns {retriever: metrics}."""
     set_threads(cfg.get("threads"))
+    check_config(cfg, ["save_runs"])
     if not cfg.retriever:
         raise ConfigError("no retriever selected; e.g. retriever=[dense,bm25,hybrid]")
     out = Path(cfg.out)

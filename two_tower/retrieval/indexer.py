@@ -117,7 +117,7 @@ def build_index(cfg: DictConfig) -> Path:
     if OmegaConf.is_missing(cfg, "ckpt") or not cfg.ckpt:
         raise ConfigError("ckpt is not set: which trained checkpoint encodes the passages? index.py ckpt=PATH/TO/last.ckpt")
     set_threads(cfg.get("threads"))
-    check_config(cfg, ["batch_size", "index.add_chunk", "index.train_size", "seed"])
+    check_config(cfg, ["batch_size", "index.add_chunk", "index.train_size", "seed", "overwrite"])
     check_replaceable(cfg.out, cfg.overwrite, keep=[p for p in (cfg.corpus, cfg.ckpt, cfg.get("data", {}).get("path"), run_folder()) if p])
     # Before any loading or encoding: the folder the index goes to must take files.
     check_writable(Path(cfg.out).expanduser().resolve().parent, f"out={cfg.out}", min_free_bytes=1 << 20)
