@@ -293,6 +293,28 @@ def test_overrides_hydra_cannot_compose_are_one_line():
     assert composition_error("train", ["hydra.mode=MULTIRUN", "seed=1,2"]) is None  # a sweep without -m
 
 
+def test_added_keys_no_command_reads_are_one_line():
+    """`+key=value` on a node of plain settings was added by Hydra and never read: +model.shared_tower=false (a
+    typo of shared_towers) trained shared towers, exit 0; +scheduler.warmup_ratio with scheduler=none failed in
+    configure_optimizers after the data had loaded."""
+    from two_tower.cli.common import composition_error
+
+    assert composition_error("train", ["+model.shared_tower=false"]) == (
+        "model.shared_tower: unknown setting; model has shared_towers, gather_across_devices, hash_buckets (did you mean model.shared_towers?)")
+    assert composition_error("train", ["+bogus=1"]).startswith("bogus: unknown setting; train.yaml has task_name, seed")
+    assert composition_error("train", ["+data.tokenizer.min_freqs=2"]).endswith("(did you mean data.tokenizer.min_freq?)")
+    assert composition_error("train", ["+scheduler.warmup_ratio=0.1"]) == (
+        "scheduler.warmup_ratio: a setting of the scheduler group, which is off here; select one of its options first, e.g. scheduler=warmup_linear scheduler.warmup_ratio=0.1")
+    assert composition_error("index", ["+index.bogus=1"]).startswith("index.bogus: unknown setting; index has factory")
+    assert composition_error("evaluate", ["+bogus=1"]).startswith("bogus: unknown setting; evaluate.yaml has")
+    # what may be added: an object's settings (checked against its signature by the command), a new object in a
+    # collection of them, a group selection, the synthetic rows' generator settings, Hydra's own
+    for fine in (["+trainer.limit_train_batches=2"], ["+trainer.max_time=00:00:01:00"], ["+teacher=minilm"], ["data=synthetic", "+data.synthetic_rows.query_filler=[1,5]"],
+                 ["+hydra.job.env_set.X=1"], ["++seed=3"]):
+        assert composition_error("train", fine) is None, fine
+    assert composition_error("evaluate", ["+retriever.w4={_target_:two_tower.retrieval.hybrid.WeightedScoreFusion,parts:[dense,bm25_stemmed],weights:[0.4,0.6]}"]) is None
+
+
 @pytest.mark.parametrize("command, override, words", [("train.py", "bogus=1", "error: bogus: no such setting"), ("index.py", "encoder=x", "error: encoder: no such setting in index.yaml"), ("evaluate.py", "retriever=bogus", "Available options in 'retriever'")])
 def test_hydra_commands_report_bad_overrides_in_one_line(tmp_path, command, override, words):
     result = subprocess.run([sys.executable, command, override, f"hydra.run.dir={tmp_path}"], cwd=ROOT, capture_output=True, text=True, timeout=300)

@@ -64,7 +64,58 @@ def composition_error(config_name: str, argv: list[str]) -> str | None:
         cfg = compose(config_name, argv, return_hydra_config=True)
     except Exception as err:  # Hydra's composition errors
         return hydra_error_line(config_name, err)
-    return run_dir_error(cfg)
+    return added_setting_error(config_name, argv) or run_dir_error(cfg)
+
+
+# Plain settings whose keys are another function's arguments, checked there (data.synthetic_rows: synthetic.iter_rows).
+OPEN_SETTINGS = ("data.synthetic_rows",)
+
+
+def added_setting_error(config_name: str, argv: list[str]) -> str | None:
+    """The one line for a ``+key=value`` that Hydra would add and the command never read: a key new to a node of
+    plain settings (``+model.shared_tower=false``, a typo of ``model.shared_towers``; ``+bogus=1``), or a setting
+    of a config group that is off (``+scheduler.warmup_ratio=0.1`` with ``scheduler=none``, which failed in
+    ``configure_optimizers`` after the data had loaded). Keys new to an object's settings (a node with
+    ``_target_``: ``+trainer.limit_train_batches=3``) are checked against its signature by the command itself;
+    a new object in a collection of them (``+retriever.w4={_target_: ...}``, a callback, a logger) and group
+    selections (``+teacher=minilm``) are left alone. None when every added key is read."""
+    import difflib
+    import re
+
+    from omegaconf import DictConfig, OmegaConf
+
+    added = [a for a in argv if a.startswith("+") and "=" in a]
+    if not added:
+        return None
+    try:
+        base = compose(config_name, [a for a in argv if a not in added])
+    except Exception:  # the other overrides need an added key: left to the command
+        return None
+    absent = object()
+    for override in added:
+        key = override.lstrip("+").split("=", 1)[0]
+        parts = key.split(".")
+        group = (Path(CONF_DIR) / parts[0]).is_dir()
+        if parts[0] == "hydra" or (group and len(parts) == 1) or OmegaConf.select(base, key, default=absent) is not absent:
+            continue
+        parent_key = ".".join(parts[:-1])
+        parent = OmegaConf.select(base, parent_key, default=None) if parent_key else base
+        if group and len(parts) == 2 and not parent:
+            files = sorted(p for p in (Path(CONF_DIR) / parts[0]).glob("*.yaml") if p.stem not in ("none", "default"))
+            having = [p.stem for p in files if re.search(rf"^{re.escape(parts[1])}:", p.read_text(), re.M)]
+            options = having or [p.stem for p in files]
+            example = f"e.g. {parts[0]}={options[0]} " if options else ""
+            return f"{key}: a setting of the {parts[0]} group, which is off here; select one of its options first, {example}{override.lstrip('+')}"
+        if not isinstance(parent, DictConfig) or "_target_" in parent or parent_key in OPEN_SETTINGS:
+            continue
+        settings = OmegaConf.to_container(parent, resolve=False)
+        if settings and all(isinstance(v, dict) and "_target_" in v for v in settings.values()):
+            continue  # a collection of objects: a new one may be added
+        known = [k for k in settings if not str(k).startswith("_")]
+        close = difflib.get_close_matches(parts[-1], known, 1)
+        hint = f" (did you mean {'.'.join([*parts[:-1], close[0]])}?)" if close else ""
+        return f"{key}: unknown setting; {parent_key or config_name + '.yaml'} has {', '.join(known)}{hint}"
+    return None
 
 
 def hydra_error_line(config_name: str, err: Exception) -> str:
