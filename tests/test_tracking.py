@@ -192,3 +192,24 @@ def test_compare_tables_logged_to_wandb(tmp_path, monkeypatch):
     assert tables == ["configurations", "tests"]
     logged = (runs[0] / "files" / "media" / "table" / "compare")
     assert "encoder=gru" in next(logged.glob("configurations_*.table.json")).read_text()
+
+
+def test_wandb_online_without_an_account_is_refused_before_any_data(tiny_cfg, monkeypatch, tmp_path):
+    """No W&B account and no terminal to ask at: wandb's UsageError came when the logger first logged, after the
+    data had loaded (a traceback, exit 1). Offline mode needs no account."""
+    import two_tower.training.train as train_module
+    from two_tower.core.errors import ConfigError
+
+    for name in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_IDENTITY_TOKEN_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc
+    monkeypatch.setenv("NETRC", str(tmp_path / "none"))
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-config"))
+    monkeypatch.setattr("sys.stdin", open("/dev/null"))
+    monkeypatch.setattr(train_module, "build_datamodule", lambda cfg: pytest.fail("loaded data"))
+    with pytest.raises(ConfigError, match=re.escape("logger=wandb: No API key configured") + ".*WANDB_MODE=offline"):
+        train_module.train(tiny_cfg("logger=wandb"))
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    from two_tower.training.tracking import check_wandb_login
+
+    check_wandb_login(tiny_cfg("logger=wandb"))  # no error, nothing asked

@@ -18,6 +18,8 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, open_dict
 
+from two_tower.core.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 # Config groups whose chosen option becomes a tag (others, e.g. paths or callbacks, say little about a run).
@@ -65,6 +67,23 @@ def config_tags() -> list[str]:
 
         tag = f"{tag[:55]}~{hashlib.sha1(key.encode()).hexdigest()[:8]}"
     return [tag]
+
+
+def check_wandb_login(cfg: DictConfig) -> None:
+    """Before any data is loaded: W&B logging online needs an account (``wandb login``, or ``WANDB_API_KEY``).
+    Without one, W&B asks at the terminal, and elsewhere raised its UsageError when the logger first logged,
+    after the data had loaded (a traceback per process, exit 1): a ConfigError naming the two ways out now."""
+    import os
+
+    wandb_cfg = (cfg.get("logger") or {}).get("wandb")
+    if not isinstance(wandb_cfg, DictConfig) or wandb_cfg.get("offline") or os.environ.get("WANDB_MODE", "").lower() in ("offline", "dryrun", "disabled"):
+        return
+    import wandb
+
+    try:
+        wandb.login(verify=False)
+    except wandb.errors.UsageError as err:
+        raise ConfigError(f"logger=wandb: {err.message if hasattr(err, 'message') else err} Or log offline, WANDB_MODE=offline (upload later with `wandb sync`)") from None
 
 
 def fill_wandb_group_and_tags(cfg: DictConfig) -> None:

@@ -28,7 +28,7 @@ from two_tower.core.errors import CheckpointError, ConfigError, DataSourceError
 from two_tower.model import frozen_rows
 from two_tower.model.module import EPOCH_SUMS_KEY, TwoTowerModule
 from two_tower.negatives.refresh import NegativeRefresh
-from two_tower.training.tracking import fill_wandb_group_and_tags, tracking_callbacks
+from two_tower.training.tracking import check_wandb_login, fill_wandb_group_and_tags, tracking_callbacks
 from two_tower.training.utils import in_sweep, instantiate_group, task_wrapper
 
 log = logging.getLogger(__name__)
@@ -216,6 +216,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     quiet_other_ranks()
     with run_record.kept_if_refused():  # refused before training: the run folder's .hydra record is put back
         validate_train_config(cfg)
+        check_wandb_login(cfg)
         # Before any loading, tokenizing or training: the run folder must take files, and so must the cache
         # folder unless it is a read-only one whose entries are read.
         check_writable(cfg.paths.output_dir, f"paths.output_dir={cfg.paths.output_dir}", min_free_bytes=16 << 20)
