@@ -357,6 +357,25 @@ def test_the_same_overrides_composed_differently_are_two_configurations_and_said
     assert any("differ in their composed configuration" in r.getMessage() and "encoder=gru" in r.getMessage() for r in caplog.records)
 
 
+def test_runs_composed_before_a_setting_was_added_pool_with_runs_after(tmp_path, caplog):
+    """trainer.num_nodes and encoder.packing came into the packaged configs with the values runs already had:
+    seeds composed before (without the keys) and after (with them) are one configuration (a review found them
+    split in two, and tested against each other)."""
+    from two_tower.training.compare import find_runs, load_configurations
+
+    base = difficulty()
+    old = {"trainer": {"max_epochs": 1}, "encoder": {"cell": "gru"}}
+    new = {"trainer": {"max_epochs": 1, "num_nodes": 1}, "encoder": {"cell": "gru", "packing": "auto"}}
+    for seed, parts in ((1, old), (2, old), (3, new)):
+        write_composed(tmp_path / str(seed), ["encoder=gru", f"seed={seed}"], {**composed(seed), **parts}, seed_table(base, 0.0, seed))
+    packed = {"trainer": {"max_epochs": 1, "num_nodes": 1}, "encoder": {"cell": "gru", "packing": "packed"}}
+    write_composed(tmp_path / "4", ["encoder=gru", "encoder.packing=packed", "seed=4"], {**composed(4), **packed}, seed_table(base, 0.0, 4))
+    with caplog.at_level("WARNING"):
+        systems = load_configurations(find_runs([tmp_path]), "test/mrr@10")
+    assert {name: len(s.runs) for name, s in systems.items()} == {"encoder=gru": 3, "encoder.packing=packed encoder=gru": 1}
+    assert not any("differ in their composed configuration" in r.getMessage() for r in caplog.records)
+
+
 def test_three_configurations_under_one_override_text_all_stay(tmp_path, caplog):
     """A review's case: runs of experiment=best made by three versions of the code (hidden size 64 with and
     without one setting, and 128); labelling each by the first differing setting named two of them alike and

@@ -211,6 +211,22 @@ def test_beir_reader_skips_and_counts_bad_lines(tmp_path):
         beir.load_beir(tmp_path, "dev")
 
 
+def test_indexing_a_beir_folder_reads_its_corpus_alone(tmp_path, caplog):
+    """index.py data.path=<BEIR folder> with the default split=validation failed on a missing
+    qrels/validation.tsv, though indexing needs no queries or judgements; the corpus's bad lines are still
+    skipped and counted."""
+    from two_tower.retrieval.corpus import split_passages
+
+    root = tmp_path / "beir"
+    root.mkdir()
+    (root / "corpus.jsonl").write_bytes(b'{"_id": "d1", "title": "Wing", "text": "lift"}\n{"_id": "d2", "text": ""}\nnot json\n{"_id": "d3", "text": "drag"}\n')
+    with caplog.at_level("WARNING"):
+        passages = split_passages("validation", str(root), "unused", "unused")
+    assert (passages.ids, passages.texts) == (["d1", "d3"], ["Wing lift", "drag"])
+    assert passages.source == {"kind": "beir", "path": str(root.resolve())}
+    assert any("corpus.jsonl: skipped" in r.getMessage() and "empty_text" in r.getMessage() for r in caplog.records)
+
+
 def test_evaluate_names_a_missing_split_file_before_loading_the_checkpoint(tmp_path, monkeypatch):
     from tests.test_retrieval import compose_retrieval
     from two_tower.core.errors import DataSourceError

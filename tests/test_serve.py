@@ -689,33 +689,43 @@ def test_health_and_the_page_answer_while_every_search_slot_is_taken(searcher):
 
 
 def test_searches_beyond_max_waiting_get_a_503_with_retry_after_at_once(searcher):
-    """One slot, two may wait: of six searches, one runs, two wait and three are refused at once (before, every
-    search waited, however many); the waiting ones are answered once the slot frees, and a later search is served."""
+    """One slot, two may wait: of a burst of thirty searches sent together while the slot is taken, two wait and
+    28 are refused at once (before, every search waited, however many); the waiting ones are answered once the
+    slot frees, and a later search is served. Sent together: a count read from anyio's queue let a burst through."""
     held = HeldSearcher(searcher)
     with ServerThread(create_app(held, LIMITS, concurrency=1, max_waiting=2)) as running:
-        pool = concurrent.futures.ThreadPoolExecutor(8)
+        clients = [httpx.Client(timeout=120) for _ in range(30)]
+        pool = concurrent.futures.ThreadPoolExecutor(34)
         try:
-            search = lambda: httpx.get(f"{running.url}/search", params={"q": "garden castle", "k": 3}, timeout=120)  # noqa: E731
+            for c in clients:  # connections open before the burst, so the requests arrive together
+                assert c.get(f"{running.url}/health").status_code == 200
+            search = lambda client=None: (client or httpx).get(f"{running.url}/search", params={"q": "garden castle", "k": 3}, timeout=120)  # noqa: E731
             first = pool.submit(search)
             deadline = time.monotonic() + 60
             while held.started < 1:
                 assert time.monotonic() < deadline
                 time.sleep(0.05)
-            waiting = [pool.submit(search) for _ in range(2)]
-            time.sleep(1.0)  # both are waiting for the slot
-            refused = [search() for _ in range(3)]  # answered while the slot is still held
+            go = threading.Barrier(30)
+            burst = [pool.submit(lambda c=c: (go.wait(), search(c))[1]) for c in clients]
+            deadline = time.monotonic() + 60
+            while sum(f.done() for f in burst) < 28:
+                assert time.monotonic() < deadline, "the refusals did not come at once"
+                time.sleep(0.05)
             batch = httpx.post(f"{running.url}/search", json={"queries": ["garden"]}, timeout=20)
             health = httpx.get(f"{running.url}/health", timeout=20).json()
             held.release.set()
-            served = [first.result()] + [w.result() for w in waiting]
+            answers = [first.result()] + [f.result() for f in burst]
             after = search()
         finally:
             held.release.set()
             pool.shutdown()
-    for r in refused + [batch]:
-        assert r.status_code == 503 and r.headers["retry-after"] == "1", r.text
+            for c in clients:
+                c.close()
+    refused = [r for r in answers if r.status_code == 503] + [batch]
+    assert len(refused) == 29 and sorted(r.status_code for r in answers + [after]) == [200] * 4 + [503] * 28
+    for r in refused:
+        assert r.headers["retry-after"] == "1", r.text
         assert r.json()["error"] == "busy: 1 searches running and 2 waiting (max_waiting); retry in a moment"
-    assert [r.status_code for r in served + [after]] == [200] * 4
     assert held.started == 4 and held.most == 1
     assert health["concurrency"] == 1 and health["max_waiting"] == 2
 

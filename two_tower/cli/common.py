@@ -128,6 +128,10 @@ def hydra_error_line(config_name: str, err: Exception) -> str:
     if unknown:
         key = unknown.group(1)
         return f"{key}: no such setting in {config_name}.yaml with the options chosen (a new key is added with +{key}=...)"
+    present = re.match(r"Could not append to config. An item is already at '([^']+)'", message)
+    if present:  # e.g. +encoder.packing=packed from a run made before the config had the key
+        key = present.group(1)
+        return f"+{key}: {key} is a setting of {config_name}.yaml now; drop the + ({key}=...), or write ++{key}=... to set it whether or not it exists"
     return message.split(" Config search path:")[0]
 
 

@@ -30,6 +30,9 @@ HARMLESS_CALLBACKS = ("progress_bar", "rich_progress_bar", "model_summary", "ric
 HARMLESS_CALLBACK_FIELDS = ("dirpath", "filename", "auto_insert_metric_name", "enable_version_counter", "verbose", "refresh_rate")
 # Overrides naming a file or folder whose contents the run learns from: made absolute against the run's cwd.
 DATA_PATHS = ("data.path",)
+# Settings the packaged configs gained after runs were made, with the value such a run had (its code's default),
+# so a run composed before and one composed after are one configuration: filled where the setting's node exists.
+ADDED_SETTINGS = {"trainer.num_nodes": 1, "encoder.packing": "auto", "data.synthetic_rows.test_rows": 0}
 
 
 def _absolute(override: str, cwd: str | None) -> str:
@@ -73,6 +76,10 @@ def composed_settings(config: dict, cwd: str | None = None) -> dict:
     """A composed run configuration (``.hydra/config.yaml``: interpolations unresolved, so ``${seed}`` is the
     same text in every seed) as dotted settings, without the IGNORED ones, ``data.path`` made absolute."""
     settings = {name: value for name, value in flatten(config).items() if not ignored(name)}
+    for name, value in ADDED_SETTINGS.items():
+        node = name.rsplit(".", 1)[0] + "."
+        if name not in settings and any(key.startswith(node) for key in settings):
+            settings[name] = value
     for name in DATA_PATHS:
         if isinstance(settings.get(name), str):
             settings[name] = _absolute(f"{name}={settings[name]}", cwd).partition("=")[2]

@@ -71,22 +71,44 @@ def _strings(row: dict, title: bool) -> bool:
     return all(row.get(k) is None or isinstance(row[k], str) for k in (("title", "text") if title else ("text",)))
 
 
+def _read_corpus(root: Path, skipped: Counter) -> dict[str, str]:
+    """{id: title and text joined} of the folder's corpus.jsonl, unusable lines counted in ``skipped``."""
+    corpus: dict[str, str] = {}
+    for row in _jsonl(root / CORPUS, skipped):
+        text = _text(row, title=True)
+        if not _strings(row, title=True):
+            skipped["text_not_a_string"] += 1
+        elif not text:
+            skipped["empty_text"] += 1
+        elif str(row["_id"]) in corpus:
+            skipped["duplicate_id"] += 1
+        else:
+            corpus[str(row["_id"])] = text
+    return corpus
+
+
+def load_beir_corpus(path) -> tuple[list[str], list[str]]:
+    """The ids and texts of a BEIR folder's corpus alone (what ``index.py`` needs: no queries or qrels)."""
+    root = Path(path).expanduser()
+    if not root.is_dir():
+        raise BeirError(f"data.path={root}: no such folder")
+    if not (root / CORPUS).is_file():
+        raise BeirError(_no_file(root / CORPUS))
+    skipped: Counter = Counter()
+    corpus = _read_corpus(root, skipped)
+    if not corpus:
+        raise BeirError(f"{root / CORPUS}: no usable document")
+    if skipped:
+        log.warning("%s: skipped %s", root / CORPUS, dict(skipped))
+    return list(corpus), list(corpus.values())
+
+
 def load_beir(path, split: str = "test") -> BeirCollection:
     root = Path(path).expanduser()
     if not root.is_dir():
         raise BeirError(f"data.path={root}: no such folder")
     skipped = {CORPUS: Counter(), QUERIES: Counter(), f"{QRELS}/{split}.tsv": Counter()}
-    corpus: dict[str, str] = {}
-    for row in _jsonl(root / CORPUS, skipped[CORPUS]):
-        text = _text(row, title=True)
-        if not _strings(row, title=True):
-            skipped[CORPUS]["text_not_a_string"] += 1
-        elif not text:
-            skipped[CORPUS]["empty_text"] += 1
-        elif str(row["_id"]) in corpus:
-            skipped[CORPUS]["duplicate_id"] += 1
-        else:
-            corpus[str(row["_id"])] = text
+    corpus = _read_corpus(root, skipped[CORPUS])
     queries: dict[str, str] = {}
     for row in _jsonl(root / QUERIES, skipped[QUERIES]):
         text = _text(row, title=False)

@@ -86,7 +86,7 @@ def local_split_files(path: str | os.PathLike, split: str) -> list[Path]:
         if not files:
             found = sorted(p.name for p in root.iterdir())[:10]
             hint = (f"it has a train split but no {split} split: add {split}-*.parquet shards, or name another split of it "
-                    f"(data.val_split=NAME)" if split != "train" and has_local_split(root, "train")
+                    f"(train.py: data.val_split=NAME; index.py, evaluate.py: split=NAME)" if split != "train" and has_local_split(root, "train")
                     else f"expected hub-style shards such as {split}-00000-of-00001.parquet")
             raise DataSourceError(f"No '{split}-*.parquet' (or .jsonl) shards in {root}; it holds {found}: {hint}")
     return files

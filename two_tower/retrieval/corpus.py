@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from two_tower.data import msmarco
-from two_tower.data.beir import is_beir_folder, load_beir
+from two_tower.data.beir import is_beir_folder, load_beir_corpus
 from two_tower.data.jsonl import UnreadableRow, read_jsonl
 from two_tower.data.prepared import PreparedSplit
 from two_tower.data.tokenizer import PAD, UNK, Tokenizer
@@ -123,9 +123,9 @@ def load_split_rows(split: str, path: str | None, hub_name: str, hub_config: str
 def split_passages(split: str, path: str | None, hub_name: str, hub_config: str) -> Passages:
     """A split's unique passages numbered 0.. in first-appearance order; a BEIR folder's whole corpus
     with its own ids (title and text joined as BEIR does)."""
-    if is_beir_folder(path):
-        collection = load_beir(path, split)
-        return Passages(collection.corpus_ids, collection.corpus_texts, {"kind": "beir", "split": split, "path": str(Path(path).resolve())})
+    if is_beir_folder(path):  # the corpus alone: every split of the folder ranks it, and indexing needs no qrels
+        ids, texts = load_beir_corpus(path)
+        return Passages(ids, texts, {"kind": "beir", "path": str(Path(path).resolve())})
     rows = load_split_rows(split, path, hub_name, hub_config)
     texts = PreparedSplit.from_rows(rows, Tokenizer([PAD, UNK])).passage_texts
     source = {"kind": "split", "split": split, "path": str(Path(path).resolve()) if path else f"hub:{hub_name}/{hub_config}"}

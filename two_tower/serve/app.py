@@ -420,17 +420,22 @@ class SearchSlots:
         self.size = size or cpu_count()
         self.max_waiting = max_waiting
         self._limiter = None
+        self._admitted = 0  # searches running or waiting; read and changed on the event loop only, with no await between
 
     async def run(self, fn):
         import anyio
 
         if self._limiter is None:  # made inside the server's event loop
             self._limiter = anyio.CapacityLimiter(self.size)
-        if self.max_waiting is not None and self._limiter.available_tokens == 0:
-            waiting = self._limiter.statistics().tasks_waiting
-            if waiting >= self.max_waiting:
-                raise Busy(f"busy: {self.size} searches running and {waiting} waiting (max_waiting); retry in a moment")
-        return await anyio.to_thread.run_sync(fn, limiter=self._limiter)
+        # Counted here, not read from the limiter's queue: anyio joins that queue only after a turn of the event
+        # loop, so a burst of requests arriving together all saw the same count and all got in.
+        if self.max_waiting is not None and self._admitted >= self.size + self.max_waiting:
+            raise Busy(f"busy: {self.size} searches running and {self._admitted - self.size} waiting (max_waiting); retry in a moment")
+        self._admitted += 1
+        try:
+            return await anyio.to_thread.run_sync(fn, limiter=self._limiter)
+        finally:
+            self._admitted -= 1
 
 
 class Busy(Exception):
@@ -537,22 +542,24 @@ def _json_content(scope) -> bool:
 
 
 def _repeated_keys(text: str) -> dict[str, int]:
-    """The keys a JSON body's objects give more than once, with how many times (``{}`` when none, or when the text
-    is not JSON at all: FastAPI's own reading then says what is wrong)."""
-    repeated: dict[str, int] = {}
+    """The keys a JSON body object gives more than once, with how many times (``{}`` when none, or when the text is
+    not a JSON object: FastAPI's own reading then says what is wrong). Objects inside it are not looked at: the API
+    has none (a nested one is refused by the schema). The hook only keeps its argument, so a large body costs
+    about one more ``json.loads`` (a Python-level count per object cost 8x that, on the event loop)."""
+    last: list = [()]  # the keys of the object read last: the body's own, when the body is an object
 
     def pairs(items):
-        seen: dict[str, int] = {}
-        for key, _ in items:
-            seen[key] = seen.get(key, 0) + 1
-        repeated.update({key: n for key, n in seen.items() if n > 1})
-        return None  # the values are not needed
+        last[0] = items
+        return None  # the values are not needed (so the body is not built twice)
 
     try:
-        json.loads(text, object_pairs_hook=pairs)
+        body = json.loads(text, object_pairs_hook=pairs)
     except (ValueError, RecursionError):
         return {}
-    return repeated
+    keys = [key for key, _ in last[0]]
+    if body is not None or len(set(keys)) == len(keys):  # not an object (FastAPI says so), or no key twice
+        return {}
+    return {key: keys.count(key) for key in dict.fromkeys(keys) if keys.count(key) > 1}
 
 
 def _query_string_problem(raw: bytes) -> str | None:

@@ -140,7 +140,7 @@ def planned_processes(trainer_cfg) -> int | None:
         devices = len(devices)
     elif isinstance(devices, str) and "," in devices:
         devices = len([d for d in devices.split(",") if d.strip()])
-    nodes = trainer_cfg.num_nodes
+    nodes = trainer_cfg.get("num_nodes", 1)  # a config saved before trainer/default.yaml had it
     if not isinstance(devices, int) or isinstance(devices, bool) or devices < 1 or not isinstance(nodes, int) or nodes < 1:
         return None
     return devices * nodes
