@@ -424,3 +424,15 @@ def test_a_run_without_its_composed_config_is_told_apart_from_one_with_it(tmp_pa
     write_run(tmp_path / "without", ["encoder=gru", "seed=2"], seed_table(base, 0.0, 2))
     systems = load_configurations(find_runs([tmp_path]), "test/mrr@10")
     assert {name: len(s.runs) for name, s in systems.items()} == {"encoder=gru": 1, "encoder=gru [no .hydra/config.yaml]": 1}
+
+
+def test_a_training_run_given_as_a_baseline_is_named_as_such(tmp_path):
+    """It said the run's per_query files and its queries differed, which led nowhere."""
+    from two_tower.core.errors import TwoTowerError
+    from two_tower.training.compare import load_baselines
+
+    run = tmp_path / "run"
+    write_composed(run, ["seed=1"], composed(1), seed_table(difficulty(), 0.0, 1))
+    (run / "checkpoints").mkdir()
+    with pytest.raises(TwoTowerError, match=r"--baseline .*run: a training run; --baseline takes an evaluate.py output dir"):
+        load_baselines([run], "test/mrr@10")

@@ -242,6 +242,7 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, sig, uninterrupted):
         (["+trainer.limit_val_batches=1"], "trainer.limit_val_batches=1: validation ranks the whole corpus"),
         (["data=local"], "data=local needs data.path=DIR"),
         (["data=msmarco", f"data.path={__file__}"], "a file, which would be the training and the validation split alike"),
+        (["data=msmarco", "data.val_split=train"], "data.val_split=train is the training split: validation would score the rows trained on"),
         (["+trainer.limit_val_batches=0.5"], "trainer.limit_val_batches=0.5: validation ranks the whole corpus"),
         (["+trainer.overfit_batches=4"], "trainer.overfit_batches=4: the training batches are built by this project's sampler"),
         # a setting the instantiated class or function does not take: one line before any data (tracebacks, or

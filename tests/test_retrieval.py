@@ -140,8 +140,10 @@ def test_approximate_factories_build_and_find_the_nearest(factory, params):
     index = build_faiss(vectors, factory, train_size=200, search_params=params)
     scores, rows = index.search(vectors[:10] / np.linalg.norm(vectors[:10], axis=1, keepdims=True), 1)
     assert rows[:, 0].tolist() == list(range(10))  # each vector's nearest is itself
-    with pytest.raises(ValueError, match="lists but only"):
+    with pytest.raises(ValueError, match=re.escape("has 4 lists but only 3 vectors to train on (the whole corpus: or use fewer lists, or Flat)")):
         build_faiss(vectors[:3], "IVF4,Flat")
+    with pytest.raises(ValueError, match=re.escape("only 3 vectors to train on (index.train_size=3 of 400 passages: raise it, or use fewer lists")):
+        build_faiss(vectors, "IVF4,Flat", train_size=3)
 
 
 def clustered(n: int, dim: int, clusters: int, seed: int) -> np.ndarray:

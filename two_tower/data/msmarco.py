@@ -271,7 +271,8 @@ def validate_rows(rows, split: str, for_training: bool = True) -> tuple[list[Cle
     report.kept = len(kept)
     if not kept or not any(any(r.selected) for r in kept):
         raise DataSourceError(
-            f"No usable rows in the '{split}' split ({report.total} read; skipped: {dict(report.skipped)}). "
+            f"No usable rows in the '{split}' split ({report.total} read; skipped: {dict(report.skipped)}"
+            + (f"; kept for their passages only: {dict(report.corpus_only)}" if report.corpus_only else "") + "). "
             "Each row needs a query and passages with at least one selected and one unselected passage."
         )
     return kept, report

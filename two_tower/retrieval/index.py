@@ -135,7 +135,9 @@ def build_faiss_streamed(
         rows = training_rows(num_vectors, train_size, seed)
         nlist = getattr(faiss.try_extract_index_ivf(index), "nlist", 0)
         if len(rows) < nlist:
-            raise ConfigError(f"index.factory={factory!r} has {nlist} lists but only {len(rows)} vectors to train on; use fewer lists or Flat")
+            raise ConfigError(f"index.factory={factory!r} has {nlist} lists but only {len(rows)} vectors to train on"
+                              + (f" (index.train_size={train_size} of {num_vectors:,} passages: raise it, " if len(rows) < num_vectors else " (the whole corpus: ")
+                              + "or use fewer lists, or Flat)")
         clock = time.perf_counter()
         sample = np.ascontiguousarray(vectors_of(rows), dtype=np.float32)
         seconds["vectors"] += time.perf_counter() - clock

@@ -285,6 +285,9 @@ def load_baselines(dirs: list[Path], metric: str) -> dict[str, System]:
     dirs = distinct(dirs)
     for folder in dirs:
         files = sorted((folder / "per_query").glob("*.parquet"))
+        if (folder / ".hydra" / "config.yaml").is_file() and (folder / "checkpoints").is_dir():
+            raise CompareError(f"--baseline {folder}: a training run; --baseline takes an evaluate.py output dir "
+                               "(give training runs as the positional arguments)")
         if not files:
             raise CompareError(f"--baseline {folder}: no per_query/*.parquet (an evaluate.py output dir is expected)")
         for path in files:

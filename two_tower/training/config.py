@@ -105,6 +105,10 @@ def validate_train_config(cfg: DictConfig) -> None:
         check_synthetic_rows(data.synthetic_rows)
     if not data.get("path") and not data.get("synthetic_rows") and _choice("data") == "local":
         raise ConfigError("data=local needs data.path=DIR (a folder of train-*/validation-* shards); without it the Hub would be used")
+    if data.get("val_split") is not None and data.get("val_split") == data.get("train_split") and not data.get("synthetic_rows"):
+        raise ConfigError(f"data.val_split={data.val_split} is the training split: validation would score the rows trained on "
+                          "(and keep the checkpoint that fits them best); name another split, e.g. one carved with "
+                          "experiments/comparisons/carve_test_split.py")
     if data.get("path") and Path(data.path).expanduser().is_file() and data.get("train_split") != data.get("val_split"):
         # one file serves every split name, so validation would score the training rows themselves
         raise ConfigError(f"data.path={data.path}: a file, which would be the training and the validation split alike; "
