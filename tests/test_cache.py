@@ -79,3 +79,16 @@ def test_a_truncated_tokenized_split_is_prepared_again(tmp_path):
     assert second.cache_hit is False
     np.testing.assert_array_equal(second.train.query_tokens.values, first.train.query_tokens.values)
     assert second.train.num_queries == first.train.num_queries
+
+
+def test_constructors_without_a_cache_folder_use_the_one_default_root(tmp_path, monkeypatch):
+    """Five constructors defaulted to ./.cache (a folder in whatever the working directory was), not the
+    default root the configs use ($TWO_TOWER_CACHE, else ~/.cache/two_tower)."""
+    from two_tower.data.embeddings import DistilledEmbeddings, Word2VecEmbeddings
+    from two_tower.data.teacher import SentenceTransformerTeacher
+    from two_tower.retrieval.teacher import TeacherRetriever
+
+    monkeypatch.setenv("TWO_TOWER_CACHE", str(tmp_path / "root"))
+    built = [SentenceTransformerTeacher("m"), Word2VecEmbeddings(), DistilledEmbeddings()]
+    assert [b.cache_dir for b in built] == [tmp_path / "root"] * 3
+    assert TeacherRetriever().teacher.cache_dir == tmp_path / "root"

@@ -78,10 +78,12 @@ def test_slurm_launcher_config_composes():
     GlobalHydra.instance().clear()
     with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
         cfg = compose("train", overrides=["hydra/launcher=slurm", "trainer=ddp", "trainer.devices=4", "trainer.num_nodes=2"], return_hydra_config=True)
+        one_gpu = compose("train", overrides=["hydra/launcher=slurm"], return_hydra_config=True)  # the default trainer: no num_nodes before
     GlobalHydra.instance().clear()
     launcher = cfg.hydra.launcher
     assert launcher._target_.endswith("SlurmLauncher")
     assert (launcher.nodes, launcher.tasks_per_node, launcher.gpus_per_node) == (2, 4, 4)
+    assert (one_gpu.hydra.launcher.nodes, one_gpu.hydra.launcher.tasks_per_node) == (1, 1)
 
 
 def test_a_range_is_stated_once_for_configs_and_constructors(tiny_cfg):

@@ -194,22 +194,22 @@ def test_compare_tables_logged_to_wandb(tmp_path, monkeypatch):
     assert "encoder=gru" in next(logged.glob("configurations_*.table.json")).read_text()
 
 
-def test_wandb_online_without_an_account_is_refused_before_any_data(tiny_cfg, monkeypatch, tmp_path):
+def test_wandb_online_without_an_account_is_refused_before_any_data(tmp_path):
     """No W&B account and no terminal to ask at: wandb's UsageError came when the logger first logged, after the
-    data had loaded (a traceback, exit 1). Offline mode needs no account."""
-    import two_tower.training.train as train_module
-    from two_tower.core.errors import ConfigError
+    data had loaded (a traceback per process, exit 1). A process of its own: wandb keeps login state per process.
+    Offline mode needs no account (the other tests here)."""
+    import os
+    import subprocess
+    import sys
 
-    for name in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_IDENTITY_TOKEN_FILE"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc
-    monkeypatch.setenv("NETRC", str(tmp_path / "none"))
-    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-config"))
-    monkeypatch.setattr("sys.stdin", open("/dev/null"))
-    monkeypatch.setattr(train_module, "build_datamodule", lambda cfg: pytest.fail("loaded data"))
-    with pytest.raises(ConfigError, match=re.escape("logger=wandb: No API key configured") + ".*WANDB_MODE=offline"):
-        train_module.train(tiny_cfg("logger=wandb"))
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    from two_tower.training.tracking import check_wandb_login
+    from tests.conftest import ROOT, TINY
 
-    check_wandb_login(tiny_cfg("logger=wandb"))  # no error, nothing asked
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env.update(HOME=str(tmp_path), NETRC=str(tmp_path / "none"), WANDB_CONFIG_DIR=str(tmp_path / "wandb-config"))
+    run = tmp_path / "run"
+    result = subprocess.run([sys.executable, "train.py", *TINY, "logger=wandb", f"paths.cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={run}"],
+                            cwd=ROOT, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines()[-1].startswith("error: logger=wandb: No API key configured"), result.stderr[-2000:]
+    assert "WANDB_MODE=offline" in result.stderr and "Traceback" not in result.stderr
+    assert not run.exists() and not (tmp_path / "cache").exists()  # refused before the run folder was kept or any data
