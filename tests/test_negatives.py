@@ -1,6 +1,7 @@
 """Hard-negative mining (BM25, ANN, refresh) and in-batch negatives gathered across processes."""
 
 import logging
+import re
 from pathlib import Path
 
 import numpy as np
@@ -357,3 +358,16 @@ def test_gathered_in_batch_negatives_equal_one_process_on_the_whole_batch(ddp_ba
     got = gathered[loss_name]
     torch.testing.assert_close(got["loss"], out["loss"].detach(), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(got["grads"], want_grads, rtol=1e-4, atol=1e-6)
+
+
+def test_mined_negatives_refuse_settings_in_the_config_checks_words():
+    """The constructor had messages of its own (and never applied the shared rules): the same words from Python
+    as from a config."""
+    from two_tower.core.errors import ConfigError
+    from two_tower.negatives.bm25 import BM25Negatives
+
+    for settings, words in (({"per_query": 0}, "negatives.per_query=0: this negatives option needs at least 1"),
+                            ({"range_min": 5, "range_max": 5}, "negatives.range_min=5 must be below negatives.range_max=5"),
+                            ({"per_query": "2"}, "negatives.per_query='2': must be an integer >= 0")):
+        with pytest.raises(ConfigError, match=re.escape(words)):
+            BM25Negatives(**settings)
