@@ -84,6 +84,23 @@ def test_flags_a_clearly_better_configuration_against_a_baseline(tmp_path, capsy
     assert (out / "comparison.png").stat().st_size > 1000 and (out / "comparison.md").read_text() == printed.split("Wrote")[0].rstrip("\n") + "\n"
 
 
+def test_seed_tests_are_holm_corrected_over_the_pairs_that_have_one():
+    """A pair with one run a side has no seed test; it counted in the Holm family as p = 1 (3 x the one real p
+    in a probe's table of a 3-seed configuration, a 1-seed one and a baseline). Seeds that agree exactly have
+    the interval [mean, mean] (scipy's is nan at zero spread: the table showed none)."""
+    base = difficulty()
+    systems = {"A": System("A", ["a"] * 3, [seed_table(base, 0.05, s) for s in range(3)]),
+               "D": System("D", ["d"] * 3, [seed_table(base, 0.02, s) for s in range(3, 6)]),
+               "B": System("B", ["b"], [seed_table(base, 0.0, 7)]),
+               "bm25": System("bm25", ["x"], [seed_table(base, 0.0, 9)], baseline=True)}
+    _, tests = compare(systems, "test/mrr@10", resamples=200)
+    tested = tests["p (seeds)"].notna()
+    assert tested.sum() == 3 and len(tests) == 6  # A-D, A-bm25, D-bm25; B (one run) has no seed test against any
+    assert tests.loc[tested, "Holm p (seeds)"].tolist() == pytest.approx(holm(tests.loc[tested, "p (seeds)"].tolist()))
+    assert tests.loc[~tested, "Holm p (seeds)"].isna().all()
+    assert mean_ci(np.array([0.5, 0.5, 0.5])) == (0.5, 0.5, 0.5)
+
+
 def halves(base: np.ndarray, first_seed: int) -> dict[str, System]:
     tables = [seed_table(base, 0.0, seed) for seed in range(first_seed, first_seed + 6)]
     return {"half A": System("half A", ["a"] * 3, tables[:3]), "half B": System("half B", ["b"] * 3, tables[3:])}

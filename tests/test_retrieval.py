@@ -616,6 +616,24 @@ def test_evaluate_replaces_an_earlier_evaluation_in_out_and_checks_out_first(tra
         evaluate(compose_retrieval("evaluate", [f"ckpt={trained['ckpt']}", f"data.path={trained['data']}", f"out={tmp_path / 'file' / 'eval'}", "retriever=[bm25]"]))
 
 
+def test_trec_runs_keep_scores_exact_and_ids_that_fit_the_format(tmp_path):
+    """Scores were written %.6f: two Cranfield scores 6e-7 apart (0.7070170045, 0.7070164084) became a tie that
+    trec_eval broke by docid, swapping them. An id with white space shifted a line's columns, silently."""
+    from types import SimpleNamespace
+
+    from two_tower.retrieval.evaluate import check_trec_ids, write_trec_run
+
+    split = SimpleNamespace(query_ids=["q1"], passage_ids=["d1", "d2", "d3"])
+    scores = np.array([[0.7070170045, 0.7070164084, 0.1]])
+    write_trec_run(tmp_path / "run.trec", split, np.array([0]), SimpleNamespace(ranked=np.array([[0, 1, 2]]), scores=scores), "dense")
+    lines = [line.split() for line in (tmp_path / "run.trec").read_text().splitlines()]
+    assert [float(fields[4]) for fields in lines] == scores[0].tolist() and [fields[2] for fields in lines] == ["d1", "d2", "d3"]
+    check_trec_ids(split)
+    for ids, words in ((dict(passage_ids=["d1", "doc 4"]), "the document id 'doc 4' is empty or holds white space"), (dict(query_ids=["q\t1"]), "the query id 'q\\t1'")):
+        with pytest.raises(ConfigError, match=re.escape(words)):
+            check_trec_ids(SimpleNamespace(**{"query_ids": ["q1"], "passage_ids": ["d1"], **ids}))
+
+
 def test_evaluate_dense_reproduces_validation_and_writes_reports(trained, tmp_path):
     out = tmp_path / "eval"
     cfg = compose_retrieval("evaluate", [f"ckpt={trained['ckpt']}", f"data.path={trained['data']}", f"out={out}", "retriever=[dense,bm25]", "save_runs=true"])

@@ -130,11 +130,24 @@ def _docid(split: PreparedSplit, pid: int) -> str:
     return split.passage_ids[pid] if split.passage_ids is not None else str(pid)
 
 
+def check_trec_ids(split: PreparedSplit) -> None:
+    """TREC runs and qrels are white-space separated: an id with white space in it (a BEIR folder's ``"doc 4"``)
+    would shift the columns of its lines (a reader takes ``doc`` for the id and ``4`` for the rank). A ConfigError
+    naming the first, before any retriever runs."""
+    for kind, ids in (("query", split.query_ids), ("document", split.passage_ids)):
+        bad = next((i for i in ids or () if not i or any(c.isspace() for c in i)), None)
+        if bad is not None:
+            raise ConfigError(f"save_runs=true: the {kind} id {bad!r} is empty or holds white space, which a TREC run file "
+                              "cannot (its columns are split at white space); rename the ids, or set save_runs=false")
+
+
 def write_trec_run(path: Path, split: PreparedSplit, query_rows: np.ndarray, rankings: Rankings, tag: str) -> None:
     with atomic_write(path, "w") as f:
         for row, ids, scores in zip(query_rows.tolist(), rankings.ranked.tolist(), rankings.scores.tolist()):
             for rank, (pid, score) in enumerate(((p, s) for p, s in zip(ids, scores) if p >= 0), start=1):
-                f.write(f"{_qid(split, row)} Q0 {_docid(split, pid)} {rank} {score:.6f} {tag}\n")
+                # the shortest text that reads back as the same float: rounding (it was %.6f) made ties of scores
+                # that differed (Cranfield: 0.7070170045 and 0.7070164084), which trec_eval then broke by docid
+                f.write(f"{_qid(split, row)} Q0 {_docid(split, pid)} {rank} {float(score)!r} {tag}\n")
 
 
 def write_qrels(path: Path, split: PreparedSplit, query_rows: np.ndarray) -> None:
@@ -167,6 +180,8 @@ def _evaluate(cfg: DictConfig, out: Path) -> dict[str, dict]:
     retrievers = build_retrievers(cfg)
     split = load_split(cfg)
     query_rows = split.evaluated_queries()
+    if cfg.save_runs:
+        check_trec_ids(split)
     log.info("%s: %d queries evaluated (%d in the split), %d passages", cfg.split, len(query_rows), split.num_queries, split.num_passages)
     tables: dict = {}
     run_record.work_started()  # a refusal from here on keeps the run folder's log of what ran

@@ -69,10 +69,13 @@ class System:
 
 # ------------------------------------------------------------------------------------------ statistics
 def mean_ci(values: np.ndarray, confidence: float = 0.95) -> tuple[float, float, float]:
-    """Mean and Student-t confidence interval over seeds; (mean, nan, nan) for a single value."""
+    """Mean and Student-t confidence interval over seeds; (mean, nan, nan) for a single value, (mean, mean, mean)
+    for seeds that agree exactly (scipy's interval is nan at zero spread)."""
     mean = float(np.mean(values))
     if len(values) < 2:
         return mean, float("nan"), float("nan")
+    if np.ptp(values) == 0:
+        return mean, mean, mean
     low, high = stats.t.interval(confidence, len(values) - 1, loc=mean, scale=stats.sem(values))
     return mean, float(low), float(high)
 
@@ -360,7 +363,10 @@ def compare(systems: dict[str, System], metric: str, alpha: float = 0.05, resamp
         tests["Holm p (t-test)"] = holm(tests["p (t-test)"].tolist())
         tests["Holm p (randomization)"] = holm(tests["p (randomization)"].tolist())
         seeds = tests["p (seeds)"].to_numpy()
-        tests["Holm p (seeds)"] = np.where(np.isnan(seeds), np.nan, holm(np.nan_to_num(seeds, nan=1.0).tolist()))
+        testable = ~np.isnan(seeds)  # the family is the tests run: a pair with one run a side has no seed test
+        tests["Holm p (seeds)"] = np.nan
+        if testable.any():
+            tests.loc[testable, "Holm p (seeds)"] = holm(seeds[testable].tolist())
         tests[f"significant (Holm, alpha={alpha})"] = (tests["Holm p (randomization)"] < alpha) & (tests["Holm p (seeds)"] < alpha)
         floor = 2 / (resamples + 1)  # the smallest two-sided randomization p-value
         if floor >= alpha / len(tests):
