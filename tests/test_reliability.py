@@ -291,7 +291,7 @@ def test_overrides_hydra_cannot_compose_are_one_line():
     assert "--multirun" in composition_error("train", ["seed=1,2"])
     assert composition_error("train", ["loss=triplet", "loss.margin=0.3", "hydra.run.dir=/x"]) is None
     assert composition_error("train", ["+encoder.packing=packed"]) == (  # how it had to be set before encoder/rnn.yaml had it
-        "+encoder.packing: encoder.packing is a setting of train.yaml now; drop the + (encoder.packing=...), or write ++encoder.packing=... to set it whether or not it exists")
+        "+encoder.packing: encoder.packing is already a setting of train.yaml here; drop the + (encoder.packing=...), or write ++encoder.packing=... to set it whether or not it exists")
     assert composition_error("train", ["-m", "seed=1,2"]) is None  # sweeps: Hydra's own report
     assert composition_error("train", ["hydra.mode=MULTIRUN", "seed=1,2"]) is None  # a sweep without -m
 

@@ -131,7 +131,7 @@ def hydra_error_line(config_name: str, err: Exception) -> str:
     present = re.match(r"Could not append to config. An item is already at '([^']+)'", message)
     if present:  # e.g. +encoder.packing=packed from a run made before the config had the key
         key = present.group(1)
-        return f"+{key}: {key} is a setting of {config_name}.yaml now; drop the + ({key}=...), or write ++{key}=... to set it whether or not it exists"
+        return f"+{key}: {key} is already a setting of {config_name}.yaml here; drop the + ({key}=...), or write ++{key}=... to set it whether or not it exists"
     return message.split(" Config search path:")[0]
 
 
