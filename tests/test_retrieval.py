@@ -501,6 +501,20 @@ def test_search_command_prints_ranked_hits(trained, capsys):
     assert lines[1].split()[0] == "1" and lines[2].split()[0] == "2"
 
 
+def test_search_command_writes_json_lines_for_scripts(trained, capsys, monkeypatch):
+    """format=jsonl: one JSON object a query, the server's answer shape, whole texts; the same hits as the API."""
+    import io
+
+    index = f"index={trained['index']}"
+    expected = Searcher.load(trained["index"]).search(["apple river", "banana"], 3)
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"apple river\n\nbanana\n"), encoding="utf-8"))
+    assert search_main([index, "k=3", "format=jsonl", "max_chars=5"]) == 0
+    answers = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [a["query"] for a in answers] == ["apple river", "banana"] and all(a["k"] == 3 for a in answers)
+    assert [[(h["id"], h["score"], h["text"]) for h in a["hits"]] for a in answers] == [[(h.id, h.score, h.text) for h in hits] for hits in expected]
+    assert search_main([index, "format=xml", "apple"]) == 2 and capsys.readouterr().err == "error: format='xml': must be one of text, jsonl\n"
+
+
 def test_search_command_reads_free_text_queries_as_queries(trained, capsys, monkeypatch):
     """query=... is taken as typed (Hydra's lexer refused an apostrophe, a comma made it a sweep); an
     argument with white space whose key is not a setting is a query ("E=mc2 apple"), a setting's value may

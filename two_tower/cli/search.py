@@ -6,12 +6,13 @@ conf/search.yaml (composed with Hydra's compose API, no run folder is written).
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 
 from two_tower.cli.common import command_settings, compose, hydra_error_line, report, search_override_error
 from two_tower.core.checks import check_config
-from two_tower.core.errors import EmptyQueryError, TwoTowerError
+from two_tower.core.errors import ConfigError, EmptyQueryError, TwoTowerError
 from two_tower.core.threads import set_threads
 from two_tower.retrieval.maxsim import MaxSimRerank
 from two_tower.retrieval.corpus import not_utf8
@@ -25,7 +26,10 @@ USAGE = """usage: python search.py index=DIR "your question" [k=10] [key=value .
        python search.py index=DIR < queries.txt          (one query a line, searched in batches)
 Settings (two_tower/conf/search.yaml): k, search_params (e.g. "search_params='efSearch=256'"), ckpt (check the index against a
 checkpoint and encode queries with it), batch_size, max_chars, prf=rocchio (pseudo-relevance feedback; prf.depth=N), rerank=maxsim (MaxSim rerank of the top rerank.depth=100; rerank.weight=W),
-hybrid (false = dense alone in a folder with a BM25 index; "hybrid=[0.5,0.5]" = fuse with these dense, BM25 weights)."""
+hybrid (false = dense alone in a folder with a BM25 index; "hybrid=[0.5,0.5]" = fuse with these dense, BM25 weights),
+format=jsonl (one JSON object a query, {query, k, hits: [{id, score, text}]}, as the server answers; whole texts)."""
+
+FORMATS = ("text", "jsonl")
 
 
 def split_arguments(argv: list[str]) -> tuple[list[str], list[str], bool, str | None]:
@@ -49,6 +53,13 @@ def split_arguments(argv: list[str]) -> tuple[list[str], list[str], bool, str | 
         else:
             words.append(arg)
     return overrides, words, interactive, query
+
+
+def render(query: str, hits: list[Hit], cfg) -> str:
+    """One query's results as ``cfg.format`` says: ``format_results``' lines, or one JSON object (``jsonl``)."""
+    if cfg.format == "jsonl":
+        return json.dumps({"query": query, "k": cfg.k, "hits": [vars(h) for h in hits]}, ensure_ascii=False)
+    return format_results(query, hits, cfg.max_chars)
 
 
 def format_results(query: str, hits: list[Hit], max_chars: int) -> str:
@@ -86,13 +97,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         check_k(cfg.k)
+        if cfg.format not in FORMATS:
+            raise ConfigError(f"format={cfg.format!r}: must be one of {', '.join(FORMATS)}")
         set_threads(cfg.threads)
         check_config(cfg, ["batch_size", "max_chars"])
         prf = RocchioPRF.from_config(cfg.get("prf"))
         rerank = MaxSimRerank.from_config(cfg.get("rerank"))
         searcher = Searcher.load(cfg.index, checkpoint=cfg.ckpt, search_params=cfg.search_params, prf=prf, hybrid=cfg.hybrid, rerank=rerank)
         if query is not None:
-            print(format_results(query, searcher.search([query], cfg.k)[0], cfg.max_chars))
+            print(render(query, searcher.search([query], cfg.k)[0], cfg))
             return 0
     except TwoTowerError as err:
         return report(err)
@@ -117,7 +130,7 @@ def _interactive(searcher: Searcher, cfg) -> int:
         except EmptyQueryError as err:
             print(f"error: {err}", file=sys.stderr)
             continue
-        print(format_results(query, searcher.search([query], cfg.k)[0], cfg.max_chars), flush=True)
+        print(render(query, searcher.search([query], cfg.k)[0], cfg), flush=True)
 
 
 def _batches(searcher: Searcher, cfg, lines) -> int:
@@ -129,7 +142,7 @@ def _batches(searcher: Searcher, cfg, lines) -> int:
     def flush():
         results = searcher.search([q for _, q in batch], cfg.k)
         for (_, query), hits in zip(batch, results):
-            print(format_results(query, hits, cfg.max_chars) + "\n", flush=True)
+            print(render(query, hits, cfg) + ("\n" if cfg.format == "text" else ""), flush=True)  # text: a blank line between
         batch.clear()
 
     for number, line in enumerate(lines, start=1):
