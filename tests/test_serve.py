@@ -185,6 +185,7 @@ BAD_REQUESTS = [
     ("chunked too big", "POST", "/search", {"content": iter([b"x" * 65536] * (TOO_BIG // 65536 + 1)), "headers": {"content-type": "application/json"}}, 413, "request body over"),
     ("q twice", "GET", "/search?q=garden&q=castle", {}, 422, "query.q: given 2 times; give it once"),
     ("JSON key twice", "POST", "/search", {"content": b'{"queries": ["garden"], "k": 1, "k": 20}', "headers": {"content-type": "application/json"}}, 422, "body.k: given 2 times; give it once"),
+    ("JSON key twice among many", "POST", "/search", {"content": ("{" + ",".join(f'"k{i}": 1' for i in range(5000)) + ', "k7": 2}').encode(), "headers": {"content-type": "application/json"}}, 422, "body.k7: given 2 times; give it once"),
     ("JSON key three times", "POST", "/search", {"content": b'{"queries": ["a"], "queries": ["b"], "queries": ["garden"]}', "headers": {"content-type": "application/json"}}, 422, "body.queries: given 3 times"),
     ("unknown parameter", "GET", "/search?q=garden&kk=3", {}, 422, "query.kk: not a parameter here (takes q, k)"),
     ("k in the URL of a POST", "POST", "/search?k=1", {"json": {"queries": ["garden"]}}, 422, "query.k: not a parameter here (send settings in the JSON body)"),

@@ -34,6 +34,7 @@ import json
 import os
 import threading
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -556,10 +557,10 @@ def _repeated_keys(text: str) -> dict[str, int]:
         body = json.loads(text, object_pairs_hook=pairs)
     except (ValueError, RecursionError):
         return {}
-    keys = [key for key, _ in last[0]]
-    if body is not None or len(set(keys)) == len(keys):  # not an object (FastAPI says so), or no key twice
+    if body is not None:  # not an object: FastAPI says so
         return {}
-    return {key: keys.count(key) for key in dict.fromkeys(keys) if keys.count(key) > 1}
+    counts = Counter(key for key, _ in last[0])  # linear: keys.count per key took 7.5 s for 20,000 keys and one twice
+    return {key: n for key, n in counts.items() if n > 1}
 
 
 def _query_string_problem(raw: bytes) -> str | None:
