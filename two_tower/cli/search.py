@@ -12,7 +12,7 @@ import sys
 
 from two_tower.cli.common import command_settings, compose, hydra_error_line, report, search_override_error
 from two_tower.core.checks import check_config
-from two_tower.core.errors import ConfigError, EmptyQueryError, TwoTowerError
+from two_tower.core.errors import EmptyQueryError, TwoTowerError
 from two_tower.core.threads import set_threads
 from two_tower.retrieval.maxsim import MaxSimRerank
 from two_tower.retrieval.corpus import not_utf8
@@ -28,8 +28,6 @@ Settings (two_tower/conf/search.yaml): k, search_params (e.g. "search_params='ef
 checkpoint and encode queries with it), batch_size, max_chars, prf=rocchio (pseudo-relevance feedback; prf.depth=N), rerank=maxsim (MaxSim rerank of the top rerank.depth=100; rerank.weight=W),
 hybrid (false = dense alone in a folder with a BM25 index; "hybrid=[0.5,0.5]" = fuse with these dense, BM25 weights),
 format=jsonl (one JSON object a query, {query, k, hits: [{id, score, text}]}, as the server answers; whole texts)."""
-
-FORMATS = ("text", "jsonl")
 
 
 def split_arguments(argv: list[str]) -> tuple[list[str], list[str], bool, str | None]:
@@ -97,10 +95,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         check_k(cfg.k)
-        if cfg.format not in FORMATS:
-            raise ConfigError(f"format={cfg.format!r}: must be one of {', '.join(FORMATS)}")
         set_threads(cfg.threads)
-        check_config(cfg, ["batch_size", "max_chars"])
+        check_config(cfg, ["batch_size", "max_chars", "format"])
         prf = RocchioPRF.from_config(cfg.get("prf"))
         rerank = MaxSimRerank.from_config(cfg.get("rerank"))
         searcher = Searcher.load(cfg.index, checkpoint=cfg.ckpt, search_params=cfg.search_params, prf=prf, hybrid=cfg.hybrid, rerank=rerank)

@@ -17,6 +17,8 @@ from two_tower.core.errors import ConfigError
 CELLS = ("rnn", "gru", "lstm")
 POOLINGS = ("last", "mean", "max")
 PACKINGS = ("auto", "packed", "masks")
+# search.py's output formats (two_tower/cli/search.py renders them).
+SEARCH_FORMATS = ("text", "jsonl")
 
 
 def _stemmer_languages() -> set[str]:
@@ -96,6 +98,7 @@ RULES = {
     # index.py, search.py, evaluate.py (a retriever's batch_size is checked as retriever.<name>.batch_size)
     "batch_size": (INT, lambda v: v > 0, "a positive integer"),
     "max_chars": (INT, lambda v: v >= 0, "an integer >= 0 (0 shows whole passages)"),
+    "format": ((str,), lambda v: v in SEARCH_FORMATS, "one of " + ", ".join(SEARCH_FORMATS)),
     "index.add_chunk": (INT, lambda v: v > 0, "a positive integer"),
     "index.train_size": (INT, lambda v: v > 0, "a positive integer"),
     "overwrite": (BOOL, lambda v: True, "true or false"),
@@ -119,6 +122,19 @@ def check_config(cfg, keys: list[str]) -> None:
 
     for key in keys:
         check(key, OmegaConf.select(cfg, key, default=None))
+
+
+def check_explicit_negatives(per_query: int) -> None:
+    """Negatives options that draw explicit negatives (random, bm25, ann) need at least one a query: the train
+    config check and their constructors refuse in these words."""
+    if per_query < 1:
+        raise ConfigError(f"negatives.per_query={per_query}: this negatives option needs at least 1")
+
+
+def check_mining_range(range_min: int, range_max: int) -> None:
+    """Mined negatives are drawn from ranks range_min..range_max of a query's ranking: a non-empty range."""
+    if range_min >= range_max:
+        raise ConfigError(f"negatives.range_min={range_min} must be below negatives.range_max={range_max}")
 
 
 def unknown_setting(group: str, key: str, known: list[str]) -> str:

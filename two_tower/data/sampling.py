@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from two_tower.core.checks import check_explicit_negatives
 from two_tower.data.prepared import PreparedSplit, Ragged
 
 
@@ -51,8 +52,7 @@ class RandomNegatives(NegativeSampler):
     """``per_query`` unselected passages of the row's own query, drawn afresh every epoch."""
 
     def __init__(self, per_query: int = 1):
-        if per_query < 1:
-            raise ValueError(f"negatives=random needs negatives.per_query >= 1, got {per_query}")
+        check_explicit_negatives(per_query)
         self.per_query = per_query
         self._pool: Ragged | None = None
 

@@ -19,8 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from two_tower.core.cache import ContentCache, default_root
-from two_tower.core.checks import check
-from two_tower.core.errors import ConfigError
+from two_tower.core.checks import check, check_explicit_negatives, check_mining_range
 from two_tower.data.prepared import PreparedSplit, Ragged
 from two_tower.data.tokenizer import split_words
 from two_tower.data.sampling import NegativeSampler, sample_from
@@ -102,10 +101,8 @@ class MinedNegatives(NegativeSampler):
     ):
         for key, value in (("per_query", per_query), ("range_min", range_min), ("range_max", range_max)):
             check(f"negatives.{key}", value)  # the rules the train config check applies, in its words
-        if per_query < 1:
-            raise ConfigError(f"negatives.per_query={per_query}: this negatives option needs at least 1")
-        if range_min >= range_max:
-            raise ConfigError(f"negatives.range_min={range_min} must be below negatives.range_max={range_max}")
+        check_explicit_negatives(per_query)
+        check_mining_range(range_min, range_max)
         self.per_query, self.range_min, self.range_max = per_query, range_min, range_max
         self.near_duplicate_jaccard, self.margin = near_duplicate_jaccard, margin
         self.refresh_every_n_epochs, self.chunk = refresh_every_n_epochs, chunk

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from two_tower.core.checks import RULES, check
+from two_tower.core.checks import RULES, check, check_explicit_negatives, check_mining_range
 from two_tower.core.errors import ConfigError
 from two_tower.core.metrics import RANKING_METRICS
 
@@ -34,8 +34,8 @@ def validate_train_config(cfg: DictConfig) -> None:
         # it chooses the checkpoint (mode max) and what sweeps maximise: a typo failed after the first validation
         raise ConfigError(f"optimized_metric={metric!r}: must be one of {', '.join(f'val/{m}' for m in RANKING_METRICS)}")
     negatives = cfg.get("negatives") or {}
-    if "range_min" in negatives and negatives.range_min >= negatives.range_max:
-        raise ConfigError(f"negatives.range_min={negatives.range_min} must be below negatives.range_max={negatives.range_max}")
+    if "range_min" in negatives:
+        check_mining_range(negatives.range_min, negatives.range_max)
     if negatives.get("checkpoint") and not Path(negatives.checkpoint).expanduser().is_file():
         raise ConfigError(f"negatives.checkpoint={negatives.checkpoint}: no such checkpoint file")
     if str(negatives.get("_target_", "")).endswith("InBatchNegatives") and negatives.get("per_query"):
@@ -46,8 +46,8 @@ def validate_train_config(cfg: DictConfig) -> None:
             "data.batch_size=1 with negatives=in_batch leaves every query without a negative (the other queries' passages "
             "are its only negatives): use data.batch_size >= 2, or explicit negatives (negatives=random, bm25 or ann)"
         )
-    if str(negatives.get("_target_", "")).endswith(("RandomNegatives", "BM25Negatives", "ANNNegatives")) and negatives.get("per_query", 1) < 1:
-        raise ConfigError(f"negatives.per_query={negatives.per_query}: this negatives option needs at least 1")
+    if str(negatives.get("_target_", "")).endswith(("RandomNegatives", "BM25Negatives", "ANNNegatives")):
+        check_explicit_negatives(negatives.get("per_query", 1))
     distill = str((cfg.get("loss") or {}).get("_target_", "")).endswith("DistillLoss")
     if distill and not cfg.get("teacher"):
         raise ConfigError("loss=distill needs a teacher: teacher=minilm (teacher.model=PATH for another model)")
