@@ -101,6 +101,27 @@ def test_a_passage_that_says_it_in_other_words_is_lifted(cache):
     assert first.rerank("car", np.array([0, 1]), np.array([1.0, 0.0]))[0].tolist() == [0, 1]
 
 
+def test_passages_with_the_same_tokens_score_the_same_wherever_they_stand(cache):
+    """Two copies of a passage get bit-identical MaxSim scores at any two positions of the candidate list, so
+    their tie goes to the lower row (a reduction vectorised across passages scored the last columns 1 ulp apart)."""
+    import random
+
+    words = "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november oscar papa city river bread cheese guitar".split()
+    static_model_over(words, dim=8, seed=3)
+    unequal = 0
+    for seed in range(60):
+        random.seed(seed)
+        texts = [" ".join(random.choices(words, k=random.randint(3, 12))) for _ in range(100)]
+        texts[97] = texts[3]
+        corpus = ms.CorpusMaxSim(ms.MaxSimRerank(teacher="tiny", dim=8), lambda rows, t=texts: [t[r] for r in rows.tolist()], len(texts))
+        query = " ".join(random.sample(words, 12))  # a reduction over 8 or more query tokens showed it
+        scores = ms.maxsim(corpus.tokens, corpus.idf, corpus.tokens.ids([query], 256)[0], corpus.passage_ids(np.arange(100)))
+        unequal += scores[3] != scores[97]
+        ranked = corpus.rerank(query, np.arange(100), np.full(100, 0.5, np.float32))[0].tolist()
+        assert ranked.index(3) < ranked.index(97)
+    assert unequal == 0
+
+
 def test_fuse_is_the_weighted_sum_of_min_max_normalised_scores():
     first, second = np.array([3.0, 1.0, 2.0]), np.array([0.1, 0.5, 0.3])
     np.testing.assert_allclose(ms.fuse(first, second, 0.25), 0.75 * np.array([1, 0, 0.5]) + 0.25 * np.array([0, 1, 0.5]), rtol=1e-6)

@@ -191,7 +191,12 @@ def maxsim(tokens: StaticTokens, idf: torch.Tensor, query: np.ndarray, passages:
     # [query tokens, passages, passage tokens] without a [passages, passage tokens, dim] copy
     sims = (tokens.unit[q] @ tokens.unit.T)[:, padded]
     best = sims.masked_fill(~real[None], -1.0).amax(2)  # an empty passage matches nothing: -1
-    return ((weights[:, None] * best).sum(0) / total).numpy()
+    # summed token by token, not by .sum(0): a reduction vectorised across passages rounds the last columns
+    # differently, so two passages with the same tokens scored 1 ulp apart and their tie went by position
+    score = torch.zeros(best.shape[1], dtype=best.dtype)
+    for weight, row in zip(weights, best):
+        score += weight * row
+    return (score / total).numpy()
 
 
 def fuse(first: np.ndarray, second: np.ndarray, weight: float) -> np.ndarray:
