@@ -98,6 +98,10 @@ class BM25Scorer:
         return scorer
 
 
+# bm25s's variants that score a query word's absence too (so a passage sharing no word scores above 0)
+NON_OCCURRENCE_METHODS = ("bm25l", "bm25+")
+
+
 class BM25Retriever(SplitRetriever):
     def __init__(self, method: str = "lucene", k1: float = 1.5, b: float = 0.75, stopwords: str | None = "english", stemmer: str | None = None):
         super().__init__()
@@ -113,3 +117,11 @@ class BM25Retriever(SplitRetriever):
 
     def scores(self, query_rows: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(self.scorer.scores([self.query_tokens[row] for row in query_rows]))
+
+    def no_match_scores(self, scores: torch.Tensor) -> torch.Tensor:
+        """0 (bm25s scores a passage sharing no query word 0), except for bm25l and bm25+, which give every
+        passage a non-occurrence score: there the query's lowest score (a passage sharing no word scores exactly
+        it and a matched one more; where every passage shares a word, the lowest gets no share)."""
+        if self.scorer.method in NON_OCCURRENCE_METHODS:
+            return scores.min(dim=1, keepdim=True).values
+        return torch.zeros((scores.shape[0], 1), dtype=scores.dtype)

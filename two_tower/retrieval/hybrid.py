@@ -2,8 +2,8 @@
 
 - ``ReciprocalRankFusion``: sum over parts of ``weight / (k + rank)`` for passages a part ranks in its
   top ``depth`` (rank 1 = best; Cormack et al. 2009, k=60). Scale-free: only ranks matter. Passages a
-  part scores at its lowest for the query (for BM25: those sharing no word with it) get no share, so
-  unmatched passages are not ranked by their index.
+  part did not match (``no_match_scores``: for BM25 a passage sharing no word with the query) get no share,
+  so unmatched passages are not ranked by their index; a dense part ranks every passage.
 - ``WeightedScoreFusion``: sum over parts of ``weight * normalised score``, each part's scores
   min-max normalised per query over the whole corpus (best passage 1, worst 0), so a cosine in
   [-1, 1] and an unbounded BM25 score are on one scale. ``proven_top_k`` gives the same top k of one
@@ -33,9 +33,9 @@ class FusionRetriever(SplitRetriever):
             part.prepare(split)
 
     def scores(self, query_rows: np.ndarray) -> torch.Tensor:
-        return sum(w * self.transform(part.scores(query_rows)) for part, w in zip(self.parts, self.weights))
+        return sum(w * self.transform(part.scores(query_rows), part) for part, w in zip(self.parts, self.weights))
 
-    def transform(self, scores: torch.Tensor) -> torch.Tensor:
+    def transform(self, scores: torch.Tensor, part: SplitRetriever) -> torch.Tensor:
         raise NotImplementedError
 
 
@@ -44,16 +44,19 @@ class ReciprocalRankFusion(FusionRetriever):
         super().__init__(parts, weights)
         self.k, self.depth = k, depth
 
-    def transform(self, scores: torch.Tensor) -> torch.Tensor:
+    def transform(self, scores: torch.Tensor, part: SplitRetriever) -> torch.Tensor:
         top = torch.sort(scores, dim=1, descending=True, stable=True)
         order = top.indices[:, : self.depth]
         ranks = torch.arange(1, order.shape[1] + 1, dtype=torch.float32).expand_as(order)
-        matched = top.values[:, : self.depth] > scores.min(dim=1, keepdim=True).values
+        floor = part.no_match_scores(scores)
+        if floor is None:  # every passage is ranked (dense)
+            return torch.zeros_like(scores).scatter_(1, order, 1.0 / (self.k + ranks))
+        matched = top.values[:, : self.depth] > floor
         return torch.zeros_like(scores).scatter_(1, order, torch.where(matched, 1.0 / (self.k + ranks), 0.0))
 
 
 class WeightedScoreFusion(FusionRetriever):
-    def transform(self, scores: torch.Tensor) -> torch.Tensor:
+    def transform(self, scores: torch.Tensor, part: SplitRetriever) -> torch.Tensor:
         return min_max_rows(scores)
 
 

@@ -40,6 +40,12 @@ class SplitRetriever:
     def scores(self, query_rows: np.ndarray) -> torch.Tensor:
         raise NotImplementedError
 
+    def no_match_scores(self, scores: torch.Tensor) -> torch.Tensor | None:
+        """Each query's score at or below which a passage was not matched at all ([Q, 1], for ``scores`` [Q, P]),
+        so reciprocal-rank fusion gives it no share (BM25: a passage sharing no word with the query); None: every
+        passage is ranked (a dense retriever)."""
+        return None
+
     def rankings(self, query_rows: np.ndarray, k: int) -> Rankings:
         ranked, scores, reranked = [], [], []
         for start in range(0, len(query_rows), self.chunk):
