@@ -188,15 +188,22 @@ def write_beir(root, corpus_lines, queries_lines, qrels_lines, split="test"):
     (root / "qrels" / f"{split}.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join(f"{line}\n" for line in qrels_lines))
 
 
-def test_beir_reader_skips_and_counts_bad_lines(tmp_path):
+def test_beir_reader_skips_and_counts_bad_lines(tmp_path, caplog):
     write_beir(
         tmp_path,
         [b'{"_id": "d1", "title": "Wing", "text": "lift of a wing"}', b'{"_id": "d2", "text": "drag"}', b"not json", b'{"title": "no id"}',
          b'{"_id": "d3", "text": "caf\xe9"}', b'{"_id": "d4", "title": "", "text": ""}', b'{"_id": "d5", "text": 5}', b'{"_id": "d6", "text": ["a"]}'],
-        [b'{"_id": "q1", "text": "wing lift"}', b'{"_id": "q2", "text": "drag"}', b'{"_id": "q3", "text": "no judgement"}', b'{"_id": "q4", "text": 7}'],
-        ["q1\td1\t2", "q1\td2\t0", "q2\td2\t1", "q2\td9\t1", "q9\td1\t1", "q2\td1\tx", "bad line"],
+        [b'{"_id": "q1", "text": "wing lift"}', b'{"_id": "q2", "text": "drag"}', b'{"_id": "q3", "text": "no judgement"}', b'{"_id": "q4", "text": 7}',
+         b'{"_id": "q5", "text": "judged not relevant only"}'],
+        ["q1\td1\t2", "q1\td2\t0", "q2\td2\t1", "q2\td9\t1", "q9\td1\t1", "q2\td1\tx", "bad line", "q5\td1\t0"],
     )
-    collection = beir.load_beir(tmp_path, "test")
+    with caplog.at_level("WARNING"):
+        collection = beir.load_beir(tmp_path, "test")
+    # q5 is judged, on non-relevant documents only: left out, and said so (BEIR's evaluation counts it 0)
+    assert [r.getMessage() for r in caplog.records if "judged only not relevant" in r.getMessage()] == [
+        f"{tmp_path / 'qrels' / 'test.tsv'}: 1 queries judged only not relevant (score <= 0) are left out of the averages; "
+        "BEIR's own evaluation counts each as 0, so its figures on this split are lower by that share"
+    ]
     assert collection.corpus_ids == ["d1", "d2"] and collection.corpus_texts[0] == "Wing lift of a wing"  # title + " " + text
     assert collection.query_ids == ["q1", "q2"]  # q3 has no relevant document: not evaluated
     assert collection.qrels == {"q1": {"d1": 2}, "q2": {"d2": 1}}  # score 0: judged, not relevant

@@ -8,7 +8,8 @@ DIR/qrels/<split>.tsv   query-id <TAB> corpus-id <TAB> score, after a header lin
 
 A document is ``title + " " + text`` (stripped), as BEIR's own evaluation joins them. A judgement with
 score > 0 is relevant, with the score as its gain in nDCG (graded, as trec_eval computes it); score 0
-is judged not relevant. Queries without a relevant document in the split are not evaluated. Bad lines
+is judged not relevant. Queries without a relevant document in the split are not evaluated (a warning counts
+those judged only not relevant: BEIR's own evaluation averages them in as 0). Bad lines
 (not JSON, no ``_id``, no text, non-integer score, unknown ids) are skipped and counted per reason; a
 missing file is one clear error.
 """
@@ -199,6 +200,10 @@ def _read_qrels(path: Path, corpus: dict, queries: dict, skipped: Counter) -> di
                 else:
                     judged.pop(cid, None)
                     unjudged.add((qid, cid))
+    not_relevant = sum(1 for judged in qrels.values() if not judged)
+    if not_relevant:  # BEIR's evaluation (pytrec_eval over every query of the qrels) averages them in as 0
+        log.warning("%s: %d queries judged only not relevant (score <= 0) are left out of the averages; BEIR's own "
+                    "evaluation counts each as 0, so its figures on this split are lower by that share", path, not_relevant)
     return {qid: judged for qid, judged in qrels.items() if judged}
 
 
