@@ -18,7 +18,7 @@ from omegaconf import open_dict
 
 from tests.conftest import CONF, TINY_RUN
 from two_tower.data import msmarco
-from two_tower.data.prepared import PreparedSplit
+from two_tower.data.prepared import PreparedSplit, Ragged
 from two_tower.data.tokenizer import PAD, UNK, Tokenizer
 from two_tower.retrieval import index as index_module
 from two_tower.retrieval.bm25 import BM25Retriever
@@ -750,12 +750,17 @@ def test_bm25_metrics_by_hand():
 
 
 class FixedScores(SplitRetriever):
-    def __init__(self, scores):
+    """Made-up scores; ``no_match``: the score of a passage the part did not match (BM25-like: 0), else every passage is ranked."""
+
+    def __init__(self, scores, no_match: float | None = None):
         super().__init__()
-        self.table = torch.tensor(scores, dtype=torch.float32)
+        self.table, self.no_match = torch.tensor(scores, dtype=torch.float32), no_match
 
     def scores(self, query_rows):
         return self.table[query_rows]
+
+    def no_match_scores(self, scores):
+        return None if self.no_match is None else torch.full((scores.shape[0], 1), self.no_match)
 
 
 def test_fusion_metrics_by_hand():
@@ -764,11 +769,11 @@ def test_fusion_metrics_by_hand():
     A (dense-like): q0 [.9 .1 .2 .3 .8]  q1 [.1 .2 .9 .3 .4]  q2 [.5 .1 .1 .1 .6]
     B (bm25-like):  q0 [ 0 10  0  0  8]  q1 [ 0  4  2  0  0]  q2 [ 6  0  0  0  0]
     Positives (hand_split): q0 p0, q1 p2, q2 p4.
-    RRF, k=1, depth=2: a part's best passage gets 1/2, its second 1/3, unless it scores the part's minimum.
+    RRF, k=1, depth=2: a part's best passage gets 1/2, its second 1/3, unless B did not match it (score 0).
       q0: p0 1/2 (A1); p4 1/3 (A2) + 1/3 (B2) = 2/3; p1 1/2 (B1) -> p4, then p0 and p1 tie at 1/2 -> p0.
           Positive p0 at rank 2.
       q1: p2 1/2 (A1) + 1/3 (B2) = 5/6; p1 1/2 (B1); p4 1/3 (A2) -> p2 first. Positive p2: rank 1.
-      q2: p4 1/2 (A1); p0 1/3 (A2) + 1/2 (B1) = 5/6; B's second (p1) scores B's minimum 0: no share.
+      q2: p4 1/2 (A1); p0 1/3 (A2) + 1/2 (B1) = 5/6; B's second (p1) scores 0, B's no match: no share.
           -> p0, p4, then p1 (0, lowest index). Positive p4: rank 2.
     Weighted 0.5/0.5 on min-max scores:
       q0: A -> p0 1, p4 .875, p1 0;  B -> p1 1, p4 .8.  p4 .8375 > p1 .5 = p0 .5 -> positive p0 rank 2
@@ -778,7 +783,7 @@ def test_fusion_metrics_by_hand():
     """
     split = hand_split()
     a = FixedScores([[0.9, 0.1, 0.2, 0.3, 0.8], [0.1, 0.2, 0.9, 0.3, 0.4], [0.5, 0.1, 0.1, 0.1, 0.6]])
-    b = FixedScores([[0, 10, 0, 0, 8], [0, 4, 2, 0, 0], [6, 0, 0, 0, 0]])
+    b = FixedScores([[0, 10, 0, 0, 8], [0, 4, 2, 0, 0], [6, 0, 0, 0, 0]], no_match=0.0)
     retrievers = {
         "rrf": ReciprocalRankFusion([a, b], [1.0, 1.0], k=1, depth=2),
         "weighted": WeightedScoreFusion([a, b], [0.5, 0.5]),
@@ -793,6 +798,28 @@ def test_fusion_metrics_by_hand():
     for name in retrievers:
         assert metrics[name]["mrr@10"] == pytest.approx((1 / 2 + 1 + 1 / 2) / 3), name
         assert metrics[name]["recall@1"] == pytest.approx(1 / 3), name
+
+
+def test_rrf_gives_every_ranked_passage_its_share_and_bm25_none_to_unmatched(tmp_path):
+    """Standard RRF (sum of weight / (k + rank) over each part's top depth) where every passage is matched: a dense
+    part's last passage in a corpus no deeper than ``depth``, and BM25's lowest-scored passage when it shares a word
+    with the query, get their share (the rule 'no share at the part's minimum' took it from them); a BM25 passage
+    sharing no word gets none, also for bm25s's bm25+ and bm25l, which score absent words above 0."""
+    split = PreparedSplit(
+        query_texts=["cat"], query_tokens=None, passage_texts=["a cat sat", "cat cat", "the cat ran", "dog ran far"], passage_tokens=None,
+        positives=Ragged.from_lists([[0]]), candidates=Ragged.from_lists([[0, 1, 2, 3]]),
+    )
+    dense = FixedScores([[0.9, 0.5, 0.1, 0.3]])
+    fused = ReciprocalRankFusion([dense], [1.0], k=60)
+    fused.prepare(split)
+    assert fused.scores(np.array([0]))[0].tolist() == pytest.approx([1 / 61, 1 / 62, 1 / 64, 1 / 63])
+    matched = FixedScores([[1.0, 2.0, 3.0, 0.5]], no_match=0.0)
+    assert ReciprocalRankFusion([dense, matched], [1.0, 1.0]).scores(np.array([0]))[0].tolist() == pytest.approx([1 / 61 + 1 / 63, 1 / 62 + 1 / 62, 1 / 64 + 1 / 61, 1 / 63 + 1 / 64])
+    for method in ("lucene", "bm25+", "bm25l"):
+        bm25 = BM25Retriever(method=method, stopwords=None)
+        bm25.prepare(split)
+        shares = ReciprocalRankFusion([bm25], [1.0]).scores(np.array([0]))[0].tolist()
+        assert [s > 0 for s in shares] == [True, True, True, False], method  # "dog ran far" shares no word
 
 
 def test_corrupted_index_part_and_truncated_checkpoint_are_refused(trained, tmp_path):
@@ -964,6 +991,123 @@ def test_stored_vectors_come_back_from_flat_and_ivf_indexes():
 
 
 # ----------------------------------------------------------------------------------------- hybrid search in index folders
+
+
+def test_index_stores_the_vectors_the_model_scores_with(trained, tmp_path):
+    """A passage with no readable word ("!!!") has a zero bag part, so the model's vector is shorter than 1 and
+    evaluate.py scores it low; the folder stores it as it is (L2-normalising it lifted it 1.4x above where
+    evaluate ranks it) and scores queries as the model does, so the folder ranks and scores as the brute force."""
+    from two_tower.retrieval.checkpoint import load_checkpoint
+    from two_tower.retrieval.indexer import encode_passages
+
+    split = validation_split(trained["data"])
+    texts = split.passage_texts[:60] + ["!!!", "\U0001F600 \U0001F600 \U0001F600"]
+    corpus = tmp_path / "corpus.tsv"
+    corpus.write_text("".join(f"p{i}\t{t}\n" for i, t in enumerate(texts)), encoding="utf-8")
+    build_index(compose_retrieval("index", [f"ckpt={trained['ckpt']}", f"corpus={corpus}", f"out={tmp_path / 'index'}"]))
+    module = load_checkpoint(str(trained["ckpt"]))
+    vectors = encode_passages(module, texts)
+    assert np.linalg.norm(vectors[-2:], axis=1).max() < 0.99  # the case: shorter than the rest
+    searcher = Searcher.load(tmp_path / "index", hybrid=False)
+    assert searcher.index.vectors(np.arange(len(texts))) == pytest.approx(vectors, abs=1e-6)
+    queries = split.query_texts[:20]
+    scores = searcher.encoder.encode(queries) @ vectors.T
+    for q, hits in enumerate(searcher.search(queries, k=len(texts))):
+        order = np.lexsort((np.arange(len(texts)), -scores[q]))
+        assert [h.id for h in hits] == [f"p{i}" for i in order]
+        assert [h.score for h in hits] == pytest.approx(scores[q][order].tolist(), abs=1e-5)
+
+
+def brute_force_smoothing(vectors: np.ndarray, neighbours: int, weight: float) -> np.ndarray:
+    """Each vector moved towards the mean of its nearest other vectors (exact, ties to the lower row), kept at its
+    own length, with numpy loops."""
+    out = []
+    for i, v in enumerate(vectors):
+        order = [j for j in np.lexsort((np.arange(len(vectors)), -(vectors @ v))) if j != i][:neighbours]
+        moved = (1 - weight) * v + weight * np.mean(vectors[order], axis=0) if order else v
+        out.append(moved * np.linalg.norm(v) / np.linalg.norm(moved))
+    return np.array(out, dtype=np.float32)
+
+
+def test_neighbour_smoothing_is_the_brute_force_mean_of_nearest_passages():
+    """Smoothed vectors equal a numpy loop's, also with exact duplicates (a duplicate is its twin's nearest
+    neighbour, and itself is left out), a corpus smaller than the neighbours asked for, and from an
+    approximate index whose neighbours are nearly all the exact ones; bad settings are one ConfigError each."""
+    from two_tower.retrieval.smoothing import NeighbourSmoothing
+
+    vectors = clustered(300, 16, 6, seed=5)
+    vectors[7] = vectors[3]  # an exact duplicate
+    vectors[11] *= 0.7  # shorter than the rest (as a passage with no readable word under a bag path): kept so
+    for neighbours, weight in ((1, 0.5), (5, 0.2), (3, 1.0)):
+        smoothing = NeighbourSmoothing(neighbours, weight)
+        got = np.concatenate(list(smoothing.chunks(build_faiss(vectors.copy(), "Flat", normalize=False), 64, progress=False)))
+        assert got == pytest.approx(brute_force_smoothing(vectors, neighbours, weight), abs=1e-5)
+    assert np.concatenate(list(NeighbourSmoothing(5, 0.0).chunks(build_faiss(vectors.copy(), "Flat", normalize=False), 64, progress=False))) == pytest.approx(vectors, abs=1e-6)
+    few = vectors[:3].copy()
+    assert NeighbourSmoothing(10, 0.3).vectors(build_faiss(few.copy(), "Flat"), np.arange(3)) == pytest.approx(brute_force_smoothing(few, 10, 0.3), abs=1e-5)
+    one = vectors[:1].copy()
+    assert NeighbourSmoothing(5, 0.3).vectors(build_faiss(one.copy(), "Flat"), np.arange(1)) == pytest.approx(one, abs=1e-6)
+    hnsw = np.concatenate(list(NeighbourSmoothing(5, 0.2).chunks(build_faiss(vectors.copy(), "HNSW32", normalize=False), 100, progress=False)))
+    assert np.mean(np.abs(hnsw - brute_force_smoothing(vectors, 5, 0.2)).max(1) < 1e-5) > 0.9
+    ivf = np.concatenate(list(NeighbourSmoothing(5, 0.2).chunks(build_faiss(vectors.copy(), "IVF4,Flat", train_size=300, normalize=False), 100, progress=False)))
+    assert np.mean(np.abs(ivf - brute_force_smoothing(vectors, 5, 0.2)).max(1) < 1e-5) > 0.8
+    for bad in ({"neighbours": 0}, {"neighbours": 2.5}, {"neighbours": True}, {"weight": 1.5}, {"weight": float("nan")}, {"weight": "0.2"}):
+        with pytest.raises(ConfigError, match="smooth"):
+            NeighbourSmoothing(**bad)
+    with pytest.raises(ConfigError, match="smooth.foo: unknown setting; smooth has neighbours, weight"):
+        NeighbourSmoothing.from_config({"foo": 1})
+
+
+def test_smoothed_index_folder_ranks_as_evaluate_dense_smoothed(trained, tmp_path):
+    """index.py smooth=neighbours stores the vectors evaluate's dense_smoothed ranks by (the brute-force
+    smoothing of the dense retriever's passages), so the folder's Searcher returns the same passages and scores,
+    also with feedback on top (dense_smoothed_prf); the manifest records the setting; a bad one is refused
+    before anything is loaded."""
+    from two_tower.retrieval.prf import RocchioPRF
+
+    cfg = compose_retrieval("evaluate", [f"ckpt={trained['ckpt']}", f"data.path={trained['data']}", f"out={tmp_path / 'eval'}", "retriever=[dense_smoothed_prf]", "save_runs=true"])
+    metrics = evaluate(cfg)
+    assert list(metrics) == ["dense", "dense_smoothed", "dense_smoothed_prf"]
+    assert metrics["dense_smoothed"]["mrr@10"] != metrics["dense"]["mrr@10"]  # the smoothing changed something
+
+    split = validation_split(trained["data"])
+    dense = DenseRetriever(str(trained["ckpt"]))
+    dense.prepare(split)
+    smoothed = brute_force_smoothing(dense.passages.numpy(), 5, 0.2)
+    rows = split.evaluated_queries()
+    ranked = np.lexsort((np.broadcast_to(np.arange(len(smoothed)), (len(rows), len(smoothed))), -(dense.queries[rows].numpy() @ smoothed.T)), axis=-1)
+    reciprocal = []
+    for row, order in zip(rows, ranked):
+        hits = [rank for rank, pid in enumerate(order[:10], 1) if pid in set(split.positives[row].tolist())]
+        reciprocal.append(1 / hits[0] if hits else 0.0)
+    assert metrics["dense_smoothed"]["mrr@10"] == pytest.approx(np.mean(reciprocal), abs=1e-9)
+
+    folder = tmp_path / "smoothed"
+    build_index(compose_retrieval("index", [f"ckpt={trained['ckpt']}", f"data.path={trained['data']}", f"out={folder}", "smooth=neighbours"]))
+    assert json.loads((folder / "manifest.json").read_text())["config"]["smooth"] == {"neighbours": 5, "weight": 0.2}
+    runs = {}
+    for name in ("dense_smoothed", "dense_smoothed_prf"):
+        for line in (tmp_path / "eval" / "runs" / f"{name}.trec").read_text().splitlines():
+            qid, _, pid, rank, score, _ = line.split()
+            runs.setdefault(name, {}).setdefault(qid, []).append((pid, float(score)))
+    queries = [split.query_texts[r] for r in rows]
+    for name, prf in (("dense_smoothed", None), ("dense_smoothed_prf", RocchioPRF())):
+        results = Searcher.load(folder, hybrid=False, prf=prf).search(queries, k=10)
+        for row, hits in zip(rows, results):
+            expected = runs[name][str(row)][:10]
+            assert [h.id for h in hits] == [pid for pid, _ in expected], (name, row)
+            assert [h.score for h in hits] == pytest.approx([s for _, s in expected], abs=1e-5)
+    plain = Searcher.load(trained["index"], hybrid=False).search(queries, k=10)
+    assert [[h.id for h in hits] for hits in plain] != [[h.id for h in hits] for hits in Searcher.load(folder, hybrid=False).search(queries, k=10)]
+
+    # checked before the checkpoint is read (this one does not exist)
+    for bad, message in (("smooth.neighbours=0", "smooth.neighbours=0: must be a whole number from 1 to 1000"),
+                         ("smooth.weight=2", "smooth.weight=2: must be a number from 0 (the passage's own vector) to 1 (its neighbours' mean)")):
+        out = tmp_path / "refused"
+        with pytest.raises(ConfigError) as err:
+            build_index(compose_retrieval("index", [f"ckpt={tmp_path / 'no.ckpt'}", f"data.path={trained['data']}", f"out={out}", "smooth=neighbours", bad]))
+        assert str(err.value) == message
+        assert not out.exists()
 
 
 def test_searcher_hybrid_ranks_as_evaluate_hybrid_weighted(trained, tmp_path):

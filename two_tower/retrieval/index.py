@@ -118,11 +118,14 @@ def build_faiss_streamed(
     search_params: str | None = None,
     seed: int = 0,
     seconds: dict | None = None,
+    normalize: bool = True,
 ) -> faiss.Index:
     """A FAISS index built without holding all float vectors: ``vectors_of(rows)`` gives the vectors of
     the (sorted) ``training_rows`` (called only when the index needs training, e.g. IVF, PQ, OPQ), then
     ``chunks`` (an iterable of [n, dim] arrays, in row order, ``num_vectors`` rows in all) is added one
-    chunk at a time. Vectors are L2-normalised here (in place when already contiguous float32).
+    chunk at a time. Vectors are L2-normalised here (in place when already contiguous float32), unless
+    ``normalize`` is False: ``index.py`` stores a model's passage vectors as the model scores with them (unit
+    length, except a passage with no readable word under a bag-of-words path, whose bag part is zero).
 
     Memory: the index itself (codes) + one chunk + the training sample. For ``Flat`` and ``HNSW`` the
     index is the float vectors, so streaming saves only the copy. ``seconds`` (a dict), if given, gets
@@ -141,7 +144,8 @@ def build_faiss_streamed(
         clock = time.perf_counter()
         sample = np.ascontiguousarray(vectors_of(rows), dtype=np.float32)
         seconds["vectors"] += time.perf_counter() - clock
-        faiss.normalize_L2(sample)
+        if normalize:
+            faiss.normalize_L2(sample)
         log.info("Training %s on %d vectors", factory, len(sample))
         clock = time.perf_counter()
         try:
@@ -159,7 +163,8 @@ def build_faiss_streamed(
         if not np.isfinite(chunk).all():
             bad = int(np.flatnonzero(~np.isfinite(chunk).all(1))[0]) + index.ntotal
             raise IndexFolderError(f"passage {bad}: its vector is not finite (NaN or inf): the model's output is broken; nothing was written")
-        faiss.normalize_L2(chunk)
+        if normalize:
+            faiss.normalize_L2(chunk)
         index.add(chunk)
         seconds["add"] += time.perf_counter() - clock
         clock = time.perf_counter()
@@ -170,7 +175,7 @@ def build_faiss_streamed(
     return index
 
 
-def build_faiss(vectors: np.ndarray, factory: str = "Flat", train_size: int = 100_000, search_params: str | None = None, seed: int = 0) -> faiss.Index:
+def build_faiss(vectors: np.ndarray, factory: str = "Flat", train_size: int = 100_000, search_params: str | None = None, seed: int = 0, normalize: bool = True) -> faiss.Index:
     """A FAISS index from ``faiss.index_factory`` (e.g. ``Flat``, ``HNSW32``, ``IVF1024,Flat``) with
     inner-product metric, holding ``vectors`` in row order (L2-normalised here, in place when they are
     already a contiguous float32 array, to save a copy).
@@ -180,7 +185,7 @@ def build_faiss(vectors: np.ndarray, factory: str = "Flat", train_size: int = 10
     (``build_faiss_streamed`` with the vectors in memory: the same index.)
     """
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)  # normalised in place as the one chunk
-    return build_faiss_streamed(len(vectors), vectors.shape[1], lambda rows: vectors[rows], [vectors], factory, train_size, search_params, seed)
+    return build_faiss_streamed(len(vectors), vectors.shape[1], lambda rows: vectors[rows], [vectors], factory, train_size, search_params, seed, normalize=normalize)
 
 
 def set_search_params(index: faiss.Index, params: str, message: str) -> None:
@@ -421,8 +426,9 @@ class PassageIndex:
         set_search_params(self.index, params, f"search_params={params!r} does not apply to this {self.manifest['faiss']['type']} index")
 
     def search(self, vectors: np.ndarray, k: int) -> SearchHits:
-        """Top-``k`` rows by inner product; among equal scores the lower row comes first."""
-        vectors = normalised(vectors)
+        """Top-``k`` rows by inner product with ``vectors`` as given (the query tower's output: what evaluate.py
+        scores with); among equal scores the lower row comes first."""
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         k = check_k(k)
         if not np.isfinite(vectors).all():
             raise ConfigError(f"query {int(np.flatnonzero(~np.isfinite(vectors).all(1))[0]) + 1} of {len(vectors)}: its vector is not finite (NaN or inf): the query tower's output is broken")

@@ -21,6 +21,7 @@ from two_tower.core.threads import set_threads
 from two_tower.core.errors import ConfigError
 from two_tower.retrieval.index import build_faiss_streamed, bytes_per_vector, check_replaceable, valid_hybrid_weights, write_index_folder
 from two_tower.retrieval.query_encoder import QueryEncoder
+from two_tower.retrieval.smoothing import NeighbourSmoothing, prepare_reconstruct
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +119,7 @@ def build_index(cfg: DictConfig) -> Path:
         raise ConfigError("ckpt is not set: which trained checkpoint encodes the passages? index.py ckpt=PATH/TO/last.ckpt")
     set_threads(cfg.get("threads"))
     check_config(cfg, ["batch_size", "index.add_chunk", "index.train_size", "seed", "overwrite"])
+    smoothing = NeighbourSmoothing.from_config(cfg.get("smooth"))
     check_replaceable(cfg.out, cfg.overwrite, keep=[p for p in (cfg.corpus, cfg.ckpt, cfg.get("data", {}).get("path"), run_folder()) if p])
     # Before any loading or encoding: the folder the index goes to must take files.
     check_writable(Path(cfg.out).expanduser().resolve().parent, f"out={cfg.out}", min_free_bytes=1 << 20)
@@ -146,12 +148,24 @@ def build_index(cfg: DictConfig) -> Path:
         cfg.index.search_params,
         cfg.seed,
         seconds := {},
+        normalize=False,  # the vectors the model scores with, as evaluate.py and validation rank them
     )
+    if smoothing is not None:
+        # the stored vectors moved towards their neighbours: a second index of the same factory from the first
+        log.info("Smoothing every passage towards its %d nearest (weight %s)", smoothing.neighbours, smoothing.weight)
+        raw, clock = index, time.perf_counter()
+        prepare_reconstruct(raw)
+        index = build_faiss_streamed(
+            len(texts), dim, lambda rows: smoothing.vectors(raw, rows), smoothing.chunks(raw, chunk), cfg.index.factory, cfg.index.train_size, cfg.index.search_params, cfg.seed,
+            normalize=False,
+        )
+        del raw
+        seconds["smooth"] = time.perf_counter() - clock
     manifest = {
         "config": OmegaConf.to_container(cfg, resolve=True),
         "source": {**passages.source, "texts": passages.texts_hash()},
         "model": model_identity(module, cfg.ckpt),
-        "seconds": {"load": round(loaded - start, 2), "encode": round(seconds["vectors"], 2), "faiss_train": round(seconds["train"], 2), "faiss_add": round(seconds["add"], 2), **bm25_seconds},
+        "seconds": {"load": round(loaded - start, 2), "encode": round(seconds["vectors"], 2), "faiss_train": round(seconds["train"], 2), "faiss_add": round(seconds["add"], 2), **({"smooth": round(seconds["smooth"], 2)} if "smooth" in seconds else {}), **bm25_seconds},
     }
     encoder = QueryEncoder.from_module(module)
     path = write_index_folder(cfg.out, index, passages.ids, passages.texts, encoder, manifest, overwrite=cfg.overwrite, statistics=statistics,

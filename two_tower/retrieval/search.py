@@ -120,7 +120,8 @@ class Searcher:
         queries = list(queries)  # any iterable (a generator, a tuple, a pandas Series)
         if not queries:
             return []
-        vectors = normalised(self.encoder.encode(queries))
+        # as the model scores (evaluate.py, validation): unit length, except a query with no readable word under a bag path
+        vectors = np.ascontiguousarray(self.encoder.encode(queries), dtype=np.float32)
         if self.prf is not None and self.prf.enabled:
             first = self.index.search(vectors, self.prf.depth)
             found = first.rows >= 0
