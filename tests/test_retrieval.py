@@ -515,6 +515,54 @@ def test_search_command_writes_json_lines_for_scripts(trained, capsys, monkeypat
     assert search_main([index, "format=xml", "apple"]) == 2 and capsys.readouterr().err == "error: format='xml': must be one of text, jsonl\n"
 
 
+def test_search_command_output_interactive_input_and_stdin_edge_cases(trained, tmp_path, capsys, monkeypatch):
+    """--interactive prompts on stderr (stdout holds results only: format=jsonl stays JSON lines) and names a line
+    that is not UTF-8 instead of searching its replacement characters; max_chars below 4 cuts without "..."; a
+    closed stdin with no query is the usage error; a reader that closes the pipe stops it quietly (141, no
+    traceback), a full disk is one error line (1)."""
+    import io
+    import subprocess
+    import sys
+
+    index = f"index={trained['index']}"
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"apple\ncaf\xe9 river\nbanana\n"), encoding="utf-8", errors="surrogateescape"))
+    assert search_main([index, "--interactive", "format=jsonl", "k=2"]) == 0
+    out, err = capsys.readouterr()
+    assert [json.loads(line)["query"] for line in out.splitlines()] == ["apple", "banana"]
+    assert "error: the query is not UTF-8 text\n" in err and err.count("query> ") == 4
+    assert search_main([index, "apple", "k=1", "max_chars=2", "hybrid=false"]) == 0
+    hit = Searcher.load(trained["index"], hybrid=False).search(["apple"], 1)[0][0]
+    assert capsys.readouterr().out.splitlines()[1].endswith(f"[{hit.id}]  {hit.text[:2]}")
+    monkeypatch.setattr("sys.stdin", None)
+    assert search_main([index]) == 2 and capsys.readouterr().err.startswith("error: no query given\n")
+
+    command = [sys.executable, "-m", "two_tower.cli.search", index, "format=jsonl", "threads=1"]
+    reader = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    reader.stdin.write(b"apple river\n" * 5000)
+    reader.stdin.close()
+    assert json.loads(reader.stdout.readline())["query"] == "apple river"
+    reader.stdout.close()  # as | head -1 does
+    assert reader.wait(timeout=300) == 141 and reader.stderr.read() == b""
+    with open("/dev/full", "w") as full:
+        done = subprocess.run([*command[:-2], "apple"], stdout=full, stderr=subprocess.PIPE, text=True, timeout=300)
+    assert done.returncode == 1 and done.stderr == "error: cannot write the results to stdout (No space left on device); they are incomplete\n"
+
+
+def test_a_rerank_with_k_beyond_the_corpus_returns_the_corpus(trained, tmp_path, monkeypatch):
+    """k is cut to the corpus's size before the MaxSim rerank sizes its arrays by it (k=10**12 asked for 7 TB)."""
+    from tests.test_maxsim import static_model_over
+    from two_tower.retrieval import maxsim as ms
+
+    monkeypatch.setenv("TWO_TOWER_CACHE", str(tmp_path))
+    split = validation_split(trained["data"])
+    static_model_over(sorted({w for t in split.passage_texts for w in t.lower().split()}), dim=8)
+    try:
+        searcher = Searcher.load(trained["index"], rerank=ms.MaxSimRerank(teacher="tiny", dim=8))
+        assert len(searcher.search(["apple river"], k=10**12)[0]) == len(searcher.index)
+    finally:
+        ms.static_tokens.cache_clear()
+
+
 def test_search_command_reads_free_text_queries_as_queries(trained, capsys, monkeypatch):
     """query=... is taken as typed (Hydra's lexer refused an apostrophe, a comma made it a sweep); an
     argument with white space whose key is not a setting is a query ("E=mc2 apple"), a setting's value may

@@ -63,13 +63,54 @@ def render(query: str, hits: list[Hit], cfg) -> str:
 def format_results(query: str, hits: list[Hit], max_chars: int) -> str:
     lines = [f"query: {query}"]
     for rank, hit in enumerate(hits, start=1):
-        text = hit.text if not max_chars or len(hit.text) <= max_chars else hit.text[: max_chars - 3] + "..."
+        if not max_chars or len(hit.text) <= max_chars:
+            text = hit.text
+        else:  # cut with "..." where there is room for it (max_chars=1 took [:-2], nearly the whole text)
+            text = hit.text[: max_chars - 3] + "..." if max_chars > 3 else hit.text[:max_chars]
         lines.append(f"{rank:3d}  {hit.score:.4f}  [{hit.id}]  {text}")
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """The search.py command; returns the exit status (0 ok, 1 some queries failed, 2 unusable input)."""
+    """The search.py command; returns the exit status (0 ok, 1 some queries failed or the results could not all
+    be written, 2 unusable input; 141 when the reader of stdout closed it, as a shell pipeline's writer)."""
+    try:
+        return _main(argv)
+    except BrokenPipeError:  # e.g. | head -1: stop quietly (and keep Python from failing again at exit)
+        _drop_stdout()
+        return 141
+    except OSError as err:
+        if not _writing_stdout_failed(err):
+            raise
+        _drop_stdout()
+        print(f"error: cannot write the results to stdout ({err.strerror or err}); they are incomplete", file=sys.stderr)
+        return 1
+
+
+def _writing_stdout_failed(err: OSError) -> bool:
+    """Whether ``err`` came from writing stdout (a full disk, a closed descriptor), not from reading a file."""
+    import traceback
+
+    return any(frame.name == "_print_out" for frame in traceback.extract_tb(err.__traceback__))
+
+
+def _drop_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's flush at exit does not raise again."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
+def _print_out(text: str) -> None:
+    """A result on stdout, flushed at once (a failed write surfaces here, named by ``main``)."""
+    print(text, flush=True)
+
+
+def _main(argv: list[str] | None) -> int:
     overrides, words, interactive, raw_query = split_arguments(sys.argv[1:] if argv is None else argv)
     message = search_override_error("search", overrides)
     if message:
@@ -90,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     if cfg.index is None:
         print(f"error: which index? pass index=DIR (a folder written by index.py)\n{USAGE}", file=sys.stderr)
         return 2
-    if query is None and not interactive and sys.stdin.isatty():
+    if query is None and not interactive and (sys.stdin is None or sys.stdin.isatty()):  # None: stdin closed
         print(f"error: no query given\n{USAGE}", file=sys.stderr)
         return 2
     try:
@@ -101,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         rerank = MaxSimRerank.from_config(cfg.get("rerank"))
         searcher = Searcher.load(cfg.index, checkpoint=cfg.ckpt, search_params=cfg.search_params, prf=prf, hybrid=cfg.hybrid, rerank=rerank)
         if query is not None:
-            print(render(query, searcher.search([query], cfg.k)[0], cfg))
+            _print_out(render(query, searcher.search([query], cfg.k)[0], cfg))
             return 0
     except TwoTowerError as err:
         return report(err)
@@ -113,20 +154,39 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _interactive(searcher: Searcher, cfg) -> int:
+    """Queries typed one at a time. The prompt goes to stderr, so stdout holds results only (format=jsonl stays
+    one JSON object a line); a terminal reads with line editing (input()), anything else as bytes decoded line by
+    line, so a line that is not UTF-8 is one error line whatever the locale."""
+    tty = sys.stdin is not None and sys.stdin.isatty()
     while True:
+        print("query> ", end="", file=sys.stderr, flush=True)
         try:
-            query = input("query> ")
+            if tty:
+                query = input()
+            else:
+                raw = sys.stdin.buffer.readline() if sys.stdin is not None else b""
+                if not raw:
+                    raise EOFError
+                try:
+                    query = raw.decode("utf-8").rstrip("\r\n")
+                except UnicodeDecodeError:
+                    query = "\udcff"  # not UTF-8: refused below
         except (EOFError, KeyboardInterrupt):
-            print()
+            print(file=sys.stderr)
             return 0
+        except UnicodeDecodeError:  # a terminal whose strict locale cannot decode the line
+            query = "\udcff"
         if not query.strip():
             return 0
+        if not_utf8(query):
+            print("error: the query is not UTF-8 text", file=sys.stderr)
+            continue
         try:
             searcher.encoder.check_query(query)
         except EmptyQueryError as err:
             print(f"error: {err}", file=sys.stderr)
             continue
-        print(render(query, searcher.search([query], cfg.k)[0], cfg), flush=True)
+        _print_out(render(query, searcher.search([query], cfg.k)[0], cfg))
 
 
 def _batches(searcher: Searcher, cfg, lines) -> int:
@@ -138,7 +198,7 @@ def _batches(searcher: Searcher, cfg, lines) -> int:
     def flush():
         results = searcher.search([q for _, q in batch], cfg.k)
         for (_, query), hits in zip(batch, results):
-            print(render(query, hits, cfg) + ("\n" if cfg.format == "text" else ""), flush=True)  # text: a blank line between
+            _print_out(render(query, hits, cfg) + ("\n" if cfg.format == "text" else ""))  # text: a blank line between
         batch.clear()
 
     for number, line in enumerate(lines, start=1):

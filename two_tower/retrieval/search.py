@@ -126,7 +126,8 @@ class Searcher:
             first = self.index.search(vectors, self.prf.depth)
             found = first.rows >= 0
             vectors = normalised(self.prf.expand(vectors, self.index.vectors(np.where(found, first.rows, 0)), found))
-        k = check_k(k)  # before max(k, depth) below
+        # before max(k, depth) below; never more than the corpus holds (a rerank sizes its arrays by k)
+        k = max(1, min(check_k(k), len(self.index)))
         depth = k if self.maxsim is None else max(k, self.rerank.depth)
         hits = self.index.search(vectors, depth) if self.lexical is None else self.hybrid_search(queries, vectors, depth)
         if self.maxsim is not None:
