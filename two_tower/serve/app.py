@@ -55,7 +55,10 @@ from two_tower.retrieval.search import Searcher
 STATIC = Path(__file__).parent / "static"
 # A query needs a letter or digit (what the tokenizer reads as a word): so the schema says which queries
 # are searchable, and "?!", an emoji or a zero-width space are refused before any search.
-NOT_BLANK = r"[^\W_]"
+# Checked by pydantic's Rust regex engine, whose \w leaves out the "other numbers" Python's (the tokenizer's)
+# counts as word characters (½, ², ₂): \p{No} adds them, so no query the tokenizer searches is refused here (a
+# full scan of Unicode finds none; the other way round the tokenizer's own check answers 422).
+NOT_BLANK = r"[^\W_]|\p{No}"
 # The page and its assets come only from this server; no inline script, so injected markup cannot run.
 PAGE_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'; frame-ancestors 'none'",
@@ -146,7 +149,7 @@ class HealthResponse(BaseModel):
 ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorResponse, "description": "Body that cannot be decoded (not UTF-8 JSON text)"},
     503: {"model": ErrorResponse, "description": "Busy (every search slot taken and max_waiting searches waiting: retry after Retry-After seconds), or the server stopped (SIGTERM, then shutdown_timeout) before this request was answered"},
-    415: {"model": ErrorResponse, "description": "Body sent with a Content-Type other than JSON (curl -d without -H 'Content-Type: application/json')"},
+    415: {"model": ErrorResponse, "description": "Body sent with a Content-Type other than JSON (curl -d without -H 'Content-Type: application/json'), or compressed (a Content-Encoding)"},
     413: {"model": ErrorResponse, "description": "Request body larger than a full batch can be"},
     422: {"model": ErrorResponse, "description": "Invalid request: the error says what is wrong"},
 }
@@ -518,6 +521,11 @@ class BodyLimit:
             if not message.get("more_body", False):
                 break
         body = b"".join(chunks)
+        encoding = dict(scope["headers"]).get(b"content-encoding", b"").strip().lower()
+        if body and encoding not in (b"", b"identity"):  # a gzip body was read as text: "not UTF-8 (byte 1)"
+            sent = _clean(encoding.decode("latin-1"), 40)
+            error = f"body: sent with Content-Encoding: {sent}; send the JSON object uncompressed (this server reads no encoded body)"
+            return await _error_response(415, error, [ErrorItem(loc=["body"], msg=error, type="content_encoding")])(scope, receive, send)
         if _json_content(scope):  # what FastAPI reads as JSON: json.loads would take UTF-16 and UTF-32 too; the API takes UTF-8 (RFC 8259)
             try:
                 text = body.decode("utf-8")
