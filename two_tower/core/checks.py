@@ -142,15 +142,21 @@ def unknown_setting(group: str, key: str, known: list[str]) -> str:
     return f"{group}.{key}: unknown setting; {group} has {', '.join(known)}"
 
 
-def group_settings(cls, settings, group: str):
-    """A config group's mapping (``cfg.prf``, ``cfg.rerank``) as its settings dataclass ``cls`` (None gives
-    None); a key ``cls`` has no field for is a ConfigError naming it and the group's settings."""
-    from dataclasses import fields
+class GroupSettings:
+    """Base of a config group's settings dataclass (``prf``, ``rerank``, ``smooth``): ``GROUP`` names the group."""
 
-    if settings is None:
-        return None
-    known = [f.name for f in fields(cls)]
-    unknown = [k for k in settings if k not in known]
-    if unknown:
-        raise ConfigError(unknown_setting(group, unknown[0], known))
-    return cls(**settings)
+    GROUP = ""
+
+    @classmethod
+    def from_config(cls, settings):
+        """The group's mapping (``cfg.prf``, ...) as this dataclass (None, the group off, gives None); a key the
+        dataclass has no field for is a ConfigError naming it and the group's settings."""
+        from dataclasses import fields
+
+        if settings is None:
+            return None
+        known = [f.name for f in fields(cls)]
+        unknown = [k for k in settings if k not in known]
+        if unknown:
+            raise ConfigError(unknown_setting(cls.GROUP, unknown[0], known))
+        return cls(**settings)

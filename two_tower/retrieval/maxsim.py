@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 from two_tower.core.cache import ContentCache, default_root
-from two_tower.core.checks import group_settings
+from two_tower.core.checks import GroupSettings
 from two_tower.core.errors import ConfigError, TwoTowerError
 from two_tower.core.metrics import rank_by_scores
 from two_tower.data.embeddings import DistilledEmbeddings
@@ -61,9 +61,11 @@ MAX_DEPTH = 1000
 
 
 @dataclass(frozen=True)
-class MaxSimRerank:
+class MaxSimRerank(GroupSettings):
     """How many first-stage passages are scored again, the weight of MaxSim in the fusion, and which static
     model gives the token vectors (``embeddings=distilled``'s teacher and dimension; cached by content)."""
+
+    GROUP = "rerank"
 
     depth: int = 100
     weight: float = 0.5
@@ -71,11 +73,6 @@ class MaxSimRerank:
     dim: int = 256
     # passage tokens read (the teacher's own max_seq_length); a passage's tail beyond it is not matched
     max_tokens: int = 256
-
-    @classmethod
-    def from_config(cls, settings) -> "MaxSimRerank | None":
-        """From a config mapping (``cfg.rerank``; None gives None); an unknown key is a ConfigError naming it."""
-        return group_settings(cls, settings, "rerank")
 
     def __post_init__(self):
         for name in ("depth", "dim", "max_tokens"):

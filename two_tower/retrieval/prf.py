@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from two_tower.core.checks import group_settings
+from two_tower.core.checks import GroupSettings
 from two_tower.core.errors import ConfigError
 from two_tower.core.metrics import rank_by_scores
 from two_tower.data.prepared import PreparedSplit
@@ -32,18 +32,14 @@ MAX_DEPTH = 1000
 
 
 @dataclass(frozen=True)
-class RocchioPRF:
+class RocchioPRF(GroupSettings):
     """How many top passages feed back (0 = off) and the weights of the query and of their mean."""
+
+    GROUP = "prf"
 
     depth: int = 5
     alpha: float = 0.4
     beta: float = 0.6
-
-    @classmethod
-    def from_config(cls, settings) -> "RocchioPRF | None":
-        """From a config mapping (``cfg.prf``; None, no feedback, gives None); an unknown key is a
-        ConfigError naming it."""
-        return group_settings(cls, settings, "prf")
 
     def __post_init__(self):
         if not isinstance(self.depth, int) or isinstance(self.depth, bool) or not 0 <= self.depth <= MAX_DEPTH:

@@ -33,7 +33,7 @@ import faiss
 import numpy as np
 import torch
 
-from two_tower.core.checks import group_settings
+from two_tower.core.checks import GroupSettings
 from two_tower.core.errors import ConfigError
 from two_tower.data.prepared import PreparedSplit
 from two_tower.retrieval.index import build_faiss
@@ -46,17 +46,13 @@ MAX_NEIGHBOURS = 1000
 
 
 @dataclass(frozen=True)
-class NeighbourSmoothing:
+class NeighbourSmoothing(GroupSettings):
     """How many nearest passages each passage is moved towards, and how far (0 = not at all, 1 = to their mean)."""
+
+    GROUP = "smooth"
 
     neighbours: int = 5
     weight: float = 0.2
-
-    @classmethod
-    def from_config(cls, settings) -> "NeighbourSmoothing | None":
-        """From a config mapping (``cfg.smooth``; None, no smoothing, gives None); an unknown key is a
-        ConfigError naming it."""
-        return group_settings(cls, settings, "smooth")
 
     def __post_init__(self):
         n = self.neighbours
