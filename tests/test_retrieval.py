@@ -1114,6 +1114,10 @@ def test_smoothed_index_folder_ranks_as_evaluate_dense_smoothed(trained, tmp_pat
     from two_tower.retrieval.prf import RocchioPRF
 
     cfg = compose_retrieval("evaluate", [f"ckpt={trained['ckpt']}", f"data.path={trained['data']}", f"out={tmp_path / 'eval'}", "retriever=[dense_smoothed_prf]", "save_runs=true"])
+    from two_tower.retrieval.smoothing import NeighbourSmoothing
+
+    settings = {k: v for k, v in cfg.retriever.dense_smoothed.items() if k not in ("_target_", "parts")}
+    assert NeighbourSmoothing(**settings) == NeighbourSmoothing() == NeighbourSmoothing.from_config(compose_retrieval("index", ["smooth=neighbours"]).smooth)  # one setting in code and configs
     metrics = evaluate(cfg)
     assert list(metrics) == ["dense", "dense_smoothed", "dense_smoothed_prf"]
     assert metrics["dense_smoothed"]["mrr@10"] != metrics["dense"]["mrr@10"]  # the smoothing changed something

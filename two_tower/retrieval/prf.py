@@ -71,13 +71,14 @@ class PRFRetriever(SplitRetriever):
     """``evaluate.py``'s Rocchio feedback over another vector retriever (``parts: [dense]`` or ``[teacher]``):
     reuses that retriever's query and passage vectors, so nothing is encoded twice."""
 
-    def __init__(self, parts: list[SplitRetriever], depth: int = 5, alpha: float = 0.4, beta: float = 0.6):
+    def __init__(self, parts: list[SplitRetriever], **settings):
+        """``settings``: ``RocchioPRF``'s (its defaults where not given)."""
         super().__init__()
         if len(parts) != 1:
             raise ConfigError(f"a PRF retriever reads one vector retriever's vectors; parts has {len(parts)}")
         if not all(hasattr(parts[0], name) for name in ("queries", "passages")):
             raise ConfigError(f"PRF needs a retriever with query and passage vectors (dense, teacher), not {type(parts[0]).__name__}")
-        self.part, self.prf = parts[0], RocchioPRF(depth, alpha, beta)
+        self.part, self.prf = parts[0], RocchioPRF(**settings)
 
     def prepare(self, split: PreparedSplit) -> None:
         super().prepare(split)

@@ -121,11 +121,12 @@ class SmoothedRetriever(SplitRetriever):
     builds with its default factory), its queries as they are. Has ``queries`` and ``passages``, so feedback
     (``PRFRetriever``) can run over it."""
 
-    def __init__(self, parts: list[SplitRetriever], neighbours: int = 5, weight: float = 0.2):
+    def __init__(self, parts: list[SplitRetriever], **settings):
+        """``settings``: ``NeighbourSmoothing``'s (its defaults where not given)."""
         super().__init__()
         if len(parts) != 1 or not all(hasattr(parts[0], name) for name in ("queries", "passages")):
             raise ConfigError("neighbour smoothing reads one vector retriever's vectors (parts: [dense] or [teacher])")
-        self.part, self.smoothing = parts[0], NeighbourSmoothing(neighbours, weight)
+        self.part, self.smoothing = parts[0], NeighbourSmoothing(**settings)
         self.queries = self.passages = None
 
     def prepare(self, split: PreparedSplit) -> None:
