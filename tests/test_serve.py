@@ -393,6 +393,8 @@ def test_serve_command_serves_with_its_settings(index_dir, tmp_path, monkeypatch
         (["index=X", "threads=0"], "error: threads=0: must be a whole number >= 1"),
         (["index=X", "k=50", "k_max=20"], "error: k=50: the default k must be a whole number in 1..k_max (20)"),
         (["index=X", "max_batch=0"], "error: max_batch=0: must be a whole number >= 1"),
+        (["index=X", "concurrency=0"], "error: concurrency=0: must be a whole number >= 1, or null (the CPU cores"),
+        (["index=X", "max_waiting=-1"], "error: max_waiting=-1: must be a whole number >= 0, or null (no limit)"),
         (["index=X", "hybrid=maybe"], "error: hybrid='maybe': must be true, false, null"),
         (["index=X", "hybrid=[1,-1]"], "error: hybrid=[1, -1]: must be true, false, null"),
         (["index=X", "prf=rocchio", "prf.depth=-1"], "error: prf.depth=-1: must be a whole number from 0"),

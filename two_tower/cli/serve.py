@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     from two_tower.retrieval.maxsim import MaxSimRerank
     from two_tower.retrieval.prf import RocchioPRF
     from two_tower.retrieval.search import Searcher
-    from two_tower.serve.app import Limits, check_seconds, create_app
+    from two_tower.serve.app import Limits, SearchSlots, check_seconds, create_app
 
     if cfg.index is None:
         print(f"error: which index? pass index=DIR (a folder written by index.py)\n{USAGE}", file=sys.stderr)
@@ -98,9 +98,9 @@ def main(argv: list[str] | None = None) -> int:
         _whole("max_connections", cfg.max_connections, 1)
         for name in ("header_timeout", "keep_alive_timeout", "body_timeout", "send_timeout", "shutdown_timeout"):
             check_seconds(name, cfg[name])
-        for name, least in (("threads", 1), ("concurrency", 1), ("max_waiting", 0)):
-            if cfg[name] is not None:
-                _whole(name, cfg[name], least)
+        if cfg.threads is not None:
+            _whole("threads", cfg.threads, 1)
+        SearchSlots.check(cfg.concurrency, cfg.max_waiting)
         limits = Limits(k=cfg.k, k_max=cfg.k_max, max_query_chars=cfg.max_query_chars, max_batch=cfg.max_batch, body_timeout=cfg.body_timeout)
         start = time.perf_counter()
         prf = RocchioPRF.from_config(cfg.get("prf"))

@@ -417,14 +417,19 @@ class SearchSlots:
     sheds load instead of making every answer later."""
 
     def __init__(self, size: int | None, max_waiting: int | None = None):
-        if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 1):
-            raise ConfigError(f"concurrency={size!r}: must be a whole number >= 1, or null (the CPU cores: {cpu_count()})")
-        if max_waiting is not None and (not isinstance(max_waiting, int) or isinstance(max_waiting, bool) or max_waiting < 0):
-            raise ConfigError(f"max_waiting={max_waiting!r}: must be a whole number >= 0, or null (no limit)")
+        self.check(size, max_waiting)
         self.size = size or cpu_count()
         self.max_waiting = max_waiting
         self._limiter = None
         self._admitted = 0  # searches running or waiting; read and changed on the event loop only, with no await between
+
+    @staticmethod
+    def check(size, max_waiting) -> None:
+        """The settings' one check (serve.py calls it before loading the index): a ConfigError naming the bad one."""
+        if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 1):
+            raise ConfigError(f"concurrency={size!r}: must be a whole number >= 1, or null (the CPU cores: {cpu_count()})")
+        if max_waiting is not None and (not isinstance(max_waiting, int) or isinstance(max_waiting, bool) or max_waiting < 0):
+            raise ConfigError(f"max_waiting={max_waiting!r}: must be a whole number >= 0, or null (no limit)")
 
     async def run(self, fn):
         import anyio
