@@ -1106,7 +1106,7 @@ def test_neighbour_smoothing_is_the_brute_force_mean_of_nearest_passages():
         NeighbourSmoothing.from_config({"foo": 1})
 
 
-def test_smoothed_index_folder_ranks_as_evaluate_dense_smoothed(trained, tmp_path):
+def test_smoothed_index_folder_ranks_as_evaluate_dense_smoothed(trained, tmp_path, monkeypatch, caplog):
     """index.py smooth=neighbours stores the vectors evaluate's dense_smoothed ranks by (the brute-force
     smoothing of the dense retriever's passages), so the folder's Searcher returns the same passages and scores,
     also with feedback on top (dense_smoothed_prf); the manifest records the setting; a bad one is refused
@@ -1135,7 +1135,10 @@ def test_smoothed_index_folder_ranks_as_evaluate_dense_smoothed(trained, tmp_pat
     assert metrics["dense_smoothed"]["mrr@10"] == pytest.approx(np.mean(reciprocal), abs=1e-9)
 
     folder = tmp_path / "smoothed"
-    build_index(compose_retrieval("index", [f"ckpt={trained['ckpt']}", f"data.path={trained['data']}", f"out={folder}", "smooth=neighbours"]))
+    monkeypatch.setattr("two_tower.retrieval.indexer.EXACT_NEIGHBOURS_WARN", 10)  # a Flat corpus over the bar is warned about
+    with caplog.at_level("WARNING"):
+        build_index(compose_retrieval("index", [f"ckpt={trained['ckpt']}", f"data.path={trained['data']}", f"out={folder}", "smooth=neighbours"]))
+    assert any("exact neighbours of" in r.getMessage() and "HNSW or IVF" in r.getMessage() for r in caplog.records)
     assert json.loads((folder / "manifest.json").read_text())["config"]["smooth"] == {"neighbours": 5, "weight": 0.2}
     runs = {}
     for name in ("dense_smoothed", "dense_smoothed_prf"):

@@ -26,6 +26,10 @@ from two_tower.retrieval.smoothing import NeighbourSmoothing, prepare_reconstruc
 log = logging.getLogger(__name__)
 
 
+# Above this many passages a Flat index's exact neighbour search for smoothing is worth a warning
+EXACT_NEIGHBOURS_WARN = 200_000
+
+
 def corpus_statistics(module, texts: list[str], chunk: int = 100_000) -> TermStatistics | None:
     """Term statistics of the corpus for the bag-of-words path (None without one), ``chunk`` passages at
     a time; the passages are tokenized again when encoded, so memory stays bounded."""
@@ -153,6 +157,9 @@ def build_index(cfg: DictConfig) -> Path:
     if smoothing is not None:
         # the stored vectors moved towards their neighbours: a second index of the same factory from the first
         log.info("Smoothing every passage towards its %d nearest (weight %s)", smoothing.neighbours, smoothing.weight)
+        if len(texts) > EXACT_NEIGHBOURS_WARN and index.__class__.__name__ in ("IndexFlat", "IndexFlatIP"):
+            log.warning("Finding exact neighbours of %d passages in a Flat index takes time growing with the square of the corpus "
+                        "(hours at millions): an HNSW or IVF index (index.factory) finds approximate ones far faster", len(texts))
         raw, clock = index, time.perf_counter()
         prepare_reconstruct(raw)
         index = build_faiss_streamed(
