@@ -56,9 +56,26 @@ STATIC = Path(__file__).parent / "static"
 # A query needs a letter or digit (what the tokenizer reads as a word): so the schema says which queries
 # are searchable, and "?!", an emoji or a zero-width space are refused before any search.
 # Checked by pydantic's Rust regex engine, whose \w leaves out the "other numbers" Python's (the tokenizer's)
-# counts as word characters (½, ², ₂): \p{No} adds them, so no query the tokenizer searches is refused here (a
-# full scan of Unicode finds none; the other way round the tokenizer's own check answers 422).
-NOT_BLANK = r"[^\W_]|\p{No}"
+# counts as word characters (½, ², ₂): a class of them (as literal ranges, which Rust, Python and JavaScript
+# engines all read; \p{No} broke Python clients of the schema) adds them, so no query the tokenizer searches
+# is refused here (a full scan of Unicode finds none; the other way round the tokenizer's own check answers 422).
+
+
+def _other_numbers() -> str:
+    """A regex class of Unicode's "other number" characters (category No), as ranges of literal characters."""
+    import unicodedata
+
+    ranges: list[list[int]] = []
+    for code in range(0x110000):
+        if unicodedata.category(chr(code)) == "No":
+            if ranges and ranges[-1][1] == code - 1:
+                ranges[-1][1] = code
+            else:
+                ranges.append([code, code])
+    return "[" + "".join(chr(a) if a == b else f"{chr(a)}-{chr(b)}" for a, b in ranges) + "]"
+
+
+NOT_BLANK = r"[^\W_]|" + _other_numbers()
 # The page and its assets come only from this server; no inline script, so injected markup cannot run.
 PAGE_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'; frame-ancestors 'none'",
