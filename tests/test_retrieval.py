@@ -807,8 +807,8 @@ class FixedScores(SplitRetriever):
     def scores(self, query_rows):
         return self.table[query_rows]
 
-    def no_match_scores(self, scores):
-        return None if self.no_match is None else torch.full((scores.shape[0], 1), self.no_match)
+    def no_match_scores(self, query_rows):
+        return None if self.no_match is None else torch.full((len(query_rows), 1), self.no_match)
 
 
 def test_fusion_metrics_by_hand():
@@ -852,7 +852,8 @@ def test_rrf_gives_every_ranked_passage_its_share_and_bm25_none_to_unmatched(tmp
     """Standard RRF (sum of weight / (k + rank) over each part's top depth) where every passage is matched: a dense
     part's last passage in a corpus no deeper than ``depth``, and BM25's lowest-scored passage when it shares a word
     with the query, get their share (the rule 'no share at the part's minimum' took it from them); a BM25 passage
-    sharing no word gets none, also for bm25s's bm25+ and bm25l, which score absent words above 0."""
+    sharing no word gets none, also for bm25s's bm25+ and bm25l, which score absent words above 0 (and where every
+    passage shares a word, every one gets its share there too)."""
     split = PreparedSplit(
         query_texts=["cat"], query_tokens=None, passage_texts=["a cat sat", "cat cat", "the cat ran", "dog ran far"], passage_tokens=None,
         positives=Ragged.from_lists([[0]]), candidates=Ragged.from_lists([[0, 1, 2, 3]]),
@@ -863,11 +864,16 @@ def test_rrf_gives_every_ranked_passage_its_share_and_bm25_none_to_unmatched(tmp
     assert fused.scores(np.array([0]))[0].tolist() == pytest.approx([1 / 61, 1 / 62, 1 / 64, 1 / 63])
     matched = FixedScores([[1.0, 2.0, 3.0, 0.5]], no_match=0.0)
     assert ReciprocalRankFusion([dense, matched], [1.0, 1.0]).scores(np.array([0]))[0].tolist() == pytest.approx([1 / 61 + 1 / 63, 1 / 62 + 1 / 62, 1 / 64 + 1 / 61, 1 / 63 + 1 / 64])
+    every = PreparedSplit(
+        query_texts=["cat"], query_tokens=None, passage_texts=["a cat sat", "cat cat", "the cat ran", "a cat far"], passage_tokens=None,
+        positives=Ragged.from_lists([[0]]), candidates=Ragged.from_lists([[0, 1, 2, 3]]),
+    )
     for method in ("lucene", "bm25+", "bm25l"):
-        bm25 = BM25Retriever(method=method, stopwords=None)
-        bm25.prepare(split)
-        shares = ReciprocalRankFusion([bm25], [1.0]).scores(np.array([0]))[0].tolist()
-        assert [s > 0 for s in shares] == [True, True, True, False], method  # "dog ran far" shares no word
+        for corpus, matched in ((split, [True, True, True, False]), (every, [True] * 4)):  # "dog ran far" shares no word
+            bm25 = BM25Retriever(method=method, stopwords=None)
+            bm25.prepare(corpus)
+            shares = ReciprocalRankFusion([bm25], [1.0]).scores(np.array([0]))[0].tolist()
+            assert [s > 0 for s in shares] == matched, (method, corpus.passage_texts)
 
 
 def test_corrupted_index_part_and_truncated_checkpoint_are_refused(trained, tmp_path):
@@ -1066,6 +1072,24 @@ def test_index_stores_the_vectors_the_model_scores_with(trained, tmp_path):
         assert [h.score for h in hits] == pytest.approx(scores[q][order].tolist(), abs=1e-5)
 
 
+def test_a_folder_of_the_previous_format_loads_with_a_warning_and_older_ones_are_refused(trained, tmp_path, caplog):
+    """Format 3 normalised every vector (the same rankings but for passages with no readable word under a bag
+    path): it loads and says so; format 2 is one error naming the formats read."""
+    for fmt in (3, 2):
+        folder = tmp_path / f"format{fmt}"
+        shutil.copytree(trained["index"], folder)
+        manifest = json.loads((folder / "manifest.json").read_text())
+        assert manifest["format"] == 4
+        (folder / "manifest.json").write_text(json.dumps({**manifest, "format": fmt}))
+        if fmt == 3:
+            with caplog.at_level("WARNING"):
+                assert len(Searcher.load(folder).search(["apple"], 3)[0]) == 3
+            assert any("built before index folders kept the model's vectors" in r.getMessage() for r in caplog.records)
+        else:
+            with pytest.raises(IndexFolderError, match="format 2, this code reads formats 3, 4; rebuild it"):
+                Searcher.load(folder)
+
+
 def brute_force_smoothing(vectors: np.ndarray, neighbours: int, weight: float) -> np.ndarray:
     """Each vector moved towards the mean of its nearest other vectors (exact, ties to the lower row), kept at its
     own length, with numpy loops."""
@@ -1077,7 +1101,7 @@ def brute_force_smoothing(vectors: np.ndarray, neighbours: int, weight: float) -
     return np.array(out, dtype=np.float32)
 
 
-def test_neighbour_smoothing_is_the_brute_force_mean_of_nearest_passages():
+def test_neighbour_smoothing_is_the_brute_force_mean_of_nearest_passages(monkeypatch):
     """Smoothed vectors equal a numpy loop's, also with exact duplicates (a duplicate is its twin's nearest
     neighbour, and itself is left out), a corpus smaller than the neighbours asked for, and from an
     approximate index whose neighbours are nearly all the exact ones; bad settings are one ConfigError each."""
@@ -1086,6 +1110,7 @@ def test_neighbour_smoothing_is_the_brute_force_mean_of_nearest_passages():
     vectors = clustered(300, 16, 6, seed=5)
     vectors[7] = vectors[3]  # an exact duplicate
     vectors[11] *= 0.7  # shorter than the rest (as a passage with no readable word under a bag path): kept so
+    monkeypatch.setattr("two_tower.retrieval.smoothing.ROWS_AT_ONCE", 7)  # chunks of a chunk: the same vectors
     for neighbours, weight in ((1, 0.5), (5, 0.2), (3, 1.0)):
         smoothing = NeighbourSmoothing(neighbours, weight)
         got = np.concatenate(list(smoothing.chunks(build_faiss(vectors.copy(), "Flat", normalize=False), 64, progress=False)))
@@ -1140,6 +1165,11 @@ def test_smoothed_index_folder_ranks_as_evaluate_dense_smoothed(trained, tmp_pat
         build_index(compose_retrieval("index", [f"ckpt={trained['ckpt']}", f"data.path={trained['data']}", f"out={folder}", "smooth=neighbours"]))
     assert any("exact neighbours of" in r.getMessage() and "HNSW or IVF" in r.getMessage() for r in caplog.records)
     assert json.loads((folder / "manifest.json").read_text())["config"]["smooth"] == {"neighbours": 5, "weight": 0.2}
+    from fastapi.testclient import TestClient
+    from two_tower.serve.app import create_app
+
+    with TestClient(create_app(Searcher.load(folder))) as client:  # /health says how the folder ranks
+        assert client.get("/health").json()["index"]["ranking"]["smooth"] == {"neighbours": 5, "weight": 0.2}
     runs = {}
     for name in ("dense_smoothed", "dense_smoothed_prf"):
         for line in (tmp_path / "eval" / "runs" / f"{name}.trec").read_text().splitlines():

@@ -150,7 +150,7 @@ def test_health_reports_model_index_and_corpus(client, searcher, index_dir):
     assert health["model"] == manifest["model"]
     assert health["index"]["path"] == str(index_dir) and health["index"]["files"] == manifest["files"]
     assert health["index"]["faiss"]["type"] == "IndexFlat"
-    assert health["index"]["ranking"] == {"hybrid_weights": manifest["hybrid"]["weights"], "prf": None, "rerank": None} == {"hybrid_weights": [0.7, 0.3], "prf": None, "rerank": None}
+    assert health["index"]["ranking"] == {"hybrid_weights": manifest["hybrid"]["weights"], "prf": None, "rerank": None, "smooth": None} == {"hybrid_weights": [0.7, 0.3], "prf": None, "rerank": None, "smooth": None}
     assert health["limits"] == {"k_default": 5, "k_max": 20, "max_query_chars": 200, "max_batch": 4}
 
 
@@ -200,6 +200,8 @@ BAD_REQUESTS = [
     ("unknown parameter", "GET", "/search?q=garden&kk=3", {}, 422, "query.kk: not a parameter here (takes q, k)"),
     ("k in the URL of a POST", "POST", "/search?k=1", {"json": {"queries": ["garden"]}}, 422, "query.k: not a parameter here (send settings in the JSON body)"),
     ("gzip body", "POST", "/search", {"content": __import__("gzip").compress(b'{"queries": ["garden"]}'), "headers": {"content-type": "application/json", "content-encoding": "gzip"}}, 415, "body: sent with Content-Encoding: gzip; send the JSON object uncompressed"),
+    ("gzip among codings", "POST", "/search", {"content": __import__("gzip").compress(b'{"queries": ["garden"]}'), "headers": [("content-type", "application/json"), ("content-encoding", "gzip"), ("content-encoding", "identity")]}, 415, "Content-Encoding: gzip"),
+    ("gzip in a list", "POST", "/search", {"content": __import__("gzip").compress(b'{"queries": ["garden"]}'), "headers": {"content-type": "application/json", "content-encoding": "identity, gzip"}}, 415, "Content-Encoding: gzip"),
     ("unknown path", "GET", "/nowhere", {}, 404, "Not Found"),
     ("wrong method", "DELETE", "/search", {}, 405, "Method Not Allowed"),
 ]
@@ -369,7 +371,7 @@ def test_serve_command_serves_with_its_settings(index_dir, tmp_path, monkeypatch
         assert health["threads"] == {"torch": 1, "faiss": 1} and health["concurrency"] == 3
         assert health["limits"]["k_default"] == 7 and health["limits"]["max_batch"] == 3
         rerank = MaxSimRerank(depth=20, teacher="tiny", dim=8)
-        assert health["index"]["ranking"] == {"hybrid_weights": [0.4, 0.6], "prf": {"depth": 3, "alpha": 0.4, "beta": 0.6}, "rerank": dataclasses.asdict(rerank)}
+        assert health["index"]["ranking"] == {"hybrid_weights": [0.4, 0.6], "prf": {"depth": 3, "alpha": 0.4, "beta": 0.6}, "rerank": dataclasses.asdict(rerank), "smooth": None}
         answer = httpx.get(f"http://127.0.0.1:{port}/search", params={"q": "garden castle"}).json()
         from two_tower.retrieval.prf import RocchioPRF
 

@@ -84,6 +84,18 @@ class BM25Scorer:
                 out[i] = self.bm25.get_scores(tokens)
         return out
 
+    def no_match_scores(self, token_lists: list[list[str]]) -> np.ndarray:
+        """[len(token_lists)] float32: what a passage sharing no word with each query scores: 0, or with bm25s's
+        bm25l and bm25+ (which score a query word's absence too) the sum of the query words' non-occurrence
+        scores, as ``get_scores`` adds it to every passage."""
+        out = np.zeros(len(token_lists), dtype=np.float32)
+        absent = getattr(self.bm25, "nonoccurrence_array", None)
+        if absent is not None:
+            for i, tokens in enumerate(token_lists):
+                if tokens:
+                    out[i] += absent[self.bm25.get_tokens_ids(tokens)].sum()
+        return out
+
     def save(self, folder: Path) -> list[str]:
         """Write the index and its settings into ``folder``; returns the file names written."""
         folder.mkdir(parents=True, exist_ok=True)
@@ -96,10 +108,6 @@ class BM25Scorer:
         scorer = cls(**json.loads((folder / SETTINGS_FILE).read_text()))
         scorer.bm25 = bm25s.BM25.load(str(folder), show_progress=False)
         return scorer
-
-
-# bm25s's variants that score a query word's absence too (so a passage sharing no word scores above 0)
-NON_OCCURRENCE_METHODS = ("bm25l", "bm25+")
 
 
 class BM25Retriever(SplitRetriever):
@@ -118,10 +126,6 @@ class BM25Retriever(SplitRetriever):
     def scores(self, query_rows: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(self.scorer.scores([self.query_tokens[row] for row in query_rows]))
 
-    def no_match_scores(self, scores: torch.Tensor) -> torch.Tensor:
-        """0 (bm25s scores a passage sharing no query word 0), except for bm25l and bm25+, which give every
-        passage a non-occurrence score: there the query's lowest score (a passage sharing no word scores exactly
-        it and a matched one more; where every passage shares a word, the lowest gets no share)."""
-        if self.scorer.method in NON_OCCURRENCE_METHODS:
-            return scores.min(dim=1, keepdim=True).values
-        return torch.zeros((scores.shape[0], 1), dtype=scores.dtype)
+    def no_match_scores(self, query_rows: np.ndarray) -> torch.Tensor:
+        """What a passage sharing no word with the query scores: ``BM25Scorer.no_match_scores``."""
+        return torch.from_numpy(self.scorer.no_match_scores([self.query_tokens[row] for row in query_rows]))[:, None]

@@ -33,9 +33,11 @@ class FusionRetriever(SplitRetriever):
             part.prepare(split)
 
     def scores(self, query_rows: np.ndarray) -> torch.Tensor:
-        return sum(w * self.transform(part.scores(query_rows), part) for part, w in zip(self.parts, self.weights))
+        return sum(w * self.transform(part.scores(query_rows), part.no_match_scores(query_rows)) for part, w in zip(self.parts, self.weights))
 
-    def transform(self, scores: torch.Tensor, part: SplitRetriever) -> torch.Tensor:
+    def transform(self, scores: torch.Tensor, no_match: torch.Tensor | None) -> torch.Tensor:
+        """A part's ``scores`` [Q, P] as its share of the fused score; ``no_match``: the part's
+        ``no_match_scores`` for these queries."""
         raise NotImplementedError
 
 
@@ -44,19 +46,18 @@ class ReciprocalRankFusion(FusionRetriever):
         super().__init__(parts, weights)
         self.k, self.depth = k, depth
 
-    def transform(self, scores: torch.Tensor, part: SplitRetriever) -> torch.Tensor:
+    def transform(self, scores: torch.Tensor, no_match: torch.Tensor | None) -> torch.Tensor:
         top = torch.sort(scores, dim=1, descending=True, stable=True)
         order = top.indices[:, : self.depth]
         ranks = torch.arange(1, order.shape[1] + 1, dtype=torch.float32).expand_as(order)
-        floor = part.no_match_scores(scores)
-        if floor is None:  # every passage is ranked (dense)
+        if no_match is None:  # every passage is ranked (dense)
             return torch.zeros_like(scores).scatter_(1, order, 1.0 / (self.k + ranks))
-        matched = top.values[:, : self.depth] > floor
+        matched = top.values[:, : self.depth] > no_match
         return torch.zeros_like(scores).scatter_(1, order, torch.where(matched, 1.0 / (self.k + ranks), 0.0))
 
 
 class WeightedScoreFusion(FusionRetriever):
-    def transform(self, scores: torch.Tensor, part: SplitRetriever) -> torch.Tensor:
+    def transform(self, scores: torch.Tensor, no_match: torch.Tensor | None) -> torch.Tensor:
         return min_max_rows(scores)
 
 

@@ -2,7 +2,7 @@
 
 ```
 INDEX/
-  faiss.index         inner product over L2-normalised vectors (cosine); row i is passage i
+  faiss.index         inner product over the passage vectors the model outputs (unit length); row i is passage i
   passages.arrow      id, text of every row, in index order (Arrow IPC, memory-mapped when loaded)
   query_encoder.pt    query tower + tokenizer of the model that encoded the passages
   term_statistics.npz document frequencies of the passages' terms (only for a model with a bag-of-words
@@ -48,7 +48,10 @@ from two_tower.retrieval.query_encoder import QueryEncoder
 
 log = logging.getLogger(__name__)
 
-FORMAT = 3  # 3: open vocabulary + term_statistics.npz; 2: passages in Arrow IPC (1 had parquet)
+FORMAT = 4  # 4: vectors as the model outputs them; 3: open vocabulary + term_statistics.npz; 2: passages in Arrow IPC (1 had parquet)
+# Formats this code reads: a format-3 folder L2-normalised its vectors (the same rankings, but for passages with
+# no readable word under a bag path: a warning says so)
+READ_FORMATS = (3, 4)
 MANIFEST, FAISS_FILE, PASSAGES_FILE, QUERY_ENCODER_FILE = "manifest.json", "faiss.index", "passages.arrow", "query_encoder.pt"
 STATISTICS_FILE = TermStatistics.FILE
 BM25_FOLDER = "bm25"  # hybrid search's lexical part (bm25s files), when the folder was built with one
@@ -388,6 +391,9 @@ class PassageIndex:
                 f"{path}: inconsistent folder: faiss.index holds {index.ntotal} vectors of dim {index.d}, {PASSAGES_FILE} "
                 f"{len(passages)} rows, manifest {manifest['passages']} passages of dim {manifest['model']['dim']}; rebuild it"
             )
+        if manifest["format"] == 3 and STATISTICS_FILE in manifest["files"]:
+            log.warning("%s: built before index folders kept the model's vectors as it outputs them: a passage with no "
+                        "readable word ranks higher here than evaluate.py ranks it; rebuild it with index.py for the same ranking", path)
         return cls(path, index, passages, manifest)
 
     def load_query_encoder(self) -> QueryEncoder:
@@ -483,18 +489,13 @@ class PassageIndex:
             problem = unusable_kind(self.index)  # a folder written before index.py refused these
             if problem:
                 raise IndexFolderError(f"{self.path}: {problem}")
-            ivf = faiss.try_extract_index_ivf(self.index)
-            if ivf is not None and ivf.direct_map.type == faiss.DirectMap.NoMap:
-                ivf.make_direct_map()
-            try:
-                self.index.reconstruct_batch(np.zeros(min(1, len(self)), dtype=np.int64))
-            except RuntimeError as err:
-                kind = self.manifest.get("faiss", {}).get("type", type(faiss.downcast_index(self.index)).__name__)
-                raise IndexFolderError(f"{self.path}: a {kind} index cannot give its stored vectors back ({' '.join(str(err).split())[:200]}); pseudo-relevance feedback needs Flat, HNSW, IVF, SQ or PQ") from err
+            problem = enable_reconstruct(self.index, self.manifest.get("faiss", {}).get("type"))
+            if problem:
+                raise IndexFolderError(f"{self.path}: {problem}; pseudo-relevance feedback needs Flat, HNSW, IVF, SQ or PQ")
             self._vectors_ready = True
 
     def vectors(self, rows: np.ndarray) -> np.ndarray:
-        """The stored vectors of ``rows`` [...] as float32 [..., dim]: exact (L2-normalised) for Flat, HNSW
+        """The stored vectors of ``rows`` [...] as float32 [..., dim]: exact (as the model output them) for Flat, HNSW
         and IVF-Flat, the decoded approximation for compressed codes (SQ, PQ: norms near 1)."""
         self.prepare_vectors()
         rows = np.asarray(rows, dtype=np.int64)
@@ -506,6 +507,20 @@ class PassageIndex:
         """(ids, texts) of the given rows."""
         taken = self.passages.take(pa.array(np.asarray(rows, dtype=np.int64)))
         return taken.column("id").to_pylist(), taken.column("text").to_pylist()
+
+
+def enable_reconstruct(index: faiss.Index, kind: str | None = None) -> str | None:
+    """Let ``index`` give its stored vectors back (an IVF index gets FAISS's direct map, one int64 a vector);
+    None, or what is wrong where its type cannot (``kind``: the type named in the message)."""
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is not None and ivf.direct_map.type == faiss.DirectMap.NoMap:
+        ivf.make_direct_map()
+    try:
+        index.reconstruct_batch(np.zeros(min(1, index.ntotal), dtype=np.int64))
+    except RuntimeError as err:
+        kind = kind or type(faiss.downcast_index(index)).__name__
+        return f"a {kind} index cannot give its stored vectors back ({' '.join(str(err).split())[:200]})"
+    return None
 
 
 def check_k(k) -> int:
@@ -536,8 +551,8 @@ def read_manifest(path: Path) -> dict:
         raise IndexFolderError(f"index={path}: {MANIFEST} is not valid JSON ({err}); rebuild the folder with index.py") from err
     if not isinstance(manifest, dict):
         raise IndexFolderError(f"index={path}: {MANIFEST} is not a JSON object; rebuild the folder with index.py")
-    if manifest.get("format") != FORMAT:
-        raise IndexFolderError(f"index={path}: format {manifest.get('format')}, this code reads format {FORMAT}; rebuild it")
+    if manifest.get("format") not in READ_FORMATS:
+        raise IndexFolderError(f"index={path}: format {manifest.get('format')}, this code reads formats {', '.join(map(str, READ_FORMATS))}; rebuild it")
     absent = [key for key in ("files", "model", "passages") if key not in manifest]
     if absent or not isinstance(manifest["files"], dict) or not isinstance(manifest["model"], dict):
         raise IndexFolderError(f"index={path}: {MANIFEST} lacks {absent or 'a valid files/model entry'}; rebuild the folder with index.py")

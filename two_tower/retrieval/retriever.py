@@ -40,9 +40,9 @@ class SplitRetriever:
     def scores(self, query_rows: np.ndarray) -> torch.Tensor:
         raise NotImplementedError
 
-    def no_match_scores(self, scores: torch.Tensor) -> torch.Tensor | None:
-        """Each query's score at or below which a passage was not matched at all ([Q, 1], for ``scores`` [Q, P]),
-        so reciprocal-rank fusion gives it no share (BM25: a passage sharing no word with the query); None: every
+    def no_match_scores(self, query_rows: np.ndarray) -> torch.Tensor | None:
+        """Each query's score ([len(query_rows), 1]) at or below which a passage was not matched at all, so
+        reciprocal-rank fusion gives it no share (BM25: a passage sharing no word with the query); None: every
         passage is ranked (a dense retriever)."""
         return None
 

@@ -12,15 +12,17 @@ It is linear in the query, so it costs nothing at search time: the index folder 
 smooth=neighbours``), and ``evaluate.py``'s ``dense_smoothed`` ranks by the same vectors.
 
 When it helps (``experiments/zero_shot/README.md``): collections with several relevant passages a query that
-sit near each other (Cranfield: +0.01 to +0.04 nDCG@10 over the grid tried, more with feedback on top). When
-it hurts: one relevant passage a query among its near neighbours (marco7k, whose corpus is made of each query's
-candidate passages: -0.004 to -0.014 MRR@10), where the neighbours it is pulled to are the very passages it
-competes with. So it is off unless asked for, as pseudo-relevance feedback is.
+sit near each other (Cranfield: +0.005 to +0.037 nDCG@10 over the grid tried, +0.012 at the default; more with
+feedback on top). When it hurts: one relevant passage a query among its near neighbours (marco7k, whose corpus
+is made of each query's candidate passages: -0.001 to -0.014 MRR@10, -0.004 at the default), where the
+neighbours it is pulled to are the very passages it competes with. So it is off unless asked for, as
+pseudo-relevance feedback is.
 
 Cost at index time: one search of the index for every passage (``neighbours + 1`` hits each, in chunks of
 ``index.add_chunk``) and a second index of the same factory; for ``Flat`` that search is exact and quadratic in
 the corpus (seconds for 10k passages, hours for millions: use HNSW or IVF there, whose neighbours are then
-approximate). Both indexes are held in memory while the second one is built.
+approximate, found with the folder's search parameters: set a larger ``index.search_params`` nprobe or efSearch
+for closer ones). Both indexes are held in memory while the second one is built.
 """
 
 from __future__ import annotations
@@ -36,13 +38,14 @@ import torch
 from two_tower.core.checks import GroupSettings
 from two_tower.core.errors import ConfigError
 from two_tower.data.prepared import PreparedSplit
-from two_tower.retrieval.index import build_faiss
+from two_tower.retrieval.index import build_faiss, enable_reconstruct
 from two_tower.retrieval.retriever import SplitRetriever
 
 log = logging.getLogger(__name__)
 
-# Neighbours are searched as [chunk, neighbours + 1] hits and averaged from [chunk, neighbours, dim] vectors.
 MAX_NEIGHBOURS = 1000
+# Rows smoothed at a time: a handful of [rows, dim] float32 arrays alive (at 8,448 dims, 140 MB each)
+ROWS_AT_ONCE = 4096
 
 
 @dataclass(frozen=True)
@@ -64,12 +67,21 @@ class NeighbourSmoothing(GroupSettings):
 
     def vectors(self, index: faiss.Index, rows: np.ndarray) -> np.ndarray:
         """The smoothed vectors of ``rows`` (sorted or not) of ``index`` [len(rows), dim], each as long as the
-        row's own stored vector. Each
-        row's neighbours are the index's top ``neighbours + 1`` hits for its stored vector, itself left out
-        (ties in row order, as ``PassageIndex.search`` orders them; where the row is not among its own hits,
-        as an approximate index or exact duplicates may make it, the last hit is left out instead); rows an
-        approximate index did not return are left out of the mean, and a row with none keeps its vector."""
+        row's own stored vector. Each row's neighbours are the index's top ``neighbours + 1`` hits for its stored
+        vector (searched with the index's search parameters: an IVF index's nprobe, an HNSW's efSearch), itself
+        left out (ties in row order, as ``PassageIndex.search`` orders them; where the row is not among its own
+        hits, as an approximate index or exact duplicates may make it, the last hit is left out instead); rows an
+        approximate index did not return are left out of the mean, and a row with none keeps its vector. Works
+        ``ROWS_AT_ONCE`` rows at a time, adding the neighbours' vectors one rank at a time: a few [rows, dim]
+        arrays alive at once, never [rows, neighbours, dim]."""
         rows = np.asarray(rows, dtype=np.int64)
+        out = np.empty((len(rows), index.d), dtype=np.float32)
+        for start in range(0, len(rows), ROWS_AT_ONCE):
+            part = rows[start : start + ROWS_AT_ONCE]
+            out[start : start + len(part)] = self._smoothed(index, part)
+        return out
+
+    def _smoothed(self, index: faiss.Index, rows: np.ndarray) -> np.ndarray:
         own = index.reconstruct_batch(np.ascontiguousarray(rows)).reshape(len(rows), index.d)
         k = min(self.neighbours + 1, index.ntotal)
         scores, hits = index.search(np.ascontiguousarray(own, dtype=np.float32), k)
@@ -82,10 +94,13 @@ class NeighbourSmoothing(GroupSettings):
         keep[np.arange(len(rows)), drop] = False
         neighbours = hits[keep].reshape(len(rows), k - 1)
         found = neighbours >= 0
-        stored = index.reconstruct_batch(np.ascontiguousarray(np.where(found, neighbours, 0).ravel())).reshape(*neighbours.shape, index.d)
+        total = np.zeros_like(own)
+        for rank in range(neighbours.shape[1]):
+            there = found[:, rank]
+            if there.any():
+                total[there] += index.reconstruct_batch(np.ascontiguousarray(neighbours[there, rank]))
         count = found.sum(1, keepdims=True)
-        mean = (stored * found[..., None]).sum(1) / np.maximum(count, 1)
-        moved = np.where(count > 0, (1 - self.weight) * own + self.weight * mean, own)
+        moved = np.where(count > 0, (1 - self.weight) * own + self.weight * (total / np.maximum(count, 1)), own)
         # the passage's own length (1 for a model's passages, less for one with no readable word under a bag path)
         length = np.linalg.norm(own, axis=1, keepdims=True) / np.maximum(np.linalg.norm(moved, axis=1, keepdims=True), 1e-12)
         return (moved * length).astype(np.float32)
@@ -103,16 +118,10 @@ class NeighbourSmoothing(GroupSettings):
 
 
 def prepare_reconstruct(index: faiss.Index) -> None:
-    """Let ``index`` give its stored vectors back (an IVF index needs FAISS's direct map); a ConfigError where
-    its type cannot."""
-    ivf = faiss.try_extract_index_ivf(index)
-    if ivf is not None and ivf.direct_map.type == faiss.DirectMap.NoMap:
-        ivf.make_direct_map()
-    try:
-        index.reconstruct_batch(np.zeros(min(1, index.ntotal), dtype=np.int64))
-    except RuntimeError as err:
-        raise ConfigError(f"smooth: a {type(faiss.downcast_index(index)).__name__} index cannot give its stored vectors back "
-                          f"({' '.join(str(err).split())[:200]}); neighbour smoothing needs Flat, HNSW, IVF, SQ or PQ") from err
+    """Let ``index`` give its stored vectors back (``index.enable_reconstruct``); a ConfigError where its type cannot."""
+    problem = enable_reconstruct(index)
+    if problem:
+        raise ConfigError(f"smooth: {problem}; neighbour smoothing needs Flat, HNSW, IVF, SQ or PQ")
 
 
 class SmoothedRetriever(SplitRetriever):

@@ -119,7 +119,7 @@ class Limits:
 
 class HitOut(BaseModel):
     id: str = Field(description="the passage id (as in the corpus the index was built from)")
-    score: float = Field(description="a dense folder: cosine similarity of query and passage vectors; a hybrid folder: the fused score (0 to the sum of the weights; /health's index.ranking); with rerank=maxsim: the reranked score (0 to 1 for the top rerank.depth, below 0 for hits after them)")
+    score: float = Field(description="a dense folder: inner product of the query and passage vectors (a cosine: both unit length, as the model outputs them); a hybrid folder: the fused score (0 to the sum of the weights; /health's index.ranking); with rerank=maxsim: the reranked score (0 to 1 for the top rerank.depth, below 0 for hits after them)")
     text: str
 
 
@@ -353,6 +353,8 @@ def create_app(
             **({"hybrid_weights": list(searcher.weights)} if searcher.weights is not None else {"dense": True}),
             "prf": asdict(searcher.prf) if searcher.prf is not None and searcher.prf.enabled else None,
             "rerank": asdict(searcher.rerank) if searcher.rerank is not None else None,
+            # neighbour smoothing of the stored vectors, as index.py built the folder (smooth=neighbours)
+            "smooth": (manifest.get("config") or {}).get("smooth"),
         },
     }
 
@@ -543,9 +545,11 @@ class BodyLimit:
             if not message.get("more_body", False):
                 break
         body = b"".join(chunks)
-        encoding = dict(scope["headers"]).get(b"content-encoding", b"").strip().lower()
-        if body and encoding not in (b"", b"identity"):  # a gzip body was read as text: "not UTF-8 (byte 1)"
-            sent = _clean(encoding.decode("latin-1"), 40)
+        # every Content-Encoding header and each coding listed in one ("gzip, identity"); identity changes nothing
+        codings = [c.strip().lower() for name, value in scope["headers"] if name == b"content-encoding" for c in value.split(b",")]
+        encoded = [c for c in codings if c and c != b"identity"]
+        if body and encoded:  # a gzip body was read as text: "not UTF-8 (byte 1)"
+            sent = _clean(encoded[0].decode("latin-1"), 40)
             error = f"body: sent with Content-Encoding: {sent}; send the JSON object uncompressed (this server reads no encoded body)"
             return await _error_response(415, error, [ErrorItem(loc=["body"], msg=error, type="content_encoding")])(scope, receive, send)
         if _json_content(scope):  # what FastAPI reads as JSON: json.loads would take UTF-16 and UTF-32 too; the API takes UTF-8 (RFC 8259)
