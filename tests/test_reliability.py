@@ -294,6 +294,16 @@ def test_overrides_hydra_cannot_compose_are_one_line():
         "+encoder.packing: encoder.packing is already a setting of train.yaml here; drop the + (encoder.packing=...), or write ++encoder.packing=... to set it whether or not it exists")
     assert composition_error("train", ["-m", "seed=1,2"]) is None  # sweeps: Hydra's own report
     assert composition_error("train", ["hydra.mode=MULTIRUN", "seed=1,2"]) is None  # a sweep without -m
+    # a setting of a group or retriever that is not selected says to select it (Hydra's hint was to add the key with +)
+    assert composition_error("index", ["ckpt=x", "smooth.neighbours=3"]) == "smooth.neighbours: a setting of the smooth group, which is off; select it first, e.g. smooth=neighbours smooth.neighbours=3"
+    assert composition_error("index", ["ckpt=x", "smooth=neighbours", "smooth.x=1"]) == "smooth.x: unknown setting; smooth has neighbours, weight"
+    assert composition_error("evaluate", ["retriever.dense_smoothed.neighbours=3"]) == (
+        'retriever.dense_smoothed.neighbours: a setting of retriever dense_smoothed, which is not selected; select it first, e.g. "retriever=[dense_smoothed]" retriever.dense_smoothed.neighbours=3')
+    assert composition_error("evaluate", ["retriever.hybrid_rrf.k=30"]).startswith('retriever.hybrid_rrf.k: a setting of retriever hybrid_rrf, which is not selected; select it first, e.g. "retriever=[hybrid]"')
+    from two_tower.cli.common import search_override_error
+
+    for command in ("search", "serve"):  # an index-time setting: where it is set
+        assert search_override_error(command, ["smooth=neighbours"]).startswith("smooth: neighbour smoothing is chosen when a folder is built (index.py ... smooth=neighbours)")
 
 
 def test_added_keys_no_command_reads_are_one_line():
@@ -932,3 +942,19 @@ def test_a_sweep_resumed_with_ckpt_path_last_starts_the_jobs_it_had_not_reached(
     assert resume_settings(tmp_path / "sweep" / "0") == f"ckpt_path=last hydra.sweep.dir={tmp_path / 'sweep'} (with -m)"
     compose_train(tmp_path, [])
     assert resume_settings(tmp_path / "run") == f"ckpt_path=last hydra.run.dir={tmp_path / 'run'}"
+
+
+def test_ctrl_c_in_a_command_is_one_line_and_status_130(capsys, monkeypatch):
+    """Ctrl-C inside index.py / evaluate.py / train.py's data preparation: one 'interrupted' line and the shell's
+    status for SIGINT (a KeyboardInterrupt traceback from inside FAISS said nothing more); TWO_TOWER_DEBUG keeps it."""
+    from two_tower.cli.common import exit_on_error
+
+    monkeypatch.delenv("TWO_TOWER_DEBUG", raising=False)
+    with pytest.raises(SystemExit) as stop:
+        with exit_on_error():
+            raise KeyboardInterrupt
+    assert stop.value.code == 130 and capsys.readouterr().err == "interrupted\n"
+    monkeypatch.setenv("TWO_TOWER_DEBUG", "1")
+    with pytest.raises(KeyboardInterrupt):
+        with exit_on_error():
+            raise KeyboardInterrupt

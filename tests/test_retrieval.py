@@ -368,11 +368,23 @@ def test_index_of_stopwords_only_is_one_error(trained, tmp_path):
     assert not (tmp_path / "index").exists()
 
 
-def test_evaluate_checks_retriever_settings_in_one_line(trained, tmp_path):
+def test_evaluate_checks_retriever_settings_in_one_line(trained, tmp_path, monkeypatch):
+    """Every retriever's settings before any is built (the dense one loads its checkpoint), each named as given:
+    the feedback, smoothing and MaxSim settings too (an unknown key was Hydra's multi-line TypeError, exit 1)."""
+    from two_tower.retrieval import dense
     from two_tower.retrieval.evaluate import build_retrievers
 
-    for setting, message in (("retriever.dense.batch_size=-1", "retriever.dense.batch_size=-1: must be a positive integer"), ("retriever.bm25.stemmer=klingon", "retriever.bm25: ")):
-        cfg = compose_retrieval("evaluate", [f"ckpt={trained['ckpt']}", f"data.path={trained['data']}", f"out={tmp_path / 'eval'}", "retriever=[dense,bm25]", setting])
+    monkeypatch.setattr(dense, "load_checkpoint", lambda path: pytest.fail("loaded the checkpoint before checking the settings"))
+    for setting, message in (
+        ("retriever.dense.batch_size=-1", "retriever.dense.batch_size=-1: must be a positive integer"),
+        ("retriever.bm25.stemmer=klingon", "retriever.bm25: "),
+        ("+retriever.dense_smoothed.x=1", "retriever.dense_smoothed.x: unknown setting; retriever.dense_smoothed has neighbours, weight"),
+        ("retriever.dense_smoothed.neighbours=0", "retriever.dense_smoothed.neighbours=0: must be a whole number from 1 to 1000"),
+        ("+retriever.dense_prf.x=1", "retriever.dense_prf.x: unknown setting; retriever.dense_prf has depth, alpha, beta"),
+        ("retriever.dense_maxsim.weight=2", "retriever.dense_maxsim.weight=2: must be a number from 0"),
+    ):
+        cfg = compose_retrieval("evaluate", [f"ckpt={trained['ckpt']}", f"data.path={trained['data']}", f"out={tmp_path / 'eval'}",
+                                             "retriever=[dense,bm25,dense_smoothed,dense_prf,maxsim]", setting])
         with pytest.raises(ConfigError, match=re.escape(message)):
             build_retrievers(cfg)
 
@@ -1072,6 +1084,19 @@ def test_index_stores_the_vectors_the_model_scores_with(trained, tmp_path):
         assert [h.score for h in hits] == pytest.approx(scores[q][order].tolist(), abs=1e-5)
 
 
+def test_index_search_params_that_do_not_apply_are_refused_before_encoding(trained, tmp_path, monkeypatch):
+    """index.search_params naming a parameter the factory lacks (nprobe for HNSW) was refused after the whole
+    corpus was encoded (hours at scale); now before the first passage is."""
+    from two_tower.retrieval import indexer
+
+    monkeypatch.setattr(indexer, "encode_passages", lambda *a, **k: pytest.fail("encoded before checking search_params"))
+    monkeypatch.setattr(indexer, "encoded_chunks", lambda *a, **k: pytest.fail("encoded before checking search_params"))
+    cfg = compose_retrieval("index", [f"ckpt={trained['ckpt']}", f"data.path={trained['data']}", f"out={tmp_path / 'index'}", "index.factory=HNSW32", "index.search_params='nprobe=4'"])
+    with pytest.raises(ConfigError, match=re.escape("index.search_params='nprobe=4' does not apply to this HNSW32 index (it has no parameter nprobe")):
+        build_index(cfg)
+    assert not (tmp_path / "index").exists()
+
+
 def test_a_folder_of_the_previous_format_loads_with_a_warning_and_older_ones_are_refused(trained, tmp_path, caplog):
     """Format 3 normalised every vector (the same rankings but for passages with no readable word under a bag
     path): it loads and says so; format 2 is one error naming the formats read."""
@@ -1111,6 +1136,7 @@ def test_neighbour_smoothing_is_the_brute_force_mean_of_nearest_passages(monkeyp
     vectors[7] = vectors[3]  # an exact duplicate
     vectors[11] *= 0.7  # shorter than the rest (as a passage with no readable word under a bag path): kept so
     monkeypatch.setattr("two_tower.retrieval.smoothing.ROWS_AT_ONCE", 7)  # chunks of a chunk: the same vectors
+    monkeypatch.setattr("two_tower.retrieval.smoothing.SEARCH_ROWS", 3)  # and searches of a few rows
     for neighbours, weight in ((1, 0.5), (5, 0.2), (3, 1.0)):
         smoothing = NeighbourSmoothing(neighbours, weight)
         got = np.concatenate(list(smoothing.chunks(build_faiss(vectors.copy(), "Flat", normalize=False), 64, progress=False)))

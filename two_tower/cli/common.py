@@ -47,11 +47,18 @@ def report(err: TwoTowerError) -> int:
 
 @contextlib.contextmanager
 def exit_on_error():
-    """Bad input inside the block ends the process with one ``error:`` line and exit status 2."""
+    """Bad input inside the block ends the process with one ``error:`` line and exit status 2; Ctrl-C with one
+    ``interrupted`` line and status 130, as a shell reports SIGINT (outputs are written beside and renamed, so
+    nothing half-written is left; a traceback said nothing more)."""
     try:
         yield
     except TwoTowerError as err:
         sys.exit(report(err))
+    except KeyboardInterrupt:
+        if debugging():
+            raise
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
 
 
 def composition_error(config_name: str, argv: list[str]) -> str | None:
@@ -60,10 +67,14 @@ def composition_error(config_name: str, argv: list[str]) -> str | None:
     ``--cfg``, ...) or ``hydra.mode=`` are left to Hydra, whose report spans lines."""
     if any(arg.startswith("-") or arg.lstrip("+").startswith("hydra.mode=") for arg in argv):  # -m, or hydra.mode=MULTIRUN
         return None
+    groups = command_group_settings(config_name)
+    message = group_override_error(argv, groups) if groups else None
+    if message:
+        return message
     try:
         cfg = compose(config_name, argv, return_hydra_config=True)
     except Exception as err:  # Hydra's composition errors
-        return hydra_error_line(config_name, err)
+        return hydra_error_line(config_name, err, argv)
     return added_setting_error(config_name, argv) or run_dir_error(cfg)
 
 
@@ -118,7 +129,7 @@ def added_setting_error(config_name: str, argv: list[str]) -> str | None:
     return None
 
 
-def hydra_error_line(config_name: str, err: Exception) -> str:
+def hydra_error_line(config_name: str, err: Exception, argv: list[str] = ()) -> str:
     """One line for an error Hydra raised composing ``config_name``: its report spans lines and ends with the
     config search path (a group option that does not exist lists the available ones over several lines)."""
     import re
@@ -127,6 +138,13 @@ def hydra_error_line(config_name: str, err: Exception) -> str:
     unknown = re.match(r"Could not override '([^']+)'", message)
     if unknown:
         key = unknown.group(1)
+        retriever = re.match(r"retriever\.([^.]+)\.", key) if config_name == "evaluate" else None
+        if retriever:  # a setting of a retriever not selected (retriever.dense_smoothed.neighbours=3 without it)
+            name = retriever.group(1)
+            option = next((p.stem for p in sorted((Path(CONF_DIR) / "retriever").glob("*.yaml")) if p.stem == name or re.search(rf"^{re.escape(name)}:", p.read_text(), re.M)), None)
+            if option:
+                setting = next((a.lstrip("+") for a in argv if a.lstrip("+").startswith(key + "=")), key + "=...")
+                return f"{key}: a setting of retriever {name}, which is not selected; select it first, e.g. \"retriever=[{option}]\" {setting}"
         return f"{key}: no such setting in {config_name}.yaml with the options chosen (a new key is added with +{key}=...)"
     present = re.match(r"Could not append to config. An item is already at '([^']+)'", message)
     if present:  # e.g. +encoder.packing=packed from a run made before the config had the key
@@ -215,23 +233,29 @@ def unknown_settings_error(config_name: str, overrides: list[str], groups) -> st
 def command_settings(config_name: str) -> tuple[str, ...]:
     """The settings search.py's or serve.py's config (``config_name``) has, then its config groups (prf,
     rerank): what an override may name. Composed once a process (the packaged config does not change)."""
-    return (*compose(config_name, []), *search_group_settings())
+    return (*compose(config_name, []), *command_group_settings(config_name))
 
 
 def search_override_error(config_name: str, overrides: list[str]) -> str | None:
     """search.py's and serve.py's check of their overrides before composing: the one line for a setting of
     an unselected group or unknown to it (``group_override_error``), or for a setting the config does not
     have (``unknown_settings_error``); None when every override names a setting."""
-    groups = search_group_settings()
+    groups = command_group_settings(config_name)
+    if any(o.lstrip("+~").split("=", 1)[0].split(".")[0] == "smooth" for o in overrides):
+        return ("smooth: neighbour smoothing is chosen when a folder is built (index.py ... smooth=neighbours); a folder "
+                "built so searches with it (its manifest.json and serve's /health, index.ranking.smooth, say so)")
     return group_override_error(overrides, groups) or unknown_settings_error(config_name, overrides, tuple(groups))
 
 
-def search_group_settings() -> dict[str, list[str]]:
-    """The settings of search.py's and serve.py's config groups (prf=rocchio, rerank=maxsim)."""
+def command_group_settings(config_name: str) -> dict[str, list[str]]:
+    """The settings of a command's config groups: search.py's and serve.py's prf=rocchio and rerank=maxsim,
+    index.py's smooth=neighbours; {} for the others."""
     from dataclasses import fields
 
     from two_tower.retrieval.maxsim import MaxSimRerank
     from two_tower.retrieval.prf import RocchioPRF
+    from two_tower.retrieval.smoothing import NeighbourSmoothing
 
-    return {"prf": [f.name for f in fields(RocchioPRF)], "rerank": [f.name for f in fields(MaxSimRerank)]}
+    classes = {"search": (RocchioPRF, MaxSimRerank), "serve": (RocchioPRF, MaxSimRerank), "index": (NeighbourSmoothing,)}.get(config_name, ())
+    return {cls.GROUP: [f.name for f in fields(cls)] for cls in classes}
 

@@ -148,9 +148,10 @@ class GroupSettings:
     GROUP = ""
 
     @classmethod
-    def from_config(cls, settings):
+    def from_config(cls, settings, name: str | None = None):
         """The group's mapping (``cfg.prf``, ...) as this dataclass (None, the group off, gives None); a key the
-        dataclass has no field for is a ConfigError naming it and the group's settings."""
+        dataclass has no field for, or a bad value, is a ConfigError naming it as ``name.key`` (``name``: where
+        the settings were given, e.g. ``retriever.dense_prf``; default the group)."""
         from dataclasses import fields
 
         if settings is None:
@@ -158,5 +159,10 @@ class GroupSettings:
         known = [f.name for f in fields(cls)]
         unknown = [k for k in settings if k not in known]
         if unknown:
-            raise ConfigError(unknown_setting(cls.GROUP, unknown[0], known))
-        return cls(**settings)
+            raise ConfigError(unknown_setting(name or cls.GROUP, unknown[0], known))
+        try:
+            return cls(**settings)
+        except ConfigError as err:  # the dataclass names its keys after the group
+            if name is None or not str(err).startswith(f"{cls.GROUP}."):
+                raise
+            raise ConfigError(name + str(err)[len(cls.GROUP):]) from None

@@ -47,8 +47,9 @@ COLUMNS = {"mrr@10": "MRR@10", "recall@1": "R@1", "recall@10": "R@10", "recall@1
 def build_retrievers(cfg: DictConfig) -> dict[str, SplitRetriever]:
     """Instantiate ``cfg.retriever`` in order; a fusion's ``parts`` name retrievers built before it."""
     built: dict[str, SplitRetriever] = {}
-    for name, spec in cfg.retriever.items():
+    for name, spec in cfg.retriever.items():  # every setting first: the dense retriever loads its checkpoint when built
         check_retriever_settings(name, spec)
+    for name, spec in cfg.retriever.items():
         if "parts" in spec:
             missing = [p for p in spec.parts if p not in built]
             if missing:
@@ -64,8 +65,17 @@ def check_retriever_settings(name: str, spec: DictConfig) -> None:
     encodes nothing; an unknown stemmer fails deep in PyStemmer): one ConfigError naming retriever.<name>.<key>."""
     if "batch_size" in spec:
         check(f"retriever.{name}.batch_size", spec.batch_size, rule="batch_size")
-    if str(spec.get("_target_", "")).endswith(".BM25Retriever"):
+    target = str(spec.get("_target_", ""))
+    if target.endswith(".BM25Retriever"):
         BM25Scorer.from_config({k: v for k, v in spec.items() if k != "_target_"}, f"retriever.{name}")
+    # retrievers over a settings dataclass (feedback, smoothing, MaxSim): its keys and values, named as given
+    from two_tower.retrieval.maxsim import MaxSimRerank
+    from two_tower.retrieval.prf import RocchioPRF
+    from two_tower.retrieval.smoothing import NeighbourSmoothing
+
+    for suffix, settings in ((".PRFRetriever", RocchioPRF), (".SmoothedRetriever", NeighbourSmoothing), (".MaxSimRetriever", MaxSimRerank)):
+        if target.endswith(suffix):
+            settings.from_config({k: v for k, v in spec.items() if k not in ("_target_", "parts")}, f"retriever.{name}")
 
 
 def _instantiate(spec: DictConfig, **kwargs):

@@ -19,7 +19,7 @@ from two_tower.core.atomic import check_writable
 from two_tower.core.checks import check_config
 from two_tower.core.threads import set_threads
 from two_tower.core.errors import ConfigError
-from two_tower.retrieval.index import build_faiss_streamed, bytes_per_vector, check_replaceable, valid_hybrid_weights, write_index_folder
+from two_tower.retrieval.index import build_faiss_streamed, bytes_per_vector, check_replaceable, new_faiss, set_search_params, valid_hybrid_weights, write_index_folder
 from two_tower.retrieval.query_encoder import QueryEncoder
 from two_tower.retrieval.smoothing import NeighbourSmoothing, prepare_reconstruct
 
@@ -132,6 +132,9 @@ def build_index(cfg: DictConfig) -> Path:
     passages = load_passages(cfg)
     # Vectors (float32) and texts dominate the folder's size; refuse now rather than after encoding.
     dim = module.towers.passage_encoder.output_dim
+    if cfg.index.search_params:  # before encoding (smoothing searches with them too): on an empty index of the factory
+        set_search_params(new_faiss(dim, cfg.index.factory), cfg.index.search_params,
+                          f"index.search_params={cfg.index.search_params!r} does not apply to this {cfg.index.factory} index")
     need = len(passages) * bytes_per_vector(dim, cfg.index.factory) + sum(len(t) for t in passages.texts) * 2
     check_writable(Path(cfg.out).expanduser().resolve().parent, f"out={cfg.out}", min_free_bytes=need)
     log.info("Indexing %d passages from %s with %s", len(passages), passages.source, cfg.ckpt)

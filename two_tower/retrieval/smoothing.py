@@ -46,6 +46,8 @@ log = logging.getLogger(__name__)
 MAX_NEIGHBOURS = 1000
 # Rows smoothed at a time: a handful of [rows, dim] float32 arrays alive (at 8,448 dims, 140 MB each)
 ROWS_AT_ONCE = 4096
+# Rows searched for their neighbours in one FAISS call (about a second against 5,000 passages at 8,448 dims)
+SEARCH_ROWS = 512
 
 
 @dataclass(frozen=True)
@@ -84,7 +86,9 @@ class NeighbourSmoothing(GroupSettings):
     def _smoothed(self, index: faiss.Index, rows: np.ndarray) -> np.ndarray:
         own = index.reconstruct_batch(np.ascontiguousarray(rows)).reshape(len(rows), index.d)
         k = min(self.neighbours + 1, index.ntotal)
-        scores, hits = index.search(np.ascontiguousarray(own, dtype=np.float32), k)
+        # searched SEARCH_ROWS at a time: a FAISS call cannot be interrupted, so Ctrl-C waits for one to end
+        found_at = [index.search(np.ascontiguousarray(own[i : i + SEARCH_ROWS], dtype=np.float32), k) for i in range(0, len(rows), SEARCH_ROWS)]
+        scores, hits = (np.concatenate([part[j] for part in found_at]) for j in (0, 1))
         order = np.lexsort((np.where(hits < 0, np.iinfo(np.int64).max, hits), -scores), axis=-1)
         hits = np.take_along_axis(hits, order, 1)
         is_self = hits == rows[:, None]
