@@ -300,6 +300,10 @@ def test_overrides_hydra_cannot_compose_are_one_line():
     assert composition_error("evaluate", ["retriever.dense_smoothed.neighbours=3"]) == (
         'retriever.dense_smoothed.neighbours: a setting of retriever dense_smoothed, which is not selected; select it first, e.g. "retriever=[dense_smoothed]" retriever.dense_smoothed.neighbours=3')
     assert composition_error("evaluate", ["retriever.hybrid_rrf.k=30"]).startswith('retriever.hybrid_rrf.k: a setting of retriever hybrid_rrf, which is not selected; select it first, e.g. "retriever=[hybrid]"')
+    # a selected retriever's misspelt setting is named as such (not "select it"); a name no option gives keeps Hydra's line
+    assert composition_error("evaluate", ["retriever=[dense]", "retriever.dense.batchsize=64"]) == "retriever.dense.batchsize: unknown setting; retriever.dense has checkpoint, batch_size"
+    assert composition_error("evaluate", ["retriever.dense_smoothed_prf.neighbours=3"]).startswith("retriever.dense_smoothed_prf.neighbours: no such setting in evaluate.yaml")
+    assert composition_error("evaluate", ["retriever.defaults.x=1"]).startswith("retriever.defaults.x: no such setting in evaluate.yaml")
     from two_tower.cli.common import search_override_error
 
     for command in ("search", "serve"):  # an index-time setting: where it is set

@@ -375,16 +375,17 @@ def test_evaluate_checks_retriever_settings_in_one_line(trained, tmp_path, monke
     from two_tower.retrieval.evaluate import build_retrievers
 
     monkeypatch.setattr(dense, "load_checkpoint", lambda path: pytest.fail("loaded the checkpoint before checking the settings"))
-    for setting, message in (
-        ("retriever.dense.batch_size=-1", "retriever.dense.batch_size=-1: must be a positive integer"),
-        ("retriever.bm25.stemmer=klingon", "retriever.bm25: "),
-        ("+retriever.dense_smoothed.x=1", "retriever.dense_smoothed.x: unknown setting; retriever.dense_smoothed has neighbours, weight"),
-        ("retriever.dense_smoothed.neighbours=0", "retriever.dense_smoothed.neighbours=0: must be a whole number from 1 to 1000"),
-        ("+retriever.dense_prf.x=1", "retriever.dense_prf.x: unknown setting; retriever.dense_prf has depth, alpha, beta"),
-        ("retriever.dense_maxsim.weight=2", "retriever.dense_maxsim.weight=2: must be a number from 0"),
+    for settings, message in (
+        (["retriever.dense.batch_size=-1"], "retriever.dense.batch_size=-1: must be a positive integer"),
+        (["retriever.bm25.stemmer=klingon"], "retriever.bm25: "),
+        (["+retriever.dense_smoothed.x=1"], "retriever.dense_smoothed.x: unknown setting; retriever.dense_smoothed has neighbours, weight"),
+        (["retriever.dense_smoothed.neighbours=0"], "retriever.dense_smoothed.neighbours=0: must be a whole number from 1 to 1000"),
+        (["+retriever.dense_prf.x=1"], "retriever.dense_prf.x: unknown setting; retriever.dense_prf has depth, alpha, beta"),
+        (["retriever.dense_prf.alpha=0", "retriever.dense_prf.beta=0"], "retriever.dense_prf.alpha and retriever.dense_prf.beta are both 0"),
+        (["retriever.dense_maxsim.weight=2"], "retriever.dense_maxsim.weight=2: must be a number from 0"),
     ):
         cfg = compose_retrieval("evaluate", [f"ckpt={trained['ckpt']}", f"data.path={trained['data']}", f"out={tmp_path / 'eval'}",
-                                             "retriever=[dense,bm25,dense_smoothed,dense_prf,maxsim]", setting])
+                                             "retriever=[dense,bm25,dense_smoothed,dense_prf,maxsim]", *settings])
         with pytest.raises(ConfigError, match=re.escape(message)):
             build_retrievers(cfg)
 

@@ -138,19 +138,39 @@ def hydra_error_line(config_name: str, err: Exception, argv: list[str] = ()) -> 
     unknown = re.match(r"Could not override '([^']+)'", message)
     if unknown:
         key = unknown.group(1)
-        retriever = re.match(r"retriever\.([^.]+)\.", key) if config_name == "evaluate" else None
-        if retriever:  # a setting of a retriever not selected (retriever.dense_smoothed.neighbours=3 without it)
-            name = retriever.group(1)
-            option = next((p.stem for p in sorted((Path(CONF_DIR) / "retriever").glob("*.yaml")) if p.stem == name or re.search(rf"^{re.escape(name)}:", p.read_text(), re.M)), None)
-            if option:
-                setting = next((a.lstrip("+") for a in argv if a.lstrip("+").startswith(key + "=")), key + "=...")
-                return f"{key}: a setting of retriever {name}, which is not selected; select it first, e.g. \"retriever=[{option}]\" {setting}"
-        return f"{key}: no such setting in {config_name}.yaml with the options chosen (a new key is added with +{key}=...)"
+        hint = retriever_setting_error(key, argv) if config_name == "evaluate" and key.startswith("retriever.") else None
+        return hint or f"{key}: no such setting in {config_name}.yaml with the options chosen (a new key is added with +{key}=...)"
     present = re.match(r"Could not append to config. An item is already at '([^']+)'", message)
     if present:  # e.g. +encoder.packing=packed from a run made before the config had the key
         key = present.group(1)
         return f"+{key}: {key} is already a setting of {config_name}.yaml here; drop the + ({key}=...), or write ++{key}=... to set it whether or not it exists"
     return message.split(" Config search path:")[0]
+
+
+def retriever_setting_error(key: str, argv: list[str]) -> str | None:
+    """For evaluate's ``retriever.NAME.SETTING=...`` that Hydra cannot override: the retriever is selected and has
+    no such setting (one line listing its settings), or it is not selected and an option of the retriever group
+    gives it with that setting (one line saying to select it); None otherwise (Hydra's own line is kept)."""
+    parts = key.split(".")
+    if len(parts) < 3:
+        return None
+    name, setting = parts[1], parts[2]
+    rest = [a for a in argv if not a.lstrip("+").startswith(f"retriever.{name}.")]
+    try:
+        selected = compose("evaluate", rest).retriever
+    except Exception:
+        return None
+    if name in selected:
+        return unknown_setting(f"retriever.{name}", setting, [k for k in selected[name] if k not in ("_target_", "parts")])
+    for option in sorted(p.stem for p in (Path(CONF_DIR) / "retriever").glob("*.yaml")):
+        try:
+            given = compose("evaluate", [f"retriever=[{option}]"]).retriever
+        except Exception:
+            continue
+        if name in given and setting in given[name]:
+            override = next((a.lstrip("+") for a in argv if a.lstrip("+").startswith(key + "=")), key + "=...")
+            return f"{key}: a setting of retriever {name}, which is not selected; select it first, e.g. \"retriever=[{option}]\" {override}"
+    return None
 
 
 def run_dir_error(cfg) -> str | None:

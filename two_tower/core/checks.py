@@ -162,7 +162,9 @@ class GroupSettings:
             raise ConfigError(unknown_setting(name or cls.GROUP, unknown[0], known))
         try:
             return cls(**settings)
-        except ConfigError as err:  # the dataclass names its keys after the group
-            if name is None or not str(err).startswith(f"{cls.GROUP}."):
+        except ConfigError as err:  # the dataclass names its keys after the group ("prf.alpha and prf.beta ...")
+            if name is None:
                 raise
-            raise ConfigError(name + str(err)[len(cls.GROUP):]) from None
+            import re
+
+            raise ConfigError(re.sub(rf"(?<![\w./]){re.escape(cls.GROUP)}\.", f"{name}.", str(err))) from None

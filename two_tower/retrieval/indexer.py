@@ -130,11 +130,11 @@ def build_index(cfg: DictConfig) -> Path:
     start = time.perf_counter()
     module = load_checkpoint(cfg.ckpt)
     passages = load_passages(cfg)
-    # Vectors (float32) and texts dominate the folder's size; refuse now rather than after encoding.
     dim = module.towers.passage_encoder.output_dim
     if cfg.index.search_params:  # before encoding (smoothing searches with them too): on an empty index of the factory
         set_search_params(new_faiss(dim, cfg.index.factory), cfg.index.search_params,
                           f"index.search_params={cfg.index.search_params!r} does not apply to this {cfg.index.factory} index")
+    # Vectors (float32) and texts dominate the folder's size; refuse now rather than after encoding.
     need = len(passages) * bytes_per_vector(dim, cfg.index.factory) + sum(len(t) for t in passages.texts) * 2
     check_writable(Path(cfg.out).expanduser().resolve().parent, f"out={cfg.out}", min_free_bytes=need)
     log.info("Indexing %d passages from %s with %s", len(passages), passages.source, cfg.ckpt)
