@@ -132,6 +132,20 @@ def test_queries_the_tokenizer_searches_are_not_refused_by_the_schema(client, se
         assert client.post("/search", json={"queries": [q], "k": 3}).status_code == 200
 
 
+def test_the_schema_pattern_reads_the_same_in_ecma_python_and_rust(client):
+    """The published pattern of a searchable query, read as JSON Schema reads it (ECMA-262: \\w is ASCII only;
+    re.ASCII here, as schemathesis does) and by Python: letters and digits of any script pass, and nothing else
+    (a [^\\W_] pattern told clients "Ï" and "日本" were invalid: the fuzz test drew "Ï" as a negative case)."""
+    import re
+
+    pattern = client.get("/openapi.json").json()["paths"]["/search"]["get"]["parameters"][0]["schema"]["pattern"]
+    for flags in (re.ASCII, 0):
+        reading = re.compile(pattern, flags)
+        assert all(reading.search(q) for q in ("\u00cf", "\u65e5\u672c", "garden", "\u00bd", "9"))
+        assert not any(reading.search(q) for q in ("?!", "\U0001F600", "\u200b", "_", " "))
+    assert all(client.get("/search", params={"q": q, "k": 1}).status_code == 200 for q in ("\u00cf", "\u65e5\u672c"))
+
+
 def test_k_larger_than_the_corpus_returns_the_whole_corpus(searcher):
     k = len(searcher.index) + 10
     with ServerThread(create_app(searcher, Limits(k_max=k))) as other, httpx.Client(base_url=other.url) as c:

@@ -54,20 +54,22 @@ from two_tower.retrieval.search import Searcher
 
 STATIC = Path(__file__).parent / "static"
 # A query needs a letter or digit (what the tokenizer reads as a word): so the schema says which queries
-# are searchable, and "?!", an emoji or a zero-width space are refused before any search.
-# Checked by pydantic's Rust regex engine, whose \w leaves out the "other numbers" Python's (the tokenizer's)
-# counts as word characters (½, ², ₂): a class of them (as literal ranges, which Rust, Python and JavaScript
-# engines all read; \p{No} broke Python clients of the schema) adds them, so no query the tokenizer searches
-# is refused here (a full scan of Unicode finds none; the other way round the tokenizer's own check answers 422).
+# are searchable, and "?!", an emoji or a zero-width space are refused before any search. Spelled as a class of
+# literal ranges, the characters Python's \w (the tokenizer's) counts as letters and digits: a JSON Schema pattern
+# is read as ECMA-262, whose \w is ASCII only (a schema with [^\W_] told clients "Ï" and "日本" were invalid), and
+# pydantic checks it with Rust's regex, whose \w leaves out the other numbers (½, ², ₂) Python counts; literal
+# ranges read the same in all three.
 
 
-def _other_numbers() -> str:
-    """A regex class of Unicode's "other number" characters (category No), as ranges of literal characters."""
-    import unicodedata
+def _word_characters() -> str:
+    """A regex class of every character Python's re reads as a letter or digit (``[^\\W_]``), as literal ranges."""
+    import re
+    import sys
 
+    word = re.compile(r"[^\W_]")
     ranges: list[list[int]] = []
-    for code in range(0x110000):
-        if unicodedata.category(chr(code)) == "No":
+    for code in range(sys.maxunicode + 1):
+        if not 0xD800 <= code <= 0xDFFF and word.match(chr(code)):
             if ranges and ranges[-1][1] == code - 1:
                 ranges[-1][1] = code
             else:
@@ -75,7 +77,7 @@ def _other_numbers() -> str:
     return "[" + "".join(chr(a) if a == b else f"{chr(a)}-{chr(b)}" for a, b in ranges) + "]"
 
 
-NOT_BLANK = r"[^\W_]|" + _other_numbers()
+NOT_BLANK = _word_characters()
 # The page and its assets come only from this server; no inline script, so injected markup cannot run.
 PAGE_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'; frame-ancestors 'none'",
