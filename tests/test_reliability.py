@@ -298,7 +298,7 @@ def test_overrides_hydra_cannot_compose_are_one_line():
     assert composition_error("index", ["ckpt=x", "smooth.neighbours=3"]) == "smooth.neighbours: a setting of the smooth group, which is off; select it first, e.g. smooth=neighbours smooth.neighbours=3"
     assert composition_error("index", ["ckpt=x", "smooth=neighbours", "smooth.x=1"]) == "smooth.x: unknown setting; smooth has neighbours, weight"
     assert composition_error("evaluate", ["retriever.dense_smoothed.neighbours=3"]) == (
-        'retriever.dense_smoothed.neighbours: a setting of retriever dense_smoothed, which is not selected; select it first, e.g. "retriever=[dense_smoothed]" retriever.dense_smoothed.neighbours=3')
+        'retriever.dense_smoothed.neighbours: a setting of retriever dense_smoothed, which is not selected; select it first, e.g. "retriever=[smoothed]" retriever.dense_smoothed.neighbours=3')
     assert composition_error("evaluate", ["retriever.hybrid_rrf.k=30"]).startswith('retriever.hybrid_rrf.k: a setting of retriever hybrid_rrf, which is not selected; select it first, e.g. "retriever=[hybrid]"')
     # a selected retriever's misspelt setting is named as such (not "select it"); a name no option gives keeps Hydra's line
     assert composition_error("evaluate", ["retriever=[dense]", "retriever.dense.batchsize=64"]) == "retriever.dense.batchsize: unknown setting; retriever.dense has checkpoint, batch_size"

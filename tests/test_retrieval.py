@@ -385,7 +385,7 @@ def test_evaluate_checks_retriever_settings_in_one_line(trained, tmp_path, monke
         (["retriever.dense_maxsim.weight=2"], "retriever.dense_maxsim.weight=2: must be a number from 0"),
     ):
         cfg = compose_retrieval("evaluate", [f"ckpt={trained['ckpt']}", f"data.path={trained['data']}", f"out={tmp_path / 'eval'}",
-                                             "retriever=[dense,bm25,dense_smoothed,dense_prf,maxsim]", *settings])
+                                             "retriever=[dense,bm25,smoothed,dense_prf,maxsim]", *settings])
         with pytest.raises(ConfigError, match=re.escape(message)):
             build_retrievers(cfg)
 
@@ -1161,17 +1161,18 @@ def test_neighbour_smoothing_is_the_brute_force_mean_of_nearest_passages(monkeyp
 def test_smoothed_index_folder_ranks_as_evaluate_dense_smoothed(trained, tmp_path, monkeypatch, caplog):
     """index.py smooth=neighbours stores the vectors evaluate's dense_smoothed ranks by (the brute-force
     smoothing of the dense retriever's passages), so the folder's Searcher returns the same passages and scores,
-    also with feedback on top (dense_smoothed_prf); the manifest records the setting; a bad one is refused
-    before anything is loaded."""
+    also with feedback on top (dense_smoothed_prf) and the folder's default hybrid ranking (hybrid_smoothed); the
+    manifest records the setting; a bad one is refused before anything is loaded."""
     from two_tower.retrieval.prf import RocchioPRF
 
-    cfg = compose_retrieval("evaluate", [f"ckpt={trained['ckpt']}", f"data.path={trained['data']}", f"out={tmp_path / 'eval'}", "retriever=[dense_smoothed_prf]", "save_runs=true"])
+    cfg = compose_retrieval("evaluate", [f"ckpt={trained['ckpt']}", f"data.path={trained['data']}", f"out={tmp_path / 'eval'}", "retriever=[smoothed]", "save_runs=true"])
     from two_tower.retrieval.smoothing import NeighbourSmoothing
 
     settings = {k: v for k, v in cfg.retriever.dense_smoothed.items() if k not in ("_target_", "parts")}
     assert NeighbourSmoothing(**settings) == NeighbourSmoothing() == NeighbourSmoothing.from_config(compose_retrieval("index", ["smooth=neighbours"]).smooth)  # one setting in code and configs
     metrics = evaluate(cfg)
-    assert list(metrics) == ["dense", "dense_smoothed", "dense_smoothed_prf"]
+    assert list(metrics) == ["dense", "bm25_stemmed", "hybrid_rrf", "hybrid_weighted", "dense_smoothed", "dense_smoothed_prf", "hybrid_smoothed"]
+    assert list(cfg.retriever.hybrid_smoothed.weights) == list(cfg.retriever.hybrid_weighted.weights)
     assert metrics["dense_smoothed"]["mrr@10"] != metrics["dense"]["mrr@10"]  # the smoothing changed something
 
     split = validation_split(trained["data"])
@@ -1198,13 +1199,13 @@ def test_smoothed_index_folder_ranks_as_evaluate_dense_smoothed(trained, tmp_pat
     with TestClient(create_app(Searcher.load(folder))) as client:  # /health says how the folder ranks
         assert client.get("/health").json()["index"]["ranking"]["smooth"] == {"neighbours": 5, "weight": 0.2}
     runs = {}
-    for name in ("dense_smoothed", "dense_smoothed_prf"):
+    for name in ("dense_smoothed", "dense_smoothed_prf", "hybrid_smoothed"):
         for line in (tmp_path / "eval" / "runs" / f"{name}.trec").read_text().splitlines():
             qid, _, pid, rank, score, _ = line.split()
             runs.setdefault(name, {}).setdefault(qid, []).append((pid, float(score)))
     queries = [split.query_texts[r] for r in rows]
-    for name, prf in (("dense_smoothed", None), ("dense_smoothed_prf", RocchioPRF())):
-        results = Searcher.load(folder, hybrid=False, prf=prf).search(queries, k=10)
+    for name, prf, hybrid in (("dense_smoothed", None, False), ("dense_smoothed_prf", RocchioPRF(), False), ("hybrid_smoothed", None, None)):
+        results = Searcher.load(folder, hybrid=hybrid, prf=prf).search(queries, k=10)  # hybrid None: the folder's default
         for row, hits in zip(rows, results):
             expected = runs[name][str(row)][:10]
             assert [h.id for h in hits] == [pid for pid, _ in expected], (name, row)

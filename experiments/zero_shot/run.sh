@@ -53,8 +53,8 @@ done
 # Neighbour smoothing (2026-12-06, conf/smooth/neighbours.yaml) on the same checkpoints: Cranfield and marco7k
 # validation, with and without feedback, and the index folder built with smooth=neighbours.
 for run in "$OUT"/best_relations/*/; do
-  python evaluate.py ckpt="$run/checkpoints/last.ckpt" data.path="$CRAN" split=test "retriever=[dense_smoothed_prf]" out="$run/cranfield_smoothed"
-  python evaluate.py ckpt="$run/checkpoints/last.ckpt" data.path="$MARCO" split=validation "retriever=[dense_smoothed_prf]" out="$run/marco7k_smoothed"
+  python evaluate.py ckpt="$run/checkpoints/last.ckpt" data.path="$CRAN" split=test "retriever=[smoothed]" out="$run/cranfield_smoothed"
+  python evaluate.py ckpt="$run/checkpoints/last.ckpt" data.path="$MARCO" split=validation "retriever=[smoothed]" out="$run/marco7k_smoothed"
 done
 python index.py ckpt="$OUT/best_relations/2/checkpoints/last.ckpt" data.path="$CRAN" smooth=neighbours out="$OUT/cranfield_index_smoothed"
 for flags in "" "--dense-only" "--prf --dense-only" "--prf"; do
