@@ -103,6 +103,18 @@ RULES = {
     "index.train_size": (INT, lambda v: v > 0, "a positive integer"),
     "overwrite": (BOOL, lambda v: True, "true or false"),
     "save_runs": (BOOL, lambda v: True, "true or false"),
+    # the prf, rerank and smooth groups (search.py, serve.py, index.py, evaluate.py's retrievers): GroupSettings
+    # (feedback vectors are held as [queries, depth, dim], MaxSim cosines as [query tokens, depth, tokens], smoothing's
+    # neighbours as [rows, neighbours] hits: deeper is a mistake, not a setting)
+    "prf.depth": (INT, lambda v: 0 <= v <= 1000, "a whole number from 0 (no feedback) to 1000"),
+    "prf.alpha": (NUM, lambda v: 0 <= v < float("inf"), "a finite number >= 0"),
+    "prf.beta": (NUM, lambda v: 0 <= v < float("inf"), "a finite number >= 0"),
+    "rerank.depth": (INT, lambda v: v >= 1, "a whole number >= 1"),
+    "rerank.weight": (NUM, lambda v: 0 <= v <= 1, "a number from 0 (first stage alone) to 1 (MaxSim alone)"),
+    "rerank.dim": (INT, lambda v: v >= 1, "a whole number >= 1"),
+    "rerank.max_tokens": (INT, lambda v: v >= 1, "a whole number >= 1"),
+    "smooth.neighbours": (INT, lambda v: 1 <= v <= 1000, "a whole number from 1 to 1000"),
+    "smooth.weight": (NUM, lambda v: 0 <= v <= 1, "a number from 0 (the passage's own vector) to 1 (its neighbours' mean)"),
 }
 
 
@@ -143,9 +155,21 @@ def unknown_setting(group: str, key: str, known: list[str]) -> str:
 
 
 class GroupSettings:
-    """Base of a config group's settings dataclass (``prf``, ``rerank``, ``smooth``): ``GROUP`` names the group."""
+    """Base of a config group's settings dataclass (``prf``, ``rerank``, ``smooth``): ``GROUP`` names the group;
+    each field is checked against its rule, ``RULES["GROUP.field"]`` (null refused too: every field has a value)."""
 
     GROUP = ""
+
+    def __post_init__(self):
+        from dataclasses import fields
+
+        for f in fields(self):
+            key = f"{self.GROUP}.{f.name}"
+            if key in RULES:
+                value = getattr(self, f.name)
+                if value is None:
+                    raise ConfigError(f"{key}=None: must be {RULES[key][2]}")
+                check(key, value)
 
     @classmethod
     def from_config(cls, settings, name: str | None = None):

@@ -65,15 +65,13 @@ def check_retriever_settings(name: str, spec: DictConfig) -> None:
     encodes nothing; an unknown stemmer fails deep in PyStemmer): one ConfigError naming retriever.<name>.<key>."""
     if "batch_size" in spec:
         check(f"retriever.{name}.batch_size", spec.batch_size, rule="batch_size")
-    target = str(spec.get("_target_", ""))
-    if target.endswith(".BM25Retriever"):
-        BM25Scorer.from_config({k: v for k, v in spec.items() if k != "_target_"}, f"retriever.{name}")
-    # retrievers over a settings dataclass (feedback, smoothing, MaxSim): its keys and values, named as given
+    # retrievers over a settings class (BM25, feedback, smoothing, MaxSim): its keys and values, named as given
     from two_tower.retrieval.maxsim import MaxSimRerank
     from two_tower.retrieval.prf import RocchioPRF
     from two_tower.retrieval.smoothing import NeighbourSmoothing
 
-    for suffix, settings in ((".PRFRetriever", RocchioPRF), (".SmoothedRetriever", NeighbourSmoothing), (".MaxSimRetriever", MaxSimRerank)):
+    target = str(spec.get("_target_", ""))
+    for suffix, settings in ((".BM25Retriever", BM25Scorer), (".PRFRetriever", RocchioPRF), (".SmoothedRetriever", NeighbourSmoothing), (".MaxSimRetriever", MaxSimRerank)):
         if target.endswith(suffix):
             settings.from_config({k: v for k, v in spec.items() if k not in ("_target_", "parts")}, f"retriever.{name}")
 

@@ -75,14 +75,9 @@ class MaxSimRerank(GroupSettings):
     max_tokens: int = 256
 
     def __post_init__(self):
-        for name in ("depth", "dim", "max_tokens"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ConfigError(f"rerank.{name}={value!r}: must be a whole number >= 1")
+        super().__post_init__()  # each value's range (core.checks.RULES: rerank.depth, weight, dim, max_tokens)
         if self.depth > MAX_DEPTH:
             raise ConfigError(f"rerank.depth={self.depth}: at most {MAX_DEPTH} passages a query are scored again")
-        if isinstance(self.weight, bool) or not isinstance(self.weight, (int, float)) or not 0 <= self.weight <= 1:
-            raise ConfigError(f"rerank.weight={self.weight!r}: must be a number from 0 (first stage alone) to 1 (MaxSim alone)")
 
     def tokens(self) -> "StaticTokens":
         return static_tokens(self.teacher, self.dim)

@@ -27,10 +27,6 @@ from two_tower.data.prepared import PreparedSplit
 from two_tower.retrieval.retriever import SplitRetriever
 
 
-# Feedback vectors are held as [queries, depth, dim]; a deeper feedback is a mistake, not a setting.
-MAX_DEPTH = 1000
-
-
 @dataclass(frozen=True)
 class RocchioPRF(GroupSettings):
     """How many top passages feed back (0 = off) and the weights of the query and of their mean."""
@@ -42,12 +38,7 @@ class RocchioPRF(GroupSettings):
     beta: float = 0.6
 
     def __post_init__(self):
-        if not isinstance(self.depth, int) or isinstance(self.depth, bool) or not 0 <= self.depth <= MAX_DEPTH:
-            raise ConfigError(f"prf.depth={self.depth!r}: must be a whole number from 0 (no feedback) to {MAX_DEPTH}")
-        for name in ("alpha", "beta"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value) or value < 0:
-                raise ConfigError(f"prf.{name}={value!r}: must be a finite number >= 0")
+        super().__post_init__()  # each value's range (core.checks.RULES: prf.depth, prf.alpha, prf.beta)
         if self.depth and self.alpha == 0 and self.beta == 0:
             raise ConfigError("prf.alpha and prf.beta are both 0: the new query would be all zeros")
 

@@ -43,7 +43,6 @@ from two_tower.retrieval.retriever import SplitRetriever
 
 log = logging.getLogger(__name__)
 
-MAX_NEIGHBOURS = 1000
 # Rows smoothed at a time: a handful of [rows, dim] float32 arrays alive (at 8,448 dims, 140 MB each)
 ROWS_AT_ONCE = 4096
 # Rows searched for their neighbours in one FAISS call (about a second against 5,000 passages at 8,448 dims)
@@ -59,13 +58,6 @@ class NeighbourSmoothing(GroupSettings):
     neighbours: int = 5
     weight: float = 0.2
 
-    def __post_init__(self):
-        n = self.neighbours
-        if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= MAX_NEIGHBOURS:
-            raise ConfigError(f"smooth.neighbours={n!r}: must be a whole number from 1 to {MAX_NEIGHBOURS}")
-        w = self.weight
-        if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 <= w <= 1:
-            raise ConfigError(f"smooth.weight={w!r}: must be a number from 0 (the passage's own vector) to 1 (its neighbours' mean)")
 
     def vectors(self, index: faiss.Index, rows: np.ndarray) -> np.ndarray:
         """The smoothed vectors of ``rows`` (sorted or not) of ``index`` [len(rows), dim], each as long as the
