@@ -79,19 +79,15 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # e.g. | head -1: stop quietly (and keep Python from failing again at exit)
         _drop_stdout()
         return 141
-    except OSError as err:
-        if not _writing_stdout_failed(err):
-            raise
+    except _OutputFailed as failed:
+        err = failed.__cause__
         _drop_stdout()
         print(f"error: cannot write the results to stdout ({err.strerror or err}); they are incomplete", file=sys.stderr)
         return 1
 
 
-def _writing_stdout_failed(err: OSError) -> bool:
-    """Whether ``err`` came from writing stdout (a full disk, a closed descriptor), not from reading a file."""
-    import traceback
-
-    return any(frame.name == "_print_out" for frame in traceback.extract_tb(err.__traceback__))
+class _OutputFailed(Exception):
+    """Writing stdout failed (a full disk, a closed descriptor), not reading a file: the OSError is its cause."""
 
 
 def _drop_stdout() -> None:
@@ -107,7 +103,12 @@ def _drop_stdout() -> None:
 
 def _print_out(text: str) -> None:
     """A result on stdout, flushed at once (a failed write surfaces here, named by ``main``)."""
-    print(text, flush=True)
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        raise
+    except OSError as err:
+        raise _OutputFailed from err
 
 
 def _main(argv: list[str] | None) -> int:
