@@ -292,6 +292,11 @@ def test_overrides_hydra_cannot_compose_are_one_line():
     assert composition_error("train", ["loss=triplet", "loss.margin=0.3", "hydra.run.dir=/x"]) is None
     assert composition_error("train", ["+encoder.packing=packed"]) == (  # how it had to be set before encoder/rnn.yaml had it
         "+encoder.packing: encoder.packing is already a setting of train.yaml here; drop the + (encoder.packing=...), or write ++encoder.packing=... to set it whether or not it exists")
+    # a group set to null: Hydra's "Config group override must be a string or a list. Got NoneType", or a TypeError inside it for [null]
+    assert composition_error("index", ["ckpt=x", "smooth=null"]) == (
+        "smooth=null: smooth is a config group; give one of its options: neighbours; smooth is off unless an option is selected, so leave it out for none")
+    assert composition_error("train", ["scheduler=[null]"]) == "scheduler=[null]: scheduler is a config group; give one of its options: cosine, none, warmup_linear"
+    assert composition_error("evaluate", ["retriever=[dense,null]"]).startswith("retriever=[dense,null]: retriever is a config group; give one of its options: bm25,")
     assert composition_error("train", ["-m", "seed=1,2"]) is None  # sweeps: Hydra's own report
     assert composition_error("train", ["hydra.mode=MULTIRUN", "seed=1,2"]) is None  # a sweep without -m
     # a setting of a group or retriever that is not selected says to select it (Hydra's hint was to add the key with +)

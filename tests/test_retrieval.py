@@ -498,6 +498,7 @@ def test_empty_query_is_a_clear_error(trained, capsys):
         (["max_chars=abc"], "error: max_chars='abc': must be an integer >= 0"),
         (["threads=abc"], "error: threads='abc': must be a positive integer or null"),
         (["prf=bogus"], "error: In 'search': Could not find 'prf/bogus' Available options in 'prf': rocchio"),  # was Hydra's report over 8 lines
+        (["prf=null"], "error: prf=null: prf is a config group; give one of its options: rocchio; prf is off unless an option is selected"),  # was Hydra's NoneType line
         (["search_params='efSearch=64'"], "error: search_params='efSearch=64' does not apply to this IndexFlat index (it has no parameter efSearch;"),  # was FAISS's C++ source line
     ],
 )

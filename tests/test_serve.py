@@ -417,7 +417,10 @@ def test_serve_command_serves_with_its_settings(index_dir, tmp_path, monkeypatch
         (["index=X", "prf.depth=3"], "error: prf.depth: a setting of the prf group, which is off; select it first, e.g. prf=rocchio prf.depth=3"),
         (["index=X", "rerank=maxsim", "rerank.foo=1"], "error: rerank.foo: unknown setting; rerank has depth, weight, teacher, dim, max_tokens"),
         (["index=X", "port.x=3"], "error: port.x: unknown setting"),
-        (["index", "X"], "error: not a key=value setting: index X"),
+        (["index", "X"], "error: not a key=value setting: index X (python serve.py --help lists the settings)"),
+        (["index=X", "+colour=red"], "error: colour: unknown setting; the settings are index, host"),  # was 'not a key=value setting' and the usage text
+        (["index=X", "~k"], "error: ~k: settings cannot be removed; set k= to another value"),
+        (["index=X", "rerank=null"], "error: rerank=null: rerank is a config group; give one of its options: maxsim; rerank is off unless"),
         (["index=X", "prf=bogus"], "error: In 'serve': Could not find 'prf/bogus' Available options in 'prf': rocchio"),
     ],
 )
@@ -426,6 +429,7 @@ def test_serve_command_errors_are_one_line(args, message, capsys):
     err = capsys.readouterr().err
     assert err.startswith(message), err
     assert "Traceback" not in err and "Config search path" not in err
+    assert len(err.strip().splitlines()) == 1, err
 
 
 def test_a_host_name_is_bound_as_uvicorn_binds_it_ipv4_unless_it_has_a_colon(monkeypatch):

@@ -134,6 +134,9 @@ def hydra_error_line(config_name: str, err: Exception, argv: list[str] = ()) -> 
     config search path (a group option that does not exist lists the available ones over several lines)."""
     import re
 
+    null_group = null_group_error(config_name, argv)
+    if null_group:
+        return null_group
     message = " ".join(str(err).split())
     unknown = re.match(r"Could not override '([^']+)'", message)
     if unknown:
@@ -145,6 +148,33 @@ def hydra_error_line(config_name: str, err: Exception, argv: list[str] = ()) -> 
         key = present.group(1)
         return f"+{key}: {key} is already a setting of {config_name}.yaml here; drop the + ({key}=...), or write ++{key}=... to set it whether or not it exists"
     return message.split(" Config search path:")[0]
+
+
+def null_group_error(config_name: str, argv: list[str]) -> str | None:
+    """The one line for a config group set to null (``smooth=null``, ``scheduler=[null]``), which Hydra refuses
+    with "Config group override must be a string or a list. Got NoneType" or fails inside on (a TypeError): a
+    group takes one of its options' names. None when no override does that."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        overrides = OverridesParser.create().parse_overrides([a for a in argv if not a.startswith("-")])
+    except Exception:  # a line Hydra cannot parse: its own message says where
+        return None
+    for override in overrides:
+        group = override.key_or_group
+        if override.is_delete() or override.is_sweep_override() or not (Path(CONF_DIR) / group).is_dir():
+            continue
+        value = override.value()
+        if value is not None and not (isinstance(value, list) and None in value):
+            continue
+        options = sorted(p.stem for p in (Path(CONF_DIR) / group).glob("*.yaml"))
+        try:
+            off = group not in compose(config_name, [])
+        except Exception:
+            off = False
+        rest = f"; {group} is off unless an option is selected, so leave it out for none" if off else ""
+        return f"{override.input_line}: {group} is a config group; give one of its options: {', '.join(options)}{rest}"
+    return None
 
 
 def retriever_setting_error(key: str, argv: list[str]) -> str | None:

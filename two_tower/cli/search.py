@@ -120,7 +120,7 @@ def _main(argv: list[str] | None) -> int:
     try:
         cfg = compose("search", overrides)
     except Exception as err:  # Hydra's own errors: unknown key, bad value, a group option that does not exist
-        print(f"error: {hydra_error_line('search', err)}", file=sys.stderr)
+        print(f"error: {hydra_error_line('search', err, overrides)}", file=sys.stderr)
         return 2
     if raw_query is not None and words:
         print("error: give the query either as text or as query=..., not both", file=sys.stderr)

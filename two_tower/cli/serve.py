@@ -21,7 +21,8 @@ prf.depth=N), rerank=maxsim (MaxSim rerank of the top rerank.depth=100; rerank.w
 max_connections.
 Then open http://HOST:PORT/ (search page), /docs (API), /health."""
 
-OVERRIDE = re.compile(r"^[A-Za-z_]\w*(\.\w+)?=")
+# key=value, key.setting=value, +key=value or ~key: search_override_error says which of them name no setting
+OVERRIDE = re.compile(r"^(\+{0,2}[A-Za-z_][\w.]*=|~[A-Za-z_][\w.]*(=|$))")
 
 
 def _whole(name: str, value, low: int, high: int | None = None):
@@ -66,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     stray = [a for a in argv if not OVERRIDE.match(a)]
     if stray:
-        print(f"error: not a key=value setting: {' '.join(stray)}\n{USAGE}", file=sys.stderr)
+        print(f"error: not a key=value setting: {' '.join(stray)} (python serve.py --help lists the settings)", file=sys.stderr)
         return 2
     # a setting, a config group (prf=rocchio), or a key inside a group (prf.depth=3)
     message = search_override_error("serve", argv)
@@ -76,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = compose("serve", argv)
     except Exception as err:  # Hydra's own errors, e.g. a value it cannot parse, a group option that does not exist
-        print(f"error: {hydra_error_line('serve', err)}", file=sys.stderr)
+        print(f"error: {hydra_error_line('serve', err, argv)}", file=sys.stderr)
         return 2
 
     from two_tower.retrieval.maxsim import MaxSimRerank
@@ -85,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     from two_tower.serve.app import Limits, SearchSlots, check_seconds, create_app
 
     if cfg.index is None:
-        print(f"error: which index? pass index=DIR (a folder written by index.py)\n{USAGE}", file=sys.stderr)
+        print("error: which index? pass index=DIR (a folder written by index.py; python serve.py --help lists the settings)", file=sys.stderr)
         return 2
     try:
         for name in ("index", "host", "search_params"):  # Hydra reads index=2024 as a number: a name all the same
