@@ -217,6 +217,20 @@ def test_ddp_stops_on_sigterm_in_every_process_at_the_same_step(tmp_path, target
     assert subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True).returncode == 1  # no process left
 
 
+def test_ddp_with_fewer_batches_than_processes_is_refused_once_before_they_start(tmp_path):
+    """Data that would leave a process no batch is one error line, before Lightning starts the other processes
+    (each process printed it, after ~10 s of starting them); the kept run folder's log says why it stopped."""
+    run = tmp_path / "run"
+    cmd = [sys.executable, "train.py", *TINY, "trainer=ddp", "trainer.devices=2", "trainer.accelerator=cpu", "data.batch_size=1000",
+           f"paths.cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={run}"]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 2, done.stderr[-3000:]
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "fewer than the 2 processes, so no process would train" in errors[0], done.stderr[-3000:]
+    assert "Traceback" not in done.stderr and "Initializing distributed" not in done.stdout + done.stderr
+    assert (run / "train.log").read_text().rstrip().endswith(errors[0])
+
+
 @pytest.mark.slow
 def test_ddp_on_two_cpu_processes_trains_and_reports_once(tmp_path):
     """trainer=ddp with two CPU processes (Lightning starts the second by running train.py again): the run

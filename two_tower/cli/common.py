@@ -42,7 +42,20 @@ def report(err: TwoTowerError) -> int:
     if debugging():
         raise err
     print(f"error: {err}", file=sys.stderr)
+    log_to_files(f"error: {err}")
     return 2
+
+
+def log_to_files(message: str) -> None:
+    """``message`` in the log files of this process (a run folder's train.log: a refused run whose folder is kept
+    says there why it stopped), not on the console, which has the ``error:`` line already."""
+    import logging
+
+    handlers = [h for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)]
+    if handlers:
+        record = logging.LogRecord("two_tower", logging.ERROR, __file__, 0, message, None, None)
+        for handler in handlers:
+            handler.handle(record)
 
 
 @contextlib.contextmanager

@@ -290,15 +290,22 @@ class TwoTowerDataModule(L.LightningDataModule):
         loop = self.trainer.fit_loop if self.trainer is not None else None
         return loop.epoch_loop.batch_progress.current.completed if loop is not None and loop.restarted_mid_epoch else 0
 
+    def check_processes(self, world: int) -> None:
+        """Refuse, in one line, a training split of fewer batches than ``world`` processes: each trains
+        ``batches // world`` of them, so none would train. train.py asks before Lightning starts the other
+        processes (one line, not one a process); the sampler asks again with the world Lightning set up."""
+        batches = TripletBatchSampler.batches_in(self.train.num_queries, self.batch_size)
+        if batches < world:
+            raise ConfigError(
+                f"data.batch_size={self.batch_size}: the training split's {self.train.num_queries} rows make {batches} batch(es), fewer than "
+                f"the {world} processes, so no process would train; lower data.batch_size, or run fewer processes (trainer.devices)"
+            )
+
     def train_sampler(self) -> TripletBatchSampler:
         rank, world = self._rank_world()
         if world > 1:  # every process trains the same number of batches (DDP's collectives need it)
+            self.check_processes(world)
             batches = TripletBatchSampler.batches_in(self.train.num_queries, self.batch_size)
-            if batches < world:
-                raise ConfigError(
-                    f"data.batch_size={self.batch_size}: the training split's {self.train.num_queries} rows make {batches} batch(es), fewer than "
-                    f"the {world} processes, so no process would train; lower data.batch_size, or run fewer processes (trainer.devices)"
-                )
             if batches % world and rank == 0:
                 log.info("%d of the %d training batches an epoch are left out: each of the %d processes trains %d (the batches are "
                          "shuffled every epoch, so which are left out changes)", batches % world, batches, world, batches // world)

@@ -233,8 +233,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
         datamodule.prepare_data()
         datamodule.setup("fit")
         check_training_rows(datamodule)
+        processes = planned_processes(cfg.trainer)
+        if processes:
+            datamodule.check_processes(processes)
         if ckpt_path:
-            check_resume_checkpoint(ckpt_path, datamodule.tokenizer, planned_processes(cfg.trainer), cfg.trainer.get("max_epochs"))
+            check_resume_checkpoint(ckpt_path, datamodule.tokenizer, processes, cfg.trainer.get("max_epochs"))
         # Seeded again: preparing data on a cache miss (distilling word vectors, mining, ...) may draw from the
         # global generators and a cache hit does not, so without this a run on a cold cache started from
         # other weights (and ended at other figures) than the same run on a warm one.
