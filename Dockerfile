@@ -70,6 +70,7 @@ HEALTHCHECK --interval=30s --timeout=5s --start-period=120s --retries=3 \
   CMD ["python", "/app/container/healthcheck.py"]
 # No arguments or key=value settings: serve $TWO_TOWER_INDEX on 0.0.0.0:$TWO_TOWER_PORT.
 # train.py / index.py / evaluate.py / search.py / serve.py ARGS: that script; anything else runs as given.
-# tini -e 143: a command ended by the SIGTERM of a stop exits 0, a stop being no failure.
-ENTRYPOINT ["/usr/bin/tini", "-e", "143", "--", "/app/container/entrypoint.sh"]
+# A stopped service exits 0 (the entry point runs it under a tini -e 143 of its own); a stopped script keeps its
+# status (train.py: 143), so `docker run ... train.py && docker run ... index.py` does not go on after a stop.
+ENTRYPOINT ["/usr/bin/tini", "--", "/app/container/entrypoint.sh"]
 CMD []

@@ -3,7 +3,7 @@
 #   (nothing) or key=value ...   serve $TWO_TOWER_INDEX on 0.0.0.0:$TWO_TOWER_PORT; the settings are serve.py's
 #   serve.py key=value ...       the same
 #   train.py|index.py|evaluate.py|search.py ARGS   that script (from /app; the working directory stays /work)
-#   -... (e.g. --help, --cfg job)  serve.py's flags
+#   -... (--help)                 serve.py's flag
 #   anything else                run as given (e.g. bash, python -c ...)
 # exec: the process gets SIGTERM from `docker stop` directly (through tini, the image's PID 1).
 set -e
@@ -23,4 +23,7 @@ case "${1:-}" in
   ""|*=*) ;;
   *) exec "$@" ;;
 esac
-exec python /app/serve.py "index=${TWO_TOWER_INDEX:-/index}" host=0.0.0.0 "port=${TWO_TOWER_PORT:-8000}" "$@"
+# The service under a tini of its own (-s: a subreaper, not PID 1) whose -e 143 makes a stop by SIGTERM exit 0, as
+# uvicorn does once started: a stopped service is not a failed one. Scripts keep their status (train.py: 143 after
+# a stop, so a chain of them ends there).
+exec /usr/bin/tini -s -e 143 -- python /app/serve.py "index=${TWO_TOWER_INDEX:-/index}" host=0.0.0.0 "port=${TWO_TOWER_PORT:-8000}" "$@"

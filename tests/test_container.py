@@ -1,6 +1,6 @@
 """The container image (Dockerfile): build it with container/build.sh, serve a tiny index made here from the
 image, and check /health, one /search, a bad request (4xx), the HEALTHCHECK, the non-root user, a script
-run by the same image, and a clean exit on SIGTERM.
+run by the same image, a clean exit on SIGTERM (0 for the service, 143 for a training run).
 
 Builds an image (minutes), so it runs only with TWO_TOWER_CONTAINER_TEST=1 (.ci/run's container step) and
 skips where no container engine works (a podman binary, or a docker client that reaches a daemon)."""
@@ -159,6 +159,29 @@ def test_a_stop_during_start_up_ends_the_container_with_status_0(image, index_di
         subprocess.run(engine("kill", "--signal", "TERM", name), check=True, capture_output=True, timeout=60)
         waited = subprocess.run(engine("wait", name), capture_output=True, text=True, timeout=120)  # a hang guard: it was ignored for good
         assert waited.stdout.strip() == "0", waited
+    finally:
+        subprocess.run(engine("rm", "-f", name), capture_output=True, timeout=120)
+
+
+def test_a_training_run_stopped_in_the_container_exits_143_not_0(image):
+    """`docker stop` during train.py: the run saves its checkpoint and the container ends with train.py's 143, so
+    `docker run ... train.py && docker run ... index.py` stops there (PID 1's tini -e 143 made it 0, a
+    preempted run that looked finished). A stopped service still exits 0 (the tests above)."""
+    name = f"two-tower-test-{uuid.uuid4().hex[:8]}"
+    subprocess.run(engine("run", "-d", "--name", name, *run_flags(free_port()), image, "train.py", "data=synthetic", "logger=csv",
+                          "trainer.max_epochs=500", "threads=1"), check=True, capture_output=True, text=True, timeout=300)
+    try:
+        deadline = time.monotonic() + 240
+        while "Model:" not in (logs := subprocess.run(engine("logs", name), capture_output=True, text=True)).stdout + logs.stderr:
+            state = subprocess.run(engine("inspect", "--format", "{{.State.Running}}", name), capture_output=True, text=True).stdout.strip()
+            assert state == "true" and time.monotonic() < deadline, f"training did not start: {logs.stdout[-2000:]}{logs.stderr[-2000:]}"
+            time.sleep(0.5)
+        time.sleep(3)
+        subprocess.run(engine("kill", "--signal", "TERM", name), check=True, capture_output=True, timeout=60)
+        waited = subprocess.run(engine("wait", name), capture_output=True, text=True, timeout=120)
+        logs = subprocess.run(engine("logs", name), capture_output=True, text=True)
+        assert waited.stdout.strip() == "143", f"exit status {waited.stdout.strip()}: {logs.stdout[-1500:]}{logs.stderr[-1500:]}"
+        assert "Stopped by SIGTERM" in logs.stdout + logs.stderr, logs.stderr[-2000:]
     finally:
         subprocess.run(engine("rm", "-f", name), capture_output=True, timeout=120)
 
