@@ -3,6 +3,9 @@ not flag an A/A comparison, groups seeds by configuration key, and refuses unpai
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -12,6 +15,7 @@ from two_tower.core import per_query
 from two_tower.cli.compare import main
 from two_tower.training.compare import System, compare, holm, mean_ci
 from two_tower.core.config_key import config_key
+from tests.conftest import ROOT
 
 QUERIES = 300
 
@@ -81,7 +85,7 @@ def test_flags_a_clearly_better_configuration_against_a_baseline(tmp_path, capsy
     assert result[("encoder=lstm", "encoder=gru")]["A - B"] == pytest.approx(0.1, abs=0.02)
     assert result[("encoder=gru", "bm25")][flag] and result[("encoder=gru", "bm25")]["A - B"] > 0
     assert "| encoder=lstm | 3 |" in printed and "| bm25 (baseline) | 1 |" in printed
-    assert (out / "comparison.png").stat().st_size > 1000 and (out / "comparison.md").read_text() == printed.split("Wrote")[0].rstrip("\n") + "\n"
+    assert (out / "comparison.png").stat().st_size > 1000 and printed == (out / "comparison.md").read_text() + "\n"  # "Wrote ..." is on stderr
 
 
 def test_seed_tests_are_holm_corrected_over_the_pairs_that_have_one():
@@ -234,6 +238,45 @@ def test_one_run_against_a_baseline_is_reported_not_flagged(tmp_path, capsys):
     main([str(tmp_path / "run"), "--baseline", str(tmp_path / "eval"), "--resamples", "500"])
     printed = capsys.readouterr().out
     assert "| encoder=gru | bm25 | +0.2" in printed and "| n/a (1 run) |" in printed and printed.rstrip().endswith("| no |")
+
+
+def test_configurations_of_one_or_two_runs_are_warned_of_and_drawn_without_a_bar(tmp_path, capsys, caplog):
+    """One run has no interval (the table's cell was blank, the plot drew zero-width caps: a tight-looking
+    interval); two runs have a t interval on 1 degree of freedom (12.7 x the standard error): both are said."""
+    import logging
+
+    import matplotlib.pyplot as plt
+
+    base = difficulty()
+    write_run(tmp_path / "one", ["encoder=gru", "seed=1"], seed_table(base, 0.0, 1))
+    for seed in (1, 2):
+        write_run(tmp_path / f"two{seed}", ["encoder=lstm", f"seed={seed}"], seed_table(base, 0.05, seed))
+    drawn = []
+    real_errorbar = plt.Axes.errorbar
+
+    def errorbar(ax, x, y, *args, **kwargs):
+        drawn.append(len(np.atleast_1d(x)))
+        return real_errorbar(ax, x, y, *args, **kwargs)
+
+    with caplog.at_level(logging.WARNING), pytest.MonkeyPatch.context() as patch:
+        patch.setattr(plt.Axes, "errorbar", errorbar)
+        main([str(tmp_path / "one"), str(tmp_path / "two1"), str(tmp_path / "two2"), "--resamples", "200", "--out", str(tmp_path / "cmp")])
+    printed = capsys.readouterr().out
+    assert "| encoder=gru | 1 | " in printed and "| n/a (1 run) |" in printed
+    assert "1 configuration(s) with 1 run: no confidence interval and no seed test; train more seeds (seed=1,2,42 -m): encoder=gru" in caplog.text
+    assert "1 configuration(s) with 2 run: a 95% t interval on 1 degree of freedom (12.7 x the standard error" in caplog.text and "encoder=lstm" in caplog.text
+    assert drawn == [1]  # the bar of the two-run configuration only
+
+
+def test_a_reader_that_closes_stdout_early_gets_the_files_and_no_traceback(tmp_path):
+    base = difficulty()
+    for seed in (1, 2, 3):
+        write_run(tmp_path / f"a{seed}", ["encoder=gru", f"seed={seed}"], seed_table(base, 0.0, seed))
+    out = tmp_path / "cmp"
+    command = f"{sys.executable} -m two_tower.cli.compare {tmp_path}/a1 {tmp_path}/a2 {tmp_path}/a3 --out {out} | true; echo status ${{PIPESTATUS[0]}}"
+    done = subprocess.run(["bash", "-c", command], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert "Traceback" not in done.stderr and done.stdout.strip() == "status 141", done.stdout + done.stderr[-2000:]
+    assert (out / "comparison.md").read_text().startswith("## test/mrr@10") and (out / "comparison.png").stat().st_size > 1000
 
 
 def test_a_nan_value_is_refused_in_one_line(tmp_path, capsys):

@@ -58,6 +58,16 @@ def log_to_files(message: str) -> None:
             handler.handle(record)
 
 
+def drop_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's flush at exit does not raise again (after the reader of a
+    pipe closed it: ``| head``)."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
 @contextlib.contextmanager
 def exit_on_error():
     """Bad input inside the block ends the process with one ``error:`` line and exit status 2; Ctrl-C with one

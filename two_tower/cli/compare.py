@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from pathlib import Path
 
-from two_tower.cli.common import exit_on_error
+from two_tower.cli.common import drop_stdout, exit_on_error
 from two_tower.core.atomic import atomic_write, check_writable
 from two_tower.training import compare as compare_module
 from two_tower.training.compare import compare, find_runs, load_baselines, load_configurations, log_wandb, markdown, plot
@@ -30,17 +31,21 @@ def main(argv: list[str] | None = None) -> None:
         systems.update(load_baselines(args.baseline, args.metric))
         summary, tests = compare(systems, args.metric, args.alpha, args.resamples)
         text = markdown(summary, tests, args.metric)
-        print(text)
-        if args.out:
+        if args.out:  # written before the table is printed: a reader that closes stdout early (| head) leaves them whole
             with atomic_write(args.out / "comparison.md", "w") as f:
                 f.write(text)
             for name, table in (("configurations.csv", summary), ("tests.csv", tests)):
                 with atomic_write(args.out / name, "w") as f:
                     table.to_csv(f, index=False)
             plot(summary, args.metric, args.out / "comparison.png")
-            print(f"Wrote {args.out}/comparison.md, configurations.csv, tests.csv, comparison.png")
+            print(f"Wrote {args.out}/comparison.md, configurations.csv, tests.csv, comparison.png", file=sys.stderr)
         if args.wandb_project:
             log_wandb(summary, tests, args.metric, args.wandb_project, args.out)
+        try:
+            print(text, flush=True)
+        except BrokenPipeError:  # e.g. | head -5: stop quietly, with a pipeline writer's status
+            drop_stdout()
+            sys.exit(141)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ import json
 import re
 import sys
 
-from two_tower.cli.common import command_settings, compose, hydra_error_line, report, search_override_error
+from two_tower.cli.common import command_settings, compose, drop_stdout, hydra_error_line, report, search_override_error
 from two_tower.core.checks import check_config
 from two_tower.core.errors import EmptyQueryError, TwoTowerError
 from two_tower.core.threads import set_threads
@@ -77,28 +77,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _main(argv)
     except BrokenPipeError:  # e.g. | head -1: stop quietly (and keep Python from failing again at exit)
-        _drop_stdout()
+        drop_stdout()
         return 141
     except _OutputFailed as failed:
         err = failed.__cause__
-        _drop_stdout()
+        drop_stdout()
         print(f"error: cannot write the results to stdout ({err.strerror or err}); they are incomplete", file=sys.stderr)
         return 1
 
 
 class _OutputFailed(Exception):
     """Writing stdout failed (a full disk, a closed descriptor), not reading a file: the OSError is its cause."""
-
-
-def _drop_stdout() -> None:
-    """Point stdout at /dev/null, so the interpreter's flush at exit does not raise again."""
-    import os
-
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-    except (OSError, ValueError, AttributeError):
-        pass
 
 
 def _print_out(text: str) -> None:

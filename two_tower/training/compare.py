@@ -348,6 +348,11 @@ def compare(systems: dict[str, System], metric: str, alpha: float = 0.05, resamp
         rows.append({"system": system.name, "kind": "baseline" if system.baseline else "configuration", "runs": len(values),
                      metric: mean, "ci_low": low, "ci_high": high, "per_run": " ".join(f"{v:.4f}" for v in values)})
     summary = pd.DataFrame(rows)
+    for runs, what in ((1, "no confidence interval and no seed test"),
+                       (2, f"a 95% t interval on 1 degree of freedom ({stats.t.ppf(0.975, 1):.1f} x the standard error, where 3 runs give {stats.t.ppf(0.975, 2):.1f} x), so a wide one")):
+        few = [r["system"] for r in rows if r["kind"] == "configuration" and r["runs"] == runs]
+        if few:
+            log.warning("%d configuration(s) with %d run: %s; train more seeds (seed=1,2,42 -m): %s", len(few), runs, what, "; ".join(few))
     per_query_means = {s.name: s.per_query(name) for s in systems.values()}
     pairs = []
     for a, b in itertools.combinations(systems, 2):
@@ -380,7 +385,8 @@ def markdown(summary: pd.DataFrame, tests: pd.DataFrame, metric: str) -> str:
     lines = [f"## {metric}: mean and 95% t confidence interval over seeds", "",
              f"| system | runs | {metric} | 95% CI | per run |", "|---|---|---|---|---|"]
     for r in summary.to_dict("records"):
-        ci = "" if np.isnan(r["ci_low"]) else f"[{r['ci_low']:.4f}, {r['ci_high']:.4f}]"
+        ci = (f"n/a ({'one ranking' if r['kind'] == 'baseline' else '1 run'})" if np.isnan(r["ci_low"])
+              else f"[{r['ci_low']:.4f}, {r['ci_high']:.4f}]")
         lines.append(f"| {r['system']}{' (baseline)' if r['kind'] == 'baseline' else ''} | {r['runs']} | {r[metric]:.4f} | {ci} | {r['per_run']} |")
     if len(tests):
         flag = [c for c in tests.columns if c.startswith("significant")][0]
@@ -405,15 +411,16 @@ def plot(summary: pd.DataFrame, metric: str, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 0.6 * len(summary) + 1.5))
     y = np.arange(len(summary))
     means = summary[metric].to_numpy()
-    err = np.vstack([means - summary["ci_low"].to_numpy(), summary["ci_high"].to_numpy() - means])
-    err = np.nan_to_num(err)
-    colors = ["tab:gray" if k == "baseline" else "tab:blue" for k in summary["kind"]]
-    ax.errorbar(means, y, xerr=err, fmt="none", ecolor="black", capsize=4)
-    ax.scatter(means, y, c=colors, zorder=3)
+    interval = ~summary["ci_low"].isna().to_numpy()  # one run (or a baseline): no bar, which would read as a tight interval
+    err = np.vstack([means - summary["ci_low"].to_numpy(), summary["ci_high"].to_numpy() - means])[:, interval]
+    colors = np.array(["tab:gray" if k == "baseline" else "tab:blue" for k in summary["kind"]])
+    ax.errorbar(means[interval], y[interval], xerr=err, fmt="none", ecolor="black", capsize=4)
+    ax.scatter(means[interval], y[interval], c=colors[interval], zorder=3)
+    ax.scatter(means[~interval], y[~interval], facecolors="none", edgecolors=colors[~interval], zorder=3)
     labels = ["\n".join(textwrap.wrap(s, 50)) for s in summary["system"]]  # whole: configurations may differ at the end
     fig.set_size_inches(7, 0.35 * sum(label.count("\n") + 1 for label in labels) + 0.4 * len(labels) + 1.5)
     ax.set_yticks(y, labels, fontsize=8)
-    ax.set_xlabel(f"{metric}\n(mean over seeds, 95% t CI; gray: baseline)")
+    ax.set_xlabel(f"{metric}\n(mean over seeds, 95% t CI; gray: baseline; hollow: one run or ranking, no interval)")
     ax.invert_yaxis()
     fig.tight_layout()
     with atomic_write(path) as f:
