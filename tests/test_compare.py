@@ -263,8 +263,8 @@ def test_configurations_of_one_or_two_runs_are_warned_of_and_drawn_without_a_bar
         main([str(tmp_path / "one"), str(tmp_path / "two1"), str(tmp_path / "two2"), "--resamples", "200", "--out", str(tmp_path / "cmp")])
     printed = capsys.readouterr().out
     assert "| encoder=gru | 1 | " in printed and "| n/a (1 run) |" in printed
-    assert "1 configuration(s) with 1 run: no confidence interval and no seed test; train more seeds (seed=1,2,42 -m): encoder=gru" in caplog.text
-    assert "1 configuration(s) with 2 run: a 95% t interval on 1 degree of freedom (12.7 x the standard error" in caplog.text and "encoder=lstm" in caplog.text
+    assert "1 configuration(s) with 1 run(s): no confidence interval and no seed test; train more seeds (seed=1,2,42 -m): encoder=gru" in caplog.text
+    assert "1 configuration(s) with 2 run(s): a 95% t interval on 1 degree of freedom (12.7 x the standard error" in caplog.text and "encoder=lstm" in caplog.text
     assert drawn == [1]  # the bar of the two-run configuration only
 
 

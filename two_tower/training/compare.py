@@ -352,7 +352,7 @@ def compare(systems: dict[str, System], metric: str, alpha: float = 0.05, resamp
                        (2, f"a 95% t interval on 1 degree of freedom ({stats.t.ppf(0.975, 1):.1f} x the standard error, where 3 runs give {stats.t.ppf(0.975, 2):.1f} x), so a wide one")):
         few = [r["system"] for r in rows if r["kind"] == "configuration" and r["runs"] == runs]
         if few:
-            log.warning("%d configuration(s) with %d run: %s; train more seeds (seed=1,2,42 -m): %s", len(few), runs, what, "; ".join(few))
+            log.warning("%d configuration(s) with %d run(s): %s; train more seeds (seed=1,2,42 -m): %s", len(few), runs, what, "; ".join(few))
     per_query_means = {s.name: s.per_query(name) for s in systems.values()}
     pairs = []
     for a, b in itertools.combinations(systems, 2):
