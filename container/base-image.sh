@@ -24,6 +24,12 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
+# docker: a client without a daemon would make every check below look like "image missing" and fail only at the
+# import, after a whole debootstrap.
+if [ "$ENGINE" = docker ] && ! docker info >/dev/null 2>&1; then
+  echo "error: docker cannot reach its daemon (docker info fails): start it, or use ENGINE=podman" >&2
+  exit 2
+fi
 if "$ENGINE" image inspect "$TAG" >/dev/null 2>&1; then
   echo "$TAG: present"
   exit 0
