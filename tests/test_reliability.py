@@ -1,5 +1,6 @@
 """A stopped or killed run resumes and ends with the same metrics as one that was never interrupted."""
 
+import logging
 import os
 import re
 import shlex
@@ -34,9 +35,11 @@ class SigtermAtStep(L.Callback):
 
 # Ten steps an epoch: stopped in the middle epoch, and in the last one (whose train/loss_epoch is the
 # final metric: the resumed run must average the whole epoch, the steps before the stop included).
-@pytest.mark.parametrize("step,epoch", [(13, 1), (25, 2)])
-def test_sigterm_mid_epoch_then_resume_matches_uninterrupted(tmp_path, monkeypatch, step, epoch):
-    common = ["trainer.max_epochs=3", "encoder.dropout=0.2"]  # dropout: RNG state must be restored too
+@pytest.mark.parametrize("step,epoch,workers", [(13, 1, 0), (25, 2, 0), (13, 1, 1)])
+def test_sigterm_mid_epoch_then_resume_matches_uninterrupted(tmp_path, monkeypatch, caplog, step, epoch, workers):
+    """``workers``: the runs load batches in that many worker processes; a resumed one loads them in the main process
+    (workers read the resumed epoch's first batches before Lightning set its epoch: it trained epoch 0's batches)."""
+    common = ["trainer.max_epochs=3", "encoder.dropout=0.2", f"data.num_workers={workers}"]  # dropout: RNG state must be restored too
     straight = train(compose_train(tmp_path / "straight", common))
 
     stopped = compose_train(tmp_path / "stopped", common)
@@ -51,9 +54,11 @@ def test_sigterm_mid_epoch_then_resume_matches_uninterrupted(tmp_path, monkeypat
     assert state["global_step"] == step and state["epoch"] == epoch
 
     resumed = compose_train(tmp_path / "stopped", [*common, "ckpt_path=last"])
-    metrics = train(resumed)
+    with caplog.at_level(logging.WARNING, logger="two_tower"):
+        metrics = train(resumed)
     for key in FINAL:
         assert metrics[key] == straight[key], key
+    assert ("a resumed run loads its batches in the main process" in caplog.text) == (workers > 0)
 
 
 class SigtermInValidation(L.Callback):

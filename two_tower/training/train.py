@@ -238,6 +238,15 @@ def train(cfg: DictConfig) -> dict[str, float]:
             datamodule.check_processes(processes)
         if ckpt_path:
             check_resume_checkpoint(ckpt_path, datamodule.tokenizer, processes, cfg.trainer.get("max_epochs"))
+            if datamodule.num_workers > 0:
+                # Worker processes read batches ahead from the moment Lightning creates the loader's iterator, which on
+                # resume it does before it sets the sampler's epoch, marks the epoch as restarted mid-way and puts back a
+                # refreshed negative pool: the resumed epoch trained epoch 0's batches. In the main process the first
+                # batch is drawn after all three, so the resumed run trains what the uninterrupted one would have.
+                log.warning("data.num_workers=%d: a resumed run loads its batches in the main process (data.num_workers=0), so it "
+                            "trains the batches the uninterrupted run would have (workers would read the resumed epoch's first batches "
+                            "before Lightning restores where it was)", datamodule.num_workers)
+                datamodule.num_workers = 0
         # Seeded again: preparing data on a cache miss (distilling word vectors, mining, ...) may draw from the
         # global generators and a cache hit does not, so without this a run on a cold cache started from
         # other weights (and ended at other figures) than the same run on a warm one.
