@@ -386,7 +386,23 @@ def test_a_refused_resume_leaves_the_run_record_as_it_was(tmp_path):
     refused = subprocess.run([*cmd, "encoder=lstm", "ckpt_path=last"], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert refused.returncode == 2, refused.stderr[-3000:]
     errors = [line for line in refused.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "trained with another model" in errors[0]
+    assert len(errors) == 1 and "this resume changes settings the run was trained with: encoder.cell: 'gru' -> 'lstm'." in errors[0], errors
+    assert {p.name: p.read_bytes() for p in (run / ".hydra").iterdir()} == record
+
+    # What Lightning would have resumed at the run's old rate (its optimizer state) while recording the new one, and
+    # a seed recorded as the run's: refused before any work, the record left as it was.
+    changed = subprocess.run([*cmd, "optimizer.lr=0.5", "seed=7", "trainer.max_epochs=2", "ckpt_path=last"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    errors = [line for line in changed.stderr.splitlines() if line.startswith("error:")]
+    assert changed.returncode == 2 and len(errors) == 1, changed.stderr[-3000:]
+    assert "changes settings the run was trained with: optimizer.lr: 0.001 -> 0.5; seed: 42 -> 7." in errors[0], errors
+    assert {p.name: p.read_bytes() for p in (run / ".hydra").iterdir()} == record
+
+    # The same command without ckpt_path=last trained from the start over the stopped run (its last.ckpt, its epochs
+    # logged twice in metrics.csv)
+    again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    errors = [line for line in again.stderr.splitlines() if line.startswith("error:")]
+    assert again.returncode == 2 and errors == [f"error: {run} holds a run already (checkpoints/last.ckpt): resume it with ckpt_path=last, "
+                                                "or train into another folder (hydra.run.dir)"], again.stderr[-3000:]
     assert {p.name: p.read_bytes() for p in (run / ".hydra").iterdir()} == record
 
     bad_value = subprocess.run([*cmd, "encoder.dropout=1.5", "ckpt_path=last"], cwd=ROOT, capture_output=True, text=True, timeout=600)
@@ -400,7 +416,7 @@ def test_a_refused_resume_leaves_the_run_record_as_it_was(tmp_path):
 
 
 def test_truncated_foreign_or_mismatched_checkpoint_is_refused_in_one_line(tmp_path, tiny_run):
-    from two_tower.core.errors import CheckpointError
+    from two_tower.core.errors import CheckpointError, ConfigError
 
     last = tiny_run["ckpt"]
     truncated = tmp_path / "truncated.ckpt"
@@ -410,9 +426,23 @@ def test_truncated_foreign_or_mismatched_checkpoint_is_refused_in_one_line(tmp_p
     for path, message in [(truncated, "not a readable checkpoint"), (foreign, "not a two-tower training checkpoint")]:
         with pytest.raises(CheckpointError, match=message):
             train(compose_train(tmp_path / "b", [f"ckpt_path={path}", "trainer.max_epochs=2"]))
-    other_data = ["data.synthetic_rows.seed=5", "data.synthetic_rows.num_topics=50", f"ckpt_path={last}", "trainer.max_epochs=2"]
+    other_data = ["data.synthetic_rows.seed=5", "data.synthetic_rows.num_topics=50", "trainer.max_epochs=2"]
+    with pytest.raises(ConfigError, match=r"changes settings the run was trained with: data.synthetic_rows.num_topics: \d+ -> 50; data.synthetic_rows.seed: 0 -> 5"):
+        train(compose_train(tmp_path / "c", [*other_data, f"ckpt_path={last}"]))
+    # a checkpoint saved before checkpoints carried their run's settings: the vocabulary itself is compared
     with pytest.raises(CheckpointError, match="another vocabulary"):
-        train(compose_train(tmp_path / "c", other_data))
+        train(compose_train(tmp_path / "d", [*other_data, f"ckpt_path={without_run_config(last, tmp_path)}"]))
+
+
+def without_run_config(checkpoint: Path, folder: Path) -> Path:
+    """A copy of ``checkpoint`` as saved before checkpoints carried their run's configuration."""
+    from two_tower.model.module import RUN_CONFIG_KEY
+
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    assert RUN_CONFIG_KEY in state
+    del state[RUN_CONFIG_KEY]
+    torch.save(state, folder / "old.ckpt")
+    return folder / "old.ckpt"
 
 
 def test_embeddings_file_with_inconsistent_dimensions_names_the_line(tmp_path):
@@ -746,9 +776,14 @@ def test_settings_only_the_model_or_trainer_reads_are_config_errors(tmp_path, ov
 def test_resuming_with_another_encoder_is_one_line(tmp_path, tiny_run):
     from two_tower.core.errors import CheckpointError
 
+    from two_tower.core.errors import ConfigError
+
     last = tiny_run["ckpt"]
+    with pytest.raises(ConfigError, match=r"changes settings the run was trained with: .*encoder.hidden_size: 32 -> 64\. "):
+        train(compose_train(tmp_path / "a", [f"ckpt_path={last}", "trainer.max_epochs=2", "encoder.hidden_size=64"]))
+    old = without_run_config(last, tmp_path)  # saved before checkpoints carried their settings: the shapes are compared
     with pytest.raises(CheckpointError, match=r"trained with another model than this config \(towers.query_encoder.rnn.weight_ih_l0: \(96, 16\) in the checkpoint vs \(192, 16\) here"):
-        train(compose_train(tmp_path / "b", [f"ckpt_path={last}", "trainer.max_epochs=2", "encoder.hidden_size=64"]))
+        train(compose_train(tmp_path / "b", [f"ckpt_path={old}", "trainer.max_epochs=2", "encoder.hidden_size=64"]))
 
 
 def test_validation_queries_seen_in_training_are_counted_and_warned(tmp_path, caplog):

@@ -165,13 +165,13 @@ def test_multirun_sweeps_each_job_into_its_own_dir(tmp_path):
         assert (job / "csv" / "metrics.csv").read_text().count("val/mrr@10") == 1
 
 
-def test_data_preparation_drawing_random_numbers_does_not_change_the_run(tiny_cfg, monkeypatch):
+def test_data_preparation_drawing_random_numbers_does_not_change_the_run(tmp_path, monkeypatch):
     """A cache miss may draw from the global generators while preparing data (distilling, mining) and a
     cache hit does not: the model must start from the same weights either way."""
     from two_tower.data.datamodule import TwoTowerDataModule
 
-    cfg = tiny_cfg("trainer.max_epochs=1", "+trainer.limit_train_batches=3")
-    first = train(cfg)
+    first = train(compose_train(tmp_path / "first", ["trainer.max_epochs=1", "+trainer.limit_train_batches=3"]))
+    cfg = compose_train(tmp_path / "second", ["trainer.max_epochs=1", "+trainer.limit_train_batches=3"])
     setup = TwoTowerDataModule.setup
 
     def setup_drawing(self, stage=None):

@@ -35,6 +35,26 @@ DATA_PATHS = ("data.path",)
 ADDED_SETTINGS = {"trainer.num_nodes": 1, "encoder.packing": "auto", "data.synthetic_rows.test_rows": 0}
 
 
+# Settings a resumed run may change besides the IGNORED ones but the seed: how long it trains, on what hardware,
+# where the data now lies (the vocabulary check refuses other data), and what only names the run.
+RESUME_MAY_CHANGE = ("trainer.max_epochs", "trainer.max_steps", "trainer.max_time", "trainer.devices", "trainer.num_nodes",
+                     "trainer.accelerator", "trainer.strategy", "data.path", "optimized_metric", "task_name", "tags")
+
+
+def may_change_on_resume(name: str) -> bool:
+    """Whether a resumed run may give a setting (dotted name) another value than the run it continues had."""
+    return (ignored(name) and name != "seed") or any(name == k or name.startswith(k + ".") for k in RESUME_MAY_CHANGE)
+
+
+def changed_settings(saved: dict, current: dict) -> list[tuple[str, object, object]]:
+    """(name, saved value, current value) of the settings, as composed (interpolations unresolved), that differ
+    between a run's configuration and a resume's and may not (``may_change_on_resume``); sorted by name."""
+    before, after = flatten(saved), flatten(current)
+    missing = object()
+    return [(name, before.get(name, missing), after.get(name, missing)) for name in sorted(before.keys() | after.keys())
+            if not may_change_on_resume(name) and before.get(name, missing) != after.get(name, missing)]
+
+
 def _absolute(override: str, cwd: str | None) -> str:
     name, sep, value = override.partition("=")
     if not sep or cwd is None or value in ("", "null") or value.startswith("${"):

@@ -24,6 +24,7 @@ def _plain(value):
 
 # The checkpoint entry holding the training epoch's running sums (train/loss_epoch and the other statistics).
 EPOCH_SUMS_KEY = "train_epoch_sums"
+RUN_CONFIG_KEY = "run_config"  # the composed configuration of the run that saved the checkpoint
 
 
 class QueryMean(torchmetrics.Metric):
@@ -87,6 +88,9 @@ class TwoTowerModule(L.LightningModule):
         self.towers = TwoTower(vocab_size, embedding_dim, encoder_factory, shared_towers, freeze_embeddings, extension_size, hash_buckets)
         self.loss_fn = hydra.utils.instantiate(_as_config(loss))
         self.tokenizer: Tokenizer | None = None
+        # The run's composed configuration (train.py sets it): saved in checkpoints, so a resume that changes a
+        # setting the run was trained with is refused (training.train.check_resume_settings).
+        self.run_config: dict | None = None
         self._statistics: dict[int, object] = {}  # id(split) -> its passages' term statistics
         self._val_outputs: dict[int, list] = {0: [], 1: []}
         # The last full evaluation per stage ("val", "test"): (epoch, query rows, {metric: per-query values}),
@@ -307,6 +311,8 @@ class TwoTowerModule(L.LightningModule):
             sums = {name: total.detach().cpu() for name, total in self._train_epoch_sums.items()}
             # "processes": resuming mid-epoch needs as many (train.check_resume_checkpoint)
             checkpoint[EPOCH_SUMS_KEY] = {"rows": self._train_epoch_rows, "sums": sums, "processes": _world_size()}
+        if self.run_config is not None:
+            checkpoint[RUN_CONFIG_KEY] = self.run_config
         if self.tokenizer is not None:
             checkpoint["tokenizer"] = self.tokenizer.state_dict()
             # Frozen rows the vectors source gives again are not saved (two_tower.model.frozen_rows).

@@ -22,11 +22,11 @@ from two_tower.core import run_record
 from two_tower.training.callbacks import CheckpointOnStop
 from two_tower.training.config import validate_train_config
 from two_tower.training.loggers import ResumableCSVLogger
-from two_tower.core.config_key import current_config_key
+from two_tower.core.config_key import changed_settings, current_config_key
 from two_tower.data.datamodule import TwoTowerDataModule
 from two_tower.core.errors import CheckpointError, ConfigError, DataSourceError
 from two_tower.model import frozen_rows
-from two_tower.model.module import EPOCH_SUMS_KEY, TwoTowerModule
+from two_tower.model.module import EPOCH_SUMS_KEY, RUN_CONFIG_KEY, TwoTowerModule
 from two_tower.negatives.refresh import NegativeRefresh
 from two_tower.training.tracking import check_wandb_login, fill_wandb_group_and_tags, tracking_callbacks
 from two_tower.training.utils import in_sweep, instantiate_group, task_wrapper
@@ -146,16 +146,57 @@ def planned_processes(trainer_cfg) -> int | None:
     return devices * nodes
 
 
-def check_resume_checkpoint(path: str, tokenizer, processes: int | None = None, max_epochs: int | None = None) -> None:
-    """Refuse, in one line, a checkpoint that is truncated, foreign, made with another vocabulary, saved
-    mid-epoch by another number of processes than ``processes`` (None: not known before Lightning starts), or
-    past ``max_epochs`` (Lightning's traceback)."""
+def read_resume_checkpoint(path: str) -> dict:
+    """The checkpoint to resume from (memory-mapped), or one line saying why it cannot be one."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as err:
         raise CheckpointError(f"ckpt_path={path}: not a readable checkpoint (truncated, or not a torch file): {load_problem(path, err)}") from err
     if not isinstance(state, dict) or "state_dict" not in state or "tokenizer" not in state:
         raise CheckpointError(f"ckpt_path={path}: not a two-tower training checkpoint (no state_dict or tokenizer in it)")
+    return state
+
+
+def requeued() -> bool:
+    """Whether this is a SLURM job started again by its scheduler (a requeue runs the same command, without
+    ckpt_path=last; Lightning's SLURM environment restores its own checkpoint then)."""
+    import os
+
+    return os.environ.get("SLURM_RESTART_COUNT", "0").strip() not in ("", "0")
+
+
+def check_resume_settings(path: str, cfg: DictConfig) -> None:
+    """Refuse, in one line, a resume that changes a setting the run was trained with (Lightning restores the
+    optimizer's state, so ``optimizer.lr=0.5`` trained on at the old rate while the run recorded the new one; another
+    batch size skipped another number of rows mid-epoch; another seed was recorded as the run's). How long it
+    trains, on what hardware, where it writes and logs may change (``config_key.may_change_on_resume``). A
+    checkpoint saved before checkpoints carried their run's configuration is not checked (a warning says so)."""
+    saved = read_resume_checkpoint(path).get(RUN_CONFIG_KEY)
+    if saved is None:
+        log.warning("ckpt_path=%s: saved before checkpoints recorded their run's settings, so this resume's settings are not "
+                    "checked against the run's: give the command the run was started with (its .hydra/overrides.yaml)", path)
+        return
+    changed = changed_settings(saved, OmegaConf.to_container(cfg, resolve=False))
+    if not changed:
+        return
+    shown = "; ".join(f"{name}: {_shown(before)} -> {_shown(after)}" for name, before, after in changed[:4])
+    more = f" (and {len(changed) - 4} more)" if len(changed) > 4 else ""
+    raise ConfigError(
+        f"ckpt_path={path}: this resume changes settings the run was trained with: {shown}{more}. A resume goes on with "
+        "the run's own settings (only how long it trains, on what hardware and where it writes may change): drop these, "
+        "or train a new run in another folder"
+    )
+
+
+def _shown(value) -> str:
+    return repr(value) if isinstance(value, (str, int, float, bool, list, dict, type(None))) else "(not set)"
+
+
+def check_resume_checkpoint(path: str, tokenizer, processes: int | None = None, max_epochs: int | None = None) -> None:
+    """Refuse, in one line, a checkpoint that is truncated, foreign, made with another vocabulary, saved
+    mid-epoch by another number of processes than ``processes`` (None: not known before Lightning starts), or
+    past ``max_epochs`` (Lightning's traceback)."""
+    state = read_resume_checkpoint(path)
     words = state["tokenizer"].get("words", [])
     if state["tokenizer"].get("format", 1) != 2:
         raise CheckpointError(f"ckpt_path={path}: made before open vocabularies (tokenizer format 1); start a new run")
@@ -227,6 +268,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
         L.seed_everything(cfg.seed, workers=True)
         start = time.perf_counter()
         ckpt_path = resolve_ckpt_path(cfg)
+        if ckpt_path:
+            check_resume_settings(ckpt_path, cfg)
+        elif (Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt").is_file() and not requeued():
+            # Trained again from the start, it overwrote the stopped run's last.ckpt and logged its epochs twice.
+            raise ConfigError(f"{cfg.paths.output_dir} holds a run already (checkpoints/last.ckpt): resume it with ckpt_path=last, "
+                              "or train into another folder (hydra.run.dir)")
 
         datamodule = build_datamodule(cfg)
         run_record.work_started()  # tokenizing, distilling, mining: a refusal from here on keeps the run folder's log
@@ -252,6 +299,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         # other weights (and ended at other figures) than the same run on a warm one.
         L.seed_everything(cfg.seed, workers=True)
         module = build_module(cfg, datamodule)
+        module.run_config = OmegaConf.to_container(cfg, resolve=False)
         if ckpt_path:
             check_resume_shapes(ckpt_path, module)
     log.info("Model: %d trainable / %d parameters", sum(p.numel() for p in module.parameters() if p.requires_grad), sum(p.numel() for p in module.parameters()))
