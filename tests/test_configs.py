@@ -1,5 +1,6 @@
 """Every option of every config group composes and instantiates."""
 
+import re
 
 import hydra
 import pytest
@@ -116,6 +117,23 @@ def test_a_range_is_stated_once_for_configs_and_constructors(tiny_cfg):
         with pytest.raises(ConfigError) as from_config:
             validate_train_config(tiny_cfg(*group, f"{key}={value}"))
         assert str(from_python.value) == str(from_config.value) and str(from_python.value).startswith(f"{key}={value!r}: must be")
+
+
+def test_null_is_refused_unless_the_rule_says_what_it_means(tiny_cfg):
+    """A rule's null passed for every key: optimizer.lr=null, data.batch_size=null ... ended in a traceback after the
+    data had loaded, embeddings.freeze=null and model.hash_buckets=null were accepted. Now null passes only where
+    the rule says what it means ("or null"), and every such rule is NULLABLE."""
+    from two_tower.core.checks import NULLABLE, RULES
+    from two_tower.core.errors import ConfigError
+    from two_tower.training.config import validate_train_config
+
+    assert sorted(NULLABLE) == sorted(key for key, (_, _, meaning) in RULES.items() if "null" in meaning)
+    for key in ("optimizer.lr", "data.batch_size", "encoder.hidden_size", "encoder.num_layers", "encoder.cell", "seed",
+                "data.eval_batch_size", "data.tokenizer.min_freq", "loss.temperature", "embeddings.freeze", "model.hash_buckets",
+                "data.tokenizer.max_query_len"):
+        with pytest.raises(ConfigError, match=rf"^{re.escape(key)}=null: must be "):
+            validate_train_config(tiny_cfg(f"{key}=null"))
+    validate_train_config(tiny_cfg("threads=null", "data.max_train_rows=null", "data.max_val_rows=null"))
 
 
 def test_distill_margin_config_is_distill_with_margin_mse(tiny_cfg):

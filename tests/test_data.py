@@ -56,6 +56,20 @@ def test_validation_skips_and_counts_each_reason():
     assert report.total == len(rows) and report.kept == 5
 
 
+def test_a_query_whose_first_row_is_unusable_keeps_its_later_usable_row_and_the_first_skipped_row_is_named():
+    """The duplicate check counted the unusable first row as the query's, so the usable one was dropped as a duplicate."""
+    from two_tower.data.jsonl import UnreadableRow
+
+    good = make_rows(3, seed=3)
+    broken = copy.deepcopy(good[1])
+    broken["query"] = "   "
+    rows = [good[0], broken, UnreadableRow("not_json", "train-0.jsonl", 4), good[1], copy.deepcopy(good[1]), good[2]]
+    kept, report = msmarco.validate_rows(rows, "train")
+    assert [r.query for r in kept] == [g["query"] for g in good]
+    assert dict(report.skipped) == {"empty_query": 1, "not_json": 1, "duplicate_query_id": 1}
+    assert report.first == {"empty_query": "row 2", "not_json": "train-0.jsonl line 4", "duplicate_query_id": "row 5"}
+
+
 def test_evaluation_split_keeps_corpus_only_rows():
     good = make_rows(3, seed=2)
     bad = bad_rows(good[0])
@@ -211,13 +225,17 @@ def test_tokenization_is_cached(tmp_path, caplog, monkeypatch):
     assert third.cache_hit is False and third.train.passage_tokens.lengths.max() <= 7
 
 
-def test_bad_rows_are_counted_in_the_prepared_data(tmp_path):
+def test_bad_rows_are_counted_in_the_prepared_data(tmp_path, caplog):
     good = make_rows(50, seed=4)
     bad = bad_rows(good[0])
     folder = write_shards(tmp_path / "marco", {"train": good + bad["length_mismatch"] + bad["empty_query"], "validation": make_rows(10, seed=5)})
     dm = TwoTowerDataModule(RandomEmbeddings(dim=8), InBatchNegatives(), path=str(folder), cache_dir=str(tmp_path / "cache"))
-    dm.setup("fit")
-    assert dm.meta["reports"]["train"] == {"total": 52, "kept": 50, "skipped": {"length_mismatch": 1, "empty_query": 1}}
+    with caplog.at_level("INFO", logger="two_tower"):
+        dm.setup("fit")
+    assert dm.meta["reports"]["train"] == {"total": 52, "kept": 50, "skipped": {"length_mismatch": 1, "empty_query": 1},
+                                           "first_skipped": {"length_mismatch": "row 51", "empty_query": "row 52"}}
+    levels = {r.message.split("]")[0]: r.levelname for r in caplog.records if "] rows:" in r.message}
+    assert levels == {"[train": "WARNING", "[validation": "INFO"}  # skipped rows were an INFO line like any other
     assert dm.train.num_queries == 50
 
 

@@ -198,6 +198,7 @@ def test_training_with_a_teacher_caches_its_vectors_and_learns_from_it(tiny_cfg,
     assert per_epoch[-1] < 0.95 * per_epoch[0], per_epoch  # the student moves towards the teacher
     cached = list((Path(cfg.paths.cache_dir) / "teacher").glob("*"))
     assert len(cached) == 1 and (cached[0] / "vectors.npz").is_file()  # one cache entry (a folder), no temporary file left behind
+    cfg.paths.output_dir = str(Path(cfg.paths.output_dir).with_name("second"))  # another run (a run folder trains once)
     train(cfg)  # the second run reads the cache: the teacher model is not loaded again
     assert TopicTeacherModel.calls == 2
 

@@ -452,6 +452,20 @@ def test_embeddings_file_with_inconsistent_dimensions_names_the_line(tmp_path):
     vectors.write_text("the 0.1 0.2 0.3 0.4\ncat 0.1 0.2 0.3 0.4\ndog 0.1 0.2 0.3\n")
     with pytest.raises(EmbeddingsError, match="vectors.txt: .*line 3 has 3 values, expected 4"):
         FileEmbeddings(str(vectors)).load([])
+    tab_header = tmp_path / "tab.txt"  # a header 'COUNT<TAB>DIM' (gensim reads it): was an IndexError traceback
+    tab_header.write_text("3\t4\nthe 0.1 0.2 0.3 0.4\ncat 0.1 0.2 0.3\n")
+    with pytest.raises(EmbeddingsError, match="tab.txt: .*line 3 has 3 values, expected 4"):
+        FileEmbeddings(str(tab_header)).load([])
+
+
+def test_embeddings_file_with_nan_or_infinite_values_names_the_first(tmp_path):
+    """Rows of nan/inf trained to train/loss_epoch nan and saved a 'best' checkpoint, without a word said."""
+    from two_tower.data.embeddings import EmbeddingsError, FileEmbeddings
+
+    vectors = tmp_path / "vectors.txt"
+    vectors.write_text("3 4\nthe 0.1 0.2 0.3 0.4\ncat nan 0.2 0.3 0.4\ndog 0.1 inf 0.3 0.4\n")
+    with pytest.raises(EmbeddingsError, match="vectors.txt: 2 vector\\(s\\) with NaN or infinite values, the first for 'cat', line 3"):
+        FileEmbeddings(str(vectors)).load([])
 
 
 @pytest.mark.slow
@@ -521,6 +535,30 @@ def test_atomic_write_keeps_the_old_file_whole_when_the_write_fails(tmp_path):
             raise OSError(28, "No space left on device")
     assert target.read_bytes() == b"old" * 1000
     assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
+
+
+def test_a_full_disk_during_a_checkpoint_write_is_one_line_and_keeps_the_previous_one(tmp_path, monkeypatch):
+    """torch's writer raises a RuntimeError ('unexpected pos ...') over the OSError: four chained tracebacks, exit 1."""
+    import two_tower.training.checkpoint_io as checkpoint_io
+    from two_tower.core.errors import NotWritableError
+
+    target = tmp_path / "checkpoints" / "last.ckpt"
+    writer = checkpoint_io.AtomicCheckpointIO()
+    writer.save_checkpoint({"epoch": 0}, target)
+    real_save = torch.save
+
+    def full_disk(obj, f, *args, **kwargs):
+        try:
+            f.write(b"x" * 10)
+            raise OSError(28, "No space left on device")
+        except OSError as err:
+            raise RuntimeError("[enforce fail at inline_container.cc:603] . unexpected pos 64 vs 0") from err
+
+    monkeypatch.setattr(checkpoint_io.torch, "save", full_disk)
+    with pytest.raises(NotWritableError, match=r"last.ckpt: the checkpoint could not be written \(No space left on device\); the previous checkpoints are whole"):
+        writer.save_checkpoint({"epoch": 1}, target)
+    monkeypatch.setattr(checkpoint_io.torch, "save", real_save)
+    assert torch.load(target, weights_only=False) == {"epoch": 0} and [p.name for p in target.parent.iterdir()] == ["last.ckpt"]
 
 
 def test_checkpoints_are_written_beside_their_target_whatever_tmpdir_is(tmp_path, monkeypatch):

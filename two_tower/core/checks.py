@@ -48,7 +48,7 @@ RULES = {
     "data.tokenizer.max_passage_len": (INT, lambda v: v >= 1, "an integer >= 1"),
     "data.tokenizer.keep_punctuation": (BOOL, lambda v: True, "true or false"),
     "data.tokenizer.split_hyphens": (BOOL, lambda v: True, "true or false"),
-    "embeddings.dim": (INT, lambda v: v > 0, "a positive integer"),
+    "embeddings.dim": (INT, lambda v: v > 0, "a positive integer, or null (a vectors file's own)"),
     "embeddings.freeze": (BOOL, lambda v: True, "true or false"),
     "encoder.cell": ((str,), lambda v: v in CELLS, "one of " + ", ".join(CELLS)),
     "encoder.hidden_size": (INT, lambda v: v > 0, "a positive integer"),
@@ -118,12 +118,20 @@ RULES = {
 }
 
 
+# Rules whose null means something (no limit, the default, derived): each says "or null" in its meaning. Any other
+# null is refused (optimizer.lr=null, data.batch_size=null ended in a traceback after the data had loaded).
+NULLABLE = ("threads", "trainer.gradient_clip_val", "data.max_train_rows", "data.max_val_rows", "embeddings.dim", "encoder.dim",
+            "encoder.bag_stemmer", "teacher.max_seq_length", "teacher.threads")
+
+
 def check(key: str, value, rule: str | None = None) -> None:
     """Raise ConfigError (a ValueError) naming ``key`` if ``value`` breaks its rule (``RULES[rule or key]``);
-    None passes."""
+    None passes where the rule is in NULLABLE."""
     types, ok, meaning = RULES[rule or key]
     if value is None:
-        return
+        if (rule or key) in NULLABLE:
+            return
+        raise ConfigError(f"{key}=null: must be {meaning}")
     if isinstance(value, bool) and types != BOOL or not isinstance(value, types) or not ok(value):
         raise ConfigError(f"{key}={value!r}: must be {meaning}")
 
@@ -132,8 +140,11 @@ def check_config(cfg, keys: list[str]) -> None:
     """``check`` every key of ``keys`` that ``cfg`` (a DictConfig) has."""
     from omegaconf import OmegaConf
 
+    absent = object()
     for key in keys:
-        check(key, OmegaConf.select(cfg, key, default=None))
+        value = OmegaConf.select(cfg, key, default=absent, throw_on_missing=False)
+        if value is not absent:
+            check(key, value)
 
 
 def check_explicit_negatives(per_query: int) -> None:
@@ -166,10 +177,7 @@ class GroupSettings:
         for f in fields(self):
             key = f"{self.GROUP}.{f.name}"
             if key in RULES:
-                value = getattr(self, f.name)
-                if value is None:
-                    raise ConfigError(f"{key}=None: must be {RULES[key][2]}")
-                check(key, value)
+                check(key, getattr(self, f.name))  # null refused: none of these rules is NULLABLE
 
     @classmethod
     def from_config(cls, settings, name: str | None = None):

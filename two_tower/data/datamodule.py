@@ -35,7 +35,7 @@ from two_tower.data.teacher import SentenceTransformerTeacher, TeacherVectors
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT = 6  # bump when the prepared format, validation rules or synthetic generator change
+CACHE_FORMAT = 7  # bump when the prepared format, validation rules or synthetic generator change
 
 
 class TwoTowerDataModule(L.LightningDataModule):
@@ -155,8 +155,8 @@ class TwoTowerDataModule(L.LightningDataModule):
         self.train = PreparedSplit.load(path / "train")
         self.val = PreparedSplit.load(path / "validation")
         self.test = PreparedSplit.load(path / "test") if (path / "test").is_dir() else None
-        for role in self.meta["reports"]:
-            log.info("[%s] rows: %s", role, self.meta["reports"][role])
+        for role, report in self.meta["reports"].items():  # skipped rows are a warning: the data is not what it says
+            log.log(logging.WARNING if report.get("skipped") else logging.INFO, "[%s] rows: %s", role, report)
         log.info(
             "Vocabulary %d words; embeddings=%s: %.1f%% of vocabulary and %.1f%% of training tokens have no pre-trained vector",
             len(self.tokenizer), self.meta["embeddings"], 100 * self.meta["oov_vocab"], 100 * self.meta["oov_tokens"],
@@ -217,6 +217,8 @@ class TwoTowerDataModule(L.LightningDataModule):
                 log.info("test split skipped (no labelled query to score): %s", err)  # e.g. the Hub's unlabelled test
                 continue
             reports[role] = {"total": report.total, "kept": report.kept, "skipped": dict(report.skipped)}
+            if report.first:
+                reports[role]["first_skipped"] = dict(report.first)
             if report.corpus_only:  # kept (in the ranked corpus) although not training rows: kept + skipped = total
                 reports[role]["kept_not_training_rows"] = dict(report.corpus_only)
 

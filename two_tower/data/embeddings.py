@@ -217,6 +217,12 @@ class FileEmbeddings(EmbeddingSource):
             raise EmbeddingsError(f"{self.path}: not a readable word2vec {'binary' if self.binary else 'text'} file{where} ({type(err).__name__}: {err})") from err
         if self.dim is not None and kv.vector_size != self.dim:
             raise EmbeddingsError(f"{self.path}: vectors have {kv.vector_size} dims, config says dim={self.dim}")
+        finite = np.isfinite(kv.vectors).all(axis=1)
+        if not finite.all():  # a NaN row trained to loss nan and saved a "best" checkpoint, without a word said
+            first = int(np.argmin(finite))
+            where = "" if self.binary else f", line {first + (1 if self._no_header() else 2)}"
+            raise EmbeddingsError(f"{self.path}: {int((~finite).sum())} vector(s) with NaN or infinite values, the first for "
+                                  f"{kv.index_to_key[first]!r}{where}")
         self.dim = kv.vector_size
         return WordVectors(list(kv.index_to_key), np.asarray(kv.vectors, dtype=np.float32))
 
@@ -228,10 +234,10 @@ class FileEmbeddings(EmbeddingSource):
         with open(self.path, encoding="utf-8", errors="replace") as f:
             expected = None
             for number, line in enumerate(f, start=1):
-                fields = line.rstrip("\n").split(" ")
                 if number == 1 and not self._no_header():
-                    expected = int(fields[1])
+                    expected = int(line.split()[1])  # 'COUNT DIM', split on any whitespace (as gensim reads it)
                     continue
+                fields = line.rstrip("\n").split(" ")
                 values = len(fields) - 1
                 if expected is None:
                     expected = values

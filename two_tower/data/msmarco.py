@@ -155,6 +155,14 @@ class ValidationReport:
     # rows an evaluation split keeps for the ranked corpus although they fail a training check, by reason (part
     # of kept); those with no selected passage are not scored, the others are
     corpus_only: Counter = field(default_factory=Counter)
+    # where the first row skipped for each reason is: "FILE line N" for a line that could not be read, else "row N"
+    # (its place among the split's rows, from 1)
+    first: dict = field(default_factory=dict)
+
+    def skip(self, reason: str, row) -> None:
+        self.skipped[reason] += 1
+        if reason not in self.first:
+            self.first[reason] = f"{row.path} line {row.line}" if isinstance(row, UnreadableRow) else f"row {self.total}"
 
     def summary(self) -> str:
         reasons = ", ".join(f"{reason}: {n}" for reason, n in sorted(self.skipped.items())) or "none"
@@ -256,18 +264,23 @@ def validate_rows(rows, split: str, for_training: bool = True) -> tuple[list[Cle
     for row in rows:
         report.total += 1
         # A query_id seen before in the split is the same query again (it would count twice in every metric).
+        # Only kept rows count as seen: a later usable row of a query whose first row was unusable is kept.
         query_id = row.get("query_id") if isinstance(row, dict) else None
-        if isinstance(query_id, (int, str)) and not isinstance(query_id, bool):
-            if query_id in seen:
-                report.skipped["duplicate_query_id"] += 1
-                continue
-            seen.add(query_id)
+        identified = isinstance(query_id, (int, str)) and not isinstance(query_id, bool)
+        if identified and query_id in seen:
+            report.skip("duplicate_query_id", row)
+            continue
         clean, reason = check_row(row)
         keep = clean is not None and (reason is None or (not for_training and reason in CORPUS_ONLY_REASONS))
         if reason is not None:
-            (report.corpus_only if keep else report.skipped)[reason] += 1
+            if keep:
+                report.corpus_only[reason] += 1
+            else:
+                report.skip(reason, row)
         if keep:
             kept.append(clean)
+            if identified:
+                seen.add(query_id)
     report.kept = len(kept)
     if not kept or not any(any(r.selected) for r in kept):
         raise DataSourceError(

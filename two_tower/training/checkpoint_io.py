@@ -18,6 +18,7 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from two_tower.core.atomic import atomic_write, sweep_stale_temps
+from two_tower.core.errors import NotWritableError
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -35,8 +36,15 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if path.parent not in self._swept:
             sweep_stale_temps(path.parent)
             self._swept.add(path.parent)
-        with atomic_write(path) as f:
-            torch.save(checkpoint, f)
+        try:
+            with atomic_write(path) as f:
+                torch.save(checkpoint, f)
+        except (OSError, RuntimeError) as err:  # torch's writer raises RuntimeError over the OSError of a full disk
+            cause = next((e for e in _chain(err) if isinstance(e, OSError)), None)
+            if cause is None:
+                raise
+            raise NotWritableError(f"{path}: the checkpoint could not be written ({cause.strerror or cause}); the previous "
+                                   f"checkpoints are whole (resume from {path.parent / 'last.ckpt'} once there is room)") from err
 
     def remove_checkpoint(self, path) -> None:
         if "://" in str(path):
@@ -45,3 +53,12 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             os.unlink(path)
         except FileNotFoundError:
             pass
+
+
+def _chain(err: BaseException):
+    """``err`` and the exceptions it was raised from or during, nearest first."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        yield err
+        err = err.__cause__ or err.__context__

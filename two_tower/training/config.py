@@ -14,7 +14,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from two_tower.core.checks import RULES, check, check_explicit_negatives, check_mining_range
+from two_tower.core.checks import RULES, check_config, check_explicit_negatives, check_mining_range
 from two_tower.core.errors import ConfigError
 from two_tower.core.metrics import RANKING_METRICS
 
@@ -27,8 +27,7 @@ def validate_train_config(cfg: DictConfig) -> None:
     if missing:
         hint = " (negatives=ann mines with a trained model: negatives.checkpoint=PATH)" if "negatives.checkpoint" in missing else ""
         raise ConfigError(f"{', '.join(missing)} must be set{hint}")
-    for key in RULES:  # the ranges (two_tower/core/checks.py), the same rules the constructors apply
-        check(key, OmegaConf.select(cfg, key, default=None, throw_on_missing=False))
+    check_config(cfg, list(RULES))  # the ranges (two_tower/core/checks.py), the same rules the constructors apply
     metric = cfg.get("optimized_metric")
     if metric is not None and metric not in [f"val/{m}" for m in RANKING_METRICS]:
         # it chooses the checkpoint (mode max) and what sweeps maximise: a typo failed after the first validation

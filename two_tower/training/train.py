@@ -73,6 +73,8 @@ def resolve_ckpt_path(cfg: DictConfig) -> str | None:
     """``ckpt_path=last`` means this run dir's own ``checkpoints/last.ckpt`` (resume a preempted run by
     running the same command with ``hydra.run.dir`` set to its dir)."""
     path = cfg.get("ckpt_path")
+    if isinstance(path, str) and not path.strip():  # ckpt_path=$UNSET: Lightning's ValueError after data preparation
+        raise ConfigError("ckpt_path is empty: give a checkpoint's path, or ckpt_path=last to resume this run folder's")
     if path != "last":
         return path
     last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
