@@ -87,6 +87,26 @@ def test_optuna_space_naming_a_setting_the_loss_lacks_is_refused(tmp_path):
 TINY_SWEEP = ["data=synthetic", "embeddings=random", "logger=none", "trainer.max_epochs=1", "hydra.sweeper.n_trials=1"]
 
 
+def test_a_sweep_value_that_makes_a_job_invalid_is_refused_before_any_job(tmp_path):
+    """data.batch_size=32,-1,16: job 0 trained, job 1 failed and job 2 never ran. Every listed value is checked first,
+    also those of a search space's choice()."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    sweep = tmp_path / "multirun"
+    base = [sys.executable, "train.py", "-m", "data=synthetic", "embeddings=random", "logger=none", "trainer.max_epochs=1", f"hydra.sweep.dir={sweep}"]
+    result = subprocess.run([*base, "data.batch_size=32,-1,16", "seed=1,2"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and lines == ["error: the sweep's jobs with data.batch_size=-1: data.batch_size=-1: must be a positive integer"], result.stderr[-2000:]
+    assert not sweep.exists()
+    result = subprocess.run([*base, "hparams_search=optuna", "hydra.sweeper.n_trials=1", "encoder.dropout=choice(0.1,1.5)"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and lines == ["error: the sweep's jobs with encoder.dropout=1.5: encoder.dropout=1.5: must be a number in [0, 1)"], result.stderr[-2000:]
+
+
 @pytest.mark.slow
 def test_optuna_sweep_runs_two_trials(tmp_path):
     """A real 2-trial sweep (in-memory storage) on tiny synthetic data, logged to W&B offline: ~15 s unloaded."""

@@ -7,17 +7,20 @@ from two_tower.cli.common import exit_on_error, hydra_command
 
 
 class CheckSweepSpace(Callback):
-    """At the start of a multirun (``-m``): a search space naming a setting the config lacks is one
-    ``error:`` line and exit 2, before any trial (hydra.callbacks in conf/train.yaml)."""
+    """At the start of a multirun (``-m``): a search space naming a setting the config lacks, or a listed value
+    that makes a job's settings invalid, is one ``error:`` line and exit 2, before any job (hydra.callbacks in
+    conf/train.yaml)."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         from hydra.core.global_hydra import GlobalHydra
 
-        from two_tower.training.config import check_sweep_space
+        from two_tower.training.config import check_sweep_space, check_sweep_values
 
         loader = GlobalHydra.instance().config_loader()
         with exit_on_error():
-            check_sweep_space(config, compose=lambda overrides: loader.load_sweep_config(config, overrides))
+            compose = lambda overrides: loader.load_sweep_config(config, overrides)  # noqa: E731
+            check_sweep_space(config, compose=compose)
+            check_sweep_values(config, compose)
 
 
 @hydra_command("train")

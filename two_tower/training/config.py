@@ -12,7 +12,7 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from two_tower.core.checks import RULES, check_config, check_explicit_negatives, check_mining_range
 from two_tower.core.errors import ConfigError
@@ -187,6 +187,45 @@ def check_sweep_space(cfg: DictConfig, compose: Callable[[list[str]], DictConfig
     combinations = swept_group_overrides(cfg, settings) if compose is not None else []
     for config in [compose(overrides) for overrides in combinations] or [cfg]:
         _check_space(config, settings)
+
+
+def check_sweep_values(cfg: DictConfig, compose: Callable[[list[str]], DictConfig], limit: int = 256) -> None:
+    """Raise ConfigError, before any job runs, if a value the sweep lists (``data.batch_size=32,-1,16``, a
+    ``choice(...)`` of ``hydra.sweeper.params``) makes a job's settings fail ``validate_train_config``: the sweep
+    stopped at that job, the ones after it never run. Each listed value is checked once, the other swept settings at
+    their first value (at most ``limit`` values); ranges and intervals of a search space are not enumerated."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    params = OmegaConf.select(cfg, "hydra.sweeper.params", default=None, throw_on_missing=False) or {}
+    task = [str(o) for o in OmegaConf.select(cfg, "hydra.overrides.task", default=None, throw_on_missing=False) or []]
+    texts = [*task, *(f"{k}={v}" for k, v in params.items())]
+    fixed, swept = [], []
+    for override, text in zip(OverridesParser.create().parse_overrides(texts), texts):
+        if not override.is_sweep_override():
+            fixed.append(text)
+        elif override.is_choice_sweep():
+            swept.append((text.split("=", 1)[0], list(override.sweep_string_iterator())))
+    checked = 0
+    for index, (key, values) in enumerate(swept):
+        others = [f"{k}={vs[0]}" for i, (k, vs) in enumerate(swept) if i != index]
+        for value in values[1:] if index else values:  # the first values of all are checked with the first key's
+            if checked == limit:
+                return
+            checked += 1
+            try:
+                config = compose([*fixed, *others, f"{key}={value}"])
+            except Exception as err:  # e.g. an option that needs another swept value: left to the job, as before
+                log.debug("sweep value %s=%s not checked: %s", key, value, err)
+                continue
+            with open_dict(config):  # the job's folder and name are not known yet (hydra.job.num): not what is checked
+                config.pop("hydra", None)
+                config.paths.output_dir = "."
+                if OmegaConf.select(config, "logger.wandb.name", default=None) is not None:
+                    config.logger.wandb.name = "sweep"
+            try:
+                validate_train_config(config)
+            except ConfigError as err:
+                raise ConfigError(f"the sweep's jobs with {key}={value}: {err}") from err
 
 
 def swept_group_overrides(cfg: DictConfig, settings: dict, limit: int = 64) -> list[list[str]]:
