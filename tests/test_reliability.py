@@ -1045,3 +1045,19 @@ def test_ctrl_c_in_a_command_is_one_line_and_status_130(capsys, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         with exit_on_error():
             raise KeyboardInterrupt
+
+
+def test_an_empty_checkpoint_file_and_a_path_synthetic_data_ignores_are_said_plainly(tmp_path):
+    """A 0-byte ckpt_path spoke of mmap and torch.save's options; a 0-byte negatives.checkpoint was named ckpt=; with
+    data=synthetic a data.path was silently not read (the run looked trained on that folder)."""
+    from two_tower.core.errors import CheckpointError, ConfigError
+    from two_tower.training.config import validate_train_config
+
+    empty = tmp_path / "empty.ckpt"
+    empty.write_bytes(b"")
+    with pytest.raises(CheckpointError, match=r"^ckpt_path=.*empty.ckpt: not a readable checkpoint \(truncated, or not a torch file\): the file is empty \(0 bytes\)$"):
+        train(compose_train(tmp_path / "a", [f"ckpt_path={empty}"]))
+    with pytest.raises(CheckpointError, match=r"^negatives.checkpoint=.*empty.ckpt: not a two-tower checkpoint \(the file is empty \(0 bytes\)\)$"):
+        train(compose_train(tmp_path / "b", ["negatives=ann", f"negatives.checkpoint={empty}"]))
+    with pytest.raises(ConfigError, match=r"^data.path=/some/folder: data=synthetic generates its rows and reads no folder"):
+        validate_train_config(compose_train(tmp_path / "c", ["data.path=/some/folder"]))

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from two_tower.core.checks import check
+from two_tower.core.errors import CheckpointError
 from two_tower.data.prepared import PreparedSplit
 from two_tower.negatives.mining import MinedNegatives
 
@@ -139,7 +140,10 @@ class ANNNegatives(MinedNegatives):
     def scorer(self, split):
         from two_tower.retrieval.dense import DenseRetriever
 
-        retriever = DenseRetriever(str(self.checkpoint), batch_size=self.batch_size)
+        try:
+            retriever = DenseRetriever(str(self.checkpoint), batch_size=self.batch_size)
+        except CheckpointError as err:  # its line names evaluate's and index.py's setting, ckpt=: here it is this one
+            raise CheckpointError(str(err).replace(f"ckpt={self.checkpoint}", f"negatives.checkpoint={self.checkpoint}", 1)) from err
         passage_tokens, query_tokens, evaluated = retriever.tokenize(split)
         towers = retriever.module.towers
         scorer = new_file_scorer(self.cache_dir, len(passage_tokens), towers.passage_encoder.output_dim, len(query_tokens), towers.query_encoder.output_dim, self.passage_block_mb)

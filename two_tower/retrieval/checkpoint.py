@@ -88,6 +88,8 @@ def load_problem(path: str | Path, err: Exception) -> str:
     try:
         with open(path, "rb") as f:
             head = f.read(4)
+        if not head:  # torch's words for it are about mmap and torch.save's options, or an empty EOFError
+            return "the file is empty (0 bytes)"
     except OSError:
         head = b""
     if head and not head.startswith((b"PK\x03\x04", b"\x80")):  # torch.save's zip archive; a legacy pickle

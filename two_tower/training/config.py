@@ -28,6 +28,10 @@ def validate_train_config(cfg: DictConfig) -> None:
         hint = " (negatives=ann mines with a trained model: negatives.checkpoint=PATH)" if "negatives.checkpoint" in missing else ""
         raise ConfigError(f"{', '.join(missing)} must be set{hint}")
     check_config(cfg, list(RULES))  # the ranges (two_tower/core/checks.py), the same rules the constructors apply
+    data = cfg.get("data") or {}
+    if data.get("synthetic_rows") is not None and data.get("path") is not None:  # a run that looked trained on a folder
+        raise ConfigError(f"data.path={data.path}: data=synthetic generates its rows and reads no folder; drop data=synthetic "
+                          "to train on the folder (data=local), or drop data.path")
     metric = cfg.get("optimized_metric")
     if metric is not None and metric not in [f"val/{m}" for m in RANKING_METRICS]:
         # it chooses the checkpoint (mode max) and what sweeps maximise: a typo failed after the first validation
