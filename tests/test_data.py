@@ -467,3 +467,17 @@ def test_a_damaged_parquet_shard_and_a_missing_validation_split_are_one_line_eac
     shard.unlink()
     with pytest.raises(msmarco.DataSourceError, match="it has a train split but no validation split"):
         msmarco.load_split("validation", str(folder))
+
+
+def test_shards_of_one_split_in_several_folders_are_a_warning(tmp_path, caplog):
+    """A train-*.parquet in an old/ subfolder was merged into the split without a word (a probe: 200 + 100 rows)."""
+    folder = write_shards(tmp_path / "marco", {"train": make_rows(20, seed=4)})
+    (folder / "old").mkdir()
+    (folder / "train-00000-of-00001.parquet").rename(folder / "old" / "train-00000-of-00001.parquet")
+    write_shards(folder, {"train": make_rows(10, seed=6)})
+    with caplog.at_level("WARNING", logger="two_tower"):
+        files = msmarco.local_split_files(folder, "train")
+    assert len(files) == 2 and "the 'train' split's 2 files are in 2 folders (., old), all read as one split" in caplog.text
+    caplog.clear()
+    msmarco.local_split_files(folder / "old", "train")
+    assert "folders" not in caplog.text

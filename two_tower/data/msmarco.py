@@ -89,6 +89,10 @@ def local_split_files(path: str | os.PathLike, split: str) -> list[Path]:
                     f"(train.py: data.val_split=NAME; index.py, evaluate.py: split=NAME)" if split != "train" and has_local_split(root, "train")
                     else f"expected hub-style shards such as {split}-00000-of-00001.parquet")
             raise DataSourceError(f"No '{split}-*.parquet' (or .jsonl) shards in {root}; it holds {found}: {hint}")
+        folders = sorted({str(f.parent.relative_to(root)) for f in files})
+        if len(folders) > 1:  # e.g. an old/ copy beside the shards: its rows were merged in without a word
+            log.warning("data.path=%s: the '%s' split's %d files are in %d folders (%s), all read as one split: %s", root, split,
+                        len(files), len(folders), ", ".join(folders), ", ".join(str(f.relative_to(root)) for f in files[:6]))
     return files
 
 
