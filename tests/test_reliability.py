@@ -104,6 +104,36 @@ def test_sigterm_during_validation_lets_it_end_so_the_resumed_run_misses_no_epoc
         assert metrics[key] == straight[key], key
 
 
+class InterruptInValidation(SigtermInValidation):
+    """Ctrl-C (a KeyboardInterrupt) at the first validation batch of ``epoch``."""
+
+    def on_validation_batch_end(self, trainer, *args):
+        if not trainer.sanity_checking and trainer.current_epoch == self.epoch and args[-2] == 0:
+            raise KeyboardInterrupt
+
+
+def test_ctrl_c_during_validation_keeps_the_checkpoint_from_before_it_so_no_epoch_goes_unvalidated(tmp_path, monkeypatch, caplog):
+    """A checkpoint saved at the interruption said epoch 1's training was done: the resumed run skipped its validation
+    (no val row for it in metrics.csv, no checkpoint of it). Now the checkpoint of epoch 0's end is kept."""
+    import csv
+
+    common = ["trainer.max_epochs=3", "logger=csv"]
+    straight = train(compose_train(tmp_path / "straight", common))
+    stopped = compose_train(tmp_path / "stopped", common)
+    original = utils.instantiate_group
+    monkeypatch.setattr(train_module, "instantiate_group", lambda c: original(c) + ([InterruptInValidation(epoch=1)] if c is stopped.get("callbacks") else []))
+    with pytest.raises(SystemExit), caplog.at_level(logging.WARNING, logger="two_tower"):  # Lightning's own exit (status 1)
+        train(stopped)
+    last = Path(stopped.paths.output_dir) / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=False)["epoch"] == 0 and "Stopped by Ctrl-C during a validation (epoch 1): kept" in caplog.text
+    monkeypatch.undo()
+    metrics = train(compose_train(tmp_path / "stopped", [*common, "ckpt_path=last"]))
+    for key in FINAL:
+        assert metrics[key] == straight[key], key
+    rows = list(csv.DictReader(open(next(Path(stopped.paths.output_dir).rglob("metrics.csv")))))
+    assert sorted(int(r["epoch"]) for r in rows if r.get("val/mrr@10")) == [0, 1, 2]
+
+
 def test_a_mid_epoch_checkpoint_of_another_number_of_processes_is_refused(tmp_path, monkeypatch):
     """Each process skips the batches it trained in the interrupted epoch, counted per process: resumed on another
     number of processes the count means other batches (a helper's probe: 2 processes stopped at step 31, resumed

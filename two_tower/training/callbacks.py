@@ -129,6 +129,16 @@ class CheckpointOnStop(L.Callback):
         self.reason = self.reason or ("Ctrl-C" if isinstance(exception, KeyboardInterrupt) else "SIGTERM")
         for logger in trainer.loggers:  # rows logged since the last flush (the validation just ended: a resumed run skips it)
             logger.save()
+        if isinstance(exception, KeyboardInterrupt) and trainer.validating and not trainer.sanity_checking:
+            # Saved now, the checkpoint would say the epoch's training was done and the resumed run would skip this
+            # validation (the epoch never validated, its best checkpoint never kept). Ctrl-C does not wait for the
+            # validation to end, as SIGTERM does: the last checkpoint, from before it, is kept, and the resumed run
+            # trains on from there and validates every epoch.
+            if trainer.is_global_zero:
+                kept = f"kept {self.path}, from before it" if self.path.is_file() else "nothing saved (no checkpoint yet)"
+                log.warning("Stopped by Ctrl-C during a validation (epoch %d): %s. Resume with the same command plus %s",
+                            trainer.current_epoch, kept, resume_settings(self.path.parent.parent))
+            return
         if trainer.global_step > 0:
             trainer.save_checkpoint(self.path)  # every process: a collective under DDP, written by rank 0
             if not trainer.is_global_zero:
