@@ -1061,6 +1061,20 @@ def test_a_sweep_resumed_with_ckpt_path_last_starts_the_jobs_it_had_not_reached(
     assert resume_settings(tmp_path / "run") == f"ckpt_path=last hydra.run.dir={tmp_path / 'run'}"
 
 
+def test_resuming_a_run_that_had_ended_is_said_and_a_sweep_job_that_had_ended_gives_its_metric(tmp_path, caplog):
+    """Lightning returned at once: the run said 'Training ended before any validation' (false) and gave the sweeper
+    no value. A single run is refused in one line; a job of a resumed sweep returns its best value, not run again."""
+    from two_tower.core.errors import ConfigError
+
+    metrics = train(compose_train(tmp_path, ["trainer.max_epochs=1"]))
+    with pytest.raises(ConfigError, match=r"the run has trained all its trainer.max_epochs=1 epochs; nothing to resume \(raise trainer.max_epochs"):
+        train(compose_train(tmp_path, ["trainer.max_epochs=1", "ckpt_path=last"]))
+    with caplog.at_level("INFO", logger="two_tower"):
+        again = train(compose_train(tmp_path, ["trainer.max_epochs=1", "ckpt_path=last", "hydra.mode=MULTIRUN"]))
+    assert again == {"val/mrr@10": pytest.approx(metrics["val/mrr@10"])} and "not run again" in caplog.text
+    assert "Training ended before any validation" not in caplog.text
+
+
 def test_ctrl_c_in_a_command_is_one_line_and_status_130(capsys, monkeypatch):
     """Ctrl-C inside index.py / evaluate.py / train.py's data preparation: one 'interrupted' line and the shell's
     status for SIGINT (a KeyboardInterrupt traceback from inside FAISS said nothing more); TWO_TOWER_DEBUG keeps it."""

@@ -194,6 +194,29 @@ def _shown(value) -> str:
     return repr(value) if isinstance(value, (str, int, float, bool, list, dict, type(None))) else "(not set)"
 
 
+def finished_run_metrics(path: str, cfg: DictConfig) -> dict[str, float] | None:
+    """For a checkpoint saved when its run had trained all of ``trainer.max_epochs``: in a sweep resumed with
+    ``ckpt_path=last``, that job's best ``optimized_metric`` (the sweeper's value; the job is not run again);
+    a single run is refused in one line. None when there is training left to resume. (Lightning returned at once:
+    the run said 'Training ended before any validation' and gave the sweeper no value.)"""
+    state = read_resume_checkpoint(path)
+    max_epochs = cfg.trainer.get("max_epochs")
+    progress = (((state.get("loops") or {}).get("fit_loop") or {}).get("epoch_progress") or {}).get("current") or {}
+    processed = progress.get("processed")
+    if not isinstance(max_epochs, int) or max_epochs < 1 or not isinstance(processed, int) or processed < max_epochs or EPOCH_SUMS_KEY in state:
+        return None
+    if not in_sweep():
+        raise ConfigError(f"ckpt_path={path}: the run has trained all its trainer.max_epochs={max_epochs} epochs; nothing to resume "
+                          f"(raise trainer.max_epochs to train on)")
+    metric = cfg.get("optimized_metric")
+    scores = [entry.get("best_model_score") for key, entry in (state.get("callbacks") or {}).items()
+              if key.startswith("ModelCheckpoint") and isinstance(entry, dict) and entry.get("monitor") == metric]
+    best = next((float(score) for score in scores if score is not None), None)
+    log.info("ckpt_path=%s: this job of the sweep trained its %d epochs before the stop; not run again (best %s: %s)",
+             path, max_epochs, metric, "unknown" if best is None else f"{best:.4f}")
+    return {metric: best} if best is not None and metric else {}
+
+
 def check_resume_checkpoint(path: str, tokenizer, processes: int | None = None, max_epochs: int | None = None) -> None:
     """Refuse, in one line, a checkpoint that is truncated, foreign, made with another vocabulary, saved
     mid-epoch by another number of processes than ``processes`` (None: not known before Lightning starts), or
@@ -272,6 +295,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
         ckpt_path = resolve_ckpt_path(cfg)
         if ckpt_path:
             check_resume_settings(ckpt_path, cfg)
+            done = finished_run_metrics(ckpt_path, cfg)
+            if done is not None:  # a sweep resumed with ckpt_path=last: this job ended before the stop
+                return done
         elif (Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt").is_file() and not requeued():
             # Trained again from the start, it overwrote the stopped run's last.ckpt and logged its epochs twice.
             raise ConfigError(f"{cfg.paths.output_dir} holds a run already (checkpoints/last.ckpt): resume it with ckpt_path=last, "
