@@ -1061,18 +1061,47 @@ def test_a_sweep_resumed_with_ckpt_path_last_starts_the_jobs_it_had_not_reached(
     assert resume_settings(tmp_path / "run") == f"ckpt_path=last hydra.run.dir={tmp_path / 'run'}"
 
 
-def test_resuming_a_run_that_had_ended_is_said_and_a_sweep_job_that_had_ended_gives_its_metric(tmp_path, caplog):
-    """Lightning returned at once: the run said 'Training ended before any validation' (false) and gave the sweeper
-    no value. A single run is refused in one line; a job of a resumed sweep returns its best value, not run again."""
+def test_resuming_a_run_that_had_ended_trains_nothing_and_reports_its_best_and_one_stopped_in_its_last_epoch_ends(tmp_path, monkeypatch, caplog):
+    """Resumed, an ended run trained nothing and said 'Training ended before any validation' (false), giving a sweeper
+    no value: now it says it had ended and reports its best. A run stopped in its last epoch's validation has trained
+    every epoch but not ended: its resume goes on to score the test split, as an uninterrupted run does (a review:
+    a first version refused it as ended)."""
+    common = ["trainer.max_epochs=2", "data.synthetic_rows.test_rows=100"]
+    straight = train(compose_train(tmp_path / "straight", common))
+    with caplog.at_level("INFO", logger="two_tower"):
+        again = train(compose_train(tmp_path / "straight", [*common, "ckpt_path=last", "hydra.mode=MULTIRUN"]))
+    best = max(float(p.stem.split("mrr")[1]) for p in (tmp_path / "straight" / "run" / "checkpoints").glob("epoch*-mrr*.ckpt"))
+    assert round(again["val/mrr@10"], 4) == best and "this run had ended: nothing is left to train" in caplog.text
+    assert "Training ended before any validation" not in caplog.text
+
+    stopped = compose_train(tmp_path / "stopped", common)
+    original = utils.instantiate_group
+    killer = SigtermInValidation(epoch=1)
+    monkeypatch.setattr(train_module, "instantiate_group", lambda c: original(c) + ([killer] if c is stopped.get("callbacks") else []))
+    with pytest.raises(SystemExit) as stop:
+        train(stopped)
+    assert stop.value.code == 143 and killer.validated == [0, 1]
+    monkeypatch.undo()
+    caplog.clear()
+    with caplog.at_level("INFO", logger="two_tower"):
+        resumed = train(compose_train(tmp_path / "stopped", [*common, "ckpt_path=last"]))
+    assert resumed["test/mrr@10"] == straight["test/mrr@10"] and "Training ended before any validation" not in caplog.text
+    assert round(resumed["val/mrr@10"], 4) == best  # no validation was left: the checkpoint's best
+
+
+def test_a_resume_may_not_lengthen_a_scheduled_run_nor_change_what_chooses_the_checkpoint(tmp_path):
+    """A review: with scheduler=warmup_linear, max_epochs 1 -> 2 trained the added epoch at learning rate 0 (the restored
+    schedule's end), reporting success; another optimized_metric dropped the checkpoint callback's state (keyed by what
+    it monitors), so the best checkpoint was chosen among the resumed epochs only. Without a scheduler it may lengthen."""
     from two_tower.core.errors import ConfigError
 
-    metrics = train(compose_train(tmp_path, ["trainer.max_epochs=1"]))
-    with pytest.raises(ConfigError, match=r"the run has trained all its trainer.max_epochs=1 epochs; nothing to resume \(raise trainer.max_epochs"):
-        train(compose_train(tmp_path, ["trainer.max_epochs=1", "ckpt_path=last"]))
-    with caplog.at_level("INFO", logger="two_tower"):
-        again = train(compose_train(tmp_path, ["trainer.max_epochs=1", "ckpt_path=last", "hydra.mode=MULTIRUN"]))
-    assert again == {"val/mrr@10": pytest.approx(metrics["val/mrr@10"])} and "not run again" in caplog.text
-    assert "Training ended before any validation" not in caplog.text
+    train(compose_train(tmp_path / "a", ["scheduler=warmup_linear", "trainer.max_epochs=1"]))
+    with pytest.raises(ConfigError, match=r"changes settings the run was trained with: trainer.max_epochs: 1 -> 2\."):
+        train(compose_train(tmp_path / "a", ["scheduler=warmup_linear", "trainer.max_epochs=2", "ckpt_path=last"]))
+    train(compose_train(tmp_path / "b", ["trainer.max_epochs=1"]))
+    with pytest.raises(ConfigError, match=r"optimized_metric: 'val/mrr@10' -> 'val/recall@100'\."):
+        train(compose_train(tmp_path / "b", ["trainer.max_epochs=2", "optimized_metric=val/recall@100", "ckpt_path=last"]))
+    assert train(compose_train(tmp_path / "b", ["trainer.max_epochs=2", "ckpt_path=last"]))["val/mrr@10"] > 0
 
 
 def test_ctrl_c_in_a_command_is_one_line_and_status_130(capsys, monkeypatch):

@@ -37,8 +37,10 @@ ADDED_SETTINGS = {"trainer.num_nodes": 1, "encoder.packing": "auto", "data.synth
 
 # Settings a resumed run may change besides the IGNORED ones but the seed: how long it trains, on what hardware,
 # where the data now lies (the vocabulary check refuses other data), and what only names the run.
+# (trainer.max_epochs and max_steps not with a learning-rate scheduler: training.train.check_resume_settings; not
+# optimized_metric: the checkpoint callbacks' state is keyed by what they monitor, and is dropped when it changes.)
 RESUME_MAY_CHANGE = ("trainer.max_epochs", "trainer.max_steps", "trainer.max_time", "trainer.devices", "trainer.num_nodes",
-                     "trainer.accelerator", "trainer.strategy", "data.path", "optimized_metric", "task_name", "tags")
+                     "trainer.accelerator", "trainer.strategy", "trainer.log_every_n_steps", "data.path", "task_name", "tags")
 
 
 def may_change_on_resume(name: str) -> bool:

@@ -178,15 +178,20 @@ def check_resume_settings(path: str, cfg: DictConfig) -> None:
         log.warning("ckpt_path=%s: saved before checkpoints recorded their run's settings, so this resume's settings are not "
                     "checked against the run's: give the command the run was started with (its .hydra/overrides.yaml)", path)
         return
-    changed = changed_settings(saved, OmegaConf.to_container(cfg, resolve=False))
+    current = OmegaConf.to_container(cfg, resolve=False)
+    changed = changed_settings(saved, current)
+    if saved.get("scheduler"):  # the restored scheduler keeps the run's length: a longer run trained at its end (lr 0)
+        trainer_before, trainer_after = saved.get("trainer") or {}, current.get("trainer") or {}
+        changed += [(f"trainer.{key}", trainer_before.get(key), trainer_after.get(key)) for key in ("max_epochs", "max_steps")
+                    if trainer_before.get(key) != trainer_after.get(key)]
     if not changed:
         return
     shown = "; ".join(f"{name}: {_shown(before)} -> {_shown(after)}" for name, before, after in changed[:4])
     more = f" (and {len(changed) - 4} more)" if len(changed) > 4 else ""
     raise ConfigError(
         f"ckpt_path={path}: this resume changes settings the run was trained with: {shown}{more}. A resume goes on with "
-        "the run's own settings (only how long it trains, on what hardware and where it writes may change): drop these, "
-        "or train a new run in another folder"
+        "the run's own settings (only how long it trains, unless a learning-rate schedule fixes that, on what hardware and "
+        "where it writes may change): drop these, or train a new run in another folder"
     )
 
 
@@ -194,27 +199,26 @@ def _shown(value) -> str:
     return repr(value) if isinstance(value, (str, int, float, bool, list, dict, type(None))) else "(not set)"
 
 
-def finished_run_metrics(path: str, cfg: DictConfig) -> dict[str, float] | None:
-    """For a checkpoint saved when its run had trained all of ``trainer.max_epochs``: in a sweep resumed with
-    ``ckpt_path=last``, that job's best ``optimized_metric`` (the sweeper's value; the job is not run again);
-    a single run is refused in one line. None when there is training left to resume. (Lightning returned at once:
-    the run said 'Training ended before any validation' and gave the sweeper no value.)"""
+def ended_run_best(path: str, metric: str | None) -> tuple[bool, float | None]:
+    """(whether the checkpoint is that of a run whose training had ended, its best validation ``metric``). Ended means the
+    run folder's ``per_query/fit_ended.json`` records this checkpoint's step: a run stopped in its last epoch
+    (SIGTERM in its last validation, or while scoring the test split) has trained every epoch but not ended, and
+    its resume goes on to the end. Resumed, an ended run trains nothing (Lightning returns at once)."""
+    import json
+
+    from two_tower.core import per_query
+
     state = read_resume_checkpoint(path)
-    max_epochs = cfg.trainer.get("max_epochs")
-    progress = (((state.get("loops") or {}).get("fit_loop") or {}).get("epoch_progress") or {}).get("current") or {}
-    processed = progress.get("processed")
-    if not isinstance(max_epochs, int) or max_epochs < 1 or not isinstance(processed, int) or processed < max_epochs or EPOCH_SUMS_KEY in state:
-        return None
-    if not in_sweep():
-        raise ConfigError(f"ckpt_path={path}: the run has trained all its trainer.max_epochs={max_epochs} epochs; nothing to resume "
-                          f"(raise trainer.max_epochs to train on)")
-    metric = cfg.get("optimized_metric")
+    marker = Path(path).parent.parent / "per_query" / per_query.FIT_ENDED
+    try:
+        ended = json.loads(marker.read_text()).get("global_step") == state.get("global_step")
+    except (OSError, ValueError, AttributeError):
+        ended = False
+    # the monitoring checkpoint callback's best score (its score of the last validation is not in last.ckpt, written
+    # before that callback saw it)
     scores = [entry.get("best_model_score") for key, entry in (state.get("callbacks") or {}).items()
               if key.startswith("ModelCheckpoint") and isinstance(entry, dict) and entry.get("monitor") == metric]
-    best = next((float(score) for score in scores if score is not None), None)
-    log.info("ckpt_path=%s: this job of the sweep trained its %d epochs before the stop; not run again (best %s: %s)",
-             path, max_epochs, metric, "unknown" if best is None else f"{best:.4f}")
-    return {metric: best} if best is not None and metric else {}
+    return ended, next((float(score) for score in scores if score is not None), None)
 
 
 def check_resume_checkpoint(path: str, tokenizer, processes: int | None = None, max_epochs: int | None = None) -> None:
@@ -293,15 +297,18 @@ def train(cfg: DictConfig) -> dict[str, float]:
         L.seed_everything(cfg.seed, workers=True)
         start = time.perf_counter()
         ckpt_path = resolve_ckpt_path(cfg)
+        ended, ended_best = False, None
         if ckpt_path:
             check_resume_settings(ckpt_path, cfg)
-            done = finished_run_metrics(ckpt_path, cfg)
-            if done is not None:  # a sweep resumed with ckpt_path=last: this job ended before the stop
-                return done
+            ended, ended_best = ended_run_best(ckpt_path, cfg.get("optimized_metric"))
+            if ended:  # e.g. a job of a sweep resumed with ckpt_path=last that had ended before the stop
+                log.info("ckpt_path=%s: this run had ended: nothing is left to train (trainer.max_epochs=%s); its %s is its best "
+                         "validation's", ckpt_path, cfg.trainer.get("max_epochs"), cfg.get("optimized_metric"))
         elif (Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt").is_file() and not requeued():
             # Trained again from the start, it overwrote the stopped run's last.ckpt and logged its epochs twice.
+            where = "hydra.sweep.dir, with -m" if in_sweep() else "hydra.run.dir"
             raise ConfigError(f"{cfg.paths.output_dir} holds a run already (checkpoints/last.ckpt): resume it with ckpt_path=last, "
-                              "or train into another folder (hydra.run.dir)")
+                              f"or train into another folder ({where})")
 
         datamodule = build_datamodule(cfg)
         run_record.work_started()  # tokenizing, distilling, mining: a refusal from here on keeps the run folder's log
@@ -370,7 +377,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if checkpoint is not None and checkpoint.best_model_path:
         log.info("Best checkpoint: %s (%s=%.4f)", checkpoint.best_model_path, checkpoint.monitor, float(checkpoint.best_model_score or 0))
     metrics.update(test_best_checkpoint(trainer, module, datamodule, loggers))
-    if cfg.optimized_metric not in metrics and cfg.trainer.get("limit_val_batches") != 0:
+    if ckpt_path and cfg.optimized_metric not in metrics and ended_best is not None:  # no validation left to run
+        metrics[cfg.optimized_metric] = ended_best  # what a sweeper optimises: the ended run's best validation value
+    elif cfg.optimized_metric not in metrics and cfg.trainer.get("limit_val_batches") != 0:
         # e.g. trainer.max_steps reached inside the first epoch: nothing was validated, nothing chosen
         log.warning("Training ended before any validation (step %d): no %s to report, optimise or choose a checkpoint by; "
                     "let it run to an epoch's end (trainer.max_steps, trainer.max_epochs)", trainer.global_step, cfg.optimized_metric)
