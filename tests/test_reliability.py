@@ -1089,6 +1089,25 @@ def test_resuming_a_run_that_had_ended_trains_nothing_and_reports_its_best_and_o
     assert round(resumed["val/mrr@10"], 4) == best  # no validation was left: the checkpoint's best
 
 
+class SigtermInTest(L.Callback):
+    def on_test_batch_end(self, trainer, *args):
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_sigterm_while_scoring_the_test_split_exits_143_and_the_resume_scores_it(tmp_path, monkeypatch):
+    """It ended with Lightning's SystemExit of status 0 (a review): a run without its test figures looked finished."""
+    common = ["trainer.max_epochs=1", "data.synthetic_rows.test_rows=100"]
+    straight = train(compose_train(tmp_path / "straight", common))
+    stopped = compose_train(tmp_path / "stopped", common)
+    original = utils.instantiate_group
+    monkeypatch.setattr(train_module, "instantiate_group", lambda c: original(c) + ([SigtermInTest()] if c is stopped.get("callbacks") else []))
+    with pytest.raises(SystemExit) as stop:
+        train(stopped)
+    assert stop.value.code == 143
+    monkeypatch.undo()
+    assert train(compose_train(tmp_path / "stopped", [*common, "ckpt_path=last"]))["test/mrr@10"] == straight["test/mrr@10"]
+
+
 def test_a_resume_may_not_lengthen_a_scheduled_run_nor_change_what_chooses_the_checkpoint(tmp_path):
     """A review: with scheduler=warmup_linear, max_epochs 1 -> 2 trained the added epoch at learning rate 0 (the restored
     schedule's end), reporting success; another optimized_metric dropped the checkpoint callback's state (keyed by what

@@ -376,7 +376,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
     checkpoint = trainer.checkpoint_callback
     if checkpoint is not None and checkpoint.best_model_path:
         log.info("Best checkpoint: %s (%s=%.4f)", checkpoint.best_model_path, checkpoint.monitor, float(checkpoint.best_model_score or 0))
-    metrics.update(test_best_checkpoint(trainer, module, datamodule, loggers))
+    try:
+        metrics.update(test_best_checkpoint(trainer, module, datamodule, loggers))
+    except SIGTERMException:  # Lightning's status 0 again: a run stopped before its test figures looked finished
+        log.warning("Stopped by SIGTERM while scoring the test split: training had ended. Resume with the same command plus "
+                    "ckpt_path=last to score it")
+        raise SystemExit(143) from None
     if ckpt_path and cfg.optimized_metric not in metrics and ended_best is not None:  # no validation left to run
         metrics[cfg.optimized_metric] = ended_best  # what a sweeper optimises: the ended run's best validation value
     elif cfg.optimized_metric not in metrics and cfg.trainer.get("limit_val_batches") != 0:
