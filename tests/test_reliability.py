@@ -332,6 +332,7 @@ def test_overrides_hydra_cannot_compose_are_one_line():
         "smooth=null: smooth is a config group; give one of its options: neighbours; smooth is off unless an option is selected, so leave it out for none")
     assert composition_error("train", ["scheduler=[null]"]) == "scheduler=[null]: scheduler is a config group; give one of its options: cosine, none, warmup_linear"
     assert composition_error("evaluate", ["retriever=[dense,null]"]).startswith("retriever=[dense,null]: retriever is a config group; give one of its options: bm25,")
+    assert composition_error("train", ["+loss=triplet"]) == "+loss=triplet: train.yaml already has the loss group; select the option without +: loss=triplet"
     assert composition_error("train", ["-m", "seed=1,2"]) is None  # sweeps: Hydra's own report
     assert composition_error("train", ["hydra.mode=MULTIRUN", "seed=1,2"]) is None  # a sweep without -m
     # a setting of a group or retriever that is not selected says to select it (Hydra's hint was to add the key with +)

@@ -166,6 +166,10 @@ def hydra_error_line(config_name: str, err: Exception, argv: list[str] = ()) -> 
         key = unknown.group(1)
         hint = retriever_setting_error(key, argv) if config_name == "evaluate" and key.startswith("retriever.") else None
         return hint or f"{key}: no such setting in {config_name}.yaml with the options chosen (a new key is added with +{key}=...)"
+    twice = re.match(r"Multiple values for ([\w.@/]+)\. To override a value use 'override \1: ([^']*)'", message)
+    if twice:  # +group=option for a group the config already has: Hydra's words speak of a defaults list
+        group, option = twice.groups()
+        return f"+{group}={option}: {config_name}.yaml already has the {group} group; select the option without +: {group}={option}"
     present = re.match(r"Could not append to config. An item is already at '([^']+)'", message)
     if present:  # e.g. +encoder.packing=packed from a run made before the config had the key
         key = present.group(1)
