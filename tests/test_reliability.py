@@ -1121,6 +1121,9 @@ def test_a_resume_may_not_lengthen_a_scheduled_run_nor_change_what_chooses_the_c
     train(compose_train(tmp_path / "b", ["trainer.max_epochs=1"]))
     with pytest.raises(ConfigError, match=r"optimized_metric: 'val/mrr@10' -> 'val/recall@100'\."):
         train(compose_train(tmp_path / "b", ["trainer.max_epochs=2", "optimized_metric=val/recall@100", "ckpt_path=last"]))
+    # a callback the config key leaves out but the resume needs as the run had it: the RNG states it restores
+    with pytest.raises(ConfigError, match=r"callbacks.rng_state._target_: 'two_tower.training.callbacks.RNGState' -> \(not set\)"):
+        train(compose_train(tmp_path / "b", ["trainer.max_epochs=2", "~callbacks.rng_state", "ckpt_path=last"]))
     assert train(compose_train(tmp_path / "b", ["trainer.max_epochs=2", "ckpt_path=last"]))["val/mrr@10"] > 0
 
 

@@ -43,8 +43,16 @@ RESUME_MAY_CHANGE = ("trainer.max_epochs", "trainer.max_steps", "trainer.max_tim
                      "trainer.accelerator", "trainer.strategy", "trainer.log_every_n_steps", "data.path", "task_name", "tags")
 
 
+# Callbacks the key leaves out that a resume still needs as the run had them: the RNG states it restores, the
+# checkpoints that stop and save it (removed, ~callbacks.rng_state, the resumed run drew other random numbers).
+RESUME_KEEPS_CALLBACKS = ("rng_state", "checkpoint_on_stop", "last_checkpoint")
+
+
 def may_change_on_resume(name: str) -> bool:
     """Whether a resumed run may give a setting (dotted name) another value than the run it continues had."""
+    parts = name.split(".")
+    if parts[0] == "callbacks" and len(parts) > 1 and parts[1] in RESUME_KEEPS_CALLBACKS and parts[-1] not in HARMLESS_CALLBACK_FIELDS:
+        return False
     return (ignored(name) and name != "seed") or any(name == k or name.startswith(k + ".") for k in RESUME_MAY_CHANGE)
 
 
