@@ -36,11 +36,15 @@ ADDED_SETTINGS = {"trainer.num_nodes": 1, "encoder.packing": "auto", "data.synth
 
 
 # Settings a resumed run may change besides the IGNORED ones but the seed: how long it trains, on what hardware,
-# where the data now lies (the vocabulary check refuses other data), and what only names the run.
-# (trainer.max_epochs and max_steps not with a learning-rate scheduler: training.train.check_resume_settings; not
+# where the data now lies (the vocabulary check refuses other data), and what only names the run. (Not
 # optimized_metric: the checkpoint callbacks' state is keyed by what they monitor, and is dropped when it changes.)
 RESUME_MAY_CHANGE = ("trainer.max_epochs", "trainer.max_steps", "trainer.max_time", "trainer.devices", "trainer.num_nodes",
                      "trainer.accelerator", "trainer.strategy", "trainer.log_every_n_steps", "data.path", "task_name", "tags")
+# How long a run trains, which a learning-rate scheduler fixes: its restored state keeps the run's length, and a longer
+# resumed run trained at the schedule's end (learning rate 0 with warmup_linear).
+SCHEDULE_LENGTH = ("trainer.max_epochs", "trainer.max_steps")
+# A setting a run or its resume does not have, in changed_settings' triples.
+NOT_SET = object()
 
 
 # Callbacks the key leaves out that a resume still needs as the run had them: the RNG states it restores, the
@@ -48,21 +52,25 @@ RESUME_MAY_CHANGE = ("trainer.max_epochs", "trainer.max_steps", "trainer.max_tim
 RESUME_KEEPS_CALLBACKS = ("rng_state", "checkpoint_on_stop", "last_checkpoint")
 
 
-def may_change_on_resume(name: str) -> bool:
-    """Whether a resumed run may give a setting (dotted name) another value than the run it continues had."""
+def may_change_on_resume(name: str, scheduled: bool = False) -> bool:
+    """Whether a resumed run may give a setting (dotted name) another value than the run it continues had;
+    ``scheduled``: that run has a learning-rate scheduler."""
     parts = name.split(".")
     if parts[0] == "callbacks" and len(parts) > 1 and parts[1] in RESUME_KEEPS_CALLBACKS and parts[-1] not in HARMLESS_CALLBACK_FIELDS:
+        return False
+    if scheduled and name in SCHEDULE_LENGTH:
         return False
     return (ignored(name) and name != "seed") or any(name == k or name.startswith(k + ".") for k in RESUME_MAY_CHANGE)
 
 
 def changed_settings(saved: dict, current: dict) -> list[tuple[str, object, object]]:
-    """(name, saved value, current value) of the settings, as composed (interpolations unresolved), that differ
-    between a run's configuration and a resume's and may not (``may_change_on_resume``); sorted by name."""
+    """(name, saved value, current value; NOT_SET where absent) of the settings, as composed (interpolations
+    unresolved), that differ between a run's configuration and a resume's and may not (``may_change_on_resume``);
+    sorted by name."""
     before, after = flatten(saved), flatten(current)
-    missing = object()
-    return [(name, before.get(name, missing), after.get(name, missing)) for name in sorted(before.keys() | after.keys())
-            if not may_change_on_resume(name) and before.get(name, missing) != after.get(name, missing)]
+    scheduled = bool(saved.get("scheduler"))
+    return [(name, before.get(name, NOT_SET), after.get(name, NOT_SET)) for name in sorted(before.keys() | after.keys())
+            if not may_change_on_resume(name, scheduled) and before.get(name, NOT_SET) != after.get(name, NOT_SET)]
 
 
 def _absolute(override: str, cwd: str | None) -> str:

@@ -198,13 +198,9 @@ def check_sweep_values(cfg: DictConfig, compose: Callable[[list[str]], DictConfi
     ``choice(...)`` of ``hydra.sweeper.params``) makes a job's settings fail ``validate_train_config``: the sweep
     stopped at that job, the ones after it never run. Each listed value is checked once, the other swept settings at
     their first value (at most ``limit`` values); ranges and intervals of a search space are not enumerated."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
     params = OmegaConf.select(cfg, "hydra.sweeper.params", default=None, throw_on_missing=False) or {}
-    task = [str(o) for o in OmegaConf.select(cfg, "hydra.overrides.task", default=None, throw_on_missing=False) or []]
-    texts = [*task, *(f"{k}={v}" for k, v in params.items())]
     fixed, swept = [], []
-    for override, text in zip(OverridesParser.create().parse_overrides(texts), texts):
+    for override, text, _ in sweep_arguments(cfg, params):
         if not override.is_sweep_override():
             fixed.append(text)
         elif override.is_choice_sweep():
@@ -232,21 +228,27 @@ def check_sweep_values(cfg: DictConfig, compose: Callable[[list[str]], DictConfi
                 raise ConfigError(f"the sweep's jobs with {key}={value}: {err}") from err
 
 
+def sweep_arguments(cfg: DictConfig, params) -> list[tuple[object, str, bool]]:
+    """(Hydra's parsed override, its text, whether it is a task override) for each of the multirun's task overrides
+    (``hydra.overrides.task``), then each entry of the search space ``params`` (``hydra.sweeper.params``)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    task = [str(o) for o in OmegaConf.select(cfg, "hydra.overrides.task", default=None, throw_on_missing=False) or []]
+    texts = [*task, *(f"{k}={v}" for k, v in params.items())]
+    return [(override, text, i < len(task)) for i, (override, text) in enumerate(zip(OverridesParser.create().parse_overrides(texts), texts))]
+
+
 def swept_group_overrides(cfg: DictConfig, settings: dict, limit: int = 64) -> list[list[str]]:
     """The task overrides of each combination of the group options the sweep chooses among (at most
     ``limit``), with the other swept values left out (they do not change which settings exist); [] when the
     sweep chooses no group option."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
     choices = OmegaConf.select(cfg, "hydra.runtime.choices", default=None, throw_on_missing=False) or {}
-    task = [str(o) for o in OmegaConf.select(cfg, "hydra.overrides.task", default=None, throw_on_missing=False) or []]
-    parsed = OverridesParser.create().parse_overrides([*task, *(f"{k}={v}" for k, v in settings.items())])
     fixed, swept = [], {}
-    for override, text in zip(parsed, [*task, *([None] * len(settings))]):
+    for override, text, from_task in sweep_arguments(cfg, settings):
         if override.is_sweep_override():
             if override.key_or_group in choices and override.is_choice_sweep():
                 swept[override.key_or_group] = list(override.sweep_string_iterator())
-        elif text is not None:
+        elif from_task:
             fixed.append(text)
     if not swept:
         return []

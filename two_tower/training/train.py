@@ -22,7 +22,7 @@ from two_tower.core import run_record
 from two_tower.training.callbacks import CheckpointOnStop
 from two_tower.training.config import validate_train_config
 from two_tower.training.loggers import ResumableCSVLogger
-from two_tower.core.config_key import changed_settings, current_config_key
+from two_tower.core.config_key import NOT_SET, changed_settings, current_config_key
 from two_tower.data.datamodule import TwoTowerDataModule
 from two_tower.core.errors import CheckpointError, ConfigError, DataSourceError
 from two_tower.model import frozen_rows
@@ -90,9 +90,9 @@ def resolve_ckpt_path(cfg: DictConfig) -> str | None:
     return str(last)
 
 
-def check_resume_shapes(path: str, module: TwoTowerModule) -> None:
-    """Refuse, in one line, a checkpoint of another model shape (encoder, dims, bag path) than this config's."""
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+def check_resume_shapes(path: str, checkpoint: dict, module: TwoTowerModule) -> None:
+    """Refuse, in one line, a checkpoint (read from ``path`` by ``read_resume_checkpoint``) of another model shape
+    (encoder, dims, bag path) than this config's."""
     derived = checkpoint.get(frozen_rows.KEY, {})  # frozen word rows the checkpoint does not carry
     saved = {k: tuple(v.shape) for k, v in checkpoint["state_dict"].items()} | {k: tuple(entry["shape"]) for k, entry in derived.items()}
     own = {k: tuple(v.shape) for k, v in module.state_dict().items()}
@@ -167,23 +167,19 @@ def requeued() -> bool:
     return os.environ.get("SLURM_RESTART_COUNT", "0").strip() not in ("", "0")
 
 
-def check_resume_settings(path: str, cfg: DictConfig) -> None:
+def check_resume_settings(path: str, state: dict, cfg: DictConfig) -> None:
     """Refuse, in one line, a resume that changes a setting the run was trained with (Lightning restores the
     optimizer's state, so ``optimizer.lr=0.5`` trained on at the old rate while the run recorded the new one; another
     batch size skipped another number of rows mid-epoch; another seed was recorded as the run's). How long it
-    trains, on what hardware, where it writes and logs may change (``config_key.may_change_on_resume``). A
-    checkpoint saved before checkpoints carried their run's configuration is not checked (a warning says so)."""
-    saved = read_resume_checkpoint(path).get(RUN_CONFIG_KEY)
+    trains (unless a scheduler fixes that), on what hardware, where it writes and logs may change
+    (``config_key.may_change_on_resume``). ``state``: the checkpoint at ``path``. A checkpoint saved before
+    checkpoints carried their run's configuration is not checked (a warning says so)."""
+    saved = state.get(RUN_CONFIG_KEY)
     if saved is None:
         log.warning("ckpt_path=%s: saved before checkpoints recorded their run's settings, so this resume's settings are not "
                     "checked against the run's: give the command the run was started with (its .hydra/overrides.yaml)", path)
         return
-    current = OmegaConf.to_container(cfg, resolve=False)
-    changed = changed_settings(saved, current)
-    if saved.get("scheduler"):  # the restored scheduler keeps the run's length: a longer run trained at its end (lr 0)
-        trainer_before, trainer_after = saved.get("trainer") or {}, current.get("trainer") or {}
-        changed += [(f"trainer.{key}", trainer_before.get(key), trainer_after.get(key)) for key in ("max_epochs", "max_steps")
-                    if trainer_before.get(key) != trainer_after.get(key)]
+    changed = changed_settings(saved, OmegaConf.to_container(cfg, resolve=False))
     if not changed:
         return
     shown = "; ".join(f"{name}: {_shown(before)} -> {_shown(after)}" for name, before, after in changed[:4])
@@ -196,19 +192,19 @@ def check_resume_settings(path: str, cfg: DictConfig) -> None:
 
 
 def _shown(value) -> str:
-    return repr(value) if isinstance(value, (str, int, float, bool, list, dict, type(None))) else "(not set)"
+    return "(not set)" if value is NOT_SET else repr(value)
 
 
-def ended_run_best(path: str, metric: str | None) -> tuple[bool, float | None]:
+def ended_run_best(path: str, state: dict, metric: str | None) -> tuple[bool, float | None]:
     """(whether the checkpoint is that of a run whose training had ended, its best validation ``metric``). Ended means the
     run folder's ``per_query/fit_ended.json`` records this checkpoint's step: a run stopped in its last epoch
     (SIGTERM in its last validation, or while scoring the test split) has trained every epoch but not ended, and
-    its resume goes on to the end. Resumed, an ended run trains nothing (Lightning returns at once)."""
+    its resume goes on to the end. Resumed, an ended run trains nothing (Lightning returns at once). ``state``: the
+    checkpoint at ``path``."""
     import json
 
     from two_tower.core import per_query
 
-    state = read_resume_checkpoint(path)
     marker = Path(path).parent.parent / "per_query" / per_query.FIT_ENDED
     try:
         ended = json.loads(marker.read_text()).get("global_step") == state.get("global_step")
@@ -221,11 +217,10 @@ def ended_run_best(path: str, metric: str | None) -> tuple[bool, float | None]:
     return ended, next((float(score) for score in scores if score is not None), None)
 
 
-def check_resume_checkpoint(path: str, tokenizer, processes: int | None = None, max_epochs: int | None = None) -> None:
-    """Refuse, in one line, a checkpoint that is truncated, foreign, made with another vocabulary, saved
-    mid-epoch by another number of processes than ``processes`` (None: not known before Lightning starts), or
-    past ``max_epochs`` (Lightning's traceback)."""
-    state = read_resume_checkpoint(path)
+def check_resume_checkpoint(path: str, state: dict, tokenizer, processes: int | None = None, max_epochs: int | None = None) -> None:
+    """Refuse, in one line, a checkpoint (``state``, read from ``path`` by ``read_resume_checkpoint``, which refuses
+    a truncated or foreign one) made with another vocabulary, saved mid-epoch by another number of processes than
+    ``processes`` (None: not known before Lightning starts), or past ``max_epochs`` (Lightning's traceback)."""
     words = state["tokenizer"].get("words", [])
     if state["tokenizer"].get("format", 1) != 2:
         raise CheckpointError(f"ckpt_path={path}: made before open vocabularies (tokenizer format 1); start a new run")
@@ -299,8 +294,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
         ckpt_path = resolve_ckpt_path(cfg)
         ended, ended_best = False, None
         if ckpt_path:
-            check_resume_settings(ckpt_path, cfg)
-            ended, ended_best = ended_run_best(ckpt_path, cfg.get("optimized_metric"))
+            state = read_resume_checkpoint(ckpt_path)  # memory-mapped, read once for the checks below
+            check_resume_settings(ckpt_path, state, cfg)
+            ended, ended_best = ended_run_best(ckpt_path, state, cfg.get("optimized_metric"))
             if ended:  # e.g. a job of a sweep resumed with ckpt_path=last that had ended before the stop
                 log.info("ckpt_path=%s: this run had ended: nothing is left to train (trainer.max_epochs=%s); its %s is its best "
                          "validation's", ckpt_path, cfg.trainer.get("max_epochs"), cfg.get("optimized_metric"))
@@ -319,7 +315,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         if processes:
             datamodule.check_processes(processes)
         if ckpt_path:
-            check_resume_checkpoint(ckpt_path, datamodule.tokenizer, processes, cfg.trainer.get("max_epochs"))
+            check_resume_checkpoint(ckpt_path, state, datamodule.tokenizer, processes, cfg.trainer.get("max_epochs"))
             if datamodule.num_workers > 0:
                 # Worker processes read batches ahead from the moment Lightning creates the loader's iterator, which on
                 # resume it does before it sets the sampler's epoch, marks the epoch as restarted mid-way and puts back a
@@ -336,7 +332,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         module = build_module(cfg, datamodule)
         module.run_config = OmegaConf.to_container(cfg, resolve=False)
         if ckpt_path:
-            check_resume_shapes(ckpt_path, module)
+            check_resume_shapes(ckpt_path, state, module)
+            del state  # the memory-mapped file is not held through training
     log.info("Model: %d trainable / %d parameters", sum(p.numel() for p in module.parameters() if p.requires_grad), sum(p.numel() for p in module.parameters()))
 
     fill_wandb_group_and_tags(cfg)  # logger.wandb.group/tags: null = the sweep and the chosen options
