@@ -1086,6 +1086,42 @@ def test_index_stores_the_vectors_the_model_scores_with(trained, tmp_path):
         assert [h.score for h in hits] == pytest.approx(scores[q][order].tolist(), abs=1e-5)
 
 
+def test_index_says_how_many_passages_fill_the_model_window(trained, tmp_path, caplog):
+    """A tower reads a passage's first max_passage_len tokens: index.py said nothing of the rest, so a corpus of
+    long documents (63% of Cranfield's abstracts are longer than 128 tokens) lost words silently. It now warns
+    with the count, and the folder's manifest records it."""
+    from two_tower.retrieval.checkpoint import load_checkpoint
+
+    window = load_checkpoint(str(trained["ckpt"])).tokenizer.max_passage_len
+    texts = [f"short passage number {i}" for i in range(20)]
+    texts += [" ".join(f"word{j}" for j in range(window + extra)) for extra in (0, 1, 50)]  # exactly the window, and longer
+    texts += [" ".join(f"word{j}" for j in range(window - 1))]  # one token short of it
+    corpus = tmp_path / "corpus.tsv"
+    corpus.write_text("".join(f"p{i}\t{t}\n" for i, t in enumerate(texts)), encoding="utf-8")
+    with caplog.at_level("INFO"):
+        build_index(compose_retrieval("index", [f"ckpt={trained['ckpt']}", f"corpus={corpus}", f"out={tmp_path / 'index'}"]))
+    warned = [r for r in caplog.records if "fill the model's window" in r.getMessage()]
+    assert len(warned) == 1 and warned[0].levelname == "WARNING"
+    assert warned[0].getMessage().startswith(f"3 of {len(texts)} passages (12.5%) fill the model's window of {window} tokens (data.tokenizer.max_passage_len")
+    manifest = json.loads((tmp_path / "index" / "manifest.json").read_text())
+    assert manifest["passage_window"] == {"tokens": window, "passages_filling_it": 3}
+
+
+def test_window_count_is_quiet_when_no_text_fills_it_and_a_note_below_one_percent(caplog):
+    import logging
+
+    from two_tower.data.tokenizer import WindowCount
+
+    count = WindowCount(4, "data.tokenizer.max_query_len")
+    count.add(np.array([1, 2, 3]))
+    assert count.note("queries") is None
+    count.add(np.array([4] + [1] * 196))
+    assert count.full == 1 and count.texts == 200
+    with caplog.at_level("INFO"):
+        count.log(logging.getLogger("test"), "queries")
+    assert [(r.levelname, r.getMessage()[:40]) for r in caplog.records] == [("INFO", "1 of 200 queries (0.5%) fill the model's")]
+
+
 def test_index_search_params_that_do_not_apply_are_refused_before_encoding(trained, tmp_path, monkeypatch):
     """index.search_params naming a parameter the factory lacks (nprobe for HNSW) was refused after the whole
     corpus was encoded (hours at scale); now before the first passage is."""

@@ -252,6 +252,35 @@ def _encode_in_worker(texts: list[str], max_len: int) -> tuple[np.ndarray, np.nd
     return _worker_tokenizer._encode_chunk(texts, max_len)
 
 
+class WindowCount:
+    """How many texts fill a tokenizer window of ``max_len`` tokens: those have ``max_len`` or more, and a
+    tower reads only their first ``max_len`` (``Tokenizer.encode`` cuts the rest). Fed the token lengths
+    of encoded texts, chunk by chunk; ``note`` says it in a line for the log."""
+
+    # At or above this share of texts the note is a warning: a corpus of long documents, not a stray one.
+    WARN_SHARE = 0.01
+
+    def __init__(self, max_len: int, setting: str):
+        self.max_len, self.setting = max_len, setting
+        self.texts = self.full = 0
+
+    def add(self, lengths: np.ndarray) -> None:
+        self.texts += len(lengths)
+        self.full += int(np.count_nonzero(np.asarray(lengths) >= self.max_len))
+
+    def note(self, what: str) -> str | None:
+        """E.g. "904 of 1400 passages (64.6%) fill the model's window of 128 tokens ...", or None if none do."""
+        if not self.full:
+            return None
+        return (f"{self.full} of {self.texts} {what} ({self.full / max(self.texts, 1):.1%}) fill the model's window of "
+                f"{self.max_len} tokens ({self.setting}, fixed when it was trained): words past the first {self.max_len} are not read")
+
+    def log(self, logger, what: str) -> None:
+        note = self.note(what)
+        if note:
+            (logger.warning if self.full >= self.WARN_SHARE * self.texts else logger.info)(note)
+
+
 def oov_rate(texts: Iterable[str], known, split: Callable[[str], list[str]] = split_words) -> float:
     """Share of word occurrences in ``texts`` that are not in ``known`` (a set or dict of words); ``split``:
     a text's words (e.g. ``Tokenizer.split``)."""

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from two_tower.data.prepared import PreparedSplit, Ragged
+from two_tower.data.tokenizer import WindowCount
 from two_tower.retrieval.checkpoint import encode_tokens, load_checkpoint, progress_bar
 from two_tower.core.errors import ConfigError
 from two_tower.core.metrics import rank_dense_within
@@ -49,6 +50,11 @@ class DenseRetriever(SplitRetriever):
             "passages": tokenizer.id_ranges(passage_tokens.values),
         }
         log.info("Token ranges (share of tokens in the training vocabulary / extension / hashed): %s", {k: {r: round(v, 4) for r, v in d.items()} for k, d in self.token_ranges.items()})
+        for what, tokens, max_len, setting, rows in (("passages", passage_tokens, tokenizer.max_passage_len, "data.tokenizer.max_passage_len", slice(None)),
+                                                     ("queries", query_tokens, tokenizer.max_query_len, "data.tokenizer.max_query_len", evaluated)):
+            window = WindowCount(max_len, setting)
+            window.add(tokens.lengths[rows])
+            window.log(log, what)
         # The bag-of-words path weighs terms by their IDF over this split's passages, as validation does.
         if towers.bags():
             towers.set_statistics(towers.corpus_statistics(passage_tokens))

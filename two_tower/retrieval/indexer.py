@@ -10,6 +10,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from two_tower.data.prepared import Ragged
+from two_tower.data.tokenizer import WindowCount
 from two_tower.model.bag import TermStatistics
 from two_tower.retrieval.bm25 import BM25Scorer
 from two_tower.retrieval.checkpoint import encode_tokens, load_checkpoint, model_identity, progress_bar
@@ -44,16 +45,20 @@ def corpus_statistics(module, texts: list[str], chunk: int = 100_000) -> TermSta
     return TermStatistics.merge(parts)
 
 
-def encoded_chunks(module, texts: list[str], batch_size: int = 512, chunk: int = 100_000, statistics: TermStatistics | None = None, desc: str = "Encoding passages"):
+def encoded_chunks(module, texts: list[str], batch_size: int = 512, chunk: int = 100_000, statistics: TermStatistics | None = None, desc: str = "Encoding passages",
+                   window: WindowCount | None = None):
     """[n, dim] float32 passage vectors of ``texts``, ``chunk`` passages at a time (a generator), with the
     checkpoint's tokenizer and passage tower, its bag-of-words path (if any) weighing terms by
-    ``statistics`` (default: those of ``texts``). Only one chunk's tokens and vectors are alive at once."""
+    ``statistics`` (default: those of ``texts``). Only one chunk's tokens and vectors are alive at once.
+    ``window``: counts the passages that fill the tokenizer's window."""
     if module.towers.bags():
         module.towers.set_statistics(statistics or corpus_statistics(module, texts, chunk))
     dim = module.towers.passage_encoder.output_dim
     with progress_bar(len(texts), desc) as bar:
         for start in range(0, len(texts), chunk):
             tokens = Ragged.from_lists(module.tokenizer.encode_passages(texts[start : start + chunk]))
+            if window is not None:
+                window.add(tokens.lengths)
             yield encode_tokens(module.encode_passages, tokens, dim, batch_size, progress=bar).numpy()
 
 
@@ -149,7 +154,7 @@ def build_index(cfg: DictConfig) -> Path:
         len(texts),
         dim,
         lambda rows: encode_passages(module, [texts[r] for r in rows], cfg.batch_size, chunk, statistics),
-        encoded_chunks(module, texts, cfg.batch_size, chunk, statistics),
+        encoded_chunks(module, texts, cfg.batch_size, chunk, statistics, window=(window := WindowCount(module.tokenizer.max_passage_len, "data.tokenizer.max_passage_len"))),
         cfg.index.factory,
         cfg.index.train_size,
         cfg.index.search_params,
@@ -157,6 +162,7 @@ def build_index(cfg: DictConfig) -> Path:
         seconds := {},
         normalize=False,  # the vectors the model scores with, as evaluate.py and validation rank them
     )
+    window.log(log, "passages")
     if smoothing is not None:
         # the stored vectors moved towards their neighbours: a second index of the same factory from the first
         log.info("Smoothing every passage towards its %d nearest (weight %s)", smoothing.neighbours, smoothing.weight)
@@ -175,6 +181,7 @@ def build_index(cfg: DictConfig) -> Path:
         "config": OmegaConf.to_container(cfg, resolve=True),
         "source": {**passages.source, "texts": passages.texts_hash()},
         "model": model_identity(module, cfg.ckpt),
+        "passage_window": {"tokens": window.max_len, "passages_filling_it": window.full},
         "seconds": {"load": round(loaded - start, 2), "encode": round(seconds["vectors"], 2), "faiss_train": round(seconds["train"], 2), "faiss_add": round(seconds["add"], 2), **({"smooth": round(seconds["smooth"], 2)} if "smooth" in seconds else {}), **bm25_seconds},
     }
     encoder = QueryEncoder.from_module(module)
