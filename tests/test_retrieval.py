@@ -1107,7 +1107,7 @@ def test_index_says_how_many_passages_fill_the_model_window(trained, tmp_path, c
     assert manifest["passage_window"] == {"tokens": window, "passages_filling_it": 3}
 
 
-def test_window_count_is_quiet_when_no_text_fills_it_and_a_note_below_one_percent(caplog):
+def test_window_count_is_quiet_when_no_text_fills_it_and_a_note_below_its_warning_share(caplog):
     import logging
 
     from two_tower.data.tokenizer import WindowCount
@@ -1115,11 +1115,11 @@ def test_window_count_is_quiet_when_no_text_fills_it_and_a_note_below_one_percen
     count = WindowCount(4, "data.tokenizer.max_query_len")
     count.add(np.array([1, 2, 3]))
     assert count.note("queries") is None
-    count.add(np.array([4] + [1] * 196))
-    assert count.full == 1 and count.texts == 200
+    count.add(np.array([4] * 19 + [1] * 178))
+    assert count.full == 19 and count.texts == 200
     with caplog.at_level("INFO"):
         count.log(logging.getLogger("test"), "queries")
-    assert [(r.levelname, r.getMessage()[:40]) for r in caplog.records] == [("INFO", "1 of 200 queries (0.5%) fill the model's")]
+    assert [(r.levelname, r.getMessage()[:41]) for r in caplog.records] == [("INFO", "19 of 200 queries (9.5%) fill the model's")]
 
 
 def test_index_search_params_that_do_not_apply_are_refused_before_encoding(trained, tmp_path, monkeypatch):
