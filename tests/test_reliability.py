@@ -1067,13 +1067,20 @@ def test_resuming_a_run_that_had_ended_trains_nothing_and_reports_its_best_and_o
     no value: now it says it had ended and reports its best. A run stopped in its last epoch's validation has trained
     every epoch but not ended: its resume goes on to score the test split, as an uninterrupted run does (a review:
     a first version refused it as ended)."""
-    common = ["trainer.max_epochs=2", "data.synthetic_rows.test_rows=100"]
+    import pandas as pd
+
+    common = ["trainer.max_epochs=2", "data.synthetic_rows.test_rows=100", "logger=csv"]
     straight = train(compose_train(tmp_path / "straight", common))
+    logged = tmp_path / "straight" / "run" / "csv" / "metrics.csv"
+    train_seconds = pd.read_csv(logged)["time/train_seconds"].dropna().tolist()
     with caplog.at_level("INFO", logger="two_tower"):
         again = train(compose_train(tmp_path / "straight", [*common, "ckpt_path=last", "hydra.mode=MULTIRUN"]))
     best = max(float(p.stem.split("mrr")[1]) for p in (tmp_path / "straight" / "run" / "checkpoints").glob("epoch*-mrr*.ckpt"))
     assert round(again["val/mrr@10"], 4) == best and "this run had ended: nothing is left to train" in caplog.text
     assert "Training ended before any validation" not in caplog.text
+    # the no-op resume's time did not replace the run's training time (a probe: 1.63 s became 0.45 s)
+    assert "time/train_seconds" not in again and pd.read_csv(logged)["time/train_seconds"].dropna().tolist() == train_seconds == [straight["time/train_seconds"]]
+    assert pd.read_csv(logged)["test/mrr@10"].dropna().tolist() == [pytest.approx(straight["test/mrr@10"])]  # scored once, not again
 
     stopped = compose_train(tmp_path / "stopped", common)
     original = utils.instantiate_group

@@ -48,6 +48,22 @@ def test_model_learns_far_above_random(tmp_path):
     assert metrics["val/recall@100"] > 0.8, metrics
 
 
+def test_the_optimized_metric_returned_is_the_best_validation_not_the_last(tiny_cfg):
+    """What train() returns (and train.py gives a sweeper) for optimized_metric is the best validation's value, the
+    epoch the checkpoint callback kept: Lightning's callback_metrics hold the last validation's, so a trial that
+    peaked before its last epoch was reported lower than its kept checkpoint (and higher again once resumed)."""
+    import pandas as pd
+
+    cfg = tiny_cfg("logger=csv", "trainer.max_epochs=4", "optimizer.lr=0.03")
+    metrics = train(cfg)
+    per_epoch = pd.read_csv(Path(cfg.paths.output_dir) / "csv" / "metrics.csv")["val/mrr@10"].dropna().tolist()
+    assert len(per_epoch) == 4 and max(per_epoch) > per_epoch[-1]  # the case: the peak is not the last epoch
+    assert metrics["val/mrr@10"] == pytest.approx(max(per_epoch))
+    assert metrics["val_last/mrr@10"] == pytest.approx(per_epoch[-1])
+    kept = [p.name for p in (Path(cfg.paths.output_dir) / "checkpoints").glob("epoch*.ckpt")]
+    assert kept == [f"epoch{per_epoch.index(max(per_epoch)):02d}-mrr{max(per_epoch):.4f}.ckpt"]
+
+
 def test_every_epoch_logs_where_its_time_went(tiny_cfg):
     import pandas as pd
 

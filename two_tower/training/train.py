@@ -253,6 +253,20 @@ def quiet_other_ranks() -> None:
         logging.getLogger("two_tower").setLevel(logging.WARNING)
 
 
+def report_best_validation(metrics: dict[str, float], trainer: L.Trainer, metric: str) -> None:
+    """``metrics[metric]``: the best validation's value, the one the checkpoint callback kept (and what
+    ``callbacks/default.yaml`` says sweeps maximise), not the last validation's (Lightning's callback_metrics), which
+    a sweeper was given for a run that peaked before its last epoch; the last goes under ``val_last/...``. Resumed,
+    the callback's best covers the whole run."""
+    best = next((c.best_model_score for c in trainer.checkpoint_callbacks
+                 if getattr(c, "monitor", None) == metric and c.best_model_score is not None), None)
+    if best is None:
+        return
+    if metric in metrics and metric.startswith("val/"):
+        metrics["val_last/" + metric[len("val/"):]] = metrics[metric]
+    metrics[metric] = float(best)
+
+
 def test_best_checkpoint(trainer: L.Trainer, module: TwoTowerModule, datamodule: TwoTowerDataModule, loggers: list) -> dict[str, float]:
     """Score the best-on-validation checkpoint on the labelled test split, once: ``test/*`` in every
     logger (and the W&B run summary). Nothing without a test split or a best checkpoint."""
@@ -341,7 +355,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     key = current_config_key()  # all overrides but the seed: seeds of one configuration share it
     for logger in loggers:
         logger.log_hyperparams({**OmegaConf.to_container(cfg, resolve=True), **({"config_key": key} if key else {})})
-    if ckpt_path:
+    # A run that had ended and scored its test split is done: resumed, it logs nothing again (its training time
+    # and test figures stay as logged). One stopped while scoring the test split scores it now.
+    done = ended and (datamodule.test is None or (Path(ckpt_path).parent.parent / "per_query" / "test.parquet").is_file())
+    if ckpt_path and not done:
         for logger in loggers:
             if isinstance(logger, ResumableCSVLogger):
                 logger.resume()
@@ -366,15 +383,23 @@ def train(cfg: DictConfig) -> dict[str, float]:
         raise SystemExit(0 if stopper is not None and stopper.reason == "trainer.max_time" else 143) from None
 
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-    metrics["time/train_seconds"] = time.perf_counter() - start
+    report_best_validation(metrics, trainer, cfg.optimized_metric)
+    # A run that had ended trained nothing now: its logged training time stays the one it had (one stopped while
+    # scoring its test split loses that row when the test rows are logged again: missing, not replaced by ~0 s).
+    if not ended:
+        metrics["time/train_seconds"] = time.perf_counter() - start
     for logger in loggers:
-        logger.log_metrics({"time/train_seconds": metrics["time/train_seconds"]}, step=trainer.global_step)
+        if not ended:
+            logger.log_metrics({"time/train_seconds": metrics["time/train_seconds"]}, step=trainer.global_step)
         logger.save()
     checkpoint = trainer.checkpoint_callback
     if checkpoint is not None and checkpoint.best_model_path:
         log.info("Best checkpoint: %s (%s=%.4f)", checkpoint.best_model_path, checkpoint.monitor, float(checkpoint.best_model_score or 0))
     try:
-        metrics.update(test_best_checkpoint(trainer, module, datamodule, loggers))
+        if done:
+            log.info("The test split was scored when the run ended: not again")
+        else:
+            metrics.update(test_best_checkpoint(trainer, module, datamodule, loggers))
     except SIGTERMException:  # Lightning's status 0 again: a run stopped before its test figures looked finished
         log.warning("Stopped by SIGTERM while scoring the test split: training had ended. Resume with the same command plus "
                     "ckpt_path=last to score it")
