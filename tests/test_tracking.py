@@ -107,6 +107,49 @@ def test_a_sweep_value_that_makes_a_job_invalid_is_refused_before_any_job(tmp_pa
     assert result.returncode == 2 and lines == ["error: the sweep's jobs with encoder.dropout=1.5: encoder.dropout=1.5: must be a number in [0, 1)"], result.stderr[-2000:]
 
 
+def test_sweeps_that_cannot_run_as_asked_are_refused_before_any_trial(tmp_path, monkeypatch):
+    """A probe's findings, each once a traceback or a silent single run: an interval end outside a setting's rule
+    (trial 2 drew a negative dropout and the sweep died, losing the study), n_trials=0 or limit_val_batches=0 (every
+    trial failed, then Optuna's 'No trials are completed yet'), an SQL storage this Optuna cannot open (a traceback
+    and an unusable optuna.db), and hparams_search / a launcher without -m (one plain run, exit 0)."""
+    import subprocess
+    import sys
+
+    import optuna
+
+    from tests.conftest import ROOT
+    from two_tower.training.config import sql_storage_problem
+
+    sweep = tmp_path / "multirun"
+    base = [sys.executable, "train.py", "-m", *TINY_SWEEP, "hparams_search=optuna", f"hydra.sweep.dir={sweep}"]
+    for extra, line in [
+        (["encoder.dropout=interval(-0.9, 0.9)"], "error: the sweep's jobs with encoder.dropout=-0.9 (an end of encoder.dropout=interval(-0.9, 0.9), "
+                                                  "which the search may draw): encoder.dropout=-0.9: must be a number in [0, 1)"),
+        (["encoder.hidden_size=range(0, 64, 32)"], "error: the sweep's jobs with encoder.hidden_size=0: "),
+        (["hydra.sweeper.n_trials=0"], "error: hydra.sweeper.n_trials=0: must be an integer >= 1"),
+        (["+trainer.limit_val_batches=0"], "error: trainer.limit_val_batches=0: the sweep maximises val/mrr@10, which only validation gives"),
+    ]:
+        result = subprocess.run([*base, *extra], cwd=ROOT, capture_output=True, text=True, timeout=300)
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith(line), (extra, result.stderr[-2000:])
+        assert not sweep.exists()
+
+    # The storage check tries a throwaway SQLite file: a failure of this Optuna with this SQLAlchemy is one line.
+    def broken(url, *args, **kwargs):
+        assert url.startswith("sqlite:///") and "optuna.db" not in url  # never the user's database
+        raise AssertionError()
+
+    monkeypatch.setattr(optuna.storages, "RDBStorage", broken)
+    assert sql_storage_problem().startswith(f"Optuna {optuna.__version__} cannot open an SQL storage with SQLAlchemy ")
+
+    for argv, chosen in ((["hparams_search=optuna"], "hparams_search=optuna"), (["hydra/launcher=slurm"], "hydra/launcher=slurm")):
+        result = subprocess.run([sys.executable, "train.py", *TINY_SWEEP[:-1], *argv, f"hydra.run.dir={tmp_path / 'single'}"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 2 and result.stderr.strip().splitlines() == [
+            f"error: {chosen} chooses {'how a sweep searches' if 'optuna' in chosen else 'where a sweep runs its jobs'}; add -m to run it as one "
+            f"(python train.py -m {chosen} ...), or leave it out for a single run"], result.stderr[-2000:]
+        assert not (tmp_path / "single").exists()
+
+
 @pytest.mark.slow
 def test_optuna_sweep_runs_two_trials(tmp_path):
     """A real 2-trial sweep (in-memory storage) on tiny synthetic data, logged to W&B offline: ~15 s unloaded."""

@@ -98,7 +98,22 @@ def composition_error(config_name: str, argv: list[str]) -> str | None:
         cfg = compose(config_name, argv, return_hydra_config=True)
     except Exception as err:  # Hydra's composition errors
         return hydra_error_line(config_name, err, argv)
-    return added_setting_error(config_name, argv) or run_dir_error(cfg)
+    return added_setting_error(config_name, argv) or run_dir_error(cfg) or single_run_sweep_error(cfg, argv)
+
+
+def single_run_sweep_error(cfg, argv: list[str]) -> str | None:
+    """The one line for a sweeper or launcher chosen without ``-m`` (``hparams_search=optuna``,
+    ``hydra/launcher=slurm``): Hydra ran one plain local job and exited 0, as if the search or the cluster jobs had
+    run. None otherwise."""
+    from omegaconf import OmegaConf
+
+    choices = OmegaConf.select(cfg, "hydra.runtime.choices", default=None) or {}
+    for group in ("hydra/sweeper", "hydra/launcher"):
+        option = choices.get(group)
+        if option not in (None, "basic"):
+            chosen = next((a for a in argv if a.lstrip("+").split("=", 1)[0] in (group, "hparams_search")), f"{group}={option}")
+            return f"{chosen} chooses {'how a sweep searches' if group == 'hydra/sweeper' else 'where a sweep runs its jobs'}; add -m to run it as one (python {Path(sys.argv[0]).name if sys.argv else 'train.py'} -m {chosen} ...), or leave it out for a single run"
+    return None
 
 
 # Plain settings whose keys are another function's arguments, checked there (data.synthetic_rows: synthetic.iter_rows).

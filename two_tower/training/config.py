@@ -193,18 +193,71 @@ def check_sweep_space(cfg: DictConfig, compose: Callable[[list[str]], DictConfig
         _check_space(config, settings)
 
 
+def check_optimising_sweep(cfg: DictConfig) -> None:
+    """Raise ConfigError, before any trial, for a sweep whose sweeper optimises a value no trial can give: an Optuna
+    sweep of ``n_trials`` < 1, or with ``trainer.limit_val_batches=0`` (no validation, so no ``optimized_metric``:
+    every trial failed and the sweep ended in Optuna's "No trials are completed yet" traceback)."""
+    sweeper = OmegaConf.select(cfg, "hydra.sweeper", default=None, throw_on_missing=False)
+    if sweeper is None or "optuna" not in str(sweeper.get("_target_", "")).lower():
+        return
+    trials = sweeper.get("n_trials")
+    if not isinstance(trials, int) or isinstance(trials, bool) or trials < 1:
+        raise ConfigError(f"hydra.sweeper.n_trials={trials!r}: must be an integer >= 1 (the trials the search runs)")
+    if OmegaConf.select(cfg, "trainer.limit_val_batches", default=None, throw_on_missing=False) == 0:
+        raise ConfigError(f"trainer.limit_val_batches=0: the sweep maximises {cfg.get('optimized_metric')}, which only validation gives; "
+                          "let validation run, or sweep without hparams_search")
+    if sweeper.get("storage"):
+        problem = sql_storage_problem()
+        if problem:
+            raise ConfigError(f"hydra.sweeper.storage={sweeper.storage}: {problem}; leave it null (an in-memory study)")
+
+
+def sql_storage_problem() -> str | None:
+    """Why this environment's Optuna cannot keep a study in an SQL database, or None: hydra-optuna-sweeper 1.3 brings
+    Optuna 2.10, whose storage fails with SQLAlchemy 2 (an AssertionError traceback, and an unusable database file
+    left behind). Tried on a throwaway SQLite file."""
+    import tempfile
+
+    try:
+        import optuna
+        import sqlalchemy
+    except ImportError as err:
+        return f"needs {err.name} (pip install -e '.[sweep]')"
+    with tempfile.TemporaryDirectory() as folder:
+        try:
+            optuna.storages.RDBStorage(f"sqlite:///{folder}/probe.db")
+        except Exception as err:  # noqa: BLE001 (any failure is the answer)
+            return (f"Optuna {optuna.__version__} cannot open an SQL storage with SQLAlchemy {sqlalchemy.__version__} "
+                    f"({type(err).__name__}{': ' + str(err)[:200] if str(err) else ''})")
+    return None
+
+
 def check_sweep_values(cfg: DictConfig, compose: Callable[[list[str]], DictConfig], limit: int = 256) -> None:
     """Raise ConfigError, before any job runs, if a value the sweep lists (``data.batch_size=32,-1,16``, a
     ``choice(...)`` of ``hydra.sweeper.params``) makes a job's settings fail ``validate_train_config``: the sweep
     stopped at that job, the ones after it never run. Each listed value is checked once, the other swept settings at
-    their first value (at most ``limit`` values); ranges and intervals of a search space are not enumerated."""
+    their first value (at most ``limit`` values). A ``range(...)`` is checked value by value as a list; an
+    ``interval(LOW, HIGH)`` (what Optuna samples from) at its two ends, both of which it may draw: an end outside the
+    setting's rule (``encoder.dropout=interval(-0.9, 0.9)``) stopped the sweep at the first trial drawing below 0."""
     params = OmegaConf.select(cfg, "hydra.sweeper.params", default=None, throw_on_missing=False) or {}
-    fixed, swept = [], []
-    for override, text, _ in sweep_arguments(cfg, params):
+    fixed, swept, notes = [], [], {}
+    arguments = sweep_arguments(cfg, params)
+    on_command_line = {text.split("=", 1)[0] for _, text, from_task in arguments if from_task}
+    for override, text, from_task in arguments:
+        key, value = text.split("=", 1)
+        if not from_task and key in on_command_line:  # the sweeper fixes (or sweeps) it as the command line says
+            continue
         if not override.is_sweep_override():
             fixed.append(text)
-        elif override.is_choice_sweep():
-            swept.append((text.split("=", 1)[0], list(override.sweep_string_iterator())))
+        elif override.is_choice_sweep() or override.is_range_sweep():
+            swept.append((key, list(override.sweep_string_iterator())))
+        elif override.is_interval_sweep():
+            interval = override.value()
+            ends = [interval.start, interval.end]
+            if value.replace(" ", "").startswith("int("):  # int(interval(...)): Optuna draws integers
+                ends = [int(e) for e in ends]
+            swept.append((key, [repr(e) for e in ends]))
+            notes[key] = f" (an end of {key}={value}, which the search may draw)"
     checked = 0
     for index, (key, values) in enumerate(swept):
         others = [f"{k}={vs[0]}" for i, (k, vs) in enumerate(swept) if i != index]
@@ -225,7 +278,7 @@ def check_sweep_values(cfg: DictConfig, compose: Callable[[list[str]], DictConfi
             try:
                 validate_train_config(config)
             except ConfigError as err:
-                raise ConfigError(f"the sweep's jobs with {key}={value}: {err}") from err
+                raise ConfigError(f"the sweep's jobs with {key}={value}{notes.get(key, '')}: {err}") from err
 
 
 def sweep_arguments(cfg: DictConfig, params) -> list[tuple[object, str, bool]]:
