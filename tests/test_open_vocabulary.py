@@ -211,6 +211,10 @@ def test_beir_reader_skips_and_counts_bad_lines(tmp_path, caplog):
     assert dict(collection.skipped["corpus.jsonl"]) == {"not_json": 1, "not_utf8": 1, "no_id": 1, "empty_text": 1, "text_not_a_string": 2}
     assert dict(collection.skipped["queries.jsonl"]) == {"text_not_a_string": 1}
     assert dict(collection.skipped["qrels/test.tsv"]) == {"unknown_query": 1, "score_not_integer": 1, "not_3_columns": 1}
+    # each warning names the first line of each reason (docs/retrieval.md; it gave counts only)
+    assert collection.skipped["corpus.jsonl"].first == {"not_json": 3, "no_id": 4, "not_utf8": 5, "empty_text": 6, "text_not_a_string": 7}
+    assert (f"{tmp_path / 'qrels' / 'test.tsv'}: skipped {{'unknown_query': 1, 'score_not_integer': 1, 'not_3_columns': 1}} "
+            "(first at line 6 (unknown_query), 7 (score_not_integer), 8 (not_3_columns))") in caplog.text  # line 1: the header
     split = beir.prepared_split(collection)
     assert split.relevance([0, 1]) == [{0: 2.0}, {1: 1.0, 2: 1.0}]  # d9: a row past the corpus's end
     assert split.num_passages == 2 and split.passage_ids[2] == "d9"
@@ -391,7 +395,7 @@ def test_beir_repeated_judgements_take_the_last_line_and_unreadable_qrels_say_wh
     collection = beir.load_beir(tmp_path / "a", "test")
     assert collection.qrels == {"q1": {"d1": 3}} and collection.skipped["qrels/test.tsv"]["repeated_judgement"] == 2
     write_beir(tmp_path / "b", [b'{"_id": "d1", "text": "lift"}'], [b'{"_id": "q1", "text": "lift"}'], ["q1 0 d1 1", "q1 0 d1 1"])  # TREC's 4 columns
-    with pytest.raises(beir.BeirError, match=r"no query with a relevant document in the corpus \(lines skipped: \{'not_3_columns': 2\}; a line is query-id<TAB>corpus-id<TAB>score\)"):
+    with pytest.raises(beir.BeirError, match=r"no query with a relevant document in the corpus \(lines skipped: \{'not_3_columns': 2\} \(first at line 2 \(not_3_columns\)\); a line is query-id<TAB>corpus-id<TAB>score\)"):
         beir.load_beir(tmp_path / "b", "test")
 
 

@@ -632,6 +632,12 @@ def test_corpus_files_parquet_jsonl_tsv(tmp_path, caplog):
         passages = read_corpus_file(tmp_path / "bad.tsv")
     assert passages.ids == ["2", "5"] and passages.texts == ["b", "c"]
     assert "skipped {'not_two_fields': 2, 'not_utf8': 1} (first at line 2 (not_two_fields), 6 (not_utf8))" in caplog.text
+    # a jsonl's line numbers are the file's: blank lines counted (they were not, so the line named was off by them)
+    (tmp_path / "blank.jsonl").write_text('{"id": 1, "text": "a"}\n\n\n{"id": 2, "text": "b"}\nnot json\n{"id": 3, "text": "c"}\n')
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        assert read_corpus_file(tmp_path / "blank.jsonl").ids == ["1", "2", "3"]
+    assert "skipped {'not_json': 1} (first at line 5 (not_json))" in caplog.text
     (tmp_path / "none.tsv").write_text("a,b\nc,d\n")  # a csv named .tsv: nothing read, one line saying why
     with pytest.raises(CorpusError, match=r"none.tsv: no line read: every line was skipped \{'not_two_fields': 2\} \(first at line 1 \(not_two_fields\)\); a line is id<TAB>text$"):
         read_corpus_file(tmp_path / "none.tsv")

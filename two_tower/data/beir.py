@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from two_tower.core.skipped import Skipped
 from two_tower.data.jsonl import UnreadableRow, read_jsonl
 from two_tower.core.errors import BeirError
 
@@ -49,17 +50,18 @@ class BeirCollection:
     unlisted: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
-def _jsonl(path: Path, skipped: Counter):
+def _jsonl(path: Path, skipped: Skipped):
+    """(line number, row) of each usable line: a JSON object with an ``_id``."""
     if not path.is_file():
         raise BeirError(_no_file(path))
-    for row in read_jsonl(path):
+    for number, row in read_jsonl(path, numbered=True):
         if isinstance(row, UnreadableRow):  # not UTF-8 or not JSON: the same reasons as every jsonl reader
-            skipped[row.reason] += 1
+            skipped.skip(row.reason, number)
             continue
         if not isinstance(row, dict) or not isinstance(row.get("_id"), (str, int)) or str(row["_id"]).strip() == "":
-            skipped["no_id"] += 1
+            skipped.skip("no_id", number)
             continue
-        yield row
+        yield number, row
 
 
 def _text(row: dict, title: bool) -> str:
@@ -72,17 +74,18 @@ def _strings(row: dict, title: bool) -> bool:
     return all(row.get(k) is None or isinstance(row[k], str) for k in (("title", "text") if title else ("text",)))
 
 
-def _read_corpus(root: Path, skipped: Counter) -> dict[str, str]:
-    """{id: title and text joined} of the folder's corpus.jsonl, unusable lines counted in ``skipped``."""
+def _read_corpus(root: Path, skipped: Skipped) -> dict[str, str]:
+    """{id: title and text joined} of the folder's corpus.jsonl, unusable lines counted in ``skipped`` (a
+    repeated ``_id``: the first line's text is kept)."""
     corpus: dict[str, str] = {}
-    for row in _jsonl(root / CORPUS, skipped):
+    for number, row in _jsonl(root / CORPUS, skipped):
         text = _text(row, title=True)
         if not _strings(row, title=True):
-            skipped["text_not_a_string"] += 1
+            skipped.skip("text_not_a_string", number)
         elif not text:
-            skipped["empty_text"] += 1
+            skipped.skip("empty_text", number)
         elif str(row["_id"]) in corpus:
-            skipped["duplicate_id"] += 1
+            skipped.skip("duplicate_id", number)
         else:
             corpus[str(row["_id"])] = text
     return corpus
@@ -95,12 +98,12 @@ def load_beir_corpus(path) -> tuple[list[str], list[str]]:
         raise BeirError(f"data.path={root}: no such folder")
     if not (root / CORPUS).is_file():
         raise BeirError(_no_file(root / CORPUS))
-    skipped: Counter = Counter()
+    skipped = Skipped()
     corpus = _read_corpus(root, skipped)
     if not corpus:
         raise BeirError(f"{root / CORPUS}: no usable document")
     if skipped:
-        log.warning("%s: skipped %s", root / CORPUS, dict(skipped))
+        log.warning("%s: skipped %s", root / CORPUS, skipped)
     return list(corpus), list(corpus.values())
 
 
@@ -108,17 +111,17 @@ def load_beir(path, split: str = "test") -> BeirCollection:
     root = Path(path).expanduser()
     if not root.is_dir():
         raise BeirError(f"data.path={root}: no such folder")
-    skipped = {CORPUS: Counter(), QUERIES: Counter(), f"{QRELS}/{split}.tsv": Counter()}
+    skipped = {CORPUS: Skipped(), QUERIES: Skipped(), f"{QRELS}/{split}.tsv": Skipped()}
     corpus = _read_corpus(root, skipped[CORPUS])
     queries: dict[str, str] = {}
-    for row in _jsonl(root / QUERIES, skipped[QUERIES]):
+    for number, row in _jsonl(root / QUERIES, skipped[QUERIES]):
         text = _text(row, title=False)
         if not _strings(row, title=False):
-            skipped[QUERIES]["text_not_a_string"] += 1
+            skipped[QUERIES].skip("text_not_a_string", number)
         elif not text:
-            skipped[QUERIES]["empty_text"] += 1
+            skipped[QUERIES].skip("empty_text", number)
         elif str(row["_id"]) in queries:
-            skipped[QUERIES]["duplicate_id"] += 1
+            skipped[QUERIES].skip("duplicate_id", number)
         else:
             queries[str(row["_id"])] = text
     qrels = _read_qrels(root / QRELS / f"{split}.tsv", corpus, queries, skipped[f"{QRELS}/{split}.tsv"])
@@ -128,12 +131,12 @@ def load_beir(path, split: str = "test") -> BeirCollection:
     unlisted = {q: docs for q, docs in unlisted.items() if docs}
     qrels = {q: {c: g for c, g in judged.items() if c in corpus} for q, judged in qrels.items()}
     if not any(qrels.values()):
-        lines = dict(skipped[f"{QRELS}/{split}.tsv"])
+        lines = skipped[f"{QRELS}/{split}.tsv"]
         raise BeirError(f"{root / QRELS / f'{split}.tsv'}: no query with a relevant document in the corpus"
                         + (f" (lines skipped: {lines}; a line is query-id<TAB>corpus-id<TAB>score)" if lines else ""))
     for name, counts in skipped.items():
         if counts:
-            log.warning("%s: skipped %s", root / name, dict(counts))
+            log.warning("%s: skipped %s", root / name, counts)
     if unlisted:
         log.warning("%s: %d relevance judgements name documents not in the corpus (or without a usable text): counted as "
                     "relevant and never retrieved, as BEIR scores them", root / QRELS / f"{split}.tsv", sum(map(len, unlisted.values())))
@@ -163,7 +166,7 @@ def _no_qrels(path: Path) -> str:
     return f"{path}: no such qrels file (split={path.stem}; this folder has {available or 'none'})"
 
 
-def _read_qrels(path: Path, corpus: dict, queries: dict, skipped: Counter) -> dict[str, dict[str, int]]:
+def _read_qrels(path: Path, corpus: dict, queries: dict, skipped: Skipped) -> dict[str, dict[str, int]]:
     if not path.is_file():
         raise BeirError(_no_qrels(path))
     qrels: dict[str, dict[str, int]] = {}
@@ -173,27 +176,27 @@ def _read_qrels(path: Path, corpus: dict, queries: dict, skipped: Counter) -> di
             try:
                 fields = raw.decode("utf-8-sig" if number == 1 else "utf-8").rstrip("\r\n").split("\t")  # a BOM may open it
             except UnicodeDecodeError:
-                skipped["not_utf8"] += 1
+                skipped.skip("not_utf8", number)
                 continue
             if number == 1 and fields[:2] == ["query-id", "corpus-id"]:
                 continue
             if fields == [""]:
                 continue
             if len(fields) != 3:
-                skipped["not_3_columns"] += 1
+                skipped.skip("not_3_columns", number)
                 continue
             qid, cid, score = fields
             try:
                 score = int(score)
             except ValueError:
-                skipped["score_not_integer"] += 1
+                skipped.skip("score_not_integer", number)
                 continue
             if qid not in queries:
-                skipped["unknown_query"] += 1
+                skipped.skip("unknown_query", number)
             else:  # a document absent from the corpus is still judged: a relevant one is a miss for every system
                 judged = qrels.setdefault(qid, {})
                 if cid in judged or (qid, cid) in unjudged:  # the same pair again: the last line wins, as BEIR's loader reads it
-                    skipped["repeated_judgement"] += 1
+                    skipped.skip("repeated_judgement", number)
                 if score > 0:
                     judged[cid] = score
                     unjudged.discard((qid, cid))

@@ -19,9 +19,14 @@ class UnreadableRow:
     line: int
 
 
-def read_jsonl(path: str | Path, digest=None):
+def read_jsonl(path: str | Path, digest=None, numbered: bool = False):
     """Yield each non-blank line of ``path`` as its JSON value, or an ``UnreadableRow``; ``digest`` (a
-    hashlib object) is updated with the raw bytes."""
+    hashlib object) is updated with the raw bytes. ``numbered``: (line number, value) pairs."""
+    for number, value in _numbered_jsonl(path, digest):
+        yield (number, value) if numbered else value
+
+
+def _numbered_jsonl(path: str | Path, digest=None):
     with open(path, "rb") as f:
         for number, raw in enumerate(f, start=1):
             if digest is not None:
@@ -31,12 +36,12 @@ def read_jsonl(path: str | Path, digest=None):
             try:
                 text = raw.decode("utf-8-sig" if number == 1 else "utf-8")  # a byte-order mark may open the file
             except UnicodeDecodeError:
-                yield UnreadableRow("not_utf8", str(path), number)
+                yield number, UnreadableRow("not_utf8", str(path), number)
                 continue
             try:
-                yield json.loads(text)
+                yield number, json.loads(text)
             except ValueError:
-                yield UnreadableRow("not_json", str(path), number)
+                yield number, UnreadableRow("not_json", str(path), number)
 
 
 class JsonlRows(list):

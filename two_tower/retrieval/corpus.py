@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from two_tower.data.beir import is_beir_folder, load_beir_corpus
 from two_tower.data.jsonl import UnreadableRow, read_jsonl
 from two_tower.data.prepared import PreparedSplit
 from two_tower.data.tokenizer import PAD, UNK, Tokenizer
+from two_tower.core.skipped import Skipped
 from two_tower.core.errors import CorpusError
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,7 @@ def _tsv_frame(path: Path) -> pd.DataFrame:
     """A tsv passage file read line by line (as the BEIR qrels and every jsonl reader read theirs): lines that
     are not UTF-8 or not two tab-separated fields are skipped and counted by reason, the first of each named;
     blank lines are passed over; a BOM may open the file; lines may end in \\n, \\r\\n or \\r (as pandas read them)."""
-    ids, texts, skipped, first = [], [], Counter(), {}
+    ids, texts, skipped = [], [], Skipped()
     # surrogateescape: bytes that are not UTF-8 come through as lone surrogates, so one such line is skipped
     with open(path, encoding="utf-8", errors="surrogateescape", newline=None) as lines:
         for number, line in enumerate(lines, start=1):
@@ -57,9 +57,8 @@ def _tsv_frame(path: Path) -> pd.DataFrame:
                     texts.append(fields[1])
                     continue
                 reason = "not_two_fields"
-            skipped[reason] += 1
-            first.setdefault(reason, number)
-    check_skipped(path, skipped, first, len(ids), "a line is id<TAB>text")
+            skipped.skip(reason, number)
+    check_skipped(path, skipped, len(ids), "a line is id<TAB>text")
     return pd.DataFrame({0: ids, 1: texts}, dtype=object)
 
 
@@ -67,34 +66,32 @@ def _jsonl_frame(path: Path) -> pd.DataFrame:
     """A jsonl passage file read line by line: lines that are not UTF-8, not JSON or not an object are
     skipped and counted by reason (as in every other jsonl reader), the first of each named, not a failure of
     the whole file; a file of which no line is read (or most are not) is one error saying so."""
-    rows, skipped, first = [], Counter(), {}
-    for number, row in enumerate(read_jsonl(path), start=1):
+    rows, skipped = [], Skipped()
+    for number, row in read_jsonl(path, numbered=True):  # the file's line numbers (blank lines are not rows)
         if isinstance(row, UnreadableRow):
-            reason, number = row.reason, row.line
+            reason = row.reason
         elif not isinstance(row, dict):
             reason = "row_not_a_mapping"
         else:
             rows.append(row)
             continue
-        skipped[reason] += 1
-        first.setdefault(reason, number)
-    check_skipped(path, skipped, first, len(rows), "a line is one JSON object")
+        skipped.skip(reason, number)
+    check_skipped(path, skipped, len(rows), "a line is one JSON object")
     return pd.DataFrame(rows, dtype=object)
 
 
-def check_skipped(path: Path, skipped: Counter, first: dict, read: int, what: str) -> None:
+def check_skipped(path: Path, skipped: Skipped, read: int, what: str) -> None:
     """Say the lines a corpus reader skipped (the first of each reason named); refuse the file when no line,
     or fewer than half of them, could be read: it is not such a file (another format, compressed, ...), and an
     index of its few readable lines would be garbage."""
     if not skipped:
         return
-    where = ", ".join(f"{first[r]} ({r})" for r in skipped)
     total = read + sum(skipped.values())
     if read == 0:
-        raise CorpusError(f"corpus={path}: no line read: every line was skipped {dict(skipped)} (first at line {where}); {what}")
+        raise CorpusError(f"corpus={path}: no line read: every line was skipped {skipped}; {what}")
     if read < total / 2:
-        raise CorpusError(f"corpus={path}: only {read} of {total} lines read, the others skipped {dict(skipped)} (first at line {where}); {what}")
-    log.warning("corpus=%s: skipped %s (first at line %s): %s", path, dict(skipped), where, what)
+        raise CorpusError(f"corpus={path}: only {read} of {total} lines read, the others skipped {skipped}; {what}")
+    log.warning("corpus=%s: skipped %s: %s", path, skipped, what)
 
 
 @dataclass
