@@ -351,6 +351,24 @@ def test_a_factory_that_cannot_train_on_the_corpus_is_one_error(trained, tmp_pat
     assert not (tmp_path / "index").exists()
 
 
+def test_an_ivf_with_more_lists_than_training_vectors_is_refused_before_the_passages_are_read(trained, tmp_path, monkeypatch):
+    """A probe waited for a 200k-passage corpus to load and its BM25 index to build (30 s) to hear that IVF300000 cannot
+    train on index.train_size=100000 vectors; more lists than the corpus has passages is refused before BM25."""
+    from two_tower.retrieval import indexer
+
+    monkeypatch.setattr(indexer, "lexical_index", lambda *a, **k: (_ for _ in ()).throw(AssertionError("BM25 built first")))
+    cfg = compose_retrieval("index", [f"ckpt={trained['ckpt']}", "corpus=/nonexistent/never-read.tsv", f"out={tmp_path / 'index'}",
+                                      "index.factory='IVF300,Flat'", "index.train_size=200"])
+    with pytest.raises(ConfigError, match=re.escape("index.factory='IVF300,Flat' has 300 lists but only 200 vectors to train on (index.train_size=200: raise it, ")):
+        build_index(cfg)
+    corpus = tmp_path / "small.tsv"
+    corpus.write_text("".join(f"{i}\tpassage number {i}\n" for i in range(50)))
+    cfg = compose_retrieval("index", [f"ckpt={trained['ckpt']}", f"corpus={corpus}", f"out={tmp_path / 'index'}", "index.factory='IVF64,Flat'"])
+    with pytest.raises(ConfigError, match=re.escape("has 64 lists but only 50 vectors to train on (the whole corpus: or use fewer lists, or Flat)")):
+        build_index(cfg)
+    assert not (tmp_path / "index").exists()
+
+
 def test_index_takes_passages_one_way(trained, tmp_path):
     corpus = tmp_path / "c.tsv"
     corpus.write_text("1\tapple river\n")

@@ -111,6 +111,18 @@ def training_rows(num_vectors: int, train_size: int, seed: int = 0) -> np.ndarra
     return np.sort(np.random.default_rng(seed).choice(num_vectors, train_size, replace=False))
 
 
+def check_trainable(index: faiss.Index, factory: str, train_size: int, num_vectors: int | None = None) -> None:
+    """Refuse an IVF ``index`` (empty, of ``factory``) with more lists than the vectors it would train on: at most
+    ``train_size``, and the corpus's ``num_vectors`` when known (None: before the passages are read)."""
+    nlist = 0 if index.is_trained else getattr(faiss.try_extract_index_ivf(index), "nlist", 0)
+    vectors = train_size if num_vectors is None else min(train_size, num_vectors)
+    if vectors < nlist:
+        raise ConfigError(f"index.factory={factory!r} has {nlist} lists but only {vectors} vectors to train on"
+                          + (f" (index.train_size={train_size}" + (f" of {num_vectors:,} passages" if num_vectors is not None else "") + ": raise it, "
+                             if vectors == train_size and (num_vectors is None or train_size < num_vectors) else " (the whole corpus: ")
+                          + "or use fewer lists, or Flat)")
+
+
 def build_faiss_streamed(
     num_vectors: int,
     dim: int,
@@ -139,11 +151,7 @@ def build_faiss_streamed(
     index = new_faiss(dim, factory)
     if not index.is_trained:
         rows = training_rows(num_vectors, train_size, seed)
-        nlist = getattr(faiss.try_extract_index_ivf(index), "nlist", 0)
-        if len(rows) < nlist:
-            raise ConfigError(f"index.factory={factory!r} has {nlist} lists but only {len(rows)} vectors to train on"
-                              + (f" (index.train_size={train_size} of {num_vectors:,} passages: raise it, " if len(rows) < num_vectors else " (the whole corpus: ")
-                              + "or use fewer lists, or Flat)")
+        check_trainable(index, factory, train_size, num_vectors)
         clock = time.perf_counter()
         sample = np.ascontiguousarray(vectors_of(rows), dtype=np.float32)
         seconds["vectors"] += time.perf_counter() - clock

@@ -20,7 +20,7 @@ from two_tower.core.atomic import check_writable
 from two_tower.core.checks import check_config
 from two_tower.core.threads import set_threads
 from two_tower.core.errors import ConfigError
-from two_tower.retrieval.index import build_faiss_streamed, bytes_per_vector, check_replaceable, new_faiss, set_search_params, valid_hybrid_weights, write_index_folder
+from two_tower.retrieval.index import check_trainable, build_faiss_streamed, bytes_per_vector, check_replaceable, new_faiss, set_search_params, valid_hybrid_weights, write_index_folder
 from two_tower.retrieval.query_encoder import QueryEncoder
 from two_tower.retrieval.smoothing import NeighbourSmoothing, prepare_reconstruct
 
@@ -134,11 +134,15 @@ def build_index(cfg: DictConfig) -> Path:
     check_writable(Path(cfg.out).expanduser().resolve().parent, f"out={cfg.out}", min_free_bytes=1 << 20)
     start = time.perf_counter()
     module = load_checkpoint(cfg.ckpt)
-    passages = load_passages(cfg)
     dim = module.towers.passage_encoder.output_dim
-    if cfg.index.search_params:  # before encoding (smoothing searches with them too): on an empty index of the factory
-        set_search_params(new_faiss(dim, cfg.index.factory), cfg.index.search_params,
-                          f"index.search_params={cfg.index.search_params!r} does not apply to this {cfg.index.factory} index")
+    # The factory and its settings on an empty index of it, before the passages are read (a probe waited 30 s for
+    # the corpus and its BM25 index to hear that IVF300000 cannot train on index.train_size=100000 vectors).
+    empty = new_faiss(dim, cfg.index.factory)
+    check_trainable(empty, cfg.index.factory, cfg.index.train_size)
+    if cfg.index.search_params:  # smoothing searches with them too
+        set_search_params(empty, cfg.index.search_params, f"index.search_params={cfg.index.search_params!r} does not apply to this {cfg.index.factory} index")
+    passages = load_passages(cfg)
+    check_trainable(empty, cfg.index.factory, cfg.index.train_size, len(passages))  # before BM25 and encoding
     # Vectors (float32) and texts dominate the folder's size; refuse now rather than after encoding.
     need = len(passages) * bytes_per_vector(dim, cfg.index.factory) + sum(len(t) for t in passages.texts) * 2
     check_writable(Path(cfg.out).expanduser().resolve().parent, f"out={cfg.out}", min_free_bytes=need)
