@@ -432,6 +432,15 @@ def test_serve_command_errors_are_one_line(args, message, capsys):
     assert len(err.strip().splitlines()) == 1, err
 
 
+def test_search_params_faiss_cannot_read_are_one_line_without_faiss_internals(index_dir, capsys):
+    """FAISS's own text named its C++ function, a lambda and its source line (AutoTune.cpp:444) before the
+    words that matter; the line keeps those words (search.py and index.py share the message)."""
+    assert serve_main([f"index={index_dir}", "search_params='nprobe=abc'"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: search_params='nprobe=abc' does not apply to this IndexFlat index (could not interpret parameters nprobe=abc;"), err
+    assert "faiss::" not in err and ".cpp" not in err and "lambda" not in err and len(err.strip().splitlines()) == 1, err
+
+
 def test_a_host_name_is_bound_as_uvicorn_binds_it_ipv4_unless_it_has_a_colon(monkeypatch):
     """Where getaddrinfo gives ::1 first for localhost (macOS, some Linux), uvicorn still serves 127.0.0.1;
     so does serve.py, which binds the socket itself."""

@@ -208,8 +208,12 @@ def set_search_params(index: faiss.Index, params: str, message: str) -> None:
         # FAISS's text names its C++ source line; what the user needs is the parameter it could not set
         import re
 
-        found = re.search(r"could not set parameter (\S+)", str(err))
-        detail = f"it has no parameter {found.group(1)}" if found else " ".join(str(err).split())[-200:]
+        text = " ".join(str(err).split())
+        found = re.search(r"could not set parameter (\S+)", text)
+        # "Error in void faiss::...<lambda(...)> at /project/faiss/AutoTune.cpp:444: Error: 'ret == 2' failed: could
+        # not interpret parameters nprobe=abc": the words after FAISS's source location and failed check
+        said = re.sub(r"^Error in .*? at \S+:\d+: (Error: '.*?' failed: )?", "", text)
+        detail = f"it has no parameter {found.group(1)}" if found else said[-200:]
         raise ConfigError(f"{message} ({detail}; HNSW takes efSearch, IVF nprobe, Refine k_factor_rf)") from err
 
 
