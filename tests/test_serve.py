@@ -232,6 +232,70 @@ def test_bad_requests_get_a_4xx_json_error_saying_what_is_wrong(client, method, 
     assert client.get("/search", params={"q": "garden"}).status_code == 200  # the server is still fine
 
 
+def asgi_get(app, target: str) -> tuple[int, dict]:
+    """GET ``target`` from ``app`` in this process, as uvicorn would hand it over (any length: httpx refuses a URL
+    over 64 KiB, and h11 one that arrives in pieces over 16 KiB): the status and the JSON answer."""
+    import asyncio
+
+    path, _, query = target.partition("?")
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET", "scheme": "http", "path": path, "raw_path": path.encode(),
+             "query_string": query.encode(), "root_path": "", "headers": [(b"host", b"127.0.0.1")], "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80)}
+    sent: list[dict] = []
+
+    async def receive():
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message):
+        sent.append(message)
+
+    asyncio.run(app(scope, receive, send))
+    return sent[0]["status"], json.loads(b"".join(m.get("body", b"") for m in sent[1:]))
+
+
+class CountedName(str):
+    """A URL parameter name that counts the comparisons and hashes made with it, and stops a check that makes
+    more than ``budget`` (a quadratic one would make billions)."""
+
+    ops = 0
+    budget = 0
+
+    def _count(self):
+        CountedName.ops += 1
+        if CountedName.ops > CountedName.budget:
+            raise RuntimeError(f"over {CountedName.budget} comparisons and hashes of parameter names")
+
+    def __eq__(self, other):
+        self._count()
+        return str.__eq__(self, other)
+
+    def __hash__(self):
+        self._count()
+        return str.__hash__(self)
+
+
+def test_a_parameter_repeated_60000_times_is_checked_in_linear_work(searcher, client, monkeypatch):
+    """?q=garden&k&k&... with 60,000 k (a 120 KB URL): each name's copies were counted with names.count, 3.6e9
+    comparisons that held the event loop ~5 s. The names the check reads are counted here: at most a few
+    operations per parameter. The answer lists the parameter once, and at most 20 problems in all."""
+    from two_tower.serve import app as app_module
+
+    n = 60_000
+    real = app_module._parameter_names
+    monkeypatch.setattr(app_module, "_parameter_names", lambda request: [CountedName(name) for name in real(request)])
+    monkeypatch.setattr(CountedName, "ops", 0)
+    monkeypatch.setattr(CountedName, "budget", 4 * (n + 1))
+    status, body = asgi_get(create_app(searcher, LIMITS), "/search?q=garden" + "&k" * n)
+    assert status == 422, body
+    assert body["error"] == f"query.k: given {n} times; give it once"
+    assert body["detail"] == [{"loc": ["query", "k"], "msg": f"given {n} times; give it once", "type": "repeated_parameter"}]
+    assert 0 < CountedName.ops <= 4 * (n + 1)
+    # many unknown names: 20 listed (the first in order), the rest counted
+    response = client.get("/search?q=garden&" + "&".join(f"x{i:05d}=1" for i in range(3000)))
+    body = response.json()
+    assert response.status_code == 422 and len(body["detail"]) == 20 and body["detail"][0]["loc"] == ["query", "x00000"]
+    assert body["error"].startswith("query.x00000: not a parameter here (takes q, k); query.x00001: ") and body["error"].endswith("; and 2,980 more")
+
+
 # --------------------------------------------------------------------------------------- concurrency
 
 
