@@ -232,24 +232,55 @@ def test_bad_requests_get_a_4xx_json_error_saying_what_is_wrong(client, method, 
     assert client.get("/search", params={"q": "garden"}).status_code == 200  # the server is still fine
 
 
-def asgi_get(app, target: str) -> tuple[int, dict]:
-    """GET ``target`` from ``app`` in this process, as uvicorn would hand it over (any length: httpx refuses a URL
-    over 64 KiB, and h11 one that arrives in pieces over 16 KiB): the status and the JSON answer."""
+def asgi_request(app, method: str, target: str, body: bytes = b"", headers: list[tuple[bytes, bytes]] = ()) -> tuple[int, dict]:
+    """``method target`` sent to ``app`` in this process, as uvicorn would hand it over (a URL of any length: httpx
+    refuses one over 64 KiB, and h11 one that arrives in pieces over 16 KiB): the status and the JSON answer."""
     import asyncio
 
     path, _, query = target.partition("?")
-    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET", "scheme": "http", "path": path, "raw_path": path.encode(),
-             "query_string": query.encode(), "root_path": "", "headers": [(b"host", b"127.0.0.1")], "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80)}
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method, "scheme": "http", "path": path, "raw_path": path.encode(),
+             "query_string": query.encode(), "root_path": "", "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80),
+             "headers": [(b"host", b"127.0.0.1"), (b"content-length", str(len(body)).encode()), *headers]}
     sent: list[dict] = []
 
     async def receive():
-        return {"type": "http.request", "body": b"", "more_body": False}
+        return {"type": "http.request", "body": body, "more_body": False}
 
     async def send(message):
         sent.append(message)
 
     asyncio.run(app(scope, receive, send))
     return sent[0]["status"], json.loads(b"".join(m.get("body", b"") for m in sent[1:]))
+
+
+def test_a_body_of_56000_unknown_keys_is_refused_without_listing_them_all(searcher, monkeypatch):
+    """{"queries": ["a"], "0": 0, ..., "55999": 0} (455 KB, under the body limit): pydantic made an error for each
+    unknown key, FastAPI rebuilt them all (~2 s on the event loop) and the 422 listed all 56,000 (5.3 MB). Now
+    pydantic is stopped after 20 and the answer lists those 20, saying how many more there are."""
+    import fastapi.exceptions
+
+    made = []
+    real = fastapi.exceptions.RequestValidationError.__init__
+
+    def counted(self, errors, *args, **kwargs):
+        made.append(len(errors))
+        real(self, errors, *args, **kwargs)
+
+    monkeypatch.setattr(fastapi.exceptions.RequestValidationError, "__init__", counted)
+    body = json.dumps({"queries": ["garden"], **{str(i): 0 for i in range(45_000)}}, separators=(",", ":")).encode()
+    app = create_app(searcher, Limits())
+    assert len(body) < Limits().max_body_bytes
+    status, answer = asgi_request(app, "POST", "/search", body, [(b"content-type", b"application/json")])
+    assert status == 422 and made == [20]  # the errors pydantic and FastAPI built: 20, not 45,000
+    assert answer["detail"] == [{"loc": ["body", str(i)], "msg": "unknown field (a batch has only queries and k)", "type": "extra_forbidden"} for i in range(20)]
+    assert answer["error"].startswith("0: unknown field (a batch has only queries and k); 1: unknown field") and answer["error"].endswith("; and 44,980 more")
+    # 20 or fewer are all listed; other kinds of errors are capped as well
+    status, answer = asgi_request(app, "POST", "/search", json.dumps({"queries": ["garden"], **{str(i): 0 for i in range(20)}}).encode(), [(b"content-type", b"application/json")])
+    assert status == 422 and len(answer["detail"]) == 20 and not answer["error"].endswith("more")
+    # keys given twice: listed the same way, with a detail item each
+    status, answer = asgi_request(app, "POST", "/search", ("{" + ",".join(f'"k{i}": 1, "k{i}": 2' for i in range(30)) + "}").encode(), [(b"content-type", b"application/json")])
+    assert status == 422 and answer["error"].startswith("body.k0: given 2 times; give it once; body.k1:") and answer["error"].endswith("; and 10 more")
+    assert answer["detail"][0] == {"loc": ["body", "k0"], "msg": "given 2 times; give it once", "type": "repeated_key"} and len(answer["detail"]) == 20
 
 
 class CountedName(str):
@@ -284,7 +315,7 @@ def test_a_parameter_repeated_60000_times_is_checked_in_linear_work(searcher, cl
     monkeypatch.setattr(app_module, "_parameter_names", lambda request: [CountedName(name) for name in real(request)])
     monkeypatch.setattr(CountedName, "ops", 0)
     monkeypatch.setattr(CountedName, "budget", 4 * (n + 1))
-    status, body = asgi_get(create_app(searcher, LIMITS), "/search?q=garden" + "&k" * n)
+    status, body = asgi_request(create_app(searcher, LIMITS), "GET", "/search?q=garden" + "&k" * n)
     assert status == 422, body
     assert body["error"] == f"query.k: given {n} times; give it once"
     assert body["detail"] == [{"loc": ["query", "k"], "msg": f"given {n} times; give it once", "type": "repeated_parameter"}]
