@@ -33,6 +33,7 @@ import asyncio
 import heapq
 import json
 import os
+import re
 import threading
 import time
 from collections import Counter
@@ -47,39 +48,32 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, ValidationError, model_validator
-from pydantic_core import InitErrorDetails, PydanticCustomError
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, ValidationError, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError, PydanticKnownError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from two_tower.core.errors import ConfigError, EmptyQueryError
 from two_tower.retrieval.search import Searcher
 
 STATIC = Path(__file__).parent / "static"
-# A query needs a letter or digit (what the tokenizer reads as a word): so the schema says which queries
-# are searchable, and "?!", an emoji or a zero-width space are refused before any search. Spelled as a class of
-# literal ranges, the characters Python's \w (the tokenizer's) counts as letters and digits: a JSON Schema pattern
-# is read as ECMA-262, whose \w is ASCII only (a schema with [^\W_] told clients "Ï" and "日本" were invalid), and
-# pydantic checks it with Rust's regex, whose \w leaves out the other numbers (½, ², ₂) Python counts; literal
-# ranges read the same in all three.
+# A query needs a letter or digit (what the tokenizer reads as a word): "?!", an emoji or a zero-width space are
+# refused before any search. Checked by a validator with Python's re, the tokenizer's own reading of \w, and not
+# published as a schema pattern: a JSON Schema pattern is an ECMA-262 regex, whose \w is ASCII only (a [^\W_]
+# pattern told clients "Ï" and "日本" were invalid), and a class of literal ranges (the one before) holds characters
+# above U+FFFF, which a RegExp without the u flag reads as surrogate pairs: "Range out of order in character
+# class", so Swagger UI threw and checked nothing. No pattern without flags reads astral letters alike in
+# ECMA-262 and Python; the schema says it in words (QUERY_RULE).
+WORD = re.compile(r"[^\W_]")
+QUERY_RULE = "needs a letter or digit (a character Python's \\w counts, other than _): white space, punctuation and symbols alone are refused (422)"
 
 
-def _word_characters() -> str:
-    """A regex class of every character Python's re reads as a letter or digit (``[^\\W_]``), as literal ranges."""
-    import re
-    import sys
-
-    word = re.compile(r"[^\W_]")
-    ranges: list[list[int]] = []
-    for code in range(sys.maxunicode + 1):
-        if not 0xD800 <= code <= 0xDFFF and word.match(chr(code)):
-            if ranges and ranges[-1][1] == code - 1:
-                ranges[-1][1] = code
-            else:
-                ranges.append([code, code])
-    return "[" + "".join(chr(a) if a == b else f"{chr(a)}-{chr(b)}" for a, b in ranges) + "]"
+def _searchable(value: str) -> str:
+    """A query with a letter or digit, or pydantic's ``string_pattern_mismatch`` (the error the pattern gave)."""
+    if not WORD.search(value):
+        raise PydanticKnownError("string_pattern_mismatch", {"pattern": WORD.pattern})
+    return value
 
 
-NOT_BLANK = _word_characters()
 # The most problems one 4xx answer lists (in ``error`` and ``detail``); the rest are counted ("; and 55,980 more").
 MAX_LISTED = 20
 # The page and its assets come only from this server; no inline script, so injected markup cannot run.
@@ -369,13 +363,13 @@ def create_app(
 
         return await searches.run(run)
 
-    QueryText = Annotated[str, StringConstraints(min_length=1, max_length=limits.max_query_chars, pattern=NOT_BLANK)]
+    QueryText = Annotated[str, StringConstraints(min_length=1, max_length=limits.max_query_chars), AfterValidator(_searchable), Field(description=f"a query; it {QUERY_RULE}")]
 
     class SearchBatch(BaseModel):
         """A batch of queries, searched together."""
 
         model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={"examples": [{"queries": ["how long is a marathon", "what is a tariff"], "k": limits.k}]})
-        queries: list[QueryText] = Field(min_length=1, max_length=limits.max_batch, description=f"1 to {limits.max_batch} queries, each 1 to {limits.max_query_chars} characters")
+        queries: list[QueryText] = Field(min_length=1, max_length=limits.max_batch, description=f"1 to {limits.max_batch} queries, each 1 to {limits.max_query_chars} characters with a letter or digit")
         k: Annotated[int, BeforeValidator(_integral_float_to_int)] = Field(limits.k, ge=1, le=limits.k_max, description=f"passages per query, 1 to {limits.k_max}")
 
         @model_validator(mode="before")
@@ -385,7 +379,7 @@ def create_app(
 
     @app.get("/search", response_model=SearchResponse, responses=ERRORS, summary="Search one query", dependencies=[query_parameters("q", "k")])
     async def search_one(
-        q: Annotated[str, Query(min_length=1, max_length=limits.max_query_chars, pattern=NOT_BLANK, description="the query text")],
+        q: Annotated[str, Query(min_length=1, max_length=limits.max_query_chars, description=f"the query text; it {QUERY_RULE}"), AfterValidator(_searchable)],
         k: Annotated[int, Query(ge=1, le=limits.k_max, description=f"passages to return, 1 to {limits.k_max}")] = limits.k,
     ):
         return await searched([q], k, lambda results, took: {"query": q, "k": k, "took_ms": took, "hits": [vars(h) for h in results[0]]})
