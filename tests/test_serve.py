@@ -437,11 +437,86 @@ def test_serve_command_on_port_0_names_the_port_it_got_and_ctrl_c_stops_it_clean
         port = wait_until_serving(process)
         process.send_signal(signal.SIGINT)
         rest = process.communicate(timeout=30)[1]
-        assert process.returncode == 0 and "Traceback" not in rest, rest
+        # 130, as a shell reports SIGINT and the other commands exit after Ctrl-C (it was 0)
+        assert process.returncode == 130 and "Traceback" not in rest and rest.rstrip().endswith("interrupted"), rest
     finally:
         if process.poll() is None:
             process.terminate()
             process.communicate(timeout=30)
+
+
+def test_a_second_ctrl_c_forces_the_stop_without_a_traceback(index_dir):
+    """Ctrl-C with a request in flight waits for it (shutdown_timeout); a second one forces the stop. uvicorn then
+    skipped the app's lifespan end and asyncio.run cancelled it: a ~40-line CancelledError traceback, and status 0."""
+    process = subprocess.Popen(
+        [sys.executable, "serve.py", f"index={index_dir}", "port=0", "threads=1", "shutdown_timeout=60"], cwd=ROOT, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    try:
+        port = wait_until_serving(process)
+        stuck = socket.create_connection(("127.0.0.1", port), timeout=30)
+        stuck.sendall(b"POST /search HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"qu")
+        time.sleep(0.5)
+        process.send_signal(signal.SIGINT)
+        for line in process.stderr:  # the first Ctrl-C is being handled: the server waits for the stuck request
+            if "Waiting for connections to close" in line:
+                break
+        process.send_signal(signal.SIGINT)
+        rest = process.communicate(timeout=60)[1]
+        assert process.returncode == 130 and "Traceback" not in rest and "CancelledError" not in rest and rest.rstrip().endswith("interrupted"), rest
+        stuck.close()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate(timeout=30)
+
+
+def test_the_start_up_line_comes_once_the_server_accepts_connections(index_dir, monkeypatch):
+    """The line was printed before uvicorn called listen() (~30 ms): a client that connects on reading it got
+    ECONNREFUSED. Here the connection is made while the line is being written, in the writing thread. On 0.0.0.0
+    the line says it listens on all interfaces and gives the local URL (http://0.0.0.0:PORT/ reaches nothing)."""
+    import io
+
+    servers = []
+    real_init = uvicorn.Server.__init__
+
+    def recorded(self, config):
+        real_init(self, config)
+        servers.append(self)
+
+    monkeypatch.setattr(uvicorn.Server, "__init__", recorded)
+    seen: dict = {}
+
+    class Stderr(io.StringIO):
+        def write(self, text):
+            match = re.search(r"serving (on all IPv4 interfaces, port \d+: )?http://127\.0\.0\.1:(\d+)/", text)
+            if match and "line" not in seen:
+                seen["line"] = text
+                try:
+                    socket.create_connection(("127.0.0.1", int(match.group(2))), timeout=10).close()
+                    seen["connected"] = True
+                except OSError as err:
+                    seen["connected"] = err
+            return super().write(text)
+
+    def stop_once_started():
+        deadline = time.monotonic() + 120
+        while not (servers and servers[-1].started and "line" in seen) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if servers:
+            servers[-1].should_exit = True
+
+    monkeypatch.setattr(sys, "stderr", Stderr())
+    for host in ("127.0.0.1", "0.0.0.0"):
+        seen.clear()
+        servers.clear()
+        stopper = threading.Thread(target=stop_once_started)
+        stopper.start()
+        status = serve_main([f"index={index_dir}", f"host={host}", "port=0", "threads=1"])
+        stopper.join()
+        assert status == 0 and seen.get("connected") is True, seen
+        if host == "0.0.0.0":
+            assert "serving on all IPv4 interfaces, port " in seen["line"] and "0.0.0.0" not in seen["line"], seen["line"]
 
 
 def test_sigterm_with_a_stuck_request_stops_after_shutdown_timeout(index_dir):

@@ -118,22 +118,39 @@ def main(argv: list[str] | None = None) -> int:
 
     protocol = guarded_protocol(cfg.header_timeout, connection_cap(cfg.max_connections), cfg.send_timeout)
 
-    print(
-        f"Loaded {searcher.index.path} ({len(searcher.index):,} passages) in {time.perf_counter() - start:.1f}s; "
-        f"serving http://{f'[{cfg.host}]' if ':' in cfg.host else cfg.host}:{sock.getsockname()[1]}/ (API docs at /docs)",
-        file=sys.stderr,
-        flush=True,
-    )
+    port = sock.getsockname()[1]
+    if cfg.host in ("0.0.0.0", "::"):  # a URL there reaches nothing: say where it listens, and the local URL
+        where = f"on all {'IPv4' if cfg.host == '0.0.0.0' else 'IPv6'} interfaces, port {port}: http://{'127.0.0.1' if cfg.host == '0.0.0.0' else '[::1]'}:{port}/ on this machine"
+    else:
+        where = f"http://{f'[{cfg.host}]' if ':' in cfg.host else cfg.host}:{port}/"
+    line = f"Loaded {searcher.index.path} ({len(searcher.index):,} passages) in {time.perf_counter() - start:.1f}s; serving {where} (API docs at /docs)"
+
+    class AnnouncingServer(uvicorn.Server):
+        """Prints the start-up line once the socket accepts connections (uvicorn calls listen() in its start-up,
+        ~30 ms after the line was printed before, and a client waiting for the line got ECONNREFUSED); ends the
+        app's lifespan on a forced stop too."""
+
+        async def startup(self, sockets=None) -> None:
+            await super().startup(sockets=sockets)
+            if self.started:
+                print(line, file=sys.stderr, flush=True)
+
+        async def shutdown(self, sockets=None) -> None:
+            await super().shutdown(sockets=sockets)
+            if self.force_exit:  # a second Ctrl-C: uvicorn skips the app's lifespan end, and asyncio.run then cancelled
+                await self.lifespan.shutdown()  # its waiting task, which logged a ~40-line CancelledError traceback
+
     # h11 with a header read timeout and an accept-time connection cap (two_tower/serve/protocol.py);
     # backlog: connections waiting to be accepted beyond those, kept by the kernel.
     # timeout_graceful_shutdown: on SIGTERM, requests in flight get shutdown_timeout seconds, then the rest are
     # cancelled, so a stuck client cannot hold a stop past a container engine's grace period (10 s) into SIGKILL.
-    server = uvicorn.Server(uvicorn.Config(app, host=cfg.host, port=cfg.port, http=protocol, timeout_keep_alive=cfg.keep_alive_timeout,
-                                          timeout_graceful_shutdown=cfg.shutdown_timeout, backlog=2048))
+    server = AnnouncingServer(uvicorn.Config(app, host=cfg.host, port=cfg.port, http=protocol, timeout_keep_alive=cfg.keep_alive_timeout,
+                                             timeout_graceful_shutdown=cfg.shutdown_timeout, backlog=2048))
     try:
         server.run(sockets=[sock])
-    except KeyboardInterrupt:  # Ctrl-C after a graceful shutdown: uvicorn re-raises it (uvicorn.run swallows it too)
-        pass
+    except KeyboardInterrupt:  # Ctrl-C: uvicorn shuts down, then raises SIGINT again; 130, as a shell reports SIGINT
+        print("interrupted", file=sys.stderr)
+        return 130
     return 0 if server.started else 3  # uvicorn.run's status for a server that could not start
 
 
