@@ -343,6 +343,39 @@ def test_a_parameter_repeated_60000_times_is_checked_in_linear_work(searcher, cl
     assert body["error"].startswith("query.x00000: not a parameter here (takes q, k); query.x00001: ") and body["error"].endswith("; and 2,980 more")
 
 
+def test_k_in_the_url_is_plain_decimal_digits(client):
+    """pydantic's lax reading took ?k=5_0 as 50, and " 1", "+5", "05"; ?k= was "unable to parse string"."""
+    for k in ("5_0", " 1", "+5", "05", "1.0", "-1"):
+        answer = client.get("/search", params={"q": "garden", "k": k})
+        assert answer.status_code == 422 and answer.json()["error"] == "k: Input should be a valid integer in plain decimal digits (k=10): no sign, space, underscore or leading zero", (k, answer.text)
+    for target in ("/search?q=garden&k=", "/search?q=garden&k"):
+        answer = client.get(target)
+        assert answer.status_code == 422 and answer.json()["error"] == "k: is empty; give a whole number (k=10), or leave k out for the default", answer.text
+    assert client.get("/search", params={"q": "garden", "k": "7"}).json()["k"] == 7
+
+
+def test_allow_lists_every_method_of_the_path_and_search_answers_are_not_cached(client):
+    """PUT /search said Allow: GET (Starlette names the first route's methods), though POST is taken too; /search/
+    redirected to http://<the request's Host>/search; search answers had no Cache-Control; a few errors had an
+    empty detail."""
+    assert client.put("/search").headers["allow"] == "GET, POST"
+    assert client.delete("/health").headers["allow"] == "GET, HEAD"
+    slash = client.get("/search/", params={"q": "garden"}, headers={"Host": "evil.example"})
+    assert slash.status_code == 404 and "location" not in slash.headers and slash.json()["error"] == "Not Found"
+    for answer in (client.get("/search", params={"q": "garden"}), client.post("/search", json={"queries": ["garden"]}), client.get("/search", params={"q": "?"})):
+        assert answer.headers["cache-control"] == "no-store", answer.status_code
+    assert "cache-control" not in client.get("/health").headers
+    for kwargs, item in [
+        ({"content": b"x" * TOO_BIG, "headers": {"content-type": "application/json"}}, {"loc": ["body"], "type": "too_large"}),
+        ({"content": b'{"queries": ["\xff"]}', "headers": {"content-type": "application/json"}}, {"loc": ["body"], "type": "not_utf8"}),
+        ({"content": b'{"queries": ' + b"[" * 60_000, "headers": {"content-type": "application/json"}}, {"loc": ["body"], "type": "json_invalid"}),
+    ]:
+        detail = client.post("/search", **kwargs).json()["detail"]
+        assert len(detail) == 1 and {k: detail[0][k] for k in item} == item, detail
+    detail = client.get("/search?q=caf%E9").json()["detail"]
+    assert detail == [{"loc": ["query", "q"], "msg": "not UTF-8 text after percent-decoding (byte 3); encode the URL's text as UTF-8", "type": "not_utf8"}]
+
+
 # --------------------------------------------------------------------------------------- concurrency
 
 
@@ -961,7 +994,7 @@ def test_searches_beyond_max_waiting_get_a_503_with_retry_after_at_once(searcher
     assert len(refused) == 29 and sorted(r.status_code for r in answers + [after]) == [200] * 4 + [503] * 28
     for r in refused:
         assert r.headers["retry-after"] == "1", r.text
-        assert r.json()["error"] == "busy: 1 searches running and 2 waiting (max_waiting); retry in a moment"
+        assert r.json()["error"] == "busy: 1 search running and 2 waiting (max_waiting); retry in a moment"  # was "1 searches"
     assert held.started == 4 and held.most == 1
     assert health["concurrency"] == 1 and health["max_waiting"] == 2
 

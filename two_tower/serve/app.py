@@ -225,6 +225,29 @@ def _refuse_many_unknown(model: type[BaseModel], data):
     raise ValidationError.from_exception_data(model.__name__, errors)
 
 
+def _methods_for(request: Request) -> list[str]:
+    """Every method some route takes on the request's path (GET, HEAD, POST ...)."""
+    from starlette.routing import Match
+
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        if getattr(route, "methods", None) and route.matches(request.scope)[0] is not Match.NONE:
+            methods |= route.methods
+    return sorted(methods)
+
+
+K_DIGITS = re.compile(r"0|[1-9][0-9]*")
+
+
+def _plain_digits(value):
+    """``k`` in the URL as plain decimal digits: pydantic's lax reading took "5_0" as 50 and " 1", "+5", "05" too."""
+    if isinstance(value, str) and not K_DIGITS.fullmatch(value):
+        if value == "":
+            raise PydanticCustomError("int_parsing", "is empty; give a whole number (k=10), or leave k out for the default")
+        raise PydanticCustomError("int_parsing", "Input should be a valid integer in plain decimal digits (k=10): no sign, space, underscore or leading zero")
+    return value
+
+
 def _integral_float_to_int(value):
     """JSON Schema counts 5.0 as an integer: accept it as 5 (the strict model still refuses "5" and true)."""
     return int(value) if isinstance(value, float) and value.is_integer() else value
@@ -299,6 +322,7 @@ def create_app(
             "Every 4xx answer is `{\"error\": ..., \"detail\": [...]}`."
         ),
         static_url="/docs-assets",
+        redirect_slashes=False,  # /search/ redirected to http://<the request's Host>/search: a 404 now
     )
     app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes, timeout=limits.body_timeout)
     app.add_middleware(StoppedInFlight)
@@ -342,8 +366,11 @@ def create_app(
         error = str(exc.detail)
         if exc.status_code == 400 and error == "There was an error parsing the body":  # FastAPI's words for undecodable bytes
             error = "the body could not be read as JSON text: nested too deeply, or a number of over 4,300 digits"
-        response = _error_response(exc.status_code, error)
+        body_item = [ErrorItem(loc=["body"], msg=error, type="json_invalid")] if exc.status_code == 400 else []
+        response = _error_response(exc.status_code, error, body_item)
         response.headers.update(exc.headers or {})
+        if exc.status_code == 405:  # Starlette names the methods of the first route on the path only (PUT /search: "GET")
+            response.headers["Allow"] = ", ".join(_methods_for(request))
         return response
 
     @app.exception_handler(Exception)
@@ -380,7 +407,7 @@ def create_app(
     @app.get("/search", response_model=SearchResponse, responses=ERRORS, summary="Search one query", dependencies=[query_parameters("q", "k")])
     async def search_one(
         q: Annotated[str, Query(min_length=1, max_length=limits.max_query_chars, description=f"the query text; it {QUERY_RULE}"), AfterValidator(_searchable)],
-        k: Annotated[int, Query(ge=1, le=limits.k_max, description=f"passages to return, 1 to {limits.k_max}")] = limits.k,
+        k: Annotated[int, Query(ge=1, le=limits.k_max, description=f"passages to return, 1 to {limits.k_max} (plain decimal digits; leave it out for the default, {limits.k})"), BeforeValidator(_plain_digits)] = limits.k,
     ):
         return await searched([q], k, lambda results, took: {"query": q, "k": k, "took_ms": took, "hits": [vars(h) for h in results[0]]})
 
@@ -513,7 +540,7 @@ class SearchSlots:
         # Counted here, not read from the limiter's queue: anyio joins that queue only after a turn of the event
         # loop, so a burst of requests arriving together all saw the same count and all got in.
         if self.max_waiting is not None and self._admitted >= self.size + self.max_waiting:
-            raise Busy(f"busy: {self.size} searches running and {self._admitted - self.size} waiting (max_waiting); retry in a moment")
+            raise Busy(f"busy: {self.size} search{'es' if self.size != 1 else ''} running and {self._admitted - self.size} waiting (max_waiting); retry in a moment")
         self._admitted += 1
         try:
             return await anyio.to_thread.run_sync(fn, limiter=self._limiter)
@@ -542,9 +569,13 @@ class StoppedInFlight:
             return await self.app(scope, receive, send)
         started = False
 
+        no_store = scope["path"] == "/search"
+
         async def tracked(message):
             nonlocal started
             started = started or message["type"] == "http.response.start"
+            if no_store and message["type"] == "http.response.start":  # search answers are not to be kept by caches
+                message = {**message, "headers": [*message.get("headers", []), (b"cache-control", b"no-store")]}
             await send(message)
 
         try:
@@ -554,7 +585,7 @@ class StoppedInFlight:
                 raise
             response = _error_response(503, "the server stopped before this request was answered; send it again")
             response.headers["Connection"] = "close"
-            await response(scope, receive, send)
+            await response(scope, receive, tracked)
 
 
 # ------------------------------------------------------------------------------------ body size limit
@@ -578,7 +609,8 @@ class BodyLimit:
             return await self.app(scope, receive, send)
         problem = _query_string_problem(scope.get("query_string", b""))
         if problem:  # Starlette would decode it with replacement characters and search for them
-            return await _error_response(400, problem)(scope, receive, send)
+            name, msg = problem
+            return await _error_response(400, f"query.{name}: {msg}", [ErrorItem(loc=["query", name], msg=msg, type="not_utf8")])(scope, receive, send)
         length = dict(scope["headers"]).get(b"content-length", b"")
         if length.isdigit() and int(length) > self.max_bytes:
             return await self._too_large(scope, receive, send)
@@ -611,7 +643,8 @@ class BodyLimit:
             try:
                 text = body.decode("utf-8")
             except UnicodeDecodeError as err:
-                response = _error_response(400, f"body: not UTF-8 text (byte {err.start}); send the JSON object encoded as UTF-8")
+                msg = f"not UTF-8 text (byte {err.start}); send the JSON object encoded as UTF-8"
+                response = _error_response(400, f"body: {msg}", [ErrorItem(loc=["body"], msg=msg, type="not_utf8")])
                 return await response(scope, receive, send)
             repeated = _repeated_keys(text)
             if repeated:  # json.loads keeps the last value: {"k": 1, "k": 100} would answer 100 hits, silently
@@ -620,7 +653,8 @@ class BodyLimit:
         return await self.app(scope, _replay([{"type": "http.request", "body": body, "more_body": False}], receive), send)
 
     async def _too_large(self, scope, receive, send):
-        response = _error_response(413, f"request body over {self.max_bytes:,} bytes (the largest a full batch can need)")
+        error = f"request body over {self.max_bytes:,} bytes (the largest a full batch can need)"
+        response = _error_response(413, error, [ErrorItem(loc=["body"], msg=error, type="too_large")])
         response.headers["Connection"] = "close"
         await response(scope, receive, send)
 
@@ -652,9 +686,9 @@ def _repeated_keys(text: str) -> dict[str, int]:
     return {key: n for key, n in counts.items() if n > 1}
 
 
-def _query_string_problem(raw: bytes) -> str | None:
-    """What is wrong with a URL's query string that does not percent-decode to UTF-8 text (``?q=caf%E9``, Latin-1),
-    or None."""
+def _query_string_problem(raw: bytes) -> tuple[str, str] | None:
+    """Which parameter of a URL's query string does not percent-decode to UTF-8 text (``?q=caf%E9``, Latin-1), and
+    what is wrong, or None."""
     from urllib.parse import unquote_to_bytes
 
     for part in raw.split(b"&"):
@@ -664,7 +698,7 @@ def _query_string_problem(raw: bytes) -> str | None:
                 unquote_to_bytes(piece.replace(b"+", b" ")).decode("utf-8")
             except UnicodeDecodeError as err:
                 what = _clean(unquote_to_bytes(name).decode("utf-8", "replace"), 40)
-                return f"query.{what}: not UTF-8 text after percent-decoding (byte {err.start}); encode the URL's text as UTF-8"
+                return what, f"not UTF-8 text after percent-decoding (byte {err.start}); encode the URL's text as UTF-8"
     return None
 
 
