@@ -417,6 +417,20 @@ def test_page_docs_and_schema_are_served_locally(client):
     assert set(schema["paths"]["/search"]) == {"get", "post"}
 
 
+def test_every_html_answer_carries_the_page_headers(client):
+    """/static/index.html (the page again), /docs and /docs/oauth2-redirect were served with no Content-Security-Policy
+    and no X-Content-Type-Options; ReDoc (/redoc, undocumented) is no longer served."""
+    for path in ("/", "/static/index.html", "/docs", "/docs/oauth2-redirect"):
+        answer = client.get(path)
+        assert answer.status_code == 200 and answer.headers["content-type"].startswith("text/html"), path
+        assert answer.headers["x-content-type-options"] == "nosniff", path
+        policy = answer.headers["content-security-policy"]
+        assert "default-src 'self'" in policy and "object-src 'none'" in policy and "frame-ancestors 'none'" in policy, path
+    assert "'sha256-" in client.get("/docs").headers["content-security-policy"]  # Swagger UI's inline set-up script
+    assert client.get("/redoc").status_code == 404
+    assert client.get("/health").headers["x-content-type-options"] == "nosniff"
+
+
 # ---------------------------------------------------------------------------------------- command
 
 
@@ -775,6 +789,17 @@ def test_page_searches_and_shows_highlighted_results(browser, server, searcher):
     wait.until(lambda d: "white space" in d.find_element(By.ID, "status").text)
     assert "error" in browser.find_element(By.ID, "status").get_attribute("class")
     assert not browser.find_elements(By.CSS_SELECTOR, "#results li")
+
+
+def test_swagger_ui_works_under_its_content_security_policy(browser, server):
+    """/docs now has a CSP (its inline set-up script allowed by hash): Swagger UI still loads the schema and shows
+    the operations."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(server.url + "/docs")
+    blocks = WebDriverWait(browser, 30).until(lambda d: d.find_elements(By.CSS_SELECTOR, ".opblock-summary-path"))
+    assert {"/search", "/health"} <= {b.text.replace("\u200b", "") for b in blocks}
 
 
 # ------------------------------------------------------------------------------------- issue 16

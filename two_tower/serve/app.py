@@ -323,9 +323,11 @@ def create_app(
         ),
         static_url="/docs-assets",
         redirect_slashes=False,  # /search/ redirected to http://<the request's Host>/search: a 404 now
+        redoc_url=None,  # one API page (/docs); ReDoc's was served without the page's headers, and undocumented
     )
     app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes, timeout=limits.body_timeout)
     app.add_middleware(StoppedInFlight)
+    app.add_middleware(HtmlHeaders)
 
     # --- errors: one JSON shape, saying what is wrong -------------------------------------------------
 
@@ -586,6 +588,56 @@ class StoppedInFlight:
             response = _error_response(503, "the server stopped before this request was answered; send it again")
             response.headers["Connection"] = "close"
             await response(scope, receive, tracked)
+
+
+# ------------------------------------------------------------------------------------- HTML headers
+
+
+class HtmlHeaders:
+    """ASGI middleware: every answer gets ``X-Content-Type-Options: nosniff``, and every HTML answer without a
+    ``Content-Security-Policy`` gets the page's, with the hashes of its inline scripts allowed (Swagger UI's
+    set-up script at /docs and /docs/oauth2-redirect): /static/index.html, /docs and the redirect page had neither."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        held: list[dict] = []
+
+        async def headed(message):
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                names = {name.lower() for name, _ in headers}
+                if b"x-content-type-options" not in names:
+                    headers.append((b"x-content-type-options", b"nosniff"))
+                message = {**message, "headers": headers}
+                html = dict(headers).get(b"content-type", b"").startswith(b"text/html")
+                if html and b"content-security-policy" not in names:
+                    held.append(message)  # sent with the body, once its scripts are known
+                    return
+            elif held and message["type"] == "http.response.body":
+                held.append(message)
+                if message.get("more_body", False):
+                    return
+                start, body = held[0], b"".join(m.get("body", b"") for m in held[1:])
+                held.clear()
+                await send({**start, "headers": [*start["headers"], (b"content-security-policy", _html_policy(body).encode())]})
+                message = {"type": "http.response.body", "body": body, "more_body": False}
+            await send(message)
+
+        await self.app(scope, receive, headed)
+
+
+def _html_policy(body: bytes) -> str:
+    """The page's Content-Security-Policy, allowing the inline scripts of this HTML by their SHA-256 hashes."""
+    import base64
+    import hashlib
+
+    scripts = re.findall(rb"<script(?![^>]*\bsrc=)[^>]*>(.*?)</script>", body, re.S | re.I)
+    hashes = " ".join(f"'sha256-{base64.b64encode(hashlib.sha256(s).digest()).decode()}'" for s in scripts)
+    return PAGE_HEADERS["Content-Security-Policy"] + f"; script-src 'self'{' ' + hashes if hashes else ''}"
 
 
 # ------------------------------------------------------------------------------------ body size limit
