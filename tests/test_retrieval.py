@@ -198,6 +198,12 @@ def test_compressed_index_recall_against_exact_search():
     assert low < recall("nprobe=4,k_factor_rf=8") <= high  # more lists and re-ranking: more of the exact top 10
     with pytest.raises(ConfigError, match="efSearch"):
         index.set_search_params("efSearch=64")
+    # FAISS took nprobe=0 (or -3) and every search then ended in its C++ check: a folder saved so was unsearchable
+    for params, words in (("nprobe=0", "nprobe=0 must be a whole number >= 1"), ("nprobe=-3", "nprobe=-3 must be a whole number >= 1"),
+                          ("nprobe=abc", "nprobe=abc must be a whole number >= 1"), ("nprobe=4,k_factor_rf=0.5", "k_factor_rf=0.5 must be a number >= 1")):
+        with pytest.raises(ConfigError, match=re.escape(f"search_params={params!r}: {words}")):
+            index.set_search_params(params)
+    assert faiss.extract_index_ivf(index.index).nprobe == 4  # as the last accepted setting left it
 
 
 def test_compressed_index_folder_round_trips(trained, tmp_path):

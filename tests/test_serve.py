@@ -668,10 +668,13 @@ def test_serve_command_errors_are_one_line(args, message, capsys):
 def test_search_params_faiss_cannot_read_are_one_line_without_faiss_internals(index_dir, capsys):
     """FAISS's own text named its C++ function, a lambda and its source line (AutoTune.cpp:444) before the
     words that matter; the line keeps those words (search.py and index.py share the message)."""
-    assert serve_main([f"index={index_dir}", "search_params='nprobe=abc'"]) == 2
+    assert serve_main([f"index={index_dir}", "search_params='abc'"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: search_params='nprobe=abc' does not apply to this IndexFlat index (could not interpret parameters nprobe=abc;"), err
+    assert err.startswith("error: search_params='abc' does not apply to this IndexFlat index (could not interpret parameters abc;"), err
     assert "faiss::" not in err and ".cpp" not in err and "lambda" not in err and len(err.strip().splitlines()) == 1, err
+    # a value of a parameter the project knows is checked before FAISS sees it
+    assert serve_main([f"index={index_dir}", "search_params='nprobe=abc'"]) == 2
+    assert capsys.readouterr().err.strip() == "error: search_params='nprobe=abc': nprobe=abc must be a whole number >= 1"
 
 
 def test_a_host_name_is_bound_as_uvicorn_binds_it_ipv4_unless_it_has_a_colon(monkeypatch):

@@ -200,7 +200,7 @@ def search(args) -> None:
     index_rss = rss_mb() - before
     for params in args.params:
         if params:
-            set_search_params(index, params, params)
+            set_search_params(index, params, f"search_params={params!r}", args.factory)
         index.search(queries[:20], 10)  # warm up
         times, found = [], []
         for q in range(len(queries)):

@@ -182,7 +182,7 @@ def build_faiss_streamed(
     if index.ntotal != num_vectors:
         raise ValueError(f"the chunks held {index.ntotal} vectors, expected {num_vectors}")
     if search_params:
-        set_search_params(index, search_params, f"index.search_params={search_params!r} does not apply to this {factory} index")
+        set_search_params(index, search_params, f"index.search_params={search_params!r}", factory)
     return index
 
 
@@ -199,9 +199,22 @@ def build_faiss(vectors: np.ndarray, factory: str = "Flat", train_size: int = 10
     return build_faiss_streamed(len(vectors), vectors.shape[1], lambda rows: vectors[rows], [vectors], factory, train_size, search_params, seed, normalize=normalize)
 
 
-def set_search_params(index: faiss.Index, params: str, message: str) -> None:
+def set_search_params(index: faiss.Index, params: str, setting: str, kind: str) -> None:
     """Search-time parameters by FAISS's ``ParameterSpace`` names, comma-separated: ``nprobe=32`` (IVF),
-    ``efSearch=256`` (HNSW), ``k_factor_rf=4`` (a ``Refine(...)`` index re-ranks k*4 candidates on its finer codes)."""
+    ``efSearch=256`` (HNSW), ``k_factor_rf=4`` (a ``Refine(...)`` index re-ranks k*4 candidates on its finer codes).
+    Those three must be >= 1 (whole numbers but k_factor_rf): FAISS takes ``nprobe=0`` and every search then
+    stops in its C++ check (a folder saved so could not be searched at all). ``setting``: how the user gave them
+    (``index.search_params='nprobe=0'``); ``kind``: the index's factory or type, for the message."""
+    for part in str(params).split(","):
+        name, _, value = part.partition("=")
+        name, value = name.strip(), value.strip()
+        if name in ("nprobe", "efSearch", "k_factor_rf"):
+            try:
+                number = float(value) if name == "k_factor_rf" else int(value)
+            except ValueError:
+                number = None
+            if number is None or not number >= 1:
+                raise ConfigError(f"{setting}: {name}={value} must be {'a number >= 1' if name == 'k_factor_rf' else 'a whole number >= 1'}")
     try:
         faiss.ParameterSpace().set_index_parameters(index, params)
     except RuntimeError as err:
@@ -214,7 +227,7 @@ def set_search_params(index: faiss.Index, params: str, message: str) -> None:
         # not interpret parameters nprobe=abc": the words after FAISS's source location and failed check
         said = re.sub(r"^Error in .*? at \S+:\d+: (Error: '.*?' failed: )?", "", text)
         detail = f"it has no parameter {found.group(1)}" if found else said[-200:]
-        raise ConfigError(f"{message} ({detail}; HNSW takes efSearch, IVF nprobe, Refine k_factor_rf)") from err
+        raise ConfigError(f"{setting} does not apply to this {kind} index ({detail}; HNSW takes efSearch, IVF nprobe, Refine k_factor_rf)") from err
 
 
 def write_passages(path: Path, ids: list[str], texts: list[str]) -> None:
@@ -441,7 +454,7 @@ class PassageIndex:
 
     def set_search_params(self, params: str) -> None:
         """Override the saved search-time parameters, e.g. ``efSearch=128`` or ``nprobe=32``."""
-        set_search_params(self.index, params, f"search_params={params!r} does not apply to this {self.manifest['faiss']['type']} index")
+        set_search_params(self.index, params, f"search_params={params!r}", self.manifest["faiss"]["type"])
 
     def search(self, vectors: np.ndarray, k: int) -> SearchHits:
         """Top-``k`` rows by inner product with ``vectors`` as given (the query tower's output: what evaluate.py

@@ -140,7 +140,7 @@ def build_index(cfg: DictConfig) -> Path:
     empty = new_faiss(dim, cfg.index.factory)
     check_trainable(empty, cfg.index.factory, cfg.index.train_size)
     if cfg.index.search_params:  # smoothing searches with them too
-        set_search_params(empty, cfg.index.search_params, f"index.search_params={cfg.index.search_params!r} does not apply to this {cfg.index.factory} index")
+        set_search_params(empty, cfg.index.search_params, f"index.search_params={cfg.index.search_params!r}", cfg.index.factory)
     passages = load_passages(cfg)
     check_trainable(empty, cfg.index.factory, cfg.index.train_size, len(passages))  # before BM25 and encoding
     # Vectors (float32) and texts dominate the folder's size; refuse now rather than after encoding.
