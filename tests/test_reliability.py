@@ -1150,6 +1150,29 @@ def test_ctrl_c_in_a_command_is_one_line_and_status_130(capsys, monkeypatch):
             raise KeyboardInterrupt
 
 
+def test_sigterm_in_index_or_evaluate_is_one_line_and_status_143_after_cleaning_up(capsys, tmp_path):
+    """SIGTERM ended index.py and evaluate.py with no word (a probe); now one line and 143, once the blocks it
+    interrupts have cleaned up (a staged folder is removed), and the previous handler is back afterwards."""
+    import os
+    import signal
+
+    from two_tower.cli.common import stopped_by_sigterm
+    from two_tower.core.atomic import atomic_folder
+
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(SystemExit) as stop:
+        with stopped_by_sigterm():
+            with atomic_folder(tmp_path / "out") as staged:
+                (staged / "part").write_text("half")
+                os.kill(os.getpid(), signal.SIGTERM)
+                raise AssertionError("not stopped")
+    assert stop.value.code == 143 and capsys.readouterr().err == "stopped by SIGTERM; nothing was written\n"
+    assert list(tmp_path.iterdir()) == [] and signal.getsignal(signal.SIGTERM) is before
+    with stopped_by_sigterm():
+        pass
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
 def test_an_empty_checkpoint_file_and_a_path_synthetic_data_ignores_are_said_plainly(tmp_path):
     """A 0-byte ckpt_path spoke of mmap and torch.save's options; a 0-byte negatives.checkpoint was named ckpt=; with
     data=synthetic a data.path was silently not read (the run looked trained on that folder)."""

@@ -2,7 +2,7 @@
 
 from omegaconf import DictConfig
 
-from two_tower.cli.common import exit_on_error, hydra_command
+from two_tower.cli.common import exit_on_error, hydra_command, stopped_by_sigterm
 from two_tower.core import run_record
 
 
@@ -10,7 +10,7 @@ from two_tower.core import run_record
 def main(cfg: DictConfig) -> None:
     from two_tower.retrieval.indexer import build_index
 
-    with exit_on_error(), run_record.kept_if_refused():
+    with stopped_by_sigterm(), exit_on_error(), run_record.kept_if_refused():
         build_index(cfg)
 
 
