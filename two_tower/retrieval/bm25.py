@@ -62,15 +62,16 @@ class BM25Scorer:
     def settings(self) -> dict:
         return {"method": self.method, "k1": self.k1, "b": self.b, "stopwords": self.stopwords, "stemmer": self.stemmer}
 
-    def tokenize(self, texts: list[str], **kwargs):
-        return bm25s.tokenize(texts, stopwords=self.stopwords, stemmer=self.stem, show_progress=False, **kwargs)
+    def tokenize(self, texts: list[str], show_progress: bool = False, **kwargs):
+        return bm25s.tokenize(texts, stopwords=self.stopwords, stemmer=self.stem, show_progress=show_progress, **kwargs)
 
-    def index(self, texts: list[str]) -> "BM25Scorer":
-        tokens = self.tokenize(texts)
+    def index(self, texts: list[str], show_progress: bool = False) -> "BM25Scorer":
+        """``show_progress``: bm25s's progress bars (index.py: 20 s at 200k passages was silent)."""
+        tokens = self.tokenize(texts, show_progress=show_progress)
         if not tokens.vocab:  # bm25s fails on an empty vocabulary with a bare max() error
             raise CorpusError(f"BM25: none of the {len(texts)} passages has a word it indexes (stopwords={self.stopwords}); every word is a stopword or punctuation")
         self.bm25 = bm25s.BM25(method=self.method, k1=self.k1, b=self.b)
-        self.bm25.index(tokens, show_progress=False)
+        self.bm25.index(tokens, show_progress=show_progress)
         return self
 
     def query_tokens(self, texts: list[str]) -> list[list[str]]:

@@ -95,7 +95,7 @@ def lexical_index(cfg: DictConfig, texts: list[str], seconds: dict) -> tuple[BM2
     start = time.perf_counter()
     lexical = BM25Scorer.from_config({k: v for k, v in hybrid.bm25.items() if k != "_target_"}, "hybrid.bm25")
     log.info("Indexing %d passages for BM25 (hybrid search)", len(texts))
-    lexical.index(texts)
+    lexical.index(texts, show_progress=True)
     seconds["bm25"] = round(time.perf_counter() - start, 2)
     return lexical, weights
 
