@@ -163,3 +163,43 @@ def run_tiny_multirun(tmp_path: Path, logger: str, args: list[str], env: dict | 
 @pytest.fixture
 def tiny_cfg(tmp_path):
     return lambda *overrides: compose_train(tmp_path, list(overrides))
+
+
+def wandb_records(run_dir: Path, timeout: float = 120) -> list:
+    """The records (``wandb.proto`` ``Record``s) of the offline W&B run folder ``run_dir`` (``.../wandb/offline-run-*``).
+    wandb-core writes them in a process of its own, and on a loaded machine its last ones can land after
+    ``wandb.finish()`` has returned: the file is read again until it holds the run's exit record (or ``timeout``
+    seconds pass)."""
+    import struct
+    import time
+
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    def read(data: bytes) -> list:
+        block, pos, pending, out = 32768, 7, b"", []  # a 7-byte file header, then LevelDB-log blocks of chunks
+        while pos + 7 <= len(data):
+            if block - pos % block < 7:  # a block's tail too short for a chunk header is padding
+                pos += block - pos % block
+                continue
+            _crc, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+            chunk, pos = data[pos + 7:pos + 7 + length], pos + 7 + length
+            if kind == 1:  # a whole record
+                out.append(chunk)
+            elif kind in (2, 3):  # its first, middle parts
+                pending = (b"" if kind == 2 else pending) + chunk
+            elif kind == 4:  # its last part
+                out.append(pending + chunk)
+                pending = b""
+        records = []
+        for raw in out:
+            record = pb.Record()
+            record.ParseFromString(raw)
+            records.append(record)
+        return records
+
+    start = time.monotonic()
+    while True:
+        records = read(next(Path(run_dir).glob("*.wandb")).read_bytes())
+        if any(r.WhichOneof("record_type") == "exit" for r in records) or time.monotonic() - start > timeout:
+            return records
+        time.sleep(0.5)

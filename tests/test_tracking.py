@@ -1,5 +1,6 @@
 """Optuna sweeps (hparams_search=optuna) and W&B tracking (group, tags, model artifact, examples table)."""
 
+import json
 import re
 import time
 
@@ -276,3 +277,21 @@ def test_wandb_online_without_an_account_is_refused_before_any_data(tmp_path):
     assert result.stderr.strip().splitlines()[-1].startswith("error: logger=wandb: No API key configured"), result.stderr[-2000:]
     assert "WANDB_MODE=offline" in result.stderr and "Traceback" not in result.stderr
     assert not run.exists() and not (tmp_path / "cache").exists()  # refused before the run folder was kept or any data
+
+
+def test_only_the_best_checkpoint_by_the_optimized_metric_is_aliased_best(tmp_path, monkeypatch):
+    """log_model=true: the best checkpoint was logged ["latest", "best"], and then last.ckpt was too (the last_checkpoint
+    callback, monitor: null, counts it as its own best), so `best` ended on last.ckpt, a later and maybe worse epoch.
+    Read back from the offline run's records: `best` on the monitored callback's checkpoint alone, `latest` on
+    last.ckpt, the newest."""
+    from tests.conftest import wandb_records
+    from two_tower.training.train import train
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    train(compose_train(tmp_path, ["logger=wandb", "logger.wandb.log_model=true"]))
+    best = next((tmp_path / "run" / "checkpoints").glob("epoch*.ckpt")).name
+    (run,) = (tmp_path / "run" / "wandb").glob("offline-run-*")
+    logged = [(json.loads(r.artifact.metadata)["original_filename"], sorted(r.artifact.aliases))
+              for r in wandb_records(run) if r.WhichOneof("record_type") == "artifact" and r.artifact.type == "model"]
+    assert logged == [(best, ["best", "latest"]), ("last.ckpt", ["latest"])], logged

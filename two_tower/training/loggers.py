@@ -1,4 +1,5 @@
-"""Experiment loggers the configs can choose beyond Lightning's own."""
+"""Experiment loggers the configs choose: Lightning's CSV and W&B loggers, with the fixes a resumed run and a
+model artifact need."""
 
 from __future__ import annotations
 
@@ -8,8 +9,11 @@ import warnings
 from pathlib import Path
 
 from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers import WandbLogger as _LightningWandbLogger
 from lightning.pytorch.loggers.logger import rank_zero_experiment
+from lightning.pytorch.loggers.utilities import _scan_checkpoints
 from lightning.pytorch.utilities import rank_zero_only
+from typing_extensions import override
 
 from two_tower.core.atomic import atomic_write
 
@@ -77,3 +81,44 @@ class ResumableCSVLogger(CSVLogger):
                 writer.writeheader()
                 writer.writerows(kept)
         return len(rows) - len(kept)
+
+
+class WandbLogger(_LightningWandbLogger):
+    """Lightning's WandbLogger, except that with ``log_model=true`` only a checkpoint callback that monitors a metric
+    marks its best checkpoint ``best``. Lightning aliased every callback's "best" file ``best``: the ``last_checkpoint``
+    callback (``monitor: null``, conf/callbacks/default.yaml) counts ``last.ckpt`` as its best, so ``last.ckpt`` (a
+    later, maybe worse epoch) was logged ``best`` after the real best one and took the alias. Here ``last.ckpt`` is
+    logged ``latest`` only, and the files of every callback are logged in the order they were written, so ``latest``
+    ends on the newest one."""
+
+    @override
+    @rank_zero_only
+    def finalize(self, status: str) -> None:
+        if status != "success" or self._experiment is None:  # as Lightning's: checkpoints are logged on success only
+            return
+        found = [(*entry, callback) for callback in self._checkpoint_callbacks.values() for entry in _scan_checkpoints(callback, self._logged_model_time)]
+        for written, path, score, _tag, callback in sorted(found, key=lambda item: item[:2]):
+            self._log_checkpoint(callback, written, path, score)
+
+    @override
+    def _scan_and_log_checkpoints(self, checkpoint_callback) -> None:  # log_model="all", or save_top_k=-1
+        for written, path, score, _tag in _scan_checkpoints(checkpoint_callback, self._logged_model_time):
+            self._log_checkpoint(checkpoint_callback, written, path, score)
+
+    def _log_checkpoint(self, callback, written: float, path: str, score) -> None:
+        import torch
+        import wandb
+
+        keys = ("monitor", "mode", "save_last", "save_top_k", "save_weights_only", "_every_n_train_steps")
+        metadata = {
+            "score": score.item() if isinstance(score, torch.Tensor) else score,
+            "original_filename": Path(path).name,
+            callback.__class__.__name__: {k: getattr(callback, k) for k in keys if hasattr(callback, k)},
+        }
+        if not self._checkpoint_name:
+            self._checkpoint_name = f"model-{self.experiment.id}"
+        artifact = wandb.Artifact(name=self._checkpoint_name, type="model", metadata=metadata)
+        artifact.add_file(path, name="model.ckpt", policy=self.add_file_policy)
+        best = getattr(callback, "monitor", None) is not None and path == getattr(callback, "best_model_path", None)
+        self.experiment.log_artifact(artifact, aliases=["latest", "best"] if best else ["latest"])
+        self._logged_model_time[path] = written
