@@ -295,3 +295,38 @@ def test_only_the_best_checkpoint_by_the_optimized_metric_is_aliased_best(tmp_pa
     logged = [(json.loads(r.artifact.metadata)["original_filename"], sorted(r.artifact.aliases))
               for r in wandb_records(run) if r.WhichOneof("record_type") == "artifact" and r.artifact.type == "model"]
     assert logged == [(best, ["best", "latest"]), ("last.ckpt", ["latest"])], logged
+
+
+def test_a_run_stopped_by_sigterm_and_resumed_is_one_wandb_run_whose_stop_is_not_a_finish(tmp_path, monkeypatch):
+    """A run stopped by SIGTERM and resumed with ckpt_path=last made two W&B runs in its group (epoch 0 in one, the
+    rest in the other), and the stopped one's exit record said 0, as a finished run's. Now the run folder records its
+    W&B run id (wandb/run_id) and the resume logs to that run; the stop is recorded with the process's status, 143."""
+    import two_tower.training.train as train_module
+    from tests.conftest import wandb_records
+    from tests.test_reliability import SigtermAtStep
+    from two_tower.training import utils
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    common = ["logger=wandb", "trainer.max_epochs=2"]
+    stopped = compose_train(tmp_path, common)
+    original = utils.instantiate_group
+    with monkeypatch.context() as patch:  # SIGTERM after step 13: in epoch 1 (ten steps an epoch)
+        patch.setattr(train_module, "instantiate_group", lambda c: original(c) + ([SigtermAtStep(13)] if c is stopped.get("callbacks") else []))
+        with pytest.raises(SystemExit) as stop:
+            train_module.train(stopped)
+    assert stop.value.code == 143
+    metrics = train_module.train(compose_train(tmp_path, [*common, "ckpt_path=last"]))
+    assert "val/mrr@10" in metrics
+
+    runs = sorted((tmp_path / "run" / "wandb").glob("offline-run-*"))  # one folder per process; named by start time
+    assert len(runs) == 2
+    seen = []
+    for run in runs:
+        records = wandb_records(run)
+        ids = {r.run.run_id for r in records if r.WhichOneof("record_type") == "run"}
+        exits = [r.exit.exit_code for r in records if r.WhichOneof("record_type") == "exit"]
+        seen.append((ids, exits))
+    assert [exits for _, exits in seen] == [[143], [0]], seen
+    assert len(seen[0][0]) == 1 and seen[0][0] == seen[1][0], seen  # one W&B run: the offline folders sync into it
+    assert seen[0][0] == {(tmp_path / "run" / "wandb" / "run_id").read_text().strip()}

@@ -7,6 +7,7 @@
   ``config:<key>`` (all overrides but the seed; ``two_tower.core.config_key``) to group one configuration's seeds.
 - ``ValidationExamples``: a callback logging a ``wandb.Table`` of a few validation queries with their
   top-k retrieved passages (text, score, selected or not) every validation epoch.
+- ``fill_wandb_run_id(cfg, resuming)``: the W&B run id a run folder records, so a resumed run logs to the same W&B run.
 """
 
 from __future__ import annotations
@@ -96,6 +97,47 @@ def fill_wandb_group_and_tags(cfg: DictConfig) -> None:
             wandb_cfg.group = run_group()
         if wandb_cfg.get("tags") is None:
             wandb_cfg.tags = run_tags() + config_tags()
+
+
+# The W&B run id of a run folder, so that its resume logs to the same W&B run (one W&B run per job).
+RUN_ID_FILE = Path("wandb") / "run_id"
+
+
+def fill_wandb_run_id(cfg: DictConfig, resuming: bool) -> str | None:
+    """Set ``logger.wandb.id`` when it is null (an explicit id wins): a resumed run (``ckpt_path``, or a requeued job)
+    takes the id its run folder recorded (``<output_dir>/wandb/run_id``), so it goes on logging to the W&B run the
+    stopped one started, where it had made a second run of the job in the group (epoch 0 in one, the rest in the
+    other); a new run draws a new id and records it there (rank 0 writes it). Returns the id, or None without W&B."""
+    import secrets
+    import string
+
+    from lightning.pytorch.utilities import rank_zero_only
+
+    from two_tower.core.atomic import atomic_write
+
+    wandb_cfg = (cfg.get("logger") or {}).get("wandb")
+    if not isinstance(wandb_cfg, DictConfig):
+        return None
+    if wandb_cfg.get("id"):
+        return str(wandb_cfg.id)
+    path = Path(cfg.paths.output_dir) / RUN_ID_FILE
+    run_id = None
+    if resuming:
+        try:
+            run_id = path.read_text().strip() or None
+        except OSError:
+            run_id = None  # a run started before run ids were recorded, or without W&B: a new W&B run
+        if run_id is not None:
+            log.info("W&B: resuming run %s (%s)", run_id, path)
+    if run_id is None:
+        run_id = "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))  # as wandb draws one
+        if getattr(rank_zero_only, "rank", 0) == 0:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_write(path, "w") as f:
+                f.write(run_id + "\n")
+    with open_dict(wandb_cfg):
+        wandb_cfg.id = run_id
+    return run_id
 
 
 def tracking_callbacks(loggers: list) -> list[L.Callback]:

@@ -28,7 +28,7 @@ from two_tower.core.errors import CheckpointError, ConfigError, DataSourceError
 from two_tower.model import frozen_rows
 from two_tower.model.module import EPOCH_SUMS_KEY, RUN_CONFIG_KEY, TwoTowerModule
 from two_tower.negatives.refresh import NegativeRefresh
-from two_tower.training.tracking import check_wandb_login, fill_wandb_group_and_tags, tracking_callbacks
+from two_tower.training.tracking import check_wandb_login, fill_wandb_group_and_tags, fill_wandb_run_id, tracking_callbacks
 from two_tower.training.utils import in_sweep, instantiate_group, task_wrapper
 
 log = logging.getLogger(__name__)
@@ -351,6 +351,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     log.info("Model: %d trainable / %d parameters", sum(p.numel() for p in module.parameters() if p.requires_grad), sum(p.numel() for p in module.parameters()))
 
     fill_wandb_group_and_tags(cfg)  # logger.wandb.group/tags: null = the sweep and the chosen options
+    fill_wandb_run_id(cfg, resuming=bool(ckpt_path) or requeued())  # a resumed run folder: its W&B run again
     loggers = instantiate_group(cfg.get("logger"))
     key = current_config_key()  # all overrides but the seed: seeds of one configuration share it
     for logger in loggers:

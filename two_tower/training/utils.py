@@ -30,15 +30,23 @@ def instantiate_group(cfg: DictConfig | None) -> list:
 
 
 def task_wrapper(task):
-    """Log failures with context and always close the W&B run, so multirun jobs do not leak into each other."""
+    """Log failures with context and always close the W&B run, so multirun jobs do not leak into each other, with
+    the exit code the process ends with (a run stopped by SIGTERM: 143, failed: 1; W&B marks it failed, not finished)."""
 
     @functools.wraps(task)
     def wrapped(cfg: DictConfig):
+        exit_code = 1  # the W&B run's: 0 only when the task returned (or exited 0, e.g. at trainer.max_time)
         try:
-            return task(cfg)
+            result = task(cfg)
+            exit_code = 0
+            return result
         except TwoTowerError:  # bad input: the entry point prints it as one `error:` line, no traceback
+            exit_code = 2  # the entry point's status for it
             if os.environ.get("TWO_TOWER_DEBUG", "") not in ("", "0"):
                 log.exception("Run failed")
+            raise
+        except SystemExit as stop:  # a stop by SIGTERM exits 143 (train.py): its W&B run must not look finished
+            exit_code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
             raise
         except Exception:
             log.exception("Run failed")
@@ -48,8 +56,8 @@ def task_wrapper(task):
                 import wandb
 
                 if wandb.run is not None:
-                    log.info("Closing wandb run")
-                    wandb.finish()
+                    log.info("Closing wandb run (exit code %d)", exit_code)
+                    wandb.finish(exit_code=exit_code)
             except ImportError:
                 pass
 
