@@ -330,3 +330,65 @@ def test_a_run_stopped_by_sigterm_and_resumed_is_one_wandb_run_whose_stop_is_not
     assert [exits for _, exits in seen] == [[143], [0]], seen
     assert len(seen[0][0]) == 1 and seen[0][0] == seen[1][0], seen  # one W&B run: the offline folders sync into it
     assert seen[0][0] == {(tmp_path / "run" / "wandb" / "run_id").read_text().strip()}
+
+
+@pytest.mark.parametrize("problem,message", [
+    ("WANDB_MODE=bogus", "logger=wandb: WANDB_MODE=bogus: not a W&B mode; W&B takes online, offline"),  # two pydantic tracebacks
+    ("WANDB_MODE=OFFLINE", "logger=wandb: WANDB_MODE=OFFLINE: not a W&B mode"),  # W&B's modes are lower case
+    ("no wandb", "logger=wandb: the wandb package cannot be imported"),  # offline: an InstantiationException after the data
+])
+def test_wandb_that_cannot_start_is_one_line_before_any_data(tmp_path, monkeypatch, problem, message):
+    import sys
+
+    from two_tower.core.errors import ConfigError
+    from two_tower.training.train import train
+
+    monkeypatch.setenv("WANDB_MODE", problem.split("=")[1] if "=" in problem else "offline")
+    if problem == "no wandb":
+        monkeypatch.setitem(sys.modules, "wandb", None)  # `import wandb` raises ModuleNotFoundError
+    with pytest.raises(ConfigError, match=f"^{re.escape(message)}"):
+        train(compose_train(tmp_path, ["logger=wandb"]))
+    assert not (tmp_path / "cache").exists()  # before any data was read
+
+
+def test_a_wandb_run_that_cannot_start_is_one_line(tmp_path, monkeypatch):
+    """An API key set and no network: wandb.init waited for its init_timeout, then raised CommError (tracebacks)."""
+    import wandb
+
+    from two_tower.core.errors import TrackingError
+    from two_tower.training.train import train
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+
+    def no_network(**kwargs):
+        raise wandb.errors.CommError("Run initialization has timed out after 90.0 sec. Please try increasing the timeout")
+
+    monkeypatch.setattr(wandb, "init", no_network)
+    with pytest.raises(TrackingError, match=r"^logger=wandb: W&B could not start the run: CommError: Run initialization has timed out .* WANDB_MODE=offline"):
+        train(compose_train(tmp_path, ["logger=wandb"]))
+    assert wandb.run is None
+
+
+def test_compare_to_wandb_that_cannot_log_is_one_line_before_its_files(tmp_path):
+    """--wandb-project online without an account was a UsageError traceback, exit 1, after the files were written (train.py
+    says it in one line); a bad WANDB_MODE, two pydantic tracebacks. A process of its own: wandb keeps login state per process."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+    from tests.test_compare import difficulty, seed_table, write_run
+
+    for seed in (1, 2):
+        write_run(tmp_path / f"a{seed}", ["encoder=gru", f"seed={seed}"], seed_table(difficulty(), 0.0, seed))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env.update(HOME=str(tmp_path), NETRC=str(tmp_path / "none"), WANDB_CONFIG_DIR=str(tmp_path / "wandb-config"))
+    out = tmp_path / "cmp"
+    for extra, message in (({}, "error: --wandb-project P: No API key configured"), ({"WANDB_MODE": "bogus"}, "error: --wandb-project P: WANDB_MODE=bogus: not a W&B mode")):
+        result = subprocess.run([sys.executable, "-m", "two_tower.cli.compare", str(tmp_path / "a1"), str(tmp_path / "a2"), "--wandb-project", "P",
+                                 "--out", str(out), "--resamples", "100"], cwd=ROOT, env={**env, **extra}, stdin=subprocess.DEVNULL,
+                                capture_output=True, text=True, timeout=300)
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith(message), result.stderr[-2000:]
+        assert not out.exists()  # refused before the work

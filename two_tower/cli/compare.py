@@ -9,6 +9,7 @@ from pathlib import Path
 
 from two_tower.cli.common import drop_stdout, exit_on_error
 from two_tower.core.atomic import atomic_write, check_writable
+from two_tower.core.errors import ConfigError
 from two_tower.training import compare as compare_module
 from two_tower.training.compare import compare, find_runs, load_baselines, load_configurations, log_wandb, markdown, plot
 
@@ -25,6 +26,12 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     with exit_on_error():
+        if args.wandb_project:  # before the work and the files: W&B missing, a bad WANDB_MODE, no account
+            from two_tower.training.wandb_check import wandb_problem
+
+            problem = wandb_problem()
+            if problem:
+                raise ConfigError(f"--wandb-project {args.wandb_project}: {problem}")
         if args.out:  # before the work: an existing file there, or a folder that takes no files, is one line
             check_writable(args.out, f"--out {args.out}")
         systems = load_configurations(find_runs(args.dirs), args.metric)

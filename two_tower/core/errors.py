@@ -21,6 +21,10 @@ class NotWritableError(TwoTowerError):
     """An output location that cannot be written (read-only, not a folder, or too little free space)."""
 
 
+class TrackingError(TwoTowerError):
+    """The experiment tracker (W&B) could not start its run (no network, no such project...); the message says why."""
+
+
 # ------------------------------------------------------------------------------------------ data
 
 

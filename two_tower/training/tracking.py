@@ -19,7 +19,8 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, open_dict
 
-from two_tower.core.errors import ConfigError
+from two_tower.core.errors import ConfigError, TrackingError
+from two_tower.training.wandb_check import wandb_problem
 
 log = logging.getLogger(__name__)
 
@@ -71,20 +72,31 @@ def config_tags() -> list[str]:
 
 
 def check_wandb_login(cfg: DictConfig) -> None:
-    """Before any data is loaded: W&B logging online needs an account (``wandb login``, or ``WANDB_API_KEY``).
-    Without one, W&B asks at the terminal, and elsewhere raised its UsageError when the logger first logged,
-    after the data had loaded (a traceback per process, exit 1): a ConfigError naming the two ways out now."""
-    import os
-
+    """Before any data is loaded: a ConfigError, in one line, when ``logger=wandb`` cannot log (``wandb_problem``)."""
     wandb_cfg = (cfg.get("logger") or {}).get("wandb")
-    if not isinstance(wandb_cfg, DictConfig) or wandb_cfg.get("offline") or os.environ.get("WANDB_MODE", "").lower() in ("offline", "dryrun", "disabled"):
+    if not isinstance(wandb_cfg, DictConfig):
         return
-    import wandb
+    problem = wandb_problem(offline=bool(wandb_cfg.get("offline")))
+    if problem:
+        raise ConfigError(f"logger=wandb: {problem}")
 
-    try:
-        wandb.login(verify=False)
-    except wandb.errors.UsageError as err:
-        raise ConfigError(f"logger=wandb: {err.message if hasattr(err, 'message') else err} Or log offline, WANDB_MODE=offline (upload later with `wandb sync`)") from None
+
+def start_wandb(loggers: list) -> None:
+    """Start the W&B run of each W&B logger now, so that a failure to (a network that does not answer: W&B waits for
+    its ``init_timeout``, then raised CommError tracebacks) is one line rather than tracebacks."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    for logger in loggers:
+        if not isinstance(logger, WandbLogger):
+            continue
+        import wandb
+
+        try:
+            logger.experiment  # noqa: B018 (wandb.init, on rank 0)
+        except wandb.errors.Error as err:
+            first = " ".join(str(getattr(err, "message", None) or err).split())[:300]
+            raise TrackingError(f"logger=wandb: W&B could not start the run: {type(err).__name__}: {first}. Check the network "
+                                "(and WANDB_BASE_URL), or log offline, WANDB_MODE=offline (upload later with `wandb sync`)") from err
 
 
 def fill_wandb_group_and_tags(cfg: DictConfig) -> None:

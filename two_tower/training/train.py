@@ -28,7 +28,7 @@ from two_tower.core.errors import CheckpointError, ConfigError, DataSourceError
 from two_tower.model import frozen_rows
 from two_tower.model.module import EPOCH_SUMS_KEY, RUN_CONFIG_KEY, TwoTowerModule
 from two_tower.negatives.refresh import NegativeRefresh
-from two_tower.training.tracking import check_wandb_login, fill_wandb_group_and_tags, fill_wandb_run_id, tracking_callbacks
+from two_tower.training.tracking import check_wandb_login, fill_wandb_group_and_tags, fill_wandb_run_id, start_wandb, tracking_callbacks
 from two_tower.training.utils import in_sweep, instantiate_group, task_wrapper
 
 log = logging.getLogger(__name__)
@@ -353,6 +353,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     fill_wandb_group_and_tags(cfg)  # logger.wandb.group/tags: null = the sweep and the chosen options
     fill_wandb_run_id(cfg, resuming=bool(ckpt_path) or requeued())  # a resumed run folder: its W&B run again
     loggers = instantiate_group(cfg.get("logger"))
+    start_wandb(loggers)  # a W&B run that cannot start (no network) is one line
     key = current_config_key()  # all overrides but the seed: seeds of one configuration share it
     for logger in loggers:
         logger.log_hyperparams({**OmegaConf.to_container(cfg, resolve=True), **({"config_key": key} if key else {})})
