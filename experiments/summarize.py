@@ -2,7 +2,8 @@
 
     python experiments/summarize.py outputs/multirun/2026-11-29_12-00-00 [more run or multirun dirs] --out DIR
 
-A run dir is one with ``.hydra/`` and ``csv/metrics.csv`` (the default CSV logger); a multirun dir holds
+A run dir is one with ``.hydra/`` and ``csv/metrics.csv`` (written by the CSV logger: ``logger=csv``, the default, or
+``logger=[csv,wandb]``; a ``logger=wandb`` run has none, and is refused in one line); a multirun dir holds
 numbered job dirs. Writes DIR/summary.md, DIR/summary.csv, DIR/val_mrr.png (val/mrr@10 per epoch per
 run) and DIR/train_loss.png (training loss per step per run).
 """
@@ -10,6 +11,7 @@ run) and DIR/train_loss.png (training loss per step per run).
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import matplotlib
@@ -69,9 +71,15 @@ def main() -> None:
     missing = [str(p) for p in args.paths if not p.exists()]
     if missing:
         parser.error(f"no such run folder: {', '.join(missing)}")
+    runs = find_runs(args.paths)
+    without = [r for r in runs if not (r / "csv" / "metrics.csv").is_file()]
+    if without:  # logger=wandb (or none) writes no CSV: a FileNotFoundError traceback here before
+        print(f"error: {without[0]}{f' (and {len(without) - 1} more runs)' if len(without) > 1 else ''}: no csv/metrics.csv, which "
+              "summarize.py reads: the CSV logger writes it (logger=csv, the default, or logger=[csv,wandb] for both); "
+              "a logger=wandb run's metrics are in W&B", file=sys.stderr)
+        sys.exit(2)
     args.out.mkdir(parents=True, exist_ok=True)
     rows, curves = [], {}
-    runs = find_runs(args.paths)
     common = set.intersection(*(set(overrides(r)) for r in runs)) if len(runs) > 1 else set()
     for run in runs:
         row, metrics = summarize(run, common)

@@ -392,3 +392,22 @@ def test_compare_to_wandb_that_cannot_log_is_one_line_before_its_files(tmp_path)
         lines = result.stderr.strip().splitlines()
         assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith(message), result.stderr[-2000:]
         assert not out.exists()  # refused before the work
+
+
+def test_summarize_on_a_run_without_a_csv_log_is_one_line(tmp_path):
+    """logger=wandb writes no csv/metrics.csv: experiments/summarize.py failed with a FileNotFoundError traceback."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    run = tmp_path / "run"
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "overrides.yaml").write_text("- logger=wandb\n")
+    (run / "wandb").mkdir()
+    out = tmp_path / "summary"
+    result = subprocess.run([sys.executable, "experiments/summarize.py", str(run), "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, result.stderr[-2000:]
+    assert lines[0].startswith(f"error: {run}: no csv/metrics.csv") and "logger=[csv,wandb]" in lines[0]
+    assert not out.exists()
