@@ -151,6 +151,43 @@ def test_sweeps_that_cannot_run_as_asked_are_refused_before_any_trial(tmp_path, 
         assert not (tmp_path / "single").exists()
 
 
+def test_a_slurm_sweep_that_cannot_be_submitted_is_one_line_before_any_job(tmp_path, monkeypatch):
+    """No srun here: submitit's RuntimeError traceback after writing multirun.yaml; trainer=ddp's devices='auto': an
+    interpolation traceback over gpus_per_node. Both are refused before any job."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from hydra import compose, initialize_config_dir
+
+    from hydra.core.global_hydra import GlobalHydra
+
+    from tests.conftest import CONF, ROOT
+    from two_tower.core.errors import ConfigError
+    from two_tower.training.config import check_launcher
+
+    sweep = tmp_path / "multirun"
+    result = subprocess.run([sys.executable, "train.py", "-m", *TINY_SWEEP[:-1], "hydra/launcher=slurm", "encoder=rnn,gru", f"hydra.sweep.dir={sweep}"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, "PATH": os.path.dirname(sys.executable)})
+    assert result.returncode == 2 and result.stderr.strip().splitlines() == [
+        "error: hydra/launcher=slurm: no srun on this machine (not a SLURM login node); submit from one, or drop hydra/launcher=slurm "
+        "to run the sweep's jobs here one after another"], result.stderr[-2000:]
+    assert not sweep.exists()
+
+    def composed(*overrides):
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
+            cfg = compose("train", overrides=["hydra/launcher=slurm", *overrides], return_hydra_config=True)
+        GlobalHydra.instance().clear()
+        return cfg
+
+    monkeypatch.setattr(shutil, "which", lambda name: f"/usr/bin/{name}")  # a SLURM login node
+    check_launcher(composed("trainer=ddp", "trainer.devices=4"))
+    with pytest.raises(ConfigError, match=r"^trainer.devices='auto': hydra/launcher=slurm asks each node for that many GPUs"):
+        check_launcher(composed("trainer=ddp"))
+
+
 @pytest.mark.slow
 def test_optuna_sweep_runs_two_trials(tmp_path):
     """A real 2-trial sweep (in-memory storage) on tiny synthetic data, logged to W&B offline: ~15 s unloaded."""

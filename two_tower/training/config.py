@@ -193,6 +193,25 @@ def check_sweep_space(cfg: DictConfig, compose: Callable[[list[str]], DictConfig
         _check_space(config, settings)
 
 
+def check_launcher(cfg: DictConfig) -> None:
+    """Raise ConfigError, before any job, for a SLURM sweep (``hydra/launcher=slurm``) that cannot be submitted from
+    here: no ``srun`` on this machine (submitit's RuntimeError traceback, leaving multirun.yaml), or a
+    ``trainer.devices`` that is not a number (``trainer=ddp``'s 'auto': an interpolation traceback over
+    ``gpus_per_node``), since a SLURM job asks for its GPUs and tasks by count."""
+    import shutil
+
+    target = str(OmegaConf.select(cfg, "hydra.launcher._target_", default="", throw_on_missing=False) or "")
+    if "SlurmLauncher" not in target:
+        return
+    if shutil.which("srun") is None:
+        raise ConfigError("hydra/launcher=slurm: no srun on this machine (not a SLURM login node); submit from one, or drop "
+                          "hydra/launcher=slurm to run the sweep's jobs here one after another")
+    devices = OmegaConf.select(cfg, "trainer.devices", default=None, throw_on_missing=False)
+    if not isinstance(devices, int) or isinstance(devices, bool) or devices < 1:
+        raise ConfigError(f"trainer.devices={devices!r}: hydra/launcher=slurm asks each node for that many GPUs and tasks, so it "
+                          "must be a whole number >= 1 (e.g. trainer.devices=4)")
+
+
 def check_optimising_sweep(cfg: DictConfig) -> None:
     """Raise ConfigError, before any trial, for a sweep whose sweeper optimises a value no trial can give: an Optuna
     sweep of ``n_trials`` < 1, or with ``trainer.limit_val_batches=0`` (no validation, so no ``optimized_metric``:
