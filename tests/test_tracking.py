@@ -39,11 +39,7 @@ def test_optuna_space_naming_a_setting_the_loss_lacks_is_refused(tmp_path):
     from two_tower.training.config import check_sweep_space
 
     def composed(*overrides):
-        GlobalHydra.instance().clear()
-        with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
-            cfg = compose("train", overrides=["hparams_search=optuna", *overrides], return_hydra_config=True)
-        GlobalHydra.instance().clear()
-        return cfg
+        return composed_train("hparams_search=optuna", *overrides)
 
     check_sweep_space(composed())  # infonce has loss.temperature
     # Options of a group the sweep chooses among: every combination is composed and checked.
@@ -83,6 +79,15 @@ def test_optuna_space_naming_a_setting_the_loss_lacks_is_refused(tmp_path):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "names loss.temperature, a setting loss=triplet does not have" in lines[0], result.stderr[-2000:]
     assert not sweep.exists()
+
+
+def composed_train(*overrides):
+    """The train config for ``overrides`` with its hydra node (as a Hydra callback sees it at a multirun's start)."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
+        cfg = compose("train", overrides=list(overrides), return_hydra_config=True)
+    GlobalHydra.instance().clear()
+    return cfg
 
 
 TINY_SWEEP = ["data=synthetic", "embeddings=random", "logger=none", "trainer.max_epochs=1", "hydra.sweeper.n_trials=1"]
@@ -159,11 +164,7 @@ def test_a_slurm_sweep_that_cannot_be_submitted_is_one_line_before_any_job(tmp_p
     import subprocess
     import sys
 
-    from hydra import compose, initialize_config_dir
-
-    from hydra.core.global_hydra import GlobalHydra
-
-    from tests.conftest import CONF, ROOT
+    from tests.conftest import ROOT
     from two_tower.core.errors import ConfigError
     from two_tower.training.config import check_launcher
 
@@ -176,11 +177,7 @@ def test_a_slurm_sweep_that_cannot_be_submitted_is_one_line_before_any_job(tmp_p
     assert not sweep.exists()
 
     def composed(*overrides):
-        GlobalHydra.instance().clear()
-        with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
-            cfg = compose("train", overrides=["hydra/launcher=slurm", *overrides], return_hydra_config=True)
-        GlobalHydra.instance().clear()
-        return cfg
+        return composed_train("hydra/launcher=slurm", *overrides)
 
     monkeypatch.setattr(shutil, "which", lambda name: f"/usr/bin/{name}")  # a SLURM login node
     check_launcher(composed("trainer=ddp", "trainer.devices=4"))
