@@ -182,6 +182,8 @@ def wandb_records(run_dir: Path, timeout: float = 120) -> list:
                 pos += block - pos % block
                 continue
             _crc, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+            if pos + 7 + length > len(data):  # a chunk wandb-core is still writing: read again later
+                break
             chunk, pos = data[pos + 7:pos + 7 + length], pos + 7 + length
             if kind == 1:  # a whole record
                 out.append(chunk)
@@ -193,7 +195,10 @@ def wandb_records(run_dir: Path, timeout: float = 120) -> list:
         records = []
         for raw in out:
             record = pb.Record()
-            record.ParseFromString(raw)
+            try:
+                record.ParseFromString(raw)
+            except Exception:  # noqa: BLE001 (a record whose bytes are not all written yet: the loop reads again)
+                break
             records.append(record)
         return records
 

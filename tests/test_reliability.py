@@ -1166,7 +1166,7 @@ def test_sigterm_in_index_or_evaluate_is_one_line_and_status_143_after_cleaning_
                 (staged / "part").write_text("half")
                 os.kill(os.getpid(), signal.SIGTERM)
                 raise AssertionError("not stopped")
-    assert stop.value.code == 143 and capsys.readouterr().err == "stopped by SIGTERM; nothing was written\n"
+    assert stop.value.code == 143 and capsys.readouterr().err == "stopped by SIGTERM; the outputs it was writing were removed\n"
     assert list(tmp_path.iterdir()) == [] and signal.getsignal(signal.SIGTERM) is before
     with stopped_by_sigterm():
         pass

@@ -665,6 +665,19 @@ def test_serve_command_errors_are_one_line(args, message, capsys):
     assert len(err.strip().splitlines()) == 1, err
 
 
+def test_an_internal_error_is_json_with_the_headers_every_answer_carries(searcher, monkeypatch):
+    """A 500 is answered by Starlette's outermost middleware, outside the ones that add nosniff and no-store, so it had
+    neither (a review)."""
+    from fastapi.testclient import TestClient
+
+    app = create_app(searcher, LIMITS)
+    monkeypatch.setattr(searcher, "search", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("a bug")))
+    with TestClient(app, raise_server_exceptions=False) as client:
+        answer = client.get("/search", params={"q": "garden"})
+    assert answer.status_code == 500 and answer.json() == {"error": "internal error (RuntimeError); see the server log", "detail": []}
+    assert answer.headers["x-content-type-options"] == "nosniff" and answer.headers["cache-control"] == "no-store"
+
+
 def test_search_params_faiss_cannot_read_are_one_line_without_faiss_internals(index_dir, capsys):
     """FAISS's own text named its C++ function, a lambda and its source line (AutoTune.cpp:444) before the
     words that matter; the line keeps those words (search.py and index.py share the message)."""

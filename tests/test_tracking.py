@@ -131,7 +131,10 @@ def test_sweeps_that_cannot_run_as_asked_are_refused_before_any_trial(tmp_path, 
     for extra, line in [
         (["encoder.dropout=interval(-0.9, 0.9)"], "error: the sweep's jobs with encoder.dropout=-0.9 (an end of encoder.dropout=interval(-0.9, 0.9), "
                                                   "which the search may draw): encoder.dropout=-0.9: must be a number in [0, 1)"),
-        (["encoder.hidden_size=range(0, 64, 32)"], "error: the sweep's jobs with encoder.hidden_size=0: "),
+        (["encoder.hidden_size=range(0, 64, 32)"], "error: the sweep's jobs with encoder.hidden_size=0 (an end of encoder.hidden_size=range(0, 64, 32)"),
+        # Optuna draws a range's stop too (a review: range(0.5, 1.0, 0.5) passed the check and its first trial drew 1.0)
+        (["encoder.dropout=range(0.5, 1.0, 0.5)"], "error: the sweep's jobs with encoder.dropout=1.0 (an end of encoder.dropout=range(0.5, 1.0, 0.5), "
+                                                   "which the search may draw): encoder.dropout=1.0: must be a number in [0, 1)"),
         (["hydra.sweeper.n_trials=0"], "error: hydra.sweeper.n_trials=0: must be an integer >= 1"),
         (["+trainer.limit_val_batches=0"], "error: trainer.limit_val_batches=0: the sweep maximises val/mrr@10, which only validation gives"),
     ]:
@@ -329,6 +332,12 @@ def test_only_the_best_checkpoint_by_the_optimized_metric_is_aliased_best(tmp_pa
     logged = [(json.loads(r.artifact.metadata)["original_filename"], sorted(r.artifact.aliases))
               for r in wandb_records(run) if r.WhichOneof("record_type") == "artifact" and r.artifact.type == "model"]
     assert logged == [(best, ["best", "latest"]), ("last.ckpt", ["latest"])], logged
+    # model_checkpoint.save_last=true: last.ckpt is also the monitoring callback's file; logged once, not twice (a review)
+    other = tmp_path / "save_last"
+    train(compose_train(other, ["logger=wandb", "logger.wandb.log_model=true", "callbacks.model_checkpoint.save_last=true"]))
+    (run,) = (other / "run" / "wandb").glob("offline-run-*")
+    names = [json.loads(r.artifact.metadata)["original_filename"] for r in wandb_records(run) if r.WhichOneof("record_type") == "artifact" and r.artifact.type == "model"]
+    assert names.count("last.ckpt") == 1, names
 
 
 def test_a_run_stopped_by_sigterm_and_resumed_is_one_wandb_run_whose_stop_is_not_a_finish(tmp_path, monkeypatch):

@@ -86,13 +86,14 @@ def stopped_by_sigterm():
         return
 
     def handler(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the clean-up short
         raise Terminated()
 
     previous = signal.signal(signal.SIGTERM, handler)
     try:
         yield
     except Terminated:
-        message = "stopped by SIGTERM; nothing was written"
+        message = "stopped by SIGTERM; the outputs it was writing were removed"
         print(message, file=sys.stderr)
         log_to_files(message)
         sys.exit(143)

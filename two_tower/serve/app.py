@@ -377,7 +377,11 @@ def create_app(
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:  # a bug; Starlette re-raises it for the server log
-        return _error_response(500, f"internal error ({type(exc).__name__}); see the server log")
+        response = _error_response(500, f"internal error ({type(exc).__name__}); see the server log")
+        # Starlette answers this from its outermost middleware, outside the ones that add these to every answer
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        response.headers["Cache-Control"] = "no-store"
+        return response
 
     # --- search ------------------------------------------------------------------------------------
 

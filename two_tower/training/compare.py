@@ -436,10 +436,9 @@ def log_wandb(summary: pd.DataFrame, tests: pd.DataFrame, metric: str, project: 
         run = wandb.init(project=project, job_type="compare", config={"metric": metric}, dir=str(directory) if directory else None)
     except wandb.errors.Error as err:  # e.g. no network: W&B waits for its init_timeout, then raised CommError tracebacks
         from two_tower.core.errors import TrackingError
+        from two_tower.training.wandb_check import start_failure
 
-        first = " ".join(str(getattr(err, "message", None) or err).split())[:300]
-        raise TrackingError(f"--wandb-project {project}: W&B could not start the run: {type(err).__name__}: {first}. Check the network "
-                            "(and WANDB_BASE_URL), or log offline, WANDB_MODE=offline (upload later with `wandb sync`)") from err
+        raise TrackingError(start_failure(err, f"--wandb-project {project}")) from err
     try:
         run.log({"compare/configurations": wandb.Table(dataframe=summary), "compare/tests": wandb.Table(dataframe=tests.astype({c: str for c in tests.columns if tests[c].dtype == bool}))})
     finally:

@@ -255,11 +255,13 @@ def check_sweep_values(cfg: DictConfig, compose: Callable[[list[str]], DictConfi
     """Raise ConfigError, before any job runs, if a value the sweep lists (``data.batch_size=32,-1,16``, a
     ``choice(...)`` of ``hydra.sweeper.params``) makes a job's settings fail ``validate_train_config``: the sweep
     stopped at that job, the ones after it never run. Each listed value is checked once, the other swept settings at
-    their first value (at most ``limit`` values). A ``range(...)`` is checked value by value as a list; an
-    ``interval(LOW, HIGH)`` (what Optuna samples from) at its two ends, both of which it may draw: an end outside the
+    their first value (at most ``limit`` values). A ``range(...)`` is checked value by value as a list, or under Optuna
+    (which draws from it as a distribution, its stop included) at its two ends, as an ``interval(LOW, HIGH)`` (what
+    Optuna samples from) is: both ends may be drawn, and an end outside the
     setting's rule (``encoder.dropout=interval(-0.9, 0.9)``) stopped the sweep at the first trial drawing below 0."""
     params = OmegaConf.select(cfg, "hydra.sweeper.params", default=None, throw_on_missing=False) or {}
     fixed, swept, notes = [], [], {}
+    optuna = "optuna" in str(OmegaConf.select(cfg, "hydra.sweeper._target_", default="", throw_on_missing=False) or "").lower()
     arguments = sweep_arguments(cfg, params)
     on_command_line = {text.split("=", 1)[0] for _, text, from_task in arguments if from_task}
     for override, text, from_task in arguments:
@@ -268,14 +270,17 @@ def check_sweep_values(cfg: DictConfig, compose: Callable[[list[str]], DictConfi
             continue
         if not override.is_sweep_override():
             fixed.append(text)
+        elif override.is_range_sweep() and optuna and not override.value().shuffle:
+            # Optuna draws from range(start, stop, step) as a uniform distribution whose ends are both drawn: the stop
+            # too, which the basic sweeper (and Python's range) leaves out (a review: range(0.5, 1.0, 0.5) drew 1.0)
+            span = override.value()
+            swept.append((key, [repr(span.start), repr(span.stop)]))
+            notes[key] = f" (an end of {key}={value}, which the search may draw)"
         elif override.is_choice_sweep() or override.is_range_sweep():
             swept.append((key, list(override.sweep_string_iterator())))
-        elif override.is_interval_sweep():
+        elif override.is_interval_sweep():  # Hydra gives int(interval(...))'s ends as integers already
             interval = override.value()
-            ends = [interval.start, interval.end]
-            if value.replace(" ", "").startswith("int("):  # int(interval(...)): Optuna draws integers
-                ends = [int(e) for e in ends]
-            swept.append((key, [repr(e) for e in ends]))
+            swept.append((key, [repr(interval.start), repr(interval.end)]))
             notes[key] = f" (an end of {key}={value}, which the search may draw)"
     checked = 0
     for index, (key, values) in enumerate(swept):

@@ -96,8 +96,14 @@ class WandbLogger(_LightningWandbLogger):
     def finalize(self, status: str) -> None:
         if status != "success" or self._experiment is None:  # as Lightning's: checkpoints are logged on success only
             return
-        found = [(*entry, callback) for callback in self._checkpoint_callbacks.values() for entry in _scan_checkpoints(callback, self._logged_model_time)]
-        for written, path, score, _tag, callback in sorted(found, key=lambda item: item[:2]):
+        found: dict[str, tuple] = {}
+        for callback in self._checkpoint_callbacks.values():
+            for written, path, score, _tag in _scan_checkpoints(callback, self._logged_model_time):
+                # one file of two callbacks (model_checkpoint.save_last=true writes last.ckpt too) is logged once, as the
+                # monitoring callback's if it is one of them
+                if path not in found or getattr(callback, "monitor", None) is not None:
+                    found[path] = (written, path, score, callback)
+        for written, path, score, callback in sorted(found.values(), key=lambda item: item[:2]):
             self._log_checkpoint(callback, written, path, score)
 
     @override

@@ -94,9 +94,9 @@ def start_wandb(loggers: list) -> None:
         try:
             logger.experiment  # noqa: B018 (wandb.init, on rank 0)
         except wandb.errors.Error as err:
-            first = " ".join(str(getattr(err, "message", None) or err).split())[:300]
-            raise TrackingError(f"logger=wandb: W&B could not start the run: {type(err).__name__}: {first}. Check the network "
-                                "(and WANDB_BASE_URL), or log offline, WANDB_MODE=offline (upload later with `wandb sync`)") from err
+            from two_tower.training.wandb_check import start_failure
+
+            raise TrackingError(start_failure(err, "logger=wandb")) from err
 
 
 def fill_wandb_group_and_tags(cfg: DictConfig) -> None:

@@ -38,3 +38,11 @@ def wandb_problem(offline: bool = False) -> str | None:
     except wandb.errors.UsageError as err:
         return f"{err.message if hasattr(err, 'message') else err} Or log offline, WANDB_MODE=offline (upload later with `wandb sync`)"
     return None
+
+
+def start_failure(err: Exception, what: str) -> str:
+    """The line for a W&B run that could not start (``wandb.init`` raised ``err``; ``what``: the setting that asked for
+    it): no network, a wrong WANDB_BASE_URL, ... (W&B waited for its init timeout, then raised CommError tracebacks)."""
+    first = " ".join(str(getattr(err, "message", None) or err).split())[:300]
+    return (f"{what}: W&B could not start the run: {type(err).__name__}: {first}. Check the network (and WANDB_BASE_URL), "
+            "or log offline, WANDB_MODE=offline (upload later with `wandb sync`)")
