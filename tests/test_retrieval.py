@@ -539,6 +539,24 @@ def test_search_command_prints_ranked_hits(trained, capsys):
     assert lines[1].split()[0] == "1" and lines[2].split()[0] == "2"
 
 
+def test_search_command_notes_a_query_longer_than_the_query_window(trained, capsys, monkeypatch):
+    """The query tower reads a query's first max_query_len words: a longer query was cut silently (a probe: 40 x a word
+    and 150 more scored exactly as the 40 alone). A note on stderr names it; stdout keeps the results only."""
+    import io
+
+    window = Searcher.load(trained["index"]).encoder.tokenizer.max_query_len
+    long = " ".join(["apple"] * (window + 8))
+    assert search_main([f"index={trained['index']}", long, "k=2"]) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith("query: apple apple") and err == (f"note: the query has {window + 8} words; the query tower reads its first {window} "
+                                                             "(data.tokenizer.max_query_len, fixed when the model was trained)\n")
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(f"apple river\n{long}\n".encode()), encoding="utf-8"))
+    assert search_main([f"index={trained['index']}", "k=2", "format=jsonl"]) == 0
+    out, err = capsys.readouterr()
+    assert len(out.splitlines()) == 2 and err.startswith(f"note: line 2 has {window + 8} words;") and err.count("\n") == 1
+    assert search_main([f"index={trained['index']}", "apple river", "k=2"]) == 0 and capsys.readouterr().err == ""
+
+
 def test_search_command_writes_json_lines_for_scripts(trained, capsys, monkeypatch):
     """format=jsonl: one JSON object a query, the server's answer shape, whole texts; the same hits as the API."""
     import io

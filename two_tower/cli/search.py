@@ -100,6 +100,16 @@ def _print_out(text: str) -> None:
         raise _OutputFailed from err
 
 
+def window_note(searcher: Searcher, query: str, where: str = "the query") -> None:
+    """A line on stderr when ``query`` is longer than the query tower's window (``max_query_len`` words): it reads
+    the first ones only, silently before (BM25 in a hybrid folder reads them all)."""
+    tokenizer = searcher.encoder.tokenizer
+    words = len(tokenizer.split(query))
+    if words > tokenizer.max_query_len:
+        print(f"note: {where} has {words} words; the query tower reads its first {tokenizer.max_query_len} "
+              f"(data.tokenizer.max_query_len, fixed when the model was trained)", file=sys.stderr)
+
+
 def _main(argv: list[str] | None) -> int:
     overrides, words, interactive, raw_query = split_arguments(sys.argv[1:] if argv is None else argv)
     message = search_override_error("search", overrides)
@@ -133,6 +143,7 @@ def _main(argv: list[str] | None) -> int:
         searcher = Searcher.load(cfg.index, checkpoint=cfg.ckpt, search_params=cfg.search_params, prf=prf, hybrid=cfg.hybrid, rerank=rerank)
         if query is not None:
             _print_out(render(query, searcher.search([query], cfg.k)[0], cfg))
+            window_note(searcher, query)
             return 0
     except TwoTowerError as err:
         return report(err)
@@ -177,6 +188,7 @@ def _interactive(searcher: Searcher, cfg) -> int:
             print(f"error: {err}", file=sys.stderr)
             continue
         _print_out(render(query, searcher.search([query], cfg.k)[0], cfg))
+        window_note(searcher, query)
 
 
 def _batches(searcher: Searcher, cfg, lines) -> int:
@@ -210,6 +222,7 @@ def _batches(searcher: Searcher, cfg, lines) -> int:
             print(f"error: {err}; skipped", file=sys.stderr)
             status = 1
             continue
+        window_note(searcher, query, f"line {number}")
         batch.append((number, query))
         searched += 1
         if len(batch) == cfg.batch_size:
