@@ -340,6 +340,17 @@ def test_only_the_best_checkpoint_by_the_optimized_metric_is_aliased_best(tmp_pa
     assert names.count("last.ckpt") == 1, names
 
 
+def test_an_explicit_wandb_id_is_recorded_so_a_resume_without_it_logs_to_the_same_run(tmp_path):
+    """An explicit logger.wandb.id was not written to wandb/run_id, so a resume that left it out drew a new id: a second
+    W&B run of the job (a review)."""
+    from two_tower.training.tracking import fill_wandb_run_id
+
+    assert fill_wandb_run_id(compose_train(tmp_path, ["logger=wandb", "logger.wandb.id=chosen1"]), resuming=False) == "chosen1"
+    assert (tmp_path / "run" / "wandb" / "run_id").read_text().strip() == "chosen1"
+    resumed = compose_train(tmp_path, ["logger=wandb", "ckpt_path=last"])
+    assert fill_wandb_run_id(resumed, resuming=True) == "chosen1" and resumed.logger.wandb.id == "chosen1"
+
+
 def test_a_run_stopped_by_sigterm_and_resumed_is_one_wandb_run_whose_stop_is_not_a_finish(tmp_path, monkeypatch):
     """A run stopped by SIGTERM and resumed with ckpt_path=last made two W&B runs in its group (epoch 0 in one, the
     rest in the other), and the stopped one's exit record said 0, as a finished run's. Now the run folder records its

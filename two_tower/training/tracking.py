@@ -116,7 +116,7 @@ RUN_ID_FILE = Path("wandb") / "run_id"
 
 
 def fill_wandb_run_id(cfg: DictConfig, resuming: bool) -> str | None:
-    """Set ``logger.wandb.id`` when it is null (an explicit id wins): a resumed run (``ckpt_path``, or a requeued job)
+    """Set ``logger.wandb.id`` when it is null (an explicit id wins, and is recorded): a resumed run (``ckpt_path``, or a requeued job)
     takes the id its run folder recorded (``<output_dir>/wandb/run_id``), so it goes on logging to the W&B run the
     stopped one started, where it had made a second run of the job in the group (epoch 0 in one, the rest in the
     other); a new run draws a new id and records it there (rank 0 writes it). Returns the id, or None without W&B."""
@@ -130,10 +130,18 @@ def fill_wandb_run_id(cfg: DictConfig, resuming: bool) -> str | None:
     wandb_cfg = (cfg.get("logger") or {}).get("wandb")
     if not isinstance(wandb_cfg, DictConfig):
         return None
-    if wandb_cfg.get("id"):
-        return str(wandb_cfg.id)
     path = Path(cfg.paths.output_dir) / RUN_ID_FILE
-    run_id = None
+    run_id = str(wandb_cfg.id) if wandb_cfg.get("id") else None
+    if run_id is not None:  # recorded too, so a resume that leaves the id out logs to the same W&B run
+        try:
+            recorded = path.read_text().strip()
+        except OSError:
+            recorded = None
+        if recorded != run_id and getattr(rank_zero_only, "rank", 0) == 0:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_write(path, "w") as f:
+                f.write(run_id + "\n")
+        return run_id
     if resuming:
         try:
             run_id = path.read_text().strip() or None
