@@ -555,6 +555,9 @@ def test_search_command_notes_a_query_longer_than_the_query_window(trained, caps
     out, err = capsys.readouterr()
     assert len(out.splitlines()) == 2 and err.startswith(f"note: line 2 has {window + 8} words;") and err.count("\n") == 1
     assert search_main([f"index={trained['index']}", "apple river", "k=2"]) == 0 and capsys.readouterr().err == ""
+    # the text output's query line is cut as the passages are (max_chars), not echoed whole
+    assert search_main([f"index={trained['index']}", long, "k=1", "max_chars=20"]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == "query: apple apple apple..."
 
 
 def test_search_command_writes_json_lines_for_scripts(trained, capsys, monkeypatch):

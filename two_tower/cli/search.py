@@ -60,14 +60,18 @@ def render(query: str, hits: list[Hit], cfg) -> str:
     return format_results(query, hits, cfg.max_chars)
 
 
+def cut(text: str, max_chars: int) -> str:
+    """``text`` in at most ``max_chars`` characters (0: whole), cut with "..." where there is room for it (max_chars=1
+    took [:-2], nearly the whole text)."""
+    if not max_chars or len(text) <= max_chars:
+        return text
+    return text[: max_chars - 3] + "..." if max_chars > 3 else text[:max_chars]
+
+
 def format_results(query: str, hits: list[Hit], max_chars: int) -> str:
-    lines = [f"query: {query}"]
+    lines = [f"query: {cut(query, max_chars)}"]  # a 20,000-word query was echoed whole (a probe)
     for rank, hit in enumerate(hits, start=1):
-        if not max_chars or len(hit.text) <= max_chars:
-            text = hit.text
-        else:  # cut with "..." where there is room for it (max_chars=1 took [:-2], nearly the whole text)
-            text = hit.text[: max_chars - 3] + "..." if max_chars > 3 else hit.text[:max_chars]
-        lines.append(f"{rank:3d}  {hit.score:.4f}  [{hit.id}]  {text}")
+        lines.append(f"{rank:3d}  {hit.score:.4f}  [{hit.id}]  {cut(hit.text, max_chars)}")
     return "\n".join(lines)
 
 
