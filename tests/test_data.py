@@ -5,6 +5,7 @@ import logging
 import re
 
 import datasets
+import pyarrow.parquet as pq
 import numpy as np
 import pytest
 
@@ -129,6 +130,49 @@ def test_a_shard_replaced_by_another_with_the_same_mtime_is_read_again(tmp_path)
     second = msmarco.load_split("train", str(folder))
     assert (len(first), len(second)) == (10, 6) and second[0]["query"] == make_rows(6, seed=2)[0]["query"]
     assert second._fingerprint != first._fingerprint
+
+
+def test_a_shard_edited_in_place_with_the_same_size_and_mtime_is_read_again(tmp_path):
+    """The same row count and size too (a probe: an uncompressed shard edited in place, touch -r): datasets' cache,
+    keyed by path and mtime, gave the old rows even after TWO_TOWER_CACHE was cleared. Its cache now sits in a
+    folder named by the shards' bytes, which is also the split's fingerprint."""
+    import os
+
+    import pyarrow as pa
+
+    folder = tmp_path / "marco"
+    folder.mkdir()
+    shard = folder / "train-00000-of-00001.parquet"
+    rows = make_rows(8, seed=1)
+    rows[0]["query"] = "what is a marathon"
+    pq.write_table(pa.Table.from_pylist(rows), shard, compression="none", use_dictionary=False)
+    stamp, size = shard.stat().st_mtime_ns, shard.stat().st_size
+    first = msmarco.load_split("train", str(folder))
+    data = shard.read_bytes()
+    assert data.count(b"what is a marathon") >= 1  # the value, and the column statistics
+    shard.write_bytes(data.replace(b"what is a marathon", b"zqzq is a marathon"))
+    os.utime(shard, ns=(stamp, stamp))
+    assert shard.stat().st_size == size
+    second = msmarco.load_split("train", str(folder))
+    assert first[0]["query"] == "what is a marathon" and second[0]["query"] == "zqzq is a marathon"
+    assert second._fingerprint != first._fingerprint
+
+
+def test_a_split_reads_its_own_shards_only_and_leaves_out_empty_ones(tmp_path, caplog):
+    """train* read train_heldout-*.parquet into train, and val* read validation-* into val (a probe); a 0-row shard
+    made datasets fail on every file ('BatchSize must be greater than 0')."""
+    folder = tmp_path / "marco"
+    folder.mkdir()
+    datasets.Dataset.from_list(make_rows(5, seed=1)).to_parquet(str(folder / "train-00000-of-00002.parquet"))
+    datasets.Dataset.from_list(make_rows(3, seed=2)).to_parquet(str(folder / "train_heldout-00000-of-00001.parquet"))
+    datasets.Dataset.from_list(make_rows(4, seed=3)).to_parquet(str(folder / "val-00000-of-00001.parquet"))
+    datasets.Dataset.from_list(make_rows(2, seed=4)).to_parquet(str(folder / "validation-00000-of-00001.parquet"))
+    pq.write_table(pq.read_table(folder / "train-00000-of-00002.parquet").slice(0, 0), folder / "train-00001-of-00002.parquet")
+    with caplog.at_level("WARNING"):
+        assert len(msmarco.load_split("train", str(folder))) == 5
+    assert "1 shard(s) of the 'train' split hold no rows, left out: train-00001-of-00002.parquet" in caplog.text
+    assert len(msmarco.load_split("train_heldout", str(folder))) == 3
+    assert (len(msmarco.load_split("val", str(folder))), len(msmarco.load_split("validation", str(folder)))) == (4, 2)
 
 
 def test_parquet_shards_of_one_split_must_share_a_schema(tmp_path):

@@ -140,6 +140,25 @@ def test_mining_is_cached(tmp_path, monkeypatch, caplog):
     assert "cache hit" in caplog.text and len(again.pool) == dm.train.num_queries
 
 
+def test_a_passage_edited_past_the_token_window_is_mined_again(tmp_path, caplog):
+    """The pool's cache key hashed the split's tokens, which stop at max_passage_len, while BM25 and the near-duplicate
+    check read whole texts: a passage edited past the window kept the pool mined from its old text (a probe)."""
+    import dataclasses
+
+    from two_tower.negatives.mining import split_fingerprint
+
+    dm = prepared(tmp_path)
+    texts = list(dm.train.passage_texts)
+    texts[3] = texts[3] + " " + " ".join(["tail"] * 500)  # past any window: the tokens are unchanged
+    edited = dataclasses.replace(dm.train, passage_texts=texts)
+    assert np.array_equal(edited.passage_tokens.values, dm.train.passage_tokens.values)
+    assert split_fingerprint(edited) != split_fingerprint(dm.train)
+    BM25Negatives(per_query=1, cache_dir=str(tmp_path / "cache")).prepare(dm.train)
+    with caplog.at_level(logging.INFO):
+        BM25Negatives(per_query=1, cache_dir=str(tmp_path / "cache")).prepare(edited)
+    assert "Mined bm25 negatives" in caplog.text and "cache hit" not in caplog.text
+
+
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tiny_run):
     return tiny_run["ckpt"]

@@ -7,7 +7,6 @@ A v1.1 row has a ``query`` string and ``passages`` = {``passage_text``: [...], `
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import socket
@@ -80,8 +79,10 @@ def local_split_files(path: str | os.PathLike, split: str) -> list[Path]:
     if root.is_file():
         files = [root]
     else:
+        # {split}-* only, as has_local_split and the docs say: {split}* also read train_heldout-*.parquet into train
+        # and val-* beside validation-* into val (a probe)
         files = sorted(
-            f for f in root.rglob(f"{split}*") if f.is_file() and f.suffix in LOCAL_EXTENSIONS
+            f for f in root.rglob(f"{split}-*") if f.is_file() and f.suffix in LOCAL_EXTENSIONS
         )
         if not files:
             found = sorted(p.name for p in root.iterdir())[:10]
@@ -94,6 +95,17 @@ def local_split_files(path: str | os.PathLike, split: str) -> list[Path]:
             log.warning("data.path=%s: the '%s' split's %d files are in %d folders (%s), all read as one split: %s", root, split,
                         len(files), len(folders), ", ".join(folders), ", ".join(str(f.relative_to(root)) for f in files[:6]))
     return files
+
+
+def content_digest(files: list[Path], block: int = 1 << 22) -> str:
+    """A hash of the files' names and bytes (16 hex digits): what a local split's rows are (~1 s a GB)."""
+    digest = hashlib.blake2b(digest_size=8)
+    for f in files:
+        digest.update(f.name.encode() + b"\0")
+        with open(f, "rb") as handle:
+            while chunk := handle.read(block):
+                digest.update(chunk)
+    return digest.hexdigest()
 
 
 def load_local_split(path: str | os.PathLike, split: str) -> datasets.Dataset:
@@ -113,14 +125,24 @@ def load_local_split(path: str | os.PathLike, split: str) -> datasets.Dataset:
             ds = JsonlRows.read(files)
             columns = ds.columns()
         else:
-            ds = datasets.load_dataset(kind, data_files=[str(f) for f in files], split="train")
-            expected = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
-            if ds.num_rows != expected:  # datasets keys its cache by path and mtime: another file with the same ones
-                log.warning("The datasets cache held %d rows for %s, the files hold %d: reading them again", ds.num_rows, Path(path).expanduser(), expected)
-                ds = datasets.load_dataset(kind, data_files=[str(f) for f in files], split="train", download_mode="force_redownload", verification_mode="no_checks")
-            # What identifies the data in this project's caches: datasets' fingerprint (paths, mtimes) and the sizes.
-            sizes = [(f.name, f.stat().st_size) for f in files]
-            ds._fingerprint = hashlib.sha1(json.dumps([ds._fingerprint, sizes]).encode()).hexdigest()[:16]
+            rows = {f: pq.ParquetFile(f).metadata.num_rows for f in files}
+            empty = [f for f, n in rows.items() if n == 0]
+            if empty:  # datasets fails on a 0-row shard ("BatchSize must be greater than 0") and names every file
+                log.warning("data.path=%s: %d shard(s) of the '%s' split hold no rows, left out: %s", Path(path).expanduser(), len(empty), split,
+                            ", ".join(f.name for f in empty[:5]))
+                files = [f for f in files if rows[f]]
+                if not files:
+                    raise DataSourceError(f"data.path={Path(path).expanduser()}: every shard of the '{split}' split holds no rows")
+            # datasets keys its own cache by path and mtime, so a shard rewritten with the same mtime (a copy with
+            # preserved times, touch -r) was read as its old rows, whatever this project's cache held. Its cache is
+            # put in a folder named by the shards' content, which also identifies the data in this project's caches.
+            digest = content_digest(files)
+            ds = datasets.load_dataset(kind, data_files=[str(f) for f in files], split="train",
+                                       cache_dir=str(Path(datasets.config.HF_DATASETS_CACHE) / "two_tower_local" / digest))
+            expected = sum(rows[f] for f in files)
+            if ds.num_rows != expected:
+                raise DataSourceError(f"{Path(path).expanduser()}: datasets read {ds.num_rows} rows of the '{split}' split, the files hold {expected}")
+            ds._fingerprint = digest
             columns = ds.column_names
     except Exception as err:
         raise DataSourceError(f"Could not read {[str(f) for f in files]}: {type(err).__name__}: {err}") from err

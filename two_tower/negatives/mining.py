@@ -28,9 +28,16 @@ log = logging.getLogger(__name__)
 
 
 def split_fingerprint(split: PreparedSplit) -> str:
+    """What mined negatives depend on: the split's tokens and positives, and its texts, which BM25 and the
+    near-duplicate check read whole (the tokens stop at max_passage_len: a passage edited past it kept a pool
+    mined from the old text, a probe)."""
     digest = hashlib.sha1()
     for array in (split.passage_tokens.values, split.passage_tokens.offsets, split.query_tokens.values, split.positives.values, split.positives.offsets):
         digest.update(np.ascontiguousarray(array).tobytes())
+    for texts in (split.passage_texts, split.query_texts):
+        for text in texts:
+            digest.update(text.encode("utf-8", "surrogatepass") + b"\0")
+        digest.update(b"\1")
     return digest.hexdigest()[:16]
 
 
