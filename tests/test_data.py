@@ -71,6 +71,22 @@ def test_a_query_whose_first_row_is_unusable_keeps_its_later_usable_row_and_the_
     assert report.first == {"empty_query": "row 2", "not_json": "train-0.jsonl line 4", "duplicate_query_id": "row 5"}
 
 
+def test_a_row_repeated_without_a_query_id_is_skipped_and_ids_are_compared_as_text():
+    """Rows without a query_id were never compared: a shard copied twice kept every query twice (each counted twice in
+    every metric); a jsonl writing one id as 123 and as "123" kept both (a probe)."""
+    rows = make_rows(4, seed=5)
+    for row in rows:
+        row.pop("query_id", None)
+    other = copy.deepcopy(rows[1])
+    other["passages"]["is_selected"] = other["passages"]["is_selected"][::-1]  # the same query, other labels: kept
+    kept, report = msmarco.validate_rows([*rows, *copy.deepcopy(rows), other], "validation", for_training=False)
+    assert len(kept) == 5 and dict(report.skipped) == {"duplicate_row": 4} and report.first["duplicate_row"] == "row 5"
+    numbered = make_rows(2, seed=6)
+    numbered[0]["query_id"], numbered[1]["query_id"] = 123, "123"
+    kept, report = msmarco.validate_rows(numbered, "train")
+    assert len(kept) == 1 and dict(report.skipped) == {"duplicate_query_id": 1}
+
+
 def test_evaluation_split_keeps_corpus_only_rows():
     good = make_rows(3, seed=2)
     bad = bad_rows(good[0])

@@ -287,16 +287,25 @@ def validate_rows(rows, split: str, for_training: bool = True) -> tuple[list[Cle
     report = ValidationReport(split)
     kept: list[CleanRow] = []
     seen: set = set()
+    seen_rows: set[int] = set()  # hashes of kept rows without a query_id (this process only)
     for row in rows:
         report.total += 1
         # A query_id seen before in the split is the same query again (it would count twice in every metric).
         # Only kept rows count as seen: a later usable row of a query whose first row was unusable is kept.
+        # 123 and "123" are one id (a jsonl may write both).
         query_id = row.get("query_id") if isinstance(row, dict) else None
         identified = isinstance(query_id, (int, str)) and not isinstance(query_id, bool)
-        if identified and query_id in seen:
+        if identified and str(query_id) in seen:
             report.skip("duplicate_query_id", row)
             continue
         clean, reason = check_row(row)
+        if clean is not None and not identified:
+            # Without a query_id, a row equal to a kept one (query, passages, labels) is the same row again: a shard
+            # copied twice counted every query twice in every metric (a probe)
+            fingerprint = hash((clean.query, tuple(clean.passages), tuple(clean.selected)))
+            if fingerprint in seen_rows:
+                report.skip("duplicate_row", row)
+                continue
         keep = clean is not None and (reason is None or (not for_training and reason in CORPUS_ONLY_REASONS))
         if reason is not None:
             if keep:
@@ -306,7 +315,9 @@ def validate_rows(rows, split: str, for_training: bool = True) -> tuple[list[Cle
         if keep:
             kept.append(clean)
             if identified:
-                seen.add(query_id)
+                seen.add(str(query_id))
+            else:
+                seen_rows.add(fingerprint)
     report.kept = len(kept)
     if not kept or not any(any(r.selected) for r in kept):
         raise DataSourceError(
