@@ -303,12 +303,18 @@ def test_validation_queries_repeating_training_queries_are_a_warning_except_synt
     train = make_rows(30, seed=4)
     val = make_rows(10, seed=5)
     val[0]["query"], val[1]["query"] = train[3]["query"].upper(), "  " + train[7]["query"]  # case and spaces ignored
+    val[2]["passages"]["passage_text"][0] = train[5]["passages"]["passage_text"][1]  # a training passage in validation
     folder = write_shards(tmp_path / "marco", {"train": train, "validation": val})
     dm = TwoTowerDataModule(RandomEmbeddings(dim=8), InBatchNegatives(), path=str(folder), cache_dir=str(tmp_path / "cache"))
     with caplog.at_level("INFO"):
         dm.setup("fit")
     assert dm.val_train_overlap == 2
     assert [r.levelname for r in caplog.records if "also appear in the training split" in r.message] == ["WARNING"]
+    # passages shared with training are said in an info line (a probe: nothing said so; marco7k shares 4,905 of 5,054)
+    shared = [r.getMessage() for r in caplog.records if "validation passages are training passages too" in r.getMessage()]
+    expected = sum(t in set(dm.train.passage_texts) for t in dm.val.passage_texts)
+    assert dm.check_passage_overlap() == expected
+    assert expected >= 1 and len(shared) == 1 and shared[0].startswith(f"{expected} of {dm.val.num_passages} validation passages")
     caplog.clear()
     synthetic = TwoTowerDataModule(RandomEmbeddings(dim=8), InBatchNegatives(), synthetic_rows={"train_rows": 2000, "val_rows": 300, "num_topics": 200, "seed": 0}, cache_dir=str(tmp_path / "cache"))
     with caplog.at_level("INFO"):  # data=synthetic's sizes

@@ -196,7 +196,21 @@ class TwoTowerDataModule(L.LightningDataModule):
                 "%d of %d validation queries also appear in the training split (leakage: their metrics measure "
                 "memorisation); remove them from one of the splits", self.val_train_overlap, self.val.num_queries,
             )
+        self.check_passage_overlap()
         return self.val_train_overlap
+
+    def check_passage_overlap(self) -> int:
+        """Say (an info line, not leakage: MS MARCO's candidate lists share passages across queries) how many
+        validation passages are training passages too, and how many of the validation's selected ones: training has
+        seen those texts, as candidates of other queries. Returns the first count."""
+        train = set(self.train.passage_texts)
+        shared = sum(text in train for text in self.val.passage_texts)
+        if shared and self.synthetic_rows is None:
+            selected = np.unique(self.val.positives.values)
+            shared_selected = sum(self.val.passage_texts[i] in train for i in selected)
+            log.info("%d of %d validation passages are training passages too, %d of the %d the validation queries select "
+                     "(as other queries' candidates: training has seen them)", shared, self.val.num_passages, shared_selected, len(selected))
+        return shared
 
     # ------------------------------------------------------------------ building the cache
     def _build_cache(self, raw, key: str) -> None:
