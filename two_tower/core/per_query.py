@@ -19,6 +19,8 @@ QUERY_COLUMNS = ("qid", "query")
 # Written beside a run's tables when training ended (not killed, not still running): validation tables
 # exist after the first epoch, so only this tells a finished run's from an interrupted one's.
 FIT_ENDED = "fit_ended.json"
+# A run's per-query tables, by stage: the test split (scored once), the best validation, the latest validation.
+STAGE_FILES = {"test": "test.parquet", "val": "val_best.parquet", "val_last": "val_last.parquet"}
 # Columns that describe the row, not a metric of it (constants such as the epoch or the checkpoint scored).
 NOT_METRICS = (*QUERY_COLUMNS, "epoch", "checkpoint")
 

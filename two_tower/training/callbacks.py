@@ -229,7 +229,7 @@ class PerQueryWriter(L.Callback):
             return
         from two_tower.core import per_query
 
-        per_query.write(table, self.dirpath / "val_last.parquet")
+        per_query.write(table, self.dirpath / per_query.STAGE_FILES["val_last"])
         logged = trainer.callback_metrics.get(f"{self.stage}/{self.metric}")
         if self.stage == "val" and logged is not None:
             # The logged (float32) value, compared as ModelCheckpoint compares it: strictly better, so on a tie
@@ -237,7 +237,7 @@ class PerQueryWriter(L.Callback):
             score = self.sign * float(logged)
             if self.best is None or score > self.best:
                 self.best = score
-                per_query.write(table, self.dirpath / "val_best.parquet")
+                per_query.write(table, self.dirpath / per_query.STAGE_FILES["val"])
 
     def on_fit_start(self, trainer, pl_module):
         if trainer.is_global_zero:  # a finished run resumed to train on is unfinished again until it ends
@@ -260,7 +260,7 @@ class PerQueryWriter(L.Callback):
         if table is not None:
             from two_tower.core import per_query
 
-            per_query.write(table, self.dirpath / "test.parquet")
+            per_query.write(table, self.dirpath / per_query.STAGE_FILES["test"])
 
     def state_dict(self) -> dict:
         return {"best": self.best}

@@ -47,7 +47,7 @@ from two_tower.core.errors import CompareError
 
 log = logging.getLogger(__name__)
 
-STAGE_FILES = {"test": "test.parquet", "val": "val_best.parquet", "val_last": "val_last.parquet"}
+STAGE_FILES = per_query.STAGE_FILES
 
 
 @dataclass

@@ -212,13 +212,18 @@ def check_launcher(cfg: DictConfig) -> None:
                           "must be a whole number >= 1 (e.g. trainer.devices=4)")
 
 
+def optuna_sweep(cfg: DictConfig) -> bool:
+    """Whether the multirun's sweeper is Optuna's (``hparams_search=optuna``), which draws values from distributions."""
+    return "optuna" in str(OmegaConf.select(cfg, "hydra.sweeper._target_", default="", throw_on_missing=False) or "").lower()
+
+
 def check_optimising_sweep(cfg: DictConfig) -> None:
     """Raise ConfigError, before any trial, for a sweep whose sweeper optimises a value no trial can give: an Optuna
     sweep of ``n_trials`` < 1, or with ``trainer.limit_val_batches=0`` (no validation, so no ``optimized_metric``:
     every trial failed and the sweep ended in Optuna's "No trials are completed yet" traceback)."""
-    sweeper = OmegaConf.select(cfg, "hydra.sweeper", default=None, throw_on_missing=False)
-    if sweeper is None or "optuna" not in str(sweeper.get("_target_", "")).lower():
+    if not optuna_sweep(cfg):
         return
+    sweeper = cfg.hydra.sweeper
     trials = sweeper.get("n_trials")
     if not isinstance(trials, int) or isinstance(trials, bool) or trials < 1:
         raise ConfigError(f"hydra.sweeper.n_trials={trials!r}: must be an integer >= 1 (the trials the search runs)")
@@ -261,7 +266,7 @@ def check_sweep_values(cfg: DictConfig, compose: Callable[[list[str]], DictConfi
     setting's rule (``encoder.dropout=interval(-0.9, 0.9)``) stopped the sweep at the first trial drawing below 0."""
     params = OmegaConf.select(cfg, "hydra.sweeper.params", default=None, throw_on_missing=False) or {}
     fixed, swept, notes = [], [], {}
-    optuna = "optuna" in str(OmegaConf.select(cfg, "hydra.sweeper._target_", default="", throw_on_missing=False) or "").lower()
+    optuna = optuna_sweep(cfg)
     arguments = sweep_arguments(cfg, params)
     on_command_line = {text.split("=", 1)[0] for _, text, from_task in arguments if from_task}
     for override, text, from_task in arguments:

@@ -18,7 +18,7 @@ from two_tower.core.atomic import check_writable, sweep_stale_temps
 from two_tower.core.cache import check_cache_root
 from two_tower.core.threads import set_threads
 from two_tower.retrieval.checkpoint import load_problem
-from two_tower.core import run_record
+from two_tower.core import per_query, run_record
 from two_tower.training.callbacks import CheckpointOnStop
 from two_tower.training.config import validate_train_config
 from two_tower.training.loggers import ResumableCSVLogger
@@ -195,26 +195,24 @@ def _shown(value) -> str:
     return "(not set)" if value is NOT_SET else repr(value)
 
 
-def ended_run_best(path: str, state: dict, metric: str | None) -> tuple[bool, float | None]:
-    """(whether the checkpoint is that of a run whose training had ended, its best validation ``metric``). Ended means the
-    run folder's ``per_query/fit_ended.json`` records this checkpoint's step: a run stopped in its last epoch
-    (SIGTERM in its last validation, or while scoring the test split) has trained every epoch but not ended, and
-    its resume goes on to the end. Resumed, an ended run trains nothing (Lightning returns at once). ``state``: the
-    checkpoint at ``path``."""
+def run_tables(path: str) -> Path:
+    """The per-query tables folder of the run whose checkpoint ``path`` is (``<run>/checkpoints/X.ckpt``)."""
+    return Path(path).parent.parent / "per_query"
+
+
+def run_had_ended(path: str, state: dict) -> bool:
+    """Whether the checkpoint is that of a run whose training had ended: the run folder's ``per_query/fit_ended.json``
+    records this checkpoint's step. A run stopped in its last epoch (SIGTERM in its last validation, or while scoring
+    the test split) has trained every epoch but not ended, and its resume goes on to the end. Resumed, an ended run
+    trains nothing (Lightning returns at once); its best validation value comes back with the checkpoint callback's
+    restored state (``report_best_validation``). ``state``: the checkpoint at ``path``."""
     import json
 
-    from two_tower.core import per_query
-
-    marker = Path(path).parent.parent / "per_query" / per_query.FIT_ENDED
+    marker = run_tables(path) / per_query.FIT_ENDED
     try:
-        ended = json.loads(marker.read_text()).get("global_step") == state.get("global_step")
+        return json.loads(marker.read_text()).get("global_step") == state.get("global_step")
     except (OSError, ValueError, AttributeError):
-        ended = False
-    # the monitoring checkpoint callback's best score (its score of the last validation is not in last.ckpt, written
-    # before that callback saw it)
-    scores = [entry.get("best_model_score") for key, entry in (state.get("callbacks") or {}).items()
-              if key.startswith("ModelCheckpoint") and isinstance(entry, dict) and entry.get("monitor") == metric]
-    return ended, next((float(score) for score in scores if score is not None), None)
+        return False
 
 
 def check_resume_checkpoint(path: str, state: dict, tokenizer, processes: int | None = None, max_epochs: int | None = None) -> None:
@@ -306,11 +304,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
         L.seed_everything(cfg.seed, workers=True)
         start = time.perf_counter()
         ckpt_path = resolve_ckpt_path(cfg)
-        ended, ended_best = False, None
+        ended = False
         if ckpt_path:
             state = read_resume_checkpoint(ckpt_path)  # memory-mapped, read once for the checks below
             check_resume_settings(ckpt_path, state, cfg)
-            ended, ended_best = ended_run_best(ckpt_path, state, cfg.get("optimized_metric"))
+            ended = run_had_ended(ckpt_path, state)
             if ended:  # e.g. a job of a sweep resumed with ckpt_path=last that had ended before the stop
                 log.info("ckpt_path=%s: this run had ended: nothing is left to train (trainer.max_epochs=%s); its %s is its best "
                          "validation's", ckpt_path, cfg.trainer.get("max_epochs"), cfg.get("optimized_metric"))
@@ -359,7 +357,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         logger.log_hyperparams({**OmegaConf.to_container(cfg, resolve=True), **({"config_key": key} if key else {})})
     # A run that had ended and scored its test split is done: resumed, it logs nothing again (its training time
     # and test figures stay as logged). One stopped while scoring the test split scores it now.
-    done = ended and (datamodule.test is None or (Path(ckpt_path).parent.parent / "per_query" / "test.parquet").is_file())
+    done = ended and (datamodule.test is None or (run_tables(ckpt_path) / per_query.STAGE_FILES["test"]).is_file())
     if ckpt_path and not done:
         for logger in loggers:
             if isinstance(logger, ResumableCSVLogger):
@@ -390,9 +388,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     # scoring its test split loses that row when the test rows are logged again: missing, not replaced by ~0 s).
     if not ended:
         metrics["time/train_seconds"] = time.perf_counter() - start
-    for logger in loggers:
-        if not ended:
+        for logger in loggers:
             logger.log_metrics({"time/train_seconds": metrics["time/train_seconds"]}, step=trainer.global_step)
+    for logger in loggers:
         logger.save()
     checkpoint = trainer.checkpoint_callback
     if checkpoint is not None and checkpoint.best_model_path:
@@ -406,9 +404,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         log.warning("Stopped by SIGTERM while scoring the test split: training had ended. Resume with the same command plus "
                     "ckpt_path=last to score it")
         raise SystemExit(143) from None
-    if ckpt_path and cfg.optimized_metric not in metrics and ended_best is not None:  # no validation left to run
-        metrics[cfg.optimized_metric] = ended_best  # what a sweeper optimises: the ended run's best validation value
-    elif cfg.optimized_metric not in metrics and cfg.trainer.get("limit_val_batches") != 0:
+    if cfg.optimized_metric not in metrics and cfg.trainer.get("limit_val_batches") != 0:
         # e.g. trainer.max_steps reached inside the first epoch: nothing was validated, nothing chosen
         log.warning("Training ended before any validation (step %d): no %s to report, optimise or choose a checkpoint by; "
                     "let it run to an epoch's end (trainer.max_steps, trainer.max_epochs)", trainer.global_step, cfg.optimized_metric)
