@@ -14,6 +14,7 @@ from two_tower.cli.common import command_settings, compose, drop_stdout, hydra_e
 from two_tower.core.checks import check_config
 from two_tower.core.errors import EmptyQueryError, TwoTowerError
 from two_tower.core.threads import set_threads
+from two_tower.data.tokenizer import WindowCount
 from two_tower.retrieval.maxsim import MaxSimRerank
 from two_tower.retrieval.corpus import not_utf8
 from two_tower.retrieval.index import check_k
@@ -108,10 +109,11 @@ def window_note(searcher: Searcher, query: str, where: str = "the query") -> Non
     """A line on stderr when ``query`` is longer than the query tower's window (``max_query_len`` words): it reads
     the first ones only, silently before (BM25 in a hybrid folder reads them all)."""
     tokenizer = searcher.encoder.tokenizer
+    window = WindowCount.of_queries(tokenizer)
     words = len(tokenizer.split(query))
-    if words > tokenizer.max_query_len:
-        print(f"note: {where} has {words} words; the query tower reads its first {tokenizer.max_query_len} "
-              f"(data.tokenizer.max_query_len, fixed when the model was trained)", file=sys.stderr)
+    if words > window.max_len:
+        print(f"note: {where} has {words} words; the query tower reads its first {window.max_len} "
+              f"({window.setting}, fixed when the model was trained)", file=sys.stderr)
 
 
 def _main(argv: list[str] | None) -> int:

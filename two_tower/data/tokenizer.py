@@ -265,6 +265,14 @@ class WindowCount:
         self.max_len, self.setting = max_len, setting
         self.texts = self.full = 0
 
+    @classmethod
+    def of_passages(cls, tokenizer: "Tokenizer") -> "WindowCount":
+        return cls(tokenizer.max_passage_len, "data.tokenizer.max_passage_len")
+
+    @classmethod
+    def of_queries(cls, tokenizer: "Tokenizer") -> "WindowCount":
+        return cls(tokenizer.max_query_len, "data.tokenizer.max_query_len")
+
     def add(self, lengths: np.ndarray) -> None:
         self.texts += len(lengths)
         self.full += int(np.count_nonzero(np.asarray(lengths) >= self.max_len))

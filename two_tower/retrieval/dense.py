@@ -50,9 +50,8 @@ class DenseRetriever(SplitRetriever):
             "passages": tokenizer.id_ranges(passage_tokens.values),
         }
         log.info("Token ranges (share of tokens in the training vocabulary / extension / hashed): %s", {k: {r: round(v, 4) for r, v in d.items()} for k, d in self.token_ranges.items()})
-        for what, tokens, max_len, setting, rows in (("passages", passage_tokens, tokenizer.max_passage_len, "data.tokenizer.max_passage_len", slice(None)),
-                                                     ("queries", query_tokens, tokenizer.max_query_len, "data.tokenizer.max_query_len", evaluated)):
-            window = WindowCount(max_len, setting)
+        for what, tokens, window, rows in (("passages", passage_tokens, WindowCount.of_passages(tokenizer), slice(None)),
+                                           ("queries", query_tokens, WindowCount.of_queries(tokenizer), evaluated)):
             window.add(tokens.lengths[rows])
             window.log(log, what)
         # The bag-of-words path weighs terms by their IDF over this split's passages, as validation does.

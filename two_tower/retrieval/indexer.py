@@ -158,7 +158,7 @@ def build_index(cfg: DictConfig) -> Path:
         len(texts),
         dim,
         lambda rows: encode_passages(module, [texts[r] for r in rows], cfg.batch_size, chunk, statistics),
-        encoded_chunks(module, texts, cfg.batch_size, chunk, statistics, window=(window := WindowCount(module.tokenizer.max_passage_len, "data.tokenizer.max_passage_len"))),
+        encoded_chunks(module, texts, cfg.batch_size, chunk, statistics, window=(window := WindowCount.of_passages(module.tokenizer))),
         cfg.index.factory,
         cfg.index.train_size,
         cfg.index.search_params,

@@ -20,7 +20,7 @@ import torch
 from omegaconf import DictConfig, open_dict
 
 from two_tower.core.errors import ConfigError, TrackingError
-from two_tower.training.wandb_check import wandb_problem
+from two_tower.training.wandb_check import start_failure, wandb_problem
 
 log = logging.getLogger(__name__)
 
@@ -94,8 +94,6 @@ def start_wandb(loggers: list) -> None:
         try:
             logger.experiment  # noqa: B018 (wandb.init, on rank 0)
         except wandb.errors.Error as err:
-            from two_tower.training.wandb_check import start_failure
-
             raise TrackingError(start_failure(err, "logger=wandb")) from err
 
 
@@ -131,30 +129,21 @@ def fill_wandb_run_id(cfg: DictConfig, resuming: bool) -> str | None:
     if not isinstance(wandb_cfg, DictConfig):
         return None
     path = Path(cfg.paths.output_dir) / RUN_ID_FILE
-    run_id = str(wandb_cfg.id) if wandb_cfg.get("id") else None
-    if run_id is not None:  # recorded too, so a resume that leaves the id out logs to the same W&B run
-        try:
-            recorded = path.read_text().strip()
-        except OSError:
-            recorded = None
-        if recorded != run_id and getattr(rank_zero_only, "rank", 0) == 0:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with atomic_write(path, "w") as f:
-                f.write(run_id + "\n")
-        return run_id
-    if resuming:
-        try:
-            run_id = path.read_text().strip() or None
-        except OSError:
-            run_id = None  # a run started before run ids were recorded, or without W&B: a new W&B run
-        if run_id is not None:
-            log.info("W&B: resuming run %s (%s)", run_id, path)
-    if run_id is None:
+    try:
+        recorded = path.read_text().strip() or None
+    except OSError:
+        recorded = None  # a new run, one started before run ids were recorded, or without W&B
+    if wandb_cfg.get("id"):
+        run_id = str(wandb_cfg.id)  # recorded too, so a resume that leaves the id out logs to the same W&B run
+    elif resuming and recorded is not None:
+        run_id = recorded
+        log.info("W&B: resuming run %s (%s)", run_id, path)
+    else:
         run_id = "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))  # as wandb draws one
-        if getattr(rank_zero_only, "rank", 0) == 0:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with atomic_write(path, "w") as f:
-                f.write(run_id + "\n")
+    if run_id != recorded and getattr(rank_zero_only, "rank", 0) == 0:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_write(path, "w") as f:
+            f.write(run_id + "\n")
     with open_dict(wandb_cfg):
         wandb_cfg.id = run_id
     return run_id
