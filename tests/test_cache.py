@@ -92,3 +92,81 @@ def test_constructors_without_a_cache_folder_use_the_one_default_root(tmp_path, 
     built = [SentenceTransformerTeacher("m"), Word2VecEmbeddings(), DistilledEmbeddings()]
     assert [b.cache_dir for b in built] == [tmp_path / "root"] * 3
     assert TeacherRetriever().teacher.cache_dir == tmp_path / "root"
+
+
+class FakeTeacherModel:
+    """A sentence-transformers stand-in: each text's vector is its length and 1, normalised; counts its calls."""
+
+    calls = 0
+
+    def encode(self, texts, **kwargs):
+        FakeTeacherModel.calls += 1
+        out = np.array([[len(t), 1.0] for t in texts], dtype=np.float32)
+        return out / np.linalg.norm(out, axis=1, keepdims=True)
+
+
+def overwrite_same_size(file):
+    """Other bytes of the file's size (a disk error, a copy gone wrong): the size check cannot see it."""
+    file.write_bytes(b"\0" * file.stat().st_size)
+
+
+def test_teacher_vectors_overwritten_at_their_size_are_encoded_again(tmp_path, monkeypatch, caplog):
+    """A teacher cache entry whose vectors.npz holds other bytes of its size was a traceback (BadZipFile) at every
+    run: it is set aside with a warning and encoded again, as a truncated one is."""
+    from two_tower.data.teacher import SentenceTransformerTeacher
+
+    monkeypatch.setattr(SentenceTransformerTeacher, "_load", lambda self: FakeTeacherModel())
+    FakeTeacherModel.calls = 0
+    teacher = SentenceTransformerTeacher("fake", cache_dir=str(tmp_path))
+    first = teacher.vectors(["a query", "another query"], ["a passage"])
+    [entry] = (tmp_path / "teacher").iterdir()
+    overwrite_same_size(entry / "vectors.npz")
+    with caplog.at_level(logging.WARNING):
+        again = teacher.vectors(["a query", "another query"], ["a passage"])
+    assert "unreadable" in caplog.text and FakeTeacherModel.calls == 4  # encoded again: queries and passages
+    np.testing.assert_array_equal(again.queries, first.queries)
+    np.testing.assert_array_equal(teacher.vectors(["a query", "another query"], ["a passage"]).passages, first.passages)
+    assert FakeTeacherModel.calls == 4  # the rebuilt entry is read
+
+
+def test_a_mined_pool_overwritten_at_its_size_is_mined_again(tmp_path, caplog):
+    from two_tower.negatives import BM25Negatives
+    from tests.test_negatives import prepared
+
+    dm = prepared(tmp_path, rows=60)
+    first = BM25Negatives(per_query=1, cache_dir=str(tmp_path / "cache"))
+    first.prepare(dm.train)
+    [entry] = (tmp_path / "cache" / "negatives").iterdir()
+    overwrite_same_size(entry / "pool.npz")
+    with caplog.at_level(logging.INFO):
+        again = BM25Negatives(per_query=1, cache_dir=str(tmp_path / "cache"))
+        again.prepare(dm.train)
+    assert "unreadable" in caplog.text and "Mined bm25 negatives" in caplog.text
+    np.testing.assert_array_equal(again.pool.values, first.pool.values)
+
+
+def test_read_gives_the_readers_value_or_none(tmp_path):
+    cache = ContentCache(tmp_path, "kind")
+    key = cache.key({"a": 1})
+    assert cache.read(key, lambda folder: pytest.fail("no entry to read")) is None
+    filled(cache, key)
+    assert cache.read(key, lambda folder: (folder / "sub" / "b.txt").read_text()) == "hello"
+    assert cache.read(key, lambda folder: np.load(folder / "a.npy")) is None  # not an .npy: set aside
+    assert not cache.path(key).exists()
+
+
+def test_a_distilled_word_table_overwritten_at_its_size_is_computed_again(tmp_path, monkeypatch, caplog):
+    from two_tower.data.embeddings import DistilledEmbeddings
+    from tests.test_semantic import tiny_static_model
+
+    source = DistilledEmbeddings(teacher="tiny", dim=4, cache_dir=str(tmp_path))
+    tiny_static_model(source._folder())
+    monkeypatch.setattr("two_tower.data.embeddings._glove_words", lambda: ["the", "cat", "sat"])
+    first = source.load([])
+    [entry] = (tmp_path / "distilled-words").iterdir()
+    overwrite_same_size(entry / "glove_words.npy")
+    with caplog.at_level(logging.WARNING):
+        again = source.load([])
+    assert "unreadable" in caplog.text
+    np.testing.assert_array_equal(again.vectors, first.vectors)
+    np.testing.assert_array_equal(source.load([]).vectors, first.vectors)  # the table computed again is cached and read

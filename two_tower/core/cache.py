@@ -9,7 +9,7 @@ and ours is discarded. Temporary folders of killed writers are swept when a cach
 ```python
 cache = ContentCache(cache_dir, "negatives")
 key = cache.key(["bm25", fingerprint, settings])
-entry = cache.get(key)                  # the folder, or None
+entry = cache.get(key)                  # the folder, or None (cache.read(key, reader): reader(folder), or None)
 if entry is None:
     with cache.put(key) as tmp:         # write files into tmp
         np.savez(tmp / "pool.npz", ...)
@@ -25,6 +25,7 @@ import hashlib
 import json
 import logging
 import os
+import zipfile
 from pathlib import Path
 
 from two_tower.core.atomic import atomic_folder, check_writable, discard, sweep_stale_temps
@@ -96,6 +97,10 @@ def entry_damage(folder: Path) -> str | None:
     return None
 
 
+# What reading an entry's files raises when their bytes are not what was written (numpy, zipfile, json, pickle).
+UNREADABLE = (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile)
+
+
 class ContentCache:
     def __init__(self, root: str | os.PathLike, kind: str):
         self.folder = Path(root).expanduser() / kind
@@ -124,6 +129,22 @@ class ContentCache:
         with contextlib.suppress(OSError):  # another process may have set it aside first
             discard(path)
         return None
+
+    def read(self, key: str, reader):
+        """``reader(entry folder)`` for a whole entry (``get``), or None when it is absent, damaged or unreadable:
+        a file overwritten with other bytes of its size (a bad zip, a bad ``.npy`` header) passes ``get``'s size
+        check, and ``reader`` raising one of the errors of reading bad bytes sets the entry aside with a warning,
+        as ``get`` does a damaged one, so the caller builds it again (it was a traceback)."""
+        path = self.get(key)
+        if path is None:
+            return None
+        try:
+            return reader(path)
+        except UNREADABLE as err:
+            log.warning("cache entry %s is unreadable (%s: %s): building it again", path, type(err).__name__, err)
+            with contextlib.suppress(OSError):  # another process may have set it aside first
+                discard(path)
+            return None
 
     def check_writable(self, min_free_bytes: int = 0) -> None:
         """Fail now, naming the cache folder, if an entry could not be written in it."""

@@ -378,7 +378,15 @@ class DistilledEmbeddings(EmbeddingSource):
 
         words = _glove_words()
         tables = ContentCache(self.cache_dir, "distilled-words")
-        if tables.get(self._key()) is None:
+
+        def read(folder: Path) -> np.ndarray:
+            table = np.load(folder / "glove_words.npy")
+            if table.shape != (len(words), model.dim):
+                raise ValueError(f"{table.shape[0]} vectors of {table.shape[1:]} dims for {len(words)} words of {model.dim}")
+            return table
+
+        vectors = tables.read(self._key(), read)
+        if vectors is None:
             try:
                 tables.check_writable()
             except NotWritableError as err:  # e.g. a read-only cache in a container: this process computes it
@@ -388,15 +396,11 @@ class DistilledEmbeddings(EmbeddingSource):
                 writable = True
                 log.info("Distilled vectors for GloVe's %d words (cached in %s)", len(words), tables.path(self._key()))
             vectors = np.concatenate([word_vector(words[i : i + 50_000]) for i in range(0, len(words), 50_000)]).astype(np.float16)
-            if not writable:
-                return DistilledWordVectors(words, vectors.astype(np.float32), word_vector)
-            with tables.put(self._key()) as tmp:
-                np.save(tmp / "glove_words.npy", vectors)
-        table = tables.path(self._key()) / "glove_words.npy"
-        vectors = np.load(table).astype(np.float32)  # float16 on disk: a cache hit and a miss give the same values
-        if len(vectors) != len(words):
-            raise EmbeddingsError(f"{table}: {len(vectors)} vectors for {len(words)} words; delete it to rebuild")
-        return DistilledWordVectors(words, vectors, word_vector)
+            if writable:
+                with tables.put(self._key()) as tmp:
+                    np.save(tmp / "glove_words.npy", vectors)
+        # float16 on disk, and computed as float16: a cache hit and a miss give the same values
+        return DistilledWordVectors(words, vectors.astype(np.float32), word_vector)
 
 
 # Distilled models that index folders carry, (teacher, dim) -> folder: read where the cache has no such model,

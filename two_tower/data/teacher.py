@@ -105,10 +105,18 @@ class SentenceTransformerTeacher:
         cache = ContentCache(self.cache_dir, "teacher")
         key = self.cache_key(query_texts, passage_texts)
         path = cache.path(key)
-        if cache.get(key) is not None:
-            with np.load(path / "vectors.npz") as cached:
-                log.info("Teacher vectors cache hit: %s", path)
-                return TeacherVectors(cached["queries"], cached["passages"])
+
+        def read(folder: Path) -> TeacherVectors:
+            with np.load(folder / "vectors.npz") as saved:
+                out = TeacherVectors(saved["queries"], saved["passages"])
+            if (len(out.queries), len(out.passages)) != (len(query_texts), len(passage_texts)):
+                raise ValueError(f"{len(out.queries)} query and {len(out.passages)} passage vectors for {len(query_texts)} and {len(passage_texts)} texts")
+            return out
+
+        cached = cache.read(key, read)
+        if cached is not None:
+            log.info("Teacher vectors cache hit: %s", path)
+            return cached
         log.info("Teacher %s: encoding %d queries and %d passages (cached afterwards in %s)", self.model, len(query_texts), len(passage_texts), path)
         cache.check_writable()
         start, threads = time.perf_counter(), torch.get_num_threads()

@@ -136,11 +136,17 @@ class MinedNegatives(NegativeSampler):
     def prepare(self, split: PreparedSplit) -> None:
         cache = ContentCache(self.cache_dir, "negatives")
         key = f"{self.name}-{cache.key([split_fingerprint(split), self.identity()])}"
-        entry = cache.get(key)
-        if entry is not None:
-            with np.load(entry / "pool.npz") as saved:
-                self.pool = Ragged(saved["values"], saved["offsets"])
-            log.info("Hard negatives (%s): cache hit %s", self.name, entry)
+        def read(folder: Path) -> Ragged:
+            with np.load(folder / "pool.npz") as saved:
+                pool = Ragged(saved["values"], saved["offsets"])
+            if len(pool.offsets) != split.num_queries + 1:
+                raise ValueError(f"a pool of {len(pool.offsets) - 1} queries for {split.num_queries}")
+            return pool
+
+        pool = cache.read(key, read)
+        if pool is not None:
+            self.pool = pool
+            log.info("Hard negatives (%s): cache hit %s", self.name, cache.path(key))
             return
         cache.check_writable()
         self.pool = self.mine_and_close(split, self.scorer(split))
