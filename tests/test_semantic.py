@@ -83,6 +83,26 @@ def test_distilled_source_errors_are_one_line(tmp_path, monkeypatch):
         DistilledEmbeddings(teacher="tiny", dim=4, words="mine", cache_dir=str(tmp_path)).load([])
 
 
+def test_distilled_vectors_are_distilled_again_when_the_teacher_folder_changes(tmp_path, monkeypatch):
+    """The distilled model, its word table and the tokenization cache (the source's identity) were keyed by the
+    teacher's name: a teacher retrained or replaced in place kept the old teacher's vectors without a word (a probe)."""
+    teacher = tmp_path / "teacher"
+    teacher.mkdir()
+    (teacher / "model.safetensors").write_bytes(b"weights")
+    source = DistilledEmbeddings(teacher=str(teacher), dim=4, cache_dir=str(tmp_path / "cache"))
+    tiny_static_model(source._folder())
+    monkeypatch.setattr("two_tower.data.embeddings._glove_words", lambda: ["the", "cat"])
+    source.load([])  # the cached model: nothing distilled
+    assert DistilledEmbeddings(teacher=str(teacher), dim=4, cache_dir=str(tmp_path / "cache"))._folder() == source._folder()  # stable
+    (teacher / "model.safetensors").write_bytes(b"retrained weights")
+    retrained = DistilledEmbeddings(teacher=str(teacher), dim=4, cache_dir=str(tmp_path / "cache"))
+    assert retrained._folder() != source._folder() and retrained.identity() != source.identity()
+    distilled = []
+    monkeypatch.setattr(DistilledEmbeddings, "_distil", lambda self, cache: distilled.append(self.teacher) or tiny_static_model(self._folder()))
+    retrained.load([])
+    assert distilled == [str(teacher)]
+
+
 def test_distilled_source_reloads_from_its_extension_config_in_the_default_cache(tmp_path, monkeypatch):
     """A model's extension names no folder: it is found again in TWO_TOWER_CACHE, as conf/paths says."""
     monkeypatch.setenv("TWO_TOWER_CACHE", str(tmp_path))

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from two_tower.core.cache import ContentCache, default_root
-from two_tower.data.teacher import DEFAULT_TEACHER
+from two_tower.data.teacher import DEFAULT_TEACHER, model_fingerprint
 from two_tower.data.tokenizer import PAD_ID, Tokenizer, split_words
 from two_tower.core.errors import EmbeddingsError, NotWritableError, TwoTowerError
 
@@ -281,8 +281,9 @@ class DistilledEmbeddings(EmbeddingSource):
     """Word vectors distilled from a sentence-transformers teacher with model2vec (``model2vec.distill``):
     a static model whose vector for a text is the mean of its subword vectors. Each word's vector is the
     sum of its subword vectors, so the mean over a text's words starts the towers where the static model
-    is. Both the distilled model and the word table are cached by content (teacher,
-    dimension, model2vec version); the first run distils (its cost: experiments/semantic/README.md)."""
+    is. Both the distilled model and the word table are cached by content (teacher, its files' names, sizes
+    and times as the teacher's vectors cache knows them, dimension, model2vec version); the first run distils
+    (its cost: experiments/semantic/README.md)."""
 
     name = "distilled"
     TABLE_FORMAT = 2  # word vector = sum of its subword vectors
@@ -295,7 +296,14 @@ class DistilledEmbeddings(EmbeddingSource):
         self.cache_dir = Path(cache_dir or default_root()).expanduser()
 
     def identity(self) -> str:
-        return f"{self.name}:{self.teacher}:{self.dim}:{self.words}:{self._model2vec_version()}:{self.TABLE_FORMAT}"
+        return f"{self.name}:{self.teacher}:{self.dim}:{self.words}:{self._model2vec_version()}:{self.TABLE_FORMAT}:{self._teacher_fingerprint()}"
+
+    def _teacher_fingerprint(self) -> str:
+        """``model_fingerprint`` of the teacher (its name for a Hub id, or where it is not installed), read once:
+        a teacher retrained or replaced in place under the same name kept its old distilled vectors (a probe)."""
+        if not hasattr(self, "_fingerprint"):
+            self._fingerprint = model_fingerprint(self.teacher)
+        return self._fingerprint
 
     def extension_config(self) -> dict:
         return {"_target_": f"{type(self).__module__}.{type(self).__qualname__}", "teacher": self.teacher, "dim": self.dim, "words": self.words}
@@ -309,7 +317,7 @@ class DistilledEmbeddings(EmbeddingSource):
         return model2vec.__version__
 
     def _key(self) -> str:
-        return ContentCache.key([self.teacher, self.dim, self._model2vec_version(), self.TABLE_FORMAT], 16)
+        return ContentCache.key([self.teacher, self.dim, self._model2vec_version(), self.TABLE_FORMAT, self._teacher_fingerprint()], 16)
 
     def _folder(self) -> Path:
         """The cache entry of the distilled model (a model2vec folder)."""
