@@ -103,6 +103,33 @@ def test_distilled_vectors_are_distilled_again_when_the_teacher_folder_changes(t
     assert distilled == [str(teacher)]
 
 
+def test_a_distilled_dimension_the_teacher_cannot_give_is_refused_before_distilling(tmp_path, monkeypatch, tiny_cfg):
+    """embeddings.dim above the teacher's width: model2vec kept the teacher's width after minutes of distillation, the
+    run then failed, and the entry of the wrong width was cached under the key of the asked one (every later run failed
+    at once). embeddings.dim=null: a logging traceback, a distillation, then 'config says dim=None' (probes)."""
+    import json
+
+    import model2vec.distill
+
+    from two_tower.core.errors import ConfigError
+    from two_tower.training.config import validate_train_config
+
+    teacher = tmp_path / "teacher"
+    teacher.mkdir()
+    (teacher / "config.json").write_text(json.dumps({"model_type": "bert", "hidden_size": 8}))
+    monkeypatch.setattr(model2vec.distill, "distill", lambda **kwargs: pytest.fail("distilled"))
+    with pytest.raises(ConfigError, match=r"embeddings.dim=16: the teacher .* has 8 dims"):
+        DistilledEmbeddings(teacher=str(teacher), dim=16, cache_dir=str(tmp_path / "cache")).load([])
+    # A distillation that gives another width than asked is refused and not cached.
+    source = DistilledEmbeddings(teacher=str(teacher), dim=4, cache_dir=str(tmp_path / "cache"))
+    monkeypatch.setattr(model2vec.distill, "distill", lambda **kwargs: type("Model", (), {"dim": 8})())
+    with pytest.raises(ConfigError, match="distilled .* to 8 dims"):
+        source.load([])
+    assert not source._folder().exists()
+    with pytest.raises(ConfigError, match="embeddings.dim=null: embeddings=distilled needs"):
+        validate_train_config(tiny_cfg("embeddings=distilled", "embeddings.dim=null"))
+
+
 def test_distilled_source_reloads_from_its_extension_config_in_the_default_cache(tmp_path, monkeypatch):
     """A model's extension names no folder: it is found again in TWO_TOWER_CACHE, as conf/paths says."""
     monkeypatch.setenv("TWO_TOWER_CACHE", str(tmp_path))

@@ -18,7 +18,7 @@ import numpy as np
 from two_tower.core.cache import ContentCache, default_root
 from two_tower.data.teacher import DEFAULT_TEACHER, model_fingerprint
 from two_tower.data.tokenizer import PAD_ID, Tokenizer, split_words
-from two_tower.core.errors import EmbeddingsError, NotWritableError, TwoTowerError
+from two_tower.core.errors import ConfigError, EmbeddingsError, NotWritableError, TwoTowerError
 
 log = logging.getLogger(__name__)
 
@@ -277,6 +277,10 @@ class DistilledWordVectors(WordVectors):
         return AlignedRows(matrix, np.zeros(len(vocab), dtype=bool), 0.0, 1.0 - known.mean())
 
 
+# The train config check refuses it before Hydra builds the source (whose own refusal Hydra wraps in its exception).
+DISTILLED_DIM_NULL = "embeddings.dim=null: embeddings=distilled needs the number of dimensions to distil to (e.g. 256)"
+
+
 class DistilledEmbeddings(EmbeddingSource):
     """Word vectors distilled from a sentence-transformers teacher with model2vec (``model2vec.distill``):
     a static model whose vector for a text is the mean of its subword vectors. Each word's vector is the
@@ -289,6 +293,8 @@ class DistilledEmbeddings(EmbeddingSource):
     TABLE_FORMAT = 2  # word vector = sum of its subword vectors
 
     def __init__(self, teacher: str = DEFAULT_TEACHER, dim: int = 256, freeze: bool = True, words: str = "glove", cache_dir: str | None = None):
+        if dim is None:  # embeddings.dim may be null for a vectors file (its own); here it is the PCA's
+            raise ConfigError(DISTILLED_DIM_NULL)
         super().__init__(freeze, dim)
         self.teacher, self.words = teacher, words
         # None: the default cache folder (conf/paths' default too), as when the vocabulary's extension is
@@ -356,11 +362,16 @@ class DistilledEmbeddings(EmbeddingSource):
         except ImportError as err:
             raise EmbeddingsError('embeddings=distilled needs model2vec with its distill extra: pip install "model2vec[distill]"') from err
         cache.check_writable()
+        teacher_dim = _hidden_size(resolve_model(self.teacher))
+        if teacher_dim is not None and self.dim > teacher_dim:  # model2vec keeps the teacher's dims, after minutes
+            raise ConfigError(f"embeddings.dim={self.dim}: the teacher {self.teacher} has {teacher_dim} dims, the most its distilled vectors can have")
         log.info("Distilling static word vectors from %s with model2vec (pca_dims=%d); cached in %s", self.teacher, self.dim, cache.path(self._key()))
         try:
             model = distill(model_name=resolve_model(self.teacher), pca_dims=self.dim, device="cpu")
         except Exception as err:
             raise EmbeddingsError(f"embeddings.teacher={self.teacher}: model2vec could not distil it: {type(err).__name__}: {err}") from err
+        if model.dim != self.dim:  # never cached under a key that says another dimension
+            raise ConfigError(f"embeddings.dim={self.dim}: model2vec distilled {self.teacher} to {model.dim} dims")
         with cache.put(self._key()) as tmp:
             model.save_pretrained(str(tmp))
 
@@ -409,6 +420,17 @@ class DistilledEmbeddings(EmbeddingSource):
                     np.save(tmp / "glove_words.npy", vectors)
         # float16 on disk, and computed as float16: a cache hit and a miss give the same values
         return DistilledWordVectors(words, vectors.astype(np.float32), word_vector)
+
+
+def _hidden_size(model_path: str) -> int | None:
+    """The width of a local transformer's token vectors (what model2vec distils), from its config.json; None when
+    it cannot be read (a Hub id, another layout: model2vec then says what is wrong)."""
+    try:
+        config = json.loads((Path(model_path) / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    size = config.get("hidden_size", config.get("dim", config.get("d_model"))) if isinstance(config, dict) else None
+    return size if isinstance(size, int) and size > 0 else None
 
 
 # Distilled models that index folders carry, (teacher, dim) -> folder: read where the cache has no such model,

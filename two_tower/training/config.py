@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from two_tower.core.checks import RULES, check_config, check_explicit_negatives, check_mining_range
 from two_tower.core.errors import ConfigError
 from two_tower.core.metrics import RANKING_METRICS
+from two_tower.data.embeddings import DISTILLED_DIM_NULL
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,9 @@ def validate_train_config(cfg: DictConfig) -> None:
     if data.get("synthetic_rows") is not None and data.get("path") is not None:  # a run that looked trained on a folder
         raise ConfigError(f"data.path={data.path}: data=synthetic generates its rows and reads no folder; drop data=synthetic "
                           "to train on the folder (data=local), or drop data.path")
+    embeddings = cfg.get("embeddings") or {}
+    if str(embeddings.get("_target_", "")).endswith("DistilledEmbeddings") and embeddings.get("dim") is None:
+        raise ConfigError(DISTILLED_DIM_NULL)  # null is a vectors file's own dimension; a distillation had no target
     metric = cfg.get("optimized_metric")
     if metric is not None and metric not in [f"val/{m}" for m in RANKING_METRICS]:
         # it chooses the checkpoint (mode max) and what sweeps maximise: a typo failed after the first validation
