@@ -295,3 +295,30 @@ def test_teacher_vectors_are_encoded_again_when_the_model_folder_changes(tmp_pat
     (folder / "model.safetensors").write_bytes(b"retrained weights")
     assert teacher.cache_key(["a query"], ["a passage"]) != key
     assert SentenceTransformerTeacher("some/hub-id").cache_key([], []) != SentenceTransformerTeacher("other/hub-id").cache_key([], [])
+
+
+def test_a_max_seq_length_past_the_teachers_positions_is_one_error_before_encoding(tmp_path, monkeypatch):
+    """teacher.max_seq_length above the model's position embeddings (512 for all-MiniLM-L6-v2) was taken, and the
+    first text longer than 512 tokens failed mid-encoding with a traceback (a probe: 'The size of tensor a (900) must
+    match the size of tensor b (512)'). It is one error naming the setting before any text is encoded."""
+    import types
+
+    import sentence_transformers
+
+    from two_tower.core.errors import TeacherError
+
+    class FakeModel(list):
+        max_seq_length = 128
+
+        def __init__(self, path, device):
+            config = types.SimpleNamespace(max_position_embeddings=514 if "roberta" in path else 512, model_type="roberta" if "roberta" in path else "bert")
+            super().__init__([types.SimpleNamespace(auto_model=types.SimpleNamespace(config=config))])
+
+        def encode(self, texts, **kwargs):
+            pytest.fail("encoded")
+
+    monkeypatch.setattr(sentence_transformers, "SentenceTransformer", FakeModel)
+    for name, limit in (("bert-like", 512), ("roberta-like", 512)):
+        with pytest.raises(TeacherError, match=rf"teacher.max_seq_length={limit + 1}: the teacher {name} reads at most {limit} tokens"):
+            SentenceTransformerTeacher(name, max_seq_length=limit + 1, cache_dir=str(tmp_path)).vectors(["a query"], ["a passage"])
+        assert SentenceTransformerTeacher(name, max_seq_length=limit)._load().max_seq_length == limit

@@ -68,6 +68,20 @@ def model_fingerprint(name: str) -> str:
     return digest.hexdigest()[:16]
 
 
+# Models whose positions start after the padding id, so that two of their position embeddings are never a token's.
+OFFSET_POSITIONS = {"roberta", "xlm-roberta", "camembert", "mpnet", "longformer"}
+
+
+def position_limit(model) -> int | None:
+    """The most tokens a sentence-transformers model's transformer reads (its position embeddings), or None if
+    it does not say (relative positions)."""
+    config = getattr(getattr(model[0], "auto_model", None), "config", None)
+    positions = getattr(config, "max_position_embeddings", None)
+    if not isinstance(positions, int) or positions <= 0:
+        return None
+    return positions - (2 if getattr(config, "model_type", None) in OFFSET_POSITIONS else 0)
+
+
 class SentenceTransformerTeacher:
     """A sentence-transformers model as teacher. ``threads``: torch threads while encoding (null = all cores)."""
 
@@ -88,6 +102,9 @@ class SentenceTransformerTeacher:
         except Exception as err:
             raise TeacherError(f"teacher.model={self.model}: cannot load a sentence-transformers model from {path}: {type(err).__name__}: {err}") from err
         if self.max_seq_length:
+            limit = position_limit(model)
+            if limit is not None and self.max_seq_length > limit:  # a longer text failed mid-encoding, with a traceback
+                raise TeacherError(f"teacher.max_seq_length={self.max_seq_length}: the teacher {self.model} reads at most {limit} tokens (its position embeddings)")
             model.max_seq_length = self.max_seq_length
         return model
 
