@@ -322,3 +322,37 @@ def test_a_max_seq_length_past_the_teachers_positions_is_one_error_before_encodi
         with pytest.raises(TeacherError, match=rf"teacher.max_seq_length={limit + 1}: the teacher {name} reads at most {limit} tokens"):
             SentenceTransformerTeacher(name, max_seq_length=limit + 1, cache_dir=str(tmp_path)).vectors(["a query"], ["a passage"])
         assert SentenceTransformerTeacher(name, max_seq_length=limit)._load().max_seq_length == limit
+
+
+def test_a_hub_teacher_without_a_network_is_looked_up_offline_at_once_in_one_line(tmp_path, monkeypatch):
+    """A teacher that is neither a folder nor an installed package is a Hub id: with no network, loading it retried
+    for over a minute (84 s for teacher.model, 61 s for embeddings.teacher, a probe) and ended in a two-line error.
+    The Hub is probed first, as for data; unreachable, the model is read from the local cache only, at once."""
+    import datasets
+    import huggingface_hub.constants
+    import model2vec.distill
+    import sentence_transformers
+
+    from two_tower.core.errors import EmbeddingsError, TeacherError
+    from two_tower.data import msmarco
+    from two_tower.data.embeddings import DistilledEmbeddings
+
+    monkeypatch.setattr(msmarco, "_hub_reachable", lambda timeout=3.0: False)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+
+    def hub_load(*args, **kwargs):
+        if not huggingface_hub.constants.HF_HUB_OFFLINE:
+            pytest.fail("the Hub was tried while unreachable")
+        raise OSError("We couldn't connect to 'https://huggingface.co' to load the files.\nCheck your internet connection")
+
+    monkeypatch.setattr(sentence_transformers, "SentenceTransformer", hub_load)
+    with pytest.raises(TeacherError) as err:
+        SentenceTransformerTeacher("nobody/no-such-model", cache_dir=str(tmp_path)).vectors(["q"], ["p"])
+    assert "teacher.model=nobody/no-such-model" in str(err.value) and "\n" not in str(err.value)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(model2vec.distill, "distill", hub_load)
+    with pytest.raises(EmbeddingsError) as err:
+        DistilledEmbeddings(teacher="nobody/no-such-model", dim=8, cache_dir=str(tmp_path)).model_folder()
+    assert "embeddings.teacher=nobody/no-such-model" in str(err.value) and "\n" not in str(err.value)

@@ -45,14 +45,20 @@ def _set_hub_offline() -> None:
     huggingface_hub.constants.HF_HUB_OFFLINE = True
 
 
+def offline_unless_hub_reachable(what: str) -> None:
+    """Probe the Hub with a short timeout; if it cannot be reached, read ``what`` from the local Hugging Face cache
+    only (offline mode), at once, instead of retrying for minutes on a machine with no network."""
+    if not datasets.config.HF_HUB_OFFLINE and not _hub_reachable():
+        log.warning("The Hugging Face Hub is unreachable; trying the local cache for %s", what)
+        _set_hub_offline()
+
+
 def load_hub_split(split: str, name: str = HUB_DATASET, config: str = HUB_CONFIG) -> datasets.Dataset:
     """Load one split from the Hub, or from the local HF cache when the Hub cannot be reached.
 
     Never hangs on a machine with no network: the Hub is probed with a short timeout first.
     """
-    if not datasets.config.HF_HUB_OFFLINE and not _hub_reachable():
-        log.warning("The Hugging Face Hub is unreachable; trying the local datasets cache")
-        _set_hub_offline()
+    offline_unless_hub_reachable(f"{name} ({config})")
     try:
         return datasets.load_dataset(name, config, split=split)
     except Exception as err:  # datasets raises several types for "not cached, no network"

@@ -54,6 +54,22 @@ def resolve_model(name: str) -> str:
     return name
 
 
+def offline_unless_hub_reachable(name: str) -> str:
+    """``resolve_model(name)``; for a Hub id, when the Hub cannot be reached, the model is looked up in the local
+    Hugging Face cache only, at once (an id not there was a minute of retries, then a two-line error)."""
+    path = resolve_model(name)
+    if not Path(path).is_dir():
+        from two_tower.data.msmarco import offline_unless_hub_reachable as offline
+
+        offline(name)
+    return path
+
+
+def one_line(err: Exception) -> str:
+    """An error's type and message on one line (Hugging Face's span several)."""
+    return f"{type(err).__name__}: {' '.join(str(err).split())}"
+
+
 def model_fingerprint(name: str) -> str:
     """What the vectors cache knows of a teacher model: for a folder (or a package's bundled one), the
     names, sizes and modification times of its files, so a model retrained or replaced in place is
@@ -94,13 +110,13 @@ class SentenceTransformerTeacher:
             from sentence_transformers import SentenceTransformer
         except ImportError as err:
             raise TeacherError('loss=distill needs sentence-transformers: pip install -e ".[distill]"') from err
-        path = resolve_model(self.model)
+        path = offline_unless_hub_reachable(self.model)
         try:
             # Under DDP every process that misses the cache encodes on its own GPU (LOCAL_RANK), not all on cuda:0.
             device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if torch.cuda.is_available() else "cpu"
             model = SentenceTransformer(path, device=device)
         except Exception as err:
-            raise TeacherError(f"teacher.model={self.model}: cannot load a sentence-transformers model from {path}: {type(err).__name__}: {err}") from err
+            raise TeacherError(f"teacher.model={self.model}: cannot load a sentence-transformers model from {path}: {one_line(err)}") from err
         if self.max_seq_length:
             limit = position_limit(model)
             if limit is not None and self.max_seq_length > limit:  # a longer text failed mid-encoding, with a traceback
