@@ -159,6 +159,25 @@ def test_a_passage_edited_past_the_token_window_is_mined_again(tmp_path, caplog)
     assert "Mined bm25 negatives" in caplog.text and "cache hit" not in caplog.text
 
 
+def test_a_pool_is_mined_again_when_only_the_candidate_lists_change(tmp_path):
+    """A query whose mined window comes out empty falls back to its own candidates, which the pool's cache key did
+    not know: the same split with another candidate list got the old list's pool back from the cache (a probe)."""
+    import dataclasses
+
+    from two_tower.data.prepared import Ragged
+
+    dm = prepared(tmp_path, rows=60)
+    lists = [dm.train.candidates[q].tolist() for q in range(dm.train.num_queries)]
+    positives = set(dm.train.positives[0].tolist())
+    lists[0] = [p for p in lists[0] if p in positives] + [p for p in lists[0] if p not in positives][:1]
+    shorter = dataclasses.replace(dm.train, candidates=Ragged.from_lists(lists))
+    settings = {"per_query": 1, "range_min": 5000, "range_max": 5001, "cache_dir": str(tmp_path / "cache")}  # every query falls back
+    BM25Negatives(**settings).prepare(dm.train)
+    again = BM25Negatives(**settings)
+    again.prepare(shorter)
+    assert again.pool[0].tolist() == [p for p in lists[0] if p not in positives]
+
+
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tiny_run):
     return tiny_run["ckpt"]

@@ -28,11 +28,13 @@ log = logging.getLogger(__name__)
 
 
 def split_fingerprint(split: PreparedSplit) -> str:
-    """What mined negatives depend on: the split's tokens and positives, and its texts, which BM25 and the
-    near-duplicate check read whole (the tokens stop at max_passage_len: a passage edited past it kept a pool
-    mined from the old text, a probe)."""
+    """What mined negatives depend on: the split's tokens and positives, its candidates (a query whose window
+    comes out empty falls back to its own: a pool kept another candidate list's, a probe), and its texts, which
+    BM25 and the near-duplicate check read whole (the tokens stop at max_passage_len: a passage edited past it
+    kept a pool mined from the old text, a probe)."""
     digest = hashlib.sha1()
-    for array in (split.passage_tokens.values, split.passage_tokens.offsets, split.query_tokens.values, split.positives.values, split.positives.offsets):
+    for array in (split.passage_tokens.values, split.passage_tokens.offsets, split.query_tokens.values, split.positives.values, split.positives.offsets,
+                  split.candidates.values, split.candidates.offsets):
         digest.update(np.ascontiguousarray(array).tobytes())
     for texts in (split.passage_texts, split.query_texts):
         for text in texts:
