@@ -103,6 +103,19 @@ def test_distilled_vectors_are_distilled_again_when_the_teacher_folder_changes(t
     assert distilled == [str(teacher)]
 
 
+def test_one_teacher_folder_spelled_two_ways_is_distilled_once(tmp_path, monkeypatch):
+    """The key held the teacher's name as written: "teacher", "teacher/" and "./teacher" were three distillations
+    (85 s each for all-MiniLM-L6-v2) and three tokenization caches of the same vectors (a probe)."""
+    teacher = tmp_path / "teacher"
+    teacher.mkdir()
+    (teacher / "model.safetensors").write_bytes(b"weights")
+    monkeypatch.chdir(tmp_path)
+    spellings = [str(teacher), f"{teacher}/", "./teacher", "teacher"]
+    sources = [DistilledEmbeddings(teacher=name, dim=4, cache_dir=str(tmp_path / "cache")) for name in spellings]
+    assert len({source._folder() for source in sources}) == 1 and len({source.identity() for source in sources}) == 1
+    assert DistilledEmbeddings(teacher="some/hub-id", dim=4)._key() != DistilledEmbeddings(teacher="other/hub-id", dim=4)._key()
+
+
 def test_a_distilled_dimension_the_teacher_cannot_give_is_refused_before_distilling(tmp_path, monkeypatch, tiny_cfg):
     """embeddings.dim above the teacher's width: model2vec kept the teacher's width after minutes of distillation, the
     run then failed, and the entry of the wrong width was cached under the key of the asked one (every later run failed

@@ -302,11 +302,13 @@ class DistilledEmbeddings(EmbeddingSource):
         self.cache_dir = Path(cache_dir or default_root()).expanduser()
 
     def identity(self) -> str:
-        return f"{self.name}:{self.teacher}:{self.dim}:{self.words}:{self._model2vec_version()}:{self.TABLE_FORMAT}:{self._teacher_fingerprint()}"
+        return f"{self.name}:{self._teacher_fingerprint()}:{self.dim}:{self.words}:{self._model2vec_version()}:{self.TABLE_FORMAT}"
 
     def _teacher_fingerprint(self) -> str:
-        """``model_fingerprint`` of the teacher (its name for a Hub id, or where it is not installed), read once:
-        a teacher retrained or replaced in place under the same name kept its old distilled vectors (a probe)."""
+        """``model_fingerprint`` of the teacher (its name for a Hub id, or where it is not installed), read once: what
+        the caches know of the teacher. Not its name: a teacher retrained or replaced in place under the same name kept
+        its old distilled vectors, and one folder spelled two ways ("m" and "m/", the package and its folder) was
+        distilled twice (probes)."""
         if not hasattr(self, "_fingerprint"):
             self._fingerprint = model_fingerprint(self.teacher)
         return self._fingerprint
@@ -323,7 +325,7 @@ class DistilledEmbeddings(EmbeddingSource):
         return model2vec.__version__
 
     def _key(self) -> str:
-        return ContentCache.key([self.teacher, self.dim, self._model2vec_version(), self.TABLE_FORMAT, self._teacher_fingerprint()], 16)
+        return ContentCache.key([self._teacher_fingerprint(), self.dim, self._model2vec_version(), self.TABLE_FORMAT], 16)
 
     def _folder(self) -> Path:
         """The cache entry of the distilled model (a model2vec folder)."""
