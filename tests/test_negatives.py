@@ -196,7 +196,27 @@ def test_ann_negatives_and_refresh_changes_them(tmp_path, tiny_checkpoint):
     assert after != before
     assert all(not set(dm.train.positives[r].tolist()) & set(after[r]) for r in range(len(after)))
     assert list((tmp_path / "vectors").iterdir()) == []  # the vectors' files are gone
-    assert not list((tmp_path / "cache").glob("ann-vectors-*"))
+    assert not list((tmp_path / "cache").glob(".ann-vectors.tmp-*"))
+
+
+def test_vectors_left_by_a_killed_mining_are_removed_by_the_next(tmp_path):
+    """The ANN scorer's vector files sat in a mkdtemp folder under the cache root that only a finalizer removed: a
+    mining killed (SIGKILL; SIGTERM before training, which stops a process without finalizers) left them for good."""
+    import subprocess
+    import sys
+
+    from two_tower.negatives.ann import new_file_scorer
+
+    killed = subprocess.run([sys.executable, "-c", (
+        "import os, sys; from two_tower.negatives.ann import new_file_scorer; "
+        f"s = new_file_scorer({str(tmp_path)!r}, 100, 8, 10, 8, 1); s.passages[0] = [[1.0] * 8]; os._exit(0)")], check=True)
+    assert killed.returncode == 0
+    [left] = list(tmp_path.iterdir())
+    assert (left / "passages.f32").is_file()
+    scorer = new_file_scorer(tmp_path, 100, 8, 10, 8, 1)
+    assert list(tmp_path.iterdir()) == [scorer.folder]  # the killed one's folder is gone, ours is there
+    scorer.close()
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_passage_blocks_cover_the_passages_without_a_short_tail():
@@ -257,14 +277,14 @@ def test_ann_pools_equal_the_in_memory_mining(tmp_path, tiny_checkpoint, chunk):
     miner = ANNNegatives(per_query=1, range_min=1, range_max=12, near_duplicate_jaccard=0.8, chunk=chunk, checkpoint=str(tiny_checkpoint), passage_block_mb=1e-9, cache_dir=str(tmp_path / "c"))
     expected = miner.mine(split, in_memory_ann_scorer(tiny_checkpoint, split))
     scorer = miner.scorer(split)
-    assert len(scorer.blocks) > 1 and list((tmp_path / "c").glob("ann-vectors-*"))
+    assert len(scorer.blocks) > 1 and list((tmp_path / "c").glob(".ann-vectors.tmp-*"))
     scores = scorer(np.arange(split.num_queries))
     assert torch.equal(scores, in_memory_ann_scorer(tiny_checkpoint, split)(np.arange(split.num_queries)))
     assert (scores[:, 11:60:5] == scores[:, 10:60:5]).all()  # the planted ties
     scorer.close()
     miner.prepare(split)
     assert np.array_equal(miner.pool.values, expected.values) and np.array_equal(miner.pool.offsets, expected.offsets)
-    assert not list((tmp_path / "c").glob("ann-vectors-*"))
+    assert not list((tmp_path / "c").glob(".ann-vectors.tmp-*"))
 
 
 def test_ann_requires_a_checkpoint():

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from two_tower.core.atomic import sweep_stale_temps, temp_path
 from two_tower.core.checks import check
 from two_tower.core.errors import CheckpointError
 from two_tower.data.prepared import PreparedSplit
@@ -113,9 +114,15 @@ class FileScorer:
 
 
 def new_file_scorer(folder: str | Path, num_passages: int, passage_dim: int, num_queries: int, query_dim: int, passage_block_mb: float) -> FileScorer:
+    """A FileScorer in a temporary folder under ``folder`` named as ``two_tower.core.atomic``'s temporaries, so that
+    one left by a killed mining (SIGKILL, or SIGTERM before training starts: no finalizer runs) is swept by the next
+    one here. A plain ``mkdtemp`` folder was left for good (the vectors of the whole corpus: GBs at scale, a probe)."""
     parent = Path(folder).expanduser()
     parent.mkdir(parents=True, exist_ok=True)
-    return FileScorer(Path(tempfile.mkdtemp(prefix="ann-vectors-", dir=parent)), num_passages, passage_dim, num_queries, query_dim, passage_block_mb)
+    sweep_stale_temps(parent)
+    tmp = temp_path(parent / "ann-vectors")
+    tmp.mkdir(mode=0o700)
+    return FileScorer(tmp, num_passages, passage_dim, num_queries, query_dim, passage_block_mb)
 
 
 class ANNNegatives(MinedNegatives):
