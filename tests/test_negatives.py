@@ -299,6 +299,32 @@ def test_training_with_bm25_and_refreshed_ann(tmp_path, tiny_checkpoint):
     assert metrics["negatives/refresh_seconds"] > 0
 
 
+def test_refreshing_negatives_over_a_read_only_cache_writes_its_vectors_elsewhere(tmp_path):
+    """A cache that refuses writes is read (docs/reliability.md), and a pool mined before is a cache hit; the first
+    refresh then wrote its vector files into that cache and failed with a PermissionError traceback after an epoch
+    of training (a probe)."""
+    import os
+    import subprocess
+
+    cfg = compose_train(tmp_path, ["negatives=bm25", "negatives.refresh_every_n_epochs=1", "trainer.max_epochs=2"])
+    train(cfg)  # mines the pool into the cache
+    root = Path(cfg.paths.cache_dir)
+    root.chmod(0o555)
+    immutable = False
+    try:
+        if os.access(root, os.W_OK):  # root ignores modes: an immutable folder refuses it too, where chattr works
+            immutable = subprocess.run(["chattr", "+i", str(root)], capture_output=True).returncode == 0
+            if not immutable:
+                pytest.skip("cannot make a folder refuse this user's writes here")
+        cfg.paths.output_dir = str(tmp_path / "again")
+        metrics = train(cfg)
+    finally:
+        if immutable:
+            subprocess.run(["chattr", "-i", str(root)], check=True)
+        root.chmod(0o755)
+    assert metrics["negatives/refresh_seconds"] > 0
+
+
 def test_a_refreshed_pool_is_in_the_checkpoint_and_restored_on_resume(tmp_path):
     """A mid-epoch resume must draw from the pool its epoch started with (mining again would use mid-epoch
     weights): NegativeRefresh keeps the refreshed pool as its checkpoint state and puts it back at train start."""

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import logging
+import os
+import tempfile
 import time
+from pathlib import Path
 
 import lightning as L
 import numpy as np
@@ -25,11 +28,19 @@ class NegativeRefresh(L.Callback):
     def __init__(self, every_n_epochs: int):
         self.every_n_epochs = every_n_epochs
         self.negatives = None  # the datamodule's sampler, from setup
+        self.folder: Path | None = None  # where each refresh writes its vector files, from setup
         self.refreshed = False
         self.restored: dict | None = None
 
     def setup(self, trainer, pl_module, stage):
         self.negatives = trainer.datamodule.negatives
+        # The vector files of each refresh go to the cache folder, unless it refuses writes (a shared cache mounted
+        # read-only is read, docs/reliability.md): then the system's temporary folder. The first refresh was a
+        # PermissionError traceback after an epoch of training (a probe).
+        self.folder = self.negatives.cache_dir
+        if not os.access(self.folder, os.W_OK):
+            self.folder = Path(tempfile.gettempdir())
+            log.warning("%s refuses writes: the vectors of each negatives refresh are written in %s", self.negatives.cache_dir, self.folder)
 
     def state_dict(self) -> dict:
         pool = getattr(self.negatives, "pool", None)
@@ -51,7 +62,7 @@ class NegativeRefresh(L.Callback):
             return
         negatives, split = trainer.datamodule.negatives, trainer.datamodule.train
         start = time.perf_counter()
-        scorer = model_scorer(pl_module, split, folder=negatives.cache_dir, **({"passage_block_mb": negatives.passage_block_mb} if hasattr(negatives, "passage_block_mb") else {}))
+        scorer = model_scorer(pl_module, split, folder=self.folder, **({"passage_block_mb": negatives.passage_block_mb} if hasattr(negatives, "passage_block_mb") else {}))
         negatives.refresh(scorer, split)
         self.refreshed = True
         seconds = time.perf_counter() - start
