@@ -219,6 +219,23 @@ def test_vectors_left_by_a_killed_mining_are_removed_by_the_next(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_an_ann_pool_is_keyed_by_the_checkpoints_bytes(tmp_path, tiny_checkpoint):
+    """The key knew the checkpoint's path, size and time: another checkpoint of the same configuration (same size)
+    copied over it with the old time (cp -p, touch -r, rsync -a) got the old checkpoint's pool from the cache (a probe)."""
+    import os
+    import shutil
+
+    ckpt = tmp_path / "mine.ckpt"
+    shutil.copy(tiny_checkpoint, ckpt)
+    before = ANNNegatives(checkpoint=str(ckpt), cache_dir=str(tmp_path)).identity()
+    stat = ckpt.stat()
+    data = bytearray(ckpt.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # other weights, the same size
+    ckpt.write_bytes(bytes(data))
+    os.utime(ckpt, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert ANNNegatives(checkpoint=str(ckpt), cache_dir=str(tmp_path)).identity() != before
+
+
 def test_passage_blocks_cover_the_passages_without_a_short_tail():
     for n in (1, 63, 64, 65, 127, 128, 1000, 4097):
         for rows in (0, 1, 64, 100, 256, 5000):
