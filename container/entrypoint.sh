@@ -23,7 +23,7 @@ case "${1:-}" in
   ""|*=*) ;;
   *) exec "$@" ;;
 esac
-# The service under a tini of its own (-s: a subreaper, not PID 1) whose -e 143 makes a stop by SIGTERM exit 0, as
-# uvicorn does once started: a stopped service is not a failed one. Scripts keep their status (train.py: 143 after
-# a stop, so a chain of them ends there).
+# The service under a tini of its own (-s: a subreaper, not PID 1) whose -e 143 makes a stop by SIGTERM exit 0, during
+# start-up or after uvicorn's graceful shutdown (which raises the SIGTERM again: serve.py alone exits 143): a stopped
+# service is not a failed one. Scripts keep their status (train.py: 143 after a stop, so a chain of them ends there).
 exec /usr/bin/tini -s -e 143 -- python /app/serve.py "index=${TWO_TOWER_INDEX:-/index}" host=0.0.0.0 "port=${TWO_TOWER_PORT:-8000}" "$@"
