@@ -3,6 +3,7 @@ not flag an A/A comparison, groups seeds by configuration key, and refuses unpai
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -496,3 +497,13 @@ def test_a_training_run_given_as_a_baseline_is_named_as_such(tmp_path):
     (run / "checkpoints").mkdir()
     with pytest.raises(TwoTowerError, match=r"--baseline .*run: a training run; --baseline takes an evaluate.py output dir"):
         load_baselines([run], "test/mrr@10")
+
+
+def test_help_gives_the_defaults(capsys):
+    """A probe: --help named --metric, --alpha and --resamples without their defaults (test/mrr@10, 0.05, 10,000)."""
+    with pytest.raises(SystemExit) as stopped:
+        main(["--help"])
+    assert stopped.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for option, default in (("--metric", "test/mrr@10"), ("--alpha", "0.05"), ("--resamples", "10000"), ("--out", "none")):
+        assert re.search(rf"{option} \S+ .*?\(default: {re.escape(default)}", text), (option, text)

@@ -164,3 +164,42 @@ def test_hybrid_fuses_dense_with_stemmed_bm25_and_keeps_the_plain_baseline():
     assert {k: v for k, v in retriever.bm25_stemmed.items() if k != "stemmer"} == {k: v for k, v in retriever.bm25.items() if k != "stemmer"}
     assert list(retriever.hybrid_rrf.parts) == list(retriever.hybrid_weighted.parts) == ["dense", "bm25_stemmed"]
     assert list(retriever.hybrid_weighted.weights) == [0.7, 0.3]
+
+
+def help_groups(script):
+    """``python SCRIPT --help``'s "Configuration groups" section: group -> [(option, extra overrides)]."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    text = subprocess.run([sys.executable, script, "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120, check=True).stdout
+    section = text.split("== Configuration groups", 1)[1].split("\n==", 1)[0]
+    groups = {}
+    for line in section.splitlines()[1:]:
+        match = re.match(r"^([\w/]+): (.+)$", line)
+        if match:
+            with_ = re.search(r"\(with ([^)]*)\)", match.group(2))
+            options_ = [o.split(" (")[0].strip() for o in re.sub(r"\(with [^)]*\)", "", match.group(2)).split(",")]
+            groups[match.group(1)] = [(o, with_.group(1).split() if with_ else []) for o in options_ if o]
+    return groups
+
+
+@pytest.mark.parametrize("script,config_name", [("train.py", "train"), ("index.py", "index"), ("evaluate.py", "evaluate")])
+def test_help_lists_only_groups_the_command_takes(script, config_name):
+    """A probe: index.py --help and evaluate.py --help listed train.py's groups (encoder, trainer, experiment, ...),
+    train.py --help the retriever, prf, rerank and smooth groups of the others: each refused by that command."""
+    from two_tower.cli.common import compose, composition_error
+
+    groups = help_groups(script)
+    assert groups, f"{script} --help lists no configuration group"
+    for group, listed in groups.items():
+        for option, extra in listed:
+            overrides = [f"{group}={option}", *[e for e in extra if e != "-m"]]
+            if "-m" in extra:  # a sweeper or launcher: composes, and only a sweep runs it
+                compose(config_name, overrides)
+            else:
+                assert composition_error(config_name, overrides) is None, (script, overrides)
+    if config_name == "train":  # every option of train's groups is listed
+        for group in GROUPS:
+            assert sorted(o for o, _ in groups[group]) == options(group), group
