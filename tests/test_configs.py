@@ -200,6 +200,9 @@ def test_help_lists_only_groups_the_command_takes(script, config_name):
                 compose(config_name, overrides)
             else:
                 assert composition_error(config_name, overrides) is None, (script, overrides)
+    from two_tower.cli.common import COMMAND_GROUPS
+
+    assert sorted(g for g in groups if not g.startswith("hydra/")) == sorted(COMMAND_GROUPS[config_name]), script  # what the command refuses
     if config_name == "train":  # every option of train's groups is listed
         for group in GROUPS:
             assert sorted(o for o, _ in groups[group]) == options(group), group

@@ -373,7 +373,24 @@ def test_added_keys_no_command_reads_are_one_line():
     assert composition_error("evaluate", ["+retriever.w4={_target_:two_tower.retrieval.hybrid.WeightedScoreFusion,parts:[dense,bm25_stemmed],weights:[0.4,0.6]}"]) is None
 
 
-@pytest.mark.parametrize("command, override, words", [("train.py", "bogus=1", "error: bogus: no such setting"), ("index.py", "encoder=x", "error: encoder: no such setting in index.yaml"), ("evaluate.py", "retriever=bogus", "Available options in 'retriever'")])
+def test_another_commands_config_group_is_refused_with_plus_or_without():
+    """A probe: every command's config groups share conf/, so train.py retriever=bm25 was refused with the hint to add it
+    with + (`a new key is added with +retriever=...`), and train.py +retriever=bm25 (or index.py +encoder=lstm) then
+    composed and was ignored: the run trained as if it were not there."""
+    from two_tower.cli.common import composition_error
+
+    for command, override, owner in (("train", "retriever=bm25", "evaluate.py"), ("train", "+retriever=bm25", "evaluate.py"),
+                                     ("train", "+smooth=neighbours", "index.py"), ("train", "+prf=rocchio", "search.py and serve.py"),
+                                     ("index", "+encoder=lstm", "train.py"), ("index", "encoder=lstm", "train.py"), ("evaluate", "+trainer=gpu", "train.py")):
+        message = composition_error(command, ["ckpt=x", override] if command == "index" else [override])
+        group = override.lstrip("+").split("=")[0]
+        assert message and message.startswith(f"{override}: {group} is not a config group of {command}.py (a group of {owner})"), (command, override, message)
+        assert f"python {command}.py --help" in message and f"+{group}=..." not in message, message
+    for command, fine in (("train", ["+teacher=minilm"]), ("train", ["loss=distill", "teacher=minilm"]), ("evaluate", ["retriever=bm25"]), ("index", ["ckpt=x", "smooth=neighbours"])):
+        assert composition_error(command, fine) is None, (command, fine)
+
+
+@pytest.mark.parametrize("command, override, words", [("train.py", "bogus=1", "error: bogus: no such setting"), ("index.py", "encoder=x", "error: encoder=x: encoder is not a config group of index.py (a group of train.py)"), ("evaluate.py", "retriever=bogus", "Available options in 'retriever'")])
 def test_hydra_commands_report_bad_overrides_in_one_line(tmp_path, command, override, words):
     result = subprocess.run([sys.executable, command, override, f"hydra.run.dir={tmp_path}"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 2 and result.stderr.count("\n") == 1 and result.stderr.startswith("error: ") and words in result.stderr, result.stderr

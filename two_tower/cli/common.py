@@ -152,6 +152,29 @@ def single_run_sweep_error(cfg, argv: list[str]) -> str | None:
 # Plain settings whose keys are another function's arguments, checked there (data.synthetic_rows: synthetic.iter_rows).
 OPEN_SETTINGS = ("data.synthetic_rows",)
 
+# The config groups (folders of conf/) each command reads, as its --help lists them; conf/ also holds the
+# other commands' groups, which a command would compose and then ignore (train.py +retriever=bm25 trained as if it
+# were not there).
+COMMAND_GROUPS = {
+    "train": ("data", "embeddings", "encoder", "negatives", "loss", "teacher", "optimizer", "scheduler", "logger", "trainer",
+              "callbacks", "paths", "debug", "experiment", "hparams_search"),
+    "index": ("smooth",),
+    "evaluate": ("retriever",),
+    "search": ("prf", "rerank"),
+    "serve": ("prf", "rerank"),
+}
+
+
+def foreign_group_error(config_name: str, group: str, override: str) -> str | None:
+    """The one line for ``override`` selecting ``group``, a folder of conf/ that ``config_name``'s command does not
+    read (another command's group: ``train.py retriever=bm25``), or None when the command reads it (or it is no group)."""
+    if config_name not in COMMAND_GROUPS or group in COMMAND_GROUPS[config_name] or group == "hydra" or not (Path(CONF_DIR) / group).is_dir():
+        return None
+    owners = [f"{name}.py" for name, groups in COMMAND_GROUPS.items() if group in groups]
+    whose = f"a group of {' and '.join(owners)}" if owners else "a group other configs use"
+    ours = ", ".join(COMMAND_GROUPS[config_name])
+    return f"{override}: {group} is not a config group of {config_name}.py ({whose}); its groups are {ours} (python {config_name}.py --help)"
+
 
 def added_setting_error(config_name: str, argv: list[str]) -> str | None:
     """The one line for a ``+key=value`` that Hydra would add and the command never read: a key new to a node of
@@ -178,6 +201,10 @@ def added_setting_error(config_name: str, argv: list[str]) -> str | None:
         key = override.lstrip("+").split("=", 1)[0]
         parts = key.split(".")
         group = (Path(CONF_DIR) / parts[0]).is_dir()
+        if group and len(parts) == 1:  # +group=option: a group this command reads is left alone (+teacher=minilm)
+            foreign = foreign_group_error(config_name, parts[0], override)
+            if foreign:
+                return foreign
         if parts[0] == "hydra" or (group and len(parts) == 1) or OmegaConf.select(base, key, default=absent) is not absent:
             continue
         parent_key = ".".join(parts[:-1])
@@ -213,6 +240,8 @@ def hydra_error_line(config_name: str, err: Exception, argv: list[str] = ()) -> 
     if unknown:
         key = unknown.group(1)
         hint = retriever_setting_error(key, argv) if config_name == "evaluate" and key.startswith("retriever.") else None
+        if not hint and "." not in key:  # another command's group (train.py retriever=bm25): + would add it unread
+            hint = foreign_group_error(config_name, key, next((a.lstrip("+") for a in argv if a.lstrip("+").split("=", 1)[0] == key), key))
         return hint or f"{key}: no such setting in {config_name}.yaml with the options chosen (a new key is added with +{key}=...)"
     twice = re.match(r"Multiple values for ([\w.@/]+)\. To override a value use 'override \1: ([^']*)'", message)
     if twice:  # +group=option for a group the config already has: Hydra's words speak of a defaults list
