@@ -242,6 +242,8 @@ def hydra_error_line(config_name: str, err: Exception, argv: list[str] = ()) -> 
         hint = retriever_setting_error(key, argv) if config_name == "evaluate" and key.startswith("retriever.") else None
         if not hint and "." not in key:  # another command's group (train.py retriever=bm25): + would add it unread
             hint = foreign_group_error(config_name, key, next((a.lstrip("+") for a in argv if a.lstrip("+").split("=", 1)[0] == key), key))
+        if not hint and key.count(".") == 1:  # loss.margin with loss=infonce: + would add a key the loss refuses
+            hint = group_option_setting_error(config_name, key, argv)
         return hint or f"{key}: no such setting in {config_name}.yaml with the options chosen (a new key is added with +{key}=...)"
     twice = re.match(r"Multiple values for ([\w.@/]+)\. To override a value use 'override \1: ([^']*)'", message)
     if twice:  # +group=option for a group the config already has: Hydra's words speak of a defaults list
@@ -279,6 +281,32 @@ def null_group_error(config_name: str, argv: list[str]) -> str | None:
         rest = f"; {group} is off unless an option is selected, so leave it out for none" if off else ""
         return f"{override.input_line}: {group} is a config group; give one of its options: {', '.join(options)}{rest}"
     return None
+
+
+def group_option_setting_error(config_name: str, key: str, argv: list[str]) -> str | None:
+    """For ``GROUP.SETTING=...`` that the chosen option of one of the command's groups lacks but other options have
+    (``train.py loss.margin=0.3`` with the default loss=infonce; Hydra's hint, to add it with +, led to "InfoNCELoss
+    takes no such setting"): one line naming the options that have it. None otherwise (Hydra's own line is kept)."""
+    group, setting = key.split(".", 1)
+    if group not in COMMAND_GROUPS.get(config_name, ()) or not (Path(CONF_DIR) / group).is_dir():
+        return None
+    rest = [a for a in argv if a.lstrip("+").split("=", 1)[0] not in (key, group)]
+    try:
+        chosen = compose(config_name, [a for a in argv if a.lstrip("+").split("=", 1)[0] != key], return_hydra_config=True).hydra.runtime.choices.get(group)
+    except Exception:
+        return None
+    having = []
+    for option in sorted(p.stem for p in (Path(CONF_DIR) / group).glob("*.yaml")):
+        try:
+            node = compose(config_name, [*rest, f"{group}={option}"]).get(group)
+        except Exception:
+            continue
+        if node is not None and setting in node:
+            having.append(option)
+    if not having:
+        return None
+    override = next((a.lstrip("+") for a in argv if a.lstrip("+").startswith(key + "=")), key + "=...")
+    return f"{key}: not a setting of {group}={chosen}; {' and '.join(f'{group}={o}' for o in having)} {'has' if len(having) == 1 else 'have'} it: select one first, e.g. {group}={having[0]} {override}"
 
 
 def retriever_setting_error(key: str, argv: list[str]) -> str | None:
