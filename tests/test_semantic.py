@@ -113,6 +113,8 @@ def test_one_teacher_folder_spelled_two_ways_is_distilled_once(tmp_path, monkeyp
     spellings = [str(teacher), f"{teacher}/", "./teacher", "teacher"]
     sources = [DistilledEmbeddings(teacher=name, dim=4, cache_dir=str(tmp_path / "cache")) for name in spellings]
     assert len({source._folder() for source in sources}) == 1 and len({source.identity() for source in sources}) == 1
+    # The training log names the teacher as given, not the fingerprint the key holds.
+    assert sources[3].describe() == "distilled:teacher:4"
     assert DistilledEmbeddings(teacher="some/hub-id", dim=4)._key() != DistilledEmbeddings(teacher="other/hub-id", dim=4)._key()
 
 

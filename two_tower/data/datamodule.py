@@ -159,7 +159,7 @@ class TwoTowerDataModule(L.LightningDataModule):
             log.log(logging.WARNING if report.get("skipped") else logging.INFO, "[%s] rows: %s", role, report)
         log.info(
             "Vocabulary %d words; embeddings=%s: %.1f%% of vocabulary and %.1f%% of training tokens have no pre-trained vector",
-            len(self.tokenizer), self.meta["embeddings"], 100 * self.meta["oov_vocab"], 100 * self.meta["oov_tokens"],
+            len(self.tokenizer), self.embeddings.describe(), 100 * self.meta["oov_vocab"], 100 * self.meta["oov_tokens"],
         )
         for role, ranges in self.meta.get("token_ranges", {}).items():
             log.info("[%s] tokens: %s", role, ", ".join(f"{100 * share:.1f}% {name}" for name, share in ranges.items()))

@@ -94,6 +94,10 @@ class EmbeddingSource:
         """What the cache key needs to know about the source (not ``freeze``: it does not change the data)."""
         return f"{self.name}:{self.dim}"
 
+    def describe(self) -> str:
+        """What the training log calls the source (``identity`` unless that holds hashes)."""
+        return self.identity()
+
     def extension_config(self) -> dict | None:
         """How to load these vectors again anywhere (a Hydra config), if their words beyond the training
         vocabulary should extend it (``two_tower.data.tokenizer``); None: no extension."""
@@ -303,6 +307,9 @@ class DistilledEmbeddings(EmbeddingSource):
 
     def identity(self) -> str:
         return f"{self.name}:{self._teacher_fingerprint()}:{self.dim}:{self.words}:{self._model2vec_version()}:{self.TABLE_FORMAT}"
+
+    def describe(self) -> str:
+        return f"{self.name}:{self.teacher}:{self.dim}"
 
     def _teacher_fingerprint(self) -> str:
         """``model_fingerprint`` of the teacher (its name for a Hub id, or where it is not installed), read once: what
