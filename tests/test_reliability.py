@@ -729,11 +729,14 @@ def _write_bad_shards(folder: Path) -> None:
     import json
 
     folder.mkdir(parents=True, exist_ok=True)
-    good = [json.dumps(_row(f"question number {i}")).encode() for i in range(40)]
+    # json.dumps escapes the emoji as a surrogate pair (\\ud83d\\ude00): a whole character, kept
+    good = [json.dumps(_row(f"question number {i}" + (" \U0001F600" if i == 3 else ""))).encode() for i in range(40)]
     not_utf8 = json.dumps(_row("cafe query")).encode().replace(b"cafe", b"caf\xe9")  # Latin-1 byte: not UTF-8
+    # half of a surrogate pair, escaped: valid JSON whose string no UTF-8 writer takes (pyarrow's traceback once)
+    lone_surrogate = json.dumps(_row("lone \ud800 surrogate")).encode()
     string_flag = json.dumps(_row("string flag", ["1", 0])).encode()
     all_strings = json.dumps(_row("all strings", ["1", "0"])).encode()
-    (folder / "train-00000-of-00001.jsonl").write_bytes(b"\n".join([*good[:20], not_utf8, string_flag, b"{not json", all_strings, *good[20:]]) + b"\n")
+    (folder / "train-00000-of-00001.jsonl").write_bytes(b"\n".join([*good[:20], not_utf8, string_flag, b"{not json", all_strings, lone_surrogate, *good[20:]]) + b"\n")
     (folder / "validation-00000-of-00001.jsonl").write_bytes(b"\n".join(good[:10]) + b"\n")
 
 
@@ -745,8 +748,9 @@ def test_bad_jsonl_rows_are_skipped_and_counted_and_is_selected_has_one_rule(tmp
     _write_bad_shards(tmp_path / "jsonl")
     rows = msmarco.load_local_split(tmp_path / "jsonl", "train")
     kept, report = msmarco.validate_rows(rows, "train")
-    assert report.total == 44 and report.kept == 40
-    assert dict(report.skipped) == {"not_utf8": 1, "not_json": 1, "bad_is_selected": 2}
+    assert report.total == 45 and report.kept == 40
+    assert dict(report.skipped) == {"not_utf8": 2, "not_json": 1, "bad_is_selected": 2}
+    assert report.first["not_utf8"].endswith("train-00000-of-00001.jsonl line 21")
     # The same rows in parquet: the same verdict on is_selected (a string "1" is never read as 1).
     parquet = tmp_path / "parquet"
     parquet.mkdir()
@@ -765,8 +769,8 @@ def test_training_on_a_shard_with_a_non_utf8_byte_skips_the_row(tmp_path):
            "data.tokenizer.min_freq=1", f"paths.cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'run'}"]
     result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "'not_utf8': 1" in result.stdout + result.stderr
-    assert "UnicodeDecodeError" not in result.stdout + result.stderr
+    assert "'not_utf8': 2" in result.stdout + result.stderr
+    assert "UnicodeDecodeError" not in result.stdout + result.stderr and "UnicodeEncodeError" not in result.stdout + result.stderr
 
 
 def test_a_query_with_no_searchable_word_is_an_empty_query_error():

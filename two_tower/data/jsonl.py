@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,9 +40,27 @@ def _numbered_jsonl(path: str | Path, digest=None):
                 yield number, UnreadableRow("not_utf8", str(path), number)
                 continue
             try:
-                yield number, json.loads(text)
+                value = json.loads(text)
             except ValueError:
                 yield number, UnreadableRow("not_json", str(path), number)
+                continue
+            if _SURROGATE_ESCAPE.search(raw) and not _encodes(value):
+                # JSON may escape half of a surrogate pair ("\ud800"): Python reads it into a string that no
+                # UTF-8 writer takes (pyarrow's traceback when the split was saved, after its tokenization)
+                yield number, UnreadableRow("not_utf8", str(path), number)
+                continue
+            yield number, value
+
+
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _encodes(value) -> bool:
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 class JsonlRows(list):
