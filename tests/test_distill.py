@@ -292,6 +292,8 @@ def test_teacher_vectors_are_encoded_again_when_the_model_folder_changes(tmp_pat
     teacher = SentenceTransformerTeacher(str(folder), cache_dir=str(tmp_path / "cache"))
     key = teacher.cache_key(["a query"], ["a passage"])
     assert teacher.cache_key(["a query"], ["a passage"]) == key  # stable while nothing changes
+    # the same folder spelled another way is the same teacher (it was encoded again: a probe)
+    assert SentenceTransformerTeacher(f"{folder}/").cache_key(["a query"], ["a passage"]) == key
     (folder / "model.safetensors").write_bytes(b"retrained weights")
     assert teacher.cache_key(["a query"], ["a passage"]) != key
     assert SentenceTransformerTeacher("some/hub-id").cache_key([], []) != SentenceTransformerTeacher("other/hub-id").cache_key([], [])

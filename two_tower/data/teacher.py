@@ -1,7 +1,7 @@
 """A pre-trained sentence encoder whose query-passage scores the towers learn to match (``loss=distill``).
 
-The teacher encodes the training split once; its L2-normalised vectors are cached (keyed by the model,
-its files' names, sizes and times, and the exact texts; written to a temporary file and renamed) and
+The teacher encodes the training split once; its L2-normalised vectors are cached (keyed by the model's
+files' names, sizes and times (a Hub id: the id), max_seq_length and the exact texts; written to a temporary file and renamed) and
 handed to each batch, so a training step costs one small matrix product more, not a transformer
 forward pass. The teacher only touches the
 training split: validation queries and passages are never seen by it.
@@ -125,7 +125,9 @@ class SentenceTransformerTeacher:
         return model
 
     def cache_key(self, query_texts: list[str], passage_texts: list[str]) -> str:
-        digest = hashlib.sha1(f"{self.model}\0{self.max_seq_length}\0{model_fingerprint(self.model)}".encode())
+        # What the model is (its files' fingerprint; a Hub id's name), not how it is spelled: "m", "m/" and a package's
+        # name against its folder were separate encodings of the same vectors (a probe)
+        digest = hashlib.sha1(f"{self.max_seq_length}\0{model_fingerprint(self.model)}".encode())
         for texts in (query_texts, passage_texts):
             digest.update(str(len(texts)).encode())
             for text in texts:
