@@ -358,3 +358,27 @@ def test_a_hub_teacher_without_a_network_is_looked_up_offline_at_once_in_one_lin
     with pytest.raises(EmbeddingsError) as err:
         DistilledEmbeddings(teacher="nobody/no-such-model", dim=8, cache_dir=str(tmp_path)).model_folder()
     assert "embeddings.teacher=nobody/no-such-model" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_no_texts_of_a_kind_are_zero_vectors_of_the_teachers_width_without_a_deprecation_warning(tmp_path, monkeypatch):
+    """No pseudo-queries / no queries: a [0, width] array, asked by the model's current name for its width (the old
+    name printed sentence-transformers' FutureWarning in every such run: a probe)."""
+    import warnings
+
+    class Model:
+        def get_embedding_dimension(self):
+            return 6
+
+        def get_sentence_embedding_dimension(self):
+            warnings.warn("renamed", FutureWarning)
+            return 6
+
+        def encode(self, texts, **kwargs):
+            return np.ones((len(texts), 6), dtype=np.float32)
+
+    teacher = SentenceTransformerTeacher("some/hub-id", cache_dir=str(tmp_path / "cache"))
+    monkeypatch.setattr(teacher, "_load", Model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        out = teacher.vectors([], ["a passage"])
+    assert out.queries.shape == (0, 6) and out.passages.shape == (1, 6)

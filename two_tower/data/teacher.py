@@ -161,7 +161,9 @@ class SentenceTransformerTeacher:
             model = self._load()
             def encode(texts: list[str]) -> np.ndarray:
                 if not texts:
-                    return np.zeros((0, model.get_sentence_embedding_dimension()), dtype=np.float32)
+                    # the newer name (the old one is a FutureWarning in sentence-transformers 6.3); older releases have only the old
+                    width = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+                    return np.zeros((0, width()), dtype=np.float32)
                 return model.encode(texts, batch_size=self.batch_size, normalize_embeddings=True, show_progress_bar=True, convert_to_numpy=True).astype(np.float32)
 
             out = TeacherVectors(encode(query_texts), encode(passage_texts))
