@@ -206,3 +206,16 @@ def test_help_lists_only_groups_the_command_takes(script, config_name):
     if config_name == "train":  # every option of train's groups is listed
         for group in GROUPS:
             assert sorted(o for o, _ in groups[group]) == options(group), group
+
+
+def test_help_into_a_closed_pipe_stops_quietly_with_a_pipeline_writers_status():
+    """``index.py --help | head -1`` ended in a BrokenPipeError traceback from Hydra's print (a probe)."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    process = subprocess.Popen([sys.executable, "index.py", "--help"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process.stdout.close()  # the reader is gone before the help is written
+    stderr = process.stderr.read().decode()
+    assert process.wait(timeout=120) == 141 and "Traceback" not in stderr, stderr

@@ -370,7 +370,11 @@ def hydra_command(config_name: str):
                 message = composition_error(config_name, sys.argv[1:])
                 if message:
                     sys.exit(report(TwoTowerError(message)))
-            return hydra_main(*args)
+            try:
+                return hydra_main(*args)
+            except BrokenPipeError:  # `--help | head`: Hydra's print of the help text; stop quietly, as a pipeline's writer
+                drop_stdout()
+                sys.exit(141)
 
         return main
 
