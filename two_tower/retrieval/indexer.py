@@ -192,5 +192,5 @@ def build_index(cfg: DictConfig) -> Path:
     path = write_index_folder(cfg.out, index, passages.ids, passages.texts, encoder, manifest, overwrite=cfg.overwrite, statistics=statistics,
                               lexical=lexical, hybrid_weights=weights, static_model=static_model_of(encoder))
     log.info("Wrote %s (%d passages, %s) in %.1fs", path, len(passages), cfg.index.factory, time.perf_counter() - start)
-    log.info('Search it: python search.py index=%s "how long is a marathon"', path)
+    log.info('Search it: python search.py index=%s "your query"', path)
     return path
