@@ -294,6 +294,18 @@ def test_teacher_vectors_are_encoded_again_when_the_model_folder_changes(tmp_pat
     assert teacher.cache_key(["a query"], ["a passage"]) == key  # stable while nothing changes
     # the same folder spelled another way is the same teacher (it was encoded again: a probe)
     assert SentenceTransformerTeacher(f"{folder}/").cache_key(["a query"], ["a passage"]) == key
+    # a copy of the same files elsewhere (a reinstall, another machine's cache) is the same teacher
+    import os
+    import shutil
+
+    copy = shutil.copytree(folder, tmp_path / "copy")
+    os.utime(copy / "model.safetensors", (1, 1))
+    assert SentenceTransformerTeacher(str(copy)).cache_key(["a query"], ["a passage"]) == key
+    # retrained in place, even at the same size and with the old file's times (cp -p, rsync -a: a probe)
+    times = os.stat(folder / "model.safetensors")
+    (folder / "model.safetensors").write_bytes(b"WEIGHTS")
+    os.utime(folder / "model.safetensors", ns=(times.st_atime_ns, times.st_mtime_ns))
+    assert teacher.cache_key(["a query"], ["a passage"]) != key
     (folder / "model.safetensors").write_bytes(b"retrained weights")
     assert teacher.cache_key(["a query"], ["a passage"]) != key
     assert SentenceTransformerTeacher("some/hub-id").cache_key([], []) != SentenceTransformerTeacher("other/hub-id").cache_key([], [])

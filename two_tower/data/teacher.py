@@ -1,7 +1,7 @@
 """A pre-trained sentence encoder whose query-passage scores the towers learn to match (``loss=distill``).
 
-The teacher encodes the training split once; its L2-normalised vectors are cached (keyed by the model's
-files' names, sizes and times (a Hub id: the id), max_seq_length and the exact texts; written to a temporary file and renamed) and
+The teacher encodes the training split once; its L2-normalised vectors are cached (keyed by a hash of the
+model's files (a Hub id: the id), max_seq_length and the exact texts; written to a temporary file and renamed) and
 handed to each batch, so a training step costs one small matrix product more, not a transformer
 forward pass. The teacher only touches the
 training split: validation queries and passages are never seen by it.
@@ -71,16 +71,20 @@ def one_line(err: Exception) -> str:
 
 
 def model_fingerprint(name: str) -> str:
-    """What the vectors cache knows of a teacher model: for a folder (or a package's bundled one), the
-    names, sizes and modification times of its files, so a model retrained or replaced in place is
-    encoded again instead of its old vectors being reused; for a Hub id, the id."""
+    """What the caches know of a teacher model: for a folder (or a package's bundled one), a hash of its files'
+    paths and bytes, so a model retrained or replaced in place is encoded (distilled) again instead of its old
+    vectors being reused, and a copy or a reinstall of the same files is not; for a Hub id, the id. Bytes, not
+    sizes and times: a retrained model copied in with its old times (cp -p, rsync -a) kept the old vectors, and
+    a reinstall encoded the same model again (probes). ~0.1 s for all-MiniLM-L6-v2's 92 MB."""
     path = Path(resolve_model(name))
     if not path.is_dir():
         return name
     digest = hashlib.sha1()
     for file in sorted(p for p in path.rglob("*") if p.is_file()):
-        stat = file.stat()
-        digest.update(f"{file.relative_to(path)}\0{stat.st_size}\0{stat.st_mtime_ns}\0".encode())
+        digest.update(f"{file.relative_to(path).as_posix()}\0{file.stat().st_size}\0".encode())
+        with open(file, "rb") as handle:
+            while chunk := handle.read(1 << 22):
+                digest.update(chunk)
     return digest.hexdigest()[:16]
 
 
