@@ -64,3 +64,31 @@ def test_training_batches_over_processes_zero_each_is_refused_and_a_remainder_is
     dm.trainer = SimpleNamespace(global_rank=0, world_size=4, fit_loop=None)
     with pytest.raises(ConfigError, match=r"data.batch_size=25: the training split's 60 rows make 3 batch\(es\), fewer than the 4 processes"):
         dm.train_sampler()
+
+
+def test_every_process_gets_an_evaluation_batch_and_every_item_is_encoded():
+    """Each rank's share of a split's passages or queries is at least one batch (Lightning refuses a rank with an
+    empty loader), also with fewer items than processes (4 queries over 3 processes left the third none; 1 query
+    over 2, the second), and together the shares are every item; a rank with no item of its own repeats one a lower
+    rank encodes (the gathers drop it)."""
+    from two_tower.data.batches import LengthSortedBatches
+
+    for items, world in [(1, 2), (2, 3), (3, 2), (4, 3), (7, 4), (10, 4), (300, 2), (1000, 3), (5000, 2)]:
+        lengths = np.arange(items) % 7 + 1
+        shares = [LengthSortedBatches(lengths, 512, rank, world).batches for rank in range(world)]
+        assert all(len(share) >= 1 for share in shares), (items, world)
+        encoded = [int(i) for share in shares for batch in share for i in batch]
+        assert set(encoded) == set(range(items)) and len(encoded) == max(items, world), (items, world)
+        assert all(len(batch) <= 512 for share in shares for batch in share)
+
+
+@pytest.mark.slow
+def test_fewer_queries_than_processes_give_the_numbers_of_one(tiny_cfg, tmp_path):
+    """One validation query on two processes: the second has none of its own (Lightning's 'DataLoader within local
+    rank has zero length' traceback there, a gloo one in the first, exit 1); now it repeats the first's, which the
+    gathers drop, and the figures and table are one process's."""
+    cfg = tiny_cfg("data.synthetic_rows.val_rows=1", "threads=1")
+    one, one_table, _ = _validate(cfg, 1, tmp_path / "one")
+    two, two_table, _ = _validate(cfg, 2, tmp_path / "two")
+    assert two == one and len(two_table) == 1
+    pd.testing.assert_frame_equal(two_table.reset_index(drop=True), one_table.reset_index(drop=True), check_exact=True)

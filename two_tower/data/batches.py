@@ -130,11 +130,18 @@ class LengthSortedBatches(Sampler):
     def __init__(self, lengths: np.ndarray, batch_size: int, rank: int = 0, world_size: int = 1, items: np.ndarray | None = None):
         items = np.arange(len(lengths)) if items is None else items
         order = items[np.argsort(-lengths[items], kind="stable")]
-        # Smaller batches when there are fewer than processes, so every rank has one (Lightning refuses a rank
-        # with an empty loader: 300 validation queries in one 512-row batch over 2 processes).
-        batch_size = max(1, min(batch_size, -(-len(order) // world_size)))
+        # Every rank gets a batch (Lightning refuses a rank with an empty loader: 300 validation queries in one
+        # 512-row batch over 2 processes). Batches of at most items // processes make at least one a process (of
+        # ceil(items / processes), 4 items made 2 batches over 3 processes, and a split with fewer items than
+        # processes left the last ranks none: a traceback in one process, a gloo one in the others).
+        batch_size = max(1, min(batch_size, len(order) // world_size))
         batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
         self.batches = batches[rank::world_size]
+        if not self.batches and len(order):
+            # Fewer items than processes: this rank encodes again an item a lower rank encodes, which the
+            # gathers drop (TwoTowerModule._gather keeps each passage's first row, _local_queries leaves a
+            # query to the lowest rank that has it), so the figures are those of one process.
+            self.batches = [order[:1]]
 
     def __len__(self) -> int:
         return len(self.batches)
