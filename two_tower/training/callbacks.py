@@ -178,22 +178,51 @@ class EpochTimings(L.Callback):
 
 class RNGState(L.Callback):
     """Save Python, NumPy and torch RNG states in checkpoints and restore them on resume, so dropout and
-    anything else random continue exactly as in an uninterrupted run."""
+    anything else random continue exactly as in an uninterrupted run.
+
+    With several processes (DDP) each has its own states (their batches differ in size, so dropout draws
+    differently): every process's are saved (``ranks``, gathered while the checkpoint is dumped, which every
+    process does) and each takes back its own. Only rank 0's were saved, and every process took them back:
+    a resumed run with dropout ended at other figures than the uninterrupted one (a probe, val/mrr@10 0.0406
+    against 0.0404). A checkpoint resumed on another number of processes gives the others rank 0's. Saved while
+    Ctrl-C is handled, the processes stopped wherever each was, and a gather there hung the run: rank 0's alone then."""
 
     def state_dict(self) -> dict:
-        kind, keys, pos, has_gauss, gauss = np.random.get_state()
-        # Plain types and tensors only, so the checkpoint loads with torch.load(weights_only=True).
-        return {
-            "python": random.getstate(),
-            "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
-            "torch": torch.get_rng_state(),
-        }
+        import sys
+
+        own = _rng_states()
+        world = _world()
+        if world < 2 or isinstance(sys.exc_info()[1], KeyboardInterrupt):
+            return own
+        states = [None] * world
+        torch.distributed.all_gather_object(states, own)
+        return {**states[0], "ranks": states}
 
     def load_state_dict(self, state: dict) -> None:
+        ranks = state.get("ranks")
+        rank = torch.distributed.get_rank() if _world() > 1 else 0
+        if ranks and rank < len(ranks):
+            state = ranks[rank]
         random.setstate(state["python"])
         kind, keys, pos, has_gauss, gauss = state["numpy"]
         np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
         torch.set_rng_state(state["torch"])
+
+
+def _rng_states() -> dict:
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    # Plain types and tensors only, so the checkpoint loads with torch.load(weights_only=True).
+    return {
+        "python": random.getstate(),
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
+        "torch": torch.get_rng_state(),
+    }
+
+
+def _world() -> int:
+    """The number of processes of the running process group (1 without one)."""
+    dist = torch.distributed
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
 class PerQueryWriter(L.Callback):
