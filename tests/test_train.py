@@ -260,3 +260,60 @@ def test_ddp_on_two_cpu_processes_trains_and_reports_once(tmp_path):
     assert output.count("Final metrics") == 1 and output.count("[train] rows:") == 1
     assert re.search(r"'val/mrr@10': 0\.\d+", output)
     assert list((run / "checkpoints").glob("epoch*.ckpt"))
+
+
+# train.py with a fault at a training step in one process: DDP starts the other processes by running this script again,
+# so the fault is injected in every process and fires only in the one named.
+_FAULT_AT_STEP = '''
+import os, signal, sys
+sys.path.insert(0, {root!r})
+from two_tower.core.errors import DataSourceError
+from two_tower.training import callbacks
+
+def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+    if trainer.global_rank == {rank} and trainer.global_step == {step}:
+        if {fault!r} == "error":
+            raise DataSourceError("bad row 7 in rank {rank}'s batch")
+        os.kill(os.getpid(), signal.SIGKILL)
+
+callbacks.EpochTimings.on_train_batch_start = on_train_batch_start
+from two_tower.cli.train import main
+main()
+'''
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("rank,fault", [(1, "error"), (1, "SIGKILL"), (0, "error")])
+def test_ddp_process_that_fails_is_one_line_not_every_process_traceback(tmp_path, rank, fault):
+    """A process that failed or was killed made every other fail in its next collective with gloo's 'Connection closed
+    by peer' traceback: rank 1's error line was followed by rank 0's traceback and status 1, rank 0's error line by
+    rank 1's traceback, and rank 1 killed gave rank 0's traceback alone. Now: one `error:` line (the failed process's,
+    or the launcher's naming it and the checkpoint to resume from), status 2, no traceback, no process left."""
+    import signal
+
+    run = tmp_path / "run"
+    script = tmp_path / "faulty_train.py"
+    script.write_text(_FAULT_AT_STEP.format(root=str(ROOT), rank=rank, step=7, fault=fault))  # 5 steps an epoch: in epoch 1
+    cmd = [sys.executable, str(script), *[t for t in TINY if not t.startswith("trainer.max_epochs")], "trainer.max_epochs=3", "trainer=ddp",
+           "trainer.devices=2", "trainer.accelerator=cpu", f"paths.cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={run}"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    output = stdout + stderr
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 2, output[-3000:]
+    assert "Traceback" not in output and len(errors) == 1, output[-3000:]
+    if fault == "error":
+        assert errors[0] == f"error: bad row 7 in rank {rank}'s batch"
+    else:
+        assert errors[0].startswith("error: the training process of rank 1 was killed by SIGKILL"), errors
+        assert f"{run / 'checkpoints' / 'last.ckpt'} (the last checkpoint written, whole) resumes it" in errors[0]
+        assert f"ckpt_path=last hydra.run.dir={run}" in errors[0]
+    deadline = time.monotonic() + 60  # a process that lost the launcher ends on its own, just after it
+    while subprocess.run(["pgrep", "-f", str(script)], capture_output=True).returncode == 0:
+        assert time.monotonic() < deadline, "a process of the run is left"
+        time.sleep(0.5)

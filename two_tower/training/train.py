@@ -22,6 +22,7 @@ from two_tower.core import per_query, run_record
 from two_tower.training.callbacks import CheckpointOnStop
 from two_tower.training.config import validate_train_config
 from two_tower.training.loggers import ResumableCSVLogger
+from two_tower.training.processes import other_processes_watched
 from two_tower.core.config_key import NOT_SET, changed_settings, current_config_key
 from two_tower.data.datamodule import TwoTowerDataModule
 from two_tower.core.errors import CheckpointError, ConfigError, DataSourceError
@@ -372,8 +373,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     except InstantiationException as err:  # trainer.devices=abc, +trainer.max_epoch=1 (a typo), ...
         cause = err.__cause__ or err
         raise ConfigError(f"trainer: {type(cause).__name__}: {' '.join(str(cause).split())[:400]}") from err
+    last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
     try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        with other_processes_watched(trainer, last):  # another process that ended: one line, not each one's traceback
+            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     except SIGTERMException:
         # Lightning's SIGTERMException is a SystemExit of status 0: a preempted run looked like a finished one
         # to a scheduler or to `train.py && index.py`. A stop by SIGTERM exits 143 (as a shell reports a
@@ -399,7 +402,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         if done:
             log.info("The test split was scored when the run ended: not again")
         else:
-            metrics.update(test_best_checkpoint(trainer, module, datamodule, loggers))
+            with other_processes_watched(trainer, last):
+                metrics.update(test_best_checkpoint(trainer, module, datamodule, loggers))
     except SIGTERMException:  # Lightning's status 0 again: a run stopped before its test figures looked finished
         log.warning("Stopped by SIGTERM while scoring the test split: training had ended. Resume with the same command plus "
                     "ckpt_path=last to score it")
