@@ -1256,3 +1256,38 @@ def test_ddp_resume_with_dropout_matches_uninterrupted(tmp_path):
     want = torch.load(reference / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
     got = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
     assert all(torch.equal(got[k], want[k]) for k in want)
+
+
+def test_a_run_ended_by_early_stopping_trains_nothing_resumed_and_a_longer_resume_scores_its_test_split_again(tmp_path, caplog):
+    """Resumed with its own command, a run early stopping had ended said 'nothing is left to train' and trained on
+    (Lightning does not keep that it stopped) until early stopping stopped it again, appending epochs to its log. A
+    finished run resumed with a longer trainer.max_epochs (allowed) trained on too, under the same words, and kept
+    the test figures and table of the checkpoint that was best before (removed then: save_top_k=1). Now the first
+    trains nothing, and the second says it trains on and scores the test split again with the best checkpoint then."""
+    import pandas as pd
+
+    from two_tower.core import per_query
+
+    stopping = ["+callbacks.early_stopping._target_=lightning.pytorch.callbacks.EarlyStopping", "+callbacks.early_stopping.monitor=val/mrr@10",
+                "+callbacks.early_stopping.mode=max", "+callbacks.early_stopping.stopping_threshold=0.0"]  # stops after the first validation
+    common = ["trainer.max_epochs=3", "data.synthetic_rows.test_rows=40", "logger=csv", *stopping]
+    train(compose_train(tmp_path / "stopped", common))
+    run = tmp_path / "stopped" / "run"
+    logged, kept = (run / "csv" / "metrics.csv").read_text(), sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert pd.read_csv(run / "csv" / "metrics.csv")["val/mrr@10"].dropna().size == 1  # early stopping ended it at epoch 0
+    with caplog.at_level("INFO", logger="two_tower"):
+        train(compose_train(tmp_path / "stopped", [*common, "ckpt_path=last"]))
+    assert "this run had ended: nothing is left to train" in caplog.text
+    assert (run / "csv" / "metrics.csv").read_text() == logged and sorted(p.name for p in (run / "checkpoints").iterdir()) == kept
+
+    longer = ["data.synthetic_rows.test_rows=40", "logger=csv", "optimizer.lr=0.01"]
+    train(compose_train(tmp_path / "longer", [*longer, "trainer.max_epochs=1"]))
+    run = tmp_path / "longer" / "run"
+    caplog.clear()
+    with caplog.at_level("INFO", logger="two_tower"):
+        again = train(compose_train(tmp_path / "longer", [*longer, "trainer.max_epochs=3", "ckpt_path=last"]))
+    assert "this run had ended; trainer.max_epochs: 1 -> 3 trains it on" in caplog.text
+    metrics = pd.read_csv(run / "csv" / "metrics.csv")
+    assert metrics["val/mrr@10"].dropna().size == 3 and metrics["test/mrr@10"].dropna().tolist() == [pytest.approx(again["test/mrr@10"])]
+    best = [p.name for p in (run / "checkpoints").glob("epoch*.ckpt")]
+    assert pd.read_parquet(run / "per_query" / per_query.STAGE_FILES["test"])["checkpoint"].unique().tolist() == best

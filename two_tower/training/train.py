@@ -216,6 +216,24 @@ def run_had_ended(path: str, state: dict) -> bool:
         return False
 
 
+def trains_on(state: dict, cfg: DictConfig) -> str | None:
+    """What a resume of a run that had ended (``state``: its checkpoint) asks to train beyond where it ended: the
+    lengths it sets longer than the run's own ("trainer.max_epochs: 1 -> 2"), or None: the same length, and nothing is
+    left to train, also when early stopping ended the run before its max_epochs (Lightning does not keep that it
+    stopped, and the resume trained on until early stopping stopped it again). None too for a checkpoint that does
+    not record its run's settings."""
+    saved = (state.get(RUN_CONFIG_KEY) or {}).get("trainer")
+    if not isinstance(saved, dict):
+        return None
+    done = {"max_epochs": int(state.get("epoch") or 0) + 1, "max_steps": int(state.get("global_step") or 0)}
+    longer = []
+    for key, default in (("max_epochs", None), ("max_steps", -1)):
+        before, now = saved.get(key, default), cfg.trainer.get(key, default)
+        if now != before and (now in (None, -1) or (isinstance(now, int) and now > done[key])):
+            longer.append(f"trainer.{key}: {before} -> {now}")
+    return ", ".join(longer) or None
+
+
 def check_resume_checkpoint(path: str, state: dict, tokenizer, processes: int | None = None, max_epochs: int | None = None) -> None:
     """Refuse, in one line, a checkpoint (``state``, read from ``path`` by ``read_resume_checkpoint``, which refuses
     a truncated or foreign one) made with another vocabulary, saved mid-epoch by another number of processes than
@@ -305,14 +323,20 @@ def train(cfg: DictConfig) -> dict[str, float]:
         L.seed_everything(cfg.seed, workers=True)
         start = time.perf_counter()
         ckpt_path = resolve_ckpt_path(cfg)
-        ended = False
+        ended, ended_step = False, None  # ended_step: where a run that had ended, trained on now, had ended
         if ckpt_path:
             state = read_resume_checkpoint(ckpt_path)  # memory-mapped, read once for the checks below
             check_resume_settings(ckpt_path, state, cfg)
             ended = run_had_ended(ckpt_path, state)
-            if ended:  # e.g. a job of a sweep resumed with ckpt_path=last that had ended before the stop
+            longer = trains_on(state, cfg) if ended else None
+            if longer:  # a run that had ended, trained on: unfinished until it ends again, and then its test split is scored again
+                log.info("ckpt_path=%s: this run had ended; %s trains it on (its test split is scored again when it ends, with "
+                         "the best checkpoint then)", ckpt_path, longer)
+                ended, ended_step = False, int(state.get("global_step") or 0)
+            elif ended:  # e.g. a job of a sweep resumed with ckpt_path=last that had ended before the stop
                 log.info("ckpt_path=%s: this run had ended: nothing is left to train (trainer.max_epochs=%s); its %s is its best "
                          "validation's", ckpt_path, cfg.trainer.get("max_epochs"), cfg.get("optimized_metric"))
+                ended_epochs = int(state.get("epoch") or 0) + 1
         elif (Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt").is_file() and not requeued():
             # Trained again from the start, it overwrote the stopped run's last.ckpt and logged its epochs twice.
             where = "hydra.sweep.dir, with -m" if in_sweep() else "hydra.run.dir"
@@ -363,6 +387,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         for logger in loggers:
             if isinstance(logger, ResumableCSVLogger):
                 logger.resume()
+                if ended_step is not None:  # its test figures and time, logged when it ended, are logged again when it ends again
+                    logger.drop_rows_from(ended_step)
     callbacks = instantiate_group(cfg.get("callbacks")) + tracking_callbacks(loggers)
     if cfg.trainer.get("enable_progress_bar") is False:  # Lightning refuses a progress bar callback then
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
@@ -373,6 +399,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     except InstantiationException as err:  # trainer.devices=abc, +trainer.max_epoch=1 (a typo), ...
         cause = err.__cause__ or err
         raise ConfigError(f"trainer: {type(cause).__name__}: {' '.join(str(cause).split())[:400]}") from err
+    if ended:  # trains nothing: Lightning would go on after an early stop (its decision is not in the checkpoint)
+        trainer.fit_loop.max_epochs = ended_epochs
     last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
     try:
         with other_processes_watched(trainer, last):  # another process that ended: one line, not each one's traceback
