@@ -1291,3 +1291,28 @@ def test_a_run_ended_by_early_stopping_trains_nothing_resumed_and_a_longer_resum
     assert metrics["val/mrr@10"].dropna().size == 3 and metrics["test/mrr@10"].dropna().tolist() == [pytest.approx(again["test/mrr@10"])]
     best = [p.name for p in (run / "checkpoints").glob("epoch*.ckpt")]
     assert pd.read_parquet(run / "per_query" / per_query.STAGE_FILES["test"])["checkpoint"].unique().tolist() == best
+
+
+def test_an_epoch_resumed_mid_way_logs_its_whole_training_time(tmp_path, monkeypatch):
+    """Lightning does not start an epoch resumed mid-way again, so EpochTimings, which starts its clock there, logged
+    no time/epoch_train_seconds for it (a probe: epochs [0] logged against [0, 1]). Now its clock travels in the
+    checkpoint: every epoch is logged once, the resumed one with the seconds trained before the stop too."""
+    import pandas as pd
+
+    common = ["trainer.max_epochs=2", "logger=csv"]
+    stopped = compose_train(tmp_path, common)
+    original = utils.instantiate_group
+
+    class SlowBatches(L.Callback):  # the steps before the stop take a known least time
+        def on_train_batch_end(self, trainer, *args):
+            if trainer.current_epoch == 1:
+                time.sleep(0.1)
+
+    monkeypatch.setattr(train_module, "instantiate_group", lambda c: original(c) + ([SlowBatches(), SigtermAtStep(13)] if c is stopped.get("callbacks") else []))
+    with pytest.raises(SystemExit):
+        train(stopped)
+    monkeypatch.undo()
+    train(compose_train(tmp_path, [*common, "ckpt_path=last"]))
+    logged = pd.read_csv(Path(stopped.paths.output_dir) / "csv" / "metrics.csv").dropna(subset=["time/epoch_train_seconds"])
+    assert sorted(logged["epoch"]) == [0, 1]
+    assert logged.loc[logged["epoch"] == 1, "time/epoch_train_seconds"].item() >= 0.3  # steps 10-13 slept before the stop

@@ -152,11 +152,26 @@ class CheckpointOnStop(L.Callback):
 class EpochTimings(L.Callback):
     """Log ``time/epoch_train_seconds`` (the epoch's training steps, validation excluded) and
     ``time/validation_seconds`` every epoch, through every logger (CSV, W&B), so any run shows where its
-    time goes. The sanity-check validation is not counted."""
+    time goes. The sanity-check validation is not counted. The training seconds of an epoch so far travel in
+    checkpoints: a run resumed mid-epoch (Lightning does not start that epoch again) logged no
+    ``time/epoch_train_seconds`` for it; it logs the whole epoch's, the part before the stop included."""
 
     def __init__(self):
         self._train_start = self._val_start = None
         self._val_seconds = 0.0
+        self._restored: float | None = None
+
+    def state_dict(self) -> dict:
+        if self._train_start is None:
+            return {}
+        return {"epoch_train_seconds": time.perf_counter() - self._train_start - self._val_seconds}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._restored = state.get("epoch_train_seconds")
+
+    def on_train_start(self, trainer, pl_module):
+        if self._restored is not None:  # resumed mid-epoch: that epoch's clock goes on (a new epoch starts it again)
+            self._train_start, self._val_seconds, self._restored = time.perf_counter() - self._restored, 0.0, None
 
     def on_train_epoch_start(self, trainer, pl_module):
         self._train_start, self._val_seconds = time.perf_counter(), 0.0
