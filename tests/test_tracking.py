@@ -188,6 +188,34 @@ def test_a_slurm_sweep_that_cannot_be_submitted_is_one_line_before_any_job(tmp_p
         check_launcher(composed("trainer=ddp"))
 
 
+def test_a_local_sweep_of_multi_process_runs_is_one_line_before_any_job(tmp_path, monkeypatch):
+    """Lightning starts a DDP run's other processes by running the command again, -m and the sweep's values included:
+    each ran the whole sweep on its own (a probe: a second multirun folder of their logs, multirun.yaml overwritten).
+    Refused before any job (or at the job whose swept trainer.devices asks for it); a SLURM sweep is not."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+    from two_tower.core.errors import ConfigError
+    from two_tower.training.config import check_sweep_processes
+
+    sweep = tmp_path / "multirun"
+    result = subprocess.run([sys.executable, "train.py", "-m", *TINY_SWEEP[:-1], "trainer=ddp", "trainer.devices=2", "trainer.accelerator=cpu",
+                             "seed=1,2", f"hydra.sweep.dir={sweep}"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and result.stderr.strip().splitlines() == [
+        "error: trainer.devices=2 (x trainer.num_nodes=1): a sweep (-m) of runs of 2 processes each cannot run on this machine: Lightning "
+        "starts a run's other processes by running this command again, so each would run the whole sweep; run each configuration "
+        "without -m, or sweep with hydra/launcher=slurm (SLURM starts each run's processes)"], result.stderr[-2000:]
+    assert not sweep.exists()
+    local = "hydra._internal.core_plugins.basic_launcher.BasicLauncher"
+    check_sweep_processes(composed_train("trainer=ddp", "trainer.devices=1", "trainer.accelerator=cpu").trainer, local)
+    check_sweep_processes(composed_train("trainer=ddp", "trainer.devices=4").trainer, "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher")
+    with pytest.raises(ConfigError, match=r"^trainer.devices=2 \(x trainer.num_nodes=2\): a sweep \(-m\) of runs of 4 processes"):
+        check_sweep_processes(composed_train("trainer=ddp", "trainer.devices=2", "trainer.num_nodes=2").trainer, local)
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "1")  # torchrun started every process: each runs the sweep, as meant
+    check_sweep_processes(composed_train("trainer=ddp", "trainer.devices=2").trainer, local)
+
+
 @pytest.mark.slow
 def test_optuna_sweep_runs_two_trials(tmp_path):
     """A real 2-trial sweep (in-memory storage) on tiny synthetic data, logged to W&B offline: ~15 s unloaded."""

@@ -216,6 +216,51 @@ def check_launcher(cfg: DictConfig) -> None:
                           "must be a whole number >= 1 (e.g. trainer.devices=4)")
 
 
+def planned_processes(trainer_cfg) -> int | None:
+    """How many training processes ``trainer.devices`` x ``trainer.num_nodes`` start, as Lightning counts them
+    (``auto`` / -1: every GPU, else one process); None when the setting does not say."""
+    import torch
+
+    devices, accelerator = trainer_cfg.get("devices", "auto"), str(trainer_cfg.get("accelerator", "auto"))
+    if isinstance(devices, str) and devices.strip().lstrip("-").isdigit():
+        devices = int(devices)
+    if devices in ("auto", -1):
+        if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()):
+            devices = torch.cuda.device_count()
+        elif devices == "auto":  # CPU, MPS: one process
+            devices = 1
+        else:
+            return None
+    elif isinstance(devices, (list, tuple)) or OmegaConf.is_list(devices):
+        devices = len(devices)
+    elif isinstance(devices, str) and "," in devices:
+        devices = len([d for d in devices.split(",") if d.strip()])
+    nodes = trainer_cfg.get("num_nodes", 1)  # a config saved before trainer/default.yaml had it
+    if not isinstance(devices, int) or isinstance(devices, bool) or devices < 1 or not isinstance(nodes, int) or nodes < 1:
+        return None
+    return devices * nodes
+
+
+def check_sweep_processes(trainer_cfg, launcher_target: str) -> None:
+    """Raise ConfigError for a sweep (``-m``) whose runs would each start processes of their own on this machine
+    (``trainer.devices`` x ``trainer.num_nodes`` > 1, not under a cluster launcher): Lightning starts a run's other
+    processes by running the command line again, ``-m`` and the sweep's values included, so each of them ran the
+    whole sweep on its own (a probe: a second multirun folder of their logs, the sweep's multirun.yaml overwritten,
+    the jobs in step only because every process drew the same sequence). ``launcher_target``: hydra.launcher's
+    ``_target_``; SLURM (or torchrun) starts each run's processes itself, so its sweeps are fine."""
+    import os
+
+    if "SlurmLauncher" in str(launcher_target) or "TORCHELASTIC_RUN_ID" in os.environ:
+        return
+    processes = planned_processes(trainer_cfg)
+    if processes is not None and processes > 1:
+        raise ConfigError(
+            f"trainer.devices={trainer_cfg.get('devices')} (x trainer.num_nodes={trainer_cfg.get('num_nodes', 1)}): a sweep (-m) of runs of "
+            f"{processes} processes each cannot run on this machine: Lightning starts a run's other processes by running this command "
+            "again, so each would run the whole sweep; run each configuration without -m, or sweep with hydra/launcher=slurm "
+            "(SLURM starts each run's processes)")
+
+
 def optuna_sweep(cfg: DictConfig) -> bool:
     """Whether the multirun's sweeper is Optuna's (``hparams_search=optuna``), which draws values from distributions."""
     return "optuna" in str(OmegaConf.select(cfg, "hydra.sweeper._target_", default="", throw_on_missing=False) or "").lower()

@@ -20,7 +20,7 @@ from two_tower.core.threads import set_threads
 from two_tower.retrieval.checkpoint import load_problem
 from two_tower.core import per_query, run_record
 from two_tower.training.callbacks import CheckpointOnStop
-from two_tower.training.config import validate_train_config
+from two_tower.training.config import check_sweep_processes, planned_processes, validate_train_config
 from two_tower.training.loggers import ResumableCSVLogger
 from two_tower.training.processes import other_processes_watched
 from two_tower.core.config_key import NOT_SET, changed_settings, current_config_key
@@ -124,29 +124,6 @@ def check_training_rows(datamodule: TwoTowerDataModule) -> None:
         raise DataSourceError(f"the training split has {datamodule.train.num_passages} distinct passage: nothing to rank a passage against")
     if datamodule.val.num_passages < 2:
         raise DataSourceError(f"the validation split has {datamodule.val.num_passages} distinct passage: every query would rank it first (val/mrr@10 1.0, meaningless)")
-
-
-def planned_processes(trainer_cfg) -> int | None:
-    """How many training processes ``trainer.devices`` x ``trainer.num_nodes`` start, as Lightning counts them
-    (``auto`` / -1: every GPU, else one process); None when the setting does not say."""
-    devices, accelerator = trainer_cfg.get("devices", "auto"), str(trainer_cfg.get("accelerator", "auto"))
-    if isinstance(devices, str) and devices.strip().lstrip("-").isdigit():
-        devices = int(devices)
-    if devices in ("auto", -1):
-        if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()):
-            devices = torch.cuda.device_count()
-        elif devices == "auto":  # CPU, MPS: one process
-            devices = 1
-        else:
-            return None
-    elif isinstance(devices, (list, tuple)) or OmegaConf.is_list(devices):
-        devices = len(devices)
-    elif isinstance(devices, str) and "," in devices:
-        devices = len([d for d in devices.split(",") if d.strip()])
-    nodes = trainer_cfg.get("num_nodes", 1)  # a config saved before trainer/default.yaml had it
-    if not isinstance(devices, int) or isinstance(devices, bool) or devices < 1 or not isinstance(nodes, int) or nodes < 1:
-        return None
-    return devices * nodes
 
 
 def read_resume_checkpoint(path: str) -> dict:
@@ -312,6 +289,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     quiet_other_ranks()
     with run_record.kept_if_refused():  # refused before training: the run folder's .hydra record is put back
         validate_train_config(cfg)
+        if in_sweep():  # a job's own trainer settings (a swept trainer.devices): the sweep's start checked the base config's
+            from hydra.core.hydra_config import HydraConfig
+
+            check_sweep_processes(cfg.trainer, HydraConfig.get().launcher.get("_target_", ""))
         check_wandb_login(cfg)
         # Before any loading, tokenizing or training: the run folder must take files, and so must the cache
         # folder unless it is a read-only one whose entries are read.
