@@ -1175,13 +1175,47 @@ def test_ctrl_c_in_a_command_is_one_line_and_status_130(capsys, monkeypatch):
             raise KeyboardInterrupt
 
 
+@pytest.mark.slow
+def test_sigterm_while_train_prepares_its_data_is_one_line_and_143_and_leaves_no_cache_entry(tmp_path):
+    """SIGTERM while train.py tokenized (or distilled, encoded with the teacher, mined) ended it with status 143 and no
+    word (a probe; Lightning's handler, which saves a checkpoint, comes with training). Now one line, and the cache
+    entry being built is not left half-made."""
+    import signal
+    import time
+
+    overrides = [o for o in TINY if not o.startswith("data.synthetic_rows.train_rows")]
+    cmd = [sys.executable, "train.py", *overrides, "data.synthetic_rows.train_rows=400000", f"paths.cache_dir={tmp_path / 'cache'}",
+           f"hydra.run.dir={tmp_path / 'run'}"]
+    with open(tmp_path / "out", "w") as out_file, open(tmp_path / "err", "w") as err_file:  # files: a pipe nobody reads fills up
+        process = subprocess.Popen(cmd, cwd=ROOT, stdout=out_file, stderr=err_file)
+    log = tmp_path / "run" / "train.log"
+    deadline = time.monotonic() + 300
+    while not (log.is_file() and "Tokenization cache miss" in log.read_text()):
+        assert process.poll() is None and time.monotonic() < deadline, (tmp_path / "err").read_text()[-3000:]
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=120)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+        raise AssertionError(f"not stopped by SIGTERM: {(tmp_path / 'err').read_text()[-3000:]}") from None
+    out, err = (tmp_path / "out").read_text(), (tmp_path / "err").read_text()
+    assert process.returncode == 143, err[-3000:]
+    assert err.strip().splitlines()[-1] == ("stopped by SIGTERM while preparing the data, before training: nothing was trained or saved, and "
+                                            "no half-made cache entry is left; run the command again")
+    assert "Traceback" not in out + err
+    assert not [p for p in (tmp_path / "cache").rglob("*") if p.is_dir() and p.parent.name == "prepared"], "a cache entry was left"
+    assert "stopped by SIGTERM while preparing the data" in log.read_text()
+
+
 def test_sigterm_in_index_or_evaluate_is_one_line_and_status_143_after_cleaning_up(capsys, tmp_path):
     """SIGTERM ended index.py and evaluate.py with no word (a probe); now one line and 143, once the blocks it
     interrupts have cleaned up (a staged folder is removed), and the previous handler is back afterwards."""
     import os
     import signal
 
-    from two_tower.cli.common import stopped_by_sigterm
+    from two_tower.core.stop import stopped_by_sigterm
     from two_tower.core.atomic import atomic_folder
 
     before = signal.getsignal(signal.SIGTERM)

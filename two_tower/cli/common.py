@@ -19,6 +19,7 @@ from pathlib import Path
 import two_tower.core.cache  # noqa: F401  (registers ${two_tower_cache:}, the default cache folder of conf/paths)
 from two_tower.core.checks import unknown_setting
 from two_tower.core.errors import TwoTowerError
+from two_tower.core.stop import log_to_files
 
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 
@@ -46,18 +47,6 @@ def report(err: TwoTowerError) -> int:
     return 2
 
 
-def log_to_files(message: str) -> None:
-    """``message`` in the log files of this process (a run folder's train.log: a refused run whose folder is kept
-    says there why it stopped), not on the console, which has the ``error:`` line already."""
-    import logging
-
-    handlers = [h for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)]
-    if handlers:
-        record = logging.LogRecord("two_tower", logging.ERROR, __file__, 0, message, None, None)
-        for handler in handlers:
-            handler.handle(record)
-
-
 def drop_stdout() -> None:
     """Point stdout at /dev/null, so the interpreter's flush at exit does not raise again (after the reader of a
     pipe closed it: ``| head``)."""
@@ -66,39 +55,6 @@ def drop_stdout() -> None:
         os.dup2(devnull, sys.stdout.fileno())
     except (OSError, ValueError, AttributeError):
         pass
-
-
-class Terminated(BaseException):
-    """SIGTERM arrived (``stopped_by_sigterm``): a BaseException, so no ``except Exception`` on the way out takes it."""
-
-
-@contextlib.contextmanager
-def stopped_by_sigterm():
-    """SIGTERM inside the block ends the process with one line and status 143 (as a shell reports a process ended
-    by it), after the ``with`` blocks it interrupts have cleaned up (staged outputs are removed: nothing half-written
-    is left). Without it SIGTERM ended index.py and evaluate.py silently. Not for train.py (Lightning handles
-    SIGTERM to save a checkpoint) or serve.py (uvicorn's graceful stop)."""
-    import signal
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum, frame):
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the clean-up short
-        raise Terminated()
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    except Terminated:
-        message = "stopped by SIGTERM; the outputs it was writing were removed"
-        print(message, file=sys.stderr)
-        log_to_files(message)
-        sys.exit(143)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 @contextlib.contextmanager

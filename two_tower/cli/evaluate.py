@@ -2,7 +2,8 @@
 
 from omegaconf import DictConfig
 
-from two_tower.cli.common import exit_on_error, hydra_command, stopped_by_sigterm
+from two_tower.cli.common import exit_on_error, hydra_command
+from two_tower.core.stop import stopped_by_sigterm
 from two_tower.core import run_record
 
 

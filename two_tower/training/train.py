@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from two_tower.core.atomic import check_writable, sweep_stale_temps
 from two_tower.core.cache import check_cache_root
+from two_tower.core.stop import stopped_by_sigterm
 from two_tower.core.threads import set_threads
 from two_tower.retrieval.checkpoint import load_problem
 from two_tower.core import per_query, run_record
@@ -324,34 +325,39 @@ def train(cfg: DictConfig) -> dict[str, float]:
             raise ConfigError(f"{cfg.paths.output_dir} holds a run already (checkpoints/last.ckpt): resume it with ckpt_path=last, "
                               f"or train into another folder ({where})")
 
-        datamodule = build_datamodule(cfg)
-        run_record.work_started()  # tokenizing, distilling, mining: a refusal from here on keeps the run folder's log
-        datamodule.prepare_data()
-        datamodule.setup("fit")
-        check_training_rows(datamodule)
-        processes = planned_processes(cfg.trainer)
-        if processes:
-            datamodule.check_processes(processes)
-        if ckpt_path:
-            check_resume_checkpoint(ckpt_path, state, datamodule.tokenizer, processes, cfg.trainer.get("max_epochs"))
-            if datamodule.num_workers > 0:
-                # Worker processes read batches ahead from the moment Lightning creates the loader's iterator, which on
-                # resume it does before it sets the sampler's epoch, marks the epoch as restarted mid-way and puts back a
-                # refreshed negative pool: the resumed epoch trained epoch 0's batches. In the main process the first
-                # batch is drawn after all three, so the resumed run trains what the uninterrupted one would have.
-                log.warning("data.num_workers=%d: a resumed run loads its batches in the main process (data.num_workers=0), so it "
-                            "trains the batches the uninterrupted run would have (workers would read the resumed epoch's first batches "
-                            "before Lightning restores where it was)", datamodule.num_workers)
-                datamodule.num_workers = 0
-        # Seeded again: preparing data on a cache miss (distilling word vectors, mining, ...) may draw from the
-        # global generators and a cache hit does not, so without this a run on a cold cache started from
-        # other weights (and ended at other figures) than the same run on a warm one.
-        L.seed_everything(cfg.seed, workers=True)
-        module = build_module(cfg, datamodule)
-        module.run_config = OmegaConf.to_container(cfg, resolve=False)
-        if ckpt_path:
-            check_resume_shapes(ckpt_path, state, module)
-            del state  # the memory-mapped file is not held through training
+        # Preparing data (tokenizing, distilling, the teacher's vectors, mining) can take minutes before Lightning, which
+        # handles SIGTERM from the start of training on, is there: a SIGTERM now is one line and 143 (it ended the
+        # process without a word); cache entries are staged and renamed, so none is left half-made.
+        with stopped_by_sigterm("stopped by SIGTERM while preparing the data, before training: nothing was trained or "
+                                "saved, and no half-made cache entry is left; run the command again"):
+            datamodule = build_datamodule(cfg)
+            run_record.work_started()  # tokenizing, distilling, mining: a refusal from here on keeps the run folder's log
+            datamodule.prepare_data()
+            datamodule.setup("fit")
+            check_training_rows(datamodule)
+            processes = planned_processes(cfg.trainer)
+            if processes:
+                datamodule.check_processes(processes)
+            if ckpt_path:
+                check_resume_checkpoint(ckpt_path, state, datamodule.tokenizer, processes, cfg.trainer.get("max_epochs"))
+                if datamodule.num_workers > 0:
+                    # Worker processes read batches ahead from the moment Lightning creates the loader's iterator, which on
+                    # resume it does before it sets the sampler's epoch, marks the epoch as restarted mid-way and puts back a
+                    # refreshed negative pool: the resumed epoch trained epoch 0's batches. In the main process the first
+                    # batch is drawn after all three, so the resumed run trains what the uninterrupted one would have.
+                    log.warning("data.num_workers=%d: a resumed run loads its batches in the main process (data.num_workers=0), so it "
+                                "trains the batches the uninterrupted run would have (workers would read the resumed epoch's first batches "
+                                "before Lightning restores where it was)", datamodule.num_workers)
+                    datamodule.num_workers = 0
+            # Seeded again: preparing data on a cache miss (distilling word vectors, mining, ...) may draw from the
+            # global generators and a cache hit does not, so without this a run on a cold cache started from
+            # other weights (and ended at other figures) than the same run on a warm one.
+            L.seed_everything(cfg.seed, workers=True)
+            module = build_module(cfg, datamodule)
+            module.run_config = OmegaConf.to_container(cfg, resolve=False)
+            if ckpt_path:
+                check_resume_shapes(ckpt_path, state, module)
+                del state  # the memory-mapped file is not held through training
     log.info("Model: %d trainable / %d parameters", sum(p.numel() for p in module.parameters() if p.requires_grad), sum(p.numel() for p in module.parameters()))
 
     fill_wandb_group_and_tags(cfg)  # logger.wandb.group/tags: null = the sweep and the chosen options
