@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
+
+# How long a SIGTERM'd block may take to clean up before the process ends without it.
+GRACE_SECONDS = 20
 
 
 def log_to_files(message: str) -> None:
@@ -38,14 +42,36 @@ def stopped_by_sigterm(message: str = "stopped by SIGTERM; the outputs it was wr
 
     def handler(signum, frame):
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the clean-up short
+        # Python drops an exception raised where it cannot propagate (a test saw train.py read on, under load, with
+        # SIGTERM now ignored, 2 times in ~20): if the process is still here after the grace period, it ends anyway.
+        # What it was staging is then left as a temporary folder, which the next writer sweeps (core.atomic).
+        timer = threading.Timer(GRACE_SECONDS, _end_now, (message,))
+        timer.daemon = True
+        timers.append(timer)
+        timer.start()
         raise Terminated()
 
+    def stop():
+        for timer in timers:  # ended here, as meant
+            timer.cancel()
+        print(message, file=sys.stderr)
+        log_to_files(message)
+        sys.exit(143)
+
+    timers: list[threading.Timer] = []
     previous = signal.signal(signal.SIGTERM, handler)
     try:
         yield
     except Terminated:
-        print(message, file=sys.stderr)
-        log_to_files(message)
-        sys.exit(143)
+        stop()
+    else:
+        if timers:  # a SIGTERM whose exception was dropped: the block ended anyway, and the process ends here
+            stop()
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def _end_now(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+    log_to_files(message)
+    os._exit(143)
