@@ -68,6 +68,20 @@ def check_cache_root(root: str | os.PathLike, what: str, min_free_bytes: int = 0
         log.warning("%s: reading its entries only (an entry it lacks cannot be built)", err)
 
 
+def content_digest(files: list[Path], root: Path | None = None, block: int = 1 << 22) -> str:
+    """A hash of the files' names (their paths below ``root``, when given) and bytes, 16 hex digits: what an input
+    made of files is keyed by (a local split's shards, a checkpoint, a teacher model's folder; ~1 s a GB). Bytes,
+    not sizes and times: a file rewritten with its old times (cp -p, touch -r, rsync -a) is other content (probes)."""
+    digest = hashlib.blake2b(digest_size=8)
+    for f in files:
+        name = Path(f).relative_to(root).as_posix() if root is not None else Path(f).name
+        digest.update(name.encode() + b"\0")
+        with open(f, "rb") as handle:
+            while chunk := handle.read(block):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
 # Beside an entry's files: {relative path: size in bytes} of every file it was written with.
 FILES = ".files.json"
 

@@ -6,7 +6,6 @@ A v1.1 row has a ``query`` string and ``passages`` = {``passage_text``: [...], `
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import socket
@@ -18,6 +17,7 @@ from urllib.parse import urlparse
 import datasets
 import pyarrow.parquet as pq
 
+from two_tower.core.cache import content_digest
 from two_tower.data.jsonl import JsonlRows, UnreadableRow
 from two_tower.core.errors import DataSourceError
 
@@ -101,17 +101,6 @@ def local_split_files(path: str | os.PathLike, split: str) -> list[Path]:
             log.warning("data.path=%s: the '%s' split's %d files are in %d folders (%s), all read as one split: %s", root, split,
                         len(files), len(folders), ", ".join(folders), ", ".join(str(f.relative_to(root)) for f in files[:6]))
     return files
-
-
-def content_digest(files: list[Path], block: int = 1 << 22) -> str:
-    """A hash of the files' names and bytes (16 hex digits): what a local split's rows are (~1 s a GB)."""
-    digest = hashlib.blake2b(digest_size=8)
-    for f in files:
-        digest.update(f.name.encode() + b"\0")
-        with open(f, "rb") as handle:
-            while chunk := handle.read(block):
-                digest.update(chunk)
-    return digest.hexdigest()
 
 
 def load_local_split(path: str | os.PathLike, split: str) -> datasets.Dataset:

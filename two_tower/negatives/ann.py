@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from two_tower.core.atomic import sweep_stale_temps, temp_path
+from two_tower.core.cache import content_digest
 from two_tower.core.checks import check
 from two_tower.core.errors import CheckpointError
 from two_tower.data.prepared import PreparedSplit
@@ -144,8 +145,6 @@ class ANNNegatives(MinedNegatives):
         """The checkpoint by its bytes (~1 s a GB), as a local split is: by path, size and time, another checkpoint of the
         same configuration (the same size) copied over it with the old time (``cp -p``, ``touch -r``, ``rsync -a``)
         got the old checkpoint's pool from the cache (a probe)."""
-        from two_tower.data.msmarco import content_digest
-
         return {**super().identity(), "checkpoint": content_digest([self.checkpoint])}
 
     def scorer(self, split):
