@@ -42,24 +42,40 @@ def stopped_by_sigterm(message: str = "stopped by SIGTERM; the outputs it was wr
 
     def handler(signum, frame):
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the clean-up short
-        # Python drops an exception raised where it cannot propagate (a test saw train.py read on, under load, with
-        # SIGTERM now ignored, 2 times in ~20): if the process is still here after the grace period, it ends anyway.
-        # What it was staging is then left as a temporary folder, which the next writer sweeps (core.atomic).
-        timer = threading.Timer(GRACE_SECONDS, _end_now, (message,))
-        timer.daemon = True
-        timers.append(timer)
-        timer.start()
+        if not timers:
+            # If the exception is dropped time and again, or the clean-up hangs, the process ends anyway after the
+            # grace period; what it was staging is then a temporary folder, which the next writer sweeps (core.atomic).
+            timer = threading.Timer(GRACE_SECONDS, _end_now, (message,))
+            timer.daemon = True
+            timers.append(timer)
+            timer.start()
         raise Terminated()
+
+    def dropped(unraisable):
+        # Python drops an exception raised where it cannot propagate (a __del__, a weakref callback: a test saw train.py
+        # read on under load, with SIGTERM then ignored, after "Exception ignored in ... Traceback"). The signal is
+        # sent again instead, without a word, a moment later from another thread: the handler runs again at one of
+        # the main thread's next steps, which can propagate it. (A signal sent or marked from here, or a thread
+        # started with threading, which waits for it, runs the handler here, where its exception is dropped again.)
+        if isinstance(unraisable.exc_value, Terminated) and threading.current_thread() is threading.main_thread():
+            import _thread
+
+            signal.signal(signal.SIGTERM, handler)
+            _thread.start_new_thread(_send_sigterm_soon, ())
+            return
+        previous_hook(unraisable)
 
     def stop():
         for timer in timers:  # ended here, as meant
             timer.cancel()
+        _end_progress_bars()
         print(message, file=sys.stderr)
         log_to_files(message)
         sys.exit(143)
 
     timers: list[threading.Timer] = []
     previous = signal.signal(signal.SIGTERM, handler)
+    previous_hook, sys.unraisablehook = sys.unraisablehook, dropped
     try:
         yield
     except Terminated:
@@ -69,9 +85,29 @@ def stopped_by_sigterm(message: str = "stopped by SIGTERM; the outputs it was wr
             stop()
     finally:
         signal.signal(signal.SIGTERM, previous)
+        sys.unraisablehook = previous_hook
+
+
+def _send_sigterm_soon() -> None:
+    import signal
+    import time
+
+    time.sleep(0.05)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _end_progress_bars() -> None:
+    """Close the progress bars the stop interrupted, so each ends its line and the message starts on its own (CI saw
+    ``Reading train rows:   7%|...| 28602/400000 [...]stopped by SIGTERM ...``: a bar whose loop the stop left is
+    not closed until it is collected)."""
+    tqdm = sys.modules.get("tqdm")
+    for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", ())):
+        with contextlib.suppress(Exception):
+            bar.close()
 
 
 def _end_now(message: str) -> None:
+    _end_progress_bars()
     print(message, file=sys.stderr, flush=True)
     log_to_files(message)
     os._exit(143)
