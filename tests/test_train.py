@@ -259,6 +259,9 @@ def test_ddp_on_two_cpu_processes_trains_and_reports_once(tmp_path):
     output = done.stdout + done.stderr
     assert output.count("Final metrics") == 1 and output.count("[train] rows:") == 1
     assert re.search(r"'val/mrr@10': 0\.\d+", output)
+    # +trainer.enable_progress_bar=false (TINY): no bar of either process, the data preparation's neither
+    # ("Reading train rows:   0%|", tokenizing), which went on being drawn
+    assert not re.search(r"\d+%\|", output), output[-3000:]
     assert list((run / "checkpoints").glob("epoch*.ckpt"))
 
 
@@ -317,3 +320,21 @@ def test_ddp_process_that_fails_is_one_line_not_every_process_traceback(tmp_path
     while subprocess.run(["pgrep", "-f", str(script)], capture_output=True).returncode == 0:
         assert time.monotonic() < deadline, "a process of the run is left"
         time.sleep(0.5)
+
+
+def test_progress_bars_turned_off_for_a_run_are_as_before_afterwards(monkeypatch):
+    """trainer.enable_progress_bar=false turns off every bar of the run (tqdm's switch, which the processes it starts
+    inherit; Hugging Face's), and only for the run: a caller in the same process keeps its bars."""
+    import datasets
+
+    from two_tower.core import progress
+
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)
+    with progress.turned_off():
+        assert progress.bar(range(3)).disable and not progress.shown() and not datasets.is_progress_bar_enabled()
+        assert subprocess.run([sys.executable, "-c", "from tqdm import tqdm; print(tqdm(range(3)).disable)"],
+                              capture_output=True, text=True).stdout.strip() == "True"
+    assert progress.shown() and "TQDM_DISABLE" not in os.environ and datasets.is_progress_bar_enabled()
+    assert not progress.bar(range(3)).disable
+    with progress.turned_off(when=False):
+        assert progress.shown()

@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
+from two_tower.core import progress as progress_bars
 from two_tower.core.cache import ContentCache, default_root
 from two_tower.core.errors import ConfigError, DataSourceError
 from two_tower.data import msmarco, synthetic
@@ -223,7 +223,7 @@ class TwoTowerDataModule(L.LightningDataModule):
                 rows = rows.select(range(min(limit, len(rows)))) if hasattr(rows, "select") else itertools.islice(rows, limit)
             try:
                 total = min(len(rows), limit if limit is not None else len(rows)) if hasattr(rows, "__len__") else getattr(rows, "total", None)
-                progress = tqdm(_iter_rows(rows), total=total, desc=f"Reading {role} rows", unit="row", mininterval=2.0)
+                progress = progress_bars.bar(_iter_rows(rows), total=total, desc=f"Reading {role} rows", unit="row", mininterval=2.0)
                 clean[role], report = msmarco.validate_rows(progress, role, for_training=role == "train")
             except DataSourceError as err:
                 if role != "test":

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from two_tower.core import progress
 from two_tower.core.cache import ContentCache, content_digest, default_root
 from two_tower.core.errors import TeacherError
 
@@ -162,7 +163,7 @@ class SentenceTransformerTeacher:
                     # the newer name (the old one is a FutureWarning in sentence-transformers 6.3); older releases have only the old
                     width = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
                     return np.zeros((0, width()), dtype=np.float32)
-                return model.encode(texts, batch_size=self.batch_size, normalize_embeddings=True, show_progress_bar=True, convert_to_numpy=True).astype(np.float32)
+                return model.encode(texts, batch_size=self.batch_size, normalize_embeddings=True, show_progress_bar=progress.shown(), convert_to_numpy=True).astype(np.float32)
 
             out = TeacherVectors(encode(query_texts), encode(passage_texts))
         finally:

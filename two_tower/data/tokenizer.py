@@ -146,11 +146,11 @@ class Tokenizer:
         ``workers`` > 1: chunks are encoded in that many worker processes (spawned: each holds a copy
         of the tokenizer, never of the caller's memory). ``desc``: a progress bar with that label.
         """
-        from tqdm.auto import tqdm
+        from two_tower.core import progress
 
         chunks = [texts[i : i + _ENCODE_CHUNK] for i in range(0, len(texts), _ENCODE_CHUNK)]
         parts: list[tuple[np.ndarray, np.ndarray]] = []
-        with tqdm(total=len(texts), desc=desc, unit="text", disable=desc is None, mininterval=2.0) as bar:
+        with progress.bar(total=len(texts), desc=desc, unit="text", disable=desc is None, mininterval=2.0) as bar:
             if workers > 1 and len(chunks) > 1:
                 import multiprocessing
                 from concurrent.futures import ProcessPoolExecutor

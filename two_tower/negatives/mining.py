@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
+from two_tower.core import progress
 from two_tower.core.cache import ContentCache, default_root
 from two_tower.core.checks import check, check_explicit_negatives, check_mining_range
 from two_tower.data.prepared import PreparedSplit, Ragged
@@ -184,7 +184,7 @@ class MinedNegatives(NegativeSampler):
         fallback = split.negatives()
         pools, dropped, fell_back = [], {"selected": 0, "near_duplicate": 0, "margin": 0}, 0
         rows_all = np.arange(split.num_queries)
-        with tqdm(total=len(rows_all), desc=f"Mining {self.name} negatives", unit="query") as bar:
+        with progress.bar(total=len(rows_all), desc=f"Mining {self.name} negatives", unit="query") as bar:
             step = max(1, min(self.chunk, (self.max_score_mb << 20) // (4 * max(split.num_passages, 1))))
             for begin in range(0, len(rows_all), step):
                 rows = rows_all[begin : begin + step]

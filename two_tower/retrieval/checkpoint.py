@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 
 from two_tower.data.batches import LengthSortedBatches, TokenBatches
 from two_tower.data.prepared import Ragged
+from two_tower.core import progress as progress_bars
 from two_tower.core.errors import CheckpointError, TwoTowerError
 from two_tower.retrieval.query_encoder import weights_hash
 
@@ -78,7 +79,7 @@ def encode_tokens(encode, tokens: Ragged, dim: int, batch_size: int = 512, items
 
 
 def progress_bar(total: int, desc: str) -> tqdm:
-    return tqdm(total=total, desc=desc, unit=" rows", smoothing=0.1)
+    return progress_bars.bar(total=total, desc=desc, unit=" rows", smoothing=0.1)
 
 
 def load_problem(path: str | Path, err: Exception) -> str:

@@ -40,6 +40,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from two_tower.core import progress
 from two_tower.core.cache import ContentCache, default_root
 from two_tower.core.checks import GroupSettings
 from two_tower.core.errors import ConfigError, TwoTowerError
@@ -124,14 +125,13 @@ def corpus_idf(tokens: StaticTokens, texts_of, size: int, max_tokens: int, chunk
     read ``chunk`` passages at a time: log((N - df + 0.5) / (df + 0.5) + 1). With ``ids_to`` (a folder) the
     passages' token ids, which this pass computes anyway, are written there too (``PassageIds``), so a rerank
     reads its candidates' ids instead of tokenizing their texts at every query."""
-    from tqdm.auto import tqdm
 
     df = np.zeros(len(tokens.weights), dtype=np.float64)
     offsets = np.zeros(size + 1, dtype=np.int64)
     dtype = ids_dtype(len(tokens.weights))
     with contextlib.ExitStack() as stack:
         out = stack.enter_context(open(ids_to / PassageIds.IDS, "wb")) if ids_to is not None else None
-        for start in tqdm(range(0, size, chunk), desc="MaxSim idf", unit="chunk", disable=size <= chunk):
+        for start in progress.bar(range(0, size, chunk), desc="MaxSim idf", unit="chunk", disable=size <= chunk):
             ids = tokens.ids(texts_of(np.arange(start, min(start + chunk, size))), max_tokens)
             for ids_of_one in ids:
                 df[np.unique(ids_of_one)] += 1

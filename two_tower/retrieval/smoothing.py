@@ -35,6 +35,7 @@ import faiss
 import numpy as np
 import torch
 
+from two_tower.core import progress as progress_bars
 from two_tower.core.checks import GroupSettings
 from two_tower.core.errors import ConfigError
 from two_tower.data.prepared import PreparedSplit
@@ -103,10 +104,8 @@ class NeighbourSmoothing(GroupSettings):
 
     def chunks(self, index: faiss.Index, chunk: int, progress: bool = True) -> Iterator[np.ndarray]:
         """Every row's smoothed vector, in row order, ``chunk`` rows at a time (with a progress bar)."""
-        from tqdm.auto import tqdm
-
         prepare_reconstruct(index)
-        with tqdm(total=index.ntotal, desc="Smoothing passages", unit="passage", disable=not progress) as bar:
+        with progress_bars.bar(total=index.ntotal, desc="Smoothing passages", unit="passage", disable=not progress) as bar:
             for start in range(0, index.ntotal, chunk):
                 rows = np.arange(start, min(start + chunk, index.ntotal))
                 yield self.vectors(index, rows)

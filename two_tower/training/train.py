@@ -19,7 +19,7 @@ from two_tower.core.cache import check_cache_root
 from two_tower.core.stop import stopped_by_sigterm
 from two_tower.core.threads import set_threads
 from two_tower.retrieval.checkpoint import load_problem
-from two_tower.core import per_query, run_record
+from two_tower.core import per_query, progress, run_record
 from two_tower.training.callbacks import CheckpointOnStop
 from two_tower.training.config import check_sweep_processes, planned_processes, validate_train_config
 from two_tower.training.loggers import ResumableCSVLogger
@@ -287,6 +287,12 @@ def test_best_checkpoint(trainer: L.Trainer, module: TwoTowerModule, datamodule:
 @task_wrapper
 def train(cfg: DictConfig) -> dict[str, float]:
     """Train (or resume with ``ckpt_path``) and return the final logged metrics."""
+    # trainer.enable_progress_bar=false: Lightning's bar and ours (reading rows, tokenizing, the teacher, mining)
+    with progress.turned_off(cfg.trainer.get("enable_progress_bar") is False):
+        return _train(cfg)
+
+
+def _train(cfg: DictConfig) -> dict[str, float]:
     quiet_other_ranks()
     with run_record.kept_if_refused():  # refused before training: the run folder's .hydra record is put back
         validate_train_config(cfg)

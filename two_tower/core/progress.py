@@ -1,0 +1,49 @@
+"""Progress bars, one switch for all of them. A run's ``+trainer.enable_progress_bar=false`` (logs to a file, a batch
+job) turned off Lightning's bar only: ours (reading rows, tokenizing, the teacher's encoding, mining) and the libraries'
+went on writing theirs. The switch is tqdm's own environment variable: the processes a run starts (DDP's others) read it
+when they import tqdm; in this process, where tqdm read its environment on import, ``bar`` asks it for each bar."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+_SWITCH = "TQDM_DISABLE"
+
+
+def shown() -> bool:
+    """Whether progress bars are on (a library's bar that takes a switch is given this)."""
+    return os.environ.get(_SWITCH, "").strip().lower() not in ("1", "true", "yes")
+
+
+def bar(iterable=None, *, disable: bool = False, **kwargs):
+    """A tqdm progress bar (``tqdm.auto``'s arguments), drawn only if ``shown()``."""
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, disable=disable or not shown(), **kwargs)
+
+
+@contextlib.contextmanager
+def turned_off(when: bool = True):
+    """Inside the block, every progress bar of this process and of the processes it starts (tqdm's, Hugging Face's:
+    datasets, the Hub) is off; afterwards they are as they were (a caller in the same process, e.g. a notebook or a
+    test, keeps its bars)."""
+    if not when:
+        yield
+        return
+    import datasets
+
+    saved = {name: os.environ.get(name) for name in (_SWITCH, "HF_HUB_DISABLE_PROGRESS_BARS")}
+    was_enabled = datasets.is_progress_bar_enabled()
+    os.environ.update(dict.fromkeys(saved, "1"))
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        if was_enabled:
+            datasets.enable_progress_bars()
