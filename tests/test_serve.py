@@ -1065,3 +1065,41 @@ def test_a_request_unanswered_when_a_stopping_server_gives_up_gets_a_json_503(se
     assert sorted(r.status_code for r in results) == [503, 503, 503]
     assert all(r.headers["content-type"] == "application/json" and "the server stopped before this request was answered" in r.json()["error"] for r in results)
     assert held.started == 1
+
+
+def test_a_search_whose_client_went_away_while_waiting_is_not_run(searcher):
+    """Searches waiting for a turn whose clients close their connections are dropped from the queue: they ran all
+    the same (100 batches sent and abandoned held an honest search back ~12 s), and filled max_waiting, so the
+    next clients got 503 for searches no one would read."""
+    held = HeldSearcher(searcher)
+    with ServerThread(create_app(held, LIMITS, concurrency=1, max_waiting=3)) as running:
+        port = int(running.url.rsplit(":", 1)[1])
+        pool = concurrent.futures.ThreadPoolExecutor(4)
+        search = lambda: httpx.get(f"{running.url}/search", params={"q": "garden castle", "k": 3}, timeout=120)  # noqa: E731
+        try:
+            first = pool.submit(search)
+            deadline = time.monotonic() + 60
+            while held.started < 1:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            gone = []
+            for body in (None, b'{"queries": ["garden"], "k": 3}', None):
+                s = socket.create_connection(("127.0.0.1", port))
+                if body is None:
+                    s.sendall(b"GET /search?q=garden+castle HTTP/1.1\r\nHost: x\r\n\r\n")
+                else:
+                    s.sendall(b"POST /search HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+                gone.append(s)
+            time.sleep(0.5)  # all three wait for the slot
+            for s in gone:
+                s.close()
+            time.sleep(0.5)  # the server sees them go
+            second = pool.submit(search)  # max_waiting has room again: it waits, not refused
+            time.sleep(0.5)
+            held.release.set()
+            assert first.result().status_code == 200
+            assert second.result().status_code == 200, second.result().text
+        finally:
+            held.release.set()
+            pool.shutdown()
+    assert held.started == 2

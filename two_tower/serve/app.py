@@ -385,8 +385,11 @@ def create_app(
 
     # --- search ------------------------------------------------------------------------------------
 
-    async def searched(queries: list[str], k: int, answer) -> JSONResponse:
-        """``answer(results, took_ms)``'s JSON for these queries, searched (and encoded) on a worker thread in turn."""
+    async def searched(request: Request, queries: list[str], k: int, answer) -> JSONResponse:
+        """``answer(results, took_ms)``'s JSON for these queries, searched (and encoded) on a worker thread in turn.
+        A search whose client closes the connection while it waits for a turn is dropped from the queue (it ran
+        all the same, and 100 batches sent and abandoned held an honest search back ~12 s, or 256 of them filled
+        max_waiting, so the next clients got 503); a search already running finishes on its thread."""
 
         def run() -> JSONResponse:
             use_threads()
@@ -394,7 +397,23 @@ def create_app(
             results = searcher.search(queries, k)
             return JSONResponse(answer(results, round((time.perf_counter() - start) * 1000, 3)))
 
-        return await searches.run(run)
+        request_task, gone = asyncio.current_task(), []
+
+        async def watch() -> None:  # cancels this request's search if its client goes away first
+            await _client_gone(request.receive)
+            gone.append(True)
+            request_task.cancel()
+
+        watcher = asyncio.ensure_future(watch())
+        try:
+            return await searches.run(run)
+        except asyncio.CancelledError:
+            # a cancel of our own alone (not also a stopping server's, which StoppedInFlight answers): not sent, no one reads it
+            if gone and (request_task.uncancel() if hasattr(request_task, "uncancel") else 0) == 0:  # uncancel: Python 3.11+
+                return _error_response(499, "the client closed the connection before its search ran")
+            raise
+        finally:
+            watcher.cancel()
 
     QueryText = Annotated[str, StringConstraints(min_length=1, max_length=limits.max_query_chars), AfterValidator(_searchable), Field(description=f"a query; it {QUERY_RULE}")]
 
@@ -412,14 +431,15 @@ def create_app(
 
     @app.get("/search", response_model=SearchResponse, responses=ERRORS, summary="Search one query", dependencies=[query_parameters("q", "k")])
     async def search_one(
+        request: Request,
         q: Annotated[str, Query(min_length=1, max_length=limits.max_query_chars, description=f"the query text; it {QUERY_RULE}"), AfterValidator(_searchable)],
         k: Annotated[int, Query(ge=1, le=limits.k_max, description=f"passages to return, 1 to {limits.k_max} (plain decimal digits; leave it out for the default, {limits.k})"), BeforeValidator(_plain_digits)] = limits.k,
     ):
-        return await searched([q], k, lambda results, took: {"query": q, "k": k, "took_ms": took, "hits": [vars(h) for h in results[0]]})
+        return await searched(request, [q], k, lambda results, took: {"query": q, "k": k, "took_ms": took, "hits": [vars(h) for h in results[0]]})
 
     @app.post("/search", response_model=BatchResponse, responses=ERRORS, summary="Search a batch of queries", dependencies=[query_parameters()])
-    async def search_batch(batch: SearchBatch):
-        return await searched(batch.queries, batch.k, lambda results, took: {
+    async def search_batch(request: Request, batch: SearchBatch):
+        return await searched(request, batch.queries, batch.k, lambda results, took: {
             "k": batch.k,
             "took_ms": took,
             "results": [{"query": q, "hits": [vars(h) for h in hits]} for q, hits in zip(batch.queries, results)],
@@ -756,6 +776,13 @@ def _query_string_problem(raw: bytes) -> tuple[str, str] | None:
                 what = _clean(unquote_to_bytes(name).decode("utf-8", "replace"), 40)
                 return what, f"not UTF-8 text after percent-decoding (byte {err.start}); encode the URL's text as UTF-8"
     return None
+
+
+async def _client_gone(receive) -> None:
+    """Returns once the client has closed its connection (``http.disconnect``); called after the request's body
+    was read, so the only other message is an empty ``http.request`` (a GET's body, replayed by ``BodyLimit``)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
 def _replay(messages: list[dict], receive):
