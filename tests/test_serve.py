@@ -440,13 +440,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_serve_command_busy_port_or_unknown_host_is_one_line(index_dir, capsys):
-    """uvicorn would log its own lines and exit 3; the command binds first and says which setting."""
+def test_serve_command_busy_port_or_unknown_host_is_one_line(index_dir, capsys, tmp_path):
+    """uvicorn would log its own lines and exit 3; the command binds first and says which setting. Before the index
+    loads (a probe waited ~9 s for it): an index folder that is not there is not even looked at."""
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
         assert serve_main([f"index={index_dir}", "host=127.0.0.1", f"port={port}"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: host=127.0.0.1 port={port}: cannot listen there (") and err.count("\n") == 1, err
+        assert serve_main([f"index={tmp_path / 'missing'}", "host=127.0.0.1", f"port={port}"]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"error: host=127.0.0.1 port={port}: cannot listen there (") and err.count("\n") == 1, err
     assert serve_main([f"index={index_dir}", "host=no-such-host.invalid", f"port={port}"]) == 2

@@ -88,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     if cfg.index is None:
         print("error: which index? pass index=DIR (a folder written by index.py; python serve.py --help lists the settings)", file=sys.stderr)
         return 2
+    sock = None
     try:
         for name in ("index", "host", "search_params"):  # Hydra reads index=2024 as a number: a name all the same
             if cfg[name] is None and name == "search_params":
@@ -106,10 +107,14 @@ def main(argv: list[str] | None = None) -> int:
         start = time.perf_counter()
         prf = RocchioPRF.from_config(cfg.get("prf"))
         rerank = MaxSimRerank.from_config(cfg.get("rerank"))
+        # bound before the index loads (seconds to minutes), so a busy port is said at once; clients are refused
+        # until uvicorn listens on it
+        sock = listening_socket(cfg.host, cfg.port)
         searcher = Searcher.load(cfg.index, search_params=cfg.search_params, hybrid=cfg.hybrid, prf=prf, rerank=rerank)
         app = create_app(searcher, limits, threads=cfg.threads, search_params=cfg.search_params, concurrency=cfg.concurrency, max_waiting=cfg.max_waiting)
-        sock = listening_socket(cfg.host, cfg.port)
     except TwoTowerError as err:  # bad settings, a missing or unusable index folder
+        if sock is not None:
+            sock.close()
         return report(err)
 
     import uvicorn
