@@ -7,6 +7,7 @@ Hydra overrides of ``conf/serve.yaml``, composed with Hydra's compose API.
 from __future__ import annotations
 
 import re
+import signal
 import socket
 import sys
 import time
@@ -156,6 +157,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:  # Ctrl-C: uvicorn shuts down, then raises SIGINT again; 130, as a shell reports SIGINT
         print("interrupted", file=sys.stderr)
         return 130
+    # The signal raised again does nothing where it was ignored before uvicorn handled it (a server a script started
+    # in the background inherits SIGINT ignored): it stopped all the same, and said so with 0.
+    captured = getattr(server, "_captured_signals", ())
+    if signal.SIGINT in captured:
+        print("interrupted", file=sys.stderr)
+        return 130
+    if signal.SIGTERM in captured:
+        return 143
     return 0 if server.started else 3  # uvicorn.run's status for a server that could not start
 
 
