@@ -18,6 +18,7 @@ from pathlib import Path
 
 import two_tower.core.cache  # noqa: F401  (registers ${two_tower_cache:}, the default cache folder of conf/paths)
 from two_tower.core.checks import unknown_setting
+from two_tower.core.commands import command  # (also registers ${two_tower_command:NAME}, the commands in --help texts)
 from two_tower.core.errors import TwoTowerError
 from two_tower.core.stop import log_to_files
 
@@ -129,7 +130,7 @@ def foreign_group_error(config_name: str, group: str, override: str) -> str | No
     owners = [f"{name}.py" for name, groups in COMMAND_GROUPS.items() if group in groups]
     whose = f"a group of {' and '.join(owners)}" if owners else "a group other configs use"
     ours = ", ".join(COMMAND_GROUPS[config_name])
-    return f"{override}: {group} is not a config group of {config_name}.py ({whose}); its groups are {ours} (python {config_name}.py --help)"
+    return f"{override}: {group} is not a config group of {config_name}.py ({whose}); its groups are {ours} ({command(config_name)} --help)"
 
 
 def added_setting_error(config_name: str, argv: list[str]) -> str | None:

@@ -17,6 +17,7 @@ from two_tower.core.threads import set_threads
 from two_tower.data.tokenizer import WindowCount
 from two_tower.retrieval.maxsim import MaxSimRerank
 from two_tower.retrieval.corpus import not_utf8
+from two_tower.core.commands import command
 from two_tower.retrieval.index import check_k
 from two_tower.retrieval.prf import RocchioPRF
 from two_tower.retrieval.search import Hit, Searcher
@@ -32,6 +33,11 @@ format=jsonl (one JSON object a query, {query, k, hits: [{id, score, text}]}, as
 threads (torch threads; default: one per core)."""
 
 
+def usage() -> str:
+    """USAGE, with the command as this one was run (``two-tower-search`` where installed as one)."""
+    return USAGE.replace("python search.py", command("search"))
+
+
 def split_arguments(argv: list[str]) -> tuple[list[str], list[str], bool, str | None]:
     """(Hydra overrides, free query words, interactive, the ``query=`` text). An argument is an override if
     it starts with ``key=`` (or ``+key=`` / ``~key``) for a key made of letters, digits, ``_`` and ``.``,
@@ -44,7 +50,7 @@ def split_arguments(argv: list[str]) -> tuple[list[str], list[str], bool, str | 
         if arg in ("--interactive", "-i"):
             interactive = True
         elif arg in ("--help", "-h"):
-            print(USAGE)
+            print(usage())
             sys.exit(0)
         elif arg.lstrip("+").startswith("query="):
             query = arg.lstrip("+").partition("=")[2]
@@ -136,10 +142,10 @@ def _main(argv: list[str] | None) -> int:
         print("error: the query is not UTF-8 text", file=sys.stderr)
         return 2
     if cfg.index is None:
-        print(f"error: which index? pass index=DIR (a folder written by index.py)\n{USAGE}", file=sys.stderr)
+        print(f"error: which index? pass index=DIR (a folder written by {command('index')})\n{usage()}", file=sys.stderr)
         return 2
     if query is None and not interactive and (sys.stdin is None or sys.stdin.isatty()):  # None: stdin closed
-        print(f"error: no query given\n{USAGE}", file=sys.stderr)
+        print(f"error: no query given\n{usage()}", file=sys.stderr)
         return 2
     try:
         check_k(cfg.k)
@@ -237,7 +243,7 @@ def _batches(searcher: Searcher, cfg, lines) -> int:
     if batch:
         flush()
     if not searched:
-        print(f"error: no query on stdin\n{USAGE}", file=sys.stderr)
+        print(f"error: no query on stdin\n{usage()}", file=sys.stderr)
         return 2
     return status
 

@@ -13,6 +13,7 @@ import sys
 import time
 
 from two_tower.cli.common import compose, hydra_error_line, report, search_override_error
+from two_tower.core.commands import command
 from two_tower.core.errors import ConfigError, TwoTowerError
 
 USAGE = """usage: python serve.py index=DIR [host=127.0.0.1] [port=8000] [threads=1] [key=value ...]
@@ -64,11 +65,11 @@ def main(argv: list[str] | None = None) -> int:
     """The serve.py command; returns the exit status (2 = unusable settings or index)."""
     argv = sys.argv[1:] if argv is None else argv
     if any(a in ("-h", "--help") for a in argv):
-        print(USAGE)
+        print(USAGE.replace("python serve.py", command("serve")))
         return 0
     stray = [a for a in argv if not OVERRIDE.match(a)]
     if stray:
-        print(f"error: not a key=value setting: {' '.join(stray)} (python serve.py --help lists the settings)", file=sys.stderr)
+        print(f"error: not a key=value setting: {' '.join(stray)} ({command('serve')} --help lists the settings)", file=sys.stderr)
         return 2
     # a setting, a config group (prf=rocchio), or a key inside a group (prf.depth=3)
     message = search_override_error("serve", argv)
@@ -87,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     from two_tower.serve.app import Limits, SearchSlots, check_seconds, create_app
 
     if cfg.index is None:
-        print("error: which index? pass index=DIR (a folder written by index.py; python serve.py --help lists the settings)", file=sys.stderr)
+        print(f"error: which index? pass index=DIR (a folder written by {command('index')}; {command('serve')} --help lists the settings)", file=sys.stderr)
         return 2
     sock = None
     try:

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
+from two_tower.core.commands import command
 from two_tower.data.prepared import Ragged
 from two_tower.data.tokenizer import WindowCount
 from two_tower.model.bag import TermStatistics
@@ -192,5 +193,5 @@ def build_index(cfg: DictConfig) -> Path:
     path = write_index_folder(cfg.out, index, passages.ids, passages.texts, encoder, manifest, overwrite=cfg.overwrite, statistics=statistics,
                               lexical=lexical, hybrid_weights=weights, static_model=static_model_of(encoder))
     log.info("Wrote %s (%d passages, %s) in %.1fs", path, len(passages), cfg.index.factory, time.perf_counter() - start)
-    log.info('Search it: python search.py index=%s "your query"', path)
+    log.info('Search it: %s index=%s "your query"', command("search"), path)
     return path

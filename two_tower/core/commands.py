@@ -1,0 +1,26 @@
+"""How a user runs one of the project's commands, as the texts that name one should say it: ``python search.py`` in a
+clone (the root scripts), ``two-tower-search`` where the package was installed and this process was started as one of
+its commands (pyproject's [project.scripts]), where no ``search.py`` exists to run."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+_PREFIX = "two-tower-"
+
+
+def command(name: str) -> str:
+    """``name`` (train, index, evaluate, search, serve, compare) as the user runs it."""
+    started_as = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    return f"{_PREFIX}{name}" if started_as.startswith(_PREFIX) else f"python {name}.py"
+
+
+def _register_resolver() -> None:
+    from omegaconf import OmegaConf
+
+    if not OmegaConf.has_resolver("two_tower_command"):  # ${two_tower_command:train} in conf/*.yaml's --help texts
+        OmegaConf.register_new_resolver("two_tower_command", command)
+
+
+_register_resolver()
