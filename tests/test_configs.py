@@ -221,17 +221,18 @@ def test_help_into_a_closed_pipe_stops_quietly_with_a_pipeline_writers_status():
     assert process.wait(timeout=120) == 141 and "Traceback" not in stderr, stderr
 
 
-@pytest.mark.parametrize("name", ["train", "index", "evaluate", "search", "serve"])
+@pytest.mark.parametrize("name", ["index", "search", "serve"])  # the --help of Hydra's commands (train, index, evaluate) has one mechanism
 def test_usage_and_help_name_the_command_as_it_was_run(name):
     """Run as an installed command (pyproject's two-tower-search, ...), where no search.py exists to run, --help and
-    the usage lines said ``python search.py``; run from a clone, they still say it."""
+    the usage lines said ``python search.py``; run from a clone (index.py here), they still say it."""
     import subprocess
     import sys
 
     from tests.conftest import ROOT
 
     installed = f"import sys; sys.argv[0] = '/usr/local/bin/two-tower-{name}'; from two_tower.cli.{name} import main; sys.exit(main())"
-    for argv, as_installed in (([sys.executable, "-c", installed, "--help"], True), ([sys.executable, f"{name}.py", "--help"], False)):
+    runs = [([sys.executable, "-c", installed, "--help"], True)] + ([([sys.executable, f"{name}.py", "--help"], False)] if name == "index" else [])
+    for argv, as_installed in runs:
         done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=120)
         said = done.stdout + done.stderr
         assert (f"two-tower-{name} " in said) == as_installed and (f"python {name}.py " in said) != as_installed, said[-2000:]
