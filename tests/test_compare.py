@@ -507,3 +507,51 @@ def test_help_gives_the_defaults(capsys):
     text = " ".join(capsys.readouterr().out.split())
     for option, default in (("--metric", "test/mrr@10"), ("--alpha", "0.05"), ("--resamples", "10000"), ("--out", "none")):
         assert re.search(rf"{option} \S+ .*?\(default: {re.escape(default)}", text), (option, text)
+
+
+# ------------------------------------------------------------------------------------------ probe: non-finite, tiny tables, seed spellings
+
+
+@pytest.mark.parametrize("bad", [np.inf, -np.inf])
+def test_an_infinite_value_is_refused_in_one_line(tmp_path, capsys, bad):
+    """NaN was refused, inf was not: the mean was inf, the t-test's p NaN, the randomization p at its floor
+    (0.0009995 with 2,000 resamples), and a 2-run configuration's row said 'n/a (1 run)'; exit 0."""
+    base = difficulty()
+    table = seed_table(base, 0.0, 1)
+    table.loc[2, "mrr@10"] = bad
+    write_run(tmp_path / "a1", ["encoder=gru", "seed=1"], table)
+    write_run(tmp_path / "a2", ["encoder=gru", "seed=2"], seed_table(base, 0.0, 2))
+    write_run(tmp_path / "b1", ["encoder=lstm", "seed=1"], seed_table(base, 0.0, 3))
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(tmp_path), "--resamples", "200"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and len(err) == 1, err
+    assert err[0].startswith(f"error: {tmp_path / 'a1'}: 1 of 300 queries have an infinite mrr@10 value") and "query q2" in err[0]
+
+
+@pytest.mark.parametrize("rows", [0, 1])
+def test_tables_of_fewer_than_two_queries_are_refused_in_one_line(tmp_path, capsys, rows):
+    """0 rows: every figure NaN, 'Tests over 0 queries', exit 0; 1 row: scipy's ValueError traceback, exit 1."""
+    for name, shift in (("gru", 0.0), ("lstm", 0.1)):
+        for seed in (1, 2):
+            table = seed_table(difficulty(), shift, seed).iloc[:rows]
+            write_run(tmp_path / f"{name}{seed}", [f"encoder={name}", f"seed={seed}"], table)
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(tmp_path), "--resamples", "200"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and len(err) == 1 and "a paired comparison needs at least 2" in err[0], err
+
+
+def test_one_seed_spelled_two_ways_is_one_seed(tmp_path, capsys):
+    """seed=1, seed=01 and seed=1.0 all seed the run with 1 (int(seed)); compared as text they were three seeds, and
+    three copies of one run made an interval [m, m]."""
+    table = seed_table(difficulty(), 0.0, 1)
+    for name, seed in (("a", "1"), ("b", "01"), ("c", "1.0")):
+        write_run(tmp_path / name, ["encoder=gru", f"seed={seed}"], table)
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(tmp_path / "a"), str(tmp_path / "b"), "--resamples", "200"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and len(err) == 1 and "both seed=1 of one configuration" in err[0], err
+    with pytest.raises(SystemExit):
+        main([str(tmp_path / "a"), str(tmp_path / "c"), "--resamples", "200"])
+    assert "both seed=1 of one configuration" in capsys.readouterr().err

@@ -177,9 +177,20 @@ def run_seed(run: Path) -> str | None:
     for override in run_overrides(run):
         name, _, value = override.lstrip("+").partition("=")
         if name == "seed":
-            return value.strip()
+            return seed_text(value.strip())
     seed = (run_config(run) or {}).get("seed")
-    return None if seed is None else str(seed)
+    return None if seed is None else seed_text(str(seed))
+
+
+def seed_text(value: str) -> str:
+    """One spelling per seed: ``seed=01``, ``seed=+1``, ``seed=1.0`` and ``seed='1'`` all seed the run with 1
+    (Lightning's ``seed_everything`` takes ``int(seed)``), so they are one seed, "1"; other text is kept as is."""
+    text = value.strip().strip("'\"").strip()
+    try:
+        number = float(text.replace("_", ""))
+    except ValueError:
+        return value
+    return str(int(number)) if number.is_integer() else value
 
 
 def configuration(run: Path) -> tuple[str, str, dict | None]:
@@ -302,14 +313,20 @@ def load_baselines(dirs: list[Path], metric: str) -> dict[str, System]:
 
 
 def check_values(systems: dict[str, System], name: str) -> None:
-    """Every query has a value: a NaN would drop out of one run's mean and make the randomization test
-    count no resample as extreme (p at its floor, identical systems flagged)."""
+    """Every query has a finite value: a NaN would drop out of one run's mean and make the randomization test
+    count no resample as extreme (p at its floor, identical systems flagged); an infinite one did the same
+    (the mean inf, the t-test's p NaN, the randomization p at its floor, a 2-run interval shown as '1 run')."""
     for system in systems.values():
         for run, table in zip(system.runs, system.tables):
             missing = table[name].isna()
             if missing.any():
                 raise CompareError(f"{run}: {int(missing.sum())} of {len(table)} queries have no {name} value (NaN, e.g. query "
                                    f"{table['qid'][missing].iloc[0]}): a comparison needs every query's value")
+            infinite = ~np.isfinite(table[name].to_numpy(dtype=float))
+            if infinite.any():
+                first = int(np.flatnonzero(infinite)[0])
+                raise CompareError(f"{run}: {int(infinite.sum())} of {len(table)} queries have an infinite {name} value ("
+                                   f"{table[name].iloc[first]} for query {table['qid'].iloc[first]}): a comparison needs finite values")
 
 
 def check_same_queries(systems: dict[str, System]) -> None:
@@ -317,6 +334,8 @@ def check_same_queries(systems: dict[str, System]) -> None:
     reference, where = None, None
     for system in systems.values():
         for run, table in zip(system.runs, system.tables):
+            if len(table) < 2:  # no mean (0 rows: every figure NaN, exit 0) or no paired test (1 row: scipy's traceback)
+                raise CompareError(f"{run}: {len(table)} quer{'y' if len(table) == 1 else 'ies'} scored: a paired comparison needs at least 2")
             if table["qid"].duplicated().any():
                 raise CompareError(f"{run}: query id {table['qid'][table['qid'].duplicated()].iloc[0]} appears twice")
             queries = dict(zip(table["qid"], table["query"]))
