@@ -1412,3 +1412,37 @@ def test_an_epoch_resumed_mid_way_logs_its_whole_training_time(tmp_path, monkeyp
     logged = pd.read_csv(Path(stopped.paths.output_dir) / "csv" / "metrics.csv").dropna(subset=["time/epoch_train_seconds"])
     assert sorted(logged["epoch"]) == [0, 1]
     assert logged.loc[logged["epoch"] == 1, "time/epoch_train_seconds"].item() >= 0.3  # steps 10-13 slept before the stop
+
+
+def test_a_finished_run_trained_on_leaves_its_old_test_table_so_compare_does_not_count_it(tmp_path, monkeypatch):
+    """A probe: a finished run resumed with a longer trainer.max_epochs removed its fit_ended.json but kept the test
+    table of its old best checkpoint, so while it trained (or after a kill) compare.py counted it as finished: on
+    test/* with the old model's figures (under the new max_epochs label), on val/* with a mid-training val_best. Now
+    the old table goes when training on starts, and the table scored at the end is the new best checkpoint's."""
+    import pandas as pd
+
+    from two_tower.core import per_query
+    from two_tower.core.errors import CompareError
+    from two_tower.training.compare import find_runs, load_configurations
+
+    common = ["data.synthetic_rows.test_rows=40", "logger=csv", "optimizer.lr=0.01"]
+    train(compose_train(tmp_path, [*common, "trainer.max_epochs=1"]))
+    run = tmp_path / "run"
+    (run / ".hydra").mkdir()
+    (run / ".hydra" / "overrides.yaml").write_text("- seed=1\n")
+    seen = []
+    real = train_module.test_best_checkpoint
+
+    def scoring(trainer, *args, **kwargs):  # training on has ended, the test split is not scored yet
+        try:
+            load_configurations(find_runs([run]), "test/mrr@10")
+            seen.append("counted")
+        except CompareError as err:
+            seen.append(str(err))
+        return real(trainer, *args, **kwargs)
+
+    monkeypatch.setattr(train_module, "test_best_checkpoint", scoring)
+    train(compose_train(tmp_path, [*common, "trainer.max_epochs=3", "ckpt_path=last"]))
+    assert len(seen) == 1 and "all skipped" in seen[0] and "no per_query/test.parquet" in seen[0], seen
+    best = [p.name for p in (run / "checkpoints").glob("epoch*.ckpt")]
+    assert pd.read_parquet(run / "per_query" / per_query.STAGE_FILES["test"])["checkpoint"].unique().tolist() == best

@@ -14,7 +14,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from two_tower.core.atomic import check_writable, sweep_stale_temps
+from two_tower.core.atomic import check_writable, discard, sweep_stale_temps
 from two_tower.core.cache import check_cache_root
 from two_tower.core.stop import stopped_by_sigterm
 from two_tower.core.threads import set_threads
@@ -395,6 +395,12 @@ def _train(cfg: DictConfig) -> dict[str, float]:
     if ended:  # trains nothing: Lightning would go on after an early stop (its decision is not in the checkpoint)
         trainer.fit_loop.max_epochs = ended_epochs
     last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    if ended_step is not None:
+        # A run that had ended, trained on: its test table is the old best checkpoint's (that checkpoint may go with
+        # save_top_k=1) and is scored again when training ends. Kept, it made the run look finished to compare.py
+        # while it trained (its fit_ended.json is removed): counted on test/* with the old model's figures and on
+        # val/* with a mid-training val_best, also after a kill. Removed here, after every check of the resume.
+        discard(run_tables(ckpt_path) / per_query.STAGE_FILES["test"])
     try:
         with other_processes_watched(trainer, last):  # another process that ended: one line, not each one's traceback
             trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
