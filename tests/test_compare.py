@@ -555,3 +555,29 @@ def test_one_seed_spelled_two_ways_is_one_seed(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main([str(tmp_path / "a"), str(tmp_path / "c"), "--resamples", "200"])
     assert "both seed=1 of one configuration" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("taken", ["comparison.md", "comparison.png"])
+def test_an_output_name_taken_by_a_folder_is_one_line_before_any_file(tmp_path, capsys, taken):
+    """os.replace onto a folder was a traceback (exit 1), and with comparison.png after three new files were written."""
+    for seed in (1, 2):
+        write_run(tmp_path / "runs" / str(seed), ["encoder=gru", f"seed={seed}"], seed_table(difficulty(), 0.0, seed))
+    out = tmp_path / "cmp"
+    (out / taken).mkdir(parents=True)
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(tmp_path / "runs"), "--out", str(out), "--resamples", "100"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and len(err) == 1 and f"{taken} there is a folder" in err[0], err
+    assert sorted(p.name for p in out.iterdir()) == [taken]
+
+
+def test_two_runs_with_the_same_values_on_every_query_are_said(tmp_path, caplog):
+    """A run folder copied and its seed= edited is two seeds to the seed check; its per-query values give it away."""
+    table = seed_table(difficulty(), 0.0, 1)
+    write_run(tmp_path / "a", ["encoder=gru", "seed=1"], table)
+    write_run(tmp_path / "b", ["encoder=gru", "seed=2"], table.sample(frac=1, random_state=0))  # same values, rows reordered
+    write_run(tmp_path / "c", ["encoder=gru", "seed=3"], seed_table(difficulty(), 0.0, 3))
+    with caplog.at_level("WARNING"):
+        main([str(tmp_path), "--resamples", "100"])
+    said = [r.getMessage() for r in caplog.records if "on every query" in r.getMessage()]
+    assert len(said) == 1 and str(tmp_path / "a") in said[0] and str(tmp_path / "b") in said[0]

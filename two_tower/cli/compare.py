@@ -9,9 +9,11 @@ from pathlib import Path
 
 from two_tower.cli.common import drop_stdout, exit_on_error
 from two_tower.core.atomic import atomic_write, check_writable
-from two_tower.core.errors import ConfigError
+from two_tower.core.errors import ConfigError, NotWritableError
 from two_tower.training import compare as compare_module
 from two_tower.training.compare import compare, find_runs, load_baselines, load_configurations, log_wandb, markdown, plot
+
+OUTPUTS = ("comparison.md", "configurations.csv", "tests.csv", "comparison.png")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -34,17 +36,23 @@ def main(argv: list[str] | None = None) -> None:
                 raise ConfigError(f"--wandb-project {args.wandb_project}: {problem}")
         if args.out:  # before the work: an existing file there, or a folder that takes no files, is one line
             check_writable(args.out, f"--out {args.out}")
+            taken = [name for name in OUTPUTS if (args.out / name).is_dir()]  # os.replace onto a folder: a traceback after some files
+            if taken:
+                raise NotWritableError(f"--out {args.out}: {', '.join(taken)} there is a folder, not a file: remove it or choose another --out")
         systems = load_configurations(find_runs(args.dirs), args.metric)
         systems.update(load_baselines(args.baseline, args.metric))
         summary, tests = compare(systems, args.metric, args.alpha, args.resamples)
         text = markdown(summary, tests, args.metric)
         if args.out:  # written before the table is printed: a reader that closes stdout early (| head) leaves them whole
-            with atomic_write(args.out / "comparison.md", "w") as f:
-                f.write(text)
-            for name, table in (("configurations.csv", summary), ("tests.csv", tests)):
-                with atomic_write(args.out / name, "w") as f:
-                    table.to_csv(f, index=False)
-            plot(summary, args.metric, args.out / "comparison.png")
+            try:
+                with atomic_write(args.out / "comparison.md", "w") as f:
+                    f.write(text)
+                for name, table in (("configurations.csv", summary), ("tests.csv", tests)):
+                    with atomic_write(args.out / name, "w") as f:
+                        table.to_csv(f, index=False)
+                plot(summary, args.metric, args.out / "comparison.png")
+            except OSError as err:  # e.g. the disk filled: each file is whole or absent (written beside, renamed)
+                raise NotWritableError(f"--out {args.out}: {err.strerror or err} ({err.filename or ''})") from err
             print(f"Wrote {args.out}/comparison.md, configurations.csv, tests.csv, comparison.png", file=sys.stderr)
         if args.wandb_project:
             log_wandb(summary, tests, args.metric, args.wandb_project, args.out)

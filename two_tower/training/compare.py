@@ -372,6 +372,12 @@ def compare(systems: dict[str, System], metric: str, alpha: float = 0.05, resamp
         few = [r["system"] for r in rows if r["kind"] == "configuration" and r["runs"] == runs]
         if few:
             log.warning("%d configuration(s) with %d run(s): %s; train more seeds (seed=1,2,42 -m): %s", len(few), runs, what, "; ".join(few))
+    for system in systems.values():  # a copied run folder with its seed edited passes the seed check; its values do not
+        values = [t.set_index("qid")[name].sort_index() for t in system.tables]
+        for (i, a), (j, b) in itertools.combinations(enumerate(values), 2):
+            if a.equals(b):
+                log.warning("%s: runs %s and %s have the same %s on every query: one training counted twice (a copy of one "
+                            "run folder)? Seeds of one configuration differ", system.name, system.runs[i], system.runs[j], name)
     per_query_means = {s.name: s.per_query(name) for s in systems.values()}
     pairs = []
     for a, b in itertools.combinations(systems, 2):
