@@ -581,3 +581,25 @@ def test_two_runs_with_the_same_values_on_every_query_are_said(tmp_path, caplog)
         main([str(tmp_path), "--resamples", "100"])
     said = [r.getMessage() for r in caplog.records if "on every query" in r.getMessage()]
     assert len(said) == 1 and str(tmp_path / "a") in said[0] and str(tmp_path / "b") in said[0]
+
+
+def test_the_difference_has_a_confidence_interval_over_queries_that_matches_the_paired_t_test():
+    """A - B was one number (a probe: issue #15 asked for error bars): now with the paired t-test's 95% interval over
+    queries, on seed-averaged per-query values; it leaves out 0 exactly where that test's p is below 0.05."""
+    from scipy import stats
+
+    base = difficulty()
+    for shift in (0.0, 0.01, 0.03, 0.1):
+        a = [seed_table(base, shift, s) for s in range(3)]
+        b = [seed_table(base, 0.0, s) for s in range(3, 5)]
+        summary, tests = compare({"A": System("A", ["a"] * 3, a), "B": System("B", ["b"] * 2, b)}, "test/mrr@10", resamples=200)
+        x = pd.concat([t["mrr@10"] for t in a], axis=1).mean(axis=1).to_numpy()
+        y = pd.concat([t["mrr@10"] for t in b], axis=1).mean(axis=1).to_numpy()
+        d = x - y
+        low, high = stats.t.interval(0.95, len(d) - 1, loc=d.mean(), scale=stats.sem(d))
+        row = tests.iloc[0]
+        assert row["A - B"] == pytest.approx(d.mean()) and (row["A - B ci_low"], row["A - B ci_high"]) == pytest.approx((low, high))
+        assert (low > 0 or high < 0) == (row["p (t-test)"] < 0.05)
+        from two_tower.training.compare import markdown
+
+        assert f"[{low:+.4f}, {high:+.4f}]" in markdown(summary, tests, "test/mrr@10")

@@ -386,9 +386,13 @@ def compare(systems: dict[str, System], metric: str, alpha: float = 0.05, resamp
         x, y = per_query_means[a], per_query_means[b].reindex(per_query_means[a].index)
         t_p, rand_p = paired_tests(x.to_numpy(), y.to_numpy(), resamples)
         seed_p = seed_test(systems[a].run_means(name), systems[b].run_means(name), systems[a].baseline, systems[b].baseline)
-        pairs.append({"A": a, "B": b, "mean A": float(x.mean()), "mean B": float(y.mean()), "A - B": float(x.mean() - y.mean()),
+        # the difference's 95% t interval over queries: the paired t-test's, so it leaves out 0 where p (t-test) < 0.05
+        difference, low, high = mean_ci((x - y).to_numpy())
+        pairs.append({"A": a, "B": b, "mean A": float(x.mean()), "mean B": float(y.mean()), "A - B": difference,
+                      "A - B ci_low": low, "A - B ci_high": high,
                       "queries": len(x), "p (t-test)": t_p, "p (randomization)": rand_p, "p (seeds)": seed_p})
-    tests = pd.DataFrame(pairs, columns=["A", "B", "mean A", "mean B", "A - B", "queries", "p (t-test)", "p (randomization)", "p (seeds)"])
+    tests = pd.DataFrame(pairs, columns=["A", "B", "mean A", "mean B", "A - B", "A - B ci_low", "A - B ci_high", "queries", "p (t-test)",
+                                         "p (randomization)", "p (seeds)"])
     if len(tests):
         tests["Holm p (t-test)"] = holm(tests["p (t-test)"].tolist())
         tests["Holm p (randomization)"] = holm(tests["p (randomization)"].tolist())
@@ -417,12 +421,13 @@ def markdown(summary: pd.DataFrame, tests: pd.DataFrame, metric: str) -> str:
         flag = [c for c in tests.columns if c.startswith("significant")][0]
         lines += ["", f"## Tests over {int(tests['queries'].iloc[0])} queries (each configuration's per-query {metric} averaged over its seeds first) "
                   f"and over seeds (the runs' means); Holm over {len(tests)} pair(s); flagged when both hold", "",
-                  "| A | B | A - B | p t-test | p randomization | p seeds | Holm p t-test | Holm p randomization | Holm p seeds | " + flag + " |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+                  "| A | B | A - B | 95% CI of A - B (over queries) | p t-test | p randomization | p seeds | Holm p t-test | Holm p randomization | "
+                  "Holm p seeds | " + flag + " |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in tests.to_dict("records"):
             seeds = "n/a (1 run)" if np.isnan(r["p (seeds)"]) else f"{r['p (seeds)']:.4g}"
             holm_seeds = "n/a" if np.isnan(r["Holm p (seeds)"]) else f"{r['Holm p (seeds)']:.4g}"
-            lines.append(f"| {r['A']} | {r['B']} | {r['A - B']:+.4f} | {r['p (t-test)']:.4g} | {r['p (randomization)']:.4g} | {seeds} | "
+            lines.append(f"| {r['A']} | {r['B']} | {r['A - B']:+.4f} | [{r['A - B ci_low']:+.4f}, {r['A - B ci_high']:+.4f}] | {r['p (t-test)']:.4g} | {r['p (randomization)']:.4g} | {seeds} | "
                          f"{r['Holm p (t-test)']:.4g} | {r['Holm p (randomization)']:.4g} | {holm_seeds} | {'yes' if r[flag] else 'no'} |")
     return "\n".join(lines) + "\n"
 
