@@ -512,7 +512,7 @@ def test_help_gives_the_defaults(capsys):
 # ------------------------------------------------------------------------------------------ probe: non-finite, tiny tables, seed spellings
 
 
-@pytest.mark.parametrize("bad", [np.inf, -np.inf])
+@pytest.mark.parametrize("bad", [np.inf, -np.inf, 56.7, -0.5])
 def test_an_infinite_value_is_refused_in_one_line(tmp_path, capsys, bad):
     """NaN was refused, inf was not: the mean was inf, the t-test's p NaN, the randomization p at its floor
     (0.0009995 with 2,000 resamples), and a 2-run configuration's row said 'n/a (1 run)'; exit 0."""
@@ -526,7 +526,8 @@ def test_an_infinite_value_is_refused_in_one_line(tmp_path, capsys, bad):
         main([str(tmp_path), "--resamples", "200"])
     err = capsys.readouterr().err.strip().splitlines()
     assert exit_info.value.code == 2 and len(err) == 1, err
-    assert err[0].startswith(f"error: {tmp_path / 'a1'}: 1 of 300 queries have an infinite mrr@10 value") and "query q2" in err[0]
+    what = "an infinite mrr@10 value" if np.isinf(bad) else "a mrr@10 value outside [0, 1]"  # a proportion (a probe compared 56.7)
+    assert err[0].startswith(f"error: {tmp_path / 'a1'}: 1 of 300 queries have {what}") and "query q2" in err[0], err
 
 
 @pytest.mark.parametrize("rows", [0, 1])

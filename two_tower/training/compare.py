@@ -327,6 +327,13 @@ def check_values(systems: dict[str, System], name: str) -> None:
                 first = int(np.flatnonzero(infinite)[0])
                 raise CompareError(f"{run}: {int(infinite.sum())} of {len(table)} queries have an infinite {name} value ("
                                    f"{table[name].iloc[first]} for query {table['qid'].iloc[first]}): a comparison needs finite values")
+            # every per-query metric (MRR, nDCG, recall) is a proportion: another value is an edited or foreign table (a probe
+            # compared an MRR of 56.7 without a word)
+            outside = ((table[name] < 0) | (table[name] > 1)).to_numpy()
+            if outside.any():
+                first = int(np.flatnonzero(outside)[0])
+                raise CompareError(f"{run}: {int(outside.sum())} of {len(table)} queries have a {name} value outside [0, 1] ("
+                                   f"{table[name].iloc[first]} for query {table['qid'].iloc[first]}): not a table this project wrote")
 
 
 def check_same_queries(systems: dict[str, System]) -> None:
