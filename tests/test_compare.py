@@ -134,11 +134,13 @@ def test_runs_on_different_queries_are_refused_in_one_line(tmp_path, capsys):
     other = seed_table(base, 0.0, 2)
     other.loc[0, "query"] = "another query"
     write_run(tmp_path / "b", ["encoder=lstm", "seed=1"], other)
+    out = tmp_path / "out" / "compare"
     with pytest.raises(SystemExit) as exit_info:
-        main([str(tmp_path / "a"), str(tmp_path / "b")])
+        main([str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(out)])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and "q0" in err[0] and "another query" in err[0]
+    assert not out.exists()  # refused: no empty --out folder left (a probe); its parent, made on the way, may stay
     with pytest.raises(SystemExit):
         main([str(tmp_path / "a"), "--metric", "val/mrr@10"])  # no per_query/val_best.parquet in the run
     assert "all skipped, e.g. " in (err := capsys.readouterr().err.splitlines()[-1]) and "no per_query/val_best.parquet" in err

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from two_tower.cli.common import drop_stdout, exit_on_error
 from two_tower.core.atomic import atomic_write, check_writable
+from two_tower.core.commands import command
 from two_tower.core.errors import ConfigError, NotWritableError
 from two_tower.training import compare as compare_module
 from two_tower.training.compare import compare, find_runs, load_baselines, load_configurations, log_wandb, markdown, plot
@@ -17,7 +18,9 @@ OUTPUTS = ("comparison.md", "configurations.csv", "tests.csv", "comparison.png")
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m two_tower.cli.compare", description=compare_module.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    installed = command("compare")  # two-tower-compare where run as it; there is no root compare.py
+    prog = installed if not installed.startswith("python ") else "python -m two_tower.cli.compare"
+    parser = argparse.ArgumentParser(prog=prog, description=compare_module.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("dirs", nargs="+", type=Path, help="run dirs or sweep dirs of train.py")
     parser.add_argument("--metric", default="test/mrr@10", help="stage/metric: test/* (per_query/test.parquet), val/* (the best validation epoch), val_last/* (the last); any metric column, e.g. ndcg@10 (default: %(default)s)")
     parser.add_argument("--baseline", type=Path, action="append", default=[], help="an evaluate.py output dir (per_query/<retriever>.parquet); give it once per dir")
@@ -27,6 +30,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--wandb-project", default=None, help="also log the tables to W&B in this project")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    made_out = args.out is not None and not args.out.exists()
+    try:
+        _compare(args)
+    finally:  # refused (or stopped) before writing: the --out folder check_writable made is not left behind, empty
+        if made_out and args.out.is_dir() and not any(args.out.iterdir()):
+            args.out.rmdir()
+
+
+def _compare(args: argparse.Namespace) -> None:
     with exit_on_error():
         if args.wandb_project:  # before the work and the files: W&B missing, a bad WANDB_MODE, no account
             from two_tower.training.wandb_check import wandb_problem
