@@ -1650,3 +1650,37 @@ def test_validation_under_mixed_precision_is_what_evaluate_prints(tmp_path):
     printed = evaluate(compose_retrieval("evaluate", [f"ckpt={ckpt}", f"data.path={data}", f"out={tmp_path / 'eval'}", "retriever=[dense]"]))
     assert printed["dense"]["mrr@10"] == pytest.approx(metrics["val/mrr@10"], abs=1e-6)
     assert printed["dense"]["recall@100"] == pytest.approx(metrics["val/recall@100"], abs=1e-6)
+
+
+def test_python_api_refuses_odd_arguments_in_one_clear_exception(trained):
+    """A probe of the Python API: one bytes query was iterated into its byte values ("query 1 of 5 is not text (int:
+    97)"), None was "'NoneType' object is not iterable", and prf="rocchio" / rerank="maxsim" (the command line's words)
+    an AttributeError deep inside, the rerank's after the whole folder had loaded."""
+    searcher = Searcher.load(trained["index"])
+    with pytest.raises(TypeError, match="a list of queries, not one bytes; wrap a single query in a list"):
+        searcher.search(b"apple", k=3)
+    with pytest.raises(TypeError, match="a list of queries, not NoneType"):
+        searcher.search(None, k=3)
+    from two_tower.retrieval.prf import RocchioPRF
+
+    for kwargs, name in ((dict(prf="rocchio"), "prf='rocchio'"), (dict(rerank="maxsim"), "rerank='maxsim'")):
+        with pytest.raises(ConfigError, match=re.escape(name) + ": must be None or a two_tower.retrieval"):
+            Searcher.load(trained["index"], **kwargs)
+        with pytest.raises(ConfigError, match=re.escape(name)):
+            Searcher(searcher.index, searcher.encoder, **kwargs)
+    assert Searcher.load(trained["index"], prf=RocchioPRF(depth=2)).search(["apple"], k=2)  # the objects themselves pass
+
+
+def test_threads_setting_applies_to_the_call_only(trained, tmp_path):
+    """build_index() and evaluate() with threads=1 left torch at 1 thread in the calling process (a notebook's
+    next encoding ran on one core)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2 if before != 2 else 3)
+    wanted = torch.get_num_threads()
+    try:
+        build_index(compose_retrieval("index", [f"ckpt={trained['ckpt']}", f"data.path={trained['data']}", f"out={tmp_path / 'index'}", "threads=1"]))
+        assert torch.get_num_threads() == wanted
+        evaluate(compose_retrieval("evaluate", [f"ckpt={trained['ckpt']}", f"data.path={trained['data']}", f"out={tmp_path / 'eval'}", "retriever=[bm25]", "threads=1"]))
+        assert torch.get_num_threads() == wanted
+    finally:
+        torch.set_num_threads(before)

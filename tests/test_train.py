@@ -338,3 +338,23 @@ def test_progress_bars_turned_off_for_a_run_are_as_before_afterwards(monkeypatch
     assert not progress.bar(range(3)).disable
     with progress.turned_off(when=False):
         assert progress.shown()
+
+
+def test_train_leaves_the_calling_process_threads_and_environment_as_they_were(tiny_cfg, monkeypatch):
+    """train() called from Python (a notebook) left torch at its ``threads=1`` and Lightning's PL_GLOBAL_SEED /
+    PL_SEED_WORKERS in os.environ (a later seed_everything() without a seed took the run's)."""
+    import os
+
+    import torch
+
+    before = torch.get_num_threads()
+    monkeypatch.delenv("PL_GLOBAL_SEED", raising=False)
+    monkeypatch.setenv("PL_SEED_WORKERS", "0")
+    torch.set_num_threads(2 if before != 2 else 3)
+    wanted = torch.get_num_threads()
+    try:
+        train(tiny_cfg("debug=fast_dev_run", "threads=1"))
+        assert torch.get_num_threads() == wanted
+        assert "PL_GLOBAL_SEED" not in os.environ and os.environ["PL_SEED_WORKERS"] == "0"
+    finally:
+        torch.set_num_threads(before)

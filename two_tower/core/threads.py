@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+
 
 def set_threads(threads: int | None) -> None:
     """``torch.set_num_threads(threads)``; None keeps torch's default (one per core); anything else but a
@@ -14,3 +17,23 @@ def set_threads(threads: int | None) -> None:
     import torch
 
     torch.set_num_threads(threads)
+
+
+@contextlib.contextmanager
+def kept(environ: tuple[str, ...] = ()):
+    """The caller's torch intra-op thread count (and the environment variables ``environ``) as they were before the
+    block: ``threads=`` (and Lightning's seeding, ``PL_GLOBAL_SEED``) apply to one ``train()``, ``evaluate()`` or
+    ``build_index()`` call, not to the process that called it afterwards (a notebook that trains, then encodes)."""
+    import torch
+
+    threads, saved = torch.get_num_threads(), {name: os.environ.get(name) for name in environ}
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value

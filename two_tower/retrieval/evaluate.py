@@ -26,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from two_tower.core import run_record
 from two_tower.core.atomic import atomic_write, check_writable, discard, fsync_folder, sweep_stale_temps, temp_path
 from two_tower.core.checks import check, check_config
-from two_tower.core.threads import set_threads
+from two_tower.core.threads import kept, set_threads
 from two_tower.data import beir
 from two_tower.data.beir import is_beir_folder
 from two_tower.data.msmarco import local_split_files
@@ -167,7 +167,12 @@ def write_qrels(path: Path, split: PreparedSplit, query_rows: np.ndarray) -> Non
 
 
 def evaluate(cfg: DictConfig) -> dict[str, dict]:
-    """Run every selected retriever on the split; returns {retriever: metrics}."""
+    """Run every selected retriever on the split; returns {retriever: metrics}. ``threads`` applies to this call only."""
+    with kept():
+        return _evaluate_checked(cfg)
+
+
+def _evaluate_checked(cfg: DictConfig) -> dict[str, dict]:
     set_threads(cfg.get("threads"))
     check_config(cfg, ["save_runs"])
     if not cfg.retriever:

@@ -19,7 +19,7 @@ from two_tower.retrieval.corpus import Passages, read_corpus_file, split_passage
 from two_tower.core import run_record
 from two_tower.core.atomic import check_writable
 from two_tower.core.checks import check_config
-from two_tower.core.threads import set_threads
+from two_tower.core.threads import kept, set_threads
 from two_tower.core.errors import ConfigError
 from two_tower.retrieval.index import check_trainable, build_faiss_streamed, bytes_per_vector, check_replaceable, new_faiss, set_search_params, valid_hybrid_weights, write_index_folder
 from two_tower.retrieval.query_encoder import QueryEncoder
@@ -124,7 +124,12 @@ def static_model_of(encoder: QueryEncoder) -> dict | None:
 
 
 def build_index(cfg: DictConfig) -> Path:
-    """Build and write the index folder ``cfg.out``; returns its path."""
+    """Build and write the index folder ``cfg.out``; returns its path. ``threads`` applies to this call only."""
+    with kept():
+        return _build_index(cfg)
+
+
+def _build_index(cfg: DictConfig) -> Path:
     if OmegaConf.is_missing(cfg, "ckpt") or not cfg.ckpt:
         raise ConfigError("ckpt is not set: which trained checkpoint encodes the passages? index.py ckpt=PATH/TO/last.ckpt")
     set_threads(cfg.get("threads"))

@@ -59,11 +59,20 @@ def check_hybrid(hybrid) -> bool | tuple[float, float] | None:
     )
 
 
+def check_stages(prf, rerank) -> None:
+    """``prf`` and ``rerank`` are None or the objects themselves (``prf="rocchio"``, the command line's word, was an
+    AttributeError deep in the first search or after the whole folder had loaded)."""
+    for name, value, kind in (("prf", prf, RocchioPRF), ("rerank", rerank, MaxSimRerank)):
+        if value is not None and not isinstance(value, kind):
+            raise ConfigError(f"{name}={value!r:.60}: must be None or a {kind.__module__}.{kind.__name__} (e.g. {kind.__name__}())")
+
+
 class Searcher:
     def __init__(
         self, index: PassageIndex, encoder: QueryEncoder, prf: RocchioPRF | None = None, hybrid: bool | tuple[float, float] | None = None, rerank: MaxSimRerank | None = None
     ):
         hybrid = check_hybrid(hybrid)
+        check_stages(prf, rerank)
         self.index, self.encoder, self.prf, self.rerank = index, encoder, prf, rerank
         # hybrid=True (or weights) on a dense-only folder: index.lexical() says it has no BM25 index
         self.lexical = index.lexical() if hybrid or (hybrid is None and index.hybrid_weights is not None) else None
@@ -95,6 +104,7 @@ class Searcher:
         True requires the BM25 index; (dense, bm25) weights require it and fuse with them instead of the folder's.
         ``rerank``: a MaxSim rerank of each query's top ``rerank.depth`` (``two_tower.retrieval.maxsim``)."""
         check_hybrid(hybrid)  # before the folder is read: a bad setting is named first
+        check_stages(prf, rerank)
         if checkpoint is None:
             index = PassageIndex.load(path)
             encoder = index.load_query_encoder()
@@ -115,9 +125,12 @@ class Searcher:
 
         Raises EmptyQueryError if a query is empty or white space.
         """
-        if isinstance(queries, str):
-            raise TypeError("search() takes a list of queries; wrap a single query in a list")
-        queries = list(queries)  # any iterable (a generator, a tuple, a pandas Series)
+        if isinstance(queries, (str, bytes, bytearray)):  # bytes too: iterated, they were "query 1 of 5 is not text (int: 108)"
+            raise TypeError(f"search() takes a list of queries, not one {type(queries).__name__}; wrap a single query in a list")
+        try:
+            queries = list(queries)  # any iterable (a generator, a tuple, a pandas Series)
+        except TypeError:
+            raise TypeError(f"search() takes a list of queries, not {type(queries).__name__} ({queries!r:.60})") from None
         if not queries:
             return []
         # as the model scores (evaluate.py, validation): unit length, except a query with no readable word under a bag path
