@@ -1669,6 +1669,12 @@ def test_python_api_refuses_odd_arguments_in_one_clear_exception(trained):
         with pytest.raises(ConfigError, match=re.escape(name)):
             Searcher(searcher.index, searcher.encoder, **kwargs)
     assert Searcher.load(trained["index"], prf=RocchioPRF(depth=2)).search(["apple"], k=2)  # the objects themselves pass
+    import copy
+    import pickle
+
+    for copying in (pickle.dumps, copy.deepcopy):  # "cannot pickle '_thread.lock'" (multiprocessing's spawn)
+        with pytest.raises(TypeError, match="a Searcher does not pickle .*load one in each worker process"):
+            copying(searcher)
 
 
 def test_threads_setting_applies_to_the_call_only(trained, tmp_path):

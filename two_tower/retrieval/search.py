@@ -119,6 +119,11 @@ class Searcher:
             index.set_search_params(search_params)
         return cls(index, encoder, prf, hybrid, rerank)
 
+    def __reduce__(self):
+        # pickle (multiprocessing's spawn, copy.deepcopy) failed deep inside with "cannot pickle '_thread.lock'"
+        raise TypeError("a Searcher does not pickle (its FAISS and BM25 indexes, its memory-mapped passages): load one in each "
+                        "worker process with Searcher.load(path), after the worker has started (docs/retrieval.md)")
+
     def search(self, queries: list[str], k: int = 10) -> list[list[Hit]]:
         """The top ``k`` passages of each query, best first (one encoder pass for all; one FAISS call for all
         in a dense folder, see ``hybrid_search`` for a hybrid one).
