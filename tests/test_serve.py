@@ -1109,3 +1109,30 @@ def test_a_search_whose_client_went_away_while_waiting_is_not_run(searcher):
             held.release.set()
             pool.shutdown()
     assert held.started == 2
+
+
+def test_a_search_whose_client_went_away_while_it_ran_keeps_its_slot_until_it_ends(searcher):
+    """A review: the cancel that drops a waiting search also reached a running one, whose slot was then freed while
+    its thread went on, so each client that left mid-search let one more search run, past ``concurrency``."""
+    held = HeldSearcher(searcher)
+    with ServerThread(create_app(held, LIMITS, concurrency=1, max_waiting=3)) as running:
+        port = int(running.url.rsplit(":", 1)[1])
+        pool = concurrent.futures.ThreadPoolExecutor(2)
+        try:
+            leaving = socket.create_connection(("127.0.0.1", port))
+            leaving.sendall(b"GET /search?q=garden+castle HTTP/1.1\r\nHost: x\r\n\r\n")
+            deadline = time.monotonic() + 60
+            while held.started < 1:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            leaving.close()  # while its search runs
+            time.sleep(0.5)  # the server sees it go
+            second = pool.submit(lambda: httpx.get(f"{running.url}/search", params={"q": "garden", "k": 3}, timeout=120))
+            time.sleep(1.0)
+            assert held.started == 1  # the second waits for the slot the first still holds
+            held.release.set()
+            assert second.result().status_code == 200, second.result().text
+        finally:
+            held.release.set()
+            pool.shutdown()
+    assert held.most == 1 and held.started == 2

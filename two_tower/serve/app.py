@@ -30,6 +30,7 @@ threads: OpenMP thread counts belong to the calling thread, so ``torch.set_num_t
 """
 
 import asyncio
+import contextlib
 import heapq
 import json
 import os
@@ -389,7 +390,7 @@ def create_app(
         """``answer(results, took_ms)``'s JSON for these queries, searched (and encoded) on a worker thread in turn.
         A search whose client closes the connection while it waits for a turn is dropped from the queue (it ran
         all the same, and 100 batches sent and abandoned held an honest search back ~12 s, or 256 of them filled
-        max_waiting, so the next clients got 503); a search already running finishes on its thread."""
+        max_waiting, so the next clients got 503); a search already running finishes on its thread, in its slot."""
 
         def run() -> JSONResponse:
             use_threads()
@@ -547,7 +548,7 @@ class SearchSlots:
         self.check(size, max_waiting)
         self.size = size or cpu_count()
         self.max_waiting = max_waiting
-        self._limiter = None
+        self._limiter = self._threads = None
         self._admitted = 0  # searches running or waiting; read and changed on the event loop only, with no await between
 
     @staticmethod
@@ -562,14 +563,24 @@ class SearchSlots:
         import anyio
 
         if self._limiter is None:  # made inside the server's event loop
-            self._limiter = anyio.CapacityLimiter(self.size)
+            self._limiter, self._threads = anyio.CapacityLimiter(self.size), anyio.CapacityLimiter(self.size)
         # Counted here, not read from the limiter's queue: anyio joins that queue only after a turn of the event
         # loop, so a burst of requests arriving together all saw the same count and all got in.
         if self.max_waiting is not None and self._admitted >= self.size + self.max_waiting:
             raise Busy(f"busy: {self.size} search{'es' if self.size != 1 else ''} running and {self._admitted - self.size} waiting (max_waiting); retry in a moment")
         self._admitted += 1
         try:
-            return await anyio.to_thread.run_sync(fn, limiter=self._limiter)
+            async with self._limiter:  # a cancel while waiting for a slot (its client went away) leaves the queue
+                work = asyncio.ensure_future(anyio.to_thread.run_sync(fn, limiter=self._threads))
+                try:
+                    return await asyncio.shield(work)
+                except asyncio.CancelledError:
+                    # A thread cannot be stopped: its slot stays taken until it ends (a review: freed at the cancel,
+                    # each client that left mid-search let one more search run, past `concurrency`). A second cancel
+                    # (a stopping server's shutdown_timeout) gives up waiting.
+                    with contextlib.suppress(BaseException):
+                        await work
+                    raise
         finally:
             self._admitted -= 1
 
