@@ -1430,6 +1430,11 @@ def test_a_finished_run_trained_on_leaves_its_old_test_table_so_compare_does_not
     run = tmp_path / "run"
     (run / ".hydra").mkdir()
     (run / ".hydra" / "overrides.yaml").write_text("- seed=1\n")
+    # trained on into another folder from this run's checkpoint: this run's table stays (a review: it was discarded)
+    table = run / "per_query" / per_query.STAGE_FILES["test"]
+    before = table.read_bytes()
+    train(compose_train(tmp_path / "other", [*common, "trainer.max_epochs=2", f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}"]))
+    assert table.read_bytes() == before and (tmp_path / "other" / "run" / "per_query" / per_query.STAGE_FILES["test"]).is_file()
     seen = []
     real = train_module.test_best_checkpoint
 

@@ -400,8 +400,9 @@ def _train(cfg: DictConfig) -> dict[str, float]:
         # A run that had ended, trained on: its test table is the old best checkpoint's (that checkpoint may go with
         # save_top_k=1) and is scored again when training ends. Kept, it made the run look finished to compare.py
         # while it trained (its fit_ended.json is removed): counted on test/* with the old model's figures and on
-        # val/* with a mid-training val_best, also after a kill. Removed here, after every check of the resume.
-        discard(run_tables(ckpt_path) / per_query.STAGE_FILES["test"])
+        # val/* with a mid-training val_best, also after a kill. Removed here, after every check of the resume: this
+        # run's, never that of another run whose checkpoint this one starts from (a review: it was the checkpoint's).
+        discard(Path(cfg.paths.output_dir) / "per_query" / per_query.STAGE_FILES["test"])
     try:
         with other_processes_watched(trainer, last):  # another process that ended: one line, not each one's traceback
             trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
