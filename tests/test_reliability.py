@@ -1252,6 +1252,29 @@ def test_a_sigterm_whose_exception_python_drops_is_sent_again_and_its_line_follo
     assert "went on" not in result.stdout and len(result.stdout.splitlines()) < 5, result.stdout  # not read on
 
 
+def test_a_sigterm_sent_again_does_not_outlive_the_block():
+    """A review: the dropped signal is sent again 50 ms later; a block that ended before then had put the caller's
+    handler back, which then got a SIGTERM nobody sent (or the default one ended the process, skipping its exit)."""
+    result = _run_python("""
+        import os, signal, threading, time
+        import two_tower.core.stop as stop
+        signal.signal(signal.SIGTERM, lambda *_: print("the caller's handler", flush=True))
+        class Slow:
+            def __del__(self):
+                time.sleep(0.3)  # the signal lands here: its exception is dropped
+        try:
+            with stop.stopped_by_sigterm("stopped here"):
+                threading.Timer(0.1, os.kill, (os.getpid(), signal.SIGTERM)).start()
+                slow = Slow()
+                del slow  # the block ends right after: before the signal is sent again
+        except SystemExit as exit:
+            print("exit", exit.code, flush=True)
+        time.sleep(0.5)
+    """)
+    assert result.stdout.split("\n")[:2] == ["exit 143", ""] and "the caller's handler" not in result.stdout, result.stdout + result.stderr
+    assert result.stderr.strip().splitlines()[-1] == "stopped here" and "Traceback" not in result.stderr, result.stderr
+
+
 def test_a_clean_up_that_hangs_after_sigterm_ends_after_the_grace_period():
     """The block's clean-up runs with SIGTERM ignored (a second one must not cut it short); if it hangs, the process
     still ends after the grace period, with the same line and 143."""

@@ -61,11 +61,12 @@ def stopped_by_sigterm(message: str = "stopped by SIGTERM; the outputs it was wr
             import _thread
 
             signal.signal(signal.SIGTERM, handler)
-            _thread.start_new_thread(_send_sigterm_soon, ())
+            _thread.start_new_thread(_send_sigterm_soon, (ended, handler))
             return
         previous_hook(unraisable)
 
     def stop():
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a SIGTERM sent again (dropped) must not interrupt the ending
         for timer in timers:  # ended here, as meant
             timer.cancel()
         _end_progress_bars()
@@ -74,6 +75,7 @@ def stopped_by_sigterm(message: str = "stopped by SIGTERM; the outputs it was wr
         sys.exit(143)
 
     timers: list[threading.Timer] = []
+    ended = threading.Event()  # the block is over: a SIGTERM not yet sent again is not sent
     previous = signal.signal(signal.SIGTERM, handler)
     previous_hook, sys.unraisablehook = sys.unraisablehook, dropped
     try:
@@ -84,16 +86,20 @@ def stopped_by_sigterm(message: str = "stopped by SIGTERM; the outputs it was wr
         if timers:  # a SIGTERM whose exception was dropped: the block ended anyway, and the process ends here
             stop()
     finally:
+        # A SIGTERM to be sent again (dropped) is not sent once the block is over: it reached the caller's handler, or
+        # ended the process by the default one, skipping the exit's clean-up (a review)
+        ended.set()
         signal.signal(signal.SIGTERM, previous)
         sys.unraisablehook = previous_hook
 
 
-def _send_sigterm_soon() -> None:
+def _send_sigterm_soon(ended, handler) -> None:
     import signal
     import time
 
     time.sleep(0.05)
-    os.kill(os.getpid(), signal.SIGTERM)
+    if not ended.is_set() and signal.getsignal(signal.SIGTERM) is handler:
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _end_progress_bars() -> None:
@@ -107,7 +113,12 @@ def _end_progress_bars() -> None:
 
 
 def _end_now(message: str) -> None:
-    _end_progress_bars()
+    # the last resort, from the grace timer's thread: closing a bar takes tqdm's lock, which the stuck main thread may
+    # hold (a review), so a bar still open only gets its line ended
+    with contextlib.suppress(Exception):
+        tqdm = sys.modules.get("tqdm")
+        if any(not bar.disable for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", ()))):
+            sys.stderr.write("\n")
     print(message, file=sys.stderr, flush=True)
     log_to_files(message)
     os._exit(143)
