@@ -440,6 +440,30 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def test_a_server_that_takes_the_port_while_this_one_loads_is_one_line(index_dir, capsys, monkeypatch):
+    """Two servers bound to one port while neither listens (SO_REUSEADDR lets them; a review): the one that listens
+    second failed in uvicorn after loading, with its log lines and exit 3. Now one line, before uvicorn starts."""
+    from two_tower.retrieval.search import Searcher
+
+    other = socket.socket()
+    other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    other.bind(("127.0.0.1", 0))
+    port = other.getsockname()[1]
+    load = Searcher.load
+
+    def load_while_the_other_starts(*args, **kwargs):
+        other.listen()
+        return load(*args, **kwargs)
+
+    monkeypatch.setattr(Searcher, "load", staticmethod(load_while_the_other_starts))
+    try:
+        assert serve_main([f"index={index_dir}", "host=127.0.0.1", f"port={port}"]) == 2
+    finally:
+        other.close()
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: host=127.0.0.1 port={port}: cannot listen there (") and err.count("\n") == 1, err
+
+
 def test_serve_command_busy_port_or_unknown_host_is_one_line(index_dir, capsys, tmp_path):
     """uvicorn would log its own lines and exit 3; the command binds first and says which setting. Before the index
     loads (a probe waited ~9 s for it): an index folder that is not there is not even looked at."""

@@ -114,6 +114,13 @@ def main(argv: list[str] | None = None) -> int:
         sock = listening_socket(cfg.host, cfg.port)
         searcher = Searcher.load(cfg.index, search_params=cfg.search_params, hybrid=cfg.hybrid, prf=prf, rerank=rerank)
         app = create_app(searcher, limits, threads=cfg.threads, search_params=cfg.search_params, concurrency=cfg.concurrency, max_waiting=cfg.max_waiting)
+        # Listening from here on (a client now waits in the backlog until uvicorn accepts it, under a second): a server
+        # that bound the port while this one loaded (SO_REUSEADDR lets two bind it while neither listens) and listens
+        # first is met here, in one line, not in uvicorn after loading (a review)
+        try:
+            sock.listen(2048)
+        except OSError as err:
+            raise ConfigError(f"host={cfg.host} port={cfg.port}: cannot listen there ({err.strerror or err})") from err
     except TwoTowerError as err:  # bad settings, a missing or unusable index folder
         if sock is not None:
             sock.close()
