@@ -326,15 +326,17 @@ def test_progress_bars_turned_off_for_a_run_are_as_before_afterwards(monkeypatch
     """trainer.enable_progress_bar=false turns off every bar of the run (tqdm's switch, which the processes it starts
     inherit; Hugging Face's), and only for the run: a caller in the same process keeps its bars."""
     import datasets
+    from huggingface_hub import utils as hub
 
     from two_tower.core import progress
 
     monkeypatch.delenv("TQDM_DISABLE", raising=False)
     with progress.turned_off():
         assert progress.bar(range(3)).disable and not progress.shown() and not datasets.is_progress_bar_enabled()
+        assert hub.are_progress_bars_disabled()  # the Hub's downloads (a review: it read its variable on import)
         assert subprocess.run([sys.executable, "-c", "from tqdm import tqdm; print(tqdm(range(3)).disable)"],
                               capture_output=True, text=True).stdout.strip() == "True"
-    assert progress.shown() and "TQDM_DISABLE" not in os.environ and datasets.is_progress_bar_enabled()
+    assert progress.shown() and "TQDM_DISABLE" not in os.environ and datasets.is_progress_bar_enabled() and not hub.are_progress_bars_disabled()
     assert not progress.bar(range(3)).disable
     with progress.turned_off(when=False):
         assert progress.shown()

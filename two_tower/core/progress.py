@@ -32,11 +32,14 @@ def turned_off(when: bool = True):
         yield
         return
     import datasets
+    from huggingface_hub import utils as hub
 
+    # the Hub's (a teacher's or tokenizer's download) read its environment variable on import, long before: its switch
     saved = {name: os.environ.get(name) for name in (_SWITCH, "HF_HUB_DISABLE_PROGRESS_BARS")}
-    was_enabled = datasets.is_progress_bar_enabled()
+    was_enabled, hub_was_enabled = datasets.is_progress_bar_enabled(), not hub.are_progress_bars_disabled()
     os.environ.update(dict.fromkeys(saved, "1"))
     datasets.disable_progress_bars()
+    hub.disable_progress_bars()
     try:
         yield
     finally:
@@ -47,3 +50,5 @@ def turned_off(when: bool = True):
                 os.environ[name] = value
         if was_enabled:
             datasets.enable_progress_bars()
+        if hub_was_enabled:
+            hub.enable_progress_bars()
