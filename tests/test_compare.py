@@ -606,3 +606,11 @@ def test_the_difference_has_a_confidence_interval_over_queries_that_matches_the_
         from two_tower.training.compare import markdown
 
         assert f"[{low:+.4f}, {high:+.4f}]" in markdown(summary, tests, "test/mrr@10")
+
+
+def test_seeds_are_compared_exactly_however_large():
+    """Seeds went through float: past 2**53 two seeds became one (a review)."""
+    from two_tower.training.compare import seed_text
+
+    assert seed_text("9007199254740993") != seed_text("9007199254740992")
+    assert seed_text("01") == seed_text("+1") == seed_text("1.0") == seed_text("'1'") == "1"

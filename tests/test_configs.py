@@ -236,3 +236,6 @@ def test_usage_and_help_name_the_command_as_it_was_run(name):
         done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=120)
         said = done.stdout + done.stderr
         assert (f"two-tower-{name} " in said) == as_installed and (f"python {name}.py " in said) != as_installed, said[-2000:]
+    if name == "search":  # run as a module, it says so (a review: "python search.py")
+        done = subprocess.run([sys.executable, "-m", "two_tower.cli.search", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert "usage: python -m two_tower.cli.search index=DIR" in done.stdout, done.stdout[:500]

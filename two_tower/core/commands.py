@@ -12,8 +12,12 @@ _PREFIX = "two-tower-"
 
 def command(name: str) -> str:
     """``name`` (train, index, evaluate, search, serve, compare) as the user runs it."""
-    started_as = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
-    return f"{_PREFIX}{name}" if started_as.startswith(_PREFIX) else f"python {name}.py"
+    started_as = sys.argv[0] if sys.argv and sys.argv[0] else ""
+    if os.path.basename(started_as).startswith(_PREFIX):
+        return f"{_PREFIX}{name}"
+    if started_as.endswith(os.path.join("two_tower", "cli", f"{name}.py")):  # python -m two_tower.cli.NAME
+        return f"python -m two_tower.cli.{name}"
+    return f"python {name}.py"
 
 
 def _register_resolver() -> None:

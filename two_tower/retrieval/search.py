@@ -133,9 +133,10 @@ class Searcher:
         if isinstance(queries, (str, bytes, bytearray)):  # bytes too: iterated, they were "query 1 of 5 is not text (int: 108)"
             raise TypeError(f"search() takes a list of queries, not one {type(queries).__name__}; wrap a single query in a list")
         try:
-            queries = list(queries)  # any iterable (a generator, a tuple, a pandas Series)
+            iter(queries)
         except TypeError:
             raise TypeError(f"search() takes a list of queries, not {type(queries).__name__} ({queries!r:.60})") from None
+        queries = list(queries)  # any iterable (a generator, a tuple, a pandas Series); its own errors are its own
         if not queries:
             return []
         # as the model scores (evaluate.py, validation): unit length, except a query with no readable word under a bag path

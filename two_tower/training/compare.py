@@ -69,8 +69,9 @@ class System:
 
 # ------------------------------------------------------------------------------------------ statistics
 def mean_ci(values: np.ndarray, confidence: float = 0.95) -> tuple[float, float, float]:
-    """Mean and Student-t confidence interval over seeds; (mean, nan, nan) for a single value, (mean, mean, mean)
-    for seeds that agree exactly (scipy's interval is nan at zero spread)."""
+    """Mean and Student-t confidence interval of ``values`` (a configuration's run means, over seeds; a pair's
+    per-query differences, over queries); (mean, nan, nan) for a single value, (mean, mean, mean) for values that
+    agree exactly (scipy's interval is nan at zero spread)."""
     mean = float(np.mean(values))
     if len(values) < 2:
         return mean, float("nan"), float("nan")
@@ -186,6 +187,10 @@ def seed_text(value: str) -> str:
     """One spelling per seed: ``seed=01``, ``seed=+1``, ``seed=1.0`` and ``seed='1'`` all seed the run with 1
     (Lightning's ``seed_everything`` takes ``int(seed)``), so they are one seed, "1"; other text is kept as is."""
     text = value.strip().strip("'\"").strip()
+    try:
+        return str(int(text))  # exact, however large (through float, seeds past 2**53 would merge)
+    except ValueError:
+        pass
     try:
         number = float(text.replace("_", ""))
     except ValueError:
