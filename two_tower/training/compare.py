@@ -400,6 +400,8 @@ def compare(systems: dict[str, System], metric: str, alpha: float = 0.05, resamp
         seed_p = seed_test(systems[a].run_means(name), systems[b].run_means(name), systems[a].baseline, systems[b].baseline)
         # the difference's 95% t interval over queries: the paired t-test's, so it leaves out 0 where p (t-test) < 0.05
         difference, low, high = mean_ci((x - y).to_numpy())
+        if np.allclose(x.to_numpy(), y.to_numpy()):  # equal within float error: the tests' p = 1, and no interval off 0
+            low, high = min(low, 0.0), max(high, 0.0)
         pairs.append({"A": a, "B": b, "mean A": float(x.mean()), "mean B": float(y.mean()), "A - B": difference,
                       "A - B ci_low": low, "A - B ci_high": high,
                       "queries": len(x), "p (t-test)": t_p, "p (randomization)": rand_p, "p (seeds)": seed_p})
