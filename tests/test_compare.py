@@ -614,3 +614,22 @@ def test_seeds_are_compared_exactly_however_large():
 
     assert seed_text("9007199254740993") != seed_text("9007199254740992")
     assert seed_text("01") == seed_text("+1") == seed_text("1.0") == seed_text("'1'") == "1"
+
+
+def test_a_killed_compares_half_written_output_is_swept_by_the_next(tmp_path, capsys):
+    """Each output is written beside its name and renamed; a compare killed mid-write left its temporary file in --out
+    for good (a probe). The next compare into that folder removes those of writers no longer running."""
+    import os
+
+    from two_tower.core.atomic import temp_path
+
+    for seed in (1, 2):
+        write_run(tmp_path / "runs" / str(seed), ["encoder=gru", f"seed={seed}"], seed_table(difficulty(), 0.0, seed))
+    out = tmp_path / "cmp"
+    out.mkdir()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()
+    stale = temp_path(out / "comparison.md")
+    stale = stale.with_name(stale.name.replace(f"-{os.getpid()}-", f"-{dead}-"))  # a writer that is gone
+    stale.write_text("half")
+    main([str(tmp_path / "runs"), "--out", str(out), "--resamples", "100"])
+    assert sorted(p.name for p in out.iterdir()) == ["comparison.md", "comparison.png", "configurations.csv", "tests.csv"]

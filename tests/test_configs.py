@@ -239,3 +239,16 @@ def test_usage_and_help_name_the_command_as_it_was_run(name):
     if name == "search":  # run as a module, it says so (a review: "python search.py")
         done = subprocess.run([sys.executable, "-m", "two_tower.cli.search", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120)
         assert "usage: python -m two_tower.cli.search index=DIR" in done.stdout, done.stdout[:500]
+
+
+def test_an_index_folder_error_names_the_index_command_as_installed(tmp_path, monkeypatch):
+    """Index folder errors said "rebuild it with index.py" where the installed two-tower-index ran and no index.py exists."""
+    import sys
+
+    from two_tower.core.errors import IndexFolderError
+    from two_tower.retrieval.index import PassageIndex
+
+    for argv0, said in (("/usr/local/bin/two-tower-search", "build one with two-tower-index"), ("search.py", "build one with python index.py")):
+        monkeypatch.setattr(sys, "argv", [argv0])
+        with pytest.raises(IndexFolderError, match=said):
+            PassageIndex.load(tmp_path)

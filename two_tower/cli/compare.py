@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from two_tower.cli.common import drop_stdout, exit_on_error
-from two_tower.core.atomic import atomic_write, check_writable
+from two_tower.core.atomic import atomic_write, check_writable, sweep_stale_temps
 from two_tower.core.commands import command
 from two_tower.core.errors import ConfigError, NotWritableError
 from two_tower.training import compare as compare_module
@@ -48,6 +48,7 @@ def _compare(args: argparse.Namespace) -> None:
                 raise ConfigError(f"--wandb-project {args.wandb_project}: {problem}")
         if args.out:  # before the work: an existing file there, or a folder that takes no files, is one line
             check_writable(args.out, f"--out {args.out}")
+            sweep_stale_temps(args.out)  # an output half-written by a compare that was killed
             taken = [name for name in OUTPUTS if (args.out / name).is_dir()]  # os.replace onto a folder: a traceback after some files
             if taken:
                 raise NotWritableError(f"--out {args.out}: {', '.join(taken)} there is a folder, not a file: remove it or choose another --out")

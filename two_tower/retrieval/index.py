@@ -39,6 +39,7 @@ import pyarrow as pa
 import torch
 
 from two_tower.core.atomic import atomic_folder, sweep_stale_temps
+from two_tower.core.commands import command
 from two_tower.data.embeddings import provide_static_model
 from two_tower.model.bag import TermStatistics
 from two_tower.core.errors import ConfigError, IndexFolderError
@@ -264,7 +265,7 @@ def reading(folder: Path, what: str | Path | None = None):
         else:
             text = err.strerror if isinstance(err, OSError) and err.strerror else " ".join(str(err).split())[:200]
             detail = f"{type(err).__name__}: {text}"
-        raise IndexFolderError(f"index={folder}: cannot read {name} ({detail}); rebuild the folder with index.py") from err
+        raise IndexFolderError(f"index={folder}: cannot read {name} ({detail}); rebuild the folder with {command('index')}") from err
 
 
 def read_passages(path: Path) -> pa.Table:
@@ -418,7 +419,7 @@ class PassageIndex:
             )
         if manifest["format"] == 3 and STATISTICS_FILE in manifest["files"]:
             log.warning("%s: built before index folders kept the model's vectors as it outputs them: a passage with no "
-                        "readable word ranks higher here than evaluate.py ranks it; rebuild it with index.py for the same ranking", path)
+                        "readable word ranks higher here than evaluate.py ranks it; rebuild it with %s for the same ranking", path, command("index"))
         return cls(path, index, passages, manifest)
 
     def load_query_encoder(self) -> QueryEncoder:
@@ -440,7 +441,7 @@ class PassageIndex:
     def lexical(self) -> BM25Scorer:
         """The folder's BM25 index (folders built with ``hybrid.enabled``)."""
         if self.hybrid_weights is None:
-            raise IndexFolderError(f"{self.path} was built without a BM25 index (dense only); rebuild it with index.py hybrid.enabled=true")
+            raise IndexFolderError(f"{self.path} was built without a BM25 index (dense only); rebuild it with {command('index')} hybrid.enabled=true")
         with reading(self.path, self.path / BM25_FOLDER):
             return BM25Scorer.load(self.path / BM25_FOLDER)
 
@@ -569,18 +570,18 @@ def read_manifest(path: Path) -> dict:
     if not path.is_dir():
         raise IndexFolderError(f"index={path}: no such folder")
     if not (path / MANIFEST).is_file():
-        raise IndexFolderError(f"index={path}: not an index folder (no {MANIFEST}); build one with index.py")
+        raise IndexFolderError(f"index={path}: not an index folder (no {MANIFEST}); build one with {command('index')}")
     try:
         manifest = json.loads((path / MANIFEST).read_bytes().decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as err:
-        raise IndexFolderError(f"index={path}: {MANIFEST} is not valid JSON ({err}); rebuild the folder with index.py") from err
+        raise IndexFolderError(f"index={path}: {MANIFEST} is not valid JSON ({err}); rebuild the folder with {command('index')}") from err
     if not isinstance(manifest, dict):
-        raise IndexFolderError(f"index={path}: {MANIFEST} is not a JSON object; rebuild the folder with index.py")
+        raise IndexFolderError(f"index={path}: {MANIFEST} is not a JSON object; rebuild the folder with {command('index')}")
     if manifest.get("format") not in READ_FORMATS:
         raise IndexFolderError(f"index={path}: format {manifest.get('format')}, this code reads formats {', '.join(map(str, READ_FORMATS))}; rebuild it")
     absent = [key for key in ("files", "model", "passages") if key not in manifest]
     if absent or not isinstance(manifest["files"], dict) or not isinstance(manifest["model"], dict):
-        raise IndexFolderError(f"index={path}: {MANIFEST} lacks {absent or 'a valid files/model entry'}; rebuild the folder with index.py")
+        raise IndexFolderError(f"index={path}: {MANIFEST} lacks {absent or 'a valid files/model entry'}; rebuild the folder with {command('index')}")
     # Every file of the folder must be named (with its hash) in the manifest: an entry removed from
     # `files` would otherwise switch that file's check off (or, for the term statistics, the file itself).
     required = {FAISS_FILE, PASSAGES_FILE, QUERY_ENCODER_FILE} | ({f"{BM25_FOLDER}/{SETTINGS_FILE}"} if "hybrid" in manifest else set())
