@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
+
+from two_tower.core import environ
 
 _SWITCH = "TQDM_DISABLE"
 
@@ -35,20 +38,22 @@ def turned_off(when: bool = True):
     from huggingface_hub import utils as hub
 
     # the Hub's (a teacher's or tokenizer's download) read its environment variable on import, long before: its switch
-    saved = {name: os.environ.get(name) for name in (_SWITCH, "HF_HUB_DISABLE_PROGRESS_BARS")}
+    names = (_SWITCH, "HF_HUB_DISABLE_PROGRESS_BARS")
     was_enabled, hub_was_enabled = datasets.is_progress_bar_enabled(), not hub.are_progress_bars_disabled()
-    os.environ.update(dict.fromkeys(saved, "1"))
-    datasets.disable_progress_bars()
-    hub.disable_progress_bars()
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-        if was_enabled:
-            datasets.enable_progress_bars()
-        if hub_was_enabled:
-            hub.enable_progress_bars()
+    with environ.kept(names):
+        os.environ.update(dict.fromkeys(names, "1"))
+        datasets.disable_progress_bars()
+        hub.disable_progress_bars()
+        try:
+            yield
+        finally:
+            if was_enabled:
+                datasets.enable_progress_bars()
+            if hub_was_enabled:
+                hub.enable_progress_bars()
+
+
+def open_bars() -> list:
+    """The tqdm bars of this process not closed yet; none where tqdm was never imported (it is not imported for this)."""
+    tqdm = sys.modules.get("tqdm")
+    return list(getattr(getattr(tqdm, "tqdm", None), "_instances", ()))

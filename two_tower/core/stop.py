@@ -6,6 +6,8 @@ import contextlib
 import os
 import sys
 
+from two_tower.core import progress
+
 # How long a SIGTERM'd block may take to clean up before the process ends without it.
 GRACE_SECONDS = 20
 
@@ -106,8 +108,7 @@ def _end_progress_bars() -> None:
     """Close the progress bars the stop interrupted, so each ends its line and the message starts on its own (CI saw
     ``Reading train rows:   7%|...| 28602/400000 [...]stopped by SIGTERM ...``: a bar whose loop the stop left is
     not closed until it is collected)."""
-    tqdm = sys.modules.get("tqdm")
-    for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", ())):
+    for bar in progress.open_bars():
         with contextlib.suppress(Exception):
             bar.close()
 
@@ -116,8 +117,7 @@ def _end_now(message: str) -> None:
     # the last resort, from the grace timer's thread: closing a bar takes tqdm's lock, which the stuck main thread may
     # hold (a review), so a bar still open only gets its line ended
     with contextlib.suppress(Exception):
-        tqdm = sys.modules.get("tqdm")
-        if any(not bar.disable for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", ()))):
+        if any(not bar.disable for bar in progress.open_bars()):
             sys.stderr.write("\n")
     print(message, file=sys.stderr, flush=True)
     log_to_files(message)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-import os
+
+from two_tower.core import environ as environment
 
 
 def set_threads(threads: int | None) -> None:
@@ -26,14 +27,10 @@ def kept(environ: tuple[str, ...] = ()):
     ``build_index()`` call, not to the process that called it afterwards (a notebook that trains, then encodes)."""
     import torch
 
-    threads, saved = torch.get_num_threads(), {name: os.environ.get(name) for name in environ}
+    threads = torch.get_num_threads()
     try:
-        yield
+        with environment.kept(environ):
+            yield
     finally:
         if torch.get_num_threads() != threads:
             torch.set_num_threads(threads)
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
