@@ -342,6 +342,25 @@ def test_progress_bars_turned_off_for_a_run_are_as_before_afterwards(monkeypatch
         assert progress.shown()
 
 
+def test_train_leaves_the_calling_process_random_generators_as_they_were(tiny_cfg):
+    """train() called from Python reseeded the caller's random, numpy and torch generators to the run's seed
+    (Lightning's seed_everything) and advanced them: a notebook's next shuffle or sample depended on the run."""
+    import random
+
+    import numpy as np
+    import torch
+
+    random.seed(11)
+    np.random.seed(12)
+    torch.manual_seed(13)
+    expected = (random.random(), np.random.rand(), torch.rand(1).item())
+    random.seed(11)
+    np.random.seed(12)
+    torch.manual_seed(13)
+    train(tiny_cfg("debug=fast_dev_run", "seed=5"))
+    assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected
+
+
 def test_train_leaves_the_calling_process_threads_and_environment_as_they_were(tiny_cfg, monkeypatch):
     """train() called from Python (a notebook) left torch at its ``threads=1`` and Lightning's PL_GLOBAL_SEED /
     PL_SEED_WORKERS in os.environ (a later seed_everything() without a seed took the run's)."""

@@ -19,7 +19,7 @@ from two_tower.core.cache import check_cache_root
 from two_tower.core.stop import stopped_by_sigterm
 from two_tower.core.threads import kept, set_threads
 from two_tower.retrieval.checkpoint import load_problem
-from two_tower.core import per_query, progress, run_record
+from two_tower.core import per_query, progress, random_state, run_record
 from two_tower.training.callbacks import CheckpointOnStop
 from two_tower.training.config import check_sweep_processes, planned_processes, validate_train_config
 from two_tower.training.loggers import ResumableCSVLogger
@@ -288,8 +288,9 @@ def test_best_checkpoint(trainer: L.Trainer, module: TwoTowerModule, datamodule:
 def train(cfg: DictConfig) -> dict[str, float]:
     """Train (or resume with ``ckpt_path``) and return the final logged metrics."""
     # trainer.enable_progress_bar=false: Lightning's bar and ours (reading rows, tokenizing, the teacher, mining)
-    # threads= and Lightning's seed (PL_GLOBAL_SEED, PL_SEED_WORKERS) set for the run only, not for the caller's process
-    with kept(environ=("PL_GLOBAL_SEED", "PL_SEED_WORKERS")), progress.turned_off(cfg.trainer.get("enable_progress_bar") is False):
+    # threads=, Lightning's seed (PL_GLOBAL_SEED, PL_SEED_WORKERS) and the seeded generators (random, numpy, torch)
+    # are the run's only, not the caller's process's
+    with kept(environ=("PL_GLOBAL_SEED", "PL_SEED_WORKERS")), random_state.kept(), progress.turned_off(cfg.trainer.get("enable_progress_bar") is False):
         return _train(cfg)
 
 
