@@ -835,10 +835,14 @@ def test_search_k_must_be_a_whole_number_of_at_least_one(tmp_path, capsys):
         index.search(torch.zeros(1, 4).numpy(), 0)
 
 
-def test_index_command_without_ckpt_is_one_line(tmp_path):
-    result = subprocess.run([sys.executable, "index.py", f"hydra.run.dir={tmp_path}"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+@pytest.mark.parametrize("started_as", [["index.py"], ["-m", "two_tower.cli.index"]])
+def test_index_command_without_ckpt_is_one_line(tmp_path, started_as):
+    """The line's hint names the command as it was run (it said index.py also to python -m two_tower.cli.index)."""
+    result = subprocess.run([sys.executable, *started_as, f"hydra.run.dir={tmp_path}"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines()[-1].startswith("error: ckpt is not set")
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ckpt is not set")
+    assert f"python {' '.join(started_as)} ckpt=PATH" in last
     assert "Traceback" not in result.stdout + result.stderr
 
 

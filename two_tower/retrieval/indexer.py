@@ -131,7 +131,7 @@ def build_index(cfg: DictConfig) -> Path:
 
 def _build_index(cfg: DictConfig) -> Path:
     if OmegaConf.is_missing(cfg, "ckpt") or not cfg.ckpt:
-        raise ConfigError("ckpt is not set: which trained checkpoint encodes the passages? index.py ckpt=PATH/TO/last.ckpt")
+        raise ConfigError(f"ckpt is not set: which trained checkpoint encodes the passages? {command('index')} ckpt=PATH/TO/last.ckpt")
     set_threads(cfg.get("threads"))
     check_config(cfg, ["batch_size", "index.add_chunk", "index.train_size", "seed", "overwrite"])
     smoothing = NeighbourSmoothing.from_config(cfg.get("smooth"))
