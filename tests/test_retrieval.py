@@ -178,6 +178,45 @@ def test_streamed_build_is_the_in_memory_build(factory):
         index_module.build_faiss_streamed(700, 16, vectors_of, [vectors[:100]], factory, train_size=300)
 
 
+def test_adding_to_a_graph_or_quantized_index_shows_its_own_progress(monkeypatch):
+    """The last chunk's add to an HNSW index (~50 s at 200k passages) ran after the encoding bar had reached 100%, with
+    nothing shown. A non-Flat index now has an "Adding to FACTORY" bar, moved every ADD_PIECE vectors; the pieces
+    build the same index (IVF: byte for byte); Flat, which adds at once, has none."""
+    from two_tower.core import progress
+
+    drawn = []
+
+    class RecordingBar:
+        def __init__(self, total=None, desc=None, **kwargs):
+            self.total, self.desc, self.n, self.closed = total, desc, 0, False
+
+        def update(self, n):
+            self.n += n
+
+        def close(self):
+            self.closed = True
+
+    def recording_bar(*args, **kwargs):
+        drawn.append(RecordingBar(**kwargs))
+        return drawn[-1]
+
+    monkeypatch.setattr(progress, "bar", recording_bar)
+    vectors = clustered(700, 16, 12, seed=2)
+    chunks = lambda: (vectors[i : i + 97].copy() for i in range(0, len(vectors), 97))  # noqa: E731
+    whole = index_module.build_faiss_streamed(len(vectors), 16, lambda rows: vectors[rows].copy(), chunks(), "IVF8,Flat", train_size=300, seed=5)
+    monkeypatch.setattr(index_module, "ADD_PIECE", 30)
+    drawn.clear()
+    pieces = index_module.build_faiss_streamed(len(vectors), 16, lambda rows: vectors[rows].copy(), chunks(), "IVF8,Flat", train_size=300, seed=5)
+    assert np.array_equal(faiss.serialize_index(pieces), faiss.serialize_index(whole))
+    assert len(drawn) == 1 and drawn[0].desc == "Adding to IVF8,Flat" and drawn[0].n == drawn[0].total == 700 and drawn[0].closed
+    drawn.clear()
+    index_module.build_faiss_streamed(len(vectors), 16, None, chunks(), "HNSW8", seed=5)
+    assert len(drawn) == 1 and drawn[0].n == 700 and drawn[0].closed
+    drawn.clear()
+    index_module.build_faiss_streamed(len(vectors), 16, None, chunks(), "Flat")
+    assert drawn == []
+
+
 def test_compressed_index_recall_against_exact_search():
     """IVF + PQ + re-ranking on a clustered set: recall@10 of the exact top 10 (brute force) by nprobe;
     with every list probed and enough candidates re-ranked on full vectors the top 10 is the exact one."""
