@@ -26,7 +26,7 @@ import uvicorn
 from tests.conftest import ROOT, build_tiny_index
 from two_tower.data import synthetic
 from two_tower.retrieval.search import Searcher
-from two_tower.serve.app import HitOut, Limits, SearchResponse, create_app
+from two_tower.serve.app import HitOut, Limits, QueryHits, SearchResponse, create_app
 from two_tower.cli.serve import main as serve_main
 
 LIMITS = Limits(k=5, k_max=20, max_query_chars=200, max_batch=4)
@@ -181,7 +181,20 @@ def test_health_reports_model_index_and_corpus(client, searcher, index_dir):
     assert health["index"]["path"] == str(index_dir) and health["index"]["files"] == manifest["files"]
     assert health["index"]["faiss"]["type"] == "IndexFlat"
     assert health["index"]["ranking"] == {"hybrid_weights": manifest["hybrid"]["weights"], "prf": None, "rerank": None, "smooth": None} == {"hybrid_weights": [0.7, 0.3], "prf": None, "rerank": None, "smooth": None}
-    assert health["limits"] == {"k_default": 5, "k_max": 20, "max_query_chars": 200, "max_batch": 4}
+    assert health["limits"] == {"k_default": 5, "k_max": 20, "max_query_chars": 200, "max_batch": 4, "query_window_words": searcher.encoder.tokenizer.max_query_len}
+
+
+def test_an_answer_says_how_many_words_of_its_query_the_tower_did_not_read(client, searcher):
+    """A query longer than the query tower's window was searched by its first words only, without a word in the
+    answer (search.py and evaluate.py say so): each answer has words_unread, 0 for a query that fits."""
+    window = searcher.encoder.tokenizer.max_query_len
+    long_query = " ".join(["ab"] * (window + 3))
+    assert len(long_query) <= LIMITS.max_query_chars
+    assert client.get("/search", params={"q": long_query}).json()["words_unread"] == 3
+    assert client.get("/search", params={"q": "garden"}).json()["words_unread"] == 0
+    batch = client.post("/search", json={"queries": ["garden", long_query]}).json()
+    assert [r["words_unread"] for r in batch["results"]] == [0, 3]
+    assert set(batch["results"][0]) == set(QueryHits.model_fields)
 
 
 # -------------------------------------------------------------------------------------------- errors
@@ -818,8 +831,13 @@ def test_page_searches_and_shows_highlighted_results(browser, server, searcher):
     keywords = [w.lower().strip(".") for w in query.split() if w.lower().strip(".") not in synthetic.FILLER]
     assert marked == keywords  # every keyword, no filler word (the page skips stop words)
     status = browser.find_element(By.ID, "status").text
-    assert "search" in status and "ms" in status and "round trip" in status
+    assert "search" in status and "ms" in status and "round trip" in status and "did not read" not in status
     assert "q=" in browser.current_url  # the search can be linked to
+
+    # A query longer than the query window: the status says how many of its words the model did not read.
+    box.clear()
+    box.send_keys(" ".join(["ab"] * (searcher.encoder.tokenizer.max_query_len + 2)), Keys.ENTER)
+    wait.until(lambda d: "did not read the query's last 2 words" in d.find_element(By.ID, "status").text)
 
     # A passage full of markup is shown as text: nothing runs, no element is created from it.
     box.clear()

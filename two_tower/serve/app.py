@@ -54,6 +54,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError, PydanticKnownEr
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from two_tower.core.errors import ConfigError, EmptyQueryError
+from two_tower.data.tokenizer import WindowCount
 from two_tower.retrieval.search import Searcher
 
 STATIC = Path(__file__).parent / "static"
@@ -127,12 +128,14 @@ class HitOut(BaseModel):
 class SearchResponse(BaseModel):
     query: str
     k: int
+    words_unread: int = Field(0, description="words of the query past the query tower's window (/health's limits.query_window_words): the tower reads the first ones only (BM25 in a hybrid folder reads them all); 0 for a query that fits")
     took_ms: float = Field(description="time spent searching: tokenize + encode + FAISS + passage look-up, in ms")
     hits: list[HitOut] = Field(description="best first; fewer than k if the index holds fewer passages, or if an approximate index (IVF with a small nprobe, HNSW with a small efSearch) finds fewer")
 
 
 class QueryHits(BaseModel):
     query: str
+    words_unread: int = Field(0, description="words of the query past the query tower's window (/health's limits.query_window_words): the tower reads the first ones only (BM25 in a hybrid folder reads them all); 0 for a query that fits")
     hits: list[HitOut]
 
 
@@ -314,6 +317,14 @@ def create_app(
     ``search_params`` is only reported (``Searcher.load`` applied it)."""
     index = searcher.index
     use_threads = ThreadSetting(threads)
+    # A query longer than the query tower's window was searched by its first words only, and the answer did not say
+    # so (search.py and evaluate.py do): each answer gives the words it did not read.
+    tokenizer = searcher.encoder.tokenizer
+    window = WindowCount.of_queries(tokenizer).max_len
+
+    def words_unread(query: str) -> int:
+        return max(0, len(tokenizer.split(query)) - window)
+
     searches = SearchSlots(concurrency, max_waiting)
     app = FastAPIOffline(
         title="two-tower search",
@@ -436,14 +447,14 @@ def create_app(
         q: Annotated[str, Query(min_length=1, max_length=limits.max_query_chars, description=f"the query text; it {QUERY_RULE}"), AfterValidator(_searchable)],
         k: Annotated[int, Query(ge=1, le=limits.k_max, description=f"passages to return, 1 to {limits.k_max} (plain decimal digits; leave it out for the default, {limits.k})"), BeforeValidator(_plain_digits)] = limits.k,
     ):
-        return await searched(request, [q], k, lambda results, took: {"query": q, "k": k, "took_ms": took, "hits": [vars(h) for h in results[0]]})
+        return await searched(request, [q], k, lambda results, took: {"query": q, "k": k, "took_ms": took, "words_unread": words_unread(q), "hits": [vars(h) for h in results[0]]})
 
     @app.post("/search", response_model=BatchResponse, responses=ERRORS, summary="Search a batch of queries", dependencies=[query_parameters()])
     async def search_batch(request: Request, batch: SearchBatch):
         return await searched(request, batch.queries, batch.k, lambda results, took: {
             "k": batch.k,
             "took_ms": took,
-            "results": [{"query": q, "hits": [vars(h) for h in hits]} for q, hits in zip(batch.queries, results)],
+            "results": [{"query": q, "words_unread": words_unread(q), "hits": [vars(h) for h in hits]} for q, hits in zip(batch.queries, results)],
         })
 
     # --- health ------------------------------------------------------------------------------------
@@ -472,7 +483,7 @@ def create_app(
         "passages": len(index),
         "model": manifest["model"],
         "index": index_info,
-        "limits": {"k_default": limits.k, "k_max": limits.k_max, "max_query_chars": limits.max_query_chars, "max_batch": limits.max_batch},
+        "limits": {"k_default": limits.k, "k_max": limits.k_max, "max_query_chars": limits.max_query_chars, "max_batch": limits.max_batch, "query_window_words": window},
         "threads": worker_thread_counts(use_threads),
         "concurrency": searches.size,
         "max_waiting": searches.max_waiting,

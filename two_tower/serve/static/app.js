@@ -62,7 +62,9 @@ function render(answer, roundTripMs) {
     results.append(item);
   });
   const n = answer.hits.length;
-  showStatus(`${n} passage${n === 1 ? "" : "s"} · search ${answer.took_ms.toFixed(1)} ms · round trip ${roundTripMs.toFixed(1)} ms`);
+  // a query longer than the model's query window: its last words were not read (BM25 in a hybrid folder reads them)
+  const unread = answer.words_unread ? ` · the model did not read the query's last ${answer.words_unread} word${answer.words_unread === 1 ? "" : "s"}` : "";
+  showStatus(`${n} passage${n === 1 ? "" : "s"} · search ${answer.took_ms.toFixed(1)} ms · round trip ${roundTripMs.toFixed(1)} ms${unread}`);
 }
 
 let latest = 0; // only the newest request's answer is shown
