@@ -39,7 +39,7 @@ class PaddedLastState(RNNEncoder):
 
     fixed_length = 128
 
-    def forward(self, ids, lengths):
+    def forward(self, ids, lengths, passages=False):
         ids = F.pad(ids, (0, self.fixed_length - ids.shape[1]), value=0)
         output, _ = self.rnn(self.embedding(ids))
         return F.normalize(self.projection(output[:, -1]), dim=-1)
