@@ -28,6 +28,7 @@ from omegaconf import DictConfig  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+from two_tower.cli.common import CONF_DIR  # noqa: E402  (also registers the resolvers conf/*.yaml use)
 from two_tower.model.encoders import RNNEncoder  # noqa: E402
 from two_tower.training.train import build_datamodule, build_module  # noqa: E402
 
@@ -83,7 +84,7 @@ def run(cfg: DictConfig, variant: str, pooling: str, epochs: int) -> list[float]
     return losses, float(off_diagonal.mean())
 
 
-@hydra.main(version_base="1.3", config_path=str(ROOT / "two_tower" / "conf"), config_name="train")
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
 def main(cfg: DictConfig) -> None:
     epochs = int(cfg.trainer.max_epochs)
     results = {
