@@ -1478,3 +1478,24 @@ def test_a_finished_run_trained_on_leaves_its_old_test_table_so_compare_does_not
     assert len(seen) == 1 and "all skipped" in seen[0] and "no per_query/test.parquet" in seen[0], seen
     best = [p.name for p in (run / "checkpoints").glob("epoch*.ckpt")]
     assert pd.read_parquet(run / "per_query" / per_query.STAGE_FILES["test"])["checkpoint"].unique().tolist() == best
+
+
+def test_an_ended_run_whose_checkpoint_predates_recorded_settings_trains_on_when_resumed_longer(tmp_path, caplog):
+    """A run folder written after runs recorded per_query/fit_ended.json but before checkpoints carried their run's
+    settings (an upgrade probe: a checkpoint of 8e6235f): resumed with trainer.max_epochs=2 after its 1, it said
+    'this run had ended: nothing is left to train (trainer.max_epochs=2)' and trained nothing. Without early stopping
+    such a run ended at its length: a longer resume trains on; its own length still trains nothing."""
+    import pandas as pd
+
+    common = ["logger=csv"]
+    train(compose_train(tmp_path, [*common, "trainer.max_epochs=1"]))
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    without_run_config(last, tmp_path).replace(last)  # as saved before checkpoints carried their settings
+    with caplog.at_level("INFO", logger="two_tower"):
+        train(compose_train(tmp_path, [*common, "trainer.max_epochs=1", "ckpt_path=last"]))
+    assert "this run had ended: nothing is left to train" in caplog.text
+    caplog.clear()
+    with caplog.at_level("INFO", logger="two_tower"):
+        again = train(compose_train(tmp_path, [*common, "trainer.max_epochs=2", "ckpt_path=last"]))
+    assert "this run had ended; trainer.max_epochs: 1 (as trained) -> 2 trains it on" in caplog.text
+    assert pd.read_csv(tmp_path / "run" / "csv" / "metrics.csv")["val/mrr@10"].dropna().size == 2 and "val/mrr@10" in again

@@ -198,18 +198,36 @@ def trains_on(state: dict, cfg: DictConfig) -> str | None:
     """What a resume of a run that had ended (``state``: its checkpoint) asks to train beyond where it ended: the
     lengths it sets longer than the run's own ("trainer.max_epochs: 1 -> 2"), or None: the same length, and nothing is
     left to train, also when early stopping ended the run before its max_epochs (Lightning does not keep that it
-    stopped, and the resume trained on until early stopping stopped it again). None too for a checkpoint that does
-    not record its run's settings."""
+    stopped, and the resume trained on until early stopping stopped it again). A checkpoint that does not record
+    its run's settings: trains_on_without_settings."""
     saved = (state.get(RUN_CONFIG_KEY) or {}).get("trainer")
-    if not isinstance(saved, dict):
-        return None
     done = {"max_epochs": int(state.get("epoch") or 0) + 1, "max_steps": int(state.get("global_step") or 0)}
+    if not isinstance(saved, dict):
+        return trains_on_without_settings(state, cfg, done)
     longer = []
     for key, default in (("max_epochs", None), ("max_steps", -1)):
         before, now = saved.get(key, default), cfg.trainer.get(key, default)
         if now != before and (now in (None, -1) or (isinstance(now, int) and now > done[key])):
             longer.append(f"trainer.{key}: {before} -> {now}")
     return ", ".join(longer) or None
+
+
+def trains_on_without_settings(state: dict, cfg: DictConfig, done: dict) -> str | None:
+    """trains_on for a checkpoint that does not record its run's settings (saved before 18d6ed6, by a run that wrote
+    per_query/fit_ended.json: 91e5a74 on). Without early stopping such a run ended because it reached its length, which
+    is then what it trained: a resume whose max_epochs and max_steps both allow more trains on (a probe: one resumed
+    with trainer.max_epochs=2 after its 1 said 'nothing is left to train (trainer.max_epochs=2)' and trained nothing).
+    With early stopping the run may have stopped before its length: nothing is trained, as for a run's own command."""
+    if any(str(name).startswith("EarlyStopping") for name in (state.get("callbacks") or {})):
+        return None
+    epochs, steps = cfg.trainer.get("max_epochs"), cfg.trainer.get("max_steps", -1)
+    more_epochs = epochs in (None, -1) or (isinstance(epochs, int) and epochs > done["max_epochs"])
+    more_steps = steps in (None, -1) or (isinstance(steps, int) and steps > done["max_steps"])
+    if not (more_epochs and more_steps):
+        return None
+    longer = [f"trainer.{key}: {done[key]} (as trained) -> {now}" for key, now in (("max_epochs", epochs), ("max_steps", steps))
+              if isinstance(now, int) and now > done[key]]
+    return ", ".join(longer) or f"trainer.max_epochs: {done['max_epochs']} (as trained) -> {epochs}"
 
 
 def check_resume_checkpoint(path: str, state: dict, tokenizer, processes: int | None = None, max_epochs: int | None = None) -> None:
