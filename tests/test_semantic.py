@@ -198,3 +198,56 @@ def test_an_index_folder_carries_its_distilled_model_and_searches_on_a_machine_w
     assert got == expected
     assert not (fresh / "distilled").exists()
     emb._load_extension_source.cache_clear()
+
+
+def test_an_index_folder_without_its_distilled_model_that_cannot_be_distilled_here_says_to_rebuild_it(tmp_path, monkeypatch):
+    """A folder of an embeddings=distilled model built before folders carried static_model/ (an upgrade probe: one
+    of a0fd2c6) on a machine that cannot distil the teacher: search.py and serve.py said 'embeddings.teacher=...:
+    model2vec could not distil it', naming a setting they do not take. Now the line names the folder and says to
+    rebuild it with index.py (or install the teacher)."""
+    import json
+    import shutil
+
+    from omegaconf import open_dict
+
+    from tests.conftest import compose_train
+    from tests.test_retrieval import compose_retrieval
+    from two_tower.core.errors import IndexFolderError
+    from two_tower.data import embeddings as emb
+    from two_tower.retrieval.indexer import build_index
+    from two_tower.retrieval.search import Searcher
+    from two_tower.training.train import train
+
+    built = tmp_path / "cache"
+    monkeypatch.setenv("TWO_TOWER_CACHE", str(built))
+    monkeypatch.setattr(emb, "_PROVIDED", {})
+    tiny_static_model(DistilledEmbeddings(teacher="tiny", dim=4, cache_dir=str(built))._folder())
+    monkeypatch.setattr(emb, "_glove_words", lambda: ["the", "cat", "jet", "zebra"])
+    emb._load_extension_source.cache_clear()
+    cfg = compose_train(tmp_path, ["embeddings=distilled", "embeddings.teacher=tiny", "embeddings.dim=4", "encoder.skip=true"])
+    with open_dict(cfg):
+        cfg.paths.cache_dir = str(built)
+    train(cfg)
+    folder = tmp_path / "index"
+    corpus = tmp_path / "corpus.tsv"
+    corpus.write_text("1\tthe cat sat on the jet wing\n2\ta zebra crossing\n3\tthe jet wing xj\n")
+    build_index(compose_retrieval("index", [f"ckpt={tmp_path / 'run' / 'checkpoints' / 'last.ckpt'}", f"corpus={corpus}", f"out={folder}"]))
+    # as written before folders carried the distilled model: no static_model/, in the folder or its manifest
+    shutil.rmtree(folder / "static_model")
+    manifest = json.loads((folder / "manifest.json").read_text())
+    del manifest["static_model"]
+    manifest["files"] = {name: value for name, value in manifest["files"].items() if not name.startswith("static_model/")}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+
+    # Another machine: an empty cache, and the teacher cannot be distilled (not installed, no network)
+    monkeypatch.setenv("TWO_TOWER_CACHE", str(tmp_path / "fresh"))
+    monkeypatch.setattr(emb, "_PROVIDED", {})
+    emb._load_extension_source.cache_clear()
+
+    def cannot(self, cache):
+        raise EmbeddingsError(f"embeddings.teacher={self.teacher}: model2vec could not distil it: OSError: no network")
+
+    monkeypatch.setattr(emb.DistilledEmbeddings, "_distil", cannot)
+    with pytest.raises(IndexFolderError, match=r"index=.*index: built before index folders carried the distilled model .*\(static_model/\).*no network\): rebuild the folder with .*index"):
+        Searcher.load(folder)
+    emb._load_extension_source.cache_clear()

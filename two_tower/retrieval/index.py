@@ -43,7 +43,7 @@ from two_tower.core.atomic import atomic_folder, sweep_stale_temps
 from two_tower.core.commands import command
 from two_tower.data.embeddings import provide_static_model
 from two_tower.model.bag import TermStatistics
-from two_tower.core.errors import ConfigError, IndexFolderError
+from two_tower.core.errors import ConfigError, EmbeddingsError, IndexFolderError
 from two_tower.core.metrics import rank_dense_scored
 from two_tower.retrieval.bm25 import SETTINGS_FILE, BM25Scorer
 from two_tower.retrieval.query_encoder import QueryEncoder
@@ -286,6 +286,15 @@ def reading(folder: Path, what: str | Path | None = None):
         raise IndexFolderError(f"index={folder}: cannot read {name} ({detail}); rebuild the folder with {command('index')}") from err
 
 
+def distilled_extension(path: Path) -> bool:
+    """Whether the query tower saved at ``path`` extends its vocabulary with embeddings=distilled's vectors."""
+    try:
+        source = torch.load(path, map_location="cpu", weights_only=True)["tokenizer"]["extension"]["source"]
+        return str(source.get("_target_", "")).endswith(".DistilledEmbeddings")
+    except Exception:  # noqa: BLE001 (not readable as such: the caller's error stands)
+        return False
+
+
 def read_passages(path: Path) -> pa.Table:
     return pa.ipc.open_file(pa.memory_map(str(path))).read_all()
 
@@ -445,7 +454,18 @@ class PassageIndex:
         if static:  # the vocabulary's extension is derived from the folder's own copy of the distilled model
             provide_static_model(static["teacher"], static["dim"], self.path / STATIC_MODEL_FOLDER)
         with reading(self.path, self.path / QUERY_ENCODER_FILE):
-            encoder = QueryEncoder.load(self.path / QUERY_ENCODER_FILE)
+            try:
+                encoder = QueryEncoder.load(self.path / QUERY_ENCODER_FILE)
+            except EmbeddingsError as err:
+                if not static and distilled_extension(self.path / QUERY_ENCODER_FILE):
+                    # A folder built before 50f6ffa: its queries' word vectors need the distilled model, which it does not
+                    # carry, so this machine distils it from the teacher again, and failed (no teacher, no model2vec):
+                    # 'embeddings.teacher=...: could not distil it' named a setting search and serve do not have.
+                    raise IndexFolderError(
+                        f"index={self.path}: built before index folders carried the distilled model its queries' word vectors "
+                        f"come from ({STATIC_MODEL_FOLDER}/), and it cannot be distilled again here ({err}): rebuild the folder "
+                        f"with {command('index')} (the new one carries it), or install its teacher") from err
+                raise
         actual = {"tokenizer": encoder.tokenizer.fingerprint(), "dim": encoder.dim, "query_tower": encoder.weights_hash()}
         check_model(self.path, {k: self.model[k] for k in actual}, actual, self.path / QUERY_ENCODER_FILE)
         encoder.set_statistics(self.statistics())
