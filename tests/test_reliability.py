@@ -1499,3 +1499,16 @@ def test_an_ended_run_whose_checkpoint_predates_recorded_settings_trains_on_when
         again = train(compose_train(tmp_path, [*common, "trainer.max_epochs=2", "ckpt_path=last"]))
     assert "this run had ended; trainer.max_epochs: 1 (as trained) -> 2 trains it on" in caplog.text
     assert pd.read_csv(tmp_path / "run" / "csv" / "metrics.csv")["val/mrr@10"].dropna().size == 2 and "val/mrr@10" in again
+
+
+def test_an_ended_run_resumed_into_another_folder_reports_its_best_validation(tmp_path, caplog):
+    """Lightning restores a checkpoint callback's best score only into the folder it was saved in: an ended run's
+    checkpoint resumed into another run folder (an upgrade probe) trained nothing, as it should, but said 'Best
+    checkpoint: ... (val/mrr@10=0.0000)' and 'Training ended before any validation', and returned no val/mrr@10."""
+    first = train(compose_train(tmp_path / "a", ["trainer.max_epochs=1"]))
+    last = tmp_path / "a" / "run" / "checkpoints" / "last.ckpt"
+    with caplog.at_level("INFO", logger="two_tower"):
+        again = train(compose_train(tmp_path / "b", ["trainer.max_epochs=1", f"ckpt_path={last}"]))
+    assert "this run had ended: nothing is left to train" in caplog.text
+    assert "Training ended before any validation" not in caplog.text and "=0.0000)" not in caplog.text
+    assert again["val/mrr@10"] == pytest.approx(first["val/mrr@10"])
