@@ -158,23 +158,21 @@ def test_distilled_source_reloads_from_its_extension_config_in_the_default_cache
     assert extension_source_vectors(config).words == ["the", "cat"]
 
 
-def test_an_index_folder_carries_its_distilled_model_and_searches_on_a_machine_without_it(tmp_path, monkeypatch):
-    """embeddings=distilled: the folder holds the distilled model its query tower's vocabulary extension comes
-    from (static_model/), so a fresh machine (empty cache, no teacher to distil) searches it with the same
-    vectors, instead of distilling for minutes (or failing where model2vec's distill extra is absent)."""
+def distilled_index_folder(tmp_path, monkeypatch):
+    """An index folder (tmp_path/index) of a tiny embeddings=distilled model trained here, and the cache it was built
+    with (the tiny static model "tiny", 4-d, as the distilled model)."""
     from omegaconf import open_dict
 
     from tests.conftest import compose_train
     from tests.test_retrieval import compose_retrieval
     from two_tower.data import embeddings as emb
     from two_tower.retrieval.indexer import build_index
-    from two_tower.retrieval.search import Searcher
     from two_tower.training.train import train
 
     built = tmp_path / "cache"
     monkeypatch.setenv("TWO_TOWER_CACHE", str(built))
     monkeypatch.setattr(emb, "_PROVIDED", {})
-    vocab, _ = tiny_static_model(DistilledEmbeddings(teacher="tiny", dim=4, cache_dir=str(built))._folder())
+    tiny_static_model(DistilledEmbeddings(teacher="tiny", dim=4, cache_dir=str(built))._folder())
     monkeypatch.setattr(emb, "_glove_words", lambda: ["the", "cat", "jet", "zebra"])
     emb._load_extension_source.cache_clear()
     cfg = compose_train(tmp_path, ["embeddings=distilled", "embeddings.teacher=tiny", "embeddings.dim=4", "encoder.skip=true"])
@@ -185,6 +183,17 @@ def test_an_index_folder_carries_its_distilled_model_and_searches_on_a_machine_w
     corpus = tmp_path / "corpus.tsv"
     corpus.write_text("1\tthe cat sat on the jet wing\n2\ta zebra crossing\n3\tthe jet wing xj\n")
     build_index(compose_retrieval("index", [f"ckpt={tmp_path / 'run' / 'checkpoints' / 'last.ckpt'}", f"corpus={corpus}", f"out={folder}"]))
+    return folder, built
+
+
+def test_an_index_folder_carries_its_distilled_model_and_searches_on_a_machine_without_it(tmp_path, monkeypatch):
+    """embeddings=distilled: the folder holds the distilled model its query tower's vocabulary extension comes
+    from (static_model/), so a fresh machine (empty cache, no teacher to distil) searches it with the same
+    vectors, instead of distilling for minutes (or failing where model2vec's distill extra is absent)."""
+    from two_tower.data import embeddings as emb
+    from two_tower.retrieval.search import Searcher
+
+    folder, built = distilled_index_folder(tmp_path, monkeypatch)
     assert sorted(p.name for p in (folder / "static_model").iterdir()) == sorted(p.name for p in DistilledEmbeddings(teacher="tiny", dim=4, cache_dir=str(built))._folder().iterdir())
     expected = [[(h.id, round(h.score, 6)) for h in hits] for hits in Searcher.load(folder).search(["jet wing", "zebra"], k=3)]
 
@@ -208,30 +217,11 @@ def test_an_index_folder_without_its_distilled_model_that_cannot_be_distilled_he
     import json
     import shutil
 
-    from omegaconf import open_dict
-
-    from tests.conftest import compose_train
-    from tests.test_retrieval import compose_retrieval
     from two_tower.core.errors import IndexFolderError
     from two_tower.data import embeddings as emb
-    from two_tower.retrieval.indexer import build_index
     from two_tower.retrieval.search import Searcher
-    from two_tower.training.train import train
 
-    built = tmp_path / "cache"
-    monkeypatch.setenv("TWO_TOWER_CACHE", str(built))
-    monkeypatch.setattr(emb, "_PROVIDED", {})
-    tiny_static_model(DistilledEmbeddings(teacher="tiny", dim=4, cache_dir=str(built))._folder())
-    monkeypatch.setattr(emb, "_glove_words", lambda: ["the", "cat", "jet", "zebra"])
-    emb._load_extension_source.cache_clear()
-    cfg = compose_train(tmp_path, ["embeddings=distilled", "embeddings.teacher=tiny", "embeddings.dim=4", "encoder.skip=true"])
-    with open_dict(cfg):
-        cfg.paths.cache_dir = str(built)
-    train(cfg)
-    folder = tmp_path / "index"
-    corpus = tmp_path / "corpus.tsv"
-    corpus.write_text("1\tthe cat sat on the jet wing\n2\ta zebra crossing\n3\tthe jet wing xj\n")
-    build_index(compose_retrieval("index", [f"ckpt={tmp_path / 'run' / 'checkpoints' / 'last.ckpt'}", f"corpus={corpus}", f"out={folder}"]))
+    folder, _ = distilled_index_folder(tmp_path, monkeypatch)
     # as written before folders carried the distilled model: no static_model/, in the folder or its manifest
     shutil.rmtree(folder / "static_model")
     manifest = json.loads((folder / "manifest.json").read_text())
