@@ -1512,3 +1512,50 @@ def test_an_ended_run_resumed_into_another_folder_reports_its_best_validation(tm
     assert "this run had ended: nothing is left to train" in caplog.text
     assert "Training ended before any validation" not in caplog.text and "=0.0000)" not in caplog.text
     assert again["val/mrr@10"] == pytest.approx(first["val/mrr@10"])
+
+
+def test_a_saved_file_naming_a_class_outside_two_tower_is_refused_before_anything_is_built(tiny_run, tmp_path, monkeypatch):
+    """Checkpoints and index folders are read with torch.load(weights_only=True), so that a file from elsewhere cannot
+    run code, but the configs in them were built with hydra.utils.instantiate, which calls whatever a _target_ names
+    (nested ones first): a query_encoder.pt naming os.makedirs ran it when the folder was searched or served (a review).
+    Now a _target_ outside two_tower's classes (and $TWO_TOWER_TRUSTED_TARGETS' prefixes) is one line, nothing built."""
+    import json
+
+    import torch
+
+    from tests.conftest import build_tiny_index
+    from two_tower.core import targets
+    from two_tower.core.errors import CheckpointError, EmbeddingsError, IndexFolderError
+    from two_tower.data.embeddings import _load_extension_source
+    from two_tower.retrieval.checkpoint import load_checkpoint
+    from two_tower.retrieval.query_encoder import QueryEncoder
+
+    marker = tmp_path / "ran"
+    hostile = {"_target_": "builtins.dict", "x": {"_target_": "os.makedirs", "name": str(marker)}}
+
+    (tmp_path / "index").mkdir()
+    folder, _ = build_tiny_index(tmp_path / "index", tiny_run)
+    saved = torch.load(folder / "query_encoder.pt", map_location="cpu", weights_only=True)
+    QueryEncoder.load(folder / "query_encoder.pt")  # the folder's own loads
+    torch.save({**saved, "encoder": hostile}, tmp_path / "query_encoder.pt")
+    with pytest.raises(IndexFolderError, match=r"query_encoder.pt: names the class 'builtins.dict', which is not one of two-tower's"):
+        QueryEncoder.load(tmp_path / "query_encoder.pt")
+
+    state = torch.load(tiny_run["ckpt"], map_location="cpu", weights_only=False)
+    state["hyper_parameters"]["loss"] = {"_target_": "os.makedirs", "name": str(marker)}
+    torch.save(state, tmp_path / "hostile.ckpt")
+    with pytest.raises(CheckpointError, match=r"hostile.ckpt: names the class 'os.makedirs'.*TWO_TOWER_TRUSTED_TARGETS"):
+        load_checkpoint(tmp_path / "hostile.ckpt")
+    load_checkpoint(tiny_run["ckpt"])  # the run's own loads
+
+    _load_extension_source.cache_clear()
+    with pytest.raises(EmbeddingsError, match=r"names the class 'os.makedirs'"):
+        _load_extension_source(json.dumps({"_target_": "os.makedirs", "name": str(marker)}))
+    _load_extension_source.cache_clear()
+    assert not marker.exists()
+
+    # a model of one's own classes: their prefix is trusted when asked for
+    assert targets.untrusted_target({"_target_": "mypackage.Encoder"}) == "'mypackage.Encoder'"
+    monkeypatch.setenv("TWO_TOWER_TRUSTED_TARGETS", "mypackage., other.")
+    assert targets.untrusted_target({"_target_": "mypackage.Encoder", "inner": [{"_target_": "other.Thing"}]}) is None
+    assert targets.untrusted_target([{"_target_": "two_tower.model.encoders.RNNEncoder"}, None]) is None

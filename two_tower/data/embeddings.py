@@ -19,6 +19,7 @@ from two_tower.core.cache import ContentCache, default_root
 from two_tower.data.teacher import DEFAULT_TEACHER, model_fingerprint
 from two_tower.data.tokenizer import PAD_ID, Tokenizer, split_words
 from two_tower.core.errors import ConfigError, EmbeddingsError, NotWritableError, TwoTowerError
+from two_tower.core.targets import refusal, untrusted_target
 
 log = logging.getLogger(__name__)
 
@@ -475,6 +476,8 @@ def _load_extension_source(config_json: str) -> WordVectors:
         config = json.loads(config_json)
         if str(config.get("_target_", "")).startswith(LEGACY_MODULE):  # saved before the package was layered
             config["_target_"] = __name__ + config["_target_"][len(LEGACY_MODULE) - 1 :]
+        if (target := untrusted_target(config)) is not None:
+            raise EmbeddingsError(refusal("the vectors that extend the vocabulary", target))
         source = hydra.utils.instantiate(OmegaConf.create(config))
         vectors = source.load([])
     except EmbeddingsError:

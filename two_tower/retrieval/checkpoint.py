@@ -17,6 +17,7 @@ from two_tower.data.batches import LengthSortedBatches, TokenBatches
 from two_tower.data.prepared import Ragged
 from two_tower.core import progress as progress_bars
 from two_tower.core.errors import CheckpointError, TwoTowerError
+from two_tower.core.targets import refusal, untrusted_target
 from two_tower.retrieval.query_encoder import weights_hash
 
 
@@ -30,6 +31,17 @@ def load_checkpoint(path: str | Path):
         raise CheckpointError(f"ckpt={path}: a folder; pass a checkpoint file" + (f", e.g. ckpt={last}" if last else " (a run's checkpoints/*.ckpt)"))
     if not path.is_file():
         raise CheckpointError(f"ckpt={path}: no such checkpoint file")
+    try:  # the classes it names are built when it loads: its encoder's and loss's
+        try:
+            saved = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError:  # not a zip-format file (mmap needs one): read it whole
+            saved = torch.load(path, map_location="cpu", weights_only=True)
+        hyper = (saved.get("hyper_parameters") if isinstance(saved, dict) else None) or {}
+        del saved
+    except Exception as err:
+        raise CheckpointError(f"ckpt={path}: not a two-tower checkpoint ({load_problem(path, err)})") from err
+    if (target := untrusted_target([hyper.get("encoder"), hyper.get("loss")])) is not None:
+        raise CheckpointError(refusal(f"ckpt={path}", target))
     try:
         module = TwoTowerModule.load_from_checkpoint(path, map_location="cpu")
     except TwoTowerError as err:  # e.g. its vectors source changed since training: say so, not "not a checkpoint"

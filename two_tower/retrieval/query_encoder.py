@@ -22,6 +22,7 @@ from two_tower.model.bag import TermStatistics
 from two_tower.model.embedding import OpenEmbedding
 from two_tower.model.vocabulary import attach_vocabulary
 from two_tower.core.errors import EmptyQueryError, IndexFolderError
+from two_tower.core.targets import refusal, untrusted_target
 
 
 def weights_hash(tower: nn.Module) -> str:
@@ -72,6 +73,8 @@ class QueryEncoder:
     def load(cls, path: Path) -> "QueryEncoder":
         saved = torch.load(path, map_location="cpu", weights_only=True)
         config = {k: saved[k] for k in ("encoder", "vocab_size", "embedding_dim", "extension_size", "hash_buckets")}
+        if (target := untrusted_target(config["encoder"])) is not None:
+            raise IndexFolderError(refusal(str(path), target))
         embedding = OpenEmbedding(config["vocab_size"], config["embedding_dim"], config["extension_size"], config["hash_buckets"], freeze=True)
         encoder = hydra.utils.instantiate(OmegaConf.create(config["encoder"]), embedding=embedding)
         tokenizer = restore_tokenizer(saved["tokenizer"])
