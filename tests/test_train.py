@@ -361,6 +361,23 @@ def test_train_leaves_the_calling_process_random_generators_as_they_were(tiny_cf
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected
 
 
+def test_train_leaves_the_calling_process_cuda_seed_as_it_was(tiny_cfg, monkeypatch):
+    """CUDA not initialised before train() (a CPU run on a GPU machine, or a GPU run that initialises it) is seeded
+    when first used with the latest torch.manual_seed's seed, queued for it: after train() that was the run's
+    (seed_everything), so the caller's CUDA generators were the run's, not its own."""
+    import torch
+
+    if torch.cuda.is_initialized():
+        pytest.skip("CUDA was initialised before this test: its generators' states are put back instead")
+    seeds = []
+    seed_all = torch.cuda.manual_seed_all
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", lambda seed: (seeds.append(int(seed)), seed_all(seed))[1])
+    torch.manual_seed(13)
+    train(tiny_cfg("debug=fast_dev_run", "seed=5"))
+    assert 5 in seeds and seeds[-1] == 13
+    assert torch.initial_seed() == 13
+
+
 def test_train_leaves_the_calling_process_threads_and_environment_as_they_were(tiny_cfg, monkeypatch):
     """train() called from Python (a notebook) left torch at its ``threads=1`` and Lightning's PL_GLOBAL_SEED /
     PL_SEED_WORKERS in os.environ (a later seed_everything() without a seed took the run's)."""
