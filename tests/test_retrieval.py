@@ -180,8 +180,9 @@ def test_streamed_build_is_the_in_memory_build(factory):
 
 def test_adding_to_a_graph_or_quantized_index_shows_its_own_progress(monkeypatch):
     """The last chunk's add to an HNSW index (~50 s at 200k passages) ran after the encoding bar had reached 100%, with
-    nothing shown. A non-Flat index now has an "Adding to FACTORY" bar, moved every ADD_PIECE vectors; the pieces
-    build the same index (IVF: byte for byte); Flat, which adds at once, has none."""
+    nothing shown. A non-Flat index now has an "Adding to FACTORY" bar, moved every ADD_PIECE vectors; for IVF the
+    pieces build the same index byte for byte (HNSW's graph depends on its insertion batches: another graph of the
+    same quality); Flat, which adds at once, has none."""
     from two_tower.core import progress
 
     drawn = []
