@@ -396,3 +396,21 @@ def test_train_leaves_the_calling_process_threads_and_environment_as_they_were(t
         assert "PL_GLOBAL_SEED" not in os.environ and os.environ["PL_SEED_WORKERS"] == "0"
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_max_epochs_that_is_not_a_multiple_of_the_validation_interval_is_warned_about(tiny_cfg, caplog):
+    """trainer.check_val_every_n_epoch=2 with trainer.max_epochs=3 trained a third epoch that no checkpoint held:
+    Lightning validates (and so writes last.ckpt and the best checkpoint) after every second epoch only, and an index
+    built from last.ckpt was the second epoch's model (a probe). The run now says so when it starts."""
+    import logging
+
+    from two_tower.training.config import unvalidated_epochs
+
+    message = unvalidated_epochs(tiny_cfg("trainer.max_epochs=3", "trainer.check_val_every_n_epoch=2"))
+    assert message.startswith("trainer.max_epochs=3 is not a multiple of trainer.check_val_every_n_epoch=2: the last 1 epoch(s)")
+    assert "hold epoch 2 at most" in message
+    for fine in (("trainer.max_epochs=4", "trainer.check_val_every_n_epoch=2"), ("trainer.max_epochs=3",), ("trainer.max_epochs=-1", "trainer.check_val_every_n_epoch=2")):
+        assert unvalidated_epochs(tiny_cfg(*fine)) is None, fine
+    with caplog.at_level(logging.WARNING, logger="two_tower"):
+        train(tiny_cfg("trainer.max_epochs=3", "trainer.check_val_every_n_epoch=2"))
+    assert any(r.getMessage() == message for r in caplog.records)

@@ -22,6 +22,20 @@ from two_tower.data.embeddings import DISTILLED_DIM_NULL
 log = logging.getLogger(__name__)
 
 
+def unvalidated_epochs(cfg: DictConfig) -> str | None:
+    """A warning when the run's last epochs will be trained but never validated or saved: with
+    ``trainer.check_val_every_n_epoch`` above 1, Lightning validates, and so writes last.ckpt and the best checkpoint,
+    only after every n-th epoch, so ``max_epochs=3`` with n=2 trained a third epoch that no checkpoint held (a probe:
+    an index built from last.ckpt was epoch 2's model)."""
+    trainer = cfg.get("trainer") or {}
+    epochs, every = trainer.get("max_epochs"), trainer.get("check_val_every_n_epoch", 1)
+    if not (isinstance(epochs, int) and isinstance(every, int) and epochs > 0 and every > 1 and epochs % every):
+        return None
+    return (f"trainer.max_epochs={epochs} is not a multiple of trainer.check_val_every_n_epoch={every}: the last {epochs % every} "
+            f"epoch(s) will be trained but neither validated nor saved (last.ckpt and the best checkpoint hold epoch "
+            f"{epochs - epochs % every} at most); make max_epochs a multiple of {every}")
+
+
 def validate_train_config(cfg: DictConfig) -> None:
     """Raise ConfigError naming the first key that is unset, of the wrong type, or out of range."""
     missing = sorted(OmegaConf.missing_keys(cfg))

@@ -21,7 +21,7 @@ from two_tower.core.threads import kept, set_threads
 from two_tower.retrieval.checkpoint import load_problem
 from two_tower.core import per_query, progress, random_state, run_record
 from two_tower.training.callbacks import CheckpointOnStop
-from two_tower.training.config import check_sweep_processes, planned_processes, validate_train_config
+from two_tower.training.config import check_sweep_processes, planned_processes, unvalidated_epochs, validate_train_config
 from two_tower.training.loggers import ResumableCSVLogger
 from two_tower.training.processes import other_processes_watched
 from two_tower.core.config_key import NOT_SET, changed_settings, current_config_key
@@ -325,6 +325,8 @@ def _train(cfg: DictConfig) -> dict[str, float]:
     quiet_other_ranks()
     with run_record.kept_if_refused():  # refused before training: the run folder's .hydra record is put back
         validate_train_config(cfg)
+        if (warning := unvalidated_epochs(cfg)) is not None:
+            log.warning(warning)
         if in_sweep():  # a job's own trainer settings (a swept trainer.devices): the sweep's start checked the base config's
             from hydra.core.hydra_config import HydraConfig
 
