@@ -18,9 +18,7 @@ OUTPUTS = ("comparison.md", "configurations.csv", "tests.csv", "comparison.png")
 
 
 def main(argv: list[str] | None = None) -> None:
-    prog = command("compare")  # two-tower-compare where run as it; there is no root compare.py
-    prog = "python -m two_tower.cli.compare" if prog == "python compare.py" else prog
-    parser = argparse.ArgumentParser(prog=prog, description=compare_module.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog=command("compare"), description=compare_module.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("dirs", nargs="+", type=Path, help="run dirs or sweep dirs of train.py")
     parser.add_argument("--metric", default="test/mrr@10", help="stage/metric: test/* (per_query/test.parquet), val/* (the best validation epoch), val_last/* (the last); any metric column, e.g. ndcg@10 (default: %(default)s)")
     parser.add_argument("--baseline", type=Path, action="append", default=[], help="an evaluate.py output dir (per_query/<retriever>.parquet); give it once per dir")

@@ -17,7 +17,7 @@ from two_tower.core.threads import set_threads
 from two_tower.data.tokenizer import WindowCount
 from two_tower.retrieval.maxsim import MaxSimRerank
 from two_tower.retrieval.corpus import not_utf8
-from two_tower.core.commands import command
+from two_tower.core.commands import as_run, command
 from two_tower.retrieval.index import check_k
 from two_tower.retrieval.prf import RocchioPRF
 from two_tower.retrieval.search import Hit, Searcher
@@ -35,7 +35,7 @@ threads (torch threads; default: one per core)."""
 
 def usage() -> str:
     """USAGE, with the command as this one was run (``two-tower-search`` where installed as one)."""
-    return USAGE.replace("python search.py", command("search"))
+    return as_run(USAGE, "search")
 
 
 def split_arguments(argv: list[str]) -> tuple[list[str], list[str], bool, str | None]:

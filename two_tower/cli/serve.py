@@ -13,7 +13,7 @@ import sys
 import time
 
 from two_tower.cli.common import compose, hydra_error_line, report, search_override_error
-from two_tower.core.commands import command
+from two_tower.core.commands import as_run, command
 from two_tower.core.errors import ConfigError, TwoTowerError
 
 USAGE = """usage: python serve.py index=DIR [host=127.0.0.1] [port=8000] [threads=1] [key=value ...]
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     """The serve.py command; returns the exit status (2 = unusable settings or index)."""
     argv = sys.argv[1:] if argv is None else argv
     if any(a in ("-h", "--help") for a in argv):
-        print(USAGE.replace("python serve.py", command("serve")))
+        print(as_run(USAGE, "serve"))
         return 0
     stray = [a for a in argv if not OVERRIDE.match(a)]
     if stray:

@@ -8,6 +8,8 @@ import os
 import sys
 
 _PREFIX = "two-tower-"
+# Commands a clone runs as python -m two_tower.cli.NAME: they have no root script NAME.py
+_NO_ROOT_SCRIPT = {"compare"}
 
 
 def command(name: str) -> str:
@@ -15,9 +17,14 @@ def command(name: str) -> str:
     started_as = sys.argv[0] if sys.argv and sys.argv[0] else ""
     if os.path.basename(started_as).startswith(_PREFIX):
         return f"{_PREFIX}{name}"
-    if started_as.endswith(os.path.join("two_tower", "cli", f"{name}.py")):  # python -m two_tower.cli.NAME
+    if name in _NO_ROOT_SCRIPT or started_as.endswith(os.path.join("two_tower", "cli", f"{name}.py")):  # python -m two_tower.cli.NAME
         return f"python -m two_tower.cli.{name}"
     return f"python {name}.py"
+
+
+def as_run(text: str, name: str) -> str:
+    """``text`` (a usage text written for the clone's ``python NAME.py``) naming the command as the user runs it."""
+    return text.replace(f"python {name}.py", command(name))
 
 
 def _register_resolver() -> None:
