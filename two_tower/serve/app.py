@@ -119,6 +119,10 @@ class Limits:
 # ------------------------------------------------------------------------------------------ responses
 
 
+WORDS_UNREAD = ("words of the query past the query tower's window (/health's limits.query_window_words): the tower reads the first "
+                "ones only (BM25 in a hybrid folder reads them all); 0 for a query that fits")
+
+
 class HitOut(BaseModel):
     id: str = Field(description="the passage id (as in the corpus the index was built from)")
     score: float = Field(description="a dense folder: inner product of the query and passage vectors (a cosine: both unit length, as the model outputs them); a hybrid folder: the fused score (0 to the sum of the weights; /health's index.ranking); with rerank=maxsim: the reranked score (0 to 1 for the top rerank.depth, below 0 for hits after them)")
@@ -128,14 +132,14 @@ class HitOut(BaseModel):
 class SearchResponse(BaseModel):
     query: str
     k: int
-    words_unread: int = Field(0, description="words of the query past the query tower's window (/health's limits.query_window_words): the tower reads the first ones only (BM25 in a hybrid folder reads them all); 0 for a query that fits")
+    words_unread: int = Field(0, description=WORDS_UNREAD)
     took_ms: float = Field(description="time spent searching: tokenize + encode + FAISS + passage look-up, in ms")
     hits: list[HitOut] = Field(description="best first; fewer than k if the index holds fewer passages, or if an approximate index (IVF with a small nprobe, HNSW with a small efSearch) finds fewer")
 
 
 class QueryHits(BaseModel):
     query: str
-    words_unread: int = Field(0, description="words of the query past the query tower's window (/health's limits.query_window_words): the tower reads the first ones only (BM25 in a hybrid folder reads them all); 0 for a query that fits")
+    words_unread: int = Field(0, description=WORDS_UNREAD)
     hits: list[HitOut]
 
 
