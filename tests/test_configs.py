@@ -252,3 +252,45 @@ def test_an_index_folder_error_names_the_index_command_as_installed(tmp_path, mo
         monkeypatch.setattr(sys, "argv", [argv0])
         with pytest.raises(IndexFolderError, match=said):
             PassageIndex.load(tmp_path)
+
+
+def test_commands_import_lightning_without_transformers_and_a_teacher_still_loads():
+    """torchmetrics imports transformers with Lightning (for metrics no command uses), seconds of every command's
+    start; a command keeps it from doing so, and sentence-transformers (a teacher) still imports transformers."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    code = (
+        "import sys\n"
+        "from two_tower.cli.startup import skip_torchmetrics_transformers as skip\n"
+        "assert skip()\n"
+        "assert not skip()  # once: torchmetrics is imported\n"
+        "import lightning\n"
+        "assert 'transformers' not in sys.modules\n"
+        "from torchmetrics.utilities.imports import _TRANSFORMERS_GREATER_EQUAL_4_4\n"
+        "assert not _TRANSFORMERS_GREATER_EQUAL_4_4\n"
+        "from sentence_transformers import SentenceTransformer\n"
+        "from transformers import AutoModel\n"
+        "import importlib.metadata, lightning_utilities.core.imports as i\n"
+        "assert i._version('transformers') == importlib.metadata.version('transformers')  # put back\n"
+        "print('ok')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and result.stdout == "ok\n", result.stderr[-3000:]
+
+
+def test_a_command_line_skips_torchmetrics_transformers_and_a_call_from_python_does_not(monkeypatch, tiny_cfg):
+    from two_tower.cli import startup
+    from two_tower.cli.train import main
+
+    calls = []
+    monkeypatch.setattr(startup, "skip_torchmetrics_transformers", lambda: calls.append(1))
+    monkeypatch.setattr("sys.argv", ["train.py", "bogus=1"])
+    with pytest.raises(SystemExit) as stop:
+        main()
+    assert stop.value.code == 2 and calls == [1]
+    monkeypatch.setattr("two_tower.training.train.train", lambda cfg: {"val/mrr@10": 0.0})
+    main(tiny_cfg())  # a cfg passed from Python
+    assert calls == [1]

@@ -318,12 +318,16 @@ def hydra_command(config_name: str):
     bad overrides are one ``error:`` line and exit status 2, not Hydra's multi-line report and exit 1."""
     import hydra
 
+    from two_tower.cli import startup
+
     def wrap(task):
         hydra_main = hydra.main(version_base="1.3", config_path=CONF_DIR, config_name=config_name)(task)
 
         @functools.wraps(task)
         def main(*args):
-            if not args and not debugging():  # the command line (a passed cfg goes straight to the task)
+            if not args:  # the command line (a passed cfg goes straight to the task)
+                startup.skip_torchmetrics_transformers()
+            if not args and not debugging():
                 message = composition_error(config_name, sys.argv[1:])
                 if message:
                     sys.exit(report(TwoTowerError(message)))
