@@ -111,6 +111,27 @@ def tiny_run(tmp_path_factory) -> dict:
     return {"cfg": cfg, "metrics": metrics, "ckpt": Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt", "data": root / "data"}
 
 
+# A DDP run on two CPU processes (Lightning starts the second by running train.py again), with dropout so each
+# process draws from its own generator.
+DDP_RUN = [o for o in TINY if not o.startswith(("trainer.max_epochs", "logger"))] + [
+    "trainer.max_epochs=2", "logger=csv", "encoder.dropout=0.3", "trainer=ddp", "trainer.devices=2", "trainer.accelerator=cpu"]
+
+
+@pytest.fixture(scope="session")
+def ddp_run(tmp_path_factory) -> dict:
+    """``train.py DDP_RUN`` run once for the session (a DDP run takes both cores): its folder (``run``), its exit
+    status and its output (stdout then stderr), for the tests that only read it. Read-only."""
+
+    def build(root: Path) -> None:
+        done = subprocess.run([sys.executable, "train.py", *DDP_RUN, f"paths.cache_dir={root / 'cache'}", f"hydra.run.dir={root / 'run'}"],
+                              cwd=ROOT, capture_output=True, text=True, timeout=600)
+        (root / "output.txt").write_text(done.stdout + done.stderr)
+        (root / "returncode.txt").write_text(str(done.returncode))
+
+    root = built_once(tmp_path_factory, "ddp_run", build)
+    return {"run": root / "run", "returncode": int((root / "returncode.txt").read_text()), "output": (root / "output.txt").read_text()}
+
+
 def write_validation_shard(cfg: DictConfig, folder: Path) -> Path:
     """The synthetic validation split a ``data=synthetic`` train config (``cfg``) validated on, as a jsonl
     shard folder ``evaluate.py data.path=`` reads (the same rows, so evaluate scores what training logged)."""

@@ -18,7 +18,7 @@ import torch
 import two_tower.training.train as train_module
 from two_tower.training import utils
 
-from tests.conftest import ROOT, TINY, built_once, compose_train
+from tests.conftest import DDP_RUN, ROOT, TINY, built_once, compose_train
 from two_tower.training.train import train
 
 FINAL = ("val/mrr@10", "val/recall@10", "train/loss_epoch")
@@ -435,18 +435,14 @@ def test_a_refused_resume_leaves_the_run_record_as_it_was(tmp_path):
     record = {p.name: p.read_bytes() for p in (run / ".hydra").iterdir()}
     assert set(record) == {"config.yaml", "hydra.yaml", "overrides.yaml"}
 
-    refused = subprocess.run([*cmd, "encoder=lstm", "ckpt_path=last"], cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert refused.returncode == 2, refused.stderr[-3000:]
-    errors = [line for line in refused.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "this resume changes settings the run was trained with: encoder.cell: 'gru' -> 'lstm'." in errors[0], errors
-    assert {p.name: p.read_bytes() for p in (run / ".hydra").iterdir()} == record
-
-    # What Lightning would have resumed at the run's old rate (its optimizer state) while recording the new one, and
-    # a seed recorded as the run's: refused before any work, the record left as it was.
-    changed = subprocess.run([*cmd, "optimizer.lr=0.5", "seed=7", "trainer.max_epochs=2", "ckpt_path=last"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    # Another cell; what Lightning would have resumed at the run's old rate (its optimizer state) while recording the
+    # new one; a seed recorded as the run's: refused before any work, each named, the record left as it was.
+    changed = subprocess.run([*cmd, "encoder=lstm", "optimizer.lr=0.5", "seed=7", "trainer.max_epochs=2", "ckpt_path=last"],
+                             cwd=ROOT, capture_output=True, text=True, timeout=600)
     errors = [line for line in changed.stderr.splitlines() if line.startswith("error:")]
     assert changed.returncode == 2 and len(errors) == 1, changed.stderr[-3000:]
-    assert "changes settings the run was trained with: optimizer.lr: 0.001 -> 0.5; seed: 42 -> 7." in errors[0], errors
+    assert ("this resume changes settings the run was trained with: encoder.cell: 'gru' -> 'lstm'; optimizer.lr: 0.001 -> 0.5; "
+            "seed: 42 -> 7.") in errors[0], errors
     assert {p.name: p.read_bytes() for p in (run / ".hydra").iterdir()} == record
 
     # The same command without ckpt_path=last trained from the start over the stopped run (its last.ckpt, its epochs
@@ -1356,17 +1352,15 @@ main()
 
 
 @pytest.mark.slow
-def test_ddp_resume_with_dropout_matches_uninterrupted(tmp_path):
+def test_ddp_resume_with_dropout_matches_uninterrupted(tmp_path, ddp_run):
     """Under DDP each process has its own RNG states (its batches differ in size, so dropout draws differently):
     only rank 0's were saved and every process took them back, so a run stopped mid-epoch and resumed ended at other
     figures and weights than the uninterrupted run (with dropout: val/mrr@10 0.0406 against 0.0404). Now each
-    process takes back its own."""
-    settings = [o for o in TINY if not o.startswith(("trainer.max_epochs", "logger"))] + [
-        "trainer.max_epochs=2", "logger=csv", "encoder.dropout=0.3", "trainer=ddp", "trainer.devices=2", "trainer.accelerator=cpu",
-        f"paths.cache_dir={tmp_path / 'cache'}"]
-    reference, run = tmp_path / "reference", tmp_path / "run"
-    done = subprocess.run([sys.executable, "train.py", *settings, f"hydra.run.dir={reference}"], cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
+    process takes back its own. The uninterrupted run: ``ddp_run`` (conftest.DDP_RUN, dropout 0.3)."""
+    reference = ddp_run["run"]
+    assert ddp_run["returncode"] == 0, ddp_run["output"][-3000:]
+    settings = [*DDP_RUN, f"paths.cache_dir={tmp_path / 'cache'}"]
+    run = tmp_path / "run"
     script = tmp_path / "stopped_train.py"
     script.write_text(_SIGTERM_AT_STEP.format(root=str(ROOT), rank=1, step=7))  # 5 steps an epoch: mid-epoch 1
     stopped = subprocess.run([sys.executable, str(script), *settings, f"hydra.run.dir={run}"], cwd=ROOT, capture_output=True, text=True, timeout=600)

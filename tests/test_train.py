@@ -248,21 +248,17 @@ def test_ddp_with_fewer_batches_than_processes_is_refused_once_before_they_start
 
 
 @pytest.mark.slow
-def test_ddp_on_two_cpu_processes_trains_and_reports_once(tmp_path):
+def test_ddp_on_two_cpu_processes_trains_and_reports_once(ddp_run):
     """trainer=ddp with two CPU processes (Lightning starts the second by running train.py again): the run
     ends, each process had validation batches, and the data summary and final metrics are logged once."""
-    run = tmp_path / "run"
-    cmd = [sys.executable, "train.py", *TINY, "trainer=ddp", "trainer.devices=2", "trainer.accelerator=cpu",
-           f"paths.cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={run}"]
-    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    output = done.stdout + done.stderr
+    output = ddp_run["output"]
+    assert ddp_run["returncode"] == 0, output[-3000:]
     assert output.count("Final metrics") == 1 and output.count("[train] rows:") == 1
     assert re.search(r"'val/mrr@10': 0\.\d+", output)
     # +trainer.enable_progress_bar=false (TINY): no bar of either process, the data preparation's neither
     # ("Reading train rows:   0%|", tokenizing), which went on being drawn
     assert not re.search(r"\d+%\|", output), output[-3000:]
-    assert list((run / "checkpoints").glob("epoch*.ckpt"))
+    assert list((ddp_run["run"] / "checkpoints").glob("epoch*.ckpt"))
 
 
 # train.py with a fault at a training step in one process: DDP starts the other processes by running this script again,
