@@ -425,3 +425,104 @@ def test_a_relevant_document_missing_from_the_corpus_counts_as_bm25_and_beir_cou
     assert metrics["mrr@10"] == pytest.approx(expected["mrr@10"]) == pytest.approx(2 / 3)
     assert metrics["ndcg@10"] == pytest.approx(expected["ndcg@10"]) and metrics["recall@100"] == pytest.approx(expected["recall@100"])
     assert "q1 0 dX 1" in (out / "qrels.txt").read_text().splitlines() and "q3 0 dY 1" in (out / "qrels.txt").read_text().splitlines()
+
+
+# --------------------------------------------------------------------------- words with combining marks
+HINDI = "हिन्दी भाषा"  # vowel signs and a virama: combining marks inside both words
+CAFE_NFD, CAFE_NFC = "cafe\u0301 au lait", "caf\u00e9 au lait"
+
+
+def test_words_keep_their_combining_marks_and_composed_and_decomposed_text_split_alike():
+    """[^\\W_] leaves combining marks out, so a word was cut at each one ("हिन्दी भाषा" gave ह, न, द, भ, ष) and "café"
+    typed with a combining accent was "cafe", another word than the composed "café"."""
+    from two_tower.data.tokenizer import split_words
+
+    assert split_words(HINDI) == ["ह", "न", "द", "भ", "ष"]  # the rule of tokenizers saved before (unicode_words absent)
+    assert split_words(CAFE_NFD) == ["cafe", "au", "lait"] != split_words(CAFE_NFC)
+    for hyphens in (False, True):
+        for punctuation in (False, True):
+            rule = dict(keep_punctuation=punctuation, split_hyphens=hyphens, unicode_words=True)
+            assert split_words(HINDI, **rule) == ["हिन्दी", "भाषा"]
+            assert split_words(CAFE_NFD, **rule) == split_words(CAFE_NFC, **rule) == ["café", "au", "lait"]
+            assert split_words("தமிழ் நாடு", **rule) == ["தமிழ்", "நாடு"]
+            assert split_words("\U0001e900\U0001e944\U0001e901 x", **rule)[0] == "\U0001e922\U0001e944\U0001e923"  # Adlam: a mark above U+FFFF
+            assert split_words("“Don't” x-ray 😀 naïve", **rule) == split_words("“Don't” x-ray 😀 naïve", punctuation, hyphens)
+
+
+def test_ascii_text_splits_the_same_with_either_rule():
+    import random
+
+    from two_tower.data.tokenizer import split_words
+
+    rng = random.Random(0)
+    alphabet = "abcXYZ019 '-_.,!?\t\n"
+    for _ in range(500):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 40)))
+        for punctuation in (False, True):
+            for hyphens in (False, True):
+                assert split_words(text, punctuation, hyphens, True) == split_words(text, punctuation, hyphens), text
+
+
+def test_a_new_tokenizer_keeps_marks_and_one_saved_before_splits_as_it_did():
+    new = Tokenizer.build([HINDI, HINDI, CAFE_NFC, CAFE_NFC], min_freq=2)
+    assert new.unicode_words and {"हिन्दी", "भाषा", "café"} <= set(new.words)
+    assert new.encode(CAFE_NFD, 8) == new.encode(CAFE_NFC, 8) and new.encode("हिन्दी", 4) == [new.index["हिन्दी"]]
+    state = new.state_dict()
+    assert state["unicode_words"] is True and Tokenizer.from_state_dict(state).unicode_words
+    before = {k: v for k, v in state.items() if k != "unicode_words"}  # as tokenizers were saved before
+    old = Tokenizer.from_state_dict(before)
+    assert not old.unicode_words and old.split(HINDI) == ["ह", "न", "द", "भ", "ष"]
+    assert old.fingerprint() != new.fingerprint()
+    plain = Tokenizer.build(["the cat sat", "the cat sat"], min_freq=2, unicode_words=False)
+    assert "unicode_words" not in plain.state_dict()  # absent = False: fingerprints of older tokenizers hold
+
+
+def test_bm25_finds_words_with_marks_and_a_folder_saved_before_tokenizes_as_it_was_built(tmp_path):
+    import bm25s
+
+    from two_tower.retrieval.bm25 import BM25Scorer
+
+    passages = [f"{HINDI} पुस्तक", CAFE_NFC, "the garden castle", "a quiet river"]
+    scorer = BM25Scorer(stopwords=None).index(passages)
+    assert scorer.query_tokens([HINDI, CAFE_NFD]) == [["हिन्दी", "भाषा"], ["café", "au", "lait"]]
+    scores = scorer.scores(scorer.query_tokens(["हिन्दी", CAFE_NFD]))
+    assert scores[0].argmax() == 0 and scores[0, 0] > 0 and scores[1].argmax() == 1 and scores[1, 1] > 0
+    # bm25s's own pattern: no token in a Hindi query, and the decomposed café is "cafe"
+    assert BM25Scorer(stopwords=None, unicode_words=False).query_tokens([HINDI, CAFE_NFD]) == [[], ["cafe", "au", "lait"]]
+    # Text without marks: bm25s's tokens exactly
+    texts = ["The x-ray of a_b c 42 i o", "don't stop; 3.14 pi", "ünïcode “quotes” — dash", ""]
+    assert scorer.query_tokens(texts) == bm25s.tokenize(texts, stopwords=None, return_ids=False, show_progress=False)
+
+    scorer.save(tmp_path / "new")
+    assert BM25Scorer.load(tmp_path / "new").unicode_words
+    old = BM25Scorer(stopwords=None, unicode_words=False).index(passages)
+    old.save(tmp_path / "old")
+    settings = json.loads((tmp_path / "old" / "settings.json").read_text())
+    assert "unicode_words" not in settings  # as folders were saved before the option
+    loaded = BM25Scorer.load(tmp_path / "old")
+    assert not loaded.unicode_words and loaded.query_tokens([CAFE_NFD]) == [["cafe", "au", "lait"]]
+
+
+def test_a_run_saved_before_words_kept_their_marks_resumes_with_its_own_rule(tmp_path, tiny_run, monkeypatch):
+    """A run resumed from a checkpoint saved before: its data is tokenized by the rule it was trained with (with the
+    new one, a training word with a mark would change the vocabulary and the resume be refused)."""
+    from tests.conftest import TINY_RUN, compose_train
+    from two_tower.data import datamodule
+    from two_tower.training.train import train
+
+    built = []
+    original = datamodule.Tokenizer.build
+    monkeypatch.setattr(datamodule.Tokenizer, "build", lambda *a, **k: built.append(k.get("unicode_words")) or original(*a, **k))
+    state = torch.load(tiny_run["ckpt"], map_location="cpu", weights_only=False)
+    assert state["tokenizer"].get("unicode_words") is True  # a new run
+    del state["tokenizer"]["unicode_words"]
+    old = tmp_path / "old.ckpt"
+    torch.save(state, old)
+    cfg = compose_train(tmp_path / "resumed", [*TINY_RUN, f"ckpt_path={old}", "trainer.max_epochs=2", f"paths.cache_dir={tmp_path / 'cache'}"])
+    train(cfg)
+    assert built == [False]
+    resumed = torch.load(tmp_path / "resumed" / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert resumed["epoch"] >= 1 and "unicode_words" not in resumed["tokenizer"]
+    built.clear()
+    train(compose_train(tmp_path / "new", [*TINY_RUN, f"paths.cache_dir={tmp_path / 'cache'}"]))
+    assert built == [True]

@@ -74,6 +74,9 @@ class TwoTowerDataModule(L.LightningDataModule):
         self.test_split = test_split
         self.max_rows = {"train": max_train_rows, "validation": max_val_rows, "test": None}
         self.tokenizer_settings = dict(tokenizer or {})
+        # Words keep their combining marks, in composed form (``split_words``); not a config setting: a resumed run
+        # saved before it sets False here (``train``), so it tokenizes as it was trained.
+        self.tokenizer_settings.setdefault("unicode_words", True)
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.bucket_batches, self.num_workers = bucket_batches, num_workers
         self.tokenize_workers = tokenize_workers
