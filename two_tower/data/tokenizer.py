@@ -100,16 +100,16 @@ def split_words(text: str, keep_punctuation: bool = False, split_hyphens: bool =
     combining marks stay inside their word (``combining_marks``). ASCII text splits the same either way."""
     if unicode_words and not text.isascii():
         text = unicodedata.normalize("NFC", text.lower())
-        astral = has_astral(text)
-        if astral or _any_mark().search(text):  # most non-ASCII text (curly quotes, accented letters) has no mark left
-            return _unicode_pattern(keep_punctuation, split_hyphens, astral).findall(text)
+        if _mark_or_astral().search(text):  # most non-ASCII text (curly quotes, accented letters) has no mark left
+            return _unicode_pattern(keep_punctuation, split_hyphens, has_astral(text)).findall(text)
         return _PATTERNS[keep_punctuation, split_hyphens].findall(text)
     return _PATTERNS[keep_punctuation, split_hyphens].findall(text.lower())
 
 
 @functools.cache
-def _any_mark() -> re.Pattern:
-    return re.compile(combining_marks())
+def _mark_or_astral() -> re.Pattern:
+    """A combining mark of the Basic Multilingual Plane, or any character above U+FFFF: one scan of a text."""
+    return re.compile(f"{combining_marks()[:-1]}\U00010000-\U0010ffff]")
 
 
 class Tokenizer:
