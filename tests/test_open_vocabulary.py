@@ -489,6 +489,8 @@ def test_bm25_finds_words_with_marks_and_a_folder_saved_before_tokenizes_as_it_w
     assert scores[0].argmax() == 0 and scores[0, 0] > 0 and scores[1].argmax() == 1 and scores[1, 1] > 0
     # bm25s's own pattern: no token in a Hindi query, and the decomposed café is "cafe"
     assert BM25Scorer(stopwords=None, unicode_words=False).query_tokens([HINDI, CAFE_NFD]) == [[], ["cafe", "au", "lait"]]
+    adlam = "\U0001e900\U0001e944\U0001e901"  # a mark above U+FFFF: a corpus with one is split with those marks too
+    assert BM25Scorer(stopwords=None).query_tokens([f"{adlam} 😀 ab", "😀 ab"]) == [["\U0001e922\U0001e944\U0001e923", "ab"], ["ab"]]
     # Text without marks: bm25s's tokens exactly
     texts = ["The x-ray of a_b c 42 i o", "don't stop; 3.14 pi", "ünïcode “quotes” — dash", ""]
     assert scorer.query_tokens(texts) == bm25s.tokenize(texts, stopwords=None, return_ids=False, show_progress=False)

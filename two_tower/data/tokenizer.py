@@ -80,9 +80,16 @@ def combining_marks(astral: bool = False) -> str:
 _ASTRAL = re.compile("[\U00010000-\U0010ffff]")
 
 
-def has_astral(text: str) -> bool:
-    """Whether ``text`` has a character above U+FFFF (emoji, Adlam, historic scripts)."""
-    return _ASTRAL.search(text) is not None
+def has_astral_mark(text: str) -> bool:
+    """Whether ``text`` has a combining mark above U+FFFF (Adlam, historic scripts; not emoji, which are symbols):
+    the class of such marks is a list of ranges, which sre scans slowly, so it is only tried on a text that has a
+    character above U+FFFF at all."""
+    return _ASTRAL.search(text) is not None and _astral_marks().search(text) is not None
+
+
+@functools.cache
+def _astral_marks() -> re.Pattern:
+    return re.compile(f"[{combining_marks(True)[len(combining_marks()) - 1:]}")
 
 
 @functools.cache
@@ -101,7 +108,7 @@ def split_words(text: str, keep_punctuation: bool = False, split_hyphens: bool =
     if unicode_words and not text.isascii():
         text = unicodedata.normalize("NFC", text.lower())
         if _mark_or_astral().search(text):  # most non-ASCII text (curly quotes, accented letters) has no mark left
-            return _unicode_pattern(keep_punctuation, split_hyphens, has_astral(text)).findall(text)
+            return _unicode_pattern(keep_punctuation, split_hyphens, has_astral_mark(text)).findall(text)
         return _PATTERNS[keep_punctuation, split_hyphens].findall(text)
     return _PATTERNS[keep_punctuation, split_hyphens].findall(text.lower())
 

@@ -22,7 +22,7 @@ import torch
 from two_tower.core.checks import unknown_setting
 from two_tower.core.errors import ConfigError, CorpusError
 from two_tower.data.prepared import PreparedSplit
-from two_tower.data.tokenizer import combining_marks
+from two_tower.data.tokenizer import combining_marks, has_astral_mark
 from two_tower.retrieval.retriever import SplitRetriever
 
 logging.getLogger("bm25s").setLevel(logging.WARNING)  # it logs every index build at DEBUG
@@ -30,13 +30,13 @@ logging.getLogger("bm25s").setLevel(logging.WARNING)  # it logs every index buil
 SETTINGS_FILE = "settings.json"
 
 
-def bm25_token_pattern() -> str:
-    """bm25s's token rule (runs of two or more word characters, ``\\b\\w\\w+\\b``) with the Basic Multilingual
-    Plane's combining marks counted as word characters (``combining_marks``): the same tokens for text without marks
-    (a run shorter than two characters never starts a match). One pattern serves a whole corpus, so the marks above
-    U+FFFF (Adlam, historic scripts), whose class of ranges sre scans slowly, still end a word here: with them, one
-    emoji anywhere in marco7k's training passages made all of them tokenize at 0.56x the speed."""
-    return rf"[\w{combining_marks()[1:-1]}]{{2,}}"
+def bm25_token_pattern(astral: bool = False) -> str:
+    """bm25s's token rule (runs of two or more word characters, ``\\b\\w\\w+\\b``) with combining marks counted as
+    word characters (``combining_marks``): the same tokens for text without marks (a run shorter than two characters
+    never starts a match). ``astral``: also the marks above U+FFFF (Adlam, historic scripts), for a corpus that has
+    one; their class of ranges is slow (had every corpus with an emoji used it, marco7k's training passages would
+    tokenize at 0.56x the speed)."""
+    return rf"[\w{combining_marks(astral)[1:-1]}]{{2,}}"
 
 
 class BM25Scorer:
@@ -82,7 +82,7 @@ class BM25Scorer:
     def tokenize(self, texts: list[str], show_progress: bool = False, **kwargs):
         if self.unicode_words:
             texts = [t if t.isascii() else unicodedata.normalize("NFC", t) for t in texts]
-            kwargs["token_pattern"] = bm25_token_pattern()
+            kwargs["token_pattern"] = bm25_token_pattern(any(not t.isascii() and has_astral_mark(t) for t in texts))
         return bm25s.tokenize(texts, stopwords=self.stopwords, stemmer=self.stem, show_progress=show_progress, **kwargs)
 
     def index(self, texts: list[str], show_progress: bool = False) -> "BM25Scorer":
