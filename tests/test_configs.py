@@ -281,16 +281,20 @@ def test_commands_import_lightning_without_transformers_and_a_teacher_still_load
     assert result.returncode == 0 and result.stdout == "ok\n", result.stderr[-3000:]
 
 
-def test_a_command_line_skips_torchmetrics_transformers_and_a_call_from_python_does_not(monkeypatch, tiny_cfg):
+def test_a_command_line_skips_torchmetrics_transformers_once_its_overrides_pass_and_a_call_from_python_does_not(monkeypatch, tiny_cfg, tmp_path):
+    from tests.conftest import TINY
     from two_tower.cli import startup
     from two_tower.cli.train import main
 
     calls = []
     monkeypatch.setattr(startup, "skip_torchmetrics_transformers", lambda: calls.append(1))
+    monkeypatch.setattr("two_tower.training.train.train", lambda cfg: {"val/mrr@10": 0.0})
     monkeypatch.setattr("sys.argv", ["train.py", "bogus=1"])
     with pytest.raises(SystemExit) as stop:
         main()
-    assert stop.value.code == 2 and calls == [1]
-    monkeypatch.setattr("two_tower.training.train.train", lambda cfg: {"val/mrr@10": 0.0})
+    assert stop.value.code == 2 and calls == []  # refused first: a bad override stays a quick line
+    monkeypatch.setattr("sys.argv", ["train.py", *TINY, f"hydra.run.dir={tmp_path / 'run'}"])
+    main()
+    assert calls == [1]
     main(tiny_cfg())  # a cfg passed from Python
     assert calls == [1]

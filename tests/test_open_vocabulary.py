@@ -528,3 +528,24 @@ def test_a_run_saved_before_words_kept_their_marks_resumes_with_its_own_rule(tmp
     built.clear()
     train(compose_train(tmp_path / "new", [*TINY_RUN, f"paths.cache_dir={tmp_path / 'cache'}"]))
     assert built == [True]
+
+
+def test_a_resumed_older_run_keys_its_prepared_data_as_before_and_mines_bm25_negatives_by_its_rule(tiny_cfg):
+    """A run saved before words kept their marks, resumed: its prepared-data cache key is the one it had (no second
+    copy of its data), and negatives=bm25 mines (and keys its pool) by the run's rule."""
+    from two_tower.training.train import build_datamodule
+
+    dm = build_datamodule(tiny_cfg("negatives=bm25"))
+    assert dm.tokenizer_settings["unicode_words"] is True
+    fingerprints = {"train": "t", "validation": "v"}
+    new_key = dm.cache_key(fingerprints)
+    dm.tokenizer_settings["unicode_words"] = False  # as train() sets it for such a run
+    old_key = dm.cache_key(fingerprints)
+    del dm.tokenizer_settings["unicode_words"]
+    assert dm.cache_key(fingerprints) == old_key != new_key  # as keyed before the setting existed
+    dm.tokenizer_settings["unicode_words"] = False
+    with_rule = dm.negatives.identity()
+    assert with_rule["unicode_words"] is True
+    dm.prepare_data()
+    dm.setup("fit")
+    assert dm.negatives.unicode_words is False and "unicode_words" not in dm.negatives.identity()

@@ -321,12 +321,20 @@ def hydra_command(config_name: str):
     from two_tower.cli import startup
 
     def wrap(task):
-        hydra_main = hydra.main(version_base="1.3", config_path=CONF_DIR, config_name=config_name)(task)
+        from_command_line = []
+
+        @functools.wraps(task)
+        def task_from_command_line(cfg):
+            if from_command_line:  # once its overrides passed their check: a refusal or --help stays quick
+                startup.skip_torchmetrics_transformers()
+            return task(cfg)
+
+        hydra_main = hydra.main(version_base="1.3", config_path=CONF_DIR, config_name=config_name)(task_from_command_line)
 
         @functools.wraps(task)
         def main(*args):
             if not args:  # the command line (a passed cfg goes straight to the task)
-                startup.skip_torchmetrics_transformers()
+                from_command_line.append(True)
             if not args and not debugging():
                 message = composition_error(config_name, sys.argv[1:])
                 if message:
@@ -336,6 +344,8 @@ def hydra_command(config_name: str):
             except BrokenPipeError:  # `--help | head`: Hydra's print of the help text; stop quietly, as a pipeline's writer
                 drop_stdout()
                 sys.exit(141)
+            finally:
+                from_command_line.clear()
 
         return main
 

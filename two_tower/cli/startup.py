@@ -8,9 +8,11 @@ runs); a whole tiny ``train.py`` run (the tests' TINY settings), with and withou
 against 8.5-10.0 s (0.85x).
 A teacher (sentence-transformers) imports transformers itself when it is loaded, unaffected.
 
-Only commands do this (a process of their own): ``train()`` called from Python leaves torchmetrics as it is.
-If torchmetrics is already imported, or lightning_utilities no longer reads versions the way this expects,
-it does nothing.
+Only a command's task does this, once its overrides passed their check (a refusal and ``--help`` stay quick):
+``train()`` or ``main(cfg)`` called from Python leave torchmetrics as it is. In a command's process torchmetrics'
+text metrics that need transformers are then missing (``from torchmetrics.text import BERTScore`` is an
+ImportError); no command uses them. If torchmetrics is already imported, or lightning_utilities no longer reads
+versions the way this expects, it does nothing.
 """
 
 from __future__ import annotations

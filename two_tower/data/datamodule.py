@@ -121,7 +121,8 @@ class TwoTowerDataModule(L.LightningDataModule):
             "format": CACHE_FORMAT,
             "data": fingerprints,
             "max_rows": self.max_rows,
-            "tokenizer": sorted(self.tokenizer_settings.items()),
+            # unicode_words=False (a run saved before it, resumed) keys as before it existed: its cache entries hold
+            "tokenizer": sorted((k, v) for k, v in self.tokenizer_settings.items() if not (k == "unicode_words" and v is False)),
             "embeddings": self.embeddings.identity(),
         }
         return hashlib.sha1(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:20]
@@ -184,6 +185,8 @@ class TwoTowerDataModule(L.LightningDataModule):
             if labelled < self.train.num_queries:  # pseudo-queries: a cache entry of their own
                 pseudo = self.teacher.vectors(self.train.query_texts[labelled:], [])
                 self.teacher_vectors = TeacherVectors(np.concatenate([self.teacher_vectors.queries, pseudo.queries]), self.teacher_vectors.passages)
+        if hasattr(self.negatives, "unicode_words"):  # BM25's words follow the run's rule (a resumed older run's)
+            self.negatives.unicode_words = self.tokenizer_settings["unicode_words"]
         self.negatives.prepare(self.train)
 
     def check_overlap(self) -> int:

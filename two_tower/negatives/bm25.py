@@ -11,13 +11,15 @@ class BM25Negatives(MinedNegatives):
     def __init__(self, *args, stemmer: str | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.stemmer = stemmer
+        self.unicode_words = True  # the run's word rule, set by the datamodule (False: a run saved before it)
 
     def identity(self) -> dict:
-        return {**super().identity(), "stemmer": self.stemmer}
+        # the rule enters the key only when set, so pools mined before it existed stay valid for the runs made then
+        return {**super().identity(), "stemmer": self.stemmer, **({"unicode_words": True} if self.unicode_words else {})}
 
     def scorer(self, split):
         from two_tower.retrieval.bm25 import BM25Retriever
 
-        retriever = BM25Retriever(stemmer=self.stemmer)
+        retriever = BM25Retriever(stemmer=self.stemmer, unicode_words=self.unicode_words)
         retriever.prepare(split)
         return retriever.scores

@@ -134,9 +134,10 @@ class BM25Scorer:
 
 
 class BM25Retriever(SplitRetriever):
-    def __init__(self, method: str = "lucene", k1: float = 1.5, b: float = 0.75, stopwords: str | None = "english", stemmer: str | None = None):
+    def __init__(self, method: str = "lucene", k1: float = 1.5, b: float = 0.75, stopwords: str | None = "english", stemmer: str | None = None,
+                 unicode_words: bool = True):
         super().__init__()
-        self.scorer = BM25Scorer(method, k1, b, stopwords, stemmer)
+        self.scorer = BM25Scorer(method, k1, b, stopwords, stemmer, unicode_words)
         self.query_tokens: list[list[str]] = []
 
     def prepare(self, split: PreparedSplit) -> None:
