@@ -549,3 +549,15 @@ def test_a_resumed_older_run_keys_its_prepared_data_as_before_and_mines_bm25_neg
     dm.prepare_data()
     dm.setup("fit")
     assert dm.negatives.unicode_words is False and "unicode_words" not in dm.negatives.identity()
+
+
+def test_word2vec_trains_on_the_runs_word_rule_and_keys_it(tmp_path):
+    from two_tower.data.embeddings import Word2VecEmbeddings
+
+    texts = [f"{HINDI} पुस्तक {CAFE_NFD} garden castle river" for _ in range(20)]
+    w2v = Word2VecEmbeddings(dim=4, epochs=1, workers=1, min_count=1, cache_dir=str(tmp_path))
+    new = w2v.load(texts, unicode_words=True)
+    assert {"हिन्दी", "भाषा", "café"} <= set(new.words)
+    old = w2v.load(texts)  # a run saved before the rule: its own cache entry, its words as they were split
+    assert "ह" in old.words and "cafe" in old.words and "हिन्दी" not in old.words
+    assert len(list((tmp_path / "word2vec").iterdir())) == 2

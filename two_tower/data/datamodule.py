@@ -244,7 +244,8 @@ class TwoTowerDataModule(L.LightningDataModule):
 
         train_texts = [r.query for r in clean["train"]] + list({p: None for r in clean["train"] for p in r.passages})
         settings = {k: v for k, v in self.tokenizer_settings.items() if k != "min_freq"}
-        vectors = self.embeddings.load(train_texts, settings.get("keep_punctuation", False), settings.get("split_hyphens", False))
+        vectors = self.embeddings.load(train_texts, settings.get("keep_punctuation", False), settings.get("split_hyphens", False),
+                                       settings.get("unicode_words", False))
         # The vocabulary comes from training text only; the vectors' other words extend it (and any other
         # word gets a hashed id), so validation words are represented exactly as unseen test words are.
         extension = self.embeddings.extension_config() if vectors is not None else None

@@ -88,7 +88,8 @@ class EmbeddingSource:
         self.freeze = freeze
         self.dim = dim
 
-    def load(self, train_texts: list[str], keep_punctuation: bool = False, split_hyphens: bool = False) -> WordVectors | None:
+    def load(self, train_texts: list[str], keep_punctuation: bool = False, split_hyphens: bool = False, unicode_words: bool = False) -> WordVectors | None:
+        """The vectors for the words of ``train_texts`` split by the tokenizer's rule (``split_words``' arguments)."""
         raise NotImplementedError
 
     def identity(self) -> str:
@@ -108,7 +109,7 @@ class EmbeddingSource:
 class RandomEmbeddings(EmbeddingSource):
     name = "random"
 
-    def load(self, train_texts, keep_punctuation=False, split_hyphens=False):
+    def load(self, train_texts, keep_punctuation=False, split_hyphens=False, unicode_words=False):
         return None
 
 
@@ -117,7 +118,7 @@ class GloveEmbeddings(EmbeddingSource):
 
     name = "glove"
 
-    def load(self, train_texts, keep_punctuation=False, split_hyphens=False):
+    def load(self, train_texts, keep_punctuation=False, split_hyphens=False, unicode_words=False):
         data_dir = _glove_data_dir()
         vectors = np.load(data_dir / "glove_6B_50d_emb.npy", mmap_mode="r")
         words = _glove_words()
@@ -161,11 +162,12 @@ class Word2VecEmbeddings(EmbeddingSource):
     def identity(self) -> str:
         return f"{self.name}:{sorted(self.params.items())}:center={self.center}"
 
-    def load(self, train_texts, keep_punctuation=False, split_hyphens=False):
+    def load(self, train_texts, keep_punctuation=False, split_hyphens=False, unicode_words=False):
         from gensim.models import KeyedVectors, Word2Vec
 
-        # split_hyphens enters the key only when set, so caches made before the setting existed stay valid.
-        digest = hashlib.sha1(repr((sorted(self.params.items()), keep_punctuation, *((True,) if split_hyphens else ()))).encode())
+        # split_hyphens and unicode_words enter the key only when set, so caches made before they existed stay valid.
+        digest = hashlib.sha1(repr((sorted(self.params.items()), keep_punctuation, *((True,) if split_hyphens else ()),
+                                    *(("unicode_words",) if unicode_words else ()))).encode())
         for text in train_texts:
             digest.update(text.encode())
             digest.update(b"\0")
@@ -177,7 +179,7 @@ class Word2VecEmbeddings(EmbeddingSource):
             kv = KeyedVectors.load(str(path / "vectors.kv"))
         else:
             cache.check_writable()
-            sentences = [split_words(t, keep_punctuation, split_hyphens) for t in train_texts]
+            sentences = [split_words(t, keep_punctuation, split_hyphens, unicode_words) for t in train_texts]
             log.info("word2vec: training skip-gram on %d sentences (%s)", len(sentences), self.params)
             # workers=1 keeps training bit-for-bit reproducible for a given seed.
             model = Word2Vec(sentences=sentences, workers=self.workers, **self.params)
@@ -210,7 +212,7 @@ class FileEmbeddings(EmbeddingSource):
         # asking for another dim must not be served the cache entry of a run that asked for none
         return f"{self.name}:{self.path.resolve()}:{stat and (stat.st_size, stat.st_mtime_ns)}:{self.dim}"
 
-    def load(self, train_texts, keep_punctuation=False, split_hyphens=False):
+    def load(self, train_texts, keep_punctuation=False, split_hyphens=False, unicode_words=False):
         from gensim.models import KeyedVectors
 
         if not self.path.exists():
@@ -385,7 +387,7 @@ class DistilledEmbeddings(EmbeddingSource):
         with cache.put(self._key()) as tmp:
             model.save_pretrained(str(tmp))
 
-    def load(self, train_texts, keep_punctuation=False, split_hyphens=False):
+    def load(self, train_texts, keep_punctuation=False, split_hyphens=False, unicode_words=False):
         if self.words != "glove":
             raise EmbeddingsError(f"embeddings.words={self.words!r}: only 'glove' (GloVe 6B's 400k words) is supported")
         model = self.static_model()
