@@ -55,26 +55,34 @@ _PATTERNS = {
 }
 
 
+@functools.cache
+def _bmp_marks() -> str:
+    """The Basic Multilingual Plane's combining marks, escaped one by one for a regex class: sre matches such a class
+    by a bitmap (0.29 s against 0.26 s without marks for marco7k's 12,499 non-ASCII training passages; a class of
+    the same marks as ranges took 0.44 s, scanned range by range)."""
+    return "".join(re.escape(chr(c)) for c in range(0x300, 0x10000) if unicodedata.category(chr(c))[0] == "M")
 
 
 @functools.cache
-def combining_marks(astral: bool = False) -> str:
-    """A regex character class of Unicode's combining marks (categories Mn, Mc, Me, in this Python's Unicode
-    data): the vowel signs and viramas of every Indic script, Hebrew points, Arabic harakat, and accents
-    written apart from their letter. ``[^\\W_]`` leaves them out, so a word was cut at each one: "हिन्दी भाषा"
-    gave "ह", "न", "द", "भ", "ष". The Basic Multilingual Plane's marks are listed one by one, which sre matches
-    by a bitmap (0.29 s against 0.26 s without marks for marco7k's 12,499 non-ASCII training passages; a class
-    of the same marks as ranges took 0.44 s, scanned range by range); ``astral`` adds the marks above U+FFFF
-    (Adlam, historic scripts) as ranges, for the texts that have such characters."""
-    marks = "".join(re.escape(chr(c)) for c in range(0x300, 0x10000) if unicodedata.category(chr(c))[0] == "M")
+def _astral_mark_ranges() -> str:
+    """The combining marks above U+FFFF (Adlam, historic scripts) as ranges for a regex class (slow: see
+    ``has_astral_mark``)."""
     ranges, start = [], None
-    for c in range(0x10000, 0x110000) if astral else ():
+    for c in range(0x10000, 0x110000):  # U+10FFFF is no mark: every range ends inside the loop
         if unicodedata.category(chr(c))[0] == "M":
             start = c if start is None else start
         elif start is not None:
             ranges.append(f"\\U{start:08x}-\\U{c - 1:08x}")
             start = None
-    return f"[{marks}{''.join(ranges)}]"
+    return "".join(ranges)
+
+
+def combining_marks(astral: bool = False) -> str:
+    """The body of a regex character class (no brackets) of Unicode's combining marks (categories Mn, Mc, Me, in
+    this Python's Unicode data): the vowel signs and viramas of every Indic script, Hebrew points, Arabic harakat,
+    and accents written apart from their letter. ``[^\\W_]`` leaves them out, so a word was cut at each one:
+    "हिन्दी भाषा" gave "ह", "न", "द", "भ", "ष". ``astral`` adds the marks above U+FFFF, for the texts that have one."""
+    return _bmp_marks() + (_astral_mark_ranges() if astral else "")
 
 
 _ASTRAL = re.compile("[\U00010000-\U0010ffff]")
@@ -89,14 +97,14 @@ def has_astral_mark(text: str) -> bool:
 
 @functools.cache
 def _astral_marks() -> re.Pattern:
-    return re.compile(f"[{combining_marks(True)[len(combining_marks()) - 1:]}")
+    return re.compile(f"[{_astral_mark_ranges()}]")
 
 
 @functools.cache
 def _unicode_pattern(keep_punctuation: bool, split_hyphens: bool, astral: bool) -> re.Pattern:
     """``_PATTERNS``' rule with combining marks inside words: a word is letters and digits, each run of marks
     followed by more of them ("हिन्दी"), with inner apostrophes (and hyphens unless ``split_hyphens``)."""
-    run = rf"[^\W_]+(?:{combining_marks(astral)}+[^\W_]*)*"
+    run = rf"[^\W_]+(?:[{combining_marks(astral)}]+[^\W_]*)*"
     word = rf"{run}(?:'{run})*" if split_hyphens else rf"{run}(?:['\-]{run})*"
     return re.compile(rf"{word}|[^\w\s]" if keep_punctuation else word)
 
@@ -116,7 +124,7 @@ def split_words(text: str, keep_punctuation: bool = False, split_hyphens: bool =
 @functools.cache
 def _mark_or_astral() -> re.Pattern:
     """A combining mark of the Basic Multilingual Plane, or any character above U+FFFF: one scan of a text."""
-    return re.compile(f"{combining_marks()[:-1]}\U00010000-\U0010ffff]")
+    return re.compile(f"[{combining_marks()}\U00010000-\U0010ffff]")
 
 
 class Tokenizer:
