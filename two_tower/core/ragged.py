@@ -24,10 +24,11 @@ class Ragged:
         return cls(values, offsets)
 
     @classmethod
-    def from_arrow(cls, column: pa.ChunkedArray | pa.Array) -> "Ragged":
+    def from_arrow(cls, column: pa.ChunkedArray | pa.Array, dtype=np.int32) -> "Ragged":
+        """``dtype``: of the values (ids: int32; a split's graded gains: float32)."""
         array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
         offsets = np.asarray(array.offsets, dtype=np.int64)
-        values = np.asarray(array.values, dtype=np.int32)
+        values = np.asarray(array.values, dtype=dtype)
         return cls(values[offsets[0] : offsets[-1]], offsets - offsets[0])
 
     def to_arrow(self) -> pa.Array:

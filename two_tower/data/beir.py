@@ -210,11 +210,23 @@ def _read_qrels(path: Path, corpus: dict, queries: dict, skipped: Skipped) -> di
     return {qid: judged for qid, judged in qrels.items() if judged}
 
 
-def prepared_split(collection: BeirCollection):
-    """The collection as a ``PreparedSplit`` (untokenized) with graded gains and no candidate lists."""
+def prepared_split(collection: BeirCollection, for_training: bool = False):
+    """The collection as a ``PreparedSplit`` (untokenized) whose passages are the whole corpus.
+
+    To evaluate: graded gains, no candidate lists (no ``rerank_mrr@10``), and relevant documents absent from the
+    corpus kept as rows past its end (no ranking holds them; the metrics count them, as BEIR does).
+    ``for_training``: each query's relevant documents in the corpus are its positives and its candidate list (a
+    query with none is left out; every positive weighs the same), no gains; the corpus is what negatives are mined
+    from."""
     from two_tower.data.prepared import PreparedSplit, Ragged
 
     position = {cid: i for i, cid in enumerate(collection.corpus_ids)}
+    if for_training:
+        rows = [(qid, text, [position[c] for c in collection.qrels[qid]]) for qid, text in zip(collection.query_ids, collection.query_texts)]
+        rows = [row for row in rows if row[2]]
+        positives = Ragged.from_lists([row[2] for row in rows])
+        return PreparedSplit.untokenized([row[1] for row in rows], collection.corpus_texts, positives, positives,
+                                         query_ids=[row[0] for row in rows], passage_ids=collection.corpus_ids)
     # relevant documents absent from the corpus get rows past its end: no ranking holds them, the metrics count them
     absent = list(dict.fromkeys(c for q in collection.query_ids for c in collection.unlisted.get(q, {})))
     position.update({cid: len(collection.corpus_ids) + i for i, cid in enumerate(absent)})
@@ -223,13 +235,11 @@ def prepared_split(collection: BeirCollection):
         judged = {**collection.qrels[qid], **collection.unlisted.get(qid, {})}
         positives.append([position[c] for c in judged])
         gains.append([float(s) for s in judged.values()])
-    return PreparedSplit(
-        query_texts=collection.query_texts,
-        query_tokens=Ragged.from_lists([[1]] * len(collection.query_texts)),
-        passage_texts=collection.corpus_texts,
-        passage_tokens=Ragged.from_lists([[1]] * len(collection.corpus_texts)),
-        positives=Ragged.from_lists(positives),
-        candidates=Ragged.from_lists([[] for _ in positives]),
+    return PreparedSplit.untokenized(
+        collection.query_texts,
+        collection.corpus_texts,
+        Ragged.from_lists(positives),
+        Ragged.from_lists([[] for _ in positives]),
         gains=Ragged(np.array([g for row in gains for g in row], dtype=np.float32), Ragged.from_lists(positives).offsets),
         query_ids=collection.query_ids,
         passage_ids=collection.corpus_ids + absent,  # the absent ones name qrels.txt's lines only

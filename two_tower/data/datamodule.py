@@ -1,5 +1,8 @@
 """LightningDataModule: rows -> validated -> tokenized once (cached) -> bucketed triplet batches.
 
+Rows are MS MARCO v1.1 rows (the Hub, a local folder of shards, synthetic ones) or a BEIR folder's judged queries
+(``corpus.jsonl``, ``queries.jsonl``, ``qrels/<split>.tsv``), whose splits all rank its one corpus.
+
 The cache folder holds everything derived from the raw rows for one (data, tokenizer, embeddings)
 setting: the vocabulary, the embedding matrix aligned to it, both prepared splits and the row reports.
 It is a ``two_tower.core.cache`` entry (built beside, renamed into place), so a killed run never leaves half a cache.
@@ -22,9 +25,9 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
 from two_tower.core import progress as progress_bars
-from two_tower.core.cache import ContentCache, default_root
-from two_tower.core.errors import ConfigError, DataSourceError
-from two_tower.data import msmarco, synthetic
+from two_tower.core.cache import ContentCache, content_digest, default_root
+from two_tower.core.errors import BeirError, ConfigError, DataSourceError
+from two_tower.data import beir, msmarco, synthetic
 from two_tower.data.batches import LengthSortedBatches, TokenBatches, TripletBatches, TripletBatchSampler
 from two_tower.data.pseudo_queries import with_pseudo_queries
 from two_tower.data.prepared import PreparedSplit
@@ -107,6 +110,8 @@ class TwoTowerDataModule(L.LightningDataModule):
             if n_test:
                 out["test"] = (lambda: stream.rows(n_train + n_val, n_train + n_val + n_test), f"synthetic-{digest}-test")
             return out
+        if self.beir:
+            return self._beir_splits()
         out = {}
         for role, split in self.splits.items():
             ds = msmarco.load_split(split, self.path, self.hub_name, self.hub_config)
@@ -115,6 +120,50 @@ class TwoTowerDataModule(L.LightningDataModule):
             ds = msmarco.load_split(self.test_split, self.path)
             out["test"] = (lambda ds=ds: ds, ds._fingerprint)
         return out
+
+    @property
+    def beir(self) -> bool:
+        """Whether ``path`` is a BEIR folder (``corpus.jsonl``, ``queries.jsonl``, ``qrels/<split>.tsv``): every split
+        ranks its one corpus, which training reads whole (negatives are mined from it; the vocabulary is its words
+        and the training queries')."""
+        return self.synthetic_rows is None and beir.is_beir_folder(self.path)
+
+    def _beir_splits(self) -> dict[str, tuple[Callable[[], object], str]]:
+        """{role: (the split as an untokenized PreparedSplit and its report, fingerprint)} of a BEIR folder: train,
+        validation, and test where ``qrels/<test_split>.tsv`` exists. Missing files are one error naming the setting."""
+        root = Path(self.path).expanduser()
+        splits = dict(self.splits)
+        if self.test_split and (root / beir.QRELS / f"{self.test_split}.tsv").is_file():
+            splits["test"] = self.test_split
+        for role, split in splits.items():
+            try:
+                beir.check_files(root, split)
+            except BeirError as err:
+                setting = {"train": "data.train_split", "validation": "data.val_split"}.get(role)
+                raise BeirError(f"{err}; name another with {setting}=NAME" if setting and "qrels" in str(err) else str(err)) from None
+        shared = content_digest([root / beir.CORPUS, root / beir.QUERIES])
+        out = {}
+        for role, split in splits.items():
+            qrels = root / beir.QRELS / f"{split}.tsv"
+            fingerprint = f"beir-{shared}-{content_digest([qrels])}"
+            out[role] = (lambda split=split, role=role: self._read_beir(root, split, role), fingerprint)
+        return out
+
+    def _read_beir(self, root: Path, split: str, role: str):
+        """(the split as an untokenized PreparedSplit, its report: queries with judgements read, kept, lines skipped
+        per file and reason); at most ``max_rows[role]`` queries, in the order of queries.jsonl."""
+        collection = beir.load_beir(root, split)
+        limit = self.max_rows[role]
+        if limit is not None:
+            collection.query_ids, collection.query_texts = collection.query_ids[:limit], collection.query_texts[:limit]
+        prepared = beir.prepared_split(collection, for_training=role == "train")
+        report = {"total": len(collection.query_ids), "kept": prepared.num_queries,
+                  "skipped": {name: dict(counts) for name, counts in collection.skipped.items() if counts}}
+        if role == "train" and prepared.num_queries < len(collection.query_ids):
+            report["skipped"]["no_relevant_document_in_corpus"] = len(collection.query_ids) - prepared.num_queries
+        if role == "train" and not prepared.num_queries:
+            raise DataSourceError(f"{root / beir.QRELS / f'{split}.tsv'}: no training query has a relevant document in the corpus")
+        return prepared, report
 
     def cache_key(self, fingerprints: dict[str, str]) -> str:
         spec = {
@@ -159,6 +208,10 @@ class TwoTowerDataModule(L.LightningDataModule):
         self.train = PreparedSplit.load(path / "train")
         self.val = PreparedSplit.load(path / "validation")
         self.test = PreparedSplit.load(path / "test") if (path / "test").is_dir() else None
+        if self.beir:  # one corpus: held once
+            for split in (self.val, self.test):
+                if split is not None and split.passage_texts == self.train.passage_texts:
+                    split.passage_texts, split.passage_tokens = self.train.passage_texts, self.train.passage_tokens
         for role, report in self.meta["reports"].items():  # skipped rows are a warning: the data is not what it says
             log.log(logging.WARNING if report.get("skipped") else logging.INFO, "[%s] rows: %s", role, report)
         log.info(
@@ -209,6 +262,10 @@ class TwoTowerDataModule(L.LightningDataModule):
         """Say (an info line, not leakage: MS MARCO's candidate lists share passages across queries) how many
         validation passages are training passages too, and how many of the validation's selected ones: training has
         seen those texts, as candidates of other queries. Returns the first count."""
+        if self.beir:  # one corpus for every split: training reads it whole, by design
+            log.info("train and validation rank one corpus (a BEIR folder, %d passages): training reads all of it (negatives are mined "
+                     "from it, the vocabulary is its words and the training queries'), never the validation queries", self.val.num_passages)
+            return self.val.num_passages
         train = set(self.train.passage_texts)
         shared = sum(text in train for text in self.val.passage_texts)
         if shared and self.synthetic_rows is None:
@@ -221,8 +278,11 @@ class TwoTowerDataModule(L.LightningDataModule):
     # ------------------------------------------------------------------ building the cache
     def _build_cache(self, raw, key: str) -> None:
         start = time.perf_counter()
-        clean, reports = {}, {}
+        splits, reports = {}, {}
         for role, (load_rows, _) in raw.items():
+            if self.beir:
+                splits[role], reports[role] = load_rows()
+                continue
             rows = load_rows()
             limit = self.max_rows[role]
             if limit is not None:
@@ -230,19 +290,22 @@ class TwoTowerDataModule(L.LightningDataModule):
             try:
                 total = min(len(rows), limit if limit is not None else len(rows)) if hasattr(rows, "__len__") else getattr(rows, "total", None)
                 progress = progress_bars.bar(_iter_rows(rows), total=total, desc=f"Reading {role} rows", unit="row", mininterval=2.0)
-                clean[role], report = msmarco.validate_rows(progress, role, for_training=role == "train")
+                clean, report = msmarco.validate_rows(progress, role, for_training=role == "train")
             except DataSourceError as err:
                 if role != "test":
                     raise
                 log.info("test split skipped (no labelled query to score): %s", err)  # e.g. the Hub's unlabelled test
                 continue
+            splits[role] = PreparedSplit.from_rows(clean)  # texts and passage lists; tokenized once the vocabulary is built
+            del clean
             reports[role] = {"total": report.total, "kept": report.kept, "skipped": dict(report.skipped)}
             if report.first:
                 reports[role]["first_skipped"] = dict(report.first)
             if report.corpus_only:  # kept (in the ranked corpus) although not training rows: kept + skipped = total
                 reports[role]["kept_not_training_rows"] = dict(report.corpus_only)
 
-        train_texts = [r.query for r in clean["train"]] + list({p: None for r in clean["train"] for p in r.passages})
+        # the training queries, then the training passages in first-appearance order
+        train_texts = splits["train"].query_texts + splits["train"].passage_texts
         settings = {k: v for k, v in self.tokenizer_settings.items() if k != "min_freq"}
         vectors = self.embeddings.load(train_texts, settings.get("keep_punctuation", False), settings.get("split_hyphens", False),
                                        settings.get("unicode_words", False))
@@ -273,8 +336,10 @@ class TwoTowerDataModule(L.LightningDataModule):
             np.save(tmp / "embeddings.npy", rows.matrix)
             np.save(tmp / "drawn_rows.npy", rows.drawn)
             ranges = {}
-            for role in list(clean):  # one split at a time: its rows go once it is tokenized, it goes once saved
-                split = PreparedSplit.from_rows(clean.pop(role), tokenizer, self.tokenize_workers, role)
+            corpus = None  # a BEIR folder's passage tokens: every split ranks its one corpus, tokenized once
+            for role in list(splits):  # one split at a time: it goes once it is tokenized and saved
+                split = splits.pop(role).tokenized(tokenizer, self.tokenize_workers, role, corpus)
+                corpus = split.passage_tokens if self.beir else None
                 split.save(tmp / role)
                 ranges[role] = token_ranges(split, tokenizer)
                 del split

@@ -7,7 +7,8 @@ folder (memory-mapped Arrow) inside the tokenization cache.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import datasets
@@ -18,6 +19,9 @@ from datasets.table import InMemoryTable
 from two_tower.core.ragged import Ragged  # noqa: F401  (re-exported: data modules import it from here)
 from two_tower.data.msmarco import CleanRow
 from two_tower.data.tokenizer import Tokenizer
+
+# a split's own query and passage ids (a BEIR collection's), beside its queries/ and passages/ folders
+IDS = "ids.json"
 
 
 @dataclass
@@ -35,9 +39,9 @@ class PreparedSplit:
     passage_ids: list[str] | None = None
 
     @classmethod
-    def from_rows(cls, rows: list[CleanRow], tokenizer: Tokenizer, workers: int = 1, name: str | None = None) -> "PreparedSplit":
-        """``workers``: processes tokenizing (``Tokenizer.encode_ragged``); ``name``: show progress bars
-        labelled with it."""
+    def from_rows(cls, rows: list[CleanRow], tokenizer: Tokenizer | None = None, workers: int = 1, name: str | None = None) -> "PreparedSplit":
+        """``tokenizer`` None: texts and passage lists only (``tokenized`` adds the tokens); ``workers``:
+        processes tokenizing (``Tokenizer.encode_ragged``); ``name``: show progress bars labelled with it."""
         passage_index: dict[str, int] = {}
         positives, candidates = [], []
         for row in rows:
@@ -45,15 +49,32 @@ class PreparedSplit:
             # A passage listed twice for one query counts once, selected if either copy is.
             candidates.append(list(dict.fromkeys(ids)))
             positives.append(list(dict.fromkeys(i for i, s in zip(ids, row.selected) if s)))
-        passage_texts = list(passage_index)
-        query_texts = [row.query for row in rows]
+        split = cls.untokenized([row.query for row in rows], list(passage_index), Ragged.from_lists(positives), Ragged.from_lists(candidates))
+        return split if tokenizer is None else split.tokenized(tokenizer, workers, name)
+
+    @classmethod
+    def untokenized(cls, query_texts: list[str], passage_texts: list[str], positives: Ragged, candidates: Ragged, **extra) -> "PreparedSplit":
+        """A split whose token arrays are empty (one token a text: retrievers that tokenize for themselves read
+        the texts; ``tokenized`` fills them)."""
         return cls(
             query_texts=query_texts,
-            query_tokens=Ragged(*tokenizer.encode_ragged(query_texts, tokenizer.max_query_len, workers, name and f"Tokenizing {name} queries")),
+            query_tokens=Ragged.from_lists([[1]] * len(query_texts)),
             passage_texts=passage_texts,
-            passage_tokens=Ragged(*tokenizer.encode_ragged(passage_texts, tokenizer.max_passage_len, workers, name and f"Tokenizing {name} passages")),
-            positives=Ragged.from_lists(positives),
-            candidates=Ragged.from_lists(candidates),
+            passage_tokens=Ragged.from_lists([[1]] * len(passage_texts)),
+            positives=positives,
+            candidates=candidates,
+            **extra,
+        )
+
+    def tokenized(self, tokenizer: Tokenizer, workers: int = 1, name: str | None = None, passage_tokens: Ragged | None = None) -> "PreparedSplit":
+        """The split with its queries and passages tokenized (``workers`` processes; progress bars labelled with
+        ``name`` where given); ``passage_tokens``: its passages' tokens, already made (another split of one corpus)."""
+        if passage_tokens is None:
+            passage_tokens = Ragged(*tokenizer.encode_ragged(self.passage_texts, tokenizer.max_passage_len, workers, name and f"Tokenizing {name} passages"))
+        return replace(
+            self,
+            query_tokens=Ragged(*tokenizer.encode_ragged(self.query_texts, tokenizer.max_query_len, workers, name and f"Tokenizing {name} queries")),
+            passage_tokens=passage_tokens,
         )
 
     @property
@@ -90,6 +111,7 @@ class PreparedSplit:
                 "input_ids": self.query_tokens.to_arrow(),
                 "positives": self.positives.to_arrow(),
                 "candidates": self.candidates.to_arrow(),
+                **({"gains": self.gains.to_arrow()} if self.gains is not None else {}),
             }
         )
         passages = pa.table({"text": pa.array(self.passage_texts, pa.string()), "input_ids": self.passage_tokens.to_arrow()})
@@ -101,6 +123,8 @@ class PreparedSplit:
         finally:
             if was_enabled:
                 datasets.enable_progress_bars()
+        if self.query_ids is not None or self.passage_ids is not None:  # a collection's own ids (BEIR)
+            (path / IDS).write_text(json.dumps({"query_ids": self.query_ids, "passage_ids": self.passage_ids}))
 
     @classmethod
     def load(cls, path: Path) -> "PreparedSplit":
@@ -113,4 +137,6 @@ class PreparedSplit:
             passage_tokens=Ragged.from_arrow(passages.column("input_ids")),
             positives=Ragged.from_arrow(queries.column("positives")),
             candidates=Ragged.from_arrow(queries.column("candidates")),
+            gains=Ragged.from_arrow(queries.column("gains"), np.float32) if "gains" in queries.column_names else None,
+            **(json.loads((path / IDS).read_text()) if (path / IDS).is_file() else {}),
         )

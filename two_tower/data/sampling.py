@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from two_tower.core.checks import check_explicit_negatives
+from two_tower.core.errors import ConfigError
 from two_tower.data.prepared import PreparedSplit, Ragged
 
 
@@ -58,6 +59,11 @@ class RandomNegatives(NegativeSampler):
 
     def prepare(self, split):
         self._pool = split.negatives()
+        empty = int((self._pool.lengths == 0).sum())
+        if empty:  # an MS MARCO training row always has one; a BEIR folder's training qrels usually judge relevant documents only
+            raise ConfigError(f"negatives=random draws each training query's unselected candidates, and {empty} of the {split.num_queries} "
+                              "training queries have none (a BEIR folder's queries list only their relevant documents): "
+                              "use negatives=bm25 (mined from the corpus) or negatives=in_batch")
 
     def sample(self, split, rows, rng):
         if self._pool is None:
