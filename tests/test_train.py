@@ -60,6 +60,13 @@ def test_the_optimized_metric_returned_is_the_best_validation_not_the_last(tiny_
     assert len(per_epoch) == 4 and max(per_epoch) > per_epoch[-1]  # the case: the peak is not the last epoch
     assert metrics["val/mrr@10"] == pytest.approx(max(per_epoch))
     assert metrics["val_last/mrr@10"] == pytest.approx(per_epoch[-1])
+    # Every val/* is that same validation's (the run's last figures under val_last/*): the others were the last epoch's
+    logged = pd.read_csv(Path(cfg.paths.output_dir) / "csv" / "metrics.csv").dropna(subset=["val/mrr@10"])
+    best_row, last_row = logged.loc[logged["val/mrr@10"].idxmax()], logged.iloc[-1]
+    names = [c for c in logged.columns if c.startswith("val/")]
+    assert len(names) >= 5 and best_row["val/ndcg@10"] != last_row["val/ndcg@10"]
+    assert {n: metrics[n] for n in names} == pytest.approx({n: float(best_row[n]) for n in names})
+    assert {n: metrics["val_last/" + n[4:]] for n in names} == pytest.approx({n: float(last_row[n]) for n in names})
     kept = [p.name for p in (Path(cfg.paths.output_dir) / "checkpoints").glob("epoch*.ckpt")]
     assert kept == [f"epoch{per_epoch.index(max(per_epoch)):02d}-mrr{max(per_epoch):.4f}.ckpt"]
 

@@ -250,6 +250,7 @@ class PerQueryWriter(L.Callback):
         self.stage, self.metric = monitor.split("/", 1)
         self.sign = 1.0 if mode == "max" else -1.0
         self.best: float | None = None
+        self.best_logged: dict[str, float] | None = None  # every {stage}/* value logged at the best validation
 
     def _table(self, trainer, pl_module, stage: str):
         from two_tower.core import per_query
@@ -281,6 +282,7 @@ class PerQueryWriter(L.Callback):
             score = self.sign * float(logged)
             if self.best is None or score > self.best:
                 self.best = score
+                self.best_logged = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(f"{self.stage}/")}
                 per_query.write(table, self.dirpath / per_query.STAGE_FILES["val"])
 
     def on_fit_start(self, trainer, pl_module):
@@ -307,10 +309,11 @@ class PerQueryWriter(L.Callback):
             per_query.write(table, self.dirpath / per_query.STAGE_FILES["test"])
 
     def state_dict(self) -> dict:
-        return {"best": self.best}
+        return {"best": self.best, "best_logged": self.best_logged}
 
     def load_state_dict(self, state: dict) -> None:
         self.best = state.get("best")
+        self.best_logged = state.get("best_logged")  # absent in checkpoints saved before it was kept
 
 
 def resume_settings(run_dir: Path) -> str:

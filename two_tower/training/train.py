@@ -20,7 +20,7 @@ from two_tower.core.stop import stopped_by_sigterm
 from two_tower.core.threads import kept, set_threads
 from two_tower.retrieval.checkpoint import load_problem
 from two_tower.core import per_query, progress, random_state, run_record
-from two_tower.training.callbacks import CheckpointOnStop
+from two_tower.training.callbacks import CheckpointOnStop, PerQueryWriter
 from two_tower.training.config import check_sweep_processes, planned_processes, unvalidated_epochs, validate_train_config
 from two_tower.training.loggers import ResumableCSVLogger
 from two_tower.training.processes import other_processes_watched
@@ -278,14 +278,22 @@ def saved_best_score(state: dict, metric: str) -> float | None:
 def report_best_validation(metrics: dict[str, float], trainer: L.Trainer, metric: str) -> None:
     """``metrics[metric]``: the best validation's value, the one the checkpoint callback kept (and what
     ``callbacks/default.yaml`` says sweeps maximise), not the last validation's (Lightning's callback_metrics), which
-    a sweeper was given for a run that peaked before its last epoch; the last goes under ``val_last/...``. Resumed,
-    the callback's best covers the whole run."""
+    a sweeper was given for a run that peaked before its last epoch. Resumed, the callback's best covers the whole run.
+
+    Every other ``val/*`` is the same validation's too (``PerQueryWriter`` keeps what it logged), as
+    ``per_query/val_best.parquet`` and ``compare`` read ``val/*``; the last validation's values go under
+    ``val_last/*``. Where the best validation's other values are not known (a checkpoint saved before they were
+    kept, the writer not among the callbacks), those ``val/*`` are left out rather than given from another epoch."""
     best = next((c.best_model_score for c in trainer.checkpoint_callbacks
                  if getattr(c, "monitor", None) == metric and c.best_model_score is not None), None)
     if best is None:
         return
-    if metric in metrics and metric.startswith("val/"):
-        metrics["val_last/" + metric[len("val/"):]] = metrics[metric]
+    if metric.startswith("val/"):
+        last = {key: metrics.pop(key) for key in [k for k in metrics if k.startswith("val/")]}
+        metrics.update({"val_last/" + key[len("val/"):]: value for key, value in last.items()})
+        logged = next((c.best_logged for c in trainer.callbacks if isinstance(c, PerQueryWriter) and c.best_logged), None)
+        if logged is not None and metric in logged and abs(logged[metric] - float(best)) <= 1e-6:  # the checkpoint's validation
+            metrics.update(logged)
     metrics[metric] = float(best)
 
 
