@@ -281,6 +281,54 @@ def test_commands_import_lightning_without_transformers_and_a_teacher_still_load
     assert result.returncode == 0 and result.stdout == "ok\n", result.stderr[-3000:]
 
 
+def test_the_group_settings_overrides_are_checked_against_are_the_settings_dataclasses_fields():
+    """search.py, serve.py and index.py check prf.*, rerank.* and smooth.* overrides against the keys of the groups'
+    files (conf/prf/*.yaml, ...), since importing the settings dataclasses imports torch: the two name the same
+    settings, in the same order (the order an "unknown setting" line lists them in)."""
+    from dataclasses import fields
+
+    from two_tower.cli.common import command_group_settings
+    from two_tower.retrieval.maxsim import MaxSimRerank
+    from two_tower.retrieval.prf import RocchioPRF
+    from two_tower.retrieval.smoothing import NeighbourSmoothing
+
+    fields_of = {cls.GROUP: [f.name for f in fields(cls)] for cls in (RocchioPRF, MaxSimRerank, NeighbourSmoothing)}
+    assert command_group_settings("search") == command_group_settings("serve") == {"prf": fields_of["prf"], "rerank": fields_of["rerank"]}
+    assert command_group_settings("index") == {"smooth": fields_of["smooth"]}
+    assert command_group_settings("train") == command_group_settings("evaluate") == {}
+
+
+def test_search_serve_and_index_refuse_a_bad_override_and_print_help_without_importing_the_retrieval_stack():
+    """They imported torch, faiss, bm25s and datasets (~4 s) before checking their overrides; checked in a fresh
+    process, as each command line runs."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    code = (
+        "import sys\n"
+        "from two_tower.cli.index import main as index\n"
+        "from two_tower.cli.search import main as search\n"
+        "from two_tower.cli.serve import main as serve\n"
+        "def status(run, argv):\n"
+        "    sys.argv = ['command.py', *argv]\n"
+        "    try:\n"
+        "        return run() if run is index else run(argv)\n"
+        "    except SystemExit as stop:\n"
+        "        return stop.code\n"
+        "runs = [(search, ['bogus=1']), (search, ['prf=rocchio', 'prf.foo=1']), (search, ['--help']), (serve, ['index=X', 'bogus=1']),\n"
+        "        (serve, ['index=X', 'rerank.depth=3']), (serve, ['--help']), (index, ['bogus=1']), (index, ['ckpt=x', 'smooth=neighbours', 'smooth.x=1']), (index, ['--help'])]\n"
+        "statuses = [status(run, argv) for run, argv in runs]\n"
+        "print(statuses, [m for m in ('torch', 'faiss', 'bm25s', 'datasets') if m in sys.modules], file=sys.stderr)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and result.stderr.splitlines()[-1] == "[2, 2, 0, 2, 2, 0, 2, 2, 0] []", result.stderr[-3000:]
+    assert "error: prf.foo: unknown setting; prf has depth, alpha, beta" in result.stderr
+    assert "error: rerank.depth: a setting of the rerank group, which is off; select it first" in result.stderr
+    assert "error: smooth.x: unknown setting; smooth has neighbours, weight" in result.stderr
+
+
 def test_a_command_line_skips_torchmetrics_transformers_once_its_overrides_pass_and_a_call_from_python_does_not(monkeypatch, tiny_cfg, tmp_path):
     from tests.conftest import TINY
     from two_tower.cli import startup

@@ -406,19 +406,20 @@ def search_override_error(config_name: str, overrides: list[str]) -> str | None:
 
 def command_group_settings(config_name: str) -> dict[str, list[str]]:
     """The settings of a command's config groups: search.py's and serve.py's prf=rocchio and rerank=maxsim,
-    index.py's smooth=neighbours; {} for the others."""
-    from dataclasses import fields
-
+    index.py's smooth=neighbours; {} for the others. Read from the groups' files in conf/ (``group_settings``): their
+    settings dataclasses (RocchioPRF, MaxSimRerank, NeighbourSmoothing) name the same keys, which
+    tests/test_configs.py checks, but importing them imports torch, faiss, bm25s and datasets, most of the 4 s a
+    refusal of a bad override took."""
     if config_name not in ("search", "serve", "index"):
-        return {}  # the imports below (torch, bm25s, datasets) took 4 of train.py's 5 s to refuse a bad override
-    if config_name == "index":
-        from two_tower.retrieval.smoothing import NeighbourSmoothing
+        return {}
+    return {group: group_settings(group) for group in COMMAND_GROUPS[config_name]}
 
-        classes = (NeighbourSmoothing,)
-    else:
-        from two_tower.retrieval.maxsim import MaxSimRerank
-        from two_tower.retrieval.prf import RocchioPRF
 
-        classes = (RocchioPRF, MaxSimRerank)
-    return {cls.GROUP: [f.name for f in fields(cls)] for cls in classes}
+def group_settings(group: str) -> list[str]:
+    """The settings of config group ``group`` (a folder of conf/): the keys of its options' files, in their order."""
+    from omegaconf import OmegaConf
 
+    keys: dict[str, None] = {}
+    for path in sorted((Path(CONF_DIR) / group).glob("*.yaml")):
+        keys.update(dict.fromkeys(OmegaConf.load(path)))
+    return list(keys)

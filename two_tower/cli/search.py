@@ -9,18 +9,19 @@ from __future__ import annotations
 import json
 import re
 import sys
+from typing import TYPE_CHECKING
 
 from two_tower.cli.common import command_settings, compose, drop_stdout, hydra_error_line, report, search_override_error
 from two_tower.core.checks import check_config
 from two_tower.core.errors import EmptyQueryError, TwoTowerError
 from two_tower.core.threads import set_threads
-from two_tower.data.tokenizer import WindowCount
-from two_tower.retrieval.maxsim import MaxSimRerank
-from two_tower.retrieval.corpus import not_utf8
 from two_tower.core.commands import as_run, command
-from two_tower.retrieval.index import check_k
-from two_tower.retrieval.prf import RocchioPRF
-from two_tower.retrieval.search import Hit, Searcher
+
+if TYPE_CHECKING:
+    from two_tower.retrieval.search import Hit, Searcher
+
+# The retrieval modules (torch, faiss, bm25s, datasets: ~4 s) are imported in the functions that use them, after the
+# overrides passed their check: a bad override and --help stay quick.
 
 USAGE = """usage: python search.py index=DIR "your question" [k=10] [key=value ...]
        python search.py index=DIR query="your question"
@@ -115,6 +116,8 @@ def _print_out(text: str) -> None:
 def window_note(searcher: Searcher, query: str, where: str = "the query") -> None:
     """A line on stderr when ``query`` is longer than the query tower's window (``max_query_len`` words): it reads
     the first ones only, silently before (BM25 in a hybrid folder reads them all)."""
+    from two_tower.data.tokenizer import WindowCount
+
     tokenizer = searcher.encoder.tokenizer
     window = WindowCount.of_queries(tokenizer)
     words = len(tokenizer.split(query))
@@ -137,6 +140,8 @@ def _main(argv: list[str] | None) -> int:
     if raw_query is not None and words:
         print("error: give the query either as text or as query=..., not both", file=sys.stderr)
         return 2
+    from two_tower.retrieval.corpus import not_utf8
+
     query = raw_query if raw_query is not None else (" ".join(words) if words else None)
     if query is not None and not_utf8(query):
         print("error: the query is not UTF-8 text", file=sys.stderr)
@@ -147,6 +152,11 @@ def _main(argv: list[str] | None) -> int:
     if query is None and not interactive and (sys.stdin is None or sys.stdin.isatty()):  # None: stdin closed
         print(f"error: no query given\n{usage()}", file=sys.stderr)
         return 2
+    from two_tower.retrieval.index import check_k
+    from two_tower.retrieval.maxsim import MaxSimRerank
+    from two_tower.retrieval.prf import RocchioPRF
+    from two_tower.retrieval.search import Searcher
+
     try:
         check_k(cfg.k)
         set_threads(cfg.threads)
@@ -171,6 +181,8 @@ def _interactive(searcher: Searcher, cfg) -> int:
     """Queries typed one at a time. The prompt goes to stderr, so stdout holds results only (format=jsonl stays
     one JSON object a line); a terminal reads with line editing (input()), anything else as bytes decoded line by
     line, so a line that is not UTF-8 is one error line whatever the locale."""
+    from two_tower.retrieval.corpus import not_utf8
+
     tty = sys.stdin is not None and sys.stdin.isatty()
     while True:
         print("query> ", end="", file=sys.stderr, flush=True)
@@ -207,6 +219,8 @@ def _interactive(searcher: Searcher, cfg) -> int:
 def _batches(searcher: Searcher, cfg, lines) -> int:
     """One query a line. Blank lines are passed over (a queries file may end in, or hold, one); a line that
     is not UTF-8 or has no searchable word is reported on stderr and skipped, and the status is then 1."""
+    from two_tower.retrieval.corpus import not_utf8
+
     status, searched = 0, 0
     batch: list[tuple[int, str]] = []
 

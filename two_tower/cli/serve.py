@@ -82,14 +82,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {hydra_error_line('serve', err, argv)}", file=sys.stderr)
         return 2
 
+    if cfg.index is None:
+        print(f"error: which index? pass index=DIR (a folder written by {command('index')}; {command('serve')} --help lists the settings)", file=sys.stderr)
+        return 2
+    # the retrieval stack and the app (torch, faiss, bm25s, datasets: ~4 s), once the settings name an index
     from two_tower.retrieval.maxsim import MaxSimRerank
     from two_tower.retrieval.prf import RocchioPRF
     from two_tower.retrieval.search import Searcher
     from two_tower.serve.app import Limits, SearchSlots, check_seconds, create_app
 
-    if cfg.index is None:
-        print(f"error: which index? pass index=DIR (a folder written by {command('index')}; {command('serve')} --help lists the settings)", file=sys.stderr)
-        return 2
     sock = None
     try:
         for name in ("index", "host", "search_params"):  # Hydra reads index=2024 as a number: a name all the same
