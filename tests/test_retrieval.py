@@ -93,6 +93,47 @@ def test_search_matches_brute_force_over_the_checkpoint_vectors(trained):
         assert [h.score for h in hits] == pytest.approx(scores, abs=1e-5)
 
 
+def test_encoder_gives_the_vectors_evaluate_and_validation_rank_by(trained, tmp_path):
+    """The Python encoding API: passage and query vectors equal evaluate.py's dense retriever's (which reproduces
+    the logged validation), and their inner products rank as validation ranks; the corpus's statistics are
+    counted once and can be saved and given back; misuse is one error naming it."""
+    from two_tower.core.metrics import mean_metrics, rank_dense, split_per_query
+    from two_tower.model.bag import TermStatistics
+    from two_tower.retrieval.encoder import Encoder
+
+    split = validation_split(trained["data"])
+    rows = split.evaluated_queries()
+    encoder = Encoder.load(trained["ckpt"])
+    assert encoder.needs_corpus  # the shared tiny model has a bag-of-words path
+    with pytest.raises(ConfigError, match=r"call fit_corpus\(passages\) with the whole corpus first"):
+        encoder.encode_queries(["a query"])
+    statistics = encoder.fit_corpus(split.passage_texts)
+    passages = encoder.encode_passages(split.passage_texts)
+    queries = encoder.encode_queries([split.query_texts[r] for r in rows])
+    assert passages.dtype == np.float32 and passages.shape == (split.num_passages, encoder.dim) and queries.shape == (len(rows), encoder.dim)
+    dense = DenseRetriever(str(trained["ckpt"]))
+    dense.prepare(split)
+    np.testing.assert_allclose(passages, dense.passages.numpy(), atol=1e-6)
+    np.testing.assert_allclose(queries, dense.queries[rows].numpy(), atol=1e-6)
+    ranked = rank_dense(torch.from_numpy(queries), torch.from_numpy(passages), 100)
+    _, values = split_per_query(ranked, None, split.relevance(rows))
+    assert mean_metrics(values)["mrr@10"] == pytest.approx(trained["metrics"]["val/mrr@10"], abs=1e-6)
+    # passages encoded in two calls share the corpus's weights: the same vectors as one call
+    half = split.num_passages // 2
+    parts = np.concatenate([encoder.encode_passages(split.passage_texts[:half]), encoder.encode_passages(split.passage_texts[half:])])
+    np.testing.assert_allclose(parts, passages, atol=1e-6)
+    # statistics saved and given back: the same vectors without counting the corpus again
+    statistics.save(tmp_path / "stats.npz")
+    again = Encoder.load(trained["ckpt"], statistics=TermStatistics.load(tmp_path / "stats.npz"))
+    np.testing.assert_allclose(again.encode_queries([split.query_texts[r] for r in rows]), queries, atol=1e-6)
+    with pytest.raises(ConfigError, match="give a list of query texts, not one string"):
+        encoder.encode_queries("one query")
+    with pytest.raises(ConfigError, match=r"passage 2 of 2 is not text \(int: 7\)"):
+        encoder.encode_passages(["a passage", 7])
+    with pytest.raises(EmptyQueryError, match=r"query 2 of 2 has no searchable word \('\?\?'\)"):
+        encoder.encode_queries(["a query", "??"])
+
+
 def test_flat_search_is_exact_including_tie_order():
     rng = np.random.default_rng(0)
     vectors = rng.normal(size=(500, 16)).astype(np.float32)

@@ -1,0 +1,106 @@
+"""A trained checkpoint as an embedding model: passage and query vectors as numpy arrays, for a vector store of
+one's own (or any numpy code).
+
+```python
+from two_tower.retrieval.encoder import Encoder
+
+encoder = Encoder.load("outputs/runs/<run>/checkpoints/last.ckpt")
+encoder.fit_corpus(passages)            # the corpus's term statistics (IDF), which a bag-of-words path weighs words by
+P = encoder.encode_passages(passages)   # [len(passages), dim] float32
+Q = encoder.encode_queries(queries)     # [len(queries), dim] float32
+scores = Q @ P.T                        # inner product: the scores evaluate.py and index folders rank by
+```
+
+The vectors are the towers' outputs as the model scores them (inner product, no further normalisation), encoded
+in length-sorted batches exactly as validation, ``evaluate.py`` and ``index.py`` encode them. A model with a
+bag-of-words path (every shipped recipe) weighs words by their IDF over the corpus being searched, so
+``fit_corpus`` comes first, with the whole corpus: passages encoded in several calls then share one set of weights,
+and queries are weighed by the same. ``fit_corpus`` returns those statistics (``TermStatistics``: ``save``/``load``),
+and ``Encoder.load(..., statistics=...)`` takes them back, so a corpus is counted once.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from two_tower.core.errors import ConfigError, EmptyQueryError
+from two_tower.data.prepared import Ragged
+from two_tower.model.bag import TermStatistics
+from two_tower.retrieval.checkpoint import encode_tokens, load_checkpoint, progress_bar
+from two_tower.retrieval.indexer import corpus_statistics
+
+
+class Encoder:
+    """A checkpoint's two towers, encoding texts into vectors (see the module's docstring)."""
+
+    def __init__(self, module, batch_size: int = 512, statistics: TermStatistics | None = None):
+        self.module, self.batch_size = module, batch_size
+        self.statistics: TermStatistics | None = None
+        if statistics is not None:
+            self.use_statistics(statistics)
+
+    @classmethod
+    def load(cls, checkpoint: str | Path, batch_size: int = 512, statistics: TermStatistics | None = None) -> "Encoder":
+        """The encoder of a ``.ckpt`` (CPU, eval mode); ``statistics``: a corpus's, as ``fit_corpus`` returned them."""
+        return cls(load_checkpoint(checkpoint), batch_size, statistics)
+
+    @property
+    def dim(self) -> int:
+        """The vectors' size (queries' and passages' alike)."""
+        return int(self.module.towers.passage_encoder.output_dim)
+
+    @property
+    def needs_corpus(self) -> bool:
+        """Whether the model weighs words by corpus statistics (a bag-of-words path), so ``fit_corpus`` comes first."""
+        return bool(self.module.towers.bags())
+
+    def fit_corpus(self, passages: list[str]) -> TermStatistics | None:
+        """Count the terms of the corpus to be searched (every passage of it, once), weigh words by them from now
+        on, and return them (None for a model without a bag-of-words path, which needs none)."""
+        _check_texts(passages, "passage")
+        statistics = corpus_statistics(self.module, list(passages))
+        if statistics is not None:
+            self.use_statistics(statistics)
+        return statistics
+
+    def use_statistics(self, statistics: TermStatistics) -> None:
+        """Weigh words by a corpus's statistics (``fit_corpus``'s, or an index folder's ``term_statistics.npz``)."""
+        self.module.towers.set_statistics(statistics)
+        self.statistics = statistics
+
+    def encode_passages(self, passages: list[str]) -> np.ndarray:
+        """[len(passages), dim] float32 passage vectors."""
+        return self._encode(passages, "passage")
+
+    def encode_queries(self, queries: list[str]) -> np.ndarray:
+        """[len(queries), dim] float32 query vectors. A query with no word the tokenizer reads is refused
+        (``EmptyQueryError`` naming it): its vector would rank arbitrary passages first."""
+        return self._encode(queries, "query")
+
+    def _encode(self, texts: list[str], kind: str) -> np.ndarray:
+        _check_texts(texts, kind)
+        if self.needs_corpus and self.statistics is None:
+            raise ConfigError("this model has a bag-of-words path, which weighs words by their IDF over the corpus being searched: "
+                              "call fit_corpus(passages) with the whole corpus first (or Encoder.load(..., statistics=...))")
+        tokenizer = self.module.tokenizer
+        if kind == "query":
+            empty = next((i for i, text in enumerate(texts) if not tokenizer.split(text)), None)  # it would encode as UNK alone
+            if empty is not None:
+                raise EmptyQueryError(f"query {empty + 1} of {len(texts)} has no searchable word ({texts[empty][:40]!r})")
+            encode, tower = self.module.encode_queries, self.module.towers.query_encoder
+        else:
+            encode, tower = self.module.encode_passages, self.module.towers.passage_encoder
+        tokens = Ragged(*tokenizer.encode_ragged(list(texts), tokenizer.max_query_len if kind == "query" else tokenizer.max_passage_len))
+        with progress_bar(len(texts), f"Encoding {'queries' if kind == 'query' else 'passages'}") as bar:
+            return encode_tokens(encode, tokens, int(tower.output_dim), self.batch_size, progress=bar).numpy()
+
+
+def _check_texts(texts, kind: str) -> None:
+    """A list of strings (a lone string would be read as a list of characters)."""
+    if isinstance(texts, (str, bytes)):
+        raise ConfigError(f"give a list of {kind} texts, not one string ({texts[:40]!r})")
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise ConfigError(f"{kind} {i + 1} of {len(texts)} is not text ({type(text).__name__}: {text!r:.60})")
