@@ -318,15 +318,17 @@ def test_search_serve_and_index_refuse_a_bad_override_and_print_help_without_imp
         "    except SystemExit as stop:\n"
         "        return stop.code\n"
         "runs = [(search, ['bogus=1']), (search, ['prf=rocchio', 'prf.foo=1']), (search, ['--help']), (serve, ['index=X', 'bogus=1']),\n"
-        "        (serve, ['index=X', 'rerank.depth=3']), (serve, ['--help']), (index, ['bogus=1']), (index, ['ckpt=x', 'smooth=neighbours', 'smooth.x=1']), (index, ['--help'])]\n"
+        "        (serve, ['index=X', 'rerank.depth=3']), (serve, ['--help']), (index, ['bogus=1']), (index, ['ckpt=x', 'smooth=neighbours', 'smooth.x=1']), (index, ['--help']),\n"
+        "        (search, ['a question'])]\n"
         "statuses = [status(run, argv) for run, argv in runs]\n"
         "print(statuses, [m for m in ('torch', 'faiss', 'bm25s', 'datasets') if m in sys.modules], file=sys.stderr)\n"
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0 and result.stderr.splitlines()[-1] == "[2, 2, 0, 2, 2, 0, 2, 2, 0] []", result.stderr[-3000:]
+    assert result.returncode == 0 and result.stderr.splitlines()[-1] == "[2, 2, 0, 2, 2, 0, 2, 2, 0, 2] []", result.stderr[-3000:]
     assert "error: prf.foo: unknown setting; prf has depth, alpha, beta" in result.stderr
     assert "error: rerank.depth: a setting of the rerank group, which is off; select it first" in result.stderr
     assert "error: smooth.x: unknown setting; smooth has neighbours, weight" in result.stderr
+    assert "error: which index? pass index=DIR" in result.stderr  # search.py without index= (it imported datasets first)
 
 
 def test_a_command_line_skips_torchmetrics_transformers_once_its_overrides_pass_and_a_call_from_python_does_not(monkeypatch, tiny_cfg, tmp_path):

@@ -140,14 +140,14 @@ def _main(argv: list[str] | None) -> int:
     if raw_query is not None and words:
         print("error: give the query either as text or as query=..., not both", file=sys.stderr)
         return 2
+    if cfg.index is None:  # before the import below (datasets, ~1 s)
+        print(f"error: which index? pass index=DIR (a folder written by {command('index')})\n{usage()}", file=sys.stderr)
+        return 2
     from two_tower.retrieval.corpus import not_utf8
 
     query = raw_query if raw_query is not None else (" ".join(words) if words else None)
     if query is not None and not_utf8(query):
         print("error: the query is not UTF-8 text", file=sys.stderr)
-        return 2
-    if cfg.index is None:
-        print(f"error: which index? pass index=DIR (a folder written by {command('index')})\n{usage()}", file=sys.stderr)
         return 2
     if query is None and not interactive and (sys.stdin is None or sys.stdin.isatty()):  # None: stdin closed
         print(f"error: no query given\n{usage()}", file=sys.stderr)
