@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from two_tower.core import per_query
-from two_tower.core.errors import BeirError, ConfigError
+from two_tower.core.errors import BeirError, ConfigError, DataSourceError
 from two_tower.data.prepared import PreparedSplit
 from two_tower.data.synthetic import make_rows
 from two_tower.training.train import train
@@ -140,3 +140,35 @@ def test_a_prepared_split_keeps_its_gains_and_ids(tmp_path):
     plain.save(tmp_path / "plain")
     again = PreparedSplit.load(tmp_path / "plain")
     assert again.gains is None and again.query_ids is None and again.passage_ids is None
+
+
+def test_a_query_judged_in_training_and_in_validation_or_test_is_left_out_of_training(tmp_path):
+    """A query id in qrels/train.tsv and in dev.tsv (or test.tsv) is a validation (test) query: training leaves it out,
+    counted, so its words are not in the vocabulary and its metrics do not measure memorisation. It was trained on, its
+    words in the vocabulary (a probe: the only sign was the text-based leakage warning, none for a test query)."""
+    from conftest import compose_train
+    from two_tower.training.train import build_datamodule
+
+    ids = write_beir_folder(tmp_path / "data", train=60, dev=10, test=10)
+    qrels = tmp_path / "data" / "qrels"
+    dev_query, test_query = ids["dev"][0], ids["test"][0]  # the dev one has DEV_ONLY_WORD
+    copied = [line for split in ("dev", "test") for line in (qrels / f"{split}.tsv").read_text().splitlines()[1:]
+              if line.split("\t")[0] in (dev_query, test_query)]
+    with open(qrels / "train.tsv", "a") as f:
+        f.write("\n".join(copied) + "\n")
+    cfg = compose_train(tmp_path, ["data=local", f"data.path={tmp_path / 'data'}", "data.val_split=dev", "negatives=in_batch",
+                                   "data.tokenizer.min_freq=1"])
+    dm = build_datamodule(cfg)
+    dm.setup()
+    assert dev_query not in dm.train.query_ids and test_query not in dm.train.query_ids
+    assert dev_query in dm.val.query_ids and test_query in dm.test.query_ids
+    assert dm.meta["reports"]["train"] == {"total": 62, "kept": 59, "skipped": {
+        "also_a_validation_query": 1, "also_a_test_query": 1, "no_relevant_document_in_corpus": 1}}
+    assert list(dm.meta["reports"]) == ["train", "validation", "test"]
+    assert DEV_ONLY_WORD not in dm.tokenizer.words
+
+    # Validating on the training split itself leaves nothing to train on: one line saying why
+    cfg = compose_train(tmp_path / "same", ["data=local", f"data.path={tmp_path / 'data'}", "data.val_split=train", "negatives=in_batch"])
+    with pytest.raises(DataSourceError, match=r"train\.tsv: no training query has a relevant document in the corpus and is not a validation or test query "
+                                            r"\(left out: 62 judged in the validation split too\)$"):
+        build_datamodule(cfg).setup()

@@ -39,6 +39,9 @@ from two_tower.data.teacher import SentenceTransformerTeacher, TeacherVectors
 log = logging.getLogger(__name__)
 
 CACHE_FORMAT = 7  # bump when the prepared format, validation rules or synthetic generator change
+# in a BEIR folder's fingerprints: bump when how its files become prepared splits changes (2: training leaves out
+# the validation and test splits' queries)
+BEIR_PREPARED = 2
 
 
 class TwoTowerDataModule(L.LightningDataModule):
@@ -145,25 +148,40 @@ class TwoTowerDataModule(L.LightningDataModule):
         out = {}
         for role, split in splits.items():
             qrels = root / beir.QRELS / f"{split}.tsv"
-            fingerprint = f"beir-{shared}-{content_digest([qrels])}"
-            out[role] = (lambda split=split, role=role: self._read_beir(root, split, role), fingerprint)
+            fingerprint = f"beir{BEIR_PREPARED}-{shared}-{content_digest([qrels])}"
+            out[role] = (lambda held_out=None, split=split, role=role: self._read_beir(root, split, role, held_out), fingerprint)
         return out
 
-    def _read_beir(self, root: Path, split: str, role: str):
+    def _read_beir(self, root: Path, split: str, role: str, held_out: dict[str, set[str]] | None = None):
         """(the split as an untokenized PreparedSplit, its report: queries with judgements read, kept, lines skipped
-        per file and reason); at most ``max_rows[role]`` queries, in the order of queries.jsonl."""
+        per file and reason, the ids of every query the split judges); at most ``max_rows[role]`` queries, in the order
+        of queries.jsonl. ``held_out``: {role: query ids} of the validation and test splits, which training leaves out
+        (counted as ``also_a_<role>_query``): a query judged in two splits is trained on only if it is evaluated on none."""
         collection = beir.load_beir(root, split)
+        judged = set(collection.query_ids)
         limit = self.max_rows[role]
         if limit is not None:
             collection.query_ids, collection.query_texts = collection.query_ids[:limit], collection.query_texts[:limit]
+        left_out = {}
+        if role == "train" and held_out:
+            for other, ids in held_out.items():
+                rows = [i for i, q in enumerate(collection.query_ids) if q in ids]
+                if rows:
+                    left_out[f"also_a_{other}_query"] = len(rows)
+                    rows = set(rows)
+                    collection.query_ids = [q for i, q in enumerate(collection.query_ids) if i not in rows]
+                    collection.query_texts = [t for i, t in enumerate(collection.query_texts) if i not in rows]
         prepared = beir.prepared_split(collection, for_training=role == "train")
-        report = {"total": len(collection.query_ids), "kept": prepared.num_queries,
+        report = {"total": len(collection.query_ids) + sum(left_out.values()), "kept": prepared.num_queries,
                   "skipped": {name: dict(counts) for name, counts in collection.skipped.items() if counts}}
+        report["skipped"].update(left_out)
         if role == "train" and prepared.num_queries < len(collection.query_ids):
             report["skipped"]["no_relevant_document_in_corpus"] = len(collection.query_ids) - prepared.num_queries
         if role == "train" and not prepared.num_queries:
-            raise DataSourceError(f"{root / beir.QRELS / f'{split}.tsv'}: no training query has a relevant document in the corpus")
-        return prepared, report
+            held = ", ".join(f"{n} judged in the {reason[len('also_a_'):-len('_query')]} split too" for reason, n in left_out.items())
+            raise DataSourceError(f"{root / beir.QRELS / f'{split}.tsv'}: no training query has a relevant document in the corpus"
+                                  + (f" and is not a validation or test query (left out: {held})" if held else ""))
+        return prepared, report, judged
 
     def cache_key(self, fingerprints: dict[str, str]) -> str:
         spec = {
@@ -279,9 +297,11 @@ class TwoTowerDataModule(L.LightningDataModule):
     def _build_cache(self, raw, key: str) -> None:
         start = time.perf_counter()
         splits, reports = {}, {}
-        for role, (load_rows, _) in raw.items():
+        held_out: dict[str, set[str]] = {}  # a BEIR folder's validation and test queries, read before the training ones
+        for role, (load_rows, _) in sorted(raw.items(), key=lambda item: item[0] == "train") if self.beir else raw.items():
             if self.beir:
-                splits[role], reports[role] = load_rows()
+                splits[role], reports[role], judged = load_rows(held_out=held_out) if role == "train" else load_rows()
+                held_out[role] = judged
                 continue
             rows = load_rows()
             limit = self.max_rows[role]
@@ -304,6 +324,8 @@ class TwoTowerDataModule(L.LightningDataModule):
             if report.corpus_only:  # kept (in the ranked corpus) although not training rows: kept + skipped = total
                 reports[role]["kept_not_training_rows"] = dict(report.corpus_only)
 
+        if self.beir:  # in the usual order again: train, validation, test
+            splits, reports = ({role: d[role] for role in raw if role in d} for d in (splits, reports))
         # the training queries, then the training passages in first-appearance order
         train_texts = splits["train"].query_texts + splits["train"].passage_texts
         settings = {k: v for k, v in self.tokenizer_settings.items() if k != "min_freq"}
