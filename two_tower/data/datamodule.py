@@ -224,12 +224,9 @@ class TwoTowerDataModule(L.LightningDataModule):
         rows = AlignedRows(np.load(path / "embeddings.npy"), np.load(path / "drawn_rows.npy"), self.meta["drawn_scale"], self.meta["oov_vocab"])
         self.embedding_matrix = rows.draw(self.seed)
         self.train = PreparedSplit.load(path / "train")
-        self.val = PreparedSplit.load(path / "validation")
-        self.test = PreparedSplit.load(path / "test") if (path / "test").is_dir() else None
-        if self.beir:  # one corpus: held once
-            for split in (self.val, self.test):
-                if split is not None and split.passage_texts == self.train.passage_texts:
-                    split.passage_texts, split.passage_tokens = self.train.passage_texts, self.train.passage_tokens
+        corpus = (path / "train", self.train) if self.beir else None  # one corpus: held once, not read again a split
+        self.val = PreparedSplit.load(path / "validation", corpus)
+        self.test = PreparedSplit.load(path / "test", corpus) if (path / "test").is_dir() else None
         for role, report in self.meta["reports"].items():  # skipped rows are a warning: the data is not what it says
             log.log(logging.WARNING if report.get("skipped") else logging.INFO, "[%s] rows: %s", role, report)
         log.info(
@@ -302,6 +299,9 @@ class TwoTowerDataModule(L.LightningDataModule):
             if self.beir:
                 splits[role], reports[role], judged = load_rows(held_out=held_out) if role == "train" else load_rows()
                 held_out[role] = judged
+                first = next(iter(splits.values()))  # one corpus: held once (this split's copy goes now)
+                if splits[role] is not first and splits[role].passage_texts == first.passage_texts:
+                    splits[role].passage_texts = first.passage_texts
                 continue
             rows = load_rows()
             limit = self.max_rows[role]

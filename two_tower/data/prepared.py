@@ -127,16 +127,28 @@ class PreparedSplit:
             (path / IDS).write_text(json.dumps({"query_ids": self.query_ids, "passage_ids": self.passage_ids}))
 
     @classmethod
-    def load(cls, path: Path) -> "PreparedSplit":
+    def load(cls, path: Path, passages_of: tuple[Path, "PreparedSplit"] | None = None) -> "PreparedSplit":
+        """``passages_of``: (the folder another split was loaded from, that split); where this split's passages are
+        the same (texts and tokens, compared in Arrow on the memory-mapped files), it shares that split's lists
+        instead of reading them again (a BEIR folder's splits all rank one corpus: held once, not once a split)."""
         queries = datasets.load_from_disk(str(path / "queries")).data
         passages = datasets.load_from_disk(str(path / "passages")).data
+        if passages_of is not None and _same_passages(passages, datasets.load_from_disk(str(passages_of[0] / "passages")).data):
+            passage_texts, passage_tokens = passages_of[1].passage_texts, passages_of[1].passage_tokens
+        else:
+            passage_texts, passage_tokens = passages.column("text").to_pylist(), Ragged.from_arrow(passages.column("input_ids"))
         return cls(
             query_texts=queries.column("text").to_pylist(),
             query_tokens=Ragged.from_arrow(queries.column("input_ids")),
-            passage_texts=passages.column("text").to_pylist(),
-            passage_tokens=Ragged.from_arrow(passages.column("input_ids")),
+            passage_texts=passage_texts,
+            passage_tokens=passage_tokens,
             positives=Ragged.from_arrow(queries.column("positives")),
             candidates=Ragged.from_arrow(queries.column("candidates")),
             gains=Ragged.from_arrow(queries.column("gains"), np.float32) if "gains" in queries.column_names else None,
             **(json.loads((path / IDS).read_text()) if (path / IDS).is_file() else {}),
         )
+
+
+def _same_passages(a, b) -> bool:
+    """Whether two saved passage tables hold the same texts and tokens (Arrow's comparison: no Python objects)."""
+    return a.num_rows == b.num_rows and all(a.column(name).equals(b.column(name)) for name in ("text", "input_ids"))
