@@ -204,3 +204,22 @@ def test_the_splits_of_a_beir_folder_hold_its_corpus_once_when_loaded(tmp_path):
     assert dm.val.passage_tokens is dm.train.passage_tokens
     corpus = sys.getsizeof(dm.train.passage_texts) + sum(map(sys.getsizeof, dm.train.passage_texts))
     assert peak < 2 * corpus, (peak, corpus)
+
+
+def test_a_test_split_judging_no_query_relevant_is_skipped_not_fatal(tmp_path, caplog):
+    """qrels/test.tsv whose judgements are all 0 (or a header alone) is a test split without labels: skipped with a
+    warning, as data.test_split documents it (and as an MS MARCO test split without a selected passage is). It ended
+    the run before training: 'error: .../qrels/test.tsv: no query with a relevant document in the corpus' (a probe)."""
+    from conftest import compose_train
+    from two_tower.training.train import build_datamodule
+
+    write_beir_folder(tmp_path / "data", train=60, dev=10, test=10)
+    test = tmp_path / "data" / "qrels" / "test.tsv"
+    test.write_text("".join(line.rsplit("\t", 1)[0] + "\t0\n" if i else line + "\n" for i, line in enumerate(test.read_text().splitlines())))
+    cfg = compose_train(tmp_path, ["data=local", f"data.path={tmp_path / 'data'}", "data.val_split=dev", "negatives=in_batch"])
+    for run in ("cache miss", "cache hit"):  # said on both
+        caplog.clear()
+        dm = build_datamodule(cfg)
+        dm.setup()
+        assert dm.test is None and dm.val.num_queries == 10 and list(dm.meta["reports"]) == ["train", "validation"]
+        assert [r.levelname for r in caplog.records if "test split skipped (no labelled query to score)" in r.getMessage()] == ["WARNING"], run

@@ -239,6 +239,8 @@ class TwoTowerDataModule(L.LightningDataModule):
             "train: %d queries, %d passages; validation: %d queries (%d evaluated), %d passages",
             self.train.num_queries, self.train.num_passages, self.val.num_queries, len(self.val.evaluated_queries()), self.val.num_passages,
         )
+        if self.test is None and self.meta.get("test_skipped"):  # said again on a cache hit
+            log.log(logging.WARNING if self.beir else logging.INFO, "test split skipped (no labelled query to score): %s", self.meta["test_skipped"])
         if self.test is not None:
             log.info("test: %d queries (%d evaluated), %d passages; scored once, after training, with the best-on-validation checkpoint",
                      self.test.num_queries, len(self.test.evaluated_queries()), self.test.num_passages)
@@ -293,11 +295,18 @@ class TwoTowerDataModule(L.LightningDataModule):
     # ------------------------------------------------------------------ building the cache
     def _build_cache(self, raw, key: str) -> None:
         start = time.perf_counter()
-        splits, reports = {}, {}
+        splits, reports, test_skipped = {}, {}, None
         held_out: dict[str, set[str]] = {}  # a BEIR folder's validation and test queries, read before the training ones
         for role, (load_rows, _) in sorted(raw.items(), key=lambda item: item[0] == "train") if self.beir else raw.items():
             if self.beir:
-                splits[role], reports[role], judged = load_rows(held_out=held_out) if role == "train" else load_rows()
+                try:
+                    loaded = load_rows(held_out=held_out) if role == "train" else load_rows()
+                except BeirError as err:  # qrels/test.tsv judging no query relevant: as an MS MARCO test split without labels
+                    if role != "test":
+                        raise
+                    test_skipped = str(err)  # said by setup(), on every run that reads this cache
+                    continue
+                splits[role], reports[role], judged = loaded
                 held_out[role] = judged
                 first = next(iter(splits.values()))  # one corpus: held once (this split's copy goes now)
                 if splits[role] is not first and splits[role].passage_texts == first.passage_texts:
@@ -314,7 +323,7 @@ class TwoTowerDataModule(L.LightningDataModule):
             except DataSourceError as err:
                 if role != "test":
                     raise
-                log.info("test split skipped (no labelled query to score): %s", err)  # e.g. the Hub's unlabelled test
+                test_skipped = str(err)  # e.g. the Hub's unlabelled test; said by setup(), on every run that reads this cache
                 continue
             splits[role] = PreparedSplit.from_rows(clean)  # texts and passage lists; tokenized once the vocabulary is built
             del clean
@@ -372,6 +381,7 @@ class TwoTowerDataModule(L.LightningDataModule):
                 "oov_vocab": float(oov_vocab),
                 "oov_tokens": float(oov_tokens),
                 "token_ranges": ranges,
+                **({"test_skipped": test_skipped} if test_skipped else {}),
                 "seconds": round(time.perf_counter() - start, 2),
             }
             (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
