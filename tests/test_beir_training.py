@@ -223,3 +223,17 @@ def test_a_test_split_judging_no_query_relevant_is_skipped_not_fatal(tmp_path, c
         dm.setup()
         assert dm.test is None and dm.val.num_queries == 10 and list(dm.meta["reports"]) == ["train", "validation"]
         assert [r.levelname for r in caplog.records if "test split skipped (no labelled query to score)" in r.getMessage()] == ["WARNING"], run
+
+
+def test_absent_documents_are_reported_as_what_becomes_of_them(tmp_path, caplog):
+    """Training leaves a judgement of a document not in the corpus out; evaluation counts it relevant, never retrieved."""
+    from two_tower.data import beir
+
+    write_beir_folder(tmp_path / "data", train=6, dev=4, test=2)
+    with caplog.at_level("WARNING"):
+        beir.load_beir(tmp_path / "data", "train", for_training=True)
+        beir.load_beir(tmp_path / "data", "train")
+    said = [r.getMessage().split(": ", 1)[1] for r in caplog.records if "not in the corpus" in r.getMessage()]
+    assert said == ["2 relevance judgements name documents not in the corpus (or without a usable text): left out of training",
+                    "2 relevance judgements name documents not in the corpus (or without a usable text): counted as relevant and "
+                    "never retrieved, as BEIR scores them"]

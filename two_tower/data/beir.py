@@ -107,7 +107,10 @@ def load_beir_corpus(path) -> tuple[list[str], list[str]]:
     return list(corpus), list(corpus.values())
 
 
-def load_beir(path, split: str = "test") -> BeirCollection:
+def load_beir(path, split: str = "test", for_training: bool = False) -> BeirCollection:
+    """The folder's corpus, the queries ``split``'s qrels judge and their judgements. ``for_training``: only how
+    judgements of documents absent from the corpus are reported (a training split leaves them out; an evaluated one
+    counts them as relevant and never retrieved)."""
     root = Path(path).expanduser()
     if not root.is_dir():
         raise BeirError(f"data.path={root}: no such folder")
@@ -138,8 +141,9 @@ def load_beir(path, split: str = "test") -> BeirCollection:
         if counts:
             log.warning("%s: skipped %s", root / name, counts)
     if unlisted:
-        log.warning("%s: %d relevance judgements name documents not in the corpus (or without a usable text): counted as "
-                    "relevant and never retrieved, as BEIR scores them", root / QRELS / f"{split}.tsv", sum(map(len, unlisted.values())))
+        log.warning("%s: %d relevance judgements name documents not in the corpus (or without a usable text): %s",
+                    root / QRELS / f"{split}.tsv", sum(map(len, unlisted.values())),
+                    "left out of training" if for_training else "counted as relevant and never retrieved, as BEIR scores them")
     query_ids = [q for q in queries if qrels.get(q) or unlisted.get(q)]
     qrels = {q: qrels.get(q, {}) for q in query_ids}
     return BeirCollection(list(corpus), list(corpus.values()), query_ids, [queries[q] for q in query_ids], qrels, skipped, unlisted)

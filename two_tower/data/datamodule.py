@@ -157,7 +157,7 @@ class TwoTowerDataModule(L.LightningDataModule):
         per file and reason, the ids of every query the split judges); at most ``max_rows[role]`` queries, in the order
         of queries.jsonl. ``held_out``: {role: query ids} of the validation and test splits, which training leaves out
         (counted as ``also_a_<role>_query``): a query judged in two splits is trained on only if it is evaluated on none."""
-        collection = beir.load_beir(root, split)
+        collection = beir.load_beir(root, split, for_training=role == "train")
         judged = set(collection.query_ids)
         limit = self.max_rows[role]
         if limit is not None:
