@@ -21,11 +21,12 @@ DEV_ONLY_WORD = "zyxdevonly"  # in one dev query only: never in the vocabulary
 CORPUS_ONLY_WORD = "qorpusword"  # in one document no query judges: in the vocabulary (training reads the whole corpus)
 
 
-def write_beir_folder(root: Path, train: int = 200, dev: int = 40, test: int = 40) -> dict:
+def write_beir_folder(root: Path, train: int = 200, dev: int = 40, test: int = 40, judged_negatives: bool = False) -> dict:
     """A BEIR folder of synthetic rows: the corpus is every row's passages (one document each, ids d0..), a query
     is a row's query (ids q0..), its selected passages are relevant (score 1, one of them graded 2 in dev); the
     splits take consecutive rows. Also: a document no query judges, a dev query with a word of its own, and a
-    training query whose only relevant document is not in the corpus. Returns {split: [query ids]}."""
+    training query whose only relevant document is not in the corpus. ``judged_negatives``: a training query's
+    unselected passages are judged too, score 0 (not relevant). Returns {split: [query ids]}."""
     rows = make_rows(train + dev + test, seed=5)
     corpus: dict[str, str] = {}
     for row in rows:
@@ -49,6 +50,8 @@ def write_beir_folder(root: Path, train: int = 200, dev: int = 40, test: int = 4
             for text, selected in zip(passages["passage_text"], passages["is_selected"]):
                 if selected:
                     lines.append(f"q{i}\t{corpus[text]}\t{2 if split == 'dev' and i == train else 1}")
+                elif judged_negatives and split == "train":
+                    lines.append(f"q{i}\t{corpus[text]}\t0")
         if split == "train":
             lines.append("q0\tnot_in_corpus\t1")  # a second relevant document, absent: q0 still trains
             lines[1:] = [line for line in lines[1:] if not line.startswith("q1\t")] + ["q1\tabsent_too\t1"]  # q1: none in the corpus
@@ -119,8 +122,28 @@ def test_a_missing_split_names_its_setting_and_random_negatives_need_candidates(
                                         r"name another with data\.val_split=NAME"):
         train(cfg)
     cfg = compose_train(tmp_path, ["data=local", f"data.path={tmp_path / 'data'}", "data.val_split=dev", "negatives=random"])
-    with pytest.raises(ConfigError, match=r"negatives=random draws each training query's unselected candidates, and 199 of the 199 "):
+    with pytest.raises(ConfigError, match=r"negatives=random draws each training query's unselected candidates, and 199 of the 199 "
+                                          r"training queries have none \(in a BEIR folder, the documents its training qrels judge not relevant"):
         train(cfg)
+
+
+def test_documents_judged_not_relevant_are_a_training_querys_candidates(tmp_path):
+    """negatives=random draws a BEIR training query's documents judged not relevant (score 0), as it draws an MS MARCO
+    row's unselected passages; queries without such judgements are the refusal's count."""
+    from conftest import compose_train
+
+    from two_tower.data import beir
+
+    rows = make_rows(260, seed=5)
+    write_beir_folder(tmp_path / "data", train=200, dev=40, test=20, judged_negatives=True)
+    split = beir.prepared_split(beir.load_beir(tmp_path / "data", "train"), for_training=True)
+    position = {text: i for i, text in enumerate(split.passage_texts)}
+    q0 = rows[0]["passages"]
+    unselected = [position[t] for t, chosen in zip(q0["passage_text"], q0["is_selected"]) if not chosen]
+    assert len(unselected) >= 3 and split.negatives()[0].tolist() == list(dict.fromkeys(unselected))  # qrels order
+    cfg = compose_train(tmp_path, ["data=local", f"data.path={tmp_path / 'data'}", "data.val_split=dev", "negatives=random"])
+    metrics = train(cfg)
+    assert metrics["train/negatives_per_query"] > 32 and 0 <= metrics["val/mrr@10"] <= 1  # the batch's others and its own one
 
 
 def test_a_prepared_split_keeps_its_gains_and_ids(tmp_path):

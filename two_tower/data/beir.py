@@ -48,6 +48,9 @@ class BeirCollection:
     # text): never retrieved, but counted as BEIR / pytrec_eval count them (in nDCG's ideal ranking and
     # recall's denominator), so a query judged only on such documents scores 0 instead of being left out
     unlisted: dict[str, dict[str, int]] = field(default_factory=dict)
+    # query id -> the documents in the corpus its judgements call not relevant (score <= 0), in qrels order: a training
+    # query's unselected candidates (what negatives=random draws), as an MS MARCO row's unselected passages are
+    not_relevant: dict[str, list[str]] = field(default_factory=dict)
 
 
 def _jsonl(path: Path, skipped: Skipped):
@@ -127,7 +130,7 @@ def load_beir(path, split: str = "test", for_training: bool = False) -> BeirColl
             skipped[QUERIES].skip("duplicate_id", number)
         else:
             queries[str(row["_id"])] = text
-    qrels = _read_qrels(root / QRELS / f"{split}.tsv", corpus, queries, skipped[f"{QRELS}/{split}.tsv"])
+    qrels, judged_not_relevant = _read_qrels(root / QRELS / f"{split}.tsv", corpus, queries, skipped[f"{QRELS}/{split}.tsv"])
     if not corpus:
         raise BeirError(f"{root / CORPUS}: no usable document")
     unlisted = {q: {c: g for c, g in judged.items() if c not in corpus} for q, judged in qrels.items()}
@@ -146,7 +149,12 @@ def load_beir(path, split: str = "test", for_training: bool = False) -> BeirColl
                     "left out of training" if for_training else "counted as relevant and never retrieved, as BEIR scores them")
     query_ids = [q for q in queries if qrels.get(q) or unlisted.get(q)]
     qrels = {q: qrels.get(q, {}) for q in query_ids}
-    return BeirCollection(list(corpus), list(corpus.values()), query_ids, [queries[q] for q in query_ids], qrels, skipped, unlisted)
+    not_relevant: dict[str, list[str]] = {}
+    for qid, cid in judged_not_relevant:
+        if qid in qrels and cid in corpus:
+            not_relevant.setdefault(qid, []).append(cid)
+    return BeirCollection(list(corpus), list(corpus.values()), query_ids, [queries[q] for q in query_ids], qrels, skipped, unlisted,
+                          not_relevant)
 
 
 def check_files(path, split: str) -> None:
@@ -170,11 +178,13 @@ def _no_qrels(path: Path) -> str:
     return f"{path}: no such qrels file (split={path.stem}; this folder has {available or 'none'})"
 
 
-def _read_qrels(path: Path, corpus: dict, queries: dict, skipped: Skipped) -> dict[str, dict[str, int]]:
+def _read_qrels(path: Path, corpus: dict, queries: dict, skipped: Skipped) -> tuple[dict[str, dict[str, int]], list[tuple[str, str]]]:
+    """({query id: {document id: score}} of the relevant judgements, [(query id, document id)] of the judgements
+    of a document as not relevant, in file order); each pair's last line counts."""
     if not path.is_file():
         raise BeirError(_no_qrels(path))
     qrels: dict[str, dict[str, int]] = {}
-    unjudged: set[tuple[str, str]] = set()  # pairs judged 0 (not relevant) so far
+    unjudged: dict[tuple[str, str], None] = {}  # pairs judged 0 (not relevant) so far, in file order
     with open(path, "rb") as f:
         for number, raw in enumerate(f, start=1):
             try:
@@ -203,15 +213,15 @@ def _read_qrels(path: Path, corpus: dict, queries: dict, skipped: Skipped) -> di
                     skipped.skip("repeated_judgement", number)
                 if score > 0:
                     judged[cid] = score
-                    unjudged.discard((qid, cid))
+                    unjudged.pop((qid, cid), None)
                 else:
                     judged.pop(cid, None)
-                    unjudged.add((qid, cid))
+                    unjudged[(qid, cid)] = None
     not_relevant = sum(1 for judged in qrels.values() if not judged)
     if not_relevant:  # BEIR's evaluation (pytrec_eval over every query of the qrels) averages them in as 0
         log.warning("%s: %d queries judged only not relevant (score <= 0) are left out of the averages; BEIR's own "
                     "evaluation counts each as 0, so its figures on this split are lower by that share", path, not_relevant)
-    return {qid: judged for qid, judged in qrels.items() if judged}
+    return {qid: judged for qid, judged in qrels.items() if judged}, list(unjudged)
 
 
 def prepared_split(collection: BeirCollection, for_training: bool = False):
@@ -219,18 +229,18 @@ def prepared_split(collection: BeirCollection, for_training: bool = False):
 
     To evaluate: graded gains, no candidate lists (no ``rerank_mrr@10``), and relevant documents absent from the
     corpus kept as rows past its end (no ranking holds them; the metrics count them, as BEIR does).
-    ``for_training``: each query's relevant documents in the corpus are its positives and its candidate list (a
-    query with none is left out; every positive weighs the same), no gains; the corpus is what negatives are mined
-    from."""
+    ``for_training``: each query's relevant documents in the corpus are its positives (a query with none is left
+    out; every positive weighs the same), no gains; its candidate list is its positives and the documents judged not
+    relevant to it (score <= 0; what ``negatives=random`` draws); the corpus is what negatives are mined from."""
     from two_tower.data.prepared import PreparedSplit, Ragged
 
     position = {cid: i for i, cid in enumerate(collection.corpus_ids)}
     if for_training:
         rows = [(qid, text, [position[c] for c in collection.qrels[qid]]) for qid, text in zip(collection.query_ids, collection.query_texts)]
         rows = [row for row in rows if row[2]]
-        positives = Ragged.from_lists([row[2] for row in rows])
-        return PreparedSplit.untokenized([row[1] for row in rows], collection.corpus_texts, positives, positives,
-                                         query_ids=[row[0] for row in rows], passage_ids=collection.corpus_ids)
+        candidates = [row[2] + [position[c] for c in collection.not_relevant.get(row[0], [])] for row in rows]
+        return PreparedSplit.untokenized([row[1] for row in rows], collection.corpus_texts, Ragged.from_lists([row[2] for row in rows]),
+                                         Ragged.from_lists(candidates), query_ids=[row[0] for row in rows], passage_ids=collection.corpus_ids)
     # relevant documents absent from the corpus get rows past its end: no ranking holds them, the metrics count them
     absent = list(dict.fromkeys(c for q in collection.query_ids for c in collection.unlisted.get(q, {})))
     position.update({cid: len(collection.corpus_ids) + i for i, cid in enumerate(absent)})

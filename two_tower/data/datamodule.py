@@ -40,8 +40,8 @@ log = logging.getLogger(__name__)
 
 CACHE_FORMAT = 7  # bump when the prepared format, validation rules or synthetic generator change
 # in a BEIR folder's fingerprints: bump when how its files become prepared splits changes (2: training leaves out
-# the validation and test splits' queries)
-BEIR_PREPARED = 2
+# the validation and test splits' queries; 3: a training query's documents judged not relevant are its candidates)
+BEIR_PREPARED = 3
 
 
 class TwoTowerDataModule(L.LightningDataModule):

@@ -62,7 +62,7 @@ class RandomNegatives(NegativeSampler):
         empty = int((self._pool.lengths == 0).sum())
         if empty:  # an MS MARCO training row always has one; a BEIR folder's training qrels usually judge relevant documents only
             raise ConfigError(f"negatives=random draws each training query's unselected candidates, and {empty} of the {split.num_queries} "
-                              "training queries have none (a BEIR folder's queries list only their relevant documents): "
+                              "training queries have none (in a BEIR folder, the documents its training qrels judge not relevant, score 0): "
                               "use negatives=bm25 (mined from the corpus) or negatives=in_batch")
 
     def sample(self, split, rows, rng):
