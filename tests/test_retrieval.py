@@ -134,6 +134,26 @@ def test_encoder_gives_the_vectors_evaluate_and_validation_rank_by(trained, tmp_
         encoder.encode_queries(["a query", "??"])
 
 
+def test_encoder_reads_any_iterable_of_texts_once_and_refuses_an_empty_corpus(trained):
+    """A generator of texts is read once: fit_corpus checked it and then read it again, empty, and counted a corpus
+    of 0 passages (every word weighed alike from then on, silently); encode_passages failed on len() with a
+    traceback. A corpus of no passages, or a non-iterable, is one error."""
+    from two_tower.retrieval.encoder import Encoder
+
+    texts = validation_split(trained["data"]).passage_texts
+    encoder = Encoder.load(trained["ckpt"])
+    statistics = encoder.fit_corpus(text for text in texts)
+    assert statistics.num_passages == len(texts)
+    listed = Encoder.load(trained["ckpt"])
+    listed.fit_corpus(texts)
+    np.testing.assert_allclose(encoder.encode_passages(text for text in texts[:7]), listed.encode_passages(texts[:7]), atol=1e-6)
+    np.testing.assert_allclose(encoder.encode_queries(iter(texts[:3])), listed.encode_queries(texts[:3]), atol=1e-6)
+    with pytest.raises(ConfigError, match=r"fit_corpus\(\) was given no passages"):
+        encoder.fit_corpus(iter([]))
+    with pytest.raises(ConfigError, match=r"give a list of query texts, not int \(5\)"):
+        encoder.encode_queries(5)
+
+
 def test_flat_search_is_exact_including_tie_order():
     rng = np.random.default_rng(0)
     vectors = rng.normal(size=(500, 16)).astype(np.float32)

@@ -59,8 +59,10 @@ class Encoder:
     def fit_corpus(self, passages: list[str]) -> TermStatistics | None:
         """Count the terms of the corpus to be searched (every passage of it, once), weigh words by them from now
         on, and return them (None for a model without a bag-of-words path, which needs none)."""
-        _check_texts(passages, "passage")
-        statistics = corpus_statistics(self.module, list(passages))
+        passages = _texts(passages, "passage")
+        if not passages:  # statistics of no passage weigh every word alike: not the corpus's weights
+            raise ConfigError("fit_corpus() was given no passages: give it the whole corpus to be searched")
+        statistics = corpus_statistics(self.module, passages)
         if statistics is not None:
             self.use_statistics(statistics)
         return statistics
@@ -80,7 +82,7 @@ class Encoder:
         return self._encode(queries, "query")
 
     def _encode(self, texts: list[str], kind: str) -> np.ndarray:
-        _check_texts(texts, kind)
+        texts = _texts(texts, kind)
         if self.needs_corpus and self.statistics is None:
             raise ConfigError("this model has a bag-of-words path, which weighs words by their IDF over the corpus being searched: "
                               "call fit_corpus(passages) with the whole corpus first (or Encoder.load(..., statistics=...))")
@@ -92,15 +94,22 @@ class Encoder:
             encode, tower = self.module.encode_queries, self.module.towers.query_encoder
         else:
             encode, tower = self.module.encode_passages, self.module.towers.passage_encoder
-        tokens = Ragged(*tokenizer.encode_ragged(list(texts), tokenizer.max_query_len if kind == "query" else tokenizer.max_passage_len))
+        tokens = Ragged(*tokenizer.encode_ragged(texts, tokenizer.max_query_len if kind == "query" else tokenizer.max_passage_len))
         with progress_bar(len(texts), f"Encoding {'queries' if kind == 'query' else 'passages'}") as bar:
             return encode_tokens(encode, tokens, int(tower.output_dim), self.batch_size, progress=bar).numpy()
 
 
-def _check_texts(texts, kind: str) -> None:
-    """A list of strings (a lone string would be read as a list of characters)."""
-    if isinstance(texts, (str, bytes)):
-        raise ConfigError(f"give a list of {kind} texts, not one string ({texts[:40]!r})")
+def _texts(texts, kind: str) -> list[str]:
+    """``texts`` as a list of strings: any iterable of them (a list, a generator, a pandas Series), read once (a
+    generator checked and then read again was empty: fit_corpus counted a corpus of 0 passages); a lone string
+    (it would be read as a list of characters) or a non-text is one error naming it."""
+    if isinstance(texts, (str, bytes, bytearray)):
+        raise ConfigError(f"give a list of {kind} texts, not one {'string' if isinstance(texts, str) else type(texts).__name__} ({texts[:40]!r})")
+    try:
+        texts = list(texts)
+    except TypeError:
+        raise ConfigError(f"give a list of {kind} texts, not {type(texts).__name__} ({texts!r:.60})") from None
     for i, text in enumerate(texts):
         if not isinstance(text, str):
             raise ConfigError(f"{kind} {i + 1} of {len(texts)} is not text ({type(text).__name__}: {text!r:.60})")
+    return texts
