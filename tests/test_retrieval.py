@@ -154,6 +154,33 @@ def test_encoder_reads_any_iterable_of_texts_once_and_refuses_an_empty_corpus(tr
         encoder.encode_queries(5)
 
 
+def test_encoders_sharing_a_module_keep_their_own_corpus_statistics(trained):
+    """fit_corpus set the module's statistics: of two encoders of one module (one model, two corpora), the second's
+    fit_corpus changed the first's vectors, silently, as it changed a module used elsewhere (a training module, a
+    DenseRetriever's). Each encoder weighs words by its own corpus; the module's statistics stay as they were."""
+    from two_tower.retrieval.checkpoint import load_checkpoint
+    from two_tower.retrieval.encoder import Encoder
+
+    split = validation_split(trained["data"])
+    first, second = split.passage_texts[: split.num_passages // 2], split.passage_texts[split.num_passages // 2 :]
+    queries = split.query_texts[:8]
+    alone = Encoder.load(trained["ckpt"])
+    alone.fit_corpus(first)
+    expected = alone.encode_queries(queries), alone.encode_passages(first[:20])
+
+    module = load_checkpoint(trained["ckpt"])
+    own = module.towers.corpus_statistics(Ragged.from_lists(module.tokenizer.encode_passages(second)))
+    module.towers.set_statistics(own)  # the module's own weights, e.g. the corpus its user ranks
+    before = [tensor.clone() for tensor, _, _ in module.towers.statistics_state()]
+    a, b = Encoder(module), Encoder(module)
+    a.fit_corpus(first)
+    b.fit_corpus(second)
+    np.testing.assert_allclose(a.encode_queries(queries), expected[0], atol=1e-6)
+    np.testing.assert_allclose(a.encode_passages(first[:20]), expected[1], atol=1e-6)
+    assert np.abs(b.encode_queries(queries) - expected[0]).max() > 1e-3  # the other corpus's weights: other vectors
+    assert all(torch.equal(x, y) for x, (y, _, _) in zip(before, module.towers.statistics_state()))
+
+
 def test_flat_search_is_exact_including_tie_order():
     rng = np.random.default_rng(0)
     vectors = rng.normal(size=(500, 16)).astype(np.float32)

@@ -170,6 +170,15 @@ class TwoTower(nn.Module):
         for bag in self.bags():
             bag.set_statistics(stats)
 
+    def statistics_state(self) -> list:
+        """What every bag-of-words path weighs words by now (no copy), for ``restore_statistics``."""
+        return [(bag.stat_keys, bag.stat_idf, bag.unseen_idf) for bag in self.bags()]
+
+    def restore_statistics(self, state: list) -> None:
+        """Weigh words as when ``statistics_state`` gave ``state`` (no recount: the same tensors)."""
+        for bag, (keys, idf, unseen) in zip(self.bags(), state, strict=True):
+            bag.stat_keys, bag.stat_idf, bag.unseen_idf = keys, idf, unseen
+
     def encode_queries(self, ids, lengths):
         return self.query_encoder(ids, lengths)
 

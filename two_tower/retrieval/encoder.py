@@ -16,11 +16,16 @@ in length-sorted batches exactly as validation, ``evaluate.py`` and ``index.py``
 bag-of-words path (every shipped recipe) weighs words by their IDF over the corpus being searched, so
 ``fit_corpus`` comes first, with the whole corpus: passages encoded in several calls then share one set of weights,
 and queries are weighed by the same. ``fit_corpus`` returns those statistics (``TermStatistics``: ``save``/``load``),
-and ``Encoder.load(..., statistics=...)`` takes them back, so a corpus is counted once.
+and ``Encoder.load(..., statistics=...)`` takes them back, so a corpus is counted once. An encoder's statistics are
+its own: the module's are set to them while it encodes and put back after (under a lock a module's encoders
+share), so encoders sharing one module (``Encoder(module)``), or a module used elsewhere too, never weigh words by
+another's corpus.
 """
 
 from __future__ import annotations
 
+import threading
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +43,7 @@ class Encoder:
     def __init__(self, module, batch_size: int = 512, statistics: TermStatistics | None = None):
         self.module, self.batch_size = module, batch_size
         self.statistics: TermStatistics | None = None
+        self._weights: list | None = None  # the module's bags' weights for ``statistics`` (``TwoTower.statistics_state``)
         if statistics is not None:
             self.use_statistics(statistics)
 
@@ -68,8 +74,16 @@ class Encoder:
         return statistics
 
     def use_statistics(self, statistics: TermStatistics) -> None:
-        """Weigh words by a corpus's statistics (``fit_corpus``'s, or an index folder's ``term_statistics.npz``)."""
-        self.module.towers.set_statistics(statistics)
+        """Weigh words by a corpus's statistics (``fit_corpus``'s, or an index folder's ``term_statistics.npz``): this
+        encoder's vectors from now on; the module's own statistics are left as they were."""
+        towers = self.module.towers
+        with _lock(self.module):
+            before = towers.statistics_state()
+            try:
+                towers.set_statistics(statistics)
+                self._weights = towers.statistics_state()
+            finally:
+                towers.restore_statistics(before)
         self.statistics = statistics
 
     def encode_passages(self, passages: list[str]) -> np.ndarray:
@@ -95,8 +109,28 @@ class Encoder:
         else:
             encode, tower = self.module.encode_passages, self.module.towers.passage_encoder
         tokens = Ragged(*tokenizer.encode_ragged(texts, tokenizer.max_query_len if kind == "query" else tokenizer.max_passage_len))
-        with progress_bar(len(texts), f"Encoding {'queries' if kind == 'query' else 'passages'}") as bar:
-            return encode_tokens(encode, tokens, int(tower.output_dim), self.batch_size, progress=bar).numpy()
+        towers = self.module.towers
+        with _lock(self.module), progress_bar(len(texts), f"Encoding {'queries' if kind == 'query' else 'passages'}") as bar:
+            before = towers.statistics_state()
+            if self._weights is not None:
+                towers.restore_statistics(self._weights)
+            try:
+                return encode_tokens(encode, tokens, int(tower.output_dim), self.batch_size, progress=bar).numpy()
+            finally:
+                towers.restore_statistics(before)
+
+
+_LOCKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # module -> the lock its encoders share
+_LOCKS_LOCK = threading.Lock()
+
+
+def _lock(module) -> threading.Lock:
+    """The lock of ``module``'s statistics: its encoders set them, encode and put them back one at a time."""
+    with _LOCKS_LOCK:
+        lock = _LOCKS.get(module)
+        if lock is None:
+            lock = _LOCKS[module] = threading.Lock()
+        return lock
 
 
 def _texts(texts, kind: str) -> list[str]:
