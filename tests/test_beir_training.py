@@ -125,6 +125,11 @@ def test_a_missing_split_names_its_setting_and_random_negatives_need_candidates(
     with pytest.raises(ConfigError, match=r"negatives=random draws each training query's unselected candidates, and 199 of the 199 "
                                           r"training queries have none \(in a BEIR folder, the documents its training qrels judge not relevant"):
         train(cfg)
+    # mined negatives: a query whose window the filters empty has no candidate to fall back on (a ValueError traceback)
+    cfg = compose_train(tmp_path, ["data=local", f"data.path={tmp_path / 'data'}", "data.val_split=dev", "negatives=bm25", "negatives.margin=1000"])
+    with pytest.raises(ConfigError, match=r"^199 of the 199 training queries have no bm25 negative left \(.*negatives\.margin=1000; .*no unselected "
+                                          r"candidate to fall back on"):
+        train(cfg)
 
 
 def test_documents_judged_not_relevant_are_a_training_querys_candidates(tmp_path):

@@ -130,6 +130,30 @@ def test_mined_pools_equal_the_reference_mining(tmp_path, margin):
     assert np.array_equal(one_by_one.values, pool.values) and np.array_equal(one_by_one.offsets, pool.offsets)
 
 
+def test_a_mined_row_with_no_negative_and_no_candidate_is_one_line_or_keeps_its_negatives_in_a_refresh(tmp_path):
+    """A BEIR training query has no unselected candidate unless its qrels judge a document not relevant: where the
+    filters (here negatives.margin) leave its window empty there is nothing to fall back on, and drawing from it was
+    a ValueError traceback in the first batch holding it. Mined first: one line saying how many and which settings;
+    in a refresh: the row keeps the negatives it had (an MS MARCO row falls back on its candidates, as before)."""
+    from two_tower.core.errors import ConfigError
+    from two_tower.data.prepared import PreparedSplit, Ragged
+
+    texts = ["alpha beta", "gamma delta", "epsilon zeta", "eta theta", "iota kappa", "lambda mu"]
+    positives = Ragged.from_lists([[0], [5], [5]])
+    candidates = Ragged.from_lists([[0], [5, 4], [5]])  # row 1: an unselected candidate (as every MS MARCO row has)
+    split = PreparedSplit.untokenized(["q0", "q1", "q2"], texts, positives, candidates)
+    scores = torch.arange(6, dtype=torch.float32).flip(0).repeat(3, 1)  # passage 0 first, then 1, ...: rows 1 and 2's positive last
+    miner = MinedNegatives(per_query=1, range_max=3, margin=0.5, cache_dir=str(tmp_path))
+    with pytest.raises(ConfigError, match=r"^1 of the 3 training queries have no mined negative left \(negatives.range_min=0, "
+                                          r"negatives.range_max=3, negatives.near_duplicate_jaccard=0.9, negatives.margin=0.5; .*negatives=in_batch$"):
+        miner.mine(split, lambda rows: scores[rows])
+    pool = MinedNegatives(per_query=1, range_max=3, cache_dir=str(tmp_path)).mine(split, lambda rows: scores[rows])  # no margin: all rows have some
+    assert [pool[r].tolist() for r in range(3)] == [[1, 2, 3], [0, 1, 2], [0, 1, 2]]
+    miner.pool = pool  # a refresh: row 2 keeps its negatives, row 1 falls back on its candidate
+    refreshed = miner.mine(split, lambda rows: scores[rows])
+    assert [refreshed[r].tolist() for r in range(3)] == [[1, 2, 3], [4], [0, 1, 2]]
+
+
 def test_mining_is_cached(tmp_path, monkeypatch, caplog):
     dm = prepared(tmp_path)
     BM25Negatives(per_query=1, cache_dir=str(tmp_path / "cache")).prepare(dm.train)

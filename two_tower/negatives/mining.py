@@ -20,6 +20,7 @@ import torch
 from two_tower.core import progress
 from two_tower.core.cache import ContentCache, default_root
 from two_tower.core.checks import check, check_explicit_negatives, check_mining_range
+from two_tower.core.errors import ConfigError
 from two_tower.data.prepared import PreparedSplit, Ragged
 from two_tower.data.tokenizer import split_words
 from two_tower.data.sampling import NegativeSampler, sample_from
@@ -182,7 +183,9 @@ class MinedNegatives(NegativeSampler):
         words = WordSets(split.passage_texts)
 
         fallback = split.negatives()
-        pools, dropped, fell_back = [], {"selected": 0, "near_duplicate": 0, "margin": 0}, 0
+        # a refresh: where a row's window and its own candidates are both empty, it keeps the negatives it had
+        previous = self.pool if self.pool is not None and len(self.pool.offsets) == split.num_queries + 1 else None
+        pools, dropped, fell_back, kept_previous, empty = [], {"selected": 0, "near_duplicate": 0, "margin": 0}, 0, 0, 0
         rows_all = np.arange(split.num_queries)
         with progress.bar(total=len(rows_all), desc=f"Mining {self.name} negatives", unit="query") as bar:
             step = max(1, min(self.chunk, (self.max_score_mb << 20) // (4 * max(split.num_passages, 1))))
@@ -210,9 +213,25 @@ class MinedNegatives(NegativeSampler):
                     if not window:
                         window = fallback[row].tolist()
                         fell_back += 1
+                    if not window and previous is not None and len(previous[row]):
+                        window = previous[row].tolist()
+                        kept_previous += 1
+                    empty += not window
                     pools.append(window)
                 bar.update(len(rows))
         self.last_mining_seconds = time.perf_counter() - start
+        if empty and self.per_query:
+            # An MS MARCO row always has an unselected candidate to fall back on; a BEIR folder's training query has
+            # one only where its qrels judge a document not relevant. Drawn from, such a row was a ValueError traceback.
+            filters = ", ".join([f"negatives.range_min={self.range_min}", f"negatives.range_max={self.range_max}",
+                                 f"negatives.near_duplicate_jaccard={self.near_duplicate_jaccard}"]
+                                + ([f"negatives.margin={self.margin}"] if self.margin is not None else []))
+            raise ConfigError(f"{empty} of the {split.num_queries} training queries have no {self.name} negative left ({filters}; "
+                              f"dropped: {dropped}) and no unselected candidate to fall back on (a BEIR folder's training qrels "
+                              "usually judge relevant documents only): loosen those settings, or use negatives=in_batch")
+        if kept_previous:
+            log.warning("%d training queries have no %s negative in this refresh's window nor a candidate of their own: they keep "
+                        "their negatives", kept_previous, self.name)
         log.info(
             "Mined %s negatives for %d queries in %.1fs (window %d-%d of the ranking; skipped %s; %d queries fell back to their own candidates)",
             self.name, len(pools), self.last_mining_seconds, self.range_min, self.range_max, dropped, fell_back,
