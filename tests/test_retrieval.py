@@ -179,6 +179,12 @@ def test_encoders_sharing_a_module_keep_their_own_corpus_statistics(trained):
     np.testing.assert_allclose(a.encode_passages(first[:20]), expected[1], atol=1e-6)
     assert np.abs(b.encode_queries(queries) - expected[0]).max() > 1e-3  # the other corpus's weights: other vectors
     assert all(torch.equal(x, y) for x, (y, _, _) in zip(before, module.towers.statistics_state()))
+    # a module in training mode (with dropout): the same vectors, and it stays in training mode
+    for tower in (module.towers.query_encoder, module.towers.passage_encoder):
+        tower.dropout.p = 0.5
+    module.train()
+    np.testing.assert_allclose(a.encode_queries(queries), expected[0], atol=1e-6)
+    assert module.training and all(part.training for part in module.modules())
 
 
 def test_flat_search_is_exact_including_tie_order():

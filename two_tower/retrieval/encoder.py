@@ -18,7 +18,7 @@ bag-of-words path (every shipped recipe) weighs words by their IDF over the corp
 and queries are weighed by the same. ``fit_corpus`` returns those statistics (``TermStatistics``: ``save``/``load``),
 and ``Encoder.load(..., statistics=...)`` takes them back, so a corpus is counted once. An encoder's statistics are
 its own: the module's are set to them while it encodes and put back after (under a lock a module's encoders
-share), so encoders sharing one module (``Encoder(module)``), or a module used elsewhere too, never weigh words by
+share), as is its mode (it encodes in eval mode: no dropout, whatever mode the module is in), so encoders sharing one module (``Encoder(module)``), or a module used elsewhere too, never weigh words by
 another's corpus.
 """
 
@@ -112,12 +112,16 @@ class Encoder:
         towers = self.module.towers
         with _lock(self.module), progress_bar(len(texts), f"Encoding {'queries' if kind == 'query' else 'passages'}") as bar:
             before = towers.statistics_state()
+            modes = [(part, part.training) for part in self.module.modules()]  # a module in training mode: no dropout here
             if self._weights is not None:
                 towers.restore_statistics(self._weights)
+            self.module.eval()
             try:
                 return encode_tokens(encode, tokens, int(tower.output_dim), self.batch_size, progress=bar).numpy()
             finally:
                 towers.restore_statistics(before)
+                for part, training in modes:
+                    part.training = training
 
 
 _LOCKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # module -> the lock its encoders share
