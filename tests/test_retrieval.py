@@ -187,6 +187,30 @@ def test_encoders_sharing_a_module_keep_their_own_corpus_statistics(trained):
     assert module.training and all(part.training for part in module.modules())
 
 
+def test_encoder_says_how_many_texts_fill_the_towers_window_as_index_and_evaluate_do(trained, caplog):
+    """A tower reads a text's first max_passage_len (max_query_len) words: index.py and evaluate.py log how many texts
+    that cuts, the Encoder cut them silently."""
+    import logging
+
+    from two_tower.retrieval.encoder import Encoder
+
+    encoder = Encoder.load(trained["ckpt"])
+    tokenizer = encoder.module.tokenizer
+    long = " ".join(["alpha", "beta"] * tokenizer.max_passage_len)
+    passages = [long, "a short passage", "another short one"]
+    encoder.fit_corpus(passages)
+    with caplog.at_level(logging.INFO, logger="two_tower"):
+        encoder.encode_passages(passages)
+        encoder.encode_queries(["a short query", " ".join(["gamma"] * tokenizer.max_query_len)])
+    notes = [(r.levelname, r.getMessage()) for r in caplog.records if "fill the model's window" in r.getMessage()]
+    assert notes == [
+        ("WARNING", f"1 of 3 passages (33.3%) fill the model's window of {tokenizer.max_passage_len} tokens (data.tokenizer.max_passage_len, "
+                    f"fixed when it was trained): words past the first {tokenizer.max_passage_len} are not read"),
+        ("WARNING", f"1 of 2 queries (50.0%) fill the model's window of {tokenizer.max_query_len} tokens (data.tokenizer.max_query_len, "
+                    f"fixed when it was trained): words past the first {tokenizer.max_query_len} are not read"),
+    ]
+
+
 def test_flat_search_is_exact_including_tie_order():
     rng = np.random.default_rng(0)
     vectors = rng.normal(size=(500, 16)).astype(np.float32)

@@ -12,7 +12,9 @@ scores = Q @ P.T                        # inner product: the scores evaluate.py 
 ```
 
 The vectors are the towers' outputs as the model scores them (inner product, no further normalisation), encoded
-in length-sorted batches exactly as validation, ``evaluate.py`` and ``index.py`` encode them. A model with a
+in length-sorted batches exactly as validation, ``evaluate.py`` and ``index.py`` encode them. A tower reads a text's
+first ``max_passage_len`` (a query's: ``max_query_len``) words, fixed when the model was trained; how many texts fill
+that window is logged, as those commands log it (a warning from 10% of them). A model with a
 bag-of-words path (every shipped recipe) weighs words by their IDF over the corpus being searched, so
 ``fit_corpus`` comes first, with the whole corpus: passages encoded in several calls then share one set of weights,
 and queries are weighed by the same. ``fit_corpus`` returns those statistics (``TermStatistics``: ``save``/``load``),
@@ -24,6 +26,7 @@ another's corpus.
 
 from __future__ import annotations
 
+import logging
 import threading
 import weakref
 from pathlib import Path
@@ -32,9 +35,12 @@ import numpy as np
 
 from two_tower.core.errors import ConfigError, EmptyQueryError
 from two_tower.data.prepared import Ragged
+from two_tower.data.tokenizer import WindowCount
 from two_tower.model.bag import TermStatistics
 from two_tower.retrieval.checkpoint import encode_tokens, load_checkpoint, progress_bar
 from two_tower.retrieval.indexer import corpus_statistics
+
+log = logging.getLogger(__name__)
 
 
 class Encoder:
@@ -109,6 +115,10 @@ class Encoder:
         else:
             encode, tower = self.module.encode_passages, self.module.towers.passage_encoder
         tokens = Ragged(*tokenizer.encode_ragged(texts, tokenizer.max_query_len if kind == "query" else tokenizer.max_passage_len))
+        # the towers read a text's first max_len words only: said as index.py and evaluate.py say it
+        window = WindowCount.of_queries(tokenizer) if kind == "query" else WindowCount.of_passages(tokenizer)
+        window.add(tokens.lengths)
+        window.log(log, "queries" if kind == "query" else "passages")
         towers = self.module.towers
         with _lock(self.module), progress_bar(len(texts), f"Encoding {'queries' if kind == 'query' else 'passages'}") as bar:
             before = towers.statistics_state()
