@@ -154,6 +154,28 @@ def test_encoder_reads_any_iterable_of_texts_once_and_refuses_an_empty_corpus(tr
         encoder.encode_queries(5)
 
 
+def test_encoder_statistics_given_as_their_file_or_refused_in_one_line(trained, tmp_path):
+    """use_statistics (and Encoder.load's statistics=) read "an index folder's term_statistics.npz", as its docstring
+    says, from its path; a path was an AttributeError traceback ('PosixPath' object has no attribute 'keys'), as was
+    anything else not TermStatistics."""
+    from two_tower.model.bag import TermStatistics
+    from two_tower.retrieval.encoder import Encoder
+
+    texts = validation_split(trained["data"]).query_texts
+    encoder = Encoder.load(trained["ckpt"])
+    # statistics given as their file (an index folder's term_statistics.npz), or as something else: one error each
+    from_file = Encoder.load(trained["ckpt"], statistics=trained["index"] / "term_statistics.npz")
+    loaded = Encoder.load(trained["ckpt"], statistics=TermStatistics.load(trained["index"] / "term_statistics.npz"))
+    np.testing.assert_array_equal(from_file.encode_queries(texts[:3]), loaded.encode_queries(texts[:3]))
+    (tmp_path / "not_statistics.npz").write_text("hello")
+    for given, message in ((trained["index"], r"statistics=.*index: a folder; give the file \(an index folder's is .*term_statistics\.npz\)"),
+                           (tmp_path / "none.npz", r"statistics=.*none\.npz: no such file"),
+                           (tmp_path / "not_statistics.npz", r"statistics=.*not_statistics\.npz: not a term statistics file \("),
+                           ({"keys": []}, r"statistics: give TermStatistics \(what fit_corpus returns\) or the path of their file, not dict")):
+        with pytest.raises(ConfigError, match=message):
+            encoder.use_statistics(given)
+
+
 def test_encoders_sharing_a_module_keep_their_own_corpus_statistics(trained):
     """fit_corpus set the module's statistics: of two encoders of one module (one model, two corpora), the second's
     fit_corpus changed the first's vectors, silently, as it changed a module used elsewhere (a training module, a

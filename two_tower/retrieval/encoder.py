@@ -46,7 +46,7 @@ log = logging.getLogger(__name__)
 class Encoder:
     """A checkpoint's two towers, encoding texts into vectors (see the module's docstring)."""
 
-    def __init__(self, module, batch_size: int = 512, statistics: TermStatistics | None = None):
+    def __init__(self, module, batch_size: int = 512, statistics: TermStatistics | str | Path | None = None):
         self.module, self.batch_size = module, batch_size
         self.statistics: TermStatistics | None = None
         self._weights: list | None = None  # the module's bags' weights for ``statistics`` (``TwoTower.statistics_state``)
@@ -54,8 +54,9 @@ class Encoder:
             self.use_statistics(statistics)
 
     @classmethod
-    def load(cls, checkpoint: str | Path, batch_size: int = 512, statistics: TermStatistics | None = None) -> "Encoder":
-        """The encoder of a ``.ckpt`` (CPU, eval mode); ``statistics``: a corpus's, as ``fit_corpus`` returned them."""
+    def load(cls, checkpoint: str | Path, batch_size: int = 512, statistics: TermStatistics | str | Path | None = None) -> "Encoder":
+        """The encoder of a ``.ckpt`` (CPU, eval mode); ``statistics``: a corpus's, as ``fit_corpus`` returned them
+        (or their file: ``use_statistics``)."""
         return cls(load_checkpoint(checkpoint), batch_size, statistics)
 
     @property
@@ -79,9 +80,11 @@ class Encoder:
             self.use_statistics(statistics)
         return statistics
 
-    def use_statistics(self, statistics: TermStatistics) -> None:
-        """Weigh words by a corpus's statistics (``fit_corpus``'s, or an index folder's ``term_statistics.npz``): this
-        encoder's vectors from now on; the module's own statistics are left as they were."""
+    def use_statistics(self, statistics: TermStatistics | str | Path) -> None:
+        """Weigh words by a corpus's statistics (``fit_corpus``'s, or the path of a file ``TermStatistics.save`` wrote,
+        such as an index folder's ``term_statistics.npz``): this encoder's vectors from now on; the module's own
+        statistics are left as they were. Anything else is one error naming it."""
+        statistics = _statistics(statistics)
         towers = self.module.towers
         with _lock(self.module):
             before = towers.statistics_state()
@@ -132,6 +135,24 @@ class Encoder:
                 towers.restore_statistics(before)
                 for part, training in modes:
                     part.training = training
+
+
+def _statistics(statistics) -> TermStatistics:
+    """``statistics`` as ``TermStatistics``: given, or read from the file ``TermStatistics.save`` wrote."""
+    if isinstance(statistics, TermStatistics):
+        return statistics
+    if not isinstance(statistics, (str, Path)):
+        raise ConfigError(f"statistics: give TermStatistics (what fit_corpus returns) or the path of their file, not "
+                          f"{type(statistics).__name__} ({statistics!r:.60})")
+    path = Path(statistics).expanduser()
+    if path.is_dir():
+        raise ConfigError(f"statistics={path}: a folder; give the file (an index folder's is {path / TermStatistics.FILE})")
+    if not path.is_file():
+        raise ConfigError(f"statistics={path}: no such file")
+    try:
+        return TermStatistics.load(path)
+    except Exception as err:  # not an .npz, or one without keys, df and num_passages
+        raise ConfigError(f"statistics={path}: not a term statistics file ({type(err).__name__}: {' '.join(str(err).split())[:200]})") from err
 
 
 _LOCKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # module -> the lock its encoders share
