@@ -176,6 +176,23 @@ def test_encoder_statistics_given_as_their_file_or_refused_in_one_line(trained, 
             encoder.use_statistics(given)
 
 
+def test_encoder_refuses_the_queries_searcher_refuses_in_its_words(trained):
+    """One rule for a query with nothing to search (QueryEncoder's, which Searcher and serve apply): the Encoder had its
+    own copy, which named an empty query as having "no searchable word" and "query 1 of 1" where Searcher says it is
+    empty and "the query"."""
+    from two_tower.retrieval.encoder import Encoder
+
+    encoder = Encoder.load(trained["ckpt"])
+    encoder.fit_corpus(validation_split(trained["data"]).passage_texts)
+    searcher = Searcher.load(trained["index"])
+    for queries in ([""], ["   "], ["??"], ["a query", ""], ["a query", "\u200b"]):
+        with pytest.raises(EmptyQueryError) as by_searcher:
+            searcher.search(queries)
+        with pytest.raises(EmptyQueryError) as by_encoder:
+            encoder.encode_queries(queries)
+        assert str(by_encoder.value) == str(by_searcher.value)
+
+
 def test_encoders_sharing_a_module_keep_their_own_corpus_statistics(trained):
     """fit_corpus set the module's statistics: of two encoders of one module (one model, two corpora), the second's
     fit_corpus changed the first's vectors, silently, as it changed a module used elsewhere (a training module, a

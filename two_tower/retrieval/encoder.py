@@ -33,12 +33,13 @@ from pathlib import Path
 
 import numpy as np
 
-from two_tower.core.errors import ConfigError, EmptyQueryError
+from two_tower.core.errors import ConfigError
 from two_tower.data.prepared import Ragged
 from two_tower.data.tokenizer import WindowCount
 from two_tower.model.bag import TermStatistics
 from two_tower.retrieval.checkpoint import encode_tokens, load_checkpoint, progress_bar
 from two_tower.retrieval.indexer import corpus_statistics
+from two_tower.retrieval.query_encoder import check_queries
 
 log = logging.getLogger(__name__)
 
@@ -111,9 +112,7 @@ class Encoder:
                               "call fit_corpus(passages) with the whole corpus first (or Encoder.load(..., statistics=...))")
         tokenizer = self.module.tokenizer
         if kind == "query":
-            empty = next((i for i, text in enumerate(texts) if not tokenizer.split(text)), None)  # it would encode as UNK alone
-            if empty is not None:
-                raise EmptyQueryError(f"query {empty + 1} of {len(texts)} has no searchable word ({texts[empty][:40]!r})")
+            check_queries(tokenizer, texts)  # Searcher's rule and words: one with no word would encode as UNK alone
             encode, tower = self.module.encode_queries, self.module.towers.query_encoder
         else:
             encode, tower = self.module.encode_passages, self.module.towers.passage_encoder

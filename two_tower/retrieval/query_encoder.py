@@ -88,20 +88,31 @@ class QueryEncoder:
 
     def check_query(self, query, where: str = "the query") -> None:
         """Raise EmptyQueryError unless ``query`` has a word the tokenizer reads."""
-        if not isinstance(query, str):
-            raise EmptyQueryError(f"{where} is not text ({type(query).__name__}: {query!r:.60}); give a string")
-        if not query.strip():
-            raise EmptyQueryError(f"{where} is empty ({query!r}); give some words to search for")
-        if not self.tokenizer.split(query):
-            # Punctuation, emoji, control or zero-width characters only: the tokenizer finds no word, and
-            # encoding nothing would answer every such query with the same arbitrary passages.
-            raise EmptyQueryError(f"{where} has no searchable word ({query[:40]!r}); give some words to search for")
+        check_query(self.tokenizer, query, where)
 
     def encode(self, queries: list[str]) -> np.ndarray:
         """[len(queries), dim] float32, L2-normalised. Raises EmptyQueryError naming the empty query."""
-        for i, query in enumerate(queries):
-            self.check_query(query, "the query" if len(queries) == 1 else f"query {i + 1} of {len(queries)}")
+        check_queries(self.tokenizer, queries)
         ids, lengths = pad_batch(self.tokenizer.encode_queries(queries))
         with torch.inference_mode():
             vectors = self.encoder(torch.from_numpy(ids), torch.from_numpy(lengths))
         return vectors.float().numpy()
+
+
+def check_query(tokenizer: Tokenizer, query, where: str = "the query") -> None:
+    """Raise EmptyQueryError unless ``query`` has a word ``tokenizer`` reads (what every query search and encoding
+    takes: ``Searcher``, serve, ``Encoder.encode_queries``)."""
+    if not isinstance(query, str):
+        raise EmptyQueryError(f"{where} is not text ({type(query).__name__}: {query!r:.60}); give a string")
+    if not query.strip():
+        raise EmptyQueryError(f"{where} is empty ({query!r}); give some words to search for")
+    if not tokenizer.split(query):
+        # Punctuation, emoji, control or zero-width characters only: the tokenizer finds no word, and
+        # encoding nothing would answer every such query with the same arbitrary passages.
+        raise EmptyQueryError(f"{where} has no searchable word ({query[:40]!r}); give some words to search for")
+
+
+def check_queries(tokenizer: Tokenizer, queries: list) -> None:
+    """``check_query`` of each, named "the query" alone or "query i of n"."""
+    for i, query in enumerate(queries):
+        check_query(tokenizer, query, "the query" if len(queries) == 1 else f"query {i + 1} of {len(queries)}")
