@@ -90,9 +90,11 @@ class FileScorer:
     matrices in VectorFiles in ``folder`` (a temporary folder, removed by ``close()`` or when this object
     is collected). The product is computed a passage block at a time; blocks are multiples of
     BLOCK_ALIGN rows with no short tail block, and with those the block products are bit for bit the
-    columns of the single product (checked against it, ties included, in tests/test_negatives.py, and at
-    658,608 passages by the pools' SHA-1 in experiments/scale/INDEX_AND_MINING.md), so the mined pools
-    are those of the in-memory matrix."""
+    columns of the single product with one torch thread (training's default, ``threads=1``; checked against it,
+    ties included, in tests/test_negatives.py, and at 658,608 passages by the pools' SHA-1 in
+    experiments/scale/INDEX_AND_MINING.md), so the mined pools are those of the in-memory matrix. With several
+    threads the matrix routines may split the two products differently and their last bits differ, which can
+    order exact near-ties otherwise."""
 
     def __init__(self, folder: Path, num_passages: int, passage_dim: int, num_queries: int, query_dim: int, passage_block_mb: float = 64):
         self.folder = Path(folder)
