@@ -18,14 +18,15 @@ from two_tower.training.train import train
 from test_retrieval import compose_retrieval
 
 DEV_ONLY_WORD = "zyxdevonly"  # in one dev query only: never in the vocabulary
-CORPUS_ONLY_WORD = "qorpusword"  # in one document no query judges: in the vocabulary (training reads the whole corpus)
+CORPUS_ONLY_WORD = "qorpusword"  # in one document no query judges: not in the vocabulary (validation and test rank it)
+TRAIN_DOC_WORD = "trainjudgedword"  # in one document a training query judges relevant: in the vocabulary
 
 
 def write_beir_folder(root: Path, train: int = 200, dev: int = 40, test: int = 40, judged_negatives: bool = False) -> dict:
     """A BEIR folder of synthetic rows: the corpus is every row's passages (one document each, ids d0..), a query
     is a row's query (ids q0..), its selected passages are relevant (score 1, one of them graded 2 in dev); the
-    splits take consecutive rows. Also: a document no query judges, a dev query with a word of its own, and a
-    training query whose only relevant document is not in the corpus. ``judged_negatives``: a training query's
+    splits take consecutive rows. Also: a document no query judges, one a training query judges besides its own, a
+    dev query with a word of its own, and a training query whose only relevant document is not in the corpus. ``judged_negatives``: a training query's
     unselected passages are judged too, score 0 (not relevant). Returns {split: [query ids]}."""
     rows = make_rows(train + dev + test, seed=5)
     corpus: dict[str, str] = {}
@@ -33,6 +34,7 @@ def write_beir_folder(root: Path, train: int = 200, dev: int = 40, test: int = 4
         for text in row["passages"]["passage_text"]:
             corpus.setdefault(text, f"d{len(corpus)}")
     corpus[f"{CORPUS_ONLY_WORD} a page {CORPUS_ONLY_WORD} nobody asks about"] = f"d{len(corpus)}"
+    corpus[f"{TRAIN_DOC_WORD} a page {TRAIN_DOC_WORD} a training query asks about"] = train_doc = f"d{len(corpus)}"
     queries = {f"q{i}": row["query"] for i, row in enumerate(rows)}
     queries[f"q{train}"] = f"{queries[f'q{train}'].rstrip('?')} {DEV_ONLY_WORD}"
     (root / "qrels").mkdir(parents=True)
@@ -53,6 +55,7 @@ def write_beir_folder(root: Path, train: int = 200, dev: int = 40, test: int = 4
                 elif judged_negatives and split == "train":
                     lines.append(f"q{i}\t{corpus[text]}\t0")
         if split == "train":
+            lines.append(f"q2\t{train_doc}\t1")
             lines.append("q0\tnot_in_corpus\t1")  # a second relevant document, absent: q0 still trains
             lines[1:] = [line for line in lines[1:] if not line.startswith("q1\t")] + ["q1\tabsent_too\t1"]  # q1: none in the corpus
         (root / "qrels" / f"{split}.tsv").write_text("\n".join(lines) + "\n")
@@ -89,7 +92,7 @@ def test_training_on_a_beir_folder_ranks_its_whole_corpus_and_evaluate_reproduce
     assert sorted(set(val.gains.values.tolist())) == [1.0, 2.0] and val.passage_ids[:3] == ["d0", "d1", "d2"]
     # The vocabulary is the training queries' words and the corpus's, never a validation query's
     vocabulary = set(json.loads((prepared / "tokenizer.json").read_text())["words"])
-    assert CORPUS_ONLY_WORD in vocabulary and DEV_ONLY_WORD not in vocabulary
+    assert TRAIN_DOC_WORD in vocabulary and CORPUS_ONLY_WORD not in vocabulary and DEV_ONLY_WORD not in vocabulary
 
     # Validation, query by query, is what evaluate.py gives the checkpoint on the folder's dev split (graded nDCG too)
     from two_tower.retrieval.evaluate import evaluate

@@ -40,8 +40,9 @@ log = logging.getLogger(__name__)
 
 CACHE_FORMAT = 7  # bump when the prepared format, validation rules or synthetic generator change
 # in a BEIR folder's fingerprints: bump when how its files become prepared splits changes (2: training leaves out
-# the validation and test splits' queries; 3: a training query's documents judged not relevant are its candidates)
-BEIR_PREPARED = 3
+# the validation and test splits' queries; 3: a training query's documents judged not relevant are its candidates;
+# 4: the vocabulary is the training queries' and their judged documents' words, not the whole corpus's)
+BEIR_PREPARED = 4
 
 
 class TwoTowerDataModule(L.LightningDataModule):
@@ -127,8 +128,8 @@ class TwoTowerDataModule(L.LightningDataModule):
     @property
     def beir(self) -> bool:
         """Whether ``path`` is a BEIR folder (``corpus.jsonl``, ``queries.jsonl``, ``qrels/<split>.tsv``): every split
-        ranks its one corpus, which training reads whole (negatives are mined from it; the vocabulary is its words
-        and the training queries')."""
+        ranks its one corpus, which training reads whole (negatives are mined from it); the vocabulary is the training
+        queries' words and those of the documents they judge, as an MS MARCO run's is its training rows'."""
         return self.synthetic_rows is None and beir.is_beir_folder(self.path)
 
     def _beir_splits(self) -> dict[str, tuple[Callable[[], object], str]]:
@@ -280,8 +281,8 @@ class TwoTowerDataModule(L.LightningDataModule):
         validation passages are training passages too, and how many of the validation's selected ones: training has
         seen those texts, as candidates of other queries. Returns the first count."""
         if self.beir:  # one corpus for every split: training reads it whole, by design
-            log.info("train and validation rank one corpus (a BEIR folder, %d passages): training reads all of it (negatives are mined "
-                     "from it, the vocabulary is its words and the training queries'), never the validation queries", self.val.num_passages)
+            log.info("train and validation rank one corpus (a BEIR folder, %d passages): training mines negatives from all of it; the vocabulary "
+                     "is the training queries' words and their judged documents', never a validation query's", self.val.num_passages)
             return self.val.num_passages
         train = set(self.train.passage_texts)
         shared = sum(text in train for text in self.val.passage_texts)
@@ -336,7 +337,13 @@ class TwoTowerDataModule(L.LightningDataModule):
         if self.beir:  # in the usual order again: train, validation, test
             splits, reports = ({role: d[role] for role in raw if role in d} for d in (splits, reports))
         # the training queries, then the training passages in first-appearance order
-        train_texts = splits["train"].query_texts + splits["train"].passage_texts
+        train = splits["train"]
+        if self.beir:  # the documents its queries judge, not the whole corpus, which validation and test rank too
+            passages = [train.passage_texts[i] for i in dict.fromkeys(train.candidates.values.tolist())]
+        else:
+            passages = train.passage_texts
+        train_texts = train.query_texts + passages
+        del train, passages
         settings = {k: v for k, v in self.tokenizer_settings.items() if k != "min_freq"}
         vectors = self.embeddings.load(train_texts, settings.get("keep_punctuation", False), settings.get("split_hyphens", False),
                                        settings.get("unicode_words", False))
