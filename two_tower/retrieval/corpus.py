@@ -18,7 +18,6 @@ from two_tower.data import msmarco
 from two_tower.data.beir import is_beir_folder, load_beir_corpus
 from two_tower.data.jsonl import UnreadableRow, read_jsonl
 from two_tower.data.prepared import PreparedSplit
-from two_tower.data.tokenizer import PAD, UNK, Tokenizer
 from two_tower.core.skipped import Skipped
 from two_tower.core.errors import CorpusError
 
@@ -124,7 +123,7 @@ def split_passages(split: str, path: str | None, hub_name: str, hub_config: str)
         ids, texts = load_beir_corpus(path)
         return Passages(ids, texts, {"kind": "beir", "path": str(Path(path).resolve())})
     rows = load_split_rows(split, path, hub_name, hub_config)
-    texts = PreparedSplit.from_rows(rows, Tokenizer([PAD, UNK])).passage_texts
+    texts = PreparedSplit.from_rows(rows).passage_texts
     source = {"kind": "split", "split": split, "path": str(Path(path).resolve()) if path else f"hub:{hub_name}/{hub_config}"}
     return Passages([str(i) for i in range(len(texts))], texts, source)
 

@@ -31,7 +31,6 @@ from two_tower.data import beir
 from two_tower.data.beir import is_beir_folder
 from two_tower.data.msmarco import local_split_files
 from two_tower.data.prepared import PreparedSplit
-from two_tower.data.tokenizer import PAD, UNK, Tokenizer
 from two_tower.retrieval.corpus import load_split_rows
 from two_tower.core.errors import ConfigError, TwoTowerError
 from two_tower.core import per_query
@@ -92,7 +91,7 @@ def load_split(cfg: DictConfig) -> PreparedSplit:
     if is_beir_folder(cfg.data.path):
         return beir.prepared_split(beir.load_beir(cfg.data.path, cfg.split))
     rows = load_split_rows(cfg.split, cfg.data.path, cfg.data.hub_name, cfg.data.hub_config)
-    return PreparedSplit.from_rows(rows, Tokenizer([PAD, UNK]))
+    return PreparedSplit.from_rows(rows)  # texts and passage lists only, as a BEIR split's
 
 
 def check_split_files(cfg: DictConfig) -> None:
