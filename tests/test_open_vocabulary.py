@@ -2,6 +2,7 @@
 
 import json
 import math
+import os
 import subprocess
 import sys
 
@@ -503,6 +504,32 @@ def test_bm25_finds_words_with_marks_and_a_folder_saved_before_tokenizes_as_it_w
     assert "unicode_words" not in settings  # as folders were saved before the option
     loaded = BM25Scorer.load(tmp_path / "old")
     assert not loaded.unicode_words and loaded.query_tokens([CAFE_NFD]) == [["cafe", "au", "lait"]]
+
+
+def test_a_stemmed_bm25_folder_is_the_same_bytes_whatever_the_hash_seed(tmp_path):
+    """bm25s numbers stems in a set's order, which follows the string-hash seed: the same corpus saved different
+    files in two processes. ``sorted_vocabulary`` numbers them in sorted order, so every process writes the same."""
+    script = (
+        "import sys; from pathlib import Path; from two_tower.retrieval.bm25 import BM25Scorer\n"
+        "passages = ['the running runners ran', 'aeroelastic models obey similarity laws', 'foxes and dogs', "
+        "'a dog runs after foxes', 'laws of similarity in models']\n"
+        "BM25Scorer(stemmer='english').index(passages).save(Path(sys.argv[1]))"
+    )
+    folders = []
+    for seed in ("1", "2", "3"):
+        folder = tmp_path / seed
+        subprocess.run([sys.executable, "-c", script, str(folder)], check=True, env={**os.environ, "PYTHONHASHSEED": seed})
+        folders.append({p.name: p.read_bytes() for p in sorted(folder.iterdir())})
+    assert folders[0] == folders[1] == folders[2] and "vocab.index.json" in folders[0]
+    vocab = json.loads(folders[0]["vocab.index.json"])
+    stems = sorted((i, word) for word, i in vocab.items() if word)  # bm25s adds "" (an empty query's token) last
+    assert [word for _, word in stems] == sorted(vocab.keys() - {""}) and "aeroelast" in vocab  # numbered in sorted order
+    # and it scores as before: the query's stems find their passages
+    from two_tower.retrieval.bm25 import BM25Scorer
+
+    scorer = BM25Scorer.load(tmp_path / "1")
+    scores = scorer.scores(scorer.query_tokens(["similarity laws", "running dogs"]))
+    assert scores[0].argmax() in (1, 4) and scores[0, 2] == 0 and scores[1, [0, 2, 3]].min() > 0
 
 
 def test_a_run_saved_before_words_kept_their_marks_resumes_with_its_own_rule(tmp_path, tiny_run, monkeypatch):

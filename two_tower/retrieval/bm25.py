@@ -39,6 +39,19 @@ def bm25_token_pattern(astral: bool = False) -> str:
     return rf"[\w{combining_marks(astral)}]{{2,}}"
 
 
+def sorted_vocabulary(tokens: bm25s.tokenization.Tokenized) -> bm25s.tokenization.Tokenized:
+    """The same tokens with the vocabulary numbered in sorted order. With a stemmer, bm25s (0.3.16) numbers the stems
+    in the iteration order of a Python ``set``, which changes with the process's string-hash seed: two builds of the
+    same corpus saved different files (``vocab.index.json`` and the score matrix's columns), though they scored
+    alike. Unstemmed, bm25s numbers words by first occurrence, which is already stable."""
+    order = sorted(tokens.vocab)
+    renumber = [0] * len(order)
+    for new, word in enumerate(order):
+        renumber[tokens.vocab[word]] = new
+    ids = [[renumber[i] for i in doc] for doc in tokens.ids]
+    return bm25s.tokenization.Tokenized(ids=ids, vocab={word: i for i, word in enumerate(order)})
+
+
 class BM25Scorer:
     def __init__(self, method: str = "lucene", k1: float = 1.5, b: float = 0.75, stopwords: str | None = "english", stemmer: str | None = None,
                  unicode_words: bool = True):
@@ -83,7 +96,10 @@ class BM25Scorer:
         if self.unicode_words:
             texts = [t if t.isascii() else unicodedata.normalize("NFC", t) for t in texts]
             kwargs["token_pattern"] = bm25_token_pattern(any(not t.isascii() and has_astral_mark(t) for t in texts))
-        return bm25s.tokenize(texts, stopwords=self.stopwords, stemmer=self.stem, show_progress=show_progress, **kwargs)
+        tokens = bm25s.tokenize(texts, stopwords=self.stopwords, stemmer=self.stem, show_progress=show_progress, **kwargs)
+        if self.stem is not None and kwargs.get("return_ids", True):
+            tokens = sorted_vocabulary(tokens)
+        return tokens
 
     def index(self, texts: list[str], show_progress: bool = False) -> "BM25Scorer":
         """``show_progress``: bm25s's progress bars (index.py: 20 s at 200k passages was silent)."""
