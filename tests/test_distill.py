@@ -413,3 +413,55 @@ def test_no_texts_of_a_kind_are_zero_vectors_of_the_teachers_width_without_a_dep
         warnings.simplefilter("error", FutureWarning)
         out = teacher.vectors([], ["a passage"])
     assert out.queries.shape == (0, 6) and out.passages.shape == (1, 6)
+
+
+def test_a_load_report_of_an_unused_position_ids_buffer_is_dropped_and_any_other_kept(tmp_path):
+    """transformers 5 printed a coloured "LOAD REPORT ... embeddings.position_ids UNEXPECTED" table at every load of
+    the bundled teacher (a buffer older checkpoints carry): in train.log, index.py's and evaluate.py's output. Loads
+    through ``benign_load_report_dropped`` drop that report alone; a missing or other unexpected weight still shows."""
+    import logging
+
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoModel, BertConfig, BertModel
+
+    from two_tower.data.teacher import benign_load_report_dropped
+
+    config = BertConfig(vocab_size=30, hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16, max_position_embeddings=16)
+    BertModel(config).save_pretrained(tmp_path / "base")
+    weights = load_file(tmp_path / "base" / "model.safetensors")
+
+    def folder(name, change):
+        out = tmp_path / name
+        BertModel(config).save_pretrained(out)
+        changed = dict(weights)
+        change(changed)
+        save_file(changed, out / "model.safetensors", metadata={"format": "pt"})
+        return out
+
+    old_style = folder("position_ids", lambda w: w.update({"embeddings.position_ids": torch.arange(16)[None]}))
+    other = folder("other", lambda w: w.update({"embeddings.position_ids": torch.arange(16)[None], "extra.weight": torch.ones(2)}))
+    missing = folder("missing", lambda w: w.pop("pooler.dense.bias"))
+
+    class Reports(logging.Handler):
+        def __init__(self):
+            super().__init__()
+            self.messages = []
+
+        def emit(self, record):
+            if "LOAD REPORT" in record.getMessage():
+                self.messages.append(record.getMessage())
+
+    reports, logger = Reports(), logging.getLogger("transformers.modeling_utils")
+    logger.addHandler(reports)
+    try:
+        AutoModel.from_pretrained(old_style)
+        assert len(reports.messages) == 1 and "position_ids" in reports.messages[0]  # transformers reports it
+        with benign_load_report_dropped():
+            AutoModel.from_pretrained(old_style)
+            assert len(reports.messages) == 1  # dropped
+            AutoModel.from_pretrained(other)
+            AutoModel.from_pretrained(missing)
+        assert len(reports.messages) == 3 and "extra.weight" in reports.messages[1] and "MISSING" in reports.messages[2]
+        assert not logger.filters  # the filter is gone after the block
+    finally:
+        logger.removeHandler(reports)

@@ -343,6 +343,14 @@ def test_progress_bars_turned_off_for_a_run_are_as_before_afterwards(monkeypatch
     assert not progress.bar(range(3)).disable
     with progress.turned_off(when=False):
         assert progress.shown()
+    # transformers keeps a switch of its own, copied from the Hub's when imported: imported before the block (a
+    # multirun's earlier job), its "Loading weights" bar was drawn in every job of a sweep
+    from transformers.utils import logging as transformers_logging
+
+    assert transformers_logging.is_progress_bar_enabled()
+    with progress.turned_off():
+        assert not transformers_logging.is_progress_bar_enabled()
+    assert transformers_logging.is_progress_bar_enabled() and not hub.are_progress_bars_disabled()
 
 
 def test_train_leaves_the_calling_process_random_generators_as_they_were(tiny_cfg):

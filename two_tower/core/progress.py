@@ -40,17 +40,39 @@ def turned_off(when: bool = True):
     # the Hub's (a teacher's or tokenizer's download) read its environment variable on import, long before: its switch
     names = (_SWITCH, "HF_HUB_DISABLE_PROGRESS_BARS")
     was_enabled, hub_was_enabled = datasets.is_progress_bar_enabled(), not hub.are_progress_bars_disabled()
+    # transformers copies the Hub's switch when it is imported and keeps its own: imported before the block (a
+    # multirun's earlier job, a notebook), its "Loading weights" bar went on in every job of a sweep. Imported
+    # inside, it copies the switch off and is turned back on afterwards below.
+    transformers_was_enabled = _transformers_bars(None)
     with environ.kept(names):
         os.environ.update(dict.fromkeys(names, "1"))
         datasets.disable_progress_bars()
         hub.disable_progress_bars()
+        _transformers_bars(False)
         try:
             yield
         finally:
             if was_enabled:
                 datasets.enable_progress_bars()
+            _transformers_bars(hub_was_enabled if transformers_was_enabled is None else transformers_was_enabled)
             if hub_was_enabled:
                 hub.enable_progress_bars()
+            else:
+                hub.disable_progress_bars()  # transformers' switch turns the Hub's on with its own
+
+
+def _transformers_bars(on: bool | None) -> bool | None:
+    """transformers' own progress-bar switch, where transformers is imported (it is not imported for this): set to
+    ``on`` (None: left as it is); returns what it was, or None where transformers is not imported."""
+    logging = sys.modules.get("transformers.utils.logging")
+    if logging is None:
+        return None
+    was = logging.is_progress_bar_enabled()
+    if on is True:
+        logging.enable_progress_bar()
+    elif on is False:
+        logging.disable_progress_bar()
+    return was
 
 
 def open_bars() -> list:

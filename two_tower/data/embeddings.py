@@ -367,7 +367,7 @@ class DistilledEmbeddings(EmbeddingSource):
 
     def _distil(self, cache: ContentCache) -> None:
         """Distil the teacher into the cache entry (minutes; needs the teacher and model2vec's distill extra)."""
-        from two_tower.data.teacher import offline_unless_hub_reachable, one_line, resolve_model
+        from two_tower.data.teacher import benign_load_report_dropped, offline_unless_hub_reachable, one_line, resolve_model
 
         try:
             from model2vec.distill import distill
@@ -379,7 +379,8 @@ class DistilledEmbeddings(EmbeddingSource):
             raise ConfigError(f"embeddings.dim={self.dim}: the teacher {self.teacher} has {teacher_dim} dims, the most its distilled vectors can have")
         log.info("Distilling static word vectors from %s with model2vec (pca_dims=%d); cached in %s", self.teacher, self.dim, cache.path(self._key()))
         try:
-            model = distill(model_name=offline_unless_hub_reachable(self.teacher), pca_dims=self.dim, device="cpu")
+            with benign_load_report_dropped():
+                model = distill(model_name=offline_unless_hub_reachable(self.teacher), pca_dims=self.dim, device="cpu")
         except Exception as err:
             raise EmbeddingsError(f"embeddings.teacher={self.teacher}: model2vec could not distil it: {one_line(err)}") from err
         if model.dim != self.dim:  # never cached under a key that says another dimension

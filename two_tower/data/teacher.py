@@ -9,6 +9,7 @@ training split: validation queries and passages are never seen by it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import json
@@ -98,6 +99,33 @@ def position_limit(model) -> int | None:
     return positions - (2 if getattr(config, "model_type", None) in OFFSET_POSITIONS else 0)
 
 
+class _BenignLoadReport(logging.Filter):
+    """Drops transformers' (5.x) "LOAD REPORT" when all it lists is an unused ``position_ids`` buffer: BERT-style
+    checkpoints saved by older transformers (the bundled all-MiniLM-L6-v2 among them) carry that buffer, which
+    today's models rebuild, and every load printed a coloured "UNEXPECTED" table into train.log, index.py's and
+    evaluate.py's output. A report that lists anything else (a MISSING weight left random, a MISMATCH, another
+    unexpected weight) is kept."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "LOAD REPORT" not in message:
+            return True
+        rows = [line.split("|") for line in message.splitlines() if "|" in line]
+        statuses = [(cells[0].strip(), cells[1]) for cells in rows[1:] if len(cells) > 1 and cells[0].strip() and not set(cells[0].strip()) <= set("-+")]
+        return not statuses or any("UNEXPECTED" not in status or not key.endswith("position_ids") for key, status in statuses)
+
+
+@contextlib.contextmanager
+def benign_load_report_dropped():
+    """Inside the block, transformers' model loads do not print a load report of an unused ``position_ids`` buffer
+    (``_BenignLoadReport``)."""
+    logger, dropped = logging.getLogger("transformers.modeling_utils"), _BenignLoadReport()
+    logger.addFilter(dropped)
+    try:
+        yield
+    finally:
+        logger.removeFilter(dropped)
+
 class SentenceTransformerTeacher:
     """A sentence-transformers model as teacher. ``threads``: torch threads while encoding (null = all cores)."""
 
@@ -114,7 +142,8 @@ class SentenceTransformerTeacher:
         try:
             # Under DDP every process that misses the cache encodes on its own GPU (LOCAL_RANK), not all on cuda:0.
             device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if torch.cuda.is_available() else "cpu"
-            model = SentenceTransformer(path, device=device)
+            with benign_load_report_dropped():
+                model = SentenceTransformer(path, device=device)
         except Exception as err:
             raise TeacherError(f"teacher.model={self.model}: cannot load a sentence-transformers model from {path}: {one_line(err)}") from err
         if self.max_seq_length:
