@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from pathlib import Path
 
 import hydra
@@ -446,7 +447,11 @@ def _train(cfg: DictConfig) -> dict[str, float]:
         # run's, never that of another run whose checkpoint this one starts from (a review: it was the checkpoint's).
         discard(Path(cfg.paths.output_dir) / "per_query" / per_query.STAGE_FILES["test"])
     try:
-        with other_processes_watched(trainer, last):  # another process that ended: one line, not each one's traceback
+        with other_processes_watched(trainer, last), warnings.catch_warnings():  # another process that ended: one line, not each one's traceback
+            # Lightning warns that a mid-epoch resume "can cause unreliable results" when the DataLoader is not
+            # Lightning-stateful; ours resumes by the batches counted in the checkpoint (TripletBatchSampler's batches_done) and
+            # ends with exactly an uninterrupted run's metrics (tests/test_reliability.py): the warning said otherwise
+            warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
             trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     except SIGTERMException:
         # Lightning's SIGTERMException is a SystemExit of status 0: a preempted run looked like a finished one
