@@ -1110,6 +1110,11 @@ def test_resuming_a_run_that_had_ended_trains_nothing_and_reports_its_best_and_o
     # the no-op resume's time did not replace the run's training time (a probe: 1.63 s became 0.45 s)
     assert "time/train_seconds" not in again and pd.read_csv(logged)["time/train_seconds"].dropna().tolist() == train_seconds == [straight["time/train_seconds"]]
     assert pd.read_csv(logged)["test/mrr@10"].dropna().tolist() == [pytest.approx(straight["test/mrr@10"])]  # scored once, not again
+    # ... and its final metrics carry the test figures it logged then (they were missing)
+    test_keys = sorted(k for k in straight if k.startswith("test/"))
+    assert test_keys and sorted(k for k in again if k.startswith("test/")) == test_keys
+    for key in test_keys:
+        assert again[key] == pytest.approx(straight[key], abs=1e-6), key
 
     stopped = compose_train(tmp_path / "stopped", common)
     original = utils.instantiate_group

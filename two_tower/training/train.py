@@ -9,6 +9,7 @@ from pathlib import Path
 
 import hydra
 import lightning as L
+import pandas as pd
 from hydra.errors import InstantiationException
 from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -27,7 +28,7 @@ from two_tower.training.loggers import ResumableCSVLogger
 from two_tower.training.processes import other_processes_watched
 from two_tower.core.config_key import NOT_SET, changed_settings, current_config_key
 from two_tower.data.datamodule import TwoTowerDataModule
-from two_tower.core.errors import CheckpointError, ConfigError, DataSourceError
+from two_tower.core.errors import CheckpointError, ConfigError, DataSourceError, PerQueryError
 from two_tower.model import frozen_rows
 from two_tower.model.module import EPOCH_SUMS_KEY, RUN_CONFIG_KEY, TwoTowerModule
 from two_tower.negatives.refresh import NegativeRefresh
@@ -298,6 +299,19 @@ def report_best_validation(metrics: dict[str, float], trainer: L.Trainer, metric
     metrics[metric] = float(best)
 
 
+def logged_test_metrics(ckpt_path: str) -> dict[str, float]:
+    """The ``test/*`` figures an ended run logged, as means of its per-query test table (what ``test/*`` averages), for
+    the final metrics of its resume, which scores nothing again (they were missing there: a sweeper or a script reading
+    ``train()``'s result got no test figure). Empty where the table is unreadable."""
+    path = run_tables(ckpt_path) / per_query.STAGE_FILES["test"]
+    try:
+        table = per_query.read(path)
+    except PerQueryError as err:
+        log.warning("The test figures of the ended run are not in the final metrics: %s", err)
+        return {}
+    return {f"test/{column}": float(table[column].mean()) for column in table.columns
+            if column not in per_query.NOT_METRICS and pd.api.types.is_numeric_dtype(table[column])}
+
 def test_best_checkpoint(trainer: L.Trainer, module: TwoTowerModule, datamodule: TwoTowerDataModule, loggers: list) -> dict[str, float]:
     """Score the best-on-validation checkpoint on the labelled test split, once: ``test/*`` in every
     logger (and the W&B run summary). Nothing without a test split or a best checkpoint."""
@@ -483,7 +497,9 @@ def _train(cfg: DictConfig) -> dict[str, float]:
         log.info("Best checkpoint: %s (%s=%.4f)", checkpoint.best_model_path, checkpoint.monitor, float(checkpoint.best_model_score or 0))
     try:
         if done:
-            log.info("The test split was scored when the run ended: not again")
+            metrics.update(logged_test_metrics(ckpt_path) if datamodule.test is not None else {})
+            log.info("The test split was scored when the run ended: not again%s", " (its figures, from per_query/test.parquet, are in the final metrics)"
+                     if any(k.startswith("test/") for k in metrics) else "")
         else:
             with other_processes_watched(trainer, last):
                 metrics.update(test_best_checkpoint(trainer, module, datamodule, loggers))
