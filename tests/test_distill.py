@@ -193,7 +193,7 @@ def test_training_with_a_teacher_caches_its_vectors_and_learns_from_it(tiny_cfg,
     metrics = train(cfg)
     assert TopicTeacherModel.calls == 2  # queries and passages of the training split, once
     assert metrics["train/teacher_accuracy"] > 0.85, metrics  # the teacher knows the answers (ties aside)
-    per_epoch = [float(r["train/kl"]) for r in csv.DictReader(open(next(Path(cfg.paths.output_dir).rglob("metrics.csv")))) if r.get("train/kl")]
+    per_epoch = [float(r["train/kl"]) for r in csv.DictReader(next(Path(cfg.paths.output_dir).rglob("metrics.csv")).read_text().splitlines()) if r.get("train/kl")]
     assert len(per_epoch) == 4
     assert per_epoch[-1] < 0.95 * per_epoch[0], per_epoch  # the student moves towards the teacher
     cached = list((Path(cfg.paths.cache_dir) / "teacher").glob("*"))
@@ -235,7 +235,7 @@ def test_training_with_margin_mse_and_a_learned_scale(tiny_cfg, monkeypatch):
     monkeypatch.setattr(SentenceTransformerTeacher, "_load", lambda self: TopicTeacherModel())
     cfg = tiny_cfg("loss=distill_margin", "loss.learn_margin_scale=true", "negatives=random", "trainer.max_epochs=3", "logger=csv")
     metrics = train(cfg)
-    rows = list(csv.DictReader(open(next(Path(cfg.paths.output_dir).rglob("metrics.csv")))))
+    rows = list(csv.DictReader(next(Path(cfg.paths.output_dir).rglob("metrics.csv")).read_text().splitlines()))
     per_epoch = [float(r["train/margin_mse"]) for r in rows if r.get("train/margin_mse")]
     assert len(per_epoch) == 3 and per_epoch[-1] < per_epoch[0], per_epoch
     assert metrics["train/margin_scale"] != pytest.approx(1.0, abs=1e-4)
@@ -253,7 +253,7 @@ def test_training_with_query_relations(tiny_cfg, monkeypatch):
         cfg = tiny_cfg("loss=distill", f"loss.query_relation_weight={weight}", "negatives=random", "trainer.max_epochs=3", "logger=csv")
         cfg.paths.output_dir += f"_{weight}"  # a run folder each (the teacher cache is shared)
         train(cfg)
-        rows = list(csv.DictReader(open(next(Path(cfg.paths.output_dir).rglob("metrics.csv")))))
+        rows = list(csv.DictReader(next(Path(cfg.paths.output_dir).rglob("metrics.csv")).read_text().splitlines()))
         per_epoch = [float(r["train/query_relation_kl"]) for r in rows if r.get("train/query_relation_kl")]
         assert len(per_epoch) == 3, per_epoch
         final[weight] = per_epoch[-1]

@@ -62,6 +62,7 @@ def test_sigterm_mid_epoch_then_resume_matches_uninterrupted(tmp_path, monkeypat
         assert metrics[key] == straight[key], key
     # Lightning's "can cause unreliable results" for a mid-epoch resume: not for this one, exact
     assert not [w for w in warned if "ended before the epoch ended" in str(w.message)]
+    assert not [w for w in warned if "LeafSpec" in str(w.message)]  # Lightning's about its own use of torch (console.py)
     assert ("a resumed run loads its batches in the main process" in caplog.text) == (workers > 0)
 
 
@@ -134,7 +135,7 @@ def test_ctrl_c_during_validation_keeps_the_checkpoint_from_before_it_so_no_epoc
     metrics = train(compose_train(tmp_path / "stopped", [*common, "ckpt_path=last"]))
     for key in FINAL:
         assert metrics[key] == straight[key], key
-    rows = list(csv.DictReader(open(next(Path(stopped.paths.output_dir).rglob("metrics.csv")))))
+    rows = list(csv.DictReader(next(Path(stopped.paths.output_dir).rglob("metrics.csv")).read_text().splitlines()))
     assert sorted(int(r["epoch"]) for r in rows if r.get("val/mrr@10")) == [0, 1, 2]
 
 

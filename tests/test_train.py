@@ -351,6 +351,13 @@ def test_progress_bars_turned_off_for_a_run_are_as_before_afterwards(monkeypatch
     with progress.turned_off():
         assert not transformers_logging.is_progress_bar_enabled()
     assert transformers_logging.is_progress_bar_enabled() and not hub.are_progress_bars_disabled()
+    # a library's plain tqdm bar (tqdm imported long before: it read TQDM_DISABLE then): model2vec's while distilling
+    from tqdm import tqdm
+
+    with progress.turned_off():
+        assert tqdm(range(3)).disable and tqdm(range(3), None, None, True, None, None, 0.1, 10.0, None, None, False).disable
+    with open(os.devnull, "w") as sink:
+        assert not tqdm(range(3), file=sink).disable
 
 
 def test_train_leaves_the_calling_process_random_generators_as_they_were(tiny_cfg):
@@ -425,3 +432,44 @@ def test_a_max_epochs_that_is_not_a_multiple_of_the_validation_interval_is_warne
     with caplog.at_level(logging.WARNING, logger="two_tower"):
         train(tiny_cfg("trainer.max_epochs=3", "trainer.check_val_every_n_epoch=2"))
     assert any(r.getMessage() == message for r in caplog.records)
+
+
+def test_lightning_lines_are_printed_once_and_without_adverts():
+    """The ``lightning`` package's own console handler printed each of its lines a second time beside the root
+    logger's (Hydra's) handlers; its litlogger advert and its note on the configs' ModelSummary showed at every fit."""
+    import logging
+
+    import lightning
+
+    from two_tower.training.console import quiet_lightning
+
+    class Lines(logging.Handler):
+        def __init__(self):
+            super().__init__()
+            self.lines = []
+
+        def emit(self, record):
+            self.lines.append(record.getMessage())
+
+    root, package = logging.getLogger(), logging.getLogger("lightning")
+    lines = Lines()
+    root.addHandler(lines)
+    had_console = lightning._console in package.handlers
+    try:
+        package.addHandler(lightning._console)  # as `import lightning` leaves it
+        quiet_lightning()
+        quiet_lightning()  # idempotent
+        assert lightning._console not in package.handlers
+        rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+        assert sum(type(f).__name__ == "_DropAdverts" for f in rank_zero.filters) == 1
+        level = rank_zero.level
+        rank_zero.setLevel(logging.INFO)
+        for line in ("Seed set to 7", "💡 Tip: For seamless cloud logging ... litlogger",
+                     "Trainer already configured with model summary callbacks: [ModelSummary]. Skipping ..."):
+            rank_zero.info(line)
+        rank_zero.setLevel(level)
+        assert lines.lines == ["Seed set to 7"]
+    finally:
+        root.removeHandler(lines)
+        if had_console and lightning._console not in package.handlers:
+            package.addHandler(lightning._console)

@@ -1,7 +1,9 @@
 """Progress bars, one switch for all of them. A run's ``+trainer.enable_progress_bar=false`` (logs to a file, a batch
 job) turned off Lightning's bar only: ours (reading rows, tokenizing, the teacher's encoding, mining) and the libraries'
 went on writing theirs. The switch is tqdm's own environment variable: the processes a run starts (DDP's others) read it
-when they import tqdm; in this process, where tqdm read its environment on import, ``bar`` asks it for each bar."""
+when they import tqdm; in this process, where tqdm read its environment on import, ``bar`` asks it for each bar, and
+``turned_off`` creates every other tqdm bar (a library's) disabled, and turns Hugging Face's and transformers' own
+switches off."""
 
 from __future__ import annotations
 
@@ -44,7 +46,7 @@ def turned_off(when: bool = True):
     # multirun's earlier job, a notebook), its "Loading weights" bar went on in every job of a sweep. Imported
     # inside, it copies the switch off and is turned back on afterwards below.
     transformers_was_enabled = _transformers_bars(None)
-    with environ.kept(names):
+    with environ.kept(names), _tqdm_disabled():
         os.environ.update(dict.fromkeys(names, "1"))
         datasets.disable_progress_bars()
         hub.disable_progress_bars()
@@ -59,6 +61,29 @@ def turned_off(when: bool = True):
                 hub.enable_progress_bars()
             else:
                 hub.disable_progress_bars()  # transformers' switch turns the Hub's on with its own
+
+
+@contextlib.contextmanager
+def _tqdm_disabled():
+    """Inside the block every tqdm bar of this process is created disabled. tqdm reads ``TQDM_DISABLE`` once, when it is
+    imported (long before a run, by Lightning), so a library that draws plain tqdm bars and takes no switch of its own
+    drew them anyway: model2vec's "Encoding tokens" while distilling ``embeddings=distilled`` vectors."""
+    from tqdm import std
+
+    original = std.tqdm.__init__
+
+    def disabled(self, *args, **kwargs):
+        if len(args) > 10:  # ``disable`` given by position (the 11th parameter)
+            args = (*args[:10], True, *args[11:])
+        else:
+            kwargs["disable"] = True
+        original(self, *args, **kwargs)
+
+    std.tqdm.__init__ = disabled
+    try:
+        yield
+    finally:
+        std.tqdm.__init__ = original
 
 
 def _transformers_bars(on: bool | None) -> bool | None:

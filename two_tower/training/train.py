@@ -28,6 +28,7 @@ from two_tower.training.loggers import ResumableCSVLogger
 from two_tower.training.processes import other_processes_watched
 from two_tower.core.config_key import NOT_SET, changed_settings, current_config_key
 from two_tower.data.datamodule import TwoTowerDataModule
+from two_tower.training.console import lightning_warnings_filtered, quiet_lightning
 from two_tower.core.errors import CheckpointError, ConfigError, DataSourceError, PerQueryError
 from two_tower.model import frozen_rows
 from two_tower.model.module import EPOCH_SUMS_KEY, RUN_CONFIG_KEY, TwoTowerModule
@@ -340,7 +341,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     # trainer.enable_progress_bar=false: Lightning's bar and ours (reading rows, tokenizing, the teacher, mining)
     # threads=, Lightning's seed (PL_GLOBAL_SEED, PL_SEED_WORKERS) and the seeded generators (random, numpy, torch)
     # are the run's only, not the caller's process's
-    with kept(environ=("PL_GLOBAL_SEED", "PL_SEED_WORKERS")), random_state.kept(), progress.turned_off(cfg.trainer.get("enable_progress_bar") is False):
+    # Lightning's console lines once each, without its adverts and its warning about its own use of torch (console.py)
+    quiet_lightning()
+    with kept(environ=("PL_GLOBAL_SEED", "PL_SEED_WORKERS")), random_state.kept(), progress.turned_off(cfg.trainer.get("enable_progress_bar") is False), \
+            lightning_warnings_filtered():
         return _train(cfg)
 
 
