@@ -1,5 +1,6 @@
 """End to end on synthetic data: every part trains, the model learns, runs resume and reproduce."""
 
+import logging
 import os
 import random
 import re
@@ -358,6 +359,36 @@ def test_progress_bars_turned_off_for_a_run_are_as_before_afterwards(monkeypatch
         assert tqdm(range(3)).disable and tqdm(range(3), None, None, True, None, None, 0.1, 10.0, None, None, False).disable
     with open(os.devnull, "w") as sink:
         assert not tqdm(range(3), file=sink).disable
+        # two threads' blocks that overlap and end in the order they began (a review: the second restored the first's
+        # patch, and every later bar of the process was off)
+        import threading
+
+        from tqdm import std
+
+        own = std.tqdm.__dict__["__init__"]
+        a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
+
+        def first():
+            with progress.turned_off():
+                a_in.set()
+                b_in.wait(10)
+            a_out.set()
+
+        inside = []
+
+        def second():
+            a_in.wait(10)
+            with progress.turned_off():
+                b_in.set()
+                a_out.wait(10)
+                inside.append(tqdm(range(3), file=sink).disable)  # still inside a block
+
+        threads = [threading.Thread(target=first), threading.Thread(target=second)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert inside == [True] and std.tqdm.__dict__["__init__"] is own and not tqdm(range(3), file=sink).disable
 
 
 def test_train_leaves_the_calling_process_random_generators_as_they_were(tiny_cfg):
@@ -473,3 +504,16 @@ def test_lightning_lines_are_printed_once_and_without_adverts():
         root.removeHandler(lines)
         if had_console and lightning._console not in package.handlers:
             package.addHandler(lightning._console)
+
+
+@pytest.mark.parametrize("shown", [True, False])
+def test_the_model_summary_is_plain_text_in_the_log_unless_turned_off(tmp_path, caplog, shown):
+    """The configs' ModelSummary callback writes the summary through logging (train.log); Lightning's flag
+    trainer.enable_model_summary=false, which only stops Lightning adding its own, turns it off too (a review: the
+    configured callback printed it whatever the flag said)."""
+    from conftest import compose_train
+
+    cfg = compose_train(tmp_path, [f"trainer.enable_model_summary={str(shown).lower()}"])
+    with caplog.at_level(logging.INFO, logger="lightning"):
+        train(cfg)
+    assert ("Trainable params" in caplog.text) == shown

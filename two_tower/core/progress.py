@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import threading
 
 from two_tower.core import environ
 
@@ -63,27 +64,40 @@ def turned_off(when: bool = True):
                 hub.disable_progress_bars()  # transformers' switch turns the Hub's on with its own
 
 
+_tqdm_lock, _tqdm_depth, _tqdm_original = threading.Lock(), 0, None
+
+
 @contextlib.contextmanager
 def _tqdm_disabled():
     """Inside the block every tqdm bar of this process is created disabled. tqdm reads ``TQDM_DISABLE`` once, when it is
     imported (long before a run, by Lightning), so a library that draws plain tqdm bars and takes no switch of its own
-    drew them anyway: model2vec's "Encoding tokens" while distilling ``embeddings=distilled`` vectors."""
+    drew them anyway: model2vec's "Encoding tokens" while distilling ``embeddings=distilled`` vectors. Blocks that
+    overlap (in threads too) patch once, counted, and the last to end restores tqdm's own ``__init__`` (a review: two
+    threads' blocks ending in the order they began left every later bar of the process off)."""
+    global _tqdm_depth, _tqdm_original
     from tqdm import std
 
-    original = std.tqdm.__init__
+    with _tqdm_lock:
+        if _tqdm_depth == 0:
+            _tqdm_original = std.tqdm.__dict__["__init__"]
+            original = std.tqdm.__init__
 
-    def disabled(self, *args, **kwargs):
-        if len(args) > 10:  # ``disable`` given by position (the 11th parameter)
-            args = (*args[:10], True, *args[11:])
-        else:
-            kwargs["disable"] = True
-        original(self, *args, **kwargs)
+            def disabled(self, *args, **kwargs):
+                if len(args) > 10:  # ``disable`` given by position (the 11th parameter)
+                    args = (*args[:10], True, *args[11:])
+                else:
+                    kwargs["disable"] = True
+                original(self, *args, **kwargs)
 
-    std.tqdm.__init__ = disabled
+            std.tqdm.__init__ = disabled
+        _tqdm_depth += 1
     try:
         yield
     finally:
-        std.tqdm.__init__ = original
+        with _tqdm_lock:
+            _tqdm_depth -= 1
+            if _tqdm_depth == 0:
+                std.tqdm.__init__ = _tqdm_original
 
 
 def _transformers_bars(on: bool | None) -> bool | None:

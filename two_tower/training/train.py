@@ -11,7 +11,7 @@ import hydra
 import lightning as L
 import pandas as pd
 from hydra.errors import InstantiationException
-from lightning.pytorch.callbacks import ProgressBar
+from lightning.pytorch.callbacks import ModelSummary, ProgressBar
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -447,6 +447,8 @@ def _train(cfg: DictConfig) -> dict[str, float]:
     callbacks = instantiate_group(cfg.get("callbacks")) + tracking_callbacks(loggers)
     if cfg.trainer.get("enable_progress_bar") is False:  # Lightning refuses a progress bar callback then
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
+    if cfg.trainer.get("enable_model_summary") is False:  # the configured ModelSummary prints whatever the flag says
+        callbacks = [c for c in callbacks if not isinstance(c, ModelSummary)]
     if datamodule.negatives.refresh_every_n_epochs:
         callbacks.append(NegativeRefresh(datamodule.negatives.refresh_every_n_epochs))
     try:
