@@ -472,6 +472,8 @@ def _train(cfg: DictConfig) -> dict[str, float]:
             # Lightning-stateful; ours resumes by the batches counted in the checkpoint (TripletBatchSampler's batches_done) and
             # ends with exactly an uninterrupted run's metrics (tests/test_reliability.py): the warning said otherwise
             warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
+            if ckpt_path:  # a resume writes on into its run's checkpoints/ (a new run into a folder holding last.ckpt is refused)
+                warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
             trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     except SIGTERMException:
         # Lightning's SIGTERMException is a SystemExit of status 0: a preempted run looked like a finished one
