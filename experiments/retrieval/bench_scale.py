@@ -111,6 +111,7 @@ def build(args) -> dict:
 
     from two_tower.retrieval.checkpoint import load_checkpoint, model_identity
     from two_tower.retrieval.index import build_faiss, write_index_folder
+    from two_tower.retrieval.indexer import corpus_statistics, static_model_of
     from two_tower.retrieval.query_encoder import QueryEncoder
 
     work, n, factory = Path(args.work), args.size, args.factory
@@ -119,12 +120,16 @@ def build(args) -> dict:
     passages = pq.read_table(work / "passages.parquet").slice(0, n)
     ids, texts = passages.column("id").to_pylist(), passages.column("text").to_pylist()
     vectors = np.load(work / "vectors.npy", mmap_mode="r")[:n]
+    # a bag-of-words checkpoint's folder holds the corpus's term statistics (its query tower weighs by them) and the
+    # static model its vocabulary extension comes from, as index.py writes them; None and no cost without a bag
+    statistics = corpus_statistics(module, texts)
     before = rss_mb()
     t0 = time.perf_counter()
     index = build_faiss(np.array(vectors), factory, search_params=args.search_params)
     t1 = time.perf_counter()
     out = work / f"index-{n}-{factory.replace(',', '_')}"
-    write_index_folder(out, index, ids, texts, encoder, {"model": model_identity(module, args.ckpt), "config": vars(args)}, overwrite=True)
+    write_index_folder(out, index, ids, texts, encoder, {"model": model_identity(module, args.ckpt), "config": vars(args)}, overwrite=True,
+                       statistics=statistics, static_model=static_model_of(encoder))
     t2 = time.perf_counter()
     return {"faiss_build_s": t1 - t0, "write_s": t2 - t1, "rss_before_build_mb": before, "peak_rss_mb": peak_rss_mb(), "folder": str(out)}
 
@@ -159,7 +164,8 @@ def search(args) -> dict:
         t = time.perf_counter()
         searcher.search([q], 10)
         single.append(time.perf_counter() - t)
-    batches = [queries[i : i + 256] for i in range(0, len(queries) - 255, 256)] * 5
+    size = min(256, len(queries))  # batches of 256 (all the queries, when there are fewer)
+    batches = [queries[i : i + size] for i in range(0, len(queries) - size + 1, size)] * 5
     batched = []
     for batch in batches:
         t = time.perf_counter()
@@ -246,6 +252,7 @@ def main() -> None:
     parser.add_argument("--factory", help="with --stage: the index factory")
     parser.add_argument("--search-params", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    args.ckpt = str(Path(args.ckpt).expanduser().resolve())  # the stages run in child processes started in the checkout
     if args.stage:
         print(json.dumps({"build": build, "search": search, "ef-sweep": ef_sweep}[args.stage](args)))
         return

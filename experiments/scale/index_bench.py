@@ -49,7 +49,7 @@ def corpus(module, data: str, n: int) -> tuple[list[str], list[str]]:
 
     real = list(dict.fromkeys(t for split in ("train", "validation") for t in split_passages(split, data, "", "").texts))
     words = [w for w in module.tokenizer.words[2:] if w.isalpha()]
-    texts = real + synthetic_texts(words, n - len(real), 40, 72, seed=0)
+    texts = real + synthetic_texts(words, max(0, n - len(real)), 40, 72, seed=0)
     from two_tower.data import msmarco
 
     rows, _ = msmarco.validate_rows(msmarco.load_split("validation", data), "validation", for_training=False)

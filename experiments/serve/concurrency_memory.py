@@ -32,7 +32,7 @@ def main() -> None:
     ap.add_argument("settings", nargs="*", help="serve.py settings, e.g. concurrency=40")
     ap.add_argument("--requests", type=int, default=2000)
     ap.add_argument("--clients", type=int, default=32)
-    args = ap.parse_args()
+    args = ap.parse_intermixed_args()  # options before or after the settings
     queries = [json.loads(line)["text"] for line in open(args.queries, encoding="utf-8") if line.strip()]
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
