@@ -126,6 +126,7 @@ def benign_load_report_dropped():
     finally:
         logger.removeFilter(dropped)
 
+
 class SentenceTransformerTeacher:
     """A sentence-transformers model as teacher. ``threads``: torch threads while encoding (null = all cores)."""
 

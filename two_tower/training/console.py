@@ -10,6 +10,7 @@
   console only).
 - Lightning 2.6's ``FutureWarning`` that ``isinstance(treespec, LeafSpec)`` is deprecated (torch 2.13), raised from
   Lightning's own code at every fit and validation: nothing this project calls (Lightning issue #21326).
+- Warnings of a resume that do not hold here (``resume_warnings_filtered``).
 """
 
 from __future__ import annotations
@@ -44,4 +45,19 @@ def lightning_warnings_filtered():
     """Inside the block, Lightning's deprecation warning about its own use of torch's ``LeafSpec`` is not shown."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning)
+        yield
+
+
+@contextlib.contextmanager
+def resume_warnings_filtered(resuming: bool):
+    """Inside the block (``trainer.fit``), Lightning's resume warnings that say otherwise than this project does:
+    - a mid-epoch resume "can cause unreliable results" (the DataLoader is not Lightning-stateful): ours resumes by the
+      batches counted in the checkpoint (``TripletBatchSampler``'s ``batches_done``) and ends with exactly an
+      uninterrupted run's metrics (tests/test_reliability.py);
+    - ``resuming``: the run's "Checkpoint directory ... exists and is not empty": a resume writes on into its own
+      checkpoints/ (a new run into a folder holding last.ckpt is refused before)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
+        if resuming:
+            warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
         yield

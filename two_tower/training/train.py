@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import time
-import warnings
 from pathlib import Path
 
 import hydra
@@ -28,7 +27,7 @@ from two_tower.training.loggers import ResumableCSVLogger
 from two_tower.training.processes import other_processes_watched
 from two_tower.core.config_key import NOT_SET, changed_settings, current_config_key
 from two_tower.data.datamodule import TwoTowerDataModule
-from two_tower.training.console import lightning_warnings_filtered, quiet_lightning
+from two_tower.training.console import lightning_warnings_filtered, quiet_lightning, resume_warnings_filtered
 from two_tower.core.errors import CheckpointError, ConfigError, DataSourceError, PerQueryError
 from two_tower.model import frozen_rows
 from two_tower.model.module import EPOCH_SUMS_KEY, RUN_CONFIG_KEY, TwoTowerModule
@@ -313,6 +312,7 @@ def logged_test_metrics(ckpt_path: str) -> dict[str, float]:
     return {f"test/{column}": float(table[column].mean()) for column in table.columns
             if column not in per_query.NOT_METRICS and pd.api.types.is_numeric_dtype(table[column])}
 
+
 def test_best_checkpoint(trainer: L.Trainer, module: TwoTowerModule, datamodule: TwoTowerDataModule, loggers: list) -> dict[str, float]:
     """Score the best-on-validation checkpoint on the labelled test split, once: ``test/*`` in every
     logger (and the W&B run summary). Nothing without a test split or a best checkpoint."""
@@ -467,13 +467,8 @@ def _train(cfg: DictConfig) -> dict[str, float]:
         # run's, never that of another run whose checkpoint this one starts from (a review: it was the checkpoint's).
         discard(Path(cfg.paths.output_dir) / "per_query" / per_query.STAGE_FILES["test"])
     try:
-        with other_processes_watched(trainer, last), warnings.catch_warnings():  # another process that ended: one line, not each one's traceback
-            # Lightning warns that a mid-epoch resume "can cause unreliable results" when the DataLoader is not
-            # Lightning-stateful; ours resumes by the batches counted in the checkpoint (TripletBatchSampler's batches_done) and
-            # ends with exactly an uninterrupted run's metrics (tests/test_reliability.py): the warning said otherwise
-            warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
-            if ckpt_path:  # a resume writes on into its run's checkpoints/ (a new run into a folder holding last.ckpt is refused)
-                warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+        # another process that ended: one line, not each one's traceback; Lightning's resume warnings that do not hold here
+        with other_processes_watched(trainer, last), resume_warnings_filtered(resuming=bool(ckpt_path)):
             trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     except SIGTERMException:
         # Lightning's SIGTERMException is a SystemExit of status 0: a preempted run looked like a finished one
