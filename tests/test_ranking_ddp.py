@@ -92,3 +92,35 @@ def test_fewer_queries_than_processes_give_the_numbers_of_one(tiny_cfg, tmp_path
     two, two_table, _ = _validate(cfg, 2, tmp_path / "two")
     assert two == one and len(two_table) == 1
     pd.testing.assert_frame_equal(two_table.reset_index(drop=True), one_table.reset_index(drop=True), check_exact=True)
+
+
+def _epoch_means_in_process(rank: int, world: int, store: str, out: str) -> None:
+    import torch.distributed as dist
+
+    from two_tower.model.module import epoch_means
+
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+    rows, sums = [(3, {"loss": 3.0, "kl": 0.3}), (1, {"loss": 5.0, "kl": 0.5})][rank]
+    means = epoch_means({name: torch.tensor(value) for name, value in sums.items()}, rows)
+    torch.save({name: float(value) for name, value in means.items()}, f"{out}.{rank}")
+    dist.destroy_process_group()
+
+
+def test_training_epoch_means_weigh_every_process_rows():
+    """train/loss_epoch and the other epoch means are over the rows of every process (each row once): each process
+    logged its own share's mean and Lightning kept rank 0's (under its "use sync_dist=True" warning). Rank 0 trained
+    3 rows of summed loss 3, rank 1 one of loss 5: the epoch's mean is 8 / 4 = 2 (rank 0's alone: 1; the mean of the
+    two means: 3)."""
+    import tempfile
+
+    import torch.multiprocessing as mp
+
+    from two_tower.model.module import epoch_means
+
+    with tempfile.TemporaryDirectory() as folder:
+        mp.spawn(_epoch_means_in_process, args=(2, f"{folder}/store", f"{folder}/means"), nprocs=2)
+        got = [torch.load(f"{folder}/means.{rank}") for rank in range(2)]
+    assert got[0] == got[1] == {"loss": 2.0, "kl": pytest.approx(0.2)}
+    # One process: the sums over its rows, as before (float32, what training_step summed)
+    one = epoch_means({"loss": torch.tensor(3.0), "kl": torch.tensor(0.3)}, 3)
+    assert one == {"loss": torch.tensor(1.0), "kl": torch.tensor(0.3) / 3} and one["loss"].dtype == torch.float32

@@ -194,7 +194,10 @@ def _final_metrics(run_dir: Path) -> dict:
     assert not m.loc[m["train/loss_step"].notna(), "step"].duplicated().any()
     val = m[m["val/mrr@10"].notna()].sort_values("epoch")
     assert not val["epoch"].duplicated().any()
-    return {"epochs": val["epoch"].tolist(), "val/mrr@10": val["val/mrr@10"].iloc[-1], "val/recall@10": val["val/recall@10"].iloc[-1]}
+    # Each epoch's training mean too: a resumed epoch's is over the rows before the stop as well (in every process)
+    loss = m[m["train/loss_epoch"].notna()].sort_values("epoch")["train/loss_epoch"].tolist()
+    return {"epochs": val["epoch"].tolist(), "val/mrr@10": val["val/mrr@10"].iloc[-1], "val/recall@10": val["val/recall@10"].iloc[-1],
+            "train/loss_epoch": loss}
 
 
 def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 300) -> None:

@@ -187,10 +187,11 @@ class TwoTowerModule(L.LightningModule):
 
     def on_train_epoch_end(self):
         if self._train_epoch_rows:
-            for name, total in self._train_epoch_sums.items():
-                # batch_size=1: Lightning stores value * 1 and divides by 1, so the logged value is exact.
+            for name, mean in epoch_means(self._train_epoch_sums, self._train_epoch_rows).items():
+                # batch_size=1: Lightning stores value * 1 and divides by 1, so the logged value is exact. The mean is
+                # every process's already (the same value in each), so "max" over processes returns it bit for bit.
                 key = "train/loss_epoch" if name == "loss" else f"train/{name}"
-                self.log(key, total / self._train_epoch_rows, on_step=False, on_epoch=True, batch_size=1)
+                self.log(key, mean, on_step=False, on_epoch=True, batch_size=1, sync_dist=True, reduce_fx="max")
         self._train_epoch_sums, self._train_epoch_rows = {}, 0
 
     # ---------------------------------------------------------------- validation
@@ -308,9 +309,10 @@ class TwoTowerModule(L.LightningModule):
     # ---------------------------------------------------------------- checkpoints carry the tokenizer
     def on_save_checkpoint(self, checkpoint):
         if self._train_epoch_rows:  # saved mid-epoch (at an epoch's end the sums are logged and emptied)
-            sums = {name: total.detach().cpu() for name, total in self._train_epoch_sums.items()}
-            # "processes": resuming mid-epoch needs as many (train.check_resume_checkpoint)
-            checkpoint[EPOCH_SUMS_KEY] = {"rows": self._train_epoch_rows, "sums": sums, "processes": _world_size()}
+            own = {"rows": self._train_epoch_rows, "sums": {name: total.detach().cpu() for name, total in self._train_epoch_sums.items()}}
+            # "processes": resuming mid-epoch needs as many (train.check_resume_checkpoint); "ranks": each process's
+            # sums (the epoch's mean is over all of them), gathered as callbacks.RNGState gathers its states
+            checkpoint[EPOCH_SUMS_KEY] = {**own, "processes": _world_size(), **_every_process(own)}
         if self.run_config is not None:
             checkpoint[RUN_CONFIG_KEY] = self.run_config
         if self.tokenizer is not None:
@@ -323,6 +325,9 @@ class TwoTowerModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint):
         if EPOCH_SUMS_KEY in checkpoint:  # a run resumed mid-epoch goes on summing that epoch
             saved = checkpoint[EPOCH_SUMS_KEY]
+            ranks, rank = saved.get("ranks"), _rank()
+            if ranks and rank < len(ranks):  # this process's own (rank 0's alone in a checkpoint saved at Ctrl-C)
+                saved = ranks[rank]
             self._train_epoch_sums = {name: total.to(self.device) for name, total in saved["sums"].items()}
             self._train_epoch_rows = saved["rows"]
         if "tokenizer" in checkpoint:
@@ -335,6 +340,44 @@ def _world_size() -> int:
     import torch.distributed as dist
 
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def _rank() -> int:
+    import torch.distributed as dist
+
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def epoch_means(sums: dict[str, torch.Tensor], rows: int) -> dict[str, torch.Tensor]:
+    """{name: sum / rows} over the epoch's rows in every process: with several processes the sums and row counts
+    of all of them are added first (one all-reduce, float64), so the mean weighs each row once. Each process
+    logged its own share's mean before, and Lightning kept rank 0's: half the epoch's rows with two processes."""
+    names = sorted(sums)
+    if _world_size() == 1:
+        return {name: sums[name] / rows for name in names}
+    import torch.distributed as dist
+
+    device = sums[names[0]].device if names else torch.device("cpu")
+    packed = torch.tensor([float(rows)] + [float(sums[name]) for name in names], dtype=torch.float64, device=device)
+    dist.all_reduce(packed)
+    dtype = sums[names[0]].dtype if names else torch.get_default_dtype()
+    return {name: (packed[i + 1] / packed[0]).to(dtype) for i, name in enumerate(names)}
+
+
+def _every_process(own: dict) -> dict:
+    """{"ranks": [each process's ``own``]} under several processes (gathered while the checkpoint is dumped, which
+    every process does); {} with one, or while Ctrl-C is handled (the processes stopped wherever each was, and a
+    gather there would hang: callbacks.RNGState)."""
+    import sys
+
+    world = _world_size()
+    if world < 2 or isinstance(sys.exc_info()[1], KeyboardInterrupt):
+        return {}
+    import torch.distributed as dist
+
+    ranks = [None] * world
+    dist.all_gather_object(ranks, own)
+    return {"ranks": ranks}
 
 
 def gather_rows(rows: torch.Tensor, *fixed: torch.Tensor):

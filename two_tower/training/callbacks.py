@@ -154,7 +154,8 @@ class EpochTimings(L.Callback):
     ``time/validation_seconds`` every epoch, through every logger (CSV, W&B), so any run shows where its
     time goes. The sanity-check validation is not counted. The training seconds of an epoch so far travel in
     checkpoints: a run resumed mid-epoch (Lightning does not start that epoch again) logged no
-    ``time/epoch_train_seconds`` for it; it logs the whole epoch's, the part before the stop included."""
+    ``time/epoch_train_seconds`` for it; it logs the whole epoch's, the part before the stop included. With several
+    processes (DDP) each figure is the slowest process's (the epoch waits for it); rank 0's was logged before."""
 
     def __init__(self):
         self._train_start = self._val_start = None
@@ -183,12 +184,12 @@ class EpochTimings(L.Callback):
         if trainer.sanity_checking or self._val_start is None:
             return
         self._val_seconds += time.perf_counter() - self._val_start
-        pl_module.log("time/validation_seconds", self._val_seconds, on_epoch=True, sync_dist=False)
+        pl_module.log("time/validation_seconds", self._val_seconds, on_epoch=True, sync_dist=True, reduce_fx="max")
 
     def on_train_epoch_end(self, trainer, pl_module):
         if self._train_start is not None:
             seconds = time.perf_counter() - self._train_start - self._val_seconds
-            pl_module.log("time/epoch_train_seconds", seconds, on_epoch=True, sync_dist=False)
+            pl_module.log("time/epoch_train_seconds", seconds, on_epoch=True, sync_dist=True, reduce_fx="max")
 
 
 class RNGState(L.Callback):

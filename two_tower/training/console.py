@@ -9,7 +9,10 @@
   is plain text that reaches ``train.log``: Lightning's default draws it with rich, where rich is installed, on the
   console only).
 - Lightning 2.6's ``FutureWarning`` that ``isinstance(treespec, LeafSpec)`` is deprecated (torch 2.13), raised from
-  Lightning's own code at every fit and validation: nothing this project calls (Lightning issue #21326).
+  Lightning's own code at every fit and validation: nothing this project calls (Lightning issue #21326); and torch
+  2.13's ``FutureWarning`` that ``torch.distributed.nn.functional.all_gather`` is deprecated, raised in each process
+  of a multi-process run by ``LightningModule.all_gather`` and ``model.module.gather_rows`` (the replacement torch
+  names, ``torch.distributed._functional_collectives``, is private).
 - Warnings of a resume that do not hold here (``resume_warnings_filtered``).
 """
 
@@ -45,6 +48,9 @@ def lightning_warnings_filtered():
     """Inside the block, Lightning's deprecation warning about its own use of torch's ``LeafSpec`` is not shown."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning)
+        # torch 2.13 deprecates torch.distributed.nn.functional.all_gather, which LightningModule.all_gather calls (and
+        # gather_rows, for gradients through the gathered rows); the replacement it names is in a private module
+        warnings.filterwarnings("ignore", message=r"torch\.distributed\.nn\.functional\.all_gather is deprecated", category=FutureWarning)
         yield
 
 

@@ -102,3 +102,18 @@ def _signal_name(number: int) -> str:
 
 def _first_line(err: BaseException) -> str:
     return " ".join(str(err).split())[:200]
+
+
+def ddp_strategy(**kwargs):
+    """Lightning's ``DDPStrategy(**kwargs)`` for towers whose buffers are the same in every process (the bag-of-words
+    signatures are drawn from a fixed seed, up to 277 MB): DDP's default would send them from rank 0 before every
+    forward pass. torch 2.13 names that switch ``forward_sync_buffers`` and deprecates ``broadcast_buffers`` (a
+    warning from each process at every fit); older torch has only the latter. With ``forward_sync_buffers=False``
+    the buffers are still sent once, when DDP wraps the model."""
+    import inspect
+
+    from lightning.pytorch.strategies import DDPStrategy
+    from torch.nn.parallel import DistributedDataParallel
+
+    switch = "forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters else "broadcast_buffers"
+    return DDPStrategy(**{switch: False}, **kwargs)
