@@ -931,13 +931,127 @@ def test_evaluate_replaces_an_earlier_evaluation_in_out_and_checks_out_first(tra
     assert sorted(p.name for p in (out / "runs").iterdir()) == ["bm25.trec", "dense.trec"]
     (out / "notes.txt").write_text("mine")  # not an output: kept
     evaluate(compose_retrieval("evaluate", [f"ckpt={trained['ckpt']}", f"data.path={trained['data']}", f"out={out}", "retriever=[bm25_stemmed]"]))
-    assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "metrics.md", "notes.txt", "per_query"]
+    assert sorted(p.name for p in out.iterdir()) == [".evaluation_outputs.json", "metrics.json", "metrics.md", "notes.txt", "per_query"]
     assert [p.name for p in (out / "per_query").iterdir()] == ["bm25_stemmed.parquet"]
     assert list(json.loads((out / "metrics.json").read_text())["metrics"]) == ["bm25_stemmed"]
     (tmp_path / "file").write_text("")
     monkeypatch.setattr(evaluate_module, "build_retrievers", lambda cfg: pytest.fail("worked before checking out="))
     with pytest.raises(NotWritableError, match="out="):
         evaluate(compose_retrieval("evaluate", [f"ckpt={trained['ckpt']}", f"data.path={trained['data']}", f"out={tmp_path / 'file' / 'eval'}", "retriever=[bm25]"]))
+
+
+def _small_beir(root: Path) -> Path:
+    from tests.test_open_vocabulary import write_beir
+
+    write_beir(root, [b'{"_id": "d1", "text": "aircraft wing flutter"}', b'{"_id": "d2", "text": "boundary layer heat"}',
+                      b'{"_id": "d3", "text": "shock wave nozzle"}'],
+               [b'{"_id": "q1", "text": "xylophone quokka"}', b'{"_id": "q2", "text": "nozzle"}'], ["q1\td1\t1", "q2\td3\t1"])
+    return root
+
+
+def test_evaluate_out_replaces_only_what_evaluations_wrote_there(tmp_path, monkeypatch):
+    """evaluate.py replaced everything named runs/, per_query/ or qrels.txt in out=, whoever wrote it (a helper's probe:
+    out=<a copy of a training run> removed its per_query/val_best.parquet; out=/tmp would remove /tmp/runs). Now it
+    replaces the files an earlier evaluation wrote (listed in .evaluation_outputs.json, or named by an older folder's
+    metrics.json), keeps the rest, and refuses, before any work, to replace a file no evaluation wrote."""
+    from two_tower.retrieval import evaluate as evaluate_module
+
+    beir = _small_beir(tmp_path / "beir")
+    out = tmp_path / "run"
+    (out / "per_query").mkdir(parents=True)
+    (out / "runs").mkdir()
+    (out / "per_query" / "val_best.parquet").write_text("training's")
+    (out / "runs" / "notes.txt").write_text("mine")
+    settings = [f"data.path={beir}", "split=test", f"out={out}"]
+    evaluate(compose_retrieval("evaluate", [*settings, "retriever=[bm25]", "save_runs=true"]))
+    assert (out / "per_query" / "val_best.parquet").read_text() == "training's" and (out / "runs" / "notes.txt").read_text() == "mine"
+    assert json.loads((out / ".evaluation_outputs.json").read_text()) == ["metrics.json", "metrics.md", "per_query/bm25.parquet", "qrels.txt", "runs/bm25.trec"]
+    evaluate(compose_retrieval("evaluate", [*settings, "retriever=[bm25_stemmed]"]))  # replaces the first evaluation's files
+    files = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    assert files == [".evaluation_outputs.json", "metrics.json", "metrics.md", "per_query/bm25_stemmed.parquet", "per_query/val_best.parquet", "runs/notes.txt"]
+    # A file this evaluation would write that no evaluation wrote: refused before any retriever is built
+    (out / "qrels.txt").write_text("somebody's")
+    monkeypatch.setattr(evaluate_module, "build_retrievers", lambda cfg: pytest.fail("worked before checking out="))
+    with pytest.raises(ConfigError, match=r"qrels.txt is there and no earlier evaluation wrote it"):
+        evaluate(compose_retrieval("evaluate", [*settings, "retriever=[bm25]", "save_runs=true"]))
+    monkeypatch.undo()
+    assert (out / "qrels.txt").read_text() == "somebody's"
+    # A folder evaluated before the list was kept: its metrics.json names what it wrote
+    (out / "qrels.txt").unlink()
+    (out / ".evaluation_outputs.json").unlink()
+    evaluate(compose_retrieval("evaluate", [*settings, "retriever=[bm25]"]))
+    assert sorted(p.name for p in (out / "per_query").iterdir()) == ["bm25.parquet", "val_best.parquet"]
+    # A list no evaluation could have written (outside out=) owns nothing
+    (out / ".evaluation_outputs.json").write_text(json.dumps(["../beir/corpus.jsonl", "per_query/val_best.parquet", "metrics.json"]))
+    assert evaluate_module.earlier_outputs(out) == {"per_query/val_best.parquet", "metrics.json"}
+    assert evaluate_module.earlier_outputs(out) - {"metrics.json"} <= {"per_query/val_best.parquet"}
+    assert "../beir/corpus.jsonl" not in evaluate_module.earlier_outputs(out)
+
+
+def test_evaluate_interrupted_while_replacing_leaves_a_folder_the_next_evaluation_replaces(tmp_path, monkeypatch):
+    """Killed after the earlier metrics.json went and before the new one came: no metrics.json (no mix of two
+    evaluations claims to be whole), and the list names every output left, so the next evaluation is not refused."""
+    from two_tower.retrieval import evaluate as evaluate_module
+
+    beir = _small_beir(tmp_path / "beir")
+    out = tmp_path / "out"
+    settings = [f"data.path={beir}", "split=test", f"out={out}"]
+    evaluate(compose_retrieval("evaluate", [*settings, "retriever=[bm25]", "save_runs=true"]))
+    real_replace = evaluate_module.os.replace
+
+    def killed(source, target):
+        if Path(target) == out / "metrics.json":  # moving the new metrics.json into out=
+            raise KeyboardInterrupt
+        return real_replace(source, target)
+
+    monkeypatch.setattr(evaluate_module.os, "replace", killed)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(compose_retrieval("evaluate", [*settings, "retriever=[bm25_stemmed]", "save_runs=true"]))
+    monkeypatch.undo()
+    assert not (out / "metrics.json").exists()
+    listed = set(json.loads((out / ".evaluation_outputs.json").read_text()))
+    assert {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file() and p.name != ".evaluation_outputs.json"} <= listed
+    evaluate(compose_retrieval("evaluate", [*settings, "retriever=[bm25]", "save_runs=true"]))
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()) == [
+        ".evaluation_outputs.json", "metrics.json", "metrics.md", "per_query/bm25.parquet", "qrels.txt", "runs/bm25.trec"]
+
+
+def test_bm25_retrieves_only_passages_that_share_a_word_with_the_query(tmp_path):
+    """Unmatched passages filled BM25's top k in passage order and counted: q1, of words no passage has, scored MRR@10
+    1 because its relevant passage came first in the corpus. Now its ranking is empty (the run file has no line for
+    it) and it scores 0; q2 finds its passage."""
+    beir = _small_beir(tmp_path / "beir")
+    out = tmp_path / "out"
+    metrics = evaluate(compose_retrieval("evaluate", [f"data.path={beir}", "split=test", f"out={out}", "retriever=[bm25]", "save_runs=true"]))["bm25"]
+    assert metrics["mrr@10"] == metrics["recall@100"] == 0.5
+    assert (out / "runs" / "bm25.trec").read_text().split()[:3] == ["q2", "Q0", "d3"] and len((out / "runs" / "bm25.trec").read_text().splitlines()) == 1
+
+
+@pytest.mark.parametrize("setting, words", [
+    ("retriever.hybrid_weighted.weights=[0,0]", "retriever.hybrid_weighted.weights=[0, 0]: all 0"),
+    ("retriever.hybrid_weighted.weights=[1,-1]", "retriever.hybrid_weighted.weights[1]=-1: must be a finite number >= 0"),
+    ("retriever.hybrid_weighted.weights=[inf,1]", "retriever.hybrid_weighted.weights[0]=inf: must be a finite number >= 0"),
+    ("retriever.hybrid_rrf.weights=[1,nan]", "retriever.hybrid_rrf.weights[1]=nan: must be a finite number >= 0"),
+    ("retriever.hybrid_rrf.depth=0", "retriever.hybrid_rrf.depth=0: must be a whole number >= 1"),
+    ("retriever.hybrid_rrf.k=-1", "retriever.hybrid_rrf.k=-1: must be a finite number >= 0"),
+    ("retriever.hybrid_weighted.weights=3", "retriever.hybrid_weighted.weights=3: give a list"),
+])
+def test_evaluate_refuses_fusion_settings_that_rank_nonsense(tmp_path, setting, words):
+    """Weights of 0, below 0, infinite or nan, RRF's depth 0 or k below 0 ranked by passage number or worst first, and
+    evaluate.py reported the row (index.py and search.py refused the same weights)."""
+    beir = _small_beir(tmp_path / "beir")
+    cfg = compose_retrieval("evaluate", [f"data.path={beir}", "split=test", f"out={tmp_path / 'out'}", "ckpt=unused.ckpt", "retriever=[hybrid]", setting])
+    with pytest.raises(ConfigError, match=re.escape(words)):
+        evaluate(cfg)
+    with pytest.raises(ConfigError, match=r"all 0"):
+        WeightedScoreFusion([BM25Retriever(), BM25Retriever()], [0.0, 0.0])
+
+
+def test_evaluate_with_no_retriever_is_one_line(tmp_path):
+    """retriever=[] removes the key: a ConfigAttributeError traceback, exit 1. Now the 'no retriever' line."""
+    cfg = compose_retrieval("evaluate", [f"data.path={_small_beir(tmp_path / 'beir')}", "split=test", f"out={tmp_path / 'out'}", "retriever=[]"])
+    with pytest.raises(ConfigError, match=r"no retriever selected"):
+        evaluate(cfg)
 
 
 def test_trec_runs_keep_scores_exact_and_ids_that_fit_the_format(tmp_path):
@@ -1017,7 +1131,10 @@ def test_hybrid_weights_reduce_to_their_parts(trained):
     }
     metrics, rankings = evaluate_split(split, retrievers)
     assert torch.equal(rankings["rrf_dense_only"].ranked, rankings["dense"].ranked)
-    assert torch.equal(rankings["weighted_bm25_only"].ranked, rankings["bm25"].ranked)
+    # BM25 retrieves the passages it matched only (-1 after them); the fusion ranks every passage, in the same order
+    matched = rankings["bm25"].ranked >= 0
+    assert torch.equal(rankings["weighted_bm25_only"].ranked[matched], rankings["bm25"].ranked[matched])
+    assert not matched.all() and (matched[:, :-1] | ~matched[:, 1:]).all()  # the unmatched are the rows' tails
     assert metrics["bm25"]["mrr@10"] > 0.3  # the synthetic queries share keywords with their passages
 
 
@@ -1040,21 +1157,22 @@ def test_bm25_metrics_by_hand():
     """Passages 0 'apple banana', 1 'cherry grape', 2 'peach plum', 3 'lemon melon', 4 'apple cherry'.
 
     q0 'banana' -> only p0 matches: positive p0 at rank 1.
-    q1 'grape smoothie' -> only p1 matches ('smoothie' is unknown); the rest score 0 and keep index
-       order 0, 2, ...: positive p2 at rank 3. Within its candidates [2, 1, 3]: p1, then p2 (tie with p3,
-       earlier in the list): rank 2.
+    q1 'grape smoothie' -> only p1 matches ('smoothie' is unknown); the rest share no word with it and are
+       not retrieved (they followed in index order, and positive p2 counted at rank 3): positive p2 not found.
+       Within its candidates [2, 1, 3]: p1 alone (p2 came second, by its place in the list): not found.
     q2 'apple' -> p0 and p4 tie exactly (same length, one 'apple' each); p0 is first: positive p4 at
        rank 2. Within its candidates [4, 0] the tie goes to the earlier candidate, p4: rank 1.
     """
     metrics, rankings = evaluate_split(hand_split(), {"bm25": BM25Retriever()})
-    assert rankings["bm25"].ranked[:, :3].tolist() == [[0, 1, 2], [1, 0, 2], [0, 4, 1]]
+    assert rankings["bm25"].ranked[:, :3].tolist() == [[0, -1, -1], [1, -1, -1], [0, 4, -1]]
+    assert rankings["bm25"].reranked.tolist() == [[0, -1, -1], [1, -1, -1], [4, 0, -1]]
     want = {
-        "mrr@10": (1 + 1 / 3 + 1 / 2) / 3,
+        "mrr@10": (1 + 0 + 1 / 2) / 3,
         "recall@1": 1 / 3,
-        "recall@10": 1.0,
-        "recall@100": 1.0,
-        "ndcg@10": (1 + 1 / math.log2(4) + 1 / math.log2(3)) / 3,
-        "rerank_mrr@10": (1 + 1 / 2 + 1) / 3,
+        "recall@10": 2 / 3,
+        "recall@100": 2 / 3,
+        "ndcg@10": (1 + 0 + 1 / math.log2(3)) / 3,
+        "rerank_mrr@10": (1 + 0 + 1) / 3,
     }
     assert {k: metrics["bm25"][k] for k in want} == pytest.approx(want, abs=1e-12)
 

@@ -115,6 +115,11 @@ RULES = {
     "rerank.max_tokens": (INT, lambda v: v >= 1, "a whole number >= 1"),
     "smooth.neighbours": (INT, lambda v: 1 <= v <= 1000, "a whole number from 1 to 1000"),
     "smooth.weight": (NUM, lambda v: 0 <= v <= 1, "a number from 0 (the passage's own vector) to 1 (its neighbours' mean)"),
+    # evaluate.py's fusions (retriever.<name>.*; hybrid.WeightedScoreFusion, hybrid.ReciprocalRankFusion): a weight
+    # below 0 ranks a part's best passages last, all 0 ranks by passage number; 1 / (k + rank) needs k >= 0
+    "fusion.weight": (NUM, lambda v: 0 <= v < float("inf"), "a finite number >= 0"),
+    "fusion.k": (NUM, lambda v: 0 <= v < float("inf"), "a finite number >= 0 (RRF's constant; 60 in Cormack et al.)"),
+    "fusion.depth": (INT, lambda v: v >= 1, "a whole number >= 1 (each part's top passages that get a share)"),
 }
 
 

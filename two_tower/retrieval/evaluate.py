@@ -64,6 +64,16 @@ def check_retriever_settings(name: str, spec: DictConfig) -> None:
     encodes nothing; an unknown stemmer fails deep in PyStemmer): one ConfigError naming retriever.<name>.<key>."""
     if "batch_size" in spec:
         check(f"retriever.{name}.batch_size", spec.batch_size, rule="batch_size")
+    if str(spec.get("_target_", "")).endswith((".WeightedScoreFusion", ".ReciprocalRankFusion")):  # its weights, RRF's k and depth
+        from two_tower.retrieval.hybrid import check_weights
+
+        weights = spec.get("weights")
+        if not OmegaConf.is_list(weights):
+            raise ConfigError(f"retriever.{name}.weights={weights!r}: give a list, one weight a part")
+        check_weights(list(weights), f"retriever.{name}.weights")
+        for key, rule in (("k", "fusion.k"), ("depth", "fusion.depth")):
+            if key in spec:
+                check(f"retriever.{name}.{key}", spec[key], rule=rule)
     # retrievers over a settings class (BM25, feedback, smoothing, MaxSim): its keys and values, named as given
     from two_tower.retrieval.maxsim import MaxSimRerank
     from two_tower.retrieval.prf import RocchioPRF
@@ -174,11 +184,12 @@ def evaluate(cfg: DictConfig) -> dict[str, dict]:
 def _evaluate_checked(cfg: DictConfig) -> dict[str, dict]:
     set_threads(cfg.get("threads"))
     check_config(cfg, ["save_runs"])
-    if not cfg.retriever:
+    if not cfg.get("retriever"):  # retriever=[] leaves no retriever key at all
         raise ConfigError("no retriever selected; e.g. retriever=[dense,bm25,hybrid]")
     out = Path(cfg.out)
     created = not out.exists()
     check_writable(out, f"out={cfg.out}", min_free_bytes=1 << 20)  # before any work, not after it (it makes the folder)
+    check_out_clashes(out, list(cfg.retriever), bool(cfg.save_runs))
     try:
         return _evaluate(cfg, out)
     except BaseException:
@@ -214,19 +225,93 @@ def _evaluate(cfg: DictConfig, out: Path) -> dict[str, dict]:
     return metrics
 
 
-# What one evaluation writes in ``out``; metrics.json last, so its presence means the rest is there.
-OUTPUTS = ("per_query", "runs", "qrels.txt", "metrics.md", "metrics.json")
+# The files evaluations wrote in ``out`` (paths relative to it), listed beside them: a later evaluation into the same
+# folder replaces these and nothing else. It replaced everything named per_query/, runs/ or qrels.txt, whoever wrote
+# it: evaluate.py out=<a training run> removed the run's per_query/val_best.parquet, and out=/tmp its runs/ folder.
+OWNED_FILE = ".evaluation_outputs.json"
+_FILES = ("metrics.json", "metrics.md", "qrels.txt")
+_PER_NAME = {"per_query": ".parquet", "runs": ".trec"}
+
+
+def output_paths(names: list[str], save_runs: bool) -> list[str]:
+    """What an evaluation of retrievers ``names`` writes in ``out``, metrics.json first (it is moved in last)."""
+    paths = ["metrics.json", "metrics.md", *(f"per_query/{name}.parquet" for name in names)]
+    if save_runs:
+        paths += ["qrels.txt", *(f"runs/{name}.trec" for name in names)]
+    return paths
+
+
+def _is_output_path(path: object) -> bool:
+    """Whether ``path`` (read from a file in ``out``) names an evaluation output inside ``out``, nothing else."""
+    if not isinstance(path, str):
+        return False
+    parts = path.split("/")
+    if len(parts) == 1:
+        return path in _FILES
+    return (len(parts) == 2 and parts[0] in _PER_NAME and parts[1].endswith(_PER_NAME[parts[0]])
+            and parts[1] not in (".", "..") and "\\" not in parts[1] and "\0" not in parts[1])
+
+
+def earlier_outputs(out: Path) -> set[str]:
+    """The files earlier evaluations wrote in ``out``: those ``OWNED_FILE`` lists or, in a folder evaluated before that
+    list was kept, those its metrics.json names (each retriever's table and run, qrels.txt, metrics.md). An unreadable
+    list or report owns nothing, so nothing of it is replaced (a clash is refused instead)."""
+    try:
+        if (out / OWNED_FILE).is_file():
+            listed = json.loads((out / OWNED_FILE).read_text())
+            return {path for path in listed if _is_output_path(path)} if isinstance(listed, list) else set()
+        if (out / "metrics.json").is_file():
+            names = json.loads((out / "metrics.json").read_text())["metrics"]
+            return {path for path in output_paths(list(names), save_runs=True) if _is_output_path(path)}
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return set()
+
+
+def check_out_clashes(out: Path, names: list[str], save_runs: bool) -> None:
+    """Before any work: a file this evaluation would write into ``out`` that no earlier evaluation wrote there is one
+    ConfigError naming it (evaluate.py would have replaced it)."""
+    if not out.is_dir():
+        return
+    for folder in _PER_NAME:
+        if (out / folder).exists() and not (out / folder).is_dir():
+            raise ConfigError(f"out={out}: {folder} is a file there, where evaluate.py writes a folder; give another out= or move it away")
+    owned = earlier_outputs(out)
+    clashes = [path for path in output_paths(names, save_runs) if (out / path).exists() and path not in owned]
+    if clashes:
+        more = f" (and {len(clashes) - 1} more)" if len(clashes) > 1 else ""
+        raise ConfigError(f"out={out}: {clashes[0]}{more} is there and no earlier evaluation wrote it ({OWNED_FILE} and "
+                          "metrics.json do not name it); this evaluation would replace it: give another out= or move it away")
 
 
 def replace_outputs(staged: Path, out: Path) -> None:
-    """Move ``staged``'s outputs into ``out``, after setting aside every output of an earlier evaluation
-    (metrics.json first): a kill in between leaves no metrics.json rather than a mix of two evaluations."""
-    for name in ("metrics.json", *OUTPUTS[:-1]):
-        discard(out / name)
-    for name in OUTPUTS:
-        if (staged / name).exists():
-            os.replace(staged / name, out / name)
+    """Move ``staged``'s outputs into ``out`` in place of an earlier evaluation's (``earlier_outputs``; other files
+    are left alone). The list of owned files first takes in both, then metrics.json goes, then the rest of the earlier
+    outputs; the new ones come in with metrics.json last: a kill in between leaves no metrics.json rather than a mix
+    of two evaluations, and a list that still names whatever is left, for the next evaluation to replace."""
+    new = sorted(str(path.relative_to(staged)) for path in staged.rglob("*") if path.is_file())
+    new.sort(key=lambda path: path == "metrics.json")  # metrics.json last
+    owned = earlier_outputs(out)
+    _record(out, owned | set(new))
+    if "metrics.json" in owned:
+        discard(out / "metrics.json")
+    for path in sorted(owned - {"metrics.json"}):
+        discard(out / path)
+    for path in new:
+        (out / path).parent.mkdir(exist_ok=True)
+        os.replace(staged / path, out / path)
+    for folder in _PER_NAME:
+        if (out / folder).is_dir() and not any((out / folder).iterdir()):
+            (out / folder).rmdir()
+        elif (out / folder).is_dir():
+            fsync_folder(out / folder)
+    _record(out, set(new))
     fsync_folder(out)
+
+
+def _record(out: Path, paths: set[str]) -> None:
+    with atomic_write(out / OWNED_FILE, "w") as f:
+        f.write(json.dumps(sorted(paths), indent=1))
 
 
 def write_outputs(cfg: DictConfig, out: Path, split, query_rows, metrics, rankings, tables, retrievers) -> None:

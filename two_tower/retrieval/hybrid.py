@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from two_tower.data.prepared import PreparedSplit
+from two_tower.core.checks import check
 from two_tower.core.errors import ConfigError
 from two_tower.retrieval.retriever import SplitRetriever
 
@@ -25,6 +26,7 @@ class FusionRetriever(SplitRetriever):
         super().__init__()
         if len(parts) != len(weights):
             raise ConfigError(f"{len(parts)} parts but {len(weights)} weights; give one weight a part")
+        check_weights(weights)
         self.parts, self.weights = parts, [float(w) for w in weights]
 
     def prepare(self, split: PreparedSplit) -> None:
@@ -44,6 +46,8 @@ class FusionRetriever(SplitRetriever):
 class ReciprocalRankFusion(FusionRetriever):
     def __init__(self, parts: list[SplitRetriever], weights: list[float], k: int = 60, depth: int = 100):
         super().__init__(parts, weights)
+        check("k", k, rule="fusion.k")
+        check("depth", depth, rule="fusion.depth")
         self.k, self.depth = k, depth
 
     def transform(self, scores: torch.Tensor, no_match: torch.Tensor | None) -> torch.Tensor:
@@ -54,6 +58,16 @@ class ReciprocalRankFusion(FusionRetriever):
             return torch.zeros_like(scores).scatter_(1, order, 1.0 / (self.k + ranks))
         matched = top.values[:, : self.depth] > no_match
         return torch.zeros_like(scores).scatter_(1, order, torch.where(matched, 1.0 / (self.k + ranks), 0.0))
+
+
+def check_weights(weights, name: str = "weights") -> None:
+    """A fusion's weights (one a part): each a finite number >= 0, not all 0; ConfigError naming ``name`` (e.g.
+    ``retriever.hybrid_weighted.weights``) otherwise. A weight below 0, infinite or nan, or all of them 0, fused
+    to a ranking by passage number or by a part's worst passages first, and evaluate.py reported it."""
+    for i, weight in enumerate(weights):
+        check(f"{name}[{i}]", weight, rule="fusion.weight")
+    if not sum(float(w) for w in weights) > 0:
+        raise ConfigError(f"{name}={list(weights)}: all 0; at least one part must weigh more than 0")
 
 
 class WeightedScoreFusion(FusionRetriever):

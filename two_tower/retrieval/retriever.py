@@ -19,9 +19,9 @@ from two_tower.core.metrics import rank_by_scores, rank_within_scores
 
 @dataclass
 class Rankings:
-    ranked: torch.Tensor  # [Q, k] passage ids, best first
+    ranked: torch.Tensor  # [Q, k] passage ids, best first; -1 past the passages the retriever matched (no_match_scores)
     scores: torch.Tensor  # [Q, k] their scores
-    reranked: torch.Tensor  # [Q, C] each query's candidates, best first; -1 pads
+    reranked: torch.Tensor  # [Q, C] each query's candidates, best first; -1 pads (and unmatched candidates)
 
 
 class SplitRetriever:
@@ -52,9 +52,21 @@ class SplitRetriever:
             rows = query_rows[start : start + self.chunk]
             chunk_scores = self.scores(rows)
             top = rank_by_scores(chunk_scores, k)
+            top_scores = chunk_scores.gather(1, top)
+            candidates = self.rank_candidates(rows, chunk_scores)
+            no_match = self.no_match_scores(rows)
+            if no_match is not None:
+                # A passage the retriever did not match is not retrieved (-1, as a short list's padding): BM25 filled
+                # its top k with passages sharing no word with the query, in passage order, and one of them that was
+                # relevant counted as found (a query of words no passage has scored MRR@10 1 where its relevant
+                # passage came first in the corpus). Pyserini's and Elasticsearch's runs hold matched passages only.
+                top = top.masked_fill(top_scores <= no_match, -1)
+                found = candidates >= 0
+                candidate_scores = chunk_scores.gather(1, candidates.clamp(min=0))
+                candidates = candidates.masked_fill(found & (candidate_scores <= no_match), -1)
             ranked.append(top)
-            scores.append(chunk_scores.gather(1, top))
-            reranked.append(self.rank_candidates(rows, chunk_scores))
+            scores.append(top_scores)
+            reranked.append(candidates)
         width = max(r.shape[1] for r in reranked)
         reranked = [torch.nn.functional.pad(r, (0, width - r.shape[1]), value=-1) for r in reranked]
         return Rankings(torch.cat(ranked), torch.cat(scores), torch.cat(reranked))
