@@ -861,7 +861,11 @@ def test_corpus_files_parquet_jsonl_tsv(tmp_path, caplog):
     (tmp_path / "typed.jsonl").write_text('{"id": 1, "text": "a passage"}\n{"id": 2, "text": 5}\n{"id": 3, "text": ["a"]}\n{"id": 4, "text": ""}\n')
     with caplog.at_level("WARNING"):
         assert read_corpus_file(tmp_path / "typed.jsonl").ids == ["1"]
-    assert "skipped 3 of 4 rows with a missing or empty text (2 of them not a string)" in caplog.text
+    assert "skipped 3 of 4 rows with a missing or empty text (2 of them not a string) (the first: id '2')" in caplog.text
+    # a nullable integer column's missing id (pd.NA) became the id '<NA>'; now it is a missing id, its row named
+    pd.DataFrame({"id": pd.array([1, 2, None], dtype="Int64"), "text": ["a", "b", "c"]}).to_parquet(tmp_path / "na.parquet")
+    with pytest.raises(CorpusError, match=r"na\.parquet: 1 row\(s\) have no 'id' \(the first: row 3 of the rows read\)"):
+        read_corpus_file(tmp_path / "na.parquet")
     with pytest.raises(CorpusError, match=r"c\.parquet: missing column\(s\) \['id', 'text'\]"):
         read_corpus_file(tmp_path / "c.parquet")
     (tmp_path / "dup.tsv").write_text("1\ta\n1\tb\n")
@@ -902,6 +906,13 @@ def test_corpus_files_parquet_jsonl_tsv(tmp_path, caplog):
     # old Mac line ends (\r alone), as pandas read them
     (tmp_path / "cr.tsv").write_bytes(b"1\thello world\r2\tfoo bar\r3\tqux\r")
     assert read_corpus_file(tmp_path / "cr.tsv").ids == ["1", "2", "3"]
+    # ... but in a file of \n lines a stray \r is the text's: it ended the line, and made the rest of a passage a
+    # passage of its own under whatever id followed (p99 here, silently; a helper's probe)
+    (tmp_path / "stray.tsv").write_bytes(b"p1\tboundary layer\r\np2\theat transfer\rp99\tinjected text\np3\tslabs\rcooled\n")
+    with caplog.at_level("WARNING"):
+        stray = read_corpus_file(tmp_path / "stray.tsv")
+    assert stray.ids == ["p1", "p3"] and stray.texts == ["boundary layer", "slabs\rcooled"]
+    assert "not_two_fields" in caplog.text and "line 2" in caplog.text
 
 
 def test_a_checkpoint_folder_is_named_as_a_folder(trained, tmp_path):

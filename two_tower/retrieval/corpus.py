@@ -37,12 +37,17 @@ COMPRESSED = {b"\x1f\x8b": "gzip", b"BZh": "bzip2", b"\xfd7zXZ": "xz", b"PK\x03\
 def _tsv_frame(path: Path) -> pd.DataFrame:
     """A tsv passage file read line by line (as the BEIR qrels and every jsonl reader read theirs): lines that
     are not UTF-8 or not two tab-separated fields are skipped and counted by reason, the first of each named;
-    blank lines are passed over; a BOM may open the file; lines may end in \\n, \\r\\n or \\r (as pandas read them)."""
+    blank lines are passed over; a BOM may open the file; lines end in \\n or \\r\\n, or, in a file with no \\n at the
+    start, in \\r. A lone \\r inside a line of a \\n file is the text's (it ended the line: a stray one in a passage made
+    the rest of it a passage of its own, with whatever id followed, and line numbers ran past the editor's)."""
     ids, texts, skipped = [], [], Skipped()
+    with open(path, "rb") as f:
+        start = f.read(1 << 20)
+    lone_cr = b"\r" in start and b"\n" not in start
     # surrogateescape: bytes that are not UTF-8 come through as lone surrogates, so one such line is skipped
-    with open(path, encoding="utf-8", errors="surrogateescape", newline=None) as lines:
+    with open(path, encoding="utf-8", errors="surrogateescape", newline=None if lone_cr else "\n") as lines:
         for number, line in enumerate(lines, start=1):
-            line = line.rstrip("\n")
+            line = line.rstrip("\n").removesuffix("\r")
             if number == 1:
                 line = line.removeprefix("\ufeff")
             if not line.strip():
@@ -91,6 +96,14 @@ def check_skipped(path: Path, skipped: Skipped, read: int, what: str) -> None:
     if read < total / 2:
         raise CorpusError(f"corpus={path}: only {read} of {total} lines read, the others skipped {skipped}; {what}")
     log.warning("corpus=%s: skipped %s: %s", path, skipped, what)
+
+
+def _missing(value) -> bool:
+    """Whether a cell holds no value: None, nan, pd.NA, NaT (not a list or an array, which pd.isna reads element-wise)."""
+    try:
+        return bool(pd.isna(value)) if pd.api.types.is_scalar(value) or value is None else False
+    except (TypeError, ValueError):
+        return False
 
 
 @dataclass
@@ -168,9 +181,11 @@ def read_corpus_file(path: str | Path, id_column: str = "id", text_column: str =
             f"corpus={path}: missing column(s) {missing}; found {list(frame.columns)}. "
             "Name the columns with corpus_columns.id=... corpus_columns.text=..."
         )
-    ids = ["" if v is None or (isinstance(v, float) and v != v) else str(v).strip() for v in frame[id_column].tolist()]
+    # pd.isna: None, nan, and pandas' own missing values (a nullable Int64 column's <NA> became the id '<NA>')
+    ids = ["" if _missing(v) else str(v).strip() for v in frame[id_column].tolist()]
     if "" in ids:
-        raise CorpusError(f"corpus={path}: {ids.count('')} row(s) have no {id_column!r}; every passage needs an id")
+        raise CorpusError(f"corpus={path}: {ids.count('')} row(s) have no {id_column!r} (the first: row {ids.index('') + 1} of the "
+                          "rows read); every passage needs an id")
     raw = frame[text_column].tolist()
     texts = [t.strip() if isinstance(t, str) else "" for t in raw]
     keep = [i for i, t in enumerate(texts) if t]
@@ -178,7 +193,9 @@ def read_corpus_file(path: str | Path, id_column: str = "id", text_column: str =
         # A number or a list where the text should be (jsonl) is not read as a text; counted apart.
         other = sum(1 for t in raw if not isinstance(t, str) and t is not None and not (isinstance(t, float) and t != t))
         detail = f" ({other} of them not a string)" if other else ""
-        log.warning("corpus=%s: skipped %d of %d rows with a missing or empty text%s", path, len(texts) - len(keep), len(texts), detail)
+        first = next(i for i, t in enumerate(texts) if not t)
+        log.warning("corpus=%s: skipped %d of %d rows with a missing or empty text%s (the first: id %r)", path, len(texts) - len(keep),
+                    len(texts), detail, ids[first])
     ids, texts = [ids[i] for i in keep], [texts[i] for i in keep]
     if not ids:
         raise CorpusError(f"corpus={path}: no passage with a non-empty text")
