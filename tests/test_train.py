@@ -256,6 +256,25 @@ def test_ddp_with_fewer_batches_than_processes_is_refused_once_before_they_start
 
 
 @pytest.mark.slow
+def test_ddp_with_the_progress_bar_ends(tmp_path):
+    """The epoch's train/* and time/* figures were logged with sync_dist=True, which Lightning reduces when a value is
+    first read; its progress bar reads the metrics at an epoch's end on rank 0 alone, so rank 0 waited in a collective
+    the other process never joined (a 2-process experiment=best run hung after its first epoch; the other DDP tests
+    run without the bar). Now they are reduced in hooks every process runs; the run ends, within the timeout."""
+    import pandas as pd
+
+    settings = [o for o in TINY if not o.startswith("+trainer.enable_progress_bar")] + [
+        "trainer=ddp", "trainer.devices=2", "trainer.accelerator=cpu", "trainer.max_epochs=2", "logger=csv"]
+    run = tmp_path / "run"
+    done = subprocess.run([sys.executable, "train.py", *settings, f"paths.cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={run}"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    metrics = pd.read_csv(run / "csv" / "metrics.csv")
+    assert metrics["train/loss_epoch"].notna().sum() == 2 and metrics["time/epoch_train_seconds"].notna().sum() == 2
+    assert "sync_dist" not in done.stdout + done.stderr
+
+
+@pytest.mark.slow
 def test_ddp_on_two_cpu_processes_trains_and_reports_once(ddp_run):
     """trainer=ddp with two CPU processes (Lightning starts the second by running train.py again): the run
     ends, each process had validation batches, and the data summary and final metrics are logged once."""

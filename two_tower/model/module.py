@@ -189,9 +189,10 @@ class TwoTowerModule(L.LightningModule):
         if self._train_epoch_rows:
             for name, mean in epoch_means(self._train_epoch_sums, self._train_epoch_rows).items():
                 # batch_size=1: Lightning stores value * 1 and divides by 1, so the logged value is exact. The mean is
-                # every process's already (the same value in each), so "max" over processes returns it bit for bit.
+                # every process's already (epoch_means reduced it here, in every process): Lightning's sync_dist would
+                # reduce it again when the value is first read, and its progress bar reads on rank 0 alone (a deadlock)
                 key = "train/loss_epoch" if name == "loss" else f"train/{name}"
-                self.log(key, mean, on_step=False, on_epoch=True, batch_size=1, sync_dist=True, reduce_fx="max")
+                self.log(key, mean, on_step=False, on_epoch=True, batch_size=1)
         self._train_epoch_sums, self._train_epoch_rows = {}, 0
 
     # ---------------------------------------------------------------- validation

@@ -184,12 +184,24 @@ class EpochTimings(L.Callback):
         if trainer.sanity_checking or self._val_start is None:
             return
         self._val_seconds += time.perf_counter() - self._val_start
-        pl_module.log("time/validation_seconds", self._val_seconds, on_epoch=True, sync_dist=True, reduce_fx="max")
+        pl_module.log("time/validation_seconds", _slowest(self._val_seconds, pl_module.device), on_epoch=True)
 
     def on_train_epoch_end(self, trainer, pl_module):
         if self._train_start is not None:
             seconds = time.perf_counter() - self._train_start - self._val_seconds
-            pl_module.log("time/epoch_train_seconds", seconds, on_epoch=True, sync_dist=True, reduce_fx="max")
+            pl_module.log("time/epoch_train_seconds", _slowest(seconds, pl_module.device), on_epoch=True)
+
+
+def _slowest(seconds: float, device) -> float:
+    """The largest of every process's ``seconds`` (one all-reduce; every process runs the hooks that call it). Reduced
+    here, not by ``self.log(..., sync_dist=True)``: Lightning reduces such a value when it is first read, and its
+    progress bar reads the metrics on rank 0 alone at an epoch's end, so rank 0 waited in a collective the others
+    never joined (a 2-process ``experiment=best`` run hung there)."""
+    if _world() < 2:
+        return seconds
+    value = torch.tensor([seconds], dtype=torch.float64, device=device)
+    torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MAX)
+    return float(value.item())
 
 
 class RNGState(L.Callback):

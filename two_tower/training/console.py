@@ -12,7 +12,9 @@
   Lightning's own code at every fit and validation: nothing this project calls (Lightning issue #21326); and torch
   2.13's ``FutureWarning`` that ``torch.distributed.nn.functional.all_gather`` is deprecated, raised in each process
   of a multi-process run by ``LightningModule.all_gather`` and ``model.module.gather_rows`` (the replacement torch
-  names, ``torch.distributed._functional_collectives``, is private).
+  names, ``torch.distributed._functional_collectives``, is private); and, under DDP, Lightning's advice to log the
+  epoch's ``train/*`` and ``time/*`` figures with ``sync_dist=True``: this project reduces them over the processes
+  itself, where every process runs (``model.module.epoch_means``, ``training.callbacks._slowest``).
 - Warnings of a resume that do not hold here (``resume_warnings_filtered``).
 """
 
@@ -51,6 +53,9 @@ def lightning_warnings_filtered():
         # torch 2.13 deprecates torch.distributed.nn.functional.all_gather, which LightningModule.all_gather calls (and
         # gather_rows, for gradients through the gathered rows); the replacement it names is in a private module
         warnings.filterwarnings("ignore", message=r"torch\.distributed\.nn\.functional\.all_gather is deprecated", category=FutureWarning)
+        # "use sync_dist=True" for the epoch's train/* and time/* figures: every process's already (module.epoch_means,
+        # callbacks._slowest); Lightning's own sync, lazy, deadlocked under its rank-0 progress bar
+        warnings.filterwarnings("ignore", message=r"It is recommended to use `self\.log\('(train|time)/")
         yield
 
 
