@@ -1567,3 +1567,31 @@ def test_a_saved_file_naming_a_class_outside_two_tower_is_refused_before_anythin
     monkeypatch.setenv("TWO_TOWER_TRUSTED_TARGETS", "mypackage., other.")
     assert targets.untrusted_target({"_target_": "mypackage.Encoder", "inner": [{"_target_": "other.Thing"}]}) is None
     assert targets.untrusted_target([{"_target_": "two_tower.model.encoders.RNNEncoder"}, None]) is None
+
+
+def test_a_moved_run_resumed_keeps_its_best_checkpoint(tmp_path):
+    """Lightning restores its record of the best checkpoints only in the folder they were saved in: a run folder moved
+    (or copied) and resumed took its next epoch as best whatever it scored (a helper's probe: 'Best checkpoint:
+    epoch01-mrr0.0374' beside epoch00-mrr0.0572), and scored its test split with it. The first epoch's score is set
+    high here, so no later epoch beats it: the best stays that checkpoint, in the moved folder; resumed into yet another
+    folder it stays the moved folder's file, which that run never removes."""
+    common = ["data.synthetic_rows.test_rows=30", "logger=csv"]
+    train(compose_train(tmp_path / "a", [*common, "trainer.max_epochs=1"]))
+    checkpoints = tmp_path / "a" / "run" / "checkpoints"
+    (first,) = checkpoints.glob("epoch00-*.ckpt")
+    for path in (checkpoints / "last.ckpt", first):  # as if epoch 0 had scored 0.99
+        state = torch.load(path, weights_only=False)
+        (key,) = [k for k in state["callbacks"] if k.startswith("ModelCheckpoint") and state["callbacks"][k].get("monitor")]
+        state["callbacks"][key]["best_model_score"] = torch.tensor(0.99)
+        state["callbacks"][key]["best_k_models"] = {str(first): torch.tensor(0.99)}
+        torch.save(state, path)
+    shutil.move(tmp_path / "a", tmp_path / "b")
+    metrics = train(compose_train(tmp_path / "b", [*common, "trainer.max_epochs=3", "ckpt_path=last"]))
+    moved = tmp_path / "b" / "run" / "checkpoints"
+    assert sorted(p.name for p in moved.glob("epoch*.ckpt")) == [first.name]  # the later epochs were saved and removed as worse
+    assert metrics["val/mrr@10"] == pytest.approx(0.99)
+    # Resumed into another folder (a copy of the run's settings elsewhere): its best is the moved run's file, kept
+    elsewhere = compose_train(tmp_path / "c", [*common, "trainer.max_epochs=4", f"ckpt_path={moved / 'last.ckpt'}"])
+    metrics = train(elsewhere)
+    assert metrics["val/mrr@10"] == pytest.approx(0.99) and (moved / first.name).is_file()
+    assert not list((tmp_path / "c" / "run" / "checkpoints").glob("epoch*.ckpt"))

@@ -12,7 +12,7 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import Timer
+from lightning.pytorch.callbacks import ModelCheckpoint, Timer
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 log = logging.getLogger(__name__)
@@ -190,6 +190,48 @@ class EpochTimings(L.Callback):
         if self._train_start is not None:
             seconds = time.perf_counter() - self._train_start - self._val_seconds
             pl_module.log("time/epoch_train_seconds", _slowest(seconds, pl_module.device), on_epoch=True)
+
+
+class ResumableCheckpoint(ModelCheckpoint):
+    """Lightning's ``ModelCheckpoint``, whose record of the run's best checkpoints survives a resume from another folder.
+
+    Lightning restores its record of the best checkpoints (score, paths) only when the checkpoint folder is the one it
+    was saved in; resumed from a moved or copied run folder, or into another folder, it started again from no best and
+    took the next epoch as best however it scored (a helper's probe: a run moved and resumed reported
+    epoch01-mrr0.0374 as best beside epoch00-mrr0.0572; the test split is scored with it, a sweep given its figure).
+    Here the record is restored, each path pointing at this folder's file of that name where there is one (a moved or
+    copied run), else where it was saved; and a checkpoint outside this folder is never removed (it is another run's:
+    a better epoch here replaces it as best, not on disk)."""
+
+    @property
+    def state_key(self) -> str:
+        """Lightning's key for ModelCheckpoint's state (its class name and settings), so checkpoints saved by either
+        class restore into the other."""
+        key = super().state_key
+        return "ModelCheckpoint" + key[len(type(self).__qualname__):] if key.startswith(type(self).__qualname__) else key
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        saved_in = state_dict.get("dirpath", self.dirpath)
+        if self.dirpath is None or saved_in == self.dirpath:
+            return super().load_state_dict(state_dict)
+
+        def here(path: str | None) -> str | None:
+            if not path:
+                return path
+            moved = Path(self.dirpath) / Path(path).name
+            return str(moved) if moved.is_file() else path
+
+        state = {**state_dict, "dirpath": self.dirpath}
+        for key in ("best_model_path", "kth_best_model_path", "last_model_path"):
+            if key in state:
+                state[key] = here(state[key])
+        state["best_k_models"] = {here(path): score for path, score in (state_dict.get("best_k_models") or {}).items()}
+        super().load_state_dict(state)
+
+    def _remove_checkpoint(self, trainer, filepath: str) -> None:
+        if self.dirpath is not None and Path(filepath).resolve().parent != Path(self.dirpath).resolve():
+            return  # saved by the run this one was resumed from, in its own folder
+        super()._remove_checkpoint(trainer, filepath)
 
 
 def _slowest(seconds: float, device) -> float:
