@@ -348,3 +348,21 @@ def test_a_command_line_skips_torchmetrics_transformers_once_its_overrides_pass_
     assert calls == [1]
     main(tiny_cfg())  # a cfg passed from Python
     assert calls == [1]
+
+
+def test_a_path_or_split_setting_the_command_line_reads_as_a_number_is_one_line(capsys):
+    """Hydra reads data.path=2024 as a number and out=true as a boolean: every command failed deep inside with
+    "TypeError: expected str, bytes or os.PathLike object" and exit 1 (a helper's probe). Now one line, the value as
+    typed, and how to quote it; a list where a split name goes, and a split that must exist set to null, alike."""
+    from two_tower.cli.common import composition_error
+    from two_tower.cli.search import main as search_main
+
+    assert composition_error("train", ["data.path=2024"]) == "data.path=2024: must be a path, and the command line read it as int: quote it (data.path='2024')"
+    assert composition_error("train", ["ckpt_path=1.5"]).startswith("ckpt_path=1.5: must be a path")
+    assert composition_error("index", ["ckpt=x.ckpt", "corpus=c.tsv", "out=true"]) == "out=true: must be a path, and the command line read it as bool: quote it (out='true')"
+    assert composition_error("evaluate", ["data.path=123"]).startswith("data.path=123: must be a path")
+    assert composition_error("train", ["data.train_split=[a,b]"]) == "data.train_split=[a,b]: must be a split name, not a list"
+    assert composition_error("train", ["data.val_split=null"]) == "data.val_split=null: must be a split name"
+    assert composition_error("train", ["data.path='2024'", "data.test_split=null"]) is None  # quoted: a path; no test split
+    assert search_main(["index=123", "hello"]) == 2
+    assert "index=123: must be a path" in capsys.readouterr().err

@@ -88,7 +88,37 @@ def composition_error(config_name: str, argv: list[str]) -> str | None:
         cfg = compose(config_name, argv, return_hydra_config=True)
     except Exception as err:  # Hydra's composition errors
         return hydra_error_line(config_name, err, argv)
-    return added_setting_error(config_name, argv) or run_dir_error(cfg) or single_run_sweep_error(cfg, argv)
+    return added_setting_error(config_name, argv) or run_dir_error(cfg) or single_run_sweep_error(cfg, argv) or path_setting_error(cfg, argv)
+
+
+# Settings that name a file, a folder or a split: Hydra reads `data.path=2024` as a number and `out=true` as a boolean,
+# which failed deep in the command with "TypeError: expected str, bytes or os.PathLike object" (exit 1).
+PATH_SETTINGS = ("data.path", "ckpt", "ckpt_path", "corpus", "out", "index", "negatives.checkpoint", "embeddings.path", "teacher.model")
+SPLIT_SETTINGS = ("split", "data.train_split", "data.val_split", "data.test_split")
+
+
+def path_setting_error(cfg, argv: list[str] = ()) -> str | None:
+    """The one line for a path or split setting that is not text (None where its null is allowed, and for settings a
+    command does not have); ``argv``: the overrides, for the value as typed."""
+    from omegaconf import OmegaConf
+
+    absent = object()
+    for key in (*PATH_SETTINGS, *SPLIT_SETTINGS):
+        try:
+            value = OmegaConf.select(cfg, key, default=absent, throw_on_missing=False)
+        except Exception:  # an interpolation only the run resolves
+            continue
+        if value is absent or isinstance(value, str) or (value is None and key not in ("data.train_split", "data.val_split", "split")):
+            continue
+        what = "a split name" if key in SPLIT_SETTINGS else "a path"
+        shown = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
+        if value is None:
+            return f"{key}=null: must be {what}"
+        typed = next((a.split("=", 1)[1] for a in reversed(list(argv)) if a.lstrip("+").split("=", 1)[0] == key and "=" in a), str(shown))
+        if isinstance(shown, (list, dict)):
+            return f"{key}={typed}: must be {what}, not a {'list' if isinstance(shown, list) else 'mapping'}"
+        return f"{key}={typed}: must be {what}, and the command line read it as {type(shown).__name__}: quote it ({key}='{typed}')"
+    return None
 
 
 def single_run_sweep_error(cfg, argv: list[str]) -> str | None:

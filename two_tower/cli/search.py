@@ -11,7 +11,7 @@ import re
 import sys
 from typing import TYPE_CHECKING
 
-from two_tower.cli.common import command_settings, compose, drop_stdout, hydra_error_line, report, search_override_error
+from two_tower.cli.common import command_settings, compose, drop_stdout, hydra_error_line, path_setting_error, report, search_override_error
 from two_tower.core.checks import check_config
 from two_tower.core.errors import EmptyQueryError, TwoTowerError
 from two_tower.core.threads import set_threads
@@ -139,6 +139,10 @@ def _main(argv: list[str] | None) -> int:
         return 2
     if raw_query is not None and words:
         print("error: give the query either as text or as query=..., not both", file=sys.stderr)
+        return 2
+    message = path_setting_error(cfg, overrides)
+    if message:
+        print(f"error: {message}", file=sys.stderr)
         return 2
     if cfg.index is None:  # before the import below (datasets, ~1 s)
         print(f"error: which index? pass index=DIR (a folder written by {command('index')})\n{usage()}", file=sys.stderr)
