@@ -85,6 +85,21 @@ def test_a_row_repeated_without_a_query_id_is_skipped_and_ids_are_compared_as_te
     numbered[0]["query_id"], numbered[1]["query_id"] = 123, "123"
     kept, report = msmarco.validate_rows(numbered, "train")
     assert len(kept) == 1 and dict(report.skipped) == {"duplicate_query_id": 1}
+    # a copy that lost its query_id beside the row that kept it, either first: the same row again (a helper's probe:
+    # 60 validation rows and the same 60 without ids were 120 queries); two ids on one content are two queries
+    with_ids = make_rows(3, seed=7)
+    for i, row in enumerate(with_ids):
+        row["query_id"] = 1000 + i
+    without = copy.deepcopy(with_ids)
+    for row in without:
+        row.pop("query_id")
+    for order in ([*with_ids, *without], [*without, *with_ids]):
+        kept, report = msmarco.validate_rows(copy.deepcopy(order), "validation", for_training=False)
+        assert len(kept) == 3 and dict(report.skipped) == {"duplicate_row": 3}
+    other_id = copy.deepcopy(with_ids[0])
+    other_id["query_id"] = 2000
+    kept, report = msmarco.validate_rows([*copy.deepcopy(with_ids), other_id], "validation", for_training=False)
+    assert len(kept) == 4 and not report.skipped
 
 
 def test_evaluation_split_keeps_corpus_only_rows():
@@ -320,6 +335,28 @@ def test_validation_queries_repeating_training_queries_are_a_warning_except_synt
     with caplog.at_level("INFO"):  # data=synthetic's sizes
         synthetic.setup("fit")
     assert synthetic.val_train_overlap > 0 and not [r for r in caplog.records if r.levelname == "WARNING"]
+
+
+def test_test_queries_repeating_training_or_validation_queries_are_a_warning(tmp_path, caplog):
+    """Only validation was compared with training: a test split of training rows (or of validation's) was scored, the
+    number to report, without a word (a helper's probe). Now the counts are a warning; and a test split named as the
+    training or validation split is refused (data.test_split=validation scored the selection's own rows)."""
+    from two_tower.core.errors import ConfigError
+    from tests.conftest import compose_train
+    from two_tower.training.config import validate_train_config
+
+    train, val, test = make_rows(30, seed=4), make_rows(10, seed=5), make_rows(8, seed=6)
+    test[0]["query"], test[1]["query"], test[2]["query"] = train[3]["query"], " " + train[4]["query"].upper(), val[0]["query"]
+    folder = write_shards(tmp_path / "marco", {"train": train, "validation": val, "test": test})
+    dm = TwoTowerDataModule(RandomEmbeddings(dim=8), InBatchNegatives(), path=str(folder), cache_dir=str(tmp_path / "cache"))
+    with caplog.at_level("INFO"):
+        dm.setup("fit")
+    assert dm.test is not None and dm.test_overlap == (2, 1)
+    warned = [r.getMessage() for r in caplog.records if "test queries also appear" in r.getMessage()]
+    assert warned == [warned[0]] and warned[0].startswith("2 of 8 test queries also appear in the training split and 1 in the validation split")
+    for split, which in (("validation", "the validation split"), ("train", "the training split")):
+        with pytest.raises(ConfigError, match=f"data.test_split={split} is {which}"):
+            validate_train_config(compose_train(tmp_path, ["data=local", f"data.path={folder}", f"data.test_split={split}"]))
 
 
 def test_sampler_is_deterministic_covers_every_row_and_buckets(tmp_path):

@@ -38,7 +38,7 @@ from two_tower.data.teacher import SentenceTransformerTeacher, TeacherVectors
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT = 7  # bump when the prepared format, validation rules or synthetic generator change
+CACHE_FORMAT = 8  # bump when the prepared format, validation rules or synthetic generator change
 # in a BEIR folder's fingerprints: bump when how its files become prepared splits changes (2: training leaves out
 # the validation and test splits' queries; 3: a training query's documents judged not relevant are its candidates;
 # 4: the vocabulary is the training queries' and their judged documents' words, not the whole corpus's)
@@ -273,8 +273,25 @@ class TwoTowerDataModule(L.LightningDataModule):
                 "%d of %d validation queries also appear in the training split (leakage: their metrics measure "
                 "memorisation); remove them from one of the splits", self.val_train_overlap, self.val.num_queries,
             )
+        self.check_test_overlap(train)
         self.check_passage_overlap()
         return self.val_train_overlap
+
+    def check_test_overlap(self, train: set[str]) -> tuple[int, int]:
+        """Count (and warn about) test queries that are also training or validation queries (the same comparison):
+        the test figure is the number to report, and these measure memorisation or the checkpoint's selection. Only
+        validation was checked; a test split of training rows was scored without a word. Returns the two counts."""
+        self.test_overlap = (0, 0)
+        if self.test is None or self.synthetic_rows is not None:
+            return self.test_overlap
+        val = {" ".join(q.lower().split()) for q in self.val.query_texts}
+        queries = [" ".join(q.lower().split()) for q in self.test.query_texts]
+        self.test_overlap = (sum(q in train for q in queries), sum(q in val for q in queries))
+        if any(self.test_overlap):
+            log.warning("%d of %d test queries also appear in the training split and %d in the validation split (leakage: the test "
+                        "figure, the number to report, measures memorisation or the selection of the checkpoint); remove them from "
+                        "the test split", *self.test_overlap[:1], len(queries), self.test_overlap[1])
+        return self.test_overlap
 
     def check_passage_overlap(self) -> int:
         """Say (an info line, not leakage: MS MARCO's candidate lists share passages across queries) how many

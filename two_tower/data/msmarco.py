@@ -282,7 +282,9 @@ def validate_rows(rows, split: str, for_training: bool = True) -> tuple[list[Cle
     report = ValidationReport(split)
     kept: list[CleanRow] = []
     seen: set = set()
-    seen_rows: set[int] = set()  # hashes of kept rows without a query_id (this process only)
+    # hashes of kept rows' contents (this process only): every kept row's, and those of the kept rows without a query_id
+    seen_rows: set[int] = set()
+    seen_unidentified: set[int] = set()
     for row in rows:
         report.total += 1
         # A query_id seen before in the split is the same query again (it would count twice in every metric).
@@ -294,11 +296,13 @@ def validate_rows(rows, split: str, for_training: bool = True) -> tuple[list[Cle
             report.skip("duplicate_query_id", row)
             continue
         clean, reason = check_row(row)
-        if clean is not None and not identified:
-            # Without a query_id, a row equal to a kept one (query, passages, labels) is the same row again: a shard
-            # copied twice counted every query twice in every metric (a probe)
+        fingerprint = None
+        if clean is not None:
+            # A row equal to a kept one (query, passages, labels) where either has no query_id is the same row again: a
+            # shard copied twice counted every query twice in every metric (a probe), and so did a copy that had lost
+            # its query_id beside the one that kept it (a later probe). Two rows with different ids are two queries.
             fingerprint = hash((clean.query, tuple(clean.passages), tuple(clean.selected)))
-            if fingerprint in seen_rows:
+            if fingerprint in (seen_unidentified if identified else seen_rows):
                 report.skip("duplicate_row", row)
                 continue
         keep = clean is not None and (reason is None or (not for_training and reason in CORPUS_ONLY_REASONS))
@@ -309,10 +313,11 @@ def validate_rows(rows, split: str, for_training: bool = True) -> tuple[list[Cle
                 report.skip(reason, row)
         if keep:
             kept.append(clean)
+            seen_rows.add(fingerprint)
             if identified:
                 seen.add(str(query_id))
             else:
-                seen_rows.add(fingerprint)
+                seen_unidentified.add(fingerprint)
     report.kept = len(kept)
     if not kept or not any(any(r.selected) for r in kept):
         raise DataSourceError(

@@ -130,6 +130,12 @@ def validate_train_config(cfg: DictConfig) -> None:
         raise ConfigError(f"data.val_split={data.val_split} is the training split: validation would score the rows trained on "
                           "(and keep the checkpoint that fits them best); name another split, e.g. one carved with "
                           "experiments/comparisons/carve_test_split.py")
+    test_split = data.get("test_split")
+    if test_split is not None and test_split in (data.get("train_split"), data.get("val_split")) and not data.get("synthetic_rows"):
+        which = "training" if test_split == data.get("train_split") else "validation"
+        raise ConfigError(f"data.test_split={test_split} is the {which} split: the test figure (the number to report) would score the rows "
+                          f"{'trained on' if which == 'training' else 'the best checkpoint was chosen on'}; name a held-out split "
+                          "(experiments/comparisons/carve_test_split.py makes one), or data.test_split=null for none")
     if data.get("path") and Path(data.path).expanduser().is_file() and data.get("train_split") != data.get("val_split"):
         # one file serves every split name, so validation would score the training rows themselves
         raise ConfigError(f"data.path={data.path}: a file, which would be the training and the validation split alike; "
