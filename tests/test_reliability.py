@@ -1,5 +1,6 @@
 """A stopped or killed run resumes and ends with the same metrics as one that was never interrupted."""
 
+import json
 import logging
 import os
 import re
@@ -1595,3 +1596,36 @@ def test_a_moved_run_resumed_keeps_its_best_checkpoint(tmp_path):
     metrics = train(elsewhere)
     assert metrics["val/mrr@10"] == pytest.approx(0.99) and (moved / first.name).is_file()
     assert not list((tmp_path / "c" / "run" / "checkpoints").glob("epoch*.ckpt"))
+
+
+def test_a_resume_on_other_rows_is_refused_and_a_moved_data_folder_is_not(tmp_path):
+    """data.path may change on resume (the data moved); the rows may not. Only the vocabulary was compared, and
+    validation text is not in it: a resume on another validation split passed, and its epochs' figures were compared
+    with the first split's to pick the best (a helper's probe). Checkpoints now record what the run's splits say."""
+    from two_tower.core.errors import CheckpointError
+    from two_tower.data import synthetic
+    from two_tower.model.module import DATA_DIGESTS_KEY
+
+    rows = compose_train(tmp_path / "a", ["trainer.max_epochs=1"]).data.synthetic_rows
+    folder = tmp_path / "data"
+    folder.mkdir()
+    for split in ("train", "validation"):  # the synthetic rows as a local folder
+        (folder / f"{split}-00000-of-00001.jsonl").write_text("".join(json.dumps(r) + "\n" for r in synthetic.split_of(rows, split)))
+    local = ["data=local", f"data.path={folder}"]
+    train(compose_train(tmp_path / "a", [*local, "trainer.max_epochs=1"]))
+    last = tmp_path / "a" / "run" / "checkpoints" / "last.ckpt"
+    assert set(torch.load(last, weights_only=False)[DATA_DIGESTS_KEY]) == {"train", "validation"}
+    train(compose_train(tmp_path / "a", [*local, "trainer.max_epochs=2", "ckpt_path=last"]))  # the prepared rows from the cache
+    moved = tmp_path / "moved"
+    shutil.copytree(folder, moved)
+    train(compose_train(tmp_path / "a", ["data=local", f"data.path={moved}", "trainer.max_epochs=3", "ckpt_path=last"]))  # the same rows
+    # Other validation rows: one query's text changed (the vocabulary's words all, so that check passes)
+    other = tmp_path / "other"
+    shutil.copytree(folder, other)
+    (shard,) = other.glob("validation-*")
+    lines = shard.read_text().splitlines()
+    row = json.loads(lines[0])
+    row["query"] = " ".join(reversed(row["query"].split()))
+    shard.write_text("\n".join([json.dumps(row), *lines[1:]]) + "\n")
+    with pytest.raises(CheckpointError, match=r"trained on other validation rows than this data gives"):
+        train(compose_train(tmp_path / "a", ["data=local", f"data.path={other}", "trainer.max_epochs=4", "ckpt_path=last"]))

@@ -93,6 +93,7 @@ class TwoTowerDataModule(L.LightningDataModule):
         self.train: PreparedSplit | None = None
         self.val: PreparedSplit | None = None
         self.test: PreparedSplit | None = None  # a labelled test split, scored once after training
+        self.data_digests: dict[str, str] | None = None  # PreparedSplit.content_digest of train and validation (setup)
         self.meta: dict = {}
         self.cache_hit: bool | None = None
         self.pseudo_queries = dict(pseudo_queries or {})
@@ -246,6 +247,8 @@ class TwoTowerDataModule(L.LightningDataModule):
             log.info("test: %d queries (%d evaluated), %d passages; scored once, after training, with the best-on-validation checkpoint",
                      self.test.num_queries, len(self.test.evaluated_queries()), self.test.num_passages)
         self.check_overlap()
+        # what the run trains and validates on, wherever the files are: checkpoints record it, a resume compares it
+        self.data_digests = {"train": self.train.content_digest(), "validation": self.val.content_digest()}
         if self.pseudo_queries.get("count"):
             self.num_labelled = self.train.num_queries
             self.train = with_pseudo_queries(self.train, self.tokenizer, **self.pseudo_queries, seed=self.seed)

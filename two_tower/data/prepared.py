@@ -7,6 +7,8 @@ folder (memory-mapped Arrow) inside the tokenization cache.
 
 from __future__ import annotations
 
+import hashlib
+
 import json
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -37,6 +39,22 @@ class PreparedSplit:
     gains: Ragged | None = None  # graded relevance of each positive (BEIR qrels); None = all 1
     query_ids: list[str] | None = None  # the collection's own ids (BEIR); None = row numbers
     passage_ids: list[str] | None = None
+
+    def content_digest(self) -> str:
+        """A digest of what the split says (its query and passage texts, each query's passages and which it selects, and
+        their gains), the same wherever its files are: a checkpoint records its run's, so a resume on other data is
+        refused (``data.path`` may change on resume, to where the data moved)."""
+        digest = hashlib.sha1()
+        for texts in (self.query_texts, self.passage_texts):
+            digest.update(len(texts).to_bytes(8, "little"))
+            for text in texts:
+                digest.update(text.encode("utf-8", "surrogatepass"))
+                digest.update(b"\0")
+        for ragged, dtype in ((self.positives, np.int64), (self.candidates, np.int64), (self.gains, np.float64)):
+            if ragged is not None:  # one dtype whatever the arrays were stored as
+                digest.update(np.ascontiguousarray(ragged.values, dtype=dtype).tobytes())
+                digest.update(np.ascontiguousarray(ragged.offsets, dtype=np.int64).tobytes())
+        return digest.hexdigest()[:16]
 
     @classmethod
     def from_rows(cls, rows: list[CleanRow], tokenizer: Tokenizer | None = None, workers: int = 1, name: str | None = None) -> "PreparedSplit":

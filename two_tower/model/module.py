@@ -25,6 +25,7 @@ def _plain(value):
 # The checkpoint entry holding the training epoch's running sums (train/loss_epoch and the other statistics).
 EPOCH_SUMS_KEY = "train_epoch_sums"
 RUN_CONFIG_KEY = "run_config"  # the composed configuration of the run that saved the checkpoint
+DATA_DIGESTS_KEY = "data_digests"  # {split: PreparedSplit.content_digest} of the rows the run trained and validated on
 
 
 class QueryMean(torchmetrics.Metric):
@@ -316,6 +317,9 @@ class TwoTowerModule(L.LightningModule):
             checkpoint[EPOCH_SUMS_KEY] = {**own, "processes": _world_size(), **_every_process(own)}
         if self.run_config is not None:
             checkpoint[RUN_CONFIG_KEY] = self.run_config
+        digests = getattr(getattr(self._trainer, "datamodule", None), "data_digests", None) if self._trainer is not None else None
+        if digests:  # what the run trained and validated on (a resume on other data is refused: train.check_resume_checkpoint)
+            checkpoint[DATA_DIGESTS_KEY] = dict(digests)
         if self.tokenizer is not None:
             checkpoint["tokenizer"] = self.tokenizer.state_dict()
             # Frozen rows the vectors source gives again are not saved (two_tower.model.frozen_rows).

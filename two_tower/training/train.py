@@ -30,7 +30,7 @@ from two_tower.data.datamodule import TwoTowerDataModule
 from two_tower.training.console import lightning_warnings_filtered, quiet_lightning, resume_warnings_filtered
 from two_tower.core.errors import CheckpointError, ConfigError, DataSourceError, PerQueryError
 from two_tower.model import frozen_rows
-from two_tower.model.module import EPOCH_SUMS_KEY, RUN_CONFIG_KEY, TwoTowerModule
+from two_tower.model.module import DATA_DIGESTS_KEY, EPOCH_SUMS_KEY, RUN_CONFIG_KEY, TwoTowerModule
 from two_tower.negatives.refresh import NegativeRefresh
 from two_tower.training.tracking import check_wandb_login, fill_wandb_group_and_tags, fill_wandb_run_id, start_wandb, tracking_callbacks
 from two_tower.training.utils import in_sweep, instantiate_group, task_wrapper
@@ -232,10 +232,12 @@ def trains_on_without_settings(state: dict, cfg: DictConfig, done: dict) -> str 
     return ", ".join(longer) or f"trainer.max_epochs: {done['max_epochs']} (as trained) -> {epochs}"
 
 
-def check_resume_checkpoint(path: str, state: dict, tokenizer, processes: int | None = None, max_epochs: int | None = None) -> None:
+def check_resume_checkpoint(path: str, state: dict, tokenizer, processes: int | None = None, max_epochs: int | None = None,
+                            data_digests: dict[str, str] | None = None) -> None:
     """Refuse, in one line, a checkpoint (``state``, read from ``path`` by ``read_resume_checkpoint``, which refuses
-    a truncated or foreign one) made with another vocabulary, saved mid-epoch by another number of processes than
-    ``processes`` (None: not known before Lightning starts), or past ``max_epochs`` (Lightning's traceback)."""
+    a truncated or foreign one) made with another vocabulary, on other rows than ``data_digests`` (the datamodule's),
+    saved mid-epoch by another number of processes than ``processes`` (None: not known before Lightning starts), or
+    past ``max_epochs`` (Lightning's traceback)."""
     words = state["tokenizer"].get("words", [])
     if state["tokenizer"].get("format", 1) != 2:
         raise CheckpointError(f"ckpt_path={path}: made before open vocabularies (tokenizer format 1); start a new run")
@@ -243,6 +245,17 @@ def check_resume_checkpoint(path: str, state: dict, tokenizer, processes: int | 
         raise CheckpointError(
             f"ckpt_path={path}: trained with another vocabulary ({len(words)} words; this data and tokenizer give "
             f"{len(tokenizer.words)}): resume with the data and tokenizer settings it was trained with"
+        )
+    # data.path may change on resume (to where the data moved); the rows may not. Only the vocabulary was compared, and
+    # validation text is not in it: another validation split (or other labels on the same texts) passed, and its
+    # epochs' figures were compared with the first split's to pick the best (a helper's probe)
+    saved_digests = state.get(DATA_DIGESTS_KEY) or {}
+    changed = [split for split, digest in saved_digests.items() if data_digests and split in data_digests and data_digests[split] != digest]
+    if changed:
+        raise CheckpointError(
+            f"ckpt_path={path}: trained on other {' and '.join(changed)} rows than this data gives (content {saved_digests[changed[0]]} "
+            f"vs {data_digests[changed[0]]}): resume with the data the run was trained on (data.path may point to where it moved), "
+            "or train a new run in another folder"
         )
     epoch = state.get("epoch")
     if isinstance(epoch, int) and max_epochs not in (None, -1) and epoch > max_epochs:
@@ -406,7 +419,7 @@ def _train(cfg: DictConfig) -> dict[str, float]:
             if processes:
                 datamodule.check_processes(processes)
             if ckpt_path:
-                check_resume_checkpoint(ckpt_path, state, datamodule.tokenizer, processes, cfg.trainer.get("max_epochs"))
+                check_resume_checkpoint(ckpt_path, state, datamodule.tokenizer, processes, cfg.trainer.get("max_epochs"), datamodule.data_digests)
                 if datamodule.num_workers > 0:
                     # Worker processes read batches ahead from the moment Lightning creates the loader's iterator, which on
                     # resume it does before it sets the sampler's epoch, marks the epoch as restarted mid-way and puts back a
