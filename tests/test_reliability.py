@@ -1629,3 +1629,30 @@ def test_a_resume_on_other_rows_is_refused_and_a_moved_data_folder_is_not(tmp_pa
     shard.write_text("\n".join([json.dumps(row), *lines[1:]]) + "\n")
     with pytest.raises(CheckpointError, match=r"trained on other validation rows than this data gives"):
         train(compose_train(tmp_path / "a", ["data=local", f"data.path={other}", "trainer.max_epochs=4", "ckpt_path=last"]))
+
+
+def test_a_non_finite_loss_stops_training_and_a_checkpoint_with_nan_weights_is_not_resumed(tmp_path, monkeypatch):
+    """A checkpoint whose weights held NaN (damaged in place, same size) resumed, trained with loss nan, saved a 'best'
+    checkpoint and exited 0 (a helper's probe). Now a step whose loss is not finite stops the run in one error, and
+    such a checkpoint is refused before training."""
+    from two_tower.core.errors import CheckpointError, TrainingDivergedError
+    from two_tower.model.module import TwoTowerModule
+
+    train(compose_train(tmp_path / "a", ["trainer.max_epochs=1"]))
+    original = TwoTowerModule.batch_loss
+
+    def diverging(self, batch):
+        out = original(self, batch)
+        return {**out, "loss": out["loss"] * float("nan")} if self.global_step == 13 else out
+
+    monkeypatch.setattr(TwoTowerModule, "batch_loss", diverging)
+    with pytest.raises(TrainingDivergedError, match=r"the training loss is nan at step 13 \(epoch 1\)"):
+        train(compose_train(tmp_path / "a", ["trainer.max_epochs=2", "ckpt_path=last"]))
+    monkeypatch.undo()
+    last = tmp_path / "a" / "run" / "checkpoints" / "last.ckpt"
+    state = torch.load(last, weights_only=False)
+    name = next(k for k, v in state["state_dict"].items() if v.is_floating_point() and v.numel() > 10)
+    state["state_dict"][name].view(-1)[:5] = float("nan")
+    torch.save(state, last)
+    with pytest.raises(CheckpointError, match=re.escape(f"its weights hold NaN or inf ({name})")):
+        train(compose_train(tmp_path / "a", ["trainer.max_epochs=2", "ckpt_path=last"]))

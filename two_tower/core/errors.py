@@ -25,6 +25,10 @@ class TrackingError(TwoTowerError):
     """The experiment tracker (W&B) could not start its run (no network, no such project...); the message says why."""
 
 
+class TrainingDivergedError(TwoTowerError):
+    """A training step's loss is not finite (NaN or inf): the run stops there; the message says at which step."""
+
+
 class ProcessLostError(TwoTowerError):
     """Another process of a multi-process (DDP) run ended while this one waited for it; the message says which and how."""
 

@@ -9,6 +9,7 @@ import torch
 import torchmetrics
 from omegaconf import DictConfig, OmegaConf
 
+from two_tower.core.errors import TrainingDivergedError
 from two_tower.data.tokenizer import Tokenizer
 from two_tower.data.embeddings import restore_tokenizer
 from two_tower.model import frozen_rows
@@ -173,6 +174,13 @@ class TwoTowerModule(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         out = self.batch_loss(batch)
+        if not torch.isfinite(out["loss"]):  # one host sync a step; Lightning's own logging of the loss has one too
+            # NaN weights (a corrupted checkpoint resumed, a learning rate too high) trained on with loss nan, saved a
+            # "best" checkpoint and ended with exit 0 (a helper's probe)
+            raise TrainingDivergedError(
+                f"the training loss is {float(out['loss'])} at step {self.global_step} (epoch {self.current_epoch}): the model diverged "
+                "(e.g. a learning rate too high) or its weights or inputs hold NaN or inf; training stopped, and the checkpoints "
+                "are those of the validations before this step")
         batch_size = batch["query_ids"].shape[0]
         self.log("train/loss_step", out["loss"], prog_bar=True, on_step=True, on_epoch=False, batch_size=batch_size)
         # Epoch means (train/loss_epoch and the other statistics) are summed here, as Lightning would (float32

@@ -246,6 +246,11 @@ def check_resume_checkpoint(path: str, state: dict, tokenizer, processes: int | 
             f"ckpt_path={path}: trained with another vocabulary ({len(words)} words; this data and tokenizer give "
             f"{len(tokenizer.words)}): resume with the data and tokenizer settings it was trained with"
         )
+    broken = next((name for name, value in (state.get("state_dict") or {}).items()
+                   if isinstance(value, torch.Tensor) and value.is_floating_point() and not bool(torch.isfinite(value).all())), None)
+    if broken is not None:  # trained on from there, the loss was nan from the first step
+        raise CheckpointError(f"ckpt_path={path}: its weights hold NaN or inf ({broken}): a damaged file or a run that had diverged; "
+                              "resume from an earlier checkpoint (checkpoints/epochNN-*.ckpt) or start a new run")
     # data.path may change on resume (to where the data moved); the rows may not. Only the vocabulary was compared, and
     # validation text is not in it: another validation split (or other labels on the same texts) passed, and its
     # epochs' figures were compared with the first split's to pick the best (a helper's probe)
