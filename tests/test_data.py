@@ -1,6 +1,7 @@
 """Loading, row validation, tokenization cache and batching, on synthetic rows written as v1.1 shards."""
 
 import copy
+import json
 import logging
 import re
 
@@ -143,6 +144,12 @@ def test_local_errors_name_the_problem(tmp_path):
     datasets.Dataset.from_list([{"question": "x"}]).to_parquet(str(folder / "train-0.parquet"))
     with pytest.raises(msmarco.DataSourceError, match="missing required column"):
         msmarco.load_split("train", str(folder))
+    # a .json shard written as one JSON array (json.dump of the rows): said so, not 'missing columns ... found []'
+    array = tmp_path / "array"
+    array.mkdir()
+    (array / "train-0.json").write_text("[\n" + ",\n".join(json.dumps(r) for r in make_rows(3)) + "\n]\n")
+    with pytest.raises(msmarco.DataSourceError, match=r"train-0.json: one JSON array; a split file holds one JSON object a line"):
+        msmarco.load_split("train", str(array))
 
 
 def test_a_shard_replaced_by_another_with_the_same_mtime_is_read_again(tmp_path):

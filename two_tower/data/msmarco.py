@@ -103,6 +103,17 @@ def local_split_files(path: str | os.PathLike, split: str) -> list[Path]:
     return files
 
 
+def check_not_a_json_array(files: list[Path]) -> None:
+    """A .json shard written as one JSON array (json.dump of a list) is not JSON lines: say so. Read as lines, it lacked
+    its columns (found []), or, written one row a line, kept its last row alone (the others end in a comma)."""
+    for path in files:
+        with open(path, "rb") as f:
+            start = f.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n")
+        if start.startswith(b"["):
+            raise DataSourceError(f"{path}: one JSON array; a split file holds one JSON object a line (JSON lines), e.g. "
+                                  f"jq -c '.[]' {path.name} > {path.stem}.jsonl")
+
+
 def load_local_split(path: str | os.PathLike, split: str) -> datasets.Dataset:
     """Load ``split`` from a folder of hub-style shards (``{split}-*.parquet`` or ``.jsonl``) or one file."""
     files = local_split_files(path, split)
@@ -117,6 +128,7 @@ def load_local_split(path: str | os.PathLike, split: str) -> datasets.Dataset:
         check_same_schema(files)
     try:
         if kind == "json":  # read line by line: a bad line (not UTF-8, not JSON) is a skipped row, not a crash
+            check_not_a_json_array(files)
             ds = JsonlRows.read(files)
             columns = ds.columns()
         else:
@@ -139,6 +151,8 @@ def load_local_split(path: str | os.PathLike, split: str) -> datasets.Dataset:
                 raise DataSourceError(f"{Path(path).expanduser()}: datasets read {ds.num_rows} rows of the '{split}' split, the files hold {expected}")
             ds._fingerprint = digest
             columns = ds.column_names
+    except DataSourceError:
+        raise
     except Exception as err:
         raise DataSourceError(f"Could not read {[str(f) for f in files]}: {type(err).__name__}: {err}") from err
     missing = {"query", "passages"} - set(columns)
