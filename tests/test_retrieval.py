@@ -132,6 +132,9 @@ def test_encoder_gives_the_vectors_evaluate_and_validation_rank_by(trained, tmp_
         encoder.encode_passages(["a passage", 7])
     with pytest.raises(EmptyQueryError, match=r"query 2 of 2 has no searchable word \('\?\?'\)"):
         encoder.encode_queries(["a query", "??"])
+    # a lone surrogate (bytes that were not UTF-8): search.py refused it, the Python API searched (a helper's probe)
+    with pytest.raises(EmptyQueryError, match=r"query 2 of 2 is not text that UTF-8 can hold \('\\udcff' at 4"):
+        encoder.encode_queries(["a query", "mara\udcffthon"])
 
 
 def test_encoder_reads_any_iterable_of_texts_once_and_refuses_an_empty_corpus(trained):

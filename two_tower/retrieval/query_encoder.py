@@ -106,6 +106,11 @@ def check_query(tokenizer: Tokenizer, query, where: str = "the query") -> None:
         raise EmptyQueryError(f"{where} is not text ({type(query).__name__}: {query!r:.60}); give a string")
     if not query.strip():
         raise EmptyQueryError(f"{where} is empty ({query!r}); give some words to search for")
+    try:
+        query.encode("utf-8")
+    except UnicodeEncodeError as err:  # a lone surrogate (bytes that were not UTF-8, kept by Python): the CLI refused it, the API searched
+        raise EmptyQueryError(f"{where} is not text that UTF-8 can hold ({query[err.start:err.end]!r} at {err.start}, a lone surrogate: "
+                              "bytes that were not UTF-8); give valid text") from None
     if not tokenizer.split(query):
         # Punctuation, emoji, control or zero-width characters only: the tokenizer finds no word, and
         # encoding nothing would answer every such query with the same arbitrary passages.
