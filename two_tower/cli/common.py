@@ -88,22 +88,29 @@ def composition_error(config_name: str, argv: list[str]) -> str | None:
         cfg = compose(config_name, argv, return_hydra_config=True)
     except Exception as err:  # Hydra's composition errors
         return hydra_error_line(config_name, err, argv)
-    return added_setting_error(config_name, argv) or run_dir_error(cfg) or single_run_sweep_error(cfg, argv) or path_setting_error(cfg, argv)
+    return added_setting_error(config_name, argv) or run_dir_error(cfg) or single_run_sweep_error(cfg, argv) or path_setting_error(config_name, cfg, argv)
 
 
 # Settings that name a file, a folder or a split: Hydra reads `data.path=2024` as a number and `out=true` as a boolean,
 # which failed deep in the command with "TypeError: expected str, bytes or os.PathLike object" (exit 1).
-PATH_SETTINGS = ("data.path", "ckpt", "ckpt_path", "corpus", "out", "index", "negatives.checkpoint", "embeddings.path", "teacher.model")
+# Per command (index.py's `index` is its FAISS settings, search.py's the folder to search).
+PATH_SETTINGS = {
+    "train": ("data.path", "ckpt_path", "negatives.checkpoint", "embeddings.path", "teacher.model"),
+    "index": ("ckpt", "corpus", "out", "data.path"),
+    "evaluate": ("ckpt", "out", "data.path"),
+    "search": ("index", "ckpt"),
+    "serve": ("index", "ckpt"),
+}
 SPLIT_SETTINGS = ("split", "data.train_split", "data.val_split", "data.test_split")
 
 
-def path_setting_error(cfg, argv: list[str] = ()) -> str | None:
-    """The one line for a path or split setting that is not text (None where its null is allowed, and for settings a
-    command does not have); ``argv``: the overrides, for the value as typed."""
+def path_setting_error(config_name: str, cfg, argv: list[str] = ()) -> str | None:
+    """The one line for a path or split setting of command ``config_name`` that is not text (None where its null is
+    allowed); ``argv``: the overrides, for the value as typed."""
     from omegaconf import OmegaConf
 
     absent = object()
-    for key in (*PATH_SETTINGS, *SPLIT_SETTINGS):
+    for key in (*PATH_SETTINGS.get(config_name, ()), *SPLIT_SETTINGS):
         try:
             value = OmegaConf.select(cfg, key, default=absent, throw_on_missing=False)
         except Exception:  # an interpolation only the run resolves

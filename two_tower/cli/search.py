@@ -140,7 +140,7 @@ def _main(argv: list[str] | None) -> int:
     if raw_query is not None and words:
         print("error: give the query either as text or as query=..., not both", file=sys.stderr)
         return 2
-    message = path_setting_error(cfg, overrides)
+    message = path_setting_error("search", cfg, overrides)
     if message:
         print(f"error: {message}", file=sys.stderr)
         return 2
