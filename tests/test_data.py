@@ -103,6 +103,21 @@ def test_a_row_repeated_without_a_query_id_is_skipped_and_ids_are_compared_as_te
     assert len(kept) == 4 and not report.skipped
 
 
+def test_a_labelled_row_of_a_query_replaces_its_unlabelled_row_kept_for_its_passages():
+    """An evaluation split keeps a row with no selected passage for its passages; a later labelled row of the same
+    query_id was skipped as its duplicate, so the query was not scored (a helper's probe: 59 of 60 evaluated). Now the
+    labelled row takes its place and the unlabelled one is the duplicate named; a labelled row first stays as it was."""
+    rows = make_rows(3, seed=1)
+    for i, row in enumerate(rows):
+        row["query_id"] = i
+    unlabelled = copy.deepcopy(rows[1])
+    unlabelled["passages"]["is_selected"] = [0] * len(unlabelled["passages"]["is_selected"])
+    for order, first in (([rows[0], unlabelled, rows[1], rows[2]], "row 2"), ([rows[0], rows[1], unlabelled, rows[2]], "row 3")):
+        kept, report = msmarco.validate_rows(copy.deepcopy(order), "validation", for_training=False)
+        assert [any(r.selected) for r in kept] == [True, True, True] and [r.query for r in kept] == [r["query"].strip() for r in rows]
+        assert dict(report.skipped) == {"duplicate_query_id": 1} and report.first == {"duplicate_query_id": first} and not report.corpus_only
+
+
 def test_evaluation_split_keeps_corpus_only_rows():
     good = make_rows(3, seed=2)
     bad = bad_rows(good[0])

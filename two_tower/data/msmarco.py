@@ -295,7 +295,7 @@ def validate_rows(rows, split: str, for_training: bool = True) -> tuple[list[Cle
     """
     report = ValidationReport(split)
     kept: list[CleanRow] = []
-    seen: set = set()
+    seen: dict[str, tuple[int, str | None, int]] = {}  # query_id -> its kept row's place in kept, corpus-only reason, row number
     # hashes of kept rows' contents (this process only): every kept row's, and those of the kept rows without a query_id
     seen_rows: set[int] = set()
     seen_unidentified: set[int] = set()
@@ -307,7 +307,21 @@ def validate_rows(rows, split: str, for_training: bool = True) -> tuple[list[Cle
         query_id = row.get("query_id") if isinstance(row, dict) else None
         identified = isinstance(query_id, (int, str)) and not isinstance(query_id, bool)
         if identified and str(query_id) in seen:
-            report.skip("duplicate_query_id", row)
+            at, kept_reason, number = seen[str(query_id)]
+            clean, reason = check_row(row) if kept_reason is not None else (None, None)
+            if clean is not None and reason is None:
+                # The query's kept row was kept for its passages only (none selected, an evaluation split): this labelled
+                # row of it takes its place, and that one is the duplicate. The unlabelled one was kept and the
+                # labelled skipped, so the query was not scored at all (a helper's probe: 59 of 60 evaluated).
+                report.corpus_only[kept_reason] -= 1
+                report.corpus_only += Counter()  # drops a count that fell to 0
+                report.skipped["duplicate_query_id"] += 1
+                report.first.setdefault("duplicate_query_id", f"row {number}")
+                kept[at] = clean
+                seen[str(query_id)] = (at, None, report.total)
+                seen_rows.add(hash((clean.query, tuple(clean.passages), tuple(clean.selected))))
+            else:
+                report.skip("duplicate_query_id", row)
             continue
         clean, reason = check_row(row)
         fingerprint = None
@@ -329,7 +343,7 @@ def validate_rows(rows, split: str, for_training: bool = True) -> tuple[list[Cle
             kept.append(clean)
             seen_rows.add(fingerprint)
             if identified:
-                seen.add(str(query_id))
+                seen[str(query_id)] = (len(kept) - 1, reason, report.total)
             else:
                 seen_unidentified.add(fingerprint)
     report.kept = len(kept)
