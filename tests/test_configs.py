@@ -366,3 +366,17 @@ def test_a_path_or_split_setting_the_command_line_reads_as_a_number_is_one_line(
     assert composition_error("train", ["data.path='2024'", "data.test_split=null"]) is None  # quoted: a path; no test split
     assert search_main(["index=123", "hello"]) == 2
     assert "index=123: must be a path" in capsys.readouterr().err
+
+
+def test_review_fixes_for_settings_refused_without_need():
+    """trainer=ddp's strategy takes its own buffer switch as a setting (it raised 'multiple values'); data.val_split=test
+    from the Hub (no data.path: no test split is read) is not refused as the test split; index.py's split may be null
+    (unused with corpus=), evaluate.py's may not."""
+    from two_tower.cli.common import composition_error
+    from two_tower.training.processes import ddp_strategy
+
+    strategy = ddp_strategy(forward_sync_buffers=True)
+    assert strategy._ddp_kwargs == {"forward_sync_buffers": True}
+    assert ddp_strategy()._ddp_kwargs == {"forward_sync_buffers": False}
+    assert composition_error("index", ["ckpt=x.ckpt", "corpus=c.tsv", "split=null"]) is None
+    assert composition_error("evaluate", ["split=null"]) == "split=null: must be a split name"

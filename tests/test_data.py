@@ -101,6 +101,11 @@ def test_a_row_repeated_without_a_query_id_is_skipped_and_ids_are_compared_as_te
     other_id["query_id"] = 2000
     kept, report = msmarco.validate_rows([*copy.deepcopy(with_ids), other_id], "validation", for_training=False)
     assert len(kept) == 4 and not report.skipped
+    # whichever comes first, a copy without an id is one row with the first id, and another id another query (a review:
+    # an id-less row first made every later id a duplicate)
+    for order in ([without[0], with_ids[0], other_id], [with_ids[0], without[0], other_id], [with_ids[0], other_id, without[0]]):
+        kept, report = msmarco.validate_rows(copy.deepcopy(order), "validation", for_training=False)
+        assert len(kept) == 2 and dict(report.skipped) == {"duplicate_row": 1}, order
 
 
 def test_a_labelled_row_of_a_query_replaces_its_unlabelled_row_kept_for_its_passages():
@@ -116,6 +121,11 @@ def test_a_labelled_row_of_a_query_replaces_its_unlabelled_row_kept_for_its_pass
         kept, report = msmarco.validate_rows(copy.deepcopy(order), "validation", for_training=False)
         assert [any(r.selected) for r in kept] == [True, True, True] and [r.query for r in kept] == [r["query"].strip() for r in rows]
         assert dict(report.skipped) == {"duplicate_query_id": 1} and report.first == {"duplicate_query_id": first} and not report.corpus_only
+    # ... unless the labelled row is already kept without an id: then it is that row again (a review: kept twice)
+    labelled_no_id = copy.deepcopy(rows[1])
+    labelled_no_id.pop("query_id")
+    kept, report = msmarco.validate_rows(copy.deepcopy([unlabelled, labelled_no_id, rows[1]]), "validation", for_training=False)
+    assert [any(r.selected) for r in kept] == [False, True] and dict(report.skipped) == {"duplicate_row": 1}
 
 
 def test_evaluation_split_keeps_corpus_only_rows():
@@ -379,6 +389,7 @@ def test_test_queries_repeating_training_or_validation_queries_are_a_warning(tmp
     for split, which in (("validation", "the validation split"), ("train", "the training split")):
         with pytest.raises(ConfigError, match=f"data.test_split={split} is {which}"):
             validate_train_config(compose_train(tmp_path, ["data=local", f"data.path={folder}", f"data.test_split={split}"]))
+    validate_train_config(compose_train(tmp_path, ["data=msmarco", "data.val_split=test"]))  # the Hub: no test split is read
 
 
 def test_sampler_is_deterministic_covers_every_row_and_buckets(tmp_path):

@@ -1656,3 +1656,21 @@ def test_a_non_finite_loss_stops_training_and_a_checkpoint_with_nan_weights_is_n
     torch.save(state, last)
     with pytest.raises(CheckpointError, match=re.escape(f"its weights hold NaN or inf ({name})")):
         train(compose_train(tmp_path / "a", ["trainer.max_epochs=2", "ckpt_path=last"]))
+
+
+def test_a_run_saved_with_lightnings_checkpoint_callback_resumes_and_groups_with_newer_runs(tmp_path):
+    """The configs' checkpoint callbacks became ResumableCheckpoint: a run composed with Lightning's ModelCheckpoint
+    was refused on resume as a changed setting, and compare split its seeds from newer runs' (a review)."""
+    from two_tower.core.config_key import composed_key, composed_settings
+    from two_tower.model.module import RUN_CONFIG_KEY
+
+    train(compose_train(tmp_path / "a", ["trainer.max_epochs=1"]))
+    last = tmp_path / "a" / "run" / "checkpoints" / "last.ckpt"
+    state = torch.load(last, weights_only=False)
+    new = state[RUN_CONFIG_KEY]
+    old = json.loads(json.dumps(new).replace("two_tower.training.callbacks.ResumableCheckpoint", "lightning.pytorch.callbacks.ModelCheckpoint"))
+    assert old != new and composed_key(composed_settings(old)) == composed_key(composed_settings(new))
+    state[RUN_CONFIG_KEY] = old
+    torch.save(state, last)
+    metrics = train(compose_train(tmp_path / "a", ["trainer.max_epochs=2", "ckpt_path=last"]))
+    assert "val/mrr@10" in metrics

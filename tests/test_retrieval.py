@@ -995,6 +995,12 @@ def test_evaluate_out_replaces_only_what_evaluations_wrote_there(tmp_path, monke
     (out / ".evaluation_outputs.json").unlink()
     evaluate(compose_retrieval("evaluate", [*settings, "retriever=[bm25]"]))
     assert sorted(p.name for p in (out / "per_query").iterdir()) == ["bm25.parquet", "val_best.parquet"]
+    # A folder from before the list whose evaluation wrote no runs: a qrels.txt put there since is not its own
+    (out / ".evaluation_outputs.json").unlink()
+    (out / "qrels.txt").write_text("mine")
+    assert evaluate_module.earlier_outputs(out) == {"metrics.json", "metrics.md", "per_query/bm25.parquet"}
+    (out / "qrels.txt").unlink()
+    _ = evaluate(compose_retrieval("evaluate", [*settings, "retriever=[bm25]"]))
     # A list no evaluation could have written (outside out=) owns nothing
     (out / ".evaluation_outputs.json").write_text(json.dumps(["../beir/corpus.jsonl", "per_query/val_best.parquet", "metrics.json"]))
     assert evaluate_module.earlier_outputs(out) == {"per_query/val_best.parquet", "metrics.json"}

@@ -33,6 +33,10 @@ DATA_PATHS = ("data.path",)
 # Settings the packaged configs gained after runs were made, with the value such a run had (its code's default),
 # so a run composed before and one composed after are one configuration: filled where the setting's node exists.
 ADDED_SETTINGS = {"trainer.num_nodes": 1, "encoder.packing": "auto", "data.synthetic_rows.test_rows": 0}
+# Classes the packaged configs name that replaced others doing the same: a run composed with the old one is the same
+# configuration, and resumes (the checkpoint callbacks became ResumableCheckpoint, Lightning's ModelCheckpoint with
+# its record of the best kept across a moved run folder; its checkpoints' states are ModelCheckpoint's).
+RENAMED_TARGETS = {"lightning.pytorch.callbacks.ModelCheckpoint": "two_tower.training.callbacks.ResumableCheckpoint"}
 
 
 # Settings a resumed run may change besides the IGNORED ones but the seed: how long it trains, on what hardware,
@@ -67,7 +71,7 @@ def changed_settings(saved: dict, current: dict) -> list[tuple[str, object, obje
     """(name, saved value, current value; NOT_SET where absent) of the settings, as composed (interpolations
     unresolved), that differ between a run's configuration and a resume's and may not (``may_change_on_resume``);
     sorted by name."""
-    before, after = flatten(saved), flatten(current)
+    before, after = _renamed(flatten(saved)), _renamed(flatten(current))
     scheduled = bool(saved.get("scheduler"))
     return [(name, before.get(name, NOT_SET), after.get(name, NOT_SET)) for name in sorted(before.keys() | after.keys())
             if not may_change_on_resume(name, scheduled) and before.get(name, NOT_SET) != after.get(name, NOT_SET)]
@@ -100,6 +104,12 @@ def config_key(overrides: list[str], cwd: str | None = None) -> str:
     return " ".join(sorted(kept)) or "(defaults)"
 
 
+def _renamed(settings: dict) -> dict:
+    """Flat ``settings`` with each ``..._target_`` that RENAMED_TARGETS names replaced by its successor."""
+    return {name: RENAMED_TARGETS.get(value, value) if name.endswith("._target_") and isinstance(value, str) else value
+            for name, value in settings.items()}
+
+
 def flatten(config, prefix: str = "") -> dict:
     """``{"a.b": 1, ...}`` from nested mappings (an empty mapping is a value of its own)."""
     if not isinstance(config, dict) or (prefix and not config):
@@ -113,7 +123,7 @@ def flatten(config, prefix: str = "") -> dict:
 def composed_settings(config: dict, cwd: str | None = None) -> dict:
     """A composed run configuration (``.hydra/config.yaml``: interpolations unresolved, so ``${seed}`` is the
     same text in every seed) as dotted settings, without the IGNORED ones, ``data.path`` made absolute."""
-    settings = {name: value for name, value in flatten(config).items() if not ignored(name)}
+    settings = {name: value for name, value in _renamed(flatten(config)).items() if not ignored(name)}
     for name, value in ADDED_SETTINGS.items():
         node = name.rsplit(".", 1)[0] + "."
         if name not in settings and any(key.startswith(node) for key in settings):

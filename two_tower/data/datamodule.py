@@ -38,7 +38,7 @@ from two_tower.data.teacher import SentenceTransformerTeacher, TeacherVectors
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT = 8  # bump when the prepared format, validation rules or synthetic generator change
+CACHE_FORMAT = 9  # bump when the prepared format, validation rules or synthetic generator change
 # in a BEIR folder's fingerprints: bump when how its files become prepared splits changes (2: training leaves out
 # the validation and test splits' queries; 3: a training query's documents judged not relevant are its candidates;
 # 4: the vocabulary is the training queries' and their judged documents' words, not the whole corpus's)

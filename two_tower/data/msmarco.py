@@ -286,6 +286,11 @@ def check_same_schema(files: list[Path]) -> None:
         log.debug("schema check skipped: %s", err)
 
 
+def _content(row: CleanRow) -> int:
+    """A hash of what a row says (query, passages, labels), for telling a row repeated without its query_id."""
+    return hash((row.query, tuple(row.passages), tuple(row.selected)))
+
+
 def validate_rows(rows, split: str, for_training: bool = True) -> tuple[list[CleanRow], ValidationReport]:
     """Keep the usable rows of an iterable of v1.1 rows; count the others by reason.
 
@@ -295,10 +300,11 @@ def validate_rows(rows, split: str, for_training: bool = True) -> tuple[list[Cle
     """
     report = ValidationReport(split)
     kept: list[CleanRow] = []
-    seen: dict[str, tuple[int, str | None, int]] = {}  # query_id -> its kept row's place in kept, corpus-only reason, row number
-    # hashes of kept rows' contents (this process only): every kept row's, and those of the kept rows without a query_id
+    # query_id (and, for kept rows without one, their content's hash) -> the kept row's place in kept, its corpus-only
+    # reason, its row number; seen_rows: the content hash of every kept row (this process only)
+    seen: dict[str, tuple[int, str | None, int]] = {}
+    unidentified: dict[int, tuple[int, str | None, int]] = {}
     seen_rows: set[int] = set()
-    seen_unidentified: set[int] = set()
     for row in rows:
         report.total += 1
         # A query_id seen before in the split is the same query again (it would count twice in every metric).
@@ -309,7 +315,7 @@ def validate_rows(rows, split: str, for_training: bool = True) -> tuple[list[Cle
         if identified and str(query_id) in seen:
             at, kept_reason, number = seen[str(query_id)]
             clean, reason = check_row(row) if kept_reason is not None else (None, None)
-            if clean is not None and reason is None:
+            if clean is not None and reason is None and _content(clean) not in unidentified:
                 # The query's kept row was kept for its passages only (none selected, an evaluation split): this labelled
                 # row of it takes its place, and that one is the duplicate. The unlabelled one was kept and the
                 # labelled skipped, so the query was not scored at all (a helper's probe: 59 of 60 evaluated).
@@ -319,18 +325,22 @@ def validate_rows(rows, split: str, for_training: bool = True) -> tuple[list[Cle
                 report.first.setdefault("duplicate_query_id", f"row {number}")
                 kept[at] = clean
                 seen[str(query_id)] = (at, None, report.total)
-                seen_rows.add(hash((clean.query, tuple(clean.passages), tuple(clean.selected))))
+                seen_rows.add(_content(clean))
             else:
-                report.skip("duplicate_query_id", row)
+                report.skip("duplicate_row" if clean is not None and reason is None else "duplicate_query_id", row)
             continue
         clean, reason = check_row(row)
-        fingerprint = None
+        fingerprint = _content(clean) if clean is not None else None
         if clean is not None:
             # A row equal to a kept one (query, passages, labels) where either has no query_id is the same row again: a
             # shard copied twice counted every query twice in every metric (a probe), and so did a copy that had lost
-            # its query_id beside the one that kept it (a later probe). Two rows with different ids are two queries.
-            fingerprint = hash((clean.query, tuple(clean.passages), tuple(clean.selected)))
-            if fingerprint in (seen_unidentified if identified else seen_rows):
+            # its query_id beside the one that kept it (a later probe). Two rows with different ids are two queries:
+            # the first row with an id equal to a kept row without one gives it that id (in either order, one row).
+            if identified and fingerprint in unidentified:
+                seen[str(query_id)] = unidentified.pop(fingerprint)
+                report.skip("duplicate_row", row)
+                continue
+            if not identified and fingerprint in seen_rows:
                 report.skip("duplicate_row", row)
                 continue
         keep = clean is not None and (reason is None or (not for_training and reason in CORPUS_ONLY_REASONS))
@@ -345,7 +355,7 @@ def validate_rows(rows, split: str, for_training: bool = True) -> tuple[list[Cle
             if identified:
                 seen[str(query_id)] = (len(kept) - 1, reason, report.total)
             else:
-                seen_unidentified.add(fingerprint)
+                unidentified[fingerprint] = (len(kept) - 1, reason, report.total)
     report.kept = len(kept)
     if not kept or not any(any(r.selected) for r in kept):
         raise DataSourceError(

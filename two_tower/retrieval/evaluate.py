@@ -261,8 +261,10 @@ def earlier_outputs(out: Path) -> set[str]:
             listed = json.loads((out / OWNED_FILE).read_text())
             return {path for path in listed if _is_output_path(path)} if isinstance(listed, list) else set()
         if (out / "metrics.json").is_file():
-            names = json.loads((out / "metrics.json").read_text())["metrics"]
-            return {path for path in output_paths(list(names), save_runs=True) if _is_output_path(path)}
+            names = list(json.loads((out / "metrics.json").read_text())["metrics"])
+            # its runs and qrels.txt only if it wrote runs (save_runs=true): every retriever's is there
+            ran = bool(names) and all((out / "runs" / f"{name}.trec").is_file() for name in names if isinstance(name, str))
+            return {path for path in output_paths(names, save_runs=ran) if _is_output_path(path)}
     except (OSError, ValueError, KeyError, TypeError):
         pass
     return set()

@@ -131,7 +131,8 @@ def validate_train_config(cfg: DictConfig) -> None:
                           "(and keep the checkpoint that fits them best); name another split, e.g. one carved with "
                           "experiments/comparisons/carve_test_split.py")
     test_split = data.get("test_split")
-    if test_split is not None and test_split in (data.get("train_split"), data.get("val_split")) and not data.get("synthetic_rows"):
+    # (a test split is read from a local folder only: from the Hub data.val_split=test with the default test_split is fine)
+    if test_split is not None and test_split in (data.get("train_split"), data.get("val_split")) and data.get("path") and not data.get("synthetic_rows"):
         which = "training" if test_split == data.get("train_split") else "validation"
         raise ConfigError(f"data.test_split={test_split} is the {which} split: the test figure (the number to report) would score the rows "
                           f"{'trained on' if which == 'training' else 'the best checkpoint was chosen on'}; name a held-out split "

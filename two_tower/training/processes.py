@@ -116,4 +116,4 @@ def ddp_strategy(**kwargs):
     from torch.nn.parallel import DistributedDataParallel
 
     switch = "forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters else "broadcast_buffers"
-    return DDPStrategy(**{switch: False}, **kwargs)
+    return DDPStrategy(**{switch: False, **kwargs})  # +trainer.strategy.forward_sync_buffers=true (or the old name) wins
