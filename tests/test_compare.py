@@ -492,7 +492,7 @@ def test_a_run_without_its_composed_config_is_told_apart_from_one_with_it(tmp_pa
 def test_a_training_run_given_as_a_baseline_is_named_as_such(tmp_path):
     """It said the run's per_query files and its queries differed, which led nowhere."""
     from two_tower.core.errors import TwoTowerError
-    from two_tower.training.compare import load_baselines
+    from two_tower.training.compare import find_runs, load_baselines, load_configurations
 
     run = tmp_path / "run"
     write_composed(run, ["seed=1"], composed(1), seed_table(difficulty(), 0.0, 1))
@@ -633,3 +633,34 @@ def test_a_killed_compares_half_written_output_is_swept_by_the_next(tmp_path, ca
     stale.write_text("half")
     main([str(tmp_path / "runs"), "--out", str(out), "--resamples", "100"])
     assert sorted(p.name for p in out.iterdir()) == ["comparison.md", "comparison.png", "configurations.csv", "tests.csv"]
+
+
+def test_review_of_compare_baselines_named_like_configurations_runs_without_checkpoints_and_few_queries(tmp_path, caplog):
+    """A probe of compare's statistics: a baseline table named like a configuration ('(defaults).parquet') replaced the
+    configuration in the comparison; a training run whose checkpoints/ had been deleted was taken as a baseline (its
+    stage tables, one a seed of a compared configuration); with 5 queries the exact sign-flip test cannot go below
+    2/2^5 = 0.0625, so nothing could be flagged, without a word; one system wrote tests.csv without the Holm columns."""
+    from two_tower.core.errors import TwoTowerError
+    from two_tower.training.compare import find_runs, load_baselines, load_configurations
+
+    base = difficulty()
+    sweep = tmp_path / "sweep"
+    for seed in (1, 2, 3):
+        write_run(sweep / str(seed), [f"seed={seed}"], seed_table(base, 0.1, seed))
+    baseline = tmp_path / "eval"
+    per_query.write(seed_table(base, -0.1, 99), baseline / "per_query" / "(defaults).parquet")
+    systems = load_configurations(find_runs([sweep]), "test/mrr@10")
+    systems.update(load_baselines([baseline], "test/mrr@10", taken=set(systems)))
+    assert sorted(systems) == ["(defaults)", "(defaults) (eval)"] and len(systems["(defaults)"].tables) == 3
+    run = tmp_path / "run"  # a training run without checkpoints/: its stage tables say what it is
+    write_run(run, ["seed=1"], seed_table(base, 0.0, 1))
+    per_query.write(seed_table(base, 0.0, 1), run / "per_query" / "val_best.parquet")
+    with pytest.raises(TwoTowerError, match=r"a training run; --baseline takes an evaluate.py output dir"):
+        load_baselines([run], "test/mrr@10")
+    few = {name: System(name, ["r"], [per_query.frame([f"q{i}" for i in range(5)], [f"query {i}" for i in range(5)],
+                                                       {"mrr@10": np.full(5, value)})]) for name, value in (("a", 0.9), ("b", 0.4))}
+    with caplog.at_level("WARNING"):
+        _, tests = compare(few, "test/mrr@10", resamples=10_000)
+    assert any("the smallest p with 5 queries (every sign flip counted) is 0.062" in r.getMessage() for r in caplog.records)
+    _, alone = compare({"a": few["a"]}, "test/mrr@10")
+    assert list(alone.columns) == list(tests.columns) and alone.empty

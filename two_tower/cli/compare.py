@@ -51,7 +51,7 @@ def _compare(args: argparse.Namespace) -> None:
             if taken:
                 raise NotWritableError(f"--out {args.out}: {', '.join(taken)} there is a folder, not a file: remove it or choose another --out")
         systems = load_configurations(find_runs(args.dirs), args.metric)
-        systems.update(load_baselines(args.baseline, args.metric))
+        systems.update(load_baselines(args.baseline, args.metric, taken=set(systems)))
         summary, tests = compare(systems, args.metric, args.alpha, args.resamples)
         text = markdown(summary, tests, args.metric)
         if args.out:  # written before the table is printed: a reader that closes stdout early (| head) leaves them whole

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import yaml
 import pandas as pd
 from scipy import stats
 
@@ -298,20 +299,37 @@ def load_configurations(runs: list[Path], metric: str) -> dict[str, System]:
     return systems
 
 
-def load_baselines(dirs: list[Path], metric: str) -> dict[str, System]:
+def _training_run(folder: Path) -> bool:
+    """Whether ``folder`` is a training run: checkpoints/, a training stage's per-query table, or a ``.hydra/config.yaml``
+    with a trainer (an evaluate.py run folder's has retrievers). It was told by checkpoints/ alone, which people delete: a run without one became baselines named
+    after its stages (``test``, ``val_best``), one of them a seed of a configuration compared with itself (a probe)."""
+    if (folder / "checkpoints").is_dir() or any((folder / "per_query" / name).exists() for name in ("val_best.parquet", "val_last.parquet", "fit_ended.json")):
+        return True
+    config = folder / ".hydra" / "config.yaml"
+    try:
+        loaded = yaml.safe_load(config.read_text()) if config.is_file() else None
+    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+        return False
+    return isinstance(loaded, dict) and "trainer" in loaded
+
+
+def load_baselines(dirs: list[Path], metric: str, taken: set[str] = frozenset()) -> dict[str, System]:
+    """Each evaluate.py output dir's per-query tables as baselines. ``taken``: names of the configurations compared
+    beside them; a baseline of the same name (a table named ``(defaults).parquet``) is told apart by its folder, as it
+    replaced the configuration in the comparison (a probe)."""
     _, name = split_metric(metric)
     systems = {}
     dirs = distinct(dirs)
     for folder in dirs:
         files = sorted((folder / "per_query").glob("*.parquet"))
-        if (folder / ".hydra" / "config.yaml").is_file() and (folder / "checkpoints").is_dir():
+        if _training_run(folder):
             raise CompareError(f"--baseline {folder}: a training run; --baseline takes an evaluate.py output dir "
                                "(give training runs as the positional arguments)")
         if not files:
             raise CompareError(f"--baseline {folder}: no per_query/*.parquet (an evaluate.py output dir is expected)")
         for path in files:
-            label = f"{path.stem} ({folder.name})" if len(dirs) > 1 else path.stem
-            if label in systems:  # two folders of one name: the whole path tells them apart
+            label = f"{path.stem} ({folder.name})" if len(dirs) > 1 or path.stem in taken else path.stem
+            if label in systems or label in taken:  # two folders of one name: the whole path tells them apart
                 label = f"{path.stem} ({folder})"
             systems[label] = System(label, [str(path)], [per_query.read(path, name)], baseline=True)
     return systems
@@ -407,6 +425,9 @@ def compare(systems: dict[str, System], metric: str, alpha: float = 0.05, resamp
                       "queries": len(x), "p (t-test)": t_p, "p (randomization)": rand_p, "p (seeds)": seed_p})
     tests = pd.DataFrame(pairs, columns=["A", "B", "mean A", "mean B", "A - B", "A - B ci_low", "A - B ci_high", "queries", "p (t-test)",
                                          "p (randomization)", "p (seeds)"])
+    if not len(tests):  # one system, no pair: the same columns as any comparison's tests.csv
+        for column in ("Holm p (t-test)", "Holm p (randomization)", "Holm p (seeds)", f"significant (Holm, alpha={alpha})"):
+            tests[column] = pd.Series(dtype=bool if column.startswith("significant") else float)
     if len(tests):
         tests["Holm p (t-test)"] = holm(tests["p (t-test)"].tolist())
         tests["Holm p (randomization)"] = holm(tests["p (randomization)"].tolist())
@@ -416,11 +437,16 @@ def compare(systems: dict[str, System], metric: str, alpha: float = 0.05, resamp
         if testable.any():
             tests.loc[testable, "Holm p (seeds)"] = holm(seeds[testable].tolist())
         tests[f"significant (Holm, alpha={alpha})"] = (tests["Holm p (randomization)"] < alpha) & (tests["Holm p (seeds)"] < alpha)
-        floor = 2 / (resamples + 1)  # the smallest two-sided randomization p-value
+        # The smallest two-sided randomization p-value: 2 / (resamples + 1), or with few queries, whose 2^n sign flips
+        # scipy then enumerates exactly, 2 / 2^n (5 queries: 0.0625, so nothing could be flagged, without a word)
+        queries = int(tests["queries"].min())
+        floor = max(2 / (resamples + 1), 2.0 ** (1 - queries) if queries < 1000 else 0.0)
         if floor >= alpha / len(tests):
+            exact = queries < 1000 and 2.0 ** (1 - queries) > 2 / (resamples + 1)
             log.warning("with %d pairs no randomization p-value can pass Holm's first threshold (alpha/%d = %.2g; the smallest p "
-                        "with %d resamples is %.2g): pass --resamples %d or more", len(tests), len(tests), alpha / len(tests),
-                        resamples, floor, int(np.ceil(20 * len(tests) / alpha)))
+                        "with %s is %.2g): %s", len(tests), len(tests), alpha / len(tests),
+                        f"{queries} queries (every sign flip counted)" if exact else f"{resamples} resamples", floor,
+                        "compare on more queries" if exact else f"pass --resamples {int(np.ceil(20 * len(tests) / alpha))} or more")
     return summary, tests
 
 
