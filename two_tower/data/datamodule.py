@@ -45,6 +45,11 @@ CACHE_FORMAT = 9  # bump when the prepared format, validation rules or synthetic
 BEIR_PREPARED = 4
 
 
+def _query_key(query: str) -> str:
+    """A query as the leakage checks compare queries: lower case, white space joined."""
+    return " ".join(query.lower().split())
+
+
 class TwoTowerDataModule(L.LightningDataModule):
     def __init__(
         self,
@@ -266,8 +271,8 @@ class TwoTowerDataModule(L.LightningDataModule):
     def check_overlap(self) -> int:
         """Count (and warn about) validation queries that are also training queries: their metrics measure
         memorisation, not retrieval (leakage). Compared after lower-casing and joining white space."""
-        train = {" ".join(q.lower().split()) for q in self.train.query_texts}
-        self.val_train_overlap = sum(" ".join(q.lower().split()) in train for q in self.val.query_texts)
+        train = {_query_key(q) for q in self.train.query_texts}
+        self.val_train_overlap = sum(_query_key(q) in train for q in self.val.query_texts)
         if self.val_train_overlap and self.synthetic_rows is not None:
             # Synthetic queries are a few keywords of one of a few topics: repeats are by construction, not leakage.
             log.info("%d of %d synthetic validation queries are also training queries (a few keywords of a few topics)", self.val_train_overlap, self.val.num_queries)
@@ -287,13 +292,14 @@ class TwoTowerDataModule(L.LightningDataModule):
         self.test_overlap = (0, 0)
         if self.test is None or self.synthetic_rows is not None:
             return self.test_overlap
-        val = {" ".join(q.lower().split()) for q in self.val.query_texts}
-        queries = [" ".join(q.lower().split()) for q in self.test.query_texts]
-        self.test_overlap = (sum(q in train for q in queries), sum(q in val for q in queries))
-        if any(self.test_overlap):
+        val = {_query_key(q) for q in self.val.query_texts}
+        queries = [_query_key(q) for q in self.test.query_texts]
+        in_train, in_val = sum(q in train for q in queries), sum(q in val for q in queries)
+        self.test_overlap = (in_train, in_val)
+        if in_train or in_val:
             log.warning("%d of %d test queries also appear in the training split and %d in the validation split (leakage: the test "
                         "figure, the number to report, measures memorisation or the selection of the checkpoint); remove them from "
-                        "the test split", *self.test_overlap[:1], len(queries), self.test_overlap[1])
+                        "the test split", in_train, len(queries), in_val)
         return self.test_overlap
 
     def check_passage_overlap(self) -> int:

@@ -9,6 +9,7 @@ import torch
 import torchmetrics
 from omegaconf import DictConfig, OmegaConf
 
+from two_tower.core.distributed import gathered_for_checkpoint, own_part, world_size
 from two_tower.core.errors import TrainingDivergedError
 from two_tower.data.tokenizer import Tokenizer
 from two_tower.data.embeddings import restore_tokenizer
@@ -140,7 +141,7 @@ class TwoTowerModule(L.LightningModule):
         passages = self.encode_passages(batch["passage_ids"], batch["passage_lengths"])
         pids, positive_column, negative_columns = batch["passage_pids"], batch["positive_column"], batch["negative_columns"]
         teacher_passages = batch.get("teacher_passages")  # loss=distill: the teacher's vectors of the same passages
-        if self.hparams.gather_across_devices and _world_size() > 1:
+        if self.hparams.gather_across_devices and world_size() > 1:
             passages, pids, offset, teacher_passages = gather_passages(passages, pids, teacher_passages)
             positive_column, negative_columns = positive_column + offset, negative_columns + offset
         # A passage may be a negative for a row unless it is one of that row's selected passages,
@@ -154,7 +155,7 @@ class TwoTowerModule(L.LightningModule):
             return self.loss_fn(queries, passages, positive_column, negative_mask, negative_columns)
         teacher_scores = batch["teacher_queries"] @ teacher_passages.T
         extra = {"labelled": batch["labelled"]} if "labelled" in batch else {}  # pseudo-queries: teacher only
-        if extra and self.hparams.gather_across_devices and _world_size() > 1:
+        if extra and self.hparams.gather_across_devices and world_size() > 1:
             # The labelled rows' cross-entropy is a mean over the whole global batch's labelled rows: each process
             # divides its sum by the processes' mean count, so DDP's mean of the processes' gradients is the one-
             # process gradient (a per-process mean weighed a process's few labelled rows like another's many).
@@ -162,11 +163,11 @@ class TwoTowerModule(L.LightningModule):
 
             count = batch["labelled"].sum().to(torch.float32)
             dist.all_reduce(count)
-            extra["labelled_count"] = count / _world_size()
+            extra["labelled_count"] = count / world_size()
         if getattr(self.loss_fn, "query_relation_weight", 0) > 0:
             # each query against the batch's other queries: every process's when gathering, as for passages
             others, teacher_others, offset, valid = queries, batch["teacher_queries"], 0, None
-            if self.hparams.gather_across_devices and _world_size() > 1:
+            if self.hparams.gather_across_devices and world_size() > 1:
                 others, (teacher_others,), offset, valid = gather_rows(queries, batch["teacher_queries"])
             extra["teacher_query_scores"] = batch["teacher_queries"] @ teacher_others.T
             extra["relation_queries"] = (others, offset, valid)
@@ -321,8 +322,8 @@ class TwoTowerModule(L.LightningModule):
         if self._train_epoch_rows:  # saved mid-epoch (at an epoch's end the sums are logged and emptied)
             own = {"rows": self._train_epoch_rows, "sums": {name: total.detach().cpu() for name, total in self._train_epoch_sums.items()}}
             # "processes": resuming mid-epoch needs as many (train.check_resume_checkpoint); "ranks": each process's
-            # sums (the epoch's mean is over all of them), gathered as callbacks.RNGState gathers its states
-            checkpoint[EPOCH_SUMS_KEY] = {**own, "processes": _world_size(), **_every_process(own)}
+            # sums (the epoch's mean is over all of them), gathered as callbacks.RNGState gathers its states (core.distributed)
+            checkpoint[EPOCH_SUMS_KEY] = {**gathered_for_checkpoint(own), "processes": world_size()}
         if self.run_config is not None:
             checkpoint[RUN_CONFIG_KEY] = self.run_config
         digests = getattr(getattr(self._trainer, "datamodule", None), "data_digests", None) if self._trainer is not None else None
@@ -337,10 +338,7 @@ class TwoTowerModule(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint):
         if EPOCH_SUMS_KEY in checkpoint:  # a run resumed mid-epoch goes on summing that epoch
-            saved = checkpoint[EPOCH_SUMS_KEY]
-            ranks, rank = saved.get("ranks"), _rank()
-            if ranks and rank < len(ranks):  # this process's own (rank 0's alone in a checkpoint saved at Ctrl-C)
-                saved = ranks[rank]
+            saved = own_part(checkpoint[EPOCH_SUMS_KEY])  # this process's own (rank 0's alone in one saved at Ctrl-C)
             self._train_epoch_sums = {name: total.to(self.device) for name, total in saved["sums"].items()}
             self._train_epoch_rows = saved["rows"]
         if "tokenizer" in checkpoint:
@@ -349,24 +347,12 @@ class TwoTowerModule(L.LightningModule):
                 frozen_rows.restore(checkpoint["state_dict"], checkpoint[frozen_rows.KEY], self.tokenizer)
 
 
-def _world_size() -> int:
-    import torch.distributed as dist
-
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-
-def _rank() -> int:
-    import torch.distributed as dist
-
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-
-
 def epoch_means(sums: dict[str, torch.Tensor], rows: int) -> dict[str, torch.Tensor]:
     """{name: sum / rows} over the epoch's rows in every process: with several processes the sums and row counts
     of all of them are added first (one all-reduce, float64), so the mean weighs each row once. Each process
     logged its own share's mean before, and Lightning kept rank 0's: half the epoch's rows with two processes."""
     names = sorted(sums)
-    if _world_size() == 1:
+    if world_size() == 1:
         return {name: sums[name] / rows for name in names}
     import torch.distributed as dist
 
@@ -375,22 +361,6 @@ def epoch_means(sums: dict[str, torch.Tensor], rows: int) -> dict[str, torch.Ten
     dist.all_reduce(packed)
     dtype = sums[names[0]].dtype if names else torch.get_default_dtype()
     return {name: (packed[i + 1] / packed[0]).to(dtype) for i, name in enumerate(names)}
-
-
-def _every_process(own: dict) -> dict:
-    """{"ranks": [each process's ``own``]} under several processes (gathered while the checkpoint is dumped, which
-    every process does); {} with one, or while Ctrl-C is handled (the processes stopped wherever each was, and a
-    gather there would hang: callbacks.RNGState)."""
-    import sys
-
-    world = _world_size()
-    if world < 2 or isinstance(sys.exc_info()[1], KeyboardInterrupt):
-        return {}
-    import torch.distributed as dist
-
-    ranks = [None] * world
-    dist.all_gather_object(ranks, own)
-    return {"ranks": ranks}
 
 
 def gather_rows(rows: torch.Tensor, *fixed: torch.Tensor):

@@ -15,6 +15,8 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint, Timer
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from two_tower.core.distributed import gathered_for_checkpoint, own_part, world_size
+
 log = logging.getLogger(__name__)
 
 
@@ -201,7 +203,8 @@ class ResumableCheckpoint(ModelCheckpoint):
     epoch01-mrr0.0374 as best beside epoch00-mrr0.0572; the test split is scored with it, a sweep given its figure).
     Here the record is restored, each path pointing at this folder's file of that name where there is one (a moved or
     copied run), else where it was saved; and a checkpoint outside this folder is never removed (it is another run's:
-    a better epoch here replaces it as best, not on disk)."""
+    a better epoch here replaces it as best, not on disk). An ended run resumed into another folder (nothing left to
+    train) so reports its best validation too (it said 'val/mrr@10=0.0000' there: train.py patched the score in)."""
 
     @property
     def state_key(self) -> str:
@@ -239,7 +242,7 @@ def _slowest(seconds: float, device) -> float:
     here, not by ``self.log(..., sync_dist=True)``: Lightning reduces such a value when it is first read, and its
     progress bar reads the metrics on rank 0 alone at an epoch's end, so rank 0 waited in a collective the others
     never joined (a 2-process ``experiment=best`` run hung there)."""
-    if _world() < 2:
+    if world_size() < 2:
         return seconds
     value = torch.tensor([seconds], dtype=torch.float64, device=device)
     torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MAX)
@@ -258,21 +261,10 @@ class RNGState(L.Callback):
     Ctrl-C is handled, the processes stopped wherever each was, and a gather there hung the run: rank 0's alone then."""
 
     def state_dict(self) -> dict:
-        import sys
-
-        own = _rng_states()
-        world = _world()
-        if world < 2 or isinstance(sys.exc_info()[1], KeyboardInterrupt):
-            return own
-        states = [None] * world
-        torch.distributed.all_gather_object(states, own)
-        return {**states[0], "ranks": states}
+        return gathered_for_checkpoint(_rng_states())
 
     def load_state_dict(self, state: dict) -> None:
-        ranks = state.get("ranks")
-        rank = torch.distributed.get_rank() if _world() > 1 else 0
-        if ranks and rank < len(ranks):
-            state = ranks[rank]
+        state = own_part(state)
         random.setstate(state["python"])
         kind, keys, pos, has_gauss, gauss = state["numpy"]
         np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
@@ -288,11 +280,6 @@ def _rng_states() -> dict:
         "torch": torch.get_rng_state(),
     }
 
-
-def _world() -> int:
-    """The number of processes of the running process group (1 without one)."""
-    dist = torch.distributed
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
 class PerQueryWriter(L.Callback):

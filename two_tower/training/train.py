@@ -286,15 +286,6 @@ def quiet_other_ranks() -> None:
         logging.getLogger("two_tower").setLevel(logging.WARNING)
 
 
-def saved_best_score(state: dict, metric: str) -> float | None:
-    """The best value of ``metric`` the checkpoint callback monitoring it had when the checkpoint (``state``) was saved."""
-    for name, saved in (state.get("callbacks") or {}).items():
-        if str(name).startswith("ModelCheckpoint") and isinstance(saved, dict) and saved.get("monitor") == metric:
-            if saved.get("best_model_score") is not None:
-                return float(saved["best_model_score"])
-    return None
-
-
 def report_best_validation(metrics: dict[str, float], trainer: L.Trainer, metric: str) -> None:
     """``metrics[metric]``: the best validation's value, the one the checkpoint callback kept (and what
     ``callbacks/default.yaml`` says sweeps maximise), not the last validation's (Lightning's callback_metrics), which
@@ -388,7 +379,6 @@ def _train(cfg: DictConfig) -> dict[str, float]:
         start = time.perf_counter()
         ckpt_path = resolve_ckpt_path(cfg)
         ended, ended_step = False, None  # ended_step: where a run that had ended, trained on now, had ended
-        saved_best = None  # an ended run's best validation value, as its checkpoint saved it
         if ckpt_path:
             state = read_resume_checkpoint(ckpt_path)  # memory-mapped, read once for the checks below
             check_resume_settings(ckpt_path, state, cfg)
@@ -442,7 +432,6 @@ def _train(cfg: DictConfig) -> dict[str, float]:
             module.run_config = OmegaConf.to_container(cfg, resolve=False)
             if ckpt_path:
                 check_resume_shapes(ckpt_path, state, module)
-                saved_best = saved_best_score(state, cfg.optimized_metric) if ended else None
                 del state  # the memory-mapped file is not held through training
     log.info("Model: %d trainable / %d parameters", sum(p.numel() for p in module.parameters() if p.requires_grad), sum(p.numel() for p in module.parameters()))
 
@@ -497,13 +486,6 @@ def _train(cfg: DictConfig) -> dict[str, float]:
         raise SystemExit(0 if stopper is not None and stopper.reason == "trainer.max_time" else 143) from None
 
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-    if saved_best is not None:
-        # Lightning restores the best score only into the run folder the checkpoint was saved in: an ended run's
-        # checkpoint resumed into another folder reported 'val/mrr@10=0.0000', 'Training ended before any validation'
-        # and no metric (an upgrade probe)
-        for callback in trainer.checkpoint_callbacks:
-            if getattr(callback, "monitor", None) == cfg.optimized_metric and callback.best_model_score is None:
-                callback.best_model_score = torch.tensor(saved_best)
     report_best_validation(metrics, trainer, cfg.optimized_metric)
     # A run that had ended trained nothing now: its logged training time stays the one it had (one stopped while
     # scoring its test split loses that row when the test rows are logged again: missing, not replaced by ~0 s).
