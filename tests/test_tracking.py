@@ -1,6 +1,7 @@
 """Optuna sweeps (hparams_search=optuna) and W&B tracking (group, tags, model artifact, examples table)."""
 
 import json
+import os
 import re
 import time
 
@@ -104,6 +105,13 @@ def test_a_sweep_value_that_makes_a_job_invalid_is_refused_before_any_job(tmp_pa
     sweep = tmp_path / "multirun"
     base = [sys.executable, "train.py", "-m", "data=synthetic", "embeddings=random", "logger=none", "trainer.max_epochs=1", f"hydra.sweep.dir={sweep}"]
     result = subprocess.run([*base, "data.batch_size=32,-1,16", "seed=1,2"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and lines == ["error: the sweep's jobs with data.batch_size=-1: data.batch_size=-1: must be a positive integer"], result.stderr[-2000:]
+    assert not sweep.exists()
+    # with logger=wandb the check read the W&B run's name, ${hydra:job.override_dirname}, which has no value before a
+    # job: Hydra took the error for a callback's warning and job 0 trained (a probe)
+    result = subprocess.run([*base, "data.batch_size=32,-1", "logger=wandb"], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "WANDB_MODE": "offline"})
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and lines == ["error: the sweep's jobs with data.batch_size=-1: data.batch_size=-1: must be a positive integer"], result.stderr[-2000:]
     assert not sweep.exists()

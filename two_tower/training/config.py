@@ -372,8 +372,9 @@ def check_sweep_values(cfg: DictConfig, compose: Callable[[list[str]], DictConfi
             with open_dict(config):  # the job's folder and name are not known yet (hydra.job.num): not what is checked
                 config.pop("hydra", None)
                 config.paths.output_dir = "."
-                if OmegaConf.select(config, "logger.wandb.name", default=None) is not None:
-                    config.logger.wandb.name = "sweep"
+                wandb = OmegaConf.select(config, "logger.wandb", default=None)
+                if wandb is not None and "name" in wandb:  # not read: ${hydra:job.override_dirname} has no value here
+                    wandb.name = "sweep"
             try:
                 validate_train_config(config)
             except ConfigError as err:
