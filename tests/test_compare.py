@@ -44,6 +44,16 @@ def test_config_key_drops_the_seed_and_run_settings():
     assert config_key(["encoder=gru", "seed=3", "paths.cache_dir=/c", "threads=1", "hydra.run.dir=y", "loss.temperature=0.05"]) == "encoder=gru loss.temperature=0.05"
     assert config_key(["seed=1"]) == config_key(["seed=2"]) == "(defaults)"
     assert config_key(["seed_words=3"]) == "seed_words=3"  # only the seed key itself
+    # what a step's memory, threads and processes are, and where caches go: the same rows, pools and vectors (two runs
+    # differing only there were two configurations, and a resume on a smaller machine was refused: a probe)
+    resources = ["data.tokenize_workers=2", "data.eval_batch_size=64", "negatives.max_score_mb=64", "negatives.passage_block_mb=8",
+                 "negatives.batch_size=32", "negatives.cache_dir=/x", "teacher.threads=2", "teacher.batch_size=8", "teacher.cache_dir=/y"]
+    assert config_key(["negatives=bm25", *resources]) == "negatives=bm25"
+    from two_tower.core.config_key import changed_settings
+
+    trained = {"negatives": {"max_score_mb": 256, "margin": None}, "data": {"tokenize_workers": 1}, "teacher": {"threads": None}}
+    resumed = {"negatives": {"max_score_mb": 64, "margin": 0.1}, "data": {"tokenize_workers": 2}, "teacher": {"threads": 2}}
+    assert [name for name, _, _ in changed_settings(trained, resumed)] == ["negatives.margin"]
 
 
 def test_config_key_keeps_the_data_trained_on():

@@ -23,7 +23,11 @@ import yaml
 from two_tower.core.errors import ConfigError
 
 # Overrides that name where or how a run is done, not what is trained.
-IGNORED = ("seed", "threads", "ckpt_path", "paths.", "hydra.", "logger", "trainer.enable_progress_bar", "trainer.enable_model_summary", "data.cache_dir", "data.num_workers")
+IGNORED = ("seed", "threads", "ckpt_path", "paths.", "hydra.", "logger", "trainer.enable_progress_bar", "trainer.enable_model_summary", "data.cache_dir", "data.num_workers",
+           # how many processes, threads and MB of memory a step uses, and where caches go: the same rows, pools and
+           # vectors whatever they are (a resume on a smaller machine was refused a lower negatives.max_score_mb: a probe)
+           "data.tokenize_workers", "data.eval_batch_size", "negatives.max_score_mb", "negatives.passage_block_mb", "negatives.batch_size",
+           "negatives.cache_dir", "teacher.threads", "teacher.batch_size", "teacher.cache_dir")
 # Callbacks are kept (early stopping, which epoch the checkpoint keeps, ... change what is trained or reported)
 # except those that only show, time or save for resuming, and the fields that only name where files go.
 HARMLESS_CALLBACKS = ("progress_bar", "rich_progress_bar", "model_summary", "rich_model_summary", "epoch_timings", "rng_state", "checkpoint_on_stop", "last_checkpoint", "learning_rate_monitor")
