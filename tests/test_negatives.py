@@ -64,7 +64,7 @@ def test_bm25_negatives_exclude_selected_and_near_duplicates(tmp_path):
 def test_bm25_window_is_the_top_of_the_ranking(tmp_path):
     dm = prepared(tmp_path)
     split = dm.train
-    miner = BM25Negatives(per_query=1, range_min=2, range_max=5, near_duplicate_jaccard=1.01, cache_dir=str(tmp_path / "c"))
+    miner = BM25Negatives(per_query=1, range_min=2, range_max=5, near_duplicate_jaccard=None, cache_dir=str(tmp_path / "c"))
     scores = miner.scorer(split)(np.arange(3))
     miner.prepare(split)
     for row in range(3):
@@ -96,18 +96,19 @@ def test_word_sets_give_the_jaccard_of_python_sets():
 
 
 def reference_pools(split, scores_of, range_min, range_max, threshold, margin=None):
-    """Mining as it was written first: full stable sort of every score row, Python sets of words."""
-    depth = min(range_max + int(split.positives.lengths.max()) + 10, split.num_passages)
+    """Mining written plainly: a full stable sort of every score row (the whole ranking: the window reads as deep as it
+    must to fill), passages scored -inf (not matched) never kept, Python sets of words."""
     fallback, pools = split.negatives(), []
     scores = scores_of(np.arange(split.num_queries))
     for row in range(split.num_queries):
-        top = torch.sort(scores[row], descending=True, stable=True).indices[:depth].tolist()
+        top = [p for p in torch.sort(scores[row], descending=True, stable=True).indices.tolist() if scores[row, p] > float("-inf")]
         selected = set(split.positives[row].tolist())
         best = max(float(scores[row, s]) for s in selected)
         kept = [
             p for p in top
             if p not in selected
-            and not any(jaccard(set(split_words(split.passage_texts[p])), set(split_words(split.passage_texts[s]))) >= threshold for s in selected)
+            and not (threshold is not None and any(jaccard(set(split_words(split.passage_texts[p])), set(split_words(split.passage_texts[s]))) >= threshold
+                                                   for s in selected))
             and not (margin is not None and float(scores[row, p]) > best - margin)
         ]
         pools.append(kept[range_min:range_max] or fallback[row].tolist())
@@ -504,6 +505,40 @@ def test_mined_negatives_refuse_settings_in_the_config_checks_words():
 
     for settings, words in (({"per_query": 0}, "negatives.per_query=0: this negatives option needs at least 1"),
                             ({"range_min": 5, "range_max": 5}, "negatives.range_min=5 must be below negatives.range_max=5"),
-                            ({"per_query": "2"}, "negatives.per_query='2': must be an integer >= 0")):
+                            ({"per_query": "2"}, "negatives.per_query='2': must be an integer >= 0"),
+                            ({"stemmer": "bogus"}, "negatives.stemmer='bogus': must be a PyStemmer language"),
+                            ({"near_duplicate_jaccard": 0}, "negatives.near_duplicate_jaccard=0: must be a number in (0, 1]"),
+                            ({"margin": -1}, "negatives.margin=-1: must be a finite number >= 0, or null"),
+                            ({"max_score_mb": -5}, "negatives.max_score_mb=-5: must be a finite number > 0")):
         with pytest.raises(ConfigError, match=re.escape(words)):
             BM25Negatives(**settings)
+
+
+def test_a_window_reads_down_the_ranking_until_it_fills_and_bm25_never_gives_an_unmatched_passage(tmp_path):
+    """Two faults a probe found. A margin that drops more than the first ranks read (range_max + positives + 10) left
+    the window empty, and the query fell back to its own candidates although passages further down qualified (186 of
+    marco7k's queries with margin=0). And BM25 filled windows with passages sharing no word with the query, in
+    passage order (the first training row's passages were negatives of 68-81 queries each)."""
+    from two_tower.data.prepared import PreparedSplit, Ragged
+
+    texts = [f"passage number {i} words" for i in range(100)]
+    positives, candidates = Ragged.from_lists([[50]]), Ragged.from_lists([[50, 7]])
+    split = PreparedSplit.untokenized(["q"], texts, positives, candidates)
+    scores = (100 - torch.arange(100, dtype=torch.float32))[None]  # passage p scores 100 - p: the positive ranks 51st
+    pool = MinedNegatives(per_query=1, range_max=3, margin=0.0, cache_dir=str(tmp_path)).mine(split, lambda rows: scores[rows])
+    assert pool[0].tolist() == [51, 52, 53]  # the first 14 ranks are all above the positive; was [7], its candidate
+    unmatched = scores.clone()
+    unmatched[0, 52:] = float("-inf")
+    pool = MinedNegatives(per_query=1, range_max=3, margin=0.0, cache_dir=str(tmp_path)).mine(split, lambda rows: unmatched[rows])
+    assert pool[0].tolist() == [51]  # stops at the first passage not matched
+
+    texts = ["solar wind particles", "the wind farm", "zebra stripes", "lunar craters", "mars rovers", "ocean tides"]
+    queries = ["wind", "nothing matches here", "craters"]
+    positives = Ragged.from_lists([[0], [4], [3]])
+    candidates = Ragged.from_lists([[0, 5], [4, 2], [3, 0]])
+    split = PreparedSplit.untokenized(queries, texts, positives, candidates)
+    miner = BM25Negatives(per_query=1, range_max=4, cache_dir=str(tmp_path))
+    pool = miner.mine(split, miner.scorer(split))
+    # "wind": only passage 1 shares a word; no passage shares one with query 1 or "craters" (beyond its positive): their
+    # own candidates (were passages 0-3 in passage order)
+    assert [pool[r].tolist() for r in range(3)] == [[1], [2], [0]]

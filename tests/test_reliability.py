@@ -272,6 +272,13 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, sig, uninterrupted):
         (["data.tokenizer.split_hyphens=maybe"], "data.tokenizer.split_hyphens='maybe': must be true or false"),
         # a probe's tracebacks (exit 1) and silently inert settings, now one line each
         (["seed=-1"], "seed=-1: must be an integer in [0, 2**32)"),
+        # mining settings that were tracebacks after the data had loaded, or accepted and inert (a second probe)
+        (["negatives=bm25", "negatives.stemmer=bogus"], "negatives.stemmer='bogus': must be a PyStemmer language"),
+        (["negatives=bm25", "negatives.margin=abc"], "negatives.margin='abc': must be a finite number >= 0, or null"),
+        (["negatives=bm25", "negatives.near_duplicate_jaccard=1.5"], "negatives.near_duplicate_jaccard=1.5: must be a number in (0, 1]"),
+        (["negatives=bm25", "negatives.near_duplicate_jaccard=-0.1"], "negatives.near_duplicate_jaccard=-0.1: must be a number in (0, 1]"),
+        (["negatives=bm25", "negatives.max_score_mb=0"], "negatives.max_score_mb=0: must be a finite number > 0"),
+        (["negatives=ann", f"negatives.checkpoint={__file__}", "negatives.batch_size=abc"], "negatives.batch_size='abc': must be a positive integer"),
         (["model.hash_buckets=-1"], "model.hash_buckets=-1: must be an integer >= 0"),
         (["+trainer.accumulate_grad_batches=0"], "trainer.accumulate_grad_batches=0: must be a positive integer"),
         (["scheduler=cosine", "scheduler.min_lr_ratio=abc"], "scheduler.min_lr_ratio='abc': must be a number in [0, 1]"),

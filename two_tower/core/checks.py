@@ -68,6 +68,11 @@ RULES = {
     "negatives.range_max": (INT, lambda v: v > 0, "a positive integer"),
     "negatives.refresh_every_n_epochs": (INT, lambda v: v >= 0, "an integer >= 0"),
     "negatives.passage_block_mb": (NUM, lambda v: v > 0, "a number > 0"),
+    "negatives.near_duplicate_jaccard": (NUM, lambda v: 0 < v <= 1, "a number in (0, 1] (1: only a passage of the same words is its duplicate), or null (no near-duplicate filter)"),
+    "negatives.margin": (NUM, lambda v: 0 <= v < float("inf"), "a finite number >= 0, or null (no margin filter)"),
+    "negatives.stemmer": ((str,), lambda v: v in _stemmer_languages(), "a PyStemmer language (e.g. english) or null"),
+    "negatives.max_score_mb": (NUM, lambda v: 0 < v < float("inf"), "a finite number > 0"),
+    "negatives.batch_size": (INT, lambda v: v > 0, "a positive integer"),
     "loss.margin": (NUM, lambda v: v >= 0, "a number >= 0"),
     "loss.temperature": (NUM, lambda v: v > 0, "a number > 0"),
     "loss.in_batch": ((str,), lambda v: v in ("hardest", "all"), "hardest or all"),
@@ -126,7 +131,7 @@ RULES = {
 # Rules whose null means something (no limit, the default, derived): each says "or null" in its meaning. Any other
 # null is refused (optimizer.lr=null, data.batch_size=null ended in a traceback after the data had loaded).
 NULLABLE = ("threads", "trainer.gradient_clip_val", "data.max_train_rows", "data.max_val_rows", "embeddings.dim", "encoder.dim",
-            "encoder.bag_stemmer", "teacher.max_seq_length", "teacher.threads")
+            "encoder.bag_stemmer", "teacher.max_seq_length", "teacher.threads", "negatives.margin", "negatives.stemmer", "negatives.near_duplicate_jaccard")
 
 
 def check(key: str, value, rule: str | None = None) -> None:

@@ -139,6 +139,7 @@ class ANNNegatives(MinedNegatives):
         if not self.checkpoint.is_file():
             raise FileNotFoundError(f"negatives.checkpoint={self.checkpoint}: no such checkpoint file")
         check("negatives.passage_block_mb", passage_block_mb)
+        check("negatives.batch_size", batch_size)
         self.batch_size = batch_size
         # Memory for the passage vectors multiplied at once (the rest wait in a file); pools do not depend on it.
         self.passage_block_mb = passage_block_mb

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from two_tower.core.checks import check
 from two_tower.negatives.mining import MinedNegatives
 
 
@@ -10,6 +11,7 @@ class BM25Negatives(MinedNegatives):
 
     def __init__(self, *args, stemmer: str | None = None, **kwargs):
         super().__init__(*args, **kwargs)
+        check("negatives.stemmer", stemmer)
         self.stemmer = stemmer
         self.unicode_words = True  # the run's word rule, set by the datamodule (False: a run saved before it)
 
@@ -22,4 +24,11 @@ class BM25Negatives(MinedNegatives):
 
         retriever = BM25Retriever(stemmer=self.stemmer, unicode_words=self.unicode_words)
         retriever.prepare(split)
-        return retriever.scores
+
+        def scores(rows):
+            """BM25 scores, -inf where a passage shares no word with the query (not matched: never a negative; they
+            filled windows in passage order, the first training row's passages the negatives of 68-81 queries each)."""
+            found = retriever.scores(rows)
+            return found.masked_fill(found <= retriever.no_match_scores(rows), float("-inf"))
+
+        return scores

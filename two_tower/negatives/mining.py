@@ -3,7 +3,7 @@
 Like sentence-transformers' ``mine_hard_negatives``: a query's selected passages and near duplicates
 of them are dropped, candidates within ``margin`` of the positive's score can be skipped (likely
 unlabelled positives), and the negatives kept are those ranked ``range_min`` to ``range_max`` among the
-rest. Each epoch draws ``per_query`` of them per row. Mined pools are cached by a hash of the data and
+rest (read as deep as it takes to fill them; a passage the scorer did not match, scored -inf, is never kept). Each epoch draws ``per_query`` of them per row. Mined pools are cached by a hash of the data and
 settings; queries whose pool comes out empty fall back to their own unselected candidates.
 """
 
@@ -109,7 +109,8 @@ class MinedNegatives(NegativeSampler):
         cache_dir: str | None = None,
         max_score_mb: int = 256,
     ):
-        for key, value in (("per_query", per_query), ("range_min", range_min), ("range_max", range_max)):
+        for key, value in (("per_query", per_query), ("range_min", range_min), ("range_max", range_max),
+                           ("near_duplicate_jaccard", near_duplicate_jaccard), ("margin", margin), ("max_score_mb", max_score_mb)):
             check(f"negatives.{key}", value)  # the rules the train config check applies, in its words
         check_explicit_negatives(per_query)
         check_mining_range(range_min, range_max)
@@ -133,6 +134,9 @@ class MinedNegatives(NegativeSampler):
             "range": [self.range_min, self.range_max],
             "near_duplicate_jaccard": self.near_duplicate_jaccard,
             "margin": self.margin,
+            # pools since the window reads down the ranking until it fills, and stops at passages the scorer did not
+            # match (a BM25 pool was padded with passages sharing no word with the query, in passage order)
+            "window": "filled, matched only",
         }
 
     # ------------------------------------------------------------------ NegativeSampler
@@ -185,10 +189,10 @@ class MinedNegatives(NegativeSampler):
         fallback = split.negatives()
         # a refresh: where a row's window and its own candidates are both empty, it keeps the negatives it had
         previous = self.pool if self.pool is not None and len(self.pool.offsets) == split.num_queries + 1 else None
-        pools, dropped, fell_back, kept_previous, empty = [], {"selected": 0, "near_duplicate": 0, "margin": 0}, 0, 0, 0
+        pools, dropped, fell_back, kept_previous, empty = [], {"selected": 0, "near_duplicate": 0, "margin": 0, "unmatched": 0}, 0, 0, 0
         rows_all = np.arange(split.num_queries)
         with progress.bar(total=len(rows_all), desc=f"Mining {self.name} negatives", unit="query") as bar:
-            step = max(1, min(self.chunk, (self.max_score_mb << 20) // (4 * max(split.num_passages, 1))))
+            step = max(1, min(self.chunk, int(self.max_score_mb * (1 << 20)) // (4 * max(split.num_passages, 1))))
             for begin in range(0, len(rows_all), step):
                 rows = rows_all[begin : begin + step]
                 scores = scorer(rows)
@@ -199,16 +203,31 @@ class MinedNegatives(NegativeSampler):
                     pos_scores = scores.gather(1, positives.clamp(min=0)).masked_fill(positives < 0, float("-inf")).max(1).values.numpy()
                 for i, row in enumerate(rows):
                     selected = set(split.positives[row].tolist())
-                    kept = []
-                    for pid, score in zip(top[i].tolist(), top_scores[i].tolist()):
-                        if pid in selected:
-                            dropped["selected"] += 1
-                        elif any(words.jaccard(pid, s) >= self.near_duplicate_jaccard for s in selected):
-                            dropped["near_duplicate"] += 1
-                        elif self.margin is not None and score > pos_scores[i] - self.margin:
-                            dropped["margin"] += 1
-                        else:
-                            kept.append(pid)
+                    kept, order, order_scores, seen, reach = [], top[i].tolist(), top_scores[i].tolist(), 0, depth
+                    while True:
+                        for pid, score in zip(order[seen:], order_scores[seen:]):
+                            seen += 1
+                            if score == float("-inf"):  # not matched (BM25: no word in common), nor is any after it
+                                dropped["unmatched"] += 1
+                                reach = split.num_passages
+                                break
+                            if pid in selected:
+                                dropped["selected"] += 1
+                            elif self.near_duplicate_jaccard is not None and any(words.jaccard(pid, s) >= self.near_duplicate_jaccard for s in selected):
+                                dropped["near_duplicate"] += 1
+                            elif self.margin is not None and score > pos_scores[i] - self.margin:
+                                dropped["margin"] += 1
+                            else:
+                                kept.append(pid)
+                                if len(kept) == self.range_max:
+                                    break
+                        if len(kept) == self.range_max or reach >= split.num_passages:
+                            break
+                        # the filters (a margin above all) left the window short: read further down this query's
+                        # ranking (the first `depth` ranks gave 186 of marco7k's queries no window with margin=0)
+                        reach = min(4 * reach, split.num_passages)
+                        deeper = top_k_by_scores(scores[i : i + 1], reach)[0]
+                        order, order_scores = deeper.tolist(), scores[i, deeper].tolist()
                     window = kept[self.range_min : self.range_max]
                     if not window:
                         window = fallback[row].tolist()
