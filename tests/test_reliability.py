@@ -272,7 +272,11 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, sig, uninterrupted):
         (["data.tokenizer.split_hyphens=maybe"], "data.tokenizer.split_hyphens='maybe': must be true or false"),
         # a probe's tracebacks (exit 1) and silently inert settings, now one line each
         (["seed=-1"], "seed=-1: must be an integer in [0, 2**32)"),
-        # mining settings that were tracebacks after the data had loaded, or accepted and inert (a second probe)
+        # mining and distillation settings that were tracebacks after the data had loaded, or accepted and inert (a second probe)
+        (["loss=distill", "loss.margin_pairs=mined", "negatives=bm25"], "loss.margin_pairs=mined does nothing with loss.margin_weight=0"),
+        (["loss=distill", "loss.label_weight=1"], "loss.label_weight=1 gives the teacher no weight"),
+        (["negatives=bm25", "negatives.refresh_every_n_epochs=2", "trainer.max_epochs=2"],
+         "negatives.refresh_every_n_epochs=2 with trainer.max_epochs=2: the first refresh would come before epoch 3"),
         (["negatives=bm25", "negatives.stemmer=bogus"], "negatives.stemmer='bogus': must be a PyStemmer language"),
         (["negatives=bm25", "negatives.margin=abc"], "negatives.margin='abc': must be a finite number >= 0, or null"),
         (["negatives=bm25", "negatives.near_duplicate_jaccard=1.5"], "negatives.near_duplicate_jaccard=1.5: must be a number in (0, 1]"),

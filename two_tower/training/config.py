@@ -89,6 +89,17 @@ def validate_train_config(cfg: DictConfig) -> None:
     if loss.get("learn_margin_scale") and not margin_weight:
         raise ConfigError("loss.learn_margin_scale=true does nothing with loss.margin_weight=0 (no MarginMSE term to scale): "
                           "set loss.margin_weight > 0 (loss=distill_margin), or drop it")
+    # settings that were accepted and did nothing (a probe): refused as learn_margin_scale is
+    if distill and loss.get("margin_pairs", "all") != "all" and not margin_weight:
+        raise ConfigError(f"loss.margin_pairs={loss.margin_pairs} does nothing with loss.margin_weight=0 (it chooses MarginMSE's pairs): "
+                          "set loss.margin_weight > 0 (loss=distill_margin), or drop it")
+    if distill and loss.get("label_weight") == 1 and not loss.get("query_relation_weight"):
+        raise ConfigError("loss.label_weight=1 gives the teacher no weight (the loss is InfoNCE on the labels alone, and pseudo-queries, "
+                          "which have none, add nothing), yet its vectors would be encoded: use loss=infonce, or a weight below 1")
+    refresh, epochs = negatives.get("refresh_every_n_epochs") or 0, (cfg.get("trainer") or {}).get("max_epochs")
+    if refresh and isinstance(epochs, int) and epochs != -1 and refresh >= epochs:
+        raise ConfigError(f"negatives.refresh_every_n_epochs={refresh} with trainer.max_epochs={epochs}: the first refresh would come "
+                          f"before epoch {refresh + 1}, which the run never trains; use a smaller N, or train longer")
     encoder = cfg.get("encoder") or {}
     if not encoder.get("bag_dim"):
         import inspect
