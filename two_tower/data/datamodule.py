@@ -38,6 +38,9 @@ from two_tower.data.teacher import SentenceTransformerTeacher, TeacherVectors
 
 log = logging.getLogger(__name__)
 
+# data_digests' entry for negatives=ann's checkpoint (beside the splits' "train" and "validation")
+NEGATIVES_CHECKPOINT = "negatives.checkpoint"
+
 CACHE_FORMAT = 9  # bump when the prepared format, validation rules or synthetic generator change
 # in a BEIR folder's fingerprints: bump when how its files become prepared splits changes (2: training leaves out
 # the validation and test splits' queries; 3: a training query's documents judged not relevant are its candidates;
@@ -254,6 +257,9 @@ class TwoTowerDataModule(L.LightningDataModule):
         self.check_overlap()
         # what the run trains and validates on, wherever the files are: checkpoints record it, a resume compares it
         self.data_digests = {"train": self.train.content_digest(), "validation": self.val.content_digest()}
+        mined_with = getattr(self.negatives, "checkpoint", None)
+        if mined_with is not None:  # negatives=ann: the model the pools are mined with, by its bytes (it may be replaced in place)
+            self.data_digests[NEGATIVES_CHECKPOINT] = content_digest([Path(mined_with)])
         if self.pseudo_queries.get("count"):
             self.num_labelled = self.train.num_queries
             self.train = with_pseudo_queries(self.train, self.tokenizer, **self.pseudo_queries, seed=self.seed)

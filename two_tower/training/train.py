@@ -26,7 +26,7 @@ from two_tower.training.config import check_sweep_processes, planned_processes, 
 from two_tower.training.loggers import ResumableCSVLogger
 from two_tower.training.processes import other_processes_watched
 from two_tower.core.config_key import NOT_SET, changed_settings, current_config_key
-from two_tower.data.datamodule import TwoTowerDataModule
+from two_tower.data.datamodule import NEGATIVES_CHECKPOINT, TwoTowerDataModule
 from two_tower.training.console import lightning_warnings_filtered, quiet_lightning, resume_warnings_filtered
 from two_tower.core.errors import CheckpointError, ConfigError, DataSourceError, PerQueryError
 from two_tower.model import frozen_rows
@@ -256,6 +256,11 @@ def check_resume_checkpoint(path: str, state: dict, tokenizer, processes: int | 
     # epochs' figures were compared with the first split's to pick the best (a helper's probe)
     saved_digests = state.get(DATA_DIGESTS_KEY) or {}
     changed = [split for split, digest in saved_digests.items() if data_digests and split in data_digests and data_digests[split] != digest]
+    if NEGATIVES_CHECKPOINT in changed:  # the resumed epochs trained, silently, on another model's hard negatives (a probe)
+        raise CheckpointError(
+            f"ckpt_path={path}: negatives.checkpoint now holds another model than the one this run mined its hard negatives with "
+            f"(content {saved_digests[NEGATIVES_CHECKPOINT]} vs {data_digests[NEGATIVES_CHECKPOINT]}): resume with that checkpoint "
+            "(negatives.checkpoint may point to where it moved), or train a new run in another folder")
     if changed:
         raise CheckpointError(
             f"ckpt_path={path}: trained on other {' and '.join(changed)} rows than this data gives (content {saved_digests[changed[0]]} "
