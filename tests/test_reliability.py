@@ -275,6 +275,7 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, sig, uninterrupted):
         # mining and distillation settings that were tracebacks after the data had loaded, or accepted and inert (a second probe)
         (["loss=distill", "loss.margin_pairs=mined", "negatives=bm25"], "loss.margin_pairs=mined does nothing with loss.margin_weight=0"),
         (["loss=distill", "loss.label_weight=1"], "loss.label_weight=1 gives the teacher no weight"),
+        (["encoder=bigru", "encoder.packing=masks"], "encoder.packing=masks needs a unidirectional RNN"),
         (["negatives=bm25", "negatives.refresh_every_n_epochs=2", "trainer.max_epochs=2"],
          "negatives.refresh_every_n_epochs=2 with trainer.max_epochs=2: the first refresh would come before epoch 3"),
         (["negatives=bm25", "negatives.stemmer=bogus"], "negatives.stemmer='bogus': must be a PyStemmer language"),
@@ -936,7 +937,7 @@ def test_unwritable_outputs_are_refused_before_the_expensive_work(tmp_path, monk
     monkeypatch.setattr(indexer, "load_checkpoint", expensive)
     cfg = compose_train(tmp_path, [])
     cfg.paths.cache_dir = str(blocker / "cache")
-    with pytest.raises(NotWritableError, match="paths.cache_dir=.*a-file/cache"):
+    with pytest.raises(NotWritableError, match=f"paths.cache_dir=.*a-file/cache: {blocker} is a file, not a folder"):
         train(cfg)
     cfg = compose_train(tmp_path, [])
     cfg.paths.output_dir = str(blocker / "run")

@@ -840,6 +840,12 @@ def test_search_command_reads_free_text_queries_as_queries(trained, capsys, monk
     assert search_main([index, "k=1"]) == 1
     captured = capsys.readouterr()
     assert captured.out.startswith("query: apple river") and captured.err == "error: line 2 is not UTF-8 text; skipped\n"
+    # every line skipped: each said, then one line saying none was searched (was "no query on stdin" and the usage)
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"\xe9t\xe9\n?!\n"), encoding="utf-8", errors="strict"))
+    assert search_main([index, "k=1"]) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0] == "error: line 1 is not UTF-8 text; skipped" and lines[1].startswith("error: line 2") and lines[2:] == [
+        "error: none of the 2 queries on stdin could be searched"], lines
     # blank lines in a queries file are passed over, not errors (status 0)
     monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"apple river\n\n  \nbanana\n\n"), encoding="utf-8"))
     assert search_main([index, "k=1"]) == 0

@@ -225,7 +225,7 @@ def _batches(searcher: Searcher, cfg, lines) -> int:
     is not UTF-8 or has no searchable word is reported on stderr and skipped, and the status is then 1."""
     from two_tower.retrieval.corpus import not_utf8
 
-    status, searched = 0, 0
+    status, searched, skipped = 0, 0, 0
     batch: list[tuple[int, str]] = []
 
     def flush():
@@ -245,13 +245,13 @@ def _batches(searcher: Searcher, cfg, lines) -> int:
             continue
         if query is None or not_utf8(query):  # bytes that are not UTF-8 (or, from a text stdin, their surrogates)
             print(f"error: line {number} is not UTF-8 text; skipped", file=sys.stderr)
-            status = 1
+            status, skipped = 1, skipped + 1
             continue
         try:
             searcher.encoder.check_query(query, f"line {number}")
         except EmptyQueryError as err:
             print(f"error: {err}; skipped", file=sys.stderr)
-            status = 1
+            status, skipped = 1, skipped + 1
             continue
         window_note(searcher, query, f"line {number}")
         batch.append((number, query))
@@ -260,6 +260,9 @@ def _batches(searcher: Searcher, cfg, lines) -> int:
             flush()
     if batch:
         flush()
+    if not searched and skipped:  # each was reported above: no usage text, which says to give queries (a probe)
+        print(f"error: none of the {skipped} queries on stdin could be searched", file=sys.stderr)
+        return 2
     if not searched:
         print(f"error: no query on stdin\n{usage()}", file=sys.stderr)
         return 2

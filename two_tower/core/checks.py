@@ -41,6 +41,7 @@ RULES = {
     "data.eval_batch_size": (INT, lambda v: v > 0, "a positive integer"),
     "data.num_workers": (INT, lambda v: v >= 0, "an integer >= 0"),
     "data.bucket_batches": (INT, lambda v: v >= 0, "an integer >= 0"),
+    "data.tokenize_workers": (INT, lambda v: v >= 1, "a positive integer (1: in this process)"),
     "data.max_train_rows": (INT, lambda v: v > 0, "a positive integer or null"),
     "data.max_val_rows": (INT, lambda v: v > 0, "a positive integer or null"),
     "data.tokenizer.min_freq": (INT, lambda v: v >= 1, "an integer >= 1"),
@@ -162,6 +163,14 @@ def check_explicit_negatives(per_query: int) -> None:
     config check and their constructors refuse in these words."""
     if per_query < 1:
         raise ConfigError(f"negatives.per_query={per_query}: this negatives option needs at least 1")
+
+
+def check_packing(packing: str, bidirectional: bool) -> None:
+    """``encoder.packing=masks`` runs the RNN over the padding and masks it out after: a backward pass would start in
+    the padding, so it needs a unidirectional RNN (it was a ValueError traceback after the data had loaded)."""
+    if packing == "masks" and bidirectional:
+        raise ConfigError("encoder.packing=masks needs a unidirectional RNN (a backward pass would start in the padding): "
+                          "use encoder.packing=auto or packed with encoder.bidirectional=true")
 
 
 def check_mining_range(range_min: int, range_max: int) -> None:

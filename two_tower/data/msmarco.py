@@ -65,8 +65,8 @@ def load_hub_split(split: str, name: str = HUB_DATASET, config: str = HUB_CONFIG
         raise DataSourceError(
             f"Could not load {name} ({config}) split '{split}' from the Hugging Face Hub or its local "
             f"cache: {type(err).__name__}: {' '.join(str(err).split())}. Alternatives: point at a local folder of the same "
-            "parquet shards with `data.path=DIR` (e.g. data.path=../shared/data/marco7k), or run "
-            "offline with `data=synthetic`."
+            "parquet shards with `data.path=DIR` (e.g. data.path=../shared/data/marco7k); train.py also trains "
+            "offline on generated rows with `data=synthetic`."
         ) from err
 
 

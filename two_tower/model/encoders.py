@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from two_tower.core.checks import check
+from two_tower.core.checks import check, check_packing
 from two_tower.model.bag import BagOfWords, TermStatistics
 from two_tower.model.embedding import OpenEmbedding
 
@@ -48,8 +48,7 @@ class RNNEncoder(nn.Module):
         super().__init__()
         for key, value in (("cell", cell), ("pooling", pooling), ("packing", packing)):
             check(f"encoder.{key}", value)
-        if packing == "masks" and bidirectional:
-            raise ValueError("encoder.packing=masks needs a unidirectional RNN (a backward pass would start in the padding)")
+        check_packing(packing, bidirectional)
         # auto: masks where they give the same result (unidirectional), packed sequences otherwise.
         self.packed = packing == "packed" or bidirectional
         self.embedding = embedding

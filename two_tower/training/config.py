@@ -14,7 +14,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from two_tower.core.checks import RULES, check_config, check_explicit_negatives, check_mining_range
+from two_tower.core.checks import RULES, check_config, check_explicit_negatives, check_mining_range, check_packing
 from two_tower.core.errors import ConfigError
 from two_tower.core.metrics import RANKING_METRICS
 from two_tower.data.embeddings import DISTILLED_DIM_NULL
@@ -101,6 +101,7 @@ def validate_train_config(cfg: DictConfig) -> None:
         raise ConfigError(f"negatives.refresh_every_n_epochs={refresh} with trainer.max_epochs={epochs}: the first refresh would come "
                           f"before epoch {refresh + 1}, which the run never trains; use a smaller N, or train longer")
     encoder = cfg.get("encoder") or {}
+    check_packing(encoder.get("packing", "auto"), bool(encoder.get("bidirectional")))
     if not encoder.get("bag_dim"):
         import inspect
 

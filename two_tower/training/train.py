@@ -505,9 +505,10 @@ def _train(cfg: DictConfig) -> dict[str, float]:
         log.info("Best checkpoint: %s (%s=%.4f)", checkpoint.best_model_path, checkpoint.monitor, float(checkpoint.best_model_score or 0))
     try:
         if done:
-            metrics.update(logged_test_metrics(ckpt_path) if datamodule.test is not None else {})
-            log.info("The test split was scored when the run ended: not again%s", " (its figures, from per_query/test.parquet, are in the final metrics)"
-                     if any(k.startswith("test/") for k in metrics) else "")
+            if datamodule.test is not None:  # (a run without a test split said it had scored one: a probe)
+                metrics.update(logged_test_metrics(ckpt_path))
+                log.info("The test split was scored when the run ended: not again%s", " (its figures, from per_query/test.parquet, are in the final metrics)"
+                         if any(k.startswith("test/") for k in metrics) else "")
         else:
             with other_processes_watched(trainer, last):
                 metrics.update(test_best_checkpoint(trainer, module, datamodule, loggers))
