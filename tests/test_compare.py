@@ -311,7 +311,7 @@ def test_a_nan_value_is_refused_in_one_line(tmp_path, capsys):
         (["--metric", "test/qid"], "qid is not a metric column; the metrics are ['mrr@10']"),
         (["--alpha", "1.5"], "--alpha 1.5: must be between 0 and 1"),
         (["--resamples", "0"], "--resamples 0: must be at least 1"),
-        (["--out", "{a_file}"], "--out {a_file}: cannot write in {a_file}"),
+        (["--out", "{a_file}"], "--out {a_file}: {a_file} is a file, not a folder"),
     ],
 )
 def test_bad_arguments_are_one_line(tmp_path, capsys, args, message):

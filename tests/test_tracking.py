@@ -121,6 +121,34 @@ def test_a_sweep_value_that_makes_a_job_invalid_is_refused_before_any_job(tmp_pa
     assert result.returncode == 2 and lines == ["error: the sweep's jobs with encoder.dropout=1.5: encoder.dropout=1.5: must be a number in [0, 1)"], result.stderr[-2000:]
 
 
+def test_a_sweep_whose_jobs_would_not_be_the_runs_asked_for_is_refused_before_any_job(tmp_path):
+    """A probe: a fixed logger.wandb.id put every job in one W&B run; ckpt_path=last without the sweep's folder (or with
+    a folder where no job has a checkpoint) trained every job from the start and exited 0."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    sweep = tmp_path / "multirun"
+    base = [sys.executable, "train.py", "-m", "data=synthetic", "embeddings=random", "trainer.max_epochs=1", "seed=1,2"]
+    for extra, line in [
+        (["logger=wandb", "logger.wandb.id=sameid01", f"hydra.sweep.dir={sweep}"],
+         "error: logger.wandb.id=sameid01 in a sweep: every job would log to that one W&B run"),
+        (["logger=none", "ckpt_path=last", f"hydra.sweep.dir={sweep}"],
+         f"error: ckpt_path=last: no job of the sweep in hydra.sweep.dir={sweep} has a checkpoint to resume"),
+        (["logger=none", "ckpt_path=last", f"hydra.sweep.dir={sweep}", "hydra.sweep.subdir=x${hydra.job.num}"],
+         f"error: ckpt_path=last: no job of the sweep in hydra.sweep.dir={sweep} has a checkpoint to resume"),
+    ]:
+        result = subprocess.run([*base, *extra], cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, "WANDB_MODE": "offline"})
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith(line), (extra, result.stderr[-2000:])
+        assert not any(sweep.rglob("*.ckpt"))
+    # the sweep's folder without hydra.sweep.dir: a new timestamped one, named so
+    result = subprocess.run([*base, "logger=none", "ckpt_path=last", f"hydra.sweep.dir={tmp_path}/t/${{now:%H-%M-%S}}"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "has a checkpoint to resume" in result.stderr, result.stderr[-2000:]
+
+
 def test_sweeps_that_cannot_run_as_asked_are_refused_before_any_trial(tmp_path, monkeypatch):
     """A probe's findings, each once a traceback or a silent single run: an interval end outside a setting's rule
     (trial 2 drew a negative dropout and the sweep died, losing the study), n_trials=0 or limit_val_batches=0 (every

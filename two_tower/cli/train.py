@@ -14,14 +14,15 @@ class CheckSweepSpace(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         from hydra.core.global_hydra import GlobalHydra
 
-        from two_tower.training.config import (check_launcher, check_optimising_sweep, check_sweep_processes, check_sweep_space,
-                                               check_sweep_values)
+        from two_tower.training.config import (check_launcher, check_optimising_sweep, check_sweep_processes, check_sweep_runs,
+                                               check_sweep_space, check_sweep_values)
 
         loader = GlobalHydra.instance().config_loader()
         with exit_on_error():
             check_launcher(config)
             check_sweep_processes(config.trainer, config.hydra.launcher.get("_target_", ""))
             check_optimising_sweep(config)
+            check_sweep_runs(config)
             compose = lambda overrides: loader.load_sweep_config(config, overrides)  # noqa: E731
             check_sweep_space(config, compose=compose)
             check_sweep_values(config, compose)

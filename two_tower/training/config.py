@@ -230,6 +230,26 @@ def check_sweep_space(cfg: DictConfig, compose: Callable[[list[str]], DictConfig
         _check_space(config, settings)
 
 
+def check_sweep_runs(cfg: DictConfig) -> None:
+    """Raise ConfigError, before any job, for a multirun whose jobs would not be the runs asked for: a fixed
+    ``logger.wandb.id`` (every job logged to that one W&B run, the seeds merged), or ``ckpt_path=last`` where no job of
+    ``hydra.sweep.dir`` has a checkpoint (without hydra.sweep.dir, a new timestamped folder: every job trained from
+    the start, exit 0, where a single run is refused). A probe found both."""
+    swept = {override.key_or_group.lstrip("+~") for override, _, _ in sweep_arguments(cfg, {}) if override.is_sweep_override()}
+    wandb = OmegaConf.select(cfg, "logger.wandb", default=None, throw_on_missing=False)
+    wandb_id = wandb.get("id") if wandb is not None and "id" in wandb else None
+    if wandb_id is not None and "logger.wandb.id" not in swept:
+        raise ConfigError(f"logger.wandb.id={wandb_id} in a sweep: every job would log to that one W&B run; leave it null (each job "
+                          "draws its own, and keeps it when resumed) or give each job its own (logger.wandb.id=a,b,...)")
+    if cfg.get("ckpt_path") == "last" and "ckpt_path" not in swept:
+        sweep = Path(str(cfg.hydra.sweep.dir)).expanduser()
+        if not sweep.is_dir() or next(sweep.rglob("last.ckpt"), None) is None:
+            given = any(text.split("=", 1)[0] == "hydra.sweep.dir" for text in override_texts(cfg, "hydra"))
+            where = f"hydra.sweep.dir={sweep}" if given else f"{sweep} (a new folder: hydra.sweep.dir was not given)"
+            raise ConfigError(f"ckpt_path=last: no job of the sweep in {where} has a checkpoint to resume; resume a sweep with "
+                              "hydra.sweep.dir=<its folder>, or drop ckpt_path=last to start one")
+
+
 def check_launcher(cfg: DictConfig) -> None:
     """Raise ConfigError, before any job, for a SLURM sweep (``hydra/launcher=slurm``) that cannot be submitted from
     here: no ``srun`` on this machine (submitit's RuntimeError traceback, leaving multirun.yaml), or a
@@ -393,12 +413,20 @@ def check_sweep_values(cfg: DictConfig, compose: Callable[[list[str]], DictConfi
                 raise ConfigError(f"the sweep's jobs with {key}={value}{notes.get(key, '')}: {err}") from err
 
 
+def override_texts(cfg: DictConfig, kind: str) -> list[str]:
+    """The command line's overrides as typed, ``hydra.overrides.<kind>`` (``task`` or ``hydra``): unresolved, as an
+    ``${...}`` in one (``hydra.sweep.subdir=x${hydra.job.num}``) has no value before a job (reading it resolved it, and
+    Hydra took the error for a callback's warning: every check before the jobs was skipped)."""
+    node = OmegaConf.select(cfg, f"hydra.overrides.{kind}", default=None, throw_on_missing=False)
+    return [str(text) for text in OmegaConf.to_container(node, resolve=False)] if node is not None else []
+
+
 def sweep_arguments(cfg: DictConfig, params) -> list[tuple[object, str, bool]]:
     """(Hydra's parsed override, its text, whether it is a task override) for each of the multirun's task overrides
     (``hydra.overrides.task``), then each entry of the search space ``params`` (``hydra.sweeper.params``)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    task = [str(o) for o in OmegaConf.select(cfg, "hydra.overrides.task", default=None, throw_on_missing=False) or []]
+    task = override_texts(cfg, "task")
     texts = [*task, *(f"{k}={v}" for k, v in params.items())]
     return [(override, text, i < len(task)) for i, (override, text) in enumerate(zip(OverridesParser.create().parse_overrides(texts), texts))]
 
