@@ -15,12 +15,12 @@ from two_tower.model.losses import DistillLoss
 from two_tower.data.teacher import SentenceTransformerTeacher
 from two_tower.training.train import build_datamodule, train
 
-PASSAGES = ["the quick brown fox jumps over the lazy dog near the river bank", "a b", "", "one two three four five six seven eight"]
+PASSAGES = ["the quick brown fox jumps over the lazy dog near the river bank", "a b", "", "one two three four five six seven eight", "-- ... !!"]
 
 
 def test_crops_are_spans_of_their_source_passage_within_the_word_range():
     texts, sources = crop_queries(PASSAGES, 200, 3, 5, seed=7)
-    assert len(texts) == 200 and set(sources.tolist()) <= {0, 1, 2, 3}
+    assert len(texts) == 200 and set(sources.tolist()) <= {0, 1, 2, 3, 4}
     for text, source in zip(texts, sources):
         words, passage = text.split(), PASSAGES[source].split()
         expected = min(3, len(passage))  # a passage shorter than min_words gives all its words
@@ -43,7 +43,9 @@ def test_pseudo_rows_are_appended_after_the_labelled_rows_with_their_source_as_p
     )
     out = with_pseudo_queries(split, tokenizer, count=30, min_words=2, max_words=4, seed=1)
     texts, sources = crop_queries(PASSAGES, 30, 2, 4, seed=1)
-    kept = [i for i, t in enumerate(texts) if t]  # the empty passage gives no query
+    # the empty passage and one of punctuation alone give no query (a crop of "-- ... !!" was a query of no token)
+    kept = [i for i, t in enumerate(texts) if t and int(sources[i]) != 4]
+    assert len(kept) < len([t for t in texts if t])
     assert out.num_queries == 1 + len(kept) and out.query_texts[0] == "what jumps"
     assert out.query_texts[1:] == [texts[i] for i in kept]
     assert out.query_tokens[0].tolist() == split.query_tokens[0].tolist()

@@ -39,8 +39,11 @@ def crop_queries(passage_texts: list[str], count: int, min_words: int, max_words
 def with_pseudo_queries(split: PreparedSplit, tokenizer: Tokenizer, count: int, min_words: int = 4, max_words: int = 12, seed: int = 0) -> PreparedSplit:
     """``split`` with ``count`` pseudo-query rows appended after its labelled rows (same passages)."""
     texts, sources = crop_queries(split.passage_texts, count, min_words, max_words, seed)
-    keep = [i for i, t in enumerate(texts) if t]  # a passage without words gives no query
+    # a span without a word the tokenizer reads gives no query (punctuation alone was kept: a query of UNK alone, which
+    # the teacher encoded all the same: a probe)
+    keep = [i for i, t in enumerate(texts) if tokenizer.split(t)]
     texts, sources = [texts[i] for i in keep], sources[keep]
+    tokens = tokenizer.encode_queries(texts)
     own = [[int(s)] for s in sources]
     # Candidates: those of the first labelled query listing the source passage (its topical neighbours,
     # which the teacher then ranks), so negatives=random/bm25 have a pool for pseudo rows too.
@@ -56,7 +59,7 @@ def with_pseudo_queries(split: PreparedSplit, tokenizer: Tokenizer, count: int, 
     gains = None if split.gains is None else extend(split.gains, [[1.0]] * len(own))
     return PreparedSplit(
         query_texts=[*split.query_texts, *texts],
-        query_tokens=extend(split.query_tokens, tokenizer.encode_queries(texts)),
+        query_tokens=extend(split.query_tokens, tokens),
         passage_texts=split.passage_texts,
         passage_tokens=split.passage_tokens,
         positives=extend(split.positives, own),
