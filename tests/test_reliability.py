@@ -1686,3 +1686,18 @@ def test_a_run_saved_with_lightnings_checkpoint_callback_resumes_and_groups_with
     torch.save(state, last)
     metrics = train(compose_train(tmp_path / "a", ["trainer.max_epochs=2", "ckpt_path=last"]))
     assert "val/mrr@10" in metrics
+
+
+def test_a_refused_resume_of_a_sweep_leaves_its_multirun_record_as_it_was(tmp_path):
+    """Hydra rewrites the sweep folder's multirun.yaml before the first job, which then refused the resume (another
+    setting): the sweep was left recorded as the refused command (a probe). Its jobs' records were kept already."""
+    sweep = tmp_path / "sweep"
+    cmd = [sys.executable, "train.py", "-m", *TINY, f"paths.cache_dir={tmp_path / 'cache'}", f"hydra.sweep.dir={sweep}", "seed=1,2"]
+    first = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-3000:]
+    record = (sweep / "multirun.yaml").read_bytes()
+    refused = subprocess.run([*cmd, "encoder=lstm", "trainer.max_epochs=2", "ckpt_path=last"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert refused.returncode == 2 and "changes settings the run was trained with: encoder.cell" in refused.stderr, refused.stderr[-3000:]
+    assert (sweep / "multirun.yaml").read_bytes() == record
+    resumed = subprocess.run([*cmd, "trainer.max_epochs=2", "ckpt_path=last"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0 and b"trainer.max_epochs=2" in (sweep / "multirun.yaml").read_bytes(), resumed.stderr[-3000:]

@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 _PREVIOUS: dict[str, dict[str, bytes]] = {}
 # Run folder (absolute) this command's Hydra run makes -> the outermost folder it makes with it.
 _NEW: dict[str, str] = {}
+# The sweep folder's record of the command that made it (Hydra's), put back with a job's when a resume is refused.
+SWEEP_RECORD = "multirun.yaml"
 # Set by work_started(): from then on a refusal keeps the run folder and its log (what ran, for how long).
 _WORK_STARTED = False
 
@@ -91,6 +93,8 @@ class KeepRunRecord(Callback):
         if subdir is not None and sweep.is_dir():
             for overrides in sweep.rglob(f"{subdir}/overrides.yaml"):
                 self.previous[str(overrides.parent)] = _read_record(overrides.parent)
+        if (sweep / SWEEP_RECORD).is_file():  # Hydra rewrites it before the first job, which may refuse a resume
+            self.previous[str(sweep)] = {SWEEP_RECORD: (sweep / SWEEP_RECORD).read_bytes()}
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         # In the job's process, which a remote launcher (SLURM) runs elsewhere with a copy of this object.
@@ -118,6 +122,7 @@ def restore() -> Path | None:
     if job is None:
         return None
     folder = job[0] / job[1]
+    _restore_sweep_record()
     saved = _PREVIOUS.get(str(folder))
     if not saved:
         return None
@@ -125,6 +130,18 @@ def restore() -> Path | None:
         with atomic_write(folder / name) as f:
             f.write(data)
     return folder
+
+
+def _restore_sweep_record() -> None:
+    """Write back the sweep folder's multirun.yaml as it was before this command: a refused resume of a sweep
+    (``-m seed=2,1 ... ckpt_path=last``) left the sweep recorded as the refused command (a probe)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    sweep = OmegaConf.select(HydraConfig.get(), "sweep.dir", default=None, throw_on_missing=False)
+    saved = _PREVIOUS.get(os.path.abspath(str(sweep))) if sweep is not None else None
+    if saved:
+        with atomic_write(Path(os.path.abspath(str(sweep))) / SWEEP_RECORD) as f:
+            f.write(saved[SWEEP_RECORD])
 
 
 def discard_new() -> Path | None:
