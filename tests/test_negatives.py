@@ -507,7 +507,7 @@ def test_mined_negatives_refuse_settings_in_the_config_checks_words():
                             ({"range_min": 5, "range_max": 5}, "negatives.range_min=5 must be below negatives.range_max=5"),
                             ({"per_query": "2"}, "negatives.per_query='2': must be an integer >= 0"),
                             ({"stemmer": "bogus"}, "negatives.stemmer='bogus': must be a PyStemmer language"),
-                            ({"near_duplicate_jaccard": 0}, "negatives.near_duplicate_jaccard=0: must be a number in (0, 1]"),
+                            ({"near_duplicate_jaccard": 0}, "negatives.near_duplicate_jaccard=0: must be a number > 0"),
                             ({"margin": -1}, "negatives.margin=-1: must be a finite number >= 0, or null"),
                             ({"max_score_mb": -5}, "negatives.max_score_mb=-5: must be a finite number > 0")):
         with pytest.raises(ConfigError, match=re.escape(words)):

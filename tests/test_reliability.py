@@ -280,8 +280,8 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, sig, uninterrupted):
          "negatives.refresh_every_n_epochs=2 with trainer.max_epochs=2: the first refresh would come before epoch 3"),
         (["negatives=bm25", "negatives.stemmer=bogus"], "negatives.stemmer='bogus': must be a PyStemmer language"),
         (["negatives=bm25", "negatives.margin=abc"], "negatives.margin='abc': must be a finite number >= 0, or null"),
-        (["negatives=bm25", "negatives.near_duplicate_jaccard=1.5"], "negatives.near_duplicate_jaccard=1.5: must be a number in (0, 1]"),
-        (["negatives=bm25", "negatives.near_duplicate_jaccard=-0.1"], "negatives.near_duplicate_jaccard=-0.1: must be a number in (0, 1]"),
+        (["negatives=bm25", "negatives.near_duplicate_jaccard=0"], "negatives.near_duplicate_jaccard=0: must be a number > 0"),
+        (["negatives=bm25", "negatives.near_duplicate_jaccard=-0.1"], "negatives.near_duplicate_jaccard=-0.1: must be a number > 0"),
         (["negatives=bm25", "negatives.max_score_mb=0"], "negatives.max_score_mb=0: must be a finite number > 0"),
         (["negatives=ann", f"negatives.checkpoint={__file__}", "negatives.batch_size=abc"], "negatives.batch_size='abc': must be a positive integer"),
         (["model.hash_buckets=-1"], "model.hash_buckets=-1: must be an integer >= 0"),
@@ -1699,5 +1699,10 @@ def test_a_refused_resume_of_a_sweep_leaves_its_multirun_record_as_it_was(tmp_pa
     refused = subprocess.run([*cmd, "encoder=lstm", "trainer.max_epochs=2", "ckpt_path=last"], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert refused.returncode == 2 and "changes settings the run was trained with: encoder.cell" in refused.stderr, refused.stderr[-3000:]
     assert (sweep / "multirun.yaml").read_bytes() == record
+    # a later job refused after the first has worked: the sweep is the new command's (a review: it was rolled back)
+    (sweep / "1" / "checkpoints" / "last.ckpt").write_bytes(b"damaged")
+    later = subprocess.run([*cmd, "trainer.max_epochs=2", "ckpt_path=last"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert later.returncode == 2 and b"trainer.max_epochs=2" in (sweep / "multirun.yaml").read_bytes(), later.stderr[-3000:]
+    shutil.rmtree(sweep / "1" / "checkpoints")
     resumed = subprocess.run([*cmd, "trainer.max_epochs=2", "ckpt_path=last"], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0 and b"trainer.max_epochs=2" in (sweep / "multirun.yaml").read_bytes(), resumed.stderr[-3000:]

@@ -143,10 +143,20 @@ def test_a_sweep_whose_jobs_would_not_be_the_runs_asked_for_is_refused_before_an
         lines = result.stderr.strip().splitlines()
         assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith(line), (extra, result.stderr[-2000:])
         assert not any(sweep.rglob("*.ckpt"))
-    # the sweep's folder without hydra.sweep.dir: a new timestamped one, named so
-    result = subprocess.run([*base, "logger=none", "ckpt_path=last", f"hydra.sweep.dir={tmp_path}/t/${{now:%H-%M-%S}}"], cwd=ROOT,
+    # without hydra.sweep.dir: a new timestamped folder, named so (run from tmp_path, where Hydra's outputs go)
+    result = subprocess.run([sys.executable, str(ROOT / "train.py"), *base[2:], "logger=none", "ckpt_path=last"], cwd=tmp_path,
                             capture_output=True, text=True, timeout=300)
-    assert result.returncode == 2 and "has a checkpoint to resume" in result.stderr, result.stderr[-2000:]
+    assert result.returncode == 2 and "has a checkpoint to resume" in result.stderr and "(a new folder: hydra.sweep.dir was not given)" \
+        in result.stderr, result.stderr[-2000:]
+    # an id made of each job's values is each job's own (a review: s${seed} was refused as s42), and an id naming
+    # ${hydra:job.num} no longer turns the checks before the jobs into a warning (job 0 trained, job 1 was refused)
+    result = subprocess.run([*base[:-1], "seed=1", "logger=wandb", "logger.wandb.id=j${hydra:job.num}", "data.batch_size=32,-1",
+                             f"hydra.sweep.dir={sweep}"], cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, "WANDB_MODE": "offline"})
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and lines == ["error: the sweep's jobs with data.batch_size=-1: data.batch_size=-1: must be a positive integer"], result.stderr[-2000:]
+    from two_tower.training.config import check_sweep_runs
+
+    check_sweep_runs(composed_train("logger=wandb", "logger.wandb.id=s${seed}"))  # no error
 
 
 def test_sweeps_that_cannot_run_as_asked_are_refused_before_any_trial(tmp_path, monkeypatch):

@@ -182,7 +182,8 @@ def check_writable(folder: str | os.PathLike, what: str, min_free_bytes: int = 0
     """Create ``folder`` if needed and check that a file can be written in it and that it has
     ``min_free_bytes`` free; raises NotWritableError naming ``what`` (e.g. ``paths.output_dir=...``)."""
     folder = Path(folder).expanduser()
-    blocking = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
+    # os.path's tests say False where a parent cannot be searched (Path.exists raised PermissionError: a review)
+    blocking = next((p for p in (folder, *folder.parents) if os.path.lexists(p) and not os.path.isdir(p)), None)
     if blocking is not None:  # said "cannot write in DIR (File exists)" (a probe)
         raise NotWritableError(f"{what}: {blocking} is a file, not a folder")
     try:

@@ -69,7 +69,9 @@ RULES = {
     "negatives.range_max": (INT, lambda v: v > 0, "a positive integer"),
     "negatives.refresh_every_n_epochs": (INT, lambda v: v >= 0, "an integer >= 0"),
     "negatives.passage_block_mb": (NUM, lambda v: v > 0, "a number > 0"),
-    "negatives.near_duplicate_jaccard": (NUM, lambda v: 0 < v <= 1, "a number in (0, 1] (1: only a passage of the same words is its duplicate), or null (no near-duplicate filter)"),
+    # above 1 (runs made before null was taken used 1.01) no passage is a near duplicate, as with null
+    "negatives.near_duplicate_jaccard": (NUM, lambda v: 0 < v < float("inf"), "a number > 0 (1: only a passage of the same words is its duplicate; "
+                                         "above 1 or null: no near-duplicate filter)"),
     "negatives.margin": (NUM, lambda v: 0 <= v < float("inf"), "a finite number >= 0, or null (no margin filter)"),
     "negatives.stemmer": ((str,), lambda v: v in _stemmer_languages(), "a PyStemmer language (e.g. english) or null"),
     "negatives.max_score_mb": (NUM, lambda v: 0 < v < float("inf"), "a finite number > 0"),

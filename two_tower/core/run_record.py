@@ -15,7 +15,8 @@ back as it was; a folder this command made is removed, with the empty parents it
 but the record and the log, the command was refused (bad input, a ``TwoTowerError``: after a crash the log is
 kept to read) and its work had not begun (``work_started``: after it, the log records what ran).
 Once the work starts, the new record stands: the folder's checkpoints or outputs are then this command's.
-Sweeps' job folders are left as they are.
+Sweeps' job folders are left as they are; a sweep folder's ``multirun.yaml`` is put back when the first job of a
+sweep run one job after another is refused.
 """
 
 from __future__ import annotations
@@ -137,8 +138,14 @@ def _restore_sweep_record() -> None:
     (``-m seed=2,1 ... ckpt_path=last``) left the sweep recorded as the refused command (a probe)."""
     from hydra.core.hydra_config import HydraConfig
 
-    sweep = OmegaConf.select(HydraConfig.get(), "sweep.dir", default=None, throw_on_missing=False)
-    saved = _PREVIOUS.get(os.path.abspath(str(sweep))) if sweep is not None else None
+    hydra_cfg = HydraConfig.get()
+    # Only the first job of a sweep whose jobs run one after another (Hydra's basic launcher): after a job has worked,
+    # or beside jobs running at once (SLURM), the sweep is the new command's (a review: job 1 refused rolled it back
+    # after job 0 had trained)
+    first = OmegaConf.select(hydra_cfg, "job.num", default=None, throw_on_missing=False) == 0
+    basic = str(OmegaConf.select(hydra_cfg, "launcher._target_", default="", throw_on_missing=False) or "").endswith("BasicLauncher")
+    sweep = OmegaConf.select(hydra_cfg, "sweep.dir", default=None, throw_on_missing=False)
+    saved = _PREVIOUS.get(os.path.abspath(str(sweep))) if sweep is not None and first and basic else None
     if saved:
         with atomic_write(Path(os.path.abspath(str(sweep))) / SWEEP_RECORD) as f:
             f.write(saved[SWEEP_RECORD])

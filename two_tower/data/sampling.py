@@ -21,13 +21,13 @@ def sample_from(pool: Ragged, rows: np.ndarray, rng: np.random.Generator, k: int
     if k <= 1 or len(rows) == 0:
         picks = (rng.random((len(rows), k)) * lengths[:, None]).astype(np.int64)
     else:
-        width = int(lengths.max())
-        keys = rng.random((len(rows), width))
-        keys[np.arange(width)[None, :] >= lengths[:, None]] = np.inf  # past a row's pool: never first
-        order = np.argsort(keys, axis=1, kind="stable")
-        # slot j takes the row's (j mod length)-th value in the drawn order: distinct while j < length
-        slots = np.arange(k)[None, :] % lengths[:, None]
-        picks = np.take_along_axis(order, slots, axis=1).astype(np.int64)
+        # rows of one pool length at a time: a random order of each row's pool (the rows' pools' size in memory, not
+        # rows x the longest pool: a review), slot j taking its (j mod length)-th value, distinct while j < length
+        picks = np.empty((len(rows), k), dtype=np.int64)
+        for length in np.unique(lengths):
+            same = np.flatnonzero(lengths == length)
+            order = np.argsort(rng.random((len(same), int(length))), axis=1, kind="stable")
+            picks[same] = order[:, np.arange(k) % int(length)]
     return pool.values[pool.offsets[rows][:, None] + picks].astype(np.int64)
 
 

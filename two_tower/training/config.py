@@ -237,8 +237,9 @@ def check_sweep_runs(cfg: DictConfig) -> None:
     the start, exit 0, where a single run is refused). A probe found both."""
     swept = {override.key_or_group.lstrip("+~") for override, _, _ in sweep_arguments(cfg, {}) if override.is_sweep_override()}
     wandb = OmegaConf.select(cfg, "logger.wandb", default=None, throw_on_missing=False)
-    wandb_id = wandb.get("id") if wandb is not None and "id" in wandb else None
-    if wandb_id is not None and "logger.wandb.id" not in swept:
+    # as written: an id made of each job's values (s${seed}, j${hydra:job.num}) differs between the jobs
+    wandb_id = OmegaConf.to_container(wandb, resolve=False).get("id") if wandb is not None else None
+    if wandb_id is not None and "${" not in str(wandb_id) and "logger.wandb.id" not in swept:
         raise ConfigError(f"logger.wandb.id={wandb_id} in a sweep: every job would log to that one W&B run; leave it null (each job "
                           "draws its own, and keeps it when resumed) or give each job its own (logger.wandb.id=a,b,...)")
     if cfg.get("ckpt_path") == "last" and "ckpt_path" not in swept:
@@ -404,9 +405,9 @@ def check_sweep_values(cfg: DictConfig, compose: Callable[[list[str]], DictConfi
             with open_dict(config):  # the job's folder and name are not known yet (hydra.job.num): not what is checked
                 config.pop("hydra", None)
                 config.paths.output_dir = "."
-                wandb = OmegaConf.select(config, "logger.wandb", default=None)
-                if wandb is not None and "name" in wandb:  # not read: ${hydra:job.override_dirname} has no value here
-                    wandb.name = "sweep"
+                # not checked here, and not readable before a job (the W&B run's name is ${hydra:job.override_dirname}; an
+                # id may name ${hydra:job.num}): read, it raised, and Hydra took that for a callback's warning
+                config.pop("logger", None)
             try:
                 validate_train_config(config)
             except ConfigError as err:

@@ -259,8 +259,8 @@ def check_resume_checkpoint(path: str, state: dict, tokenizer, processes: int | 
     if NEGATIVES_CHECKPOINT in changed:  # the resumed epochs trained, silently, on another model's hard negatives (a probe)
         raise CheckpointError(
             f"ckpt_path={path}: negatives.checkpoint now holds another model than the one this run mined its hard negatives with "
-            f"(content {saved_digests[NEGATIVES_CHECKPOINT]} vs {data_digests[NEGATIVES_CHECKPOINT]}): resume with that checkpoint "
-            "(negatives.checkpoint may point to where it moved), or train a new run in another folder")
+            f"(content {saved_digests[NEGATIVES_CHECKPOINT]} vs {data_digests[NEGATIVES_CHECKPOINT]}): put that checkpoint back "
+            "at negatives.checkpoint, or train a new run in another folder")
     if changed:
         raise CheckpointError(
             f"ckpt_path={path}: trained on other {' and '.join(changed)} rows than this data gives (content {saved_digests[changed[0]]} "
