@@ -35,6 +35,8 @@ def bad_rows(good: dict) -> dict[str, list]:
     return {
         "duplicate_query_id": [copy.deepcopy(good)],  # the same query again: the first row of a query_id is kept
         "empty_query": [edit(lambda r: r.update(query="   "))],
+        # no word the towers read: validation scored an arbitrary ranking for it (a probe)
+        "query_without_a_word": [edit(lambda r: r.update(query="\U0001f600 ??")), edit(lambda r: r.update(query="\u200b\u200b"))],
         "query_not_a_string": [edit(lambda r: r.update(query=None)), edit(lambda r: r.update(query=7))],
         "passages_missing": [edit(lambda r: r.pop("passages")), edit(lambda r: r["passages"].pop("is_selected"))],
         "length_mismatch": [edit(lambda r: r["passages"]["is_selected"].append(0))],

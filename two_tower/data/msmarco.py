@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 
 from two_tower.core.cache import content_digest
 from two_tower.data.jsonl import JsonlRows, UnreadableRow
+from two_tower.data.tokenizer import split_words
 from two_tower.core.errors import DataSourceError
 
 log = logging.getLogger(__name__)
@@ -232,6 +233,10 @@ def check_row(row: dict) -> tuple[CleanRow | None, str | None]:
         return None, "query_not_a_string"
     if not query.strip():
         return None, "empty_query"
+    if not split_words(query, unicode_words=True):
+        # punctuation, emoji, control or zero-width characters alone: the towers read nothing and validation scored an
+        # arbitrary ranking for it (search refuses such a query: EmptyQueryError; a probe)
+        return None, "query_without_a_word"
     passages = row.get("passages")
     if not isinstance(passages, dict):
         return None, "passages_missing"
