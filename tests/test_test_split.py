@@ -94,3 +94,32 @@ def test_a_resumed_run_is_unfinished_until_it_ends_again(tmp_path):
     assert not (tmp_path / per_query.FIT_ENDED).exists()
     writer.on_fit_end(SimpleNamespace(is_global_zero=True, current_epoch=3, global_step=30), None)
     assert (tmp_path / per_query.FIT_ENDED).is_file()
+
+
+def test_the_carve_script_reads_every_train_shard_and_never_writes_into_its_source(tmp_path):
+    """experiments/comparisons/carve_test_split.py read the first train shard only (a second shard's rows were lost), and
+    given its source as the output it rewrote the source's train shard, then failed with a traceback (a probe)."""
+    import subprocess
+    import sys
+
+    import datasets
+    import pyarrow.parquet as pq
+
+    from tests.conftest import ROOT
+
+    source = tmp_path / "source"
+    source.mkdir()
+    rows = make_rows(30, seed=4)
+    datasets.Dataset.from_list(rows[:20]).to_parquet(str(source / "train-00000-of-00002.parquet"))
+    datasets.Dataset.from_list(rows[20:]).to_parquet(str(source / "train-00001-of-00002.parquet"))
+    datasets.Dataset.from_list(make_rows(5, seed=5)).to_parquet(str(source / "validation-00000-of-00001.parquet"))
+    script = [sys.executable, "experiments/comparisons/carve_test_split.py"]
+    done = subprocess.run([*script, str(source), str(tmp_path / "out"), "--rows", "4"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    train, test = (pq.read_table(tmp_path / "out" / f"{s}-00000-of-00001.parquet").to_pylist() for s in ("train", "test"))
+    assert len(train) == 26 and len(test) == 4
+    assert sorted(r["query"] for r in train + test) == sorted(r["query"] for r in rows)
+    before = {p.name: p.read_bytes() for p in source.iterdir()}
+    refused = subprocess.run([*script, str(source), str(source), "--rows", "4"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and "the source folder itself" in refused.stderr
+    assert {p.name: p.read_bytes() for p in source.iterdir()} == before

@@ -14,6 +14,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 
@@ -34,7 +35,14 @@ def main() -> None:
     shards = sorted(source.glob("train-*.parquet"))
     if not shards:
         parser.error(f"{source}: no train-*.parquet shard (a folder in MS MARCO v1.1 layout)")
-    train = pq.read_table(shards[0])
+    if out.resolve() == source.resolve():  # it rewrote the source's train shard, then failed copying validation onto itself
+        parser.error(f"{out}: the source folder itself; write the carve into another folder")
+    ours = {"train-00000-of-00001.parquet", "test-00000-of-00001.parquet"}
+    stray = sorted(p.name for p in out.glob("*.parquet") if p.name.startswith(("train-", "test-")) and p.name not in ours) if out.is_dir() else []
+    if stray:  # they would be read beside the carve's shards
+        parser.error(f"{out}: holds other train/test shards ({', '.join(stray[:3])}); write the carve into an empty folder")
+    # every shard, in order (the first alone was read: a second shard's rows were lost; a probe)
+    train = pa.concat_tables([pq.read_table(shard) for shard in shards])
     if not 0 < args.rows < train.num_rows:
         parser.error(f"--rows {args.rows}: must be 1 to {train.num_rows - 1} (the train split has {train.num_rows} rows)")
     out.mkdir(parents=True, exist_ok=True)
