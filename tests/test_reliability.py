@@ -276,6 +276,7 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, sig, uninterrupted):
         (["loss=distill", "loss.margin_pairs=mined", "negatives=bm25"], "loss.margin_pairs=mined does nothing with loss.margin_weight=0"),
         (["loss=distill", "loss.label_weight=1"], "loss.label_weight=1 gives the teacher no weight"),
         (["encoder=bigru", "encoder.packing=masks"], "encoder.packing=masks needs a unidirectional RNN"),
+        (["data.val_split=dev"], "data.val_split=dev: data=synthetic generates its train and validation rows"),
         (["negatives=bm25", "negatives.refresh_every_n_epochs=2", "trainer.max_epochs=2"],
          "negatives.refresh_every_n_epochs=2 with trainer.max_epochs=2: the first refresh would come before epoch 3"),
         (["negatives=bm25", "negatives.stemmer=bogus"], "negatives.stemmer='bogus': must be a PyStemmer language"),

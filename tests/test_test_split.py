@@ -123,3 +123,17 @@ def test_the_carve_script_reads_every_train_shard_and_never_writes_into_its_sour
     refused = subprocess.run([*script, str(source), str(source), "--rows", "4"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert refused.returncode == 2 and "the source folder itself" in refused.stderr
     assert {p.name: p.read_bytes() for p in source.iterdir()} == before
+
+
+def test_test_split_null_means_no_test_split_with_generated_rows_too(tiny_cfg):
+    """data=synthetic with test_rows scored a test split whatever data.test_split said (null: never; a probe)."""
+    from two_tower.training.train import build_datamodule
+
+    cfg = tiny_cfg("data.synthetic_rows.test_rows=20", "data.test_split=null")
+    dm = build_datamodule(cfg)
+    dm.setup("fit")
+    assert dm.test is None
+    cfg = tiny_cfg("data.synthetic_rows.test_rows=20")
+    dm = build_datamodule(cfg)
+    dm.setup("fit")
+    assert dm.test is not None and dm.test.num_queries == 20

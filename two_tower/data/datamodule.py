@@ -121,7 +121,7 @@ class TwoTowerDataModule(L.LightningDataModule):
                 "train": (lambda: stream.rows(0, n_train), f"synthetic-{digest}-train"),
                 "validation": (lambda: stream.rows(n_train, n_train + n_val), f"synthetic-{digest}-val"),
             }
-            if n_test:
+            if n_test and self.test_split is not None:  # test_split=null: never (test_rows were scored all the same: a probe)
                 out["test"] = (lambda: stream.rows(n_train + n_val, n_train + n_val + n_test), f"synthetic-{digest}-test")
             return out
         if self.beir:

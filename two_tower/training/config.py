@@ -135,6 +135,13 @@ def validate_train_config(cfg: DictConfig) -> None:
     if data.get("synthetic_rows"):
         from two_tower.data.synthetic import check_synthetic_rows
 
+        # split names name a folder's splits: with generated rows they were accepted and did nothing (a probe)
+        named = [f"data.{key}={data.get(key)}" for key, default in (("train_split", "train"), ("val_split", "validation"))
+                 if data.get(key, default) != default]
+        if named:
+            raise ConfigError(f"{', '.join(named)}: data=synthetic generates its train and validation rows; split names choose the splits "
+                              "of a data.path folder (data=local)")
+
         check_synthetic_rows(data.synthetic_rows)
     if not data.get("path") and not data.get("synthetic_rows") and _choice("data") == "local":
         raise ConfigError("data=local needs data.path=DIR (a folder of train-*/validation-* shards); without it the Hub would be used")
