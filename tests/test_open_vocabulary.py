@@ -209,6 +209,8 @@ def test_beir_reader_skips_and_counts_bad_lines(tmp_path, caplog):
     assert collection.query_ids == ["q1", "q2"]  # q3 has no relevant document: not evaluated
     assert collection.qrels == {"q1": {"d1": 2}, "q2": {"d2": 1}}  # score 0: judged, not relevant
     assert collection.unlisted == {"q2": {"d9": 1}}  # relevant but not in the corpus: counted, never retrieved (BEIR's rule)
+    # what scripts give ranx: the relevant documents, those outside the corpus too (searcher_ndcg.py left them out: a probe)
+    assert collection.relevant() == {"q1": {"d1": 2}, "q2": {"d2": 1, "d9": 1}}
     assert dict(collection.skipped["corpus.jsonl"]) == {"not_json": 1, "not_utf8": 1, "no_id": 1, "empty_text": 1, "text_not_a_string": 2}
     assert dict(collection.skipped["queries.jsonl"]) == {"text_not_a_string": 1, "text_without_a_word": 1}
     assert dict(collection.skipped["qrels/test.tsv"]) == {"unknown_query": 1, "score_not_integer": 1, "not_3_columns": 1}

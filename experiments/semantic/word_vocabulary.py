@@ -27,7 +27,7 @@ def beir_ndcg(model, folder: str) -> float:
     from two_tower.data.beir import load_beir
 
     collection = load_beir(folder, "test")
-    qrels = {q: {d: int(g) for d, g in docs.items() if g > 0} for q, docs in collection.qrels.items()}
+    qrels = collection.relevant()  # documents outside the corpus count, as in evaluate.py
     text = dict(zip(collection.query_ids, collection.query_texts))
     queries = [q for q in collection.query_ids if qrels.get(q)]
     p, q = model.encode(collection.corpus_texts), model.encode([text[x] for x in queries])

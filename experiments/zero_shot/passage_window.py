@@ -39,7 +39,7 @@ def main() -> None:
     tokenizer, towers = module.tokenizer, module.towers
     dim = towers.passage_encoder.output_dim
     collection = load_beir(args.beir, args.split)
-    qrels = Qrels({q: {d: int(g) for d, g in docs.items() if g > 0} for q, docs in collection.qrels.items() if any(g > 0 for g in docs.values())})
+    qrels = Qrels({q: docs for q, docs in collection.relevant().items() if docs})  # documents outside the corpus count
     query_ids = [q for q in collection.query_ids if q in qrels.qrels]
     texts = dict(zip(collection.query_ids, collection.query_texts))
     full = Ragged(*tokenizer.encode_ragged(collection.corpus_texts, 1 << 30))

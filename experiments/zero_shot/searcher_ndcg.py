@@ -34,7 +34,7 @@ def main() -> None:
     from two_tower.retrieval.search import Searcher
 
     collection = load_beir(args.beir, args.split)
-    qrels = {qid: {doc: int(gain) for doc, gain in docs.items() if gain > 0} for qid, docs in collection.qrels.items()}
+    qrels = collection.relevant()  # relevant documents outside the corpus count, as in evaluate.py
     text = dict(zip(collection.query_ids, collection.query_texts))
     queries = [q for q in collection.query_ids if qrels.get(q)]
     searcher = Searcher.load(args.index, prf=RocchioPRF() if args.prf else None, hybrid=False if args.dense_only else args.weights)

@@ -53,6 +53,12 @@ class BeirCollection:
     # query's unselected candidates (what negatives=random draws), as an MS MARCO row's unselected passages are
     not_relevant: dict[str, list[str]] = field(default_factory=dict)
 
+    def relevant(self) -> dict[str, dict[str, int]]:
+        """{query id: {document id: score > 0}} of every evaluated query, documents outside the corpus included (BEIR's
+        and pytrec_eval's qrels, for a scorer such as ranx: without ``unlisted``, scripts scored relevant documents that
+        are not in the corpus as absent, which raised their nDCG and recall, and left out queries judged only on them)."""
+        return {q: {d: g for d, g in {**self.qrels.get(q, {}), **self.unlisted.get(q, {})}.items() if g > 0} for q in self.query_ids}
+
 
 def _jsonl(path: Path, skipped: Skipped):
     """(line number, row) of each usable line: a JSON object with an ``_id``."""
