@@ -84,7 +84,12 @@ def main() -> None:
     for run in runs:
         row, metrics = summarize(run, common)
         rows.append(row)
-        curves[row["run"]] = metrics
+        curves[row["dir"]] = metrics
+    labels = [row["run"] for row in rows]
+    for row in rows:  # runs of one label (another data.path, a repeat) were one row's name and one curve (a probe)
+        if labels.count(row["run"]) > 1:
+            row["run"] += f" ({Path(row['dir']).name})"
+    names = {row["dir"]: row["run"] for row in rows}
     table = pd.DataFrame(rows)
     table.to_csv(args.out / "summary.csv", index=False)
     caption = f"All runs: {' '.join(sorted(common))}\n\n" if common else ""
@@ -93,7 +98,8 @@ def main() -> None:
     print(markdown)
 
     fig, ax = plt.subplots(figsize=(7, 4))
-    for name, m in curves.items():
+    for run, m in curves.items():
+        name = names[run]
         val = m[m["val/mrr@10"].notna()]
         ax.plot(val["epoch"], val["val/mrr@10"], marker="o", label=name)
     ax.set(xlabel="epoch", ylabel="val/mrr@10 (full corpus)", title="Validation MRR@10")
@@ -102,7 +108,8 @@ def main() -> None:
     fig.savefig(args.out / "val_mrr.png", dpi=120)
 
     fig, ax = plt.subplots(figsize=(7, 4))
-    for name, m in curves.items():
+    for run, m in curves.items():
+        name = names[run]
         if "train/loss_step" in m:
             steps = m[m["train/loss_step"].notna()]
             ax.plot(steps["step"], steps["train/loss_step"], lw=1, label=name)

@@ -539,3 +539,27 @@ def test_summarize_on_a_run_without_a_csv_log_is_one_line(tmp_path):
     assert result.returncode == 2 and len(lines) == 1, result.stderr[-2000:]
     assert lines[0].startswith(f"error: {run}: no csv/metrics.csv") and "logger=[csv,wandb]" in lines[0]
     assert not out.exists()
+
+
+def test_summarize_names_runs_of_one_label_apart(tmp_path):
+    """Two runs whose overrides differ only where the label does not look (data.path, a repeat) were two rows of one
+    name, and one curve: the second run's replaced the first's in the plots (a probe)."""
+    import subprocess
+    import sys
+
+    import pandas as pd
+
+    from tests.conftest import ROOT
+
+    for name, mrr in (("rA", 0.09), ("rB", 0.52)):
+        run = tmp_path / name
+        (run / ".hydra").mkdir(parents=True)
+        (run / ".hydra" / "overrides.yaml").write_text(f"- data.path=/data/{name}\n")
+        (run / "csv").mkdir()
+        pd.DataFrame({"epoch": [0], "step": [10], "val/mrr@10": [mrr], "train/loss_step": [1.0]}).to_csv(run / "csv" / "metrics.csv", index=False)
+    out = tmp_path / "summary"
+    result = subprocess.run([sys.executable, "experiments/summarize.py", str(tmp_path / "rA"), str(tmp_path / "rB"), "--out", str(out)],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    table = pd.read_csv(out / "summary.csv")
+    assert sorted(table["run"]) == ["(defaults) (rA)", "(defaults) (rB)"] and sorted(table["val/mrr@10"]) == [0.09, 0.52]
