@@ -157,6 +157,10 @@ def test_local_folder_of_parquet_shards_loads(tmp_path):
     folder = write_shards(tmp_path / "marco", {"train": make_rows(20), "validation": make_rows(5, seed=3)})
     ds = msmarco.load_split("validation", str(folder))
     assert len(ds) == 5 and set(ds.column_names) >= {"query", "passages"}
+    # a split name is a name: "*" read every split (train and validation rows trained on; a probe)
+    assert not msmarco.has_local_split(folder, "*") and msmarco.has_local_split(folder, "train")
+    with pytest.raises(msmarco.DataSourceError, match=r"No '\*-\*.parquet'"):
+        msmarco.local_split_files(folder, "*")
     assert ds[0]["passages"]["passage_text"]
 
 

@@ -6,6 +6,7 @@ A v1.1 row has a ``query`` string and ``passages`` = {``passage_text``: [...], `
 
 from __future__ import annotations
 
+import glob
 import logging
 import os
 import socket
@@ -74,7 +75,7 @@ def load_hub_split(split: str, name: str = HUB_DATASET, config: str = HUB_CONFIG
 def has_local_split(path: str | os.PathLike, split: str) -> bool:
     """Whether the local folder ``path`` holds shards of ``split`` (e.g. ``test-*.parquet``)."""
     root = Path(path).expanduser()
-    return root.is_dir() and any(f.is_file() and f.suffix in LOCAL_EXTENSIONS for f in root.rglob(f"{split}-*"))
+    return root.is_dir() and any(f.is_file() and f.suffix in LOCAL_EXTENSIONS for f in root.rglob(f"{glob.escape(split)}-*"))
 
 
 def local_split_files(path: str | os.PathLike, split: str) -> list[Path]:
@@ -89,7 +90,7 @@ def local_split_files(path: str | os.PathLike, split: str) -> list[Path]:
         # {split}-* only, as has_local_split and the docs say: {split}* also read train_heldout-*.parquet into train
         # and val-* beside validation-* into val (a probe)
         files = sorted(
-            f for f in root.rglob(f"{split}-*") if f.is_file() and f.suffix in LOCAL_EXTENSIONS
+            f for f in root.rglob(f"{glob.escape(split)}-*") if f.is_file() and f.suffix in LOCAL_EXTENSIONS
         )
         if not files:
             found = sorted(p.name for p in root.iterdir())[:10]
