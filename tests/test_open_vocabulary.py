@@ -189,6 +189,14 @@ def write_beir(root, corpus_lines, queries_lines, qrels_lines, split="test"):
     (root / "qrels" / f"{split}.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join(f"{line}\n" for line in qrels_lines))
 
 
+def test_a_beir_corpus_of_no_usable_line_says_why(tmp_path):
+    """Every line skipped (ids written as 1.0): the error said "no usable document" alone, and the counts that say why
+    were logged after it, so never shown (a probe)."""
+    write_beir(tmp_path, [b'{"_id": 1.0, "text": "lift"}', b'{"_id": 2.0, "text": "drag"}'], [b'{"_id": "q1", "text": "lift"}'], ["q1\t1\t1"])
+    with pytest.raises(beir.BeirError, match=r"corpus.jsonl: no usable document; skipped \{'no_id': 2\} \(first at line 1 \(no_id\)\)"):
+        beir.load_beir(tmp_path, "test")
+
+
 def test_beir_reader_skips_and_counts_bad_lines(tmp_path, caplog):
     write_beir(
         tmp_path,

@@ -60,6 +60,12 @@ class BeirCollection:
         return {q: {d: g for d, g in {**self.qrels.get(q, {}), **self.unlisted.get(q, {})}.items() if g > 0} for q in self.query_ids}
 
 
+def _no_document(root: Path, skipped: Skipped) -> str:
+    """The error of a corpus none of whose lines is usable, with why each was skipped (logged after the error, so
+    never shown: an `_id` written as 1.0 gave "no usable document" alone; a probe)."""
+    return f"{root / CORPUS}: no usable document" + (f"; skipped {skipped}" if skipped else " (the file holds no line)")
+
+
 def _jsonl(path: Path, skipped: Skipped):
     """(line number, row) of each usable line: a JSON object with an ``_id``."""
     if not path.is_file():
@@ -111,7 +117,7 @@ def load_beir_corpus(path) -> tuple[list[str], list[str]]:
     skipped = Skipped()
     corpus = _read_corpus(root, skipped)
     if not corpus:
-        raise BeirError(f"{root / CORPUS}: no usable document")
+        raise BeirError(_no_document(root, skipped))
     if skipped:
         log.warning("%s: skipped %s", root / CORPUS, skipped)
     return list(corpus), list(corpus.values())
@@ -141,7 +147,7 @@ def load_beir(path, split: str = "test", for_training: bool = False) -> BeirColl
             queries[str(row["_id"])] = text
     qrels, judged_not_relevant = _read_qrels(root / QRELS / f"{split}.tsv", corpus, queries, skipped[f"{QRELS}/{split}.tsv"])
     if not corpus:
-        raise BeirError(f"{root / CORPUS}: no usable document")
+        raise BeirError(_no_document(root, skipped[CORPUS]))
     unlisted = {q: {c: g for c, g in judged.items() if c not in corpus} for q, judged in qrels.items()}
     unlisted = {q: docs for q, docs in unlisted.items() if docs}
     qrels = {q: {c: g for c, g in judged.items() if c in corpus} for q, judged in qrels.items()}
