@@ -563,3 +563,28 @@ def test_summarize_names_runs_of_one_label_apart(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     table = pd.read_csv(out / "summary.csv")
     assert sorted(table["run"]) == ["(defaults) (rA)", "(defaults) (rB)"] and sorted(table["val/mrr@10"]) == [0.09, 0.52]
+
+
+def test_a_sweep_check_that_cannot_run_is_said_and_the_others_still_run(monkeypatch, caplog, capsys):
+    """Hydra takes an exception in a callback for a warning: one check reading a value with no value before the jobs
+    (three such cases were found) skipped every check after it. Now that check is said, and the rest run."""
+    import two_tower.training.config as config_module
+    from two_tower.cli.train import CheckSweepSpace
+    from two_tower.core.errors import ConfigError
+
+    ran = []
+
+    def broken(cfg):
+        raise RuntimeError("no value before the jobs")
+
+    def refusing(cfg, compose):
+        ran.append("values")
+        raise ConfigError("the sweep's jobs with x=1: bad")
+
+    monkeypatch.setattr(config_module, "check_sweep_runs", broken)
+    monkeypatch.setattr(config_module, "check_sweep_values", refusing)
+    with caplog.at_level("WARNING"), pytest.raises(SystemExit) as stopped:
+        CheckSweepSpace().on_multirun_start(composed_train("data=synthetic"))
+    assert stopped.value.code == 2 and ran == ["values"]
+    assert "a check of the sweep's settings before its jobs could not run (RuntimeError: no value before the jobs)" in caplog.text
+    assert capsys.readouterr().err.strip() == "error: the sweep's jobs with x=1: bad"

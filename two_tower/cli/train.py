@@ -1,9 +1,13 @@
 """``python train.py [group=option ...] [key=value ...]``: train a two-tower retriever (conf/train.yaml)."""
 
+import logging
+
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from two_tower.cli.common import exit_on_error, hydra_command
+
+log = logging.getLogger(__name__)
 
 
 class CheckSweepSpace(Callback):
@@ -17,15 +21,23 @@ class CheckSweepSpace(Callback):
         from two_tower.training.config import (check_launcher, check_optimising_sweep, check_sweep_processes, check_sweep_runs,
                                                check_sweep_space, check_sweep_values)
 
-        loader = GlobalHydra.instance().config_loader()
+        from two_tower.core.errors import TwoTowerError
+
+        compose = lambda overrides: GlobalHydra.instance().config_loader().load_sweep_config(config, overrides)  # noqa: E731
+        checks = [lambda: check_launcher(config), lambda: check_sweep_processes(config.trainer, config.hydra.launcher.get("_target_", "")),
+                  lambda: check_optimising_sweep(config), lambda: check_sweep_runs(config), lambda: check_sweep_space(config, compose=compose),
+                  lambda: check_sweep_values(config, compose)]
         with exit_on_error():
-            check_launcher(config)
-            check_sweep_processes(config.trainer, config.hydra.launcher.get("_target_", ""))
-            check_optimising_sweep(config)
-            check_sweep_runs(config)
-            compose = lambda overrides: loader.load_sweep_config(config, overrides)  # noqa: E731
-            check_sweep_space(config, compose=compose)
-            check_sweep_values(config, compose)
+            for check in checks:
+                try:
+                    check()
+                except TwoTowerError:  # a refusal: one error line, exit 2
+                    raise
+                except Exception as err:  # noqa: BLE001
+                    # A check that cannot run is said, and the others still run: Hydra took any exception here for a
+                    # callback's warning and skipped every check after it (three such cases were found)
+                    log.warning("a check of the sweep's settings before its jobs could not run (%s: %s); each job checks its own",
+                                type(err).__name__, " ".join(str(err).split()))
 
 
 @hydra_command("train")
