@@ -179,6 +179,23 @@ def test_encoder_statistics_given_as_their_file_or_refused_in_one_line(trained, 
             encoder.use_statistics(given)
 
 
+def test_encoder_of_a_model_without_a_bag_refuses_statistics(trained):
+    """Statistics given to a model without a bag-of-words path were accepted and never read (a probe)."""
+    from two_tower.model.bag import TermStatistics
+    from two_tower.model.module import TwoTowerModule
+    from two_tower.retrieval.checkpoint import load_checkpoint
+    from two_tower.retrieval.encoder import Encoder
+
+    tokenizer = load_checkpoint(trained["ckpt"]).tokenizer
+    module = TwoTowerModule(len(tokenizer), 8, {"_target_": "two_tower.model.encoders.RNNEncoder", "cell": "gru", "hidden_size": 8, "dim": 8},
+                            {"_target_": "two_tower.model.losses.InfoNCELoss"}, {"_target_": "torch.optim.Adam", "_partial_": True})
+    module.attach_tokenizer(tokenizer)
+    module.eval()
+    assert not Encoder(module).needs_corpus and Encoder(module).encode_queries(["a query"]).shape == (1, 8)
+    with pytest.raises(ConfigError, match="statistics: this model has no bag-of-words path"):
+        Encoder(module, statistics=TermStatistics.load(trained["index"] / "term_statistics.npz"))
+
+
 def test_encoder_refuses_the_queries_searcher_refuses_in_its_words(trained):
     """One rule for a query with nothing to search (QueryEncoder's, which Searcher and serve apply): the Encoder had its
     own copy, which named an empty query as having "no searchable word" and "query 1 of 1" where Searcher says it is

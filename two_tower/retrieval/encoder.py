@@ -85,6 +85,8 @@ class Encoder:
         """Weigh words by a corpus's statistics (``fit_corpus``'s, or the path of a file ``TermStatistics.save`` wrote,
         such as an index folder's ``term_statistics.npz``): this encoder's vectors from now on; the module's own
         statistics are left as they were. Anything else is one error naming it."""
+        if not self.needs_corpus:  # accepted and never read (a probe): a model without a bag-of-words path weighs no word by them
+            raise ConfigError("statistics: this model has no bag-of-words path, so no corpus statistics weigh its words; drop them")
         statistics = _statistics(statistics)
         towers = self.module.towers
         with _lock(self.module):
