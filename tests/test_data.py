@@ -175,6 +175,11 @@ def test_local_errors_name_the_problem(tmp_path):
     datasets.Dataset.from_list([{"question": "x"}]).to_parquet(str(folder / "train-0.parquet"))
     with pytest.raises(msmarco.DataSourceError, match="missing required column"):
         msmarco.load_split("train", str(folder))
+    # an empty split file: said so, not 'missing required column(s) ... found []' (a probe)
+    (tmp_path / "hollow").mkdir()
+    (tmp_path / "hollow" / "validation-0.jsonl").write_text("")
+    with pytest.raises(msmarco.DataSourceError, match=r"validation-0.jsonl: the 'validation' split's files hold no row"):
+        msmarco.load_split("validation", str(tmp_path / "hollow"))
     # a .json shard written as one JSON array (json.dump of the rows): said so, not 'missing columns ... found []'
     array = tmp_path / "array"
     array.mkdir()

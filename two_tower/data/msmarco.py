@@ -158,6 +158,8 @@ def load_local_split(path: str | os.PathLike, split: str) -> datasets.Dataset:
     except Exception as err:
         raise DataSourceError(f"Could not read {[str(f) for f in files]}: {type(err).__name__}: {err}") from err
     missing = {"query", "passages"} - set(columns)
+    if missing and not columns:  # empty files (no row, so no column): said as such, not as rows of other columns (a probe)
+        raise DataSourceError(f"{', '.join(str(f) for f in files[:3])}: the '{split}' split's files hold no row")
     if missing:
         raise DataSourceError(
             f"{files[0]}: missing required column(s) {sorted(missing)}; MS MARCO v1.1 rows need "
