@@ -30,14 +30,15 @@ def main() -> None:
     parser.add_argument("--ckpt", type=Path, help="also save the untrained model here")
     args = parser.parse_args()
 
-    import lightning as L
     from hydra import compose, initialize_config_dir
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict
 
-    from two_tower.training.config import validate_train_config
-    from two_tower.training.train import build_datamodule, build_module
+    from two_tower.cli.common import composition_error, exit_on_error
 
+    message = composition_error("train", args.overrides)  # an unknown key or option: one line, as train.py says it
+    if message:
+        parser.error(message)
     with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "two_tower" / "conf")):
         cfg = compose("train", overrides=args.overrides, return_hydra_config=True)
     HydraConfig().set_config(cfg)
@@ -45,6 +46,16 @@ def main() -> None:
     with open_dict(cfg):
         del cfg["hydra"]
         cfg.paths.output_dir = str(out)
+    with exit_on_error():  # bad settings or data: one error line, exit 2, as train.py (tracebacks before: a probe)
+        run(cfg, args, out)
+
+
+def run(cfg, args, out: Path) -> None:
+    import lightning as L
+
+    from two_tower.training.config import validate_train_config
+    from two_tower.training.train import build_datamodule, build_module
+
     validate_train_config(cfg)
     L.seed_everything(cfg.seed, workers=True)
     if cfg.get("threads"):
