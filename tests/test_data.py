@@ -138,6 +138,12 @@ def test_evaluation_split_keeps_corpus_only_rows():
     assert len(kept) == 4  # the row with no selected passage still adds its passages to the corpus
     assert report.skipped == {"empty_query": 1} and report.corpus_only == {"no_selected_passage": 1}
     assert report.kept + sum(report.skipped.values()) == report.total  # a kept row is not also counted as skipped
+    # a query without a word: its passages stay in the ranked corpus, and it is not scored (a probe: validation scored
+    # an arbitrary ranking for it; a review: dropping the row dropped its passages from everyone's corpus)
+    wordless = bad["query_without_a_word"][:1]
+    kept, report = msmarco.validate_rows(good + wordless, "validation", for_training=False)
+    assert len(kept) == 4 and report.corpus_only == {"query_without_a_word": 1} and not any(kept[3].selected)
+    assert kept[3].passages == [t.strip() for t in wordless[0]["passages"]["passage_text"]]
 
 
 def test_split_with_nothing_usable_fails_clearly():

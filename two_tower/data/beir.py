@@ -25,7 +25,6 @@ import numpy as np
 
 from two_tower.core.skipped import Skipped
 from two_tower.data.jsonl import UnreadableRow, read_jsonl
-from two_tower.data.tokenizer import split_words
 from two_tower.core.errors import BeirError
 
 log = logging.getLogger(__name__)
@@ -139,8 +138,6 @@ def load_beir(path, split: str = "test", for_training: bool = False) -> BeirColl
             skipped[QUERIES].skip("text_not_a_string", number)
         elif not text:
             skipped[QUERIES].skip("empty_text", number)
-        elif not split_words(text, unicode_words=True):  # as an MS MARCO row's query (msmarco.check_row)
-            skipped[QUERIES].skip("text_without_a_word", number)
         elif str(row["_id"]) in queries:
             skipped[QUERIES].skip("duplicate_id", number)
         else:

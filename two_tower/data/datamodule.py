@@ -44,9 +44,8 @@ NEGATIVES_CHECKPOINT = "negatives.checkpoint"
 CACHE_FORMAT = 10  # bump when the prepared format, validation rules or synthetic generator change
 # in a BEIR folder's fingerprints: bump when how its files become prepared splits changes (2: training leaves out
 # the validation and test splits' queries; 3: a training query's documents judged not relevant are its candidates;
-# 4: the vocabulary is the training queries' and their judged documents' words, not the whole corpus's; 5: a query
-# without a word is skipped)
-BEIR_PREPARED = 5
+# 4: the vocabulary is the training queries' and their judged documents' words, not the whole corpus's)
+BEIR_PREPARED = 4
 
 
 def _query_key(query: str) -> str:

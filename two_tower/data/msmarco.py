@@ -236,10 +236,6 @@ def check_row(row: dict) -> tuple[CleanRow | None, str | None]:
         return None, "query_not_a_string"
     if not query.strip():
         return None, "empty_query"
-    if not split_words(query, unicode_words=True):
-        # punctuation, emoji, control or zero-width characters alone: the towers read nothing and validation scored an
-        # arbitrary ranking for it (search refuses such a query: EmptyQueryError; a probe)
-        return None, "query_without_a_word"
     passages = row.get("passages")
     if not isinstance(passages, dict):
         return None, "passages_missing"
@@ -256,6 +252,11 @@ def check_row(row: dict) -> tuple[CleanRow | None, str | None]:
     if None in selected:
         return None, "bad_is_selected"
     clean = CleanRow(query.strip(), [t.strip() for t in texts], selected)
+    if not split_words(query, unicode_words=True):
+        # Punctuation, emoji, control or zero-width characters alone: the towers read nothing, and validation scored an
+        # arbitrary ranking for it (search refuses such a query: EmptyQueryError; a probe). Not a training row; in an
+        # evaluation split its passages stay in the ranked corpus and the query is not scored (no passage selected)
+        return CleanRow(clean.query, clean.passages, [False] * len(clean.passages)), "query_without_a_word"
     if not any(clean.selected):
         return clean, "no_selected_passage"
     if all(clean.selected):
@@ -268,7 +269,7 @@ def check_row(row: dict) -> tuple[CleanRow | None, str | None]:
 
 
 # An evaluation split keeps these rows' passages in its corpus; its metrics skip queries with no positive.
-CORPUS_ONLY_REASONS = {"no_selected_passage", "no_unselected_passage", "unselected_same_as_selected"}
+CORPUS_ONLY_REASONS = {"no_selected_passage", "no_unselected_passage", "unselected_same_as_selected", "query_without_a_word"}
 
 
 def check_same_schema(files: list[Path]) -> None:
