@@ -11,6 +11,7 @@ run) and DIR/train_loss.png (training loss per step per run).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -86,9 +87,12 @@ def main() -> None:
         rows.append(row)
         curves[row["dir"]] = metrics
     labels = [row["run"] for row in rows]
-    for row in rows:  # runs of one label (another data.path, a repeat) were one row's name and one curve (a probe)
-        if labels.count(row["run"]) > 1:
-            row["run"] += f" ({Path(row['dir']).name})"
+    for label_ in set(labels):  # runs of one label (another data.path, a repeat) were one row's name and one curve (a probe)
+        same = [row for row in rows if row["run"] == label_]
+        if len(same) > 1:  # named by their folders below the folder they share (two sweeps' jobs "0" and "0" too)
+            shared = os.path.commonpath([row["dir"] for row in same])
+            for row in same:
+                row["run"] += f" ({os.path.relpath(row['dir'], shared)})"
     names = {row["dir"]: row["run"] for row in rows}
     table = pd.DataFrame(rows)
     table.to_csv(args.out / "summary.csv", index=False)

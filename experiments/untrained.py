@@ -38,7 +38,8 @@ def main() -> None:
 
     message = composition_error("train", args.overrides)  # an unknown key or option: one line, as train.py says it
     if message:
-        parser.error(message)
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)
     with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "two_tower" / "conf")):
         cfg = compose("train", overrides=args.overrides, return_hydra_config=True)
     HydraConfig().set_config(cfg)

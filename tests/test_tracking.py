@@ -154,9 +154,17 @@ def test_a_sweep_whose_jobs_would_not_be_the_runs_asked_for_is_refused_before_an
                              f"hydra.sweep.dir={sweep}"], cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, "WANDB_MODE": "offline"})
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and lines == ["error: the sweep's jobs with data.batch_size=-1: data.batch_size=-1: must be a positive integer"], result.stderr[-2000:]
+    from omegaconf import OmegaConf
+
+    from two_tower.core.errors import ConfigError
     from two_tower.training.config import check_sweep_runs
 
-    check_sweep_runs(composed_train("logger=wandb", "logger.wandb.id=s${seed}"))  # no error
+    sweep_of = lambda *task: OmegaConf.merge(composed_train("logger=wandb", *[t for t in task if "," not in t]),  # noqa: E731
+                                             {"hydra": {"overrides": {"task": list(task)}}})
+    check_sweep_runs(sweep_of("logger.wandb.id=s${seed}", "seed=1,2"))  # each job's own id
+    check_sweep_runs(sweep_of("logger.wandb.id=j${hydra:job.num}", "optimizer.lr=0.1,0.01"))
+    with pytest.raises(ConfigError, match=r"logger.wandb.id=s\$\{seed\} in a sweep: every job would log to that one W&B run"):
+        check_sweep_runs(sweep_of("logger.wandb.id=s${seed}", "optimizer.lr=0.1,0.01"))  # the seed is not swept: one id
 
 
 def test_sweeps_that_cannot_run_as_asked_are_refused_before_any_trial(tmp_path, monkeypatch):

@@ -35,12 +35,15 @@ def main() -> None:
     shards = sorted(source.glob("train-*.parquet"))
     if not shards:
         parser.error(f"{source}: no train-*.parquet shard (a folder in MS MARCO v1.1 layout)")
-    if out.resolve() == source.resolve():  # it rewrote the source's train shard, then failed copying validation onto itself
-        parser.error(f"{out}: the source folder itself; write the carve into another folder")
+    if out.resolve() == source.resolve() or source.resolve() in out.resolve().parents:
+        # itself: it rewrote the source's train shard, then failed; inside it: its shards become the source's (read recursively)
+        parser.error(f"{out}: the source folder or a folder inside it; write the carve outside {source}")
     ours = {"train-00000-of-00001.parquet", "test-00000-of-00001.parquet"}
-    stray = sorted(p.name for p in out.glob("*.parquet") if p.name.startswith(("train-", "test-")) and p.name not in ours) if out.is_dir() else []
+    ours.update(p.name for p in source.glob("validation-*.parquet"))  # copied over
+    stray = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.suffix in (".parquet", ".jsonl", ".json")
+                   and p.name.startswith(("train-", "test-", "validation-")) and p.relative_to(out).as_posix() not in ours) if out.is_dir() else []
     if stray:  # they would be read beside the carve's shards
-        parser.error(f"{out}: holds other train/test shards ({', '.join(stray[:3])}); write the carve into an empty folder")
+        parser.error(f"{out}: holds other split shards ({', '.join(stray[:3])}); write the carve into an empty folder")
     # every shard, in order (the first alone was read: a second shard's rows were lost; a probe)
     train = pa.concat_tables([pq.read_table(shard) for shard in shards])
     if not 0 < args.rows < train.num_rows:

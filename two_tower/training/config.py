@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -244,9 +245,14 @@ def check_sweep_runs(cfg: DictConfig) -> None:
     the start, exit 0, where a single run is refused). A probe found both."""
     swept = {override.key_or_group.lstrip("+~") for override, _, _ in sweep_arguments(cfg, {}) if override.is_sweep_override()}
     wandb = OmegaConf.select(cfg, "logger.wandb", default=None, throw_on_missing=False)
-    # as written: an id made of each job's values (s${seed}, j${hydra:job.num}) differs between the jobs
+    # as written: an id naming what differs between the jobs (a swept setting, the job's number or overrides:
+    # s${seed} with seed=1,2; j${hydra:job.num}) is each job's own; one naming nothing swept (s${seed} with only the
+    # learning rate swept) is one id for all (a review)
     wandb_id = OmegaConf.to_container(wandb, resolve=False).get("id") if wandb is not None else None
-    if wandb_id is not None and "${" not in str(wandb_id) and "logger.wandb.id" not in swept:
+    names = re.findall(r"\$\{([^}]*)\}", str(wandb_id)) if wandb_id is not None else []
+    per_job = any(name.strip() in swept or name.strip().startswith(("hydra:job.num", "hydra:job.id", "hydra:job.override_dirname"))
+                  for name in names)
+    if wandb_id is not None and not per_job and "logger.wandb.id" not in swept:
         raise ConfigError(f"logger.wandb.id={wandb_id} in a sweep: every job would log to that one W&B run; leave it null (each job "
                           "draws its own, and keeps it when resumed) or give each job its own (logger.wandb.id=a,b,...)")
     if cfg.get("ckpt_path") == "last" and "ckpt_path" not in swept:
