@@ -257,9 +257,9 @@ class TwoTowerDataModule(L.LightningDataModule):
         self.check_overlap()
         # what the run trains and validates on, wherever the files are: checkpoints record it, a resume compares it
         self.data_digests = {"train": self.train.content_digest(), "validation": self.val.content_digest()}
-        mined_with = getattr(self.negatives, "checkpoint", None)
+        mined_with = getattr(self.negatives, "checkpoint_digest", None)
         if mined_with is not None:  # negatives=ann: the model the pools are mined with, by its bytes (it may be replaced in place)
-            self.data_digests[NEGATIVES_CHECKPOINT] = content_digest([Path(mined_with)])
+            self.data_digests[NEGATIVES_CHECKPOINT] = mined_with
         if self.pseudo_queries.get("count"):
             self.num_labelled = self.train.num_queries
             self.train = with_pseudo_queries(self.train, self.tokenizer, **self.pseudo_queries, seed=self.seed)

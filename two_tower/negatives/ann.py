@@ -11,6 +11,7 @@ not the whole [passages, dim] matrix (658,608 x 2,176 float32 = 5.7 GB at experi
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import tempfile
@@ -144,11 +145,16 @@ class ANNNegatives(MinedNegatives):
         # Memory for the passage vectors multiplied at once (the rest wait in a file); pools do not depend on it.
         self.passage_block_mb = passage_block_mb
 
+    @functools.cached_property
+    def checkpoint_digest(self) -> str:
+        """The mining checkpoint by its bytes (~1 s a GB), read once: the pools' cache key (by path, size and time,
+        another checkpoint of the same configuration copied over it with the old time (``cp -p``, ``touch -r``,
+        ``rsync -a``) got the old checkpoint's pool from the cache: a probe) and what a run's checkpoints record of it
+        (``TwoTowerDataModule.data_digests``: a resume after it was replaced is refused)."""
+        return content_digest([self.checkpoint])
+
     def identity(self) -> dict:
-        """The checkpoint by its bytes (~1 s a GB), as a local split is: by path, size and time, another checkpoint of the
-        same configuration (the same size) copied over it with the old time (``cp -p``, ``touch -r``, ``rsync -a``)
-        got the old checkpoint's pool from the cache (a probe)."""
-        return {**super().identity(), "checkpoint": content_digest([self.checkpoint])}
+        return {**super().identity(), "checkpoint": self.checkpoint_digest}
 
     def scorer(self, split):
         from two_tower.retrieval.dense import DenseRetriever

@@ -228,8 +228,8 @@ class MinedNegatives(NegativeSampler):
                                     break
                         if len(kept) == self.range_max or reach >= split.num_passages:
                             break
-                        # the filters (a margin above all) left the window short: read further down this query's
-                        # ranking (the first `depth` ranks gave 186 of marco7k's queries no window with margin=0)
+                        # its selected passages and their near duplicates left the window short: read further down this
+                        # query's ranking (a margin, now masked above, once emptied 186 marco7k queries' windows this way)
                         reach = min(4 * reach, split.num_passages)
                         deeper = top_k_by_scores(row_scores[None], reach)[0]
                         order, order_scores = deeper.tolist(), row_scores[deeper].tolist()
