@@ -2038,13 +2038,35 @@ def test_python_api_refuses_odd_arguments_in_one_clear_exception(trained):
 def test_threads_setting_applies_to_the_call_only(trained, tmp_path):
     """build_index() and evaluate() with threads=1 left torch at 1 thread in the calling process (a notebook's
     next encoding ran on one core)."""
-    before = torch.get_num_threads()
+    import faiss
+
+    before, omp_before = torch.get_num_threads(), faiss.omp_get_max_threads()
     torch.set_num_threads(2 if before != 2 else 3)
+    faiss.omp_set_num_threads(2)
     wanted = torch.get_num_threads()
     try:
         build_index(compose_retrieval("index", [f"ckpt={trained['ckpt']}", f"data.path={trained['data']}", f"out={tmp_path / 'index'}", "threads=1"]))
-        assert torch.get_num_threads() == wanted
+        assert (torch.get_num_threads(), faiss.omp_get_max_threads()) == (wanted, 2)
         evaluate(compose_retrieval("evaluate", [f"ckpt={trained['ckpt']}", f"data.path={trained['data']}", f"out={tmp_path / 'eval'}", "retriever=[bm25]", "threads=1"]))
-        assert torch.get_num_threads() == wanted
+        assert (torch.get_num_threads(), faiss.omp_get_max_threads()) == (wanted, 2)
     finally:
         torch.set_num_threads(before)
+        faiss.omp_set_num_threads(omp_before)
+
+
+def test_threads_setting_sets_faiss_threads_too():
+    """threads=1 set torch's threads only: index.py, search.py and evaluate.py searched (and k-means trained IVF
+    indexes) with FAISS's OpenMP default, one thread per core."""
+    import faiss
+
+    from two_tower.core.threads import kept, set_threads
+
+    omp_before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(2)
+    try:
+        with kept():
+            set_threads(1)
+            assert (torch.get_num_threads(), faiss.omp_get_max_threads()) == (1, 1)
+        assert faiss.omp_get_max_threads() == 2
+    finally:
+        faiss.omp_set_num_threads(omp_before)
