@@ -544,12 +544,14 @@ def test_a_window_reads_down_the_ranking_until_it_fills_and_bm25_never_gives_an_
     assert [pool[r].tolist() for r in range(3)] == [[1], [2], [0]]
 
 
-def test_a_resume_whose_ann_checkpoint_was_replaced_is_refused(tmp_path, tiny_checkpoint):
+def test_a_resume_whose_ann_checkpoint_was_replaced_is_refused(tmp_path, tiny_checkpoint, monkeypatch):
     """negatives.checkpoint is recorded by its path: overwritten with another model, a resume mined its remaining
-    epochs' negatives with that model and ended with exit 0 (a probe). Checkpoints now record its content."""
+    epochs' negatives with that model and ended with exit 0 (a probe). Checkpoints now record its content, and the
+    refusal comes before the data is prepared (it came after the other model's mining)."""
     import shutil
 
     from two_tower.core.errors import CheckpointError
+    from two_tower.data.datamodule import TwoTowerDataModule
 
     mined_with = tmp_path / "mine_with.ckpt"
     shutil.copy(tiny_checkpoint, mined_with)
@@ -557,5 +559,10 @@ def test_a_resume_whose_ann_checkpoint_was_replaced_is_refused(tmp_path, tiny_ch
     train(compose_train(tmp_path / "run", [*settings, "trainer.max_epochs=1"]))
     train(compose_train(tmp_path / "run", [*settings, "trainer.max_epochs=2", "ckpt_path=last"]))  # the same model: resumes
     shutil.copy(tmp_path / "run" / "run" / "checkpoints" / "last.ckpt", mined_with)  # another model at the same path
+
+    def prepared(self):
+        raise AssertionError("the data was prepared (and mined with the other model) before the refusal")
+
+    monkeypatch.setattr(TwoTowerDataModule, "prepare_data", prepared)
     with pytest.raises(CheckpointError, match=r"negatives.checkpoint now holds another model than the one this run mined its hard negatives with"):
         train(compose_train(tmp_path / "run", [*settings, "trainer.max_epochs=3", "ckpt_path=last"]))

@@ -232,6 +232,18 @@ def trains_on_without_settings(state: dict, cfg: DictConfig, done: dict) -> str 
     return ", ".join(longer) or f"trainer.max_epochs: {done['max_epochs']} (as trained) -> {epochs}"
 
 
+def check_resume_negatives(path: str, state: dict, mined_with: str | None) -> None:
+    """Refuse, in one line, a resume whose ``negatives.checkpoint`` (``negatives=ann``; ``mined_with``, its content
+    digest, None for other negatives) holds another model than the one the run mined with: its remaining epochs trained,
+    silently, on another model's hard negatives (a probe). Called before the data is prepared too, so the refusal does not
+    wait for the other model's mining (minutes at MS MARCO size)."""
+    saved = (state.get(DATA_DIGESTS_KEY) or {}).get(NEGATIVES_CHECKPOINT)
+    if saved is not None and mined_with is not None and saved != mined_with:
+        raise CheckpointError(
+            f"ckpt_path={path}: negatives.checkpoint now holds another model than the one this run mined its hard negatives with "
+            f"(content {saved} vs {mined_with}): put that checkpoint back at negatives.checkpoint, or train a new run in another folder")
+
+
 def check_resume_checkpoint(path: str, state: dict, tokenizer, processes: int | None = None, max_epochs: int | None = None,
                             data_digests: dict[str, str] | None = None) -> None:
     """Refuse, in one line, a checkpoint (``state``, read from ``path`` by ``read_resume_checkpoint``, which refuses
@@ -256,11 +268,8 @@ def check_resume_checkpoint(path: str, state: dict, tokenizer, processes: int | 
     # epochs' figures were compared with the first split's to pick the best (a helper's probe)
     saved_digests = state.get(DATA_DIGESTS_KEY) or {}
     changed = [split for split, digest in saved_digests.items() if data_digests and split in data_digests and data_digests[split] != digest]
-    if NEGATIVES_CHECKPOINT in changed:  # the resumed epochs trained, silently, on another model's hard negatives (a probe)
-        raise CheckpointError(
-            f"ckpt_path={path}: negatives.checkpoint now holds another model than the one this run mined its hard negatives with "
-            f"(content {saved_digests[NEGATIVES_CHECKPOINT]} vs {data_digests[NEGATIVES_CHECKPOINT]}): put that checkpoint back "
-            "at negatives.checkpoint, or train a new run in another folder")
+    if NEGATIVES_CHECKPOINT in changed:
+        check_resume_negatives(path, state, data_digests[NEGATIVES_CHECKPOINT])
     if changed:
         raise CheckpointError(
             f"ckpt_path={path}: trained on other {' and '.join(changed)} rows than this data gives (content {saved_digests[changed[0]]} "
@@ -411,6 +420,8 @@ def _train(cfg: DictConfig) -> dict[str, float]:
             datamodule = build_datamodule(cfg)
             if ckpt_path:  # a run saved before words kept their combining marks tokenizes as it was trained
                 datamodule.tokenizer_settings["unicode_words"] = bool(state["tokenizer"].get("unicode_words", False))
+            if ckpt_path:  # before the pools are mined with it
+                check_resume_negatives(ckpt_path, state, getattr(datamodule.negatives, "checkpoint_digest", None))
             run_record.work_started()  # tokenizing, distilling, mining: a refusal from here on keeps the run folder's log
             datamodule.prepare_data()
             datamodule.setup("fit")
