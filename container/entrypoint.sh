@@ -1,6 +1,6 @@
 #!/bin/sh
 # The image's entry point (see docs/container.md):
-#   (nothing) or key=value ...   serve $TWO_TOWER_INDEX on 0.0.0.0:$TWO_TOWER_PORT; the settings are serve.py's
+#   (nothing), key=value or ~key ...   serve $TWO_TOWER_INDEX on 0.0.0.0:$TWO_TOWER_PORT; the settings are serve.py's
 #   serve.py key=value ...       the same
 #   train.py|index.py|evaluate.py|search.py ARGS   that script (from /app; the working directory stays /work)
 #   -... (--help)                 serve.py's flag
@@ -20,7 +20,7 @@ case "${1:-}" in
     script=$1
     shift
     exec python "/app/$script" "$@" ;;
-  ""|*=*) ;;
+  ""|*=*|"~"*) ;;  # ~key: a Hydra deletion (~rerank), a setting too, not a command
   *) exec "$@" ;;
 esac
 # The service under a tini of its own (-s: a subreaper, not PID 1) whose -e 143 makes a stop by SIGTERM exit 0, during

@@ -709,7 +709,8 @@ class BodyLimit:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        problem = _query_string_problem(scope.get("query_string", b""))
+        # Only /search reads its query string: the page's link /?q=caf%E9 (not UTF-8) is the page, not a JSON 400 (a probe)
+        problem = _query_string_problem(scope.get("query_string", b"")) if scope.get("path") == "/search" else None
         if problem:  # Starlette would decode it with replacement characters and search for them
             name, msg = problem
             return await _error_response(400, f"query.{name}: {msg}", [ErrorItem(loc=["query", name], msg=msg, type="not_utf8")])(scope, receive, send)

@@ -64,6 +64,15 @@ class GuardedH11Protocol(H11Protocol):
             self._arm()
         super().data_received(data)
 
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        # The next request's headers get header_timeout from now: the timer armed before ran on and, on firing, re-armed
+        # for a whole period, so a client had up to twice header_timeout after a response (a probe)
+        if not self.transport.is_closing() and self._awaiting_headers():
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+            self._arm()
+
     def _header_timeout(self) -> None:
         self._header_timer = None
         if self.transport.is_closing():
