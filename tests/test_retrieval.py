@@ -416,11 +416,33 @@ def test_compressed_index_recall_against_exact_search():
     with pytest.raises(ConfigError, match="efSearch"):
         index.set_search_params("efSearch=64")
     # FAISS took nprobe=0 (or -3) and every search then ended in its C++ check: a folder saved so was unsearchable
-    for params, words in (("nprobe=0", "nprobe=0 must be a whole number >= 1"), ("nprobe=-3", "nprobe=-3 must be a whole number >= 1"),
-                          ("nprobe=abc", "nprobe=abc must be a whole number >= 1"), ("nprobe=4,k_factor_rf=0.5", "k_factor_rf=0.5 must be a number >= 1")):
+    # and kept 2^31 as 0 (the same) or 2^32 + 1 as 1 (silently 1 hit of k on HNSW): C ints
+    whole, number = "a whole number from 1 to 2147483647", "a number from 1 to 2147483647"
+    for params, words in (("nprobe=0", f"nprobe=0 must be {whole}"), ("nprobe=-3", f"nprobe=-3 must be {whole}"),
+                          ("nprobe=abc", f"nprobe=abc must be {whole}"), ("nprobe=4,k_factor_rf=0.5", f"k_factor_rf=0.5 must be {number}"),
+                          ("nprobe=2147483648", f"nprobe=2147483648 must be {whole}"), ("efSearch=4294967297", f"efSearch=4294967297 must be {whole}"),
+                          ("k_factor_rf=inf", f"k_factor_rf=inf must be {number}"), ("k_factor_rf=nan", f"k_factor_rf=nan must be {number}"),
+                          ("k_factor_rf=1e30", f"k_factor_rf=1e30 must be {number}")):
         with pytest.raises(ConfigError, match=re.escape(f"search_params={params!r}: {words}")):
             index.set_search_params(params)
     assert faiss.extract_index_ivf(index.index).nprobe == 4  # as the last accepted setting left it
+
+
+def test_a_loaded_folder_searches_with_every_saved_search_parameter(trained, tmp_path):
+    """FAISS's file keeps nprobe but not max_codes: a folder built with index.search_params='nprobe=2,max_codes=50'
+    loaded with max_codes=0 (no limit) while its manifest named 50, and ranked otherwise than asked (a probe)."""
+    out = tmp_path / "ivf"
+    build_index(compose_retrieval("index", [f"ckpt={trained['ckpt']}", f"data.path={trained['data']}", f"out={out}",
+                                            "index.factory='IVF4,Flat'", "index.search_params='nprobe=2,max_codes=50'"]))
+    ivf = faiss.extract_index_ivf(Searcher.load(out).index.index)
+    assert (ivf.nprobe, ivf.max_codes) == (2, 50)
+    ivf = faiss.extract_index_ivf(Searcher.load(out, search_params="nprobe=3").index.index)  # an override changes what it names
+    assert (ivf.nprobe, ivf.max_codes) == (3, 50)
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["config"]["index"]["search_params"] = "nprobe=0"
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(IndexFolderError, match=re.escape(f"index={out}: manifest.json: index.search_params='nprobe=0': nprobe=0 must be a whole number")):
+        Searcher.load(out)
 
 
 def test_compressed_index_folder_round_trips(trained, tmp_path):
@@ -822,6 +844,15 @@ def test_search_command_output_interactive_input_and_stdin_edge_cases(trained, t
     with open("/dev/full", "w") as full:
         done = subprocess.run([*command[:-2], "apple"], stdout=full, stderr=subprocess.PIPE, text=True, timeout=300)
     assert done.returncode == 1 and done.stderr == "error: cannot write the results to stdout (No space left on device); they are incomplete\n"
+
+
+def test_k_is_checked_for_an_empty_list_of_queries_too(trained):
+    """search([], k=0) returned [] where search(["apple"], k=0) is a ConfigError (a probe)."""
+    searcher = Searcher.load(trained["index"])
+    for k in (0, -1, 1.5, True):
+        with pytest.raises(ConfigError, match=re.escape(f"k={k!r}: must be a whole number >= 1")):
+            searcher.search([], k=k)
+    assert searcher.search([], k=3) == []
 
 
 def test_a_rerank_with_k_beyond_the_corpus_returns_the_corpus(trained, tmp_path, monkeypatch):
@@ -1726,6 +1757,14 @@ def test_searcher_hybrid_ranks_as_evaluate_hybrid_weighted(trained, tmp_path):
         (lambda m, folder: m["files"].pop("bm25/vocab.index.json"), r"does not name \['bm25/vocab.index.json'\]"),
         (lambda m, folder: (folder / "bm25" / "extra.bin").write_bytes(b"x"), r"does not name \['bm25/extra.bin'\]"),
         (lambda m, folder: m["hybrid"].update(weights=[0.1, -1]), r"hybrid.weights=\[0.1, -1\]"),
+        # edited by hand, these were KeyErrors, AttributeErrors and a message that read as consistent (a probe)
+        (lambda m, folder: m["model"].pop("dim"), r"model.dim=None must be whole numbers"),
+        (lambda m, folder: m.update(passages=str(m["passages"])), r"passages='\d+' and model.dim=\d+ must be whole numbers"),
+        (lambda m, folder: m.update(static_model={"teacher": "x"}), r"static_model=\{'teacher': 'x'\} must name its teacher and dim"),
+        (lambda m, folder: m.update(format="4"), r"format '4', this code reads formats 3, 4"),
+        (lambda m, folder: m.pop("hybrid"), r"names a BM25 index \(bm25/\) and no hybrid weights"),
+        (lambda m, folder: (m["files"].pop("term_statistics.npz"), (folder / "term_statistics.npz").unlink()),
+         r"the model has a bag-of-words path and the folder no term_statistics.npz"),
     ):
         folder = tmp_path / f"edited{len(list(tmp_path.iterdir()))}"
         shutil.copytree(trained["index"], folder)

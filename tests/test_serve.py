@@ -742,7 +742,7 @@ def test_search_params_faiss_cannot_read_are_one_line_without_faiss_internals(in
     assert "faiss::" not in err and ".cpp" not in err and "lambda" not in err and len(err.strip().splitlines()) == 1, err
     # a value of a parameter the project knows is checked before FAISS sees it
     assert serve_main([f"index={index_dir}", "search_params='nprobe=abc'"]) == 2
-    assert capsys.readouterr().err.strip() == "error: search_params='nprobe=abc': nprobe=abc must be a whole number >= 1"
+    assert capsys.readouterr().err.strip() == "error: search_params='nprobe=abc': nprobe=abc must be a whole number from 1 to 2147483647"
 
 
 def test_a_host_name_is_bound_as_uvicorn_binds_it_ipv4_unless_it_has_a_colon(monkeypatch):

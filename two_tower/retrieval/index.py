@@ -218,12 +218,18 @@ def build_faiss(vectors: np.ndarray, factory: str = "Flat", train_size: int = 10
     return build_faiss_streamed(len(vectors), vectors.shape[1], lambda rows: vectors[rows], [vectors], factory, train_size, search_params, seed, normalize=normalize)
 
 
+# The largest nprobe / efSearch / k_factor_rf FAISS keeps as given (a C int).
+MAX_SEARCH_PARAM = 2**31 - 1
+
+
 def set_search_params(index: faiss.Index, params: str, setting: str, kind: str) -> None:
     """Search-time parameters by FAISS's ``ParameterSpace`` names, comma-separated: ``nprobe=32`` (IVF),
     ``efSearch=256`` (HNSW), ``k_factor_rf=4`` (a ``Refine(...)`` index re-ranks k*4 candidates on its finer codes).
-    Those three must be >= 1 (whole numbers but k_factor_rf): FAISS takes ``nprobe=0`` and every search then
-    stops in its C++ check (a folder saved so could not be searched at all). ``setting``: how the user gave them
-    (``index.search_params='nprobe=0'``); ``kind``: the index's factory or type, for the message."""
+    Those three must be from 1 to 2^31 - 1 (whole numbers but k_factor_rf): FAISS takes ``nprobe=0`` and every
+    search then stops in its C++ check (a folder saved so could not be searched at all), and it keeps them as C ints,
+    so 2^31 wrapped to 0 (the same) and ``efSearch=4294967297`` to 1 (searches returned 1 hit of 5, not the best: a
+    probe). ``setting``: how the user gave them (``index.search_params='nprobe=0'``); ``kind``: the index's factory or
+    type, for the message."""
     for part in str(params).split(","):
         name, _, value = part.partition("=")
         name, value = name.strip(), value.strip()
@@ -232,8 +238,9 @@ def set_search_params(index: faiss.Index, params: str, setting: str, kind: str) 
                 number = float(value) if name == "k_factor_rf" else int(value)
             except ValueError:
                 number = None
-            if number is None or not number >= 1:
-                raise ConfigError(f"{setting}: {name}={value} must be {'a number >= 1' if name == 'k_factor_rf' else 'a whole number >= 1'}")
+            if number is None or not 1 <= number <= MAX_SEARCH_PARAM:
+                kind_of = "a number" if name == "k_factor_rf" else "a whole number"
+                raise ConfigError(f"{setting}: {name}={value} must be {kind_of} from 1 to {MAX_SEARCH_PARAM}")
     try:
         faiss.ParameterSpace().set_index_parameters(index, params)
     except RuntimeError as err:
@@ -437,6 +444,14 @@ class PassageIndex:
             index = faiss.read_index(str(path / FAISS_FILE))
         except RuntimeError as err:
             raise IndexFolderError(f"{path / FAISS_FILE}: not a readable FAISS index ({err}); rebuild the folder") from err
+        # The index's saved search parameters again: FAISS's file keeps nprobe and efSearch but not max_codes or
+        # polysemous ht, which a loaded folder dropped while its manifest still named them (a probe)
+        built = ((manifest.get("config") or {}).get("index") or {}).get("search_params")
+        if built:
+            try:
+                set_search_params(index, str(built), f"index.search_params={built!r}", (manifest.get("faiss") or {}).get("type", "FAISS"))
+            except ConfigError as err:
+                raise IndexFolderError(f"index={path}: {MANIFEST}: {err}; rebuild the folder") from err
         with reading(path, path / PASSAGES_FILE):
             passages = read_passages(path / PASSAGES_FILE)
         if index.ntotal != len(passages) or index.ntotal != manifest["passages"] or index.d != manifest["model"]["dim"]:
@@ -467,8 +482,12 @@ class PassageIndex:
                         f"with {command('index')} (the new one carries it), or install its teacher") from err
                 raise
         actual = {"tokenizer": encoder.tokenizer.fingerprint(), "dim": encoder.dim, "query_tower": encoder.weights_hash()}
-        check_model(self.path, {k: self.model[k] for k in actual}, actual, self.path / QUERY_ENCODER_FILE)
-        encoder.set_statistics(self.statistics())
+        check_model(self.path, {k: self.model.get(k) for k in actual}, actual, self.path / QUERY_ENCODER_FILE)
+        statistics = self.statistics()
+        if statistics is None and getattr(encoder.encoder, "bag", None) is not None:  # an AttributeError deep in the bag path
+            raise IndexFolderError(f"index={self.path}: the model has a bag-of-words path and the folder no {STATISTICS_FILE} "
+                                   f"(its IDF over the corpus); rebuild the folder with {command('index')}")
+        encoder.set_statistics(statistics)
         return encoder
 
     @property
@@ -616,10 +635,18 @@ def read_manifest(path: Path) -> dict:
     if not isinstance(manifest, dict):
         raise IndexFolderError(f"index={path}: {MANIFEST} is not a JSON object; rebuild the folder with {command('index')}")
     if manifest.get("format") not in READ_FORMATS:
-        raise IndexFolderError(f"index={path}: format {manifest.get('format')}, this code reads formats {', '.join(map(str, READ_FORMATS))}; rebuild it")
+        raise IndexFolderError(f"index={path}: format {manifest.get('format')!r}, this code reads formats {', '.join(map(str, READ_FORMATS))}; rebuild it")
     absent = [key for key in ("files", "model", "passages") if key not in manifest]
     if absent or not isinstance(manifest["files"], dict) or not isinstance(manifest["model"], dict):
         raise IndexFolderError(f"index={path}: {MANIFEST} lacks {absent or 'a valid files/model entry'}; rebuild the folder with {command('index')}")
+    # Edited by hand, these were KeyErrors and tracebacks in the load (a probe)
+    whole = lambda value: isinstance(value, int) and not isinstance(value, bool) and value >= 0  # noqa: E731
+    if not whole(manifest["passages"]) or not whole(manifest["model"].get("dim")):
+        raise IndexFolderError(f"index={path}: {MANIFEST}: passages={manifest['passages']!r} and model.dim={manifest['model'].get('dim')!r} "
+                               f"must be whole numbers; rebuild the folder with {command('index')}")
+    static = manifest.get("static_model")
+    if static is not None and not (isinstance(static, dict) and isinstance(static.get("teacher"), str) and whole(static.get("dim"))):
+        raise IndexFolderError(f"index={path}: {MANIFEST}: static_model={static!r} must name its teacher and dim; rebuild the folder with {command('index')}")
     # Every file of the folder must be named (with its hash) in the manifest: an entry removed from
     # `files` would otherwise switch that file's check off (or, for the term statistics, the file itself).
     required = {FAISS_FILE, PASSAGES_FILE, QUERY_ENCODER_FILE} | ({f"{BM25_FOLDER}/{SETTINGS_FILE}"} if "hybrid" in manifest else set())
@@ -634,6 +661,9 @@ def read_manifest(path: Path) -> dict:
     missing = [name for name in manifest["files"] if not (path / name).is_file()]
     if missing:
         raise IndexFolderError(f"index={path}: missing {missing}; rebuild it")
+    if "hybrid" not in manifest and any(name.startswith(f"{BM25_FOLDER}/") for name in manifest["files"]):
+        # the key removed, the folder searched densely without a word (a probe); BM25 folders came with the key
+        raise IndexFolderError(f"index={path}: {MANIFEST} names a BM25 index ({BM25_FOLDER}/) and no hybrid weights; the folder was modified, rebuild it")
     if "hybrid" in manifest:
         weights = (manifest["hybrid"] or {}).get("weights") if isinstance(manifest["hybrid"], dict) else None
         if not valid_hybrid_weights(weights):

@@ -137,6 +137,7 @@ class Searcher:
         except TypeError:
             raise TypeError(f"search() takes a list of queries, not {type(queries).__name__} ({queries!r:.60})") from None
         queries = list(queries)  # any iterable (a generator, a tuple, a pandas Series); its own errors are its own
+        check_k(k)  # an empty list too: search([], k=0) returned [] and search([q], k=0) raised
         if not queries:
             return []
         # as the model scores (evaluate.py, validation): unit length, except a query with no readable word under a bag path
