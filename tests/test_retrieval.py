@@ -428,7 +428,7 @@ def test_compressed_index_recall_against_exact_search():
     assert faiss.extract_index_ivf(index.index).nprobe == 4  # as the last accepted setting left it
 
 
-def test_a_loaded_folder_searches_with_every_saved_search_parameter(trained, tmp_path):
+def test_a_loaded_folder_searches_with_every_saved_search_parameter(trained, tmp_path, caplog):
     """FAISS's file keeps nprobe but not max_codes: a folder built with index.search_params='nprobe=2,max_codes=50'
     loaded with max_codes=0 (no limit) while its manifest named 50, and ranked otherwise than asked (a probe)."""
     out = tmp_path / "ivf"
@@ -438,6 +438,15 @@ def test_a_loaded_folder_searches_with_every_saved_search_parameter(trained, tmp
     assert (ivf.nprobe, ivf.max_codes) == (2, 50)
     ivf = faiss.extract_index_ivf(Searcher.load(out, search_params="nprobe=3").index.index)  # an override changes what it names
     assert (ivf.nprobe, ivf.max_codes) == (3, 50)
+    # a search that visits part of the corpus returns fewer than k hits: said once (it was silent; a probe)
+    searcher = Searcher.load(out, search_params="nprobe=1,max_codes=0", hybrid=False)
+    everything = len(searcher.index)
+    with caplog.at_level("WARNING", logger="two_tower.retrieval.search"):
+        first, again = searcher.search(["apple", "river"], k=everything), searcher.search(["apple"], k=everything)
+    assert all(len(hits) < everything for hits in first + again)
+    said = [r.getMessage() for r in caplog.records if "fewer than" in r.getMessage()]
+    assert said == [f"2 of 2 queries got fewer than k={everything} hits: this IndexIVFFlat index visits only part of the corpus a "
+                    "search (raise nprobe or efSearch with search_params)"], said
     manifest = json.loads((out / "manifest.json").read_text())
     manifest["config"]["index"]["search_params"] = "nprobe=0"
     (out / "manifest.json").write_text(json.dumps(manifest))

@@ -483,12 +483,17 @@ class PassageIndex:
                 raise
         actual = {"tokenizer": encoder.tokenizer.fingerprint(), "dim": encoder.dim, "query_tower": encoder.weights_hash()}
         check_model(self.path, {k: self.model.get(k) for k in actual}, actual, self.path / QUERY_ENCODER_FILE)
+        encoder.set_statistics(self.statistics_for(encoder))
+        return encoder
+
+    def statistics_for(self, encoder: QueryEncoder) -> TermStatistics | None:
+        """``statistics()``, which a query tower with a bag-of-words path needs: a folder without them is one line
+        (it was an AttributeError deep in the bag path)."""
         statistics = self.statistics()
-        if statistics is None and getattr(encoder.encoder, "bag", None) is not None:  # an AttributeError deep in the bag path
+        if statistics is None and getattr(encoder.encoder, "bag", None) is not None:
             raise IndexFolderError(f"index={self.path}: the model has a bag-of-words path and the folder no {STATISTICS_FILE} "
                                    f"(its IDF over the corpus); rebuild the folder with {command('index')}")
-        encoder.set_statistics(statistics)
-        return encoder
+        return statistics
 
     @property
     def hybrid_weights(self) -> list[float] | None:

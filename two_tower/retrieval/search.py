@@ -13,6 +13,7 @@ static subword vectors and fused (``two_tower.retrieval.maxsim``, as ``evaluate.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,8 @@ from two_tower.retrieval.index import PASSAGES_FILE, PassageIndex, SearchHits, c
 from two_tower.retrieval.maxsim import CorpusMaxSim, MaxSimRerank, below_reranked
 from two_tower.retrieval.prf import RocchioPRF
 from two_tower.retrieval.query_encoder import QueryEncoder
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -74,6 +77,7 @@ class Searcher:
         hybrid = check_hybrid(hybrid)
         check_stages(prf, rerank)
         self.index, self.encoder, self.prf, self.rerank = index, encoder, prf, rerank
+        self.warned_short = False  # fewer than k hits from an approximate index: said once
         # hybrid=True (or weights) on a dense-only folder: index.lexical() says it has no BM25 index
         self.lexical = index.lexical() if hybrid or (hybrid is None and index.hybrid_weights is not None) else None
         # (dense, bm25) weights of the fusion: given ones, else the folder's; None: dense alone
@@ -114,7 +118,7 @@ class Searcher:
             module = load_checkpoint(checkpoint)
             index = PassageIndex.load(path, expect_model=model_identity(module, checkpoint))
             encoder = QueryEncoder.from_module(module)
-            encoder.set_statistics(index.statistics())
+            encoder.set_statistics(index.statistics_for(encoder))
         if search_params:
             index.set_search_params(search_params)
         return cls(index, encoder, prf, hybrid, rerank)
@@ -153,6 +157,11 @@ class Searcher:
         if self.maxsim is not None:
             hits = self.reranked(queries, hits, k)
         found = hits.rows >= 0
+        short = int((found.sum(1) < k).sum())
+        if short and not self.warned_short:  # once a Searcher (a server's log would repeat it every search)
+            self.warned_short = True
+            log.warning("%d of %d queries got fewer than k=%d hits: this %s index visits only part of the corpus a search (raise "
+                        "nprobe or efSearch with search_params)", short, len(queries), k, self.index.manifest.get("faiss", {}).get("type", "FAISS"))
         ids, texts = self.index.lookup(hits.rows[found])
         results, at = [], 0
         for q in range(len(queries)):
