@@ -9,7 +9,8 @@ ARG BASE=debian:bookworm-slim
 # ---------------------------------------------------------------------------------------------- builder
 FROM ${BASE} AS builder
 # Where torch comes from: PyTorch's CPU wheel index (PyPI's default Linux wheel is the multi-GB CUDA
-# build), or torch wheels placed in container/wheels/ (then the index is not used; see container/build.sh).
+# build), or torch wheels placed in container/wheels/ (then the index is not used; see container/build.sh): only a CPU
+# wheel (+cpu) for the image's Python is taken (any torch-VERSION*-cp3* was, a CUDA or another Python's wheel too).
 ARG TORCH_VERSION=2.13.0
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 ARG PIP_INDEX_URL=https://pypi.org/simple
@@ -24,7 +25,8 @@ ENV PATH=/opt/venv/bin:$PATH PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 
 RUN --mount=type=secret,id=cacert --mount=type=bind,source=container/wheels,target=/wheels \
     if [ -s /run/secrets/cacert ]; then export PIP_CERT=/run/secrets/cacert; fi; \
     set -e; \
-    wheel=$(ls /wheels/torch-"${TORCH_VERSION}"*-cp3*.whl 2>/dev/null | head -n1); \
+    py=$(python3 -c 'import sys; print("cp%d%d" % sys.version_info[:2])'); \
+    wheel=$(ls /wheels/torch-"${TORCH_VERSION}"+cpu-"$py"-*.whl 2>/dev/null | head -n1); \
     if [ -n "$wheel" ]; then \
       echo "torch from $wheel"; pip install --index-url "$PIP_INDEX_URL" "$wheel"; \
     else \

@@ -14,7 +14,7 @@ TORCH_VERSION=${TORCH_VERSION:-2.13.0}
 container/base-image.sh "$ENGINE"
 
 # The local CPU torch wheel for Debian bookworm's Python 3.11, from pip's configured find-links.
-if ! ls container/wheels/torch-"$TORCH_VERSION"*-cp311-*.whl >/dev/null 2>&1; then
+if ! ls container/wheels/torch-"$TORCH_VERSION"+cpu-cp311-*.whl >/dev/null 2>&1; then
   links="${PIP_FIND_LINKS:-} $(pip config get global.find-links 2>/dev/null || true)"
   for dir in $links; do
     dir=${dir#file://}
