@@ -54,6 +54,9 @@ def test_config_key_drops_the_seed_and_run_settings():
     trained = {"negatives": {"max_score_mb": 256, "margin": None}, "data": {"tokenize_workers": 1}, "teacher": {"threads": None}}
     resumed = {"negatives": {"max_score_mb": 64, "margin": 0.1}, "data": {"tokenize_workers": 2}, "teacher": {"threads": 2}}
     assert [name for name, _, _ in changed_settings(trained, resumed)] == ["negatives.margin"]
+    # trainer=ddp adds sync_batchnorm: a run resumed on another number of processes was refused (the docs allow it)
+    one, ddp = {"trainer": {"devices": 1}}, {"trainer": {"devices": 2, "strategy": {"_target_": "x"}, "sync_batchnorm": False}}
+    assert changed_settings(one, ddp) == changed_settings(ddp, one) == []
 
 
 def test_config_key_keeps_the_data_trained_on():

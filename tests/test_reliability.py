@@ -303,6 +303,9 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, sig, uninterrupted):
         (["data=msmarco", "data.val_split=train"], "data.val_split=train is the training split: validation would score the rows trained on"),
         (["+trainer.limit_val_batches=0.5"], "trainer.limit_val_batches=0.5: validation ranks the whole corpus"),
         (["+trainer.overfit_batches=4"], "trainer.overfit_batches=4: the training batches are built by this project's sampler"),
+        # trained, then a traceback: the spawned processes' logged keys never reached the parent's CSV logger (a probe)
+        (["trainer=ddp", "trainer.strategy=ddp_spawn"], "trainer.strategy=ddp_spawn: runs start their processes as scripts"),
+        (["trainer=ddp", "+trainer.strategy.start_method=spawn"], "trainer.strategy=start_method=spawn: runs start their processes as scripts"),
         # a setting the instantiated class or function does not take: one line before any data (tracebacks, or
         # an optimizer's TypeError inside fit, before)
         (["+loss.bogus=1"], "loss.bogus: InfoNCELoss takes no such setting"),
@@ -1707,3 +1710,50 @@ def test_a_refused_resume_of_a_sweep_leaves_its_multirun_record_as_it_was(tmp_pa
     shutil.rmtree(sweep / "1" / "checkpoints")
     resumed = subprocess.run([*cmd, "trainer.max_epochs=2", "ckpt_path=last"], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0 and b"trainer.max_epochs=2" in (sweep / "multirun.yaml").read_bytes(), resumed.stderr[-3000:]
+
+
+def test_ctrl_c_under_ddp_saves_on_rank_0_without_a_barrier(tmp_path):
+    """Ctrl-C reaching one DDP process (or each at another point): Trainer.save_checkpoint's barrier met the other
+    process in another collective and both hung for good, SIGTERM ignored (a probe). Rank 0 now writes the
+    checkpoint alone and no process waits for another."""
+    from types import SimpleNamespace
+
+    from two_tower.training.callbacks import CheckpointOnStop
+
+    written = []
+
+    def trainer(rank: int):
+        def barrier_save(path):
+            raise AssertionError("Trainer.save_checkpoint: its barrier waits for every process")
+
+        strategy = SimpleNamespace(save_checkpoint=lambda checkpoint, path: written.append((rank, checkpoint, path)))
+        return SimpleNamespace(world_size=2, is_global_zero=rank == 0, global_rank=rank, global_step=7, current_epoch=0, validating=False,
+                               sanity_checking=False, loggers=[], save_checkpoint=barrier_save, strategy=strategy,
+                               _checkpoint_connector=SimpleNamespace(dump_checkpoint=lambda weights_only: {"rank": rank, "weights_only": weights_only}))
+
+    import threading
+
+    class _ChildProcessObserver(threading.Thread):  # Lightning's watcher of the processes it started, by its name
+        def __init__(self):
+            super().__init__(daemon=True)
+            self._child_processes, self.done = ["rank 1"], threading.Event()
+
+        def run(self):
+            self.done.wait(60)
+
+    observer = _ChildProcessObserver()
+    observer.start()
+    try:
+        for rank in (1, 0):
+            callback = CheckpointOnStop(str(tmp_path / "checkpoints"))
+            callback.on_exception(trainer(rank), None, KeyboardInterrupt())
+    finally:
+        observer.done.set()
+    assert written == [(0, {"rank": 0, "weights_only": False}, tmp_path / "checkpoints" / "last.ckpt")]
+    # its watcher SIGKILLed the launcher once Lightning had SIGKILLed rank 1 (status 137 instead of 1)
+    assert observer._child_processes == []
+    # one process: Lightning's own save, as before
+    saved = []
+    one = SimpleNamespace(**{**vars(trainer(0)), "world_size": 1, "save_checkpoint": saved.append})
+    CheckpointOnStop(str(tmp_path / "checkpoints")).on_exception(one, None, KeyboardInterrupt())
+    assert saved == [tmp_path / "checkpoints" / "last.ckpt"]

@@ -47,7 +47,7 @@ RENAMED_TARGETS = {"lightning.pytorch.callbacks.ModelCheckpoint": "two_tower.tra
 # where the data now lies (the vocabulary check refuses other data), and what only names the run. (Not
 # optimized_metric: the checkpoint callbacks' state is keyed by what they monitor, and is dropped when it changes.)
 RESUME_MAY_CHANGE = ("trainer.max_epochs", "trainer.max_steps", "trainer.max_time", "trainer.devices", "trainer.num_nodes",
-                     "trainer.accelerator", "trainer.strategy", "trainer.log_every_n_steps", "data.path", "task_name", "tags")
+                     "trainer.accelerator", "trainer.strategy", "trainer.sync_batchnorm", "trainer.log_every_n_steps", "data.path", "task_name", "tags")
 # How long a run trains, which a learning-rate scheduler fixes: its restored state keeps the run's length, and a longer
 # resumed run trained at the schedule's end (learning rate 0 with warmup_linear).
 SCHEDULE_LENGTH = ("trainer.max_epochs", "trainer.max_steps")

@@ -142,7 +142,20 @@ class CheckpointOnStop(L.Callback):
                             trainer.current_epoch, kept, resume_settings(self.path.parent.parent))
             return
         if trainer.global_step > 0:
-            trainer.save_checkpoint(self.path)  # every process: a collective under DDP, written by rank 0
+            if isinstance(exception, KeyboardInterrupt) and trainer.world_size > 1:
+                # Ctrl-C stops each process wherever it was (one in the all-reduce above, another in backward), so
+                # Trainer.save_checkpoint's barrier hung every process for good, SIGTERM and a second Ctrl-C ignored (a
+                # probe): rank 0 writes alone, with no collective (its RNG and running sums alone, gathered_for_checkpoint)
+                if not trainer.is_global_zero:
+                    return
+                trainer.strategy.save_checkpoint(trainer._checkpoint_connector.dump_checkpoint(False), self.path)
+                # Lightning SIGKILLs the processes it started next, and its watcher of them then SIGKILLed this one too
+                # (status 137, read as "out of memory?", 4 of 9 Ctrl-Cs in a probe, instead of 1)
+                from two_tower.training.processes import stop_lightning_observer
+
+                stop_lightning_observer()
+            else:
+                trainer.save_checkpoint(self.path)  # every process: a collective under DDP, written by rank 0
             if not trainer.is_global_zero:
                 return
             log.warning("Stopped by %s before training ended: saved %s at epoch %d, step %d. Resume with the same command plus %s",

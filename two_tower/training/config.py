@@ -124,6 +124,13 @@ def validate_train_config(cfg: DictConfig) -> None:
         if not torch.cuda.is_available() and not mps:
             raise ConfigError(f"trainer.accelerator={trainer.accelerator}: no GPU on this machine for torch {torch.__version__} "
                               "(no CUDA, no Apple MPS); drop trainer=gpu, or install a CUDA build of torch")
+    strategy = trainer.get("strategy")
+    start_method = strategy.get("start_method") if isinstance(strategy, DictConfig) else None
+    if (isinstance(strategy, str) and ("spawn" in strategy or "fork" in strategy or "notebook" in strategy)) or start_method in ("spawn", "fork", "forkserver"):
+        # the processes' logged keys never reach the parent's CSV logger: trained, then a traceback and exit 1 (a probe)
+        shown = strategy if isinstance(strategy, str) else f"start_method={start_method}"
+        raise ConfigError(f"trainer.strategy={shown}: runs start their processes as scripts (trainer=ddp, Lightning's "
+                          "subprocess launcher); spawned or forked processes are not supported")
     limit = trainer.get("limit_val_batches")
     if limit is not None and not (limit == 0 or (isinstance(limit, float) and limit == 1.0)):
         # validation ranks the whole corpus; a part of it gives no metric, and the checkpoint monitor failed after training

@@ -54,7 +54,7 @@ def other_processes_watched(trainer, checkpoint: Path):
 
 def _launcher_error(procs: list[subprocess.Popen], checkpoint: Path, err: BaseException) -> BaseException:
     """What the launcher ends with once the processes it started (ranks 1, 2, ... in order) have ended."""
-    _stop_lightning_observer()  # it SIGKILLs this process 5 s after a child fails: no line, status 137
+    stop_lightning_observer()  # it SIGKILLs this process 5 s after a child fails: no line, status 137
     for proc in procs:
         try:
             proc.wait(timeout=WAIT_SECONDS)
@@ -86,7 +86,7 @@ def _saved(checkpoint: Path) -> str:
             f"{resume_settings(checkpoint.parent.parent)}")
 
 
-def _stop_lightning_observer() -> None:
+def stop_lightning_observer() -> None:
     """Lightning's thread that watches the processes it started ends at its next look, with nothing to watch."""
     for thread in threading.enumerate():
         if type(thread).__name__ == "_ChildProcessObserver":
