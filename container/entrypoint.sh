@@ -20,7 +20,7 @@ case "${1:-}" in
     script=$1
     shift
     exec python "/app/$script" "$@" ;;
-  ""|*=*|"~"*) ;;  # ~key: a Hydra deletion (~rerank), a setting too, not a command
+  ""|*=*|"~"*) ;;  # ~key: a Hydra deletion (~rerank): serve.py's one-line refusal, not "exec: ~rerank: not found"
   *) exec "$@" ;;
 esac
 # The service under a tini of its own (-s: a subreaper, not PID 1) whose -e 143 makes a stop by SIGTERM exit 0, during
