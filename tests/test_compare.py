@@ -3,6 +3,7 @@ not flag an A/A comparison, groups seeds by configuration key, and refuses unpai
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -431,6 +432,24 @@ def test_the_same_overrides_composed_differently_are_two_configurations_and_said
         systems = load_configurations(find_runs([tmp_path]), "test/mrr@10")
     assert {name: len(s.runs) for name, s in systems.items()} == {"encoder=gru [loss.temperature=0.05]": 2, "encoder=gru [loss.temperature=0.1]": 1}
     assert any("differ in their composed configuration" in r.getMessage() and "encoder=gru" in r.getMessage() for r in caplog.records)
+
+
+def test_runs_on_other_rows_under_one_data_path_are_two_configurations(tmp_path, caplog):
+    """One data.path whose shards were replaced between seeds (4,680 training rows, then 2,000): compare averaged the
+    two as one configuration, silently (a probe). fit_ended.json records the rows' digests; runs on other rows are
+    other configurations, named by them, and said."""
+    from two_tower.training.compare import find_runs, load_configurations
+
+    base = difficulty()
+    for seed, train_digest in ((1, "a" * 64), (2, "a" * 64), (3, "b" * 64)):
+        write_composed(tmp_path / str(seed), ["encoder=gru", f"seed={seed}"], composed(seed), seed_table(base, 0.0, seed))
+        (tmp_path / str(seed) / "per_query" / "fit_ended.json").write_text(
+            json.dumps({"epoch": 0, "global_step": 9, "data": {"train": train_digest, "validation": "c" * 64}}))
+    with caplog.at_level("WARNING"):
+        systems = load_configurations(find_runs([tmp_path]), "test/mrr@10")
+    assert {name: len(s.runs) for name, s in systems.items()} == {
+        f"encoder=gru [data rows=train:{'a' * 12},validation:{'c' * 12}]": 2, f"encoder=gru [data rows=train:{'b' * 12},validation:{'c' * 12}]": 1}
+    assert any("differ in their composed configuration" in r.getMessage() for r in caplog.records)
 
 
 def test_runs_composed_before_a_setting_was_added_pool_with_runs_after(tmp_path, caplog):

@@ -3,6 +3,7 @@ query's values are kept beside the aggregates (per_query/*.parquet)."""
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -80,7 +81,9 @@ def test_val_best_is_the_epoch_the_checkpoint_keeps_whatever_the_optimized_metri
     assert int(best["epoch"].iloc[0]) == first_best
     assert next((out / "checkpoints").glob("epoch*.ckpt")).name.startswith(f"epoch{first_best:02d}-")
     assert per_query.read(out / "per_query" / "test.parquet", "mrr@10")["checkpoint"].iloc[0].startswith(f"epoch{first_best:02d}-")
-    assert (out / "per_query" / per_query.FIT_ENDED).is_file()
+    ended = json.loads((out / "per_query" / per_query.FIT_ENDED).read_text())
+    # the rows trained and validated on, by content, as the checkpoints record them (compare splits runs on other rows)
+    assert set(ended["data"]) == {"train", "validation"} and all(len(d) >= 12 for d in ended["data"].values()), ended
 
 
 def test_a_resumed_run_is_unfinished_until_it_ends_again(tmp_path):

@@ -30,6 +30,7 @@ and 95% CI per configuration, baselines as points) to ``--out`` and prints the m
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import os
 import textwrap
@@ -205,10 +206,25 @@ def configuration(run: Path) -> tuple[str, str, dict | None]:
     cwd = run_cwd(run)
     label = config_key(run_overrides(run), cwd)
     config = run_config(run)
+    rows = data_rows(run)
     if config is None:
-        return f"overrides: {label}", label, None
+        return f"overrides: {label}" + (f" data rows: {rows}" if rows else ""), label, None
     settings = composed_settings(config, cwd)
+    if rows:  # runs on other rows under one data.path are other configurations (label_configurations names the rows)
+        settings["data rows"] = rows
     return composed_key(settings), label, settings
+
+
+def data_rows(run: Path) -> str | None:
+    """The rows the run trained and validated on, as its ``fit_ended.json`` records them (their content digests: runs
+    made before that record, or whose training did not end, have none): one short text, or None."""
+    try:
+        data = json.loads((run / "per_query" / per_query.FIT_ENDED).read_text()).get("data")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if not isinstance(data, dict) or not data:
+        return None
+    return ",".join(f"{split}:{str(digest)[:12]}" for split, digest in sorted(data.items()))
 
 
 def label_configurations(groups: dict[str, list], settings: dict[str, dict | None]) -> dict[str, str]:
