@@ -3,8 +3,9 @@
     python experiments/summarize.py outputs/multirun/2026-11-29_12-00-00 [more run or multirun dirs] --out DIR
 
 A run dir is one with ``.hydra/`` and ``csv/metrics.csv`` (written by the CSV logger: ``logger=csv``, the default, or
-``logger=[csv,wandb]``; a ``logger=wandb`` run has none, and is refused in one line); a multirun dir holds
-numbered job dirs. Writes DIR/summary.md, DIR/summary.csv, DIR/val_mrr.png (val/mrr@10 per epoch per
+``logger=[csv,wandb]``; a ``logger=wandb`` run, or one that failed before it logged, has none, and is left out with
+a warning: one line and exit 2 when no run has one); a multirun dir holds numbered job dirs. The table's ``ended``
+says whether a run's training ended (a killed or running one shows the epochs it validated). Writes DIR/summary.md, DIR/summary.csv, DIR/val_mrr.png (val/mrr@10 per epoch per
 run) and DIR/train_loss.png (training loss per step per run).
 """
 
@@ -50,8 +51,12 @@ def label(run: Path, common: set[str]) -> str:
 
 def summarize(run: Path, common: set[str]) -> tuple[dict, pd.DataFrame]:
     metrics = pd.read_csv(run / "csv" / "metrics.csv")
+    if "val/mrr@10" not in metrics:  # stopped before its first validation (a KeyError before: a probe)
+        metrics["val/mrr@10"] = float("nan")
     val = metrics[metrics["val/mrr@10"].notna()].drop_duplicates("epoch", keep="last")  # resumed runs logged by older versions repeat rows
-    row = {"run": label(run, common), "dir": str(run), "epochs": len(val)}
+    # a run killed or still training is listed as such (its figures are those of the epochs it validated)
+    ended = (run / "per_query" / "fit_ended.json").is_file() or (run / "per_query" / "test.parquet").is_file()
+    row = {"run": label(run, common), "dir": str(run), "ended": "yes" if ended else "no", "epochs": len(val)}
     if len(val):
         best = val.loc[val["val/mrr@10"].idxmax()]
         last = val.iloc[-1]
@@ -74,11 +79,16 @@ def main() -> None:
         parser.error(f"no such run folder: {', '.join(missing)}")
     runs = find_runs(args.paths)
     without = [r for r in runs if not (r / "csv" / "metrics.csv").is_file()]
-    if without:  # logger=wandb (or none) writes no CSV: a FileNotFoundError traceback here before
-        print(f"error: {without[0]}{f' (and {len(without) - 1} more runs)' if len(without) > 1 else ''}: no csv/metrics.csv, which "
-              "summarize.py reads: the CSV logger writes it (logger=csv, the default, or logger=[csv,wandb] for both); "
-              "a logger=wandb run's metrics are in W&B", file=sys.stderr)
+    # logger=wandb (or none) writes no CSV, nor does a run that failed before logging (a sweep job with a bad
+    # learning rate): a FileNotFoundError traceback here before, then the whole summary refused for one such job
+    why = ("no csv/metrics.csv, which summarize.py reads: a run that failed or was stopped before it logged, or one "
+           "without the CSV logger (logger=csv, the default, or logger=[csv,wandb] for both; a logger=wandb run's metrics are in W&B)")
+    if len(without) == len(runs):
+        print(f"error: {without[0]}{f' (and {len(without) - 1} more runs)' if len(without) > 1 else ''}: {why}", file=sys.stderr)
         sys.exit(2)
+    for run in without:
+        print(f"warning: {run} left out: {why}", file=sys.stderr)
+    runs = [r for r in runs if r not in without]
     args.out.mkdir(parents=True, exist_ok=True)
     rows, curves = [], {}
     common = set.intersection(*(set(overrides(r)) for r in runs)) if len(runs) > 1 else set()

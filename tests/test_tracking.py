@@ -573,6 +573,37 @@ def test_summarize_names_runs_of_one_label_apart(tmp_path):
     assert sorted(table["run"]) == ["(defaults) (rA)", "(defaults) (rB)"] and sorted(table["val/mrr@10"]) == [0.09, 0.52]
 
 
+def test_summarize_lists_unfinished_runs_and_leaves_out_failed_ones(tmp_path):
+    """A run stopped before its first validation (no val/mrr@10 column) was a KeyError traceback; one sweep job that
+    failed before logging (no metrics.csv) refused the whole summary, blaming logger=wandb; a killed run was listed
+    with no word that it had not ended (a probe)."""
+    import subprocess
+    import sys
+
+    import pandas as pd
+
+    from tests.conftest import ROOT
+
+    for name, columns, ended in (("done", {"val/mrr@10": [0.5]}, True), ("killed", {"val/mrr@10": [0.4]}, False), ("early", {}, False), ("failed", None, False)):
+        run = tmp_path / name
+        (run / ".hydra").mkdir(parents=True)
+        (run / ".hydra" / "overrides.yaml").write_text(f"- seed={len(name)}\n")
+        if columns is not None:
+            (run / "csv").mkdir()
+            pd.DataFrame({"epoch": [0], "step": [10], "train/loss_step": [1.0], **columns}).to_csv(run / "csv" / "metrics.csv", index=False)
+        if ended:
+            (run / "per_query").mkdir()
+            (run / "per_query" / "fit_ended.json").write_text("{}")
+    out = tmp_path / "summary"
+    result = subprocess.run([sys.executable, "experiments/summarize.py", *(str(tmp_path / n) for n in ("done", "killed", "early", "failed")), "--out", str(out)],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"warning: {tmp_path / 'failed'} left out: no csv/metrics.csv" in result.stderr and "Traceback" not in result.stderr, result.stderr[-2000:]
+    table = pd.read_csv(out / "summary.csv").set_index("dir")
+    assert table["ended"].to_dict() == {str(tmp_path / "done"): "yes", str(tmp_path / "killed"): "no", str(tmp_path / "early"): "no"}
+    assert table["epochs"].to_dict() == {str(tmp_path / "done"): 1, str(tmp_path / "killed"): 1, str(tmp_path / "early"): 0}
+
+
 def test_a_sweep_check_that_cannot_run_is_said_and_the_others_still_run(monkeypatch, caplog, capsys):
     """Hydra takes an exception in a callback for a warning: one check reading a value with no value before the jobs
     (three such cases were found) skipped every check after it. Now that check is said, and the rest run."""
