@@ -255,6 +255,7 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, sig, uninterrupted):
         (["data.batch_size=0"], "data.batch_size=0: must be a positive integer"),
         (["encoder.dropout=1.5"], "encoder.dropout=1.5"),
         (["optimizer.lr=-1"], "optimizer.lr=-1"),
+        (["optimizer.lr=1e300"], "optimizer.lr=1e+300: must be a number > 0 (at most float32's 3.4e38)"),  # a traceback in Adam's step
         (["negatives=ann"], "negatives.checkpoint must be set"),
         (["optimized_metric=val/mrr@100"], "optimized_metric='val/mrr@100': must be one of val/mrr@10, val/ndcg@10"),
         (["negatives=ann", "negatives.checkpoint=/nope.ckpt"], "negatives.checkpoint=/nope.ckpt: no such checkpoint"),

@@ -19,6 +19,8 @@ POOLINGS = ("last", "mean", "max")
 PACKINGS = ("auto", "packed", "masks")
 # search.py's output formats (two_tower/cli/search.py renders them).
 SEARCH_FORMATS = ("text", "jsonl")
+# The largest finite float32 (weights and their updates are float32)
+FLOAT32_MAX = 3.4028234663852886e38
 
 
 def _stemmer_languages() -> set[str]:
@@ -91,8 +93,9 @@ RULES = {
     "teacher.batch_size": (INT, lambda v: v > 0, "a positive integer"),
     "teacher.max_seq_length": (INT, lambda v: v > 0, "a positive integer or null"),
     "teacher.threads": (INT, lambda v: v > 0, "a positive integer or null"),
-    "optimizer.lr": (NUM, lambda v: v > 0, "a number > 0"),
-    "optimizer.weight_decay": (NUM, lambda v: v >= 0, "a number >= 0"),
+    # float32's largest: the optimizer's step multiplies float32 weights by them (lr=1e300: a traceback in Adam's first step)
+    "optimizer.lr": (NUM, lambda v: 0 < v <= FLOAT32_MAX, "a number > 0 (at most float32's 3.4e38)"),
+    "optimizer.weight_decay": (NUM, lambda v: 0 <= v <= FLOAT32_MAX, "a number >= 0 (at most float32's 3.4e38)"),
     "optimizer.momentum": (NUM, lambda v: 0 <= v < 1, "a number in [0, 1)"),
     "scheduler.min_lr_ratio": (NUM, lambda v: 0 <= v <= 1, "a number in [0, 1]"),
     "scheduler.warmup_ratio": (NUM, lambda v: 0 <= v <= 1, "a number in [0, 1] (the share of the steps that warm up)"),
