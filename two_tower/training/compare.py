@@ -506,11 +506,11 @@ def plot(summary: pd.DataFrame, metric: str, path: Path) -> None:
     labels = ["\n".join(textwrap.wrap(s, 50)) for s in summary["system"]]  # whole: configurations may differ at the end
     fig.set_size_inches(7, 0.35 * sum(label.count("\n") + 1 for label in labels) + 0.4 * len(labels) + 1.5)
     ax.set_yticks(y, labels, fontsize=8)
-    ax.set_xlabel(f"{metric}\n(mean over seeds, 95% t CI; gray: baseline; hollow: one run or ranking, no interval)")
+    ax.set_xlabel(f"{metric}\n(mean over seeds, 95% t CI; gray: baseline;\nhollow: one run or ranking, no interval)", fontsize=9)
     ax.invert_yaxis()
     fig.tight_layout()
     with atomic_write(path) as f:
-        fig.savefig(f, dpi=120, format="png")
+        fig.savefig(f, dpi=120, format="png", bbox_inches="tight")  # the axis label was cut at the right (a probe)
     plt.close(fig)
 
 
