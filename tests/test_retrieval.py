@@ -927,11 +927,18 @@ def test_corpus_files_parquet_jsonl_tsv(tmp_path, caplog):
     (tmp_path / "typed.jsonl").write_text('{"id": 1, "text": "a passage"}\n{"id": 2, "text": 5}\n{"id": 3, "text": ["a"]}\n{"id": 4, "text": ""}\n')
     with caplog.at_level("WARNING"):
         assert read_corpus_file(tmp_path / "typed.jsonl").ids == ["1"]
-    assert "skipped 3 of 4 rows with a missing or empty text (2 of them not a string) (the first: id '2')" in caplog.text
+    assert "skipped 3 of 4 rows with a missing or empty text (2 of them not a string) (the first: id '2', line 2)" in caplog.text
     # a nullable integer column's missing id (pd.NA) became the id '<NA>'; now it is a missing id, its row named
     pd.DataFrame({"id": pd.array([1, 2, None], dtype="Int64"), "text": ["a", "b", "c"]}).to_parquet(tmp_path / "na.parquet")
-    with pytest.raises(CorpusError, match=r"na\.parquet: 1 row\(s\) have no 'id' \(the first: row 3 of the rows read\)"):
+    with pytest.raises(CorpusError, match=r"na\.parquet: 1 row\(s\) have no 'id' \(the first: row 3\)"):
         read_corpus_file(tmp_path / "na.parquet")
+    # a text file's rows are named by their lines, skipped and blank ones counted ("row 2 of the rows read" was line 5: a probe)
+    (tmp_path / "noid.tsv").write_text("1\ta\n\nnot two fields\n2\tb\n\tc\n")
+    with pytest.raises(CorpusError, match=r"noid\.tsv: 1 row\(s\) have no 'id' \(the first: line 5\)"):
+        read_corpus_file(tmp_path / "noid.tsv")
+    (tmp_path / "dups.jsonl").write_text('{"id": "x", "text": "a"}\n\n{"id": "y", "text": "b"}\n{"id": "x", "text": "c"}\n')
+    with pytest.raises(CorpusError, match=re.escape("dups.jsonl: 1 id(s) appear more than once ('x' x2 (lines 1, 4)); ids must be unique")):
+        read_corpus_file(tmp_path / "dups.jsonl")
     with pytest.raises(CorpusError, match=r"c\.parquet: missing column\(s\) \['id', 'text'\]"):
         read_corpus_file(tmp_path / "c.parquet")
     (tmp_path / "dup.tsv").write_text("1\ta\n1\tb\n")

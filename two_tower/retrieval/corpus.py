@@ -40,7 +40,7 @@ def _tsv_frame(path: Path) -> pd.DataFrame:
     blank lines are passed over; a BOM may open the file; lines end in \\n or \\r\\n, or, in a file with no \\n at the
     start, in \\r. A lone \\r inside a line of a \\n file is the text's (it ended the line: a stray one in a passage made
     the rest of it a passage of its own, with whatever id followed, and line numbers ran past the editor's)."""
-    ids, texts, skipped = [], [], Skipped()
+    ids, texts, numbers, skipped = [], [], [], Skipped()
     with open(path, "rb") as f:
         start = f.read(1 << 20)
     lone_cr = b"\r" in start and b"\n" not in start
@@ -59,18 +59,19 @@ def _tsv_frame(path: Path) -> pd.DataFrame:
                 if len(fields) == 2:
                     ids.append(fields[0])
                     texts.append(fields[1])
+                    numbers.append(number)
                     continue
                 reason = "not_two_fields"
             skipped.skip(reason, number)
     check_skipped(path, skipped, len(ids), "a line is id<TAB>text")
-    return pd.DataFrame({0: ids, 1: texts}, dtype=object)
+    return pd.DataFrame({0: ids, 1: texts}, dtype=object, index=pd.Index(numbers, name=LINE))
 
 
 def _jsonl_frame(path: Path) -> pd.DataFrame:
     """A jsonl passage file read line by line: lines that are not UTF-8, not JSON or not an object are
     skipped and counted by reason (as in every other jsonl reader), the first of each named, not a failure of
     the whole file; a file of which no line is read (or most are not) is one error saying so."""
-    rows, skipped = [], Skipped()
+    rows, numbers, skipped = [], [], Skipped()
     for number, row in read_jsonl(path, numbered=True):  # the file's line numbers (blank lines are not rows)
         if isinstance(row, UnreadableRow):
             reason = row.reason
@@ -78,10 +79,21 @@ def _jsonl_frame(path: Path) -> pd.DataFrame:
             reason = "row_not_a_mapping"
         else:
             rows.append(row)
+            numbers.append(number)
             continue
         skipped.skip(reason, number)
     check_skipped(path, skipped, len(rows), "a line is one JSON object")
-    return pd.DataFrame(rows, dtype=object)
+    return pd.DataFrame(rows, dtype=object, index=pd.Index(numbers, name=LINE))
+
+
+# The index name of the text readers' frames, whose index is each row's line in the file (a parquet frame's is its row)
+LINE = "line"
+
+
+def where(frame: pd.DataFrame, position: int) -> str:
+    """Where the frame's row at ``position`` is in its file: ``line N`` (tsv, jsonl: blank and skipped lines counted),
+    else ``row N`` (parquet; from 1)."""
+    return f"line {frame.index[position]}" if frame.index.name == LINE else f"row {position + 1}"
 
 
 def check_skipped(path: Path, skipped: Skipped, read: int, what: str) -> None:
@@ -183,9 +195,9 @@ def read_corpus_file(path: str | Path, id_column: str = "id", text_column: str =
         )
     # pd.isna: None, nan, and pandas' own missing values (a nullable Int64 column's <NA> became the id '<NA>')
     ids = ["" if _missing(v) else str(v).strip() for v in frame[id_column].tolist()]
-    if "" in ids:
-        raise CorpusError(f"corpus={path}: {ids.count('')} row(s) have no {id_column!r} (the first: row {ids.index('') + 1} of the "
-                          "rows read); every passage needs an id")
+    if "" in ids:  # where in the file (it said "row 51 of the rows read", not the line, once lines had been skipped: a probe)
+        raise CorpusError(f"corpus={path}: {ids.count('')} row(s) have no {id_column!r} (the first: {where(frame, ids.index(''))}); "
+                          "every passage needs an id")
     raw = frame[text_column].tolist()
     texts = [t.strip() if isinstance(t, str) else "" for t in raw]
     keep = [i for i, t in enumerate(texts) if t]
@@ -194,14 +206,20 @@ def read_corpus_file(path: str | Path, id_column: str = "id", text_column: str =
         other = sum(1 for t in raw if not isinstance(t, str) and t is not None and not (isinstance(t, float) and t != t))
         detail = f" ({other} of them not a string)" if other else ""
         first = next(i for i, t in enumerate(texts) if not t)
-        log.warning("corpus=%s: skipped %d of %d rows with a missing or empty text%s (the first: id %r)", path, len(texts) - len(keep),
-                    len(texts), detail, ids[first])
+        log.warning("corpus=%s: skipped %d of %d rows with a missing or empty text%s (the first: id %r, %s)", path, len(texts) - len(keep),
+                    len(texts), detail, ids[first], where(frame, first))
+    places = [where(frame, i) for i in keep]
     ids, texts = [ids[i] for i in keep], [texts[i] for i in keep]
     if not ids:
         raise CorpusError(f"corpus={path}: no passage with a non-empty text")
     duplicated = pd.Series(ids).value_counts()
     duplicated = duplicated[duplicated > 1]
-    if len(duplicated):
-        examples = ", ".join(f"{i!r} x{n}" for i, n in duplicated.head(3).items())
+    if len(duplicated):  # with the lines (or rows) where the first ones stand
+        at = {i: [] for i in duplicated.head(3).index}
+        for i, place in zip(ids, places):
+            if i in at and len(at[i]) < 3:
+                at[i].append(place.split()[1])
+        kind = places[0].split()[0]
+        examples = ", ".join(f"{i!r} x{n} ({kind}s {', '.join(at[i])}{', ...' if n > 3 else ''})" for i, n in duplicated.head(3).items())
         raise CorpusError(f"corpus={path}: {len(duplicated)} id(s) appear more than once ({examples}); ids must be unique")
     return Passages(ids, texts, {"kind": "file", "path": str(path.resolve())})
