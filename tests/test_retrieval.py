@@ -454,6 +454,22 @@ def test_a_loaded_folder_searches_with_every_saved_search_parameter(trained, tmp
         Searcher.load(out)
 
 
+def test_too_few_training_vectors_for_the_lists_is_one_warning(caplog):
+    """FAISS trains 16 lists on 300 vectors, saying so only in bare stderr lines (hundreds of them with OPQ): the
+    build says it once, with what to change (a probe)."""
+    vectors = np.random.default_rng(0).standard_normal((300, 8)).astype(np.float32)
+    with caplog.at_level("WARNING", logger="two_tower.retrieval.index"):
+        index = build_faiss(vectors, "IVF16,Flat")
+    assert index.ntotal == 300
+    said = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert said == ["index.factory='IVF16,Flat': 300 training vectors for 16 lists; FAISS's k-means asks for 39 a list (624): the lists, "
+                    "and so the search, may be poor; raise index.train_size, or use fewer lists"], said
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="two_tower.retrieval.index"):
+        build_faiss(vectors, "IVF4,Flat")  # 300 >= 4 x 39: nothing to say
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+
+
 def test_compressed_index_folder_round_trips(trained, tmp_path):
     """A folder of an IVF-PQ index (streamed build) loads, and with every list probed and all candidates
     re-ranked answers exactly as the Flat folder of the same passages."""

@@ -113,6 +113,10 @@ def training_rows(num_vectors: int, train_size: int, seed: int = 0) -> np.ndarra
     return np.sort(np.random.default_rng(seed).choice(num_vectors, train_size, replace=False))
 
 
+# The training vectors a list FAISS's k-means asks for (39)
+FAISS_POINTS_PER_CENTROID = faiss.ClusteringParameters().min_points_per_centroid
+
+
 def check_trainable(index: faiss.Index, factory: str, train_size: int, num_vectors: int | None = None) -> None:
     """Refuse an IVF ``index`` (empty, of ``factory``) with more lists than the vectors it would train on: at most
     ``train_size``, and the corpus's ``num_vectors`` when known (None: before the passages are read)."""
@@ -164,7 +168,13 @@ def build_faiss_streamed(
         seconds["vectors"] += time.perf_counter() - clock
         if normalize:
             faiss.normalize_L2(sample)
-        log.info("Training %s on %d vectors", factory, len(sample))
+        nlist = getattr(faiss.try_extract_index_ivf(index), "nlist", 0)
+        if len(sample) < FAISS_POINTS_PER_CENTROID * nlist:  # FAISS's own word is a bare stderr line (hundreds with OPQ)
+            log.warning("index.factory=%r: %d training vectors for %d lists; FAISS's k-means asks for %d a list (%d): the lists, "
+                        "and so the search, may be poor; raise index.train_size, or use fewer lists", factory, len(sample), nlist,
+                        FAISS_POINTS_PER_CENTROID, FAISS_POINTS_PER_CENTROID * nlist)
+        # FAISS's k-means shows no progress of its own: say it may take long
+        log.info("Training %s on %d vectors (FAISS's k-means, no progress shown: minutes for large samples)", factory, len(sample))
         clock = time.perf_counter()
         try:
             index.train(sample)
