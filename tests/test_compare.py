@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 
@@ -449,7 +450,17 @@ def test_runs_on_other_rows_under_one_data_path_are_two_configurations(tmp_path,
         systems = load_configurations(find_runs([tmp_path]), "test/mrr@10")
     assert {name: len(s.runs) for name, s in systems.items()} == {
         f"encoder=gru [data rows=train:{'a' * 12},validation:{'c' * 12}]": 2, f"encoder=gru [data rows=train:{'b' * 12},validation:{'c' * 12}]": 1}
-    assert any("differ in their composed configuration" in r.getMessage() for r in caplog.records)
+    assert any("differ in their composed configuration" in r.getMessage() and "data rows" in r.getMessage() for r in caplog.records)
+    # a run made before fit_ended.json recorded its rows joins the one set of rows the others name (a sweep extended
+    # with new seeds stays one configuration: a review), and is a configuration of its own where they name several
+    (tmp_path / "4").mkdir()
+    write_composed(tmp_path / "4", ["encoder=gru", "seed=4"], composed(4), seed_table(base, 0.0, 4))
+    (tmp_path / "4" / "per_query" / "fit_ended.json").write_text(json.dumps({"epoch": 0, "global_step": 9}))
+    systems = load_configurations(find_runs([tmp_path]), "test/mrr@10")
+    assert sorted(len(s.runs) for s in systems.values()) == [1, 1, 2] and "encoder=gru [data rows=(not recorded)]" in systems
+    shutil.rmtree(tmp_path / "3")
+    systems = load_configurations(find_runs([tmp_path]), "test/mrr@10")
+    assert {name: len(s.runs) for name, s in systems.items()} == {"encoder=gru": 3}
 
 
 def test_runs_composed_before_a_setting_was_added_pool_with_runs_after(tmp_path, caplog):

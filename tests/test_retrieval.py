@@ -438,6 +438,10 @@ def test_a_loaded_folder_searches_with_every_saved_search_parameter(trained, tmp
     assert (ivf.nprobe, ivf.max_codes) == (2, 50)
     ivf = faiss.extract_index_ivf(Searcher.load(out, search_params="nprobe=3").index.index)  # an override changes what it names
     assert (ivf.nprobe, ivf.max_codes) == (3, 50)
+    from two_tower.retrieval.index import effective_search_params  # what serve's /health reports (it said "nprobe=3")
+
+    assert effective_search_params("nprobe=2,max_codes=50", "nprobe=3") == "nprobe=3,max_codes=50"
+    assert effective_search_params(None, "efSearch=64") == "efSearch=64" and effective_search_params(None, None) is None
     # a search that visits part of the corpus returns fewer than k hits: said once (it was silent; a probe)
     searcher = Searcher.load(out, search_params="nprobe=1,max_codes=0", hybrid=False)
     everything = len(searcher.index)

@@ -992,8 +992,9 @@ def test_header_timeout_counts_from_the_previous_response(searcher):
         assert client.recv(4096) == b""  # closed by the server
         closed = time.monotonic() - answered
         client.close()
-    # 2 s after the answer (the accept-time timer: ~4 s); a bound on the server's own timer, not a speed check
-    assert 1.9 <= closed < 3.5, closed
+    # 2 s after the answer (the accept-time timer: ~4 s); a bound on the server's own timer, not a speed check (the
+    # client reads the answer a little after the server armed the timer: a loose lower bound)
+    assert 1.0 <= closed < 3.5, closed
 
 
 def test_server_closes_half_open_connections_and_refuses_beyond_its_cap_at_accept(index_dir):

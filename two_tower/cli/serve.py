@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
             await super().shutdown(sockets=sockets)
             # uvicorn cancels the requests still open after shutdown_timeout and returns; run() then raises the signal
             # again, which ended the process before a cancelled request reached its 503 (the client read EOF: a probe)
-            if self.server_state.tasks:
+            if self.server_state.tasks and not self.force_exit:  # a second Ctrl-C stops at once (nothing was cancelled)
                 await asyncio.wait(set(self.server_state.tasks), timeout=1)
             if self.force_exit:  # a second Ctrl-C: uvicorn skips the app's lifespan end, and asyncio.run then cancelled
                 await self.lifespan.shutdown()  # its waiting task, which logged a ~40-line CancelledError traceback

@@ -228,6 +228,18 @@ def build_faiss(vectors: np.ndarray, factory: str = "Flat", train_size: int = 10
     return build_faiss_streamed(len(vectors), vectors.shape[1], lambda rows: vectors[rows], [vectors], factory, train_size, search_params, seed, normalize=normalize)
 
 
+def effective_search_params(saved: str | None, override: str | None) -> str | None:
+    """The search parameters a loaded folder searches with: its saved ones (set again at load), then ``override``'s,
+    which change only the ones they name (``nprobe=4,max_codes=100`` then ``nprobe=8``: ``nprobe=8,max_codes=100``)."""
+    params: dict[str, str] = {}
+    for text in (saved, override):
+        for part in str(text or "").split(","):
+            name, _, value = part.partition("=")
+            if name.strip():
+                params[name.strip()] = value.strip()
+    return ",".join(f"{name}={value}" for name, value in params.items()) or None
+
+
 # The largest nprobe / efSearch / k_factor_rf FAISS keeps as given (a C int).
 MAX_SEARCH_PARAM = 2**31 - 1
 

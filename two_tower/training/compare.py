@@ -206,12 +206,9 @@ def configuration(run: Path) -> tuple[str, str, dict | None]:
     cwd = run_cwd(run)
     label = config_key(run_overrides(run), cwd)
     config = run_config(run)
-    rows = data_rows(run)
     if config is None:
-        return f"overrides: {label}" + (f" data rows: {rows}" if rows else ""), label, None
+        return f"overrides: {label}", label, None
     settings = composed_settings(config, cwd)
-    if rows:  # runs on other rows under one data.path are other configurations (label_configurations names the rows)
-        settings["data rows"] = rows
     return composed_key(settings), label, settings
 
 
@@ -257,7 +254,8 @@ def label_configurations(groups: dict[str, list], settings: dict[str, dict | Non
                 values = ", ".join(f"{k}={known[group].get(k, '<unset>')}" for k in shown)
                 labels[group] = f"{label} [{values}]" if shown else label  # the one with a config.yaml keeps the plain label
         log.warning("runs with the overrides %r differ in their composed configuration (.hydra/config.yaml, which some may "
-                    "lack; made by other code, or other defaults): compared as %d configurations: %s", label, len(clashing),
+                    "lack; made by other code, or other defaults) or in the rows they trained on (data rows): compared as %d "
+                    "configurations: %s", label, len(clashing),
                     "; ".join(labels[g] for g in clashing))
     if len(set(labels.values())) != len(labels):  # never two configurations under one name (one would be dropped)
         seen: dict[str, int] = {}
@@ -281,6 +279,7 @@ def load_configurations(runs: list[Path], metric: str) -> dict[str, System]:
     composed: dict[str, dict | None] = {}
     seeds: dict[tuple[str, object], Path] = {}  # (configuration, seed) -> the run counted for it
     skipped, reasons = [], []
+    found = []  # (run, its table, configuration, label, settings, data rows)
     for run in runs:
         path = run / "per_query" / filename
         if not path.is_file():  # unfinished or failed, or no such split: said, and left out (see the runs column)
@@ -294,7 +293,20 @@ def load_configurations(runs: list[Path], metric: str) -> dict[str, System]:
             reasons.append(f"training did not end (no per_query/{per_query.FIT_ENDED}: killed, still running, or made before that record without a test split)")
             log.warning("skipped %s: %s", run, reasons[-1])
             continue
-        group, label, settings = configuration(run)
+        found.append((run, path, *configuration(run), data_rows(run)))
+    # Runs of one configuration on other rows under one data.path (its files replaced between seeds: a probe averaged
+    # 4,680 and 2,000 training rows as one) are other configurations, named by their rows. Runs that recorded no rows
+    # (made before fit_ended.json held them) join the one set of rows the others name; where those name several,
+    # they are a configuration of their own, "(not recorded)".
+    recorded: dict[str, set[str]] = {}
+    for _, _, group, _, _, rows in found:
+        if rows:
+            recorded.setdefault(group, set()).add(rows)
+    for run, path, group, label, settings, rows in found:
+        if len(recorded.get(group, ())) > 1:
+            rows = rows or "(not recorded)"
+            group = f"{group} data rows: {rows}"
+            settings = None if settings is None else {**settings, "data rows": rows}
         seed = run_seed(run)
         if seed is not None:
             if (group, seed) in seeds:
