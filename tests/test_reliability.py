@@ -1753,6 +1753,15 @@ def test_ctrl_c_under_ddp_saves_on_rank_0_without_a_barrier(tmp_path):
     assert written == [(0, {"rank": 0, "weights_only": False}, tmp_path / "checkpoints" / "last.ckpt")]
     # its watcher SIGKILLed the launcher once Lightning had SIGKILLed rank 1 (status 137 instead of 1)
     assert observer._child_processes == []
+    # Ctrl-C that reached rank 1 alone: rank 0's next collective fails (gloo), and rank 0 saves alone there too (it
+    # saved nothing: every step since the last epoch lost; a probe); rank 1 says why it stopped
+    written.clear()
+    lost = RuntimeError("[../third_party/gloo/gloo/transport/tcp/pair.cc:534] Connection closed by peer [127.0.0.1]:1234")
+    for rank in (1, 0):
+        CheckpointOnStop(str(tmp_path / "checkpoints")).on_exception(trainer(rank), None, lost)
+    assert written == [(0, {"rank": 0, "weights_only": False}, tmp_path / "checkpoints" / "last.ckpt")]
+    CheckpointOnStop(str(tmp_path / "checkpoints")).on_exception(trainer(0), None, RuntimeError("another failure"))  # not a lost peer
+    assert len(written) == 1
     # one process: Lightning's own save, as before
     saved = []
     one = SimpleNamespace(**{**vars(trainer(0)), "world_size": 1, "save_checkpoint": saved.append})
