@@ -1719,6 +1719,8 @@ def test_ctrl_c_under_ddp_saves_on_rank_0_without_a_barrier(tmp_path):
     checkpoint alone and no process waits for another."""
     from types import SimpleNamespace
 
+    from lightning.pytorch.trainer.states import TrainerFn
+
     from two_tower.training.callbacks import CheckpointOnStop
 
     written = []
@@ -1729,6 +1731,7 @@ def test_ctrl_c_under_ddp_saves_on_rank_0_without_a_barrier(tmp_path):
 
         strategy = SimpleNamespace(save_checkpoint=lambda checkpoint, path: written.append((rank, checkpoint, path)))
         return SimpleNamespace(world_size=2, is_global_zero=rank == 0, global_rank=rank, global_step=7, current_epoch=0, validating=False,
+                               state=SimpleNamespace(fn=TrainerFn.FITTING),
                                sanity_checking=False, loggers=[], save_checkpoint=barrier_save, strategy=strategy,
                                _checkpoint_connector=SimpleNamespace(dump_checkpoint=lambda weights_only: {"rank": rank, "weights_only": weights_only}))
 
@@ -1753,15 +1756,15 @@ def test_ctrl_c_under_ddp_saves_on_rank_0_without_a_barrier(tmp_path):
     assert written == [(0, {"rank": 0, "weights_only": False}, tmp_path / "checkpoints" / "last.ckpt")]
     # its watcher SIGKILLed the launcher once Lightning had SIGKILLed rank 1 (status 137 instead of 1)
     assert observer._child_processes == []
-    # Ctrl-C that reached rank 1 alone: rank 0's next collective fails (gloo), and rank 0 saves alone there too (it
-    # saved nothing: every step since the last epoch lost; a probe); rank 1 says why it stopped
+    # another process's end (a Ctrl-C that reached rank 1 alone) is not saved by rank 0: its checkpoint's gather of the
+    # RNG states fails on the broken group and cut Lightning's clean-up short (a review)
     written.clear()
     lost = RuntimeError("[../third_party/gloo/gloo/transport/tcp/pair.cc:534] Connection closed by peer [127.0.0.1]:1234")
-    for rank in (1, 0):
-        CheckpointOnStop(str(tmp_path / "checkpoints")).on_exception(trainer(rank), None, lost)
-    assert written == [(0, {"rank": 0, "weights_only": False}, tmp_path / "checkpoints" / "last.ckpt")]
-    CheckpointOnStop(str(tmp_path / "checkpoints")).on_exception(trainer(0), None, RuntimeError("another failure"))  # not a lost peer
-    assert len(written) == 1
+    CheckpointOnStop(str(tmp_path / "checkpoints")).on_exception(trainer(0), None, lost)
+    # nor the test pass after training: the trainer holds the best epoch's weights with the last epoch's loops (a review)
+    testing = SimpleNamespace(**{**vars(trainer(0)), "state": SimpleNamespace(fn=TrainerFn.TESTING)})
+    CheckpointOnStop(str(tmp_path / "checkpoints")).on_exception(testing, None, KeyboardInterrupt())
+    assert written == []
     # one process: Lightning's own save, as before
     saved = []
     one = SimpleNamespace(**{**vars(trainer(0)), "world_size": 1, "save_checkpoint": saved.append})

@@ -126,37 +126,43 @@ class CheckpointOnStop(L.Callback):
             trainer._signal_connector.received_sigterm = True
 
     def on_exception(self, trainer, pl_module, exception):
-        from two_tower.training.processes import lost_peer, stop_lightning_observer
+        from lightning.pytorch.trainer.states import TrainerFn
+
+        from two_tower.training.processes import stop_lightning_observer
 
         interrupted = isinstance(exception, KeyboardInterrupt)
-        # another process of the run ended (a Ctrl-C that reached it alone, a crash): this one's next collective failed.
-        # Saved here too, by rank 0 alone: a Ctrl-C to rank 1 lost every step since the last epoch (a probe)
-        lost = trainer.world_size > 1 and lost_peer(exception)
-        if not (interrupted or lost or isinstance(exception, SIGTERMException)):
+        if not (interrupted or isinstance(exception, SIGTERMException)):
+            # Not another process's end either (a Ctrl-C that reached rank 1 alone): saving here, rank 0's gather of the
+            # RNG states failed on the broken group and cut Lightning's own clean-up short (a review). The launcher's
+            # line names the last checkpoint written.
             return
         if interrupted and not trainer.is_global_zero:  # Lightning says it on rank 0 only: the launcher's line points here
             log.warning("Process of rank %d stopped by Ctrl-C", trainer.global_rank)
-        if lost:  # the launcher's error line says which process ended how, and what was saved (processes.py)
-            self.reason = self.reason or "another process's end"
         self.reason = self.reason or ("Ctrl-C" if interrupted else "SIGTERM")
         for logger in trainer.loggers:  # rows logged since the last flush (the validation just ended: a resumed run skips it)
             logger.save()
-        if (interrupted or lost) and trainer.validating and not trainer.sanity_checking:
+        if trainer.state.fn != TrainerFn.FITTING:
+            # the test pass after training: the trainer holds the best epoch's weights with the last epoch's loops and
+            # optimizer, a mixture last.ckpt must not become (a review); the one training wrote at its end stays
+            if trainer.is_global_zero:
+                log.warning("Stopped by %s during the test pass, after training: %s kept as training left it; the test split was "
+                            "not scored", self.reason, self.path)
+            return
+        if interrupted and trainer.validating and not trainer.sanity_checking:
             # Saved now, the checkpoint would say the epoch's training was done and the resumed run would skip this
             # validation (the epoch never validated, its best checkpoint never kept). Ctrl-C does not wait for the
             # validation to end, as SIGTERM does: the last checkpoint, from before it, is kept, and the resumed run
             # trains on from there and validates every epoch.
-            if trainer.is_global_zero and not lost:
+            if trainer.is_global_zero:
                 kept = f"kept {self.path}, from before it" if self.path.is_file() else "nothing saved (no checkpoint yet)"
                 log.warning("Stopped by Ctrl-C during a validation (epoch %d): %s. Resume with the same command plus %s",
                             trainer.current_epoch, kept, resume_settings(self.path.parent.parent))
             return
         if trainer.global_step > 0:
-            if (interrupted or lost) and trainer.world_size > 1:
+            if interrupted and trainer.world_size > 1:
                 # Ctrl-C stops each process wherever it was (one in the all-reduce above, another in backward), so
                 # Trainer.save_checkpoint's barrier hung every process for good, SIGTERM and a second Ctrl-C ignored (a
-                # probe), and a process that lost another has none to meet: rank 0 writes alone, with no collective
-                # (its RNG and running sums alone, gathered_for_checkpoint)
+                # probe): rank 0 writes alone, with no collective (its RNG and running sums alone, gathered_for_checkpoint)
                 if not trainer.is_global_zero:
                     return
                 trainer.strategy.save_checkpoint(trainer._checkpoint_connector.dump_checkpoint(False), self.path)
@@ -165,11 +171,11 @@ class CheckpointOnStop(L.Callback):
                 stop_lightning_observer()
             else:
                 trainer.save_checkpoint(self.path)  # every process: a collective under DDP, written by rank 0
-            if not trainer.is_global_zero or lost:
+            if not trainer.is_global_zero:
                 return
             log.warning("Stopped by %s before training ended: saved %s at epoch %d, step %d. Resume with the same command plus %s",
                         self.reason, self.path, trainer.current_epoch, trainer.global_step, resume_settings(self.path.parent.parent))
-        elif trainer.is_global_zero and not lost:
+        elif trainer.is_global_zero:
             log.warning("Stopped by %s before the first training step: nothing to save", self.reason)
 
 
