@@ -90,10 +90,15 @@ def _jsonl_frame(path: Path) -> pd.DataFrame:
 LINE = "line"
 
 
+def place(frame: pd.DataFrame, position: int) -> tuple[str, int]:
+    """Where the frame's row at ``position`` is in its file: ("line", N) (tsv, jsonl: blank and skipped lines counted),
+    else ("row", N) (parquet; from 1)."""
+    return ("line", int(frame.index[position])) if frame.index.name == LINE else ("row", position + 1)
+
+
 def where(frame: pd.DataFrame, position: int) -> str:
-    """Where the frame's row at ``position`` is in its file: ``line N`` (tsv, jsonl: blank and skipped lines counted),
-    else ``row N`` (parquet; from 1)."""
-    return f"line {frame.index[position]}" if frame.index.name == LINE else f"row {position + 1}"
+    """``place`` as text: ``line N`` or ``row N``."""
+    return "%s %d" % place(frame, position)
 
 
 def check_skipped(path: Path, skipped: Skipped, read: int, what: str) -> None:
@@ -208,18 +213,17 @@ def read_corpus_file(path: str | Path, id_column: str = "id", text_column: str =
         first = next(i for i, t in enumerate(texts) if not t)
         log.warning("corpus=%s: skipped %d of %d rows with a missing or empty text%s (the first: id %r, %s)", path, len(texts) - len(keep),
                     len(texts), detail, ids[first], where(frame, first))
-    places = [where(frame, i) for i in keep]
     ids, texts = [ids[i] for i in keep], [texts[i] for i in keep]
     if not ids:
         raise CorpusError(f"corpus={path}: no passage with a non-empty text")
     duplicated = pd.Series(ids).value_counts()
     duplicated = duplicated[duplicated > 1]
-    if len(duplicated):  # with the lines (or rows) where the first ones stand
-        at = {i: [] for i in duplicated.head(3).index}
-        for i, place in zip(ids, places):
+    if len(duplicated):  # with the lines (or rows) where the first ones stand, found only now (not for every passage)
+        at: dict[str, list[int]] = {i: [] for i in duplicated.head(3).index}
+        for i, position in zip(ids, keep):
             if i in at and len(at[i]) < 3:
-                at[i].append(place.split()[1])
-        kind = places[0].split()[0]
-        examples = ", ".join(f"{i!r} x{n} ({kind}s {', '.join(at[i])}{', ...' if n > 3 else ''})" for i, n in duplicated.head(3).items())
+                at[i].append(place(frame, position)[1])
+        kind = place(frame, keep[0])[0]
+        examples = ", ".join(f"{i!r} x{n} ({kind}s {', '.join(map(str, at[i]))}{', ...' if n > 3 else ''})" for i, n in duplicated.head(3).items())
         raise CorpusError(f"corpus={path}: {len(duplicated)} id(s) appear more than once ({examples}); ids must be unique")
     return Passages(ids, texts, {"kind": "file", "path": str(path.resolve())})
