@@ -228,15 +228,25 @@ def build_faiss(vectors: np.ndarray, factory: str = "Flat", train_size: int = 10
     return build_faiss_streamed(len(vectors), vectors.shape[1], lambda rows: vectors[rows], [vectors], factory, train_size, search_params, seed, normalize=normalize)
 
 
+def search_param_items(params: str | None) -> list[tuple[str, str]]:
+    """``nprobe=32,max_codes=100`` as [(name, value), ...], stripped, in order (FAISS's ``ParameterSpace`` text)."""
+    items = []
+    for text in str(params or "").split(","):
+        name, _, value = text.partition("=")
+        if name.strip():
+            items.append((name.strip(), value.strip()))
+    return items
+
+
+def saved_search_params(manifest: dict) -> str | None:
+    """The search parameters a folder was built with (``index.search_params`` of its manifest's config), or None."""
+    return ((manifest.get("config") or {}).get("index") or {}).get("search_params")
+
+
 def effective_search_params(saved: str | None, override: str | None) -> str | None:
     """The search parameters a loaded folder searches with: its saved ones (set again at load), then ``override``'s,
     which change only the ones they name (``nprobe=4,max_codes=100`` then ``nprobe=8``: ``nprobe=8,max_codes=100``)."""
-    params: dict[str, str] = {}
-    for text in (saved, override):
-        for part in str(text or "").split(","):
-            name, _, value = part.partition("=")
-            if name.strip():
-                params[name.strip()] = value.strip()
+    params = dict(search_param_items(saved)) | dict(search_param_items(override))
     return ",".join(f"{name}={value}" for name, value in params.items()) or None
 
 
@@ -252,9 +262,7 @@ def set_search_params(index: faiss.Index, params: str, setting: str, kind: str) 
     so 2^31 wrapped to 0 (the same) and ``efSearch=4294967297`` to 1 (searches returned 1 hit of 5, not the best: a
     probe). ``setting``: how the user gave them (``index.search_params='nprobe=0'``); ``kind``: the index's factory or
     type, for the message."""
-    for part in str(params).split(","):
-        name, _, value = part.partition("=")
-        name, value = name.strip(), value.strip()
+    for name, value in search_param_items(params):
         if name in ("nprobe", "efSearch", "k_factor_rf"):
             try:
                 number = float(value) if name == "k_factor_rf" else int(value)
@@ -468,7 +476,7 @@ class PassageIndex:
             raise IndexFolderError(f"{path / FAISS_FILE}: not a readable FAISS index ({err}); rebuild the folder") from err
         # The index's saved search parameters again: FAISS's file keeps nprobe and efSearch but not max_codes or
         # polysemous ht, which a loaded folder dropped while its manifest still named them (a probe)
-        built = ((manifest.get("config") or {}).get("index") or {}).get("search_params")
+        built = saved_search_params(manifest)
         if built:
             try:
                 set_search_params(index, str(built), f"index.search_params={built!r}", (manifest.get("faiss") or {}).get("type", "FAISS"))

@@ -55,7 +55,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from two_tower.core.errors import ConfigError, EmptyQueryError
 from two_tower.data.tokenizer import WindowCount
-from two_tower.retrieval.index import effective_search_params
+from two_tower.retrieval.index import effective_search_params, saved_search_params
 from two_tower.retrieval.search import Searcher
 
 STATIC = Path(__file__).parent / "static"
@@ -465,12 +465,11 @@ def create_app(
     # --- health ------------------------------------------------------------------------------------
 
     manifest = index.manifest
-    built_params = (manifest.get("config") or {}).get("index", {}).get("search_params")
     index_info = {
         "path": str(Path(index.path).resolve()),
         "created": manifest.get("created"),
         "faiss": manifest.get("faiss"),
-        "search_params": effective_search_params(built_params, search_params),  # an override adds to the saved ones
+        "search_params": effective_search_params(saved_search_params(manifest), search_params),  # an override adds to the saved ones
         "source": manifest.get("source"),
         "files": manifest.get("files"),
         # how hits are ranked: dense alone, or dense + BM25 fused with these weights (Searcher.hybrid_search)
