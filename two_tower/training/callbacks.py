@@ -128,12 +128,10 @@ class CheckpointOnStop(L.Callback):
     def on_exception(self, trainer, pl_module, exception):
         from lightning.pytorch.trainer.states import TrainerFn
 
-        from two_tower.training.processes import stop_lightning_observer
-
         interrupted = isinstance(exception, KeyboardInterrupt)
         if not (interrupted or isinstance(exception, SIGTERMException)):
-            # Not another process's end either (a Ctrl-C that reached rank 1 alone): saving here, rank 0's gather of the
-            # RNG states failed on the broken group and cut Lightning's own clean-up short (a review). The launcher's
+            # Nor when another process ended (a Ctrl-C that reached rank 1 alone): the checkpoint's gather of the RNG
+            # states raises on the broken group, which cut Lightning's own clean-up short (a review); the launcher's
             # line names the last checkpoint written.
             return
         if interrupted and not trainer.is_global_zero:  # Lightning says it on rank 0 only: the launcher's line points here
@@ -168,6 +166,8 @@ class CheckpointOnStop(L.Callback):
                 trainer.strategy.save_checkpoint(trainer._checkpoint_connector.dump_checkpoint(False), self.path)
                 # Lightning SIGKILLs the processes it started next, and its watcher of them then SIGKILLed this one too
                 # (status 137, read as "out of memory?", 4 of 9 Ctrl-Cs in a probe, instead of 1)
+                from two_tower.training.processes import stop_lightning_observer
+
                 stop_lightning_observer()
             else:
                 trainer.save_checkpoint(self.path)  # every process: a collective under DDP, written by rank 0

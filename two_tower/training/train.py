@@ -418,9 +418,10 @@ def _train(cfg: DictConfig) -> dict[str, float]:
         with stopped_by_sigterm("stopped by SIGTERM while preparing the data, before training: nothing was trained or "
                                 "saved, and no half-made cache entry is left; run the command again"):
             datamodule = build_datamodule(cfg)
-            if ckpt_path:  # a run saved before words kept their combining marks tokenizes as it was trained
+            if ckpt_path:
+                # a run saved before words kept their combining marks tokenizes as it was trained
                 datamodule.tokenizer_settings["unicode_words"] = bool(state["tokenizer"].get("unicode_words", False))
-            if ckpt_path:  # before the pools are mined with it
+                # a replaced negatives.checkpoint, before the pools are mined with it
                 check_resume_negatives(ckpt_path, state, getattr(datamodule.negatives, "checkpoint_digest", None))
             run_record.work_started()  # tokenizing, distilling, mining: a refusal from here on keeps the run folder's log
             datamodule.prepare_data()
