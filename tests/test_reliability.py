@@ -612,6 +612,58 @@ def test_atomic_write_keeps_the_old_file_whole_when_the_write_fails(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
 
 
+def _folder_with(path, text):
+    path.mkdir()
+    (path / "manifest.json").write_text(text)
+
+
+def test_replacing_a_folder_swaps_it_in_one_step_where_the_system_can(tmp_path, monkeypatch):
+    """index.py overwrite=true renamed the old folder aside, then the new one in: a reader between the two found no
+    folder. Linux exchanges the two in one call (renameat2); no rename of the destination happens otherwise."""
+    import two_tower.core.atomic as atomic
+
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    if not atomic._exchange(tmp_path / "a", tmp_path / "b"):
+        pytest.skip("renameat2(RENAME_EXCHANGE) is not offered here")
+    (tmp_path / "a").rmdir(), (tmp_path / "b").rmdir()
+    dest = tmp_path / "idx"
+    _folder_with(dest, "old")
+    renamed = []
+    real_replace = os.replace
+    monkeypatch.setattr(atomic.os, "replace", lambda a, b: (renamed.append((a, b)), real_replace(a, b)))
+    with atomic.atomic_folder(dest, replace=True) as staged:
+        (staged / "manifest.json").write_text("new")
+    assert renamed == [] and (dest / "manifest.json").read_text() == "new"
+    assert [p.name for p in tmp_path.iterdir()] == ["idx"]
+
+
+def test_a_folder_replace_interrupted_between_its_two_renames_keeps_the_old_folder(tmp_path, monkeypatch):
+    """Where no exchange exists, a Ctrl-C between renaming the old folder aside and the new one in left the old
+    one under a temp name (deleted later by the sweep) and nothing at the destination."""
+    import two_tower.core.atomic as atomic
+
+    monkeypatch.setattr(atomic, "_renameat2", None)
+    dest = tmp_path / "idx"
+    _folder_with(dest, "old")
+    real_replace, calls = os.replace, []
+
+    def interrupted_second(a, b):
+        calls.append(b)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_replace(a, b)
+
+    monkeypatch.setattr(atomic.os, "replace", interrupted_second)
+    with pytest.raises(KeyboardInterrupt):
+        with atomic.atomic_folder(dest, replace=True) as staged:
+            (staged / "manifest.json").write_text("new")
+    assert (dest / "manifest.json").read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["idx"]
+    monkeypatch.setattr(atomic.os, "replace", real_replace)
+    with atomic.atomic_folder(dest, replace=True) as staged:  # and without the fault, the two renames replace it
+        (staged / "manifest.json").write_text("new")
+    assert (dest / "manifest.json").read_text() == "new" and [p.name for p in tmp_path.iterdir()] == ["idx"]
+
+
 def test_a_full_disk_during_a_checkpoint_write_is_one_line_and_keeps_the_previous_one(tmp_path, monkeypatch):
     """torch's writer raises a RuntimeError ('unexpected pos ...') over the OSError: four chained tracebacks, exit 1."""
     import two_tower.training.checkpoint_io as checkpoint_io

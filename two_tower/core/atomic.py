@@ -12,6 +12,8 @@ Imports nothing of the project's but its error base class (bottom layer).
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import errno
 import fcntl
 import hashlib
@@ -29,6 +31,22 @@ log = logging.getLogger(__name__)
 
 _HOST = hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]
 _TEMP = re.compile(r"^\..+\.tmp-(?P<host>[0-9a-f]{8})-(?P<pid>\d+)-[0-9a-f]{8}$")
+
+_AT_FDCWD, _RENAME_EXCHANGE = -100, 2  # <fcntl.h>, <linux/fs.h>
+
+
+def _find_renameat2():
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+        call = libc.renameat2  # glibc >= 2.28
+    except (OSError, AttributeError):
+        return None
+    call.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    call.restype = ctypes.c_int
+    return call
+
+
+_renameat2 = _find_renameat2()
 
 
 def temp_path(path: str | os.PathLike) -> Path:
@@ -142,7 +160,8 @@ def atomic_folder(path: str | os.PathLike, replace: bool = False):
     ``replace=False``: if ``dest`` appears meanwhile (another process wrote the same thing), ours is
     discarded and ``FileExistsError`` is raised; the caller decides whether that is fine. The commit
     (existence check + rename) holds an exclusive lock on the parent folder, so two writers of the same
-    ``dest`` cannot both succeed. ``replace=True`` swaps the old folder out and the new one in.
+    ``dest`` cannot both succeed. ``replace=True`` swaps the old folder out and the new one in (``_swap_in``):
+    ``dest`` names the old folder or the new one at every instant, never nothing.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -155,16 +174,45 @@ def atomic_folder(path: str | os.PathLike, replace: bool = False):
             if path.exists():
                 if not replace:
                     raise FileExistsError(errno.EEXIST, "already exists", str(path))
-                old = temp_path(path)
-                os.replace(path, old)
-                os.replace(tmp, path)
-                _remove(old)
+                _swap_in(tmp, path)
             else:
                 os.replace(tmp, path)
         fsync_folder(path.parent)
     except BaseException:
         _remove(tmp)
         raise
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two existing paths in one system call (Linux ``renameat2(RENAME_EXCHANGE)``); False where the call
+    or the filesystem does not offer it (other systems, old kernels or C libraries, some network filesystems)."""
+    if _renameat2 is None:
+        return False
+    if _renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def _swap_in(new: Path, path: Path) -> None:
+    """Put the folder ``new`` at ``path`` in place of the folder there, and remove the old one. One atomic
+    exchange where the system has it; elsewhere two renames, and an interruption between them (Ctrl-C, an
+    error) puts the old folder back, so ``path`` is never left missing with the old content under a temp name
+    (which ``sweep_stale_temps`` would later delete)."""
+    if _exchange(new, path):
+        _remove(new)  # now the old folder
+        return
+    old = temp_path(path)
+    os.replace(path, old)
+    try:
+        os.replace(new, path)
+    except BaseException:
+        if not os.path.lexists(path):
+            os.replace(old, path)
+        raise
+    _remove(old)
 
 
 @contextlib.contextmanager
