@@ -458,16 +458,27 @@ def test_a_loaded_folder_searches_with_every_saved_search_parameter(trained, tmp
         Searcher.load(out)
 
 
-def test_too_few_training_vectors_for_the_lists_is_one_warning(caplog):
+def test_too_few_training_vectors_for_the_lists_is_one_warning(caplog, capfd):
     """FAISS trains 16 lists on 300 vectors, saying so only in bare stderr lines (hundreds of them with OPQ): the
-    build says it once, with what to change (a probe)."""
+    build says it once, with what to change (a probe), and FAISS's own lines are not written."""
     vectors = np.random.default_rng(0).standard_normal((300, 8)).astype(np.float32)
+    capfd.readouterr()
     with caplog.at_level("WARNING", logger="two_tower.retrieval.index"):
         index = build_faiss(vectors, "IVF16,Flat")
-    assert index.ntotal == 300
+    assert index.ntotal == 300 and "WARNING clustering" not in capfd.readouterr().err
     said = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert said == ["index.factory='IVF16,Flat': 300 training vectors for 16 lists; FAISS's k-means asks for 39 a list (624): the lists, "
                     "and so the search, may be poor; raise index.train_size, or use fewer lists"], said
+    caplog.clear()
+    # PQ's codebooks (256 centroids each) under OPQ's iterations: 400-odd FAISS lines became one warning, counted
+    with caplog.at_level("WARNING", logger="two_tower.retrieval.index"):
+        build_faiss(np.random.default_rng(1).standard_normal((2000, 16)).astype(np.float32), "OPQ4,IVF4,PQ4")
+    assert "WARNING clustering" not in capfd.readouterr().err
+    said = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(said) == 1 and re.fullmatch(
+        r"index.factory='OPQ4,IVF4,PQ4': FAISS's k-means had fewer training vectors than it asks for in (\d+) of its clusterings \(e.g. "
+        r"2000 vectors for 256 centroids, it asks for 9984\): the codes or lists may be poor; raise index.train_size, or use a smaller factory",
+        said[0]) and int(re.search(r"in (\d+) of", said[0])[1]) > 4, said
     caplog.clear()
     with caplog.at_level("WARNING", logger="two_tower.retrieval.index"):
         build_faiss(vectors, "IVF4,Flat")  # 300 >= 4 x 39: nothing to say

@@ -25,7 +25,10 @@ import math
 import numbers
 import os
 import pickle
+import re
 import shutil
+import sys
+import tempfile
 import threading
 import time
 import warnings
@@ -129,6 +132,38 @@ def check_trainable(index: faiss.Index, factory: str, train_size: int, num_vecto
                           + "or use fewer lists, or Flat)")
 
 
+_CLUSTERING_WARNING = re.compile(rb"^WARNING clustering (\d+) points to (\d+) centroids: please provide at least (\d+) training points\s*$")
+
+
+@contextlib.contextmanager
+def faiss_clustering_warnings_counted(factory: str, said_for_lists: int = 0):
+    """FAISS's k-means writes one bare stderr line each time it clusters fewer than 39 vectors a centroid: once per
+    PQ sub-quantizer and per OPQ iteration (408 lines for ``OPQ8,IVF16,PQ8`` on 2,000 vectors, a probe). Here the
+    C library's stderr is read aside while the index trains; those lines become one warning, the rest is passed on.
+    ``said_for_lists``: the IVF's list count when its own warning was already given (its one clustering not counted)."""
+    with tempfile.TemporaryFile() as aside:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(aside.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            aside.seek(0)
+            lines = aside.read().splitlines(keepends=True)
+            warned = [found for found in map(_CLUSTERING_WARNING.match, lines) if found and int(found[2]) != said_for_lists]
+            rest = b"".join(line for line in lines if not _CLUSTERING_WARNING.match(line))
+            if rest:
+                os.write(2, rest)
+            if warned:
+                points, centroids, wanted = (int(x) for x in warned[0].groups())
+                log.warning("index.factory=%r: FAISS's k-means had fewer training vectors than it asks for in %d of its clusterings "
+                            "(e.g. %d vectors for %d centroids, it asks for %d): the codes or lists may be poor; raise "
+                            "index.train_size, or use a smaller factory", factory, len(warned), points, centroids, wanted)
+
+
 # Vectors added to a graph or quantized index between two moves of its progress bar (a chunk of index.add_chunk
 # passages is added in pieces of this many; Flat adds each chunk at once).
 ADD_PIECE = 20_000
@@ -169,7 +204,8 @@ def build_faiss_streamed(
         if normalize:
             faiss.normalize_L2(sample)
         nlist = getattr(faiss.try_extract_index_ivf(index), "nlist", 0)
-        if len(sample) < FAISS_POINTS_PER_CENTROID * nlist:  # FAISS's own word is a bare stderr line (hundreds with OPQ)
+        said_for_lists = nlist if len(sample) < FAISS_POINTS_PER_CENTROID * nlist else 0
+        if said_for_lists:  # FAISS's own word is a bare stderr line, counted below with the others
             log.warning("index.factory=%r: %d training vectors for %d lists; FAISS's k-means asks for %d a list (%d): the lists, "
                         "and so the search, may be poor; raise index.train_size, or use fewer lists", factory, len(sample), nlist,
                         FAISS_POINTS_PER_CENTROID, FAISS_POINTS_PER_CENTROID * nlist)
@@ -177,7 +213,8 @@ def build_faiss_streamed(
         log.info("Training %s on %d vectors (FAISS's k-means, no progress shown: minutes for large samples)", factory, len(sample))
         clock = time.perf_counter()
         try:
-            index.train(sample)
+            with faiss_clustering_warnings_counted(factory, said_for_lists):
+                index.train(sample)
         except RuntimeError as err:  # e.g. PQ's 2^nbits centroids need at least as many training vectors
             message = " ".join(str(err).rsplit("Error: ", 1)[-1].rsplit("failed: ", 1)[-1].split())  # FAISS's reason, without its C++ location
             raise ConfigError(f"index.factory={factory!r} cannot be trained on {len(rows)} vectors: {message[:300]}; use a smaller factory or Flat") from err
