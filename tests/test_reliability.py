@@ -354,6 +354,11 @@ def test_overrides_hydra_cannot_compose_are_one_line():
     assert composition_error("train", ["loss.bogus=1"]).startswith("loss.bogus: no such setting in train.yaml with the options chosen")
     assert composition_error("evaluate", ["retriever=bogus"]).startswith("In 'evaluate': Could not find 'retriever/bogus' Available options in 'retriever': bm25")
     assert "Config search path" not in composition_error("evaluate", ["retriever=bogus"])
+    # a misspelled option in a list, the documented way to select retrievers: Hydra said "Could not load
+    # 'retriever/bm26'." without the options (a probe)
+    assert composition_error("evaluate", ["retriever=[bm25,bm26]"]) == composition_error("evaluate", ["retriever=bm26"]) == (
+        "In 'evaluate': Could not find 'retriever/bm26' Available options in 'retriever': bm25 bm25_stemmed dense dense_prf hybrid "
+        "maxsim smoothed teacher teacher_prf")
     assert "--multirun" in composition_error("train", ["seed=1,2"])
     assert composition_error("train", ["loss=triplet", "loss.margin=0.3", "hydra.run.dir=/x"]) is None
     assert composition_error("train", ["+encoder.packing=packed"]) == (  # how it had to be set before encoder/rnn.yaml had it

@@ -245,6 +245,13 @@ def hydra_error_line(config_name: str, err: Exception, argv: list[str] = ()) -> 
     if twice:  # +group=option for a group the config already has: Hydra's words speak of a defaults list
         group, option = twice.groups()
         return f"+{group}={option}: {config_name}.yaml already has the {group} group; select the option without +: {group}={option}"
+    missing = re.match(r"In '[^']+': Could not load '([\w.@-]+)/([^'/]+)'\.", message)
+    if missing and (Path(CONF_DIR) / missing.group(1)).is_dir() and not (Path(CONF_DIR) / missing.group(1) / f"{missing.group(2)}.yaml").is_file():
+        # a misspelled option in a list (retriever=[bm25,bm26]): Hydra says "Could not load" without the options it
+        # lists for a single one (retriever=bm26)
+        group, option = missing.groups()
+        options = " ".join(sorted(p.stem for p in (Path(CONF_DIR) / group).glob("*.yaml")))
+        return f"In '{config_name}': Could not find '{group}/{option}' Available options in '{group}': {options}"
     present = re.match(r"Could not append to config. An item is already at '([^']+)'", message)
     if present:  # e.g. +encoder.packing=packed from a run made before the config had the key
         key = present.group(1)
