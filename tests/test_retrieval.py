@@ -2156,3 +2156,32 @@ def test_threads_setting_sets_faiss_threads_too():
         assert faiss.omp_get_max_threads() == 2
     finally:
         faiss.omp_set_num_threads(omp_before)
+
+
+def test_searcher_ndcg_scores_the_searchers_order_and_a_query_it_refuses_as_0(trained, tmp_path, monkeypatch, capsys):
+    """experiments/zero_shot/searcher_ndcg.py gave ranx the hits' scores, and ranx orders tied scores its own way: with
+    passages of one text it scored another ranking than the Searcher returned (and evaluate.py ranks: lower row first).
+    A query without a searchable word (the Searcher refuses it) ended the script in a traceback (a probe)."""
+    import runpy
+
+    beir = tmp_path / "beir"
+    (beir / "qrels").mkdir(parents=True)
+    corpus = [{"_id": f"d{i:02d}", "text": "wing lift at high speed"} for i in range(30)] + [{"_id": "e1", "text": "engine drag"}]
+    (beir / "corpus.jsonl").write_text("".join(json.dumps(row) + "\n" for row in corpus))
+    (beir / "queries.jsonl").write_text(json.dumps({"_id": "q1", "text": "wing lift"}) + "\n" + json.dumps({"_id": "q2", "text": "?!"}) + "\n")
+    (beir / "qrels" / "ties.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td25\t1\n")  # the 26th of 30 tied passages
+    (beir / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td25\t1\nq2\te1\t1\n")
+    index = tmp_path / "index"
+    build_index(compose_retrieval("index", [f"ckpt={trained['ckpt']}", f"data.path={beir}", f"out={index}", "hybrid.enabled=false"]))
+    hits = Searcher.load(index).search(["wing lift"], k=100)[0]
+    assert [h.id for h in hits[:30]] == [f"d{i:02d}" for i in range(30)] and len({h.score for h in hits[:30]}) == 1  # tied, in row order
+
+    def script(split):
+        monkeypatch.setattr("sys.argv", ["searcher_ndcg.py", str(index), str(beir), "--split", split])
+        runpy.run_path(str(Path(__file__).resolve().parents[1] / "experiments" / "zero_shot" / "searcher_ndcg.py"), run_name="__main__")
+        return capsys.readouterr().out.strip().splitlines()[-1]
+
+    expected = evaluate(compose_retrieval("evaluate", [f"ckpt={trained['ckpt']}", f"data.path={beir}", "split=ties", f"out={tmp_path / 'out'}"]))["dense"]
+    assert (expected["mrr@10"], expected["recall@100"]) == (0.0, 1.0)  # rank 26
+    assert script("ties") == "1 queries, dense: ndcg@10 0.0000, mrr@10 0.0000, recall@100 1.0000"
+    assert script("test") == "2 queries (1 without a searchable word score 0), dense: ndcg@10 0.0000, mrr@10 0.0000, recall@100 0.5000"

@@ -1,6 +1,7 @@
 """nDCG@10, MRR@10 and Recall@100 of an index folder searched through the Python API
 (``Searcher.load(DIR).search(queries, k=100)``) against a BEIR folder's test qrels, scored by ranx
-(an independent implementation of the metrics evaluate.py computes).
+(an independent implementation of the metrics evaluate.py computes), given the order the Searcher returned (its tied
+scores too). A query without a searchable word, which the Searcher refuses, scores 0 (the line says how many).
 
     python experiments/zero_shot/searcher_ndcg.py INDEX_DIR ../shared/data/cranfield [--split test] [--prf]
 
@@ -38,11 +39,19 @@ def main() -> None:
     text = dict(zip(collection.query_ids, collection.query_texts))
     queries = [q for q in collection.query_ids if qrels.get(q)]
     searcher = Searcher.load(args.index, prf=RocchioPRF() if args.prf else None, hybrid=False if args.dense_only else args.weights)
-    hits = searcher.search([text[q] for q in queries], k=100)
-    run = {q: {h.id: float(h.score) for h in hs} for q, hs in zip(queries, hits)}
-    scores = evaluate(Qrels(qrels), Run(run), ["ndcg@10", "mrr@10", "recall@100"])
+    # a query without a word the tokenizer reads (punctuation alone) is refused by the Searcher (EmptyQueryError: the
+    # script ended in a traceback); it retrieves nothing here and scores 0, still counted as BEIR counts every query
+    searchable = [q for q in queries if searcher.encoder.tokenizer.split(text[q])]
+    if not searchable:
+        sys.exit(f"error: {args.beir}: no query of split {args.split} has a searchable word")
+    hits = searcher.search([text[q] for q in searchable], k=100)
+    # ranx is given the Searcher's order (1/rank), not its scores: ranx orders tied scores its own way, so with ties
+    # (passages of one text) it scored another ranking than the one returned (lower row first, as evaluate.py ranks)
+    run = {q: {h.id: 1.0 / rank for rank, h in enumerate(hs, start=1)} for q, hs in zip(searchable, hits)}
+    scores = evaluate(Qrels(qrels), Run(run), ["ndcg@10", "mrr@10", "recall@100"], make_comparable=True)
     ranking = "dense" if searcher.lexical is None else f"dense + BM25 {list(searcher.weights)}"
-    print(f"{len(queries)} queries, {ranking}{', PRF' if args.prf else ''}: " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
+    unsearchable = f" ({len(queries) - len(searchable)} without a searchable word score 0)" if len(searchable) < len(queries) else ""
+    print(f"{len(queries)} queries{unsearchable}, {ranking}{', PRF' if args.prf else ''}: " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
 
 
 if __name__ == "__main__":
