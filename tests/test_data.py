@@ -74,6 +74,25 @@ def test_a_query_whose_first_row_is_unusable_keeps_its_later_usable_row_and_the_
     assert report.first == {"empty_query": "row 2", "not_json": "train-0.jsonl line 4", "duplicate_query_id": "row 5"}
 
 
+def test_an_evaluation_splits_skipped_rows_are_a_warning_naming_the_first_of_each_reason(tmp_path, caplog):
+    """evaluate.py and index.py (load_split_rows) said skipped rows at INFO with their counts alone: the row or line to
+    look at was kept in the report but never said (train.py's report has it, and says skipped rows as a warning)."""
+    from two_tower.retrieval.corpus import load_split_rows
+
+    good = make_rows(3, seed=7)
+    broken = copy.deepcopy(good[1])
+    broken["passages"]["is_selected"] = broken["passages"]["is_selected"][:-1]
+    lines = [json.dumps(good[0]).encode(), b"\xff not utf-8", json.dumps(broken).encode(), json.dumps(good[1]).encode(), json.dumps(good[2]).encode()]
+    (tmp_path / "validation-00000-of-00001.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    with caplog.at_level("INFO", logger="two_tower"):
+        rows = load_split_rows("validation", str(tmp_path), "unused", "unused")
+    assert [r.query for r in rows] == [g["query"] for g in good]
+    record = next(r for r in caplog.records if "kept 3/5 rows" in r.getMessage())
+    assert record.levelname == "WARNING"
+    assert record.getMessage() == (f"[validation] kept 3/5 rows; skipped by reason: length_mismatch: 1, not_utf8: 1 (first at row 3 "
+                                   f"(length_mismatch), {tmp_path / 'validation-00000-of-00001.jsonl'} line 2 (not_utf8))")
+
+
 def test_a_row_repeated_without_a_query_id_is_skipped_and_ids_are_compared_as_text():
     """Rows without a query_id were never compared: a shard copied twice kept every query twice (each counted twice in
     every metric); a jsonl writing one id as 123 and as "123" kept both (a probe)."""

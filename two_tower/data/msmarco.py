@@ -206,7 +206,9 @@ class ValidationReport:
     def summary(self) -> str:
         reasons = ", ".join(f"{reason}: {n}" for reason, n in sorted(self.skipped.items())) or "none"
         corpus = ", ".join(f"{reason}: {n}" for reason, n in sorted(self.corpus_only.items()))
-        return f"[{self.split}] kept {self.kept}/{self.total} rows; skipped by reason: {reasons}" + (
+        # where the first of each reason is (it was kept but not said: evaluate.py and index.py named no row to look at)
+        first = ", ".join(f"{self.first[reason]} ({reason})" for reason in sorted(self.skipped) if reason in self.first)
+        return f"[{self.split}] kept {self.kept}/{self.total} rows; skipped by reason: {reasons}" + (f" (first at {first})" if first else "") + (
             f"; kept although not training rows: {corpus} (no_selected_passage ones are not scored)" if corpus else "")
 
 

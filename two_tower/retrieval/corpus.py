@@ -142,7 +142,8 @@ class Passages:
 def load_split_rows(split: str, path: str | None, hub_name: str, hub_config: str):
     """Validated rows of an evaluation split (rows without a selected passage still bring their passages)."""
     rows, report = msmarco.validate_rows(msmarco.load_split(split, path, hub_name, hub_config), split, for_training=False)
-    log.info(report.summary())
+    # skipped rows are a warning, as train.py says them: the data is not what it says
+    log.log(logging.WARNING if report.skipped else logging.INFO, report.summary())
     return rows
 
 
