@@ -410,6 +410,17 @@ def test_beir_repeated_judgements_take_the_last_line_and_unreadable_qrels_say_wh
         beir.load_beir(tmp_path / "b", "test")
 
 
+def test_a_qrels_line_with_an_empty_id_is_skipped_and_counted(tmp_path):
+    """"q1<TAB><TAB>1" judged a document "" relevant: as a document absent from the corpus it was never retrieved and
+    scored, so q1 (judged on nothing else) was evaluated at 0 and q2's recall halved, with no word but the count of
+    documents not in the corpus (a probe). An empty query or document id is a bad line, skipped and counted."""
+    write_beir(tmp_path, [b'{"_id": "d1", "text": "lift"}', b'{"_id": "d2", "text": "drag"}'],
+               [b'{"_id": "q1", "text": "lift"}', b'{"_id": "q2", "text": "drag"}'], ["q1\t\t1", "q2\td2\t1", "q2\t \t1", "\td1\t1"])
+    collection = beir.load_beir(tmp_path, "test")
+    assert collection.query_ids == ["q2"] and collection.qrels == {"q2": {"d2": 1}} and collection.unlisted == {}
+    assert dict(collection.skipped["qrels/test.tsv"]) == {"no_id": 3} and collection.skipped["qrels/test.tsv"].first == {"no_id": 2}
+
+
 def test_a_relevant_document_missing_from_the_corpus_counts_as_bm25_and_beir_count_it(tmp_path):
     """A query judged only on a document the corpus lacks scores 0 (it was left out: MRR 1.0 where BEIR and
     pytrec_eval give 0.667), and a missing relevant document lowers nDCG and recall; qrels.txt keeps it.

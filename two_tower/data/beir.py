@@ -10,7 +10,7 @@ A document is ``title + " " + text`` (stripped), as BEIR's own evaluation joins 
 score > 0 is relevant, with the score as its gain in nDCG (graded, as trec_eval computes it); score 0
 is judged not relevant. Queries without a relevant document in the split are not evaluated (a warning counts
 those judged only not relevant: BEIR's own evaluation averages them in as 0). Bad lines
-(not JSON, no ``_id``, no text, non-integer score, unknown ids) are skipped and counted per reason; a
+(not JSON, no ``_id`` or an empty id, no text, non-integer score, unknown ids) are skipped and counted per reason; a
 missing file is one clear error.
 """
 
@@ -212,6 +212,9 @@ def _read_qrels(path: Path, corpus: dict, queries: dict, skipped: Skipped) -> tu
                 skipped.skip("not_3_columns", number)
                 continue
             qid, cid, score = fields
+            if not qid.strip() or not cid.strip():  # "q1<TAB><TAB>1" named a document "": relevant, never retrieved, scored
+                skipped.skip("no_id", number)
+                continue
             try:
                 score = int(score)
             except ValueError:
