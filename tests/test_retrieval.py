@@ -1064,6 +1064,16 @@ def _small_beir(root: Path) -> Path:
     return root
 
 
+def test_evaluate_out_in_the_home_folder_is_written_there(tmp_path, monkeypatch):
+    """out="~/x" (quoted for Hydra, or a config given to evaluate()) was checked and made as ~/x, and the outputs then
+    staged in ./~/x: a traceback after every retriever had run, and an empty ~/x left (a probe). index.py expands it."""
+    beir = _small_beir(tmp_path / "beir")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    evaluate(compose_retrieval("evaluate", [f"data.path={beir}", "split=test", 'out="~/evaluation"', "retriever=[bm25]"]))
+    assert (tmp_path / "home" / "evaluation" / "metrics.json").is_file() and not (tmp_path / "~").exists()
+
+
 def test_evaluate_out_replaces_only_what_evaluations_wrote_there(tmp_path, monkeypatch):
     """evaluate.py replaced everything named runs/, per_query/ or qrels.txt in out=, whoever wrote it (a helper's probe:
     out=<a copy of a training run> removed its per_query/val_best.parquet; out=/tmp would remove /tmp/runs). Now it

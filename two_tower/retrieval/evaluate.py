@@ -186,7 +186,7 @@ def _evaluate_checked(cfg: DictConfig) -> dict[str, dict]:
     check_config(cfg, ["save_runs"])
     if not cfg.get("retriever"):  # retriever=[] leaves no retriever key at all
         raise ConfigError("no retriever selected; e.g. retriever=[dense,bm25,hybrid]")
-    out = Path(cfg.out)
+    out = Path(cfg.out).expanduser()  # as check_writable and index.py read it: out="~/x" was checked (and made) there, then written to ./~/x
     created = not out.exists()
     check_writable(out, f"out={cfg.out}", min_free_bytes=1 << 20)  # before any work, not after it (it makes the folder)
     check_out_clashes(out, list(cfg.retriever), bool(cfg.save_runs))
