@@ -74,6 +74,21 @@ def test_a_query_whose_first_row_is_unusable_keeps_its_later_usable_row_and_the_
     assert report.first == {"empty_query": "row 2", "not_json": "train-0.jsonl line 4", "duplicate_query_id": "row 5"}
 
 
+def test_an_evaluation_split_with_no_scored_query_says_what_an_evaluation_split_needs():
+    """The error asked every split for rows with a selected and an unselected passage, a training row's need: an
+    evaluation split keeps and scores rows with no unselected passage, and lacked only a selected one (a probe)."""
+    rows = make_rows(3, seed=8)
+    for row in rows:
+        row["passages"]["is_selected"] = [0] * len(row["passages"]["is_selected"])
+    with pytest.raises(msmarco.DataSourceError, match=r"An evaluation split needs a row whose query has a word and at least one selected passage \(is_selected 1\)\.$"):
+        msmarco.validate_rows(rows, "validation", for_training=False)
+    with pytest.raises(msmarco.DataSourceError, match="with at least one selected and one unselected passage"):
+        msmarco.validate_rows(rows, "train")
+    for row in rows:  # all selected: a training split has no row, an evaluation split scores each
+        row["passages"]["is_selected"] = [1] * len(row["passages"]["is_selected"])
+    assert len(msmarco.validate_rows(rows, "validation", for_training=False)[0]) == 3
+
+
 def test_an_evaluation_splits_skipped_rows_are_a_warning_naming_the_first_of_each_reason(tmp_path, caplog):
     """evaluate.py and index.py (load_split_rows) said skipped rows at INFO with their counts alone: the row or line to
     look at was kept in the report but never said (train.py's report has it, and says skipped rows as a warning)."""

@@ -372,6 +372,8 @@ def validate_rows(rows, split: str, for_training: bool = True) -> tuple[list[Cle
         raise DataSourceError(
             f"No usable rows in the '{split}' split ({report.total} read; skipped: {dict(report.skipped)}"
             + (f"; kept for their passages only: {dict(report.corpus_only)}" if report.corpus_only else "") + "). "
-            "Each row needs a query and passages with at least one selected and one unselected passage."
+            + ("Each row needs a query and passages with at least one selected and one unselected passage." if for_training else
+               # an evaluation split keeps rows without an unselected passage and scores them: it needs a selected one
+               "An evaluation split needs a row whose query has a word and at least one selected passage (is_selected 1).")
         )
     return kept, report
