@@ -410,6 +410,18 @@ def test_beir_repeated_judgements_take_the_last_line_and_unreadable_qrels_say_wh
         beir.load_beir(tmp_path / "b", "test")
 
 
+def test_a_queries_file_of_no_usable_line_is_named_not_the_qrels(tmp_path):
+    """queries.jsonl written as one JSON array (or empty): the error named qrels/test.tsv, its lines skipped as
+    unknown_query, with the hint of a qrels line's columns; queries.jsonl and why its lines were skipped were never said
+    (logged after the error; a probe)."""
+    write_beir(tmp_path, [b'{"_id": "d1", "text": "lift"}'], [b'[{"_id": "q1",', b' "text": "lift"}]'], ["q1\td1\t1"])
+    with pytest.raises(beir.BeirError, match=r"queries.jsonl: no usable query; skipped \{'not_json': 2\} \(first at line 1 \(not_json\)\)$"):
+        beir.load_beir(tmp_path, "test")
+    (tmp_path / "queries.jsonl").write_bytes(b"\n")
+    with pytest.raises(beir.BeirError, match=r"queries.jsonl: no usable query \(the file holds no line\)$"):
+        beir.load_beir(tmp_path, "test")
+
+
 def test_a_qrels_line_with_an_empty_id_is_skipped_and_counted(tmp_path):
     """"q1<TAB><TAB>1" judged a document "" relevant: as a document absent from the corpus it was never retrieved and
     scored, so q1 (judged on nothing else) was evaluated at 0 and q2's recall halved, with no word but the count of

@@ -145,6 +145,8 @@ def load_beir(path, split: str = "test", for_training: bool = False) -> BeirColl
     qrels, judged_not_relevant = _read_qrels(root / QRELS / f"{split}.tsv", corpus, queries, skipped[f"{QRELS}/{split}.tsv"])
     if not corpus:
         raise BeirError(_no_document(root, skipped[CORPUS]))
+    if not queries:  # said as such: the qrels error below blamed its lines (unknown_query) and never named queries.jsonl
+        raise BeirError(f"{root / QUERIES}: no usable query" + (f"; skipped {skipped[QUERIES]}" if skipped[QUERIES] else " (the file holds no line)"))
     unlisted = {q: {c: g for c, g in judged.items() if c not in corpus} for q, judged in qrels.items()}
     unlisted = {q: docs for q, docs in unlisted.items() if docs}
     qrels = {q: {c: g for c, g in judged.items() if c in corpus} for q, judged in qrels.items()}
