@@ -707,3 +707,16 @@ def test_review_of_compare_baselines_named_like_configurations_runs_without_chec
     assert any("the smallest p with 5 queries (every sign flip counted) is 0.062" in r.getMessage() for r in caplog.records)
     _, alone = compare({"a": few["a"]}, "test/mrr@10")
     assert list(alone.columns) == list(tests.columns) and alone.empty
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".jsonl", ".tsv"])
+def test_a_per_query_file_reads_back_its_ids_and_queries_as_written(tmp_path, suffix):
+    """A .tsv read "NaN", "null", "NA", "None" and "" as missing: qids "NaN" and "null" both came back "nan" (refused as
+    one id twice), and a query "None" as nan; a .jsonl read a query "123" as the number 123 (refused by check_same_queries
+    against the same query of a parquet table). A probe."""
+    qids, queries = ["001", "NaN", "null", "", "NA", "7"], ["a", "None", "NA", "null", "", "123"]
+    table = per_query.frame(qids, queries, {"mrr@10": [1.0, 0.0, 0.5, 0.25, 0.2, 0.1]})
+    back = per_query.read(per_query.write(table, tmp_path / f"t{suffix}"), "mrr@10")
+    assert back["qid"].tolist() == qids and back["query"].tolist() == queries and back["mrr@10"].tolist() == [1.0, 0.0, 0.5, 0.25, 0.2, 0.1]
+    numbers = per_query.frame(["1", "2"], ["123", "2020"], {"mrr@10": [1.0, 0.5]})  # every query a number
+    assert per_query.read(per_query.write(numbers, tmp_path / f"n{suffix}"))["query"].tolist() == ["123", "2020"]

@@ -66,9 +66,14 @@ def read(path: str | Path, metric: str | None = None) -> pd.DataFrame:
         if path.suffix == ".parquet":
             table = pd.read_parquet(path)
         elif path.suffix == ".jsonl":
-            table = pd.read_json(path, orient="records", lines=True, dtype={"qid": str})
+            table = pd.read_json(path, orient="records", lines=True, dtype={"qid": str, "query": str})  # a query "123" came back the number 123
         elif path.suffix == ".tsv":
             table = pd.read_csv(path, sep="\t", dtype={"qid": str})
+            # ids and texts as written: pandas reads "NaN", "null", "NA", "None", "" as missing, so qids "NaN" and
+            # "null" both came back "nan" (two queries paired as one) and a query "None" as nan
+            text = [c for c in QUERY_COLUMNS if c in table.columns]
+            if text:
+                table[text] = pd.read_csv(path, sep="\t", usecols=text, dtype=str, keep_default_na=False)[text]
         else:
             raise PerQueryError(f"{path}: per-query files are .parquet, .jsonl or .tsv")
     except PerQueryError:
