@@ -867,6 +867,51 @@ def test_page_searches_and_shows_highlighted_results(browser, server, searcher):
     assert not browser.find_elements(By.CSS_SELECTOR, "#results li")
 
 
+def fake_search_answer(browser, status: int | None, body: str = "") -> None:
+    """The page's next /search requests get this answer (``status`` None: the server cannot be reached), not the
+    server's; the page and /health stay real."""
+    browser.execute_script("""
+        const [status, body] = arguments, real = window.fetch;
+        window.fetch = (url, options) => !String(url).startsWith("/search") ? real(url, options)
+            : status === null ? Promise.reject(new TypeError("Failed to fetch"))
+            : Promise.resolve(new Response(body, {status, headers: {"content-type": "application/json"}}));
+    """, status, body)
+
+
+def page_search(browser, query: str, k: str = "") -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    box, k_box = browser.find_element(By.ID, "q"), browser.find_element(By.ID, "k")
+    box.clear()
+    k_box.clear()
+    k_box.send_keys(k)
+    box.send_keys(query, Keys.ENTER)
+
+
+def test_page_highlights_the_words_the_tokenizer_reads(browser, server):
+    """A hyphen ends a word (this project's tokenizers split at it, as BM25 does: "boundary layer" marked nothing of
+    "boundary-layer"), combining marks stay inside their word ("हिन्दी" was marked as "ह", "न", "द", and so
+    was every "न" and "के" of a Hindi passage), and a word typed with a combining accent is the same word."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from two_tower.data.tokenizer import split_words
+
+    query = "boundary layer x-ray हिन्दी cafe\u0301 don't"
+    text = "a boundary-layer flow; x ray and x-ray; हिन्दी के न कि; café; don't do"
+    browser.get(server.url + "/")
+    fake_search_answer(browser, 200, json.dumps({"query": query, "k": 1, "took_ms": 1.0, "words_unread": 0,
+                                                 "hits": [{"id": "p1", "score": 0.5, "text": text}]}))
+    page_search(browser, query)
+    hit = WebDriverWait(browser, 30).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#results li.hit"))[0]
+    marked = [m.text for m in hit.find_elements(By.TAG_NAME, "mark")]
+    assert marked == ["boundary", "layer", "x", "ray", "x", "ray", "हिन्दी", "café", "don't"]
+    # the words a tokenizer that splits at hyphens reads in the passage and the query alike, each where it stands
+    words = set(split_words(query, split_hyphens=True, unicode_words=True))
+    assert marked == [w for w in split_words(text, split_hyphens=True, unicode_words=True) if w in words]
+
+
 def test_swagger_ui_works_under_its_content_security_policy(browser, server):
     """/docs now has a CSP (its inline set-up script allowed by hash): Swagger UI still loads the schema and shows
     the operations."""

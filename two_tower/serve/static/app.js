@@ -6,15 +6,20 @@
 const $ = (id) => document.getElementById(id);
 const form = $("search-form"), queryBox = $("q"), kBox = $("k"), statusLine = $("status"), results = $("results");
 
-// Words as the model's tokenizer splits them: letters/digits, with inner ' or - ("don't", "e-mail").
-const WORD = /[\p{L}\p{N}]+(?:['\-][\p{L}\p{N}]+)*/gu;
+// Words as the model's tokenizer splits them: letters and digits with the combining marks inside a word (the
+// vowel signs of Indic scripts, accents typed apart: "हिन्दी" is one word, not "ह", "न", "द"), with inner '
+// ("don't"). A hyphen ends a word ("boundary-layer": boundary, layer), as BM25 reads it and as tokenizers with
+// split_hyphens do; with one that keeps "x-ray" whole, both halves are marked. Compared lower-cased, in NFC.
+const RUN = String.raw`[\p{L}\p{N}]+(?:\p{M}+[\p{L}\p{N}]*)*`;
+const WORD = new RegExp(`${RUN}(?:'${RUN})*`, "gu");
+const normal = (word) => word.toLowerCase().normalize("NFC");
 // Not highlighted: they match nearly every passage and hide the words that matter.
 const STOPWORDS = new Set(("a an and are as at be by do does for from how in is it of on or that the this to was what " +
   "when where which who why with").split(" "));
 
 function queryTerms(query) {
   const terms = new Set();
-  for (const m of query.toLowerCase().matchAll(WORD)) if (!STOPWORDS.has(m[0])) terms.add(m[0]);
+  for (const m of query.matchAll(WORD)) if (!STOPWORDS.has(normal(m[0]))) terms.add(normal(m[0]));
   return terms;
 }
 
@@ -23,7 +28,7 @@ function highlighted(text, terms) {
   const out = document.createDocumentFragment();
   let at = 0;
   for (const m of text.matchAll(WORD)) {
-    if (!terms.has(m[0].toLowerCase())) continue;
+    if (!terms.has(normal(m[0]))) continue;
     if (m.index > at) out.append(text.slice(at, m.index));
     const mark = document.createElement("mark");
     mark.textContent = m[0];
