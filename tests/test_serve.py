@@ -912,6 +912,26 @@ def test_page_highlights_the_words_the_tokenizer_reads(browser, server):
     assert marked == [w for w in split_words(text, split_hyphens=True, unicode_words=True) if w in words]
 
 
+def test_a_failed_search_shows_its_error_and_no_hits_of_the_query_before(browser, server):
+    """A server that cannot be reached left the previous query's hits under the new query (and its URL); an answer
+    that is not the server's JSON (cut short, a proxy's page) left "Searching…" for good (render threw)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    wait = WebDriverWait(browser, 30)
+    status = lambda: browser.find_element(By.ID, "status")  # noqa: E731
+    for fake, says in [((None,), "Could not reach the server"), ((200, "<html>a proxy's page</html>"), "could not be read (HTTP 200)"),
+                       ((200, '{"query": "garden", "hits"'), "could not be read"), ((502, "<html>Bad gateway</html>"), "HTTP 502")]:
+        browser.get(server.url + "/")
+        page_search(browser, "garden")
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#results li.hit"))
+        fake_search_answer(browser, *fake)
+        page_search(browser, "castle")
+        wait.until(lambda d: says in status().text)
+        assert "error" in status().get_attribute("class")
+        assert not browser.find_elements(By.CSS_SELECTOR, "#results li"), fake
+
+
 def test_swagger_ui_works_under_its_content_security_policy(browser, server):
     """/docs now has a CSP (its inline set-up script allowed by hash): Swagger UI still loads the schema and shows
     the operations."""

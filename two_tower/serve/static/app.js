@@ -74,6 +74,12 @@ function render(answer, roundTripMs) {
 
 let latest = 0; // only the newest request's answer is shown
 
+// A failed search leaves no hits on the page: those shown would be the previous query's, under this one.
+function showError(text) {
+  results.replaceChildren();
+  showStatus(text, true);
+}
+
 async function search(query, k) {
   const mine = ++latest;
   showStatus("Searching…");
@@ -84,14 +90,17 @@ async function search(query, k) {
     if (k) params.set("k", k); // else the server's default
     response = await fetch(`/search?${params}`, { headers: { Accept: "application/json" } });
   } catch (err) {
-    if (mine === latest) showStatus(`Could not reach the server: ${err.message}`, true);
+    if (mine === latest) showError(`Could not reach the server: ${err.message}`);
     return;
   }
   const answer = await response.json().catch(() => null);
   if (mine !== latest) return;
   if (!response.ok) {
-    results.replaceChildren();
-    showStatus(answer && answer.error ? answer.error : `HTTP ${response.status}`, true);
+    showError(answer && answer.error ? answer.error : `HTTP ${response.status}`);
+    return;
+  }
+  if (!answer || !Array.isArray(answer.hits)) { // cut short, or not the server's (a proxy's page): "Searching…" stayed
+    showError(`The server's answer could not be read (HTTP ${response.status}); search again`);
     return;
   }
   render(answer, performance.now() - started);
