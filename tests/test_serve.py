@@ -932,6 +932,35 @@ def test_a_failed_search_shows_its_error_and_no_hits_of_the_query_before(browser
         assert not browser.find_elements(By.CSS_SELECTOR, "#results li"), fake
 
 
+def test_back_shows_the_search_before_and_a_linked_k_is_never_silently_the_default(browser, server):
+    """Each search was written over the page's URL (history.replaceState): Back left the page instead of showing the
+    search before. A link's k the number box cannot hold (k=ten) was searched with the default k, saying nothing."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    wait = WebDriverWait(browser, 30)
+
+    def shown():
+        hits = browser.find_elements(By.CSS_SELECTOR, "#results li.hit")
+        return browser.find_element(By.ID, "q").get_attribute("value"), browser.find_element(By.ID, "k").get_attribute("value"), len(hits)
+
+    browser.get(server.url + "/")
+    page_search(browser, "garden")
+    wait.until(lambda d: shown() == ("garden", "", LIMITS.k))
+    page_search(browser, "castle", "2")
+    wait.until(lambda d: shown() == ("castle", "2", 2) and d.current_url.endswith("/?q=castle&k=2"))
+    browser.back()
+    wait.until(lambda d: shown() == ("garden", "", LIMITS.k) and d.current_url.endswith("/?q=garden"))
+    browser.back()
+    wait.until(lambda d: shown() == ("", "", 0) and d.current_url == server.url + "/")
+    browser.forward()
+    wait.until(lambda d: shown() == ("garden", "", LIMITS.k))
+
+    browser.get(server.url + "/?q=garden&k=ten")
+    wait.until(lambda d: "k: Input should be a valid integer" in d.find_element(By.ID, "status").text)
+    assert not browser.find_elements(By.CSS_SELECTOR, "#results li")
+
+
 def test_swagger_ui_works_under_its_content_security_policy(browser, server):
     """/docs now has a CSP (its inline set-up script allowed by hash): Swagger UI still loads the schema and shows
     the operations."""

@@ -106,14 +106,33 @@ async function search(query, k) {
   render(answer, performance.now() - started);
 }
 
+// The page's state is its URL (/?q=...&k=...): it can be linked to, and each search is a step of the browser's
+// history, so Back shows the search before (it left the page).
+function searchFromUrl() {
+  const params = new URLSearchParams(location.search);
+  const query = params.get("q") || "", k = params.get("k");
+  queryBox.value = query;
+  kBox.value = k || "";
+  if (query) {
+    search(query, k); // the URL's k as written: one the box cannot hold (k=ten) is the server's error, not the default
+  } else {
+    latest++; // an answer still on its way is not shown
+    results.replaceChildren();
+    showStatus("");
+  }
+}
+
 form.addEventListener("submit", (event) => {
   event.preventDefault();
   const query = queryBox.value, k = kBox.value;
   const params = new URLSearchParams({ q: query });
   if (k) params.set("k", k);
-  history.replaceState(null, "", `/?${params}`);
+  const url = `/?${params}`;
+  if (url !== location.pathname + location.search) history.pushState(null, "", url);
   search(query, k);
 });
+
+window.addEventListener("popstate", searchFromUrl);
 
 async function describeService() {
   try {
@@ -131,10 +150,5 @@ async function describeService() {
 }
 
 // /?q=...&k=... searches on load, so a search can be linked to (and the form works without script).
-const params = new URLSearchParams(location.search);
-if (params.has("k")) kBox.value = params.get("k");
 describeService();
-if (params.get("q")) {
-  queryBox.value = params.get("q");
-  search(queryBox.value, kBox.value);
-}
+searchFromUrl();
