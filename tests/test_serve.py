@@ -961,6 +961,25 @@ def test_back_shows_the_search_before_and_a_linked_k_is_never_silently_the_defau
     assert not browser.find_elements(By.CSS_SELECTOR, "#results li")
 
 
+def test_a_query_pasted_past_max_query_chars_is_refused_not_cut(browser, server):
+    """The query box had maxlength = max_query_chars: a longer query pasted into it was cut there and that part
+    searched, saying nothing (BM25 and the words_unread count saw the cut query). The server's 422 says the limit."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(server.url + "/")
+    wait = WebDriverWait(browser, 30)
+    wait.until(lambda d: "passages" in d.find_element(By.ID, "about").text)  # /health read: the page knows the limits
+    box = browser.find_element(By.ID, "q")
+    box.click()
+    query = "garden castle " * (LIMITS.max_query_chars // 14 + 1)
+    browser.execute_cdp_cmd("Input.insertText", {"text": query})  # what a paste does
+    assert box.get_attribute("value") == query
+    browser.find_element(By.ID, "go").click()
+    wait.until(lambda d: f"at most {LIMITS.max_query_chars} characters" in d.find_element(By.ID, "status").text)
+    assert not browser.find_elements(By.CSS_SELECTOR, "#results li")
+
+
 def test_swagger_ui_works_under_its_content_security_policy(browser, server):
     """/docs now has a CSP (its inline set-up script allowed by hash): Swagger UI still loads the schema and shows
     the operations."""

@@ -141,7 +141,8 @@ async function describeService() {
     const faiss = (health.index && health.index.faiss) || {};
     $("about").textContent = `${health.passages.toLocaleString("en")} passages · ${encoder.cell || "rnn"} query encoder ` +
       `(dim ${model.dim}) · FAISS ${faiss.type || "?"}`;
-    queryBox.maxLength = health.limits.max_query_chars;
+    // No maxLength on the query box: it cut a longer query pasted into it to max_query_chars and searched that,
+    // saying nothing; the server's 422 says the limit instead.
     kBox.max = health.limits.k_max;
     kBox.placeholder = health.limits.k_default;
   } catch (err) {
