@@ -818,6 +818,32 @@ def test_search_command_prints_ranked_hits(trained, capsys):
     assert lines[1].split()[0] == "1" and lines[2].split()[0] == "2"
 
 
+def test_index_names_its_corpus_and_commands_for_its_folder_that_run_as_printed(trained, tmp_path, caplog, capsys):
+    """index.py's last line named the folder unquoted: for a folder whose name has a space or a comma, the search
+    command it printed failed when pasted (a space split it, a comma made it a Hydra list); it now also names the
+    serve command. Its first line printed the source's dict ({'kind': 'split', ...})."""
+    import logging
+    import shlex
+
+    from two_tower.cli.common import compose as compose_command
+    from two_tower.core.commands import argument
+
+    out = tmp_path / "my indexes, v2"
+    with caplog.at_level(logging.INFO, logger="two_tower.retrieval.indexer"):
+        # out= as a user types it: argument() quotes it for Hydra (and the shell, undone here as a shell would)
+        build_index(compose_retrieval("index", [f"ckpt={trained['ckpt']}", f"data.path={trained['data']}", shlex.split(argument("out", out))[0]]))
+    said = [r.getMessage() for r in caplog.records]
+    assert any(m.startswith("Indexing ") and f" passages from the validation split of {Path(trained['data']).resolve()} with " in m for m in said), said
+    line = next(m for m in said if m.startswith("Search it: "))
+    search_line, serve_line = line.removeprefix("Search it: ").split("; serve it: ")
+    search_args, serve_args = shlex.split(search_line), shlex.split(serve_line)
+    assert search_args[:2] == ["python", "search.py"] and serve_args[:2] == ["python", "serve.py"]
+    capsys.readouterr()
+    assert search_main(search_args[2:]) == 0
+    assert capsys.readouterr().out.startswith("query: your query\n  1  ")
+    assert compose_command("serve", serve_args[2:]).index == str(out)
+
+
 def test_search_command_notes_a_query_longer_than_the_query_window(trained, capsys, monkeypatch):
     """The query tower reads a query's first max_query_len words: a longer query was cut silently (a probe: 40 x a word
     and 150 more scored exactly as the 40 alone). A note on stderr names it; stdout keeps the results only."""

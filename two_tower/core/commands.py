@@ -5,6 +5,8 @@ its commands (pyproject's [project.scripts]), where no ``search.py`` exists to r
 from __future__ import annotations
 
 import os
+import re
+import shlex
 import sys
 
 _PREFIX = "two-tower-"
@@ -20,6 +22,20 @@ def command(name: str) -> str:
     if name in _NO_ROOT_SCRIPT or started_as.endswith(os.path.join("two_tower", "cli", f"{name}.py")):  # python -m two_tower.cli.NAME
         return f"python -m two_tower.cli.{name}"
     return f"python {name}.py"
+
+
+# A value Hydra's override grammar reads as the text it is, unquoted (a comma makes a list, `=` and brackets do not parse)
+_HYDRA_PLAIN = re.compile(r"[A-Za-z0-9_/.+:-]+(?: +[A-Za-z0-9_/.+:-]+)*")
+
+
+def argument(key: str, value) -> str:
+    """``key=value`` as one shell argument of a command line a user can paste, whose value Hydra reads as this text:
+    quoted for Hydra where its grammar needs it (``index="/data/a,b"``), then for the shell (``'index="/data/a,b"'``,
+    ``'index=/data/my indexes'``). Hydra reads a backslash as an escape only before a quote or at the end."""
+    text = str(value)
+    if not _HYDRA_PLAIN.fullmatch(text):
+        text = '"' + re.sub(r'(\\+)(?="|$)', r"\1\1", text).replace('"', '\\"') + '"'
+    return shlex.quote(f"{key}={text}")
 
 
 def as_run(text: str, name: str) -> str:

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from two_tower.core.commands import command
+from two_tower.core.commands import argument, command
 from two_tower.data.prepared import Ragged
 from two_tower.data.tokenizer import WindowCount
 from two_tower.model.bag import TermStatistics
@@ -123,6 +123,13 @@ def static_model_of(encoder: QueryEncoder) -> dict | None:
     return {"teacher": embeddings.teacher, "dim": embeddings.dim, "folder": embeddings.model_folder()}
 
 
+def source_words(source: dict) -> str:
+    """Where the passages come from, for the log line (it printed the source's dict)."""
+    if source.get("kind") == "split":
+        return f"the {source['split']} split of {source['path']}"
+    return f"the BEIR corpus of {source['path']}" if source.get("kind") == "beir" else str(source.get("path", source))
+
+
 def build_index(cfg: DictConfig) -> Path:
     """Build and write the index folder ``cfg.out``; returns its path. ``threads`` applies to this call only."""
     with kept():
@@ -152,7 +159,7 @@ def _build_index(cfg: DictConfig) -> Path:
     # Vectors (float32) and texts dominate the folder's size; refuse now rather than after encoding.
     need = len(passages) * bytes_per_vector(dim, cfg.index.factory) + sum(len(t) for t in passages.texts) * 2
     check_writable(Path(cfg.out).expanduser().resolve().parent, f"out={cfg.out}", min_free_bytes=need)
-    log.info("Indexing %d passages from %s with %s", len(passages), passages.source, cfg.ckpt)
+    log.info("Indexing %d passages from %s with %s", len(passages), source_words(passages.source), cfg.ckpt)
     run_record.work_started()  # a refusal from here on keeps the run folder's log of what ran
     loaded = time.perf_counter()
     lexical, weights = lexical_index(cfg, passages.texts, bm25_seconds := {})
@@ -198,5 +205,6 @@ def _build_index(cfg: DictConfig) -> Path:
     path = write_index_folder(cfg.out, index, passages.ids, passages.texts, encoder, manifest, overwrite=cfg.overwrite, statistics=statistics,
                               lexical=lexical, hybrid_weights=weights, static_model=static_model_of(encoder))
     log.info("Wrote %s (%d passages, %s) in %.1fs", path, len(passages), cfg.index.factory, time.perf_counter() - start)
-    log.info('Search it: %s index=%s "your query"', command("search"), path)
+    # a command line to paste: a folder whose name has a space or a comma was named unquoted, and the line failed
+    log.info('Search it: %s %s "your query"; serve it: %s %s', command("search"), argument("index", path), command("serve"), argument("index", path))
     return path
