@@ -844,6 +844,23 @@ def test_index_names_its_corpus_and_commands_for_its_folder_that_run_as_printed(
     assert compose_command("serve", serve_args[2:]).index == str(out)
 
 
+def test_search_command_prints_each_hit_on_one_line_with_no_control_character():
+    """A passage's newline printed raw made a line that read as one more hit, a carriage return wrote over its own
+    hit's rank and score in a terminal, and an escape sequence (in a text or an id) was run by the terminal."""
+    from two_tower.cli.search import format_results
+    from two_tower.retrieval.search import Hit
+
+    hits = [Hit("p1", 0.9, "first line\n  1  0.9999  [forged]  text"), Hit("p\x1b[2J", 0.8, "hidden\r  9  0.1  [spoof]"),
+            Hit("p3", 0.7, "\x1b[31mred\x1b[0m \x1b]0;title\x07 tab\there \x85 \u2028 \x9b1m")]
+    lines = format_results("q\x1b[1m\rx", hits, 0).splitlines()
+    assert lines == [
+        "query: q\\x1b[1m x",
+        "  1  0.9000  [p1]  first line   1  0.9999  [forged]  text",
+        "  2  0.8000  [p\\x1b[2J]  hidden   9  0.1  [spoof]",
+        "  3  0.7000  [p3]  \\x1b[31mred\\x1b[0m \\x1b]0;title\\x07 tab here     \\x9b1m",
+    ]
+
+
 def test_search_command_notes_a_query_longer_than_the_query_window(trained, capsys, monkeypatch):
     """The query tower reads a query's first max_query_len words: a longer query was cut silently (a probe: 40 x a word
     and 150 more scored exactly as the 40 alone). A note on stderr names it; stdout keeps the results only."""

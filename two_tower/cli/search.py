@@ -77,10 +77,24 @@ def cut(text: str, max_chars: int) -> str:
     return text[: max_chars - 3] + "..." if max_chars > 3 else text[:max_chars]
 
 
+# Control characters (C0, DEL, C1) and line or paragraph separators a passage, an id or a query may hold: printed
+# raw, a passage's newline made a line that reads as one more hit ("  1  0.9999  [forged]"), a carriage return wrote over its own hit's rank and score,
+# and an escape sequence was run by the terminal (colours, clearing the screen, the window title).
+CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+SPACE_LIKE = "\t\n\v\f\r\x1c\x1d\x1e\x1f\x85\u2028\u2029"  # the line and white-space controls (str.splitlines' breaks): a space each
+
+
+def one_line(text: str) -> str:
+    """``text`` as one line of plain characters: white-space controls as a space, the others as their escape
+    (``\\x1b``), so nothing in a passage can end its hit's line or reach the terminal as a command."""
+    return CONTROL.sub(lambda m: " " if m[0] in SPACE_LIKE else f"\\x{ord(m[0]):02x}", text)
+
+
 def format_results(query: str, hits: list[Hit], max_chars: int) -> str:
-    lines = [f"query: {cut(query, max_chars)}"]  # a 20,000-word query was echoed whole (a probe)
+    """One line for the query, then one a hit: rank, score, [id], the text (each on its own line: ``one_line``)."""
+    lines = [f"query: {cut(one_line(query), max_chars)}"]  # a 20,000-word query was echoed whole (a probe)
     for rank, hit in enumerate(hits, start=1):
-        lines.append(f"{rank:3d}  {hit.score:.4f}  [{hit.id}]  {cut(hit.text, max_chars)}")
+        lines.append(f"{rank:3d}  {hit.score:.4f}  [{one_line(hit.id)}]  {cut(one_line(hit.text), max_chars)}")
     return "\n".join(lines)
 
 
