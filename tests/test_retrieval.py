@@ -555,7 +555,8 @@ def test_existing_index_is_kept_unless_overwrite(trained, tmp_path):
 
 def test_overwrite_replaces_index_folders_only(trained, tmp_path, monkeypatch):
     """overwrite=true replaces an index folder; a plain file, a folder without a manifest, or a folder holding
-    the corpus being indexed is refused in one line and left as it was."""
+    the corpus being indexed is refused in one line and left as it was, and the line does not tell to pass
+    overwrite=true when that would be refused too."""
     corpus = tmp_path / "mine" / "corpus.tsv"
     corpus.parent.mkdir()
     corpus.write_text("1\tapple river\n2\tbanana hill\n")
@@ -564,10 +565,12 @@ def test_overwrite_replaces_index_folders_only(trained, tmp_path, monkeypatch):
     (notes / "notes.txt").write_text("keep me")
     plain = tmp_path / "plain.tsv"
     plain.write_text("keep me too")
-    for out, words in ((notes, "not an index folder"), (plain, "not an index folder"), (corpus.parent, "not an index folder")):
-        cfg = compose_retrieval("index", [f"ckpt={trained['ckpt']}", f"corpus={corpus}", f"out={out}", "overwrite=true"])
-        with pytest.raises(IndexFolderError, match=words):
-            build_index(cfg)
+    for out, words in ((notes, "a folder with no manifest.json, not an index folder"), (plain, "a file, not an index folder"), (corpus.parent, "not an index folder")):
+        for overwrite in ("false", "true"):  # without overwrite it said "pass overwrite=true", which the next run refused
+            cfg = compose_retrieval("index", [f"ckpt={trained['ckpt']}", f"corpus={corpus}", f"out={out}", f"overwrite={overwrite}"])
+            with pytest.raises(IndexFolderError, match=words) as refused:
+                build_index(cfg)
+            assert "choose another out=" in str(refused.value) and "pass overwrite" not in str(refused.value)
     assert (notes / "notes.txt").read_text() == "keep me" and plain.read_text() == "keep me too" and corpus.exists()
     # an index folder that holds the corpus: replacing it would delete the corpus
     inside = tmp_path / "index"

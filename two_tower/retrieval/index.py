@@ -388,10 +388,13 @@ def check_replaceable(path: str | Path, overwrite: bool, keep: list[str | Path] 
     path = Path(path).expanduser().resolve()
     if not path.exists():
         return
-    if not overwrite:
-        raise IndexFolderError(f"out={path} already exists; pass overwrite=true or choose another out=")
+    # Said first, with or without overwrite: "pass overwrite=true" to a file or a folder of other things was
+    # advice the next run refused
     if not (path.is_dir() and (path / MANIFEST).is_file()):
-        raise IndexFolderError(f"out={path} is not an index folder (no {MANIFEST}); overwrite=true replaces index folders only, choose another out=")
+        what = f"a folder with no {MANIFEST}" if path.is_dir() else "a file"
+        raise IndexFolderError(f"out={path} is {what}, not an index folder; overwrite=true replaces index folders only, choose another out=")
+    if not overwrite:
+        raise IndexFolderError(f"out={path}: an index folder already exists there; pass overwrite=true to replace it, or choose another out=")
     for kept in keep:
         if path in Path(kept).expanduser().resolve().parents:
             raise IndexFolderError(f"out={path} holds {kept}, which replacing it would delete; choose another out=")
