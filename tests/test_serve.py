@@ -980,6 +980,24 @@ def test_a_query_pasted_past_max_query_chars_is_refused_not_cut(browser, server)
     assert not browser.find_elements(By.CSS_SELECTOR, "#results li")
 
 
+def test_right_to_left_passages_and_queries_are_shown_right_to_left(browser, server):
+    """An Arabic or Hebrew passage was laid out in the page's left-to-right direction: its final "." and "!" and a
+    "(...)" stood at the wrong ends of the line. Each passage, and the query box, takes the direction of its text."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    query = "سرعة الصوت"
+    texts = ["سرعة الصوت في الهواء حوالي 343 مترا في الثانية (عند 20 درجة).", "מהירות הקול באוויר היא כ-343 מטר לשנייה!", "the speed of sound (343 m/s)."]
+    browser.get(server.url + "/")
+    fake_search_answer(browser, 200, json.dumps({"query": query, "k": 3, "took_ms": 1.0, "words_unread": 0,
+                                                 "hits": [{"id": f"p{i}", "score": 0.5, "text": t} for i, t in enumerate(texts)]}))
+    page_search(browser, query)
+    shown = WebDriverWait(browser, 30).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#results .text"))
+    assert [p.text for p in shown] == texts
+    assert [browser.execute_script("return arguments[0].matches(':dir(rtl)')", p) for p in shown] == [True, True, False]
+    assert browser.execute_script("return document.getElementById('q').matches(':dir(rtl)')")
+
+
 def test_swagger_ui_works_under_its_content_security_policy(browser, server):
     """/docs now has a CSP (its inline set-up script allowed by hash): Swagger UI still loads the schema and shows
     the operations."""

@@ -62,6 +62,7 @@ function render(answer, roundTripMs) {
     meta.append(span("rank", `#${i + 1}`), span("score", `score ${hit.score.toFixed(4)}`), span("pid", `id ${hit.id}`));
     const text = document.createElement("p");
     text.className = "text";
+    text.dir = "auto"; // a right-to-left passage (Arabic, Hebrew) reads right to left: in the page's LTR its end "." and "(...)" were misplaced
     text.append(highlighted(hit.text, terms));
     item.append(meta, text);
     results.append(item);
