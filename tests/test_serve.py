@@ -538,6 +538,26 @@ def test_serve_command_on_port_0_names_the_port_it_got_and_ctrl_c_stops_it_clean
             process.communicate(timeout=30)
 
 
+@pytest.mark.parametrize("command", ["search", "serve"])
+def test_ctrl_c_while_the_index_loads_is_one_line_and_status_130(index_dir, command, capsys, monkeypatch):
+    """Ctrl-C while search.py or serve.py loaded the index (seconds to minutes) printed a Python traceback; it is the
+    one `interrupted` line and status 130 that index.py, evaluate.py and a serving serve.py give."""
+    from two_tower.cli.search import main as search_main
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.delenv("TWO_TOWER_DEBUG", raising=False)
+    monkeypatch.setattr(Searcher, "load", interrupted)
+    main, args = (search_main, [f"index={index_dir}", "garden"]) if command == "search" else (serve_main, [f"index={index_dir}", "port=0"])
+    try:
+        status = main(args)
+    except KeyboardInterrupt:  # not raised on into pytest, which would stop the whole session
+        pytest.fail(f"Ctrl-C escaped {command}.py's main (a traceback)")
+    assert status == 130
+    assert capsys.readouterr().err == "interrupted\n"
+
+
 def test_a_second_ctrl_c_forces_the_stop_without_a_traceback(index_dir):
     """Ctrl-C with a request in flight waits for it (shutdown_timeout); a second one forces the stop. uvicorn then
     skipped the app's lifespan end and asyncio.run cancelled it: a ~40-line CancelledError traceback, and status 0."""

@@ -11,7 +11,7 @@ import re
 import sys
 from typing import TYPE_CHECKING
 
-from two_tower.cli.common import command_settings, compose, drop_stdout, hydra_error_line, path_setting_error, report, search_override_error
+from two_tower.cli.common import command_settings, compose, debugging, drop_stdout, hydra_error_line, path_setting_error, report, search_override_error
 from two_tower.core.checks import check_config
 from two_tower.core.errors import EmptyQueryError, TwoTowerError
 from two_tower.core.threads import set_threads
@@ -100,9 +100,16 @@ def format_results(query: str, hits: list[Hit], max_chars: int) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """The search.py command; returns the exit status (0 ok, 1 some queries failed or the results could not all
-    be written, 2 unusable input; 141 when the reader of stdout closed it, as a shell pipeline's writer)."""
+    be written, 2 unusable input; 141 when the reader of stdout closed it, as a shell pipeline's writer; 130 after
+    Ctrl-C, as a shell reports SIGINT, with one ``interrupted`` line, as index.py, evaluate.py and serve.py say it:
+    it printed a traceback, while the index loaded or a batch was searched)."""
     try:
         return _main(argv)
+    except KeyboardInterrupt:
+        if debugging():
+            raise
+        print("interrupted", file=sys.stderr)
+        return 130
     except BrokenPipeError:  # e.g. | head -1: stop quietly (and keep Python from failing again at exit)
         drop_stdout()
         return 141

@@ -14,7 +14,7 @@ import socket
 import sys
 import time
 
-from two_tower.cli.common import compose, hydra_error_line, report, search_override_error
+from two_tower.cli.common import compose, debugging, hydra_error_line, report, search_override_error
 from two_tower.core.commands import as_run, command
 from two_tower.core.errors import ConfigError, TwoTowerError
 
@@ -64,7 +64,18 @@ def listening_socket(host: str, port: int) -> socket.socket:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """The serve.py command; returns the exit status (2 = unusable settings or index)."""
+    """The serve.py command; returns the exit status (2 = unusable settings or index; 130 after Ctrl-C, with one
+    ``interrupted`` line, also while the index loads, where it printed a traceback)."""
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        if debugging():
+            raise
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def _main(argv: list[str] | None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if any(a in ("-h", "--help") for a in argv):
         print(as_run(USAGE, "serve"))
@@ -128,6 +139,10 @@ def main(argv: list[str] | None = None) -> int:
         if sock is not None:
             sock.close()
         return report(err)
+    except BaseException:  # Ctrl-C while the index loads: the port is free again at once
+        if sock is not None:
+            sock.close()
+        raise
 
     import uvicorn
 
