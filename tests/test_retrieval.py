@@ -16,7 +16,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import open_dict
 
-from tests.conftest import CONF, TINY_RUN
+from tests.conftest import CONF, ROOT, TINY_RUN
 from two_tower.data import msmarco
 from two_tower.data.prepared import PreparedSplit, Ragged
 from two_tower.data.tokenizer import PAD, UNK, Tokenizer
@@ -862,6 +862,48 @@ def test_search_command_prints_each_hit_on_one_line_with_no_control_character():
         "  2  0.8000  [p\\x1b[2J]  hidden   9  0.1  [spoof]",
         "  3  0.7000  [p3]  \\x1b[31mred\\x1b[0m \\x1b]0;title\\x07 tab here     \\x9b1m",
     ]
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "openpty"), reason="needs a pseudo-terminal")
+def test_interactive_search_on_a_terminal_edits_lines_and_recalls_queries(trained):
+    """--interactive on a terminal read with input() but without readline loaded: an arrow key went into the query
+    as an escape sequence ("river\x1b[D...apple " was searched) and Up searched "\x1b[A", not the query before."""
+    import os
+    import pty
+    import select
+    import subprocess
+    import sys
+    import time
+
+    master, slave = pty.openpty()
+    env = {**os.environ, "TERM": "xterm", "INPUTRC": os.devnull}  # readline's default key bindings
+    process = subprocess.Popen([sys.executable, "search.py", f"index={trained['index']}", "-i", "k=1", "max_chars=40"],
+                               stdin=slave, stdout=slave, stderr=slave, cwd=ROOT, env=env, close_fds=True)
+    os.close(slave)
+
+    def read_until(token: bytes, timeout: float = 120) -> bytes:
+        seen, end = b"", time.monotonic() + timeout
+        while token not in seen and time.monotonic() < end:
+            if select.select([master], [], [], 0.5)[0]:
+                try:
+                    seen += os.read(master, 65536)
+                except OSError:  # the process ended
+                    break
+        return seen
+
+    try:
+        assert read_until(b"query> ").endswith(b"query> ")
+        os.write(master, b"river" + b"\x1b[D" * 5 + b"apple \r")  # typed "river", moved back to its start, typed "apple "
+        assert b"query: apple river\r\n" in read_until(b"query> ")
+        os.write(master, b"\x1b[A\r")  # Up: the query before
+        assert b"query: apple river\r\n" in read_until(b"query> ")
+        os.write(master, b"\r")  # an empty line ends it
+        assert process.wait(timeout=60) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        os.close(master)
 
 
 def test_search_command_notes_a_query_longer_than_the_query_window(trained, capsys, monkeypatch):

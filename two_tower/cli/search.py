@@ -204,16 +204,27 @@ def _main(argv: list[str] | None) -> int:
 
 def _interactive(searcher: Searcher, cfg) -> int:
     """Queries typed one at a time. The prompt goes to stderr, so stdout holds results only (format=jsonl stays
-    one JSON object a line); a terminal reads with line editing (input()), anything else as bytes decoded line by
-    line, so a line that is not UTF-8 is one error line whatever the locale."""
+    one JSON object a line), unless stdout is the terminal too; a terminal reads with line editing and a history
+    of the queries typed (input() with readline), anything else as bytes decoded line by line, so a line that is
+    not UTF-8 is one error line whatever the locale."""
     from two_tower.retrieval.corpus import not_utf8
 
     tty = sys.stdin is not None and sys.stdin.isatty()
+    # input() edits a line only once readline is loaded, and only when stdout is a terminal too: without it an arrow
+    # key went into the query as an escape sequence ("transfer\x1b[D..." searched, Up searched "\x1b[A").
+    # Readline writes the prompt itself (to stdout), so it knows where the line starts when it redraws it.
+    edited = tty and sys.stdout is not None and sys.stdout.isatty()
+    if edited:
+        try:
+            import readline  # noqa: F401
+        except ImportError:  # Python built without it (Windows): input() as before
+            pass
     while True:
-        print("query> ", end="", file=sys.stderr, flush=True)
+        if not edited:
+            print("query> ", end="", file=sys.stderr, flush=True)
         try:
             if tty:
-                query = input()
+                query = input("query> " if edited else "")
             else:
                 raw = sys.stdin.buffer.readline() if sys.stdin is not None else b""
                 if not raw:
