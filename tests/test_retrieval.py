@@ -875,6 +875,7 @@ def test_interactive_search_on_a_terminal_edits_lines_and_recalls_queries(traine
     import sys
     import time
 
+    pytest.importorskip("readline", reason="this Python was built without readline (search.py then reads plain lines)")
     master, slave = pty.openpty()
     env = {**os.environ, "TERM": "xterm", "INPUTRC": os.devnull}  # readline's default key bindings
     process = subprocess.Popen([sys.executable, "search.py", f"index={trained['index']}", "-i", "k=1", "max_chars=40"],
