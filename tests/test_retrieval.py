@@ -485,6 +485,21 @@ def test_too_few_training_vectors_for_the_lists_is_one_warning(caplog, capfd):
     assert not [r for r in caplog.records if r.levelname == "WARNING"]
 
 
+def test_pq_codebooks_of_as_many_centroids_as_the_lists_are_still_counted(caplog, capfd):
+    """The IVF's own clustering (warned about as lists) was left out of the count by its number of centroids, and with it
+    every PQ codebook of as many: IVF256,PQ4 on 2,000 vectors said the lists were poor and nothing of its four codebooks
+    (FAISS wrote five lines; a review)."""
+    capfd.readouterr()
+    with caplog.at_level("WARNING", logger="two_tower.retrieval.index"):
+        build_faiss(np.random.default_rng(1).standard_normal((2000, 16)).astype(np.float32), "IVF256,PQ4")
+    assert "WARNING clustering" not in capfd.readouterr().err
+    said = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(said) == 2 and said[0].startswith("index.factory='IVF256,PQ4': 2000 training vectors for 256 lists;"), said
+    assert said[1] == ("index.factory='IVF256,PQ4': FAISS's k-means had fewer training vectors than it asks for in 4 of its clusterings "
+                       "(e.g. 2000 vectors for 256 centroids, it asks for 9984): the codes or lists may be poor; raise index.train_size, "
+                       "or use a smaller factory"), said
+
+
 def test_compressed_index_folder_round_trips(trained, tmp_path):
     """A folder of an IVF-PQ index (streamed build) loads, and with every list probed and all candidates
     re-ranked answers exactly as the Flat folder of the same passages."""

@@ -140,7 +140,8 @@ def faiss_clustering_warnings_counted(factory: str, said_for_lists: int = 0):
     """FAISS's k-means writes one bare stderr line each time it clusters fewer than 39 vectors a centroid: once per
     PQ sub-quantizer and per OPQ iteration (408 lines for ``OPQ8,IVF16,PQ8`` on 2,000 vectors, a probe). Here the
     C library's stderr is read aside while the index trains; those lines become one warning, the rest is passed on.
-    ``said_for_lists``: the IVF's list count when its own warning was already given (its one clustering not counted)."""
+    ``said_for_lists``: the IVF's list count when its own warning was already given (its one clustering not counted,
+    though a PQ's codebooks of as many centroids are)."""
     with tempfile.TemporaryFile() as aside:
         sys.stderr.flush()
         saved = os.dup(2)
@@ -153,7 +154,12 @@ def faiss_clustering_warnings_counted(factory: str, said_for_lists: int = 0):
             os.close(saved)
             aside.seek(0)
             lines = aside.read().splitlines(keepends=True)
-            warned = [found for found in map(_CLUSTERING_WARNING.match, lines) if found and int(found[2]) != said_for_lists]
+            warned = [found for found in map(_CLUSTERING_WARNING.match, lines) if found]
+            # the IVF's one clustering, warned about already: that one line alone (IVF256,PQ4's four PQ codebooks of 256
+            # centroids each were dropped with it as of the same count, and nothing said of the codes)
+            ivf = next((i for i, found in enumerate(warned) if int(found[2]) == said_for_lists), None) if said_for_lists else None
+            if ivf is not None:
+                del warned[ivf]
             rest = b"".join(line for line in lines if not _CLUSTERING_WARNING.match(line))
             if rest:
                 os.write(2, rest)
