@@ -669,6 +669,26 @@ def test_a_folder_replace_interrupted_between_its_two_renames_keeps_the_old_fold
     assert (dest / "manifest.json").read_text() == "new" and [p.name for p in tmp_path.iterdir()] == ["idx"]
 
 
+def test_a_folder_replace_where_a_seccomp_filter_refuses_the_exchange_takes_two_renames(tmp_path, monkeypatch):
+    """A seccomp filter that does not know renameat2 (older container runtimes' default profiles, some sandboxes) refuses it
+    with EPERM, not ENOSYS: overwrite=true ended in a PermissionError where the two renames work (a review)."""
+    import ctypes
+    import errno
+
+    import two_tower.core.atomic as atomic
+
+    def refused(*args):
+        ctypes.set_errno(errno.EPERM)
+        return -1
+
+    monkeypatch.setattr(atomic, "_renameat2", refused)
+    dest = tmp_path / "idx"
+    _folder_with(dest, "old")
+    with atomic.atomic_folder(dest, replace=True) as staged:
+        (staged / "manifest.json").write_text("new")
+    assert (dest / "manifest.json").read_text() == "new" and [p.name for p in tmp_path.iterdir()] == ["idx"]
+
+
 def test_a_full_disk_during_a_checkpoint_write_is_one_line_and_keeps_the_previous_one(tmp_path, monkeypatch):
     """torch's writer raises a RuntimeError ('unexpected pos ...') over the OSError: four chained tracebacks, exit 1."""
     import two_tower.training.checkpoint_io as checkpoint_io

@@ -185,13 +185,16 @@ def atomic_folder(path: str | os.PathLike, replace: bool = False):
 
 def _exchange(a: Path, b: Path) -> bool:
     """Swap two existing paths in one system call (Linux ``renameat2(RENAME_EXCHANGE)``); False where the call
-    or the filesystem does not offer it (other systems, old kernels or C libraries, some network filesystems)."""
+    or the filesystem does not offer it (other systems, old kernels or C libraries, some network filesystems, a seccomp
+    filter that refuses it)."""
     if _renameat2 is None:
         return False
     if _renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
         return True
     err = ctypes.get_errno()
-    if err in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
+    # EPERM: a seccomp filter that does not know the call (older container runtimes' default profiles, some sandboxes)
+    # refuses it so; a real permission refusal is then raised by the renames themselves, as before
+    if err in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EPERM):
         return False
     raise OSError(err, os.strerror(err), str(b))
 
