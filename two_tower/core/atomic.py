@@ -161,7 +161,8 @@ def atomic_folder(path: str | os.PathLike, replace: bool = False):
     discarded and ``FileExistsError`` is raised; the caller decides whether that is fine. The commit
     (existence check + rename) holds an exclusive lock on the parent folder, so two writers of the same
     ``dest`` cannot both succeed. ``replace=True`` swaps the old folder out and the new one in (``_swap_in``):
-    ``dest`` names the old folder or the new one at every instant, never nothing.
+    where the system exchanges them in one call, ``dest`` names the old folder or the new one at every instant;
+    elsewhere it is missing between two renames, and an interruption between them puts the old one back.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
