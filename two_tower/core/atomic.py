@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import errno
 import fcntl
 import hashlib
@@ -37,7 +36,8 @@ _AT_FDCWD, _RENAME_EXCHANGE = -100, 2  # <fcntl.h>, <linux/fs.h>
 
 def _find_renameat2():
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+        # the process's own symbols, C library included (find_library("c") ran ldconfig in a subprocess at import)
+        libc = ctypes.CDLL(None, use_errno=True)
         call = libc.renameat2  # glibc >= 2.28
     except (OSError, AttributeError):
         return None
