@@ -472,12 +472,12 @@ def test_too_few_training_vectors_for_the_lists_is_one_warning(caplog, capfd):
     caplog.clear()
     # PQ's codebooks (256 centroids each) under OPQ's iterations: 400-odd FAISS lines became one warning, counted
     with caplog.at_level("WARNING", logger="two_tower.retrieval.index"):
-        build_faiss(np.random.default_rng(1).standard_normal((2000, 16)).astype(np.float32), "OPQ4,IVF4,PQ4")
+        build_faiss(np.random.default_rng(1).standard_normal((300, 8)).astype(np.float32), "OPQ2,IVF4,PQ2x4")  # small codes: fast (OPQ trains its own 8-bit PQ)
     assert "WARNING clustering" not in capfd.readouterr().err
     said = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert len(said) == 1 and re.fullmatch(
-        r"index.factory='OPQ4,IVF4,PQ4': FAISS's k-means had fewer training vectors than it asks for in (\d+) of its clusterings \(e.g. "
-        r"2000 vectors for 256 centroids, it asks for 9984\): the codes or lists may be poor; raise index.train_size, or use a smaller factory",
+        r"index.factory='OPQ2,IVF4,PQ2x4': FAISS's k-means had fewer training vectors than it asks for in (\d+) of its clusterings \(e.g. "
+        r"300 vectors for 256 centroids, it asks for 9984\): the codes or lists may be poor; raise index.train_size, or use a smaller factory",
         said[0]) and int(re.search(r"in (\d+) of", said[0])[1]) > 4, said
     caplog.clear()
     with caplog.at_level("WARNING", logger="two_tower.retrieval.index"):
@@ -491,12 +491,12 @@ def test_pq_codebooks_of_as_many_centroids_as_the_lists_are_still_counted(caplog
     (FAISS wrote five lines; a review)."""
     capfd.readouterr()
     with caplog.at_level("WARNING", logger="two_tower.retrieval.index"):
-        build_faiss(np.random.default_rng(1).standard_normal((2000, 16)).astype(np.float32), "IVF256,PQ4")
+        build_faiss(np.random.default_rng(1).standard_normal((300, 8)).astype(np.float32), "IVF16,PQ2x4")  # 4-bit codes: 16 centroids, as the lists
     assert "WARNING clustering" not in capfd.readouterr().err
     said = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
-    assert len(said) == 2 and said[0].startswith("index.factory='IVF256,PQ4': 2000 training vectors for 256 lists;"), said
-    assert said[1] == ("index.factory='IVF256,PQ4': FAISS's k-means had fewer training vectors than it asks for in 4 of its clusterings "
-                       "(e.g. 2000 vectors for 256 centroids, it asks for 9984): the codes or lists may be poor; raise index.train_size, "
+    assert len(said) == 2 and said[0].startswith("index.factory='IVF16,PQ2x4': 300 training vectors for 16 lists;"), said
+    assert said[1] == ("index.factory='IVF16,PQ2x4': FAISS's k-means had fewer training vectors than it asks for in 2 of its clusterings "
+                       "(e.g. 300 vectors for 16 centroids, it asks for 624): the codes or lists may be poor; raise index.train_size, "
                        "or use a smaller factory"), said
 
 
