@@ -424,6 +424,20 @@ def test_another_commands_config_group_is_refused_with_plus_or_without():
         assert f"python {command}.py --help" in message and f"+{group}=..." not in message, message
     for command, fine in (("train", ["+teacher=minilm"]), ("train", ["loss=distill", "teacher=minilm"]), ("evaluate", ["retriever=bm25"]), ("index", ["ckpt=x", "smooth=neighbours"])):
         assert composition_error(command, fine) is None, (command, fine)
+    # a setting inside another command's group: train.py +retriever.dense.batch_size=64 was composed and ignored (the run
+    # trained, exit 0), and index.py +trainer.enable_progress_bar=false said to select trainer=cpu first, which index.py
+    # refuses; without the + the hint was to add it with +
+    for command, override, owner in (("train", "+retriever.dense.batch_size=64", "evaluate.py"), ("train", "retriever.dense.batch_size=64", "evaluate.py"),
+                                     ("index", "+trainer.enable_progress_bar=false", "train.py"), ("index", "trainer.enable_progress_bar=false", "train.py"),
+                                     ("evaluate", "+encoder.hidden_size=64", "train.py"), ("evaluate", "+smooth.neighbours=3", "index.py"),
+                                     ("train", "+prf.depth=3", "search.py and serve.py")):
+        message = composition_error(command, ["ckpt=x", override] if command == "index" else [override])
+        group = override.lstrip("+").split(".")[0]
+        assert message and message.startswith(f"{override}: {group} is not a config group of {command}.py (a group of {owner})"), (command, override, message)
+        assert f"python {command}.py --help" in message and "+" + override.lstrip("+").split("=")[0] + "=..." not in message, message
+    # a command's own settings of the same name keep their own lines (index.py's data is source@data, not train's group)
+    assert composition_error("index", ["ckpt=x", "+data.foo=1"]) == "data.foo: unknown setting; data has path, hub_name, hub_config"
+    assert composition_error("train", ["+scheduler.warmup_ratio=0.1"]).startswith("scheduler.warmup_ratio: a setting of the scheduler group, which is off here")
 
 
 @pytest.mark.parametrize("command, override, words", [("train.py", "bogus=1", "error: bogus: no such setting"), ("index.py", "encoder=x", "error: encoder=x: encoder is not a config group of index.py (a group of train.py)"), ("evaluate.py", "retriever=bogus", "Available options in 'retriever'")])

@@ -201,6 +201,10 @@ def added_setting_error(config_name: str, argv: list[str]) -> str | None:
             foreign = foreign_group_error(config_name, parts[0], override)
             if foreign:
                 return foreign
+        if group and len(parts) > 1 and parts[0] not in base:  # +trainer.x=1 to index.py: another command's group
+            foreign = foreign_group_error(config_name, parts[0], override)
+            if foreign:
+                return foreign
         if parts[0] == "hydra" or (group and len(parts) == 1) or OmegaConf.select(base, key, default=absent) is not absent:
             continue
         parent_key = ".".join(parts[:-1])
@@ -238,6 +242,8 @@ def hydra_error_line(config_name: str, err: Exception, argv: list[str] = ()) -> 
         hint = retriever_setting_error(key, argv) if config_name == "evaluate" and key.startswith("retriever.") else None
         if not hint and "." not in key:  # another command's group (train.py retriever=bm25): + would add it unread
             hint = foreign_group_error(config_name, key, next((a.lstrip("+") for a in argv if a.lstrip("+").split("=", 1)[0] == key), key))
+        if not hint and "." in key and key.split(".")[0] not in compose(config_name, []):  # index.py trainer.x=1: its + form is refused too
+            hint = foreign_group_error(config_name, key.split(".")[0], next((a.lstrip("+") for a in argv if a.lstrip("+").split("=", 1)[0] == key), key))
         if not hint and key.count(".") == 1:  # loss.margin with loss=infonce: + would add a key the loss refuses
             hint = group_option_setting_error(config_name, key, argv)
         return hint or f"{key}: no such setting in {config_name}.yaml with the options chosen (a new key is added with +{key}=...)"
