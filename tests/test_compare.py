@@ -155,6 +155,8 @@ def test_runs_on_different_queries_are_refused_in_one_line(tmp_path, capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and "q0" in err[0] and "another query" in err[0]
+    # a validation baseline against runs' test/* (both numbered 0..n-1) read as one query's typo; now it says what differs
+    assert f"(1 of {QUERIES} queries differ): compare runs on the same split" in err[0], err[0]
     assert not out.exists()  # refused: no empty --out folder left (a probe); its parent, made on the way, may stay
     with pytest.raises(SystemExit):
         main([str(tmp_path / "a"), "--metric", "val/mrr@10"])  # no per_query/val_best.parquet in the run
