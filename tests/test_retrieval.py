@@ -821,6 +821,8 @@ def test_empty_query_is_a_clear_error(trained, capsys):
         (["prf=bogus"], "error: In 'search': Could not find 'prf/bogus' Available options in 'prf': rocchio"),  # was Hydra's report over 8 lines
         (["prf=null"], "error: prf=null: prf is a config group; give one of its options: rocchio; prf is off unless an option is selected"),  # was Hydra's NoneType line
         (["search_params='efSearch=64'"], "error: search_params='efSearch=64' does not apply to this IndexFlat index (it has no parameter efSearch;"),  # was FAISS's C++ source line
+        (["--cfg", "job"], "error: --cfg: not an option of python search.py (it takes --interactive and --help"),  # was searched for, "--cfg job apple"
+        (["--interactiv"], "error: --interactiv: not an option of python search.py"),
     ],
 )
 def test_search_command_settings_errors_are_one_line(trained, capsys, args, message):

@@ -149,6 +149,11 @@ def window_note(searcher: Searcher, query: str, where: str = "the query") -> Non
 
 def _main(argv: list[str] | None) -> int:
     overrides, words, interactive, raw_query = split_arguments(sys.argv[1:] if argv is None else argv)
+    flag = next((w for w in words if re.match(r"--[A-Za-z]", w)), None)
+    if flag:  # Hydra's --cfg job or a mistyped --interactive was searched for as text
+        print(f"error: {flag.split('=', 1)[0]}: not an option of {command('search')} (it takes --interactive and --help; settings are "
+              f"key=value, e.g. k=5); to search for text starting with --, give it as query=\"...\"", file=sys.stderr)
+        return 2
     message = search_override_error("search", overrides)
     if message:
         print(f"error: {message}", file=sys.stderr)
