@@ -36,6 +36,17 @@ def test_fast_dev_run(overrides, tiny_cfg):
     assert torch.isfinite(torch.tensor(metrics["train/loss_epoch"]))
 
 
+def test_fast_dev_run_says_what_it_ran(tiny_cfg, caplog):
+    """debug=fast_dev_run's one validation batch is part of the corpus, which is not ranked: the run warned 'Training ended
+    before any validation ... let it run to an epoch's end', of the smoke test the docs offer."""
+    import logging
+
+    with caplog.at_level(logging.INFO):
+        train(tiny_cfg("debug=fast_dev_run", "data.eval_batch_size=4"))  # validation passages in several batches, as on real data
+    assert "Training ended before any validation" not in caplog.text
+    assert "fast_dev_run: one training and one validation batch ran (a smoke test)" in caplog.text
+
+
 def test_model_learns_far_above_random(tmp_path):
     cfg = compose_train(
         tmp_path,

@@ -528,7 +528,10 @@ def _train(cfg: DictConfig) -> dict[str, float]:
         log.warning("Stopped by SIGTERM while scoring the test split: training had ended. Resume with the same command plus "
                     "ckpt_path=last to score it")
         raise SystemExit(143) from None
-    if cfg.optimized_metric not in metrics and cfg.trainer.get("limit_val_batches") != 0:
+    if cfg.optimized_metric not in metrics and cfg.trainer.get("fast_dev_run"):
+        # its one validation batch is part of the corpus, which is not ranked (two_tower/model/module.py: _score)
+        log.info("fast_dev_run: one training and one validation batch ran (a smoke test); nothing is ranked, logged or saved")
+    elif cfg.optimized_metric not in metrics and cfg.trainer.get("limit_val_batches") != 0:
         # e.g. trainer.max_steps reached inside the first epoch: nothing was validated, nothing chosen
         log.warning("Training ended before any validation (step %d): no %s to report, optimise or choose a checkpoint by; "
                     "let it run to an epoch's end (trainer.max_steps, trainer.max_epochs)", trainer.global_step, cfg.optimized_metric)
