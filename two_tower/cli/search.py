@@ -31,7 +31,7 @@ Settings (two_tower/conf/search.yaml): k, search_params (e.g. "search_params='ef
 checkpoint and encode queries with it), batch_size, max_chars, prf=rocchio (pseudo-relevance feedback; prf.depth=N), rerank=maxsim (MaxSim rerank of the top rerank.depth=100; rerank.weight=W),
 hybrid (false = dense alone in a folder with a BM25 index; "hybrid=[0.5,0.5]" = fuse with these dense, BM25 weights),
 format=jsonl (one JSON object a query, {query, k, hits: [{id, score, text}]}, as the server answers; whole texts),
-threads (torch threads; default 1, null: one per core)."""
+threads (torch and FAISS threads; default 1, null: one per core)."""
 
 
 def usage() -> str:
