@@ -1314,7 +1314,8 @@ def test_sigterm_while_train_prepares_its_data_is_one_line_and_143_and_leaves_no
         process = subprocess.Popen(cmd, cwd=ROOT, stdout=out_file, stderr=err_file)
     log = tmp_path / "run" / "train.log"
     deadline = time.monotonic() + 300
-    while not (log.is_file() and "Tokenization cache miss" in log.read_text()):
+    # the bar's first line too: on a loaded machine the signal could come before it was drawn (a full run beside others)
+    while not (log.is_file() and "Tokenization cache miss" in log.read_text() and "Reading train rows" in (tmp_path / "err").read_text()):
         assert process.poll() is None and time.monotonic() < deadline, (tmp_path / "err").read_text()[-3000:]
         time.sleep(0.2)
     process.send_signal(signal.SIGTERM)
