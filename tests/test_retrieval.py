@@ -864,6 +864,20 @@ def test_index_names_its_corpus_and_commands_for_its_folder_that_run_as_printed(
     assert compose_command("serve", serve_args[2:]).index == str(out)
 
 
+@pytest.mark.parametrize("folder", ["/data/my indexes", "/data/a,b", "/x/it's", '/x/say "hi"', "/x/back\\slash", "/x/end\\",
+                                    '/x/bq\\"', "/x/a=b[1]{c}", "/x/$HOME", "/x/${oc.env:HOME}", "/x/a\\${threads}", "/x/${"])
+def test_a_printed_argument_is_read_back_as_the_folder_it_names(folder):
+    """index.py prints its folder as index=... for a command line to paste (core.commands.argument): after the shell
+    and Hydra it must name that folder. A name holding ${ was an interpolation: "/x/${oc.env:HOME}" was read as /x//root."""
+    import shlex
+
+    from two_tower.cli.common import compose as compose_command
+    from two_tower.core.commands import argument
+
+    args = shlex.split(argument("index", folder))
+    assert len(args) == 1 and compose_command("search", args).index == folder, args
+
+
 def test_search_command_prints_each_hit_on_one_line_with_no_control_character():
     """A passage's newline printed raw made a line that read as one more hit, a carriage return wrote over its own
     hit's rank and score in a terminal, and an escape sequence (in a text or an id) was run by the terminal."""

@@ -31,10 +31,12 @@ _HYDRA_PLAIN = re.compile(r"[A-Za-z0-9_/.+:-]+(?: +[A-Za-z0-9_/.+:-]+)*")
 def argument(key: str, value) -> str:
     """``key=value`` as one shell argument of a command line a user can paste, whose value Hydra reads as this text:
     quoted for Hydra where its grammar needs it (``index="/data/a,b"``), then for the shell (``'index="/data/a,b"'``,
-    ``'index=/data/my indexes'``). Hydra reads a backslash as an escape only before a quote or at the end."""
+    ``'index=/data/my indexes'``). In a quoted value Hydra reads a backslash as an escape only before a quote, before
+    ``${`` (an interpolation, resolved unless escaped: a folder named ``a${x}`` was read as ``a`` + the setting x) or at
+    the end."""
     text = str(value)
     if not _HYDRA_PLAIN.fullmatch(text):
-        text = '"' + re.sub(r'(\\+)(?="|$)', r"\1\1", text).replace('"', '\\"') + '"'
+        text = '"' + re.sub(r'(\\*)("|\$\{|$)', lambda m: m[1] * 2 + ("\\" + m[2] if m[2] else ""), text) + '"'
     return shlex.quote(f"{key}={text}")
 
 
