@@ -45,6 +45,10 @@ def test_fast_dev_run_says_what_it_ran(tiny_cfg, caplog):
         train(tiny_cfg("debug=fast_dev_run", "data.eval_batch_size=4"))  # validation passages in several batches, as on real data
     assert "Training ended before any validation" not in caplog.text
     assert "fast_dev_run: one training and one validation batch ran (a smoke test)" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.INFO):  # Lightning's fast_dev_run=N runs N of each: it said "one"
+        train(tiny_cfg("debug=fast_dev_run", "trainer.fast_dev_run=2", "data.eval_batch_size=4"))
+    assert "fast_dev_run: 2 training and validation batches each ran (a smoke test)" in caplog.text
 
 
 def test_model_learns_far_above_random(tmp_path):
