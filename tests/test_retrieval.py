@@ -938,6 +938,48 @@ def test_interactive_search_on_a_terminal_edits_lines_and_recalls_queries(traine
         os.close(master)
 
 
+@pytest.mark.skipif(not hasattr(__import__("os"), "openpty"), reason="needs a pseudo-terminal")
+def test_interactive_search_typed_with_stdout_redirected_refuses_a_keys_escape_sequence(trained):
+    """With stdout redirected (search.py -i format=jsonl > results.jsonl) a terminal's line is read without line editing
+    (Python's needs stdout on the terminal too): an arrow key went into the query as an escape sequence and
+    "river\x1b[D\x1b[D apple" was searched, silently. It is one error line; the next query is searched."""
+    import os
+    import pty
+    import select
+    import subprocess
+    import sys
+    import time
+
+    master, slave = pty.openpty()
+    process = subprocess.Popen([sys.executable, "search.py", f"index={trained['index']}", "-i", "k=1", "format=jsonl"],
+                               stdin=slave, stdout=subprocess.PIPE, stderr=slave, cwd=ROOT, env={**os.environ, "TERM": "xterm"}, close_fds=True)
+    os.close(slave)
+
+    def read_until(token: bytes, timeout: float = 120) -> bytes:
+        seen, end = b"", time.monotonic() + timeout
+        while token not in seen and time.monotonic() < end:
+            if select.select([master], [], [], 0.5)[0]:
+                try:
+                    seen += os.read(master, 65536)
+                except OSError:  # the process ended
+                    break
+        return seen
+
+    try:
+        assert read_until(b"query> ").endswith(b"query> ")
+        os.write(master, b"river\x1b[D\x1b[D apple\r")
+        assert b"error: the line holds a key's escape sequence" in read_until(b"query> ")
+        os.write(master, b"apple river\r\r")  # searched; an empty line ends it
+        out, _ = process.communicate(timeout=60)
+        assert process.returncode == 0
+        assert [json.loads(line)["query"] for line in out.decode().splitlines()] == ["apple river"], out
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        os.close(master)
+
+
 def test_search_command_notes_a_query_longer_than_the_query_window(trained, capsys, monkeypatch):
     """The query tower reads a query's first max_query_len words: a longer query was cut silently (a probe: 40 x a word
     and 150 more scored exactly as the 40 alone). A note on stderr names it; stdout keeps the results only."""

@@ -248,6 +248,10 @@ def _interactive(searcher: Searcher, cfg) -> int:
         if not_utf8(query):
             print("error: the query is not UTF-8 text", file=sys.stderr)
             continue
+        if tty and "\x1b" in query:  # a key's escape sequence read as text: no line editing with stdout redirected
+            print("error: the line holds a key's escape sequence (an arrow key?), not searched; type it again (keys edit "
+                  "the line only when stdout is the terminal too)", file=sys.stderr)
+            continue
         try:
             searcher.encoder.check_query(query)
         except EmptyQueryError as err:
