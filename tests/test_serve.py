@@ -976,6 +976,14 @@ def test_back_shows_the_search_before_and_a_linked_k_is_never_silently_the_defau
     browser.forward()
     wait.until(lambda d: shown() == ("garden", "", LIMITS.k))
 
+    # the same search again, from a link written another way (%20 for +): no new step of history
+    browser.get(server.url + "/?q=garden%20castle")
+    wait.until(lambda d: shown() == ("garden castle", "", LIMITS.k))
+    steps = browser.execute_script("return history.length")
+    page_search(browser, "garden castle")
+    wait.until(lambda d: d.find_element(By.ID, "status").text and shown()[2] == LIMITS.k)
+    assert browser.execute_script("return history.length") == steps and browser.current_url.endswith("/?q=garden%20castle")
+
     browser.get(server.url + "/?q=garden&k=ten")
     wait.until(lambda d: "k: Input should be a valid integer" in d.find_element(By.ID, "status").text)
     assert not browser.find_elements(By.CSS_SELECTOR, "#results li")

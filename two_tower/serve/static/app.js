@@ -129,7 +129,8 @@ form.addEventListener("submit", (event) => {
   const params = new URLSearchParams({ q: query });
   if (k) params.set("k", k);
   const url = `/?${params}`;
-  if (url !== location.pathname + location.search) history.pushState(null, "", url);
+  // compared as parameters: a linked /?q=how%20long is the search /?q=how+long (a step of its own for the same search)
+  if (url !== `${location.pathname}?${new URLSearchParams(location.search)}`) history.pushState(null, "", url);
   search(query, k);
 });
 
