@@ -530,7 +530,7 @@ def _train(cfg: DictConfig) -> dict[str, float]:
         raise SystemExit(143) from None
     if cfg.optimized_metric not in metrics and cfg.trainer.get("fast_dev_run"):
         # its one validation batch is part of the corpus, which is not ranked (two_tower/model/module.py: _score)
-        batches = "one training and one validation batch" if cfg.trainer.fast_dev_run is True else f"{int(cfg.trainer.fast_dev_run)} training and validation batches each"
+        batches = "one training and one validation batch" if int(cfg.trainer.fast_dev_run) == 1 else f"{int(cfg.trainer.fast_dev_run)} training and validation batches each"
         log.info("fast_dev_run: %s ran (a smoke test); nothing is ranked, logged or saved", batches)
     elif cfg.optimized_metric not in metrics and cfg.trainer.get("limit_val_batches") != 0:
         # e.g. trainer.max_steps reached inside the first epoch: nothing was validated, nothing chosen
