@@ -72,7 +72,7 @@ done
 python train.py experiment=best_without_query_relations seed=42 threads=1 data.path="$DATA" hydra.run.dir="$OUT/gap_best42"
 python evaluate.py ckpt="$OUT/gap_best42/checkpoints/last.ckpt" data.path="$DATA" split=validation "retriever=[dense,teacher]" out="$OUT/gap_val"
 python experiments/semantic/gap.py "$OUT/gap_val" "$DATA"
-# git apply experiments/semantic/inverse_cloze.patch, then:
+# on the patch's base commit 062dbf0 (it no longer applies to main): git apply experiments/semantic/inverse_cloze.patch, then:
 # python train.py experiment=best_without_query_relations seed=42 data.pseudo_queries.kind=ict trainer.max_epochs=3 threads=1 data.path="$DATA"
 
 # Three more levers and the hybrid's ceiling (2026-12-05, third session; run on the recipe now called
