@@ -2293,6 +2293,31 @@ def test_python_api_refuses_odd_arguments_in_one_clear_exception(trained):
             copying(searcher)
 
 
+def test_a_mapping_or_table_of_texts_is_refused_not_read_as_its_keys(trained):
+    """A probe of the Python API: search({"q1": text, ...}) searched the ids "q1", "q2" (a dict iterates its keys) and
+    search(DataFrame) its column name (2 queries gave 1 hit list), silently; Encoder.fit_corpus({id: text}) counted
+    the ids as the corpus. A Series, an array and a generator of texts are read as before."""
+    import pandas as pd
+    from two_tower.retrieval.encoder import Encoder
+
+    searcher = Searcher.load(trained["index"], hybrid=False)
+    queries = ["apple", "river castle"]
+    with pytest.raises(TypeError, match=re.escape("not a dict: iterating one gives its keys, which would be read as the texts; give the texts themselves, e.g. list(queries.values())")):
+        searcher.search({"q1": queries[0], "q2": queries[1]}, k=3)
+    with pytest.raises(TypeError, match=re.escape("not a 2-dimensional DataFrame: iterating one gives its column names or rows")):
+        searcher.search(pd.DataFrame({"query": queries}), k=3)
+    listed = [[hit.id for hit in hits] for hits in searcher.search(queries, k=3)]
+    for given in (pd.Series(queries, index=[7, 3]), np.array(queries), (q for q in queries)):
+        assert [[hit.id for hit in hits] for hits in searcher.search(given, k=3)] == listed
+    encoder = Encoder.load(trained["ckpt"])
+    texts = validation_split(trained["data"]).passage_texts
+    with pytest.raises(ConfigError, match=re.escape("give a list of passage texts, not a dict: iterating one gives its keys")):
+        encoder.fit_corpus({str(i): text for i, text in enumerate(texts)})
+    encoder.fit_corpus(texts)
+    with pytest.raises(ConfigError, match=re.escape("give a list of query texts, not a 2-dimensional DataFrame")):
+        encoder.encode_queries(pd.DataFrame({"query": queries}))
+
+
 def test_threads_setting_applies_to_the_call_only(trained, tmp_path):
     """build_index() and evaluate() with threads=1 left torch at 1 thread in the calling process (a notebook's
     next encoding ran on one core)."""

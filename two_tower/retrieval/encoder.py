@@ -39,7 +39,7 @@ from two_tower.data.tokenizer import WindowCount
 from two_tower.model.bag import TermStatistics
 from two_tower.retrieval.checkpoint import encode_tokens, load_checkpoint, progress_bar
 from two_tower.retrieval.indexer import corpus_statistics
-from two_tower.retrieval.query_encoder import check_queries
+from two_tower.retrieval.query_encoder import check_queries, not_a_list_of_texts
 
 log = logging.getLogger(__name__)
 
@@ -172,9 +172,12 @@ def _lock(module) -> threading.Lock:
 def _texts(texts, kind: str) -> list[str]:
     """``texts`` as a list of strings: any iterable of them (a list, a generator, a pandas Series), read once (a
     generator checked and then read again was empty: fit_corpus counted a corpus of 0 passages); a lone string
-    (it would be read as a list of characters) or a non-text is one error naming it."""
+    (it would be read as a list of characters), a mapping (its keys) or a table (its column names) or a non-text is
+    one error naming it."""
     if isinstance(texts, (str, bytes, bytearray)):
         raise ConfigError(f"give a list of {kind} texts, not one {'string' if isinstance(texts, str) else type(texts).__name__} ({texts[:40]!r})")
+    if (why := not_a_list_of_texts(texts)) is not None:  # a {id: text} dict: its ids were encoded (or counted by fit_corpus)
+        raise ConfigError(f"give a list of {kind} texts, {why}")
     try:
         texts = list(texts)
     except TypeError:

@@ -7,6 +7,7 @@ neither the training checkpoint nor Lightning, and starts in about a second.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from pathlib import Path
 
 import hydra
@@ -115,6 +116,21 @@ def check_query(tokenizer: Tokenizer, query, where: str = "the query") -> None:
         # Punctuation, emoji, control or zero-width characters only: the tokenizer finds no word, and
         # encoding nothing would answer every such query with the same arbitrary passages.
         raise EmptyQueryError(f"{where} has no searchable word ({query[:40]!r}); give some words to search for")
+
+
+def not_a_list_of_texts(texts, name: str = "texts") -> str | None:
+    """Why ``texts`` (given where a list of texts is due) would be read as other texts than the caller's, or None:
+    a mapping iterates its keys ({qid: text} searched the ids "q1", "q2") and a table its column names (a
+    DataFrame of 2 queries was searched as the one query "query"), silently; said in the caller's error, whose
+    argument is ``name``."""
+    if isinstance(texts, Mapping):
+        return (f"not a {type(texts).__name__}: iterating one gives its keys, which would be read as the texts; "
+                f"give the texts themselves, e.g. list({name}.values())")
+    ndim = getattr(texts, "ndim", 1)
+    if isinstance(ndim, int) and ndim > 1:
+        return (f"not a {ndim}-dimensional {type(texts).__name__}: iterating one gives its column names or rows, not one text "
+                f"each; give one column of texts, e.g. {name}['text']")
+    return None
 
 
 def check_queries(tokenizer: Tokenizer, queries: list) -> None:

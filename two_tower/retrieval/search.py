@@ -27,7 +27,7 @@ from two_tower.retrieval.hybrid import min_max_rows, proven_top_k
 from two_tower.retrieval.index import PASSAGES_FILE, PassageIndex, SearchHits, check_k, normalised, valid_hybrid_weights
 from two_tower.retrieval.maxsim import CorpusMaxSim, MaxSimRerank, below_reranked
 from two_tower.retrieval.prf import RocchioPRF
-from two_tower.retrieval.query_encoder import QueryEncoder
+from two_tower.retrieval.query_encoder import QueryEncoder, not_a_list_of_texts
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +140,8 @@ class Searcher:
             iter(queries)
         except TypeError:
             raise TypeError(f"search() takes a list of queries, not {type(queries).__name__} ({queries!r:.60})") from None
+        if (why := not_a_list_of_texts(queries, "queries")) is not None:
+            raise TypeError(f"search() takes a list of queries, {why}")
         queries = list(queries)  # any iterable (a generator, a tuple, a pandas Series); its own errors are its own
         check_k(k)  # an empty list too: search([], k=0) returned [] and search([q], k=0) raised
         if not queries:
