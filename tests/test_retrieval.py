@@ -2318,6 +2318,27 @@ def test_a_mapping_or_table_of_texts_is_refused_not_read_as_its_keys(trained):
         encoder.encode_queries(pd.DataFrame({"query": queries}))
 
 
+def test_search_params_that_are_not_text_are_refused(trained, tmp_path, monkeypatch):
+    """search_params=256 (a Python int, or Hydra's for an unquoted value) went to FAISS as a combination number of
+    an empty ParameterSpace, which set nothing: an HNSW folder was searched at its old efSearch, silently, and
+    index.py saved the 256 in a folder it then could not load ("could not interpret parameters 256")."""
+    from two_tower.retrieval import indexer
+    from two_tower.retrieval.index import set_search_params
+
+    hnsw = faiss.index_factory(8, "HNSW8", faiss.METRIC_INNER_PRODUCT)
+    for params in (256, {"efSearch": 256}):
+        with pytest.raises(ConfigError, match=re.escape(f"search_params={params!r}: must be text naming each parameter, e.g. 'efSearch=256'")):
+            set_search_params(hnsw, params, f"search_params={params!r}", "HNSW8")
+    with pytest.raises(ConfigError, match=re.escape("search_params=256: must be text")):
+        Searcher.load(trained["index"], search_params=256)
+    monkeypatch.setattr(indexer, "encode_passages", lambda *a, **k: pytest.fail("encoded before checking search_params"))
+    monkeypatch.setattr(indexer, "encoded_chunks", lambda *a, **k: pytest.fail("encoded before checking search_params"))
+    cfg = compose_retrieval("index", [f"ckpt={trained['ckpt']}", f"data.path={trained['data']}", f"out={tmp_path / 'index'}", "index.factory=HNSW32", "index.search_params=256"])
+    with pytest.raises(ConfigError, match=re.escape("index.search_params=256: must be text")):
+        build_index(cfg)
+    assert not (tmp_path / "index").exists()
+
+
 def test_threads_setting_applies_to_the_call_only(trained, tmp_path):
     """build_index() and evaluate() with threads=1 left torch at 1 thread in the calling process (a notebook's
     next encoding ran on one core)."""

@@ -304,7 +304,12 @@ def set_search_params(index: faiss.Index, params: str, setting: str, kind: str) 
     search then stops in its C++ check (a folder saved so could not be searched at all), and it keeps them as C ints,
     so 2^31 wrapped to 0 (the same) and ``efSearch=4294967297`` to 1 (searches returned 1 hit of 5, not the best: a
     probe). ``setting``: how the user gave them (``index.search_params='nprobe=0'``); ``kind``: the index's factory or
-    type, for the message."""
+    type, for the message. Only text is taken: FAISS read a number (``search_params=256``, Hydra's int for an
+    unquoted value) as a combination number of an empty ``ParameterSpace`` and set nothing, silently (a folder built
+    so could then not be loaded: its manifest's 256 read back as text)."""
+    if not isinstance(params, str):
+        raise ConfigError(f"{setting}: must be text naming each parameter, e.g. 'efSearch=256' (HNSW) or 'nprobe=32' (IVF), "
+                          f"not {type(params).__name__}")
     for name, value in search_param_items(params):
         if name in ("nprobe", "efSearch", "k_factor_rf"):
             try:
