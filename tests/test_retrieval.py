@@ -2339,6 +2339,29 @@ def test_search_params_that_are_not_text_are_refused(trained, tmp_path, monkeypa
     assert not (tmp_path / "index").exists()
 
 
+def test_encoder_batch_size_and_load_paths_of_another_type_are_one_error_naming_them(trained):
+    """A probe of the Python API: Encoder(batch_size=0 or -1) encoded one text a batch, silently; 2.5, None or "8"
+    failed deep in the batching ("'<' not supported between instances of 'int' and 'NoneType'"); Searcher.load(None)
+    and Encoder.load(None) said "expected str, bytes or os.PathLike object, not NoneType", naming no argument."""
+    from two_tower.retrieval.encoder import Encoder
+
+    for size in (0, -1, 2.5, None, True, "8"):
+        with pytest.raises(ConfigError, match=re.escape(f"batch_size={size!r}: must be a whole number >= 1")):
+            Encoder.load(trained["ckpt"], batch_size=size)
+    encoder = Encoder.load(trained["ckpt"], batch_size=np.int64(3))
+    assert encoder.batch_size == 3 and type(encoder.batch_size) is int
+    with pytest.raises(ConfigError, match=re.escape("batch_size=0: must be a whole number >= 1")):
+        Encoder(encoder.module, batch_size=0)
+    for path in (None, b"/tmp", 5):
+        with pytest.raises(IndexFolderError, match=re.escape(f"index={path!r}: give the index folder's path (a str or pathlib.Path), not {type(path).__name__}")):
+            Searcher.load(path)
+        with pytest.raises(CheckpointError, match=re.escape(f"ckpt={path!r}: give the checkpoint file's path (a str or pathlib.Path), not {type(path).__name__}")):
+            Encoder.load(path)
+    with pytest.raises(CheckpointError, match=re.escape("ckpt=7: give the checkpoint file's path")):
+        Searcher.load(trained["index"], checkpoint=7)
+    assert Searcher.load(str(trained["index"])).search(["apple"], k=1)  # a str and a Path (the fixture's) both load
+
+
 def test_threads_setting_applies_to_the_call_only(trained, tmp_path):
     """build_index() and evaluate() with threads=1 left torch at 1 thread in the calling process (a notebook's
     next encoding ran on one core)."""

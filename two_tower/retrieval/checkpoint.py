@@ -7,6 +7,7 @@ encoder settings and a hash of each tower's weights (two epochs of one run diffe
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,8 @@ def load_checkpoint(path: str | Path):
     """The ``TwoTowerModule`` of a ``.ckpt`` on CPU in eval mode, with its tokenizer restored."""
     from two_tower.model.module import TwoTowerModule  # imports Lightning: only when a checkpoint is needed
 
+    if not isinstance(path, (str, os.PathLike)):  # Path(None) said "expected str, bytes or os.PathLike object", naming nothing
+        raise CheckpointError(f"ckpt={path!r:.60}: give the checkpoint file's path (a str or pathlib.Path), not {type(path).__name__}")
     path = Path(path).expanduser()
     if path.is_dir():
         last = next((p for p in (path / "checkpoints" / "last.ckpt", path / "last.ckpt") if p.is_file()), None)

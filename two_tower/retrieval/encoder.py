@@ -27,6 +27,7 @@ another's corpus.
 from __future__ import annotations
 
 import logging
+import numbers
 import threading
 import weakref
 from pathlib import Path
@@ -48,7 +49,7 @@ class Encoder:
     """A checkpoint's two towers, encoding texts into vectors (see the module's docstring)."""
 
     def __init__(self, module, batch_size: int = 512, statistics: TermStatistics | str | Path | None = None):
-        self.module, self.batch_size = module, batch_size
+        self.module, self.batch_size = module, _batch_size(batch_size)
         self.statistics: TermStatistics | None = None
         self._weights: list | None = None  # the module's bags' weights for ``statistics`` (``TwoTower.statistics_state``)
         if statistics is not None:
@@ -58,6 +59,7 @@ class Encoder:
     def load(cls, checkpoint: str | Path, batch_size: int = 512, statistics: TermStatistics | str | Path | None = None) -> "Encoder":
         """The encoder of a ``.ckpt`` (CPU, eval mode); ``statistics``: a corpus's, as ``fit_corpus`` returned them
         (or their file: ``use_statistics``)."""
+        _batch_size(batch_size)  # before the checkpoint is read: a bad setting is named first
         return cls(load_checkpoint(checkpoint), batch_size, statistics)
 
     @property
@@ -136,6 +138,14 @@ class Encoder:
                 towers.restore_statistics(before)
                 for part, training in modes:
                     part.training = training
+
+
+def _batch_size(batch_size) -> int:
+    """Texts a batch: a whole number >= 1, or one error naming it (0 and -1 encoded one text a batch, silently
+    slow; 2.5 or None failed deep in the batching with "'<' not supported ..." or a range() TypeError)."""
+    if not isinstance(batch_size, numbers.Integral) or isinstance(batch_size, (bool, np.bool_)) or batch_size < 1:
+        raise ConfigError(f"batch_size={batch_size!r}: must be a whole number >= 1 (texts encoded a batch)")
+    return int(batch_size)
 
 
 def _statistics(statistics) -> TermStatistics:

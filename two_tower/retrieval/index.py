@@ -510,6 +510,8 @@ class PassageIndex:
         """Open an index folder. ``expect_model`` (a ``model_identity``) must match the one that built it;
         ``verify_files`` re-hashes every file against the manifest (about 0.5 s per GB), so a corrupted
         part is refused instead of giving wrong answers or a crash deep inside FAISS."""
+        if not isinstance(path, (str, os.PathLike)):  # Path(None) said "expected str, bytes or os.PathLike object", naming nothing
+            raise IndexFolderError(f"index={path!r:.60}: give the index folder's path (a str or pathlib.Path), not {type(path).__name__}")
         path = Path(path).expanduser()
         with reading(path):
             manifest = read_manifest(path)
