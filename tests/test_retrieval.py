@@ -2362,6 +2362,23 @@ def test_encoder_batch_size_and_load_paths_of_another_type_are_one_error_naming_
     assert Searcher.load(str(trained["index"])).search(["apple"], k=1)  # a str and a Path (the fixture's) both load
 
 
+def test_fusion_weights_whose_sum_float32_cannot_hold_are_refused(trained):
+    """hybrid=(1e-50, 1e-50) fused every passage's float32 score to 0 and (7e38, 3e38) to inf: passed as finite, >= 0
+    and not both 0, they ranked the corpus by row ('1', '2', '3', ... for every query), silently (a probe)."""
+    from two_tower.retrieval.hybrid import check_weights
+    from two_tower.retrieval.search import check_hybrid
+
+    rule = "their sum from 1.2e-38 to 3.4e+38, as float32 scores hold"
+    for weights in ((1e-50, 1e-50), (7e38, 3e38)):
+        with pytest.raises(ConfigError, match=re.escape(rule)):
+            Searcher.load(trained["index"], hybrid=weights)
+        with pytest.raises(ConfigError, match=re.escape(f"retriever.hybrid_weighted.weights={list(weights)}: {rule}")):
+            check_weights(list(weights), "retriever.hybrid_weighted.weights")
+    assert check_hybrid((1e-300, 1.0)) == (1e-300, 1.0)  # a negligible dense weight: BM25's ranking, as before
+    searcher = Searcher.load(trained["index"], hybrid=(7e29, 3e29))  # scaled weights rank as the folder's own
+    assert [h.id for h in searcher.search(["apple"], k=5)[0]] == [h.id for h in Searcher.load(trained["index"]).search(["apple"], k=5)[0]]
+
+
 def test_threads_setting_applies_to_the_call_only(trained, tmp_path):
     """build_index() and evaluate() with threads=1 left torch at 1 thread in the calling process (a notebook's
     next encoding ran on one core)."""

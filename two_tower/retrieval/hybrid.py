@@ -18,6 +18,7 @@ import torch
 from two_tower.data.prepared import PreparedSplit
 from two_tower.core.checks import check
 from two_tower.core.errors import ConfigError
+from two_tower.retrieval.index import WEIGHT_SUM_RANGE, WEIGHT_SUM_RULE
 from two_tower.retrieval.retriever import SplitRetriever
 
 
@@ -68,6 +69,8 @@ def check_weights(weights, name: str = "weights") -> None:
         check(f"{name}[{i}]", weight, rule="fusion.weight")
     if not sum(float(w) for w in weights) > 0:
         raise ConfigError(f"{name}={list(weights)}: all 0; at least one part must weigh more than 0")
+    if not WEIGHT_SUM_RANGE[0] <= sum(float(w) for w in weights) <= WEIGHT_SUM_RANGE[1]:
+        raise ConfigError(f"{name}={list(weights)}: {WEIGHT_SUM_RULE} (fused to 0 or inf, the ranking was by passage number)")
 
 
 class WeightedScoreFusion(FusionRetriever):

@@ -755,13 +755,22 @@ def read_manifest(path: Path) -> dict:
     if "hybrid" in manifest:
         weights = (manifest["hybrid"] or {}).get("weights") if isinstance(manifest["hybrid"], dict) else None
         if not valid_hybrid_weights(weights):
-            raise IndexFolderError(f"index={path}: {MANIFEST}: hybrid.weights={weights!r}: must be two finite numbers >= 0, not both 0; rebuild the folder")
+            raise IndexFolderError(f"index={path}: {MANIFEST}: hybrid.weights={weights!r}: must be two finite numbers >= 0, not both 0, {WEIGHT_SUM_RULE}; rebuild the folder")
     return manifest
 
 
+# The sum of fusion weights float32 scores hold: (1e-50, 1e-50) fused every passage to 0 and (7e38, 3e38) to inf,
+# so a search ranked the corpus by row, silently (a probe); their ratio alone decides a ranking.
+WEIGHT_SUM_RANGE = (float(np.finfo(np.float32).tiny), float(np.finfo(np.float32).max))
+WEIGHT_SUM_RULE = f"their sum from {WEIGHT_SUM_RANGE[0]:.2g} to {WEIGHT_SUM_RANGE[1]:.2g}, as float32 scores hold"
+
+
 def valid_hybrid_weights(weights) -> bool:
-    """(dense, bm25) fusion weights: two finite numbers >= 0, not both 0 (index.py's hybrid.weights, a manifest's)."""
-    return isinstance(weights, list) and len(weights) == 2 and all(isinstance(w, numbers.Real) and not isinstance(w, (bool, np.bool_)) and math.isfinite(w) and w >= 0 for w in weights) and sum(weights) > 0
+    """(dense, bm25) fusion weights: two finite numbers >= 0, not both 0, their sum in ``WEIGHT_SUM_RANGE``
+    (index.py's hybrid.weights, a manifest's)."""
+    return (isinstance(weights, list) and len(weights) == 2
+            and all(isinstance(w, numbers.Real) and not isinstance(w, (bool, np.bool_)) and math.isfinite(w) and w >= 0 for w in weights)
+            and WEIGHT_SUM_RANGE[0] <= sum(weights) <= WEIGHT_SUM_RANGE[1])
 
 
 # Recorded for information only: the same model may be loaded from a moved or copied file.

@@ -21,7 +21,7 @@ from two_tower.core.atomic import check_writable
 from two_tower.core.checks import check_config
 from two_tower.core.threads import kept, set_threads
 from two_tower.core.errors import ConfigError
-from two_tower.retrieval.index import check_trainable, build_faiss_streamed, bytes_per_vector, check_replaceable, new_faiss, set_search_params, valid_hybrid_weights, write_index_folder
+from two_tower.retrieval.index import check_trainable, build_faiss_streamed, bytes_per_vector, check_replaceable, new_faiss, set_search_params, valid_hybrid_weights, WEIGHT_SUM_RULE, write_index_folder
 from two_tower.retrieval.query_encoder import QueryEncoder
 from two_tower.retrieval.smoothing import NeighbourSmoothing, prepare_reconstruct
 
@@ -92,7 +92,7 @@ def lexical_index(cfg: DictConfig, texts: list[str], seconds: dict) -> tuple[BM2
         return None, None
     weights = list(hybrid.weights) if OmegaConf.is_list(hybrid.weights) else hybrid.weights
     if not valid_hybrid_weights(weights):
-        raise ConfigError(f"hybrid.weights={weights!r}: must be two finite numbers >= 0 (dense, bm25), not both 0")
+        raise ConfigError(f"hybrid.weights={weights!r}: must be two finite numbers >= 0 (dense, bm25), not both 0, {WEIGHT_SUM_RULE}")
     start = time.perf_counter()
     lexical = BM25Scorer.from_config({k: v for k, v in hybrid.bm25.items() if k != "_target_"}, "hybrid.bm25")
     log.info("Indexing %d passages for BM25 (hybrid search)", len(texts))

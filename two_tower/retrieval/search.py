@@ -24,7 +24,7 @@ import torch
 from two_tower.core.errors import ConfigError
 from two_tower.core.metrics import rank_by_scores
 from two_tower.retrieval.hybrid import min_max_rows, proven_top_k
-from two_tower.retrieval.index import PASSAGES_FILE, PassageIndex, SearchHits, check_k, normalised, valid_hybrid_weights
+from two_tower.retrieval.index import PASSAGES_FILE, PassageIndex, SearchHits, check_k, normalised, valid_hybrid_weights, WEIGHT_SUM_RULE
 from two_tower.retrieval.maxsim import CorpusMaxSim, MaxSimRerank, below_reranked
 from two_tower.retrieval.prf import RocchioPRF
 from two_tower.retrieval.query_encoder import QueryEncoder, not_a_list_of_texts
@@ -58,7 +58,7 @@ def check_hybrid(hybrid) -> bool | tuple[float, float] | None:
         return hybrid
     raise ConfigError(
         f"hybrid={hybrid!r}: must be true, false, null (None in Python: where the folder has a BM25 index) or "
-        "[dense weight, bm25 weight] (two finite numbers >= 0, not both 0)"
+        f"[dense weight, bm25 weight] (two finite numbers >= 0, not both 0, {WEIGHT_SUM_RULE})"
     )
 
 
