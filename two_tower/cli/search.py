@@ -30,7 +30,7 @@ USAGE = """usage: python search.py index=DIR "your question" [k=10] [key=value .
 Settings (two_tower/conf/search.yaml): k, search_params (e.g. "search_params='efSearch=256'"), ckpt (check the index against a
 checkpoint and encode queries with it), batch_size, max_chars, prf=rocchio (pseudo-relevance feedback; prf.depth=N), rerank=maxsim (MaxSim rerank of the top rerank.depth=100; rerank.weight=W),
 hybrid (false = dense alone in a folder with a BM25 index; "hybrid=[0.5,0.5]" = fuse with these dense, BM25 weights),
-format=jsonl (one JSON object a query, {query, k, hits: [{id, score, text}]}, as the server answers; whole texts),
+format=jsonl (one JSON object a query, {query, k, hits: [{id, score, text}]}, as the server answers without took_ms and words_unread; whole texts),
 threads (torch and FAISS threads; default 1, null: one per core)."""
 
 
