@@ -59,7 +59,7 @@ def main() -> None:
         for i, text in enumerate(texts):
             f.write(f"{i}\t{text}\n")
     (out / "queries.txt").write_text("\n".join(queries) + "\n")
-    print(f"{out / 'corpus.tsv'}: {len(texts):,} passages ({len(real):,} real, {n_synthetic:,} synthetic, "
+    print(f"{out / 'corpus.tsv'}: {len(texts):,} passages ({len(texts) - n_synthetic:,} real, {n_synthetic:,} synthetic, "
           f"{lengths.mean():.0f} words on average); {out / 'queries.txt'}: {len(queries):,} queries")
 
 
