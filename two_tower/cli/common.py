@@ -68,10 +68,16 @@ def exit_on_error():
     except TwoTowerError as err:
         sys.exit(report(err))
     except KeyboardInterrupt:
-        if debugging():
-            raise
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
+        sys.exit(interrupted_status())
+
+
+def interrupted_status() -> int:
+    """Ctrl-C's one ``interrupted`` line and exit status, 130 (as a shell reports SIGINT); to be called while a
+    KeyboardInterrupt is handled, which it raises again under TWO_TOWER_DEBUG (the traceback)."""
+    if debugging():
+        raise  # noqa: PLE0704 (the KeyboardInterrupt being handled)
+    print("interrupted", file=sys.stderr)
+    return 130
 
 
 def composition_error(config_name: str, argv: list[str]) -> str | None:

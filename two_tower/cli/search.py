@@ -11,7 +11,7 @@ import re
 import sys
 from typing import TYPE_CHECKING
 
-from two_tower.cli.common import command_settings, compose, debugging, drop_stdout, hydra_error_line, path_setting_error, report, search_override_error
+from two_tower.cli.common import command_settings, compose, drop_stdout, hydra_error_line, interrupted_status, path_setting_error, report, search_override_error
 from two_tower.core.checks import check_config
 from two_tower.core.errors import EmptyQueryError, TwoTowerError
 from two_tower.core.threads import set_threads
@@ -106,10 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _main(argv)
     except KeyboardInterrupt:
-        if debugging():
-            raise
-        print("interrupted", file=sys.stderr)
-        return 130
+        return interrupted_status()
     except BrokenPipeError:  # e.g. | head -1: stop quietly (and keep Python from failing again at exit)
         drop_stdout()
         return 141

@@ -14,7 +14,7 @@ import socket
 import sys
 import time
 
-from two_tower.cli.common import compose, debugging, hydra_error_line, report, search_override_error
+from two_tower.cli.common import compose, hydra_error_line, interrupted_status, report, search_override_error
 from two_tower.core.commands import as_run, command
 from two_tower.core.errors import ConfigError, TwoTowerError
 
@@ -69,10 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _main(argv)
     except KeyboardInterrupt:
-        if debugging():
-            raise
-        print("interrupted", file=sys.stderr)
-        return 130
+        return interrupted_status()
 
 
 def _main(argv: list[str] | None) -> int:
