@@ -167,6 +167,11 @@ COMMAND_GROUPS = {
 }
 
 
+def group_options(group: str) -> list[str]:
+    """The options of a config group: its folder's ``*.yaml`` names, sorted."""
+    return sorted(p.stem for p in (Path(CONF_DIR) / group).glob("*.yaml"))
+
+
 def foreign_group_error(config_name: str, group: str, override: str) -> str | None:
     """The one line for ``override`` selecting ``group``, a folder of conf/ that ``config_name``'s command does not
     read (another command's group: ``train.py retriever=bm25``), or None when the command reads it (or it is no group)."""
@@ -203,11 +208,9 @@ def added_setting_error(config_name: str, argv: list[str]) -> str | None:
         key = override.lstrip("+").split("=", 1)[0]
         parts = key.split(".")
         group = (Path(CONF_DIR) / parts[0]).is_dir()
-        if group and len(parts) == 1:  # +group=option: a group this command reads is left alone (+teacher=minilm)
-            foreign = foreign_group_error(config_name, parts[0], override)
-            if foreign:
-                return foreign
-        if group and len(parts) > 1 and parts[0] not in base:  # +trainer.x=1 to index.py: another command's group
+        # +group=option (a group this command reads is left alone: +teacher=minilm), or a setting of a group its config
+        # has not (+trainer.x=1 to index.py): another command's group
+        if group and (len(parts) == 1 or parts[0] not in base):
             foreign = foreign_group_error(config_name, parts[0], override)
             if foreign:
                 return foreign
@@ -246,9 +249,9 @@ def hydra_error_line(config_name: str, err: Exception, argv: list[str] = ()) -> 
     if unknown:
         key = unknown.group(1)
         hint = retriever_setting_error(key, argv) if config_name == "evaluate" and key.startswith("retriever.") else None
-        if not hint and "." not in key:  # another command's group (train.py retriever=bm25): + would add it unread
-            hint = foreign_group_error(config_name, key, next((a.lstrip("+") for a in argv if a.lstrip("+").split("=", 1)[0] == key), key))
-        if not hint and "." in key and key.split(".")[0] not in compose(config_name, []):  # index.py trainer.x=1: its + form is refused too
+        # another command's group (train.py retriever=bm25: + would add it unread), or a setting of a group this config
+        # has not (index.py trainer.x=1: its + form is refused too)
+        if not hint and ("." not in key or key.split(".")[0] not in compose(config_name, [])):
             hint = foreign_group_error(config_name, key.split(".")[0], next((a.lstrip("+") for a in argv if a.lstrip("+").split("=", 1)[0] == key), key))
         if not hint and key.count(".") == 1:  # loss.margin with loss=infonce: + would add a key the loss refuses
             hint = group_option_setting_error(config_name, key, argv)
@@ -262,7 +265,7 @@ def hydra_error_line(config_name: str, err: Exception, argv: list[str] = ()) -> 
         # a misspelled option in a list (retriever=[bm25,bm26]): Hydra says "Could not load" without the options it
         # lists for a single one (retriever=bm26)
         group, option = missing.groups()
-        options = " ".join(sorted(p.stem for p in (Path(CONF_DIR) / group).glob("*.yaml")))
+        options = " ".join(group_options(group))
         return f"In '{config_name}': Could not find '{group}/{option}' Available options in '{group}': {options}"
     present = re.match(r"Could not append to config. An item is already at '([^']+)'", message)
     if present:  # e.g. +encoder.packing=packed from a run made before the config had the key
@@ -288,7 +291,7 @@ def null_group_error(config_name: str, argv: list[str]) -> str | None:
         value = override.value()
         if value is not None and not (isinstance(value, list) and None in value):
             continue
-        options = sorted(p.stem for p in (Path(CONF_DIR) / group).glob("*.yaml"))
+        options = group_options(group)
         try:
             off = group not in compose(config_name, [])
         except Exception:
@@ -311,7 +314,7 @@ def group_option_setting_error(config_name: str, key: str, argv: list[str]) -> s
     except Exception:
         return None
     having = []
-    for option in sorted(p.stem for p in (Path(CONF_DIR) / group).glob("*.yaml")):
+    for option in group_options(group):
         try:
             node = compose(config_name, [*rest, f"{group}={option}"]).get(group)
         except Exception:
@@ -339,7 +342,7 @@ def retriever_setting_error(key: str, argv: list[str]) -> str | None:
         return None
     if name in selected:
         return unknown_setting(f"retriever.{name}", setting, [k for k in selected[name] if k not in ("_target_", "parts")])
-    for option in sorted(p.stem for p in (Path(CONF_DIR) / "retriever").glob("*.yaml")):
+    for option in group_options("retriever"):
         try:
             given = compose("evaluate", [f"retriever=[{option}]"]).retriever
         except Exception:
@@ -421,7 +424,7 @@ def group_override_error(overrides: list[str], groups: dict[str, list[str]]) -> 
         if group not in groups or not key:
             continue
         if group not in selected:
-            options = sorted(p.stem for p in (Path(CONF_DIR) / group).glob("*.yaml"))
+            options = group_options(group)
             return f"{name}: a setting of the {group} group, which is off; select it first, e.g. {group}={options[0] if options else '...'} {override.lstrip('+')}"
         if key.split(".")[0] not in groups[group]:
             return unknown_setting(group, key, groups[group])
