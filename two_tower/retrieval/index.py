@@ -44,6 +44,7 @@ import torch
 from two_tower.core import progress
 from two_tower.core.atomic import atomic_folder, sweep_stale_temps
 from two_tower.core.commands import command
+from two_tower.core.checks import FLOAT32_MAX
 from two_tower.data.embeddings import provide_static_model
 from two_tower.model.bag import TermStatistics
 from two_tower.core.errors import ConfigError, EmbeddingsError, IndexFolderError
@@ -153,14 +154,14 @@ def faiss_clustering_warnings_counted(factory: str, said_for_lists: int = 0):
             os.dup2(saved, 2)
             os.close(saved)
             aside.seek(0)
-            lines = aside.read().splitlines(keepends=True)
-            warned = [found for found in map(_CLUSTERING_WARNING.match, lines) if found]
+            lines = [(line, _CLUSTERING_WARNING.match(line)) for line in aside.read().splitlines(keepends=True)]
+            warned = [found for _, found in lines if found]
             # the IVF's one clustering, warned about already: that one line alone (IVF256,PQ4's four PQ codebooks of 256
             # centroids each were dropped with it as of the same count, and nothing said of the codes)
             ivf = next((i for i, found in enumerate(warned) if int(found[2]) == said_for_lists), None) if said_for_lists else None
             if ivf is not None:
                 del warned[ivf]
-            rest = b"".join(line for line in lines if not _CLUSTERING_WARNING.match(line))
+            rest = b"".join(line for line, found in lines if not found)
             if rest:
                 os.write(2, rest)
             if warned:
@@ -761,7 +762,7 @@ def read_manifest(path: Path) -> dict:
 
 # The sum of fusion weights float32 scores hold: (1e-50, 1e-50) fused every passage to 0 and (7e38, 3e38) to inf,
 # so a search ranked the corpus by row, silently (a probe); their ratio alone decides a ranking.
-WEIGHT_SUM_RANGE = (float(np.finfo(np.float32).tiny), float(np.finfo(np.float32).max))
+WEIGHT_SUM_RANGE = (float(np.finfo(np.float32).tiny), FLOAT32_MAX)
 WEIGHT_SUM_RULE = f"their sum from {WEIGHT_SUM_RANGE[0]:.2g} to {WEIGHT_SUM_RANGE[1]:.2g}, as float32 scores hold"
 
 
