@@ -895,16 +895,30 @@ def test_search_command_prints_each_hit_on_one_line_with_no_control_character():
     ]
 
 
+def _read_pty_until(master: int, token: bytes, timeout: float = 120) -> bytes:
+    """What a pseudo-terminal's ``master`` side reads until ``token`` (or the process ended, or ``timeout`` passed)."""
+    import os
+    import select
+    import time
+
+    seen, end = b"", time.monotonic() + timeout
+    while token not in seen and time.monotonic() < end:
+        if select.select([master], [], [], 0.5)[0]:
+            try:
+                seen += os.read(master, 65536)
+            except OSError:  # the process ended
+                break
+    return seen
+
+
 @pytest.mark.skipif(not hasattr(__import__("os"), "openpty"), reason="needs a pseudo-terminal")
 def test_interactive_search_on_a_terminal_edits_lines_and_recalls_queries(trained):
     """--interactive on a terminal read with input() but without readline loaded: an arrow key went into the query
     as an escape sequence ("river\x1b[D...apple " was searched) and Up searched "\x1b[A", not the query before."""
     import os
     import pty
-    import select
     import subprocess
     import sys
-    import time
 
     pytest.importorskip("readline", reason="this Python was built without readline (search.py then reads plain lines)")
     master, slave = pty.openpty()
@@ -913,22 +927,12 @@ def test_interactive_search_on_a_terminal_edits_lines_and_recalls_queries(traine
                                stdin=slave, stdout=slave, stderr=slave, cwd=ROOT, env=env, close_fds=True)
     os.close(slave)
 
-    def read_until(token: bytes, timeout: float = 120) -> bytes:
-        seen, end = b"", time.monotonic() + timeout
-        while token not in seen and time.monotonic() < end:
-            if select.select([master], [], [], 0.5)[0]:
-                try:
-                    seen += os.read(master, 65536)
-                except OSError:  # the process ended
-                    break
-        return seen
-
     try:
-        assert read_until(b"query> ").endswith(b"query> ")
+        assert _read_pty_until(master, b"query> ").endswith(b"query> ")
         os.write(master, b"river" + b"\x1b[D" * 5 + b"apple \r")  # typed "river", moved back to its start, typed "apple "
-        assert b"query: apple river\r\n" in read_until(b"query> ")
+        assert b"query: apple river\r\n" in _read_pty_until(master, b"query> ")
         os.write(master, b"\x1b[A\r")  # Up: the query before
-        assert b"query: apple river\r\n" in read_until(b"query> ")
+        assert b"query: apple river\r\n" in _read_pty_until(master, b"query> ")
         os.write(master, b"\r")  # an empty line ends it
         assert process.wait(timeout=60) == 0
     finally:
@@ -945,30 +949,18 @@ def test_interactive_search_typed_with_stdout_redirected_refuses_a_keys_escape_s
     "river\x1b[D\x1b[D apple" was searched, silently. It is one error line; the next query is searched."""
     import os
     import pty
-    import select
     import subprocess
     import sys
-    import time
 
     master, slave = pty.openpty()
     process = subprocess.Popen([sys.executable, "search.py", f"index={trained['index']}", "-i", "k=1", "format=jsonl"],
                                stdin=slave, stdout=subprocess.PIPE, stderr=slave, cwd=ROOT, env={**os.environ, "TERM": "xterm"}, close_fds=True)
     os.close(slave)
 
-    def read_until(token: bytes, timeout: float = 120) -> bytes:
-        seen, end = b"", time.monotonic() + timeout
-        while token not in seen and time.monotonic() < end:
-            if select.select([master], [], [], 0.5)[0]:
-                try:
-                    seen += os.read(master, 65536)
-                except OSError:  # the process ended
-                    break
-        return seen
-
     try:
-        assert read_until(b"query> ").endswith(b"query> ")
+        assert _read_pty_until(master, b"query> ").endswith(b"query> ")
         os.write(master, b"river\x1b[D\x1b[D apple\r")
-        assert b"error: the line holds a key's escape sequence" in read_until(b"query> ")
+        assert b"error: the line holds a key's escape sequence" in _read_pty_until(master, b"query> ")
         os.write(master, b"apple river\r\r")  # searched; an empty line ends it
         out, _ = process.communicate(timeout=60)
         assert process.returncode == 0
