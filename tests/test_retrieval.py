@@ -880,18 +880,22 @@ def test_a_printed_argument_is_read_back_as_the_folder_it_names(folder):
 
 def test_search_command_prints_each_hit_on_one_line_with_no_control_character():
     """A passage's newline printed raw made a line that read as one more hit, a carriage return wrote over its own
-    hit's rank and score in a terminal, and an escape sequence (in a text or an id) was run by the terminal."""
+    hit's rank and score in a terminal, an escape sequence (in a text or an id) was run by the terminal, and a
+    bidirectional override laid the rest of its line out right to left (the hit read as another text). Right-to-left
+    letters are kept."""
     from two_tower.cli.search import format_results
     from two_tower.retrieval.search import Hit
 
     hits = [Hit("p1", 0.9, "first line\n  1  0.9999  [forged]  text"), Hit("p\x1b[2J", 0.8, "hidden\r  9  0.1  [spoof]"),
-            Hit("p3", 0.7, "\x1b[31mred\x1b[0m \x1b]0;title\x07 tab\there \x85 \u2028 \x9b1m")]
+            Hit("p3", 0.7, "\x1b[31mred\x1b[0m \x1b]0;title\x07 tab\there \x85 \u2028 \x9b1m"),
+            Hit("p4\u202e", 0.6, "\u05e9\u05dc\u05d5\u05dd \u2067isolate\u2069 \u202aembedded\u202c")]
     lines = format_results("q\x1b[1m\rx", hits, 0).splitlines()
     assert lines == [
         "query: q\\x1b[1m x",
         "  1  0.9000  [p1]  first line   1  0.9999  [forged]  text",
         "  2  0.8000  [p\\x1b[2J]  hidden   9  0.1  [spoof]",
         "  3  0.7000  [p3]  \\x1b[31mred\\x1b[0m \\x1b]0;title\\x07 tab here     \\x9b1m",
+        "  4  0.6000  [p4\\u202e]  \u05e9\u05dc\u05d5\u05dd \\u2067isolate\\u2069 \\u202aembedded\\u202c",
     ]
 
 

@@ -77,17 +77,26 @@ def cut(text: str, max_chars: int) -> str:
     return text[: max_chars - 3] + "..." if max_chars > 3 else text[:max_chars]
 
 
-# Control characters (C0, DEL, C1) and line or paragraph separators a passage, an id or a query may hold: printed
-# raw, a passage's newline made a line that reads as one more hit ("  1  0.9999  [forged]"), a carriage return wrote over its own hit's rank and score,
-# and an escape sequence was run by the terminal (colours, clearing the screen, the window title).
-CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+# Control characters (C0, DEL, C1), line or paragraph separators and bidirectional embeddings, overrides and isolates
+# (U+202A-202E, U+2066-2069) a passage, an id or a query may hold. Printed raw, a passage's newline made a line that
+# reads as one more hit ("  1  0.9999  [forged]"), a carriage return wrote over its own hit's rank and score, an
+# escape sequence was run by the terminal (colours, clearing the screen, the window title), and a U+202E laid the rest
+# of its line out right to left in a terminal that applies the bidirectional algorithm, so the hit read as another
+# text ("Trojan Source", CVE-2021-42574). Right-to-left letters themselves are kept.
+CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 SPACE_LIKE = "\t\n\v\f\r\x1c\x1d\x1e\x1f\x85\u2028\u2029"  # the line and white-space controls (str.splitlines' breaks): a space each
 
 
 def one_line(text: str) -> str:
     """``text`` as one line of plain characters: white-space controls as a space, the others as their escape
     (``\\x1b``), so nothing in a passage can end its hit's line or reach the terminal as a command."""
-    return CONTROL.sub(lambda m: " " if m[0] in SPACE_LIKE else f"\\x{ord(m[0]):02x}", text)
+    return CONTROL.sub(lambda m: " " if m[0] in SPACE_LIKE else escape(m[0]), text)
+
+
+def escape(char: str) -> str:
+    """``char`` as Python writes it in a string: ``\\x1b``, ``\\u202e``."""
+    code = ord(char)
+    return f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}"
 
 
 def format_results(query: str, hits: list[Hit], max_chars: int) -> str:
