@@ -9,7 +9,7 @@ code that needs them.
 
 from __future__ import annotations
 
-from numbers import Real
+from numbers import Integral, Real
 
 from two_tower.core.errors import ConfigError
 
@@ -150,6 +150,17 @@ def check(key: str, value, rule: str | None = None) -> None:
         raise ConfigError(f"{key}=null: must be {meaning}")
     if isinstance(value, bool) and types != BOOL or not isinstance(value, types) or not ok(value):
         raise ConfigError(f"{key}={value!r}: must be {meaning}")
+
+
+def whole_number(name: str, value, minimum: int = 1, meaning: str = "") -> int:
+    """``value`` as an int if it is a whole number >= ``minimum`` (numpy's integers too; a bool is not one), or one
+    ConfigError naming ``name`` (the Python API's counts: an Encoder's batch_size, a search's k; a float, None or
+    a string failed deep inside, and 0 or -1 ran silently as 1)."""
+    import numpy as np
+
+    if not isinstance(value, Integral) or isinstance(value, (bool, np.bool_)) or value < minimum:
+        raise ConfigError(f"{name}={value!r}: must be a whole number >= {minimum}{meaning}")
+    return int(value)
 
 
 def check_config(cfg, keys: list[str]) -> None:

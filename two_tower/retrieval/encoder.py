@@ -27,13 +27,13 @@ another's corpus.
 from __future__ import annotations
 
 import logging
-import numbers
 import threading
 import weakref
 from pathlib import Path
 
 import numpy as np
 
+from two_tower.core.checks import whole_number
 from two_tower.core.errors import ConfigError
 from two_tower.data.prepared import Ragged
 from two_tower.data.tokenizer import WindowCount
@@ -141,11 +141,9 @@ class Encoder:
 
 
 def _batch_size(batch_size) -> int:
-    """Texts a batch: a whole number >= 1, or one error naming it (0 and -1 encoded one text a batch, silently
-    slow; 2.5 or None failed deep in the batching with "'<' not supported ..." or a range() TypeError)."""
-    if not isinstance(batch_size, numbers.Integral) or isinstance(batch_size, (bool, np.bool_)) or batch_size < 1:
-        raise ConfigError(f"batch_size={batch_size!r}: must be a whole number >= 1 (texts encoded a batch)")
-    return int(batch_size)
+    """Texts a batch (0 and -1 encoded one text a batch, silently slow; 2.5 or None failed deep in the batching with
+    "'<' not supported ..." or a range() TypeError)."""
+    return whole_number("batch_size", batch_size, meaning=" (texts encoded a batch)")
 
 
 def _statistics(statistics) -> TermStatistics:

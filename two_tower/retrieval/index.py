@@ -44,7 +44,7 @@ import torch
 from two_tower.core import progress
 from two_tower.core.atomic import atomic_folder, sweep_stale_temps
 from two_tower.core.commands import command
-from two_tower.core.checks import FLOAT32_MAX
+from two_tower.core.checks import FLOAT32_MAX, whole_number
 from two_tower.data.embeddings import provide_static_model
 from two_tower.model.bag import TermStatistics
 from two_tower.core.errors import ConfigError, EmbeddingsError, IndexFolderError
@@ -696,11 +696,8 @@ def enable_reconstruct(index: faiss.Index, kind: str | None = None) -> str | Non
 
 
 def check_k(k) -> int:
-    """How many passages a search returns: a whole number >= 1 (numpy's too), returned as an int, or one
-    ConfigError line."""
-    if not isinstance(k, numbers.Integral) or isinstance(k, (bool, np.bool_)) or k < 1:
-        raise ConfigError(f"k={k!r}: must be a whole number >= 1")
-    return int(k)
+    """How many passages a search returns, as an int, or one ConfigError line."""
+    return whole_number("k", k)
 
 
 def normalised(vectors: np.ndarray) -> np.ndarray:
