@@ -2439,3 +2439,26 @@ def test_searcher_ndcg_scores_the_searchers_order_and_a_query_it_refuses_as_0(tr
     assert (expected["mrr@10"], expected["recall@100"]) == (0.0, 1.0)  # rank 26
     assert script("ties") == "1 queries, dense: ndcg@10 0.0000, mrr@10 0.0000, recall@100 1.0000"
     assert script("test") == "2 queries (1 without a searchable word score 0), dense: ndcg@10 0.0000, mrr@10 0.0000, recall@100 0.5000"
+
+
+def test_evaluated_queries_without_a_searchable_word_are_named(trained, caplog):
+    """The Searcher, search.py and serve.py refuse a query with no searchable word; evaluate.py ranked it by an empty
+    query's vector, silently (a probe: a query of '?? !!' scored recall@100 1 on a 200-passage corpus). It is ranked
+    as validation ranks it, and a warning counts such queries and names the first."""
+    import dataclasses
+    import logging
+
+    split = validation_split(trained["data"])
+    rows = split.evaluated_queries()
+    texts = list(split.query_texts)
+    texts[rows[1]] = texts[rows[3]] = "?? !!"
+    dense = DenseRetriever(str(trained["ckpt"]))
+    with caplog.at_level(logging.WARNING, logger="two_tower.retrieval.dense"):
+        dense.prepare(dataclasses.replace(split, query_texts=texts))
+    warned = [r.getMessage() for r in caplog.records if "searchable word" in r.getMessage()]
+    assert warned == [f"2 of {len(rows)} evaluated queries have no searchable word (first: row {rows[1]}, '?? !!'): the model ranks "
+                      "them by the vector of an empty query, as validation does (the Searcher and search.py refuse them)"]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="two_tower.retrieval.dense"):
+        DenseRetriever(str(trained["ckpt"])).prepare(split)
+    assert not [r for r in caplog.records if "searchable word" in r.getMessage()]

@@ -50,6 +50,13 @@ class DenseRetriever(SplitRetriever):
             "passages": tokenizer.id_ranges(passage_tokens.values),
         }
         log.info("Token ranges (share of tokens in the training vocabulary / extension / hashed): %s", {k: {r: round(v, 4) for r, v in d.items()} for k, d in self.token_ranges.items()})
+        wordless = [int(r) for r in evaluated if not tokenizer.split(split.query_texts[r])]
+        if wordless:
+            # the Searcher, search.py and serve.py refuse such a query; here it is ranked, as validation ranks it
+            first = split.query_ids[wordless[0]] if split.query_ids is not None else f"row {wordless[0]}"
+            log.warning("%d of %d evaluated queries have no searchable word (first: %s, %r): the model ranks them by the "
+                        "vector of an empty query, as validation does (the Searcher and search.py refuse them)",
+                        len(wordless), len(evaluated), first, split.query_texts[wordless[0]][:40])
         for what, tokens, window, rows in (("passages", passage_tokens, WindowCount.of_passages(tokenizer), slice(None)),
                                            ("queries", query_tokens, WindowCount.of_queries(tokenizer), evaluated)):
             window.add(tokens.lengths[rows])
