@@ -1134,6 +1134,67 @@ def test_a_client_that_does_not_read_its_answer_is_cut_off(searcher):
         assert head.startswith(b"HTTP/1.1 200") and len(answer) == int(re.search(rb"content-length: (\d+)", head, re.I).group(1)) > 2_000_000
 
 
+class _VirtualLoop:
+    """The few event-loop calls GuardedH11Protocol's timers make, on a virtual clock (no waiting, no wall time)."""
+
+    def __init__(self):
+        self.now, self.timers = 0.0, []
+
+    def time(self):
+        return self.now
+
+    def call_later(self, delay, callback):
+        timer = [self.now + delay, callback, False]
+        self.timers.append(timer)
+        return type("Handle", (), {"cancel": lambda _: timer.__setitem__(2, True)})()
+
+    def run_until(self, done, limit):
+        while not done() and self.now < limit:
+            due = min((t for t in self.timers if not t[2]), key=lambda t: t[0])
+            self.timers.remove(due)
+            self.now = due[0]
+            due[1]()
+
+
+class _StalledTransport:
+    """A transport whose client's kernel takes ``taken`` bytes of the answer just after the write pauses (its
+    receive buffer fills) and then nothing: a client that reads none of it."""
+
+    def __init__(self, loop, answer: int, taken: int):
+        self.loop, self.answer, self.taken, self.aborted_at = loop, answer, taken, None
+
+    def get_write_buffer_size(self):
+        return self.answer - (self.taken if self.loop.now > 0 else 0)
+
+    def get_extra_info(self, name, default=None):
+        return default  # no socket: the transport's own buffer is all there is
+
+    def is_closing(self):
+        return self.aborted_at is not None
+
+    def abort(self):
+        self.aborted_at = self.loop.now
+
+
+def test_a_client_that_reads_nothing_is_cut_off_after_send_timeout_not_twice_it():
+    """A probe (send_timeout=3, a client reading nothing of a 8 MB answer) was aborted 6.2 s after its request: the
+    unread bytes were counted as the write paused, before the client's kernel took its buffer's worth, so the first
+    check always saw progress and the connection got a second send_timeout."""
+    from types import SimpleNamespace
+
+    from two_tower.serve.protocol import guarded_protocol
+
+    loop = _VirtualLoop()
+    protocol = object.__new__(guarded_protocol(5, 100, send_timeout=30))
+    protocol.loop, protocol.server_state, protocol._write_timer = loop, SimpleNamespace(), None
+    protocol.flow = SimpleNamespace(pause_writing=lambda: None, resume_writing=lambda: None)
+    protocol.transport = _StalledTransport(loop, answer=8_000_000, taken=62_000)
+    protocol.pause_writing()
+    loop.run_until(lambda: protocol.transport.is_closing(), limit=1000)
+    assert protocol.transport.aborted_at is not None and protocol.server_state.send_timeouts == 1
+    assert 30 <= protocol.transport.aborted_at <= 30 * 1.2, protocol.transport.aborted_at  # virtual seconds: was 60
+
+
 def test_header_timeout_counts_from_the_previous_response(searcher):
     """The timer armed at accept ran on after a response and, on firing, re-armed for a whole period: a client that
     sent half its next request was held up to twice header_timeout after its previous answer (a probe: 9.5 s of 5)."""
