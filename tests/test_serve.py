@@ -1195,6 +1195,85 @@ def test_a_client_that_reads_nothing_is_cut_off_after_send_timeout_not_twice_it(
     assert 30 <= protocol.transport.aborted_at <= 30 * 1.2, protocol.transport.aborted_at  # virtual seconds: was 60
 
 
+class _ReadingTransport(_StalledTransport):
+    """A client that keeps reading its answer, slowly: ``taken`` bytes a virtual second."""
+
+    def get_write_buffer_size(self):
+        return max(0, self.answer - int(self.taken * self.loop.now))
+
+
+def test_past_max_unsent_bytes_a_client_that_reads_is_not_cut_off():
+    """The budget sheds stalled clients, not slow ones: many clients reading big answers over a slow link are each
+    left to finish (a first version aborted the oldest answer, read or not)."""
+    from types import SimpleNamespace
+
+    from two_tower.serve.protocol import guarded_protocol
+
+    loop, state, cls = _VirtualLoop(), SimpleNamespace(), guarded_protocol(5, 100, send_timeout=30, max_unsent_bytes=10_000_000)
+    protocols = []
+    for transport in (_ReadingTransport(loop, answer=8_000_000, taken=100_000), _StalledTransport(loop, answer=8_000_000, taken=62_000)):
+        protocol = object.__new__(cls)
+        protocol.loop, protocol.server_state, protocol._write_timer, protocol.transport = loop, state, None, transport
+        protocol.flow = SimpleNamespace(pause_writing=lambda: None, resume_writing=lambda: None)
+        protocol.pause_writing()  # the reading one first: the older of the two
+        protocols.append(protocol)
+    reading, stalled = (p.transport for p in protocols)
+    loop.run_until(lambda: stalled.is_closing(), limit=1000)
+    assert stalled.aborted_at is not None and stalled.aborted_at < 30  # at a look: not send_timeout's abort
+    assert reading.aborted_at is None and state.unsent_aborts == 1 and not getattr(state, "send_timeouts", 0)
+
+
+def _read_all(s: socket.socket) -> tuple[int, int]:
+    """Everything the server sends on ``s`` until it closes: (the answer's Content-Length, the body bytes received)."""
+    received = b""
+    try:
+        while chunk := s.recv(65536):
+            received += chunk
+    except ConnectionResetError:
+        pass
+    s.close()
+    head, _, body = received.partition(b"\r\n\r\n")
+    return int(re.search(rb"content-length: (\d+)", head, re.I).group(1)), len(body)
+
+
+def test_unread_answers_together_past_max_unsent_bytes_abort_the_stalled_ones(searcher):
+    """send_timeout bounds how long one unread answer is held, not how many: 250 clients asking for a batch at k=100
+    and reading nothing took a server from 1.5 to 2.7 GB (2 cores; more cores answer more a second). Past the
+    budget, the connections whose clients have read nothing longest are aborted (at their next look, a tenth of
+    send_timeout); the newest answer, read, is sent whole."""
+    from two_tower.serve.protocol import guarded_protocol
+
+    app = create_app(searcher, Limits(k=5, k_max=1000, max_query_chars=200, max_batch=64), concurrency=1)
+    with ServerThread(app, http=guarded_protocol(5, 100, send_timeout=20, max_unsent_bytes=3_000_000)) as running:
+        port, state = int(running.url.rsplit(":", 1)[1]), running.server.server_state
+        body = json.dumps({"queries": [f"garden castle {i}" for i in range(64)], "k": 1000}).encode()
+        stalled = []
+        for n in range(3):  # one after another: each answer (> 2 MB) waits unread before the next is asked for
+            client = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            client.settimeout(60)
+            client.connect(("127.0.0.1", port))
+            client.sendall(b"POST /search HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nConnection: close\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+            stalled.append(client)
+            deadline = time.monotonic() + 60
+            while len(getattr(state, "unsent", {})) + getattr(state, "unsent_aborts", 0) < n + 1:
+                assert time.monotonic() < deadline, "the answer never waited unread"
+                time.sleep(0.05)
+        deadline = time.monotonic() + 60
+        while getattr(state, "unsent_aborts", 0) < 2:  # the two stalled longest, at their next looks
+            assert time.monotonic() < deadline, "the stalled answers were kept past the budget"
+            time.sleep(0.05)
+        assert state.unsent_aborts == 2 and len(state.unsent) == 1 and state.unsent_bytes <= 3_000_000
+        (first_length, first), (second_length, second), (third_length, third) = (_read_all(s) for s in stalled)
+        assert first < first_length and second < second_length  # cut off: they had waited longest
+        assert third == third_length > 2_000_000  # the newest, read, arrives whole
+        deadline = time.monotonic() + 30
+        while state.unsent:  # nothing is left counted once it is read
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert state.unsent_bytes == 0
+
+
 def test_header_timeout_counts_from_the_previous_response(searcher):
     """The timer armed at accept ran on after a response and, on firing, re-armed for a whole period: a client that
     sent half its next request was held up to twice header_timeout after its previous answer (a probe: 9.5 s of 5)."""

@@ -22,7 +22,7 @@ USAGE = """usage: python serve.py index=DIR [host=127.0.0.1] [port=8000] [thread
 Settings (two_tower/conf/serve.yaml): index, host, port, threads (per search, torch and FAISS), search_params,
 hybrid (false = dense alone in a folder with a BM25 index; "hybrid=[0.5,0.5]" = fuse with these dense, BM25 weights), prf=rocchio (pseudo-relevance feedback;
 prf.depth=N), rerank=maxsim (MaxSim rerank of the top rerank.depth=100; rerank.weight=W), concurrency (searches at once), max_waiting (searches waiting for a turn; beyond: 503), k (default passages per query), k_max, max_query_chars, max_batch, header_timeout, body_timeout, send_timeout, keep_alive_timeout, shutdown_timeout,
-max_connections.
+max_connections, max_unsent_mb.
 Then open http://HOST:PORT/ (search page), /docs (API), /health."""
 
 # key=value, key.setting=value, +key=value or ~key: search_override_error says which of them name no setting
@@ -111,6 +111,7 @@ def _main(argv: list[str] | None) -> int:
             cfg[name] = str(cfg[name])
         _whole("port", cfg.port, 0, 65535)  # 0: a free port the system picks (the start-up line names it)
         _whole("max_connections", cfg.max_connections, 1)
+        _whole("max_unsent_mb", cfg.max_unsent_mb, 1)
         for name in ("header_timeout", "keep_alive_timeout", "body_timeout", "send_timeout", "shutdown_timeout"):
             check_seconds(name, cfg[name])
         if cfg.threads is not None:
@@ -145,7 +146,7 @@ def _main(argv: list[str] | None) -> int:
 
     from two_tower.serve.protocol import connection_cap, guarded_protocol
 
-    protocol = guarded_protocol(cfg.header_timeout, connection_cap(cfg.max_connections), cfg.send_timeout)
+    protocol = guarded_protocol(cfg.header_timeout, connection_cap(cfg.max_connections), cfg.send_timeout, cfg.max_unsent_mb * 2**20)
 
     port = sock.getsockname()[1]
     if cfg.host in ("0.0.0.0", "::"):  # a URL there reaches nothing: say where it listens, and the local URL
