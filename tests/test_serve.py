@@ -538,6 +538,38 @@ def test_serve_command_on_port_0_names_the_port_it_got_and_ctrl_c_stops_it_clean
             process.communicate(timeout=30)
 
 
+@pytest.mark.parametrize("lines_read", [1, "the start-up line"])
+def test_a_server_whose_log_reader_has_gone_serves_and_stops_with_its_status(index_dir, lines_read):
+    """A script reads serve.py's stderr up to what it waits for and closes the pipe (`2>&1 | grep -m1 serving`, or
+    `| head -2`): the server then stopped at its next line of its own: with the reader gone before the start-up
+    line it exited 1 without serving (a probe), and after it Ctrl-C exited 1, not 130 (the `interrupted` line)."""
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "serve.py", f"index={index_dir}", f"port={port}", "threads=1"], cwd=ROOT, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    try:
+        if lines_read == 1:
+            process.stderr.readline()
+        else:
+            while not process.stderr.readline().startswith("Loaded "):
+                assert process.poll() is None
+        process.stderr.close()  # the reader goes
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                health = httpx.get(f"http://127.0.0.1:{port}/health", timeout=5)
+                break
+            except httpx.TransportError:
+                assert process.poll() is None, f"exited {process.returncode} without serving"
+                assert time.monotonic() < deadline
+                time.sleep(0.2)
+        assert health.status_code == 200 and httpx.get(f"http://127.0.0.1:{port}/search", params={"q": "garden"}, timeout=30).status_code == 200
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=30) == 130
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=30)
+
+
 @pytest.mark.parametrize("command", ["search", "serve"])
 def test_ctrl_c_while_the_index_loads_is_one_line_and_status_130(index_dir, command, capsys, monkeypatch):
     """Ctrl-C while search.py or serve.py loaded the index (seconds to minutes) printed a Python traceback; it is the

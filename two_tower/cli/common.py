@@ -48,14 +48,23 @@ def report(err: TwoTowerError) -> int:
     return 2
 
 
-def drop_stdout() -> None:
-    """Point stdout at /dev/null, so the interpreter's flush at exit does not raise again (after the reader of a
-    pipe closed it: ``| head``)."""
+def drop_stdout(stream=None) -> None:
+    """Point stdout (or ``stream``, e.g. stderr) at /dev/null, so the interpreter's flush at exit does not raise
+    again (after the reader of a pipe closed it: ``| head``)."""
     try:
         devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
+        os.dup2(devnull, (stream or sys.stdout).fileno())
     except (OSError, ValueError, AttributeError):
         pass
+
+
+def say(line: str) -> None:
+    """``line`` on stderr; a reader that has gone (a script that read what it waited for and closed the pipe,
+    ``2>&1 | head -2``) changes nothing else: stderr then goes to /dev/null (a server went on serving without it)."""
+    try:
+        print(line, file=sys.stderr, flush=True)
+    except (BrokenPipeError, ValueError):  # ValueError: stderr closed in this process
+        drop_stdout(sys.stderr)
 
 
 @contextlib.contextmanager
@@ -76,7 +85,7 @@ def interrupted_status() -> int:
     KeyboardInterrupt is handled, which it raises again under TWO_TOWER_DEBUG (the traceback)."""
     if debugging():
         raise  # noqa: PLE0704 (the KeyboardInterrupt being handled)
-    print("interrupted", file=sys.stderr)
+    say("interrupted")
     return 130
 
 

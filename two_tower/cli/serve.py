@@ -14,7 +14,7 @@ import socket
 import sys
 import time
 
-from two_tower.cli.common import compose, hydra_error_line, interrupted_status, report, search_override_error
+from two_tower.cli.common import compose, hydra_error_line, interrupted_status, report, say, search_override_error
 from two_tower.core.commands import as_run, command
 from two_tower.core.errors import ConfigError, TwoTowerError
 
@@ -162,8 +162,8 @@ def _main(argv: list[str] | None) -> int:
 
         async def startup(self, sockets=None) -> None:
             await super().startup(sockets=sockets)
-            if self.started:
-                print(line, file=sys.stderr, flush=True)
+            if self.started:  # its reader may have gone (| head -2): the server serves all the same (it exited 1)
+                say(line)
 
         async def shutdown(self, sockets=None) -> None:
             await super().shutdown(sockets=sockets)
@@ -189,7 +189,7 @@ def _main(argv: list[str] | None) -> int:
     try:
         server.run(sockets=[sock])
     except KeyboardInterrupt:  # Ctrl-C: uvicorn shuts down, then raises SIGINT again; 130, as a shell reports SIGINT
-        print("interrupted", file=sys.stderr)
+        say("interrupted")  # exited 1 where the reader of stderr had gone
         return 130
     finally:
         gc.unfreeze()  # main() called in a process that goes on (a test, a notebook): its objects are collected again
@@ -197,7 +197,7 @@ def _main(argv: list[str] | None) -> int:
     # in the background inherits SIGINT ignored): it stopped all the same, and said so with 0.
     captured = getattr(server, "_captured_signals", ())
     if signal.SIGINT in captured:
-        print("interrupted", file=sys.stderr)
+        say("interrupted")
         return 130
     if signal.SIGTERM in captured:
         return 143
