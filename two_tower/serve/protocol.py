@@ -196,7 +196,8 @@ def connection_cap(requested: int) -> int:
     return min(requested, allowed)
 
 
-def guarded_protocol(header_timeout: float, max_connections: int, send_timeout: float = 30.0, max_unsent_bytes: int = 256 * 2**20) -> type[GuardedH11Protocol]:
+def guarded_protocol(header_timeout: float, max_connections: int, send_timeout: float = GuardedH11Protocol.send_timeout,
+                     max_unsent_bytes: int = GuardedH11Protocol.max_unsent_bytes) -> type[GuardedH11Protocol]:
     return type("GuardedH11Protocol", (GuardedH11Protocol,), {
         "header_timeout": float(header_timeout), "max_connections": int(max_connections), "send_timeout": float(send_timeout), "max_unsent_bytes": int(max_unsent_bytes),
     })
