@@ -1543,3 +1543,25 @@ def test_a_search_whose_client_went_away_while_it_ran_keeps_its_slot_until_it_en
             held.release.set()
             pool.shutdown()
     assert held.most == 1 and held.started == 2
+
+
+@pytest.mark.parametrize("debug", [False, True])
+def test_ctrl_c_while_serving_is_one_line_or_under_debug_the_traceback(index_dir, capsys, monkeypatch, debug):
+    """Ctrl-C while serving is the one `interrupted` line and 130; under TWO_TOWER_DEBUG it is raised on (the
+    traceback), as everywhere else: the serving handler said `interrupted` under TWO_TOWER_DEBUG too."""
+    import uvicorn
+
+    def interrupted(self, *args, **kwargs):
+        raise KeyboardInterrupt
+
+    if debug:
+        monkeypatch.setenv("TWO_TOWER_DEBUG", "1")
+    else:
+        monkeypatch.delenv("TWO_TOWER_DEBUG", raising=False)
+    monkeypatch.setattr(uvicorn.Server, "run", interrupted)
+    if debug:
+        with pytest.raises(KeyboardInterrupt):
+            serve_main([f"index={index_dir}", "port=0", "threads=1"])
+    else:
+        assert serve_main([f"index={index_dir}", "port=0", "threads=1"]) == 130
+        assert capsys.readouterr().err.splitlines()[-1] == "interrupted"

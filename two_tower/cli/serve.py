@@ -189,8 +189,7 @@ def _main(argv: list[str] | None) -> int:
     try:
         server.run(sockets=[sock])
     except KeyboardInterrupt:  # Ctrl-C: uvicorn shuts down, then raises SIGINT again; 130, as a shell reports SIGINT
-        say("interrupted")  # exited 1 where the reader of stderr had gone
-        return 130
+        return interrupted_status()  # the traceback under TWO_TOWER_DEBUG, as while the index loads
     finally:
         gc.unfreeze()  # main() called in a process that goes on (a test, a notebook): its objects are collected again
     # The signal raised again does nothing where it was ignored before uvicorn handled it (a server a script started
