@@ -33,7 +33,14 @@ class CheckpointOnStop(L.Callback):
     handler, which interleaves with whatever collective the process was in (a helper's probe: 1 of 4
     SIGTERMs to the launcher, and every SIGTERM to another rank alone, hung the run until SIGKILL). So here
     the handler only notes the signal; at the end of each training batch the processes agree (one
-    all-reduce of [SIGTERM seen, time up]) and all stop after the same batch.
+    all-reduce of [SIGTERM seen, time up, Ctrl-C seen]) and all stop after the same batch.
+
+    A Ctrl-C that reaches a process other than rank 0 alone (``kill -INT``; one from the terminal reaches every
+    process, and rank 0 stops at once, below) is noted the same way during training: every process stops after the
+    same batch and ``last.ckpt`` is written with every process's part, as on SIGTERM. That process raised
+    KeyboardInterrupt and ended, rank 0 lost it in its next collective, and the run ended with nothing saved since the
+    last validation (a helper's probe: SIGINT to rank 1 at step 7 left last.ckpt at step 5). A second Ctrl-C to it
+    stops it at once, as before.
     """
 
     def __init__(self, dirpath: str, filename: str = "last.ckpt"):
@@ -41,12 +48,15 @@ class CheckpointOnStop(L.Callback):
         self.timer: Timer | None = None
         self.reason: str | None = None  # why training stopped early: "SIGTERM", "trainer.max_time", "Ctrl-C"
         self.sigterm_seen = False  # by this process's handler, not yet agreed on (several processes)
+        self.sigint_seen = False  # by this process's Ctrl-C handler (rank > 0 of several), not yet agreed on
+        self._sigint_before = None  # that process's SIGINT handler before this callback's, while its own is in place
         self._stop_after_validation = False  # a stop asked for before the running validation: taken at its end
         self._lightning_handlers = None  # one process, during a validation: (Lightning's composed handler, its handlers)
 
     def on_sanity_check_start(self, trainer, pl_module):  # Lightning's handlers are in place from here
         if trainer.world_size > 1:
             self._defer_sigterm(trainer)
+            self._defer_sigint(trainer)
 
     def on_test_start(self, trainer, pl_module):  # the test pass after training registers Lightning's again
         if trainer.world_size > 1:
@@ -57,6 +67,10 @@ class CheckpointOnStop(L.Callback):
         self.timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
         if trainer.world_size > 1:
             self._defer_sigterm(trainer)  # again where no sanity check ran (done once: Lightning's is gone then)
+            self._defer_sigint(trainer)
+
+    def on_train_end(self, trainer, pl_module):  # training is over: a Ctrl-C (the test pass) is Python's again
+        self._restore_sigint()
 
     # A stop asked for during a validation, or in the batch before it (a SIGTERM, trainer.max_time), takes effect
     # when the validation ends. Lightning stopped in the middle of it and saved a checkpoint that says the epoch's
@@ -109,9 +123,37 @@ class CheckpointOnStop(L.Callback):
         composed.signal_handlers = [note if getattr(h, "__func__", None) is _SignalConnector._sigterm_notifier_fn else h for h in before]
         return composed, before
 
+    def _defer_sigint(self, trainer) -> None:
+        """On a process other than rank 0 of several, during training: a Ctrl-C is noted (``sigint_seen``), for every
+        process to stop after the same batch; a second one raises KeyboardInterrupt at once (the handler before)."""
+        import signal
+        import threading
+
+        if trainer.is_global_zero or self._sigint_before is not None or threading.current_thread() is not threading.main_thread():
+            return
+        before = signal.getsignal(signal.SIGINT)
+        if before in (signal.SIG_IGN, None):  # started with Ctrl-C ignored (a background job): left so
+            return
+
+        def note(signum, frame):
+            self._restore_sigint()  # a second Ctrl-C stops this process at once
+            log.warning("Ctrl-C reached the process of rank %d: it stops with every process after this training batch (rank 0 says "
+                        "what it saves; Ctrl-C again stops this one at once)", trainer.global_rank)
+            self.sigint_seen = True
+
+        signal.signal(signal.SIGINT, note)
+        self._sigint_before = before
+
+    def _restore_sigint(self) -> None:
+        if self._sigint_before is not None:
+            import signal
+
+            signal.signal(signal.SIGINT, self._sigint_before)
+            self._sigint_before = None
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         remaining = self.timer.time_remaining("train") if self.timer is not None else None
-        stop = [self.sigterm_seen, remaining is not None and remaining <= 0]
+        stop = [self.sigterm_seen, remaining is not None and remaining <= 0, self.sigint_seen]
         if trainer.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
             agreed = torch.tensor([float(x) for x in stop], device=trainer.strategy.root_device)
             torch.distributed.all_reduce(agreed, op=torch.distributed.ReduceOp.MAX)
@@ -119,6 +161,9 @@ class CheckpointOnStop(L.Callback):
         if stop[0]:
             self.reason = self.reason or "SIGTERM"
             trainer._signal_connector.received_sigterm = True  # Lightning raises SIGTERMException next, in every process
+        elif stop[2]:  # a Ctrl-C that reached a process other than rank 0 (rank 0's own raises KeyboardInterrupt)
+            self.reason = self.reason or "Ctrl-C"
+            trainer._signal_connector.received_sigterm = True
         elif stop[1]:
             if trainer.is_global_zero:
                 log.info("trainer.max_time reached: stopping after this batch")
@@ -128,6 +173,7 @@ class CheckpointOnStop(L.Callback):
     def on_exception(self, trainer, pl_module, exception):
         from lightning.pytorch.trainer.states import TrainerFn
 
+        self._restore_sigint()
         interrupted = isinstance(exception, KeyboardInterrupt)
         if not (interrupted or isinstance(exception, SIGTERMException)):
             # Nor when another process ended (a Ctrl-C that reached rank 1 alone): the checkpoint's gather of the RNG
@@ -171,6 +217,12 @@ class CheckpointOnStop(L.Callback):
                 stop_lightning_observer()
             else:
                 trainer.save_checkpoint(self.path)  # every process: a collective under DDP, written by rank 0
+                if trainer.world_size > 1 and trainer.is_global_zero:
+                    # every process stops here (after the same batch): the others' ending, with status 1 or 143, must not
+                    # have Lightning's watcher SIGKILL this one before it has said what it saved (status 137)
+                    from two_tower.training.processes import stop_lightning_observer
+
+                    stop_lightning_observer()
             if not trainer.is_global_zero:
                 return
             log.warning("Stopped by %s before training ended: saved %s at epoch %d, step %d. Resume with the same command plus %s",

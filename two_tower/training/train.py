@@ -497,10 +497,12 @@ def _train(cfg: DictConfig) -> dict[str, float]:
     except SIGTERMException:
         # Lightning's SIGTERMException is a SystemExit of status 0: a preempted run looked like a finished one
         # to a scheduler or to `train.py && index.py`. A stop by SIGTERM exits 143 (as a shell reports a
-        # process ended by it); reaching trainer.max_time is the budget asked for, so 0. The callback said
-        # what was saved and how to resume.
+        # process ended by it); reaching trainer.max_time is the budget asked for, so 0; a Ctrl-C that reached
+        # another process than rank 0 (DDP: every process stops after the same batch), 1, as Ctrl-C in training.
+        # The callback said what was saved and how to resume.
         stopper = next((c for c in trainer.callbacks if isinstance(c, CheckpointOnStop)), None)
-        raise SystemExit(0 if stopper is not None and stopper.reason == "trainer.max_time" else 143) from None
+        reason = stopper.reason if stopper is not None else None
+        raise SystemExit({"trainer.max_time": 0, "Ctrl-C": 1}.get(reason, 143)) from None
 
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     report_best_validation(metrics, trainer, cfg.optimized_metric)
