@@ -141,6 +141,70 @@ def test_ctrl_c_during_validation_keeps_the_checkpoint_from_before_it_so_no_epoc
     assert sorted(int(r["epoch"]) for r in rows if r.get("val/mrr@10")) == [0, 1, 2]
 
 
+class InterruptAtEpochEnd(L.Callback):
+    """Ctrl-C (a KeyboardInterrupt) at the end of ``epoch``, after its validation: in this callback's
+    ``on_train_epoch_end``, before the checkpoint callbacks' (``where="hooks"``; under DDP, where the processes meet in
+    the epoch-end collectives), or inside the best checkpoint's save (``where="save"``: the checkpoint callback has
+    recorded its path, and its file is not written yet)."""
+
+    def __init__(self, epoch: int, where: str):
+        self.epoch, self.where, self.trainer, self.fired = epoch, where, None, False
+
+    def setup(self, trainer, pl_module, stage):
+        self.trainer = trainer
+
+    def _fire(self):
+        trainer = self.trainer
+        if not self.fired and trainer.current_epoch == self.epoch and not trainer.validating and not trainer.sanity_checking:
+            self.fired = True
+            raise KeyboardInterrupt
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        if self.where == "hooks":
+            self._fire()
+
+    def state_dict(self):  # every callback's, as a checkpoint is dumped
+        if self.where == "save" and not Path(self.trainer.checkpoint_callback.best_model_path).is_file():
+            self._fire()
+        return {}
+
+
+@pytest.mark.parametrize("where", ["hooks", "save"], ids=["in the epoch-end hooks", "in the best checkpoint's save"])
+def test_ctrl_c_at_an_epochs_end_keeps_the_checkpoint_from_before_it_so_its_best_checkpoint_is_written(tmp_path, monkeypatch, caplog, where):
+    """Ctrl-C after an epoch's validation, before its end was done (the epoch-end hooks, collectives under DDP, the
+    checkpoint callbacks' saves), saved a checkpoint that said the epoch was done: the resumed run went on from the next
+    epoch, its best checkpoint never chosen or, Ctrl-C inside its save, named and never written (a probe: the resumed run
+    reported "Best checkpoint: .../epoch00-mrr0.0333.ckpt", a file that did not exist). Now the last checkpoint written
+    before it is kept, as during a validation, and the resumed run validates that epoch and writes its checkpoint.
+    Epoch 2 of 3 is the best one here (it is chosen, and its file written, in the uninterrupted run)."""
+    common = ["trainer.max_epochs=3", "logger=csv"]
+    straight_cfg = compose_train(tmp_path / "straight", common)
+    straight = train(straight_cfg)
+    best = _best_checkpoint(Path(straight_cfg.paths.output_dir) / "checkpoints" / "last.ckpt").name
+    assert best.startswith("epoch02-")
+    stopped = compose_train(tmp_path / "stopped", common)
+    stopper = InterruptAtEpochEnd(epoch=2, where=where)
+    original = utils.instantiate_group
+    monkeypatch.setattr(train_module, "instantiate_group", lambda c: original(c) + ([stopper] if c is stopped.get("callbacks") else []))
+    with pytest.raises(SystemExit), caplog.at_level(logging.WARNING, logger="two_tower"):  # Lightning's own exit (status 1)
+        train(stopped)
+    checkpoints = Path(stopped.paths.output_dir) / "checkpoints"
+    assert stopper.fired and "Stopped by Ctrl-C at the end of epoch 2, after its validation, before its checkpoints were all written: kept" in caplog.text
+    assert torch.load(checkpoints / "last.ckpt", weights_only=False)["epoch"] == 1  # epoch 1's end: epoch 2 is trained again
+    monkeypatch.undo()
+    metrics = train(compose_train(tmp_path / "stopped", [*common, "ckpt_path=last"]))
+    for key in FINAL:
+        assert metrics[key] == straight[key], key
+    resumed_best = _best_checkpoint(checkpoints / "last.ckpt")
+    assert resumed_best.name == best and resumed_best.is_file()
+
+
+def _best_checkpoint(last: Path) -> Path:
+    """The best checkpoint the run whose ``last.ckpt`` this is names (its checkpoint callback on val/mrr@10)."""
+    states = torch.load(last, weights_only=False)["callbacks"]
+    return Path(next(state for key, state in states.items() if "'monitor': 'val/mrr@10'" in key)["best_model_path"])
+
+
 def test_a_mid_epoch_checkpoint_of_another_number_of_processes_is_refused(tmp_path, monkeypatch):
     """Each process skips the batches it trained in the interrupted epoch, counted per process: resumed on another
     number of processes the count means other batches (a helper's probe: 2 processes stopped at step 31, resumed
@@ -1837,6 +1901,9 @@ def test_ctrl_c_under_ddp_saves_on_rank_0_without_a_barrier(tmp_path):
     from two_tower.training.callbacks import CheckpointOnStop
 
     written = []
+    progress = lambda **counts: SimpleNamespace(current=SimpleNamespace(**counts))  # noqa: E731
+    mid_epoch = SimpleNamespace(epoch_loop=SimpleNamespace(_is_training_done=False, batch_progress=progress(ready=3, completed=3)),
+                                epoch_progress=progress(started=1, completed=0))
 
     def trainer(rank: int):
         def barrier_save(path):
@@ -1844,7 +1911,7 @@ def test_ctrl_c_under_ddp_saves_on_rank_0_without_a_barrier(tmp_path):
 
         strategy = SimpleNamespace(save_checkpoint=lambda checkpoint, path: written.append((rank, checkpoint, path)))
         return SimpleNamespace(world_size=2, is_global_zero=rank == 0, global_rank=rank, global_step=7, current_epoch=0, validating=False,
-                               state=SimpleNamespace(fn=TrainerFn.FITTING),
+                               state=SimpleNamespace(fn=TrainerFn.FITTING), fit_loop=mid_epoch,
                                sanity_checking=False, loggers=[], save_checkpoint=barrier_save, strategy=strategy,
                                _checkpoint_connector=SimpleNamespace(dump_checkpoint=lambda weights_only: {"rank": rank, "weights_only": weights_only}))
 

@@ -192,15 +192,23 @@ class CheckpointOnStop(L.Callback):
                 log.warning("Stopped by %s during the test pass, after training: %s kept as training left it; the test split was "
                             "not scored", self.reason, self.path)
             return
-        if interrupted and trainer.validating and not trainer.sanity_checking:
+        ending = interrupted and _ending_epoch(trainer)
+        if interrupted and (trainer.validating and not trainer.sanity_checking or ending):
             # Saved now, the checkpoint would say the epoch's training was done and the resumed run would skip this
             # validation (the epoch never validated, its best checkpoint never kept). Ctrl-C does not wait for the
             # validation to end, as SIGTERM does: the last checkpoint, from before it, is kept, and the resumed run
-            # trains on from there and validates every epoch.
+            # trains on from there and validates every epoch. So at the epoch's end, after its validation (the
+            # epoch-end hooks, collectives under DDP, the checkpoints' saves): there the checkpoint also named as best
+            # one not yet written, and the resumed run went on from the next epoch without it (_ending_epoch).
             if trainer.is_global_zero:
-                kept = f"kept {self.path}, from before it" if self.path.is_file() else "nothing saved (no checkpoint yet)"
-                log.warning("Stopped by Ctrl-C during a validation (epoch %d): %s. Resume with the same command plus %s",
-                            trainer.current_epoch, kept, resume_settings(self.path.parent.parent))
+                where = f"during a validation (epoch {trainer.current_epoch})" if trainer.validating else \
+                    f"at the end of epoch {trainer.current_epoch}, after its validation, before its checkpoints were all written"
+                if self.path.is_file():
+                    log.warning("Stopped by Ctrl-C %s: kept %s as last written, so the resumed run validates the epoch if that "
+                                "checkpoint is from before it. Resume with the same command plus %s", where, self.path,
+                                resume_settings(self.path.parent.parent))
+                else:
+                    log.warning("Stopped by Ctrl-C %s: nothing saved (no checkpoint yet): run the command again", where)
             return
         if trainer.global_step > 0:
             if interrupted and trainer.world_size > 1:
@@ -229,6 +237,18 @@ class CheckpointOnStop(L.Callback):
                         self.reason, self.path, trainer.current_epoch, trainer.global_step, resume_settings(self.path.parent.parent))
         elif trainer.is_global_zero:
             log.warning("Stopped by %s before the first training step: nothing to save", self.reason)
+
+
+def _ending_epoch(trainer) -> bool:
+    """Whether the running epoch's last training batch is done and its end is not: its validation, the epoch-end hooks
+    (collectives under DDP) and the checkpoint callbacks' saves, in which the best checkpoint is named before it is
+    written. A checkpoint saved here says the epoch's batches and validation are done, and the run resumed from it
+    went on with the next epoch: its best checkpoint, named there, was never written (a probe: Ctrl-C inside that
+    save; the resumed run reported ``Best checkpoint: .../epoch00-mrr0.0333.ckpt``, a file that did not exist), and the
+    epoch's training figures were never logged."""
+    fit = trainer.fit_loop
+    batches, epochs = fit.epoch_loop.batch_progress.current, fit.epoch_progress.current
+    return bool(fit.epoch_loop._is_training_done) and batches.completed >= batches.ready and epochs.completed < epochs.started
 
 
 class EpochTimings(L.Callback):
