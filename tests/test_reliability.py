@@ -197,6 +197,8 @@ def test_ctrl_c_at_an_epochs_end_keeps_the_checkpoint_from_before_it_so_its_best
         assert metrics[key] == straight[key], key
     resumed_best = _best_checkpoint(checkpoints / "last.ckpt")
     assert resumed_best.name == best and resumed_best.is_file()
+    # metrics.csv: epoch 2's validation row, logged before the stop, is logged again by the resumed run, not kept twice
+    assert _final_metrics(Path(stopped.paths.output_dir)) == _final_metrics(Path(straight_cfg.paths.output_dir))
 
 
 def _best_checkpoint(last: Path) -> Path:

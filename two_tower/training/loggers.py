@@ -46,6 +46,7 @@ class ResumableCSVLogger(CSVLogger):
         step on the interrupted run's rows are logged again, and those are dropped then (a checkpoint's own
         step counter does not say: one saved at validation end is counted up only when restored)."""
         self._drop_at_first_row = True
+        self._drop_at_first_validation = True
 
     @rank_zero_only
     def log_metrics(self, metrics, step=None):
@@ -54,13 +55,19 @@ class ResumableCSVLogger(CSVLogger):
             dropped = self.drop_rows_from(step)
             if dropped:
                 log.info("%s: removed %d rows the interrupted run logged from step %d on; this run logs them again", self.log_dir, dropped, step)
+        if getattr(self, "_drop_at_first_validation", False) and step is not None and any(str(k).startswith("val/") for k in metrics):
+            # The interrupted run's validation at this step, which drop_rows_from keeps (a run resumes past the step's
+            # validation), when this run validates the step again: Ctrl-C after the validation and before the epoch's
+            # checkpoints kept the checkpoint from before it (CheckpointOnStop), and the row was in metrics.csv twice.
+            self._drop_at_first_validation = False
+            self.drop_rows_from(step, validations=True)
         return super().log_metrics(metrics, step)
 
     @rank_zero_only
-    def drop_rows_from(self, step: int) -> int:
+    def drop_rows_from(self, step: int, validations: bool = False) -> int:
         """Remove the rows of ``metrics.csv`` logged at logger step ``step`` or later, but a validation at ``step``
         itself: a run resumed from a checkpoint taken at that step logs them again (a killed run had logged
-        beyond its last checkpoint).
+        beyond its last checkpoint). ``validations``: remove the validation rows at ``step`` only.
         Returns how many rows were removed; the file is replaced whole."""
         self.experiment  # noqa: B018 (puts an earlier metrics.csv back)
         path = Path(self.log_dir) / "metrics.csv"
@@ -72,9 +79,12 @@ class ResumableCSVLogger(CSVLogger):
         # A validation at the resumed step itself stays: a run stops after a batch's validation, never in it, and
         # resumes past it (Lightning does not validate that step again), so that row would be lost, not doubled.
         def validated_at_step(row):
-            return int(float(row["step"])) == step and any(v not in ("", None) for k, v in row.items() if k and k.startswith("val/"))
+            return bool(row.get("step")) and int(float(row["step"])) == step and any(v not in ("", None) for k, v in row.items() if k and k.startswith("val/"))
 
-        kept = [row for row in rows if not row.get("step") or int(float(row["step"])) < step or validated_at_step(row)]
+        if validations:
+            kept = [row for row in rows if not validated_at_step(row)]
+        else:
+            kept = [row for row in rows if not row.get("step") or int(float(row["step"])) < step or validated_at_step(row)]
         if len(kept) < len(rows):
             with atomic_write(path, "w") as f:
                 writer = csv.DictWriter(f, fieldnames=fields)
