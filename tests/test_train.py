@@ -223,11 +223,12 @@ def test_data_preparation_drawing_random_numbers_does_not_change_the_run(tmp_pat
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("target", ["launcher", "other rank"])
-def test_ddp_stops_on_sigterm_in_every_process_at_the_same_step(tmp_path, target):
+@pytest.mark.parametrize("target,sig", [("launcher", "SIGTERM"), ("other rank", "SIGTERM"), ("other rank", "SIGINT")])
+def test_ddp_stops_on_sigterm_in_every_process_at_the_same_step(tmp_path, target, sig):
     """Lightning's SIGTERM handler ran a broadcast inside the signal handler, interleaved with the collective the
     process was in: a SIGTERM to another rank alone hung the run every time (to the launcher: 1 in 4), until
-    SIGKILL. Now every process stops after the same batch: exit 143, one resume hint, a whole checkpoint."""
+    SIGKILL. Now every process stops after the same batch: exit 143, one resume hint, a whole checkpoint. So does a
+    Ctrl-C to another rank alone (exit 1, Ctrl-C's): that process ended, and the run with it, saving nothing."""
     import signal as signals
 
     run = tmp_path / "run"
@@ -243,14 +244,14 @@ def test_ddp_stops_on_sigterm_in_every_process_at_the_same_step(tmp_path, target
         time.sleep(1.0)
         children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
         assert len(children) == 1, children
-        os.kill(proc.pid if target == "launcher" else int(children[0]), signals.SIGTERM)
+        os.kill(proc.pid if target == "launcher" else int(children[0]), getattr(signals, sig))
         output, _ = proc.communicate(timeout=180)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signals.SIGKILL)
             proc.wait()
-    assert proc.returncode == 143, output[-3000:]
-    assert output.count("Stopped by SIGTERM before training ended") == 1, output[-3000:]
+    assert proc.returncode == (143 if sig == "SIGTERM" else 1), output[-3000:]
+    assert output.count(f"Stopped by {'SIGTERM' if sig == 'SIGTERM' else 'Ctrl-C'} before training ended") == 1, output[-3000:]
     state = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
     assert 0 < state["global_step"] and state["epoch"] < 39
     assert subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True).returncode == 1  # no process left

@@ -71,6 +71,8 @@ class CheckpointOnStop(L.Callback):
 
     def on_train_end(self, trainer, pl_module):  # training is over: a Ctrl-C (the test pass) is Python's again
         self._restore_sigint()
+        if self.sigint_seen:  # after the last training batch (its validation, the epoch's end): nothing left to stop
+            log.warning("The Ctrl-C to the process of rank %d came after the last training batch: training ended", trainer.global_rank)
 
     # A stop asked for during a validation, or in the batch before it (a SIGTERM, trainer.max_time), takes effect
     # when the validation ends. Lightning stopped in the middle of it and saved a checkpoint that says the epoch's
