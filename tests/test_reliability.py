@@ -1112,6 +1112,29 @@ def test_unwritable_outputs_are_refused_before_the_expensive_work(tmp_path, monk
         indexer.build_index(index_cfg)
 
 
+@pytest.mark.parametrize("folder, setting", [("csv", "logger.csv.save_dir="), ("checkpoints", "callbacks.model_checkpoint.dirpath="),
+                                              ("per_query", "callbacks.per_query.dirpath="), ("wandb", "logger.wandb.save_dir=")])
+def test_a_folder_the_run_writes_in_that_takes_no_files_is_refused_before_the_data(tmp_path, monkeypatch, folder, setting):
+    """The run folder takes files but one of its folders does not (a read-only mount, a file in its place): a
+    traceback of the CSV logger or of W&B before the first epoch (per_query/: after training; checkpoints/: an error
+    after the first epoch's training, saying to resume once there is room). Now one line naming the setting, before
+    any data is read. (A file stands in for the read-only mount, which root's file modes do not give.)"""
+    from two_tower.core.atomic import NotWritableError
+    from two_tower.data.prepared import PreparedSplit
+
+    def expensive(*args, **kwargs):
+        raise AssertionError("reached the data's preparation")
+
+    monkeypatch.setattr(PreparedSplit, "from_rows", expensive)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    cfg = compose_train(tmp_path, ["logger=[csv,wandb]"])
+    run = Path(cfg.paths.output_dir)
+    run.mkdir()
+    (run / folder).write_text("not a folder")
+    with pytest.raises(NotWritableError, match=f"^{re.escape(setting)}.*: {re.escape(str(run / folder))} is a file, not a folder"):
+        train(cfg)
+
+
 def _read_only_mount_works(folder: Path) -> bool:
     probe = subprocess.run(["unshare", "-m", "sh", "-c", f"mount --bind -o ro {folder} {folder} && ! touch {folder}/x"], capture_output=True)
     return probe.returncode == 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -113,6 +114,38 @@ def check_resume_shapes(path: str, checkpoint: dict, module: TwoTowerModule) -> 
         )
     # Derived now, before loggers and the trainer start, once the shapes agree: a changed vectors source is refused here.
     frozen_rows.restore(dict(checkpoint["state_dict"]), derived, module.tokenizer, f"ckpt_path={path}")
+
+
+def written_folders(cfg: DictConfig) -> list[tuple[str, Path]]:
+    """The folders a run writes in besides its run folder, each with the setting that names it (``key=value``): the callbacks'
+    (``dirpath``: checkpoints/, per_query/) and the loggers' (the CSV logger's ``save_dir/name/version``, W&B's
+    ``save_dir/wandb``, any other's ``save_dir``)."""
+    found = []
+    for name, node in (cfg.get("callbacks") or {}).items():
+        if isinstance(node, DictConfig) and node.get("dirpath"):
+            found.append((f"callbacks.{name}.dirpath={node.dirpath}", Path(str(node.dirpath))))
+    for name, node in (cfg.get("logger") or {}).items():
+        if not isinstance(node, DictConfig) or not node.get("save_dir"):
+            continue
+        folder, target = Path(str(node.save_dir)), str(node.get("_target_", ""))
+        if target.endswith("CSVLogger"):
+            version = node.get("version")
+            folder = folder / str(node.get("name") or "") / (f"version_{version}" if isinstance(version, int) else str(version or ""))
+        elif target.endswith("WandbLogger"):
+            folder = folder / "wandb"
+        found.append((f"logger.{name}.save_dir={node.save_dir}", folder))
+    return found
+
+
+def check_written_folders(cfg: DictConfig) -> None:
+    """Refuse, in one line before any data is read, a folder of ``written_folders`` that takes no files (a read-only
+    mount, a file in its place). Each was found only when first written: a traceback before the first epoch (csv/,
+    wandb/), or after training (per_query/, its test table), or an error after the first epoch's training
+    (checkpoints/). A folder not made yet is checked where it would be made (its nearest existing parent); none is made here."""
+    for setting, folder in written_folders(cfg):
+        existing = next((p for p in (folder, *folder.parents) if os.path.lexists(p)), None)
+        if existing is not None:
+            check_writable(existing, setting)
 
 
 def check_training_rows(datamodule: TwoTowerDataModule) -> None:
@@ -387,6 +420,7 @@ def _train(cfg: DictConfig) -> dict[str, float]:
         check_writable(cfg.paths.output_dir, f"paths.output_dir={cfg.paths.output_dir}", min_free_bytes=16 << 20)
         if cfg.paths.get("cache_dir"):
             check_cache_root(cfg.paths.cache_dir, f"paths.cache_dir={cfg.paths.cache_dir}", min_free_bytes=16 << 20)
+        check_written_folders(cfg)  # checkpoints/, per_query/, csv/, wandb/: a read-only one was found after the data's preparation
         sweep_stale_temps(Path(cfg.paths.output_dir) / "checkpoints")  # partial checkpoints of a killed run
         set_threads(cfg.get("threads"))
         L.seed_everything(cfg.seed, workers=True)
