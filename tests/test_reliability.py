@@ -1210,6 +1210,26 @@ def test_a_resumed_csv_log_drops_only_the_rows_logged_again(tmp_path):
     assert m.loc[m["val/mrr@10"].notna(), "step"].tolist() == [19]
 
 
+def test_a_run_resumed_from_an_older_checkpoint_of_its_folder_logs_each_validation_once(tmp_path):
+    """A run folder's older last.ckpt (kept aside, epoch 0) resumed after the run had gone on to epoch 2: the CSV log
+    kept the later run's validation of epoch 1, at the step where the resumed run's first row fell, and the resumed run
+    logged it again (a probe: epoch 1's val/* twice in metrics.csv). It goes, as every row logged after the checkpoint."""
+    import shutil
+
+    import pandas as pd
+
+    common = ["logger=csv"]
+    train(compose_train(tmp_path, common))
+    checkpoints = Path(compose_train(tmp_path, common).paths.output_dir) / "checkpoints"
+    shutil.copy(checkpoints / "last.ckpt", checkpoints / "epoch0.ckpt")
+    train(compose_train(tmp_path, [*common, "ckpt_path=last", "trainer.max_epochs=3"]))
+    train(compose_train(tmp_path, [*common, f"ckpt_path={checkpoints / 'epoch0.ckpt'}", "trainer.max_epochs=3"]))
+    logged = pd.read_csv(checkpoints.parent / "csv" / "metrics.csv")
+    validations = logged.dropna(subset=["val/mrr@10"])
+    assert validations["epoch"].tolist() == [0, 1, 2], validations[["epoch", "step"]]
+    assert sorted(logged.dropna(subset=["train/loss_epoch"])["epoch"]) == [0, 1, 2]
+
+
 def test_a_run_folder_that_cannot_be_made_is_one_line_before_hydra(tmp_path, monkeypatch):
     """Hydra made outputs/ under an unwritable working directory (a container's /work owned by root) with a
     traceback (exit 1); the command line is now checked first: one line naming the folder."""

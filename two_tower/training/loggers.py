@@ -41,33 +41,29 @@ class ResumableCSVLogger(CSVLogger):
                 experiment.metrics_keys = next(csv.reader(f))
         return experiment
 
-    def resume(self) -> None:
+    def resume(self, saved_step: int | None = None) -> None:
         """This run resumes an interrupted one in the same folder: its first logged row tells from which
         step on the interrupted run's rows are logged again, and those are dropped then (a checkpoint's own
-        step counter does not say: one saved at validation end is counted up only when restored)."""
+        step counter does not say: one saved at validation end is counted up only when restored).
+        ``saved_step``: the checkpoint's ``global_step``, where known: a validation row logged at or after it is the
+        run's from after the checkpoint (an older checkpoint of the folder), which this run logs again."""
         self._drop_at_first_row = True
-        self._drop_at_first_validation = True
+        self._saved_step = saved_step
 
     @rank_zero_only
     def log_metrics(self, metrics, step=None):
         if getattr(self, "_drop_at_first_row", False) and step is not None:
             self._drop_at_first_row = False
-            dropped = self.drop_rows_from(step)
+            dropped = self.drop_rows_from(step, saved_step=getattr(self, "_saved_step", None))
             if dropped:
                 log.info("%s: removed %d rows the interrupted run logged from step %d on; this run logs them again", self.log_dir, dropped, step)
-        if getattr(self, "_drop_at_first_validation", False) and step is not None and any(str(k).startswith("val/") for k in metrics):
-            # The interrupted run's validation at this step, which drop_rows_from keeps (a run resumes past the step's
-            # validation), when this run validates the step again: Ctrl-C after the validation and before the epoch's
-            # checkpoints kept the checkpoint from before it (CheckpointOnStop), and the row was in metrics.csv twice.
-            self._drop_at_first_validation = False
-            self.drop_rows_from(step, validations=True)
         return super().log_metrics(metrics, step)
 
     @rank_zero_only
-    def drop_rows_from(self, step: int, validations: bool = False) -> int:
+    def drop_rows_from(self, step: int, saved_step: int | None = None) -> int:
         """Remove the rows of ``metrics.csv`` logged at logger step ``step`` or later, but a validation at ``step``
-        itself: a run resumed from a checkpoint taken at that step logs them again (a killed run had logged
-        beyond its last checkpoint). ``validations``: remove the validation rows at ``step`` only.
+        itself, unless it was logged at or after the checkpoint's ``saved_step`` (when given): a run resumed from a
+        checkpoint taken at that step logs them again (a killed run had logged beyond its last checkpoint).
         Returns how many rows were removed; the file is replaced whole."""
         self.experiment  # noqa: B018 (puts an earlier metrics.csv back)
         path = Path(self.log_dir) / "metrics.csv"
@@ -78,13 +74,13 @@ class ResumableCSVLogger(CSVLogger):
             rows, fields = list(reader), reader.fieldnames
         # A validation at the resumed step itself stays: a run stops after a batch's validation, never in it, and
         # resumes past it (Lightning does not validate that step again), so that row would be lost, not doubled.
+        # Not one logged at or after the checkpoint's own step, which this run validates again: a later validation of
+        # the folder's run resumed from an older checkpoint of it, or the validation of an epoch whose end a Ctrl-C
+        # interrupted (CheckpointOnStop kept the checkpoint from before it); each was in the file twice (probes).
         def validated_at_step(row):
-            return bool(row.get("step")) and int(float(row["step"])) == step and any(v not in ("", None) for k, v in row.items() if k and k.startswith("val/"))
+            return bool(row.get("step")) and int(float(row["step"])) == step and (saved_step is None or step < saved_step) and any(v not in ("", None) for k, v in row.items() if k and k.startswith("val/"))
 
-        if validations:
-            kept = [row for row in rows if not validated_at_step(row)]
-        else:
-            kept = [row for row in rows if not row.get("step") or int(float(row["step"])) < step or validated_at_step(row)]
+        kept = [row for row in rows if not row.get("step") or int(float(row["step"])) < step or validated_at_step(row)]
         if len(kept) < len(rows):
             with atomic_write(path, "w") as f:
                 writer = csv.DictWriter(f, fieldnames=fields)

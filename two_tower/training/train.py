@@ -440,6 +440,7 @@ def _train(cfg: DictConfig) -> dict[str, float]:
                 log.info("ckpt_path=%s: this run had ended: nothing is left to train (trainer.max_epochs=%s); its %s is its best "
                          "validation's", ckpt_path, cfg.trainer.get("max_epochs"), cfg.get("optimized_metric"))
                 ended_epochs = int(state.get("epoch") or 0) + 1
+            saved_step = int(state.get("global_step") or 0)  # where the checkpoint was taken (the CSV log's rows after it go)
         elif (Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt").is_file() and not requeued():
             # Trained again from the start, it overwrote the stopped run's last.ckpt and logged its epochs twice.
             where = "hydra.sweep.dir, with -m" if in_sweep() else "hydra.run.dir"
@@ -499,7 +500,7 @@ def _train(cfg: DictConfig) -> dict[str, float]:
     if ckpt_path and not done:
         for logger in loggers:
             if isinstance(logger, ResumableCSVLogger):
-                logger.resume()
+                logger.resume(saved_step)
                 if ended_step is not None:  # its test figures and time, logged when it ended, are logged again when it ends again
                     logger.drop_rows_from(ended_step)
     callbacks = instantiate_group(cfg.get("callbacks")) + tracking_callbacks(loggers)
