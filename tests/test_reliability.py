@@ -1230,6 +1230,40 @@ def test_a_run_resumed_from_an_older_checkpoint_of_its_folder_logs_each_validati
     assert sorted(logged.dropna(subset=["train/loss_epoch"])["epoch"]) == [0, 1, 2]
 
 
+class CrashAtStep(L.Callback):
+    def on_train_batch_end(self, trainer, *args):
+        if trainer.global_step == 5:
+            raise RuntimeError("crashed before the first checkpoint")
+
+
+def test_a_run_started_again_in_the_folder_of_one_that_left_no_checkpoint_replaces_its_records(tmp_path, monkeypatch, caplog):
+    """A run that died before its first checkpoint (a crash, a SIGKILL) leaves rows in csv/metrics.csv and nothing to
+    resume; the same command run again into its folder trains from the beginning, and appended its rows to the dead
+    run's (each step in the file twice). An earlier run's test table there (its checkpoints removed) passed for this
+    run's too, to compare, were it killed before it ended."""
+    import pandas as pd
+
+    common = ["logger=csv", "trainer.max_epochs=2", "trainer.log_every_n_steps=1"]
+    crashed = compose_train(tmp_path, common)
+    original = utils.instantiate_group
+    monkeypatch.setattr(train_module, "instantiate_group", lambda c: original(c) + ([CrashAtStep()] if c is crashed.get("callbacks") else []))
+    with pytest.raises(RuntimeError, match="crashed before the first checkpoint"):
+        train(crashed)
+    monkeypatch.undo()
+    run = Path(crashed.paths.output_dir)
+    assert not (run / "checkpoints" / "last.ckpt").exists()
+    dead = pd.read_csv(run / "csv" / "metrics.csv")["step"].tolist()
+    assert dead and dead == sorted(set(dead))
+    (run / "per_query").mkdir(exist_ok=True)
+    (run / "per_query" / "test.parquet").write_bytes(b"an earlier run's table")
+    with caplog.at_level(logging.WARNING, logger="two_tower"):
+        train(compose_train(tmp_path, common))
+    steps = pd.read_csv(run / "csv" / "metrics.csv").dropna(subset=["train/loss_step"])["step"].tolist()
+    assert steps == sorted(set(steps)) and len(steps) == 20, steps
+    assert not (run / "per_query" / "test.parquet").exists()  # no test split here: nothing scored, nothing kept
+    assert f"held {len(dead)} rows of an earlier run in this folder that left no checkpoint to resume" in caplog.text
+
+
 def test_a_run_folder_that_cannot_be_made_is_one_line_before_hydra(tmp_path, monkeypatch):
     """Hydra made outputs/ under an unwritable working directory (a container's /work owned by root) with a
     traceback (exit 1); the command line is now checked first: one line naming the folder."""

@@ -23,7 +23,8 @@ log = logging.getLogger(__name__)
 class ResumableCSVLogger(CSVLogger):
     """Lightning's CSVLogger, except that a resumed run in the same dir appends to ``metrics.csv``
     instead of deleting the rows logged before the interruption (and, after ``resume()``, without the rows
-    the interrupted run logged from the resumed run's first step on, which it logs again)."""
+    the interrupted run logged from the resumed run's first step on, which it logs again); after ``start_over()``
+    (a run started from the beginning) an earlier ``metrics.csv`` is replaced, as Lightning's logger does."""
 
     @property
     @rank_zero_experiment
@@ -35,11 +36,22 @@ class ResumableCSVLogger(CSVLogger):
         with warnings.catch_warnings():  # "... will be deleted": not here
             warnings.filterwarnings("ignore", message="Experiment logs directory")
             experiment = super().experiment  # Lightning's writer deletes an existing metrics.csv here
-        if earlier:
+        if earlier and getattr(self, "_start_over", False):
+            rows = max(earlier.count(b"\n") - 1, 0)
+            log.warning("%s held %d rows of an earlier run in this folder that left no checkpoint to resume: this run starts "
+                        "from the beginning, and its rows replace them", path, rows)
+        elif earlier:
             path.write_bytes(earlier)
             with open(path, newline="") as f:
                 experiment.metrics_keys = next(csv.reader(f))
         return experiment
+
+    def start_over(self) -> None:
+        """This run starts from the beginning (no checkpoint) in a folder whose ``metrics.csv`` is an earlier run's, one
+        that left no checkpoint (killed before its first, or its checkpoints removed): those rows are not this run's,
+        and its own replace them (they were kept and this run's appended: each step and epoch in the file twice). Before
+        the first use of ``experiment``."""
+        self._start_over = True
 
     def resume(self, saved_step: int | None = None) -> None:
         """This run resumes an interrupted one in the same folder: its first logged row tells from which

@@ -490,6 +490,14 @@ def _train(cfg: DictConfig) -> dict[str, float]:
     fill_wandb_group_and_tags(cfg)  # logger.wandb.group/tags: null = the sweep and the chosen options
     fill_wandb_run_id(cfg, resuming=bool(ckpt_path) or requeued())  # a resumed run folder: its W&B run again
     loggers = instantiate_group(cfg.get("logger"))
+    if not ckpt_path and not requeued():
+        # Started from the beginning in a folder that holds an earlier run's records but no checkpoint of it (checked
+        # above): a killed run's metrics.csv rows, its test table. Kept, they passed for this run's: every step in
+        # metrics.csv twice, and compare counted a run killed before it ended, on the earlier run's test figures.
+        for logger in loggers:
+            if isinstance(logger, ResumableCSVLogger):
+                logger.start_over()
+        discard(Path(cfg.paths.output_dir) / "per_query" / per_query.STAGE_FILES["test"])
     start_wandb(loggers)  # a W&B run that cannot start (no network) is one line
     key = current_config_key()  # all overrides but the seed: seeds of one configuration share it
     for logger in loggers:
