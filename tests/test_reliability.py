@@ -1348,6 +1348,25 @@ def test_a_sweep_resumed_with_ckpt_path_last_starts_the_jobs_it_had_not_reached(
     assert resume_settings(tmp_path / "run") == f"ckpt_path=last hydra.run.dir={tmp_path / 'run'}"
 
 
+@pytest.mark.parametrize("name", ["my runs", "lr=0.1", "a,b", "it's"])
+def test_the_resume_settings_of_a_stopped_run_paste_into_a_shell_for_any_folder_name(tmp_path, name):
+    """'Resume with the same command plus ckpt_path=last hydra.run.dir=/runs/my runs' (or a folder with a comma or
+    `=`, which `hydra.run.dir='...'` had made): pasted, the shell split it and Hydra refused it ('Ambiguous value' for
+    a comma, 'mismatched input' for `=`). Now quoted where needed; Hydra reads the folder back."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from two_tower.core.commands import argument
+    from two_tower.training.callbacks import resume_settings
+
+    sweep = shlex.split(argument("hydra.sweep.dir", tmp_path / name))
+    for mode, key, folder in (([], "hydra.run.dir", tmp_path / name), (["hydra.mode=MULTIRUN", *sweep], "hydra.sweep.dir", tmp_path / name)):
+        compose_train(tmp_path, mode)
+        words = shlex.split(resume_settings(folder / "0" if mode else folder))
+        assert words[0] == "ckpt_path=last" and words[1].startswith(f"{key}=")
+        override = OverridesParser.create().parse_overrides([words[1]])[0]
+        assert override.key_or_group == key and override.value() == str(folder)
+
+
 def test_resuming_a_run_that_had_ended_trains_nothing_and_reports_its_best_and_one_stopped_in_its_last_epoch_ends(tmp_path, monkeypatch, caplog):
     """Resumed, an ended run trained nothing and said 'Training ended before any validation' (false), giving a sweeper
     no value: now it says it had ended and reports its best. A run stopped in its last epoch's validation has trained

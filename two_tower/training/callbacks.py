@@ -465,11 +465,13 @@ class PerQueryWriter(L.Callback):
 
 def resume_settings(run_dir: Path) -> str:
     """What to add to the command that made ``run_dir`` to resume it: its own folder for a single run; for a job
-    of a sweep, the sweep's folder with -m (jobs the sweep had not reached then start from the beginning)."""
+    of a sweep, the sweep's folder with -m (jobs the sweep had not reached then start from the beginning). A folder
+    whose name Hydra or the shell would read otherwise (a space, a comma, ``=``) is quoted, so the line can be pasted."""
     from hydra.core.hydra_config import HydraConfig
 
+    from two_tower.core.commands import argument
     from two_tower.training.utils import in_sweep
 
     if in_sweep():
-        return f"ckpt_path=last hydra.sweep.dir={HydraConfig.get().sweep.dir} (with -m)"
-    return f"ckpt_path=last hydra.run.dir={run_dir}"
+        return f"ckpt_path=last {argument('hydra.sweep.dir', HydraConfig.get().sweep.dir)} (with -m)"
+    return f"ckpt_path=last {argument('hydra.run.dir', run_dir)}"
