@@ -1742,6 +1742,30 @@ def test_an_epoch_resumed_mid_way_logs_its_whole_training_time(tmp_path, monkeyp
     assert logged.loc[logged["epoch"] == 1, "time/epoch_train_seconds"].item() >= 0.3  # steps 10-13 slept before the stop
 
 
+def test_a_resumed_run_reports_the_seconds_of_the_stopped_run_too(tmp_path, monkeypatch):
+    """time/train_seconds of a resumed run was its own process's alone (a probe: a sweep job stopped by Ctrl-C after
+    15 s reported 1.0 s once resumed, and experiments/summarize.py's "train seconds" with it). The checkpoint records
+    the seconds until it was saved (here set to 1000 s, a stand-in for a long stopped run) and the resume counts on."""
+    import pandas as pd
+
+    common = ["trainer.max_epochs=2", "logger=csv"]
+    stopped = compose_train(tmp_path, common)
+    original = utils.instantiate_group
+    monkeypatch.setattr(train_module, "instantiate_group", lambda c: original(c) + ([SigtermAtStep(13)] if c is stopped.get("callbacks") else []))
+    with pytest.raises(SystemExit):
+        train(stopped)
+    monkeypatch.undo()
+    last = Path(stopped.paths.output_dir) / "checkpoints" / "last.ckpt"
+    state = torch.load(last, weights_only=False)
+    assert 0 < state["callbacks"]["RunClock"]["seconds"] < 1000
+    state["callbacks"]["RunClock"]["seconds"] = 1000.0
+    torch.save(state, last)
+    metrics = train(compose_train(tmp_path, [*common, "ckpt_path=last"]))
+    assert 1000 < metrics["time/train_seconds"] < 1000 + 3600
+    logged = pd.read_csv(Path(stopped.paths.output_dir) / "csv" / "metrics.csv")["time/train_seconds"].dropna()
+    assert logged.tolist() == pytest.approx([metrics["time/train_seconds"]])
+
+
 def test_a_finished_run_trained_on_leaves_its_old_test_table_so_compare_does_not_count_it(tmp_path, monkeypatch):
     """A probe: a finished run resumed with a longer trainer.max_epochs removed its fit_ended.json but kept the test
     table of its old best checkpoint, so while it trained (or after a kill) compare.py counted it as finished: on

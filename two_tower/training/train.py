@@ -323,6 +323,25 @@ def check_resume_checkpoint(path: str, state: dict, tokenizer, processes: int | 
         )
 
 
+class RunClock(L.Callback):
+    """``time/train_seconds``: the run's seconds, from the start of its command to its end, a stopped run's included.
+    Its checkpoints record the seconds spent until they were saved, and a resume counts on from there: it counted its
+    own only (a probe: a sweep job stopped by Ctrl-C after 15 s and resumed reported 1.0 s, and summarize.py's
+    "train seconds" with it). Work after the last checkpoint of a killed run, which the resume does again, is counted once."""
+
+    def __init__(self, start: float):
+        self.start, self.before = start, 0.0
+
+    def seconds(self) -> float:
+        return self.before + time.perf_counter() - self.start
+
+    def state_dict(self) -> dict:
+        return {"seconds": self.seconds()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.before = float(state.get("seconds") or 0.0)
+
+
 def quiet_other_ranks() -> None:
     """In the other processes of a multi-process run (DDP launches this script again per device, or a
     scheduler runs one per task), only warnings and errors of this package are logged: rank 0 reports
@@ -518,6 +537,8 @@ def _train(cfg: DictConfig) -> dict[str, float]:
         callbacks = [c for c in callbacks if not isinstance(c, ModelSummary)]
     if datamodule.negatives.refresh_every_n_epochs:
         callbacks.append(NegativeRefresh(datamodule.negatives.refresh_every_n_epochs))
+    clock = RunClock(start)
+    callbacks.append(clock)
     try:
         trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, _convert_="all")
     except InstantiationException as err:  # trainer.devices=abc, +trainer.max_epoch=1 (a typo), ...
@@ -552,7 +573,7 @@ def _train(cfg: DictConfig) -> dict[str, float]:
     # A run that had ended trained nothing now: its logged training time stays the one it had (one stopped while
     # scoring its test split loses that row when the test rows are logged again: missing, not replaced by ~0 s).
     if not ended:
-        metrics["time/train_seconds"] = time.perf_counter() - start
+        metrics["time/train_seconds"] = clock.seconds()
         for logger in loggers:
             logger.log_metrics({"time/train_seconds": metrics["time/train_seconds"]}, step=trainer.global_step)
     for logger in loggers:
