@@ -164,11 +164,14 @@ class Searcher:
             self.warned_short = True
             log.warning("%d of %d queries got fewer than k=%d hits: this %s index visits only part of the corpus a search (raise "
                         "nprobe or efSearch with search_params)", short, len(queries), k, self.index.manifest.get("faiss", {}).get("type", "FAISS"))
-        ids, texts = self.index.lookup(hits.rows[found])
-        results, at = [], 0
+        # Each passage's id and text are read once and shared by every hit on it (Python strings are immutable):
+        # a text a hit made 10,000 queries at k=100 over 100,000 passages hold a million copies (1.6 GB).
+        unique, inverse = np.unique(hits.rows[found], return_inverse=True)
+        ids, texts = self.index.lookup(unique)
+        inverse, results, at = inverse.tolist(), [], 0
         for q in range(len(queries)):
             n = int(found[q].sum())
-            results.append([Hit(i, float(s), t) for i, s, t in zip(ids[at : at + n], hits.scores[q, :n], texts[at : at + n])])
+            results.append([Hit(ids[j], float(s), texts[j]) for j, s in zip(inverse[at : at + n], hits.scores[q, :n])])
             at += n
         return results
 
