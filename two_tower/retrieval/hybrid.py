@@ -17,6 +17,7 @@ import torch
 
 from two_tower.data.prepared import PreparedSplit
 from two_tower.core.checks import check
+from two_tower.core.metrics import top_k
 from two_tower.core.errors import ConfigError
 from two_tower.retrieval.index import WEIGHT_SUM_RANGE, WEIGHT_SUM_RULE
 from two_tower.retrieval.retriever import SplitRetriever
@@ -36,11 +37,19 @@ class FusionRetriever(SplitRetriever):
             part.prepare(split)
 
     def scores(self, query_rows: np.ndarray) -> torch.Tensor:
-        return sum(w * self.transform(part.scores(query_rows), part.no_match_scores(query_rows)) for part, w in zip(self.parts, self.weights))
+        # Weighted and summed in place: one [Q, P] sum and one part's share alive at a time (a sum of products made
+        # a new [Q, P] tensor at each step: 1,024 queries x 100,000 passages are 0.4 GB each). The same arithmetic.
+        fused = None
+        for part, w in zip(self.parts, self.weights):
+            share = self.transform(part.scores(query_rows), part.no_match_scores(query_rows)).mul_(w)
+            fused = share if fused is None else fused.add_(share)
+            del share
+        return fused
 
     def transform(self, scores: torch.Tensor, no_match: torch.Tensor | None) -> torch.Tensor:
-        """A part's ``scores`` [Q, P] as its share of the fused score; ``no_match``: the part's
-        ``no_match_scores`` for these queries."""
+        """A part's ``scores`` [Q, P] as its share of the fused score, a tensor of its own (the fusion weighs it in
+        place); ``no_match``: the part's ``no_match_scores`` for these queries. ``scores`` is the part's own new
+        tensor (``SplitRetriever.scores`` returns one), which this may overwrite."""
         raise NotImplementedError
 
 
@@ -52,13 +61,14 @@ class ReciprocalRankFusion(FusionRetriever):
         self.k, self.depth = k, depth
 
     def transform(self, scores: torch.Tensor, no_match: torch.Tensor | None) -> torch.Tensor:
-        top = torch.sort(scores, dim=1, descending=True, stable=True)
-        order = top.indices[:, : self.depth]
+        # the top ``depth`` by selection (``metrics.top_k``: ties to the lower passage, as a stable sort orders them),
+        # not a full sort of every row: 1,024 x 100,000 scores sorted made 1.2 GB of values and indices
+        values, order = top_k(scores, self.depth)
         ranks = torch.arange(1, order.shape[1] + 1, dtype=torch.float32).expand_as(order)
         if no_match is None:  # every passage is ranked (dense)
-            return torch.zeros_like(scores).scatter_(1, order, 1.0 / (self.k + ranks))
-        matched = top.values[:, : self.depth] > no_match
-        return torch.zeros_like(scores).scatter_(1, order, torch.where(matched, 1.0 / (self.k + ranks), 0.0))
+            return scores.zero_().scatter_(1, order, 1.0 / (self.k + ranks))
+        matched = values > no_match
+        return scores.zero_().scatter_(1, order, torch.where(matched, 1.0 / (self.k + ranks), 0.0))
 
 
 def check_weights(weights, name: str = "weights") -> None:
@@ -75,7 +85,7 @@ def check_weights(weights, name: str = "weights") -> None:
 
 class WeightedScoreFusion(FusionRetriever):
     def transform(self, scores: torch.Tensor, no_match: torch.Tensor | None) -> torch.Tensor:
-        return min_max_rows(scores)
+        return min_max_rows(scores, in_place=True)
 
 
 def min_max_rows(scores: torch.Tensor, in_place: bool = False) -> torch.Tensor:

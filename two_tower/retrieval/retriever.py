@@ -38,6 +38,7 @@ class SplitRetriever:
         self.split = split
 
     def scores(self, query_rows: np.ndarray) -> torch.Tensor:
+        """[len(query_rows), num_passages] scores in a new tensor of the caller's (a fusion overwrites it in place)."""
         raise NotImplementedError
 
     def no_match_scores(self, query_rows: np.ndarray) -> torch.Tensor | None:
