@@ -1181,7 +1181,7 @@ class _VirtualLoop:
         return type("Handle", (), {"cancel": lambda _: timer.__setitem__(2, True)})()
 
     def run_until(self, done, limit):
-        while not done() and self.now < limit:
+        while not done() and self.now < limit and any(not t[2] for t in self.timers):
             due = min((t for t in self.timers if not t[2]), key=lambda t: t[0])
             self.timers.remove(due)
             self.now = due[0]
@@ -1225,6 +1225,36 @@ def test_a_client_that_reads_nothing_is_cut_off_after_send_timeout_not_twice_it(
     loop.run_until(lambda: protocol.transport.is_closing(), limit=1000)
     assert protocol.transport.aborted_at is not None and protocol.server_state.send_timeouts == 1
     assert 30 <= protocol.transport.aborted_at <= 30 * 1.2, protocol.transport.aborted_at  # virtual seconds: was 60
+
+
+class _ClosingTransport(_StalledTransport):
+    """A stalled client's transport the server has closed after the answer (``Connection: close``, or an idle
+    keep-alive connection after ``keep_alive_timeout``): closing, its buffer kept until read, until aborted."""
+
+    def is_closing(self):
+        return True
+
+
+def test_a_client_that_reads_nothing_is_cut_off_after_its_connection_was_closed():
+    """The server closes a connection after its answer (``Connection: close``; HTTP/1.1's keep-alive after
+    keep_alive_timeout, 5 s, before send_timeout, 30 s), and the transport holds the unread answer until it is read:
+    the look at a stalled answer stopped looking once the transport was closing (it took that for its own abort), so
+    such a connection was never cut and its answer stayed counted against max_unsent_bytes (a probe, send_timeout=3:
+    not aborted after 15 s, with either header, 2 MB still counted)."""
+    from types import SimpleNamespace
+
+    from two_tower.serve.protocol import guarded_protocol
+
+    loop = _VirtualLoop()
+    protocol = object.__new__(guarded_protocol(5, 100, send_timeout=30))
+    protocol.loop, protocol.server_state, protocol._write_timer = loop, SimpleNamespace(), None
+    protocol.flow = SimpleNamespace(pause_writing=lambda: None, resume_writing=lambda: None)
+    protocol.transport = _ClosingTransport(loop, answer=8_000_000, taken=62_000)
+    protocol.pause_writing()
+    loop.run_until(lambda: protocol.transport.aborted_at is not None, limit=1000)
+    assert protocol.transport.aborted_at is not None and protocol.server_state.send_timeouts == 1
+    assert 30 <= protocol.transport.aborted_at <= 30 * 1.2, protocol.transport.aborted_at  # virtual seconds
+    assert protocol.server_state.unsent_bytes == 0 and not protocol.server_state.unsent
 
 
 class _ReadingTransport(_StalledTransport):

@@ -167,8 +167,8 @@ class GuardedH11Protocol(H11Protocol):
                 self.transport.abort()  # drops the unread answer (close() would keep it until sent)
                 return
             self._shed()  # stalled now: over the budget, this one or one stalled longer goes
-            if self.transport.is_closing():
-                return
+            if self not in self.server_state.unsent:  # this one went. Not is_closing(): a connection closed after its
+                return  # answer (Connection: close, keep_alive_timeout) is closing too, its answer unread, and was never cut
         self._arm_write_timer()
 
     def connection_lost(self, exc) -> None:
