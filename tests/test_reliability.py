@@ -2012,6 +2012,33 @@ def test_a_refused_resume_of_a_sweep_leaves_its_multirun_record_as_it_was(tmp_pa
     assert resumed.returncode == 0 and b"trainer.max_epochs=2" in (sweep / "multirun.yaml").read_bytes(), resumed.stderr[-3000:]
 
 
+@pytest.mark.parametrize("first", ["training", "sanity check"])
+def test_a_second_ctrl_c_to_another_ddp_process_stops_it_at_once(tmp_path, first):
+    """A Ctrl-C to a process other than rank 0 is noted (every process stops after the same batch), and a second one
+    stops that process at once. A first one during the sanity check was undone: the callback put its handler back in
+    place at on_train_start, so the second one was noted again and did not stop the process."""
+    from types import SimpleNamespace
+
+    from two_tower.training.callbacks import CheckpointOnStop
+
+    trainer = SimpleNamespace(world_size=2, is_global_zero=False, global_rank=1, callbacks=[])
+    stopper = CheckpointOnStop(str(tmp_path))
+    before = signal.getsignal(signal.SIGINT)
+    try:
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # Python's, as in a process Lightning starts
+        stopper.on_sanity_check_start(trainer, None)
+        if first == "training":
+            stopper.on_train_start(trainer, None)
+        signal.raise_signal(signal.SIGINT)  # noted, not raised
+        assert stopper.sigint_seen
+        if first == "sanity check":
+            stopper.on_train_start(trainer, None)
+        with pytest.raises(KeyboardInterrupt):
+            signal.raise_signal(signal.SIGINT)
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
 def test_ctrl_c_under_ddp_saves_on_rank_0_without_a_barrier(tmp_path):
     """Ctrl-C reaching one DDP process (or each at another point): Trainer.save_checkpoint's barrier met the other
     process in another collective and both hung for good, SIGTERM ignored (a probe). Rank 0 now writes the

@@ -127,11 +127,12 @@ class CheckpointOnStop(L.Callback):
 
     def _defer_sigint(self, trainer) -> None:
         """On a process other than rank 0 of several, during training: a Ctrl-C is noted (``sigint_seen``), for every
-        process to stop after the same batch; a second one raises KeyboardInterrupt at once (the handler before)."""
+        process to stop after the same batch; a second one raises KeyboardInterrupt at once (the handler before). Not
+        again once one is noted (during the sanity check, before on_train_start: the second was noted again)."""
         import signal
         import threading
 
-        if trainer.is_global_zero or self._sigint_before is not None or threading.current_thread() is not threading.main_thread():
+        if trainer.is_global_zero or self.sigint_seen or self._sigint_before is not None or threading.current_thread() is not threading.main_thread():
             return
         before = signal.getsignal(signal.SIGINT)
         if before in (signal.SIG_IGN, None):  # started with Ctrl-C ignored (a background job): left so
