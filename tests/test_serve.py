@@ -9,6 +9,7 @@ import dataclasses
 import gc
 import json
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -568,6 +569,17 @@ def test_a_server_whose_log_reader_has_gone_serves_and_stops_with_its_status(ind
         if process.poll() is None:
             process.kill()
             process.wait(timeout=30)
+
+
+@pytest.mark.parametrize("stderr", ["2>/dev/full", "2>&-"], ids=["a full disk", "closed"])
+def test_a_line_to_a_stderr_that_cannot_be_written_changes_nothing_else(stderr):
+    """cli.common.say (serve.py's start-up and interrupted lines) let a stderr whose reader had gone pass
+    (BrokenPipeError), but not one that cannot be written otherwise: ENOSPC (a full disk) raised (a probe: the
+    process exited 1 at the line); started with stderr closed (``2>&-``, sys.stderr is None), the lines went to
+    stdout."""
+    code = "from two_tower.cli.common import say; say('serving'); say('interrupted'); print('went on')"
+    done = subprocess.run(f"{shlex.quote(sys.executable)} -c {shlex.quote(code)} {stderr}", shell=True, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout) == (0, "went on\n"), done
 
 
 @pytest.mark.parametrize("command", ["search", "serve"])

@@ -60,10 +60,13 @@ def drop_stdout(stream=None) -> None:
 
 def say(line: str) -> None:
     """``line`` on stderr; a reader that has gone (a script that read what it waited for and closed the pipe,
-    ``2>&1 | head -2``) changes nothing else: stderr then goes to /dev/null (a server went on serving without it)."""
+    ``2>&1 | head -2``), or a stderr that cannot be written (a full disk: ENOSPC) or is none (``2>&-``), changes nothing
+    else: stderr then goes to /dev/null (a server went on serving without it)."""
+    if sys.stderr is None:  # started with stderr closed (2>&-): print(file=None) wrote the line to stdout
+        return
     try:
         print(line, file=sys.stderr, flush=True)
-    except (BrokenPipeError, ValueError):  # ValueError: stderr closed in this process
+    except (OSError, ValueError):  # OSError: BrokenPipeError and the others; ValueError: stderr closed in this process
         drop_stdout(sys.stderr)
 
 
