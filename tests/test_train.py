@@ -228,7 +228,8 @@ def test_ddp_stops_on_sigterm_in_every_process_at_the_same_step(tmp_path, target
     """Lightning's SIGTERM handler ran a broadcast inside the signal handler, interleaved with the collective the
     process was in: a SIGTERM to another rank alone hung the run every time (to the launcher: 1 in 4), until
     SIGKILL. Now every process stops after the same batch: exit 143, one resume hint, a whole checkpoint. So does a
-    Ctrl-C to another rank alone (exit 1, Ctrl-C's): that process ended, and the run with it, saving nothing."""
+    Ctrl-C to another rank alone, exit 1 (Ctrl-C's): that process ended alone, and the run with it (the launcher's error
+    line, status 2), with nothing saved since the last validation."""
     import signal as signals
 
     run = tmp_path / "run"
