@@ -140,8 +140,9 @@ class CheckpointOnStop(L.Callback):
 
         def note(signum, frame):
             self._restore_sigint()  # a second Ctrl-C stops this process at once
-            log.warning("Ctrl-C reached the process of rank %d: it stops with every process after this training batch (rank 0 says "
-                        "what it saves; Ctrl-C again stops this one at once)", trainer.global_rank)
+            # a Ctrl-C from the terminal reaches every process: rank 0 then stops at once and ends the others itself
+            log.warning("Ctrl-C reached the process of rank %d: if it reached this process alone, every process stops after this "
+                        "training batch (rank 0 says what it saves; Ctrl-C again stops this one at once)", trainer.global_rank)
             self.sigint_seen = True
 
         signal.signal(signal.SIGINT, note)
