@@ -15,6 +15,7 @@ import sys
 import time
 
 from two_tower.cli.common import compose, hydra_error_line, interrupted_status, report, say, search_override_error
+from two_tower.core.checks import whole_number
 from two_tower.core.commands import as_run, command
 from two_tower.core.errors import ConfigError, TwoTowerError
 
@@ -27,13 +28,6 @@ Then open http://HOST:PORT/ (search page), /docs (API), /health."""
 
 # key=value, key.setting=value, +key=value or ~key: search_override_error says which of them name no setting
 OVERRIDE = re.compile(r"^(\+{0,2}[A-Za-z_][\w.]*=|~[A-Za-z_][\w.]*(=|$))")
-
-
-def _whole(name: str, value, low: int, high: int | None = None):
-    if not isinstance(value, int) or isinstance(value, bool) or value < low or (high is not None and value > high):
-        span = f"{low}..{high}" if high is not None else f">= {low}"
-        raise ConfigError(f"{name}={value!r}: must be a whole number {span}")
-    return value
 
 
 def listening_socket(host: str, port: int) -> socket.socket:
@@ -109,13 +103,13 @@ def _main(argv: list[str] | None) -> int:
             if not isinstance(cfg[name], (str, int, float)) or isinstance(cfg[name], bool):
                 raise ConfigError(f"{name}={cfg[name]!r}: must be a single path or name")
             cfg[name] = str(cfg[name])
-        _whole("port", cfg.port, 0, 65535)  # 0: a free port the system picks (the start-up line names it)
-        _whole("max_connections", cfg.max_connections, 1)
-        _whole("max_unsent_mb", cfg.max_unsent_mb, 1)
+        whole_number("port", cfg.port, 0, maximum=65535)  # 0: a free port the system picks (the start-up line names it)
+        whole_number("max_connections", cfg.max_connections)
+        whole_number("max_unsent_mb", cfg.max_unsent_mb)
         for name in ("header_timeout", "keep_alive_timeout", "body_timeout", "send_timeout", "shutdown_timeout"):
             check_seconds(name, cfg[name])
         if cfg.threads is not None:
-            _whole("threads", cfg.threads, 1)
+            whole_number("threads", cfg.threads)
         SearchSlots.check(cfg.concurrency, cfg.max_waiting)
         limits = Limits(k=cfg.k, k_max=cfg.k_max, max_query_chars=cfg.max_query_chars, max_batch=cfg.max_batch, body_timeout=cfg.body_timeout)
         start = time.perf_counter()

@@ -152,14 +152,16 @@ def check(key: str, value, rule: str | None = None) -> None:
         raise ConfigError(f"{key}={value!r}: must be {meaning}")
 
 
-def whole_number(name: str, value, minimum: int = 1, meaning: str = "") -> int:
-    """``value`` as an int if it is a whole number >= ``minimum`` (numpy's integers too; a bool is not one), or one
-    ConfigError naming ``name`` (the Python API's counts: an Encoder's batch_size, a search's k; a float, None or
-    a string failed deep inside, and 0 or -1 ran silently as 1)."""
+def whole_number(name: str, value, minimum: int = 1, meaning: str = "", maximum: int | None = None) -> int:
+    """``value`` as an int if it is a whole number from ``minimum`` (to ``maximum``, where given; numpy's integers
+    too; a bool is not one), or one ConfigError naming ``name`` (the Python API's counts: an Encoder's batch_size, a
+    search's k; a float, None or a string failed deep inside, and 0 or -1 ran silently as 1; serve.py's port and
+    limits)."""
     import numpy as np
 
-    if not isinstance(value, Integral) or isinstance(value, (bool, np.bool_)) or value < minimum:
-        raise ConfigError(f"{name}={value!r}: must be a whole number >= {minimum}{meaning}")
+    if not isinstance(value, Integral) or isinstance(value, (bool, np.bool_)) or value < minimum or (maximum is not None and value > maximum):
+        span = f"{minimum}..{maximum}" if maximum is not None else f">= {minimum}"
+        raise ConfigError(f"{name}={value!r}: must be a whole number {span}{meaning}")
     return int(value)
 
 
