@@ -77,9 +77,10 @@ def check_weights(weights, name: str = "weights") -> None:
     to a ranking by passage number or by a part's worst passages first, and evaluate.py reported it."""
     for i, weight in enumerate(weights):
         check(f"{name}[{i}]", weight, rule="fusion.weight")
-    if not sum(float(w) for w in weights) > 0:
+    total = sum(float(w) for w in weights)
+    if not total > 0:
         raise ConfigError(f"{name}={list(weights)}: all 0; at least one part must weigh more than 0")
-    if not WEIGHT_SUM_RANGE[0] <= sum(float(w) for w in weights) <= WEIGHT_SUM_RANGE[1]:
+    if not WEIGHT_SUM_RANGE[0] <= total <= WEIGHT_SUM_RANGE[1]:
         raise ConfigError(f"{name}={list(weights)}: {WEIGHT_SUM_RULE} (fused to 0 or inf, the ranking was by passage number)")
 
 
