@@ -35,6 +35,17 @@ class SigtermAtStep(L.Callback):
             os.kill(os.getpid(), signal.SIGTERM)
 
 
+def train_stopped(cfg, monkeypatch, *callbacks):
+    """Train ``cfg`` with ``callbacks`` added to its own (e.g. ``SigtermAtStep``) until it stops; the SystemExit it
+    stopped with. Undoes ``monkeypatch`` after (every patch of the test made so far)."""
+    original = utils.instantiate_group
+    monkeypatch.setattr(train_module, "instantiate_group", lambda c: original(c) + (list(callbacks) if c is cfg.get("callbacks") else []))
+    with pytest.raises(SystemExit) as stop:
+        train(cfg)
+    monkeypatch.undo()
+    return stop.value
+
+
 # Ten steps an epoch: stopped in the middle epoch, and in the last one (whose train/loss_epoch is the
 # final metric: the resumed run must average the whole epoch, the steps before the stop included).
 @pytest.mark.parametrize("step,epoch,workers", [(13, 1, 0), (25, 2, 0), (13, 1, 1)])
@@ -45,12 +56,8 @@ def test_sigterm_mid_epoch_then_resume_matches_uninterrupted(tmp_path, monkeypat
     straight = train(compose_train(tmp_path / "straight", common))
 
     stopped = compose_train(tmp_path / "stopped", common)
-    original = utils.instantiate_group
-    monkeypatch.setattr(train_module, "instantiate_group", lambda c: original(c) + ([SigtermAtStep(step)] if c is stopped.get("callbacks") else []))
-    with pytest.raises(SystemExit) as stop:  # Lightning's SIGTERMException: the process exits here
-        train(stopped)
-    assert stop.value.code == 143  # not 0 (Lightning's): a preempted run must not look finished to `train.py && index.py`
-    monkeypatch.undo()
+    stop = train_stopped(stopped, monkeypatch, SigtermAtStep(step))  # Lightning's SIGTERMException: the process exits here
+    assert stop.code == 143  # not 0 (Lightning's): a preempted run must not look finished to `train.py && index.py`
     last = Path(stopped.paths.output_dir) / "checkpoints" / "last.ckpt"
     state = torch.load(last, weights_only=False)
     assert state["global_step"] == step and state["epoch"] == epoch
@@ -215,11 +222,7 @@ def test_a_mid_epoch_checkpoint_of_another_number_of_processes_is_refused(tmp_pa
     from two_tower.model.module import EPOCH_SUMS_KEY
 
     stopped = compose_train(tmp_path / "stopped", ["trainer.max_epochs=3"])
-    original = utils.instantiate_group
-    monkeypatch.setattr(train_module, "instantiate_group", lambda c: original(c) + ([SigtermAtStep(24)] if c is stopped.get("callbacks") else []))
-    with pytest.raises(SystemExit):
-        train(stopped)
-    monkeypatch.undo()
+    train_stopped(stopped, monkeypatch, SigtermAtStep(24))
     last = Path(stopped.paths.output_dir) / "checkpoints" / "last.ckpt"
     state = torch.load(last, weights_only=False)
     assert state[EPOCH_SUMS_KEY]["processes"] == 1
@@ -1725,17 +1728,13 @@ def test_an_epoch_resumed_mid_way_logs_its_whole_training_time(tmp_path, monkeyp
 
     common = ["trainer.max_epochs=2", "logger=csv"]
     stopped = compose_train(tmp_path, common)
-    original = utils.instantiate_group
 
     class SlowBatches(L.Callback):  # the steps before the stop take a known least time
         def on_train_batch_end(self, trainer, *args):
             if trainer.current_epoch == 1:
                 time.sleep(0.1)
 
-    monkeypatch.setattr(train_module, "instantiate_group", lambda c: original(c) + ([SlowBatches(), SigtermAtStep(13)] if c is stopped.get("callbacks") else []))
-    with pytest.raises(SystemExit):
-        train(stopped)
-    monkeypatch.undo()
+    train_stopped(stopped, monkeypatch, SlowBatches(), SigtermAtStep(13))
     train(compose_train(tmp_path, [*common, "ckpt_path=last"]))
     logged = pd.read_csv(Path(stopped.paths.output_dir) / "csv" / "metrics.csv").dropna(subset=["time/epoch_train_seconds"])
     assert sorted(logged["epoch"]) == [0, 1]
@@ -1750,11 +1749,7 @@ def test_a_resumed_run_reports_the_seconds_of_the_stopped_run_too(tmp_path, monk
 
     common = ["trainer.max_epochs=2", "logger=csv"]
     stopped = compose_train(tmp_path, common)
-    original = utils.instantiate_group
-    monkeypatch.setattr(train_module, "instantiate_group", lambda c: original(c) + ([SigtermAtStep(13)] if c is stopped.get("callbacks") else []))
-    with pytest.raises(SystemExit):
-        train(stopped)
-    monkeypatch.undo()
+    train_stopped(stopped, monkeypatch, SigtermAtStep(13))
     last = Path(stopped.paths.output_dir) / "checkpoints" / "last.ckpt"
     state = torch.load(last, weights_only=False)
     assert 0 < state["callbacks"]["RunClock"]["seconds"] < 1000
