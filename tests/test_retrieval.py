@@ -624,12 +624,38 @@ def test_overwrite_replaces_index_folders_only(trained, tmp_path, monkeypatch):
     assert run.is_dir()
 
 
+def test_build_chunks_are_bounded_in_bytes_with_the_same_index(trained, tmp_path, monkeypatch):
+    """index.add_chunk counted passages only: a bag path's 100,000 passages x 8,448 dims were a 3.4 GB chunk.
+    index.add_chunk_mb bounds a chunk's float vectors too; the index built is the same, byte for byte."""
+    from two_tower.retrieval import indexer
+
+    assert indexer.chunk_passages(100_000, 256, 8448) == 7943 and indexer.chunk_passages(100_000, 256, 256) == 100_000
+    assert indexer.chunk_passages(100_000, None, 8448) == 100_000 and indexer.chunk_passages(100_000, 1e-9, 8448) == 1
+    sizes, encoded_chunks = [], indexer.encoded_chunks
+
+    def counted(*args, **kwargs):
+        for vectors in encoded_chunks(*args, **kwargs):
+            sizes.append(len(vectors))
+            yield vectors
+
+    monkeypatch.setattr(indexer, "encoded_chunks", counted)
+    dim = Searcher.load(trained["index"]).index.index.d
+    out = tmp_path / "index"
+    build_index(compose_retrieval("index", [f"ckpt={trained['ckpt']}", f"data.path={trained['data']}", f"out={out}", f"index.add_chunk_mb={7 * 4 * dim / (1 << 20)}"]))
+    passages = len(Searcher.load(trained["index"]).index)
+    assert sizes == [7] * (passages // 7) + ([passages % 7] if passages % 7 else []), sizes
+    for name in ("faiss.index", "passages.arrow", "term_statistics.npz"):
+        assert (out / name).read_bytes() == (trained["index"] / name).read_bytes(), name
+
+
 @pytest.mark.parametrize(
     "setting, message",
     [
         ("batch_size=-1", "batch_size=-1: must be a positive integer"),
         ("batch_size=0", "batch_size=0: must be a positive integer"),
         ("index.add_chunk=0", "index.add_chunk=0: must be a positive integer"),
+        ("index.add_chunk_mb=0", "index.add_chunk_mb=0: must be a positive number of megabytes or null"),
+        ("index.add_chunk_mb=inf", "index.add_chunk_mb=inf: must be a positive number of megabytes or null"),
         ("index.train_size=-5", "index.train_size=-5: must be a positive integer"),
         ("threads=abc", "threads='abc': must be a positive integer or null"),
         ("threads=-1", "threads=-1: must be a positive integer or null"),

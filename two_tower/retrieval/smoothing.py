@@ -19,7 +19,7 @@ neighbours it is pulled to are the very passages it competes with. So it is off 
 pseudo-relevance feedback is.
 
 Cost at index time: one search of the index for every passage (``neighbours + 1`` hits each, in chunks of
-``index.add_chunk``) and a second index of the same factory; for ``Flat`` that search is exact and quadratic in
+``index.add_chunk`` / ``index.add_chunk_mb``) and a second index of the same factory; for ``Flat`` that search is exact and quadratic in
 the corpus (seconds for 10k passages, hours for millions: use HNSW or IVF there, whose neighbours are then
 approximate, found with the folder's search parameters: set a larger ``index.search_params`` nprobe or efSearch
 for closer ones). Both indexes are held in memory while the second one is built.
