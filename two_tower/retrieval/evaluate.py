@@ -16,6 +16,7 @@ import logging
 import os
 import shutil
 import time
+from collections import Counter
 from pathlib import Path
 
 import hydra
@@ -36,7 +37,7 @@ from two_tower.core.errors import ConfigError, TwoTowerError
 from two_tower.core import per_query
 from two_tower.core.metrics import DEFAULT_KS, mean_metrics, split_per_query
 from two_tower.retrieval.bm25 import BM25Scorer
-from two_tower.retrieval.retriever import Rankings, SplitRetriever
+from two_tower.retrieval.retriever import Rankings, SharedScores, SplitRetriever, query_chunks
 
 log = logging.getLogger(__name__)
 
@@ -115,16 +116,40 @@ def check_split_files(cfg: DictConfig) -> None:
 
 def evaluate_split(split: PreparedSplit, retrievers: dict[str, SplitRetriever], per_query_out: dict | None = None) -> tuple[dict[str, dict], dict[str, Rankings]]:
     """Metrics and rankings of every retriever on ``split`` (queries with a selected passage); with
-    ``per_query_out``, also each retriever's per-query table (``two_tower.core.per_query``) in it."""
+    ``per_query_out``, also each retriever's per-query table (``two_tower.core.per_query``) in it.
+
+    The queries are ranked a chunk at a time by every retriever in turn, and a retriever that reads others' scores (a
+    fusion's parts, feedback's or a rerank's first stage) is given the scores they computed for their own rows (``SharedScores``):
+    each part is scored once. A retriever's ``seconds`` are its own preparing and scoring (a fusion's: the fusing)."""
     query_rows = split.evaluated_queries()
     relevant = split.relevance(query_rows)
-    metrics, rankings = {}, {}
+    seconds, pieces, k = {}, {name: [] for name in retrievers}, max(DEFAULT_KS)
     for name, retriever in retrievers.items():
         start = time.perf_counter()
         retriever.prepare(split)
-        rankings[name] = retriever.rankings(query_rows, max(DEFAULT_KS))
+        seconds[name] = time.perf_counter() - start
+    shared = SharedScores(Counter(id(part) for retriever in retrievers.values() for part in retriever.score_parts()))
+    try:
+        for retriever in retrievers.values():
+            retriever.shared = shared
+        for rows in query_chunks(query_rows, SplitRetriever.chunk):
+            shared.start(rows)
+            for name, retriever in retrievers.items():
+                start = time.perf_counter()
+                scores = retriever.scores(rows)
+                pieces[name].append(retriever.rank_chunk(rows, scores, k))
+                shared.offer(retriever, scores)
+                del scores
+                seconds[name] += time.perf_counter() - start
+        shared.start(None)
+    finally:
+        for retriever in retrievers.values():
+            retriever.shared = None
+    metrics, rankings = {}, {}
+    for name in retrievers:
+        rankings[name] = Rankings.join(pieces.pop(name))
         positions, values = split_per_query(rankings[name].ranked, rankings[name].reranked, relevant)
-        metrics[name] = {**mean_metrics(values), "seconds": round(time.perf_counter() - start, 2)}
+        metrics[name] = {**mean_metrics(values), "seconds": round(seconds[name], 2)}
         if per_query_out is not None:
             per_query_out[name] = per_query.split_frame(split, query_rows[positions], values)
         log.info("%s: %s", name, {k: round(v, 4) for k, v in metrics[name].items()})

@@ -36,12 +36,15 @@ class FusionRetriever(SplitRetriever):
         for part in self.parts:
             part.prepare(split)
 
+    def score_parts(self) -> list[SplitRetriever]:
+        return list(self.parts)
+
     def scores(self, query_rows: np.ndarray) -> torch.Tensor:
         # Weighted and summed in place: one [Q, P] sum and one part's share alive at a time (a sum of products made
         # a new [Q, P] tensor at each step: 1,024 queries x 100,000 passages are 0.4 GB each). The same arithmetic.
         fused = None
         for part, w in zip(self.parts, self.weights):
-            share = self.transform(part.scores(query_rows), part.no_match_scores(query_rows)).mul_(w)
+            share = self.transform(self.part_scores(part, query_rows), part.no_match_scores(query_rows)).mul_(w)
             fused = share if fused is None else fused.add_(share)
             del share
         return fused
@@ -49,7 +52,7 @@ class FusionRetriever(SplitRetriever):
     def transform(self, scores: torch.Tensor, no_match: torch.Tensor | None) -> torch.Tensor:
         """A part's ``scores`` [Q, P] as its share of the fused score, a tensor of its own (the fusion weighs it in
         place); ``no_match``: the part's ``no_match_scores`` for these queries. ``scores`` is the part's own new
-        tensor (``SplitRetriever.scores`` returns one), which this may overwrite."""
+        tensor (``SplitRetriever.part_scores`` gives one), which this may overwrite."""
         raise NotImplementedError
 
 

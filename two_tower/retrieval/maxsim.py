@@ -283,8 +283,11 @@ class MaxSimRetriever(SplitRetriever):
             self.settings, lambda rows: [split.passage_texts[r] for r in rows.tolist()], len(split.passage_texts), corpus_key=texts_key(split.passage_texts)
         )
 
+    def score_parts(self) -> list[SplitRetriever]:
+        return [self.part]
+
     def scores(self, query_rows: np.ndarray) -> torch.Tensor:
-        first = self.part.scores(query_rows).float()
+        first = self.part_scores(self.part, query_rows).float()
         top = rank_by_scores(first, min(self.settings.depth, first.shape[1]))
         out = below_reranked(first, first.max(1, keepdim=True).values)
         for i, row in enumerate(query_rows.tolist()):

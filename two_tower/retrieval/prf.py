@@ -75,8 +75,11 @@ class PRFRetriever(SplitRetriever):
         super().prepare(split)
         self.part.prepare(split)
 
+    def score_parts(self) -> list[SplitRetriever]:
+        return [self.part]
+
     def scores(self, query_rows: np.ndarray) -> torch.Tensor:
-        first = self.part.scores(query_rows)
+        first = self.part_scores(self.part, query_rows)
         if not self.prf.enabled:
             return first
         top = rank_by_scores(first, min(self.prf.depth, first.shape[1]))
