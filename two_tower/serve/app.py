@@ -16,7 +16,8 @@ than a full batch of the longest queries can be, 404/405 for unknown paths and m
 
 Concurrency: a search runs on a worker thread, at most ``concurrency`` at once (their own limiter; default:
 the CPU cores this process may use); the others wait for a turn on the event loop, which stays free: it
-accepts, validates and refuses requests, and answers ``/health`` and the page, which touch no worker thread,
+accepts, validates and refuses requests (a JSON body is parsed once, on a worker thread: ``BodyLimit``), and answers
+``/health`` and the page, which touch no worker thread,
 however many searches are queued (before, every endpoint, dependency and response check shared Starlette's
 pool of 40 threads, so under a flood of batches ``/health`` waited 18-43 s behind them and a container's
 health check failed). A search's answer is also encoded to JSON on its worker thread. There is no lock,
@@ -38,7 +39,7 @@ import re
 import threading
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -47,6 +48,7 @@ import torch
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
+from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, ValidationError, model_validator
@@ -342,7 +344,8 @@ def create_app(
         redirect_slashes=False,  # /search/ redirected to http://<the request's Host>/search: a 404 now
         redoc_url=None,  # one API page (/docs); ReDoc's was served without the page's headers, and undocumented
     )
-    app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes, timeout=limits.body_timeout)
+    app.router.route_class = ReadBodyRoute  # POST /search takes the body BodyLimit read off the event loop
+    app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes, timeout=limits.body_timeout, readers=searches.size)
     app.add_middleware(StoppedInFlight)
     app.add_middleware(HtmlHeaders)
 
@@ -693,6 +696,72 @@ def _html_policy(body: bytes) -> str:
 # ------------------------------------------------------------------------------------ body size limit
 
 
+@dataclass(frozen=True)
+class JsonBody:
+    """A JSON body read once, on a worker thread (``_read_json``): the byte where it is not UTF-8, or its value, or the
+    exception ``json.loads`` raised (the route raises it again, and FastAPI answers it as its own parse's), and the keys
+    its object gives more than once."""
+
+    not_utf8: int | None = None
+    value: Any = None
+    error: Exception | None = None
+    repeated: dict[str, int] = field(default_factory=dict)
+
+
+def _read_json(body: bytes) -> JsonBody:
+    """``body`` read as FastAPI reads it (``json.loads`` of the bytes), once UTF-8 is checked (json.loads would take
+    UTF-16 and UTF-32 too; the API takes UTF-8, RFC 8259), with the keys its object gives more than once (json.loads
+    keeps the last value: ``{"k": 1, "k": 100}`` would answer 100 hits, silently). Objects inside it are not looked at:
+    the API has none (a nested one is refused by the schema). One parse: the check parsed the body a second time."""
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError as err:
+        return JsonBody(not_utf8=err.start)
+    last: list = [()]  # the pairs of the object read last: the body's own, when the body is an object
+
+    def pairs(items):
+        last[0] = items
+        return dict(items)  # what json.loads builds without the hook (the last value of a key, at its first place)
+
+    try:
+        value = json.loads(body, object_pairs_hook=pairs)
+    except Exception as err:  # noqa: BLE001 (FastAPI's own parse catches the same: invalid JSON 422, the rest 400)
+        return JsonBody(error=err)
+    if not isinstance(value, dict) or len(value) == len(last[0]):  # not an object (the schema says so), or no key twice
+        return JsonBody(value=value)
+    counts = Counter(key for key, _ in last[0])  # linear: keys.count per key took 7.5 s for 20,000 keys and one twice
+    return JsonBody(value=value, repeated={key: n for key, n in counts.items() if n > 1})
+
+
+# The scope key under which BodyLimit hands the route the body it read (a JsonBody)
+JSON_BODY = "two_tower.json_body"
+
+
+class ReadBodyRequest(Request):
+    """A request whose JSON body ``BodyLimit`` already read on a worker thread: FastAPI takes it from there instead of
+    parsing the body again, on the event loop (30 clients sending 417 KB bodies held /health ~1 s a probe)."""
+
+    async def json(self) -> Any:
+        read = self.scope.get(JSON_BODY)
+        if read is None:  # not read by BodyLimit (not sent as JSON): Starlette's own reading
+            return await super().json()
+        if read.error is not None:
+            raise read.error
+        return read.value
+
+
+class ReadBodyRoute(APIRoute):
+    """FastAPI's route, handed a ``ReadBodyRequest`` (FastAPI's way to change how a route reads its request)."""
+
+    def get_route_handler(self):
+        handle = super().get_route_handler()
+
+        async def handler(request: Request):
+            return await handle(ReadBodyRequest(request.scope, request.receive))
+
+        return handler
+
+
 class BodyLimit:
     """ASGI middleware: a request body over ``max_bytes`` gets 413 before the app reads it, and one not
     complete ``timeout`` seconds after its headers gets 408 (the connection is closed): a client that
@@ -700,11 +769,23 @@ class BodyLimit:
     a few thousand of them, the server) as long as it likes.
 
     Checks ``Content-Length`` and also counts a chunked body as it arrives; the body is read here (it is
-    at most ``max_bytes``) and handed to the app unchanged.
+    at most ``max_bytes``) and handed to the app unchanged; a JSON body is also parsed here, once, on a worker thread
+    (``_read_json``), and its value handed to the route with it (``ReadBodyRequest``).
     """
 
-    def __init__(self, app, max_bytes: int, timeout: float = 10.0):
-        self.app, self.max_bytes, self.timeout = app, max_bytes, timeout
+    def __init__(self, app, max_bytes: int, timeout: float = 10.0, readers: int = 1):
+        self.app, self.max_bytes, self.timeout, self.readers = app, max_bytes, timeout, readers
+        self._limiter = None
+
+    async def _read(self, body: bytes) -> JsonBody:
+        """``_read_json(body)`` on a worker thread, at most ``readers`` at once: the event loop goes on answering (a
+        417 KB body of empty lists takes it ~25 ms, twice when the repeated-key check parsed it apart); a limiter
+        of their own, so a bad body's refusal never waits for a search's turn."""
+        import anyio
+
+        if self._limiter is None:  # made inside the server's event loop
+            self._limiter = anyio.CapacityLimiter(self.readers)
+        return await anyio.to_thread.run_sync(_read_json, body, limiter=self._limiter)
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -742,17 +823,16 @@ class BodyLimit:
             sent = _clean(encoded[0].decode("latin-1"), 40)
             error = f"body: sent with Content-Encoding: {sent}; send the JSON object uncompressed (this server reads no encoded body)"
             return await _error_response(415, error, [ErrorItem(loc=["body"], msg=error, type="content_encoding")])(scope, receive, send)
-        if _json_content(scope):  # what FastAPI reads as JSON: json.loads would take UTF-16 and UTF-32 too; the API takes UTF-8 (RFC 8259)
-            try:
-                text = body.decode("utf-8")
-            except UnicodeDecodeError as err:
-                msg = f"not UTF-8 text (byte {err.start}); send the JSON object encoded as UTF-8"
+        if body and _json_content(scope):  # what FastAPI reads as JSON, read here once, on a worker thread
+            read = await self._read(body)
+            if read.not_utf8 is not None:
+                msg = f"not UTF-8 text (byte {read.not_utf8}); send the JSON object encoded as UTF-8"
                 response = _error_response(400, f"body: {msg}", [ErrorItem(loc=["body"], msg=msg, type="not_utf8")])
                 return await response(scope, receive, send)
-            repeated = _repeated_keys(text)
-            if repeated:  # json.loads keeps the last value: {"k": 1, "k": 100} would answer 100 hits, silently
-                items = [ErrorItem(loc=["body", _clean(key, 40)], msg=f"given {n} times; give it once", type="repeated_key") for key, n in list(repeated.items())[:MAX_LISTED]]
-                return await _listing(422, items, len(repeated))(scope, receive, send)
+            if read.repeated:
+                items = [ErrorItem(loc=["body", _clean(key, 40)], msg=f"given {n} times; give it once", type="repeated_key") for key, n in list(read.repeated.items())[:MAX_LISTED]]
+                return await _listing(422, items, len(read.repeated))(scope, receive, send)
+            scope = {**scope, JSON_BODY: read}  # the route takes the value from here (ReadBodyRequest)
         return await self.app(scope, _replay([{"type": "http.request", "body": body, "more_body": False}], receive), send)
 
     async def _too_large(self, scope, receive, send):
@@ -766,27 +846,6 @@ def _json_content(scope) -> bool:
     """Whether the request's body is one FastAPI reads as JSON (its rule: application/json or application/...+json)."""
     mime = dict(scope["headers"]).get(b"content-type", b"").split(b";", 1)[0].strip().lower()
     return mime == b"application/json" or (mime.startswith(b"application/") and mime.endswith(b"+json"))
-
-
-def _repeated_keys(text: str) -> dict[str, int]:
-    """The keys a JSON body object gives more than once, with how many times (``{}`` when none, or when the text is
-    not a JSON object: FastAPI's own reading then says what is wrong). Objects inside it are not looked at: the API
-    has none (a nested one is refused by the schema). The hook only keeps its argument, so a large body costs
-    about one more ``json.loads`` (a Python-level count per object cost 8x that, on the event loop)."""
-    last: list = [()]  # the keys of the object read last: the body's own, when the body is an object
-
-    def pairs(items):
-        last[0] = items
-        return None  # the values are not needed (so the body is not built twice)
-
-    try:
-        body = json.loads(text, object_pairs_hook=pairs)
-    except (ValueError, RecursionError):
-        return {}
-    if body is not None:  # not an object: FastAPI says so
-        return {}
-    counts = Counter(key for key, _ in last[0])  # linear: keys.count per key took 7.5 s for 20,000 keys and one twice
-    return {key: n for key, n in counts.items() if n > 1}
 
 
 def _query_string_problem(raw: bytes) -> tuple[str, str] | None:
