@@ -1522,9 +1522,49 @@ def test_searches_beyond_max_waiting_get_a_503_with_retry_after_at_once(searcher
     assert len(refused) == 29 and sorted(r.status_code for r in answers + [after]) == [200] * 4 + [503] * 28
     for r in refused:
         assert r.headers["retry-after"] == "1", r.text
-        assert r.json()["error"] == "busy: 1 search running and 2 waiting (max_waiting); retry in a moment"  # was "1 searches"
+        assert r.json()["error"] == "busy: 1 search running and 2 queries waiting (max_waiting 2); retry in a moment"  # was "1 searches"
     assert held.started == 4 and held.most == 1
     assert health["concurrency"] == 1 and health["max_waiting"] == 2
+
+
+def test_max_waiting_counts_the_queries_of_a_batch(searcher):
+    """A batch waiting for a turn counts its queries against max_waiting: counted as one search, 256 waiting batches
+    of 64 queries were 16,384 queries' work ahead of the next search. One slot, held; max_waiting 4: a batch of 3 and
+    a query wait, and then a query or a batch of 2 is refused at once; those that waited are answered."""
+    held = HeldSearcher(searcher)
+    app = create_app(held, LIMITS, concurrency=1, max_waiting=4)
+    with ServerThread(app) as running:
+        pool = concurrent.futures.ThreadPoolExecutor(5)
+        get = lambda: httpx.get(f"{running.url}/search", params={"q": "garden castle", "k": 3}, timeout=120)  # noqa: E731
+        post = lambda n: httpx.post(f"{running.url}/search", json={"queries": ["garden"] * n, "k": 3}, timeout=120)  # noqa: E731
+
+        def until(done) -> None:
+            deadline = time.monotonic() + 60
+            while not done():
+                assert time.monotonic() < deadline
+                time.sleep(0.02)
+
+        try:
+            first = pool.submit(get)
+            until(lambda: held.started == 1)
+            batch = pool.submit(post, 3)
+            until(lambda: app.state.searches._admitted == 2)  # a search running or waiting for its turn
+            single = pool.submit(get)
+            until(lambda: app.state.searches._admitted == 3)
+            assert app.state.searches.waiting == 4
+            refused = [pool.submit(get), pool.submit(post, 2)]
+            until(lambda: all(f.done() for f in refused))  # at once, before the slot frees
+            refused = [f.result() for f in refused]
+            held.release.set()
+            answers = [first.result(), batch.result(), single.result()]
+        finally:
+            held.release.set()
+            pool.shutdown()
+    assert [r.status_code for r in answers] == [200, 200, 200] and len(answers[1].json()["results"]) == 3
+    assert [r.status_code for r in refused] == [503, 503] and all(r.headers["retry-after"] == "1" for r in refused)
+    assert refused[0].json()["error"] == "busy: 1 search running and 4 queries waiting (max_waiting 4); retry in a moment"
+    assert refused[1].json()["error"] == "busy: 1 search running and 4 queries waiting (max_waiting 4, this batch 2); retry in a moment"
+    assert held.started == 3 and app.state.searches.waiting == 0
 
 
 def test_a_request_unanswered_when_a_stopping_server_gives_up_gets_a_json_503(searcher):

@@ -22,7 +22,7 @@ from two_tower.core.errors import ConfigError, TwoTowerError
 USAGE = """usage: python serve.py index=DIR [host=127.0.0.1] [port=8000] [threads=1] [key=value ...]
 Settings (two_tower/conf/serve.yaml): index, host, port, threads (per search, torch and FAISS), search_params,
 hybrid (false = dense alone in a folder with a BM25 index; "hybrid=[0.5,0.5]" = fuse with these dense, BM25 weights), prf=rocchio (pseudo-relevance feedback;
-prf.depth=N), rerank=maxsim (MaxSim rerank of the top rerank.depth=100; rerank.weight=W), concurrency (searches at once), max_waiting (searches waiting for a turn; beyond: 503), k (default passages per query), k_max, max_query_chars, max_batch, header_timeout, body_timeout, send_timeout, keep_alive_timeout, shutdown_timeout,
+prf.depth=N), rerank=maxsim (MaxSim rerank of the top rerank.depth=100; rerank.weight=W), concurrency (searches at once), max_waiting (queries waiting for a turn, a batch counting its queries; beyond: 503), k (default passages per query), k_max, max_query_chars, max_batch, header_timeout, body_timeout, send_timeout, keep_alive_timeout, shutdown_timeout,
 max_connections, max_unsent_mb.
 Then open http://HOST:PORT/ (search page), /docs (API), /health."""
 

@@ -171,12 +171,12 @@ class HealthResponse(BaseModel):
     limits: dict[str, int]
     threads: dict[str, int] = Field(description="CPU threads one search uses (torch, FAISS), as seen from a worker thread")
     concurrency: int = Field(description="searches run at once; more wait their turn")
-    max_waiting: int | None = Field(description="searches that may wait for a turn; beyond them a 503 (null: no limit)")
+    max_waiting: int | None = Field(description="queries that may wait for a turn (a batch counts its queries); a search that would pass it gets a 503 (null: no limit)")
 
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorResponse, "description": "Body that cannot be decoded (not UTF-8 JSON text)"},
-    503: {"model": ErrorResponse, "description": "Busy (every search slot taken and max_waiting searches waiting: retry after Retry-After seconds), or the server stopped (SIGTERM, then shutdown_timeout) before this request was answered"},
+    503: {"model": ErrorResponse, "description": "Busy (every search slot taken and max_waiting queries waiting: retry after Retry-After seconds), or the server stopped (SIGTERM, then shutdown_timeout) before this request was answered"},
     415: {"model": ErrorResponse, "description": "Body sent with a Content-Type other than JSON (curl -d without -H 'Content-Type: application/json'), or compressed (a Content-Encoding)"},
     413: {"model": ErrorResponse, "description": "Request body larger than a full batch can be"},
     422: {"model": ErrorResponse, "description": "Invalid request: the error says what is wrong"},
@@ -320,7 +320,7 @@ def create_app(
 ) -> FastAPI:
     """The service over a loaded searcher; each search uses ``threads`` CPU threads (None: the libraries'
     defaults), at most ``concurrency`` searches at once (None: the CPU cores this process may use), with at most
-    ``max_waiting`` more waiting for a turn (None: no limit; beyond it a 503 with Retry-After).
+    ``max_waiting`` queries more waiting for a turn (None: no limit; beyond it a 503 with Retry-After).
     ``search_params`` is only reported (``Searcher.load`` applied it)."""
     index = searcher.index
     use_threads = ThreadSetting(threads)
@@ -344,6 +344,7 @@ def create_app(
         redirect_slashes=False,  # /search/ redirected to http://<the request's Host>/search: a 404 now
         redoc_url=None,  # one API page (/docs); ReDoc's was served without the page's headers, and undocumented
     )
+    app.state.searches = searches
     app.router.route_class = ReadBodyRoute  # POST /search takes the body BodyLimit read off the event loop
     app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes, timeout=limits.body_timeout, readers=searches.size)
     app.add_middleware(StoppedInFlight)
@@ -426,7 +427,7 @@ def create_app(
 
         watcher = asyncio.ensure_future(watch())
         try:
-            return await searches.run(run)
+            return await searches.run(run, len(queries))
         except asyncio.CancelledError:
             # a cancel of our own alone (not also a stopping server's, which StoppedInFlight answers): not sent, no one reads it
             if gone and (request_task.uncancel() if hasattr(request_task, "uncancel") else 0) == 0:  # uncancel: Python 3.11+
@@ -558,9 +559,11 @@ def cpu_count() -> int:
 
 class SearchSlots:
     """At most ``size`` searches run at once, each on a worker thread (their own limiter, not Starlette's
-    shared pool); the others wait for a slot on the event loop, holding no thread, at most ``max_waiting`` of
-    them: a search beyond those is answered 503 with ``Retry-After`` at once (``Busy``), so an overloaded server
-    sheds load instead of making every answer later."""
+    shared pool); the others wait for a slot on the event loop, holding no thread, with at most ``max_waiting``
+    queries among them (a batch counts its queries: a 64-query batch is about 64 queries' work, and counted as one
+    search, 256 waiting batches were 16,384 queries' wait): a search that would take them past it is answered 503
+    with ``Retry-After`` at once (``Busy``), so an overloaded server sheds load instead of making every answer later.
+    A batch of more queries than ``max_waiting`` runs only when a slot is free."""
 
     def __init__(self, size: int | None, max_waiting: int | None = None):
         self.check(size, max_waiting)
@@ -568,6 +571,12 @@ class SearchSlots:
         self.max_waiting = max_waiting
         self._limiter = self._threads = None
         self._admitted = 0  # searches running or waiting; read and changed on the event loop only, with no await between
+        self._waiting = 0  # the queries of the searches among them that wait for a slot (the same)
+
+    @property
+    def waiting(self) -> int:
+        """The queries of the searches waiting for a slot."""
+        return self._waiting
 
     @staticmethod
     def check(size, max_waiting) -> None:
@@ -577,18 +586,25 @@ class SearchSlots:
         if max_waiting is not None and (not isinstance(max_waiting, int) or isinstance(max_waiting, bool) or max_waiting < 0):
             raise ConfigError(f"max_waiting={max_waiting!r}: must be a whole number >= 0, or null (no limit)")
 
-    async def run(self, fn):
+    async def run(self, fn, queries: int = 1):
+        """``fn()`` on a worker thread in its turn, for a search of ``queries`` queries."""
         import anyio
 
         if self._limiter is None:  # made inside the server's event loop
             self._limiter, self._threads = anyio.CapacityLimiter(self.size), anyio.CapacityLimiter(self.size)
         # Counted here, not read from the limiter's queue: anyio joins that queue only after a turn of the event
         # loop, so a burst of requests arriving together all saw the same count and all got in.
-        if self.max_waiting is not None and self._admitted >= self.size + self.max_waiting:
-            raise Busy(f"busy: {self.size} search{'es' if self.size != 1 else ''} running and {self._admitted - self.size} waiting (max_waiting); retry in a moment")
+        waits = queries if self._admitted >= self.size else 0  # slots go in turn: the first `size` admitted run
+        if self.max_waiting is not None and waits and self._waiting + waits > self.max_waiting:
+            batch = f", this batch {queries}" if queries > 1 else ""
+            raise Busy(f"busy: {self.size} search{'es' if self.size != 1 else ''} running and {self._waiting} quer{'y' if self._waiting == 1 else 'ies'} "
+                       f"waiting (max_waiting {self.max_waiting}{batch}); retry in a moment")
         self._admitted += 1
+        self._waiting += waits
         try:
             async with self._limiter:  # a cancel while waiting for a slot (its client went away) leaves the queue
+                self._waiting -= waits
+                waits = 0
                 work = asyncio.ensure_future(anyio.to_thread.run_sync(fn, limiter=self._threads))
                 try:
                     return await asyncio.shield(work)
@@ -601,10 +617,11 @@ class SearchSlots:
                     raise
         finally:
             self._admitted -= 1
+            self._waiting -= waits  # left the queue without a slot
 
 
 class Busy(Exception):
-    """Every search slot is taken and ``max_waiting`` searches already wait: a 503 with Retry-After."""
+    """Every search slot is taken and the queries waiting would pass ``max_waiting``: a 503 with Retry-After."""
 
 
 # ------------------------------------------------------------------------------- stopped in flight
