@@ -1442,6 +1442,7 @@ class HeldSearcher:
     def __init__(self, searcher: Searcher):
         self.inner, self.release, self.lock = searcher, threading.Event(), threading.Lock()
         self.running = self.most = self.started = 0
+        self.sizes: list[int] = []  # the queries of each search, in the order they started
 
     def __getattr__(self, name):
         return getattr(self.inner, name)
@@ -1450,6 +1451,7 @@ class HeldSearcher:
         with self.lock:
             self.running += 1
             self.started += 1
+            self.sizes.append(len(queries))
             self.most = max(self.most, self.running)
         try:
             assert self.release.wait(120), "never released"
@@ -1565,6 +1567,38 @@ def test_max_waiting_counts_the_queries_of_a_batch(searcher):
     assert refused[0].json()["error"] == "busy: 1 search running and 4 queries waiting (max_waiting 4); retry in a moment"
     assert refused[1].json()["error"] == "busy: 1 search running and 4 queries waiting (max_waiting 4, this batch 2); retry in a moment"
     assert held.started == 3 and app.state.searches.waiting == 0
+
+
+def test_a_query_that_comes_while_a_batch_waits_goes_ahead_of_it(searcher):
+    """Turns were first come, first served: a single query waited behind every batch before it. Now a waiting search
+    is ranked by the queries given a slot before it came plus its own: one slot, held; a batch of 4 comes, then a
+    query, then a batch of 4: the query runs before the first batch, the batches in the order they came."""
+    held = HeldSearcher(searcher)
+    app = create_app(held, LIMITS, concurrency=1)
+    with ServerThread(app) as running:
+        pool = concurrent.futures.ThreadPoolExecutor(4)
+        get = lambda: httpx.get(f"{running.url}/search", params={"q": "garden castle", "k": 3}, timeout=120)  # noqa: E731
+        post = lambda: httpx.post(f"{running.url}/search", json={"queries": ["garden", "castle", "museum", "pilot"], "k": 3}, timeout=120)  # noqa: E731
+
+        def until(done) -> None:
+            deadline = time.monotonic() + 60
+            while not done():
+                assert time.monotonic() < deadline
+                time.sleep(0.02)
+
+        try:
+            sent = [pool.submit(get)]
+            until(lambda: held.started == 1)
+            for request, admitted in ((post, 2), (get, 3), (post, 4)):
+                sent.append(pool.submit(request))
+                until(lambda: app.state.searches._admitted == admitted)  # running or waiting for its turn
+            held.release.set()
+            answers = [f.result() for f in sent]
+        finally:
+            held.release.set()
+            pool.shutdown()
+    assert [r.status_code for r in answers] == [200] * 4
+    assert held.sizes == [1, 1, 4, 4]  # first come, first served: [1, 4, 1, 4]
 
 
 def test_a_request_unanswered_when_a_stopping_server_gives_up_gets_a_json_503(searcher):

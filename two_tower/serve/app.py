@@ -15,7 +15,8 @@ fails validation (including a query the tokenizer finds empty: ``EmptyQueryError
 than a full batch of the longest queries can be, 404/405 for unknown paths and methods.
 
 Concurrency: a search runs on a worker thread, at most ``concurrency`` at once (their own limiter; default:
-the CPU cores this process may use); the others wait for a turn on the event loop, which stays free: it
+the CPU cores this process may use); the others wait for a turn on the event loop (ranked by queries, so a query
+does not wait behind every batch before it: ``SearchSlots``), which stays free: it
 accepts, validates and refuses requests (a JSON body is parsed once, on a worker thread: ``BodyLimit``), and answers
 ``/health`` and the page, which touch no worker thread,
 however many searches are queued (before, every endpoint, dependency and response check shared Starlette's
@@ -563,15 +564,24 @@ class SearchSlots:
     queries among them (a batch counts its queries: a 64-query batch is about 64 queries' work, and counted as one
     search, 256 waiting batches were 16,384 queries' wait): a search that would take them past it is answered 503
     with ``Retry-After`` at once (``Busy``), so an overloaded server sheds load instead of making every answer later.
-    A batch of more queries than ``max_waiting`` runs only when a slot is free."""
+    A batch of more queries than ``max_waiting`` runs only when a slot is free.
+
+    Turns are not first come, first served: a waiting search is ranked by the queries given a slot before it came
+    plus its own, smallest first (fair queueing by queries), so a query that comes while a 64-query batch waits goes
+    ahead of it, unless 63 queries' work has been given slots since the batch came (it waited behind every batch
+    before it, first come, first served); a batch is passed by later searches for at most its own queries' work."""
 
     def __init__(self, size: int | None, max_waiting: int | None = None):
         self.check(size, max_waiting)
         self.size = size or cpu_count()
         self.max_waiting = max_waiting
-        self._limiter = self._threads = None
+        self._threads = None
         self._admitted = 0  # searches running or waiting; read and changed on the event loop only, with no await between
         self._waiting = 0  # the queries of the searches among them that wait for a slot (the same)
+        self._free = self.size  # slots free (the same)
+        self._turns: list = []  # the searches waiting for a slot: a heap of (rank, arrival, queries, future)
+        self._given = 0  # queries given a slot so far: the clock of the ranks
+        self._arrivals = 0
 
     @property
     def waiting(self) -> int:
@@ -590,10 +600,10 @@ class SearchSlots:
         """``fn()`` on a worker thread in its turn, for a search of ``queries`` queries."""
         import anyio
 
-        if self._limiter is None:  # made inside the server's event loop
-            self._limiter, self._threads = anyio.CapacityLimiter(self.size), anyio.CapacityLimiter(self.size)
-        # Counted here, not read from the limiter's queue: anyio joins that queue only after a turn of the event
-        # loop, so a burst of requests arriving together all saw the same count and all got in.
+        if self._threads is None:  # made inside the server's event loop
+            self._threads = anyio.CapacityLimiter(self.size)
+        # Counted here as each search comes (a count read from anyio's limiter's queue, which a search joined a turn of
+        # the event loop later, let a burst of requests arriving together all in).
         waits = queries if self._admitted >= self.size else 0  # slots go in turn: the first `size` admitted run
         if self.max_waiting is not None and waits and self._waiting + waits > self.max_waiting:
             batch = f", this batch {queries}" if queries > 1 else ""
@@ -602,7 +612,8 @@ class SearchSlots:
         self._admitted += 1
         self._waiting += waits
         try:
-            async with self._limiter:  # a cancel while waiting for a slot (its client went away) leaves the queue
+            await self._slot(queries)  # a cancel while waiting for a slot (its client went away) leaves the queue
+            try:
                 self._waiting -= waits
                 waits = 0
                 work = asyncio.ensure_future(anyio.to_thread.run_sync(fn, limiter=self._threads))
@@ -615,9 +626,43 @@ class SearchSlots:
                     with contextlib.suppress(BaseException):
                         await work
                     raise
+            finally:
+                self._pass_on()
         finally:
             self._admitted -= 1
             self._waiting -= waits  # left the queue without a slot
+
+    async def _slot(self, queries: int) -> None:
+        """Returns holding a slot: at once when one is free (then no search waits: a slot freed goes to a waiting one),
+        else in its turn (the class docstring)."""
+        if self._free > 0:
+            self._free -= 1
+            self._given += queries
+            return
+        turn = asyncio.get_running_loop().create_future()
+        self._arrivals += 1
+        entry = (self._given + queries, self._arrivals, queries, turn)
+        heapq.heappush(self._turns, entry)
+        try:
+            await turn
+        except asyncio.CancelledError:
+            if turn.cancelled():  # cancelled while it waited: out of the queue, unless a slot freed meanwhile skipped it
+                with contextlib.suppress(ValueError):
+                    self._turns.remove(entry)
+                    heapq.heapify(self._turns)
+            else:  # given the slot as it was cancelled: the next search takes it
+                self._pass_on()
+            raise
+
+    def _pass_on(self) -> None:
+        """A slot freed: to the waiting search ranked first (its clock moves on by its queries), or free."""
+        while self._turns:
+            _, _, queries, turn = heapq.heappop(self._turns)
+            if not turn.done():  # not cancelled while it waited
+                self._given += queries
+                turn.set_result(None)
+                return
+        self._free += 1
 
 
 class Busy(Exception):
