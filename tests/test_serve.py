@@ -318,7 +318,8 @@ def test_a_body_of_56000_unknown_keys_is_refused_without_listing_them_all(search
 def test_a_json_body_is_parsed_once_and_off_the_event_loop(client, monkeypatch):
     """POST /search's body was parsed twice on the event loop, by BodyLimit's repeated-key check and then by FastAPI:
     30 clients sending 417 KB bodies of empty lists held /health ~1.2 s (median) in a probe. Now it is parsed once,
-    on a worker thread, and FastAPI takes the value; the answers are the same."""
+    a big one on a worker thread, a small one (INLINE_BODY_BYTES) at once so it does not queue behind big ones; and
+    FastAPI takes the value; the answers are the same."""
     import asyncio
 
     real, parses = json.loads, []
@@ -334,16 +335,22 @@ def test_a_json_body_is_parsed_once_and_off_the_event_loop(client, monkeypatch):
         return real(text, *args, **kwargs)
 
     monkeypatch.setattr(json, "loads", loads)
-    response = client.post("/search", json={"queries": ["garden parsedonce"], "k": 2})
+    from two_tower.serve.app import INLINE_BODY_BYTES
+
+    pad = " " * (INLINE_BODY_BYTES + 1)  # white space between the tokens: a body past the inline size, read the same
+    response = client.post("/search", content=f'{{"queries": ["garden parsedonce"],{pad}"k": 2}}'.encode(),
+                           headers={"content-type": "application/json"})
     assert response.status_code == 200 and len(response.json()["results"][0]["hits"]) == 2
     assert parses == ["worker thread"]
     for body, status, words in [(b'{"queries": ["parsedonce"], "k": 1, "k": 2}', 422, "body.k: given 2 times"),
                                 (b'{"queries": ["parsedonce"', 422, "body: not valid JSON"),
                                 (b'{"queries": [[]], "parsedonce": 1}', 422, "queries[0]: Input should be a valid string")]:
-        parses.clear()
-        response = client.post("/search", content=body, headers={"content-type": "application/json"})
-        assert response.status_code == status and words in response.json()["error"], response.text
-        assert parses == ["worker thread"], body
+        for size, where in [(len(body), "event loop"), (INLINE_BODY_BYTES + 1, "worker thread")]:
+            parses.clear()
+            padded = body[:1] + b" " * (size - len(body)) + body[1:]  # the same JSON, of that many bytes
+            response = client.post("/search", content=padded, headers={"content-type": "application/json"})
+            assert response.status_code == status and words in response.json()["error"], response.text
+            assert parses == [where], (body, size)  # once; a small body at once, a big one off the event loop
 
 
 class CountedName(str):

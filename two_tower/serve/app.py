@@ -795,6 +795,11 @@ def _read_json(body: bytes) -> JsonBody:
     return JsonBody(value=value, repeated={key: n for key, n in counts.items() if n > 1})
 
 
+# A JSON body of at most this many bytes is read on the event loop (a 16 KB body: 0.04 ms for 300 queries, 0.2 ms for
+# 5,400 empty lists), not queued for the one worker thread that reads big ones (~10-25 ms a 420 KB body): a search's
+# usual body does not wait behind a flood of big ones
+INLINE_BODY_BYTES = 16 * 1024
+
 # The scope key under which BodyLimit hands the route the body it read (a JsonBody)
 JSON_BODY = "two_tower.json_body"
 
@@ -847,6 +852,8 @@ class BodyLimit:
         clients sending 417 KB bodies held /health 3.0x longer, and fewer bodies were answered)."""
         import anyio
 
+        if len(body) <= INLINE_BODY_BYTES:  # read at once: a small body does not queue behind big ones' parses
+            return _read_json(body)
         if self._limiter is None:  # made inside the server's event loop
             self._limiter = anyio.CapacityLimiter(self.readers)
         return await anyio.to_thread.run_sync(_read_json, body, limiter=self._limiter)
