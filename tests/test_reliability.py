@@ -1989,7 +1989,8 @@ def test_a_run_saved_with_lightnings_checkpoint_callback_resumes_and_groups_with
 
 def test_a_refused_resume_of_a_sweep_leaves_its_multirun_record_as_it_was(tmp_path):
     """Hydra rewrites the sweep folder's multirun.yaml before the first job, which then refused the resume (another
-    setting): the sweep was left recorded as the refused command (a probe). Its jobs' records were kept already."""
+    setting): the sweep was left recorded as the refused command (a probe). Its jobs' records were kept already. A
+    refused job's error: line names the job."""
     sweep = tmp_path / "sweep"
     cmd = [sys.executable, "train.py", "-m", *TINY, f"paths.cache_dir={tmp_path / 'cache'}", f"hydra.sweep.dir={sweep}", "seed=1,2"]
     first = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
@@ -2002,6 +2003,9 @@ def test_a_refused_resume_of_a_sweep_leaves_its_multirun_record_as_it_was(tmp_pa
     (sweep / "1" / "checkpoints" / "last.ckpt").write_bytes(b"damaged")
     later = subprocess.run([*cmd, "trainer.max_epochs=2", "ckpt_path=last"], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert later.returncode == 2 and b"trainer.max_epochs=2" in (sweep / "multirun.yaml").read_bytes(), later.stderr[-3000:]
+    # its error: line names the job that failed (its number, the value the sweep gave it, its folder): it named none
+    errors = [line for line in later.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith(f"error: job #1 of the sweep (seed=2, in {sweep / '1'}): ckpt_path={sweep / '1'}/checkpoints/"), errors
     shutil.rmtree(sweep / "1" / "checkpoints")
     resumed = subprocess.run([*cmd, "trainer.max_epochs=2", "ckpt_path=last"], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0 and b"trainer.max_epochs=2" in (sweep / "multirun.yaml").read_bytes(), resumed.stderr[-3000:]

@@ -16,6 +16,9 @@ import os
 import sys
 from pathlib import Path
 
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
 import two_tower.core.cache  # noqa: F401  (registers ${two_tower_cache:}, the default cache folder of conf/paths)
 from two_tower.core.checks import unknown_setting
 from two_tower.core.commands import command  # (also registers ${two_tower_command:NAME}, the commands in --help texts)
@@ -40,12 +43,70 @@ def compose(config_name: str, overrides: list[str], return_hydra_config: bool = 
 
 
 def report(err: TwoTowerError) -> int:
-    """Print ``err`` as one ``error:`` line (or re-raise it under TWO_TOWER_DEBUG); returns exit status 2."""
+    """Print ``err`` as one ``error:`` line (or re-raise it under TWO_TOWER_DEBUG); returns exit status 2. In a job of
+    a sweep (``-m``) the line names the job first (``sweep_job``)."""
     if debugging():
         raise err
-    print(f"error: {err}", file=sys.stderr)
-    log_to_files(f"error: {err}")
+    job = sweep_job()
+    line = f"error: {job + ': ' if job else ''}{err}"
+    print(line, file=sys.stderr)
+    log_to_files(line)
     return 2
+
+
+# The keys a sweep varies (its command line's sweep overrides and its search space, hydra.sweeper.params), set in each
+# job's process by SweepJobs.on_job_start: what tells a job's overrides from those every job shares.
+_SWEPT_KEYS: frozenset[str] = frozenset()
+
+
+class SweepJobs(Callback):
+    """Notes at a multirun's start which settings its jobs vary, for ``sweep_job`` (hydra.callbacks in
+    conf/hydra/default.yaml). A remote launcher (SLURM) runs ``on_job_start`` in the job's process, with a copy of
+    this object."""
+
+    def __init__(self) -> None:
+        self.swept: frozenset[str] = frozenset()
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+        from omegaconf import OmegaConf
+
+        swept, fixed = set(), set()
+        try:
+            task = OmegaConf.select(config, "hydra.overrides.task", default=None, throw_on_missing=False) or []
+            for override in OverridesParser.create().parse_overrides(list(task)):
+                (swept if override.is_sweep_override() else fixed).add(override.get_key_element().lstrip("+~"))
+        except Exception:  # noqa: BLE001 (a line Hydra's sweeper reports itself)
+            pass
+        params = OmegaConf.select(config, "hydra.sweeper.params", default=None, throw_on_missing=False) or {}
+        # a key of the search space that the command line sets to one value is that value in every job
+        swept.update(key for key in (str(k).lstrip("+~") for k in params) if key not in fixed)
+        self.swept = frozenset(swept)
+
+    def on_job_start(self, config: DictConfig, **kwargs) -> None:
+        global _SWEPT_KEYS
+        _SWEPT_KEYS = self.swept
+
+
+def sweep_job() -> str | None:
+    """In a job of a sweep (``-m``): which job, as its ``error:`` line names it (``job #1 of the sweep (seed=2, in
+    multirun/X/1)``): Hydra's job number (as its launcher's ``#1 : ...`` line), the overrides the sweep varies with
+    this job's values, and its folder. None outside a sweep's job (a single run, the sweep's checks before its jobs)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    from omegaconf import OmegaConf
+
+    if not HydraConfig.initialized():
+        return None
+    hydra_cfg = HydraConfig.get()
+    num = OmegaConf.select(hydra_cfg, "job.num", default=None, throw_on_missing=False)
+    if hydra_cfg.get("mode") != RunMode.MULTIRUN or num is None:
+        return None
+    task = OmegaConf.select(hydra_cfg, "overrides.task", default=None, throw_on_missing=False) or []
+    varied = [str(o) for o in task if str(o).split("=", 1)[0].lstrip("+~") in _SWEPT_KEYS]
+    folder = OmegaConf.select(hydra_cfg, "runtime.output_dir", default=None, throw_on_missing=False)
+    inside = [*varied, f"in {folder}"] if folder else varied
+    return f"job #{num} of the sweep" + (f" ({', '.join(inside)})" if inside else "")
 
 
 def drop_stdout(stream=None) -> None:
