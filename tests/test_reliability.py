@@ -1269,7 +1269,8 @@ def test_a_run_started_again_in_the_folder_of_one_that_left_no_checkpoint_replac
 
 def test_a_run_folder_that_cannot_be_made_is_one_line_before_hydra(tmp_path, monkeypatch):
     """Hydra made outputs/ under an unwritable working directory (a container's /work owned by root) with a
-    traceback (exit 1); the command line is now checked first: one line naming the folder."""
+    traceback (exit 1); the command line is now checked first: one line naming the folder, and why it takes no files
+    (a read-only filesystem was said to be "not writable by this user")."""
     import os
 
     from two_tower.cli.common import composition_error
@@ -1285,6 +1286,16 @@ def test_a_run_folder_that_cannot_be_made_is_one_line_before_hydra(tmp_path, mon
     assert message.startswith(f"hydra.run.dir={tmp_path}/x/y: {tmp_path} is not writable by this user (uid ")
     monkeypatch.chdir(tmp_path)  # the default run folder, outputs/... under the working directory
     assert composition_error("evaluate", []).startswith("hydra.run.dir=outputs/")
+    # a folder mounted read-only: no user can write there, and the line said "not writable by this user (uid 0)"
+    monkeypatch.undo()
+    mounted = tmp_path / "mounted"
+    mounted.mkdir()
+    if shutil.which("unshare") is None or not _read_only_mount_works(mounted):
+        pytest.skip("needs unshare -m and bind mounts (a read-only folder root can not write to)")
+    check = f"from two_tower.cli.common import composition_error; print(composition_error('train', ['hydra.run.dir={mounted}/run']))"
+    inner = " ".join(shlex.quote(a) for a in [sys.executable, "-c", check])
+    done = subprocess.run(["unshare", "-m", "sh", "-c", f"mount --bind -o ro {mounted} {mounted} && exec {inner}"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == f"hydra.run.dir={mounted}/run: {mounted} is on a read-only filesystem; run from a folder you can write, or set hydra.run.dir=...", done.stderr[-2000:]
 
 
 def test_training_data_with_nothing_to_learn_from_is_one_line(tmp_path):

@@ -442,9 +442,20 @@ def run_dir_error(cfg) -> str | None:
     existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
     if existing is None or (existing.is_dir() and os.access(existing, os.W_OK | os.X_OK)):
         return None
-    uid = os.getuid() if hasattr(os, "getuid") else "?"
-    what = "a file, not a folder" if not existing.is_dir() else f"not writable by this user (uid {uid})"
+    what = "a file, not a folder" if not existing.is_dir() else unwritable_reason(existing)
     return f"hydra.run.dir={run_dir}: {existing} is {what}; run from a folder you can write, or set hydra.run.dir=..."
+
+
+def unwritable_reason(folder: Path) -> str:
+    """Why ``folder``, which ``os.access`` says takes no files, takes none: it is on a filesystem mounted read-only
+    (no user writes there; it was said to be "not writable by this user", also to root), or its modes refuse this user."""
+    try:
+        if os.statvfs(folder).f_flag & os.ST_RDONLY:
+            return "on a read-only filesystem"
+    except (OSError, AttributeError):  # AttributeError: no statvfs (Windows)
+        pass
+    uid = os.getuid() if hasattr(os, "getuid") else "?"
+    return f"not writable by this user (uid {uid})"
 
 
 def hydra_command(config_name: str):
