@@ -2095,6 +2095,19 @@ def test_ctrl_c_under_ddp_saves_on_rank_0_without_a_barrier(tmp_path):
     assert written == [(0, {"rank": 0, "weights_only": False}, tmp_path / "checkpoints" / "last.ckpt")]
     # its watcher SIGKILLed the launcher once Lightning had SIGKILLed rank 1 (status 137 instead of 1)
     assert observer._child_processes == []
+    # so on rank 0 stopped by Ctrl-C during a validation, at an epoch's end, or in the test pass, where it saves nothing:
+    # the watcher was left on there (a probe, with the watcher looking every 0.1 s: status 137 after a Ctrl-C in a validation)
+    ending = SimpleNamespace(epoch_loop=SimpleNamespace(_is_training_done=True, batch_progress=progress(ready=5, completed=5)),
+                             epoch_progress=progress(started=1, completed=0))
+    for where in ({"validating": True}, {"fit_loop": ending}, {"state": SimpleNamespace(fn=TrainerFn.TESTING)}):
+        observer = _ChildProcessObserver()
+        observer.start()
+        try:
+            CheckpointOnStop(str(tmp_path / "checkpoints")).on_exception(SimpleNamespace(**{**vars(trainer(0)), **where}), None, KeyboardInterrupt())
+        finally:
+            observer.done.set()
+        assert observer._child_processes == [], where
+    assert len(written) == 1
     # another process's end (a Ctrl-C that reached rank 1 alone) is not saved by rank 0: its checkpoint's gather of the
     # RNG states fails on the broken group and cut Lightning's clean-up short (a review)
     written.clear()

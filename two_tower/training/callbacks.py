@@ -186,6 +186,13 @@ class CheckpointOnStop(L.Callback):
             return
         if interrupted and not trainer.is_global_zero:  # Lightning says it on rank 0 only: the launcher's line points here
             log.warning("Process of rank %d stopped by Ctrl-C", trainer.global_rank)
+        if interrupted and trainer.world_size > 1 and trainer.is_global_zero:
+            # Lightning SIGKILLs the processes it started next, and its watcher of them then SIGKILLed this one too
+            # (status 137, read as "out of memory?", 4 of 9 Ctrl-Cs in training in a probe, instead of 1): wherever the
+            # Ctrl-C came (training, a validation, an epoch's end, the test pass; only training's turned it off)
+            from two_tower.training.processes import stop_lightning_observer
+
+            stop_lightning_observer()
         self.reason = self.reason or ("Ctrl-C" if interrupted else "SIGTERM")
         for logger in trainer.loggers:  # rows logged since the last flush (the validation just ended: a resumed run skips it)
             logger.save()
@@ -222,11 +229,6 @@ class CheckpointOnStop(L.Callback):
                 if not trainer.is_global_zero:
                     return
                 trainer.strategy.save_checkpoint(trainer._checkpoint_connector.dump_checkpoint(False), self.path)
-                # Lightning SIGKILLs the processes it started next, and its watcher of them then SIGKILLed this one too
-                # (status 137, read as "out of memory?", 4 of 9 Ctrl-Cs in a probe, instead of 1)
-                from two_tower.training.processes import stop_lightning_observer
-
-                stop_lightning_observer()
             else:
                 trainer.save_checkpoint(self.path)  # every process: a collective under DDP, written by rank 0
                 if trainer.world_size > 1 and trainer.is_global_zero:
