@@ -2049,6 +2049,45 @@ def test_a_second_ctrl_c_to_another_ddp_process_stops_it_at_once(tmp_path, first
         signal.signal(signal.SIGINT, before)
 
 
+@pytest.mark.parametrize("when", ["after training", "test pass"])
+def test_a_ctrl_c_to_another_ddp_process_after_its_last_training_batch_lets_the_run_end(tmp_path, when):
+    """After on_train_end the callback gave Python's handler back, and Lightning's teardown of the fit put back the one
+    it found at the fit's start (Python's), so a Ctrl-C that reached rank 1 alone there (the fit's end, the test pass)
+    ended that process, and the run ended with the launcher's error line, status 2 (a probe: SIGINT to rank 1 in
+    on_train_end, or at its first test batch). It is noted, as during training (the run ends as it would, its test
+    split scored), and a second one stops the process at once."""
+    from types import SimpleNamespace
+
+    from two_tower.training.callbacks import CheckpointOnStop
+
+    trainer = SimpleNamespace(world_size=2, is_global_zero=False, global_rank=1, callbacks=[])
+    stopper = CheckpointOnStop(str(tmp_path))
+    before = signal.getsignal(signal.SIGINT)
+    try:
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # Python's, as in a process Lightning starts
+        stopper.setup(trainer, None, "fit")
+        found = signal.getsignal(signal.SIGINT)  # what Lightning's signal connector keeps at the fit's start
+        stopper.on_sanity_check_start(trainer, None)
+        stopper.on_train_start(trainer, None)
+        stopper.on_train_end(trainer, None)
+        if when == "test pass":
+            signal.signal(signal.SIGINT, found)  # the fit's teardown puts it back
+            stopper.setup(trainer, None, "test")
+            stopper.on_test_start(trainer, None)
+        try:
+            signal.raise_signal(signal.SIGINT)  # noted, not raised
+        except KeyboardInterrupt:
+            pytest.fail("the first Ctrl-C stopped the process of rank 1 alone")
+        assert stopper.sigint_seen
+        with pytest.raises(KeyboardInterrupt):
+            signal.raise_signal(signal.SIGINT)
+        signal.signal(signal.SIGINT, found)  # put back again by a teardown: a second Ctrl-C still stops the process
+        with pytest.raises(KeyboardInterrupt):
+            signal.raise_signal(signal.SIGINT)
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
 def test_ctrl_c_under_ddp_saves_on_rank_0_without_a_barrier(tmp_path):
     """Ctrl-C reaching one DDP process (or each at another point): Trainer.save_checkpoint's barrier met the other
     process in another collective and both hung for good, SIGTERM ignored (a probe). Rank 0 now writes the

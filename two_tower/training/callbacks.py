@@ -50,8 +50,16 @@ class CheckpointOnStop(L.Callback):
         self.sigterm_seen = False  # by this process's handler, not yet agreed on (several processes)
         self.sigint_seen = False  # by this process's Ctrl-C handler (rank > 0 of several), not yet agreed on
         self._sigint_before = None  # that process's SIGINT handler before this callback's, while its own is in place
+        self._sigint_note = None  # this callback's SIGINT handler (Lightning's teardown may put it back after it was undone)
         self._stop_after_validation = False  # a stop asked for before the running validation: taken at its end
         self._lightning_handlers = None  # one process, during a validation: (Lightning's composed handler, its handlers)
+        self.training_over = False  # on_train_end has run: a Ctrl-C noted now stops nothing (the run ends as it would)
+
+    def setup(self, trainer, pl_module, stage):
+        # Before Lightning registers its signal handlers: the SIGINT handler its teardown puts back at the fit's end is
+        # then this one, which notes a Ctrl-C to a process other than rank 0 through the test pass after training too
+        if trainer.world_size > 1:
+            self._defer_sigint(trainer)
 
     def on_sanity_check_start(self, trainer, pl_module):  # Lightning's handlers are in place from here
         if trainer.world_size > 1:
@@ -61,6 +69,7 @@ class CheckpointOnStop(L.Callback):
     def on_test_start(self, trainer, pl_module):  # the test pass after training registers Lightning's again
         if trainer.world_size > 1:
             self._defer_sigterm(trainer)  # noted only: the short pass finishes, and the run ends
+            self._defer_sigint(trainer)  # so is a Ctrl-C that reaches a process other than rank 0
 
     def on_train_start(self, trainer, pl_module):
         # Lightning adds a Timer callback when trainer.max_time is set; look it up once, not every batch.
@@ -69,8 +78,11 @@ class CheckpointOnStop(L.Callback):
             self._defer_sigterm(trainer)  # again where no sanity check ran (done once: Lightning's is gone then)
             self._defer_sigint(trainer)
 
-    def on_train_end(self, trainer, pl_module):  # training is over: a Ctrl-C (the test pass) is Python's again
-        self._restore_sigint()
+    def on_train_end(self, trainer, pl_module):
+        # A process other than rank 0 keeps noting a Ctrl-C through the test pass: restored here, one that came after
+        # this (the fit's end, the test pass) ended that process alone, and the launcher's error line (status 2) said a
+        # training process had failed (a probe). It lets the run end as it would, with its test figures.
+        self.training_over = True
         if self.sigint_seen:  # after the last training batch (its validation, the epoch's end): nothing left to stop
             log.warning("The Ctrl-C to the process of rank %d came after the last training batch: training ended", trainer.global_rank)
 
@@ -126,27 +138,34 @@ class CheckpointOnStop(L.Callback):
         return composed, before
 
     def _defer_sigint(self, trainer) -> None:
-        """On a process other than rank 0 of several, during training: a Ctrl-C is noted (``sigint_seen``), for every
-        process to stop after the same batch; a second one raises KeyboardInterrupt at once (the handler before). Not
-        again once one is noted (during the sanity check, before on_train_start: the second was noted again)."""
+        """On a process other than rank 0 of several, from the fit's setup to the end of the test pass after it: a
+        Ctrl-C is noted (``sigint_seen``), during training for every process to stop after the same batch, after it
+        stopping nothing; a second one raises KeyboardInterrupt at once (the handler before). Not again once one is
+        noted (during the sanity check, before on_train_start: the second was noted again)."""
         import signal
         import threading
 
-        if trainer.is_global_zero or self.sigint_seen or self._sigint_before is not None or threading.current_thread() is not threading.main_thread():
+        if trainer.is_global_zero or self.sigint_seen or threading.current_thread() is not threading.main_thread():
             return
         before = signal.getsignal(signal.SIGINT)
-        if before in (signal.SIG_IGN, None):  # started with Ctrl-C ignored (a background job): left so
+        if before is self._sigint_note or before in (signal.SIG_IGN, None):  # in place; or Ctrl-C ignored (a background job): left so
             return
 
         def note(signum, frame):
+            if self.sigint_seen:  # a second Ctrl-C where Lightning's teardown put this handler back: it stops at once too
+                raise KeyboardInterrupt
             self._restore_sigint()  # a second Ctrl-C stops this process at once
             # a Ctrl-C from the terminal reaches every process: rank 0 then stops at once and ends the others itself
-            log.warning("Ctrl-C reached the process of rank %d: if it reached this process alone, every process stops after this "
-                        "training batch (rank 0 says what it saves; Ctrl-C again stops this one at once)", trainer.global_rank)
+            if self.training_over:
+                log.warning("Ctrl-C reached the process of rank %d after the last training batch: if it reached this process alone, "
+                            "the run ends as it would, its test pass included (Ctrl-C again stops this one at once)", trainer.global_rank)
+            else:
+                log.warning("Ctrl-C reached the process of rank %d: if it reached this process alone, every process stops after this "
+                            "training batch (rank 0 says what it saves; Ctrl-C again stops this one at once)", trainer.global_rank)
             self.sigint_seen = True
 
         signal.signal(signal.SIGINT, note)
-        self._sigint_before = before
+        self._sigint_before, self._sigint_note = before, note
 
     def _restore_sigint(self) -> None:
         if self._sigint_before is not None:
