@@ -19,7 +19,9 @@ def _validate(cfg, devices: int, out_dir):
     torch.manual_seed(0)
     module = build_module(cfg, dm)
     trainer = L.Trainer(
-        accelerator="cpu", devices=devices, strategy="ddp_spawn" if devices > 1 else "auto", logger=False,
+        # ddp_fork: the processes start from this one, with its modules imported (a spawned one imports torch and
+        # Lightning again, most of a test's time); what is checked, the numbers over processes, is the same
+        accelerator="cpu", devices=devices, strategy="ddp_fork" if devices > 1 else "auto", logger=False,
         enable_progress_bar=False, enable_model_summary=False, use_distributed_sampler=False,
         callbacks=[PerQueryWriter(str(out_dir))], num_sanity_val_steps=0,
     )
@@ -118,7 +120,8 @@ def test_training_epoch_means_weigh_every_process_rows():
     from two_tower.model.module import epoch_means
 
     with tempfile.TemporaryDirectory() as folder:
-        mp.spawn(_epoch_means_in_process, args=(2, f"{folder}/store", f"{folder}/means"), nprocs=2)
+        # forked: a spawned process imports torch again (most of the test's time)
+        mp.start_processes(_epoch_means_in_process, args=(2, f"{folder}/store", f"{folder}/means"), nprocs=2, start_method="fork")
         got = [torch.load(f"{folder}/means.{rank}") for rank in range(2)]
     assert got[0] == got[1] == {"loss": 2.0, "kl": pytest.approx(0.2)}
     # One process: the sums over its rows, as before (float32, what training_step summed)
