@@ -251,7 +251,7 @@ def _train_cmd(run_dir: Path, cache: Path, *extra: str) -> list[str]:
     overrides = [o for o in TINY if not o.startswith(("data.synthetic_rows.train_rows", "trainer.max_epochs"))]
     return [
         sys.executable, "train.py", *overrides,
-        "data.synthetic_rows.train_rows=3000", "trainer.max_epochs=4", "logger=csv",
+        "data.synthetic_rows.train_rows=3000", "trainer.max_epochs=5", "logger=csv",  # about 2.5 s of training
         f"paths.cache_dir={cache}", f"hydra.run.dir={run_dir}", *extra,
     ]
 
@@ -290,22 +290,23 @@ def _train_cfg(root: Path, cache: Path, *extra: str):
 
 
 @pytest.fixture(scope="session")
-def uninterrupted(tmp_path_factory) -> tuple[Path, dict]:
-    """The run the killed runs must end like (trained once for both signals, also when pytest-xdist
-    workers run them side by side), and its tokenization cache. Trained in this process: the killed runs
-    are train.py processes, and a process of its own would only add its start (most of its time)."""
+def uninterrupted(tmp_path_factory) -> tuple[Path, dict, dict]:
+    """The run the killed runs and the one stopped by trainer.max_time must end like (trained once for them all,
+    also when pytest-xdist workers run them side by side): its tokenization cache, its logged figures
+    (``_final_metrics``) and what ``train()`` returned. Trained in this process: the killed runs are train.py
+    processes, and a process of its own would only add its start (most of its time)."""
 
     def build(root: Path) -> None:
-        train(_train_cfg(root, root / "cache"))
+        (root / "returned.json").write_text(json.dumps(train(_train_cfg(root, root / "cache"))))
 
     root = built_once(tmp_path_factory, "uninterrupted", build)
-    return root / "cache", _final_metrics(root / "run")
+    return root / "cache", _final_metrics(root / "run"), json.loads((root / "returned.json").read_text())
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
 def test_killed_run_resumes_to_the_same_result(tmp_path, sig, uninterrupted):
-    cache, want = uninterrupted
+    cache, want, _ = uninterrupted
 
     run = tmp_path / "run"
     proc = subprocess.Popen(_train_cmd(run, cache), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -647,10 +648,9 @@ def test_embeddings_file_with_nan_or_infinite_values_names_the_first(tmp_path):
 
 
 @pytest.mark.slow
-def test_max_time_saves_mid_epoch_and_resume_matches(tmp_path, monkeypatch):
-    common = ["data.synthetic_rows.train_rows=3000", "trainer.max_epochs=5"]  # about 2.5 s of training
-    straight = train(compose_train(tmp_path / "straight", common))
-    stopped = compose_train(tmp_path / "stopped", [*common, "+trainer.max_time=00:00:00:01"])
+def test_max_time_saves_mid_epoch_and_resume_matches(tmp_path, monkeypatch, uninterrupted):
+    cache, _, straight = uninterrupted  # _train_cmd's settings (3000 rows, 5 epochs) trained straight through
+    stopped = _train_cfg(tmp_path / "stopped", cache, "+trainer.max_time=00:00:00:01")
     before, after = SigtermInValidation(epoch=-1), SigtermInValidation(epoch=-1)  # they record validations only
     original = utils.instantiate_group
     monkeypatch.setattr(train_module, "instantiate_group", lambda c: original(c) + ([before] if c is stopped.get("callbacks") else []))
@@ -660,7 +660,7 @@ def test_max_time_saves_mid_epoch_and_resume_matches(tmp_path, monkeypatch):
     state = torch.load(Path(stopped.paths.output_dir) / "checkpoints" / "last.ckpt", weights_only=True)
     progress = state["loops"]["fit_loop"]["epoch_loop.batch_progress"]
     assert 0 < progress["total"]["completed"] < 5 * 94  # stopped early (94 batches an epoch), at a batch boundary
-    resumed_cfg = compose_train(tmp_path / "stopped", [*common, "ckpt_path=last"])
+    resumed_cfg = _train_cfg(tmp_path / "stopped", cache, "ckpt_path=last")
     monkeypatch.setattr(train_module, "instantiate_group", lambda c: original(c) + ([after] if c is resumed_cfg.get("callbacks") else []))
     resumed = train(resumed_cfg)
     for key in FINAL:
