@@ -46,14 +46,31 @@ def train_stopped(cfg, monkeypatch, *callbacks):
     return stop.value
 
 
+@pytest.fixture(scope="session")
+def straight_run(tmp_path_factory):
+    """``straight_run(settings)``: what ``train()`` returned for ``compose_train(settings)`` trained straight through, and
+    its run folder; trained once a session for each ``settings`` (tests that stop and resume a run with the same settings
+    compare with one), also when pytest-xdist workers share them. Read-only."""
+    import hashlib
+
+    def get(settings: list[str]) -> tuple[dict, Path]:
+        def build(root: Path) -> None:
+            (root / "returned.json").write_text(json.dumps(train(compose_train(root, settings))))
+
+        root = built_once(tmp_path_factory, "straight-" + hashlib.sha1(json.dumps(settings).encode()).hexdigest()[:12], build)
+        return json.loads((root / "returned.json").read_text()), root / "run"
+
+    return get
+
+
 # Ten steps an epoch: stopped in the middle epoch, and in the last one (whose train/loss_epoch is the
 # final metric: the resumed run must average the whole epoch, the steps before the stop included).
 @pytest.mark.parametrize("step,epoch,workers", [(13, 1, 0), (25, 2, 0), (13, 1, 1)])
-def test_sigterm_mid_epoch_then_resume_matches_uninterrupted(tmp_path, monkeypatch, caplog, step, epoch, workers):
+def test_sigterm_mid_epoch_then_resume_matches_uninterrupted(tmp_path, monkeypatch, caplog, step, epoch, workers, straight_run):
     """``workers``: the runs load batches in that many worker processes; a resumed one loads them in the main process
     (workers read the resumed epoch's first batches before Lightning set its epoch: it trained epoch 0's batches)."""
     common = ["trainer.max_epochs=3", "encoder.dropout=0.2", f"data.num_workers={workers}"]  # dropout: RNG state must be restored too
-    straight = train(compose_train(tmp_path / "straight", common))
+    straight, _ = straight_run(common)
 
     stopped = compose_train(tmp_path / "stopped", common)
     stop = train_stopped(stopped, monkeypatch, SigtermAtStep(step))  # Lightning's SIGTERMException: the process exits here
@@ -96,12 +113,12 @@ class SigtermInValidation(L.Callback):
 
 
 @pytest.mark.parametrize("last_batch", [False, True], ids=["in validation", "in the epoch's last batch"])
-def test_sigterm_during_validation_lets_it_end_so_the_resumed_run_misses_no_epoch(tmp_path, monkeypatch, last_batch):
+def test_sigterm_during_validation_lets_it_end_so_the_resumed_run_misses_no_epoch(tmp_path, monkeypatch, last_batch, straight_run):
     """Lightning stopped in the middle of the validation and saved a checkpoint saying the epoch's last batch was
     done: the resumed run skipped that validation, so the epoch was never validated nor its checkpoint kept
     (seen as a flaky failure of the kill-and-resume test, whose SIGTERM sometimes fell in validation)."""
     common = ["trainer.max_epochs=3"]
-    straight = train(compose_train(tmp_path / "straight", common))
+    straight, _ = straight_run(common)
     stopped = compose_train(tmp_path / "stopped", common)
     killer = SigtermInValidation(epoch=1, last_batch=last_batch)
     original = utils.instantiate_group
@@ -126,13 +143,13 @@ class InterruptInValidation(SigtermInValidation):
             raise KeyboardInterrupt
 
 
-def test_ctrl_c_during_validation_keeps_the_checkpoint_from_before_it_so_no_epoch_goes_unvalidated(tmp_path, monkeypatch, caplog):
+def test_ctrl_c_during_validation_keeps_the_checkpoint_from_before_it_so_no_epoch_goes_unvalidated(tmp_path, monkeypatch, caplog, straight_run):
     """A checkpoint saved at the interruption said epoch 1's training was done: the resumed run skipped its validation
     (no val row for it in metrics.csv, no checkpoint of it). Now the checkpoint of epoch 0's end is kept."""
     import csv
 
     common = ["trainer.max_epochs=3", "logger=csv"]
-    straight = train(compose_train(tmp_path / "straight", common))
+    straight, _ = straight_run(common)
     stopped = compose_train(tmp_path / "stopped", common)
     original = utils.instantiate_group
     monkeypatch.setattr(train_module, "instantiate_group", lambda c: original(c) + ([InterruptInValidation(epoch=1)] if c is stopped.get("callbacks") else []))
@@ -177,7 +194,7 @@ class InterruptAtEpochEnd(L.Callback):
 
 
 @pytest.mark.parametrize("where", ["hooks", "save"], ids=["in the epoch-end hooks", "in the best checkpoint's save"])
-def test_ctrl_c_at_an_epochs_end_keeps_the_checkpoint_from_before_it_so_its_best_checkpoint_is_written(tmp_path, monkeypatch, caplog, where):
+def test_ctrl_c_at_an_epochs_end_keeps_the_checkpoint_from_before_it_so_its_best_checkpoint_is_written(tmp_path, monkeypatch, caplog, where, straight_run):
     """Ctrl-C after an epoch's validation, before its end was done (the epoch-end hooks, collectives under DDP, the
     checkpoint callbacks' saves), saved a checkpoint that said the epoch was done: the resumed run went on from the next
     epoch, its best checkpoint never chosen or, Ctrl-C inside its save, named and never written (a probe: the resumed run
@@ -185,9 +202,8 @@ def test_ctrl_c_at_an_epochs_end_keeps_the_checkpoint_from_before_it_so_its_best
     before it is kept, as during a validation, and the resumed run validates that epoch and writes its checkpoint.
     Epoch 2 of 3 is the best one here (it is chosen, and its file written, in the uninterrupted run)."""
     common = ["trainer.max_epochs=3", "logger=csv"]
-    straight_cfg = compose_train(tmp_path / "straight", common)
-    straight = train(straight_cfg)
-    best = _best_checkpoint(Path(straight_cfg.paths.output_dir) / "checkpoints" / "last.ckpt").name
+    straight, straight_dir = straight_run(common)
+    best = _best_checkpoint(straight_dir / "checkpoints" / "last.ckpt").name
     assert best.startswith("epoch02-")
     stopped = compose_train(tmp_path / "stopped", common)
     stopper = InterruptAtEpochEnd(epoch=2, where=where)
@@ -205,7 +221,7 @@ def test_ctrl_c_at_an_epochs_end_keeps_the_checkpoint_from_before_it_so_its_best
     resumed_best = _best_checkpoint(checkpoints / "last.ckpt")
     assert resumed_best.name == best and resumed_best.is_file()
     # metrics.csv: epoch 2's validation row, logged before the stop, is logged again by the resumed run, not kept twice
-    assert _final_metrics(Path(stopped.paths.output_dir)) == _final_metrics(Path(straight_cfg.paths.output_dir))
+    assert _final_metrics(Path(stopped.paths.output_dir)) == _final_metrics(straight_dir)
 
 
 def _best_checkpoint(last: Path) -> Path:
