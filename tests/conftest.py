@@ -111,6 +111,26 @@ def tiny_run(tmp_path_factory) -> dict:
     return {"cfg": cfg, "metrics": metrics, "ckpt": Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt", "data": root / "data"}
 
 
+@pytest.fixture(scope="session")
+def straight_run(tmp_path_factory):
+    """``straight_run(settings)``: what ``train()`` returned for ``compose_train(settings)`` trained straight through, and
+    its run folder; trained once a session for each ``settings`` (tests that stop and resume a run with the same settings
+    compare with one), also when pytest-xdist workers share them. Read-only."""
+    import hashlib
+    import json
+
+    from two_tower.training.train import train
+
+    def get(settings: list[str]) -> tuple[dict, Path]:
+        def build(root: Path) -> None:
+            (root / "returned.json").write_text(json.dumps(train(compose_train(root, settings))))
+
+        root = built_once(tmp_path_factory, "straight-" + hashlib.sha1(json.dumps(settings).encode()).hexdigest()[:12], build)
+        return json.loads((root / "returned.json").read_text()), root / "run"
+
+    return get
+
+
 # A DDP run on two CPU processes (Lightning starts the second by running train.py again), with dropout so each
 # process draws from its own generator.
 DDP_RUN = [o for o in TINY if not o.startswith(("trainer.max_epochs", "logger"))] + [

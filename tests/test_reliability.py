@@ -46,23 +46,6 @@ def train_stopped(cfg, monkeypatch, *callbacks):
     return stop.value
 
 
-@pytest.fixture(scope="session")
-def straight_run(tmp_path_factory):
-    """``straight_run(settings)``: what ``train()`` returned for ``compose_train(settings)`` trained straight through, and
-    its run folder; trained once a session for each ``settings`` (tests that stop and resume a run with the same settings
-    compare with one), also when pytest-xdist workers share them. Read-only."""
-    import hashlib
-
-    def get(settings: list[str]) -> tuple[dict, Path]:
-        def build(root: Path) -> None:
-            (root / "returned.json").write_text(json.dumps(train(compose_train(root, settings))))
-
-        root = built_once(tmp_path_factory, "straight-" + hashlib.sha1(json.dumps(settings).encode()).hexdigest()[:12], build)
-        return json.loads((root / "returned.json").read_text()), root / "run"
-
-    return get
-
-
 # Ten steps an epoch: stopped in the middle epoch, and in the last one (whose train/loss_epoch is the
 # final metric: the resumed run must average the whole epoch, the steps before the stop included).
 @pytest.mark.parametrize("step,epoch,workers", [(13, 1, 0), (25, 2, 0), (13, 1, 1)])

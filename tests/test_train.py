@@ -87,12 +87,11 @@ def test_the_optimized_metric_returned_is_the_best_validation_not_the_last(tiny_
     assert kept == [f"epoch{per_epoch.index(max(per_epoch)):02d}-mrr{max(per_epoch):.4f}.ckpt"]
 
 
-def test_every_epoch_logs_where_its_time_went(tiny_cfg):
+def test_every_epoch_logs_where_its_time_went(straight_run):
     import pandas as pd
 
-    cfg = tiny_cfg("logger=csv", "trainer.max_epochs=3")
-    metrics = train(cfg)
-    logged = pd.read_csv(Path(cfg.paths.output_dir) / "csv" / "metrics.csv")
+    metrics, run = straight_run(["trainer.max_epochs=3", "logger=csv"])  # a run other tests read too
+    logged = pd.read_csv(run / "csv" / "metrics.csv")
     for key in ("time/epoch_train_seconds", "time/validation_seconds"):
         per_epoch = logged.dropna(subset=[key])
         assert sorted(per_epoch["epoch"]) == [0, 1, 2], key  # once per epoch, sanity check not counted
@@ -102,7 +101,7 @@ def test_every_epoch_logs_where_its_time_went(tiny_cfg):
     assert total <= metrics["time/train_seconds"]
 
 
-def test_resume_continues_step_and_epoch(tmp_path):
+def test_resume_continues_step_and_epoch(tmp_path, straight_run):
     first = compose_train(tmp_path, ["trainer.max_epochs=2"])
     train(first)
     last = Path(first.paths.output_dir) / "checkpoints" / "last.ckpt"
@@ -118,7 +117,7 @@ def test_resume_continues_step_and_epoch(tmp_path):
     assert state["global_step"] == 3 * steps_per_epoch
 
     # Stopping after epoch 2 and resuming ends exactly where an uninterrupted run does.
-    straight = train(compose_train(tmp_path / "straight", ["trainer.max_epochs=3"]))
+    straight, _ = straight_run(["trainer.max_epochs=3"])
     for key in ("val/mrr@10", "val/recall@10", "train/loss_epoch"):
         assert resumed_metrics[key] == straight[key], key
 
