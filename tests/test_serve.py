@@ -353,6 +353,18 @@ def test_a_json_body_is_parsed_once_and_off_the_event_loop(client, monkeypatch):
             assert parses == [where], (body, size)  # once; a small body at once, a big one off the event loop
 
 
+def test_a_second_content_type_header_does_not_skip_the_body_checks(client):
+    """FastAPI reads a body as JSON by the first Content-Type header; BodyLimit looked at the last one, so a body sent
+    with ``application/json`` then ``text/plain`` was parsed by FastAPI alone: ``"k": 1, "k": 3`` searched k=3, silently."""
+    body = b'{"queries": ["garden"], "k": 1, "k": 3}'
+    response = client.post("/search", content=body, headers=[("content-type", "application/json"), ("content-type", "text/plain")])
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"] == [{"loc": ["body", "k"], "msg": "given 2 times; give it once", "type": "repeated_key"}]
+    # the other way round FastAPI does not read it as JSON: the 415 that says so
+    response = client.post("/search", content=body, headers=[("content-type", "text/plain"), ("content-type", "application/json")])
+    assert response.status_code == 415 and response.json()["detail"][0]["type"] == "content_type", response.text
+
+
 class CountedName(str):
     """A URL parameter name that counts the comparisons and hashes made with it, and stops a check that makes
     more than ``budget`` (a quadratic one would make billions)."""

@@ -914,8 +914,11 @@ class BodyLimit:
 
 
 def _json_content(scope) -> bool:
-    """Whether the request's body is one FastAPI reads as JSON (its rule: application/json or application/...+json)."""
-    mime = dict(scope["headers"]).get(b"content-type", b"").split(b";", 1)[0].strip().lower()
+    """Whether the request's body is one FastAPI reads as JSON (its rule: application/json or application/...+json),
+    by the first Content-Type header, the one FastAPI reads (Starlette's ``headers.get``): the last one, read here, let
+    ``Content-Type: application/json`` then ``Content-Type: text/plain`` skip the UTF-8 and repeated-key checks."""
+    sent = next((value for name, value in scope["headers"] if name == b"content-type"), b"")
+    mime = sent.split(b";", 1)[0].strip().lower()
     return mime == b"application/json" or (mime.startswith(b"application/") and mime.endswith(b"+json"))
 
 
