@@ -365,6 +365,18 @@ def test_a_second_content_type_header_does_not_skip_the_body_checks(client):
     assert response.status_code == 415 and response.json()["detail"][0]["type"] == "content_type", response.text
 
 
+def test_a_body_in_utf16_or_utf32_is_not_read_as_json(client):
+    """The API takes UTF-8 (RFC 8259). ASCII in UTF-16 or UTF-32 without a byte-order mark is valid UTF-8 (its NULs
+    are characters), and json.loads(bytes) then read it in the encoding it guessed: such bodies were searched (200).
+    Now the decoded text is read, and a NUL is not JSON; a UTF-8 byte-order mark is still dropped."""
+    text = '{"queries": ["garden"], "k": 1}'
+    for encoding in ["utf-16-le", "utf-16-be", "utf-32-le", "utf-32-be"]:
+        response = client.post("/search", content=text.encode(encoding), headers={"content-type": "application/json"})
+        assert response.status_code == 422 and "not valid JSON" in response.json()["error"], (encoding, response.text)
+    response = client.post("/search", content=b"\xef\xbb\xbf" + text.encode(), headers={"content-type": "application/json"})
+    assert response.status_code == 200 and len(response.json()["results"][0]["hits"]) == 1, response.text
+
+
 class CountedName(str):
     """A URL parameter name that counts the comparisons and hashes made with it, and stops a check that makes
     more than ``budget`` (a quadratic one would make billions)."""

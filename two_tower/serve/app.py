@@ -776,7 +776,7 @@ def _read_json(body: bytes) -> JsonBody:
     keeps the last value: ``{"k": 1, "k": 100}`` would answer 100 hits, silently). Objects inside it are not looked at:
     the API has none (a nested one is refused by the schema). One parse: the check parsed the body a second time."""
     try:
-        body.decode("utf-8")
+        text = body.decode("utf-8-sig")  # a leading byte-order mark dropped, as json.loads(bytes) does
     except UnicodeDecodeError as err:
         return JsonBody(not_utf8=err.start)
     last: list = [()]  # the pairs of the object read last: the body's own, when the body is an object
@@ -786,7 +786,7 @@ def _read_json(body: bytes) -> JsonBody:
         return dict(items)  # what json.loads builds without the hook (the last value of a key, at its first place)
 
     try:
-        value = json.loads(body, object_pairs_hook=pairs)
+        value = json.loads(text, object_pairs_hook=pairs)  # the text: json.loads(bytes) read ASCII in UTF-16 or 32 (NULs, valid UTF-8) as JSON
     except Exception as err:  # noqa: BLE001 (FastAPI's own parse catches the same: invalid JSON 422, the rest 400)
         return JsonBody(error=err)
     if not isinstance(value, dict) or len(value) == len(last[0]):  # not an object (the schema says so), or no key twice
