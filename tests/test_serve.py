@@ -368,11 +368,15 @@ def test_a_second_content_type_header_does_not_skip_the_body_checks(client):
 def test_a_body_in_utf16_or_utf32_is_not_read_as_json(client):
     """The API takes UTF-8 (RFC 8259). ASCII in UTF-16 or UTF-32 without a byte-order mark is valid UTF-8 (its NULs
     are characters), and json.loads(bytes) then read it in the encoding it guessed: such bodies were searched (200).
-    Now the decoded text is read, and a NUL is not JSON; a UTF-8 byte-order mark is still dropped."""
+    Now its first NUL (never in JSON text) is named as the byte that is not UTF-8; a UTF-8 byte-order mark is still
+    dropped (a NUL after it is still named by its byte in the body)."""
     text = '{"queries": ["garden"], "k": 1}'
-    for encoding in ["utf-16-le", "utf-16-be", "utf-32-le", "utf-32-be"]:
+    for encoding, byte in [("utf-16-le", 1), ("utf-16-be", 0), ("utf-32-le", 1), ("utf-32-be", 0)]:
         response = client.post("/search", content=text.encode(encoding), headers={"content-type": "application/json"})
-        assert response.status_code == 422 and "not valid JSON" in response.json()["error"], (encoding, response.text)
+        assert response.status_code == 400, (encoding, response.text)
+        assert response.json()["error"].startswith(f"body: not UTF-8 text (byte {byte})"), (encoding, response.text)
+    response = client.post("/search", content=b'\xef\xbb\xbf{"k": 1,\x00}', headers={"content-type": "application/json"})
+    assert response.status_code == 400 and "(byte 11)" in response.json()["error"], response.text  # 3 + 8
     response = client.post("/search", content=b"\xef\xbb\xbf" + text.encode(), headers={"content-type": "application/json"})
     assert response.status_code == 200 and len(response.json()["results"][0]["hits"]) == 1, response.text
 

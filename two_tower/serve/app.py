@@ -771,14 +771,18 @@ class JsonBody:
 
 
 def _read_json(body: bytes) -> JsonBody:
-    """``body`` read as FastAPI reads it (``json.loads`` of the bytes), once UTF-8 is checked (json.loads would take
-    UTF-16 and UTF-32 too; the API takes UTF-8, RFC 8259), with the keys its object gives more than once (json.loads
+    """``body`` read as FastAPI reads it (``json.loads``), once UTF-8 is checked (json.loads would take UTF-16 and
+    UTF-32 too, and their ASCII, NULs between, is valid UTF-8: a NUL is named as the byte that is not; the API takes
+    UTF-8, RFC 8259), with the keys its object gives more than once (json.loads
     keeps the last value: ``{"k": 1, "k": 100}`` would answer 100 hits, silently). Objects inside it are not looked at:
     the API has none (a nested one is refused by the schema). One parse: the check parsed the body a second time."""
     try:
         text = body.decode("utf-8-sig")  # a leading byte-order mark dropped, as json.loads(bytes) does
     except UnicodeDecodeError as err:
         return JsonBody(not_utf8=err.start)
+    nul = text.find("\x00")  # never in JSON text (a string escapes it): UTF-16 or UTF-32, whose ASCII is valid UTF-8
+    if nul >= 0:
+        return JsonBody(not_utf8=len(text[:nul].encode("utf-8")) + (len(body) - len(text.encode("utf-8"))))
     last: list = [()]  # the pairs of the object read last: the body's own, when the body is an object
 
     def pairs(items):
