@@ -780,9 +780,9 @@ def _read_json(body: bytes) -> JsonBody:
         text = body.decode("utf-8-sig")  # a leading byte-order mark dropped, as json.loads(bytes) does
     except UnicodeDecodeError as err:
         return JsonBody(not_utf8=err.start)
-    nul = text.find("\x00")  # never in JSON text (a string escapes it): UTF-16 or UTF-32, whose ASCII is valid UTF-8
-    if nul >= 0:
-        return JsonBody(not_utf8=len(text[:nul].encode("utf-8")) + (len(body) - len(text.encode("utf-8"))))
+    nul = body.find(b"\x00")  # never in JSON text (a string escapes it): UTF-16 or UTF-32, whose ASCII is valid UTF-8
+    if nul >= 0:  # (in UTF-8 a 0 byte is the NUL character alone: no other character's bytes hold one)
+        return JsonBody(not_utf8=nul)
     last: list = [()]  # the pairs of the object read last: the body's own, when the body is an object
 
     def pairs(items):
