@@ -1597,6 +1597,66 @@ def test_max_waiting_counts_the_queries_of_a_batch(searcher):
     assert held.started == 3 and app.state.searches.waiting == 0
 
 
+def test_a_search_handed_a_slot_no_longer_counts_as_waiting(monkeypatch):
+    """SearchSlots counted waiting queries apart from its heap of turns, and took a search off the count when it
+    resumed, not when the freed slot was handed to it: for one turn of the event loop a search given the slot still
+    counted as waiting, and a search arriving then got a 503 although nothing was waiting. Reproduced without threads
+    or timing: a search's work awaits a gate the test opens, and the next search arrives in the very turn the slot is
+    handed on (scheduled just before, so it runs before the search given the slot resumes)."""
+    import asyncio
+
+    import anyio.to_thread
+
+    from two_tower.serve.app import SearchSlots
+
+    gates: list[asyncio.Event] = []
+
+    async def gated(fn, limiter=None):  # a search's work, held until its gate opens
+        gates.append(asyncio.Event())
+        await gates[-1].wait()
+        return fn()
+
+    monkeypatch.setattr(anyio.to_thread, "run_sync", gated)
+
+    async def settle(done) -> None:
+        for _ in range(100):
+            if done():
+                return
+            await asyncio.sleep(0)
+        raise AssertionError("never settled")
+
+    async def main():
+        slots = SearchSlots(1, max_waiting=1)
+        first = asyncio.ensure_future(slots.run(lambda: "first"))
+        await settle(lambda: len(gates) == 1)
+        second = asyncio.ensure_future(slots.run(lambda: "second"))
+        await settle(lambda: slots.waiting == 1)
+        late, seen = [], {}
+        hand_on = slots._pass_on
+
+        def arrive_as_the_slot_is_handed_on():
+            slots._pass_on = hand_on
+            late.append(asyncio.ensure_future(slots.run(lambda: "late")))  # its first step runs before `second` resumes
+            hand_on()
+            seen.update(waiting=slots.waiting, turns=len(slots._turns))
+
+        slots._pass_on = arrive_as_the_slot_is_handed_on
+        gates[0].set()
+        assert await first == "first"
+        assert not late[0].done(), repr(late[0].exception())  # it got Busy (a 503): "... 1 query waiting (max_waiting 1)"
+        assert seen == {"waiting": 0, "turns": 0}  # handed the slot: no longer waiting
+        await settle(lambda: len(gates) == 2)
+        assert not late[0].done() and slots.waiting == 1  # the late search waits for its turn
+        gates[1].set()
+        assert await second == "second"
+        await settle(lambda: len(gates) == 3)
+        gates[2].set()
+        assert await late[0] == "late"
+        assert slots.waiting == 0 and slots._admitted == 0 and slots._free == 1
+
+    asyncio.run(main())
+
+
 def test_a_query_that_comes_while_a_batch_waits_goes_ahead_of_it(searcher):
     """Turns were first come, first served: a single query waited behind every batch before it. Now a waiting search
     is ranked by the queries given a slot before it came plus its own: one slot, held; a batch of 4 comes, then a

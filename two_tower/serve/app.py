@@ -577,7 +577,7 @@ class SearchSlots:
         self.max_waiting = max_waiting
         self._threads = None
         self._admitted = 0  # searches running or waiting; read and changed on the event loop only, with no await between
-        self._waiting = 0  # the queries of the searches among them that wait for a slot (the same)
+        self._waiting = 0  # the queries of the searches in _turns (the same): changed where an entry joins or leaves it
         self._free = self.size  # slots free (the same)
         self._turns: list = []  # the searches waiting for a slot: a heap of (rank, arrival, queries, future)
         self._given = 0  # queries given a slot so far: the clock of the ranks
@@ -610,12 +610,9 @@ class SearchSlots:
             raise Busy(f"busy: {self.size} search{'es' if self.size != 1 else ''} running and {self._waiting} quer{'y' if self._waiting == 1 else 'ies'} "
                        f"waiting (max_waiting {self.max_waiting}{batch}); retry in a moment")
         self._admitted += 1
-        self._waiting += waits
         try:
             await self._slot(queries)  # a cancel while waiting for a slot (its client went away) leaves the queue
             try:
-                self._waiting -= waits
-                waits = 0
                 work = asyncio.ensure_future(anyio.to_thread.run_sync(fn, limiter=self._threads))
                 try:
                     return await asyncio.shield(work)
@@ -630,7 +627,6 @@ class SearchSlots:
                 self._pass_on()
         finally:
             self._admitted -= 1
-            self._waiting -= waits  # left the queue without a slot
 
     async def _slot(self, queries: int) -> None:
         """Returns holding a slot: at once when one is free (then no search waits: a slot freed goes to a waiting one),
@@ -643,6 +639,7 @@ class SearchSlots:
         self._arrivals += 1
         entry = (self._given + queries, self._arrivals, queries, turn)
         heapq.heappush(self._turns, entry)
+        self._waiting += queries
         try:
             await turn
         except asyncio.CancelledError:
@@ -650,14 +647,18 @@ class SearchSlots:
                 with contextlib.suppress(ValueError):
                     self._turns.remove(entry)
                     heapq.heapify(self._turns)
+                    self._waiting -= queries
             else:  # given the slot as it was cancelled: the next search takes it
                 self._pass_on()
             raise
 
     def _pass_on(self) -> None:
-        """A slot freed: to the waiting search ranked first (its clock moves on by its queries), or free."""
+        """A slot freed: to the waiting search ranked first (its clock moves on by its queries), or free. A search
+        handed the slot no longer waits from here: it was counted as waiting until it resumed, a turn of the event loop
+        later, and a search arriving in between got a 503 for a queue with room."""
         while self._turns:
             _, _, queries, turn = heapq.heappop(self._turns)
+            self._waiting -= queries  # out of the queue: given the slot, or cancelled while it waited
             if not turn.done():  # not cancelled while it waited
                 self._given += queries
                 turn.set_result(None)
