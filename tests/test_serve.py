@@ -274,16 +274,46 @@ def asgi_request(app, method: str, target: str, body: bytes = b"", headers: list
              "query_string": query.encode(), "root_path": "", "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80),
              "headers": [(b"host", b"127.0.0.1"), (b"content-length", str(len(body)).encode()), *headers]}
     sent: list[dict] = []
+    unread, answered = [{"type": "http.request", "body": body, "more_body": False}], asyncio.Event()
 
-    async def receive():
-        return {"type": "http.request", "body": body, "more_body": False}
+    async def receive():  # the body once; then, as uvicorn does, nothing until the client goes (once answered)
+        if unread:
+            return unread.pop()
+        await answered.wait()
+        return {"type": "http.disconnect"}
 
     async def send(message):
         sent.append(message)
+        if message["type"] == "http.response.body" and not message.get("more_body", False):
+            answered.set()
 
     asyncio.run(app(scope, receive, send))
     return sent[0]["status"], json.loads(b"".join(m.get("body", b"") for m in sent[1:]))
 
+
+def test_asgi_request_ends_on_an_answer_that_is_not_a_refusal(searcher, client):
+    """``asgi_request`` handed the app its body on every ``receive``, never a disconnect: a search's watch for its
+    client leaving (``_client_gone``) read body after body without yielding to the event loop, and a request that
+    would be answered 200 never returned (it was only used for refusals). Now it ends on any complete answer, the
+    same as the server's. The app here is handed a disconnect after 1,000 reads, so the old loop ends too (a 499)."""
+    app = create_app(searcher, LIMITS)
+    reads = []
+
+    async def capped(scope, receive, send):
+        async def read():
+            reads.append(1)
+            return {"type": "http.disconnect"} if len(reads) > 1000 else await receive()
+
+        await app(scope, read, send)
+
+    for method, target, body, expected in [
+        ("GET", "/search?q=garden&k=2", b"", client.get("/search", params={"q": "garden", "k": 2}).json()),
+        ("POST", "/search", b'{"queries": ["garden", "castle"], "k": 2}', client.post("/search", json={"queries": ["garden", "castle"], "k": 2}).json()),
+    ]:
+        reads.clear()
+        status, answer = asgi_request(capped, method, target, body, [(b"content-type", b"application/json")])
+        assert (status, len(reads) <= 1000) == (200, True), (status, answer, len(reads))
+        assert {key: value for key, value in answer.items() if key != "took_ms"} == {key: value for key, value in expected.items() if key != "took_ms"}
 
 def test_a_body_of_56000_unknown_keys_is_refused_without_listing_them_all(searcher, monkeypatch):
     """{"queries": ["a"], "0": 0, ..., "55999": 0} (455 KB, under the body limit): pydantic made an error for each
