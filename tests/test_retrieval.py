@@ -975,6 +975,27 @@ def test_search_command_prints_each_hit_on_one_line_with_no_control_character():
     ]
 
 
+def test_search_command_escapes_every_bidirectional_control_and_keeps_right_to_left_letters():
+    """One rule for Unicode's bidirectional controls (the property Bidi_Control): the embeddings, overrides and isolates
+    were escaped, the marks (U+200E, U+200F, U+061C), invisible too, printed raw, and "10 - 20" between two U+200F is
+    laid out "20 - 10" by the bidirectional algorithm. Every one is escaped now; letters, whatever their direction,
+    and other format characters are printed as they are."""
+    import sys
+    import unicodedata
+
+    from two_tower.cli.search import format_results
+    from two_tower.retrieval.search import Hit
+
+    bidi_control = "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"  # Unicode's PropList.txt
+    explicit = {"LRE", "RLE", "LRO", "RLO", "PDF", "LRI", "RLI", "FSI", "PDI"}  # Python's Unicode data: all in the list
+    assert {c for c in map(chr, range(sys.maxunicode + 1)) if unicodedata.bidirectional(c) in explicit} <= set(bidi_control)
+    kept = "\u05e9\u05dc\u05d5\u05dd \u0633\u0644\u0627\u0645 \u0710 \u200b\u200d\u00ad"  # Hebrew, Arabic, Syriac letters; ZWSP, ZWJ, soft hyphen
+    for char in bidi_control:
+        lines = format_results("q" + char, [Hit("p" + char, 0.5, f"range {char}10 - 20{char} km {kept}")], 0).splitlines()
+        shown = f"\\u{ord(char):04x}"
+        assert lines == [f"query: q{shown}", f"  1  0.5000  [p{shown}]  range {shown}10 - 20{shown} km {kept}"], ascii(lines)
+
+
 def _read_pty_until(master: int, token: bytes, timeout: float = 120) -> bytes:
     """What a pseudo-terminal's ``master`` side reads until ``token`` (or the process ended, or ``timeout`` passed)."""
     import os

@@ -77,13 +77,15 @@ def cut(text: str, max_chars: int) -> str:
     return text[: max_chars - 3] + "..." if max_chars > 3 else text[:max_chars]
 
 
-# Control characters (C0, DEL, C1), line or paragraph separators and bidirectional embeddings, overrides and isolates
-# (U+202A-202E, U+2066-2069) a passage, an id or a query may hold. Printed raw, a passage's newline made a line that
-# reads as one more hit ("  1  0.9999  [forged]"), a carriage return wrote over its own hit's rank and score, an
-# escape sequence was run by the terminal (colours, clearing the screen, the window title), and a U+202E laid the rest
-# of its line out right to left in a terminal that applies the bidirectional algorithm, so the hit read as another
-# text ("Trojan Source", CVE-2021-42574). Right-to-left letters themselves are kept.
-CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+# Control characters (C0, DEL, C1), line or paragraph separators and Unicode's bidirectional controls (the property
+# Bidi_Control: the embeddings and overrides U+202A-202E, the isolates U+2066-2069 and the marks U+200E, U+200F,
+# U+061C) a passage, an id or a query may hold. Printed raw, a passage's newline made a line that reads as one more hit
+# ("  1  0.9999  [forged]"), a carriage return wrote over its own hit's rank and score, an escape sequence was run by
+# the terminal (colours, clearing the screen, the window title), and a U+202E laid the rest of its line out right to
+# left in a terminal that applies the bidirectional algorithm, so the hit read as another text ("Trojan Source",
+# CVE-2021-42574). The marks, invisible too, were printed raw: "10 - 20" between two U+200F (or U+061C) is laid out
+# "20 - 10". Right-to-left letters themselves are kept (they are seen, and so is what they do to their neighbours).
+CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 SPACE_LIKE = "\t\n\v\f\r\x1c\x1d\x1e\x1f\x85\u2028\u2029"  # the line and white-space controls (str.splitlines' breaks): a space each
 
 
