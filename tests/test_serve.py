@@ -5,6 +5,7 @@ schemathesis run against the OpenAPI schema, and the page in headless Chromium (
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import gc
 import json
@@ -1683,6 +1684,65 @@ def test_a_search_handed_a_slot_no_longer_counts_as_waiting(monkeypatch):
         gates[2].set()
         assert await late[0] == "late"
         assert slots.waiting == 0 and slots._admitted == 0 and slots._free == 1
+
+    asyncio.run(main())
+
+
+def test_the_waiting_count_stays_true_when_waiting_searches_are_cancelled_around_a_freed_slot(monkeypatch):
+    """The count of waiting queries is changed where a search joins or leaves the heap of turns: a search cancelled
+    while it waits (its client went away) leaves it once, whether it takes itself out or a freed slot skips it first,
+    and one cancelled just as it is handed the slot hands it on. No threads, no timing (the gated work above)."""
+    import asyncio
+
+    import anyio.to_thread
+
+    from two_tower.serve.app import SearchSlots
+
+    gates: list[asyncio.Event] = []
+
+    async def gated(fn, limiter=None):
+        gates.append(asyncio.Event())
+        await gates[-1].wait()
+        return fn()
+
+    monkeypatch.setattr(anyio.to_thread, "run_sync", gated)
+
+    async def settle(done) -> None:
+        for _ in range(100):
+            if done():
+                return
+            await asyncio.sleep(0)
+        raise AssertionError("never settled")
+
+    async def main():
+        slots = SearchSlots(1)
+        first = asyncio.ensure_future(slots.run(lambda: "first"))
+        await settle(lambda: len(gates) == 1)
+        waiting = [asyncio.ensure_future(slots.run(lambda n=n: n, n)) for n in (1, 2, 3)]  # ranked in this order
+        await settle(lambda: slots.waiting == 6)
+        waiting[1].cancel()  # takes itself out of the queue
+        await settle(lambda: waiting[1].done())
+        assert slots.waiting == 4 and len(slots._turns) == 2
+        hand_on = slots._pass_on
+
+        def cancel_around_the_hand_on():
+            slots._pass_on = hand_on
+            waiting[0].cancel()  # cancelled as the slot frees: skipped by it, before it takes itself out
+            hand_on()  # handed to the last one, which is cancelled as it is handed the slot: it hands it on (free)
+            waiting[2].cancel()
+
+        slots._pass_on = cancel_around_the_hand_on
+        gates[0].set()
+        assert await first == "first"
+        for task in waiting:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        assert [task.cancelled() for task in waiting] == [True, True, True] and len(gates) == 1
+        assert (slots.waiting, slots._admitted, slots._free, slots._turns) == (0, 0, 1, [])
+        again = asyncio.ensure_future(slots.run(lambda: "again"))
+        await settle(lambda: len(gates) == 2)
+        gates[1].set()
+        assert await again == "again" and (slots.waiting, slots._free) == (0, 1)
 
     asyncio.run(main())
 
