@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import shutil
 import re
@@ -681,6 +682,39 @@ def test_build_chunks_are_bounded_in_bytes_with_the_same_index(trained, tmp_path
         assert (out / name).read_bytes() == (trained["index"] / name).read_bytes(), name
 
 
+def test_training_sample_is_bounded_in_bytes(trained, tmp_path, monkeypatch, caplog):
+    """index.train_size counted passages only: an IVF/PQ/SQ build encoded and held 100,000 x 8,448-d training vectors
+    (3.4 GB) whatever index.add_chunk_mb said. index.train_mb caps the sample's rows, says so in one line, and refuses an
+    IVF of more lists than the capped sample before encoding; a cap that does not bind gives the same index."""
+    from two_tower.retrieval import indexer
+
+    assert indexer.training_sample(100_000, 2048, 8448) == 63_550 and indexer.training_sample(100_000, 2048, 2176) == 100_000
+    assert indexer.training_sample(100_000, None, 8448) == 100_000 and indexer.training_sample(100_000, 1e-9, 8448) == 1
+    sampled, encode_passages = [], indexer.encode_passages
+    monkeypatch.setattr(indexer, "encode_passages", lambda module, texts, *a, **k: sampled.append(len(texts)) or encode_passages(module, texts, *a, **k))
+    dim, passages = Searcher.load(trained["index"]).index.index.d, len(Searcher.load(trained["index"]).index)
+    assert passages > 60, passages
+    base = [f"ckpt={trained['ckpt']}", f"data.path={trained['data']}", "index.factory='IVF4,Flat'", "hybrid.enabled=false"]
+    caplog.set_level(logging.INFO, logger=indexer.__name__)
+    build_index(compose_retrieval("index", [*base, f"out={tmp_path / 'capped'}", f"index.train_mb={50 * 4 * dim / (1 << 20)}"]))
+    assert sampled == [50], sampled
+    said = [r.getMessage() for r in caplog.records if "sampled passages" in r.getMessage()]
+    assert said == [f"Encoding 50 sampled passages to train IVF4,Flat, not {passages} (index.train_size=100000 of {passages} passages): "
+                    f"index.train_mb={50 * 4 * dim / (1 << 20)} holds 50 {dim}-d float vectors ({4 * dim} bytes a passage); raise "
+                    "index.train_mb, or set it to null, to train on more"], said
+    caplog.clear()
+    for name, mb in (("loose", 2048), ("null", "null")):  # the default does not bind for a narrow model: as with no cap
+        build_index(compose_retrieval("index", [*base, f"out={tmp_path / name}", f"index.train_mb={mb}"]))
+    assert sampled == [50, passages, passages] and not [r for r in caplog.records if "sampled passages" in r.getMessage()]
+    assert (tmp_path / "loose" / "faiss.index").read_bytes() == (tmp_path / "null" / "faiss.index").read_bytes()
+    assert (tmp_path / "capped" / "faiss.index").read_bytes() != (tmp_path / "null" / "faiss.index").read_bytes()
+    cfg = compose_retrieval("index", [*base, f"out={tmp_path / 'refused'}", "index.factory='IVF8,Flat'", f"index.train_mb={5 * 4 * dim / (1 << 20)}"])
+    with pytest.raises(ConfigError, match=re.escape(f"has 8 lists but only 5 vectors to train on (index.train_mb={5 * 4 * dim / (1 << 20)} holds 5 {dim}-d "
+                                                    "vectors of index.train_size=100000: raise it, or use fewer lists, or Flat)")):
+        build_index(cfg)
+    assert sampled == [50, passages, passages] and not (tmp_path / "refused").exists()
+
+
 @pytest.mark.parametrize(
     "setting, message",
     [
@@ -690,6 +724,7 @@ def test_build_chunks_are_bounded_in_bytes_with_the_same_index(trained, tmp_path
         ("index.add_chunk_mb=0", "index.add_chunk_mb=0: must be a positive number of megabytes or null"),
         ("index.add_chunk_mb=inf", "index.add_chunk_mb=inf: must be a positive number of megabytes or null"),
         ("index.train_size=-5", "index.train_size=-5: must be a positive integer"),
+        ("index.train_mb=0", "index.train_mb=0: must be a positive number of megabytes or null"),
         ("threads=abc", "threads='abc': must be a positive integer or null"),
         ("threads=-1", "threads=-1: must be a positive integer or null"),
         ("threads=0", "threads=0: must be a positive integer or null"),  # was taken as torch's default here, refused by train and serve

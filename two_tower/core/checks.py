@@ -113,6 +113,7 @@ RULES = {
     "index.add_chunk": (INT, lambda v: v > 0, "a positive integer"),
     "index.add_chunk_mb": (NUM, lambda v: 0 < v < float("inf"), "a positive number of megabytes or null"),
     "index.train_size": (INT, lambda v: v > 0, "a positive integer"),
+    "index.train_mb": (NUM, lambda v: 0 < v < float("inf"), "a positive number of megabytes or null"),
     "overwrite": (BOOL, lambda v: True, "true or false"),
     "save_runs": (BOOL, lambda v: True, "true or false"),
     # the prf, rerank and smooth groups (search.py, serve.py, index.py, evaluate.py's retrievers): GroupSettings
@@ -138,7 +139,7 @@ RULES = {
 # Rules whose null means something (no limit, the default, derived): each says "or null" in its meaning. Any other
 # null is refused (optimizer.lr=null, data.batch_size=null ended in a traceback after the data had loaded).
 NULLABLE = ("threads", "trainer.gradient_clip_val", "data.max_train_rows", "data.max_val_rows", "embeddings.dim", "encoder.dim",
-            "encoder.bag_stemmer", "index.add_chunk_mb", "teacher.max_seq_length", "teacher.threads", "negatives.margin", "negatives.stemmer", "negatives.near_duplicate_jaccard")
+            "encoder.bag_stemmer", "index.add_chunk_mb", "index.train_mb", "teacher.max_seq_length", "teacher.threads", "negatives.margin", "negatives.stemmer", "negatives.near_duplicate_jaccard")
 
 
 def check(key: str, value, rule: str | None = None) -> None:

@@ -121,14 +121,15 @@ def training_rows(num_vectors: int, train_size: int, seed: int = 0) -> np.ndarra
 FAISS_POINTS_PER_CENTROID = faiss.ClusteringParameters().min_points_per_centroid
 
 
-def check_trainable(index: faiss.Index, factory: str, train_size: int, num_vectors: int | None = None) -> None:
+def check_trainable(index: faiss.Index, factory: str, train_size: int, num_vectors: int | None = None, bound: str | None = None) -> None:
     """Refuse an IVF ``index`` (empty, of ``factory``) with more lists than the vectors it would train on: at most
-    ``train_size``, and the corpus's ``num_vectors`` when known (None: before the passages are read)."""
+    ``train_size``, and the corpus's ``num_vectors`` when known (None: before the passages are read). ``bound``: the
+    setting that brought the sample down to ``train_size`` (``index.train_mb=...``), named in place of index.train_size."""
     nlist = 0 if index.is_trained else getattr(faiss.try_extract_index_ivf(index), "nlist", 0)
     vectors = train_size if num_vectors is None else min(train_size, num_vectors)
     if vectors < nlist:
         raise ConfigError(f"index.factory={factory!r} has {nlist} lists but only {vectors} vectors to train on"
-                          + (f" (index.train_size={train_size}" + (f" of {num_vectors:,} passages" if num_vectors is not None else "") + ": raise it, "
+                          + (f" ({bound or f'index.train_size={train_size}'}" + (f" of {num_vectors:,} passages" if num_vectors is not None else "") + ": raise it, "
                              if vectors == train_size and (num_vectors is None or train_size < num_vectors) else " (the whole corpus: ")
                           + "or use fewer lists, or Flat)")
 
