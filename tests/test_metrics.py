@@ -190,3 +190,32 @@ def test_rank_dense_within_chunks_match_one_block(monkeypatch):
         cand = candidates[q].tolist()
         want = [cand[i] for i in sorted(range(len(cand)), key=lambda i: (-float(scores[q, cand[i]]), i))]
         assert whole[q].tolist() == want + [-1] * (whole.shape[1] - len(want))
+
+
+def test_rank_dense_within_gathers_candidates_bounded_in_bytes(monkeypatch):
+    """1,024 queries' candidates were gathered at once: [1024, 10, 8448] float32 (346 MB) and their products as much
+    again, evaluate.py's largest transient after the passage vectors. At most CANDIDATE_BYTES a gather now, and each
+    query's ranking is the same as from one block (its scores the same sums)."""
+    import two_tower.core.metrics as metrics
+
+    gathered = []
+
+    class Spy(torch.Tensor):
+        def __getitem__(self, index):
+            gathered.append(tuple(index.shape))
+            return super().__getitem__(index)
+
+    gen = torch.Generator().manual_seed(3)
+    queries, passages = torch.randn(300, 64, generator=gen), torch.randn(500, 64, generator=gen)
+    rng = np.random.default_rng(1)
+    candidates = Ragged.from_lists([rng.choice(500, size=int(rng.integers(1, 11)), replace=False).tolist() for _ in range(300)])
+    rows = np.arange(300)
+    whole = rank_dense_within(queries, passages.as_subclass(Spy), candidates, rows).as_subclass(torch.Tensor)
+    assert gathered == [(300, 10)], gathered  # all at once under the default budget (300 x 10 x 64 floats)
+    gathered.clear()
+    monkeypatch.setattr(metrics, "CANDIDATE_BYTES", 7 * 10 * 64 * 4, raising=False)
+    pieces = rank_dense_within(queries, passages.as_subclass(Spy), candidates, rows).as_subclass(torch.Tensor)
+    assert gathered == [(7, 10)] * 42 + [(6, 10)], gathered
+    assert torch.equal(pieces, whole)
+    monkeypatch.setattr(metrics, "CANDIDATE_BYTES", 1)  # below one query's candidates: one query at a time
+    assert torch.equal(rank_dense_within(queries, passages, candidates, rows), whole)
