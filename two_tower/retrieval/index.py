@@ -214,7 +214,7 @@ def build_faiss_streamed(
     length, except a passage with no readable word under a bag-of-words path, whose bag part is zero).
 
     Memory: the index itself (codes, given room for every vector before the first add: ``reserve_storage``) + one
-    chunk + the training sample. For ``Flat`` and ``HNSW`` the index is the float vectors, so streaming saves only the copy. ``seconds`` (a dict), if given, gets
+    chunk (dropped before the next is asked for) + the training sample. For ``Flat`` and ``HNSW`` the index is the float vectors, so streaming saves only the copy. ``seconds`` (a dict), if given, gets
     the time spent producing vectors (``vectors``: encoding, for the indexer), training and adding.
     """
     seconds = {} if seconds is None else seconds
@@ -267,6 +267,7 @@ def build_faiss_streamed(
                     index.add(chunk[start : start + ADD_PIECE])
                     adding.update(len(chunk[start : start + ADD_PIECE]))
             seconds["add"] += time.perf_counter() - clock
+            del chunk  # the loop's name kept it alive while the next chunk was made: two chunks at once
             clock = time.perf_counter()
     finally:
         if adding is not None:

@@ -88,6 +88,7 @@ def encode_passages(module, texts: list[str], batch_size: int = 512, chunk: int 
     for vectors in encoded_chunks(module, texts, batch_size, chunk, statistics):
         out[start : start + len(vectors)] = vectors
         start += len(vectors)
+        del vectors  # before the next chunk is encoded (the loop's name kept it alive meanwhile)
     return out
 
 
