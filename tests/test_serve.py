@@ -1168,6 +1168,43 @@ def test_right_to_left_passages_and_queries_are_shown_right_to_left(browser, ser
     assert browser.execute_script("return document.getElementById('q').matches(':dir(rtl)')")
 
 
+def test_a_hits_id_is_laid_out_in_its_own_direction_apart_from_its_label(browser, server):
+    """A hit's id was text of the span "id ...", in the label's left-to-right: the right-to-left id "5 שלום" was laid
+    out with its "5" at the left (read from the right, last), and bidi controls in an id ran on into the text after
+    it. The id is isolated in a <bdi>: laid out right to left, the label still at the left, and an override ends with it."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    ids = ["5 שלום", "\u202egarden", "plain-7"]
+    browser.get(server.url + "/")
+    fake_search_answer(browser, 200, json.dumps({"query": "garden", "k": 3, "took_ms": 1.0, "words_unread": 0,
+                                                 "hits": [{"id": pid, "score": 0.5, "text": "a passage"} for pid in ids]}))
+    page_search(browser, "garden")
+    shown = WebDriverWait(browser, 30).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#results .pid"))
+    assert [e.get_attribute("textContent") for e in shown] == [f"id {pid}" for pid in ids]
+    # each character of the span's text, in logical order, with the left edge of its box on the screen
+    lefts = [browser.execute_script("""
+        const out = [], walker = document.createTreeWalker(arguments[0], NodeFilter.SHOW_TEXT);
+        for (let node; (node = walker.nextNode());)
+          for (let i = 0; i < node.data.length; i++) {
+            const range = document.createRange();
+            range.setStart(node, i);
+            range.setEnd(node, i + 1);
+            out.push([node.data[i], range.getBoundingClientRect().left]);
+          }
+        return out;""", e) for e in shown]
+    x = [{char: left for char, left in chars} for chars in lefts]
+    assert x[0]["i"] < x[0]["ם"] < x[0]["ו"] < x[0]["ל"] < x[0]["ש"] < x[0]["5"], lefts[0]  # "id", then "5 שלום" right to left
+    assert x[1]["i"] < x[1]["g"] and x[1]["n"] < x[1]["g"], lefts[1]  # the override reverses the id, after its label
+    assert [c for c, _ in sorted(lefts[2], key=lambda c: c[1])] == list("id plain-7"), lefts[2]
+    # the override stops at the id's end: text after it is not reversed
+    browser.execute_script("arguments[0].append(' after')", shown[1])
+    after = browser.execute_script("""
+        const node = arguments[0].lastChild, range = document.createRange(), left = (i) => (range.setStart(node, i), range.setEnd(node, i + 1), range.getBoundingClientRect().left);
+        return [left(1), left(5)];""", shown[1])
+    assert after[0] < after[1], after  # "a" of " after" left of its "r"
+
+
 def test_swagger_ui_works_under_its_content_security_policy(browser, server):
     """/docs now has a CSP (its inline set-up script allowed by hash): Swagger UI still loads the schema and shows
     the operations."""

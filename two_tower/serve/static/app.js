@@ -59,7 +59,12 @@ function render(answer, roundTripMs) {
     item.className = "hit";
     const meta = document.createElement("div");
     meta.className = "meta";
-    meta.append(span("rank", `#${i + 1}`), span("score", `score ${hit.score.toFixed(4)}`), span("pid", `id ${hit.id}`));
+    // The id in a <bdi>, laid out in its own direction apart from "id " (a right-to-left id "5 שלום" read with the
+    // label's left-to-right: its digits on the wrong side); bidi controls in it end with it.
+    const pid = span("pid", "id "), id = document.createElement("bdi");
+    id.textContent = hit.id;
+    pid.append(id);
+    meta.append(span("rank", `#${i + 1}`), span("score", `score ${hit.score.toFixed(4)}`), pid);
     const text = document.createElement("p");
     text.className = "text";
     text.dir = "auto"; // a right-to-left passage (Arabic, Hebrew) reads right to left: in the page's LTR its end "." and "(...)" were misplaced
