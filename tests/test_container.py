@@ -28,6 +28,9 @@ from tests.conftest import ROOT, build_tiny_index
 
 TAG = "two-tower:test"
 
+# the image build (a fixture; its own limit 3600 s) counts towards the first test's time: past the suite's 900 s
+pytestmark = pytest.mark.timeout(4000)
+
 
 def find_engine() -> str | None:
     """podman if installed, else docker if its client reaches a daemon, else None."""
