@@ -1247,6 +1247,48 @@ def test_a_run_resumed_from_an_older_checkpoint_of_its_folder_logs_each_validati
     assert sorted(logged.dropna(subset=["train/loss_epoch"])["epoch"]) == [0, 1, 2]
 
 
+def test_a_run_resumed_from_an_older_checkpoint_whose_best_file_is_gone_never_names_it(tmp_path, caplog):
+    """A run folder's older checkpoint (kept aside after epoch 0) records epoch 0's file as its best; the run went on to
+    epoch 2, and save_top_k removed that file when a later epoch scored higher. Resumed from the older checkpoint, the
+    record named the missing file: scored with it, the test split was a traceback ('Checkpoint file not found'), and when
+    nothing was trained the run logged 'Best checkpoint: <the missing file>' (a probe). Its score is set high here so
+    that no resumed epoch replaces it. The later run's checkpoints stay."""
+    import pandas as pd
+
+    common = ["logger=csv", "data.synthetic_rows.test_rows=30"]
+    train(compose_train(tmp_path, [*common, "trainer.max_epochs=1"]))
+    checkpoints = tmp_path / "run" / "checkpoints"
+    (first,) = checkpoints.glob("epoch00-*.ckpt")
+    older = checkpoints / "older.ckpt"
+    state = torch.load(checkpoints / "last.ckpt", weights_only=False)
+    (key,) = [k for k in state["callbacks"] if k.startswith("ModelCheckpoint") and state["callbacks"][k].get("monitor")]
+    state["callbacks"][key]["best_model_score"] = torch.tensor(0.99)  # as if epoch 0 had scored 0.99
+    state["callbacks"][key]["best_k_models"] = {str(first): torch.tensor(0.99)}
+    (writer,) = [k for k in state["callbacks"] if k.startswith("PerQueryWriter")]
+    state["callbacks"][writer]["best"] = 0.99
+    torch.save(state, older)
+    train(compose_train(tmp_path, [*common, "trainer.max_epochs=3", "ckpt_path=last"]))
+    later = sorted(p.name for p in checkpoints.glob("epoch*.ckpt"))
+    assert not first.exists() and len(later) == 1, later  # the case: a later epoch of the run scored higher, epoch 0's file went
+
+    # Nothing left to train (it was saved at epoch 0's end): no best is named, and none is scored
+    with caplog.at_level(logging.INFO, logger="two_tower"):
+        metrics = train(compose_train(tmp_path, [*common, "trainer.max_epochs=1", f"ckpt_path={older}"]))
+    assert f"{first}, the best checkpoint by val/mrr@10 when the checkpoint resumed from was saved, is gone" in caplog.text
+    assert "Best checkpoint:" not in caplog.text and "val/mrr@10" not in metrics and not any(k.startswith("test/") for k in metrics)
+    assert f"Test split not scored: no best-on-validation checkpoint (the one recorded, {first}, is gone" in caplog.text
+    assert f"No val/mrr@10 to report: the best checkpoint recorded, {first}, is gone" in caplog.text
+
+    # Trained on: the resumed epoch is the best (the record's file is gone), its checkpoint is there and scores the test split
+    metrics = train(compose_train(tmp_path, [*common, "trainer.max_epochs=2", f"ckpt_path={older}"]))
+    best = torch.load(checkpoints / "last.ckpt", weights_only=False)["callbacks"][key]["best_model_path"]
+    assert Path(best).is_file() and Path(best).name.startswith("epoch01-") and "test/mrr@10" in metrics
+    logged = pd.read_csv(tmp_path / "run" / "csv" / "metrics.csv").dropna(subset=["val/mrr@10"])
+    epoch1 = logged[logged["epoch"] == 1].iloc[-1]
+    assert metrics["val/mrr@10"] == pytest.approx(epoch1["val/mrr@10"]) and metrics["val/ndcg@10"] == pytest.approx(epoch1["val/ndcg@10"])
+    assert sorted(p.name for p in checkpoints.glob("epoch*.ckpt")) == sorted([*later, Path(best).name])  # the later run's kept
+
+
 class CrashAtStep(L.Callback):
     def on_train_batch_end(self, trainer, *args):
         if trainer.global_step == 5:

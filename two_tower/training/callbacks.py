@@ -329,7 +329,15 @@ class ResumableCheckpoint(ModelCheckpoint):
     Here the record is restored, each path pointing at this folder's file of that name where there is one (a moved or
     copied run), else where it was saved; and a checkpoint outside this folder is never removed (it is another run's:
     a better epoch here replaces it as best, not on disk). An ended run resumed into another folder (nothing left to
-    train) so reports its best validation too (it said 'val/mrr@10=0.0000' there: train.py patched the score in)."""
+    train) so reports its best validation too (it said 'val/mrr@10=0.0000' there: train.py patched the score in).
+
+    A restored record never names a file that is gone: resumed from an older checkpoint of its folder
+    (``ckpt_path=<run>/checkpoints/X.ckpt``), the run had gone on past it and ``save_top_k`` removed the best file it
+    records, when a later epoch scored higher. Kept, it stayed the best unless a resumed epoch beat its score: the test
+    split was scored with it (a traceback: 'Checkpoint file not found'), and the resumed run's checkpoints named it (a
+    probe). Such entries are dropped, with a warning: the best is the best of the recorded files still there, else the
+    resumed run's next validation. ``best_gone`` is the dropped best's path (None: none was). No file is removed here:
+    the later run's checkpoints stay, outside this run's record."""
 
     @property
     def state_key(self) -> str:
@@ -341,7 +349,8 @@ class ResumableCheckpoint(ModelCheckpoint):
     def load_state_dict(self, state_dict: dict) -> None:
         saved_in = state_dict.get("dirpath", self.dirpath)
         if self.dirpath is None or saved_in == self.dirpath:
-            return super().load_state_dict(state_dict)
+            super().load_state_dict(state_dict)
+            return self._drop_gone()
 
         def here(path: str | None) -> str | None:
             if not path:
@@ -355,6 +364,28 @@ class ResumableCheckpoint(ModelCheckpoint):
                 state[key] = here(state[key])
         state["best_k_models"] = {here(path): score for path, score in (state_dict.get("best_k_models") or {}).items()}
         super().load_state_dict(state)
+        self._drop_gone()
+
+    best_gone: str | None = None
+
+    def _drop_gone(self) -> None:
+        """Drop the restored record's entries whose file is gone (see the class); say so when the best was one."""
+        self.best_gone = None
+        self.best_k_models = {path: score for path, score in self.best_k_models.items() if Path(path).is_file()}
+        if self.best_model_path and not Path(self.best_model_path).is_file():
+            self.best_gone = self.best_model_path
+            pick = max if self.mode == "max" else min
+            self.best_model_path = pick(self.best_k_models, key=self.best_k_models.get) if self.best_k_models else ""
+            self.best_model_score = self.best_k_models[self.best_model_path] if self.best_k_models else None
+            if self.monitor is not None and L.pytorch.utilities.rank_zero_only.rank == 0:
+                log.warning("%s, the best checkpoint by %s when the checkpoint resumed from was saved, is gone (removed since: by "
+                            "save_top_k when a later run of this folder scored higher, or by hand): the best is %s", self.best_gone, self.monitor,
+                            self.best_model_path or "the resumed run's next validation")
+        if self.kth_best_model_path not in self.best_k_models:  # the entry Lightning replaces first: the worst left
+            worst = min if self.mode == "max" else max
+            self.kth_best_model_path = worst(self.best_k_models, key=self.best_k_models.get) if self.best_k_models else ""
+            if self.kth_best_model_path:
+                self.kth_value = self.best_k_models[self.kth_best_model_path]
 
     def _remove_checkpoint(self, trainer, filepath: str) -> None:
         if self.dirpath is not None and Path(filepath).resolve().parent != Path(self.dirpath).resolve():
@@ -451,6 +482,15 @@ class PerQueryWriter(L.Callback):
                 self.best = score
                 self.best_logged = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(f"{self.stage}/")}
                 per_query.write(table, self.dirpath / per_query.STAGE_FILES["val"])
+
+    def on_train_start(self, trainer, pl_module):
+        # After the callbacks' states are restored: the checkpoint callback that keeps the best by this metric dropped a
+        # best whose file was gone (ResumableCheckpoint.best_gone); this best goes with it, so the resumed run's
+        # val_best.parquet and val/* figures are of the validation that callback keeps, not of the one it dropped
+        for callback in trainer.checkpoint_callbacks:
+            if getattr(callback, "best_gone", None) and callback.monitor == f"{self.stage}/{self.metric}":
+                score = callback.best_model_score
+                self.best, self.best_logged = (None if score is None else self.sign * float(score)), None
 
     def on_fit_start(self, trainer, pl_module):
         if trainer.is_global_zero:  # a finished run resumed to train on is unfinished again until it ends

@@ -395,7 +395,9 @@ def test_best_checkpoint(trainer: L.Trainer, module: TwoTowerModule, datamodule:
         return {}
     checkpoint = trainer.checkpoint_callback
     if checkpoint is None or not checkpoint.best_model_path or trainer.interrupted:
-        log.info("Test split not scored: no best-on-validation checkpoint (validation did not run on the full corpus, or training stopped)")
+        why = ("validation did not run on the full corpus, or training stopped" if not getattr(checkpoint, "best_gone", None) else
+               f"the one recorded, {checkpoint.best_gone}, is gone, and this resume validated nothing after it")
+        log.info("Test split not scored: no best-on-validation checkpoint (%s)", why)
         return {}
     results = trainer.test(module, datamodule=datamodule, ckpt_path=checkpoint.best_model_path, verbose=False)
     metrics = {k: float(v) for k, v in (results[0] if results else {}).items() if k.startswith("test/")}
@@ -598,6 +600,11 @@ def _train(cfg: DictConfig) -> dict[str, float]:
         # its one validation batch is part of the corpus, which is not ranked (two_tower/model/module.py: _score)
         batches = "one training and one validation batch" if int(cfg.trainer.fast_dev_run) == 1 else f"{int(cfg.trainer.fast_dev_run)} training and validation batches each"
         log.info("fast_dev_run: %s ran (a smoke test); nothing is ranked, logged or saved", batches)
+    elif cfg.optimized_metric not in metrics and getattr(trainer.checkpoint_callback, "best_gone", None):
+        # resumed from an older checkpoint whose best file a later run removed, with nothing left to train (ResumableCheckpoint)
+        log.warning("No %s to report: the best checkpoint recorded, %s, is gone and this resume validated nothing; resume with a "
+                    "longer trainer.max_epochs, or score a checkpoint that is there with evaluate.py", cfg.optimized_metric,
+                    trainer.checkpoint_callback.best_gone)
     elif cfg.optimized_metric not in metrics and cfg.trainer.get("limit_val_batches") != 0:
         # e.g. trainer.max_steps reached inside the first epoch: nothing was validated, nothing chosen
         log.warning("Training ended before any validation (step %d): no %s to report, optimise or choose a checkpoint by; "
