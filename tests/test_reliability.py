@@ -701,6 +701,20 @@ def test_stale_temps_are_swept_only_when_their_writer_is_gone(tmp_path):
         live.wait()
 
 
+def test_check_writable_names_a_broken_symbolic_link_in_the_way(tmp_path):
+    """A symbolic link whose target is gone, where the folder or one of its parents would be made, holds the name: no
+    folder can be made there. It was said to be "a file, not a folder"; a link to a folder is a folder."""
+    from two_tower.core.atomic import NotWritableError, check_writable
+
+    link = tmp_path / "link"
+    link.symlink_to(tmp_path / "gone")
+    for folder in (link, link / "x" / "y"):
+        with pytest.raises(NotWritableError, match=f"^out=X: {re.escape(str(link))} is a broken symbolic link \\(to {re.escape(str(tmp_path / 'gone'))}\\), not a folder$"):
+            check_writable(folder, "out=X")
+    (tmp_path / "gone").mkdir()
+    assert check_writable(link / "x", "out=X") == link / "x" and (tmp_path / "gone" / "x").is_dir()
+
+
 def test_atomic_write_keeps_the_old_file_whole_when_the_write_fails(tmp_path):
     from two_tower.core.atomic import atomic_write
 
@@ -1150,6 +1164,12 @@ def test_a_folder_the_run_writes_in_that_takes_no_files_is_refused_before_the_da
     (run / folder).write_text("not a folder")
     with pytest.raises(NotWritableError, match=f"^{re.escape(setting)}.*: {re.escape(str(run / folder))} is a file, not a folder"):
         train(cfg)
+    # a symbolic link whose target is gone holds the name as a file does: it was said to be "a file"
+    (run / folder).unlink()
+    (run / folder).symlink_to(run / "gone")
+    with pytest.raises(NotWritableError, match=f"^{re.escape(setting)}.*: {re.escape(str(run / folder))} is a broken symbolic link "
+                                               f"\\(to {re.escape(str(run / 'gone'))}\\), not a folder"):
+        train(cfg)
 
 
 def _read_only_mount_works(folder: Path) -> bool:
@@ -1336,6 +1356,13 @@ def test_a_run_folder_that_cannot_be_made_is_one_line_before_hydra(tmp_path, mon
     message = composition_error("train", [f"hydra.run.dir={blocker}/run"])
     assert message == f"hydra.run.dir={blocker}/run: {blocker} is a file, not a folder; run from a folder you can write, or set hydra.run.dir=..."
     assert composition_error("train", [f"hydra.run.dir={tmp_path}/run"]) is None
+    # under a symbolic link whose target is gone: passed, and Hydra's mkdir failed with a traceback (exit 1)
+    link = tmp_path / "link"
+    link.symlink_to(tmp_path / "gone")
+    for run_dir in (link, link / "run"):
+        message = composition_error("train", [f"hydra.run.dir={run_dir}"])
+        assert message == (f"hydra.run.dir={run_dir}: {link} is a broken symbolic link (to {tmp_path / 'gone'}), not a folder; run from "
+                           "a folder you can write, or set hydra.run.dir=..."), message
     # another user's folder (simulated: the tests may run as root, whom modes do not stop)
     monkeypatch.setattr(os, "access", lambda path, mode: str(path) != str(tmp_path))
     message = composition_error("index", [f"hydra.run.dir={tmp_path}/x/y"])

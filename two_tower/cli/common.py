@@ -20,6 +20,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 import two_tower.core.cache  # noqa: F401  (registers ${two_tower_cache:}, the default cache folder of conf/paths)
+from two_tower.core.atomic import nearest_existing, not_a_folder
 from two_tower.core.checks import unknown_setting
 from two_tower.core.commands import command  # (also registers ${two_tower_command:NAME}, the commands in --help texts)
 from two_tower.core.errors import TwoTowerError
@@ -439,10 +440,10 @@ def run_dir_error(cfg) -> str | None:
     if not run_dir:
         return None
     folder = Path(str(run_dir)).expanduser().absolute()
-    existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
-    if existing is None or (existing.is_dir() and os.access(existing, os.W_OK | os.X_OK)):
+    existing = nearest_existing(folder)  # a broken symbolic link is in the way: Hydra's mkdir failed with a traceback
+    if existing is None or (os.path.isdir(existing) and os.access(existing, os.W_OK | os.X_OK)):
         return None
-    what = "a file, not a folder" if not existing.is_dir() else unwritable_reason(existing)
+    what = not_a_folder(existing) if not os.path.isdir(existing) else unwritable_reason(existing)
     return f"hydra.run.dir={run_dir}: {existing} is {what}; run from a folder you can write, or set hydra.run.dir=..."
 
 

@@ -230,14 +230,39 @@ def folder_lock(folder: str | os.PathLike):
         os.close(fd)
 
 
+def nearest_existing(path: str | os.PathLike) -> Path | None:
+    """``path``, or its nearest parent that is there: where a folder not made yet would be made (None: none is, as for
+    a relative path under a working directory that is gone).
+
+    A symbolic link that resolves to nothing (its target gone, or a loop) counts as there, and as not a folder
+    (``os.path.isdir`` is False for it): it holds its name, so no folder can be made there or under it (``mkdir``
+    says 'File exists', or 'No such file or directory' below it). Callers refuse it as ``not_a_folder`` words it.
+    Counted as absent (``Path.exists`` follows links), the check passed a run folder under one, and Hydra's
+    ``mkdir`` failed with a traceback. os.path's tests, not Path's: ``Path.exists`` raises PermissionError where a
+    parent cannot be searched (a review), ``os.path.lexists`` says False, so that parent is the one found."""
+    path = Path(path)
+    return next((p for p in (path, *path.parents) if os.path.lexists(p)), None)
+
+
+def not_a_folder(path: str | os.PathLike) -> str:
+    """What ``path``, which is there and is not a folder (``nearest_existing``), is, for a refusal: "a file, not a
+    folder", or for a symbolic link that resolves to nothing "a broken symbolic link (to TARGET), not a folder"."""
+    if os.path.islink(path) and not os.path.exists(path):
+        try:
+            target = os.readlink(path)
+        except OSError:
+            target = "?"
+        return f"a broken symbolic link (to {target}), not a folder"
+    return "a file, not a folder"
+
+
 def check_writable(folder: str | os.PathLike, what: str, min_free_bytes: int = 0) -> Path:
     """Create ``folder`` if needed and check that a file can be written in it and that it has
     ``min_free_bytes`` free; raises NotWritableError naming ``what`` (e.g. ``paths.output_dir=...``)."""
     folder = Path(folder).expanduser()
-    # os.path's tests say False where a parent cannot be searched (Path.exists raised PermissionError: a review)
-    blocking = next((p for p in (folder, *folder.parents) if os.path.lexists(p) and not os.path.isdir(p)), None)
-    if blocking is not None:  # said "cannot write in DIR (File exists)" (a probe)
-        raise NotWritableError(f"{what}: {blocking} is a file, not a folder")
+    existing = nearest_existing(folder)  # every parent of a folder is a folder: only this one can be in the way
+    if existing is not None and not os.path.isdir(existing):  # said "cannot write in DIR (File exists)" (a probe)
+        raise NotWritableError(f"{what}: {existing} is {not_a_folder(existing)}")
     try:
         folder.mkdir(parents=True, exist_ok=True)
         probe = temp_path(folder / "write-check")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import time
 from pathlib import Path
 
@@ -16,7 +15,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from two_tower.core.atomic import check_writable, discard, sweep_stale_temps
+from two_tower.core.atomic import check_writable, discard, nearest_existing, sweep_stale_temps
 from two_tower.core.cache import check_cache_root
 from two_tower.core.stop import stopped_by_sigterm
 from two_tower.core.threads import kept, set_threads
@@ -143,7 +142,7 @@ def check_written_folders(cfg: DictConfig) -> None:
     wandb/), or after training (per_query/, its test table), or an error after the first epoch's training
     (checkpoints/). A folder not made yet is checked where it would be made (its nearest existing parent); none is made here."""
     for setting, folder in written_folders(cfg):
-        existing = next((p for p in (folder, *folder.parents) if os.path.lexists(p)), None)
+        existing = nearest_existing(folder)
         if existing is not None:
             check_writable(existing, setting)
 
