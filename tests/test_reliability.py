@@ -668,6 +668,44 @@ def test_max_time_saves_mid_epoch_and_resume_matches(tmp_path, monkeypatch, unin
     assert sorted(before.validated + after.validated) == [0, 1, 2, 3, 4]
 
 
+class TimeUpAtStep(L.Callback):
+    """Lightning's Timer (trainer.max_time) finds the time up from the end of training batch ``step`` on (its clock
+    patched: the test does not wait for it)."""
+
+    def __init__(self, step, monkeypatch):
+        from lightning.pytorch.callbacks import Timer
+
+        self.step, self.up = step, False
+        monkeypatch.setattr(Timer, "time_elapsed", lambda timer, stage="train": 1e9 if self.up else 0.0)
+
+    def on_train_batch_start(self, trainer, *args):
+        self.up = self.up or trainer.global_step == self.step - 1
+
+
+def test_a_run_stopped_by_max_time_mid_epoch_resumes_logging_at_the_uninterrupted_runs_steps(tmp_path, monkeypatch, straight_run):
+    """trainer.max_time up mid-epoch: Lightning's Timer asks for a validation, which is cut (CheckpointOnStop), and the
+    stop was raised in it, before the batch's end counted the batch for the loggers (a SIGTERM stops after that). Saved
+    so, the resumed run logged every row one step earlier than the uninterrupted run: its validations at steps 18 and
+    28 for 19 and 29 (figures equal; a probe with 94 batches an epoch: 92, 186, ... for 93, 187, ...)."""
+    import pandas as pd
+
+    common = ["trainer.max_epochs=3", "logger=csv"]  # ten steps an epoch
+    _, straight = straight_run(common)
+    stopped = compose_train(tmp_path, [*common, "+trainer.max_time=00:01:00:00"])
+    stop = train_stopped(stopped, monkeypatch, TimeUpAtStep(15, monkeypatch))
+    assert stop.code == 0
+    assert torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 15
+    train(compose_train(tmp_path, [*common, "ckpt_path=last"]))
+
+    def validations(run):
+        logged = pd.read_csv(run / "csv" / "metrics.csv").dropna(subset=["val/mrr@10"])
+        return list(zip(logged["epoch"], logged["step"], logged["val/mrr@10"]))
+
+    assert validations(tmp_path / "run") == validations(straight)
+    steps = pd.read_csv(tmp_path / "run" / "csv" / "metrics.csv").dropna(subset=["train/loss_epoch"])["step"].tolist()
+    assert steps == pd.read_csv(straight / "csv" / "metrics.csv").dropna(subset=["train/loss_epoch"])["step"].tolist()
+
+
 # ------------------------------------------------------------------------------------------------------
 # Round two (issue 16): atomic writes everywhere, no silent wrong results, one-line errors.
 

@@ -241,6 +241,13 @@ class CheckpointOnStop(L.Callback):
                     log.warning("Stopped by Ctrl-C %s: nothing saved (no checkpoint yet): run the command again", where)
             return
         if trainer.global_step > 0:
+            loop = trainer.fit_loop.epoch_loop
+            if not interrupted and trainer.validating and not trainer.sanity_checking and not loop._should_accumulate():
+                # Stopped in a validation Lightning runs after a batch mid-epoch (the one its Timer asks for when
+                # trainer.max_time is up; one by val_check_interval): raised there, before the batch's end counts it for
+                # the loggers, which a stop at a batch's end (SIGTERM) counts first. The resumed run logged every row one
+                # step earlier than the uninterrupted run (a probe: its validations at 92, 186, ... for 93, 187, ...).
+                loop._batches_that_stepped += 1
             if interrupted and trainer.world_size > 1:
                 # Ctrl-C stops each process wherever it was (one in the all-reduce above, another in backward), so
                 # Trainer.save_checkpoint's barrier hung every process for good, SIGTERM and a second Ctrl-C ignored (a
