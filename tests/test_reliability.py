@@ -1347,6 +1347,43 @@ def test_a_run_resumed_from_an_older_checkpoint_whose_best_file_is_gone_never_na
     assert sorted(p.name for p in checkpoints.glob("epoch*.ckpt")) == sorted([*later, Path(best).name])  # the later run's kept
 
 
+def _restore_checkpoint_record(rank, folder, port):
+    """One process of test_every_process_takes_rank_zeros_record_of_the_best_checkpoint: restores the record, writes
+    what it kept."""
+    import torch.distributed as dist
+
+    from two_tower.training.callbacks import ResumableCheckpoint
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    best = folder / "epoch00-mrr0.5000.ckpt"
+    if rank == 1:  # a node whose disk does not hold the file
+        original = Path.is_file
+        Path.is_file = lambda path: False if path == best else original(path)
+    callback = ResumableCheckpoint(dirpath=str(folder), monitor="val/mrr@10", mode="max", save_top_k=1)
+    callback.load_state_dict({"dirpath": str(folder), "best_model_path": str(best), "best_model_score": torch.tensor(0.5),
+                              "best_k_models": {str(best): torch.tensor(0.5)}, "kth_best_model_path": str(best), "kth_value": torch.tensor(0.5)})
+    (folder / f"rank{rank}.json").write_text(json.dumps([callback.best_model_path, sorted(callback.best_k_models), callback.best_gone]))
+    dist.destroy_process_group()
+
+
+def test_every_process_takes_rank_zeros_record_of_the_best_checkpoint(tmp_path):
+    """A restored record drops the files that are gone; each process looked for itself, so where a node's disk is its
+    own, processes kept different records, and Lightning's top-k decision (a collective only where the record is full)
+    waited for good. Every process takes rank 0's."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    (tmp_path / "epoch00-mrr0.5000.ckpt").write_bytes(b"")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.start_processes(_restore_checkpoint_record, args=(tmp_path, port), nprocs=2, start_method="fork")  # no import again
+    kept = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert kept[0] == kept[1] == [str(tmp_path / "epoch00-mrr0.5000.ckpt"), [str(tmp_path / "epoch00-mrr0.5000.ckpt")], None], kept
+
+
 class CrashAtStep(L.Callback):
     def on_train_batch_end(self, trainer, *args):
         if trainer.global_step == 5:

@@ -25,6 +25,19 @@ def rank() -> int:
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
+def rank_zero_value(value):
+    """``value`` as rank 0 has it, in every process (one broadcast; ``value`` itself with one process): for what every
+    process must decide alike although each looks for itself, e.g. which files are there where each node has a disk of
+    its own. Every process must call it at the same point."""
+    if world_size() < 2:
+        return value
+    import torch.distributed as dist
+
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def gathered_for_checkpoint(own: dict) -> dict:
     """``own`` with ``"ranks"``: every process's ``own`` (a gather, while the checkpoint is dumped); ``own`` alone with
     one process, or while Ctrl-C is handled (the processes stopped wherever each was, and a gather there hung the run:

@@ -15,7 +15,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint, Timer
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from two_tower.core.distributed import gathered_for_checkpoint, own_part, world_size
+from two_tower.core.distributed import gathered_for_checkpoint, own_part, rank, rank_zero_value, world_size
 
 log = logging.getLogger(__name__)
 
@@ -376,7 +376,9 @@ class ResumableCheckpoint(ModelCheckpoint):
     best_gone: str | None = None
 
     def _drop_gone(self) -> None:
-        """Drop the restored record's entries whose file is gone (see the class); say so when the best was one."""
+        """Drop the restored record's entries whose file is gone (see the class); say so when the best was one. Every
+        process takes rank 0's record: a process that found other files (a node's own disk) kept another, and its
+        checkpoint callback skipped a collective the others waited in (Lightning's top-k decision), for good."""
         self.best_gone = None
         self.best_k_models = {path: score for path, score in self.best_k_models.items() if Path(path).is_file()}
         if self.best_model_path and not Path(self.best_model_path).is_file():
@@ -384,15 +386,18 @@ class ResumableCheckpoint(ModelCheckpoint):
             pick = max if self.mode == "max" else min
             self.best_model_path = pick(self.best_k_models, key=self.best_k_models.get) if self.best_k_models else ""
             self.best_model_score = self.best_k_models[self.best_model_path] if self.best_k_models else None
-            if self.monitor is not None and L.pytorch.utilities.rank_zero_only.rank == 0:
-                log.warning("%s, the best checkpoint by %s when the checkpoint resumed from was saved, is gone (removed since: by "
-                            "save_top_k when a later run of this folder scored higher, or by hand): the best is %s", self.best_gone, self.monitor,
-                            self.best_model_path or "the resumed run's next validation")
         if self.kth_best_model_path not in self.best_k_models:  # the entry Lightning replaces first: the worst left
             worst = min if self.mode == "max" else max
             self.kth_best_model_path = worst(self.best_k_models, key=self.best_k_models.get) if self.best_k_models else ""
             if self.kth_best_model_path:
                 self.kth_value = self.best_k_models[self.kth_best_model_path]
+        names = ("best_k_models", "best_model_path", "best_model_score", "kth_best_model_path", "kth_value", "best_gone")
+        for name, value in zip(names, rank_zero_value(tuple(getattr(self, name) for name in names))):
+            setattr(self, name, value)
+        if self.best_gone and self.monitor is not None and rank() == 0:
+            log.warning("%s, the best checkpoint by %s when the checkpoint resumed from was saved, is gone (removed since: by "
+                        "save_top_k when a later run of this folder scored higher, or by hand): the best is %s", self.best_gone, self.monitor,
+                        self.best_model_path or "the resumed run's next validation")
 
     def _remove_checkpoint(self, trainer, filepath: str) -> None:
         if self.dirpath is not None and Path(filepath).resolve().parent != Path(self.dirpath).resolve():
