@@ -1347,6 +1347,23 @@ def test_a_run_resumed_from_an_older_checkpoint_whose_best_file_is_gone_never_na
     assert sorted(p.name for p in checkpoints.glob("epoch*.ckpt")) == sorted([*later, Path(best).name])  # the later run's kept
 
 
+def test_a_run_resumed_from_an_older_checkpoint_of_its_folder_drops_the_later_runs_test_table(tmp_path, monkeypatch):
+    """The folder's run went on past the older checkpoint and ended, scoring its test split (per_query/test.parquet).
+    Resumed from the older checkpoint and stopped before it ended, the folder kept that table: compare counted the run
+    as finished, on the abandoned run's test figures (a probe). It goes, as for an ended run trained on; scored again
+    when the resumed run ends."""
+    common = ["logger=csv", "data.synthetic_rows.test_rows=30"]
+    train(compose_train(tmp_path, [*common, "trainer.max_epochs=1"]))
+    checkpoints, table = tmp_path / "run" / "checkpoints", tmp_path / "run" / "per_query" / "test.parquet"
+    shutil.copy(checkpoints / "last.ckpt", checkpoints / "older.ckpt")
+    train(compose_train(tmp_path, [*common, "trainer.max_epochs=2", "ckpt_path=last"]))
+    assert table.is_file()
+    stop = train_stopped(compose_train(tmp_path, [*common, "trainer.max_epochs=2", f"ckpt_path={checkpoints / 'older.ckpt'}"]),
+                         monkeypatch, SigtermAtStep(15))
+    assert stop.code == 143 and not table.exists()
+    assert not (tmp_path / "run" / "per_query" / "fit_ended.json").exists()
+
+
 def _restore_checkpoint_record(rank, folder, port):
     """One process of test_every_process_takes_rank_zeros_record_of_the_best_checkpoint: restores the record, writes
     what it kept."""

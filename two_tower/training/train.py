@@ -548,13 +548,18 @@ def _train(cfg: DictConfig) -> dict[str, float]:
     if ended:  # trains nothing: Lightning would go on after an early stop (its decision is not in the checkpoint)
         trainer.fit_loop.max_epochs = ended_epochs
     last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
-    if ended_step is not None:
+    if ckpt_path and not ended:
         # A run that had ended, trained on: its test table is the old best checkpoint's (that checkpoint may go with
         # save_top_k=1) and is scored again when training ends. Kept, it made the run look finished to compare.py
         # while it trained (its fit_ended.json is removed): counted on test/* with the old model's figures and on
         # val/* with a mid-training val_best, also after a kill. Removed here, after every check of the resume: this
         # run's, never that of another run whose checkpoint this one starts from (a review: it was the checkpoint's).
-        discard(Path(cfg.paths.output_dir) / "per_query" / per_query.STAGE_FILES["test"])
+        # So is the table of a run resumed from an older checkpoint of its folder (ckpt_path=<run>/checkpoints/X.ckpt),
+        # scored when the folder's run ended past it (a probe: stopped after the resume, compare counted the run on
+        # the abandoned run's test figures); a run resumed mid-training has none.
+        if discard(Path(cfg.paths.output_dir) / "per_query" / per_query.STAGE_FILES["test"]) and ended_step is None:
+            log.info("Removed per_query/%s: the test figures of a later state of this folder's run than ckpt_path=%s; the test "
+                     "split is scored again when this run ends", per_query.STAGE_FILES["test"], ckpt_path)
     try:
         # another process that ended: one line, not each one's traceback; Lightning's resume warnings that do not hold here
         with other_processes_watched(trainer, last), resume_warnings_filtered(resuming=bool(ckpt_path)):
