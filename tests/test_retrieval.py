@@ -2710,3 +2710,17 @@ def test_evaluated_queries_without_a_searchable_word_are_named(trained, caplog):
     with caplog.at_level(logging.WARNING, logger="two_tower.retrieval.dense"):
         DenseRetriever(str(trained["ckpt"])).prepare(split)
     assert not [r for r in caplog.records if "searchable word" in r.getMessage()]
+
+
+def test_a_tsv_corpus_line_with_a_nul_byte_is_skipped_and_a_utf16_file_refused(tmp_path, caplog):
+    """A UTF-16 tsv (Windows tools write them) was read as UTF-8 lines whose ids and texts held a NUL between every
+    character: 19 of 20 passages indexed under ids such as '\\x00p\\x001\\x00', one warning (a probe). A NUL is never
+    text: its line is skipped and counted, so such a file is refused in one line."""
+    lines = [f"p{i}\tpassage number {i}" for i in range(20)]
+    (tmp_path / "utf16.tsv").write_bytes("\n".join(lines).encode("utf-16"))
+    with pytest.raises(CorpusError, match=r"utf16.tsv: no line read: every line was skipped \{'not_utf8': 1, 'nul_byte': 19\}"):
+        read_corpus_file(tmp_path / "utf16.tsv")
+    (tmp_path / "nul.tsv").write_bytes(b"p1\tone\np2\tt\x00wo\np3\tthree\n")
+    with caplog.at_level("WARNING"):
+        assert read_corpus_file(tmp_path / "nul.tsv").ids == ["p1", "p3"]
+    assert "skipped {'nul_byte': 1} (first at line 2 (nul_byte))" in caplog.text

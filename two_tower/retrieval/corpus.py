@@ -36,7 +36,7 @@ COMPRESSED = {b"\x1f\x8b": "gzip", b"BZh": "bzip2", b"\xfd7zXZ": "xz", b"PK\x03\
 
 def _tsv_frame(path: Path) -> pd.DataFrame:
     """A tsv passage file read line by line (as the BEIR qrels and every jsonl reader read theirs): lines that
-    are not UTF-8 or not two tab-separated fields are skipped and counted by reason, the first of each named;
+    are not UTF-8, hold a NUL byte or are not two tab-separated fields are skipped and counted by reason, the first of each named;
     blank lines are passed over; a BOM may open the file; lines end in \\n or \\r\\n, or, in a file with no \\n at the
     start, in \\r. A lone \\r inside a line of a \\n file is the text's (it ended the line: a stray one in a passage made
     the rest of it a passage of its own, with whatever id followed, and line numbers ran past the editor's)."""
@@ -54,6 +54,8 @@ def _tsv_frame(path: Path) -> pd.DataFrame:
                 continue
             if not_utf8(line):
                 reason = "not_utf8"
+            elif "\0" in line:  # never in text: a UTF-16 file (every line's ids and texts were read with NULs in them) or binary bytes
+                reason = "nul_byte"
             else:
                 fields = line.split("\t")
                 if len(fields) == 2:
