@@ -641,3 +641,13 @@ def test_extension_crc_reads_the_rows_in_place():
     assert crc == zlib.crc32(rows.tobytes())
     assert peak < rows.nbytes // 10, peak
     assert OpenEmbedding.crc(rows[:, :128]) == zlib.crc32(np.ascontiguousarray(rows[:, :128]).tobytes())  # a view: copied contiguous
+
+
+def test_a_qrels_score_is_ascii_digits(tmp_path):
+    """int() reads "1_0" as 10 and "١" (an Arabic-Indic one) as 1: a score written with an underscore was judged with a
+    gain of 10 without a word (a probe). A score is an optional sign and ASCII digits; another line is skipped and counted."""
+    write_beir(tmp_path, [b'{"_id": "d1", "text": "lift"}', b'{"_id": "d2", "text": "drag"}', b'{"_id": "d3", "text": "wing"}'],
+               [b'{"_id": "q1", "text": "lift"}'], ["q1\td1\t1_0", "q1\td2\t\u0661", "q1\td3\t 2", "q1\td1\t+1"])
+    collection = beir.load_beir(tmp_path, "test")
+    assert collection.qrels == {"q1": {"d1": 1, "d3": 2}}
+    assert dict(collection.skipped["qrels/test.tsv"]) == {"score_not_integer": 2} and collection.skipped["qrels/test.tsv"].first == {"score_not_integer": 2}

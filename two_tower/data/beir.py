@@ -17,6 +17,7 @@ missing file is one clear error.
 from __future__ import annotations
 
 import logging
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,7 @@ from two_tower.core.errors import BeirError
 log = logging.getLogger(__name__)
 
 CORPUS, QUERIES, QRELS = "corpus.jsonl", "queries.jsonl", "qrels"
+INTEGER = re.compile(r"[+-]?[0-9]+")  # a qrels score: ASCII digits
 
 
 def is_beir_folder(path) -> bool:
@@ -217,11 +219,10 @@ def _read_qrels(path: Path, corpus: dict, queries: dict, skipped: Skipped) -> tu
             if not qid.strip() or not cid.strip():  # "q1<TAB><TAB>1" named a document "": relevant, never retrieved, scored
                 skipped.skip("no_id", number)
                 continue
-            try:
-                score = int(score)
-            except ValueError:
+            if not INTEGER.fullmatch(score.strip()):  # int() also reads "1_0" as 10 and other scripts' digits ("١"): a probe
                 skipped.skip("score_not_integer", number)
                 continue
+            score = int(score)
             if qid not in queries:
                 skipped.skip("unknown_query", number)
             else:  # a document absent from the corpus is still judged: a relevant one is a miss for every system
