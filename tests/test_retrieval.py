@@ -2724,3 +2724,14 @@ def test_a_tsv_corpus_line_with_a_nul_byte_is_skipped_and_a_utf16_file_refused(t
     with caplog.at_level("WARNING"):
         assert read_corpus_file(tmp_path / "nul.tsv").ids == ["p1", "p3"]
     assert "skipped {'nul_byte': 1} (first at line 2 (nul_byte))" in caplog.text
+
+
+def test_a_jsonl_corpus_id_is_a_string_or_an_integer(tmp_path):
+    """JSON gives an id any value: {"a": 1}, ["a"], true and 1.0 were indexed as the ids "{'a': 1}", "['a']", "True" and
+    "1.0" (1.0 beside 1: two passages) without a word (a probe). Such a row is refused as a missing id is, its line named."""
+    for value, shown in (('{"a": 1}', '{"a": 1}'), ('["a"]', '["a"]'), ("true", "true"), ("1.0", "1.0")):
+        (tmp_path / "c.jsonl").write_text(f'{{"id": "p1", "text": "one"}}\n\n{{"id": {value}, "text": "two"}}\n')
+        with pytest.raises(CorpusError, match=re.escape(f"c.jsonl: 1 row(s) have an 'id' that is not a string or an integer (the first: line 3, {shown})")):
+            read_corpus_file(tmp_path / "c.jsonl")
+    (tmp_path / "c.jsonl").write_text('{"id": "p1", "text": "one"}\n{"id": 2, "text": "two"}\n')
+    assert read_corpus_file(tmp_path / "c.jsonl").ids == ["p1", "2"]
