@@ -651,3 +651,12 @@ def test_a_qrels_score_is_ascii_digits(tmp_path):
     collection = beir.load_beir(tmp_path, "test")
     assert collection.qrels == {"q1": {"d1": 1, "d3": 2}}
     assert dict(collection.skipped["qrels/test.tsv"]) == {"score_not_integer": 2} and collection.skipped["qrels/test.tsv"].first == {"score_not_integer": 2}
+
+
+def test_a_beir_id_of_true_is_no_id(tmp_path):
+    """{"_id": true} was the document "True" (a bool is an int to Python), while 1.0 was no id (a probe)."""
+    write_beir(tmp_path, [b'{"_id": "d1", "text": "lift"}', b'{"_id": true, "text": "drag"}'], [b'{"_id": "q1", "text": "lift"}', b'{"_id": false, "text": "x"}'],
+               ["q1\td1\t1"])
+    collection = beir.load_beir(tmp_path, "test")
+    assert collection.corpus_ids == ["d1"] and collection.query_ids == ["q1"]
+    assert dict(collection.skipped["corpus.jsonl"]) == {"no_id": 1} and dict(collection.skipped["queries.jsonl"]) == {"no_id": 1}

@@ -75,7 +75,8 @@ def _jsonl(path: Path, skipped: Skipped):
         if isinstance(row, UnreadableRow):  # not UTF-8 or not JSON: the same reasons as every jsonl reader
             skipped.skip(row.reason, number)
             continue
-        if not isinstance(row, dict) or not isinstance(row.get("_id"), (str, int)) or str(row["_id"]).strip() == "":
+        # an integer id is read as its digits; true (a bool, an int to Python) is no id, as 1.0 and objects are not
+        if not isinstance(row, dict) or not isinstance(row.get("_id"), (str, int)) or isinstance(row["_id"], bool) or str(row["_id"]).strip() == "":
             skipped.skip("no_id", number)
             continue
         yield number, row
