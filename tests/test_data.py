@@ -694,3 +694,23 @@ def test_explicit_negatives_are_drawn_without_replacement_and_uniformly():
     a, b = np.random.default_rng(7), np.random.default_rng(7)
     old = pool.values[pool.offsets[rows] + (b.random((4, 1)) * pool.lengths[rows][:, None]).astype(np.int64)[:, 0]]
     assert sample_from(pool, rows, a, 1)[:, 0].tolist() == old.tolist()
+
+
+def test_a_shard_that_is_no_file_is_named_and_a_missing_shard_is_said(tmp_path, caplog):
+    """A shard's name on a link to nothing (its disk not mounted) or on a folder was left out without a word, and so was
+    a shard that hub-style names say exists (validation-00000-of-00002 alone): half the split evaluated as all of it (a probe)."""
+    import os
+
+    folder = tmp_path / "marco"
+    folder.mkdir()
+    datasets.Dataset.from_list(make_rows(5, seed=1)).to_parquet(str(folder / "validation-00000-of-00002.parquet"))
+    with caplog.at_level("WARNING"):
+        assert len(msmarco.load_split("validation", str(folder))) == 5
+    assert "the 'validation' split's shard names say it has 2 shards, and 1 of them are not in" in caplog.text and "(shard number 1)" in caplog.text
+    os.symlink(tmp_path / "elsewhere.parquet", folder / "validation-00001-of-00002.parquet")
+    with pytest.raises(msmarco.DataSourceError, match=r"validation-00001-of-00002.parquet: a shard of the 'validation' split that is a link to nothing$"):
+        msmarco.load_split("validation", str(folder))
+    (folder / "validation-00001-of-00002.parquet").unlink()
+    (folder / "validation-00001-of-00002.parquet").mkdir()
+    with pytest.raises(msmarco.DataSourceError, match=r"validation-00001-of-00002.parquet: a shard of the 'validation' split that is a folder$"):
+        msmarco.load_split("validation", str(folder))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import glob
 import logging
 import os
+import re
 import socket
 from collections import Counter
 from dataclasses import dataclass, field
@@ -89,9 +90,15 @@ def local_split_files(path: str | os.PathLike, split: str) -> list[Path]:
     else:
         # {split}-* only, as has_local_split and the docs say: {split}* also read train_heldout-*.parquet into train
         # and val-* beside validation-* into val (a probe)
-        files = sorted(
-            f for f in root.rglob(f"{glob.escape(split)}-*") if f.is_file() and f.suffix in LOCAL_EXTENSIONS
-        )
+        named = [f for f in root.rglob(f"{glob.escape(split)}-*") if f.suffix in LOCAL_EXTENSIONS]
+        # a shard's name on a link to nothing (a disk not mounted) or on a folder: it was left out without a word
+        unreadable = sorted(f for f in named if not f.is_file())
+        if unreadable:
+            what = "a folder" if unreadable[0].is_dir() else "a link to nothing" if unreadable[0].is_symlink() else "not a file"
+            raise DataSourceError(f"{unreadable[0]}: a shard of the '{split}' split that is {what}"
+                                  + (f" ({len(unreadable)} such: {', '.join(f.name for f in unreadable[:5])})" if len(unreadable) > 1 else ""))
+        files = sorted(named)
+        check_shard_numbers(root, split, files)
         if not files:
             found = sorted(p.name for p in root.iterdir())[:10]
             hint = (f"it has a train split but no {split} split: add {split}-*.parquet shards, or name another split of it "
@@ -103,6 +110,25 @@ def local_split_files(path: str | os.PathLike, split: str) -> list[Path]:
             log.warning("data.path=%s: the '%s' split's %d files are in %d folders (%s), all read as one split: %s", root, split,
                         len(files), len(folders), ", ".join(folders), ", ".join(str(f.relative_to(root)) for f in files[:6]))
     return files
+
+
+SHARD_NUMBER = re.compile(r"-(\d+)-of-(\d+)$")  # hub-style shard names: validation-00000-of-00002.parquet
+
+
+def check_shard_numbers(root: Path, split: str, files: list[Path]) -> None:
+    """Warn of the shards that hub-style names say a split has and the folder lacks (train-00001-of-00002 alone: half
+    the split was read as all of it, without a word). A warning, not an error: a shard may be left out on purpose."""
+    numbered: dict[tuple[Path, int], set[int]] = {}
+    for f in files:
+        match = SHARD_NUMBER.search(f.stem)
+        if match:
+            numbered.setdefault((f.parent, int(match.group(2))), set()).add(int(match.group(1)))
+    for (folder, count), present in sorted(numbered.items()):
+        missing = sorted(set(range(count)) - present)
+        if missing:
+            log.warning("data.path=%s: the '%s' split's shard names say it has %d shards, and %d of them are not in %s (shard number %s): "
+                        "the split is read without them", root, split, count, len(missing), folder,
+                        ", ".join(map(str, missing[:5])) + (", ..." if len(missing) > 5 else ""))
 
 
 def check_not_a_json_array(files: list[Path]) -> None:
