@@ -2735,3 +2735,15 @@ def test_a_jsonl_corpus_id_is_a_string_or_an_integer(tmp_path):
             read_corpus_file(tmp_path / "c.jsonl")
     (tmp_path / "c.jsonl").write_text('{"id": "p1", "text": "one"}\n{"id": 2, "text": "two"}\n')
     assert read_corpus_file(tmp_path / "c.jsonl").ids == ["p1", "2"]
+
+
+def test_a_corpus_file_that_is_a_folder_or_a_dead_link_is_named_as_such(tmp_path):
+    """corpus=DIR said "no such file" of a folder that is there, and of a link to a file that is not (a probe)."""
+    import os
+
+    (tmp_path / "c.tsv").mkdir()
+    with pytest.raises(CorpusError, match=r"c.tsv: a folder, not a file; corpus= takes a .tsv, .jsonl or .parquet file"):
+        read_corpus_file(tmp_path / "c.tsv")
+    os.symlink(tmp_path / "gone.tsv", tmp_path / "d.tsv")
+    with pytest.raises(CorpusError, match=r"d.tsv: a link to nothing \(.*gone.tsv\)$"):
+        read_corpus_file(tmp_path / "d.tsv")

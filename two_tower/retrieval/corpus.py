@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -176,8 +177,10 @@ def read_corpus_file(path: str | Path, id_column: str = "id", text_column: str =
     """Passages from a parquet or jsonl file with ``id_column`` and ``text_column``, or a tsv of
     ``id<TAB>text`` lines (MS MARCO's collection.tsv layout; a header line naming the columns is skipped)."""
     path = Path(path).expanduser()
+    if path.is_dir():  # it said "no such file"
+        raise CorpusError(f"corpus={path}: a folder, not a file; corpus= takes a .tsv, .jsonl or .parquet file (a BEIR folder: data.path={path})")
     if not path.is_file():
-        raise CorpusError(f"corpus={path}: no such file")
+        raise CorpusError(f"corpus={path}: " + (f"a link to nothing ({os.readlink(path)})" if path.is_symlink() else "no such file"))
     reader = READERS.get(path.suffix.lower())
     if reader is None:
         raise CorpusError(f"corpus={path}: unsupported file type {path.suffix!r}; use one of {sorted(READERS)}")
