@@ -660,3 +660,24 @@ def test_a_beir_id_of_true_is_no_id(tmp_path):
     collection = beir.load_beir(tmp_path, "test")
     assert collection.corpus_ids == ["d1"] and collection.query_ids == ["q1"]
     assert dict(collection.skipped["corpus.jsonl"]) == {"no_id": 1} and dict(collection.skipped["queries.jsonl"]) == {"no_id": 1}
+
+
+def test_a_folder_or_a_dead_link_where_a_beir_file_should_be_is_named_as_such(tmp_path):
+    """qrels/test.tsv as a folder said "no such qrels file (split=test; this folder has ['test'])", a queries.jsonl folder or
+    a link to nothing "no such file", and a corpus.jsonl folder made the folder MS MARCO shards ("no test-*.parquet"; a probe)."""
+    import os
+
+    write_beir(tmp_path, [b'{"_id": "d1", "text": "lift"}'], [b'{"_id": "q1", "text": "lift"}'], ["q1\td1\t1"])
+    (tmp_path / "qrels" / "test.tsv").unlink()
+    (tmp_path / "qrels" / "test.tsv").mkdir()
+    with pytest.raises(beir.BeirError, match=r"qrels/test.tsv: a folder, not a file \(split=test\)$"):
+        beir.check_files(tmp_path, "test")
+    (tmp_path / "queries.jsonl").unlink()
+    os.symlink(tmp_path / "gone.jsonl", tmp_path / "queries.jsonl")
+    with pytest.raises(beir.BeirError, match=r"queries.jsonl: a link to nothing \(.*gone.jsonl\) \(a BEIR folder has"):
+        beir.check_files(tmp_path, "test")
+    (tmp_path / "corpus.jsonl").unlink()
+    (tmp_path / "corpus.jsonl").mkdir()
+    assert beir.is_beir_folder(tmp_path)
+    with pytest.raises(beir.BeirError, match=r"corpus.jsonl: a folder, not a file \(a BEIR folder has"):
+        beir.check_files(tmp_path, "test")

@@ -17,6 +17,7 @@ missing file is one clear error.
 from __future__ import annotations
 
 import logging
+import os
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -35,7 +36,8 @@ INTEGER = re.compile(r"[+-]?[0-9]+")  # a qrels score: ASCII digits
 
 
 def is_beir_folder(path) -> bool:
-    return path is not None and (Path(path).expanduser() / CORPUS).is_file()
+    # a corpus.jsonl that is a folder or a link to nothing makes it one too, said as such (it was read as MS MARCO shards: "no test-*.parquet")
+    return path is not None and os.path.lexists(Path(path).expanduser() / CORPUS)
 
 
 @dataclass
@@ -186,12 +188,23 @@ def check_files(path, split: str) -> None:
         raise BeirError(_no_qrels(qrels))
 
 
+def _not_a_file(path: Path) -> str | None:
+    """What stands at ``path`` where a file should (a folder, a link to nothing), or None: "no such file" misled."""
+    if path.is_dir():
+        return "a folder, not a file"
+    if path.is_symlink() and not path.exists():
+        return f"a link to nothing ({os.readlink(path)})"
+    return None
+
+
 def _no_file(path: Path) -> str:
-    return f"{path}: no such file (a BEIR folder has {CORPUS}, {QUERIES} and {QRELS}/<split>.tsv)"
+    return f"{path}: {_not_a_file(path) or 'no such file'} (a BEIR folder has {CORPUS}, {QUERIES} and {QRELS}/<split>.tsv)"
 
 
 def _no_qrels(path: Path) -> str:
-    available = sorted(p.stem for p in path.parent.glob("*.tsv")) if path.parent.is_dir() else []
+    if _not_a_file(path):  # it said "no such qrels file (split=test; this folder has ['test'])" of a folder qrels/test.tsv
+        return f"{path}: {_not_a_file(path)} (split={path.stem})"
+    available = sorted(p.stem for p in path.parent.glob("*.tsv") if p.is_file()) if path.parent.is_dir() else []
     return f"{path}: no such qrels file (split={path.stem}; this folder has {available or 'none'})"
 
 
