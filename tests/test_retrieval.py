@@ -2747,3 +2747,19 @@ def test_a_corpus_file_that_is_a_folder_or_a_dead_link_is_named_as_such(tmp_path
     os.symlink(tmp_path / "gone.tsv", tmp_path / "d.tsv")
     with pytest.raises(CorpusError, match=r"d.tsv: a link to nothing \(.*gone.tsv\)$"):
         read_corpus_file(tmp_path / "d.tsv")
+
+
+def test_an_empty_corpus_file_is_said_to_be_empty(tmp_path):
+    """An empty jsonl said "missing column(s) ['id', 'text']; found []" (and one holding a byte-order mark alone
+    "every line was skipped {'not_json': 1}"); an empty tsv, or one of its header line alone, "no passage with a
+    non-empty text" (a probe)."""
+    for name, data in (("empty.jsonl", b""), ("blank.jsonl", b"\n \n"), ("bom.jsonl", b"\xef\xbb\xbf\n")):
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(CorpusError, match=rf"{name}: the file holds no line; a line is one JSON object$"):
+            read_corpus_file(tmp_path / name)
+    (tmp_path / "empty.tsv").write_bytes(b"")
+    with pytest.raises(CorpusError, match=r"empty.tsv: the file holds no line; a line is id<TAB>text$"):
+        read_corpus_file(tmp_path / "empty.tsv")
+    (tmp_path / "header.tsv").write_bytes(b"\xef\xbb\xbfid\ttext\r\n")
+    with pytest.raises(CorpusError, match=r"header.tsv: the file holds its header line alone; a line is id<TAB>text$"):
+        read_corpus_file(tmp_path / "header.tsv")

@@ -39,6 +39,8 @@ def _numbered_jsonl(path: str | Path, digest=None):
             except UnicodeDecodeError:
                 yield number, UnreadableRow("not_utf8", str(path), number)
                 continue
+            if not text.strip():  # a byte-order mark alone: a blank line (it was a line not JSON)
+                continue
             try:
                 value = json.loads(text)
             except ValueError:

@@ -87,6 +87,8 @@ def _jsonl_frame(path: Path) -> pd.DataFrame:
             continue
         skipped.skip(reason, number)
     check_skipped(path, skipped, len(rows), "a line is one JSON object")
+    if not rows:  # said as such: it said "missing column(s) ['id', 'text']; found []"
+        raise CorpusError(f"corpus={path}: the file holds no line; a line is one JSON object")
     return pd.DataFrame(rows, dtype=object, index=pd.Index(numbers, name=LINE))
 
 
@@ -197,8 +199,11 @@ def read_corpus_file(path: str | Path, id_column: str = "id", text_column: str =
         raise CorpusError(f"corpus={path}: could not read it ({type(err).__name__}: {' '.join(str(err).split())})") from err
     if path.suffix.lower() == ".tsv":
         frame.columns = [id_column, text_column]
-        if len(frame) and [str(v).strip().lower() for v in frame.iloc[0]] == [id_column.lower(), text_column.lower()]:  # a header, any case
+        header = bool(len(frame)) and [str(v).strip().lower() for v in frame.iloc[0]] == [id_column.lower(), text_column.lower()]  # any case
+        if header:
             frame = frame.iloc[1:]
+        if not len(frame):  # said as such: it said "no passage with a non-empty text"
+            raise CorpusError(f"corpus={path}: " + ("the file holds its header line alone" if header else "the file holds no line") + "; a line is id<TAB>text")
     missing = [c for c in (id_column, text_column) if c not in frame.columns]
     if missing:
         raise CorpusError(
