@@ -714,3 +714,22 @@ def test_a_shard_that_is_no_file_is_named_and_a_missing_shard_is_said(tmp_path, 
     (folder / "validation-00001-of-00002.parquet").mkdir()
     with pytest.raises(msmarco.DataSourceError, match=r"validation-00001-of-00002.parquet: a shard of the 'validation' split that is a folder$"):
         msmarco.load_split("validation", str(folder))
+
+
+def test_a_jsonl_line_giving_a_key_twice_is_a_bad_row(tmp_path):
+    """json.loads keeps the last of a repeated key: {"query": "a b c", "query": "d e f"} was the query "d e f", and a
+    BEIR line {"_id": "dz", "_id": "d1"} the document d1, without a word (a probe). Such a line is skipped and counted
+    (repeated_key), at any depth, by every jsonl reader."""
+    from two_tower.data.jsonl import UnreadableRow, read_jsonl
+
+    path = tmp_path / "rows.jsonl"
+    path.write_text('{"a": 1}\n{"a": 1, "a": 2}\n{"b": {"c": 1, "c": 1}}\n[{"d": 1}, {"d": 2}]\n')
+    rows = list(read_jsonl(path, numbered=True))
+    assert rows[0] == (1, {"a": 1}) and rows[3] == (4, [{"d": 1}, {"d": 2}])
+    assert [(n, r.reason) for n, r in rows[1:3]] == [(2, "repeated_key"), (3, "repeated_key")] and all(isinstance(r, UnreadableRow) for _, r in rows[1:3])
+    good = json.dumps(make_rows(3, seed=0)[0])
+    folder = tmp_path / "marco"
+    folder.mkdir()
+    (folder / "validation-00000-of-00001.jsonl").write_text(good + "\n" + good.replace('"query": ', '"query": "x y z", "query": ', 1) + "\n")
+    _, report = msmarco.validate_rows(msmarco.load_split("validation", str(folder)), "validation", for_training=False)
+    assert dict(report.skipped) == {"repeated_key": 1} and report.first["repeated_key"].endswith("validation-00000-of-00001.jsonl line 2")

@@ -13,7 +13,8 @@ from pathlib import Path
 
 @dataclass(frozen=True)
 class UnreadableRow:
-    """A line that could not be read as a JSON value; ``reason`` is ``not_utf8`` or ``not_json``."""
+    """A line that could not be read as a JSON value; ``reason`` is ``not_utf8``, ``not_json`` or ``repeated_key`` (an
+    object giving a key twice)."""
 
     reason: str
     path: str
@@ -42,7 +43,10 @@ def _numbered_jsonl(path: str | Path, digest=None):
             if not text.strip():  # a byte-order mark alone: a blank line (it was a line not JSON)
                 continue
             try:
-                value = json.loads(text)
+                value = json.loads(text, object_pairs_hook=_once)
+            except RepeatedKey:
+                yield number, UnreadableRow("repeated_key", str(path), number)
+                continue
             except ValueError:
                 yield number, UnreadableRow("not_json", str(path), number)
                 continue
@@ -52,6 +56,19 @@ def _numbered_jsonl(path: str | Path, digest=None):
                 yield number, UnreadableRow("not_utf8", str(path), number)
                 continue
             yield number, value
+
+
+class RepeatedKey(ValueError):
+    pass
+
+
+def _once(pairs: list) -> dict:
+    """An object whose keys are each given once: json.loads keeps the last of a repeated key, so {"_id": "a", "_id": "b"}
+    or {"query": "x", "query": "y"} was read as one of two rows without a word (a probe); such a line is a bad row."""
+    value = dict(pairs)
+    if len(value) != len(pairs):
+        raise RepeatedKey
+    return value
 
 
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
