@@ -337,6 +337,12 @@ def test_damaged_run_records_are_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main([str(tmp_path / "a")])
     assert "overrides.yaml: not readable YAML" in capsys.readouterr().err
+    # an item that is not a string (Hydra writes key=value strings) labelled the configuration "{'seed': 1} [1, 2]" (a probe)
+    (tmp_path / "a" / ".hydra" / "overrides.yaml").write_text("- encoder=gru\n- seed: 1\n- [1, 2]\n")
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(tmp_path / "a")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and len(err) == 1 and err[0].endswith("overrides.yaml: item 2 is not an override (key=value) but {'seed': 1}"), err
 
 
 def test_a_list_seed_one_run_named_twice_and_two_baselines_of_one_name(tmp_path, capsys):

@@ -157,7 +157,10 @@ def run_overrides(run_dir: str | Path) -> list[str]:
     overrides = _read_yaml(path) if path.is_file() else None
     if overrides is not None and not isinstance(overrides, list):
         raise ConfigError(f"{path}: not a list of overrides")
-    return [str(o) for o in overrides or []]
+    other = next((i for i, o in enumerate(overrides or []) if not isinstance(o, str)), None)
+    if other is not None:  # Hydra writes strings (key=value): "- seed: 1" or "- [1, 2]" was the override "{'seed': 1}" (a probe)
+        raise ConfigError(f"{path}: item {other + 1} is not an override (key=value) but {overrides[other]!r}")
+    return list(overrides or [])
 
 
 def run_config(run_dir: str | Path) -> dict | None:
