@@ -299,6 +299,19 @@ def test_a_reader_that_closes_stdout_early_gets_the_files_and_no_traceback(tmp_p
     assert (out / "comparison.md").read_text().startswith("## test/mrr@10") and (out / "comparison.png").stat().st_size > 1000
 
 
+def test_a_column_of_booleans_is_not_a_metric(tmp_path, capsys):
+    """A per-query column of true/false is numeric to pandas: it was compared as an MRR of 0s and 1s (a probe)."""
+    base = difficulty()
+    table = seed_table(base, 0.0, 1)
+    table["mrr@10"] = table["mrr@10"] > 0.5
+    write_run(tmp_path / "a", ["encoder=gru", "seed=1"], table)
+    write_run(tmp_path / "b", ["encoder=lstm", "seed=1"], seed_table(base, 0.0, 1))
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(tmp_path / "a"), str(tmp_path / "b")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and len(err) == 1 and "test.parquet: mrr@10 is not a metric column; the metrics are []" in err[0], err
+
+
 def test_a_nan_value_is_refused_in_one_line(tmp_path, capsys):
     base = difficulty()
     table = seed_table(base, 0.0, 1)

@@ -83,8 +83,14 @@ def read(path: str | Path, metric: str | None = None) -> pd.DataFrame:
     missing = [c for c in (*QUERY_COLUMNS, *([metric] if metric else [])) if c not in table.columns]
     if missing:
         raise PerQueryError(f"{path}: no column {missing} (has {list(table.columns)})")
-    if metric and (metric in NOT_METRICS or not pd.api.types.is_numeric_dtype(table[metric])):
-        metrics = [c for c in table.columns if c not in NOT_METRICS and pd.api.types.is_numeric_dtype(table[c])]
+    if metric and not _metric_column(table, metric):
+        metrics = [c for c in table.columns if _metric_column(table, c)]
         raise PerQueryError(f"{path}: {metric} is not a metric column; the metrics are {metrics}")
     table["qid"] = table["qid"].astype(str)
     return table
+
+
+def _metric_column(table: pd.DataFrame, name: str) -> bool:
+    """Numbers other than true/false: a column of booleans is numeric to pandas, and was compared as 0 and 1 (a probe)."""
+    column = table[name]
+    return name not in NOT_METRICS and pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_bool_dtype(column)
