@@ -2735,6 +2735,17 @@ def test_a_jsonl_corpus_id_is_a_string_or_an_integer(tmp_path):
             read_corpus_file(tmp_path / "c.jsonl")
     (tmp_path / "c.jsonl").write_text('{"id": "p1", "text": "one"}\n{"id": 2, "text": "two"}\n')
     assert read_corpus_file(tmp_path / "c.jsonl").ids == ["p1", "2"]
+    # parquet: a column of float ids (pandas writes an integer column with a missing value so) gave the ids "0.0", "1.0"
+    import pandas as pd
+
+    pd.DataFrame({"id": [0.0, 1.0], "text": ["one", "two"]}).to_parquet(tmp_path / "c.parquet")
+    with pytest.raises(CorpusError, match=re.escape("c.parquet: 2 row(s) have an 'id' that is not a string or an integer (the first: row 1, 0.0)")):
+        read_corpus_file(tmp_path / "c.parquet")
+    pd.DataFrame({"id": [[1], [2]], "text": ["one", "two"]}).to_parquet(tmp_path / "c.parquet")
+    with pytest.raises(CorpusError, match=re.escape("(the first: row 1, [1])")):
+        read_corpus_file(tmp_path / "c.parquet")
+    pd.DataFrame({"id": [7, 8], "text": ["one", "two"]}).to_parquet(tmp_path / "c.parquet")
+    assert read_corpus_file(tmp_path / "c.parquet").ids == ["7", "8"]
 
 
 def test_a_corpus_file_that_is_a_folder_or_a_dead_link_is_named_as_such(tmp_path):

@@ -211,11 +211,14 @@ def read_corpus_file(path: str | Path, id_column: str = "id", text_column: str =
             "Name the columns with corpus_columns.id=... corpus_columns.text=..."
         )
     raw_ids = frame[id_column].tolist()
-    if path.suffix.lower() == ".jsonl":  # JSON gives any value: an object, a list, true or 1.0 became the id "{'a': 1}", "True", "1.0" (a probe)
-        typed = [i for i, v in enumerate(raw_ids) if not _missing(v) and (isinstance(v, bool) or not isinstance(v, (str, int)))]
-        if typed:
-            raise CorpusError(f"corpus={path}: {len(typed)} row(s) have an {id_column!r} that is not a string or an integer (the first: "
-                              f"{where(frame, typed[0])}, {json.dumps(raw_ids[typed[0]])[:80]}); every id is a string or an integer")
+    # JSON gives any value, parquet any column type: an object, a list, true or 1.0 became the id "{'a': 1}", "True", "1.0" (a
+    # probe; a parquet column of float ids, as pandas writes an integer column with a missing value, gave the ids "0.0", "1.0", ...)
+    typed = [i for i, v in enumerate(raw_ids) if not _missing(v) and (isinstance(v, bool) or not isinstance(v, (str, int)))]
+    if typed:
+        value = raw_ids[typed[0]]
+        shown = json.dumps(value.tolist() if hasattr(value, "tolist") else value, default=repr)[:80]
+        raise CorpusError(f"corpus={path}: {len(typed)} row(s) have an {id_column!r} that is not a string or an integer (the first: "
+                          f"{where(frame, typed[0])}, {shown}); every id is a string or an integer")
     # pd.isna: None, nan, and pandas' own missing values (a nullable Int64 column's <NA> became the id '<NA>')
     ids = ["" if _missing(v) else str(v).strip() for v in raw_ids]
     if "" in ids:  # where in the file (it said "row 51 of the rows read", not the line, once lines had been skipped: a probe)
