@@ -312,6 +312,17 @@ def test_a_column_of_booleans_is_not_a_metric(tmp_path, capsys):
     assert exit_info.value.code == 2 and len(err) == 1 and "test.parquet: mrr@10 is not a metric column; the metrics are []" in err[0], err
 
 
+def test_a_folder_named_as_a_baseline_table_is_said_to_be_a_folder(tmp_path, capsys):
+    """per_query/x.parquet as a folder was read by pandas as an empty parquet dataset: "no column [...] (has [])"."""
+    base = difficulty()
+    write_run(tmp_path / "a", ["encoder=gru", "seed=1"], seed_table(base, 0.0, 1))
+    (tmp_path / "bm25" / "per_query" / "x.parquet").mkdir(parents=True)
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(tmp_path / "a"), "--baseline", str(tmp_path / "bm25")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and len(err) == 1 and err[0].endswith("x.parquet: a folder, not a per-query file"), err
+
+
 def test_a_nan_value_is_refused_in_one_line(tmp_path, capsys):
     base = difficulty()
     table = seed_table(base, 0.0, 1)

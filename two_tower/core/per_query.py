@@ -62,6 +62,8 @@ def write(table: pd.DataFrame, path: str | Path) -> Path:
 def read(path: str | Path, metric: str | None = None) -> pd.DataFrame:
     """A per-query table; with ``metric``, checks that the column exists."""
     path = Path(path)
+    if path.is_dir():  # pandas reads a folder as a parquet dataset: "no column ['qid', 'query', ...] (has [])" (a probe)
+        raise PerQueryError(f"{path}: a folder, not a per-query file")
     try:
         if path.suffix == ".parquet":
             table = pd.read_parquet(path)
