@@ -681,3 +681,14 @@ def test_a_folder_or_a_dead_link_where_a_beir_file_should_be_is_named_as_such(tm
     assert beir.is_beir_folder(tmp_path)
     with pytest.raises(beir.BeirError, match=r"corpus.jsonl: a folder, not a file \(a BEIR folder has"):
         beir.check_files(tmp_path, "test")
+
+
+def test_a_qrels_score_past_a_c_int_is_skipped_and_counted(tmp_path):
+    """A score of 400 digits ended evaluate.py in a traceback (OverflowError: int too large to convert to float), and
+    one past float32 would have been an infinite gain (a probe). Scores are C ints, as trec_eval reads them."""
+    write_beir(tmp_path, [b'{"_id": "d1", "text": "lift"}', b'{"_id": "d2", "text": "drag"}', b'{"_id": "d3", "text": "wing"}'],
+               [b'{"_id": "q1", "text": "lift"}'], ["q1\td1\t2147483647", "q1\td2\t1" + "0" * 400, "q1\td3\t-2147483648"])
+    collection = beir.load_beir(tmp_path, "test")
+    assert collection.qrels == {"q1": {"d1": 2**31 - 1}}
+    assert dict(collection.skipped["qrels/test.tsv"]) == {"score_too_large": 2} and collection.skipped["qrels/test.tsv"].first == {"score_too_large": 3}
+    beir.prepared_split(collection)  # the gains are float32: no overflow

@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 CORPUS, QUERIES, QRELS = "corpus.jsonl", "queries.jsonl", "qrels"
 INTEGER = re.compile(r"[+-]?[0-9]+")  # a qrels score: ASCII digits
+MAX_SCORE = 2**31 - 1  # trec_eval and pytrec_eval read a score as a C int; gains are float32 past it
 
 
 def is_beir_folder(path) -> bool:
@@ -237,6 +238,9 @@ def _read_qrels(path: Path, corpus: dict, queries: dict, skipped: Skipped) -> tu
                 skipped.skip("score_not_integer", number)
                 continue
             score = int(score)
+            if abs(score) > MAX_SCORE:  # a gain of 400 digits was a traceback (OverflowError: int too large to convert to float)
+                skipped.skip("score_too_large", number)
+                continue
             if qid not in queries:
                 skipped.skip("unknown_query", number)
             else:  # a document absent from the corpus is still judged: a relevant one is a miss for every system
