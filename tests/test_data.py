@@ -733,3 +733,14 @@ def test_a_jsonl_line_giving_a_key_twice_is_a_bad_row(tmp_path):
     (folder / "validation-00000-of-00001.jsonl").write_text(good + "\n" + good.replace('"query": ', '"query": "x y z", "query": ', 1) + "\n")
     _, report = msmarco.validate_rows(msmarco.load_split("validation", str(folder)), "validation", for_training=False)
     assert dict(report.skipped) == {"repeated_key": 1} and report.first["repeated_key"].endswith("validation-00000-of-00001.jsonl line 2")
+
+
+def test_a_jsonl_line_nested_past_the_recursion_limit_is_a_bad_row(tmp_path):
+    """A line of 100,000 nested arrays raised RecursionError, which no reader caught: a BEIR corpus.jsonl ended
+    evaluate.py in a traceback, and a split shard or a corpus= file was refused whole for one line (a probe)."""
+    from two_tower.data.jsonl import read_jsonl
+
+    path = tmp_path / "rows.jsonl"
+    path.write_text('{"a": 1}\n' + "[" * 100_000 + "]" * 100_000 + '\n{"b": 2}\n')
+    rows = list(read_jsonl(path, numbered=True))
+    assert rows[0] == (1, {"a": 1}) and rows[2] == (3, {"b": 2}) and (rows[1][0], rows[1][1].reason) == (2, "nested_too_deep")

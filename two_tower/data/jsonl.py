@@ -13,8 +13,8 @@ from pathlib import Path
 
 @dataclass(frozen=True)
 class UnreadableRow:
-    """A line that could not be read as a JSON value; ``reason`` is ``not_utf8``, ``not_json`` or ``repeated_key`` (an
-    object giving a key twice)."""
+    """A line that could not be read as a JSON value; ``reason`` is ``not_utf8``, ``not_json``, ``repeated_key`` (an
+    object giving a key twice) or ``nested_too_deep`` (past Python's recursion limit)."""
 
     reason: str
     path: str
@@ -46,6 +46,9 @@ def _numbered_jsonl(path: str | Path, digest=None):
                 value = json.loads(text, object_pairs_hook=_once)
             except RepeatedKey:
                 yield number, UnreadableRow("repeated_key", str(path), number)
+                continue
+            except RecursionError:  # arrays or objects nested past Python's recursion limit: a BEIR file's traceback (a probe)
+                yield number, UnreadableRow("nested_too_deep", str(path), number)
                 continue
             except ValueError:
                 yield number, UnreadableRow("not_json", str(path), number)
