@@ -744,3 +744,15 @@ def test_a_jsonl_line_nested_past_the_recursion_limit_is_a_bad_row(tmp_path):
     path.write_text('{"a": 1}\n' + "[" * 100_000 + "]" * 100_000 + '\n{"b": 2}\n')
     rows = list(read_jsonl(path, numbered=True))
     assert rows[0] == (1, {"a": 1}) and rows[2] == (3, {"b": 2}) and (rows[1][0], rows[1][1].reason) == (2, "nested_too_deep")
+
+
+def test_a_split_of_empty_shards_is_one_error_without_a_warning_before_it(tmp_path, caplog):
+    """Every shard of 0 rows: a warning that they were left out, then the error that every shard holds none (two lines
+    saying one thing; a probe)."""
+    folder = tmp_path / "marco"
+    folder.mkdir()
+    datasets.Dataset.from_list(make_rows(2, seed=1)).to_parquet(str(folder / "all.parquet"))
+    pq.write_table(pq.read_table(folder / "all.parquet").slice(0, 0), folder / "validation-00000-of-00001.parquet")
+    with caplog.at_level("WARNING"), pytest.raises(msmarco.DataSourceError, match="every shard of the 'validation' split holds no rows$"):
+        msmarco.load_split("validation", str(folder))
+    assert "hold no rows, left out" not in caplog.text

@@ -163,11 +163,11 @@ def load_local_split(path: str | os.PathLike, split: str) -> datasets.Dataset:
             rows = {f: pq.ParquetFile(f).metadata.num_rows for f in files}
             empty = [f for f, n in rows.items() if n == 0]
             if empty:  # datasets fails on a 0-row shard ("BatchSize must be greater than 0") and names every file
+                if len(empty) == len(files):  # the error alone (a warning that they were left out came before it)
+                    raise DataSourceError(f"data.path={Path(path).expanduser()}: every shard of the '{split}' split holds no rows")
                 log.warning("data.path=%s: %d shard(s) of the '%s' split hold no rows, left out: %s", Path(path).expanduser(), len(empty), split,
                             ", ".join(f.name for f in empty[:5]))
                 files = [f for f in files if rows[f]]
-                if not files:
-                    raise DataSourceError(f"data.path={Path(path).expanduser()}: every shard of the '{split}' split holds no rows")
             # datasets keys its own cache by path and mtime, so a shard rewritten with the same mtime (a copy with
             # preserved times, touch -r) was read as its old rows, whatever this project's cache held. Its cache is
             # put in a folder named by the shards' content, which also identifies the data in this project's caches.
