@@ -1518,7 +1518,8 @@ def test_trec_runs_keep_scores_exact_and_ids_that_fit_the_format(tmp_path):
     lines = [line.split() for line in (tmp_path / "run.trec").read_text().splitlines()]
     assert [float(fields[4]) for fields in lines] == scores[0].tolist() and [fields[2] for fields in lines] == ["d1", "d2", "d3"]
     check_trec_ids(split)
-    for ids, words in ((dict(passage_ids=["d1", "doc 4"]), "the document id 'doc 4' is empty or holds white space"), (dict(query_ids=["q\t1"]), "the query id 'q\\t1'")):
+    for ids, words in ((dict(passage_ids=["d1", "doc 4"]), "the document id 'doc 4' is empty or holds white space"), (dict(query_ids=["q\t1"]), "the query id 'q\\t1'"),
+                       (dict(passage_ids=["d\x002"]), "the document id 'd\\x002' is empty or holds white space or a NUL")):  # trec_eval read 'd
         with pytest.raises(ConfigError, match=re.escape(words)):
             check_trec_ids(SimpleNamespace(**{"query_ids": ["q1"], "passage_ids": ["d1"], **ids}))
 

@@ -177,10 +177,11 @@ def check_trec_ids(split: PreparedSplit) -> None:
     would shift the columns of its lines (a reader takes ``doc`` for the id and ``4`` for the rank). A ConfigError
     naming the first, before any retriever runs."""
     for kind, ids in (("query", split.query_ids), ("document", split.passage_ids)):
-        bad = next((i for i in ids or () if not i or any(c.isspace() for c in i)), None)
+        # a NUL too: trec_eval reads C strings, so "d\x002" would be the document "d" there (a BEIR id written "d\u00002" is accepted)
+        bad = next((i for i in ids or () if not i or any(c.isspace() or c == "\0" for c in i)), None)
         if bad is not None:
-            raise ConfigError(f"save_runs=true: the {kind} id {bad!r} is empty or holds white space, which a TREC run file "
-                              "cannot (its columns are split at white space); rename the ids, or set save_runs=false")
+            raise ConfigError(f"save_runs=true: the {kind} id {bad!r} is empty or holds white space or a NUL, which a TREC run file "
+                              "cannot (its columns are split at white space, and trec_eval ends a text at a NUL); rename the ids, or set save_runs=false")
 
 
 def write_trec_run(path: Path, split: PreparedSplit, query_rows: np.ndarray, rankings: Rankings, tag: str) -> None:
