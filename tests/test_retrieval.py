@@ -2775,3 +2775,8 @@ def test_an_empty_corpus_file_is_said_to_be_empty(tmp_path):
     (tmp_path / "header.tsv").write_bytes(b"\xef\xbb\xbfid\ttext\r\n")
     with pytest.raises(CorpusError, match=r"header.tsv: the file holds its header line alone; a line is id<TAB>text$"):
         read_corpus_file(tmp_path / "header.tsv")
+    import pandas as pd
+
+    pd.DataFrame({"id": pd.Series([], dtype=str), "text": pd.Series([], dtype=str)}).to_parquet(tmp_path / "empty.parquet")
+    with pytest.raises(CorpusError, match=r"empty.parquet: the file holds no row$"):
+        read_corpus_file(tmp_path / "empty.parquet")

@@ -204,6 +204,8 @@ def read_corpus_file(path: str | Path, id_column: str = "id", text_column: str =
             frame = frame.iloc[1:]
         if not len(frame):  # said as such: it said "no passage with a non-empty text"
             raise CorpusError(f"corpus={path}: " + ("the file holds its header line alone" if header else "the file holds no line") + "; a line is id<TAB>text")
+    if not len(frame):  # a parquet file of no row: said as such (it said "no passage with a non-empty text")
+        raise CorpusError(f"corpus={path}: the file holds no row")
     missing = [c for c in (id_column, text_column) if c not in frame.columns]
     if missing:
         raise CorpusError(
