@@ -692,3 +692,17 @@ def test_a_qrels_score_past_a_c_int_is_skipped_and_counted(tmp_path):
     assert collection.qrels == {"q1": {"d1": 2**31 - 1}}
     assert dict(collection.skipped["qrels/test.tsv"]) == {"score_too_large": 2} and collection.skipped["qrels/test.tsv"].first == {"score_too_large": 3}
     beir.prepared_split(collection)  # the gains are float32: no overflow
+
+
+def test_a_qrels_line_with_a_nul_byte_is_skipped_and_counted(tmp_path):
+    """"q1<TAB>d\\x002<TAB>1" judged a document "d\\x002" relevant, absent from the corpus, so never retrieved and counted
+    as a miss of q1 (a probe); a UTF-16 qrels file was said to be lines of scores that are not integers. A NUL is never
+    in a qrels line: its line is skipped and counted."""
+    write_beir(tmp_path, [b'{"_id": "d1", "text": "lift"}', b'{"_id": "d2", "text": "drag"}'], [b'{"_id": "q1", "text": "lift"}'],
+               ["q1\td1\t1", "q1\td\x002\t1"])
+    collection = beir.load_beir(tmp_path, "test")
+    assert collection.qrels == {"q1": {"d1": 1}} and collection.unlisted == {}
+    assert dict(collection.skipped["qrels/test.tsv"]) == {"nul_byte": 1} and collection.skipped["qrels/test.tsv"].first == {"nul_byte": 3}
+    (tmp_path / "qrels" / "test.tsv").write_bytes("query-id\tcorpus-id\tscore\nq1\td1\t1\n".encode("utf-16"))
+    with pytest.raises(beir.BeirError, match=r"no query with a relevant document in the corpus \(lines skipped: \{'not_utf8': 1, 'nul_byte': 2\}"):
+        beir.load_beir(tmp_path, "test")

@@ -223,6 +223,9 @@ def _read_qrels(path: Path, corpus: dict, queries: dict, skipped: Skipped) -> tu
             except UnicodeDecodeError:
                 skipped.skip("not_utf8", number)
                 continue
+            if any("\0" in f for f in fields):  # never in an id or a score: a UTF-16 file, binary bytes (an id "d\x002" was judged, a probe)
+                skipped.skip("nul_byte", number)
+                continue
             if number == 1 and fields[:2] == ["query-id", "corpus-id"]:
                 continue
             if fields == [""]:
