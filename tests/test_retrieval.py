@@ -549,7 +549,7 @@ def test_too_few_training_vectors_for_the_lists_is_one_warning(caplog, capfd):
     assert index.ntotal == 300 and "WARNING clustering" not in capfd.readouterr().err
     said = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert said == ["index.factory='IVF16,Flat': 300 training vectors for 16 lists; FAISS's k-means asks for 39 a list (624): the lists, "
-                    "and so the search, may be poor; raise index.train_size, or use fewer lists"], said
+                    "and so the search, may be poor; use fewer lists"], said  # the whole corpus: no more vectors to raise it to
     caplog.clear()
     # PQ's codebooks (256 centroids each) under OPQ's iterations: 400-odd FAISS lines became one warning, counted
     with caplog.at_level("WARNING", logger="two_tower.retrieval.index"):
@@ -558,12 +558,31 @@ def test_too_few_training_vectors_for_the_lists_is_one_warning(caplog, capfd):
     said = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert len(said) == 1 and re.fullmatch(
         r"index.factory='OPQ2,IVF4,PQ2x4': FAISS's k-means had fewer training vectors than it asks for in (\d+) of its clusterings \(e.g. "
-        r"300 vectors for 256 centroids, it asks for 9984\): the codes or lists may be poor; raise index.train_size, or use a smaller factory",
+        r"300 vectors for 256 centroids, it asks for 9984\): the codes or lists may be poor; use a smaller factory",
         said[0]) and int(re.search(r"in (\d+) of", said[0])[1]) > 4, said
     caplog.clear()
     with caplog.at_level("WARNING", logger="two_tower.retrieval.index"):
         build_faiss(vectors, "IVF4,Flat")  # 300 >= 4 x 39: nothing to say
     assert not [r for r in caplog.records if r.levelname == "WARNING"]
+
+
+def test_too_few_training_vectors_names_the_setting_that_sized_the_sample(caplog, capfd):
+    """The warnings of too few training vectors said "raise index.train_size" also where that changes nothing: the sample
+    was the whole corpus, or index.train_mb had capped it (index.py ... index.train_mb=0.25 on Cranfield: 512 vectors for
+    IVF16, "raise index.train_size"). They name the setting to raise, or none."""
+    vectors = np.random.default_rng(0).standard_normal((300, 8)).astype(np.float32)
+    for bound, factory, advice in [
+        (None, "IVF16,Flat", "raise index.train_size, or use fewer lists"),
+        ("index.train_mb", "IVF16,Flat", "raise index.train_mb, or use fewer lists"),
+        ("index.train_mb", "IVF16,PQ2x4", "raise index.train_mb, or use a smaller factory"),
+    ]:
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="two_tower.retrieval.index"):
+            index_module.build_faiss_streamed(len(vectors), 8, lambda rows: vectors[rows], [vectors], factory, train_size=100, bound=bound)
+        capfd.readouterr()
+        said = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+        assert said and said[-1].endswith(advice) and said[0].startswith(f"index.factory={factory!r}: 100 training vectors"), said
+        assert all("index.train_size" not in s for s in said) if bound else True, said
 
 
 def test_pq_codebooks_of_as_many_centroids_as_the_lists_are_still_counted(caplog, capfd):
@@ -577,8 +596,7 @@ def test_pq_codebooks_of_as_many_centroids_as_the_lists_are_still_counted(caplog
     said = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert len(said) == 2 and said[0].startswith("index.factory='IVF16,PQ2x4': 300 training vectors for 16 lists;"), said
     assert said[1] == ("index.factory='IVF16,PQ2x4': FAISS's k-means had fewer training vectors than it asks for in 2 of its clusterings "
-                       "(e.g. 300 vectors for 16 centroids, it asks for 624): the codes or lists may be poor; raise index.train_size, "
-                       "or use a smaller factory"), said
+                       "(e.g. 300 vectors for 16 centroids, it asks for 624): the codes or lists may be poor; use a smaller factory"), said
 
 
 def test_compressed_index_folder_round_trips(trained, tmp_path):

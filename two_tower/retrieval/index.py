@@ -137,13 +137,20 @@ def check_trainable(index: faiss.Index, factory: str, train_size: int, num_vecto
 _CLUSTERING_WARNING = re.compile(rb"^WARNING clustering (\d+) points to (\d+) centroids: please provide at least (\d+) training points\s*$")
 
 
+def more_training_vectors(num_vectors: int, train_size: int, bound: str | None = None) -> str:
+    """The advice, in a warning of too few training vectors, on how to get more: raise the setting that sized the sample
+    (``bound``, e.g. ``index.train_mb``, where it brought the sample below ``index.train_size``); nothing where the sample
+    is the whole corpus already (raising index.train_size, as the warnings said, changed nothing)."""
+    return "" if num_vectors <= train_size else f"raise {bound or 'index.train_size'}, or "
+
+
 @contextlib.contextmanager
-def faiss_clustering_warnings_counted(factory: str, said_for_lists: int = 0):
+def faiss_clustering_warnings_counted(factory: str, said_for_lists: int = 0, more: str = "raise index.train_size, or "):
     """FAISS's k-means writes one bare stderr line each time it clusters fewer than 39 vectors a centroid: once per
     PQ sub-quantizer and per OPQ iteration (408 lines for ``OPQ8,IVF16,PQ8`` on 2,000 vectors, a probe). Here the
     C library's stderr is read aside while the index trains; those lines become one warning, the rest is passed on.
     ``said_for_lists``: the IVF's list count when its own warning was already given (its one clustering not counted,
-    though a PQ's codebooks of as many centroids are)."""
+    though a PQ's codebooks of as many centroids are). ``more``: how to get more training vectors (``more_training_vectors``)."""
     with tempfile.TemporaryFile() as aside:
         sys.stderr.flush()
         saved = os.dup(2)
@@ -168,8 +175,8 @@ def faiss_clustering_warnings_counted(factory: str, said_for_lists: int = 0):
             if warned:
                 points, centroids, wanted = (int(x) for x in warned[0].groups())
                 log.warning("index.factory=%r: FAISS's k-means had fewer training vectors than it asks for in %d of its clusterings "
-                            "(e.g. %d vectors for %d centroids, it asks for %d): the codes or lists may be poor; raise "
-                            "index.train_size, or use a smaller factory", factory, len(warned), points, centroids, wanted)
+                            "(e.g. %d vectors for %d centroids, it asks for %d): the codes or lists may be poor; %suse a smaller factory",
+                            factory, len(warned), points, centroids, wanted, more)
 
 
 # Vectors added to a graph or quantized index between two moves of its progress bar (a chunk of index.add_chunk
@@ -205,6 +212,7 @@ def build_faiss_streamed(
     seed: int = 0,
     seconds: dict | None = None,
     normalize: bool = True,
+    bound: str | None = None,
 ) -> faiss.Index:
     """A FAISS index built without holding all float vectors: ``vectors_of(rows)`` gives the vectors of
     the (sorted) ``training_rows`` (called only when the index needs training, e.g. IVF, PQ, OPQ), then
@@ -215,7 +223,9 @@ def build_faiss_streamed(
 
     Memory: the index itself (codes, given room for every vector before the first add: ``reserve_storage``) + one
     chunk (dropped before the next is asked for) + the training sample. For ``Flat`` and ``HNSW`` the index is the float vectors, so streaming saves only the copy. ``seconds`` (a dict), if given, gets
-    the time spent producing vectors (``vectors``: encoding, for the indexer), training and adding.
+    the time spent producing vectors (``vectors``: encoding, for the indexer), training and adding. ``bound``: the
+    setting that brought ``train_size`` below index.train_size (``index.train_mb``), named in a warning of too few
+    training vectors as the one to raise.
     """
     seconds = {} if seconds is None else seconds
     seconds.update(vectors=0.0, train=0.0, add=0.0)
@@ -230,15 +240,16 @@ def build_faiss_streamed(
             faiss.normalize_L2(sample)
         nlist = getattr(faiss.try_extract_index_ivf(index), "nlist", 0)
         said_for_lists = nlist if len(sample) < FAISS_POINTS_PER_CENTROID * nlist else 0
+        more = more_training_vectors(num_vectors, train_size, bound)
         if said_for_lists:  # FAISS's own word is a bare stderr line, counted below with the others
             log.warning("index.factory=%r: %d training vectors for %d lists; FAISS's k-means asks for %d a list (%d): the lists, "
-                        "and so the search, may be poor; raise index.train_size, or use fewer lists", factory, len(sample), nlist,
-                        FAISS_POINTS_PER_CENTROID, FAISS_POINTS_PER_CENTROID * nlist)
+                        "and so the search, may be poor; %suse fewer lists", factory, len(sample), nlist,
+                        FAISS_POINTS_PER_CENTROID, FAISS_POINTS_PER_CENTROID * nlist, more)
         # FAISS's k-means shows no progress of its own: say it may take long
         log.info("Training %s on %d vectors (FAISS's k-means, no progress shown: minutes for large samples)", factory, len(sample))
         clock = time.perf_counter()
         try:
-            with faiss_clustering_warnings_counted(factory, said_for_lists):
+            with faiss_clustering_warnings_counted(factory, said_for_lists, more):
                 index.train(sample)
         except RuntimeError as err:  # e.g. PQ's 2^nbits centroids need at least as many training vectors
             message = " ".join(str(err).rsplit("Error: ", 1)[-1].rsplit("failed: ", 1)[-1].split())  # FAISS's reason, without its C++ location

@@ -206,6 +206,7 @@ def _build_index(cfg: DictConfig) -> Path:
         cfg.seed,
         seconds := {},
         normalize=False,  # the vectors the model scores with, as evaluate.py and validation rank them
+        bound="index.train_mb" if bound else None,
     )
     window.log(log, "passages")
     if smoothing is not None:
@@ -218,7 +219,7 @@ def _build_index(cfg: DictConfig) -> Path:
         prepare_reconstruct(raw)
         index = build_faiss_streamed(
             len(texts), dim, lambda rows: smoothing.vectors(raw, rows), smoothing.chunks(raw, chunk), cfg.index.factory, train_size, cfg.index.search_params, cfg.seed,
-            normalize=False,
+            normalize=False, bound="index.train_mb" if bound else None,
         )
         del raw
         seconds["smooth"] = time.perf_counter() - clock
