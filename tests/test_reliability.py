@@ -1364,6 +1364,38 @@ def test_a_run_resumed_from_an_older_checkpoint_of_its_folder_drops_the_later_ru
     assert not (tmp_path / "run" / "per_query" / "fit_ended.json").exists()
 
 
+def _resumed_from_an_older_checkpoint(tmp_path):
+    """A run folder whose run trained 2 epochs (older.ckpt kept aside, step 20), went on to 3 (step 30) and was resumed
+    from older.ckpt with trainer.max_epochs=2: nothing more to train. Returns (checkpoints/, per_query/)."""
+    common = ["logger=csv", "data.synthetic_rows.test_rows=30"]
+    train(compose_train(tmp_path, [*common, "trainer.max_epochs=2"]))
+    checkpoints, tables = tmp_path / "run" / "checkpoints", tmp_path / "run" / "per_query"
+    shutil.copy(checkpoints / "last.ckpt", checkpoints / "older.ckpt")
+    train(compose_train(tmp_path, [*common, "trainer.max_epochs=3", "ckpt_path=last"]))
+    assert torch.load(checkpoints / "last.ckpt", weights_only=False)["global_step"] == 30
+    assert set(pd_read_epochs(tables / "val_best.parquet")) | set(pd_read_epochs(tables / "val_last.parquet")) == {2}
+    train(compose_train(tmp_path, [*common, "trainer.max_epochs=2", f"ckpt_path={checkpoints / 'older.ckpt'}"]))
+    return checkpoints, tables
+
+
+def pd_read_epochs(path):
+    import pandas as pd
+
+    return pd.read_parquet(path, columns=["epoch"])["epoch"].tolist()
+
+
+def test_a_run_resumed_from_an_older_checkpoint_of_its_folder_makes_last_ckpt_its_own(tmp_path):
+    """Resumed from an older checkpoint of its folder and trained nothing more, the folder kept the abandoned run's
+    last.ckpt (step 30) beside a fit_ended.json of step 20: a following ckpt_path=last went on from the abandoned run, not
+    the one chosen (a probe). last.ckpt is the resumed state; the abandoned one is moved aside whole, never removed."""
+    checkpoints, tables = _resumed_from_an_older_checkpoint(tmp_path)
+    assert json.loads((tables / "fit_ended.json").read_text())["global_step"] == 20
+    assert torch.load(checkpoints / "last.ckpt", weights_only=False)["global_step"] == 20
+    assert torch.load(checkpoints / "abandoned-step30.ckpt", weights_only=False)["global_step"] == 30
+    assert torch.load(checkpoints / "older.ckpt", weights_only=False)["global_step"] == 20  # the chosen checkpoint is kept
+    assert len(list(checkpoints.glob("epoch02-*.ckpt"))) == 1  # the abandoned run's best checkpoint stays
+
+
 def _restore_checkpoint_record(rank, folder, port):
     """One process of test_every_process_takes_rank_zeros_record_of_the_best_checkpoint: restores the record, writes
     what it kept."""

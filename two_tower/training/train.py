@@ -322,6 +322,46 @@ def check_resume_checkpoint(path: str, state: dict, tokenizer, processes: int | 
         )
 
 
+def set_aside_later_last(ckpt_path: str, saved_step: int, last: Path) -> Path | None:
+    """Resumed from another checkpoint than the run folder's ``last.ckpt`` (an older one of its folder,
+    ``ckpt_path=<run>/checkpoints/X.ckpt``) that holds another state (another step): that ``last.ckpt`` is the state of
+    the run abandoned now. Kept, it stayed until this run's first save, for good where the resume trained nothing more
+    (its max_epochs reached, or stopped at once): ``per_query/fit_ended.json`` recorded the resumed step and a following
+    ``ckpt_path=last`` went on from the abandoned run (a probe). It is moved aside, whole, to
+    ``checkpoints/abandoned-stepN.ckpt`` (never removed), and ``last.ckpt`` becomes a copy of the checkpoint resumed from
+    (written beside it and renamed: ``last.ckpt`` is whole at every instant). Rank 0 only. Returns the aside path."""
+    from lightning.pytorch.utilities import rank_zero_only
+
+    if getattr(rank_zero_only, "rank", 0) != 0 or not last.is_file():
+        return None
+    try:
+        if Path(ckpt_path).samefile(last):
+            return None
+    except OSError:
+        return None
+    try:
+        step = torch.load(last, map_location="cpu", weights_only=True, mmap=True).get("global_step")
+    except Exception:  # unreadable: not the state resumed from either
+        step = None
+    if step == saved_step:  # the same state (a copy of it): nothing abandoned
+        return None
+    base = f"abandoned-step{step}" if isinstance(step, int) else "abandoned-unreadable"
+    aside, n = last.with_name(f"{base}.ckpt"), 1
+    while aside.exists():
+        aside, n = last.with_name(f"{base}-{n}.ckpt"), n + 1
+    import shutil
+
+    from two_tower.core.atomic import atomic_write
+
+    with atomic_write(aside) as out, open(last, "rb") as src:  # a copy first: last.ckpt stays whole until replaced
+        shutil.copyfileobj(src, out, 1 << 20)
+    with atomic_write(last) as out, open(ckpt_path, "rb") as src:
+        shutil.copyfileobj(src, out, 1 << 20)
+    log.warning("ckpt_path=%s: %s held a later state of this run (step %s), abandoned by this resume: moved to %s; %s is now the "
+                "state resumed from (step %d), so ckpt_path=last goes on from this run", ckpt_path, last, step, aside.name, last.name, saved_step)
+    return aside
+
+
 class RunClock(L.Callback):
     """``time/train_seconds``: the run's seconds, from the start of its command to its end, a stopped run's included.
     Its checkpoints record the seconds spent until they were saved, and a resume counts on from there: it counted its
@@ -560,6 +600,8 @@ def _train(cfg: DictConfig) -> dict[str, float]:
         if discard(Path(cfg.paths.output_dir) / "per_query" / per_query.STAGE_FILES["test"]) and ended_step is None:
             log.info("Removed per_query/%s: the test figures of a later state of this folder's run than ckpt_path=%s; the test "
                      "split is scored again when this run ends", per_query.STAGE_FILES["test"], ckpt_path)
+    if ckpt_path:
+        set_aside_later_last(ckpt_path, saved_step, last)
     try:
         # another process that ended: one line, not each one's traceback; Lightning's resume warnings that do not hold here
         with other_processes_watched(trainer, last), resume_warnings_filtered(resuming=bool(ckpt_path)):
