@@ -1396,6 +1396,18 @@ def test_a_run_resumed_from_an_older_checkpoint_of_its_folder_makes_last_ckpt_it
     assert len(list(checkpoints.glob("epoch02-*.ckpt"))) == 1  # the abandoned run's best checkpoint stays
 
 
+def test_a_run_resumed_from_an_older_checkpoint_of_its_folder_drops_the_later_runs_validation_tables(tmp_path):
+    """Resumed from an older checkpoint of its folder (epochs 0-1 validated), the folder kept the abandoned run's
+    val_best.parquet and val_last.parquet (epoch 2): val_best until a resumed validation beat the checkpoint's best, and
+    for good where nothing more was trained (a probe). A table of another epoch than the checkpoint records goes."""
+    checkpoints, tables = _resumed_from_an_older_checkpoint(tmp_path)
+    for name in ("val_best.parquet", "val_last.parquet"):
+        assert not (tables / name).exists() or 2 not in pd_read_epochs(tables / name), name
+    # trained on from there, the resumed run writes its own again
+    train(compose_train(tmp_path, ["logger=csv", "data.synthetic_rows.test_rows=30", "trainer.max_epochs=3", "ckpt_path=last"]))
+    assert pd_read_epochs(tables / "val_last.parquet")[0] == 2
+
+
 def _restore_checkpoint_record(rank, folder, port):
     """One process of test_every_process_takes_rank_zeros_record_of_the_best_checkpoint: restores the record, writes
     what it kept."""

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import lightning as L
 import numpy as np
+import pandas as pd
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint, Timer
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -461,6 +462,9 @@ class PerQueryWriter(L.Callback):
         self.sign = 1.0 if mode == "max" else -1.0
         self.best: float | None = None
         self.best_logged: dict[str, float] | None = None  # every {stage}/* value logged at the best validation
+        # the epochs of the validations val_best.parquet and val_last.parquet hold (None: none yet), kept in checkpoints
+        self.epochs: dict[str, int | None] = {"val": None, "val_last": None}
+        self._restored_epochs: dict[str, int | None] | None = None  # as the checkpoint resumed from recorded them
 
     def _table(self, trainer, pl_module, stage: str):
         from two_tower.core import per_query
@@ -485,6 +489,7 @@ class PerQueryWriter(L.Callback):
         from two_tower.core import per_query
 
         per_query.write(table, self.dirpath / per_query.STAGE_FILES["val_last"])
+        self.epochs["val_last"] = _table_epoch(table)
         logged = trainer.callback_metrics.get(f"{self.stage}/{self.metric}")
         if self.stage == "val" and logged is not None:
             # The logged (float32) value, compared as ModelCheckpoint compares it: strictly better, so on a tie
@@ -494,6 +499,7 @@ class PerQueryWriter(L.Callback):
                 self.best = score
                 self.best_logged = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(f"{self.stage}/")}
                 per_query.write(table, self.dirpath / per_query.STAGE_FILES["val"])
+                self.epochs["val"] = _table_epoch(table)
 
     def on_train_start(self, trainer, pl_module):
         # After the callbacks' states are restored: the checkpoint callback that keeps the best by this metric dropped a
@@ -509,6 +515,30 @@ class PerQueryWriter(L.Callback):
             from two_tower.core import per_query
 
             (self.dirpath / per_query.FIT_ENDED).unlink(missing_ok=True)
+            if self._restored_epochs is not None:
+                self._drop_later_tables(self._restored_epochs)
+
+    def _drop_later_tables(self, epochs: dict[str, int | None]) -> None:
+        """Resumed from an older checkpoint of its folder (``ckpt_path=<run>/checkpoints/X.ckpt``), the folder's validation
+        tables may be of the later run abandoned then: val_best.parquet of its best epoch, val_last.parquet of its last. Kept,
+        they stayed until this run wrote its own (val_best: until a validation beat the checkpoint's best, maybe never), and
+        a run that trained nothing more ended with the abandoned run's tables (a probe). A table of another epoch than the
+        checkpoint records for it (``epochs``) goes: this run writes it again at its next (best) validation."""
+        from two_tower.core import per_query
+
+        for stage, epoch in epochs.items():
+            path = self.dirpath / per_query.STAGE_FILES[stage]
+            try:
+                found = _table_epoch(pd.read_parquet(path, columns=["epoch"]))
+            except FileNotFoundError:
+                continue
+            except Exception:  # unreadable (or no epoch column): not known to be this state's
+                found = "unreadable"
+            if found != epoch:
+                path.unlink(missing_ok=True)
+                log.info("Removed per_query/%s: %s, not the validation of epoch %s the checkpoint resumed from records (a later run "
+                         "of this folder went past that checkpoint); written again at this run's next %svalidation",
+                         path.name, f"of epoch {found}" if isinstance(found, int) else "unreadable or of no epoch", epoch, "best " if stage == "val" else "")
 
     def on_fit_end(self, trainer, pl_module):
         if trainer.is_global_zero:  # training ended (max_epochs, early stopping): the validation tables are final
@@ -531,11 +561,21 @@ class PerQueryWriter(L.Callback):
             per_query.write(table, self.dirpath / per_query.STAGE_FILES["test"])
 
     def state_dict(self) -> dict:
-        return {"best": self.best, "best_logged": self.best_logged}
+        return {"best": self.best, "best_logged": self.best_logged, "epochs": dict(self.epochs)}
 
     def load_state_dict(self, state: dict) -> None:
         self.best = state.get("best")
         self.best_logged = state.get("best_logged")  # absent in checkpoints saved before it was kept
+        if isinstance(state.get("epochs"), dict):  # absent in checkpoints saved before it was kept: their tables are not checked
+            self.epochs = {**self.epochs, **state["epochs"]}
+            self._restored_epochs = dict(self.epochs)
+
+
+def _table_epoch(table) -> int | None:
+    """The validation epoch a per-query table holds (its ``epoch`` column), None where it has none."""
+    if "epoch" not in table.columns or table.empty:
+        return None
+    return int(table["epoch"].iloc[0])
 
 
 def resume_settings(run_dir: Path) -> str:
