@@ -2767,6 +2767,21 @@ def test_a_jsonl_corpus_id_is_a_string_or_an_integer(tmp_path):
     assert read_corpus_file(tmp_path / "c.parquet").ids == ["7", "8"]
 
 
+def test_a_parquet_integer_id_column_with_a_missing_id_is_said_to_miss_it(tmp_path):
+    """pandas reads a parquet integer column holding a null as floats: a file of integer ids [1, null, 3] (as pyarrow,
+    Spark or DuckDB write it) was said to have "2 row(s) ... an 'id' that is not a string or an integer (the first: row
+    1, 1.0)", where row 2 has no id (a probe). Its ids stay integers, the missing one named; none rounds through a float."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"id": pa.array([1, None, 3], pa.int64()), "text": ["a", "b", "c"]}), tmp_path / "c.parquet")
+    with pytest.raises(CorpusError, match=re.escape("c.parquet: 1 row(s) have no 'id' (the first: row 2); every passage needs an id")):
+        read_corpus_file(tmp_path / "c.parquet")
+    big = 2**53 + 1  # not a float64
+    pq.write_table(pa.table({"id": pa.array([big, 7], pa.uint64()), "text": ["a", "b"]}), tmp_path / "c.parquet")
+    assert read_corpus_file(tmp_path / "c.parquet").ids == [str(big), "7"]
+
+
 def test_a_corpus_file_that_is_a_folder_or_a_dead_link_is_named_as_such(tmp_path):
     """corpus=DIR said "no such file" of a folder that is there, and of a link to a file that is not (a probe)."""
     import os

@@ -25,8 +25,20 @@ from two_tower.core.errors import CorpusError
 
 log = logging.getLogger(__name__)
 
+def _parquet_frame(path: Path) -> pd.DataFrame:
+    """A parquet file as pandas reads it, but for its integer columns: nullable integers, where pandas made a column
+    holding a null floats (integer ids [1, null, 3] were refused as 'not a string or an integer: 1.0', row 2's
+    missing id unnamed; an id past 2**53 was rounded)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    nullable = {pa.int8(): pd.Int8Dtype(), pa.int16(): pd.Int16Dtype(), pa.int32(): pd.Int32Dtype(), pa.int64(): pd.Int64Dtype(),
+                pa.uint8(): pd.UInt8Dtype(), pa.uint16(): pd.UInt16Dtype(), pa.uint32(): pd.UInt32Dtype(), pa.uint64(): pd.UInt64Dtype()}
+    return pq.read_table(path).to_pandas(types_mapper=nullable.get)
+
+
 READERS = {
-    ".parquet": lambda p: pd.read_parquet(p),
+    ".parquet": _parquet_frame,
     ".jsonl": lambda p: _jsonl_frame(p),
     ".tsv": lambda p: _tsv_frame(p),
 }
@@ -231,7 +243,7 @@ def read_corpus_file(path: str | Path, id_column: str = "id", text_column: str =
     keep = [i for i, t in enumerate(texts) if t]
     if len(keep) < len(texts):
         # A number or a list where the text should be (jsonl) is not read as a text; counted apart.
-        other = sum(1 for t in raw if not isinstance(t, str) and t is not None and not (isinstance(t, float) and t != t))
+        other = sum(1 for t in raw if not isinstance(t, str) and not _missing(t))
         detail = f" ({other} of them not a string)" if other else ""
         first = next(i for i, t in enumerate(texts) if not t)
         log.warning("corpus=%s: skipped %d of %d rows with a missing or empty text%s (the first: id %r, %s)", path, len(texts) - len(keep),
