@@ -1336,6 +1336,9 @@ def test_a_run_resumed_from_an_older_checkpoint_whose_best_file_is_gone_never_na
     assert "Best checkpoint:" not in caplog.text and "val/mrr@10" not in metrics and not any(k.startswith("test/") for k in metrics)
     assert f"Test split not scored: no best-on-validation checkpoint (the one recorded, {first}, is gone" in caplog.text
     assert f"No val/mrr@10 to report: the best checkpoint recorded, {first}, is gone" in caplog.text
+    # nor is the later run's per_query/val_best.parquet kept as this run's: compare read it once fit_ended.json was
+    # written, and counted the run at val/mrr@10 of the abandoned run's epoch 2 (a probe)
+    assert not (tmp_path / "run" / "per_query" / "val_best.parquet").exists()
 
     # Trained on: the resumed epoch is the best (the record's file is gone), its checkpoint is there and scores the test split
     metrics = train(compose_train(tmp_path, [*common, "trainer.max_epochs=2", f"ckpt_path={older}"]))
@@ -1344,6 +1347,7 @@ def test_a_run_resumed_from_an_older_checkpoint_whose_best_file_is_gone_never_na
     logged = pd.read_csv(tmp_path / "run" / "csv" / "metrics.csv").dropna(subset=["val/mrr@10"])
     epoch1 = logged[logged["epoch"] == 1].iloc[-1]
     assert metrics["val/mrr@10"] == pytest.approx(epoch1["val/mrr@10"]) and metrics["val/ndcg@10"] == pytest.approx(epoch1["val/ndcg@10"])
+    assert pd.read_parquet(tmp_path / "run" / "per_query" / "val_best.parquet")["epoch"].unique().tolist() == [1]
     assert sorted(p.name for p in checkpoints.glob("epoch*.ckpt")) == sorted([*later, Path(best).name])  # the later run's kept
 
 
