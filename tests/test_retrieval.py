@@ -711,8 +711,8 @@ def test_build_chunks_are_bounded_in_bytes_with_the_same_index(trained, tmp_path
     index.add_chunk_mb bounds a chunk's float vectors too; the index built is the same, byte for byte."""
     from two_tower.retrieval import indexer
 
-    assert indexer.chunk_passages(100_000, 256, 8448) == 7943 and indexer.chunk_passages(100_000, 256, 256) == 100_000
-    assert indexer.chunk_passages(100_000, None, 8448) == 100_000 and indexer.chunk_passages(100_000, 1e-9, 8448) == 1
+    assert indexer.passages_within(100_000, 256, 8448) == 7943 and indexer.passages_within(100_000, 256, 256) == 100_000
+    assert indexer.passages_within(100_000, None, 8448) == 100_000 and indexer.passages_within(100_000, 1e-9, 8448) == 1
     sizes, encoded_chunks = [], indexer.encoded_chunks
 
     def counted(*args, **kwargs):
@@ -736,8 +736,8 @@ def test_training_sample_is_bounded_in_bytes(trained, tmp_path, monkeypatch, cap
     IVF of more lists than the capped sample before encoding; a cap that does not bind gives the same index."""
     from two_tower.retrieval import indexer
 
-    assert indexer.training_sample(100_000, 2048, 8448) == 63_550 and indexer.training_sample(100_000, 2048, 2176) == 100_000
-    assert indexer.training_sample(100_000, None, 8448) == 100_000 and indexer.training_sample(100_000, 1e-9, 8448) == 1
+    assert indexer.passages_within(100_000, 2048, 8448) == 63_550 and indexer.passages_within(100_000, 2048, 2176) == 100_000
+    assert indexer.passages_within(100_000, None, 8448) == 100_000 and indexer.passages_within(100_000, 1e-9, 8448) == 1
     sampled, encode_passages = [], indexer.encode_passages
     monkeypatch.setattr(indexer, "encode_passages", lambda module, texts, *a, **k: sampled.append(len(texts)) or encode_passages(module, texts, *a, **k))
     dim, passages = Searcher.load(trained["index"]).index.index.d, len(Searcher.load(trained["index"]).index)

@@ -32,22 +32,14 @@ log = logging.getLogger(__name__)
 EXACT_NEIGHBOURS_WARN = 200_000
 
 
-def chunk_passages(add_chunk: int, add_chunk_mb: float | None, dim: int) -> int:
-    """Passages the build takes at a time: ``index.add_chunk``, or fewer where their float32 vectors (``dim`` x 4
-    bytes each) would pass ``index.add_chunk_mb`` (at least one; None: no bound in bytes). A count alone made a bag
-    path's chunk of 100,000 passages x 8,448 dims 3.4 GB."""
-    if add_chunk_mb is None:
-        return add_chunk
-    return max(1, min(add_chunk, int(add_chunk_mb * (1 << 20)) // (4 * dim)))
-
-
-def training_sample(train_size: int, train_mb: float | None, dim: int) -> int:
-    """Passages encoded to train an index that needs training (IVF, PQ, SQ, OPQ): ``index.train_size``, or fewer where
-    their float32 vectors (``dim`` x 4 bytes each) would pass ``index.train_mb`` (at least one; None: no bound in bytes).
-    The sample is held whole while FAISS trains: 100,000 of a bag path's 8,448-d vectors were 3.4 GB."""
-    if train_mb is None:
-        return train_size
-    return max(1, min(train_size, int(train_mb * (1 << 20)) // (4 * dim)))
+def passages_within(count: int, megabytes: float | None, dim: int) -> int:
+    """``count`` passages, or fewer where their float32 vectors (``dim`` x 4 bytes each) would pass ``megabytes`` (at
+    least one; None: no bound in bytes): a build's chunk (``index.add_chunk``, ``index.add_chunk_mb``) and the sample an
+    index trains on (``index.train_size``, ``index.train_mb``), each held whole at its time. A count alone made a bag
+    path's 100,000 passages x 8,448 dims 3.4 GB, a chunk as a sample."""
+    if megabytes is None:
+        return count
+    return max(1, min(count, int(megabytes * (1 << 20)) // (4 * dim)))
 
 
 def corpus_statistics(module, texts: list[str], chunk: int = 100_000) -> TermStatistics | None:
@@ -171,7 +163,7 @@ def _build_index(cfg: DictConfig) -> Path:
     # the corpus and its BM25 index to hear that IVF300000 cannot train on index.train_size=100000 vectors).
     empty = new_faiss(dim, cfg.index.factory)
     train_mb = cfg.index.get("train_mb")
-    train_size = training_sample(cfg.index.train_size, train_mb, dim)
+    train_size = passages_within(cfg.index.train_size, train_mb, dim)
     bound = f"index.train_mb={train_mb} holds {train_size:,} {dim:,}-d vectors of index.train_size={cfg.index.train_size}" if train_size < cfg.index.train_size else None
     check_trainable(empty, cfg.index.factory, train_size, bound=bound)
     if cfg.index.search_params:  # smoothing searches with them too
@@ -189,7 +181,7 @@ def _build_index(cfg: DictConfig) -> Path:
     run_record.work_started()  # a refusal from here on keeps the run folder's log of what ran
     loaded = time.perf_counter()
     lexical, weights = lexical_index(cfg, passages.texts, bm25_seconds := {})
-    texts, chunk = passages.texts, chunk_passages(cfg.index.add_chunk, cfg.index.get("add_chunk_mb"), dim)
+    texts, chunk = passages.texts, passages_within(cfg.index.add_chunk, cfg.index.get("add_chunk_mb"), dim)
     if chunk < min(cfg.index.add_chunk, len(texts)):
         log.info("Encoding %d passages at a time (index.add_chunk_mb=%s of %d-d float vectors, %d bytes a passage)", chunk, cfg.index.add_chunk_mb, dim, 4 * dim)
     statistics = corpus_statistics(module, texts, chunk)
