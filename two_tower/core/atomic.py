@@ -256,6 +256,17 @@ def not_a_folder(path: str | os.PathLike) -> str:
     return "a file, not a folder"
 
 
+def not_a_file(path: str | os.PathLike) -> str | None:
+    """What stands at ``path`` where a file to read should be, for a refusal ("no such file" misled of both): "a
+    folder, not a file", or for a symbolic link that resolves to nothing "a link to nothing (TARGET)"; None otherwise."""
+    path = Path(path)
+    if path.is_dir():
+        return "a folder, not a file"
+    if path.is_symlink() and not path.exists():
+        return f"a link to nothing ({os.readlink(path)})"
+    return None
+
+
 def check_writable(folder: str | os.PathLike, what: str, min_free_bytes: int = 0) -> Path:
     """Create ``folder`` if needed and check that a file can be written in it and that it has
     ``min_free_bytes`` free; raises NotWritableError naming ``what`` (e.g. ``paths.output_dir=...``)."""

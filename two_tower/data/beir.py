@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from two_tower.core.atomic import not_a_file
 from two_tower.core.skipped import Skipped
 from two_tower.data.jsonl import UnreadableRow, read_jsonl
 from two_tower.core.errors import BeirError
@@ -189,22 +190,14 @@ def check_files(path, split: str) -> None:
         raise BeirError(_no_qrels(qrels))
 
 
-def _not_a_file(path: Path) -> str | None:
-    """What stands at ``path`` where a file should (a folder, a link to nothing), or None: "no such file" misled."""
-    if path.is_dir():
-        return "a folder, not a file"
-    if path.is_symlink() and not path.exists():
-        return f"a link to nothing ({os.readlink(path)})"
-    return None
-
-
 def _no_file(path: Path) -> str:
-    return f"{path}: {_not_a_file(path) or 'no such file'} (a BEIR folder has {CORPUS}, {QUERIES} and {QRELS}/<split>.tsv)"
+    return f"{path}: {not_a_file(path) or 'no such file'} (a BEIR folder has {CORPUS}, {QUERIES} and {QRELS}/<split>.tsv)"
 
 
 def _no_qrels(path: Path) -> str:
-    if _not_a_file(path):  # it said "no such qrels file (split=test; this folder has ['test'])" of a folder qrels/test.tsv
-        return f"{path}: {_not_a_file(path)} (split={path.stem})"
+    problem = not_a_file(path)
+    if problem:  # it said "no such qrels file (split=test; this folder has ['test'])" of a folder qrels/test.tsv
+        return f"{path}: {problem} (split={path.stem})"
     available = sorted(p.stem for p in path.parent.glob("*.tsv") if p.is_file()) if path.parent.is_dir() else []
     return f"{path}: no such qrels file (split={path.stem}; this folder has {available or 'none'})"
 

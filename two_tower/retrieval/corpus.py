@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from two_tower.data import msmarco
 from two_tower.data.beir import is_beir_folder, load_beir_corpus
 from two_tower.data.jsonl import UnreadableRow, read_jsonl
 from two_tower.data.prepared import PreparedSplit
+from two_tower.core.atomic import not_a_file
 from two_tower.core.skipped import Skipped
 from two_tower.core.errors import CorpusError
 
@@ -191,10 +191,9 @@ def read_corpus_file(path: str | Path, id_column: str = "id", text_column: str =
     """Passages from a parquet or jsonl file with ``id_column`` and ``text_column``, or a tsv of
     ``id<TAB>text`` lines (MS MARCO's collection.tsv layout; a header line naming the columns is skipped)."""
     path = Path(path).expanduser()
-    if path.is_dir():  # it said "no such file"
-        raise CorpusError(f"corpus={path}: a folder, not a file; corpus= takes a .tsv, .jsonl or .parquet file (a BEIR folder: data.path={path})")
-    if not path.is_file():
-        raise CorpusError(f"corpus={path}: " + (f"a link to nothing ({os.readlink(path)})" if path.is_symlink() else "no such file"))
+    if not path.is_file():  # a folder or a link to nothing said as such (it said "no such file")
+        hint = f"; corpus= takes a .tsv, .jsonl or .parquet file (a BEIR folder: data.path={path})" if path.is_dir() else ""
+        raise CorpusError(f"corpus={path}: {not_a_file(path) or 'no such file'}{hint}")
     reader = READERS.get(path.suffix.lower())
     if reader is None:
         raise CorpusError(f"corpus={path}: unsupported file type {path.suffix!r}; use one of {sorted(READERS)}")
