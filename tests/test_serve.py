@@ -1665,17 +1665,12 @@ def test_max_waiting_counts_the_queries_of_a_batch(searcher):
     assert held.started == 3 and app.state.searches.waiting == 0
 
 
-def test_a_search_handed_a_slot_no_longer_counts_as_waiting(monkeypatch):
-    """SearchSlots counted waiting queries apart from its heap of turns, and took a search off the count when it
-    resumed, not when the freed slot was handed to it: for one turn of the event loop a search given the slot still
-    counted as waiting, and a search arriving then got a 503 although nothing was waiting. Reproduced without threads
-    or timing: a search's work awaits a gate the test opens, and the next search arrives in the very turn the slot is
-    handed on (scheduled just before, so it runs before the search given the slot resumes)."""
+def gated_searches(monkeypatch) -> list:
+    """SearchSlots' searches run their work (``anyio.to_thread.run_sync``) only once the test opens their gate: the
+    gates (asyncio.Event), one a search, in the order the searches were given a slot. No threads, no timing."""
     import asyncio
 
     import anyio.to_thread
-
-    from two_tower.serve.app import SearchSlots
 
     gates: list[asyncio.Event] = []
 
@@ -1685,13 +1680,31 @@ def test_a_search_handed_a_slot_no_longer_counts_as_waiting(monkeypatch):
         return fn()
 
     monkeypatch.setattr(anyio.to_thread, "run_sync", gated)
+    return gates
 
-    async def settle(done) -> None:
-        for _ in range(100):
-            if done():
-                return
-            await asyncio.sleep(0)
-        raise AssertionError("never settled")
+
+async def settle(done) -> None:
+    """Turns of the event loop until ``done()`` (at most 100)."""
+    import asyncio
+
+    for _ in range(100):
+        if done():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError("never settled")
+
+
+def test_a_search_handed_a_slot_no_longer_counts_as_waiting(monkeypatch):
+    """SearchSlots counted waiting queries apart from its heap of turns, and took a search off the count when it
+    resumed, not when the freed slot was handed to it: for one turn of the event loop a search given the slot still
+    counted as waiting, and a search arriving then got a 503 although nothing was waiting. Reproduced without threads
+    or timing: a search's work awaits a gate the test opens, and the next search arrives in the very turn the slot is
+    handed on (scheduled just before, so it runs before the search given the slot resumes)."""
+    import asyncio
+
+    from two_tower.serve.app import SearchSlots
+
+    gates = gated_searches(monkeypatch)
 
     async def main():
         slots = SearchSlots(1, max_waiting=1)
@@ -1731,25 +1744,9 @@ def test_the_waiting_count_stays_true_when_waiting_searches_are_cancelled_around
     and one cancelled just as it is handed the slot hands it on. No threads, no timing (the gated work above)."""
     import asyncio
 
-    import anyio.to_thread
-
     from two_tower.serve.app import SearchSlots
 
-    gates: list[asyncio.Event] = []
-
-    async def gated(fn, limiter=None):
-        gates.append(asyncio.Event())
-        await gates[-1].wait()
-        return fn()
-
-    monkeypatch.setattr(anyio.to_thread, "run_sync", gated)
-
-    async def settle(done) -> None:
-        for _ in range(100):
-            if done():
-                return
-            await asyncio.sleep(0)
-        raise AssertionError("never settled")
+    gates = gated_searches(monkeypatch)
 
     async def main():
         slots = SearchSlots(1)
