@@ -66,6 +66,16 @@ def measure(url: str, body: bytes, clients: int, seconds: float) -> dict:
             "bodies": statuses, "search": (search_status, search)}
 
 
+def flooded(tree: str, index: str, body: bytes, clients: int, seconds: float) -> dict:
+    """``measure`` on a serve.py of ``tree`` started for it, stopped after."""
+    process, url = start(tree, index)
+    try:
+        return measure(url, body, clients, seconds)
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--index", required=True)
@@ -79,12 +89,7 @@ def main() -> None:
     medians: dict[str, list[float]] = {tree: [] for tree in args.trees}
     for round_ in range(args.rounds):
         for tree in args.trees:
-            process, url = start(tree, args.index)
-            try:
-                seen = measure(url, body, args.clients, args.seconds)
-            finally:
-                process.terminate()
-                process.wait(30)
+            seen = flooded(tree, args.index, body, args.clients, args.seconds)
             medians[tree].append(seen["median"])
             print(f"round {round_} {tree}: /health median {seen['median'] * 1e3:.1f} ms, p90 {seen['p90'] * 1e3:.1f} ms ({seen['probes']} asked); "
                   f"{len(body) / 1e3:.0f} KB bodies answered {seen['bodies']}; a search then: {seen['search'][0]} in {seen['search'][1] * 1e3:.0f} ms", flush=True)

@@ -19,7 +19,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from big_bodies import measure, start  # noqa: E402
+from big_bodies import flooded  # noqa: E402
 
 TREE = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -68,12 +68,7 @@ def main() -> None:
     medians: dict[str, list[float]] = {name: [] for name in bodies()}
     for round_ in range(args.rounds):
         for name, body in bodies().items():
-            process, url = start(TREE, args.index)
-            try:
-                seen = measure(url, body, args.clients, args.seconds)
-            finally:
-                process.terminate()
-                process.wait(30)
+            seen = flooded(TREE, args.index, body, args.clients, args.seconds)
             medians[name].append(seen["median"])
             print(f"round {round_} {name}: /health median {seen['median'] * 1e3:.1f} ms, p90 {seen['p90'] * 1e3:.1f} ms "
                   f"({seen['probes']} asked); bodies answered {seen['bodies']}", flush=True)
