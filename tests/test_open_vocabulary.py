@@ -5,6 +5,7 @@ import math
 import os
 import subprocess
 import sys
+import zlib
 
 import numpy as np
 import pytest
@@ -14,7 +15,7 @@ from two_tower.data import beir
 from two_tower.data.tokenizer import PAD, UNK, UNK_ID, Tokenizer, stable_hash
 from two_tower.data.embeddings import EmbeddingsError, FileEmbeddings, extension_matrix, restore_tokenizer
 from two_tower.model.bag import BagOfWords, vocabulary_keys
-from two_tower.model.embedding import OpenEmbedding
+from two_tower.model.embedding import CRC_ROWS, OpenEmbedding
 from two_tower.model.encoders import RNNEncoder, TwoTower
 from two_tower.model.vocabulary import attach_vocabulary
 from two_tower.core.metrics import ranking_metrics
@@ -101,6 +102,37 @@ def test_open_embedding_rows_and_what_is_saved():
         fresh.load_extension(extension + 1)
     fresh.load_extension(extension)
     torch.testing.assert_close(fresh(ids), emb(ids))
+
+
+def test_open_embedding_holds_the_sources_table_not_a_copy_and_float16_rows_as_they_are():
+    """The extension's rows: the vectors source's whole table, shared (not gathered into a copy), a row map for the
+    extension's ids, float16 tables kept float16 (the distilled vectors' 400k x 256 rows: a 0.36 GB float32 gather
+    and a 0.36 GB zero placeholder were in every model load). Lookups and the CRC are those of the float32 rows."""
+    table = np.random.default_rng(0).normal(size=(6, 3)).astype(np.float16)
+    rows = np.array([4, 1, 5])  # the extension's words are a subset of the source's, in its order or not
+    gathered = table[rows].astype(np.float32)  # what the extension rows were before: a float32 copy
+    emb = OpenEmbedding(num_words=5, dim=3, extension_size=3)
+    assert emb.extension.numel() == 0  # no full-size placeholder before the rows are given
+    emb.load_extension(table, rows)
+    assert emb.extension.dtype == torch.float16 and np.shares_memory(emb.extension.numpy(), table)
+    out = emb(torch.tensor([[5, 6, 7]]))[0]
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, torch.from_numpy(gathered), rtol=0, atol=0)
+    # the CRC checkpoints saved (of the float32 gather) is the one the shared float16 table gives, block by block too
+    assert OpenEmbedding.crc(table, rows) == OpenEmbedding.crc(gathered) == zlib.crc32(gathered.tobytes())
+    big = np.random.default_rng(1).normal(size=(CRC_ROWS * 2 + 5, 2)).astype(np.float16)
+    assert OpenEmbedding.crc(big) == zlib.crc32(big.astype(np.float32).tobytes())
+    # a model saved with the float32 rows loads against the float16 table; another table is refused
+    saved = OpenEmbedding(num_words=5, dim=3, extension_size=3)
+    saved.load_extension(gathered)
+    fresh = OpenEmbedding(num_words=5, dim=3, extension_size=3)
+    fresh.load_state_dict(saved.state_dict())
+    with pytest.raises(ValueError, match="not the ones the model was trained with"):
+        fresh.load_extension(table, rows[::-1].copy())
+    with pytest.raises(ValueError, match="outside the source's 6 rows"):
+        fresh.load_extension(table, np.array([0, 1, 6]))
+    fresh.load_extension(table, rows)
+    torch.testing.assert_close(fresh(torch.tensor([[5, 6, 7]])), emb(torch.tensor([[5, 6, 7]])), rtol=0, atol=0)
 
 
 def brute_force_bag(texts, keys_of, idf_of, signature_of):

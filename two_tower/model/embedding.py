@@ -20,6 +20,10 @@ import torch
 from torch import nn
 
 
+# rows a block of OpenEmbedding.crc widens to float32 at a time (256-d: 16 MB)
+CRC_ROWS = 16_384
+
+
 class OpenEmbedding(nn.Module):
     def __init__(self, num_words: int, dim: int, extension_size: int = 0, buckets: int = 0, freeze: bool = False):
         super().__init__()
@@ -27,7 +31,12 @@ class OpenEmbedding(nn.Module):
         self.vocab_size = num_words + extension_size
         self.embedding_dim = dim
         self.words = nn.Embedding(num_words, dim, padding_idx=0)
-        self.register_buffer("extension", torch.zeros(extension_size, dim), persistent=False)
+        # Empty until load_extension gives the rows (never saved): a zero-filled placeholder of the full size was
+        # 0.36 GB written and dropped at every model load (400k x 256 float32). ``extension`` holds the vectors
+        # source's whole table, shared with it (not a copy of the extension's rows), and ``extension_rows`` the row of
+        # each extension id in it.
+        self.register_buffer("extension", torch.zeros(0, dim), persistent=False)
+        self.register_buffer("extension_rows", torch.zeros(0, dtype=torch.int64), persistent=False)
         self.register_buffer("extension_crc", torch.zeros((), dtype=torch.int64))
         self.extension_loaded = extension_size == 0
         self.buckets = nn.Embedding(buckets, dim) if buckets else None
@@ -46,10 +55,20 @@ class OpenEmbedding(nn.Module):
         return self.words.weight
 
     @staticmethod
-    def crc(matrix: np.ndarray) -> int:
+    def crc(matrix: np.ndarray, rows: np.ndarray | None = None) -> int:
+        """CRC32 of the rows (``matrix[rows]``; all of them without ``rows``) as float32 bytes, whatever dtype they
+        are held in: float16 rows give the CRC of their float32 values, which checkpoints saved. Computed a block of
+        rows at a time, without a float32 copy of the whole."""
         # over the array's own buffer: tobytes() copied it first (GloVe's extension rows at 256 dims, 0.4 GB more at
         # every model load's peak); the same bytes, the same CRC
-        return zlib.crc32(np.ascontiguousarray(matrix, dtype=np.float32).data)
+        if rows is None and (matrix.dtype == np.float32 or matrix.ndim != 2):
+            return zlib.crc32(np.ascontiguousarray(matrix, dtype=np.float32).data)
+        count = len(matrix) if rows is None else len(rows)
+        crc = 0
+        for start in range(0, count, CRC_ROWS):
+            block = matrix[start : start + CRC_ROWS] if rows is None else matrix[rows[start : start + CRC_ROWS]]
+            crc = zlib.crc32(np.ascontiguousarray(block, dtype=np.float32).data, crc)
+        return crc
 
     def load_words(self, matrix) -> None:
         weight = torch.as_tensor(np.asarray(matrix), dtype=self.words.weight.dtype)
@@ -62,15 +81,24 @@ class OpenEmbedding(nn.Module):
                 # unknown word is not louder than a known one in a mean of word vectors.
                 self.buckets.weight.mul_(float(weight[2:].std()) / 0.3)
 
-    def load_extension(self, matrix: np.ndarray) -> None:
-        """The extension's rows, from the vectors source; must be the rows the model was trained with."""
-        matrix = np.ascontiguousarray(matrix, dtype=np.float32)
-        if matrix.shape != (self.extension_size, self.embedding_dim):
-            raise ValueError(f"extension rows {matrix.shape} do not match the model's ({self.extension_size}, {self.embedding_dim})")
-        crc = self.crc(matrix)
+    def load_extension(self, matrix: np.ndarray, rows: np.ndarray | None = None) -> None:
+        """The extension's rows, from the vectors source; must be the rows the model was trained with. ``rows``: the
+        row of each extension id in ``matrix``, the source's whole table, which is then held as it is (shared with
+        the source, not copied); without it, ``matrix`` is the extension's rows. Float16 rows (the distilled vectors'
+        table) are held as they are and widened when looked up: the same float32 values at half the memory."""
+        matrix = np.ascontiguousarray(matrix, dtype=matrix.dtype if matrix.dtype in (np.float16, np.float32) else np.float32)
+        rows = np.arange(len(matrix), dtype=np.int64) if rows is None else np.asarray(rows, dtype=np.int64)
+        if matrix.ndim != 2 or matrix.shape[1] != self.embedding_dim or len(rows) != self.extension_size:
+            shape = (len(rows), *matrix.shape[1:])
+            raise ValueError(f"extension rows {shape} do not match the model's ({self.extension_size}, {self.embedding_dim})")
+        if len(rows) and (rows.min() < 0 or rows.max() >= len(matrix)):
+            raise ValueError(f"extension rows {int(rows.min())}..{int(rows.max())} outside the source's {len(matrix)} rows")
+        crc = self.crc(matrix, rows)
         if int(self.extension_crc) not in (0, crc):
             raise ValueError(f"the extension vectors (CRC {crc}) are not the ones the model was trained with (CRC {int(self.extension_crc)}): the vectors source changed")
-        self.extension = torch.from_numpy(matrix).to(self.words.weight.device)
+        device = self.words.weight.device
+        self.extension = torch.from_numpy(matrix).to(device)
+        self.extension_rows = torch.from_numpy(rows).to(device)
         self.extension_crc.fill_(crc)
         self.extension_loaded = True
 
@@ -88,7 +116,7 @@ class OpenEmbedding(nn.Module):
             if not self.extension_loaded:
                 raise RuntimeError("the vocabulary extension's vectors were not loaded (two_tower.model.vocabulary.attach)")
             extended = ~in_words & (ids < self.vocab_size)
-            rows = self.extension[(ids - self.num_words).clamp(0, self.extension_size - 1)]
+            rows = self.extension[self.extension_rows[(ids - self.num_words).clamp(0, self.extension_size - 1)]]
             out = torch.where(extended.unsqueeze(-1), rows.to(out.dtype), out)
         if self.buckets is not None:
             hashed = ids >= self.vocab_size

@@ -7,7 +7,7 @@ strings); both are checked against CRCs saved with the weights, so a changed sou
 from __future__ import annotations
 
 from two_tower.data.tokenizer import Tokenizer
-from two_tower.data.embeddings import extension_matrix
+from two_tower.data.embeddings import extension_rows
 
 
 def attach_vocabulary(encoders, tokenizer: Tokenizer) -> None:
@@ -16,7 +16,7 @@ def attach_vocabulary(encoders, tokenizer: Tokenizer) -> None:
     embeddings = {id(e.embedding): e.embedding for e in encoders}.values()
     for embedding in embeddings:
         if embedding.extension_size:
-            embedding.load_extension(extension_matrix(tokenizer))
+            embedding.load_extension(*extension_rows(tokenizer))
     words = [*tokenizer.words, *tokenizer.extension_words]
     for encoder in encoders:
         if getattr(encoder, "bag", None) is not None:
