@@ -6,6 +6,7 @@ import logging
 import re
 
 import datasets
+import pyarrow as pa
 import pyarrow.parquet as pq
 import numpy as np
 import pytest
@@ -756,3 +757,24 @@ def test_a_split_of_empty_shards_is_one_error_without_a_warning_before_it(tmp_pa
     with caplog.at_level("WARNING"), pytest.raises(msmarco.DataSourceError, match="every shard of the 'validation' split holds no rows$"):
         msmarco.load_split("validation", str(folder))
     assert "hold no rows, left out" not in caplog.text
+
+
+def test_a_ragged_array_of_more_than_2_31_values_goes_to_arrow_and_back(tmp_path):
+    """A corpus of over 2**31 - 1 tokens: ``to_arrow`` cast its offsets to int32, which wrapped (ArrowInvalid 'Negative
+    offsets in list array' when a split's cache was written, after its tokenizing). Now a large list (64-bit offsets)
+    that ``from_arrow`` reads back. The values are a sparse file, memory-mapped: never read, so no 8 GB is held."""
+    from two_tower.core.ragged import Ragged
+
+    total = 2**31 + 8
+    path = tmp_path / "values.bin"
+    with open(path, "wb") as f:  # sparse: only the first row's bytes are written
+        f.write(np.arange(1, 9, dtype=np.int32).tobytes())
+        f.truncate(4 * total)
+    values = np.memmap(path, dtype=np.int32, mode="r", shape=(total,))
+    ragged = Ragged(values, np.array([0, 8, total], dtype=np.int64))
+    array = ragged.to_arrow()
+    assert len(array) == 2 and array.offsets[-1].as_py() == total
+    back = Ragged.from_arrow(array)
+    assert back.offsets.tolist() == [0, 8, total] and back[0].tolist() == list(range(1, 9))
+    # a split of fewer values keeps a plain list (its cache files as they were)
+    assert Ragged.from_lists([[1, 2], [3]]).to_arrow().type == pa.list_(pa.int32())

@@ -32,6 +32,11 @@ class Ragged:
         return cls(values[offsets[0] : offsets[-1]], offsets - offsets[0])
 
     def to_arrow(self) -> pa.Array:
+        """An Arrow list array of the rows; a large list (64-bit offsets) where the values pass a list's 32-bit
+        offsets (over 2**31 - 1 tokens: the int32 cast wrapped, and writing a split's cache failed after its
+        tokenizing, 'Negative offsets in list array'). ``from_arrow`` reads either."""
+        if len(self.offsets) and self.offsets[-1] > np.iinfo(np.int32).max:
+            return pa.LargeListArray.from_arrays(pa.array(self.offsets.astype(np.int64)), pa.array(self.values))
         return pa.ListArray.from_arrays(pa.array(self.offsets.astype(np.int32)), pa.array(self.values))
 
     def __len__(self) -> int:
