@@ -149,7 +149,7 @@ def load_beir(path, split: str = "test", for_training: bool = False) -> BeirColl
             skipped[QUERIES].skip("duplicate_id", number)
         else:
             queries[str(row["_id"])] = text
-    qrels, judged_not_relevant = _read_qrels(root / QRELS / f"{split}.tsv", corpus, queries, skipped[f"{QRELS}/{split}.tsv"])
+    qrels, judged_not_relevant = _read_qrels(root / QRELS / f"{split}.tsv", queries, skipped[f"{QRELS}/{split}.tsv"])
     if not corpus:
         raise BeirError(_no_document(root, skipped[CORPUS]))
     if not queries:  # said as such: the qrels error below blamed its lines (unknown_query) and never named queries.jsonl
@@ -202,7 +202,7 @@ def _no_qrels(path: Path) -> str:
     return f"{path}: no such qrels file (split={path.stem}; this folder has {available or 'none'})"
 
 
-def _read_qrels(path: Path, corpus: dict, queries: dict, skipped: Skipped) -> tuple[dict[str, dict[str, int]], list[tuple[str, str]]]:
+def _read_qrels(path: Path, queries: dict, skipped: Skipped) -> tuple[dict[str, dict[str, int]], list[tuple[str, str]]]:
     """({query id: {document id: score}} of the relevant judgements, [(query id, document id)] of the judgements
     of a document as not relevant, in file order); each pair's last line counts."""
     if not path.is_file():

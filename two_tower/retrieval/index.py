@@ -355,8 +355,6 @@ def set_search_params(index: faiss.Index, params: str, setting: str, kind: str) 
         faiss.ParameterSpace().set_index_parameters(index, params)
     except RuntimeError as err:
         # FAISS's text names its C++ source line; what the user needs is the parameter it could not set
-        import re
-
         text = " ".join(str(err).split())
         found = re.search(r"could not set parameter (\S+)", text)
         # "Error in void faiss::...<lambda(...)> at /project/faiss/AutoTune.cpp:444: Error: 'ret == 2' failed: could
