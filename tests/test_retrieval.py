@@ -1950,6 +1950,22 @@ def test_searcher_prf_ranks_as_evaluate_does(trained, capsys):
         assert capsys.readouterr().err == message + "\n"
 
 
+def test_feedback_with_rows_found_returns_the_kind_it_was_given():
+    """``RocchioPRF.expand`` says it returns numpy for numpy and torch for torch; with ``found`` (the rows an approximate
+    index returned) torch input came back as a numpy array (np.maximum and np.where). The same values either way."""
+    import torch
+
+    from two_tower.retrieval.prf import RocchioPRF
+
+    prf = RocchioPRF(depth=2, alpha=0.4, beta=0.6)
+    queries, feedback, found = np.ones((2, 3), np.float32), np.stack([np.eye(3, dtype=np.float32)[:2]] * 2), np.array([[True, False], [False, False]])
+    as_numpy = prf.expand(queries, feedback, found)
+    as_torch = prf.expand(torch.from_numpy(queries), torch.from_numpy(feedback), torch.from_numpy(found))
+    assert isinstance(as_numpy, np.ndarray) and isinstance(as_torch, torch.Tensor)
+    for moved in (as_numpy, as_torch.numpy()):
+        assert moved.ravel().tolist() == pytest.approx([1.0, 0.4, 0.4, 1.0, 1.0, 1.0])
+
+
 def test_stored_vectors_come_back_from_flat_and_ivf_indexes():
     from two_tower.retrieval.prf import RocchioPRF
 

@@ -54,8 +54,9 @@ class RocchioPRF(GroupSettings):
         if found is None:
             return self.alpha * queries + self.beta * feedback.mean(1)
         count = found.sum(1, keepdims=True)
-        moved = self.alpha * queries + self.beta * (feedback * (found / np.maximum(count, 1))[..., None]).sum(1)
-        return np.where(count > 0, moved, queries)
+        moved = self.alpha * queries + self.beta * (feedback * (found / count.clip(min=1))[..., None]).sum(1)
+        # torch's where for tensors: np.maximum and np.where made torch input a numpy result
+        return (torch.where if isinstance(queries, torch.Tensor) else np.where)(count > 0, moved, queries)
 
 
 class PRFRetriever(SplitRetriever):
