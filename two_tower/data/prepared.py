@@ -20,7 +20,7 @@ from datasets.table import InMemoryTable
 
 from two_tower.core.ragged import Ragged  # noqa: F401  (re-exported: data modules import it from here)
 from two_tower.data.msmarco import CleanRow
-from two_tower.data.tokenizer import Tokenizer
+from two_tower.data.tokenizer import UNK_ID, Tokenizer
 
 # a split's own query and passage ids (a BEIR collection's), beside its queries/ and passages/ folders
 IDS = "ids.json"
@@ -72,13 +72,13 @@ class PreparedSplit:
 
     @classmethod
     def untokenized(cls, query_texts: list[str], passage_texts: list[str], positives: Ragged, candidates: Ragged, **extra) -> "PreparedSplit":
-        """A split whose token arrays are empty (one token a text: retrievers that tokenize for themselves read
-        the texts; ``tokenized`` fills them)."""
+        """A split whose token arrays are placeholders, one UNK token a text (retrievers that tokenize for themselves
+        read the texts; ``tokenized`` fills them)."""
         return cls(
             query_texts=query_texts,
-            query_tokens=Ragged.from_lists([[1]] * len(query_texts)),
+            query_tokens=Ragged.from_lists([[UNK_ID]] * len(query_texts)),
             passage_texts=passage_texts,
-            passage_tokens=Ragged.from_lists([[1]] * len(passage_texts)),
+            passage_tokens=Ragged.from_lists([[UNK_ID]] * len(passage_texts)),
             positives=positives,
             candidates=candidates,
             **extra,
