@@ -723,7 +723,8 @@ def test_a_qrels_score_past_a_c_int_is_skipped_and_counted(tmp_path):
     collection = beir.load_beir(tmp_path, "test")
     assert collection.qrels == {"q1": {"d1": 2**31 - 1}}
     assert dict(collection.skipped["qrels/test.tsv"]) == {"score_too_large": 2} and collection.skipped["qrels/test.tsv"].first == {"score_too_large": 3}
-    beir.prepared_split(collection)  # the gains are float32: no overflow
+    # the gains are float64: the score as it was (float32 made 2**31 - 1 the gain 2**31, past a C int in qrels.txt), no overflow
+    assert beir.prepared_split(collection).relevance([0]) == [{0: 2**31 - 1}]
 
 
 def test_a_qrels_line_with_a_nul_byte_is_skipped_and_counted(tmp_path):

@@ -25,7 +25,7 @@ class Ragged:
 
     @classmethod
     def from_arrow(cls, column: pa.ChunkedArray | pa.Array, dtype=np.int32) -> "Ragged":
-        """``dtype``: of the values (ids: int32; a split's graded gains: float32)."""
+        """``dtype``: of the values (ids: int32; a split's graded gains: float64)."""
         array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
         offsets = np.asarray(array.offsets, dtype=np.int64)
         values = np.asarray(array.values, dtype=dtype)

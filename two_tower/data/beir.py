@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 CORPUS, QUERIES, QRELS = "corpus.jsonl", "queries.jsonl", "qrels"
 INTEGER = re.compile(r"[+-]?[0-9]+")  # a qrels score: ASCII digits
-MAX_SCORE = 2**31 - 1  # trec_eval and pytrec_eval read a score as a C int; gains are float32 past it
+MAX_SCORE = 2**31 - 1  # trec_eval and pytrec_eval read a score as a C int (gains are float64, which hold every one exactly)
 
 
 def is_beir_folder(path) -> bool:
@@ -286,7 +286,7 @@ def prepared_split(collection: BeirCollection, for_training: bool = False):
         collection.corpus_texts,
         Ragged.from_lists(positives),
         Ragged.from_lists([[] for _ in positives]),
-        gains=Ragged(np.array([g for row in gains for g in row], dtype=np.float32), Ragged.from_lists(positives).offsets),
+        gains=Ragged(np.array([g for row in gains for g in row], dtype=np.float64), Ragged.from_lists(positives).offsets),
         query_ids=collection.query_ids,
         passage_ids=collection.corpus_ids + absent,  # the absent ones name qrels.txt's lines only
     )

@@ -162,7 +162,7 @@ class PreparedSplit:
             passage_tokens=passage_tokens,
             positives=Ragged.from_arrow(queries.column("positives")),
             candidates=Ragged.from_arrow(queries.column("candidates")),
-            gains=Ragged.from_arrow(queries.column("gains"), np.float32) if "gains" in queries.column_names else None,
+            gains=Ragged.from_arrow(queries.column("gains"), np.float64) if "gains" in queries.column_names else None,
             **(json.loads((path / IDS).read_text()) if (path / IDS).is_file() else {}),
         )
 
