@@ -148,7 +148,7 @@ class BagOfWords(nn.Module):
     def token_keys(self, ids: torch.Tensor) -> torch.Tensor:
         """Key of every token id (vocabulary: its word's key; hashed ids: the id, tagged)."""
         if not len(self.keys):
-            raise RuntimeError("the bag-of-words path has no vocabulary: call set_vocabulary (two_tower.model.vocabulary.attach)")
+            raise RuntimeError("the bag-of-words path has no vocabulary: call set_vocabulary (two_tower.model.vocabulary.attach_vocabulary)")
         in_vocab = ids < len(self.keys)
         return torch.where(in_vocab, self.keys[ids.clamp(max=len(self.keys) - 1)], ids | int(HASHED_KEY_TAG))
 

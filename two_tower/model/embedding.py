@@ -5,7 +5,7 @@
   (``two_tower.model.frozen_rows``);
 - extension rows: the pre-trained vectors of every other word of the source (GloVe: ~366k more words).
   Always frozen and never saved (80 MB for GloVe 6B 50d): they are read from the source again when a
-  model loads (``two_tower.model.vocabulary.attach``) and checked against a saved CRC;
+  model loads (``two_tower.model.vocabulary.attach_vocabulary``) and checked against a saved CRC;
 - hashed buckets: any other word's id, modulo ``buckets``, picks one of ``buckets`` random rows (at the
   word vectors' scale, trained like the vocabulary rows), so identical unknown strings give identical RNN inputs
   (the fastText hashing trick, on whole words); saved in checkpoints, frozen or not.
@@ -114,7 +114,7 @@ class OpenEmbedding(nn.Module):
         out = self.words(torch.where(in_words, ids, 0))
         if self.extension_size:
             if not self.extension_loaded:
-                raise RuntimeError("the vocabulary extension's vectors were not loaded (two_tower.model.vocabulary.attach)")
+                raise RuntimeError("the vocabulary extension's vectors were not loaded (two_tower.model.vocabulary.attach_vocabulary)")
             extended = ~in_words & (ids < self.vocab_size)
             rows = self.extension[self.extension_rows[(ids - self.num_words).clamp(0, self.extension_size - 1)]]
             out = torch.where(extended.unsqueeze(-1), rows.to(out.dtype), out)
