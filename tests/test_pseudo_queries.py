@@ -105,3 +105,24 @@ def test_pseudo_queries_need_the_teacher(tiny_cfg):
         train(tiny_cfg("data.pseudo_queries.count=10"))
     with pytest.raises(ConfigError, match="min_words"):
         train(tiny_cfg("loss=distill", "data.pseudo_queries.count=10", "data.pseudo_queries.min_words=9", "data.pseudo_queries.max_words=3"))
+
+
+def test_a_pseudo_query_takes_the_candidates_of_the_first_labelled_query_listing_its_source():
+    """Several labelled queries list the source passage: the first one's candidates (source first) are the pseudo row's.
+    Written before through numpy's assignment at repeated indices, whose outcome numpy leaves unspecified."""
+    tokenizer = Tokenizer.build(PASSAGES + ["what jumps", "who sleeps", "where"], min_freq=1)
+    queries = ["what jumps", "who sleeps", "where"]
+    split = PreparedSplit(
+        query_texts=queries, query_tokens=Ragged.from_lists(tokenizer.encode_queries(queries)),
+        passage_texts=PASSAGES, passage_tokens=Ragged.from_lists(tokenizer.encode_passages(PASSAGES)),
+        positives=Ragged.from_lists([[0], [2], [3]]), candidates=Ragged.from_lists([[0, 1, 2], [2, 1], [3, 2, 0]]),
+    )
+    out = with_pseudo_queries(split, tokenizer, count=40, min_words=2, max_words=4, seed=3)
+    # query 0 lists passages 0 and 1 first (queries 2 and 1 list them later: theirs would be [0, 3, 2] and [1, 2]); query 2
+    # alone lists 3; passages 2 (empty) and 4 (punctuation) give no pseudo-query
+    first_listing = {0: [0, 1, 2], 1: [1, 0, 2], 3: [3, 2, 0]}
+    sources = {int(out.positives[row][0]) for row in range(3, out.num_queries)}
+    assert sources == {0, 1, 3}
+    for row in range(3, out.num_queries):
+        source = int(out.positives[row][0])
+        assert out.candidates[row].tolist() == first_listing.get(source, [source])

@@ -48,8 +48,10 @@ def with_pseudo_queries(split: PreparedSplit, tokenizer: Tokenizer, count: int, 
     # Candidates: those of the first labelled query listing the source passage (its topical neighbours,
     # which the teacher then ranks), so negatives=random/bm25 have a pool for pseudo rows too.
     listed_by = np.full(split.num_passages, -1, dtype=np.int64)
-    rows = split.candidates.row_ids()[::-1]
-    listed_by[split.candidates.values[::-1]] = rows  # reversed: the first query listing a passage wins
+    # the first query listing a passage: np.unique's first index of each (an assignment through repeated indices, which
+    # this was, reversed, leaves which value stays unspecified in numpy's documentation)
+    listed, first = np.unique(split.candidates.values, return_index=True)
+    listed_by[listed] = split.candidates.row_ids()[first]
     candidates = [own[i] + [int(c) for c in split.candidates[q] if c != own[i][0]] if q >= 0 else own[i] for i, q in enumerate(listed_by[sources])]
 
     def extend(ragged: Ragged, rows) -> Ragged:
