@@ -1966,6 +1966,17 @@ def test_feedback_with_rows_found_returns_the_kind_it_was_given():
         assert moved.ravel().tolist() == pytest.approx([1.0, 0.4, 0.4, 1.0, 1.0, 1.0])
 
 
+def test_a_short_list_from_an_approximate_index_is_padded_with_minus_infinity():
+    """``SearchHits`` says -1 / -inf where fewer than k; an IVF index probing one list padded with FAISS's -3.4e38."""
+    vectors = clustered(400, 16, 4, seed=3)
+    index = PassageIndex(Path("."), build_faiss(vectors, "IVF4,Flat", train_size=200, search_params="nprobe=1"), None, {"faiss": {"type": "IVF"}})
+    hits = index.search(vectors[:3], 400)
+    missing = hits.rows < 0
+    assert missing.any() and (~missing).any()
+    assert np.isneginf(hits.scores[missing]).all() and np.isfinite(hits.scores[~missing]).all()
+    assert not (missing[:, :-1] & ~missing[:, 1:]).any()  # the found rows first, best first
+
+
 def test_stored_vectors_come_back_from_flat_and_ivf_indexes():
     from two_tower.retrieval.prf import RocchioPRF
 

@@ -649,6 +649,8 @@ class PassageIndex:
             rows, scores = rank_dense_scored(torch.from_numpy(vectors), stored, k)
             return SearchHits(rows.numpy().astype(np.int64), scores.numpy())
         scores, rows = self.index.search(vectors, k)
+        # FAISS pads a short list (an IVF's probed lists held fewer than k) with -3.4e38, not the -inf SearchHits says
+        scores[rows < 0] = -np.inf
         # FAISS orders exact ties arbitrarily; put them in row order like metrics.rank_by_scores does.
         # (Which of several tied passages makes it into the top k at the cut-off is still FAISS's choice.)
         order = np.lexsort((np.where(rows < 0, np.iinfo(np.int64).max, rows), -scores), axis=-1)
