@@ -550,6 +550,19 @@ def search_override_error(config_name: str, overrides: list[str]) -> str | None:
     return group_override_error(overrides, groups) or unknown_settings_error(config_name, overrides, tuple(groups))
 
 
+def compose_search_config(config_name: str, overrides: list[str]):
+    """search.py's and serve.py's config: (the composed config, None), or (None, the one error line) for an override
+    that names no setting (``search_override_error``) or that Hydra refuses (an unknown key, a bad value, a group
+    option that does not exist: ``hydra_error_line``)."""
+    message = search_override_error(config_name, overrides)
+    if message:
+        return None, message
+    try:
+        return compose(config_name, overrides), None
+    except Exception as err:  # Hydra's own errors
+        return None, hydra_error_line(config_name, err, overrides)
+
+
 def command_group_settings(config_name: str) -> dict[str, list[str]]:
     """The settings of a command's config groups: search.py's and serve.py's prf=rocchio and rerank=maxsim,
     index.py's smooth=neighbours; {} for the others. Read from the groups' files in conf/ (``group_settings``): their

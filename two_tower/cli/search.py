@@ -11,7 +11,7 @@ import re
 import sys
 from typing import TYPE_CHECKING
 
-from two_tower.cli.common import command_settings, compose, drop_stdout, hydra_error_line, interrupted_status, path_setting_error, report, search_override_error
+from two_tower.cli.common import command_settings, compose_search_config, drop_stdout, interrupted_status, path_setting_error, report
 from two_tower.core.checks import check_config
 from two_tower.core.errors import EmptyQueryError, TwoTowerError
 from two_tower.core.threads import set_threads
@@ -162,14 +162,9 @@ def _main(argv: list[str] | None) -> int:
         print(f"error: {flag.split('=', 1)[0]}: not an option of {command('search')} (it takes --interactive and --help; settings are "
               f"key=value, e.g. k=5); to search for text starting with --, give it as query=\"...\"", file=sys.stderr)
         return 2
-    message = search_override_error("search", overrides)
+    cfg, message = compose_search_config("search", overrides)
     if message:
         print(f"error: {message}", file=sys.stderr)
-        return 2
-    try:
-        cfg = compose("search", overrides)
-    except Exception as err:  # Hydra's own errors: unknown key, bad value, a group option that does not exist
-        print(f"error: {hydra_error_line('search', err, overrides)}", file=sys.stderr)
         return 2
     if raw_query is not None and words:
         print("error: give the query either as text or as query=..., not both", file=sys.stderr)

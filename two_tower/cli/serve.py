@@ -14,7 +14,7 @@ import socket
 import sys
 import time
 
-from two_tower.cli.common import compose, hydra_error_line, interrupted_status, report, say, search_override_error
+from two_tower.cli.common import compose_search_config, interrupted_status, report, say
 from two_tower.core.checks import whole_number
 from two_tower.core.commands import as_run, command
 from two_tower.core.errors import ConfigError, TwoTowerError
@@ -76,14 +76,9 @@ def _main(argv: list[str] | None) -> int:
         print(f"error: not a key=value setting: {' '.join(stray)} ({command('serve')} --help lists the settings)", file=sys.stderr)
         return 2
     # a setting, a config group (prf=rocchio), or a key inside a group (prf.depth=3)
-    message = search_override_error("serve", argv)
+    cfg, message = compose_search_config("serve", argv)
     if message:
         print(f"error: {message}", file=sys.stderr)
-        return 2
-    try:
-        cfg = compose("serve", argv)
-    except Exception as err:  # Hydra's own errors, e.g. a value it cannot parse, a group option that does not exist
-        print(f"error: {hydra_error_line('serve', err, argv)}", file=sys.stderr)
         return 2
 
     if cfg.index is None:
