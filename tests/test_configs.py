@@ -136,6 +136,18 @@ def test_null_is_refused_unless_the_rule_says_what_it_means(tiny_cfg):
     validate_train_config(tiny_cfg("threads=null", "data.max_train_rows=null", "data.max_val_rows=null"))
 
 
+def test_embeddings_dim_null_is_a_vectors_files_own_width_only(tiny_cfg):
+    """embeddings.dim=null (the rule's "a vectors file's own") was accepted for every source: embeddings=random and
+    word2vec ended in a TypeError traceback after the data was prepared (exit 1), glove in 'config says dim=None' after
+    it. Now only embeddings=file takes it; the others are one line before any data."""
+    from two_tower.core.errors import ConfigError
+    from two_tower.training.config import validate_train_config
+
+    for option in ("random", "glove", "word2vec"):
+        with pytest.raises(ConfigError, match=rf"^embeddings.dim=null: embeddings={option} needs the word vectors' width"):
+            validate_train_config(tiny_cfg(f"embeddings={option}", "embeddings.dim=null"))
+    validate_train_config(tiny_cfg("embeddings=file", "embeddings.path=vectors.txt", "embeddings.dim=null"))
+
 def test_distill_margin_config_is_distill_with_margin_mse(tiny_cfg):
     """loss=distill_margin is loss=distill with the MarginMSE teacher term, and is accepted by the config check
     (alone and over an experiment that overrides the loss); loss=distill stays KL only."""

@@ -49,8 +49,15 @@ def validate_train_config(cfg: DictConfig) -> None:
         raise ConfigError(f"data.path={data.path}: data=synthetic generates its rows and reads no folder; drop data=synthetic "
                           "to train on the folder (data=local), or drop data.path")
     embeddings = cfg.get("embeddings") or {}
-    if str(embeddings.get("_target_", "")).endswith("DistilledEmbeddings") and embeddings.get("dim") is None:
-        raise ConfigError(DISTILLED_DIM_NULL)  # null is a vectors file's own dimension; a distillation had no target
+    source = str(embeddings.get("_target_", ""))
+    if "dim" in embeddings and embeddings.get("dim") is None and not source.endswith("FileEmbeddings"):
+        # null is a vectors file's own dimension: a distillation had no target, random rows and word2vec no width (a
+        # TypeError traceback after the data was prepared), GloVe was refused only after it
+        if source.endswith("DistilledEmbeddings"):
+            raise ConfigError(DISTILLED_DIM_NULL)
+        option = {"RandomEmbeddings": "random", "GloveEmbeddings": "glove", "Word2VecEmbeddings": "word2vec"}.get(source.rsplit(".", 1)[-1], source)
+        raise ConfigError(f"embeddings.dim=null: embeddings={option} needs the word vectors' width (e.g. 50); "
+                          "null means a vectors file's own width (embeddings=file)")
     metric = cfg.get("optimized_metric")
     if metric is not None and metric not in [f"val/{m}" for m in RANKING_METRICS]:
         # it chooses the checkpoint (mode max) and what sweeps maximise: a typo failed after the first validation
