@@ -148,6 +148,20 @@ def test_embeddings_dim_null_is_a_vectors_files_own_width_only(tiny_cfg):
             validate_train_config(tiny_cfg(f"embeddings={option}", "embeddings.dim=null"))
     validate_train_config(tiny_cfg("embeddings=file", "embeddings.path=vectors.txt", "embeddings.dim=null"))
 
+
+def test_a_glove_width_the_package_does_not_have_is_refused_before_any_data(tiny_cfg):
+    """embeddings=glove embeddings.dim=100: 'GloVe vectors have 50 dims, config says dim=100' came only after the rows
+    were read and tokenized. Now it is the config check's line, the width read from the package's vectors file."""
+    from two_tower.core.errors import ConfigError
+    from two_tower.data.embeddings import GloveEmbeddings
+    from two_tower.training.config import validate_train_config
+
+    width = GloveEmbeddings.width()
+    with pytest.raises(ConfigError, match=rf"^embeddings.dim={width + 1}: .*GloVe .* have {width} dims"):
+        validate_train_config(tiny_cfg("embeddings=glove", f"embeddings.dim={width + 1}"))
+    validate_train_config(tiny_cfg("embeddings=glove", f"embeddings.dim={width}"))
+
+
 def test_distill_margin_config_is_distill_with_margin_mse(tiny_cfg):
     """loss=distill_margin is loss=distill with the MarginMSE teacher term, and is accepted by the config check
     (alone and over an experiment that overrides the loss); loss=distill stays KL only."""

@@ -118,6 +118,11 @@ class GloveEmbeddings(EmbeddingSource):
 
     name = "glove"
 
+    @staticmethod
+    def width() -> int:
+        """The package's vectors' dimension (read from the file's header: nothing loaded)."""
+        return int(np.load(_glove_data_dir() / "glove_6B_50d_emb.npy", mmap_mode="r").shape[1])
+
     def load(self, train_texts, keep_punctuation=False, split_hyphens=False, unicode_words=False):
         data_dir = _glove_data_dir()
         vectors = np.load(data_dir / "glove_6B_50d_emb.npy", mmap_mode="r")

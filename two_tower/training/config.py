@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from two_tower.core.checks import RULES, check_config, check_explicit_negatives, check_mining_range, check_packing
 from two_tower.core.errors import ConfigError
 from two_tower.core.metrics import RANKING_METRICS
-from two_tower.data.embeddings import DISTILLED_DIM_NULL
+from two_tower.data.embeddings import DISTILLED_DIM_NULL, EmbeddingsError, GloveEmbeddings
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +35,14 @@ def unvalidated_epochs(cfg: DictConfig) -> str | None:
     return (f"trainer.max_epochs={epochs} is not a multiple of trainer.check_val_every_n_epoch={every}: the last {epochs % every} "
             f"epoch(s) will be trained but neither validated nor saved (last.ckpt and the best checkpoint hold epoch "
             f"{epochs - epochs % every} at most); make max_epochs a multiple of {every}")
+
+
+def _glove_width() -> int | None:
+    """GloVe's vectors' dimension; None where the package cannot be read (its loader says why, where it is needed)."""
+    try:
+        return GloveEmbeddings.width()
+    except EmbeddingsError:
+        return None
 
 
 def validate_train_config(cfg: DictConfig) -> None:
@@ -58,6 +66,9 @@ def validate_train_config(cfg: DictConfig) -> None:
         option = {"RandomEmbeddings": "random", "GloveEmbeddings": "glove", "Word2VecEmbeddings": "word2vec"}.get(source.rsplit(".", 1)[-1], source)
         raise ConfigError(f"embeddings.dim=null: embeddings={option} needs the word vectors' width (e.g. 50); "
                           "null means a vectors file's own width (embeddings=file)")
+    if source.endswith("GloveEmbeddings") and isinstance(embeddings.get("dim"), int) and (width := _glove_width()) not in (None, embeddings.dim):
+        # said by the vectors' loader too, but only after the rows were read and tokenized
+        raise ConfigError(f"embeddings.dim={embeddings.dim}: embeddings=glove's GloVe vectors have {width} dims; leave embeddings.dim at {width}")
     metric = cfg.get("optimized_metric")
     if metric is not None and metric not in [f"val/{m}" for m in RANKING_METRICS]:
         # it chooses the checkpoint (mode max) and what sweeps maximise: a typo failed after the first validation
