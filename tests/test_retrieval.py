@@ -694,6 +694,10 @@ def test_overwrite_replaces_index_folders_only(trained, tmp_path, monkeypatch):
     with pytest.raises(IndexFolderError, match="which replacing it would delete"):
         build_index(cfg)
     assert (inside / "corpus.tsv").exists()
+    # a corpus named inside out= that is not there is said to be missing (it was said to be held there, to be moved away)
+    cfg = compose_retrieval("index", [f"ckpt={trained['ckpt']}", f"corpus={inside / 'typo.tsv'}", f"out={inside}", "overwrite=true"])
+    with pytest.raises(CorpusError, match=r"typo\.tsv: no such file"):
+        build_index(cfg)
     # nor this run's own Hydra folder (hydra.run.dir inside out=: its log went with the old index)
     from two_tower.retrieval import indexer
 

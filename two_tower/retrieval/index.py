@@ -436,8 +436,8 @@ def check_replaceable(path: str | Path, overwrite: bool, keep: list[str | Path] 
         raise IndexFolderError(f"out={path} is {what}, not an index folder; overwrite=true replaces index folders only, choose another out=")
     if not overwrite:
         raise IndexFolderError(f"out={path}: an index folder already exists there; pass overwrite=true to replace it, or choose another out=")
-    for kept in keep:
-        if path in Path(kept).expanduser().resolve().parents:
+    for kept in keep:  # only what is there (a corpus named inside out= but absent is the corpus reader's "no such file")
+        if path in Path(kept).expanduser().resolve().parents and os.path.lexists(Path(kept).expanduser()):
             raise IndexFolderError(f"out={path} holds {kept}, which replacing it would delete; choose another out=")
 
 
