@@ -388,6 +388,9 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, sig, uninterrupted):
         (["data=msmarco", "data.val_split=train"], "data.val_split=train is the training split: validation would score the rows trained on"),
         (["+trainer.limit_val_batches=0.5"], "trainer.limit_val_batches=0.5: validation ranks the whole corpus"),
         (["+trainer.overfit_batches=4"], "trainer.overfit_batches=4: the training batches are built by this project's sampler"),
+        # a ZeroDivisionError traceback in the first training step (a probe); a float 0.0 validated after every batch
+        (["+trainer.val_check_interval=0"], "trainer.val_check_interval=0: must be a whole number of training batches >= 1"),
+        (["+trainer.val_check_interval=0.0"], "trainer.val_check_interval=0.0: must be a whole number of training batches >= 1"),
         # trained, then a traceback: the spawned processes' logged keys never reached the parent's CSV logger (a probe)
         (["trainer=ddp", "trainer.strategy=ddp_spawn"], "trainer.strategy=ddp_spawn: runs start their processes as scripts"),
         (["trainer=ddp", "+trainer.strategy.start_method=spawn"], "trainer.strategy=start_method=spawn: runs start their processes as scripts"),
@@ -407,6 +410,24 @@ def test_bad_config_fails_before_loading_data(overrides, message, tiny_cfg, monk
     monkeypatch.setattr(train_module, "build_datamodule", lambda cfg: pytest.fail("loaded data"))
     with pytest.raises(ConfigError, match=re.escape(message)):
         train(tiny_cfg(*overrides))
+
+
+def test_a_validation_interval_past_an_epochs_batches_is_one_line_before_training(tmp_path, monkeypatch):
+    """+trainer.val_check_interval=N above the batches an epoch trains: Lightning's ValueError was a traceback (exit 1) from
+    trainer.fit; it is known once the training split is read, and refused then, before the model or Lightning is built
+    (TINY: 300 rows of 32 make 10 batches; limit_train_batches counts too). A count within the epoch and a time pass."""
+    from two_tower.core.errors import ConfigError
+    from two_tower.training.config import check_val_check_interval, validate_train_config
+
+    monkeypatch.setattr(train_module, "build_module", lambda cfg, datamodule: pytest.fail("built the model"))
+    with pytest.raises(ConfigError, match=re.escape("trainer.val_check_interval=11: more than the 10 training batches an epoch")):
+        train(compose_train(tmp_path, ["+trainer.val_check_interval=11"]))
+    with pytest.raises(ConfigError, match=re.escape("trainer.val_check_interval=5: more than the 4 training batches")):
+        check_val_check_interval(compose_train(tmp_path, ["+trainer.val_check_interval=5", "+trainer.limit_train_batches=4"]).trainer, 10)
+    for fine in ("+trainer.val_check_interval=10", "+trainer.val_check_interval=0.25", "+trainer.val_check_interval=00:00:01:00"):
+        cfg = compose_train(tmp_path, [fine])
+        validate_train_config(cfg)
+        check_val_check_interval(cfg.trainer, 10)
 
 
 def test_unknown_group_option_names_the_choices(tiny_cfg):

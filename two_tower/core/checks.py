@@ -9,6 +9,7 @@ code that needs them.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from numbers import Integral, Real
 
 from two_tower.core.errors import ConfigError
@@ -39,6 +40,10 @@ RULES = {
     "trainer.check_val_every_n_epoch": (INT, lambda v: v > 0, "a positive integer"),
     "trainer.log_every_n_steps": (INT, lambda v: v > 0, "a positive integer"),
     "trainer.gradient_clip_val": (NUM, lambda v: v >= 0, "a number >= 0 or null"),
+    # Lightning's: an int counts training batches, a float is a share of the epoch, a string or mapping a time; 0 was a
+    # ZeroDivisionError traceback after the data had loaded (a probe); a count above an epoch's batches: check_val_check_interval
+    "trainer.val_check_interval": ((Real, str, Mapping), lambda v: not isinstance(v, Real) or (v >= 1 if isinstance(v, Integral) else 0 < v <= 1),
+                                   "a whole number of training batches >= 1, a share of an epoch in (0, 1], a time 'DD:HH:MM:SS', or null"),
     "data.batch_size": (INT, lambda v: v > 0, "a positive integer"),
     "data.eval_batch_size": (INT, lambda v: v > 0, "a positive integer"),
     "data.num_workers": (INT, lambda v: v >= 0, "an integer >= 0"),
@@ -138,7 +143,7 @@ RULES = {
 
 # Rules whose null means something (no limit, the default, derived): each says "or null" in its meaning. Any other
 # null is refused (optimizer.lr=null, data.batch_size=null ended in a traceback after the data had loaded).
-NULLABLE = ("threads", "trainer.gradient_clip_val", "data.max_train_rows", "data.max_val_rows", "embeddings.dim", "encoder.dim",
+NULLABLE = ("threads", "trainer.gradient_clip_val", "trainer.val_check_interval", "data.max_train_rows", "data.max_val_rows", "embeddings.dim", "encoder.dim",
             "encoder.bag_stemmer", "index.add_chunk_mb", "index.train_mb", "teacher.max_seq_length", "teacher.threads", "negatives.margin", "negatives.stemmer", "negatives.near_duplicate_jaccard")
 
 

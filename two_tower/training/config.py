@@ -45,6 +45,24 @@ def _glove_width() -> int | None:
         return None
 
 
+def check_val_check_interval(trainer, batches: int) -> None:
+    """Refuse, in one line, ``trainer.val_check_interval`` as a count of training batches above the ``batches`` each process
+    trains an epoch (after ``trainer.limit_train_batches``): Lightning's ValueError was a traceback once the data had loaded
+    (a probe). Known only once the training split is read; a time or a share of the epoch passes."""
+    every = trainer.get("val_check_interval")
+    if not isinstance(every, int) or isinstance(every, bool) or trainer.get("check_val_every_n_epoch", 1) is None \
+            or trainer.get("limit_val_batches") == 0:
+        return
+    limit = trainer.get("limit_train_batches")
+    if isinstance(limit, int) and not isinstance(limit, bool):
+        batches = min(batches, limit)
+    elif isinstance(limit, float):
+        batches = int(batches * limit)
+    if every > batches:
+        raise ConfigError(f"trainer.val_check_interval={every}: more than the {batches} training batches an epoch (each process's), "
+                          f"so no validation would run in an epoch; give at most {batches}, or a share of an epoch (e.g. 0.5)")
+
+
 def validate_train_config(cfg: DictConfig) -> None:
     """Raise ConfigError naming the first key that is unset, of the wrong type, or out of range."""
     missing = sorted(OmegaConf.missing_keys(cfg))

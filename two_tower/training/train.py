@@ -22,10 +22,11 @@ from two_tower.core.threads import kept, set_threads
 from two_tower.retrieval.checkpoint import load_problem
 from two_tower.core import per_query, progress, random_state, run_record
 from two_tower.training.callbacks import CheckpointOnStop, PerQueryWriter
-from two_tower.training.config import check_sweep_processes, planned_processes, unvalidated_epochs, validate_train_config
+from two_tower.training.config import check_sweep_processes, check_val_check_interval, planned_processes, unvalidated_epochs, validate_train_config
 from two_tower.training.loggers import ResumableCSVLogger
 from two_tower.training.processes import other_processes_watched
 from two_tower.core.config_key import NOT_SET, changed_settings, current_config_key
+from two_tower.data.batches import TripletBatchSampler
 from two_tower.data.datamodule import NEGATIVES_CHECKPOINT, TwoTowerDataModule
 from two_tower.training.console import lightning_warnings_filtered, quiet_lightning, resume_warnings_filtered
 from two_tower.core.errors import CheckpointError, ConfigError, DataSourceError, PerQueryError
@@ -525,6 +526,7 @@ def _train(cfg: DictConfig) -> dict[str, float]:
             processes = planned_processes(cfg.trainer)
             if processes:
                 datamodule.check_processes(processes)
+            check_val_check_interval(cfg.trainer, TripletBatchSampler.batches_in(datamodule.train.num_queries, datamodule.batch_size) // (processes or 1))
             if ckpt_path:
                 check_resume_checkpoint(ckpt_path, state, datamodule.tokenizer, processes, cfg.trainer.get("max_epochs"), datamodule.data_digests)
                 if datamodule.num_workers > 0:
