@@ -391,6 +391,14 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, sig, uninterrupted):
         # a ZeroDivisionError traceback in the first training step (a probe); a float 0.0 validated after every batch
         (["+trainer.val_check_interval=0"], "trainer.val_check_interval=0: must be a whole number of training batches >= 1"),
         (["+trainer.val_check_interval=0.0"], "trainer.val_check_interval=0.0: must be a whole number of training batches >= 1"),
+        # trained nothing and exited 0 (max_steps=0, a max_time of 0 or less); Lightning's traceback, or its line once the data
+        # had loaded (num_sanity_val_steps=abc, max_time=abc); taken and half applied (deterministic=abc): a probe
+        (["+trainer.max_steps=0"], "trainer.max_steps=0: must be a positive integer, or -1"),
+        (["+trainer.max_time=00:00:00:00"], "trainer.max_time='00:00:00:00': must be a time longer than 0"),
+        (["+trainer.max_time={days:-1}"], "trainer.max_time={'days': -1}: must be a time longer than 0"),
+        (["+trainer.max_time=abc"], "trainer.max_time='abc': must be a time longer than 0, 'DD:HH:MM:SS'"),
+        (["trainer.num_sanity_val_steps=abc"], "trainer.num_sanity_val_steps='abc': must be an integer >= 0, -1"),
+        (["trainer.deterministic=abc"], "trainer.deterministic='abc': must be true, false, warn or null"),
         # trained, then a traceback: the spawned processes' logged keys never reached the parent's CSV logger (a probe)
         (["trainer=ddp", "trainer.strategy=ddp_spawn"], "trainer.strategy=ddp_spawn: runs start their processes as scripts"),
         (["trainer=ddp", "+trainer.strategy.start_method=spawn"], "trainer.strategy=start_method=spawn: runs start their processes as scripts"),
@@ -1130,7 +1138,7 @@ def test_train_error_line_comes_without_run_failed_or_traceback(tmp_path):
     [
         ("+encoder.bogus=1", "encoder.bogus: RNNEncoder takes no such setting; it takes embedding, cell, hidden_size"),
         ("+trainer.max_epoch=1", "trainer.max_epoch: Trainer takes no such setting (did you mean max_epochs or min_epochs or max_steps?)"),
-        ("+trainer.max_time=abc", "trainer: MisconfigurationException: `Timer(duration='abc')` is not a valid duration"),
+        ("trainer.precision=bogus", "trainer: ValueError: Precision 'bogus' is invalid"),
     ],
 )
 def test_settings_only_the_model_or_trainer_reads_are_config_errors(tmp_path, override, message):

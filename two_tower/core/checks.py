@@ -24,6 +24,21 @@ SEARCH_FORMATS = ("text", "jsonl")
 FLOAT32_MAX = 3.4028234663852886e38
 
 
+def _duration_seconds(value) -> float | None:
+    """``trainer.max_time`` in seconds, as Lightning's Timer reads it ('DD:HH:MM:SS', or timedelta's keywords); None if it
+    cannot."""
+    import re
+    from datetime import timedelta
+
+    if isinstance(value, str):
+        match = re.fullmatch(r"(\d+):(\d\d):(\d\d):(\d\d)", value.strip())
+        return timedelta(days=int(match[1]), hours=int(match[2]), minutes=int(match[3]), seconds=int(match[4])).total_seconds() if match else None
+    try:
+        return timedelta(**dict(value)).total_seconds()
+    except (TypeError, ValueError, OverflowError):
+        return None
+
+
 def _stemmer_languages() -> set[str]:
     import Stemmer
 
@@ -40,6 +55,13 @@ RULES = {
     "trainer.check_val_every_n_epoch": (INT, lambda v: v > 0, "a positive integer"),
     "trainer.log_every_n_steps": (INT, lambda v: v > 0, "a positive integer"),
     "trainer.gradient_clip_val": (NUM, lambda v: v >= 0, "a number >= 0 or null"),
+    # Lightning's own checks of these came after the data had loaded, or never: max_steps=0 and a max_time of 0 or less
+    # trained nothing and exited 0, num_sanity_val_steps=abc was a traceback, deterministic=abc was taken (a probe)
+    "trainer.max_steps": (INT, lambda v: v >= 1 or v == -1, "a positive integer, or -1 (no limit)"),
+    "trainer.max_time": ((str, Mapping), lambda v: (_duration_seconds(v) or 0) > 0,
+                         "a time longer than 0, 'DD:HH:MM:SS' (e.g. 00:12:00:00) or a mapping such as {hours: 12}, or null"),
+    "trainer.num_sanity_val_steps": (INT, lambda v: v >= -1, "an integer >= 0, -1 (the whole validation), or null"),
+    "trainer.deterministic": ((bool, str), lambda v: isinstance(v, bool) or v == "warn", "true, false, warn or null"),
     # Lightning's: an int counts training batches, a float is a share of the epoch, a string or mapping a time; 0 was a
     # ZeroDivisionError traceback after the data had loaded (a probe); a count above an epoch's batches: check_val_check_interval
     "trainer.val_check_interval": ((Real, str, Mapping), lambda v: not isinstance(v, Real) or (v >= 1 if isinstance(v, Integral) else 0 < v <= 1),
@@ -143,7 +165,8 @@ RULES = {
 
 # Rules whose null means something (no limit, the default, derived): each says "or null" in its meaning. Any other
 # null is refused (optimizer.lr=null, data.batch_size=null ended in a traceback after the data had loaded).
-NULLABLE = ("threads", "trainer.gradient_clip_val", "trainer.val_check_interval", "data.max_train_rows", "data.max_val_rows", "embeddings.dim", "encoder.dim",
+NULLABLE = ("threads", "trainer.gradient_clip_val", "trainer.val_check_interval", "trainer.max_time", "trainer.num_sanity_val_steps",
+            "trainer.deterministic", "data.max_train_rows", "data.max_val_rows", "embeddings.dim", "encoder.dim",
             "encoder.bag_stemmer", "index.add_chunk_mb", "index.train_mb", "teacher.max_seq_length", "teacher.threads", "negatives.margin", "negatives.stemmer", "negatives.near_duplicate_jaccard")
 
 
@@ -155,7 +178,7 @@ def check(key: str, value, rule: str | None = None) -> None:
         if (rule or key) in NULLABLE:
             return
         raise ConfigError(f"{key}=null: must be {meaning}")
-    if isinstance(value, bool) and types != BOOL or not isinstance(value, types) or not ok(value):
+    if isinstance(value, bool) and bool not in types or not isinstance(value, types) or not ok(value):
         raise ConfigError(f"{key}={value!r}: must be {meaning}")
 
 
