@@ -399,6 +399,9 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, sig, uninterrupted):
         (["+trainer.max_time=abc"], "trainer.max_time='abc': must be a time longer than 0, 'DD:HH:MM:SS'"),
         (["trainer.num_sanity_val_steps=abc"], "trainer.num_sanity_val_steps='abc': must be an integer >= 0, -1"),
         (["trainer.deterministic=abc"], "trainer.deterministic='abc': must be true, false, warn or null"),
+        # every logit 0: no gradient, the untrained towers validated and saved, exit 0 (a probe); the teacher's a uniform target
+        (["loss.temperature=inf"], "loss.temperature=inf: must be a finite number > 0"),
+        (["loss=distill", "loss.teacher_temperature=inf"], "loss.teacher_temperature=inf: must be a finite number > 0"),
         # trained, then a traceback: the spawned processes' logged keys never reached the parent's CSV logger (a probe)
         (["trainer=ddp", "trainer.strategy=ddp_spawn"], "trainer.strategy=ddp_spawn: runs start their processes as scripts"),
         (["trainer=ddp", "+trainer.strategy.start_method=spawn"], "trainer.strategy=start_method=spawn: runs start their processes as scripts"),

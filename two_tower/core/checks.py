@@ -106,9 +106,10 @@ RULES = {
     "negatives.max_score_mb": (NUM, lambda v: 0 < v < float("inf"), "a finite number > 0"),
     "negatives.batch_size": (INT, lambda v: v > 0, "a positive integer"),
     "loss.margin": (NUM, lambda v: v >= 0, "a number >= 0"),
-    "loss.temperature": (NUM, lambda v: v > 0, "a number > 0"),
+    # inf passed: every logit 0, no gradient, a run of untrained towers that exited 0 (a probe)
+    "loss.temperature": (NUM, lambda v: 0 < v < float("inf"), "a finite number > 0"),
     "loss.in_batch": ((str,), lambda v: v in ("hardest", "all"), "hardest or all"),
-    "loss.teacher_temperature": (NUM, lambda v: v > 0, "a number > 0"),
+    "loss.teacher_temperature": (NUM, lambda v: 0 < v < float("inf"), "a finite number > 0"),
     "loss.label_weight": (NUM, lambda v: 0 <= v <= 1, "a number in [0, 1]"),
     "loss.margin_weight": (NUM, lambda v: 0 <= v <= 1, "a number in [0, 1]"),
     "loss.learn_margin_scale": (BOOL, lambda v: True, "true or false"),
