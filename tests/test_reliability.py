@@ -152,7 +152,7 @@ class InterruptAtEpochEnd(L.Callback):
     """Ctrl-C (a KeyboardInterrupt) at the end of ``epoch``, after its validation: in this callback's
     ``on_train_epoch_end``, before the checkpoint callbacks' (``where="hooks"``; under DDP, where the processes meet in
     the epoch-end collectives), or inside the best checkpoint's save (``where="save"``: the checkpoint callback has
-    recorded its path, and its file is not written yet)."""
+    recorded its path, and its file is not written yet), or inside ``last.ckpt``'s save after the best's (``where="last"``)."""
 
     def __init__(self, epoch: int, where: str):
         self.epoch, self.where, self.trainer, self.fired = epoch, where, None, False
@@ -171,12 +171,15 @@ class InterruptAtEpochEnd(L.Callback):
             self._fire()
 
     def state_dict(self):  # every callback's, as a checkpoint is dumped
-        if self.where == "save" and not Path(self.trainer.checkpoint_callback.best_model_path).is_file():
+        best = self.trainer.checkpoint_callback
+        if self.where == "save" and not Path(best.best_model_path).is_file():
             self._fire()
+        if self.where == "last" and best._last_global_step_saved == self.trainer.global_step and Path(best.best_model_path).is_file():
+            self._fire()  # last.ckpt's save, the epoch's best file written
         return {}
 
 
-@pytest.mark.parametrize("where", ["hooks", "save"], ids=["in the epoch-end hooks", "in the best checkpoint's save"])
+@pytest.mark.parametrize("where", ["hooks", "save", "last"], ids=["in the epoch-end hooks", "in the best checkpoint's save", "in last.ckpt's save"])
 def test_ctrl_c_at_an_epochs_end_keeps_the_checkpoint_from_before_it_so_its_best_checkpoint_is_written(tmp_path, monkeypatch, caplog, where, straight_run):
     """Ctrl-C after an epoch's validation, before its end was done (the epoch-end hooks, collectives under DDP, the
     checkpoint callbacks' saves), saved a checkpoint that said the epoch was done: the resumed run went on from the next
@@ -205,6 +208,27 @@ def test_ctrl_c_at_an_epochs_end_keeps_the_checkpoint_from_before_it_so_its_best
     assert resumed_best.name == best and resumed_best.is_file()
     # metrics.csv: epoch 2's validation row, logged before the stop, is logged again by the resumed run, not kept twice
     assert _final_metrics(Path(stopped.paths.output_dir)) == _final_metrics(straight_dir)
+
+
+def test_ctrl_c_after_the_first_best_checkpoint_before_last_leaves_no_checkpoint_for_the_run_started_again(tmp_path, monkeypatch, caplog, straight_run):
+    """Ctrl-C at epoch 0's end between the best checkpoint's save and last.ckpt's: "nothing saved ... run the command again",
+    yet epoch00-*.ckpt was written, and run again the folder kept it for good beside the new run's best (a probe:
+    epoch00-mrr0.1142.ckpt beside epoch01-mrr0.1398.ckpt, where an uninterrupted run keeps one). Now it is removed, as
+    said, and the run started again ends with the uninterrupted run's files."""
+    common = ["trainer.max_epochs=2"]
+    _, straight_dir = straight_run(common)
+    stopped = compose_train(tmp_path / "stopped", common)
+    stopper = InterruptAtEpochEnd(epoch=0, where="last")
+    original = utils.instantiate_group
+    monkeypatch.setattr(train_module, "instantiate_group", lambda c: original(c) + ([stopper] if c is stopped.get("callbacks") else []))
+    with pytest.raises(SystemExit), caplog.at_level(logging.WARNING, logger="two_tower"):
+        train(stopped)
+    checkpoints = Path(stopped.paths.output_dir) / "checkpoints"
+    assert stopper.fired and "before its checkpoints were all written: nothing saved (no checkpoint yet)" in caplog.text
+    assert sorted(p.name for p in checkpoints.iterdir()) == []
+    monkeypatch.undo()
+    train(compose_train(tmp_path / "stopped", common))
+    assert sorted(p.name for p in checkpoints.iterdir()) == sorted(p.name for p in (straight_dir / "checkpoints").iterdir())
 
 
 def _best_checkpoint(last: Path) -> Path:
@@ -2367,7 +2391,7 @@ def test_ctrl_c_under_ddp_saves_on_rank_0_without_a_barrier(tmp_path):
         strategy = SimpleNamespace(save_checkpoint=lambda checkpoint, path: written.append((rank, checkpoint, path)))
         return SimpleNamespace(world_size=2, is_global_zero=rank == 0, global_rank=rank, global_step=7, current_epoch=0, validating=False,
                                state=SimpleNamespace(fn=TrainerFn.FITTING), fit_loop=mid_epoch,
-                               sanity_checking=False, loggers=[], save_checkpoint=barrier_save, strategy=strategy,
+                               sanity_checking=False, loggers=[], checkpoint_callbacks=[], save_checkpoint=barrier_save, strategy=strategy,
                                _checkpoint_connector=SimpleNamespace(dump_checkpoint=lambda weights_only: {"rank": rank, "weights_only": weights_only}))
 
     import threading

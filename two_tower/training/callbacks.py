@@ -234,6 +234,8 @@ class CheckpointOnStop(L.Callback):
             if trainer.is_global_zero:
                 where = f"during a validation (epoch {trainer.current_epoch})" if trainer.validating else \
                     f"at the end of epoch {trainer.current_epoch}, after its validation, before its checkpoints were all written"
+                if ending:
+                    _discard_unfinished_epoch_saves(trainer, self.path)
                 if self.path.is_file():
                     log.warning("Stopped by Ctrl-C %s: kept %s as last written, so the resumed run validates the epoch if that "
                                 "checkpoint is from before it. Resume with the same command plus %s", where, self.path,
@@ -270,6 +272,24 @@ class CheckpointOnStop(L.Callback):
                         self.reason, self.path, trainer.current_epoch, trainer.global_step, resume_settings(self.path.parent.parent))
         elif trainer.is_global_zero:
             log.warning("Stopped by %s before the first training step: nothing to save", self.reason)
+
+
+def _discard_unfinished_epoch_saves(trainer, last: Path) -> None:
+    """Ctrl-C at an epoch's end, between the best checkpoint's save and ``last.ckpt``'s: the best file was written for an
+    epoch that the kept ``last.ckpt`` (from before it) says is not done, and which the resumed run, or the run started
+    again where there was no ``last.ckpt`` yet ("nothing saved"), trains and validates again. Kept, it stayed in the folder
+    for good beside that run's own best (a probe: ``epoch00-mrr0.1142.ckpt`` from the stopped run beside the new run's
+    ``epoch01-mrr0.1398.ckpt``; an uninterrupted run keeps one), or made the resumed run save its best as ``-v1``. It is
+    removed; nothing is where ``last.ckpt`` was written at this epoch's end too (the epoch is done: both are kept)."""
+    callbacks = [c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint)]
+    saved_now = [c for c in callbacks if c._last_global_step_saved == trainer.global_step and c.best_model_path]
+    if any(Path(c.best_model_path).resolve() == last.resolve() for c in saved_now):
+        return
+    for callback in saved_now:
+        path = Path(callback.best_model_path)
+        if path.is_file():
+            path.unlink()
+            log.info("Removed %s: written at the end of the epoch Ctrl-C stopped, which is trained and validated again", path)
 
 
 def _ending_epoch(trainer) -> bool:
