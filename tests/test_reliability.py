@@ -649,6 +649,21 @@ def test_a_refused_resume_leaves_the_run_record_as_it_was(tmp_path):
     assert "trainer.max_epochs=2" in overrides and "ckpt_path=last" in overrides
 
 
+def test_an_unreadable_last_checkpoint_names_the_folders_epoch_checkpoint(tmp_path, tiny_run):
+    """A run folder's truncated last.ckpt: the command with ckpt_path=last was refused for it, and without it for the folder
+    holding a run's last.ckpt, each line pointing to the other (a probe). The line names the epoch checkpoint to resume from."""
+    from two_tower.core.errors import CheckpointError
+
+    checkpoints = tmp_path / "run" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    last = tiny_run["ckpt"].read_bytes()
+    (checkpoints / "last.ckpt").write_bytes(last[: len(last) // 2])
+    (checkpoints / "epoch00-mrr0.5000.ckpt").write_bytes(last)
+    with pytest.raises(CheckpointError, match=re.escape(f"resume from the epoch checkpoint the folder keeps (ckpt_path={checkpoints / 'epoch00-mrr0.5000.ckpt'}), "
+                                                        "or train into another folder")):
+        train(compose_train(tmp_path, ["ckpt_path=last"]))
+
+
 def test_truncated_foreign_or_mismatched_checkpoint_is_refused_in_one_line(tmp_path, tiny_run):
     from two_tower.core.errors import CheckpointError, ConfigError
 

@@ -162,12 +162,24 @@ def check_training_rows(datamodule: TwoTowerDataModule) -> None:
         raise DataSourceError(f"the validation split has {datamodule.val.num_passages} distinct passage: every query would rank it first (val/mrr@10 1.0, meaningless)")
 
 
+def other_checkpoints_hint(path: Path) -> str:
+    """For an unreadable ``<run>/checkpoints/last.ckpt``: the way on. The run's command with ``ckpt_path=last`` was refused
+    for it, and without it for the folder holding a run's ``last.ckpt``, each line naming the other (a probe): the folder's
+    epoch checkpoints resume it (newest first), and another folder trains anew. Empty for any other file."""
+    if path.name != "last.ckpt" or path.parent.name != "checkpoints":
+        return ""
+    epochs = sorted(path.parent.glob("epoch*.ckpt"), key=lambda p: p.stat().st_mtime, reverse=True)
+    where = f"ckpt_path={epochs[0]}" if epochs else "none is there"
+    return f"; resume from the epoch checkpoint the folder keeps ({where}), or train into another folder"
+
+
 def read_resume_checkpoint(path: str) -> dict:
     """The checkpoint to resume from (memory-mapped), or one line saying why it cannot be one."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as err:
-        raise CheckpointError(f"ckpt_path={path}: not a readable checkpoint (truncated, or not a torch file): {load_problem(path, err)}") from err
+        raise CheckpointError(f"ckpt_path={path}: not a readable checkpoint (truncated, or not a torch file): {load_problem(path, err)}"
+                              f"{other_checkpoints_hint(Path(path))}") from err
     if not isinstance(state, dict) or "state_dict" not in state or "tokenizer" not in state:
         raise CheckpointError(f"ckpt_path={path}: not a two-tower training checkpoint (no state_dict or tokenizer in it)")
     return state
