@@ -425,6 +425,8 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, sig, uninterrupted):
         (["trainer.deterministic=abc"], "trainer.deterministic='abc': must be true, false, warn or null"),
         # every logit 0: no gradient, the untrained towers validated and saved, exit 0 (a probe); the teacher's a uniform target
         (["loss.temperature=inf"], "loss.temperature=inf: must be a finite number > 0"),
+        # trained an epoch, validated none and saved nothing, exit 0 (a probe)
+        (["trainer.max_epochs=1", "trainer.check_val_every_n_epoch=2"], "trainer.max_epochs=1 with trainer.check_val_every_n_epoch=2: no epoch would be validated"),
         (["loss=distill", "loss.teacher_temperature=inf"], "loss.teacher_temperature=inf: must be a finite number > 0"),
         # trained, then a traceback: the spawned processes' logged keys never reached the parent's CSV logger (a probe)
         (["trainer=ddp", "trainer.strategy=ddp_spawn"], "trainer.strategy=ddp_spawn: runs start their processes as scripts"),

@@ -167,6 +167,11 @@ def validate_train_config(cfg: DictConfig) -> None:
         shown = strategy if isinstance(strategy, str) else f"start_method={start_method}"
         raise ConfigError(f"trainer.strategy={shown}: runs start their processes as scripts (trainer=ddp, Lightning's "
                           "subprocess launcher); spawned or forked processes are not supported")
+    epochs, every = trainer.get("max_epochs"), trainer.get("check_val_every_n_epoch", 1)
+    if isinstance(epochs, int) and isinstance(every, int) and 0 < epochs < every and not trainer.get("fast_dev_run"):
+        # no epoch validated: the run trained, wrote no checkpoint at all and exited 0, with a warning (a probe)
+        raise ConfigError(f"trainer.max_epochs={epochs} with trainer.check_val_every_n_epoch={every}: no epoch would be validated, so no "
+                          f"checkpoint would be written; train at least {every} epochs, or validate more often")
     limit = trainer.get("limit_val_batches")
     if limit is not None and not (limit == 0 or (isinstance(limit, float) and limit == 1.0)):
         # validation ranks the whole corpus; a part of it gives no metric, and the checkpoint monitor failed after training
