@@ -423,6 +423,8 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, sig, uninterrupted):
         (["+trainer.max_time=abc"], "trainer.max_time='abc': must be a time longer than 0, 'DD:HH:MM:SS'"),
         (["trainer.num_sanity_val_steps=abc"], "trainer.num_sanity_val_steps='abc': must be an integer >= 0, -1"),
         (["trainer.deterministic=abc"], "trainer.deterministic='abc': must be true, false, warn or null"),
+        (["+trainer.limit_train_batches=0"], "trainer.limit_train_batches=0: must be a whole number of batches >= 1"),
+        (["+trainer.limit_train_batches=-1"], "trainer.limit_train_batches=-1: must be a whole number of batches >= 1"),
         # every logit 0: no gradient, the untrained towers validated and saved, exit 0 (a probe); the teacher's a uniform target
         (["loss.temperature=inf"], "loss.temperature=inf: must be a finite number > 0"),
         # trained an epoch, validated none and saved nothing, exit 0 (a probe)
@@ -461,6 +463,9 @@ def test_a_validation_interval_past_an_epochs_batches_is_one_line_before_trainin
         train(compose_train(tmp_path, ["+trainer.val_check_interval=11"]))
     with pytest.raises(ConfigError, match=re.escape("trainer.val_check_interval=5: more than the 4 training batches")):
         check_val_check_interval(compose_train(tmp_path, ["+trainer.val_check_interval=5", "+trainer.limit_train_batches=4"]).trainer, 10)
+    # a share of the epoch's batches that leaves none: Lightning's traceback from fit (a probe)
+    with pytest.raises(ConfigError, match=re.escape("trainer.limit_train_batches=0.01: a share of the 10 training batches an epoch")):
+        train(compose_train(tmp_path, ["+trainer.limit_train_batches=0.01"]))
     for fine in ("+trainer.val_check_interval=10", "+trainer.val_check_interval=0.25", "+trainer.val_check_interval=00:00:01:00"):
         cfg = compose_train(tmp_path, [fine])
         validate_train_config(cfg)

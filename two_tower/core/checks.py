@@ -62,6 +62,9 @@ RULES = {
                          "a time longer than 0, 'DD:HH:MM:SS' (e.g. 00:12:00:00) or a mapping such as {hours: 12}, or null"),
     "trainer.num_sanity_val_steps": (INT, lambda v: v >= -1, "an integer >= 0, -1 (the whole validation), or null"),
     "trainer.deterministic": ((bool, str), lambda v: isinstance(v, bool) or v == "warn", "true, false, warn or null"),
+    # 0 trained nothing and exited 0; -1 or abc were Lightning's line once the data had loaded (a probe)
+    "trainer.limit_train_batches": (NUM, lambda v: v >= 1 if isinstance(v, Integral) else 0 < v <= 1,
+                                    "a whole number of batches >= 1, a share of an epoch in (0, 1], or null"),
     # Lightning's: an int counts training batches, a float is a share of the epoch, a string or mapping a time; 0 was a
     # ZeroDivisionError traceback after the data had loaded (a probe); a count above an epoch's batches: check_val_check_interval
     "trainer.val_check_interval": ((Real, str, Mapping), lambda v: not isinstance(v, Real) or (v >= 1 if isinstance(v, Integral) else 0 < v <= 1),
@@ -167,7 +170,7 @@ RULES = {
 # Rules whose null means something (no limit, the default, derived): each says "or null" in its meaning. Any other
 # null is refused (optimizer.lr=null, data.batch_size=null ended in a traceback after the data had loaded).
 NULLABLE = ("threads", "trainer.gradient_clip_val", "trainer.val_check_interval", "trainer.max_time", "trainer.num_sanity_val_steps",
-            "trainer.deterministic", "data.max_train_rows", "data.max_val_rows", "embeddings.dim", "encoder.dim",
+            "trainer.deterministic", "trainer.limit_train_batches", "data.max_train_rows", "data.max_val_rows", "embeddings.dim", "encoder.dim",
             "encoder.bag_stemmer", "index.add_chunk_mb", "index.train_mb", "teacher.max_seq_length", "teacher.threads", "negatives.margin", "negatives.stemmer", "negatives.near_duplicate_jaccard")
 
 

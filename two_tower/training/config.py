@@ -45,19 +45,35 @@ def _glove_width() -> int | None:
         return None
 
 
+def _rounded_up(x: float) -> float:
+    """``x`` > 0 rounded up to two significant digits (1/3: 0.34, which leaves a batch of 3; 0.33 left none)."""
+    import math
+
+    unit = 10 ** (math.floor(math.log10(x)) - 1)
+    return math.ceil(x / unit - 1e-9) * unit
+
+
+def limited_batches(trainer, batches: int) -> int:
+    """The training batches a process trains an epoch, of its ``batches``, under ``trainer.limit_train_batches``; a share
+    that leaves none is one line (Lightning's MisconfigurationException was a traceback once the data had loaded: a probe)."""
+    limit = trainer.get("limit_train_batches")
+    if isinstance(limit, int) and not isinstance(limit, bool):
+        return min(batches, limit)
+    if isinstance(limit, float) and int(batches * limit) < 1:
+        raise ConfigError(f"trainer.limit_train_batches={limit}: a share of the {batches} training batches an epoch (each process's) that "
+                          f"leaves none; give at least {_rounded_up(1 / batches):.2g}, or a whole number of batches")
+    return int(batches * limit) if isinstance(limit, float) else batches
+
+
 def check_val_check_interval(trainer, batches: int) -> None:
     """Refuse, in one line, ``trainer.val_check_interval`` as a count of training batches above the ``batches`` each process
     trains an epoch (after ``trainer.limit_train_batches``): Lightning's ValueError was a traceback once the data had loaded
     (a probe). Known only once the training split is read; a time or a share of the epoch passes."""
+    batches = limited_batches(trainer, batches)
     every = trainer.get("val_check_interval")
     if not isinstance(every, int) or isinstance(every, bool) or trainer.get("check_val_every_n_epoch", 1) is None \
             or trainer.get("limit_val_batches") == 0:
         return
-    limit = trainer.get("limit_train_batches")
-    if isinstance(limit, int) and not isinstance(limit, bool):
-        batches = min(batches, limit)
-    elif isinstance(limit, float):
-        batches = int(batches * limit)
     if every > batches:
         raise ConfigError(f"trainer.val_check_interval={every}: more than the {batches} training batches an epoch (each process's), "
                           f"so no validation would run in an epoch; give at most {batches}, or a share of an epoch (e.g. 0.5)")
