@@ -2301,6 +2301,29 @@ def test_searcher_hybrid_ranks_as_evaluate_hybrid_weighted(trained, tmp_path):
         Searcher.load(trained["index"], hybrid="false")
 
 
+@pytest.mark.parametrize("edit, message", [
+    (lambda m: m.update(faiss=None), r"faiss=null must be a JSON object"),
+    (lambda m: m.update(config=[1]), r"config=\[1\] must be a JSON object"),
+    (lambda m: m["config"].update(index="Flat"), r'config.index="Flat" must be a JSON object'),
+])
+def test_a_manifest_part_that_is_not_an_object_is_one_line(trained, tmp_path, edit, message):
+    """A manifest edited by hand whose faiss, config or config.index is not a JSON object is refused naming it (they were
+    AttributeErrors, a traceback, in the load); without its faiss entry a search_params override is a ConfigError line
+    (a KeyError)."""
+    folder = tmp_path / "edited"
+    shutil.copytree(trained["index"], folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    edit(manifest)
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(IndexFolderError, match=message):
+        Searcher.load(folder)
+    manifest = json.loads((trained["index"] / "manifest.json").read_text())
+    del manifest["faiss"]
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ConfigError, match="search_params='efSearch=8' does not apply to this FAISS index"):
+        Searcher.load(folder, search_params="efSearch=8")
+
+
 def test_searcher_hybrid_weights_given_at_load_replace_the_folders(trained, tmp_path):
     """hybrid=(dense, bm25) fuses with those weights instead of the folder's, exactly as evaluate.py's
     hybrid_weighted with the same weights (so a collection's own judgements can choose them, no re-indexing);

@@ -630,7 +630,7 @@ class PassageIndex:
 
     def set_search_params(self, params: str) -> None:
         """Override the saved search-time parameters, e.g. ``efSearch=128`` or ``nprobe=32``."""
-        set_search_params(self.index, params, f"search_params={params!r}", self.manifest["faiss"]["type"])
+        set_search_params(self.index, params, f"search_params={params!r}", self.manifest.get("faiss", {}).get("type", "FAISS"))
 
     def search(self, vectors: np.ndarray, k: int) -> SearchHits:
         """Top-``k`` rows by inner product with ``vectors`` as given (the query tower's output: what evaluate.py
@@ -761,6 +761,12 @@ def read_manifest(path: Path) -> dict:
     if not whole(manifest["passages"]) or not whole(manifest["model"].get("dim")):
         raise IndexFolderError(f"index={path}: {MANIFEST}: passages={manifest['passages']!r} and model.dim={manifest['model'].get('dim')!r} "
                                f"must be whole numbers; rebuild the folder with {command('index')}")
+    # A part the load reads that is not a JSON object (edited by hand: "faiss": null, "config": {"index": "Flat"}) was an
+    # AttributeError and a traceback in the load or the first search (a probe)
+    config = manifest.get("config", {})
+    for key, value in (("faiss", manifest.get("faiss", {})), ("config", config), ("config.index", config.get("index", {}) if isinstance(config, dict) else {})):
+        if not isinstance(value, dict):
+            raise IndexFolderError(f"index={path}: {MANIFEST}: {key}={json.dumps(value)[:80]} must be a JSON object; rebuild the folder with {command('index')}")
     static = manifest.get("static_model")
     if static is not None and not (isinstance(static, dict) and isinstance(static.get("teacher"), str) and whole(static.get("dim"))):
         raise IndexFolderError(f"index={path}: {MANIFEST}: static_model={static!r} must name its teacher and dim; rebuild the folder with {command('index')}")
