@@ -394,6 +394,16 @@ def test_a_path_or_split_setting_the_command_line_reads_as_a_number_is_one_line(
     assert "index=123: must be a path" in capsys.readouterr().err
 
 
+def test_out_null_is_one_line():
+    """index.py and evaluate.py out=null (where they write) is one line before any work: it was a TypeError traceback
+    after the checkpoint's path was checked, status 1, and the run folder was left."""
+    from two_tower.cli.common import composition_error
+
+    assert composition_error("index", ["ckpt=x.ckpt", "corpus=c.tsv", "out=null"]) == "out=null: must be a path"
+    assert composition_error("evaluate", ["ckpt=x.ckpt", "out=null"]) == "out=null: must be a path"
+    assert composition_error("index", ["ckpt=x.ckpt", "corpus=null", "out=o"]) is None  # data.path= instead
+
+
 def test_review_fixes_for_settings_refused_without_need():
     """trainer=ddp's strategy takes its own buffer switch as a setting (it raised 'multiple values'); data.val_split=test
     from the Hub (no data.path: no test split is read) is not refused as the test split; index.py's split may be null

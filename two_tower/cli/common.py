@@ -184,6 +184,8 @@ PATH_SETTINGS = {
 SPLIT_SETTINGS = ("split", "data.train_split", "data.val_split", "data.test_split")
 # Split settings that must name a split (null is refused); index.py's split is unused with corpus=, a test split optional.
 NAMED_SPLITS = {"train": ("data.train_split", "data.val_split"), "evaluate": ("split",)}
+# Path settings that must name a folder (null is refused): where index.py and evaluate.py write (out=null was a TypeError traceback).
+NAMED_PATHS = {"index": ("out",), "evaluate": ("out",)}
 
 
 def path_setting_error(config_name: str, cfg, argv: list[str] = ()) -> str | None:
@@ -197,7 +199,7 @@ def path_setting_error(config_name: str, cfg, argv: list[str] = ()) -> str | Non
             value = OmegaConf.select(cfg, key, default=absent, throw_on_missing=False)
         except Exception:  # an interpolation only the run resolves
             continue
-        if value is absent or isinstance(value, str) or (value is None and key not in NAMED_SPLITS.get(config_name, ())):
+        if value is absent or isinstance(value, str) or (value is None and key not in (*NAMED_SPLITS.get(config_name, ()), *NAMED_PATHS.get(config_name, ()))):
             continue
         what = "a split name" if key in SPLIT_SETTINGS else "a path"
         shown = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
