@@ -2301,6 +2301,27 @@ def test_searcher_hybrid_ranks_as_evaluate_hybrid_weighted(trained, tmp_path):
         Searcher.load(trained["index"], hybrid="false")
 
 
+@pytest.mark.parametrize("columns, message", [
+    ((None, "text"), r"corpus_columns.id=null: must be a column's name"),
+    (("id", 5), r"corpus_columns.text=5: must be a column's name"),
+    ((True, "text"), r"corpus_columns.id=true: must be a column's name"),
+    (("text", "text"), r"corpus_columns.id and corpus_columns.text are both 'text'"),
+])
+def test_corpus_columns_that_are_not_two_names_are_one_line(tmp_path, columns, message):
+    """corpus_columns.id/.text null, a number, a boolean or one name for both is one line, in index.py before the
+    checkpoint loads: each was an AttributeError traceback (or a DataFrame's) reading a tsv."""
+    corpus = tmp_path / "c.tsv"
+    corpus.write_text("a\tone\nb\ttwo\n")
+    with pytest.raises(ConfigError, match=message):
+        read_corpus_file(corpus, *columns)
+    overrides = [f"ckpt={tmp_path / 'none.ckpt'}", f"corpus={corpus}", f"out={tmp_path / 'out'}"]
+    cfg = compose_retrieval("index", overrides)
+    with open_dict(cfg):
+        cfg.corpus_columns.id, cfg.corpus_columns.text = columns
+    with pytest.raises(ConfigError, match=message):
+        build_index(cfg)
+
+
 @pytest.mark.parametrize("edit, message", [
     (lambda m: m.update(faiss=None), r"faiss=null must be a JSON object"),
     (lambda m: m.update(config=[1]), r"config=\[1\] must be a JSON object"),

@@ -21,7 +21,7 @@ from two_tower.data.jsonl import UnreadableRow, read_jsonl
 from two_tower.data.prepared import PreparedSplit
 from two_tower.core.atomic import not_a_file
 from two_tower.core.skipped import Skipped
-from two_tower.core.errors import CorpusError
+from two_tower.core.errors import ConfigError, CorpusError
 
 log = logging.getLogger(__name__)
 
@@ -187,9 +187,20 @@ def not_utf8(value: bytes | str) -> bool:
     return False
 
 
+def check_columns(id_column, text_column) -> None:
+    """``corpus_columns.id`` and ``.text``: two different non-empty names (null, a number or the same name for both was an
+    AttributeError traceback in the read, after the checkpoint had loaded)."""
+    for key, value in (("id", id_column), ("text", text_column)):
+        if not isinstance(value, str) or not value.strip():
+            raise ConfigError(f"corpus_columns.{key}={json.dumps(value)}: must be a column's name (text)")
+    if id_column == text_column:
+        raise ConfigError(f"corpus_columns.id and corpus_columns.text are both {id_column!r}: name two different columns")
+
+
 def read_corpus_file(path: str | Path, id_column: str = "id", text_column: str = "text") -> Passages:
     """Passages from a parquet or jsonl file with ``id_column`` and ``text_column``, or a tsv of
     ``id<TAB>text`` lines (MS MARCO's collection.tsv layout; a header line naming the columns is skipped)."""
+    check_columns(id_column, text_column)
     path = Path(path).expanduser()
     if not path.is_file():  # a folder or a link to nothing said as such (it said "no such file")
         hint = f"; corpus= takes a .tsv, .jsonl or .parquet file (a BEIR folder: data.path={path})" if path.is_dir() else ""

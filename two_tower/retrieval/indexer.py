@@ -15,7 +15,7 @@ from two_tower.data.tokenizer import WindowCount
 from two_tower.model.bag import TermStatistics
 from two_tower.retrieval.bm25 import BM25Scorer
 from two_tower.retrieval.checkpoint import encode_tokens, load_checkpoint, model_identity, progress_bar
-from two_tower.retrieval.corpus import Passages, read_corpus_file, split_passages
+from two_tower.retrieval.corpus import Passages, check_columns, read_corpus_file, split_passages
 from two_tower.core import run_record
 from two_tower.core.atomic import check_writable
 from two_tower.core.checks import check_config
@@ -153,6 +153,8 @@ def _build_index(cfg: DictConfig) -> Path:
     set_threads(cfg.get("threads"))
     check_config(cfg, ["batch_size", "index.add_chunk", "index.add_chunk_mb", "index.train_size", "index.train_mb", "seed", "overwrite"])
     smoothing = NeighbourSmoothing.from_config(cfg.get("smooth"))
+    if cfg.corpus:  # before the checkpoint loads
+        check_columns(cfg.corpus_columns.id, cfg.corpus_columns.text)
     check_replaceable(cfg.out, cfg.overwrite, keep=[p for p in (cfg.corpus, cfg.ckpt, cfg.get("data", {}).get("path"), run_folder()) if p])
     # Before any loading or encoding: the folder the index goes to must take files.
     check_writable(Path(cfg.out).expanduser().resolve().parent, f"out={cfg.out}", min_free_bytes=1 << 20)
