@@ -357,6 +357,27 @@ def test_search_serve_and_index_refuse_a_bad_override_and_print_help_without_imp
     assert "error: which index? pass index=DIR" in result.stderr  # search.py without index= (it imported datasets first)
 
 
+def test_ctrl_c_before_a_commands_task_takes_over_is_one_line(monkeypatch, tmp_path, capsys):
+    """Ctrl-C while a Hydra command starts (its overrides' check, Hydra's set-up, the task's imports: index.py's first
+    seconds) is one 'interrupted' line and status 130, as later in the command: it was a KeyboardInterrupt traceback
+    (status -2)."""
+    from two_tower.cli import startup
+    from two_tower.cli.index import main
+
+    def pressed():
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(startup, "skip_torchmetrics_transformers", pressed)  # the first thing the task does
+    monkeypatch.setattr("sys.argv", ["index.py", "ckpt=x.ckpt", "corpus=c.tsv", f"out={tmp_path / 'out'}", f"hydra.run.dir={tmp_path / 'run'}"])
+    try:
+        with pytest.raises(SystemExit) as stop:
+            main()
+    except KeyboardInterrupt:
+        pytest.fail("Ctrl-C before the task's own handler was a traceback")
+    assert stop.value.code == 130 and capsys.readouterr().err.splitlines()[-1] == "interrupted"
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_command_line_skips_torchmetrics_transformers_once_its_overrides_pass_and_a_call_from_python_does_not(monkeypatch, tiny_cfg, tmp_path):
     from tests.conftest import TINY
     from two_tower.cli import startup

@@ -483,12 +483,14 @@ def hydra_command(config_name: str):
         def main(*args):
             if not args:  # the command line (a passed cfg goes straight to the task)
                 from_command_line.append(True)
-            if not args and not debugging():
-                message = composition_error(config_name, sys.argv[1:])
-                if message:
-                    sys.exit(report(TwoTowerError(message)))
             try:
+                if not args and not debugging():
+                    message = composition_error(config_name, sys.argv[1:])
+                    if message:
+                        sys.exit(report(TwoTowerError(message)))
                 return hydra_main(*args)
+            except KeyboardInterrupt:  # outside the task's exit_on_error (the overrides' check, Hydra's set-up, the task's imports): it was a traceback
+                sys.exit(interrupted_status())
             except BrokenPipeError:  # `--help | head`: Hydra's print of the help text; stop quietly, as a pipeline's writer
                 drop_stdout()
                 sys.exit(141)
