@@ -942,6 +942,44 @@ def test_a_damaged_file_with_a_matching_manifest_is_one_line(trained, tmp_path, 
     assert "weights_only" not in err  # torch's advice to unpickle a foreign file is not passed on
 
 
+@pytest.mark.parametrize("damage, message", [
+    (lambda bm25: (bm25 / "settings.json").write_text("[1]"), r"cannot read .*bm25 \(ValueError: .*settings.json is not a JSON object of BM25 settings"),
+    (lambda bm25: (bm25 / "params.index.json").write_text("{}"), r"bm25/ indexes None passages and faiss.index \d+"),
+    (lambda bm25: (bm25 / "settings.json").write_text('{"bogus": 1}'), r"cannot read .*bm25 \(ValueError: .*not a BM25 index this code wrote"),
+])
+def test_a_bm25_part_that_does_not_fit_its_folder_is_one_line(trained, tmp_path, capsys, damage, message):
+    """A bm25/ rewritten with hashes to match (a settings.json that is not an object of the settings, a params file of no
+    passage count) or another folder's bm25/ is one IndexFolderError line at load: they were an AttributeError, a
+    TypeError, and (another corpus's) a torch size error or an IndexError at the first search."""
+    import json
+
+    from two_tower.retrieval.index import file_hash
+
+    def rehashed(folder):
+        manifest = json.loads((folder / "manifest.json").read_text())
+        manifest["files"] = {name: file_hash(folder / name) for name in manifest["files"]}
+        (folder / "manifest.json").write_text(json.dumps(manifest))
+
+    broken = tmp_path / "index"
+    shutil.copytree(trained["index"], broken)
+    damage(broken / "bm25")
+    rehashed(broken)
+    with pytest.raises(IndexFolderError, match=message):
+        Searcher.load(broken).search(["apple river"], k=3)
+    # another corpus's BM25 index (two passages)
+    other = tmp_path / "other"
+    shutil.copytree(trained["index"], other)
+    shutil.rmtree(other / "bm25")
+    from two_tower.retrieval.bm25 import BM25Scorer
+
+    BM25Scorer(stemmer="english").index(["apple river", "a pear tree"]).save(other / "bm25")
+    rehashed(other)
+    with pytest.raises(IndexFolderError, match=r"bm25/ indexes 2 passages and faiss.index \d+"):
+        Searcher.load(other).search(["apple river"], k=3)
+    assert search_main([f"index={other}", "apple river"]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+
+
 def test_an_index_folder_this_user_cannot_read_is_one_line(trained, monkeypatch):
     """Files of another user (mode 600; the container runs as uid 10001): one line naming the file (a
     PermissionError is simulated: the tests may run as root, whom modes do not stop)."""

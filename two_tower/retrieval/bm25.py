@@ -142,11 +142,23 @@ class BM25Scorer:
 
     @classmethod
     def load(cls, folder: Path) -> "BM25Scorer":
+        """The index ``save`` wrote in ``folder``; a ValueError where its files are not such (a settings.json that is not an
+        object of the settings, a params file without bm25s's keys: they were an AttributeError, a TypeError or a KeyError)."""
         settings = json.loads((folder / SETTINGS_FILE).read_text())
+        if not isinstance(settings, dict):
+            raise ValueError(f"{folder / SETTINGS_FILE} is not a JSON object of BM25 settings")
         settings.setdefault("unicode_words", False)  # saved before the option: bm25s's pattern, as it was built with
-        scorer = cls(**settings)
-        scorer.bm25 = bm25s.BM25.load(str(folder), show_progress=False)
+        try:
+            scorer = cls(**settings)
+            scorer.bm25 = bm25s.BM25.load(str(folder), show_progress=False)
+        except (TypeError, KeyError, AttributeError) as err:
+            raise ValueError(f"{folder}: not a BM25 index this code wrote ({type(err).__name__}: {err})") from err
         return scorer
+
+    @property
+    def num_passages(self):
+        """How many passages the index holds (as bm25s recorded it; None if it did not)."""
+        return self.bm25.scores.get("num_docs")
 
 
 class BM25Retriever(SplitRetriever):

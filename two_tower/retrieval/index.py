@@ -618,7 +618,11 @@ class PassageIndex:
         if self.hybrid_weights is None:
             raise IndexFolderError(f"{self.path} was built without a BM25 index (dense only); rebuild it with {command('index')} hybrid.enabled=true")
         with reading(self.path, self.path / BM25_FOLDER):
-            return BM25Scorer.load(self.path / BM25_FOLDER)
+            lexical = BM25Scorer.load(self.path / BM25_FOLDER)
+        if lexical.num_passages != len(self):  # another folder's bm25/ (hashes rewritten): a traceback at the first search
+            raise IndexFolderError(f"index={self.path}: {BM25_FOLDER}/ indexes {lexical.num_passages} passages and {FAISS_FILE} {len(self)}: "
+                                   f"the folder was modified, rebuild it with {command('index')}")
+        return lexical
 
     def statistics(self) -> TermStatistics | None:
         """The term statistics the passages were encoded with (None: the model has no bag-of-words path)."""
