@@ -980,6 +980,21 @@ def test_a_bm25_part_that_does_not_fit_its_folder_is_one_line(trained, tmp_path,
     assert capsys.readouterr().err.count("\n") == 1
 
 
+def test_evaluate_out_an_index_folder_is_refused_before_any_work(trained, tmp_path, monkeypatch):
+    """evaluate.py out=<an index folder> wrote metrics.json, metrics.md and per_query/ into it, and search.py and serve.py
+    then refused the folder (its manifest does not name them): refused before any work, the folder left as it was."""
+    from two_tower.retrieval import evaluate as evaluate_module
+
+    folder = tmp_path / "index"
+    shutil.copytree(trained["index"], folder)
+    before = sorted(p.name for p in folder.iterdir())
+    monkeypatch.setattr(evaluate_module, "build_retrievers", lambda cfg: pytest.fail("worked before checking out="))
+    with pytest.raises(ConfigError, match=f"out={re.escape(str(folder))} is an index folder"):
+        evaluate(compose_retrieval("evaluate", [f"data.path={_small_beir(tmp_path / 'beir')}", "split=test", "retriever=[bm25]", f"out={folder}"]))
+    assert sorted(p.name for p in folder.iterdir()) == before
+    Searcher.load(folder)
+
+
 def test_an_index_folder_this_user_cannot_read_is_one_line(trained, monkeypatch):
     """Files of another user (mode 600; the container runs as uid 10001): one line naming the file (a
     PermissionError is simulated: the tests may run as root, whom modes do not stop)."""

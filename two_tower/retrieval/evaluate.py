@@ -37,6 +37,7 @@ from two_tower.core.errors import ConfigError, TwoTowerError
 from two_tower.core import per_query
 from two_tower.core.metrics import DEFAULT_KS, mean_metrics, split_per_query
 from two_tower.retrieval.bm25 import BM25Scorer
+from two_tower.retrieval.index import MANIFEST
 from two_tower.retrieval.retriever import Rankings, SharedScores, SplitRetriever, query_chunks
 
 log = logging.getLogger(__name__)
@@ -298,9 +299,13 @@ def earlier_outputs(out: Path) -> set[str]:
 
 def check_out_clashes(out: Path, names: list[str], save_runs: bool) -> None:
     """Before any work: a file this evaluation would write into ``out`` that no earlier evaluation wrote there is one
-    ConfigError naming it (evaluate.py would have replaced it)."""
+    ConfigError naming it (evaluate.py would have replaced it); so is an index folder (its manifest names every file it
+    holds, and one with an evaluation's files in it was refused by search.py and serve.py)."""
     if not out.is_dir():
         return
+    if (out / MANIFEST).is_file():
+        raise ConfigError(f"out={out} is an index folder ({MANIFEST}): evaluate.py's files there would leave it unloadable "
+                          "(search.py and serve.py refuse a folder holding files its manifest does not name); give another out=")
     for folder in _PER_NAME:
         if (out / folder).exists() and not (out / folder).is_dir():
             raise ConfigError(f"out={out}: {folder} is a file there, where evaluate.py writes a folder; give another out= or move it away")
