@@ -995,6 +995,26 @@ def test_evaluate_out_an_index_folder_is_refused_before_any_work(trained, tmp_pa
     Searcher.load(folder)
 
 
+def test_term_statistics_of_another_corpus_are_refused(trained, tmp_path):
+    """A term_statistics.npz of another corpus (another folder's, hashes rewritten to match) weighed every query by
+    its IDF, silently (other scores, another order); its passage count must be the folder's."""
+    from two_tower.model.bag import TermStatistics
+    from two_tower.retrieval.index import file_hash
+
+    folder = tmp_path / "index"
+    shutil.copytree(trained["index"], folder)
+    if not (folder / "term_statistics.npz").is_file():
+        pytest.skip("the model has no bag-of-words path")
+    TermStatistics.load(folder / "term_statistics.npz")  # readable as such
+    TermStatistics(np.array([1, 2], dtype=np.int64), np.array([1, 2], dtype=np.int64), 2).save(folder / "term_statistics.npz")
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["files"]["term_statistics.npz"] = file_hash(folder / "term_statistics.npz")
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    for checkpoint in (None, trained["ckpt"]):
+        with pytest.raises(IndexFolderError, match=r"term_statistics.npz counts 2 passages and faiss.index holds \d+"):
+            Searcher.load(folder, checkpoint=checkpoint)
+
+
 def test_an_index_folder_this_user_cannot_read_is_one_line(trained, monkeypatch):
     """Files of another user (mode 600; the container runs as uid 10001): one line naming the file (a
     PermissionError is simulated: the tests may run as root, whom modes do not stop)."""

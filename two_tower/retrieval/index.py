@@ -630,7 +630,11 @@ class PassageIndex:
         if STATISTICS_FILE not in self.manifest["files"]:
             return None
         with reading(self.path, path):
-            return TermStatistics.load(path)
+            statistics = TermStatistics.load(path)
+        if statistics.num_passages != len(self):  # another folder's (hashes rewritten): its IDF weighed every query, silently
+            raise IndexFolderError(f"index={self.path}: {STATISTICS_FILE} counts {statistics.num_passages} passages and {FAISS_FILE} holds {len(self)}: "
+                                   f"the folder was modified, rebuild it with {command('index')}")
+        return statistics
 
     def set_search_params(self, params: str) -> None:
         """Override the saved search-time parameters, e.g. ``efSearch=128`` or ``nprobe=32``."""
