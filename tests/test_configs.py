@@ -425,6 +425,20 @@ def test_out_null_is_one_line():
     assert composition_error("index", ["ckpt=x.ckpt", "corpus=null", "out=o"]) is None  # data.path= instead
 
 
+def test_a_run_folder_that_is_an_index_folder_is_one_line(tmp_path):
+    """hydra.run.dir=<an index folder> wrote the command's log (index.log, evaluate.log) into it, and search.py and serve.py
+    then refused the folder (its manifest does not name it): refused before Hydra makes anything."""
+    from two_tower.cli.common import composition_error
+
+    folder = tmp_path / "index"
+    folder.mkdir()
+    (folder / "manifest.json").write_text("{}")
+    for name, settings in (("index", ["ckpt=x.ckpt", "corpus=c.tsv", f"out={tmp_path / 'o'}"]), ("evaluate", ["ckpt=x.ckpt"]), ("train", [])):
+        assert composition_error(name, [*settings, f"hydra.run.dir={folder}"]).startswith(f"hydra.run.dir={folder} is an index folder")
+    assert sorted(p.name for p in folder.iterdir()) == ["manifest.json"]
+    assert composition_error("index", ["ckpt=x.ckpt", "corpus=c.tsv", f"out={tmp_path / 'o'}", f"hydra.run.dir={tmp_path / 'run'}"]) is None
+
+
 def test_review_fixes_for_settings_refused_without_need():
     """trainer=ddp's strategy takes its own buffer switch as a setting (it raised 'multiple values'); data.val_split=test
     from the Hub (no data.path: no test split is read) is not refused as the test split; index.py's split may be null

@@ -442,6 +442,9 @@ def run_dir_error(cfg) -> str | None:
     if not run_dir:
         return None
     folder = Path(str(run_dir)).expanduser().absolute()
+    if (folder / "manifest.json").is_file():  # index.MANIFEST (cli may not import retrieval's FAISS here)
+        return (f"hydra.run.dir={run_dir} is an index folder: the run's log written there would leave it unloadable (search.py and "
+                "serve.py refuse a folder holding files its manifest does not name); set hydra.run.dir to another folder")
     existing = nearest_existing(folder)  # a broken symbolic link is in the way: Hydra's mkdir failed with a traceback
     if existing is None or (os.path.isdir(existing) and os.access(existing, os.W_OK | os.X_OK)):
         return None
