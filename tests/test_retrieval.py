@@ -2395,6 +2395,24 @@ def test_corpus_columns_that_are_not_two_names_are_one_line(tmp_path, columns, m
         build_index(cfg)
 
 
+def test_a_manifest_naming_files_outside_its_folder_is_refused(trained, tmp_path):
+    """A manifest naming a file by an absolute path or through '..', with its hash, made the load read and hash that file
+    (any file the user can read, however large) and load; refused before anything is hashed."""
+    from two_tower.retrieval.index import file_hash
+
+    outside = tmp_path / "elsewhere.txt"
+    outside.write_text("not the folder's")
+    for name in (str(outside), "../elsewhere.txt"):
+        folder = tmp_path / "index"
+        shutil.rmtree(folder, ignore_errors=True)
+        shutil.copytree(trained["index"], folder)
+        manifest = json.loads((folder / "manifest.json").read_text())
+        manifest["files"][name] = file_hash(outside)
+        (folder / "manifest.json").write_text(json.dumps(manifest))
+        with pytest.raises(IndexFolderError, match=f"names files outside the folder \\(\\[{re.escape(repr(name))}\\]\\)"):
+            Searcher.load(folder)
+
+
 @pytest.mark.parametrize("edit, message", [
     (lambda m: m.update(faiss=None), r"faiss=null must be a JSON object"),
     (lambda m: m.update(config=[1]), r"config=\[1\] must be a JSON object"),

@@ -780,6 +780,11 @@ def read_manifest(path: Path) -> dict:
         raise IndexFolderError(f"index={path}: {MANIFEST}: static_model={static!r} must name its teacher and dim; rebuild the folder with {command('index')}")
     # Every file of the folder must be named (with its hash) in the manifest: an entry removed from
     # `files` would otherwise switch that file's check off (or, for the term statistics, the file itself).
+    # Names of files inside the folder only: "/etc/hostname" or "../x" (with its hash) made a load read and hash a file
+    # elsewhere, however large, and load; "" named the folder itself
+    outside = [name for name in manifest["files"] if not name or Path(name).is_absolute() or ".." in Path(name).parts]
+    if outside:
+        raise IndexFolderError(f"index={path}: {MANIFEST} names files outside the folder ({outside[:3]}); the folder was modified, rebuild it")
     required = {FAISS_FILE, PASSAGES_FILE, QUERY_ENCODER_FILE} | ({f"{BM25_FOLDER}/{SETTINGS_FILE}"} if "hybrid" in manifest else set())
     unnamed = sorted(required - set(manifest["files"]))
     # The files a load could read (the folder's own and its BM25 folder's); others (.DS_Store, an NFS
