@@ -710,6 +710,25 @@ def test_overwrite_replaces_index_folders_only(trained, tmp_path, monkeypatch):
     assert run.is_dir()
 
 
+def test_overwrite_refuses_an_index_folder_holding_things_of_its_own(trained, tmp_path):
+    """overwrite=true deleted whatever the old index folder held besides its own files: an index folder built inside it
+    (out=INDEX/sub), notes put there. Refused naming them, before any work; hidden files (.DS_Store) do not count."""
+    from two_tower.retrieval.index import check_replaceable
+
+    folder = tmp_path / "index"
+    shutil.copytree(trained["index"], folder)
+    (folder / ".DS_Store").write_bytes(b"x")
+    (folder / "bm25" / ".nfs000123").write_bytes(b"x")
+    check_replaceable(folder, True)  # its own files and hidden ones: replaceable
+    shutil.copytree(trained["index"], folder / "sub")
+    (folder / "notes.txt").write_text("keep me")
+    (folder / "bm25" / "mine.txt").write_text("keep me")
+    cfg = compose_retrieval("index", [f"ckpt={tmp_path / 'none.ckpt'}", f"corpus={tmp_path / 'c.tsv'}", f"out={folder}", "overwrite=true"])
+    with pytest.raises(IndexFolderError, match=re.escape("holds ['bm25/mine.txt', 'notes.txt', 'sub'], which are not the index folder's own")):
+        build_index(cfg)
+    assert (folder / "notes.txt").read_text() == "keep me" and (folder / "sub" / "manifest.json").is_file()
+
+
 def test_build_chunks_are_bounded_in_bytes_with_the_same_index(trained, tmp_path, monkeypatch):
     """index.add_chunk counted passages only: a bag path's 100,000 passages x 8,448 dims were a 3.4 GB chunk.
     index.add_chunk_mb bounds a chunk's float vectors too; the index built is the same, byte for byte."""

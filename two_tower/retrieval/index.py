@@ -439,6 +439,23 @@ def check_replaceable(path: str | Path, overwrite: bool, keep: list[str | Path] 
     for kept in keep:  # only what is there (a corpus named inside out= but absent is the corpus reader's "no such file")
         if path in Path(kept).expanduser().resolve().parents and os.path.lexists(Path(kept).expanduser()):
             raise IndexFolderError(f"out={path} holds {kept}, which replacing it would delete; choose another out=")
+    foreign = foreign_entries(path)
+    if foreign:  # an index folder built inside it (out=INDEX/sub), notes put there: they went with the old folder
+        raise IndexFolderError(f"out={path} holds {foreign[:3]}, which are not the index folder's own (its {MANIFEST} does not name them) "
+                               "and replacing it would delete; move them away or choose another out=")
+
+
+def foreign_entries(path: Path) -> list[str]:
+    """What index folder ``path`` holds that its manifest does not name (its files and the folders above them; hidden
+    names, a desktop's .DS_Store, are not counted), as paths inside it; none where the manifest cannot be read."""
+    try:
+        files = json.loads((path / MANIFEST).read_text())["files"]
+        owned = {MANIFEST, *files} | {parent.as_posix() for name in files for parent in Path(name).parents if parent != Path(".")}
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+    found = (p.relative_to(path) for p in path.rglob("*"))
+    return sorted(name.as_posix() for name in found if not any(part.startswith(".") for part in name.parts)
+                  and name.as_posix() not in owned and name.parent.as_posix() in owned | {"."})
 
 
 def write_index_folder(
