@@ -866,9 +866,11 @@ def test_index_of_stopwords_only_is_one_error(trained, tmp_path):
     corpus = tmp_path / "stop.tsv"
     corpus.write_text("1\tthe\n2\tan a\n")
     cfg = compose_retrieval("index", [f"ckpt={trained['ckpt']}", f"corpus={corpus}", f"out={tmp_path / 'index'}"])
-    with pytest.raises(CorpusError, match="none of the 2 passages has a word it indexes"):
+    with pytest.raises(CorpusError, match="none of the 2 passages has a word it indexes") as refused:
         build_index(cfg)
     assert not (tmp_path / "index").exists()
+    # it named neither the file nor a setting that builds the folder
+    assert str(refused.value).startswith(f"corpus={corpus}: ") and "hybrid.enabled=false" in str(refused.value) and "hybrid.bm25.stopwords=null" in str(refused.value)
 
 
 def test_evaluate_checks_retriever_settings_in_one_line(trained, tmp_path, monkeypatch):

@@ -20,7 +20,7 @@ from two_tower.core import run_record
 from two_tower.core.atomic import check_writable
 from two_tower.core.checks import check_config
 from two_tower.core.threads import kept, set_threads
-from two_tower.core.errors import ConfigError
+from two_tower.core.errors import ConfigError, CorpusError
 from two_tower.retrieval.index import check_trainable, build_faiss_streamed, bytes_per_vector, check_replaceable, new_faiss, set_search_params, valid_hybrid_weights, WEIGHT_SUM_RULE, write_index_folder
 from two_tower.retrieval.query_encoder import QueryEncoder
 from two_tower.retrieval.smoothing import NeighbourSmoothing, prepare_reconstruct
@@ -92,8 +92,9 @@ def load_passages(cfg: DictConfig) -> Passages:
     return split_passages(cfg.split, cfg.data.path, cfg.data.hub_name, cfg.data.hub_config)
 
 
-def lexical_index(cfg: DictConfig, texts: list[str], seconds: dict) -> tuple[BM25Scorer | None, list[float] | None]:
-    """The BM25 index and fusion weights of hybrid search (``cfg.hybrid``), or (None, None) for a dense-only folder."""
+def lexical_index(cfg: DictConfig, texts: list[str], seconds: dict, source: str = "the passages") -> tuple[BM25Scorer | None, list[float] | None]:
+    """The BM25 index and fusion weights of hybrid search (``cfg.hybrid``), or (None, None) for a dense-only folder.
+    ``source``: the passages' origin, for an error (``corpus=FILE``)."""
     hybrid = cfg.get("hybrid")
     if hybrid is None:
         return None, None
@@ -107,7 +108,11 @@ def lexical_index(cfg: DictConfig, texts: list[str], seconds: dict) -> tuple[BM2
     start = time.perf_counter()
     lexical = BM25Scorer.from_config({k: v for k, v in hybrid.bm25.items() if k != "_target_"}, "hybrid.bm25")
     log.info("Indexing %d passages for BM25 (hybrid search)", len(texts))
-    lexical.index(texts, show_progress=True)
+    try:
+        lexical.index(texts, show_progress=True)
+    except CorpusError as err:  # it named neither the passages nor a setting that builds the folder
+        raise CorpusError(f"{source}: {err}: hybrid.enabled=false builds a dense-only folder"
+                          + (", hybrid.bm25.stopwords=null indexes stopwords too" if lexical.stopwords else "")) from err
     seconds["bm25"] = round(time.perf_counter() - start, 2)
     return lexical, weights
 
@@ -182,7 +187,7 @@ def _build_index(cfg: DictConfig) -> Path:
     log.info("Indexing %d passages from %s with %s", len(passages), source_words(passages.source), cfg.ckpt)
     run_record.work_started()  # a refusal from here on keeps the run folder's log of what ran
     loaded = time.perf_counter()
-    lexical, weights = lexical_index(cfg, passages.texts, bm25_seconds := {})
+    lexical, weights = lexical_index(cfg, passages.texts, bm25_seconds := {}, f"corpus={cfg.corpus}" if cfg.corpus else source_words(passages.source))
     texts, chunk = passages.texts, passages_within(cfg.index.add_chunk, cfg.index.get("add_chunk_mb"), dim)
     if chunk < min(cfg.index.add_chunk, len(texts)):
         log.info("Encoding %d passages at a time (index.add_chunk_mb=%s of %d-d float vectors, %d bytes a passage)", chunk, cfg.index.add_chunk_mb, dim, 4 * dim)
