@@ -1036,6 +1036,39 @@ def test_term_statistics_of_another_corpus_are_refused(trained, tmp_path):
             Searcher.load(folder, checkpoint=checkpoint)
 
 
+def test_a_folder_replaced_while_it_loads_is_loaded_again_whole(trained, tmp_path, monkeypatch):
+    """index.py overwrite=true exchanges a folder whole, but a load reads its manifest, then its files: replaced between
+    them, the load gave the old manifest with the new passages (their hashes checked before: a folder of two, silently)
+    or a hash error telling to rebuild a sound folder. The load now starts again when the folder it read is no longer
+    there, and gives the new one whole."""
+    from two_tower.retrieval import index as index_module
+    from two_tower.retrieval.index import file_hash, read_passages, write_passages
+
+    folder, new = tmp_path / "index", tmp_path / "new"
+    shutil.copytree(trained["index"], folder)
+    shutil.copytree(trained["index"], new)
+    table = read_passages(new / "passages.arrow")
+    ids, texts = table.column("id").to_pylist(), table.column("text").to_pylist()
+    write_passages(new / "passages.arrow", ids, [f"edited {t}" for t in texts])  # as many passages, other texts
+    manifest = json.loads((new / "manifest.json").read_text())
+    manifest["files"]["passages.arrow"] = file_hash(new / "passages.arrow")
+    (new / "manifest.json").write_text(json.dumps(manifest))
+
+    def replaced_meanwhile(path):
+        if not replaced_meanwhile.done:  # the manifest and hashes read from the old folder: index.py replaces it now
+            replaced_meanwhile.done = True
+            folder.rename(tmp_path / "old")
+            new.rename(folder)
+        return read_passages(path)
+
+    replaced_meanwhile.done = False
+    monkeypatch.setattr(index_module, "read_passages", replaced_meanwhile)
+    searcher = Searcher.load(folder)
+    assert replaced_meanwhile.done
+    assert searcher.index.manifest["files"]["passages.arrow"] == file_hash(folder / "passages.arrow")  # the manifest of the passages read
+    assert searcher.index.lookup(np.array([0]))[1][0] == f"edited {texts[0]}"
+
+
 def test_an_index_folder_this_user_cannot_read_is_one_line(trained, monkeypatch):
     """Files of another user (mode 600; the container runs as uid 10001): one line naming the file (a
     PermissionError is simulated: the tests may run as root, whom modes do not stop)."""

@@ -14,6 +14,7 @@ static subword vectors and fused (``two_tower.retrieval.maxsim``, as ``evaluate.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from two_tower.core.errors import ConfigError
+from two_tower.core.errors import ConfigError, IndexFolderError
 from two_tower.core.metrics import rank_by_scores
 from two_tower.retrieval.hybrid import min_max_rows, proven_top_k
 from two_tower.retrieval.index import PASSAGES_FILE, PassageIndex, SearchHits, check_k, normalised, valid_hybrid_weights, WEIGHT_SUM_RULE
@@ -70,6 +71,20 @@ def check_stages(prf, rerank) -> None:
             raise ConfigError(f"{name}={value!r:.60}: must be None or a {kind.__module__}.{kind.__name__} (e.g. {kind.__name__}())")
 
 
+# Loads of a folder replaced meanwhile (index.py overwrite=true) before one is refused
+LOAD_ATTEMPTS = 3
+
+
+def folder_identity(path) -> tuple[int, int] | None:
+    """The folder at ``path`` as the filesystem knows it (device, inode): another one after a replacement; None if absent
+    or not a path (the load names that)."""
+    try:
+        found = os.stat(Path(path).expanduser())
+    except (OSError, TypeError, ValueError):
+        return None
+    return found.st_dev, found.st_ino
+
+
 class Searcher:
     def __init__(
         self, index: PassageIndex, encoder: QueryEncoder, prf: RocchioPRF | None = None, hybrid: bool | tuple[float, float] | None = None, rerank: MaxSimRerank | None = None
@@ -109,13 +124,35 @@ class Searcher:
         ``rerank``: a MaxSim rerank of each query's top ``rerank.depth`` (``two_tower.retrieval.maxsim``)."""
         check_hybrid(hybrid)  # before the folder is read: a bad setting is named first
         check_stages(prf, rerank)
-        if checkpoint is None:
+        module = None
+        if checkpoint is not None:
+            from two_tower.retrieval.checkpoint import load_checkpoint
+
+            module = load_checkpoint(checkpoint)
+        # A folder replaced while it loaded (index.py overwrite=true exchanges it whole) gave parts of both: the old manifest
+        # with the new faiss.index was "does not match the hash ... rebuild it" of a sound folder (1 of 8,166 loads beside
+        # three rebuilds, a probe), and the new passages read after the old ones' hashes were checked a folder of two,
+        # silently. Loaded again until the folder is the same one from the first read to the last.
+        for attempt in range(LOAD_ATTEMPTS):
+            before = folder_identity(path)
+            try:
+                searcher = cls._load(path, module, checkpoint, search_params, prf, hybrid, rerank)
+            except IndexFolderError:
+                if attempt + 1 == LOAD_ATTEMPTS or folder_identity(path) == before:
+                    raise
+                continue
+            if folder_identity(path) == before:
+                return searcher
+        raise IndexFolderError(f"index={path}: replaced {LOAD_ATTEMPTS} times while it loaded; load it when no index.py is writing it")
+
+    @classmethod
+    def _load(cls, path, module, checkpoint, search_params, prf, hybrid, rerank) -> "Searcher":
+        if module is None:
             index = PassageIndex.load(path)
             encoder = index.load_query_encoder()
         else:
-            from two_tower.retrieval.checkpoint import load_checkpoint, model_identity
+            from two_tower.retrieval.checkpoint import model_identity
 
-            module = load_checkpoint(checkpoint)
             index = PassageIndex.load(path, expect_model=model_identity(module, checkpoint))
             encoder = QueryEncoder.from_module(module)
             encoder.set_statistics(index.statistics_for(encoder))
