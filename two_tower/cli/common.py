@@ -201,6 +201,8 @@ def path_setting_error(config_name: str, cfg, argv: list[str] = ()) -> str | Non
             continue
         if value is absent or isinstance(value, str) or (value is None and key not in (*NAMED_SPLITS.get(config_name, ()), *NAMED_PATHS.get(config_name, ()))):
             continue
+        if value is None and key in NAMED_PATHS.get(config_name, ()) and OmegaConf.is_interpolation(cfg, key):
+            continue  # the default, ${hydra:runtime.output_dir}: None only where a Hydra run of this process left it unset (tests)
         what = "a split name" if key in SPLIT_SETTINGS else "a path"
         shown = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
         if value is None:
