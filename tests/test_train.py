@@ -235,7 +235,10 @@ def test_ddp_stops_on_sigterm_in_every_process_at_the_same_step(tmp_path, target
     settings = [t for t in TINY if not t.startswith("trainer.max_epochs")]
     cmd = [sys.executable, "train.py", *settings, "trainer.max_epochs=40", "trainer=ddp", "trainer.devices=2", "trainer.accelerator=cpu",
            f"paths.cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={run}"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    # Ctrl-C as from a terminal: a suite started in the background by a script hands its processes SIGINT ignored, which
+    # train.py then keeps ignoring, as a background job should (the run went on to its end: a false failure)
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                            preexec_fn=lambda: signals.signal(signals.SIGINT, signals.SIG_DFL))
     try:
         deadline = time.monotonic() + 300
         while not (run / "checkpoints" / "last.ckpt").exists():  # the end of epoch 0: training is under way
