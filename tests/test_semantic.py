@@ -1,5 +1,7 @@
 """Semantic towers: word vectors distilled with model2vec, and the skip path that starts from them."""
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -29,6 +31,89 @@ def test_untrained_skip_tower_is_the_static_mean_of_its_inputs(cell, bidirection
     loss = -(encoder(ids, torch.tensor([len(s) for s in seqs])) * torch.randn(3, 6)).sum()
     loss.backward()
     assert encoder.projection.weight.grad.abs().sum() > 0 and encoder.skip.weight.grad.abs().sum() > 0
+
+
+def test_an_encoder_dim_the_skip_path_does_not_use_is_refused_before_any_data(tiny_cfg, tmp_path, monkeypatch):
+    """encoder.skip=true: the output has the word vectors' width, so encoder.dim is not used (experiment=best
+    encoder.dim=512 trained the model it trains without it, exit 0). It is refused, naming the key, before any data; a
+    dim at its default or null passes (the shipped recipes leave it at 128, and runs trained with them resume)."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+    from two_tower.core.errors import ConfigError
+    from two_tower.training import train as train_module
+    from two_tower.training.config import check_skip_dim, validate_train_config
+
+    monkeypatch.setattr(train_module, "build_datamodule", lambda cfg: pytest.fail("loaded data"))
+    with pytest.raises(ConfigError, match=re.escape("encoder.dim=32 is not used with encoder.skip=true")):
+        train_module.train(tiny_cfg("encoder.skip=true"))  # TINY's encoder.dim=32
+    for dim in ("null", "128"):
+        validate_train_config(tiny_cfg("encoder.skip=true", f"encoder.dim={dim}"))
+    validate_train_config(tiny_cfg("encoder.dim=32"))  # without the skip path it is the projection's size
+    skips = []
+    for name in sorted(p.stem for p in (ROOT / "two_tower" / "conf" / "experiment").glob("*.yaml")):  # as shipped, no TINY
+        encoder = compose_plain(f"experiment={name}").encoder
+        check_skip_dim(encoder)
+        skips += [name] if encoder.skip else []
+    assert "best" in skips and "best_rnn" in skips
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "train.py", "experiment=best", "encoder.dim=512", f"hydra.run.dir={tmp_path / 'run'}"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    message = ("error: encoder.dim=512 is not used with encoder.skip=true (the skip path's output has the word vectors' width, "
+               "embeddings.dim): drop it, or set encoder.dim=null")
+    assert result.returncode == 2 and result.stderr.strip().splitlines() == [message], result.stderr[-2000:]
+    # a sweep: refused before its first job
+    sweep = tmp_path / "multirun"
+    result = subprocess.run([sys.executable, "train.py", "-m", "data=synthetic", "embeddings=random", "logger=none", "trainer.max_epochs=1",
+                             "encoder.skip=true", "encoder.dim=null,64", f"hydra.sweep.dir={sweep}"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and lines == [f"error: the sweep's jobs with encoder.dim=64: {message[7:].replace('512', '64')}"], result.stderr[-2000:]
+    assert not sweep.exists()
+
+
+def compose_plain(*overrides):
+    """The train config of ``overrides`` alone (no TINY)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from tests.conftest import CONF
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
+        cfg = compose("train", overrides=list(overrides))
+    GlobalHydra.instance().clear()
+    return cfg
+
+
+def test_a_skip_checkpoint_saved_with_an_unused_encoder_dim_still_loads_indexes_and_searches(tmp_path, monkeypatch, tiny_cfg):
+    """Checkpoints trained before encoder.dim was refused with encoder.skip=true hold it (128, or what was given) in
+    their hyper-parameters: the refusal is train.py's alone, so index.py, search.py, evaluate.py and serve.py (which load
+    with load_checkpoint) still take them, with the word vectors' width."""
+    import torch
+
+    from tests.test_retrieval import compose_retrieval
+    from two_tower.retrieval.checkpoint import load_checkpoint
+    from two_tower.retrieval.indexer import build_index
+    from two_tower.retrieval.search import Searcher
+    from two_tower.training.train import train
+
+    train(tiny_cfg("encoder.skip=true", "encoder.dim=null", "data.synthetic_rows.train_rows=64", "data.synthetic_rows.val_rows=16"))
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    state = torch.load(ckpt, weights_only=False)
+    state["hyper_parameters"]["encoder"]["dim"] = 512  # what an earlier run's checkpoint says
+    old = tmp_path / "old.ckpt"
+    torch.save(state, old)
+    module = load_checkpoint(old)
+    assert module.hparams.encoder["dim"] == 512 and module.towers.passage_encoder.output_dim == 16  # TINY's embeddings.dim
+    corpus = tmp_path / "corpus.tsv"
+    corpus.write_text("1\tthe cat sat\n2\ta zebra crossing\n3\tthe jet wing\n")
+    folder = tmp_path / "index"
+    build_index(compose_retrieval("index", [f"ckpt={old}", f"corpus={corpus}", f"out={folder}"]))
+    hits = Searcher.load(folder).search(["zebra"], k=3)[0]
+    assert sorted(h.id for h in hits) == ["1", "2", "3"]
 
 
 def tiny_static_model(folder):
@@ -177,7 +262,7 @@ def distilled_index_folder(tmp_path, monkeypatch):
     tiny_static_model(DistilledEmbeddings(teacher="tiny", dim=4, cache_dir=str(built))._folder())
     monkeypatch.setattr(emb, "_glove_words", lambda: ["the", "cat", "jet", "zebra"])
     emb._load_extension_source.cache_clear()
-    cfg = compose_train(tmp_path, ["embeddings=distilled", "embeddings.teacher=tiny", "embeddings.dim=4", "encoder.skip=true"])
+    cfg = compose_train(tmp_path, ["embeddings=distilled", "embeddings.teacher=tiny", "embeddings.dim=4", "encoder.skip=true", "encoder.dim=null"])
     with open_dict(cfg):
         cfg.paths.cache_dir = str(built)
     train(cfg)

@@ -79,6 +79,28 @@ def check_val_check_interval(trainer, batches: int) -> None:
                           f"so no validation would run in an epoch; give at most {batches}, or a share of an epoch (e.g. 0.5)")
 
 
+def _encoder_defaults() -> dict:
+    """RNNEncoder's settings' defaults (those of conf/encoder/rnn.yaml)."""
+    import inspect
+
+    from two_tower.model.encoders import RNNEncoder
+
+    return {name: p.default for name, p in inspect.signature(RNNEncoder).parameters.items()}
+
+
+def check_skip_dim(encoder) -> None:
+    """Refuse ``encoder.dim`` set with ``encoder.skip=true``: the skip path's output has the word vectors' width, so the
+    projection size is not used (``experiment=best encoder.dim=512`` trained the model it trains without it, silently).
+    A dim at its default (128) or null passes, as the bag settings' defaults pass without ``encoder.bag_dim``: the shipped
+    skip recipes, and the saved configs of runs trained with them (which a resume must repeat), leave it at 128."""
+    if not encoder.get("skip"):
+        return
+    dim, default = encoder.get("dim"), _encoder_defaults()["dim"]
+    if dim is not None and dim != default:
+        raise ConfigError(f"encoder.dim={dim} is not used with encoder.skip=true (the skip path's output has the word vectors' width, "
+                          "embeddings.dim): drop it, or set encoder.dim=null")
+
+
 def validate_train_config(cfg: DictConfig) -> None:
     """Raise ConfigError naming the first key that is unset, of the wrong type, or out of range."""
     missing = sorted(OmegaConf.missing_keys(cfg))
@@ -156,15 +178,12 @@ def validate_train_config(cfg: DictConfig) -> None:
     encoder = cfg.get("encoder") or {}
     check_packing(encoder.get("packing", "auto"), bool(encoder.get("bidirectional")))
     if not encoder.get("bag_dim"):
-        import inspect
-
-        from two_tower.model.encoders import RNNEncoder
-
-        defaults = inspect.signature(RNNEncoder).parameters
+        defaults = _encoder_defaults()
         for key in ("bag_stemmer", "bag_passage_idf_power", "bag_mix"):  # settings of the bag path, at their defaults?
-            default = defaults[key].default
+            default = defaults[key]
             if encoder.get(key, default) != default:
                 raise ConfigError(f"encoder.{key}={encoder[key]} does nothing without the bag-of-words path: set encoder.bag_dim too")
+    check_skip_dim(encoder)
     unknown = unknown_target_setting(OmegaConf.to_container(cfg, resolve=False))
     if unknown:
         raise ConfigError(unknown)
