@@ -74,6 +74,20 @@ def test_an_encoder_dim_the_skip_path_does_not_use_is_refused_before_any_data(ti
     assert not sweep.exists()
 
 
+def test_a_run_trained_with_an_encoder_dim_its_skip_path_did_not_use_resumes_without_it():
+    """A run trained with encoder.skip=true encoder.dim=512 before that was refused: repeating encoder.dim=512 is refused
+    now, and dropping it was refused as a changed setting ("encoder.dim: 512 -> 128"), so the run could not be resumed. The
+    dim was never used: it may change where the skip path is on in both; elsewhere it is the projection's size."""
+    from two_tower.core.config_key import changed_settings
+
+    trained = {"encoder": {"skip": True, "dim": 512, "hidden_size": 64}}
+    assert changed_settings(trained, {"encoder": {"skip": True, "dim": 128, "hidden_size": 64}}) == []
+    assert changed_settings(trained, {"encoder": {"skip": True, "dim": None, "hidden_size": 64}}) == []
+    assert [n for n, _, _ in changed_settings(trained, {"encoder": {"skip": True, "dim": 128, "hidden_size": 32}})] == ["encoder.hidden_size"]
+    assert [n for n, _, _ in changed_settings(trained, {"encoder": {"skip": False, "dim": 128, "hidden_size": 64}})] == ["encoder.dim", "encoder.skip"]
+    assert [n for n, _, _ in changed_settings({"encoder": {"dim": 512}}, {"encoder": {"dim": 128}})] == ["encoder.dim"]
+
+
 def compose_plain(*overrides):
     """The train config of ``overrides`` alone (no TINY)."""
     from hydra import compose, initialize_config_dir

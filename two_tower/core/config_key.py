@@ -74,11 +74,13 @@ def may_change_on_resume(name: str, scheduled: bool = False) -> bool:
 def changed_settings(saved: dict, current: dict) -> list[tuple[str, object, object]]:
     """(name, saved value, current value; NOT_SET where absent) of the settings, as composed (interpolations
     unresolved), that differ between a run's configuration and a resume's and may not (``may_change_on_resume``);
-    sorted by name."""
+    sorted by name. ``encoder.dim`` may change where both have ``encoder.skip=true``, which does not use it: a run trained
+    with one before train.py refused it is resumed without it (or with null)."""
     before, after = _renamed(flatten(saved)), _renamed(flatten(current))
     scheduled = bool(saved.get("scheduler"))
+    unused = {"encoder.dim"} if before.get("encoder.skip") is True and after.get("encoder.skip") is True else set()
     return [(name, before.get(name, NOT_SET), after.get(name, NOT_SET)) for name in sorted(before.keys() | after.keys())
-            if not may_change_on_resume(name, scheduled) and before.get(name, NOT_SET) != after.get(name, NOT_SET)]
+            if not may_change_on_resume(name, scheduled) and name not in unused and before.get(name, NOT_SET) != after.get(name, NOT_SET)]
 
 
 def _absolute(override: str, cwd: str | None) -> str:
