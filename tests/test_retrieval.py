@@ -3033,3 +3033,29 @@ def test_an_empty_corpus_file_is_said_to_be_empty(tmp_path):
     pd.DataFrame({"id": pd.Series([], dtype=str), "text": pd.Series([], dtype=str)}).to_parquet(tmp_path / "empty.parquet")
     with pytest.raises(CorpusError, match=r"empty.parquet: the file holds no row$"):
         read_corpus_file(tmp_path / "empty.parquet")
+
+
+def test_a_load_discarded_for_a_replaced_folder_is_let_go_before_the_next(tmp_path, monkeypatch):
+    """Searcher.load loads a folder replaced meanwhile again: the discarded load (its index, passages and towers: a
+    folder's whole memory) was still held while the next one loaded, twice the load's peak."""
+    import weakref
+
+    from two_tower.retrieval import search as search_module
+
+    class Loaded:
+        pass
+
+    identities = iter([(1, 1), (1, 2), (1, 2), (1, 2)])  # before and after each attempt: replaced during the first
+    monkeypatch.setattr(search_module, "folder_identity", lambda path: next(identities))
+    first = []
+
+    def load(*args):
+        if first:
+            assert first[0]() is None, "the discarded load is still held while the folder loads again"
+        loaded = Loaded()
+        first.append(weakref.ref(loaded))
+        return loaded
+
+    monkeypatch.setattr(Searcher, "_load", classmethod(lambda cls, *args: load(*args)))
+    searcher = Searcher.load(tmp_path)
+    assert len(first) == 2 and first[1]() is searcher

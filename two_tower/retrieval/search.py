@@ -143,6 +143,9 @@ class Searcher:
                 continue
             if folder_identity(path) == before:
                 return searcher
+            # let the discarded load go before the next one: both held at once were twice the load's memory (a folder
+            # of 1 GB resident, serve.py's)
+            del searcher
         raise IndexFolderError(f"index={path}: replaced {LOAD_ATTEMPTS} times while it loaded; load it when no index.py is writing it")
 
     @classmethod
