@@ -694,7 +694,9 @@ def test_overwrite_replaces_index_folders_only(trained, tmp_path, monkeypatch):
     with pytest.raises(IndexFolderError, match="which replacing it would delete"):
         build_index(cfg)
     assert (inside / "corpus.tsv").exists()
-    # a corpus named inside out= that is not there is said to be missing (it was said to be held there, to be moved away)
+    # a corpus named inside out= that is not there is said to be missing (it was said to be held there, to be moved away);
+    # the folder holding only its own files (corpus.tsv, not its manifest's, is refused first since 2c5b9d3, rightly)
+    (inside / "corpus.tsv").unlink()
     cfg = compose_retrieval("index", [f"ckpt={trained['ckpt']}", f"corpus={inside / 'typo.tsv'}", f"out={inside}", "overwrite=true"])
     with pytest.raises(CorpusError, match=r"typo\.tsv: no such file"):
         build_index(cfg)
