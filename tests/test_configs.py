@@ -332,6 +332,28 @@ def test_a_sweep_imports_lightning_without_transformers(tmp_path):
     assert "data.batch_size=-1: must be a positive integer" in result.stderr
 
 
+def test_a_missing_checkpoint_is_refused_before_lightning_is_imported():
+    """index.py, evaluate.py, search.py ckpt=MISSING imported Lightning (seconds) before finding that the file is not there."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    code = (
+        "import sys\n"
+        "from two_tower.core.errors import CheckpointError\n"
+        "from two_tower.retrieval.checkpoint import load_checkpoint\n"
+        "try:\n"
+        "    load_checkpoint('/nonexistent/last.ckpt')\n"
+        "except CheckpointError as err:\n"
+        "    assert 'no such checkpoint file' in str(err), err\n"
+        "assert 'lightning' not in sys.modules\n"
+        "print('ok')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and result.stdout == "ok\n", result.stderr[-3000:]
+
+
 def test_the_group_settings_overrides_are_checked_against_are_the_settings_dataclasses_fields():
     """search.py, serve.py and index.py check prf.*, rerank.* and smooth.* overrides against the keys of the groups'
     files (conf/prf/*.yaml, ...), since importing the settings dataclasses imports torch: the two name the same

@@ -24,8 +24,6 @@ from two_tower.retrieval.query_encoder import weights_hash
 
 def load_checkpoint(path: str | Path):
     """The ``TwoTowerModule`` of a ``.ckpt`` on CPU in eval mode, with its tokenizer restored."""
-    from two_tower.model.module import TwoTowerModule  # imports Lightning: only when a checkpoint is needed
-
     if not isinstance(path, (str, os.PathLike)):  # Path(None) said "expected str, bytes or os.PathLike object", naming nothing
         raise CheckpointError(f"ckpt={path!r:.60}: give the checkpoint file's path (a str or pathlib.Path), not {type(path).__name__}")
     path = Path(path).expanduser()
@@ -34,6 +32,8 @@ def load_checkpoint(path: str | Path):
         raise CheckpointError(f"ckpt={path}: a folder; pass a checkpoint file" + (f", e.g. ckpt={last}" if last else " (a run's checkpoints/*.ckpt)"))
     if not path.is_file():
         raise CheckpointError(f"ckpt={path}: no such checkpoint file")
+    from two_tower.model.module import TwoTowerModule  # imports Lightning (seconds): only when there is a checkpoint to load
+
     try:  # the classes it names are built when it loads: its encoder's and loss's
         try:
             saved = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
