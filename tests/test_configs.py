@@ -307,31 +307,6 @@ def test_commands_import_lightning_without_transformers_and_a_teacher_still_load
     assert result.returncode == 0 and result.stdout == "ok\n", result.stderr[-3000:]
 
 
-def test_a_sweep_imports_lightning_without_transformers(tmp_path):
-    """The checks before a sweep's jobs (a Hydra callback) import Lightning before any job: torchmetrics imported
-    transformers there, seconds of every train.py -m (its jobs' own skip came after). Here a sweep refused by those
-    checks, run as train.py runs it."""
-    import subprocess
-    import sys
-
-    from tests.conftest import ROOT
-
-    argv = ["train.py", "-m", "data=synthetic", "embeddings=random", "logger=none", "data.batch_size=32,-1", f"hydra.sweep.dir={tmp_path / 'sweep'}"]
-    code = (
-        "import runpy, sys\n"
-        f"sys.argv = {argv!r}\n"
-        "try:\n"
-        "    runpy.run_path('train.py', run_name='__main__')\n"
-        "except SystemExit as stop:\n"
-        "    assert stop.code == 2, stop.code\n"
-        "assert 'lightning' in sys.modules and 'transformers' not in sys.modules\n"
-        "print('ok')\n"
-    )
-    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0 and result.stdout == "ok\n", result.stderr[-3000:]
-    assert "data.batch_size=-1: must be a positive integer" in result.stderr
-
-
 def test_a_missing_checkpoint_is_refused_before_lightning_is_imported():
     """index.py, evaluate.py, search.py ckpt=MISSING imported Lightning (seconds) before finding that the file is not there."""
     import subprocess

@@ -18,12 +18,6 @@ class CheckSweepSpace(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         from hydra.core.global_hydra import GlobalHydra
 
-        from two_tower.cli import startup
-
-        # The checks import Lightning (the targets they locate): without this, torchmetrics imported transformers
-        # there, seconds of every sweep's start (a single run skips it in hydra_command; a sweep's jobs came too late)
-        startup.skip_torchmetrics_transformers()
-
         from two_tower.training.config import (check_launcher, check_optimising_sweep, check_sweep_processes, check_sweep_runs,
                                                check_sweep_space, check_sweep_values)
 
