@@ -322,6 +322,8 @@ def test_a_missing_checkpoint_is_refused_before_lightning_is_imported():
         "    load_checkpoint('/nonexistent/last.ckpt')\n"
         "except CheckpointError as err:\n"
         "    assert 'no such checkpoint file' in str(err), err\n"
+        "else:\n"
+        "    raise SystemExit('not refused')\n"
         "assert 'lightning' not in sys.modules\n"
         "print('ok')\n"
     )
