@@ -13,7 +13,7 @@ import torch
 
 from two_tower.data import beir
 from two_tower.data.tokenizer import PAD, UNK, UNK_ID, Tokenizer, stable_hash
-from two_tower.data.embeddings import EmbeddingsError, FileEmbeddings, extension_matrix, restore_tokenizer
+from two_tower.data.embeddings import EmbeddingsError, FileEmbeddings, extension_rows, restore_tokenizer
 from two_tower.model.bag import BagOfWords, vocabulary_keys
 from two_tower.model.embedding import CRC_ROWS, OpenEmbedding
 from two_tower.model.encoders import RNNEncoder, TwoTower
@@ -54,8 +54,8 @@ def test_words_with_a_vector_are_never_unknown_and_others_hash(vectors_file):
     assert "bird" not in json.dumps(state)
     again = restore_tokenizer(state)
     assert again.encode("zebra xj-17b cat", 10) == ids[:3] and again.fingerprint() == tok.fingerprint()
-    matrix = extension_matrix(again)
-    np.testing.assert_array_equal(matrix[1], vectors.vectors[vectors.index["zebra"]])
+    table, rows = extension_rows(again)
+    np.testing.assert_array_equal(table[rows][1], vectors.vectors[vectors.index["zebra"]])
 
     # The source changed since training: refused in one line.
     vectors_file.write_text(vectors_file.read_text().replace("wing ", "tail "))

